@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv from uv.lock first.
+PYTHON ?= python3
+VENV := .venv
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test lint format bench clean
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools uv
+
+# Re-sync only when the dependency files change; `--frozen` installs exactly what uv.lock pins.
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	touch $@
+
+demo: $(VENV)/.synced
+	$(VENV)/bin/clipaudit demo --out runs/demo
+
+test: $(VENV)/.synced
+	$(VENV)/bin/ruff check clipaudit tests benchmarks
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check clipaudit tests benchmarks
+	$(VENV)/bin/ruff format --check clipaudit tests benchmarks
+
+format: $(VENV)/.synced
+	$(VENV)/bin/ruff format clipaudit tests benchmarks
+	$(VENV)/bin/ruff check --fix clipaudit tests benchmarks
+
+clean:
+	rm -rf $(VENV) .tools runs .pytest_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""``clipaudit concepts``: list, show and validate concept registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clipaudit.registry import DEFAULT_REGISTRY, list_registries, load_registry
+
+app = typer.Typer(help="List, show and validate concept registries.", no_args_is_help=True)
+console = Console()
+
+RegistryOption = typer.Option(DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file.")
+
+
+@app.command("list")
+def list_(
+    registry: str = RegistryOption,
+    group: str | None = typer.Option(None, "--group", "-g", help="Only this group."),
+) -> None:
+    """List the groups and concepts of a registry."""
+    reg = load_registry(registry)
+    if group is not None:
+        reg = reg.select([group])
+    table = Table(title=f"{reg.name} v{reg.version}: {len(reg.concepts)} concepts in {len(reg.groups)} groups")
+    for column in ("category", "group", "concepts"):
+        table.add_column(column)
+    for g in reg.groups:
+        names = ", ".join(c.name for c in reg.concepts_in(g.name))
+        table.add_row(g.category, g.name + (" (sensitive)" if g.sensitive else ""), names)
+    console.print(table)
+    others = [n for n in list_registries() if n != reg.name]
+    if others:
+        console.print(f"other built-in registries: {', '.join(others)}")
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="Concept name."), registry: str = RegistryOption) -> None:
+    """Show one concept: its gloss, synonyms, negative contexts and prompts."""
+    reg = load_registry(registry)
+    concept = reg.concept(name)
+    group = reg.group(concept.group)
+    table = Table(show_header=False, title=f"{concept.name} ({group.category} / {group.name}, v{concept.version})")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("gloss", concept.gloss)
+    table.add_row("synonyms", ", ".join(concept.synonyms))
+    table.add_row("negative contexts", ", ".join(concept.negative_contexts) or "-")
+    table.add_row("prompts", ", ".join(concept.prompts))
+    table.add_row("paper synonyms", ", ".join(concept.paper_synonyms) or "(none)")
+    console.print(table)
+
+
+@app.command("validate")
+def validate(path: Path = typer.Argument(..., help="Registry YAML file to check.")) -> None:
+    """Validate a registry file; exits non-zero with file:line and the problem when it is invalid."""
+    reg = load_registry(path)
+    console.print(
+        f"[green]ok[/green] {path}: registry {reg.name!r} v{reg.version}, "
+        f"{len(reg.concepts)} concepts in {len(reg.groups)} groups, {len(reg.categories)} categories"
+    )

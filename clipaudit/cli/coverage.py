@@ -1,0 +1,7 @@
+"""``clipaudit coverage``: placeholder group, filled in by its issue."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="coverage commands.", no_args_is_help=True)

@@ -1,0 +1,130 @@
+"""Where every output came from, and how it is written (atomically, so a kill never leaves half a file)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from clipaudit import __version__
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@cache
+def git_hash() -> str | None:
+    """The commit of the clipaudit source tree, with ``-dirty`` if it has local changes; None outside git."""
+    repo = PACKAGE_ROOT.parent
+    if not (repo / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if commit and dirty else (commit or None)
+
+
+def library_versions(names: Iterable[str] = ()) -> dict[str, str | None]:
+    """Versions of the named distributions (plus python and clipaudit), None when not installed."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "clipaudit": __version__,
+    }
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_manifest(kind: str, libraries: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields every manifest carries: what produced it, with which code, when and where."""
+    return {
+        "kind": kind,
+        "created": now_iso(),
+        "clipaudit_version": __version__,
+        "git_hash": git_hash(),
+        "versions": library_versions(libraries),
+        "platform": platform.platform(),
+        "command": sys.argv,
+    }
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Path, size and sha256 of an input file, for manifests."""
+    path = Path(path)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_table(frame: Any, path: str | os.PathLike, formats: Iterable[str] = ("parquet", "csv")) -> list[Path]:
+    """Write a pandas DataFrame as ``path.parquet`` and/or ``path.csv`` (``path`` without suffix), atomically."""
+    import io
+
+    path = Path(path)
+    written = []
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        buffer = io.BytesIO()
+        if fmt == "parquet":
+            frame.to_parquet(buffer, index=False)
+        elif fmt == "csv":
+            buffer.write(frame.to_csv(index=False).encode("utf-8"))
+        else:
+            raise ValueError(f"unknown table format {fmt!r}; expected 'parquet' or 'csv'")
+        atomic_write_bytes(target, buffer.getvalue())
+        written.append(target)
+    return written

@@ -1,0 +1,420 @@
+"""The concept registry: which concepts an audit asks about, how captions mention them, how to prompt for them.
+
+A registry is one YAML file (schema below). The built-in ones live in ``concepts/``; users pass a path
+to their own. Loading validates everything and fails with ``file:line`` and a hint, never silently::
+
+    registry: cai2025            # name (defaults to the file stem)
+    version: "1.0"
+    description: ...
+    groups:
+      - name: Animal
+        category: common
+        label: Animal            # short label for tables (defaults to name)
+        description: ...
+        sensitive: false
+        templates: ["a photo of a {}."]   # optional: group-specific prompt templates
+    concepts:
+      - name: dog
+        group: Animal
+        gloss: a dog of any breed, including puppies
+        synonyms: [dog, puppy, canine]     # curated; inflections are generated, not listed
+        negative_contexts: [hot dog]       # phrases that look like a mention but are not
+        prompts: [dog]                     # class names zero-shot prompts are built from
+        paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was
+        version: 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipaudit.errors import RegistryError, did_you_mean
+from clipaudit.text import normalize
+
+DEFAULT_REGISTRY = "cai2025"
+
+_TOP_KEYS = {"registry", "version", "description", "source", "groups", "concepts"}
+_GROUP_KEYS = {"name", "category", "label", "description", "sensitive", "templates"}
+_CONCEPT_KEYS = {
+    "name", "group", "gloss", "synonyms", "negative_contexts", "prompts", "paper_synonyms", "version",
+}
+_GROUP_REQUIRED = {"name", "category"}
+_CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
+
+
+@dataclass(frozen=True)
+class Group:
+    """A family of concepts a model is asked to tell apart (the paper's 'concept group')."""
+
+    name: str
+    category: str
+    label: str
+    description: str = ""
+    sensitive: bool = False
+    templates: tuple[str, ...] = ()
+    line: int | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One visual concept, with the words captions use for it and the prompts a model is asked with."""
+
+    name: str
+    group: str
+    gloss: str
+    synonyms: tuple[str, ...]
+    negative_contexts: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+    paper_synonyms: tuple[str, ...] = ()
+    version: int = 1
+    line: int | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A validated set of groups and concepts, read from one YAML file."""
+
+    name: str
+    version: str
+    description: str
+    groups: tuple[Group, ...]
+    concepts: tuple[Concept, ...]
+    path: Path | None = None
+    sha256: str | None = None
+    source: str = ""
+
+    @cached_property
+    def _concepts_by_name(self) -> dict[str, Concept]:
+        return {c.name: c for c in self.concepts}
+
+    @cached_property
+    def _groups_by_name(self) -> dict[str, Group]:
+        return {g.name: g for g in self.groups}
+
+    def concept(self, name: str) -> Concept:
+        """Look a concept up by name (case-insensitive); raises RegistryError with suggestions."""
+        found = self._concepts_by_name.get(name) or self._find_folded(name, self._concepts_by_name)
+        if found is None:
+            raise RegistryError(
+                f"no concept {name!r} in registry {self.name!r}"
+                f"{did_you_mean(name, self._concepts_by_name)}"
+            )
+        return found
+
+    def group(self, name: str) -> Group:
+        """Look a group up by name or label (case-insensitive); raises RegistryError with suggestions."""
+        found = self._groups_by_name.get(name) or self._find_folded(name, self._groups_by_name)
+        if found is None:
+            found = next((g for g in self.groups if g.label.lower() == name.lower()), None)
+        if found is None:
+            raise RegistryError(
+                f"no group {name!r} in registry {self.name!r}; groups are "
+                f"{', '.join(self._groups_by_name)}{did_you_mean(name, self._groups_by_name)}"
+            )
+        return found
+
+    def concepts_in(self, group: str) -> tuple[Concept, ...]:
+        name = self.group(group).name
+        return tuple(c for c in self.concepts if c.group == name)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.category for g in self.groups))
+
+    def select(self, groups: Iterable[str] | None = None) -> Registry:
+        """A registry restricted to some groups (all when ``groups`` is None)."""
+        if groups is None:
+            return self
+        keep = [self.group(g).name for g in groups]
+        return Registry(
+            name=self.name,
+            version=self.version,
+            description=self.description,
+            groups=tuple(g for g in self.groups if g.name in keep),
+            concepts=tuple(c for c in self.concepts if c.group in keep),
+            path=self.path,
+            sha256=self.sha256,
+            source=self.source,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """What an output records about the registry it used."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+            "n_groups": len(self.groups),
+            "n_concepts": len(self.concepts),
+            "concept_versions": {c.name: c.version for c in self.concepts},
+        }
+
+    @staticmethod
+    def _find_folded(name: str, table: Mapping[str, Any]) -> Any:
+        key = normalize(name)
+        return next((v for k, v in table.items() if normalize(k) == key), None)
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def _builtin_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    # installed wheel: clipaudit/_concepts; source checkout / editable install: <repo>/concepts
+    return [d for d in (here / "_concepts", here.parent / "concepts") if d.is_dir()]
+
+
+def list_registries() -> list[str]:
+    """Names of the built-in registries (``load_registry`` also takes any file path)."""
+    names = {p.stem for d in _builtin_dirs() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def resolve_registry_path(name_or_path: str | Path) -> Path:
+    """A built-in registry name or a path to a YAML file -> the file's path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise RegistryError(f"registry file {str(candidate)!r} does not exist")
+        return candidate
+    for directory in _builtin_dirs():
+        path = directory / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    known = list_registries()
+    raise RegistryError(
+        f"no built-in registry {str(name_or_path)!r}; built-in registries are {', '.join(known) or 'none'}"
+        f"{did_you_mean(str(name_or_path), known)}, or pass the path of a YAML file"
+    )
+
+
+def load_registry(name_or_path: str | Path = DEFAULT_REGISTRY) -> Registry:
+    """Load and validate a registry by built-in name (see :func:`list_registries`) or file path."""
+    path = resolve_registry_path(name_or_path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+    return parse_registry(text, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+# --------------------------------------------------------------------------- parsing and validation
+
+
+class _LineMap(dict):
+    """A YAML mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader (no arbitrary objects) that records line numbers and rejects duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _LineMap:
+        mapping = _LineMap()
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in mapping:
+                raise RegistryError(
+                    f"duplicate key {key!r} (first at line {mapping.key_lines[key]})",
+                    path=self.name,
+                    line=key_node.start_mark.line + 1,
+                )
+            mapping[key] = self.construct_object(value_node, deep=deep)
+            mapping.key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
+
+
+class _Checker:
+    """Validates the plain data of one registry file, reporting ``file:line`` for every problem."""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+
+    def fail(self, message: str, line: int | None) -> None:
+        raise RegistryError(message, path=self.path, line=line)
+
+    def mapping(self, value: Any, what: str, line: int | None) -> _LineMap:
+        if not isinstance(value, dict):
+            self.fail(f"{what} must be a mapping of keys to values, got {type(value).__name__} {value!r:.60}", line)
+        return value
+
+    def keys(self, entry: _LineMap, allowed: set[str], required: set[str], what: str) -> None:
+        for key in entry:
+            if key not in allowed:
+                self.fail(
+                    f"unknown key {key!r} in {what}{did_you_mean(str(key), allowed)}; "
+                    f"allowed keys are {', '.join(sorted(allowed))}",
+                    entry.key_lines.get(key, entry.line),
+                )
+        missing = sorted(required - set(entry))
+        if missing:
+            self.fail(f"{what} is missing required key(s) {', '.join(missing)}", entry.line)
+
+    def string(self, entry: _LineMap, key: str, what: str, default: str | None = None) -> str:
+        value = entry.get(key, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
+            value = str(value)
+        if not isinstance(value, str) or (not value.strip() and key in {"name", "group", "category", "gloss"}):
+            self.fail(f"{what}: {key!r} must be a non-empty string, got {value!r}", entry.key_lines.get(key, entry.line))
+        return value.strip()
+
+    def strings(self, entry: _LineMap, key: str, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+        if key not in entry:
+            return ()
+        value = entry[key]
+        line = entry.key_lines.get(key, entry.line)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.fail(f"{what}: {key!r} must be a list of non-empty strings, got {value!r}", line)
+        if not value and not allow_empty:
+            self.fail(f"{what}: {key!r} is an empty list; give at least one entry or leave the key out", line)
+        seen: dict[str, str] = {}
+        for item in value:
+            norm = normalize(item)
+            if norm in seen:
+                self.fail(f"{what}: {key!r} lists {item!r} twice (as {seen[norm]!r} too)", line)
+            seen[norm] = item
+        return tuple(v.strip() for v in value)
+
+
+def parse_registry(text: str, *, path: Path | str = "<string>", sha256: str | None = None) -> Registry:
+    """Parse and validate registry YAML text; ``path`` is only used in messages and provenance."""
+    if sha256 is None:
+        sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        loader = _LineLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise RegistryError(
+            f"invalid YAML: {exc.problem or exc.context}", path=path, line=mark.line + 1 if mark else None
+        ) from None
+    check = _Checker(path)
+    if data is None:
+        check.fail("the file is empty; expected a mapping with 'groups' and 'concepts'", 1)
+    top = check.mapping(data, "the registry file", 1)
+    check.keys(top, _TOP_KEYS, {"groups", "concepts"}, "the registry file")
+
+    groups = _parse_groups(check, top)
+    concepts = _parse_concepts(check, top, groups)
+
+    used = {c.group for c in concepts}
+    for group in groups:
+        if group.name not in used:
+            check.fail(f"group {group.name!r} has no concepts; add concepts to it or remove it", group.line)
+
+    return Registry(
+        name=check.string(top, "registry", "the registry file", default=Path(str(path)).stem),
+        version=check.string(top, "version", "the registry file", default="0"),
+        description=check.string(top, "description", "the registry file", default=""),
+        source=check.string(top, "source", "the registry file", default=""),
+        groups=groups,
+        concepts=concepts,
+        path=Path(path) if str(path) != "<string>" else None,
+        sha256=sha256,
+    )
+
+
+def _entries(check: _Checker, top: _LineMap, key: str) -> list[Any]:
+    value = top[key]
+    if not isinstance(value, list) or not value:
+        check.fail(f"{key!r} must be a non-empty list, got {value!r:.60}", top.key_lines[key])
+    return value
+
+
+def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
+    groups: dict[str, Group] = {}
+    for raw in _entries(check, top, "groups"):
+        entry = check.mapping(raw, "a group", top.key_lines["groups"])
+        check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, "a group")
+        name = check.string(entry, "name", "a group")
+        what = f"group {name!r}"
+        clash = next((g for g in groups.values() if normalize(g.name) == normalize(name)), None)
+        if clash is not None:
+            check.fail(f"duplicate group {name!r} (first defined at line {clash.line})", entry.line)
+        sensitive = entry.get("sensitive", False)
+        if not isinstance(sensitive, bool):
+            check.fail(f"{what}: 'sensitive' must be true or false, got {sensitive!r}", entry.key_lines["sensitive"])
+        templates = check.strings(entry, "templates", what)
+        for template in templates:
+            if template.count("{}") != 1:
+                check.fail(f"{what}: template {template!r} must contain '{{}}' exactly once", entry.key_lines["templates"])
+        groups[name] = Group(
+            name=name,
+            category=check.string(entry, "category", what),
+            label=check.string(entry, "label", what, default=name),
+            description=check.string(entry, "description", what, default=""),
+            sensitive=sensitive,
+            templates=templates,
+            line=entry.line,
+        )
+    return tuple(groups.values())
+
+
+def _parse_concepts(check: _Checker, top: _LineMap, groups: tuple[Group, ...]) -> tuple[Concept, ...]:
+    group_names = {g.name for g in groups}
+    concepts: dict[str, Concept] = {}
+    # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
+    claimed: dict[tuple[str, str], Concept] = {}
+    for raw in _entries(check, top, "concepts"):
+        entry = check.mapping(raw, "a concept", top.key_lines["concepts"])
+        check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, "a concept")
+        name = check.string(entry, "name", "a concept")
+        what = f"concept {name!r}"
+        clash = next((c for c in concepts.values() if normalize(c.name) == normalize(name)), None)
+        if clash is not None:
+            check.fail(f"duplicate concept {name!r} (first defined at line {clash.line})", entry.line)
+        group = check.string(entry, "group", what)
+        if group not in group_names:
+            check.fail(
+                f"{what}: unknown group {group!r}{did_you_mean(group, group_names)}; "
+                "declare it under 'groups' first",
+                entry.key_lines["group"],
+            )
+        synonyms = check.strings(entry, "synonyms", what)
+        if not synonyms:
+            check.fail(f"{what} has no synonyms; list the words captions use for it", entry.line)
+        version = entry.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            check.fail(f"{what}: 'version' must be a positive integer, got {version!r}", entry.key_lines["version"])
+        concept = Concept(
+            name=name,
+            group=group,
+            gloss=check.string(entry, "gloss", what),
+            synonyms=synonyms,
+            negative_contexts=check.strings(entry, "negative_contexts", what),
+            prompts=check.strings(entry, "prompts", what) or (name,),
+            paper_synonyms=check.strings(entry, "paper_synonyms", what, allow_empty=True),
+            version=version,
+            line=entry.line,
+        )
+        for synonym in synonyms:
+            key = (group, normalize(synonym))
+            if key in claimed:
+                other = claimed[key]
+                check.fail(
+                    f"synonym {synonym!r} of {what} is also a synonym of {other.name!r} (line {other.line}) "
+                    f"in group {group!r}; a caption word must point to one concept of a group",
+                    entry.key_lines["synonyms"],
+                )
+            claimed[key] = concept
+        concepts[name] = concept
+    return tuple(concepts.values())

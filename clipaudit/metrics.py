@@ -1,0 +1,82 @@
+"""Scores shared by every part of an audit, computed with scikit-learn (never by hand).
+
+- single-label classification (zero-shot awareness, the theory module's bin classification):
+  per-class precision/recall/F1/support, macro-F1, accuracy, mean per-class recall, confusion matrix;
+- multi-label detection (which concepts a caption mentions, against gold labels): micro scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def per_class_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> Any:
+    """DataFrame with one row per label: ``label, precision, recall, f1, support``.
+
+    Predictions outside ``labels`` (distractors) count as errors for the true class and as no one's
+    positives, which is what sklearn does when ``labels`` restricts the classes.
+    """
+    import pandas as pd
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(labels), zero_division=0
+    )
+    return pd.DataFrame(
+        {"label": list(labels), "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
+
+
+def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> float:
+    """Unweighted mean of the per-class F1 over ``labels`` (the paper's awareness score)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
+
+
+def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y_true, y_pred))
+
+
+def mean_per_class_recall(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    """Mean recall over the classes present in ``y_true`` (CLIP_benchmark's ``mean_per_class_recall``)."""
+    from sklearn.metrics import recall_score
+
+    present = sorted(set(y_true))
+    return float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> Any:
+    """Confusion matrix as a DataFrame: rows are true labels, columns predicted labels."""
+    import pandas as pd
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y_true, y_pred, labels=list(labels))
+    return pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+
+
+def multilabel_scores(
+    true_sets: Sequence[Iterable[str]], pred_sets: Sequence[Iterable[str]], labels: Sequence[str]
+) -> dict[str, float]:
+    """Micro precision, recall and F1 of predicted label sets against true ones, with tp/fp/fn counts."""
+    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if len(true_sets) != len(pred_sets):
+        raise ValueError(f"got {len(true_sets)} true label sets but {len(pred_sets)} predicted ones")
+    binarizer = MultiLabelBinarizer(classes=list(labels))
+    y_true = binarizer.fit_transform([set(s) for s in true_sets])
+    y_pred = binarizer.transform([set(s) for s in pred_sets])
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    counts = multilabel_confusion_matrix(y_true, y_pred).sum(axis=0)  # [[tn, fp], [fn, tp]]
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "tp": int(counts[1, 1]),
+        "fp": int(counts[0, 1]),
+        "fn": int(counts[1, 0]),
+    }

@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests that need ../shared (real COCO captions, gold labels) skip without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(relative: str) -> Path:
+    """Path of a file in ../shared, skipping the test with the reason when it is absent."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared holds the COCO captions and gold labels (CI has it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from clipaudit.registry import load_registry
+
+    return load_registry("cai2025")
+
+
+@pytest.fixture(scope="session")
+def coco_captions_path() -> Path:
+    return shared_path("data/coco_val2017_captions.parquet")
+
+
+@pytest.fixture(scope="session")
+def gold_path() -> Path:
+    return shared_path("gold/coco_dev.jsonl")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is present")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -333,6 +333,11 @@ def parse_registry(text: str, *, path: Path | str = "<string>", sha256: str | No
     )
 
 
+def _label(kind: str, entry: _LineMap) -> str:
+    name = entry.get("name")
+    return f"{kind} {name!r}" if isinstance(name, str) else f"a {kind}"
+
+
 def _entries(check: _Checker, top: _LineMap, key: str) -> list[Any]:
     value = top[key]
     if not isinstance(value, list) or not value:
@@ -344,7 +349,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     groups: dict[str, Group] = {}
     for raw in _entries(check, top, "groups"):
         entry = check.mapping(raw, "a group", top.key_lines["groups"])
-        check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, "a group")
+        check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
         name = check.string(entry, "name", "a group")
         what = f"group {name!r}"
         clash = next((g for g in groups.values() if normalize(g.name) == normalize(name)), None)
@@ -376,7 +381,7 @@ def _parse_concepts(check: _Checker, top: _LineMap, groups: tuple[Group, ...]) -
     claimed: dict[tuple[str, str], Concept] = {}
     for raw in _entries(check, top, "concepts"):
         entry = check.mapping(raw, "a concept", top.key_lines["concepts"])
-        check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, "a concept")
+        check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
         name = check.string(entry, "name", "a concept")
         what = f"concept {name!r}"
         clash = next((c for c in concepts.values() if normalize(c.name) == normalize(name)), None)

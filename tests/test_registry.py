@@ -1,0 +1,147 @@
+"""The concept registry: the built-in cai2025 file, lookup, and validation errors with file:line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipaudit.errors import RegistryError
+from clipaudit.registry import list_registries, load_registry, parse_registry
+
+from .conftest import shared_path
+
+GOOD = """\
+registry: mini
+version: "2"
+groups:
+  - name: Animal
+    category: common
+  - name: Color
+    category: common
+    templates: ["a {} object."]
+concepts:
+  - name: dog
+    group: Animal
+    gloss: a dog
+    synonyms: [dog, puppy]
+    negative_contexts: [hot dog]
+  - name: cat
+    group: Animal
+    gloss: a cat
+    synonyms: [cat]
+  - name: red
+    group: Color
+    gloss: the colour red
+    synonyms: [red]
+    version: 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "reg.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_builtin_registry_has_the_papers_146_concepts_in_15_groups(registry):
+    assert "cai2025" in list_registries()
+    assert len(registry.concepts) == 146
+    assert len(registry.groups) == 15
+    assert set(registry.categories) == {"common", "under-captioned", "nuisance", "sensitive"}
+    assert {g.name for g in registry.groups if g.sensitive} == {"Trait", "Stereotype"}
+    for concept in registry.concepts:
+        assert concept.synonyms, concept.name
+        assert concept.prompts, concept.name
+
+
+def test_builtin_registry_matches_the_shared_reference(registry):
+    reference = yaml.safe_load(shared_path("reference/concepts_cai2025.yaml").read_text())
+    assert [r["concept"] for r in reference] == [c.name for c in registry.concepts]
+    for ref, concept in zip(reference, registry.concepts, strict=True):
+        assert concept.group == ref["group"]
+        assert registry.group(concept.group).category == ref["category"]
+        assert registry.group(concept.group).label == ref["paper_group_label"]
+        assert list(concept.paper_synonyms) == list(ref["paper_synonyms"]), concept.name
+        assert concept.gloss == ref["gloss"]
+
+
+def test_lookup_is_case_and_separator_insensitive_with_suggestions(registry):
+    assert registry.concept("Ice-Cream").name == "ice cream"
+    assert registry.group("POV").name == "Viewpoint"  # by paper label
+    assert [c.name for c in registry.concepts_in("Weather")][:2] == ["sandstorm", "drought"]
+    with pytest.raises(RegistryError, match="did you mean 'giraffe'"):
+        registry.concept("girafe")
+    with pytest.raises(RegistryError, match="no group 'Animals'.*did you mean 'Animal'"):
+        registry.group("Animals")
+
+
+def test_select_keeps_only_the_named_groups(registry):
+    sub = registry.select(["Color", "emotion"])
+    assert [g.name for g in sub.groups] == ["Color", "Emotion"]
+    assert len(sub.concepts) == 20
+    assert {c.group for c in sub.concepts} == {"Color", "Emotion"}
+
+
+def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
+    reg = load_registry(write(tmp_path, GOOD))
+    assert reg.name == "mini" and reg.version == "2"
+    dog = reg.concept("dog")
+    assert dog.prompts == ("dog",)  # defaults to the name
+    assert dog.negative_contexts == ("hot dog",)
+    assert dog.line == 10
+    assert reg.group("Color").templates == ("a {} object.",)
+    prov = reg.provenance()
+    assert prov["concept_versions"] == {"dog": 1, "cat": 1, "red": 3}
+    assert len(prov["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("    synonyms: [cat]\n", "    synonyms: [cat]\n    synonym: [kitty]\n", 19, r"unknown key 'synonym' in concept 'cat' \(did you mean 'synonyms'"),
+        ("  - name: cat\n", "  - name: Dog\n", 15, r"duplicate concept 'Dog' \(first defined at line 10\)"),
+        ("    synonyms: [cat]\n", "    synonyms: [cat, puppy]\n", 18, r"synonym 'puppy' of concept 'cat' is also a synonym of 'dog'"),
+        ("    synonyms: [cat]\n", "    synonyms: []\n", 18, r"'synonyms' is an empty list"),
+        ("    group: Color\n", "    group: Colour\n", 20, r"unknown group 'Colour' \(did you mean 'Color'\?\)"),
+        ("  - name: red\n    group: Color\n    gloss: the colour red\n    synonyms: [red]\n    version: 3\n", "", 6, r"group 'Color' has no concepts"),
+        ("    gloss: a cat\n", "", 15, r"concept 'cat' is missing required key\(s\) gloss"),
+        ("    version: 3\n", "    version: three\n", 23, r"'version' must be a positive integer, got 'three'"),
+        ("    gloss: a cat\n", "    gloss: a cat\n    gloss: a kitten\n", 18, r"duplicate key 'gloss' \(first at line 17\)"),
+        ('    templates: ["a {} object."]\n', '    templates: ["an object."]\n', 8, r"must contain '\{\}' exactly once"),
+        ("    synonyms: [dog, puppy]\n", "    synonyms: [dog, Puppy, puppy]\n", 13, r"lists 'puppy' twice"),
+        ("concepts:\n", "concept:\n", 9, r"unknown key 'concept' in the registry file \(did you mean 'concepts'"),
+        ("    synonyms: [dog, puppy]\n", "    synonyms: [dog, puppy\n", 14, r"invalid YAML"),
+    ],
+)
+def test_malformed_files_fail_with_file_line_and_the_problem(tmp_path, old, new, line, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(RegistryError, match=message) as info:
+        load_registry(path)
+    assert info.value.line == line
+    assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_non_mapping_and_empty_files_are_rejected(tmp_path):
+    with pytest.raises(RegistryError, match="file is empty"):
+        parse_registry("")
+    with pytest.raises(RegistryError, match="must be a mapping"):
+        parse_registry("- just\n- a list\n")
+    with pytest.raises(RegistryError, match="'groups' must be a non-empty list"):
+        parse_registry("groups: []\nconcepts: []\n")
+
+
+def test_yaml_tags_that_build_python_objects_are_refused(tmp_path):
+    evil = GOOD.replace('version: "2"', "version: !!python/object/apply:os.system ['echo pwned']")
+    with pytest.raises(RegistryError, match="invalid YAML"):
+        parse_registry(evil)
+
+
+def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
+    with pytest.raises(RegistryError, match=r"no built-in registry 'cai2024'.*did you mean 'cai2025'"):
+        load_registry("cai2024")
+    with pytest.raises(RegistryError, match="does not exist"):
+        load_registry(tmp_path / "nope.yaml")

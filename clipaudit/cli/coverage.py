@@ -1,7 +1,170 @@
-"""``clipaudit coverage``: placeholder group, filled in by its issue."""
+"""``clipaudit coverage``: count how many captions mention each concept; score the matchers."""
 
 from __future__ import annotations
 
-import typer
+import os
+from pathlib import Path
 
-app = typer.Typer(help="coverage commands.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clipaudit.registry import DEFAULT_REGISTRY
+
+app = typer.Typer(
+    help="Count how many captions mention each concept, and score the matchers on gold labels.",
+    no_args_is_help=True,
+)
+console = Console()
+
+PROFILES = ("curated", "paper")
+RegistryOption = typer.Option(
+    DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
+)
+
+
+@app.command("count")
+def count(
+    sources: list[str] = typer.Argument(
+        ...,
+        help="Caption sources: .parquet, .jsonl or .txt files, folders of them, folders saved by "
+        "datasets' save_to_disk, or hf:NAME[:CONFIG] for a Hugging Face dataset (streamed).",
+        show_default=False,
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder; rerun with the same folder to resume a stopped run."
+    ),
+    registry: str = RegistryOption,
+    profile: str = typer.Option(
+        "curated",
+        "--profile",
+        "-p",
+        help="curated (whole words, inflections, negative contexts) "
+        "or paper (the paper's substring matching, for comparison).",
+    ),
+    column: str | None = typer.Option(
+        None, "--column", "-c", help="Caption column. [default: caption, TEXT or text]"
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="Id column. [default: id, key or SAMPLE_ID, else row numbers]"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Worker processes. [default: the number of CPU cores]"
+    ),
+    per_caption: bool = typer.Option(
+        False, "--per-caption", help="Also write matches.parquet: each caption's id and concepts."
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Count and list unreadable shards instead of stopping."
+    ),
+    spacy_model: str | None = typer.Option(
+        None,
+        "--spacy-model",
+        help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
+        "part-of-speech checks in the curated profile.",
+    ),
+    examples: int = typer.Option(5, "--examples", help="Example captions kept per concept."),
+    max_chars: int = typer.Option(
+        10_000, "--max-chars", help="Longer captions are skipped (and counted as skipped)."
+    ),
+    shard_rows: int = typer.Option(
+        250_000, "--shard-rows", help="Rows per unit of resumable work (parquet: whole row groups)."
+    ),
+    split: str = typer.Option("train", "--split", help="Split of a Hugging Face dataset."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Count, for every concept, the captions that mention it; write tables and a manifest."""
+    from clipaudit.coverage import CoverageSettings, count_coverage
+    from clipaudit.registry import load_registry
+
+    settings = CoverageSettings(
+        profile=profile,
+        column=column,
+        id_column=id_column,
+        workers=workers if workers is not None else os.cpu_count() or 1,
+        per_caption=per_caption,
+        skip_bad=skip_bad,
+        examples_per_concept=examples,
+        max_caption_chars=max_chars,
+        spacy_model=spacy_model,
+        shard_rows=shard_rows,
+        hf_split=split,
+        progress=progress,
+    )
+    result = count_coverage(sources, load_registry(registry), out, settings)
+    _print_summary(result)
+
+
+def _print_summary(result: object) -> None:
+    manifest = result.manifest
+    table = Table(title=f"caption coverage per group ({manifest['profile']} profile)")
+    for name, justify in (
+        ("group", "left"),
+        ("category", "left"),
+        ("captions", "right"),
+        ("rate", "right"),
+        ("mean concept rate", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for row in result.groups.itertuples(index=False):
+        table.add_row(
+            row.group,
+            row.category,
+            f"{row.count:,}",
+            f"{row.rate:.3%}",
+            f"{row.mean_concept_rate:.4%}",
+        )
+    console.print(table)
+    timings = manifest["timings"]
+    console.print(
+        f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty), "
+        f"{manifest['n_skipped']:,} skipped, from {manifest['n_shards']} shards "
+        f"({timings['shards_resumed']} already done); {timings['seconds']:.1f} s, "
+        f"{timings['captions_per_s'] or 0:,.0f} captions/s"
+    )
+    for shard in manifest["skipped_shards"]:
+        console.print(f"[yellow]skipped shard[/yellow] {shard['shard']}: {shard['reason']}")
+    console.print(f"results in {result.out_dir}")
+
+
+@app.command("eval")
+def eval_(
+    gold: Path = typer.Argument(..., help="Gold JSON lines: id, caption, concepts."),
+    registry: str = RegistryOption,
+    profile: list[str] = typer.Option(
+        list(PROFILES), "--profile", "-p", help="Profile(s) to score (repeat the option)."
+    ),
+    spacy_model: str | None = typer.Option(
+        None, "--spacy-model", help="spaCy pipeline for the curated profile's POS checks."
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Also write the full scores and every disagreement as JSON here."
+    ),
+) -> None:
+    """Micro and per-group precision/recall of each matching profile against gold labels."""
+    from clipaudit.goldeval import evaluate_gold
+    from clipaudit.provenance import write_json
+    from clipaudit.registry import load_registry
+
+    scores = evaluate_gold(gold, load_registry(registry), profiles=profile, spacy_model=spacy_model)
+    for name, found in scores["profiles"].items():
+        table = Table(title=f"{name} profile on {scores['gold']['n_captions']} gold captions")
+        for column in ("scope", "precision", "recall", "f1", "tp", "fp", "fn"):
+            table.add_column(column, justify="left" if column == "scope" else "right")
+        rows = [("micro (all)", found["micro"])] + [(g["group"], g) for g in found["groups"]]
+        for scope, s in rows:
+            table.add_row(
+                scope,
+                f"{s['precision']:.3f}",
+                f"{s['recall']:.3f}",
+                f"{s['f1']:.3f}",
+                str(s["tp"]),
+                str(s["fp"]),
+                str(s["fn"]),
+                end_section=scope == "micro (all)",
+            )
+        console.print(table)
+        console.print(f"{len(found['disagreements'])} captions where {name} and the gold disagree")
+    if json_out is not None:
+        write_json(json_out, scores)
+        console.print(f"scores and disagreements written to {json_out}")

@@ -1,0 +1,858 @@
+"""Lexical caption coverage: how many captions of a corpus mention each concept of a registry.
+
+:func:`count_coverage` cuts the caption sources into shards (:mod:`clipaudit.readers`), matches every
+caption in worker processes (:mod:`clipaudit.lexical`), and merges the per-shard partial results
+into the run folder::
+
+    RUN/concepts.{parquet,csv}     concept, group, category, count, rate
+    RUN/groups.{parquet,csv}       group, category, count, rate, n_concepts, mean_concept_rate
+    RUN/categories.{parquet,csv}   category, count, rate, n_concepts, mean_concept_rate
+    RUN/examples.json              a few example captions per concept (deterministic choice)
+    RUN/matches.parquet            with per_caption: id, concepts (one row per caption read)
+    RUN/manifest.json              inputs with checksums, registry, settings, counts, timings
+    RUN/shards/                    one partial result per finished shard (what a resume reuses)
+
+A group's or category's ``count`` is the number of captions mentioning at least one of its concepts.
+Rates are counts divided by ``n_captions_read``: rows holding a valid caption string, empty ones
+included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.
+
+Every partial is written atomically when its shard is finished, so a run killed at any moment
+(Ctrl-C, kill -9) and restarted with the same run folder redoes only unfinished shards; outputs are
+merged from the partials in corpus order and come out identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from clipaudit import __version__
+from clipaudit.errors import RunFolderError, SettingsError, did_you_mean
+from clipaudit.provenance import base_manifest, now_iso, write_json, write_table
+from clipaudit.readers import (
+    BadShardError,
+    Shard,
+    SkippedShard,
+    Source,
+    describe_source,
+    plan_shards,
+    resolve_sources,
+)
+from clipaudit.registry import Registry
+
+PROFILES = ("curated", "paper")  # as clipaudit.lexical.PROFILES, without importing it here
+RATE_DENOMINATOR = (
+    "n_captions_read: rows holding a valid caption string, empty ones included; "
+    "skipped rows (null, missing, non-string, non-UTF-8, too long, bad JSON) are excluded"
+)
+EXAMPLE_SELECTION = (
+    "per concept, the distinct matching captions with the smallest CRC-32 of their UTF-8 text "
+    "(a deterministic pseudo-random sample, the same however the corpus is sharded or resumed)"
+)
+_LIBRARIES = ("pyarrow", "pyahocorasick", "spacy", "spacy-lookups-data", "datasets", "pandas")
+_SHARDS_DIR = "shards"
+_MATCHES_SUFFIX = ".matches.parquet"
+
+
+@dataclass(frozen=True)
+class CoverageSettings:
+    """How a coverage run reads and matches captions. Fields marked in :data:`RESULT_FIELDS`
+    change results, so a run folder can only be resumed with the same values."""
+
+    profile: str = "curated"
+    column: str | None = None  # caption column; None: caption, TEXT or text
+    id_column: str | None = None  # None: id, key or SAMPLE_ID when present, else row numbers
+    workers: int = 1
+    per_caption: bool = False
+    skip_bad: bool = False
+    examples_per_concept: int = 5
+    max_caption_chars: int = 10_000
+    spacy_model: str | None = None
+    shard_rows: int = 250_000  # rows per shard (parquet: whole row groups adding up to this)
+    batch_rows: int = 10_000  # rows per record batch held in memory by a worker
+    hf_split: str = "train"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise SettingsError(
+                f"unknown profile {self.profile!r}{did_you_mean(str(self.profile), PROFILES)}; "
+                f"expected one of {', '.join(PROFILES)}"
+            )
+        for name in ("workers", "max_caption_chars", "shard_rows", "batch_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.examples_per_concept, int) or self.examples_per_concept < 0:
+            raise SettingsError(
+                f"examples_per_concept must be an integer >= 0, got {self.examples_per_concept!r}"
+            )
+        for name in ("column", "id_column", "spacy_model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise SettingsError(f"{name} must be a non-empty string or None, got {value!r}")
+        if self.spacy_model is not None and self.profile != "curated":
+            raise SettingsError(
+                f"spacy_model={self.spacy_model!r} only applies to the 'curated' profile; "
+                "drop --spacy-model or use --profile curated"
+            )
+
+    def result_fields(self) -> dict[str, Any]:
+        """The settings that change results (workers, skip_bad, batch size and progress do not)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RESULT_FIELDS}
+
+
+RESULT_FIELDS = (
+    "profile",
+    "column",
+    "id_column",
+    "per_caption",
+    "examples_per_concept",
+    "max_caption_chars",
+    "spacy_model",
+    "shard_rows",
+    "hf_split",
+)
+
+
+@dataclass(frozen=True)
+class CoverageResult:
+    """A finished coverage run: its tables (pandas DataFrames), examples and manifest."""
+
+    out_dir: Path
+    concepts: Any
+    groups: Any
+    categories: Any
+    examples: dict[str, Any]
+    manifest: dict[str, Any]
+
+    @property
+    def n_captions_read(self) -> int:
+        return self.manifest["n_captions_read"]
+
+
+def count_coverage(
+    sources: Iterable[str | Path],
+    registry: Registry,
+    out_dir: str | Path,
+    settings: CoverageSettings | None = None,
+) -> CoverageResult:
+    """Count, for every concept of ``registry``, the captions of ``sources`` that mention it.
+
+    Writes the run folder described in this module's docstring and returns its contents. Resumes
+    a run folder holding the same run (same settings, registry and inputs); refuses one holding
+    a different run with :class:`RunFolderError`.
+    """
+    from clipaudit.lexical import build_matcher
+
+    settings = settings or CoverageSettings()
+    started, clock = now_iso(), time.perf_counter()
+    out_dir = Path(out_dir)
+    resolved = resolve_sources(sources, hf_split=settings.hf_split)
+    matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
+    inputs = [describe_source(s, hf_split=settings.hf_split) for s in resolved]
+    run_key = _run_key(settings, registry, inputs)
+
+    with _RunFolder(out_dir, run_key) as folder:
+        if folder.complete:
+            return _load_result(out_dir)
+        folder.write_manifest(
+            {
+                **base_manifest("coverage", _LIBRARIES),
+                "status": "running",
+                "run_key": run_key,
+                "started": started,
+            }
+        )
+        run = _Dispatch(resolved, registry, matcher, settings, folder.shards)
+        run.execute(folder.done_keys())
+        timings = {
+            "started": started,
+            "finished": now_iso(),
+            "seconds": round(time.perf_counter() - clock, 3),
+            "seconds_counting": round(run.seconds, 3),
+            "rows_this_session": run.rows_done,
+            "shards_this_session": run.shards_done,
+            "shards_resumed": run.shards_resumed,
+            "captions_per_s": round(run.rows_done / run.seconds, 1) if run.seconds else None,
+            "workers": settings.workers,
+        }
+        return _merge(out_dir, registry, settings, run, inputs, run_key, timings, folder)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _run_key(settings: CoverageSettings, registry: Registry, inputs: list[dict]) -> dict[str, Any]:
+    """Everything a run's results depend on; a run folder is resumed only when this is equal."""
+    from importlib import metadata
+
+    def identity(record: dict) -> dict:
+        # files are compared by size and checksum, not path, so a moved corpus can be resumed
+        kept = {k: v for k, v in record.items() if k not in ("spec", "files")}
+        if "files" in record:
+            kept["files"] = [{"bytes": f["bytes"], "sha256": f["sha256"]} for f in record["files"]]
+        return kept
+
+    versions = {
+        "clipaudit": __version__,
+        "spacy-lookups-data": metadata.version("spacy-lookups-data"),
+    }
+    if settings.spacy_model:
+        versions["spacy"] = metadata.version("spacy")
+    return {
+        "settings": settings.result_fields(),
+        "registry": {"name": registry.name, "sha256": registry.sha256},
+        "inputs": [identity(record) for record in inputs],
+        "versions": versions,
+    }
+
+
+class _RunFolder:
+    """The run folder: locked while a run writes into it, checked against the run it holds."""
+
+    def __init__(self, path: Path, run_key: dict[str, Any]):
+        self.path = path
+        self.shards = path / _SHARDS_DIR
+        self.run_key = run_key
+        self.complete = False
+        self._lock: Any = None
+
+    def __enter__(self) -> _RunFolder:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.path)
+        manifest_path = self.path / "manifest.json"
+        if manifest_path.is_file():
+            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if previous.get("kind") != "coverage" or "run_key" not in previous:
+                raise RunFolderError(
+                    f"{self.path} holds a {previous.get('kind', 'unknown')!r} run, not a coverage "
+                    "run; choose another --out folder"
+                )
+            differences = _differences(previous["run_key"], self.run_key)
+            if differences:
+                raise RunFolderError(
+                    f"{self.path} holds a different coverage run ({'; '.join(differences)}); "
+                    "resume it with the same inputs, registry and settings, or choose a new --out "
+                    "folder (or delete this one to start over)"
+                )
+            self.complete = previous.get("status") == "complete"
+        elif any(p.name != ".lock" and not _empty_dir(p) for p in self.path.iterdir()):
+            raise RunFolderError(
+                f"{self.path} is not empty but holds no coverage run (no manifest.json); "
+                "choose a new or empty --out folder"
+            )
+        self.shards.mkdir(exist_ok=True)
+        for stale in self.shards.glob(".*.tmp"):  # left by a killed run; we hold the lock now
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.path / "manifest.json", manifest)
+
+    def done_keys(self) -> set[str]:
+        return {p.name[: -len(".json")] for p in self.shards.glob("*.json")}
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _lock_folder(path: Path) -> Any:
+    """An exclusive lock on the run folder (released by the OS when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run without the guard against two runs in one folder
+        return None
+    handle = open(path / ".lock", "w")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunFolderError(
+            f"another coverage run is writing into {path}; wait for it, or choose another --out"
+        ) from None
+    return handle
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    found = []
+    for name, value in now["settings"].items():
+        if before.get("settings", {}).get(name) != value:
+            found.append(f"{name} was {before.get('settings', {}).get(name)!r}, now {value!r}")
+    if before.get("registry") != now["registry"]:
+        found.append(f"registry was {before.get('registry')}, now {now['registry']}")
+    old_inputs = before.get("inputs", [])
+    if len(old_inputs) != len(now["inputs"]):
+        found.append(f"it read {len(old_inputs)} source(s), now {len(now['inputs'])}")
+    else:
+        found += [
+            f"source {i + 1} differs (size or checksum)"
+            for i, (a, b) in enumerate(zip(old_inputs, now["inputs"], strict=True))
+            if a != b
+        ]
+    if before.get("versions") != now["versions"]:
+        found.append(f"versions were {before.get('versions')}, now {now['versions']}")
+    return found
+
+
+# --------------------------------------------------------------------------- dispatching shards
+
+
+class _Dispatch:
+    """Plans shards, skips finished ones, runs the rest in worker processes (or inline)."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        registry: Registry,
+        matcher: Any,
+        settings: CoverageSettings,
+        shards_dir: Path,
+    ):
+        self.sources = sources
+        self.registry = registry
+        self.matcher = matcher
+        self.settings = settings
+        self.shards_dir = shards_dir
+        self.planned: list[Shard] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.rows_done = self.shards_done = self.shards_resumed = 0
+        self.seconds = 0.0
+
+    def execute(self, done: set[str]) -> None:
+        """Run every planned shard not in ``done`` (keys of shards finished by an earlier run)."""
+        import multiprocessing
+
+        settings = self.settings
+        plan = plan_shards(
+            self.sources,
+            column=settings.column,
+            id_column=settings.id_column,
+            shard_rows=settings.shard_rows,
+            hf_split=settings.hf_split,
+            skip_bad=settings.skip_bad,
+        )
+        streamed = any(s.kind == "hf_stream" for s in self.sources)
+        items: Iterable[Shard | SkippedShard] = plan if streamed else list(plan)
+        total = (
+            None
+            if streamed
+            else sum(s.n_rows for s in items if isinstance(s, Shard) and s.key not in done)
+        )
+        context = multiprocessing.get_context("spawn")
+        counter = context.Value("q", 0)
+        options = _WorkerOptions(
+            shards_dir=str(self.shards_dir),
+            concept_groups=_concept_groups(self.registry),
+            per_caption=settings.per_caption,
+            examples_per_concept=settings.examples_per_concept,
+            max_caption_chars=settings.max_caption_chars,
+            batch_rows=settings.batch_rows,
+        )
+        initargs = (self.matcher, options, counter, os.getpid())
+        if settings.workers == 1:
+            _init_worker(*initargs[:3], None)
+            executor: Any = _InlineExecutor()
+        else:
+            executor = ProcessPoolExecutor(
+                settings.workers, mp_context=context, initializer=_init_worker, initargs=initargs
+            )
+        clock = time.perf_counter()
+        with _Progress(counter, total, settings.progress):
+            try:
+                self._run(executor, items, done)
+            finally:
+                executor.shutdown(wait=False, cancel_futures=True)
+        self.seconds = time.perf_counter() - clock
+
+    def _pending(self, items: Iterable[Shard | SkippedShard], done: set[str]) -> Iterator[Shard]:
+        for item in items:
+            if isinstance(item, SkippedShard):
+                self.skipped.append({"shard": item.label, "reason": item.reason, "n_rows": None})
+                continue
+            self.planned.append(item)
+            if item.key in done:
+                self.shards_resumed += 1
+            else:
+                yield item
+
+    def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], done: set[str]) -> None:
+        pending = self._pending(items, done)
+        in_flight: dict[Future, Shard] = {}
+        limit = 2 * self.settings.workers  # bounds memory when shards carry streamed rows
+        while True:
+            for shard in pending:
+                in_flight[executor.submit(_process_shard, shard)] = shard
+                if len(in_flight) >= limit:
+                    break
+            if not in_flight:
+                return
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                shard = in_flight.pop(future)
+                try:
+                    summary = future.result()
+                except BadShardError as exc:
+                    if not self.settings.skip_bad:
+                        _drain(in_flight)  # keep what the running shards finish, then stop
+                        raise
+                    self.skipped.append(
+                        {"shard": shard.label, "reason": exc.reason, "n_rows": shard.n_rows}
+                    )
+                    continue
+                self.rows_done += summary["n_rows"]
+                self.shards_done += 1
+
+
+def _drain(in_flight: dict[Future, Shard]) -> None:
+    for future in in_flight:
+        future.cancel()
+    wait(in_flight)
+
+
+class _InlineExecutor:
+    """Runs shards in this process, one at a time (workers=1): no start-up cost, same code."""
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _Progress:
+    """A progress bar over rows (captions/s), fed by the workers' shared counter."""
+
+    def __init__(self, counter: Any, total: int | None, enabled: bool):
+        self.counter = counter
+        self.total = total
+        self.enabled = enabled
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=self.total, unit=" captions", unit_scale=True, desc="coverage", smoothing=0.1
+            )
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.update(self.counter.value - self.bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.bar.update(self.counter.value - self.bar.n)
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _WorkerOptions:
+    shards_dir: str
+    concept_groups: tuple[tuple[str, str, str], ...]  # (concept, group, category), registry order
+    per_caption: bool
+    examples_per_concept: int
+    max_caption_chars: int
+    batch_rows: int
+
+
+def _concept_groups(registry: Registry) -> tuple[tuple[str, str, str], ...]:
+    category = {g.name: g.category for g in registry.groups}
+    return tuple((c.name, c.group, category[c.group]) for c in registry.concepts)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(matcher: Any, options: _WorkerOptions, counter: Any, parent: int | None) -> None:
+    """Per-process set-up (spawn-safe): the matcher arrives built, once per worker."""
+    _STATE.update(matcher=matcher, options=options, counter=counter, parent=parent)
+
+
+def _parent_alive() -> bool:
+    # a worker whose run was killed (kill -9) stops instead of working on as an orphan
+    return _STATE["parent"] is None or os.getppid() == _STATE["parent"]
+
+
+def _process_shard(shard: Shard) -> dict[str, Any]:
+    """Match every caption of one shard and write its partial result; returns a short summary."""
+    options: _WorkerOptions = _STATE["options"]
+    counter = _STATE["counter"]
+    clock = time.perf_counter()
+    shards_dir = Path(options.shards_dir)
+    tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.per_caption)
+    matches = (
+        _MatchesWriter(shards_dir, shard.key, _STATE["matcher"].concept_names)
+        if (options.per_caption)
+        else None
+    )
+    try:
+        for batch in shard.read(
+            max_caption_chars=options.max_caption_chars, batch_rows=options.batch_rows
+        ):
+            if not _parent_alive():
+                os._exit(1)
+            hits = tally.add(batch)
+            if matches is not None:
+                matches.write(batch.ids, hits)
+            with counter.get_lock():
+                counter.value += batch.n_rows
+        if not _parent_alive():
+            os._exit(1)
+        if matches is not None:
+            matches.commit()
+    finally:
+        if matches is not None:
+            matches.discard()
+    partial = tally.partial(shard, options.concept_groups)
+    partial["id_is_int"] = matches.id_is_int if matches is not None else None
+    partial["seconds"] = round(time.perf_counter() - clock, 3)
+    write_json(shards_dir / f"{shard.key}.json", partial)
+    return {"key": shard.key, "n_rows": partial["n_rows"]}
+
+
+class _ShardTally:
+    """Counts of one shard. Captions are tallied by their exact set of matched concepts, which
+    repeats a lot, so the per-caption work is one dict update; groups are derived at the end."""
+
+    def __init__(self, matcher: Any, examples_per_concept: int, keep_hits: bool):
+        self.match = matcher.match_indices
+        self.names = matcher.concept_names
+        self.k = examples_per_concept
+        self.keep_hits = keep_hits
+        self.combos: dict[tuple[int, ...], int] = {}
+        self.examples: dict[int, list[tuple[int, str, Any]]] = {}  # concept -> (crc, caption, id)
+        self.n_rows = self.n_read = self.n_empty = 0
+        self.skipped: Counter[str] = Counter()
+
+    def add(self, batch: Any) -> list[list[int]] | None:
+        match, combos = self.match, self.combos
+        all_hits: list[list[int]] | None = [] if self.keep_hits else None
+        n_empty = 0
+        for caption, row_id in zip(batch.captions, batch.ids, strict=True):
+            hits = match(caption)
+            if hits:
+                key = tuple(hits)
+                combos[key] = combos.get(key, 0) + 1
+                if self.k:
+                    self._offer(hits, caption, row_id)
+            elif not caption or caption.isspace():
+                n_empty += 1
+            if all_hits is not None:
+                all_hits.append(hits)
+        self.n_rows += batch.n_rows
+        self.n_read += len(batch.captions)
+        self.n_empty += n_empty
+        self.skipped.update(batch.skipped)
+        return all_hits
+
+    def _offer(self, hits: list[int], caption: str, row_id: Any) -> None:
+        """Keep, per concept, the k distinct captions with the smallest (crc, caption), sorted."""
+        crc = zlib.crc32(caption.encode("utf-8"))
+        k = self.k
+        for index in hits:
+            kept = self.examples.get(index)
+            if kept is None:
+                self.examples[index] = [(crc, caption, row_id)]
+                continue
+            if len(kept) >= k and crc > kept[-1][0]:
+                continue  # the common case: not among the k smallest
+            if any(text == caption for _, text, _ in kept):
+                continue  # the first occurrence (corpus order) keeps its id
+            bisect.insort(kept, (crc, caption, row_id), key=lambda entry: entry[:2])
+            del kept[k:]
+
+    def partial(
+        self, shard: Shard, concept_groups: Sequence[tuple[str, str, str]]
+    ) -> dict[str, Any]:
+        concepts: Counter[str] = Counter()
+        groups: Counter[str] = Counter()
+        categories: Counter[str] = Counter()
+        any_concept = 0
+        for combo, count in self.combos.items():
+            rows = [concept_groups[i] for i in combo]
+            concepts.update({name: count for name, _, _ in rows})
+            groups.update({group: count for _, group, _ in rows})
+            categories.update({category: count for _, _, category in rows})
+            any_concept += count
+        return {
+            "key": shard.key,
+            "shard": shard.label,
+            "first_row": shard.first_row,
+            "n_rows": self.n_rows,
+            "n_captions_read": self.n_read,
+            "n_empty": self.n_empty,
+            "skipped": dict(sorted(self.skipped.items())),
+            "n_with_any_concept": any_concept,
+            "concepts": dict(concepts),
+            "groups": dict(groups),
+            "categories": dict(categories),
+            "examples": {
+                self.names[i]: [list(entry) for entry in kept]
+                for i, kept in sorted(self.examples.items())
+            },
+        }
+
+
+class _MatchesWriter:
+    """One shard's per-caption matches, streamed to a temporary parquet file, renamed when done.
+
+    Ids are stored as strings here; the merge turns them back into integers when every shard's
+    ids were integers (a jsonl file may mix them)."""
+
+    def __init__(self, shards_dir: Path, key: str, concept_names: Sequence[str]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.names = pa.array(concept_names, type=pa.string())
+        self.schema = pa.schema([("id", pa.string()), ("concepts", pa.list_(pa.string()))])
+        self.final = shards_dir / f"{key}{_MATCHES_SUFFIX}"
+        self.tmp = shards_dir / f".{key}{_MATCHES_SUFFIX}.{os.getpid()}.tmp"
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.id_is_int = True
+
+    def write(self, ids: Sequence[Any], hits: list[list[int]]) -> None:
+        import pyarrow.compute as pc
+
+        pa = self.pa
+        try:
+            id_array = pa.array(ids)
+        except (pa.ArrowException, TypeError, ValueError):  # mixed types: fall back to text
+            id_array = pa.array([None if i is None else str(i) for i in ids], type=pa.string())
+        if not (pa.types.is_integer(id_array.type) or pa.types.is_null(id_array.type)):
+            self.id_is_int = False
+        offsets = [0]
+        flat: list[int] = []
+        for row in hits:
+            flat.extend(row)
+            offsets.append(len(flat))
+        concepts = pa.ListArray.from_arrays(
+            pa.array(offsets, type=pa.int32()), self.names.take(pa.array(flat, type=pa.int64()))
+        )
+        table = pa.table({"id": pc.cast(id_array, pa.string()), "concepts": concepts})
+        self.writer.write_table(table.cast(self.schema))
+
+    def commit(self) -> None:
+        self.writer.close()
+        os.replace(self.tmp, self.final)
+
+    def discard(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _merge(
+    out_dir: Path,
+    registry: Registry,
+    settings: CoverageSettings,
+    run: _Dispatch,
+    inputs: list[dict[str, Any]],
+    run_key: dict[str, Any],
+    timings: dict[str, Any],
+    folder: _RunFolder,
+) -> CoverageResult:
+    """Add up the partials of every planned shard, in corpus order, and write the outputs."""
+    totals = {"n_rows": 0, "n_captions_read": 0, "n_empty": 0, "n_with_any_concept": 0}
+    skipped: Counter[str] = Counter()
+    concepts: Counter[str] = Counter()
+    groups: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
+    examples: dict[str, list[tuple[int, str, Any]]] = {}
+    ids_are_int = True
+    for shard in run.planned:
+        partial = json.loads((folder.shards / f"{shard.key}.json").read_text(encoding="utf-8"))
+        for name in totals:
+            totals[name] += partial[name]
+        skipped.update(partial["skipped"])
+        concepts.update(partial["concepts"])
+        groups.update(partial["groups"])
+        categories.update(partial["categories"])
+        for name, found in partial["examples"].items():
+            examples.setdefault(name, []).extend((crc, text, row_id) for crc, text, row_id in found)
+        ids_are_int = ids_are_int and partial["id_is_int"] is not False
+    for shard in run.skipped:
+        totals["n_rows"] += shard["n_rows"] or 0
+
+    n_read = totals["n_captions_read"]
+    tables = _tables(registry, n_read, concepts, groups, categories)
+    for name, frame in tables.items():
+        write_table(frame, out_dir / name)
+    example_doc = _examples(registry, settings.examples_per_concept, examples, concepts)
+    write_json(out_dir / "examples.json", example_doc)
+    outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
+    if settings.per_caption:
+        _merge_matches(folder.shards, run.planned, out_dir / "matches.parquet", ids_are_int)
+        outputs.append("matches.parquet")
+
+    by_source: dict[int, set[tuple[str | None, str | None]]] = {}
+    for shard in run.planned:
+        by_source.setdefault(shard.source, set()).add((shard.column, shard.id_column))
+    for index, record in enumerate(inputs):
+        used = sorted(by_source.get(index, set()), key=str)
+        record["columns"] = [{"caption": c, "id": i or "row number"} for c, i in used]
+
+    manifest = {
+        **base_manifest("coverage", _LIBRARIES),
+        "status": "complete",
+        "run_key": run_key,
+        "profile": settings.profile,
+        "settings": asdict(settings),
+        "registry": registry.provenance(),
+        "inputs": inputs,
+        **totals,
+        "n_skipped": sum(skipped.values()),
+        "skipped_reasons": dict(sorted(skipped.items())),
+        "n_shards": len(run.planned),
+        "skipped_shards": run.skipped,
+        "rate_denominator": RATE_DENOMINATOR,
+        "example_selection": EXAMPLE_SELECTION,
+        "id_source": "the input's id column when it has one, else the row number across the corpus",
+        "timings": timings,
+        "outputs": outputs,
+    }
+    folder.write_manifest(manifest)
+    if settings.per_caption:
+        for shard in run.planned:  # merged into matches.parquet, which a complete run keeps
+            (folder.shards / f"{shard.key}{_MATCHES_SUFFIX}").unlink(missing_ok=True)
+    return CoverageResult(
+        out_dir, tables["concepts"], tables["groups"], tables["categories"], example_doc, manifest
+    )
+
+
+def _tables(
+    registry: Registry,
+    n_read: int,
+    concepts: Counter[str],
+    groups: Counter[str],
+    categories: Counter[str],
+) -> dict[str, Any]:
+    import pandas as pd
+
+    def rate(count: int) -> float:
+        return count / n_read if n_read else float("nan")
+
+    category_of = {g.name: g.category for g in registry.groups}
+    concept_rows = [
+        {
+            "concept": c.name,
+            "group": c.group,
+            "category": category_of[c.group],
+            "count": concepts[c.name],
+            "rate": rate(concepts[c.name]),
+        }
+        for c in registry.concepts
+    ]
+    concept_frame = pd.DataFrame(
+        concept_rows, columns=["concept", "group", "category", "count", "rate"]
+    )
+
+    def summary(key: str, names: Sequence[str], counts: Counter[str]) -> Any:
+        rows = []
+        for name in names:
+            members = concept_frame[concept_frame[key] == name]
+            rows.append(
+                {
+                    key: name,
+                    **({"category": category_of[name]} if key == "group" else {}),
+                    "count": counts[name],
+                    "rate": rate(counts[name]),
+                    "n_concepts": len(members),
+                    "mean_concept_rate": members["rate"].mean(),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    return {
+        "concepts": concept_frame,
+        "groups": summary("group", [g.name for g in registry.groups], groups),
+        "categories": summary("category", list(registry.categories), categories),
+    }
+
+
+def _examples(
+    registry: Registry,
+    k: int,
+    found: dict[str, list[tuple[int, str, Any]]],
+    counts: Counter[str],
+) -> dict[str, Any]:
+    chosen: dict[str, Any] = {}
+    for concept in registry.concepts:
+        picked: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        # stable sort: among equal captions the earliest shard's (first occurrence's) id is kept
+        for _, text, row_id in sorted(found.get(concept.name, []), key=lambda e: (e[0], e[1])):
+            if text not in seen and len(picked) < k:
+                seen.add(text)
+                picked.append({"id": row_id, "caption": text})
+        chosen[concept.name] = {
+            "group": concept.group,
+            "count": counts[concept.name],
+            "examples": picked,
+        }
+    return {"examples_per_concept": k, "selection": EXAMPLE_SELECTION, "concepts": chosen}
+
+
+def _merge_matches(shards_dir: Path, planned: list[Shard], target: Path, ids_are_int: bool) -> None:
+    """Concatenate the shards' matches files in corpus order, streaming (bounded memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    id_type = pa.int64() if ids_are_int else pa.string()
+    schema = pa.schema([("id", id_type), ("concepts", pa.list_(pa.string()))])
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for shard in planned:
+                with pq.ParquetFile(shards_dir / f"{shard.key}{_MATCHES_SUFFIX}") as handle:
+                    for batch in handle.iter_batches():
+                        writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_result(out_dir: Path) -> CoverageResult:
+    """The result of a run folder that is already complete (a restart after the end)."""
+    import pandas as pd
+
+    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    examples = json.loads((out_dir / "examples.json").read_text(encoding="utf-8"))
+    names = ("concepts", "groups", "categories")
+    tables = {name: pd.read_parquet(out_dir / f"{name}.parquet") for name in names}
+    return CoverageResult(
+        out_dir, tables["concepts"], tables["groups"], tables["categories"], examples, manifest
+    )

@@ -1,0 +1,174 @@
+"""How well the lexical matchers find concepts: precision and recall against gold caption labels.
+
+A gold file is JSON lines, one caption per line::
+
+    {"id": 283609, "caption": "A hitter, catcher, and umpire near home plate.", "concepts": ["athlete"]}
+
+``concepts`` lists the registry concepts the caption mentions under their glosses (empty when none).
+:func:`evaluate_gold` runs each matching profile over the captions and returns plain data
+(JSON-serialisable): micro scores, per-group scores, per-concept error counts, and every caption
+where a profile and the gold labels disagree, so an auditor can read the errors themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipaudit.errors import InputError, did_you_mean
+from clipaudit.lexical import PROFILES, build_matcher
+from clipaudit.metrics import multilabel_scores
+from clipaudit.provenance import sha256_file
+from clipaudit.registry import Registry, load_registry
+
+
+@dataclass(frozen=True)
+class GoldCaption:
+    """One labelled caption: its id, its text and the concepts it mentions."""
+
+    id: int | str
+    caption: str
+    concepts: tuple[str, ...]
+
+
+def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCaption]:
+    """Read and check a gold JSON-lines file; every label must name a concept of ``registry``.
+
+    ``registry`` defaults to the built-in one. Blank lines are skipped; a line without ``id`` gets
+    its line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"gold file {str(path)!r} does not exist; expected a JSON-lines file of labelled captions")
+    registry = registry or load_registry()
+    known = {c.name for c in registry.concepts}
+    rows: list[GoldCaption] = []
+    seen: dict[int | str, int] = {}
+    unknown: dict[str, int] = {}  # label -> first line it appears on
+    with path.open(encoding="utf-8") as handle:
+        try:
+            lines = list(enumerate(handle, start=1))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, line in lines:
+        if not line.strip():
+            continue
+        row = _parse_line(path, number, line)
+        caption_id = row.get("id", number)
+        if caption_id in seen:
+            raise InputError(f"{path}:{number}: duplicate id {caption_id!r} (first on line {seen[caption_id]})")
+        seen[caption_id] = number
+        for name in row["concepts"]:
+            if name not in known:
+                unknown.setdefault(name, number)
+        rows.append(GoldCaption(caption_id, row["caption"], tuple(dict.fromkeys(row["concepts"]))))
+    if unknown:
+        listed = "; ".join(
+            f"{name!r} (line {line}){did_you_mean(name, known)}" for name, line in unknown.items()
+        )
+        raise InputError(
+            f"{path}: {len(unknown)} label(s) name no concept of registry {registry.name!r}: {listed}; "
+            "fix the labels or evaluate with the registry they were made for"
+        )
+    if not rows:
+        raise InputError(f"{path}: no labelled captions in the file")
+    return rows
+
+
+def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    where = f"{path}:{number}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object with 'caption' and 'concepts', got {line.strip()!r:.80}")
+    if not isinstance(row.get("caption"), str):
+        raise InputError(f"{where}: 'caption' must be a string, got {row.get('caption')!r:.60}")
+    concepts = row.get("concepts")
+    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+        raise InputError(f"{where}: 'concepts' must be a list of concept names, got {concepts!r:.80}")
+    caption_id = row.get("id", number)
+    if not isinstance(caption_id, (int, str)) or isinstance(caption_id, bool):
+        raise InputError(f"{where}: 'id' must be an integer or a string, got {caption_id!r:.60}")
+    return row
+
+
+def evaluate_gold(
+    gold_path: str | Path,
+    registry: Registry,
+    profiles: Sequence[str] = PROFILES,
+    spacy_model: str | None = None,
+) -> dict[str, Any]:
+    """Score each matching profile against the gold labels; returns JSON-serialisable data.
+
+    ``spacy_model`` is passed to the curated profile only (the paper profile has no NLP step).
+    """
+    gold = load_gold(gold_path, registry)
+    truth = [set(row.concepts) for row in gold]
+    result: dict[str, Any] = {
+        "gold": {
+            "path": str(gold_path),
+            "sha256": sha256_file(gold_path),
+            "n_captions": len(gold),
+            "n_labels": sum(len(t) for t in truth),
+        },
+        "registry": registry.provenance(),
+        "profiles": {},
+    }
+    for profile in profiles:
+        matcher = build_matcher(
+            registry, profile, spacy_model=spacy_model if profile == "curated" else None
+        )
+        predicted = [set(matcher.match(row.caption)) for row in gold]
+        result["profiles"][profile] = {
+            "spacy_model": spacy_model if profile == "curated" else None,
+            "micro": multilabel_scores(truth, predicted, [c.name for c in registry.concepts]),
+            "groups": _group_scores(registry, truth, predicted),
+            "concepts": _concept_errors(registry, truth, predicted),
+            "disagreements": [
+                {
+                    "id": row.id,
+                    "caption": row.caption,
+                    "missed": [c for c in row.concepts if c not in pred],
+                    "extra": [c for c in matcher.concept_names if c in pred - true],
+                }
+                for row, true, pred in zip(gold, truth, predicted)
+                if true != pred
+            ],
+        }
+    return result
+
+
+def _group_scores(
+    registry: Registry, truth: list[set[str]], predicted: list[set[str]]
+) -> list[dict[str, Any]]:
+    """Micro scores within each group that the gold labels or the predictions touch."""
+    rows = []
+    for group in registry.groups:
+        names = [c.name for c in registry.concepts_in(group.name)]
+        keep = set(names)
+        scores = multilabel_scores(
+            [t & keep for t in truth], [p & keep for p in predicted], names
+        )
+        support = scores["tp"] + scores["fn"]
+        if support or scores["fp"]:
+            rows.append({"group": group.name, "category": group.category, "support": support, **scores})
+    return rows
+
+
+def _concept_errors(
+    registry: Registry, truth: list[set[str]], predicted: list[set[str]]
+) -> list[dict[str, Any]]:
+    """Scores of every concept that is labelled or predicted at least once."""
+    rows = []
+    for concept in registry.concepts:
+        name = concept.name
+        if any(name in t or name in p for t, p in zip(truth, predicted)):
+            only = {name}
+            scores = multilabel_scores([t & only for t in truth], [p & only for p in predicted], [name])
+            rows.append({"concept": name, "group": concept.group, **scores})
+    return rows

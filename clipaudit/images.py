@@ -1,0 +1,495 @@
+"""Labelled images for zero-shot audits: where they come from, and decoding that survives bad files.
+
+Sources (:func:`open_images` picks by what ``source`` is):
+
+- an image folder ``ROOT/<group>/<concept>/*.jpg|png|webp`` (the paper's layout), or
+  ``ROOT/<category>/<group>/<concept>/``; folder names match registry names ignoring case, spaces,
+  ``-`` and ``_``;
+- webdataset tar shards as img2dataset writes them (a folder of ``*.tar``, one ``.tar``, or a brace
+  pattern ``shards/{00000..00009}.tar``): each sample's image plus a ``.json`` whose
+  ``label_field`` (default ``concept``) names the concept, or a ``.txt`` holding the concept name;
+- a Hugging Face image dataset: a ``save_to_disk`` folder, or ``hf:NAME`` from the hub, with an image
+  column and a label column (class names or strings) naming concepts.
+
+Labels that match no registry concept are collected and reported in one :class:`InputError` with the
+closest registry names. Concepts are unique across a registry, so a label alone fixes the group.
+
+Decoding (:func:`decode_image`) converts what it can to RGB (CMYK, grayscale, 16-bit, palette,
+animated: first frame) and raises :class:`BadImage` for what it cannot (empty, corrupt, truncated,
+larger than the decompression-bomb limit); :class:`DecodedImages` turns those into skipped entries so
+one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipaudit.errors import InputError, did_you_mean
+from clipaudit.registry import Concept, Registry
+from clipaudit.text import normalize
+
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb threshold (~89 Mpx)
+DECODE_VERSION = 1  # bump when decoding changes the pixels a model sees (part of the cache key)
+_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
+_MAX_LISTED = 25
+
+
+class BadImage(Exception):
+    """An image that cannot be decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image and where its bytes are.
+
+    ``path`` is what results show; ``identity`` is a digest of what makes the bytes unique
+    (file path, size, mtime; or dataset fingerprint and row), the key of the embedding cache.
+    Bytes live in ``file`` (``length`` bytes from ``offset``, all of it when -1) or, for Hugging Face
+    datasets, in row ``row`` of the dataset.
+    """
+
+    path: str
+    group: str
+    concept: str
+    identity: str
+    file: str | None = None
+    offset: int = 0
+    length: int = -1
+    row: int = -1
+
+
+@dataclass
+class ImageSet:
+    """The labelled images of one source, restricted to the selected groups."""
+
+    source: str
+    kind: str
+    records: list[ImageRecord]
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    n_unselected: int = 0
+    dataset: Any = None
+    image_column: str | None = None
+
+    def read_bytes(self, record: ImageRecord) -> bytes:
+        if record.file is None:
+            cell = self.dataset[record.row][self.image_column]
+            if isinstance(cell, dict):
+                if cell.get("bytes"):
+                    return cell["bytes"]
+                return Path(cell["path"]).read_bytes()
+            return Path(cell).read_bytes()
+        with open(record.file, "rb") as handle:
+            handle.seek(record.offset)
+            return handle.read(record.length)
+
+    def counts(self) -> Counter:
+        return Counter(r.concept for r in self.records)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the images."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "n_images": len(self.records),
+            "n_ignored": len(self.ignored),
+            "ignored": self.ignored[:100],
+            "n_unselected": self.n_unselected,
+            "images_per_concept": dict(self.counts()),
+        }
+
+
+def _fold(name: str) -> str:
+    """Case- and separator-insensitive key: ``Wide_Shot``, ``wide-shot``, ``WideShot`` -> ``wideshot``."""
+    return normalize(name).replace(" ", "")
+
+
+class _Names:
+    """Maps source names to registry groups, categories and concepts; collects the unknown ones."""
+
+    def __init__(self, registry: Registry, groups: Iterable[str] | None):
+        self.registry = registry
+        self.groups = {_fold(g.name): g.name for g in registry.groups}
+        self.groups.update({_fold(g.label): g.name for g in registry.groups if _fold(g.label) not in self.groups})
+        self.categories = {_fold(c): c for c in registry.categories}
+        self.concepts = {_fold(c.name): c for c in registry.concepts}
+        self.selected = {registry.group(g).name for g in groups} if groups is not None else None
+        self.problems: list[str] = []
+
+    def is_selected(self, group: str) -> bool:
+        return self.selected is None or group in self.selected
+
+    def group(self, name: str, where: str, *, or_category: bool = False) -> str | None:
+        """The registry group ``name`` folds to; None (and a problem, unless it is a category and
+        ``or_category``) otherwise."""
+        found = self.groups.get(_fold(name))
+        if found is None and not (or_category and _fold(name) in self.categories):
+            choices = [g.name for g in self.registry.groups]
+            choices += list(self.registry.categories) if or_category else []
+            what = "group or category" if or_category else "group"
+            self.problems.append(f"{where} {name!r} is no {what}{did_you_mean(name, choices)}")
+        return found
+
+    def concept(self, name: str, where: str, group: str | None = None) -> Concept | None:
+        found = self.concepts.get(_fold(name))
+        if found is None:
+            pool = self.registry.concepts_in(group) if group else self.registry.concepts
+            self.problems.append(f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}")
+        elif group is not None and found.group != group:
+            self.problems.append(f"{where} {name!r}: concept {found.name!r} is in group {found.group!r}, not {group!r}")
+            return None
+        return found
+
+    def raise_problems(self, source: str) -> None:
+        if not self.problems:
+            return
+        listed = "; ".join(self.problems[:_MAX_LISTED])
+        more = f"; and {len(self.problems) - _MAX_LISTED} more" if len(self.problems) > _MAX_LISTED else ""
+        raise InputError(
+            f"{len(self.problems)} name(s) in {source} match no registry entry: {listed}{more}. "
+            f"Names must be registry group/concept names (case, spaces, '-' and '_' do not matter); "
+            f"see `clipaudit concepts list`"
+        )
+
+
+def _identity(*parts: object) -> str:
+    return hashlib.blake2b("\0".join(map(str, parts)).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _file_identity(path: Path, member: str = "") -> str:
+    stat = path.stat()
+    return _identity(path.resolve(), member, stat.st_size, stat.st_mtime_ns)
+
+
+def _extension(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def open_images(
+    source: str | os.PathLike,
+    registry: Registry,
+    groups: Iterable[str] | None = None,
+    *,
+    label_field: str | None = None,
+    image_column: str = "image",
+    split: str | None = None,
+) -> ImageSet:
+    """List the labelled images of ``source`` for the selected ``groups`` (all when None).
+
+    ``label_field`` is the webdataset json key (default ``concept``) or the Hugging Face label
+    column (default ``label``). Raises :class:`InputError` for a missing source, unknown names, or
+    no images at all in the selected groups.
+    """
+    names = _Names(registry, groups)
+    text = str(source)
+    if text.startswith("hf:"):
+        images = _hf_images(text, text.removeprefix("hf:"), names, label_field or "label", image_column, split)
+    else:
+        shards = _tar_shards(text)
+        path = Path(text)
+        if shards:
+            images = _webdataset_images(text, shards, names, label_field or "concept")
+        elif not path.exists():
+            raise InputError(
+                f"image source {text!r} does not exist; expected an image folder, webdataset .tar "
+                "shards, a Hugging Face save_to_disk folder, or hf:NAME"
+            )
+        elif path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+            images = _hf_images(text, path, names, label_field or "label", image_column, split)
+        elif path.is_dir():
+            images = _folder_images(path, names)
+        else:
+            raise InputError(f"image source {text!r} is a file but not a .tar shard; expected a folder or .tar")
+    names.raise_problems(text)
+    if not images.records:
+        raise InputError(
+            f"no images of the selected groups in {text!r} ({len(images.ignored)} files ignored, "
+            f"{images.n_unselected} images of other groups); check the layout and --groups"
+        )
+    return images
+
+
+def _folder_images(root: Path, names: _Names) -> ImageSet:
+    records: list[ImageRecord] = []
+    ignored: list[dict[str, str]] = []
+    unselected = 0
+    for top in sorted(p for p in root.iterdir() if p.is_dir()):
+        group = names.group(top.name, "folder", or_category=True)
+        if group is not None:
+            group_dirs = [(top, group)]
+        elif _fold(top.name) in names.categories:
+            found = ((sub, names.group(sub.name, f"folder {top.name}/")) for sub in sorted(top.iterdir()) if sub.is_dir())
+            group_dirs = [(sub, g) for sub, g in found if g is not None]
+        else:
+            continue
+        for group_dir, group in group_dirs:
+            for concept_dir in sorted(p for p in group_dir.iterdir() if p.is_dir()):
+                concept = names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
+                if concept is None:
+                    continue
+                for file in sorted(concept_dir.rglob("*")):
+                    if not file.is_file():
+                        continue
+                    if _extension(file.name) not in IMAGE_EXTENSIONS:
+                        ignored.append({"path": str(file), "reason": "not an image file extension"})
+                    elif not names.is_selected(group):
+                        unselected += 1
+                    else:
+                        records.append(
+                            ImageRecord(str(file), group, concept.name, _file_identity(file), file=str(file))
+                        )
+    for stray in sorted(p for p in root.iterdir() if p.is_file()):
+        ignored.append({"path": str(stray), "reason": "not inside a <group>/<concept>/ folder"})
+    return ImageSet(str(root), "folder", records, ignored, unselected)
+
+
+def _tar_shards(source: str) -> list[Path]:
+    if "{" in source and ".tar" in source:
+        from braceexpand import braceexpand
+
+        shards = [Path(s) for s in braceexpand(source)]
+        missing = [str(s) for s in shards if not s.is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} shard(s) of {source!r} do not exist, e.g. {missing[0]!r}")
+        return shards
+    path = Path(source)
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    if path.is_dir():
+        return sorted(path.glob("*.tar"))
+    return []
+
+
+def _webdataset_images(source: str, shards: Sequence[Path], names: _Names, label_field: str) -> ImageSet:
+    """Samples of img2dataset-style shards: an image member plus a json (``label_field``) or txt label."""
+    import json
+
+    records: list[ImageRecord] = []
+    ignored: list[dict[str, str]] = []
+    unselected = 0
+    for shard in shards:
+        stat = shard.stat()
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                for member in tar:
+                    match = _WDS_KEY.match(member.name)
+                    if member.isfile() and match:
+                        samples.setdefault(match.group(1), {})[match.group(2).lower()] = member
+                with open(shard, "rb") as handle:
+
+                    def read(member: tarfile.TarInfo) -> bytes:
+                        handle.seek(member.offset_data)
+                        return handle.read(member.size)
+
+                    for key, members in samples.items():
+                        where = f"{shard}/{key}"
+                        image_ext = next((e for e in members if e in IMAGE_EXTENSIONS), None)
+                        if image_ext is None:
+                            ignored.append({"path": where, "reason": "sample has no image"})
+                            continue
+                        label = None
+                        if "json" in members:
+                            try:
+                                label = json.loads(read(members["json"])).get(label_field)
+                            except (ValueError, AttributeError):
+                                label = None
+                        if label is None and "txt" in members:
+                            label = read(members["txt"]).decode("utf-8", "replace").strip()
+                        if not isinstance(label, str) or not label:
+                            ignored.append(
+                                {"path": where, "reason": f"no concept label (json {label_field!r} or txt)"}
+                            )
+                            continue
+                        concept = names.concept(label, "label")
+                        if concept is None:
+                            continue
+                        if not names.is_selected(concept.group):
+                            unselected += 1
+                            continue
+                        member = members[image_ext]
+                        records.append(
+                            ImageRecord(
+                                path=f"{shard}/{member.name}",
+                                group=concept.group,
+                                concept=concept.name,
+                                identity=_identity(shard.resolve(), member.name, stat.st_size, stat.st_mtime_ns),
+                                file=str(shard),
+                                offset=member.offset_data,
+                                length=member.size,
+                            )
+                        )
+        except tarfile.TarError as exc:
+            raise InputError(f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}") from None
+    return ImageSet(source, "webdataset", records, ignored, unselected)
+
+
+def _hf_images(
+    source: str,
+    location: str | Path,
+    names: _Names,
+    label_column: str,
+    image_column: str,
+    split: str | None,
+) -> ImageSet:
+    import datasets
+
+    if isinstance(location, Path):
+        loaded = datasets.load_from_disk(str(location))
+    else:
+        loaded = datasets.load_dataset(location, split=split) if split else datasets.load_dataset(location)
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None and len(splits) != 1:
+            raise InputError(f"{source!r} has splits {', '.join(splits)}; choose one with --split")
+        chosen = split or splits[0]
+        if chosen not in loaded:
+            raise InputError(f"{source!r} has no split {chosen!r}{did_you_mean(chosen, splits)}; splits are {', '.join(splits)}")
+        dataset = loaded[chosen]
+    else:
+        dataset = loaded
+    for column, option in ((image_column, "--image-column"), (label_column, "--label-column")):
+        if column not in dataset.column_names:
+            raise InputError(
+                f"{source!r} has no column {column!r}{did_you_mean(column, dataset.column_names)}; "
+                f"columns are {', '.join(dataset.column_names)}; choose with {option}"
+            )
+    feature = dataset.features[label_column]
+    labels = list(dataset.select_columns([label_column])[label_column])
+    if isinstance(feature, datasets.ClassLabel):
+        labels = feature.int2str(labels)
+    if isinstance(dataset.features[image_column], datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    fingerprint = dataset._fingerprint  # changes whenever the dataset's content does
+    records: list[ImageRecord] = []
+    unselected = 0
+    for row, label in enumerate(labels):
+        concept = names.concept(str(label), "label")
+        if concept is None:
+            continue
+        if not names.is_selected(concept.group):
+            unselected += 1
+            continue
+        records.append(
+            ImageRecord(
+                path=f"{source}#{row}",
+                group=concept.group,
+                concept=concept.name,
+                identity=_identity("hf", fingerprint, row),
+                row=row,
+            )
+        )
+    return ImageSet(source, "huggingface", records, [], unselected, dataset=dataset, image_column=image_column)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(data: bytes, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to an RGB PIL image, or raise :class:`BadImage` saying why not.
+
+    ``draft_size`` lets JPEGs decode at a reduced scale (Pillow's draft mode) that still covers
+    ``draft_size`` pixels on each side. Images with more than ``max_pixels`` pixels are refused
+    before decoding (decompression-bomb guard).
+    """
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise BadImage(
+                    f"too large: {image.width}x{image.height} = {pixels} pixels exceeds the "
+                    f"decompression-bomb limit of {max_pixels}"
+                )
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not a recognised image (corrupt, or not an image file)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BadImage(f"undecodable ({'truncated' if 'truncated' in reason else reason})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB version of a decoded image; 16-bit and float grayscale are scaled, not clipped, to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        eight_bit = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bit, "L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise BadImage(f"cannot convert mode {image.mode} to RGB: {exc}") from None
+
+
+class DecodedImages:
+    """Map-style dataset for ``torch.utils.data.DataLoader``: item ``i`` -> ``(i, tensor, None)`` or
+    ``(i, None, reason)`` when the image cannot be read, decoded or preprocessed."""
+
+    def __init__(
+        self,
+        images: ImageSet,
+        indices: Sequence[int],
+        transform: Callable[[Image.Image], Any],
+        *,
+        draft_size: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.images = images
+        self.indices = list(indices)
+        self.transform = transform
+        self.draft_size = draft_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, Any, str | None]:
+        index = self.indices[position]
+        record = self.images.records[index]
+        try:
+            data = self.images.read_bytes(record)
+            image = decode_image(data, draft_size=self.draft_size, max_pixels=self.max_pixels)
+            return index, self.transform(image), None
+        except BadImage as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # one bad file (unreadable, odd size for a transform) never stops a run
+            return index, None, f"{type(exc).__name__}: {exc}"
+
+
+def collate_decoded(items: Sequence[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Batch the decodable items of :class:`DecodedImages`; return ``(indices, tensor, failures)``."""
+    import torch
+
+    good = [(index, tensor) for index, tensor, error in items if error is None]
+    failures = [(index, error) for index, _, error in items if error is not None]
+    batch = torch.stack([tensor for _, tensor in good]) if good else None
+    return [index for index, _ in good], batch, failures

@@ -1,0 +1,284 @@
+"""OpenCLIP models, loaded through open_clip's own factory.
+
+A model is named like open_clip names it, plus two local forms so custom and tiny models run like
+named ones:
+
+- ``--model ViT-B-32 --pretrained laion2b_s34b_b79k``: an architecture and a pretrained tag;
+- ``--model hf-hub:org/repo`` or ``--model local-dir:/path``: config and weights together
+  (``--pretrained`` must then be left out, open_clip would ignore it);
+- ``--model path/to/config.json``: an open_clip model config (``embed_dim``, ``vision_cfg``,
+  ``text_cfg``), registered on the fly under its file stem;
+- ``--pretrained path/to/checkpoint.safetensors`` (or ``.pt``/``.pth``/``.bin``): a local checkpoint,
+  read without unpickling arbitrary objects (safetensors, or ``torch.load(weights_only=True)``);
+- no ``--pretrained``: random weights, seeded (useful for speed measurements and tests).
+
+Loading records what determines the embeddings (architecture, config, a hash of the weights,
+preprocessing, precision) so that image embeddings can be cached under that identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from clipaudit.errors import ModelError, SettingsError, did_you_mean
+from clipaudit.provenance import sha256_file
+
+SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+RANDOM_WEIGHTS = ("none", "random")  # --pretrained values meaning "no checkpoint: seeded random weights"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load: an open_clip model name or config JSON, and its weights."""
+
+    model: str
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise SettingsError("a model name is empty; expected e.g. ViT-B-32 or a config JSON path")
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise SettingsError(
+                f"the pretrained value for {self.model!r} is empty; give a tag, a checkpoint "
+                f"file, or 'none' for random weights"
+            )
+        if self.model.startswith(SCHEMA_PREFIXES) and not self.is_random:
+            raise SettingsError(
+                f"{self.model!r} carries its own weights, got --pretrained {self.pretrained!r} as well; "
+                "leave --pretrained out (or 'none') for hf-hub: and local-dir: models"
+            )
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained is None or self.pretrained.lower() in RANDOM_WEIGHTS
+
+    @property
+    def is_checkpoint_file(self) -> bool:
+        if self.is_random:
+            return False
+        path = Path(self.pretrained)
+        return path.suffix in CHECKPOINT_SUFFIXES or path.exists()
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: ``ViT-B-32@laion2b_s34b_b79k``, ``tiny@ckpt``, ``hf-hub:org/repo``."""
+        name = Path(self.model).stem if self.model.endswith(".json") else self.model
+        if self.model.startswith(SCHEMA_PREFIXES):
+            return name
+        if self.is_random:
+            return f"{name}@random"
+        weights = Path(self.pretrained).stem if self.is_checkpoint_file else self.pretrained
+        return f"{name}@{weights}"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to embed images and texts, with what identifies its embeddings.
+
+    ``identity`` holds everything the image embeddings depend on (architecture and config, weights
+    hash, preprocessing, precision); ``info`` is what the manifest records about the model.
+    """
+
+    label: str
+    model: torch.nn.Module
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    device: torch.device
+    precision: str
+    image_size: int
+    identity: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """``torch.inference_mode`` plus autocast when the precision is bf16 or fp16."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=dtype, enabled=dtype is not None
+        ):
+            yield
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; explicit devices are checked to exist."""
+    base = device.split(":", 1)[0]
+    if base not in DEVICES:
+        raise SettingsError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"device {device!r} was asked for but MPS is not available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type == "cpu":
+        raise SettingsError("fp16 autocast is for GPUs; on CPU use --precision fp32 or bf16")
+    return precision
+
+
+def resolve_architecture(model: str) -> str:
+    """The open_clip model name for ``model``, registering a config JSON file on the fly."""
+    if model.startswith("local-dir:"):
+        folder = Path(model.removeprefix("local-dir:"))
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelError(
+                f"local-dir model {str(folder)!r} has no open_clip_config.json; expected a folder with "
+                "open_clip_config.json and a checkpoint (open_clip's local-dir layout)"
+            )
+        return model
+    if model.startswith("hf-hub:"):
+        return model
+    if model.endswith(".json"):
+        return _register_config(Path(model))
+    known = open_clip.list_models()
+    if model not in known:
+        raise ModelError(
+            f"unknown open_clip model {model!r}{did_you_mean(model, known)}; use a name from "
+            "open_clip.list_models(), hf-hub:org/repo, local-dir:PATH, or the path of a model-config JSON"
+        )
+    return model
+
+
+def _register_config(path: Path) -> str:
+    if not path.is_file():
+        raise ModelError(f"model config {str(path)!r} does not exist; expected an open_clip model-config JSON")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+    required = ("embed_dim", "vision_cfg", "text_cfg")
+    if not isinstance(config, dict) or not all(key in config for key in required):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        hint = " (an open_clip_config.json with model_cfg: use --model local-dir:FOLDER)" if (
+            isinstance(config, dict) and "model_cfg" in config
+        ) else ""
+        raise ModelError(
+            f"model config {str(path)!r} must have keys {', '.join(required)}, got {got}{hint}"
+        )
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def _check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
+    """The value to pass to open_clip as ``pretrained`` (None for random weights), checked."""
+    if spec.is_random:
+        return None
+    if spec.is_checkpoint_file:
+        if not Path(spec.pretrained).is_file():
+            raise ModelError(
+                f"checkpoint file {spec.pretrained!r} does not exist; give an existing .safetensors/.pt "
+                "file or a pretrained tag"
+            )
+        return spec.pretrained
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if spec.pretrained not in tags:
+        raise ModelError(
+            f"unknown pretrained tag {spec.pretrained!r} for {architecture!r}"
+            f"{did_you_mean(spec.pretrained, tags)}; tags for it are {', '.join(tags) or 'none'}, "
+            "or give a checkpoint file"
+        )
+    return spec.pretrained
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): identifies weights without a file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto", seed: int = 0) -> LoadedModel:
+    """Load ``spec`` with ``open_clip.create_model_and_transforms`` in eval mode on ``device``.
+
+    The model stays in fp32; ``precision`` bf16/fp16 is applied as autocast by
+    :meth:`LoadedModel.inference`. Random weights are drawn after ``torch.manual_seed(seed)``.
+    """
+    torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    architecture = resolve_architecture(spec.model)
+    pretrained = _check_pretrained(spec, architecture)
+    torch.manual_seed(seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            architecture, pretrained=pretrained, device=torch_device, precision="fp32", weights_only=True
+        )
+        tokenizer = open_clip.get_tokenizer(architecture)
+    except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
+        reason = " ".join(str(exc).split())[:400]
+        raise ModelError(
+            f"could not load model {spec.label!r} ({type(exc).__name__}: {reason}); check the model "
+            "name, and that the checkpoint matches the architecture and holds only tensors"
+        ) from exc
+    model.eval()
+    if torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    random_weights = spec.is_random and not architecture.startswith(SCHEMA_PREFIXES)
+    checkpoint_sha = sha256_file(pretrained) if spec.is_checkpoint_file else None
+    weights_id = checkpoint_sha or weights_sha256(model)
+    preprocess_cfg = dict(model.visual.preprocess_cfg)
+    size = preprocess_cfg["size"]
+    config = None if architecture.startswith(SCHEMA_PREFIXES) else open_clip.get_model_config(architecture)
+    identity = {
+        "architecture": architecture,
+        "config": config,
+        "weights_sha256": weights_id,
+        "preprocess": preprocess_cfg,
+        "precision": resolved_precision,
+    }
+    info = {
+        "label": spec.label,
+        "model": spec.model,
+        "architecture": architecture,
+        "pretrained": None if spec.is_random else spec.pretrained,
+        "pretrained_tag": None if spec.is_random or spec.is_checkpoint_file else spec.pretrained,
+        "checkpoint_sha256": checkpoint_sha,
+        "weights_sha256": weights_id,
+        "random_weights_seed": seed if random_weights else None,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "preprocess": preprocess_cfg,
+        "device": str(torch_device),
+        "precision": resolved_precision,
+    }
+    return LoadedModel(
+        label=spec.label,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        device=torch_device,
+        precision=resolved_precision,
+        image_size=min(size) if isinstance(size, (tuple, list)) else int(size),
+        identity=identity,
+        info=info,
+    )
+
+
+def slug(label: str) -> str:
+    """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"

@@ -1,0 +1,675 @@
+"""Caption sources, cut into shards of resumable work and read in bounded record batches.
+
+A source is what the user names on the command line:
+
+- a ``.parquet`` file, or a folder of shards (all its parquet files, found recursively and sorted
+  by relative path; a folder without parquet files is read as its ``.jsonl`` files, then its
+  ``.txt`` files). Parquet is read with pyarrow in record batches of only the needed columns;
+- a ``.jsonl`` file (one JSON object per line) or a ``.txt`` file (one caption per line);
+- a folder written by ``datasets.Dataset.save_to_disk`` (read by row ranges through ``datasets``);
+- ``hf:NAME`` or ``hf:NAME:CONFIG``: a Hugging Face dataset by hub name or local path, read through
+  ``datasets.load_dataset(..., streaming=True)``; the main process streams it in fixed-size chunks.
+
+A shard is one unit of work a worker process can do alone: a run of a parquet file's row groups,
+a byte range of a text file holding whole lines, a row range of a saved dataset, or one streamed
+chunk. Every shard knows the global row number of its first row, so a caption's row number across
+the whole corpus (its id when the input has no id column) does not depend on how work is spread.
+
+Reading never crashes on a bad caption: null, missing, non-string, non-UTF-8 and over-long
+values are counted by reason (:data:`SKIP_REASONS`) and left out; empty strings are kept (they are
+captions that mention nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clipaudit.errors import InputError, did_you_mean
+from clipaudit.provenance import file_record
+
+CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
+ID_COLUMNS = ("id", "key", "SAMPLE_ID")  # LAION-400M metadata calls it SAMPLE_ID, img2dataset key
+SKIP_REASONS = ("null", "missing", "not_string", "not_utf8", "too_long", "bad_json")
+HF_PREFIX = "hf:"
+
+_KINDS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
+_FOLDER_KIND_ORDER = ("parquet", "jsonl", "txt")
+_SKIP_BAD_HINT = "fix or remove the file, or pass --skip-bad to count and list bad shards instead"
+_TEXT_BLOCK_BYTES = 1 << 22
+
+
+class BadShardError(InputError):
+    """A shard cannot be read (truncated or corrupt file); ``--skip-bad`` skips such shards."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"{label}: {reason}; {_SKIP_BAD_HINT}")
+        self.label = label
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # exceptions cross process boundaries by pickling; rebuild from the constructor arguments
+        return (type(self), (self.label, self.reason))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as the user named it, resolved to its kind and files (corpus order)."""
+
+    spec: str
+    kind: str  # parquet | jsonl | txt | hf_disk | hf_stream
+    files: tuple[Path, ...] = ()
+    root: Path | None = None  # a folder source; for a saved dataset, the folder of its split
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work: which rows of which input, and where they sit in the corpus."""
+
+    key: str  # stable name, also the name of its partial result file
+    source: int  # index of its Source
+    kind: str
+    location: str  # file path, saved-dataset folder, or hub name
+    label: str  # for messages: file and part
+    column: str | None  # caption column (None for txt)
+    id_column: str | None
+    first_row: int  # global row number of the shard's first row
+    n_rows: int
+    start: int = 0  # parquet: first row group; txt/jsonl: byte offset; hf_disk: first row
+    stop: int = 0  # parquet: row group after the last; txt/jsonl: byte offset; hf_disk: row
+    payload: tuple[list[Any], list[Any] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def read(self, *, max_caption_chars: int, batch_rows: int) -> Iterator[CaptionBatch]:
+        """The shard's captions in batches of valid text; raises BadShardError when unreadable."""
+        raw = _RAW_READERS[self.kind](self, batch_rows)
+        row = self.first_row
+        for values, ids, skipped in raw:
+            yield _clean(values, ids, row, skipped, max_caption_chars)
+            row += len(values)
+
+
+@dataclass(frozen=True)
+class SkippedShard:
+    """A shard that could not even be opened while planning (``skip_bad``): counted, not read."""
+
+    key: str
+    source: int
+    label: str
+    reason: str
+    n_rows: int | None = None
+
+
+@dataclass
+class CaptionBatch:
+    """Valid captions of consecutive rows, with their ids, and what was skipped and why."""
+
+    captions: list[str]
+    ids: Sequence[Any]  # the id column's values, else global row numbers
+    n_rows: int
+    skipped: Counter[str]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> list[Source]:
+    """Check that every named source exists and expand folders; raises InputError naming the first
+    one that does not."""
+    sources = []
+    for spec in specs:
+        text = str(spec)
+        if text.startswith(HF_PREFIX):
+            if not text[len(HF_PREFIX) :].strip():
+                raise InputError(f"{text!r}: expected hf:NAME or hf:NAME:CONFIG after 'hf:'")
+            sources.append(Source(spec=text, kind="hf_stream"))
+            continue
+        path = Path(text)
+        if not path.exists():
+            raise InputError(
+                f"caption source {text!r} does not exist; expected a .parquet, .jsonl or .txt file, "
+                "a folder of them, a dataset folder saved by datasets' save_to_disk, or hf:NAME for "
+                "a Hugging Face dataset"
+            )
+        if path.is_dir():
+            sources.append(_folder_source(text, path, hf_split))
+        elif path.suffix.lower() in _KINDS_BY_SUFFIX:
+            sources.append(
+                Source(spec=text, kind=_KINDS_BY_SUFFIX[path.suffix.lower()], files=(path,))
+            )
+        else:
+            raise InputError(
+                f"caption source {text!r}: unknown file type {path.suffix!r}; expected "
+                f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder, or hf:NAME)"
+            )
+    if not sources:
+        raise InputError("no caption source given; name at least one file, folder or hf:NAME")
+    return sources
+
+
+def _folder_source(spec: str, folder: Path, hf_split: str) -> Source:
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        data_dir = _saved_split_dir(folder, hf_split)
+        files = tuple(sorted(data_dir.glob("*.arrow")))
+        return Source(spec=spec, kind="hf_disk", files=files, root=data_dir)
+    by_kind: dict[str, list[Path]] = {}
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue  # hidden files and folders: temporary files, caches
+        kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(path)
+    for kind in _FOLDER_KIND_ORDER:
+        if kind in by_kind:
+            files = sorted(by_kind[kind], key=lambda p: p.relative_to(folder).as_posix())
+            return Source(spec=spec, kind=kind, files=tuple(files), root=folder)
+    raise InputError(
+        f"folder {spec!r} holds no caption files; expected .parquet shards (or .jsonl or .txt "
+        "files), or a dataset saved by datasets' save_to_disk"
+    )
+
+
+def _saved_split_dir(folder: Path, split: str) -> Path:
+    dict_file = folder / "dataset_dict.json"
+    if not dict_file.is_file():
+        return folder
+    splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
+    if split not in splits:
+        raise InputError(
+            f"saved dataset {str(folder)!r} has no split {split!r}{did_you_mean(split, splits)}; "
+            f"its splits are {', '.join(splits)} (choose one with --split)"
+        )
+    return folder / split
+
+
+def describe_source(source: Source, *, hf_split: str = "train") -> dict[str, Any]:
+    """What a manifest records about a source: kind and files with sizes and sha256 checksums
+    (hub datasets: name, config and split, which is all that can be known without reading them)."""
+    record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
+    if source.kind == "hf_stream":
+        name, config = _hf_name(source)
+        record.update(name=name, config=config, split=hf_split)
+    else:
+        if source.kind == "hf_disk":
+            record["split"] = (
+                hf_split if (Path(source.spec) / "dataset_dict.json").is_file() else None
+            )
+        record["files"] = [file_record(path) for path in source.files]
+    return record
+
+
+def _hf_name(source: Source) -> tuple[str, str | None]:
+    name, _, config = source.spec[len(HF_PREFIX) :].partition(":")
+    return name, config or None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_shards(
+    sources: Sequence[Source],
+    *,
+    column: str | None = None,
+    id_column: str | None = None,
+    shard_rows: int = 250_000,
+    hf_split: str = "train",
+    skip_bad: bool = False,
+) -> Iterator[Shard | SkippedShard]:
+    """Cut the sources into shards, in corpus order, with global row numbers.
+
+    Lazy: a streamed hub dataset is read here, chunk by chunk, as the caller consumes shards.
+    A parquet file whose footer cannot be read yields a :class:`SkippedShard` with ``skip_bad``
+    and raises :class:`BadShardError` without it.
+    """
+    planner = _Planner(column, id_column, shard_rows, hf_split, skip_bad)
+    for index, source in enumerate(sources):
+        yield from planner.plan(index, source)
+
+
+class _Planner:
+    def __init__(
+        self,
+        column: str | None,
+        id_column: str | None,
+        shard_rows: int,
+        hf_split: str,
+        skip_bad: bool,
+    ):
+        self.column = column
+        self.id_column = id_column
+        self.shard_rows = shard_rows
+        self.hf_split = hf_split
+        self.skip_bad = skip_bad
+        self.next_row = 0
+
+    def plan(self, index: int, source: Source) -> Iterator[Shard | SkippedShard]:
+        if source.kind == "hf_stream":
+            yield from self._stream(index, source)
+        elif source.kind == "hf_disk":
+            yield from self._saved(index, source)
+        else:
+            for file_index, path in enumerate(source.files):
+                prefix = f"{index:03d}-{file_index:05d}"
+                if source.kind == "parquet":
+                    yield from self._parquet(index, prefix, path)
+                else:
+                    yield from self._text(index, prefix, path, source.kind)
+
+    def _shard(self, n_rows: int, **fields: Any) -> Shard:
+        shard = Shard(first_row=self.next_row, n_rows=n_rows, **fields)
+        self.next_row += n_rows
+        return shard
+
+    def _parquet(self, index: int, prefix: str, path: Path) -> Iterator[Shard | SkippedShard]:
+        try:
+            with pq.ParquetFile(path) as handle:
+                meta, names = handle.metadata, handle.schema_arrow.names
+        except (OSError, pa.ArrowException) as exc:
+            reason = f"unreadable parquet file ({_one_line(exc)})"
+            if not self.skip_bad:
+                raise BadShardError(str(path), reason) from None
+            yield SkippedShard(key=f"{prefix}-0000", source=index, label=str(path), reason=reason)
+            return
+        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", path)
+        id_column = _pick_id_column(names, self.id_column, path)
+        groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        for part, (first, stop) in enumerate(_runs(groups, self.shard_rows)):
+            n_rows = sum(groups[first:stop])
+            label = (
+                str(path)
+                if (first, stop) == (0, len(groups))
+                else (f"{path} (row groups {first}-{stop - 1})")
+            )
+            yield self._shard(
+                n_rows,
+                key=f"{prefix}-{part:04d}",
+                source=index,
+                kind="parquet",
+                location=str(path),
+                label=label,
+                column=column,
+                id_column=id_column,
+                start=first,
+                stop=stop,
+            )
+
+    def _text(self, index: int, prefix: str, path: Path, kind: str) -> Iterator[Shard]:
+        column = id_column = None
+        if kind == "jsonl":
+            names = _jsonl_keys(path)
+            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", path)
+            id_column = _pick_id_column(names, self.id_column, path)
+        cuts, n_lines = _line_cuts(path, self.shard_rows)
+        for part, (start, stop, first_line) in enumerate(cuts):
+            last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines
+            single = len(cuts) == 1
+            label = str(path) if single else f"{path} (lines {first_line + 1}-{last_line})"
+            yield self._shard(
+                last_line - first_line,
+                key=f"{prefix}-{part:04d}",
+                source=index,
+                kind=kind,
+                location=str(path),
+                label=label,
+                column=column,
+                id_column=id_column,
+                start=start,
+                stop=stop,
+            )
+
+    def _saved(self, index: int, source: Source) -> Iterator[Shard]:
+        dataset = _load_saved(str(source.root))
+        names = dataset.column_names
+        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.root)
+        id_column = _pick_id_column(names, self.id_column, source.root)
+        for part, first in enumerate(range(0, dataset.num_rows, self.shard_rows)):
+            stop = min(first + self.shard_rows, dataset.num_rows)
+            yield self._shard(
+                stop - first,
+                key=f"{index:03d}-00000-{part:04d}",
+                source=index,
+                kind="hf_disk",
+                location=str(source.root),
+                label=f"{source.root} (rows {first}-{stop - 1})",
+                column=column,
+                id_column=id_column,
+                start=first,
+                stop=stop,
+            )
+
+    def _stream(self, index: int, source: Source) -> Iterator[Shard]:
+        name, config = _hf_name(source)
+        dataset = _open_stream(name, config, self.hf_split)
+        names = dataset.column_names
+        if names is None:  # features unknown until the first example is read
+            names = list(next(iter(dataset), {}).keys())
+        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.spec)
+        id_column = _pick_id_column(names, self.id_column, source.spec)
+        dataset = dataset.select_columns([c for c in (column, id_column) if c])
+        for part, chunk in enumerate(dataset.iter(batch_size=self.shard_rows)):
+            captions = chunk[column]
+            ids = chunk[id_column] if id_column else None
+            first = self.next_row
+            yield self._shard(
+                len(captions),
+                key=f"{index:03d}-00000-{part:05d}",
+                source=index,
+                kind="hf_stream",
+                location=name,
+                label=f"{source.spec} (rows {first}-{first + len(captions) - 1})",
+                column=column,
+                id_column=id_column,
+                payload=(captions, ids),
+            )
+
+
+def _runs(sizes: list[int], target: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges whose sizes add up to at least ``target`` (the last may be less)."""
+    runs, first, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total >= target:
+            runs.append((first, i + 1))
+            first, total = i + 1, 0
+    if first < len(sizes) or not runs:
+        runs.append((first, len(sizes)))
+    return runs
+
+
+def _line_cuts(path: Path, lines_per_part: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Byte ranges of whole lines, ``lines_per_part`` lines each: ``[(start, stop, first_line)]``,
+    and the number of lines (a last line without a newline counts)."""
+    import numpy as np
+
+    cut_ends: list[int] = []  # byte offset just after every lines_per_part-th newline
+    n_newlines, offset, last_byte = 0, 0, b""
+    with open(path, "rb") as handle:
+        while block := handle.read(_TEXT_BLOCK_BYTES):
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            # newline k (1-based, whole file) ends a part when k is a multiple of lines_per_part
+            first_cut = -n_newlines % lines_per_part or lines_per_part
+            cut_ends.extend(int(offset + p + 1) for p in newlines[first_cut - 1 :: lines_per_part])
+            n_newlines += len(newlines)
+            offset += len(block)
+            last_byte = block[-1:]
+    n_lines = n_newlines + (1 if offset and last_byte != b"\n" else 0)
+    if cut_ends and cut_ends[-1] == offset:
+        cut_ends.pop()  # the last part ends at the end of the file anyway
+    starts = [0, *cut_ends]
+    stops = [*cut_ends, offset]
+    return [
+        (a, b, i * lines_per_part) for i, (a, b) in enumerate(zip(starts, stops, strict=True))
+    ], n_lines
+
+
+def _jsonl_keys(path: Path, max_lines: int = 1000) -> list[str]:
+    """The keys of the first JSON object in the file (the columns a caption can come from)."""
+    with open(path, "rb") as handle:
+        for _, line in zip(range(max_lines), handle, strict=False):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                return list(record)
+    raise InputError(
+        f"{path}: no JSON object in its first {max_lines} lines; expected JSON lines such as "
+        '{"id": 1, "caption": "a dog on a beach"}'
+    )
+
+
+def _pick_column(
+    names: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: object
+) -> str:
+    if wanted is not None:
+        if wanted in names:
+            return wanted
+        raise InputError(
+            f"{where}: no {what} column {wanted!r}{did_you_mean(wanted, names)}; its columns are "
+            f"{', '.join(map(str, names)) or 'none'} (choose one with --column)"
+        )
+    found = next((name for name in defaults if name in names), None)
+    if found is None:
+        raise InputError(
+            f"{where}: no {what} column: looked for {', '.join(defaults)}; its columns are "
+            f"{', '.join(map(str, names)) or 'none'} (choose one with --column)"
+        )
+    return found
+
+
+def _pick_id_column(names: Sequence[str], wanted: str | None, where: object) -> str | None:
+    if wanted is None:
+        return next((name for name in ID_COLUMNS if name in names), None)
+    if wanted in names:
+        return wanted
+    raise InputError(
+        f"{where}: no id column {wanted!r}{did_you_mean(wanted, names)}; its columns are "
+        f"{', '.join(map(str, names))} (choose one with --id-column, or leave it out to use "
+        "row numbers)"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+# --------------------------------------------------------------------------- reading
+
+# A raw reader yields (values, ids or None, skip counts) per batch; values are str for good text,
+# bytes to be decoded, or anything else (None, numbers) to be counted as skipped.
+RawBatch = tuple[list[Any], Sequence[Any] | None, Counter[str]]
+
+
+def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+    columns = [c for c in (shard.column, shard.id_column) if c]
+    try:
+        with pq.ParquetFile(shard.location) as handle:
+            batches = handle.iter_batches(
+                batch_size=batch_rows, row_groups=range(shard.start, shard.stop), columns=columns
+            )
+            for batch in batches:
+                ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
+                yield _arrow_values(batch.column(shard.column)), ids, Counter()
+    except (OSError, pa.ArrowException) as exc:
+        raise BadShardError(shard.label, f"unreadable parquet data ({_one_line(exc)})") from None
+
+
+def _arrow_values(array: pa.Array) -> list[Any]:
+    try:
+        return array.to_pylist()
+    except UnicodeDecodeError:
+        # a string column holding invalid UTF-8: hand the raw bytes over, to be counted one by one
+        return array.cast(pa.binary()).to_pylist()
+
+
+def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
+    """The shard's lines (without line endings), about ``batch_rows`` at a time."""
+    pending = b""
+    lines: list[bytes] = []
+    with open(shard.location, "rb") as handle:
+        handle.seek(shard.start)
+        remaining = shard.stop - shard.start
+        while remaining > 0:
+            block = handle.read(min(_TEXT_BLOCK_BYTES, remaining))
+            if not block:
+                raise BadShardError(
+                    shard.label, "the file is shorter than when the run was planned"
+                )
+            remaining -= len(block)
+            parts = (pending + block).split(b"\n")
+            pending = parts.pop()
+            lines.extend(parts)
+            if len(lines) >= batch_rows:
+                yield lines
+                lines = []
+    if pending:
+        lines.append(pending)
+    if lines:
+        yield lines
+
+
+def _read_txt(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+    for lines in _text_lines(shard, batch_rows):
+        yield [line[:-1] if line.endswith(b"\r") else line for line in lines], None, Counter()
+
+
+def _read_jsonl(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+    column, id_column = shard.column, shard.id_column
+    for lines in _text_lines(shard, batch_rows):
+        values: list[Any] = []
+        ids: list[Any] | None = [] if id_column else None
+        skipped: Counter[str] = Counter()
+        for line in lines:
+            record = _json_record(line, skipped)
+            if record is None:
+                values.append(_NOT_A_RECORD)
+            else:
+                values.append(record.get(column, _MISSING))
+            if ids is not None:
+                ids.append(record.get(id_column) if record is not None else None)
+        yield values, ids, skipped
+
+
+class _Marker:
+    """Placeholder value for a row that has no caption value at all (counted elsewhere)."""
+
+
+_NOT_A_RECORD = _Marker()  # blank or malformed line: already counted (or ignored when blank)
+_MISSING = _Marker()  # a JSON object without the caption key
+
+
+def _json_record(line: bytes, skipped: Counter[str]) -> dict[str, Any] | None:
+    if not line.strip():
+        return None  # blank lines are no records: not counted, though they keep their row number
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError:
+        skipped["not_utf8"] += 1
+        return None
+    except ValueError:
+        skipped["bad_json"] += 1
+        return None
+    if not isinstance(record, dict):
+        skipped["bad_json"] += 1
+        return None
+    return record
+
+
+def _read_saved(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+    dataset = _load_saved(shard.location)
+    columns = [c for c in (shard.column, shard.id_column) if c]
+    table = dataset.select_columns(columns).with_format("arrow")[shard.start : shard.stop]
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
+        yield _arrow_values(batch.column(shard.column)), ids, Counter()
+
+
+def _read_payload(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+    captions, ids = shard.payload
+    for start in range(0, len(captions), batch_rows):
+        stop = start + batch_rows
+        yield captions[start:stop], ids[start:stop] if ids is not None else None, Counter()
+
+
+_RAW_READERS = {
+    "parquet": _read_parquet,
+    "txt": _read_txt,
+    "jsonl": _read_jsonl,
+    "hf_disk": _read_saved,
+    "hf_stream": _read_payload,
+}
+
+
+def _clean(
+    values: list[Any],
+    ids: Sequence[Any] | None,
+    first_row: int,
+    skipped: Counter[str],
+    max_chars: int,
+) -> CaptionBatch:
+    """Keep the valid captions (decoding bytes), count the rest by reason."""
+    n_rows = len(values)
+    if ids is None:
+        ids = range(first_row, first_row + n_rows)
+    bad: list[int] = []
+    for i, value in enumerate(values):
+        if type(value) is str:
+            if len(value) > max_chars:
+                skipped["too_long"] += 1
+                bad.append(i)
+            elif not value.isascii() and not _encodable(value):
+                skipped["not_utf8"] += 1  # lone surrogates, e.g. from a JSON "\ud800" escape
+                bad.append(i)
+            continue
+        reason = _bad_reason(value, max_chars)
+        if reason is None:
+            values[i] = value.decode("utf-8")
+        else:
+            if value is not _NOT_A_RECORD:
+                skipped[reason] += 1
+            bad.append(i)
+    if not bad:
+        return CaptionBatch(values, ids, n_rows, skipped)
+    drop = set(bad)
+    keep = [i for i in range(n_rows) if i not in drop]
+    return CaptionBatch([values[i] for i in keep], [ids[i] for i in keep], n_rows, skipped)
+
+
+def _bad_reason(value: Any, max_chars: int) -> str | None:
+    """Why a non-str value is no caption; None for bytes that decode to an acceptable caption."""
+    if value is None:
+        return "null"
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not_utf8"
+        return "too_long" if len(text) > max_chars else None
+    return "not_string"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@cache
+def _load_saved(folder: str) -> Any:
+    """A dataset saved by ``save_to_disk`` (memory-mapped; a DatasetDict's split is its subfolder)."""
+    import datasets
+
+    return datasets.load_from_disk(folder)
+
+
+def _open_stream(name: str, config: str | None, split: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as exc:  # the hub client raises many types; all mean "cannot open this"
+        raise InputError(
+            f"cannot open Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
+            f"{_one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split) and the "
+            "network"
+        ) from None

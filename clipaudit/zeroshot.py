@@ -1,0 +1,568 @@
+"""Zero-shot concept awareness of OpenCLIP models, per concept group (Cai et al., NeurIPS 2025).
+
+For every group of the registry, each image of the group is classified among the group's concepts
+that have images in the run (the paper's setting; ``all_concepts`` classifies among every concept of
+the group instead, the distractors then count as errors and never as labels). Awareness is the
+group's macro-F1 over the concepts with images; per-concept precision/recall/F1 and accuracy come
+with it (all from :mod:`clipaudit.metrics`).
+
+Classifiers: each concept's text embedding is the normalised mean over its prompt(s) and the prompt
+templates, built with open_clip's ``build_zero_shot_classifier``. Templates:
+
+- ``none``: the bare concept name (the paper's setting; uses ``concept.name``, never group templates);
+- ``simple``: ``"a photo of a {}."``;
+- ``ensemble``: open_clip's 80 OpenAI ImageNet templates;
+- a text file: one template per line containing ``{}`` (or CLIP_benchmark's ``{c}``).
+
+With ``simple``, ``ensemble`` or a file, class names are the concept's ``prompts`` (all of them: a
+concept's embedding is the renormalised mean of its per-prompt embeddings), and a group's own
+``templates`` from the registry replace the chosen ones for that group.
+
+Image embeddings are cached on disk (:mod:`clipaudit.embedding_cache`), so changing templates,
+prompts or the registry does not encode images again, and a killed run resumes from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipaudit import metrics
+from clipaudit.embedding_cache import EmbeddingCache, default_cache_dir
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.images import (
+    DECODE_VERSION,
+    DEFAULT_MAX_PIXELS,
+    DecodedImages,
+    ImageSet,
+    collate_decoded,
+    open_images,
+)
+from clipaudit.models import DEVICES, PRECISIONS, LoadedModel, ModelSpec, load_model, slug
+from clipaudit.provenance import atomic_write_bytes, base_manifest, write_json, write_table
+from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
+
+TEMPLATE_SETS = ("none", "simple", "ensemble")
+SIMPLE_TEMPLATE = "a photo of a {}."
+TOP_K = 5
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "pillow", "numpy", "scikit-learn", "pandas")
+
+
+def default_workers() -> int:
+    """Decoding worker processes: one per core but one, at most 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(16, cores - 1))
+
+
+def resolve_templates(templates: str) -> tuple[str, ...]:
+    """Prompt templates (``{}`` marks the class name) for ``none``, ``simple``, ``ensemble`` or a file."""
+    if templates == "none":
+        return ("{}",)
+    if templates == "simple":
+        return (SIMPLE_TEMPLATE,)
+    if templates == "ensemble":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+    path = Path(templates)
+    if not path.is_file():
+        raise SettingsError(
+            f"templates must be none, simple, ensemble or a text file of templates, got {templates!r}"
+        )
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    found = tuple(line.replace("{c}", "{}") for line in lines if line and not line.startswith("#"))
+    bad = [t for t in found if t.count("{}") != 1]
+    if not found or bad:
+        raise SettingsError(
+            f"template file {templates!r} must hold one template per line, each with '{{}}' once; "
+            f"got {len(found)} templates{f', e.g. {bad[0]!r}' if bad else ''}"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """Everything a zero-shot run depends on; validated at construction."""
+
+    models: tuple[ModelSpec, ...]
+    images: str
+    out: Path
+    registry: str = DEFAULT_REGISTRY
+    groups: tuple[str, ...] | None = None
+    templates: str = "none"
+    all_concepts: bool = False
+    batch_size: int = 256
+    workers: int = field(default_factory=default_workers)
+    device: str = "auto"
+    precision: str = "auto"
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    jpeg_draft: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    label_field: str | None = None
+    image_column: str = "image"
+    split: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if not self.models:
+            raise SettingsError("no model given; pass at least one --model")
+        labels = [spec.label for spec in self.models]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise SettingsError(f"the same model is given twice: {', '.join(repeated)}")
+        for name, value, low in (("batch size", self.batch_size, 1), ("workers", self.workers, 0),
+                                 ("max pixels", self.max_pixels, 1)):
+            if not isinstance(value, int) or value < low:
+                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.device.split(":", 1)[0] not in DEVICES:
+            raise SettingsError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.groups is not None and not self.groups:
+            raise SettingsError("--groups is empty; name at least one group or leave it out for all")
+        resolve_templates(self.templates)
+
+    def describe(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def cache_key(loaded: LoadedModel, jpeg_draft: bool) -> str:
+    """What image embeddings depend on: the model's identity plus how images were decoded."""
+    identity = {**loaded.identity, "jpeg_draft": jpeg_draft, "decode_version": DECODE_VERSION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class ImageEmbeddings:
+    """Embeddings of an image set (rows of failed images are zero and ``ok`` is False there)."""
+
+    features: np.ndarray
+    ok: np.ndarray
+    failures: list[dict[str, str]]
+    n_encoded: int
+    n_cached: int
+    encode_s: float
+
+
+def embed_images(
+    loaded: LoadedModel,
+    images: ImageSet,
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    jpeg_draft: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    flush_every: int = 4096,
+) -> ImageEmbeddings:
+    """Image embeddings (unnormalised, float32) from the cache, encoding the rest batched.
+
+    A ``torch.utils.data.DataLoader`` with ``workers`` processes decodes and preprocesses; the
+    model runs in ``inference_mode`` with the model's autocast. New embeddings go to the cache every
+    ``flush_every`` images, so a killed run loses little.
+    """
+    from tqdm.auto import tqdm
+
+    records = images.records
+    identities = [r.identity for r in records]
+    cached_at, cached = cache.get(identities) if cache is not None else ([], None)
+    features: np.ndarray | None = None
+    ok = np.zeros(len(records), dtype=bool)
+    if cached is not None:
+        features = np.zeros((len(records), cached.shape[1]), dtype=np.float32)
+        features[cached_at] = cached
+        ok[cached_at] = True
+    todo = np.flatnonzero(~ok).tolist()
+    failures: list[dict[str, str]] = []
+    pending: list[int] = []
+    on_cuda = loaded.device.type == "cuda"
+    dataset = DecodedImages(
+        images,
+        todo,
+        loaded.preprocess,
+        draft_size=loaded.image_size if jpeg_draft else None,
+        max_pixels=max_pixels,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_decoded,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+    )
+
+    def flush() -> None:
+        if cache is not None and pending:
+            cache.put([identities[i] for i in pending], features[pending])
+        pending.clear()
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc=f"encoding {loaded.label}", disable=not progress or not todo)
+    with bar, loaded.inference():
+        for indices, batch, batch_failures in loader:
+            failures += [{"path": records[i].path, "reason": reason} for i, reason in batch_failures]
+            if batch is not None:
+                batch = batch.to(loaded.device, non_blocking=True)
+                if on_cuda:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                encoded = loaded.model.encode_image(batch).float().cpu().numpy()
+                if features is None:
+                    features = np.zeros((len(records), encoded.shape[1]), dtype=np.float32)
+                features[indices] = encoded
+                ok[indices] = True
+                pending += indices
+            bar.update(len(indices) + len(batch_failures))
+            if len(pending) >= flush_every:
+                flush()
+        flush()
+    if features is None:  # nothing cached and nothing decodable
+        features = np.zeros((len(records), 0), dtype=np.float32)
+    return ImageEmbeddings(
+        features=features,
+        ok=ok,
+        failures=failures,
+        n_encoded=len(todo) - len(failures),
+        n_cached=len(cached_at),
+        encode_s=time.perf_counter() - start,
+    )
+
+
+def class_embeddings(
+    loaded: LoadedModel, concepts: Sequence[Concept], templates: Sequence[str], bare_names: bool
+) -> np.ndarray:
+    """Normalised text embedding per concept (rows), from its prompts (or bare name) x templates."""
+    from open_clip import build_zero_shot_classifier
+
+    owners, prompts = [], []
+    for number, concept in enumerate(concepts):
+        for prompt in (concept.name,) if bare_names else concept.prompts:
+            owners.append(number)
+            prompts.append(prompt)
+    with loaded.inference():
+        weights = build_zero_shot_classifier(
+            loaded.model, loaded.tokenizer, prompts, list(templates), device=loaded.device
+        )
+    per_prompt = weights.float().T.cpu().numpy()
+    owner = np.asarray(owners)
+    means = np.stack([per_prompt[owner == number].mean(axis=0) for number in range(len(concepts))])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class ModelResult:
+    """One model's awareness: tables for every evaluated group, and what was skipped."""
+
+    label: str
+    info: dict[str, Any]
+    predictions: pd.DataFrame
+    concepts: pd.DataFrame
+    groups: pd.DataFrame
+    confusions: dict[str, pd.DataFrame]
+    failures: list[dict[str, str]]
+    skipped_concepts: list[dict[str, Any]]
+    skipped_groups: list[dict[str, Any]]
+    templates: dict[str, list[str]]
+    timings: dict[str, float]
+    n_encoded: int
+    n_cached: int
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    images: ImageSet,
+    registry: Registry,
+    *,
+    templates: str = "none",
+    all_concepts: bool = False,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    jpeg_draft: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> ModelResult:
+    """Zero-shot classify the images of every group of ``registry`` with one loaded model."""
+    embedded = embed_images(
+        loaded, images, cache=cache, batch_size=batch_size, workers=workers,
+        jpeg_draft=jpeg_draft, max_pixels=max_pixels, progress=progress,
+    )
+    start = time.perf_counter()
+    norms = np.linalg.norm(embedded.features, axis=1, keepdims=True)
+    features = np.divide(embedded.features, norms, out=np.zeros_like(embedded.features), where=norms > 0)
+    base_templates = resolve_templates(templates)
+    records = images.records
+    n_attempted = images.counts()
+    usable = [i for i in range(len(records)) if embedded.ok[i]]
+
+    prediction_rows, concept_frames, group_rows = [], [], []
+    confusions: dict[str, pd.DataFrame] = {}
+    skipped_concepts: list[dict[str, Any]] = []
+    skipped_groups: list[dict[str, Any]] = []
+    used_templates: dict[str, list[str]] = {}
+    for group in registry.groups:
+        concepts = registry.concepts_in(group.name)
+        rows = [i for i in usable if records[i].group == group.name]
+        with_images = {records[i].concept for i in rows}
+        present = [c for c in concepts if c.name in with_images]
+        for concept in concepts:
+            if concept.name not in with_images:
+                attempted = n_attempted[concept.name]
+                reason = f"all {attempted} images undecodable" if attempted else "no images"
+                skipped_concepts.append({"group": group.name, "concept": concept.name, "reason": reason})
+        if len(present) < 2:
+            skipped_groups.append({
+                "group": group.name,
+                "reason": f"{len(present)} concept(s) with images; at least 2 are needed to classify",
+            })
+            continue
+        candidates = list(concepts) if all_concepts else present
+        group_templates = group.templates if group.templates and templates != "none" else base_templates
+        used_templates[group.name] = list(group_templates)
+        weights = class_embeddings(loaded, candidates, group_templates, bare_names=templates == "none")
+        similarity = features[rows] @ weights.T
+        top_k = min(TOP_K, len(candidates))
+        order = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
+        names = np.array([c.name for c in candidates])
+        y_true = [records[i].concept for i in rows]
+        y_pred = names[order[:, 0]].tolist()
+        labels = [c.name for c in present]
+        for position, i in enumerate(rows):
+            prediction_rows.append({
+                "model": loaded.label,
+                "path": records[i].path,
+                "group": group.name,
+                "concept": y_true[position],
+                "predicted": y_pred[position],
+                "correct": y_true[position] == y_pred[position],
+                "score": float(similarity[position, order[position, 0]]),
+                "top5": names[order[position]].tolist(),
+                "top5_scores": similarity[position, order[position]].astype(float).tolist(),
+            })
+        scores = metrics.per_class_scores(y_true, y_pred, labels).rename(columns={"label": "concept"})
+        scores.insert(0, "group", group.name)
+        scores.insert(0, "model", loaded.label)
+        concept_frames.append(scores)
+        group_rows.append({
+            "model": loaded.label,
+            "group": group.name,
+            "category": group.category,
+            "macro_f1": metrics.macro_f1(y_true, y_pred, labels),
+            "accuracy": metrics.accuracy(y_true, y_pred),
+            "n_images": len(rows),
+            "n_concepts": len(present),
+        })
+        confusions[group.name] = metrics.confusion(y_true, y_pred, names.tolist()).loc[labels]
+
+    return ModelResult(
+        label=loaded.label,
+        info=loaded.info,
+        predictions=pd.DataFrame(prediction_rows, columns=PREDICTION_COLUMNS),
+        concepts=pd.concat(concept_frames, ignore_index=True) if concept_frames else _empty(CONCEPT_COLUMNS),
+        groups=pd.DataFrame(group_rows, columns=GROUP_COLUMNS),
+        confusions=confusions,
+        failures=embedded.failures,
+        skipped_concepts=skipped_concepts,
+        skipped_groups=skipped_groups,
+        templates=used_templates,
+        timings={
+            "encode_s": embedded.encode_s,
+            "classify_s": time.perf_counter() - start,
+            "images_per_s": embedded.n_encoded / embedded.encode_s if embedded.n_encoded else None,
+        },
+        n_encoded=embedded.n_encoded,
+        n_cached=embedded.n_cached,
+    )
+
+
+PREDICTION_COLUMNS = ["model", "path", "group", "concept", "predicted", "correct", "score", "top5", "top5_scores"]
+CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
+GROUP_COLUMNS = ["model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"]
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=columns)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class ZeroShotRun:
+    """What :func:`run_zeroshot` wrote: the run folder, its main tables and its manifest."""
+
+    out: Path
+    groups: pd.DataFrame
+    concepts: pd.DataFrame
+    manifest: dict[str, Any]
+
+    def macro_f1_table(self) -> pd.DataFrame:
+        """Groups x models macro-F1 (the side-by-side view of several models)."""
+        order = list(dict.fromkeys(self.groups["model"]))
+        table = self.groups.pivot_table(index="group", columns="model", values="macro_f1", sort=False)
+        return table[[m for m in order if m in table.columns]]
+
+
+def run_zeroshot(settings: ZeroShotSettings, *, progress: bool = True) -> ZeroShotRun:
+    """Run a zero-shot awareness audit and write its run folder (see the module docstring)."""
+    started = time.perf_counter()
+    out = _prepare_run_folder(settings.out)
+    registry = load_registry(settings.registry)
+    selected = registry.select(settings.groups)
+    images = open_images(
+        settings.images, registry, settings.groups, label_field=settings.label_field,
+        image_column=settings.image_column, split=settings.split,
+    )
+    listed_s = time.perf_counter() - started
+    manifest = base_manifest("zeroshot", LIBRARIES)
+    manifest.update(
+        status="running",
+        settings=settings.describe(),
+        inputs={"images": images.describe(), "registry": selected.provenance()},
+        seed=settings.seed,
+    )
+    write_json(out / "manifest.json", manifest)
+
+    results: list[ModelResult] = []
+    for spec in settings.models:
+        load_start = time.perf_counter()
+        loaded = load_model(spec, settings.device, settings.precision, settings.seed)
+        load_s = time.perf_counter() - load_start
+        cache = None
+        if settings.cache_dir is not None:
+            key = cache_key(loaded, settings.jpeg_draft)
+            cache = EmbeddingCache(settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft})
+        result = evaluate_model(
+            loaded, images, selected, templates=settings.templates, all_concepts=settings.all_concepts,
+            cache=cache, batch_size=settings.batch_size, workers=settings.workers,
+            jpeg_draft=settings.jpeg_draft, max_pixels=settings.max_pixels, progress=progress,
+        )
+        result.timings["load_s"] = load_s
+        result.info["cache"] = cache.describe() if cache is not None else None
+        results.append(result)
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    groups = pd.concat([r.groups for r in results], ignore_index=True)
+    concepts = pd.concat([r.concepts for r in results], ignore_index=True)
+    outputs = _write_outputs(out, results, groups, concepts)
+    first = results[0]
+    manifest.update(
+        status="complete",
+        models=[
+            {**r.info, "timings": r.timings, "n_encoded": r.n_encoded, "n_cached": r.n_cached,
+             "n_skipped_images": len(r.failures)}
+            for r in results
+        ],
+        device=first.info["device"],
+        precision=first.info["precision"],
+        templates={"setting": settings.templates, "by_group": first.templates},
+        n_images=len(images.records),
+        skipped_images=_unique(f for r in results for f in r.failures),
+        skipped_concepts=_unique(c for r in results for c in r.skipped_concepts),
+        skipped_groups=_unique(g for r in results for g in r.skipped_groups),
+        timings={"list_images_s": listed_s, "total_s": time.perf_counter() - started},
+        outputs=outputs,
+    )
+    write_json(out / "manifest.json", manifest)
+    return ZeroShotRun(out, groups, concepts, manifest)
+
+
+def _unique(items: Any) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for item in items:
+        seen.setdefault(json.dumps(item, sort_keys=True), item)
+    return list(seen.values())
+
+
+def _prepare_run_folder(out: Path) -> Path:
+    """Accept a new/empty folder or one holding an earlier zero-shot run (rewritten); refuse others."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {str(out)!r} is a file; expected a folder for the run")
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
+        except (ValueError, AttributeError):
+            kind = None
+        if kind != "zeroshot":
+            raise RunFolderError(
+                f"--out {str(out)!r} holds a {kind or 'unreadable'} run, not a zero-shot one; choose another folder"
+            )
+        shutil.rmtree(out / "confusion", ignore_errors=True)
+    elif out.is_dir() and any(out.iterdir()):
+        raise RunFolderError(
+            f"--out {str(out)!r} is not empty and holds no clipaudit manifest; choose a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_outputs(out: Path, results: Sequence[ModelResult], groups: pd.DataFrame, concepts: pd.DataFrame) -> list[str]:
+    written = write_table(concepts, out / "concepts", ("csv",))
+    written += write_table(groups, out / "groups", ("csv",))
+    predictions = pd.concat([r.predictions for r in results], ignore_index=True)
+    written += write_table(predictions, out / "predictions", ("parquet",))
+    for result in results:
+        group_scores = result.groups.set_index("group")["macro_f1"]
+        for group, frame in result.confusions.items():
+            target = out / "confusion" / slug(result.label) / slug(group)
+            written += write_table(frame.reset_index(), target, ("csv",))
+            title = f"{result.label} / {group}: macro-F1 {group_scores[group]:.3f}"
+            atomic_write_bytes(target.with_suffix(".png"), confusion_png(frame, title))
+            written.append(target.with_suffix(".png"))
+    return [str(p.relative_to(out)) for p in written]
+
+
+def confusion_png(frame: pd.DataFrame, title: str) -> bytes:
+    """A confusion matrix as PNG: colour is the row share (recall), numbers are counts."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    counts = frame.to_numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n_rows, n_cols = counts.shape
+    figure = Figure(figsize=(max(4.5, 0.6 * n_cols + 2.5), max(3.5, 0.5 * n_rows + 2.2)), dpi=120)
+    axes = figure.add_subplot()
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axes.set_xticks(range(n_cols), labels=list(frame.columns), rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(n_rows), labels=list(frame.index), fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    for row in range(n_rows):
+        for col in range(n_cols):
+            if counts[row, col]:
+                colour = "white" if shares[row, col] > 0.5 else "black"
+                axes.text(col, row, str(counts[row, col]), ha="center", va="center", fontsize=7, color=colour)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

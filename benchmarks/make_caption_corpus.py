@@ -33,7 +33,9 @@ def build_corpus(
     if marker.is_file() and json.loads(marker.read_text())["params"] == params:
         return folder
     if not source.is_file():
-        raise SystemExit(f"{source} is absent: the corpus is resampled from ../shared's COCO captions")
+        raise SystemExit(
+            f"{source} is absent: the corpus is resampled from ../shared's COCO captions"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("part-*.parquet"):
         old.unlink()

@@ -32,12 +32,14 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
 from clipaudit import __version__
 from clipaudit.errors import RunFolderError, SettingsError, did_you_mean
+from clipaudit.lexical import PROFILES, build_matcher
 from clipaudit.provenance import base_manifest, now_iso, write_json, write_table
 from clipaudit.readers import (
     BadShardError,
@@ -50,7 +52,6 @@ from clipaudit.readers import (
 )
 from clipaudit.registry import Registry
 
-PROFILES = ("curated", "paper")  # as clipaudit.lexical.PROFILES, without importing it here
 RATE_DENOMINATOR = (
     "n_captions_read: rows holding a valid caption string, empty ones included; "
     "skipped rows (null, missing, non-string, non-UTF-8, too long, bad JSON) are excluded"
@@ -121,8 +122,7 @@ RESULT_FIELDS = (
     "max_caption_chars",
     "spacy_model",
     "shard_rows",
-    "hf_split",
-)
+)  # hf_split is part of the inputs' identity
 
 
 @dataclass(frozen=True)
@@ -153,14 +153,12 @@ def count_coverage(
     a run folder holding the same run (same settings, registry and inputs); refuses one holding
     a different run with :class:`RunFolderError`.
     """
-    from clipaudit.lexical import build_matcher
-
     settings = settings or CoverageSettings()
     started, clock = now_iso(), time.perf_counter()
     out_dir = Path(out_dir)
     resolved = resolve_sources(sources, hf_split=settings.hf_split)
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
-    inputs = [describe_source(s, hf_split=settings.hf_split) for s in resolved]
+    inputs = [describe_source(s) for s in resolved]
     run_key = _run_key(settings, registry, inputs)
 
     with _RunFolder(out_dir, run_key) as folder:
@@ -176,18 +174,24 @@ def count_coverage(
         )
         run = _Dispatch(resolved, registry, matcher, settings, folder.shards)
         run.execute(folder.done_keys())
-        timings = {
+        result = _merge(out_dir, registry, settings, run, inputs, run_key, folder)
+        result.manifest["timings"] = {
             "started": started,
             "finished": now_iso(),
-            "seconds": round(time.perf_counter() - clock, 3),
+            "seconds": round(time.perf_counter() - clock, 3),  # this session, merging included
             "seconds_counting": round(run.seconds, 3),
             "rows_this_session": run.rows_done,
             "shards_this_session": run.shards_done,
             "shards_resumed": run.shards_resumed,
             "captions_per_s": round(run.rows_done / run.seconds, 1) if run.seconds else None,
             "workers": settings.workers,
+            **result.manifest["timings"],
         }
-        return _merge(out_dir, registry, settings, run, inputs, run_key, timings, folder)
+        folder.write_manifest(result.manifest)
+        # only once the run is complete: a restart before that merges them again
+        for shard in run.finished:
+            (folder.shards / f"{shard.key}{_MATCHES_SUFFIX}").unlink(missing_ok=True)
+        return result
 
 
 # --------------------------------------------------------------------------- run folder
@@ -332,6 +336,7 @@ class _Dispatch:
         self.shards_dir = shards_dir
         self.planned: list[Shard] = []
         self.skipped: list[dict[str, Any]] = []
+        self._bad_keys: set[str] = set()
         self.rows_done = self.shards_done = self.shards_resumed = 0
         self.seconds = 0.0
 
@@ -345,7 +350,6 @@ class _Dispatch:
             column=settings.column,
             id_column=settings.id_column,
             shard_rows=settings.shard_rows,
-            hf_split=settings.hf_split,
             skip_bad=settings.skip_bad,
         )
         streamed = any(s.kind == "hf_stream" for s in self.sources)
@@ -381,12 +385,17 @@ class _Dispatch:
                 executor.shutdown(wait=False, cancel_futures=True)
         self.seconds = time.perf_counter() - clock
 
+    @property
+    def finished(self) -> list[Shard]:
+        """The shards with a partial result, in corpus order (all planned but the skipped)."""
+        return [shard for shard in self.planned if shard.key not in self._bad_keys]
+
     def _pending(self, items: Iterable[Shard | SkippedShard], done: set[str]) -> Iterator[Shard]:
         for item in items:
             if isinstance(item, SkippedShard):
                 self.skipped.append({"shard": item.label, "reason": item.reason, "n_rows": None})
                 continue
-            self.planned.append(item)
+            self.planned.append(replace(item, payload=None))  # streamed rows are not kept
             if item.key in done:
                 self.shards_resumed += 1
             else:
@@ -415,6 +424,7 @@ class _Dispatch:
                     self.skipped.append(
                         {"shard": shard.label, "reason": exc.reason, "n_rows": shard.n_rows}
                     )
+                    self._bad_keys.add(shard.key)
                     continue
                 self.rows_done += summary["n_rows"]
                 self.shards_done += 1
@@ -496,21 +506,25 @@ _STATE: dict[str, Any] = {}
 
 def _init_worker(matcher: Any, options: _WorkerOptions, counter: Any, parent: int | None) -> None:
     """Per-process set-up (spawn-safe): the matcher arrives built, once per worker."""
-    _STATE.update(matcher=matcher, options=options, counter=counter, parent=parent)
+    _STATE.update(matcher=matcher, options=options, counter=counter)
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
-def _parent_alive() -> bool:
-    # a worker whose run was killed (kill -9) stops instead of working on as an orphan
-    return _STATE["parent"] is None or os.getppid() == _STATE["parent"]
+def _exit_with_parent(parent: int) -> None:
+    # a worker whose run was killed (kill -9) stops, busy or idle, instead of living on as an orphan
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _process_shard(shard: Shard) -> dict[str, Any]:
     """Match every caption of one shard and write its partial result; returns a short summary."""
     options: _WorkerOptions = _STATE["options"]
     counter = _STATE["counter"]
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     shards_dir = Path(options.shards_dir)
-    tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.per_caption)
+    tally = _ShardTally(_STATE["matcher"], options.examples_per_concept)
     matches = (
         _MatchesWriter(shards_dir, shard.key, _STATE["matcher"].concept_names)
         if (options.per_caption)
@@ -520,15 +534,11 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
         for batch in shard.read(
             max_caption_chars=options.max_caption_chars, batch_rows=options.batch_rows
         ):
-            if not _parent_alive():
-                os._exit(1)
             hits = tally.add(batch)
             if matches is not None:
                 matches.write(batch.ids, hits)
             with counter.get_lock():
                 counter.value += batch.n_rows
-        if not _parent_alive():
-            os._exit(1)
         if matches is not None:
             matches.commit()
     finally:
@@ -537,60 +547,57 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     partial = tally.partial(shard, options.concept_groups)
     partial["id_is_int"] = matches.id_is_int if matches is not None else None
     partial["seconds"] = round(time.perf_counter() - clock, 3)
+    partial["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
     write_json(shards_dir / f"{shard.key}.json", partial)
     return {"key": shard.key, "n_rows": partial["n_rows"]}
 
 
 class _ShardTally:
-    """Counts of one shard. Captions are tallied by their exact set of matched concepts, which
-    repeats a lot, so the per-caption work is one dict update; groups are derived at the end."""
+    """Counts of one shard. Captions are tallied by their exact set of matched concepts (few
+    distinct sets recur), counted in C; concept, group and category counts are derived at the end."""
 
-    def __init__(self, matcher: Any, examples_per_concept: int, keep_hits: bool):
+    def __init__(self, matcher: Any, examples_per_concept: int):
         self.match = matcher.match_indices
         self.names = matcher.concept_names
         self.k = examples_per_concept
-        self.keep_hits = keep_hits
-        self.combos: dict[tuple[int, ...], int] = {}
-        self.examples: dict[int, list[tuple[int, str, Any]]] = {}  # concept -> (crc, caption, id)
+        self.combos: Counter[tuple[int, ...]] = Counter()
+        # per concept: the k smallest (crc, caption, id) so far, and the CRC a caption must not
+        # exceed to enter (2**32, above any CRC-32, until k are kept)
+        self.examples: list[list[tuple[int, str, Any]]] = [[] for _ in self.names]
+        self.bar = [1 << 32] * len(self.names)
         self.n_rows = self.n_read = self.n_empty = 0
         self.skipped: Counter[str] = Counter()
 
-    def add(self, batch: Any) -> list[list[int]] | None:
-        match, combos = self.match, self.combos
-        all_hits: list[list[int]] | None = [] if self.keep_hits else None
-        n_empty = 0
-        for caption, row_id in zip(batch.captions, batch.ids, strict=True):
-            hits = match(caption)
-            if hits:
-                key = tuple(hits)
-                combos[key] = combos.get(key, 0) + 1
-                if self.k:
-                    self._offer(hits, caption, row_id)
-            elif not caption or caption.isspace():
-                n_empty += 1
-            if all_hits is not None:
-                all_hits.append(hits)
+    def add(self, batch: Any) -> list[list[int]]:
+        """Tally one batch; returns each caption's matched concept indices."""
+        match, captions = self.match, batch.captions
+        all_hits = [match(caption) for caption in captions]
+        # C-level loops: count each exact set of matches, and the blank captions
+        self.combos.update(map(tuple, all_hits))
+        self.n_empty += captions.count("") + sum(map(str.isspace, captions))
+        if self.k:
+            bar, crc32 = self.bar, zlib.crc32
+            for caption, hits, row_id in compress(
+                zip(captions, all_hits, batch.ids, strict=True), all_hits
+            ):
+                crc = crc32(caption.encode("utf-8"))
+                for index in hits:
+                    if crc <= bar[index]:
+                        self._offer(index, crc, caption, row_id)
         self.n_rows += batch.n_rows
-        self.n_read += len(batch.captions)
-        self.n_empty += n_empty
+        self.n_read += len(captions)
         self.skipped.update(batch.skipped)
         return all_hits
 
-    def _offer(self, hits: list[int], caption: str, row_id: Any) -> None:
-        """Keep, per concept, the k distinct captions with the smallest (crc, caption), sorted."""
-        crc = zlib.crc32(caption.encode("utf-8"))
-        k = self.k
-        for index in hits:
-            kept = self.examples.get(index)
-            if kept is None:
-                self.examples[index] = [(crc, caption, row_id)]
-                continue
-            if len(kept) >= k and crc > kept[-1][0]:
-                continue  # the common case: not among the k smallest
-            if any(text == caption for _, text, _ in kept):
-                continue  # the first occurrence (corpus order) keeps its id
-            bisect.insort(kept, (crc, caption, row_id), key=lambda entry: entry[:2])
-            del kept[k:]
+    def _offer(self, index: int, crc: int, caption: str, row_id: Any) -> None:
+        """Keep the k distinct captions with the smallest (crc, caption), sorted."""
+        kept = self.examples[index]
+        if any(text == caption for _, text, _ in kept):
+            return  # the first occurrence (corpus order) keeps its id
+        bisect.insort(kept, (crc, caption, row_id), key=lambda entry: entry[:2])
+        del kept[self.k :]
+        if len(kept) == self.k:
+            self.bar[index] = kept[-1][0]
 
     def partial(
         self, shard: Shard, concept_groups: Sequence[tuple[str, str, str]]
@@ -600,6 +607,8 @@ class _ShardTally:
         categories: Counter[str] = Counter()
         any_concept = 0
         for combo, count in self.combos.items():
+            if not combo:
+                continue  # the captions that mention nothing
             rows = [concept_groups[i] for i in combo]
             concepts.update({name: count for name, _, _ in rows})
             groups.update({group: count for _, group, _ in rows})
@@ -619,7 +628,8 @@ class _ShardTally:
             "categories": dict(categories),
             "examples": {
                 self.names[i]: [list(entry) for entry in kept]
-                for i, kept in sorted(self.examples.items())
+                for i, kept in enumerate(self.examples)
+                if kept
             },
         }
 
@@ -682,7 +692,6 @@ def _merge(
     run: _Dispatch,
     inputs: list[dict[str, Any]],
     run_key: dict[str, Any],
-    timings: dict[str, Any],
     folder: _RunFolder,
 ) -> CoverageResult:
     """Add up the partials of every planned shard, in corpus order, and write the outputs."""
@@ -693,8 +702,10 @@ def _merge(
     categories: Counter[str] = Counter()
     examples: dict[str, list[tuple[int, str, Any]]] = {}
     ids_are_int = True
-    for shard in run.planned:
+    cpu_seconds = 0.0
+    for shard in run.finished:
         partial = json.loads((folder.shards / f"{shard.key}.json").read_text(encoding="utf-8"))
+        cpu_seconds += partial["cpu_seconds"]
         for name in totals:
             totals[name] += partial[name]
         skipped.update(partial["skipped"])
@@ -715,11 +726,11 @@ def _merge(
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
     if settings.per_caption:
-        _merge_matches(folder.shards, run.planned, out_dir / "matches.parquet", ids_are_int)
+        _merge_matches(folder.shards, run.finished, out_dir / "matches.parquet", ids_are_int)
         outputs.append("matches.parquet")
 
     by_source: dict[int, set[tuple[str | None, str | None]]] = {}
-    for shard in run.planned:
+    for shard in run.finished:
         by_source.setdefault(shard.source, set()).add((shard.column, shard.id_column))
     for index, record in enumerate(inputs):
         used = sorted(by_source.get(index, set()), key=str)
@@ -736,18 +747,17 @@ def _merge(
         **totals,
         "n_skipped": sum(skipped.values()),
         "skipped_reasons": dict(sorted(skipped.items())),
-        "n_shards": len(run.planned),
+        "n_shards": len(run.finished),
         "skipped_shards": run.skipped,
         "rate_denominator": RATE_DENOMINATOR,
         "example_selection": EXAMPLE_SELECTION,
         "id_source": "the input's id column when it has one, else the row number across the corpus",
-        "timings": timings,
+        "timings": {  # of the shards' work in all sessions; count_coverage adds this session's
+            "shard_cpu_seconds": round(cpu_seconds, 3),
+            "captions_per_cpu_s": round(totals["n_rows"] / cpu_seconds, 1) if cpu_seconds else None,
+        },
         "outputs": outputs,
     }
-    folder.write_manifest(manifest)
-    if settings.per_caption:
-        for shard in run.planned:  # merged into matches.parquet, which a complete run keeps
-            (folder.shards / f"{shard.key}{_MATCHES_SUFFIX}").unlink(missing_ok=True)
     return CoverageResult(
         out_dir, tables["concepts"], tables["groups"], tables["categories"], example_doc, manifest
     )

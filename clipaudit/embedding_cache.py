@@ -41,7 +41,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 class EmbeddingCache:
     """Image embeddings of one model, keyed by image identity."""
 
-    def __init__(self, root: str | os.PathLike, key: str, description: dict[str, Any] | None = None):
+    def __init__(
+        self, root: str | os.PathLike, key: str, description: dict[str, Any] | None = None
+    ):
         self.folder = Path(root) / key[:32]
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "model.json"
@@ -52,7 +54,9 @@ class EmbeddingCache:
         for ids_file in sorted(self.folder.glob("*.ids.npy")):
             emb_file = ids_file.with_name(ids_file.name.replace(".ids.npy", ".emb.npy"))
             if emb_file.exists():
-                self._add_shard(np.load(ids_file, allow_pickle=False), np.load(emb_file, mmap_mode="r"))
+                self._add_shard(
+                    np.load(ids_file, allow_pickle=False), np.load(emb_file, mmap_mode="r")
+                )
 
     def _add_shard(self, identities: np.ndarray, embeddings: np.ndarray) -> None:
         number = len(self._shards)

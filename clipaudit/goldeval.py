@@ -42,7 +42,9 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"gold file {str(path)!r} does not exist; expected a JSON-lines file of labelled captions")
+        raise InputError(
+            f"gold file {str(path)!r} does not exist; expected a JSON-lines file of labelled captions"
+        )
     registry = registry or load_registry()
     known = {c.name for c in registry.concepts}
     rows: list[GoldCaption] = []
@@ -59,7 +61,9 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
         row = _parse_line(path, number, line)
         caption_id = row.get("id", number)
         if caption_id in seen:
-            raise InputError(f"{path}:{number}: duplicate id {caption_id!r} (first on line {seen[caption_id]})")
+            raise InputError(
+                f"{path}:{number}: duplicate id {caption_id!r} (first on line {seen[caption_id]})"
+            )
         seen[caption_id] = number
         for name in row["concepts"]:
             if name not in known:
@@ -85,12 +89,16 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object with 'caption' and 'concepts', got {line.strip()!r:.80}")
+        raise InputError(
+            f"{where}: expected a JSON object with 'caption' and 'concepts', got {line.strip()!r:.80}"
+        )
     if not isinstance(row.get("caption"), str):
         raise InputError(f"{where}: 'caption' must be a string, got {row.get('caption')!r:.60}")
     concepts = row.get("concepts")
     if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
-        raise InputError(f"{where}: 'concepts' must be a list of concept names, got {concepts!r:.80}")
+        raise InputError(
+            f"{where}: 'concepts' must be a list of concept names, got {concepts!r:.80}"
+        )
     caption_id = row.get("id", number)
     if not isinstance(caption_id, (int, str)) or isinstance(caption_id, bool):
         raise InputError(f"{where}: 'id' must be an integer or a string, got {caption_id!r:.60}")
@@ -128,7 +136,7 @@ def evaluate_gold(
             "spacy_model": spacy_model if profile == "curated" else None,
             "micro": multilabel_scores(truth, predicted, [c.name for c in registry.concepts]),
             "groups": _group_scores(registry, truth, predicted),
-            "concepts": _concept_errors(registry, truth, predicted),
+            "concepts": _concept_scores(registry, truth, predicted),
             "disagreements": [
                 {
                     "id": row.id,
@@ -136,7 +144,7 @@ def evaluate_gold(
                     "missed": [c for c in row.concepts if c not in pred],
                     "extra": [c for c in matcher.concept_names if c in pred - true],
                 }
-                for row, true, pred in zip(gold, truth, predicted)
+                for row, true, pred in zip(gold, truth, predicted, strict=True)
                 if true != pred
             ],
         }
@@ -151,24 +159,26 @@ def _group_scores(
     for group in registry.groups:
         names = [c.name for c in registry.concepts_in(group.name)]
         keep = set(names)
-        scores = multilabel_scores(
-            [t & keep for t in truth], [p & keep for p in predicted], names
-        )
+        scores = multilabel_scores([t & keep for t in truth], [p & keep for p in predicted], names)
         support = scores["tp"] + scores["fn"]
         if support or scores["fp"]:
-            rows.append({"group": group.name, "category": group.category, "support": support, **scores})
+            rows.append(
+                {"group": group.name, "category": group.category, "support": support, **scores}
+            )
     return rows
 
 
-def _concept_errors(
+def _concept_scores(
     registry: Registry, truth: list[set[str]], predicted: list[set[str]]
 ) -> list[dict[str, Any]]:
     """Scores of every concept that is labelled or predicted at least once."""
     rows = []
     for concept in registry.concepts:
         name = concept.name
-        if any(name in t or name in p for t, p in zip(truth, predicted)):
+        if any(name in t or name in p for t, p in zip(truth, predicted, strict=True)):
             only = {name}
-            scores = multilabel_scores([t & only for t in truth], [p & only for p in predicted], [name])
+            scores = multilabel_scores(
+                [t & only for t in truth], [p & only for p in predicted], [name]
+            )
             rows.append({"concept": name, "group": concept.group, **scores})
     return rows

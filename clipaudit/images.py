@@ -123,7 +123,9 @@ class _Names:
     def __init__(self, registry: Registry, groups: Iterable[str] | None):
         self.registry = registry
         self.groups = {_fold(g.name): g.name for g in registry.groups}
-        self.groups.update({_fold(g.label): g.name for g in registry.groups if _fold(g.label) not in self.groups})
+        self.groups.update(
+            {_fold(g.label): g.name for g in registry.groups if _fold(g.label) not in self.groups}
+        )
         self.categories = {_fold(c): c for c in registry.categories}
         self.concepts = {_fold(c.name): c for c in registry.concepts}
         self.selected = {registry.group(g).name for g in groups} if groups is not None else None
@@ -147,9 +149,13 @@ class _Names:
         found = self.concepts.get(_fold(name))
         if found is None:
             pool = self.registry.concepts_in(group) if group else self.registry.concepts
-            self.problems.append(f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}")
+            self.problems.append(
+                f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}"
+            )
         elif group is not None and found.group != group:
-            self.problems.append(f"{where} {name!r}: concept {found.name!r} is in group {found.group!r}, not {group!r}")
+            self.problems.append(
+                f"{where} {name!r}: concept {found.name!r} is in group {found.group!r}, not {group!r}"
+            )
             return None
         return found
 
@@ -157,7 +163,11 @@ class _Names:
         if not self.problems:
             return
         listed = "; ".join(self.problems[:_MAX_LISTED])
-        more = f"; and {len(self.problems) - _MAX_LISTED} more" if len(self.problems) > _MAX_LISTED else ""
+        more = (
+            f"; and {len(self.problems) - _MAX_LISTED} more"
+            if len(self.problems) > _MAX_LISTED
+            else ""
+        )
         raise InputError(
             f"{len(self.problems)} name(s) in {source} match no registry entry: {listed}{more}. "
             f"Names must be registry group/concept names (case, spaces, '-' and '_' do not matter); "
@@ -199,7 +209,9 @@ def open_images(
     names = _Names(registry, groups)
     text = str(source)
     if text.startswith("hf:"):
-        images = _hf_images(text, text.removeprefix("hf:"), names, label_field or "label", image_column, split)
+        images = _hf_images(
+            text, text.removeprefix("hf:"), names, label_field or "label", image_column, split
+        )
     else:
         shards = _tar_shards(text)
         path = Path(text)
@@ -210,12 +222,16 @@ def open_images(
                 f"image source {text!r} does not exist; expected an image folder, webdataset .tar "
                 "shards, a Hugging Face save_to_disk folder, or hf:NAME"
             )
-        elif path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+        elif path.is_dir() and any(
+            (path / f).is_file() for f in ("state.json", "dataset_dict.json")
+        ):
             images = _hf_images(text, path, names, label_field or "label", image_column, split)
         elif path.is_dir():
             images = _folder_images(path, names)
         else:
-            raise InputError(f"image source {text!r} is a file but not a .tar shard; expected a folder or .tar")
+            raise InputError(
+                f"image source {text!r} is a file but not a .tar shard; expected a folder or .tar"
+            )
     names.raise_problems(text)
     if not images.records:
         raise InputError(
@@ -234,7 +250,11 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
         if group is not None:
             group_dirs = [(top, group)]
         elif _fold(top.name) in names.categories:
-            found = ((sub, names.group(sub.name, f"folder {top.name}/")) for sub in sorted(top.iterdir()) if sub.is_dir())
+            found = (
+                (sub, names.group(sub.name, f"folder {top.name}/"))
+                for sub in sorted(top.iterdir())
+                if sub.is_dir()
+            )
             group_dirs = [(sub, g) for sub, g in found if g is not None]
         else:
             continue
@@ -252,7 +272,9 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                         unselected += 1
                     else:
                         records.append(
-                            ImageRecord(str(file), group, concept.name, _file_identity(file), file=str(file))
+                            ImageRecord(
+                                str(file), group, concept.name, _file_identity(file), file=str(file)
+                            )
                         )
     for stray in sorted(p for p in root.iterdir() if p.is_file()):
         ignored.append({"path": str(stray), "reason": "not inside a <group>/<concept>/ folder"})
@@ -266,7 +288,9 @@ def _tar_shards(source: str) -> list[Path]:
         shards = [Path(s) for s in braceexpand(source)]
         missing = [str(s) for s in shards if not s.is_file()]
         if missing:
-            raise InputError(f"{len(missing)} shard(s) of {source!r} do not exist, e.g. {missing[0]!r}")
+            raise InputError(
+                f"{len(missing)} shard(s) of {source!r} do not exist, e.g. {missing[0]!r}"
+            )
         return shards
     path = Path(source)
     if path.is_file() and path.suffix == ".tar":
@@ -276,7 +300,9 @@ def _tar_shards(source: str) -> list[Path]:
     return []
 
 
-def _webdataset_images(source: str, shards: Sequence[Path], names: _Names, label_field: str) -> ImageSet:
+def _webdataset_images(
+    source: str, shards: Sequence[Path], names: _Names, label_field: str
+) -> ImageSet:
     """Samples of img2dataset-style shards: an image member plus a json (``label_field``) or txt label."""
     import json
 
@@ -314,7 +340,10 @@ def _webdataset_images(source: str, shards: Sequence[Path], names: _Names, label
                             label = read(members["txt"]).decode("utf-8", "replace").strip()
                         if not isinstance(label, str) or not label:
                             ignored.append(
-                                {"path": where, "reason": f"no concept label (json {label_field!r} or txt)"}
+                                {
+                                    "path": where,
+                                    "reason": f"no concept label (json {label_field!r} or txt)",
+                                }
                             )
                             continue
                         concept = names.concept(label, "label")
@@ -329,14 +358,18 @@ def _webdataset_images(source: str, shards: Sequence[Path], names: _Names, label
                                 path=f"{shard}/{member.name}",
                                 group=concept.group,
                                 concept=concept.name,
-                                identity=_identity(shard.resolve(), member.name, stat.st_size, stat.st_mtime_ns),
+                                identity=_identity(
+                                    shard.resolve(), member.name, stat.st_size, stat.st_mtime_ns
+                                ),
                                 file=str(shard),
                                 offset=member.offset_data,
                                 length=member.size,
                             )
                         )
         except tarfile.TarError as exc:
-            raise InputError(f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}") from None
+            raise InputError(
+                f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}"
+            ) from None
     return ImageSet(source, "webdataset", records, ignored, unselected)
 
 
@@ -353,14 +386,20 @@ def _hf_images(
     if isinstance(location, Path):
         loaded = datasets.load_from_disk(str(location))
     else:
-        loaded = datasets.load_dataset(location, split=split) if split else datasets.load_dataset(location)
+        loaded = (
+            datasets.load_dataset(location, split=split)
+            if split
+            else datasets.load_dataset(location)
+        )
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         if split is None and len(splits) != 1:
             raise InputError(f"{source!r} has splits {', '.join(splits)}; choose one with --split")
         chosen = split or splits[0]
         if chosen not in loaded:
-            raise InputError(f"{source!r} has no split {chosen!r}{did_you_mean(chosen, splits)}; splits are {', '.join(splits)}")
+            raise InputError(
+                f"{source!r} has no split {chosen!r}{did_you_mean(chosen, splits)}; splits are {', '.join(splits)}"
+            )
         dataset = loaded[chosen]
     else:
         dataset = loaded
@@ -395,13 +434,17 @@ def _hf_images(
                 row=row,
             )
         )
-    return ImageSet(source, "huggingface", records, [], unselected, dataset=dataset, image_column=image_column)
+    return ImageSet(
+        source, "huggingface", records, [], unselected, dataset=dataset, image_column=image_column
+    )
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    data: bytes, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode image bytes to an RGB PIL image, or raise :class:`BadImage` saying why not.
 
     ``draft_size`` lets JPEGs decode at a reduced scale (Pillow's draft mode) that still covers
@@ -431,7 +474,9 @@ def decode_image(data: bytes, *, draft_size: int | None = None, max_pixels: int 
         raise BadImage(f"too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
-        raise BadImage(f"undecodable ({'truncated' if 'truncated' in reason else reason})") from None
+        raise BadImage(
+            f"undecodable ({'truncated' if 'truncated' in reason else reason})"
+        ) from None
     return to_rgb(image)
 
 
@@ -481,11 +526,15 @@ class DecodedImages:
             return index, self.transform(image), None
         except BadImage as exc:
             return index, None, str(exc)
-        except Exception as exc:  # one bad file (unreadable, odd size for a transform) never stops a run
+        except (
+            Exception
+        ) as exc:  # one bad file (unreadable, odd size for a transform) never stops a run
             return index, None, f"{type(exc).__name__}: {exc}"
 
 
-def collate_decoded(items: Sequence[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+def collate_decoded(
+    items: Sequence[tuple[int, Any, str | None]],
+) -> tuple[list[int], Any, list[tuple[int, str]]]:
     """Batch the decodable items of :class:`DecodedImages`; return ``(indices, tensor, failures)``."""
     import torch
 

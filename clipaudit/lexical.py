@@ -21,7 +21,8 @@ that do name a concept ("raining", "tired") are listed as synonyms.
 With ``spacy_model`` (a trained pipeline the user has installed, e.g. ``en_core_web_sm``) the
 curated matcher also drops a hit on a word that the pipeline tags as a verb ("tie your shoes",
 "park the car") when the matched synonym is a base form that English also uses as a verb. The
-pipeline only runs on the few captions with such a hit, so the default speed is kept.
+pipeline only runs on captions with such a hit, and the default (no pipeline) stays
+automaton-only.
 
 Matchers are cheap to build (the lookup tables are read without importing spaCy) and pickle,
 so worker processes can build their own or receive one.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -103,13 +105,15 @@ class Matcher:
         return self._automaton.iter(text) if len(self._automaton) else iter(())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(profile={self.profile!r}, concepts={len(self.concept_names)})"
+        return (
+            f"{type(self).__name__}(profile={self.profile!r}, concepts={len(self.concept_names)})"
+        )
 
 
-def _checked_text(caption: Any) -> str:
-    if isinstance(caption, str):
-        return caption
-    raise InputError(f"a caption must be a string or None, got {type(caption).__name__} {caption!r:.60}")
+def _not_text(caption: Any) -> InputError:
+    return InputError(
+        f"a caption must be a string or None, got {type(caption).__name__} {caption!r:.60}"
+    )
 
 
 class PaperMatcher(Matcher):
@@ -133,21 +137,28 @@ class PaperMatcher(Matcher):
     def match_indices(self, caption: str | None) -> list[int]:
         if not caption:
             return []
-        return sorted({index for _, index in self._iter(_checked_text(caption).lower())})
+        if not isinstance(caption, str):
+            raise _not_text(caption)
+        return sorted({index for _, index in self._iter(caption.lower())})
 
 
 class CuratedMatcher(Matcher):
     """Whole-word matching of curated synonyms and their inflections, outside negative contexts.
 
-    Automaton values are ``(key_length, concepts, negated, pos_checked)``: the concepts the key
-    is a surface form of, the concepts it is a negative context of, and the concepts whose hit
-    on this key a part-of-speech check may veto (used only with a spaCy pipeline).
+    Automaton values are ints so that the common caption costs one set comprehension: a key that
+    is a surface form of one concept and nothing else stores the concept's index; any other key (a
+    negative context, a form of several concepts, a form whose hit a part-of-speech check may veto)
+    stores ``-1 - k`` for entry ``k`` of ``_special``. Captions that hit such a key are resolved
+    with the hits' spans (a hit inside a negative-context span of its concept does not count),
+    which a second automaton over the same keys, valued with the key lengths, supplies.
     """
 
     profile = "curated"
 
     def __init__(self, registry: Registry, *, spacy_model: str | None = None):
         super().__init__(registry)
+        self.spacy_model = spacy_model
+        self._nlp: Any = _load_pipeline(spacy_model) if spacy_model else None
         lexicon = _english_lexicon()
         forms: dict[str, set[int]] = {}
         negated: dict[str, set[int]] = {}
@@ -156,49 +167,76 @@ class CuratedMatcher(Matcher):
             for synonym in concept.synonyms:
                 for form, verb_like in lexicon.phrase_forms(normalize(synonym)):
                     forms.setdefault(form, set()).add(index)
-                    if verb_like:
+                    if verb_like and spacy_model:
                         checked.setdefault(form, set()).add(index)
             for context in concept.negative_contexts:
                 for form, _ in lexicon.phrase_forms(normalize(context)):
                     negated.setdefault(form, set()).add(index)
-        keys = {}
-        for form in forms.keys() | negated.keys():
-            keys[f" {form} "] = (
-                len(form) + 2,
-                tuple(sorted(forms.get(form, ()))),
-                tuple(sorted(negated.get(form, ()))),
-                tuple(sorted(checked.get(form, ()))),
-            )
+        self._special: list[_Special] = []
+        keys: dict[str, int] = {}
+        for form in sorted(forms.keys() | negated.keys()):
+            concepts = forms.get(form, set())
+            if len(concepts) == 1 and form not in negated and form not in checked:
+                keys[f" {form} "] = next(iter(concepts))
+            else:
+                keys[f" {form} "] = -1 - len(self._special)
+                self._special.append(
+                    _Special(
+                        frozenset(concepts),
+                        frozenset(negated.get(form, ())),
+                        frozenset(checked.get(form, ())),
+                    )
+                )
         self._finish(keys)
-        self.spacy_model = spacy_model
-        self._nlp: Any = _load_pipeline(spacy_model) if spacy_model else None
+        self._lengths = ahocorasick.Automaton()  # same keys: iterates in step with _automaton
+        for key in keys:
+            self._lengths.add_word(key, len(key))
+        self._lengths.make_automaton()
 
     def match_indices(self, caption: str | None) -> list[int]:
         if not caption:
             return []
-        text = f" {normalize(_checked_text(caption))} "
-        hits: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
-        vetoes: list[tuple[int, int, tuple[int, ...]]] = []
-        for end, (length, concepts, negated, checked) in self._iter(text):
-            if concepts:
-                hits.append((end - length, end, concepts, checked))
-            if negated:
-                vetoes.append((end - length, end, negated))
-        if not vetoes and self._nlp is None:
-            return sorted({index for _, _, concepts, _ in hits for index in concepts})
-        found: set[int] = set()
-        unsure: dict[int, list[str]] = {}  # concept -> words whose tag decides the hit
-        for start, end, concepts, checked in hits:
-            for index in concepts:
-                if any(s <= start and end <= e and index in neg for s, e, neg in vetoes):
-                    continue
-                if self._nlp is not None and index in checked:
-                    unsure.setdefault(index, []).append(text[start + 1 : end - 1])
-                else:
-                    found.add(index)
-        if unsure.keys() - found:
-            found.update(self._confirmed_by_tags(caption, unsure))
+        if not isinstance(caption, str):
+            raise _not_text(caption)
+        text = f" {normalize(caption)} "
+        found = {value for _, value in self._automaton.iter(text)}
+        if found and min(found) < 0:
+            return self._resolve(caption, text, found)
         return sorted(found)
+
+    def _resolve(self, caption: str, text: str, found: set[int]) -> list[int]:
+        """Concepts of a caption whose hits include special keys."""
+        special = [self._special[-1 - value] for value in found if value < 0]
+        if not any(entry.negated or entry.checked for entry in special):
+            plain = {value for value in found if value >= 0}
+            return sorted(plain.union(*(entry.concepts for entry in special)))
+        hits: list[tuple[int, int, int]] = []  # (start, end, concept)
+        vetoes: list[tuple[int, int, frozenset[int]]] = []
+        checked: set[tuple[int, int, int]] = set()
+        spans = zip(self._automaton.iter(text), self._lengths.iter(text), strict=True)
+        for (end, value), (_, length) in spans:
+            start = end - length
+            if value >= 0:
+                hits.append((start, end, value))
+                continue
+            entry = self._special[-1 - value]
+            hits.extend((start, end, index) for index in entry.concepts)
+            checked.update((start, end, index) for index in entry.checked)
+            if entry.negated:
+                vetoes.append((start, end, entry.negated))
+        result: set[int] = set()
+        unsure: dict[int, list[str]] = {}  # concept -> words whose part of speech decides
+        for hit in hits:
+            start, end, index = hit
+            if any(s <= start and end <= e and index in negated for s, e, negated in vetoes):
+                continue
+            if hit in checked:
+                unsure.setdefault(index, []).append(text[start + 2 : end])
+            else:
+                result.add(index)
+        if unsure.keys() - result:
+            result.update(self._confirmed_by_tags(caption, unsure))
+        return sorted(result)
 
     def _confirmed_by_tags(self, caption: str, unsure: dict[int, list[str]]) -> set[int]:
         """The concepts with at least one hit that the pipeline does not tag as a verb."""
@@ -221,6 +259,15 @@ class CuratedMatcher(Matcher):
             self._nlp = _load_pipeline(self.spacy_model)
 
 
+@dataclass(frozen=True)
+class _Special:
+    """A curated key that needs more than a concept index: see :class:`CuratedMatcher`."""
+
+    concepts: frozenset[int]
+    negated: frozenset[int]
+    checked: frozenset[int]
+
+
 def _load_pipeline(name: str) -> Any:
     import spacy
 
@@ -232,8 +279,10 @@ def _load_pipeline(name: str) -> Any:
             f"it with `python -m spacy download {name}` (e.g. en_core_web_sm), pass the path of a "
             "saved pipeline, or leave spacy_model unset to match without part-of-speech checks"
         ) from None
-    if not nlp.has_pipe("tagger") and not nlp.has_pipe("morphologizer") and not nlp.has_pipe(
-        "attribute_ruler"
+    if (
+        not nlp.has_pipe("tagger")
+        and not nlp.has_pipe("morphologizer")
+        and not nlp.has_pipe("attribute_ruler")
     ):
         raise SettingsError(
             f"spaCy pipeline {name!r} has no tagger, morphologizer or attribute_ruler, so it "
@@ -299,12 +348,13 @@ class _Lexicon:
             path = Path(str(paths[name]))
             if not path.exists():
                 path = path.with_name(path.name + ".gz")
-            with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
-                path, encoding="utf-8"
-            ) as handle:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as handle:
                 return json.load(handle)
 
-        return cls(table("lemma_lookup"), table("lemma_exc"), table("lemma_index"), table("lemma_rules"))
+        return cls(
+            table("lemma_lookup"), table("lemma_exc"), table("lemma_index"), table("lemma_rules")
+        )
 
     def word_forms(self, word: str) -> set[str]:
         """``word`` and its noun plurals, plus comparative/superlative when it is an adjective."""
@@ -323,13 +373,19 @@ class _Lexicon:
             if word.endswith(lemma_suffix) and len(word) > len(lemma_suffix):
                 stem = word[: len(word) - len(lemma_suffix)]
                 for candidate in _with_suffix(stem, form_suffix):
-                    if self.lookup.get(candidate) == word:
+                    # an adjective degree that is a word of its own is a lookup artefact
+                    # ("matter" is not a degree of "matte")
+                    if self.lookup.get(candidate) == word and (
+                        pos != "adj" or candidate not in self.known
+                    ):
                         forms.add(candidate)
         return forms
 
     def phrase_forms(self, phrase: str) -> Iterator[tuple[str, bool]]:
-        """Surface forms of a normalised phrase (its last word inflected), each with a flag:
-        True when the form is a base word that English also uses as a verb (a POS check applies).
+        """Surface forms of a normalised phrase, each with a flag for part-of-speech checks.
+
+        The last word is inflected (and a leading verb: "play tennis" -> "playing tennis"); the
+        flag is True for a one-word form that English also uses as a verb ("tie", "ties").
         """
         if not phrase:
             return
@@ -358,8 +414,11 @@ class _Lexicon:
 def _with_suffix(stem: str, suffix: str) -> set[str]:
     """``stem + suffix``, plus the doubled final consonant English spelling uses ("redder")."""
     candidates = {stem + suffix}
-    if suffix[:1] in {"e", "i"} and len(stem) >= 3 and stem[-1] not in "aeiouwxy" and (
-        stem[-2] in "aeiou" and stem[-3] not in "aeiou"
+    if (
+        suffix[:1] in {"e", "i"}
+        and len(stem) >= 3
+        and stem[-1] not in "aeiouwxy"
+        and (stem[-2] in "aeiou" and stem[-3] not in "aeiou")
     ):
         candidates.add(stem + stem[-1] + suffix)
     return candidates

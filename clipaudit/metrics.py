@@ -24,7 +24,13 @@ def per_class_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
         y_true, y_pred, labels=list(labels), zero_division=0
     )
     return pd.DataFrame(
-        {"label": list(labels), "precision": precision, "recall": recall, "f1": f1, "support": support}
+        {
+            "label": list(labels),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+        }
     )
 
 
@@ -55,22 +61,33 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
     from sklearn.metrics import confusion_matrix
 
     matrix = confusion_matrix(y_true, y_pred, labels=list(labels))
-    return pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+    return pd.DataFrame(
+        matrix, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted")
+    )
 
 
 def multilabel_scores(
     true_sets: Sequence[Iterable[str]], pred_sets: Sequence[Iterable[str]], labels: Sequence[str]
 ) -> dict[str, float]:
     """Micro precision, recall and F1 of predicted label sets against true ones, with tp/fp/fn counts."""
+    import numpy as np
     from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
     from sklearn.preprocessing import MultiLabelBinarizer
 
     if len(true_sets) != len(pred_sets):
-        raise ValueError(f"got {len(true_sets)} true label sets but {len(pred_sets)} predicted ones")
+        raise ValueError(
+            f"got {len(true_sets)} true label sets but {len(pred_sets)} predicted ones"
+        )
     binarizer = MultiLabelBinarizer(classes=list(labels))
     y_true = binarizer.fit_transform([set(s) for s in true_sets])
     y_pred = binarizer.transform([set(s) for s in pred_sets])
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    if y_true.shape[1] == 1:
+        # sklearn reads a single column as binary targets; an all-zero second label keeps the
+        # problem multi-label without changing any count
+        y_true, y_pred = (np.hstack([y, np.zeros_like(y)]) for y in (y_true, y_pred))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="micro", zero_division=0
+    )
     counts = multilabel_confusion_matrix(y_true, y_pred).sum(axis=0)  # [[tn, fp], [fn, tp]]
     return {
         "precision": float(precision),

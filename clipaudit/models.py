@@ -35,7 +35,10 @@ from clipaudit.provenance import sha256_file
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-RANDOM_WEIGHTS = ("none", "random")  # --pretrained values meaning "no checkpoint: seeded random weights"
+RANDOM_WEIGHTS = (
+    "none",
+    "random",
+)  # --pretrained values meaning "no checkpoint: seeded random weights"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -49,7 +52,9 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.model.strip():
-            raise SettingsError("a model name is empty; expected e.g. ViT-B-32 or a config JSON path")
+            raise SettingsError(
+                "a model name is empty; expected e.g. ViT-B-32 or a config JSON path"
+            )
         if self.pretrained is not None and not self.pretrained.strip():
             raise SettingsError(
                 f"the pretrained value for {self.model!r} is empty; give a tag, a checkpoint "
@@ -106,8 +111,9 @@ class LoadedModel:
     def inference(self) -> Iterator[None]:
         """``torch.inference_mode`` plus autocast when the precision is bf16 or fp16."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=dtype, enabled=dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
         ):
             yield
 
@@ -116,13 +122,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; explicit devices are checked to exist."""
     base = device.split(":", 1)[0]
     if base not in DEVICES:
-        raise SettingsError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+        raise SettingsError(
+            f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}"
+        )
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if base == "cuda" and not torch.cuda.is_available():
-        raise SettingsError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+        raise SettingsError(
+            f"device {device!r} was asked for but CUDA is not available; use --device cpu"
+        )
     if base == "mps" and not torch.backends.mps.is_available():
-        raise SettingsError(f"device {device!r} was asked for but MPS is not available; use --device cpu")
+        raise SettingsError(
+            f"device {device!r} was asked for but MPS is not available; use --device cpu"
+        )
     return torch.device(device)
 
 
@@ -164,7 +176,9 @@ def resolve_architecture(model: str) -> str:
 
 def _register_config(path: Path) -> str:
     if not path.is_file():
-        raise ModelError(f"model config {str(path)!r} does not exist; expected an open_clip model-config JSON")
+        raise ModelError(
+            f"model config {str(path)!r} does not exist; expected an open_clip model-config JSON"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -172,9 +186,11 @@ def _register_config(path: Path) -> str:
     required = ("embed_dim", "vision_cfg", "text_cfg")
     if not isinstance(config, dict) or not all(key in config for key in required):
         got = sorted(config) if isinstance(config, dict) else type(config).__name__
-        hint = " (an open_clip_config.json with model_cfg: use --model local-dir:FOLDER)" if (
-            isinstance(config, dict) and "model_cfg" in config
-        ) else ""
+        hint = (
+            " (an open_clip_config.json with model_cfg: use --model local-dir:FOLDER)"
+            if (isinstance(config, dict) and "model_cfg" in config)
+            else ""
+        )
         raise ModelError(
             f"model config {str(path)!r} must have keys {', '.join(required)}, got {got}{hint}"
         )
@@ -213,7 +229,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto", seed: int = 0) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, device: str = "auto", precision: str = "auto", seed: int = 0
+) -> LoadedModel:
     """Load ``spec`` with ``open_clip.create_model_and_transforms`` in eval mode on ``device``.
 
     The model stays in fp32; ``precision`` bf16/fp16 is applied as autocast by
@@ -226,7 +244,11 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto", s
     torch.manual_seed(seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture, pretrained=pretrained, device=torch_device, precision="fp32", weights_only=True
+            architecture,
+            pretrained=pretrained,
+            device=torch_device,
+            precision="fp32",
+            weights_only=True,
         )
         tokenizer = open_clip.get_tokenizer(architecture)
     except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
@@ -244,7 +266,11 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto", s
     weights_id = checkpoint_sha or weights_sha256(model)
     preprocess_cfg = dict(model.visual.preprocess_cfg)
     size = preprocess_cfg["size"]
-    config = None if architecture.startswith(SCHEMA_PREFIXES) else open_clip.get_model_config(architecture)
+    config = (
+        None
+        if architecture.startswith(SCHEMA_PREFIXES)
+        else open_clip.get_model_config(architecture)
+    )
     identity = {
         "architecture": architecture,
         "config": config,

@@ -8,7 +8,8 @@ A source is what the user names on the command line:
 - a ``.jsonl`` file (one JSON object per line) or a ``.txt`` file (one caption per line);
 - a folder written by ``datasets.Dataset.save_to_disk`` (read by row ranges through ``datasets``);
 - ``hf:NAME`` or ``hf:NAME:CONFIG``: a Hugging Face dataset by hub name or local path, read through
-  ``datasets.load_dataset(..., streaming=True)``; the main process streams it in fixed-size chunks.
+  ``datasets.load_dataset(..., streaming=True)``; the main process streams it in fixed-size chunks
+  and hands them to the workers (a resumed run streams it again, skipping the finished chunks).
 
 A shard is one unit of work a worker process can do alone: a run of a parquet file's row groups,
 a byte range of a text file holding whole lines, a row range of a saved dataset, or one streamed
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipaudit.errors import InputError, did_you_mean
@@ -68,6 +70,7 @@ class Source:
     kind: str  # parquet | jsonl | txt | hf_disk | hf_stream
     files: tuple[Path, ...] = ()
     root: Path | None = None  # a folder source; for a saved dataset, the folder of its split
+    split: str | None = None  # a Hugging Face dataset's split (None: a saved single Dataset)
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> 
         if text.startswith(HF_PREFIX):
             if not text[len(HF_PREFIX) :].strip():
                 raise InputError(f"{text!r}: expected hf:NAME or hf:NAME:CONFIG after 'hf:'")
-            sources.append(Source(spec=text, kind="hf_stream"))
+            sources.append(Source(spec=text, kind="hf_stream", split=hf_split))
             continue
         path = Path(text)
         if not path.exists():
@@ -160,7 +163,8 @@ def _folder_source(spec: str, folder: Path, hf_split: str) -> Source:
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         data_dir = _saved_split_dir(folder, hf_split)
         files = tuple(sorted(data_dir.glob("*.arrow")))
-        return Source(spec=spec, kind="hf_disk", files=files, root=data_dir)
+        split = hf_split if data_dir != folder else None
+        return Source(spec=spec, kind="hf_disk", files=files, root=data_dir, split=split)
     by_kind: dict[str, list[Path]] = {}
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
@@ -192,18 +196,16 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
     return folder / split
 
 
-def describe_source(source: Source, *, hf_split: str = "train") -> dict[str, Any]:
+def describe_source(source: Source) -> dict[str, Any]:
     """What a manifest records about a source: kind and files with sizes and sha256 checksums
     (hub datasets: name, config and split, which is all that can be known without reading them)."""
     record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
     if source.kind == "hf_stream":
         name, config = _hf_name(source)
-        record.update(name=name, config=config, split=hf_split)
+        record.update(name=name, config=config, split=source.split)
     else:
         if source.kind == "hf_disk":
-            record["split"] = (
-                hf_split if (Path(source.spec) / "dataset_dict.json").is_file() else None
-            )
+            record["split"] = source.split
         record["files"] = [file_record(path) for path in source.files]
     return record
 
@@ -222,7 +224,6 @@ def plan_shards(
     column: str | None = None,
     id_column: str | None = None,
     shard_rows: int = 250_000,
-    hf_split: str = "train",
     skip_bad: bool = False,
 ) -> Iterator[Shard | SkippedShard]:
     """Cut the sources into shards, in corpus order, with global row numbers.
@@ -231,7 +232,7 @@ def plan_shards(
     A parquet file whose footer cannot be read yields a :class:`SkippedShard` with ``skip_bad``
     and raises :class:`BadShardError` without it.
     """
-    planner = _Planner(column, id_column, shard_rows, hf_split, skip_bad)
+    planner = _Planner(column, id_column, shard_rows, skip_bad)
     for index, source in enumerate(sources):
         yield from planner.plan(index, source)
 
@@ -242,13 +243,11 @@ class _Planner:
         column: str | None,
         id_column: str | None,
         shard_rows: int,
-        hf_split: str,
         skip_bad: bool,
     ):
         self.column = column
         self.id_column = id_column
         self.shard_rows = shard_rows
-        self.hf_split = hf_split
         self.skip_bad = skip_bad
         self.next_row = 0
 
@@ -349,7 +348,7 @@ class _Planner:
 
     def _stream(self, index: int, source: Source) -> Iterator[Shard]:
         name, config = _hf_name(source)
-        dataset = _open_stream(name, config, self.hf_split)
+        dataset = _open_stream(name, config, source.split)
         names = dataset.column_names
         if names is None:  # features unknown until the first example is read
             names = list(next(iter(dataset), {}).keys())
@@ -468,8 +467,8 @@ def _one_line(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- reading
 
-# A raw reader yields (values, ids or None, skip counts) per batch; values are str for good text,
-# bytes to be decoded, or anything else (None, numbers) to be counted as skipped.
+# A raw reader yields (values, ids or None, skip counts) per batch. Values are an Arrow array, or a
+# list of str for good text, bytes to be decoded, or anything else (None, numbers) to be skipped.
 RawBatch = tuple[list[Any], Sequence[Any] | None, Counter[str]]
 
 
@@ -482,7 +481,7 @@ def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
             )
             for batch in batches:
                 ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
-                yield _arrow_values(batch.column(shard.column)), ids, Counter()
+                yield batch.column(shard.column), ids, Counter()
     except (OSError, pa.ArrowException) as exc:
         raise BadShardError(shard.label, f"unreadable parquet data ({_one_line(exc)})") from None
 
@@ -537,7 +536,7 @@ def _read_jsonl(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
             if record is None:
                 values.append(_NOT_A_RECORD)
             else:
-                values.append(record.get(column, _MISSING))
+                values.append(_json_text(record.get(column, _MISSING)))
             if ids is not None:
                 ids.append(record.get(id_column) if record is not None else None)
         yield values, ids, skipped
@@ -568,13 +567,24 @@ def _json_record(line: bytes, skipped: Counter[str]) -> dict[str, Any] | None:
     return record
 
 
+def _json_text(value: Any) -> Any:
+    """A JSON string that cannot be UTF-8 (a lone surrogate from a "\\ud800" escape) becomes
+    bytes, which then fail to decode and are counted as not UTF-8."""
+    if type(value) is str and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
 def _read_saved(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
     dataset = _load_saved(shard.location)
     columns = [c for c in (shard.column, shard.id_column) if c]
     table = dataset.select_columns(columns).with_format("arrow")[shard.start : shard.stop]
     for batch in table.to_batches(max_chunksize=batch_rows):
         ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
-        yield _arrow_values(batch.column(shard.column)), ids, Counter()
+        yield batch.column(shard.column), ids, Counter()
 
 
 def _read_payload(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
@@ -604,14 +614,16 @@ def _clean(
     n_rows = len(values)
     if ids is None:
         ids = range(first_row, first_row + n_rows)
+    if isinstance(values, pa.Array):
+        texts = _plain_texts(values, max_chars)
+        if texts is not None:
+            return CaptionBatch(texts, ids, n_rows, skipped)
+        values = _arrow_values(values)
     bad: list[int] = []
     for i, value in enumerate(values):
         if type(value) is str:
             if len(value) > max_chars:
                 skipped["too_long"] += 1
-                bad.append(i)
-            elif not value.isascii() and not _encodable(value):
-                skipped["not_utf8"] += 1  # lone surrogates, e.g. from a JSON "\ud800" escape
                 bad.append(i)
             continue
         reason = _bad_reason(value, max_chars)
@@ -643,12 +655,19 @@ def _bad_reason(value: Any, max_chars: int) -> str | None:
     return "not_string"
 
 
-def _encodable(text: str) -> bool:
+def _plain_texts(array: pa.Array, max_chars: int) -> list[str] | None:
+    """The array as a list of str when every value is a valid caption (the common case, checked
+    in Arrow without a Python loop); None when some are not."""
+    if array.null_count or not (
+        pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+    ):
+        return None
+    if len(array) and pc.max(pc.utf8_length(array)).as_py() > max_chars:
+        return None
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        return array.to_pylist()
+    except UnicodeDecodeError:  # a string column holding invalid UTF-8
+        return None
 
 
 # --------------------------------------------------------------------------- datasets

@@ -6,6 +6,10 @@ import re
 import unicodedata
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
+# bytes.translate table: upper-case ASCII -> lower-case, other non-alphanumerics -> space
+_ASCII_TABLE = bytes(
+    c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256)
+)
 
 
 def normalize(text: str) -> str:
@@ -15,7 +19,9 @@ def normalize(text: str) -> str:
     spaces makes every word boundary a literal space, which is what lets an exact-match
     automaton match whole words only.
     """
-    text = text.lower()
-    if not text.isascii():
-        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    if text.isascii():
+        # the hot path of caption matching: one translate is about 4x faster than re.sub
+        folded = text.encode("ascii").translate(_ASCII_TABLE).decode("ascii").strip()
+        return " ".join(folded.split()) if "  " in folded else folded
+    text = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode("ascii")
     return _NON_WORD.sub(" ", text).strip()

@@ -6,17 +6,18 @@ the group instead, the distractors then count as errors and never as labels). Aw
 group's macro-F1 over the concepts with images; per-concept precision/recall/F1 and accuracy come
 with it (all from :mod:`clipaudit.metrics`).
 
-Classifiers: each concept's text embedding is the normalised mean over its prompt(s) and the prompt
-templates, built with open_clip's ``build_zero_shot_classifier``. Templates:
+Classifiers: each concept's text embedding is the renormalised mean of the normalised embeddings of
+all its prompt x template texts (CLIP's prompt ensembling), built with open_clip's
+``build_zero_shot_classifier``. Templates:
 
 - ``none``: the bare concept name (the paper's setting; uses ``concept.name``, never group templates);
 - ``simple``: ``"a photo of a {}."``;
 - ``ensemble``: open_clip's 80 OpenAI ImageNet templates;
 - a text file: one template per line containing ``{}`` (or CLIP_benchmark's ``{c}``).
 
-With ``simple``, ``ensemble`` or a file, class names are the concept's ``prompts`` (all of them: a
-concept's embedding is the renormalised mean of its per-prompt embeddings), and a group's own
-``templates`` from the registry replace the chosen ones for that group.
+With ``simple``, ``ensemble`` or a file, class names are the concept's ``prompts`` (all of them, each
+text weighing the same), and a group's own ``templates`` from the registry replace the chosen ones for
+that group.
 
 Image embeddings are cached on disk (:mod:`clipaudit.embedding_cache`), so changing templates,
 prompts or the registry does not encode images again, and a killed run resumes from the cache.
@@ -61,7 +62,9 @@ LIBRARIES = ("torch", "torchvision", "open_clip_torch", "pillow", "numpy", "scik
 
 def default_workers() -> int:
     """Decoding worker processes: one per core but one, at most 16."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    )
     return max(1, min(16, cores - 1))
 
 
@@ -127,16 +130,25 @@ class ZeroShotSettings:
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
             raise SettingsError(f"the same model is given twice: {', '.join(repeated)}")
-        for name, value, low in (("batch size", self.batch_size, 1), ("workers", self.workers, 0),
-                                 ("max pixels", self.max_pixels, 1)):
+        for name, value, low in (
+            ("batch size", self.batch_size, 1),
+            ("workers", self.workers, 0),
+            ("max pixels", self.max_pixels, 1),
+        ):
             if not isinstance(value, int) or value < low:
                 raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.device.split(":", 1)[0] not in DEVICES:
-            raise SettingsError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+            raise SettingsError(
+                f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}"
+            )
         if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise SettingsError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.groups is not None and not self.groups:
-            raise SettingsError("--groups is empty; name at least one group or leave it out for all")
+            raise SettingsError(
+                "--groups is empty; name at least one group or leave it out for all"
+            )
         resolve_templates(self.templates)
 
     def describe(self) -> dict[str, Any]:
@@ -219,10 +231,17 @@ def embed_images(
         pending.clear()
 
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=f"encoding {loaded.label}", disable=not progress or not todo)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc=f"encoding {loaded.label}",
+        disable=not progress or not todo,
+    )
     with bar, loaded.inference():
         for indices, batch, batch_failures in loader:
-            failures += [{"path": records[i].path, "reason": reason} for i, reason in batch_failures]
+            failures += [
+                {"path": records[i].path, "reason": reason} for i, reason in batch_failures
+            ]
             if batch is not None:
                 batch = batch.to(loaded.device, non_blocking=True)
                 if on_cuda:
@@ -252,22 +271,26 @@ def embed_images(
 def class_embeddings(
     loaded: LoadedModel, concepts: Sequence[Concept], templates: Sequence[str], bare_names: bool
 ) -> np.ndarray:
-    """Normalised text embedding per concept (rows), from its prompts (or bare name) x templates."""
+    """Normalised text embedding per concept (rows): the renormalised mean of the normalised
+    embeddings of all its prompt x template texts (its bare name x templates with ``bare_names``)."""
     from open_clip import build_zero_shot_classifier
 
-    owners, prompts = [], []
-    for number, concept in enumerate(concepts):
-        for prompt in (concept.name,) if bare_names else concept.prompts:
-            owners.append(number)
-            prompts.append(prompt)
+    rows = []
     with loaded.inference():
-        weights = build_zero_shot_classifier(
-            loaded.model, loaded.tokenizer, prompts, list(templates), device=loaded.device
-        )
-    per_prompt = weights.float().T.cpu().numpy()
-    owner = np.asarray(owners)
-    means = np.stack([per_prompt[owner == number].mean(axis=0) for number in range(len(concepts))])
-    return means / np.linalg.norm(means, axis=1, keepdims=True)
+        for concept in concepts:
+            prompts = (concept.name,) if bare_names else concept.prompts
+            texts = [template.format(prompt) for prompt in prompts for template in templates]
+            # one class whose "templates" are its texts: open_clip averages and renormalises them
+            weights = build_zero_shot_classifier(
+                loaded.model,
+                loaded.tokenizer,
+                [concept.name],
+                [lambda _, text=text: text for text in texts],
+                num_classes_per_batch=None,
+                device=loaded.device,
+            )
+            rows.append(weights[:, 0].float().cpu())
+    return torch.stack(rows).numpy()
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -308,12 +331,20 @@ def evaluate_model(
 ) -> ModelResult:
     """Zero-shot classify the images of every group of ``registry`` with one loaded model."""
     embedded = embed_images(
-        loaded, images, cache=cache, batch_size=batch_size, workers=workers,
-        jpeg_draft=jpeg_draft, max_pixels=max_pixels, progress=progress,
+        loaded,
+        images,
+        cache=cache,
+        batch_size=batch_size,
+        workers=workers,
+        jpeg_draft=jpeg_draft,
+        max_pixels=max_pixels,
+        progress=progress,
     )
     start = time.perf_counter()
     norms = np.linalg.norm(embedded.features, axis=1, keepdims=True)
-    features = np.divide(embedded.features, norms, out=np.zeros_like(embedded.features), where=norms > 0)
+    features = np.divide(
+        embedded.features, norms, out=np.zeros_like(embedded.features), where=norms > 0
+    )
     base_templates = resolve_templates(templates)
     records = images.records
     n_attempted = images.counts()
@@ -329,21 +360,29 @@ def evaluate_model(
         rows = [i for i in usable if records[i].group == group.name]
         with_images = {records[i].concept for i in rows}
         present = [c for c in concepts if c.name in with_images]
+        if len(present) < 2:
+            reason = (
+                "no images"
+                if not present
+                else f"only {present[0].name!r} has images; 2 concepts are needed"
+            )
+            skipped_groups.append({"group": group.name, "reason": reason})
+            continue
         for concept in concepts:
             if concept.name not in with_images:
                 attempted = n_attempted[concept.name]
                 reason = f"all {attempted} images undecodable" if attempted else "no images"
-                skipped_concepts.append({"group": group.name, "concept": concept.name, "reason": reason})
-        if len(present) < 2:
-            skipped_groups.append({
-                "group": group.name,
-                "reason": f"{len(present)} concept(s) with images; at least 2 are needed to classify",
-            })
-            continue
+                skipped_concepts.append(
+                    {"group": group.name, "concept": concept.name, "reason": reason}
+                )
         candidates = list(concepts) if all_concepts else present
-        group_templates = group.templates if group.templates and templates != "none" else base_templates
+        group_templates = (
+            group.templates if group.templates and templates != "none" else base_templates
+        )
         used_templates[group.name] = list(group_templates)
-        weights = class_embeddings(loaded, candidates, group_templates, bare_names=templates == "none")
+        weights = class_embeddings(
+            loaded, candidates, group_templates, bare_names=templates == "none"
+        )
         similarity = features[rows] @ weights.T
         top_k = min(TOP_K, len(candidates))
         order = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
@@ -352,37 +391,45 @@ def evaluate_model(
         y_pred = names[order[:, 0]].tolist()
         labels = [c.name for c in present]
         for position, i in enumerate(rows):
-            prediction_rows.append({
-                "model": loaded.label,
-                "path": records[i].path,
-                "group": group.name,
-                "concept": y_true[position],
-                "predicted": y_pred[position],
-                "correct": y_true[position] == y_pred[position],
-                "score": float(similarity[position, order[position, 0]]),
-                "top5": names[order[position]].tolist(),
-                "top5_scores": similarity[position, order[position]].astype(float).tolist(),
-            })
-        scores = metrics.per_class_scores(y_true, y_pred, labels).rename(columns={"label": "concept"})
+            prediction_rows.append(
+                {
+                    "model": loaded.label,
+                    "path": records[i].path,
+                    "group": group.name,
+                    "concept": y_true[position],
+                    "predicted": y_pred[position],
+                    "correct": y_true[position] == y_pred[position],
+                    "score": float(similarity[position, order[position, 0]]),
+                    "top5": names[order[position]].tolist(),
+                    "top5_scores": similarity[position, order[position]].astype(float).tolist(),
+                }
+            )
+        scores = metrics.per_class_scores(y_true, y_pred, labels).rename(
+            columns={"label": "concept"}
+        )
         scores.insert(0, "group", group.name)
         scores.insert(0, "model", loaded.label)
         concept_frames.append(scores)
-        group_rows.append({
-            "model": loaded.label,
-            "group": group.name,
-            "category": group.category,
-            "macro_f1": metrics.macro_f1(y_true, y_pred, labels),
-            "accuracy": metrics.accuracy(y_true, y_pred),
-            "n_images": len(rows),
-            "n_concepts": len(present),
-        })
+        group_rows.append(
+            {
+                "model": loaded.label,
+                "group": group.name,
+                "category": group.category,
+                "macro_f1": metrics.macro_f1(y_true, y_pred, labels),
+                "accuracy": metrics.accuracy(y_true, y_pred),
+                "n_images": len(rows),
+                "n_concepts": len(present),
+            }
+        )
         confusions[group.name] = metrics.confusion(y_true, y_pred, names.tolist()).loc[labels]
 
     return ModelResult(
         label=loaded.label,
         info=loaded.info,
         predictions=pd.DataFrame(prediction_rows, columns=PREDICTION_COLUMNS),
-        concepts=pd.concat(concept_frames, ignore_index=True) if concept_frames else _empty(CONCEPT_COLUMNS),
+        concepts=pd.concat(concept_frames, ignore_index=True)
+        if concept_frames
+        else _empty(CONCEPT_COLUMNS),
         groups=pd.DataFrame(group_rows, columns=GROUP_COLUMNS),
         confusions=confusions,
         failures=embedded.failures,
@@ -399,7 +446,17 @@ def evaluate_model(
     )
 
 
-PREDICTION_COLUMNS = ["model", "path", "group", "concept", "predicted", "correct", "score", "top5", "top5_scores"]
+PREDICTION_COLUMNS = [
+    "model",
+    "path",
+    "group",
+    "concept",
+    "predicted",
+    "correct",
+    "score",
+    "top5",
+    "top5_scores",
+]
 CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
 GROUP_COLUMNS = ["model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"]
 
@@ -423,7 +480,9 @@ class ZeroShotRun:
     def macro_f1_table(self) -> pd.DataFrame:
         """Groups x models macro-F1 (the side-by-side view of several models)."""
         order = list(dict.fromkeys(self.groups["model"]))
-        table = self.groups.pivot_table(index="group", columns="model", values="macro_f1", sort=False)
+        table = self.groups.pivot_table(
+            index="group", columns="model", values="macro_f1", sort=False
+        )
         return table[[m for m in order if m in table.columns]]
 
 
@@ -434,8 +493,12 @@ def run_zeroshot(settings: ZeroShotSettings, *, progress: bool = True) -> ZeroSh
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
     images = open_images(
-        settings.images, registry, settings.groups, label_field=settings.label_field,
-        image_column=settings.image_column, split=settings.split,
+        settings.images,
+        registry,
+        settings.groups,
+        label_field=settings.label_field,
+        image_column=settings.image_column,
+        split=settings.split,
     )
     listed_s = time.perf_counter() - started
     manifest = base_manifest("zeroshot", LIBRARIES)
@@ -455,11 +518,21 @@ def run_zeroshot(settings: ZeroShotSettings, *, progress: bool = True) -> ZeroSh
         cache = None
         if settings.cache_dir is not None:
             key = cache_key(loaded, settings.jpeg_draft)
-            cache = EmbeddingCache(settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft})
+            cache = EmbeddingCache(
+                settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft}
+            )
         result = evaluate_model(
-            loaded, images, selected, templates=settings.templates, all_concepts=settings.all_concepts,
-            cache=cache, batch_size=settings.batch_size, workers=settings.workers,
-            jpeg_draft=settings.jpeg_draft, max_pixels=settings.max_pixels, progress=progress,
+            loaded,
+            images,
+            selected,
+            templates=settings.templates,
+            all_concepts=settings.all_concepts,
+            cache=cache,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            jpeg_draft=settings.jpeg_draft,
+            max_pixels=settings.max_pixels,
+            progress=progress,
         )
         result.timings["load_s"] = load_s
         result.info["cache"] = cache.describe() if cache is not None else None
@@ -475,8 +548,13 @@ def run_zeroshot(settings: ZeroShotSettings, *, progress: bool = True) -> ZeroSh
     manifest.update(
         status="complete",
         models=[
-            {**r.info, "timings": r.timings, "n_encoded": r.n_encoded, "n_cached": r.n_cached,
-             "n_skipped_images": len(r.failures)}
+            {
+                **r.info,
+                "timings": r.timings,
+                "n_encoded": r.n_encoded,
+                "n_cached": r.n_cached,
+                "n_skipped_images": len(r.failures),
+            }
             for r in results
         ],
         device=first.info["device"],
@@ -523,7 +601,9 @@ def _prepare_run_folder(out: Path) -> Path:
     return out
 
 
-def _write_outputs(out: Path, results: Sequence[ModelResult], groups: pd.DataFrame, concepts: pd.DataFrame) -> list[str]:
+def _write_outputs(
+    out: Path, results: Sequence[ModelResult], groups: pd.DataFrame, concepts: pd.DataFrame
+) -> list[str]:
     written = write_table(concepts, out / "concepts", ("csv",))
     written += write_table(groups, out / "groups", ("csv",))
     predictions = pd.concat([r.predictions for r in results], ignore_index=True)
@@ -561,7 +641,15 @@ def confusion_png(frame: pd.DataFrame, title: str) -> bytes:
         for col in range(n_cols):
             if counts[row, col]:
                 colour = "white" if shares[row, col] > 0.5 else "black"
-                axes.text(col, row, str(counts[row, col]), ha="center", va="center", fontsize=7, color=colour)
+                axes.text(
+                    col,
+                    row,
+                    str(counts[row, col]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

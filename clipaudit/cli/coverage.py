@@ -17,7 +17,6 @@ app = typer.Typer(
 )
 console = Console()
 
-PROFILES = ("curated", "paper")
 RegistryOption = typer.Option(
     DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
 )
@@ -43,13 +42,16 @@ def count(
         "or paper (the paper's substring matching, for comparison).",
     ),
     column: str | None = typer.Option(
-        None, "--column", "-c", help="Caption column. [default: caption, TEXT or text]"
+        None,
+        "--column",
+        "-c",
+        help="Caption column (default: caption, TEXT or text, whichever exists).",
     ),
     id_column: str | None = typer.Option(
-        None, "--id-column", help="Id column. [default: id, key or SAMPLE_ID, else row numbers]"
+        None, "--id-column", help="Id column (default: id, key or SAMPLE_ID, else row numbers)."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", "-w", help="Worker processes. [default: the number of CPU cores]"
+        None, "--workers", "-w", help="Worker processes (default: the number of CPU cores)."
     ),
     per_caption: bool = typer.Option(
         False, "--per-caption", help="Also write matches.parquet: each caption's id and concepts."
@@ -131,8 +133,11 @@ def _print_summary(result: object) -> None:
 def eval_(
     gold: Path = typer.Argument(..., help="Gold JSON lines: id, caption, concepts."),
     registry: str = RegistryOption,
-    profile: list[str] = typer.Option(
-        list(PROFILES), "--profile", "-p", help="Profile(s) to score (repeat the option)."
+    profile: list[str] | None = typer.Option(
+        None,
+        "--profile",
+        "-p",
+        help="Profile to score; repeat for several (default: curated and paper).",
     ),
     spacy_model: str | None = typer.Option(
         None, "--spacy-model", help="spaCy pipeline for the curated profile's POS checks."
@@ -143,10 +148,14 @@ def eval_(
 ) -> None:
     """Micro and per-group precision/recall of each matching profile against gold labels."""
     from clipaudit.goldeval import evaluate_gold
+    from clipaudit.lexical import PROFILES
     from clipaudit.provenance import write_json
     from clipaudit.registry import load_registry
 
-    scores = evaluate_gold(gold, load_registry(registry), profiles=profile, spacy_model=spacy_model)
+    profiles = tuple(profile) if profile else PROFILES
+    scores = evaluate_gold(
+        gold, load_registry(registry), profiles=profiles, spacy_model=spacy_model
+    )
     for name, found in scores["profiles"].items():
         table = Table(title=f"{name} profile on {scores['gold']['n_captions']} gold captions")
         for column in ("scope", "precision", "recall", "f1", "tp", "fp", "fn"):

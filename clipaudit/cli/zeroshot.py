@@ -15,39 +15,64 @@ console = Console()
 
 def zeroshot(
     model: list[str] = typer.Option(
-        ..., "--model", "-m",
+        ...,
+        "--model",
+        "-m",
         help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or a model-config JSON; repeat for several.",
     ),
     pretrained: list[str] = typer.Option(
-        [], "--pretrained", "-p",
+        [],
+        "--pretrained",
+        "-p",
         help="Pretrained tag or local checkpoint (.safetensors/.pt), one per --model in order; "
         "'none' or leaving it out = seeded random weights.",
     ),
     images: str = typer.Option(
-        ..., "--images", "-i",
+        ...,
+        "--images",
+        "-i",
         help="Image folder ROOT/<group>/<concept>/, webdataset .tar shards, a Hugging Face "
         "save_to_disk folder, or hf:NAME.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
-    registry: str = typer.Option(DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."),
-    groups: str | None = typer.Option(None, "--groups", "-g", help="Comma-separated groups (default: all)."),
+    registry: str = typer.Option(
+        DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
+    ),
+    groups: str | None = typer.Option(
+        None, "--groups", "-g", help="Comma-separated groups (default: all)."
+    ),
     templates: str = typer.Option(
-        "none", "--templates", "-t",
+        "none",
+        "--templates",
+        "-t",
         help="none (bare concept name, the paper's setting), simple, ensemble, or a file of templates.",
     ),
     all_concepts: bool = typer.Option(
-        False, "--all-concepts",
+        False,
+        "--all-concepts",
         help="Classify among all concepts of a group, not only those with images (distractors count as errors).",
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
-    workers: int | None = typer.Option(None, "--workers", help="Decoding worker processes (default: cores - 1)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Decoding worker processes (default: cores - 1)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Embedding cache folder (default: ~/.cache/clipaudit/embeddings)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
-    jpeg_draft: bool = typer.Option(False, "--jpeg-draft", help="Decode JPEGs at reduced size (faster; pixels differ slightly)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Embedding cache folder (default: ~/.cache/clipaudit/embeddings)."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Neither read nor write the embedding cache."
+    ),
+    jpeg_draft: bool = typer.Option(
+        False, "--jpeg-draft", help="Decode JPEGs at reduced size (faster; pixels differ slightly)."
+    ),
     label_field: str | None = typer.Option(
-        None, "--label-field", help="Label key: webdataset json key (default concept) or HF column (default label)."
+        None,
+        "--label-field",
+        help="Label key: webdataset json key (default concept) or HF column (default label).",
     ),
     image_column: str = typer.Option("image", "--image-column", help="Hugging Face image column."),
     split: str | None = typer.Option(None, "--split", help="Hugging Face dataset split."),
@@ -64,13 +89,17 @@ def zeroshot(
             f"got {len(model)} --model but {len(pretrained)} --pretrained; give one --pretrained per "
             "--model (use 'none' for random weights) or none at all"
         )
-    specs = tuple(ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model)))
+    specs = tuple(
+        ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)
+    )
     settings = ZeroShotSettings(
         models=specs,
         images=images,
         out=out,
         registry=registry,
-        groups=tuple(g.strip() for g in groups.split(",") if g.strip()) if groups is not None else None,
+        groups=tuple(g.strip() for g in groups.split(",") if g.strip())
+        if groups is not None
+        else None,
         templates=templates,
         all_concepts=all_concepts,
         batch_size=batch_size,
@@ -89,7 +118,9 @@ def zeroshot(
 
 def _print_run(run) -> None:
     manifest = run.manifest
-    table = Table(title=f"macro-F1 per group ({manifest['n_images']} images, templates {manifest['templates']['setting']})")
+    table = Table(
+        title=f"macro-F1 per group ({manifest['n_images']} images, templates {manifest['templates']['setting']})"
+    )
     table.add_column("group")
     table.add_column("images", justify="right")
     scores = run.macro_f1_table()
@@ -101,7 +132,11 @@ def _print_run(run) -> None:
     console.print(table)
     for info in manifest["models"]:
         timings = info["timings"]
-        rate = f"{timings['images_per_s']:.0f} images/s" if timings["images_per_s"] else "no images encoded"
+        rate = (
+            f"{timings['images_per_s']:.0f} images/s"
+            if timings["images_per_s"]
+            else "no images encoded"
+        )
         console.print(
             f"{info['label']}: {info['n_encoded']} encoded ({rate}), {info['n_cached']} from cache, "
             f"{info['device']} {info['precision']}"
@@ -109,12 +144,16 @@ def _print_run(run) -> None:
     skipped = manifest["skipped_images"]
     if skipped:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
-        console.print(f"[yellow]{len(skipped)} image(s) skipped[/yellow]: {shown}{' ...' if len(skipped) > 5 else ''}")
+        console.print(
+            f"[yellow]{len(skipped)} image(s) skipped[/yellow]: {shown}{' ...' if len(skipped) > 5 else ''}"
+        )
     for what in ("skipped_groups", "skipped_concepts"):
         entries = manifest[what]
         if entries:
             names = ", ".join(e.get("concept", e["group"]) for e in entries[:12])
-            console.print(f"{len(entries)} {what.replace('_', ' ')} (see manifest.json): {names}{' ...' if len(entries) > 12 else ''}")
+            console.print(
+                f"{len(entries)} {what.replace('_', ' ')} (see manifest.json): {names}{' ...' if len(entries) > 12 else ''}"
+            )
     console.print(f"wrote {run.out}")
 
 

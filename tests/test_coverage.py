@@ -1,0 +1,357 @@
+"""Coverage runs: counts checked by hand, per-caption matches, examples, resume after kill -9,
+refusing a different run, bad shards, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipaudit.coverage import CoverageSettings, count_coverage
+from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.registry import load_registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_REGISTRY = """\
+registry: tiny
+version: "1"
+groups:
+  - {name: Animal, category: common}
+  - {name: Color, category: common}
+  - {name: Emotion, category: rare}
+concepts:
+  - name: dog
+    group: Animal
+    gloss: a dog
+    synonyms: [dog, puppy]
+    negative_contexts: [hot dog]
+    paper_synonyms: [dog]
+  - {name: cat, group: Animal, gloss: a cat, synonyms: [cat, kitten], paper_synonyms: [cat]}
+  - {name: red, group: Color, gloss: red colour, synonyms: [red], paper_synonyms: [red]}
+  - {name: happy, group: Emotion, gloss: glad, synonyms: [happy, smiling], paper_synonyms: [happy]}
+"""
+
+# (line of the jsonl corpus, concepts under curated, concepts under paper); None: not a caption
+ZOO = [
+    ({"id": 10, "caption": "A dog chasing a cat."}, ["dog", "cat"], ["dog", "cat"]),
+    ({"id": 11, "caption": None}, None, None),
+    ({"id": 12, "caption": "Two puppies and a kitten"}, ["dog", "cat"], []),
+    ({"id": 13, "caption": "a red hot dog on a plate"}, ["red"], ["dog", "red"]),
+    ({"id": 14, "caption": 42}, None, None),
+    ({"id": 15, "caption": ""}, [], []),
+    ({"id": 16, "caption": "   "}, [], []),
+    ({"id": 17}, None, None),
+    ({"id": 18, "caption": "The happy child"}, ["happy"], ["happy"]),
+    ('{"id": 19, "caption": "broken', None, None),
+    ({"id": 20, "caption": "Concatenated credits"}, [], ["cat", "red"]),
+    ({"id": 21, "caption": "x" * 80}, None, None),
+    ({"id": 22, "caption": "A smiling red cat"}, ["cat", "red", "happy"], ["cat", "red"]),
+]
+MAX_CHARS = 60
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("registry") / "tiny.yaml"
+    path.write_text(TINY_REGISTRY)
+    return load_registry(path)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "zoo.jsonl"
+    lines = [row if isinstance(row, str) else json.dumps(row) for row, _, _ in ZOO]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(sources, registry, out, **options):
+    options = {"max_caption_chars": MAX_CHARS, "progress": False, **options}
+    return count_coverage(sources, registry, out, CoverageSettings(**options))
+
+
+@pytest.mark.parametrize(
+    ("profile", "column"),
+    [("curated", 1), ("paper", 2)],
+)
+def test_counts_rates_and_summaries_match_a_hand_count(tiny, zoo, tmp_path, profile, column):
+    result = run([zoo], tiny, tmp_path / "run", profile=profile)
+    read = [row[column] for row in ZOO if row[column] is not None]
+    # by hand: 13 rows; 8 captions read (2 of them empty); 5 skipped, one per reason
+    assert len(read) == 8
+    manifest = result.manifest
+    assert (manifest["n_rows"], manifest["n_captions_read"], manifest["n_empty"]) == (13, 8, 2)
+    assert manifest["n_skipped"] == 5
+    assert manifest["skipped_reasons"] == {
+        "bad_json": 1,
+        "missing": 1,
+        "not_string": 1,
+        "null": 1,
+        "too_long": 1,
+    }
+    expected_counts = {
+        "curated": {"dog": 2, "cat": 3, "red": 2, "happy": 2},
+        "paper": {"dog": 2, "cat": 3, "red": 3, "happy": 1},
+    }[profile]
+    expected_concepts = pd.DataFrame(
+        {
+            "concept": ["dog", "cat", "red", "happy"],
+            "group": ["Animal", "Animal", "Color", "Emotion"],
+            "category": ["common", "common", "common", "rare"],
+            "count": [expected_counts[c] for c in ("dog", "cat", "red", "happy")],
+            "rate": [expected_counts[c] / 8 for c in ("dog", "cat", "red", "happy")],
+        }
+    )
+    pd.testing.assert_frame_equal(result.concepts, expected_concepts, check_dtype=False)
+    # captions mentioning at least one concept of the group / category, counted by hand
+    group_counts = {"curated": [3, 2, 2], "paper": [4, 3, 1]}[profile]
+    mean_rates = {
+        "curated": [(2 + 3) / 2 / 8, 2 / 8, 2 / 8],
+        "paper": [(2 + 3) / 2 / 8, 3 / 8, 1 / 8],
+    }[profile]
+    expected_groups = pd.DataFrame(
+        {
+            "group": ["Animal", "Color", "Emotion"],
+            "category": ["common", "common", "rare"],
+            "count": group_counts,
+            "rate": [n / 8 for n in group_counts],
+            "n_concepts": [2, 1, 1],
+            "mean_concept_rate": mean_rates,
+        }
+    )
+    pd.testing.assert_frame_equal(result.groups, expected_groups, check_dtype=False)
+    category_counts = {"curated": [4, 2], "paper": [4, 1]}[profile]
+    common_mean = sum(expected_counts[c] for c in ("dog", "cat", "red")) / 3 / 8
+    expected_categories = pd.DataFrame(
+        {
+            "category": ["common", "rare"],
+            "count": category_counts,
+            "rate": [n / 8 for n in category_counts],
+            "n_concepts": [3, 1],
+            "mean_concept_rate": [common_mean, expected_counts["happy"] / 8],
+        }
+    )
+    pd.testing.assert_frame_equal(result.categories, expected_categories, check_dtype=False)
+    for name, frame in (("concepts", result.concepts), ("groups", result.groups)):
+        on_disk = pd.read_csv(tmp_path / "run" / f"{name}.csv")
+        pd.testing.assert_frame_equal(on_disk, frame, check_dtype=False)
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / f"{name}.parquet"), frame)
+    assert "n_captions_read" in manifest["rate_denominator"]
+    assert manifest["inputs"][0]["files"][0]["bytes"] == zoo.stat().st_size
+
+
+def test_per_caption_matches_have_one_row_per_caption_read(tiny, zoo, tmp_path):
+    run([zoo], tiny, tmp_path / "run", per_caption=True)
+    matches = pq.read_table(tmp_path / "run" / "matches.parquet")
+    assert matches.schema.field("id").type == pa.int64()
+    expected = [
+        {"id": row["id"], "concepts": curated} for row, curated, _ in ZOO if curated is not None
+    ]
+    assert matches.to_pylist() == expected
+    assert not list((tmp_path / "run" / "shards").glob("*.matches.parquet"))  # merged, removed
+
+
+def test_txt_ids_are_row_numbers_and_examples_are_the_smallest_crc_captions(tiny, tmp_path):
+    captions = [f"a cat number {i}" for i in range(30)] + ["a cat number 3", "no animal here"]
+    path = tmp_path / "cats.txt"
+    path.write_text("\n".join(captions) + "\n")
+    result = run([path], tiny, tmp_path / "run", per_caption=True, examples_per_concept=3)
+    ids = pq.read_table(tmp_path / "run" / "matches.parquet").column("id").to_pylist()
+    assert ids == list(range(32))
+    distinct = sorted(set(captions[:30]), key=lambda c: (zlib.crc32(c.encode()), c))[:3]
+    chosen = result.examples["concepts"]["cat"]
+    assert chosen["count"] == 31
+    assert [e["caption"] for e in chosen["examples"]] == distinct
+    assert [e["id"] for e in chosen["examples"]] == [captions.index(c) for c in distinct]
+    assert result.examples["concepts"]["dog"]["examples"] == []
+    on_disk = json.loads((tmp_path / "run" / "examples.json").read_text())
+    assert on_disk == result.examples
+
+
+def test_sharding_and_workers_do_not_change_results(tiny, zoo, tmp_path):
+    whole = run([zoo], tiny, tmp_path / "whole", per_caption=True)
+    split = run([zoo], tiny, tmp_path / "split", per_caption=True, shard_rows=2)
+    assert split.manifest["n_shards"] == 7 and whole.manifest["n_shards"] == 1
+    assert_same_outputs(tmp_path / "whole", tmp_path / "split")
+
+
+def outputs(run_dir: Path) -> dict:
+    """Everything a run's results consist of (the manifest without its timings and settings)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    found = {
+        name: (run_dir / name).read_bytes()
+        for name in ("concepts.csv", "groups.csv", "categories.csv", "examples.json")
+    }
+    for name in ("concepts", "groups", "categories"):
+        found[f"{name}.parquet"] = pd.read_parquet(run_dir / f"{name}.parquet").to_dict("list")
+    if (run_dir / "matches.parquet").exists():
+        found["matches"] = pq.read_table(run_dir / "matches.parquet").to_pylist()
+    counts = ("n_rows", "n_captions_read", "n_empty", "n_skipped", "skipped_reasons")
+    found["manifest"] = {k: manifest[k] for k in (*counts, "n_with_any_concept", "status")}
+    return found
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    first, second = outputs(a), outputs(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert first[key] == second[key], key
+
+
+def write_synthetic_corpus(folder: Path, n_files: int, rows_per_file: int) -> None:
+    """Captions from templates over registry words and non-matching words, seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    words = [
+        "dog",
+        "puppies",
+        "cat",
+        "red",
+        "grey",
+        "beach",
+        "kitchen",
+        "hot dog",
+        "rain",
+        "train",
+        "happy",
+        "furry",
+        "sunset",
+        "truck",
+        "woman",
+        "table",
+        "that",
+        "phone",
+    ]
+    folder.mkdir(parents=True)
+    for part in range(n_files):
+        picks = rng.integers(0, len(words), size=(rows_per_file, 3))
+        captions = [f"a {words[a]} and a {words[b]} near the {words[c]}" for a, b, c in picks]
+        ids = np.arange(part * rows_per_file, (part + 1) * rows_per_file)
+        table = pa.table({"id": pa.array(ids, pa.int64()), "caption": captions})
+        pq.write_table(table, folder / f"part-{part:03d}.parquet", row_group_size=10_000)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clipaudit", "coverage", *args]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_identical_outputs(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=3, rows_per_file=80_000)
+    args = cli(
+        "count",
+        str(corpus),
+        "--out",
+        str(tmp_path / "killed"),
+        "--workers",
+        "2",
+        "--per-caption",
+        "--shard-rows",
+        "10000",
+        "--no-progress",
+    )
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.monotonic() + 60
+    while not list(shards.glob("*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no shard finished within a minute"
+        time.sleep(0.005)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(shards.glob("*.json")))
+    assert 1 <= finished < 24, "the kill came after the end: the test needs a larger corpus"
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["status"] == "running"
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"orphaned workers still running after the kill: {alive}"
+
+    # resumed with one worker, in-process: the worker count is not part of the run's identity
+    args[args.index("--workers") + 1] = "1"
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "caption coverage per group" in resumed.stdout
+    timings = json.loads((tmp_path / "killed" / "manifest.json").read_text())["timings"]
+    assert timings["shards_resumed"] >= finished >= 1 and timings["shards_this_session"] >= 1
+    assert timings["shards_resumed"] + timings["shards_this_session"] == 24
+
+    reference = tmp_path / "uninterrupted"  # in-process, one worker, bigger shards
+    run([corpus], load_registry(), reference, per_caption=True, max_caption_chars=10_000)
+    assert_same_outputs(tmp_path / "killed", reference)
+
+
+def test_a_run_folder_of_a_different_run_is_refused(tiny, zoo, tmp_path):
+    out = tmp_path / "run"
+    first = run([zoo], tiny, out)
+    again = run([zoo], tiny, out, workers=1, skip_bad=True)  # neither changes results: reused
+    assert again.manifest["timings"] == first.manifest["timings"]
+    with pytest.raises(RunFolderError, match=r"profile was 'curated', now 'paper'"):
+        run([zoo], tiny, out, profile="paper")
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(zoo.read_text().replace("kitten", "kittens"))
+    with pytest.raises(RunFolderError, match=r"source 1 differs"):
+        run([changed], tiny, out)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"holds no coverage run"):
+        run([zoo], tiny, other)
+
+
+def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a", "c"):
+        pq.write_table(pa.table({"caption": ["a red cat"] * 4}), corpus / f"{name}.parquet")
+    pq.write_table(
+        pa.table({"caption": [f"a dog number {i}" for i in range(20_000)]}), corpus / "b.parquet"
+    )
+    data = bytearray((corpus / "b.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
+    (corpus / "b.parquet").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"b\.parquet: unreadable parquet data.*--skip-bad"):
+        run([corpus], tiny, tmp_path / "run")
+    assert (tmp_path / "run" / "shards" / "000-00000-0000.json").is_file()  # a.parquet is kept
+    result = run([corpus], tiny, tmp_path / "run", skip_bad=True)
+    assert result.manifest["timings"]["shards_resumed"] >= 1
+    assert result.manifest["n_captions_read"] == 8
+    assert result.manifest["n_rows"] == 20_008  # the skipped shard's rows are known
+    assert [s["shard"] for s in result.manifest["skipped_shards"]] == [str(corpus / "b.parquet")]
+    assert result.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 0,
+        "cat": 8,
+        "red": 8,
+        "happy": 0,
+    }
+
+
+def test_settings_are_checked_when_made():
+    with pytest.raises(SettingsError, match=r"unknown profile 'papers'.*did you mean 'paper'"):
+        CoverageSettings(profile="papers")
+    with pytest.raises(SettingsError, match=r"workers must be a positive integer, got 0"):
+        CoverageSettings(workers=0)
+
+
+def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    result = subprocess.run(
+        cli("count", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "run")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.parquet' does not exist" in lines[0], result.stderr

@@ -1,0 +1,174 @@
+"""Gold-label evaluation of the matchers: hand-counted scores, input errors, the real targets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from clipaudit.errors import InputError
+from clipaudit.goldeval import GoldCaption, evaluate_gold, load_gold
+from clipaudit.registry import parse_registry
+
+REGISTRY = """
+groups:
+  - {name: Animal, category: common}
+  - {name: Color, category: common}
+concepts:
+  - name: dog
+    group: Animal
+    gloss: a dog
+    synonyms: [dog, puppy]
+    negative_contexts: [hot dog]
+    paper_synonyms: [dog]
+  - name: cat
+    group: Animal
+    gloss: a cat
+    synonyms: [cat]
+    paper_synonyms: [cat]
+  - name: red
+    group: Color
+    gloss: the colour red
+    synonyms: [red]
+    paper_synonyms: [red]
+"""
+
+GOLD = [
+    {"id": 1, "caption": "a puppy and a cat", "concepts": ["dog", "cat"]},
+    {"id": 2, "caption": "a hot dog on a red plate", "concepts": ["red"]},
+    {"id": "c3", "caption": "a bored cat", "concepts": ["cat"]},
+    {"id": 4, "caption": "scattered leaves", "concepts": []},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return parse_registry(REGISTRY)
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def gold_file(tmp_path):
+    return write_lines(tmp_path / "gold.jsonl", [json.dumps(row) for row in GOLD])
+
+
+def test_load_gold(gold_file, tiny):
+    rows = load_gold(gold_file, tiny)
+    assert rows[0] == GoldCaption(1, "a puppy and a cat", ("dog", "cat"))
+    assert [r.id for r in rows] == [1, 2, "c3", 4]
+    assert rows[3].concepts == ()
+
+
+def test_evaluate_gold_counts_by_hand(gold_file, tiny):
+    result = evaluate_gold(gold_file, tiny)
+    json.dumps(result)  # plain data
+    assert result["gold"]["n_captions"] == 4 and result["gold"]["n_labels"] == 4
+    assert result["gold"]["sha256"] == hashlib.sha256(gold_file.read_bytes()).hexdigest()
+    assert result["registry"]["n_concepts"] == 3
+
+    curated = result["profiles"]["curated"]
+    # whole words, "puppy" as a synonym, "hot dog" as a negative context: every label right
+    assert curated["micro"] == {
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "tp": 4,
+        "fp": 0,
+        "fn": 0,
+    }
+    assert curated["disagreements"] == []
+
+    paper = result["profiles"]["paper"]
+    # 1: cat right, dog missed (no "puppy"); 2: red right, "dog" extra; 3: cat right, "red" in
+    # "bored" extra; 4: "cat" and "red" in "scattered" extra -> tp 3, fp 4, fn 1
+    micro = paper["micro"]
+    assert (micro["tp"], micro["fp"], micro["fn"]) == (3, 4, 1)
+    assert micro["precision"] == pytest.approx(3 / 7)
+    assert micro["recall"] == pytest.approx(3 / 4)
+    assert micro["f1"] == pytest.approx(6 / 11)
+    groups = {g["group"]: g for g in paper["groups"]}
+    # Animal: tp cat(1), cat(c3); fp dog(2), cat(4); fn dog(1)
+    assert (groups["Animal"]["tp"], groups["Animal"]["fp"], groups["Animal"]["fn"]) == (2, 2, 1)
+    assert groups["Animal"]["support"] == 3
+    assert groups["Animal"]["precision"] == pytest.approx(0.5)
+    assert groups["Animal"]["recall"] == pytest.approx(2 / 3)
+    # Color: tp red(2); fp red(c3), red(4)
+    assert (
+        groups["Color"]["support"],
+        groups["Color"]["precision"],
+        groups["Color"]["recall"],
+    ) == (1, pytest.approx(1 / 3), pytest.approx(1.0))
+    assert paper["disagreements"] == [
+        {"id": 1, "caption": "a puppy and a cat", "missed": ["dog"], "extra": []},
+        {"id": 2, "caption": "a hot dog on a red plate", "missed": [], "extra": ["dog"]},
+        {"id": "c3", "caption": "a bored cat", "missed": [], "extra": ["red"]},
+        {"id": 4, "caption": "scattered leaves", "missed": [], "extra": ["cat", "red"]},
+    ]
+    concepts = {c["concept"]: c for c in paper["concepts"]}
+    assert (concepts["dog"]["tp"], concepts["dog"]["fp"], concepts["dog"]["fn"]) == (0, 1, 1)
+
+
+def test_evaluate_one_profile(gold_file, tiny):
+    result = evaluate_gold(gold_file, tiny, profiles=("paper",))
+    assert list(result["profiles"]) == ["paper"]
+
+
+def test_missing_gold_file(tmp_path, tiny):
+    with pytest.raises(InputError, match="does not exist"):
+        load_gold(tmp_path / "nope.jsonl", tiny)
+
+
+def test_bad_json_line_names_the_line(tmp_path, tiny):
+    path = write_lines(tmp_path / "g.jsonl", [json.dumps(GOLD[0]), "", '{"id": 2, "caption": '])
+    with pytest.raises(InputError, match=r"g\.jsonl:3: not valid JSON"):
+        load_gold(path, tiny)
+
+
+def test_unknown_concepts_are_listed_with_suggestions(tmp_path, tiny):
+    rows = [
+        {"id": 1, "caption": "x", "concepts": ["dgo"]},
+        {"id": 2, "caption": "y", "concepts": ["bird"]},
+    ]
+    path = write_lines(tmp_path / "g.jsonl", [json.dumps(r) for r in rows])
+    with pytest.raises(
+        InputError, match=r"'dgo' \(line 1\) \(did you mean 'dog'\?\); 'bird' \(line 2\)"
+    ):
+        load_gold(path, tiny)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('["a list"]', "expected a JSON object"),
+        ('{"id": 1, "concepts": []}', "'caption' must be a string"),
+        ('{"id": 1, "caption": "x", "concepts": "dog"}', "'concepts' must be a list"),
+        ('{"id": [1], "caption": "x", "concepts": []}', "'id' must be an integer or a string"),
+    ],
+)
+def test_malformed_rows(tmp_path, tiny, line, message):
+    path = write_lines(tmp_path / "g.jsonl", [line])
+    with pytest.raises(InputError, match=message):
+        load_gold(path, tiny)
+
+
+def test_duplicate_ids_and_empty_files(tmp_path, tiny):
+    row = json.dumps(GOLD[0])
+    with pytest.raises(InputError, match="duplicate id 1"):
+        load_gold(write_lines(tmp_path / "dup.jsonl", [row, row]), tiny)
+    with pytest.raises(InputError, match="no labelled captions"):
+        load_gold(write_lines(tmp_path / "empty.jsonl", ["", "  "]), tiny)
+
+
+def test_real_gold_targets(gold_path, registry):
+    result = evaluate_gold(gold_path, registry)
+    curated = result["profiles"]["curated"]["micro"]
+    assert curated["precision"] >= 0.95 and curated["recall"] >= 0.90
+    # the paper's substring counting, as documented beside the gold file (../shared/README.md)
+    paper = result["profiles"]["paper"]["micro"]
+    assert paper["precision"] == pytest.approx(0.721, abs=0.0005)
+    assert paper["recall"] == pytest.approx(0.872, abs=0.0005)

@@ -1,0 +1,282 @@
+"""Image sources (folder, webdataset shards, Hugging Face datasets) and the bad-image zoo."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipaudit.errors import InputError
+from clipaudit.images import BadImage, DecodedImages, collate_decoded, decode_image, open_images
+from tests.tiny_clip import write_image_folder
+
+
+def image_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header is rewritten to claim ``width`` x ``height`` (a decompression bomb's shape)."""
+    data = bytearray(image_bytes(Image.new("L", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_names_match_registry_names_ignoring_case_and_separators(tmp_path, registry):
+    write_image_folder(
+        tmp_path, {"animal": {"DOG": 2, "Cat": 1}, "POV": {"Wide_Shot": 1, "close-up": 1}}
+    )
+    (tmp_path / "animal" / "DOG" / "notes.txt").write_text("not an image")
+    (tmp_path / "readme.md").write_text("stray")
+    images = open_images(tmp_path, registry)
+    found = sorted((r.group, r.concept) for r in images.records)
+    assert found == [
+        ("Animal", "cat"),
+        ("Animal", "dog"),
+        ("Animal", "dog"),
+        ("Viewpoint", "close-up"),
+        ("Viewpoint", "wide shot"),
+    ]
+    assert images.kind == "folder"
+    assert sorted(Path(i["path"]).name for i in images.ignored) == ["notes.txt", "readme.md"]
+    record = next(r for r in images.records if r.concept == "cat")
+    assert images.read_bytes(record) == Path(record.path).read_bytes()
+
+
+def test_category_level_folders_and_group_selection(tmp_path, registry):
+    write_image_folder(tmp_path / "common", {"Animal": {"dog": 2, "cat": 2}})
+    write_image_folder(tmp_path / "under-captioned", {"Viewpoint": {"aerial": 3}})
+    images = open_images(tmp_path, registry, groups=["Animal"])
+    assert sorted({r.concept for r in images.records}) == ["cat", "dog"]
+    assert len(images.records) == 4
+    assert images.n_unselected == 3
+
+
+def test_unknown_folder_names_are_one_error_listing_all_with_suggestions(tmp_path, registry):
+    write_image_folder(tmp_path, {"Animl": {"dog": 1}, "Animal": {"dgo": 1, "red": 1, "cat": 1}})
+    with pytest.raises(InputError) as raised:
+        open_images(tmp_path, registry)
+    message = str(raised.value)
+    assert message.startswith("3 name(s)")
+    assert "'Animl' is no group or category (did you mean 'Animal'?)" in message
+    assert "'dgo' is no concept (did you mean 'dog'?)" in message
+    assert "concept 'red' is in group 'Color', not 'Animal'" in message
+
+
+def test_a_missing_source_says_what_was_expected(tmp_path, registry):
+    with pytest.raises(InputError, match=r"does not exist; expected an image folder"):
+        open_images(tmp_path / "nowhere", registry)
+
+
+# --------------------------------------------------------------------------- webdataset
+
+
+def write_shard(path: Path, samples: list[dict]) -> None:
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+def test_webdataset_shards_label_from_json_or_txt(tmp_path, registry):
+    dog = image_bytes(noise(20, 10, 1), "JPEG")
+    cat = image_bytes(noise(12, 12, 2), "PNG")
+    write_shard(
+        tmp_path / "00000.tar",
+        [
+            {
+                "__key__": "000000000",
+                "jpg": dog,
+                "json": json.dumps({"concept": "Dog", "caption": "a pup"}).encode(),
+            },
+            {"__key__": "000000001", "png": cat, "txt": b"cat\n"},
+        ],
+    )
+    write_shard(
+        tmp_path / "00001.tar",
+        [
+            {
+                "__key__": "000010000",
+                "jpg": dog,
+                "json": json.dumps({"caption": "no label"}).encode(),
+            },
+            {
+                "__key__": "000010001",
+                "webp": image_bytes(noise(8, 8, 3), "WEBP"),
+                "json": b'{"concept": "red"}',
+            },
+        ],
+    )
+    images = open_images(tmp_path, registry)
+    assert images.kind == "webdataset"
+    assert [(r.group, r.concept) for r in images.records] == [
+        ("Animal", "dog"),
+        ("Animal", "cat"),
+        ("Color", "red"),
+    ]
+    assert images.read_bytes(images.records[0]) == dog
+    assert images.read_bytes(images.records[1]) == cat
+    assert images.records[0].path.endswith("00000.tar/000000000.jpg")
+    assert [i["reason"] for i in images.ignored] == ["no concept label (json 'concept' or txt)"]
+    pattern = open_images(str(tmp_path / "{00000..00001}.tar"), registry, groups=["Color"])
+    assert [r.concept for r in pattern.records] == ["red"] and pattern.n_unselected == 2
+
+
+def test_webdataset_unknown_labels_are_listed(tmp_path, registry):
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            {"__key__": "0", "jpg": jpg, "txt": b"doggo"},
+            {"__key__": "1", "jpg": jpg, "txt": b"zebraa"},
+        ],
+    )
+    with pytest.raises(
+        InputError, match=r"2 name\(s\).*'doggo'.*'zebraa' is no concept \(did you mean 'zebra'\?\)"
+    ):
+        open_images(tmp_path / "a.tar", registry)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def test_hugging_face_dataset_with_class_label_column(tmp_path, registry):
+    import datasets
+
+    write_image_folder(tmp_path / "src", {"x": {"a": 3}}, suffix="png")
+    files = sorted((tmp_path / "src").rglob("*.png"))
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=["Dog", "ice_cream", "duck"]),
+        }
+    )
+    dataset = datasets.Dataset.from_dict(
+        {"image": [str(f) for f in files], "label": [0, 1, 0]}, features=features
+    )
+    dataset.save_to_disk(str(tmp_path / "ds"))
+    images = open_images(tmp_path / "ds", registry)
+    assert images.kind == "huggingface"
+    assert [(r.group, r.concept) for r in images.records] == [
+        ("Animal", "dog"),
+        ("Food", "ice cream"),
+        ("Animal", "dog"),
+    ]
+    assert images.read_bytes(images.records[1]) == files[1].read_bytes()
+    food_only = open_images(tmp_path / "ds", registry, groups=["Food"])
+    assert [r.concept for r in food_only.records] == ["ice cream"]
+
+
+def test_hugging_face_string_labels_splits_and_missing_columns(tmp_path, registry):
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    split = datasets.Dataset.from_dict(
+        {"img": [{"bytes": png, "path": None}] * 2, "name": ["cat", "horse"]},
+        features=datasets.Features({"img": datasets.Image(), "name": datasets.Value("string")}),
+    )
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match=r"has splits train, test; choose one with --split"):
+        open_images(tmp_path / "dd", registry, label_field="name", image_column="img")
+    with pytest.raises(InputError, match=r"no column 'label'.*columns are img, name"):
+        open_images(tmp_path / "dd", registry, image_column="img", split="test")
+    images = open_images(
+        tmp_path / "dd", registry, label_field="name", image_column="img", split="test"
+    )
+    assert [r.concept for r in images.records] == ["cat", "horse"]
+    assert images.read_bytes(images.records[0]) == png
+
+
+# --------------------------------------------------------------------------- the bad-image zoo
+
+
+def test_undecodable_images_raise_bad_image_with_the_reason():
+    jpeg = image_bytes(noise(64, 64), "JPEG", quality=95)
+    cases = {
+        "empty file": b"",
+        "not a recognised image": b"this is not an image, just text" * 10,
+        "truncated": jpeg[: len(jpeg) // 2],
+        "too large.*decompression.bomb": png_claiming_size(100_000, 100_000),
+    }
+    for reason, data in cases.items():
+        with pytest.raises(BadImage, match=reason):
+            decode_image(data)
+    with pytest.raises(BadImage, match=r"40x30 = 1200 pixels exceeds"):
+        decode_image(image_bytes(noise(40, 30), "PNG"), max_pixels=1000)
+
+
+def test_decodable_odd_images_become_rgb_with_the_right_pixels():
+    cmyk_red = decode_image(
+        image_bytes(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=100)
+    )
+    grey = decode_image(image_bytes(Image.new("L", (8, 8), 77), "PNG"))
+    sixteen = decode_image(
+        image_bytes(Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16)), "PNG")
+    )
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+    gif = image_bytes(
+        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0
+    )
+    animated = decode_image(gif)
+    rgba = decode_image(image_bytes(Image.new("RGBA", (8, 8), (10, 20, 30, 0)), "PNG"))
+    for image in (cmyk_red, grey, sixteen, animated, rgba):
+        assert image.mode == "RGB" and image.size == (8, 8)
+    assert np.abs(np.asarray(cmyk_red)[4, 4].astype(int) - [255, 0, 0]).max() <= 8
+    assert tuple(np.asarray(grey)[0, 0]) == (77, 77, 77)
+    assert tuple(np.asarray(sixteen)[0, 0]) == (
+        128,
+        128,
+        128,
+    )  # 32896 / 65535 * 255, scaled not clipped
+    assert tuple(np.asarray(animated)[0, 0]) == (255, 0, 0)  # the first frame
+    assert tuple(np.asarray(rgba)[0, 0]) == (10, 20, 30)
+
+
+def test_jpeg_draft_decodes_at_a_reduced_size_that_still_covers_the_target():
+    jpeg = image_bytes(noise(640, 480), "JPEG")
+    assert decode_image(jpeg).size == (640, 480)
+    assert decode_image(jpeg, draft_size=100).size == (
+        160,
+        120,
+    )  # 1/4 scale: the smallest >= 100 per side
+    assert decode_image(jpeg, draft_size=224).size == (320, 240)
+
+
+def test_one_bad_file_never_stops_a_dataloader(tmp_path, registry):
+    import torch
+    from torchvision.transforms import ToTensor
+
+    write_image_folder(tmp_path, {"Animal": {"dog": 2, "cat": 2}}, size=(8, 8), suffix="png")
+    (tmp_path / "Animal" / "dog" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "Animal" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nrubbish")
+    images = open_images(tmp_path, registry)
+    dataset = DecodedImages(images, range(len(images.records)), ToTensor())
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, num_workers=2, collate_fn=collate_decoded
+    )
+    good, bad = [], []
+    for indices, batch, failures in loader:
+        assert batch is None or batch.shape == (len(indices), 3, 8, 8)
+        good += indices
+        bad += [(Path(images.records[i].path).name, reason) for i, reason in failures]
+    assert len(good) == 4
+    assert sorted(name for name, _ in bad) == ["broken.png", "empty.jpg"]
+    assert dict(bad)["empty.jpg"] == "empty file (0 bytes)"

@@ -1,0 +1,313 @@
+"""Caption -> concept matching: the curated profile's rules and the paper profile's flaws."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from clipaudit.errors import InputError, SettingsError
+from clipaudit.lexical import PROFILES, build_matcher, surface_forms
+from clipaudit.registry import parse_registry
+
+# A small registry written for these tests, so they do not depend on how cai2025 is curated.
+TINY = """
+groups:
+  - {name: Animal, category: common}
+  - {name: Food, category: common}
+  - {name: Clothing, category: common}
+  - {name: Color, category: common}
+  - {name: Vehicle, category: common}
+  - {name: Weather, category: common}
+  - {name: Role, category: common}
+  - {name: Texture, category: under-captioned}
+  - {name: Empty, category: common}
+concepts:
+  - name: dog
+    group: Animal
+    gloss: a dog
+    synonyms: [dog, puppy]
+    negative_contexts: [hot dog, corn dog]
+    paper_synonyms: [dog, puppy]
+  - name: bird
+    group: Animal
+    gloss: a bird
+    synonyms: [bird, goose]
+    paper_synonyms: [bird]
+  - name: tea
+    group: Food
+    gloss: tea the drink
+    synonyms: [tea]
+    paper_synonyms: [tea]
+  - name: ice cream
+    group: Food
+    gloss: ice cream
+    synonyms: [ice cream]
+    paper_synonyms: [ice cream]
+  - name: hat
+    group: Clothing
+    gloss: a hat
+    synonyms: [hat, cap]
+    paper_synonyms: [hat, cap]
+  - name: shirt
+    group: Clothing
+    gloss: a shirt
+    synonyms: [t-shirt, shirt]
+    paper_synonyms: [shirt]
+  - name: tie
+    group: Clothing
+    gloss: a necktie
+    synonyms: [tie]
+    paper_synonyms: [tie]
+  - name: gray
+    group: Color
+    gloss: the colour gray
+    synonyms: [gray, grey]
+    paper_synonyms: [gray, grey]
+  - name: train
+    group: Vehicle
+    gloss: a train
+    synonyms: [train]
+    negative_contexts: [train station]
+    paper_synonyms: [train]
+  - name: motorcycle
+    group: Vehicle
+    gloss: a motorcycle
+    synonyms: [motorcycle]
+    paper_synonyms: [motorcycle, bike]
+  - name: bicycle
+    group: Vehicle
+    gloss: a bicycle
+    synonyms: [bicycle, bike]
+    negative_contexts: [dirt bike]
+    paper_synonyms: [bicycle, bike]
+  - name: rain
+    group: Weather
+    gloss: rain
+    synonyms: [rain, raining]
+    paper_synonyms: [rain]
+  - name: police officer
+    group: Role
+    gloss: a police officer
+    synonyms: [police officer, policeman]
+    paper_synonyms: [police officer]
+  - name: glossy
+    group: Texture
+    gloss: a shiny surface
+    synonyms: [shiny, matte]
+    paper_synonyms: [shiny]
+  - name: nothing
+    group: Empty
+    gloss: a concept the paper had no synonyms for
+    synonyms: [zyzzyva]
+    paper_synonyms: []
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return parse_registry(TINY)
+
+
+@pytest.fixture(scope="module")
+def curated(tiny):
+    return build_matcher(tiny)
+
+
+@pytest.fixture(scope="module")
+def paper(tiny):
+    return build_matcher(tiny, "paper")
+
+
+def test_profiles_and_concept_order(tiny, curated, paper):
+    assert PROFILES == ("curated", "paper")
+    assert curated.profile == "curated" and paper.profile == "paper"
+    names = tuple(c.name for c in tiny.concepts)
+    assert curated.concept_names == names == paper.concept_names
+
+
+def test_unknown_profile_suggests_the_closest(tiny):
+    with pytest.raises(SettingsError, match=r"'curatd'.*did you mean 'curated'"):
+        build_matcher(tiny, "curatd")
+
+
+def test_paper_profile_refuses_a_spacy_model(tiny):
+    with pytest.raises(SettingsError, match="only applies to the 'curated' profile"):
+        build_matcher(tiny, "paper", spacy_model="en_core_web_sm")
+
+
+@pytest.mark.parametrize(
+    ("caption", "curated_expected", "paper_expected"),
+    [
+        ("Is that a cat?", [], ["hat"]),  # "that" contains "hat"
+        ("A train in the station", ["train"], ["train", "rain"]),  # "train" contains "rain"
+        ("The team wins", [], ["tea"]),  # "team" contains "tea"
+        ("A capital city", [], ["hat"]),  # "capital" contains "cap"
+        ("A bird and a dog", ["dog", "bird"], ["dog", "bird"]),
+    ],
+)
+def test_whole_words_only_while_paper_matches_substrings(
+    curated, paper, caption, curated_expected, paper_expected
+):
+    assert curated.match(caption) == curated_expected
+    assert paper.match(caption) == paper_expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("Three puppies asleep", ["dog"]),  # -ies plural
+        ("Geese on a lake", ["bird"]),  # irregular plural from the exception table
+        ("A GREY wall", ["gray"]),  # listed British spelling
+        ("Two policemen on duty", ["police officer"]),  # man -> men inside a compound
+        ("Hats and caps for sale", ["hat"]),
+        ("A shinier finish", ["glossy"]),  # adjective degree
+        ("It is raining", ["rain"]),  # a participle listed as a synonym
+        ("Ice creams for everyone", ["ice cream"]),  # last word of a phrase inflected
+    ],
+)
+def test_inflections_are_matched(curated, caption, expected):
+    assert curated.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("A man tied the boat", []),  # verb inflections of noun synonyms are not generated
+        ("Nothing matters here", []),  # "matter" is a word of its own, not a degree of "matte"
+        ("He was training hard", []),
+    ],
+)
+def test_wrong_senses_are_not_generated(curated, caption, expected):
+    assert curated.match(caption) == expected
+
+
+def test_multi_word_phrases_need_order_and_adjacency(curated):
+    assert curated.match("a bowl of ice cream") == ["ice cream"]
+    assert curated.match("cream on the ice") == []
+    assert curated.match("ice and cream") == []
+    assert curated.match("the police and an officer") == []
+    assert curated.match("a police officer") == ["police officer"]
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("A dog eating a hot dog", ["dog"]),
+        ("A hot dog with mustard", []),
+        ("Two hot dogs and a corn dog", []),  # negative contexts are inflected too
+        ("A train at the train station", ["train"]),
+        ("Outside the train station", []),
+        ("A dirt bike race", []),
+        ("A bike and a dirt bike", ["bicycle"]),
+    ],
+)
+def test_negative_contexts(curated, caption, expected):
+    assert curated.match(caption) == expected
+
+
+def test_a_negative_context_of_one_concept_leaves_others(curated):
+    assert curated.match("A grey hot dog") == ["gray"]
+
+
+def test_paper_synonym_shared_by_two_concepts_counts_for_the_last(paper):
+    # the paper's code built a synonym -> concept dict, so "bike" went to bicycle only
+    assert paper.match("a bike") == ["bicycle"]
+    assert paper.match("a motorcycle") == ["motorcycle"]
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("A man in a T-Shirt.", ["shirt"]),
+        ("ICE-CREAM!!!", ["ice cream"]),
+        ("dog's bowl", ["dog"]),
+        ("A hot-dog stand", []),
+        ("Café, crème brûlée and a PUPPY", ["dog"]),
+        ("\uff44\uff4f\uff47 on a sofa", ["dog"]),  # full-width letters fold to ASCII
+        ("hot\u00a0 dog", []),  # any run of separators is one word boundary
+        ("line one\nline two: dog", ["dog"]),
+    ],
+)
+def test_punctuation_case_and_unicode(curated, caption, expected):
+    assert curated.match(caption) == expected
+
+
+@pytest.mark.parametrize("caption", [None, "", "   ", "!!! ...", "\n"])
+def test_empty_captions_mention_nothing(curated, paper, caption):
+    assert curated.match(caption) == [] and paper.match(caption) == []
+    assert curated.match_indices(caption) == [] and paper.match_indices(caption) == []
+
+
+def test_non_string_caption_is_an_input_error(curated, paper):
+    for matcher in (curated, paper):
+        with pytest.raises(InputError, match="got int 42"):
+            matcher.match(42)
+
+
+def test_indices_agree_with_names_and_registry_order(curated):
+    caption = "a grey puppy with a shiny hat on a train"
+    indices = curated.match_indices(caption)
+    assert indices == sorted(indices)
+    assert [curated.concept_names[i] for i in indices] == ["dog", "hat", "gray", "train", "glossy"]
+    assert curated.match(caption) == ["dog", "hat", "gray", "train", "glossy"]
+
+
+def test_concepts_without_paper_synonyms_never_match_in_paper_profile(paper, curated):
+    assert paper.match("zyzzyva") == []
+    assert curated.match("zyzzyva") == ["nothing"]
+    empty = parse_registry(TINY.replace("paper_synonyms: [", "paper_synonyms: []  # ["))
+    assert build_matcher(empty, "paper").match("a dog and a hat") == []
+
+
+def test_matchers_pickle(curated, paper):
+    captions = ["A dog eating a hot dog", "that train", "grey geese"]
+    for matcher in (curated, paper):
+        clone = pickle.loads(pickle.dumps(matcher))
+        assert [clone.match(c) for c in captions] == [matcher.match(c) for c in captions]
+
+
+def test_surface_forms_lists_generated_forms(tiny):
+    forms = surface_forms(tiny, "bird")
+    assert {"bird", "birds", "goose", "geese"} <= set(forms)
+    assert "tied" not in surface_forms(tiny, "tie")
+
+
+def test_builtin_registry_examples(registry):
+    matcher = build_matcher(registry)
+    assert matcher.match("Two puppies next to a fire hydrant") == ["dog"]
+    assert matcher.match("A man eating a hot dog at the bus stop") == []
+    assert matcher.match("A gray cat on a grey couch") == ["cat", "gray"]
+    assert matcher.match("A tennis player swings") == ["athlete"]
+
+
+# ---------------------------------------------------------------------------- spaCy pipelines
+
+
+def test_missing_spacy_pipeline_says_how_to_install(tiny):
+    with pytest.raises(SettingsError, match=r"python -m spacy download no_such_pipeline_xx"):
+        build_matcher(tiny, spacy_model="no_such_pipeline_xx")
+
+
+def test_pipeline_without_tagger_is_refused(tiny, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    spacy.blank("en").to_disk(tmp_path / "blank")
+    with pytest.raises(SettingsError, match="cannot tag parts of speech"):
+        build_matcher(tiny, spacy_model=str(tmp_path / "blank"))
+
+
+def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    # a stand-in for a trained tagger: tags "tie" as a verb before "his", as a noun elsewhere
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("attribute_ruler")
+    ruler.add([[{"LOWER": "tie"}]], {"POS": "NOUN"})
+    ruler.add([[{"LOWER": "tie"}, {"LOWER": "his"}]], {"POS": "VERB"}, index=0)
+    nlp.to_disk(tmp_path / "tagger")
+    matcher = build_matcher(tiny, spacy_model=str(tmp_path / "tagger"))
+    assert matcher.match("He learns to tie his shoes") == []
+    assert matcher.match("A man in a tie") == ["tie"]
+    assert matcher.match("tie his tie") == ["tie"]  # one noun use is enough
+    assert matcher.match("A dog eating a hot dog") == ["dog"]
+    clone = pickle.loads(pickle.dumps(matcher))
+    assert clone.match("He learns to tie his shoes") == []

@@ -1,0 +1,133 @@
+"""Loading OpenCLIP models: config JSONs, local checkpoints (safetensors, weights-only .pt), local-dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from clipaudit.errors import ModelError, SettingsError
+from clipaudit.models import ModelSpec, load_model, resolve_device, resolve_precision
+from tests.tiny_clip import (
+    tiny_state_dict,
+    write_tiny_checkpoint,
+    write_tiny_config,
+    write_tiny_local_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    return {
+        "config": write_tiny_config(folder),
+        "safetensors": write_tiny_checkpoint(folder / "seed3.safetensors", seed=3),
+        "pt": write_tiny_checkpoint(folder / "seed3.pt", seed=3),
+        "folder": folder,
+    }
+
+
+def assert_weights_equal(model: torch.nn.Module, expected: dict) -> None:
+    state = model.state_dict()
+    assert sorted(state) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_safetensors_and_weights_only_pt_checkpoints_load_the_written_weights(tiny):
+    expected = tiny_state_dict(seed=3)
+    for kind in ("safetensors", "pt"):
+        loaded = load_model(ModelSpec(str(tiny["config"]), str(tiny[kind])), device="cpu")
+        assert_weights_equal(loaded.model, expected)
+        assert (
+            loaded.info["checkpoint_sha256"] == hashlib.sha256(tiny[kind].read_bytes()).hexdigest()
+        )
+        assert loaded.label == "tiny-clip@seed3"
+        assert loaded.image_size == 32 and loaded.precision == "fp32"
+        assert not loaded.model.training
+
+
+def test_a_pickled_object_in_a_checkpoint_is_refused_not_run(tiny, tmp_path):
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"state_dict": tiny_state_dict(seed=3), "extra": Payload()}, bad)
+    with pytest.raises(
+        ModelError, match=r"could not load model 'tiny-clip@evil'.*holds only tensors"
+    ):
+        load_model(ModelSpec(str(tiny["config"]), str(bad)), device="cpu")
+    assert not marker.exists()
+
+
+def test_random_weights_are_seeded_and_identified_by_a_weights_hash(tiny):
+    first = load_model(ModelSpec(str(tiny["config"])), device="cpu", seed=0)
+    again = load_model(ModelSpec(str(tiny["config"]), "none"), device="cpu", seed=0)
+    other = load_model(ModelSpec(str(tiny["config"])), device="cpu", seed=1)
+    assert first.label == again.label == "tiny-clip@random"
+    assert (
+        first.info["weights_sha256"] == again.info["weights_sha256"] != other.info["weights_sha256"]
+    )
+    assert first.info["checkpoint_sha256"] is None and first.info["random_weights_seed"] == 0
+
+
+def test_local_dir_models_load_config_and_weights_together(tmp_path):
+    folder = write_tiny_local_dir(tmp_path / "tiny-dir", seed=5)
+    loaded = load_model(ModelSpec(f"local-dir:{folder}"), device="cpu")
+    assert_weights_equal(loaded.model, tiny_state_dict(seed=5))
+    with pytest.raises(SettingsError, match=r"carries its own weights"):
+        ModelSpec(f"local-dir:{folder}", "laion400m_e32")
+    with pytest.raises(ModelError, match=r"has no open_clip_config.json"):
+        load_model(ModelSpec(f"local-dir:{tmp_path}"), device="cpu")
+
+
+def test_model_errors_say_what_was_expected(tiny, tmp_path):
+    with pytest.raises(
+        ModelError, match=r"unknown open_clip model 'ViT-B-23' \(did you mean 'ViT-B-32'"
+    ):
+        load_model(ModelSpec("ViT-B-23", "openai"), device="cpu")
+    with pytest.raises(
+        ModelError,
+        match=r"unknown pretrained tag 'laion2b_s34b_b78k'.*did you mean 'laion2b_s34b_b79k'",
+    ):
+        load_model(ModelSpec("ViT-B-32", "laion2b_s34b_b78k"), device="cpu")
+    with pytest.raises(ModelError, match=r"checkpoint file .*missing.safetensors' does not exist"):
+        load_model(
+            ModelSpec(str(tiny["config"]), str(tmp_path / "missing.safetensors")), device="cpu"
+        )
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"model_cfg": {}}))
+    with pytest.raises(
+        ModelError, match=r"must have keys embed_dim, vision_cfg, text_cfg.*local-dir"
+    ):
+        load_model(ModelSpec(str(wrapped)), device="cpu")
+    other_shape = tmp_path / "other.json"
+    other_shape.write_text(json.dumps({**json.loads(tiny["config"].read_text()), "embed_dim": 16}))
+    with pytest.raises(ModelError, match=r"could not load model 'other@seed3'"):
+        load_model(ModelSpec(str(other_shape), str(tiny["safetensors"])), device="cpu")
+
+
+def test_device_and_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(SettingsError, match=r"fp16 autocast is for GPUs"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(SettingsError, match=r"device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(SettingsError, match=r"CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_labels_name_model_and_weights():
+    assert ModelSpec("ViT-B-32", "laion2b_s34b_b79k").label == "ViT-B-32@laion2b_s34b_b79k"
+    assert ModelSpec("ViT-B-32", "/ckpts/step_100.safetensors").label == "ViT-B-32@step_100"
+    assert ModelSpec("configs/mini.json").label == "mini@random"
+    assert ModelSpec("hf-hub:org/model").label == "hf-hub:org/model"

@@ -1,0 +1,218 @@
+"""Caption sources: every reader, column and id choice, bad captions, and bad files."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipaudit import readers
+from clipaudit.errors import InputError
+from clipaudit.readers import BadShardError, SkippedShard, plan_shards, resolve_sources
+
+
+def read_all(specs, **plan_options):
+    """(shard keys, captions, ids, rows, skip counts) of reading every shard of ``specs``."""
+    max_chars = plan_options.pop("max_caption_chars", 10_000)
+    sources = resolve_sources(specs, hf_split=plan_options.pop("hf_split", "train"))
+    captions, ids, keys, rows = [], [], [], 0
+    skipped = {}
+    for shard in plan_shards(sources, **plan_options):
+        keys.append(shard.key)
+        for batch in shard.read(max_caption_chars=max_chars, batch_rows=2):
+            captions += batch.captions
+            ids += list(batch.ids)
+            rows += batch.n_rows
+            for reason, n in batch.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+    return keys, captions, ids, rows, skipped
+
+
+def write_parquet(path, columns, row_group_size=None):
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_file_reads_captions_and_its_id_column(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", {"id": [7, 8, 9], "caption": ["x", "y", "z"]})
+    keys, captions, ids, rows, skipped = read_all([path])
+    assert (captions, ids, rows, skipped) == (["x", "y", "z"], [7, 8, 9], 3, {})
+    assert len(keys) == 1
+
+
+def test_folder_of_shards_is_read_in_sorted_order_with_global_row_numbers(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    write_parquet(folder / "b.parquet", {"caption": ["b0", "b1"]})
+    write_parquet(folder / "a.parquet", {"caption": ["a0", "a1", "a2"]})
+    write_parquet(folder / "sub" / "c.parquet", {"caption": ["c0"]})
+    (folder / "README.txt").write_text("not captions\n")  # other kinds are ignored beside parquet
+    (folder / ".hidden.parquet").write_bytes(b"partial download")
+    _, captions, ids, _, _ = read_all([folder])
+    assert captions == ["a0", "a1", "a2", "b0", "b1", "c0"]
+    assert ids == [0, 1, 2, 3, 4, 5]
+
+
+def test_row_numbers_continue_across_sources(tmp_path):
+    first = write_parquet(tmp_path / "a.parquet", {"TEXT": ["p", "q"]})
+    second = tmp_path / "b.txt"
+    second.write_text("r\ns\n")
+    _, captions, ids, _, _ = read_all([first, second])
+    assert captions == ["p", "q", "r", "s"] and ids == [0, 1, 2, 3]
+
+
+def test_parquet_row_groups_are_grouped_into_shards(tmp_path):
+    path = write_parquet(
+        tmp_path / "a.parquet", {"caption": [f"c{i}" for i in range(10)]}, row_group_size=3
+    )  # row groups of 3, 3, 3, 1
+    shards = list(plan_shards(resolve_sources([path]), shard_rows=5))
+    assert [(s.start, s.stop, s.first_row, s.n_rows) for s in shards] == [
+        (0, 2, 0, 6),
+        (2, 4, 6, 4),
+    ]
+    _, captions, ids, _, _ = read_all([path], shard_rows=5)
+    assert captions == [f"c{i}" for i in range(10)] and ids == list(range(10))
+
+
+def test_caption_column_auto_chosen_or_named_and_a_missing_one_lists_the_columns(tmp_path):
+    laion = write_parquet(tmp_path / "laion.parquet", {"SAMPLE_ID": [5, 6], "TEXT": ["t", "u"]})
+    _, captions, ids, _, _ = read_all([laion])
+    assert captions == ["t", "u"] and ids == [5, 6]  # LAION metadata: TEXT and SAMPLE_ID
+    both = write_parquet(tmp_path / "both.parquet", {"caption": ["c"], "alt": ["a"]})
+    assert read_all([both])[1] == ["c"]
+    assert read_all([both], column="alt")[1] == ["a"]
+    with pytest.raises(InputError) as missing:
+        read_all([both], column="captoin")
+    message = str(missing.value)
+    assert "both.parquet" in message and "no caption column 'captoin'" in message
+    assert "its columns are caption, alt" in message and "did you mean 'caption'" in message
+    nothing = write_parquet(tmp_path / "none.parquet", {"url": ["x"]})
+    with pytest.raises(InputError, match=r"looked for caption, TEXT, text; its columns are url"):
+        read_all([nothing])
+
+
+def test_ids_come_from_the_id_column_or_a_named_one_else_row_numbers(tmp_path):
+    path = write_parquet(
+        tmp_path / "a.parquet", {"key": ["k0", "k1"], "uid": [10, 11], "caption": ["a", "b"]}
+    )
+    assert read_all([path])[2] == ["k0", "k1"]  # img2dataset's key column
+    assert read_all([path], id_column="uid")[2] == [10, 11]
+    with pytest.raises(InputError, match=r"no id column 'iid'.*its columns are key, uid, caption"):
+        read_all([path], id_column="iid")
+    plain = write_parquet(tmp_path / "b.parquet", {"caption": ["a", "b"]})
+    assert read_all([plain])[2] == [0, 1]
+
+
+def test_jsonl_reader_counts_every_kind_of_bad_caption(tmp_path):
+    lines = [
+        json.dumps({"id": "a", "caption": "good one"}),
+        json.dumps({"id": "b", "caption": None}),
+        json.dumps({"id": "c", "caption": 42}),
+        json.dumps({"id": "d", "text": "no caption key"}),
+        '{"id": "e", "caption": "broken',
+        json.dumps({"id": "f", "caption": "x" * 51}),
+        '{"id": "g", "caption": "lone \\ud800 surrogate"}',
+        "",
+        json.dumps({"id": "h", "caption": ""}),
+        json.dumps({"id": "i", "caption": "  "}),
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"id": "j", "caption": "caf\u00e9 " + "y" * 45}),  # 50 characters: kept
+    ]
+    path = tmp_path / "zoo.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8") + b'{"caption": "\xff\xfe"}\n')
+    _, captions, ids, rows, skipped = read_all([path], max_caption_chars=50)
+    assert captions == ["good one", "", "  ", "caf\u00e9 " + "y" * 45]
+    assert ids == ["a", "h", "i", "j"]
+    assert rows == 13  # every line is a row, the blank one included
+    assert skipped == {
+        "null": 1,
+        "not_string": 1,
+        "missing": 1,
+        "bad_json": 2,
+        "too_long": 1,
+        "not_utf8": 2,
+    }
+
+
+def test_parquet_binary_captions_are_decoded_and_invalid_utf8_is_skipped(tmp_path):
+    values = pa.array([b"a red car", b"\xc3\x28 bad", None, "é".encode()], type=pa.binary())
+    path = write_parquet(tmp_path / "bin.parquet", {"caption": values})
+    _, captions, ids, _, skipped = read_all([path])
+    assert captions == ["a red car", "é"] and ids == [0, 3]
+    assert skipped == {"not_utf8": 1, "null": 1}
+
+
+def test_txt_lines_keep_row_numbers_and_count_invalid_utf8(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"first\r\n\nthird \xff\nlast without newline")
+    _, captions, ids, rows, skipped = read_all([path])
+    assert captions == ["first", "", "last without newline"] and ids == [0, 1, 3]
+    assert rows == 4 and skipped == {"not_utf8": 1}
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_split_text_files_read_the_same_rows_as_whole_ones(tmp_path, monkeypatch, kind):
+    texts = [f"caption number {i}" + "!" * (i % 7) for i in range(23)]
+    path = tmp_path / f"c.{kind}"
+    lines = texts if kind == "txt" else [json.dumps({"caption": t}) for t in texts]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(readers, "_TEXT_BLOCK_BYTES", 7)  # cuts fall inside and across blocks
+    keys, captions, ids, rows, _ = read_all([path], shard_rows=5)
+    assert len(keys) == 5 and rows == 23
+    assert captions == texts and ids == list(range(23))
+    shards = list(plan_shards(resolve_sources([path]), shard_rows=5))
+    assert [s.n_rows for s in shards] == [5, 5, 5, 5, 3]
+    assert [s.first_row for s in shards] == [0, 5, 10, 15, 20]
+
+
+def test_saved_hugging_face_dataset_is_read_by_row_ranges(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict(
+        {"caption": ["a dog", None, "a cat", "a cow", "a hen"], "id": [1, 2, 3, 4, 5]}
+    )
+    data.save_to_disk(str(tmp_path / "saved"))
+    keys, captions, ids, rows, skipped = read_all([tmp_path / "saved"], shard_rows=2)
+    assert len(keys) == 3 and rows == 5
+    assert captions == ["a dog", "a cat", "a cow", "a hen"] and ids == [1, 3, 4, 5]
+    assert skipped == {"null": 1}
+    datasets.DatasetDict({"val": data}).save_to_disk(str(tmp_path / "dict"))
+    assert read_all([tmp_path / "dict"], hf_split="val")[1] == captions
+    with pytest.raises(InputError, match=r"no split 'train'.*its splits are val"):
+        resolve_sources([tmp_path / "dict"])
+
+
+def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    records = [{"TEXT": f"caption {i}", "SAMPLE_ID": 100 + i} for i in range(5)]
+    (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    keys, captions, ids, rows, _ = read_all([f"hf:{folder}"], shard_rows=2)
+    assert len(keys) == 3 and rows == 5
+    assert captions == [r["TEXT"] for r in records] and ids == [100, 101, 102, 103, 104]
+
+
+def test_a_missing_source_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match=r"caption source '.*nowhere.parquet' does not exist"):
+        resolve_sources([tmp_path / "nowhere.parquet"])
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match=r"unknown file type '.csv'"):
+        resolve_sources([tmp_path / "notes.csv"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"holds no caption files"):
+        resolve_sources([tmp_path / "empty"])
+
+
+def test_truncated_parquet_stops_with_a_hint_or_is_skipped_with_skip_bad(tmp_path):
+    good = write_parquet(tmp_path / "good.parquet", {"caption": ["a", "b"]})
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[:-20])  # footer cut off, as by an interrupted download
+    with pytest.raises(BadShardError) as stopped:
+        list(plan_shards(resolve_sources([bad, good])))
+    assert str(bad) in str(stopped.value) and "--skip-bad" in str(stopped.value)
+    planned = list(plan_shards(resolve_sources([bad, good]), skip_bad=True))
+    assert isinstance(planned[0], SkippedShard) and planned[0].label == str(bad)
+    assert planned[1].first_row == 0  # a shard of unknown size takes no row numbers

@@ -1,0 +1,468 @@
+"""Zero-shot awareness runs: hand-computed metrics, templates, the embedding cache, outputs and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.images import open_images
+from clipaudit.models import LoadedModel, ModelSpec
+from clipaudit.registry import load_registry, parse_registry
+from clipaudit.zeroshot import ZeroShotSettings, evaluate_model, resolve_templates, run_zeroshot
+from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
+
+# --------------------------------------------------------------------------- a model whose every prediction is known
+
+# Text side: each colour word is a direction in (r, g, b, other); concepts that are no colour of the
+# test images point along "other", so an image (which has no "other" part) never prefers them.
+COLOUR_VECTORS = {
+    "red": (1, 0, 0, 0),
+    "green": (0, 1, 0, 0),
+    "blue": (0, 0, 1, 0),
+    "orange": (1, 0.6, 0, 0),
+    "yellow": (1, 1, 0, 0),
+    "black": (0, 0, 0, 1),
+    "white": (0.01, 0, 0, 1),
+    "pink": (0, 0.01, 0, 1),
+    "gray": (0, 0, 0.01, 1),
+    "brown": (0.01, 0.01, 0, 1),
+}
+
+
+class ColourModel(torch.nn.Module):
+    """Image embedding = mean (r, g, b, 0); text embedding = the colour word's vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.images_encoded = 0
+
+    def encode_image(self, images, normalize=False):
+        self.images_encoded += len(images)
+        features = torch.cat([images.mean(dim=(2, 3)), torch.zeros(len(images), 1)], dim=1)
+        return torch.nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, vectors, normalize=False):
+        return torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors
+
+
+class ColourTokenizer:
+    """Maps each text to the vector of the colour word it contains; remembers the texts it saw."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def __call__(self, texts):
+        self.texts += texts
+        return torch.tensor(
+            [
+                next(
+                    v
+                    for word, v in COLOUR_VECTORS.items()
+                    if word in text.split() or f"{word}." in text.split()
+                )
+                for text in texts
+            ],
+            dtype=torch.float32,
+        )
+
+
+def colour_model() -> LoadedModel:
+    from torchvision.transforms import ToTensor
+
+    return LoadedModel(
+        label="colour",
+        model=ColourModel(),
+        preprocess=ToTensor(),
+        tokenizer=ColourTokenizer(),
+        device=torch.device("cpu"),
+        precision="fp32",
+        image_size=8,
+        identity={"model": "colour"},
+        info={"label": "colour", "device": "cpu", "precision": "fp32"},
+    )
+
+
+def write_colour_images(root: Path) -> None:
+    """10 images of the Color group; the three marked * are misleading on purpose."""
+    layout = {
+        "red": [(255, 0, 0)] * 3
+        + [(255, 153, 0)],  # *orange-looking red: red among red/green/blue, orange among all
+        "green": [(0, 255, 0)] * 2 + [(255, 0, 0)],  # *looks red
+        "blue": [(0, 0, 255)] * 2 + [(0, 200, 40)],  # *looks green
+    }
+    for concept, colours in layout.items():
+        folder = root / "Color" / concept
+        folder.mkdir(parents=True)
+        for number, colour in enumerate(colours):
+            Image.new("RGB", (8, 8), colour).save(folder / f"{number}.png")
+
+
+@pytest.fixture()
+def colour_images(tmp_path, registry):
+    write_colour_images(tmp_path / "img")
+    return open_images(tmp_path / "img", registry, groups=["Color"])
+
+
+def test_metrics_on_a_hand_computed_case(colour_images, registry):
+    result = evaluate_model(colour_model(), colour_images, registry.select(["Color"]))
+    # predictions: red 4/4 right; green 2 right + 1 as red; blue 2 right + 1 as green
+    # red   P = 4/5, R = 1,   F1 = 8/9
+    # green P = 2/3, R = 2/3, F1 = 2/3
+    # blue  P = 1,   R = 2/3, F1 = 4/5
+    scores = result.concepts.set_index("concept")
+    assert scores.loc["red", ["precision", "recall", "f1", "support"]].tolist() == pytest.approx(
+        [4 / 5, 1, 8 / 9, 4]
+    )
+    assert scores.loc["green", ["precision", "recall", "f1"]].tolist() == pytest.approx(
+        [2 / 3, 2 / 3, 2 / 3]
+    )
+    assert scores.loc["blue", ["precision", "recall", "f1"]].tolist() == pytest.approx(
+        [1, 2 / 3, 4 / 5]
+    )
+    group = result.groups.iloc[0]
+    assert group["macro_f1"] == pytest.approx((8 / 9 + 2 / 3 + 4 / 5) / 3)
+    assert group["accuracy"] == pytest.approx(8 / 10)
+    assert (group["n_images"], group["n_concepts"]) == (10, 3)
+    # candidates are only the concepts with images: red, blue, green (registry order)
+    assert set(result.predictions["predicted"]) == {"red", "green", "blue"}
+    assert result.predictions["top5"].map(len).eq(3).all()
+    matrix = result.confusions["Color"]
+    assert (
+        matrix.loc["green", "red"] == 1
+        and matrix.loc["blue", "green"] == 1
+        and matrix.loc["red", "red"] == 4
+    )
+    assert [s["concept"] for s in result.skipped_concepts] == [
+        "yellow",
+        "black",
+        "white",
+        "orange",
+        "pink",
+        "gray",
+        "brown",
+    ]
+
+
+def test_all_concepts_makes_distractors_errors_never_labels(colour_images, registry):
+    result = evaluate_model(
+        colour_model(), colour_images, registry.select(["Color"]), all_concepts=True
+    )
+    # now "orange" competes: the orange-looking red image is predicted orange, an error for red,
+    # and orange (no images) gets no row of its own
+    # red   P = 3/4, R = 3/4; green and blue as before
+    scores = result.concepts.set_index("concept")
+    assert sorted(scores.index) == ["blue", "green", "red"]
+    assert scores.loc["red", ["precision", "recall", "f1"]].tolist() == pytest.approx(
+        [3 / 4, 3 / 4, 3 / 4]
+    )
+    group = result.groups.iloc[0]
+    assert group["macro_f1"] == pytest.approx((3 / 4 + 2 / 3 + 4 / 5) / 3)
+    assert group["accuracy"] == pytest.approx(7 / 10)
+    assert group["n_concepts"] == 3
+    assert (result.predictions["predicted"] == "orange").sum() == 1
+    assert result.predictions["top5"].map(len).eq(5).all()
+    matrix = result.confusions["Color"]
+    assert list(matrix.index) == ["red", "blue", "green"] and "orange" in matrix.columns
+    assert matrix.loc["red", "orange"] == 1
+
+
+def test_templates_none_uses_bare_names_and_group_templates_apply_otherwise(
+    colour_images, tmp_path
+):
+    registry = parse_registry(
+        "groups:\n  - name: Color\n    category: common\n    templates: ['a {} thing', 'the colour {}']\n"
+        "concepts:\n"
+        + "".join(
+            f"  - name: {name}\n    group: Color\n    gloss: g\n    synonyms: [{name}]\n"
+            f"    prompts: [{name}{', ' + name + ' hue' if name == 'red' else ''}]\n"
+            for name in ("red", "green", "blue")
+        )
+    )
+    bare = colour_model()
+    evaluate_model(bare, colour_images, registry, templates="none")
+    assert sorted(bare.tokenizer.texts) == ["blue", "green", "red"]
+    grouped = colour_model()
+    evaluate_model(grouped, colour_images, registry, templates="ensemble")
+    assert sorted(grouped.tokenizer.texts) == sorted(
+        [f"a {p} thing" for p in ("red", "red hue", "green", "blue")]
+        + [f"the colour {p}" for p in ("red", "red hue", "green", "blue")]
+    )
+    template_file = tmp_path / "templates.txt"
+    template_file.write_text("# CLIP_benchmark style\nart of a {c}.\n\na photo of the {}.\n")
+    assert resolve_templates(str(template_file)) == ("art of a {}.", "a photo of the {}.")
+    assert resolve_templates("simple") == ("a photo of a {}.",)
+    ensemble = resolve_templates("ensemble")
+    assert (
+        len(ensemble) == 80
+        and "a photo of a {}." in ensemble
+        and all(t.count("{}") == 1 for t in ensemble)
+    )
+    with pytest.raises(SettingsError, match="none, simple, ensemble or a text file"):
+        resolve_templates("fancy")
+
+
+# --------------------------------------------------------------------------- runs with the tiny OpenCLIP model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    return {
+        "config": str(write_tiny_config(folder)),
+        "a": str(write_tiny_checkpoint(folder / "a.safetensors", seed=1)),
+        "b": str(write_tiny_checkpoint(folder / "b.pt", seed=2)),
+    }
+
+
+def settings_for(tiny, tmp_path, **changes) -> ZeroShotSettings:
+    values = dict(
+        models=(ModelSpec(tiny["config"], tiny["a"]),),
+        images=str(tmp_path / "img"),
+        out=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        workers=0,
+        device="cpu",
+        batch_size=8,
+    )
+    return ZeroShotSettings(**{**values, **changes})
+
+
+def count_encoded_images(monkeypatch) -> list[int]:
+    """Wrap load_model so every model's encode_image counts the images it is given."""
+    import clipaudit.zeroshot as zeroshot
+
+    counts: list[int] = []
+    real_load = zeroshot.load_model
+
+    def load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        encode = loaded.model.encode_image
+        counts.append(0)
+
+        def counting(images, *a, **k):
+            counts[-1] += len(images)
+            return encode(images, *a, **k)
+
+        loaded.model.encode_image = counting
+        return loaded
+
+    monkeypatch.setattr(zeroshot, "load_model", load)
+    return counts
+
+
+def test_cached_embeddings_are_reused_across_templates_and_registries(tiny, tmp_path, monkeypatch):
+    write_image_folder(
+        tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}, "Color": {"red": 2, "blue": 2}}
+    )
+    counts = count_encoded_images(monkeypatch)
+    first = run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+    assert counts == [10]
+    again = run_zeroshot(settings_for(tiny, tmp_path, out=tmp_path / "run2"), progress=False)
+    assert counts == [10, 0]
+    pd.testing.assert_frame_equal(first.concepts, again.concepts)
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        Path(load_registry().path).read_text().replace("registry: cai2025", "registry: mine")
+    )
+    other = run_zeroshot(
+        settings_for(
+            tiny, tmp_path, out=tmp_path / "run3", templates="ensemble", registry=str(own)
+        ),
+        progress=False,
+    )
+    assert counts == [10, 0, 0]
+    assert other.manifest["models"][0]["n_cached"] == 10
+    touched = next((tmp_path / "img" / "Animal" / "dog").iterdir())
+    os.utime(touched, ns=(1, 1))  # an edited image (new mtime) is encoded again; the rest is not
+    run_zeroshot(settings_for(tiny, tmp_path, out=tmp_path / "run4"), progress=False)
+    assert counts == [10, 0, 0, 1]
+    run_zeroshot(
+        settings_for(tiny, tmp_path, out=tmp_path / "run5", cache_dir=None), progress=False
+    )
+    assert counts[-1] == 10
+
+
+def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 3, "cat": 2}, "Food": {"pizza": 2}})
+    (tmp_path / "img" / "Animal" / "cat" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 corrupt")
+    (tmp_path / "img" / "Animal" / "horse").mkdir()
+    (tmp_path / "img" / "Animal" / "horse" / "empty.png").write_bytes(b"")
+    run = run_zeroshot(
+        settings_for(
+            tiny,
+            tmp_path,
+            groups=("Animal", "Food"),
+            models=(
+                ModelSpec(tiny["config"], tiny["a"]),
+                ModelSpec(tiny["config"], tiny["b"]),
+            ),
+        ),
+        progress=False,
+    )
+    out = tmp_path / "run"
+    groups = pd.read_csv(out / "groups.csv")
+    assert list(groups.columns) == [
+        "model",
+        "group",
+        "category",
+        "macro_f1",
+        "accuracy",
+        "n_images",
+        "n_concepts",
+    ]
+    assert groups[["model", "group", "n_images", "n_concepts"]].values.tolist() == [
+        ["tiny-clip@a", "Animal", 5, 2],
+        ["tiny-clip@b", "Animal", 5, 2],
+    ]
+    concepts = pd.read_csv(out / "concepts.csv")
+    assert list(concepts.columns) == [
+        "model",
+        "group",
+        "concept",
+        "precision",
+        "recall",
+        "f1",
+        "support",
+    ]
+    assert concepts.groupby("model")["support"].sum().tolist() == [5, 5]
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert {"model", "path", "group", "concept", "predicted", "top5", "top5_scores"} <= set(
+        predictions.columns
+    )
+    assert len(predictions) == 10 and predictions["top5"].map(len).eq(2).all()
+    accuracy = predictions.groupby("model")["correct"].mean()
+    assert groups.set_index("model")["accuracy"].to_dict() == pytest.approx(accuracy.to_dict())
+    for model in ("tiny-clip@a", "tiny-clip@b"):
+        table = pd.read_csv(out / "confusion" / model / "Animal.csv")
+        assert table.set_index("true").to_numpy().sum() == 5
+        assert (out / "confusion" / model / "Animal.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "zeroshot" and manifest["status"] == "complete"
+    assert sorted(
+        (Path(s["path"]).name, s["reason"].split(" ")[0]) for s in manifest["skipped_images"]
+    ) == [
+        ("bad.jpg", "undecodable"),
+        ("empty.png", "empty"),
+    ]
+    assert manifest["skipped_concepts"][0] == {
+        "group": "Animal",
+        "concept": "horse",
+        "reason": "all 1 images undecodable",
+    }
+    assert {
+        "group": "Food",
+        "reason": "only 'pizza' has images; 2 concepts are needed",
+    } in manifest["skipped_groups"]
+    first = manifest["models"][0]
+    assert first["checkpoint_sha256"] and first["precision"] == "fp32" and first["device"] == "cpu"
+    assert manifest["templates"]["setting"] == "none" and manifest["versions"]["open_clip_torch"]
+    assert list(run.macro_f1_table().columns) == ["tiny-clip@a", "tiny-clip@b"]
+
+
+def test_run_folders_of_other_kinds_are_refused(tiny, tmp_path):
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text('{"kind": "coverage"}')
+    with pytest.raises(RunFolderError, match="holds a coverage run"):
+        run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+    (tmp_path / "run" / "manifest.json").unlink()
+    (tmp_path / "run" / "mine.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="not empty and holds no clipaudit manifest"):
+        run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+    with pytest.raises(SettingsError, match="the same model is given twice"):
+        settings_for(tiny, tmp_path, models=(ModelSpec(tiny["config"], tiny["a"]),) * 2)
+
+
+def test_cli_runs_several_models_side_by_side(tiny, tmp_path, capsys):
+    from clipaudit.cli import main
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    args = [
+        "zeroshot",
+        "--model",
+        tiny["config"],
+        "--pretrained",
+        tiny["a"],
+        "--model",
+        tiny["config"],
+        "--pretrained",
+        "none",
+        "--images",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--templates",
+        "simple",
+        "--all-concepts",
+        "--quiet",
+    ]
+    main(args)
+    printed = capsys.readouterr().out
+    assert "tiny-clip@a" in printed and "tiny-clip@random" in printed and "Color" in printed
+    groups = pd.read_csv(tmp_path / "run" / "groups.csv")
+    assert groups["model"].tolist() == ["tiny-clip@a", "tiny-clip@random"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["settings"]["all_concepts"] is True and manifest["settings"]["workers"] == 1
+    assert manifest["templates"]["by_group"]["Color"] == ["a photo of a {}."]
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                *args[:5],
+                "--model",
+                tiny["config"],
+                "--images",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: got 2 --model but 1 --pretrained; give one --pretrained per --model (use 'none' for random "
+        "weights) or none at all"
+    ]
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_embeddings_agree_with_cpu_fp32(tiny, tmp_path):
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 8, "cat": 8}}, size=(64, 48))
+    cpu = run_zeroshot(settings_for(tiny, tmp_path, cache_dir=None), progress=False)
+    gpu = run_zeroshot(
+        settings_for(
+            tiny,
+            tmp_path,
+            out=tmp_path / "gpu",
+            device="cuda",
+            precision="auto",
+            workers=2,
+            cache_dir=None,
+        ),
+        progress=False,
+    )
+    assert gpu.manifest["device"].startswith("cuda") and gpu.manifest["precision"] in (
+        "bf16",
+        "fp16",
+    )
+    agree = (
+        pd.read_parquet(tmp_path / "run" / "predictions.parquet")["predicted"]
+        == pd.read_parquet(tmp_path / "gpu" / "predictions.parquet")["predicted"]
+    ).mean()
+    assert agree >= 0.9
+    assert (
+        np.isfinite(gpu.groups["macro_f1"]).all()
+        and cpu.groups["n_images"].tolist() == gpu.groups["n_images"].tolist()
+    )

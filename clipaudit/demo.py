@@ -41,7 +41,11 @@ _PHRASES: dict[str, str] = {
     "Scene": "in a {}",
     "Weather": "in the {}",
 }
-_WEATHER_PHRASES = {"overcast": "on an overcast day", "rainbow": "under a rainbow", "moonlight": "in the moonlight"}
+_WEATHER_PHRASES = {
+    "overcast": "on an overcast day",
+    "rainbow": "under a rainbow",
+    "moonlight": "in the moonlight",
+}
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,7 @@ class DemoSettings:
                 raise SettingsError(f"mention rate of {group!r} must lie in [0, 1], got {rate!r}")
 
 
-def world_captions(
-    registry: Registry, settings: DemoSettings
-) -> tuple[list[str], list[list[str]]]:
+def world_captions(registry: Registry, settings: DemoSettings) -> tuple[list[str], list[list[str]]]:
     """Seeded captions of the miniature world and, for each, the concepts it was written to mention."""
     rng = random.Random(settings.seed)
     groups = {g: [c.name for c in registry.concepts_in(g)] for g in settings.mention_rates}
@@ -85,7 +87,13 @@ def world_captions(
             weather = scene["Weather"]
             words.append(_WEATHER_PHRASES.get(weather, _PHRASES["Weather"].format(weather)))
         captions.append(" ".join(words).capitalize() + ".")
-        planted.append([scene[g] for g in settings.mention_rates if said.get(g) and not (g == "Animal" and subject == "animal")])
+        planted.append(
+            [
+                scene[g]
+                for g in settings.mention_rates
+                if said.get(g) and not (g == "Animal" and subject == "animal")
+            ]
+        )
     return captions, planted
 
 
@@ -106,7 +114,9 @@ def run_demo(
     registry = load_registry().select(list(settings.mention_rates))
     clock = time.perf_counter()
 
-    echo(f"1/2 caption coverage of a world of {settings.n_captions:,} captions with chosen mention rates")
+    echo(
+        f"1/2 caption coverage of a world of {settings.n_captions:,} captions with chosen mention rates"
+    )
     captions, planted = world_captions(registry, settings)
     corpus = out_dir / "world" / "captions.parquet"
     corpus.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +136,8 @@ def run_demo(
             "group": group,
             "chosen_rate": rate,
             # what the world actually wrote (a binomial draw around the chosen rate) ...
-            "planted_rate": sum(any(group_of[c] == group for c in p) for p in planted) / len(planted),
+            "planted_rate": sum(any(group_of[c] == group for c in p) for p in planted)
+            / len(planted),
             # ... and what clipaudit measured from the captions alone
             "measured_rate": float(groups.loc[group, "rate"]),
         }

@@ -18,6 +18,9 @@ from typing import Any
 from clipaudit import __version__
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+# mkstemp creates files readable by the owner only; outputs get the usual umask-derived mode
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @cache
@@ -32,7 +35,9 @@ def git_hash() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -96,6 +101,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -110,7 +116,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_table(frame: Any, path: str | os.PathLike, formats: Iterable[str] = ("parquet", "csv")) -> list[Path]:
+def write_table(
+    frame: Any, path: str | os.PathLike, formats: Iterable[str] = ("parquet", "csv")
+) -> list[Path]:
     """Write a pandas DataFrame as ``path.parquet`` and/or ``path.csv`` (``path`` without suffix), atomically."""
     import io
 

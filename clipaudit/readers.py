@@ -522,7 +522,12 @@ def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
 
 def _read_txt(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
     for lines in _text_lines(shard, batch_rows):
-        yield [line[:-1] if line.endswith(b"\r") else line for line in lines], None, Counter()
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        try:  # the whole batch at once when it is valid UTF-8 (lines hold no "\n")
+            values: list[Any] = b"\n".join(lines).decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            values = lines  # decoded, or counted as not UTF-8, one by one
+        yield values, None, Counter()
 
 
 def _read_jsonl(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
@@ -604,7 +609,7 @@ _RAW_READERS = {
 
 
 def _clean(
-    values: list[Any],
+    values: list[Any] | pa.Array,
     ids: Sequence[Any] | None,
     first_row: int,
     skipped: Counter[str],
@@ -626,9 +631,9 @@ def _clean(
                 skipped["too_long"] += 1
                 bad.append(i)
             continue
-        reason = _bad_reason(value, max_chars)
+        text, reason = _decoded(value, max_chars)
         if reason is None:
-            values[i] = value.decode("utf-8")
+            values[i] = text
         else:
             if value is not _NOT_A_RECORD:
                 skipped[reason] += 1
@@ -640,19 +645,20 @@ def _clean(
     return CaptionBatch([values[i] for i in keep], [ids[i] for i in keep], n_rows, skipped)
 
 
-def _bad_reason(value: Any, max_chars: int) -> str | None:
-    """Why a non-str value is no caption; None for bytes that decode to an acceptable caption."""
+def _decoded(value: Any, max_chars: int) -> tuple[str | None, str | None]:
+    """A non-str value as ``(caption, None)`` when it is bytes of an acceptable caption, else
+    ``(None, why it is no caption)``."""
     if value is None:
-        return "null"
+        return None, "null"
     if value is _MISSING:
-        return "missing"
+        return None, "missing"
     if isinstance(value, bytes):
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
-            return "not_utf8"
-        return "too_long" if len(text) > max_chars else None
-    return "not_string"
+            return None, "not_utf8"
+        return (None, "too_long") if len(text) > max_chars else (text, None)
+    return None, "not_string"
 
 
 def _plain_texts(array: pa.Array, max_chars: int) -> list[str] | None:

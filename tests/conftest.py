@@ -14,7 +14,9 @@ def shared_path(relative: str) -> Path:
     """Path of a file in ../shared, skipping the test with the reason when it is absent."""
     path = SHARED / relative
     if not path.exists():
-        pytest.skip(f"{path} is absent: ../shared holds the COCO captions and gold labels (CI has it)")
+        pytest.skip(
+            f"{path} is absent: ../shared holds the COCO captions and gold labels (CI has it)"
+        )
     return path
 
 

@@ -11,7 +11,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "clipaudit", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "clipaudit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -21,8 +25,15 @@ def test_help_lists_the_command_groups_without_loading_heavy_libraries():
     for command in ("concepts", "coverage", "zeroshot", "theory", "demo"):
         assert command in result.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, clipaudit.cli; print(sorted({'torch', 'open_clip', 'spacy', 'faiss', 'pandas', 'sklearn'} & set(sys.modules)))"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys, clipaudit.cli; print(sorted({'torch', 'open_clip', 'spacy', 'faiss', 'pandas', 'sklearn'} & set(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
@@ -36,7 +47,9 @@ def test_validate_reports_the_size_of_the_builtin_registry():
 
 def test_a_bad_registry_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("groups:\n  - name: A\n    category: c\nconcepts:\n  - name: x\n    group: A\n    gloss: g\n    synonym: [x]\n")
+    bad.write_text(
+        "groups:\n  - name: A\n    category: c\nconcepts:\n  - name: x\n    group: A\n    gloss: g\n    synonym: [x]\n"
+    )
     result = run_cli("concepts", "validate", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

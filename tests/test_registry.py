@@ -74,7 +74,7 @@ def test_lookup_is_case_and_separator_insensitive_with_suggestions(registry):
     assert [c.name for c in registry.concepts_in("Weather")][:2] == ["sandstorm", "drought"]
     with pytest.raises(RegistryError, match="did you mean 'giraffe'"):
         registry.concept("girafe")
-    with pytest.raises(RegistryError, match="no group 'Animals'.*did you mean 'Animal'"):
+    with pytest.raises(RegistryError, match=r"no group 'Animals'.*did you mean 'Animal'"):
         registry.group("Animals")
 
 
@@ -101,18 +101,68 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
 @pytest.mark.parametrize(
     ("old", "new", "line", "message"),
     [
-        ("    synonyms: [cat]\n", "    synonyms: [cat]\n    synonym: [kitty]\n", 19, r"unknown key 'synonym' in concept 'cat' \(did you mean 'synonyms'"),
-        ("  - name: cat\n", "  - name: Dog\n", 15, r"duplicate concept 'Dog' \(first defined at line 10\)"),
-        ("    synonyms: [cat]\n", "    synonyms: [cat, puppy]\n", 18, r"synonym 'puppy' of concept 'cat' is also a synonym of 'dog'"),
+        (
+            "    synonyms: [cat]\n",
+            "    synonyms: [cat]\n    synonym: [kitty]\n",
+            19,
+            r"unknown key 'synonym' in concept 'cat' \(did you mean 'synonyms'",
+        ),
+        (
+            "  - name: cat\n",
+            "  - name: Dog\n",
+            15,
+            r"duplicate concept 'Dog' \(first defined at line 10\)",
+        ),
+        (
+            "    synonyms: [cat]\n",
+            "    synonyms: [cat, puppy]\n",
+            18,
+            r"synonym 'puppy' of concept 'cat' is also a synonym of 'dog'",
+        ),
         ("    synonyms: [cat]\n", "    synonyms: []\n", 18, r"'synonyms' is an empty list"),
-        ("    group: Color\n", "    group: Colour\n", 20, r"unknown group 'Colour' \(did you mean 'Color'\?\)"),
-        ("  - name: red\n    group: Color\n    gloss: the colour red\n    synonyms: [red]\n    version: 3\n", "", 6, r"group 'Color' has no concepts"),
+        (
+            "    group: Color\n",
+            "    group: Colour\n",
+            20,
+            r"unknown group 'Colour' \(did you mean 'Color'\?\)",
+        ),
+        (
+            "  - name: red\n    group: Color\n    gloss: the colour red\n    synonyms: [red]\n    version: 3\n",
+            "",
+            6,
+            r"group 'Color' has no concepts",
+        ),
         ("    gloss: a cat\n", "", 15, r"concept 'cat' is missing required key\(s\) gloss"),
-        ("    version: 3\n", "    version: three\n", 23, r"'version' must be a positive integer, got 'three'"),
-        ("    gloss: a cat\n", "    gloss: a cat\n    gloss: a kitten\n", 18, r"duplicate key 'gloss' \(first at line 17\)"),
-        ('    templates: ["a {} object."]\n', '    templates: ["an object."]\n', 8, r"must contain '\{\}' exactly once"),
-        ("    synonyms: [dog, puppy]\n", "    synonyms: [dog, Puppy, puppy]\n", 13, r"lists 'puppy' twice"),
-        ("concepts:\n", "concept:\n", 9, r"unknown key 'concept' in the registry file \(did you mean 'concepts'"),
+        (
+            "    version: 3\n",
+            "    version: three\n",
+            23,
+            r"'version' must be a positive integer, got 'three'",
+        ),
+        (
+            "    gloss: a cat\n",
+            "    gloss: a cat\n    gloss: a kitten\n",
+            18,
+            r"duplicate key 'gloss' \(first at line 17\)",
+        ),
+        (
+            '    templates: ["a {} object."]\n',
+            '    templates: ["an object."]\n',
+            8,
+            r"must contain '\{\}' exactly once",
+        ),
+        (
+            "    synonyms: [dog, puppy]\n",
+            "    synonyms: [dog, Puppy, puppy]\n",
+            13,
+            r"lists 'puppy' twice",
+        ),
+        (
+            "concepts:\n",
+            "concept:\n",
+            9,
+            r"unknown key 'concept' in the registry file \(did you mean 'concepts'",
+        ),
         ("    synonyms: [dog, puppy]\n", "    synonyms: [dog, puppy\n", 14, r"invalid YAML"),
     ],
 )
@@ -141,7 +191,9 @@ def test_yaml_tags_that_build_python_objects_are_refused(tmp_path):
 
 
 def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
-    with pytest.raises(RegistryError, match=r"no built-in registry 'cai2024'.*did you mean 'cai2025'"):
+    with pytest.raises(
+        RegistryError, match=r"no built-in registry 'cai2024'.*did you mean 'cai2025'"
+    ):
         load_registry("cai2024")
     with pytest.raises(RegistryError, match="does not exist"):
         load_registry(tmp_path / "nope.yaml")

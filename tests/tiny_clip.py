@@ -9,7 +9,7 @@ layout (what CLIP_benchmark loads with ``--model local-dir:PATH``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 TINY_CONFIG = {
@@ -52,14 +52,20 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_local_dir(folder: str | Path, seed: int = 0) -> Path:
-    """open_clip's local-dir layout: ``open_clip_config.json`` plus ``open_clip_model.safetensors``."""
+def write_tiny_local_dir(folder: str | Path, seed: int = 0, checkpoint: str | Path | None = None) -> Path:
+    """open_clip's local-dir layout: ``open_clip_config.json`` plus ``open_clip_model.safetensors``
+    (seeded random weights, or a copy of the safetensors ``checkpoint``)."""
+    import shutil
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}}, indent=2)
     )
-    write_tiny_checkpoint(folder / "open_clip_model.safetensors", seed)
+    if checkpoint is None:
+        write_tiny_checkpoint(folder / "open_clip_model.safetensors", seed)
+    else:
+        shutil.copyfile(checkpoint, folder / "open_clip_model.safetensors")
     return folder
 
 
@@ -70,20 +76,95 @@ def write_image_folder(
     size: tuple[int, int] = (40, 30),
     seed: int = 0,
     suffix: str = "jpg",
+    concept_colours: bool = False,
 ) -> list[Path]:
-    """Write ``ROOT/<group>/<concept>/<n>.<suffix>`` random-noise images: ``layout[group][concept] = n``."""
+    """Write ``ROOT/<group>/<concept>/<n>.<suffix>``, ``layout[group][concept] = n`` images.
+
+    Each image is a seeded random scene: a background colour, three coloured shapes, some noise. With
+    ``concept_colours`` the shapes take a hue of their own for each concept of a group, so that a
+    model can learn to tell the concepts apart (see :func:`train_tiny_checkpoint`).
+    """
+    import colorsys
+
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
+    width, height = size
     paths = []
     for group, concepts in layout.items():
-        for concept, count in concepts.items():
+        for position, (concept, count) in enumerate(concepts.items()):
+            hue = position / max(len(concepts), 1)
             folder = Path(root) / group / concept
             folder.mkdir(parents=True, exist_ok=True)
             for number in range(count):
-                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+                image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+                draw = ImageDraw.Draw(image)
+                for _ in range(3):
+                    x0, x1 = sorted(rng.integers(0, width, 2).tolist())
+                    y0, y1 = sorted(rng.integers(0, height, 2).tolist())
+                    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+                    if concept_colours:
+                        rgb = colorsys.hsv_to_rgb(hue, 0.9, rng.uniform(0.6, 1.0))
+                        fill = tuple(int(255 * v) for v in rgb)
+                        x0, y0 = min(x0, width // 3), min(y0, height // 3)  # large enough to see
+                        x1, y1 = max(x1, 2 * width // 3), max(y1, 2 * height // 3)
+                    else:
+                        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+                    shape((x0, y0, x1 + 1, y1 + 1), fill=fill)
+                pixels = np.asarray(image, dtype=np.int16) + rng.integers(-20, 21, (height, width, 3))
                 path = folder / f"{number:03d}.{suffix}"
-                Image.fromarray(pixels).save(path)
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
                 paths.append(path)
     return paths
+
+
+def train_tiny_checkpoint(
+    path: str | Path,
+    images: Sequence[tuple[Path, str]],
+    texts: Mapping[str, Sequence[str]],
+    *,
+    steps: int = 300,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Train the tiny model contrastively on ``(image path, concept)`` pairs for a few seconds and
+    save it (safetensors): each image is paired with one of ``texts[concept]`` drawn at random, and
+    images of the same concept in a batch all count as matches. The result recognises concepts by
+    their :func:`write_image_folder` ``concept_colours``, well but not perfectly: its predictions vary
+    from image to image, which makes comparing two tools' per-image predictions meaningful.
+    """
+    import open_clip
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CONFIG)
+    preprocess = open_clip.image_transform(TINY_CONFIG["vision_cfg"]["image_size"], is_train=False)
+    tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
+    pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p, _ in images])
+    concepts = sorted(texts)
+    labels = torch.tensor([concepts.index(c) for _, c in images])
+    tokens = [tokenizer(list(texts[c])) for c in concepts]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(len(images), (batch_size,), generator=generator)
+        batch_labels = labels[batch]
+        picks = [int(torch.randint(len(tokens[c]), (1,), generator=generator)) for c in batch_labels.tolist()]
+        text = torch.stack([tokens[c][k] for c, k in zip(batch_labels.tolist(), picks, strict=True)])
+        logits = model.logit_scale.exp() * model.encode_image(pixels[batch], normalize=True) @ model.encode_text(
+            text, normalize=True
+        ).T
+        same = (batch_labels[:, None] == batch_labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+        loss = -(targets * logits.log_softmax(dim=1)).sum(1).mean() - (targets * logits.log_softmax(dim=0)).sum(0).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

@@ -37,7 +37,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Audit which visual concepts an OpenCLIP model is aware of, and explain why from its captions."""
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     from clipaudit.errors import ClipAuditError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode, click returns (not raises) the exit code of an aborted command
+        code = app(args=argv, standalone_mode=False)
     except ClipAuditError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
@@ -65,3 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:
+        typer.secho("interrupted; finished work is kept and the run can be resumed", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)

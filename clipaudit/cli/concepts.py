@@ -13,7 +13,9 @@ from clipaudit.registry import DEFAULT_REGISTRY, list_registries, load_registry
 app = typer.Typer(help="List, show and validate concept registries.", no_args_is_help=True)
 console = Console()
 
-RegistryOption = typer.Option(DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file.")
+RegistryOption = typer.Option(
+    DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
+)
 
 
 @app.command("list")
@@ -25,7 +27,9 @@ def list_(
     reg = load_registry(registry)
     if group is not None:
         reg = reg.select([group])
-    table = Table(title=f"{reg.name} v{reg.version}: {len(reg.concepts)} concepts in {len(reg.groups)} groups")
+    table = Table(
+        title=f"{reg.name} v{reg.version}: {len(reg.concepts)} concepts in {len(reg.groups)} groups"
+    )
     for column in ("category", "group", "concepts"):
         table.add_column(column)
     for g in reg.groups:
@@ -38,12 +42,17 @@ def list_(
 
 
 @app.command("show")
-def show(name: str = typer.Argument(..., help="Concept name."), registry: str = RegistryOption) -> None:
+def show(
+    name: str = typer.Argument(..., help="Concept name."), registry: str = RegistryOption
+) -> None:
     """Show one concept: its gloss, synonyms, negative contexts and prompts."""
     reg = load_registry(registry)
     concept = reg.concept(name)
     group = reg.group(concept.group)
-    table = Table(show_header=False, title=f"{concept.name} ({group.category} / {group.name}, v{concept.version})")
+    table = Table(
+        show_header=False,
+        title=f"{concept.name} ({group.category} / {group.name}, v{concept.version})",
+    )
     table.add_column(style="bold")
     table.add_column()
     table.add_row("gloss", concept.gloss)

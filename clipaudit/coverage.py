@@ -557,7 +557,7 @@ class _ShardTally:
     distinct sets recur), counted in C; concept, group and category counts are derived at the end."""
 
     def __init__(self, matcher: Any, examples_per_concept: int):
-        self.match = matcher.match_indices
+        self.match_batch = matcher.match_batch
         self.names = matcher.concept_names
         self.k = examples_per_concept
         self.combos: Counter[tuple[int, ...]] = Counter()
@@ -570,8 +570,8 @@ class _ShardTally:
 
     def add(self, batch: Any) -> list[list[int]]:
         """Tally one batch; returns each caption's matched concept indices."""
-        match, captions = self.match, batch.captions
-        all_hits = [match(caption) for caption in captions]
+        captions = batch.captions
+        all_hits = self.match_batch(captions)  # one call per batch: per-caption calls cost more
         # C-level loops: count each exact set of matches, and the blank captions
         self.combos.update(map(tuple, all_hits))
         self.n_empty += captions.count("") + sum(map(str.isspace, captions))

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,10 @@ class Matcher:
     def match_indices(self, caption: str | None) -> list[int]:
         """Indices into :attr:`concept_names` of the concepts ``caption`` mentions, ascending."""
         raise NotImplementedError
+
+    def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
+        """:meth:`match_indices` of each caption, in order (subclasses may batch the work)."""
+        return [self.match_indices(caption) for caption in captions]
 
     def match(self, caption: str | None) -> list[str]:
         """Names of the concepts ``caption`` mentions, in registry order, without duplicates."""
@@ -150,7 +156,7 @@ class CuratedMatcher(Matcher):
     negative context, a form of several concepts, a form whose hit a part-of-speech check may veto)
     stores ``-1 - k`` for entry ``k`` of ``_special``. Captions that hit such a key are resolved
     with the hits' spans (a hit inside a negative-context span of its concept does not count),
-    which a second automaton over the same keys, valued with the key lengths, supplies.
+    which a second automaton over the same keys, valued with (value, key length), supplies.
     """
 
     profile = "curated"
@@ -188,10 +194,10 @@ class CuratedMatcher(Matcher):
                     )
                 )
         self._finish(keys)
-        self._lengths = ahocorasick.Automaton()  # same keys: iterates in step with _automaton
-        for key in keys:
-            self._lengths.add_word(key, len(key))
-        self._lengths.make_automaton()
+        self._spans = ahocorasick.Automaton()  # same keys, valued (value, key length)
+        for key, value in keys.items():
+            self._spans.add_word(key, (value, len(key)))
+        self._spans.make_automaton()
 
     def match_indices(self, caption: str | None) -> list[int]:
         if not caption:
@@ -204,6 +210,40 @@ class CuratedMatcher(Matcher):
             return self._resolve(caption, text, found)
         return sorted(found)
 
+    def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
+        """:meth:`match_indices` of each caption, with one automaton pass over the whole batch.
+
+        Per-caption calls spend most of their time starting an automaton iteration; here the
+        normalised captions are joined, each padded with spaces, by ``"\\n"``, which no key
+        contains, so no hit spans two captions and each hit belongs to the caption it ends in.
+        """
+        try:
+            texts = list(map(normalize, captions))
+        except (AttributeError, TypeError):  # None or a non-text: the per-caption path decides
+            return super().match_batch(captions)
+        # caption i's " text " ends before offset bounds[i] - 1, where the "\n" after it lies
+        bounds = list(accumulate(len(text) + 3 for text in texts))
+        result: list[list[int]] = [[] for _ in texts]
+        hit: list[int] = []  # captions with hits, ascending
+        index, bound, values = -1, 0, []  # bound 0: the first hit finds its caption's list
+        for end, value in self._iter(" " + " \n ".join(texts) + " "):
+            if end >= bound:  # hits come in text order: the first hit of a later caption
+                index = bisect_right(bounds, end, index + 1)
+                bound = bounds[index]
+                values = result[index]
+                hit.append(index)
+            values.append(value)
+        # values go into the result lists, not into new containers kept to the end: many
+        # long-lived containers would trigger full garbage collections
+        for index in hit:
+            ordered = sorted(set(result[index]))
+            result[index] = (
+                ordered
+                if ordered[0] >= 0
+                else self._resolve(str(captions[index]), f" {texts[index]} ", set(ordered))
+            )
+        return result
+
     def _resolve(self, caption: str, text: str, found: set[int]) -> list[int]:
         """Concepts of a caption whose hits include special keys."""
         special = [self._special[-1 - value] for value in found if value < 0]
@@ -213,8 +253,7 @@ class CuratedMatcher(Matcher):
         hits: list[tuple[int, int, int]] = []  # (start, end, concept)
         vetoes: list[tuple[int, int, frozenset[int]]] = []
         checked: set[tuple[int, int, int]] = set()
-        spans = zip(self._automaton.iter(text), self._lengths.iter(text), strict=True)
-        for (end, value), (_, length) in spans:
+        for end, (value, length) in self._spans.iter(text):
             start = end - length
             if value >= 0:
                 hits.append((start, end, value))

@@ -253,6 +253,101 @@ def test_indices_agree_with_names_and_registry_order(curated):
     assert curated.match(caption) == ["dog", "hat", "gray", "train", "glossy"]
 
 
+# ---------------------------------------------------------------------------- batches
+
+# captions that stress the batch path: boundaries, punctuation runs, phrases split by punctuation
+# (normalised back together), keys at the start and end, negative contexts, non-ASCII, blanks
+TRICKY = [
+    "",
+    " ",
+    "...",
+    "\n",
+    "dog",
+    "Dog.",
+    "  dog  ",
+    "dog\n",
+    "\ndog",
+    "\tdog\t",
+    "ice",
+    "cream",
+    "ice, cream",
+    "ice  cream",
+    "ice -- cream!!",
+    "ice\ncream",
+    "Ice-Cream",
+    "hot",
+    "hot dog",
+    "a hot, dog",
+    "A dog eating a hot dog.",
+    "train",
+    "station",
+    "a train station",
+    "train\nstation",
+    "T-Shirts!!",
+    "dirt bike, and a bike",
+    "a dirt bike",
+    "Café, crème brûlée and a PUPPY",
+    "\uff44\uff4f\uff47 on a sofa",
+    "hot\u00a0 dog",
+    "police,officer; policeman",
+    "geese, geese... GEESE",
+    "it's raining tea",
+    "dog,dog,dog",
+    "hat-tie-shirt",
+    "zyzzyva",
+    "a grey puppy with a shiny hat on a train",
+]
+
+
+def test_batch_agrees_with_single_captions(curated, paper):
+    for matcher in (curated, paper):
+        assert matcher.match_batch(TRICKY) == [matcher.match_indices(c) for c in TRICKY]
+        # every ordered pair, so that each caption ends next to every other one's start
+        for first in TRICKY:
+            for second in TRICKY:
+                pair = [first, second]
+                assert matcher.match_batch(pair) == [matcher.match_indices(c) for c in pair]
+        assert matcher.match_batch([]) == []
+
+
+def test_batch_hits_stay_in_their_caption(curated):
+    index = {name: i for i, name in enumerate(curated.concept_names)}
+    dog, ice_cream, train = index["dog"], index["ice cream"], index["train"]
+    batch = ["ice", "cream", "hot", "dog", "a train", "station", "ice, cream", "a hot dog"]
+    # checked by hand: a phrase or negative context split over two captions is neither
+    assert curated.match_batch(batch) == [[], [], [], [dog], [train], [], [ice_cream], []]
+
+
+def test_batch_results_are_separate_lists(curated):
+    first, second = curated.match_batch(["a cat", "a cow"])
+    first.append(0)
+    assert second == []
+
+
+def test_batch_with_none_and_non_text(curated, paper):
+    for matcher in (curated, paper):
+        assert matcher.match_batch([None, "dog", ""]) == [[], [matcher.match_indices("dog")[0]], []]
+        with pytest.raises(InputError, match="got int 42"):
+            matcher.match_batch(["dog", 42])
+
+
+def test_batch_agrees_on_coco_captions(registry, coco_captions_path):
+    import pyarrow.parquet as pq
+
+    captions = pq.read_table(coco_captions_path, columns=["caption"]).column("caption").to_pylist()
+    assert len(captions) == 25_014
+    matcher = build_matcher(registry)
+    single = [matcher.match_indices(caption) for caption in captions]
+    assert matcher.match_batch(captions) == single
+    in_batches = [
+        hits
+        for start in range(0, len(captions), 4096)
+        for hits in matcher.match_batch(captions[start : start + 4096])
+    ]
+    assert in_batches == single
+    assert sum(map(bool, single)) > 10_000  # the comparison covers many captions with hits
+
+
 def test_concepts_without_paper_synonyms_never_match_in_paper_profile(paper, curated):
     assert paper.match("zyzzyva") == []
     assert curated.match("zyzzyva") == ["nothing"]
@@ -309,5 +404,7 @@ def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
     assert matcher.match("A man in a tie") == ["tie"]
     assert matcher.match("tie his tie") == ["tie"]  # one noun use is enough
     assert matcher.match("A dog eating a hot dog") == ["dog"]
+    captions = ["He learns to tie his shoes", "A man in a tie", "tie his tie", "tie", "his"]
+    assert matcher.match_batch(captions) == [matcher.match_indices(c) for c in captions]
     clone = pickle.loads(pickle.dumps(matcher))
     assert clone.match("He learns to tie his shoes") == []

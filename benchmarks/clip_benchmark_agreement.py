@@ -57,20 +57,33 @@ def main() -> int:
 
     registry = load_registry().select(args.groups.split(","))
     shutil.rmtree(WORK, ignore_errors=True)
-    layout = {g.name: {c.name: args.per_concept for c in registry.concepts_in(g.name)} for g in registry.groups}
-    tiny_clip.write_image_folder(WORK / "images", layout, size=(96, 72), seed=args.seed, concept_colours=True)
+    layout = {
+        g.name: {c.name: args.per_concept for c in registry.concepts_in(g.name)}
+        for g in registry.groups
+    }
+    tiny_clip.write_image_folder(
+        WORK / "images", layout, size=(96, 72), seed=args.seed, concept_colours=True
+    )
     training = tiny_clip.write_image_folder(
-        WORK / "training", {g: {c: 30 for c in concepts} for g, concepts in layout.items()},
-        size=(96, 72), seed=args.seed + 1, concept_colours=True,
+        WORK / "training",
+        {g: {c: 30 for c in concepts} for g, concepts in layout.items()},
+        size=(96, 72),
+        seed=args.seed + 1,
+        concept_colours=True,
     )
     texts = {
-        c.name: [t.format(p) for p in dict.fromkeys((c.name, *c.prompts)) for t in TRAINING_TEMPLATES]
+        c.name: [
+            t.format(p) for p in dict.fromkeys((c.name, *c.prompts)) for t in TRAINING_TEMPLATES
+        ]
         for c in registry.concepts
     }
     config = tiny_clip.write_tiny_config(WORK / "model")
     checkpoint = tiny_clip.train_tiny_checkpoint(
-        WORK / "model" / "tiny-trained.safetensors", [(p, p.parent.name) for p in training], texts,
-        steps=args.train_steps, seed=args.seed,
+        WORK / "model" / "tiny-trained.safetensors",
+        [(p, p.parent.name) for p in training],
+        texts,
+        steps=args.train_steps,
+        seed=args.seed,
     )
     local_dir = tiny_clip.write_tiny_local_dir(WORK / "model" / "local-dir", checkpoint=checkpoint)
 
@@ -78,9 +91,15 @@ def main() -> int:
     for setting in args.templates.split(","):
         run = run_zeroshot(
             ZeroShotSettings(
-                models=(ModelSpec(str(config), str(checkpoint)),), images=str(WORK / "images"),
-                out=WORK / "clipaudit" / setting, groups=tuple(g.name for g in registry.groups),
-                templates=setting, device="cpu", precision="fp32", cache_dir=None, workers=1,
+                models=(ModelSpec(str(config), str(checkpoint)),),
+                images=str(WORK / "images"),
+                out=WORK / "clipaudit" / setting,
+                groups=tuple(g.name for g in registry.groups),
+                templates=setting,
+                device="cpu",
+                precision="fp32",
+                cache_dir=None,
+                workers=1,
             ),
             progress=False,
         )
@@ -91,26 +110,48 @@ def main() -> int:
             prompts = {c.name: (c.name,) if setting == "none" else c.prompts for c in concepts}
             several = any(len(p) > 1 for p in prompts.values())
             name = f"{setting}-{slug(group.name)}"
-            ours[name] = (predictions[predictions["group"] == group.name], run.groups.set_index("group").loc[group.name])
+            ours[name] = (
+                predictions[predictions["group"] == group.name],
+                run.groups.set_index("group").loc[group.name],
+            )
             number = {c.name: i for i, c in enumerate(concepts)}
-            tasks.append({
-                "name": name,
-                "setting": setting,
-                "group": group.name,
-                "root": str(WORK / "clip_benchmark" / name),
-                "images": [[p, number[c]] for p, c in zip(ours[name][0]["path"], ours[name][0]["concept"], strict=True)],
-                # one prompt per concept: its usual class names + templates files; several: its
-                # class-specific prompts (every prompt x template text of each class)
-                "classnames": [c.name if several else prompts[c.name][0] for c in concepts],
-                "templates": [t.replace("{}", "{c}") for t in templates],
-                "class_prompts": (
-                    {c: [t.format(p) for p in texts_of for t in templates] for c, texts_of in prompts.items()}
-                    if several else None
-                ),
-            })
+            tasks.append(
+                {
+                    "name": name,
+                    "setting": setting,
+                    "group": group.name,
+                    "root": str(WORK / "clip_benchmark" / name),
+                    "images": [
+                        [p, number[c]]
+                        for p, c in zip(
+                            ours[name][0]["path"], ours[name][0]["concept"], strict=True
+                        )
+                    ],
+                    # one prompt per concept: its usual class names + templates files; several: its
+                    # class-specific prompts (every prompt x template text of each class)
+                    "classnames": [c.name if several else prompts[c.name][0] for c in concepts],
+                    "templates": [t.replace("{}", "{c}") for t in templates],
+                    "class_prompts": (
+                        {
+                            c: [t.format(p) for p in texts_of for t in templates]
+                            for c, texts_of in prompts.items()
+                        }
+                        if several
+                        else None
+                    ),
+                }
+            )
     peer = run_peer(
-        {"model": f"local-dir:{local_dir}", "pretrained": "local-dir", "device": "cpu", "amp": False,
-         "batch_size": 64, "num_workers": 0, "per_image": True, "tasks": tasks},
+        {
+            "model": f"local-dir:{local_dir}",
+            "pretrained": "local-dir",
+            "device": "cpu",
+            "amp": False,
+            "batch_size": 64,
+            "num_workers": 0,
+            "per_image": True,
+            "tasks": tasks,
+        },
         WORK / "clip_benchmark",
     )
 
@@ -132,29 +173,43 @@ def main() -> int:
             "clipaudit_accuracy": float(scores["accuracy"]),
             "clip_benchmark_acc1": peer[task["name"]]["metrics"]["acc1"],
             "clipaudit_mean_per_class_recall": metrics.mean_per_class_recall(y_true, y_pred),
-            "clip_benchmark_mean_per_class_recall": peer[task["name"]]["metrics"]["mean_per_class_recall"],
+            "clip_benchmark_mean_per_class_recall": peer[task["name"]]["metrics"][
+                "mean_per_class_recall"
+            ],
             "clipaudit_macro_f1": float(scores["macro_f1"]),
         }
         row["agree"] = (
             row["identical_top1"] == row["n_images"]
             and abs(row["clipaudit_accuracy"] - row["clip_benchmark_acc1"]) < 1e-12
-            and abs(row["clipaudit_mean_per_class_recall"] - row["clip_benchmark_mean_per_class_recall"]) < 1e-12
+            and abs(
+                row["clipaudit_mean_per_class_recall"] - row["clip_benchmark_mean_per_class_recall"]
+            )
+            < 1e-12
         )
         rows.append(row)
 
-    table = pd.DataFrame(rows).rename(columns=lambda c: c.replace("clip_benchmark", "CB").replace("clipaudit", "ours"))
+    table = pd.DataFrame(rows).rename(
+        columns=lambda c: c.replace("clip_benchmark", "CB").replace("clipaudit", "ours")
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
         print(table.drop(columns=["ours_macro_f1"]).to_string(index=False))
     all_agree = all(row["agree"] for row in rows)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps({
-        "model": f"tiny OpenCLIP ({config.name}), trained {args.train_steps} steps (seed {args.seed}), fp32, cpu",
-        "peer_versions": peer_versions(),
-        "rows": rows,
-        "all_agree": all_agree,
-    }, indent=2))
+    REPORT.write_text(
+        json.dumps(
+            {
+                "model": f"tiny OpenCLIP ({config.name}), trained {args.train_steps} steps (seed {args.seed}), fp32, cpu",
+                "peer_versions": peer_versions(),
+                "rows": rows,
+                "all_agree": all_agree,
+            },
+            indent=2,
+        )
+    )
     verdict = "IDENTICAL" if all_agree else "DIFFERENT"
-    print(f"{verdict}: per-image top-1, accuracy = acc1, mean per-class recall (report: {REPORT.relative_to(REPO)})")
+    print(
+        f"{verdict}: per-image top-1, accuracy = acc1, mean per-class recall (report: {REPORT.relative_to(REPO)})"
+    )
     return 0 if all_agree else 1
 
 

@@ -40,7 +40,8 @@ def _uv() -> str:
         return found
     base = getattr(sys, "_base_executable", sys.executable)  # a uv-made venv has no pip
     subprocess.run(
-        [base, "-m", "pip", "install", "--quiet", "--target", str(REPO / ".tools"), "uv"], check=True
+        [base, "-m", "pip", "install", "--quiet", "--target", str(REPO / ".tools"), "uv"],
+        check=True,
     )
     return str(local)
 
@@ -48,14 +49,19 @@ def _uv() -> str:
 def peer_python() -> Path:
     """The peer venv's python, creating the venv and installing CLIP_benchmark when missing."""
     python = PEER_VENV / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", PEER_PROBE], capture_output=True).returncode == 0:
+    if (
+        python.exists()
+        and subprocess.run([str(python), "-c", PEER_PROBE], capture_output=True).returncode == 0
+    ):
         return python
     uv = _uv()
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     if not python.exists():
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([uv, "venv", "--python", base, str(PEER_VENV)], check=True, env=env)
-    subprocess.run([uv, "pip", "install", "--python", str(python), *PEER_PACKAGES], check=True, env=env)
+    subprocess.run(
+        [uv, "pip", "install", "--python", str(python), *PEER_PACKAGES], check=True, env=env
+    )
     return python
 
 
@@ -64,7 +70,9 @@ def peer_versions() -> dict[str, str]:
         "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
         "('clip-benchmark', 'open_clip_torch', 'torch', 'numpy', 'webdataset')}))"
     )
-    done = subprocess.run([str(peer_python()), "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(peer_python()), "-c", code], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
 
 

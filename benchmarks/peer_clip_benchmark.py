@@ -4,18 +4,20 @@
 
 JOB holds ``model`` (an open_clip name as CLIP_benchmark's ``--model`` takes it, e.g.
 ``local-dir:PATH`` or ``ViT-B-32``), ``pretrained``, ``device``, ``amp``, ``batch_size``,
-``num_workers``, ``per_image``, ``timed_evaluate`` and ``tasks``: each ``{name, root, images:
+``num_workers``, ``cli`` (default true), ``per_image``, ``timed_evaluate`` (how many timed runs) and
+``tasks``: each ``{name, root, images:
 [[path, label]], classnames, templates, class_prompts, max_count}`` with templates in
 CLIP_benchmark's ``{c}`` form, and ``class_prompts`` (optional) the texts of each class when classes
 have several prompts (CLIP_benchmark's class-specific prompts, as for CuPL). For each task this script
 
 1. writes CLIP_benchmark's webdataset layout under ``root`` with its own
    ``clip_benchmark.webdataset_builder.convert_dataset`` (image files copied byte for byte);
-2. runs the ``clip_benchmark eval`` command on it and keeps its metrics JSON;
+2. unless ``cli`` is false, runs the ``clip_benchmark eval`` command on it and keeps its metrics JSON
+   and its wall time;
 3. when ``per_image`` is set, recomputes per-image logits with CLIP_benchmark's own
    ``zero_shot_classifier`` and ``run_classification`` (the functions its ``evaluate`` calls), since
    its command line reports only aggregate metrics;
-4. when ``timed_evaluate`` is set, times CLIP_benchmark's ``evaluate`` (text classifier, image loop,
+4. ``timed_evaluate`` times, that many times, CLIP_benchmark's ``evaluate`` (text classifier, image loop,
    metrics) on a loaded model with the DataLoader its command line builds: the speed comparison's
    "model loaded -> metrics" scope, without interpreter start, imports and model creation.
 """
@@ -41,8 +43,13 @@ def export(task: dict) -> Path | None:
     samples.classes = task["classnames"]
     samples.templates = task["templates"]
     convert_dataset(
-        samples, "test", task["root"], transform=path_to_bytes, image_format="jpg",
-        max_count=task.get("max_count", 10_000), verbose=False,
+        samples,
+        "test",
+        task["root"],
+        transform=path_to_bytes,
+        image_format="jpg",
+        max_count=task.get("max_count", 10_000),
+        verbose=False,
     )
     if not task.get("class_prompts"):
         return None
@@ -54,11 +61,25 @@ def export(task: dict) -> Path | None:
 def run_cli(job: dict, task: dict, custom: Path | None) -> tuple[dict, float]:
     output = Path(task["root"]) / "clip_benchmark_result.json"
     command = [
-        str(Path(sys.executable).with_name("clip_benchmark")), "eval",
-        "--dataset", f"wds/{task['name']}", "--dataset_root", task["root"],
-        "--task", "zeroshot_classification", "--model", job["model"], "--pretrained", job["pretrained"],
-        "--batch_size", str(job["batch_size"]), "--num_workers", str(job["num_workers"]),
-        "--output", str(output), "--quiet",
+        str(Path(sys.executable).with_name("clip_benchmark")),
+        "eval",
+        "--dataset",
+        f"wds/{task['name']}",
+        "--dataset_root",
+        task["root"],
+        "--task",
+        "zeroshot_classification",
+        "--model",
+        job["model"],
+        "--pretrained",
+        job["pretrained"],
+        "--batch_size",
+        str(job["batch_size"]),
+        "--num_workers",
+        str(job["num_workers"]),
+        "--output",
+        str(output),
+        "--quiet",
     ]
     command += ["--custom_template_file", str(custom)] if custom else []
     command += [] if job["amp"] else ["--no_amp"]
@@ -76,28 +97,46 @@ def library_run(job: dict, task: dict, custom: Path | None) -> dict:
 
     device, amp = job["device"], job["amp"]
     model, transform, tokenizer = load_clip(
-        model_type="open_clip", model_name=job["model"], pretrained=job["pretrained"], cache_dir=None, device=device
+        model_type="open_clip",
+        model_name=job["model"],
+        pretrained=job["pretrained"],
+        cache_dir=None,
+        device=device,
     )
     model.eval()
     dataset = build_dataset(
-        dataset_name=f"wds/{task['name']}", root=task["root"], transform=transform, split="test",
+        dataset_name=f"wds/{task['name']}",
+        root=task["root"],
+        transform=transform,
+        split="test",
         custom_template_file=str(custom) if custom else None,
     )
 
     def loader(workers: int) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(dataset.batched(job["batch_size"]), batch_size=None, num_workers=workers)
+        return torch.utils.data.DataLoader(
+            dataset.batched(job["batch_size"]), batch_size=None, num_workers=workers
+        )
 
     found = {}
     if job.get("per_image"):
-        classifier = zsc.zero_shot_classifier(model, tokenizer, dataset.classes, dataset.templates, device, amp=amp)
+        classifier = zsc.zero_shot_classifier(
+            model, tokenizer, dataset.classes, dataset.templates, device, amp=amp
+        )
         logits, _ = zsc.run_classification(model, classifier, loader(0), device, amp=amp)
         found["predictions"] = logits.argmax(dim=1).tolist()
-    if job.get("timed_evaluate"):
+    found["evaluate_seconds"] = []
+    for _ in range(job.get("timed_evaluate", 0)):
         start = time.perf_counter()
         found["evaluate_metrics"] = zsc.evaluate(
-            model, loader(job["num_workers"]), tokenizer, dataset.classes, dataset.templates, device, amp=amp
+            model,
+            loader(job["num_workers"]),
+            tokenizer,
+            dataset.classes,
+            dataset.templates,
+            device,
+            amp=amp,
         )
-        found["evaluate_seconds"] = time.perf_counter() - start
+        found["evaluate_seconds"].append(time.perf_counter() - start)
     return found
 
 
@@ -106,8 +145,10 @@ def main() -> None:
     results = {}
     for task in job["tasks"]:
         custom = export(task)
-        metrics, seconds = run_cli(job, task, custom)
-        results[task["name"]] = {"metrics": metrics, "cli_seconds": seconds}
+        results[task["name"]] = {}
+        if job.get("cli", True):
+            metrics, seconds = run_cli(job, task, custom)
+            results[task["name"]] = {"metrics": metrics, "cli_seconds": seconds}
         if job.get("per_image") or job.get("timed_evaluate"):
             results[task["name"]].update(library_run(job, task, custom))
     Path(sys.argv[2]).write_text(json.dumps(results, indent=2))

@@ -274,7 +274,7 @@ def load_model(
     identity = {
         "architecture": architecture,
         "config": config,
-        "weights_sha256": weights_id,
+        "weights": weights_id,
         "preprocess": preprocess_cfg,
         "precision": resolved_precision,
     }
@@ -285,7 +285,8 @@ def load_model(
         "pretrained": None if spec.is_random else spec.pretrained,
         "pretrained_tag": None if spec.is_random or spec.is_checkpoint_file else spec.pretrained,
         "checkpoint_sha256": checkpoint_sha,
-        "weights_sha256": weights_id,
+        # without a checkpoint file (random, tag, hub, local-dir): a hash of the loaded weights
+        "weights_sha256": None if checkpoint_sha else weights_id,
         "random_weights_seed": seed if random_weights else None,
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "preprocess": preprocess_cfg,

@@ -50,7 +50,14 @@ from clipaudit.images import (
     collate_decoded,
     open_images,
 )
-from clipaudit.models import DEVICES, PRECISIONS, LoadedModel, ModelSpec, load_model, slug
+from clipaudit.models import (
+    LoadedModel,
+    ModelSpec,
+    load_model,
+    resolve_device,
+    resolve_precision,
+    slug,
+)
 from clipaudit.provenance import atomic_write_bytes, base_manifest, write_json, write_table
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 
@@ -81,7 +88,8 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
     path = Path(templates)
     if not path.is_file():
         raise SettingsError(
-            f"templates must be none, simple, ensemble or a text file of templates, got {templates!r}"
+            f"templates must be one of {', '.join(TEMPLATE_SETS)} or a text file of templates, "
+            f"got {templates!r}"
         )
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     found = tuple(line.replace("{c}", "{}") for line in lines if line and not line.startswith("#"))
@@ -137,14 +145,7 @@ class ZeroShotSettings:
         ):
             if not isinstance(value, int) or value < low:
                 raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.device.split(":", 1)[0] not in DEVICES:
-            raise SettingsError(
-                f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise SettingsError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        resolve_precision(self.precision, resolve_device(self.device))
         if self.groups is not None and not self.groups:
             raise SettingsError(
                 "--groups is empty; name at least one group or leave it out for all"
@@ -219,10 +220,10 @@ def embed_images(
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        num_workers=workers,
+        num_workers=workers if todo else 0,  # no worker processes when all is cached
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=4 if workers and todo else None,
     )
 
     def flush() -> None:

@@ -16,7 +16,14 @@ from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.images import open_images
 from clipaudit.models import LoadedModel, ModelSpec
 from clipaudit.registry import load_registry, parse_registry
-from clipaudit.zeroshot import ZeroShotSettings, evaluate_model, resolve_templates, run_zeroshot
+from clipaudit.zeroshot import (
+    ZeroShotSettings,
+    class_embeddings,
+    embed_images,
+    evaluate_model,
+    resolve_templates,
+    run_zeroshot,
+)
 from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
 
 # --------------------------------------------------------------------------- a model whose every prediction is known
@@ -174,6 +181,22 @@ def test_all_concepts_makes_distractors_errors_never_labels(colour_images, regis
     assert matrix.loc["red", "orange"] == 1
 
 
+def test_a_concept_embedding_averages_all_its_prompt_and_template_texts():
+    registry = parse_registry(
+        "groups:\n  - name: Color\n    category: common\nconcepts:\n"
+        "  - {name: red, group: Color, gloss: g, synonyms: [red], prompts: [red, yellow]}\n"
+        "  - {name: green, group: Color, gloss: g, synonyms: [green]}\n"
+    )
+    loaded = colour_model()
+    weights = class_embeddings(loaded, registry.concepts, ["{}", "the {} one"], bare_names=False)
+    # texts: red, the red one, yellow, the yellow one -> (1,0,0,0) twice and (1,1,0,0)/sqrt 2 twice
+    red = np.array([1, 0, 0, 0]) + np.array([1, 1, 0, 0]) / np.sqrt(2)
+    np.testing.assert_allclose(weights[0], red / np.linalg.norm(red), rtol=1e-6)
+    np.testing.assert_allclose(weights[1], [0, 1, 0, 0], atol=1e-7)
+    bare = class_embeddings(loaded, registry.concepts, ["{}"], bare_names=True)
+    np.testing.assert_allclose(bare[0], [1, 0, 0, 0], atol=1e-7)
+
+
 def test_templates_none_uses_bare_names_and_group_templates_apply_otherwise(
     colour_images, tmp_path
 ):
@@ -256,6 +279,30 @@ def count_encoded_images(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(zeroshot, "load_model", load)
     return counts
+
+
+def test_a_killed_encoding_resumes_from_what_it_flushed_to_the_cache(colour_images, tmp_path):
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    loaded = colour_model()
+    encode = loaded.model.encode_image
+
+    def dies_on_third_batch(images, **kwargs):
+        if loaded.model.images_encoded >= 4:
+            raise KeyboardInterrupt
+        return encode(images, **kwargs)
+
+    loaded.model.encode_image = dies_on_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(
+            loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=2, flush_every=2
+        )
+    loaded.model.encode_image = encode
+    resumed = embed_images(loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=2)
+    assert (resumed.n_cached, resumed.n_encoded) == (4, 6)
+    assert loaded.model.images_encoded == 4 + 6
+    fresh = embed_images(colour_model(), colour_images)
+    np.testing.assert_array_equal(resumed.features, fresh.features)
 
 
 def test_cached_embeddings_are_reused_across_templates_and_registries(tiny, tmp_path, monkeypatch):

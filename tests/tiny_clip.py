@@ -52,7 +52,9 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_local_dir(folder: str | Path, seed: int = 0, checkpoint: str | Path | None = None) -> Path:
+def write_tiny_local_dir(
+    folder: str | Path, seed: int = 0, checkpoint: str | Path | None = None
+) -> Path:
     """open_clip's local-dir layout: ``open_clip_config.json`` plus ``open_clip_model.safetensors``
     (seeded random weights, or a copy of the safetensors ``checkpoint``)."""
     import shutil
@@ -112,7 +114,9 @@ def write_image_folder(
                     else:
                         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
                     shape((x0, y0, x1 + 1, y1 + 1), fill=fill)
-                pixels = np.asarray(image, dtype=np.int16) + rng.integers(-20, 21, (height, width, 3))
+                pixels = np.asarray(image, dtype=np.int16) + rng.integers(
+                    -20, 21, (height, width, 3)
+                )
                 path = folder / f"{number:03d}.{suffix}"
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
                 paths.append(path)
@@ -153,14 +157,24 @@ def train_tiny_checkpoint(
     for _ in range(steps):
         batch = torch.randint(len(images), (batch_size,), generator=generator)
         batch_labels = labels[batch]
-        picks = [int(torch.randint(len(tokens[c]), (1,), generator=generator)) for c in batch_labels.tolist()]
-        text = torch.stack([tokens[c][k] for c, k in zip(batch_labels.tolist(), picks, strict=True)])
-        logits = model.logit_scale.exp() * model.encode_image(pixels[batch], normalize=True) @ model.encode_text(
-            text, normalize=True
-        ).T
+        picks = [
+            int(torch.randint(len(tokens[c]), (1,), generator=generator))
+            for c in batch_labels.tolist()
+        ]
+        text = torch.stack(
+            [tokens[c][k] for c, k in zip(batch_labels.tolist(), picks, strict=True)]
+        )
+        logits = (
+            model.logit_scale.exp()
+            * model.encode_image(pixels[batch], normalize=True)
+            @ model.encode_text(text, normalize=True).T
+        )
         same = (batch_labels[:, None] == batch_labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
-        loss = -(targets * logits.log_softmax(dim=1)).sum(1).mean() - (targets * logits.log_softmax(dim=0)).sum(0).mean()
+        loss = (
+            -(targets * logits.log_softmax(dim=1)).sum(1).mean()
+            - (targets * logits.log_softmax(dim=0)).sum(0).mean()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -20,8 +20,10 @@ class RegistryError(ClipAuditError):
     """A concept registry file is malformed or refers to something that does not exist."""
 
     def __init__(self, message: str, *, path: object = None, line: int | None = None):
-        where = f"{path}:{line}: " if path is not None and line is not None else (
-            f"{path}: " if path is not None else ""
+        where = (
+            f"{path}:{line}: "
+            if path is not None and line is not None
+            else (f"{path}: " if path is not None else "")
         )
         super().__init__(f"{where}{message}")
         self.path = path

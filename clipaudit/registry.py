@@ -43,7 +43,14 @@ DEFAULT_REGISTRY = "cai2025"
 _TOP_KEYS = {"registry", "version", "description", "source", "groups", "concepts"}
 _GROUP_KEYS = {"name", "category", "label", "description", "sensitive", "templates"}
 _CONCEPT_KEYS = {
-    "name", "group", "gloss", "synonyms", "negative_contexts", "prompts", "paper_synonyms", "version",
+    "name",
+    "group",
+    "gloss",
+    "synonyms",
+    "negative_contexts",
+    "prompts",
+    "paper_synonyms",
+    "version",
 }
 _GROUP_REQUIRED = {"name", "category"}
 _CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
@@ -202,7 +209,9 @@ def load_registry(name_or_path: str | Path = DEFAULT_REGISTRY) -> Registry:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RegistryError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+        raise RegistryError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path
+        ) from None
     return parse_registry(text, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -236,7 +245,9 @@ class _LineLoader(yaml.SafeLoader):
         return mapping
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping
+)
 
 
 class _Checker:
@@ -250,7 +261,10 @@ class _Checker:
 
     def mapping(self, value: Any, what: str, line: int | None) -> _LineMap:
         if not isinstance(value, dict):
-            self.fail(f"{what} must be a mapping of keys to values, got {type(value).__name__} {value!r:.60}", line)
+            self.fail(
+                f"{what} must be a mapping of keys to values, got {type(value).__name__} {value!r:.60}",
+                line,
+            )
         return value
 
     def keys(self, entry: _LineMap, allowed: set[str], required: set[str], what: str) -> None:
@@ -269,11 +283,18 @@ class _Checker:
         value = entry.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
             value = str(value)
-        if not isinstance(value, str) or (not value.strip() and key in {"name", "group", "category", "gloss"}):
-            self.fail(f"{what}: {key!r} must be a non-empty string, got {value!r}", entry.key_lines.get(key, entry.line))
+        if not isinstance(value, str) or (
+            not value.strip() and key in {"name", "group", "category", "gloss"}
+        ):
+            self.fail(
+                f"{what}: {key!r} must be a non-empty string, got {value!r}",
+                entry.key_lines.get(key, entry.line),
+            )
         return value.strip()
 
-    def strings(self, entry: _LineMap, key: str, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    def strings(
+        self, entry: _LineMap, key: str, what: str, *, allow_empty: bool = False
+    ) -> tuple[str, ...]:
         if key not in entry:
             return ()
         value = entry[key]
@@ -281,7 +302,10 @@ class _Checker:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             self.fail(f"{what}: {key!r} must be a list of non-empty strings, got {value!r}", line)
         if not value and not allow_empty:
-            self.fail(f"{what}: {key!r} is an empty list; give at least one entry or leave the key out", line)
+            self.fail(
+                f"{what}: {key!r} is an empty list; give at least one entry or leave the key out",
+                line,
+            )
         seen: dict[str, str] = {}
         for item in value:
             norm = normalize(item)
@@ -291,7 +315,9 @@ class _Checker:
         return tuple(v.strip() for v in value)
 
 
-def parse_registry(text: str, *, path: Path | str = "<string>", sha256: str | None = None) -> Registry:
+def parse_registry(
+    text: str, *, path: Path | str = "<string>", sha256: str | None = None
+) -> Registry:
     """Parse and validate registry YAML text; ``path`` is only used in messages and provenance."""
     if sha256 is None:
         sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -305,7 +331,9 @@ def parse_registry(text: str, *, path: Path | str = "<string>", sha256: str | No
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise RegistryError(
-            f"invalid YAML: {exc.problem or exc.context}", path=path, line=mark.line + 1 if mark else None
+            f"invalid YAML: {exc.problem or exc.context}",
+            path=path,
+            line=mark.line + 1 if mark else None,
         ) from None
     check = _Checker(path)
     if data is None:
@@ -319,7 +347,9 @@ def parse_registry(text: str, *, path: Path | str = "<string>", sha256: str | No
     used = {c.group for c in concepts}
     for group in groups:
         if group.name not in used:
-            check.fail(f"group {group.name!r} has no concepts; add concepts to it or remove it", group.line)
+            check.fail(
+                f"group {group.name!r} has no concepts; add concepts to it or remove it", group.line
+            )
 
     return Registry(
         name=check.string(top, "registry", "the registry file", default=Path(str(path)).stem),
@@ -357,11 +387,17 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
             check.fail(f"duplicate group {name!r} (first defined at line {clash.line})", entry.line)
         sensitive = entry.get("sensitive", False)
         if not isinstance(sensitive, bool):
-            check.fail(f"{what}: 'sensitive' must be true or false, got {sensitive!r}", entry.key_lines["sensitive"])
+            check.fail(
+                f"{what}: 'sensitive' must be true or false, got {sensitive!r}",
+                entry.key_lines["sensitive"],
+            )
         templates = check.strings(entry, "templates", what)
         for template in templates:
             if template.count("{}") != 1:
-                check.fail(f"{what}: template {template!r} must contain '{{}}' exactly once", entry.key_lines["templates"])
+                check.fail(
+                    f"{what}: template {template!r} must contain '{{}}' exactly once",
+                    entry.key_lines["templates"],
+                )
         groups[name] = Group(
             name=name,
             category=check.string(entry, "category", what),
@@ -374,7 +410,9 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     return tuple(groups.values())
 
 
-def _parse_concepts(check: _Checker, top: _LineMap, groups: tuple[Group, ...]) -> tuple[Concept, ...]:
+def _parse_concepts(
+    check: _Checker, top: _LineMap, groups: tuple[Group, ...]
+) -> tuple[Concept, ...]:
     group_names = {g.name for g in groups}
     concepts: dict[str, Concept] = {}
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
@@ -386,7 +424,9 @@ def _parse_concepts(check: _Checker, top: _LineMap, groups: tuple[Group, ...]) -
         what = f"concept {name!r}"
         clash = next((c for c in concepts.values() if normalize(c.name) == normalize(name)), None)
         if clash is not None:
-            check.fail(f"duplicate concept {name!r} (first defined at line {clash.line})", entry.line)
+            check.fail(
+                f"duplicate concept {name!r} (first defined at line {clash.line})", entry.line
+            )
         group = check.string(entry, "group", what)
         if group not in group_names:
             check.fail(
@@ -399,7 +439,10 @@ def _parse_concepts(check: _Checker, top: _LineMap, groups: tuple[Group, ...]) -
             check.fail(f"{what} has no synonyms; list the words captions use for it", entry.line)
         version = entry.get("version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            check.fail(f"{what}: 'version' must be a positive integer, got {version!r}", entry.key_lines["version"])
+            check.fail(
+                f"{what}: 'version' must be a positive integer, got {version!r}",
+                entry.key_lines["version"],
+            )
         concept = Concept(
             name=name,
             group=group,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -183,9 +184,13 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = build_corpus(args.rows)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_before = os.getloadavg()
-    print(f"corpus: {corpus} ({args.rows:,} captions), {args.workers} worker processes")
-    print(f"load average before: {load_before[0]:.2f} (other jobs on the machine slow every rate)")
+    print(f"{started}: corpus {corpus} ({args.rows:,} captions), {args.workers} worker processes")
+    print(
+        f"load average before: {', '.join(f'{x:.2f}' for x in load_before)} (1, 5, 15 min; other "
+        "jobs on the machine slow every rate)"
+    )
     runs: list[dict] = []
     for repeat in range(args.repeats):
         for profile in ("paper", "curated"):
@@ -248,14 +253,17 @@ def main() -> None:
             ratios[f"{name} ({basis})"] = value
             verdict = "meets" if value >= TARGETS[name] else "MISSES"
             print(f"{name} by {basis}: {value:.2f}x ({verdict} the target of >= {TARGETS[name]}x)")
+    load_after = os.getloadavg()
+    print(f"load average after: {', '.join(f'{x:.2f}' for x in load_after)} (1, 5, 15 min)")
 
     OUT.mkdir(parents=True, exist_ok=True)
     report = {
+        "started": started,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
+            "load_average_after": load_after,
         },
         "rows": args.rows,
         "workers": args.workers,

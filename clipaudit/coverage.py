@@ -33,9 +33,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
-from itertools import compress
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from clipaudit import __version__
 from clipaudit.errors import RunFolderError, SettingsError, did_you_mean
@@ -524,7 +525,7 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     counter = _STATE["counter"]
     clock, cpu_clock = time.perf_counter(), time.process_time()
     shards_dir = Path(options.shards_dir)
-    tally = _ShardTally(_STATE["matcher"], options.examples_per_concept)
+    tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.concept_groups)
     matches = (
         _MatchesWriter(shards_dir, shard.key, _STATE["matcher"].concept_names)
         if (options.per_caption)
@@ -534,9 +535,9 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
         for batch in shard.read(
             max_caption_chars=options.max_caption_chars, batch_rows=options.batch_rows
         ):
-            hits = tally.add(batch)
+            rows, concepts = tally.add(batch)
             if matches is not None:
-                matches.write(batch.ids, hits)
+                matches.write(batch.ids, rows, concepts)
             with counter.get_lock():
                 counter.value += batch.n_rows
         if matches is not None:
@@ -544,7 +545,7 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     finally:
         if matches is not None:
             matches.discard()
-    partial = tally.partial(shard, options.concept_groups)
+    partial = tally.partial(shard)
     partial["id_is_int"] = matches.id_is_int if matches is not None else None
     partial["seconds"] = round(time.perf_counter() - clock, 3)
     partial["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
@@ -553,41 +554,83 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
 
 
 class _ShardTally:
-    """Counts of one shard. Captions are tallied by their exact set of matched concepts (few
-    distinct sets recur), counted in C; concept, group and category counts are derived at the end."""
+    """Counts of one shard, added up batch by batch from the matcher's flat (caption, concept)
+    pairs with array operations; only example candidates are looked at one by one."""
 
-    def __init__(self, matcher: Any, examples_per_concept: int):
-        self.match_batch = matcher.match_batch
+    def __init__(
+        self,
+        matcher: Any,
+        examples_per_concept: int,
+        concept_groups: Sequence[tuple[str, str, str]],
+    ):
+        self.match_pairs = matcher.match_pairs
         self.names = matcher.concept_names
         self.k = examples_per_concept
-        self.combos: Counter[tuple[int, ...]] = Counter()
+        self.group_names = list(dict.fromkeys(group for _, group, _ in concept_groups))
+        self.category_names = list(dict.fromkeys(category for _, _, category in concept_groups))
+        self.group_of = np.array([self.group_names.index(g) for _, g, _ in concept_groups])
+        self.category_of = np.array([self.category_names.index(c) for _, _, c in concept_groups])
+        self.concepts = np.zeros(len(self.names), dtype=np.int64)
+        self.groups = np.zeros(len(self.group_names), dtype=np.int64)
+        self.categories = np.zeros(len(self.category_names), dtype=np.int64)
+        self.n_with_any = 0
         # per concept: the k smallest (crc, caption, id) so far, and the CRC a caption must not
         # exceed to enter (2**32, above any CRC-32, until k are kept)
         self.examples: list[list[tuple[int, str, Any]]] = [[] for _ in self.names]
-        self.bar = [1 << 32] * len(self.names)
+        self.bar = np.full(len(self.names), 1 << 32, dtype=np.int64)
         self.n_rows = self.n_read = self.n_empty = 0
         self.skipped: Counter[str] = Counter()
 
-    def add(self, batch: Any) -> list[list[int]]:
-        """Tally one batch; returns each caption's matched concept indices."""
+    def add(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Tally one batch; returns its matches as (caption position, concept index) arrays."""
         captions = batch.captions
-        all_hits = self.match_batch(captions)  # one call per batch: per-caption calls cost more
-        # C-level loops: count each exact set of matches, and the blank captions
-        self.combos.update(map(tuple, all_hits))
+        # one call per batch: per-caption calls cost more
+        rows, concepts = self.match_pairs(captions)
+        # a (caption, concept) pair occurs once, but a caption's group or category may recur
+        self.concepts += np.bincount(concepts, minlength=len(self.concepts))
+        self.groups += _captions_per_label(
+            rows, self.group_of[concepts], len(captions), len(self.groups)
+        )
+        self.categories += _captions_per_label(
+            rows, self.category_of[concepts], len(captions), len(self.categories)
+        )
+        matched = np.zeros(len(captions), dtype=bool)
+        matched[rows] = True
+        self.n_with_any += int(np.count_nonzero(matched))
         self.n_empty += captions.count("") + sum(map(str.isspace, captions))
         if self.k:
-            bar, crc32 = self.bar, zlib.crc32
-            for caption, hits, row_id in compress(
-                zip(captions, all_hits, batch.ids, strict=True), all_hits
-            ):
-                crc = crc32(caption.encode("utf-8"))
-                for index in hits:
-                    if crc <= bar[index]:
-                        self._offer(index, crc, caption, row_id)
+            self._offer_candidates(captions, batch.ids, np.flatnonzero(matched), rows, concepts)
         self.n_rows += batch.n_rows
         self.n_read += len(captions)
         self.skipped.update(batch.skipped)
-        return all_hits
+        return rows, concepts
+
+    def _offer_candidates(
+        self,
+        captions: list[str],
+        ids: Sequence[Any],
+        matched: np.ndarray,
+        rows: np.ndarray,
+        concepts: np.ndarray,
+    ) -> None:
+        """Offer the matches whose caption's CRC is within their concept's bar, by concept and
+        CRC, so that a concept stops taking captions as soon as it holds k smaller ones
+        (``matched``: the positions of the captions with a match, whose CRCs are needed)."""
+        texts = map(captions.__getitem__, matched.tolist())
+        crc_of = np.zeros(len(captions), dtype=np.int64)
+        crc_of[matched] = np.fromiter(
+            map(zlib.crc32, map(str.encode, texts)), dtype=np.int64, count=len(matched)
+        )
+        crcs = crc_of[rows]
+        chosen = crcs <= self.bar[concepts]
+        rows, concepts, crcs = rows[chosen], concepts[chosen], crcs[chosen]
+        # corpus order last: the first copy of a caption is offered first and keeps its id
+        order = np.lexsort((rows, crcs, concepts))
+        for row, index, crc in zip(
+            rows[order].tolist(), concepts[order].tolist(), crcs[order].tolist(), strict=True
+        ):
+            if crc <= self.bar[index]:
+                self._offer(index, crc, captions[row], ids[row])
 
     def _offer(self, index: int, crc: int, caption: str, row_id: Any) -> None:
         """Keep the k distinct captions with the smallest (crc, caption), sorted."""
@@ -599,21 +642,12 @@ class _ShardTally:
         if len(kept) == self.k:
             self.bar[index] = kept[-1][0]
 
-    def partial(
-        self, shard: Shard, concept_groups: Sequence[tuple[str, str, str]]
-    ) -> dict[str, Any]:
-        concepts: Counter[str] = Counter()
-        groups: Counter[str] = Counter()
-        categories: Counter[str] = Counter()
-        any_concept = 0
-        for combo, count in self.combos.items():
-            if not combo:
-                continue  # the captions that mention nothing
-            rows = [concept_groups[i] for i in combo]
-            concepts.update({name: count for name, _, _ in rows})
-            groups.update({group: count for _, group, _ in rows})
-            categories.update({category: count for _, _, category in rows})
-            any_concept += count
+    def partial(self, shard: Shard) -> dict[str, Any]:
+        def nonzero(names: Sequence[str], counts: np.ndarray) -> dict[str, int]:
+            return {
+                name: count for name, count in zip(names, counts.tolist(), strict=True) if count
+            }
+
         return {
             "key": shard.key,
             "shard": shard.label,
@@ -622,16 +656,26 @@ class _ShardTally:
             "n_captions_read": self.n_read,
             "n_empty": self.n_empty,
             "skipped": dict(sorted(self.skipped.items())),
-            "n_with_any_concept": any_concept,
-            "concepts": dict(concepts),
-            "groups": dict(groups),
-            "categories": dict(categories),
+            "n_with_any_concept": self.n_with_any,
+            "concepts": nonzero(self.names, self.concepts),
+            "groups": nonzero(self.group_names, self.groups),
+            "categories": nonzero(self.category_names, self.categories),
             "examples": {
                 self.names[i]: [list(entry) for entry in kept]
                 for i, kept in enumerate(self.examples)
                 if kept
             },
         }
+
+
+def _captions_per_label(
+    rows: np.ndarray, labels: np.ndarray, n_captions: int, n_labels: int
+) -> np.ndarray:
+    """How many captions have a match with each label (a group, a category), from the caption
+    position and the label of every match."""
+    seen = np.zeros((n_captions, n_labels), dtype=bool)
+    seen[rows, labels] = True
+    return seen.sum(axis=0)
 
 
 class _MatchesWriter:
@@ -652,7 +696,8 @@ class _MatchesWriter:
         self.writer = pq.ParquetWriter(self.tmp, self.schema)
         self.id_is_int = True
 
-    def write(self, ids: Sequence[Any], hits: list[list[int]]) -> None:
+    def write(self, ids: Sequence[Any], rows: np.ndarray, concepts: np.ndarray) -> None:
+        """Write a batch's rows: ``rows`` and ``concepts`` are its matches, ordered by row."""
         import pyarrow.compute as pc
 
         pa = self.pa
@@ -662,15 +707,9 @@ class _MatchesWriter:
             id_array = pa.array([None if i is None else str(i) for i in ids], type=pa.string())
         if not (pa.types.is_integer(id_array.type) or pa.types.is_null(id_array.type)):
             self.id_is_int = False
-        offsets = [0]
-        flat: list[int] = []
-        for row in hits:
-            flat.extend(row)
-            offsets.append(len(flat))
-        concepts = pa.ListArray.from_arrays(
-            pa.array(offsets, type=pa.int32()), self.names.take(pa.array(flat, type=pa.int64()))
-        )
-        table = pa.table({"id": pc.cast(id_array, pa.string()), "concepts": concepts})
+        offsets = np.searchsorted(rows, np.arange(len(ids) + 1)).astype(np.int32)
+        names = pa.ListArray.from_arrays(offsets, self.names.take(concepts))
+        table = pa.table({"id": pc.cast(id_array, pa.string()), "concepts": names})
         self.writer.write_table(table.cast(self.schema))
 
     def commit(self) -> None:

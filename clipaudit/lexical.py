@@ -10,7 +10,8 @@ Two profiles (:data:`PROFILES`):
   phrases in order and adjacent, and never inside one of the concept's negative contexts
   ("hot dog" is no dog). The caption is normalised (:func:`clipaudit.text.normalize`) and padded
   with spaces, so every word boundary is a literal space and one exact-match automaton over
-  ``" form "`` keys finds whole-word mentions of every surface form at once.
+  ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of captions is
+  normalised and searched as one text, and its hits are resolved with array operations.
 
 Inflections are generated when the matcher is built, from spaCy's English lookup tables
 (spacy-lookups-data) and its suffix rules, never by lemmatising captions (lemmatising "tired"
@@ -32,25 +33,27 @@ from __future__ import annotations
 
 import gzip
 import json
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import accumulate
+from itertools import accumulate, chain, pairwise
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import ahocorasick
+import numpy as np
 
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.registry import Registry
-from clipaudit.text import normalize
+from clipaudit.text import ASCII_TABLE, normalize
 
 PROFILES = ("curated", "paper")
 DEFAULT_PROFILE = "curated"
 
 # spaCy tags for which a base-form hit is another sense of the word ("tie" in "tie a knot").
 _VERB_TAGS = frozenset({"VERB", "AUX"})
+_SPACE, _NEWLINE = ord(" "), ord("\n")
 
 
 def build_matcher(
@@ -96,6 +99,14 @@ class Matcher:
         """:meth:`match_indices` of each caption, in order (subclasses may batch the work)."""
         return [self.match_indices(caption) for caption in captions]
 
+    def match_pairs(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`match_batch` flattened: two int64 arrays, the position of a caption in
+        ``captions`` and the index of a concept it mentions, ordered by caption then concept."""
+        hits = self.match_batch(captions)
+        counts = np.fromiter(map(len, hits), np.int64, len(hits))
+        rows = np.repeat(np.arange(len(hits)), counts)
+        return rows, np.fromiter(chain.from_iterable(hits), np.int64, len(rows))
+
     def match(self, caption: str | None) -> list[str]:
         """Names of the concepts ``caption`` mentions, in registry order, without duplicates."""
         names = self.concept_names
@@ -120,6 +131,15 @@ def _not_text(caption: Any) -> InputError:
     return InputError(
         f"a caption must be a string or None, got {type(caption).__name__} {caption!r:.60}"
     )
+
+
+def _text(caption: Any) -> str:
+    """A caption as text: "" for None (no caption); raises InputError for a non-text."""
+    if not caption:
+        return ""
+    if not isinstance(caption, str):
+        raise _not_text(caption)
+    return caption
 
 
 class PaperMatcher(Matcher):
@@ -151,12 +171,14 @@ class PaperMatcher(Matcher):
 class CuratedMatcher(Matcher):
     """Whole-word matching of curated synonyms and their inflections, outside negative contexts.
 
-    Automaton values are ints so that the common caption costs one set comprehension: a key that
-    is a surface form of one concept and nothing else stores the concept's index; any other key (a
-    negative context, a form of several concepts, a form whose hit a part-of-speech check may veto)
-    stores ``-1 - k`` for entry ``k`` of ``_special``. Captions that hit such a key are resolved
-    with the hits' spans (a hit inside a negative-context span of its concept does not count),
-    which a second automaton over the same keys, valued with (value, key length), supplies.
+    The automaton maps each key (``" form "``) to its position in the key tables. A key's value
+    (``_values``) is the concept index when the key is a surface form of one concept and nothing
+    else; any other key (a negative context, a form of several concepts, a form whose hit a
+    part-of-speech check may veto) has the value ``-1 - k`` for entry ``k`` of ``_special``.
+    Captions that hit such a key are resolved with the hits' spans: a hit inside a
+    negative-context span of its concept does not count. :meth:`match_indices` resolves one
+    caption in Python; :meth:`match_pairs` applies the same rule to a whole batch with arrays
+    (tests check that they agree).
     """
 
     profile = "curated"
@@ -193,56 +215,95 @@ class CuratedMatcher(Matcher):
                         frozenset(checked.get(form, ())),
                     )
                 )
-        self._finish(keys)
-        self._spans = ahocorasick.Automaton()  # same keys, valued (value, key length)
-        for key, value in keys.items():
-            self._spans.add_word(key, (value, len(key)))
-        self._spans.make_automaton()
+        self._finish({key: position for position, key in enumerate(keys)})
+        self._values = list(keys.values())
+        self._lengths = list(map(len, keys))
+        # the same tables as arrays, for whole batches: per key, its length, its concepts, the
+        # concepts it is a negative context of, and whether a part-of-speech check decides it
+        self._length_array = np.array(self._lengths, dtype=np.int64)
+        concepts, negated, checked_any = [], [], []
+        for value in self._values:
+            entry = self._special[-1 - value] if value < 0 else _Special(frozenset({value}))
+            concepts.append(sorted(entry.concepts))
+            negated.append(sorted(entry.negated))
+            checked_any.append(bool(entry.checked))
+        self._concepts_of, self._negated_of = _Ragged(concepts), _Ragged(negated)
+        self._checked = np.array(checked_any, dtype=bool)
 
     def match_indices(self, caption: str | None) -> list[int]:
-        if not caption:
-            return []
-        if not isinstance(caption, str):
-            raise _not_text(caption)
+        caption = _text(caption)
         text = f" {normalize(caption)} "
-        found = {value for _, value in self._automaton.iter(text)}
+        found = {self._values[key] for _, key in self._iter(text)}
         if found and min(found) < 0:
             return self._resolve(caption, text, found)
         return sorted(found)
 
     def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
-        """:meth:`match_indices` of each caption, with one automaton pass over the whole batch.
+        """:meth:`match_indices` of each caption, computed for the whole batch at once."""
+        rows, concepts = self.match_pairs(captions)
+        bounds = np.searchsorted(rows, np.arange(len(captions) + 1)).tolist()
+        flat = concepts.tolist()
+        return [flat[start:stop] for start, stop in pairwise(bounds)]
 
-        Per-caption calls spend most of their time starting an automaton iteration; here the
-        normalised captions are joined, each padded with spaces, by ``"\\n"``, which no key
-        contains, so no hit spans two captions and each hit belongs to the caption it ends in.
+    def match_pairs(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`match_batch` flattened, with one automaton pass over the whole batch.
+
+        Per-caption calls spend most of their time starting an automaton iteration and in
+        Python code per hit; here the batch is one text (:func:`_joined`) and its hits are
+        resolved with array operations.
         """
-        try:
-            texts = list(map(normalize, captions))
-        except (AttributeError, TypeError):  # None or a non-text: the per-caption path decides
-            return super().match_batch(captions)
-        # caption i's " text " ends before offset bounds[i] - 1, where the "\n" after it lies
-        bounds = list(accumulate(len(text) + 3 for text in texts))
-        result: list[list[int]] = [[] for _ in texts]
-        hit: list[int] = []  # captions with hits, ascending
-        index, bound, values = -1, 0, []  # bound 0: the first hit finds its caption's list
-        for end, value in self._iter(" " + " \n ".join(texts) + " "):
-            if end >= bound:  # hits come in text order: the first hit of a later caption
-                index = bisect_right(bounds, end, index + 1)
-                bound = bounds[index]
-                values = result[index]
-                hit.append(index)
-            values.append(value)
-        # values go into the result lists, not into new containers kept to the end: many
-        # long-lived containers would trigger full garbage collections
-        for index in hit:
-            ordered = sorted(set(result[index]))
-            result[index] = (
-                ordered
-                if ordered[0] >= 0
-                else self._resolve(str(captions[index]), f" {texts[index]} ", set(ordered))
-            )
-        return result
+        if not len(captions):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        text, newlines = _joined(captions)
+        hits = list(self._iter(text))
+        ends = np.fromiter(map(itemgetter(0), hits), np.int64, len(hits))
+        keys = np.fromiter(map(itemgetter(1), hits), np.int64, len(hits))
+        rows = np.searchsorted(newlines, ends)  # a hit's caption: the "\n"s before it
+        # one (hit, concept) pair for each concept of the hit's key (several for a shared form)
+        hit, concepts = self._concepts_of.expand(keys)
+        keep = ~self._vetoed(rows, ends, keys, hit, concepts)
+        n = len(self.concept_names)
+        pairs = rows[hit[keep]] * n + concepts[keep]
+        unsure = _distinct(rows[self._checked[keys]])
+        if len(unsure):
+            # a part-of-speech check decides: these captions go through the tagger one by one
+            pairs = pairs[~np.isin(pairs // n, unsure)]
+            tagged = [
+                row * n + index
+                for row in unsure.tolist()
+                for index in self.match_indices(captions[row])
+            ]
+            pairs = np.concatenate([pairs, np.array(tagged, dtype=np.int64)])
+        pairs = _distinct(pairs)
+        return pairs // n, pairs % n
+
+    def _vetoed(
+        self,
+        rows: np.ndarray,
+        ends: np.ndarray,
+        keys: np.ndarray,
+        hit: np.ndarray,
+        concepts: np.ndarray,
+    ) -> np.ndarray:
+        """Which (hit, concept) pairs lie inside the span of a hit of a negative context of that
+        concept: the pairs are joined with those hits on (caption, concept), then spans compared."""
+        veto, negated = self._negated_of.expand(keys)
+        vetoed = np.zeros(len(hit), dtype=bool)
+        if not len(veto):
+            return vetoed
+        starts = ends - self._length_array[keys]
+        n = len(self.concept_names)
+        veto_keys = rows[veto] * n + negated
+        order = np.argsort(veto_keys)
+        sorted_keys = veto_keys[order]
+        pair_keys = rows[hit] * n + concepts
+        first = np.searchsorted(sorted_keys, pair_keys, "left")
+        last = np.searchsorted(sorted_keys, pair_keys, "right")
+        pair, position = _ranges(first, last - first)  # each pair with each of its vetoes
+        inner, outer = hit[pair], veto[order[position]]
+        inside = (starts[outer] <= starts[inner]) & (ends[inner] <= ends[outer])
+        vetoed[pair[inside]] = True
+        return vetoed
 
     def _resolve(self, caption: str, text: str, found: set[int]) -> list[int]:
         """Concepts of a caption whose hits include special keys."""
@@ -253,8 +314,8 @@ class CuratedMatcher(Matcher):
         hits: list[tuple[int, int, int]] = []  # (start, end, concept)
         vetoes: list[tuple[int, int, frozenset[int]]] = []
         checked: set[tuple[int, int, int]] = set()
-        for end, (value, length) in self._spans.iter(text):
-            start = end - length
+        for end, key in self._iter(text):
+            value, start = self._values[key], end - self._lengths[key]
             if value >= 0:
                 hits.append((start, end, value))
                 continue
@@ -303,8 +364,63 @@ class _Special:
     """A curated key that needs more than a concept index: see :class:`CuratedMatcher`."""
 
     concepts: frozenset[int]
-    negated: frozenset[int]
-    checked: frozenset[int]
+    negated: frozenset[int] = frozenset()
+    checked: frozenset[int] = frozenset()
+
+
+def _joined(captions: Sequence[str | None]) -> tuple[str, np.ndarray]:
+    """A batch of captions as one text: each normalised and padded with spaces as
+    :meth:`CuratedMatcher.match_indices` does, joined by "\\n", which no key contains, so no hit
+    spans two captions; and the offsets of those "\\n"s."""
+    try:
+        joined = " \n ".join(captions)
+    except TypeError:  # None or a non-text among them
+        captions = [_text(caption) for caption in captions]
+        joined = " \n ".join(captions)
+    if not joined.isascii():  # the batch normalisation below is normalize's ASCII path
+        captions = [text if text.isascii() else normalize(text) for text in captions]
+        joined = " \n ".join(captions)
+    chars = np.frombuffer(f" {joined} ".encode("ascii").translate(ASCII_TABLE), dtype=np.uint8)
+    # the translation made every "\n" a space, as a caption's own "\n" must be: put back the
+    # separators, after caption i at 1 + (the lengths of captions 0..i) + 3 * i + 1
+    lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
+    chars = chars.copy()
+    chars[np.cumsum(lengths)[:-1] + 3 * np.arange(len(captions) - 1) + 2] = _NEWLINE
+    # a run of spaces becomes one, as normalize's strip and split do within a padded caption
+    keep = np.ones(len(chars), dtype=bool)
+    keep[1:] = (chars[1:] != _SPACE) | (chars[:-1] != _SPACE)
+    chars = chars[keep]
+    return chars.tobytes().decode("ascii"), np.flatnonzero(chars == _NEWLINE)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``, which is several times slower on a batch's hits (it hashes first)."""
+    values = np.sort(values)
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    return values[first]
+
+
+class _Ragged:
+    """A list of int lists as two arrays, so that the lists of many items are looked up at once."""
+
+    def __init__(self, lists: Sequence[Sequence[int]]):
+        self.offsets = np.array([0, *accumulate(map(len, lists))], dtype=np.int64)
+        self.values = np.array([v for values in lists for v in values], dtype=np.int64)
+
+    def expand(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every value of every item's list, with the position in ``items`` it belongs to."""
+        starts = self.offsets[items]
+        which, positions = _ranges(starts, self.offsets[items + 1] - starts)
+        return which, self.values[positions]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ranges ``starts[i] .. starts[i] + counts[i] - 1`` concatenated, each position with its
+    ``i``."""
+    which = np.repeat(np.arange(len(counts)), counts)
+    offsets = np.cumsum(counts) - counts  # where each range begins in the result
+    return which, starts[which] + np.arange(len(which)) - offsets[which]
 
 
 def _load_pipeline(name: str) -> Any:

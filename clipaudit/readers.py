@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -620,9 +621,9 @@ def _clean(
     if ids is None:
         ids = range(first_row, first_row + n_rows)
     if isinstance(values, pa.Array):
-        texts = _plain_texts(values, max_chars)
-        if texts is not None:
-            return CaptionBatch(texts, ids, n_rows, skipped)
+        checked = _string_captions(values, ids, max_chars, skipped)
+        if checked is not None:
+            return CaptionBatch(*checked, n_rows, skipped)
         values = _arrow_values(values)
     bad: list[int] = []
     for i, value in enumerate(values):
@@ -661,19 +662,30 @@ def _decoded(value: Any, max_chars: int) -> tuple[str | None, str | None]:
     return None, "not_string"
 
 
-def _plain_texts(array: pa.Array, max_chars: int) -> list[str] | None:
-    """The array as a list of str when every value is a valid caption (the common case, checked
-    in Arrow without a Python loop); None when some are not."""
-    if array.null_count or not (
-        pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
-    ):
+def _string_captions(
+    array: pa.Array, ids: Sequence[Any], max_chars: int, skipped: Counter[str]
+) -> tuple[list[str], Sequence[Any]] | None:
+    """The valid captions of a string column and their ids, with nulls counted and dropped in
+    Arrow, without a Python loop; None for another type of column, or a string column holding
+    over-long values or invalid UTF-8, which are checked value by value instead.
+
+    Only kernels without Python scalar arguments are used: turning a Python value into an Arrow
+    scalar imports pandas, which costs a worker process about a second."""
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         return None
+    n_null = array.null_count
+    if n_null:
+        ids = list(compress(ids, array.is_valid().to_pylist()))
+        array = array.drop_null()
     if len(array) and pc.max(pc.utf8_length(array)).as_py() > max_chars:
         return None
     try:
-        return array.to_pylist()
-    except UnicodeDecodeError:  # a string column holding invalid UTF-8
+        texts = array.to_pylist()
+    except UnicodeDecodeError:
         return None
+    if n_null:
+        skipped["null"] += n_null
+    return texts, ids
 
 
 # --------------------------------------------------------------------------- datasets

@@ -179,6 +179,41 @@ def test_txt_ids_are_row_numbers_and_examples_are_the_smallest_crc_captions(tiny
     assert on_disk == result.examples
 
 
+@pytest.mark.parametrize(("batch_rows", "shard_rows"), [(10_000, 250_000), (7, 50)])
+def test_examples_and_counts_do_not_depend_on_batches(tiny, tmp_path, batch_rows, shard_rows):
+    animals, colours = ["cat", "dog", "kitten", "puppy", "hot dog"], ["red", "blue"]
+    captions = [
+        f"a {colours[i % 2]} {animals[i % 5]} number {i % 23}" for i in range(460)
+    ]  # each twice
+    path = tmp_path / "animals.txt"
+    path.write_text("\n".join(captions) + "\n")
+    result = run(
+        [path],
+        tiny,
+        tmp_path / "run",
+        examples_per_concept=4,
+        batch_rows=batch_rows,
+        shard_rows=shard_rows,
+    )
+    # by hand: which captions mention each concept ("hot dog" is no dog)
+    mentions = {
+        "cat": lambda c: " cat " in c or " kitten " in c,
+        "dog": lambda c: (" dog " in c and "hot dog" not in c) or " puppy " in c,
+        "red": lambda c: " red " in c,
+        "happy": lambda c: False,
+    }
+    for concept, mentioned in mentions.items():
+        found = [c for c in captions if mentioned(c)]
+        smallest = sorted(set(found), key=lambda c: (zlib.crc32(c.encode()), c))[:4]
+        chosen = result.examples["concepts"][concept]
+        assert chosen["count"] == len(found)
+        assert [e["caption"] for e in chosen["examples"]] == smallest
+        assert [e["id"] for e in chosen["examples"]] == [captions.index(c) for c in smallest]
+    assert result.manifest["n_with_any_concept"] == sum(
+        any(mentioned(c) for mentioned in mentions.values()) for c in captions
+    )
+
+
 def test_sharding_and_workers_do_not_change_results(tiny, zoo, tmp_path):
     whole = run([zoo], tiny, tmp_path / "whole", per_caption=True)
     split = run([zoo], tiny, tmp_path / "split", per_caption=True, shard_rows=2)

@@ -279,6 +279,9 @@ TRICKY = [
     "hot dog",
     "a hot, dog",
     "A dog eating a hot dog.",
+    "a hot dog, a dog and a hot dog",
+    "hot dog hot dog",
+    "Hot dogs? Dogs!",
     "train",
     "station",
     "a train station",
@@ -308,6 +311,16 @@ def test_batch_agrees_with_single_captions(curated, paper):
                 pair = [first, second]
                 assert matcher.match_batch(pair) == [matcher.match_indices(c) for c in pair]
         assert matcher.match_batch([]) == []
+
+
+def test_match_pairs_flatten_match_batch(curated, paper):
+    for matcher in (curated, paper):
+        for captions in (TRICKY, [None, "dog", ""], []):
+            rows, concepts = matcher.match_pairs(captions)
+            flat = [
+                (row, i) for row, hits in enumerate(matcher.match_batch(captions)) for i in hits
+            ]
+            assert list(zip(rows.tolist(), concepts.tolist(), strict=True)) == flat
 
 
 def test_batch_hits_stay_in_their_caption(curated):

@@ -144,6 +144,19 @@ def test_parquet_binary_captions_are_decoded_and_invalid_utf8_is_skipped(tmp_pat
     assert skipped == {"not_utf8": 1, "null": 1}
 
 
+def test_parquet_nulls_and_long_captions_are_counted_and_ids_stay_aligned(tmp_path):
+    texts = ["a dog", None, "x" * 51, "", "caf\u00e9 " + "y" * 45, None, "   "]
+    with_ids = write_parquet(
+        tmp_path / "ids.parquet", {"id": [10, 11, 12, 13, 14, 15, 16], "caption": texts}
+    )
+    _, captions, ids, rows, skipped = read_all([with_ids], max_caption_chars=50)
+    assert captions == ["a dog", "", "caf\u00e9 " + "y" * 45, "   "] and ids == [10, 13, 14, 16]
+    assert rows == 7 and skipped == {"null": 2, "too_long": 1}
+    numbered = write_parquet(tmp_path / "rows.parquet", {"caption": texts})
+    _, _, ids, _, _ = read_all([numbered], max_caption_chars=50)
+    assert ids == [0, 3, 4, 6]
+
+
 def test_txt_lines_keep_row_numbers_and_count_invalid_utf8(tmp_path):
     path = tmp_path / "c.txt"
     path.write_bytes(b"first\r\n\nthird \xff\nlast without newline")

@@ -22,7 +22,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_help_lists_the_command_groups_without_loading_heavy_libraries():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    for command in ("concepts", "coverage", "zeroshot", "demo"):
+    for command in ("concepts", "coverage", "zeroshot", "theory", "demo"):
         assert command in result.stdout
     probe = subprocess.run(
         [

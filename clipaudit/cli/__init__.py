@@ -13,7 +13,7 @@ import sys
 import typer
 
 from clipaudit import __version__
-from clipaudit.cli import concepts, coverage, demo, zeroshot
+from clipaudit.cli import concepts, coverage, demo, theory, zeroshot
 
 app = typer.Typer(
     name="clipaudit",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(concepts.app, name="concepts")
 app.add_typer(coverage.app, name="coverage")
+app.add_typer(theory.app, name="theory")
 zeroshot.register(app)
 demo.register(app)
 

@@ -1,0 +1,192 @@
+"""``clipaudit theory run|check``: the synthetic latent-variable experiment of Cai et al. (2025)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Check the misalignment theory on synthetic latents, with the audit's own metrics.",
+    no_args_is_help=True,
+)
+console = Console()
+
+PROFILE_HELP = "Training profile: quick (a 2-core CPU) or paper (the published setting, a GPU)."
+
+
+def _training(
+    profile: str,
+    steps: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    device: str | None,
+) -> dict:
+    return {
+        "profile": profile,
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "device": device,
+    }
+
+
+def _print(summaries: list[dict], verbose: bool) -> None:
+    for summary in summaries:
+        if verbose or not summary["agrees"]:
+            table = Table(
+                title=f"{summary['config']}: {'agrees' if summary['agrees'] else 'DISAGREES'}",
+                caption=summary["description"],
+            )
+            for column in (
+                "variable",
+                "predicted",
+                "ceiling",
+                "x linear",
+                "x nonlin",
+                "t linear",
+                "t nonlin",
+                "agrees",
+            ):
+                table.add_column(column, justify="left" if column == "variable" else "right")
+            for v in summary["variables"]:
+                table.add_row(
+                    v["variable"],
+                    "identified" if v["predicted_identified"] else "-",
+                    f"{v['ceiling']:.2f}",
+                    f"{v['x_linear']:.2f}",
+                    f"{v['x_nonlinear']:.2f}",
+                    f"{v['t_linear']:.2f}",
+                    f"{v['t_nonlinear']:.2f}",
+                    "yes" if v["agrees"] else "[red]NO[/red]",
+                )
+            console.print(table)
+    verdicts = Table(title="verdict per configuration")
+    for column in ("configuration", "predicted identified", "min R² identified", "agrees"):
+        verdicts.add_column(column)
+    for summary in summaries:
+        identified = [
+            min(v["x_nonlinear"], v["t_nonlinear"])
+            for v in summary["variables"]
+            if v["predicted_identified"]
+        ]
+        verdicts.add_row(
+            summary["config"],
+            ",".join(summary["predicted_identified"]),
+            f"{min(identified):.3f}" if identified else "-",
+            "yes" if summary["agrees"] else "[red]NO[/red]",
+        )
+    console.print(verdicts)
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (resumes its own run)."),
+    selected: str = typer.Option(
+        "1-10", help="I_theta: semantics the text carries, 1-based (1-5, 1,3,7)."
+    ),
+    perturbed: str = typer.Option(
+        "none", help="I_beta, inside --selected: semantics the text alters."
+    ),
+    n_semantics: int = typer.Option(10, help="n_s: number of shared semantics."),
+    n_modality: int = typer.Option(5, help="n_m: size of each of m_x and m_t."),
+    change_prob: float = typer.Option(
+        0.75, help="Probability that a perturbable semantic changes."
+    ),
+    causal_dependence: bool = typer.Option(False, help="Dependent latents: Wishart covariances."),
+    encoding_size: int | None = typer.Option(
+        None, help="Representation size (default |I_theta \\ I_beta|)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the latents, mixings, initialisation and data."),
+    profile: str = typer.Option("quick", help=PROFILE_HELP),
+    steps: int | None = typer.Option(None, help="Training steps (default: the profile's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the profile's)."),
+    learning_rate: float | None = typer.Option(
+        None, help="Adam learning rate (default: the profile's)."
+    ),
+    n_bins: int = typer.Option(5, help="Quantile bins per semantic for the awareness metric."),
+    identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
+    margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
+    device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train and probe one configuration; print its R² table and whether it agrees with the theory."""
+    from clipaudit.theory import run_scenario, summarise
+
+    result = run_scenario(
+        out,
+        selected=selected,
+        perturbed=perturbed,
+        n_semantics=n_semantics,
+        n_modality=n_modality,
+        change_prob=change_prob,
+        causal_dependence=causal_dependence,
+        encoding_size=encoding_size,
+        seed=seed,
+        n_bins=n_bins,
+        identified_threshold=identified_threshold,
+        margin=margin,
+        threads=threads,
+        progress=not quiet,
+        **_training(profile, steps, batch_size, learning_rate, device),
+    )
+    _print(summarise(result), verbose=True)
+    console.print(
+        f"outputs in {out}/ (r2.csv, check.md, coverage/, zeroshot/, figures/, manifest.json)"
+    )
+
+
+@app.command()
+def check(
+    out: Path = typer.Option(
+        Path("runs/theory-check"), "--out", "-o", help="Run folder (resumable)."
+    ),
+    profile: str = typer.Option("quick", help=PROFILE_HELP),
+    seeds: int = typer.Option(2, help="Seeds per configuration (0, 1, ...)."),
+    latents: str = typer.Option("independent,dependent", help="Latent modes to sweep."),
+    kinds: str = typer.Option(
+        "selection,perturbation", help="Sweeps: selection and/or perturbation prefixes."
+    ),
+    steps: int | None = typer.Option(None, help="Training steps (default: the profile's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the profile's)."),
+    learning_rate: float | None = typer.Option(
+        None, help="Adam learning rate (default: the profile's)."
+    ),
+    identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
+    margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
+    device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="A table for every configuration, not only failures."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run the paper's sweep and check every configuration against the theory (exit 1 on any disagreement)."""
+    from clipaudit.theory import run_check, summarise
+
+    result = run_check(
+        out,
+        seeds=seeds,
+        latents=_split(latents),
+        kinds=_split(kinds),
+        identified_threshold=identified_threshold,
+        margin=margin,
+        threads=threads,
+        progress=not quiet,
+        **_training(profile, steps, batch_size, learning_rate, device),
+    )
+    _print(summarise(result), verbose=verbose)
+    failed = result.failed
+    console.print(
+        f"{len(result.scenarios) - len(failed)}/{len(result.scenarios)} configurations agree with the "
+        f"theory; {result.timings['total_seconds']:.0f} s; tables in {out}/check.md"
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

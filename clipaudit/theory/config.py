@@ -1,0 +1,416 @@
+"""Settings of the synthetic misalignment experiment, validated before any training starts.
+
+Three frozen dataclasses:
+
+- :class:`Scenario`: one data-generating process (latent sizes, selected set I_theta, perturbed
+  set I_beta, change probability, causal dependence, encoding size, seed). Indices are 1-based,
+  as in the paper and on the command line (``"1-5"``, ``"1,2"``, ``"1-3,7"``).
+- :class:`TrainingSettings`: how the encoders are trained; the profiles ``paper`` (the published
+  hyperparameters, for a GPU) and ``quick`` (small enough for a 2-core CPU) are in :data:`PROFILES`.
+- :class:`EvaluationSettings`: sample sizes of the probes and the thresholds of the check.
+
+:func:`default_sweep` builds the paper's grid of scenarios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clipaudit.errors import SettingsError, did_you_mean
+
+LATENT_MODES = ("independent", "dependent")
+SWEEP_KINDS = ("selection", "perturbation")
+MIXING_KINDS = ("orthogonal", "conditioned")
+LR_SCHEDULES = ("constant", "cosine")
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int, ...]:
+    """Sorted 1-based indices from ``"1-5"``, ``"1,2"``, ``"1-3,7"`` or ``""``/``"none"`` (empty).
+
+    Also accepts an iterable of ints. Raises :class:`SettingsError` for anything malformed, out of
+    ``1..n`` or repeated, naming ``what`` (e.g. ``"--selected"``).
+    """
+    if isinstance(text, str):
+        stripped = text.strip().lower()
+        if stripped in ("", "none"):
+            return ()
+        indices: list[int] = []
+        for part in stripped.split(","):
+            match = _RANGE.match(part.strip())
+            if match is None:
+                raise SettingsError(
+                    f"{what}: expected 1-based indices such as '1-5', '1,2' or '1-3,7'; got {text!r}"
+                )
+            low = int(match.group(1))
+            high = int(match.group(2) or low)
+            if high < low:
+                raise SettingsError(
+                    f"{what}: range {part.strip()!r} runs backwards; write '{high}-{low}'"
+                )
+            indices.extend(range(low, high + 1))
+    else:
+        indices = list(text)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            raise SettingsError(f"{what}: expected integer indices; got {indices!r}")
+    bad = [i for i in indices if not 1 <= i <= n]
+    if bad:
+        raise SettingsError(
+            f"{what}: indices are 1-based and must lie in 1..{n} (n_semantics); got {bad} in {text!r}"
+        )
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise SettingsError(f"{what}: index {repeated[0]} appears more than once in {text!r}")
+    return tuple(sorted(indices))
+
+
+def format_index_list(indices: Sequence[int]) -> str:
+    """Compact 1-based form of sorted indices: ``(1, 2, 3, 7) -> "1-3,7"``; ``() -> "none"``."""
+    if not indices:
+        return "none"
+    parts: list[str] = []
+    start = previous = indices[0]
+    for i in [*indices[1:], None]:
+        if i is not None and i == previous + 1:
+            previous = i
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if i is not None:
+            start = previous = i
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One data-generating process of the paper's simulation.
+
+    ``selected`` (I_theta) are the semantics the text carries, ``perturbed`` (I_beta, inside I_theta)
+    those whose text value is altered, each with probability ``change_prob`` per sample. The
+    theory's identified block is ``invariant`` = I_theta minus I_beta. ``selected=None`` means all
+    semantics; ``encoding_size=None`` means ``len(invariant)`` (the theory's bottleneck).
+    """
+
+    n_semantics: int = 10
+    n_modality: int = 5
+    selected: tuple[int, ...] | str | None = None
+    perturbed: tuple[int, ...] | str = ()
+    change_prob: float = 0.75
+    causal_dependence: bool = False
+    encoding_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_semantics", 1), ("n_modality", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SettingsError(f"{name} must be an integer >= {low}; got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SettingsError(f"seed must be a non-negative integer; got {self.seed!r}")
+        selected = (
+            tuple(range(1, self.n_semantics + 1))
+            if self.selected is None
+            else parse_index_list(self.selected, self.n_semantics, "selected set (--selected)")
+        )
+        if not selected:
+            raise SettingsError(
+                "the selected set (--selected) is empty: the text must carry at least one semantic; "
+                "give e.g. --selected 1-5"
+            )
+        perturbed = parse_index_list(
+            self.perturbed, self.n_semantics, "perturbed set (--perturbed)"
+        )
+        outside = sorted(set(perturbed) - set(selected))
+        if outside:
+            raise SettingsError(
+                f"the perturbed set must lie inside the selected set {format_index_list(selected)}; "
+                f"got perturbed indices {format_index_list(outside)} that the text never carries"
+            )
+        object.__setattr__(self, "selected", selected)
+        object.__setattr__(self, "perturbed", perturbed)
+        if not 0.0 < float(self.change_prob) <= 1.0:
+            raise SettingsError(
+                f"change_prob must be in (0, 1]; got {self.change_prob!r} "
+                "(for no perturbation, leave the perturbed set empty)"
+            )
+        object.__setattr__(self, "change_prob", float(self.change_prob))
+        if self.encoding_size is None:
+            if not self.invariant:
+                raise SettingsError(
+                    "encoding size 0: every selected semantic is perturbed, so the invariant block "
+                    "I_theta \\ I_beta is empty; perturb fewer semantics or set --encoding-size"
+                )
+            object.__setattr__(self, "encoding_size", len(self.invariant))
+        elif (
+            not isinstance(self.encoding_size, int)
+            or isinstance(self.encoding_size, bool)
+            or self.encoding_size < 1
+        ):
+            raise SettingsError(
+                f"encoding_size must be an integer >= 1; got {self.encoding_size!r}"
+            )
+
+    @property
+    def invariant(self) -> tuple[int, ...]:
+        """I_theta \\ I_beta: the semantics the theory says are identified (1-based)."""
+        return tuple(i for i in self.selected if i not in self.perturbed)
+
+    @property
+    def x_dim(self) -> int:
+        return self.n_semantics + self.n_modality
+
+    @property
+    def t_dim(self) -> int:
+        return len(self.selected) + self.n_modality
+
+    @property
+    def name(self) -> str:
+        """Readable, unique within a sweep: ``ind_sel1-3_seed0``, ``dep_sel1-10_pert1-2_seed1``."""
+        parts = [
+            "dep" if self.causal_dependence else "ind",
+            f"sel{format_index_list(self.selected)}",
+        ]
+        if self.perturbed:
+            parts.append(f"pert{format_index_list(self.perturbed)}")
+            if self.change_prob != 0.75:
+                parts.append(f"p{self.change_prob:g}")
+        if self.encoding_size != len(self.invariant):
+            parts.append(f"enc{self.encoding_size}")
+        if (self.n_semantics, self.n_modality) != (10, 5):
+            parts.append(f"ns{self.n_semantics}nm{self.n_modality}")
+        parts.append(f"seed{self.seed}")
+        return "_".join(parts)
+
+    @property
+    def family(self) -> str:
+        """The name without the seed: the column a figure averages seeds into."""
+        return self.name.rsplit("_seed", 1)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["name"] = self.name
+        record["invariant"] = list(self.invariant)
+        return record
+
+
+def _check_positive(settings: object, names: Iterable[str]) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise SettingsError(f"{name} must be a positive number; got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How the encoders are trained, and how hard the mixings are to invert. Shared by every
+    scenario of a sweep (they train together).
+
+    Encoders are leaky-ReLU MLPs with hidden layers ``hidden_widths``, multiplied by the encoder's
+    input size when ``widths_scale_with_input`` (the paper's ``n * (10, 50, 50, 50, 50, 10)``), trained with the symmetric InfoNCE loss
+    over in-batch negatives on the negative squared Euclidean distance divided by a FIXED
+    ``temperature`` (as in the paper's code; the identifiability results hold for any fixed
+    temperature, and a learnable one would only rescale the unnormalised embeddings). Adam,
+    per-scenario gradient-norm clipping at ``grad_clip``.
+
+    ``mixing``: ``"conditioned"`` draws Gaussian mixing weights and rejects those whose condition
+    number exceeds the ``mixing_condition_quantile`` quantile of random draws (the paper's recipe);
+    ``"orthogonal"`` draws Haar-orthogonal weights (condition number 1). Both are invertible
+    3-layer leaky-ReLU MLPs; the orthogonal ones can be inverted by an encoder in a CPU budget.
+    """
+
+    profile: str = "quick"
+    steps: int = 3000
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    hidden_widths: tuple[int, ...] = (128, 128, 128)
+    widths_scale_with_input: bool = False
+    temperature: float = 1.0
+    grad_clip: float = 2.0
+    mixing: str = "orthogonal"
+    mixing_layers: int = 3
+    mixing_condition_quantile: float = 0.001
+    chunk_steps: int = 25
+    checkpoint_every: int = 500
+    group_size: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        ints = ("steps", "batch_size", "mixing_layers", "chunk_steps", "checkpoint_every")
+        _check_positive(self, (*ints, "learning_rate", "temperature", "grad_clip"))
+        for name in ints:
+            if not isinstance(getattr(self, name), int):
+                raise SettingsError(f"{name} must be an integer; got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            raise SettingsError(
+                f"batch_size must be >= 2 (in-batch negatives); got {self.batch_size}"
+            )
+        widths = tuple(self.hidden_widths)
+        if not widths or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths
+        ):
+            raise SettingsError(
+                f"hidden_widths must be positive integers, e.g. (128, 128); got {self.hidden_widths!r}"
+            )
+        object.__setattr__(self, "hidden_widths", widths)
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise SettingsError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SettingsError(
+                f"lr_schedule must be one of {list(LR_SCHEDULES)}; got {self.lr_schedule!r}"
+                f"{did_you_mean(self.lr_schedule, LR_SCHEDULES)}"
+            )
+        if self.mixing not in MIXING_KINDS:
+            raise SettingsError(
+                f"mixing must be one of {list(MIXING_KINDS)}; got {self.mixing!r}{did_you_mean(self.mixing, MIXING_KINDS)}"
+            )
+        if not 0.0 < self.mixing_condition_quantile <= 1.0:
+            raise SettingsError(
+                f"mixing_condition_quantile must be in (0, 1]; got {self.mixing_condition_quantile!r}"
+            )
+        if not isinstance(self.group_size, int) or self.group_size < 0:
+            raise SettingsError(
+                f"group_size must be >= 0 (0 = all scenarios at once); got {self.group_size!r}"
+            )
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise SettingsError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Probe sample sizes (fresh samples, never the training ones) and the check's thresholds.
+
+    Regressors fit on ``n_fit`` samples, choose kernel-ridge hyperparameters on ``n_val`` and report
+    R^2 on ``n_test``. A predicted-identified variable agrees when its nonlinear R^2 is at least
+    ``identified_threshold``; any other variable when it is at most its ceiling plus ``margin``.
+    """
+
+    n_fit: int = 2000
+    n_val: int = 1000
+    n_test: int = 2000
+    n_prototypes: int = 5000
+    n_bins: int = 5
+    identified_threshold: float = 0.8
+    margin: float = 0.15
+    kernel_gammas: tuple[float, ...] = (0.03, 0.1, 0.3)
+    ridge_alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("n_fit", "n_val", "n_test", "n_prototypes", "n_bins"))
+        if self.n_bins < 2:
+            raise SettingsError(f"n_bins must be >= 2; got {self.n_bins}")
+        if self.n_prototypes < 10 * self.n_bins:
+            raise SettingsError(
+                f"n_prototypes must be at least 10 per bin ({10 * self.n_bins}); got {self.n_prototypes}"
+            )
+        if not 0.0 < self.identified_threshold <= 1.0:
+            raise SettingsError(
+                f"identified_threshold must be in (0, 1]; got {self.identified_threshold!r}"
+            )
+        if not 0.0 <= self.margin < 1.0:
+            raise SettingsError(f"margin must be in [0, 1); got {self.margin!r}")
+        for name in ("kernel_gammas", "ridge_alphas"):
+            values = tuple(getattr(self, name))
+            if not values or not all(v > 0 for v in values):
+                raise SettingsError(f"{name} must be positive numbers; got {values!r}")
+            object.__setattr__(self, name, values)
+
+
+PROFILES: dict[str, TrainingSettings] = {
+    # The published setting (Daunhawer et al. 2023, Cai et al. 2025): a GPU job per scenario.
+    "paper": TrainingSettings(
+        profile="paper",
+        steps=100_001,
+        batch_size=6144,
+        learning_rate=1e-4,
+        hidden_widths=(10, 50, 50, 50, 50, 10),
+        widths_scale_with_input=True,
+        mixing="conditioned",
+        checkpoint_every=2000,
+        group_size=8,
+    ),
+    # Small enough that the whole default sweep passes on a 2-core CPU (see benchmarks/RESULTS.md).
+    "quick": TrainingSettings(profile="quick", lr_schedule="cosine"),
+}
+
+
+def training_profile(name: str, **overrides: Any) -> TrainingSettings:
+    """The named profile with some fields replaced (``None`` values are ignored)."""
+    if name not in PROFILES:
+        raise SettingsError(
+            f"unknown profile {name!r}; expected one of {sorted(PROFILES)}{did_you_mean(name, PROFILES)}"
+        )
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(TrainingSettings)})
+    if unknown:
+        raise SettingsError(f"unknown training setting(s) {unknown}")
+    return dataclasses.replace(PROFILES[name], **changes)
+
+
+def default_sweep(
+    seeds: int | Sequence[int] = 3,
+    latents: Sequence[str] = LATENT_MODES,
+    kinds: Sequence[str] = SWEEP_KINDS,
+    n_semantics: int = 10,
+    n_modality: int = 5,
+    change_prob: float = 0.75,
+) -> list[Scenario]:
+    """The paper's grid: selection prefixes {1}, {1,2}, ..., {1..n} with no perturbation, and
+    perturbation prefixes {1}, ..., {1..n-1} of the fully selected text, for each latent mode
+    (independent / causally dependent semantics) and seed (``seeds`` = a count or explicit seeds).
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise SettingsError("the sweep needs at least one seed; got none")
+    for values, allowed, what in (
+        (latents, LATENT_MODES, "latent mode"),
+        (kinds, SWEEP_KINDS, "sweep kind"),
+    ):
+        if not values:
+            raise SettingsError(
+                f"the sweep needs at least one {what}; expected some of {list(allowed)}"
+            )
+        for value in values:
+            if value not in allowed:
+                raise SettingsError(
+                    f"unknown {what} {value!r}; expected one of {list(allowed)}{did_you_mean(value, allowed)}"
+                )
+    everything = tuple(range(1, n_semantics + 1))
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    if "selection" in kinds:
+        shapes += [(everything[:k], ()) for k in range(1, n_semantics + 1)]
+    if "perturbation" in kinds:
+        shapes += [(everything, everything[:k]) for k in range(1, n_semantics)]
+    return [
+        Scenario(
+            n_semantics=n_semantics,
+            n_modality=n_modality,
+            selected=selected,
+            perturbed=perturbed,
+            change_prob=change_prob,
+            causal_dependence=mode == "dependent",
+            seed=seed,
+        )
+        for seed in seed_list
+        for mode in latents
+        for selected, perturbed in shapes
+    ]
+
+
+__all__ = [
+    "LATENT_MODES",
+    "PROFILES",
+    "SWEEP_KINDS",
+    "EvaluationSettings",
+    "Scenario",
+    "TrainingSettings",
+    "default_sweep",
+    "format_index_list",
+    "parse_index_list",
+    "training_profile",
+]

@@ -1,0 +1,517 @@
+"""Run scenarios (train in batched groups, probe, audit) and check them against the theory.
+
+A run folder holds, besides ``manifest.json``:
+
+- ``r2.{parquet,csv}``: ``config, encoder, variable, r2_linear, r2_nonlinear, ceiling,
+  predicted_identified, agrees, role``;
+- ``coverage/{concepts,groups,categories}.{parquet,csv}``: the coverage run schema, with a leading
+  ``model`` column naming the scenario;
+- ``zeroshot/{concepts,groups}.csv`` and ``zeroshot/confusion/<config>/<group>.csv``: the
+  zero-shot run schema, ``model`` = scenario;
+- ``training_loss.csv`` (``config, step, loss``) and ``figures/*.png``;
+- ``results/<config>.json`` per finished scenario and ``checkpoints/`` while a group trains: a
+  killed run started again with the same settings resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.provenance import atomic_write_text, base_manifest, write_json, write_table
+from clipaudit.theory.config import (
+    LATENT_MODES,
+    SWEEP_KINDS,
+    EvaluationSettings,
+    Scenario,
+    TrainingSettings,
+    default_sweep,
+    format_index_list,
+    training_profile,
+)
+from clipaudit.theory.evaluation import (
+    ProbeSplit,
+    audit_tables,
+    population_ceilings,
+    probe_r2,
+    probe_targets,
+    role,
+)
+from clipaudit.theory.generative import sample_latents, torch_generator, view_latents
+from clipaudit.theory.training import BatchedSimulation
+
+LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib")
+R2_COLUMNS = [
+    "config",
+    "encoder",
+    "variable",
+    "r2_linear",
+    "r2_nonlinear",
+    "ceiling",
+    "predicted_identified",
+    "agrees",
+    "role",
+]
+
+
+@dataclass
+class SweepResult:
+    """Everything a run produced; ``r2`` is the DataFrame also written as ``r2.csv``."""
+
+    out: Path
+    scenarios: list[Scenario]
+    r2: Any
+    awareness: Any
+    coverage: Any
+    timings: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def verdicts(self) -> dict[str, bool]:
+        """Scenario name -> whether every probed variable agrees with the theory."""
+        agrees = self.r2.groupby("config", sort=False)["agrees"].all()
+        return {s.name: bool(agrees[s.name]) for s in self.scenarios}
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, ok in self.verdicts.items() if not ok]
+
+
+def _settings_record(training: TrainingSettings, evaluation: EvaluationSettings) -> dict[str, Any]:
+    return {"training": dataclasses.asdict(training), "evaluation": dataclasses.asdict(evaluation)}
+
+
+def _fingerprint(record: Any) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _variable_role(scenario: Scenario, variable: str) -> str:
+    if variable.startswith("s~"):
+        return "perturbed-text"
+    if variable in ("m_x", "m_t"):
+        return "image-specific" if variable == "m_x" else "text-specific"
+    return role(scenario, int(variable[1:]))
+
+
+def evaluate_scenario(
+    simulation: BatchedSimulation, index: int, evaluation: EvaluationSettings
+) -> dict[str, Any]:
+    """Probe and audit scenario ``index`` of a trained group on fresh samples (its own
+    ``evaluation`` random stream): R^2 rows with the theory's verdict, and the audit tables."""
+    scenario, model = simulation.scenarios[index], simulation.models[index]
+    generator = torch_generator(scenario.seed, "evaluation", simulation.training.device)
+    n_fit, n_val, n_test = evaluation.n_fit, evaluation.n_val, evaluation.n_test
+    latents = sample_latents(model, n_fit + n_val + n_test, generator)
+    image_rep, text_rep = (
+        r.cpu().numpy()
+        for r in simulation.encode(
+            index, *simulation.views(index, *view_latents(scenario, latents))
+        )
+    )
+    targets = probe_targets(scenario, latents)
+    parts = {
+        "fit": slice(0, n_fit),
+        "val": slice(n_fit, n_fit + n_val),
+        "test": slice(n_fit + n_val, None),
+    }
+    ceilings = population_ceilings(model)
+    identified = {f"s{i}" for i in scenario.invariant}
+    rows = []
+    for encoder, rep in (("x", image_rep), ("t", text_rep)):
+        split = ProbeSplit(
+            **{k: (rep[p], {n: v[p] for n, v in targets.items()}) for k, p in parts.items()}
+        )
+        for variable, (r2_linear, r2_nonlinear) in probe_r2(split, evaluation).items():
+            predicted = variable in identified
+            ceiling = ceilings[variable]
+            agrees = (
+                r2_nonlinear >= evaluation.identified_threshold
+                if predicted
+                else r2_nonlinear <= ceiling + evaluation.margin
+            )
+            rows.append(
+                {
+                    "config": scenario.name,
+                    "encoder": encoder,
+                    "variable": variable,
+                    "r2_linear": r2_linear,
+                    "r2_nonlinear": r2_nonlinear,
+                    "ceiling": ceiling,
+                    "predicted_identified": predicted,
+                    "agrees": bool(agrees),
+                    "role": _variable_role(scenario, variable),
+                }
+            )
+    prompts = sample_latents(model, evaluation.n_prototypes, generator, perturb=False)
+    _, prompt_rep = simulation.encode(
+        index, *simulation.views(index, *view_latents(scenario, prompts))
+    )
+    audit = audit_tables(
+        scenario.name,
+        model,
+        latents,
+        image_rep[parts["test"]],
+        latents.s[parts["test"]].cpu().numpy(),
+        prompt_rep.cpu().numpy(),
+        prompts.s.cpu().numpy(),
+        evaluation.n_bins,
+    )
+    return {"r2": rows, **audit}
+
+
+def _groups(scenarios: list[Scenario], size: int) -> list[list[Scenario]]:
+    size = size or len(scenarios)
+    return [scenarios[k : k + size] for k in range(0, len(scenarios), size)]
+
+
+def run_sweep(
+    scenarios: Sequence[Scenario],
+    training: TrainingSettings,
+    evaluation: EvaluationSettings,
+    out: str | Path,
+    threads: int | None = None,
+    progress: bool = True,
+    kind: str = "theory-run",
+) -> SweepResult:
+    """Train every scenario (in batched groups of ``training.group_size``, 0 = all at once),
+    evaluate each, write the run folder and return the results. Resumes a run folder of the
+    same settings; refuses (:class:`RunFolderError`) one of different settings."""
+    from tqdm.auto import tqdm
+
+    scenarios = list(scenarios)
+    if not scenarios:
+        raise SettingsError("no scenarios to run; give at least one")
+    names = [s.name for s in scenarios]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SettingsError(f"scenario {repeated[0]!r} appears more than once in the sweep")
+    if training.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(
+            f"device {training.device!r} requested but CUDA is not available; use --device cpu"
+        )
+    if threads is not None:
+        if threads < 1:
+            raise SettingsError(f"threads must be >= 1; got {threads}")
+        torch.set_num_threads(threads)
+
+    out = Path(out)
+    settings = _settings_record(training, evaluation)
+    settings_path = out / "settings.json"
+    if settings_path.exists():
+        previous = json.loads(settings_path.read_text())
+        if _fingerprint(previous) != _fingerprint(json.loads(json.dumps(settings, default=str))):
+            raise RunFolderError(
+                f"{out} holds a theory run with different training/evaluation settings; "
+                "choose another --out or delete that folder"
+            )
+    else:
+        write_json(settings_path, settings)
+
+    results_dir = out / "results"
+    pending = [s for s in scenarios if not (results_dir / f"{s.name}.json").exists()]
+    groups = _groups(pending, training.group_size)
+    timings: dict[str, Any] = {"groups": []}
+    started = time.perf_counter()
+    for number, group in enumerate(groups, 1):
+        group_started = time.perf_counter()
+        simulation = BatchedSimulation(group, training)
+        checkpoint = out / "checkpoints" / f"group-{_fingerprint([s.name for s in group])}.pt"
+        resumed_at = simulation.step if simulation.load(checkpoint) else 0
+        bar = tqdm(
+            total=training.steps,
+            initial=simulation.step,
+            disable=not progress,
+            unit="step",
+            desc=f"training group {number}/{len(groups)} ({len(group)} scenarios)",
+            leave=False,
+        )
+
+        def advance(step: int, losses: list[float], bar=bar) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(mean_loss=f"{np.mean(losses):.3f}")
+
+        simulation.train(checkpoint=checkpoint, on_steps=advance)
+        bar.close()
+        trained = time.perf_counter()
+        for index, scenario in enumerate(
+            tqdm(group, disable=not progress, desc="evaluating", leave=False)
+        ):
+            eval_started = time.perf_counter()
+            record = evaluate_scenario(simulation, index, evaluation)
+            record["scenario"] = scenario.to_dict()
+            record["loss"] = [[step, values[index]] for step, values in simulation.loss_log]
+            record["mixing_conditions"] = {
+                "g_x": simulation.mixings[index].x_conditions,
+                "g_t": simulation.mixings[index].t_conditions,
+            }
+            record["eval_seconds"] = time.perf_counter() - eval_started
+            record["train_seconds_share"] = (trained - group_started) / len(group)
+            write_json(results_dir / f"{scenario.name}.json", record)
+        checkpoint.unlink(missing_ok=True)
+        timings["groups"].append(
+            {
+                "scenarios": [s.name for s in group],
+                "resumed_at_step": resumed_at,
+                "train_seconds": trained - group_started,
+                "eval_seconds": time.perf_counter() - trained,
+            }
+        )
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    timings["total_seconds"] = time.perf_counter() - started
+    return _assemble(out, scenarios, training, evaluation, threads, kind, timings)
+
+
+def _assemble(
+    out: Path,
+    scenarios: list[Scenario],
+    training: TrainingSettings,
+    evaluation: EvaluationSettings,
+    threads: int | None,
+    kind: str,
+    timings: dict[str, Any],
+) -> SweepResult:
+    """Write the tables, figures and manifest from the per-scenario results."""
+    import pandas as pd
+
+    from clipaudit.theory.figures import plot_coverage_awareness, plot_r2_heatmaps
+
+    records = {
+        s.name: json.loads((out / "results" / f"{s.name}.json").read_text()) for s in scenarios
+    }
+    tables = {
+        key: pd.DataFrame([row for r in records.values() for row in r[key]])
+        for key in (
+            "r2",
+            "coverage_concepts",
+            "coverage_groups",
+            "coverage_categories",
+            "awareness_concepts",
+            "awareness_groups",
+        )
+    }
+    r2 = tables["r2"][R2_COLUMNS]
+    write_table(r2, out / "r2")
+    for key, name in (
+        ("coverage_concepts", "concepts"),
+        ("coverage_groups", "groups"),
+        ("coverage_categories", "categories"),
+    ):
+        write_table(tables[key], out / "coverage" / name)
+    for key, name in (("awareness_concepts", "concepts"), ("awareness_groups", "groups")):
+        write_table(tables[key], out / "zeroshot" / name, formats=("csv",))
+    for config, record in records.items():
+        confusion = pd.DataFrame(record["confusion"])
+        for group, matrix in confusion.groupby("group", sort=False):
+            labels = [c for c in matrix.columns if c.startswith(f"{group}_bin")]
+            frame = matrix.set_index("true")[labels]
+            frame.index.name = "true"
+            write_table(
+                frame.reset_index(),
+                out / "zeroshot" / "confusion" / config / group,
+                formats=("csv",),
+            )
+    loss = pd.DataFrame(
+        [
+            {"config": c, "step": step, "loss": value}
+            for c, r in records.items()
+            for step, value in r["loss"]
+        ]
+    )
+    write_table(loss, out / "training_loss", formats=("csv",))
+    figures = [
+        *plot_r2_heatmaps(r2, scenarios, out / "figures"),
+        plot_coverage_awareness(
+            tables["coverage_groups"], tables["awareness_groups"], out / "figures"
+        ),
+    ]
+
+    per_config = {
+        c: {"train_seconds_share": r["train_seconds_share"], "eval_seconds": r["eval_seconds"]}
+        for c, r in records.items()
+    }
+    timings["per_config_seconds"] = per_config
+    timings["max_seconds_per_config"] = max(
+        v["train_seconds_share"] + v["eval_seconds"] for v in per_config.values()
+    )
+    manifest = base_manifest(kind, LIBRARIES)
+    manifest.update(
+        {
+            "settings": _settings_record(training, evaluation),
+            "scenarios": [records[s.name]["scenario"] for s in scenarios],
+            "seeds": sorted({s.seed for s in scenarios}),
+            "threads": torch.get_num_threads(),
+            "device": training.device,
+            "mixing_conditions": {c: r["mixing_conditions"] for c, r in records.items()},
+            "final_loss": {
+                c: (r["loss"][-1][1] if r["loss"] else None) for c, r in records.items()
+            },
+            "verdicts": {c: bool(r2.loc[r2["config"] == c, "agrees"].all()) for c in records},
+            "timings": timings,
+            "outputs": sorted(str(p.relative_to(out)) for p in figures),
+        }
+    )
+    result = SweepResult(
+        out=out,
+        scenarios=scenarios,
+        r2=r2,
+        awareness=tables["awareness_groups"],
+        coverage=tables["coverage_groups"],
+        timings=timings,
+        manifest=manifest,
+    )
+    atomic_write_text(out / "check.md", check_markdown(summarise(result), manifest["settings"]))
+    manifest["outputs"].append("check.md")
+    write_json(out / "manifest.json", manifest)
+    return result
+
+
+def _evaluation(n_bins: int, identified_threshold: float, margin: float) -> EvaluationSettings:
+    return EvaluationSettings(
+        n_bins=n_bins, identified_threshold=identified_threshold, margin=margin
+    )
+
+
+def run_scenario(
+    out: str | Path,
+    profile: str = "quick",
+    n_bins: int = 5,
+    identified_threshold: float = 0.8,
+    margin: float = 0.15,
+    threads: int | None = None,
+    progress: bool = True,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    device: str | None = None,
+    **scenario_fields: Any,
+) -> SweepResult:
+    """One configuration (``scenario_fields`` are :class:`Scenario`'s: ``selected="1-5"``,
+    ``perturbed="1,2"``, ``causal_dependence=True``, ...), trained under ``profile`` and checked."""
+    training = training_profile(
+        profile, steps=steps, batch_size=batch_size, learning_rate=learning_rate, device=device
+    )
+    return run_sweep(
+        [Scenario(**scenario_fields)],
+        training,
+        _evaluation(n_bins, identified_threshold, margin),
+        out,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def run_check(
+    out: str | Path,
+    profile: str = "quick",
+    seeds: int = 2,
+    latents: Sequence[str] = LATENT_MODES,
+    kinds: Sequence[str] = SWEEP_KINDS,
+    n_bins: int = 5,
+    identified_threshold: float = 0.8,
+    margin: float = 0.15,
+    threads: int | None = None,
+    progress: bool = True,
+    **training_overrides: Any,
+) -> SweepResult:
+    """The paper's sweep (:func:`default_sweep`) trained under ``profile`` and checked."""
+    scenarios = default_sweep(seeds=seeds, latents=latents, kinds=kinds)
+    return run_sweep(
+        scenarios,
+        training_profile(profile, **training_overrides),
+        _evaluation(n_bins, identified_threshold, margin),
+        out,
+        threads=threads,
+        progress=progress,
+        kind="theory-check",
+    )
+
+
+def describe(scenario: Scenario) -> str:
+    """One line: latents, I_theta, I_beta, the predicted identified set."""
+    latents = "dependent" if scenario.causal_dependence else "independent"
+    return (
+        f"{latents} latents, I_theta={{{format_index_list(scenario.selected)}}}, "
+        f"I_beta={{{format_index_list(scenario.perturbed) if scenario.perturbed else ''}}}, "
+        f"encoding size {scenario.encoding_size}: predicted identified "
+        f"{{{', '.join(f's{i}' for i in scenario.invariant)}}}"
+    )
+
+
+def summarise(result: SweepResult) -> list[dict[str, Any]]:
+    """The check as plain data: per configuration its description, predicted identified set,
+    verdict and one row per variable with both encoders' R^2 (what the CLI and check.md render)."""
+    summaries = []
+    for scenario in result.scenarios:
+        rows = result.r2[result.r2["config"] == scenario.name]
+        variables = []
+        for variable, pair in rows.groupby("variable", sort=False):
+            by_encoder = {r["encoder"]: r for r in pair.to_dict("records")}
+            x, t = by_encoder["x"], by_encoder["t"]
+            variables.append(
+                {
+                    "variable": variable,
+                    "role": x["role"],
+                    "ceiling": x["ceiling"],
+                    "predicted_identified": bool(x["predicted_identified"]),
+                    "x_linear": x["r2_linear"],
+                    "x_nonlinear": x["r2_nonlinear"],
+                    "t_linear": t["r2_linear"],
+                    "t_nonlinear": t["r2_nonlinear"],
+                    "agrees": bool(x["agrees"] and t["agrees"]),
+                }
+            )
+        summaries.append(
+            {
+                "config": scenario.name,
+                "description": describe(scenario),
+                "predicted_identified": [f"s{i}" for i in scenario.invariant],
+                "agrees": all(v["agrees"] for v in variables),
+                "variables": variables,
+            }
+        )
+    return summaries
+
+
+def check_markdown(summaries: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """Render :func:`summarise` as Markdown: a verdict line, then one table per configuration."""
+    failed = [s["config"] for s in summaries if not s["agrees"]]
+    lines = [
+        "# Theory check",
+        "",
+        f"{len(summaries) - len(failed)} of {len(summaries)} configurations agree with the theory"
+        + (f"; disagree: {', '.join(failed)}." if failed else "."),
+        "",
+        "Identified when nonlinear R^2 >= {identified_threshold}; not identified when nonlinear "
+        "R^2 <= ceiling + {margin} (ceiling: population R^2 from the invariant block).".format(
+            **settings["evaluation"]
+        ),
+    ]
+    for summary in summaries:
+        lines += [
+            "",
+            f"## {summary['config']}: {'agrees' if summary['agrees'] else 'DISAGREES'}",
+            "",
+            summary["description"],
+            "",
+            "| variable | role | predicted | ceiling | x linear | x nonlinear | t linear | t nonlinear "
+            "| agrees |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in summary["variables"]:
+            lines.append(
+                f"| {v['variable']} | {v['role']} | {'identified' if v['predicted_identified'] else '-'} "
+                f"| {v['ceiling']:.3f} | {v['x_linear']:.3f} | {v['x_nonlinear']:.3f} "
+                f"| {v['t_linear']:.3f} | {v['t_nonlinear']:.3f} | {'yes' if v['agrees'] else 'NO'} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,291 @@
+"""Train the encoders of many scenarios at once, as one batched model.
+
+Each scenario ``c`` has its own mixings, encoders, data stream and loss; they are stacked along a
+leading axis (:mod:`clipaudit.theory.stacked`) and every step runs one batched matmul per layer for
+all scenarios. Different input, hidden and output sizes are zero-padded to the largest; padded
+weights start at zero and, getting exactly zero gradient, stay there. Each scenario's loss is the
+mean over its own batch, with negatives only from its own batch, and the optimiser step is
+elementwise (Adam) with a per-scenario gradient-norm clip, so training scenario ``c`` in a group
+computes what training it alone computes (up to float rounding in the batched matmuls).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clipaudit.provenance import atomic_write_bytes
+from clipaudit.theory.config import Scenario, TrainingSettings
+from clipaudit.theory.generative import (
+    MIXING_SLOPE,
+    LatentModel,
+    Mixing,
+    build_latent_model,
+    build_mixing,
+    sample_latents,
+    torch_generator,
+    view_latents,
+)
+from clipaudit.theory.stacked import mlp_forward, pad_stack
+
+ENCODER_SLOPE = 0.01
+
+
+def encoder_sizes(in_dim: int, out_dim: int, training: TrainingSettings) -> list[int]:
+    """Layer sizes ``[in, h1, ..., out]``; the paper's hidden widths are multiples of ``in``."""
+    scale = in_dim if training.widths_scale_with_input else 1
+    return [in_dim, *(w * scale for w in training.hidden_widths), out_dim]
+
+
+@dataclass
+class EncoderStack:
+    """Stacked MLP encoders, one per scenario; ``sizes[c]`` are scenario c's true layer sizes."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    sizes: list[list[int]]
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return mlp_forward(inputs, self.weights, self.biases, ENCODER_SLOPE)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases]
+
+    def single(self, index: int, inputs: torch.Tensor) -> torch.Tensor:
+        """Scenario ``index``'s encoder alone on unpadded ``(N, in)`` inputs: ``(N, out)``."""
+        sizes = self.sizes[index]
+        weights = [
+            w[index : index + 1, :i, :o]
+            for w, i, o in zip(self.weights, sizes, sizes[1:], strict=False)
+        ]
+        biases = [b[index : index + 1, :, :o] for b, o in zip(self.biases, sizes[1:], strict=True)]
+        return mlp_forward(inputs[None], weights, biases, ENCODER_SLOPE)[0]
+
+
+def init_encoder_stack(
+    sizes: list[list[int]], generators: Sequence[torch.Generator], device: str
+) -> EncoderStack:
+    """Per-scenario init as ``torch.nn.Linear`` does (uniform in +-1/sqrt(fan_in)), zero-padded."""
+    depth = len(sizes[0]) - 1
+    weights, biases = [], []
+    for layer in range(depth):
+        in_max = max(s[layer] for s in sizes)
+        out_max = max(s[layer + 1] for s in sizes)
+        w_blocks, b_blocks = [], []
+        for s, generator in zip(sizes, generators, strict=True):
+            bound = 1.0 / math.sqrt(s[layer])
+            w_blocks.append(
+                (torch.rand(s[layer], s[layer + 1], generator=generator, device=device) * 2 - 1)
+                * bound
+            )
+            b_blocks.append(
+                (torch.rand(1, s[layer + 1], generator=generator, device=device) * 2 - 1) * bound
+            )
+        weights.append(pad_stack(w_blocks, (in_max, out_max)).requires_grad_())
+        biases.append(pad_stack(b_blocks, (1, out_max)).requires_grad_())
+    return EncoderStack(weights, biases, sizes)
+
+
+def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-scenario symmetric InfoNCE ``(C,)`` of paired ``(C, B, e)`` embeddings: logits are
+    ``-||a_i - b_j||^2 / temperature`` and the positives sit on the diagonal (in-batch negatives).
+
+    Written as log-sum-exp over rows and columns of one logits matrix minus the positives' logits
+    (the cross-entropy in both directions): no transposed copy, the cost is the matrix itself.
+    """
+    sq_a = (a * a).sum(-1)
+    sq_b = (b * b).sum(-1)
+    logits = (
+        2 * torch.bmm(a, b.transpose(1, 2)) - sq_a[:, :, None] - sq_b[:, None, :]
+    ) / temperature
+    positives = -((a - b) ** 2).sum(-1) / temperature
+    image_to_text = torch.logsumexp(logits, dim=2) - positives
+    text_to_image = torch.logsumexp(logits, dim=1) - positives
+    return 0.5 * (image_to_text + text_to_image).mean(1)
+
+
+def clip_per_scenario(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` applied to each scenario's slice separately; returns the norms ``(C,)``."""
+    squares = sum(p.grad.pow(2).flatten(1).sum(1) for p in parameters)
+    norms = squares.sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in parameters:
+        p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
+    return norms
+
+
+class BatchedSimulation:
+    """The scenarios of one group: their latent models, mixings, encoders, optimiser and data."""
+
+    def __init__(self, scenarios: Sequence[Scenario], training: TrainingSettings):
+        self.scenarios = list(scenarios)
+        self.training = training
+        device = training.device
+        self.models: list[LatentModel] = [build_latent_model(s) for s in self.scenarios]
+        self.mixings: list[Mixing] = [
+            build_mixing(
+                s, training.mixing_layers, training.mixing, training.mixing_condition_quantile
+            )
+            for s in self.scenarios
+        ]
+        x_max = max(s.x_dim for s in self.scenarios)
+        t_max = max(s.t_dim for s in self.scenarios)
+        self.x_mixing = [
+            pad_stack([m.x_weights[layer] for m in self.mixings], (x_max, x_max)).to(device)
+            for layer in range(training.mixing_layers)
+        ]
+        self.t_mixing = [
+            pad_stack([m.t_weights[layer] for m in self.mixings], (t_max, t_max)).to(device)
+            for layer in range(training.mixing_layers)
+        ]
+        init = [torch_generator(s.seed, "encoders", device) for s in self.scenarios]
+        self.f_x = init_encoder_stack(
+            [encoder_sizes(s.x_dim, s.encoding_size, training) for s in self.scenarios],
+            init,
+            device,
+        )
+        self.f_t = init_encoder_stack(
+            [encoder_sizes(s.t_dim, s.encoding_size, training) for s in self.scenarios],
+            init,
+            device,
+        )
+        self.parameters = [*self.f_x.parameters(), *self.f_t.parameters()]
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=training.learning_rate, weight_decay=training.weight_decay
+        )
+        # cosine decay to zero: the invariance the check measures is a late, second-order gain of
+        # the loss, which a decaying step size reaches in far fewer steps than a constant one
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            (
+                lambda step: (
+                    0.5 * (1 + math.cos(math.pi * min(step, training.steps) / training.steps))
+                )
+            )
+            if training.lr_schedule == "cosine"
+            else (lambda step: 1.0),
+        )
+        self.data_streams = [torch_generator(s.seed, "training", device) for s in self.scenarios]
+        self.step = 0
+        self.loss_log: list[tuple[int, list[float]]] = []
+
+    # -- data ---------------------------------------------------------------------------------
+    def mix(
+        self, z_x: list[torch.Tensor], z_t: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack per-scenario unmixed ``(N, d_c)`` inputs and apply g_x, g_t: ``(C, N, d_max)``."""
+        x_max, t_max = self.x_mixing[0].shape[1], self.t_mixing[0].shape[1]
+        n = z_x[0].shape[0]
+        x = mlp_forward(pad_stack(z_x, (n, x_max)), self.x_mixing, None, MIXING_SLOPE)
+        t = mlp_forward(pad_stack(z_t, (n, t_max)), self.t_mixing, None, MIXING_SLOPE)
+        return x, t
+
+    def _training_chunk(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views for ``steps`` steps of every scenario, ``(C, steps, B, d_max)``, one draw each."""
+        batch = self.training.batch_size
+        z_x, z_t = [], []
+        for model, stream in zip(self.models, self.data_streams, strict=True):
+            zx, zt = view_latents(model.scenario, sample_latents(model, steps * batch, stream))
+            z_x.append(zx)
+            z_t.append(zt)
+        x, t = self.mix(z_x, z_t)
+        n_configs = len(self.scenarios)
+        return x.view(n_configs, steps, batch, -1), t.view(n_configs, steps, batch, -1)
+
+    # -- training -----------------------------------------------------------------------------
+    def train(
+        self,
+        checkpoint: Path | None = None,
+        on_steps: Callable[[int, list[float]], None] | None = None,
+        log_every: int = 100,
+    ) -> None:
+        """Run the remaining steps (all of them, or those after a loaded checkpoint).
+
+        Data come in chunks of ``chunk_steps`` steps; checkpoints are written at chunk boundaries
+        (so resuming replays the same random draws) about every ``checkpoint_every`` steps.
+        """
+        training = self.training
+        chunk = training.chunk_steps
+        checkpoint_chunks = max(1, training.checkpoint_every // chunk)
+        while self.step < training.steps:
+            steps = min(chunk, training.steps - self.step)
+            x_chunk, t_chunk = self._training_chunk(steps)
+            for k in range(steps):
+                losses = symmetric_infonce(
+                    self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k]), training.temperature
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                clip_per_scenario(self.parameters, training.grad_clip)
+                self.optimizer.step()
+                self.schedule.step()
+                self.step += 1
+                if self.step % log_every == 0 or self.step == training.steps:
+                    values = losses.detach().cpu().tolist()
+                    self.loss_log.append((self.step, values))
+                    if on_steps is not None:
+                        on_steps(self.step, values)
+            if checkpoint is not None and (self.step // chunk) % checkpoint_chunks == 0:
+                self.save(checkpoint)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write everything needed to resume exactly (tensors and plain values only)."""
+        import io
+
+        state = {
+            "names": [s.name for s in self.scenarios],
+            "step": self.step,
+            "weights": [p.detach().cpu() for p in self.parameters],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "streams": [g.get_state() for g in self.data_streams],
+            "loss_log": [[step, values] for step, values in self.loss_log],
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path: Path) -> bool:
+        """Resume from ``path`` when it holds this group's state; False (and untouched) otherwise."""
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("names") != [s.name for s in self.scenarios]:
+            return False
+        with torch.no_grad():
+            for parameter, saved in zip(self.parameters, state["weights"], strict=True):
+                parameter.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        for generator, saved in zip(self.data_streams, state["streams"], strict=True):
+            generator.set_state(saved)
+        self.step = int(state["step"])
+        self.loss_log = [(int(step), list(values)) for step, values in state["loss_log"]]
+        return True
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(
+        self, index: int, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scenario ``index``'s image and text representations of its own unpadded views."""
+        return self.f_x.single(index, x), self.f_t.single(index, t)
+
+    @torch.no_grad()
+    def views(
+        self, index: int, z_x: torch.Tensor, z_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply scenario ``index``'s mixings alone to its unmixed inputs."""
+        mixing, device = self.mixings[index], self.training.device
+        x = mlp_forward(
+            z_x[None], [w.to(device)[None] for w in mixing.x_weights], None, MIXING_SLOPE
+        )[0]
+        t = mlp_forward(
+            z_t[None], [w.to(device)[None] for w in mixing.t_weights], None, MIXING_SLOPE
+        )[0]
+        return x, t

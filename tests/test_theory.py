@@ -1,0 +1,352 @@
+"""The synthetic latent-variable module: settings, the generative process, the theory's ceilings,
+batched training, and the check on configurations small enough for a test."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
+from clipaudit.theory.config import default_sweep, format_index_list, parse_index_list
+from clipaudit.theory.evaluation import population_ceilings, population_r2
+from clipaudit.theory.generative import (
+    MIXING_SLOPE,
+    build_latent_model,
+    build_mixing,
+    invertible_mlp_weights,
+    sample_latents,
+    torch_generator,
+    view_latents,
+)
+from clipaudit.theory.training import BatchedSimulation, symmetric_infonce
+
+# Small enough to train in seconds, large enough to identify a 1-3 dimensional block.
+TINY = dict(n_semantics=3, n_modality=1)
+TINY_TRAINING = training_profile(
+    "quick", steps=400, batch_size=256, hidden_widths=(32, 32), lr_schedule="constant"
+)
+TINY_EVALUATION = EvaluationSettings(n_fit=800, n_val=400, n_test=800, n_prototypes=1000)
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1-5", (1, 2, 3, 4, 5)), ("1,2", (1, 2)), ("3,1-2", (1, 2, 3)), ("none", ()), ("", ())],
+)
+def test_index_lists_are_one_based_ranges(text, expected):
+    assert parse_index_list(text, 10, "--selected") == expected
+    if expected:
+        assert parse_index_list(format_index_list(expected), 10, "x") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "1-based"),
+        ("11", "1..10"),
+        ("1-x", "expected 1-based"),
+        ("5-3", "backwards"),
+        ("1,1", "more than once"),
+    ],
+)
+def test_bad_index_lists_say_what_was_expected(text, message):
+    with pytest.raises(SettingsError, match=message):
+        parse_index_list(text, 10, "--selected")
+
+
+def test_bad_scenarios_fail_before_any_training():
+    with pytest.raises(SettingsError, match="inside the selected set"):
+        Scenario(selected="1-3", perturbed="2-4")
+    with pytest.raises(SettingsError, match="encoding size 0"):
+        Scenario(selected="1-2", perturbed="1-2")
+    with pytest.raises(SettingsError, match="encoding_size must be an integer >= 1"):
+        Scenario(encoding_size=0)
+    with pytest.raises(SettingsError, match="n_semantics must be an integer >= 1"):
+        Scenario(n_semantics=0)
+    with pytest.raises(SettingsError, match=r"change_prob must be in \(0, 1\]"):
+        Scenario(perturbed="1", change_prob=1.5)
+    with pytest.raises(SettingsError, match="did you mean 'cosine'"):
+        training_profile("quick", lr_schedule="cosin")
+    with pytest.raises(SettingsError, match="unknown profile"):
+        training_profile("fast")
+
+
+def test_the_default_sweep_is_the_papers_grid():
+    sweep = default_sweep(seeds=2)
+    assert len(sweep) == 2 * 2 * (10 + 9)
+    assert len({s.name for s in sweep}) == len(sweep)
+    selection = [s for s in sweep if not s.perturbed and not s.causal_dependence and s.seed == 0]
+    assert [s.selected for s in selection] == [tuple(range(1, k + 1)) for k in range(1, 11)]
+    perturbation = [s for s in sweep if s.perturbed and s.causal_dependence and s.seed == 1]
+    assert [s.perturbed for s in perturbation] == [tuple(range(1, k + 1)) for k in range(1, 10)]
+    assert all(s.encoding_size == len(s.invariant) for s in sweep)
+
+
+# -- the generative process -------------------------------------------------------------------
+
+
+def test_selection_and_perturbation_reach_the_text_and_nothing_else():
+    scenario = Scenario(
+        selected="1,3,4", perturbed="3", change_prob=0.75, **{**TINY, "n_semantics": 5}
+    )
+    model = build_latent_model(scenario)
+    latents = sample_latents(model, 40_000, torch_generator(0, "test"))
+    z_x, z_t = view_latents(scenario, latents)
+    assert z_x.shape == (40_000, scenario.x_dim) == (40_000, 6)
+    assert z_t.shape == (40_000, scenario.t_dim) == (40_000, 4)
+    # the image carries s and m_x; the text s~ at the selected indices 1, 3, 4 and then m_t
+    assert torch.equal(z_x, torch.cat([latents.s, latents.m_x], 1))
+    assert torch.equal(z_t[:, [0, 2]], latents.s[:, [0, 3]])  # s1 and s4: selected, not perturbed
+    assert torch.equal(z_t[:, 3:], latents.m_t)
+    changed = latents.changed.numpy()
+    assert not changed[:, [0, 1, 3, 4]].any()
+    rate = changed[:, 2].mean()
+    assert abs(rate - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 40_000)
+    differs = (z_t[:, 1] != latents.s[:, 2]).numpy()
+    assert np.array_equal(differs, changed[:, 2])
+    faithful = sample_latents(model, 1000, torch_generator(0, "test"), perturb=False)
+    assert torch.equal(faithful.s_tilde, faithful.s)
+
+
+def test_mixings_are_invertible_and_conditioned():
+    rng = np.random.default_rng(0)
+    weights, conditions = invertible_mlp_weights(6, 3, "orthogonal", 0.001, rng)
+    assert np.allclose(conditions, 1.0)
+    assert all(np.allclose(w.T @ w, np.eye(6)) for w in weights)
+    _, threshold_conditions = invertible_mlp_weights(6, 3, "conditioned", 0.05, rng)
+    pool = rng.standard_normal((2000, 6, 6))
+    pool /= np.linalg.norm(pool, axis=-2, keepdims=True)
+    assert max(threshold_conditions) <= np.quantile(np.linalg.cond(pool), 0.1)
+    # invert the leaky-ReLU MLP layer by layer: x determines z exactly
+    mixing = build_mixing(Scenario(**TINY), 3, "conditioned", 0.05)
+    z = torch.randn(500, 4, generator=torch.Generator().manual_seed(1))
+    x = z
+    for index, weight in enumerate(mixing.x_weights):
+        x = x @ weight
+        if index < 2:
+            x = torch.nn.functional.leaky_relu(x, MIXING_SLOPE)
+    recovered = x.double()
+    for index, weight in reversed(list(enumerate(mixing.x_weights))):
+        if index < 2:
+            recovered = torch.where(recovered >= 0, recovered, recovered / MIXING_SLOPE)
+        recovered = recovered @ torch.linalg.inv(weight.double())
+    assert torch.allclose(recovered.float(), z, atol=1e-4)
+
+
+def test_population_ceiling_matches_the_closed_form_and_a_regression():
+    # two standardised Gaussians with correlation rho: R^2 of one from the other is rho^2
+    rho = 0.6
+    sigma = np.array([[1.0, rho], [rho, 1.0]])
+    assert population_r2(sigma, 1, [0]) == pytest.approx(rho**2)
+    assert population_r2(sigma, 1, [0], extra_variance=1.0) == pytest.approx(rho**2 / 2)
+    assert population_r2(sigma, 1, []) == 0.0
+
+    scenario = Scenario(
+        selected="1-6",
+        perturbed="1-2",
+        causal_dependence=True,
+        seed=3,
+        **{**TINY, "n_semantics": 6},
+    )
+    model = build_latent_model(scenario)
+    ceilings = population_ceilings(model)
+    latents = sample_latents(model, 200_000, torch_generator(0, "ceiling"))
+    s, s_tilde = latents.s.double().numpy(), latents.s_tilde.double().numpy()
+    invariant = s[:, 2:]
+    for name, target in (
+        ("s1", s[:, 0]),
+        ("s2", s[:, 1]),
+        ("s~1", s_tilde[:, 0]),
+        ("s~2", s_tilde[:, 1]),
+    ):
+        design = np.column_stack([invariant, np.ones(len(target))])
+        residual = target - design @ np.linalg.lstsq(design, target, rcond=None)[0]
+        empirical = 1 - residual.var() / target.var()
+        assert ceilings[name] == pytest.approx(empirical, abs=0.01), name
+    assert all(ceilings[f"s{i}"] == 1.0 for i in range(3, 7))
+    assert ceilings["m_x"] == ceilings["m_t"] == 0.0
+    independent = population_ceilings(
+        build_latent_model(dataclasses.replace(scenario, causal_dependence=False))
+    )
+    assert independent["s1"] == independent["s~2"] == 0.0
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def test_infonce_equals_cross_entropy_in_both_directions():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 32, 3, generator=generator), torch.randn(2, 32, 3, generator=generator)
+    targets = torch.arange(32)
+    for index in range(2):
+        logits = -(torch.cdist(a[index], b[index]) ** 2) / 0.5
+        expected = 0.5 * (
+            torch.nn.functional.cross_entropy(logits, targets)
+            + torch.nn.functional.cross_entropy(logits.T, targets)
+        )
+        assert symmetric_infonce(a, b, 0.5)[index] == pytest.approx(float(expected), rel=1e-5)
+
+
+def _trained(scenarios, steps=30):
+    simulation = BatchedSimulation(
+        scenarios, dataclasses.replace(TINY_TRAINING, steps=steps, chunk_steps=10)
+    )
+    simulation.train()
+    return simulation
+
+
+def test_training_together_computes_what_training_alone_computes():
+    first = Scenario(selected="1-2", **TINY)
+    second = Scenario(selected="1-3", perturbed="1", n_semantics=4, n_modality=2, seed=5)
+    together = _trained([first, second])
+    alone = [_trained([first]), _trained([second])]
+    z = torch.randn(64, 6, generator=torch.Generator().manual_seed(2))
+    for index, single in enumerate(alone):
+        scenario = [first, second][index]
+        x, t = z[:, : scenario.x_dim], z[:, : scenario.t_dim]
+        for a, b in zip(together.encode(index, x, t), single.encode(0, x, t), strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+    # padding stays exactly zero: scenario 0's unused input rows never moved
+    assert torch.count_nonzero(together.f_x.weights[0][0, first.x_dim :, :]) == 0
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    scenario = Scenario(selected="1-2", perturbed="1", **TINY)
+    training = dataclasses.replace(
+        TINY_TRAINING, steps=40, chunk_steps=10, checkpoint_every=10, lr_schedule="cosine"
+    )
+    straight = BatchedSimulation([scenario], training)
+    straight.train()
+
+    def interrupt(step: int, losses: list[float]) -> None:
+        if step == 25:
+            raise KeyboardInterrupt
+
+    killed = BatchedSimulation([scenario], training)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train(checkpoint=tmp_path / "group.pt", on_steps=interrupt, log_every=5)
+    resumed = BatchedSimulation([scenario], training)
+    assert resumed.load(tmp_path / "group.pt") and resumed.step == 20
+    resumed.train()
+    for a, b in zip(straight.parameters, resumed.parameters, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# -- the check, end to end --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_check(tmp_path_factory):
+    """Selection {1}: only s1 reaches the text; perturbation {1} of {1, 2}: only s2 is invariant."""
+    scenarios = [
+        Scenario(selected="1", **TINY),
+        Scenario(selected="1-2", perturbed="1", change_prob=1.0, **TINY),
+    ]
+    out = tmp_path_factory.mktemp("theory")
+    return run_sweep(scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+
+
+def _r2(result, config, encoder, variable):
+    rows = result.r2[(result.r2["config"] == config) & (result.r2["encoder"] == encoder)]
+    return rows.set_index("variable").loc[variable]
+
+
+def test_the_identified_block_is_exactly_the_invariant_semantics(tiny_check):
+    selection, perturbation = (s.name for s in tiny_check.scenarios)
+    for encoder in ("x", "t"):
+        assert _r2(tiny_check, selection, encoder, "s1")["r2_nonlinear"] >= 0.85
+        assert _r2(tiny_check, perturbation, encoder, "s2")["r2_nonlinear"] >= 0.85
+        for config, variable in (
+            (selection, "s2"),
+            (selection, "s3"),
+            (perturbation, "s1"),
+            (perturbation, "s~1"),
+            (perturbation, "s3"),
+            (selection, "m_x"),
+        ):
+            assert _r2(tiny_check, config, encoder, variable)["r2_nonlinear"] <= 0.15, (
+                config,
+                variable,
+            )
+    assert tiny_check.failed == []
+
+
+def test_a_run_folder_holds_the_audit_tables(tiny_check):
+    import pandas as pd
+
+    out = tiny_check.out
+    r2 = pd.read_csv(out / "r2.csv")
+    assert list(r2.columns[:8]) == [
+        "config",
+        "encoder",
+        "variable",
+        "r2_linear",
+        "r2_nonlinear",
+        "ceiling",
+        "predicted_identified",
+        "agrees",
+    ]
+    assert len(r2) == 2 * (5 + 6)  # s1..s3, m_x, m_t (+ s~1 for the perturbed run), per encoder
+    groups = pd.read_csv(out / "zeroshot" / "groups.csv")
+    assert list(groups.columns) == [
+        "model",
+        "group",
+        "category",
+        "macro_f1",
+        "accuracy",
+        "n_images",
+        "n_concepts",
+    ]
+    coverage = pd.read_csv(out / "coverage" / "groups.csv").set_index(["model", "group"])
+    selection, perturbation = (s.name for s in tiny_check.scenarios)
+    # coverage: share of texts carrying s_i unperturbed (change_prob 1 for the perturbed s1)
+    assert coverage.loc[(selection, "s1"), "rate"] == 1.0
+    assert coverage.loc[(selection, "s2"), "rate"] == 0.0
+    assert coverage.loc[(perturbation, "s1"), "rate"] == 0.0
+    assert coverage.loc[(perturbation, "s2"), "rate"] == 1.0
+    awareness = groups.set_index(["model", "group"])["macro_f1"]
+    assert awareness[(selection, "s1")] > 0.6 > 0.35 > awareness[(selection, "s2")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["training"]["steps"] == TINY_TRAINING.steps
+    assert manifest["verdicts"] == {selection: True, perturbation: True}
+    for figure in ("r2_x.png", "r2_t.png", "coverage_awareness.png"):
+        assert (out / "figures" / figure).stat().st_size > 1000
+    assert "2 of 2 configurations agree" in (out / "check.md").read_text()
+
+
+def test_the_same_seed_gives_the_same_numbers():
+    from clipaudit.theory.sweep import evaluate_scenario
+
+    scenario = Scenario(selected="1-2", perturbed="1", **TINY)
+    first, second = _trained([scenario]), _trained([scenario])
+    for a, b in zip(first.parameters, second.parameters, strict=True):
+        assert torch.equal(a, b)
+    assert evaluate_scenario(first, 0, TINY_EVALUATION) == evaluate_scenario(
+        second, 0, TINY_EVALUATION
+    )
+    other_seed = _trained([dataclasses.replace(scenario, seed=1)])
+    assert not torch.equal(first.parameters[0], other_seed.parameters[0])
+
+
+def test_a_run_folder_of_other_settings_is_refused(tiny_check):
+    other = dataclasses.replace(TINY_TRAINING, steps=TINY_TRAINING.steps + 1)
+    with pytest.raises(RunFolderError, match="different training/evaluation settings"):
+        run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, tiny_check.out, progress=False)
+
+
+def test_the_cli_rejects_bad_settings_in_one_line():
+    from tests.test_cli import run_cli
+
+    result = run_cli("theory", "run", "--out", "unused", "--selected", "1-3", "--perturbed", "4")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the perturbed set must lie inside the selected set 1-3; got perturbed indices 4 "
+        "that the text never carries"
+    ]

@@ -50,8 +50,9 @@ def main() -> int:
     import pandas as pd
 
     from clipaudit import metrics
-    from clipaudit.models import ModelSpec, slug
+    from clipaudit.models import ModelSpec
     from clipaudit.registry import load_registry
+    from clipaudit.text import slug
     from clipaudit.zeroshot import ZeroShotSettings, run_zeroshot
     from tests import tiny_clip
 

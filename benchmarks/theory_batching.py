@@ -26,20 +26,20 @@ from pathlib import Path
 
 import torch
 
-from clipaudit.theory import default_sweep, training_profile
+from clipaudit.theory import Scenario, TrainingSettings, default_sweep, training_profile
 from clipaudit.theory.training import BatchedSimulation
 
 OUT = Path(__file__).resolve().parent / "out" / "theory_batching.json"
 
 
-def configurations() -> list:
+def configurations() -> list[Scenario]:
     sweep = default_sweep(seeds=[0], latents=["independent"])
     selection = [s for s in sweep if not s.perturbed][:5]
     perturbation = [s for s in sweep if s.perturbed][:5]
     return selection + perturbation
 
 
-def train_seconds(groups: list[list], training) -> float:
+def train_seconds(groups: list[list[Scenario]], training: TrainingSettings) -> float:
     started = time.perf_counter()
     for group in groups:
         BatchedSimulation(group, training).train()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,8 +303,3 @@ def load_model(
         identity=identity,
         info=info,
     )
-
-
-def slug(label: str) -> str:
-    """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
-    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"

@@ -25,3 +25,8 @@ def normalize(text: str) -> str:
         return " ".join(folded.split()) if "  " in folded else folded
     text = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode("ascii")
     return _NON_WORD.sub(" ", text).strip()
+
+
+def slug(label: str) -> str:
+    """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"

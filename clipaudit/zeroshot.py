@@ -56,10 +56,10 @@ from clipaudit.models import (
     load_model,
     resolve_device,
     resolve_precision,
-    slug,
 )
 from clipaudit.provenance import atomic_write_bytes, base_manifest, write_json, write_table
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
+from clipaudit.text import slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_the_default_sweep_is_the_papers_grid():
     assert [s.selected for s in selection] == [tuple(range(1, k + 1)) for k in range(1, 11)]
     perturbation = [s for s in sweep if s.perturbed and s.causal_dependence and s.seed == 1]
     assert [s.perturbed for s in perturbation] == [tuple(range(1, k + 1)) for k in range(1, 10)]
-    assert all(s.encoding_size == len(s.invariant) for s in sweep)
+    assert all(s.representation_size == len(s.invariant) for s in sweep)
 
 
 # -- the generative process -------------------------------------------------------------------
@@ -203,8 +204,8 @@ def _trained(scenarios, steps=30):
 
 
 def test_training_together_computes_what_training_alone_computes():
-    first = Scenario(selected="1-2", **TINY)
-    second = Scenario(selected="1-3", perturbed="1", n_semantics=4, n_modality=2, seed=5)
+    first = Scenario(selected="1", **TINY)  # x 4, t 2, representation 1
+    second = Scenario(selected="1-3", perturbed="1", n_semantics=4, n_modality=2, seed=5)  # 6, 5, 2
     together = _trained([first, second])
     alone = [_trained([first]), _trained([second])]
     z = torch.randn(64, 6, generator=torch.Generator().manual_seed(2))
@@ -213,8 +214,15 @@ def test_training_together_computes_what_training_alone_computes():
         x, t = z[:, : scenario.x_dim], z[:, : scenario.t_dim]
         for a, b in zip(together.encode(index, x, t), single.encode(0, x, t), strict=True):
             assert torch.allclose(a, b, atol=1e-4)
-    # padding stays exactly zero: scenario 0's unused input rows never moved
-    assert torch.count_nonzero(together.f_x.weights[0][0, first.x_dim :, :]) == 0
+    # every padded block of every layer of both encoders is still exactly zero
+    for stack in (together.f_x, together.f_t):
+        for index, sizes in enumerate(stack.sizes):
+            for weight, bias, (n_in, n_out) in zip(
+                stack.weights, stack.biases, pairwise(sizes), strict=True
+            ):
+                assert torch.count_nonzero(weight[index, n_in:, :]) == 0
+                assert torch.count_nonzero(weight[index, :, n_out:]) == 0
+                assert torch.count_nonzero(bias[index, :, n_out:]) == 0
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
@@ -223,7 +231,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
         TINY_TRAINING, steps=40, chunk_steps=10, checkpoint_every=10, lr_schedule="cosine"
     )
     straight = BatchedSimulation([scenario], training)
-    straight.train()
+    straight.train(log_every=5)
 
     def interrupt(step: int, losses: list[float]) -> None:
         if step == 25:
@@ -234,9 +242,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
         killed.train(checkpoint=tmp_path / "group.pt", on_steps=interrupt, log_every=5)
     resumed = BatchedSimulation([scenario], training)
     assert resumed.load(tmp_path / "group.pt") and resumed.step == 20
-    resumed.train()
+    resumed.train(log_every=5)
     for a, b in zip(straight.parameters, resumed.parameters, strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.equal(a, b)
+    assert straight.loss_log == resumed.loss_log
 
 
 # -- the check, end to end --------------------------------------------------------------------
@@ -337,8 +346,27 @@ def test_the_same_seed_gives_the_same_numbers():
 
 def test_a_run_folder_of_other_settings_is_refused(tiny_check):
     other = dataclasses.replace(TINY_TRAINING, steps=TINY_TRAINING.steps + 1)
-    with pytest.raises(RunFolderError, match="different training/evaluation settings"):
+    with pytest.raises(RunFolderError, match=r"training.steps: 400 -> 401"):
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, tiny_check.out, progress=False)
+
+
+def test_a_folder_of_something_else_is_refused(tmp_path):
+    (tmp_path / "coverage.csv").write_text("not a theory run")
+    with pytest.raises(RunFolderError, match="holds no theory run"):
+        run_sweep([Scenario(**TINY)], TINY_TRAINING, TINY_EVALUATION, tmp_path, progress=False)
+
+
+def test_new_thresholds_rejudge_a_finished_run_without_training(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_check.out, out)
+    strict = dataclasses.replace(TINY_EVALUATION, identified_threshold=0.999)
+    rejudged = run_sweep(tiny_check.scenarios, TINY_TRAINING, strict, out, progress=False)
+    assert rejudged.timings["groups"] == []  # nothing trained or probed again
+    assert sorted(rejudged.failed) == sorted(s.name for s in tiny_check.scenarios)
+    unchanged = ["r2_linear", "r2_nonlinear", "ceiling"]
+    assert rejudged.r2[unchanged].equals(tiny_check.r2[unchanged])
 
 
 def test_the_cli_rejects_bad_settings_in_one_line():

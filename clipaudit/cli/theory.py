@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -17,23 +18,40 @@ console = Console()
 PROFILE_HELP = "Training profile: quick (a 2-core CPU) or paper (the published setting, a GPU)."
 
 
-def _training(
-    profile: str,
+def _overrides(
     steps: int | None,
     batch_size: int | None,
     learning_rate: float | None,
     device: str | None,
-) -> dict:
-    return {
-        "profile": profile,
+    settings: list[str],
+) -> dict[str, Any]:
+    """Training settings that replace the profile's: the common ones, then each ``--set KEY=VALUE``
+    (the value read as a YAML scalar or list, so ``hidden_widths=[64,64]`` is a list)."""
+    import yaml
+
+    from clipaudit.errors import SettingsError
+
+    overrides = {
         "steps": steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "device": device,
     }
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set expects KEY=VALUE, e.g. temperature=0.5; got {setting!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
-def _print(summaries: list[dict], verbose: bool) -> None:
+SET_HELP = (
+    "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
+    "lr_schedule=constant, hidden_widths=[64,64], weight_decay=0.1, group_size=8."
+)
+
+
+def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
     for summary in summaries:
         if verbose or not summary["agrees"]:
             table = Table(
@@ -85,7 +103,7 @@ def _print(summaries: list[dict], verbose: bool) -> None:
 def run(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (resumes its own run)."),
     selected: str = typer.Option(
-        "1-10", help="I_theta: semantics the text carries, 1-based (1-5, 1,3,7)."
+        "all", help="I_theta: semantics the text carries, 1-based (1-5, 1,3,7), or all."
     ),
     perturbed: str = typer.Option(
         "none", help="I_beta, inside --selected: semantics the text alters."
@@ -110,28 +128,33 @@ def run(
     identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
     margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
     device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train and probe one configuration; print its R² table and whether it agrees with the theory."""
-    from clipaudit.theory import run_scenario, summarise
+    from clipaudit.theory import Scenario, run_scenario, summarise
 
-    result = run_scenario(
-        out,
-        selected=selected,
-        perturbed=perturbed,
+    scenario = Scenario(
         n_semantics=n_semantics,
         n_modality=n_modality,
+        selected=None if selected.strip().lower() == "all" else selected,
+        perturbed=perturbed,
         change_prob=change_prob,
         causal_dependence=causal_dependence,
         encoding_size=encoding_size,
         seed=seed,
+    )
+    result = run_scenario(
+        out,
+        scenario,
+        profile=profile,
+        training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
         n_bins=n_bins,
         identified_threshold=identified_threshold,
         margin=margin,
         threads=threads,
         progress=not quiet,
-        **_training(profile, steps, batch_size, learning_rate, device),
     )
     _print(summarise(result), verbose=True)
     console.print(
@@ -155,9 +178,11 @@ def check(
     learning_rate: float | None = typer.Option(
         None, help="Adam learning rate (default: the profile's)."
     ),
+    n_bins: int = typer.Option(5, help="Quantile bins per semantic for the awareness metric."),
     identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
     margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
     device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="A table for every configuration, not only failures."
@@ -172,11 +197,13 @@ def check(
         seeds=seeds,
         latents=_split(latents),
         kinds=_split(kinds),
+        profile=profile,
+        n_bins=n_bins,
         identified_threshold=identified_threshold,
         margin=margin,
         threads=threads,
         progress=not quiet,
-        **_training(profile, steps, batch_size, learning_rate, device),
+        **_overrides(steps, batch_size, learning_rate, device, settings),
     )
     _print(summarise(result), verbose=verbose)
     failed = result.failed

@@ -91,7 +91,7 @@ class Latents:
     m_t: torch.Tensor
 
 
-def _cholesky(sigma: np.ndarray, device: str) -> torch.Tensor:
+def _cholesky(sigma: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(
         np.linalg.cholesky(sigma).T if sigma.size else sigma, dtype=torch.float32, device=device
     )
@@ -104,18 +104,14 @@ def sample_latents(
     written by an auditor is; the random draws are the same either way."""
     scenario, device = model.scenario, generator.device
     n_s, n_m = scenario.n_semantics, scenario.n_modality
-    s = torch.randn(n, n_s, generator=generator, device=device) @ _cholesky(
-        model.sigma_s, device.type
-    )
+    s = torch.randn(n, n_s, generator=generator, device=device) @ _cholesky(model.sigma_s, device)
     m_x = torch.randn(n, n_m, generator=generator, device=device) @ _cholesky(
-        model.sigma_mx, device.type
+        model.sigma_mx, device
     )
     m_t = torch.randn(n, n_m, generator=generator, device=device) @ _cholesky(
-        model.sigma_mt, device.type
+        model.sigma_mt, device
     )
-    eps = torch.randn(n, n_s, generator=generator, device=device) @ _cholesky(
-        model.sigma_a, device.type
-    )
+    eps = torch.randn(n, n_s, generator=generator, device=device) @ _cholesky(model.sigma_a, device)
     coin = torch.rand(n, n_s, generator=generator, device=device)
     perturbable = torch.zeros(n_s, dtype=torch.bool, device=device)
     if perturb:

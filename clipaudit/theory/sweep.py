@@ -30,6 +30,7 @@ import torch
 
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.provenance import atomic_write_text, base_manifest, write_json, write_table
+from clipaudit.text import slug
 from clipaudit.theory.config import (
     LATENT_MODES,
     SWEEP_KINDS,
@@ -92,6 +93,30 @@ def _settings_record(training: TrainingSettings, evaluation: EvaluationSettings)
     return {"training": dataclasses.asdict(training), "evaluation": dataclasses.asdict(evaluation)}
 
 
+# the check's thresholds only judge the measured R^2: a finished run is re-judged, not retrained
+_JUDGEMENT = ("identified_threshold", "margin")
+
+
+def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    now = json.loads(json.dumps(settings, default=str))
+    return [
+        f"{part}.{key}: {previous.get(part, {}).get(key)!r} -> {value!r}"
+        for part, values in now.items()
+        for key, value in values.items()
+        if key not in _JUDGEMENT and previous.get(part, {}).get(key) != value
+    ]
+
+
+def judge(
+    predicted_identified: bool, r2_nonlinear: float, ceiling: float, evaluation: EvaluationSettings
+) -> bool:
+    """The theory's verdict on one variable: identified means nonlinear R^2 of at least the
+    threshold; not identified means no more than the population ceiling plus the margin."""
+    if predicted_identified:
+        return r2_nonlinear >= evaluation.identified_threshold
+    return r2_nonlinear <= ceiling + evaluation.margin
+
+
 def _fingerprint(record: Any) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -135,11 +160,6 @@ def evaluate_scenario(
         for variable, (r2_linear, r2_nonlinear) in probe_r2(split, evaluation).items():
             predicted = variable in identified
             ceiling = ceilings[variable]
-            agrees = (
-                r2_nonlinear >= evaluation.identified_threshold
-                if predicted
-                else r2_nonlinear <= ceiling + evaluation.margin
-            )
             rows.append(
                 {
                     "config": scenario.name,
@@ -149,7 +169,7 @@ def evaluate_scenario(
                     "r2_nonlinear": r2_nonlinear,
                     "ceiling": ceiling,
                     "predicted_identified": predicted,
-                    "agrees": bool(agrees),
+                    "agrees": judge(predicted, r2_nonlinear, ceiling, evaluation),
                     "role": _variable_role(scenario, variable),
                 }
             )
@@ -208,22 +228,28 @@ def run_sweep(
     out = Path(out)
     settings = _settings_record(training, evaluation)
     settings_path = out / "settings.json"
+    if not settings_path.exists() and out.is_dir() and any(out.iterdir()):
+        raise RunFolderError(
+            f"{out} is not empty and holds no theory run (no settings.json); "
+            "choose an empty or new --out folder"
+        )
     if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if _fingerprint(previous) != _fingerprint(json.loads(json.dumps(settings, default=str))):
+        differences = _differences(json.loads(settings_path.read_text()), settings)
+        if differences:
             raise RunFolderError(
-                f"{out} holds a theory run with different training/evaluation settings; "
+                f"{out} holds a theory run trained or sampled differently ({', '.join(differences)}); "
                 "choose another --out or delete that folder"
             )
-    else:
-        write_json(settings_path, settings)
+    write_json(settings_path, settings)  # the thresholds may change: finished runs are re-judged
 
     results_dir = out / "results"
-    pending = [s for s in scenarios if not (results_dir / f"{s.name}.json").exists()]
-    groups = _groups(pending, training.group_size)
+    groups = _groups(scenarios, training.group_size)
     timings: dict[str, Any] = {"groups": []}
     started = time.perf_counter()
     for number, group in enumerate(groups, 1):
+        missing = [i for i, s in enumerate(group) if not (results_dir / f"{s.name}.json").exists()]
+        if not missing:
+            continue
         group_started = time.perf_counter()
         simulation = BatchedSimulation(group, training)
         checkpoint = out / "checkpoints" / f"group-{_fingerprint([s.name for s in group])}.pt"
@@ -244,9 +270,8 @@ def run_sweep(
         simulation.train(checkpoint=checkpoint, on_steps=advance)
         bar.close()
         trained = time.perf_counter()
-        for index, scenario in enumerate(
-            tqdm(group, disable=not progress, desc="evaluating", leave=False)
-        ):
+        for index in tqdm(missing, disable=not progress, desc="evaluating", leave=False):
+            scenario = group[index]
             eval_started = time.perf_counter()
             record = evaluate_scenario(simulation, index, evaluation)
             record["scenario"] = scenario.to_dict()
@@ -300,25 +325,29 @@ def _assemble(
             "awareness_groups",
         )
     }
-    r2 = tables["r2"][R2_COLUMNS]
-    write_table(r2, out / "r2")
+    r2 = tables["r2"][R2_COLUMNS].copy()
+    r2["agrees"] = [
+        judge(row.predicted_identified, row.r2_nonlinear, row.ceiling, evaluation)
+        for row in r2.itertuples()
+    ]
+    written = write_table(r2, out / "r2")
     for key, name in (
         ("coverage_concepts", "concepts"),
         ("coverage_groups", "groups"),
         ("coverage_categories", "categories"),
     ):
-        write_table(tables[key], out / "coverage" / name)
+        written += write_table(tables[key], out / "coverage" / name)
     for key, name in (("awareness_concepts", "concepts"), ("awareness_groups", "groups")):
-        write_table(tables[key], out / "zeroshot" / name, formats=("csv",))
+        written += write_table(tables[key], out / "zeroshot" / name, formats=("csv",))
     for config, record in records.items():
         confusion = pd.DataFrame(record["confusion"])
         for group, matrix in confusion.groupby("group", sort=False):
             labels = [c for c in matrix.columns if c.startswith(f"{group}_bin")]
-            frame = matrix.set_index("true")[labels]
-            frame.index.name = "true"
-            write_table(
+            # one frame holds every group's columns, so counts come back as floats with NaNs
+            frame = matrix.set_index("true")[labels].astype(int)
+            written += write_table(
                 frame.reset_index(),
-                out / "zeroshot" / "confusion" / config / group,
+                out / "zeroshot" / "confusion" / slug(config) / group,
                 formats=("csv",),
             )
     loss = pd.DataFrame(
@@ -328,8 +357,8 @@ def _assemble(
             for step, value in r["loss"]
         ]
     )
-    write_table(loss, out / "training_loss", formats=("csv",))
-    figures = [
+    written += write_table(loss, out / "training_loss", formats=("csv",))
+    written += [
         *plot_r2_heatmaps(r2, scenarios, out / "figures"),
         plot_coverage_awareness(
             tables["coverage_groups"], tables["awareness_groups"], out / "figures"
@@ -358,7 +387,7 @@ def _assemble(
             },
             "verdicts": {c: bool(r2.loc[r2["config"] == c, "agrees"].all()) for c in records},
             "timings": timings,
-            "outputs": sorted(str(p.relative_to(out)) for p in figures),
+            "outputs": sorted(str(p.relative_to(out)) for p in written),
         }
     )
     result = SweepResult(
@@ -384,26 +413,20 @@ def _evaluation(n_bins: int, identified_threshold: float, margin: float) -> Eval
 
 def run_scenario(
     out: str | Path,
+    scenario: Scenario,
     profile: str = "quick",
+    training_overrides: dict[str, Any] | None = None,
     n_bins: int = 5,
     identified_threshold: float = 0.8,
     margin: float = 0.15,
     threads: int | None = None,
     progress: bool = True,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    device: str | None = None,
-    **scenario_fields: Any,
 ) -> SweepResult:
-    """One configuration (``scenario_fields`` are :class:`Scenario`'s: ``selected="1-5"``,
-    ``perturbed="1,2"``, ``causal_dependence=True``, ...), trained under ``profile`` and checked."""
-    training = training_profile(
-        profile, steps=steps, batch_size=batch_size, learning_rate=learning_rate, device=device
-    )
+    """One configuration trained under ``profile`` (some settings replaced by
+    ``training_overrides``, e.g. ``{"steps": 1000}``) and checked against the theory."""
     return run_sweep(
-        [Scenario(**scenario_fields)],
-        training,
+        [scenario],
+        training_profile(profile, **(training_overrides or {})),
         _evaluation(n_bins, identified_threshold, margin),
         out,
         threads=threads,
@@ -443,7 +466,7 @@ def describe(scenario: Scenario) -> str:
     return (
         f"{latents} latents, I_theta={{{format_index_list(scenario.selected)}}}, "
         f"I_beta={{{format_index_list(scenario.perturbed) if scenario.perturbed else ''}}}, "
-        f"encoding size {scenario.encoding_size}: predicted identified "
+        f"encoding size {scenario.representation_size}: predicted identified "
         f"{{{', '.join(f's{i}' for i in scenario.invariant)}}}"
     )
 

@@ -144,12 +144,12 @@ class BatchedSimulation:
         ]
         init = [torch_generator(s.seed, "encoders", device) for s in self.scenarios]
         self.f_x = init_encoder_stack(
-            [encoder_sizes(s.x_dim, s.encoding_size, training) for s in self.scenarios],
+            [encoder_sizes(s.x_dim, s.representation_size, training) for s in self.scenarios],
             init,
             device,
         )
         self.f_t = init_encoder_stack(
-            [encoder_sizes(s.t_dim, s.encoding_size, training) for s in self.scenarios],
+            [encoder_sizes(s.t_dim, s.representation_size, training) for s in self.scenarios],
             init,
             device,
         )
@@ -229,7 +229,9 @@ class BatchedSimulation:
                     self.loss_log.append((self.step, values))
                     if on_steps is not None:
                         on_steps(self.step, values)
-            if checkpoint is not None and (self.step // chunk) % checkpoint_chunks == 0:
+            # also at the end, so that a run killed while evaluating does not train again
+            at_boundary = (self.step // chunk) % checkpoint_chunks == 0
+            if checkpoint is not None and (at_boundary or self.step == training.steps):
                 self.save(checkpoint)
 
     # -- checkpoints --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -49,6 +49,22 @@ SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
     "lr_schedule=constant, hidden_widths=[64,64], weight_decay=0.1, group_size=8."
 )
+
+
+# options shared by `run` and `check`
+Profile = Annotated[str, typer.Option(help=PROFILE_HELP)]
+Steps = Annotated[int | None, typer.Option(help="Training steps (default: the profile's).")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size (default: the profile's).")]
+LearningRate = Annotated[
+    float | None, typer.Option(help="Adam learning rate (default: the profile's).")
+]
+NBins = Annotated[int, typer.Option(help="Quantile bins per semantic for the awareness metric.")]
+Threshold = Annotated[float, typer.Option(help="Nonlinear R² that counts as identified.")]
+Margin = Annotated[float, typer.Option(help="Allowed R² above the theory's ceiling for the rest.")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: the profile's).")]
+Settings = Annotated[list[str], typer.Option("--set", help=SET_HELP)]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
@@ -118,19 +134,17 @@ def run(
         None, help="Representation size (default |I_theta \\ I_beta|)."
     ),
     seed: int = typer.Option(0, help="Seed of the latents, mixings, initialisation and data."),
-    profile: str = typer.Option("quick", help=PROFILE_HELP),
-    steps: int | None = typer.Option(None, help="Training steps (default: the profile's)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: the profile's)."),
-    learning_rate: float | None = typer.Option(
-        None, help="Adam learning rate (default: the profile's)."
-    ),
-    n_bins: int = typer.Option(5, help="Quantile bins per semantic for the awareness metric."),
-    identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
-    margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
-    device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    profile: Profile = "quick",
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    n_bins: NBins = 5,
+    identified_threshold: Threshold = 0.8,
+    margin: Margin = 0.15,
+    device: Device = None,
+    settings: Settings = [],  # noqa: B006  (typer reads the default; it is never mutated)
+    threads: Threads = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train and probe one configuration; print its R² table and whether it agrees with the theory."""
     from clipaudit.theory import Scenario, run_scenario, summarise
@@ -167,27 +181,25 @@ def check(
     out: Path = typer.Option(
         Path("runs/theory-check"), "--out", "-o", help="Run folder (resumable)."
     ),
-    profile: str = typer.Option("quick", help=PROFILE_HELP),
+    profile: Profile = "quick",
     seeds: int = typer.Option(2, help="Seeds per configuration (0, 1, ...)."),
     latents: str = typer.Option("independent,dependent", help="Latent modes to sweep."),
     kinds: str = typer.Option(
         "selection,perturbation", help="Sweeps: selection and/or perturbation prefixes."
     ),
-    steps: int | None = typer.Option(None, help="Training steps (default: the profile's)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: the profile's)."),
-    learning_rate: float | None = typer.Option(
-        None, help="Adam learning rate (default: the profile's)."
-    ),
-    n_bins: int = typer.Option(5, help="Quantile bins per semantic for the awareness metric."),
-    identified_threshold: float = typer.Option(0.8, help="Nonlinear R² that counts as identified."),
-    margin: float = typer.Option(0.15, help="Allowed R² above the theory's ceiling for the rest."),
-    device: str | None = typer.Option(None, help="cpu or cuda[:N] (default: the profile's)."),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+    n_bins: NBins = 5,
+    identified_threshold: Threshold = 0.8,
+    margin: Margin = 0.15,
+    device: Device = None,
+    settings: Settings = [],  # noqa: B006  (typer reads the default; it is never mutated)
+    threads: Threads = None,
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="A table for every configuration, not only failures."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: Quiet = False,
 ) -> None:
     """Run the paper's sweep and check every configuration against the theory (exit 1 on any disagreement)."""
     from clipaudit.theory import run_check, summarise
@@ -203,7 +215,7 @@ def check(
         margin=margin,
         threads=threads,
         progress=not quiet,
-        **_overrides(steps, batch_size, learning_rate, device, settings),
+        training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
     )
     _print(summarise(result), verbose=verbose)
     failed = result.failed

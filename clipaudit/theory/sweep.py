@@ -445,13 +445,14 @@ def run_check(
     margin: float = 0.15,
     threads: int | None = None,
     progress: bool = True,
-    **training_overrides: Any,
+    training_overrides: dict[str, Any] | None = None,
 ) -> SweepResult:
-    """The paper's sweep (:func:`default_sweep`) trained under ``profile`` and checked."""
+    """The paper's sweep (:func:`default_sweep`) trained under ``profile`` (some settings replaced
+    by ``training_overrides``) and checked."""
     scenarios = default_sweep(seeds=seeds, latents=latents, kinds=kinds)
     return run_sweep(
         scenarios,
-        training_profile(profile, **training_overrides),
+        training_profile(profile, **(training_overrides or {})),
         _evaluation(n_bins, identified_threshold, margin),
         out,
         threads=threads,

@@ -5,7 +5,7 @@ leading axis (:mod:`clipaudit.theory.stacked`) and every step runs one batched m
 all scenarios. Different input, hidden and output sizes are zero-padded to the largest; padded
 weights start at zero and, getting exactly zero gradient, stay there. Each scenario's loss is the
 mean over its own batch, with negatives only from its own batch, and the optimiser step is
-elementwise (Adam) with a per-scenario gradient-norm clip, so training scenario ``c`` in a group
+elementwise (AdamW) with a per-scenario gradient-norm clip, so training scenario ``c`` in a group
 computes what training it alone computes (up to float rounding in the batched matmuls).
 """
 

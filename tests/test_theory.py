@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from itertools import pairwise
 
 import numpy as np
@@ -24,12 +25,21 @@ from clipaudit.theory.generative import (
     torch_generator,
     view_latents,
 )
-from clipaudit.theory.training import BatchedSimulation, symmetric_infonce
+from clipaudit.theory.training import (
+    BatchedSimulation,
+    same_modality_infonce,
+    symmetric_infonce,
+)
 
 # Small enough to train in seconds, large enough to identify a 1-3 dimensional block.
 TINY = dict(n_semantics=3, n_modality=1)
 TINY_TRAINING = training_profile(
-    "quick", steps=400, batch_size=256, hidden_widths=(32, 32), lr_schedule="constant"
+    "quick",
+    steps=400,
+    batch_size=256,
+    hidden_widths=(32, 32),
+    lr_schedule="constant",
+    temperature=1.0,
 )
 TINY_EVALUATION = EvaluationSettings(n_fit=800, n_val=400, n_test=800, n_prototypes=1000)
 
@@ -53,13 +63,19 @@ def test_index_lists_are_one_based_ranges(text, expected):
         ("0", "1-based"),
         ("11", "1..10"),
         ("1-x", "expected 1-based"),
-        ("5-3", "backwards"),
+        ("5-3", "low-high such as '3-5'; got '5-3'"),
         ("1,1", "more than once"),
     ],
 )
 def test_bad_index_lists_say_what_was_expected(text, message):
     with pytest.raises(SettingsError, match=message):
         parse_index_list(text, 10, "--selected")
+
+
+@pytest.mark.parametrize("field", ["n_fit", "n_bins", "n_prototypes"])
+def test_evaluation_sample_sizes_must_be_integers(field):
+    with pytest.raises(SettingsError, match=f"{field} must be an integer; got 1000.5"):
+        EvaluationSettings(**{field: 1000.5})
 
 
 def test_bad_scenarios_fail_before_any_training():
@@ -75,6 +91,8 @@ def test_bad_scenarios_fail_before_any_training():
         Scenario(perturbed="1", change_prob=1.5)
     with pytest.raises(SettingsError, match="did you mean 'cosine'"):
         training_profile("quick", lr_schedule="cosin")
+    with pytest.raises(SettingsError, match="did you mean 'same-modality'"):
+        training_profile("quick", negatives="same-modalty")
     with pytest.raises(SettingsError, match="unknown profile"):
         training_profile("fast")
 
@@ -193,6 +211,27 @@ def test_infonce_equals_cross_entropy_in_both_directions():
             + torch.nn.functional.cross_entropy(logits.T, targets)
         )
         assert symmetric_infonce(a, b, 0.5)[index] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_same_modality_loss_follows_daunhawer_et_al_term_by_term():
+    # LpSimCLRLoss with alpha 0.5: per anchor, the pair's distance plus the log-mean-exp over the
+    # anchor's distances to the other samples of its modality and to its positive
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 16, 3, generator=generator), torch.randn(2, 16, 3, generator=generator)
+    tau = 0.5
+    for index in range(2):
+        u, v = a[index].double(), b[index].double()
+        per_anchor = []
+        for i in range(16):
+            positive = float(((u[i] - v[i]) ** 2).sum()) / tau
+            sides = []
+            for own in (u, v):
+                values = [-float(((own[i] - own[j]) ** 2).sum()) / tau for j in range(16) if j != i]
+                values.append(-positive)
+                sides.append(math.log(sum(math.exp(x) for x in values) / len(values)))
+            per_anchor.append(positive + 0.5 * (sides[0] + sides[1]))
+        expected = sum(per_anchor) / 16
+        assert same_modality_infonce(a, b, tau)[index] == pytest.approx(expected, rel=1e-5)
 
 
 def _trained(scenarios, steps=30):
@@ -364,6 +403,12 @@ def test_new_thresholds_rejudge_a_finished_run_without_training(tiny_check, tmp_
     strict = dataclasses.replace(TINY_EVALUATION, identified_threshold=0.999)
     rejudged = run_sweep(tiny_check.scenarios, TINY_TRAINING, strict, out, progress=False)
     assert rejudged.timings["groups"] == []  # nothing trained or probed again
+    # and the manifest still says what training and probing cost
+    assert rejudged.timings["earlier_groups"] == tiny_check.timings["groups"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["timings"]["earlier_groups"]
+        == (tiny_check.timings["groups"])
+    )
     assert sorted(rejudged.failed) == sorted(s.name for s in tiny_check.scenarios)
     unchanged = ["r2_linear", "r2_nonlinear", "ceiling"]
     assert rejudged.r2[unchanged].equals(tiny_check.r2[unchanged])

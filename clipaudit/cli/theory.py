@@ -47,7 +47,8 @@ def _overrides(
 
 SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
-    "lr_schedule=constant, hidden_widths=[64,64], weight_decay=0.1, group_size=8."
+    "negatives=same-modality, lr_schedule=constant, hidden_widths=[64,64], weight_decay=0.1, "
+    "group_size=8."
 )
 
 

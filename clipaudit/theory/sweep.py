@@ -244,11 +244,23 @@ def run_sweep(
 
     results_dir = out / "results"
     groups = _groups(scenarios, training.group_size)
-    timings: dict[str, Any] = {"groups": []}
+    # groups trained by an earlier call keep the times they cost then (a re-judge trains nothing)
+    manifest_path = out / "manifest.json"
+    earlier = (
+        json.loads(manifest_path.read_text()).get("timings", {}) if manifest_path.exists() else {}
+    )
+    earlier_groups = {
+        tuple(g["scenarios"]): g
+        for g in [*earlier.get("earlier_groups", []), *earlier.get("groups", [])]
+    }
+    timings: dict[str, Any] = {"groups": [], "earlier_groups": []}
     started = time.perf_counter()
     for number, group in enumerate(groups, 1):
         missing = [i for i, s in enumerate(group) if not (results_dir / f"{s.name}.json").exists()]
         if not missing:
+            names = tuple(s.name for s in group)
+            if names in earlier_groups:
+                timings["earlier_groups"].append(earlier_groups[names])
             continue
         group_started = time.perf_counter()
         simulation = BatchedSimulation(group, training)

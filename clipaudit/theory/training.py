@@ -108,6 +108,35 @@ def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> t
     return 0.5 * (image_to_text + text_to_image).mean(1)
 
 
+def same_modality_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-scenario loss ``(C,)`` of Daunhawer et al.'s (2023) simulation code (``LpSimCLRLoss``):
+    the pair's squared distance plus, for each modality, the log-mean-exp of ``-d^2 / temperature``
+    over the other samples of that modality and the positive, averaged over both modalities.
+
+    Its negatives are same-modality samples, so the second term rewards each encoder for spreading
+    its own outputs, whatever they encode, while cross-modal InfoNCE rewards information that also
+    tells a positive text from negative texts. Their code draws a fresh batch for the
+    negatives; the other samples of the batch are draws from the same distribution.
+    """
+    positives = ((a - b) ** 2).sum(-1) / temperature
+    self_slot = torch.eye(a.shape[1], dtype=torch.bool, device=a.device)
+
+    def uniformity(u: torch.Tensor) -> torch.Tensor:
+        sq = (u * u).sum(-1)
+        distances = (sq[:, :, None] + sq[:, None, :] - 2 * torch.bmm(u, u.transpose(1, 2))) / (
+            temperature
+        )
+        # a sample's distance to itself is replaced by its positive's, as their code appends the
+        # positive to the negatives
+        distances = torch.where(self_slot, positives[:, :, None], distances)
+        return torch.logsumexp(-distances, dim=2) - math.log(u.shape[1])
+
+    return (positives + 0.5 * (uniformity(a) + uniformity(b))).mean(1)
+
+
+LOSSES = {"cross-modal": symmetric_infonce, "same-modality": same_modality_infonce}
+
+
 def clip_per_scenario(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` applied to each scenario's slice separately; returns the norms ``(C,)``."""
     squares = sum(p.grad.pow(2).flatten(1).sum(1) for p in parameters)
@@ -215,7 +244,7 @@ class BatchedSimulation:
             steps = min(chunk, training.steps - self.step)
             x_chunk, t_chunk = self._training_chunk(steps)
             for k in range(steps):
-                losses = symmetric_infonce(
+                losses = LOSSES[training.negatives](
                     self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k]), training.temperature
                 )
                 self.optimizer.zero_grad(set_to_none=True)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from itertools import pairwise
 
 import numpy as np
 import pytest
 import torch
 
+from clipaudit import zeroshot
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
 from clipaudit.theory.config import default_sweep, format_index_list, parse_index_list
@@ -343,15 +345,7 @@ def test_a_run_folder_holds_the_audit_tables(tiny_check):
     ]
     assert len(r2) == 2 * (5 + 6)  # s1..s3, m_x, m_t (+ s~1 for the perturbed run), per encoder
     groups = pd.read_csv(out / "zeroshot" / "groups.csv")
-    assert list(groups.columns) == [
-        "model",
-        "group",
-        "category",
-        "macro_f1",
-        "accuracy",
-        "n_images",
-        "n_concepts",
-    ]
+    assert list(groups.columns) == zeroshot.GROUP_COLUMNS  # the OpenCLIP audit's own table
     coverage = pd.read_csv(out / "coverage" / "groups.csv").set_index(["model", "group"])
     selection, perturbation = (s.name for s in tiny_check.scenarios)
     # coverage: share of texts carrying s_i unperturbed (change_prob 1 for the perturbed s1)
@@ -389,6 +383,23 @@ def test_a_run_folder_of_other_settings_is_refused(tiny_check):
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, tiny_check.out, progress=False)
 
 
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "older"
+    shutil.copytree(tiny_check.out, out)
+    recorded = json.loads((out / "settings.json").read_text())
+    del recorded["training"]["negatives"]  # as written before the setting was added
+    (out / "settings.json").write_text(json.dumps(recorded))
+    resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+    assert resumed.timings["groups"] == []
+    other = dataclasses.replace(TINY_TRAINING, negatives="same-modality")
+    (out / "settings.json").write_text(json.dumps(recorded))  # the resumed run rewrote it
+    expected = "training.negatives: 'cross-modal' -> 'same-modality'"
+    with pytest.raises(RunFolderError, match=re.escape(expected)):
+        run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, out, progress=False)
+
+
 def test_a_folder_of_something_else_is_refused(tmp_path):
     (tmp_path / "coverage.csv").write_text("not a theory run")
     with pytest.raises(RunFolderError, match="holds no theory run"):
@@ -404,6 +415,7 @@ def test_new_thresholds_rejudge_a_finished_run_without_training(tiny_check, tmp_
     rejudged = run_sweep(tiny_check.scenarios, TINY_TRAINING, strict, out, progress=False)
     assert rejudged.timings["groups"] == []  # nothing trained or probed again
     # and the manifest still says what training and probing cost
+    assert len(tiny_check.timings["groups"]) == 1
     assert rejudged.timings["earlier_groups"] == tiny_check.timings["groups"]
     assert (
         json.loads((out / "manifest.json").read_text())["timings"]["earlier_groups"]

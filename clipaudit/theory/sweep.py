@@ -99,11 +99,16 @@ _JUDGEMENT = ("identified_threshold", "margin")
 
 def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     now = json.loads(json.dumps(settings, default=str))
+    # a setting added after a run was written held its default value in that run
+    defaults = json.loads(
+        json.dumps(_settings_record(TrainingSettings(), EvaluationSettings()), default=str)
+    )
+    before = {part: {**defaults[part], **previous.get(part, {})} for part in now}
     return [
-        f"{part}.{key}: {previous.get(part, {}).get(key)!r} -> {value!r}"
+        f"{part}.{key}: {before[part].get(key)!r} -> {value!r}"
         for part, values in now.items()
         for key, value in values.items()
-        if key not in _JUDGEMENT and previous.get(part, {}).get(key) != value
+        if key not in _JUDGEMENT and before[part].get(key) != value
     ]
 
 

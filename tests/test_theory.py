@@ -27,13 +27,16 @@ from clipaudit.theory.generative import (
     torch_generator,
     view_latents,
 )
+from clipaudit.theory.sweep import _with_legacy_settings
 from clipaudit.theory.training import (
     BatchedSimulation,
+    batch_whiten,
     same_modality_infonce,
     symmetric_infonce,
 )
 
-# Small enough to train in seconds, large enough to identify a 1-3 dimensional block.
+# Small enough to train in seconds, large enough to identify a 1-3 dimensional block (the quick
+# profile's whitened outputs, at temperature 1: the thresholds of the tests below were set for it).
 TINY = dict(n_semantics=3, n_modality=1)
 TINY_TRAINING = training_profile(
     "quick",
@@ -136,6 +139,42 @@ def test_selection_and_perturbation_reach_the_text_and_nothing_else():
     assert torch.equal(faithful.s_tilde, faithful.s)
 
 
+def test_the_perturbation_covariance_is_the_one_chosen():
+    scenario = Scenario(
+        selected="1-4",
+        perturbed="1-3",
+        change_prob=1.0,
+        causal_dependence=True,
+        seed=2,
+        **{**TINY, "n_semantics": 4},
+    )
+    models = {
+        choice: build_latent_model(dataclasses.replace(scenario, perturbation_covariance=choice))
+        for choice in ("semantics", "identity", "wishart")
+    }
+    sigma_s = models["semantics"].sigma_s
+    assert np.array_equal(models["semantics"].sigma_a, sigma_s)  # the paper's code: one draw
+    assert np.array_equal(models["identity"].sigma_a, np.eye(4))
+    assert not np.allclose(models["wishart"].sigma_a, sigma_s)
+    for model in models.values():  # the choice changes Sigma_a and nothing else
+        assert np.array_equal(model.sigma_s, sigma_s)
+        assert np.array_equal(model.sigma_mx, models["semantics"].sigma_mx)
+    # every perturbed index changes (change_prob 1): s~ - s over indices 1-3 is eps ~ N(0, Sigma_a)
+    for model in models.values():
+        latents = sample_latents(model, 100_000, torch_generator(0, "eps"))
+        eps = (latents.s_tilde - latents.s).double().numpy()
+        expected = model.sigma_a[:3, :3]
+        assert np.allclose(np.cov(eps[:, :3].T), expected, atol=0.05 * np.abs(expected).max())
+        assert not eps[:, 3].any()
+    assert Scenario(perturbed="1", perturbation_covariance="wishart").name == (
+        "ind_sel1-10_pert1_eps-wishart_seed0"
+    )
+    with pytest.raises(
+        SettingsError, match=r"perturbation_covariance .* got 'semantic'.*semantics"
+    ):
+        Scenario(perturbation_covariance="semantic")
+
+
 def test_mixings_are_invertible_and_conditioned():
     rng = np.random.default_rng(0)
     weights, conditions = invertible_mlp_weights(6, 3, "orthogonal", 0.001, rng)
@@ -202,6 +241,18 @@ def test_population_ceiling_matches_the_closed_form_and_a_regression():
 # -- training ---------------------------------------------------------------------------------
 
 
+def test_batch_whitening_decorrelates_each_scenario_and_keeps_padding_zero():
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.5, 0.5, 1.0]])
+    outputs = torch.randn(2, 4000, 3, generator=generator) @ mixing.T + 5.0
+    outputs[1, :, 2] = 0.0  # a scenario with a 2-dimensional representation, zero-padded to 3
+    whitened = batch_whiten(outputs)
+    assert torch.allclose(whitened[0].T.cov(), torch.eye(3), atol=1e-3)
+    assert torch.allclose(whitened[1, :, :2].T.cov(), torch.eye(2), atol=1e-3)
+    assert torch.count_nonzero(whitened[1, :, 2]) == 0
+    assert torch.allclose(whitened.mean(1), torch.zeros(2, 3), atol=1e-4)
+
+
 def test_infonce_equals_cross_entropy_in_both_directions():
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 32, 3, generator=generator), torch.randn(2, 32, 3, generator=generator)
@@ -236,19 +287,20 @@ def test_same_modality_loss_follows_daunhawer_et_al_term_by_term():
         assert same_modality_infonce(a, b, tau)[index] == pytest.approx(expected, rel=1e-5)
 
 
-def _trained(scenarios, steps=30):
+def _trained(scenarios, steps=30, **settings):
     simulation = BatchedSimulation(
-        scenarios, dataclasses.replace(TINY_TRAINING, steps=steps, chunk_steps=10)
+        scenarios, dataclasses.replace(TINY_TRAINING, steps=steps, chunk_steps=10, **settings)
     )
     simulation.train()
     return simulation
 
 
 def test_training_together_computes_what_training_alone_computes():
+    # unwhitened: whitened training is compared one step at a time (the test after this one)
     first = Scenario(selected="1", **TINY)  # x 4, t 2, representation 1
     second = Scenario(selected="1-3", perturbed="1", n_semantics=4, n_modality=2, seed=5)  # 6, 5, 2
-    together = _trained([first, second])
-    alone = [_trained([first]), _trained([second])]
+    together = _trained([first, second], whiten_outputs=False)
+    alone = [_trained([s], whiten_outputs=False) for s in (first, second)]
     z = torch.randn(64, 6, generator=torch.Generator().manual_seed(2))
     for index, single in enumerate(alone):
         scenario = [first, second][index]
@@ -264,6 +316,39 @@ def test_training_together_computes_what_training_alone_computes():
                 assert torch.count_nonzero(weight[index, n_in:, :]) == 0
                 assert torch.count_nonzero(weight[index, :, n_out:]) == 0
                 assert torch.count_nonzero(bias[index, :, n_out:]) == 0
+
+
+def test_whitened_losses_and_gradients_of_a_group_are_each_scenarios_own():
+    # compared on one step: whitening ignores the outputs' shift and (lower-triangular) scale, so
+    # their gradients are rounding noise, which Adam's normalised steps turn into full-size updates
+    first = Scenario(selected="1", **TINY)
+    second = Scenario(selected="1-3", perturbed="1", n_semantics=4, n_modality=2, seed=5)
+    training = dataclasses.replace(TINY_TRAINING, whiten_outputs=True)
+
+    def first_step(scenarios):
+        simulation = BatchedSimulation(scenarios, training)
+        x, t = simulation._training_chunk(1)
+        image, text = batch_whiten(simulation.f_x(x[:, 0])), batch_whiten(simulation.f_t(t[:, 0]))
+        losses = symmetric_infonce(image, text, training.temperature)
+        losses.sum().backward()
+        return losses.detach(), simulation.parameters
+
+    together_losses, together = first_step([first, second])
+    for index, scenario in enumerate((first, second)):
+        losses, alone = first_step([scenario])
+        assert together_losses[index] == pytest.approx(float(losses[0]), rel=1e-5)
+        for grouped, single in zip(together, alone, strict=True):
+            block = grouped.grad[index][tuple(slice(0, n) for n in single.grad.shape[1:])]
+            assert torch.allclose(block, single.grad[0], rtol=1e-3, atol=1e-5)
+
+
+def test_whitened_encoders_encode_with_population_statistics():
+    scenario = Scenario(selected="1-3", perturbed="1", **TINY)
+    simulation = _trained([scenario], whiten_outputs=True)
+    latents = sample_latents(simulation.models[0], 20_000, torch_generator(7, "fresh"))
+    for rep in simulation.encode(0, *simulation.views(0, *view_latents(scenario, latents))):
+        assert torch.allclose(rep.T.cov(), torch.eye(2), atol=0.05)
+        assert torch.allclose(rep.mean(0), torch.zeros(2), atol=0.05)
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
@@ -400,6 +485,30 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tiny_ch
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, out, progress=False)
 
 
+def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "older"
+    shutil.copytree(tiny_check.out, out)
+    perturbation = tiny_check.scenarios[1]
+    stored = out / "results" / f"{perturbation.name}.json"
+    record = json.loads(stored.read_text())
+    del record["scenario"]["perturbation_covariance"]  # as written before the setting existed
+    stored.write_text(json.dumps(record))
+    # independent latents had Sigma_a = I = Sigma_s then: the result still holds
+    resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+    assert resumed.timings["groups"] == []
+    # dependent latents drew Sigma_a on their own then, which is no longer the default
+    assert (
+        _with_legacy_settings({"causal_dependence": True})["perturbation_covariance"] == "wishart"
+    )
+    record["scenario"]["perturbation_covariance"] = "wishart"
+    stored.write_text(json.dumps(record))
+    expected = f"{perturbation.name} (perturbation_covariance: 'wishart' -> 'semantics')"
+    with pytest.raises(RunFolderError, match=re.escape(expected)):
+        run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+
+
 def test_a_folder_of_something_else_is_refused(tmp_path):
     (tmp_path / "coverage.csv").write_text("not a theory run")
     with pytest.raises(RunFolderError, match="holds no theory run"):
@@ -434,4 +543,19 @@ def test_the_cli_rejects_bad_settings_in_one_line():
     assert result.stderr.strip().splitlines() == [
         "error: the perturbed set must lie inside the selected set 1-3; got perturbed indices 4 "
         "that the text never carries"
+    ]
+    result = run_cli(
+        "theory",
+        "run",
+        "--out",
+        "unused",
+        "--perturbed",
+        "1",
+        "--perturbation-covariance",
+        "wishar",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: perturbation_covariance must be one of ['semantics', 'identity', 'wishart']; "
+        "got 'wishar' (did you mean 'wishart'?)"
     ]

@@ -47,12 +47,19 @@ def _overrides(
 
 SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
-    "negatives=same-modality, lr_schedule=constant, hidden_widths=[64,64], weight_decay=0.1, "
-    "group_size=8."
+    "negatives=same-modality, whiten=false, lr_schedule=constant, hidden_widths=[64,64], "
+    "weight_decay=0.1, group_size=8."
 )
 
 
 # options shared by `run` and `check`
+PerturbationCovariance = Annotated[
+    str,
+    typer.Option(
+        help="Sigma_a, the covariance of the perturbation: semantics (Sigma_s, the paper's code), "
+        "identity, or wishart (its own draw)."
+    ),
+]
 Profile = Annotated[str, typer.Option(help=PROFILE_HELP)]
 Steps = Annotated[int | None, typer.Option(help="Training steps (default: the profile's).")]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size (default: the profile's).")]
@@ -131,6 +138,7 @@ def run(
         0.75, help="Probability that a perturbable semantic changes."
     ),
     causal_dependence: bool = typer.Option(False, help="Dependent latents: Wishart covariances."),
+    perturbation_covariance: PerturbationCovariance = "semantics",
     encoding_size: int | None = typer.Option(
         None, help="Representation size (default |I_theta \\ I_beta|)."
     ),
@@ -159,6 +167,7 @@ def run(
         causal_dependence=causal_dependence,
         encoding_size=encoding_size,
         seed=seed,
+        perturbation_covariance=perturbation_covariance,
     )
     result = run_scenario(
         out,
@@ -188,6 +197,7 @@ def check(
     kinds: str = typer.Option(
         "selection,perturbation", help="Sweeps: selection and/or perturbation prefixes."
     ),
+    perturbation_covariance: PerturbationCovariance = "semantics",
     steps: Steps = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
@@ -217,6 +227,7 @@ def check(
         threads=threads,
         progress=not quiet,
         training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
+        perturbation_covariance=perturbation_covariance,
     )
     _print(summarise(result), verbose=verbose)
     failed = result.failed

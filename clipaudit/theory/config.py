@@ -27,6 +27,7 @@ SWEEP_KINDS = ("selection", "perturbation")
 MIXING_KINDS = ("orthogonal", "conditioned")
 NEGATIVES = ("cross-modal", "same-modality")
 LR_SCHEDULES = ("constant", "cosine")
+PERTURBATION_COVARIANCES = ("semantics", "identity", "wishart")
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -97,6 +98,10 @@ class Scenario:
     those whose text value is altered, each with probability ``change_prob`` per sample. The
     theory's identified block is ``invariant`` = I_theta minus I_beta. ``selected=None`` means all
     semantics; ``encoding_size=None`` means ``len(invariant)`` (the theory's bottleneck).
+
+    ``perturbation_covariance`` is Sigma_a, the covariance of the perturbation eps:
+    ``"semantics"`` (Sigma_a = Sigma_s, as the paper's code draws both from one seed: the identity
+    for independent latents), ``"identity"``, or ``"wishart"`` (its own Wishart(n_s, I) draw).
     """
 
     n_semantics: int = 10
@@ -107,6 +112,7 @@ class Scenario:
     causal_dependence: bool = False
     encoding_size: int | None = None
     seed: int = 0
+    perturbation_covariance: str = "semantics"
 
     def __post_init__(self) -> None:
         for name, low in (("n_semantics", 1), ("n_modality", 0)):
@@ -146,6 +152,12 @@ class Scenario:
                 "(for no perturbation, leave the perturbed set empty)"
             )
         object.__setattr__(self, "change_prob", float(self.change_prob))
+        if self.perturbation_covariance not in PERTURBATION_COVARIANCES:
+            raise SettingsError(
+                f"perturbation_covariance must be one of {list(PERTURBATION_COVARIANCES)}; "
+                f"got {self.perturbation_covariance!r}"
+                f"{did_you_mean(str(self.perturbation_covariance), PERTURBATION_COVARIANCES)}"
+            )
         # encoding_size stays as given (None = the bottleneck), so dataclasses.replace() of the
         # selected or perturbed set recomputes it; representation_size is the resolved value
         if self.encoding_size is None:
@@ -192,6 +204,8 @@ class Scenario:
             parts.append(f"pert{format_index_list(self.perturbed)}")
             if self.change_prob != 0.75:
                 parts.append(f"p{self.change_prob:g}")
+            if self.perturbation_covariance != "semantics":
+                parts.append(f"eps-{self.perturbation_covariance}")
         if self.representation_size != len(self.invariant):
             parts.append(f"enc{self.representation_size}")
         if (self.n_semantics, self.n_modality) != (10, 5):
@@ -231,7 +245,11 @@ class TrainingSettings:
     learnable one would only rescale the unnormalised embeddings). ``negatives``:
     ``"cross-modal"`` is CLIP's symmetric InfoNCE over in-batch negatives (a text's negatives are
     the other images); ``"same-modality"`` is the loss of Daunhawer et al.'s simulation code
-    (alignment plus each modality's log-mean-exp over its own other samples). AdamW
+    (alignment plus each modality's log-mean-exp over its own other samples). ``whiten_outputs``
+    ends each encoder
+    with batch whitening (its batch centred and decorrelated to unit covariance, as decorrelated
+    batch normalisation; population statistics at evaluation), so that the loss weighs every
+    direction of the representation alike. AdamW
     (``weight_decay`` 0: plain Adam) with a constant or cosine ``lr_schedule``, per-scenario
     gradient-norm clipping at ``grad_clip``.
 
@@ -251,6 +269,7 @@ class TrainingSettings:
     widths_scale_with_input: bool = False
     temperature: float = 1.0
     negatives: str = "cross-modal"
+    whiten_outputs: bool = False
     grad_clip: float = 2.0
     mixing: str = "orthogonal"
     mixing_layers: int = 3
@@ -278,6 +297,9 @@ class TrainingSettings:
                 f"hidden_widths must be positive integers, e.g. (128, 128); got {self.hidden_widths!r}"
             )
         object.__setattr__(self, "hidden_widths", widths)
+        for name in ("whiten_outputs", "widths_scale_with_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise SettingsError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -364,13 +386,17 @@ PROFILES: dict[str, TrainingSettings] = {
         checkpoint_every=2000,
         group_size=8,
     ),
-    # Under a minute per configuration on a 2-core CPU; it agrees with the theory on 64 of the 76
-    # configurations of the default sweep, not on most dependent perturbation ones (see
-    # benchmarks/RESULTS.md). Temperature 0.3: at 1 a few selection configurations kept part of an
-    # unselected semantic or under-learned a selected one (57 of 76); at 0.1 more under-learned.
+    # Under a minute per configuration on a 2-core CPU (see benchmarks/RESULTS.md for what it
+    # agrees on). Whitened outputs at temperature 3: unwhitened, the loss favours high-variance
+    # directions, so under dependent latents encoders kept perturbed semantics in place of
+    # small-variance directions of the invariant block (64 of 76 at temperature 0.3).
     # groups of 10: larger stacks stop fitting in cache (38 at once cost 1.7x more per step)
     "quick": TrainingSettings(
-        profile="quick", temperature=0.3, lr_schedule="cosine", group_size=10
+        profile="quick",
+        temperature=3.0,
+        whiten_outputs=True,
+        lr_schedule="cosine",
+        group_size=10,
     ),
 }
 
@@ -398,6 +424,7 @@ def default_sweep(
     n_semantics: int = 10,
     n_modality: int = 5,
     change_prob: float = 0.75,
+    perturbation_covariance: str = "semantics",
 ) -> list[Scenario]:
     """The paper's grid: selection prefixes {1}, {1,2}, ..., {1..n} with no perturbation, and
     perturbation prefixes {1}, ..., {1..n-1} of the fully selected text, for each latent mode
@@ -434,6 +461,7 @@ def default_sweep(
             change_prob=change_prob,
             causal_dependence=mode == "dependent",
             seed=seed,
+            perturbation_covariance=perturbation_covariance,
         )
         for seed in seed_list
         for mode in latents
@@ -443,6 +471,7 @@ def default_sweep(
 
 __all__ = [
     "LATENT_MODES",
+    "PERTURBATION_COVARIANCES",
     "PROFILES",
     "SWEEP_KINDS",
     "EvaluationSettings",

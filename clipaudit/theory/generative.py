@@ -4,7 +4,8 @@
   ``m_t ~ N(0, Sigma_mt)``; every Sigma is the identity, or, with causal dependence, a draw from
   Wishart(dim, I) seeded by the scenario's seed;
 - perturbation: ``s~_i = s_i + b_i * eps_i`` with ``b_i ~ Bernoulli(change_prob)`` for i in I_beta
-  (``b_i = 0`` elsewhere) and ``eps ~ N(0, Sigma_a)`` (identity, or Wishart with dependence);
+  (``b_i = 0`` elsewhere) and ``eps ~ N(0, Sigma_a)``; Sigma_a is Sigma_s by default (the paper's
+  code), or the identity, or a Wishart draw of its own (``Scenario.perturbation_covariance``);
 - views: ``x = g_x(s, m_x)`` and ``t = g_t(s~[I_theta], m_t)`` with fixed random invertible MLPs
   (square layers, leaky-ReLU 0.2; weights either Haar-orthogonal or, as in the paper, Gaussian
   with unit-norm columns, rejecting draws whose condition number exceeds a low quantile of the
@@ -69,14 +70,21 @@ class LatentModel:
 
 def build_latent_model(scenario: Scenario) -> LatentModel:
     n_s, n_m = scenario.n_semantics, scenario.n_modality
-    if not scenario.causal_dependence:
-        return LatentModel(scenario, np.eye(n_s), np.eye(n_s), np.eye(n_m), np.eye(n_m))
     rng = np.random.default_rng(stream_seed(scenario.seed, "covariance"))
-    sigma_s, sigma_a = wishart_covariance(n_s, rng), wishart_covariance(n_s, rng)
-    if n_m:
-        sigma_mx, sigma_mt = wishart_covariance(n_m, rng), wishart_covariance(n_m, rng)
+    if scenario.causal_dependence:
+        sigma_s = wishart_covariance(n_s, rng)
+        # drawn whatever Sigma_a is, so that the other covariances do not depend on that choice
+        own_draw = wishart_covariance(n_s, rng)
+        sigma_mx = wishart_covariance(n_m, rng) if n_m else np.eye(0)
+        sigma_mt = wishart_covariance(n_m, rng) if n_m else np.eye(0)
     else:
-        sigma_mx = sigma_mt = np.eye(0)
+        sigma_s, sigma_mx, sigma_mt = np.eye(n_s), np.eye(n_m), np.eye(n_m)
+        own_draw = wishart_covariance(n_s, rng)
+    sigma_a = {
+        "semantics": sigma_s,
+        "identity": np.eye(n_s),
+        "wishart": own_draw,
+    }[scenario.perturbation_covariance]
     return LatentModel(scenario, sigma_s, sigma_a, sigma_mx, sigma_mt)
 
 

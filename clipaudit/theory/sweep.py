@@ -112,6 +112,33 @@ def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str
     ]
 
 
+def _with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored scenario record with the settings added since filled in as they were then: before
+    ``perturbation_covariance`` existed, dependent latents drew Sigma_a on their own and
+    independent latents used the identity (which is Sigma_s)."""
+    legacy = "wishart" if stored.get("causal_dependence") else "semantics"
+    return {"perturbation_covariance": legacy, **stored}
+
+
+def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str]:
+    """Stored results of a scenario with the same name but another data-generating process."""
+    stale = []
+    for scenario in scenarios:
+        path = results_dir / f"{scenario.name}.json"
+        if not path.exists():
+            continue
+        now = json.loads(json.dumps(scenario.to_dict()))
+        stored = _with_legacy_settings(json.loads(path.read_text()).get("scenario", {}))
+        changed = [
+            f"{key}: {stored.get(key)!r} -> {value!r}"
+            for key, value in now.items()
+            if stored.get(key) != value
+        ]
+        if changed:
+            stale.append(f"{scenario.name} ({', '.join(changed)})")
+    return stale
+
+
 def judge(
     predicted_identified: bool, r2_nonlinear: float, ceiling: float, evaluation: EvaluationSettings
 ) -> bool:
@@ -245,9 +272,15 @@ def run_sweep(
                 f"{out} holds a theory run trained or sampled differently ({', '.join(differences)}); "
                 "choose another --out or delete that folder"
             )
+    results_dir = out / "results"
+    stale = _stale_results(results_dir, scenarios)
+    if stale:
+        raise RunFolderError(
+            f"{out} holds results of {len(stale)} scenario(s) generated differently, e.g. "
+            f"{stale[0]}; choose another --out or delete that folder"
+        )
     write_json(settings_path, settings)  # the thresholds may change: finished runs are re-judged
 
-    results_dir = out / "results"
     groups = _groups(scenarios, training.group_size)
     # groups trained by an earlier call keep the times they cost then (a re-judge trains nothing)
     manifest_path = out / "manifest.json"
@@ -463,10 +496,13 @@ def run_check(
     threads: int | None = None,
     progress: bool = True,
     training_overrides: dict[str, Any] | None = None,
+    perturbation_covariance: str = "semantics",
 ) -> SweepResult:
     """The paper's sweep (:func:`default_sweep`) trained under ``profile`` (some settings replaced
     by ``training_overrides``) and checked."""
-    scenarios = default_sweep(seeds=seeds, latents=latents, kinds=kinds)
+    scenarios = default_sweep(
+        seeds=seeds, latents=latents, kinds=kinds, perturbation_covariance=perturbation_covariance
+    )
     return run_sweep(
         scenarios,
         training_profile(profile, **(training_overrides or {})),

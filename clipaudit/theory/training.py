@@ -90,6 +90,35 @@ def init_encoder_stack(
     return EncoderStack(weights, biases, sizes)
 
 
+WHITENING_EPS = 1e-4
+WHITENING_SAMPLES = 20_000
+
+
+def whitening_transform(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(C, 1, e)`` and lower Cholesky factor ``(C, e, e)`` of the covariance of each
+    scenario's ``(C, N, e)`` outputs, its diagonal raised by :data:`WHITENING_EPS` times the largest
+    variance (relative, as the outputs' scale is free; the largest, as zero-padded units add
+    nothing to it)."""
+    mean = outputs.mean(1, keepdim=True)
+    centred = outputs - mean
+    covariance = centred.transpose(1, 2) @ centred / (outputs.shape[1] - 1)
+    scale = covariance.diagonal(dim1=1, dim2=2).amax(1).clamp(min=1e-12)
+    eye = torch.eye(outputs.shape[2], dtype=outputs.dtype, device=outputs.device)
+    return mean, torch.linalg.cholesky(covariance + WHITENING_EPS * scale[:, None, None] * eye)
+
+
+def whiten(outputs: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``(outputs - mean) @ factor^-T``: unit covariance under the statistics given. Zero-padded
+    output units stay exactly zero (their covariance block is ``eps * I``)."""
+    centred = (outputs - mean).transpose(1, 2)
+    return torch.linalg.solve_triangular(factor, centred, upper=False).transpose(1, 2)
+
+
+def batch_whiten(outputs: torch.Tensor) -> torch.Tensor:
+    """Each scenario's batch whitened by its own statistics (gradients flow through them)."""
+    return whiten(outputs, *whitening_transform(outputs))
+
+
 def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-scenario symmetric InfoNCE ``(C,)`` of paired ``(C, B, e)`` embeddings: logits are
     ``-||a_i - b_j||^2 / temperature`` and the positives sit on the diagonal (in-batch negatives).
@@ -199,8 +228,10 @@ class BatchedSimulation:
             else (lambda step: 1.0),
         )
         self.data_streams = [torch_generator(s.seed, "training", device) for s in self.scenarios]
+
         self.step = 0
         self.loss_log: list[tuple[int, list[float]]] = []
+        self._whitening: dict[tuple[int, int], tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}
 
     # -- data ---------------------------------------------------------------------------------
     def mix(
@@ -244,9 +275,10 @@ class BatchedSimulation:
             steps = min(chunk, training.steps - self.step)
             x_chunk, t_chunk = self._training_chunk(steps)
             for k in range(steps):
-                losses = LOSSES[training.negatives](
-                    self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k]), training.temperature
-                )
+                image, text = self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k])
+                if training.whiten_outputs:
+                    image, text = batch_whiten(image), batch_whiten(text)
+                losses = LOSSES[training.negatives](image, text, training.temperature)
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 clip_per_scenario(self.parameters, training.grad_clip)
@@ -304,8 +336,31 @@ class BatchedSimulation:
     def encode(
         self, index: int, x: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scenario ``index``'s image and text representations of its own unpadded views."""
-        return self.f_x.single(index, x), self.f_t.single(index, t)
+        """Scenario ``index``'s image and text representations of its own unpadded views
+        (whitened by population statistics when the encoders were trained whitened)."""
+        image, text = self.f_x.single(index, x), self.f_t.single(index, t)
+        if not self.training.whiten_outputs:
+            return image, text
+        (x_mean, x_factor), (t_mean, t_factor) = self._population_whitening(index)
+        return (
+            whiten(image[None], x_mean, x_factor)[0],
+            whiten(text[None], t_mean, t_factor)[0],
+        )
+
+    def _population_whitening(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """The whitening statistics of both encoders of scenario ``index`` on fresh samples of its
+        own ``whitening`` stream (computed once per trained state)."""
+        key = (index, self.step)
+        if key not in self._whitening:
+            scenario, model = self.scenarios[index], self.models[index]
+            generator = torch_generator(scenario.seed, "whitening", self.training.device)
+            latents = sample_latents(model, WHITENING_SAMPLES, generator)
+            x, t = self.views(index, *view_latents(scenario, latents))
+            self._whitening[key] = (
+                whitening_transform(self.f_x.single(index, x)[None]),
+                whitening_transform(self.f_t.single(index, t)[None]),
+            )
+        return self._whitening[key]
 
     @torch.no_grad()
     def views(

@@ -495,7 +495,12 @@ def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp
     record = json.loads(stored.read_text())
     del record["scenario"]["perturbation_covariance"]  # as written before the setting existed
     stored.write_text(json.dumps(record))
-    # independent latents had Sigma_a = I = Sigma_s then: the result still holds
+    # independent latents had Sigma_a = I = Sigma_s then: the result still holds; and where nothing
+    # is perturbed, Sigma_a never reaches the data, so any stored value does
+    selection = out / "results" / f"{tiny_check.scenarios[0].name}.json"
+    unperturbed = json.loads(selection.read_text())
+    unperturbed["scenario"]["perturbation_covariance"] = "wishart"
+    selection.write_text(json.dumps(unperturbed))
     resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
     assert resumed.timings["groups"] == []
     # dependent latents drew Sigma_a on their own then, which is no longer the default

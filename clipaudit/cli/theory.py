@@ -47,7 +47,7 @@ def _overrides(
 
 SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
-    "negatives=same-modality, whiten=false, lr_schedule=constant, hidden_widths=[64,64], "
+    "negatives=same-modality, whiten_outputs=false, lr_schedule=constant, hidden_widths=[64,64], "
     "weight_decay=0.1, group_size=8."
 )
 

@@ -246,12 +246,11 @@ class TrainingSettings:
     ``"cross-modal"`` is CLIP's symmetric InfoNCE over in-batch negatives (a text's negatives are
     the other images); ``"same-modality"`` is the loss of Daunhawer et al.'s simulation code
     (alignment plus each modality's log-mean-exp over its own other samples). ``whiten_outputs``
-    ends each encoder
-    with batch whitening (its batch centred and decorrelated to unit covariance, as decorrelated
-    batch normalisation; population statistics at evaluation), so that the loss weighs every
-    direction of the representation alike. AdamW
-    (``weight_decay`` 0: plain Adam) with a constant or cosine ``lr_schedule``, per-scenario
-    gradient-norm clipping at ``grad_clip``.
+    ends each encoder with batch whitening (its batch centred and decorrelated to unit covariance,
+    as decorrelated batch normalisation; population statistics at evaluation), so that the loss
+    weighs every direction of the representation alike; the temperature then sets how sharp the
+    loss is on a fixed scale. AdamW (``weight_decay`` 0: plain Adam) with a constant or cosine
+    ``lr_schedule``, per-scenario gradient-norm clipping at ``grad_clip``.
 
     ``mixing``: ``"conditioned"`` draws Gaussian mixing weights and rejects those whose condition
     number exceeds the ``mixing_condition_quantile`` quantile of random draws (the paper's recipe);

@@ -129,10 +129,12 @@ def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str
             continue
         now = json.loads(json.dumps(scenario.to_dict()))
         stored = _with_legacy_settings(json.loads(path.read_text()).get("scenario", {}))
+        # with nothing perturbed, Sigma_a never reaches the data (s~ = s exactly)
+        ignored = set() if scenario.perturbed else {"perturbation_covariance"}
         changed = [
             f"{key}: {stored.get(key)!r} -> {value!r}"
             for key, value in now.items()
-            if stored.get(key) != value
+            if key not in ignored and stored.get(key) != value
         ]
         if changed:
             stale.append(f"{scenario.name} ({', '.join(changed)})")
@@ -302,7 +304,8 @@ def run_sweep(
             continue
         group_started = time.perf_counter()
         simulation = BatchedSimulation(group, training)
-        checkpoint = out / "checkpoints" / f"group-{_fingerprint([s.name for s in group])}.pt"
+        # keyed by the scenarios' whole records, so a changed data-generating process starts afresh
+        checkpoint = out / "checkpoints" / f"group-{_fingerprint([s.to_dict() for s in group])}.pt"
         resumed_at = simulation.step if simulation.load(checkpoint) else 0
         bar = tqdm(
             total=training.steps,

@@ -6,7 +6,10 @@ all scenarios. Different input, hidden and output sizes are zero-padded to the l
 weights start at zero and, getting exactly zero gradient, stay there. Each scenario's loss is the
 mean over its own batch, with negatives only from its own batch, and the optimiser step is
 elementwise (AdamW) with a per-scenario gradient-norm clip, so training scenario ``c`` in a group
-computes what training it alone computes (up to float rounding in the batched matmuls).
+computes what training it alone computes (up to float rounding in the batched matmuls). With
+whitened outputs the loss ignores the last layer's shift and scale, whose gradients are then
+rounding noise that Adam turns into full-size steps: there a group's losses and gradients equal each
+scenario's own, but trained weights drift apart with the group's composition.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def whitening_transform(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def whiten(outputs: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``(outputs - mean) @ factor^-T``: unit covariance under the statistics given. Zero-padded
-    output units stay exactly zero (their covariance block is ``eps * I``)."""
+    output units stay exactly zero (their covariance block is a multiple of the identity)."""
     centred = (outputs - mean).transpose(1, 2)
     return torch.linalg.solve_triangular(factor, centred, upper=False).transpose(1, 2)
 
@@ -231,7 +234,7 @@ class BatchedSimulation:
 
         self.step = 0
         self.loss_log: list[tuple[int, list[float]]] = []
-        self._whitening: dict[tuple[int, int], tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}
+        self._whitening: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}
 
     # -- data ---------------------------------------------------------------------------------
     def mix(
@@ -269,6 +272,7 @@ class BatchedSimulation:
         (so resuming replays the same random draws) about every ``checkpoint_every`` steps.
         """
         training = self.training
+        self._whitening.clear()
         chunk = training.chunk_steps
         checkpoint_chunks = max(1, training.checkpoint_every // chunk)
         while self.step < training.steps:
@@ -320,6 +324,7 @@ class BatchedSimulation:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("names") != [s.name for s in self.scenarios]:
             return False
+        self._whitening.clear()
         with torch.no_grad():
             for parameter, saved in zip(self.parameters, state["weights"], strict=True):
                 parameter.copy_(saved)
@@ -347,10 +352,11 @@ class BatchedSimulation:
             whiten(text[None], t_mean, t_factor)[0],
         )
 
+    @torch.no_grad()
     def _population_whitening(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """The whitening statistics of both encoders of scenario ``index`` on fresh samples of its
-        own ``whitening`` stream (computed once per trained state)."""
-        key = (index, self.step)
+        own ``whitening`` stream (cached until the weights change: ``train`` and ``load`` clear it)."""
+        key = index
         if key not in self._whitening:
             scenario, model = self.scenarios[index], self.models[index]
             generator = torch_generator(scenario.seed, "whitening", self.training.device)

@@ -231,7 +231,6 @@ class BatchedSimulation:
             else (lambda step: 1.0),
         )
         self.data_streams = [torch_generator(s.seed, "training", device) for s in self.scenarios]
-
         self.step = 0
         self.loss_log: list[tuple[int, list[float]]] = []
         self._whitening: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}
@@ -356,17 +355,16 @@ class BatchedSimulation:
     def _population_whitening(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """The whitening statistics of both encoders of scenario ``index`` on fresh samples of its
         own ``whitening`` stream (cached until the weights change: ``train`` and ``load`` clear it)."""
-        key = index
-        if key not in self._whitening:
+        if index not in self._whitening:
             scenario, model = self.scenarios[index], self.models[index]
             generator = torch_generator(scenario.seed, "whitening", self.training.device)
             latents = sample_latents(model, WHITENING_SAMPLES, generator)
             x, t = self.views(index, *view_latents(scenario, latents))
-            self._whitening[key] = (
+            self._whitening[index] = (
                 whitening_transform(self.f_x.single(index, x)[None]),
                 whitening_transform(self.f_t.single(index, t)[None]),
             )
-        return self._whitening[key]
+        return self._whitening[index]
 
     @torch.no_grad()
     def views(

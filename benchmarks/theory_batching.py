@@ -2,16 +2,17 @@
 trained one after another.
 
     .venv/bin/python benchmarks/theory_batching.py [--profile quick] [--steps 300] [--repeats 3]
-        [--threads N] [--device cpu|cuda]
+        [--batch-size B] [--hidden-widths 32,32] [--threads N] [--device cpu|cuda]
 
 Both arms run clipaudit's own trainer (:class:`clipaudit.theory.training.BatchedSimulation`) on the
 same 10 configurations of the paper's sweep (selection prefixes {1}..{1-5} and perturbation
 prefixes {1}..{1-5} of the full text, independent latents, seed 0) under the same profile: the
 batched arm builds one group of 10, the sequential arm a group of 1 per configuration (which is
 exactly one plain model per configuration: padding only exists between configurations). Each arm
-trains ``--steps`` steps of every configuration; the rate is configuration-steps per second, wall
-clock, medians over ``--repeats`` runs; the ratio is batched over sequential. Writes
-benchmarks/out/theory_batching.json.
+trains ``--steps`` steps of every configuration (batch size and encoder widths are the profile's
+unless given: smaller models show where batching pays, when per-step overhead dominates); the rate
+is configuration-steps per second, wall clock, medians over ``--repeats`` runs; the ratio is
+batched over sequential. Writes benchmarks/out/theory_batching.json.
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--hidden-widths", default=None, help="comma-separated encoder widths, e.g. 32,32"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    widths = tuple(int(w) for w in args.hidden_widths.split(",")) if args.hidden_widths else None
     training = dataclasses.replace(
-        training_profile(args.profile, device=args.device),
+        training_profile(
+            args.profile, device=args.device, batch_size=args.batch_size, hidden_widths=widths
+        ),
         steps=args.steps,
         chunk_steps=min(25, args.steps),
     )

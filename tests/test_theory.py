@@ -16,8 +16,14 @@ import torch
 from clipaudit import zeroshot
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
-from clipaudit.theory.config import default_sweep, format_index_list, parse_index_list
-from clipaudit.theory.evaluation import population_ceilings, population_r2
+from clipaudit.theory.config import PROFILES, default_sweep, format_index_list, parse_index_list
+from clipaudit.theory.evaluation import (
+    ProbeSplit,
+    _ridge_path,
+    population_ceilings,
+    population_r2,
+    probe_r2,
+)
 from clipaudit.theory.generative import (
     MIXING_SLOPE,
     build_latent_model,
@@ -98,6 +104,8 @@ def test_bad_scenarios_fail_before_any_training():
         training_profile("quick", lr_schedule="cosin")
     with pytest.raises(SettingsError, match="did you mean 'same-modality'"):
         training_profile("quick", negatives="same-modalty")
+    with pytest.raises(SettingsError, match="final_temperature must be > 0"):
+        training_profile("quick", final_temperature=0)
     with pytest.raises(SettingsError, match="unknown profile"):
         training_profile("fast")
 
@@ -238,6 +246,38 @@ def test_population_ceiling_matches_the_closed_form_and_a_regression():
     assert independent["s1"] == independent["s~2"] == 0.0
 
 
+def test_the_ridge_path_is_scikit_learns_ridge_at_every_alpha():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    features, targets = rng.normal(size=(300, 20)), rng.normal(size=(300, 3)) + 2.0
+    evaluated = rng.normal(size=(50, 20))
+    alphas = (1e-2, 1.0, 30.0)
+    for alpha, (predicted,) in zip(
+        alphas, _ridge_path(features, targets, [evaluated], alphas), strict=True
+    ):
+        expected = Ridge(alpha=alpha).fit(features, targets).predict(evaluated)
+        np.testing.assert_allclose(predicted, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_the_probe_recovers_an_invertible_nonlinear_code_and_nothing_else():
+    # rep = (sinh z1, z2 + z1^2 / 2) is invertible; linearly, R^2 of z2 is cov^2 / var = 1 / 1.5
+    rng = np.random.default_rng(1)
+    n = {"fit": 3000, "val": 1000, "test": 2000}
+    parts = {}
+    for part, size in n.items():
+        z, noise = rng.normal(size=(size, 2)), rng.normal(size=(size, 1))
+        rep = np.column_stack([np.sinh(z[:, 0]), z[:, 1] + z[:, 0] ** 2 / 2])
+        parts[part] = (rep, {"z1": z[:, :1], "z2": z[:, 1:], "noise": noise})
+    settings = EvaluationSettings(
+        n_fit=n["fit"], n_val=n["val"], n_test=n["test"], kernel_components=500
+    )
+    r2 = probe_r2(ProbeSplit(**parts), settings)
+    assert r2["z1"][1] > 0.97 and r2["z2"][1] > 0.97
+    assert r2["z2"][0] == pytest.approx(1 / 1.5, abs=0.05)
+    assert abs(r2["noise"][0]) < 0.01 and abs(r2["noise"][1]) < 0.02
+
+
 # -- training ---------------------------------------------------------------------------------
 
 
@@ -251,6 +291,21 @@ def test_batch_whitening_decorrelates_each_scenario_and_keeps_padding_zero():
     assert torch.allclose(whitened[1, :, :2].T.cov(), torch.eye(2), atol=1e-3)
     assert torch.count_nonzero(whitened[1, :, 2]) == 0
     assert torch.allclose(whitened.mean(1), torch.zeros(2, 3), atol=1e-4)
+
+
+def test_the_temperature_moves_along_a_half_cosine_or_stays_fixed():
+    scenario = Scenario(selected="1-2", **TINY)
+    moving = BatchedSimulation(
+        [scenario], training_profile("quick", steps=100, temperature=1.0, final_temperature=3.0)
+    )
+    assert [moving.temperature_at(step) for step in (0, 50, 100, 150)] == pytest.approx(
+        [1.0, 2.0, 3.0, 3.0]
+    )
+    assert moving.temperature_at(25) == pytest.approx(3.0 - 2.0 * (1 + math.cos(math.pi / 4)) / 2)
+    # a temperature given alone is fixed, whatever the profile's schedule
+    fixed = training_profile("quick", temperature=0.5)
+    assert PROFILES["quick"].final_temperature is not None and fixed.final_temperature is None
+    assert BatchedSimulation([scenario], fixed).temperature_at(1000) == 0.5
 
 
 def test_infonce_equals_cross_entropy_in_both_directions():

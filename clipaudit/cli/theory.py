@@ -46,7 +46,8 @@ def _overrides(
 
 
 SET_HELP = (
-    "Any other training setting, KEY=VALUE, repeatable: temperature=0.5, mixing=conditioned, "
+    "Any other training setting, KEY=VALUE, repeatable: temperature=0.5 (fixed; add "
+    "final_temperature=3 to move it from 0.5 to 3 over training), mixing=conditioned, "
     "negatives=same-modality, whiten_outputs=false, lr_schedule=constant, hidden_widths=[64,64], "
     "weight_decay=0.1, group_size=8."
 )

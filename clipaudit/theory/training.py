@@ -281,7 +281,7 @@ class BatchedSimulation:
                 image, text = self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k])
                 if training.whiten_outputs:
                     image, text = batch_whiten(image), batch_whiten(text)
-                losses = LOSSES[training.negatives](image, text, training.temperature)
+                losses = LOSSES[training.negatives](image, text, self.temperature_at(self.step))
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 clip_per_scenario(self.parameters, training.grad_clip)
@@ -297,6 +297,15 @@ class BatchedSimulation:
             at_boundary = (self.step // chunk) % checkpoint_chunks == 0
             if checkpoint is not None and (at_boundary or self.step == training.steps):
                 self.save(checkpoint)
+
+    def temperature_at(self, step: int) -> float:
+        """The loss temperature at ``step``: fixed, or moving from ``temperature`` to
+        ``final_temperature`` along a half cosine over the training steps."""
+        start, end = self.training.temperature, self.training.final_temperature
+        if end is None:
+            return start
+        progress = min(step, self.training.steps) / self.training.steps
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -83,7 +83,7 @@ def test_bad_index_lists_say_what_was_expected(text, message):
         parse_index_list(text, 10, "--selected")
 
 
-@pytest.mark.parametrize("field", ["n_fit", "n_bins", "n_prototypes"])
+@pytest.mark.parametrize("field", ["n_fit", "n_bins", "n_prototypes", "kernel_components"])
 def test_evaluation_sample_sizes_must_be_integers(field):
     with pytest.raises(SettingsError, match=f"{field} must be an integer; got 1000.5"):
         EvaluationSettings(**{field: 1000.5})
@@ -409,7 +409,12 @@ def test_whitened_encoders_encode_with_population_statistics():
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     scenario = Scenario(selected="1-2", perturbed="1", **TINY)
     training = dataclasses.replace(
-        TINY_TRAINING, steps=40, chunk_steps=10, checkpoint_every=10, lr_schedule="cosine"
+        TINY_TRAINING,
+        steps=40,
+        chunk_steps=10,
+        checkpoint_every=10,
+        lr_schedule="cosine",
+        final_temperature=3.0,  # resumed mid-schedule
     )
     straight = BatchedSimulation([scenario], training)
     straight.train(log_every=5)
@@ -529,7 +534,8 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tiny_ch
     out = tmp_path / "older"
     shutil.copytree(tiny_check.out, out)
     recorded = json.loads((out / "settings.json").read_text())
-    del recorded["training"]["negatives"]  # as written before the setting was added
+    # as written before these settings were added
+    del recorded["training"]["negatives"], recorded["training"]["final_temperature"]
     (out / "settings.json").write_text(json.dumps(recorded))
     resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
     assert resumed.timings["groups"] == []
@@ -538,6 +544,12 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tiny_ch
     expected = "training.negatives: 'cross-modal' -> 'same-modality'"
     with pytest.raises(RunFolderError, match=re.escape(expected)):
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, out, progress=False)
+    # before Nystroem features the probe was an exact kernel ridge: not today's default
+    del recorded["evaluation"]["kernel_components"]
+    (out / "settings.json").write_text(json.dumps(recorded))
+    expected = "evaluation.kernel_components: 'exact' -> 1500"
+    with pytest.raises(RunFolderError, match=re.escape(expected)):
+        run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
 
 
 def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp_path):

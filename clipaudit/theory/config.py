@@ -244,7 +244,7 @@ class TrainingSettings:
     as in the paper's code (the identifiability results hold for any fixed temperature, and a
     learnable one would only rescale the unnormalised embeddings), or, with ``final_temperature``,
     moved from ``temperature`` to ``final_temperature`` along a half cosine over the steps, so
-    that training ends on the objective at ``final_temperature``. ``negatives``:
+    that the last steps train the objective at (nearly) ``final_temperature``. ``negatives``:
     ``"cross-modal"`` is CLIP's symmetric InfoNCE over in-batch negatives (a text's negatives are
     the other images); ``"same-modality"`` is the loss of Daunhawer et al.'s simulation code
     (alignment plus each modality's log-mean-exp over its own other samples). ``whiten_outputs``
@@ -303,7 +303,9 @@ class TrainingSettings:
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.final_temperature is not None and not (
-            isinstance(self.final_temperature, (int, float)) and self.final_temperature > 0
+            isinstance(self.final_temperature, (int, float))
+            and not isinstance(self.final_temperature, bool)
+            and self.final_temperature > 0
         ):
             raise SettingsError(
                 f"final_temperature must be > 0 (or None: fixed); got {self.final_temperature!r}"
@@ -419,7 +421,7 @@ PROFILES: dict[str, TrainingSettings] = {
 def training_profile(name: str, **overrides: Any) -> TrainingSettings:
     """The named profile with some fields replaced (``None`` values are ignored). A
     ``temperature`` given without a ``final_temperature`` is a fixed temperature, whatever the
-    profile's schedule."""
+    profile's schedule (here only: ``dataclasses.replace`` on a profile keeps its schedule)."""
     if name not in PROFILES:
         raise SettingsError(
             f"unknown profile {name!r}; expected one of {sorted(PROFILES)}{did_you_mean(name, PROFILES)}"

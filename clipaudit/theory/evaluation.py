@@ -97,7 +97,7 @@ def _ridge_path(
     alphas: Sequence[float],
 ) -> list[list[np.ndarray]]:
     """Predictions of ridge regressions (with intercept) on ``evaluated`` for every alpha, from one
-    eigendecomposition of the fit features' Gram matrix: the alphas then cost a rescaling each."""
+    eigendecomposition of the centred fit features' ``X^T X``: each alpha then costs a rescaling."""
     mean, target_mean = features.mean(0), targets.mean(0)
     centred = features - mean
     eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)

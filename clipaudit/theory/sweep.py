@@ -97,13 +97,21 @@ def _settings_record(training: TrainingSettings, evaluation: EvaluationSettings)
 _JUDGEMENT = ("identified_threshold", "margin")
 
 
+# settings added since runs were first written, whose default is not what older runs did: the
+# probe was an exact kernel ridge before Nystroem features
+_BEFORE_THEY_EXISTED = {"evaluation": {"kernel_components": "exact"}}
+
+
 def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     now = json.loads(json.dumps(settings, default=str))
-    # a setting added after a run was written held its default value in that run
+    # any other setting added after a run was written held its default value in that run
     defaults = json.loads(
         json.dumps(_settings_record(TrainingSettings(), EvaluationSettings()), default=str)
     )
-    before = {part: {**defaults[part], **previous.get(part, {})} for part in now}
+    before = {
+        part: {**defaults[part], **_BEFORE_THEY_EXISTED.get(part, {}), **previous.get(part, {})}
+        for part in now
+    }
     return [
         f"{part}.{key}: {before[part].get(key)!r} -> {value!r}"
         for part, values in now.items()

@@ -12,7 +12,7 @@ $(UV):
 
 # Re-sync only when the dependency files change; `--frozen` installs exactly what uv.lock pins.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --extra ray --compile-bytecode --python $(PYTHON)
 	touch $@
 
 demo: $(VENV)/.synced

@@ -16,7 +16,13 @@ import torch
 from clipaudit import zeroshot
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
-from clipaudit.theory.config import PROFILES, default_sweep, format_index_list, parse_index_list
+from clipaudit.theory.config import (
+    PROFILES,
+    default_sweep,
+    format_index_list,
+    parse_index_list,
+    parse_seeds,
+)
 from clipaudit.theory.evaluation import (
     ProbeSplit,
     _ridge_path,
@@ -506,6 +512,41 @@ def test_a_run_folder_holds_the_audit_tables(tiny_check):
     for figure in ("r2_x.png", "r2_t.png", "coverage_awareness.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
     assert "2 of 2 configurations agree" in (out / "check.md").read_text()
+
+
+def test_margins_are_given_per_seed_and_latent_mode(tiny_check):
+    from clipaudit.theory.sweep import margins
+
+    (row,) = margins(tiny_check)
+    r2 = tiny_check.r2
+    identified = r2[r2["predicted_identified"]]["r2_nonlinear"]
+    others = r2[~r2["predicted_identified"]]
+    assert row["seed"] == 0 and row["latents"] == "independent"
+    assert (row["n_configurations"], row["n_agree"]) == (2, 2)
+    assert row["lowest_identified_r2"] == identified.min()
+    assert row["largest_excess_over_ceiling"] == (others["r2_nonlinear"] - others["ceiling"]).max()
+    assert "| 0 | independent | 2/2 |" in (tiny_check.out / "check.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2", 2), ("2,3", (2, 3)), ("2-4", (2, 3, 4)), ("7,", (7,)), (" 0, 5 ", (0, 5))],
+)
+def test_seeds_are_a_count_or_explicit_seeds(text, expected):
+    assert parse_seeds(text) == expected
+    if isinstance(expected, tuple):
+        assert [s.seed for s in default_sweep(seeds=expected, kinds=["perturbation"])][
+            ::18
+        ] == list(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("0", "a count of at least 1"), ("two", "expected a count"), ("3,3", "repeated: 3")],
+)
+def test_bad_seeds_say_what_was_expected(text, message):
+    with pytest.raises(SettingsError, match=message):
+        parse_seeds(text)
 
 
 def test_the_same_seed_gives_the_same_numbers():

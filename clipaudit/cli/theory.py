@@ -193,7 +193,10 @@ def check(
         Path("runs/theory-check"), "--out", "-o", help="Run folder (resumable)."
     ),
     profile: Profile = "quick",
-    seeds: int = typer.Option(2, help="Seeds per configuration (0, 1, ...)."),
+    seeds: str = typer.Option(
+        "2",
+        help="A count of seeds (2: seeds 0 and 1) or explicit seeds (2,3 or 2-5; 7, for seed 7 alone).",
+    ),
     latents: str = typer.Option("independent,dependent", help="Latent modes to sweep."),
     kinds: str = typer.Option(
         "selection,perturbation", help="Sweeps: selection and/or perturbation prefixes."
@@ -215,10 +218,11 @@ def check(
 ) -> None:
     """Run the paper's sweep and check every configuration against the theory (exit 1 on any disagreement)."""
     from clipaudit.theory import run_check, summarise
+    from clipaudit.theory.config import parse_seeds
 
     result = run_check(
         out,
-        seeds=seeds,
+        seeds=parse_seeds(seeds),
         latents=_split(latents),
         kinds=_split(kinds),
         profile=profile,
@@ -231,6 +235,7 @@ def check(
         perturbation_covariance=perturbation_covariance,
     )
     _print(summarise(result), verbose=verbose)
+    _print_margins(result.manifest["margins"])
     failed = result.failed
     console.print(
         f"{len(result.scenarios) - len(failed)}/{len(result.scenarios)} configurations agree with the "
@@ -238,6 +243,22 @@ def check(
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _print_margins(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="agreement and margins per seed")
+    for column in ("seed", "latents", "agree", "lowest identified R²", "largest excess"):
+        table.add_column(column, justify="left" if column == "latents" else "right")
+    for row in rows:
+        lowest, excess = row["lowest_identified_r2"], row["largest_excess_over_ceiling"]
+        table.add_row(
+            str(row["seed"]),
+            row["latents"],
+            f"{row['n_agree']}/{row['n_configurations']}",
+            "-" if lowest is None else f"{lowest:.3f}",
+            "-" if excess is None else f"{excess:+.3f}",
+        )
+    console.print(table)
 
 
 def _split(text: str) -> list[str]:

@@ -74,6 +74,37 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
     return tuple(sorted(indices))
 
 
+def parse_seeds(text: str) -> int | tuple[int, ...]:
+    """``--seeds``: a count (``"2"``: seeds 0 and 1) or explicit seeds (``"2,3"``, ``"2-5"``,
+    ``"7,"`` for seed 7 alone), so that a check can run on seeds no profile was tuned on."""
+    stripped = text.strip()
+    if stripped.isdigit():
+        count = int(stripped)
+        if count < 1:
+            raise SettingsError(f"--seeds: expected a count of at least 1; got {text!r}")
+        return count
+    seeds: list[int] = []
+    for part in (p.strip() for p in stripped.split(",")):
+        if not part:
+            continue
+        match = _RANGE.match(part)
+        if match is None:
+            raise SettingsError(
+                f"--seeds: expected a count ('2') or seeds such as '2,3', '2-5' or '7,'; got {text!r}"
+            )
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low:
+            raise SettingsError(f"--seeds: expected ranges written low-high; got {part!r}")
+        seeds.extend(range(low, high + 1))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if not seeds or repeated:
+        raise SettingsError(
+            f"--seeds: expected distinct seeds; got {text!r}"
+            + (f" (repeated: {', '.join(map(str, repeated))})" if repeated else "")
+        )
+    return tuple(seeds)
+
+
 def format_index_list(indices: Sequence[int]) -> str:
     """Compact 1-based form of sorted indices: ``(1, 2, 3, 7) -> "1-3,7"``; ``() -> "none"``."""
     if not indices:

@@ -460,7 +460,11 @@ def _assemble(
         timings=timings,
         manifest=manifest,
     )
-    atomic_write_text(out / "check.md", check_markdown(summarise(result), manifest["settings"]))
+    margin_rows = margins(result)
+    manifest["margins"] = margin_rows
+    atomic_write_text(
+        out / "check.md", check_markdown(summarise(result), manifest["settings"], margin_rows)
+    )
     manifest["outputs"].append("check.md")
     write_json(out / "manifest.json", manifest)
     return result
@@ -498,7 +502,7 @@ def run_scenario(
 def run_check(
     out: str | Path,
     profile: str = "quick",
-    seeds: int = 2,
+    seeds: int | Sequence[int] = 2,
     latents: Sequence[str] = LATENT_MODES,
     kinds: Sequence[str] = SWEEP_KINDS,
     n_bins: int = 5,
@@ -571,7 +575,68 @@ def summarise(result: SweepResult) -> list[dict[str, Any]]:
     return summaries
 
 
-def check_markdown(summaries: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+def margins(result: SweepResult) -> list[dict[str, Any]]:
+    """Agreement and margins per seed and latent mode: how many configurations agree, the lowest
+    nonlinear R^2 of a semantic predicted identified (against the threshold), and the largest
+    excess of a variable predicted not identified over its ceiling (against the margin)."""
+    r2 = result.r2
+    rows = []
+    for (seed, dependent), scenarios in _by_seed_and_mode(result.scenarios).items():
+        names = [s.name for s in scenarios]
+        part = r2[r2["config"].isin(names)]
+        identified = part[part["predicted_identified"]]
+        others = part[~part["predicted_identified"]]
+        agrees = part.groupby("config", sort=False)["agrees"].all()
+        rows.append(
+            {
+                "seed": seed,
+                "latents": "dependent" if dependent else "independent",
+                "n_configurations": len(names),
+                "n_agree": int(agrees.sum()),
+                "lowest_identified_r2": float(identified["r2_nonlinear"].min())
+                if len(identified)
+                else None,
+                "largest_excess_over_ceiling": float(
+                    (others["r2_nonlinear"] - others["ceiling"]).max()
+                )
+                if len(others)
+                else None,
+            }
+        )
+    return rows
+
+
+def _by_seed_and_mode(scenarios: Sequence[Scenario]) -> dict[tuple[int, bool], list[Scenario]]:
+    grouped: dict[tuple[int, bool], list[Scenario]] = {}
+    for scenario in scenarios:
+        grouped.setdefault((scenario.seed, scenario.causal_dependence), []).append(scenario)
+    return dict(sorted(grouped.items()))
+
+
+def margins_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """:func:`margins` as a Markdown table."""
+
+    def number(value: float | None, sign: str = "") -> str:
+        return "-" if value is None else f"{value:{sign}.3f}"
+
+    lines = [
+        "| seed | latents | agree | lowest identified R^2 | largest excess over ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['seed']} | {row['latents']} | {row['n_agree']}/{row['n_configurations']} "
+            f"| {number(row['lowest_identified_r2'])} "
+            f"| {number(row['largest_excess_over_ceiling'], '+')} |"
+        )
+    return lines
+
+
+def check_markdown(
+    summaries: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    margin_rows: Sequence[dict[str, Any]] = (),
+) -> str:
     """Render :func:`summarise` as Markdown: a verdict line, then one table per configuration."""
     failed = [s["config"] for s in summaries if not s["agrees"]]
     lines = [
@@ -585,6 +650,8 @@ def check_markdown(summaries: Sequence[dict[str, Any]], settings: dict[str, Any]
             **settings["evaluation"]
         ),
     ]
+    if margin_rows:
+        lines += ["", "## Agreement and margins per seed", "", *margins_markdown(margin_rows)]
     for summary in summaries:
         lines += [
             "",

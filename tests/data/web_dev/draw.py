@@ -5,7 +5,7 @@ drawn as gold/coco_dev.jsonl was: 120 at random, then, among the rest, 240 with 
 substring hit of a paper synonym (the paper's counting) and 40 without one. Seeded; each row keeps
 its stratum. Labels are then added by reading, against the glosses and gold/LABELLING.md.
 
-    .venv/bin/python tests/data/web_dev/draw.py   # writes <source>_sample.jsonl beside this file
+    .venv/bin/python tests/data/web_dev/draw.py   # writes <source>_sample.jsonl beside this file, unlabelled
 """
 
 from __future__ import annotations

@@ -1,7 +1,16 @@
 """clipaudit: audit which visual concepts an OpenCLIP model is aware of, and explain why.
 
-The public API is imported lazily so that ``import clipaudit`` (and ``clipaudit --help``) stays fast:
-torch, open_clip, spaCy and FAISS load only when a function that needs them runs.
+The public API, imported lazily so that ``import clipaudit`` (and ``clipaudit --help``) stays fast
+(torch, open_clip, spaCy and FAISS load only when a function that needs them runs)::
+
+    import clipaudit
+
+    clipaudit.match_captions(["A brown dog on the beach."])       # [["dog", "brown", "beach"]]
+    coverage = clipaudit.count_coverage(df, column="text", registry="cai2025", out="runs/cov")
+    awareness = clipaudit.run_zeroshot(("ViT-B-32", "laion400m_e32"), "images/", "runs/zs")
+    run = clipaudit.load_run("runs/cov")                           # any run folder, typed
+
+Every function takes a registry as a built-in name, a YAML path or a :class:`Registry`.
 """
 
 from __future__ import annotations
@@ -18,6 +27,12 @@ _PUBLIC = {
     "Registry": "clipaudit.registry",
     "Concept": "clipaudit.registry",
     "Group": "clipaudit.registry",
+    "match_captions": "clipaudit.lexical",
+    "count_coverage": "clipaudit.coverage",
+    "CoverageSettings": "clipaudit.coverage",
+    "run_zeroshot": "clipaudit.zeroshot",
+    "ModelSpec": "clipaudit.models",
+    "load_run": "clipaudit.runs",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -1,31 +1,38 @@
-"""Lexical caption coverage: how many captions of a corpus mention each concept of a registry.
+"""Caption coverage: how many captions of a corpus mention each concept of a registry.
 
 :func:`count_coverage` cuts the caption sources into shards (:mod:`clipaudit.readers`), matches every
 caption in worker processes (:mod:`clipaudit.lexical`), and merges the per-shard partial results
-into the run folder::
+into a run folder (:mod:`clipaudit.runs`)::
 
     RUN/concepts.{parquet,csv}     concept, group, category, count, rate
     RUN/groups.{parquet,csv}       group, category, count, rate, n_concepts, mean_concept_rate
     RUN/categories.{parquet,csv}   category, count, rate, n_concepts, mean_concept_rate
     RUN/examples.json              a few example captions per concept (deterministic choice)
     RUN/matches.parquet            with per_caption: id, concepts (one row per caption read)
-    RUN/manifest.json              inputs with checksums, registry, settings, counts, timings
-    RUN/shards/                    one partial result per finished shard (what a resume reuses)
+    RUN/manifest.json              inputs, registry, settings, counts, timings, status
+    RUN/units/                     one partial result per finished shard (what a resume reuses)
 
 A group's or category's ``count`` is the number of captions mentioning at least one of its concepts.
 Rates are counts divided by ``n_captions_read``: rows holding a valid caption string, empty ones
 included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.
 
-Every partial is written atomically when its shard is finished, so a run killed at any moment
-(Ctrl-C, kill -9) and restarted with the same run folder redoes only unfinished shards; outputs are
+Every partial is written atomically when its shard is finished, with the identity of what the shard
+read, so a run killed at any moment (Ctrl-C, kill -9) and restarted with the same run folder redoes
+only unfinished shards and shards whose input changed (a file fixed, removed or added); outputs are
 merged from the partials in corpus order and come out identical to an uninterrupted run's.
+
+Captions can be files and folders (see :mod:`clipaudit.readers`), a pandas DataFrame, or a list of
+caption strings: in-memory captions are written once into ``RUN/inputs/`` and read from there.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
+import signal
+import tempfile
 import threading
 import time
 import zlib
@@ -33,16 +40,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipaudit import __version__
-from clipaudit.errors import RunFolderError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.lexical import PROFILES, build_matcher
-from clipaudit.provenance import base_manifest, now_iso, write_json, write_table
+from clipaudit.provenance import atomic_write_bytes, write_json, write_table
 from clipaudit.readers import (
+    HF_PREFIX,
     BadShardError,
     Shard,
     SkippedShard,
@@ -51,7 +60,8 @@ from clipaudit.readers import (
     plan_shards,
     resolve_sources,
 )
-from clipaudit.registry import Registry
+from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
+from clipaudit.runs import RunFailedError, RunFolder, write_unit
 
 RATE_DENOMINATOR = (
     "n_captions_read: rows holding a valid caption string, empty ones included; "
@@ -62,8 +72,30 @@ EXAMPLE_SELECTION = (
     "(a deterministic pseudo-random sample, the same however the corpus is sharded or resumed)"
 )
 _LIBRARIES = ("pyarrow", "pyahocorasick", "spacy", "spacy-lookups-data", "datasets", "pandas")
-_SHARDS_DIR = "shards"
 _MATCHES_SUFFIX = ".matches.parquet"
+_CAPTION_FILE_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".txt")
+
+# settings fields and the command-line flags that set them, so errors name both
+FLAGS = {
+    "profile": "--profile",
+    "column": "--column",
+    "id_column": "--id-column",
+    "workers": "--workers",
+    "per_caption": "--per-caption",
+    "skip_bad": "--skip-bad",
+    "examples_per_concept": "--examples",
+    "max_caption_chars": "--max-chars",
+    "spacy_model": "--spacy-model",
+    "shard_rows": "--shard-rows",
+    "hf_split": "--split",
+    "verify_inputs": "--verify-inputs",
+    "progress": "--progress/--no-progress",
+}
+
+
+def _named(field_name: str) -> str:
+    flag = FLAGS.get(field_name)
+    return f"{field_name} ({flag})" if flag else field_name
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,7 @@ class CoverageSettings:
     shard_rows: int = 250_000  # rows per shard (parquet: whole row groups adding up to this)
     batch_rows: int = 10_000  # rows per record batch held in memory by a worker
     hf_split: str = "train"
+    verify_inputs: bool = False  # sha256 of every input byte, besides size, time and edges
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -94,24 +127,38 @@ class CoverageSettings:
         for name in ("workers", "max_caption_chars", "shard_rows", "batch_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.examples_per_concept, int) or self.examples_per_concept < 0:
+                raise SettingsError(f"{_named(name)} must be a positive integer, got {value!r}")
+        examples = self.examples_per_concept
+        if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
             raise SettingsError(
-                f"examples_per_concept must be an integer >= 0, got {self.examples_per_concept!r}"
+                f"{_named('examples_per_concept')} must be an integer >= 0, got {examples!r}"
             )
         for name in ("column", "id_column", "spacy_model"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise SettingsError(f"{name} must be a non-empty string or None, got {value!r}")
+                raise SettingsError(
+                    f"{_named(name)} must be a non-empty string or None, got {value!r}"
+                )
         if self.spacy_model is not None and self.profile != "curated":
             raise SettingsError(
-                f"spacy_model={self.spacy_model!r} only applies to the 'curated' profile; "
-                "drop --spacy-model or use --profile curated"
+                f"{_named('spacy_model')} {self.spacy_model!r} only applies to the 'curated' "
+                "profile; drop --spacy-model or use --profile curated"
             )
 
     def result_fields(self) -> dict[str, Any]:
         """The settings that change results (workers, skip_bad, batch size and progress do not)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RESULT_FIELDS}
+
+    def replace(self, **changes: Any) -> CoverageSettings:
+        """A copy with some fields changed; an unknown field name is a :class:`SettingsError`."""
+        known = [f.name for f in fields(self)]
+        for name in changes:
+            if name not in known:
+                raise SettingsError(
+                    f"unknown coverage setting {name!r}{did_you_mean(name, known)}; "
+                    f"settings are {', '.join(known)}"
+                )
+        return replace(self, **changes)
 
 
 RESULT_FIELDS = (
@@ -123,7 +170,8 @@ RESULT_FIELDS = (
     "max_caption_chars",
     "spacy_model",
     "shard_rows",
-)  # hf_split is part of the inputs' identity
+    "hf_split",
+)
 
 
 @dataclass(frozen=True)
@@ -136,78 +184,111 @@ class CoverageResult:
     categories: Any
     examples: dict[str, Any]
     manifest: dict[str, Any]
+    reused: bool = False  # the folder already held this complete run: nothing was recomputed
 
     @property
     def n_captions_read(self) -> int:
         return self.manifest["n_captions_read"]
 
+    def matches(self) -> Any:
+        """Each caption's id and concepts (a DataFrame), for a run made with ``per_caption``."""
+        import pandas as pd
+
+        path = self.out_dir / "matches.parquet"
+        if not path.is_file():
+            raise InputError(
+                f"{self.out_dir} has no matches.parquet; count with per_caption=True "
+                "(--per-caption) to keep each caption's matches"
+            )
+        return pd.read_parquet(path)
+
+    def __repr__(self) -> str:
+        registry = self.manifest.get("registry", {}).get("name", "?")
+        return (
+            f"CoverageResult({str(self.out_dir)!r}: {self.n_captions_read:,} captions, "
+            f"{len(self.concepts)} concepts of {registry!r} in {len(self.groups)} groups, "
+            f"{self.manifest.get('profile', '?')} profile)"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        table = self.groups[["group", "category", "count", "rate"]].to_html(
+            index=False, float_format=lambda v: f"{v:.4f}"
+        )
+        return f"<p><b>{escape(repr(self))}</b></p>{table}"
+
+
+def load_coverage_run(path: str | Path, manifest: dict[str, Any]) -> CoverageResult:
+    """A complete coverage run folder read back (:func:`clipaudit.runs.load_run`)."""
+    import pandas as pd
+
+    path = Path(path)
+    examples = json.loads((path / "examples.json").read_text(encoding="utf-8"))
+    names = ("concepts", "groups", "categories")
+    tables = {name: pd.read_parquet(path / f"{name}.parquet") for name in names}
+    return CoverageResult(
+        path, tables["concepts"], tables["groups"], tables["categories"], examples, manifest
+    )
+
 
 def count_coverage(
-    sources: Iterable[str | Path],
-    registry: Registry,
-    out_dir: str | Path,
+    captions: Any,
+    registry: str | Path | Registry = DEFAULT_REGISTRY,
+    out: str | Path | None = None,
     settings: CoverageSettings | None = None,
+    *,
+    overwrite: bool = False,
+    **setting_changes: Any,
 ) -> CoverageResult:
-    """Count, for every concept of ``registry``, the captions of ``sources`` that mention it.
+    """Count, for every concept of ``registry``, the captions that mention it.
+
+    ``captions``: a path (``.parquet``, ``.jsonl``, ``.txt``, a folder of them, a saved dataset,
+    ``hf:NAME``), a list of paths, a pandas DataFrame (its ``column``), or an iterable of caption
+    strings. ``registry``: a built-in name, a YAML path or a :class:`Registry`. ``out``: the run
+    folder (a new temporary folder when None). Settings come from ``settings`` with any field
+    replaced by keyword (``column="text"``, ``per_caption=True``, ``workers=2``).
 
     Writes the run folder described in this module's docstring and returns its contents. Resumes
-    a run folder holding the same run (same settings, registry and inputs); refuses one holding
-    a different run with :class:`RunFolderError`.
+    a run folder holding the same run; refuses one of other settings with
+    :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``.
     """
-    settings = settings or CoverageSettings()
-    started, clock = now_iso(), time.perf_counter()
-    out_dir = Path(out_dir)
-    resolved = resolve_sources(sources, hf_split=settings.hf_split)
+    settings = (settings or CoverageSettings()).replace(**setting_changes)
+    registry = load_registry(registry)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-coverage-"))
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
-    inputs = [describe_source(s) for s in resolved]
-    run_key = _run_key(settings, registry, inputs)
-
-    with _RunFolder(out_dir, run_key) as folder:
-        if folder.complete:
-            return _load_result(out_dir)
-        folder.write_manifest(
-            {
-                **base_manifest("coverage", _LIBRARIES),
-                "status": "running",
-                "run_key": run_key,
-                "started": started,
-            }
-        )
-        run = _Dispatch(resolved, registry, matcher, settings, folder.shards)
-        run.execute(folder.done_keys())
-        result = _merge(out_dir, registry, settings, run, inputs, run_key, folder)
-        result.manifest["timings"] = {
-            "started": started,
-            "finished": now_iso(),
-            "seconds": round(time.perf_counter() - clock, 3),  # this session, merging included
-            "seconds_counting": round(run.seconds, 3),
-            "rows_this_session": run.rows_done,
-            "shards_this_session": run.shards_done,
-            "shards_resumed": run.shards_resumed,
-            "captions_per_s": round(run.rows_done / run.seconds, 1) if run.seconds else None,
-            "workers": settings.workers,
-            **result.manifest["timings"],
-        }
-        folder.write_manifest(result.manifest)
-        # only once the run is complete: a restart before that merges them again
-        for shard in run.finished:
-            (folder.shards / f"{shard.key}{_MATCHES_SUFFIX}").unlink(missing_ok=True)
-        return result
+    run_settings = _run_settings(settings, registry)
+    with RunFolder(
+        out, "coverage", run_settings, overwrite=overwrite, libraries=_LIBRARIES
+    ) as folder:
+        specs = caption_sources(captions, out / "inputs", column=settings.column)
+        resolved = resolve_sources(specs, hf_split=settings.hf_split)
+        inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
+        run = _Dispatch(resolved, inputs, registry, matcher, settings, folder)
+        run.execute()
+        if folder.was_complete and run.unchanged:
+            return replace(load_coverage_run(out, folder.previous), reused=True)
+        if settings.per_caption:
+            _split_matches(folder)  # before the manifest, which lists the merged shards, changes
+        folder.update(registry=registry.provenance(), inputs=inputs)
+        if not run.finished:
+            reasons = "; ".join(f"{s['shard']}: {s['reason']}" for s in run.skipped[:3])
+            raise RunFailedError(
+                f"no shard of the corpus could be read ({len(run.skipped)} skipped: {reasons}); "
+                "nothing was counted"
+            )
+        result = _merge(out, registry, settings, run, inputs, folder)
+        removed = folder.prune_units([shard.key for shard in run.finished])
+        fields = dict(result.manifest)
+        timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
+        manifest = folder.complete(**fields, timings=timings)
+        return replace(result, manifest=manifest)
 
 
-# --------------------------------------------------------------------------- run folder
-
-
-def _run_key(settings: CoverageSettings, registry: Registry, inputs: list[dict]) -> dict[str, Any]:
-    """Everything a run's results depend on; a run folder is resumed only when this is equal."""
+def _run_settings(settings: CoverageSettings, registry: Registry) -> dict[str, Any]:
+    """Everything a run's results depend on; a run folder is resumed only when this is equal.
+    Inputs are not here: each shard records the identity of what it read."""
     from importlib import metadata
-
-    def identity(record: dict) -> dict:
-        # files are compared by size and checksum, not path, so a moved corpus can be resumed
-        kept = {k: v for k, v in record.items() if k not in ("spec", "files")}
-        if "files" in record:
-            kept["files"] = [{"bytes": f["bytes"], "sha256": f["sha256"]} for f in record["files"]]
-        return kept
 
     versions = {
         "clipaudit": __version__,
@@ -216,133 +297,119 @@ def _run_key(settings: CoverageSettings, registry: Registry, inputs: list[dict])
     if settings.spacy_model:
         versions["spacy"] = metadata.version("spacy")
     return {
-        "settings": settings.result_fields(),
+        "coverage": settings.result_fields(),
         "registry": {"name": registry.name, "sha256": registry.sha256},
-        "inputs": [identity(record) for record in inputs],
         "versions": versions,
     }
 
 
-class _RunFolder:
-    """The run folder: locked while a run writes into it, checked against the run it holds."""
+# --------------------------------------------------------------------------- caption inputs
 
-    def __init__(self, path: Path, run_key: dict[str, Any]):
-        self.path = path
-        self.shards = path / _SHARDS_DIR
-        self.run_key = run_key
-        self.complete = False
-        self._lock: Any = None
 
-    def __enter__(self) -> _RunFolder:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_folder(self.path)
-        manifest_path = self.path / "manifest.json"
-        if manifest_path.is_file():
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if previous.get("kind") != "coverage" or "run_key" not in previous:
-                raise RunFolderError(
-                    f"{self.path} holds a {previous.get('kind', 'unknown')!r} run, not a coverage "
-                    "run; choose another --out folder"
-                )
-            differences = _differences(previous["run_key"], self.run_key)
-            if differences:
-                raise RunFolderError(
-                    f"{self.path} holds a different coverage run ({'; '.join(differences)}); "
-                    "resume it with the same inputs, registry and settings, or choose a new --out "
-                    "folder (or delete this one to start over)"
-                )
-            self.complete = previous.get("status") == "complete"
-        elif any(p.name != ".lock" and not _empty_dir(p) for p in self.path.iterdir()):
-            raise RunFolderError(
-                f"{self.path} is not empty but holds no coverage run (no manifest.json); "
-                "choose a new or empty --out folder"
+def caption_sources(captions: Any, staging: Path, *, column: str | None = None) -> list[str]:
+    """The caption sources of ``captions`` as :func:`clipaudit.readers.resolve_sources` takes them.
+
+    Paths (a string, a ``Path``, or a list of them) are returned as they are. A pandas DataFrame
+    (its ``column``, else caption, TEXT or text) or an iterable of caption strings is written once
+    to ``staging/captions-<hash>.parquet``: the same captions give the same file, so a resumed run
+    reads an unchanged input. A list of strings is read as paths when each one exists, ends in a
+    caption-file suffix or starts with ``hf:``, and as captions when none does.
+    """
+    if isinstance(captions, (str, os.PathLike)):
+        return [str(captions)]
+    frame = _caption_frame(captions, column)
+    if frame is None:
+        return [str(c) for c in captions]
+    data = frame.to_parquet(index=False)
+    target = staging / f"captions-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+    if not target.is_file():
+        atomic_write_bytes(target, data)
+    return [str(target)]
+
+
+def _caption_frame(captions: Any, column: str | None) -> Any:
+    """A DataFrame of in-memory captions (``id``, ``caption``...), or None when ``captions`` are paths."""
+    import pandas as pd
+
+    if isinstance(captions, pd.DataFrame):
+        wanted = column or next((c for c in ("caption", "TEXT", "text") if c in captions), None)
+        if wanted is None or wanted not in captions:
+            columns = ", ".join(map(str, captions.columns))
+            raise InputError(
+                f"the DataFrame has no caption column {wanted or '(caption, TEXT or text)'!r}"
+                f"{did_you_mean(str(wanted), map(str, captions.columns)) if wanted else ''}; "
+                f"its columns are {columns}; name one with column=..."
             )
-        self.shards.mkdir(exist_ok=True)
-        for stale in self.shards.glob(".*.tmp"):  # left by a killed run; we hold the lock now
-            stale.unlink(missing_ok=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json(self.path / "manifest.json", manifest)
-
-    def done_keys(self) -> set[str]:
-        return {p.name[: -len(".json")] for p in self.shards.glob("*.json")}
-
-
-def _empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _lock_folder(path: Path) -> Any:
-    """An exclusive lock on the run folder (released by the OS when the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: run without the guard against two runs in one folder
+        keep = [wanted, *[c for c in ("id", "key", "SAMPLE_ID") if c in captions][:1]]
+        return captions[keep].reset_index(drop=True)
+    if isinstance(captions, pd.Series):
+        return pd.DataFrame({"caption": captions.reset_index(drop=True)})
+    if not isinstance(captions, Iterable):
+        raise InputError(
+            f"captions must be a path, a list of paths, a DataFrame or an iterable of strings; "
+            f"got {type(captions).__name__}"
+        )
+    items = list(captions)
+    if not items:
+        raise InputError("no captions given: the list is empty")
+    path_like = [_looks_like_path(item) for item in items]
+    if all(path_like):
         return None
-    handle = open(path / ".lock", "w")  # noqa: SIM115 - held open for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise RunFolderError(
-            f"another coverage run is writing into {path}; wait for it, or choose another --out"
-        ) from None
-    return handle
+    if any(path_like):
+        first = items[path_like.index(True)]
+        raise InputError(
+            f"the list mixes caption sources (e.g. {str(first)!r}) and caption strings; "
+            "give either paths or captions"
+        )
+    not_text = next((item for item in items if not isinstance(item, str)), None)
+    if not_text is not None:
+        raise InputError(
+            f"captions must be strings; got {type(not_text).__name__} {not_text!r} in the list"
+        )
+    return pd.DataFrame({"caption": items})
 
 
-def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    found = []
-    for name, value in now["settings"].items():
-        if before.get("settings", {}).get(name) != value:
-            found.append(f"{name} was {before.get('settings', {}).get(name)!r}, now {value!r}")
-    if before.get("registry") != now["registry"]:
-        found.append(f"registry was {before.get('registry')}, now {now['registry']}")
-    old_inputs = before.get("inputs", [])
-    if len(old_inputs) != len(now["inputs"]):
-        found.append(f"it read {len(old_inputs)} source(s), now {len(now['inputs'])}")
-    else:
-        found += [
-            f"source {i + 1} differs (size or checksum)"
-            for i, (a, b) in enumerate(zip(old_inputs, now["inputs"], strict=True))
-            if a != b
-        ]
-    if before.get("versions") != now["versions"]:
-        found.append(f"versions were {before.get('versions')}, now {now['versions']}")
-    return found
+def _looks_like_path(item: Any) -> bool:
+    if isinstance(item, os.PathLike):
+        return True
+    if not isinstance(item, str):
+        return False
+    return (
+        item.startswith(HF_PREFIX)
+        or item.lower().endswith(_CAPTION_FILE_SUFFIXES)
+        or (len(item) < 4096 and "\n" not in item and Path(item).exists())
+    )
 
 
 # --------------------------------------------------------------------------- dispatching shards
 
 
 class _Dispatch:
-    """Plans shards, skips finished ones, runs the rest in worker processes (or inline)."""
+    """Plans shards, reuses finished ones, runs the rest in worker processes (or inline)."""
 
     def __init__(
         self,
         sources: list[Source],
+        inputs: list[dict[str, Any]],
         registry: Registry,
         matcher: Any,
         settings: CoverageSettings,
-        shards_dir: Path,
+        folder: RunFolder,
     ):
         self.sources = sources
+        self.inputs = inputs
         self.registry = registry
         self.matcher = matcher
         self.settings = settings
-        self.shards_dir = shards_dir
+        self.folder = folder
         self.planned: list[Shard] = []
         self.skipped: list[dict[str, Any]] = []
         self._bad_keys: set[str] = set()
         self.rows_done = self.shards_done = self.shards_resumed = 0
         self.seconds = 0.0
 
-    def execute(self, done: set[str]) -> None:
-        """Run every planned shard not in ``done`` (keys of shards finished by an earlier run)."""
+    def execute(self) -> None:
+        """Run every planned shard that has no record of the same identity in the run folder."""
         import multiprocessing
 
         settings = self.settings
@@ -352,18 +419,17 @@ class _Dispatch:
             id_column=settings.id_column,
             shard_rows=settings.shard_rows,
             skip_bad=settings.skip_bad,
+            descriptions=self.inputs,
         )
         streamed = any(s.kind == "hf_stream" for s in self.sources)
         items: Iterable[Shard | SkippedShard] = plan if streamed else list(plan)
-        total = (
-            None
-            if streamed
-            else sum(s.n_rows for s in items if isinstance(s, Shard) and s.key not in done)
+        todo = (
+            None if streamed else [s for s in items if isinstance(s, Shard) and not self._done(s)]
         )
         context = multiprocessing.get_context("spawn")
         counter = context.Value("q", 0)
         options = _WorkerOptions(
-            shards_dir=str(self.shards_dir),
+            units_dir=str(self.folder.units),
             concept_groups=_concept_groups(self.registry),
             per_caption=settings.per_caption,
             examples_per_concept=settings.examples_per_concept,
@@ -371,39 +437,80 @@ class _Dispatch:
             batch_rows=settings.batch_rows,
         )
         initargs = (self.matcher, options, counter, os.getpid())
-        if settings.workers == 1:
+        # never more workers than shards to do: an idle worker only costs its start-up
+        workers = settings.workers if todo is None else max(1, min(settings.workers, len(todo)))
+        if workers == 1:
             _init_worker(*initargs[:3], None)
             executor: Any = _InlineExecutor()
         else:
             executor = ProcessPoolExecutor(
-                settings.workers, mp_context=context, initializer=_init_worker, initargs=initargs
+                workers, mp_context=context, initializer=_init_worker, initargs=initargs
             )
+        total_rows = None if todo is None else sum(s.n_rows for s in todo)
+        total_shards = None if todo is None else len(todo)
         clock = time.perf_counter()
-        with _Progress(counter, total, settings.progress):
+        with _Progress(counter, total_rows, total_shards, settings.progress) as progress:
             try:
-                self._run(executor, items, done)
+                self._run(executor, items, progress)
             finally:
                 executor.shutdown(wait=False, cancel_futures=True)
         self.seconds = time.perf_counter() - clock
+        self.workers = workers
+
+    def _done(self, shard: Shard) -> bool:
+        """Whether an earlier session finished this very shard (same identity, its matches in
+        its own file or in the merged matches.parquet of a complete run)."""
+        if self.folder.load_unit(shard.key, shard.identity) is None:
+            return False
+        if not self.settings.per_caption:
+            return True
+        matches = self.folder.unit_path(shard.key, _MATCHES_SUFFIX)
+        return matches.is_file() or shard.key in self._merged
+
+    @cached_property
+    def _merged(self) -> set[str]:
+        """Shards whose matches an earlier complete run merged into matches.parquet."""
+        if not (self.folder.path / "matches.parquet").is_file():
+            return set()
+        return {key for key, _ in (self.folder.previous or {}).get("units") or []}
 
     @property
     def finished(self) -> list[Shard]:
         """The shards with a partial result, in corpus order (all planned but the skipped)."""
         return [shard for shard in self.planned if shard.key not in self._bad_keys]
 
-    def _pending(self, items: Iterable[Shard | SkippedShard], done: set[str]) -> Iterator[Shard]:
+    @property
+    def unchanged(self) -> bool:
+        """Nothing counted, skipped or removed this session: the folder already holds the result."""
+        return (
+            self.shards_done == 0
+            and not self.skipped
+            and {s.key for s in self.planned} == set(self.folder.finished_units())
+        )
+
+    def timings(self) -> dict[str, Any]:
+        """This session's work; rates over its wall time, start-up and merge included."""
+        return {
+            "seconds_counting": round(self.seconds, 3),
+            "rows_this_session": self.rows_done,
+            "shards_this_session": self.shards_done,
+            "shards_resumed": self.shards_resumed,
+            "workers": getattr(self, "workers", self.settings.workers),
+        }
+
+    def _pending(self, items: Iterable[Shard | SkippedShard]) -> Iterator[Shard]:
         for item in items:
             if isinstance(item, SkippedShard):
                 self.skipped.append({"shard": item.label, "reason": item.reason, "n_rows": None})
                 continue
             self.planned.append(replace(item, payload=None))  # streamed rows are not kept
-            if item.key in done:
+            if self._done(item):
                 self.shards_resumed += 1
             else:
                 yield item
 
-    def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], done: set[str]) -> None:
-        pending = self._pending(items, done)
+    def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], progress: Any) -> None:
+        pending = self._pending(items)
         in_flight: dict[Future, Shard] = {}
         limit = 2 * self.settings.workers  # bounds memory when shards carry streamed rows
         while True:
@@ -429,6 +536,7 @@ class _Dispatch:
                     continue
                 self.rows_done += summary["n_rows"]
                 self.shards_done += 1
+                progress.shard_done()
 
 
 def _drain(in_flight: dict[Future, Shard]) -> None:
@@ -453,12 +561,15 @@ class _InlineExecutor:
 
 
 class _Progress:
-    """A progress bar over rows (captions/s), fed by the workers' shared counter."""
+    """A progress bar over rows (captions/s and time left), fed by the workers' shared counter,
+    with shards done out of shards to do."""
 
-    def __init__(self, counter: Any, total: int | None, enabled: bool):
+    def __init__(self, counter: Any, total: int | None, shards: int | None, enabled: bool):
         self.counter = counter
         self.total = total
+        self.shards = shards
         self.enabled = enabled
+        self.n_shards = 0
         self._stop = threading.Event()
 
     def __enter__(self) -> _Progress:
@@ -471,6 +582,11 @@ class _Progress:
             self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
         return self
+
+    def shard_done(self) -> None:
+        self.n_shards += 1
+        if self.enabled:
+            self.bar.set_postfix_str(f"shards {self.n_shards}/{self.shards or '?'}", refresh=False)
 
     def _tick(self) -> None:
         while not self._stop.wait(0.5):
@@ -489,7 +605,7 @@ class _Progress:
 
 @dataclass(frozen=True)
 class _WorkerOptions:
-    shards_dir: str
+    units_dir: str
     concept_groups: tuple[tuple[str, str, str], ...]  # (concept, group, category), registry order
     per_caption: bool
     examples_per_concept: int
@@ -509,6 +625,8 @@ def _init_worker(matcher: Any, options: _WorkerOptions, counter: Any, parent: in
     """Per-process set-up (spawn-safe): the matcher arrives built, once per worker."""
     _STATE.update(matcher=matcher, options=options, counter=counter)
     if parent is not None:
+        # Ctrl-C is the parent's to handle: it stops the pool, and workers print no tracebacks
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -524,11 +642,11 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     options: _WorkerOptions = _STATE["options"]
     counter = _STATE["counter"]
     clock, cpu_clock = time.perf_counter(), time.process_time()
-    shards_dir = Path(options.shards_dir)
+    units_dir = Path(options.units_dir)
     tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.concept_groups)
     matches = (
-        _MatchesWriter(shards_dir, shard.key, _STATE["matcher"].concept_names)
-        if (options.per_caption)
+        _MatchesWriter(units_dir, shard.key, _STATE["matcher"].concept_names)
+        if options.per_caption
         else None
     )
     try:
@@ -549,7 +667,7 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     partial["id_is_int"] = matches.id_is_int if matches is not None else None
     partial["seconds"] = round(time.perf_counter() - clock, 3)
     partial["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
-    write_json(shards_dir / f"{shard.key}.json", partial)
+    write_unit(units_dir, shard.key, shard.identity, partial)
     return {"key": shard.key, "n_rows": partial["n_rows"]}
 
 
@@ -730,8 +848,7 @@ def _merge(
     settings: CoverageSettings,
     run: _Dispatch,
     inputs: list[dict[str, Any]],
-    run_key: dict[str, Any],
-    folder: _RunFolder,
+    folder: RunFolder,
 ) -> CoverageResult:
     """Add up the partials of every planned shard, in corpus order, and write the outputs."""
     totals = {"n_rows": 0, "n_captions_read": 0, "n_empty": 0, "n_with_any_concept": 0}
@@ -742,8 +859,10 @@ def _merge(
     examples: dict[str, list[tuple[int, str, Any]]] = {}
     ids_are_int = True
     cpu_seconds = 0.0
+    order = []
     for shard in run.finished:
-        partial = json.loads((folder.shards / f"{shard.key}.json").read_text(encoding="utf-8"))
+        partial = json.loads(folder.unit_path(shard.key).read_text(encoding="utf-8"))
+        order.append([shard.key, partial["n_captions_read"]])
         cpu_seconds += partial["cpu_seconds"]
         for name in totals:
             totals[name] += partial[name]
@@ -765,7 +884,7 @@ def _merge(
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
     if settings.per_caption:
-        _merge_matches(folder.shards, run.finished, out_dir / "matches.parquet", ids_are_int)
+        _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int)
         outputs.append("matches.parquet")
 
     by_source: dict[int, set[tuple[str | None, str | None]]] = {}
@@ -776,17 +895,15 @@ def _merge(
         record["columns"] = [{"caption": c, "id": i or "row number"} for c, i in used]
 
     manifest = {
-        **base_manifest("coverage", _LIBRARIES),
-        "status": "complete",
-        "run_key": run_key,
         "profile": settings.profile,
-        "settings": asdict(settings),
+        "options": asdict(settings),
         "registry": registry.provenance(),
         "inputs": inputs,
         **totals,
         "n_skipped": sum(skipped.values()),
         "skipped_reasons": dict(sorted(skipped.items())),
         "n_shards": len(run.finished),
+        "units": order,  # corpus order: each shard's key and rows in matches.parquet
         "skipped_shards": run.skipped,
         "rate_denominator": RATE_DENOMINATOR,
         "example_selection": EXAMPLE_SELECTION,
@@ -875,33 +992,51 @@ def _examples(
     return {"examples_per_concept": k, "selection": EXAMPLE_SELECTION, "concepts": chosen}
 
 
-def _merge_matches(shards_dir: Path, planned: list[Shard], target: Path, ids_are_int: bool) -> None:
-    """Concatenate the shards' matches files in corpus order, streaming (bounded memory)."""
+def _merge_matches(
+    folder: RunFolder, planned: list[Shard], target: Path, ids_are_int: bool
+) -> None:
+    """Concatenate the shards' matches files in corpus order, streaming (bounded memory), then
+    remove them: ``matches.parquet`` holds them, and :func:`_split_matches` gets them back."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     id_type = pa.int64() if ids_are_int else pa.string()
     schema = pa.schema([("id", id_type), ("concepts", pa.list_(pa.string()))])
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    parts = [folder.unit_path(shard.key, _MATCHES_SUFFIX) for shard in planned]
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for shard in planned:
-                with pq.ParquetFile(shards_dir / f"{shard.key}{_MATCHES_SUFFIX}") as handle:
+            for part in parts:
+                with pq.ParquetFile(part) as handle:
                     for batch in handle.iter_batches():
                         writer.write_table(pa.Table.from_batches([batch]).cast(schema))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    for part in parts:
+        part.unlink()
 
 
-def _load_result(out_dir: Path) -> CoverageResult:
-    """The result of a run folder that is already complete (a restart after the end)."""
-    import pandas as pd
+def _split_matches(folder: RunFolder) -> None:
+    """Give the shards of an earlier complete run their matches files back from
+    ``matches.parquet`` (cut by the rows each shard read), so that a run whose inputs changed
+    recounts only the changed shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-    examples = json.loads((out_dir / "examples.json").read_text(encoding="utf-8"))
-    names = ("concepts", "groups", "categories")
-    tables = {name: pd.read_parquet(out_dir / f"{name}.parquet") for name in names}
-    return CoverageResult(
-        out_dir, tables["concepts"], tables["groups"], tables["categories"], examples, manifest
-    )
+    merged = folder.path / "matches.parquet"
+    order = (folder.previous or {}).get("units") or []
+    if not merged.is_file() or not order:
+        return
+    with pq.ParquetFile(merged) as handle:
+        batches = handle.iter_batches()
+        pending: pa.Table = pa.table({"id": [], "concepts": []}, schema=handle.schema_arrow)
+        for key, n_rows in order:
+            while pending.num_rows < n_rows:
+                pending = pa.concat_tables([pending, pa.Table.from_batches([next(batches)])])
+            target = folder.unit_path(key, _MATCHES_SUFFIX)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            pq.write_table(pending.slice(0, n_rows), tmp)
+            os.replace(tmp, target)
+            pending = pending.slice(n_rows)
+    merged.unlink()

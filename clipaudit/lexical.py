@@ -45,7 +45,7 @@ import ahocorasick
 import numpy as np
 
 from clipaudit.errors import InputError, SettingsError, did_you_mean
-from clipaudit.registry import Registry
+from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
 from clipaudit.text import ASCII_TABLE, normalize
 
 PROFILES = ("curated", "paper")
@@ -595,3 +595,22 @@ def surface_forms(registry: Registry, concept: str) -> list[str]:
         form for synonym in found.synonyms for form, _ in lexicon.phrase_forms(normalize(synonym))
     )
     return sorted(set(forms))
+
+
+def match_captions(
+    captions: str | Iterable[str],
+    registry: str | Path | Registry = DEFAULT_REGISTRY,
+    profile: str = DEFAULT_PROFILE,
+    *,
+    spacy_model: str | None = None,
+) -> list[str] | list[list[str]]:
+    """The concepts each caption mentions, by name in registry order: a list of names for one
+    caption, a list of such lists for an iterable of captions.
+
+    ``clipaudit.match_captions(["A brown dog on the beach."])`` -> ``[["dog", "brown", "beach"]]``.
+    """
+    matcher = build_matcher(load_registry(registry), profile, spacy_model=spacy_model)
+    if isinstance(captions, str):
+        return matcher.match(captions)
+    names = matcher.concept_names
+    return [[names[i] for i in hits] for hits in matcher.match_batch(list(captions))]

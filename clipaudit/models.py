@@ -21,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +218,67 @@ def _check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
             f"{did_you_mean(spec.pretrained, tags)}; tags for it are {', '.join(tags) or 'none'}, "
             "or give a checkpoint file"
         )
+    _check_weights_reachable(architecture, spec.pretrained)
     return spec.pretrained
+
+
+def _check_weights_reachable(architecture: str, tag: str) -> None:
+    """Fail in seconds when a pretrained tag's weights are neither cached nor downloadable:
+    offline, the hub client would retry for about a minute and then blame the checkpoint."""
+    cfg = open_clip.get_pretrained_cfg(architecture, tag)
+    if _cached_weights(cfg):
+        return
+    host = "huggingface.co" if cfg.get("hf_hub") else urllib.parse.urlparse(cfg["url"]).hostname
+    if not _reachable(host):
+        raise ModelError(
+            f"the weights of {architecture} {tag!r} are not downloaded and {host} cannot be "
+            "reached; download them first on a machine with network (they are cached, e.g. "
+            f"python -c \"import open_clip; open_clip.create_model('{architecture}', "
+            f"pretrained='{tag}')\"), or give a local checkpoint file with --pretrained FILE"
+        )
+
+
+def _cached_weights(cfg: dict[str, Any]) -> bool:
+    """Whether open_clip would find the weights without the network (hub or URL cache)."""
+    if cfg.get("file"):
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = cfg["hf_hub"].rstrip("/"), None
+        if not cfg["hf_hub"].endswith("/"):
+            repo, filename = cfg["hf_hub"].rsplit("/", 1)
+        names = [filename] if filename else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip"
+    return (cache / Path(urllib.parse.urlparse(cfg["url"]).path).name).is_file()
+
+
+def _reachable(host: str | None, timeout: float = 3.0) -> bool:
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_random_weights_warning() -> Iterator[None]:
+    """open_clip warns on the root logger when no weights are loaded: asked for, here."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -242,13 +305,14 @@ def load_model(
     pretrained = _check_pretrained(spec, architecture)
     torch.manual_seed(seed)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture,
-            pretrained=pretrained,
-            device=torch_device,
-            precision="fp32",
-            weights_only=True,
-        )
+        with _quiet_random_weights_warning():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture,
+                pretrained=pretrained,
+                device=torch_device,
+                precision="fp32",
+                weights_only=True,
+            )
         tokenizer = open_clip.get_tokenizer(architecture)
     except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
         reason = " ".join(str(exc).split())[:400]

@@ -15,6 +15,9 @@ A shard is one unit of work a worker process can do alone: a run of a parquet fi
 a byte range of a text file holding whole lines, a row range of a saved dataset, or one streamed
 chunk. Every shard knows the global row number of its first row, so a caption's row number across
 the whole corpus (its id when the input has no id column) does not depend on how work is spread.
+Its ``identity`` is what it reads (its file's size, time and edge hash, its rows, its columns) and
+its ``key`` a file name made from that, so a run folder recounts exactly the shards whose input
+changed, whatever else was added or removed.
 
 Reading never crashes on a bad caption: null, missing, non-string, non-UTF-8 and over-long
 values are counted by reason (:data:`SKIP_REASONS`) and left out; empty strings are kept (they are
@@ -37,7 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipaudit.errors import InputError, did_you_mean
-from clipaudit.provenance import file_record
+from clipaudit.provenance import file_identity, file_record
+from clipaudit.runs import unit_key
 
 CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
 ID_COLUMNS = ("id", "key", "SAMPLE_ID")  # LAION-400M metadata calls it SAMPLE_ID, img2dataset key
@@ -78,7 +82,7 @@ class Source:
 class Shard:
     """A unit of work: which rows of which input, and where they sit in the corpus."""
 
-    key: str  # stable name, also the name of its partial result file
+    key: str  # stable name from its identity, also the name of its unit record
     source: int  # index of its Source
     kind: str
     location: str  # file path, saved-dataset folder, or hub name
@@ -92,6 +96,7 @@ class Shard:
     payload: tuple[list[Any], list[Any] | None] | None = field(
         default=None, repr=False, compare=False
     )
+    identity: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def read(self, *, max_caption_chars: int, batch_rows: int) -> Iterator[CaptionBatch]:
         """The shard's captions in batches of valid text; raises BadShardError when unreadable."""
@@ -197,9 +202,10 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
     return folder / split
 
 
-def describe_source(source: Source) -> dict[str, Any]:
-    """What a manifest records about a source: kind and files with sizes and sha256 checksums
-    (hub datasets: name, config and split, which is all that can be known without reading them)."""
+def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]:
+    """What a manifest records about a source: kind and files with their identities
+    (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``); hub datasets: name,
+    config and split, which is all that can be known without reading them."""
     record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
     if source.kind == "hf_stream":
         name, config = _hf_name(source)
@@ -207,7 +213,7 @@ def describe_source(source: Source) -> dict[str, Any]:
     else:
         if source.kind == "hf_disk":
             record["split"] = source.split
-        record["files"] = [file_record(path) for path in source.files]
+        record["files"] = [file_record(path, checksum=checksum) for path in source.files]
     return record
 
 
@@ -226,16 +232,20 @@ def plan_shards(
     id_column: str | None = None,
     shard_rows: int = 250_000,
     skip_bad: bool = False,
+    descriptions: Sequence[dict[str, Any]] | None = None,
 ) -> Iterator[Shard | SkippedShard]:
     """Cut the sources into shards, in corpus order, with global row numbers.
 
+    ``descriptions`` are the sources' :func:`describe_source` records (made here when not given);
+    each shard's identity holds its files' identities from them.
     Lazy: a streamed hub dataset is read here, chunk by chunk, as the caller consumes shards.
     A parquet file whose footer cannot be read yields a :class:`SkippedShard` with ``skip_bad``
     and raises :class:`BadShardError` without it.
     """
     planner = _Planner(column, id_column, shard_rows, skip_bad)
     for index, source in enumerate(sources):
-        yield from planner.plan(index, source)
+        description = descriptions[index] if descriptions is not None else describe_source(source)
+        yield from planner.plan(index, source, description)
 
 
 class _Planner:
@@ -252,25 +262,46 @@ class _Planner:
         self.skip_bad = skip_bad
         self.next_row = 0
 
-    def plan(self, index: int, source: Source) -> Iterator[Shard | SkippedShard]:
+    def plan(
+        self, index: int, source: Source, description: dict[str, Any]
+    ) -> Iterator[Shard | SkippedShard]:
         if source.kind == "hf_stream":
-            yield from self._stream(index, source)
+            content = {k: description[k] for k in ("name", "config", "split")}
+            yield from self._stream(index, source, content)
         elif source.kind == "hf_disk":
-            yield from self._saved(index, source)
+            files = [file_identity(f) for f in description["files"]]
+            yield from self._saved(index, source, files)
         else:
             for file_index, path in enumerate(source.files):
-                prefix = f"{index:03d}-{file_index:05d}"
+                content = file_identity(description["files"][file_index])
                 if source.kind == "parquet":
-                    yield from self._parquet(index, prefix, path)
+                    yield from self._parquet(index, path, content)
                 else:
-                    yield from self._text(index, prefix, path, source.kind)
+                    yield from self._text(index, path, source.kind, content)
 
-    def _shard(self, n_rows: int, **fields: Any) -> Shard:
-        shard = Shard(first_row=self.next_row, n_rows=n_rows, **fields)
+    def _shard(self, n_rows: int, content: Any, **fields: Any) -> Shard:
+        """A shard named by its identity: what it reads, not where it sits in the corpus."""
+        identity = {
+            "kind": fields["kind"],
+            "content": content,
+            "rows": [fields.get("start", 0), fields.get("stop", 0)],
+            "column": fields["column"],
+            "id_column": fields["id_column"],
+        }
+        if fields["id_column"] is None:  # ids are row numbers across the corpus: where it sits
+            identity["first_row"] = self.next_row
+        label = f"{Path(fields['location']).stem}-{fields.pop('part'):05d}"
+        shard = Shard(
+            key=unit_key(label, identity),
+            first_row=self.next_row,
+            n_rows=n_rows,
+            identity=identity,
+            **fields,
+        )
         self.next_row += n_rows
         return shard
 
-    def _parquet(self, index: int, prefix: str, path: Path) -> Iterator[Shard | SkippedShard]:
+    def _parquet(self, index: int, path: Path, content: Any) -> Iterator[Shard | SkippedShard]:
         try:
             with pq.ParquetFile(path) as handle:
                 meta, names = handle.metadata, handle.schema_arrow.names
@@ -278,7 +309,8 @@ class _Planner:
             reason = f"unreadable parquet file ({_one_line(exc)})"
             if not self.skip_bad:
                 raise BadShardError(str(path), reason) from None
-            yield SkippedShard(key=f"{prefix}-0000", source=index, label=str(path), reason=reason)
+            key = unit_key(path.stem, content)
+            yield SkippedShard(key=key, source=index, label=str(path), reason=reason)
             return
         column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", path)
         id_column = _pick_id_column(names, self.id_column, path)
@@ -292,7 +324,8 @@ class _Planner:
             )
             yield self._shard(
                 n_rows,
-                key=f"{prefix}-{part:04d}",
+                content,
+                part=part,
                 source=index,
                 kind="parquet",
                 location=str(path),
@@ -303,7 +336,7 @@ class _Planner:
                 stop=stop,
             )
 
-    def _text(self, index: int, prefix: str, path: Path, kind: str) -> Iterator[Shard]:
+    def _text(self, index: int, path: Path, kind: str, content: Any) -> Iterator[Shard]:
         column = id_column = None
         if kind == "jsonl":
             names = _jsonl_keys(path)
@@ -316,7 +349,8 @@ class _Planner:
             label = str(path) if single else f"{path} (lines {first_line + 1}-{last_line})"
             yield self._shard(
                 last_line - first_line,
-                key=f"{prefix}-{part:04d}",
+                content,
+                part=part,
                 source=index,
                 kind=kind,
                 location=str(path),
@@ -327,7 +361,7 @@ class _Planner:
                 stop=stop,
             )
 
-    def _saved(self, index: int, source: Source) -> Iterator[Shard]:
+    def _saved(self, index: int, source: Source, content: Any) -> Iterator[Shard]:
         dataset = _load_saved(str(source.root))
         names = dataset.column_names
         column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.root)
@@ -336,7 +370,8 @@ class _Planner:
             stop = min(first + self.shard_rows, dataset.num_rows)
             yield self._shard(
                 stop - first,
-                key=f"{index:03d}-00000-{part:04d}",
+                content,
+                part=part,
                 source=index,
                 kind="hf_disk",
                 location=str(source.root),
@@ -347,7 +382,7 @@ class _Planner:
                 stop=stop,
             )
 
-    def _stream(self, index: int, source: Source) -> Iterator[Shard]:
+    def _stream(self, index: int, source: Source, content: Any) -> Iterator[Shard]:
         name, config = _hf_name(source)
         dataset = _open_stream(name, config, source.split)
         names = dataset.column_names
@@ -362,7 +397,8 @@ class _Planner:
             first = self.next_row
             yield self._shard(
                 len(captions),
-                key=f"{index:03d}-00000-{part:05d}",
+                {**content, "chunk": part, "chunk_rows": self.shard_rows},
+                part=part,
                 source=index,
                 kind="hf_stream",
                 location=name,

@@ -163,6 +163,26 @@ class Registry:
             "concept_versions": {c.name: c.version for c in self.concepts},
         }
 
+    def __repr__(self) -> str:
+        return (
+            f"Registry({self.name!r}, version {self.version}: {len(self.concepts)} concepts in "
+            f"{len(self.groups)} groups, categories {', '.join(self.categories)})"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td>{escape(g.name)}</td><td>{escape(g.category)}</td>"
+            f"<td>{escape(', '.join(c.name for c in self.concepts_in(g.name)))}</td></tr>"
+            for g in self.groups
+        )
+        return (
+            f"<p><b>Registry {escape(self.name)}</b> (version {escape(self.version)}): "
+            f"{len(self.concepts)} concepts in {len(self.groups)} groups</p>"
+            f"<table><tr><th>group</th><th>category</th><th>concepts</th></tr>{rows}</table>"
+        )
+
     @staticmethod
     def _find_folded(name: str, table: Mapping[str, Any]) -> Any:
         key = normalize(name)
@@ -202,8 +222,11 @@ def resolve_registry_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_registry(name_or_path: str | Path = DEFAULT_REGISTRY) -> Registry:
-    """Load and validate a registry by built-in name (see :func:`list_registries`) or file path."""
+def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Registry:
+    """Load and validate a registry by built-in name (see :func:`list_registries`) or file path;
+    a :class:`Registry` is returned as it is, so every API call takes any of the three."""
+    if isinstance(name_or_path, Registry):
+        return name_or_path
     path = resolve_registry_path(name_or_path)
     raw = path.read_bytes()
     try:

@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import torch
 
 from clipaudit import metrics
 from clipaudit.embedding_cache import EmbeddingCache, default_cache_dir
-from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.images import (
     DECODE_VERSION,
     DEFAULT_MAX_PIXELS,
@@ -57,8 +57,9 @@ from clipaudit.models import (
     resolve_device,
     resolve_precision,
 )
-from clipaudit.provenance import atomic_write_bytes, base_manifest, write_json, write_table
+from clipaudit.provenance import atomic_write_bytes, file_identity, file_record, write_table
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
+from clipaudit.runs import RunFailedError, RunFolder, unit_key
 from clipaudit.text import slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
@@ -104,12 +105,15 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ZeroShotSettings:
-    """Everything a zero-shot run depends on; validated at construction."""
+    """Everything a zero-shot run depends on; validated at construction.
+
+    ``models`` are :class:`ModelSpec`; ``registry`` a built-in name, a YAML path or a Registry.
+    Fields in :data:`RESULT_FIELDS` change results: a run folder resumes only with the same values.
+    """
 
     models: tuple[ModelSpec, ...]
     images: str
-    out: Path
-    registry: str = DEFAULT_REGISTRY
+    registry: Any = DEFAULT_REGISTRY
     groups: tuple[str, ...] | None = None
     templates: str = "none"
     all_concepts: bool = False
@@ -127,7 +131,7 @@ class ZeroShotSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "images", str(self.images))
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
         if self.cache_dir is not None:
@@ -139,11 +143,12 @@ class ZeroShotSettings:
         if repeated:
             raise SettingsError(f"the same model is given twice: {', '.join(repeated)}")
         for name, value, low in (
-            ("batch size", self.batch_size, 1),
-            ("workers", self.workers, 0),
-            ("max pixels", self.max_pixels, 1),
+            ("batch_size (--batch-size)", self.batch_size, 1),
+            ("workers (--workers)", self.workers, 0),
+            ("max_pixels", self.max_pixels, 1),
+            ("seed", self.seed, 0),
         ):
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
         resolve_precision(self.precision, resolve_device(self.device))
         if self.groups is not None and not self.groups:
@@ -153,7 +158,67 @@ class ZeroShotSettings:
         resolve_templates(self.templates)
 
     def describe(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        record = asdict(self)
+        record["registry"] = _registry_label(self.registry)
+        return json.loads(json.dumps(record, default=str))
+
+    def result_fields(self, registry: Registry) -> dict[str, Any]:
+        """What results depend on: not batch size, workers, device or the cache, and not the
+        models, which are the run's units (a model added to a run leaves the others' results)."""
+        record = {name: getattr(self, name) for name in RESULT_FIELDS}
+        record["registry"] = {"name": registry.name, "sha256": registry.sha256}
+        templates = Path(self.templates)
+        if self.templates not in TEMPLATE_SETS and templates.is_file():
+            record["templates"] = {
+                "file": self.templates,
+                "texts": resolve_templates(self.templates),
+            }
+        return json.loads(json.dumps(record, default=str))
+
+
+RESULT_FIELDS = (
+    "images",
+    "groups",
+    "templates",
+    "all_concepts",
+    "precision",
+    "jpeg_draft",
+    "max_pixels",
+    "label_field",
+    "image_column",
+    "split",
+    "seed",
+)
+
+
+def _registry_label(registry: Any) -> str:
+    return registry.name if isinstance(registry, Registry) else str(registry)
+
+
+def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
+    """Models as the API takes them: a name or config path, a ``(model, pretrained)`` pair, a
+    :class:`ModelSpec`, or a list of these; ``pretrained`` applies to a single model given by name."""
+    if isinstance(models, (str, Path, ModelSpec)) or (
+        isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], (str, Path))
+    ):
+        models = [models]
+    specs = []
+    for item in models:
+        if isinstance(item, ModelSpec):
+            specs.append(item)
+        elif isinstance(item, (str, Path)):
+            specs.append(ModelSpec(str(item), None if pretrained is None else str(pretrained)))
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            specs.append(ModelSpec(str(item[0]), None if item[1] is None else str(item[1])))
+        else:
+            raise SettingsError(
+                f"a model must be a name, a (model, pretrained) pair or a ModelSpec; got {item!r}"
+            )
+    if pretrained is not None and len(specs) > 1:
+        raise SettingsError(
+            "pretrained= applies to one model; give several as (model, pretrained) pairs"
+        )
+    return tuple(specs)
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -270,28 +335,34 @@ def embed_images(
 
 
 def class_embeddings(
-    loaded: LoadedModel, concepts: Sequence[Concept], templates: Sequence[str], bare_names: bool
+    loaded: LoadedModel,
+    concepts: Sequence[Concept],
+    templates: Sequence[str],
+    bare_names: bool,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """Normalised text embedding per concept (rows): the renormalised mean of the normalised
-    embeddings of all its prompt x template texts (its bare name x templates with ``bare_names``)."""
-    from open_clip import build_zero_shot_classifier
-
-    rows = []
+    embeddings of all its prompt x template texts (its bare name x templates with ``bare_names``),
+    CLIP's prompt ensembling. All concepts' texts go through the text tower together, ``chunk``
+    texts per forward pass."""
+    texts, owner = [], []
+    for row, concept in enumerate(concepts):
+        prompts = (concept.name,) if bare_names else concept.prompts
+        for prompt in prompts:
+            for template in templates:
+                texts.append(template.format(prompt))
+                owner.append(row)
+    encoded = []
     with loaded.inference():
-        for concept in concepts:
-            prompts = (concept.name,) if bare_names else concept.prompts
-            texts = [template.format(prompt) for prompt in prompts for template in templates]
-            # one class whose "templates" are its texts: open_clip averages and renormalises them
-            weights = build_zero_shot_classifier(
-                loaded.model,
-                loaded.tokenizer,
-                [concept.name],
-                [lambda _, text=text: text for text in texts],
-                num_classes_per_batch=None,
-                device=loaded.device,
-            )
-            rows.append(weights[:, 0].float().cpu())
-    return torch.stack(rows).numpy()
+        for start in range(0, len(texts), chunk):
+            tokens = loaded.tokenizer(texts[start : start + chunk]).to(loaded.device)
+            features = loaded.model.encode_text(tokens).float()
+            encoded.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+    features = torch.cat(encoded).numpy().astype(np.float64)
+    sums = np.zeros((len(concepts), features.shape[1]))
+    np.add.at(sums, np.asarray(owner), features)
+    means = sums / np.bincount(owner, minlength=len(concepts))[:, None]
+    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -356,6 +427,7 @@ def evaluate_model(
     skipped_concepts: list[dict[str, Any]] = []
     skipped_groups: list[dict[str, Any]] = []
     used_templates: dict[str, list[str]] = {}
+    planned = []  # (group, rows, present, candidates, templates) of each evaluable group
     for group in registry.groups:
         concepts = registry.concepts_in(group.name)
         rows = [i for i in usable if records[i].group == group.name]
@@ -377,13 +449,26 @@ def evaluate_model(
                     {"group": group.name, "concept": concept.name, "reason": reason}
                 )
         candidates = list(concepts) if all_concepts else present
-        group_templates = (
+        group_templates = tuple(
             group.templates if group.templates and templates != "none" else base_templates
         )
         used_templates[group.name] = list(group_templates)
-        weights = class_embeddings(
+        planned.append((group, rows, present, candidates, group_templates))
+    # every classifier with the same templates in one batched pass through the text tower
+    by_templates: dict[tuple[str, ...], list[Concept]] = {}
+    for _, _, _, candidates, group_templates in planned:
+        by_templates.setdefault(group_templates, []).extend(candidates)
+    weights_of: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+    for group_templates, candidates in by_templates.items():
+        computed = class_embeddings(
             loaded, candidates, group_templates, bare_names=templates == "none"
         )
+        weights_of.update(
+            {(group_templates, c.name): w for c, w in zip(candidates, computed, strict=True)}
+        )
+
+    for group, rows, present, candidates, group_templates in planned:
+        weights = np.stack([weights_of[(group_templates, c.name)] for c in candidates])
         similarity = features[rows] @ weights.T
         top_k = min(TOP_K, len(candidates))
         order = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
@@ -471,104 +556,256 @@ def _empty(columns: list[str]) -> pd.DataFrame:
 
 @dataclass
 class ZeroShotRun:
-    """What :func:`run_zeroshot` wrote: the run folder, its main tables and its manifest."""
+    """A zero-shot run: the run folder, its tables (DataFrames) and its manifest."""
 
     out: Path
     groups: pd.DataFrame
     concepts: pd.DataFrame
     manifest: dict[str, Any]
+    reused: bool = False  # the folder already held this complete run: nothing was recomputed
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(self.groups["model"]))
+
+    def predictions(self) -> pd.DataFrame:
+        """One row per image and model: true and predicted concept, score, top-5."""
+        return pd.read_parquet(self.out / "predictions.parquet")
+
+    def confusion(self, model: str, group: str) -> pd.DataFrame:
+        """The confusion matrix of one model on one group (rows true, columns predicted)."""
+        path = self.out / "confusion" / slug(model) / f"{slug(group)}.csv"
+        if not path.is_file():
+            raise InputError(
+                f"no confusion matrix for model {model!r} and group {group!r} in {self.out}; "
+                f"models are {', '.join(self.models)}{did_you_mean(model, self.models)}"
+            )
+        return pd.read_csv(path).set_index("true")
 
     def macro_f1_table(self) -> pd.DataFrame:
         """Groups x models macro-F1 (the side-by-side view of several models)."""
-        order = list(dict.fromkeys(self.groups["model"]))
         table = self.groups.pivot_table(
             index="group", columns="model", values="macro_f1", sort=False
         )
-        return table[[m for m in order if m in table.columns]]
+        return table[[m for m in self.models if m in table.columns]]
+
+    def __repr__(self) -> str:
+        return (
+            f"ZeroShotRun({str(self.out)!r}: {len(self.models)} model(s) "
+            f"{', '.join(self.models)}; {self.groups['group'].nunique()} groups, "
+            f"{self.manifest.get('n_images', '?')} images)"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        table = self.macro_f1_table().to_html(float_format=lambda v: f"{v:.3f}")
+        return f"<p><b>{escape(repr(self))}</b> macro-F1 per group:</p>{table}"
 
 
-def run_zeroshot(settings: ZeroShotSettings, *, progress: bool = True) -> ZeroShotRun:
-    """Run a zero-shot awareness audit and write its run folder (see the module docstring)."""
-    started = time.perf_counter()
-    out = _prepare_run_folder(settings.out)
+def load_zeroshot_run(path: str | Path, manifest: dict[str, Any]) -> ZeroShotRun:
+    """A complete zero-shot run folder read back (:func:`clipaudit.runs.load_run`)."""
+    path = Path(path)
+    return ZeroShotRun(
+        path, pd.read_csv(path / "groups.csv"), pd.read_csv(path / "concepts.csv"), manifest
+    )
+
+
+def run_zeroshot(
+    models: Any,
+    images: str | Path,
+    out: str | Path | None = None,
+    *,
+    pretrained: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> ZeroShotRun:
+    """Zero-shot awareness of ``models`` on the labelled ``images``, written to the run folder
+    ``out`` (a new temporary folder when None) and returned.
+
+    ``models``: a name (``"ViT-B-32"``, with ``pretrained=``), a ``(model, pretrained)`` pair, a
+    :class:`ModelSpec`, or a list of them. ``options`` are :class:`ZeroShotSettings` fields
+    (``registry``, ``groups``, ``templates``, ``device``...). Each model is a unit of the run:
+    a killed or failed run resumes with the models it had finished; a folder of other settings is
+    refused unless ``overwrite``. A run in which no group could be evaluated fails
+    (:class:`~clipaudit.runs.RunFailedError`)."""
+    import tempfile
+
+    settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
-    images = open_images(
-        settings.images,
-        registry,
-        settings.groups,
-        label_field=settings.label_field,
-        image_column=settings.image_column,
-        split=settings.split,
-    )
-    listed_s = time.perf_counter() - started
-    manifest = base_manifest("zeroshot", LIBRARIES)
-    manifest.update(
-        status="running",
-        settings=settings.describe(),
-        inputs={"images": images.describe(), "registry": selected.provenance()},
-        seed=settings.seed,
-    )
-    write_json(out / "manifest.json", manifest)
-
-    results: list[ModelResult] = []
-    for spec in settings.models:
-        load_start = time.perf_counter()
-        loaded = load_model(spec, settings.device, settings.precision, settings.seed)
-        load_s = time.perf_counter() - load_start
-        cache = None
-        if settings.cache_dir is not None:
-            key = cache_key(loaded, settings.jpeg_draft)
-            cache = EmbeddingCache(
-                settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft}
-            )
-        result = evaluate_model(
-            loaded,
-            images,
-            selected,
-            templates=settings.templates,
-            all_concepts=settings.all_concepts,
-            cache=cache,
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            jpeg_draft=settings.jpeg_draft,
-            max_pixels=settings.max_pixels,
-            progress=progress,
+    run_settings = settings.result_fields(registry)
+    with RunFolder(
+        out, "zeroshot", run_settings, overwrite=overwrite, libraries=LIBRARIES
+    ) as folder:
+        started = time.perf_counter()
+        image_set = open_images(
+            settings.images,
+            registry,
+            settings.groups,
+            label_field=settings.label_field,
+            image_column=settings.image_column,
+            split=settings.split,
         )
-        result.timings["load_s"] = load_s
-        result.info["cache"] = cache.describe() if cache is not None else None
-        results.append(result)
-        del loaded
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        listed_s = time.perf_counter() - started
+        units = [(spec, _model_identity(spec, image_set)) for spec in settings.models]
+        keys = [unit_key(spec.label, identity) for spec, identity in units]
+        records = [
+            folder.load_unit(key, identity) for key, (_, identity) in zip(keys, units, strict=True)
+        ]
+        if folder.was_complete and all(records):
+            return replace(load_zeroshot_run(out, folder.previous), reused=True)
+        folder.update(
+            options=settings.describe(),
+            inputs={"images": image_set.describe(), "registry": selected.provenance()},
+        )
+        for index, ((spec, identity), key) in enumerate(zip(units, keys, strict=True)):
+            if records[index] is None:
+                result = _evaluate_spec(spec, image_set, selected, settings, progress)
+                records[index] = _save_model_unit(folder, key, identity, result)
+        folder.prune_units(keys)
+        return _finish(folder, keys, records, image_set, settings, listed_s)
 
-    groups = pd.concat([r.groups for r in results], ignore_index=True)
-    concepts = pd.concat([r.concepts for r in results], ignore_index=True)
-    outputs = _write_outputs(out, results, groups, concepts)
-    first = results[0]
-    manifest.update(
-        status="complete",
-        models=[
-            {
-                **r.info,
-                "timings": r.timings,
-                "n_encoded": r.n_encoded,
-                "n_cached": r.n_cached,
-                "n_skipped_images": len(r.failures),
-            }
-            for r in results
-        ],
-        device=first.info["device"],
-        precision=first.info["precision"],
-        templates={"setting": settings.templates, "by_group": first.templates},
-        n_images=len(images.records),
-        skipped_images=_unique(f for r in results for f in r.failures),
-        skipped_concepts=_unique(c for r in results for c in r.skipped_concepts),
-        skipped_groups=_unique(g for r in results for g in r.skipped_groups),
-        timings={"list_images_s": listed_s, "total_s": time.perf_counter() - started},
-        outputs=outputs,
+
+def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
+    """What one model's results depend on besides the run's settings: its weights and config
+    files (by size, time and edges) and the images (identities and labels)."""
+    files = {}
+    for role, value in (("config", spec.model), ("checkpoint", spec.pretrained)):
+        if value and Path(value).is_file():
+            files[role] = file_identity(file_record(value))
+    digest = hashlib.blake2b(digest_size=16)
+    for record in images.records:
+        digest.update(f"{record.identity}\0{record.concept}\n".encode())
+    return {"model": spec.label, "files": files, "images": digest.hexdigest()}
+
+
+def _evaluate_spec(
+    spec: ModelSpec,
+    images: ImageSet,
+    registry: Registry,
+    settings: ZeroShotSettings,
+    progress: bool,
+) -> ModelResult:
+    load_start = time.perf_counter()
+    loaded = load_model(spec, settings.device, settings.precision, settings.seed)
+    load_s = time.perf_counter() - load_start
+    cache = None
+    if settings.cache_dir is not None:
+        key = cache_key(loaded, settings.jpeg_draft)
+        cache = EmbeddingCache(
+            settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft}
+        )
+    result = evaluate_model(
+        loaded,
+        images,
+        registry,
+        templates=settings.templates,
+        all_concepts=settings.all_concepts,
+        cache=cache,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        jpeg_draft=settings.jpeg_draft,
+        max_pixels=settings.max_pixels,
+        progress=progress,
     )
-    write_json(out / "manifest.json", manifest)
+    result.timings["load_s"] = load_s
+    result.info["cache"] = cache.describe() if cache is not None else None
+    del loaded
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def _save_model_unit(
+    folder: RunFolder, key: str, identity: dict[str, Any], result: ModelResult
+) -> dict[str, Any]:
+    """Write one model's tables under ``units/<key>/`` and its record; returns the record."""
+    unit = folder.units / key
+    write_table(result.predictions, unit / "predictions", ("parquet",))
+    write_table(result.concepts, unit / "concepts", ("parquet",))
+    write_table(result.groups, unit / "groups", ("parquet",))
+    for group, frame in result.confusions.items():
+        write_table(frame.reset_index(), unit / "confusion" / slug(group), ("parquet",))
+    record = {
+        "label": result.label,
+        "info": {
+            **result.info,
+            "timings": result.timings,
+            "n_encoded": result.n_encoded,
+            "n_cached": result.n_cached,
+            "n_skipped_images": len(result.failures),
+        },
+        "confusion_groups": list(result.confusions),
+        "failures": result.failures,
+        "skipped_concepts": result.skipped_concepts,
+        "skipped_groups": result.skipped_groups,
+        "templates": result.templates,
+    }
+    folder.save_unit(key, identity, record)
+    return {"identity": identity, **record}
+
+
+def _finish(
+    folder: RunFolder,
+    keys: list[str],
+    records: list[dict[str, Any]],
+    images: ImageSet,
+    settings: ZeroShotSettings,
+    listed_s: float,
+) -> ZeroShotRun:
+    """Merge the models' units into the run's outputs, fail a run with nothing evaluated."""
+    units = [folder.units / key for key in keys]
+    groups = pd.concat([pd.read_parquet(u / "groups.parquet") for u in units], ignore_index=True)
+    if groups.empty:
+        failures = _unique(f for r in records for f in r["failures"])
+        skipped = _unique(g for r in records for g in r["skipped_groups"])
+        why = (
+            f"all {len(failures)} images failed to decode, e.g. {failures[0]['path']}: "
+            f"{failures[0]['reason']}"
+            if failures and len(failures) == len(images.records)
+            else "no group has images of 2 concepts: "
+            + "; ".join(f"{g['group']}: {g['reason']}" for g in skipped[:5])
+        )
+        raise RunFailedError(f"no group could be evaluated ({why})")
+    concepts = pd.concat(
+        [pd.read_parquet(u / "concepts.parquet") for u in units], ignore_index=True
+    )
+    predictions = pd.concat(
+        [pd.read_parquet(u / "predictions.parquet") for u in units], ignore_index=True
+    )
+    out = folder.path
+    shutil.rmtree(out / "confusion", ignore_errors=True)
+    written = write_table(concepts, out / "concepts", ("csv",))
+    written += write_table(groups, out / "groups", ("csv",))
+    written += write_table(predictions, out / "predictions", ("parquet",))
+    for unit, record in zip(units, records, strict=True):
+        label = record["label"]
+        scores = groups[groups["model"] == label].set_index("group")["macro_f1"]
+        for group in record["confusion_groups"]:
+            frame = pd.read_parquet(unit / "confusion" / f"{slug(group)}.parquet")
+            target = out / "confusion" / slug(label) / slug(group)
+            written += write_table(frame, target, ("csv",))
+            title = f"{label} / {group}: macro-F1 {scores[group]:.3f}"
+            atomic_write_bytes(
+                target.with_suffix(".png"), confusion_png(frame.set_index("true"), title)
+            )
+            written.append(target.with_suffix(".png"))
+    first = records[0]["info"]
+    manifest = folder.complete(
+        models=[r["info"] for r in records],
+        device=first["device"],
+        precision=first["precision"],
+        templates={"setting": settings.templates, "by_group": records[0]["templates"]},
+        n_images=len(images.records),
+        skipped_images=_unique(f for r in records for f in r["failures"]),
+        skipped_concepts=_unique(c for r in records for c in r["skipped_concepts"]),
+        skipped_groups=_unique(g for r in records for g in r["skipped_groups"]),
+        timings={"list_images_s": listed_s},
+        outputs=[str(p.relative_to(out)) for p in written],
+    )
     return ZeroShotRun(out, groups, concepts, manifest)
 
 
@@ -577,47 +814,6 @@ def _unique(items: Any) -> list[dict[str, Any]]:
     for item in items:
         seen.setdefault(json.dumps(item, sort_keys=True), item)
     return list(seen.values())
-
-
-def _prepare_run_folder(out: Path) -> Path:
-    """Accept a new/empty folder or one holding an earlier zero-shot run (rewritten); refuse others."""
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {str(out)!r} is a file; expected a folder for the run")
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        try:
-            kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
-        except (ValueError, AttributeError):
-            kind = None
-        if kind != "zeroshot":
-            raise RunFolderError(
-                f"--out {str(out)!r} holds a {kind or 'unreadable'} run, not a zero-shot one; choose another folder"
-            )
-        shutil.rmtree(out / "confusion", ignore_errors=True)
-    elif out.is_dir() and any(out.iterdir()):
-        raise RunFolderError(
-            f"--out {str(out)!r} is not empty and holds no clipaudit manifest; choose a new or empty folder"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _write_outputs(
-    out: Path, results: Sequence[ModelResult], groups: pd.DataFrame, concepts: pd.DataFrame
-) -> list[str]:
-    written = write_table(concepts, out / "concepts", ("csv",))
-    written += write_table(groups, out / "groups", ("csv",))
-    predictions = pd.concat([r.predictions for r in results], ignore_index=True)
-    written += write_table(predictions, out / "predictions", ("parquet",))
-    for result in results:
-        group_scores = result.groups.set_index("group")["macro_f1"]
-        for group, frame in result.confusions.items():
-            target = out / "confusion" / slug(result.label) / slug(group)
-            written += write_table(frame.reset_index(), target, ("csv",))
-            title = f"{result.label} / {group}: macro-F1 {group_scores[group]:.3f}"
-            atomic_write_bytes(target.with_suffix(".png"), confusion_png(frame, title))
-            written.append(target.with_suffix(".png"))
-    return [str(p.relative_to(out)) for p in written]
 
 
 def confusion_png(frame: pd.DataFrame, title: str) -> bytes:

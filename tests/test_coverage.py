@@ -159,7 +159,7 @@ def test_per_caption_matches_have_one_row_per_caption_read(tiny, zoo, tmp_path):
         {"id": row["id"], "concepts": curated} for row, curated, _ in ZOO if curated is not None
     ]
     assert matches.to_pylist() == expected
-    assert not list((tmp_path / "run" / "shards").glob("*.matches.parquet"))  # merged, removed
+    assert not list((tmp_path / "run" / "units").glob("*.matches.parquet"))  # merged, removed
 
 
 def test_txt_ids_are_row_numbers_and_examples_are_the_smallest_crc_captions(tiny, tmp_path):
@@ -299,7 +299,7 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_outputs(tmp_path):
         "--no-progress",
     )
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    shards = tmp_path / "killed" / "shards"
+    shards = tmp_path / "killed" / "units"
     deadline = time.monotonic() + 60
     while not list(shards.glob("*.json")) and process.poll() is None:
         assert time.monotonic() < deadline, "no shard finished within a minute"
@@ -318,6 +318,7 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_outputs(tmp_path):
     resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "caption coverage per group" in resumed.stdout
+    assert "reused from an earlier session" in resumed.stdout
     timings = json.loads((tmp_path / "killed" / "manifest.json").read_text())["timings"]
     assert timings["shards_resumed"] >= finished >= 1 and timings["shards_this_session"] >= 1
     assert timings["shards_resumed"] + timings["shards_this_session"] == 24
@@ -327,22 +328,159 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_outputs(tmp_path):
     assert_same_outputs(tmp_path / "killed", reference)
 
 
-def test_a_run_folder_of_a_different_run_is_refused(tiny, zoo, tmp_path):
+def test_a_run_folder_of_a_different_run_is_refused_unless_overwritten(tiny, zoo, tmp_path):
     out = tmp_path / "run"
     first = run([zoo], tiny, out)
-    again = run([zoo], tiny, out, workers=1, skip_bad=True)  # neither changes results: reused
-    assert again.manifest["timings"] == first.manifest["timings"]
-    with pytest.raises(RunFolderError, match=r"profile was 'curated', now 'paper'"):
+    again = run([zoo], tiny, out, workers=2, skip_bad=True)  # neither changes results: reused
+    assert again.reused and again.manifest == first.manifest
+    with pytest.raises(RunFolderError, match=r"coverage.profile: 'curated' -> 'paper'"):
         run([zoo], tiny, out, profile="paper")
-    changed = tmp_path / "changed.jsonl"
-    changed.write_text(zoo.read_text().replace("kitten", "kittens"))
-    with pytest.raises(RunFolderError, match=r"source 1 differs"):
-        run([changed], tiny, out)
+    assert not (out / ".lock").exists()  # refused, and no lock left behind
+    paper = count_coverage(
+        [zoo],
+        tiny,
+        out,
+        CoverageSettings(profile="paper", max_caption_chars=MAX_CHARS),
+        overwrite=True,
+        progress=False,
+    )
+    assert paper.manifest["profile"] == "paper" and not paper.reused
+    assert len(list((out / "units").glob("*.json"))) == 1
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match=r"holds no coverage run"):
+    with pytest.raises(RunFolderError, match=r"not empty but holds no clipaudit run"):
         run([zoo], tiny, other)
+    zeroshot_like = tmp_path / "zs"
+    zeroshot_like.mkdir()
+    (zeroshot_like / "manifest.json").write_text('{"kind": "zeroshot", "status": "complete"}')
+    with pytest.raises(RunFolderError, match=r"holds a zeroshot run, not a coverage run"):
+        run([zoo], tiny, zeroshot_like)
+
+
+def write_parts(folder: Path, parts: dict[str, list[str]]) -> None:
+    folder.mkdir(exist_ok=True)
+    for name, captions in parts.items():
+        ids = [f"{name}-{i}" for i in range(len(captions))]
+        pq.write_table(pa.table({"id": ids, "caption": captions}), folder / f"{name}.parquet")
+
+
+def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path):
+    corpus = tmp_path / "corpus"
+    parts = {
+        "a": ["a red cat", "a dog"] * 3,
+        "b": ["a happy puppy"] * 4,
+        "c": [f"two kittens number {i}" for i in range(20_000)],
+    }
+    write_parts(corpus, parts)
+    data = bytearray((corpus / "c.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
+    (corpus / "c.parquet").write_bytes(bytes(data))
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=r"c\.parquet: unreadable parquet data.*--skip-bad"):
+        run([corpus], tiny, out, per_caption=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "c.parquet" in manifest["reason"]
+    assert not (out / ".lock").exists()
+
+    write_parts(corpus, {"c": parts["c"]})  # c fixed: it alone is counted, a and b are reused
+    fixed = run([corpus], tiny, out, per_caption=True)
+    assert fixed.manifest["timings"]["shards_this_session"] == 1
+    assert fixed.manifest["timings"]["shards_resumed"] == 2
+
+    (corpus / "a.parquet").unlink()  # a removed, d added, after the run was complete
+    write_parts(corpus, {"d": ["a red dog", "nothing"]})
+    changed = run([corpus], tiny, out, per_caption=True)
+    timings = changed.manifest["timings"]
+    assert (timings["shards_this_session"], timings["shards_resumed"]) == (1, 2)
+    assert timings["shards_removed"] == 1
+    clean = run([corpus], tiny, tmp_path / "clean", per_caption=True)
+    assert_same_outputs(out, tmp_path / "clean")
+    assert changed.n_captions_read == 4 + 20_000 + 2
+    assert changed.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 5,
+        "cat": 20_000,
+        "red": 1,
+        "happy": 4,
+    }
+
+
+def test_a_wrong_column_then_the_right_one_starts_over(tiny, tmp_path):
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["a red cat", "a dog"]}), path)
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=r"no caption column 'txt' \(did you mean 'text'\?\)"):
+        run([path], tiny, out, column="txt")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    result = run([path], tiny, out, column="text")
+    assert result.manifest["status"] == "complete"
+    assert result.concepts.set_index("concept")["count"].to_dict()["cat"] == 1
+
+
+def test_a_run_where_every_shard_failed_is_failed(tiny, tmp_path):
+    from clipaudit.runs import RunFailedError
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.parquet").write_bytes(b"not parquet at all")
+    out = tmp_path / "run"
+    with pytest.raises(RunFailedError, match=r"no shard of the corpus could be read"):
+        run([corpus], tiny, out, skip_bad=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    result = subprocess.run(
+        cli("count", str(corpus), "--out", str(out), "--skip-bad", "--no-progress"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "no shard of the corpus could be read" in result.stderr
+
+
+@pytest.mark.parametrize("form", ["dataframe", "list", "generator", "path string", "paths"])
+def test_every_caption_input_form_counts_the_same(tiny, tmp_path, form):
+    captions = ["A red cat.", "a hot dog", "Two puppies", "nothing here"]
+    path = tmp_path / "captions.txt"
+    path.write_text("\n".join(captions) + "\n")
+    given = {
+        "dataframe": pd.DataFrame({"text": captions, "other": range(4)}),
+        "list": list(captions),
+        "generator": (c for c in captions),
+        "path string": str(path),
+        "paths": [path],
+    }[form]
+    options = {"column": "text"} if form == "dataframe" else {}
+    result = count_coverage(
+        given, registry=tiny, out=tmp_path / "run", progress=False, per_caption=True, **options
+    )
+    assert result.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 1,
+        "cat": 1,
+        "red": 1,
+        "happy": 0,
+    }
+    assert result.matches()["concepts"].map(list).tolist() == [["cat", "red"], [], ["dog"], []]
+    again = count_coverage(
+        captions if form == "generator" else given,
+        registry=tiny,
+        out=tmp_path / "run",
+        progress=False,
+        per_caption=True,
+        **options,
+    )
+    assert again.reused  # the same in-memory captions are the same input
+
+
+def test_unknown_settings_and_ambiguous_inputs_are_refused(tiny, tmp_path):
+    with pytest.raises(SettingsError, match=r"unknown coverage setting 'colum' \(did you mean"):
+        count_coverage(["a cat"], tiny, tmp_path / "a", colum="text")
+    with pytest.raises(InputError, match=r"mixes caption sources"):
+        count_coverage(["a cat", "captions.parquet"], tiny, tmp_path / "b")
+    with pytest.raises(InputError, match=r"has no caption column 'caption'"):
+        count_coverage(
+            pd.DataFrame({"caption_text": ["a cat"]}), tiny, tmp_path / "c", column="caption"
+        )
 
 
 def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_path):
@@ -358,7 +496,7 @@ def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_
     (corpus / "b.parquet").write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"b\.parquet: unreadable parquet data.*--skip-bad"):
         run([corpus], tiny, tmp_path / "run")
-    assert (tmp_path / "run" / "shards" / "000-00000-0000.json").is_file()  # a.parquet is kept
+    assert list((tmp_path / "run" / "units").glob("a-*.json"))  # a.parquet is kept
     result = run([corpus], tiny, tmp_path / "run", skip_bad=True)
     assert result.manifest["timings"]["shards_resumed"] >= 1
     assert result.manifest["n_captions_read"] == 8
@@ -375,7 +513,9 @@ def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_
 def test_settings_are_checked_when_made():
     with pytest.raises(SettingsError, match=r"unknown profile 'papers'.*did you mean 'paper'"):
         CoverageSettings(profile="papers")
-    with pytest.raises(SettingsError, match=r"workers must be a positive integer, got 0"):
+    with pytest.raises(
+        SettingsError, match=r"workers \(--workers\) must be a positive integer, got 0"
+    ):
         CoverageSettings(workers=0)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from clipaudit import zeroshot
 from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.runs import load_run
 from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
 from clipaudit.theory.config import (
     PROFILES,
@@ -512,6 +513,8 @@ def test_a_run_folder_holds_the_audit_tables(tiny_check):
     for figure in ("r2_x.png", "r2_t.png", "coverage_awareness.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
     assert "2 of 2 configurations agree" in (out / "check.md").read_text()
+    loaded = load_run(out)
+    assert loaded.verdicts == tiny_check.verdicts and loaded.r2.equals(tiny_check.r2)
 
 
 def test_margins_are_given_per_seed_and_latent_mode(tiny_check):
@@ -569,25 +572,39 @@ def test_a_run_folder_of_other_settings_is_refused(tiny_check):
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, tiny_check.out, progress=False)
 
 
-def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tiny_check, tmp_path):
+def _set_recorded_settings(out, settings, *, legacy: bool = False) -> None:
+    """Store ``settings`` as a run folder holds them: in its manifest, or, as folders written
+    before the run-folder contract did while unfinished, in settings.json with no manifest."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    if legacy:
+        (out / "manifest.json").unlink()
+        (out / "settings.json").write_text(json.dumps(settings))
+    else:
+        (out / "manifest.json").write_text(json.dumps({**manifest, "settings": settings}))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(
+    tiny_check, tmp_path, legacy
+):
     import shutil
 
     out = tmp_path / "older"
     shutil.copytree(tiny_check.out, out)
-    recorded = json.loads((out / "settings.json").read_text())
+    recorded = json.loads((out / "manifest.json").read_text())["settings"]
     # as written before these settings were added
     del recorded["training"]["negatives"], recorded["training"]["final_temperature"]
-    (out / "settings.json").write_text(json.dumps(recorded))
+    _set_recorded_settings(out, recorded, legacy=legacy)
     resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
-    assert resumed.timings["groups"] == []
+    assert resumed.timings["groups"] == [] and resumed.failed == []
     other = dataclasses.replace(TINY_TRAINING, negatives="same-modality")
-    (out / "settings.json").write_text(json.dumps(recorded))  # the resumed run rewrote it
+    _set_recorded_settings(out, recorded)  # the resumed run rewrote them
     expected = "training.negatives: 'cross-modal' -> 'same-modality'"
     with pytest.raises(RunFolderError, match=re.escape(expected)):
         run_sweep(tiny_check.scenarios, other, TINY_EVALUATION, out, progress=False)
     # before Nystroem features the probe was an exact kernel ridge: not today's default
     del recorded["evaluation"]["kernel_components"]
-    (out / "settings.json").write_text(json.dumps(recorded))
+    _set_recorded_settings(out, recorded)
     expected = "evaluation.kernel_components: 'exact' -> 1500"
     with pytest.raises(RunFolderError, match=re.escape(expected)):
         run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
@@ -624,7 +641,7 @@ def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp
 
 def test_a_folder_of_something_else_is_refused(tmp_path):
     (tmp_path / "coverage.csv").write_text("not a theory run")
-    with pytest.raises(RunFolderError, match="holds no theory run"):
+    with pytest.raises(RunFolderError, match="not empty but holds no clipaudit run"):
         run_sweep([Scenario(**TINY)], TINY_TRAINING, TINY_EVALUATION, tmp_path, progress=False)
 
 

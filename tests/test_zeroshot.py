@@ -17,7 +17,7 @@ from clipaudit.images import open_images
 from clipaudit.models import LoadedModel, ModelSpec
 from clipaudit.registry import load_registry, parse_registry
 from clipaudit.zeroshot import (
-    ZeroShotSettings,
+    ZeroShotRun,
     class_embeddings,
     embed_images,
     evaluate_model,
@@ -245,7 +245,8 @@ def tiny(tmp_path_factory):
     }
 
 
-def settings_for(tiny, tmp_path, **changes) -> ZeroShotSettings:
+def run_for(tiny, tmp_path, **changes) -> ZeroShotRun:
+    """A zero-shot run of the tiny model on ``tmp_path/img`` into ``tmp_path/run``."""
     values = dict(
         models=(ModelSpec(tiny["config"], tiny["a"]),),
         images=str(tmp_path / "img"),
@@ -254,8 +255,9 @@ def settings_for(tiny, tmp_path, **changes) -> ZeroShotSettings:
         workers=0,
         device="cpu",
         batch_size=8,
+        progress=False,
     )
-    return ZeroShotSettings(**{**values, **changes})
+    return run_zeroshot(**{**values, **changes})
 
 
 def count_encoded_images(monkeypatch) -> list[int]:
@@ -310,30 +312,23 @@ def test_cached_embeddings_are_reused_across_templates_and_registries(tiny, tmp_
         tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}, "Color": {"red": 2, "blue": 2}}
     )
     counts = count_encoded_images(monkeypatch)
-    first = run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+    first = run_for(tiny, tmp_path)
     assert counts == [10]
-    again = run_zeroshot(settings_for(tiny, tmp_path, out=tmp_path / "run2"), progress=False)
+    again = run_for(tiny, tmp_path, out=tmp_path / "run2")
     assert counts == [10, 0]
     pd.testing.assert_frame_equal(first.concepts, again.concepts)
     own = tmp_path / "own.yaml"
     own.write_text(
         Path(load_registry().path).read_text().replace("registry: cai2025", "registry: mine")
     )
-    other = run_zeroshot(
-        settings_for(
-            tiny, tmp_path, out=tmp_path / "run3", templates="ensemble", registry=str(own)
-        ),
-        progress=False,
-    )
+    other = run_for(tiny, tmp_path, out=tmp_path / "run3", templates="ensemble", registry=str(own))
     assert counts == [10, 0, 0]
     assert other.manifest["models"][0]["n_cached"] == 10
     touched = next((tmp_path / "img" / "Animal" / "dog").iterdir())
     os.utime(touched, ns=(1, 1))  # an edited image (new mtime) is encoded again; the rest is not
-    run_zeroshot(settings_for(tiny, tmp_path, out=tmp_path / "run4"), progress=False)
+    run_for(tiny, tmp_path, out=tmp_path / "run4")
     assert counts == [10, 0, 0, 1]
-    run_zeroshot(
-        settings_for(tiny, tmp_path, out=tmp_path / "run5", cache_dir=None), progress=False
-    )
+    run_for(tiny, tmp_path, out=tmp_path / "run5", cache_dir=None)
     assert counts[-1] == 10
 
 
@@ -342,17 +337,14 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
     (tmp_path / "img" / "Animal" / "cat" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 corrupt")
     (tmp_path / "img" / "Animal" / "horse").mkdir()
     (tmp_path / "img" / "Animal" / "horse" / "empty.png").write_bytes(b"")
-    run = run_zeroshot(
-        settings_for(
-            tiny,
-            tmp_path,
-            groups=("Animal", "Food"),
-            models=(
-                ModelSpec(tiny["config"], tiny["a"]),
-                ModelSpec(tiny["config"], tiny["b"]),
-            ),
+    run = run_for(
+        tiny,
+        tmp_path,
+        groups=("Animal", "Food"),
+        models=(
+            ModelSpec(tiny["config"], tiny["a"]),
+            ModelSpec(tiny["config"], tiny["b"]),
         ),
-        progress=False,
     )
     out = tmp_path / "run"
     groups = pd.read_csv(out / "groups.csv")
@@ -419,13 +411,13 @@ def test_run_folders_of_other_kinds_are_refused(tiny, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text('{"kind": "coverage"}')
     with pytest.raises(RunFolderError, match="holds a coverage run"):
-        run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+        run_for(tiny, tmp_path)
     (tmp_path / "run" / "manifest.json").unlink()
     (tmp_path / "run" / "mine.txt").write_text("keep me")
-    with pytest.raises(RunFolderError, match="not empty and holds no clipaudit manifest"):
-        run_zeroshot(settings_for(tiny, tmp_path), progress=False)
+    with pytest.raises(RunFolderError, match="not empty but holds no clipaudit run"):
+        run_for(tiny, tmp_path)
     with pytest.raises(SettingsError, match="the same model is given twice"):
-        settings_for(tiny, tmp_path, models=(ModelSpec(tiny["config"], tiny["a"]),) * 2)
+        run_for(tiny, tmp_path, models=(ModelSpec(tiny["config"], tiny["a"]),) * 2)
 
 
 def test_cli_runs_several_models_side_by_side(tiny, tmp_path, capsys):
@@ -463,7 +455,7 @@ def test_cli_runs_several_models_side_by_side(tiny, tmp_path, capsys):
     groups = pd.read_csv(tmp_path / "run" / "groups.csv")
     assert groups["model"].tolist() == ["tiny-clip@a", "tiny-clip@random"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["settings"]["all_concepts"] is True and manifest["settings"]["workers"] == 1
+    assert manifest["settings"]["all_concepts"] is True and manifest["options"]["workers"] == 1
     assert manifest["templates"]["by_group"]["Color"] == ["a photo of a {}."]
     with pytest.raises(SystemExit) as exited:
         main(
@@ -484,21 +476,81 @@ def test_cli_runs_several_models_side_by_side(tiny, tmp_path, capsys):
     ]
 
 
+def test_other_settings_are_refused_unless_overwritten_and_models_resume(
+    tiny, tmp_path, monkeypatch
+):
+    from clipaudit.runs import load_run
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    counts = count_encoded_images(monkeypatch)
+    first = run_for(tiny, tmp_path, cache_dir=None)
+    again = run_for(tiny, tmp_path, cache_dir=None, batch_size=2, workers=1)  # not results
+    assert again.reused and counts == [4]
+    with pytest.raises(RunFolderError, match=r"templates: 'none' -> 'simple'"):
+        run_for(tiny, tmp_path, templates="simple", cache_dir=None)
+    assert not (tmp_path / "run" / ".lock").exists()
+    two = (ModelSpec(tiny["config"], tiny["a"]), ModelSpec(tiny["config"], tiny["b"]))
+    # models are the run's units: a second model joins, the first one's results are reused
+    both = run_for(tiny, tmp_path, models=two, cache_dir=None)
+    assert counts == [4, 4] and both.models == ["tiny-clip@a", "tiny-clip@b"]
+    pd.testing.assert_frame_equal(
+        both.groups[both.groups["model"] == "tiny-clip@a"].reset_index(drop=True), first.groups
+    )
+    simple = run_for(tiny, tmp_path, templates="simple", cache_dir=None, overwrite=True)
+    assert counts == [4, 4, 4] and simple.manifest["templates"]["setting"] == "simple"
+    loaded = load_run(tmp_path / "run")
+    pd.testing.assert_frame_equal(loaded.groups, simple.groups)
+    assert loaded.models == ["tiny-clip@a"] and "tiny-clip@a" in repr(loaded)
+    assert first.groups["macro_f1"].notna().all()
+
+
+def test_a_run_where_every_image_failed_is_failed(tiny, tmp_path):
+    from clipaudit.runs import RunFailedError
+    from tests.test_cli import run_cli
+
+    for concept in ("red", "green"):
+        folder = tmp_path / "img" / "Color" / concept
+        folder.mkdir(parents=True)
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(RunFailedError, match=r"all 2 images failed to decode"):
+        run_for(tiny, tmp_path)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "failed to decode" in manifest["reason"]
+    result = run_cli(
+        "zeroshot",
+        "--model",
+        tiny["config"],
+        "--images",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "cli"),
+        "--no-cache",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--quiet",
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: no group could be evaluated (all 2 images failed to decode, e.g. "
+        f"{tmp_path / 'img' / 'Color' / 'green' / 'broken.jpg'}: undecodable"
+    )
+
+
 @pytest.mark.gpu
 def test_cuda_bf16_embeddings_agree_with_cpu_fp32(tiny, tmp_path):
     write_image_folder(tmp_path / "img", {"Animal": {"dog": 8, "cat": 8}}, size=(64, 48))
-    cpu = run_zeroshot(settings_for(tiny, tmp_path, cache_dir=None), progress=False)
-    gpu = run_zeroshot(
-        settings_for(
-            tiny,
-            tmp_path,
-            out=tmp_path / "gpu",
-            device="cuda",
-            precision="auto",
-            workers=2,
-            cache_dir=None,
-        ),
-        progress=False,
+    cpu = run_for(tiny, tmp_path, cache_dir=None)
+    gpu = run_for(
+        tiny,
+        tmp_path,
+        out=tmp_path / "gpu",
+        device="cuda",
+        precision="auto",
+        workers=2,
+        cache_dir=None,
     )
     assert gpu.manifest["device"].startswith("cuda") and gpu.manifest["precision"] in (
         "bf16",

@@ -21,12 +21,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.add_typer(concepts.app, name="concepts")
 app.add_typer(coverage.app, name="coverage")
 app.add_typer(theory.app, name="theory")
 zeroshot.register(app)
 demo.register(app)
+
+INTERRUPTED = "interrupted; finished work is kept: run the same command again to resume"
 
 
 def _version(value: bool) -> None:
@@ -45,30 +48,43 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning library errors into one line and an exit code."""
+    """Entry point, and the one place where errors become messages and exit codes: a usage
+    mistake is one line and the usage (exit 2), a library error one line (its exit code, 2),
+    an interrupt one line (130); never a traceback for any of them."""
+    import importlib
+
     from clipaudit.errors import ClipAuditError
 
+    # typer raises the exceptions of the click it bundles; find them where typer takes them from
+    click = importlib.import_module(typer.BadParameter.__module__)
     try:
-        # without standalone mode, click returns (not raises) the exit code of an aborted command
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="clipaudit", standalone_mode=False)
     except ClipAuditError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code)
     except KeyboardInterrupt:
-        typer.secho("interrupted; finished work is kept and the run can be resumed", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
+        _fail(INTERRUPTED, 130)
+    except typer.Exit as exc:  # typer turns Ctrl-C into Exit(130)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _fail(INTERRUPTED, 130)
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    if code == 130:
-        typer.secho("interrupted; finished work is kept and the run can be resumed", err=True)
+        _fail("aborted", 130)
+    except click.NoArgsIsHelpError as exc:  # a bare command group: its help is the answer
+        typer.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        usage = exc.ctx.get_usage() if exc.ctx is not None else ""
+        command = exc.ctx.command_path if exc.ctx is not None else "clipaudit"
+        _fail(
+            f"error: {exc.format_message()}\n{usage} (more: {command} --help)".strip(),
+            exc.exit_code,
+        )
+    except click.ClickException as exc:
+        _fail(f"error: {exc.format_message()}", exc.exit_code)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    sys.exit(code)

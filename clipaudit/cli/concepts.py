@@ -8,14 +8,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipaudit.registry import DEFAULT_REGISTRY, list_registries, load_registry
+from clipaudit.cli._common import RegistryOption, command_group
+from clipaudit.registry import list_registries, load_registry
 
-app = typer.Typer(help="List, show and validate concept registries.", no_args_is_help=True)
+app = command_group("List, show and validate concept registries.")
 console = Console()
-
-RegistryOption = typer.Option(
-    DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
-)
 
 
 @app.command("list")

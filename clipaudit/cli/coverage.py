@@ -9,17 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipaudit.registry import DEFAULT_REGISTRY
+from clipaudit.cli._common import OverwriteOption, RegistryOption, command_group
 
-app = typer.Typer(
-    help="Count how many captions mention each concept, and score the matchers on gold labels.",
-    no_args_is_help=True,
+app = command_group(
+    "Count how many captions mention each concept, and score the matchers on gold labels."
 )
 console = Console()
-
-RegistryOption = typer.Option(
-    DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
-)
 
 
 @app.command("count")
@@ -73,11 +68,17 @@ def count(
         250_000, "--shard-rows", help="Rows per unit of resumable work (parquet: whole row groups)."
     ),
     split: str = typer.Option("train", "--split", help="Split of a Hugging Face dataset."),
+    verify_inputs: bool = typer.Option(
+        False,
+        "--verify-inputs",
+        help="Identify inputs by a sha256 of every byte too (default: size, time, first and "
+        "last 64 KiB).",
+    ),
+    overwrite: bool = OverwriteOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
     from clipaudit.coverage import CoverageSettings, count_coverage
-    from clipaudit.registry import load_registry
 
     settings = CoverageSettings(
         profile=profile,
@@ -91,9 +92,10 @@ def count(
         spacy_model=spacy_model,
         shard_rows=shard_rows,
         hf_split=split,
+        verify_inputs=verify_inputs,
         progress=progress,
     )
-    result = count_coverage(sources, load_registry(registry), out, settings)
+    result = count_coverage(sources, registry, out, settings, overwrite=overwrite)
     _print_summary(result)
 
 
@@ -117,16 +119,32 @@ def _print_summary(result: object) -> None:
             f"{row.mean_concept_rate:.4%}",
         )
     console.print(table)
-    timings = manifest["timings"]
     console.print(
-        f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty), "
-        f"{manifest['n_skipped']:,} skipped, from {manifest['n_shards']} shards "
-        f"({timings['shards_resumed']} already done); {timings['seconds']:.1f} s, "
-        f"{timings['captions_per_s'] or 0:,.0f} captions/s"
+        f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty) from "
+        f"{manifest['n_shards']} shards"
     )
+    if manifest["n_skipped"]:
+        reasons = ", ".join(f"{n:,} {why}" for why, n in manifest["skipped_reasons"].items())
+        console.print(f"[yellow]{manifest['n_skipped']:,} rows skipped[/yellow]: {reasons}")
     for shard in manifest["skipped_shards"]:
         console.print(f"[yellow]skipped shard[/yellow] {shard['shard']}: {shard['reason']}")
+    console.print(session_line(manifest["timings"], result.reused))
     console.print(f"results in {result.out_dir}")
+
+
+def session_line(timings: dict, reused: bool) -> str:
+    """What this session did, with rates over its wall time (start-up and merge included)."""
+    if reused:
+        return "the run was already complete: nothing to do (rerun with other inputs to update it)"
+    seconds = timings["session_seconds"]
+    rows = timings["rows_this_session"]
+    done = f"{timings['shards_this_session']} shards counted"
+    if timings["shards_resumed"]:
+        done += f", {timings['shards_resumed']} reused from an earlier session"
+    if timings.get("shards_removed"):
+        done += f", {timings['shards_removed']} no longer in the inputs removed"
+    rate = f", {rows / seconds:,.0f} captions/s" if rows and seconds else ""
+    return f"this session: {done}; {seconds:.1f} s{rate} ({timings['workers']} worker(s))"
 
 
 @app.command("eval")

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    help="Check the misalignment theory on synthetic latents, with the audit's own metrics.",
-    no_args_is_help=True,
+from clipaudit.cli._common import OverwriteOption, command_group
+
+app = command_group(
+    "Check the misalignment theory on synthetic latents, with the audit's own metrics."
 )
 console = Console()
 
@@ -154,6 +155,7 @@ def run(
     device: Device = None,
     settings: Settings = [],  # noqa: B006  (typer reads the default; it is never mutated)
     threads: Threads = None,
+    overwrite: bool = OverwriteOption,
     quiet: Quiet = False,
 ) -> None:
     """Train and probe one configuration; print its R² table and whether it agrees with the theory."""
@@ -180,6 +182,7 @@ def run(
         margin=margin,
         threads=threads,
         progress=not quiet,
+        overwrite=overwrite,
     )
     _print(summarise(result), verbose=True)
     console.print(
@@ -214,6 +217,7 @@ def check(
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="A table for every configuration, not only failures."
     ),
+    overwrite: bool = OverwriteOption,
     quiet: Quiet = False,
 ) -> None:
     """Run the paper's sweep and check every configuration against the theory (exit 1 on any disagreement)."""
@@ -233,6 +237,7 @@ def check(
         progress=not quiet,
         training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
         perturbation_covariance=perturbation_covariance,
+        overwrite=overwrite,
     )
     _print(summarise(result), verbose=verbose)
     _print_margins(result.manifest["margins"])

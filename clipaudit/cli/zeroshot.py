@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipaudit.registry import DEFAULT_REGISTRY
+from clipaudit.cli._common import OverwriteOption, RegistryOption
 
 console = Console()
 
@@ -34,10 +34,10 @@ def zeroshot(
         help="Image folder ROOT/<group>/<concept>/, webdataset .tar shards, a Hugging Face "
         "save_to_disk folder, or hf:NAME.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
-    registry: str = typer.Option(
-        DEFAULT_REGISTRY, "--registry", "-r", help="Built-in registry name or YAML file."
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder; rerun with the same folder to resume a stopped run."
     ),
+    registry: str = RegistryOption,
     groups: str | None = typer.Option(
         None, "--groups", "-g", help="Comma-separated groups (default: all)."
     ),
@@ -76,13 +76,14 @@ def zeroshot(
     ),
     image_column: str = typer.Option("image", "--image-column", help="Hugging Face image column."),
     split: str | None = typer.Option(None, "--split", help="Hugging Face dataset split."),
+    overwrite: bool = OverwriteOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Classify each group's images among its concepts and score awareness (macro-F1) per group."""
     from clipaudit.embedding_cache import default_cache_dir
     from clipaudit.errors import SettingsError
     from clipaudit.models import ModelSpec
-    from clipaudit.zeroshot import ZeroShotSettings, default_workers, run_zeroshot
+    from clipaudit.zeroshot import default_workers, run_zeroshot
 
     if pretrained and len(pretrained) != len(model):
         raise SettingsError(
@@ -92,10 +93,10 @@ def zeroshot(
     specs = tuple(
         ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)
     )
-    settings = ZeroShotSettings(
-        models=specs,
-        images=images,
-        out=out,
+    run = run_zeroshot(
+        specs,
+        images,
+        out,
         registry=registry,
         groups=tuple(g.strip() for g in groups.split(",") if g.strip())
         if groups is not None
@@ -111,8 +112,9 @@ def zeroshot(
         label_field=label_field,
         image_column=image_column,
         split=split,
+        overwrite=overwrite,
+        progress=not quiet,
     )
-    run = run_zeroshot(settings, progress=not quiet)
     _print_run(run)
 
 
@@ -154,7 +156,9 @@ def _print_run(run) -> None:
             console.print(
                 f"{len(entries)} {what.replace('_', ' ')} (see manifest.json): {names}{' ...' if len(entries) > 12 else ''}"
             )
-    console.print(f"wrote {run.out}")
+    if run.reused:
+        console.print("the run was already complete: nothing to do")
+    console.print(f"results in {run.out}")
 
 
 def register(app: typer.Typer) -> None:

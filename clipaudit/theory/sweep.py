@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from clipaudit.errors import RunFolderError, SettingsError
-from clipaudit.provenance import atomic_write_text, base_manifest, write_json, write_table
+from clipaudit.provenance import atomic_write_text, write_json, write_table
+from clipaudit.runs import RunFolder, differences
 from clipaudit.text import slug
 from clipaudit.theory.config import (
     LATENT_MODES,
@@ -89,6 +90,27 @@ class SweepResult:
         return [name for name, ok in self.verdicts.items() if not ok]
 
 
+def load_theory_run(path: str | Path, manifest: dict[str, Any]) -> SweepResult:
+    """A complete theory run folder read back (:func:`clipaudit.runs.load_run`)."""
+    import pandas as pd
+
+    path = Path(path)
+    fields = {f.name for f in dataclasses.fields(Scenario)}
+    scenarios = [
+        Scenario(**{k: v for k, v in record.items() if k in fields})
+        for record in manifest["scenarios"]
+    ]
+    return SweepResult(
+        out=path,
+        scenarios=scenarios,
+        r2=pd.read_parquet(path / "r2.parquet"),
+        awareness=pd.read_csv(path / "zeroshot" / "groups.csv"),
+        coverage=pd.read_parquet(path / "coverage" / "groups.parquet"),
+        timings=manifest.get("timings", {}),
+        manifest=manifest,
+    )
+
+
 def _settings_record(training: TrainingSettings, evaluation: EvaluationSettings) -> dict[str, Any]:
     return {"training": dataclasses.asdict(training), "evaluation": dataclasses.asdict(evaluation)}
 
@@ -102,9 +124,11 @@ _JUDGEMENT = ("identified_threshold", "margin")
 _BEFORE_THEY_EXISTED = {"evaluation": {"kernel_components": "exact"}}
 
 
-def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+def _differences(previous: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """What changed in the training and evaluation settings, the check's thresholds aside.
+    A setting added after a run was written held its default value in that run (or, for those in
+    :data:`_BEFORE_THEY_EXISTED`, what the code did before it existed)."""
     now = json.loads(json.dumps(settings, default=str))
-    # any other setting added after a run was written held its default value in that run
     defaults = json.loads(
         json.dumps(_settings_record(TrainingSettings(), EvaluationSettings()), default=str)
     )
@@ -112,12 +136,7 @@ def _differences(previous: dict[str, Any], settings: dict[str, Any]) -> list[str
         part: {**defaults[part], **_BEFORE_THEY_EXISTED.get(part, {}), **previous.get(part, {})}
         for part in now
     }
-    return [
-        f"{part}.{key}: {before[part].get(key)!r} -> {value!r}"
-        for part, values in now.items()
-        for key, value in values.items()
-        if key not in _JUDGEMENT and before[part].get(key) != value
-    ]
+    return differences(before, now, ignore=[f"evaluation.{key}" for key in _JUDGEMENT])
 
 
 def _with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
@@ -244,13 +263,14 @@ def run_sweep(
     out: str | Path,
     threads: int | None = None,
     progress: bool = True,
-    kind: str = "theory-run",
+    check: bool = False,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Train every scenario (in batched groups of ``training.group_size``, 0 = all at once),
     evaluate each, write the run folder and return the results. Resumes a run folder of the
-    same settings; refuses (:class:`RunFolderError`) one of different settings."""
-    from tqdm.auto import tqdm
-
+    same settings (re-judging finished scenarios under new thresholds); refuses
+    (:class:`RunFolderError`) one of different settings unless ``overwrite``. ``check`` marks
+    the paper's sweep, judged as a whole."""
     scenarios = list(scenarios)
     if not scenarios:
         raise SettingsError("no scenarios to run; give at least one")
@@ -269,34 +289,51 @@ def run_sweep(
 
     out = Path(out)
     settings = _settings_record(training, evaluation)
-    settings_path = out / "settings.json"
-    if not settings_path.exists() and out.is_dir() and any(out.iterdir()):
-        raise RunFolderError(
-            f"{out} is not empty and holds no theory run (no settings.json); "
-            "choose an empty or new --out folder"
-        )
-    if settings_path.exists():
-        differences = _differences(json.loads(settings_path.read_text()), settings)
-        if differences:
+    _adopt_legacy_folder(out)
+    with RunFolder(
+        out,
+        "theory",
+        settings,
+        overwrite=overwrite,
+        libraries=LIBRARIES,
+        compare=_differences,
+        units_dir="results",
+    ) as folder:
+        stale = _stale_results(folder.units, scenarios)
+        if stale:
             raise RunFolderError(
-                f"{out} holds a theory run trained or sampled differently ({', '.join(differences)}); "
-                "choose another --out or delete that folder"
+                f"{out} holds results of {len(stale)} scenario(s) generated differently, e.g. "
+                f"{stale[0]}; pass --overwrite to replace them, or choose another --out"
             )
-    results_dir = out / "results"
-    stale = _stale_results(results_dir, scenarios)
-    if stale:
-        raise RunFolderError(
-            f"{out} holds results of {len(stale)} scenario(s) generated differently, e.g. "
-            f"{stale[0]}; choose another --out or delete that folder"
-        )
-    write_json(settings_path, settings)  # the thresholds may change: finished runs are re-judged
+        timings = _train_and_evaluate(folder, scenarios, training, evaluation, progress)
+        return _assemble(folder, scenarios, training, evaluation, threads, check, timings)
 
+
+def _adopt_legacy_folder(out: Path) -> None:
+    """A run folder written before the run-folder contract kept its settings in settings.json
+    and wrote manifest.json only at the end; give an unfinished one a manifest to resume by."""
+    legacy = out / "settings.json"
+    if legacy.is_file() and not (out / "manifest.json").is_file():
+        settings = json.loads(legacy.read_text(encoding="utf-8"))
+        write_json(
+            out / "manifest.json", {"kind": "theory", "status": "running", "settings": settings}
+        )
+
+
+def _train_and_evaluate(
+    folder: RunFolder,
+    scenarios: list[Scenario],
+    training: TrainingSettings,
+    evaluation: EvaluationSettings,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train the groups with unfinished scenarios and evaluate those; returns the timings."""
+    from tqdm.auto import tqdm
+
+    out, results_dir = folder.path, folder.units
     groups = _groups(scenarios, training.group_size)
     # groups trained by an earlier call keep the times they cost then (a re-judge trains nothing)
-    manifest_path = out / "manifest.json"
-    earlier = (
-        json.loads(manifest_path.read_text()).get("timings", {}) if manifest_path.exists() else {}
-    )
+    earlier = (folder.previous or {}).get("timings", {})
     earlier_groups = {
         tuple(g["scenarios"]): g
         for g in [*earlier.get("earlier_groups", []), *earlier.get("groups", [])]
@@ -355,21 +392,22 @@ def run_sweep(
         )
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     timings["total_seconds"] = time.perf_counter() - started
-    return _assemble(out, scenarios, training, evaluation, threads, kind, timings)
+    return timings
 
 
 def _assemble(
-    out: Path,
+    folder: RunFolder,
     scenarios: list[Scenario],
     training: TrainingSettings,
     evaluation: EvaluationSettings,
     threads: int | None,
-    kind: str,
+    check: bool,
     timings: dict[str, Any],
 ) -> SweepResult:
     """Write the tables, figures and manifest from the per-scenario results."""
     import pandas as pd
 
+    out = folder.path
     from clipaudit.theory.figures import plot_coverage_awareness, plot_r2_heatmaps
 
     records = {
@@ -434,10 +472,9 @@ def _assemble(
     timings["max_seconds_per_config"] = max(
         v["train_seconds_share"] + v["eval_seconds"] for v in per_config.values()
     )
-    manifest = base_manifest(kind, LIBRARIES)
-    manifest.update(
+    manifest = dict(
         {
-            "settings": _settings_record(training, evaluation),
+            "mode": "check" if check else "run",
             "scenarios": [records[s.name]["scenario"] for s in scenarios],
             "seeds": sorted({s.seed for s in scenarios}),
             "threads": torch.get_num_threads(),
@@ -463,10 +500,10 @@ def _assemble(
     margin_rows = margins(result)
     manifest["margins"] = margin_rows
     atomic_write_text(
-        out / "check.md", check_markdown(summarise(result), manifest["settings"], margin_rows)
+        out / "check.md", check_markdown(summarise(result), folder.settings, margin_rows)
     )
     manifest["outputs"].append("check.md")
-    write_json(out / "manifest.json", manifest)
+    result.manifest = folder.complete(**manifest)
     return result
 
 
@@ -486,6 +523,7 @@ def run_scenario(
     margin: float = 0.15,
     threads: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SweepResult:
     """One configuration trained under ``profile`` (some settings replaced by
     ``training_overrides``, e.g. ``{"steps": 1000}``) and checked against the theory."""
@@ -496,6 +534,7 @@ def run_scenario(
         out,
         threads=threads,
         progress=progress,
+        overwrite=overwrite,
     )
 
 
@@ -512,6 +551,7 @@ def run_check(
     progress: bool = True,
     training_overrides: dict[str, Any] | None = None,
     perturbation_covariance: str = "semantics",
+    overwrite: bool = False,
 ) -> SweepResult:
     """The paper's sweep (:func:`default_sweep`) trained under ``profile`` (some settings replaced
     by ``training_overrides``) and checked."""
@@ -525,7 +565,8 @@ def run_check(
         out,
         threads=threads,
         progress=progress,
-        kind="theory-check",
+        check=True,
+        overwrite=overwrite,
     )
 
 

@@ -41,7 +41,9 @@ def draw(name: str, file: str, seed: int = 2026) -> list[dict]:
         pool = np.array([i for i in pool if i not in taken])
         for i in rng.choice(pool, size=size, replace=False).tolist():
             taken.add(i)
-            rows.append({"id": int(frame["id"][i]), "caption": frame["caption"][i], "stratum": stratum})
+            rows.append(
+                {"id": int(frame["id"][i]), "caption": frame["caption"][i], "stratum": stratum}
+            )
     return rows
 
 

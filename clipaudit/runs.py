@@ -1,0 +1,404 @@
+"""One run-folder contract for every kind of run: coverage, zero-shot, theory, world, demo, audit, report.
+
+A run folder holds the outputs of one run and ``manifest.json``::
+
+    kind          what wrote it (coverage, zeroshot, theory, world, demo, audit, report)
+    contract      the version of this contract
+    status        running | complete | failed, with ``reason`` when failed
+    settings      everything the results depend on (a resumed run must have the same)
+    provenance    clipaudit version, git hash, library versions, platform, command
+    inputs, timings, outputs, counts ...   what each kind adds
+
+and ``units/``, one record per finished unit of work (a coverage shard, a zero-shot model, a theory
+scenario) written atomically the moment it finishes, with the identity of what it read. So:
+
+- **resume**: the same command on the same folder redoes only units without a record, or whose
+  inputs changed (a shard fixed, removed or added changes only its own unit);
+- **refuse**: other settings are refused with the differences, unless ``overwrite`` (then the
+  folder is emptied first); a run that failed before any unit finished restarts with the new ones;
+- **lock**: one writer at a time (``.lock``, released and removed on every exit path);
+- **status**: ``failed`` with the reason on any error or interrupt, ``complete`` only at the end,
+  and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never complete.
+
+:func:`load_run` reads any run folder back into its typed result, whatever command wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from clipaudit.errors import ClipAuditError, RunFolderError
+from clipaudit.provenance import base_manifest, now_iso, write_json
+from clipaudit.text import slug
+
+CONTRACT = 1
+STATUSES = ("running", "complete", "failed")
+MANIFEST = "manifest.json"
+UNITS = "units"
+_LOCK = ".lock"
+
+# kind -> "module:function" that turns a complete run folder into its typed result; imported only
+# when such a folder is loaded, so this bottom-layer module imports nothing above it
+LOADERS: dict[str, str] = {
+    "coverage": "clipaudit.coverage:load_coverage_run",
+    "zeroshot": "clipaudit.zeroshot:load_zeroshot_run",
+    "theory": "clipaudit.theory.sweep:load_theory_run",
+    "world": "clipaudit.world.runs:load_world_run",
+    "demo": "clipaudit.audit:load_audit_run",
+    "audit": "clipaudit.audit:load_audit_run",
+    "report": "clipaudit.report:load_report_run",
+}
+_KIND_ALIASES = {"theory-run": "theory", "theory-check": "theory"}  # manifests before the contract
+
+
+class RunFailedError(ClipAuditError):
+    """The run finished without a usable result (every unit failed); its manifest says why."""
+
+
+def differences(
+    before: Mapping[str, Any],
+    now: Mapping[str, Any],
+    *,
+    ignore: Sequence[str] = (),
+    prefix: str = "",
+) -> list[str]:
+    """What changed between two settings records, as ``"a.b: old -> new"`` lines (nested mappings
+    are compared key by key; ``ignore`` names dotted keys that may change freely)."""
+    found = []
+    for key in dict.fromkeys([*before, *now]):
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        old, new = before.get(key, _ABSENT), now.get(key, _ABSENT)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            found += differences(old, new, ignore=ignore, prefix=f"{name}.")
+        elif _plain(old) != _plain(new):
+            found.append(f"{name}: {_shown(old)} -> {_shown(new)}")
+    return found
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value, so that a tuple read back as a list compares equal."""
+    return value if value is _ABSENT else json.loads(json.dumps(value, default=str))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def fingerprint(record: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able record (unit identities, file names)."""
+    text = json.dumps(_plain(record), sort_keys=True)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()[:length]
+
+
+def unit_key(label: str, identity: Any) -> str:
+    """A unit's file name from a user-facing label and its identity: readable, never colliding
+    (the hash), never leaving the folder (the slug)."""
+    return f"{slug(label)[:60]}-{fingerprint(identity, 12)}"
+
+
+class RunFolder:
+    """A run folder opened for writing (a context manager): locked, checked against the run it
+    holds, marked ``failed`` with the reason when the block raises.
+
+    ``settings`` is what the results depend on; ``compare`` (default :func:`differences`) lists
+    what changed from the settings stored in an existing folder.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: str,
+        settings: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        libraries: Sequence[str] = (),
+        compare: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]] | None = None,
+        units_dir: str = UNITS,
+    ):
+        self.path = Path(path)
+        self.kind = kind
+        self.settings = _plain(dict(settings))
+        self.overwrite = overwrite
+        self.libraries = tuple(libraries)
+        self.compare = compare or differences
+        self.units = self.path / units_dir
+        self.previous: dict[str, Any] | None = None  # the manifest found, when resuming
+        self.restarted: str | None = None  # why an existing folder was emptied, if it was
+        self.manifest: dict[str, Any] = {}
+        self._lock: Any = None
+        self._written = False  # whether this session has written the manifest
+        self._clock = time.perf_counter()
+
+    # ------------------------------------------------------------------ opening and closing
+
+    def __enter__(self) -> RunFolder:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file; expected a folder for the run (--out)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.path)
+        try:
+            self._check()
+            self.units.mkdir(parents=True, exist_ok=True)
+            for stale in self.units.glob(".*.tmp"):  # left by a killed run; we hold the lock
+                stale.unlink(missing_ok=True)
+            self.manifest = {
+                **base_manifest(self.kind, self.libraries),
+                "contract": CONTRACT,
+                "status": "running",
+                "settings": self.settings,
+                "started": now_iso(),
+            }
+            # a finished run stays as it was until this session changes something
+            if not self.was_complete:
+                self.write_manifest()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    @property
+    def was_complete(self) -> bool:
+        """Whether the folder held this very run, complete, when it was opened."""
+        return self.previous is not None and self.previous.get("status") == "complete"
+
+    def __exit__(self, kind: type | None, error: BaseException | None, _: Any) -> None:
+        try:
+            if error is not None and self._written and self.manifest.get("status") == "running":
+                if isinstance(error, KeyboardInterrupt):
+                    reason = "interrupted; run the same command again to resume"
+                elif isinstance(error, ClipAuditError):
+                    reason = str(error)
+                else:
+                    reason = f"{type(error).__name__}: {error}"
+                self.fail(reason)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                (self.path / _LOCK).unlink()
+            self._lock.close()
+            self._lock = None
+
+    def _check(self) -> None:
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            if any(not _ignorable(p) for p in self.path.iterdir()):
+                if not self.overwrite:
+                    raise RunFolderError(
+                        f"{self.path} is not empty but holds no clipaudit run (no {MANIFEST}); "
+                        "choose a new or empty --out folder, or pass --overwrite to empty it"
+                    )
+                self._empty("--overwrite")
+            return
+        previous = read_manifest(self.path)
+        kind = _KIND_ALIASES.get(previous.get("kind"), previous.get("kind"))
+        if kind != self.kind:
+            raise RunFolderError(
+                f"{self.path} holds a {kind or 'unknown'} run, not a {self.kind} run; "
+                "choose another --out folder"
+            )
+        changed = self.compare(previous.get("settings") or {}, self.settings)
+        if not changed:
+            self.previous = previous
+            return
+        if self.overwrite:
+            self._empty("--overwrite")
+        elif previous.get("status") != "complete" and not self.finished_units():
+            self._empty(f"the earlier run stopped before any unit finished ({'; '.join(changed)})")
+        else:
+            raise RunFolderError(
+                f"{self.path} holds a different {self.kind} run ({'; '.join(changed)}); run the "
+                "same command to resume it, pass --overwrite to replace it, or choose another --out"
+            )
+
+    def _empty(self, why: str) -> None:
+        for entry in self.path.iterdir():
+            if entry.name == _LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self.restarted = why
+
+    # ------------------------------------------------------------------ manifest
+
+    def write_manifest(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)
+        self._written = True
+
+    def update(self, **fields: Any) -> None:
+        """Add fields to the manifest and write it."""
+        self.manifest.update(fields)
+        self.write_manifest()
+
+    def complete(self, **fields: Any) -> dict[str, Any]:
+        """Mark the run complete, with its final fields and this session's wall time."""
+        timings = fields.pop("timings", {})
+        self.manifest.update(fields)
+        self.manifest["timings"] = {
+            **timings,
+            "session_started": self.manifest["started"],
+            "session_finished": now_iso(),
+            "session_seconds": round(time.perf_counter() - self._clock, 3),
+        }
+        self.manifest["status"] = "complete"
+        self.manifest.pop("reason", None)
+        self.write_manifest()
+        return self.manifest
+
+    def fail(self, reason: str) -> None:
+        self.manifest.update(status="failed", reason=reason, failed=now_iso())
+        self.write_manifest()
+
+    # ------------------------------------------------------------------ units of work
+
+    def unit_path(self, key: str, suffix: str = ".json") -> Path:
+        return self.units / f"{key}{suffix}"
+
+    def finished_units(self) -> list[str]:
+        """Keys of the units with a record (whatever their identity)."""
+        return sorted(p.name[: -len(".json")] for p in self.units.glob("*.json"))
+
+    def load_unit(self, key: str, identity: Any) -> dict[str, Any] | None:
+        """A unit's record when it finished with this identity; None when it must be (re)done."""
+        path = self.unit_path(key)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:  # cannot happen with atomic writes, unless edited by hand
+            return None
+        return record if record.get("identity") == _plain(identity) else None
+
+    def save_unit(self, key: str, identity: Any, record: Mapping[str, Any]) -> None:
+        write_unit(self.units, key, identity, record)
+
+    def prune_units(self, keep: Sequence[str]) -> list[str]:
+        """Remove records (and their files) of units no longer in the run: a removed or changed
+        input's old unit. Returns the removed keys."""
+        wanted = set(keep)
+        removed = []
+        for key in self.finished_units():
+            if key not in wanted:
+                for path in [self.units / key, *self.units.glob(f"{key}.*")]:
+                    if not path.exists():
+                        continue
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                removed.append(key)
+        return removed
+
+
+def write_unit(units: Path, key: str, identity: Any, record: Mapping[str, Any]) -> None:
+    """Record a finished unit atomically (also from worker processes, which hold no RunFolder)."""
+    write_json(units / f"{key}.json", {"identity": _plain(identity), **record})
+
+
+def _ignorable(path: Path) -> bool:
+    """Entries that do not make a folder 'not empty': the lock, hidden files, empty folders."""
+    if path.name == _LOCK or path.name.startswith("."):
+        return True
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _acquire_lock(path: Path) -> Any:
+    """An exclusive lock on the run folder; released by the OS if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard against two runs writing into one folder
+        return open(os.devnull, "w")
+    lock_path = path / _LOCK
+    for _ in range(3):
+        handle = open(lock_path, "a")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RunFolderError(
+                f"another clipaudit run is writing into {path}; wait for it, or choose another --out"
+            ) from None
+        # the previous holder may have removed the file between our open and our lock
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle
+        handle.close()
+    raise RunFolderError(f"could not lock {path}; another run keeps starting there")
+
+
+# ---------------------------------------------------------------------- reading runs back
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a run folder, or :class:`RunFolderError` saying why there is none."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise RunFolderError(f"{path} does not exist or is not a folder; expected a run folder")
+    if not manifest_path.is_file():
+        raise RunFolderError(
+            f"{path} holds no clipaudit run (no {MANIFEST}); expected a folder written by "
+            "clipaudit (coverage count, zeroshot, theory, demo, audit or report)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunFolderError(
+            f"{manifest_path} is not valid JSON ({exc}); the folder is damaged"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise RunFolderError(f"{manifest_path} is not a JSON object; the folder is damaged")
+    return manifest
+
+
+def run_kind(manifest: Mapping[str, Any]) -> str | None:
+    kind = manifest.get("kind")
+    return _KIND_ALIASES.get(kind, kind)
+
+
+def load_run(path: str | os.PathLike) -> Any:
+    """The typed result of a complete run folder (coverage, zero-shot, theory, world, demo, audit,
+    report), with its tables as DataFrames; refuses an incomplete or foreign folder clearly."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    kind = run_kind(manifest)
+    if kind not in LOADERS:
+        raise RunFolderError(
+            f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}"
+        )
+    status = manifest.get("status", "complete")  # manifests before the contract: written at the end
+    if status != "complete":
+        why = f" ({manifest['reason']})" if manifest.get("reason") else ""
+        raise RunFolderError(
+            f"{path} holds a {kind} run that is {status}{why}, not complete; run the command "
+            "that wrote it again to resume it"
+        )
+    module, _, function = LOADERS[kind].partition(":")
+    return getattr(importlib.import_module(module), function)(path, manifest)

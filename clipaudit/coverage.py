@@ -446,6 +446,7 @@ class _Dispatch:
             executor = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker, initargs=initargs
             )
+            _start_without_sigint(executor, workers)
         total_rows = None if todo is None else sum(s.n_rows for s in todo)
         total_shards = None if todo is None else len(todo)
         clock = time.perf_counter()
@@ -539,6 +540,18 @@ class _Dispatch:
                 progress.shard_done()
 
 
+def _start_without_sigint(executor: ProcessPoolExecutor, workers: int) -> None:
+    """Start the pool's processes with Ctrl-C ignored, which they keep (a Python started with
+    SIGINT ignored leaves it so): Ctrl-C is the parent's to handle (it stops the pool), and
+    workers print no tracebacks."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for _ in range(workers):  # a task per worker, none idle yet: each starts a process
+            executor.submit(os.getpid)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _drain(in_flight: dict[Future, Shard]) -> None:
     for future in in_flight:
         future.cancel()
@@ -625,8 +638,6 @@ def _init_worker(matcher: Any, options: _WorkerOptions, counter: Any, parent: in
     """Per-process set-up (spawn-safe): the matcher arrives built, once per worker."""
     _STATE.update(matcher=matcher, options=options, counter=counter)
     if parent is not None:
-        # Ctrl-C is the parent's to handle: it stops the pool, and workers print no tracebacks
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 

@@ -4,13 +4,20 @@ does not encode the same images again.
 One folder per model identity (``LoadedModel.cache_key``: architecture, config, weights hash,
 preprocessing, precision, decoding version); inside, shards of ``(identities, embeddings)`` written
 atomically as two ``.npy`` files (embeddings first, identities last, so a shard without its
-identities file is incomplete and ignored). Image identities are digests of file path, size and mtime
-(see :class:`clipaudit.images.ImageRecord`), so an edited image is encoded again. Shards are written
-while encoding runs: a killed run resumes from what it had flushed.
+identities file is incomplete and ignored). Image identities are digests of file path, size, mtime
+and the first and last blocks of the file (see :class:`clipaudit.images.ImageRecord`), so an edited
+image is encoded again. Shards are written while encoding runs: a killed run resumes from what it
+had flushed.
+
+The cache is bounded: when the shards of all models together exceed ``max_bytes`` (default
+``$CLIPAUDIT_CACHE_MAX_GB`` GiB, else 20 GiB), the least recently used shards are deleted, oldest
+first, right after a new shard is written. A shard counts as used when it is written or when a
+lookup is served from it (its modification time is touched).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -22,6 +29,13 @@ from typing import Any
 import numpy as np
 
 from clipaudit.provenance import atomic_write_bytes, write_json
+
+DEFAULT_MAX_GB = 20.0
+
+
+def default_max_bytes() -> int:
+    """``$CLIPAUDIT_CACHE_MAX_GB`` GiB, else :data:`DEFAULT_MAX_GB`."""
+    return int(float(os.environ.get("CLIPAUDIT_CACHE_MAX_GB") or DEFAULT_MAX_GB) * (1 << 30))
 
 
 def default_cache_dir() -> Path:
@@ -42,25 +56,35 @@ class EmbeddingCache:
     """Image embeddings of one model, keyed by image identity."""
 
     def __init__(
-        self, root: str | os.PathLike, key: str, description: dict[str, Any] | None = None
+        self,
+        root: str | os.PathLike,
+        key: str,
+        description: dict[str, Any] | None = None,
+        max_bytes: int | None = None,
     ):
-        self.folder = Path(root) / key[:32]
+        self.root = Path(root)
+        self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
+        self.folder = self.root / key[:32]
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "model.json"
         if not meta.exists():
             write_json(meta, {"cache_key": key, **(description or {})})
         self._shards: list[np.ndarray] = []
+        self._files: list[Path] = []
         self._index: dict[str, tuple[int, int]] = {}
         for ids_file in sorted(self.folder.glob("*.ids.npy")):
             emb_file = ids_file.with_name(ids_file.name.replace(".ids.npy", ".emb.npy"))
             if emb_file.exists():
                 self._add_shard(
-                    np.load(ids_file, allow_pickle=False), np.load(emb_file, mmap_mode="r")
+                    np.load(ids_file, allow_pickle=False),
+                    np.load(emb_file, mmap_mode="r"),
+                    emb_file,
                 )
 
-    def _add_shard(self, identities: np.ndarray, embeddings: np.ndarray) -> None:
+    def _add_shard(self, identities: np.ndarray, embeddings: np.ndarray, path: Path) -> None:
         number = len(self._shards)
         self._shards.append(embeddings)
+        self._files.append(path)
         for row, identity in enumerate(identities.tolist()):
             self._index[identity] = (number, row)
 
@@ -76,6 +100,9 @@ class EmbeddingCache:
         if not found:
             return [], None
         rows = [self._index[identities[i]] for i in found]
+        for shard in {shard for shard, _ in rows}:
+            with contextlib.suppress(OSError):  # evicted by another run meanwhile: still mapped
+                os.utime(self._files[shard])
         return found, np.stack([self._shards[shard][row] for shard, row in rows]).astype(np.float32)
 
     def put(self, identities: Sequence[str], embeddings: np.ndarray) -> None:
@@ -85,9 +112,42 @@ class EmbeddingCache:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         ids = np.array(list(identities), dtype="U")
         stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        atomic_write_bytes(self.folder / f"{stem}.emb.npy", _npy_bytes(embeddings))
+        emb_file = self.folder / f"{stem}.emb.npy"
+        atomic_write_bytes(emb_file, _npy_bytes(embeddings))
         atomic_write_bytes(self.folder / f"{stem}.ids.npy", _npy_bytes(ids))
-        self._add_shard(ids, embeddings)
+        self._add_shard(ids, embeddings, emb_file)
+        self.evict(keep=emb_file)
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Delete the least recently used shards of every model until the cache fits in
+        ``max_bytes`` (never ``keep``, the shard just written); returns the deleted shards."""
+        shards = []
+        for emb_file in self.root.glob("*/*.emb.npy"):
+            ids_file = emb_file.with_name(emb_file.name.replace(".emb.npy", ".ids.npy"))
+            try:
+                stat = emb_file.stat()
+                size = stat.st_size + (ids_file.stat().st_size if ids_file.exists() else 0)
+            except FileNotFoundError:  # deleted by another run meanwhile
+                continue
+            shards.append((stat.st_mtime_ns, emb_file, ids_file, size))
+        total = sum(size for *_, size in shards)
+        deleted = []
+        for _, emb_file, ids_file, size in sorted(shards):
+            if total <= self.max_bytes:
+                break
+            if emb_file == keep:
+                continue
+            # identities first: a shard without them is incomplete and ignored by readers
+            ids_file.unlink(missing_ok=True)
+            emb_file.unlink(missing_ok=True)
+            total -= size
+            deleted.append(emb_file)
+        return deleted
 
     def describe(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "n_cached": len(self), "n_shards": len(self._shards)}
+        return {
+            "folder": str(self.folder),
+            "n_cached": len(self),
+            "n_shards": len(self._shards),
+            "max_bytes": self.max_bytes,
+        }

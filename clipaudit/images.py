@@ -57,7 +57,8 @@ class ImageRecord:
     """One labelled image and where its bytes are.
 
     ``path`` is what results show; ``identity`` is a digest of what makes the bytes unique
-    (file path, size, mtime; or dataset fingerprint and row), the key of the embedding cache.
+    (file path, size, mtime and a hash of its first and last blocks; or dataset fingerprint and
+    row), the key of the embedding cache.
     Bytes live in ``file`` (``length`` bytes from ``offset``, all of it when -1) or, for Hugging Face
     datasets, in row ``row`` of the dataset.
     """
@@ -179,9 +180,19 @@ def _identity(*parts: object) -> str:
     return hashlib.blake2b("\0".join(map(str, parts)).encode("utf-8"), digest_size=16).hexdigest()
 
 
+_EDGE = 4096
+
+
 def _file_identity(path: Path, member: str = "") -> str:
+    """Path, size, time and a hash of the first and last 4 KiB: a rewritten file (even with its
+    time kept) gets a new identity, so its cached embedding is not reused."""
     stat = path.stat()
-    return _identity(path.resolve(), member, stat.st_size, stat.st_mtime_ns)
+    with open(path, "rb") as handle:
+        head = handle.read(_EDGE)
+        handle.seek(max(0, stat.st_size - _EDGE))
+        tail = handle.read(_EDGE)
+    edges = hashlib.blake2b(head + tail, digest_size=8).hexdigest()
+    return _identity(path.resolve(), member, stat.st_size, stat.st_mtime_ns, edges)
 
 
 def _extension(name: str) -> str:
@@ -310,7 +321,7 @@ def _webdataset_images(
     ignored: list[dict[str, str]] = []
     unselected = 0
     for shard in shards:
-        stat = shard.stat()
+        shard_identity = _file_identity(shard)
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         try:
             with tarfile.open(shard, "r:") as tar:
@@ -358,9 +369,7 @@ def _webdataset_images(
                                 path=f"{shard}/{member.name}",
                                 group=concept.group,
                                 concept=concept.name,
-                                identity=_identity(
-                                    shard.resolve(), member.name, stat.st_size, stat.st_mtime_ns
-                                ),
+                                identity=_identity(shard_identity, member.name),
                                 file=str(shard),
                                 offset=member.offset_data,
                                 length=member.size,

@@ -289,6 +289,7 @@ def embed_images(
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
         prefetch_factor=4 if workers and todo else None,
+        worker_init_fn=_ignore_sigint,
     )
 
     def flush() -> None:
@@ -332,6 +333,13 @@ def embed_images(
         n_cached=len(cached_at),
         encode_s=time.perf_counter() - start,
     )
+
+
+def _ignore_sigint(_: int) -> None:
+    """Decoding workers leave Ctrl-C to the main process, which stops them without tracebacks."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def class_embeddings(

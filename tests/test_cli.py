@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,3 +67,120 @@ def test_show_and_list(tmp_path):
     assert listed.returncode == 0 and "nervous" in listed.stdout and "dog" not in listed.stdout
     missing = run_cli("concepts", "show", "hoody")
     assert missing.returncode == 2 and "did you mean 'hoodie'" in missing.stderr
+
+
+def _leaf_commands() -> list[list[str]]:
+    """Every command path of the app (``coverage count``, ``zeroshot``, ...), found from the app
+    itself so that a new command is covered without editing this test."""
+    import typer.main
+
+    from clipaudit.cli import app
+
+    def walk(command, path):
+        children = getattr(command, "commands", None)
+        if not children:
+            return [path]
+        return [p for name, child in children.items() for p in walk(child, [*path, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+@pytest.mark.parametrize("command", _leaf_commands(), ids=" ".join)
+def test_a_usage_mistake_is_two_lines_and_exit_code_2(command, capsys):
+    from clipaudit.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--no-such-flag"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 2, error
+    assert error[0] == "error: No such option: --no-such-flag"
+    assert error[1].startswith(f"Usage: clipaudit {' '.join(command)} ")
+    assert "Traceback" not in "\n".join(error)
+
+
+@pytest.mark.parametrize(
+    ("args", "first_line"),
+    [
+        (["coverage", "count", "corpus.parquet"], "error: Missing option '--out' / '-o'."),
+        (
+            ["coverage", "count", "x", "--out", "y", "--workers", "two"],
+            "error: Invalid value for '--workers' / '-w': Input should be a valid integer",
+        ),
+        (
+            ["coverage", "count", "x", "--out", "y", "--wokers", "2"],
+            "error: No such option: --wokers",
+        ),
+        (["covrage"], "error: No such command 'covrage'. Did you mean 'coverage'?"),
+        (["coverage", "cont"], "error: No such command 'cont'. Did you mean 'count'?"),
+    ],
+)
+def test_usage_errors_name_the_option_and_what_was_expected(args, first_line):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(first_line), result.stderr
+    assert lines[1].startswith("Usage: clipaudit ")
+
+
+def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
+    result = run_cli(
+        "coverage", "count", str(tmp_path), "--out", str(tmp_path / "r"), "--max-chars", "0"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: max_caption_chars (--max-chars) must be a positive integer, got 0"
+    ]
+    helped = run_cli("coverage", "count", "--help")
+    assert "<bool>" not in helped.stdout and "--per-caption " in helped.stdout
+
+
+def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path):
+    import os
+    import signal
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for part in range(4):
+        captions = [f"a red dog number {i}" for i in range(200_000)]
+        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clipaudit",
+            "coverage",
+            "count",
+            str(corpus),
+            "--out",
+            str(tmp_path / "run"),
+            "--workers",
+            "2",
+            "--shard-rows",
+            "50000",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    units = tmp_path / "run" / "units"
+    deadline = time.monotonic() + 120
+    while not list(units.glob("*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "interrupted; finished work is kept: run the same command again to resume"
+    ]
+    manifest = __import__("json").loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
+    assert not (tmp_path / "run" / ".lock").exists()

@@ -565,3 +565,21 @@ def test_cuda_bf16_embeddings_agree_with_cpu_fp32(tiny, tmp_path):
         np.isfinite(gpu.groups["macro_f1"]).all()
         and cpu.groups["n_images"].tolist() == gpu.groups["n_images"].tolist()
     )
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used_shards(tmp_path):
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    rows = np.ones((10, 25), dtype=np.float32)  # 1,000 bytes of embeddings per shard
+    first = EmbeddingCache(tmp_path, "model-a" * 5, max_bytes=10**9)
+    first.put([f"a{i}" for i in range(10)], rows)
+    os.utime(next((tmp_path / ("model-a" * 5)[:32]).glob("*.emb.npy")), ns=(1, 1))  # long ago
+    second = EmbeddingCache(tmp_path, "model-b" * 5, max_bytes=10**9)
+    second.put([f"b{i}" for i in range(10)], rows)
+    size = sum(p.stat().st_size for p in tmp_path.glob("*/*.npy"))
+    # a third shard that does not fit beside both: the least recently used one (model a's) goes
+    third = EmbeddingCache(tmp_path, "model-b" * 5, max_bytes=size)
+    third.put([f"c{i}" for i in range(10)], rows)
+    assert len(EmbeddingCache(tmp_path, "model-a" * 5)) == 0
+    assert len(EmbeddingCache(tmp_path, "model-b" * 5)) == 20
+    assert sum(p.stat().st_size for p in tmp_path.glob("*/*.npy")) <= size

@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {exc}", exc.exit_code)
     except KeyboardInterrupt:
         _fail(INTERRUPTED, 130)
-    except typer.Exit as exc:  # typer turns Ctrl-C into Exit(130)
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            _fail(INTERRUPTED, 130)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
@@ -81,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except click.ClickException as exc:
         _fail(f"error: {exc.format_message()}", exc.exit_code)
+    if code == 130:  # typer turns Ctrl-C into Exit(130) and, here, returns that code
+        _fail(INTERRUPTED, 130)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -1,0 +1,175 @@
+"""The audit in one call: caption coverage of a corpus, zero-shot awareness of one or several
+models, and the report that joins them, in one resumable run folder::
+
+    RUN/coverage/    a coverage run (clipaudit.coverage)
+    RUN/zeroshot/    a zero-shot run, one unit per model (clipaudit.zeroshot)
+    RUN/report/      the joined report: report.html, report.md, report.json, tables, figures
+    RUN/manifest.json
+
+Each stage is a run folder of its own, so a killed audit resumes stage by stage and unit by unit;
+the audit's manifest holds the settings of all three, so a folder of another audit is refused
+as a whole (unless ``overwrite``). The embedded demo (:mod:`clipaudit.demo`) is this audit on a
+rendered miniature world, with the world's run beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipaudit.coverage import CoverageResult, CoverageSettings, count_coverage
+from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
+from clipaudit.runs import RunFolder, load_run
+
+STAGES = ("coverage", "zeroshot", "report")
+
+
+@dataclass
+class AuditRun:
+    """A finished audit: its coverage run, zero-shot run and report (each with DataFrames)."""
+
+    out: Path
+    coverage: CoverageResult
+    zeroshot: Any  # clipaudit.zeroshot.ZeroShotRun
+    report: Any  # clipaudit.report.Report
+    manifest: dict[str, Any]
+    world: Any = field(default=None)  # the demo's world run, when the audit is the demo's
+
+    @property
+    def html_path(self) -> Path:
+        return self.report.out / "report.html"
+
+    def __repr__(self) -> str:
+        kind = self.manifest.get("kind", "audit")
+        return (
+            f"AuditRun({kind}, {str(self.out)!r}: {self.coverage.n_captions_read:,} captions, "
+            f"models {', '.join(self.zeroshot.models)}; report {str(self.html_path)!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.report._repr_html_()
+
+
+def load_audit_run(path: str | Path, manifest: dict[str, Any]) -> AuditRun:
+    """A complete audit (or demo) run folder read back (:func:`clipaudit.runs.load_run`)."""
+    path = Path(path)
+    world = load_run(path / "world") if (path / "world" / "manifest.json").is_file() else None
+    return AuditRun(
+        out=path,
+        coverage=load_run(path / "coverage"),
+        zeroshot=load_run(path / "zeroshot"),
+        report=load_run(path / "report"),
+        manifest=manifest,
+        world=world,
+    )
+
+
+def audit(
+    captions: Any,
+    images: str | Path,
+    models: Any,
+    out: str | Path | None = None,
+    *,
+    registry: str | Path | Registry = DEFAULT_REGISTRY,
+    coverage: CoverageSettings | None = None,
+    zeroshot: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> AuditRun:
+    """Audit ``models`` (as :func:`clipaudit.run_zeroshot` takes them) against the captions of
+    ``captions`` (as :func:`clipaudit.count_coverage` takes them) on the labelled ``images``.
+
+    ``coverage`` are the coverage settings, ``zeroshot`` and ``report`` keyword options of
+    :func:`clipaudit.run_zeroshot` and :func:`clipaudit.report.build_report`. Returns the
+    :class:`AuditRun`; ``echo`` receives one line per stage.
+    """
+    import tempfile
+
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
+    with RunFolder(
+        out, "audit", _audit_settings(registry, coverage, zeroshot, report), overwrite=overwrite
+    ) as folder:
+        return run_audit_stages(
+            folder, captions, images, models, registry, coverage, zeroshot, report, progress, echo
+        )
+
+
+def _audit_settings(
+    registry: str | Path | Registry,
+    coverage: CoverageSettings | None,
+    zeroshot: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What an audit's results depend on, stage by stage (the models are the zero-shot stage's
+    units: a model added to an audit leaves the others' results)."""
+    from clipaudit.zeroshot import RESULT_FIELDS, ZeroShotSettings
+
+    loaded = load_registry(registry)
+    options = {k: v for k, v in (zeroshot or {}).items() if k in RESULT_FIELDS}
+    return {
+        "registry": {"name": loaded.name, "sha256": loaded.sha256},
+        "coverage": (coverage or CoverageSettings()).result_fields(),
+        "zeroshot": {
+            name: options.get(name, getattr(ZeroShotSettings, name, None))
+            for name in RESULT_FIELDS
+            if name != "images"
+        },
+        "report": dict(report or {}),
+    }
+
+
+def run_audit_stages(
+    folder: RunFolder,
+    captions: Any,
+    images: str | Path,
+    models: Any,
+    registry: str | Path | Registry,
+    coverage: CoverageSettings | None,
+    zeroshot: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> AuditRun:
+    """The three stages into ``folder`` (an open audit or demo run folder), each resumable."""
+    from clipaudit.report import build_report
+    from clipaudit.zeroshot import run_zeroshot
+
+    out, timings = folder.path, {}
+    overwrite = folder.restarted is not None  # the audit was emptied: nothing to keep below
+
+    clock = time.perf_counter()
+    echo("1/3 caption coverage")
+    settings = (coverage or CoverageSettings()).replace(progress=progress)
+    covered = count_coverage(captions, registry, out / "coverage", settings, overwrite=overwrite)
+    timings["coverage_s"] = round(time.perf_counter() - clock, 3)
+
+    clock = time.perf_counter()
+    echo("2/3 zero-shot awareness")
+    aware = run_zeroshot(
+        models,
+        images,
+        out / "zeroshot",
+        registry=registry,
+        overwrite=overwrite,
+        progress=progress,
+        **(zeroshot or {}),
+    )
+    timings["zeroshot_s"] = round(time.perf_counter() - clock, 3)
+
+    clock = time.perf_counter()
+    echo("3/3 report")
+    joined = build_report([covered, aware], out / "report", overwrite=True, **(report or {}))
+    timings["report_s"] = round(time.perf_counter() - clock, 3)
+
+    manifest = folder.complete(
+        stages={stage: str(out / stage) for stage in STAGES},
+        models=aware.models,
+        registry=load_registry(registry).provenance(),
+        timings=timings,
+    )
+    return AuditRun(out, covered, aware, joined, manifest)

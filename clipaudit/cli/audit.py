@@ -1,0 +1,85 @@
+"""``clipaudit audit``: coverage, zero-shot awareness of one or several models, and the joined
+report, in one resumable run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from clipaudit.cli._common import OverwriteOption, RegistryOption
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit)
+
+
+def audit(
+    captions: list[str] = typer.Option(
+        ...,
+        "--captions",
+        "-c",
+        help="Caption source (as coverage count takes them); repeat for several.",
+    ),
+    images: str = typer.Option(
+        ..., "--images", "-i", help="Labelled images (as zeroshot takes them)."
+    ),
+    model: list[str] = typer.Option(
+        ..., "--model", "-m", help="open_clip model name or config JSON; repeat for several."
+    ),
+    pretrained: list[str] = typer.Option(
+        [],
+        "--pretrained",
+        "-p",
+        help="Pretrained tag or checkpoint, one per --model in order ('none': random weights).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder; rerun with the same folder to resume."
+    ),
+    registry: str = RegistryOption,
+    column: str | None = typer.Option(None, "--column", help="Caption column."),
+    profile: str = typer.Option("curated", "--profile", help="Matching profile for coverage."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes for coverage."),
+    templates: str = typer.Option(
+        "none", "--templates", "-t", help="Zero-shot templates: none, simple, ensemble or a file."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache."),
+    title: str | None = typer.Option(None, "--title", help="Title of the report."),
+    overwrite: bool = OverwriteOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
+    from clipaudit.audit import audit as run_audit
+    from clipaudit.coverage import CoverageSettings
+    from clipaudit.errors import SettingsError
+    from clipaudit.models import ModelSpec
+
+    if pretrained and len(pretrained) != len(model):
+        raise SettingsError(
+            f"got {len(model)} --model but {len(pretrained)} --pretrained; give one --pretrained "
+            "per --model (use 'none' for random weights) or none at all"
+        )
+    specs = [ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)]
+    zeroshot = {"templates": templates, "device": device, "batch_size": batch_size}
+    if no_cache:
+        zeroshot["cache_dir"] = None
+    result = run_audit(
+        captions,
+        images,
+        specs,
+        out,
+        registry=registry,
+        coverage=CoverageSettings(column=column, profile=profile, workers=workers),
+        zeroshot=zeroshot,
+        report={"title": title} if title else None,
+        overwrite=overwrite,
+        progress=not quiet,
+        echo=console.print,
+    )
+    console.print(result.report.headline())
+    console.print(f"report: {result.html_path}")

@@ -479,7 +479,7 @@ class _Lexicon:
         self.verbs = frozenset(index.get("verb", ()))
         self.known = frozenset(word for words in index.values() for word in words)
         self.irregular: dict[str, dict[str, set[str]]] = {}
-        for pos in ("noun", "verb", "adj"):
+        for pos in ("noun", "adj"):
             table: dict[str, set[str]] = {}
             for form, lemmas in exceptions.get(pos, {}).items():
                 for lemma in lemmas:
@@ -513,14 +513,29 @@ class _Lexicon:
 
     def word_forms(self, word: str) -> set[str]:
         """``word`` and its noun plurals, plus comparative/superlative when it is an adjective."""
-        plurals = self.irregular["noun"].get(word, set()) | self._ruled_forms(word, "noun")
-        if not plurals and (word in self.nouns or word not in self.known):
-            plurals = {_regular_plural(word)}
-        forms = {word} | plurals
+        forms = {word} | self._plurals(word)
         if word in self.adjectives:
             forms |= self.irregular["adj"].get(word, set())
             forms |= self._ruled_forms(word, "adj")
         return forms
+
+    def _plurals(self, word: str) -> set[str]:
+        plurals = self.irregular["noun"].get(word, set()) | self._ruled_forms(word, "noun")
+        if not plurals and self._takes_regular_plural(word):
+            plurals = {_regular_plural(word)}
+        return plurals
+
+    def _takes_regular_plural(self, word: str) -> bool:
+        """Whether a word without a plural in the tables gets the regular one: a noun, or a word
+        the tables do not know ("hoodie"). Never a word that is already a form of another lemma
+        ("pants", "colored", "raining"), a function word ("from below"), an unknown participle
+        ("colorized"), or a word in "-s": a plural ("khakis") or a mass noun ("tennis"), since
+        the tables list the plurals of count nouns in "-s" ("buses", "glasses")."""
+        if word in _FUNCTION_WORDS or word.endswith("s") or self.lookup.get(word, word) != word:
+            return False
+        if word in self.known:
+            return word in self.nouns
+        return not word.endswith(("ed", "ing"))
 
     def _ruled_forms(self, word: str, pos: str) -> set[str]:
         forms = set()
@@ -539,31 +554,42 @@ class _Lexicon:
     def phrase_forms(self, phrase: str) -> Iterator[tuple[str, bool]]:
         """Surface forms of a normalised phrase, each with a flag for part-of-speech checks.
 
-        The last word is inflected (and a leading verb: "play tennis" -> "playing tennis"); the
-        flag is True for a one-word form that English also uses as a verb ("tie", "ties").
+        Only forms a caption would use are generated: the phrase's head is inflected and nothing
+        else. The head is the last word ("ice creams", "station wagons"), or a noun before "of"
+        ("glasses of", "slices of orange"). A leading word takes no verb inflections, since in a
+        noun compound they name no thing ("stationed wagon", "parked bench"); an activity is
+        listed in each form captions use ("playing tennis", "plays tennis"). The flag is True for
+        a one-word form that English also uses as a verb ("tie", "ties").
         """
         if not phrase:
             return
-        *head, last = phrase.split(" ")
+        words = phrase.split(" ")
+        head = words.index("of", 1) - 1 if "of" in words[1:] else len(words) - 1
+        before, word, after = " ".join(words[:head]), words[head], " ".join(words[head + 1 :])
+        if head == len(words) - 1:
+            forms = self.word_forms(word)
+        else:  # a noun before "of" takes its plurals; another word ("shy of") stays as it is
+            noun = word in self.nouns and word not in _FUNCTION_WORDS
+            forms = {word} | (self._plurals(word) if noun else set())
         # only a one-word synonym's base form or its third-person "-s" form can be a verb
-        verb_forms = self._third_person(last) | {last} if not head and last in self.verbs else set()
-        # a phrase that starts with a verb ("play tennis") takes its inflections too ("playing tennis")
-        firsts = sorted(self.verb_forms(head[0])) if head else [""]
-        middle = " ".join(head[1:])
-        for first in firsts:
-            prefix = " ".join(part for part in (first, middle) if part)
-            for form in sorted(self.word_forms(last)):
-                yield (f"{prefix} {form}" if prefix else form), form in verb_forms
-
-    def verb_forms(self, word: str) -> set[str]:
-        """``word`` and, when it is a verb, its inflections ("ride" -> "rides", "riding", "rode")."""
-        if word not in self.verbs:
-            return {word}
-        return {word} | self.irregular["verb"].get(word, set()) | self._ruled_forms(word, "verb")
+        single = len(words) == 1 and word in self.verbs
+        verb_forms = self._third_person(word) | {word} if single else set()
+        for form in sorted(forms):
+            yield " ".join(part for part in (before, form, after) if part), form in verb_forms
 
     def _third_person(self, verb: str) -> set[str]:
         candidates = _with_suffix(verb, "s") | _with_suffix(verb, "es")
         return {form for form in candidates if self.lookup.get(form) == verb}
+
+
+# words that end a phrase without being a noun ("from below", "zoomed in"): never pluralised
+_FUNCTION_WORDS = frozenset(
+    {
+        *("a", "an", "the", "and", "of", "in", "on", "at", "to", "from", "by", "with", "for"),
+        *("into", "onto", "over", "under", "above", "below", "up", "down", "out", "off"),
+        *("through", "around", "like", "back", "away"),
+    }
+)
 
 
 def _with_suffix(stem: str, suffix: str) -> set[str]:

@@ -381,6 +381,35 @@ def test_surface_forms_lists_generated_forms(tiny):
     assert "tied" not in surface_forms(tiny, "tie")
 
 
+PHRASES = """
+groups:
+  - {name: Things, category: common}
+concepts:
+  - {name: car, group: Things, gloss: a car, synonyms: [station wagon, sports car]}
+  - {name: cup, group: Things, gloss: a cup, synonyms: [glass of]}
+  - {name: pants, group: Things, gloss: trousers, synonyms: [pants, khakis]}
+  - {name: close-up, group: Things, gloss: a close view, synonyms: [zoomed in, from below]}
+  - {name: athlete, group: Things, gloss: a player, synonyms: [playing tennis, plays tennis]}
+  - {name: hdr, group: Things, gloss: an HDR image, synonyms: [colorized, tone mapped]}
+"""
+
+
+def test_only_the_head_of_a_phrase_is_inflected():
+    # issue 12: a leading word took verb inflections ("stationed wagon"), and words that are no
+    # nouns took plurals ("pantses", "zoomed ins"); only forms a caption would use are generated
+    registry = parse_registry(PHRASES)
+    forms = {c.name: surface_forms(registry, c.name) for c in registry.concepts}
+    assert forms["car"] == ["sports car", "sports cars", "station wagon", "station wagons"]
+    assert forms["cup"] == ["glass of", "glasses of"]  # the noun before "of" is the head
+    assert forms["pants"] == ["khakis", "pants"]  # already plural
+    assert forms["close-up"] == ["from below", "zoomed in"]  # no noun to inflect
+    assert forms["athlete"] == ["playing tennis", "plays tennis"]  # an activity, as listed
+    assert forms["hdr"] == ["colorized", "tone mapped"]  # participles
+    matcher = build_matcher(registry)
+    assert matcher.match("a stationed wagon, stations wagons") == []
+    assert matcher.match("Two glasses of wine") == ["cup"]
+
+
 def test_builtin_registry_examples(registry):
     matcher = build_matcher(registry)
     assert matcher.match("Two puppies next to a fire hydrant") == ["dog"]

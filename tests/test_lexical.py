@@ -601,3 +601,29 @@ def test_batches_agree_with_single_captions_under_the_sense_rules(rules):
         for second in RULE_CAPTIONS:
             pair = [first, second]
             assert rules.match_batch(pair) == [rules.match_indices(c) for c in pair]
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("Orthopedic Dog Bed", []),
+        ("Slim Phone Case", []),
+        ("Kayaking in the Alps", ["athlete", "boat"]),
+        ("Travel Coffee Mug", ["cup"]),
+        ("Black Bedroom Furniture Sets", ["black"]),
+        ("a tv show host on set", []),
+        ("songs by hip hop artist", []),
+        ("the little black girl", []),  # an ethnicity, not a colour (rule 7)
+        ("Midnight Navy Boot Cut Pant", ["pants", "blue"]),
+        ("Sterling Silver Ring", []),  # silver the metal is no colour
+        ("black and silver keyring", ["black", "gray"]),
+        ("beige walls", []),  # beige is not mapped (rule 7)
+        ("Spiderman superhero shirt", ["shirt", "hero"]),
+        ("a vessel sink", []),
+        ("Chicago Bulls vs New York Jets", []),  # team names (rule 5)
+        ("a basketball game", ["athlete"]),
+        ("Police Car Toys", ["car"]),  # a toy car is a depiction of a car (rule 3)
+    ],
+)
+def test_builtin_registry_on_web_text(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)

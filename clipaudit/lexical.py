@@ -8,16 +8,21 @@ Two profiles (:data:`PROFILES`):
 - ``curated`` (the default) counts mentions in the gloss's sense: whole words only, any noun
   inflection ("puppies" -> dog, "geese" -> goose) and adjective degree ("shinier"), multi-word
   phrases in order and adjacent, and never inside one of the concept's negative contexts
-  ("hot dog" is no dog). The caption is normalised (:func:`clipaudit.text.normalize`) and padded
-  with spaces, so every word boundary is a literal space and one exact-match automaton over
-  ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of captions is
-  normalised and searched as one text, and its hits are resolved with array operations.
+  ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case": the
+  registry's ``modifier_of``), or shortly after a cue against it ("a case for an iPhone",
+  "songs by hip hop artist"). The caption is normalised (:func:`clipaudit.text.normalize`) and
+  padded with spaces, so every word boundary is a literal space and one exact-match automaton
+  over ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of
+  captions is normalised and searched as one text, and its hits are resolved with array
+  operations.
 
 Inflections are generated when the matcher is built, from spaCy's English lookup tables
 (spacy-lookups-data) and its suffix rules, never by lemmatising captions (lemmatising "tired"
-gives "tire", "parking" gives "park"). Verb inflections are not generated: for the registry's
-nouns they name another sense ("tied", "parked", "training", "dressed", "coated"); participles
-that do name a concept ("raining", "tired") are listed as synonyms.
+gives "tire", "parking" gives "park"). Only forms a caption would use are generated: a
+phrase's head is inflected and nothing else ("station wagons", never "stationed wagon"). Verb
+inflections are not generated: for the registry's nouns they name another sense ("tied",
+"parked", "training", "dressed", "coated"); participles and activities that do name a concept
+("raining", "tired", "playing tennis") are listed as synonyms.
 
 With ``spacy_model`` (a trained pipeline the user has installed, e.g. ``en_core_web_sm``) the
 curated matcher also drops a hit on a word that the pipeline tags as a verb ("tie your shoes",

@@ -14,7 +14,6 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
         sensitive: false
         templates: ["a photo of a {}."]   # optional: group-specific prompt templates
         modifier_of: [bed, collar]        # optional: head nouns (see below), for every concept
-        not_after: []                     # optional: cue phrases (see below), for every concept
     concepts:
       - name: dog
         group: Animal
@@ -22,7 +21,7 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
         synonyms: [dog, puppy, canine]     # curated; inflections are generated, not listed
         negative_contexts: [hot dog]       # phrases that look like a mention but are not
         modifier_of: [kennel]              # optional: more head nouns, for this concept only
-        not_after: []                      # optional: more cue phrases, for this concept only
+        not_after: [by]                    # optional: cue phrases (see below); groups take it too
         prompts: [dog]                     # class names zero-shot prompts are built from
         paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was
         version: 1
@@ -31,12 +30,13 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
 for, fits or looks like, so the concept is not mentioned: "dog bed", "phone case", "coffee mug",
 "leopard print" (LABELLING.md rules 3 and 4). The matcher skips a surface form of the concept
 directly followed by a form of one of these heads (the group's and the concept's own), unless the
-longer phrase is itself a form of the concept ("tea cup" for tea). The same heads followed by
-"for" are cues against the concept ("a case for an iPhone 7"), as are the matcher's phrases that say
-what a product fits ("fit for").
+head or the longer phrase is itself a form of the concept ("tote bag" is a bag, "tea cup" is tea
+when tea lists it). The same heads followed by "for" are cues against the concept ("a case for an
+iPhone 7"), as are the matcher's phrases that say what a product fits ("fit for").
 
-``not_after`` lists cue phrases after which a concept's word, within three words, is not a mention:
-"by" for the authorship of a role ("songs by hip hop artist", "recipe by chef": LABELLING.md rule 6).
+``not_after`` lists cue phrases after which a concept's word, within three words, is not a
+mention: "by" for the authorship of a role ("songs by hip hop artist", "recipe by chef":
+LABELLING.md rule 6).
 
 A group's heads and cues apply to all its concepts; a concept's add to them and may not repeat them.
 """

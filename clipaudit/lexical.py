@@ -442,7 +442,8 @@ def _modifier_contexts(
     """
     head_forms = _head_forms(lexicon, heads)
     for synonym in map(normalize, synonyms):
-        first, *_, last = synonym.split(" ") * 2  # a one-word synonym is its first and last
+        words = synonym.split(" ")
+        first, last = words[0], words[-1]
         if not lexicon.is_noun(last) or lexicon.lookup.get(first, first) != first:
             continue  # an adjective, a participle or an activity ("playing tennis")
         for head in head_forms - own:

@@ -8,16 +8,21 @@ Two profiles (:data:`PROFILES`):
 - ``curated`` (the default) counts mentions in the gloss's sense: whole words only, any noun
   inflection ("puppies" -> dog, "geese" -> goose) and adjective degree ("shinier"), multi-word
   phrases in order and adjacent, and never inside one of the concept's negative contexts
-  ("hot dog" is no dog). The caption is normalised (:func:`clipaudit.text.normalize`) and padded
-  with spaces, so every word boundary is a literal space and one exact-match automaton over
-  ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of captions is
-  normalised and searched as one text, and its hits are resolved with array operations.
+  ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case": the
+  registry's ``modifier_of``), or shortly after a cue against it ("a case for an iPhone",
+  "songs by hip hop artist"). The caption is normalised (:func:`clipaudit.text.normalize`) and
+  padded with spaces, so every word boundary is a literal space and one exact-match automaton
+  over ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of
+  captions is normalised and searched as one text, and its hits are resolved with array
+  operations.
 
 Inflections are generated when the matcher is built, from spaCy's English lookup tables
 (spacy-lookups-data) and its suffix rules, never by lemmatising captions (lemmatising "tired"
-gives "tire", "parking" gives "park"). Verb inflections are not generated: for the registry's
-nouns they name another sense ("tied", "parked", "training", "dressed", "coated"); participles
-that do name a concept ("raining", "tired") are listed as synonyms.
+gives "tire", "parking" gives "park"). Only forms a caption would use are generated: a
+phrase's head is inflected and nothing else ("station wagons", never "stationed wagon"). Verb
+inflections are not generated: for the registry's nouns they name another sense ("tied",
+"parked", "training", "dressed", "coated"); participles and activities that do name a concept
+("raining", "tired", "playing tennis") are listed as synonyms.
 
 With ``spacy_model`` (a trained pipeline the user has installed, e.g. ``en_core_web_sm``) the
 curated matcher also drops a hit on a word that the pipeline tags as a verb ("tie your shoes",
@@ -34,7 +39,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cache
 from itertools import accumulate, chain, pairwise
 from operator import itemgetter
@@ -50,6 +54,15 @@ from clipaudit.text import ASCII_TABLE, normalize
 
 PROFILES = ("curated", "paper")
 DEFAULT_PROFILE = "curated"
+
+# A concept word this many words or fewer after a cue against it is not a mention: "a case for
+# an Apple iPhone 7", "songs by hip hop artist". Cues are resolved like negative contexts, with the
+# words between counted as spaces, for hits at most _CUE_REACH characters apart.
+CUE_WINDOW = 3
+_CUE_REACH = 80
+# Phrases that say which thing a product fits ("Fit for Audi A4 sedan"): cues against every
+# concept that other objects are made for.
+FIT_CUES = ("fit for", "fits for", "compatible with", "for use with", "replacement for")
 
 # spaCy tags for which a base-form hit is another sense of the word ("tie" in "tie a knot").
 _VERB_TAGS = frozenset({"VERB", "AUX"})
@@ -171,13 +184,14 @@ class PaperMatcher(Matcher):
 class CuratedMatcher(Matcher):
     """Whole-word matching of curated synonyms and their inflections, outside negative contexts.
 
-    The automaton maps each key (``" form "``) to its position in the key tables. A key's value
-    (``_values``) is the concept index when the key is a surface form of one concept and nothing
-    else; any other key (a negative context, a form of several concepts, a form whose hit a
-    part-of-speech check may veto) has the value ``-1 - k`` for entry ``k`` of ``_special``.
-    Captions that hit such a key are resolved with the hits' spans: a hit inside a
-    negative-context span of its concept does not count. :meth:`match_indices` resolves one
-    caption in Python; :meth:`match_pairs` applies the same rule to a whole batch with arrays
+    The automaton maps each key (``" form "``) to its position in the key tables: its length,
+    its concepts, the concepts it is a negative context of or a cue against, and the concepts a
+    part-of-speech check decides. A key whose only role is to be a form of one concept is
+    *plain*: ``_plain`` holds that concept's index, and -1 for every other key. Captions that hit
+    another key are resolved with the hits' spans: a hit inside a negative-context span of its
+    concept, or within :data:`CUE_WINDOW` words after a cue against it, does not count, nor does
+    a hit of the same concept right before such a hit. :meth:`match_indices` resolves one
+    caption in Python; :meth:`match_pairs` applies the same rules to a whole batch with arrays
     (tests check that they agree).
     """
 
@@ -191,52 +205,53 @@ class CuratedMatcher(Matcher):
         forms: dict[str, set[int]] = {}
         negated: dict[str, set[int]] = {}
         checked: dict[str, set[int]] = {}
+        cued: dict[str, set[int]] = {}  # cue -> concepts not mentioned shortly after it
         for index, concept in enumerate(registry.concepts):
+            own: set[str] = set()
             for synonym in concept.synonyms:
                 for form, verb_like in lexicon.phrase_forms(normalize(synonym)):
+                    own.add(form)
                     forms.setdefault(form, set()).add(index)
                     if verb_like and spacy_model:
                         checked.setdefault(form, set()).add(index)
             for context in concept.negative_contexts:
                 for form, _ in lexicon.phrase_forms(normalize(context)):
                     negated.setdefault(form, set()).add(index)
-        self._special: list[_Special] = []
-        keys: dict[str, int] = {}
-        for form in sorted(forms.keys() | negated.keys()):
-            concepts = forms.get(form, set())
-            if len(concepts) == 1 and form not in negated and form not in checked:
-                keys[f" {form} "] = next(iter(concepts))
-            else:
-                keys[f" {form} "] = -1 - len(self._special)
-                self._special.append(
-                    _Special(
-                        frozenset(concepts),
-                        frozenset(negated.get(form, ())),
-                        frozenset(checked.get(form, ())),
-                    )
-                )
-        self._finish({key: position for position, key in enumerate(keys)})
-        self._values = list(keys.values())
-        self._lengths = list(map(len, keys))
-        # the same tables as arrays, for whole batches: per key, its length, its concepts, the
-        # concepts it is a negative context of, and whether a part-of-speech check decides it
+            group = registry.group(concept.group)
+            heads = group.modifier_of + concept.modifier_of
+            for context in _modifier_contexts(lexicon, concept.synonyms, own, heads):
+                negated.setdefault(context, set()).add(index)
+            for cue in _cues(lexicon, heads, group.not_after + concept.not_after):
+                cued.setdefault(cue, set()).add(index)
+        keys = sorted(forms.keys() | negated.keys() | cued.keys())
+        self._finish({f" {form} ": position for position, form in enumerate(keys)})
+        self._lengths = [len(form) + 2 for form in keys]
+
+        def table(sets: dict[str, set[int]]) -> list[tuple[int, ...]]:
+            return [tuple(sorted(sets[form])) if form in sets else () for form in keys]
+
+        self._concepts, self._negated = table(forms), table(negated)
+        self._cued, self._checked = table(cued), table(checked)
+        self._plain = [
+            concepts[0] if len(concepts) == 1 and not (negated or cued or checked) else -1
+            for concepts, negated, cued, checked in zip(
+                self._concepts, self._negated, self._cued, self._checked, strict=True
+            )
+        ]
+        # the same tables as arrays, for whole batches
         self._length_array = np.array(self._lengths, dtype=np.int64)
-        concepts, negated, checked_any = [], [], []
-        for value in self._values:
-            entry = self._special[-1 - value] if value < 0 else _Special(frozenset({value}))
-            concepts.append(sorted(entry.concepts))
-            negated.append(sorted(entry.negated))
-            checked_any.append(bool(entry.checked))
-        self._concepts_of, self._negated_of = _Ragged(concepts), _Ragged(negated)
-        self._checked = np.array(checked_any, dtype=bool)
+        self._concepts_of, self._negated_of = _Ragged(self._concepts), _Ragged(self._negated)
+        self._cued_of = _Ragged(self._cued)
+        self._checked_any = np.array(list(map(bool, self._checked)), dtype=bool)
 
     def match_indices(self, caption: str | None) -> list[int]:
         caption = _text(caption)
         text = f" {normalize(caption)} "
-        found = {self._values[key] for _, key in self._iter(text)}
-        if found and min(found) < 0:
-            return self._resolve(caption, text, found)
-        return sorted(found)
+        keys = {key for _, key in self._iter(text)}
+        plain = {self._plain[key] for key in keys}
+        if -1 in plain:
+            return self._resolve(caption, text, keys)
+        return sorted(plain)
 
     def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
         """:meth:`match_indices` of each caption, computed for the whole batch at once."""
@@ -261,10 +276,10 @@ class CuratedMatcher(Matcher):
         rows = np.searchsorted(newlines, ends)  # a hit's caption: the "\n"s before it
         # one (hit, concept) pair for each concept of the hit's key (several for a shared form)
         hit, concepts = self._concepts_of.expand(keys)
-        keep = ~self._vetoed(rows, ends, keys, hit, concepts)
+        keep = ~self._vetoed(text, rows, ends, keys, hit, concepts)
         n = len(self.concept_names)
         pairs = rows[hit[keep]] * n + concepts[keep]
-        unsure = _distinct(rows[self._checked[keys]])
+        unsure = _distinct(rows[self._checked_any[keys]])
         if len(unsure):
             # a part-of-speech check decides: these captions go through the tagger one by one
             pairs = pairs[~np.isin(pairs // n, unsure)]
@@ -279,6 +294,7 @@ class CuratedMatcher(Matcher):
 
     def _vetoed(
         self,
+        text: str,
         rows: np.ndarray,
         ends: np.ndarray,
         keys: np.ndarray,
@@ -286,49 +302,100 @@ class CuratedMatcher(Matcher):
         concepts: np.ndarray,
     ) -> np.ndarray:
         """Which (hit, concept) pairs lie inside the span of a hit of a negative context of that
-        concept: the pairs are joined with those hits on (caption, concept), then spans compared."""
-        veto, negated = self._negated_of.expand(keys)
+        concept, or begin within :data:`CUE_WINDOW` words after a hit of a cue against it, or
+        modify such a pair: a hit of the same concept right before it ("terrier dog bed")."""
         vetoed = np.zeros(len(hit), dtype=bool)
-        if not len(veto):
-            return vetoed
         starts = ends - self._length_array[keys]
         n = len(self.concept_names)
-        veto_keys = rows[veto] * n + negated
-        order = np.argsort(veto_keys)
-        sorted_keys = veto_keys[order]
-        pair_keys = rows[hit] * n + concepts
-        first = np.searchsorted(sorted_keys, pair_keys, "left")
-        last = np.searchsorted(sorted_keys, pair_keys, "right")
-        pair, position = _ranges(first, last - first)  # each pair with each of its vetoes
-        inner, outer = hit[pair], veto[order[position]]
-        inside = (starts[outer] <= starts[inner]) & (ends[inner] <= ends[outer])
+        pair_keys = rows[hit] * n + concepts  # a pair by its caption and concept
+        pair, context = self._joined_hits(self._negated_of, rows, keys, pair_keys)
+        inner = hit[pair]
+        inside = (starts[context] <= starts[inner]) & (ends[inner] <= ends[context])
         vetoed[pair[inside]] = True
+        pair, cue = self._joined_hits(self._cued_of, rows, keys, pair_keys)
+        # the words between the cue and the hit: the spaces from the cue's last to the hit's first
+        gap_start, gap_end = ends[cue] - 1, starts[hit[pair]]
+        near = (gap_start <= gap_end) & (gap_end - gap_start <= _CUE_REACH)
+        for index, start, end in zip(
+            pair[near].tolist(), gap_start[near].tolist(), gap_end[near].tolist(), strict=True
+        ):
+            if text.count(" ", start, end) <= CUE_WINDOW:
+                vetoed[index] = True
+        if vetoed.any():
+            # offsets in the batch's text name a caption too: a pair by the space it ends on,
+            # and the vetoed ones by the space they start on
+            before = (ends[hit] - 1) * n + concepts
+            while True:
+                marks = np.sort(starts[hit[vetoed]] * n + concepts[vetoed])
+                at = np.searchsorted(marks, before).clip(max=len(marks) - 1)
+                chained = ~vetoed & (marks[at] == before)
+                if not chained.any():
+                    break
+                vetoed |= chained
         return vetoed
 
-    def _resolve(self, caption: str, text: str, found: set[int]) -> list[int]:
-        """Concepts of a caption whose hits include special keys."""
-        special = [self._special[-1 - value] for value in found if value < 0]
-        if not any(entry.negated or entry.checked for entry in special):
-            plain = {value for value in found if value >= 0}
-            return sorted(plain.union(*(entry.concepts for entry in special)))
+    def _joined_hits(
+        self, table: _Ragged, rows: np.ndarray, keys: np.ndarray, pair_keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each (hit, concept) pair (by ``pair_keys``) joined with the hits in the same caption
+        whose keys list that concept in ``table`` (negative contexts or cues): the pair's index
+        and the other hit's."""
+        other = np.flatnonzero(table.sizes[keys])  # only the hits whose keys list any
+        which, listed = table.expand(keys[other])
+        n = len(self.concept_names)
+        # only the pairs of a concept that some of those hits list can join
+        listed_here = np.zeros(n, dtype=bool)
+        listed_here[listed] = True
+        candidates = np.flatnonzero(listed_here[pair_keys % n])
+        if not len(candidates):
+            return candidates, candidates
+        other = other[which]
+        other_keys = rows[other] * n + listed
+        order = np.argsort(other_keys)
+        sorted_keys = other_keys[order]
+        first = np.searchsorted(sorted_keys, pair_keys[candidates], "left")
+        last = np.searchsorted(sorted_keys, pair_keys[candidates], "right")
+        pair, position = _ranges(first, last - first)  # each pair with each of its other hits
+        return candidates[pair], other[order[position]]
+
+    def _resolve(self, caption: str, text: str, keys: set[int]) -> list[int]:
+        """Concepts of a caption that hits keys other than plain forms."""
+        if not any(self._negated[key] or self._cued[key] or self._checked[key] for key in keys):
+            return sorted({index for key in keys for index in self._concepts[key]})
         hits: list[tuple[int, int, int]] = []  # (start, end, concept)
-        vetoes: list[tuple[int, int, frozenset[int]]] = []
+        vetoes: list[tuple[int, int, tuple[int, ...]]] = []
+        cues: list[tuple[int, tuple[int, ...]]] = []  # (the cue's last space, concepts)
         checked: set[tuple[int, int, int]] = set()
         for end, key in self._iter(text):
-            value, start = self._values[key], end - self._lengths[key]
-            if value >= 0:
-                hits.append((start, end, value))
-                continue
-            entry = self._special[-1 - value]
-            hits.extend((start, end, index) for index in entry.concepts)
-            checked.update((start, end, index) for index in entry.checked)
-            if entry.negated:
-                vetoes.append((start, end, entry.negated))
+            start = end - self._lengths[key]
+            hits.extend((start, end, index) for index in self._concepts[key])
+            checked.update((start, end, index) for index in self._checked[key])
+            if self._negated[key]:
+                vetoes.append((start, end, self._negated[key]))
+            if self._cued[key]:
+                cues.append((end - 1, self._cued[key]))
+        vetoed = {
+            (start, end, index)
+            for start, end, index in hits
+            if any(s <= start and end <= e and index in negated for s, e, negated in vetoes)
+            or any(
+                index in against
+                and cue <= start <= cue + _CUE_REACH
+                and text.count(" ", cue, start) <= CUE_WINDOW
+                for cue, against in cues
+            )
+        }
+        # a hit of the same concept right before a vetoed one modifies it ("terrier dog bed")
+        chained = vetoed
+        while chained:
+            starts = {(start, index) for start, _, index in chained}
+            chained = {hit for hit in hits if (hit[1] - 1, hit[2]) in starts} - vetoed
+            vetoed |= chained
         result: set[int] = set()
         unsure: dict[int, list[str]] = {}  # concept -> words whose part of speech decides
         for hit in hits:
             start, end, index = hit
-            if any(s <= start and end <= e and index in negated for s, e, negated in vetoes):
+            if hit in vetoed:
                 continue
             if hit in checked:
                 unsure.setdefault(index, []).append(text[start + 2 : end])
@@ -359,13 +426,51 @@ class CuratedMatcher(Matcher):
             self._nlp = _load_pipeline(self.spacy_model)
 
 
-@dataclass(frozen=True)
-class _Special:
-    """A curated key that needs more than a concept index: see :class:`CuratedMatcher`."""
+def _modifier_contexts(
+    lexicon: _Lexicon, synonyms: Iterable[str], own: set[str], heads: Iterable[str]
+) -> Iterator[str]:
+    """Negative contexts from a concept's ``modifier_of`` heads: each noun synonym followed by
+    each form of each head ("dog bed", "dog beds"), except where the head or the whole phrase is
+    itself a form of the concept (``own``: "tote bag" is a bag, "tea cup" is tea when tea lists
+    it).
 
-    concepts: frozenset[int]
-    negated: frozenset[int] = frozenset()
-    checked: frozenset[int] = frozenset()
+    A modifier in an English compound is singular, so plural synonyms are left out ("trains
+    pass" is a clause). So are adjectives and participles, which describe the head rather than
+    say what it is for ("a snowy forest", "a frozen pond"). A head whose "-s" form is mostly a
+    verb after a noun phrase ("a man in a shirt stands", "snow covers the hill") is taken in
+    the singular only.
+    """
+    head_forms = _head_forms(lexicon, heads)
+    for synonym in map(normalize, synonyms):
+        words = synonym.split(" ")
+        first, last = words[0], words[-1]
+        if not lexicon.is_noun(last) or lexicon.lookup.get(first, first) != first:
+            continue  # an adjective, a participle or an activity ("playing tennis")
+        for head in head_forms - own:
+            if f"{synonym} {head}" not in own:
+                yield f"{synonym} {head}"
+
+
+def _head_forms(lexicon: _Lexicon, heads: Iterable[str]) -> set[str]:
+    """The forms of ``modifier_of`` heads, the verb-like ones in the singular only."""
+    return {
+        form
+        for head in map(normalize, heads)
+        for form, _ in lexicon.phrase_forms(head)
+        if form == head or head.split(" ")[-1] not in _VERB_LIKE_HEADS
+    }
+
+
+def _cues(lexicon: _Lexicon, heads: Iterable[str], not_after: Iterable[str]) -> Iterator[str]:
+    """Cues against a concept: its ``not_after`` phrases ("by" for authorship), and for a concept
+    that other objects are made for (one with ``modifier_of`` heads) each head followed by "for"
+    ("case for", "cases for": "a case for an iPhone 7") and the phrases of :data:`FIT_CUES`."""
+    for cue in map(normalize, not_after):
+        yield from (form for form, _ in lexicon.phrase_forms(cue))
+    heads = list(heads)
+    if heads:
+        yield from FIT_CUES
+        yield from (f"{head} for" for head in _head_forms(lexicon, heads))
 
 
 def _joined(captions: Sequence[str | None]) -> tuple[str, np.ndarray]:
@@ -407,6 +512,7 @@ class _Ragged:
     def __init__(self, lists: Sequence[Sequence[int]]):
         self.offsets = np.array([0, *accumulate(map(len, lists))], dtype=np.int64)
         self.values = np.array([v for values in lists for v in values], dtype=np.int64)
+        self.sizes = np.diff(self.offsets)
 
     def expand(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every value of every item's list, with the position in ``items`` it belongs to."""
@@ -479,7 +585,7 @@ class _Lexicon:
         self.verbs = frozenset(index.get("verb", ()))
         self.known = frozenset(word for words in index.values() for word in words)
         self.irregular: dict[str, dict[str, set[str]]] = {}
-        for pos in ("noun", "verb", "adj"):
+        for pos in ("noun", "adj"):
             table: dict[str, set[str]] = {}
             for form, lemmas in exceptions.get(pos, {}).items():
                 for lemma in lemmas:
@@ -513,14 +619,36 @@ class _Lexicon:
 
     def word_forms(self, word: str) -> set[str]:
         """``word`` and its noun plurals, plus comparative/superlative when it is an adjective."""
-        plurals = self.irregular["noun"].get(word, set()) | self._ruled_forms(word, "noun")
-        if not plurals and (word in self.nouns or word not in self.known):
-            plurals = {_regular_plural(word)}
-        forms = {word} | plurals
+        forms = {word} | self._plurals(word)
         if word in self.adjectives:
             forms |= self.irregular["adj"].get(word, set())
             forms |= self._ruled_forms(word, "adj")
         return forms
+
+    def is_noun(self, word: str) -> bool:
+        """Whether ``word`` is a noun in its base form: not an adjective only ("snowy") and not
+        a form of another lemma ("skiing", "frozen"); a word the tables do not know counts."""
+        if self.lookup.get(word, word) != word:
+            return False
+        return word in self.nouns or word not in self.adjectives
+
+    def _plurals(self, word: str) -> set[str]:
+        plurals = self.irregular["noun"].get(word, set()) | self._ruled_forms(word, "noun")
+        if not plurals and self._takes_regular_plural(word):
+            plurals = {_regular_plural(word)}
+        return plurals
+
+    def _takes_regular_plural(self, word: str) -> bool:
+        """Whether a word without a plural in the tables gets the regular one: a noun, or a word
+        the tables do not know ("hoodie"). Never a word that is already a form of another lemma
+        ("pants", "colored", "raining"), a function word ("from below"), an unknown participle
+        ("colorized"), or a word in "-s": a plural ("khakis") or a mass noun ("tennis"), since
+        the tables list the plurals of count nouns in "-s" ("buses", "glasses")."""
+        if word in _FUNCTION_WORDS or word.endswith("s") or self.lookup.get(word, word) != word:
+            return False
+        if word in self.known:
+            return word in self.nouns
+        return not word.endswith(("ed", "ing"))
 
     def _ruled_forms(self, word: str, pos: str) -> set[str]:
         forms = set()
@@ -539,31 +667,57 @@ class _Lexicon:
     def phrase_forms(self, phrase: str) -> Iterator[tuple[str, bool]]:
         """Surface forms of a normalised phrase, each with a flag for part-of-speech checks.
 
-        The last word is inflected (and a leading verb: "play tennis" -> "playing tennis"); the
-        flag is True for a one-word form that English also uses as a verb ("tie", "ties").
+        Only forms a caption would use are generated: the phrase's head is inflected and nothing
+        else. The head is the last word ("ice creams", "station wagons"), or a noun before "of"
+        ("glasses of", "slices of orange"). A leading word takes no verb inflections, since in a
+        noun compound they name no thing ("stationed wagon", "parked bench"); an activity is
+        listed in each form captions use ("playing tennis", "plays tennis"). The flag is True for
+        a one-word form that English also uses as a verb ("tie", "ties").
         """
         if not phrase:
             return
-        *head, last = phrase.split(" ")
+        words = phrase.split(" ")
+        head = words.index("of", 1) - 1 if "of" in words[1:] else len(words) - 1
+        before, word, after = " ".join(words[:head]), words[head], " ".join(words[head + 1 :])
+        if head == len(words) - 1:
+            forms = self.word_forms(word)
+        else:  # a noun before "of" takes its plurals; another word ("shy of") stays as it is
+            noun = word in self.nouns and word not in _FUNCTION_WORDS
+            forms = {word} | (self._plurals(word) if noun else set())
         # only a one-word synonym's base form or its third-person "-s" form can be a verb
-        verb_forms = self._third_person(last) | {last} if not head and last in self.verbs else set()
-        # a phrase that starts with a verb ("play tennis") takes its inflections too ("playing tennis")
-        firsts = sorted(self.verb_forms(head[0])) if head else [""]
-        middle = " ".join(head[1:])
-        for first in firsts:
-            prefix = " ".join(part for part in (first, middle) if part)
-            for form in sorted(self.word_forms(last)):
-                yield (f"{prefix} {form}" if prefix else form), form in verb_forms
-
-    def verb_forms(self, word: str) -> set[str]:
-        """``word`` and, when it is a verb, its inflections ("ride" -> "rides", "riding", "rode")."""
-        if word not in self.verbs:
-            return {word}
-        return {word} | self.irregular["verb"].get(word, set()) | self._ruled_forms(word, "verb")
+        single = len(words) == 1 and word in self.verbs
+        verb_forms = self._third_person(word) | {word} if single else set()
+        for form in sorted(forms):
+            yield " ".join(part for part in (before, form, after) if part), form in verb_forms
 
     def _third_person(self, verb: str) -> set[str]:
         candidates = _with_suffix(verb, "s") | _with_suffix(verb, "es")
         return {form for form in candidates if self.lookup.get(form) == verb}
+
+
+# words that end a phrase without being a noun ("from below", "zoomed in"): never pluralised
+_FUNCTION_WORDS = frozenset(
+    {
+        *("a", "an", "the", "and", "of", "in", "on", "at", "to", "from", "by", "with", "for"),
+        *("into", "onto", "over", "under", "above", "below", "up", "down", "out", "off"),
+        *("through", "around", "like", "back", "away"),
+    }
+)
+
+
+# nouns whose "-s" form after a noun phrase is mostly a verb ("the train passes", "a man in a
+# shirt stands"): as heads of ``modifier_of`` they are matched in the singular only
+_VERB_LIKE_HEADS = frozenset(
+    {
+        *("stand", "sit", "rest", "hang", "pass", "stop", "cover", "fly", "float", "feed"),
+        *("hide", "shine", "light", "lift", "lock", "park", "launch", "dock", "drain", "damage"),
+        *("shelter", "wear", "press", "set", "show", "sign", "mount", "hook", "track", "trail"),
+        *("cut", "box", "rack", "tower", "seat", "house", "tap", "mix", "star", "host", "check"),
+        *("guard", "shop", "place", "name", "address", "pin", "form", "tag", "plant", "pump"),
+        *("board", "dress", "face", "head", "line", "top", "hold", "work", "look", "play", "run"),
+        *("walk", "ride", "turn", "wait", "pose", "race", "jump", "fall", "land", "sail", "cross"),
+    }
+)
 
 
 def _with_suffix(stem: str, suffix: str) -> set[str]:

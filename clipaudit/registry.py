@@ -13,15 +13,32 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
         description: ...
         sensitive: false
         templates: ["a photo of a {}."]   # optional: group-specific prompt templates
+        modifier_of: [bed, collar]        # optional: head nouns (see below), for every concept
     concepts:
       - name: dog
         group: Animal
         gloss: a dog of any breed, including puppies
         synonyms: [dog, puppy, canine]     # curated; inflections are generated, not listed
         negative_contexts: [hot dog]       # phrases that look like a mention but are not
+        modifier_of: [kennel]              # optional: more head nouns, for this concept only
+        not_after: [by]                    # optional: cue phrases (see below); groups take it too
         prompts: [dog]                     # class names zero-shot prompts are built from
         paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was
         version: 1
+
+``modifier_of`` lists head nouns before which a concept's word only says what the head object is
+for, fits or looks like, so the concept is not mentioned: "dog bed", "phone case", "coffee mug",
+"leopard print" (LABELLING.md rules 3 and 4). The matcher skips a surface form of the concept
+directly followed by a form of one of these heads (the group's and the concept's own), unless the
+head or the longer phrase is itself a form of the concept ("tote bag" is a bag, "tea cup" is tea
+when tea lists it). The same heads followed by "for" are cues against the concept ("a case for an
+iPhone 7"), as are the matcher's phrases that say what a product fits ("fit for").
+
+``not_after`` lists cue phrases after which a concept's word, within three words, is not a
+mention: "by" for the authorship of a role ("songs by hip hop artist", "recipe by chef":
+LABELLING.md rule 6).
+
+A group's heads and cues apply to all its concepts; a concept's add to them and may not repeat them.
 """
 
 from __future__ import annotations
@@ -41,7 +58,16 @@ from clipaudit.text import normalize
 DEFAULT_REGISTRY = "cai2025"
 
 _TOP_KEYS = {"registry", "version", "description", "source", "groups", "concepts"}
-_GROUP_KEYS = {"name", "category", "label", "description", "sensitive", "templates"}
+_GROUP_KEYS = {
+    "name",
+    "category",
+    "label",
+    "description",
+    "sensitive",
+    "templates",
+    "modifier_of",
+    "not_after",
+}
 _CONCEPT_KEYS = {
     "name",
     "group",
@@ -50,6 +76,8 @@ _CONCEPT_KEYS = {
     "negative_contexts",
     "prompts",
     "paper_synonyms",
+    "modifier_of",
+    "not_after",
     "version",
 }
 _GROUP_REQUIRED = {"name", "category"}
@@ -66,6 +94,8 @@ class Group:
     description: str = ""
     sensitive: bool = False
     templates: tuple[str, ...] = ()
+    modifier_of: tuple[str, ...] = ()
+    not_after: tuple[str, ...] = ()
     line: int | None = field(default=None, compare=False, repr=False)
 
 
@@ -80,6 +110,8 @@ class Concept:
     negative_contexts: tuple[str, ...] = ()
     prompts: tuple[str, ...] = ()
     paper_synonyms: tuple[str, ...] = ()
+    modifier_of: tuple[str, ...] = ()
+    not_after: tuple[str, ...] = ()
     version: int = 1
     line: int | None = field(default=None, compare=False, repr=False)
 
@@ -428,9 +460,26 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
             description=check.string(entry, "description", what, default=""),
             sensitive=sensitive,
             templates=templates,
+            modifier_of=check.strings(entry, "modifier_of", what),
+            not_after=check.strings(entry, "not_after", what),
             line=entry.line,
         )
     return tuple(groups.values())
+
+
+def _check_group_rules(check: _Checker, entry: _LineMap, concept: Concept, group: Group) -> None:
+    """A concept's ``modifier_of`` and ``not_after`` add to its group's: repeating one of the
+    group's entries is a mistake."""
+    for key in ("modifier_of", "not_after"):
+        given = {normalize(item) for item in getattr(group, key)}
+        for item in getattr(concept, key):
+            if normalize(item) in given:
+                check.fail(
+                    f"concept {concept.name!r}: {item!r} in its {key!r} is already in group "
+                    f"{group.name!r}'s (line {group.line}), which applies to all its concepts; "
+                    "remove it here",
+                    entry.key_lines[key],
+                )
 
 
 def _parse_concepts(
@@ -474,9 +523,12 @@ def _parse_concepts(
             negative_contexts=check.strings(entry, "negative_contexts", what),
             prompts=check.strings(entry, "prompts", what) or (name,),
             paper_synonyms=check.strings(entry, "paper_synonyms", what, allow_empty=True),
+            modifier_of=check.strings(entry, "modifier_of", what),
+            not_after=check.strings(entry, "not_after", what),
             version=version,
             line=entry.line,
         )
+        _check_group_rules(check, entry, concept, next(g for g in groups if g.name == group))
         for synonym in synonyms:
             key = (group, normalize(synonym))
             if key in claimed:

@@ -119,6 +119,11 @@ def paper(tiny):
     return build_matcher(tiny, "paper")
 
 
+@pytest.fixture(scope="module")
+def builtin(registry):
+    return build_matcher(registry)
+
+
 def test_profiles_and_concept_order(tiny, curated, paper):
     assert PROFILES == ("curated", "paper")
     assert curated.profile == "curated" and paper.profile == "paper"
@@ -381,12 +386,40 @@ def test_surface_forms_lists_generated_forms(tiny):
     assert "tied" not in surface_forms(tiny, "tie")
 
 
-def test_builtin_registry_examples(registry):
+PHRASES = """
+groups:
+  - {name: Things, category: common}
+concepts:
+  - {name: car, group: Things, gloss: a car, synonyms: [station wagon, sports car]}
+  - {name: cup, group: Things, gloss: a cup, synonyms: [glass of]}
+  - {name: pants, group: Things, gloss: trousers, synonyms: [pants, khakis]}
+  - {name: close-up, group: Things, gloss: a close view, synonyms: [zoomed in, from below]}
+  - {name: athlete, group: Things, gloss: a player, synonyms: [playing tennis, plays tennis]}
+  - {name: hdr, group: Things, gloss: an HDR image, synonyms: [colorized, tone mapped]}
+"""
+
+
+def test_only_the_head_of_a_phrase_is_inflected():
+    # issue 12: a leading word took verb inflections ("stationed wagon"), and words that are no
+    # nouns took plurals ("pantses", "zoomed ins"); only forms a caption would use are generated
+    registry = parse_registry(PHRASES)
+    forms = {c.name: surface_forms(registry, c.name) for c in registry.concepts}
+    assert forms["car"] == ["sports car", "sports cars", "station wagon", "station wagons"]
+    assert forms["cup"] == ["glass of", "glasses of"]  # the noun before "of" is the head
+    assert forms["pants"] == ["khakis", "pants"]  # already plural
+    assert forms["close-up"] == ["from below", "zoomed in"]  # no noun to inflect
+    assert forms["athlete"] == ["playing tennis", "plays tennis"]  # an activity, as listed
+    assert forms["hdr"] == ["colorized", "tone mapped"]  # participles
     matcher = build_matcher(registry)
-    assert matcher.match("Two puppies next to a fire hydrant") == ["dog"]
-    assert matcher.match("A man eating a hot dog at the bus stop") == []
-    assert matcher.match("A gray cat on a grey couch") == ["cat", "gray"]
-    assert matcher.match("A tennis player swings") == ["athlete"]
+    assert matcher.match("a stationed wagon, stations wagons") == []
+    assert matcher.match("Two glasses of wine") == ["cup"]
+
+
+def test_builtin_registry_examples(builtin):
+    assert builtin.match("Two puppies next to a fire hydrant") == ["dog"]
+    assert builtin.match("A man eating a hot dog at the bus stop") == []
+    assert builtin.match("A gray cat on a grey couch") == ["cat", "gray"]
+    assert builtin.match("A tennis player swings") == ["athlete"]
 
 
 # ---------------------------------------------------------------------------- spaCy pipelines
@@ -421,3 +454,176 @@ def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
     assert matcher.match_batch(captions) == [matcher.match_indices(c) for c in captions]
     clone = pickle.loads(pickle.dumps(matcher))
     assert clone.match("He learns to tie his shoes") == []
+
+
+# ---------------------------------------------------------------------------- sense rules
+
+# A registry for the sense rules of web text (LABELLING.md rules 3-6): head nouns a concept word
+# only modifies (``modifier_of``) and cues after which it is no mention (``not_after``).
+RULES = """
+groups:
+  - name: Animal
+    category: common
+    modifier_of: [bed, collar, lover, print, feeder]
+  - name: Object
+    category: common
+    modifier_of: [case, stand, cover, bag]
+  - {name: Food, category: common, modifier_of: [mug, shop]}
+  - {name: Weather, category: common, modifier_of: [gear, forest]}
+  - {name: Role, category: common}
+  - {name: Color, category: common}
+concepts:
+  - name: dog
+    group: Animal
+    gloss: a dog
+    synonyms: [dog, terrier, golden retriever]
+    modifier_of: [toy]
+  - {name: bird, group: Animal, gloss: a bird, synonyms: [bird]}
+  - {name: phone, group: Object, gloss: a phone, synonyms: [phone, iphone]}
+  - {name: bag, group: Object, gloss: a bag, synonyms: [bag, tote]}
+  - {name: cup, group: Object, gloss: a cup or mug, synonyms: [cup, mug]}
+  - {name: coffee, group: Food, gloss: coffee, synonyms: [coffee]}
+  - {name: tea, group: Food, gloss: tea, synonyms: [tea, tea mug]}
+  - {name: snow, group: Weather, gloss: snow, synonyms: [snow, snowy]}
+  - name: artist
+    group: Role
+    gloss: an artist
+    synonyms: [artist, painter]
+    not_after: [by]
+  - {name: black, group: Color, gloss: the colour black, synonyms: [black]}
+"""
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return build_matcher(parse_registry(RULES))
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # rule 4: the head is another object, made for or fitting the concept
+        ("Orthopedic Dog Bed", []),
+        ("Dog Beds and Dog Collars", []),  # the heads' plurals
+        ("Dog Lover Gift", []),
+        ("Slim Phone Case", []),
+        ("a dog toy", []),  # a concept's own head, beside its group's
+        ("Travel Coffee Mug", ["cup"]),  # the head is a concept itself
+        ("a tea mug", ["cup", "tea"]),  # ...unless the phrase is listed as the concept
+        ("Canvas Tote Bag", ["bag"]),  # "tote bag" is a bag: the head is the same concept
+        # rule 3: a pattern named after a thing is not the thing
+        ("Leopard and Bird Print Dress", []),
+        # counter-examples: the concept itself is there
+        ("a dog sleeping on a dog bed", ["dog"]),
+        ("the dog's collar", ["dog"]),  # a possessive is no compound
+        ("Dog Sticker", ["dog"]),  # a depiction: sticker is no head of Animal
+        ("a black dog bed", ["black"]),  # only the modifier's own concept is vetoed
+    ],
+)
+def test_a_concept_word_before_a_head_it_modifies_is_no_mention(rules, caption, expected):
+    assert sorted(rules.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("Terrier Dog Bed", []),  # the words before the modifier modify it too
+        ("Golden Retriever Dog Collar", []),
+        ("a terrier and a dog bed", ["dog"]),  # not adjacent: the terrier is there
+    ],
+)
+def test_a_modifier_chain_is_vetoed_as_a_whole(rules, caption, expected):
+    assert rules.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # compounds take a singular modifier: a plural before a head is a clause
+        ("birds feeder", ["bird"]),
+        ("bird feeders in the garden", []),
+        # a head whose "-s" form is mostly a verb is matched in the singular only
+        ("a phone stand", []),
+        ("a man holding a phone stands by the door", ["phone"]),
+        # adjectives and participles describe the head: a snowy forest has snow
+        ("snow gear", []),
+        ("a snowy forest", ["snow"]),
+    ],
+)
+def test_which_modifiers_and_heads_make_a_compound(rules, caption, expected):
+    assert rules.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a head followed by "for": what the head fits ("a case for a phone")
+        ("Case for iPhone 7", []),
+        ("Leather Cases for Apple iPhone 6", []),  # up to three words between
+        ("Fit for iPhone 7 Plus", []),  # a phrase that says what a product fits
+        ("a case for the kids next to a new phone", ["phone"]),  # more than three words
+        ("a phone next to a case for glasses", ["phone"]),  # the cue comes after
+        # authorship: a role noun after "by" names the author (rule 6)
+        ("songs by hip hop artist", []),
+        ("painting by painting artist", []),
+        ("an artist paints by the river", ["artist"]),
+        ("a painter standing by the easel", ["artist"]),
+    ],
+)
+def test_cues_before_a_concept_word(rules, caption, expected):
+    assert rules.match(caption) == expected
+
+
+RULE_CAPTIONS = [
+    "Orthopedic Dog Bed",
+    "Terrier Dog Bed",
+    "Golden Retriever Dog Collar, and a dog",
+    "a dog sleeping on a dog bed",
+    "Case for iPhone 7",
+    "Leather Cases for Apple iPhone 6",
+    "a case for the kids next to a new phone",
+    "songs by hip hop artist",
+    "an artist paints by the river",
+    "Travel Coffee Mug",
+    "a tea mug",
+    "Canvas Tote Bag",
+    "a man holding a phone stands by the door",
+    "case for",
+    "iphone 7",
+    "dog",
+    "bed",
+]
+
+
+def test_batches_agree_with_single_captions_under_the_sense_rules(rules):
+    assert rules.match_batch(RULE_CAPTIONS) == [rules.match_indices(c) for c in RULE_CAPTIONS]
+    for first in RULE_CAPTIONS:  # no rule reaches across two captions of a batch
+        for second in RULE_CAPTIONS:
+            pair = [first, second]
+            assert rules.match_batch(pair) == [rules.match_indices(c) for c in pair]
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("Orthopedic Dog Bed", []),
+        ("Slim Phone Case", []),
+        ("Kayaking in the Alps", ["athlete", "boat"]),
+        ("Travel Coffee Mug", ["cup"]),
+        ("Black Bedroom Furniture Sets", ["black"]),
+        ("a tv show host on set", []),
+        ("songs by hip hop artist", []),
+        ("the little black girl", []),  # an ethnicity, not a colour (rule 7)
+        ("Midnight Navy Boot Cut Pant", ["pants", "blue"]),
+        ("Sterling Silver Ring", []),  # silver the metal is no colour
+        ("black and silver keyring", ["black", "gray"]),
+        ("beige walls", []),  # beige is not mapped (rule 7)
+        ("Spiderman superhero shirt", ["shirt", "hero"]),
+        ("a vessel sink", []),
+        ("Chicago Bulls vs New York Jets", []),  # team names (rule 5)
+        ("a basketball game", ["athlete"]),
+        ("Police Car Toys", ["car"]),  # a toy car is a depiction of a car (rule 3)
+    ],
+)
+def test_builtin_registry_on_web_text(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)

@@ -164,6 +164,24 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             r"unknown key 'concept' in the registry file \(did you mean 'concepts'",
         ),
         ("    synonyms: [dog, puppy]\n", "    synonyms: [dog, puppy\n", 14, r"invalid YAML"),
+        (
+            "    category: common\n",
+            "    category: common\n    modifier_of: bed\n",
+            6,
+            r"group 'Animal': 'modifier_of' must be a list of non-empty strings, got 'bed'",
+        ),
+        (
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog]\n    modifer_of: [bed]\n",
+            15,
+            r"unknown key 'modifer_of' in concept 'dog' \(did you mean 'modifier_of'",
+        ),
+        (
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog]\n    not_after: [by, By]\n",
+            15,
+            r"concept 'dog': 'not_after' lists 'By' twice",
+        ),
     ],
 )
 def test_malformed_files_fail_with_file_line_and_the_problem(tmp_path, old, new, line, message):
@@ -173,6 +191,37 @@ def test_malformed_files_fail_with_file_line_and_the_problem(tmp_path, old, new,
         load_registry(path)
     assert info.value.line == line
     assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_modifier_heads_and_cues_load_per_group_and_per_concept(tmp_path):
+    text = GOOD.replace(
+        "    category: common\n", "    category: common\n    modifier_of: [bed, collar]\n", 1
+    ).replace(
+        "    negative_contexts: [hot dog]\n",
+        "    negative_contexts: [hot dog]\n    modifier_of: [kennel]\n    not_after: [by]\n",
+    )
+    reg = load_registry(write(tmp_path, text))
+    assert reg.group("Animal").modifier_of == ("bed", "collar")
+    assert reg.group("Color").modifier_of == () and reg.group("Color").not_after == ()
+    dog = reg.concept("dog")
+    assert (dog.modifier_of, dog.not_after) == (("kennel",), ("by",))
+    assert reg.concept("cat").modifier_of == ()
+
+
+def test_a_concept_repeating_its_groups_head_names_both_lines(tmp_path):
+    text = GOOD.replace(
+        "    category: common\n", "    category: common\n    modifier_of: [bed, collar]\n", 1
+    ).replace(
+        "    negative_contexts: [hot dog]\n",
+        "    negative_contexts: [hot dog]\n    modifier_of: [Bed]\n",
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(
+        RegistryError, match=r"'Bed' in its 'modifier_of' is already in group"
+    ) as info:
+        load_registry(path)
+    assert info.value.line == 16  # the concept's key; the group's line is in the message
+    assert "(line 4)" in str(info.value)
 
 
 def test_non_mapping_and_empty_files_are_rejected(tmp_path):

@@ -48,3 +48,12 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is present")
     for item in gpu_items:
         item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def audit_runs(tmp_path_factory) -> dict:
+    """A coverage run and two zero-shot runs (a trained and a random tiny model) of a small
+    world (tests/report_world.py), made once per session for the report's tests; paths."""
+    from tests.report_world import build_audit_runs
+
+    return build_audit_runs(tmp_path_factory.mktemp("audit-world"))

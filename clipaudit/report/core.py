@@ -1,0 +1,482 @@
+"""``build_report``: the audit, joined, written as a run folder of kind ``report``.
+
+A report folder holds::
+
+    report.html       one self-contained page (figures inline, no script, no request)
+    report.md         the same numbers as Markdown (figures linked)
+    report.json       the summary: every number the page shows, keyed plainly
+    tables/*.csv|parquet   concepts, groups, categories, coverage, awareness, coverage_groups,
+                      awareness_groups, correlations, outliers, mismatches
+    figures/*.png|svg coverage per group, macro-F1 per group, models side by side, coverage
+                      against F1 per pair, confusion matrices per model and group
+    manifest.json     settings (seed, n_bootstrap, title), inputs (path, kind, manifest hash),
+                      outputs, versions
+
+Its settings are the options; its inputs are recorded but not compared: a report is a pure
+function of its inputs, so the same call on the same folder renders it again when an input run
+changed (and returns the folder as it is when none did).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from clipaudit.errors import SettingsError
+
+KIND = "report"
+LIBRARIES = ("pandas", "numpy", "scipy", "matplotlib", "jinja2", "pyarrow")
+TABLES = (
+    "concepts",
+    "groups",
+    "categories",
+    "coverage",
+    "awareness",
+    "coverage_groups",
+    "awareness_groups",
+    "correlations",
+    "outliers",
+    "mismatches",
+)
+OUTPUT_FILES = ("report.html", "report.md", "report.json")
+MISMATCH_TITLES = {
+    "registry": ("Registries differ", "registries"),
+    "group_without_images": ("Groups with coverage but no images", "concepts"),
+    "concept_without_images": ("Concepts with coverage but no images", "concepts"),
+    "group_without_coverage": ("Groups scored but missing from the coverage run", "concepts"),
+    "concept_without_coverage": ("Concepts scored but missing from the coverage run", "concepts"),
+    "unpaired": ("Runs with nothing to join", "run"),
+}
+
+
+@dataclass(repr=False)
+class Report:
+    """A rendered report: ``summary`` (plain JSON-able data), ``tables`` (DataFrames),
+    ``figures`` (name -> PNG path), the run folder ``out`` and its ``manifest``."""
+
+    out: Path
+    summary: dict[str, Any]
+    tables: dict[str, Any]
+    figures: dict[str, Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # the folder already held this report of these inputs
+
+    @property
+    def html_path(self) -> Path:
+        return self.out / "report.html"
+
+    def __repr__(self) -> str:
+        pairs = self.summary.get("pairs", [])
+        head = ""
+        if pairs:
+            first = pairs[0]["concepts"]
+            rho = first["spearman"]["value"]
+            head = (
+                f"; {pairs[0]['corpus']} x {pairs[0]['model']}: Spearman "
+                f"{'n/a' if rho is None else f'{rho:.2f}'} over {first['n']} concepts"
+            )
+        return (
+            f"Report({str(self.out)!r}: {len(self.summary.get('corpora', []))} corpus(es) x "
+            f"{len(self.summary.get('models', []))} model(s), {len(pairs)} pair(s){head}; "
+            f"{len(self.summary.get('mismatches', []))} mismatch(es))"
+        )
+
+    def _repr_html_(self) -> str:
+        from clipaudit.report.render import render_repr_html
+
+        return render_repr_html(self.summary, str(self.html_path))
+
+
+def load_report_run(path: str | Path, manifest: dict[str, Any]) -> Report:
+    """A complete report folder read back (:func:`clipaudit.runs.load_run`)."""
+    import json
+
+    import pandas as pd
+
+    path = Path(path)
+    summary = json.loads((path / "report.json").read_text(encoding="utf-8"))
+    tables = {}
+    for name in TABLES:
+        table = path / "tables" / f"{name}.parquet"
+        if table.is_file():
+            tables[name] = pd.read_parquet(table)
+    figures = {entry["key"]: path / entry["png"] for entry in summary.get("figures", [])}
+    return Report(path, summary, tables, figures, manifest)
+
+
+def _check_options(title: Any, seed: Any, n_bootstrap: Any) -> None:
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        raise SettingsError(f"title must be a non-empty string or None; got {title!r}")
+    for name, value in (("seed", seed), ("n_bootstrap", n_bootstrap)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SettingsError(f"{name} must be an integer >= 0; got {value!r}")
+
+
+def build_report(
+    runs: Any,
+    out: str | Path | None = None,
+    *,
+    title: str | None = None,
+    seed: int = 0,
+    n_bootstrap: int = 2000,
+    overwrite: bool = False,
+) -> Report:
+    """Join caption coverage with zero-shot awareness and render the report into ``out`` (a new
+    temporary folder when None).
+
+    ``runs``: run folder paths (read with :func:`clipaudit.runs.load_run`) or loaded runs
+    (``CoverageResult``, ``ZeroShotRun``, ``SweepResult``), at least one coverage side and one
+    awareness side (a theory run is both). ``seed`` and ``n_bootstrap`` drive the bootstrap
+    intervals. A folder holding a report of other settings is refused unless ``overwrite``.
+    Raises :class:`~clipaudit.errors.InputError` when there is nothing to join and
+    :class:`~clipaudit.errors.RunFolderError` for an incomplete or foreign run.
+    """
+    from clipaudit import __version__
+    from clipaudit.report import inputs as inputs_module
+    from clipaudit.report.analysis import analyse
+    from clipaudit.runs import RunFolder
+
+    _check_options(title, seed, n_bootstrap)
+    collected = inputs_module.collect(runs)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-report-"))
+    settings = {"title": title, "seed": seed, "n_bootstrap": n_bootstrap, "report_schema": 1}
+    with RunFolder(out, KIND, settings, overwrite=overwrite, libraries=LIBRARIES) as folder:
+        previous = folder.previous or {}
+        same_code = all(
+            previous.get(key) == folder.manifest.get(key)
+            for key in ("clipaudit_version", "git_hash")
+        )
+        if folder.was_complete and same_code and previous.get("inputs") == collected.records:
+            _drop_empty(folder.units)
+            return _reused(out, previous)
+        folder.update(inputs=collected.records)
+        for stale in ("figures", "tables"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        tables, summary = analyse(collected, seed=seed, n_bootstrap=n_bootstrap)
+        summary["title"] = title or _default_title(collected)
+        summary["generated_by"] = {"clipaudit": __version__}
+        summary["mismatch_summary"] = _mismatch_summary(summary["mismatches"])
+        figures, images = _draw(collected, tables, summary, out / "figures")
+        written = _write_tables(tables, out / "tables")
+        _render(summary, images, out)
+        _drop_empty(folder.units)
+        manifest = folder.complete(
+            title=summary["title"],
+            corpora=[c["label"] for c in summary["corpora"]],
+            models=[m["label"] for m in summary["models"]],
+            n_pairs=len(summary["pairs"]),
+            n_mismatches=len(summary["mismatches"]),
+            outputs=[
+                *OUTPUT_FILES,
+                *(str(p.relative_to(out)) for p in written),
+                *(e[fmt] for e in summary["figures"] for fmt in ("png", "svg")),
+            ],
+        )
+    return Report(out, summary, tables, figures, manifest)
+
+
+def _reused(out: Path, manifest: dict[str, Any]) -> Report:
+    report = load_report_run(out, manifest)
+    report.reused = True
+    return report
+
+
+def _drop_empty(units: Path) -> None:
+    """A report has no units of work: leave no empty units/ folder behind."""
+    with contextlib.suppress(OSError):
+        units.rmdir()
+
+
+def _default_title(collected: Any) -> str:
+    corpora = [c.label for c in collected.corpora if c.pair_key is None]
+    if not corpora:
+        return "Coverage against awareness: theory scenarios"
+    if len(corpora) > 2:
+        return f"Coverage against awareness: {len(corpora)} corpora"
+    return f"Coverage against awareness: {' and '.join(corpora)}"
+
+
+def _mismatch_summary(mismatches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mismatches grouped for reading: per kind, per (corpus, model, group, reason), the names."""
+    blocks = []
+    for kind, (title, header) in MISMATCH_TITLES.items():
+        entries = [m for m in mismatches if m["kind"] == kind]
+        if not entries:
+            continue
+        rows: dict[tuple, dict[str, Any]] = {}
+        for m in entries:
+            key = (m.get("corpus"), m.get("model"), m.get("group"), m.get("reason"))
+            if kind == "registry":
+                name = (
+                    f"coverage {m['coverage_registry']['name']} "
+                    f"({str(m['coverage_registry']['sha256'])[:12]}), zero-shot "
+                    f"{m['awareness_registry']['name']} ({str(m['awareness_registry']['sha256'])[:12]})"
+                )
+                key = (*key[:3], m["message"])
+            elif kind in ("group_without_images", "group_without_coverage"):
+                name = f"all {m['n_concepts']}"
+            elif kind == "unpaired":
+                name = m.get("corpus") or m.get("model")
+            else:
+                name = m["concept"]
+            row = rows.setdefault(
+                key,
+                {
+                    "corpus": m.get("corpus"),
+                    "model": m.get("model"),
+                    "group": m.get("group"),
+                    "reason": m.get("reason") or m.get("message"),
+                    "names": [],
+                },
+            )
+            row["names"].append(name)
+        blocks.append(
+            {
+                "kind": kind,
+                "title": title,
+                "names_header": header,
+                "count": len(entries),
+                "rows": _merge_rows(list(rows.values())),
+            }
+        )
+    return blocks
+
+
+def _merge_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only by model (or only by corpus) as one row naming them all."""
+    for side, other in (("model", "corpus"), ("corpus", "model")):
+        merged: dict[tuple, dict[str, Any]] = {}
+        for row in rows:
+            key = (row[other], row["group"], row["reason"], tuple(row["names"]))
+            if key in merged and row[side] is not None and merged[key][side] is not None:
+                merged[key][side] = f"{merged[key][side]}, {row[side]}"
+            else:
+                merged.setdefault(key, dict(row))
+        rows = list(merged.values())
+    return rows
+
+
+def _write_tables(tables: dict[str, Any], folder: Path) -> list[Path]:
+    from clipaudit.provenance import write_table
+
+    written = []
+    for name in TABLES:
+        frame = tables[name]
+        written += write_table(frame, folder / name)
+    return written
+
+
+def _render(summary: dict[str, Any], images: dict[str, str], out: Path) -> None:
+    from clipaudit.provenance import atomic_write_text
+    from clipaudit.report.render import render_html, render_json, render_markdown
+
+    atomic_write_text(out / "report.json", render_json(summary))
+    atomic_write_text(out / "report.md", render_markdown(summary))
+    atomic_write_text(out / "report.html", render_html(summary, images))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class _Planned:
+    """A figure to draw: its key (a name unique in the report), kind, how to draw it, and the
+    fields its summary entry carries (caption, alt text, corpus, model, group)."""
+
+    key: str
+    kind: str
+    build: Callable[[], Any]
+    fields: dict[str, Any]
+
+
+def _unique_keys(planned: list[_Planned]) -> None:
+    seen: dict[str, int] = {}
+    for item in planned:
+        if item.key in seen:
+            seen[item.key] += 1
+            item.key = f"{item.key} #{seen[item.key]}"
+        seen.setdefault(item.key, 1)
+
+
+def _plan(collected: Any, tables: dict[str, Any], summary: dict[str, Any]) -> list[_Planned]:
+    from clipaudit.report import figures as draw
+
+    groups = collected.group_order
+    sensitive = collected.sensitive
+    categories = collected.category_order
+    models = [m.label for m in collected.models]
+    corpora = [{"label": c.label, "n_captions": c.n_captions} for c in collected.corpora]
+    planned = [
+        _Planned(
+            "coverage_by_group",
+            "coverage_by_group",
+            partial(
+                draw.coverage_by_group,
+                tables["coverage"],
+                corpora,
+                groups,
+                collected.category_of,
+                sensitive,
+                categories,
+            ),
+            {
+                "caption": "Caption coverage per group: each dot is a concept (share of captions "
+                "mentioning it, log scale; hollow: never captioned, placed at 0.5 / n), the bar "
+                "the group's median. Groups in the paper's order, common first; sensitive groups "
+                "shaded.",
+                "alt": "Strip plot of caption coverage per concept, one row per group",
+            },
+        ),
+        _Planned(
+            "macro_f1_by_group",
+            "macro_f1_by_group",
+            partial(
+                draw.macro_f1_by_group,
+                tables["awareness_groups"],
+                models,
+                groups,
+                collected.category_of,
+                sensitive,
+            ),
+            {
+                "caption": "Zero-shot macro-F1 per group and model; the dashed tick is chance "
+                "(1 / concepts classified). Sensitive groups are shaded: awareness there is a "
+                "risk, not a skill.",
+                "alt": "Bar chart of macro-F1 per group for each model",
+            },
+        ),
+    ]
+    if len(models) > 1:
+        planned.append(
+            _Planned(
+                "models_side_by_side",
+                "models_side_by_side",
+                partial(
+                    draw.models_side_by_side, tables["awareness_groups"], models, groups, sensitive
+                ),
+                {
+                    "caption": "Macro-F1 per group, models side by side (cividis colour scale).",
+                    "alt": "Heat map of macro-F1, groups by models",
+                },
+            )
+        )
+    n_captions = {c.label: c.n_captions for c in collected.corpora}
+    for pair in summary["pairs"]:
+        corpus, model = pair["corpus"], pair["model"]
+        name = corpus if pair["kind"] == "theory" else f"{corpus} × {model}"
+        statistic = pair["concepts"]
+        rho, tau, fit = statistic["spearman"], statistic["kendall"], statistic["fit"]
+        title = (
+            f"{name}\nSpearman ρ {_shown(rho['value'])}, Kendall τ {_shown(tau['value'])}, "
+            f"slope {_shown(fit['slope'], '+.2f')} F1 per 10× coverage (n = {statistic['n']})"
+        )
+        part = tables["concepts"]
+        part = part[(part["corpus"] == corpus) & (part["model"] == model)]
+        outliers = (
+            pair["rarely_captioned_yet_known"]
+            + pair["often_captioned_yet_unknown"]
+            + pair["other_outliers"]
+        )
+        planned.append(
+            _Planned(
+                f"coverage_vs_f1 {name}",
+                "coverage_vs_f1",
+                partial(
+                    draw.coverage_against_f1,
+                    part,
+                    fit,
+                    outliers,
+                    categories,
+                    n_captions[corpus],
+                    title,
+                ),
+                {
+                    "corpus": corpus,
+                    "model": model,
+                    "caption": f"{name}: each concept's zero-shot F1 against its caption coverage "
+                    "(log scale; 'none' marks concepts no caption mentions), the log-linear fit, "
+                    "and the outliers ringed and labelled.",
+                    "alt": f"Scatter plot of F1 against caption coverage for {name}",
+                },
+            )
+        )
+    scores = tables["awareness_groups"].set_index(["model", "group"])["macro_f1"]
+    for model in collected.models:
+        for group in groups:
+            frame = model.confusion(group)
+            if frame is None or frame.empty:
+                continue
+            macro = scores.get((model.label, group))
+            title = f"{model.label} / {group}" + (
+                f": macro-F1 {macro:.2f}" if macro is not None else ""
+            )
+            planned.append(
+                _Planned(
+                    f"confusion {model.label} / {group}",
+                    "confusion",
+                    partial(draw.confusion, frame, title),
+                    {
+                        "model": model.label,
+                        "group": group,
+                        "caption": f"{model.label}, {group}: confusion matrix.",
+                        "alt": f"Confusion matrix of {model.label} on {group}",
+                    },
+                )
+            )
+    _unique_keys(planned)
+    return planned
+
+
+def _shown(value: Any, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _draw(
+    collected: Any, tables: dict[str, Any], summary: dict[str, Any], folder: Path
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw every figure, write it as PNG and SVG, and record it in ``summary["figures"]``.
+    Returns key -> PNG path and key -> PNG data URI (for the page)."""
+    from clipaudit.report import figures as draw
+    from clipaudit.report.analysis import plain
+
+    planned = _plan(collected, tables, summary)
+    stems = draw.figure_stems([item.key for item in planned])
+    entries, paths, images = [], {}, {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in planned:
+        result = item.build()
+        figure, extra = result if isinstance(result, tuple) else (result, {})
+        written = draw.save(figure, folder, stems[item.key])
+        width, height = (round(v * draw.DPI) for v in figure.get_size_inches())
+        png = written["png"]
+        paths[item.key] = png
+        images[item.key] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(
+            "ascii"
+        )
+        entries.append(
+            {
+                "key": item.key,
+                "kind": item.kind,
+                "stem": stems[item.key],
+                "png": f"figures/{png.name}",
+                "svg": f"figures/{written['svg'].name}",
+                "width": width,
+                "height": height,
+                "corpus": None,
+                "model": None,
+                "group": None,
+                "labels": [],
+                "unplaced": [],
+                **item.fields,
+                **extra,
+            }
+        )
+    summary["figures"] = plain(entries)
+    return paths, images

@@ -1,0 +1,598 @@
+"""The report's figures, drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no global
+backend switch) in the Okabe-Ito palette, which stays distinguishable under colour-vision
+deficiency; written as PNG and SVG under ``figures/``.
+
+File names are slugs of the figures' names; names that slug alike (or differ only in case) get a
+hash suffix each, so no figure overwrites another, and no name leaves the folder.
+
+Outlier labels in the coverage-against-F1 plots are placed by :func:`place_labels`, a
+deterministic search over positions around each point (nearest first) that never lets two labels
+overlap or leave the axes; its result is checked on the drawn figure, and a label that finds no
+free place is listed under the figure instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipaudit.text import slug
+
+# Okabe & Ito (2008), "Color Universal Design"
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+    "black": "#000000",
+}
+MODEL_COLOURS = [OKABE_ITO[c] for c in ("blue", "orange", "bluish green", "reddish purple")] + [
+    OKABE_ITO[c] for c in ("sky blue", "vermillion", "black", "yellow")
+]
+CATEGORY_COLOURS = {
+    "common": OKABE_ITO["blue"],
+    "under-captioned": OKABE_ITO["orange"],
+    "nuisance": OKABE_ITO["bluish green"],
+    "sensitive": OKABE_ITO["vermillion"],
+    "invariant": OKABE_ITO["bluish green"],
+    "perturbed": OKABE_ITO["orange"],
+    "unselected": OKABE_ITO["reddish purple"],
+}
+OTHER_COLOURS = [OKABE_ITO[c] for c in ("sky blue", "reddish purple", "black", "yellow")]
+SENSITIVE_SHADE = "#FBE3D6"  # a light tint of vermillion behind sensitive groups
+DPI = 110
+MAX_STEM = 80
+
+
+def category_colours(categories: Sequence[str]) -> dict[str, str]:
+    colours, spare = {}, iter(OTHER_COLOURS * 4)
+    for category in categories:
+        colours[category] = CATEGORY_COLOURS.get(category) or next(spare)
+    return colours
+
+
+def model_colours(models: Sequence[str]) -> dict[str, str]:
+    return {m: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, m in enumerate(models)}
+
+
+# --------------------------------------------------------------------------- file names
+
+
+def figure_stems(names: Sequence[str]) -> dict[str, str]:
+    """A file stem for each figure name: its slug (at most 80 characters, no leading dot), with
+    ``-<hash>`` appended when two names would share a stem, also ignoring case (as a
+    case-insensitive file system would) or when the slug was shortened."""
+    base = {}
+    for name in names:
+        stem = slug(name).lstrip(".-") or "figure"
+        base[name] = stem[:MAX_STEM]
+    folded: dict[str, list[str]] = {}
+    for name, stem in base.items():
+        folded.setdefault(stem.lower(), []).append(name)
+    stems = {}
+    for name, stem in base.items():
+        shortened = len(slug(name).lstrip(".-")) > MAX_STEM
+        if len(folded[stem.lower()]) > 1 or shortened:
+            digest = hashlib.blake2b(name.encode("utf-8"), digest_size=4).hexdigest()
+            stem = f"{stem}-{digest}"
+        stems[name] = stem
+    return stems
+
+
+def inside(folder: Path, path: Path) -> bool:
+    return path.resolve().parent == folder.resolve()
+
+
+def save(figure: Any, folder: Path, stem: str) -> dict[str, Path]:
+    """Write ``folder/stem.png`` and ``folder/stem.svg`` atomically (text kept as text in the
+    SVG, no timestamps, fixed ids: the same figure gives the same bytes)."""
+    import matplotlib
+
+    from clipaudit.errors import InputError
+    from clipaudit.provenance import atomic_write_bytes
+
+    paths = {fmt: folder / f"{stem}.{fmt}" for fmt in ("png", "svg")}
+    for path in paths.values():
+        if not inside(folder, path):
+            raise InputError(f"figure file {path} would leave {folder}")
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "clipaudit"}):
+        for fmt, path in paths.items():
+            buffer = io.BytesIO()
+            metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+            figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+            atomic_write_bytes(path, buffer.getvalue())
+    return paths
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A figure with its own Agg canvas (text can be measured; nothing global changes) and
+    constrained layout (legends placed "outside" get room of their own)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def freeze_layout(figure: Any) -> None:
+    """Run the layout once and keep it, so that positions measured now stay true when saved."""
+    figure.canvas.draw()
+    figure.set_layout_engine("none")
+
+
+def _percent(value: float) -> str:
+    share = 100 * value
+    if share >= 1:
+        return f"{share:.0f}%"
+    return f"{share:.2g}%"
+
+
+def _log_axis(axis: Any, low: float, high: float, n: float | None, *, which: str = "x") -> None:
+    """Ticks at whole decades of coverage, labelled as shares; 'none' where zero counts sit."""
+    import math
+
+    ticks = list(range(math.floor(low), math.ceil(high) + 1))
+    ticks = [t for t in ticks if low - 1e-9 <= t <= high + 1e-9 and t <= 0]
+    labels = [_percent(10.0**t) for t in ticks]
+    if n:
+        zero = math.log10(0.5 / n)
+        if low - 1e-9 <= zero <= high + 1e-9:
+            ticks = [t for t in ticks if abs(t - zero) > 0.35]
+            labels = [_percent(10.0**t) for t in ticks]
+            ticks.append(zero)
+            labels.append("none")
+    setter = axis.set_xticks if which == "x" else axis.set_yticks
+    setter(ticks, labels=labels)
+
+
+# --------------------------------------------------------------------------- label placement
+
+_DIRECTIONS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+_RADII = [6, 12, 20, 30, 42, 56, 72, 90, 110]
+
+
+def _overlap(a: Sequence[float], b: Sequence[float], pad: float = 0.0) -> bool:
+    return not (
+        a[2] + pad <= b[0] or b[2] + pad <= a[0] or a[3] + pad <= b[1] or b[3] + pad <= a[1]
+    )
+
+
+def boxes_overlap(boxes: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
+    """Pairs of boxes ``(x0, y0, x1, y1)`` that overlap (the check of a layout)."""
+    return [
+        (i, j)
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if _overlap(boxes[i], boxes[j])
+    ]
+
+
+def place_labels(
+    axes: Any,
+    points: Sequence[tuple[float, float]],
+    texts: Sequence[str],
+    *,
+    avoid: Sequence[tuple[float, float]] = (),
+    fontsize: float = 8,
+) -> dict[str, Any]:
+    """Label ``points`` (data coordinates) with ``texts``, in the given order, each at the
+    nearest free position around its point: inside the axes, clear of every placed label (by
+    2 pixels), preferring spots that cover none of the ``avoid`` points. Deterministic.
+
+    Returns ``{"placed": [(text, artist)], "unplaced": [text]}``; the caller checks the drawn
+    result with :func:`drawn_label_boxes`.
+    """
+    import numpy as np
+
+    figure = axes.figure
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    bounds = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    pixels_per_point = figure.dpi / 72.0
+    data = np.asarray(points, dtype=float).reshape(-1, 2)
+    anchors = axes.transData.transform(data)
+    obstacles = (
+        axes.transData.transform(np.asarray(avoid, dtype=float).reshape(-1, 2))
+        if len(avoid)
+        else np.zeros((0, 2))
+    )
+    taken: list[tuple[float, float, float, float]] = []
+    placed, unplaced = [], []
+    for (px, py), point, text in zip(anchors, data, texts, strict=True):
+        probe = axes.text(0, 0, text, fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        width, height = extent.width, extent.height
+        probe.remove()
+        best = None
+        for radius in _RADII:
+            for dx, dy in _DIRECTIONS:
+                ox, oy = dx * radius, dy * radius * 0.8
+                cx, cy = px + ox * pixels_per_point, py + oy * pixels_per_point
+                x0 = cx if dx > 0 else (cx - width if dx < 0 else cx - width / 2)
+                y0 = cy if dy > 0 else (cy - height if dy < 0 else cy - height / 2)
+                box = (x0, y0, x0 + width, y0 + height)
+                if not (
+                    box[0] >= bounds[0]
+                    and box[1] >= bounds[1]
+                    and box[2] <= bounds[2]
+                    and box[3] <= bounds[3]
+                ):
+                    continue
+                if any(_overlap(box, other, pad=2) for other in taken):
+                    continue
+                covered = int(
+                    np.sum(
+                        (obstacles[:, 0] >= box[0] - 3)
+                        & (obstacles[:, 0] <= box[2] + 3)
+                        & (obstacles[:, 1] >= box[1] - 3)
+                        & (obstacles[:, 1] <= box[3] + 3)
+                    )
+                )
+                if best is None or covered < best[0]:
+                    best = (covered, ox, oy, dx, dy, box)
+                if covered == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        if best is None:
+            unplaced.append(text)
+            continue
+        _, ox, oy, dx, dy, box = best
+        taken.append(box)
+        artist = axes.annotate(
+            text,
+            xy=tuple(point),
+            xytext=(ox, oy),
+            textcoords="offset points",
+            ha="left" if dx > 0 else ("right" if dx < 0 else "center"),
+            va="bottom" if dy > 0 else ("top" if dy < 0 else "center"),
+            fontsize=fontsize,
+            arrowprops={
+                "arrowstyle": "-",
+                "color": "#555555",
+                "lw": 0.6,
+                "shrinkA": 0,
+                "shrinkB": 3,
+            }
+            if max(abs(ox), abs(oy)) > 8
+            else None,
+            annotation_clip=False,
+        )
+        placed.append((text, artist))
+    return {"placed": placed, "unplaced": unplaced}
+
+
+def drawn_label_boxes(figure: Any, placed: Sequence[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Each placed label's box on the drawn figure, in PNG pixels (origin bottom left)."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = []
+    from matplotlib.text import Text
+
+    for text, artist in placed:
+        extent = Text.get_window_extent(artist, renderer)  # the text alone, not its leader line
+        boxes.append(
+            {
+                "text": text,
+                "box": [round(float(v), 2) for v in (extent.x0, extent.y0, extent.x1, extent.y1)],
+            }
+        )
+    return boxes
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+def _group_ticks(axis: Any, groups: Sequence[str], sensitive: set[str]) -> None:
+    labels = [f"{g} (sensitive)" if g in sensitive else g for g in groups]
+    axis.set_yticks(range(len(groups)), labels=labels, fontsize=8)
+    for tick, group in zip(axis.get_yticklabels(), groups, strict=True):
+        if group in sensitive:
+            tick.set_color(OKABE_ITO["vermillion"])
+    axis.set_ylim(len(groups) - 0.5, -0.5)
+
+
+def _category_rules(axis: Any, groups: Sequence[str], category_of: dict[str, str]) -> None:
+    """Thin lines between categories (groups are sorted by category)."""
+    for index in range(1, len(groups)):
+        if category_of.get(groups[index]) != category_of.get(groups[index - 1]):
+            axis.axhline(index - 0.5, color="#888888", linewidth=0.7)
+
+
+def _sensitive_bands(axis: Any, groups: Sequence[str], sensitive: set[str]) -> None:
+    for index, group in enumerate(groups):
+        if group in sensitive:
+            axis.axhspan(index - 0.5, index + 0.5, color=SENSITIVE_SHADE, zorder=0, linewidth=0)
+
+
+def coverage_by_group(
+    coverage: Any,
+    corpora: Sequence[dict[str, Any]],
+    groups: Sequence[str],
+    category_of: dict[str, str],
+    sensitive: set[str],
+    categories: Sequence[str],
+) -> Any:
+    """Strips: each concept's caption coverage (log scale), one row per group in the paper's
+    order, one panel per corpus; hollow markers are concepts no caption mentions; a black bar
+    marks each group's median."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    colours = category_colours(categories)
+    n_panels = len(corpora)
+    figure = new_figure(max(7.6, 2.4 + 3.4 * n_panels), 1.5 + 0.3 * len(groups))
+    axes_list = figure.subplots(1, n_panels, sharey=True, squeeze=False)[0]
+    for axis, corpus in zip(axes_list, corpora, strict=True):
+        part = coverage[coverage["corpus"] == corpus["label"]]
+        xs = part["log10_coverage"].to_numpy(dtype=float)
+        finite = xs[np.isfinite(xs)]
+        low = float(finite.min()) - 0.25 if len(finite) else -4
+        high = max(float(finite.max()) + 0.25 if len(finite) else 0, low + 1)
+        high = min(high, 0.1)
+        _sensitive_bands(axis, groups, sensitive)
+        for row, group in enumerate(groups):
+            members = part[part["group"] == group]
+            if members.empty:
+                continue
+            values = members["log10_coverage"].to_numpy(dtype=float)
+            jitter = ((np.arange(len(values)) * 0.618034) % 1 - 0.5) * 0.5
+            zero = members["coverage"].to_numpy(dtype=float) == 0
+            colour = colours[category_of.get(group, "")] if group in category_of else "#777777"
+            axis.scatter(values[~zero], row + jitter[~zero], s=16, color=colour, alpha=0.85, lw=0)
+            axis.scatter(
+                values[zero], row + jitter[zero], s=16, facecolors="none", edgecolors=colour, lw=0.9
+            )
+            axis.plot([np.median(values)] * 2, [row - 0.32, row + 0.32], color="black", lw=1.6)
+        _category_rules(axis, groups, category_of)
+        axis.set_xlim(low, high)
+        _log_axis(axis, low, high, corpus.get("n_captions"))
+        axis.tick_params(axis="x", labelsize=8)
+        axis.set_title(corpus["label"], fontsize=9)
+        axis.set_xlabel("caption coverage (share of captions)", fontsize=8)
+        axis.grid(axis="x", color="#dddddd", linewidth=0.6)
+        axis.set_axisbelow(True)
+    _group_ticks(axes_list[0], groups, sensitive)
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colours[c], label=c)
+        for c in categories
+        if c in colours
+    ]
+    handles += [
+        Line2D([], [], marker="o", ls="", mfc="none", mec="#444444", label="never captioned"),
+        Line2D([], [], color="black", lw=1.6, label="group median"),
+    ]
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+    )
+    return figure
+
+
+def macro_f1_by_group(
+    awareness_groups: Any,
+    models: Sequence[str],
+    groups: Sequence[str],
+    category_of: dict[str, str],
+    sensitive: set[str],
+) -> Any:
+    """Horizontal bars: each model's macro-F1 per group (paper order), with chance (1 / concepts
+    classified) marked; sensitive groups are shaded, their awareness being a risk."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    colours = model_colours(models)
+    scored = set(awareness_groups["group"])
+    groups = [g for g in groups if g in scored]  # groups without images are listed as mismatches
+    figure = new_figure(7.6, 1.5 + 0.22 * len(groups) * max(1.4, len(models) * 0.75))
+    axis = figure.add_subplot()
+    _sensitive_bands(axis, groups, sensitive)
+    height = 0.8 / max(len(models), 1)
+    for k, model in enumerate(models):
+        part = awareness_groups[awareness_groups["model"] == model].set_index("group")
+        rows = [i for i, g in enumerate(groups) if g in part.index]
+        values = [float(part.loc[groups[i], "macro_f1"]) for i in rows]
+        offsets = [i - 0.4 + height * (k + 0.5) for i in rows]
+        axis.barh(offsets, values, height=height * 0.92, color=colours[model], label=model)
+        for i in rows:
+            chance = float(part.loc[groups[i], "chance"])
+            axis.plot(
+                [chance, chance], [i - 0.42, i + 0.42], color="black", lw=1.0, ls=(0, (2, 1.5))
+            )
+    _category_rules(axis, groups, category_of)
+    _group_ticks(axis, groups, sensitive)
+    axis.set_xlim(0, 1.0)
+    axis.set_xlabel("zero-shot macro-F1", fontsize=8)
+    axis.tick_params(axis="x", labelsize=8)
+    axis.grid(axis="x", color="#dddddd", linewidth=0.6)
+    axis.set_axisbelow(True)
+    handles = [Patch(color=colours[m], label=m) for m in models]
+    handles.append(Line2D([], [], color="black", lw=1.0, ls=(0, (2, 1.5)), label="chance"))
+    if sensitive & set(groups):
+        handles.append(Patch(color=SENSITIVE_SHADE, label="sensitive: awareness is a risk"))
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+    )
+    return figure
+
+
+def models_side_by_side(
+    awareness_groups: Any, models: Sequence[str], groups: Sequence[str], sensitive: set[str]
+) -> Any:
+    """Groups x models heat map of macro-F1 (cividis, readable without colour vision), values
+    written in."""
+    import numpy as np
+
+    present = [g for g in groups if g in set(awareness_groups["group"])]
+    grid = np.full((len(present), len(models)), np.nan)
+    for j, model in enumerate(models):
+        part = awareness_groups[awareness_groups["model"] == model].set_index("group")
+        for i, group in enumerate(present):
+            if group in part.index:
+                grid[i, j] = float(part.loc[group, "macro_f1"])
+    figure = new_figure(3.4 + 1.2 * len(models), 1.6 + 0.3 * len(present))
+    axis = figure.add_subplot()
+    image = axis.imshow(grid, cmap="cividis", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(present)):
+        for j in range(len(models)):
+            if np.isfinite(grid[i, j]):
+                axis.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if grid[i, j] > 0.55 else "white",
+                )
+    axis.set_xticks(range(len(models)), labels=models, rotation=20, ha="right", fontsize=8)
+    _group_ticks(axis, present, sensitive)
+    colourbar = figure.colorbar(image, ax=axis, shrink=0.8)
+    colourbar.set_label("macro-F1", fontsize=8)
+    colourbar.ax.tick_params(labelsize=7)
+    return figure
+
+
+def coverage_against_f1(
+    part: Any,
+    fitted: dict[str, Any],
+    outliers: Sequence[dict[str, Any]],
+    categories: Sequence[str],
+    n_captions: float | None,
+    title: str,
+) -> tuple[Any, dict[str, Any]]:
+    """Each concept's F1 against its log coverage, coloured by category (sensitive concepts as
+    diamonds), the log-linear fit, and the outliers ringed and labelled (never overlapping)."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    colours = category_colours(categories)
+    figure = new_figure(7.6, 5.4)
+    axis = figure.add_subplot()
+    x = part["log10_coverage"].to_numpy(dtype=float)
+    y = part["f1"].to_numpy(dtype=float)
+    finite = np.isfinite(x)
+    low = float(x[finite].min()) - 0.3 if finite.any() else -4
+    high = min(max(float(x[finite].max()) + 0.3 if finite.any() else 0, low + 1), 0.15)
+    axis.set_xlim(low, high)
+    axis.set_ylim(-0.06, 1.08)
+    for category in categories:
+        for sensitive, marker in ((False, "o"), (True, "D")):
+            chosen = (part["category"] == category).to_numpy() & (
+                part["sensitive"].to_numpy(dtype=bool) == sensitive
+            )
+            if chosen.any():
+                axis.scatter(
+                    x[chosen],
+                    y[chosen],
+                    s=26 if not sensitive else 22,
+                    marker=marker,
+                    color=colours[category],
+                    alpha=0.85,
+                    lw=0,
+                    zorder=3,
+                )
+    slope, intercept = fitted.get("slope"), fitted.get("intercept")
+    if slope is not None and intercept is not None and np.isfinite(slope):
+        line_x = np.linspace(low, high, 50)
+        axis.plot(line_x, intercept + slope * line_x, color="black", lw=1.1, zorder=2)
+    ringed = [(o["log10_coverage"], o["f1"]) for o in outliers]
+    if ringed:
+        rx, ry = zip(*ringed, strict=True)
+        axis.scatter(rx, ry, s=90, facecolors="none", edgecolors="black", lw=1.0, zorder=4)
+    _log_axis(axis, low, high, n_captions)
+    axis.tick_params(labelsize=8)
+    axis.set_xlabel("caption coverage (share of captions, log scale)", fontsize=9)
+    axis.set_ylabel("zero-shot F1", fontsize=9)
+    axis.grid(color="#e5e5e5", linewidth=0.6)
+    axis.set_axisbelow(True)
+    axis.set_title(title, fontsize=9, loc="left")
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colours[c], label=c)
+        for c in categories
+        if (part["category"] == c).any()
+    ]
+    if (part["sensitive"] & (part["category"] != "sensitive")).any():
+        handles.append(Line2D([], [], marker="D", ls="", color="#555555", label="sensitive group"))
+    handles.append(Line2D([], [], color="black", lw=1.1, label="log-linear fit"))
+    if ringed:
+        handles.append(
+            Line2D([], [], marker="o", ls="", mfc="none", mec="black", ms=9, label="outlier")
+        )
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        fontsize=8,
+        frameon=False,
+    )
+    freeze_layout(figure)
+
+    def strength(outlier: dict[str, Any]) -> float:  # None: infinite (the rest on a line)
+        value = outlier["studentized_residual"]
+        return float("inf") if value is None else abs(value)
+
+    order = sorted(
+        range(len(outliers)), key=lambda i: (-strength(outliers[i]), outliers[i]["name"])
+    )
+    layout = place_labels(
+        axis,
+        [(outliers[i]["log10_coverage"], outliers[i]["f1"]) for i in order],
+        [outliers[i]["name"] for i in order],
+        avoid=list(zip(x[finite], y[finite], strict=True)),
+    )
+    boxes = drawn_label_boxes(figure, layout["placed"])
+    clashes = boxes_overlap([b["box"] for b in boxes])
+    dropped = sorted({j for _, j in clashes})
+    for j in reversed(dropped):  # cannot happen by construction; never leave an overlap drawn
+        layout["placed"][j][1].remove()
+        layout["unplaced"].append(boxes[j]["text"])
+        del boxes[j]
+    return figure, {"labels": boxes, "unplaced": layout["unplaced"]}
+
+
+def confusion(frame: Any, title: str) -> Any:
+    """A confusion matrix: colour is the row share (recall), numbers are counts."""
+    import numpy as np
+
+    counts = frame.to_numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n_rows, n_cols = counts.shape
+    figure = new_figure(max(3.6, 0.45 * n_cols + 2.4), max(3.0, 0.4 * n_rows + 2.0))
+    axis = figure.add_subplot()
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axis.set_xticks(
+        range(n_cols), labels=[str(c) for c in frame.columns], rotation=40, ha="right", fontsize=7
+    )
+    axis.set_yticks(range(n_rows), labels=[str(i) for i in frame.index], fontsize=7)
+    axis.set_xlabel("predicted", fontsize=8)
+    axis.set_ylabel("true", fontsize=8)
+    axis.set_title(title, fontsize=8)
+    for row in range(n_rows):
+        for col in range(n_cols):
+            if counts[row, col]:
+                axis.text(
+                    col,
+                    row,
+                    str(int(counts[row, col])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[row, col] > 0.5 else "black",
+                )
+    return figure

@@ -1,0 +1,498 @@
+"""What a report reads: run folders or loaded runs, turned into corpora (coverage) and models
+(awareness), with the registry's order and sensitive groups.
+
+- a coverage run (:class:`~clipaudit.coverage.CoverageResult`) is one corpus, labelled by its
+  folder name;
+- a zero-shot run (:class:`~clipaudit.zeroshot.ZeroShotRun`) holds one or several models;
+- a theory run (:class:`~clipaudit.theory.sweep.SweepResult`) holds, per scenario, a corpus and a
+  model of the same name that are joined with each other only.
+
+Labels are unique: a repeated one is prefixed by its run folder's name, then numbered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipaudit.errors import InputError, RunFolderError
+
+# coverage methods: name -> (count column, rate column); a later change adds semantic and union
+METHODS = {
+    "lexical": ("count", "rate"),
+    "semantic": ("semantic_count", "semantic_rate"),
+    "union": ("union_count", "union_rate"),
+}
+PRIMARY_METHOD_RULE = (
+    "the coverage run's manifest 'method' when its columns are present, else union when "
+    "present, else lexical"
+)
+# the paper's categories first (common first), then the theory's roles
+KNOWN_CATEGORIES = (
+    "common",
+    "under-captioned",
+    "nuisance",
+    "sensitive",
+    "invariant",
+    "perturbed",
+    "unselected",
+)
+KINDS = ("coverage", "zeroshot", "theory")
+HOLDERS = ("demo", "audit")  # kinds whose loaded result holds .coverage and .zeroshot runs
+
+
+@dataclass
+class Corpus:
+    """One corpus's coverage: a table of concepts with counts and rates per method."""
+
+    label: str
+    source: int  # index of its input
+    concepts: Any  # DataFrame: concept, group, category, count, rate, [semantic_*, union_*]
+    groups: Any  # DataFrame: group, category, count, rate ... (the run's own group table)
+    n_captions: float | None
+    methods: list[str]
+    primary: str
+    registry: dict[str, Any]
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    pair_key: Any = None  # joined only with models of the same key (theory scenarios)
+
+
+@dataclass
+class Model:
+    """One model's awareness: per-concept and per-group scores, and what it skipped."""
+
+    label: str
+    source: int
+    concepts: Any  # DataFrame: group, concept, precision, recall, f1, support
+    groups: Any  # DataFrame: group, category, macro_f1, accuracy, n_images, n_concepts
+    registry: dict[str, Any]
+    skipped_concepts: list[dict[str, Any]]
+    skipped_groups: list[dict[str, Any]]
+    confusion: Callable[[str], Any]  # group -> DataFrame (rows true, columns predicted) or None
+    pair_key: Any = None
+
+
+@dataclass
+class Inputs:
+    records: list[dict[str, Any]]  # what the manifest records about each input
+    corpora: list[Corpus]
+    models: list[Model]
+    group_order: list[str]
+    category_order: list[str]
+    category_of: dict[str, str]
+    sensitive: set[str]
+    registry: dict[str, Any]
+    notes: list[str]
+
+    def pairs(self) -> list[tuple[Corpus, Model]]:
+        return [(c, m) for c in self.corpora for m in self.models if c.pair_key == m.pair_key]
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """A hash of a run's manifest (canonical JSON): it changes whenever the run is redone."""
+    text = json.dumps(manifest, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _kind_of(run: Any) -> str:
+    from clipaudit.coverage import CoverageResult
+
+    if isinstance(run, CoverageResult):
+        return "coverage"
+    module = type(run).__module__
+    if type(run).__name__ == "ZeroShotRun" and module == "clipaudit.zeroshot":
+        return "zeroshot"
+    if type(run).__name__ == "SweepResult" and module == "clipaudit.theory.sweep":
+        return "theory"
+    return ""
+
+
+def _folder(run: Any) -> Path:
+    for name in ("out_dir", "out"):
+        value = getattr(run, name, None)
+        if value is not None:
+            return Path(value)
+    raise InputError(f"a {type(run).__name__} without a run folder")
+
+
+def _load(item: Any) -> list[Any]:
+    """Runs given as paths (loaded through load_run) or objects; an audit-like object holding
+    a coverage and a zero-shot run gives both."""
+    from clipaudit.runs import load_run, read_manifest, run_kind
+
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        kind = run_kind(read_manifest(path))
+        if kind in KINDS:
+            return [load_run(path)]
+        if kind in HOLDERS:  # a run holding a coverage and a zero-shot run
+            try:
+                holder = load_run(path)
+            except ImportError:
+                raise InputError(
+                    f"{path} holds a {kind} run, which this clipaudit cannot read; give its "
+                    "coverage and zero-shot run folders instead"
+                ) from None
+            return _load(holder)
+        raise InputError(
+            f"{path} holds a {kind or 'unknown'} run; a report reads coverage, zeroshot and "
+            "theory runs (or a demo/audit run holding them)"
+        )
+    if _kind_of(item):
+        status = (getattr(item, "manifest", None) or {}).get("status", "complete")
+        if status != "complete":
+            raise RunFolderError(
+                f"the {_kind_of(item)} run in {_folder(item)} is {status}, not complete; run the "
+                "command that wrote it again to resume it"
+            )
+        return [item]
+    parts = [getattr(item, name, None) for name in ("coverage", "zeroshot", "theory")]
+    parts = [p for p in parts if p is not None and _kind_of(p)]
+    if parts:
+        return parts
+    raise InputError(
+        f"cannot report on a {type(item).__name__}; expected a run folder path or a loaded "
+        "CoverageResult, ZeroShotRun or SweepResult (clipaudit.load_run)"
+    )
+
+
+def collect(runs: Any) -> Inputs:
+    """The corpora and models of ``runs``; raises :class:`InputError` when there is nothing to
+    join (no coverage side or no awareness side)."""
+    if isinstance(runs, (str, os.PathLike)) or _kind_of(runs):
+        runs = [runs]
+    try:
+        items = list(runs)
+    except TypeError:
+        raise InputError(
+            f"runs must be a list of run folders or loaded runs; got {type(runs).__name__}"
+        ) from None
+    if not items:
+        raise InputError(
+            "no runs given; expected a coverage run and a zero-shot run (or a theory run)"
+        )
+    loaded = [run for item in items for run in _load(item)]
+    notes: list[str] = []
+    seen: dict[Path, int] = {}
+    unique = []
+    for run in loaded:
+        folder = _folder(run).resolve()
+        if folder in seen:
+            notes.append(f"{folder} was given more than once; it is read once")
+            continue
+        seen[folder] = len(unique)
+        unique.append(run)
+    records, corpora, models = [], [], []
+    for index, run in enumerate(unique):
+        kind = _kind_of(run)
+        manifest = run.manifest
+        records.append(
+            {
+                "path": str(_folder(run)),
+                "kind": kind,
+                "manifest_sha256": manifest_sha256(manifest),
+                "created": manifest.get("created"),
+            }
+        )
+        if kind == "coverage":
+            corpora.append(_corpus(run, index))
+        elif kind == "zeroshot":
+            models += _models(run, index)
+        else:
+            theory_corpora, theory_models = _theory(run, index)
+            corpora += theory_corpora
+            models += theory_models
+    kinds = [r["kind"] for r in records]
+    if not corpora:
+        raise InputError(
+            f"no coverage run given (got {', '.join(kinds)}); a report joins caption coverage with "
+            "zero-shot awareness: add a coverage run (clipaudit coverage count) or a theory run"
+        )
+    if not models:
+        raise InputError(
+            f"no zero-shot run given (got {', '.join(kinds)}); a report joins caption coverage "
+            "with zero-shot awareness: add a zero-shot run (clipaudit zeroshot) or a theory run"
+        )
+    _unique_labels(corpora, records)
+    _unique_labels(models, records)
+    for index, (record, run) in enumerate(zip(records, unique, strict=True)):
+        record["label"] = _folder(run).name
+        record["corpora"] = [c.label for c in corpora if c.source == index]
+        record["models"] = [m.label for m in models if m.source == index]
+    order = _order(corpora, models)
+    registry, sensitive, registry_notes = _sensitive_groups(corpora, models, order[2])
+    return Inputs(
+        records=records,
+        corpora=corpora,
+        models=models,
+        group_order=order[0],
+        category_order=order[1],
+        category_of=order[2],
+        sensitive=sensitive,
+        registry=registry,
+        notes=notes + registry_notes,
+    )
+
+
+def _unique_labels(items: Sequence[Any], records: list[dict[str, Any]]) -> None:
+    labels = [item.label for item in items]
+    for item in items:
+        if labels.count(item.label) > 1:
+            item.label = f"{Path(records[item.source]['path']).name}/{item.label}"
+    taken: dict[str, int] = {}
+    for item in items:
+        if item.label in taken:
+            taken[item.label] += 1
+            item.label = f"{item.label} #{taken[item.label]}"
+        else:
+            taken[item.label] = 1
+
+
+def _methods(frame: Any, manifest: dict[str, Any]) -> tuple[list[str], str]:
+    present = [name for name, (_, rate) in METHODS.items() if rate in frame.columns]
+    if not present:
+        raise InputError(
+            f"the coverage table has no rate column (columns: {', '.join(map(str, frame.columns))}); "
+            f"expected one of {', '.join(rate for _, rate in METHODS.values())}"
+        )
+    wanted = manifest.get("method")
+    if wanted in present:
+        return present, wanted
+    return present, "union" if "union" in present else (
+        "lexical" if "lexical" in present else present[0]
+    )
+
+
+def _n_captions(frame: Any, manifest_n: Any, methods: list[str]) -> float | None:
+    """The rates' denominator: the manifest's, else inferred from count / rate."""
+    if isinstance(manifest_n, (int, float)) and manifest_n > 0:
+        return float(manifest_n)
+    for method in methods:
+        count, rate = METHODS[method]
+        if count in frame.columns:
+            usable = frame[(frame[rate] > 0) & (frame[count] > 0)]
+            if len(usable):
+                return float((usable[count] / usable[rate]).median().round())
+    return None
+
+
+def _with_counts(frame: Any, n: float | None, methods: list[str]) -> Any:
+    """Counts for every method (from rate x n when a table has only rates)."""
+    frame = frame.copy()
+    for method in methods:
+        count, rate = METHODS[method]
+        if count not in frame.columns and n is not None:
+            frame[count] = (frame[rate] * n).round()
+    return frame
+
+
+def _corpus(run: Any, index: int) -> Corpus:
+    frame = run.concepts
+    methods, primary = _methods(frame, run.manifest)
+    n = _n_captions(frame, run.manifest.get("n_captions_read"), methods)
+    examples = {}
+    for concept, entry in ((run.examples or {}).get("concepts") or {}).items():
+        examples[concept] = [str(e.get("caption", "")) for e in entry.get("examples", [])]
+    return Corpus(
+        label=_folder(run).name,
+        source=index,
+        concepts=_with_counts(frame, n, methods),
+        groups=run.groups,
+        n_captions=n,
+        methods=methods,
+        primary=primary,
+        registry=_registry_record(
+            run.manifest.get("registry") or run.manifest.get("settings", {}).get("registry")
+        ),
+        examples=examples,
+    )
+
+
+def _registry_record(record: Any) -> dict[str, Any]:
+    record = record if isinstance(record, dict) else {}
+    return {key: record.get(key) for key in ("name", "sha256", "path")}
+
+
+def _models(run: Any, index: int) -> list[Model]:
+    manifest = run.manifest
+    registry = (manifest.get("inputs") or {}).get("registry") or (
+        manifest.get("settings") or {}
+    ).get("registry")
+    models = []
+    for label in run.models:
+
+        def confusion(group: str, label: str = label) -> Any:
+            try:
+                return run.confusion(label, group)
+            except InputError:
+                return None
+
+        models.append(
+            Model(
+                label=label,
+                source=index,
+                concepts=run.concepts[run.concepts["model"] == label].drop(columns="model"),
+                groups=run.groups[run.groups["model"] == label].drop(columns="model"),
+                registry=_registry_record(registry),
+                skipped_concepts=list(manifest.get("skipped_concepts") or []),
+                skipped_groups=list(manifest.get("skipped_groups") or []),
+                confusion=confusion,
+            )
+        )
+    return models
+
+
+def _theory(run: Any, index: int) -> tuple[list[Corpus], list[Model]]:
+    import pandas as pd
+
+    from clipaudit.text import slug
+
+    out = Path(run.out)
+    coverage = pd.read_parquet(out / "coverage" / "concepts.parquet")
+    coverage_groups = pd.read_parquet(out / "coverage" / "groups.parquet")
+    awareness = pd.read_csv(out / "zeroshot" / "concepts.csv")
+    awareness_groups = pd.read_csv(out / "zeroshot" / "groups.csv")
+    evaluation = (run.manifest.get("settings") or {}).get("evaluation") or {}
+    total = sum(evaluation.get(k, 0) for k in ("n_fit", "n_val", "n_test")) or None
+    registry = {"name": "theory (synthetic latents)", "sha256": None, "path": None}
+    corpora, models = [], []
+    for scenario in dict.fromkeys(coverage["model"]):
+        frame = coverage[coverage["model"] == scenario].drop(columns="model")
+        methods, primary = _methods(frame, {})
+        n = _n_captions(frame, None, methods) or total
+        key = (index, scenario)
+        corpora.append(
+            Corpus(
+                label=str(scenario),
+                source=index,
+                concepts=_with_counts(frame, n, methods),
+                groups=coverage_groups[coverage_groups["model"] == scenario].drop(columns="model"),
+                n_captions=n,
+                methods=methods,
+                primary=primary,
+                registry=registry,
+                pair_key=key,
+            )
+        )
+
+        def confusion(group: str, scenario: str = str(scenario)) -> Any:
+            path = out / "zeroshot" / "confusion" / slug(scenario) / f"{slug(group)}.csv"
+            return pd.read_csv(path).set_index("true") if path.is_file() else None
+
+        models.append(
+            Model(
+                label=str(scenario),
+                source=index,
+                concepts=awareness[awareness["model"] == scenario].drop(columns="model"),
+                groups=awareness_groups[awareness_groups["model"] == scenario].drop(
+                    columns="model"
+                ),
+                registry=registry,
+                skipped_concepts=[],
+                skipped_groups=[],
+                confusion=confusion,
+                pair_key=key,
+            )
+        )
+    return corpora, models
+
+
+def _order(
+    corpora: list[Corpus], models: list[Model]
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Groups as the paper sorts them: categories in the paper's order (common first, others as
+    they first appear), groups in registry order within each (the tables' row order)."""
+    category_of: dict[str, str] = {}
+    appearance: list[str] = []
+    every_category: list[str] = []
+    frames = (
+        [c.concepts for c in corpora] + [c.groups for c in corpora] + [m.groups for m in models]
+    )
+    for frame in frames:
+        if "category" not in frame.columns:
+            continue
+        for group, category in zip(frame["group"], frame["category"], strict=True):
+            every_category.append(str(category))
+            if group not in category_of:
+                category_of[str(group)] = str(category)
+                appearance.append(str(group))
+    for model in models:
+        for group in model.concepts["group"]:
+            if group not in category_of:
+                category_of[str(group)] = "unknown"
+                appearance.append(str(group))
+                every_category.append("unknown")
+    seen = list(dict.fromkeys(every_category))
+    categories = sorted(
+        seen,
+        key=lambda c: (
+            KNOWN_CATEGORIES.index(c) if c in KNOWN_CATEGORIES else len(KNOWN_CATEGORIES),
+            seen.index(c),
+        ),
+    )
+    groups = sorted(
+        appearance, key=lambda g: (categories.index(category_of[g]), appearance.index(g))
+    )
+    return groups, categories, category_of
+
+
+def _sensitive_groups(
+    corpora: list[Corpus], models: list[Model], category_of: dict[str, str]
+) -> tuple[dict[str, Any], set[str], list[str]]:
+    """The registry the runs used (its file, else the built-in of that name, when its sha256
+    matches) and its sensitive groups; without one, the groups of category 'sensitive'."""
+    from clipaudit.errors import RegistryError
+    from clipaudit.registry import list_registries, load_registry
+
+    notes: list[str] = []
+    records = [
+        r
+        for r in [*(c.registry for c in corpora), *(m.registry for m in models)]
+        if r.get("sha256")
+    ]
+    fallback = {g for g, c in category_of.items() if c == "sensitive"}
+    if not records:
+        return {"name": None, "sha256": None, "source": "none"}, fallback, notes
+    record = records[0]
+    candidates = []
+    if record.get("path") and Path(record["path"]).is_file():
+        candidates.append(("file", record["path"]))
+    if record.get("name") in list_registries():
+        candidates.append(("built-in", record["name"]))
+    loaded = []
+    for source, where in candidates:
+        try:
+            loaded.append((source, load_registry(where)))
+        except RegistryError:
+            continue
+    for source, registry in loaded:
+        if registry.sha256 == record["sha256"]:
+            flags = {g.name for g in registry.groups if g.sensitive}
+            return (
+                {"name": registry.name, "sha256": registry.sha256, "source": source},
+                flags,
+                notes,
+            )
+    if loaded:
+        source, registry = loaded[0]
+        notes.append(
+            f"the registry {record.get('name')!r} the runs used (sha256 {str(record['sha256'])[:12]}) "
+            f"was not found unchanged; sensitive groups are taken from the {source} registry "
+            f"{registry.name!r} (sha256 {str(registry.sha256)[:12]})"
+        )
+        flags = {g.name for g in registry.groups if g.sensitive} | fallback
+        return {"name": registry.name, "sha256": registry.sha256, "source": source}, flags, notes
+    notes.append(
+        f"the registry {record.get('name')!r} the runs used was not found; the groups of "
+        "category 'sensitive' are treated as sensitive"
+    )
+    return (
+        {"name": record.get("name"), "sha256": record["sha256"], "source": "none"},
+        fallback,
+        notes,
+    )

@@ -1,0 +1,622 @@
+"""The joined audit report: statistics against scipy on hand-built cases, figures' file names and
+label layout, and reports built end to end from real coverage, zero-shot and theory runs (values
+recomputed here from the input tables), the notebook in a real kernel, and the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.report import Report, build_report, figures, stats
+from clipaudit.runs import load_run
+
+REPO = Path(__file__).resolve().parent.parent
+N_BOOTSTRAP = 300
+
+# --------------------------------------------------------------------------- statistics
+
+# six concepts of a corpus of 1000 captions: chosen counts (one never captioned) and F1
+COUNTS = np.array([0, 3, 12, 40, 150, 600])
+F1 = np.array([0.10, 0.35, 0.30, 0.60, 0.75, 0.90])
+N = 1000
+
+
+def test_log_coverage_handles_zero_counts_explicitly():
+    x = stats.log_coverage(COUNTS, N)
+    assert x[0] == pytest.approx(np.log10(0.5 / 1000))
+    assert x[3] == pytest.approx(np.log10(40.5 / 1000))
+    assert np.all(np.isfinite(x)) and np.all(np.diff(x) > 0)
+
+
+def test_statistics_match_scipy_on_a_hand_built_case():
+    x = np.log10((COUNTS + 0.5) / N)  # the documented rule, computed here
+    result = stats.correlate(x, F1, seed=7, n_bootstrap=1000)
+    assert result["n"] == 6
+    rho, rho_p = scipy_stats.spearmanr(x, F1)
+    tau, tau_p = scipy_stats.kendalltau(x, F1)
+    assert result["spearman"]["value"] == pytest.approx(rho)
+    assert result["spearman"]["p_value"] == pytest.approx(rho_p)
+    assert result["kendall"]["value"] == pytest.approx(tau)
+    assert result["kendall"]["p_value"] == pytest.approx(tau_p)
+    # by hand: ranks of F1 are 1 3 2 4 5 6 against 1..6: one swapped pair
+    assert rho == pytest.approx(1 - 6 * 2 / (6 * 35))
+    assert tau == pytest.approx((14 - 1) / 15)
+    slope, intercept = np.polyfit(x, F1, 1)
+    fit = result["fit"]
+    assert fit["slope"] == pytest.approx(slope) and fit["intercept"] == pytest.approx(intercept)
+    residual = F1 - (intercept + slope * x)
+    stderr = np.sqrt(residual @ residual / 4 / ((x - x.mean()) @ (x - x.mean())))
+    half = scipy_stats.t.ppf(0.975, 4) * stderr
+    assert (fit["ci_low"], fit["ci_high"]) == pytest.approx((slope - half, slope + half))
+    for name in ("spearman", "kendall"):
+        interval = result[name]
+        assert interval["ci_low"] <= interval["value"] <= interval["ci_high"]
+        assert interval["ci_high"] - interval["ci_low"] > 0.05
+        assert interval["reason"] is None and interval["n_valid"] > 500
+
+
+def test_the_bootstrap_is_seeded():
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(-4, -0.5, 40))
+    y = np.clip(0.3 + 0.15 * (x + 4) + rng.normal(0, 0.2, 40), 0, 1)
+    first = stats.correlate(x, y, seed=3, n_bootstrap=400)
+    again = stats.correlate(x, y, seed=3, n_bootstrap=400)
+    other = stats.correlate(x, y, seed=4, n_bootstrap=400)
+    for name in ("spearman", "kendall"):
+        interval = (first[name]["ci_low"], first[name]["ci_high"])
+        assert interval == (again[name]["ci_low"], again[name]["ci_high"])
+        assert interval != (other[name]["ci_low"], other[name]["ci_high"])
+        assert interval[0] <= first[name]["value"] <= interval[1]
+    # a pair's stream depends on its names, not on which pairs come before it
+    assert stats.stream_seed(0, "a", "m") == stats.stream_seed(0, "a", "m")
+    assert stats.stream_seed(0, "a", "m") != stats.stream_seed(0, "b", "m")
+
+
+def _loo_studentized(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Externally studentised residuals the long way: refit without each point and divide its
+    prediction error by that prediction's standard error."""
+    out = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        line = scipy_stats.linregress(x[keep], y[keep])
+        residual = y[keep] - (line.intercept + line.slope * x[keep])
+        s = np.sqrt(residual @ residual / (keep.sum() - 2))
+        dx = x[keep] - x[keep].mean()
+        se = s * np.sqrt(1 + 1 / keep.sum() + (x[i] - x[keep].mean()) ** 2 / (dx @ dx))
+        out.append((y[i] - (line.intercept + line.slope * x[i])) / se)
+    return np.array(out)
+
+
+def test_planted_outliers_are_the_ones_found():
+    x = np.linspace(-3.5, -0.5, 12)
+    wiggle = np.array([0.02, -0.03, 0.01, 0.03, -0.02, 0.0, -0.01, 0.02, -0.03, 0.01, 0.0, -0.02])
+    y = 0.2 + 0.2 * (x + 3.5) + wiggle
+    y[1] = 0.97  # rarely captioned, yet the model knows it
+    y[10] = 0.05  # often captioned, yet the model does not
+    found = stats.flag_outliers(x, y)
+    assert found["studentized"] == pytest.approx(_loo_studentized(x, y))
+    assert found["direction"][1] == stats.RARELY_CAPTIONED_YET_KNOWN
+    assert found["direction"][10] == stats.OFTEN_CAPTIONED_YET_UNKNOWN
+    assert [i for i, d in enumerate(found["direction"]) if d] == [1, 10]
+    # far below the fit but never captioned is no surprise: not in the auditor's list
+    y2 = y.copy()
+    y2[1], y2[10] = 0.2 + 0.2 * (x[1] + 3.5), 0.2 + 0.2 * (x[10] + 3.5)
+    y2[0] = -0.6
+    assert stats.flag_outliers(x, y2)["direction"][0] == stats.BELOW_THE_FIT
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "reason"),
+    [
+        ([1.0, 2.0], [0.1, 0.2], "n = 2 < 3 points"),
+        ([], [], "n = 0 < 3 points"),
+        ([-2.0, -2.0, -2.0, -2.0], [0.1, 0.5, 0.2, 0.9], "coverage is the same for every point"),
+        ([-3.0, -2.0, -1.0, -0.5], [0.4, 0.4, 0.4, 0.4], "F1 is the same for every point"),
+    ],
+)
+def test_small_or_constant_samples_give_nan_with_a_reason(x, y, reason):
+    result = stats.correlate(x, y, seed=0, n_bootstrap=100)
+    for name in ("spearman", "kendall"):
+        assert np.isnan(result[name]["value"]) and result[name]["reason"] == reason
+    if reason.startswith("F1"):  # the fit exists: a flat line
+        assert result["fit"]["slope"] == 0.0 and result["fit"]["reason"]
+    else:
+        assert np.isnan(result["fit"]["slope"]) and result["fit"]["reason"] == reason
+    assert stats.flag_outliers(x, y)["reason"]
+
+
+def test_no_bootstrap_means_no_interval_but_the_estimates():
+    result = stats.correlate(stats.log_coverage(COUNTS, N), F1, n_bootstrap=0)
+    assert result["spearman"]["value"] == pytest.approx(scipy_stats.spearmanr(COUNTS, F1)[0])
+    assert np.isnan(result["spearman"]["ci_low"]) and result["spearman"]["reason"]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_figure_file_names_never_collide_or_leave_the_folder(tmp_path):
+    names = [
+        "coverage_vs_f1 web captions × m",
+        "coverage_vs_f1 web_captions × m",
+        "coverage_vs_f1 Web_Captions × m",
+        "../../../etc/passwd",
+        "..",
+        ".hidden",
+        "x" * 300,
+        "x" * 300 + "y",
+        "plain",
+    ]
+    stems = figures.figure_stems(names)
+    assert len({s.lower() for s in stems.values()}) == len(names)
+    assert stems["plain"] == "plain"
+    for stem in stems.values():
+        assert not stem.startswith(".") and "/" not in stem and len(stem) <= 100
+        assert figures.inside(tmp_path, tmp_path / f"{stem}.png")
+    assert figures.figure_stems(names) == stems  # deterministic
+
+
+def test_labels_never_overlap_even_when_crowded():
+    def layout():
+        figure = figures.new_figure(6, 4)
+        axis = figure.add_subplot()
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        rng = np.random.default_rng(0)
+        points = [(0.5 + 0.02 * a, 0.5 + 0.02 * b) for a, b in rng.normal(size=(16, 2))]
+        axis.scatter(*zip(*points, strict=True))
+        figures.freeze_layout(figure)
+        texts = [f"concept number {i}" for i in range(16)]
+        placed = figures.place_labels(axis, points, texts, avoid=points)
+        boxes = figures.drawn_label_boxes(figure, placed["placed"])
+        frame = axis.get_window_extent(figure.canvas.get_renderer())
+        return boxes, placed["unplaced"], frame
+
+    boxes, unplaced, frame = layout()
+    assert len(boxes) + len(unplaced) == 16 and len(boxes) >= 10
+    assert figures.boxes_overlap([b["box"] for b in boxes]) == []
+    for entry in boxes:
+        x0, y0, x1, y1 = entry["box"]
+        assert frame.x0 <= x0 and x1 <= frame.x1 and frame.y0 <= y0 and y1 <= frame.y1
+    assert layout()[0] == boxes  # deterministic
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _paths(audit_runs: dict) -> list[str]:
+    return [audit_runs["coverage"], audit_runs["zeroshot_trained"], audit_runs["zeroshot_random"]]
+
+
+@pytest.fixture(scope="module")
+def report(audit_runs, tmp_path_factory) -> Report:
+    out = tmp_path_factory.mktemp("report") / "audit"
+    return build_report(_paths(audit_runs), out, n_bootstrap=N_BOOTSTRAP, title="Test audit")
+
+
+def test_a_report_folder_holds_every_output(report):
+    out = report.out
+    for name in ("report.html", "report.md", "report.json", "manifest.json"):
+        assert (out / name).stat().st_size > 500, name
+    for table in ("concepts", "groups", "categories", "correlations", "outliers", "mismatches"):
+        assert (out / "tables" / f"{table}.csv").is_file()
+        assert (out / "tables" / f"{table}.parquet").is_file()
+    kinds = [entry["kind"] for entry in report.summary["figures"]]
+    for kind in ("coverage_by_group", "macro_f1_by_group", "models_side_by_side"):
+        assert kinds.count(kind) == 1
+    assert kinds.count("coverage_vs_f1") == 2 and kinds.count("confusion") == 10
+    for entry in report.summary["figures"]:
+        png, svg = out / entry["png"], out / entry["svg"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in svg.read_bytes()[:2000]
+        assert png.parent == out / "figures" and report.figures[entry["key"]] == png
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "report" and manifest["status"] == "complete"
+    assert manifest["settings"] == {
+        "title": "Test audit",
+        "seed": 0,
+        "n_bootstrap": N_BOOTSTRAP,
+        "report_schema": 1,
+    }
+    assert [i["kind"] for i in manifest["inputs"]] == ["coverage", "zeroshot", "zeroshot"]
+    assert all(len(i["manifest_sha256"]) == 64 for i in manifest["inputs"])
+    assert manifest["versions"]["scipy"] and manifest["versions"]["jinja2"]
+    assert not (out / "units").exists()
+    loaded = load_run(out)
+    assert isinstance(loaded, Report) and loaded.summary == report.summary
+    assert set(loaded.tables) == set(report.tables)
+
+
+def test_the_joined_values_are_those_of_the_input_tables(report, audit_runs):
+    coverage_dir = Path(audit_runs["coverage"])
+    n = json.loads((coverage_dir / "manifest.json").read_text())["n_captions_read"]
+    coverage = pd.read_parquet(coverage_dir / "concepts.parquet")
+    for key, model in (
+        ("zeroshot_trained", "tiny-clip@trained"),
+        ("zeroshot_random", "tiny-clip@random"),
+    ):
+        scores = pd.read_csv(Path(audit_runs[key]) / "concepts.csv")
+        expected = coverage.merge(scores, on=["group", "concept"]).set_index("concept")
+        got = report.tables["concepts"]
+        got = got[(got["corpus"] == "web-captions") & (got["model"] == model)].set_index("concept")
+        assert sorted(got.index) == sorted(expected.index) and len(got) == 16
+        for column in ("count", "rate", "precision", "recall", "f1", "support"):
+            assert got[column].to_numpy() == pytest.approx(
+                expected.loc[got.index, column].to_numpy()
+            ), column
+        x = np.log10((expected["count"] + 0.5) / n)
+        pair = next(p for p in report.summary["pairs"] if p["model"] == model)
+        assert pair["concepts"]["spearman"]["value"] == pytest.approx(
+            scipy_stats.spearmanr(x, expected["f1"])[0]
+        )
+        assert pair["concepts"]["kendall"]["value"] == pytest.approx(
+            scipy_stats.kendalltau(x, expected["f1"])[0]
+        )
+        assert pair["concepts"]["fit"]["slope"] == pytest.approx(
+            np.polyfit(x, expected["f1"], 1)[0]
+        )
+        # groups: coverage over the joined concepts, macro-F1 from the zero-shot run
+        group_scores = pd.read_csv(Path(audit_runs[key]) / "groups.csv").set_index("group")
+        groups = report.tables["groups"]
+        groups = groups[groups["model"] == model].set_index("group")
+        # the paper's order: common, under-captioned (registry order), sensitive
+        assert list(groups.index) == ["Animal", "Color", "Texture", "Emotion", "Stereotype"]
+        by_group = expected.groupby("group")["rate"]
+        for stat in ("mean", "median", "min", "max"):
+            assert groups[f"coverage_{stat}"].to_numpy() == pytest.approx(
+                getattr(by_group, stat)().loc[groups.index].to_numpy()
+            )
+        assert groups["macro_f1"].to_numpy() == pytest.approx(
+            group_scores.loc[groups.index, "macro_f1"].to_numpy()
+        )
+        group_x = np.log10((expected.groupby("group")["count"].mean().loc[groups.index] + 0.5) / n)
+        assert pair["groups"]["spearman"]["value"] == pytest.approx(
+            scipy_stats.spearmanr(group_x, groups["macro_f1"])[0]
+        )
+        assert groups.loc["Stereotype", "sensitive"] and not groups.loc["Animal", "sensitive"]
+    # the trained model's awareness follows its captions; the random one's does not
+    trained, random = (p["concepts"]["spearman"]["value"] for p in report.summary["pairs"])
+    assert trained > 0.4 > random
+
+
+def test_json_markdown_and_html_carry_the_same_numbers(report):
+    document = json.loads((report.out / "report.json").read_text())
+    assert document == report.summary
+    pair = document["pairs"][0]
+    statistic = pair["concepts"]
+    for key in ("n", "spearman", "kendall", "fit"):
+        assert key in statistic
+    for key in ("value", "p_value", "ci_low", "ci_high", "reason"):
+        assert key in statistic["spearman"] and key in statistic["kendall"]
+    for key in ("slope", "intercept", "ci_low", "ci_high", "r_squared"):
+        assert key in statistic["fit"]
+    rho = f"{statistic['spearman']['value']:.3f}"
+    slope = f"{statistic['fit']['slope']:+.3f}"
+    markdown = (report.out / "report.md").read_text()
+    html = (report.out / "report.html").read_text()
+    assert rho in markdown and slope in markdown
+    assert (
+        f"{statistic['spearman']['value']:.2f}" in html
+        and f"{statistic['fit']['slope']:+.2f}" in html
+    )
+    table = pd.read_csv(report.out / "tables" / "correlations.csv")
+    row = table[(table["model"] == pair["model"]) & (table["level"] == "concept")].iloc[0]
+    assert row["spearman"] == pytest.approx(statistic["spearman"]["value"])
+    assert row["slope_ci_low"] == pytest.approx(statistic["fit"]["ci_low"])
+    assert "NaN" not in (report.out / "report.json").read_text()
+
+
+def test_mismatches_are_listed_never_dropped(report):
+    mismatches = report.summary["mismatches"]
+    bird = [m for m in mismatches if m.get("concept") == "bird"]
+    assert {(m["kind"], m["model"], m["reason"], m["count"]) for m in bird} == {
+        ("concept_without_images", "tiny-clip@trained", "no images", 30),
+        ("concept_without_images", "tiny-clip@random", "no images", 30),
+    }
+    clothing = [m for m in mismatches if m.get("group") == "Clothing"]
+    assert {m["kind"] for m in clothing} == {"group_without_images"}
+    assert report.summary["mismatch_counts"]["group_without_images"] == 2 * 10
+    html = (report.out / "report.html").read_text()
+    section = html[html.index('id="mismatches"') :]
+    assert "bird" in section and "Clothing" in section
+    assert "bird" in (report.out / "report.md").read_text()
+    table = pd.read_csv(report.out / "tables" / "mismatches.csv")
+    assert len(table) == len(mismatches)
+
+
+def test_another_registry_is_a_mismatch_not_an_error(audit_runs, tmp_path):
+    coverage = load_run(audit_runs["coverage"])
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    manifest = json.loads(json.dumps(zeroshot.manifest))
+    manifest["inputs"]["registry"]["sha256"] = "0" * 64
+    changed = dataclasses.replace(zeroshot, manifest=manifest)
+    result = build_report([coverage, changed], tmp_path / "r", n_bootstrap=0)
+    (entry,) = [m for m in result.summary["mismatches"] if m["kind"] == "registry"]
+    assert entry["awareness_registry"]["sha256"] == "0" * 64
+    assert "sha256" in entry["message"]
+    assert result.summary["pairs"][0]["n_concepts"] == 16  # joined by name all the same
+    assert "Registries differ" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_untrusted_captions_are_escaped(report):
+    from tests.report_world import INJECTED
+
+    html = (report.out / "report.html").read_text()
+    body = html[html.index("<body>") :]
+    assert "<script" not in body and "onerror=" not in body.replace("onerror=&#34;", "")
+    assert "<img src=x" not in body
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=" in body
+    assert "Content-Security-Policy" in html
+    markdown = (report.out / "report.md").read_text()
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+    examples = report.summary["examples"]["web-captions"]
+    rough = next(e for e in examples if e["concept"] == "rough")
+    assert sorted(rough["captions"]) == sorted(INJECTED)
+    # the page requests nothing: no external URL, no web font
+    assert "http://" not in body.replace("http://www.w3.org", "") and "https://" not in body
+    assert "@font-face" not in html and "<link" not in html
+
+
+def test_outlier_labels_in_the_figures_never_overlap(report):
+    scatter = [e for e in report.summary["figures"] if e["kind"] == "coverage_vs_f1"]
+    for entry in scatter:
+        boxes = [label["box"] for label in entry["labels"]]
+        assert figures.boxes_overlap(boxes) == []
+        from PIL import Image
+
+        width, height = Image.open(report.out / entry["png"]).size
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        pair = next(p for p in report.summary["pairs"] if p["model"] == entry["model"])
+        named = pair["rarely_captioned_yet_known"] + pair["often_captioned_yet_unknown"]
+        named += pair["other_outliers"]
+        labelled = {label["text"] for label in entry["labels"]} | set(entry["unplaced"])
+        assert labelled == {o["name"] for o in named}
+
+
+def test_sensitive_groups_are_framed_as_a_risk(report):
+    html = (report.out / "report.html").read_text()
+    assert "awareness is a risk, not a skill" in html
+    row = html[html.index(">Stereotype<") : html.index(">Stereotype<") + 400]
+    assert "risk" in row
+    assert report.summary["registry"]["sensitive_groups"] == ["Stereotype", "Trait"]
+    assert "risk, not a skill" in report.summary["sensitive_note"]
+    assert "risk" in (report.out / "report.md").read_text()
+
+
+def test_the_notebook_view_is_compact_and_escaped(report):
+    html = report._repr_html_()
+    assert "Spearman" in html and "Stereotype" in html and "tiny-clip@trained" in html
+    assert "<img" not in html and "data:image" not in html and len(html) < 20_000
+    assert repr(report).startswith("Report(") and "Spearman 0." in repr(report)
+
+
+def test_every_coverage_method_present_is_reported(audit_runs, tmp_path):
+    coverage = load_run(audit_runs["coverage"])
+    n = coverage.n_captions_read
+    concepts = coverage.concepts.copy()
+    concepts["semantic_count"] = concepts["count"] + 40 * (np.arange(len(concepts)) % 3)
+    concepts["semantic_rate"] = concepts["semantic_count"] / n
+    concepts["union_count"] = concepts[["count", "semantic_count"]].max(axis=1) + 1
+    concepts["union_rate"] = concepts["union_count"] / n
+    manifest = {**coverage.manifest, "method": "semantic"}
+    changed = dataclasses.replace(coverage, concepts=concepts, manifest=manifest)
+    result = build_report([changed, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
+    correlations = result.tables["correlations"]
+    assert set(correlations["method"]) == {"lexical", "semantic", "union"}
+    assert set(correlations[correlations["primary"]]["method"]) == {"semantic"}
+    scores = pd.read_csv(Path(audit_runs["zeroshot_trained"]) / "concepts.csv")
+    joined = concepts.merge(scores, on=["group", "concept"])
+    for method, column in (("lexical", "count"), ("semantic", "semantic_count")):
+        row = correlations[
+            (correlations["method"] == method) & (correlations["level"] == "concept")
+        ]
+        x = np.log10((joined[column] + 0.5) / n)
+        assert row["spearman"].iloc[0] == pytest.approx(scipy_stats.spearmanr(x, joined["f1"])[0])
+    pair = result.summary["pairs"][0]
+    assert pair["method"] == "semantic"
+    semantic = correlations[
+        (correlations["method"] == "semantic") & (correlations["level"] == "concept")
+    ]
+    assert pair["concepts"]["spearman"]["value"] == pytest.approx(semantic["spearman"].iloc[0])
+    for column in ("semantic_rate", "union_rate", "union_count"):
+        assert column in result.tables["concepts"].columns
+    assert "semantic coverage" in (result.out / "report.html").read_text()
+
+
+def test_when_nothing_joins_the_report_says_so(audit_runs, tmp_path):
+    coverage = load_run(audit_runs["coverage"])
+    renamed = coverage.concepts.assign(concept="other " + coverage.concepts["concept"])
+    result = build_report(
+        [dataclasses.replace(coverage, concepts=renamed), audit_runs["zeroshot_trained"]],
+        tmp_path / "r",
+        n_bootstrap=50,
+    )
+    pair = result.summary["pairs"][0]
+    assert pair["n_concepts"] == 0
+    for level in ("concepts", "groups"):
+        assert pair[level]["spearman"]["value"] is None
+        assert pair[level]["spearman"]["reason"] == "n = 0 < 3 points"
+    counts = result.summary["mismatch_counts"]
+    assert counts["concept_without_coverage"] == 16  # every scored concept
+    assert counts["concept_without_images"] == 49  # every concept of the imaged groups
+    assert "n = 0 &lt; 3 points" in (result.out / "report.html").read_text()
+
+
+def test_colliding_names_get_distinct_figure_files(audit_runs, tmp_path):
+    for name in ("web captions", "web_captions"):
+        shutil.copytree(audit_runs["coverage"], tmp_path / name)
+    result = build_report(
+        [tmp_path / "web captions", tmp_path / "web_captions", audit_runs["zeroshot_trained"]],
+        tmp_path / "report",
+        n_bootstrap=0,
+    )
+    scatter = [e for e in result.summary["figures"] if e["kind"] == "coverage_vs_f1"]
+    assert {e["corpus"] for e in scatter} == {"web captions", "web_captions"}
+    files = {e["png"] for e in scatter}
+    assert len(files) == 2
+    for entry in scatter:
+        assert (result.out / entry["png"]).is_file()
+        assert Path(entry["png"]).parent == Path("figures")
+        assert entry["stem"].startswith("coverage_vs_f1_web_captions_tiny-clip@trained-")
+
+
+def test_a_report_is_rendered_again_only_when_its_inputs_change(audit_runs, tmp_path):
+    runs = [tmp_path / "cov", tmp_path / "zs"]
+    shutil.copytree(audit_runs["coverage"], runs[0])
+    shutil.copytree(audit_runs["zeroshot_trained"], runs[1])
+    out = tmp_path / "report"
+    first = build_report(runs, out, n_bootstrap=0)
+    assert not first.reused
+    again = build_report(runs, out, n_bootstrap=0)
+    assert again.reused and again.summary == first.summary
+    manifest = json.loads((runs[1] / "manifest.json").read_text())
+    manifest["created"] = "2030-01-01T00:00:00+00:00"  # the zero-shot run was done again
+    (runs[1] / "manifest.json").write_text(json.dumps(manifest))
+    changed = build_report(runs, out, n_bootstrap=0)
+    assert not changed.reused
+    recorded = json.loads((out / "manifest.json").read_text())["inputs"][1]["manifest_sha256"]
+    assert recorded != first.manifest["inputs"][1]["manifest_sha256"]
+    with pytest.raises(RunFolderError, match="seed: 0 -> 5"):
+        build_report(runs, out, seed=5, n_bootstrap=0)
+    assert (
+        build_report(runs, out, seed=5, n_bootstrap=0, overwrite=True).summary["settings"]["seed"]
+        == 5
+    )
+
+
+def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, report):
+    with pytest.raises(InputError, match="no zero-shot run given"):
+        build_report([audit_runs["coverage"]], tmp_path / "a")
+    with pytest.raises(InputError, match="no coverage run given"):
+        build_report([audit_runs["zeroshot_trained"]], tmp_path / "b")
+    with pytest.raises(InputError, match="no runs given"):
+        build_report([], tmp_path / "c")
+    with pytest.raises(InputError, match="holds a report run"):
+        build_report([audit_runs["coverage"], report.out], tmp_path / "d")
+    with pytest.raises(InputError, match="cannot report on a dict"):
+        build_report([{"coverage": 1}], tmp_path / "e")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(audit_runs["zeroshot_trained"], unfinished)
+    manifest = json.loads((unfinished / "manifest.json").read_text())
+    manifest.update(status="failed", reason="interrupted")
+    (unfinished / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunFolderError, match=r"failed .*interrupted.*not complete"):
+        build_report([audit_runs["coverage"], unfinished], tmp_path / "f")
+    with pytest.raises(SettingsError, match="seed must be an integer >= 0; got -1"):
+        build_report([audit_runs["coverage"]], tmp_path / "g", seed=-1)
+    with pytest.raises(SettingsError, match="n_bootstrap"):
+        build_report([audit_runs["coverage"]], tmp_path / "g", n_bootstrap=1.5)
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_command_line_prints_the_headline_and_the_page(audit_runs, tmp_path, capsys):
+    from clipaudit.cli import main
+
+    out = tmp_path / "cli-report"
+    main(["report", *_paths(audit_runs), "--out", str(out), "--n-bootstrap", "50", "--seed", "3"])
+    printed = capsys.readouterr().out
+    assert "web-captions x tiny-clip@trained: 16 concepts, Spearman 0." in printed
+    assert f"report: {out / 'report.html'}" in printed
+    assert "mismatches (listed in the report)" in printed
+    assert json.loads((out / "manifest.json").read_text())["settings"]["seed"] == 3
+    with pytest.raises(SystemExit) as exited:
+        main(["report", audit_runs["coverage"], "--out", str(tmp_path / "x")])
+    assert exited.value.code == 2
+    assert "error: no zero-shot run given" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a theory run
+
+
+@pytest.fixture(scope="module")
+def theory_run(tmp_path_factory):
+    """Two tiny scenarios (a few seconds of training): s1, s2 selected in one; s1 perturbed in
+    the other (its coverage 0), as tests/test_theory.py's tiny check, smaller."""
+    from clipaudit.theory.config import EvaluationSettings, Scenario, training_profile
+    from clipaudit.theory.sweep import run_sweep
+
+    scenarios = [
+        Scenario(n_semantics=4, n_modality=1, selected="1-2"),
+        Scenario(n_semantics=4, n_modality=1, selected="1-3", perturbed="1", change_prob=1.0),
+    ]
+    training = training_profile(
+        "quick", steps=60, batch_size=128, hidden_widths=(16, 16), temperature=1.0
+    )
+    evaluation = EvaluationSettings(
+        n_fit=300,
+        n_val=100,
+        n_test=300,
+        kernel_components=50,
+        n_prototypes=200,
+        kernel_gammas=(1.0,),
+        ridge_alphas=(0.1,),
+    )
+    out = tmp_path_factory.mktemp("theory")
+    return run_sweep(scenarios, training, evaluation, out, progress=False)
+
+
+def test_a_theory_run_is_reported_per_scenario(theory_run, tmp_path):
+    result = build_report([theory_run.out], tmp_path / "theory-report", n_bootstrap=N_BOOTSTRAP)
+    coverage = pd.read_parquet(theory_run.out / "coverage" / "concepts.parquet")
+    awareness = pd.read_csv(theory_run.out / "zeroshot" / "concepts.csv")
+    pairs = result.summary["pairs"]
+    assert [p["kind"] for p in pairs] == ["theory", "theory"]
+    assert [p["corpus"] for p in pairs] == [s.name for s in theory_run.scenarios]
+    assert all(p["corpus"] == p["model"] for p in pairs)
+    for pair in pairs:
+        scenario = pair["corpus"]
+        joined = coverage[coverage["model"] == scenario].merge(
+            awareness[awareness["model"] == scenario], on=["group", "concept"]
+        )
+        n = (joined["count"] / joined["rate"])[joined["rate"] > 0].median()
+        x = np.log10((joined["count"] + 0.5) / n)
+        assert pair["concepts"]["n"] == len(joined) == 20
+        assert pair["concepts"]["spearman"]["value"] == pytest.approx(
+            scipy_stats.spearmanr(x, joined["f1"])[0]
+        )
+    # the perturbed scenario's s1 is a perturbed group there, invariant in the other
+    groups = result.tables["groups"].set_index(["corpus", "group"])["category"]
+    first, second = (s.name for s in theory_run.scenarios)
+    assert groups[(first, "s1")] == "invariant" and groups[(second, "s1")] == "perturbed"
+    assert result.summary["mismatches"] == []
+    html = (result.out / "report.html").read_text()
+    assert "theory scenario" in html and f"{pairs[0]['concepts']['spearman']['value']:.2f}" in html
+
+
+# --------------------------------------------------------------------------- the notebook
+
+
+def test_the_notebook_runs_in_a_real_kernel(audit_runs, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = REPO / "notebooks" / "audit_analysis.ipynb"
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps({**audit_runs, "report": str(tmp_path / "notebook-report")}))
+    monkeypatch.setenv("CLIPAUDIT_AUDIT_RUNS", str(runs))
+    document = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(
+        document,
+        kernel_name="python3",
+        timeout=300,
+        resources={"metadata": {"path": str(notebook.parent)}},
+    )
+    client.execute()
+    outputs = [o for cell in document.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(
+        o.get("text", "") + json.dumps(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
+    assert "tiny-clip@trained" in text and "tiny-clip@random" in text
+    last = document.cells[-1] if document.cells[-1].cell_type == "code" else document.cells[-2]
+    assert "compare" in last.source.lower() or "model" in last.source.lower()
+    assert (tmp_path / "notebook-report" / "report.html").is_file()

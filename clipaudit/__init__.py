@@ -9,6 +9,8 @@ The public API, imported lazily so that ``import clipaudit`` (and ``clipaudit --
     coverage = clipaudit.count_coverage(df, column="text", registry="cai2025", out="runs/cov")
     awareness = clipaudit.run_zeroshot(("ViT-B-32", "laion400m_e32"), "images/", "runs/zs")
     run = clipaudit.load_run("runs/cov")                           # any run folder, typed
+    report = clipaudit.build_report([coverage, awareness], "runs/report")
+    everything = clipaudit.run_audit(df, "images/", ("ViT-B-32", "laion400m_e32"), "runs/audit")
 
 Every function takes a registry as a built-in name, a YAML path or a :class:`Registry`.
 """
@@ -33,6 +35,8 @@ _PUBLIC = {
     "run_zeroshot": "clipaudit.zeroshot",
     "ModelSpec": "clipaudit.models",
     "load_run": "clipaudit.runs",
+    "build_report": "clipaudit.report",
+    "run_audit": "clipaudit.audit",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -67,7 +67,7 @@ def load_audit_run(path: str | Path, manifest: dict[str, Any]) -> AuditRun:
     )
 
 
-def audit(
+def run_audit(
     captions: Any,
     images: str | Path,
     models: Any,

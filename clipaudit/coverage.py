@@ -270,7 +270,7 @@ def count_coverage(
             return replace(load_coverage_run(out, folder.previous), reused=True)
         if settings.per_caption:
             _split_matches(folder)  # before the manifest, which lists the merged shards, changes
-        folder.update(registry=registry.provenance(), inputs=inputs)
+        folder.update(registry=registry.provenance(), inputs=inputs, corpus=_corpus_name(specs))
         if not run.finished:
             reasons = "; ".join(f"{s['shard']}: {s['reason']}" for s in run.skipped[:3])
             raise RunFailedError(
@@ -283,6 +283,13 @@ def count_coverage(
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
         return replace(result, manifest=manifest)
+
+
+def _corpus_name(specs: Sequence[str]) -> str:
+    """A short name for what was read: the first source's name (and how many more)."""
+    first = Path(specs[0])
+    name = "captions" if first.parent.name == "inputs" else (first.stem or first.name)
+    return name if len(specs) == 1 else f"{name} (+{len(specs) - 1} more)"
 
 
 def _run_settings(settings: CoverageSettings, registry: Registry) -> dict[str, Any]:

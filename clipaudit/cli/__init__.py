@@ -13,7 +13,7 @@ import sys
 import typer
 
 from clipaudit import __version__
-from clipaudit.cli import concepts, coverage, demo, report, theory, zeroshot
+from clipaudit.cli import audit, concepts, coverage, demo, report, theory, zeroshot
 
 app = typer.Typer(
     name="clipaudit",
@@ -29,6 +29,7 @@ app.add_typer(theory.app, name="theory")
 zeroshot.register(app)
 demo.register(app)
 report.register(app)
+audit.register(app)
 
 INTERRUPTED = "interrupted; finished work is kept: run the same command again to resume"
 

@@ -54,7 +54,7 @@ def audit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
-    from clipaudit.audit import audit as run_audit
+    from clipaudit.audit import run_audit
     from clipaudit.coverage import CoverageSettings
     from clipaudit.errors import SettingsError
     from clipaudit.models import ModelSpec
@@ -81,5 +81,5 @@ def audit(
         progress=not quiet,
         echo=console.print,
     )
-    console.print(result.report.headline())
-    console.print(f"report: {result.html_path}")
+    typer.echo(result.report.headline())
+    typer.echo(f"report: {result.html_path}")

@@ -93,6 +93,47 @@ class Report:
 
         return render_repr_html(self.summary, str(self.html_path))
 
+    def headline(self) -> str:
+        """The report's findings in a few lines of text (what the command line prints)."""
+        summary = self.summary
+        lines = [
+            f"{len(summary['corpora'])} corpus(es) x {len(summary['models'])} model(s), "
+            f"{len(summary['pairs'])} pair(s) joined"
+            + (" (unchanged inputs: the report was already up to date)" if self.reused else "")
+        ]
+        for pair in summary["pairs"]:
+            stats = pair["concepts"]
+            name = (
+                pair["corpus"]
+                if pair["kind"] == "theory"
+                else f"{pair['corpus']} x {pair['model']}"
+            )
+            lines.append(
+                f"  {name}: {stats['n']} concepts, Spearman {_with_interval(stats['spearman'])}, "
+                f"Kendall {_with_interval(stats['kendall'])}, "
+                f"slope {_with_interval(stats['fit'], 'slope')} "
+                "F1 per 10x coverage"
+            )
+            for key in ("rarely_captioned_yet_known", "often_captioned_yet_unknown"):
+                if pair[key]:
+                    names = ", ".join(o["name"] for o in pair[key])
+                    lines.append(f"    {key.replace('_', ' ')}: {names}")
+        if summary["mismatches"]:
+            counts = ", ".join(
+                f"{n} {k.replace('_', ' ')}" for k, n in summary["mismatch_counts"].items()
+            )
+            lines.append(f"mismatches (listed in the report): {counts}")
+        return "\n".join(lines)
+
+
+def _with_interval(statistic: dict[str, Any], value: str = "value") -> str:
+    """A statistic with its interval, or n/a and why."""
+    if statistic[value] is None:
+        return f"n/a ({statistic.get('reason') or 'not computed'})"
+    low, high = statistic.get("ci_low"), statistic.get("ci_high")
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{statistic[value]:.2f}{interval}"
+
 
 def load_report_run(path: str | Path, manifest: dict[str, Any]) -> Report:
     """A complete report folder read back (:func:`clipaudit.runs.load_run`)."""

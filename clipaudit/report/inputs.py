@@ -298,8 +298,10 @@ def _corpus(run: Any, index: int) -> Corpus:
     examples = {}
     for concept, entry in ((run.examples or {}).get("concepts") or {}).items():
         examples[concept] = [str(e.get("caption", "")) for e in entry.get("examples", [])]
+    folder = _folder(run).name
     return Corpus(
-        label=_folder(run).name,
+        # an audit's coverage stage is named for what it read, not for the stage folder
+        label=run.manifest.get("corpus", folder) if folder == "coverage" else folder,
         source=index,
         concepts=_with_counts(frame, n, methods),
         groups=run.groups,

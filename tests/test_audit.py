@@ -1,0 +1,95 @@
+"""`clipaudit audit`: coverage, zero-shot and the report in one resumable run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clipaudit.errors import RunFolderError
+from tests.test_cli import run_cli
+
+
+def _models(audit_runs: dict) -> tuple[str, str, str]:
+    models = Path(audit_runs["root"]) / "models"
+    return (
+        str(models / "tiny-clip.json"),
+        str(models / "trained.safetensors"),
+        str(models / "random.safetensors"),
+    )
+
+
+def test_audit_on_coco_captions_with_two_tiny_models(audit_runs, coco_captions_path, tmp_path):
+    config, trained, untrained = _models(audit_runs)
+    out = tmp_path / "audit"
+    args = [
+        "audit", "--captions", str(coco_captions_path), "--images", audit_runs["images"],
+        "--model", config, "--pretrained", trained, "--model", config, "--pretrained", untrained,
+        "--out", str(out), "--device", "cpu", "--no-cache", "--quiet", "--title", "COCO audit",
+    ]  # fmt: skip
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "1/3 caption coverage" in result.stdout and "3/3 report" in result.stdout
+    assert f"report: {out / 'report' / 'report.html'}" in result.stdout
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["title"] == "COCO audit"
+    assert [m["label"] for m in summary["models"]] == ["tiny-clip@trained", "tiny-clip@random"]
+    assert [c["label"] for c in summary["corpora"]] == ["coco_val2017_captions"]
+    # the joined table holds the coverage run's counts beside each model's zero-shot F1
+    concepts = pd.read_parquet(out / "report" / "tables" / "concepts.parquet")
+    coverage = pd.read_csv(out / "coverage" / "concepts.csv").set_index("concept")
+    awareness = pd.read_csv(out / "zeroshot" / "concepts.csv")
+    dog = concepts[(concepts["concept"] == "dog") & (concepts["model"] == "tiny-clip@trained")]
+    count_columns = [c for c in dog.columns if c.endswith("count")]
+    assert coverage.loc["dog", "count"] in dog[count_columns].to_numpy()
+    f1 = awareness[(awareness["model"] == "tiny-clip@trained") & (awareness["concept"] == "dog")]
+    assert dog["f1"].iloc[0] == pytest.approx(f1["f1"].iloc[0])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "audit" and manifest["status"] == "complete"
+    assert manifest["models"] == ["tiny-clip@trained", "tiny-clip@random"]
+
+    stages = ("coverage", "zeroshot", "report")
+    before = {stage: (out / stage / "manifest.json").read_text() for stage in stages}
+    again = run_cli(*args)  # a finished audit: every stage is reused as it is
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout
+    assert {stage: (out / stage / "manifest.json").read_text() for stage in stages} == before
+    refused = run_cli(*args, "--profile", "paper")
+    assert refused.returncode == 2
+    assert "coverage.profile: 'curated' -> 'paper'" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_audit_resumes_and_loads_back(audit_runs, tmp_path):
+    import clipaudit
+
+    config, trained, _ = _models(audit_runs)
+    captions = ["a dog on a red sofa", "a cat", "a photo of nothing", "a blue horse"]
+    out = tmp_path / "audit"
+    first = clipaudit.run_audit(
+        captions,
+        audit_runs["images"],
+        (config, trained),
+        out,
+        zeroshot={"cache_dir": None, "device": "cpu", "workers": 0},
+        progress=False,
+        echo=lambda _: None,
+    )
+    assert first.coverage.concepts.set_index("concept")["count"]["dog"] == 1
+    loaded = clipaudit.load_run(out)
+    assert loaded.zeroshot.models == ["tiny-clip@trained"]
+    pd.testing.assert_frame_equal(loaded.coverage.groups, first.coverage.groups)
+    assert loaded.report.summary["pairs"] == first.report.summary["pairs"]
+    assert "tiny-clip@trained" in repr(loaded) and loaded.html_path.is_file()
+    with pytest.raises(RunFolderError, match=r"zeroshot.templates: 'none' -> 'simple'"):
+        clipaudit.run_audit(
+            captions,
+            audit_runs["images"],
+            (config, trained),
+            out,
+            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0, "templates": "simple"},
+            progress=False,
+            echo=lambda _: None,
+        )

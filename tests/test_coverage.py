@@ -394,7 +394,7 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     timings = changed.manifest["timings"]
     assert (timings["shards_this_session"], timings["shards_resumed"]) == (1, 2)
     assert timings["shards_removed"] == 1
-    clean = run([corpus], tiny, tmp_path / "clean", per_caption=True)
+    run([corpus], tiny, tmp_path / "clean", per_caption=True)
     assert_same_outputs(out, tmp_path / "clean")
     assert changed.n_captions_read == 4 + 20_000 + 2
     assert changed.concepts.set_index("concept")["count"].to_dict() == {

@@ -4,7 +4,8 @@
 
 Writes ``benchmarks/data/coco_resampled_<rows>/part-NNNNN.parquet`` (columns ``id``: row number,
 ``coco_id``: the COCO caption id it was drawn from, ``caption``) and ``corpus.json`` last; a corpus
-whose ``corpus.json`` matches the parameters is reused. Captions are drawn with replacement by a
+whose ``corpus.json`` matches the parameters is reused. ``build_corpus(..., source=LAION,
+name="laion")`` resamples the LAION-400M caption sample of ``../shared`` instead. Captions are drawn with replacement by a
 seeded generator, so the same parameters always give the same corpus.
 """
 
@@ -20,22 +21,25 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 COCO = REPO.parent / "shared" / "data" / "coco_val2017_captions.parquet"
+LAION = REPO.parent / "shared" / "data" / "laion_captions.parquet"
 DATA = REPO / "benchmarks" / "data"
 
 
 def build_corpus(
-    rows: int = 2_000_000, shard_rows: int = 100_000, seed: int = 2025, source: Path = COCO
+    rows: int = 2_000_000,
+    shard_rows: int = 100_000,
+    seed: int = 2025,
+    source: Path = COCO,
+    name: str = "coco",
 ) -> Path:
     """The corpus folder, built unless an identical one is already there."""
-    folder = DATA / f"coco_resampled_{rows}"
+    folder = DATA / f"{name}_resampled_{rows}"
     params = {"rows": rows, "shard_rows": shard_rows, "seed": seed, "source": source.name}
     marker = folder / "corpus.json"
     if marker.is_file() and json.loads(marker.read_text())["params"] == params:
         return folder
     if not source.is_file():
-        raise SystemExit(
-            f"{source} is absent: the corpus is resampled from ../shared's COCO captions"
-        )
+        raise SystemExit(f"{source} is absent: the corpus is resampled from ../shared's captions")
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("part-*.parquet"):
         old.unlink()

@@ -1,8 +1,9 @@
 """Caption coverage: how many captions of a corpus mention each concept of a registry.
 
 :func:`count_coverage` cuts the caption sources into shards (:mod:`clipaudit.readers`), matches every
-caption in worker processes (:mod:`clipaudit.lexical`), and merges the per-shard partial results
-into a run folder (:mod:`clipaudit.runs`)::
+caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray tasks on a cluster
+(:mod:`clipaudit.engines`), and merges the per-shard partial results into a run folder
+(:mod:`clipaudit.runs`)::
 
     RUN/concepts.{parquet,csv}     concept, group, category, count, rate
     RUN/groups.{parquet,csv}       group, category, count, rate, n_concepts, mean_concept_rate
@@ -17,7 +18,8 @@ Rates are counts divided by ``n_captions_read``: rows holding a valid caption st
 included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.
 
 Every partial is written atomically when its shard is finished, with the identity of what the shard
-read, so a run killed at any moment (Ctrl-C, kill -9) and restarted with the same run folder redoes
+read (by the worker process itself on this machine; on Ray, by the driver, to which the task returns
+it), so a run killed at any moment (Ctrl-C, kill -9) and restarted with the same run folder redoes
 only unfinished shards and shards whose input changed (a file fixed, removed or added); outputs are
 merged from the partials in corpus order and come out identical to an uninterrupted run's.
 
@@ -47,7 +49,9 @@ from typing import Any
 import numpy as np
 
 from clipaudit import __version__
+from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import PROFILES, build_matcher
 from clipaudit.provenance import atomic_write_bytes, write_json, write_table
 from clipaudit.readers import (
@@ -90,6 +94,8 @@ FLAGS = {
     "hf_split": "--split",
     "verify_inputs": "--verify-inputs",
     "progress": "--progress/--no-progress",
+    "engine": "--engine",
+    "ray_address": "--ray-address",
 }
 
 
@@ -106,7 +112,9 @@ class CoverageSettings:
     profile: str = "curated"
     column: str | None = None  # caption column; None: caption, TEXT or text
     id_column: str | None = None  # None: id, key or SAMPLE_ID when present, else row numbers
-    workers: int = 1
+    # shards counted at once: worker processes (local) or Ray tasks (ray); None: every core of
+    # this machine (local) or of the Ray cluster (ray)
+    workers: int | None = 1
     per_caption: bool = False
     skip_bad: bool = False
     examples_per_concept: int = 5
@@ -117,6 +125,8 @@ class CoverageSettings:
     hf_split: str = "train"
     verify_inputs: bool = False  # sha256 of every input byte, besides size, time and edges
     progress: bool = True
+    engine: str = "local"  # local: this machine's processes; ray: a Ray cluster (clipaudit[ray])
+    ray_address: str | None = None  # the Ray cluster (else RAY_ADDRESS, else one started here)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -124,8 +134,20 @@ class CoverageSettings:
                 f"unknown profile {self.profile!r}{did_you_mean(str(self.profile), PROFILES)}; "
                 f"expected one of {', '.join(PROFILES)}"
             )
+        if self.engine not in ENGINES:
+            raise SettingsError(
+                f"unknown engine {self.engine!r}{did_you_mean(str(self.engine), ENGINES)}; "
+                f"expected one of {', '.join(ENGINES)}"
+            )
+        if self.ray_address is not None and self.engine != "ray":
+            raise SettingsError(
+                f"{_named('ray_address')} {self.ray_address!r} only applies to --engine ray; "
+                "add --engine ray or drop the address"
+            )
         for name in ("workers", "max_caption_chars", "shard_rows", "batch_rows"):
             value = getattr(self, name)
+            if name == "workers" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{_named(name)} must be a positive integer, got {value!r}")
         examples = self.examples_per_concept
@@ -146,7 +168,8 @@ class CoverageSettings:
             )
 
     def result_fields(self) -> dict[str, Any]:
-        """The settings that change results (workers, skip_bad, batch size and progress do not)."""
+        """The settings that change results (workers, skip_bad, batch size, progress and the
+        engine do not)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RESULT_FIELDS}
 
     def replace(self, **changes: Any) -> CoverageSettings:
@@ -254,6 +277,10 @@ def count_coverage(
     :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``.
     """
     settings = (settings or CoverageSettings()).replace(**setting_changes)
+    if settings.engine == "ray":
+        from clipaudit.engines import check_ray
+
+        check_ray(settings.ray_address)  # before anything is written: Ray missing, unreachable
     registry = load_registry(registry)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-coverage-"))
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
@@ -320,7 +347,8 @@ def caption_sources(captions: Any, staging: Path, *, column: str | None = None) 
     (its ``column``, else caption, TEXT or text) or an iterable of caption strings is written once
     to ``staging/captions-<hash>.parquet``: the same captions give the same file, so a resumed run
     reads an unchanged input. A list of strings is read as paths when each one exists, ends in a
-    caption-file suffix or starts with ``hf:``, and as captions when none does.
+    caption-file suffix, starts with ``hf:`` or is a URL of a known scheme (``s3://``...), and as
+    captions when none does.
     """
     if isinstance(captions, (str, os.PathLike)):
         return [str(captions)]
@@ -383,6 +411,7 @@ def _looks_like_path(item: Any) -> bool:
         return False
     return (
         item.startswith(HF_PREFIX)
+        or url_scheme(item) in known_schemes()  # s3://..., hf://...: not "https://..." captions
         or item.lower().endswith(_CAPTION_FILE_SUFFIXES)
         or (len(item) < 4096 and "\n" not in item and Path(item).exists())
     )
@@ -392,7 +421,8 @@ def _looks_like_path(item: Any) -> bool:
 
 
 class _Dispatch:
-    """Plans shards, reuses finished ones, runs the rest in worker processes (or inline)."""
+    """Plans shards, reuses finished ones, runs the rest in worker processes (or inline) or as
+    Ray tasks: any executor whose ``submit`` returns a :class:`concurrent.futures.Future`."""
 
     def __init__(
         self,
@@ -414,6 +444,7 @@ class _Dispatch:
         self._bad_keys: set[str] = set()
         self.rows_done = self.shards_done = self.shards_resumed = 0
         self.seconds = 0.0
+        self.engine: dict[str, Any] = {"engine": settings.engine}
 
     def execute(self) -> None:
         """Run every planned shard that has no record of the same identity in the run folder."""
@@ -433,8 +464,6 @@ class _Dispatch:
         todo = (
             None if streamed else [s for s in items if isinstance(s, Shard) and not self._done(s)]
         )
-        context = multiprocessing.get_context("spawn")
-        counter = context.Value("q", 0)
         options = _WorkerOptions(
             units_dir=str(self.folder.units),
             concept_groups=_concept_groups(self.registry),
@@ -443,17 +472,35 @@ class _Dispatch:
             max_caption_chars=settings.max_caption_chars,
             batch_rows=settings.batch_rows,
         )
-        initargs = (self.matcher, options, counter, os.getpid())
-        # never more workers than shards to do: an idle worker only costs its start-up
-        workers = settings.workers if todo is None else max(1, min(settings.workers, len(todo)))
-        if workers == 1:
-            _init_worker(*initargs[:3], None)
-            executor: Any = _InlineExecutor()
-        else:
-            executor = ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=initargs
+        counter = None  # rows counted so far, shared with local workers (Ray's report per shard)
+        if settings.engine == "ray" and todo != []:
+            from clipaudit.engines import RayExecutor
+
+            # Ray workers may not see the run folder: tasks return their records to be written here
+            executor: Any = RayExecutor(
+                _init_worker,
+                (self.matcher, replace(options, units_dir=None), None, None),
+                address=settings.ray_address,
+                workers=settings.workers,
             )
-            _start_without_sigint(executor, workers)
+            workers, self.window = executor.parallelism, executor.window
+            self.engine = executor.describe()
+        else:
+            context = multiprocessing.get_context("spawn")
+            counter = context.Value("q", 0)
+            initargs = (self.matcher, options, counter, os.getpid())
+            wanted = settings.workers or os.cpu_count() or 1
+            self.window = 2 * wanted  # bounds memory when shards carry streamed rows
+            # never more workers than shards to do: an idle worker only costs its start-up
+            workers = wanted if todo is None else max(1, min(wanted, len(todo)))
+            if workers == 1:
+                _init_worker(*initargs[:3], None)
+                executor = _InlineExecutor()
+            else:
+                executor = ProcessPoolExecutor(
+                    workers, mp_context=context, initializer=_init_worker, initargs=initargs
+                )
+                _start_without_sigint(executor, workers)
         total_rows = None if todo is None else sum(s.n_rows for s in todo)
         total_shards = None if todo is None else len(todo)
         clock = time.perf_counter()
@@ -504,6 +551,7 @@ class _Dispatch:
             "shards_this_session": self.shards_done,
             "shards_resumed": self.shards_resumed,
             "workers": getattr(self, "workers", self.settings.workers),
+            **self.engine,
         }
 
     def _pending(self, items: Iterable[Shard | SkippedShard]) -> Iterator[Shard]:
@@ -520,7 +568,7 @@ class _Dispatch:
     def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], progress: Any) -> None:
         pending = self._pending(items)
         in_flight: dict[Future, Shard] = {}
-        limit = 2 * self.settings.workers  # bounds memory when shards carry streamed rows
+        limit = self.window  # bounds memory when shards carry streamed rows
         while True:
             for shard in pending:
                 in_flight[executor.submit(_process_shard, shard)] = shard
@@ -535,16 +583,35 @@ class _Dispatch:
                     summary = future.result()
                 except BadShardError as exc:
                     if not self.settings.skip_bad:
-                        _drain(in_flight)  # keep what the running shards finish, then stop
+                        self._drain(in_flight, progress)  # keep what the running ones finish
                         raise
                     self.skipped.append(
                         {"shard": shard.label, "reason": exc.reason, "n_rows": shard.n_rows}
                     )
                     self._bad_keys.add(shard.key)
                     continue
-                self.rows_done += summary["n_rows"]
-                self.shards_done += 1
-                progress.shard_done()
+                self._finished(shard, summary, progress)
+
+    def _finished(self, shard: Shard, summary: dict[str, Any], progress: Any) -> None:
+        """A shard is done: write its record when its worker returned it instead (Ray), count it."""
+        if "record" in summary:
+            if summary["matches"] is not None:  # first: a record means its matches are there
+                atomic_write_bytes(
+                    self.folder.unit_path(shard.key, _MATCHES_SUFFIX), summary["matches"]
+                )
+            self.folder.save_unit(shard.key, shard.identity, summary["record"])
+        self.rows_done += summary["n_rows"]
+        self.shards_done += 1
+        progress.shard_done(summary["n_rows"])
+
+    def _drain(self, in_flight: dict[Future, Shard], progress: Any) -> None:
+        """Cancel what has not started, wait for what has, and keep what finished."""
+        for future in in_flight:
+            future.cancel()
+        wait(in_flight)
+        for future, shard in in_flight.items():
+            if not future.cancelled() and future.exception() is None:
+                self._finished(shard, future.result(), progress)
 
 
 def _start_without_sigint(executor: ProcessPoolExecutor, workers: int) -> None:
@@ -557,12 +624,6 @@ def _start_without_sigint(executor: ProcessPoolExecutor, workers: int) -> None:
             executor.submit(os.getpid)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _drain(in_flight: dict[Future, Shard]) -> None:
-    for future in in_flight:
-        future.cancel()
-    wait(in_flight)
 
 
 class _InlineExecutor:
@@ -581,15 +642,17 @@ class _InlineExecutor:
 
 
 class _Progress:
-    """A progress bar over rows (captions/s and time left), fed by the workers' shared counter,
-    with shards done out of shards to do."""
+    """One progress bar for every engine: rows (captions/s and time left) and shards done out of
+    shards to do. Rows come from the local workers' shared counter as they are read, or, where
+    workers share no memory with this process (Ray), from each finished shard."""
 
     def __init__(self, counter: Any, total: int | None, shards: int | None, enabled: bool):
-        self.counter = counter
+        self.counter = counter  # None: rows are reported per finished shard
         self.total = total
         self.shards = shards
         self.enabled = enabled
         self.n_shards = 0
+        self.n_rows = 0  # rows of the finished shards
         self._stop = threading.Event()
 
     def __enter__(self) -> _Progress:
@@ -603,20 +666,25 @@ class _Progress:
             self._thread.start()
         return self
 
-    def shard_done(self) -> None:
+    def shard_done(self, n_rows: int) -> None:
         self.n_shards += 1
+        self.n_rows += n_rows
         if self.enabled:
             self.bar.set_postfix_str(f"shards {self.n_shards}/{self.shards or '?'}", refresh=False)
 
+    @property
+    def rows(self) -> int:
+        return self.counter.value if self.counter is not None else self.n_rows
+
     def _tick(self) -> None:
         while not self._stop.wait(0.5):
-            self.bar.update(self.counter.value - self.bar.n)
+            self.bar.update(self.rows - self.bar.n)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._stop.set()
             self._thread.join()
-            self.bar.update(self.counter.value - self.bar.n)
+            self.bar.update(self.rows - self.bar.n)
             self.bar.close()
 
 
@@ -625,7 +693,7 @@ class _Progress:
 
 @dataclass(frozen=True)
 class _WorkerOptions:
-    units_dir: str
+    units_dir: str | None  # None: return the record to the caller instead of writing it
     concept_groups: tuple[tuple[str, str, str], ...]  # (concept, group, category), registry order
     per_caption: bool
     examples_per_concept: int
@@ -656,11 +724,12 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _process_shard(shard: Shard) -> dict[str, Any]:
-    """Match every caption of one shard and write its partial result; returns a short summary."""
+    """Match every caption of one shard and write its partial result; returns a short summary
+    (with the partial, and the matches file's bytes, when the worker writes nothing itself)."""
     options: _WorkerOptions = _STATE["options"]
     counter = _STATE["counter"]
     clock, cpu_clock = time.perf_counter(), time.process_time()
-    units_dir = Path(options.units_dir)
+    units_dir = Path(options.units_dir) if options.units_dir is not None else None
     tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.concept_groups)
     matches = (
         _MatchesWriter(units_dir, shard.key, _STATE["matcher"].concept_names)
@@ -674,8 +743,9 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
             rows, concepts = tally.add(batch)
             if matches is not None:
                 matches.write(batch.ids, rows, concepts)
-            with counter.get_lock():
-                counter.value += batch.n_rows
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += batch.n_rows
         if matches is not None:
             matches.commit()
     finally:
@@ -685,6 +755,9 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     partial["id_is_int"] = matches.id_is_int if matches is not None else None
     partial["seconds"] = round(time.perf_counter() - clock, 3)
     partial["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
+    if units_dir is None:
+        data = matches.data if matches is not None else None
+        return {"key": shard.key, "n_rows": partial["n_rows"], "record": partial, "matches": data}
     write_unit(units_dir, shard.key, shard.identity, partial)
     return {"key": shard.key, "n_rows": partial["n_rows"]}
 
@@ -815,21 +888,28 @@ def _captions_per_label(
 
 
 class _MatchesWriter:
-    """One shard's per-caption matches, streamed to a temporary parquet file, renamed when done.
+    """One shard's per-caption matches, streamed to a temporary parquet file, renamed when done;
+    or, without a folder (``shards_dir`` None), to memory, ``data`` once committed.
 
     Ids are stored as strings here; the merge turns them back into integers when every shard's
     ids were integers (a jsonl file may mix them)."""
 
-    def __init__(self, shards_dir: Path, key: str, concept_names: Sequence[str]):
+    def __init__(self, shards_dir: Path | None, key: str, concept_names: Sequence[str]):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.pa = pa
         self.names = pa.array(concept_names, type=pa.string())
         self.schema = pa.schema([("id", pa.string()), ("concepts", pa.list_(pa.string()))])
-        self.final = shards_dir / f"{key}{_MATCHES_SUFFIX}"
-        self.tmp = shards_dir / f".{key}{_MATCHES_SUFFIX}.{os.getpid()}.tmp"
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.data: bytes | None = None
+        if shards_dir is None:
+            self.final = self.tmp = None
+            self.sink = pa.BufferOutputStream()
+            self.writer = pq.ParquetWriter(self.sink, self.schema)
+        else:
+            self.final = shards_dir / f"{key}{_MATCHES_SUFFIX}"
+            self.tmp = shards_dir / f".{key}{_MATCHES_SUFFIX}.{os.getpid()}.tmp"
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
         self.id_is_int = True
 
     def write(self, ids: Sequence[Any], rows: np.ndarray, concepts: np.ndarray) -> None:
@@ -850,11 +930,15 @@ class _MatchesWriter:
 
     def commit(self) -> None:
         self.writer.close()
-        os.replace(self.tmp, self.final)
+        if self.tmp is None:
+            self.data = self.sink.getvalue().to_pybytes()
+        else:
+            os.replace(self.tmp, self.final)
 
     def discard(self) -> None:
         self.writer.close()
-        self.tmp.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- merging

@@ -46,6 +46,10 @@ class RunFolderError(ClipAuditError):
     """A run folder holds results of a different run and cannot be resumed into."""
 
 
+class EngineError(ClipAuditError):
+    """The engine that runs the work cannot be used: Ray missing or unreachable, a worker lost."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close."""
     by_lower = {c.lower(): c for c in choices}

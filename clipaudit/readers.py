@@ -9,7 +9,10 @@ A source is what the user names on the command line:
 - a folder written by ``datasets.Dataset.save_to_disk`` (read by row ranges through ``datasets``);
 - ``hf:NAME`` or ``hf:NAME:CONFIG``: a Hugging Face dataset by hub name or local path, read through
   ``datasets.load_dataset(..., streaming=True)``; the main process streams it in fixed-size chunks
-  and hands them to the workers (a resumed run streams it again, skipping the finished chunks).
+  and hands them to the workers (a resumed run streams it again, skipping the finished chunks);
+- a URL (``s3://``, ``gs://``, ``hf://datasets/...``, ``file://``, or a scheme registered in
+  :mod:`clipaudit.filesystems`) of a parquet, jsonl or txt file or of a folder of them, read through
+  pyarrow's filesystems, by the workers wherever they run.
 
 A shard is one unit of work a worker process can do alone: a run of a parquet file's row groups,
 a byte range of a text file holding whole lines, a row range of a saved dataset, or one streamed
@@ -26,6 +29,7 @@ captions that mention nothing).
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +44,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipaudit.errors import InputError, did_you_mean
+from clipaudit.filesystems import (
+    cached_footer,
+    display_url,
+    remote_file_records,
+    resolve_url,
+    url_scheme,
+)
 from clipaudit.provenance import file_identity, file_record
 from clipaudit.runs import unit_key
 
@@ -73,9 +84,15 @@ class Source:
 
     spec: str
     kind: str  # parquet | jsonl | txt | hf_disk | hf_stream
-    files: tuple[Path, ...] = ()
+    files: tuple[Path, ...] | tuple[str, ...] = ()  # paths inside ``filesystem`` for a URL
     root: Path | None = None  # a folder source; for a saved dataset, the folder of its split
     split: str | None = None  # a Hugging Face dataset's split (None: a saved single Dataset)
+    filesystem: Any = field(default=None, repr=False, compare=False)  # a URL's; None: local
+    scheme: str | None = None  # a URL's scheme
+
+    def name(self, path: Path | str) -> str:
+        """How one of its files is named in messages, labels and manifests."""
+        return display_url(self.scheme, str(path)) if self.scheme else str(path)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,7 @@ class Shard:
         default=None, repr=False, compare=False
     )
     identity: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    filesystem: Any = field(default=None, repr=False, compare=False)  # a URL's; None: local
 
     def read(self, *, max_caption_chars: int, batch_rows: int) -> Iterator[CaptionBatch]:
         """The shard's captions in batches of valid text; raises BadShardError when unreadable."""
@@ -137,6 +155,10 @@ def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> 
     sources = []
     for spec in specs:
         text = str(spec)
+        scheme = url_scheme(text) if isinstance(spec, str) else None
+        if scheme is not None:
+            sources.append(_url_source(text, scheme))
+            continue
         if text.startswith(HF_PREFIX):
             if not text[len(HF_PREFIX) :].strip():
                 raise InputError(f"{text!r}: expected hf:NAME or hf:NAME:CONFIG after 'hf:'")
@@ -189,6 +211,57 @@ def _folder_source(spec: str, folder: Path, hf_split: str) -> Source:
     )
 
 
+def _url_source(url: str, scheme: str) -> Source:
+    """A file or folder named by URL, listed through its filesystem."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = resolve_url(url)
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            listed = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+        else:
+            listed = []
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"caption source {url!r} cannot be read ({_one_line(exc)}); check the URL, the "
+            f"network and the credentials of {scheme}://"
+        ) from None
+    if info.type == pafs.FileType.File:
+        kind = _KINDS_BY_SUFFIX.get(Path(path).suffix.lower())
+        if kind is None:
+            raise InputError(
+                f"caption source {url!r}: unknown file type {Path(path).suffix!r}; expected "
+                f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder of them)"
+            )
+        return Source(spec=url, kind=kind, files=(path,), filesystem=filesystem, scheme=scheme)
+    if info.type != pafs.FileType.Directory:
+        raise InputError(
+            f"caption source {url!r} does not exist; expected a .parquet, .jsonl or .txt file or a "
+            "folder of them at that URL"
+        )
+    base = path.strip("/")
+
+    def relative(entry_path: str) -> str:  # some filesystems list "/a/b" under "a"
+        return entry_path.strip("/")[len(base) :].lstrip("/")
+
+    by_kind: dict[str, list[str]] = {}
+    for entry in listed:
+        parts = relative(entry.path).split("/")
+        if entry.type != pafs.FileType.File or any(p.startswith(".") for p in parts):
+            continue  # hidden files and folders: temporary files, caches
+        kind = _KINDS_BY_SUFFIX.get(Path(entry.path).suffix.lower())
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(entry.path)
+    for kind in _FOLDER_KIND_ORDER:
+        if kind in by_kind:
+            files = tuple(sorted(by_kind[kind], key=relative))
+            return Source(spec=url, kind=kind, files=files, filesystem=filesystem, scheme=scheme)
+    raise InputError(
+        f"folder {url!r} holds no caption files; expected .parquet shards (or .jsonl or .txt files)"
+    )
+
+
 def _saved_split_dir(folder: Path, split: str) -> Path:
     dict_file = folder / "dataset_dict.json"
     if not dict_file.is_file():
@@ -213,7 +286,12 @@ def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]
     else:
         if source.kind == "hf_disk":
             record["split"] = source.split
-        record["files"] = [file_record(path, checksum=checksum) for path in source.files]
+        if source.filesystem is not None:  # concurrently: each file costs a round trip or two
+            paths = [str(path) for path in source.files]
+            urls = [source.name(path) for path in paths]
+            record["files"] = remote_file_records(source.filesystem, paths, urls, checksum=checksum)
+        else:
+            record["files"] = [file_record(path, checksum=checksum) for path in source.files]
     return record
 
 
@@ -275,9 +353,10 @@ class _Planner:
             for file_index, path in enumerate(source.files):
                 content = file_identity(description["files"][file_index])
                 if source.kind == "parquet":
-                    yield from self._parquet(index, path, content)
+                    footer = cached_footer(description["files"][file_index])
+                    yield from self._parquet(index, path, content, source, footer)
                 else:
-                    yield from self._text(index, path, source.kind, content)
+                    yield from self._text(index, path, source.kind, content, source)
 
     def _shard(self, n_rows: int, content: Any, **fields: Any) -> Shard:
         """A shard named by its identity: what it reads, not where it sits in the corpus."""
@@ -301,26 +380,34 @@ class _Planner:
         self.next_row += n_rows
         return shard
 
-    def _parquet(self, index: int, path: Path, content: Any) -> Iterator[Shard | SkippedShard]:
+    def _parquet(
+        self, index: int, path: Path | str, content: Any, source: Source, footer: Any = None
+    ) -> Iterator[Shard | SkippedShard]:
+        """``footer``: the file's parsed footer when it was read already (a URL's identity)."""
+        name = source.name(path)
         try:
-            with pq.ParquetFile(path) as handle:
-                meta, names = handle.metadata, handle.schema_arrow.names
+            if footer is not None:
+                meta, names = footer, footer.schema.to_arrow_schema().names
+            else:
+                with _parquet_file(path, source.filesystem) as handle:
+                    meta, names = handle.metadata, handle.schema_arrow.names
         except (OSError, pa.ArrowException) as exc:
             reason = f"unreadable parquet file ({_one_line(exc)})"
             if not self.skip_bad:
-                raise BadShardError(str(path), reason) from None
-            key = unit_key(path.stem, content)
-            yield SkippedShard(key=key, source=index, label=str(path), reason=reason)
+                raise BadShardError(name, reason) from None
+            key = unit_key(Path(path).stem, content)
+            yield SkippedShard(key=key, source=index, label=name, reason=reason)
             return
-        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", path)
-        id_column = _pick_id_column(names, self.id_column, path)
+        where = name if source.filesystem is not None else path
+        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+        id_column = _pick_id_column(names, self.id_column, where)
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         for part, (first, stop) in enumerate(_runs(groups, self.shard_rows)):
             n_rows = sum(groups[first:stop])
             label = (
-                str(path)
+                name
                 if (first, stop) == (0, len(groups))
-                else (f"{path} (row groups {first}-{stop - 1})")
+                else (f"{name} (row groups {first}-{stop - 1})")
             )
             yield self._shard(
                 n_rows,
@@ -334,19 +421,24 @@ class _Planner:
                 id_column=id_column,
                 start=first,
                 stop=stop,
+                filesystem=source.filesystem,
             )
 
-    def _text(self, index: int, path: Path, kind: str, content: Any) -> Iterator[Shard]:
+    def _text(
+        self, index: int, path: Path | str, kind: str, content: Any, source: Source
+    ) -> Iterator[Shard]:
         column = id_column = None
+        name = source.name(path)
+        where = name if source.filesystem is not None else path
         if kind == "jsonl":
-            names = _jsonl_keys(path)
-            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", path)
-            id_column = _pick_id_column(names, self.id_column, path)
-        cuts, n_lines = _line_cuts(path, self.shard_rows)
+            names = _jsonl_keys(path, source.filesystem, where)
+            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+            id_column = _pick_id_column(names, self.id_column, where)
+        cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
         for part, (start, stop, first_line) in enumerate(cuts):
             last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines
             single = len(cuts) == 1
-            label = str(path) if single else f"{path} (lines {first_line + 1}-{last_line})"
+            label = name if single else f"{name} (lines {first_line + 1}-{last_line})"
             yield self._shard(
                 last_line - first_line,
                 content,
@@ -359,6 +451,7 @@ class _Planner:
                 id_column=id_column,
                 start=start,
                 stop=stop,
+                filesystem=source.filesystem,
             )
 
     def _saved(self, index: int, source: Source, content: Any) -> Iterator[Shard]:
@@ -422,14 +515,29 @@ def _runs(sizes: list[int], target: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _line_cuts(path: Path, lines_per_part: int) -> tuple[list[tuple[int, int, int]], int]:
+def _open_binary(path: Path | str, filesystem: Any) -> Any:
+    """A binary file object: a local file, or a file of a URL's filesystem (buffered, seekable)."""
+    if filesystem is None:
+        return open(path, "rb")
+    return io.BufferedReader(filesystem.open_input_file(str(path)), buffer_size=1 << 20)
+
+
+def _parquet_file(path: Path | str, filesystem: Any) -> pq.ParquetFile:
+    if filesystem is None:
+        return pq.ParquetFile(path)
+    return pq.ParquetFile(str(path), filesystem=filesystem)
+
+
+def _line_cuts(
+    path: Path | str, lines_per_part: int, filesystem: Any = None
+) -> tuple[list[tuple[int, int, int]], int]:
     """Byte ranges of whole lines, ``lines_per_part`` lines each: ``[(start, stop, first_line)]``,
     and the number of lines (a last line without a newline counts)."""
     import numpy as np
 
     cut_ends: list[int] = []  # byte offset just after every lines_per_part-th newline
     n_newlines, offset, last_byte = 0, 0, b""
-    with open(path, "rb") as handle:
+    with _open_binary(path, filesystem) as handle:
         while block := handle.read(_TEXT_BLOCK_BYTES):
             newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
             # newline k (1-based, whole file) ends a part when k is a multiple of lines_per_part
@@ -448,9 +556,11 @@ def _line_cuts(path: Path, lines_per_part: int) -> tuple[list[tuple[int, int, in
     ], n_lines
 
 
-def _jsonl_keys(path: Path, max_lines: int = 1000) -> list[str]:
+def _jsonl_keys(
+    path: Path | str, filesystem: Any = None, where: object = None, max_lines: int = 1000
+) -> list[str]:
     """The keys of the first JSON object in the file (the columns a caption can come from)."""
-    with open(path, "rb") as handle:
+    with _open_binary(path, filesystem) as handle:
         for _, line in zip(range(max_lines), handle, strict=False):
             if not line.strip():
                 continue
@@ -461,7 +571,7 @@ def _jsonl_keys(path: Path, max_lines: int = 1000) -> list[str]:
             if isinstance(record, dict):
                 return list(record)
     raise InputError(
-        f"{path}: no JSON object in its first {max_lines} lines; expected JSON lines such as "
+        f"{where or path}: no JSON object in its first {max_lines} lines; expected JSON lines such as "
         '{"id": 1, "caption": "a dog on a beach"}'
     )
 
@@ -512,7 +622,7 @@ RawBatch = tuple[list[Any], Sequence[Any] | None, Counter[str]]
 def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
     columns = [c for c in (shard.column, shard.id_column) if c]
     try:
-        with pq.ParquetFile(shard.location) as handle:
+        with _parquet_file(shard.location, shard.filesystem) as handle:
             batches = handle.iter_batches(
                 batch_size=batch_rows, row_groups=range(shard.start, shard.stop), columns=columns
             )
@@ -535,7 +645,7 @@ def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
     """The shard's lines (without line endings), about ``batch_rows`` at a time."""
     pending = b""
     lines: list[bytes] = []
-    with open(shard.location, "rb") as handle:
+    with _open_binary(shard.location, shard.filesystem) as handle:
         handle.seek(shard.start)
         remaining = shard.stop - shard.start
         while remaining > 0:

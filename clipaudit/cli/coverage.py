@@ -22,7 +22,8 @@ def count(
     sources: list[str] = typer.Argument(
         ...,
         help="Caption sources: .parquet, .jsonl or .txt files, folders of them, folders saved by "
-        "datasets' save_to_disk, or hf:NAME[:CONFIG] for a Hugging Face dataset (streamed).",
+        "datasets' save_to_disk, hf:NAME[:CONFIG] for a Hugging Face dataset (streamed), or URLs "
+        "of files and folders: s3://, gs://, hf://datasets/OWNER/NAME/PATH.",
         show_default=False,
     ),
     out: Path = typer.Option(
@@ -46,7 +47,11 @@ def count(
         None, "--id-column", help="Id column (default: id, key or SAMPLE_ID, else row numbers)."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", "-w", help="Worker processes (default: the number of CPU cores)."
+        None,
+        "--workers",
+        "-w",
+        help="Shards counted at once: worker processes, or Ray tasks (default: every CPU core "
+        "of this machine, or of the Ray cluster).",
     ),
     per_caption: bool = typer.Option(
         False, "--per-caption", help="Also write matches.parquet: each caption's id and concepts."
@@ -76,6 +81,18 @@ def count(
     ),
     overwrite: bool = OverwriteOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (this machine's processes) or ray (a Ray cluster; pip install "
+        "'clipaudit[ray]'). Results are the same.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster to run on, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS; without either, "
+        "a Ray started on this machine for the run).",
+    ),
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
     from clipaudit.coverage import CoverageSettings, count_coverage
@@ -84,7 +101,7 @@ def count(
         profile=profile,
         column=column,
         id_column=id_column,
-        workers=workers if workers is not None else os.cpu_count() or 1,
+        workers=workers if workers is not None or engine == "ray" else os.cpu_count() or 1,
         per_caption=per_caption,
         skip_bad=skip_bad,
         examples_per_concept=examples,
@@ -94,6 +111,8 @@ def count(
         hf_split=split,
         verify_inputs=verify_inputs,
         progress=progress,
+        engine=engine,
+        ray_address=ray_address,
     )
     result = count_coverage(sources, registry, out, settings, overwrite=overwrite)
     _print_summary(result)
@@ -144,7 +163,10 @@ def session_line(timings: dict, reused: bool) -> str:
     if timings.get("shards_removed"):
         done += f", {timings['shards_removed']} no longer in the inputs removed"
     rate = f", {rows / seconds:,.0f} captions/s" if rows and seconds else ""
-    return f"this session: {done}; {seconds:.1f} s{rate} ({timings['workers']} worker(s))"
+    where = f"{timings['workers']} worker(s)"
+    if timings.get("engine") == "ray":
+        where = f"Ray, {timings['workers']} at once"
+    return f"this session: {done}; {seconds:.1f} s{rate} ({where})"
 
 
 @app.command("eval")

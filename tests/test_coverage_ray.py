@@ -1,0 +1,349 @@
+"""The Ray engine: the same outputs as the local engine, byte for byte; a killed driver resumes;
+a killed worker's shard is retried by Ray; Ctrl-C is one line. Skipped where Ray is absent
+(``pip install 'clipaudit[ray]'``; ``make test`` installs it).
+
+One local Ray (2 CPUs, no dashboard, its files under the test's temporary folder) is started for
+the module and used by the in-process runs; command-line runs start their own or connect to it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipaudit import coverage, filesystems
+from clipaudit.coverage import CoverageSettings, count_coverage
+from clipaudit.registry import load_registry
+from tests.test_coverage import REPO, assert_same_outputs, cli, write_synthetic_corpus
+
+ray = pytest.importorskip("ray")
+
+OUTPUT_FILES = (
+    "concepts.csv",
+    "concepts.parquet",
+    "groups.csv",
+    "groups.parquet",
+    "categories.csv",
+    "categories.parquet",
+    "examples.json",
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray for the module; yields its address (for command-line runs to connect to)."""
+    import logging
+
+    if ray.is_initialized():
+        pytest.skip("this process is already connected to a Ray it did not start here")
+    saved = os.environ.get("RAY_AUTH_MODE")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry("cai2025")
+
+
+def count(corpus, out, registry, **options):
+    settings = CoverageSettings(progress=False, per_caption=True, **options)
+    return count_coverage(corpus, registry, out, settings)
+
+
+def assert_identical_files(a: Path, b: Path, names=(*OUTPUT_FILES, "matches.parquet")) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def coco_in_shards(source: Path, folder: Path, n_files: int = 4) -> int:
+    """The COCO captions cut into ``n_files`` parquet files of 2000-row row groups."""
+    table = pq.read_table(source)
+    folder.mkdir()
+    size = -(-table.num_rows // n_files)
+    for part in range(n_files):
+        piece = table.slice(part * size, size)
+        pq.write_table(piece, folder / f"coco-{part}.parquet", row_group_size=2000)
+    return table.num_rows
+
+
+def test_the_ray_engine_writes_the_local_engines_outputs_byte_for_byte(
+    ray_cluster, registry, tmp_path
+):
+    corpus = tmp_path / "synthetic"
+    write_synthetic_corpus(corpus, n_files=3, rows_per_file=30_000)
+    local = count([corpus], tmp_path / "local", registry, shard_rows=10_000, workers=2)
+    on_ray = count([corpus], tmp_path / "ray", registry, shard_rows=10_000, engine="ray")
+    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+    timings = on_ray.manifest["timings"]
+    assert timings["engine"] == "ray" and timings["shards_this_session"] == 9
+    assert local.manifest["timings"]["engine"] == "local"
+    assert on_ray.n_captions_read == 90_000  # every row of the three files, counted once
+    assert on_ray.manifest["units"] == local.manifest["units"]
+    assert not list((tmp_path / "ray" / "units").glob("*.matches.parquet"))  # merged, removed
+
+
+def test_the_ray_engine_on_the_coco_captions_split_into_shards(
+    ray_cluster, registry, coco_captions_path, tmp_path
+):
+    n = coco_in_shards(coco_captions_path, tmp_path / "coco")
+    local = count([tmp_path / "coco"], tmp_path / "local", registry, shard_rows=2000)
+    on_ray = count(
+        [tmp_path / "coco"], tmp_path / "ray", registry, shard_rows=2000, engine="ray", workers=2
+    )
+    assert on_ray.manifest["n_shards"] == local.manifest["n_shards"] >= 12
+    assert on_ray.n_captions_read == n == 25_014
+    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+
+
+def test_ray_workers_read_a_url_through_the_filesystem_of_its_scheme(
+    ray_cluster, registry, tmp_path
+):
+    import pyarrow.fs as pafs
+
+    corpus = tmp_path / "bucket" / "captions"
+    write_synthetic_corpus(corpus, n_files=2, rows_per_file=20_000)
+    base = str(tmp_path / "bucket")
+    # a stand-in for s3://: the same resolution and reading path, a local tree behind it
+    filesystems.register_filesystem(
+        "testbucket",
+        lambda url: (pafs.SubTreeFileSystem(base, pafs.LocalFileSystem()), url.split("://")[1]),
+    )
+    try:
+        on_ray = count(
+            ["testbucket://captions"], tmp_path / "ray", registry, shard_rows=10_000, engine="ray"
+        )
+    finally:
+        filesystems.unregister_filesystem("testbucket")
+    count([corpus], tmp_path / "local", registry, shard_rows=10_000)
+    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+    files = on_ray.manifest["inputs"][0]["files"]
+    assert [f["path"] for f in files] == [
+        "testbucket://captions/part-000.parquet",
+        "testbucket://captions/part-001.parquet",
+    ]
+    assert (
+        files[0]["rows"] == 20_000
+        and files[0]["bytes"] == (corpus / "part-000.parquet").stat().st_size
+    )
+
+
+def dies_once(markers: str, shard):
+    """A shard function that kills its own worker process the first time it meets a shard, then
+    counts it as usual (this runs in a Ray worker, whose clipaudit.coverage is not patched)."""
+    marker = Path(markers) / f"{shard.key}.died"
+    if shard.first_row in (0, 20_000) and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return coverage._process_shard(shard)
+
+
+def test_a_killed_workers_shard_is_retried_and_the_outputs_are_unchanged(
+    ray_cluster, registry, tmp_path, monkeypatch
+):
+    import psutil
+
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=2, rows_per_file=30_000)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setattr(coverage, "_process_shard", functools.partial(dies_once, str(markers)))
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
+    try:
+        on_ray = count([corpus], tmp_path / "ray", registry, shard_rows=10_000, engine="ray")
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    killed = sorted(markers.glob("*.died"))
+    assert len(killed) == 2, "the shards starting at rows 0 and 20,000 should each have died once"
+    for marker in killed:
+        assert not psutil.pid_exists(int(marker.read_text())), "the worker was not killed"
+    assert on_ray.manifest["timings"]["shards_this_session"] == 6
+    monkeypatch.undo()
+    count([corpus], tmp_path / "local", registry, shard_rows=10_000)
+    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_bad_shard_stops_a_ray_run_in_one_line_keeping_finished_shards(
+    ray_cluster, registry, tmp_path
+):
+    from clipaudit.errors import InputError
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a", "c"):
+        pq.write_table(pa.table({"caption": ["a red cat"] * 4}), corpus / f"{name}.parquet")
+    pq.write_table(
+        pa.table({"caption": [f"a dog number {i}" for i in range(20_000)]}), corpus / "b.parquet"
+    )
+    data = bytearray((corpus / "b.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
+    (corpus / "b.parquet").write_bytes(bytes(data))
+    with pytest.raises(
+        InputError, match=r"b\.parquet: unreadable parquet data.*--skip-bad"
+    ) as error:
+        count([corpus], tmp_path / "ray", registry, engine="ray")
+    assert "\n" not in str(error.value)  # the worker's error itself, not Ray's traceback
+    assert list((tmp_path / "ray" / "units").glob("a-*.json"))  # finished shards are kept
+    skipped = count([corpus], tmp_path / "ray", registry, engine="ray", skip_bad=True)
+    count([corpus], tmp_path / "local", registry, skip_bad=True)
+    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+    assert [s["shard"] for s in skipped.manifest["skipped_shards"]] == [str(corpus / "b.parquet")]
+
+
+def kill_own_process(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_lost_more_often_than_retried_is_one_engine_error(ray_cluster):
+    from clipaudit.engines import RayExecutor
+    from clipaudit.errors import EngineError
+
+    executor = RayExecutor(print, ("set up",), max_retries=1)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        future = executor.submit(kill_own_process, None)
+        with pytest.raises(EngineError, match=r"a Ray task failed after 1 retries \(Worker"):
+            future.result(timeout=120)
+        assert executor.submit(len, "four").result(timeout=120) == 4  # the engine still works
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        executor.shutdown()
+    assert ray.is_initialized()  # the module's Ray was used, and is left running
+
+
+def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
+    ray_cluster, registry, tmp_path, tmp_path_factory
+):
+    import psutil
+
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=3, rows_per_file=80_000)
+    out = tmp_path / "killed"
+    args = cli(
+        "count",
+        str(corpus),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--workers",
+        "2",
+        "--per-caption",
+        "--shard-rows",
+        "10000",
+        "--no-progress",
+    )
+    # the first driver starts its own Ray (its files in a short folder: socket paths are limited)
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    units = out / "units"
+    deadline = time.monotonic() + 120
+    while not list(units.glob("*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no shard finished within two minutes"
+        time.sleep(0.005)
+    assert process.poll() is None, process.communicate()[1].decode()
+    started = psutil.Process(process.pid).children(recursive=True)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(units.glob("*.json")))
+    assert 1 <= finished < 24, "the kill came after the end: the test needs a larger corpus"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    # Ray's processes share the driver's fate; its two agents notice later (up to a minute)
+    core = [p for p in started if not p.name().endswith("Agent")]
+    _, alive = psutil.wait_procs(core, timeout=30)
+    assert not alive, f"Ray processes still running after the driver was killed: {alive}"
+    for agent in set(started) - set(core):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            agent.kill()
+
+    # resumed on the module's Ray, found through RAY_ADDRESS
+    resumed = subprocess.run(
+        args,
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "reused from an earlier session" in resumed.stdout
+    timings = json.loads((out / "manifest.json").read_text())["timings"]
+    assert timings["engine"] == "ray" and timings["ray_address"] == ray_cluster
+    assert timings["shards_resumed"] >= finished >= 1
+    assert timings["shards_this_session"] < 24, "the second session counted every shard again"
+    assert timings["shards_resumed"] + timings["shards_this_session"] == 24
+
+    reference = tmp_path / "uninterrupted"  # local engine, one process, bigger shards
+    count([corpus], reference, registry)
+    assert_same_outputs(out, reference)
+    assert_identical_files(out, reference, names=("concepts.csv", "groups.csv", "examples.json"))
+
+
+def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path, tmp_path_factory):
+    import psutil
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for part in range(4):
+        captions = [f"a red dog number {i}" for i in range(200_000)]
+        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet")
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
+    env.pop("RAY_ADDRESS", None)
+    args = cli(
+        "count", str(corpus), "--out", str(tmp_path / "run"), "--engine", "ray", "--workers", "2"
+    )
+    process = subprocess.Popen(
+        [*args, "--shard-rows", "50000", "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    units = tmp_path / "run" / "units"
+    deadline = time.monotonic() + 120
+    while not list(units.glob("*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = psutil.Process(process.pid).children(recursive=True)
+    assert any(p.name() == "raylet" for p in started), "no Ray was started for the run"
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "interrupted; finished work is kept: run the same command again to resume"
+    ]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
+    assert list(units.glob("*.json")) and not (tmp_path / "run" / ".lock").exists()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"the Ray started for the run was not shut down: {alive}"

@@ -1,0 +1,320 @@
+"""Caption sources named by URL (s3://, gs://, hf://, or a registered scheme), their identities
+without reading them whole, and the engine settings and errors that need no Ray installed.
+
+Real s3 and gs are not reachable here: remote reading is tested through an fsspec in-memory
+filesystem registered for a test scheme, by the same code path (scheme -> filesystem -> listing,
+identity, planning, reading) that s3:// and gs:// take."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipaudit import filesystems
+from clipaudit.coverage import CoverageSettings, count_coverage
+from clipaudit.errors import EngineError, InputError, SettingsError
+from clipaudit.readers import BadShardError, plan_shards, resolve_sources
+from tests.test_coverage import REPO, TINY_REGISTRY, assert_same_outputs
+
+CAPTIONS = {
+    "a": [f"a red cat number {i}" for i in range(30)] + ["a hot dog", "two puppies"],
+    "b": ["a happy kitten", "nothing here", "", None, "a dog and a cat"] * 7,
+}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    from clipaudit.registry import load_registry
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_REGISTRY)
+    return load_registry(path)
+
+
+@pytest.fixture
+def memory_bucket():
+    """A fresh bucket of an fsspec in-memory filesystem behind ``memtest://``; yields a function
+    that puts bytes at a key and returns the key's URL."""
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    memory = MemoryFileSystem()
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+
+    def factory(url: str):
+        return PyFileSystem(FSSpecHandler(memory)), "/" + url.split("://", 1)[1]
+
+    def put(key: str, data: bytes) -> str:
+        memory.pipe(f"/{bucket}/{key}", data)
+        return f"memtest://{bucket}/{key}"
+
+    filesystems.register_filesystem("memtest", factory)
+    put.bucket = f"memtest://{bucket}"
+    try:
+        yield put
+    finally:
+        filesystems.unregister_filesystem("memtest")
+        if memory.exists(f"/{bucket}"):
+            memory.rm(f"/{bucket}", recursive=True)
+
+
+def parquet_bytes(captions, row_group_size=10) -> bytes:
+    """Uncompressed: a caption changed for one of the same length keeps the file's size."""
+    buffer = io.BytesIO()
+    ids = [f"id-{i}" for i in range(len(captions))]
+    table = pa.table({"id": ids, "caption": captions})
+    pq.write_table(table, buffer, row_group_size=row_group_size, compression="none")
+    return buffer.getvalue()
+
+
+def count(sources, tiny, out, **options):
+    settings = CoverageSettings(
+        **{"progress": False, "per_caption": True, "shard_rows": 10, **options}
+    )
+    return count_coverage(sources, tiny, out, settings)
+
+
+def test_a_folder_url_counts_what_the_same_files_on_disk_count(tiny, tmp_path, memory_bucket):
+    local = tmp_path / "corpus"
+    local.mkdir()
+    for name, captions in CAPTIONS.items():
+        data = parquet_bytes(captions)
+        memory_bucket(f"corpus/{name}.parquet", data)
+        (local / f"{name}.parquet").write_bytes(data)
+    memory_bucket("corpus/.partial/c.parquet", b"an unfinished upload")  # hidden: ignored
+    remote = count([f"{memory_bucket.bucket}/corpus"], tiny, tmp_path / "remote")
+    on_disk = count([local], tiny, tmp_path / "local")
+    assert_same_outputs(tmp_path / "remote", tmp_path / "local")
+    assert remote.manifest["n_shards"] == on_disk.manifest["n_shards"] == 8
+    files = remote.manifest["inputs"][0]["files"]
+    assert [f["path"] for f in files] == [
+        f"{memory_bucket.bucket}/corpus/a.parquet",
+        f"{memory_bucket.bucket}/corpus/b.parquet",
+    ]
+    # the identity, from the footer alone: rows and schema as pyarrow reads them from the file
+    metadata = pq.read_metadata(local / "a.parquet")
+    assert files[0]["rows"] == metadata.num_rows == 32
+    assert files[0]["row_groups"] == metadata.num_row_groups == 4
+    assert files[0]["schema"] == ["id: string", "caption: string"]
+    assert files[0]["bytes"] == (local / "a.parquet").stat().st_size
+    assert "sha256" not in files[0]
+    assert remote.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 1 + 7,  # "hot dog" is no dog; "two puppies" and "a dog and a cat" are
+        "cat": 30 + 7 + 7,
+        "red": 30,
+        "happy": 7,
+    }
+
+
+def test_a_changed_remote_file_is_detected_and_only_its_shards_are_recounted(
+    tiny, tmp_path, memory_bucket
+):
+    url_a = memory_bucket("c/a.parquet", parquet_bytes(CAPTIONS["a"]))
+    memory_bucket("c/b.parquet", parquet_bytes(CAPTIONS["b"]))
+    out = tmp_path / "run"
+    first = count([f"{memory_bucket.bucket}/c"], tiny, out)
+    assert first.manifest["timings"]["shards_this_session"] == 8
+    # same size, same schema, one caption changed: no modification time here, the footer's
+    # statistics and sizes tell
+    changed = list(CAPTIONS["a"])
+    changed[0] = "a red dog number 0"
+    data = parquet_bytes(changed)
+    assert len(data) == len(parquet_bytes(CAPTIONS["a"]))
+    memory_bucket("c/a.parquet", data)
+    again = count([f"{memory_bucket.bucket}/c"], tiny, out)
+    timings = again.manifest["timings"]
+    assert (timings["shards_this_session"], timings["shards_resumed"]) == (4, 4)
+    assert again.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 9,
+        "cat": 43,
+        "red": 30,
+        "happy": 7,
+    }
+    fresh = count([url_a, f"{memory_bucket.bucket}/c/b.parquet"], tiny, tmp_path / "fresh")
+    assert_same_outputs(out, tmp_path / "fresh")
+    assert fresh.manifest["timings"]["shards_this_session"] == 8
+
+
+def test_verify_inputs_hashes_every_byte_of_a_remote_file(tiny, tmp_path, memory_bucket):
+    data = parquet_bytes(CAPTIONS["b"])
+    url = memory_bucket("one.parquet", data)
+    result = count([url], tiny, tmp_path / "run", verify_inputs=True)
+    record = result.manifest["inputs"][0]["files"][0]
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["mtime_ns"] is None  # the in-memory filesystem keeps no modification time
+
+
+def test_remote_text_and_json_lines_read_like_local_ones(tiny, tmp_path, memory_bucket):
+    lines = ["A red cat.", "a hot dog", "Two puppies", "nothing here"] * 5
+    text = ("\n".join(lines) + "\n").encode()
+    jsonl = "".join(f'{{"id": {i}, "caption": "{c}"}}\n' for i, c in enumerate(lines)).encode()
+    (tmp_path / "c.txt").write_bytes(text)
+    (tmp_path / "c.jsonl").write_bytes(jsonl)
+    for name in ("c.txt", "c.jsonl"):
+        url = memory_bucket(name, (tmp_path / name).read_bytes())
+        remote = count([url], tiny, tmp_path / f"remote-{name}", shard_rows=6)
+        count([tmp_path / name], tiny, tmp_path / f"local-{name}", shard_rows=6)
+        assert_same_outputs(tmp_path / f"remote-{name}", tmp_path / f"local-{name}")
+        assert remote.manifest["n_shards"] == 4
+        assert remote.manifest["inputs"][0]["files"][0]["edges_blake2b"]
+
+
+def test_a_broken_remote_parquet_file_is_named_by_its_url(tmp_path, memory_bucket):
+    url = memory_bucket("bad/x.parquet", b"PAR1 not really parquet")
+    sources = resolve_sources([url])
+    with pytest.raises(BadShardError, match=r"memtest://bucket-\w+/bad/x\.parquet: unreadable"):
+        list(plan_shards(sources))
+    skipped = list(plan_shards(sources, skip_bad=True))
+    assert [s.label for s in skipped] == [url]
+
+
+def test_remote_footers_are_read_once_and_concurrently_for_identity_and_planning(tmp_path):
+    """Each remote file costs one open while planning (its identity and row groups come from the
+    same footer), however many files there are."""
+    import threading
+
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from clipaudit.readers import describe_source
+
+    opened: list[str] = []
+    threads: set[int] = set()
+
+    class Counting(FSSpecHandler):
+        def open_input_file(self, path):
+            opened.append(path)
+            threads.add(threading.get_ident())
+            time.sleep(0.01)  # a round trip
+            return super().open_input_file(path)
+
+    memory = MemoryFileSystem()
+    bucket = f"/footers-{uuid.uuid4().hex[:8]}"
+    for part in range(40):
+        memory.pipe(f"{bucket}/p-{part:02d}.parquet", parquet_bytes(CAPTIONS["a"]))
+    filesystems.register_filesystem(
+        "counted", lambda url: (PyFileSystem(Counting(memory)), "/" + url.split("://", 1)[1])
+    )
+    try:
+        (source,) = resolve_sources([f"counted:/{bucket}"])
+        description = describe_source(source)
+        assert len(opened) == 40 and len(threads) > 1
+        shards = list(plan_shards([source], shard_rows=10, descriptions=[description]))
+        assert len(opened) == 40, "the planner read footers again"
+        assert len(shards) == 40 * 4 and shards[-1].first_row == 39 * 32 + 30
+    finally:
+        filesystems.unregister_filesystem("counted")
+        memory.rm(bucket, recursive=True)
+
+
+def test_url_schemes_resolve_to_pyarrow_filesystems_and_unknown_ones_are_refused():
+    import pyarrow.fs as pafs
+
+    s3, path = filesystems.resolve_url("s3://laion-bucket/meta/part-0.parquet?region=us-east-1")
+    assert isinstance(s3, pafs.S3FileSystem) and path == "laion-bucket/meta/part-0.parquet"
+    gs, path = filesystems.resolve_url("gs://laion-bucket/meta")
+    assert isinstance(gs, pafs.GcsFileSystem) and path == "laion-bucket/meta"
+    hf, path = filesystems.resolve_url("hf://datasets/laion/relaion2B-en-research-safe/part-0")
+    assert isinstance(hf, pafs.PyFileSystem)
+    assert type(hf.handler.fs).__name__ == "HfFileSystem"
+    assert path == "datasets/laion/relaion2B-en-research-safe/part-0"
+    local, path = filesystems.resolve_url("file:///tmp/captions")
+    assert isinstance(local, pafs.LocalFileSystem) and path == "/tmp/captions"
+    with pytest.raises(InputError, match=r"unknown URL scheme 's3a://' \(did you mean 's3'\?\)"):
+        resolve_sources(["s3a://bucket/x.parquet"])
+    with pytest.raises(InputError, match=r"expected hf://datasets/OWNER/NAME/PATH"):
+        filesystems.resolve_url("hf://laion")
+    # a caption that looks like a web address stays a caption
+    assert not any(
+        filesystems.url_scheme(c) in filesystems.known_schemes() for c in ["https://x.org/a"]
+    )
+
+
+def test_a_missing_remote_source_is_one_clear_error(memory_bucket):
+    with pytest.raises(InputError, match=r"memtest://.*/nothing' does not exist"):
+        resolve_sources([f"{memory_bucket.bucket}/nothing"])
+
+
+# --------------------------------------------------------------------------- engine settings
+
+
+def test_engine_settings_are_checked_when_made():
+    with pytest.raises(SettingsError, match=r"unknown engine 'rai' \(did you mean 'ray'\?\)"):
+        CoverageSettings(engine="rai")
+    with pytest.raises(SettingsError, match=r"ray_address \(--ray-address\) .* only applies to"):
+        CoverageSettings(ray_address="10.0.0.1:6379")
+    assert CoverageSettings(engine="ray", workers=None).workers is None
+    assert "engine" not in CoverageSettings(engine="ray").result_fields()
+
+
+def test_the_ray_engine_without_ray_says_how_to_install_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(EngineError, match=r"pip install 'clipaudit\[ray\]'"):
+        count(["a red cat"], tiny, tmp_path / "run", engine="ray")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    blocked = (
+        "import sys; sys.modules['ray'] = None; from clipaudit.cli import main; "
+        f"main(['coverage', 'count', {str(REPO / 'README.md')!r}, '--out', "
+        f"{str(tmp_path / 'cli')!r}, '--engine', 'ray'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --engine ray needs Ray, which is not installed here; pip install "
+        "'clipaudit[ray]' (or count with --engine local)"
+    ]
+
+
+def test_an_unreachable_cluster_fails_in_seconds(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    clock = time.monotonic()
+    with pytest.raises(
+        EngineError, match=rf"cannot reach the Ray cluster at '127\.0\.0\.1:{port}'"
+    ):
+        count(["a red cat"], tiny, tmp_path / "run", engine="ray")
+    assert time.monotonic() - clock < 5
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(EngineError, match=r"is not HOST:PORT"):
+        count(["a red cat"], tiny, tmp_path / "run", engine="ray", ray_address="nowhere")
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    with pytest.raises(
+        EngineError, match=r"Ray Client address, which needs pip install 'ray\[client\]'"
+    ):
+        count(
+            ["a red cat"],
+            tiny,
+            tmp_path / "run",
+            engine="ray",
+            ray_address=f"ray://127.0.0.1:{port}",
+        )
+
+
+def test_the_library_and_the_command_line_do_not_import_ray_or_the_hub_client():
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, clipaudit.cli, clipaudit.coverage, clipaudit.engines, "
+            "clipaudit.filesystems; print(sorted({'ray', 'huggingface_hub'} & set(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr

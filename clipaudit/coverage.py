@@ -973,7 +973,9 @@ def _merge(
         groups.update(partial["groups"])
         categories.update(partial["categories"])
         for name, found in partial["examples"].items():
-            examples.setdefault(name, []).extend((crc, text, row_id) for crc, text, row_id in found)
+            # bounded memory: only the k smallest distinct captions can ever be chosen
+            kept = examples.get(name, []) + [(crc, text, row_id) for crc, text, row_id in found]
+            examples[name] = _smallest_distinct(kept, settings.examples_per_concept)
         ids_are_int = ids_are_int and partial["id_is_int"] is not False
     for shard in run.skipped:
         totals["n_rows"] += shard["n_rows"] or 0
@@ -1071,6 +1073,22 @@ def _tables(
     }
 
 
+def _smallest_distinct(entries: list[tuple[int, str, Any]], k: int) -> list[tuple[int, str, Any]]:
+    """The ``k`` distinct captions with the smallest (CRC, caption), each with the id of its first
+    occurrence: the sort is stable and entries come in corpus order."""
+    picked: list[tuple[int, str, Any]] = []
+    seen: set[str] = set()
+    if k <= 0:
+        return picked
+    for entry in sorted(entries, key=lambda e: (e[0], e[1])):
+        if entry[1] not in seen:
+            seen.add(entry[1])
+            picked.append(entry)
+            if len(picked) == k:
+                break
+    return picked
+
+
 def _examples(
     registry: Registry,
     k: int,
@@ -1079,13 +1097,10 @@ def _examples(
 ) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     for concept in registry.concepts:
-        picked: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        # stable sort: among equal captions the earliest shard's (first occurrence's) id is kept
-        for _, text, row_id in sorted(found.get(concept.name, []), key=lambda e: (e[0], e[1])):
-            if text not in seen and len(picked) < k:
-                seen.add(text)
-                picked.append({"id": row_id, "caption": text})
+        picked = [
+            {"id": row_id, "caption": text}
+            for _, text, row_id in _smallest_distinct(found.get(concept.name, []), k)
+        ]
         chosen[concept.name] = {
             "group": concept.group,
             "count": counts[concept.name],

@@ -37,6 +37,7 @@ from clipaudit.registry import load_registry
 from clipaudit.semantic.calibration import (
     METHODS,
     Evidence,
+    concat_evidence,
     cross_validate,
     fit_calibration,
     gather_evidence,
@@ -57,17 +58,6 @@ def default_sets() -> dict[str, Path]:
     for path in sorted(web.glob("*_dev.jsonl")) + sorted(web.glob("parts/*.jsonl")):
         sets[path.stem] = path
     return {name: path for name, path in sets.items() if path.is_file()}
-
-
-def pool(parts: list[Evidence], names: list[str]) -> Evidence:
-    return Evidence(
-        parts[0].names,
-        np.concatenate([p.labels for p in parts]),
-        np.concatenate([p.lexical for p in parts]),
-        np.concatenate([p.semantic for p in parts]),
-        np.concatenate([p.sense for p in parts]),
-        tuple(name for p, name in zip(parts, names, strict=True) for _ in range(len(p.labels))),
-    )
 
 
 def short(scores: dict) -> str:
@@ -122,7 +112,7 @@ def main() -> None:
         print(f"| {name} | {args.folds}-fold CV within {name} | {cells} |")
     names = list(evidence)
     if len(names) > 1:
-        pooled = cross_validate(pool([evidence[n] for n in names], names), **kw)
+        pooled = cross_validate(concat_evidence([evidence[n] for n in names], names), **kw)
         result["pooled_cv"] = pooled
         for name in names:
             cells = " | ".join(short(pooled["methods"][m]["by_source"][name]) for m in METHODS)
@@ -130,7 +120,7 @@ def main() -> None:
         for name in names:
             others = [n for n in names if n != name]
             fitted = transfer(
-                pool([evidence[n] for n in others], others),
+                concat_evidence([evidence[n] for n in others], others),
                 evidence[name],
                 min_positives=args.min_positives,
             )
@@ -150,7 +140,7 @@ def main() -> None:
     # what the pooled calibration drops and adds on each set (read, not scored: in-sample)
     all_names = list(evidence)
     calibration = fit_calibration(
-        pool([evidence[n] for n in all_names], all_names),
+        concat_evidence([evidence[n] for n in all_names], all_names),
         encoder.identity,
         min_positives=args.min_positives,
     )

@@ -88,9 +88,12 @@ def test_open_clip_text_tower_matches_open_clip_itself(tiny_encoder, tiny_files)
     import torch
     from safetensors.torch import load_file
 
-    texts = ["a photo of a dog", "a cat", "", "an origami crane on a table"] * 3
-    vectors = tiny_encoder.encode(texts)  # batch_size 7: two batches
-    assert tiny_encoder.dim == TINY_CONFIG["embed_dim"] and vectors.shape == (12, 32)
+    long = " ".join(["a very long caption"] * 20)  # beyond the 32-token context: truncated
+    texts = ["a photo of a dog", "a cat", "", "an origami crane on a table", long] * 3
+    # batch_size 7: batches of similar lengths, each cut after its longest text (exact for a
+    # causal text tower pooled at the end-of-text token)
+    vectors = tiny_encoder.encode(texts)
+    assert tiny_encoder.dim == TINY_CONFIG["embed_dim"] and vectors.shape == (15, 32)
     assert tiny_encoder.identity["kind"] == "open_clip"
     model = open_clip.CLIP(**TINY_CONFIG)
     model.load_state_dict(load_file(str(tiny_files[1])))
@@ -298,6 +301,11 @@ def test_laion_embeddings_are_read_row_aligned(tmp_path):
         f"b{i}" for i in range(5)
     ]
     assert [i for b in batches for i in b.ids] == [*range(7), *range(1000, 1005)]
+    np.testing.assert_allclose(
+        laion.rows(tmp_path / "emb" / "metadata_1.parquet", 1, 4), expected[8:11], atol=1e-6
+    )
+    with pytest.raises(InputError, match="rows 3-9 asked for, the file has 5"):
+        laion.rows(tmp_path / "emb" / "metadata_1.parquet", 3, 9)
 
 
 def test_laion_mismatches_are_refused_with_files_expected_and_got(tmp_path):

@@ -43,6 +43,7 @@ _PUBLIC = {
     "Calibration": "calibration",
     "Evidence": "calibration",
     "gather_evidence": "calibration",
+    "concat_evidence": "calibration",
     "fit_calibration": "calibration",
     "calibration_for": "calibration",
     "cross_validate": "calibration",

@@ -129,6 +129,22 @@ class Evidence:
         )  # fmt: skip
 
 
+def concat_evidence(parts: Sequence[Evidence], sources: Sequence[str]) -> Evidence:
+    """Several labelled sets' evidence as one, each caption tagged with its set's name."""
+    if not parts or len(parts) != len(sources):
+        raise InputError(f"{len(parts)} evidence sets but {len(sources)} names")
+    if any(p.names != parts[0].names for p in parts):
+        raise InputError("evidence sets list different concepts")
+    return Evidence(
+        parts[0].names,
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.lexical for p in parts]),
+        np.concatenate([p.semantic for p in parts]),
+        np.concatenate([p.sense for p in parts]),
+        tuple(name for p, name in zip(parts, sources, strict=True) for _ in range(len(p.labels))),
+    )
+
+
 def gather_evidence(
     captions: Sequence[str],
     labels: Sequence[Sequence[str]],

@@ -357,6 +357,22 @@ class LaionEmbeddings:
             for p in self.pairs
         ]
 
+    def rows(self, metadata: str | Path, start: int, stop: int) -> np.ndarray:
+        """Unit vectors (float32) of rows ``[start, stop)`` of the metadata file ``metadata``: what
+        a coverage shard over that file's rows needs (the captions come from the reader)."""
+        wanted = Path(metadata).resolve()
+        pair = next((p for p in self.pairs if p.metadata.resolve() == wanted), None)
+        if pair is None:
+            raise InputError(f"{metadata}: not one of the metadata files paired with embeddings")
+        if not 0 <= start <= stop <= pair.n_rows:
+            raise InputError(
+                f"{pair.embeddings}: rows {start}-{stop} asked for, the file has {pair.n_rows}"
+            )
+        mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
+        out = normalise(np.asarray(mapped[start:stop], dtype=np.float32))
+        del mapped
+        return out
+
     def iter_batches(self, batch_rows: int = 65_536) -> Iterator[EmbeddingBatch]:
         """Row-aligned batches: unit vectors (float32, renormalised), ids and captions."""
         import pyarrow.parquet as pq

@@ -1,0 +1,87 @@
+"""Concept embeddings: what a caption is compared with, made by the caption encoder itself.
+
+For every concept of a registry, two unit vectors:
+
+- ``vectors``: the renormalised mean of the normalised embeddings of its distinct ``prompts``,
+  ``synonyms`` and ``gloss`` (prompt ensembling, as CLIP's zero-shot classifiers do): what
+  semantic counting compares a caption with;
+- ``glosses``: the embedding of the gloss alone, which fixes the concept's sense: what the sense
+  check of the ``checked`` method compares a caption with a lexical hit with.
+
+A free-text query (a concept no registry names, "origami") is embedded with :func:`query_vectors`,
+the same way from its words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clipaudit.errors import InputError
+from clipaudit.registry import Registry
+from clipaudit.semantic.encoders import TextEncoder, normalise
+
+
+@dataclass(frozen=True)
+class ConceptEmbeddings:
+    """Unit vectors of a registry's concepts, and the encoder that made them."""
+
+    names: tuple[str, ...]
+    vectors: np.ndarray  # (n_concepts, dim) float32: prompts + synonyms + gloss, averaged
+    glosses: np.ndarray  # (n_concepts, dim) float32: the gloss alone
+    encoder: dict[str, Any]
+    texts: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise InputError(f"no concept {name!r} among the embedded concepts") from None
+
+
+def concept_texts(concept: Any) -> list[str]:
+    """The distinct texts a concept's vector averages: its prompts, synonyms and gloss."""
+    texts = [*concept.prompts, *concept.synonyms, concept.gloss]
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+
+
+def concept_embeddings(registry: Registry, encoder: TextEncoder) -> ConceptEmbeddings:
+    """Embed every concept of ``registry`` with ``encoder`` (one encoder call for all texts)."""
+    texts = {c.name: concept_texts(c) for c in registry.concepts}
+    flat = [t for name in texts for t in texts[name]]
+    glosses = [c.gloss for c in registry.concepts]
+    encoded = encoder.encode(flat + glosses)
+    vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    position = 0
+    for row, name in enumerate(texts):
+        n = len(texts[name])
+        vectors[row] = encoded[position : position + n].mean(axis=0)
+        position += n
+    return ConceptEmbeddings(
+        names=tuple(texts),
+        vectors=normalise(vectors),
+        glosses=normalise(encoded[position:]),
+        encoder=dict(encoder.identity),
+        texts=texts,
+    )
+
+
+def query_vectors(queries: Sequence[str | Sequence[str]], encoder: TextEncoder) -> np.ndarray:
+    """One unit vector per query: a text, or several words for one concept (averaged)."""
+    groups = [[q] if isinstance(q, str) else list(q) for q in queries]
+    if any(not g or not all(isinstance(t, str) and t.strip() for t in g) for g in groups):
+        raise InputError("a query must be a non-empty text or a list of non-empty texts")
+    encoded = encoder.encode([t for g in groups for t in g])
+    out = np.empty((len(groups), encoder.dim), dtype=np.float32)
+    position = 0
+    for row, group in enumerate(groups):
+        out[row] = encoded[position : position + len(group)].mean(axis=0)
+        position += len(group)
+    return normalise(out)

@@ -1,0 +1,325 @@
+"""Semantic counting with FAISS: a caption counts for concept c when cosine(caption, c) >= tau_c.
+
+The concepts' unit vectors sit in a FAISS ``IndexFlatIP``; caption vectors stream through it in
+batches, and one range search per batch (radius: the smallest threshold, less ``near_margin``)
+returns every (caption, concept) pair near enough; the pairs at or above their concept's own
+threshold are the hits. Memory holds one batch and its hits, whatever the corpus size.
+
+:class:`SemanticCounter` keeps, per concept, the number of captions counted, and the ``top_k``
+captions nearest to it among the range results (score, id, caption; ties go to the earlier caption),
+so a report can show what was counted and what just missed. :meth:`SemanticCounter.add` returns a
+batch's hits (caption position, concept index, score) for per-caption outputs.
+
+On a CPU shared with other work, FAISS's OpenMP threads spin while they wait, which slows FAISS
+and whatever runs beside it; ``OMP_WAIT_POLICY=PASSIVE`` in the environment (set before the process
+starts) avoids it (``benchmarks/semantic_speed.py`` measures both).
+
+With the ``gpu`` extra and a CUDA device, ``gpu=True`` scores batches on the GPU (a brute-force
+k-nearest search over all concepts, then the same thresholds); it was not run on a GPU when written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clipaudit.errors import InputError, SettingsError
+
+# rows per BLAS block in FAISS's exhaustive search: 16,384 is ~1.5x faster than FAISS's default
+# (4,096) when the "database" is a few hundred concept vectors (measured on a 2-core CPU)
+_QUERY_BLOCK = 16_384
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One batch's hits, ordered by caption then concept: positions in the batch, concept
+    indices and cosine scores."""
+
+    rows: np.ndarray
+    concepts: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class SemanticCounts:
+    """What a semantic count found: per-concept counts over ``n_captions`` captions, and the
+    nearest captions per concept (``nearest[name]``: dicts with score, id, caption)."""
+
+    names: tuple[str, ...]
+    counts: np.ndarray
+    n_captions: int
+    thresholds: np.ndarray
+    nearest: dict[str, list[dict[str, Any]]]
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(self.names, self.counts.tolist(), strict=True))
+
+
+@contextlib.contextmanager
+def _faiss_blocks(rows: int) -> Iterator[Any]:
+    import faiss
+
+    previous = faiss.cvar.distance_compute_blas_query_bs
+    faiss.cvar.distance_compute_blas_query_bs = max(previous, min(rows, _QUERY_BLOCK))
+    try:
+        yield faiss
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs = previous
+
+
+def _check_vectors(vectors: Any, dim: int, what: str) -> np.ndarray:
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise InputError(f"{what}: expected (n, {dim}) vectors, got shape {array.shape}")
+    return array
+
+
+class SemanticCounter:
+    """Streaming FAISS counter over caption batches (see the module docstring).
+
+    ``vectors``: (k, dim) unit vectors of the concepts; ``thresholds``: (k,) cosine thresholds;
+    ``top_k``: nearest captions kept per concept (0: none); ``near_margin``: how far below the
+    smallest threshold the range search reaches, so near misses can be kept among the nearest.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        thresholds: Sequence[float] | np.ndarray,
+        *,
+        names: Sequence[str] | None = None,
+        top_k: int = 5,
+        near_margin: float = 0.0,
+        gpu: bool = False,
+    ):
+        import faiss
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or not len(vectors):
+            raise InputError(
+                f"concept vectors must be a non-empty (k, dim) array, got {vectors.shape}"
+            )
+        self.k, self.dim = vectors.shape
+        self.thresholds = np.asarray(thresholds, dtype=np.float32).reshape(-1)
+        if self.thresholds.shape != (self.k,) or not np.all(np.isfinite(self.thresholds)):
+            raise SettingsError(
+                f"expected {self.k} finite thresholds (one per concept), got "
+                f"{self.thresholds.shape[0]}"
+            )
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+            raise SettingsError(f"top_k must be an integer >= 0, got {top_k!r}")
+        if not (0.0 <= float(near_margin) <= 2.0):
+            raise SettingsError(f"near_margin must be within [0, 2], got {near_margin!r}")
+        self.names = tuple(names) if names is not None else tuple(map(str, range(self.k)))
+        if len(self.names) != self.k:
+            raise SettingsError(f"{len(self.names)} names for {self.k} concept vectors")
+        self.top_k = top_k
+        # FAISS keeps scores strictly above the radius; step one float below to keep ">="
+        lowest = np.float32(self.thresholds.min() - float(near_margin))
+        self.radius = float(np.nextafter(lowest, np.float32(-np.inf)))
+        self.index = faiss.IndexFlatIP(self.dim)
+        self.index.add(vectors)
+        self.vectors = vectors
+        self.gpu = None
+        if gpu:
+            if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+                raise SettingsError(
+                    "gpu=True needs faiss with GPU support (the 'gpu' extra) and a CUDA device"
+                )
+            self.gpu = faiss.StandardGpuResources()
+        self.counts = np.zeros(self.k, dtype=np.int64)
+        self.n_captions = 0
+        self._top_scores = np.zeros((0,), dtype=np.float32)
+        self._top_concepts = np.zeros((0,), dtype=np.int64)
+        self._top_rows = np.zeros((0,), dtype=np.int64)
+        self._bar = np.full(self.k, -np.inf, dtype=np.float32)  # score a new caption must reach
+        self._rows: dict[int, tuple[Any, str | None]] = {}
+
+    def _search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query row, concept, score) of every pair scoring above the radius."""
+        if self.gpu is not None:
+            import faiss
+
+            scores, concepts = faiss.knn_gpu(
+                self.gpu, x, self.vectors, self.k, metric=faiss.METRIC_INNER_PRODUCT
+            )
+            keep = scores > self.radius
+            rows = np.nonzero(keep)[0]
+            return rows, concepts[keep].astype(np.int64), scores[keep]
+        with _faiss_blocks(len(x)):
+            lims, scores, concepts = self.index.range_search(x, self.radius)
+        rows = np.repeat(np.arange(len(x), dtype=np.int64), np.diff(lims).astype(np.int64))
+        return rows, concepts.astype(np.int64), scores
+
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[Any] | None = None,
+        captions: Sequence[str] | None = None,
+        *,
+        first_row: int | None = None,
+    ) -> Hits:
+        """Count one batch of caption vectors; returns its hits. ``first_row``: the corpus row of
+        the batch's first caption (default: the captions counted so far), which orders ties."""
+        x = _check_vectors(vectors, self.dim, "caption vectors")
+        n = len(x)
+        start = self.n_captions if first_row is None else int(first_row)
+        for what, values in (("ids", ids), ("captions", captions)):
+            if values is not None and len(values) != n:
+                raise InputError(f"{n} caption vectors but {len(values)} {what}")
+        if n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return Hits(empty, empty, np.zeros(0, dtype=np.float32))
+        rows, concepts, scores = self._search(x)
+        hit = scores >= self.thresholds[concepts]
+        self.counts += np.bincount(concepts[hit], minlength=self.k)
+        self.n_captions += n
+        if self.top_k:
+            self._offer(rows, concepts, scores, start, n, ids, captions)
+        rows, concepts, scores = rows[hit], concepts[hit], scores[hit]
+        pair = rows * self.k + concepts
+        if len(pair) > 1 and not np.all(pair[1:] > pair[:-1]):  # FAISS's order is usually this
+            order = np.argsort(pair, kind="stable")
+            rows, concepts, scores = rows[order], concepts[order], scores[order]
+        return Hits(rows, concepts, scores)
+
+    def _offer(
+        self,
+        rows: np.ndarray,
+        concepts: np.ndarray,
+        scores: np.ndarray,
+        start: int,
+        n: int,
+        ids: Sequence[Any] | None,
+        captions: Sequence[str] | None,
+    ) -> None:
+        """Merge the batch's pairs into the per-concept top-k (score desc, then corpus row)."""
+        maybe = scores >= self._bar[concepts]
+        if not maybe.any():
+            return
+        self._merge(concepts[maybe], scores[maybe], rows[maybe] + start)
+        # only the captions that made it into a top-k are looked up (in Python)
+        batch = self._top_rows[(self._top_rows >= start) & (self._top_rows < start + n)]
+        for row in np.unique(batch).tolist():
+            if row not in self._rows:
+                position = row - start
+                row_id = ids[position] if ids is not None else row
+                self._rows[row] = (
+                    row_id.item() if isinstance(row_id, np.generic) else row_id,
+                    captions[position] if captions is not None else None,
+                )
+
+    def _merge(self, concepts: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> None:
+        c = np.concatenate([self._top_concepts, concepts])
+        s = np.concatenate([self._top_scores, scores.astype(np.float32)])
+        r = np.concatenate([self._top_rows, rows])
+        order = np.lexsort((r, -s, c))
+        c, s, r = c[order], s[order], r[order]
+        rank = np.arange(len(c)) - np.searchsorted(c, c, side="left")
+        keep = rank < self.top_k
+        self._top_concepts, self._top_scores, self._top_rows = c[keep], s[keep], r[keep]
+        full = np.bincount(self._top_concepts, minlength=self.k) >= self.top_k
+        last = np.searchsorted(self._top_concepts, np.arange(self.k), side="right") - 1
+        self._bar = np.where(full, self._top_scores[np.maximum(last, 0)], -np.inf).astype(
+            np.float32
+        )
+        if len(self._rows) > 4 * len(self._top_rows) + 1024:
+            kept = set(self._top_rows.tolist())
+            self._rows = {row: value for row, value in self._rows.items() if row in kept}
+
+    def nearest(self) -> dict[str, list[dict[str, Any]]]:
+        """Per concept, the nearest captions kept: score (rounded to 1e-4), id, caption."""
+        out: dict[str, list[dict[str, Any]]] = {name: [] for name in self.names}
+        for c, s, r in zip(
+            self._top_concepts.tolist(),
+            self._top_scores.tolist(),
+            self._top_rows.tolist(),
+            strict=True,
+        ):
+            row_id, caption = self._rows[r]
+            out[self.names[c]].append(
+                {
+                    "score": round(float(s), 4),
+                    "id": row_id,
+                    "caption": caption,
+                    "counted": bool(s >= self.thresholds[c]),
+                }
+            )
+        return out
+
+    def result(self) -> SemanticCounts:
+        return SemanticCounts(
+            self.names, self.counts.copy(), self.n_captions, self.thresholds.copy(), self.nearest()
+        )
+
+    # ----------------------------------------------------------------------- partial results
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable partial result (a shard's), for :meth:`merge_state`."""
+        return {
+            "n_captions": self.n_captions,
+            "counts": self.counts.tolist(),
+            "top": [
+                [c, s, r, *self._rows[r]]
+                for c, s, r in zip(
+                    self._top_concepts.tolist(),
+                    self._top_scores.tolist(),
+                    self._top_rows.tolist(),
+                    strict=True,
+                )
+            ],
+        }
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Add another counter's :meth:`state` (rows must be corpus rows: pass ``first_row``)."""
+        if len(state["counts"]) != self.k:
+            raise InputError(f"a partial result with {len(state['counts'])} concepts, not {self.k}")
+        self.n_captions += int(state["n_captions"])
+        self.counts += np.asarray(state["counts"], dtype=np.int64)
+        if self.top_k and state["top"]:
+            top = state["top"]
+            for _, _, row, row_id, caption in top:
+                self._rows.setdefault(int(row), (row_id, caption))
+            self._merge(
+                np.array([t[0] for t in top], dtype=np.int64),
+                np.array([t[1] for t in top], dtype=np.float32),
+                np.array([t[2] for t in top], dtype=np.int64),
+            )
+
+
+def count_semantic(
+    batches: Iterable[Any],
+    vectors: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    *,
+    names: Sequence[str] | None = None,
+    top_k: int = 5,
+    near_margin: float = 0.0,
+    per_caption: bool = False,
+    gpu: bool = False,
+) -> tuple[SemanticCounts, Hits | None]:
+    """Count every batch (objects with ``vectors``, ``ids``, ``captions``, e.g.
+    :class:`~clipaudit.semantic.store.EmbeddingBatch`) in one pass; with ``per_caption`` also the
+    corpus-wide hits (caption row in the corpus, concept, score), held in memory: a caller that
+    needs memory flat in corpus size writes each batch's hits from :meth:`SemanticCounter.add`."""
+    counter = SemanticCounter(
+        vectors, thresholds, names=names, top_k=top_k, near_margin=near_margin, gpu=gpu
+    )
+    collected: list[Hits] = []
+    for batch in batches:
+        start = counter.n_captions
+        hits = counter.add(batch.vectors, batch.ids, getattr(batch, "captions", None))
+        if per_caption:
+            collected.append(Hits(hits.rows + start, hits.concepts, hits.scores))
+    pairs = None
+    if per_caption:
+        pairs = Hits(
+            np.concatenate([h.rows for h in collected]) if collected else np.zeros(0, np.int64),
+            np.concatenate([h.concepts for h in collected]) if collected else np.zeros(0, np.int64),
+            np.concatenate([h.scores for h in collected]) if collected else np.zeros(0, np.float32),
+        )
+    return counter.result(), pairs

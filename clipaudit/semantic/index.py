@@ -1,0 +1,406 @@
+"""A FAISS index over a run's caption embeddings, for new-concept queries.
+
+"How many captions mention origami?" is answered from the index and the run's embedding store,
+without reading the corpus again: the query's unit vector (:func:`~clipaudit.semantic.concepts.query_vectors`)
+is range-searched at a cosine threshold, and the nearest captions come with their scores.
+
+Two kinds (:class:`IndexSettings`):
+
+- ``flat`` (``IndexFlatIP``, exact; the default up to ``flat_max`` captions): vectors in memory;
+- ``ivfpq`` (``IndexIVFPQ``, inner product): an inverted file of ``nlist`` lists with product-
+  quantised codes (``m`` sub-vectors of ``nbits``), ``nprobe`` lists scanned per query. PQ scores are
+  approximate, so with ``rescore`` (default) the range search reaches ``margin`` below the
+  threshold for candidates, and the candidates are scored exactly from the float16 embedding store
+  (memory-mapped) before counting. ``margin`` is estimated when the index is built: the 99.9th
+  percentile of (exact - PQ) score among each sample query's nearest sample vectors, times 1.5.
+  Hits in lists that are not probed, or whose PQ score is more than ``margin`` too low, are missed.
+
+The index folder holds ``index.faiss`` (``faiss.serialize_index``, written atomically),
+``index.json`` (kind, settings, encoder identity, the store it indexes, and the sha256 of
+``index.faiss``, checked before FAISS reads it) and ``parts.npy`` (where each store part starts).
+``captions.parquet`` (position, caption) is written when captions are given at build time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.provenance import atomic_write_bytes, now_iso, sha256_file, write_json
+from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
+from clipaudit.semantic.store import EmbeddingStore, npy_bytes
+
+INDEX_KINDS = ("auto", "flat", "ivfpq")
+INDEX_FORMAT = "clipaudit-caption-index"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How the caption index is built and searched (validated when made)."""
+
+    kind: str = "auto"  # auto: flat up to flat_max captions, else ivfpq
+    flat_max: int = 500_000
+    nlist: int | None = None  # None: 4 * sqrt(n), a power of two in [16, 16384]
+    m: int | None = None  # PQ sub-vectors; None: dim / 8 (or the nearest divisor of dim below)
+    nbits: int = 8
+    nprobe: int = 32
+    train_rows: int = 100_000
+    rescore: bool = True
+    margin: float | None = None  # None: estimated at build time
+    k_factor: int = 4  # nearest captions: k * k_factor PQ candidates re-scored
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise SettingsError(
+                f"unknown index kind {self.kind!r}{did_you_mean(str(self.kind), INDEX_KINDS)}; "
+                f"expected one of {', '.join(INDEX_KINDS)}"
+            )
+        for name in ("flat_max", "nbits", "nprobe", "train_rows", "k_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("nlist", "m"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise SettingsError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.nbits > 16:
+            raise SettingsError(f"nbits must be at most 16, got {self.nbits}")
+        if self.margin is not None and not (0.0 <= float(self.margin) <= 2.0):
+            raise SettingsError(f"margin must be within [0, 2] or None, got {self.margin!r}")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """How many captions score >= ``threshold`` for a query, and the nearest ones."""
+
+    query: str | None
+    threshold: float
+    count: int
+    nearest: list[dict[str, Any]]
+    seconds: float
+    method: str
+    n_candidates: int
+
+
+def _default_nlist(n: int, train_rows: int) -> int:
+    nlist = 1 << max(4, min(14, round(np.log2(max(4 * np.sqrt(n), 1)))))
+    return max(1, min(nlist, train_rows // 39))
+
+
+def _default_m(dim: int) -> int:
+    target = max(1, dim // 8)
+    for m in range(target, 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+class CaptionIndex:
+    """A searchable index over the captions of an :class:`EmbeddingStore` (see module docstring)."""
+
+    def __init__(
+        self,
+        index: Any,
+        store: EmbeddingStore,
+        settings: IndexSettings,
+        kind: str,
+        parts: np.ndarray,
+        margin: float,
+        keys: list[str],
+        captions_path: Path | None = None,
+    ):
+        self.index = index
+        self.store = store
+        self.settings = settings
+        self.kind = kind
+        self.parts = parts  # (P, 3): key position, part, first position
+        self.margin = margin
+        self.keys = keys
+        self.captions_path = captions_path
+        self.n = int(index.ntotal)
+        if kind == "ivfpq":
+            index.nprobe = settings.nprobe
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return self.store.encoder
+
+    # ----------------------------------------------------------------------- building
+
+    @classmethod
+    def build(
+        cls,
+        store: EmbeddingStore,
+        settings: IndexSettings | None = None,
+        *,
+        captions: Iterable[Sequence[str]] | None = None,
+        folder: str | Path | None = None,
+    ) -> CaptionIndex:
+        """Index every completed part of ``store``; ``captions``: the captions of each part, in
+        the store's order (kept for showing nearest captions); ``folder``: save there too."""
+        import faiss
+
+        settings = settings or IndexSettings()
+        keys = store.keys()
+        if not keys:
+            raise InputError(f"{store.folder}: no embedded captions to index")
+        parts, position = [], 0
+        for key_position, key in enumerate(keys):
+            for part in range(store.n_parts(key)):
+                vectors, _ = store.read_part(key, part)
+                parts.append((key_position, part, position))
+                position += len(vectors)
+        table = np.array(parts, dtype=np.int64).reshape(-1, 3)
+        n, dim = position, store.dim
+        kind = settings.kind
+        if kind == "auto":
+            kind = "flat" if n <= settings.flat_max else "ivfpq"
+        margin = 0.0
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            rng = np.random.default_rng(settings.seed)
+            train_rows = min(settings.train_rows, n)
+            sample = np.sort(rng.choice(n, size=train_rows, replace=False))
+            sample_vectors = store.row_vectors(_locations(table, sample))
+            nlist = settings.nlist or _default_nlist(n, train_rows)
+            m = settings.m or _default_m(dim)
+            if dim % m:
+                raise SettingsError(f"m={m} must divide the dimension {dim}")
+            index = faiss.IndexIVFPQ(
+                faiss.IndexFlatIP(dim), dim, nlist, m, settings.nbits, faiss.METRIC_INNER_PRODUCT
+            )
+            index.cp.seed = settings.seed
+            index.pq.cp.seed = settings.seed
+            index.train(sample_vectors)
+            margin = (
+                float(settings.margin)
+                if settings.margin is not None
+                else _estimate_margin(index, sample_vectors, rng)
+            )
+        for batch in store.iter_batches(keys):
+            index.add(batch.vectors)
+        built = cls(index, store, settings, kind, table, margin, keys)
+        if folder is not None:
+            built.save(folder, captions=captions)
+        elif captions is not None:
+            raise SettingsError("captions are kept only in a saved index: give folder=")
+        return built
+
+    def save(self, folder: str | Path, *, captions: Iterable[Sequence[str]] | None = None) -> Path:
+        import faiss
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if captions is not None:
+            self.captions_path = _write_captions(folder / "captions.parquet", captions, self.n)
+        blob = faiss.serialize_index(self.index)
+        atomic_write_bytes(folder / "index.faiss", blob.tobytes())
+        atomic_write_bytes(folder / "parts.npy", npy_bytes(self.parts))
+        write_json(
+            folder / "index.json",
+            {
+                "format": INDEX_FORMAT,
+                "version": 1,
+                "created": now_iso(),
+                "kind": self.kind,
+                "n": self.n,
+                "dim": self.store.dim,
+                "encoder": self.store.encoder,
+                "settings": asdict(self.settings),
+                "margin": self.margin,
+                "store": str(self.store.folder.resolve()),
+                "keys": self.keys,
+                "index_sha256": sha256_file(folder / "index.faiss"),
+                "captions": self.captions_path is not None,
+            },
+        )
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        store: EmbeddingStore | str | Path | None = None,
+        *,
+        nprobe: int | None = None,
+    ) -> CaptionIndex:
+        """Load a saved index (its checksum checked before FAISS reads it) with the store it
+        indexes (default: the store folder recorded at build time)."""
+        import faiss
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{folder}: no readable index.json ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            raise InputError(f"{folder}: not a clipaudit caption index")
+        blob_path = folder / "index.faiss"
+        if not blob_path.is_file() or sha256_file(blob_path) != meta.get("index_sha256"):
+            raise InputError(
+                f"{blob_path}: missing, or its checksum differs from index.json's (a partial or "
+                "altered file); build the index again"
+            )
+        if store is None:
+            store = meta["store"]
+        if not isinstance(store, EmbeddingStore):
+            store = EmbeddingStore.load(store)
+        if not same_encoder(store.encoder, meta["encoder"]) or store.keys() != meta["keys"]:
+            raise InputError(
+                f"{store.folder} is not the embedding store this index was built on "
+                f"(encoder: {describe_difference(meta['encoder'], store.encoder)}; "
+                f"{len(store.keys())} units of work vs {len(meta['keys'])})"
+            )
+        index = faiss.deserialize_index(np.fromfile(blob_path, dtype=np.uint8))
+        parts = np.load(folder / "parts.npy", allow_pickle=False)
+        settings = IndexSettings(**meta["settings"])
+        if nprobe is not None:
+            settings = IndexSettings(**{**meta["settings"], "nprobe": nprobe})
+        captions = folder / "captions.parquet"
+        return cls(
+            index, store, settings, meta["kind"], parts, float(meta["margin"]), meta["keys"],
+            captions if meta.get("captions") and captions.is_file() else None,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------- querying
+
+    def query(
+        self,
+        query: str | Sequence[str] | np.ndarray,
+        threshold: float,
+        *,
+        k: int = 10,
+        encoder: TextEncoder | None = None,
+    ) -> QueryResult:
+        """Count the captions with cos(caption, query) >= ``threshold`` and return the ``k``
+        nearest; ``query`` is a text (or words averaged, needing ``encoder``) or a unit vector."""
+        clock = time.perf_counter()
+        label = None
+        if isinstance(query, np.ndarray):
+            vector = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        else:
+            if encoder is None:
+                raise SettingsError("a text query needs the encoder the index was built with")
+            if not same_encoder(encoder.identity, self.encoder):
+                raise SettingsError(
+                    "the query encoder is not the index's "
+                    f"({describe_difference(self.encoder, encoder.identity)})"
+                )
+            from clipaudit.semantic.concepts import query_vectors
+
+            label = query if isinstance(query, str) else " | ".join(query)
+            vector = query_vectors([query], encoder)
+        if vector.shape[1] != self.store.dim:
+            raise InputError(f"a {vector.shape[1]}-d query for a {self.store.dim}-d index")
+        threshold = float(threshold)
+        if not -1.0 <= threshold <= 1.0:
+            raise SettingsError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+        exact = self.kind == "flat" or self.settings.rescore
+        reach = threshold - (self.margin if self.kind == "ivfpq" and exact else 0.0)
+        radius = float(np.nextafter(np.float32(reach), np.float32(-np.inf)))
+        _, found_scores, found = self.index.range_search(vector, radius)
+        candidates = dict(zip(found.tolist(), found_scores.tolist(), strict=True))
+        if k:
+            near_scores, near = self.index.search(vector, k * self.settings.k_factor)
+            for position, score in zip(near[0].tolist(), near_scores[0].tolist(), strict=True):
+                if position >= 0:
+                    candidates.setdefault(position, score)
+        positions = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+        scores = np.fromiter(candidates.values(), dtype=np.float32, count=len(candidates))
+        n_candidates = len(positions)
+        if self.kind == "ivfpq" and exact and n_candidates:
+            scores = self.store.row_vectors(_locations(self.parts, positions)) @ vector[0]
+        count = int(np.count_nonzero(scores >= np.float32(threshold)))
+        order = np.lexsort((positions, -scores))[:k]
+        nearest = self._describe(positions[order], scores[order])
+        method = {
+            "flat": "exact (flat index)",
+            "ivfpq": "IVF-PQ candidates, exact re-scoring" if exact else "IVF-PQ, approximate",
+        }[self.kind]
+        return QueryResult(
+            label, threshold, count, nearest, time.perf_counter() - clock, method, n_candidates
+        )
+
+    def _describe(self, positions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        ids = self._ids(positions)
+        captions = self._captions(positions)
+        return [
+            {"score": round(float(s), 4), "id": i, "caption": c, "position": int(p)}
+            for p, s, i, c in zip(positions.tolist(), scores.tolist(), ids, captions, strict=True)
+        ]
+
+    def _ids(self, positions: np.ndarray) -> list[Any]:
+        out = []
+        for key_position, part, row in _locations(self.parts, positions).tolist():
+            _, ids = self.store.read_part(self.keys[key_position], part)
+            value = ids[row]
+            out.append(value.item() if isinstance(value, np.generic) else value)
+        return out
+
+    def _captions(self, positions: np.ndarray) -> list[str | None]:
+        if self.captions_path is None or not len(positions):
+            return [None] * len(positions)
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(self.captions_path) as handle:
+            size = handle.metadata.row_group(0).num_rows
+            out: list[str | None] = []
+            cache: dict[int, list[str]] = {}
+            for position in positions.tolist():
+                group = position // size
+                if group not in cache:
+                    cache[group] = (
+                        handle.read_row_group(group, columns=["caption"]).column(0).to_pylist()
+                    )
+                out.append(cache[group][position - group * size])
+        return out
+
+
+def _locations(parts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(key position, part, row within part) of corpus positions."""
+    positions = np.asarray(positions, dtype=np.int64)
+    which = np.searchsorted(parts[:, 2], positions, side="right") - 1
+    return np.stack([parts[which, 0], parts[which, 1], positions - parts[which, 2]], axis=1)
+
+
+def _estimate_margin(index: Any, sample: np.ndarray, rng: np.random.Generator) -> float:
+    """How far below the threshold PQ candidates must reach (see the module docstring)."""
+    base = sample[rng.choice(len(sample), size=min(20_000, len(sample)), replace=False)]
+    queries = base[rng.choice(len(base), size=min(64, len(base)), replace=False)]
+    decoded = index.sa_decode(index.sa_encode(base))
+    exact = queries @ base.T
+    approx = queries @ decoded.T
+    top = max(10, base.shape[0] // 100)
+    nearest = np.argpartition(-exact, top - 1, axis=1)[:, :top]
+    errors = np.take_along_axis(exact - approx, nearest, axis=1).ravel()
+    return float(max(0.005, 1.5 * np.quantile(errors, 0.999)))
+
+
+def _write_captions(path: Path, captions: Iterable[Sequence[str]], n: int) -> Path:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat: list[str] = []
+    for batch in captions:
+        flat.extend("" if c is None else str(c) for c in batch)
+    if len(flat) != n:
+        raise InputError(f"{len(flat)} captions for an index of {n} captions")
+    buffer = io.BytesIO()
+    pq.write_table(
+        pa.table({"caption": pa.array(flat, pa.string())}), buffer, row_group_size=65_536
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,0 +1,461 @@
+"""Caption embeddings on disk: computed once, beside the run, resumed after a kill; and LAION's own.
+
+An :class:`EmbeddingStore` is a folder::
+
+    STORE/store.json                 format, encoder identity, dimension, dtype (float16)
+    STORE/<key>/<part:06d>.npy       one part's unit vectors, float16, (n, dim)
+    STORE/<key>/<part:06d>.ids.npy   their caption ids (int64, or unicode when ids are not integers)
+    STORE/<key>.done.json            the unit of work ``key`` is complete: parts and rows
+
+``key`` is a unit of work of the caller (a coverage shard's key); parts are its caption batches in
+reading order. Every file is written atomically (:func:`clipaudit.provenance.atomic_write_bytes`,
+``np.save(..., allow_pickle=False)``), ids first and vectors last, so a part without its vectors file
+is not done; :func:`embed_parts` skips the parts that are done without encoding them again, which is
+the resume after a kill. Reading maps one part at a time (memory flat in corpus size).
+
+:class:`LaionEmbeddings` reads LAION's published text embeddings (``text_emb_*.npy``, row-aligned with
+``metadata_*.parquet``) memory-mapped, refusing a row-count or dimension mismatch with an
+:class:`~clipaudit.errors.InputError` naming the files, what was expected and what was got.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipaudit.errors import InputError, RunFolderError
+from clipaudit.provenance import atomic_write_bytes, write_json
+from clipaudit.semantic.encoders import TextEncoder, describe_difference, normalise, same_encoder
+
+STORE_FORMAT = "clipaudit-caption-embeddings"
+STORE_VERSION = 1
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+@dataclass
+class EmbeddingBatch:
+    """Unit vectors of consecutive captions (float32), their ids, and their captions when known."""
+
+    vectors: np.ndarray
+    ids: Sequence[Any]
+    captions: Sequence[str] | None = None
+    key: str | None = None
+    part: int | None = None
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def ids_array(ids: Sequence[Any]) -> np.ndarray:
+    """Caption ids as int64 when they all are integers, else as unicode text (no pickling)."""
+    values = list(ids)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray(["" if v is None else str(v) for v in values], dtype=np.str_)
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise InputError(
+            f"unit-of-work key {key!r:.80} is not a plain name (letters, digits, '.', '_', '-')"
+        )
+    return key
+
+
+class EmbeddingStore:
+    """Float16 caption embeddings of one encoder, in parts, resumable (see the module docstring)."""
+
+    def __init__(self, folder: Path, encoder: dict[str, Any], dim: int):
+        self.folder = folder
+        self.encoder = encoder
+        self.dim = dim
+
+    @classmethod
+    def open(cls, folder: str | Path, encoder: dict[str, Any], dim: int) -> EmbeddingStore:
+        """Create the store, or open it when it holds vectors of the same encoder and dimension;
+        raises :class:`RunFolderError` when it holds another encoder's."""
+        folder = Path(folder)
+        meta = folder / "store.json"
+        if meta.is_file():
+            held = _read_store_json(meta)
+            if not same_encoder(held["encoder"], encoder) or held["dim"] != dim:
+                raise RunFolderError(
+                    f"{folder} holds caption embeddings of another encoder "
+                    f"({describe_difference(held['encoder'], encoder)}; dim {held['dim']} vs {dim}); "
+                    "use another folder, or delete this one to encode again"
+                )
+            return cls(folder, held["encoder"], dim)
+        if folder.exists() and any(p.name != ".lock" for p in folder.iterdir()):
+            raise RunFolderError(f"{folder} is not empty and holds no store.json; use a new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(
+            meta,
+            {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "encoder": encoder,
+                "dim": int(dim),
+                "dtype": "float16",
+                "normalised": True,
+            },
+        )
+        return cls(folder, encoder, int(dim))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EmbeddingStore:
+        """Open an existing store for reading, whatever its encoder."""
+        folder = Path(folder)
+        meta = folder / "store.json"
+        if not meta.is_file():
+            raise InputError(f"{folder} holds no caption embeddings (no store.json)")
+        held = _read_store_json(meta)
+        return cls(folder, held["encoder"], held["dim"])
+
+    # ----------------------------------------------------------------------- writing
+
+    def _part(self, key: str, part: int) -> tuple[Path, Path]:
+        base = self.folder / _check_key(key) / f"{int(part):06d}"
+        return base.with_suffix(".npy"), base.with_suffix(".ids.npy")
+
+    def has_part(self, key: str, part: int) -> bool:
+        vectors, ids = self._part(key, part)
+        return vectors.is_file() and ids.is_file()
+
+    def write_part(self, key: str, part: int, vectors: np.ndarray, ids: Sequence[Any]) -> None:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
+            raise InputError(
+                f"part {key}/{part}: expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
+            )
+        vectors_path, ids_path = self._part(key, part)
+        atomic_write_bytes(ids_path, npy_bytes(ids_array(ids)))
+        atomic_write_bytes(vectors_path, npy_bytes(vectors.astype(np.float16)))
+
+    def finish(self, key: str, n_parts: int, n_rows: int) -> None:
+        write_json(self.folder / f"{_check_key(key)}.done.json", {"parts": n_parts, "rows": n_rows})
+
+    def is_done(self, key: str) -> bool:
+        return (self.folder / f"{_check_key(key)}.done.json").is_file()
+
+    # ----------------------------------------------------------------------- reading
+
+    def keys(self) -> list[str]:
+        """Completed units of work, sorted (the order of the caller's keys: corpus order)."""
+        return sorted(p.name[: -len(".done.json")] for p in self.folder.glob("*.done.json"))
+
+    def n_parts(self, key: str) -> int:
+        done = json.loads((self.folder / f"{_check_key(key)}.done.json").read_text("utf-8"))
+        return int(done["parts"])
+
+    def read_part(self, key: str, part: int) -> tuple[np.ndarray, np.ndarray]:
+        """A part's float16 vectors (memory-mapped) and its ids."""
+        vectors_path, ids_path = self._part(key, part)
+        try:
+            vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
+            ids = np.load(ids_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{vectors_path}: unreadable embeddings part ({exc})") from None
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
+            raise InputError(
+                f"{vectors_path}: expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
+            )
+        return vectors, ids
+
+    def iter_batches(self, keys: Iterable[str] | None = None) -> Iterator[EmbeddingBatch]:
+        """Every part of ``keys`` (default: all completed ones) in order, as float32 batches."""
+        for key in self.keys() if keys is None else keys:
+            if not self.is_done(key):
+                raise InputError(f"{self.folder}: unit of work {key!r} is not embedded yet")
+            for part in range(self.n_parts(key)):
+                vectors, ids = self.read_part(key, part)
+                yield EmbeddingBatch(np.asarray(vectors, dtype=np.float32), ids, None, key, part)
+                del vectors  # drop the mapping: resident memory stays one part
+
+    def n_rows(self) -> int:
+        total = 0
+        for key in self.keys():
+            done = json.loads((self.folder / f"{key}.done.json").read_text("utf-8"))
+            total += int(done["rows"])
+        return total
+
+    def row_vectors(self, locations: np.ndarray) -> np.ndarray:
+        """Vectors (float32) at ``(key position, part, row)`` locations, for re-scoring."""
+        keys = self.keys()
+        out = np.empty((len(locations), self.dim), dtype=np.float32)
+        if not len(locations):
+            return out
+        order = np.lexsort((locations[:, 2], locations[:, 1], locations[:, 0]))
+        sorted_loc = locations[order]
+        groups = np.flatnonzero(np.any(np.diff(sorted_loc[:, :2], axis=0) != 0, axis=1)) + 1
+        for chunk in np.split(np.arange(len(order)), groups):
+            k, p = sorted_loc[chunk[0], :2]
+            vectors, _ = self.read_part(keys[int(k)], int(p))
+            out[order[chunk]] = vectors[sorted_loc[chunk, 2]]
+        return out
+
+
+def _read_store_json(path: Path) -> dict[str, Any]:
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable store description ({exc})") from None
+    if (
+        not isinstance(held, dict)
+        or held.get("format") != STORE_FORMAT
+        or not isinstance(held.get("encoder"), dict)
+        or not isinstance(held.get("dim"), int)
+    ):
+        raise InputError(f"{path}: not a clipaudit caption-embeddings store")
+    return held
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    parts_encoded: int
+    parts_resumed: int
+    rows_encoded: int
+    rows: int
+
+
+def embed_parts(
+    store: EmbeddingStore,
+    key: str,
+    batches: Iterable[tuple[Sequence[str], Sequence[Any]]],
+    encoder: TextEncoder,
+) -> EmbedStats:
+    """Encode one unit of work's caption batches ``(captions, ids)`` into ``store`` under ``key``.
+
+    Batch ``i`` is part ``i``; parts already in the store are skipped without encoding, so calling
+    this again after a kill encodes only what is missing. Batches must come in the same order every
+    time (a reader's batches of a shard do). Marks ``key`` done at the end.
+    """
+    if not same_encoder(store.encoder, encoder.identity) or encoder.dim != store.dim:
+        raise RunFolderError(
+            f"{store.folder}: the store holds another encoder's vectors "
+            f"({describe_difference(store.encoder, encoder.identity)})"
+        )
+    encoded = resumed = rows_encoded = rows = 0
+    part = -1
+    for part, (captions, ids) in enumerate(batches):
+        rows += len(captions)
+        if store.has_part(key, part):
+            resumed += 1
+            continue
+        store.write_part(key, part, encoder.encode(captions), ids)
+        encoded += 1
+        rows_encoded += len(captions)
+    store.finish(key, part + 1, rows)
+    return EmbedStats(encoded, resumed, rows_encoded, rows)
+
+
+def embed_texts(
+    store: EmbeddingStore,
+    texts: Sequence[str],
+    encoder: TextEncoder,
+    *,
+    ids: Sequence[Any] | None = None,
+    key: str = "texts",
+    part_rows: int = 4096,
+) -> EmbedStats:
+    """:func:`embed_parts` for captions held in memory, cut into parts of ``part_rows``."""
+    ids = list(range(len(texts))) if ids is None else list(ids)
+    if len(ids) != len(texts):
+        raise InputError(f"{len(texts)} texts but {len(ids)} ids")
+    chunks = (
+        (texts[start : start + part_rows], ids[start : start + part_rows])
+        for start in range(0, len(texts), part_rows)
+    )
+    return embed_parts(store, key, chunks, encoder)
+
+
+# --------------------------------------------------------------------------- LAION
+
+
+@dataclass(frozen=True)
+class LaionPair:
+    """One ``text_emb_N.npy`` and its row-aligned ``metadata_N.parquet``."""
+
+    embeddings: Path
+    metadata: Path
+    n_rows: int
+    dim: int
+    dtype: str
+
+
+_NUMBER = re.compile(r"(\d+)")
+
+
+def _suffix_number(path: Path) -> str | None:
+    found = _NUMBER.findall(path.stem)
+    return found[-1] if found else None
+
+
+class LaionEmbeddings:
+    """LAION's published text embeddings with their metadata, checked file by file.
+
+    ``embeddings``: ``text_emb_*.npy`` files or a folder of them; ``metadata``: the matching
+    ``metadata_*.parquet`` files or folder (default: the embeddings' folder). Files pair by the last
+    number in their names. ``dim``: the dimension the concept encoder gives (checked when given).
+    """
+
+    def __init__(
+        self,
+        embeddings: str | Path | Sequence[str | Path],
+        metadata: str | Path | Sequence[str | Path] | None = None,
+        *,
+        dim: int | None = None,
+        caption_column: str | None = None,
+        id_column: str | None = None,
+    ):
+        emb_files = _expand(embeddings, "*.npy", "text embeddings")
+        meta_files = _expand(
+            metadata if metadata is not None else sorted({p.parent for p in emb_files}),
+            "*.parquet",
+            "metadata",
+        )
+        by_number = {}
+        for path in meta_files:
+            by_number.setdefault(_suffix_number(path), path)
+        pairs = []
+        for path in emb_files:
+            number = _suffix_number(path)
+            meta = by_number.get(number)
+            if meta is None:
+                raise InputError(
+                    f"{path}: no metadata parquet file with the number {number!r} among "
+                    f"{len(meta_files)} metadata files; expected e.g. metadata_{number}.parquet"
+                )
+            pairs.append(_check_pair(path, meta, dim))
+        dims = {pair.dim for pair in pairs}
+        if len(dims) > 1:
+            first, odd = pairs[0], next(p for p in pairs if p.dim != pairs[0].dim)
+            raise InputError(
+                f"{odd.embeddings}: expected {first.dim}-dimensional embeddings (as in "
+                f"{first.embeddings}), got {odd.dim}"
+            )
+        self.pairs = tuple(pairs)
+        self.dim = pairs[0].dim
+        self.n_rows = sum(p.n_rows for p in pairs)
+        self.caption_column = caption_column
+        self.id_column = id_column
+
+    def describe(self) -> list[dict[str, Any]]:
+        from clipaudit.provenance import file_record
+
+        return [
+            {"embeddings": file_record(p.embeddings), "metadata": file_record(p.metadata)}
+            for p in self.pairs
+        ]
+
+    def rows(self, metadata: str | Path, start: int, stop: int) -> np.ndarray:
+        """Unit vectors (float32) of rows ``[start, stop)`` of the metadata file ``metadata``: what
+        a coverage shard over that file's rows needs (the captions come from the reader)."""
+        wanted = Path(metadata).resolve()
+        pair = next((p for p in self.pairs if p.metadata.resolve() == wanted), None)
+        if pair is None:
+            raise InputError(f"{metadata}: not one of the metadata files paired with embeddings")
+        if not 0 <= start <= stop <= pair.n_rows:
+            raise InputError(
+                f"{pair.embeddings}: rows {start}-{stop} asked for, the file has {pair.n_rows}"
+            )
+        mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
+        out = normalise(np.asarray(mapped[start:stop], dtype=np.float32))
+        del mapped
+        return out
+
+    def iter_batches(self, batch_rows: int = 65_536) -> Iterator[EmbeddingBatch]:
+        """Row-aligned batches: unit vectors (float32, renormalised), ids and captions."""
+        import pyarrow.parquet as pq
+
+        from clipaudit.readers import CAPTION_COLUMNS, ID_COLUMNS
+
+        row = 0
+        for pair in self.pairs:
+            with pq.ParquetFile(pair.metadata) as handle:
+                names = handle.schema_arrow.names
+                column = self.caption_column or next(
+                    (c for c in CAPTION_COLUMNS if c in names), None
+                )
+                if column not in names:
+                    raise InputError(
+                        f"{pair.metadata}: no caption column (expected {self.caption_column or ', '.join(CAPTION_COLUMNS)}); "
+                        f"columns are {', '.join(names)}"
+                    )
+                id_column = self.id_column or next((c for c in ID_COLUMNS if c in names), None)
+                columns = [column] + ([id_column] if id_column else [])
+                start = 0
+                for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
+                    n = batch.num_rows
+                    mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
+                    vectors = normalise(np.asarray(mapped[start : start + n], dtype=np.float32))
+                    del mapped
+                    captions = [
+                        c if isinstance(c, str) else "" for c in batch.column(0).to_pylist()
+                    ]
+                    ids = (
+                        batch.column(1).to_pylist()
+                        if id_column
+                        else list(range(row + start, row + start + n))
+                    )
+                    yield EmbeddingBatch(vectors, ids, captions, pair.embeddings.name)
+                    start += n
+            row += pair.n_rows
+
+
+def _expand(spec: Any, pattern: str, what: str) -> list[Path]:
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(path.glob(pattern)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{what} {str(path)!r} does not exist")
+    if not files:
+        raise InputError(f"no {what} files ({pattern}) in {', '.join(map(str, items))}")
+    return files
+
+
+def _check_pair(emb: Path, meta: Path, dim: int | None) -> LaionPair:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        mapped = np.load(emb, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{emb}: not a readable .npy array of embeddings ({' '.join(str(exc).split())[:200]})"
+        ) from None
+    if mapped.ndim != 2 or mapped.dtype not in (np.float16, np.float32):
+        raise InputError(
+            f"{emb}: expected a 2-D float16 or float32 array (rows x dimension), got shape "
+            f"{mapped.shape} of {mapped.dtype}"
+        )
+    try:
+        with pq.ParquetFile(meta) as handle:
+            meta_rows = handle.metadata.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{meta}: unreadable parquet file ({exc})") from None
+    if mapped.shape[0] != meta_rows:
+        raise InputError(
+            f"{emb} and {meta} are not row-aligned: expected {meta_rows} embedding rows (the "
+            f"metadata's rows), got {mapped.shape[0]}"
+        )
+    if dim is not None and mapped.shape[1] != dim:
+        raise InputError(
+            f"{emb}: expected {dim}-dimensional embeddings (the concept encoder's dimension), got "
+            f"{mapped.shape[1]}; use the encoder the embeddings were made with"
+        )
+    return LaionPair(emb, meta, int(mapped.shape[0]), int(mapped.shape[1]), str(mapped.dtype))

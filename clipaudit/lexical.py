@@ -20,7 +20,8 @@ The caption is normalised (:func:`clipaudit.text.normalize`) and padded with spa
 word boundary is a literal space and one exact-match automaton over ``" form "`` keys finds
 whole-word mentions of every surface form, head noun and cue at once. A batch of captions is
 normalised and searched as one text, and its hits are resolved with array operations; only rare
-hits (makes, colourways out of place, street types after a number) are looked at one by one.
+ones are looked at one by one (makes, colourway words out of place, street types after a number,
+the words after a concept's noun followed by a model designation or after a cue).
 
 Inflections are generated when the matcher is built, from spaCy's English lookup tables
 (spacy-lookups-data) and its suffix rules, never by lemmatising captions (lemmatising "tired"

@@ -41,7 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from make_caption_corpus import LAION, REPO, build_corpus
+from make_caption_corpus import REPO, SOURCES, build_corpus
 
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.registry import load_registry
@@ -137,7 +137,9 @@ def laion_caption_bytes() -> dict[str, float]:
     """What the caption column of LAION metadata costs to read, per caption, from the 9,591
     LAION-400M captions of ../shared written as parquet (snappy), with and without dictionary
     encoding (metadata files differ); and their mean length in UTF-8 bytes."""
-    captions = pq.read_table(LAION, columns=["caption"]).column("caption").cast(pa.string())
+    captions = (
+        pq.read_table(SOURCES["laion"], columns=["caption"]).column("caption").cast(pa.string())
+    )
     n = len(captions)
     sizes = {}
     for name, dictionary in (("plain", False), ("dictionary", True)):
@@ -163,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = build_corpus(args.rows)
-    laion = build_corpus(args.laion_rows, source=LAION, name="laion")
+    laion = build_corpus(args.laion_rows, source="laion")
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_before = os.getloadavg()
     print(f"{started}: corpus {corpus} ({args.rows:,} captions), {os.cpu_count()} cores")

@@ -8,13 +8,20 @@ Two profiles (:data:`PROFILES`):
 - ``curated`` (the default) counts mentions in the gloss's sense: whole words only, any noun
   inflection ("puppies" -> dog, "geese" -> goose) and adjective degree ("shinier"), multi-word
   phrases in order and adjacent, and never inside one of the concept's negative contexts
-  ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case": the
-  registry's ``modifier_of``), or shortly after a cue against it ("a case for an iPhone",
-  "songs by hip hop artist"). The caption is normalised (:func:`clipaudit.text.normalize`) and
-  padded with spaces, so every word boundary is a literal space and one exact-match automaton
-  over ``" form "`` keys finds whole-word mentions of every surface form at once. A batch of
-  captions is normalised and searched as one text, and its hits are resolved with array
-  operations.
+  ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case",
+  "iPhone 4/4S Case": the registry's ``modifier_of``), shortly after a cue against it ("a case
+  for an iPhone", "songs by hip hop artist"), or inside a street address ("143 Park Road").
+  Colourway words count in colourway position only ("Sweatshirt - Forest" is green), makes with
+  a model ("1986 Ferrari 328" is a car), and word lists that say a concept together ("X vs Y"
+  with a sport: an athlete); see :mod:`clipaudit.registry`. No phrase, context or compound spans
+  a separator (``, ; : | ( ) [ ] { } ! ?``): "chairs, table, lamps" holds no table lamp.
+
+The caption is normalised (:func:`clipaudit.text.normalize`) and padded with spaces, so every
+word boundary is a literal space and one exact-match automaton over ``" form "`` keys finds
+whole-word mentions of every surface form, head noun and cue at once. A batch of captions is
+normalised and searched as one text, and its hits are resolved with array operations; only rare
+ones are looked at one by one (makes, colourway words out of place, street types after a number,
+the words after a concept's noun followed by a model designation or after a cue).
 
 Inflections are generated when the matcher is built, from spaCy's English lookup tables
 (spacy-lookups-data) and its suffix rules, never by lemmatising captions (lemmatising "tired"
@@ -30,18 +37,24 @@ curated matcher also drops a hit on a word that the pipeline tags as a verb ("ti
 pipeline only runs on captions with such a hit, and the default (no pipeline) stays
 automaton-only.
 
-Matchers are cheap to build (the lookup tables are read without importing spaCy) and pickle,
-so worker processes can build their own or receive one.
+Building a curated matcher reads the lookup tables without importing spaCy and generates the
+key tables, which are cached on disk as JSON (:func:`matcher_cache_dir`), one file per registry
+content, lexicon version and matcher code, so a later build only reads them back. Matchers
+pickle, so worker processes can build their own or receive one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import json
+import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from itertools import accumulate, chain, pairwise
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +62,53 @@ import ahocorasick
 import numpy as np
 
 from clipaudit.errors import InputError, SettingsError, did_you_mean
-from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.text import ASCII_TABLE, normalize
+from clipaudit.provenance import atomic_write_text
+from clipaudit.registry import DEFAULT_REGISTRY, TOGETHER_LISTS, Registry, load_registry
+from clipaudit.text import ASCII_TABLE, fold, normalize
 
 PROFILES = ("curated", "paper")
 DEFAULT_PROFILE = "curated"
 
 # A concept word this many words or fewer after a cue against it is not a mention: "a case for
-# an Apple iPhone 7", "songs by hip hop artist". Cues are resolved like negative contexts, with the
-# words between counted as spaces, for hits at most _CUE_REACH characters apart.
+# an Apple iPhone 7", "songs by hip hop artist". Model designations between do not count ("Fit
+# For Audi A4 B6 B7 Sedan"). Cues are resolved for hits at most _CUE_REACH characters apart.
 CUE_WINDOW = 3
 _CUE_REACH = 80
 # Phrases that say which thing a product fits ("Fit for Audi A4 sedan"): cues against every
 # concept that other objects are made for.
 FIT_CUES = ("fit for", "fits for", "compatible with", "for use with", "replacement for")
+
+# A concept word and its head noun may stand this many model designations apart ("iPhone 4/4S
+# Case", "Galaxy S7 Edge Case"): words with a digit and these model words.
+MODEL_GAP = 3
+_WORD_REACH = 8
+_MODEL_WORDS = frozenset(
+    {"plus", "pro", "max", "mini", "ultra", "lite", "edge", "air", "se", "x", "xl", "xs", "xr"}
+)
+
+# An address: a house number, or a listing's "for sale in", then at most _ADDRESS_WORDS name
+# words and a street type ("1617 Landmark Road", "flat to rent in Phoenix Road"). The name and
+# the street type are a proper name, no concept (LABELLING.md rule 5).
+_ADDRESS_WORDS = 3
+_STREET_TYPES = (
+    *("road", "street", "avenue", "lane", "drive", "boulevard", "trail", "way", "court"),
+    *("close", "crescent", "place", "terrace", "parkway", "highway", "circle", "circuit"),
+    *("square", "grove", "rd", "st", "ave", "blvd", "hwy"),
+)
+_LISTING_CUES = tuple(
+    f"{what} in"
+    for what in (
+        *("for sale", "to rent", "for rent", "to let", "property", "properties", "house"),
+        *("houses", "flat", "flats", "apartment", "apartments", "home", "homes", "bungalow"),
+        *("cottage", "condo", "land", "plot"),
+    )
+)
+_LISTING_ENDINGS = tuple(f" {cue}" for cue in _LISTING_CUES)
+_ADDRESS_REACH = 40  # a house number or a listing cue this many characters before a street type
+# a model year before a make ("1986 Ferrari 328"); an ordinal is no model ("4th of July")
+_YEAR = re.compile(r"(?:19|20)\d\d")
+_ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")
+_DIGIT = re.compile(r"[0-9]")
 
 # spaCy tags for which a base-form hit is another sense of the word ("tie" in "tie a knot").
 _VERB_TAGS = frozenset({"VERB", "AUX"})
@@ -181,18 +227,76 @@ class PaperMatcher(Matcher):
         return sorted({index for _, index in self._iter(caption.lower())})
 
 
-class CuratedMatcher(Matcher):
-    """Whole-word matching of curated synonyms and their inflections, outside negative contexts.
+# What a key of the curated automaton can be; each role maps a key's form to integers.
+ROLES = (
+    "forms",  # the concepts the form names
+    "modifiers",  # the concepts whose base noun (or make) this form is: it can modify a head
+    "heads",  # the concepts the form is a ``modifier_of`` head of
+    "negated",  # the concepts the form is a negative context of
+    "cued",  # the concepts the form is a cue against (``not_after``, "case for", FIT_CUES)
+    "checked",  # the concepts whose form is also a verb (the spaCy check)
+    "colourways",  # the colour concepts the form names in colourway position
+    "makes",  # the concepts the form names with a model designation
+    "together",  # concept * TOGETHER_LISTS + list, for each ``together`` list holding the form
+    "models",  # a model word ("plus", "edge": the integer 0)
+    "streets",  # a street type (the integer 0)
+    "listings",  # a listing's "for sale in" (the integer 0)
+)
 
-    The automaton maps each key (``" form "``) to its position in the key tables: its length,
-    its concepts, the concepts it is a negative context of or a cue against, and the concepts a
-    part-of-speech check decides. A key whose only role is to be a form of one concept is
-    *plain*: ``_plain`` holds that concept's index, and -1 for every other key. Captions that hit
-    another key are resolved with the hits' spans: a hit inside a negative-context span of its
-    concept, or within :data:`CUE_WINDOW` words after a cue against it, does not count, nor does
-    a hit of the same concept right before such a hit. :meth:`match_indices` resolves one
-    caption in Python; :meth:`match_pairs` applies the same rules to a whole batch with arrays
-    (tests check that they agree).
+
+@dataclass(frozen=True)
+class _Batch:
+    """Captions normalised and joined into one text (:func:`_prepare`)."""
+
+    text: str
+    chars: np.ndarray  # the text's bytes
+    newlines: np.ndarray  # offsets of the "\n"s between captions
+    # offsets of the spaces that stand for a mark, ascending: a separator (no phrase spans it);
+    # a mark that opens a colourway, or closes one; a mark that coordinates two colours
+    seps: np.ndarray
+    opens: np.ndarray
+    closes: np.ndarray
+    coords: np.ndarray
+
+    def row_starts(self, rows: np.ndarray) -> np.ndarray:
+        """Offset of the space that opens each caption of ``rows``."""
+        return np.concatenate([[0], self.newlines + 1])[rows]
+
+    def row_ends(self, rows: np.ndarray) -> np.ndarray:
+        """Offset just after the space that closes each caption of ``rows``."""
+        return np.append(self.newlines, len(self.text))[rows]
+
+    def sep_before(self, offsets: np.ndarray) -> np.ndarray:
+        """The offset of the last separator at or before each offset (-1 where there is none)."""
+        return np.append(-1, self.seps)[np.searchsorted(self.seps, offsets, "right")]
+
+    def crossed(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Whether a separator stands at one of the offsets ``first..last`` (inclusive)."""
+        seps = self.seps
+        return np.searchsorted(seps, last, "right") > np.searchsorted(seps, first)
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """The automaton's hits in a batch: ``text[starts:ends]`` is the key (" form "), from the
+    space before the form to the space after it."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    keys: np.ndarray
+    rows: np.ndarray  # the caption of each hit
+    heads: np.ndarray  # the hits of head nouns, by ascending start
+    models: np.ndarray  # the starts of the hits of model words, ascending
+
+
+class CuratedMatcher(Matcher):
+    """Whole-word matching of curated synonyms and their inflections, with the sense rules.
+
+    The automaton maps each key (``" form "``) to its position in the key tables, which give for
+    each of the :data:`ROLES` the integers the key holds (the concepts it names, the concepts it
+    is a negative context of...). A batch of captions is one text (:func:`_prepare`); its hits
+    make (hit, concept) pairs, which the rules add or drop with array operations
+    (:meth:`match_pairs`). A single caption is a batch of one.
     """
 
     profile = "curated"
@@ -201,57 +305,32 @@ class CuratedMatcher(Matcher):
         super().__init__(registry)
         self.spacy_model = spacy_model
         self._nlp: Any = _load_pipeline(spacy_model) if spacy_model else None
-        lexicon = _english_lexicon()
-        forms: dict[str, set[int]] = {}
-        negated: dict[str, set[int]] = {}
-        checked: dict[str, set[int]] = {}
-        cued: dict[str, set[int]] = {}  # cue -> concepts not mentioned shortly after it
-        for index, concept in enumerate(registry.concepts):
-            own: set[str] = set()
-            for synonym in concept.synonyms:
-                for form, verb_like in lexicon.phrase_forms(normalize(synonym)):
-                    own.add(form)
-                    forms.setdefault(form, set()).add(index)
-                    if verb_like and spacy_model:
-                        checked.setdefault(form, set()).add(index)
-            for context in concept.negative_contexts:
-                for form, _ in lexicon.phrase_forms(normalize(context)):
-                    negated.setdefault(form, set()).add(index)
-            group = registry.group(concept.group)
-            heads = group.modifier_of + concept.modifier_of
-            for context in _modifier_contexts(lexicon, concept.synonyms, own, heads):
-                negated.setdefault(context, set()).add(index)
-            for cue in _cues(lexicon, heads, group.not_after + concept.not_after):
-                cued.setdefault(cue, set()).add(index)
-        keys = sorted(forms.keys() | negated.keys() | cued.keys())
+        roles = _key_tables(registry)
+        keys = sorted(set().union(*roles.values()))
         self._finish({f" {form} ": position for position, form in enumerate(keys)})
-        self._lengths = [len(form) + 2 for form in keys]
+        self._lengths = np.array([len(form) + 2 for form in keys], dtype=np.int64)
+        self._phrase = np.array([" " in form for form in keys], dtype=bool)
+        self._tables = {
+            role: _Ragged([roles[role].get(form, ()) for form in keys]) for role in ROLES
+        }
+        self._matrices()
+        self._heads = self._tables["heads"].sizes > 0
+        self._models = self._tables["models"].sizes > 0
+        self._streets = self._tables["streets"].sizes > 0
+        self._listings = self._tables["listings"].sizes > 0
+        group_index = {group.name: i for i, group in enumerate(registry.groups)}
+        self._group_of = np.array([group_index[c.group] for c in registry.concepts])
+        self._together_lists = np.array([len(c.together) for c in registry.concepts])
 
-        def table(sets: dict[str, set[int]]) -> list[tuple[int, ...]]:
-            return [tuple(sorted(sets[form])) if form in sets else () for form in keys]
-
-        self._concepts, self._negated = table(forms), table(negated)
-        self._cued, self._checked = table(cued), table(checked)
-        self._plain = [
-            concepts[0] if len(concepts) == 1 and not (negated or cued or checked) else -1
-            for concepts, negated, cued, checked in zip(
-                self._concepts, self._negated, self._cued, self._checked, strict=True
-            )
-        ]
-        # the same tables as arrays, for whole batches
-        self._length_array = np.array(self._lengths, dtype=np.int64)
-        self._concepts_of, self._negated_of = _Ragged(self._concepts), _Ragged(self._negated)
-        self._cued_of = _Ragged(self._cued)
-        self._checked_any = np.array(list(map(bool, self._checked)), dtype=bool)
+    def _matrices(self) -> None:
+        # by key and concept: the key's form can modify a head, is a head, may be a verb
+        n = len(self.concept_names)
+        self._modifies = self._tables["modifiers"].matrix(n)
+        self._heads_of = self._tables["heads"].matrix(n)
+        self._checked = self._tables["checked"].matrix(n)
 
     def match_indices(self, caption: str | None) -> list[int]:
-        caption = _text(caption)
-        text = f" {normalize(caption)} "
-        keys = {key for _, key in self._iter(text)}
-        plain = {self._plain[key] for key in keys}
-        if -1 in plain:
-            return self._resolve(caption, text, keys)
-        return sorted(plain)
+        return self.match_batch([caption])[0]
 
     def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
         """:meth:`match_indices` of each caption, computed for the whole batch at once."""
@@ -263,70 +342,190 @@ class CuratedMatcher(Matcher):
     def match_pairs(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`match_batch` flattened, with one automaton pass over the whole batch.
 
-        Per-caption calls spend most of their time starting an automaton iteration and in
-        Python code per hit; here the batch is one text (:func:`_joined`) and its hits are
-        resolved with array operations.
+        The batch is one text (:func:`_prepare`), and its hits are resolved with array
+        operations: per-caption calls would spend most of their time starting an automaton
+        iteration and in Python code per hit.
         """
         if not len(captions):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        text, newlines = _joined(captions)
-        hits = list(self._iter(text))
-        ends = np.fromiter(map(itemgetter(0), hits), np.int64, len(hits))
-        keys = np.fromiter(map(itemgetter(1), hits), np.int64, len(hits))
-        rows = np.searchsorted(newlines, ends)  # a hit's caption: the "\n"s before it
-        # one (hit, concept) pair for each concept of the hit's key (several for a shared form)
-        hit, concepts = self._concepts_of.expand(keys)
-        keep = ~self._vetoed(text, rows, ends, keys, hit, concepts)
+        batch = _prepare(captions)
+        hits = self._hits(batch)
+        hit, concepts = self._pairs(batch, hits)
+        keep = ~self._vetoed(batch, hits, hit, concepts)
+        if self._nlp is not None:
+            keep[keep] = ~self._verbs(captions, batch, hits, hit[keep], concepts[keep])
         n = len(self.concept_names)
-        pairs = rows[hit[keep]] * n + concepts[keep]
-        unsure = _distinct(rows[self._checked_any[keys]])
-        if len(unsure):
-            # a part-of-speech check decides: these captions go through the tagger one by one
-            pairs = pairs[~np.isin(pairs // n, unsure)]
-            tagged = [
-                row * n + index
-                for row in unsure.tolist()
-                for index in self.match_indices(captions[row])
-            ]
-            pairs = np.concatenate([pairs, np.array(tagged, dtype=np.int64)])
+        pairs = np.concatenate([hits.rows[hit[keep]] * n + concepts[keep], self._together(hits)])
         pairs = _distinct(pairs)
         return pairs // n, pairs % n
 
-    def _vetoed(
-        self,
-        text: str,
-        rows: np.ndarray,
-        ends: np.ndarray,
-        keys: np.ndarray,
-        hit: np.ndarray,
-        concepts: np.ndarray,
+    # ----------------------------------------------------------------------- hits and pairs
+
+    def _hits(self, batch: _Batch) -> _Hits:
+        """The automaton's hits, less the phrases that span a separator ("chairs, table lamps")."""
+        # (end, key) of every hit, flat: no list of pairs is built
+        flat = np.fromiter(chain.from_iterable(self._iter(batch.text)), np.int64)
+        ends, keys = flat[0::2] + 1, flat[1::2]
+        starts = ends - self._lengths[keys]
+        if len(batch.seps):
+            phrases = np.flatnonzero(self._phrase[keys])
+            spanning = phrases[batch.crossed(starts[phrases] + 1, ends[phrases] - 2)]
+            if len(spanning):
+                keep = np.ones(len(keys), dtype=bool)
+                keep[spanning] = False
+                starts, ends, keys = starts[keep], ends[keep], keys[keep]
+        heads = np.flatnonzero(self._heads[keys])
+        return _Hits(
+            starts,
+            ends,
+            keys,
+            rows=np.searchsorted(batch.newlines, starts),  # the "\n"s before a hit
+            heads=heads[np.argsort(starts[heads], kind="stable")],
+            models=starts[self._models[keys]],  # one-word keys: in the order of their ends
+        )
+
+    def _pairs(self, batch: _Batch, hits: _Hits) -> tuple[np.ndarray, np.ndarray]:
+        """One (hit, concept) pair for each concept a hit names: each concept of its key (several
+        for a shared form), a colour in colourway position, a make with a model."""
+        hit, concepts = self._tables["forms"].expand(hits.keys)
+        colour_hit, colours = self._colourways(batch, hits)
+        if len(colour_hit):
+            # a colourway names the colour: the word's other senses do not count ("- Forest")
+            keep = ~np.isin(hit, colour_hit)
+            hit, concepts = hit[keep], concepts[keep]
+        make_hit, made = self._makes(batch, hits)
+        return (
+            np.concatenate([hit, colour_hit, make_hit]),
+            np.concatenate([concepts, colours, made]),
+        )
+
+    def _colourways(self, batch: _Batch, hits: _Hits) -> tuple[np.ndarray, np.ndarray]:
+        """(hit, colour) pairs of colourway words where they give a colourway: a segment of
+        their own after a dash, slash, pipe or colon ("Sweatshirt - Forest", "Color: Gold"), or
+        coordinated with a colour of the same group ("Black OR Camel", "Black/Gold")."""
+        hit, colours = self._tables["colourways"].expand(hits.keys)
+        if not len(hit):
+            return hit, colours
+        ends = hits.ends[hit]
+        placed = _isin_sorted(hits.starts[hit], batch.opens) & (
+            _isin_sorted(ends - 1, batch.closes)
+            | (batch.chars[np.minimum(ends, len(batch.text) - 1)] == _NEWLINE)
+            | (ends == len(batch.text))
+        )
+        others = np.flatnonzero(~placed)
+        if len(others):
+            placed[others] = self._coordinated(batch, hits, hit[others], colours[others])
+        return hit[placed], colours[placed]
+
+    def _coordinated(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, colours: np.ndarray
     ) -> np.ndarray:
-        """Which (hit, concept) pairs lie inside the span of a hit of a negative context of that
-        concept, or begin within :data:`CUE_WINDOW` words after a hit of a cue against it, or
-        modify such a pair: a hit of the same concept right before it ("terrier dog bed")."""
-        vetoed = np.zeros(len(hit), dtype=bool)
-        starts = ends - self._length_array[keys]
-        n = len(self.concept_names)
-        pair_keys = rows[hit] * n + concepts  # a pair by its caption and concept
-        pair, context = self._joined_hits(self._negated_of, rows, keys, pair_keys)
-        inner = hit[pair]
-        inside = (starts[context] <= starts[inner]) & (ends[inner] <= ends[context])
-        vetoed[pair[inside]] = True
-        pair, cue = self._joined_hits(self._cued_of, rows, keys, pair_keys)
-        # the words between the cue and the hit: the spaces from the cue's last to the hit's first
-        gap_start, gap_end = ends[cue] - 1, starts[hit[pair]]
-        near = (gap_start <= gap_end) & (gap_end - gap_start <= _CUE_REACH)
-        for index, start, end in zip(
-            pair[near].tolist(), gap_start[near].tolist(), gap_end[near].tolist(), strict=True
+        """Whether each colourway hit is coordinated with a hit of another concept of its
+        colour's group: next to it across a slash, dash, "&", "+" or comma ("Black/Gold"), or
+        across "and", "or", "n" ("Black OR Camel"). A metal is no partner: "silver or gold
+        jewelry" are metals."""
+        text, starts, lasts = batch.text, hits.starts[hit], hits.ends[hit] - 1
+        # where a partner's key would end (its last space) or start, for each colourway hit
+        sides = []
+        for start, end, marked_start, marked_end in zip(
+            starts.tolist(),
+            lasts.tolist(),
+            _isin_sorted(starts, batch.coords).tolist(),
+            _isin_sorted(lasts, batch.coords).tolist(),
+            strict=True,
         ):
-            if text.count(" ", start, end) <= CUE_WINDOW:
-                vetoed[index] = True
+            if not marked_start:
+                before = text.rfind(" ", 0, start)
+                start = before if text[before + 1 : start] in _COORDINATORS else -1
+            if not marked_end:
+                after = text.find(" ", end + 1)
+                end = after if text[end + 1 : after] in _COORDINATORS else -1
+            sides.append((start, end))
+        result = np.zeros(len(hit), dtype=bool)
+        candidates = [i for i, (left, right) in enumerate(sides) if max(left, right) >= 0]
+        if not candidates:
+            return result
+        near = np.flatnonzero(np.isin(hits.rows, hits.rows[hit[candidates]]))
+        other, concepts = self._tables["forms"].expand(hits.keys[near])
+        other, groups = near[other], self._group_of[concepts].tolist()
+        # the groups of the words (metals aside) whose key ends (its last space) or starts there
+        ending: dict[int, set[int]] = {}
+        starting: dict[int, set[int]] = {}
+        for start, end, group in zip(
+            hits.starts[other].tolist(), (hits.ends[other] - 1).tolist(), groups, strict=True
+        ):
+            if text[start + 1 : end] not in _METALS:
+                ending.setdefault(end, set()).add(group)
+                starting.setdefault(start, set()).add(group)
+        for i in candidates:
+            group, (left, right) = self._group_of[colours[i]], sides[i]
+            result[i] = group in ending.get(left, ()) or group in starting.get(right, ())
+        return result
+
+    def _makes(self, batch: _Batch, hits: _Hits) -> tuple[np.ndarray, np.ndarray]:
+        """(hit, concept) pairs of makes with a model: a model designation next ("Ferrari 599",
+        "Lexus RX 330") or a model year right before ("1986 Ferrari"); not after "for" ("Floor
+        Mat For Ford Edge 2015") nor when a head of the concept follows in the caption
+        ("Mercedes W123 Headlight")."""
+        hit, concepts = self._tables["makes"].expand(hits.keys)
+        if not len(hit):
+            return hit, concepts
+        # a digit in the next 30 characters, or four before: where a model or a year can be
+        chars = batch.chars
+        after = chars[(hits.ends[hit][:, None] + np.arange(30)).clip(max=len(chars) - 1)]
+        before = chars[(hits.starts[hit][:, None] - np.arange(1, 5)).clip(min=0)]
+        modelled = ((after >= ord("0")) & (after <= ord("9"))).any(axis=1)
+        modelled |= ((before >= ord("0")) & (before <= ord("9"))).all(axis=1)
+        hit, concepts = hit[modelled], concepts[modelled]
+        text, rows = batch.text, hits.rows[hit]
+        row_ends = batch.row_ends(rows)
+        keep = []
+        for start, end, row_start, row_end in zip(
+            hits.starts[hit].tolist(),
+            hits.ends[hit].tolist(),
+            batch.row_starts(rows).tolist(),
+            row_ends.tolist(),
+            strict=True,
+        ):
+            before = _word_before(text, row_start, start)
+            after = text[end - 1 : min(row_end, end + 30)].split()[:2]
+            keep.append(before != "for" and (_is_model(after) or bool(_YEAR.fullmatch(before))))
+        fits = np.array(keep, dtype=bool)
+        fits &= ~self._heads_within(hits, concepts, hits.ends[hit] - 1, row_ends - 1)
+        return hit[fits], concepts[fits]
+
+    def _heads_within(
+        self, hits: _Hits, concepts: np.ndarray, first: np.ndarray, last: np.ndarray
+    ) -> np.ndarray:
+        """Whether a hit of a head of each concept starts at an offset in ``first..last``."""
+        heads = hits.heads
+        starts = hits.starts[heads]
+        low = np.searchsorted(starts, first)
+        pair, position = _ranges(low, np.searchsorted(starts, last, "right") - low)
+        found = pair[self._heads_of[hits.keys[heads[position]], concepts[pair]]]
+        return np.bincount(found, minlength=len(concepts)) > 0
+
+    # ----------------------------------------------------------------------- vetoes
+
+    def _vetoed(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray
+    ) -> np.ndarray:
+        """Which (hit, concept) pairs are no mention: inside the span of a negative context of
+        the concept, within :data:`CUE_WINDOW` words after a cue against it, before a head it
+        modifies, in a street address, or right before such a pair of the same concept
+        ("terrier dog bed")."""
+        n = len(self.concept_names)
+        pair_keys = hits.rows[hit] * n + concepts  # a pair by its caption and concept
+        vetoed = self._in_contexts(hits, hit, pair_keys)
+        vetoed |= self._after_cues(batch, hits, hit, pair_keys)
+        vetoed |= self._modifying(batch, hits, hit, concepts)
+        vetoed |= self._in_addresses(batch, hits, hit)
         if vetoed.any():
             # offsets in the batch's text name a caption too: a pair by the space it ends on,
             # and the vetoed ones by the space they start on
-            before = (ends[hit] - 1) * n + concepts
+            before = (hits.ends[hit] - 1) * n + concepts
             while True:
-                marks = np.sort(starts[hit[vetoed]] * n + concepts[vetoed])
+                marks = np.sort(hits.starts[hit[vetoed]] * n + concepts[vetoed])
                 at = np.searchsorted(marks, before).clip(max=len(marks) - 1)
                 chained = ~vetoed & (marks[at] == before)
                 if not chained.any():
@@ -334,14 +533,166 @@ class CuratedMatcher(Matcher):
                 vetoed |= chained
         return vetoed
 
+    def _in_contexts(self, hits: _Hits, hit: np.ndarray, pair_keys: np.ndarray) -> np.ndarray:
+        """Pairs inside the span of a hit of a negative context of their concept."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        pair, context = self._joined_hits(self._tables["negated"], hits, pair_keys)
+        inner = hit[pair]
+        inside = (hits.starts[context] <= hits.starts[inner]) & (
+            hits.ends[inner] <= hits.ends[context]
+        )
+        vetoed[pair[inside]] = True
+        return vetoed
+
+    def _after_cues(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, pair_keys: np.ndarray
+    ) -> np.ndarray:
+        """Pairs that begin within :data:`CUE_WINDOW` words after a hit of a cue against their
+        concept, model designations between not counted ("Fit For Audi A4 B6 B7 Sedan")."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        pair, cue = self._joined_hits(self._tables["cued"], hits, pair_keys)
+        # the words between the cue and the hit: from the cue's last space to the hit's first
+        gap_start, gap_end = hits.ends[cue] - 1, hits.starts[hit[pair]]
+        near = (gap_start <= gap_end) & (gap_end - gap_start <= _CUE_REACH)
+        text = batch.text
+        for index, start, end in zip(
+            pair[near].tolist(), gap_start[near].tolist(), gap_end[near].tolist(), strict=True
+        ):
+            words = text[start:end].split()
+            if len(words) - sum(map(_is_model_token, words)) <= CUE_WINDOW:
+                vetoed[index] = True
+        return vetoed
+
+    def _modifying(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray
+    ) -> np.ndarray:
+        """Pairs of a concept's noun right before a head of the concept, or model designations
+        apart from it ("dog bed", "iPhone 4/4S Case"), with no separator between."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        if not len(hits.heads):
+            return vetoed
+        candidates = np.flatnonzero(self._modifies[hits.keys[hit], concepts])
+        space = hits.ends[hit[candidates]] - 1  # the modifier's last space
+        adjacent = self._heads_within(hits, concepts[candidates], space, space)
+        vetoed[candidates[adjacent & ~batch.crossed(space, space)]] = True
+        # model designations between: the word after the modifier is a model word or has a digit
+        # (in its first _WORD_REACH characters)
+        chars = batch.chars[
+            (space[:, None] + np.arange(1, _WORD_REACH + 1)).clip(max=len(batch.chars) - 1)
+        ]
+        in_word = np.cumprod(chars != _SPACE, axis=1, dtype=bool)
+        digit = in_word & (chars >= ord("0")) & (chars <= ord("9"))
+        apart = ~adjacent & (digit.any(axis=1) | _isin_sorted(space, hits.models))
+        candidates, space = candidates[apart], space[apart]
+        if not len(candidates):
+            return vetoed
+        text = batch.text
+        row_ends = batch.row_ends(hits.rows[hit[candidates]]).tolist()
+        after = np.array(
+            [
+                _after_model(text, start, row_end)
+                for start, row_end in zip(space.tolist(), row_ends, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        found = self._heads_within(hits, concepts[candidates], after, after)
+        vetoed[candidates[found & ~batch.crossed(space, after)]] = True
+        return vetoed
+
+    def _in_addresses(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
+        """Pairs inside a street address: a house number, or a listing's "for sale in", then at
+        most :data:`_ADDRESS_WORDS` name words and a street type ("1 Carolina Wren Trail",
+        "house for sale in Manchester Road"); the name and the street type are no concepts."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        streets = np.flatnonzero(self._streets[hits.keys])
+        if not len(streets):
+            return vetoed
+        # only street types with a digit or a listing cue shortly before can end an address
+        starts = hits.starts[streets]
+        window = (starts[:, None] - np.arange(1, _ADDRESS_REACH + 1)).clip(min=0)
+        digits = batch.chars[window]
+        candidate = ((digits >= ord("0")) & (digits <= ord("9"))).any(axis=1)
+        listings = np.flatnonzero(self._listings[hits.keys])
+        if len(listings):
+            after = np.searchsorted(hits.ends[listings] - 1, starts)  # listings ending before
+            previous = listings[(after - 1).clip(min=0)]
+            candidate |= (after > 0) & (starts - hits.ends[previous] < _ADDRESS_REACH)
+        streets = streets[candidate]
+        row_starts = batch.row_starts(hits.rows[streets])
+        starts = hits.starts[streets]
+        begins = np.maximum(row_starts, batch.sep_before(starts))  # a name ends at a separator
+        spans = [
+            (first, end)
+            for start, end, begin, row_start in zip(
+                starts.tolist(),
+                hits.ends[streets].tolist(),
+                begins.tolist(),
+                row_starts.tolist(),
+                strict=True,
+            )
+            if (first := _address_start(batch.text, start, begin, row_start)) is not None
+        ]
+        if spans:
+            first, last = np.array(spans, dtype=np.int64).T
+            order = np.argsort(first)
+            first, last = first[order], last[order]
+            at = np.searchsorted(first, hits.starts[hit], "right") - 1
+            inside = (at >= 0) & (hits.ends[hit] <= last[at.clip(min=0)])
+            vetoed[inside] = True
+        return vetoed
+
+    # ----------------------------------------------------------------------- added pairs
+
+    def _together(self, hits: _Hits) -> np.ndarray:
+        """Pairs (as ``row * n + concept``) of the concepts a caption holds a word of each
+        ``together`` list of ("X vs Y" and a sport)."""
+        hit, codes = self._tables["together"].expand(hits.keys)
+        if not len(hit):
+            return hit
+        n = len(self.concept_names)
+        # each (caption, concept, list) once, then the captions holding every list of a concept
+        found = _distinct(hits.rows[hit] * (n * TOGETHER_LISTS) + codes) // TOGETHER_LISTS
+        pairs, counts = np.unique(found, return_counts=True)
+        return pairs[counts == self._together_lists[pairs % n]]
+
+    def _verbs(
+        self,
+        captions: Sequence[str | None],
+        batch: _Batch,
+        hits: _Hits,
+        hit: np.ndarray,
+        concepts: np.ndarray,
+    ) -> np.ndarray:
+        """Which pairs on a word that English also uses as a verb the pipeline tags as a verb
+        only ("tie your shoes"); a caption is tagged only when another pair does not already
+        give the concept."""
+        n = len(self.concept_names)
+        unsure = self._checked[hits.keys[hit], concepts]
+        verbs = np.zeros(len(hit), dtype=bool)
+        if not unsure.any():
+            return verbs
+        pair_keys = hits.rows[hit] * n + concepts
+        sure = pair_keys[~unsure]
+        tags: dict[int, dict[str, set[str]]] = {}
+        for index in np.flatnonzero(unsure & ~np.isin(pair_keys, sure)).tolist():
+            row = int(hits.rows[hit[index]])
+            if row not in tags:
+                tags[row] = {}
+                for token in self._nlp(_text(captions[row])):
+                    tags[row].setdefault(normalize(token.text), set()).add(token.pos_)
+            word = batch.text[hits.starts[hit[index]] + 1 : hits.ends[hit[index]] - 1]
+            found = tags[row].get(word)
+            verbs[index] = bool(found) and found <= _VERB_TAGS
+        return verbs
+
     def _joined_hits(
-        self, table: _Ragged, rows: np.ndarray, keys: np.ndarray, pair_keys: np.ndarray
+        self, table: _Ragged, hits: _Hits, pair_keys: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each (hit, concept) pair (by ``pair_keys``) joined with the hits in the same caption
         whose keys list that concept in ``table`` (negative contexts or cues): the pair's index
         and the other hit's."""
-        other = np.flatnonzero(table.sizes[keys])  # only the hits whose keys list any
-        which, listed = table.expand(keys[other])
+        other = np.flatnonzero(table.sizes[hits.keys])  # only the hits whose keys list any
+        which, listed = table.expand(hits.keys[other])
         n = len(self.concept_names)
         # only the pairs of a concept that some of those hits list can join
         listed_here = np.zeros(n, dtype=bool)
@@ -350,7 +701,7 @@ class CuratedMatcher(Matcher):
         if not len(candidates):
             return candidates, candidates
         other = other[which]
-        other_keys = rows[other] * n + listed
+        other_keys = hits.rows[other] * n + listed
         order = np.argsort(other_keys)
         sorted_keys = other_keys[order]
         first = np.searchsorted(sorted_keys, pair_keys[candidates], "left")
@@ -358,144 +709,182 @@ class CuratedMatcher(Matcher):
         pair, position = _ranges(first, last - first)  # each pair with each of its other hits
         return candidates[pair], other[order[position]]
 
-    def _resolve(self, caption: str, text: str, keys: set[int]) -> list[int]:
-        """Concepts of a caption that hits keys other than plain forms."""
-        if not any(self._negated[key] or self._cued[key] or self._checked[key] for key in keys):
-            return sorted({index for key in keys for index in self._concepts[key]})
-        hits: list[tuple[int, int, int]] = []  # (start, end, concept)
-        vetoes: list[tuple[int, int, tuple[int, ...]]] = []
-        cues: list[tuple[int, tuple[int, ...]]] = []  # (the cue's last space, concepts)
-        checked: set[tuple[int, int, int]] = set()
-        for end, key in self._iter(text):
-            start = end - self._lengths[key]
-            hits.extend((start, end, index) for index in self._concepts[key])
-            checked.update((start, end, index) for index in self._checked[key])
-            if self._negated[key]:
-                vetoes.append((start, end, self._negated[key]))
-            if self._cued[key]:
-                cues.append((end - 1, self._cued[key]))
-        vetoed = {
-            (start, end, index)
-            for start, end, index in hits
-            if any(s <= start and end <= e and index in negated for s, e, negated in vetoes)
-            or any(
-                index in against
-                and cue <= start <= cue + _CUE_REACH
-                and text.count(" ", cue, start) <= CUE_WINDOW
-                for cue, against in cues
-            )
-        }
-        # a hit of the same concept right before a vetoed one modifies it ("terrier dog bed")
-        chained = vetoed
-        while chained:
-            starts = {(start, index) for start, _, index in chained}
-            chained = {hit for hit in hits if (hit[1] - 1, hit[2]) in starts} - vetoed
-            vetoed |= chained
-        result: set[int] = set()
-        unsure: dict[int, list[str]] = {}  # concept -> words whose part of speech decides
-        for hit in hits:
-            start, end, index = hit
-            if hit in vetoed:
-                continue
-            if hit in checked:
-                unsure.setdefault(index, []).append(text[start + 2 : end])
-            else:
-                result.add(index)
-        if unsure.keys() - result:
-            result.update(self._confirmed_by_tags(caption, unsure))
-        return sorted(result)
-
-    def _confirmed_by_tags(self, caption: str, unsure: dict[int, list[str]]) -> set[int]:
-        """The concepts with at least one hit that the pipeline does not tag as a verb."""
-        tags: dict[str, set[str]] = {}
-        for token in self._nlp(caption):
-            tags.setdefault(normalize(token.text), set()).add(token.pos_)
-        return {
-            index
-            for index, words in unsure.items()
-            if any(tags.get(word, set()) - _VERB_TAGS or word not in tags for word in words)
-        }
-
     def __getstate__(self) -> dict[str, Any]:
-        # a spaCy pipeline is reloaded by name in the receiving process rather than pickled
-        return {**self.__dict__, "_nlp": None}
+        # a spaCy pipeline is reloaded by name in the receiving process rather than pickled, and
+        # the matrices, rebuilt from the tables, are most of a matcher's size
+        matrices = ("_modifies", "_heads_of", "_checked")
+        return {k: v for k, v in self.__dict__.items() if k not in matrices} | {"_nlp": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._matrices()
         if self.spacy_model:
             self._nlp = _load_pipeline(self.spacy_model)
 
 
-def _modifier_contexts(
-    lexicon: _Lexicon, synonyms: Iterable[str], own: set[str], heads: Iterable[str]
-) -> Iterator[str]:
-    """Negative contexts from a concept's ``modifier_of`` heads: each noun synonym followed by
-    each form of each head ("dog bed", "dog beds"), except where the head or the whole phrase is
-    itself a form of the concept (``own``: "tote bag" is a bag, "tea cup" is tea when tea lists
-    it).
-
-    A modifier in an English compound is singular, so plural synonyms are left out ("trains
-    pass" is a clause). So are adjectives and participles, which describe the head rather than
-    say what it is for ("a snowy forest", "a frozen pond"). A head whose "-s" form is mostly a
-    verb after a noun phrase ("a man in a shirt stands", "snow covers the hill") is taken in
-    the singular only.
-    """
-    head_forms = _head_forms(lexicon, heads)
-    for synonym in map(normalize, synonyms):
-        words = synonym.split(" ")
-        first, last = words[0], words[-1]
-        if not lexicon.is_noun(last) or lexicon.lookup.get(first, first) != first:
-            continue  # an adjective, a participle or an activity ("playing tennis")
-        for head in head_forms - own:
-            if f"{synonym} {head}" not in own:
-                yield f"{synonym} {head}"
+# words that coordinate two colours of a colourway ("Black OR Camel", "Red N Gold"), and
+# metals, which coordinate as metals ("silver or gold jewelry")
+_COORDINATORS = frozenset({"and", "or", "n"})
+_METALS = frozenset({"silver", "gold", "bronze", "copper", "platinum", "brass"})
 
 
-def _head_forms(lexicon: _Lexicon, heads: Iterable[str]) -> set[str]:
-    """The forms of ``modifier_of`` heads, the verb-like ones in the singular only."""
-    return {
-        form
-        for head in map(normalize, heads)
-        for form, _ in lexicon.phrase_forms(head)
-        if form == head or head.split(" ")[-1] not in _VERB_LIKE_HEADS
-    }
+def _address_start(text: str, start: int, begin: int, row_start: int) -> int | None:
+    """Where the name of an address ending in a street type at ``start`` begins (the space
+    before it), or None when the words before make no address; ``begin``: a separator or the
+    caption's first space, before which no name goes."""
+    position, names = start, 0
+    while position > begin:
+        space = text.rfind(" ", begin, position)
+        word = text[space + 1 : position]
+        if word.isdigit():  # a house number
+            return space
+        if names == _ADDRESS_WORDS or word in _FUNCTION_WORDS:
+            break
+        names += 1
+        position = space
+    if names and text.endswith(_LISTING_ENDINGS, row_start, position):
+        return position
+    return None
 
 
-def _cues(lexicon: _Lexicon, heads: Iterable[str], not_after: Iterable[str]) -> Iterator[str]:
-    """Cues against a concept: its ``not_after`` phrases ("by" for authorship), and for a concept
-    that other objects are made for (one with ``modifier_of`` heads) each head followed by "for"
-    ("case for", "cases for": "a case for an iPhone 7") and the phrases of :data:`FIT_CUES`."""
-    for cue in map(normalize, not_after):
-        yield from (form for form, _ in lexicon.phrase_forms(cue))
-    heads = list(heads)
-    if heads:
-        yield from FIT_CUES
-        yield from (f"{head} for" for head in _head_forms(lexicon, heads))
+def _after_model(text: str, space: int, row_end: int) -> int:
+    """The space after the model designation that follows the space at ``space`` (at most
+    :data:`MODEL_GAP` words): where a head would begin; -1 for a longer one."""
+    for _ in range(MODEL_GAP):
+        end = text.find(" ", space + 1, row_end)
+        if end < 0 or not _is_model_token(text[space + 1 : end]):
+            return space
+        space = end
+    end = text.find(" ", space + 1, row_end)
+    return -1 if end >= 0 and _is_model_token(text[space + 1 : end]) else space
 
 
-def _joined(captions: Sequence[str | None]) -> tuple[str, np.ndarray]:
-    """A batch of captions as one text: each normalised and padded with spaces as
-    :meth:`CuratedMatcher.match_indices` does, joined by "\\n", which no key contains, so no hit
-    spans two captions; and the offsets of those "\\n"s."""
+def _word_before(text: str, row_start: int, start: int) -> str:
+    """The word before the space at ``start``, in the caption that opens at ``row_start``."""
+    space = text.rfind(" ", row_start, start)
+    return text[space + 1 : start] if space >= 0 else ""
+
+
+def _has_digit(word: str) -> bool:
+    return _DIGIT.search(word) is not None
+
+
+def _is_model_number(word: str) -> bool:
+    """A word of a model designation with a digit, not an ordinal ("599", "e350", not "4th")."""
+    return _has_digit(word) and not _ORDINAL.fullmatch(word)
+
+
+def _is_model(words: list[str]) -> bool:
+    """Whether the words after a make begin with a model designation: a model number ("599"),
+    or a series of up to three letters and a model number ("RX 330", "F-150")."""
+    return bool(words) and (
+        _is_model_number(words[0])
+        or (len(words) > 1 and len(words[0]) <= 3 and _is_model_number(words[1]))
+    )
+
+
+def _is_model_token(word: str) -> bool:
+    """A word of a model designation: one with a digit ("4s", "a4") or a model word ("plus",
+    "edge", "x")."""
+    return word in _MODEL_WORDS or _has_digit(word)
+
+
+def _isin_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_values)`` for an ascending ``sorted_values``, by binary search."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(sorted_values, values).clip(max=len(sorted_values) - 1)
+    return sorted_values[at] == values
+
+
+# --------------------------------------------------------------------------- batches of captions
+
+# bytes.translate tables for a batch joined with " \0 ": normalize's table with "\0" to "\n";
+# for folded text, upper case to space (what normalize's table for folded text does, the rest
+# left for the batch's table); and the marks a character is, as bits: a separator, a mark that
+# opens a colourway, one that coordinates colours, and a hyphen (a dash, which opens and
+# coordinates, when a space stands beside it)
+_BATCH_TABLE = bytes([_NEWLINE]) + ASCII_TABLE[1:]
+_FOLD_CASE = bytes(_SPACE if 65 <= c <= 90 else c for c in range(256))
+_SEPARATOR, _OPENS, _COORDINATES, _HYPHEN = 1, 2, 4, 8
+_MARKS = {
+    **dict.fromkeys(";()[]{}!?", _SEPARATOR),
+    ",": _SEPARATOR | _COORDINATES,
+    ":": _SEPARATOR | _OPENS,
+    "|": _SEPARATOR | _OPENS,
+    "/": _OPENS | _COORDINATES,
+    "&": _COORDINATES,
+    "+": _COORDINATES,
+    "-": _HYPHEN,
+}
+_KIND_TABLE = bytes(_MARKS.get(chr(c), 0) for c in range(256))
+# marks that folding makes spaces, as the ASCII marks of their kind of boundary
+_UNICODE_MARKS = (("\u2013", " - "), ("\u2014", " - "), ("\u2022", " | "), ("\u00b7", " | "))
+
+
+def _prepare(captions: Sequence[str | None]) -> _Batch:
+    """A batch of captions as one text: each normalised as :func:`clipaudit.text.normalize`
+    does and padded with spaces, joined by "\\n", which no key contains, so no hit spans two
+    captions; with the offsets of the spaces that stand for a separator (``, ; : | ( ) [ ] { }
+    ! ?``) and for the marks of colourways (a spaced dash, a slash, a pipe, a colon, "&",
+    "+", a comma)."""
     try:
-        joined = " \n ".join(captions)
+        joined = " \0 ".join(captions)
     except TypeError:  # None or a non-text among them
         captions = [_text(caption) for caption in captions]
-        joined = " \n ".join(captions)
-    if not joined.isascii():  # the batch normalisation below is normalize's ASCII path
-        captions = [text if text.isascii() else normalize(text) for text in captions]
-        joined = " \n ".join(captions)
-    chars = np.frombuffer(f" {joined} ".encode("ascii").translate(ASCII_TABLE), dtype=np.uint8)
-    # the translation made every "\n" a space, as a caption's own "\n" must be: put back the
-    # separators, after caption i at 1 + (the lengths of captions 0..i) + 3 * i + 1
-    lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
-    chars = chars.copy()
-    chars[np.cumsum(lengths)[:-1] + 3 * np.arange(len(captions) - 1) + 2] = _NEWLINE
+        joined = " \0 ".join(captions)
+    if joined.count("\0") != len(captions) - 1:  # a caption's own "\0" is a space
+        captions = [caption.replace("\0", " ") for caption in captions]
+        joined = " \0 ".join(captions)
+    if not joined.isascii():
+        joined = _folded(captions)
+    data = b" " + joined.encode("ascii") + b" "
+    chars = np.frombuffer(data.translate(_BATCH_TABLE), dtype=np.uint8)
     # a run of spaces becomes one, as normalize's strip and split do within a padded caption
+    spaces = chars == _SPACE
+    removed = np.flatnonzero(spaces[1:] & spaces[:-1]) + 1
     keep = np.ones(len(chars), dtype=bool)
-    keep[1:] = (chars[1:] != _SPACE) | (chars[:-1] != _SPACE)
-    chars = chars[keep]
-    return chars.tobytes().decode("ascii"), np.flatnonzero(chars == _NEWLINE)
+    keep[removed] = False
+    kinds = np.frombuffer(data.translate(_KIND_TABLE), dtype=np.uint8)
+    marks = np.flatnonzero(kinds != 0)  # (faster than on the uint8 values themselves)
+    kind = kinds[marks]
+    hyphen = np.flatnonzero(kind == _HYPHEN)  # a dash when a space stands beside it
+    spaced = (chars[marks[hyphen] - 1] == _SPACE) | (chars[marks[hyphen] + 1] == _SPACE)
+    kind[hyphen] = np.where(spaced, _OPENS | _COORDINATES, 0)
+    marks, kind = marks[kind != 0], kind[kind != 0]
+    # each mark became a space of a run that is now one space: its offset in the result, with
+    # the marks of all the run's characters
+    marks = marks - np.searchsorted(removed, marks, "right")
+    first = np.ones(len(marks), dtype=bool)
+    first[1:] = marks[1:] != marks[:-1]
+    marks = marks[first]
+    kind = np.bitwise_or.reduceat(kind, np.flatnonzero(first)) if len(kind) else kind
+    text = chars[keep]
+    return _Batch(
+        text=text.tobytes().decode("ascii"),
+        chars=text,
+        newlines=np.flatnonzero(text == _NEWLINE),
+        seps=marks[(kind & _SEPARATOR) != 0],
+        opens=marks[(kind & _OPENS) != 0],
+        closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],
+        coords=marks[(kind & _COORDINATES) != 0],
+    )
+
+
+def _folded(captions: list[str]) -> str:
+    """The captions joined as :func:`_prepare` joins them, the non-ASCII ones folded as
+    :func:`clipaudit.text.normalize` folds them, punctuation kept."""
+    ascii_ = np.fromiter(map(str.isascii, captions), dtype=bool, count=len(captions))
+    odd = np.flatnonzero(~ascii_).tolist()
+    text = "\0".join(captions[index] for index in odd)
+    for mark, ascii_mark in _UNICODE_MARKS:
+        if mark in text:
+            text = text.replace(mark, ascii_mark)
+    folded = fold(text).translate(_FOLD_CASE).decode("ascii").split("\0")
+    captions = list(captions)
+    for index, caption in zip(odd, folded, strict=True):
+        captions[index] = caption
+    return " \0 ".join(captions)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -516,9 +905,16 @@ class _Ragged:
 
     def expand(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every value of every item's list, with the position in ``items`` it belongs to."""
-        starts = self.offsets[items]
-        which, positions = _ranges(starts, self.offsets[items + 1] - starts)
-        return which, self.values[positions]
+        listed = np.flatnonzero(self.sizes[items])  # most items list nothing for most roles
+        starts = self.offsets[items[listed]]
+        which, positions = _ranges(starts, self.sizes[items[listed]])
+        return listed[which], self.values[positions]
+
+    def matrix(self, n: int) -> np.ndarray:
+        """A boolean item x value matrix, true where the item's list holds the value (< ``n``)."""
+        found = np.zeros((len(self.sizes), n), dtype=bool)
+        found[np.repeat(np.arange(len(self.sizes)), self.sizes), self.values] = True
+        return found
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -527,6 +923,162 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
     which = np.repeat(np.arange(len(counts)), counts)
     offsets = np.cumsum(counts) - counts  # where each range begins in the result
     return which, starts[which] + np.arange(len(which)) - offsets[which]
+
+
+# --------------------------------------------------------------------------- key tables
+
+
+def _key_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
+    """For each of :data:`ROLES`, the forms holding it and their integers: read from the cache
+    (:func:`matcher_cache_dir`) when it holds this registry's, built and cached otherwise."""
+    path = _cache_path(registry)
+    if path is not None:
+        try:
+            tables = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            tables = None
+        if _valid_tables(tables, len(registry.concepts)):
+            return tables
+    tables = _build_tables(registry)
+    if path is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+            atomic_write_text(path, json.dumps(tables, separators=(",", ":")))
+            # the newest files stay: older ones are of registries and code since changed
+            others = [file for file in path.parent.glob("*.json") if file != path]
+            others.sort(key=lambda file: file.stat().st_mtime)
+            for old in others[: max(0, len(others) + 1 - _CACHE_FILES)]:
+                old.unlink(missing_ok=True)
+    return tables
+
+
+def _build_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
+    lexicon = _english_lexicon()
+    roles: dict[str, dict[str, set[int]]] = {role: {} for role in ROLES}
+
+    def add(role: str, forms: Iterable[str], value: int = 0) -> None:
+        for form in forms:
+            roles[role].setdefault(form, set()).add(value)
+
+    def forms_of(phrase: str) -> list[str]:
+        return [form for form, _ in lexicon.phrase_forms(normalize(phrase))]
+
+    head_forms = cache(lambda heads: _head_forms(lexicon, heads))
+    for index, concept in enumerate(registry.concepts):
+        own: set[str] = set()
+        for synonym in map(normalize, concept.synonyms):
+            for form, verb_like in lexicon.phrase_forms(synonym):
+                own.add(form)
+                add("forms", [form], index)
+                if verb_like:
+                    add("checked", [form], index)
+            if _can_modify(lexicon, synonym):
+                add("modifiers", [synonym], index)
+        for make in map(normalize, concept.makes):
+            add("makes", forms_of(make), index)
+            add("modifiers", [make], index)
+        add("colourways", map(normalize, concept.colourways), index)
+        for number, words in enumerate(concept.together):
+            for word in words:
+                add("together", forms_of(word), index * TOGETHER_LISTS + number)
+        for context in concept.negative_contexts:
+            add("negated", forms_of(context), index)
+        group = registry.group(concept.group)
+        heads = group.modifier_of + concept.modifier_of
+        add("heads", head_forms(heads) - own, index)
+        add("cued", _cues(lexicon, head_forms(heads), group.not_after + concept.not_after), index)
+    add("models", _MODEL_WORDS)
+    add("streets", chain.from_iterable(map(forms_of, _STREET_TYPES)))
+    add("listings", _LISTING_CUES)
+    return {role: {form: sorted(v) for form, v in sorted(t.items())} for role, t in roles.items()}
+
+
+def _valid_tables(tables: Any, n_concepts: int) -> bool:
+    """Whether a cache file's content has the shape :func:`_build_tables` gives."""
+    if not isinstance(tables, dict) or list(tables) != list(ROLES):
+        return False
+    top = n_concepts * TOGETHER_LISTS
+    return all(
+        isinstance(table, dict)
+        and all(
+            isinstance(form, str)
+            and isinstance(values, list)
+            and all(isinstance(v, int) and 0 <= v < top for v in values)
+            for form, values in table.items()
+        )
+        for table in tables.values()
+    )
+
+
+_CACHE_FILES = 16  # the most key tables a cache folder keeps
+
+
+def matcher_cache_dir() -> Path | None:
+    """Where built key tables are cached: ``$CLIPAUDIT_MATCHER_CACHE`` (``off`` for nowhere),
+    else ``$XDG_CACHE_HOME/clipaudit/matchers`` (``~/.cache`` by default)."""
+    chosen = os.environ.get("CLIPAUDIT_MATCHER_CACHE")
+    if chosen:
+        return None if chosen == "off" else Path(chosen).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "clipaudit" / "matchers"
+
+
+def _cache_path(registry: Registry) -> Path | None:
+    """The cache file of a registry's key tables: named by a hash of the registry's content and
+    concepts, the lexicon's version and this code; None when nothing should be cached."""
+    folder = matcher_cache_dir()
+    if folder is None or registry.sha256 is None:
+        return None
+    identity = json.dumps([registry.sha256, [c.name for c in registry.concepts], *_code_identity()])
+    return folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
+
+
+@cache
+def _code_identity() -> tuple[str, str]:
+    """The lexicon's version and a hash of the code that turns a registry into key tables."""
+    import spacy_lookups_data
+
+    from clipaudit import registry, text
+
+    digest = hashlib.sha256()
+    for module in (__file__, registry.__file__, text.__file__):
+        digest.update(Path(module).read_bytes())
+    return spacy_lookups_data.__version__, digest.hexdigest()
+
+
+def _can_modify(lexicon: _Lexicon, synonym: str) -> bool:
+    """Whether a normalised synonym can modify a head noun ("dog" in "dog bed").
+
+    A modifier in an English compound is a singular noun, so a plural is no modifier ("trains
+    pass" is a clause); only the synonym as listed is taken, never its plural. Neither are
+    adjectives and participles, which describe the head rather than say what it is for ("a
+    snowy forest", "a frozen pond"), nor activities ("playing tennis").
+    """
+    words = synonym.split(" ")
+    first, last = words[0], words[-1]
+    return lexicon.is_noun(last) and lexicon.lookup.get(first, first) == first
+
+
+def _head_forms(lexicon: _Lexicon, heads: Iterable[str]) -> set[str]:
+    """The forms of ``modifier_of`` heads; a head whose "-s" form is mostly a verb after a noun
+    phrase ("a man in a shirt stands", "snow covers the hill") is taken in the singular only."""
+    return {
+        form
+        for head in map(normalize, heads)
+        for form, _ in lexicon.phrase_forms(head)
+        if form == head or head.split(" ")[-1] not in _VERB_LIKE_HEADS
+    }
+
+
+def _cues(lexicon: _Lexicon, heads: set[str], not_after: Iterable[str]) -> Iterator[str]:
+    """Cues against a concept: its ``not_after`` phrases ("by" for authorship), and for a concept
+    that other objects are made for (one with ``modifier_of`` heads) each head form followed by
+    "for" ("case for", "cases for": "a case for an iPhone 7") and the phrases of
+    :data:`FIT_CUES`."""
+    for cue in map(normalize, not_after):
+        yield from (form for form, _ in lexicon.phrase_forms(cue))
+    if heads:
+        yield from FIT_CUES
+        yield from (f"{head} for" for head in heads)
 
 
 def _load_pipeline(name: str) -> Any:

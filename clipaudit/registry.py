@@ -22,6 +22,9 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
         negative_contexts: [hot dog]       # phrases that look like a mention but are not
         modifier_of: [kennel]              # optional: more head nouns, for this concept only
         not_after: [by]                    # optional: cue phrases (see below); groups take it too
+        colourways: [forest]               # optional: colour names of a colourway (see below)
+        makes: [ferrari]                   # optional: makes that name it with a model (see below)
+        together: [[vs], [rugby, nfl]]     # optional: word lists that name it together (see below)
         prompts: [dog]                     # class names zero-shot prompts are built from
         paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was
         version: 1
@@ -39,6 +42,21 @@ mention: "by" for the authorship of a role ("songs by hip hop artist", "recipe b
 LABELLING.md rule 6).
 
 A group's heads and cues apply to all its concepts; a concept's add to them and may not repeat them.
+
+``colourways`` lists words that name a colour concept only where a product's colourway is given
+(LABELLING.md rule 7): as a segment of their own after a dash, a slash, a pipe, a colon or a
+comma ("Sweatshirt - Forest", "Color: Gold"), or coordinated with another colour of the group
+("Black OR Camel", "Black/Gold"). There the word names the colour, and none of its other senses
+counts ("- Forest" is green, not a forest).
+
+``makes`` lists brand names whose products are the concept when a model designation follows
+("Ferrari 599", "Lexus RX 330": a word with a digit, one of the next two) or a model year comes
+before ("1986 Ferrari"); not when the caption names a part the make's model fits, one of the
+concept's ``modifier_of`` heads after it ("Mercedes W123 Headlight"), or after a cue against the
+concept ("Fit for Audi A4").
+
+``together`` lists two to eight word lists that mention the concept together: a caption holding a
+word of every list does ("USC vs Stanford ... football": [[vs, versus], [football, nfl, ...]]).
 """
 
 from __future__ import annotations
@@ -78,10 +96,14 @@ _CONCEPT_KEYS = {
     "paper_synonyms",
     "modifier_of",
     "not_after",
+    "colourways",
+    "makes",
+    "together",
     "version",
 }
 _GROUP_REQUIRED = {"name", "category"}
 _CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
+TOGETHER_LISTS = 8  # the most word lists a concept's ``together`` may hold
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,9 @@ class Concept:
     paper_synonyms: tuple[str, ...] = ()
     modifier_of: tuple[str, ...] = ()
     not_after: tuple[str, ...] = ()
+    colourways: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
+    together: tuple[tuple[str, ...], ...] = ()
     version: int = 1
     line: int | None = field(default=None, compare=False, repr=False)
 
@@ -369,6 +394,29 @@ class _Checker:
             seen[norm] = item
         return tuple(v.strip() for v in value)
 
+    def word_lists(self, entry: _LineMap, key: str, what: str) -> tuple[tuple[str, ...], ...]:
+        """A list of 2 to :data:`TOGETHER_LISTS` lists of non-empty strings (``together``)."""
+        if key not in entry:
+            return ()
+        value = entry[key]
+        line = entry.key_lines.get(key, entry.line)
+        if (
+            not isinstance(value, list)
+            or not 2 <= len(value) <= TOGETHER_LISTS
+            or not all(
+                isinstance(words, list)
+                and words
+                and all(isinstance(w, str) and w.strip() for w in words)
+                for words in value
+            )
+        ):
+            self.fail(
+                f"{what}: {key!r} must be a list of 2 to {TOGETHER_LISTS} lists of non-empty "
+                f"strings, got {value!r:.80}",
+                line,
+            )
+        return tuple(tuple(w.strip() for w in words) for words in value)
+
 
 def parse_registry(
     text: str, *, path: Path | str = "<string>", sha256: str | None = None
@@ -525,6 +573,9 @@ def _parse_concepts(
             paper_synonyms=check.strings(entry, "paper_synonyms", what, allow_empty=True),
             modifier_of=check.strings(entry, "modifier_of", what),
             not_after=check.strings(entry, "not_after", what),
+            colourways=check.strings(entry, "colourways", what),
+            makes=check.strings(entry, "makes", what),
+            together=check.word_lists(entry, "together", what),
             version=version,
             line=entry.line,
         )

@@ -20,6 +20,15 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def matcher_cache(tmp_path_factory):
+    """Matchers cache their key tables in a folder of the test session, not the user's."""
+    folder = tmp_path_factory.mktemp("matcher-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPAUDIT_MATCHER_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def registry():
     from clipaudit.registry import load_registry

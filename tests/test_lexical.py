@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 
+from clipaudit import lexical
 from clipaudit.errors import InputError, SettingsError
-from clipaudit.lexical import PROFILES, build_matcher, surface_forms
+from clipaudit.lexical import PROFILES, build_matcher, matcher_cache_dir, surface_forms
 from clipaudit.registry import parse_registry
+from clipaudit.text import normalize
 
 # A small registry written for these tests, so they do not depend on how cai2025 is curated.
 TINY = """
@@ -331,7 +334,7 @@ def test_match_pairs_flatten_match_batch(curated, paper):
 def test_batch_hits_stay_in_their_caption(curated):
     index = {name: i for i, name in enumerate(curated.concept_names)}
     dog, ice_cream, train = index["dog"], index["ice cream"], index["train"]
-    batch = ["ice", "cream", "hot", "dog", "a train", "station", "ice, cream", "a hot dog"]
+    batch = ["ice", "cream", "hot", "dog", "a train", "station", "ice-cream", "a hot dog"]
     # checked by hand: a phrase or negative context split over two captions is neither
     assert curated.match_batch(batch) == [[], [], [], [dog], [train], [], [ice_cream], []]
 
@@ -627,3 +630,270 @@ def test_batches_agree_with_single_captions_under_the_sense_rules(rules):
 )
 def test_builtin_registry_on_web_text(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+# ---------------------------------------------------------------------------- round 2: web text
+
+# A registry for the rules of issue 15's second round: separators, model designations, street
+# addresses, colourways, makes and word lists that mention a concept together.
+WEB = """
+groups:
+  - {name: Animal, category: common, modifier_of: [bed]}
+  - {name: Object, category: common, modifier_of: [case, lamp, headlight, mat]}
+  - {name: Scene, category: common}
+  - {name: Color, category: common}
+  - {name: Role, category: common}
+  - {name: Food, category: common}
+  - {name: Clothing, category: common}
+concepts:
+  - {name: dog, group: Animal, gloss: a dog, synonyms: [dog], negative_contexts: [hot dog]}
+  - {name: bird, group: Animal, gloss: a bird, synonyms: [bird, wren]}
+  - {name: table, group: Object, gloss: a table, synonyms: [table]}
+  - {name: phone, group: Object, gloss: a phone, synonyms: [phone, iphone, galaxy]}
+  - name: car
+    group: Object
+    gloss: a car
+    synonyms: [car, sedan]
+    makes: [ferrari, lexus, audi, ford]
+  - {name: street, group: Scene, gloss: a street in a town, synonyms: [street, road, avenue]}
+  - {name: park, group: Scene, gloss: a park, synonyms: [park]}
+  - {name: forest, group: Scene, gloss: a forest, synonyms: [forest, woods]}
+  - {name: black, group: Color, gloss: the colour black, synonyms: [black]}
+  - {name: green, group: Color, gloss: the colour green, synonyms: [green], colourways: [forest]}
+  - {name: yellow, group: Color, gloss: the colour yellow, synonyms: [yellow], colourways: [gold]}
+  - name: brown
+    group: Color
+    gloss: the colour brown
+    synonyms: [brown]
+    colourways: [camel, chocolate]
+  - {name: gray, group: Color, gloss: the colour gray, synonyms: [gray, silver]}
+  - name: athlete
+    group: Role
+    gloss: an athlete
+    synonyms: [athlete, player]
+    together: [[vs, versus], [rugby, nfl, patriots]]
+  - {name: ice cream, group: Food, gloss: ice cream, synonyms: [ice cream]}
+  - {name: shirt, group: Clothing, gloss: a shirt, synonyms: [shirt, t-shirt]}
+"""
+
+
+@pytest.fixture(scope="module")
+def web():
+    return build_matcher(parse_registry(WEB))
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a phrase, a negative context or a compound never spans , ; : | ( ) [ ] { } ! ?
+        ("chairs, table, lamps", ["table"]),
+        ("Table Lamp", []),  # the same words without the comma: a lamp for a table
+        ("ice, cream", []),
+        ("a hot, dog", ["dog"]),
+        ("a hot (dog)", ["dog"]),
+        ("Table | Lamp", ["table"]),
+        # hyphens and spaced hyphens (Conceptual Captions writes "t - shirt") are no separators
+        ("ice-cream", ["ice cream"]),
+        ("a t - shirt", ["shirt"]),
+        ("a hot-dog", []),
+    ],
+)
+def test_no_phrase_spans_a_separator(web, caption, expected):
+    assert sorted(web.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # model designations between a word and its head: words with a digit, model words
+        ("Aztec Print iPhone 4/4S Case", []),
+        ("Galaxy S7 Edge Case", []),
+        ("iPhone X/XS Case", []),
+        ("iPhone 11 Pro Max Case", []),
+        # counter-examples: other words, a separator, a possessive, or too long a designation
+        ("an iPhone 4 and a case", ["phone"]),
+        ("iPhone 7, Case", ["phone"]),
+        ("a dog 's bed", ["dog"]),
+        ("iPhone 4 4s 5 5s Case", ["phone"]),
+        ("a dog on a bed", ["dog"]),
+    ],
+)
+def test_model_designations_between_a_word_and_its_head(web, caption, expected):
+    assert web.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a house number or a listing's "for sale in", up to three name words, a street type
+        ("1617 Landmark Road Irving, TX 75060", []),
+        ("143 Park Road, London", []),  # the name's words are no concepts either
+        ("1 Carolina Wren Trail Lot 91", []),
+        ("4 bed detached property in Manchester Road, Mossley", []),
+        ("Flat to rent in Derby Road", []),
+        # counter-examples: no number or listing, function words, a separator between
+        ("a bus on the road", ["street"]),
+        ("bus number 42 on the road", ["street"]),
+        ("two buses on 5th avenue", ["street"]),
+        ("a walk in the park, 3 birds on the road", ["bird", "park", "street"]),
+        ("a house in a quiet street", ["street"]),
+    ],
+)
+def test_street_addresses_are_names(web, caption, expected):
+    assert sorted(web.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a colourway word names its colour as a segment of its own after - / | :
+        ("Crewneck Sweatshirt - Forest", ["green"]),  # and no forest
+        ("Earrings - Gold - Stud", ["yellow"]),
+        ("Dangle Earrings | Gold", ["yellow"]),
+        ("Color: Camel", ["brown"]),
+        ("Trainers, Black/Gold", ["black", "yellow"]),  # coordinated with a colour
+        ("wedge boot Black OR Camel", ["black", "brown"]),
+        ("gold and black dress", ["black", "yellow"]),
+        # counter-examples: the metal, the animal, the food, a forest
+        ("14k gold ring", []),
+        ("a camel in the desert", []),
+        ("marshmallows, chocolate, and treats", []),  # a comma opens no colourway
+        ("silver or gold jewelry", ["gray"]),  # metals coordinate as metals
+        ("a walk in the forest", ["forest"]),
+        ("Gold Rush - Forest Trail", ["forest"]),  # neither is a segment of its own
+    ],
+)
+def test_colourways(web, caption, expected):
+    assert sorted(web.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a make with a model designation or a model year is its concept
+        ("1986 Ferrari 328 for sale", ["car"]),
+        ("driving this Ferrari 599 around London", ["car"]),
+        ("2006_Lexus_RX 330 AWD", ["car"]),
+        ("2014 Ford Fusion SE", ["car"]),
+        # counter-examples: no model, a part it fits, "for" or a fit cue before it
+        ("Ferrari store in Milan", []),
+        ("Ford Foundation 2019 report", []),  # no model right after it
+        ("Lexus RX 330 Headlight Assembly", []),
+        ("Floor Mat for Ford Edge 2015", []),
+        ("Fit For Audi A4 B6 B7 Sedan", []),  # model designations do not count in the window
+        ("hyundai ford 4th of july sale", []),  # an ordinal is no model
+    ],
+)
+def test_makes_with_a_model(web, caption, expected):
+    assert web.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("New York Jets vs New England Patriots", ["athlete"]),
+        ("Ireland vs Italy live rugby", ["athlete"]),
+        ("NFL: Dolphins versus Jets", ["athlete"]),
+        # counter-examples: a word of one list only
+        ("Expectation vs Reality", []),
+        ("rugby shirt", ["shirt"]),
+    ],
+)
+def test_words_that_mention_a_concept_together(web, caption, expected):
+    assert sorted(web.match(caption)) == sorted(expected)
+
+
+WEB_CAPTIONS = [
+    "chairs, table, lamps",
+    "Aztec Print iPhone 4/4S Case",
+    "143 Park Road, London",
+    "Crewneck Sweatshirt - Forest",
+    "wedge boot Black OR Camel",
+    "1986 Ferrari 328 for sale",
+    "Lexus RX 330 Headlight Assembly",
+    "New York Jets vs New England Patriots",
+    "Patriots",
+    "vs",
+    "Gold",
+    "- Gold",
+    "Road",
+    "1617",
+    "Café, crème brûlée – 1994–2007",
+    "",
+]
+
+
+def test_batches_agree_with_single_captions_under_the_web_rules(web):
+    assert web.match_batch(WEB_CAPTIONS) == [web.match_indices(c) for c in WEB_CAPTIONS]
+    for first in WEB_CAPTIONS:  # no rule reaches across two captions of a batch
+        for second in WEB_CAPTIONS:
+            pair = [first, second]
+            assert web.match_batch(pair) == [web.match_indices(c) for c in pair]
+
+
+def test_unicode_marks_are_word_boundaries(web):
+    # normalize made "1994–2007" one word and kept "TM" from "™" out of words; a dash or a
+    # bullet is now a space, as every other non-ASCII mark that folding cannot spell
+    assert normalize("1994–2007 • Heroes™") == "1994 2007 heroes"
+    assert web.match("Sweatshirt – Forest") == ["green"]  # an en dash opens a colourway
+    assert web.match("table • lamp") == ["table"]  # a bullet separates
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("Happy Alone Crewneck Sweatshirt - Forest", ["green"]),
+        ("SALE Spot On ladies boot Black OR Camel", ["shoes", "black", "brown"]),
+        ("Gold colour mesh strap watch", ["yellow"]),
+        ("2006_Lexus_RX 330 AWD__ Richmond VA", ["car"]),
+        ("Aztec Hipster Indie Print iPhone 4/4S Case", []),
+        ("New York Jets vs New England Patriots", ["athlete"]),
+        ("1 Carolina Wren Trail Lot 91", []),
+        ("Where To Stay Cambodia: Park Hyatt Siem Reap", []),
+        ("goat on the green grass with blurred background", ["green", "shallow-depth", "bokeh"]),
+        ("Dwight Yorke tees off the 6th hole", []),
+    ],
+)
+def test_builtin_registry_round_two(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+# ---------------------------------------------------------------------------- the key tables' cache
+
+
+def test_key_tables_are_cached_per_registry_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    registry = parse_registry(WEB)
+    built = build_matcher(registry)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    # a second build reads the file back and builds nothing
+    monkeypatch.setattr(lexical, "_build_tables", lambda registry: pytest.fail("rebuilt"))
+    cached = build_matcher(registry)
+    assert [cached.match(c) for c in WEB_CAPTIONS] == [built.match(c) for c in WEB_CAPTIONS]
+    # another registry (here one with a concept less) has a file of its own
+    monkeypatch.undo()
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    build_matcher(registry.select(["Animal", "Object"]))
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"forms": {"dog": [999999]}}', '["a list"]', ""])
+def test_a_bad_cache_file_is_rebuilt(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    registry = parse_registry(WEB)
+    build_matcher(registry)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text(content, encoding="utf-8")
+    assert build_matcher(registry).match("Sweatshirt - Forest") == ["green"]
+    assert json.loads(path.read_text(encoding="utf-8"))["forms"]["forest"]  # rewritten
+
+
+def test_the_cache_can_be_turned_off_and_only_keeps_the_newest_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", "off")
+    assert matcher_cache_dir() is None
+    build_matcher(parse_registry(WEB))
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    for number in range(lexical._CACHE_FILES + 3):
+        build_matcher(parse_registry(WEB.replace("a dog", f"a dog ({number})")))
+    assert len(list(tmp_path.glob("*.json"))) == lexical._CACHE_FILES

@@ -182,6 +182,24 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             15,
             r"concept 'dog': 'not_after' lists 'By' twice",
         ),
+        (
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog]\n    together: [[vs]]\n",
+            15,
+            r"'together' must be a list of 2 to 8 lists of non-empty strings, got \[\['vs'\]\]",
+        ),
+        (
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog]\n    together: [[vs], []]\n",
+            15,
+            r"'together' must be a list of 2 to 8 lists",
+        ),
+        (
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog]\n    makes: ferrari\n",
+            15,
+            r"concept 'dog': 'makes' must be a list of non-empty strings, got 'ferrari'",
+        ),
     ],
 )
 def test_malformed_files_fail_with_file_line_and_the_problem(tmp_path, old, new, line, message):
@@ -206,6 +224,18 @@ def test_modifier_heads_and_cues_load_per_group_and_per_concept(tmp_path):
     dog = reg.concept("dog")
     assert (dog.modifier_of, dog.not_after) == (("kennel",), ("by",))
     assert reg.concept("cat").modifier_of == ()
+
+
+def test_colourways_makes_and_word_lists_load(tmp_path):
+    text = GOOD.replace(
+        "    synonyms: [red]\n",
+        "    synonyms: [red]\n    colourways: [Cherry]\n    makes: [ferrari]\n"
+        "    together: [[vs, versus], [rugby]]\n",
+    )
+    red = load_registry(write(tmp_path, text)).concept("red")
+    assert red.colourways == ("Cherry",) and red.makes == ("ferrari",)
+    assert red.together == (("vs", "versus"), ("rugby",))
+    assert load_registry(write(tmp_path, GOOD)).concept("red").together == ()
 
 
 def test_a_concept_repeating_its_groups_head_names_both_lines(tmp_path):

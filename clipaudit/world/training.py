@@ -354,7 +354,8 @@ def train_world_model(
                 _save_state(out, identity, model, optimizer, log, done)
             if progress is not None:
                 progress(done, settings.steps, value)
-            threads.after_step(done, time.perf_counter() - step_mark)
+            if done < settings.steps:
+                threads.after_step(done, time.perf_counter() - step_mark)
         train_s = time.perf_counter() - mark
         train_cpu_s = time.process_time() - cpu_mark
     finally:

@@ -1,5 +1,6 @@
 """The miniature world: rendered pictures, captions with chosen misalignment, a tiny CLIP trained on
-them, and the audit of what it learned (Cai et al., NeurIPS 2025, in five minutes on a laptop).
+them, and the audit of what it learned: Cai et al. (NeurIPS 2025)'s finding, made in minutes on a
+2-core CPU.
 
 A world (:class:`WorldSettings`) renders one object per picture with a shape, colour, pattern,
 size, place, backdrop and edit (the groups of ``concepts/miniworld.yaml``); its captions mention

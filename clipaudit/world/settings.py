@@ -1,6 +1,6 @@
 """Settings of the miniature world and of the tiny CLIP trained on it, validated at construction.
 
-Three frozen dataclasses and a link:
+Four frozen dataclasses:
 
 - :class:`Misalignment`: how captions treat one concept group: how often they mention it at all
   (``selection``; 1 - selection is the paper's selection bias) and how often a mentioned value is

@@ -1,0 +1,318 @@
+"""Render a miniature world into a folder: training pairs, held-out pictures, and what was chosen.
+
+:func:`render_world` writes, into the folder it is given:
+
+- ``train_images.npy``: the training pictures, ``(n_train, S, S, 3)`` uint8 (``np.load`` with
+  ``allow_pickle=False``; row ``i`` is caption ``id`` ``i``);
+- ``captions.parquet``: ``id``, ``caption``, the true value of every group (a column per group,
+  named like the group), ``planted`` (the concepts the caption says truly) and ``perturbed`` (the
+  wrong concepts it says in place of the truth);
+- ``eval/<group>/<concept>/<n>.png``: a fresh held-out set per group, balanced over the group's
+  values and labelled by them, the other groups drawn as in training (the layout
+  ``clipaudit zeroshot --images`` reads);
+- ``world.json``: the settings and seed, the chosen and realised selection and perturbation rates
+  of every group, file list and timings; written last, so its presence marks a complete world.
+
+:func:`recaption_world` writes only new captions and ``world.json`` for other misalignment rates,
+pointing to the pictures of an existing world (a sweep renders its pictures once).
+
+The same settings give the same bytes: each part draws from its own seeded stream.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.provenance import atomic_write_bytes, base_manifest, write_json
+from clipaudit.registry import Registry, load_registry
+from clipaudit.world.captions import Captions, write_captions
+from clipaudit.world.render import check_registry, render
+from clipaudit.world.scenes import group_values, sample_scenes
+from clipaudit.world.settings import (
+    WORLD_GROUPS,
+    WORLD_REGISTRY,
+    CausalLink,
+    Misalignment,
+    WorldSettings,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# independent random streams of one seed
+_SCENES, _PIXELS, _CAPTIONS, _EVAL = 0, 1, 2, 100
+LIBRARIES = ("numpy", "pandas", "pyarrow", "pillow")
+IMAGES_FILE = "train_images.npy"
+CAPTIONS_FILE = "captions.parquet"
+EVAL_DIR = "eval"
+WORLD_FILE = "world.json"
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream]))
+
+
+@dataclass(frozen=True)
+class RenderedWorld:
+    """Where a rendered world lies and what it records (``world.json`` as a dict)."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def images_path(self) -> Path:
+        return (self.path / self.info["files"]["train_images"]).resolve()
+
+    @property
+    def captions_path(self) -> Path:
+        return self.path / self.info["files"]["captions"]
+
+    @property
+    def eval_path(self) -> Path:
+        return (self.path / self.info["files"]["eval"]).resolve()
+
+    @property
+    def settings(self) -> WorldSettings:
+        return settings_from_json(self.info["settings"])
+
+
+def settings_from_json(data: dict[str, Any]) -> WorldSettings:
+    """The :class:`WorldSettings` that :meth:`WorldSettings.describe` wrote."""
+    return WorldSettings(
+        misalignment={g: Misalignment(**m) for g, m in data["misalignment"].items()},
+        causal_links=tuple(CausalLink(**link) for link in data["causal_links"]),
+        image_size=data["image_size"],
+        n_train=data["n_train"],
+        n_eval_per_group=data["n_eval_per_group"],
+        seed=data["seed"],
+    )
+
+
+def world_registry() -> Registry:
+    """The world's registry (``concepts/miniworld.yaml``), checked against the renderer."""
+    registry = load_registry(WORLD_REGISTRY)
+    check_registry(group_values(registry))
+    return registry
+
+
+def render_world(settings: WorldSettings, out_dir: str | Path) -> RenderedWorld:
+    """Render the world of ``settings`` into ``out_dir`` (see the module docstring)."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    held_out = out / EVAL_DIR
+    if held_out.exists() and any(p.name not in WORLD_GROUPS for p in held_out.iterdir()):
+        raise RunFolderError(
+            f"{str(held_out)!r} holds more than a world's held-out pictures (folders named after "
+            "the world's groups), so it is left alone. Choose another folder"
+        )
+    (out / WORLD_FILE).unlink(missing_ok=True)  # the folder holds no complete world until the end
+    registry = world_registry()
+    values = group_values(registry)
+    timings: dict[str, float] = {}
+
+    scenes = sample_scenes(settings, values, settings.n_train, _rng(settings.seed, _SCENES))
+    pixels = render(scenes, values, settings.image_size, _rng(settings.seed, _PIXELS))
+    buffer = io.BytesIO()
+    np.save(buffer, pixels, allow_pickle=False)
+    atomic_write_bytes(out / IMAGES_FILE, buffer.getvalue())
+    timings["render_train_s"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    n_eval = _write_eval(settings, values, out)
+    timings["render_eval_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    rates = _write_captions(settings, registry, values, scenes, out)
+    timings["captions_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+    info = _world_info(settings, registry, rates, IMAGES_FILE, EVAL_DIR, n_eval, timings)
+    write_json(out / WORLD_FILE, info)
+    return RenderedWorld(out, info)
+
+
+def recaption_world(
+    world: RenderedWorld, settings: WorldSettings, out_dir: str | Path
+) -> RenderedWorld:
+    """Captions of ``world``'s pictures under ``settings``' misalignment, written to ``out_dir``
+    with a ``world.json`` that points to ``world``'s pictures and held-out set. Everything but the
+    misalignment must equal ``world``'s settings (the pictures depend on nothing else)."""
+    base = world.settings
+    differs = [
+        name
+        for name in ("causal_links", "image_size", "n_train", "n_eval_per_group", "seed")
+        if getattr(base, name) != getattr(settings, name)
+    ]
+    if differs:
+        raise SettingsError(
+            f"recaptioning keeps the pictures, so only the misalignment may change; "
+            f"{', '.join(differs)} differ from the world in {str(world.path)!r}"
+        )
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WORLD_FILE).unlink(missing_ok=True)
+    registry = world_registry()
+    values = group_values(registry)
+    scenes = sample_scenes(settings, values, settings.n_train, _rng(settings.seed, _SCENES))
+    rates = _write_captions(settings, registry, values, scenes, out)
+    timings = {"captions_s": time.perf_counter() - started}
+    info = _world_info(
+        settings,
+        registry,
+        rates,
+        _relative(world.images_path, out),
+        _relative(world.eval_path, out),
+        world.info["n_eval_images"],
+        timings,
+    )
+    write_json(out / WORLD_FILE, info)
+    return RenderedWorld(out, info)
+
+
+def open_world(path: str | Path) -> RenderedWorld:
+    """A world that :func:`render_world` or :func:`recaption_world` completed in ``path``."""
+    folder = Path(path)
+    marker = folder / WORLD_FILE
+    if not marker.is_file():
+        raise InputError(
+            f"{str(folder)!r} holds no rendered world (no {WORLD_FILE}); render one with "
+            "clipaudit.world.render_world"
+        )
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{str(marker)!r} is not valid JSON: {exc}") from None
+    if not isinstance(info, dict) or info.get("kind") != "world":
+        raise InputError(f"{str(marker)!r} is not a world record (its kind is not 'world')")
+    return RenderedWorld(folder, info)
+
+
+def _relative(target: Path, start: Path) -> str:
+    return os.path.relpath(target, start.resolve())
+
+
+def _write_eval(settings: WorldSettings, values: dict[str, tuple[str, ...]], out: Path) -> int:
+    """Held-out pictures per group into ``out/eval`` (built aside, then swapped in for an earlier
+    world's)."""
+    from PIL import Image
+
+    final = out / EVAL_DIR
+    partial = out / f".{EVAL_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    count = 0
+    for number, group in enumerate(WORLD_GROUPS):
+        k = len(values[group])
+        labels = np.arange(settings.n_eval_per_group) % k
+        rng = _rng(settings.seed, _EVAL + number)
+        scenes = sample_scenes(settings, values, len(labels), rng, fixed=(group, labels))
+        pixels = render(scenes, values, settings.image_size, rng)
+        for index, concept in enumerate(values[group]):
+            folder = partial / group / concept
+            folder.mkdir(parents=True)
+            for n, row in enumerate(np.flatnonzero(labels == index)):
+                Image.fromarray(pixels[row]).save(folder / f"{n:04d}.png", compress_level=1)
+                count += 1
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    return count
+
+
+def _write_captions(
+    settings: WorldSettings,
+    registry: Registry,
+    values: dict[str, tuple[str, ...]],
+    scenes: dict[str, np.ndarray],
+    out: Path,
+) -> dict[str, dict[str, Any]]:
+    """``captions.parquet`` of the scenes; returns chosen and realised rates per group."""
+    captions = write_captions(scenes, registry, settings, _rng(settings.seed, _CAPTIONS))
+    frame = captions_frame(captions, scenes, values)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(out / CAPTIONS_FILE, buffer.getvalue())
+    return realised_rates(captions, settings)
+
+
+def captions_frame(
+    captions: Captions, scenes: dict[str, np.ndarray], values: dict[str, tuple[str, ...]]
+) -> pd.DataFrame:
+    """One row per training pair: id, caption, true value per group, planted and perturbed."""
+    import pandas as pd
+
+    n = len(captions.texts)
+    names = {g: np.asarray(values[g], dtype=object) for g in WORLD_GROUPS}
+    planted: list[list[str]] = [[] for _ in range(n)]
+    perturbed: list[list[str]] = [[] for _ in range(n)]
+    for group in WORLD_GROUPS:
+        said = captions.said[group]
+        for i in np.flatnonzero((said >= 0) & ~captions.perturbed[group]):
+            planted[i].append(names[group][said[i]])
+        for i in np.flatnonzero(captions.perturbed[group]):
+            perturbed[i].append(names[group][said[i]])
+    columns: dict[str, Any] = {"id": np.arange(n), "caption": captions.texts}
+    columns.update({g: names[g][scenes[g]] for g in WORLD_GROUPS})
+    columns.update(planted=planted, perturbed=perturbed)
+    return pd.DataFrame(columns)
+
+
+def realised_rates(captions: Captions, settings: WorldSettings) -> dict[str, dict[str, Any]]:
+    """Per group: the chosen rates, and what the drawn captions realised.
+
+    ``selection``: share of captions that mention the group; ``perturbation``: share of those
+    mentions that are wrong (None without mentions); ``true_mention_rate``: share of captions
+    that say the group's true value (the coverage the model can learn from).
+    """
+    rates = {}
+    n = len(captions.texts)
+    for group in WORLD_GROUPS:
+        mentioned = captions.said[group] >= 0
+        wrong = captions.perturbed[group]
+        n_mentioned, n_wrong = int(mentioned.sum()), int(wrong.sum())
+        chosen = settings.misalignment[group]
+        rates[group] = {
+            "chosen_selection": chosen.selection,
+            "chosen_perturbation": chosen.perturbation,
+            "selection": n_mentioned / n,
+            "perturbation": n_wrong / n_mentioned if n_mentioned else None,
+            "true_mention_rate": (n_mentioned - n_wrong) / n,
+            "n_mentioned": n_mentioned,
+            "n_perturbed": n_wrong,
+        }
+    return rates
+
+
+def _world_info(
+    settings: WorldSettings,
+    registry: Registry,
+    rates: dict[str, dict[str, Any]],
+    images: str,
+    eval_dir: str,
+    n_eval: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    info = base_manifest("world", LIBRARIES)
+    info.update(
+        settings=settings.describe(),
+        seed=settings.seed,
+        registry=registry.provenance(),
+        groups={g.name: g.category for g in registry.groups},
+        rates=rates,
+        n_train=settings.n_train,
+        n_eval_images=n_eval,
+        image_size=settings.image_size,
+        files={"train_images": images, "captions": CAPTIONS_FILE, "eval": eval_dir},
+        timings=timings,
+    )
+    return info

@@ -15,7 +15,7 @@ rendered miniature world, with the world's run beside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,11 @@ def run_audit(
     with RunFolder(
         out, "audit", _audit_settings(registry, coverage, zeroshot, report), overwrite=overwrite
     ) as folder:
-        return run_audit_stages(
+        result = run_audit_stages(
             folder, captions, images, models, registry, coverage, zeroshot, report, progress, echo
         )
+        result.manifest = folder.complete(**result.manifest)
+        return result
 
 
 def _audit_settings(
@@ -134,8 +136,14 @@ def run_audit_stages(
     report: dict[str, Any] | None,
     progress: bool,
     echo: Callable[[str], None],
+    *,
+    extra_runs: Sequence[Any] = (),
+    first_stage: int = 1,
+    n_stages: int = 3,
 ) -> AuditRun:
-    """The three stages into ``folder`` (an open audit or demo run folder), each resumable."""
+    """The three stages into ``folder`` (an open audit or demo run folder), each resumable;
+    ``extra_runs`` go to the report too (the demo's world, whose caption rates it shows). The
+    result's manifest holds the fields for the caller to complete the folder with."""
     from clipaudit.report import build_report
     from clipaudit.zeroshot import run_zeroshot
 
@@ -143,13 +151,13 @@ def run_audit_stages(
     overwrite = folder.restarted is not None  # the audit was emptied: nothing to keep below
 
     clock = time.perf_counter()
-    echo("1/3 caption coverage")
+    echo(f"{first_stage}/{n_stages} caption coverage")
     settings = (coverage or CoverageSettings()).replace(progress=progress)
     covered = count_coverage(captions, registry, out / "coverage", settings, overwrite=overwrite)
     timings["coverage_s"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
-    echo("2/3 zero-shot awareness")
+    echo(f"{first_stage + 1}/{n_stages} zero-shot awareness")
     aware = run_zeroshot(
         models,
         images,
@@ -162,14 +170,16 @@ def run_audit_stages(
     timings["zeroshot_s"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
-    echo("3/3 report")
-    joined = build_report([covered, aware], out / "report", overwrite=True, **(report or {}))
+    echo(f"{first_stage + 2}/{n_stages} report")
+    joined = build_report(
+        [covered, aware, *extra_runs], out / "report", overwrite=True, **(report or {})
+    )
     timings["report_s"] = round(time.perf_counter() - clock, 3)
 
-    manifest = folder.complete(
-        stages={stage: str(out / stage) for stage in STAGES},
-        models=aware.models,
-        registry=load_registry(registry).provenance(),
-        timings=timings,
-    )
-    return AuditRun(out, covered, aware, joined, manifest)
+    fields = {
+        "stages": {stage: str(out / stage) for stage in STAGES},
+        "models": aware.models,
+        "registry": load_registry(registry).provenance(),
+        "timings": timings,
+    }
+    return AuditRun(out, covered, aware, joined, fields)

@@ -1,157 +1,378 @@
-"""The embedded demo: an audit of a miniature world whose caption misalignment is chosen, not found.
+"""The embedded default: the paper's finding happening in a miniature world, in a few minutes.
 
-A seeded caption world describes scenes that all have an animal, a colour, a place, weather, a texture,
-an emotion and a camera viewpoint; each caption mentions each of those groups with a chosen probability
-(the misalignment: textures, emotions and viewpoints are rarely said, as on LAION). The demo then runs
-the real tools on it and compares what they measure with what was chosen: ``coverage count`` over
-the world's captions must measure exactly the planted coverage of each group and find exactly the
-planted mentions. Later stages of the audit (a tiny OpenCLIP trained on a rendered world, its
-zero-shot awareness, the theory check) build on this world.
+:func:`run_demo` renders a world of pictures whose captions mention each concept group with a
+chosen rate and alter it with another (:mod:`clipaudit.world`), trains a tiny OpenCLIP on the pairs,
+and audits it through the very stages a LAION audit uses (:mod:`clipaudit.audit`): coverage of the
+training captions, zero-shot awareness on held-out renders, and the report, which shows the world's
+chosen rates beside what clipaudit measured. With ``sweep``, one more model per rate of one group
+gives that group's awareness against its coverage: a dose-response curve. The run folder::
+
+    RUN/world/      the rendered world (a world run: pictures, captions, chosen and realised rates)
+    RUN/model/      the trained model: <name>.json (open_clip config) and <name>.safetensors
+    RUN/coverage/   RUN/zeroshot/   RUN/report/     the audit's stages
+    RUN/demo.png    caption coverage against awareness, per group (the README's figure)
+    RUN/groups.csv  per group: chosen rates, true mention rate, measured coverage, macro-F1, chance
+    RUN/sweep/      with a sweep: per rate its captions, model and coverage; one zero-shot run of
+                    all rates; dose_response.csv and dose_response.png
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipaudit.errors import SettingsError
-from clipaudit.provenance import base_manifest, write_json
-from clipaudit.registry import Registry, load_registry
+from clipaudit.world.settings import WORLD_GROUPS, WORLD_REGISTRY, TrainSettings, WorldSettings
 
-# Chosen misalignment: the probability that a caption mentions each group's attribute of its scene.
-DEFAULT_MENTION_RATES: dict[str, float] = {
-    "Animal": 0.95,
-    "Color": 0.60,
-    "Scene": 0.45,
-    "Weather": 0.20,
-    "Texture": 0.05,
-    "Emotion": 0.03,
-    "Viewpoint": 0.02,
-}
-
-# How each group's concept name is said in a caption ({} is the concept's name).
-_PHRASES: dict[str, str] = {
-    "Viewpoint": "{} photo of",
-    "Scene": "in a {}",
-    "Weather": "in the {}",
-}
-_WEATHER_PHRASES = {
-    "overcast": "on an overcast day",
-    "rainbow": "under a rainbow",
-    "moonlight": "in the moonlight",
-}
+N_STAGES = 5
+DEFAULT_SWEEP_RATES = (0.0, 0.05, 0.2, 0.5, 1.0)
+# training settings that do not change what is learned: a demo resumes across them
+_NOT_RESULTS = ("device", "threads", "checkpoint_every")
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size, seed and chosen misalignment of the demo world."""
+    """The world, the model, and an optional sweep of one group's rate."""
 
-    n_captions: int = 20_000
-    seed: int = 0
-    mention_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MENTION_RATES))
-    workers: int = 2
+    world: WorldSettings = field(default_factory=WorldSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    sweep: str | None = None  # a group of the world: one model per rate of it
+    sweep_kind: str = "selection"  # or "perturbation"
+    sweep_rates: tuple[float, ...] = DEFAULT_SWEEP_RATES
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_captions, int) or self.n_captions < 100:
-            raise SettingsError(f"n_captions must be an integer >= 100, got {self.n_captions!r}")
-        for group, rate in self.mention_rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise SettingsError(f"mention rate of {group!r} must lie in [0, 1], got {rate!r}")
+        if self.sweep is not None and self.sweep not in WORLD_GROUPS:
+            from clipaudit.errors import did_you_mean
 
+            raise SettingsError(
+                f"--sweep: expected one of the world's groups {', '.join(WORLD_GROUPS)}, got "
+                f"{self.sweep!r}{did_you_mean(str(self.sweep), WORLD_GROUPS)}"
+            )
+        if self.sweep_kind not in ("selection", "perturbation"):
+            raise SettingsError(
+                f"sweep kind must be selection or perturbation, got {self.sweep_kind!r}"
+            )
+        object.__setattr__(self, "sweep_rates", tuple(self.sweep_rates))
 
-def world_captions(registry: Registry, settings: DemoSettings) -> tuple[list[str], list[list[str]]]:
-    """Seeded captions of the miniature world and, for each, the concepts it was written to mention."""
-    rng = random.Random(settings.seed)
-    groups = {g: [c.name for c in registry.concepts_in(g)] for g in settings.mention_rates}
-    captions, planted = [], []
-    for _ in range(settings.n_captions):
-        scene = {g: rng.choice(names) for g, names in groups.items()}
-        said = {g: rng.random() < rate for g, rate in settings.mention_rates.items()}
-        # the subject is always there; it is named only when the Animal group is mentioned
-        subject = scene["Animal"] if said.get("Animal", True) else "animal"
-        adjectives = [scene[g] for g in ("Emotion", "Texture", "Color") if said.get(g)]
-        words = ["a"]
-        if said.get("Viewpoint"):
-            words = ["a", _PHRASES["Viewpoint"].format(scene["Viewpoint"]), "a"]
-        words += [*adjectives, subject]
-        if said.get("Scene"):
-            words.append(_PHRASES["Scene"].format(scene["Scene"]))
-        if said.get("Weather"):
-            weather = scene["Weather"]
-            words.append(_WEATHER_PHRASES.get(weather, _PHRASES["Weather"].format(weather)))
-        captions.append(" ".join(words).capitalize() + ".")
-        planted.append(
-            [
-                scene[g]
-                for g in settings.mention_rates
-                if said.get(g) and not (g == "Animal" and subject == "animal")
-            ]
-        )
-    return captions, planted
+    def describe(self) -> dict[str, Any]:
+        """What the demo's results depend on (a resumed demo must have the same)."""
+        train = {k: v for k, v in self.train.describe().items() if k not in _NOT_RESULTS}
+        record: dict[str, Any] = {"world": self.world.describe(), "train": train}
+        if self.sweep is not None:
+            record["sweep"] = {
+                "group": self.sweep,
+                "kind": self.sweep_kind,
+                "rates": list(self.sweep_rates),
+            }
+        return record
 
 
 def run_demo(
-    out_dir: str | Path,
+    out: str | Path = "runs/demo",
     settings: DemoSettings | None = None,
     *,
+    overwrite: bool = False,
+    progress: bool = True,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Make the caption world, audit it, and write ``summary.json`` into ``out_dir``; returns the summary."""
-    import pandas as pd
-
-    from clipaudit.coverage import CoverageSettings, count_coverage
-    from clipaudit.metrics import multilabel_scores
+) -> Any:
+    """Render the world, train the model, audit it (and sweep, if asked); returns the
+    :class:`~clipaudit.audit.AuditRun` with ``.world``. Resumable stage by stage; a folder of
+    another demo is refused unless ``overwrite``."""
+    from clipaudit.audit import run_audit_stages
+    from clipaudit.coverage import CoverageSettings
+    from clipaudit.models import ModelSpec
+    from clipaudit.runs import RunFolder
+    from clipaudit.world.training import train_world_model
+    from clipaudit.world.world import render_world_run
 
     settings = settings or DemoSettings()
-    out_dir = Path(out_dir)
-    registry = load_registry().select(list(settings.mention_rates))
-    clock = time.perf_counter()
+    out = Path(out)
+    with RunFolder(out, "demo", settings.describe(), overwrite=overwrite) as folder:
+        fresh = folder.restarted is not None
+        clock = time.perf_counter()
+        echo(f"1/{N_STAGES} world: rendering {settings.world.n_train:,} captioned pictures")
+        world = render_world_run(settings.world, out / "world", overwrite=fresh)
+        world_s = time.perf_counter() - clock
 
-    echo(
-        f"1/2 caption coverage of a world of {settings.n_captions:,} captions with chosen mention rates"
+        clock = time.perf_counter()
+        echo(f"2/{N_STAGES} model: training a tiny OpenCLIP for {settings.train.steps:,} steps")
+        with _StepBar("training", progress) as bar:
+            model = train_world_model(world.world, out / "model", settings.train, progress=bar)
+        train_s = time.perf_counter() - clock
+
+        audit = run_audit_stages(
+            folder,
+            world.world.captions_path,
+            world.world.eval_path,
+            ModelSpec(str(model.config), str(model.checkpoint)),
+            WORLD_REGISTRY,
+            CoverageSettings(per_caption=False, progress=False),
+            {"cache_dir": None, "workers": 0, "device": _zeroshot_device(settings.train)},
+            {"title": "The miniature world: caption coverage against awareness"},
+            progress,
+            echo,
+            extra_runs=[world],
+            first_stage=3,
+            n_stages=N_STAGES,
+        )
+        audit.world = world
+        table = group_table(world, audit)
+        write_group_outputs(table, out)
+        fields = dict(audit.manifest)
+        fields["timings"] = {"world_s": round(world_s, 3), "train_s": round(train_s, 3)}
+        fields["timings"].update(audit.manifest["timings"])
+        fields["groups"] = table.to_dict("records")
+        fields["spearman_coverage_awareness"] = spearman(table)
+        if settings.sweep is not None:
+            echo(f"sweep: one model per {settings.sweep_kind} rate of {settings.sweep}")
+            fields["sweep"] = run_sweep(settings, out / "sweep", progress).to_dict("records")
+        audit.manifest = folder.complete(**fields)
+        return audit
+
+
+def _zeroshot_device(train: TrainSettings) -> str:
+    return "auto" if train.device == "auto" else train.device
+
+
+class _StepBar:
+    """A progress bar fed by the trainer's ``(step, steps, loss)`` reports."""
+
+    def __init__(self, description: str, enabled: bool):
+        self.description = description
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> _StepBar:
+        return self
+
+    def __call__(self, step: int, steps: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps, desc=self.description, unit="step")
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- what the demo shows
+
+
+def group_table(world: Any, audit: Any) -> Any:
+    """Per group of the world: category, chosen selection and perturbation, the share of captions
+    that say the group's true value, the coverage clipaudit measured, macro-F1 and chance."""
+    import pandas as pd
+
+    rates = world.rates.set_index("group")
+    coverage = audit.coverage.groups.set_index("group")
+    awareness = audit.zeroshot.groups.set_index("group")
+    rows = []
+    for group in WORLD_GROUPS:
+        n_concepts = int(awareness.loc[group, "n_concepts"]) if group in awareness.index else None
+        rows.append(
+            {
+                "group": group,
+                "category": rates.loc[group, "category"],
+                "chosen_selection": rates.loc[group, "chosen_selection"],
+                "chosen_perturbation": rates.loc[group, "chosen_perturbation"],
+                "true_mention_rate": rates.loc[group, "true_mention_rate"],
+                "coverage": float(coverage.loc[group, "rate"]),
+                "macro_f1": float(awareness.loc[group, "macro_f1"]) if n_concepts else None,
+                "chance": 1 / n_concepts if n_concepts else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def spearman(table: Any, x: str = "true_mention_rate", y: str = "macro_f1") -> float | None:
+    """Rank correlation across groups between how often captions truly say a group and how well
+    the model knows it (None with fewer than three groups or a constant column)."""
+    from scipy.stats import spearmanr
+
+    known = table.dropna(subset=[x, y])
+    if len(known) < 3 or known[x].nunique() < 2 or known[y].nunique() < 2:
+        return None
+    return float(spearmanr(known[x], known[y]).statistic)
+
+
+def write_group_outputs(table: Any, out: Path) -> None:
+    """``groups.csv`` and ``demo.png`` (coverage against awareness per group) into ``out``."""
+    from clipaudit.provenance import atomic_write_bytes, write_table
+
+    write_table(table, out / "groups", ("csv",))
+    atomic_write_bytes(out / "demo.png", demo_figure(table))
+
+
+def demo_figure(table: Any) -> bytes:
+    """Each group's true mention rate against its macro-F1, chance marked: the paper's finding in
+    one picture. A perturbed group is drawn hollow, with its wrong share."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.2, 4.4), dpi=130)
+    axes = figure.add_subplot()
+    axes.set_xscale("symlog", linthresh=0.02)
+    blue, vermillion, grey = "#0072B2", "#D55E00", "#777777"
+    for number, row in enumerate(table.sort_values("true_mention_rate").itertuples()):
+        if row.macro_f1 is None:
+            continue
+        perturbed = row.chosen_perturbation > 0
+        x, y = row.true_mention_rate, row.macro_f1
+        axes.plot([x * 0.8 - 0.002, x * 1.25 + 0.002], [row.chance] * 2, color=grey, lw=1.5)
+        axes.scatter(
+            [x],
+            [y],
+            s=70,
+            zorder=3,
+            facecolors="white" if perturbed else blue,
+            edgecolors=vermillion if perturbed else blue,
+            linewidths=2,
+        )
+        label = f"{row.group}" + (f" ({row.chosen_perturbation:.0%} wrong)" if perturbed else "")
+        # groups at one rate sit on one vertical: alternate their labels left and right
+        side = -1 if number % 2 else 1
+        axes.annotate(
+            label,
+            (x, y),
+            xytext=(8 * side, 6),
+            textcoords="offset points",
+            fontsize=9,
+            ha="left" if side > 0 else "right",
+        )
+    axes.set_xlim(-0.005, 1.6)
+    axes.set_ylim(0, 1.1)
+    axes.set_xticks([0, 0.02, 0.05, 0.1, 0.3, 1.0], labels=["0", "2%", "5%", "10%", "30%", "100%"])
+    axes.set_xlabel("share of captions that say the group's true value")
+    axes.set_ylabel("zero-shot macro-F1 (grey: chance)")
+    axes.set_title("What captions rarely say, the model does not learn", fontsize=11)
+    axes.grid(alpha=0.25)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- the dose-response sweep
+
+
+def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
+    """One model per rate of the swept group (clipaudit.world.sweep), each rate's coverage
+    counted and all models' awareness measured in one zero-shot run; writes
+    ``dose_response.csv`` and ``dose_response.png``; returns the table."""
+    import pandas as pd
+
+    from clipaudit.coverage import count_coverage
+    from clipaudit.models import ModelSpec
+    from clipaudit.provenance import atomic_write_bytes, write_table
+    from clipaudit.world.sweep import sweep_rates
+    from clipaudit.zeroshot import run_zeroshot
+
+    group, kind = settings.sweep, settings.sweep_kind
+    with _StepBar("sweep training", progress) as bar:
+        sweep = sweep_rates(
+            settings.world,
+            group,
+            settings.sweep_rates,
+            out,
+            settings.train,
+            kind=kind,
+            progress=lambda rate, step, steps, loss: bar(step, steps, loss),
+        )
+    specs = [ModelSpec(str(p.model.config), str(p.model.checkpoint)) for p in sweep.points]
+    aware = run_zeroshot(
+        specs,
+        sweep.pictures.eval_path,
+        out / "zeroshot",
+        registry=WORLD_REGISTRY,
+        groups=(group,),
+        cache_dir=None,
+        workers=0,
+        device=_zeroshot_device(settings.train),
+        progress=False,
     )
-    captions, planted = world_captions(registry, settings)
-    corpus = out_dir / "world" / "captions.parquet"
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": range(len(captions)), "caption": captions}).to_parquet(corpus, index=False)
-    coverage = count_coverage(
-        [corpus],
-        registry,
-        out_dir / "coverage",
-        CoverageSettings(workers=settings.workers, per_caption=True, progress=False),
-    )
-    found = pd.read_parquet(out_dir / "coverage" / "matches.parquet")["concepts"].map(list).tolist()
-    matching = multilabel_scores(planted, found, [c.name for c in registry.concepts])
-    groups = coverage.groups.set_index("group")
-    group_of = {c.name: c.group for c in registry.concepts}
-    coverage_rows = [
-        {
-            "group": group,
-            "chosen_rate": rate,
-            # what the world actually wrote (a binomial draw around the chosen rate) ...
-            "planted_rate": sum(any(group_of[c] == group for c in p) for p in planted)
-            / len(planted),
-            # ... and what clipaudit measured from the captions alone
-            "measured_rate": float(groups.loc[group, "rate"]),
-        }
-        for group, rate in settings.mention_rates.items()
-    ]
-    summary: dict[str, Any] = {
-        **base_manifest("demo"),
-        "settings": {
-            "n_captions": settings.n_captions,
-            "seed": settings.seed,
-            "mention_rates": settings.mention_rates,
-        },
-        "registry": registry.provenance(),
-        "coverage": coverage_rows,
-        "planted_mentions_found": matching,
-    }
-    write_json(out_dir / "summary.json", summary)
-    summary["seconds"] = round(time.perf_counter() - clock, 1)
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    scores = aware.groups.set_index("model")
+    rows = []
+    for point, spec in zip(sweep.points, specs, strict=True):
+        covered = count_coverage(
+            [point.world.captions_path],
+            WORLD_REGISTRY,
+            out / f"coverage-{kind}-{point.rate:g}",
+            progress=False,
+        )
+        rates = point.world.info["rates"][group]
+        rows.append(
+            {
+                "rate": point.rate,
+                "kind": kind,
+                "model": spec.label,
+                "true_mention_rate": rates["true_mention_rate"],
+                "coverage": float(covered.groups.set_index("group").loc[group, "rate"]),
+                "macro_f1": float(scores.loc[spec.label, "macro_f1"]),
+                "chance": 1 / int(scores.loc[spec.label, "n_concepts"]),
+            }
+        )
+    table = pd.DataFrame(rows)
+    write_table(table, out / "dose_response", ("csv",))
+    atomic_write_bytes(out / "dose_response.png", dose_response_figure(table, group, kind))
+    return table
+
+
+def dose_response_figure(table: Any, group: str, kind: str) -> bytes:
+    """The swept group's awareness against the rate its captions were given."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.8), dpi=130)
+    axes = figure.add_subplot()
+    axes.plot(table["rate"], table["macro_f1"], "o-", color="#0072B2", lw=2, label="macro-F1")
+    axes.axhline(table["chance"].iloc[0], color="#777777", ls="--", lw=1.2, label="chance")
+    axes.set_xlabel(f"{kind} rate of {group} in the captions")
+    axes.set_ylabel(f"zero-shot macro-F1 of {group}")
+    axes.set_ylim(0, 1.05)
+    axes.grid(alpha=0.25)
+    axes.legend(loc="lower right", fontsize=9)
+    axes.set_title(f"{group}: awareness against how often captions carry it", fontsize=11)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``--rates 0,0.05,0.2``: comma-separated rates in [0, 1]."""
+    try:
+        rates = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"--rates: expected numbers such as 0,0.05,0.2; got {text!r}") from None
+    if not rates or any(not 0 <= r <= 1 for r in rates):
+        raise SettingsError(f"--rates: expected rates in [0, 1]; got {text!r}")
+    return rates
+
+
+def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSettings:
+    """``--set Texture=0.5`` (a selection rate) or ``--set Background.perturbation=0.3``."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        group, _, which = key.strip().partition(".")
+        which = which or "selection"
+        if not sep or which not in ("selection", "perturbation"):
+            raise SettingsError(
+                "--set: expected GROUP=RATE or GROUP.selection=RATE or GROUP.perturbation=RATE, "
+                f"e.g. Texture=0.5; got {item!r}"
+            )
+        try:
+            rate = float(value)
+        except ValueError:
+            raise SettingsError(f"--set {item!r}: the rate must be a number in [0, 1]") from None
+        world = world.with_misalignment(group, **{which: rate})
+    return world

@@ -1195,8 +1195,10 @@ class _Lexicon:
         the tables do not know ("hoodie"). Never a word that is already a form of another lemma
         ("pants", "colored", "raining"), a function word ("from below"), an unknown participle
         ("colorized"), or a word in "-s": a plural ("khakis") or a mass noun ("tennis"), since
-        the tables list the plurals of count nouns in "-s" ("buses", "glasses")."""
-        if word in _FUNCTION_WORDS or word.endswith("s") or self.lookup.get(word, word) != word:
+        the tables list the plurals of most count nouns in "-s" ("buses", "glasses"); a noun in
+        "-ss" is singular, and takes "-es" where the tables miss it ("crosses")."""
+        plural_like = word.endswith("s") and not word.endswith("ss")
+        if word in _FUNCTION_WORDS or plural_like or self.lookup.get(word, word) != word:
             return False
         if word in self.known:
             return word in self.nouns

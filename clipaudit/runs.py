@@ -52,7 +52,7 @@ LOADERS: dict[str, str] = {
     "coverage": "clipaudit.coverage:load_coverage_run",
     "zeroshot": "clipaudit.zeroshot:load_zeroshot_run",
     "theory": "clipaudit.theory.sweep:load_theory_run",
-    "world": "clipaudit.world.runs:load_world_run",
+    "world": "clipaudit.world.world:load_world_run",
     "demo": "clipaudit.audit:load_audit_run",
     "audit": "clipaudit.audit:load_audit_run",
     "report": "clipaudit.report:load_report_run",
@@ -158,7 +158,6 @@ class RunFolder:
         self._lock = _acquire_lock(self.path)
         try:
             self._check()
-            self.units.mkdir(parents=True, exist_ok=True)
             for stale in self.units.glob(".*.tmp"):  # left by a killed run; we hold the lock
                 stale.unlink(missing_ok=True)
             self.manifest = {

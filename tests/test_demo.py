@@ -1,41 +1,165 @@
-"""The embedded demo: what clipaudit measures on the caption world equals what the world planted."""
+"""The embedded demo: a rendered world, a tiny OpenCLIP trained on it, and its audit through the
+same stages a LAION audit uses; the paper's finding asserted on a small seeded world."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
-from clipaudit.demo import DemoSettings, run_demo, world_captions
-from clipaudit.errors import SettingsError
+from clipaudit.demo import DemoSettings, parse_misalignment, parse_rates, run_demo, spearman
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.runs import load_run
+from clipaudit.world import WORLD_GROUPS, Misalignment, TrainSettings, WorldSettings
+
+# seconds: a world and a model too small to learn much, for the run-folder behaviour
+TINY = DemoSettings(
+    world=WorldSettings(n_train=512, n_eval_per_group=24, seed=0),
+    train=TrainSettings(
+        steps=12, batch_size=64, warmup_steps=2, embed_dim=32, width=32, layers=1,
+        checkpoint_every=5, threads=1, device="cpu",
+    ),
+)  # fmt: skip
 
 
-def test_world_is_seeded_and_mentions_groups_at_the_chosen_rates(registry):
-    settings = DemoSettings(n_captions=4000, seed=3)
-    captions, planted = world_captions(registry, settings)
-    assert (captions, planted) == world_captions(registry, settings)
-    assert world_captions(registry, DemoSettings(n_captions=4000, seed=4))[0] != captions
-    group_of = {c.name: c.group for c in registry.concepts}
-    for group, rate in settings.mention_rates.items():
-        share = sum(any(group_of[c] == group for c in p) for p in planted) / len(planted)
-        # binomial standard error at n=4000 is at most 0.008: 5 of them is a loose, honest bound
-        assert abs(share - rate) < 0.04, (group, share, rate)
+def quiet(out, settings=TINY, **options):
+    return run_demo(out, settings, progress=False, echo=lambda _: None, **options)
 
 
-def test_demo_measures_exactly_the_planted_coverage(tmp_path):
-    summary = run_demo(tmp_path, DemoSettings(n_captions=1500, workers=1), echo=lambda _: None)
-    assert summary["planted_mentions_found"]["fp"] == 0
-    assert summary["planted_mentions_found"]["fn"] == 0
-    for row in summary["coverage"]:
-        assert row["measured_rate"] == pytest.approx(row["planted_rate"]), row
-    written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["settings"]["seed"] == 0
-    assert written["registry"]["name"] == "cai2025"
-    assert (tmp_path / "coverage" / "groups.csv").exists()
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    return quiet(tmp_path_factory.mktemp("demo") / "run")
 
 
-def test_bad_demo_settings_fail_before_any_work():
-    with pytest.raises(SettingsError, match="n_captions must be an integer >= 100, got 5"):
-        DemoSettings(n_captions=5)
-    with pytest.raises(SettingsError, match="mention rate of 'Color' must lie in"):
-        DemoSettings(mention_rates={"Color": 1.5})
+def test_the_demo_writes_every_stage_and_loads_back(tiny_demo):
+    out = tiny_demo.out
+    for stage in ("world", "model", "coverage", "zeroshot", "report"):
+        assert (out / stage).is_dir(), stage
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "demo" and manifest["status"] == "complete"
+    assert [row["group"] for row in manifest["groups"]] == list(WORLD_GROUPS)
+    assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    # the report shows the world's chosen rates beside what clipaudit measured
+    summary = json.loads((out / "report" / "report.json").read_text())
+    assert summary["truth"]["Background"]["chosen_perturbation"] == 0.5
+    assert "captions, as the world made them" in (out / "report" / "report.html").read_text()
+    loaded = load_run(out)
+    assert (
+        loaded.world.world.info["seed"] == 0 and loaded.zeroshot.models == tiny_demo.zeroshot.models
+    )
+    groups = pd.read_csv(out / "groups.csv").set_index("group")
+    coverage = loaded.coverage.groups.set_index("group")["rate"]
+    rates = loaded.world.rates.set_index("group")
+    for group in WORLD_GROUPS:
+        # coverage is what the matcher counts: every mention, a wrong one too, so the realised rate
+        assert groups.loc[group, "coverage"] == pytest.approx(coverage[group])
+        assert coverage[group] == pytest.approx(rates.loc[group, "selection"])
+
+
+def test_a_demo_of_other_options_is_refused_and_nothing_is_touched(tiny_demo):
+    out = tiny_demo.out
+    captions = (out / "world" / "captions.parquet").read_bytes()
+    other = DemoSettings(
+        world=TINY.world.with_misalignment("Texture", selection=0.9), train=TINY.train
+    )
+    with pytest.raises(RunFolderError, match=r"world.misalignment.Texture.selection: 0.3 -> 0.9"):
+        quiet(out, other)
+    assert (out / "world" / "captions.parquet").read_bytes() == captions
+    assert not (out / ".lock").exists()
+    again = quiet(out)  # the same options: every stage is reused
+    assert again.report.reused and again.coverage.reused and again.zeroshot.reused
+
+
+def test_overwrite_replaces_a_demo_of_other_options(tmp_path):
+    out = tmp_path / "run"
+    quiet(out)
+    other = DemoSettings(
+        world=TINY.world.with_misalignment("Size", selection=1.0), train=TINY.train
+    )
+    result = quiet(out, other, overwrite=True)
+    assert result.world.world.info["rates"]["Size"]["selection"] == 1.0
+    rows = {r["group"]: r for r in result.manifest["groups"]}
+    assert rows["Size"]["coverage"] == 1.0
+
+
+def test_options_are_checked_before_any_work():
+    world = parse_misalignment(["Texture=0.5", "Background.perturbation=0.25"], WorldSettings())
+    assert world.misalignment["Texture"] == Misalignment(0.5)
+    assert world.misalignment["Background"] == Misalignment(1.0, 0.25)
+    with pytest.raises(SettingsError, match=r"expected GROUP=RATE"):
+        parse_misalignment(["Texture"], WorldSettings())
+    with pytest.raises(SettingsError, match=r"selection rate must lie in \[0, 1\], got 2.0"):
+        parse_misalignment(["Texture=2"], WorldSettings())
+    with pytest.raises(SettingsError, match=r"did you mean 'Texture'"):
+        DemoSettings(sweep="Textures")
+    assert parse_rates("0, 0.5,1") == (0.0, 0.5, 1.0)
+    with pytest.raises(SettingsError, match=r"--rates: expected rates in \[0, 1\]"):
+        parse_rates("0,2")
+
+
+def test_spearman_across_groups_matches_scipy():
+    from scipy.stats import spearmanr
+
+    table = pd.DataFrame(
+        {"true_mention_rate": [1.0, 0.5, 0.3, 0.0], "macro_f1": [0.9, 0.4, 0.6, 0.2]}
+    )
+    assert spearman(table) == pytest.approx(spearmanr([1, 0.5, 0.3, 0], [0.9, 0.4, 0.6, 0.2])[0])
+    assert spearman(table.head(2)) is None
+
+
+def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path):
+    settings = DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=(0, 1))
+    result = quiet(tmp_path / "run", settings)
+    table = pd.read_csv(tmp_path / "run" / "sweep" / "dose_response.csv")
+    assert table["rate"].tolist() == [0, 1]
+    assert table["coverage"].tolist() == [0.0, 1.0]
+    assert table["chance"].tolist() == [pytest.approx(1 / 3)] * 2
+    assert (tmp_path / "run" / "sweep" / "dose_response.png").stat().st_size > 1000
+    assert [row["rate"] for row in result.manifest["sweep"]] == [0, 1]
+
+
+# The finding, on a world small enough for a test: pictures of 32 pixels, 6,000 pairs, 700 steps of
+# batches of 128 (about 25 CPU-seconds of training). That is too little to learn shapes or patterns
+# even when every caption names them (the default world's 2,500 steps of 256 are enough: see
+# benchmarks/RESULTS.md), so this world captions the groups a model learns fast (colour, size) and
+# never the others. Seeds 0-3 measured: Color 0.98-1.0, Size 0.57-0.62 (chance 1/3), Background
+# 0.32-0.61, the never-captioned groups 0.07 or less from chance, Spearman 0.866 (the most that two
+# coverage levels allow: every captioned group above every uncaptioned one).
+SMALL = DemoSettings(
+    world=WorldSettings(
+        misalignment={
+            "Shape": Misalignment(0.0),
+            "Color": Misalignment(1.0),
+            "Background": Misalignment(1.0, perturbation=0.5),
+            "Texture": Misalignment(0.0),
+            "Size": Misalignment(1.0),
+            "Position": Misalignment(0.0),
+            "Post-processing": Misalignment(0.0),
+        },
+        n_train=6000,
+        n_eval_per_group=120,
+        seed=0,
+    ),
+    train=TrainSettings(
+        steps=700, batch_size=128, warmup_steps=50, lr=3e-3, threads=1, device="cpu"
+    ),
+)
+
+
+@pytest.mark.slow
+def test_rarely_captioned_groups_are_the_ones_not_learned(tmp_path):
+    result = quiet(tmp_path / "run", SMALL)
+    table = pd.DataFrame(result.manifest["groups"]).set_index("group")
+    f1, chance = table["macro_f1"], table["chance"]
+    # always captioned, never perturbed: far above chance
+    assert f1["Color"] >= 0.9
+    assert f1["Size"] >= chance["Size"] + 0.15
+    # never captioned: near chance
+    for group in ("Shape", "Texture", "Position", "Post-processing"):
+        assert abs(f1[group] - chance[group]) <= 0.1, group
+    # as often captioned as Color, as easy to see, but half its mentions wrong: clearly below it
+    assert f1["Background"] <= f1["Color"] - 0.15
+    # across groups, caption coverage (what clipaudit measured) against awareness
+    assert spearman(table.reset_index(), x="coverage") >= 0.8
+    assert result.manifest["spearman_coverage_awareness"] >= 0.8

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from clipaudit import __version__
-from clipaudit.cli import audit, concepts, coverage, demo, report, theory, zeroshot
+from clipaudit.cli import audit, concepts, coverage, demo, report, theory, world, zeroshot
 
 app = typer.Typer(
     name="clipaudit",
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(concepts.app, name="concepts")
 app.add_typer(coverage.app, name="coverage")
 app.add_typer(theory.app, name="theory")
+app.add_typer(world.app, name="world")
 zeroshot.register(app)
 demo.register(app)
 report.register(app)
@@ -54,8 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     mistake is one line and the usage (exit 2), a library error one line (its exit code, 2),
     an interrupt one line (130); never a traceback for any of them."""
     import importlib
+    import os
 
     from clipaudit.errors import ClipAuditError
+
+    # before torch is imported: its OpenMP threads then sleep instead of spinning while they wait,
+    # which on a busy machine makes small models' steps over ten times slower
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     # typer raises the exceptions of the click it bundles; find them where typer takes them from
     click = importlib.import_module(typer.BadParameter.__module__)

@@ -400,6 +400,7 @@ def _summary(
         "mismatch_counts": _counts(mismatches),
         "examples": _examples(inputs),
         "notes": inputs.notes,
+        "truth": inputs.truth,
         "method": {
             "log_coverage": stats.LOG_COVERAGE_RULE,
             "primary_method": PRIMARY_METHOD_RULE,
@@ -481,6 +482,7 @@ def _overview(inputs: Inputs, tables: dict[str, Any]) -> list[dict[str, Any]]:
                     "sensitive": group in inputs.sensitive,
                     "coverage": cells,
                     "awareness": scores,
+                    "truth": (inputs.truth or {}).get(group),
                 }
             )
         if rows:

@@ -20,7 +20,6 @@ changed (and returns the folder as it is when none did).
 from __future__ import annotations
 
 import base64
-import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -195,7 +194,6 @@ def build_report(
             for key in ("clipaudit_version", "git_hash")
         )
         if folder.was_complete and same_code and previous.get("inputs") == collected.records:
-            _drop_empty(folder.units)
             return _reused(out, previous)
         folder.update(inputs=collected.records)
         for stale in ("figures", "tables"):
@@ -207,7 +205,6 @@ def build_report(
         figures, images = _draw(collected, tables, summary, out / "figures")
         written = _write_tables(tables, out / "tables")
         _render(summary, images, out)
-        _drop_empty(folder.units)
         manifest = folder.complete(
             title=summary["title"],
             corpora=[c["label"] for c in summary["corpora"]],
@@ -227,12 +224,6 @@ def _reused(out: Path, manifest: dict[str, Any]) -> Report:
     report = load_report_run(out, manifest)
     report.reused = True
     return report
-
-
-def _drop_empty(units: Path) -> None:
-    """A report has no units of work: leave no empty units/ folder behind."""
-    with contextlib.suppress(OSError):
-        units.rmdir()
 
 
 def _default_title(collected: Any) -> str:

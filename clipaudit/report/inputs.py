@@ -42,7 +42,7 @@ KNOWN_CATEGORIES = (
     "perturbed",
     "unselected",
 )
-KINDS = ("coverage", "zeroshot", "theory")
+KINDS = ("coverage", "zeroshot", "theory", "world")
 HOLDERS = ("demo", "audit")  # kinds whose loaded result holds .coverage and .zeroshot runs
 
 
@@ -88,6 +88,8 @@ class Inputs:
     sensitive: set[str]
     registry: dict[str, Any]
     notes: list[str]
+    # a rendered world's chosen and realised caption rates per group (clipaudit.world), if given
+    truth: dict[str, dict[str, Any]] | None = None
 
     def pairs(self) -> list[tuple[Corpus, Model]]:
         return [(c, m) for c in self.corpora for m in self.models if c.pair_key == m.pair_key]
@@ -109,6 +111,8 @@ def _kind_of(run: Any) -> str:
         return "zeroshot"
     if type(run).__name__ == "SweepResult" and module == "clipaudit.theory.sweep":
         return "theory"
+    if type(run).__name__ == "WorldRun" and module == "clipaudit.world.world":
+        return "world"
     return ""
 
 
@@ -140,8 +144,8 @@ def _load(item: Any) -> list[Any]:
                 ) from None
             return _load(holder)
         raise InputError(
-            f"{path} holds a {kind or 'unknown'} run; a report reads coverage, zeroshot and "
-            "theory runs (or a demo/audit run holding them)"
+            f"{path} holds a {kind or 'unknown'} run; a report reads coverage, zeroshot, "
+            "theory and world runs (or a demo/audit run holding them)"
         )
     if _kind_of(item):
         status = (getattr(item, "manifest", None) or {}).get("status", "complete")
@@ -151,7 +155,7 @@ def _load(item: Any) -> list[Any]:
                 "command that wrote it again to resume it"
             )
         return [item]
-    parts = [getattr(item, name, None) for name in ("coverage", "zeroshot", "theory")]
+    parts = [getattr(item, name, None) for name in ("coverage", "zeroshot", "theory", "world")]
     parts = [p for p in parts if p is not None and _kind_of(p)]
     if parts:
         return parts
@@ -188,6 +192,7 @@ def collect(runs: Any) -> Inputs:
         seen[folder] = len(unique)
         unique.append(run)
     records, corpora, models = [], [], []
+    truth = None
     for index, run in enumerate(unique):
         kind = _kind_of(run)
         manifest = run.manifest
@@ -203,6 +208,8 @@ def collect(runs: Any) -> Inputs:
             corpora.append(_corpus(run, index))
         elif kind == "zeroshot":
             models += _models(run, index)
+        elif kind == "world":
+            truth = {group: dict(rates) for group, rates in run.world.info["rates"].items()}
         else:
             theory_corpora, theory_models = _theory(run, index)
             corpora += theory_corpora
@@ -236,6 +243,7 @@ def collect(runs: Any) -> Inputs:
         sensitive=sensitive,
         registry=registry,
         notes=notes + registry_notes,
+        truth=truth,
     )
 
 

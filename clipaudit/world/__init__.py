@@ -6,18 +6,17 @@ A world (:class:`WorldSettings`) renders one object per picture with a shape, co
 size, place, backdrop and edit (the groups of ``concepts/miniworld.yaml``); its captions mention
 each group with a chosen selection rate and replace mentioned values by wrong ones with a chosen
 perturbation rate. A tiny open_clip CLIP trained on the pairs (:class:`TrainSettings`) then learns
-the groups its captions carry, which :func:`world_audit` shows with clipaudit's own coverage and
-zero-shot code.
+the groups its captions carry, which the demo (:mod:`clipaudit.demo`) shows through the audit's own
+coverage, zero-shot and report stages.
 
 Modules: ``settings`` (validated settings), ``scenes`` (what each picture holds), ``render``
-(pixels), ``captions`` (text), ``world`` (the world's folder), ``training`` (the model),
-``sweep`` (one model per rate), ``audit`` (coverage beside awareness). Importing this package
-loads neither torch nor open_clip; training and auditing import them when called.
+(pixels), ``captions`` (text), ``world`` (the world's folder, and the world as a run folder),
+``training`` (the model), ``sweep`` (one model per rate). Importing this package loads neither
+torch nor open_clip; training imports them when called.
 """
 
 from __future__ import annotations
 
-from clipaudit.world.audit import measured_coverage, spearman, world_audit, zeroshot_scores
 from clipaudit.world.settings import (
     DEFAULT_MISALIGNMENT,
     WORLD_GROUPS,
@@ -31,9 +30,11 @@ from clipaudit.world.sweep import Sweep, SweepPoint, sweep_rates
 from clipaudit.world.training import TrainedModel, train_world_model
 from clipaudit.world.world import (
     RenderedWorld,
+    WorldRun,
     open_world,
     recaption_world,
     render_world,
+    render_world_run,
     world_registry,
 )
 
@@ -48,15 +49,13 @@ __all__ = [
     "SweepPoint",
     "TrainSettings",
     "TrainedModel",
+    "WorldRun",
     "WorldSettings",
-    "measured_coverage",
     "open_world",
     "recaption_world",
     "render_world",
-    "spearman",
+    "render_world_run",
     "sweep_rates",
     "train_world_model",
-    "world_audit",
     "world_registry",
-    "zeroshot_scores",
 ]

@@ -316,3 +316,62 @@ def _world_info(
         timings=timings,
     )
     return info
+
+
+@dataclass(frozen=True)
+class WorldRun:
+    """A world rendered as a run folder (``clipaudit world render``): the world and its rates."""
+
+    out: Path
+    world: RenderedWorld
+    manifest: dict[str, Any]
+
+    @property
+    def rates(self) -> pd.DataFrame:
+        """Per group: category, chosen and realised selection and perturbation, true mentions."""
+        import pandas as pd
+
+        groups = self.world.info["groups"]
+        return pd.DataFrame(
+            [{"group": g, "category": groups[g], **r} for g, r in self.world.info["rates"].items()]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"WorldRun({str(self.out)!r}: {self.world.info['n_train']:,} pairs, "
+            f"{self.world.info['n_eval_images']:,} held-out pictures, seed {self.world.info['seed']})"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        table = self.rates.to_html(index=False, float_format=lambda v: f"{v:.3f}")
+        return f"<p><b>{escape(repr(self))}</b></p>{table}"
+
+
+def render_world_run(
+    settings: WorldSettings, out: str | Path, *, overwrite: bool = False
+) -> WorldRun:
+    """:func:`render_world` as a run folder (clipaudit.runs): a folder holding this very world is
+    returned as it is, one holding another world is refused unless ``overwrite``."""
+    from clipaudit.runs import RunFolder
+
+    with RunFolder(out, "world", settings.describe(), overwrite=overwrite) as folder:
+        if folder.was_complete and (folder.path / WORLD_FILE).is_file():
+            return WorldRun(folder.path, open_world(folder.path), folder.previous)
+        world = render_world(settings, folder.path)
+        info = world.info
+        manifest = folder.complete(
+            registry=info["registry"],
+            rates=info["rates"],
+            files=info["files"],
+            n_train=info["n_train"],
+            n_eval_images=info["n_eval_images"],
+            timings=info["timings"],
+        )
+        return WorldRun(folder.path, world, manifest)
+
+
+def load_world_run(path: str | Path, manifest: dict[str, Any]) -> WorldRun:
+    """A complete world run folder read back (:func:`clipaudit.runs.load_run`)."""
+    return WorldRun(Path(path), open_world(path), manifest)

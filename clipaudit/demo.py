@@ -228,6 +228,7 @@ def demo_figure(table: Any) -> bytes:
         perturbed = row.chosen_perturbation > 0
         x, y = row.true_mention_rate, row.macro_f1
         axes.plot([x * 0.8 - 0.002, x * 1.25 + 0.002], [row.chance] * 2, color=grey, lw=1.5)
+        axes.plot([x, x], [row.chance, y], color=grey, lw=0.8, ls=":")  # the lift above chance
         axes.scatter(
             [x],
             [y],

@@ -689,3 +689,27 @@ def test_the_cli_rejects_bad_settings_in_one_line():
         "error: perturbation_covariance must be one of ['semantics', 'identity', 'wishart']; "
         "got 'wishar' (did you mean 'wishart'?)"
     ]
+
+
+def test_auto_group_size_batches_where_batching_pays():
+    from clipaudit.theory.config import (
+        BATCHING_PAYS_BELOW_FLOPS,
+        resolve_group_size,
+        step_flops,
+    )
+
+    quick = training_profile("quick")
+    # by hand: widths 15-128-128-128-10, two encoders, 6 FLOP per multiply-add, batch 512
+    multiply_adds = 15 * 128 + 128 * 128 * 2 + 128 * 10
+    assert step_flops(quick, 15, 10) == 2 * 6 * 512 * multiply_adds
+    big = dataclasses.replace(quick, group_size="auto")
+    small = dataclasses.replace(big, batch_size=128, hidden_widths=(32, 32))
+    assert step_flops(big, 15, 10) > BATCHING_PAYS_BELOW_FLOPS > step_flops(small, 15, 10)
+    assert resolve_group_size(big, 38, 15, 10) == 1  # arithmetic-bound: one at a time on a CPU
+    assert resolve_group_size(small, 38, 15, 10) == 16
+    assert resolve_group_size(small, 5, 15, 10) == 5
+    assert resolve_group_size(dataclasses.replace(big, device="cuda"), 38, 15, 10) == 38
+    assert resolve_group_size(quick, 38, 15, 10) == 10  # the quick profile keeps its groups
+    assert resolve_group_size(dataclasses.replace(quick, group_size=0), 38, 15, 10) == 38
+    with pytest.raises(SettingsError, match="group_size must be an integer >= 0 .* or 'auto'"):
+        dataclasses.replace(quick, group_size="some")

@@ -15,6 +15,7 @@ Three frozen dataclasses:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -309,7 +310,7 @@ class TrainingSettings:
     mixing_condition_quantile: float = 0.001
     chunk_steps: int = 25
     checkpoint_every: int = 500
-    group_size: int = 0
+    group_size: int | str = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -361,9 +362,11 @@ class TrainingSettings:
             raise SettingsError(
                 f"mixing_condition_quantile must be in (0, 1]; got {self.mixing_condition_quantile!r}"
             )
-        if not isinstance(self.group_size, int) or self.group_size < 0:
+        size = self.group_size
+        if size != "auto" and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise SettingsError(
-                f"group_size must be >= 0 (0 = all scenarios at once); got {self.group_size!r}"
+                "group_size must be an integer >= 0 (0 = all scenarios at once) or 'auto' "
+                f"(by model size and device); got {size!r}"
             )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise SettingsError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}")
@@ -428,7 +431,7 @@ PROFILES: dict[str, TrainingSettings] = {
         widths_scale_with_input=True,
         mixing="conditioned",
         checkpoint_every=2000,
-        group_size=8,
+        group_size="auto",
     ),
     # Under a minute per configuration on a 2-core CPU (see benchmarks/RESULTS.md for what it
     # agrees on). Whitened outputs: unwhitened, the loss favours high-variance directions, so
@@ -437,7 +440,9 @@ PROFILES: dict[str, TrainingSettings] = {
     # 3: near its first order (high temperature) the whitened loss is a sum of canonical
     # correlations, which drops perturbed semantics but is as happy with a folded (non-injective)
     # code; the sharper start first spreads the code out (measured in RESULTS).
-    # groups of 10: larger stacks stop fitting in cache (38 at once cost 1.7x more per step)
+    # groups of 10: larger stacks stop fitting in cache (38 at once cost 1.7x more per step). Not
+    # "auto", which would train this size one by one on a CPU: its recorded agreement was measured
+    # in groups of 10, and whitened training depends slightly on a group's composition
     "quick": TrainingSettings(
         profile="quick",
         temperature=1.5,
@@ -447,6 +452,37 @@ PROFILES: dict[str, TrainingSettings] = {
         group_size=10,
     ),
 }
+
+
+# Batched training pays on a CPU only while per-step overhead outweighs the arithmetic. Measured with
+# benchmarks/theory_batching.py (10 configurations, 1 thread, 2-core CPU, 2026-12-01; RESULTS.md):
+# batched/sequential 3.67x at 2.8 MFLOP per configuration-step, 1.40x at 17.5, 0.78x at 128 and
+# at 221 (the quick profile); the ratio crosses 1 near 50 MFLOP.
+BATCHING_PAYS_BELOW_FLOPS = 50e6
+AUTO_CPU_GROUP = 16  # below the threshold: enough to amortise overhead, small enough for cache
+
+
+def step_flops(training: TrainingSettings, n_inputs: int, n_outputs: int) -> float:
+    """Floating-point operations of one training step of one configuration: both encoders'
+    matrix products, forward and backward (3x the forward's 2 per multiply-add)."""
+    scale = n_inputs if training.widths_scale_with_input else 1
+    sizes = [n_inputs, *(w * scale for w in training.hidden_widths), n_outputs]
+    multiply_adds = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 2 * 6.0 * training.batch_size * multiply_adds
+
+
+def resolve_group_size(
+    training: TrainingSettings, n_scenarios: int, n_inputs: int, n_outputs: int
+) -> int:
+    """``training.group_size``, with ``"auto"`` resolved: every scenario at once on a GPU; on a
+    CPU, groups of :data:`AUTO_CPU_GROUP` where batching pays (:data:`BATCHING_PAYS_BELOW_FLOPS`),
+    else one scenario at a time."""
+    if training.group_size != "auto":
+        return training.group_size or n_scenarios
+    if training.device.startswith("cuda"):
+        return n_scenarios
+    pays = step_flops(training, n_inputs, n_outputs) < BATCHING_PAYS_BELOW_FLOPS
+    return min(n_scenarios, AUTO_CPU_GROUP) if pays else 1
 
 
 def training_profile(name: str, **overrides: Any) -> TrainingSettings:

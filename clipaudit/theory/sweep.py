@@ -40,6 +40,7 @@ from clipaudit.theory.config import (
     TrainingSettings,
     default_sweep,
     format_index_list,
+    resolve_group_size,
     training_profile,
 )
 from clipaudit.theory.evaluation import (
@@ -251,8 +252,12 @@ def evaluate_scenario(
     return {"r2": rows, **audit}
 
 
-def _groups(scenarios: list[Scenario], size: int) -> list[list[Scenario]]:
-    size = size or len(scenarios)
+def _groups(scenarios: list[Scenario], training: TrainingSettings) -> list[list[Scenario]]:
+    """The scenarios in training groups of ``training.group_size`` (``"auto"``: by model size
+    and device, :func:`resolve_group_size`)."""
+    n_inputs = max(s.n_semantics + s.n_modality for s in scenarios)
+    n_outputs = max(s.representation_size for s in scenarios)
+    size = resolve_group_size(training, len(scenarios), n_inputs, n_outputs)
     return [scenarios[k : k + size] for k in range(0, len(scenarios), size)]
 
 
@@ -331,7 +336,7 @@ def _train_and_evaluate(
     from tqdm.auto import tqdm
 
     out, results_dir = folder.path, folder.units
-    groups = _groups(scenarios, training.group_size)
+    groups = _groups(scenarios, training)
     # groups trained by an earlier call keep the times they cost then (a re-judge trains nothing)
     earlier = (folder.previous or {}).get("timings", {})
     earlier_groups = {

@@ -711,5 +711,5 @@ def test_auto_group_size_batches_where_batching_pays():
     assert resolve_group_size(dataclasses.replace(big, device="cuda"), 38, 15, 10) == 38
     assert resolve_group_size(quick, 38, 15, 10) == 10  # the quick profile keeps its groups
     assert resolve_group_size(dataclasses.replace(quick, group_size=0), 38, 15, 10) == 38
-    with pytest.raises(SettingsError, match="group_size must be an integer >= 0 .* or 'auto'"):
+    with pytest.raises(SettingsError, match=r"group_size must be an integer >= 0 .* or 'auto'"):
         dataclasses.replace(quick, group_size="some")

@@ -88,7 +88,7 @@ class ModelSpec:
         if self.is_random:
             return f"{name}@random"
         weights = Path(self.pretrained).stem if self.is_checkpoint_file else self.pretrained
-        return f"{name}@{weights}"
+        return name if weights == name else f"{name}@{weights}"  # a config saved with its weights
 
 
 @dataclass

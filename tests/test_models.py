@@ -131,3 +131,4 @@ def test_labels_name_model_and_weights():
     assert ModelSpec("ViT-B-32", "/ckpts/step_100.safetensors").label == "ViT-B-32@step_100"
     assert ModelSpec("configs/mini.json").label == "mini@random"
     assert ModelSpec("hf-hub:org/model").label == "hf-hub:org/model"
+    assert ModelSpec("runs/model/mini.json", "runs/model/mini.safetensors").label == "mini"

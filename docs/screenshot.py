@@ -1,0 +1,34 @@
+"""Screenshot a report.html as a person sees it (headless Debian Chromium through playwright), for
+the README: ``.venv/bin/python docs/screenshot.py runs/demo/report/report.html docs/report_screenshot.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("html", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--height", type=int, default=1500, help="CSS pixels of the page shown")
+    parser.add_argument("--width", type=int, default=960, help="pixels of the saved image")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": args.height})
+        page.goto(args.html.resolve().as_uri(), wait_until="load")
+        page.screenshot(path=str(args.png))
+        browser.close()
+    image = Image.open(args.png)
+    height = round(image.height * args.width / image.width)
+    image.convert("RGB").resize((args.width, height), Image.LANCZOS).save(args.png, optimize=True)
+
+
+if __name__ == "__main__":
+    main()

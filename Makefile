@@ -19,16 +19,16 @@ demo: $(VENV)/.synced
 	$(VENV)/bin/clipaudit demo --out runs/demo
 
 test: $(VENV)/.synced
-	$(VENV)/bin/ruff check clipaudit tests benchmarks
+	$(VENV)/bin/ruff check clipaudit tests benchmarks docs
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check clipaudit tests benchmarks
-	$(VENV)/bin/ruff format --check clipaudit tests benchmarks
+	$(VENV)/bin/ruff check clipaudit tests benchmarks docs
+	$(VENV)/bin/ruff format --check clipaudit tests benchmarks docs
 
 format: $(VENV)/.synced
-	$(VENV)/bin/ruff format clipaudit tests benchmarks
-	$(VENV)/bin/ruff check --fix clipaudit tests benchmarks
+	$(VENV)/bin/ruff format clipaudit tests benchmarks docs
+	$(VENV)/bin/ruff check --fix clipaudit tests benchmarks docs
 
 clean:
 	rm -rf $(VENV) .tools runs .pytest_cache .ruff_cache

@@ -572,7 +572,11 @@ class _Dispatch:
             examples_per_concept=settings.examples_per_concept,
             max_caption_chars=settings.max_caption_chars,
             batch_rows=settings.batch_rows,
-            semantic=self.semantic.worker_options() if self.semantic is not None else None,
+            semantic=(
+                self.semantic.worker_options(settings.workers or os.cpu_count() or 1)
+                if self.semantic is not None
+                else None
+            ),
         )
         counter = None  # rows counted so far, shared with local workers (Ray's report per shard)
         if settings.engine == "ray" and todo != []:
@@ -1083,12 +1087,12 @@ def _merge(
     ids_are_int = True
     cpu_seconds = 0.0
     order = []
-    semantic_parts = []
+    merged = semantic.merger() if semantic is not None else None
     for shard in run.finished:
         partial = json.loads(folder.unit_path(shard.key).read_text(encoding="utf-8"))
         order.append([shard.key, partial["n_captions_read"]])
-        if semantic is not None:
-            semantic_parts.append(partial["semantic"])
+        if merged is not None:
+            merged.add(partial["semantic"])
         cpu_seconds += partial["cpu_seconds"]
         for name in totals:
             totals[name] += partial[name]
@@ -1106,16 +1110,16 @@ def _merge(
 
     n_read = totals["n_captions_read"]
     tables = _tables(registry, n_read, concepts, groups, categories)
-    merged = semantic.merge(semantic_parts) if semantic is not None else None
     if merged is not None:
-        _add_views(tables, n_read, merged["views"], VIEWS[settings.method])
+        _add_views(tables, n_read, merged.views, VIEWS[settings.method])
     for name, frame in tables.items():
         write_table(frame, out_dir / name)
     example_doc = _examples(registry, settings.examples_per_concept, examples, concepts)
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
     if merged is not None:
-        write_json(out_dir / "nearest.json", semantic.nearest_document(merged["nearest"], registry))
+        nearest = semantic.nearest_document(merged.nearest.nearest(), registry)
+        write_json(out_dir / "nearest.json", nearest)
         outputs.append("nearest.json")
     if settings.per_caption:
         _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int)
@@ -1153,10 +1157,10 @@ def _merge(
         manifest["semantic"] = {
             **semantic.manifest(),
             "n_with_any_concept": {
-                view: merged["views"].get(view, {}).get("n_with_any_concept", 0)
+                view: merged.views.get(view, {}).get("n_with_any_concept", 0)
                 for view in VIEWS[settings.method]
             },
-            **({"checked": merged["checked"]} if settings.method == "checked" else {}),
+            **({"checked": merged.checked} if settings.method == "checked" else {}),
         }
     return CoverageResult(
         out_dir, tables["concepts"], tables["groups"], tables["categories"], example_doc, manifest

@@ -247,7 +247,7 @@ class SemanticRun:
             return []
         return self.store.prune(self.store_key(s) for s in shards)
 
-    def worker_options(self) -> SemanticOptions:
+    def worker_options(self, workers: int) -> SemanticOptions:
         laion = None
         if self.laion is not None:
             laion = {str(p.metadata.resolve()): str(p.embeddings) for p in self.laion.pairs}
@@ -260,38 +260,13 @@ class SemanticRun:
             laion=laion,
             nearest=self.settings.nearest,
             near_margin=self.settings.near_margin,
+            faiss_threads=1 if workers > 1 else None,
         )
 
     # ------------------------------------------------------------------ merging
 
-    def merge(self, partials: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """The semantic parts of the shards' partial results (``partial["semantic"]``) added up: per view, concept, group
-        and category counts; the nearest captions; what ``checked`` kept, dropped and added."""
-        from clipaudit.semantic.counting import SemanticCounter
-
-        views: dict[str, dict[str, Any]] = {}
-        checked = {"kept": 0, "dropped": 0, "added": 0}
-        nearest = SemanticCounter(
-            self.concepts.vectors,
-            self.calibration.thresholds["semantic"],
-            names=self.concepts.names,
-            top_k=self.settings.nearest,
-            near_margin=self.settings.near_margin,
-        )
-        for semantic in partials:
-            for view, found in semantic["views"].items():
-                into = views.setdefault(
-                    view,
-                    {"concepts": {}, "groups": {}, "categories": {}, "n_with_any_concept": 0},
-                )
-                for level in ("concepts", "groups", "categories"):
-                    for name, count in found[level].items():
-                        into[level][name] = into[level].get(name, 0) + count
-                into["n_with_any_concept"] += found["n_with_any_concept"]
-            for name in checked:
-                checked[name] += semantic["checked"][name]
-            nearest.merge_state(semantic["nearest"])
-        return {"views": views, "checked": checked, "nearest": nearest.nearest()}
+    def merger(self) -> SemanticMerge:
+        return SemanticMerge(self)
 
     def nearest_document(self, nearest: dict[str, Any], registry: Any) -> dict[str, Any]:
         thresholds = self.calibration.thresholds["semantic"]
@@ -342,6 +317,38 @@ class SemanticRun:
         }
 
 
+class SemanticMerge:
+    """The semantic parts of the shards' partial results (``partial["semantic"]``) added up one
+    by one (memory bounded by the concepts, not the shards): per view, concept, group and
+    category counts; the nearest captions; what ``checked`` kept, dropped and added."""
+
+    def __init__(self, run: SemanticRun):
+        from clipaudit.semantic.counting import SemanticCounter
+
+        self.views: dict[str, dict[str, Any]] = {}
+        self.checked = {"kept": 0, "dropped": 0, "added": 0}
+        self.nearest = SemanticCounter(
+            run.concepts.vectors,
+            run.calibration.thresholds["semantic"],
+            names=run.concepts.names,
+            top_k=run.settings.nearest,
+            near_margin=run.settings.near_margin,
+        )
+
+    def add(self, semantic: dict[str, Any]) -> None:
+        for view, found in semantic["views"].items():
+            into = self.views.setdefault(
+                view, {"concepts": {}, "groups": {}, "categories": {}, "n_with_any_concept": 0}
+            )
+            for level in ("concepts", "groups", "categories"):
+                for name, count in found[level].items():
+                    into[level][name] = into[level].get(name, 0) + count
+            into["n_with_any_concept"] += found["n_with_any_concept"]
+        for name in self.checked:
+            self.checked[name] += semantic["checked"][name]
+        self.nearest.merge_state(semantic["nearest"])
+
+
 # --------------------------------------------------------------------------- worker side
 
 
@@ -357,6 +364,7 @@ class SemanticOptions:
     laion: dict[str, str] | None  # resolved metadata path -> text_emb path
     nearest: int
     near_margin: float
+    faiss_threads: int | None  # 1 when several worker processes share the cores; None: FAISS's
 
 
 class _View:
@@ -404,6 +412,10 @@ class SemanticShard:
 
         self.options = options
         self.shard = shard
+        if options.faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(options.faiss_threads)
         self.names = [name for name, _, _ in concept_groups]
         self.group_names = list(dict.fromkeys(g for _, g, _ in concept_groups))
         self.category_names = list(dict.fromkeys(c for _, _, c in concept_groups))
@@ -678,7 +690,9 @@ def calibrate(
             )
         )
         fitted_on.append(describe_labelled(path, len(labelled)))
-    names = [str(p) for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):  # the same file name in two folders: their full paths
+        names = [str(p) for p in paths]
     evidence = parts[0] if len(parts) == 1 else concat_evidence(parts, names)
     scores = cross_validate(evidence, folds=folds, seed=seed, min_positives=min_positives)
     fitted = fit_calibration(

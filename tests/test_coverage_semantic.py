@@ -458,6 +458,17 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     )  # fmt: skip
     assert counted.returncode == 0, counted.stderr
     assert "uncalibrated" in counted.stdout and "semantic" in counted.stdout
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["semantic"]["calibration"]["calibrated"] is False
+
+    indexed = subprocess.run(
+        [*command, "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
+         "--threshold", "-1"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert indexed.returncode == 0, indexed.stderr
+    assert "flat index of 56 captions" in indexed.stdout
+    assert "56 captions with cosine >= -1.000 to 'a fox'" in indexed.stdout
 
 
 def test_index_and_query_count_what_numpy_counts(

@@ -13,6 +13,14 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
     RUN/manifest.json              inputs, registry, settings, counts, timings, status
     RUN/units/                     one partial result per finished shard (what a resume reuses)
 
+With a semantic ``method`` (``semantic``, ``both``, ``checked``: :mod:`clipaudit.coverage_semantic`)
+the tables also hold ``<view>_count`` and ``<view>_rate`` for each view the method counts
+(``semantic``; ``semantic`` and ``union``; ``checked``), ``matches.parquet`` holds the method's own
+matches (for ``both``, the union), and the run adds::
+
+    RUN/nearest.json               per concept, the nearest captions, their cosine, counted or not
+    RUN/embeddings/<encoder>/      the captions' float16 embeddings, per shard (unless shared)
+
 A group's or category's ``count`` is the number of captions mentioning at least one of its concepts.
 Rates are counts divided by ``n_captions_read``: rows holding a valid caption string, empty ones
 included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.

@@ -530,3 +530,53 @@ def test_the_report_reads_a_both_run_and_a_checked_run(audit_runs, tiny_files, t
     primary = checked.tables["correlations"]
     assert set(primary[primary["primary"]]["method"]) == {"checked"}
     assert "<th>checked</th>" in (checked.out / "report.html").read_text()
+
+
+def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
+    tiny, encoder_spec, tmp_path
+):
+    import os
+    import signal
+    import time
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    n = 6000
+    captions = [f"a {ANIMALS[i % 8]} {PLACES[(i // 8) % 5]} number {i % 97}" for i in range(n)]
+    corpus = tmp_path / "big.parquet"
+    table = pa.table({"id": list(range(n)), "caption": captions})
+    pq.write_table(table, corpus, row_group_size=1000)
+    args = [
+        sys.executable, "-m", "clipaudit", "coverage", "count", str(corpus), "--out",
+        str(tmp_path / "killed"), "--registry", str(registry), "--method", "both", "--encoder",
+        encoder_spec, "--workers", "2", "--shard-rows", "1000", "--per-caption", "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    embeddings = tmp_path / "killed" / "embeddings"
+
+    def parts() -> list:  # complete parts: ids and vectors written (vectors last)
+        return [p for p in embeddings.glob("*/*/*.npy") if not p.name.endswith(".ids.npy")]
+
+    while not parts() and process.poll() is None:
+        assert time.monotonic() < deadline, "no embedding part written within two minutes"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(parts())  # one part of 1,000 captions per shard
+    units = list((tmp_path / "killed" / "units").glob("*.json"))
+    assert done >= 1 and len(units) < 6, "the kill came after the end: a larger corpus is needed"
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    session = manifest["semantic"]["embeddings"]["this_session"]
+    assert manifest["timings"]["shards_resumed"] == len(units)
+    assert session["rows_encoded"] == n - 1000 * done  # every part written before the kill kept
+    settings = CoverageSettings(
+        method="both", encoder=encoder_spec, shard_rows=1000, per_caption=True, progress=False
+    )
+    count_coverage([corpus], tiny, tmp_path / "reference", settings)
+    assert_same_outputs(tmp_path / "killed", tmp_path / "reference")
+    assert (tmp_path / "killed" / "nearest.json").read_bytes() == (
+        tmp_path / "reference" / "nearest.json"
+    ).read_bytes()

@@ -154,7 +154,7 @@ class CoverageSettings:
     ray_address: str | None = None  # the Ray cluster (else RAY_ADDRESS, else one started here)
     # lexical (word rules only) | semantic | both | checked (clipaudit.coverage_semantic)
     method: str = "lexical"
-    encoder: str | None = None  # st:NAME_OR_FOLDER or open_clip:MODEL[@TAG]; None: MiniLM
+    encoder: str | None = None  # st:NAME_OR_FOLDER, open_clip:MODEL[@TAG]; None or st: MiniLM
     calibration: str | None = None  # a calibration JSON for the encoder; None: defaults, flagged
     embeddings: str | None = None  # LAION text_emb_*.npy folder, row-aligned with the inputs
     embedding_store: str | None = None  # a store shared by runs; None: RUN/embeddings
@@ -230,9 +230,10 @@ class CoverageSettings:
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise SettingsError(f"{_named(name)} must be a non-empty string, got {value!r}")
         if self.encoder is not None:
+            from clipaudit.coverage_semantic import resolve_encoder
             from clipaudit.semantic.encoders import parse_encoder
 
-            parse_encoder(self.encoder)
+            parse_encoder(resolve_encoder(self.encoder))
         for name in ("calibration", "embeddings"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():

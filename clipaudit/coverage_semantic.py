@@ -28,6 +28,10 @@ dispatcher, unit records, resume and merge. What it adds:
 - **nearest captions**: per concept, the ``nearest`` captions most similar to it (cosine, down to
   ``near_margin`` below the lowest threshold), each flagged ``counted`` when the run's method
   counted it for that concept: ``RUN/nearest.json``.
+- **on Ray** (``--engine ray``): the same, the driver encoding and the Ray tasks reading the store
+  (or LAION's files) at its path, which every node must see: a Ray on this machine does; a cluster
+  needs the store (``--embedding-store``) and the inputs on storage its nodes mount. A task whose
+  node cannot read them fails with the path and that fix.
 
 Thresholds come from a calibration file fitted for the encoder (``coverage calibrate``); without
 one, the documented defaults of :mod:`clipaudit.semantic.calibration` apply and the manifest says
@@ -439,6 +443,15 @@ class SemanticShard:
         self.checked = {"kept": 0, "dropped": 0, "added": 0}
         self.store: Any = None
         self.mapped: Any = None
+        needed = options.store or options.laion[str(Path(shard.location).resolve())]
+        if not Path(needed).exists():  # a Ray node without the driver's disk
+            import socket
+
+            raise InputError(
+                f"{needed}: the caption embeddings are not readable on {socket.gethostname()}; "
+                "on a Ray cluster, put them (--embedding-store, --embeddings) and the inputs on "
+                "storage every node mounts at the same path"
+            )
         if options.store is not None:
             from clipaudit.semantic.store import EmbeddingStore
 

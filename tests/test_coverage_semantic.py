@@ -346,8 +346,6 @@ def test_semantic_settings_are_checked_when_made(tmp_path):
         CoverageSettings(method="semantics")
     with pytest.raises(SettingsError, match=r"encoder \(--encoder\) only applies to the semantic"):
         CoverageSettings(encoder="st:all-MiniLM-L6-v2")
-    with pytest.raises(SettingsError, match="--engine local only"):
-        CoverageSettings(method="both", engine="ray")
     with pytest.raises(SettingsError, match="expected st:"):
         CoverageSettings(method="both", encoder="MiniLM")
     with pytest.raises(SettingsError, match=r"calibration \(--calibration\) .* does not exist"):
@@ -610,3 +608,22 @@ def test_a_sentence_transformers_run_counts_what_numpy_counts(tiny, corpus, mini
     manifest = result.manifest["semantic"]
     assert manifest["encoder"]["weights"] == minilm.identity["weights"]
     assert manifest["calibration"]["flag"] == "uncalibrated default"
+
+
+def test_a_worker_that_cannot_read_the_embeddings_says_where_and_how_to_fix_it(
+    tiny, tiny_encoder, tmp_path
+):
+    """What a Ray task on a node without the driver's disk raises (one line through the CLI)."""
+    from types import SimpleNamespace
+
+    from clipaudit.coverage_semantic import SemanticOptions, SemanticShard
+    from clipaudit.semantic.calibration import default_calibration
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    calibration = default_calibration(tiny_encoder.identity, concepts.names)
+    missing = tmp_path / "not-mounted"
+    options = SemanticOptions("both", concepts, calibration, str(missing), "x", None, 3, 0.05, None)
+    groups = [(c.name, c.group, "common") for c in tiny.concepts]
+    with pytest.raises(InputError, match=r"not-mounted: .* not readable on .* every node mounts"):
+        SemanticShard(options, SimpleNamespace(key="k", location="x"), groups)

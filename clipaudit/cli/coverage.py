@@ -54,7 +54,10 @@ def count(
         "of this machine, or of the Ray cluster).",
     ),
     per_caption: bool = typer.Option(
-        False, "--per-caption", help="Also write matches.parquet: each caption's id and concepts."
+        False,
+        "--per-caption",
+        help="Also write matches.parquet: each caption's id and concepts (the method's own "
+        "matches; for --method both, the union).",
     ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Count and list unreadable shards instead of stopping."

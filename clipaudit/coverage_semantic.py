@@ -99,7 +99,6 @@ class SemanticRun:
 
     def __init__(self, settings: Any, registry: Any):
         from clipaudit.semantic.calibration import calibration_for
-        from clipaudit.semantic.concepts import concept_embeddings
         from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
         self.settings = settings
@@ -110,9 +109,10 @@ class SemanticRun:
             batch_size=settings.encode_batch,
         )
         self.encoder = load_encoder(self.spec)
-        self.concepts = concept_embeddings(registry, self.encoder)
+        self.registry = registry
+        self.concepts: Any = None  # embedded in open(), kept in the store when there is one
         self.calibration = calibration_for(
-            self.encoder.identity, self.concepts.names, settings.calibration
+            self.encoder.identity, [c.name for c in registry.concepts], settings.calibration
         )
         self.laion: Any = None
         self.store: Any = None
@@ -169,7 +169,9 @@ class SemanticRun:
     # ------------------------------------------------------------------ embeddings
 
     def open(self, out: Path, sources: Sequence[Any]) -> None:
-        """Pair LAION's embeddings with the inputs, or open the embedding store."""
+        """Pair LAION's embeddings with the inputs, or open the embedding store; embed the
+        concepts (read from the store when an earlier run kept them)."""
+        from clipaudit.semantic.concepts import concept_embeddings
         from clipaudit.semantic.store import EmbeddingStore, LaionEmbeddings
 
         if self.settings.embeddings:
@@ -190,12 +192,14 @@ class SemanticRun:
                     f"input ({len(lonely)} of {len(files)} inputs unpaired); expected "
                     "text_emb_N.npy for each metadata_N.parquet"
                 )
+            self.concepts = concept_embeddings(self.registry, self.encoder)
             return
         base = Path(self.settings.embedding_store or out / "embeddings")
         self.own_store = self.settings.embedding_store is None
         model = slug(str(self.encoder.identity["model"]))[:60]
         name = f"{model}-{fingerprint(self.encoder_key, 12)}"
         self.store = EmbeddingStore.open(base / name, self.encoder.identity, self.encoder.dim)
+        self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
 
     def unit_identity(self, shard: Any) -> dict[str, Any]:
         """A shard's identity with what its embeddings come from."""

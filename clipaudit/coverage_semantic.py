@@ -8,10 +8,11 @@ dispatcher, unit records, resume and merge. What it adds:
   captions, batch by batch, into float16 parts of an
   :class:`~clipaudit.semantic.store.EmbeddingStore` (``RUN/embeddings/<encoder>/`` unless
   ``embedding_store`` names a folder shared by runs), under a key made of the shard's key and the
-  batch layout. The encoder is loaded once, in the driver only: workers never load a model (one
-  model per worker would oversubscribe a CPU and multiply the memory). A part is written
-  atomically as soon as it is encoded, so a killed run encodes again only the parts it had not
-  finished. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
+  batch layout. The encoder is loaded once, in the driver only, with every core: workers never
+  load a model (one per worker multiplies the memory, 1.4 GB a process for MiniLM with torch, for
+  about 1.3x the encoding speed on 2 cores: ``benchmarks/semantic_RESULTS_draft.md``). A part is
+  written atomically as soon as it is encoded, so a killed run encodes again only the parts it
+  had not finished; the concepts' vectors are kept in the store too. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
   ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
 - **a unit's identity** holds what its embeddings come from (the encoder's weights and the batch
   layout, or the ``text_emb`` file's identity), and the run's settings hold the method, the

@@ -501,6 +501,10 @@ def test_index_and_query_count_what_numpy_counts(
     count_coverage([corpus], tiny, lexical, progress=False)
     with pytest.raises(InputError, match="lexical coverage run"):
         index_run(lexical)
+    from clipaudit.semantic.index import IndexSettings
+
+    with pytest.raises(SettingsError, match="trains on at least 256 captions; got 56"):
+        index_run(run, IndexSettings(kind="ivfpq"))
 
 
 def test_the_report_reads_a_both_run_and_a_checked_run(audit_runs, tiny_files, tmp_path):

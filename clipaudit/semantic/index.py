@@ -185,6 +185,13 @@ class CaptionIndex:
             m = settings.m or _default_m(dim)
             if dim % m:
                 raise SettingsError(f"m={m} must divide the dimension {dim}")
+            needed = max(nlist, 1 << settings.nbits)  # FAISS's k-means: a point per centroid
+            if train_rows < needed:
+                raise SettingsError(
+                    f"an IVF-PQ index of {nlist} lists and {1 << settings.nbits} codes per "
+                    f"sub-vector trains on at least {needed:,} captions; got {train_rows:,} "
+                    "(use the flat index, exact, for a corpus this small)"
+                )
             index = faiss.IndexIVFPQ(
                 faiss.IndexFlatIP(dim), dim, nlist, m, settings.nbits, faiss.METRIC_INNER_PRODUCT
             )

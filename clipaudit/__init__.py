@@ -7,6 +7,9 @@ The public API, imported lazily so that ``import clipaudit`` (and ``clipaudit --
 
     clipaudit.match_captions(["A brown dog on the beach."])       # [["dog", "brown", "beach"]]
     coverage = clipaudit.count_coverage(df, column="text", registry="cai2025", out="runs/cov")
+    both = clipaudit.count_coverage(df, out="runs/sem", method="both", calibration="minilm.json")
+    clipaudit.calibrate("gold.jsonl", "minilm.json")                # thresholds for an encoder
+    clipaudit.index_run("runs/sem"); clipaudit.query_run("runs/sem", "origami").count
     awareness = clipaudit.run_zeroshot(("ViT-B-32", "laion400m_e32"), "images/", "runs/zs")
     run = clipaudit.load_run("runs/cov")                           # any run folder, typed
     report = clipaudit.build_report([coverage, awareness], "runs/report")
@@ -32,6 +35,9 @@ _PUBLIC = {
     "match_captions": "clipaudit.lexical",
     "count_coverage": "clipaudit.coverage",
     "CoverageSettings": "clipaudit.coverage",
+    "calibrate": "clipaudit.coverage_semantic",
+    "index_run": "clipaudit.coverage_semantic",
+    "query_run": "clipaudit.coverage_semantic",
     "run_zeroshot": "clipaudit.zeroshot",
     "ModelSpec": "clipaudit.models",
     "load_run": "clipaudit.runs",

@@ -13,6 +13,14 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
     RUN/manifest.json              inputs, registry, settings, counts, timings, status
     RUN/units/                     one partial result per finished shard (what a resume reuses)
 
+With a semantic ``method`` (``semantic``, ``both``, ``checked``: :mod:`clipaudit.coverage_semantic`)
+the tables also hold ``<view>_count`` and ``<view>_rate`` for each view the method counts
+(``semantic``; ``semantic`` and ``union``; ``checked``), ``matches.parquet`` holds the method's own
+matches (for ``both``, the union), and the run adds::
+
+    RUN/nearest.json               per concept, the nearest captions, their cosine, counted or not
+    RUN/embeddings/<encoder>/      the captions' float16 embeddings, per shard (unless shared)
+
 A group's or category's ``count`` is the number of captions mentioning at least one of its concepts.
 Rates are counts divided by ``n_captions_read``: rows holding a valid caption string, empty ones
 included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.
@@ -49,6 +57,13 @@ from typing import Any
 import numpy as np
 
 from clipaudit import __version__
+from clipaudit.coverage_semantic import (
+    VIEWS,
+    SemanticRun,
+    SemanticShard,
+    captions_per_label,
+    read_nearest,
+)
 from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
@@ -96,7 +111,17 @@ FLAGS = {
     "progress": "--progress/--no-progress",
     "engine": "--engine",
     "ray_address": "--ray-address",
+    "method": "--method",
+    "encoder": "--encoder",
+    "calibration": "--calibration",
+    "embeddings": "--embeddings",
+    "embedding_store": "--embedding-store",
+    "nearest": "--nearest",
+    "device": "--device",
+    "encode_batch": "--encode-batch",
 }
+# settings that only apply to the semantic methods
+SEMANTIC_FIELDS = ("encoder", "calibration", "embeddings", "embedding_store")
 
 
 def _named(field_name: str) -> str:
@@ -127,8 +152,19 @@ class CoverageSettings:
     progress: bool = True
     engine: str = "local"  # local: this machine's processes; ray: a Ray cluster (clipaudit[ray])
     ray_address: str | None = None  # the Ray cluster (else RAY_ADDRESS, else one started here)
+    # lexical (word rules only) | semantic | both | checked (clipaudit.coverage_semantic)
+    method: str = "lexical"
+    encoder: str | None = None  # st:NAME_OR_FOLDER, open_clip:MODEL[@TAG]; None or st: MiniLM
+    calibration: str | None = None  # a calibration JSON for the encoder; None: defaults, flagged
+    embeddings: str | None = None  # LAION text_emb_*.npy folder, row-aligned with the inputs
+    embedding_store: str | None = None  # a store shared by runs; None: RUN/embeddings
+    nearest: int = 5  # nearest captions kept per concept (semantic methods)
+    near_margin: float = 0.05  # how far below the lowest threshold nearest captions are sought
+    device: str = "auto"  # where the encoder runs (auto: CUDA when present)
+    encode_batch: int = 256  # captions per encoder batch
 
     def __post_init__(self) -> None:
+        self._check_semantic()
         if self.profile not in PROFILES:
             raise SettingsError(
                 f"unknown profile {self.profile!r}{did_you_mean(str(self.profile), PROFILES)}; "
@@ -167,9 +203,48 @@ class CoverageSettings:
                 "profile; drop --spacy-model or use --profile curated"
             )
 
+    def _check_semantic(self) -> None:
+        from clipaudit.coverage_semantic import METHODS
+
+        if self.method not in METHODS:
+            raise SettingsError(
+                f"unknown method {self.method!r}{did_you_mean(str(self.method), METHODS)}; "
+                f"expected one of {', '.join(METHODS)}"
+            )
+        if self.method == "lexical":
+            given = [name for name in SEMANTIC_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise SettingsError(
+                    f"{_named(given[0])} only applies to the semantic methods; add --method "
+                    f"semantic, both or checked, or drop {FLAGS[given[0]]}"
+                )
+            return
+        for name in SEMANTIC_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise SettingsError(f"{_named(name)} must be a non-empty string, got {value!r}")
+        if self.encoder is not None:
+            from clipaudit.coverage_semantic import resolve_encoder
+            from clipaudit.semantic.encoders import parse_encoder
+
+            parse_encoder(resolve_encoder(self.encoder))
+        for name in ("calibration", "embeddings"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).exists():
+                raise SettingsError(f"{_named(name)} {value!r} does not exist")
+        for name in ("nearest", "encode_batch"):
+            value = getattr(self, name)
+            least = 0 if name == "nearest" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise SettingsError(f"{_named(name)} must be an integer >= {least}, got {value!r}")
+        margin = self.near_margin
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not 0 <= margin <= 2:
+            raise SettingsError(f"near_margin must be a number within [0, 2], got {margin!r}")
+
     def result_fields(self) -> dict[str, Any]:
         """The settings that change results (workers, skip_bad, batch size, progress and the
-        engine do not)."""
+        engine do not; a semantic run's method, encoder and calibration are compared by
+        identity, see :func:`clipaudit.coverage_semantic.SemanticRun.run_settings`)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RESULT_FIELDS}
 
     def replace(self, **changes: Any) -> CoverageSettings:
@@ -225,20 +300,30 @@ class CoverageResult:
             )
         return pd.read_parquet(path)
 
+    @property
+    def method(self) -> str:
+        return self.manifest.get("method", "lexical")
+
+    def nearest(self) -> dict[str, Any]:
+        """Per concept, the captions nearest to it with their cosine scores and whether the run's
+        method counted them (``nearest.json``; semantic methods only)."""
+        return read_nearest(self.out_dir)
+
     def __repr__(self) -> str:
         registry = self.manifest.get("registry", {}).get("name", "?")
         return (
             f"CoverageResult({str(self.out_dir)!r}: {self.n_captions_read:,} captions, "
             f"{len(self.concepts)} concepts of {registry!r} in {len(self.groups)} groups, "
-            f"{self.manifest.get('profile', '?')} profile)"
+            f"{self.manifest.get('profile', '?')} profile, {self.method} method)"
         )
 
     def _repr_html_(self) -> str:
         from html import escape
 
-        table = self.groups[["group", "category", "count", "rate"]].to_html(
-            index=False, float_format=lambda v: f"{v:.4f}"
-        )
+        views = VIEWS.get(self.method, ())
+        columns = ["group", "category", "count", "rate"]
+        columns += [f"{view}_{what}" for view in views for what in ("count", "rate")]
+        table = self.groups[columns].to_html(index=False, float_format=lambda v: f"{v:.4f}")
         return f"<p><b>{escape(repr(self))}</b></p>{table}"
 
 
@@ -284,14 +369,18 @@ def count_coverage(
     registry = load_registry(registry)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-coverage-"))
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
-    run_settings = _run_settings(settings, registry)
+    # the encoder, concepts and calibration: their identities are part of the run's settings
+    semantic = SemanticRun(settings, registry) if settings.method != "lexical" else None
+    run_settings = _run_settings(settings, registry, semantic)
     with RunFolder(
         out, "coverage", run_settings, overwrite=overwrite, libraries=_LIBRARIES
     ) as folder:
         specs = caption_sources(captions, out / "inputs", column=settings.column)
         resolved = resolve_sources(specs, hf_split=settings.hf_split)
         inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
-        run = _Dispatch(resolved, inputs, registry, matcher, settings, folder)
+        if semantic is not None:
+            semantic.open(out, resolved)
+        run = _Dispatch(resolved, inputs, registry, matcher, settings, folder, semantic)
         run.execute()
         if folder.was_complete and run.unchanged:
             return replace(load_coverage_run(out, folder.previous), reused=True)
@@ -304,8 +393,10 @@ def count_coverage(
                 f"no shard of the corpus could be read ({len(run.skipped)} skipped: {reasons}); "
                 "nothing was counted"
             )
-        result = _merge(out, registry, settings, run, inputs, folder)
+        result = _merge(out, registry, settings, run, inputs, folder, semantic)
         removed = folder.prune_units([shard.key for shard in run.finished])
+        if semantic is not None:
+            semantic.prune(run.finished)
         fields = dict(result.manifest)
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
@@ -319,9 +410,12 @@ def _corpus_name(specs: Sequence[str]) -> str:
     return name if len(specs) == 1 else f"{name} (+{len(specs) - 1} more)"
 
 
-def _run_settings(settings: CoverageSettings, registry: Registry) -> dict[str, Any]:
+def _run_settings(
+    settings: CoverageSettings, registry: Registry, semantic: SemanticRun | None
+) -> dict[str, Any]:
     """Everything a run's results depend on; a run folder is resumed only when this is equal.
-    Inputs are not here: each shard records the identity of what it read."""
+    Inputs are not here: each shard records the identity of what it read (and, in a semantic
+    run, what its embeddings come from)."""
     from importlib import metadata
 
     versions = {
@@ -330,11 +424,14 @@ def _run_settings(settings: CoverageSettings, registry: Registry) -> dict[str, A
     }
     if settings.spacy_model:
         versions["spacy"] = metadata.version("spacy")
-    return {
+    record = {
         "coverage": settings.result_fields(),
         "registry": {"name": registry.name, "sha256": registry.sha256},
         "versions": versions,
     }
+    if semantic is not None:
+        record["semantic"] = semantic.run_settings()
+    return record
 
 
 # --------------------------------------------------------------------------- caption inputs
@@ -432,7 +529,9 @@ class _Dispatch:
         matcher: Any,
         settings: CoverageSettings,
         folder: RunFolder,
+        semantic: SemanticRun | None = None,
     ):
+        self.semantic = semantic
         self.sources = sources
         self.inputs = inputs
         self.registry = registry
@@ -459,6 +558,11 @@ class _Dispatch:
             skip_bad=settings.skip_bad,
             descriptions=self.inputs,
         )
+        if self.semantic is not None:  # a unit's identity holds what its embeddings come from
+            plan = (
+                replace(s, identity=self.semantic.unit_identity(s)) if isinstance(s, Shard) else s
+                for s in plan
+            )
         streamed = any(s.kind == "hf_stream" for s in self.sources)
         items: Iterable[Shard | SkippedShard] = plan if streamed else list(plan)
         todo = (
@@ -471,6 +575,11 @@ class _Dispatch:
             examples_per_concept=settings.examples_per_concept,
             max_caption_chars=settings.max_caption_chars,
             batch_rows=settings.batch_rows,
+            semantic=(
+                self.semantic.worker_options(settings.workers or os.cpu_count() or 1)
+                if self.semantic is not None
+                else None
+            ),
         )
         counter = None  # rows counted so far, shared with local workers (Ray's report per shard)
         if settings.engine == "ray" and todo != []:
@@ -562,8 +671,25 @@ class _Dispatch:
             self.planned.append(replace(item, payload=None))  # streamed rows are not kept
             if self._done(item):
                 self.shards_resumed += 1
-            else:
+            elif self._embedded(item):
                 yield item
+
+    def _embedded(self, shard: Shard) -> bool:
+        """Encode a shard's captions here, in the driver, before a worker counts it (a semantic
+        run without LAION embeddings); False when the shard is unreadable and skipped."""
+        if self.semantic is None:
+            return True
+        try:
+            self.semantic.embed(shard, progress=self.settings.progress)
+        except BadShardError as exc:
+            if not self.settings.skip_bad:
+                raise
+            self.skipped.append(
+                {"shard": shard.label, "reason": exc.reason, "n_rows": shard.n_rows}
+            )
+            self._bad_keys.add(shard.key)
+            return False
+        return True
 
     def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], progress: Any) -> None:
         pending = self._pending(items)
@@ -699,6 +825,7 @@ class _WorkerOptions:
     examples_per_concept: int
     max_caption_chars: int
     batch_rows: int
+    semantic: Any = None  # clipaudit.coverage_semantic.SemanticOptions of a semantic run
 
 
 def _concept_groups(registry: Registry) -> tuple[tuple[str, str, str], ...]:
@@ -731,16 +858,24 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
     clock, cpu_clock = time.perf_counter(), time.process_time()
     units_dir = Path(options.units_dir) if options.units_dir is not None else None
     tally = _ShardTally(_STATE["matcher"], options.examples_per_concept, options.concept_groups)
+    semantic = (
+        SemanticShard(options.semantic, shard, options.concept_groups)
+        if options.semantic is not None
+        else None
+    )
     matches = (
         _MatchesWriter(units_dir, shard.key, _STATE["matcher"].concept_names)
         if options.per_caption
         else None
     )
     try:
-        for batch in shard.read(
+        batches = shard.read(
             max_caption_chars=options.max_caption_chars, batch_rows=options.batch_rows
-        ):
+        )
+        for part, batch in enumerate(batches):
             rows, concepts = tally.add(batch)
+            if semantic is not None:  # the method's own matches
+                rows, concepts = semantic.add(batch, part, rows, concepts)
             if matches is not None:
                 matches.write(batch.ids, rows, concepts)
             if counter is not None:
@@ -752,6 +887,8 @@ def _process_shard(shard: Shard) -> dict[str, Any]:
         if matches is not None:
             matches.discard()
     partial = tally.partial(shard)
+    if semantic is not None:
+        partial["semantic"] = semantic.partial()
     partial["id_is_int"] = matches.id_is_int if matches is not None else None
     partial["seconds"] = round(time.perf_counter() - clock, 3)
     partial["cpu_seconds"] = round(time.process_time() - cpu_clock, 3)
@@ -797,10 +934,10 @@ class _ShardTally:
         rows, concepts = self.match_pairs(captions)
         # a (caption, concept) pair occurs once, but a caption's group or category may recur
         self.concepts += np.bincount(concepts, minlength=len(self.concepts))
-        self.groups += _captions_per_label(
+        self.groups += captions_per_label(
             rows, self.group_of[concepts], len(captions), len(self.groups)
         )
-        self.categories += _captions_per_label(
+        self.categories += captions_per_label(
             rows, self.category_of[concepts], len(captions), len(self.categories)
         )
         matched = np.zeros(len(captions), dtype=bool)
@@ -877,16 +1014,6 @@ class _ShardTally:
         }
 
 
-def _captions_per_label(
-    rows: np.ndarray, labels: np.ndarray, n_captions: int, n_labels: int
-) -> np.ndarray:
-    """How many captions have a match with each label (a group, a category), from the caption
-    position and the label of every match."""
-    seen = np.zeros((n_captions, n_labels), dtype=bool)
-    seen[rows, labels] = True
-    return seen.sum(axis=0)
-
-
 class _MatchesWriter:
     """One shard's per-caption matches, streamed to a temporary parquet file, renamed when done;
     or, without a folder (``shards_dir`` None), to memory, ``data`` once committed.
@@ -951,6 +1078,7 @@ def _merge(
     run: _Dispatch,
     inputs: list[dict[str, Any]],
     folder: RunFolder,
+    semantic: SemanticRun | None = None,
 ) -> CoverageResult:
     """Add up the partials of every planned shard, in corpus order, and write the outputs."""
     totals = {"n_rows": 0, "n_captions_read": 0, "n_empty": 0, "n_with_any_concept": 0}
@@ -962,9 +1090,12 @@ def _merge(
     ids_are_int = True
     cpu_seconds = 0.0
     order = []
+    merged = semantic.merger() if semantic is not None else None
     for shard in run.finished:
         partial = json.loads(folder.unit_path(shard.key).read_text(encoding="utf-8"))
         order.append([shard.key, partial["n_captions_read"]])
+        if merged is not None:
+            merged.add(partial["semantic"])
         cpu_seconds += partial["cpu_seconds"]
         for name in totals:
             totals[name] += partial[name]
@@ -982,11 +1113,17 @@ def _merge(
 
     n_read = totals["n_captions_read"]
     tables = _tables(registry, n_read, concepts, groups, categories)
+    if merged is not None:
+        _add_views(tables, n_read, merged.views, VIEWS[settings.method])
     for name, frame in tables.items():
         write_table(frame, out_dir / name)
     example_doc = _examples(registry, settings.examples_per_concept, examples, concepts)
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
+    if merged is not None:
+        nearest = semantic.nearest_document(merged.nearest.nearest(), registry)
+        write_json(out_dir / "nearest.json", nearest)
+        outputs.append("nearest.json")
     if settings.per_caption:
         _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int)
         outputs.append("matches.parquet")
@@ -999,6 +1136,7 @@ def _merge(
         record["columns"] = [{"caption": c, "id": i or "row number"} for c, i in used]
 
     manifest = {
+        "method": settings.method,
         "profile": settings.profile,
         "options": asdict(settings),
         "registry": registry.provenance(),
@@ -1018,6 +1156,15 @@ def _merge(
         },
         "outputs": outputs,
     }
+    if merged is not None:
+        manifest["semantic"] = {
+            **semantic.manifest(),
+            "n_with_any_concept": {
+                view: merged.views.get(view, {}).get("n_with_any_concept", 0)
+                for view in VIEWS[settings.method]
+            },
+            **({"checked": merged.checked} if settings.method == "checked" else {}),
+        }
     return CoverageResult(
         out_dir, tables["concepts"], tables["groups"], tables["categories"], example_doc, manifest
     )
@@ -1071,6 +1218,20 @@ def _tables(
         "groups": summary("group", [g.name for g in registry.groups], groups),
         "categories": summary("category", list(registry.categories), categories),
     }
+
+
+def _add_views(
+    tables: dict[str, Any], n_read: int, views: dict[str, Any], names: Sequence[str]
+) -> None:
+    """``<view>_count`` and ``<view>_rate`` columns beside the lexical ones, for every table."""
+    keys = {"concepts": "concept", "groups": "group", "categories": "category"}
+    for view in names:
+        found = views.get(view, {})
+        for table, key in keys.items():
+            frame = tables[table]
+            counts = found.get(table, {})
+            frame[f"{view}_count"] = [int(counts.get(name, 0)) for name in frame[key]]
+            frame[f"{view}_rate"] = frame[f"{view}_count"] / n_read if n_read else float("nan")
 
 
 def _smallest_distinct(entries: list[tuple[int, str, Any]], k: int) -> list[tuple[int, str, Any]]:

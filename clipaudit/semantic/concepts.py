@@ -14,8 +14,10 @@ the same way from its words.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,22 +54,48 @@ def concept_texts(concept: Any) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
-def concept_embeddings(registry: Registry, encoder: TextEncoder) -> ConceptEmbeddings:
-    """Embed every concept of ``registry`` with ``encoder`` (one encoder call for all texts)."""
+def concept_embeddings(
+    registry: Registry, encoder: TextEncoder, *, cache: str | Path | None = None
+) -> ConceptEmbeddings:
+    """Embed every concept of ``registry`` with ``encoder`` (one encoder call for all texts).
+
+    ``cache``: a folder (a run's embedding store) where the vectors are kept as
+    ``concepts-<hash>.npz``, the hash covering the encoder's identity and every text embedded, so
+    a later run with the same encoder and concepts reads them instead of encoding again."""
+    from clipaudit.semantic.encoders import IDENTITY_KEYS
+
     texts = {c.name: concept_texts(c) for c in registry.concepts}
     flat = [t for name in texts for t in texts[name]]
     glosses = [c.gloss for c in registry.concepts]
-    encoded = encoder.encode(flat + glosses)
-    vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    position = 0
-    for row, name in enumerate(texts):
-        n = len(texts[name])
-        vectors[row] = encoded[position : position + n].mean(axis=0)
-        position += n
+    path = None
+    if cache is not None:
+        from clipaudit.runs import fingerprint
+
+        identity = {key: encoder.identity.get(key) for key in IDENTITY_KEYS}
+        key = fingerprint({"encoder": identity, "texts": texts, "glosses": glosses})
+        path = Path(cache) / f"concepts-{key}.npz"
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as held:
+            vectors, gloss_vectors = held["vectors"], held["glosses"]
+    else:
+        encoded = encoder.encode(flat + glosses)
+        vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
+        position = 0
+        for row, name in enumerate(texts):
+            n = len(texts[name])
+            vectors[row] = encoded[position : position + n].mean(axis=0)
+            position += n
+        vectors, gloss_vectors = normalise(vectors), normalise(encoded[position:])
+        if path is not None:
+            from clipaudit.provenance import atomic_write_bytes
+
+            buffer = io.BytesIO()
+            np.savez(buffer, vectors=vectors, glosses=gloss_vectors)
+            atomic_write_bytes(path, buffer.getvalue())
     return ConceptEmbeddings(
         names=tuple(texts),
-        vectors=normalise(vectors),
-        glosses=normalise(encoded[position:]),
+        vectors=vectors,
+        glosses=gloss_vectors,
         encoder=dict(encoder.identity),
         texts=texts,
     )

@@ -21,7 +21,7 @@ k-nearest search over all concepts, then the same thresholds); it was not run on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,7 @@ class SemanticCounter:
         self._top_scores = np.zeros((0,), dtype=np.float32)
         self._top_concepts = np.zeros((0,), dtype=np.int64)
         self._top_rows = np.zeros((0,), dtype=np.int64)
+        self._top_counted = np.zeros((0,), dtype=bool)
         self._bar = np.full(self.k, -np.inf, dtype=np.float32)  # score a new caption must reach
         self._rows: dict[int, tuple[Any, str | None]] = {}
 
@@ -162,9 +163,13 @@ class SemanticCounter:
         captions: Sequence[str] | None = None,
         *,
         first_row: int | None = None,
+        counted: Callable[[Hits], np.ndarray] | None = None,
     ) -> Hits:
         """Count one batch of caption vectors; returns its hits. ``first_row``: the corpus row of
-        the batch's first caption (default: the captions counted so far), which orders ties."""
+        the batch's first caption (default: the captions counted so far), which orders ties.
+        ``counted``: given the batch's hits, the sorted pair keys (``row * k + concept``, rows in
+        the batch) that the caller's method counts, which the nearest captions are flagged with
+        (default: the hits themselves, i.e. ``score >= threshold``)."""
         x = _check_vectors(vectors, self.dim, "caption vectors")
         n = len(x)
         start = self.n_captions if first_row is None else int(first_row)
@@ -178,20 +183,21 @@ class SemanticCounter:
         hit = scores >= self.thresholds[concepts]
         self.counts += np.bincount(concepts[hit], minlength=self.k)
         self.n_captions += n
+        pair = rows[hit] * self.k + concepts[hit]
+        order = np.argsort(pair, kind="stable")  # FAISS's order is usually this already
+        hits = Hits(rows[hit][order], concepts[hit][order], scores[hit][order])
+        keys = pair[order] if counted is None else np.asarray(counted(hits), dtype=np.int64)
         if self.top_k:
-            self._offer(rows, concepts, scores, start, n, ids, captions)
-        rows, concepts, scores = rows[hit], concepts[hit], scores[hit]
-        pair = rows * self.k + concepts
-        if len(pair) > 1 and not np.all(pair[1:] > pair[:-1]):  # FAISS's order is usually this
-            order = np.argsort(pair, kind="stable")
-            rows, concepts, scores = rows[order], concepts[order], scores[order]
-        return Hits(rows, concepts, scores)
+            flags = np.isin(rows * self.k + concepts, keys)
+            self._offer(rows, concepts, scores, flags, start, n, ids, captions)
+        return hits
 
     def _offer(
         self,
         rows: np.ndarray,
         concepts: np.ndarray,
         scores: np.ndarray,
+        counted: np.ndarray,
         start: int,
         n: int,
         ids: Sequence[Any] | None,
@@ -201,7 +207,7 @@ class SemanticCounter:
         maybe = scores >= self._bar[concepts]
         if not maybe.any():
             return
-        self._merge(concepts[maybe], scores[maybe], rows[maybe] + start)
+        self._merge(concepts[maybe], scores[maybe], rows[maybe] + start, counted[maybe])
         # only the captions that made it into a top-k are looked up (in Python)
         batch = self._top_rows[(self._top_rows >= start) & (self._top_rows < start + n)]
         for row in np.unique(batch).tolist():
@@ -213,15 +219,19 @@ class SemanticCounter:
                     captions[position] if captions is not None else None,
                 )
 
-    def _merge(self, concepts: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> None:
+    def _merge(
+        self, concepts: np.ndarray, scores: np.ndarray, rows: np.ndarray, counted: np.ndarray
+    ) -> None:
         c = np.concatenate([self._top_concepts, concepts])
         s = np.concatenate([self._top_scores, scores.astype(np.float32)])
         r = np.concatenate([self._top_rows, rows])
+        f = np.concatenate([self._top_counted, counted.astype(bool)])
         order = np.lexsort((r, -s, c))
-        c, s, r = c[order], s[order], r[order]
+        c, s, r, f = c[order], s[order], r[order], f[order]
         rank = np.arange(len(c)) - np.searchsorted(c, c, side="left")
         keep = rank < self.top_k
         self._top_concepts, self._top_scores, self._top_rows = c[keep], s[keep], r[keep]
+        self._top_counted = f[keep]
         full = np.bincount(self._top_concepts, minlength=self.k) >= self.top_k
         last = np.searchsorted(self._top_concepts, np.arange(self.k), side="right") - 1
         self._bar = np.where(full, self._top_scores[np.maximum(last, 0)], -np.inf).astype(
@@ -232,22 +242,19 @@ class SemanticCounter:
             self._rows = {row: value for row, value in self._rows.items() if row in kept}
 
     def nearest(self) -> dict[str, list[dict[str, Any]]]:
-        """Per concept, the nearest captions kept: score (rounded to 1e-4), id, caption."""
+        """Per concept, the nearest captions kept: score (rounded to 1e-4), id, caption, and
+        whether it was counted (see :meth:`add`)."""
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in self.names}
-        for c, s, r in zip(
+        for c, s, r, f in zip(
             self._top_concepts.tolist(),
             self._top_scores.tolist(),
             self._top_rows.tolist(),
+            self._top_counted.tolist(),
             strict=True,
         ):
             row_id, caption = self._rows[r]
             out[self.names[c]].append(
-                {
-                    "score": round(float(s), 4),
-                    "id": row_id,
-                    "caption": caption,
-                    "counted": bool(s >= self.thresholds[c]),
-                }
+                {"score": round(float(s), 4), "id": row_id, "caption": caption, "counted": f}
             )
         return out
 
@@ -264,11 +271,12 @@ class SemanticCounter:
             "n_captions": self.n_captions,
             "counts": self.counts.tolist(),
             "top": [
-                [c, s, r, *self._rows[r]]
-                for c, s, r in zip(
+                [c, s, r, f, *self._rows[r]]
+                for c, s, r, f in zip(
                     self._top_concepts.tolist(),
                     self._top_scores.tolist(),
                     self._top_rows.tolist(),
+                    self._top_counted.tolist(),
                     strict=True,
                 )
             ],
@@ -282,12 +290,13 @@ class SemanticCounter:
         self.counts += np.asarray(state["counts"], dtype=np.int64)
         if self.top_k and state["top"]:
             top = state["top"]
-            for _, _, row, row_id, caption in top:
+            for _, _, row, _, row_id, caption in top:
                 self._rows.setdefault(int(row), (row_id, caption))
             self._merge(
                 np.array([t[0] for t in top], dtype=np.int64),
                 np.array([t[1] for t in top], dtype=np.float32),
                 np.array([t[2] for t in top], dtype=np.int64),
+                np.array([t[3] for t in top], dtype=bool),
             )
 
 

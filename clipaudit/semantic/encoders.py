@@ -101,8 +101,9 @@ class EncoderSpec:
 
     @property
     def label(self) -> str:
+        """The spec as ``--encoder`` takes it (:func:`parse_encoder` reads it back)."""
         if self.kind == "open_clip":
-            return f"open_clip:{self.model}@{self.pretrained or 'random'}"
+            return f"open_clip:{self.model}" + (f"@{self.pretrained}" if self.pretrained else "")
         return f"st:{self.model}"
 
 

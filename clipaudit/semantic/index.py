@@ -145,15 +145,23 @@ class CaptionIndex:
         *,
         captions: Iterable[Sequence[str]] | None = None,
         folder: str | Path | None = None,
+        keys: Sequence[str] | None = None,
     ) -> CaptionIndex:
-        """Index every completed part of ``store``; ``captions``: the captions of each part, in
-        the store's order (kept for showing nearest captions); ``folder``: save there too."""
+        """Index the parts of ``keys`` (default: every completed unit of work of ``store``, by
+        name), in that order; ``captions``: the captions of each part, in the same order (kept for
+        showing nearest captions); ``folder``: save there too."""
         import faiss
 
         settings = settings or IndexSettings()
-        keys = store.keys()
+        keys = store.keys() if keys is None else list(keys)
         if not keys:
             raise InputError(f"{store.folder}: no embedded captions to index")
+        missing = [key for key in keys if not store.is_done(key)]
+        if missing:
+            raise InputError(
+                f"{store.folder}: {len(missing)} of the {len(keys)} units of work to index are not "
+                f"embedded (e.g. {missing[0]!r}); finish the run that writes them first"
+            )
         parts, position = [], 0
         for key_position, key in enumerate(keys):
             for part in range(store.n_parts(key)):
@@ -177,6 +185,13 @@ class CaptionIndex:
             m = settings.m or _default_m(dim)
             if dim % m:
                 raise SettingsError(f"m={m} must divide the dimension {dim}")
+            needed = max(nlist, 1 << settings.nbits)  # FAISS's k-means: a point per centroid
+            if train_rows < needed:
+                raise SettingsError(
+                    f"an IVF-PQ index of {nlist} lists and {1 << settings.nbits} codes per "
+                    f"sub-vector trains on at least {needed:,} captions; got {train_rows:,} "
+                    "(use the flat index, exact, for a corpus this small)"
+                )
             index = faiss.IndexIVFPQ(
                 faiss.IndexFlatIP(dim), dim, nlist, m, settings.nbits, faiss.METRIC_INNER_PRODUCT
             )
@@ -256,11 +271,12 @@ class CaptionIndex:
             store = meta["store"]
         if not isinstance(store, EmbeddingStore):
             store = EmbeddingStore.load(store)
-        if not same_encoder(store.encoder, meta["encoder"]) or store.keys() != meta["keys"]:
+        missing = [key for key in meta["keys"] if not store.is_done(key)]
+        if not same_encoder(store.encoder, meta["encoder"]) or missing:
             raise InputError(
                 f"{store.folder} is not the embedding store this index was built on "
                 f"(encoder: {describe_difference(meta['encoder'], store.encoder)}; "
-                f"{len(store.keys())} units of work vs {len(meta['keys'])})"
+                f"{len(missing)} of its {len(meta['keys'])} units of work missing)"
             )
         index = faiss.deserialize_index(np.fromfile(blob_path, dtype=np.uint8))
         parts = np.load(folder / "parts.npy", allow_pickle=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,17 @@ class EmbeddingStore:
 
     def is_done(self, key: str) -> bool:
         return (self.folder / f"{_check_key(key)}.done.json").is_file()
+
+    def prune(self, keep: Iterable[str]) -> list[str]:
+        """Remove the units of work not in ``keep`` (a removed or changed input's embeddings,
+        done or not); returns their keys."""
+        wanted = set(keep)
+        found = {p.name for p in self.folder.iterdir() if p.is_dir()} | set(self.keys())
+        removed = sorted(found - wanted)
+        for key in removed:
+            (self.folder / f"{key}.done.json").unlink(missing_ok=True)
+            shutil.rmtree(self.folder / key, ignore_errors=True)
+        return removed
 
     # ----------------------------------------------------------------------- reading
 

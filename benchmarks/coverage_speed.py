@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
-import platform
 import shutil
 import statistics
 import threading
@@ -41,13 +38,13 @@ from typing import Any
 
 import psutil
 import pyarrow.parquet as pq
-from make_caption_corpus import REPO, build_corpus
+from make_caption_corpus import build_corpus
+from record import OUT, begin, finish
 
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.registry import load_registry
 from clipaudit.text import normalize
 
-OUT = REPO / "benchmarks" / "out"
 TARGETS = {"curated/paper": 0.5, "curated/spacy": 10.0}
 
 
@@ -184,13 +181,7 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = build_corpus(args.rows)
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_before = os.getloadavg()
-    print(f"{started}: corpus {corpus} ({args.rows:,} captions), {args.workers} worker processes")
-    print(
-        f"load average before: {', '.join(f'{x:.2f}' for x in load_before)} (1, 5, 15 min; other "
-        "jobs on the machine slow every rate)"
-    )
+    machine = begin(f"corpus {corpus} ({args.rows:,} captions), {args.workers} worker processes")
     runs: list[dict] = []
     for repeat in range(args.repeats):
         for profile in ("paper", "curated"):
@@ -253,27 +244,18 @@ def main() -> None:
             ratios[f"{name} ({basis})"] = value
             verdict = "meets" if value >= TARGETS[name] else "MISSES"
             print(f"{name} by {basis}: {value:.2f}x ({verdict} the target of >= {TARGETS[name]}x)")
-    load_after = os.getloadavg()
-    print(f"load average after: {', '.join(f'{x:.2f}' for x in load_after)} (1, 5, 15 min)")
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    report = {
-        "started": started,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
+    finish(
+        "coverage_speed",
+        machine,
+        {
+            "rows": args.rows,
+            "workers": args.workers,
+            "runs": runs,
+            "medians": medians,
+            "ratios": ratios,
+            "targets": TARGETS,
         },
-        "rows": args.rows,
-        "workers": args.workers,
-        "runs": runs,
-        "medians": medians,
-        "ratios": ratios,
-        "targets": TARGETS,
-    }
-    (OUT / "coverage_speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"all runs: {OUT / 'coverage_speed.json'}")
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
                 f"{row['coverage']:6.1%}  macro-F1 {row['macro_f1']:.3f} (chance {row['chance']:.3f})"
             )
         print(
-            f"  Spearman (true mentions, macro-F1): {manifest['spearman_coverage_awareness']:.3f}"
+            f"  Spearman (true mentions, macro-F1): {manifest['spearman_true_mentions_awareness']:.3f}"
         )
     print(
         f"\nmedian {statistics.median(walls):.1f} s over {len(walls)} run(s), "

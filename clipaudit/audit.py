@@ -148,7 +148,9 @@ def run_audit_stages(
     from clipaudit.zeroshot import run_zeroshot
 
     out, timings = folder.path, {}
-    overwrite = folder.restarted is not None  # the audit was emptied: nothing to keep below
+    # --overwrite reaches the stages (a stage's own settings, e.g. its images, may have changed);
+    # an emptied audit keeps nothing below
+    overwrite = folder.overwrite or folder.restarted is not None
 
     clock = time.perf_counter()
     echo(f"{first_stage}/{n_stages} caption coverage")

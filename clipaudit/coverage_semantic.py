@@ -10,7 +10,7 @@ dispatcher, unit records, resume and merge. What it adds:
   ``embedding_store`` names a folder shared by runs), under a key made of the shard's key and the
   batch layout. The encoder is loaded once, in the driver only, with every core: workers never
   load a model (one per worker multiplies the memory, 1.4 GB a process for MiniLM with torch, for
-  about 1.3x the encoding speed on 2 cores: ``benchmarks/semantic_RESULTS_draft.md``). A part is
+  about 1.3x the encoding speed on 2 cores: ``benchmarks/results/semantic.md``). A part is
   written atomically as soon as it is encoded, so a killed run encodes again only the parts it
   had not finished; the concepts' vectors are kept in the store too. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
   ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.provenance import recorded_path
 from clipaudit.runs import fingerprint, read_manifest
 from clipaudit.text import slug
 
@@ -118,6 +119,7 @@ class SemanticRun:
         self.laion: Any = None
         self.store: Any = None
         self.own_store = False
+        self.out: Path | None = None  # the run folder, once opened
         self.layout = {
             "max_caption_chars": settings.max_caption_chars,
             "batch_rows": settings.batch_rows,
@@ -195,6 +197,7 @@ class SemanticRun:
                 )
             self.concepts = concept_embeddings(self.registry, self.encoder)
             return
+        self.out = Path(out)
         base = Path(self.settings.embedding_store or out / "embeddings")
         self.own_store = self.settings.embedding_store is None
         model = slug(str(self.encoder.identity["model"]))[:60]
@@ -310,7 +313,7 @@ class SemanticRun:
             rows = self.stats["rows_encoded"]
             embeddings = {
                 "source": "encoded",
-                "store": str(self.store.folder.resolve()),
+                "store": recorded_path(self.store.folder, self.out),
                 "shared_store": not self.own_store,
                 "dtype": "float16",
                 "layout": self.layout,
@@ -562,7 +565,7 @@ def _run_store(run: Path) -> tuple[dict[str, Any], Any, list[str]]:
             f"{run} read LAION's text embeddings in place; an index is built over a run's own "
             "embedding store (count without --embeddings)"
         )
-    store = EmbeddingStore.load(embeddings["store"])
+    store = EmbeddingStore.load(Path(run) / embeddings["store"])
     layout = fingerprint(embeddings["layout"], 8)
     keys = [f"{key}.{layout}" for key, _ in manifest["units"]]
     return manifest, store, keys

@@ -125,7 +125,7 @@ def run_demo(
         fields["timings"] = {"world_s": round(world_s, 3), "train_s": round(train_s, 3)}
         fields["timings"].update(audit.manifest["timings"])
         fields["groups"] = table.to_dict("records")
-        fields["spearman_coverage_awareness"] = spearman(table)
+        fields["spearman_true_mentions_awareness"] = spearman(table)
         if settings.sweep is not None:
             echo(f"sweep: one model per {settings.sweep_kind} rate of {settings.sweep}")
             fields["sweep"] = run_sweep(settings, out / "sweep", progress).to_dict("records")
@@ -216,6 +216,7 @@ def demo_figure(table: Any) -> bytes:
     one picture. A perturbed group is drawn hollow, with its wrong share."""
     import io
 
+    import pandas as pd
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7.2, 4.4), dpi=130)
@@ -223,7 +224,7 @@ def demo_figure(table: Any) -> bytes:
     axes.set_xscale("symlog", linthresh=0.02)
     blue, vermillion, grey = "#0072B2", "#D55E00", "#777777"
     for number, row in enumerate(table.sort_values("true_mention_rate").itertuples()):
-        if row.macro_f1 is None:
+        if pd.isna(row.macro_f1):  # a group without test images
             continue
         perturbed = row.chosen_perturbation > 0
         x, y = row.true_mention_rate, row.macro_f1
@@ -375,5 +376,5 @@ def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSetti
             rate = float(value)
         except ValueError:
             raise SettingsError(f"--set {item!r}: the rate must be a number in [0, 1]") from None
-        world = world.with_misalignment(group, **{which: rate})
+        world = world.with_misalignment(group, what=f"--set {item!r}", **{which: rate})
     return world

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from clipaudit.errors import SettingsError
 from clipaudit.provenance import atomic_write_bytes, write_json
 
 DEFAULT_MAX_GB = 20.0
@@ -35,7 +36,16 @@ DEFAULT_MAX_GB = 20.0
 
 def default_max_bytes() -> int:
     """``$CLIPAUDIT_CACHE_MAX_GB`` GiB, else :data:`DEFAULT_MAX_GB`."""
-    return int(float(os.environ.get("CLIPAUDIT_CACHE_MAX_GB") or DEFAULT_MAX_GB) * (1 << 30))
+    text = os.environ.get("CLIPAUDIT_CACHE_MAX_GB") or str(DEFAULT_MAX_GB)
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = float("nan")
+    if not gigabytes >= 0:
+        raise SettingsError(
+            f"CLIPAUDIT_CACHE_MAX_GB must be a number of GiB (e.g. 20 or 0.5), got {text!r}"
+        )
+    return int(gigabytes * (1 << 30))
 
 
 def default_cache_dir() -> Path:

@@ -14,11 +14,11 @@ object store once (``ray.put``) and handed to tasks by reference: a worker proce
 runs them once, on its first task of the run, not once per task. Any function of any module
 installed on the workers can be submitted.
 
-GPU work (encoding captions or images for semantic coverage) fits the same adapter with Ray
-actors instead of tasks: an actor class with ``num_gpus=1`` loads its encoder once in
-``__init__``, a pool of them (one per GPU, ``ray.util.ActorPool`` or round robin over the
-handles) takes ``submit(fn, shard)`` as ``actor.run.remote(fn, shard)``, and the ObjectRef's
-``.future()`` is the same Future; retries then come from ``max_restarts`` and
+Not built yet, a design note: GPU work (encoding captions or images for semantic coverage) would
+fit the same adapter with Ray actors instead of tasks: an actor class with ``num_gpus=1`` loading
+its encoder once in ``__init__``, a pool of them (one per GPU, ``ray.util.ActorPool`` or round
+robin over the handles) taking ``submit(fn, shard)`` as ``actor.run.remote(fn, shard)``, whose
+ObjectRef's ``.future()`` is the same Future; retries would come from ``max_restarts`` and
 ``max_task_retries`` of the actor.
 
 Where Ray comes from: ``address`` (``--ray-address``), else ``RAY_ADDRESS``, else a Ray started
@@ -39,7 +39,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from clipaudit import __version__
-from clipaudit.errors import ClipAuditError, EngineError
+from clipaudit.errors import ClipAuditError, EngineError, one_line
 
 ENGINES = ("local", "ray")
 RAY_MAX_RETRIES = 3  # attempts after the first when a worker process or node dies
@@ -147,9 +147,7 @@ class RayExecutor:
                     ray.init(address="local", num_cpus=workers, include_dashboard=False, **options)
             except Exception as exc:
                 self._restore_env()
-                raise EngineError(
-                    f"could not start Ray on this machine: {_one_line(exc)}"
-                ) from None
+                raise EngineError(f"could not start Ray on this machine: {one_line(exc)}") from None
             self.started = True
         else:
             _check_reachable(address)
@@ -157,7 +155,7 @@ class RayExecutor:
                 ray.init(address=address, **options)
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError...
                 raise EngineError(
-                    f"could not connect to the Ray cluster at {address!r}: {_one_line(exc)}; "
+                    f"could not connect to the Ray cluster at {address!r}: {one_line(exc)}; "
                     "expected the address of a running head node (ray start --head prints it)"
                 ) from None
         self.connected = True
@@ -208,7 +206,7 @@ class RayExecutor:
         if isinstance(exc, lost):
             return EngineError(
                 f"a Ray task failed after {self.max_retries} retries ({type(exc).__name__}: "
-                f"{_one_line(exc)}); finished shards are kept: run the same command again"
+                f"{one_line(exc)}); finished shards are kept: run the same command again"
             )
         return exc
 
@@ -314,8 +312,3 @@ def _run_task(context: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
         initializer(*initargs)
         _WORKER["context"] = key
     return fn(*args)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -50,6 +50,13 @@ class EngineError(ClipAuditError):
     """The engine that runs the work cannot be used: Ray missing or unreachable, a worker lost."""
 
 
+def one_line(exc: BaseException) -> str:
+    """A foreign exception (pyarrow's, Ray's, the network's) as one line for a message: its type
+    and the first line of its text."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")[:300]
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close."""
     by_lower = {c.lower(): c for c in choices}

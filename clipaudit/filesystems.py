@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from clipaudit.errors import InputError, did_you_mean
+from clipaudit.errors import InputError, did_you_mean, one_line
 from clipaudit.provenance import EDGE_BYTES
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -78,8 +78,8 @@ def resolve_url(url: str) -> tuple[Any, str]:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not this URL"
         raise InputError(
-            f"caption source {url!r}: its filesystem refused it ({type(exc).__name__}: "
-            f"{_first_line(exc)}); check the URL and the credentials of {scheme}://"
+            f"caption source {url!r}: its filesystem refused it ({one_line(exc)}); check the URL "
+            f"and the credentials of {scheme}://"
         ) from None
 
 
@@ -126,6 +126,18 @@ def remote_file_record(
     filesystem: Any, path: str, url: str, *, checksum: bool = False
 ) -> dict[str, Any]:
     """What identifies a file of a filesystem without reading it all (see the module docstring)."""
+    import pyarrow as pa
+
+    try:
+        return _remote_file_record(filesystem, path, url, checksum)
+    except (OSError, pa.ArrowException) as exc:  # the network or the store, not the file
+        raise InputError(
+            f"{url}: could not read it ({one_line(exc)}); check the connection and the "
+            "credentials, then run the same command again (finished shards are kept)"
+        ) from None
+
+
+def _remote_file_record(filesystem: Any, path: str, url: str, checksum: bool) -> dict[str, Any]:
     import pyarrow.fs as pafs
 
     info = filesystem.get_file_info(path)
@@ -231,8 +243,3 @@ def _content_tag(filesystem: Any, path: str) -> str | None:
         if info.get(key):
             return str(info[key]).strip('"')
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""

@@ -117,6 +117,13 @@ def file_identity(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "path"}
 
 
+def recorded_path(target: str | os.PathLike, base: str | os.PathLike) -> str:
+    """How an output records a folder it uses: relative to ``base`` when inside it (so a run
+    moved or copied as a whole still finds it), else absolute. Read back with ``base / recorded``."""
+    target, base = Path(target).resolve(), Path(base).resolve()
+    return target.relative_to(base).as_posix() if target.is_relative_to(base) else str(target)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path = Path(path)

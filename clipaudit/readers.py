@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipaudit.errors import InputError, did_you_mean
+from clipaudit.errors import InputError, did_you_mean, one_line
 from clipaudit.filesystems import (
     cached_footer,
     display_url,
@@ -225,7 +225,7 @@ def _url_source(url: str, scheme: str) -> Source:
             listed = []
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
-            f"caption source {url!r} cannot be read ({_one_line(exc)}); check the URL, the "
+            f"caption source {url!r} cannot be read ({one_line(exc)}); check the URL, the "
             f"network and the credentials of {scheme}://"
         ) from None
     if info.type == pafs.FileType.File:
@@ -267,7 +267,13 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
     dict_file = folder / "dataset_dict.json"
     if not dict_file.is_file():
         return folder
-    splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
+    try:
+        splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        raise InputError(
+            f"{str(dict_file)!r} is not a datasets split list (expected JSON like "
+            '{"splits": ["train"]}); save the dataset again with save_to_disk'
+        ) from None
     if split not in splits:
         raise InputError(
             f"saved dataset {str(folder)!r} has no split {split!r}{did_you_mean(split, splits)}; "
@@ -393,7 +399,7 @@ class _Planner:
                 with _parquet_file(path, source.filesystem) as handle:
                     meta, names = handle.metadata, handle.schema_arrow.names
         except (OSError, pa.ArrowException) as exc:
-            reason = f"unreadable parquet file ({_one_line(exc)})"
+            reason = f"unreadable parquet file ({one_line(exc)})"
             if not self.skip_bad:
                 raise BadShardError(name, reason) from None
             key = unit_key(Path(path).stem, content)
@@ -608,11 +614,6 @@ def _pick_id_column(names: Sequence[str], wanted: str | None, where: object) -> 
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
-
-
 # --------------------------------------------------------------------------- reading
 
 # A raw reader yields (values, ids or None, skip counts) per batch. Values are an Arrow array, or a
@@ -631,7 +632,7 @@ def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
                 ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
                 yield batch.column(shard.column), ids, Counter()
     except (OSError, pa.ArrowException) as exc:
-        raise BadShardError(shard.label, f"unreadable parquet data ({_one_line(exc)})") from None
+        raise BadShardError(shard.label, f"unreadable parquet data ({one_line(exc)})") from None
 
 
 def _arrow_values(array: pa.Array) -> list[Any]:
@@ -858,6 +859,6 @@ def _open_stream(name: str, config: str | None, split: str) -> Any:
     except Exception as exc:  # the hub client raises many types; all mean "cannot open this"
         raise InputError(
             f"cannot open Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
-            f"{_one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split) and the "
+            f"{one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split) and the "
             "network"
         ) from None

@@ -266,6 +266,11 @@ def resolve_registry_path(name_or_path: str | Path) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         if not candidate.is_file():
+            if candidate.is_dir():
+                raise RegistryError(
+                    f"registry {str(candidate)!r} is a folder; expected a YAML file or a "
+                    "built-in registry name (clipaudit concepts list)"
+                )
             raise RegistryError(f"registry file {str(candidate)!r} does not exist")
         return candidate
     for directory in _builtin_dirs():

@@ -203,13 +203,12 @@ class RunFolder:
     def _check(self) -> None:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
+            # never emptied, even with --overwrite: it may be any folder (a typo for --out)
             if any(not _ignorable(p) for p in self.path.iterdir()):
-                if not self.overwrite:
-                    raise RunFolderError(
-                        f"{self.path} is not empty but holds no clipaudit run (no {MANIFEST}); "
-                        "choose a new or empty --out folder, or pass --overwrite to empty it"
-                    )
-                self._empty("--overwrite")
+                raise RunFolderError(
+                    f"{self.path} is not empty but holds no clipaudit run (no {MANIFEST}); "
+                    "choose a new or empty --out folder"
+                )
             return
         previous = read_manifest(self.path)
         kind = _KIND_ALIASES.get(previous.get("kind"), previous.get("kind"))
@@ -224,13 +223,23 @@ class RunFolder:
             return
         if self.overwrite:
             self._empty("--overwrite")
-        elif previous.get("status") != "complete" and not self.finished_units():
+        elif previous.get("status") != "complete" and not self._holds_finished_work():
             self._empty(f"the earlier run stopped before any unit finished ({'; '.join(changed)})")
         else:
             raise RunFolderError(
                 f"{self.path} holds a different {self.kind} run ({'; '.join(changed)}); run the "
                 "same command to resume it, pass --overwrite to replace it, or choose another --out"
             )
+
+    def _holds_finished_work(self) -> bool:
+        """A finished unit, or a finished run inside (an audit's or a demo's completed stage)."""
+        if self.finished_units():
+            return True
+        for manifest in self.path.glob(f"*/{MANIFEST}"):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(manifest.read_text(encoding="utf-8")).get("status") == "complete":
+                    return True
+        return False
 
     def _empty(self, why: str) -> None:
         for entry in self.path.iterdir():

@@ -42,4 +42,5 @@ def normalize(text: str) -> str:
 
 def slug(label: str) -> str:
     """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
-    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"
+    text = re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"
+    return "_" + text if set(text) == {"."} else text  # "." and ".." name no new folder

@@ -123,6 +123,26 @@ def test_usage_errors_name_the_option_and_what_was_expected(args, first_line):
     assert lines[1].startswith("Usage: clipaudit ")
 
 
+def test_sweep_options_without_a_sweep_are_refused_before_any_work(tmp_path):
+    result = run_cli("demo", "--rates", "0,1", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --sweep-kind and --rates shape a sweep: add --sweep GROUP (e.g. Texture)"
+    ]
+    assert not (tmp_path / "demo").exists()
+
+
+def test_brackets_in_paths_and_captions_print_as_written(tmp_path):
+    """rich reads "[/b]" as markup; the CLI prints user strings as they are."""
+    captions = tmp_path / "c[red].txt"
+    captions.write_text("a dog [/b] on the grass\n")
+    out = tmp_path / "o[/b]"
+    result = run_cli("coverage", "count", str(captions), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"results in {out}" in result.stdout
+    assert (out / "manifest.json").is_file()
+
+
 def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
     result = run_cli(
         "coverage", "count", str(tmp_path), "--out", str(tmp_path / "r"), "--max-chars", "0"

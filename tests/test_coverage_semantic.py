@@ -496,6 +496,10 @@ def test_index_and_query_count_what_numpy_counts(
     shared = float(np.median(planted["thresholds"]["semantic"]))
     assert default.threshold == pytest.approx(shared)
     assert default.count == int((scores >= shared).sum())
+    moved = tmp_path / "moved"  # a run moved as a whole still finds its store and its index
+    run.rename(moved)
+    assert query_run(moved, "a fox at night", threshold=threshold).count == found.count
+    assert index_run(moved).n == index.n
 
     lexical = tmp_path / "lexical"
     count_coverage([corpus], tiny, lexical, progress=False)
@@ -504,7 +508,7 @@ def test_index_and_query_count_what_numpy_counts(
     from clipaudit.semantic.index import IndexSettings
 
     with pytest.raises(SettingsError, match="trains on at least 256 captions; got 56"):
-        index_run(run, IndexSettings(kind="ivfpq"))
+        index_run(moved, IndexSettings(kind="ivfpq"))
 
 
 def test_the_report_reads_a_both_run_and_a_checked_run(audit_runs, tiny_files, tmp_path):

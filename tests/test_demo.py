@@ -162,4 +162,4 @@ def test_rarely_captioned_groups_are_the_ones_not_learned(tmp_path):
     assert f1["Background"] <= f1["Color"] - 0.15
     # across groups, caption coverage (what clipaudit measured) against awareness
     assert spearman(table.reset_index(), x="coverage") >= 0.8
-    assert result.manifest["spearman_coverage_awareness"] >= 0.8
+    assert result.manifest["spearman_true_mentions_awareness"] >= 0.8

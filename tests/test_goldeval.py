@@ -188,7 +188,7 @@ WEB_DEV = Path(__file__).resolve().parent / "data" / "web_dev"
     ],
 )
 def test_web_dev_figures(registry, name, counts):
-    # the curated profile on the web dev sets, as measured (benchmarks/lexical_RESULTS_draft.md):
+    # the curated profile on the web dev sets, as measured (benchmarks/results/lexical.md):
     # a change to the matcher or the registry that moves them updates these counts and the table
     # there
     result = evaluate_gold(WEB_DEV / name, registry, profiles=("curated",))

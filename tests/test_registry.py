@@ -276,3 +276,5 @@ def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
         load_registry("cai2024")
     with pytest.raises(RegistryError, match="does not exist"):
         load_registry(tmp_path / "nope.yaml")
+    with pytest.raises(RegistryError, match="is a folder; expected a YAML file"):
+        load_registry(tmp_path)

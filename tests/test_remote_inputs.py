@@ -216,6 +216,31 @@ def test_remote_footers_are_read_once_and_concurrently_for_identity_and_planning
         memory.rm(bucket, recursive=True)
 
 
+def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path):
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from clipaudit.readers import describe_source
+
+    class Dropping(FSSpecHandler):
+        def open_input_file(self, path):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    memory = MemoryFileSystem()
+    bucket = f"/dropping-{uuid.uuid4().hex[:8]}"
+    memory.pipe(f"{bucket}/p.parquet", parquet_bytes(CAPTIONS["a"]))
+    filesystems.register_filesystem(
+        "dropping", lambda url: (PyFileSystem(Dropping(memory)), "/" + url.split("://", 1)[1])
+    )
+    try:
+        (source,) = resolve_sources([f"dropping:/{bucket}/p.parquet"])
+        with pytest.raises(InputError, match=r"p\.parquet: could not read it \(Connection"):
+            describe_source(source)
+    finally:
+        filesystems.unregister_filesystem("dropping")
+        memory.rm(bucket, recursive=True)
+
+
 def test_url_schemes_resolve_to_pyarrow_filesystems_and_unknown_ones_are_refused():
     import pyarrow.fs as pafs
 

@@ -583,3 +583,14 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used_shards(tmp_path
     assert len(EmbeddingCache(tmp_path, "model-a" * 5)) == 0
     assert len(EmbeddingCache(tmp_path, "model-b" * 5)) == 20
     assert sum(p.stat().st_size for p in tmp_path.glob("*/*.npy")) <= size
+
+
+@pytest.mark.parametrize("value", ["20G", "-1", "nan"])
+def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
+    from clipaudit.embedding_cache import default_max_bytes
+
+    monkeypatch.setenv("CLIPAUDIT_CACHE_MAX_GB", value)
+    with pytest.raises(SettingsError, match=f"CLIPAUDIT_CACHE_MAX_GB must be a number.*{value!r}"):
+        default_max_bytes()
+    monkeypatch.setenv("CLIPAUDIT_CACHE_MAX_GB", "0.5")
+    assert default_max_bytes() == 1 << 29

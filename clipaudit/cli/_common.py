@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 
 from clipaudit.registry import DEFAULT_REGISTRY
 
@@ -10,6 +11,12 @@ from clipaudit.registry import DEFAULT_REGISTRY
 def command_group(help: str) -> typer.Typer:
     """A command group with plain help (flags shown as flags, no type placeholders)."""
     return typer.Typer(help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+
+def plain_console() -> Console:
+    """A console that prints text as given: paths, captions and concept names may hold "[...]",
+    which rich would otherwise read as markup (and fail on)."""
+    return Console(markup=False)
 
 
 RegistryOption = typer.Option(

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption
+from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
 
-console = Console()
+console = plain_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clipaudit.cli._common import RegistryOption, command_group
+from clipaudit.cli._common import RegistryOption, command_group, plain_console
 from clipaudit.registry import list_registries, load_registry
 
 app = command_group("List, show and validate concept registries.")
-console = Console()
+console = plain_console()
 
 
 @app.command("list")
@@ -65,6 +64,6 @@ def validate(path: Path = typer.Argument(..., help="Registry YAML file to check.
     """Validate a registry file; exits non-zero with file:line and the problem when it is invalid."""
     reg = load_registry(path)
     console.print(
-        f"[green]ok[/green] {path}: registry {reg.name!r} v{reg.version}, "
+        f"ok {path}: registry {reg.name!r} v{reg.version}, "
         f"{len(reg.concepts)} concepts in {len(reg.groups)} groups, {len(reg.categories)} categories"
     )

@@ -6,15 +6,14 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, command_group
+from clipaudit.cli._common import OverwriteOption, RegistryOption, command_group, plain_console
 
 app = command_group(
     "Count how many captions mention each concept, and score the matchers on gold labels."
 )
-console = Console()
+console = plain_console()
 
 
 @app.command("count")
@@ -200,9 +199,9 @@ def _print_summary(result: object) -> None:
     )
     if manifest["n_skipped"]:
         reasons = ", ".join(f"{n:,} {why}" for why, n in manifest["skipped_reasons"].items())
-        console.print(f"[yellow]{manifest['n_skipped']:,} rows skipped[/yellow]: {reasons}")
+        console.print(f"{manifest['n_skipped']:,} rows skipped: {reasons}", style="yellow")
     for shard in manifest["skipped_shards"]:
-        console.print(f"[yellow]skipped shard[/yellow] {shard['shard']}: {shard['reason']}")
+        console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
     console.print(session_line(manifest["timings"], result.reused))
     console.print(f"results in {result.out_dir}")
 
@@ -217,8 +216,9 @@ def _print_semantic(semantic: dict) -> None:
         console.print(f"calibration {calibration['path']}")
     else:
         console.print(
-            f"[yellow]uncalibrated[/yellow]: {calibration['note']}; defaults "
-            f"{calibration['defaults']} (fit thresholds with clipaudit coverage calibrate)"
+            f"uncalibrated: {calibration['note']}; defaults "
+            f"{calibration['defaults']} (fit thresholds with clipaudit coverage calibrate)",
+            style="yellow",
         )
     if "checked" in semantic:
         found = semantic["checked"]
@@ -400,4 +400,4 @@ def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
     for near in found.nearest:
-        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}", markup=False)
+        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}")

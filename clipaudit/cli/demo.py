@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption
+from clipaudit.cli._common import OverwriteOption, plain_console
 
-console = Console()
+console = plain_console()
 
 
 def register(app: typer.Typer) -> None:
@@ -34,8 +33,14 @@ def demo(
     sweep: str | None = typer.Option(
         None, "--sweep", help="Also train one model per rate of this group (a dose-response curve)."
     ),
-    sweep_kind: str = typer.Option("selection", "--sweep-kind", help="selection or perturbation."),
-    rates: str = typer.Option("0,0.05,0.2,0.5,1", "--rates", help="The rates of --sweep."),
+    sweep_kind: str | None = typer.Option(
+        None,
+        "--sweep-kind",
+        help="selection (the default) or perturbation: the rate --sweep varies.",
+    ),
+    rates: str | None = typer.Option(
+        None, "--rates", help="The rates of --sweep (default 0,0.05,0.2,0.5,1)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     overwrite: bool = OverwriteOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -45,15 +50,22 @@ def demo(
     import dataclasses
 
     from clipaudit.demo import DemoSettings, parse_misalignment, parse_rates, run_demo
+    from clipaudit.errors import SettingsError
     from clipaudit.world.settings import TrainSettings, WorldSettings
 
+    if sweep is None and (sweep_kind is not None or rates is not None):
+        raise SettingsError(
+            "--sweep-kind and --rates shape a sweep: add --sweep GROUP (e.g. Texture)"
+        )
     world = parse_misalignment(set_rates, WorldSettings(seed=seed))
     train = TrainSettings(device=device)
     if steps is not None:
         train = dataclasses.replace(train, steps=steps)
-    settings = DemoSettings(
-        world=world, train=train, sweep=sweep, sweep_kind=sweep_kind, sweep_rates=parse_rates(rates)
-    )
+    sweep_options = {
+        **({"sweep_kind": sweep_kind} if sweep_kind is not None else {}),
+        **({"sweep_rates": parse_rates(rates)} if rates is not None else {}),
+    }
+    settings = DemoSettings(world=world, train=train, sweep=sweep, **sweep_options)
     result = run_demo(out, settings, overwrite=overwrite, progress=not quiet, echo=console.print)
     _print(result)
 
@@ -74,7 +86,7 @@ def _print(result) -> None:
             f1,
         )
     console.print(table)
-    rho = manifest.get("spearman_coverage_awareness")
+    rho = manifest.get("spearman_true_mentions_awareness")
     if rho is not None:
         console.print(f"Spearman (true mentions, macro-F1) across groups: {rho:.2f}")
     for row in manifest.get("sweep") or []:

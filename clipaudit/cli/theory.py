@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from clipaudit.cli._common import OverwriteOption, command_group
+from clipaudit.cli._common import OverwriteOption, command_group, plain_console
 
 app = command_group(
     "Check the misalignment theory on synthetic latents, with the audit's own metrics."
 )
-console = Console()
+console = plain_console()
 
 PROFILE_HELP = "Training profile: quick (a 2-core CPU) or paper (the published setting, a GPU)."
 
@@ -104,7 +104,7 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
                     f"{v['x_nonlinear']:.2f}",
                     f"{v['t_linear']:.2f}",
                     f"{v['t_nonlinear']:.2f}",
-                    "yes" if v["agrees"] else "[red]NO[/red]",
+                    "yes" if v["agrees"] else Text("NO", style="red"),
                 )
             console.print(table)
     verdicts = Table(title="verdict per configuration")
@@ -120,7 +120,7 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
             summary["config"],
             ",".join(summary["predicted_identified"]),
             f"{min(identified):.3f}" if identified else "-",
-            "yes" if summary["agrees"] else "[red]NO[/red]",
+            "yes" if summary["agrees"] else Text("NO", style="red"),
         )
     console.print(verdicts)
 

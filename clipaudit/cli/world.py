@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, command_group
+from clipaudit.cli._common import OverwriteOption, command_group, plain_console
 
 app = command_group("Render the miniature world: pictures, captions with chosen misalignment.")
-console = Console()
+console = plain_console()
 
 
 @app.command("render")

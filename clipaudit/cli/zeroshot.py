@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption
+from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
 
-console = Console()
+console = plain_console()
 
 
 def zeroshot(
@@ -147,7 +146,8 @@ def _print_run(run) -> None:
     if skipped:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
         console.print(
-            f"[yellow]{len(skipped)} image(s) skipped[/yellow]: {shown}{' ...' if len(skipped) > 5 else ''}"
+            f"{len(skipped)} image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}",
+            style="yellow",
         )
     for what in ("skipped_groups", "skipped_concepts"):
         entries = manifest[what]

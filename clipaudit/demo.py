@@ -110,7 +110,7 @@ def run_demo(
             ModelSpec(str(model.config), str(model.checkpoint)),
             WORLD_REGISTRY,
             CoverageSettings(per_caption=False, progress=False),
-            {"cache_dir": None, "workers": 0, "device": _zeroshot_device(settings.train)},
+            {"cache_dir": None, "workers": 0, "device": settings.train.device},
             {"title": "The miniature world: caption coverage against awareness"},
             progress,
             echo,
@@ -131,10 +131,6 @@ def run_demo(
             fields["sweep"] = run_sweep(settings, out / "sweep", progress).to_dict("records")
         audit.manifest = folder.complete(**fields)
         return audit
-
-
-def _zeroshot_device(train: TrainSettings) -> str:
-    return "auto" if train.device == "auto" else train.device
 
 
 class _StepBar:
@@ -298,7 +294,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
         groups=(group,),
         cache_dir=None,
         workers=0,
-        device=_zeroshot_device(settings.train),
+        device=settings.train.device,
         progress=False,
     )
     scores = aware.groups.set_index("model")

@@ -165,9 +165,10 @@ def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path):
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for part in range(4):
+    # hundreds of small shards: seconds of work after the first one, however fast the machine
+    for part in range(8):
         captions = [f"a red dog number {i}" for i in range(200_000)]
-        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet")
+        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet", 5_000)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -181,7 +182,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path):
             "--workers",
             "2",
             "--shard-rows",
-            "50000",
+            "5000",
             "--no-progress",
         ],
         cwd=REPO,
@@ -195,6 +196,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path):
     while not list(units.glob("*.json")) and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

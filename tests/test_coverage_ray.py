@@ -312,16 +312,17 @@ def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path, tm
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for part in range(4):
+    # hundreds of small shards: seconds of work after the first one, however fast the machine
+    for part in range(8):
         captions = [f"a red dog number {i}" for i in range(200_000)]
-        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet")
+        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet", 5_000)
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
     env.pop("RAY_ADDRESS", None)
     args = cli(
         "count", str(corpus), "--out", str(tmp_path / "run"), "--engine", "ray", "--workers", "2"
     )
     process = subprocess.Popen(
-        [*args, "--shard-rows", "50000", "--no-progress"],
+        [*args, "--shard-rows", "5000", "--no-progress"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -336,6 +337,7 @@ def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path, tm
         time.sleep(0.05)
     started = psutil.Process(process.pid).children(recursive=True)
     assert any(p.name() == "raylet" for p in started), "no Ray was started for the run"
+    assert process.poll() is None, "the run ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

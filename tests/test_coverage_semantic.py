@@ -326,7 +326,7 @@ def test_another_encoder_or_calibration_is_another_run(
     calibration = replaced.manifest["semantic"]["calibration"]
     assert calibration["calibrated"] is False and calibration["flag"] == "uncalibrated default"
     store = replaced.manifest["semantic"]["embeddings"]["store"]
-    assert [str(p.resolve()) for p in (out / "embeddings").iterdir()] == [store]  # emptied first
+    assert [p.relative_to(out).as_posix() for p in (out / "embeddings").iterdir()] == [store]
     # the calibration fitted for the first encoder is refused for the other, before any work
     with pytest.raises(SettingsError, match="fitted for another encoder"):
         count_coverage(

@@ -84,6 +84,7 @@ def run_demo(
     from clipaudit.audit import run_audit_stages
     from clipaudit.coverage import CoverageSettings
     from clipaudit.models import ModelSpec
+    from clipaudit.provenance import atomic_write_bytes
     from clipaudit.runs import RunFolder
     from clipaudit.world.training import train_world_model
     from clipaudit.world.world import render_world_run
@@ -121,6 +122,8 @@ def run_demo(
         audit.world = world
         table = group_table(world, audit)
         write_group_outputs(table, out)
+        # the page a newcomer opens, at the top of the demo's folder (self-contained: a copy)
+        atomic_write_bytes(out / "report.html", audit.html_path.read_bytes())
         fields = dict(audit.manifest)
         fields["timings"] = {"world_s": round(world_s, 3), "train_s": round(train_s, 3)}
         fields["timings"].update(audit.manifest["timings"])

@@ -29,6 +29,18 @@ def matcher_cache(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture
+def interruptible_children():
+    """Children that take Ctrl-C as from a terminal. A shell's background job (nohup, `&`)
+    starts with SIGINT ignored, and a Python started so keeps ignoring it; a handler in this
+    process instead is reset to the default in children at exec."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def registry():
     from clipaudit.registry import load_registry

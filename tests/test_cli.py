@@ -155,7 +155,7 @@ def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
     assert "<bool>" not in helped.stdout and "--per-caption " in helped.stdout
 
 
-def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path):
+def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path, interruptible_children):
     import os
     import signal
     import time

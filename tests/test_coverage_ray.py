@@ -307,7 +307,9 @@ def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
     assert_identical_files(out, reference, names=("concepts.csv", "groups.csv", "examples.json"))
 
 
-def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path, tmp_path_factory):
+def test_ctrl_c_stops_the_driver_and_ray_with_one_line(
+    ray_cluster, tmp_path, tmp_path_factory, interruptible_children
+):
     import psutil
 
     corpus = tmp_path / "corpus"

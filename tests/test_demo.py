@@ -43,7 +43,9 @@ def test_the_demo_writes_every_stage_and_loads_back(tiny_demo):
     # the report shows the world's chosen rates beside what clipaudit measured
     summary = json.loads((out / "report" / "report.json").read_text())
     assert summary["truth"]["Background"]["chosen_perturbation"] == 0.5
-    assert "captions, as the world made them" in (out / "report" / "report.html").read_text()
+    page = (out / "report" / "report.html").read_text()
+    assert "captions, as the world made them" in page
+    assert (out / "report.html").read_text() == page
     loaded = load_run(out)
     assert (
         loaded.world.world.info["seed"] == 0 and loaded.zeroshot.models == tiny_demo.zeroshot.models

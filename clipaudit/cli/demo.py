@@ -95,4 +95,4 @@ def _print(result) -> None:
             f"macro-F1 {row['macro_f1']:.2f} (chance {row['chance']:.2f})"
         )
     typer.echo(f"figure: {result.out / 'demo.png'}")
-    typer.echo(f"report: {result.html_path}")
+    typer.echo(f"report: {result.out / 'report.html'}")

@@ -59,6 +59,14 @@ class SemanticCounts:
         return dict(zip(self.names, self.counts.tolist(), strict=True))
 
 
+def _in_sorted(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.isin(values, keys)`` for sorted ``keys``, by binary search."""
+    if not len(keys):
+        return np.zeros(len(values), dtype=bool)
+    position = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    return keys[position] == values
+
+
 @contextlib.contextmanager
 def _faiss_blocks(rows: int) -> Iterator[Any]:
     import faiss
@@ -183,12 +191,17 @@ class SemanticCounter:
         hit = scores >= self.thresholds[concepts]
         self.counts += np.bincount(concepts[hit], minlength=self.k)
         self.n_captions += n
-        pair = rows[hit] * self.k + concepts[hit]
-        order = np.argsort(pair, kind="stable")  # FAISS's order is usually this already
-        hits = Hits(rows[hit][order], concepts[hit][order], scores[hit][order])
-        keys = pair[order] if counted is None else np.asarray(counted(hits), dtype=np.int64)
+        hits = Hits(rows[hit], concepts[hit], scores[hit])
+        pair = hits.rows * self.k + hits.concepts
+        if len(pair) > 1 and not np.all(pair[1:] > pair[:-1]):  # FAISS's order is usually this
+            order = np.argsort(pair, kind="stable")
+            hits = Hits(hits.rows[order], hits.concepts[order], hits.scores[order])
+        keys = None if counted is None else np.asarray(counted(hits), dtype=np.int64)  # sorted
         if self.top_k:
-            flags = np.isin(rows * self.k + concepts, keys)
+            # only pairs that can enter a top-k are flagged (few, once the top-k fill up)
+            maybe = scores >= self._bar[concepts]
+            rows, concepts, scores = rows[maybe], concepts[maybe], scores[maybe]
+            flags = hit[maybe] if keys is None else _in_sorted(rows * self.k + concepts, keys)
             self._offer(rows, concepts, scores, flags, start, n, ids, captions)
         return hits
 
@@ -204,10 +217,9 @@ class SemanticCounter:
         captions: Sequence[str] | None,
     ) -> None:
         """Merge the batch's pairs into the per-concept top-k (score desc, then corpus row)."""
-        maybe = scores >= self._bar[concepts]
-        if not maybe.any():
+        if not len(rows):
             return
-        self._merge(concepts[maybe], scores[maybe], rows[maybe] + start, counted[maybe])
+        self._merge(concepts, scores, rows + start, counted)
         # only the captions that made it into a top-k are looked up (in Python)
         batch = self._top_rows[(self._top_rows >= start) & (self._top_rows < start + n)]
         for row in np.unique(batch).tolist():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 import uuid
@@ -41,7 +42,7 @@ def default_max_bytes() -> int:
         gigabytes = float(text)
     except ValueError:
         gigabytes = float("nan")
-    if not gigabytes >= 0:
+    if not (math.isfinite(gigabytes) and gigabytes >= 0):
         raise SettingsError(
             f"CLIPAUDIT_CACHE_MAX_GB must be a number of GiB (e.g. 20 or 0.5), got {text!r}"
         )

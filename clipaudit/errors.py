@@ -54,7 +54,8 @@ def one_line(exc: BaseException) -> str:
     """A foreign exception (pyarrow's, Ray's, the network's) as one line for a message: its type
     and the first line of its text."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")[:300]
+    name = type(exc).__name__
+    return (f"{name}: {lines[0].strip()}" if lines else name)[:300]
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -270,10 +270,12 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
     try:
         splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
     except (ValueError, AttributeError):  # not JSON, or not an object
+        splits = None
+    if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
         raise InputError(
             f"{str(dict_file)!r} is not a datasets split list (expected JSON like "
             '{"splits": ["train"]}); save the dataset again with save_to_disk'
-        ) from None
+        )
     if split not in splits:
         raise InputError(
             f"saved dataset {str(folder)!r} has no split {split!r}{did_you_mean(split, splits)}; "

@@ -232,8 +232,9 @@ class RunFolder:
             )
 
     def _holds_finished_work(self) -> bool:
-        """A finished unit, or a finished run inside (an audit's or a demo's completed stage)."""
-        if self.finished_units():
+        """A finished unit, here or in a run inside (an audit's or a demo's stage, finished or
+        not), or a finished run inside."""
+        if self.finished_units() or next(self.path.glob(f"*/{UNITS}/*.json"), None) is not None:
             return True
         for manifest in self.path.glob(f"*/{MANIFEST}"):
             with contextlib.suppress(OSError, ValueError):

@@ -135,12 +135,18 @@ def test_sweep_options_without_a_sweep_are_refused_before_any_work(tmp_path):
 def test_brackets_in_paths_and_captions_print_as_written(tmp_path):
     """rich reads "[/b]" as markup; the CLI prints user strings as they are."""
     captions = tmp_path / "c[red].txt"
-    captions.write_text("a dog [/b] on the grass\n")
+    captions.write_text("a dog [/b] on the grass :cat:\n")
     out = tmp_path / "o[/b]"
     result = run_cli("coverage", "count", str(captions), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert f"results in {out}" in result.stdout
     assert (out / "manifest.json").is_file()
+    from clipaudit.cli._common import plain_console
+
+    console = plain_console()
+    with console.capture() as captured:
+        console.print("a dog [/b] :cat:")
+    assert captured.get() == "a dog [/b] :cat:\n"
 
 
 def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):

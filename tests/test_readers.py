@@ -194,6 +194,10 @@ def test_saved_hugging_face_dataset_is_read_by_row_ranges(tmp_path):
     assert read_all([tmp_path / "dict"], hf_split="val")[1] == captions
     with pytest.raises(InputError, match=r"no split 'train'.*its splits are val"):
         resolve_sources([tmp_path / "dict"])
+    for broken in ('{"splits": "val"}', "[1, 2]", "not json"):
+        (tmp_path / "dict" / "dataset_dict.json").write_text(broken)
+        with pytest.raises(InputError, match=r"dataset_dict\.json' is not a datasets split list"):
+            resolve_sources([tmp_path / "dict"], hf_split="va")
 
 
 def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):

@@ -58,6 +58,20 @@ def test_a_failed_run_keeps_a_finished_stage_unless_overwrite(tmp_path):
     assert not stage.exists()
 
 
+def test_a_failed_stage_keeps_its_finished_units(tmp_path):
+    audit = tmp_path / "audit"
+    failed_run(audit, "audit", {"templates": "one"})
+    with pytest.raises(RuntimeError), RunFolder(audit / "coverage", "coverage", {}) as stage:
+        stage.save_unit("shard-1", {"bytes": 10}, {"counts": [1]})
+        raise RuntimeError("interrupted in the second shard")
+    with (
+        pytest.raises(RunFolderError, match=r"different audit run \(templates"),
+        RunFolder(audit, "audit", {"templates": "two"}),
+    ):
+        pass
+    assert (audit / "coverage" / "units" / "shard-1.json").is_file()
+
+
 @pytest.mark.parametrize("label", ["..", ".", "../../etc", "a/../../b", "", "con cept/x"])
 def test_names_from_user_strings_stay_inside_their_folder(tmp_path, label):
     from clipaudit.runs import unit_key

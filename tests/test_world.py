@@ -440,6 +440,13 @@ def test_checkpoint_loads_with_clipaudit_and_is_zero_shot_evaluated(
 # -- sweep -------------------------------------------------------------------------------------
 
 
+def test_sweep_rates_that_would_share_a_folder_are_refused(tmp_path):
+    for rates in ([0.0, -0.0], [0.1234561, 0.1234562]):
+        with pytest.raises(SettingsError, match="must differ from each other"):
+            sweep_rates(TINY_WORLD, "Texture", rates, tmp_path / "sweep", TINY_TRAIN)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_sweep_shares_pictures_and_trains_one_model_per_rate(tmp_path):
     train = dataclasses.replace(TINY_TRAIN, steps=3, checkpoint_every=100)
     sweep = sweep_rates(TINY_WORLD, "Texture", [0.0, 1.0], tmp_path / "sweep", train)

@@ -585,7 +585,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used_shards(tmp_path
     assert sum(p.stat().st_size for p in tmp_path.glob("*/*.npy")) <= size
 
 
-@pytest.mark.parametrize("value", ["20G", "-1", "nan"])
+@pytest.mark.parametrize("value", ["20G", "-1", "nan", "inf"])
 def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
     from clipaudit.embedding_cache import default_max_bytes
 

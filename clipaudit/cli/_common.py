@@ -14,9 +14,9 @@ def command_group(help: str) -> typer.Typer:
 
 
 def plain_console() -> Console:
-    """A console that prints text as given: paths, captions and concept names may hold "[...]",
-    which rich would otherwise read as markup (and fail on)."""
-    return Console(markup=False)
+    """A console that prints text as given: paths, captions and concept names may hold "[...]"
+    or ":name:", which rich would otherwise read as markup (and fail on) or as emoji codes."""
+    return Console(markup=False, emoji=False)
 
 
 RegistryOption = typer.Option(

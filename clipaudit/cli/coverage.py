@@ -192,7 +192,7 @@ def _print_summary(result: object) -> None:
     console.print(table)
     semantic = manifest.get("semantic")
     if semantic:
-        _print_semantic(semantic)
+        _print_semantic(semantic, result.out_dir)
     console.print(
         f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty) from "
         f"{manifest['n_shards']} shards"
@@ -206,7 +206,7 @@ def _print_summary(result: object) -> None:
     console.print(f"results in {result.out_dir}")
 
 
-def _print_semantic(semantic: dict) -> None:
+def _print_semantic(semantic: dict, run: Path) -> None:
     encoder = semantic["encoder"]
     calibration = semantic["calibration"]
     console.print(
@@ -231,7 +231,7 @@ def _print_semantic(semantic: dict) -> None:
     if session:
         rate = f", {session['captions_per_s']:,} captions/s" if session["captions_per_s"] else ""
         console.print(
-            f"embeddings in {embeddings['store']}: {session['parts_encoded']} parts encoded "
+            f"embeddings in {Path(run) / embeddings['store']}: {session['parts_encoded']} parts encoded "
             f"({session['rows_encoded']:,} captions, {session['seconds']:.1f} s{rate}), "
             f"{session['parts_resumed']} reused"
         )

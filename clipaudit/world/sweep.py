@@ -78,7 +78,7 @@ def sweep_rates(
         raise SettingsError(f"sweep kind must be one of {', '.join(RATE_KINDS)}, got {kind!r}")
     if not rates:
         raise SettingsError("a sweep needs at least one rate, got none")
-    values = [_number(rate, f"sweep {kind} rate", 0, 1) for rate in rates]
+    values = [_number(rate, f"sweep {kind} rate", 0, 1) + 0.0 for rate in rates]  # -0.0 is 0.0
     if len({f"{rate:g}" for rate in values}) != len(values):  # :g names their folders
         raise SettingsError(
             f"sweep rates must differ from each other in 6 significant digits, got {list(rates)}"

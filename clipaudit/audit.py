@@ -174,7 +174,11 @@ def run_audit_stages(
     clock = time.perf_counter()
     echo(f"{first_stage + 2}/{n_stages} report")
     joined = build_report(
-        [covered, aware, *extra_runs], out / "report", overwrite=True, **(report or {})
+        [covered, aware, *extra_runs],
+        out / "report",
+        overwrite=True,
+        progress=progress,
+        **(report or {}),
     )
     timings["report_s"] = round(time.perf_counter() - clock, 3)
 

@@ -63,6 +63,16 @@ def test_statistics_match_scipy_on_a_hand_built_case():
         assert interval["reason"] is None and interval["n_valid"] > 500
 
 
+def test_vectorised_kendall_equals_scipys_tau_b_with_ties():
+    rng = np.random.default_rng(5)
+    for n in (2, 9, 60):
+        index = rng.integers(0, n, size=(30, n))  # bootstrap-like: repeated points
+        xs = rng.integers(0, 4, n).astype(float)[index]
+        ys = np.round(rng.normal(size=n), 1)[index]
+        expected = [scipy_stats.kendalltau(a, b).statistic for a, b in zip(xs, ys, strict=True)]
+        np.testing.assert_allclose(stats.kendall_tau_b(xs, ys), expected, atol=1e-12)
+
+
 def test_the_bootstrap_is_seeded():
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(-4, -0.5, 40))

@@ -23,13 +23,20 @@ def report(
         2000, "--n-bootstrap", help="Bootstrap resamples per interval (0: no intervals)."
     ),
     overwrite: bool = OverwriteOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Join caption coverage with zero-shot awareness: per concept and group, correlations with
     bootstrap intervals, the log-linear fit and its outliers, figures, in HTML, Markdown and JSON."""
     from clipaudit.report import build_report
 
     result = build_report(
-        runs, out, title=title, seed=seed, n_bootstrap=n_bootstrap, overwrite=overwrite
+        runs,
+        out,
+        title=title,
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        overwrite=overwrite,
+        progress=not quiet,
     )
     typer.echo(result.headline())
     typer.echo(f"report: {result.html_path}")

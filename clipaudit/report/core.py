@@ -167,6 +167,7 @@ def build_report(
     seed: int = 0,
     n_bootstrap: int = 2000,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Report:
     """Join caption coverage with zero-shot awareness and render the report into ``out`` (a new
     temporary folder when None).
@@ -174,7 +175,8 @@ def build_report(
     ``runs``: run folder paths (read with :func:`clipaudit.runs.load_run`) or loaded runs
     (``CoverageResult``, ``ZeroShotRun``, ``SweepResult``), at least one coverage side and one
     awareness side (a theory run is both). ``seed`` and ``n_bootstrap`` drive the bootstrap
-    intervals. A folder holding a report of other settings is refused unless ``overwrite``.
+    intervals. A folder holding a report of other settings is refused unless ``overwrite``;
+    ``progress`` shows a bar while the figures are drawn (hundreds for a theory sweep).
     Raises :class:`~clipaudit.errors.InputError` when there is nothing to join and
     :class:`~clipaudit.errors.RunFolderError` for an incomplete or foreign run.
     """
@@ -202,7 +204,7 @@ def build_report(
         summary["title"] = title or _default_title(collected)
         summary["generated_by"] = {"clipaudit": __version__}
         summary["mismatch_summary"] = _mismatch_summary(summary["mismatches"])
-        figures, images = _draw(collected, tables, summary, out / "figures")
+        figures, images = _draw(collected, tables, summary, out / "figures", progress)
         written = _write_tables(tables, out / "tables")
         _render(summary, images, out)
         manifest = folder.complete(
@@ -471,10 +473,12 @@ def _shown(value: Any, spec: str = ".2f") -> str:
 
 
 def _draw(
-    collected: Any, tables: dict[str, Any], summary: dict[str, Any], folder: Path
+    collected: Any, tables: dict[str, Any], summary: dict[str, Any], folder: Path, progress: bool
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Draw every figure, write it as PNG and SVG, and record it in ``summary["figures"]``.
     Returns key -> PNG path and key -> PNG data URI (for the page)."""
+    from tqdm.auto import tqdm
+
     from clipaudit.report import figures as draw
     from clipaudit.report.analysis import plain
 
@@ -482,7 +486,7 @@ def _draw(
     stems = draw.figure_stems([item.key for item in planned])
     entries, paths, images = [], {}, {}
     folder.mkdir(parents=True, exist_ok=True)
-    for item in planned:
+    for item in tqdm(planned, desc="figures", unit=" figures", disable=not progress, leave=False):
         result = item.build()
         figure, extra = result if isinstance(result, tuple) else (result, {})
         written = draw.save(figure, folder, stems[item.key])

@@ -107,6 +107,7 @@ def save(figure: Any, folder: Path, stem: str) -> dict[str, Path]:
             metadata = {"Date": None} if fmt == "svg" else {"Software": None}
             figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
             atomic_write_bytes(path, buffer.getvalue())
+            figure.set_layout_engine("none")  # laid out once: the SVG keeps the PNG's layout
     return paths
 
 

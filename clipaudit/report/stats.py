@@ -141,6 +141,32 @@ def correlate(
     return result
 
 
+# points up to which all-pairs signs beat a scipy call per resample (measured: 8x at 50 points,
+# even at 150 on a 2-core x86-64)
+KENDALL_VECTORISED_UP_TO = 120
+
+
+def kendall_tau_b(xs: Any, ys: Any) -> Any:
+    """Kendall's tau-b of each row pair of ``xs`` and ``ys`` (m, n), as ``scipy.stats.kendalltau``
+    computes it: (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y), from the
+    signs of all pairwise differences, a block of rows at a time (one call per resample costs
+    more than the arithmetic)."""
+    import numpy as np
+
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    m, n = xs.shape
+    out = np.empty(m)
+    block = max(1, 2_000_000 // max(n * n, 1))  # rows whose n x n sign matrices fit in ~16 MB
+    for start in range(0, m, block):
+        sx = np.sign(xs[start : start + block, :, None] - xs[start : start + block, None, :])
+        sy = np.sign(ys[start : start + block, :, None] - ys[start : start + block, None, :])
+        both = (sx * sy).sum(axis=(1, 2))  # each pair twice; the ratio does not mind
+        untied = np.count_nonzero(sx, axis=(1, 2)) * np.count_nonzero(sy, axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + block] = both / np.sqrt(untied.astype(float))
+    return out
+
+
 def _bootstrap(
     x: Any, y: Any, seed: int | Sequence[int], n_bootstrap: int, confidence: float
 ) -> dict[str, dict[str, Any]]:
@@ -163,9 +189,12 @@ def _bootstrap(
     rx -= rx.mean(axis=1, keepdims=True)
     ry -= ry.mean(axis=1, keepdims=True)
     spearman = (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    kendall = np.array(
-        [stats.kendalltau(a, b).statistic for a, b in zip(xs[varies], ys[varies], strict=True)]
-    )
+    if n <= KENDALL_VECTORISED_UP_TO:
+        kendall = kendall_tau_b(xs[varies], ys[varies])
+    else:  # scipy's O(n log n) per resample wins once the n x n sign matrices grow
+        kendall = np.array(
+            [stats.kendalltau(a, b).statistic for a, b in zip(xs[varies], ys[varies], strict=True)]
+        )
     tail = 100 * (1 - confidence) / 2
     out = {}
     for name, values in (("spearman", spearman), ("kendall", kendall)):

@@ -30,15 +30,60 @@ def matcher_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def interruptible_children():
-    """Children that take Ctrl-C as from a terminal. A shell's background job (nohup, `&`)
-    starts with SIGINT ignored, and a Python started so keeps ignoring it; a handler in this
-    process instead is reset to the default in children at exec."""
+def ctrl_c_count(tmp_path):
+    """``ctrl_c_count(*options, env=None, before=None)``: runs ``clipaudit coverage count`` over
+    hundreds of small shards (seconds of work after the first, however fast the machine), presses
+    Ctrl-C once a shard is finished, as a terminal does (SIGINT to the whole process group), and
+    checks what every interrupted run must show: exit 130, one line on stderr, a ``failed``
+    manifest saying why, no lock. ``before(process)`` runs just before the signal; returns
+    ``(run folder, what before returned)``."""
+    import json
+    import os
     import signal
+    import subprocess
+    import sys
+    import time
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def run(*options: str, env: dict | None = None, before=None):
+        corpus = tmp_path / "corpus"
+        corpus.mkdir()
+        for part in range(8):
+            captions = [f"a red dog number {i}" for i in range(200_000)]
+            pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet", 5_000)
+        out = tmp_path / "run"
+        command = [sys.executable, "-m", "clipaudit", "coverage", "count", str(corpus)]
+        command += ["--out", str(out), "--shard-rows", "5000", "--no-progress", *options]
+        # a shell's background job (nohup, `&`) starts with SIGINT ignored, and a Python started
+        # so keeps ignoring it; a handler here is reset to the default in the child at exec
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        deadline = time.monotonic() + 120
+        while not list((out / "units").glob("*.json")) and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        seen = before(process) if before is not None else None
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr
+        assert stderr.strip().splitlines() == [
+            "interrupted; finished work is kept: run the same command again to resume"
+        ]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
+        assert list((out / "units").glob("*.json")) and not (out / ".lock").exists()
+        return out, seen
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -161,54 +161,5 @@ def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
     assert "<bool>" not in helped.stdout and "--per-caption " in helped.stdout
 
 
-def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(tmp_path, interruptible_children):
-    import os
-    import signal
-    import time
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    # hundreds of small shards: seconds of work after the first one, however fast the machine
-    for part in range(8):
-        captions = [f"a red dog number {i}" for i in range(200_000)]
-        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet", 5_000)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clipaudit",
-            "coverage",
-            "count",
-            str(corpus),
-            "--out",
-            str(tmp_path / "run"),
-            "--workers",
-            "2",
-            "--shard-rows",
-            "5000",
-            "--no-progress",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    units = tmp_path / "run" / "units"
-    deadline = time.monotonic() + 120
-    while not list(units.glob("*.json")) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be interrupted"
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines() == [
-        "interrupted; finished work is kept: run the same command again to resume"
-    ]
-    manifest = __import__("json").loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
-    assert not (tmp_path / "run" / ".lock").exists()
+def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(ctrl_c_count):
+    ctrl_c_count("--workers", "2")  # the checks are the fixture's

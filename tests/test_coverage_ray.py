@@ -307,48 +307,18 @@ def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
     assert_identical_files(out, reference, names=("concepts.csv", "groups.csv", "examples.json"))
 
 
-def test_ctrl_c_stops_the_driver_and_ray_with_one_line(
-    ray_cluster, tmp_path, tmp_path_factory, interruptible_children
-):
+def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path_factory, ctrl_c_count):
     import psutil
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    # hundreds of small shards: seconds of work after the first one, however fast the machine
-    for part in range(8):
-        captions = [f"a red dog number {i}" for i in range(200_000)]
-        pq.write_table(pa.table({"caption": captions}), corpus / f"{part}.parquet", 5_000)
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
     env.pop("RAY_ADDRESS", None)
-    args = cli(
-        "count", str(corpus), "--out", str(tmp_path / "run"), "--engine", "ray", "--workers", "2"
-    )
-    process = subprocess.Popen(
-        [*args, "--shard-rows", "5000", "--no-progress"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    units = tmp_path / "run" / "units"
-    deadline = time.monotonic() + 120
-    while not list(units.glob("*.json")) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    started = psutil.Process(process.pid).children(recursive=True)
-    assert any(p.name() == "raylet" for p in started), "no Ray was started for the run"
-    assert process.poll() is None, "the run ended before it could be interrupted"
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines() == [
-        "interrupted; finished work is kept: run the same command again to resume"
-    ]
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
-    assert list(units.glob("*.json")) and not (tmp_path / "run" / ".lock").exists()
+
+    def children(process):
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any(p.name() == "raylet" for p in started), "no Ray was started for the run"
+        return started
+
+    _, started = ctrl_c_count("--engine", "ray", "--workers", "2", env=env, before=children)
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, f"the Ray started for the run was not shut down: {alive}"
 

@@ -483,8 +483,8 @@ def test_unknown_settings_and_ambiguous_inputs_are_refused(tiny, tmp_path):
         )
 
 
-def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_path):
-    corpus = tmp_path / "corpus"
+def corpus_with_a_corrupt_shard(corpus: Path) -> Path:
+    """a.parquet and c.parquet fine, b.parquet (between them) with a corrupt data page."""
     corpus.mkdir()
     for name in ("a", "c"):
         pq.write_table(pa.table({"caption": ["a red cat"] * 4}), corpus / f"{name}.parquet")
@@ -492,8 +492,13 @@ def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_
         pa.table({"caption": [f"a dog number {i}" for i in range(20_000)]}), corpus / "b.parquet"
     )
     data = bytearray((corpus / "b.parquet").read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200
     (corpus / "b.parquet").write_bytes(bytes(data))
+    return corpus
+
+
+def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_path):
+    corpus = corpus_with_a_corrupt_shard(tmp_path / "corpus")
     with pytest.raises(InputError, match=r"b\.parquet: unreadable parquet data.*--skip-bad"):
         run([corpus], tiny, tmp_path / "run")
     assert list((tmp_path / "run" / "units").glob("a-*.json"))  # a.parquet is kept

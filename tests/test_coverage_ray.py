@@ -17,14 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from clipaudit import coverage, filesystems
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.registry import load_registry
-from tests.test_coverage import REPO, assert_same_outputs, cli, write_synthetic_corpus
+from tests.test_coverage import (
+    REPO,
+    assert_same_outputs,
+    cli,
+    corpus_with_a_corrupt_shard,
+    write_synthetic_corpus,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -193,16 +198,7 @@ def test_a_bad_shard_stops_a_ray_run_in_one_line_keeping_finished_shards(
 ):
     from clipaudit.errors import InputError
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for name in ("a", "c"):
-        pq.write_table(pa.table({"caption": ["a red cat"] * 4}), corpus / f"{name}.parquet")
-    pq.write_table(
-        pa.table({"caption": [f"a dog number {i}" for i in range(20_000)]}), corpus / "b.parquet"
-    )
-    data = bytearray((corpus / "b.parquet").read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
-    (corpus / "b.parquet").write_bytes(bytes(data))
+    corpus = corpus_with_a_corrupt_shard(tmp_path / "corpus")
     with pytest.raises(
         InputError, match=r"b\.parquet: unreadable parquet data.*--skip-bad"
     ) as error:

@@ -23,6 +23,7 @@ from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
 from tests.conftest import REPO
 from tests.test_coverage import TINY_REGISTRY, assert_same_outputs
+from tests.test_semantic import CountingEncoder
 
 ANIMALS = ["dog", "puppy", "cat", "kitten", "hot dog", "horse", "wolf", "fox"]
 PLACES = ["on a red sofa", "in the park", "smiling at the camera", "near a blue car", "at night"]
@@ -232,22 +233,6 @@ def test_semantic_and_checked_count_what_numpy_counts(
     ]
 
 
-class Interrupting:
-    """An encoder that counts the texts it encodes and is 'killed' after some calls."""
-
-    def __init__(self, inner, fail_after=None):
-        self.inner, self.fail_after = inner, fail_after
-        self.identity, self.dim = inner.identity, inner.dim
-        self.calls = self.texts = 0
-
-    def encode(self, texts):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise KeyboardInterrupt("simulated kill")
-        self.calls += 1
-        self.texts += len(texts)
-        return self.inner.encode(texts)
-
-
 def test_a_killed_semantic_run_resumes_reusing_its_embedding_parts(
     tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch
 ):
@@ -258,7 +243,7 @@ def test_a_killed_semantic_run_resumes_reusing_its_embedding_parts(
 
     def loader(fail_after):
         def load_encoder(spec):
-            made.append(Interrupting(load(spec), fail_after))
+            made.append(CountingEncoder(load(spec), fail_after))
             return made[-1]
 
         return load_encoder

@@ -141,8 +141,8 @@ def correlate(
     return result
 
 
-# points up to which all-pairs signs beat a scipy call per resample (measured: 8x at 50 points,
-# even at 150 on a 2-core x86-64)
+# points up to which all-pairs signs beat a scipy call per resample (2,000 resamples on a 2-core
+# x86-64: 0.03 s against 0.26 s at 50 points, 0.31 s against 0.28 s at 150)
 KENDALL_VECTORISED_UP_TO = 120
 
 

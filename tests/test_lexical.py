@@ -858,6 +858,120 @@ def test_builtin_registry_round_two(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
 
 
+# ---------------------------------------------------------------------------- round 3: LAION names and senses
+
+# Each rule of round 3 (benchmarks/results/lexical.md) with captions it must drop and captions it
+# must keep, one of them with the concept really present.
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a listing's room count is no bedroom shown; bedroom before a dwelling noun modifies it
+        ("2 bedroom apartment for rent", []),
+        ("House with 4 bedrooms in Tay Ho for rent", []),
+        ("Two bedroom Treehouse in the Rainforest", ["forest"]),
+        ("Bedroom Cottage for sale", []),
+        ("a cozy bedroom with two beds", ["bedroom"]),
+        ("twin bedroom right off the game room", ["bedroom"]),
+    ],
+)
+def test_room_counts_are_no_bedroom(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # major-league team names with a concept word (rule 5)
+        ("Columbus Blue Jackets v Nashville Predators", []),
+        ("Cleveland Browns Municipal Stadium", ["stadium"]),
+        ("Carolina Hurricanes fans", []),
+        ("Joey Votto Cincinnati Reds Photograph", []),
+        ("a man in a blue jacket", ["blue", "jacket"]),
+        ("a hurricane hits North Carolina", ["storm"]),
+        ("a brown dog in Cleveland", ["brown", "dog"]),
+    ],
+)
+def test_more_team_names(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # names that recur in LAION alt-text (rule 5)
+        ("Angry Birds Space: in-game trailer", []),
+        ("Real Housewives of Orange County cast picture", []),
+        ("Hamilton Beach 12 Pizza Maker", []),
+        ("an angry bird on a branch", ["bird"]),
+        ("orange and blue flags", ["orange", "blue"]),
+        ("a beach in Hamilton, Bermuda", ["beach"]),
+    ],
+)
+def test_recurring_names(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a sweatshirt written apart is no shirt (the labellers' call for a sweatshirt)
+        ("Sweat-shirt Homme", []),
+        ("Hooded Sweat Shirt With Pouch Pocket", []),
+        ("sweat stains on his shirt", ["shirt"]),
+        ("Crewneck T-Shirt", ["shirt"]),
+    ],
+)
+def test_a_sweatshirt_written_apart_is_no_shirt(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # French product titles name a case for a phone (rules 2 and 4)
+        ("coque iphone 8 papillon", []),
+        ("Coque Master of the Universe pour iPhone 5", []),
+        ("a woman talking on her iPhone", ["phone"]),
+        ("Apple iPhone 6 Plus 64GB", ["phone"]),
+    ],
+)
+def test_french_case_titles_are_no_phone(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a place word before a garment or gear says what it is for (rule 4)
+        ("Camo Beach Pants Mens", ["pants"]),
+        ("Baggy Beach Sweatshirt", []),
+        ("Woman at her desk looking at beach gear", ["table"]),
+        ("a man in pants on the beach", ["pants", "beach"]),
+        ("Beach scene with flipflops and a bucket", ["beach"]),
+    ],
+)
+def test_a_place_word_before_a_garment_is_a_modifier(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # TV as the broadcast medium, not a set: more broadcast heads
+        ("Geri Halliwell attends the Women in Film and TV Awards", []),
+        ("Berlin TV tower, Germany", []),
+        ("ATEM Television Studio Broadcast Panel", []),
+        ("the greatest ever television father", []),
+        ("LG 55 inch LED Smart TV", ["television"]),
+        ("a cat on top of an old television", ["cat", "television"]),
+    ],
+)
+def test_broadcast_heads_of_tv(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
 # ---------------------------------------------------------------------------- the key tables' cache
 
 

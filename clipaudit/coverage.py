@@ -38,10 +38,12 @@ caption strings: in-memory captions are written once into ``RUN/inputs/`` and re
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -49,7 +51,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import PROFILES, build_matcher
-from clipaudit.provenance import atomic_write_bytes, write_json, write_table
+from clipaudit.provenance import arrow_table, atomic_write_bytes, write_json, write_table
 from clipaudit.readers import (
     HF_PREFIX,
     BadShardError,
@@ -82,6 +84,7 @@ from clipaudit.readers import (
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
 from clipaudit.runs import RunFailedError, RunFolder, write_unit
 
+TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
     "n_captions_read: rows holding a valid caption string, empty ones included; "
     "skipped rows (null, missing, non-string, non-UTF-8, too long, bad JSON) are excluded"
@@ -159,7 +162,7 @@ class CoverageSettings:
     embeddings: str | None = None  # LAION text_emb_*.npy folder, row-aligned with the inputs
     embedding_store: str | None = None  # a store shared by runs; None: RUN/embeddings
     nearest: int = 5  # nearest captions kept per concept (semantic methods)
-    near_margin: float = 0.05  # how far below the lowest threshold nearest captions are sought
+    near_margin: float = 0.05  # how far below its threshold a concept's nearest are sought
     device: str = "auto"  # where the encoder runs (auto: CUDA when present)
     encode_batch: int = 256  # captions per encoder batch
 
@@ -274,15 +277,39 @@ RESULT_FIELDS = (
 
 @dataclass(frozen=True)
 class CoverageResult:
-    """A finished coverage run: its tables (pandas DataFrames), examples and manifest."""
+    """A finished coverage run: its tables, examples and manifest.
+
+    ``tables`` holds the ``concepts``, ``groups`` and ``categories`` tables as pyarrow Tables;
+    :attr:`concepts`, :attr:`groups` and :attr:`categories` are the same as pandas DataFrames
+    (made when first asked for: a count need not import pandas)."""
 
     out_dir: Path
-    concepts: Any
-    groups: Any
-    categories: Any
+    tables: dict[str, Any]
     examples: dict[str, Any]
     manifest: dict[str, Any]
     reused: bool = False  # the folder already held this complete run: nothing was recomputed
+    _frames: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def concepts(self) -> Any:
+        """Per concept: its group and category, the captions that mention it and their rate."""
+        return self._frame("concepts")
+
+    @property
+    def groups(self) -> Any:
+        """Per group: the captions that mention any of its concepts, their rate, and the mean
+        rate of its concepts."""
+        return self._frame("groups")
+
+    @property
+    def categories(self) -> Any:
+        """Per category of groups, as :attr:`groups`."""
+        return self._frame("categories")
+
+    def _frame(self, name: str) -> Any:
+        if name not in self._frames:
+            self._frames[name] = self.tables[name].to_pandas()
+        return self._frames[name]
 
     @property
     def n_captions_read(self) -> int:
@@ -329,15 +356,12 @@ class CoverageResult:
 
 def load_coverage_run(path: str | Path, manifest: dict[str, Any]) -> CoverageResult:
     """A complete coverage run folder read back (:func:`clipaudit.runs.load_run`)."""
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     path = Path(path)
     examples = json.loads((path / "examples.json").read_text(encoding="utf-8"))
-    names = ("concepts", "groups", "categories")
-    tables = {name: pd.read_parquet(path / f"{name}.parquet") for name in names}
-    return CoverageResult(
-        path, tables["concepts"], tables["groups"], tables["categories"], examples, manifest
-    )
+    tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
+    return CoverageResult(path, tables, examples, manifest)
 
 
 def count_coverage(
@@ -461,9 +485,9 @@ def caption_sources(captions: Any, staging: Path, *, column: str | None = None) 
 
 def _caption_frame(captions: Any, column: str | None) -> Any:
     """A DataFrame of in-memory captions (``id``, ``caption``...), or None when ``captions`` are paths."""
-    import pandas as pd
-
-    if isinstance(captions, pd.DataFrame):
+    # a DataFrame or Series exists only once pandas is imported: paths need no pandas
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(captions, pd.DataFrame):
         wanted = column or next((c for c in ("caption", "TEXT", "text") if c in captions), None)
         if wanted is None or wanted not in captions:
             columns = ", ".join(map(str, captions.columns))
@@ -474,7 +498,7 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
             )
         keep = [wanted, *[c for c in ("id", "key", "SAMPLE_ID") if c in captions][:1]]
         return captions[keep].reset_index(drop=True)
-    if isinstance(captions, pd.Series):
+    if pd is not None and isinstance(captions, pd.Series):
         return pd.DataFrame({"caption": captions.reset_index(drop=True)})
     if not isinstance(captions, Iterable):
         raise InputError(
@@ -498,6 +522,8 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
         raise InputError(
             f"captions must be strings; got {type(not_text).__name__} {not_text!r} in the list"
         )
+    import pandas as pd
+
     return pd.DataFrame({"caption": items})
 
 
@@ -547,8 +573,6 @@ class _Dispatch:
 
     def execute(self) -> None:
         """Run every planned shard that has no record of the same identity in the run folder."""
-        import multiprocessing
-
         settings = self.settings
         plan = plan_shards(
             self.sources,
@@ -595,17 +619,20 @@ class _Dispatch:
             workers, self.window = executor.parallelism, executor.window
             self.engine = executor.describe()
         else:
-            context = multiprocessing.get_context("spawn")
-            counter = context.Value("q", 0)
-            initargs = (self.matcher, options, counter, os.getpid())
             wanted = settings.workers or os.cpu_count() or 1
             self.window = 2 * wanted  # bounds memory when shards carry streamed rows
             # never more workers than shards to do: an idle worker only costs its start-up
             workers = wanted if todo is None else max(1, min(wanted, len(todo)))
             if workers == 1:
-                _init_worker(*initargs[:3], None)
+                counter = _InlineCounter()
+                _init_worker(self.matcher, options, counter, None)
                 executor = _InlineExecutor()
             else:
+                import multiprocessing
+
+                context = multiprocessing.get_context("spawn")
+                counter = context.Value("q", 0)
+                initargs = (self.matcher, options, counter, os.getpid())
                 executor = ProcessPoolExecutor(
                     workers, mp_context=context, initializer=_init_worker, initargs=initargs
                 )
@@ -750,6 +777,16 @@ def _start_without_sigint(executor: ProcessPoolExecutor, workers: int) -> None:
             executor.submit(os.getpid)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _InlineCounter:
+    """The rows read so far by shards run in this process: what a worker's shared ``Value`` is,
+    without multiprocessing's imports and semaphore."""
+
+    value = 0
+
+    def get_lock(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
 
 
 class _InlineExecutor:
@@ -1113,11 +1150,12 @@ def _merge(
         totals["n_rows"] += shard["n_rows"] or 0
 
     n_read = totals["n_captions_read"]
-    tables = _tables(registry, n_read, concepts, groups, categories)
+    columns = _tables(registry, n_read, concepts, groups, categories)
     if merged is not None:
-        _add_views(tables, n_read, merged.views, VIEWS[settings.method])
-    for name, frame in tables.items():
-        write_table(frame, out_dir / name)
+        _add_views(columns, n_read, merged.views, VIEWS[settings.method])
+    tables = {name: arrow_table(columns[name]) for name in TABLES}
+    for name, table in tables.items():
+        write_table(table, out_dir / name)
     example_doc = _examples(registry, settings.examples_per_concept, examples, concepts)
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
@@ -1166,9 +1204,7 @@ def _merge(
             },
             **({"checked": merged.checked} if settings.method == "checked" else {}),
         }
-    return CoverageResult(
-        out_dir, tables["concepts"], tables["groups"], tables["categories"], example_doc, manifest
-    )
+    return CoverageResult(out_dir, tables, example_doc, manifest)
 
 
 def _tables(
@@ -1177,62 +1213,72 @@ def _tables(
     concepts: Counter[str],
     groups: Counter[str],
     categories: Counter[str],
-) -> dict[str, Any]:
-    import pandas as pd
+) -> dict[str, dict[str, list[Any]]]:
+    """The run's tables as columns (name -> values): per concept, per group, per category."""
 
     def rate(count: int) -> float:
         return count / n_read if n_read else float("nan")
 
     category_of = {g.name: g.category for g in registry.groups}
-    concept_rows = [
-        {
-            "concept": c.name,
-            "group": c.group,
-            "category": category_of[c.group],
-            "count": concepts[c.name],
-            "rate": rate(concepts[c.name]),
+    # the rates of each group's and each category's concepts
+    rates: dict[str, dict[str, list[float]]] = {"group": {}, "category": {}}
+    for c in registry.concepts:
+        for key, name in (("group", c.group), ("category", category_of[c.group])):
+            rates[key].setdefault(name, []).append(rate(concepts[c.name]))
+    tables = {
+        "concepts": {
+            "concept": [c.name for c in registry.concepts],
+            "group": [c.group for c in registry.concepts],
+            "category": [category_of[c.group] for c in registry.concepts],
+            "count": [concepts[c.name] for c in registry.concepts],
+            "rate": [rate(concepts[c.name]) for c in registry.concepts],
         }
-        for c in registry.concepts
-    ]
-    concept_frame = pd.DataFrame(
-        concept_rows, columns=["concept", "group", "category", "count", "rate"]
-    )
-
-    def summary(key: str, names: Sequence[str], counts: Counter[str]) -> Any:
-        rows = []
-        for name in names:
-            members = concept_frame[concept_frame[key] == name]
-            rows.append(
-                {
-                    key: name,
-                    **({"category": category_of[name]} if key == "group" else {}),
-                    "count": counts[name],
-                    "rate": rate(counts[name]),
-                    "n_concepts": len(members),
-                    "mean_concept_rate": members["rate"].mean(),
-                }
-            )
-        return pd.DataFrame(rows)
-
-    return {
-        "concepts": concept_frame,
-        "groups": summary("group", [g.name for g in registry.groups], groups),
-        "categories": summary("category", list(registry.categories), categories),
     }
+
+    def summary(key: str, names: Sequence[str], counts: Counter[str]) -> dict[str, list[Any]]:
+        # the mean as pandas takes it (numpy's sum, then the division): NaN for no concepts
+        members = [np.array(rates[key].get(name, []), dtype=np.float64) for name in names]
+        return {
+            "count": [counts[name] for name in names],
+            "rate": [rate(counts[name]) for name in names],
+            "n_concepts": [len(values) for values in members],
+            "mean_concept_rate": [
+                float(values.sum() / len(values)) if len(values) else float("nan")
+                for values in members
+            ],
+        }
+
+    group_names = [g.name for g in registry.groups]
+    tables["groups"] = {
+        "group": group_names,
+        "category": [category_of[name] for name in group_names],
+        **summary("group", group_names, groups),
+    }
+    category_names = list(registry.categories)
+    tables["categories"] = {
+        "category": category_names,
+        **summary("category", category_names, categories),
+    }
+    return tables
 
 
 def _add_views(
-    tables: dict[str, Any], n_read: int, views: dict[str, Any], names: Sequence[str]
+    tables: dict[str, dict[str, list[Any]]],
+    n_read: int,
+    views: dict[str, Any],
+    names: Sequence[str],
 ) -> None:
     """``<view>_count`` and ``<view>_rate`` columns beside the lexical ones, for every table."""
     keys = {"concepts": "concept", "groups": "group", "categories": "category"}
     for view in names:
         found = views.get(view, {})
         for table, key in keys.items():
-            frame = tables[table]
-            counts = found.get(table, {})
-            frame[f"{view}_count"] = [int(counts.get(name, 0)) for name in frame[key]]
-            frame[f"{view}_rate"] = frame[f"{view}_count"] / n_read if n_read else float("nan")
+            columns = tables[table]
+            counts = [int(found.get(table, {}).get(name, 0)) for name in columns[key]]
+            columns[f"{view}_count"] = counts
+            columns[f"{view}_rate"] = [
+                count / n_read if n_read else float("nan") for count in counts
+            ]
 
 
 def _smallest_distinct(entries: list[tuple[int, str, Any]], k: int) -> list[tuple[int, str, Any]]:

@@ -27,7 +27,7 @@ dispatcher, unit records, resume and merge. What it adds:
   ``checked``) gets per-concept, per-group and per-category counts, written as ``<view>_count`` and
   ``<view>_rate`` beside the lexical ``count`` and ``rate`` (the lexical matcher always runs).
 - **nearest captions**: per concept, the ``nearest`` captions most similar to it (cosine, down to
-  ``near_margin`` below the lowest threshold), each flagged ``counted`` when the run's method
+  ``near_margin`` below its semantic threshold), each flagged ``counted`` when the run's method
   counted it for that concept: ``RUN/nearest.json``.
 - **on Ray** (``--engine ray``): the same, the driver encoding and the Ray tasks reading the store
   (or LAION's files) at its path, which every node must see: a Ray on this machine does; a cluster
@@ -63,7 +63,7 @@ OWN_VIEW = {"semantic": "semantic", "both": "union", "checked": "checked"}
 DEFAULT_ENCODER = "st:all-MiniLM-L6-v2"
 NEAREST_SELECTION = (
     "per concept, the captions with the highest cosine to the concept's vector among those within "
-    "near_margin of the lowest semantic threshold, ties to the earlier caption; 'counted': whether "
+    "near_margin of the concept's semantic threshold, ties to the earlier caption; 'counted': whether "
     "the run's method counted the caption for that concept"
 )
 INDEX_FOLDER = "index"
@@ -480,13 +480,13 @@ class SemanticShard:
         """The batch's caption vectors (float32): its store part, checked against the batch, or
         its rows of LAION's embeddings."""
         from clipaudit.semantic.encoders import normalise
-        from clipaudit.semantic.store import ids_array
+        from clipaudit.semantic.store import as_float32, ids_array
 
         if self.store is None:
             rows = self.file_offset + (
                 np.asarray(batch.rows, dtype=np.int64) - self.shard.first_row
             )
-            return normalise(np.asarray(self.mapped[rows], dtype=np.float32))
+            return normalise(as_float32(self.mapped[rows]))
         vectors, ids = self.store.read_part(self.key, part)
         if len(ids) != len(batch.captions) or not np.array_equal(ids, ids_array(batch.ids)):
             raise InputError(
@@ -494,7 +494,7 @@ class SemanticShard:
                 f"this shard's captions (expected {len(batch.captions)} captions with the "
                 f"batch's ids, got {len(ids)}); delete that folder to encode it again"
             )
-        return np.asarray(vectors, dtype=np.float32)
+        return as_float32(vectors)
 
     def add(
         self, batch: Any, part: int, lexical_rows: np.ndarray, lexical_concepts: np.ndarray

@@ -535,3 +535,43 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing.parquet' does not exist" in lines[0], result.stderr
+
+
+def test_tables_are_written_as_pandas_would_write_them(tmp_path):
+    """The merge builds its tables without pandas (pyarrow's own constructors import it); the
+    files read as the DataFrame's: CSV byte for byte, parquet frame for frame."""
+    from clipaudit.provenance import arrow_table, write_table
+
+    columns = {
+        "concept": ["dog", 'a "quoted", comma', "café"],
+        "count": [3, 0, 12_345_678_901],
+        "rate": [0.1, float("nan"), 1e-05],
+        "mean_concept_rate": [2 / 3, 0.0, float("nan")],
+    }
+    write_table(arrow_table(columns), tmp_path / "ours")
+    frame = pd.DataFrame(columns)
+    assert (tmp_path / "ours.csv").read_text("utf-8") == frame.to_csv(index=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ours.parquet"), frame)
+    with pytest.raises(TypeError, match="column 'count': expected int, float or str"):
+        arrow_table({"count": [1, None]})
+
+
+def test_a_count_from_the_command_line_does_not_import_pandas(zoo, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_REGISTRY)
+    code = (
+        "import sys; from clipaudit.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n    assert not stop.code, stop\n"
+        "print('pandas' in sys.modules)"
+    )
+    registry = str(tmp_path / "tiny.yaml")
+    args = ["coverage", "count", str(zoo), "--registry", registry, "--out", str(tmp_path / "r")]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args, "--max-chars", str(MAX_CHARS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout
+    assert pd.read_csv(tmp_path / "r" / "concepts.csv")["count"].sum() > 0

@@ -263,6 +263,22 @@ def test_laion_embeddings_are_read_row_aligned(tmp_path):
         laion.rows(tmp_path / "emb" / "metadata_1.parquet", 3, 9)
 
 
+def test_float16_parts_are_cast_exactly_whatever_their_size(tmp_path, monkeypatch):
+    """The threaded cast gives numpy's own cast, bit for bit, on a memory-mapped part large
+    enough to be split (with an uneven number of rows per thread) and on a small one."""
+    from clipaudit.semantic import store
+
+    monkeypatch.setattr(store, "_CAST_THREADS", 3)
+    rng = np.random.default_rng(5)
+    large = rng.standard_normal((store._CAST_MIN_VALUES // 64 + 7, 64)).astype(np.float16)
+    np.save(tmp_path / "part.npy", large)
+    mapped = np.load(tmp_path / "part.npy", mmap_mode="r")
+    for part in (mapped, large[:5]):
+        cast = store.as_float32(part)
+        assert cast.dtype == np.float32 and cast.shape == part.shape
+        assert np.array_equal(cast, np.asarray(part, dtype=np.float32))
+
+
 def test_laion_mismatches_are_refused_with_files_expected_and_got(tmp_path):
     from clipaudit.semantic.store import LaionEmbeddings
 
@@ -312,7 +328,10 @@ def planted(rng, n, k, d):
     return x, concepts, thresholds, exact
 
 
-def test_faiss_counts_equal_brute_force_numpy(tmp_path):
+# each concept's nearest come from within its own reach (threshold - margin), however far the
+# lowest reach lies below the others (thresholds are 0.3-0.8)
+@pytest.mark.parametrize("margin", [0.05, 0.9])
+def test_faiss_counts_equal_brute_force_numpy(tmp_path, margin):
     from clipaudit.semantic.counting import SemanticCounter, count_semantic
     from clipaudit.semantic.store import EmbeddingBatch
 
@@ -323,7 +342,7 @@ def test_faiss_counts_equal_brute_force_numpy(tmp_path):
     cuts = [0, 1, 700, 701, 2500, 5000]  # uneven batches, one of a single caption
     batches = [EmbeddingBatch(x[a:b], ids[a:b], captions[a:b]) for a, b in itertools.pairwise(cuts)]
     result, hits = count_semantic(
-        batches, concepts, thresholds, top_k=4, near_margin=0.05, per_caption=True
+        batches, concepts, thresholds, top_k=4, near_margin=margin, per_caption=True
     )
     truth = exact >= thresholds
     np.testing.assert_array_equal(result.counts, truth.sum(axis=0))
@@ -334,10 +353,10 @@ def test_faiss_counts_equal_brute_force_numpy(tmp_path):
     np.testing.assert_allclose(hits.scores, exact[rows, cols], atol=1e-5)
     assert truth.sum() > 500 and (~truth).sum() > 500  # the thresholds cut for real
 
-    # nearest: among scores >= min(threshold) - margin, best first, earlier caption on ties
-    radius = thresholds.min() - 0.05
+    # nearest: among scores >= the concept's threshold - margin, best first, earlier caption on
+    # ties
     for c, name in enumerate(result.names):
-        eligible = np.flatnonzero(exact[:, c] >= radius)
+        eligible = np.flatnonzero(exact[:, c] >= thresholds[c] - margin)
         best = eligible[np.lexsort((eligible, -exact[eligible, c]))][:4]
         got = result.nearest[name]
         assert [g["id"] for g in got] == [ids[i] for i in best]
@@ -345,11 +364,11 @@ def test_faiss_counts_equal_brute_force_numpy(tmp_path):
         assert [g["counted"] for g in got] == [bool(truth[i, c]) for i in best]
 
     # two shards counted apart and merged give the same result
-    left = SemanticCounter(concepts, thresholds, top_k=4, near_margin=0.05)
-    right = SemanticCounter(concepts, thresholds, top_k=4, near_margin=0.05)
+    left = SemanticCounter(concepts, thresholds, top_k=4, near_margin=margin)
+    right = SemanticCounter(concepts, thresholds, top_k=4, near_margin=margin)
     left.add(x[:2000], ids[:2000], captions[:2000], first_row=0)
     right.add(x[2000:], ids[2000:], captions[2000:], first_row=2000)
-    merged = SemanticCounter(concepts, thresholds, top_k=4, near_margin=0.05)
+    merged = SemanticCounter(concepts, thresholds, top_k=4, near_margin=margin)
     for part in (right, left):  # order must not matter
         merged.merge_state(json.loads(json.dumps(part.state())))
     assert merged.result().nearest == result.nearest

@@ -1,9 +1,12 @@
 """Semantic counting with FAISS: a caption counts for concept c when cosine(caption, c) >= tau_c.
 
 The concepts' unit vectors sit in a FAISS ``IndexFlatIP``; caption vectors stream through it in
-batches, and one range search per batch (radius: the smallest threshold, less ``near_margin``)
-returns every (caption, concept) pair near enough; the pairs at or above their concept's own
-threshold are the hits. Memory holds one batch and its hits, whatever the corpus size.
+batches, and one range search per batch (radius: the lowest reach, a concept's reach being its
+threshold less ``near_margin``) returns the pairs near enough; those within their own concept's
+reach are kept, and the ones at or above their concept's threshold are the hits. Memory holds one
+batch and its hits, whatever the corpus size. (Dividing each concept's vector by its reach, so
+that one radius fits every concept, returns half the pairs and is 6% faster, but its scores
+differ from the plain product in the last bit, and a count at a threshold with them.)
 
 :class:`SemanticCounter` keeps, per concept, the number of captions counted, and the ``top_k``
 captions nearest to it among the range results (score, id, caption; ties go to the earlier caption),
@@ -20,18 +23,13 @@ k-nearest search over all concepts, then the same thresholds); it was not run on
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from clipaudit.errors import InputError, SettingsError
-
-# rows per BLAS block in FAISS's exhaustive search: 16,384 is ~1.5x faster than FAISS's default
-# (4,096) when the "database" is a few hundred concept vectors (measured on a 2-core CPU)
-_QUERY_BLOCK = 16_384
 
 
 @dataclass(frozen=True)
@@ -67,18 +65,6 @@ def _in_sorted(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return keys[position] == values
 
 
-@contextlib.contextmanager
-def _faiss_blocks(rows: int) -> Iterator[Any]:
-    import faiss
-
-    previous = faiss.cvar.distance_compute_blas_query_bs
-    faiss.cvar.distance_compute_blas_query_bs = max(previous, min(rows, _QUERY_BLOCK))
-    try:
-        yield faiss
-    finally:
-        faiss.cvar.distance_compute_blas_query_bs = previous
-
-
 def _check_vectors(vectors: Any, dim: int, what: str) -> np.ndarray:
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != dim:
@@ -90,8 +76,8 @@ class SemanticCounter:
     """Streaming FAISS counter over caption batches (see the module docstring).
 
     ``vectors``: (k, dim) unit vectors of the concepts; ``thresholds``: (k,) cosine thresholds;
-    ``top_k``: nearest captions kept per concept (0: none); ``near_margin``: how far below the
-    smallest threshold the range search reaches, so near misses can be kept among the nearest.
+    ``top_k``: nearest captions kept per concept (0: none); ``near_margin``: how far below each
+    concept's threshold the search reaches, so near misses can be kept among its nearest.
     """
 
     def __init__(
@@ -126,9 +112,9 @@ class SemanticCounter:
         if len(self.names) != self.k:
             raise SettingsError(f"{len(self.names)} names for {self.k} concept vectors")
         self.top_k = top_k
+        self.reach = (self.thresholds - np.float32(near_margin)).astype(np.float32)
         # FAISS keeps scores strictly above the radius; step one float below to keep ">="
-        lowest = np.float32(self.thresholds.min() - float(near_margin))
-        self.radius = float(np.nextafter(lowest, np.float32(-np.inf)))
+        self.radius = float(np.nextafter(self.reach.min(), np.float32(-np.inf)))
         self.index = faiss.IndexFlatIP(self.dim)
         self.index.add(vectors)
         self.vectors = vectors
@@ -149,20 +135,24 @@ class SemanticCounter:
         self._rows: dict[int, tuple[Any, str | None]] = {}
 
     def _search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query row, concept, score) of every pair scoring above the radius."""
+        """(query row, concept, cosine) of every pair within its concept's reach, by row."""
         if self.gpu is not None:
             import faiss
 
             scores, concepts = faiss.knn_gpu(
                 self.gpu, x, self.vectors, self.k, metric=faiss.METRIC_INNER_PRODUCT
             )
-            keep = scores > self.radius
+            concepts = concepts.astype(np.int64)
+            keep = scores >= self.reach[concepts]
             rows = np.nonzero(keep)[0]
-            return rows, concepts[keep].astype(np.int64), scores[keep]
-        with _faiss_blocks(len(x)):
-            lims, scores, concepts = self.index.range_search(x, self.radius)
+            return rows, concepts[keep], scores[keep]
+        # FAISS's default query block (4,096 rows) beats larger ones here (65 against 69 ms per
+        # 65,536 rows x 146 concepts at 16,384, on a quiet 2-core CPU)
+        lims, scores, concepts = self.index.range_search(x, self.radius)
         rows = np.repeat(np.arange(len(x), dtype=np.int64), np.diff(lims).astype(np.int64))
-        return rows, concepts.astype(np.int64), scores
+        concepts = concepts.astype(np.int64)
+        keep = scores >= self.reach[concepts]
+        return rows[keep], concepts[keep], scores[keep]
 
     def add(
         self,

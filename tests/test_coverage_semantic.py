@@ -532,6 +532,7 @@ def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
     import signal
     import time
 
+    psutil = pytest.importorskip("psutil")
     registry = tmp_path / "tiny.yaml"
     registry.write_text(TINY_REGISTRY)
     n = 6000
@@ -554,8 +555,12 @@ def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
     while not parts() and process.poll() is None:
         assert time.monotonic() < deadline, "no embedding part written within two minutes"
         time.sleep(0.005)
+    workers = psutil.Process(process.pid).children(recursive=True)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    # a worker notices its parent's death within half a second: until then it may finish a shard
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"orphaned workers still running after the kill: {alive}"
     done = len(parts())  # one part of 1,000 captions per shard
     units = list((tmp_path / "killed" / "units").glob("*.json"))
     assert done >= 1 and len(units) < 6, "the kill came after the end: a larger corpus is needed"

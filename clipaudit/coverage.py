@@ -279,12 +279,13 @@ RESULT_FIELDS = (
 class CoverageResult:
     """A finished coverage run: its tables, examples and manifest.
 
-    ``tables`` holds the ``concepts``, ``groups`` and ``categories`` tables as pyarrow Tables;
-    :attr:`concepts`, :attr:`groups` and :attr:`categories` are the same as pandas DataFrames
-    (made when first asked for: a count need not import pandas)."""
+    ``arrow_tables`` holds the ``concepts``, ``groups`` and ``categories`` tables as pyarrow
+    Tables; :attr:`concepts`, :attr:`groups` and :attr:`categories` are the same as pandas
+    DataFrames (made when first asked for: a count need not import pandas). To change a table,
+    replace its pyarrow Table (``dataclasses.replace(result, arrow_tables=...)``)."""
 
     out_dir: Path
-    tables: dict[str, Any]
+    arrow_tables: dict[str, Any]
     examples: dict[str, Any]
     manifest: dict[str, Any]
     reused: bool = False  # the folder already held this complete run: nothing was recomputed
@@ -308,7 +309,7 @@ class CoverageResult:
 
     def _frame(self, name: str) -> Any:
         if name not in self._frames:
-            self._frames[name] = self.tables[name].to_pandas()
+            self._frames[name] = self.arrow_tables[name].to_pandas()
         return self._frames[name]
 
     @property
@@ -340,7 +341,8 @@ class CoverageResult:
         registry = self.manifest.get("registry", {}).get("name", "?")
         return (
             f"CoverageResult({str(self.out_dir)!r}: {self.n_captions_read:,} captions, "
-            f"{len(self.concepts)} concepts of {registry!r} in {len(self.groups)} groups, "
+            f"{self.arrow_tables['concepts'].num_rows} concepts of {registry!r} in "
+            f"{self.arrow_tables['groups'].num_rows} groups, "
             f"{self.manifest.get('profile', '?')} profile, {self.method} method)"
         )
 
@@ -360,7 +362,8 @@ def load_coverage_run(path: str | Path, manifest: dict[str, Any]) -> CoverageRes
 
     path = Path(path)
     examples = json.loads((path / "examples.json").read_text(encoding="utf-8"))
-    tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
+    # ParquetFile.read, not pq.read_table, which imports pyarrow.compute and pandas
+    tables = {name: pq.ParquetFile(path / f"{name}.parquet").read() for name in TABLES}
     return CoverageResult(path, tables, examples, manifest)
 
 

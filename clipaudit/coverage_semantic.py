@@ -167,6 +167,7 @@ class SemanticRun:
             "embeddings": "laion text_emb" if self.settings.embeddings else "encoded",
             "nearest": self.settings.nearest,
             "near_margin": self.settings.near_margin,
+            "nearest_selection": NEAREST_SELECTION,  # a run folder of another rule is another run
         }
 
     # ------------------------------------------------------------------ embeddings

@@ -190,7 +190,7 @@ def arrow_table(columns: dict[str, list[Any]]) -> Any:
 
     arrays = []
     for name, values in columns.items():
-        if all(isinstance(v, str) for v in values):
+        if values and all(isinstance(v, str) for v in values):  # an empty column: int64
             data = [v.encode("utf-8") for v in values]
             offsets = np.cumsum([0, *map(len, data)], dtype=np.int64)
             buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]

@@ -818,19 +818,22 @@ def _decoded(value: Any, max_chars: int) -> tuple[str | None, str | None]:
 def _string_captions(
     array: pa.Array, ids: Sequence[Any], rows: Sequence[int], max_chars: int, skipped: Counter[str]
 ) -> tuple[list[str], Sequence[Any], Sequence[int]] | None:
-    """The valid captions of a string column, their ids and row numbers, with nulls counted and dropped in
-    Arrow, without a Python loop; None for another type of column, or a string column holding
-    over-long values or invalid UTF-8, which are checked value by value instead.
+    """The valid captions of a string column, their ids and row numbers, with nulls counted and
+    dropped by the column's validity bitmap, without a Python loop per caption; None for another
+    type of column, or a string column holding over-long values or invalid UTF-8, which are
+    checked value by value instead.
 
-    Only kernels without Python scalar arguments are used: turning a Python value into an Arrow
-    scalar imports pandas, which costs a worker process about a second."""
+    Lengths and nulls are read off the array's buffers: Arrow's kernels (``pyarrow.compute``, 40
+    ms to import) run only when a value may be too long, and never with a Python scalar argument,
+    whose conversion imports pandas."""
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         return None
     n_null = array.null_count
+    valid = None
     if n_null:
-        valid = array.is_valid().to_pylist()
+        bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+        valid = bits[array.offset : array.offset + len(array)].astype(bool).tolist()
         ids, rows = list(compress(ids, valid)), list(compress(rows, valid))
-        array = array.drop_null()
     if len(array) and _longest_bytes(array) > max_chars:
         import pyarrow.compute as pc  # rarely needed: importing it costs 40 ms
 
@@ -840,7 +843,8 @@ def _string_captions(
         texts = array.to_pylist()
     except UnicodeDecodeError:
         return None
-    if n_null:
+    if valid is not None:
+        texts = list(compress(texts, valid))
         skipped["null"] += n_null
     return texts, ids, rows
 

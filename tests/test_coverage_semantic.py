@@ -532,7 +532,8 @@ def test_a_semantic_run_killed_with_sigkill_resumes_to_identical_outputs(
     import signal
     import time
 
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     registry = tmp_path / "tiny.yaml"
     registry.write_text(TINY_REGISTRY)
     n = 6000

@@ -870,6 +870,7 @@ def test_builtin_registry_round_two(builtin, caption, expected):
         # a listing's room count is no bedroom shown; bedroom before a dwelling noun modifies it
         ("2 bedroom apartment for rent", []),
         ("House with 4 bedrooms in Tay Ho for rent", []),
+        ("Villa with 10 bedrooms and a pool", []),
         ("Two bedroom Treehouse in the Rainforest", ["forest"]),
         ("Bedroom Cottage for sale", []),
         ("a cozy bedroom with two beds", ["bedroom"]),
@@ -933,7 +934,9 @@ def test_a_sweatshirt_written_apart_is_no_shirt(builtin, caption, expected):
         # French product titles name a case for a phone (rules 2 and 4)
         ("coque iphone 8 papillon", []),
         ("Coque Master of the Universe pour iPhone 5", []),
+        ("Housse pour smartphone", []),
         ("a woman talking on her iPhone", ["phone"]),
+        ("Pour the milk, phone in hand", ["phone"]),  # the English verb is no cue
         ("Apple iPhone 6 Plus 64GB", ["phone"]),
     ],
 )

@@ -419,8 +419,8 @@ def test_every_coverage_method_present_is_reported(audit_runs, tmp_path):
     concepts["union_count"] = concepts[["count", "semantic_count"]].max(axis=1) + 1
     concepts["union_rate"] = concepts["union_count"] / n
     manifest = {**coverage.manifest, "method": "semantic"}
-    tables = {**coverage.tables, "concepts": pa.Table.from_pandas(concepts, preserve_index=False)}
-    changed = dataclasses.replace(coverage, tables=tables, manifest=manifest)
+    tables = {**coverage.arrow_tables, "concepts": pa.Table.from_pandas(concepts)}
+    changed = dataclasses.replace(coverage, arrow_tables=tables, manifest=manifest)
     result = build_report([changed, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
     correlations = result.tables["correlations"]
     assert set(correlations["method"]) == {"lexical", "semantic", "union"}
@@ -447,9 +447,9 @@ def test_every_coverage_method_present_is_reported(audit_runs, tmp_path):
 def test_when_nothing_joins_the_report_says_so(audit_runs, tmp_path):
     coverage = load_run(audit_runs["coverage"])
     renamed = coverage.concepts.assign(concept="other " + coverage.concepts["concept"])
-    tables = {**coverage.tables, "concepts": pa.Table.from_pandas(renamed, preserve_index=False)}
+    tables = {**coverage.arrow_tables, "concepts": pa.Table.from_pandas(renamed)}
     result = build_report(
-        [dataclasses.replace(coverage, tables=tables), audit_runs["zeroshot_trained"]],
+        [dataclasses.replace(coverage, arrow_tables=tables), audit_runs["zeroshot_trained"]],
         tmp_path / "r",
         n_bootstrap=50,
     )

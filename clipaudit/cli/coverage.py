@@ -180,7 +180,7 @@ def _print_summary(result: object) -> None:
         columns += [("captions", "right"), ("rate", "right"), ("mean concept rate", "right")]
     for name, justify in columns:
         table.add_column(name, justify=justify)
-    for row in result.tables["groups"].to_pylist():
+    for row in result.arrow_tables["groups"].to_pylist():
         if views:
             cells = [
                 f"{row[f'{prefix}count']:,} ({row[f'{prefix}rate']:.2%})"

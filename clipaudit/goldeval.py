@@ -6,8 +6,13 @@ A gold file is JSON lines, one caption per line::
 
 ``concepts`` lists the registry concepts the caption mentions under their glosses (empty when none).
 :func:`evaluate_gold` runs each matching profile over the captions and returns plain data
-(JSON-serialisable): micro scores, per-group scores, per-concept error counts, and every caption
-where a profile and the gold labels disagree, so an auditor can read the errors themselves.
+(JSON-serialisable): micro scores with bootstrap intervals, per-group scores, per-concept error
+counts, and every caption where a profile and the gold labels disagree, so an auditor can read the
+errors themselves.
+
+Gold sets are small (hundreds of captions), so a micro precision or recall comes with a 95%
+interval from resampling captions (a caption's labels are not independent of each other):
+:data:`RESAMPLES` resamples, seeded, percentile bounds.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipaudit.errors import InputError, did_you_mean
 from clipaudit.lexical import PROFILES, build_matcher
 from clipaudit.metrics import multilabel_scores
 from clipaudit.provenance import sha256_file
 from clipaudit.registry import Registry, load_registry
+
+RESAMPLES = 2000
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ def evaluate_gold(
         result["profiles"][profile] = {
             "spacy_model": spacy_model if profile == "curated" else None,
             "micro": multilabel_scores(truth, predicted, [c.name for c in registry.concepts]),
+            "micro_interval": micro_interval(truth, predicted),
             "groups": _group_scores(registry, truth, predicted),
             "concepts": _concept_scores(registry, truth, predicted),
             "disagreements": [
@@ -149,6 +160,30 @@ def evaluate_gold(
             ],
         }
     return result
+
+
+def micro_interval(
+    truth: Sequence[set[str]], predicted: Sequence[set[str]], *, seed: int = 0
+) -> dict[str, Any]:
+    """:data:`CONFIDENCE` percentile intervals of micro precision and recall over
+    :data:`RESAMPLES` resamples of the captions (with replacement); a bound is None where no
+    resample defines the score (no prediction, or no label, at all)."""
+    counts = np.array(
+        [(len(t & p), len(p - t), len(t - p)) for t, p in zip(truth, predicted, strict=True)],
+        dtype=np.int64,
+    ).reshape(-1, 3)
+    interval: dict[str, Any] = {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": seed}
+    if not len(counts):
+        return {**interval, "precision": [None, None], "recall": [None, None]}
+    picks = np.random.default_rng(seed).integers(0, len(counts), (RESAMPLES, len(counts)))
+    tp, fp, fn = (counts[:, column][picks].sum(axis=1) for column in range(3))
+    tail = (1 - CONFIDENCE) / 2 * 100
+    for name, denominator in (("precision", tp + fp), ("recall", tp + fn)):
+        defined = denominator > 0
+        ratios = tp[defined] / denominator[defined]
+        bounds = np.percentile(ratios, [tail, 100 - tail]).tolist() if len(ratios) else None
+        interval[name] = bounds or [None, None]
+    return interval
 
 
 def _group_scores(

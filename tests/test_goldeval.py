@@ -194,3 +194,52 @@ def test_web_dev_figures(registry, name, counts):
     result = evaluate_gold(WEB_DEV / name, registry, profiles=("curated",))
     micro = result["profiles"]["curated"]["micro"]
     assert (micro["tp"], micro["fp"], micro["fn"]) == counts
+
+
+def test_micro_intervals_resample_captions():
+    """Bounds hold the point estimate, are exact where every resample agrees, narrow about
+    twofold when the same captions count four times over, and are None where undefined."""
+    from clipaudit.goldeval import micro_interval
+
+    truth = [{"dog"}, {"cat"}, {"dog", "red"}, set(), {"cat"}, {"red"}, {"dog"}, set()] * 5
+    predicted = [{"dog"}, set(), {"dog"}, {"red"}, {"cat"}, {"red", "cat"}, {"dog"}, set()] * 5
+    tp, fp, fn = 5 * 5, 5 * 2, 5 * 2
+    interval = micro_interval(truth, predicted)
+    assert interval["confidence"] == 0.95 and interval["resamples"] == 2000
+    for name, point in (("precision", tp / (tp + fp)), ("recall", tp / (tp + fn))):
+        low, high = interval[name]
+        assert 0 < low < point < high < 1
+        wide = high - low
+        low4, high4 = micro_interval(truth * 4, predicted * 4)[name]
+        assert 0.4 < (high4 - low4) / wide < 0.6  # sqrt(1/4), up to resampling noise
+    assert micro_interval([{"dog"}] * 9, [{"dog"}] * 9)["precision"] == [1.0, 1.0]
+    nothing = micro_interval([{"dog"}, {"cat"}], [set(), set()])
+    assert nothing["precision"] == [None, None] and nothing["recall"] == [0.0, 0.0]
+    assert micro_interval([], [])["recall"] == [None, None]
+
+
+def test_eval_from_the_command_line_prints_scores_and_intervals(gold_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(REGISTRY)
+    out = tmp_path / "scores.json"
+    args = ["coverage", "eval", str(gold_file), "-r", str(registry), "-p", "curated"]
+    result = subprocess.run(
+        [sys.executable, "-m", "clipaudit", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},  # one line per sentence
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())["profiles"]["curated"]
+    low, high = scores["micro_interval"]["precision"]
+    micro = scores["micro"]
+    assert f"precision {micro['precision']:.3f} ({low:.3f}-{high:.3f})" in result.stdout
+    assert "95% intervals over 2,000 resamples of the captions" in result.stdout
+    assert f"{len(scores['disagreements'])} captions where curated and the gold disagree" in (
+        result.stdout
+    )

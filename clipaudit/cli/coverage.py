@@ -237,6 +237,19 @@ def _print_semantic(semantic: dict, run: Path) -> None:
         )
 
 
+def _interval_line(micro: dict, interval: dict) -> str:
+    """Micro precision and recall with their bootstrap intervals, on one line."""
+    parts = []
+    for name in ("precision", "recall"):
+        low, high = interval[name]
+        bounds = f"{low:.3f}-{high:.3f}" if low is not None else "undefined"
+        parts.append(f"{name} {micro[name]:.3f} ({bounds})")
+    return (
+        f"micro {', '.join(parts)}: {interval['confidence']:.0%} intervals over "
+        f"{interval['resamples']:,} resamples of the captions"
+    )
+
+
 def session_line(timings: dict, reused: bool) -> str:
     """What this session did, with rates over its wall time (start-up and merge included)."""
     if reused:
@@ -299,6 +312,7 @@ def eval_(
                 end_section=scope == "micro (all)",
             )
         console.print(table)
+        console.print(_interval_line(found["micro"], found["micro_interval"]))
         console.print(f"{len(found['disagreements'])} captions where {name} and the gold disagree")
     if json_out is not None:
         write_json(json_out, scores)

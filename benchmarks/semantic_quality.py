@@ -63,7 +63,12 @@ TRIAL = ("sense_lr", "checked_lr")
 
 
 def short(scores: dict) -> str:
-    return f"{scores['precision']:.3f} / {scores['recall']:.3f} (F1 {scores['f1']:.3f})"
+    text = f"{scores['precision']:.3f} / {scores['recall']:.3f} (F1 {scores['f1']:.3f})"
+    interval = scores.get("interval")
+    if interval and None not in (*interval["precision"], *interval["recall"]):
+        (p_low, p_high), (r_low, r_high) = interval["precision"], interval["recall"]
+        text += f" [{p_low:.2f}-{p_high:.2f} / {r_low:.2f}-{r_high:.2f}]"
+    return text
 
 
 def lr_features(evidence: Evidence, rows: np.ndarray, cols: np.ndarray, prior: np.ndarray):

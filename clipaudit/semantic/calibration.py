@@ -413,13 +413,22 @@ def predict(evidence: Evidence, calibration: Calibration, method: str) -> np.nda
     raise SettingsError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def micro_scores(labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+def micro_scores(
+    labels: np.ndarray, predicted: np.ndarray, names: Sequence[str], *, interval: bool = False
+) -> dict[str, Any]:
+    """Micro scores of a caption x concept prediction matrix; with ``interval``, also their
+    bootstrap intervals over captions (:func:`clipaudit.goldeval.micro_interval`)."""
+    from clipaudit.goldeval import micro_interval
     from clipaudit.metrics import multilabel_scores
 
     def sets(matrix: np.ndarray) -> list[set[str]]:
         return [{names[j] for j in np.flatnonzero(row)} for row in matrix]
 
-    return multilabel_scores(sets(labels), sets(predicted), list(names))
+    truth, found = sets(labels), sets(predicted)
+    scores = multilabel_scores(truth, found, list(names))
+    if interval:
+        scores["interval"] = micro_interval(truth, found)
+    return scores
 
 
 def _fit_for_method(
@@ -495,11 +504,11 @@ def transfer(
     min_positives: int = 5,
     methods: Sequence[str] = METHODS,
 ) -> dict[str, Any]:
-    """Scores on ``score_on`` with thresholds fitted on ``fit_on`` only (disjoint sets)."""
+    """Scores on ``score_on``, with their bootstrap intervals, with thresholds fitted on
+    ``fit_on`` only (disjoint sets)."""
     out = {}
     for method in methods:
         calibration = _fit_for_method(fit_on, {}, method, min_positives)
-        out[method] = micro_scores(
-            score_on.labels, predict(score_on, calibration, method), score_on.names
-        )
+        predicted = predict(score_on, calibration, method)
+        out[method] = micro_scores(score_on.labels, predicted, score_on.names, interval=True)
     return out

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipaudit.errors import InputError
@@ -216,6 +217,13 @@ def test_micro_intervals_resample_captions():
     nothing = micro_interval([{"dog"}, {"cat"}], [set(), set()])
     assert nothing["precision"] == [None, None] and nothing["recall"] == [0.0, 0.0]
     assert micro_interval([], [])["recall"] == [None, None]
+    # the calibration's matrices get the same intervals as the sets they stand for
+    from clipaudit.semantic.calibration import micro_scores
+
+    names = ["dog", "cat", "red"]
+    matrix = np.array([[n in row for n in names] for row in truth + predicted])
+    scores = micro_scores(matrix[: len(truth)], matrix[len(truth) :], names, interval=True)
+    assert scores["interval"] == interval and scores["tp"] == tp
 
 
 def test_eval_from_the_command_line_prints_scores_and_intervals(gold_file, tmp_path):

@@ -1014,3 +1014,23 @@ def test_the_cache_can_be_turned_off_and_only_keeps_the_newest_files(tmp_path, m
     for number in range(lexical._CACHE_FILES + 3):
         build_matcher(parse_registry(WEB.replace("a dog", f"a dog ({number})")))
     assert len(list(tmp_path.glob("*.json"))) == lexical._CACHE_FILES
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # college teams are names, as the major-league ones are (LABELLING.md rule 5)
+        ("Temple Owls forward during the AAC conference game", []),
+        ("Georgia Tech Yellow Jackets Logo Sticker", []),
+        ("North Carolina Tar Heels fans", []),
+        ("UConn Huskies vs Gonzaga Bulldogs", []),
+        ("Wake Forest Demon Deacons", []),
+        # the animals, colours and garments themselves still count
+        ("an owl on a branch at night", ["bird"]),
+        ("a golden eagle in flight", ["bird"]),
+        ("a yellow jacket and red shoes", ["yellow", "jacket", "red", "shoes"]),
+        ("two huskies pulling a sled in the snow", ["dog", "snow"]),
+    ],
+)
+def test_college_team_names_are_no_mention(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)

@@ -1034,3 +1034,23 @@ def test_the_cache_can_be_turned_off_and_only_keeps_the_newest_files(tmp_path, m
 )
 def test_college_team_names_are_no_mention(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a cab configuration names a truck, not a taxi or a car
+        ("a little dog sitting on the roof of a club cab truck", ["dog", "truck"]),
+        ("Toyota Hilux dual cab for sale", ["truck"]),
+        # a make with a model names the kind of vehicle the caption gives when there is one
+        ("1992 Ford F150 Pickup Image", []),
+        ("1994 chevrolet silverado 1500 pickup truck", ["truck"]),
+        ("2007 Ford E450 shuttle bus", ["bus"]),
+        # the car itself still counts, with the make or with its own word
+        ("2014 Ford Fusion SE", ["car"]),
+        ("a taxi cab waiting at the airport", ["car", "taxi"]),
+        ("a car next to a truck", ["car", "truck"]),
+    ],
+)
+def test_vehicle_kinds_and_truck_cabs(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)

@@ -66,6 +66,7 @@ NEAREST_SELECTION = (
     "near_margin of the concept's semantic threshold, ties to the earlier caption; 'counted': whether "
     "the run's method counted the caption for that concept"
 )
+BLANK_CAPTIONS = "a caption of no word (empty, white space) counts for no concept"
 INDEX_FOLDER = "index"
 
 
@@ -168,6 +169,7 @@ class SemanticRun:
             "nearest": self.settings.nearest,
             "near_margin": self.settings.near_margin,
             "nearest_selection": NEAREST_SELECTION,  # a run folder of another rule is another run
+            "blank_captions": BLANK_CAPTIONS,
         }
 
     # ------------------------------------------------------------------ embeddings
@@ -503,13 +505,18 @@ class SemanticShard:
         """Count one batch; returns the method's own pairs (caption position, concept index)."""
         if not batch.captions:  # every row of the batch skipped: nothing to count
             return lexical_rows, lexical_concepts
+        from clipaudit.semantic.store import blank_captions
+
         vectors = self.vectors(batch, part)
+        blank = blank_captions(batch.captions)  # they count for nothing, whatever their vectors
         n, k = len(batch.captions), self.k
         lexical = lexical_rows * k + lexical_concepts
         first_row = batch.rows[0] if len(batch.rows) else 0
         found: dict[str, np.ndarray] = {}
         if self.checker is not None:
-            out = self.checker.check(lexical_rows, lexical_concepts, n_captions=n, vectors=vectors)
+            out = self.checker.check(
+                lexical_rows, lexical_concepts, n_captions=n, vectors=vectors, blank=blank
+            )
             found["checked"] = out.rows * k + out.concepts
             self.checked["added"] += int(out.added.sum())
             self.checked["kept"] += int((~out.added).sum())
@@ -524,7 +531,9 @@ class SemanticShard:
                 found["union"] = np.union1d(found["semantic"], lexical)
                 return found[OWN_VIEW[self.options.method]]
 
-        self.counter.add(vectors, batch.ids, batch.captions, first_row=first_row, counted=counted)
+        self.counter.add(
+            vectors, batch.ids, batch.captions, first_row=first_row, counted=counted, blank=blank
+        )
         for view, counter in self.views.items():
             counter.add(found[view] // k, found[view] % k, n)
         own = found[OWN_VIEW[self.options.method]]

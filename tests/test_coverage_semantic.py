@@ -394,6 +394,49 @@ def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_p
         count_coverage(files, tiny, tmp_path / "again", settings)
 
 
+def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
+    """An empty or white-space caption says nothing: whatever vector LAION or an encoder gave it
+    (MiniLM puts "" at cosine 0.53 of "excited"), it counts for no concept."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+    from clipaudit.semantic.concepts import concept_embeddings
+    from clipaudit.semantic.store import encode_captions
+
+    rng = np.random.default_rng(8)
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    captions = ["a cat", "", "a dog", "   ", "\n", "a horse", "a fox", "", "a wolf", "a pup"]
+    blank = np.array([not c.strip() for c in captions])
+    x = rng.standard_normal((len(captions), 32)) + concepts.vectors[rng.integers(0, 4, 10)]
+    x[blank] = concepts.vectors[0]  # each blank caption's given vector is the first concept's
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    write_laion(tmp_path / "laion", 0, x, captions, list(range(len(captions))))
+    unit_x = x.astype(np.float32) / np.linalg.norm(x.astype(np.float32), axis=1, keepdims=True)
+    scores = unit_x @ concepts.vectors.T
+    thresholds = np.array([away_from_scores(scores[~blank, c], 0.5) for c in range(4)])
+    assert (scores[blank, 0] >= thresholds[0]).all()  # what counting the given vectors counts
+    calibration = Calibration(
+        tiny_encoder.identity, concepts.names,
+        {"semantic": thresholds, "sense": np.full(4, -2.0), "additions": np.full(4, 2.0)},
+        {kind: ("fitted",) * 4 for kind in KINDS}, {kind: 0.5 for kind in KINDS},
+    ).save(tmp_path / "cal.json")  # fmt: skip
+    config, checkpoint = tiny_encoder.spec.model, tiny_encoder.spec.pretrained
+    settings = CoverageSettings(
+        method="semantic", encoder=f"open_clip:{config}@{checkpoint}", calibration=str(calibration),
+        embeddings=str(tmp_path / "laion"), progress=False,
+    )  # fmt: skip
+    result = count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
+                            settings)  # fmt: skip
+    expected = ((scores >= thresholds) & ~blank[:, None]).sum(axis=0)
+    assert expected.sum() > 0 and (expected < 6).all()
+    assert result.concepts["semantic_count"].tolist() == expected.tolist()
+    assert result.manifest["n_empty"] == 4
+
+    # encoded: a blank caption's vector is zero, the others are the encoder's own
+    vectors = encode_captions(tiny_encoder, captions)
+    assert not vectors[blank].any()
+    words = [c for c in captions if c.strip()]
+    np.testing.assert_allclose(vectors[~blank], tiny_encoder.encode(words), atol=1e-6)
+
+
 def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     tiny, corpus, encoder_spec, tmp_path
 ):

@@ -623,6 +623,10 @@ def test_checked_pairs_on_planted_vectors(minilm):
     ]
     assert (out.dropped_rows.tolist(), out.dropped_concepts.tolist()) == ([1], [0])
     np.testing.assert_allclose(out.dropped_scores, [vectors[1] @ glosses[0]], atol=1e-6)
+    # a blank caption is added to nothing, whatever its vector
+    blank = np.array([False, False, False, True, False])
+    out = checker.check(rows, hits, n_captions=5, vectors=vectors, blank=blank)
+    assert not out.added.any() and out.rows.tolist() == [0, 2]
 
     counting = CountingEncoder(minilm)
     lazy = SenseChecker(
@@ -640,22 +644,29 @@ def test_checked_pairs_on_planted_vectors(minilm):
 # --------------------------------------------------------------------------- index
 
 
-def clustered_store(tmp_path, n=60_000, d=64, clusters=60, seed=0):
-    """A float16 store of clustered unit vectors (cosine to the own centre ~0.45-0.9)."""
+def clustered_store(tmp_path, n=60_000, d=64, clusters=60, seed=0, keys=("000-00000-0000",)):
+    """A float16 store of clustered unit vectors (cosine to the own centre ~0.45-0.9), in parts
+    of 10,000 dealt to ``keys`` in turn (ids: the row numbers, in that dealing order)."""
     from clipaudit.semantic.store import EmbeddingStore
 
     rng = np.random.default_rng(seed)
     centres = unit(rng, clusters, d)
     identity = {"kind": "synthetic", "model": "clusters", "weights": str(seed), "dim": d}
     store = EmbeddingStore.open(tmp_path / "store", identity, d)
-    for part, start in enumerate(range(0, n, 10_000)):
+    parts: dict[str, int] = dict.fromkeys(keys, 0)
+    rows: dict[str, int] = dict.fromkeys(keys, 0)
+    for number, start in enumerate(range(0, n, 10_000)):
         m = min(10_000, n - start)
         label = rng.integers(0, clusters, m)
         spread = rng.uniform(0.5, 2.0, (m, 1))
         x = centres[label] + spread * rng.standard_normal((m, d)) / np.sqrt(d)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        store.write_part("000-00000-0000", part, x, list(range(start, start + m)))
-    store.finish("000-00000-0000", (n + 9_999) // 10_000, n)
+        key = keys[number % len(keys)]
+        store.write_part(key, parts[key], x, list(range(start, start + m)))
+        parts[key] += 1
+        rows[key] += m
+    for key in keys:
+        store.finish(key, parts[key], rows[key])
     return store, centres
 
 
@@ -687,6 +698,29 @@ def test_ivfpq_counts_within_two_percent_of_exact_range_search(tmp_path):
     query = centres[0]
     truth = int((all_vectors @ query >= 0.7).sum())
     assert abs(approximate.query(query, 0.7, k=0).count - truth) > 0.02 * truth
+
+
+def test_ivfpq_rescores_the_captions_of_its_own_keys_in_their_order(tmp_path):
+    """A run's keys in corpus order, not by name, in a store shared with another run: the exact
+    re-scoring reads the vectors of the captions the index holds."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+
+    keys = ("001-00000-0000", "000-00000-0000", "002-00000-0000")
+    store, centres = clustered_store(tmp_path, n=60_000, keys=keys)
+    run_keys = list(keys[:2])  # the third is another run's
+    vectors = np.concatenate([b.vectors for b in store.iter_batches(run_keys)])
+    ids = np.concatenate([b.ids for b in store.iter_batches(run_keys)])
+    settings = IndexSettings(kind="ivfpq", nlist=32, m=8, nprobe=32, train_rows=20_000)
+    index = CaptionIndex.build(store, settings, keys=run_keys)
+    assert index.n == len(vectors) == 40_000
+    query = centres[3]
+    exact = vectors @ query
+    got = index.query(query, 0.6, k=5)
+    truth = int((exact >= 0.6).sum())
+    assert truth > 100 and abs(got.count - truth) <= 0.02 * truth, (got.count, truth)
+    best = np.argsort(-exact, kind="stable")[:5]
+    assert [g["id"] for g in got.nearest] == ids[best].tolist()
+    np.testing.assert_allclose([g["score"] for g in got.nearest], exact[best], atol=1e-4)
 
 
 def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):

@@ -96,9 +96,11 @@ class SenseChecker:
         n_captions: int,
         vectors: np.ndarray | None = None,
         captions: Sequence[str] | None = None,
+        blank: np.ndarray | None = None,
     ) -> CheckedPairs:
         """Check one batch's lexical pairs; ``vectors`` (n_captions x dim, unit) or ``captions``
-        (encoded as needed with the encoder) give the captions' embeddings."""
+        (encoded as needed with the encoder) give the captions' embeddings. ``blank``: captions
+        that hold no word, which no addition counts (see :meth:`SemanticCounter.add`)."""
         rows = np.asarray(lexical_rows, dtype=np.int64)
         concepts = np.asarray(lexical_concepts, dtype=np.int64)
         n_encoded = 0
@@ -131,7 +133,7 @@ class SenseChecker:
         out_rows, out_concepts, out_scores = rows[keep], concepts[keep], sense[keep]
         added = np.zeros(len(out_rows), dtype=bool)
         if self.counter is not None:
-            hits = self.counter.add(vectors)
+            hits = self.counter.add(vectors, blank=blank)
             k = len(self.concepts.names)
             new = ~np.isin(hits.rows * k + hits.concepts, rows * k + concepts)
             out_rows = np.concatenate([out_rows, hits.rows[new]])

@@ -163,22 +163,28 @@ class SemanticCounter:
         *,
         first_row: int | None = None,
         counted: Callable[[Hits], np.ndarray] | None = None,
+        blank: np.ndarray | None = None,
     ) -> Hits:
         """Count one batch of caption vectors; returns its hits. ``first_row``: the corpus row of
         the batch's first caption (default: the captions counted so far), which orders ties.
         ``counted``: given the batch's hits, the sorted pair keys (``row * k + concept``, rows in
         the batch) that the caller's method counts, which the nearest captions are flagged with
-        (default: the hits themselves, i.e. ``score >= threshold``)."""
+        (default: the hits themselves, i.e. ``score >= threshold``). ``blank``: a boolean per
+        caption, true for one that holds no word, which counts for no concept and is nobody's
+        nearest whatever its vector (an encoder embeds "" like any text)."""
         x = _check_vectors(vectors, self.dim, "caption vectors")
         n = len(x)
         start = self.n_captions if first_row is None else int(first_row)
-        for what, values in (("ids", ids), ("captions", captions)):
+        for what, values in (("ids", ids), ("captions", captions), ("blank flags", blank)):
             if values is not None and len(values) != n:
                 raise InputError(f"{n} caption vectors but {len(values)} {what}")
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return Hits(empty, empty, np.zeros(0, dtype=np.float32))
         rows, concepts, scores = self._search(x)
+        if blank is not None and blank.any():
+            said = ~blank[rows]
+            rows, concepts, scores = rows[said], concepts[said], scores[said]
         hit = scores >= self.thresholds[concepts]
         self.counts += np.bincount(concepts[hit], minlength=self.k)
         self.n_captions += n

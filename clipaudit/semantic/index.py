@@ -186,7 +186,7 @@ class CaptionIndex:
             rng = np.random.default_rng(settings.seed)
             train_rows = min(settings.train_rows, n)
             sample = np.sort(rng.choice(n, size=train_rows, replace=False))
-            sample_vectors = store.row_vectors(_locations(table, sample))
+            sample_vectors = store.row_vectors(_locations(table, sample), keys)
             nlist = settings.nlist or _default_nlist(n, train_rows)
             m = settings.m or _default_m(dim)
             if dim % m:
@@ -342,7 +342,8 @@ class CaptionIndex:
         scores = np.fromiter(candidates.values(), dtype=np.float32, count=len(candidates))
         n_candidates = len(positions)
         if self.kind == "ivfpq" and exact and n_candidates:
-            scores = self.store.row_vectors(_locations(self.parts, positions)) @ vector[0]
+            vectors = self.store.row_vectors(_locations(self.parts, positions), self.keys)
+            scores = vectors @ vector[0]
         count = int(np.count_nonzero(scores >= np.float32(threshold)))
         order = np.lexsort((positions, -scores))[:k]
         nearest = self._describe(positions[order], scores[order])

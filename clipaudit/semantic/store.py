@@ -189,7 +189,8 @@ class EmbeddingStore:
     # ----------------------------------------------------------------------- reading
 
     def keys(self) -> list[str]:
-        """Completed units of work, sorted (the order of the caller's keys: corpus order)."""
+        """Completed units of work, sorted by name (not the corpus order of any one run: a store
+        may be shared by runs, and a run's inputs come in the order they were given)."""
         return sorted(p.name[: -len(".done.json")] for p in self.folder.glob("*.done.json"))
 
     def n_parts(self, key: str) -> int:
@@ -227,9 +228,9 @@ class EmbeddingStore:
             total += int(done["rows"])
         return total
 
-    def row_vectors(self, locations: np.ndarray) -> np.ndarray:
-        """Vectors (float32) at ``(key position, part, row)`` locations, for re-scoring."""
-        keys = self.keys()
+    def row_vectors(self, locations: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+        """Vectors (float32) at ``(key position, part, row)`` locations, for re-scoring; a key
+        position indexes ``keys``."""
         out = np.empty((len(locations), self.dim), dtype=np.float32)
         if not len(locations):
             return out
@@ -290,11 +291,28 @@ def embed_parts(
         if store.has_part(key, part):
             resumed += 1
             continue
-        store.write_part(key, part, encoder.encode(captions), ids)
+        store.write_part(key, part, encode_captions(encoder, captions), ids)
         encoded += 1
         rows_encoded += len(captions)
     store.finish(key, part + 1, rows)
     return EmbedStats(encoded, resumed, rows_encoded, rows)
+
+
+def blank_captions(captions: Sequence[str | None]) -> np.ndarray:
+    """Which captions hold no word (empty, white space or None), as a boolean array."""
+    return np.fromiter((not (c and c.strip()) for c in captions), bool, len(captions))
+
+
+def encode_captions(encoder: TextEncoder, captions: Sequence[str]) -> np.ndarray:
+    """The captions' unit vectors, a blank caption's zero: it says nothing, so it is near no
+    concept (an encoder embeds "" like any text: MiniLM puts it at cosine 0.53 of "excited")."""
+    blank = blank_captions(captions)
+    if not blank.any():
+        return encoder.encode(captions)
+    vectors = np.zeros((len(captions), encoder.dim), dtype=np.float32)
+    if not blank.all():
+        vectors[~blank] = encoder.encode([c for c, b in zip(captions, blank, strict=True) if not b])
+    return vectors
 
 
 def embed_texts(

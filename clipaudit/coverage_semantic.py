@@ -641,12 +641,17 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
 
     run = Path(run)
     folder = run / INDEX_FOLDER
-    manifest, store, _ = _run_store(run)
+    manifest, store, keys = _run_store(run)
     if not (folder / "index.json").is_file():
         raise InputError(
             f"{run} has no caption index yet; build it with clipaudit coverage index {run}"
         )
     index = CaptionIndex.load(folder, store)
+    if list(index.keys) != keys:  # the run was counted again over other inputs since
+        raise InputError(
+            f"{folder} indexes {index.n:,} captions of an earlier state of the run (its inputs "
+            f"changed since); rebuild it with clipaudit coverage index {run}"
+        )
     semantic = manifest["semantic"]
     if threshold is None:
         calibration = semantic["calibration"]

@@ -528,6 +528,16 @@ def test_index_and_query_count_what_numpy_counts(
     run.rename(moved)
     assert query_run(moved, "a fox at night", threshold=threshold).count == found.count
     assert index_run(moved).n == index.n
+    # counted again with one more input: the old index answers no more, a rebuilt one does
+    more = tmp_path / "more.parquet"
+    pq.write_table(pq.read_table(corpus).slice(0, 20), more)
+    options = {"progress": False, "encoder": encoder_spec, "calibration": str(planted["path"])}
+    count_coverage([corpus, more], tiny, moved, CoverageSettings(method="semantic", shard_rows=20,
+                                                                  **options))  # fmt: skip
+    with pytest.raises(InputError, match="earlier state of the run.*coverage index"):
+        query_run(moved, "a fox at night", threshold=threshold)
+    assert index_run(moved).n > index.n
+    assert query_run(moved, "a fox at night", threshold=threshold).count >= found.count
 
     lexical = tmp_path / "lexical"
     count_coverage([corpus], tiny, lexical, progress=False)
@@ -535,7 +545,7 @@ def test_index_and_query_count_what_numpy_counts(
         index_run(lexical)
     from clipaudit.semantic.index import IndexSettings
 
-    with pytest.raises(SettingsError, match="trains on at least 256 captions; got 56"):
+    with pytest.raises(SettingsError, match="trains on at least 256 captions; got 75"):
         index_run(moved, IndexSettings(kind="ivfpq"))
 
 

@@ -394,6 +394,30 @@ def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_p
         count_coverage(files, tiny, tmp_path / "again", settings)
 
 
+def test_laion_embeddings_pair_text_files_and_count_a_subset_of_shards(tmp_path):
+    from clipaudit.semantic.store import LaionEmbeddings
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "laion"
+    for number, n in ((0, 5), (1, 7)):
+        write_laion(folder, number, rng.standard_normal((n, 8)).astype(np.float16),
+                    [f"a cat {i}" for i in range(n)], list(range(n)))  # fmt: skip
+        np.save(folder / f"img_emb_{number}.npy", np.zeros((n, 8), np.float16))
+    # a folder: its text_emb files, not the image embeddings beside them
+    laion = LaionEmbeddings(folder)
+    assert [p.embeddings.name for p in laion.pairs] == ["text_emb_0.npy", "text_emb_1.npy"]
+    # two embedding files of one number: refused, not one read and the other recorded
+    with pytest.raises(InputError, match="both pair with metadata number '0'"):
+        LaionEmbeddings([folder / "text_emb_0.npy", folder / "img_emb_0.npy"])
+    # a run over one of the shards: the other's embeddings are left out
+    subset = LaionEmbeddings(folder, [folder / "metadata_1.parquet"])
+    assert [(p.embeddings.name, p.n_rows) for p in subset.pairs] == [("text_emb_1.npy", 7)]
+    elsewhere = tmp_path / "metadata_9.parquet"
+    elsewhere.touch()
+    with pytest.raises(InputError, match="none of the 2 embedding files pairs"):
+        LaionEmbeddings(folder, [elsewhere])
+
+
 def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     """An empty or white-space caption says nothing: whatever vector LAION or an encoder gave it
     (MiniLM puts "" at cosine 0.53 of "excited"), it counts for no concept."""
@@ -534,7 +558,7 @@ def test_index_and_query_count_what_numpy_counts(
     options = {"progress": False, "encoder": encoder_spec, "calibration": str(planted["path"])}
     count_coverage([corpus, more], tiny, moved, CoverageSettings(method="semantic", shard_rows=20,
                                                                   **options))  # fmt: skip
-    with pytest.raises(InputError, match="earlier state of the run.*coverage index"):
+    with pytest.raises(InputError, match=r"earlier state of the run.*coverage index"):
         query_run(moved, "a fox at night", threshold=threshold)
     assert index_run(moved).n > index.n
     assert query_run(moved, "a fox at night", threshold=threshold).count >= found.count

@@ -360,9 +360,13 @@ def _suffix_number(path: Path) -> str | None:
 class LaionEmbeddings:
     """LAION's published text embeddings with their metadata, checked file by file.
 
-    ``embeddings``: ``text_emb_*.npy`` files or a folder of them; ``metadata``: the matching
-    ``metadata_*.parquet`` files or folder (default: the embeddings' folder). Files pair by the last
-    number in their names. ``dim``: the dimension the concept encoder gives (checked when given).
+    ``embeddings``: ``text_emb_*.npy`` files or a folder of them (a folder's ``text_emb_*.npy``,
+    or every ``.npy`` when it holds none so named); ``metadata``: the matching
+    ``metadata_*.parquet`` files or folder. Files pair by the last number in their names. Given
+    metadata files, the embedding files of other numbers are left out (a run over some of
+    LAION's shards); without, every embedding file must pair with a metadata file of its folder.
+    Two embedding files of one number (``text_emb_0.npy`` and ``img_emb_0.npy``) are refused.
+    ``dim``: the dimension the concept encoder gives (checked when given).
     """
 
     def __init__(
@@ -374,25 +378,38 @@ class LaionEmbeddings:
         caption_column: str | None = None,
         id_column: str | None = None,
     ):
-        emb_files = _expand(embeddings, "*.npy", "text embeddings")
+        emb_files = _expand(embeddings, ("text_emb_*.npy", "*.npy"), "text embeddings")
         meta_files = _expand(
             metadata if metadata is not None else sorted({p.parent for p in emb_files}),
-            "*.parquet",
+            ("*.parquet",),
             "metadata",
         )
-        by_number = {}
+        by_number: dict[str | None, Path] = {}
         for path in meta_files:
             by_number.setdefault(_suffix_number(path), path)
-        pairs = []
+        paired: dict[str | None, Path] = {}
         for path in emb_files:
             number = _suffix_number(path)
-            meta = by_number.get(number)
-            if meta is None:
+            if number in paired:
+                raise InputError(
+                    f"{paired[number]} and {path} both pair with metadata number {number!r}; "
+                    "give the caption (text) embeddings only, e.g. the text_emb_N.npy files"
+                )
+            if number not in by_number:
+                if metadata is not None:
+                    continue  # a shard of LAION's that this run does not count
                 raise InputError(
                     f"{path}: no metadata parquet file with the number {number!r} among "
                     f"{len(meta_files)} metadata files; expected e.g. metadata_{number}.parquet"
                 )
-            pairs.append(_check_pair(path, meta, dim))
+            paired[number] = path
+        if not paired:
+            raise InputError(
+                f"none of the {len(emb_files)} embedding files pairs with the "
+                f"{len(meta_files)} metadata files by the number in its name "
+                "(text_emb_N.npy with metadata_N.parquet)"
+            )
+        pairs = [_check_pair(path, by_number[number], dim) for number, path in paired.items()]
         dims = {pair.dim for pair in pairs}
         if len(dims) > 1:
             first, odd = pairs[0], next(p for p in pairs if p.dim != pairs[0].dim)
@@ -469,19 +486,21 @@ class LaionEmbeddings:
             row += pair.n_rows
 
 
-def _expand(spec: Any, pattern: str, what: str) -> list[Path]:
+def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
+    """The files of ``spec`` (files or folders); a folder's files are those of the first of
+    ``patterns`` that any match."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(path.glob(pattern)))
+            files.extend(next(filter(None, (sorted(path.glob(p)) for p in patterns)), []))
         elif path.is_file():
             files.append(path)
         else:
             raise InputError(f"{what} {str(path)!r} does not exist")
     if not files:
-        raise InputError(f"no {what} files ({pattern}) in {', '.join(map(str, items))}")
+        raise InputError(f"no {what} files ({patterns[-1]}) in {', '.join(map(str, items))}")
     return files
 
 

@@ -101,7 +101,7 @@ class SemanticRun:
     vectors, the calibration, and the embeddings of each shard (see the module docstring)."""
 
     def __init__(self, settings: Any, registry: Any):
-        from clipaudit.semantic.calibration import calibration_for
+        from clipaudit.semantic.calibration import calibration_for, concept_fingerprints
         from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
         self.settings = settings
@@ -115,7 +115,10 @@ class SemanticRun:
         self.registry = registry
         self.concepts: Any = None  # embedded in open(), kept in the store when there is one
         self.calibration = calibration_for(
-            self.encoder.identity, [c.name for c in registry.concepts], settings.calibration
+            self.encoder.identity,
+            [c.name for c in registry.concepts],
+            settings.calibration,
+            concept_fingerprints(registry),
         )
         self.laion: Any = None
         self.store: Any = None
@@ -156,6 +159,8 @@ class SemanticRun:
             "fitted_on": list(calibration.fitted_on),
             "shared": calibration.shared,
             "concepts_fitted": {k: v.count("fitted") for k, v in calibration.origin.items()},
+            # absent from the calibration, or changed since: the shared thresholds
+            "concepts_not_calibrated": calibration.not_calibrated(),
         }
 
     def run_settings(self) -> dict[str, Any]:
@@ -703,6 +708,7 @@ def calibrate(
     from clipaudit.registry import load_registry
     from clipaudit.semantic.calibration import (
         concat_evidence,
+        concept_fingerprints,
         cross_validate,
         describe_labelled,
         fit_calibration,
@@ -736,7 +742,11 @@ def calibrate(
     evidence = parts[0] if len(parts) == 1 else concat_evidence(parts, names)
     scores = cross_validate(evidence, folds=folds, seed=seed, min_positives=min_positives)
     fitted = fit_calibration(
-        evidence, model.identity, min_positives=min_positives, fitted_on=fitted_on
+        evidence,
+        model.identity,
+        min_positives=min_positives,
+        fitted_on=fitted_on,
+        texts=concept_fingerprints(registry),
     )
     path = fitted.save(out)
     return CalibrationReport(path, fitted, scores)

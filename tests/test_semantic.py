@@ -299,7 +299,7 @@ def test_laion_mismatches_are_refused_with_files_expected_and_got(tmp_path):
         LaionEmbeddings(tmp_path / "enc", dim=384)
     (tmp_path / "lonely").mkdir()
     np.save(tmp_path / "lonely" / "text_emb_3.npy", unit(rng, 2, 8))
-    with pytest.raises(InputError, match="no metadata parquet"):
+    with pytest.raises(InputError, match="none of the 1 embedding files pairs"):
         LaionEmbeddings(tmp_path / "lonely", tmp_path / "enc")
     np.save(tmp_path / "lonely" / "text_emb_3.npy", np.array(["x", "y"]))
     (tmp_path / "lonely" / "metadata_3.parquet").write_bytes(b"")
@@ -446,7 +446,20 @@ def test_calibration_recovers_a_planted_separation(tmp_path, minilm, tiny_encode
     path = calibration.save(tmp_path / "cal.json")
     loaded = calibration_for(minilm.identity, ["c", "a", "new"], path)
     np.testing.assert_allclose(loaded.thresholds["semantic"][:2], [t[2], t[0]], atol=1e-6)
-    assert loaded.origin["semantic"] == ("shared", "fitted", "shared")
+    assert loaded.origin["semantic"] == ("shared", "fitted", "absent")
+    assert loaded.not_calibrated() == {"absent": ["new"], "changed": []}
+    # thresholds hold for the texts a concept was embedded from: another text, another concept
+    texts = {"a": "1111", "b": "2222", "c": "3333"}
+    marked = fit_calibration(evidence, minilm.identity, min_positives=5, texts=texts)
+    path = marked.save(tmp_path / "marked.json")
+    now = calibration_for(minilm.identity, ["a", "b", "c"], path, {**texts, "b": "2223"})
+    assert now.origin["semantic"] == ("fitted", "changed", "shared")
+    assert now.thresholds["semantic"][1] == calibration.shared["semantic"] != t[1]
+    assert now.not_calibrated() == {"absent": [], "changed": ["b"]}
+    with pytest.raises(
+        SettingsError, match=r"calibrates none of these 2 concepts.*1 absent.*1 with"
+    ):
+        calibration_for(minilm.identity, ["a", "x"], path, {"a": "9999"})  # another registry's
     with pytest.raises(SettingsError, match="fitted for another encoder"):
         calibration_for(tiny_encoder.identity, ["a"], path)
     default = calibration_for(tiny_encoder.identity, ["a", "b"])

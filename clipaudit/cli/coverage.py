@@ -214,6 +214,14 @@ def _print_semantic(semantic: dict, run: Path) -> None:
     )
     if calibration["calibrated"]:
         console.print(f"calibration {calibration['path']}")
+        missing = calibration.get("concepts_not_calibrated", {})
+        for why, said in (("absent", "absent from it"), ("changed", "changed since it was fitted")):
+            if missing.get(why):
+                names = ", ".join(missing[why][:5]) + (", ..." if len(missing[why]) > 5 else "")
+                console.print(
+                    f"{len(missing[why])} concepts {said} take its shared thresholds: {names}",
+                    style="yellow",
+                )
     else:
         console.print(
             f"uncalibrated: {calibration['note']}; defaults "

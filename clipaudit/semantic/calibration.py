@@ -23,9 +23,10 @@ none, returns the documented defaults (:data:`DEFAULT_THRESHOLDS`) flagged ``cal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,9 @@ class Calibration:
     fitted_on: tuple[dict[str, Any], ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    # concept -> fingerprint of the texts its vectors were embedded from (concept_fingerprints);
+    # empty in a calibration written before they were recorded
+    texts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for kind in KINDS:
@@ -235,22 +239,44 @@ class Calibration:
                     f"({len(self.names)}), got {values.shape}"
                 )
 
-    def for_concepts(self, names: Sequence[str]) -> Calibration:
-        """The thresholds in the order of ``names``; a concept not calibrated gets the shared
-        threshold (origin ``shared``)."""
+    def for_concepts(
+        self, names: Sequence[str], texts: Mapping[str, str] | None = None
+    ) -> Calibration:
+        """The thresholds in the order of ``names``; a concept absent from the calibration gets the
+        shared threshold (origin ``absent``), and so does one whose texts changed since
+        (``texts``: the concepts' :func:`concept_fingerprints` now; origin ``changed``)."""
         position = {n: i for i, n in enumerate(self.names)}
+        changed = {
+            name
+            for name in names
+            if texts is not None and name in self.texts and self.texts[name] != texts.get(name)
+        }
         thresholds, origin = {}, {}
         for kind in KINDS:
             values, where = [], []
             for name in names:
                 i = position.get(name)
-                values.append(self.shared[kind] if i is None else self.thresholds[kind][i])
-                where.append("shared" if i is None else self.origin[kind][i])
+                if i is None or name in changed:
+                    values.append(self.shared[kind])
+                    where.append("absent" if i is None else "changed")
+                else:
+                    values.append(self.thresholds[kind][i])
+                    where.append(self.origin[kind][i])
             thresholds[kind], origin[kind] = np.array(values), tuple(where)
+        kept = {name: self.texts[name] for name in names if name in self.texts}
         return Calibration(
             self.encoder, tuple(names), thresholds, origin, dict(self.shared), self.calibrated,
-            self.fitted_on, dict(self.settings), self.note,
+            self.fitted_on, dict(self.settings), self.note, kept,
         )  # fmt: skip
+
+    def not_calibrated(self) -> dict[str, list[str]]:
+        """The concepts that take the shared thresholds: absent from the calibration, or
+        changed since it was fitted."""
+        origins = list(zip(*self.origin.values(), strict=True))
+        return {
+            why: [n for n, o in zip(self.names, origins, strict=True) if why in o]
+            for why in ("absent", "changed")
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -271,6 +297,7 @@ class Calibration:
                     }
                     for kind in KINDS
                 }
+                | ({"texts_sha256": self.texts[name]} if name in self.texts else {})
                 for i, name in enumerate(self.names)
             },
         }
@@ -301,6 +328,8 @@ class Calibration:
             }
             shared = {kind: float(doc["shared"][kind]) for kind in KINDS}
             encoder = dict(doc["encoder"])
+            texts = {n: str(concepts[n]["texts_sha256"]) for n in names
+                     if "texts_sha256" in concepts[n]}  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 f"{path}: malformed calibration ({type(exc).__name__}: {exc})"
@@ -310,6 +339,7 @@ class Calibration:
         return cls(
             encoder, names, thresholds, origin, shared, bool(doc.get("calibrated", True)),
             tuple(doc.get("fitted_on", ())), dict(doc.get("settings", {})), str(doc.get("note", "")),
+            texts,
         )  # fmt: skip
 
 
@@ -319,8 +349,10 @@ def fit_calibration(
     *,
     min_positives: int = 5,
     fitted_on: Sequence[dict[str, Any]] = (),
+    texts: Mapping[str, str] | None = None,
 ) -> Calibration:
-    """Fit the three kinds of threshold on ``evidence`` (see the module docstring)."""
+    """Fit the three kinds of threshold on ``evidence`` (see the module docstring); ``texts``:
+    the concepts' :func:`concept_fingerprints`, recorded so that a use after they change knows."""
     if not isinstance(min_positives, int) or min_positives < 1:
         raise SettingsError(f"min_positives must be an integer >= 1, got {min_positives!r}")
     y, lex = evidence.labels, evidence.lexical
@@ -352,6 +384,7 @@ def fit_calibration(
             "min_positives": min_positives,
             "rule": "F1-optimal per concept, shared fallback",
         },
+        texts={n: texts[n] for n in evidence.names if n in texts} if texts else {},
     )
 
 
@@ -371,11 +404,29 @@ def default_calibration(
     )  # fmt: skip
 
 
+def concept_fingerprints(registry: Any) -> dict[str, str]:
+    """Per concept of ``registry``, a fingerprint of the texts its vectors are embedded from
+    (:func:`~clipaudit.semantic.concepts.concept_texts`): a calibration's thresholds hold for
+    those texts only."""
+    from clipaudit.semantic.concepts import concept_texts
+
+    return {
+        c.name: hashlib.sha256(json.dumps(concept_texts(c)).encode("utf-8")).hexdigest()[:16]
+        for c in registry.concepts
+    }
+
+
 def calibration_for(
-    encoder: dict[str, Any], names: Sequence[str], path: str | Path | None = None
+    encoder: dict[str, Any],
+    names: Sequence[str],
+    path: str | Path | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> Calibration:
     """The calibration at ``path`` for this encoder, in the order of ``names``; without a path,
-    the defaults, flagged. A calibration fitted for another encoder is refused."""
+    the defaults, flagged. A calibration fitted for another encoder is refused, and so is one
+    that calibrates none of the concepts as they are now (``texts``: their
+    :func:`concept_fingerprints`; another registry's, say); concepts absent from it or changed
+    since take its shared thresholds (:meth:`Calibration.not_calibrated`)."""
     if path is None:
         return default_calibration(encoder, names)
     calibration = Calibration.load(path)
@@ -384,7 +435,16 @@ def calibration_for(
             f"{path} was fitted for another encoder ({describe_difference(calibration.encoder, encoder)}); "
             "fit a calibration for this encoder (coverage calibrate) or run without one (defaults)"
         )
-    return calibration.for_concepts(names)
+    chosen = calibration.for_concepts(names, texts)
+    missing = chosen.not_calibrated()
+    if names and len(missing["absent"]) + len(missing["changed"]) == len(names):
+        raise SettingsError(
+            f"{path} calibrates none of these {len(names)} concepts as they are now "
+            f"({len(missing['absent'])} absent from it, {len(missing['changed'])} with other "
+            "prompts, synonyms or gloss): it was fitted for another registry; fit one for this "
+            "registry (coverage calibrate --registry) or run without one (defaults)"
+        )
+    return chosen
 
 
 def describe_labelled(path: str | Path, n_captions: int) -> dict[str, Any]:

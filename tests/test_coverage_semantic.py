@@ -348,8 +348,25 @@ def write_laion(folder, number, vectors, captions, ids):
     pq.write_table(table, folder / f"metadata_{number}.parquet", row_group_size=4)
 
 
-def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_path):
+def laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path, **layout):
+    """``--method semantic`` over ``tmp_path/laion``'s text embeddings with the tiny encoder and
+    these semantic thresholds (a calibration file written in ``tmp_path``)."""
     from clipaudit.semantic.calibration import KINDS, Calibration
+
+    k = len(concepts.names)
+    calibration = Calibration(
+        tiny_encoder.identity, concepts.names,
+        {"semantic": thresholds, "sense": np.full(k, -2.0), "additions": np.full(k, 2.0)},
+        {kind: ("fitted",) * k for kind in KINDS}, {kind: 0.5 for kind in KINDS},
+    ).save(tmp_path / "cal.json")  # fmt: skip
+    config, checkpoint = tiny_encoder.spec.model, tiny_encoder.spec.pretrained
+    return CoverageSettings(
+        method="semantic", encoder=f"open_clip:{config}@{checkpoint}", calibration=str(calibration),
+        embeddings=str(tmp_path / "laion"), progress=False, **layout,
+    )  # fmt: skip
+
+
+def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_path):
     from clipaudit.semantic.concepts import concept_embeddings
 
     rng = np.random.default_rng(4)
@@ -371,16 +388,8 @@ def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_p
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     scores = x.astype(np.float64) @ concepts.vectors.astype(np.float64).T
     thresholds = np.array([away_from_scores(scores[:, c], 0.6) for c in range(4)])
-    calibration = Calibration(
-        tiny_encoder.identity, concepts.names,
-        {"semantic": thresholds, "sense": np.full(4, -2.0), "additions": np.full(4, 2.0)},
-        {kind: ("fitted",) * 4 for kind in KINDS}, {kind: 0.5 for kind in KINDS},
-    ).save(tmp_path / "cal.json")  # fmt: skip
-    config, checkpoint = tiny_encoder.spec.model, tiny_encoder.spec.pretrained
-    settings = CoverageSettings(
-        method="semantic", encoder=f"open_clip:{config}@{checkpoint}", calibration=str(calibration),
-        embeddings=str(tmp_path / "laion"), shard_rows=4, batch_rows=3, progress=False,
-    )  # fmt: skip
+    settings = laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path,
+                                       shard_rows=4, batch_rows=3)  # fmt: skip
     result = count_coverage(files, tiny, tmp_path / "run", settings)
     assert result.n_captions_read == 14 and result.manifest["n_skipped"] == 3
     expected = (scores >= thresholds).sum(axis=0)
@@ -421,7 +430,6 @@ def test_laion_embeddings_pair_text_files_and_count_a_subset_of_shards(tmp_path)
 def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     """An empty or white-space caption says nothing: whatever vector LAION or an encoder gave it
     (MiniLM puts "" at cosine 0.53 of "excited"), it counts for no concept."""
-    from clipaudit.semantic.calibration import KINDS, Calibration
     from clipaudit.semantic.concepts import concept_embeddings
     from clipaudit.semantic.store import encode_captions
 
@@ -437,16 +445,7 @@ def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     scores = unit_x @ concepts.vectors.T
     thresholds = np.array([away_from_scores(scores[~blank, c], 0.5) for c in range(4)])
     assert (scores[blank, 0] >= thresholds[0]).all()  # what counting the given vectors counts
-    calibration = Calibration(
-        tiny_encoder.identity, concepts.names,
-        {"semantic": thresholds, "sense": np.full(4, -2.0), "additions": np.full(4, 2.0)},
-        {kind: ("fitted",) * 4 for kind in KINDS}, {kind: 0.5 for kind in KINDS},
-    ).save(tmp_path / "cal.json")  # fmt: skip
-    config, checkpoint = tiny_encoder.spec.model, tiny_encoder.spec.pretrained
-    settings = CoverageSettings(
-        method="semantic", encoder=f"open_clip:{config}@{checkpoint}", calibration=str(calibration),
-        embeddings=str(tmp_path / "laion"), progress=False,
-    )  # fmt: skip
+    settings = laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path)
     result = count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
                             settings)  # fmt: skip
     expected = ((scores >= thresholds) & ~blank[:, None]).sum(axis=0)

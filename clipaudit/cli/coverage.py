@@ -219,7 +219,7 @@ def _print_semantic(semantic: dict, run: Path) -> None:
             if missing.get(why):
                 names = ", ".join(missing[why][:5]) + (", ..." if len(missing[why]) > 5 else "")
                 console.print(
-                    f"{len(missing[why])} concepts {said} take its shared thresholds: {names}",
+                    f"{len(missing[why])} concept(s) {said} take its shared thresholds: {names}",
                     style="yellow",
                 )
     else:

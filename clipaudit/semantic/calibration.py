@@ -270,8 +270,9 @@ class Calibration:
         )  # fmt: skip
 
     def not_calibrated(self) -> dict[str, list[str]]:
-        """The concepts that take the shared thresholds: absent from the calibration, or
-        changed since it was fitted."""
+        """The concepts the calibration does not cover as they are now: absent from it, or
+        changed since it was fitted (both take its shared thresholds, as do the concepts it
+        fitted with too few positives, origin ``shared``, which are not listed here)."""
         origins = list(zip(*self.origin.values(), strict=True))
         return {
             why: [n for n, o in zip(self.names, origins, strict=True) if why in o]

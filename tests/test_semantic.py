@@ -209,6 +209,19 @@ def test_embedding_shards_resume_after_sigkill(tmp_path, tiny_files, tiny_encode
     np.testing.assert_allclose(vectors, expected, atol=2e-3)  # float16 storage
 
 
+def test_caption_ids_are_stored_as_integers_or_text_never_pickled(tmp_path, tiny_encoder):
+    from clipaudit.semantic.store import EmbeddingStore, ids_array
+
+    assert ids_array([3, -1, np.int64(7)]).dtype == np.int64
+    # uint64 ids past int64 (2**63 and up) and mixed ids are kept exactly, as text
+    assert ids_array([1, 2**63, 2**64 - 1]).tolist() == ["1", str(2**63), str(2**64 - 1)]
+    assert ids_array(["a", None, 4]).tolist() == ["a", "", "4"]
+    store = EmbeddingStore.open(tmp_path / "store", tiny_encoder.identity, tiny_encoder.dim)
+    store.write_part("k", 0, np.zeros((2, tiny_encoder.dim)), [5, 2**63])
+    _, ids = store.read_part("k", 0)
+    assert np.array_equal(ids, ids_array([5, 2**63]))  # what a run compares a batch's ids with
+
+
 def test_embedding_store_refuses_another_encoder_and_unsafe_keys(tmp_path, tiny_encoder, minilm):
     from clipaudit.semantic.store import EmbeddingStore, embed_texts
 

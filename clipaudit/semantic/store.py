@@ -85,10 +85,14 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def ids_array(ids: Sequence[Any]) -> np.ndarray:
-    """Caption ids as int64 when they all are integers, else as unicode text (no pickling)."""
+    """Caption ids as int64 when they all are integers that fit (a uint64 id of 2**63 or more
+    does not), else as unicode text (no pickling)."""
     values = list(ids)
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
+        try:
+            return np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            pass
     return np.asarray(["" if v is None else str(v) for v in values], dtype=np.str_)
 
 

@@ -401,6 +401,11 @@ def test_counter_validates_its_inputs():
         counter.add(np.zeros((2, 4), np.float32))
     with pytest.raises(InputError, match="2 caption vectors but 1 ids"):
         counter.add(np.zeros((2, 8), np.float32), ids=[1])
+    with pytest.raises(InputError, match="2 caption vectors but 3 blank flags"):
+        counter.add(np.zeros((2, 8), np.float32), blank=np.zeros(3, bool))
+    many = unit(np.random.default_rng(1), 2049, 8)
+    with pytest.raises(SettingsError, match=r"at most 2048 concepts.*has 2049: count on the CPU"):
+        SemanticCounter(many, [0.5] * 2049, gpu=True)
 
 
 # --------------------------------------------------------------------------- calibration

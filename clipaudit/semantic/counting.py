@@ -32,6 +32,9 @@ import numpy as np
 
 from clipaudit.errors import InputError, SettingsError
 
+# FAISS GPU's k-selection takes k <= 2048: the GPU path selects every concept per caption
+GPU_MAX_CONCEPTS = 2048
+
 
 @dataclass(frozen=True)
 class Hits:
@@ -121,6 +124,11 @@ class SemanticCounter:
         self.vectors = vectors
         self.gpu = None
         if gpu:
+            if self.k > GPU_MAX_CONCEPTS:
+                raise SettingsError(
+                    f"gpu=True scores a caption against at most {GPU_MAX_CONCEPTS} concepts (FAISS "
+                    f"GPU's largest k); this registry has {self.k}: count on the CPU (gpu=False)"
+                )
             if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
                 raise SettingsError(
                     "gpu=True needs faiss with GPU support (the 'gpu' extra) and a CUDA device"

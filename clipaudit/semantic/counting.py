@@ -32,7 +32,8 @@ import numpy as np
 
 from clipaudit.errors import InputError, SettingsError
 
-# FAISS GPU's k-selection takes k <= 2048: the GPU path selects every concept per caption
+# FAISS GPU's k-selection takes k <= 2048 (16384 when built with cuVS; 2048 is the floor): the GPU
+# path selects every concept per caption
 GPU_MAX_CONCEPTS = 2048
 
 

@@ -339,7 +339,7 @@ def bench_index(args: argparse.Namespace) -> dict:
         "generate_s": generate_s,
         "build_s": build_s,
         "load_s": load_s,
-        "index_bytes": (WORK / f"index_{rows}" / "index.faiss").stat().st_size,
+        "index_bytes": sum(f.stat().st_size for f in (WORK / f"index_{rows}").iterdir()),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     for name, value in summary.items():

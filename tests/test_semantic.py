@@ -777,12 +777,67 @@ def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
     assert [g["id"] for g in result.nearest] == [f"t{i}" for i in best]
     with pytest.raises(SettingsError, match="needs the encoder"):
         loaded.query("origami", 0.5)
-    blob = tmp_path / "idx" / "index.faiss"
-    blob.write_bytes(blob.read_bytes()[:-8])
-    with pytest.raises(InputError, match="checksum"):
-        CaptionIndex.load(tmp_path / "idx")
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        "captions.parquet",
+        "index.json",
+    ]  # a flat index is refilled from the store: no vectors of its own, no FAISS file
     with pytest.raises(SettingsError, match="unknown index kind"):
         IndexSettings(kind="hnsw")
+
+
+def test_ivfpq_index_reloads_from_checked_arrays_and_refuses_crafted_ones(tmp_path):
+    """A saved IVF-PQ index is plain arrays that FAISS is given through its API: reloaded, it
+    answers exactly as built; arrays that do not fit together, pickled objects and version-1
+    folders (FAISS's own file) are refused before FAISS sees them."""
+    from clipaudit.provenance import sha256_file
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+
+    store, centres = clustered_store(tmp_path, n=20_000)
+    settings = IndexSettings(kind="ivfpq", nlist=16, m=8, nprobe=4, train_rows=20_000)
+    built = CaptionIndex.build(store, settings, folder=tmp_path / "idx")
+    loaded = CaptionIndex.load(tmp_path / "idx")
+    queries = centres[:8].astype(np.float32)
+    for want, got in zip(built.index.search(queries, 50), loaded.index.search(queries, 50),
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(want, got)
+    for want, got in zip(built.index.range_search(queries, 0.5),
+                         loaded.index.range_search(queries, 0.5), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(want, got)
+    assert loaded.query(centres[2], 0.6, k=3).count == built.query(centres[2], 0.6, k=3).count
+
+    folder = tmp_path / "idx"
+    arrays_path, meta_path = folder / "ivfpq.npz", folder / "index.json"
+    original = dict(np.load(arrays_path, allow_pickle=False))
+    meta = json.loads(meta_path.read_text())
+
+    def save(**changes):
+        arrays = {**original, **changes}
+        with arrays_path.open("wb") as handle:
+            np.savez(handle, **arrays)
+        meta["arrays_sha256"] = sha256_file(arrays_path)  # what a crafted folder would do
+        meta_path.write_text(json.dumps(meta))
+
+    ids = original["list_ids"].copy()
+    ids[1] = ids[0]
+    codes = original["list_codes"][:, :4].copy()
+    for changes, message in [
+        ({"list_ids": ids}, "exactly once"),
+        ({"list_codes": codes}, r"list_codes is uint8 \(20000, 4\), expected uint8 \(20000, 8\)"),
+        ({"pq_centroids": np.full_like(original["pq_centroids"], np.nan)}, "not all finite"),
+        ({"list_ids": np.array([{"a": 1}] * 20_000, dtype=object)}, "not a readable"),
+    ]:
+        save(**changes)
+        with pytest.raises(InputError, match=message):
+            CaptionIndex.load(folder)
+    save()
+    CaptionIndex.load(folder)  # the original arrays again
+    arrays_path.write_bytes(arrays_path.read_bytes()[:-8])
+    with pytest.raises(InputError, match="checksum"):
+        CaptionIndex.load(folder)
+    meta["version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"format version 1.*build the index again"):
+        CaptionIndex.load(folder)
 
 
 # --------------------------------------------------------------------------- real labelled captions

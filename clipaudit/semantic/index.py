@@ -15,16 +15,22 @@ Two kinds (:class:`IndexSettings`):
   percentile of (exact - PQ) score among each sample query's nearest sample vectors, times 1.5.
   Hits in lists that are not probed, or whose PQ score is more than ``margin`` too low, are missed.
 
-The index folder holds ``index.faiss`` (``faiss.serialize_index``, written atomically),
-``index.json`` (kind, settings, encoder identity, the store it indexes, and the sha256 of
-``index.faiss``, checked before FAISS reads it) and ``parts.npy`` (where each store part starts).
-``captions.parquet`` (position, caption) is written when captions are given at build time.
+The index folder holds ``index.json`` (kind, settings, encoder identity, the store it indexes and
+its units of work in corpus order) and, for ``ivfpq``, ``ivfpq.npz``: the trained index
+as plain arrays (coarse centroids, PQ codebooks, and each list's caption positions and codes),
+with its sha256 in ``index.json``. FAISS's own index files are never read: a run folder may come
+from anyone, and its arrays are loaded without pickles, checked against each other (shapes,
+dtypes, finite values, every position once) and handed to FAISS through its API. A flat index
+stores nothing of its own; it is filled from the embedding store when loaded. ``captions.parquet``
+(position, caption) is written when captions are given at build time.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,10 +47,13 @@ from clipaudit.provenance import (
     write_json,
 )
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
-from clipaudit.semantic.store import EmbeddingStore, npy_bytes
+from clipaudit.semantic.store import EmbeddingStore
 
 INDEX_KINDS = ("auto", "flat", "ivfpq")
 INDEX_FORMAT = "clipaudit-caption-index"
+INDEX_VERSION = 2  # 1 kept FAISS's own index file, which a run folder from anyone should not feed
+IVFPQ_ARRAYS = "ivfpq.npz"
+_IVFPQ_NAMES = ("coarse_centroids", "pq_centroids", "list_sizes", "list_ids", "list_codes")
 
 
 @dataclass(frozen=True)
@@ -168,14 +177,8 @@ class CaptionIndex:
                 f"{store.folder}: {len(missing)} of the {len(keys)} units of work to index are not "
                 f"embedded (e.g. {missing[0]!r}); finish the run that writes them first"
             )
-        parts, position = [], 0
-        for key_position, key in enumerate(keys):
-            for part in range(store.n_parts(key)):
-                vectors, _ = store.read_part(key, part)
-                parts.append((key_position, part, position))
-                position += len(vectors)
-        table = np.array(parts, dtype=np.int64).reshape(-1, 3)
-        n, dim = position, store.dim
+        table, n = _parts_table(store, keys)
+        dim = store.dim
         kind = settings.kind
         if kind == "auto":
             kind = "flat" if n <= settings.flat_max else "ivfpq"
@@ -209,8 +212,7 @@ class CaptionIndex:
                 if settings.margin is not None
                 else _estimate_margin(index, sample_vectors, rng)
             )
-        for batch in store.iter_batches(keys):
-            index.add(batch.vectors)
+        _add_vectors(index, store, keys)
         built = cls(index, store, settings, kind, table, margin, keys)
         if folder is not None:
             built.save(folder, captions=captions)
@@ -219,20 +221,28 @@ class CaptionIndex:
         return built
 
     def save(self, folder: str | Path, *, captions: Iterable[Sequence[str]] | None = None) -> Path:
-        import faiss
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.json").unlink(missing_ok=True)  # the folder is an index again once written
+        for older in (
+            "index.faiss",
+            "parts.npy",
+            IVFPQ_ARRAYS,
+        ):  # version 1's files, or the other kind's
+            (folder / older).unlink(missing_ok=True)
         if captions is not None:
             self.captions_path = _write_captions(folder / "captions.parquet", captions, self.n)
-        blob = faiss.serialize_index(self.index)
-        atomic_write_bytes(folder / "index.faiss", blob.tobytes())
-        atomic_write_bytes(folder / "parts.npy", npy_bytes(self.parts))
+        arrays_sha256 = None
+        if self.kind == "ivfpq":
+            buffer = io.BytesIO()
+            np.savez(buffer, **_ivfpq_arrays(self.index))
+            atomic_write_bytes(folder / IVFPQ_ARRAYS, buffer.getvalue())
+            arrays_sha256 = sha256_file(folder / IVFPQ_ARRAYS)
         write_json(
             folder / "index.json",
             {
                 "format": INDEX_FORMAT,
-                "version": 1,
+                "version": INDEX_VERSION,
                 "created": now_iso(),
                 "kind": self.kind,
                 "n": self.n,
@@ -242,7 +252,7 @@ class CaptionIndex:
                 "margin": self.margin,
                 "store": recorded_path(self.store.folder, folder.parent),
                 "keys": self.keys,
-                "index_sha256": sha256_file(folder / "index.faiss"),
+                "arrays_sha256": arrays_sha256,
                 "captions": self.captions_path is not None,
             },
         )
@@ -256,10 +266,8 @@ class CaptionIndex:
         *,
         nprobe: int | None = None,
     ) -> CaptionIndex:
-        """Load a saved index (its checksum checked before FAISS reads it) with the store it
-        indexes (default: the store folder recorded at build time)."""
-        import faiss
-
+        """Load a saved index with the store it indexes (default: the store folder recorded at
+        build time); every array is checked before FAISS is given it (see the module docstring)."""
         folder = Path(folder)
         try:
             meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
@@ -267,31 +275,67 @@ class CaptionIndex:
             raise InputError(f"{folder}: no readable index.json ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             raise InputError(f"{folder}: not a clipaudit caption index")
-        blob_path = folder / "index.faiss"
-        if not blob_path.is_file() or sha256_file(blob_path) != meta.get("index_sha256"):
+        if meta.get("version") != INDEX_VERSION:
             raise InputError(
-                f"{blob_path}: missing, or its checksum differs from index.json's (a partial or "
-                "altered file); build the index again"
+                f"{folder}: an index of format version {meta.get('version')!r}, this clipaudit "
+                f"reads version {INDEX_VERSION}; build the index again"
             )
+        kind, keys, recorded = meta.get("kind"), meta.get("keys"), meta.get("settings")
+        if kind not in ("flat", "ivfpq"):
+            raise InputError(f"{folder}/index.json: kind {kind!r}, expected 'flat' or 'ivfpq'")
+        if not (
+            isinstance(keys, list)
+            and isinstance(recorded, dict)
+            and isinstance(meta.get("store"), str)
+            and isinstance(meta.get("margin"), float | int)
+        ):
+            raise InputError(
+                f"{folder}/index.json: expected its keys (a list), settings, store and margin; "
+                "build the index again"
+            )
+        try:
+            settings = IndexSettings(
+                **{**recorded, **({} if nprobe is None else {"nprobe": nprobe})}
+            )
+        except TypeError as exc:
+            raise InputError(
+                f"{folder}/index.json: settings {exc}; build the index again"
+            ) from None
         if store is None:
             store = folder.parent / meta["store"]
         if not isinstance(store, EmbeddingStore):
             store = EmbeddingStore.load(store)
-        missing = [key for key in meta["keys"] if not store.is_done(key)]
+        missing = [key for key in keys if not store.is_done(key)]
         if not same_encoder(store.encoder, meta["encoder"]) or missing:
             raise InputError(
                 f"{store.folder} is not the embedding store this index was built on "
                 f"(encoder: {describe_difference(meta['encoder'], store.encoder)}; "
-                f"{len(missing)} of its {len(meta['keys'])} units of work missing)"
+                f"{len(missing)} of its {len(keys)} units of work missing)"
             )
-        index = faiss.deserialize_index(np.fromfile(blob_path, dtype=np.uint8))
-        parts = np.load(folder / "parts.npy", allow_pickle=False)
-        settings = IndexSettings(**meta["settings"])
-        if nprobe is not None:
-            settings = IndexSettings(**{**meta["settings"], "nprobe": nprobe})
+        parts, n = _parts_table(store, keys)
+        if n != meta.get("n"):
+            raise InputError(
+                f"{folder} indexes {meta.get('n')!r} captions, its embedding store holds {n:,} for "
+                "its units of work; build the index again"
+            )
+        margin = float(meta["margin"])
+        if not 0.0 <= margin <= 2.0:
+            raise InputError(
+                f"{folder}/index.json: margin {margin!r}, expected a cosine gap in [0, 2]"
+            )
+        if kind == "flat":
+            index = _flat_index(store, keys)
+        else:
+            arrays = folder / IVFPQ_ARRAYS
+            if not arrays.is_file() or sha256_file(arrays) != meta.get("arrays_sha256"):
+                raise InputError(
+                    f"{arrays}: missing, or its checksum differs from index.json's (a partial or "
+                    "altered file); build the index again"
+                )
+            index = _ivfpq_index(arrays, store.dim, n, settings.nbits)
         captions = folder / "captions.parquet"
         return cls(
-            index, store, settings, meta["kind"], parts, float(meta["margin"]), meta["keys"],
+            index, store, settings, kind, parts, margin, keys,
             captions if meta.get("captions") and captions.is_file() else None,
         )  # fmt: skip
 
@@ -388,6 +432,108 @@ class CaptionIndex:
                     )
                 out.append(cache[group][position - group * size])
         return out
+
+
+def _parts_table(store: EmbeddingStore, keys: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(key position, part, first corpus position) of each store part of ``keys``, in order,
+    and the number of captions."""
+    parts, position = [], 0
+    for key_position, key in enumerate(keys):
+        for part in range(store.n_parts(key)):
+            vectors, _ = store.read_part(key, part)
+            parts.append((key_position, part, position))
+            position += len(vectors)
+    return np.array(parts, dtype=np.int64).reshape(-1, 3), position
+
+
+def _add_vectors(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> None:
+    for batch in store.iter_batches(keys):
+        index.add(batch.vectors)
+
+
+def _flat_index(store: EmbeddingStore, keys: Sequence[str]) -> Any:
+    import faiss
+
+    index = faiss.IndexFlatIP(store.dim)
+    _add_vectors(index, store, keys)
+    return index
+
+
+def _ivfpq_arrays(index: Any) -> dict[str, np.ndarray]:
+    """A trained, filled ``IndexIVFPQ`` as plain arrays (read back by :func:`_ivfpq_index`);
+    each list's positions and codes are concatenated in list order."""
+    import faiss
+
+    lists, pq = index.invlists, index.pq
+    sizes = np.array([lists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
+    ids = np.empty(int(sizes.sum()), dtype=np.int64)
+    codes = np.empty((len(ids), lists.code_size), dtype=np.uint8)
+    start = 0
+    for i, size in enumerate(sizes.tolist()):
+        if size:
+            ids[start : start + size] = faiss.rev_swig_ptr(lists.get_ids(i), size)
+            flat_codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+            codes[start : start + size] = flat_codes.reshape(size, lists.code_size)
+            start += size
+    return {
+        "coarse_centroids": index.quantizer.reconstruct_n(0, index.nlist),
+        "pq_centroids": faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub),
+        "list_sizes": sizes,
+        "list_ids": ids,
+        "list_codes": codes,
+    }
+
+
+def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> Any:
+    """The ``IndexIVFPQ`` of :func:`_ivfpq_arrays`'s arrays, each checked before FAISS gets it."""
+    import faiss
+
+    def refuse(what: str) -> InputError:
+        return InputError(f"{path}: {what}; build the index again")
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in _IVFPQ_NAMES}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise refuse(f"not a readable IVF-PQ array file ({exc})") from None
+    coarse, codebooks, sizes, ids, codes = (arrays[name] for name in _IVFPQ_NAMES)
+    nlist = len(coarse) if coarse.ndim else 0
+    m = codebooks.shape[0] if codebooks.ndim == 3 else 0
+    if nlist < 1 or m < 1 or dim % m:
+        raise refuse(
+            f"{nlist} coarse centroids and {m} PQ sub-vectors for {dim}-d vectors (expected at "
+            "least one of each, the sub-vectors dividing the dimension)"
+        )
+    expected = {
+        "coarse_centroids": (np.float32, (nlist, dim)),
+        "pq_centroids": (np.float32, (m, 1 << nbits, dim // m)),
+        "list_sizes": (np.int64, (nlist,)),
+        "list_ids": (np.int64, (n,)),
+        "list_codes": (np.uint8, (n, (m * nbits + 7) // 8)),
+    }
+    for name, (dtype, shape) in expected.items():
+        got = arrays[name]
+        if got.dtype != dtype or got.shape != shape:
+            raise refuse(f"{name} is {got.dtype} {got.shape}, expected {np.dtype(dtype)} {shape}")
+    if not (np.isfinite(coarse).all() and np.isfinite(codebooks).all()):
+        raise refuse("its centroids are not all finite")
+    if (sizes < 0).any() or int(sizes.sum()) != n:
+        raise refuse(f"its list sizes sum to {int(sizes.sum())}, expected {n} captions")
+    if n and (ids.min() < 0 or ids.max() >= n or np.bincount(ids, minlength=n).max() != 1):
+        raise refuse(f"its lists do not hold each of the {n} caption positions exactly once")
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(coarse)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(codebooks.ravel(), index.pq.centroids)
+    index.is_trained = True
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for i in np.flatnonzero(sizes).tolist():
+        rows = slice(int(starts[i]), int(starts[i + 1]))
+        index.invlists.add_entries(
+            i, int(sizes[i]), faiss.swig_ptr(ids[rows]), faiss.swig_ptr(codes[rows])
+        )
+    index.ntotal = n
+    return index
 
 
 def _locations(parts: np.ndarray, positions: np.ndarray) -> np.ndarray:

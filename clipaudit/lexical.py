@@ -105,6 +105,19 @@ _LISTING_CUES = tuple(
 )
 _LISTING_ENDINGS = tuple(f" {cue}" for cue in _LISTING_CUES)
 _ADDRESS_REACH = 40  # a house number or a listing cue this many characters before a street type
+# A company's name: at most _NAME_WORDS capitalised words before a word that makes a name a
+# company's ("High Street Textile Testing Services Ltd", "Red Dot Studios", "The Pretty Dress
+# Company"). Its words are a proper name, no concept (LABELLING.md rule 5). Words that also say
+# what a business does ("services", "systems", "games", "press", "records") are not among them:
+# "Dog Grooming Services" is about dogs.
+_NAME_WORDS = 4
+_COMPANY_WORDS = (
+    *("ltd", "inc", "llc", "plc", "gmbh", "corp", "corporation", "company", "studios"),
+    *("productions", "entertainment", "publishing", "publishers", "holdings", "industries"),
+    *("enterprises", "technologies", "associates"),
+)
+_NAME_JOINERS = frozenset({"and", "of", "the"})  # lower-case words inside a name
+_WORD = re.compile(r"[^\W_]+")
 # a model year before a make ("1986 Ferrari 328"); an ordinal is no model ("4th of July")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")
@@ -241,6 +254,7 @@ ROLES = (
     "models",  # a model word ("plus", "edge": the integer 0)
     "streets",  # a street type (the integer 0)
     "listings",  # a listing's "for sale in" (the integer 0)
+    "companies",  # a word that ends a company's name ("ltd", "studios": the integer 0)
 )
 
 
@@ -268,7 +282,12 @@ class _Batch:
 
     def sep_before(self, offsets: np.ndarray) -> np.ndarray:
         """The offset of the last separator at or before each offset (-1 where there is none)."""
-        return np.append(-1, self.seps)[np.searchsorted(self.seps, offsets, "right")]
+        return _last_at_or_before(self.seps, offsets)
+
+    def segment_start(self, offsets: np.ndarray) -> np.ndarray:
+        """The offset of the last separator or mark that opens a colourway (" - ", "/", "|",
+        ":") at or before each offset (-1 where there is none)."""
+        return np.maximum(self.sep_before(offsets), _last_at_or_before(self.opens, offsets))
 
     def crossed(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Whether a separator stands at one of the offsets ``first..last`` (inclusive)."""
@@ -318,6 +337,7 @@ class CuratedMatcher(Matcher):
         self._models = self._tables["models"].sizes > 0
         self._streets = self._tables["streets"].sizes > 0
         self._listings = self._tables["listings"].sizes > 0
+        self._companies = self._tables["companies"].sizes > 0
         group_index = {group.name: i for i, group in enumerate(registry.groups)}
         self._group_of = np.array([group_index[c.group] for c in registry.concepts])
         self._together_lists = np.array([len(c.together) for c in registry.concepts])
@@ -351,7 +371,7 @@ class CuratedMatcher(Matcher):
         batch = _prepare(captions)
         hits = self._hits(batch)
         hit, concepts = self._pairs(batch, hits)
-        keep = ~self._vetoed(batch, hits, hit, concepts)
+        keep = ~self._vetoed(captions, batch, hits, hit, concepts)
         if self._nlp is not None:
             keep[keep] = ~self._verbs(captions, batch, hits, hit[keep], concepts[keep])
         n = len(self.concept_names)
@@ -508,18 +528,24 @@ class CuratedMatcher(Matcher):
     # ----------------------------------------------------------------------- vetoes
 
     def _vetoed(
-        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray
+        self,
+        captions: Sequence[str | None],
+        batch: _Batch,
+        hits: _Hits,
+        hit: np.ndarray,
+        concepts: np.ndarray,
     ) -> np.ndarray:
         """Which (hit, concept) pairs are no mention: inside the span of a negative context of
         the concept, within :data:`CUE_WINDOW` words after a cue against it, before a head it
-        modifies, in a street address, or right before such a pair of the same concept
-        ("terrier dog bed")."""
+        modifies, in a street address or a company's name, or right before such a pair of the
+        same concept ("terrier dog bed")."""
         n = len(self.concept_names)
         pair_keys = hits.rows[hit] * n + concepts  # a pair by its caption and concept
         vetoed = self._in_contexts(hits, hit, pair_keys)
         vetoed |= self._after_cues(batch, hits, hit, pair_keys)
         vetoed |= self._modifying(batch, hits, hit, concepts)
         vetoed |= self._in_addresses(batch, hits, hit)
+        vetoed |= self._in_company_names(captions, batch, hits, hit)
         if vetoed.any():
             # offsets in the batch's text name a caption too: a pair by the space it ends on,
             # and the vetoed ones by the space they start on
@@ -632,14 +658,36 @@ class CuratedMatcher(Matcher):
             )
             if (first := _address_start(batch.text, start, begin, row_start)) is not None
         ]
-        if spans:
-            first, last = np.array(spans, dtype=np.int64).T
-            order = np.argsort(first)
-            first, last = first[order], last[order]
-            at = np.searchsorted(first, hits.starts[hit], "right") - 1
-            inside = (at >= 0) & (hits.ends[hit] <= last[at.clip(min=0)])
-            vetoed[inside] = True
-        return vetoed
+        return _inside(spans, hits, hit)
+
+    def _in_company_names(
+        self, captions: Sequence[str | None], batch: _Batch, hits: _Hits, hit: np.ndarray
+    ) -> np.ndarray:
+        """Pairs inside a company's name: capitalised words, at most :data:`_NAME_WORDS`, before
+        a company word and after any separator or dash ("High Street Textile Testing Services
+        Ltd", not "Popover Blouse - New York & Company"). Case is read from the caption itself,
+        as the batch's text is lower-case: "a red truck of the company" holds no name."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        companies = np.flatnonzero(self._companies[hits.keys])
+        if not len(companies):
+            return vetoed
+        rows = hits.rows[companies]
+        starts = hits.starts[companies]
+        row_starts = batch.row_starts(rows)
+        bounds = zip(
+            row_starts.tolist(),
+            (batch.row_ends(rows) - 1).tolist(),
+            np.maximum(row_starts, batch.segment_start(starts)).tolist(),
+            strict=True,
+        )
+        spans = [
+            (first, end)
+            for row, span, start, end in zip(
+                rows.tolist(), bounds, starts.tolist(), hits.ends[companies].tolist(), strict=True
+            )
+            if (first := _name_start(_text(captions[row]), batch.text, span, start)) is not None
+        ]
+        return _inside(spans, hits, hit)
 
     # ----------------------------------------------------------------------- added pairs
 
@@ -745,6 +793,51 @@ def _address_start(text: str, start: int, begin: int, row_start: int) -> int | N
     if names and text.endswith(_LISTING_ENDINGS, row_start, position):
         return position
     return None
+
+
+def _last_at_or_before(marks: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    return np.append(-1, marks)[np.searchsorted(marks, offsets, "right")]
+
+
+def _inside(spans: list[tuple[int, int]], hits: _Hits, hit: np.ndarray) -> np.ndarray:
+    """Which hits of ``hit`` lie inside one of ``spans`` (first space, last space + 1); spans
+    that overlap end in the order they begin."""
+    inside = np.zeros(len(hit), dtype=bool)
+    if spans:
+        first, last = np.array(spans, dtype=np.int64).T
+        order = np.argsort(first)
+        first, last = first[order], last[order]
+        at = np.searchsorted(first, hits.starts[hit], "right") - 1
+        inside = (at >= 0) & (hits.ends[hit] <= last[at.clip(min=0)])
+    return inside
+
+
+def _name_start(caption: str, text: str, span: tuple[int, int, int], start: int) -> int | None:
+    """Where the company name that ends in the company word at ``start`` (the space before it
+    in ``text``, the batch's lower-case text) begins: the space before its first word, or None
+    when the word before the company word is not capitalised in ``caption``. ``span``: the
+    caption's first space, last space, and the space (a separator's, or the first) before
+    which no name goes. A name is at most :data:`_NAME_WORDS` words."""
+    row_start, row_end, begin = span
+    original = _WORD.findall(caption)
+    if len(original) != len(text[row_start:row_end].split()):
+        return None  # folding made other words than the caption's: their case is unknown
+    last = len(text[row_start:start].split())  # the company word's position in the caption
+    if not _capitalised(original[last]):
+        return None
+    first, position = last, start
+    while last - first < _NAME_WORDS and position > begin:
+        word = original[first - 1]
+        if not (_capitalised(word) or word.lower() in _NAME_JOINERS):
+            break
+        first, position = first - 1, text.rfind(" ", begin, position)
+    while first < last and original[first].lower() in _NAME_JOINERS:  # "of", "the" open no name
+        first, position = first + 1, text.find(" ", position + 1)
+    return None if first == last else position
+
+
+def _capitalised(word: str) -> bool:
+    return word[:1].isupper() or word[:1].isdigit()
 
 
 def _after_model(text: str, space: int, row_end: int) -> int:
@@ -989,6 +1082,7 @@ def _build_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
     add("models", _MODEL_WORDS)
     add("streets", chain.from_iterable(map(forms_of, _STREET_TYPES)))
     add("listings", _LISTING_CUES)
+    add("companies", _COMPANY_WORDS)
     return {role: {form: sorted(v) for form, v in sorted(t.items())} for role, t in roles.items()}
 
 

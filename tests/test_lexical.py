@@ -1054,3 +1054,41 @@ def test_college_team_names_are_no_mention(builtin, caption, expected):
 )
 def test_vehicle_kinds_and_truck_cabs(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # capitalised words before a company word are a company's name (LABELLING.md rule 5)
+        ("High Street Textile Testing Services Ltd", []),
+        ("Recording at Abbey Road Studios & The Essence of Cream", []),
+        ("published by Longman, Green and Company in 1928", []),
+        ("RED DOG LTD", []),
+        ("Davina McCall Dress on Sport Relief by The Pretty Dress Company", ["dress"]),
+        # a name stops at a separator or a dash, and lower-case words make none
+        ("Red Dot Studios, red car", ["red", "car"]),
+        ("Clip-Dot Popover Blouse - New York & Company", ["shirt"]),
+        ("a red truck of the company", ["red", "truck"]),
+        ("the dog of The Company", ["dog"]),
+        # words that say what a business does are not company words
+        ("Dog Walking Services", ["dog"]),
+        ("Black Car Services", ["black", "car"]),
+    ],
+)
+def test_company_names_are_no_mention(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
+    """Case comes from each caption of a batch, non-ASCII and missing captions among them."""
+    captions = [
+        "Café Rouge: a red dog", None, "a red dog ltd", "Red Dog Ltd", "Über Red Dog Ltd"
+    ]  # fmt: skip
+    assert [sorted(names) for names in map(builtin.match, captions)] == [
+        ["dog", "red"], [], ["dog", "red"], [], []
+    ]  # fmt: skip
+    names = builtin.concept_names
+    batch = builtin.match_batch(captions)
+    assert [sorted(names[i] for i in hits) for hits in batch] == [
+        ["dog", "red"], [], ["dog", "red"], [], []
+    ]  # fmt: skip

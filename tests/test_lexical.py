@@ -1092,3 +1092,38 @@ def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
     assert [sorted(names[i] for i in hits) for hits in batch] == [
         ["dog", "red"], [], ["dog", "red"], [], []
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # pumps the shoes; the machines and the verb are not
+        ("Badgley Mischka Platform Evening Pumps", ["shoes"]),
+        ("a black coat and matching pumps", ["black", "jacket", "shoes"]),
+        ("two men near some gas pumps", []),
+        ("the heart pumps blood", []),
+        ("a pump", []),
+        # named shoe models are shoes, a brand alone is not (LABELLING.md rule 1)
+        ("Air Jordan 12 Retro 'Hyper Jade' GS", ["shoes"]),
+        ("YEEZY BOOST 350 V2", ["shoes"]),
+        ("Nike Air Force 1 Low", ["shoes"]),
+        ("Converse One Star OX", []),
+        ("Christiane calf hair ballet flats", ["shoes"]),
+        # a top named by its sleeves, neck or cut, and a tank after a garment word, are shirts
+        ("Quincie Bell Sleeve Top - Black", ["shirt", "black"]),
+        ("a pink sleeveless top", ["pink", "shirt"]),
+        ("Yesterday TT99 Unisex Tank", ["shirt"]),
+        ("Lace Top Stockings", ["socks"]),
+        ("a cat on top of a car", ["cat", "car"]),
+        ("a water tank", []),
+        # the calf of the leg, calf hide, a dish of ox and a Converse cut are no cattle
+        ("Mid Calf Socks", ["socks"]),
+        ("calf leather wallet", []),
+        ("Ox Cheeks in Red Wine", ["red"]),
+        ("Chuck Taylor All Star Core Ox", ["shoes"]),
+        ("a cow and her calf", ["cow"]),
+        ("an ox pulling a cart", ["cow"]),
+    ],
+)
+def test_shoe_and_top_kinds(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)

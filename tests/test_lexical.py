@@ -1123,7 +1123,16 @@ def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
         ("Chuck Taylor All Star Core Ox", ["shoes"]),
         ("a cow and her calf", ["cow"]),
         ("an ox pulling a cart", ["cow"]),
+        # a clutch is a bag, not the car part, a brood or the verb; drinking glasses are cups
+        ("Tory Burch Hannigan Clutch", ["bag"]),
+        ("a gown and a small clutch", ["dress", "bag"]),
+        ("CLUTCH KIT for Honda", []),
+        ("a clutch of eggs in a nest", []),
+        ("she clutches her purse", ["bag"]),
+        ("Carry-all Pouch", ["bag"]),
+        ("ice cubes falling into a cocktail glass", ["cup"]),
+        ("De Koninck Half Pint Glass", ["cup"]),
     ],
 )
-def test_shoe_and_top_kinds(builtin, caption, expected):
+def test_garment_bag_and_glass_kinds(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)

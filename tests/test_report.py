@@ -124,6 +124,17 @@ def test_planted_outliers_are_the_ones_found():
     assert stats.flag_outliers(x, y2)["direction"][0] == stats.BELOW_THE_FIT
 
 
+def test_a_never_captioned_concept_is_no_surprise_when_most_are_never_captioned():
+    """Most concepts never captioned: the median is the lowest coverage, yet a concept at it,
+    far below the fit, is not "often captioned yet unknown"."""
+    x = np.array([-7.0] * 7 + [-3.0, -2.5, -2.0, -1.5, -1.0])
+    y = np.array([0.3, 0.32, 0.29, 0.31, 0.3, 0.33, -0.9, 0.5, 0.55, 0.6, 0.65, 0.7])
+    found = stats.flag_outliers(x, y)
+    assert np.median(x) == x.min() and found["studentized"][6] < -stats.OUTLIER_THRESHOLD
+    assert found["direction"][6] == stats.BELOW_THE_FIT
+    assert stats.OFTEN_CAPTIONED_YET_UNKNOWN not in list(found["direction"])
+
+
 @pytest.mark.parametrize(
     ("x", "y", "reason"),
     [

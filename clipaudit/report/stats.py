@@ -15,10 +15,11 @@ Every (corpus, model) pair is summarised across concepts and across groups by
   the change in F1 per tenfold coverage, with the 95% interval ``slope +- t(0.975, n - 2) * se``;
 - **outliers**: points whose externally studentised residual (the residual over its
   leave-one-out standard error) is beyond +-2, with at least 6 points: far above the fit with
-  coverage at or below the median, *rarely captioned yet known*; far below the fit with coverage
-  at or above the median, *often captioned yet unknown* (the two lists an auditor acts on); the
-  other far points are *above the fit* or *below the fit* (a never-captioned concept the model
-  does not know is no surprise, however far below the fit).
+  coverage at or below the median and below the highest, *rarely captioned yet known*; far below
+  the fit with coverage at or above the median and above the lowest, *often captioned yet unknown*
+  (the two lists an auditor acts on); the other far points are *above the fit* or *below the fit*
+  (a never-captioned concept the model does not know is no surprise, however far below the fit,
+  even where most concepts are never captioned and the median is the lowest coverage).
 
 A statistic that cannot be computed (fewer than 3 points, a constant side) is NaN (None in JSON)
 with a ``reason``; nothing here raises on small or degenerate input.
@@ -56,8 +57,9 @@ FIT_RULE = (
 OUTLIER_RULE = (
     "externally studentised residual of the fit (residual over its leave-one-out standard error) "
     f"beyond +-{OUTLIER_THRESHOLD:g}, with at least {MIN_OUTLIER_POINTS} points. Far above the fit "
-    f"with coverage at or below the median: '{RARELY_CAPTIONED_YET_KNOWN}'; far below the fit "
-    f"with coverage at or above the median: '{OFTEN_CAPTIONED_YET_UNKNOWN}'; the other far points "
+    "with coverage at or below the median and below the highest: "
+    f"'{RARELY_CAPTIONED_YET_KNOWN}'; far below the fit with coverage at or above the median and "
+    f"above the lowest: '{OFTEN_CAPTIONED_YET_UNKNOWN}'; the other far points "
     f"are '{ABOVE_THE_FIT}' or '{BELOW_THE_FIT}'"
 )
 
@@ -319,6 +321,10 @@ def flag_outliers(
         above, below = t > threshold, t < -threshold
         direction[above] = ABOVE_THE_FIT
         direction[below] = BELOW_THE_FIT
-        direction[above & (x <= median)] = RARELY_CAPTIONED_YET_KNOWN
-        direction[below & (x >= median)] = OFTEN_CAPTIONED_YET_UNKNOWN
+        # the extremes never qualify: with most concepts never captioned the median is the lowest
+        # coverage, and a never-captioned concept the model does not know is no surprise
+        rarely = (x <= median) & (x < x.max())
+        often = (x >= median) & (x > x.min())
+        direction[above & rarely] = RARELY_CAPTIONED_YET_KNOWN
+        direction[below & often] = OFTEN_CAPTIONED_YET_UNKNOWN
     return {**fitted, "direction": direction, "reason": reason}

@@ -414,6 +414,29 @@ def test_sensitive_groups_are_framed_as_a_risk(report):
     assert "risk" in (report.out / "report.md").read_text()
 
 
+def test_sensitive_groups_of_every_runs_registry_are_marked(audit_runs, tmp_path):
+    """Coverage counted with another registry (miniworld, no sensitive group) against a zero-shot
+    run of cai2025: cai2025's sensitive groups are still marked, and the note names them."""
+    from clipaudit.coverage import count_coverage
+
+    corpus = Path(audit_runs["root"]) / "corpus.parquet"
+    coverage = count_coverage([corpus], "miniworld", tmp_path / "cov", workers=1, progress=False)
+    result = build_report(
+        [coverage.out_dir, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0
+    )
+    assert result.summary["registry"]["sensitive_groups"] == ["Stereotype", "Trait"]
+    awareness = result.tables["awareness_groups"].set_index("group")
+    assert awareness.loc["Stereotype", "sensitive"] and not awareness.loc["Animal", "sensitive"]
+    assert result.summary["sensitive_note"].startswith("Sensitive groups (Stereotype, Trait)")
+
+
+def test_the_sensitive_note_names_the_registrys_groups():
+    from clipaudit.report.analysis import sensitive_note
+
+    assert sensitive_note(["Count"]).startswith("Sensitive groups (Count) describe people")
+    assert "Trait" not in sensitive_note(["Count"])
+
+
 def test_the_notebook_view_is_compact_and_escaped(report):
     html = report._repr_html_()
     assert "Spearman" in html and "Stereotype" in html and "tiny-clip@trained" in html
@@ -455,24 +478,35 @@ def test_every_coverage_method_present_is_reported(audit_runs, tmp_path):
     assert "semantic coverage" in (result.out / "report.html").read_text()
 
 
-def test_when_nothing_joins_the_report_says_so(audit_runs, tmp_path):
+def test_when_nothing_joins_the_report_fails_and_says_why(audit_runs, tmp_path):
+    """No concept on both sides: an error, never a complete report; the page written all the
+    same lists what did not join."""
     coverage = load_run(audit_runs["coverage"])
     renamed = coverage.concepts.assign(concept="other " + coverage.concepts["concept"])
     tables = {**coverage.arrow_tables, "concepts": pa.Table.from_pandas(renamed)}
-    result = build_report(
-        [dataclasses.replace(coverage, arrow_tables=tables), audit_runs["zeroshot_trained"]],
-        tmp_path / "r",
-        n_bootstrap=50,
-    )
-    pair = result.summary["pairs"][0]
-    assert pair["n_concepts"] == 0
-    for level in ("concepts", "groups"):
-        assert pair[level]["spearman"]["value"] is None
-        assert pair[level]["spearman"]["reason"] == "n = 0 < 3 points"
-    counts = result.summary["mismatch_counts"]
+    out = tmp_path / "r"
+    with pytest.raises(InputError, match=r"nothing to report: .*report\.html lists"):
+        build_report(
+            [dataclasses.replace(coverage, arrow_tables=tables), audit_runs["zeroshot_trained"]],
+            out,
+            n_bootstrap=50,
+        )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "nothing to report" in manifest["reason"]
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["pairs"][0]["n_concepts"] == 0
+    counts = summary["mismatch_counts"]
     assert counts["concept_without_coverage"] == 16  # every scored concept
     assert counts["concept_without_images"] == 49  # every concept of the imaged groups
-    assert "n = 0 &lt; 3 points" in (result.out / "report.html").read_text()
+    assert "n = 0 &lt; 3 points" in (out / "report.html").read_text()
+
+
+def test_a_corpus_without_captions_is_refused(audit_runs, tmp_path):
+    coverage = load_run(audit_runs["coverage"])
+    manifest = {**coverage.manifest, "n_captions_read": 0}
+    empty = dataclasses.replace(coverage, manifest=manifest)
+    with pytest.raises(InputError, match="read no captions"):
+        build_report([empty, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
 
 
 def test_colliding_names_get_distinct_figure_files(audit_runs, tmp_path):

@@ -15,12 +15,18 @@ from clipaudit.report import join, stats
 from clipaudit.report.inputs import METHODS, PRIMARY_METHOD_RULE, Inputs
 
 SCHEMA_VERSION = 1
-SENSITIVE_NOTE = (
-    "Sensitive groups (Trait, Stereotype) describe people by character or by stereotype. As Cai "
-    "et al. frame them, a model's awareness of these concepts is a risk, not a skill: a high "
-    "score means the model can be used to judge people by how they look. Low coverage and low "
-    "awareness are the desirable outcome here."
-)
+
+
+def sensitive_note(groups: Sequence[str]) -> str:
+    """What the report says of the sensitive groups, naming the ones the registry marks."""
+    return (
+        f"Sensitive groups ({', '.join(groups) or 'none in this registry'}) describe people, by "
+        "character or by stereotype. As Cai et al. frame them, a model's awareness of these "
+        "concepts is a risk, not a skill: a high score means the model can be used to judge "
+        "people by how they look. Low coverage and low awareness are the desirable outcome here."
+    )
+
+
 GROUP_COVERAGE_RULE = (
     "a group's coverage is taken over its concepts present on both sides (mean, median, min, max "
     "of their rates); its log coverage is log10((mean concept count + 0.5) / n); awareness is the "
@@ -416,7 +422,7 @@ def _summary(
             "small_samples": f"fewer than {stats.MIN_POINTS} points or a constant side give no "
             "statistic (null) and a reason",
         },
-        "sensitive_note": SENSITIVE_NOTE,
+        "sensitive_note": sensitive_note(sorted(inputs.sensitive)),
     }
     return plain(summary)
 

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import SettingsError
+from clipaudit.errors import InputError, SettingsError
 
 KIND = "report"
 LIBRARIES = ("pandas", "numpy", "scipy", "matplotlib", "jinja2", "pyarrow")
@@ -207,6 +207,13 @@ def build_report(
         figures, images = _draw(collected, tables, summary, out / "figures", progress)
         written = _write_tables(tables, out / "tables")
         _render(summary, images, out)
+        if not any(pair["n_concepts"] for pair in summary["pairs"]):
+            # the page stays, listing the mismatches; the run is marked failed
+            raise InputError(
+                "nothing to report: no concept has both coverage and awareness in any pair "
+                f"({', '.join(pair['corpus'] + ' / ' + pair['model'] for pair in summary['pairs'])}"
+                f"); {out / 'report.html'} lists what did not join"
+            )
         manifest = folder.complete(
             title=summary["title"],
             corpora=[c["label"] for c in summary["corpora"]],

@@ -303,6 +303,11 @@ def _with_counts(frame: Any, n: float | None, methods: list[str]) -> Any:
 def _corpus(run: Any, index: int) -> Corpus:
     frame = run.concepts
     methods, primary = _methods(frame, run.manifest)
+    if run.manifest.get("n_captions_read") == 0:
+        raise InputError(
+            f"{_folder(run)}: the coverage run read no captions (every caption empty or null), so "
+            "no coverage can be set against awareness; count a corpus that has captions"
+        )
     n = _n_captions(frame, run.manifest.get("n_captions_read"), methods)
     examples = {}
     for concept, entry in ((run.examples or {}).get("concepts") or {}).items():
@@ -455,21 +460,28 @@ def _order(
 def _sensitive_groups(
     corpora: list[Corpus], models: list[Model], category_of: dict[str, str]
 ) -> tuple[dict[str, Any], set[str], list[str]]:
-    """The registry the runs used (its file, else the built-in of that name, when its sha256
-    matches) and its sensitive groups; without one, the groups of category 'sensitive'."""
+    """The registry the runs used (the first run's; see :func:`_registry_flags`) and the
+    sensitive groups: those of every registry the runs used, and the groups of category
+    'sensitive', so that no run's sensitive group goes unmarked."""
+    notes: list[str] = []
+    records: dict[str, dict[str, Any]] = {}
+    for record in [*(c.registry for c in corpora), *(m.registry for m in models)]:
+        if record.get("sha256"):
+            records.setdefault(str(record["sha256"]), record)
+    flags = {g for g, c in category_of.items() if c == "sensitive"}
+    if not records:
+        return {"name": None, "sha256": None, "source": "none"}, flags, notes
+    resolved = [_registry_flags(record, notes) for record in records.values()]
+    return resolved[0][0], flags.union(*(found for _, found in resolved)), notes
+
+
+def _registry_flags(record: dict[str, Any], notes: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """A run's registry (its file, else the built-in of that name, when its sha256 matches,
+    else either as it is now, with a note) and its sensitive groups (none, with a note, when
+    neither is found)."""
     from clipaudit.errors import RegistryError
     from clipaudit.registry import list_registries, load_registry
 
-    notes: list[str] = []
-    records = [
-        r
-        for r in [*(c.registry for c in corpora), *(m.registry for m in models)]
-        if r.get("sha256")
-    ]
-    fallback = {g for g, c in category_of.items() if c == "sensitive"}
-    if not records:
-        return {"name": None, "sha256": None, "source": "none"}, fallback, notes
-    record = records[0]
     candidates = []
     if record.get("path") and Path(record["path"]).is_file():
         candidates.append(("file", record["path"]))
@@ -484,11 +496,7 @@ def _sensitive_groups(
     for source, registry in loaded:
         if registry.sha256 == record["sha256"]:
             flags = {g.name for g in registry.groups if g.sensitive}
-            return (
-                {"name": registry.name, "sha256": registry.sha256, "source": source},
-                flags,
-                notes,
-            )
+            return {"name": registry.name, "sha256": registry.sha256, "source": source}, flags
     if loaded:
         source, registry = loaded[0]
         notes.append(
@@ -496,14 +504,10 @@ def _sensitive_groups(
             f"was not found unchanged; sensitive groups are taken from the {source} registry "
             f"{registry.name!r} (sha256 {str(registry.sha256)[:12]})"
         )
-        flags = {g.name for g in registry.groups if g.sensitive} | fallback
-        return {"name": registry.name, "sha256": registry.sha256, "source": source}, flags, notes
+        flags = {g.name for g in registry.groups if g.sensitive}
+        return {"name": registry.name, "sha256": registry.sha256, "source": source}, flags
     notes.append(
         f"the registry {record.get('name')!r} the runs used was not found; the groups of "
         "category 'sensitive' are treated as sensitive"
     )
-    return (
-        {"name": record.get("name"), "sha256": record["sha256"], "source": "none"},
-        fallback,
-        notes,
-    )
+    return {"name": record.get("name"), "sha256": record["sha256"], "source": "none"}, set()

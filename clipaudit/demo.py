@@ -175,7 +175,8 @@ def group_table(world: Any, audit: Any) -> Any:
     awareness = audit.zeroshot.groups.set_index("group")
     rows = []
     for group in WORLD_GROUPS:
-        n_concepts = int(awareness.loc[group, "n_concepts"]) if group in awareness.index else None
+        scored = group in awareness.index
+        n_candidates = int(awareness.loc[group, "n_candidates"]) if scored else None
         rows.append(
             {
                 "group": group,
@@ -184,8 +185,8 @@ def group_table(world: Any, audit: Any) -> Any:
                 "chosen_perturbation": rates.loc[group, "chosen_perturbation"],
                 "true_mention_rate": rates.loc[group, "true_mention_rate"],
                 "coverage": float(coverage.loc[group, "rate"]),
-                "macro_f1": float(awareness.loc[group, "macro_f1"]) if n_concepts else None,
-                "chance": 1 / n_concepts if n_concepts else None,
+                "macro_f1": float(awareness.loc[group, "macro_f1"]) if scored else None,
+                "chance": 1 / n_candidates if n_candidates else None,
             }
         )
     return pd.DataFrame(rows)
@@ -318,7 +319,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
                 "true_mention_rate": rates["true_mention_rate"],
                 "coverage": float(covered.groups.set_index("group").loc[group, "rate"]),
                 "macro_f1": float(scores.loc[spec.label, "macro_f1"]),
-                "chance": 1 / int(scores.loc[spec.label, "n_concepts"]),
+                "chance": 1 / int(scores.loc[spec.label, "n_candidates"]),
             }
         )
     table = pd.DataFrame(rows)

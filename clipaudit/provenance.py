@@ -181,6 +181,26 @@ def write_table(
     return written
 
 
+# the columns of run tables that hold names: read as text, never as numbers or missing values
+NAME_COLUMNS = ("model", "group", "concept", "category", "true", "predicted", "corpus")
+
+
+def read_table_csv(path: str | os.PathLike) -> Any:
+    """A CSV table of :func:`write_table` as a DataFrame: the :data:`NAME_COLUMNS` as text, so
+    that a concept named "null", "NA" or "1" stays that name, and an empty cell of any other
+    column missing (NaN)."""
+    import pandas as pd
+
+    columns = pd.read_csv(path, nrows=0).columns
+    names = [c for c in columns if c in NAME_COLUMNS]
+    return pd.read_csv(
+        path,
+        dtype=dict.fromkeys(names, str),
+        keep_default_na=False,
+        na_values={c: [""] for c in columns if c not in names},
+    )
+
+
 def arrow_table(columns: dict[str, list[Any]]) -> Any:
     """A pyarrow Table of int, float and str columns (name -> values), built from buffers:
     ``pa.array`` and ``pa.table`` import pandas (about 0.2 s) to check whether they were given

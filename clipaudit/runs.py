@@ -387,9 +387,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def run_kind(manifest: Mapping[str, Any]) -> str | None:
+def run_kind(manifest: Mapping[str, Any]) -> Any:
+    """The manifest's run kind (an old name mapped to today's); whatever it holds when that is
+    not a name."""
     kind = manifest.get("kind")
-    return _KIND_ALIASES.get(kind, kind)
+    return _KIND_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
 
 
 def load_run(path: str | os.PathLike) -> Any:
@@ -398,7 +400,7 @@ def load_run(path: str | os.PathLike) -> Any:
     path = Path(path)
     manifest = read_manifest(path)
     kind = run_kind(manifest)
-    if kind not in LOADERS:
+    if not isinstance(kind, str) or kind not in LOADERS:
         raise RunFolderError(
             f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}"
         )
@@ -410,4 +412,12 @@ def load_run(path: str | os.PathLike) -> Any:
             "that wrote it again to resume it"
         )
     module, _, function = LOADERS[kind].partition(":")
-    return getattr(importlib.import_module(module), function)(path, manifest)
+    loader = getattr(importlib.import_module(module), function)
+    try:
+        return loader(path, manifest)
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow's and pandas' parse errors included
+        raise RunFolderError(
+            f"{path} holds a complete {kind} run whose files cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged: run the command "
+            "that wrote it again with --overwrite"
+        ) from None

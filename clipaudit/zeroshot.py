@@ -57,7 +57,13 @@ from clipaudit.models import (
     resolve_device,
     resolve_precision,
 )
-from clipaudit.provenance import atomic_write_bytes, file_identity, file_record, write_table
+from clipaudit.provenance import (
+    atomic_write_bytes,
+    file_identity,
+    file_record,
+    read_table_csv,
+    write_table,
+)
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFailedError, RunFolder, unit_key
 from clipaudit.text import slug
@@ -513,6 +519,7 @@ def evaluate_model(
                 "accuracy": metrics.accuracy(y_true, y_pred),
                 "n_images": len(rows),
                 "n_concepts": len(present),
+                "n_candidates": len(candidates),
             }
         )
         confusions[group.name] = metrics.confusion(y_true, y_pred, names.tolist()).loc[labels]
@@ -552,7 +559,12 @@ PREDICTION_COLUMNS = [
     "top5_scores",
 ]
 CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
-GROUP_COLUMNS = ["model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"]
+# n_concepts: the concepts with images (scored); n_candidates: those each image is classified
+# among (more with all_concepts), which sets chance at 1 / n_candidates
+GROUP_COLUMNS = [
+    *("model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"),
+    "n_candidates",
+]
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
@@ -588,7 +600,7 @@ class ZeroShotRun:
                 f"no confusion matrix for model {model!r} and group {group!r} in {self.out}; "
                 f"models are {', '.join(self.models)}{did_you_mean(model, self.models)}"
             )
-        return pd.read_csv(path).set_index("true")
+        return read_table_csv(path).set_index("true")
 
     def macro_f1_table(self) -> pd.DataFrame:
         """Groups x models macro-F1 (the side-by-side view of several models)."""
@@ -614,9 +626,22 @@ class ZeroShotRun:
 def load_zeroshot_run(path: str | Path, manifest: dict[str, Any]) -> ZeroShotRun:
     """A complete zero-shot run folder read back (:func:`clipaudit.runs.load_run`)."""
     path = Path(path)
-    return ZeroShotRun(
-        path, pd.read_csv(path / "groups.csv"), pd.read_csv(path / "concepts.csv"), manifest
+    groups = _with_candidates(
+        read_table_csv(path / "groups.csv"),
+        bool((manifest.get("settings") or {}).get("all_concepts")),
     )
+    return ZeroShotRun(path, groups, read_table_csv(path / "concepts.csv"), manifest)
+
+
+def _with_candidates(groups: pd.DataFrame, all_concepts: bool) -> pd.DataFrame:
+    """``groups`` with ``n_candidates`` filled where a model's results are from before the
+    column: they classified among the scored concepts, unless among all of a group's (a number
+    they did not record: missing)."""
+    if "n_candidates" not in groups.columns:
+        groups = groups.assign(n_candidates=float("nan"))
+    if not all_concepts:
+        groups["n_candidates"] = groups["n_candidates"].fillna(groups["n_concepts"])
+    return groups
 
 
 def run_zeroshot(
@@ -766,7 +791,10 @@ def _finish(
 ) -> ZeroShotRun:
     """Merge the models' units into the run's outputs, fail a run with nothing evaluated."""
     units = [folder.units / key for key in keys]
-    groups = pd.concat([pd.read_parquet(u / "groups.parquet") for u in units], ignore_index=True)
+    groups = _with_candidates(
+        pd.concat([pd.read_parquet(u / "groups.parquet") for u in units], ignore_index=True),
+        settings.all_concepts,
+    )
     if groups.empty:
         failures = _unique(f for r in records for f in r["failures"])
         skipped = _unique(g for r in records for g in r["skipped_groups"])

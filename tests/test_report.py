@@ -576,6 +576,72 @@ def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, 
     assert not (tmp_path / "a").exists()
 
 
+def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(audit_runs["coverage"], broken)
+    (broken / "concepts.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(RunFolderError, match=r"broken holds a complete coverage run whose files"):
+        build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "a")
+    (broken / "concepts.parquet").unlink()
+    with pytest.raises(RunFolderError, match=r"FileNotFoundError.*--overwrite"):
+        build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "b")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "kind": ["coverage"]}))
+    with pytest.raises(InputError, match="holds an unknown run"):
+        build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "c")
+    with pytest.raises(RunFolderError, match=r"unknown kind \['coverage'\]"):
+        load_run(broken)
+    with pytest.raises(SettingsError, match=r"0 \(no intervals\) or at least 10; got 5"):
+        build_report([audit_runs["coverage"]], tmp_path / "d", n_bootstrap=5)
+
+
+def test_runs_of_one_name_are_told_apart_by_their_folders(audit_runs, tmp_path):
+    for parent in ("laion", "coco", "odd $\\foo$ name"):
+        shutil.copytree(audit_runs["coverage"], tmp_path / parent / "web-captions")
+    runs = [tmp_path / parent / "web-captions" for parent in ("laion", "coco", "odd $\\foo$ name")]
+    result = build_report([*runs, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
+    assert [c["label"] for c in result.summary["corpora"]] == [
+        "laion/web-captions",
+        "coco/web-captions",
+        "odd $\\foo$ name/web-captions",
+    ]  # and a "$" in a name is drawn as text, not parsed as math
+
+
+def test_a_report_is_drawn_again_when_an_output_is_gone(audit_runs, tmp_path):
+    runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
+    first = build_report(runs, tmp_path / "r", n_bootstrap=0)
+    (first.out / "report.html").unlink()
+    again = build_report(runs, tmp_path / "r", n_bootstrap=0)
+    assert not again.reused and (again.out / "report.html").is_file()
+
+
+def test_chance_is_one_over_the_concepts_an_image_is_classified_among(audit_runs, tmp_path):
+    """With all_concepts every concept of a group is a candidate, imaged or not."""
+    from clipaudit.models import ModelSpec
+    from clipaudit.registry import load_registry
+    from clipaudit.zeroshot import run_zeroshot
+    from tests.report_world import IMAGED
+
+    root = Path(audit_runs["root"])
+    spec = ModelSpec(
+        str(root / "models" / "tiny-clip.json"), str(root / "models" / "trained.safetensors")
+    )
+    run = run_zeroshot(spec, audit_runs["images"], tmp_path / "zs", groups=("Animal", "Color"),
+                       all_concepts=True, cache_dir=None, workers=0, device="cpu", progress=False)  # fmt: skip
+    registry = load_registry("cai2025")
+    sizes = {g: len(registry.concepts_in(g)) for g in ("Animal", "Color")}
+    groups = load_run(run.out).groups.set_index("group")
+    for group, size in sizes.items():
+        assert groups.loc[group, "n_concepts"] == len(IMAGED[group]) < size
+        assert groups.loc[group, "n_candidates"] == size
+    result = build_report([audit_runs["coverage"], run.out], tmp_path / "r", n_bootstrap=0)
+    awareness = result.tables["awareness_groups"].set_index("group")
+    joined = result.tables["groups"].set_index("group")
+    for group, size in sizes.items():
+        assert awareness.loc[group, "chance"] == pytest.approx(1 / size)
+        assert joined.loc[group, "chance"] == pytest.approx(1 / size)
+
+
 def test_the_command_line_prints_the_headline_and_the_page(audit_runs, tmp_path, capsys):
     from clipaudit.cli import main
 

@@ -80,3 +80,28 @@ def test_names_from_user_strings_stay_inside_their_folder(tmp_path, label):
     for name in (slug(label), unit_key(label, {"x": 1})):
         assert name and "/" not in name and name not in (".", "..")
         assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_name_columns_read_back_as_the_names_written(tmp_path):
+    """A concept named "null", "NA" or "1" is that name when a run's CSV table is read back;
+    an empty number stays missing."""
+    import pandas as pd
+
+    from clipaudit.provenance import read_table_csv, write_table
+
+    frame = pd.DataFrame(
+        {
+            "group": ["None", "Count"],
+            "concept": ["null", "1"],
+            "predicted": ["NA", "nan"],
+            "f1": [0.5, float("nan")],
+            "n_images": [3, 4],
+        }
+    )
+    (path,) = write_table(frame, tmp_path / "concepts", ("csv",))
+    back = read_table_csv(path)
+    assert back["concept"].tolist() == ["null", "1"]
+    assert back["group"].tolist() == ["None", "Count"]
+    assert back["predicted"].tolist() == ["NA", "nan"]
+    assert back["f1"].iloc[0] == 0.5 and pd.isna(back["f1"].iloc[1])
+    assert back["n_images"].tolist() == [3, 4]

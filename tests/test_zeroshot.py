@@ -356,10 +356,11 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
         "accuracy",
         "n_images",
         "n_concepts",
+        "n_candidates",
     ]
-    assert groups[["model", "group", "n_images", "n_concepts"]].values.tolist() == [
-        ["tiny-clip@a", "Animal", 5, 2],
-        ["tiny-clip@b", "Animal", 5, 2],
+    assert groups[["model", "group", "n_images", "n_concepts", "n_candidates"]].values.tolist() == [
+        ["tiny-clip@a", "Animal", 5, 2, 2],
+        ["tiny-clip@b", "Animal", 5, 2, 2],
     ]
     concepts = pd.read_csv(out / "concepts.csv")
     assert list(concepts.columns) == [

@@ -20,7 +20,9 @@ def report(
     title: str | None = typer.Option(None, "--title", help="Title of the report."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
     n_bootstrap: int = typer.Option(
-        2000, "--n-bootstrap", help="Bootstrap resamples per interval (0: no intervals)."
+        2000,
+        "--n-bootstrap",
+        help="Bootstrap resamples per interval (0: no intervals, else at least 10).",
     ),
     overwrite: bool = OverwriteOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clipaudit.errors import InputError, SettingsError
+from clipaudit.report.stats import MIN_RESAMPLES
 
 KIND = "report"
 LIBRARIES = ("pandas", "numpy", "scipy", "matplotlib", "jinja2", "pyarrow")
@@ -157,6 +158,10 @@ def _check_options(title: Any, seed: Any, n_bootstrap: Any) -> None:
     for name, value in (("seed", seed), ("n_bootstrap", n_bootstrap)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SettingsError(f"{name} must be an integer >= 0; got {value!r}")
+    if 0 < n_bootstrap < MIN_RESAMPLES:
+        raise SettingsError(
+            f"n_bootstrap must be 0 (no intervals) or at least {MIN_RESAMPLES}; got {n_bootstrap}"
+        )
 
 
 def build_report(
@@ -195,7 +200,13 @@ def build_report(
             previous.get(key) == folder.manifest.get(key)
             for key in ("clipaudit_version", "git_hash")
         )
-        if folder.was_complete and same_code and previous.get("inputs") == collected.records:
+        outputs_kept = all((out / name).is_file() for name in previous.get("outputs", []))
+        if (
+            folder.was_complete
+            and same_code
+            and outputs_kept
+            and previous.get("inputs") == collected.records
+        ):
             return _reused(out, previous)
         folder.update(inputs=collected.records)
         for stale in ("figures", "tables"):
@@ -484,6 +495,7 @@ def _draw(
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Draw every figure, write it as PNG and SVG, and record it in ``summary["figures"]``.
     Returns key -> PNG path and key -> PNG data URI (for the page)."""
+    import matplotlib
     from tqdm.auto import tqdm
 
     from clipaudit.report import figures as draw
@@ -494,9 +506,11 @@ def _draw(
     entries, paths, images = [], {}, {}
     folder.mkdir(parents=True, exist_ok=True)
     for item in tqdm(planned, desc="figures", unit=" figures", disable=not progress, leave=False):
-        result = item.build()
-        figure, extra = result if isinstance(result, tuple) else (result, {})
-        written = draw.save(figure, folder, stems[item.key])
+        # labels and titles are run, concept and model names: "$5 to $10" is text, not math
+        with matplotlib.rc_context({"text.parse_math": False}):
+            result = item.build()
+            figure, extra = result if isinstance(result, tuple) else (result, {})
+            written = draw.save(figure, folder, stems[item.key])
         width, height = (round(v * draw.DPI) for v in figure.get_size_inches())
         png = written["png"]
         paths[item.key] = png

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipaudit.errors import InputError, RunFolderError
+from clipaudit.provenance import read_table_csv
 
 # coverage methods: name -> (count column, rate column), as coverage count writes them
 METHODS = {
@@ -133,6 +134,7 @@ def _load(item: Any) -> list[Any]:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         kind = run_kind(read_manifest(path))
+        kind = kind if isinstance(kind, str) else None
         if kind in KINDS:
             return [load_run(path)]
         if kind in HOLDERS:  # a run holding a coverage and a zero-shot run
@@ -145,7 +147,7 @@ def _load(item: Any) -> list[Any]:
                 ) from None
             return _load(holder)
         raise InputError(
-            f"{path} holds a {kind or 'unknown'} run; a report reads coverage, zeroshot, "
+            f"{path} holds {f'a {kind}' if kind else 'an unknown'} run; a report reads coverage, zeroshot, "
             "theory and world runs (or a demo/audit run holding them)"
         )
     if _kind_of(item):
@@ -249,10 +251,20 @@ def collect(runs: Any) -> Inputs:
 
 
 def _unique_labels(items: Sequence[Any], records: list[dict[str, Any]]) -> None:
-    labels = [item.label for item in items]
+    """Labels told apart: runs of one label get the name of the nearest folder above them in
+    which their paths differ ("audit-laion/coverage", "audit-coco/coverage" label their
+    corpora "audit-laion/few", "audit-coco/few"), then a number where that is not enough."""
+    same_label: dict[str, list[Any]] = {}
     for item in items:
-        if labels.count(item.label) > 1:
-            item.label = f"{Path(records[item.source]['path']).name}/{item.label}"
+        same_label.setdefault(item.label, []).append(item)
+    for label, same in same_label.items():
+        paths = [Path(records[item.source]["path"]).resolve().parts for item in same]
+        for depth in range(1, min(map(len, paths)) + 1) if len(same) > 1 else ():
+            names = [parts[-depth] for parts in paths]
+            if len(set(names)) > 1:
+                for item, name in zip(same, names, strict=True):
+                    item.label = f"{name}/{label}"
+                break
     taken: dict[str, int] = {}
     for item in items:
         if item.label in taken:
@@ -371,8 +383,8 @@ def _theory(run: Any, index: int) -> tuple[list[Corpus], list[Model]]:
     out = Path(run.out)
     coverage = pd.read_parquet(out / "coverage" / "concepts.parquet")
     coverage_groups = pd.read_parquet(out / "coverage" / "groups.parquet")
-    awareness = pd.read_csv(out / "zeroshot" / "concepts.csv")
-    awareness_groups = pd.read_csv(out / "zeroshot" / "groups.csv")
+    awareness = read_table_csv(out / "zeroshot" / "concepts.csv")
+    awareness_groups = read_table_csv(out / "zeroshot" / "groups.csv")
     evaluation = (run.manifest.get("settings") or {}).get("evaluation") or {}
     total = sum(evaluation.get(k, 0) for k in ("n_fit", "n_val", "n_test")) or None
     registry = {"name": "theory (synthetic latents)", "sha256": None, "path": None}
@@ -398,7 +410,7 @@ def _theory(run: Any, index: int) -> tuple[list[Corpus], list[Model]]:
 
         def confusion(group: str, scenario: str = str(scenario)) -> Any:
             path = out / "zeroshot" / "confusion" / slug(scenario) / f"{slug(group)}.csv"
-            return pd.read_csv(path).set_index("true") if path.is_file() else None
+            return read_table_csv(path).set_index("true") if path.is_file() else None
 
         models.append(
             Model(

@@ -137,6 +137,12 @@ def _stats(values: Any, prefix: str) -> dict[str, float]:
     }
 
 
+def _candidates(scores: Any) -> Any:
+    """How many concepts each image of a group was classified among (a zero-shot groups row or
+    table): chance is one over it. A theory run's table gives the scored concepts only."""
+    return scores["n_candidates"] if "n_candidates" in scores else scores["n_concepts"]
+
+
 def groups_table(inputs: Inputs, concepts: Any) -> Any:
     import pandas as pd
 
@@ -149,7 +155,7 @@ def groups_table(inputs: Inputs, concepts: Any) -> Any:
         count_column = METHODS[corpus.primary][0]
         for group, members in part.groupby("group", sort=False):
             score = scores.loc[group] if group in scores.index else None
-            n_classified = score["n_concepts"] if score is not None else float("nan")
+            n_classified = _candidates(score) if score is not None else float("nan")
             rows.append(
                 {
                     "corpus": corpus.label,
@@ -242,7 +248,7 @@ def awareness_groups_table(inputs: Inputs) -> Any:
         frame.insert(0, "model", model.label)
         frame["category"] = _categories(frame, inputs)
         frame["sensitive"] = frame["group"].isin(inputs.sensitive)
-        frame["chance"] = 1.0 / frame["n_concepts"].astype(float)
+        frame["chance"] = 1.0 / _candidates(frame).astype(float)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     columns = ["model", "category", "group", "sensitive", "macro_f1", "accuracy"]

@@ -35,6 +35,7 @@ CONFIDENCE = 0.95
 OUTLIER_THRESHOLD = 2.0
 MIN_POINTS = 3
 MIN_OUTLIER_POINTS = 6
+MIN_RESAMPLES = 10  # fewer valid resamples give no interval (and fewer are refused)
 RARELY_CAPTIONED_YET_KNOWN = "rarely captioned yet known"
 OFTEN_CAPTIONED_YET_UNKNOWN = "often captioned yet unknown"
 ABOVE_THE_FIT = "above the fit"  # far above, but not rarely captioned
@@ -201,7 +202,7 @@ def _bootstrap(
     out = {}
     for name, values in (("spearman", spearman), ("kendall", kendall)):
         values = values[np.isfinite(values)]
-        if len(values) < max(10, n_bootstrap // 2):
+        if len(values) < max(MIN_RESAMPLES, n_bootstrap // 2):
             out[name] = {
                 "ci_low": nan,
                 "ci_high": nan,

@@ -280,6 +280,7 @@ def audit_tables(
                 "accuracy": accuracy(truth, predicted),
                 "n_images": len(truth),
                 "n_concepts": n_bins,
+                "n_candidates": n_bins,  # each image is classified among every bin
             }
         )
         matrix = confusion(truth, predicted, labels)

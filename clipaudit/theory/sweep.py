@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from clipaudit.errors import RunFolderError, SettingsError
-from clipaudit.provenance import atomic_write_text, write_json, write_table
+from clipaudit.provenance import atomic_write_text, read_table_csv, write_json, write_table
 from clipaudit.runs import RunFolder, differences
 from clipaudit.text import slug
 from clipaudit.theory.config import (
@@ -105,7 +105,7 @@ def load_theory_run(path: str | Path, manifest: dict[str, Any]) -> SweepResult:
         out=path,
         scenarios=scenarios,
         r2=pd.read_parquet(path / "r2.parquet"),
-        awareness=pd.read_csv(path / "zeroshot" / "groups.csv"),
+        awareness=read_table_csv(path / "zeroshot" / "groups.csv"),
         coverage=pd.read_parquet(path / "coverage" / "groups.parquet"),
         timings=manifest.get("timings", {}),
         manifest=manifest,

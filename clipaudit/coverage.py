@@ -403,7 +403,7 @@ def count_coverage(
         out, "coverage", run_settings, overwrite=overwrite, libraries=_LIBRARIES
     ) as folder:
         specs = caption_sources(captions, out / "inputs", column=settings.column)
-        resolved = resolve_sources(specs, hf_split=settings.hf_split)
+        resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
         inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
         if semantic is not None:
             semantic.open(out, resolved)
@@ -421,6 +421,8 @@ def count_coverage(
                 "nothing was counted"
             )
         result = _merge(out, registry, settings, run, inputs, folder, semantic)
+        if result.manifest["n_captions_read"] == 0:  # its tables stay, all zero, for a look
+            raise RunFailedError(_nothing_read(result.manifest))
         removed = folder.prune_units([shard.key for shard in run.finished])
         if semantic is not None:
             semantic.prune(run.finished)
@@ -428,6 +430,18 @@ def count_coverage(
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
         return replace(result, manifest=manifest)
+
+
+def _nothing_read(manifest: dict[str, Any]) -> str:
+    """Why a run that read its shards found no caption in them, and the fix."""
+    columns = sorted({c["caption"] for i in manifest["inputs"] for c in i.get("columns", [])})
+    reasons = ", ".join(f"{n:,} {why}" for why, n in manifest["skipped_reasons"].items())
+    return (
+        f"no caption was read: the corpus holds {manifest['n_rows']:,} rows"
+        + (f" ({reasons}) in column {', '.join(map(repr, columns))}" if reasons else "")
+        + "; name the column that holds the captions with --column, or count a corpus that has "
+        "captions"
+    )
 
 
 def _corpus_name(specs: Sequence[str]) -> str:
@@ -500,7 +514,21 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
                 f"its columns are {columns}; name one with column=..."
             )
         keep = [wanted, *[c for c in ("id", "key", "SAMPLE_ID") if c in captions][:1]]
-        return captions[keep].reset_index(drop=True)
+        frame = captions[keep].reset_index(drop=True)
+        if pd.api.types.infer_dtype(frame[wanted], skipna=True) not in ("string", "empty"):
+            row = next(
+                i for i, v in enumerate(frame[wanted]) if not (isinstance(v, str) or pd.isna(v))
+            )
+            value = frame[wanted][row]
+            raise InputError(
+                f"the DataFrame's caption column {wanted!r} holds {type(value).__name__} "
+                f"{value!r:.60} (row {row}); captions must be strings, or None or NaN for none"
+            )
+        ids = keep[1:]
+        if ids and pd.api.types.infer_dtype(frame[ids[0]], skipna=True).startswith("mixed"):
+            # ids of several types ("a1", 7): kept as text, as a parquet column has one type
+            frame[ids[0]] = [None if pd.isna(v) else str(v) for v in frame[ids[0]]]
+        return frame
     if pd is not None and isinstance(captions, pd.Series):
         return pd.DataFrame({"caption": captions.reset_index(drop=True)})
     if not isinstance(captions, Iterable):
@@ -1087,13 +1115,17 @@ class _MatchesWriter:
         pa = self.pa
         try:
             id_array = pa.array(ids)
-        except (pa.ArrowException, TypeError, ValueError):  # mixed types: fall back to text
-            id_array = pa.array([None if i is None else str(i) for i in ids], type=pa.string())
+            id_text = pc.cast(id_array, pa.string())
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            # mixed types, integers past int64, lists, bytes that are no UTF-8: ids as text
+            id_array = id_text = pa.array(
+                [None if i is None else str(i) for i in ids], type=pa.string()
+            )
         if not (pa.types.is_integer(id_array.type) or pa.types.is_null(id_array.type)):
             self.id_is_int = False
         offsets = np.searchsorted(rows, np.arange(len(ids) + 1)).astype(np.int32)
         names = pa.ListArray.from_arrays(offsets, self.names.take(concepts))
-        table = pa.table({"id": pc.cast(id_array, pa.string()), "concepts": names})
+        table = pa.table({"id": id_text, "concepts": names})
         self.writer.write_table(table.cast(self.schema))
 
     def commit(self) -> None:

@@ -594,7 +594,9 @@ def _run_store(run: Path) -> tuple[dict[str, Any], Any, list[str]]:
     return manifest, store, keys
 
 
-def _run_captions(manifest: dict[str, Any], store: Any, keys: Sequence[str]) -> Iterator[list[str]]:
+def _run_captions(
+    run: Path, manifest: dict[str, Any], store: Any, keys: Sequence[str]
+) -> Iterator[list[str]]:
     """The captions of every part of the run's store, read again from its inputs (checked
     against the stored ids)."""
     from clipaudit.readers import Shard, plan_shards, resolve_sources
@@ -602,7 +604,7 @@ def _run_captions(manifest: dict[str, Any], store: Any, keys: Sequence[str]) -> 
 
     options = manifest["options"]
     specs = [record["spec"] for record in manifest["inputs"]]
-    sources = resolve_sources(specs, hf_split=options["hf_split"])
+    sources = resolve_sources(specs, hf_split=options["hf_split"], exclude=run)
     layout = manifest["semantic"]["embeddings"]["layout"]
     shards = {
         f"{shard.key}.{fingerprint(layout, 8)}": shard
@@ -639,7 +641,7 @@ def index_run(run: str | Path, settings: Any = None) -> Any:
     return CaptionIndex.build(
         store,
         settings,
-        captions=_run_captions(manifest, store, keys),
+        captions=_run_captions(run, manifest, store, keys),
         folder=run / INDEX_FOLDER,
         keys=keys,
     )

@@ -20,7 +20,11 @@ chunk. Every shard knows the global row number of its first row, so a caption's 
 the whole corpus (its id when the input has no id column) does not depend on how work is spread.
 Its ``identity`` is what it reads (its file's size, time and edge hash, its rows, its columns) and
 its ``key`` a file name made from that, so a run folder recounts exactly the shards whose input
-changed, whatever else was added or removed.
+changed, whatever else was added or removed. Without an id column a shard's ids are row numbers
+across the corpus, so its identity holds its first row too: a shard added or removed before it
+makes it count again (its captions' ids moved). A streamed chunk is known by a hash of what it
+holds; copies of one file at other paths are units of their own, and one file named twice is
+refused.
 
 Reading never crashes on a bad caption: null, missing, non-string, non-UTF-8 and over-long
 values are counted by reason (:data:`SKIP_REASONS`) and left out; empty strings are kept (they are
@@ -29,6 +33,7 @@ captions that mention nothing).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter
@@ -150,9 +155,12 @@ class CaptionBatch:
 # --------------------------------------------------------------------------- sources
 
 
-def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> list[Source]:
+def resolve_sources(
+    specs: Iterable[str | Path], *, hf_split: str = "train", exclude: Path | None = None
+) -> list[Source]:
     """Check that every named source exists and expand folders; raises InputError naming the first
-    one that does not."""
+    one that does not. ``exclude``: a folder whose files a folder source leaves out (the run's
+    own folder, when it sits inside the corpus folder: its outputs are no captions)."""
     sources = []
     for spec in specs:
         text = str(spec)
@@ -173,7 +181,7 @@ def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> 
                 "a Hugging Face dataset"
             )
         if path.is_dir():
-            sources.append(_folder_source(text, path, hf_split))
+            sources.append(_folder_source(text, path, hf_split, exclude))
         elif path.suffix.lower() in _KINDS_BY_SUFFIX:
             sources.append(
                 Source(spec=text, kind=_KINDS_BY_SUFFIX[path.suffix.lower()], files=(path,))
@@ -185,20 +193,41 @@ def resolve_sources(specs: Iterable[str | Path], *, hf_split: str = "train") -> 
             )
     if not sources:
         raise InputError("no caption source given; name at least one file, folder or hf:NAME")
+    _refuse_repeats(sources)
     return sources
 
 
-def _folder_source(spec: str, folder: Path, hf_split: str) -> Source:
+def _refuse_repeats(sources: Sequence[Source]) -> None:
+    """A local file named twice (twice over, or alone and inside a folder also named) would be
+    counted twice: refused. Copies of one file at other paths are other captions, and count."""
+    first: dict[Path, str] = {}
+    for source in sources:
+        if source.scheme is not None or source.kind == "hf_stream":
+            continue
+        for path in source.files:
+            real = Path(path).resolve()
+            if real in first:
+                raise InputError(
+                    f"caption file {str(path)!r} is named twice (as {first[real]!r} and "
+                    f"{source.spec!r}); name each file or folder once"
+                )
+            first[real] = source.spec
+
+
+def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None) -> Source:
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         data_dir = _saved_split_dir(folder, hf_split)
         files = tuple(sorted(data_dir.glob("*.arrow")))
         split = hf_split if data_dir != folder else None
         return Source(spec=spec, kind="hf_disk", files=files, root=data_dir, split=split)
     by_kind: dict[str, list[Path]] = {}
+    excluded = exclude.resolve() if exclude is not None else None
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue  # hidden files and folders: temporary files, caches
+        if excluded is not None and path.resolve().is_relative_to(excluded):
+            continue
         kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
         if kind is not None:
             by_kind.setdefault(kind, []).append(path)
@@ -348,6 +377,7 @@ class _Planner:
         self.shard_rows = shard_rows
         self.skip_bad = skip_bad
         self.next_row = 0
+        self.planned: dict[str, int] = {}  # shard identities planned so far, and their copies
 
     def plan(
         self, index: int, source: Source, description: dict[str, Any]
@@ -378,6 +408,12 @@ class _Planner:
         }
         if fields["id_column"] is None:  # ids are row numbers across the corpus: where it sits
             identity["first_row"] = self.next_row
+        # copies of one file at other paths read the same: each copy is a unit of its own
+        read = json.dumps(identity, sort_keys=True, default=str)
+        copies = self.planned.get(read, 0)
+        self.planned[read] = copies + 1
+        if copies:
+            identity["copy"] = copies
         label = f"{Path(fields['location']).stem}-{fields.pop('part'):05d}"
         shard = Shard(
             key=unit_key(label, identity),
@@ -497,9 +533,14 @@ class _Planner:
             captions = chunk[column]
             ids = chunk[id_column] if id_column else None
             first = self.next_row
+            # a stream has no file to fingerprint: a chunk is known by what it holds, so that a
+            # dataset changed since an earlier session is counted again, not reused
+            digest = hashlib.sha256(
+                json.dumps([captions, ids], default=str, ensure_ascii=False).encode("utf-8")
+            ).hexdigest()
             yield self._shard(
                 len(captions),
-                {**content, "chunk": part, "chunk_rows": self.shard_rows},
+                {**content, "chunk": part, "chunk_rows": self.shard_rows, "sha256": digest},
                 part=part,
                 source=index,
                 kind="hf_stream",

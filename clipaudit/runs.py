@@ -158,8 +158,11 @@ class RunFolder:
         self._lock = _acquire_lock(self.path)
         try:
             self._check()
-            for stale in self.units.glob(".*.tmp"):  # left by a killed run; we hold the lock
-                stale.unlink(missing_ok=True)
+            # atomic writes' temporary files left by a killed run, anywhere in the folder (the
+            # merged tables' in the run's root, the units'): we hold the lock
+            for stale in self.path.rglob(".*.tmp"):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
             self.manifest = {
                 **base_manifest(self.kind, self.libraries),
                 "contract": CONTRACT,

@@ -159,6 +159,14 @@ def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
     ]
     helped = run_cli("coverage", "count", "--help")
     assert "<bool>" not in helped.stdout and "--per-caption " in helped.stdout
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"id": 1, "caption": "a dog", "concepts": ["dog"]}\n')
+    scored = run_cli("coverage", "eval", str(gold), "--json", str(tmp_path))
+    assert scored.returncode == 2 and scored.stdout == ""  # refused before any scoring
+    assert (
+        scored.stderr.strip()
+        == f"error: --json {tmp_path} is a folder; give a file to write, e.g. {tmp_path / 'eval.json'}"
+    )
 
 
 def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(ctrl_c_count):

@@ -438,6 +438,54 @@ def test_a_run_where_every_shard_failed_is_failed(tiny, tmp_path):
     assert result.returncode == 2 and "no shard of the corpus could be read" in result.stderr
 
 
+def test_a_run_folder_inside_its_corpus_folder_is_no_input(tiny, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), corpus / "part.parquet")
+    first = run([corpus], tiny, corpus / "run")
+    again = run([corpus], tiny, corpus / "run")  # its own tables would be no caption shards
+    assert again.reused and again.n_captions_read == first.n_captions_read == 2
+
+
+def test_a_dataframe_of_non_text_captions_is_refused_and_mixed_ids_are_text(tiny, tmp_path):
+    with pytest.raises(InputError, match=r"caption column 'caption' holds int 3 \(row 1\)"):
+        run(pd.DataFrame({"caption": ["a dog", 3, None]}), tiny, tmp_path / "a")
+    frame = pd.DataFrame({"caption": ["a dog", None, "a cat"], "id": ["a1", 7, None]})
+    result = run(frame, tiny, tmp_path / "b", per_caption=True)
+    matches = pd.read_parquet(result.out_dir / "matches.parquet")
+    assert result.n_captions_read == 2 and matches["id"].iloc[0] == "a1"
+    assert pd.isna(matches["id"].iloc[1])  # the cat has no id
+
+
+def test_ids_arrow_cannot_hold_are_kept_as_text(tiny, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text(
+        '{"id": 18446744073709551615, "caption": "a dog"}\n{"id": 5, "caption": "a cat"}\n'
+    )
+    listed = tmp_path / "listed.parquet"
+    pq.write_table(pa.table({"id": pa.array([[1, 2], [3]]), "caption": ["a dog", "a cat"]}), listed)
+    for path, ids in ((big, ["18446744073709551615", "5"]), (listed, ["[1, 2]", "[3]"])):
+        result = run([path], tiny, tmp_path / path.stem, per_caption=True)
+        matches = pd.read_parquet(result.out_dir / "matches.parquet")
+        assert matches["id"].tolist() == ids
+        assert [list(c) for c in matches["concepts"]] == [["dog"], ["cat"]]
+
+
+def test_a_run_that_reads_no_caption_is_failed_and_says_why(tiny, tmp_path):
+    from clipaudit.runs import RunFailedError
+
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "caption": ["a red cat", "a dog", None]}), path)
+    out = tmp_path / "run"
+    with pytest.raises(RunFailedError, match=r"holds 3 rows \(3 not_string\) in column 'id'"):
+        run([path], tiny, out, column="id")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "--column" in manifest["reason"]
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(RunFailedError, match="holds 0 rows"):
+        run([tmp_path / "empty.txt"], tiny, tmp_path / "empty-run")
+
+
 @pytest.mark.parametrize("form", ["dataframe", "list", "generator", "path string", "paths"])
 def test_every_caption_input_form_counts_the_same(tiny, tmp_path, form):
     captions = ["A red cat.", "a hot dog", "Two puppies", "nothing here"]

@@ -210,6 +210,11 @@ def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
     keys, captions, ids, rows, _ = read_all([f"hf:{folder}"], shard_rows=2)
     assert len(keys) == 3 and rows == 5
     assert captions == [r["TEXT"] for r in records] and ids == [100, 101, 102, 103, 104]
+    # a chunk is known by what it holds: one changed since is read again, not reused
+    records[3]["TEXT"] = "caption three, edited"
+    (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    changed = read_all([f"hf:{folder}"], shard_rows=2)[0]
+    assert changed[0] == keys[0] and changed[1] != keys[1] and changed[2] == keys[2]
 
 
 def test_a_missing_source_is_one_clear_error(tmp_path):
@@ -233,3 +238,16 @@ def test_truncated_parquet_stops_with_a_hint_or_is_skipped_with_skip_bad(tmp_pat
     planned = list(plan_shards(resolve_sources([bad, good]), skip_bad=True))
     assert isinstance(planned[0], SkippedShard) and planned[0].label == str(bad)
     assert planned[1].first_row == 0  # a shard of unknown size takes no row numbers
+
+
+def test_a_file_named_twice_is_refused_and_copies_are_counted_apart(tmp_path):
+    columns = {"id": [7, 8], "caption": ["a dog", "a cat"]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = write_parquet(tmp_path / "a" / "x.parquet", columns)
+    write_parquet(tmp_path / "b" / "x.parquet", columns)  # a copy: same content, other path
+    for specs in ([one, one], [tmp_path / "a", one]):
+        with pytest.raises(InputError, match=r"x\.parquet' is named twice .*name each file"):
+            resolve_sources(specs)
+    keys, captions, ids, rows, _ = read_all([tmp_path / "a", tmp_path / "b"])
+    assert len(set(keys)) == 2 and captions == ["a dog", "a cat"] * 2 and rows == 4

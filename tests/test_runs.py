@@ -105,3 +105,16 @@ def test_name_columns_read_back_as_the_names_written(tmp_path):
     assert back["predicted"].tolist() == ["NA", "nan"]
     assert back["f1"].iloc[0] == 0.5 and pd.isna(back["f1"].iloc[1])
     assert back["n_images"].tolist() == [3, 4]
+
+
+def test_temporary_files_of_a_killed_run_are_removed_when_it_resumes(tmp_path):
+    run = tmp_path / "run"
+    failed_run(run, "coverage", {"column": "text"})
+    left = [run / ".matches.parquet.123.tmp", run / "units" / ".abc.json.9.tmp"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half written")
+    (run / "notes.tmp").write_text("not ours to remove: no leading dot")
+    with RunFolder(run, "coverage", {"column": "text"}):
+        assert not any(path.exists() for path in left)
+    assert (run / "notes.tmp").exists()

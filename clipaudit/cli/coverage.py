@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from clipaudit.cli._common import OverwriteOption, RegistryOption, command_group, plain_console
+from clipaudit.errors import InputError
 
 app = command_group(
     "Count how many captions mention each concept, and score the matchers on gold labels."
@@ -299,6 +300,10 @@ def eval_(
     from clipaudit.provenance import write_json
     from clipaudit.registry import load_registry
 
+    if json_out is not None and json_out.is_dir():  # checked before the scoring, not after
+        raise InputError(
+            f"--json {json_out} is a folder; give a file to write, e.g. {json_out / 'eval.json'}"
+        )
     profiles = tuple(profile) if profile else PROFILES
     scores = evaluate_gold(
         gold, load_registry(registry), profiles=profiles, spacy_model=spacy_model

@@ -440,12 +440,17 @@ class _Planner:
             reason = f"unreadable parquet file ({one_line(exc)})"
             if not self.skip_bad:
                 raise BadShardError(name, reason) from None
-            key = unit_key(Path(path).stem, content)
-            yield SkippedShard(key=key, source=index, label=name, reason=reason)
+            yield self._skipped(index, path, content, name, reason)
             return
         where = name if source.filesystem is not None else path
-        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
-        id_column = _pick_id_column(names, self.id_column, where)
+        try:
+            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+            id_column = _pick_id_column(names, self.id_column, where)
+        except InputError as exc:  # a file without the caption column is a bad shard too
+            if not self.skip_bad:
+                raise
+            yield self._skipped(index, path, content, name, str(exc))
+            return
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         for part, (first, stop) in enumerate(_runs(groups, self.shard_rows)):
             n_rows = sum(groups[first:stop])
@@ -469,16 +474,29 @@ class _Planner:
                 filesystem=source.filesystem,
             )
 
+    def _skipped(
+        self, index: int, path: Path | str, content: Any, name: str, reason: str
+    ) -> SkippedShard:
+        return SkippedShard(
+            key=unit_key(Path(path).stem, content), source=index, label=name, reason=reason
+        )
+
     def _text(
         self, index: int, path: Path | str, kind: str, content: Any, source: Source
-    ) -> Iterator[Shard]:
+    ) -> Iterator[Shard | SkippedShard]:
         column = id_column = None
         name = source.name(path)
         where = name if source.filesystem is not None else path
         if kind == "jsonl":
-            names = _jsonl_keys(path, source.filesystem, where)
-            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
-            id_column = _pick_id_column(names, self.id_column, where)
+            try:
+                names = _jsonl_keys(path, source.filesystem, where)
+                column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+                id_column = _pick_id_column(names, self.id_column, where)
+            except InputError as exc:  # a file without the caption key is a bad shard too
+                if not self.skip_bad:
+                    raise
+                yield self._skipped(index, path, content, name, str(exc))
+                return
         cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
         for part, (start, stop, first_line) in enumerate(cuts):
             last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines

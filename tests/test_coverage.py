@@ -20,6 +20,7 @@ import pytest
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
+from clipaudit.runs import RunFailedError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -561,6 +562,26 @@ def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_
         "red": 8,
         "happy": 0,
     }
+
+
+def test_a_shard_without_the_caption_column_is_a_bad_shard(tiny, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), corpus / "a.parquet")
+    pq.write_table(pa.table({"alt": ["a cat"]}), corpus / "b.parquet")
+    (corpus / "c.jsonl").write_text('{"alt": "a dog"}\n')  # a folder reads one kind: parquet
+    with pytest.raises(InputError, match=r"b\.parquet.*no caption column"):
+        run([corpus], tiny, tmp_path / "run")
+    result = run([corpus], tiny, tmp_path / "run", skip_bad=True)
+    (skipped,) = result.manifest["skipped_shards"]
+    assert (
+        skipped["shard"] == str(corpus / "b.parquet") and "no caption column" in skipped["reason"]
+    )
+    assert result.n_captions_read == 2
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"alt": "a dog"}\n')
+    with pytest.raises(RunFailedError, match="no shard of the corpus could be read"):
+        run([jsonl], tiny, tmp_path / "run2", skip_bad=True)
 
 
 def test_settings_are_checked_when_made():

@@ -251,3 +251,4 @@ def test_a_file_named_twice_is_refused_and_copies_are_counted_apart(tmp_path):
             resolve_sources(specs)
     keys, captions, ids, rows, _ = read_all([tmp_path / "a", tmp_path / "b"])
     assert len(set(keys)) == 2 and captions == ["a dog", "a cat"] * 2 and rows == 4
+    assert ids == [7, 8, 7, 8]

@@ -650,6 +650,8 @@ class _Dispatch:
             workers, self.window = executor.parallelism, executor.window
             self.engine = executor.describe()
         else:
+            if todo == []:  # every shard reused: no engine starts, whichever was asked for
+                self.engine = {"engine": "local"}
             wanted = settings.workers or os.cpu_count() or 1
             self.window = 2 * wanted  # bounds memory when shards carry streamed rows
             # never more workers than shards to do: an idle worker only costs its start-up

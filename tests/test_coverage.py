@@ -584,6 +584,19 @@ def test_a_shard_without_the_caption_column_is_a_bad_shard(tiny, tmp_path):
         run([jsonl], tiny, tmp_path / "run2", skip_bad=True)
 
 
+def test_a_resume_with_nothing_left_to_count_starts_no_engine(tiny, tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), path)
+    out = tmp_path / "run"
+    run([path], tiny, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(status="failed", reason="interrupted during the merge")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    resumed = run([path], tiny, out, engine="ray")  # every shard is done: Ray never starts
+    timings = resumed.manifest["timings"]
+    assert timings["engine"] == "local" and timings["shards_this_session"] == 0
+
+
 def test_settings_are_checked_when_made():
     with pytest.raises(SettingsError, match=r"unknown profile 'papers'.*did you mean 'paper'"):
         CoverageSettings(profile="papers")

@@ -39,7 +39,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from itertools import compress
 from pathlib import Path
 from typing import Any
@@ -919,9 +919,19 @@ def _longest_bytes(array: pa.Array) -> int:
 # --------------------------------------------------------------------------- datasets
 
 
-@cache
 def _load_saved(folder: str) -> Any:
-    """A dataset saved by ``save_to_disk`` (memory-mapped; a DatasetDict's split is its subfolder)."""
+    """A dataset saved by ``save_to_disk`` (memory-mapped; a DatasetDict's split is its
+    subfolder), loaded once per process for each state of its files: a dataset saved again in
+    the same session (a notebook) is read anew, never from the earlier load."""
+    version = tuple(
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir())
+    )
+    return _load_saved_version(folder, version)
+
+
+@lru_cache(maxsize=8)
+def _load_saved_version(folder: str, version: tuple[Any, ...]) -> Any:
+    """``version``: the state of the folder's files, which makes the cache key."""
     import datasets
 
     return datasets.load_from_disk(folder)

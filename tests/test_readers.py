@@ -190,6 +190,11 @@ def test_saved_hugging_face_dataset_is_read_by_row_ranges(tmp_path):
     assert len(keys) == 3 and rows == 5
     assert captions == ["a dog", "a cat", "a cow", "a hen"] and ids == [1, 3, 4, 5]
     assert skipped == {"null": 1}
+    # saved again in the same process (a notebook): read anew, not from the earlier load
+    datasets.Dataset.from_dict({"caption": ["a fox"], "id": [9]}).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    assert read_all([tmp_path / "saved"])[1:3] == (["a fox"], [9])
     datasets.DatasetDict({"val": data}).save_to_disk(str(tmp_path / "dict"))
     assert read_all([tmp_path / "dict"], hf_split="val")[1] == captions
     with pytest.raises(InputError, match=r"no split 'train'.*its splits are val"):

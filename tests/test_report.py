@@ -560,6 +560,8 @@ def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, 
         build_report([], tmp_path / "c")
     with pytest.raises(InputError, match="holds a report run"):
         build_report([audit_runs["coverage"], report.out], tmp_path / "d")
+    with pytest.raises(InputError, match="cannot report on a int"):
+        build_report(5, tmp_path / "e")
     with pytest.raises(InputError, match="cannot report on a dict"):
         build_report([{"coverage": 1}], tmp_path / "e")
     unfinished = tmp_path / "unfinished"
@@ -605,6 +607,16 @@ def test_runs_of_one_name_are_told_apart_by_their_folders(audit_runs, tmp_path):
         "coco/web-captions",
         "odd $\\foo$ name/web-captions",
     ]  # and a "$" in a name is drawn as text, not parsed as math
+
+
+def test_one_object_holding_both_runs_is_reported_alone(audit_runs, tmp_path):
+    from types import SimpleNamespace
+
+    audit = SimpleNamespace(
+        coverage=load_run(audit_runs["coverage"]), zeroshot=load_run(audit_runs["zeroshot_trained"])
+    )  # as an audit or a demo holds them
+    result = build_report(audit, tmp_path / "r", n_bootstrap=0)
+    assert len(result.summary["pairs"]) == 1 and result.summary["pairs"][0]["n_concepts"] == 16
 
 
 def test_a_report_is_drawn_again_when_an_output_is_gone(audit_runs, tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,14 +171,10 @@ def _load(item: Any) -> list[Any]:
 def collect(runs: Any) -> Inputs:
     """The corpora and models of ``runs``; raises :class:`InputError` when there is nothing to
     join (no coverage side or no awareness side)."""
-    if isinstance(runs, (str, os.PathLike)) or _kind_of(runs):
+    # one run (a path, a loaded run, an audit or demo holding runs) or a list of them
+    if isinstance(runs, (str, os.PathLike)) or _kind_of(runs) or not isinstance(runs, Iterable):
         runs = [runs]
-    try:
-        items = list(runs)
-    except TypeError:
-        raise InputError(
-            f"runs must be a list of run folders or loaded runs; got {type(runs).__name__}"
-        ) from None
+    items = list(runs)
     if not items:
         raise InputError(
             "no runs given; expected a coverage run and a zero-shot run (or a theory run)"

@@ -8,7 +8,8 @@ Every (corpus, model) pair is summarised across concepts and across groups by
 - **Spearman's rho and Kendall's tau-b** between ``x`` and F1 (``scipy.stats.spearmanr``,
   ``scipy.stats.kendalltau``), each with a seeded percentile-bootstrap 95% interval: concepts
   (or groups) are resampled with replacement, ``n_bootstrap`` times, from a generator seeded by
-  the report's seed and the pair's name (so a pair's interval does not depend on the other pairs);
+  the report's seed and the pair's name (so a pair's interval does not depend on the other pairs,
+  unless a run of the same name joins and both are renamed apart);
   resamples in which a side is constant have no correlation and are left out (their number is
   reported);
 - **a log-linear fit** ``F1 = intercept + slope * x`` (``scipy.stats.linregress``): the slope is

@@ -412,7 +412,7 @@ def _hf_images(
         dataset = loaded[chosen]
     else:
         dataset = loaded
-    for column, option in ((image_column, "--image-column"), (label_column, "--label-column")):
+    for column, option in ((image_column, "--image-column"), (label_column, "--label-field")):
         if column not in dataset.column_names:
             raise InputError(
                 f"{source!r} has no column {column!r}{did_you_mean(column, dataset.column_names)}; "
@@ -495,7 +495,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        top = values.max(initial=0)
+        if image.mode.startswith("I;16"):
+            peak = 65535.0  # the bit depth says so, however dark the picture
+        elif image.mode == "F" and top <= 1.0:
+            peak = 1.0  # floats in [0, 1]
+        else:  # 32-bit integers (how some readers give 16-bit data) or floats past 1: by range
+            peak = 65535.0 if top > 255 else 255.0
         eight_bit = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(eight_bit, "L").convert("RGB")
     try:

@@ -77,7 +77,7 @@ class ModelSpec:
         if self.is_random:
             return False
         path = Path(self.pretrained)
-        return path.suffix in CHECKPOINT_SUFFIXES or path.exists()
+        return path.suffix in CHECKPOINT_SUFFIXES or path.is_file()
 
     @property
     def label(self) -> str:

@@ -71,7 +71,7 @@ from typing import Any
 import yaml
 
 from clipaudit.errors import RegistryError, did_you_mean
-from clipaudit.text import normalize
+from clipaudit.text import is_prompt_template, normalize
 
 DEFAULT_REGISTRY = "cai2025"
 
@@ -501,7 +501,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
             )
         templates = check.strings(entry, "templates", what)
         for template in templates:
-            if template.count("{}") != 1:
+            if not is_prompt_template(template):
                 check.fail(
                     f"{what}: template {template!r} must contain '{{}}' exactly once",
                     entry.key_lines["templates"],

@@ -40,6 +40,22 @@ def normalize(text: str) -> str:
     return " ".join(fold(text).translate(FOLDED_TABLE).decode("ascii").split())
 
 
+def is_prompt_template(template: str) -> bool:
+    """Whether ``template`` formats with exactly one concept: one bare ``{}`` field and no other
+    brace ("a photo of a {}."; not "{0}", "{c}", "{style}" or a stray "{")."""
+    import string
+
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError:  # a stray "{" or "}"
+        return False
+    return fields == [("", "", None)]
+
+
 def slug(label: str) -> str:
     """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
     text = re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"

@@ -66,7 +66,7 @@ from clipaudit.provenance import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFailedError, RunFolder, unit_key
-from clipaudit.text import slug
+from clipaudit.text import is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."
@@ -100,7 +100,7 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
         )
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     found = tuple(line.replace("{c}", "{}") for line in lines if line and not line.startswith("#"))
-    bad = [t for t in found if t.count("{}") != 1]
+    bad = [t for t in found if not is_prompt_template(t)]
     if not found or bad:
         raise SettingsError(
             f"template file {templates!r} must hold one template per line, each with '{{}}' once; "

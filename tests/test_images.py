@@ -196,7 +196,9 @@ def test_hugging_face_string_labels_splits_and_missing_columns(tmp_path, registr
     datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(InputError, match=r"has splits train, test; choose one with --split"):
         open_images(tmp_path / "dd", registry, label_field="name", image_column="img")
-    with pytest.raises(InputError, match=r"no column 'label'.*columns are img, name"):
+    with pytest.raises(
+        InputError, match=r"no column .label..*columns are img, name.*--label-field"
+    ):
         open_images(tmp_path / "dd", registry, image_column="img", split="test")
     images = open_images(
         tmp_path / "dd", registry, label_field="name", image_column="img", split="test"
@@ -280,3 +282,17 @@ def test_one_bad_file_never_stops_a_dataloader(tmp_path, registry):
     assert len(good) == 4
     assert sorted(name for name, _ in bad) == ["broken.png", "empty.jpg"]
     assert dict(bad)["empty.jpg"] == "empty file (0 bytes)"
+
+
+def test_deep_grayscale_is_scaled_by_its_depth_not_its_content():
+    from PIL import Image
+
+    from clipaudit.images import to_rgb
+
+    dark = Image.fromarray(np.full((2, 2), 200, dtype=np.uint16))  # I;16: 0.3% of 65535
+    assert dark.mode == "I;16"
+    assert np.asarray(to_rgb(dark))[0, 0].tolist() == [1, 1, 1]
+    half = Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32))
+    assert np.asarray(to_rgb(half))[0, 0].tolist() == [128, 128, 128]
+    wide = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
+    assert np.asarray(to_rgb(wide))[0].tolist() == [[0, 0, 0], [255, 255, 255]]

@@ -152,6 +152,12 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             r"must contain '\{\}' exactly once",
         ),
         (
+            '    templates: ["a {} object."]\n',
+            '    templates: ["a {} object in {style}."]\n',
+            8,
+            r"must contain '\{\}' exactly once",
+        ),
+        (
             "    synonyms: [dog, puppy]\n",
             "    synonyms: [dog, Puppy, puppy]\n",
             13,

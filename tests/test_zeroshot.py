@@ -230,6 +230,11 @@ def test_templates_none_uses_bare_names_and_group_templates_apply_otherwise(
     )
     with pytest.raises(SettingsError, match="none, simple, ensemble or a text file"):
         resolve_templates("fancy")
+    # every template formats with the concept alone, checked before any model loads
+    for bad in ("a photo of a {} in {style}.", "a {} photo :{", "a photo of {c} and {0}"):
+        template_file.write_text(f"a photo of a {{}}.\n{bad}\n")
+        with pytest.raises(SettingsError, match="each with '\\{\\}' once"):
+            resolve_templates(str(template_file))
 
 
 # --------------------------------------------------------------------------- runs with the tiny OpenCLIP model

@@ -119,7 +119,7 @@ def main() -> int:
         "clipaudit loop, --jpeg-draft": timed(loaded, jpeg_draft=True),
     }
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = EmbeddingCache(cache_dir, cache_key(loaded, False))
+        cache = EmbeddingCache(cache_dir, cache_key(loaded, False, None))
         evaluate_model(loaded, images, registry, cache=cache, **common)  # fill it
         results["clipaudit loop, warm cache"] = timed(loaded, cache=cache)
     del loaded  # free its memory before CLIP_benchmark loads its own copy

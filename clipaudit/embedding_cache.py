@@ -63,6 +63,24 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _read_shard(ids_file: Path, emb_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cache shard's identities and embeddings (memory-mapped), or None when the files are
+    unreadable, pickled, or do not fit each other (a partial copy, a disk error)."""
+    try:
+        identities = np.load(ids_file, allow_pickle=False)
+        embeddings = np.load(emb_file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    fits = (
+        identities.ndim == 1
+        and identities.dtype.kind == "U"
+        and embeddings.ndim == 2
+        and embeddings.dtype == np.float32
+        and len(embeddings) == len(identities)
+    )
+    return (identities, embeddings) if fits else None
+
+
 class EmbeddingCache:
     """Image embeddings of one model, keyed by image identity."""
 
@@ -86,11 +104,12 @@ class EmbeddingCache:
         for ids_file in sorted(self.folder.glob("*.ids.npy")):
             emb_file = ids_file.with_name(ids_file.name.replace(".ids.npy", ".emb.npy"))
             if emb_file.exists():
-                self._add_shard(
-                    np.load(ids_file, allow_pickle=False),
-                    np.load(emb_file, mmap_mode="r"),
-                    emb_file,
-                )
+                shard = _read_shard(ids_file, emb_file)
+                if shard is None:  # damaged: its images are encoded again, into a new shard
+                    for path in (ids_file, emb_file):
+                        path.unlink(missing_ok=True)
+                    continue
+                self._add_shard(*shard, emb_file)
 
     def _add_shard(self, identities: np.ndarray, embeddings: np.ndarray, path: Path) -> None:
         number = len(self._shards)

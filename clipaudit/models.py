@@ -329,8 +329,10 @@ def load_model(
     weights_id = checkpoint_sha or weights_sha256(model)
     preprocess_cfg = dict(model.visual.preprocess_cfg)
     size = preprocess_cfg["size"]
+    # a hub or folder model's config is its own file: the built modules stand for it (a
+    # quick_gelu switched in open_clip_config.json changes the activations, not the weights)
     config = (
-        None
+        {"modules_sha256": hashlib.sha256(repr(model).encode("utf-8")).hexdigest()}
         if architecture.startswith(SCHEMA_PREFIXES)
         else open_clip.get_model_config(architecture)
     )

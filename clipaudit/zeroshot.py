@@ -230,9 +230,15 @@ def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
 # --------------------------------------------------------------------------- embeddings
 
 
-def cache_key(loaded: LoadedModel, jpeg_draft: bool) -> str:
-    """What image embeddings depend on: the model's identity plus how images were decoded."""
-    identity = {**loaded.identity, "jpeg_draft": jpeg_draft, "decode_version": DECODE_VERSION}
+def cache_key(loaded: LoadedModel, jpeg_draft: bool, max_pixels: int | None) -> str:
+    """What image embeddings depend on: the model's identity plus how images were decoded, and
+    which were refused as too large (a cached image skips the decoder's size check)."""
+    identity = {
+        **loaded.identity,
+        "jpeg_draft": jpeg_draft,
+        "max_pixels": max_pixels,
+        "decode_version": DECODE_VERSION,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -709,6 +715,10 @@ def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
     for role, value in (("config", spec.model), ("checkpoint", spec.pretrained)):
         if value and Path(value).is_file():
             files[role] = file_identity(file_record(value))
+    if spec.model.startswith("local-dir:"):  # a folder's config and weights
+        folder = Path(spec.model.removeprefix("local-dir:"))
+        for path in sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else ():
+            files[f"local-dir/{path.name}"] = file_identity(file_record(path))
     digest = hashlib.blake2b(digest_size=16)
     for record in images.records:
         digest.update(f"{record.identity}\0{record.concept}\n".encode())
@@ -727,7 +737,7 @@ def _evaluate_spec(
     load_s = time.perf_counter() - load_start
     cache = None
     if settings.cache_dir is not None:
-        key = cache_key(loaded, settings.jpeg_draft)
+        key = cache_key(loaded, settings.jpeg_draft, settings.max_pixels)
         cache = EmbeddingCache(
             settings.cache_dir, key, {"model": loaded.info, "jpeg_draft": settings.jpeg_draft}
         )

@@ -86,6 +86,29 @@ def test_local_dir_models_load_config_and_weights_together(tmp_path):
         load_model(ModelSpec(f"local-dir:{tmp_path}"), device="cpu")
 
 
+def test_a_local_dir_models_identity_follows_its_config_and_weights(tmp_path):
+    """The image cache and a run's resumption key on a folder model's files: new weights or a
+    config edit (quick_gelu: other activations, same weights) is another model."""
+    from clipaudit.images import open_images
+    from clipaudit.registry import load_registry
+    from clipaudit.zeroshot import _model_identity, cache_key
+    from tests.tiny_clip import write_image_folder
+
+    folder = write_tiny_local_dir(tmp_path / "tiny-dir", seed=5)
+    spec = ModelSpec(f"local-dir:{folder}")
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    images = open_images(tmp_path / "img", load_registry("cai2025"))
+    before = (cache_key(load_model(spec, device="cpu"), False, None), _model_identity(spec, images))
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["quick_gelu"] = not config["model_cfg"].get("quick_gelu", False)
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    edited = (cache_key(load_model(spec, device="cpu"), False, None), _model_identity(spec, images))
+    assert edited[0] != before[0] and edited[1] != before[1]
+    write_tiny_local_dir(folder, seed=6)  # new weights, the first config again
+    reweighted = _model_identity(spec, images)
+    assert reweighted != edited[1] and reweighted != before[1]
+
+
 def test_model_errors_say_what_was_expected(tiny, tmp_path):
     with pytest.raises(
         ModelError, match=r"unknown open_clip model 'ViT-B-23' \(did you mean 'ViT-B-32'"

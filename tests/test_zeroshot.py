@@ -591,6 +591,32 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used_shards(tmp_path
     assert sum(p.stat().st_size for p in tmp_path.glob("*/*.npy")) <= size
 
 
+def test_damaged_cache_shards_are_dropped_and_encoded_again(tmp_path):
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    rows = np.arange(20, dtype=np.float32).reshape(4, 5)
+    cache = EmbeddingCache(tmp_path, "model", max_bytes=10**9)
+    cache.put(["a", "b"], rows[:2])
+    cache.put(["c", "d"], rows[2:])
+    first, second = sorted((tmp_path / "model").glob("*.emb.npy"))
+    first.write_bytes(first.read_bytes()[:-8])  # truncated
+    np.save(second, np.zeros((1, 5), dtype=np.float32))  # one row for two identities
+    reopened = EmbeddingCache(tmp_path, "model")
+    assert len(reopened) == 0 and not list((tmp_path / "model").glob("*.npy"))
+    reopened.put(["a"], rows[:1])
+    found, vectors = EmbeddingCache(tmp_path, "model").get(["a", "c"])
+    assert found == [0] and vectors.tolist() == rows[:1].tolist()
+
+
+def test_the_cache_key_holds_what_decides_the_embeddings_and_the_refusals():
+    from clipaudit.zeroshot import cache_key
+
+    model = colour_model()
+    keys = {cache_key(model, False, None), cache_key(model, True, None)}
+    keys |= {cache_key(model, False, 10), cache_key(model, False, 10**8)}
+    assert len(keys) == 4
+
+
 @pytest.mark.parametrize("value", ["20G", "-1", "nan", "inf"])
 def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
     from clipaudit.embedding_cache import default_max_bytes

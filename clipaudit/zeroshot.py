@@ -694,7 +694,9 @@ def run_zeroshot(
         records = [
             folder.load_unit(key, identity) for key, (_, identity) in zip(keys, units, strict=True)
         ]
-        if folder.was_complete and all(records):
+        previous_models = [m.get("label") for m in (folder.previous or {}).get("models", [])]
+        same_models = previous_models == [spec.label for spec in settings.models]
+        if folder.was_complete and all(records) and same_models:
             return replace(load_zeroshot_run(out, folder.previous), reused=True)
         folder.update(
             options=settings.describe(),

@@ -412,6 +412,16 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
     assert list(run.macro_f1_table().columns) == ["tiny-clip@a", "tiny-clip@b"]
 
 
+def test_a_complete_run_given_fewer_models_holds_only_those(tiny, tmp_path):
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    both = (ModelSpec(tiny["config"], tiny["a"]), ModelSpec(tiny["config"], tiny["b"]))
+    run_for(tiny, tmp_path, models=both)
+    fewer = run_for(tiny, tmp_path, models=both[1:])
+    assert fewer.models == ["tiny-clip@b"] and not fewer.reused
+    assert pd.read_csv(tmp_path / "run" / "groups.csv")["model"].tolist() == ["tiny-clip@b"]
+    assert run_for(tiny, tmp_path, models=both[1:]).reused  # now unchanged
+
+
 def test_run_folders_of_other_kinds_are_refused(tiny, tmp_path):
     write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
     (tmp_path / "run").mkdir()

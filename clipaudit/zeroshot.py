@@ -137,7 +137,10 @@ class ZeroShotSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
-        object.__setattr__(self, "images", str(self.images))
+        images = str(self.images)
+        if "://" not in images and not images.startswith("hf:"):  # a local folder: one spelling
+            images = str(Path(images))  # "img/" and "./img" are "img"
+        object.__setattr__(self, "images", images)
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
         if self.cache_dir is not None:

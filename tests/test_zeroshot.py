@@ -636,3 +636,12 @@ def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
         default_max_bytes()
     monkeypatch.setenv("CLIPAUDIT_CACHE_MAX_GB", "0.5")
     assert default_max_bytes() == 1 << 29
+
+
+def test_an_image_folder_has_one_spelling_in_the_runs_settings():
+    from clipaudit.zeroshot import ZeroShotSettings
+
+    spec = (ModelSpec("ViT-B-32", "openai"),)
+    spelled = {ZeroShotSettings(models=spec, images=x).images for x in ("img", "img/", "./img")}
+    assert spelled == {"img"}
+    assert ZeroShotSettings(models=spec, images="hf://datasets/o/n").images == "hf://datasets/o/n"

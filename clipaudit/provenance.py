@@ -163,7 +163,7 @@ def write_table(
     arrow = not hasattr(table, "to_csv")
     written = []
     for fmt in formats:
-        target = path.with_suffix(f".{fmt}")
+        target = path.parent / f"{path.name}.{fmt}"  # a name may hold dots: "Mr. Men"
         buffer = io.BytesIO()
         if fmt == "parquet" and arrow:
             import pyarrow.parquet as pq

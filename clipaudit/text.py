@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 import unicodedata
 
@@ -54,6 +55,21 @@ def is_prompt_template(template: str) -> bool:
     except ValueError:  # a stray "{" or "}"
         return False
     return fields == [("", "", None)]
+
+
+_STEM_CHARS = 48
+
+
+def file_stem(name: str) -> str:
+    """A file or folder name for ``name`` that no other name gets: its :func:`slug` when that is
+    the name itself (``Animal``, ``tiny-clip@a``), else the slug, cut to a length every file
+    system takes, and a hash of the exact name (``Mr. Men`` and ``Mr Men``, ``Größe`` and
+    ``Grüße``, two labels a slug makes alike, each get their own)."""
+    stem = slug(name)
+    if stem == name and len(stem) <= _STEM_CHARS:
+        return stem
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=4).hexdigest()
+    return f"{stem[:_STEM_CHARS]}-{digest}"
 
 
 def slug(label: str) -> str:

@@ -66,7 +66,7 @@ from clipaudit.provenance import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFailedError, RunFolder, unit_key
-from clipaudit.text import is_prompt_template, slug
+from clipaudit.text import file_stem, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."
@@ -603,7 +603,7 @@ class ZeroShotRun:
 
     def confusion(self, model: str, group: str) -> pd.DataFrame:
         """The confusion matrix of one model on one group (rows true, columns predicted)."""
-        path = self.out / "confusion" / slug(model) / f"{slug(group)}.csv"
+        path = _named_file(_named_file(self.out / "confusion", model), group, ".csv")
         if not path.is_file():
             raise InputError(
                 f"no confusion matrix for model {model!r} and group {group!r} in {self.out}; "
@@ -630,6 +630,14 @@ class ZeroShotRun:
 
         table = self.macro_f1_table().to_html(float_format=lambda v: f"{v:.3f}")
         return f"<p><b>{escape(repr(self))}</b> macro-F1 per group:</p>{table}"
+
+
+def _named_file(folder: Path, name: str, suffix: str = "") -> Path:
+    """``folder``'s file (or folder) for ``name`` (:func:`~clipaudit.text.file_stem`), or the
+    one a run written before file stems named by the plain slug."""
+    path = folder / f"{file_stem(name)}{suffix}"
+    legacy = folder / f"{slug(name)}{suffix}"
+    return legacy if not path.exists() and legacy.exists() else path
 
 
 def load_zeroshot_run(path: str | Path, manifest: dict[str, Any]) -> ZeroShotRun:
@@ -776,7 +784,7 @@ def _save_model_unit(
     write_table(result.concepts, unit / "concepts", ("parquet",))
     write_table(result.groups, unit / "groups", ("parquet",))
     for group, frame in result.confusions.items():
-        write_table(frame.reset_index(), unit / "confusion" / slug(group), ("parquet",))
+        write_table(frame.reset_index(), unit / "confusion" / file_stem(group), ("parquet",))
     record = {
         "label": result.label,
         "info": {
@@ -836,12 +844,12 @@ def _finish(
         label = record["label"]
         scores = groups[groups["model"] == label].set_index("group")["macro_f1"]
         for group in record["confusion_groups"]:
-            frame = pd.read_parquet(unit / "confusion" / f"{slug(group)}.parquet")
-            target = out / "confusion" / slug(label) / slug(group)
+            frame = pd.read_parquet(_named_file(unit / "confusion", group, ".parquet"))
+            target = out / "confusion" / file_stem(label) / file_stem(group)
             written += write_table(frame, target, ("csv",))
             title = f"{label} / {group}: macro-F1 {scores[group]:.3f}"
             atomic_write_bytes(
-                target.with_suffix(".png"), confusion_png(frame.set_index("true"), title)
+                target.parent / f"{target.name}.png", confusion_png(frame.set_index("true"), title)
             )
             written.append(target.with_suffix(".png"))
     first = records[0]["info"]

@@ -645,3 +645,47 @@ def test_an_image_folder_has_one_spelling_in_the_runs_settings():
     spelled = {ZeroShotSettings(models=spec, images=x).images for x in ("img", "img/", "./img")}
     assert spelled == {"img"}
     assert ZeroShotSettings(models=spec, images="hf://datasets/o/n").images == "hf://datasets/o/n"
+
+
+def test_confusion_files_of_names_a_slug_makes_alike_stay_apart(tiny, tmp_path):
+    """Groups with dots ("Mr. Men", "Era 1.5") or that a slug makes alike ("Größe", "Grüße"),
+    and two models whose labels slug alike, each keep their own confusion matrix."""
+    import shutil
+
+    groups = {
+        "Mr. Men": ("tickle", "bump"),
+        "Era 1.5": ("early", "late"),
+        "Größe": ("big", "small"),
+        "Grüße": ("hello", "bye"),
+    }  # fmt: skip
+    registry = tmp_path / "names.yaml"
+    registry.write_text(
+        "groups:\n"
+        + "".join(f"  - name: {g}\n    category: common\n" for g in groups)
+        + "concepts:\n"
+        + "".join(
+            f"  - name: {c}\n    group: {g}\n    gloss: g\n    synonyms: [{c}]\n"
+            for g, concepts in groups.items()
+            for c in concepts
+        ),
+        encoding="utf-8",
+    )
+    write_image_folder(tmp_path / "img", {g: dict.fromkeys(c, 2) for g, c in groups.items()})
+    shutil.copyfile(tiny["a"], tmp_path / "ep 1.safetensors")
+    shutil.copyfile(tiny["b"], tmp_path / "ep_1.pt")
+    models = tuple(
+        ModelSpec(tiny["config"], str(tmp_path / n)) for n in ("ep 1.safetensors", "ep_1.pt")
+    )
+    run = run_for(tiny, tmp_path, models=models, registry=str(registry))
+    assert run.models == ["tiny-clip@ep 1", "tiny-clip@ep_1"]
+    predictions = run.predictions()
+    for model in run.models:
+        for group, concepts in groups.items():
+            matrix = run.confusion(model, group)
+            assert list(matrix.index) == list(concepts)
+            mine = predictions[(predictions["model"] == model) & (predictions["group"] == group)]
+            assert int(matrix.to_numpy().sum()) == len(mine) == 4
+            expected = pd.crosstab(mine["concept"], mine["predicted"])
+            for true, row in expected.iterrows():
+                for predicted, n in row.items():
+                    assert matrix.loc[true, predicted] == n

@@ -51,6 +51,7 @@ class ModelSpec:
 
     model: str
     pretrained: str | None = None
+    name: str | None = None  # the label to use instead of the one made from model and weights
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -81,7 +82,10 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """A short name for tables: ``ViT-B-32@laion2b_s34b_b79k``, ``tiny@ckpt``, ``hf-hub:org/repo``."""
+        """A short name for tables: ``ViT-B-32@laion2b_s34b_b79k``, ``tiny@ckpt``, ``hf-hub:org/repo``
+        (or ``name`` when given)."""
+        if self.name is not None:
+            return self.name
         name = Path(self.model).stem if self.model.endswith(".json") else self.model
         if self.model.startswith(SCHEMA_PREFIXES):
             return name

@@ -147,10 +147,7 @@ class ZeroShotSettings:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if not self.models:
             raise SettingsError("no model given; pass at least one --model")
-        labels = [spec.label for spec in self.models]
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        if repeated:
-            raise SettingsError(f"the same model is given twice: {', '.join(repeated)}")
+        object.__setattr__(self, "models", _distinct_labels(tuple(self.models)))
         for name, value, low in (
             ("batch_size (--batch-size)", self.batch_size, 1),
             ("workers (--workers)", self.workers, 0),
@@ -202,6 +199,37 @@ RESULT_FIELDS = (
 
 def _registry_label(registry: Any) -> str:
     return registry.name if isinstance(registry, Registry) else str(registry)
+
+
+def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+    """``specs`` with labels told apart: checkpoints of one file name in other folders
+    (``run1/epoch_32.pt``, ``run2/epoch_32.pt``) are labelled with the nearest folder in which
+    their paths differ (``tiny@run1/epoch_32``); the same model and weights twice are refused."""
+    same: dict[str, list[int]] = {}
+    for index, spec in enumerate(specs):
+        same.setdefault(spec.label, []).append(index)
+    specs = list(specs)
+    for label, indices in same.items():
+        if len(indices) < 2:
+            continue
+        found = [specs[i] for i in indices]
+        where = [
+            (s.model, str(Path(s.pretrained).resolve()) if s.is_checkpoint_file else s.pretrained)
+            for s in found
+        ]
+        paths = [Path(w[1]).parts for w in where] if all(s.is_checkpoint_file for s in found) else []
+        if len(set(where)) < len(where) or not paths:
+            raise SettingsError(f"the same model is given twice: {label}")
+        for depth in range(2, min(map(len, paths)) + 1):
+            parents = [parts[-depth] for parts in paths]
+            if len(set(parents)) == len(parents):
+                for i, spec, parent in zip(indices, found, parents, strict=True):
+                    name = f"{label.rsplit('@', 1)[0]}@{parent}/{Path(spec.pretrained).stem}"
+                    specs[i] = replace(spec, name=name)
+                break
+        else:
+            raise SettingsError(f"the same model is given twice: {label}")
+    return tuple(specs)
 
 
 def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:

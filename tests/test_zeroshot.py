@@ -689,3 +689,17 @@ def test_confusion_files_of_names_a_slug_makes_alike_stay_apart(tiny, tmp_path):
             for true, row in expected.iterrows():
                 for predicted, n in row.items():
                     assert matrix.loc[true, predicted] == n
+
+
+def test_checkpoints_of_one_name_in_other_folders_are_told_apart(tiny, tmp_path):
+    import shutil
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    paths = []
+    for folder in ("run1", "run2"):
+        (tmp_path / folder).mkdir()
+        paths.append(shutil.copyfile(tiny["a"], tmp_path / folder / "epoch_32.safetensors"))
+    run = run_for(tiny, tmp_path, models=tuple(ModelSpec(tiny["config"], str(p)) for p in paths))
+    assert run.models == ["tiny-clip@run1/epoch_32", "tiny-clip@run2/epoch_32"]
+    with pytest.raises(SettingsError, match="the same model is given twice: tiny-clip@epoch_32"):
+        run_for(tiny, tmp_path, models=(ModelSpec(tiny["config"], str(paths[0])),) * 2)

@@ -184,8 +184,9 @@ _EDGE = 4096
 
 
 def _file_identity(path: Path, member: str = "") -> str:
-    """Path, size, time and a hash of the first and last 4 KiB: a rewritten file (even with its
-    time kept) gets a new identity, so its cached embedding is not reused."""
+    """Path, size, time and a hash of the first and last 4 KiB: a rewritten file gets a new
+    identity, so its cached embedding is not reused, unless it was rewritten in its middle only
+    with its size and time kept (a copy made to look unchanged, ``cp -p`` or ``rsync -t``)."""
     stat = path.stat()
     with open(path, "rb") as handle:
         head = handle.read(_EDGE)

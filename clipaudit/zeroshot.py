@@ -61,6 +61,7 @@ from clipaudit.provenance import (
     atomic_write_bytes,
     file_identity,
     file_record,
+    library_versions,
     read_table_csv,
     write_table,
 )
@@ -269,6 +270,9 @@ def cache_key(loaded: LoadedModel, jpeg_draft: bool, max_pixels: int | None) -> 
         "jpeg_draft": jpeg_draft,
         "max_pixels": max_pixels,
         "decode_version": DECODE_VERSION,
+        # an upgrade may change decoding or the model's transforms: embeddings made before it
+        # are not reused
+        "libraries": library_versions(("open_clip_torch", "torch", "torchvision", "pillow")),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

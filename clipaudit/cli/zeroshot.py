@@ -53,7 +53,7 @@ def zeroshot(
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
     workers: int | None = typer.Option(
-        None, "--workers", help="Decoding worker processes (default: cores - 1)."
+        None, "--workers", help="Decoding worker processes (default: cores - 1, at most 16)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option(

@@ -218,7 +218,9 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
             (s.model, str(Path(s.pretrained).resolve()) if s.is_checkpoint_file else s.pretrained)
             for s in found
         ]
-        paths = [Path(w[1]).parts for w in where] if all(s.is_checkpoint_file for s in found) else []
+        paths = (
+            [Path(w[1]).parts for w in where] if all(s.is_checkpoint_file for s in found) else []
+        )
         if len(set(where)) < len(where) or not paths:
             raise SettingsError(f"the same model is given twice: {label}")
         for depth in range(2, min(map(len, paths)) + 1):

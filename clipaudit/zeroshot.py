@@ -223,12 +223,13 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
         )
         if len(set(where)) < len(where) or not paths:
             raise SettingsError(f"the same model is given twice: {label}")
-        for depth in range(2, min(map(len, paths)) + 1):
-            parents = [parts[-depth] for parts in paths]
-            if len(set(parents)) == len(parents):
-                for i, spec, parent in zip(indices, found, parents, strict=True):
-                    name = f"{label.rsplit('@', 1)[0]}@{parent}/{Path(spec.pretrained).stem}"
-                    specs[i] = replace(spec, name=name)
+        base = label.rsplit("@", 1)[0]
+        for depth in range(1, min(map(len, paths)) + 1):
+            names = [parts[-depth] for parts in paths]  # file names, then their folders upward
+            if len(set(names)) == len(names):
+                for i, spec, name in zip(indices, found, names, strict=True):
+                    weights = name if depth == 1 else f"{name}/{Path(spec.pretrained).stem}"
+                    specs[i] = replace(spec, name=f"{base}@{weights}")  # ep.pt / run1/ep
                 break
         else:
             raise SettingsError(f"the same model is given twice: {label}")

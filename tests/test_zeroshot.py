@@ -18,6 +18,7 @@ from clipaudit.models import LoadedModel, ModelSpec
 from clipaudit.registry import load_registry, parse_registry
 from clipaudit.zeroshot import (
     ZeroShotRun,
+    ZeroShotSettings,
     class_embeddings,
     embed_images,
     evaluate_model,
@@ -639,7 +640,6 @@ def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
 
 
 def test_an_image_folder_has_one_spelling_in_the_runs_settings():
-    from clipaudit.zeroshot import ZeroShotSettings
 
     spec = (ModelSpec("ViT-B-32", "openai"),)
     spelled = {ZeroShotSettings(models=spec, images=x).images for x in ("img", "img/", "./img")}
@@ -703,3 +703,12 @@ def test_checkpoints_of_one_name_in_other_folders_are_told_apart(tiny, tmp_path)
     assert run.models == ["tiny-clip@run1/epoch_32", "tiny-clip@run2/epoch_32"]
     with pytest.raises(SettingsError, match="the same model is given twice: tiny-clip@epoch_32"):
         run_for(tiny, tmp_path, models=(ModelSpec(tiny["config"], str(paths[0])),) * 2)
+    other = shutil.copyfile(tiny["b"], tmp_path / "run1" / "epoch_32.pt")  # one folder, two kinds
+    settings = ZeroShotSettings(
+        models=(ModelSpec(tiny["config"], str(paths[0])), ModelSpec(tiny["config"], str(other))),
+        images=str(tmp_path / "img"),
+    )
+    assert [m.label for m in settings.models] == [
+        "tiny-clip@epoch_32.safetensors",
+        "tiny-clip@epoch_32.pt",
+    ]

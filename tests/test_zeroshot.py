@@ -640,7 +640,6 @@ def test_a_bad_cache_size_in_the_environment_is_named(monkeypatch, value):
 
 
 def test_an_image_folder_has_one_spelling_in_the_runs_settings():
-
     spec = (ModelSpec("ViT-B-32", "openai"),)
     spelled = {ZeroShotSettings(models=spec, images=x).images for x in ("img", "img/", "./img")}
     assert spelled == {"img"}

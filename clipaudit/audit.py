@@ -17,12 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from clipaudit.coverage import CoverageResult, CoverageSettings, count_coverage
+from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFolder, load_run
+from clipaudit.runs import RunFolder, differences, load_run
 
 STAGES = ("coverage", "zeroshot", "report")
 
@@ -92,7 +94,12 @@ def run_audit(
 
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     with RunFolder(
-        out, "audit", _audit_settings(registry, coverage, zeroshot, report), overwrite=overwrite
+        out,
+        "audit",
+        _audit_settings(registry, coverage, zeroshot),
+        overwrite=overwrite,
+        # audits made before the report left their settings record it: it decides nothing
+        compare=partial(differences, ignore=("report",)),
     ) as folder:
         result = run_audit_stages(
             folder, captions, images, models, registry, coverage, zeroshot, report, progress, echo
@@ -105,7 +112,6 @@ def _audit_settings(
     registry: str | Path | Registry,
     coverage: CoverageSettings | None,
     zeroshot: dict[str, Any] | None,
-    report: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """What an audit's results depend on, stage by stage (the models are the zero-shot stage's
     units: a model added to an audit leaves the others' results)."""
@@ -121,8 +127,57 @@ def _audit_settings(
             for name in RESULT_FIELDS
             if name != "images"
         },
-        "report": dict(report or {}),
+        # not the report's options: it is drawn again on every run, a title is no other audit
     }
+
+
+# what the stages take from the caller itself, never from their option dicts
+_STAGE_ARGUMENTS = {"models", "images", "registry", "out", "overwrite", "progress", "runs"}
+
+
+def check_stage_options(
+    images: str | Path,
+    models: Any,
+    registry: str | Path | Registry,
+    zeroshot: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+) -> None:
+    """Refuse, before any stage starts, what would stop a later one: unknown or reserved option
+    names, zero-shot settings that do not validate, model files or images that do not exist,
+    report options out of range."""
+    import dataclasses
+    import inspect
+
+    from clipaudit.report.core import build_report, check_report_options
+    from clipaudit.zeroshot import ZeroShotSettings, check_model_specs, model_specs
+
+    accepted = {
+        "zeroshot": {f.name for f in dataclasses.fields(ZeroShotSettings)} - _STAGE_ARGUMENTS,
+        "report": {
+            name
+            for name, parameter in inspect.signature(build_report).parameters.items()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        - _STAGE_ARGUMENTS,
+    }
+    for stage, options in (("zeroshot", zeroshot or {}), ("report", report or {})):
+        for name in options:
+            if name not in accepted[stage]:
+                raise SettingsError(
+                    f"unknown {stage} option {name!r}{did_you_mean(name, accepted[stage])}; "
+                    f"{stage} options are {', '.join(sorted(accepted[stage]))}"
+                )
+    settings = ZeroShotSettings(
+        models=model_specs(models), images=str(images), registry=registry, **(zeroshot or {})
+    )
+    check_model_specs(settings.models)
+    local = "://" not in settings.images and not settings.images.startswith("hf:")
+    if local and not Path(settings.images).exists():
+        raise InputError(
+            f"image source {settings.images!r} does not exist; expected an image folder, "
+            "webdataset .tar shards, a Hugging Face save_to_disk folder, or hf:NAME"
+        )
+    check_report_options(**(report or {}))
 
 
 def run_audit_stages(
@@ -147,6 +202,7 @@ def run_audit_stages(
     from clipaudit.report import build_report
     from clipaudit.zeroshot import run_zeroshot
 
+    check_stage_options(images, models, registry, zeroshot, report)  # before hours of counting
     out, timings = folder.path, {}
     # --overwrite reaches the stages (a stage's own settings, e.g. its images, may have changed);
     # an emptied audit keeps nothing below

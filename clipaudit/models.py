@@ -204,7 +204,7 @@ def _register_config(path: Path) -> str:
     return path.stem
 
 
-def _check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
+def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
     """The value to pass to open_clip as ``pretrained`` (None for random weights), checked."""
     if spec.is_random:
         return None
@@ -306,7 +306,7 @@ def load_model(
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
     architecture = resolve_architecture(spec.model)
-    pretrained = _check_pretrained(spec, architecture)
+    pretrained = check_pretrained(spec, architecture)
     torch.manual_seed(seed)
     try:
         with _quiet_random_weights_warning():

@@ -236,6 +236,15 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
     return tuple(specs)
 
 
+def check_model_specs(specs: Sequence[ModelSpec]) -> None:
+    """Check that each model's config, folder and checkpoint exist and its pretrained tag is
+    known, without loading any weights (raises :class:`~clipaudit.errors.ModelError`)."""
+    from clipaudit.models import check_pretrained, resolve_architecture
+
+    for spec in specs:
+        check_pretrained(spec, resolve_architecture(spec.model))
+
+
 def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
     """Models as the API takes them: a name or config path, a ``(model, pretrained)`` pair, a
     :class:`ModelSpec`, or a list of these; ``pretrained`` applies to a single model given by name."""

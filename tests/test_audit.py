@@ -93,3 +93,40 @@ def test_an_audit_resumes_and_loads_back(audit_runs, tmp_path):
             progress=False,
             echo=lambda _: None,
         )
+
+
+def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_path):
+    import clipaudit
+    from clipaudit.errors import InputError, ModelError, SettingsError
+
+    config, trained, _ = _models(audit_runs)
+    captions = ["a dog on a red sofa", "a cat"]
+    base = {"cache_dir": None, "device": "cpu", "workers": 0}
+
+    def audit(out, images=audit_runs["images"], model=(config, trained), **options):
+        return clipaudit.run_audit(
+            captions, images, model, tmp_path / out, progress=False, echo=lambda _: None,
+            **{"zeroshot": base, **options},
+        )  # fmt: skip
+
+    for name, call, error, message in [
+        ("a", lambda: audit("a", zeroshot={**base, "batchsize": 8}), SettingsError,
+         r"unknown zeroshot option 'batchsize' \(did you mean 'batch_size'\?\)"),
+        ("b", lambda: audit("b", report={"titel": "x"}), SettingsError,
+         r"unknown report option 'titel' \(did you mean 'title'\?\)"),
+        ("c", lambda: audit("c", zeroshot={**base, "registry": "miniworld"}), SettingsError,
+         "unknown zeroshot option 'registry'"),
+        ("d", lambda: audit("d", zeroshot={**base, "templates": "bogus"}), SettingsError,
+         "templates must be one of"),
+        ("e", lambda: audit("e", images=tmp_path / "nowhere"), InputError, "does not exist"),
+        ("f", lambda: audit("f", model=(config, str(tmp_path / "x.safetensors"))), ModelError,
+         "does not exist"),
+        ("g", lambda: audit("g", report={"n_bootstrap": 5}), SettingsError, "at least 10"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=message):
+            call()
+        assert not (tmp_path / name / "coverage").exists()  # refused before the first stage
+    first = audit("h")
+    retitled = audit("h", report={"title": "Another title"})  # no other audit: no refusal
+    assert retitled.report.summary["title"] == "Another title"
+    assert retitled.coverage.reused and first.coverage.n_captions_read == 2

@@ -152,7 +152,8 @@ def load_report_run(path: str | Path, manifest: dict[str, Any]) -> Report:
     return Report(path, summary, tables, figures, manifest)
 
 
-def _check_options(title: Any, seed: Any, n_bootstrap: Any) -> None:
+def check_report_options(title: Any = None, seed: Any = 0, n_bootstrap: Any = 2000) -> None:
+    """Raise :class:`~clipaudit.errors.SettingsError` for options :func:`build_report` refuses."""
     if title is not None and (not isinstance(title, str) or not title.strip()):
         raise SettingsError(f"title must be a non-empty string or None; got {title!r}")
     for name, value in (("seed", seed), ("n_bootstrap", n_bootstrap)):
@@ -190,7 +191,7 @@ def build_report(
     from clipaudit.report.analysis import analyse
     from clipaudit.runs import RunFolder
 
-    _check_options(title, seed, n_bootstrap)
+    check_report_options(title, seed, n_bootstrap)
     collected = inputs_module.collect(runs)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-report-"))
     settings = {"title": title, "seed": seed, "n_bootstrap": n_bootstrap, "report_schema": 1}

@@ -26,6 +26,7 @@ from typing import Any
 
 from clipaudit.errors import SettingsError
 from clipaudit.world.settings import WORLD_GROUPS, WORLD_REGISTRY, TrainSettings, WorldSettings
+from clipaudit.world.sweep import sweep_rate_values
 
 N_STAGES = 5
 DEFAULT_SWEEP_RATES = (0.0, 0.05, 0.2, 0.5, 1.0)
@@ -56,6 +57,8 @@ class DemoSettings:
                 f"sweep kind must be selection or perturbation, got {self.sweep_kind!r}"
             )
         object.__setattr__(self, "sweep_rates", tuple(self.sweep_rates))
+        if self.sweep is not None:  # checked before the main demo, not after it
+            sweep_rate_values(self.sweep_rates, self.sweep_kind)
 
     def describe(self) -> dict[str, Any]:
         """What the demo's results depend on (a resumed demo must have the same)."""

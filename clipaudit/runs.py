@@ -154,7 +154,13 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file; expected a folder for the run (--out)")
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way, a read-only or missing mount
+            raise RunFolderError(
+                f"cannot make the run folder {self.path} ({exc.strerror or exc}); give --out a "
+                "folder that can be written"
+            ) from None
         self._lock = _acquire_lock(self.path)
         try:
             self._check()

@@ -165,3 +165,12 @@ def test_rarely_captioned_groups_are_the_ones_not_learned(tmp_path):
     # across groups, caption coverage (what clipaudit measured) against awareness
     assert spearman(table.reset_index(), x="coverage") >= 0.8
     assert result.manifest["spearman_true_mentions_awareness"] >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("rates", "message"),
+    [((0, 0.0), "must differ"), ((0, 2), r"must lie in \[0, 1\]"), ((), "at least one rate")],
+)
+def test_sweep_rates_are_checked_before_the_main_demo(rates, message):
+    with pytest.raises(SettingsError, match=message):
+        DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=rates)

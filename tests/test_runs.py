@@ -118,3 +118,10 @@ def test_temporary_files_of_a_killed_run_are_removed_when_it_resumes(tmp_path):
     with RunFolder(run, "coverage", {"column": "text"}):
         assert not any(path.exists() for path in left)
     assert (run / "notes.tmp").exists()
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RunFolderError, match=r"cannot make the run folder .*afile/sub .*--out"):
+        with RunFolder(tmp_path / "afile" / "sub", "coverage", {}):
+            pass

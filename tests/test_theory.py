@@ -713,3 +713,34 @@ def test_auto_group_size_batches_where_batching_pays():
     assert resolve_group_size(dataclasses.replace(quick, group_size=0), 38, 15, 10) == 38
     with pytest.raises(SettingsError, match=r"group_size must be an integer >= 0 .* or 'auto'"):
         dataclasses.replace(quick, group_size="some")
+
+
+def test_non_finite_settings_and_diverging_training_are_typed_errors(tmp_path):
+    from clipaudit.cli import main
+    from clipaudit.theory.sweep import run_scenario
+
+    with pytest.raises(
+        SettingsError, match="temperature must be a positive finite number; got nan"
+    ):
+        training_profile("quick", temperature=float("nan"))
+    scenario = Scenario(n_semantics=3, n_modality=1, selected="1")
+    with pytest.raises(
+        SettingsError, match=r"training diverged: .* at step \d+; lower the learning"
+    ):
+        run_scenario(
+            tmp_path / "run", scenario, training_overrides={"learning_rate": 1e4, "steps": 100},
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main(["theory", "run", "--out", str(tmp_path / "r2"), "--set", "hidden_widths=[64,"])
+    assert exited.value.code == 2
+    torch.set_num_threads(2)
+    run_sweep(
+        [scenario],
+        training_profile("quick", steps=20, batch_size=64, hidden_widths=(8,)),
+        EvaluationSettings(n_bins=3, n_fit=200, n_val=100, n_test=100),
+        tmp_path / "r3",
+        threads=1,
+        progress=False,
+    )
+    assert torch.get_num_threads() == 2  # the caller's thread count, as it was

@@ -42,7 +42,14 @@ def _overrides(
         key, sep, value = setting.partition("=")
         if not sep or not key.strip():
             raise SettingsError(f"--set expects KEY=VALUE, e.g. temperature=0.5; got {setting!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise SettingsError(
+                f"--set {setting!r}: the value is no YAML scalar or list ({problem}); e.g. "
+                "hidden_widths=[64,64]"
+            ) from None
     return overrides
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -261,8 +262,13 @@ class Scenario:
 def _check_positive(settings: object, names: Iterable[str]) -> None:
     for name in names:
         value = getattr(settings, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise SettingsError(f"{name} must be a positive number; got {value!r}")
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)  # nan <= 0 is False
+            or value <= 0
+        ):
+            raise SettingsError(f"{name} must be a positive finite number; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -287,12 +287,29 @@ def run_sweep(
         raise SettingsError(
             f"device {training.device!r} requested but CUDA is not available; use --device cpu"
         )
+    if threads is not None and threads < 1:
+        raise SettingsError(f"threads must be >= 1; got {threads}")
+    callers_threads = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise SettingsError(f"threads must be >= 1; got {threads}")
         torch.set_num_threads(threads)
+    try:
+        return _run_sweep(
+            scenarios, training, evaluation, Path(out), threads, progress, check, overwrite
+        )
+    finally:
+        torch.set_num_threads(callers_threads)  # the caller's, as it was
 
-    out = Path(out)
+
+def _run_sweep(
+    scenarios: list[Scenario],
+    training: TrainingSettings,
+    evaluation: EvaluationSettings,
+    out: Path,
+    threads: int | None,
+    progress: bool,
+    check: bool,
+    overwrite: bool,
+) -> SweepResult:
     settings = _settings_record(training, evaluation)
     _adopt_legacy_folder(out)
     with RunFolder(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from clipaudit.errors import SettingsError
 from clipaudit.provenance import atomic_write_bytes
 from clipaudit.theory.config import Scenario, TrainingSettings
 from clipaudit.theory.generative import (
@@ -280,7 +281,10 @@ class BatchedSimulation:
             for k in range(steps):
                 image, text = self.f_x(x_chunk[:, k]), self.f_t(t_chunk[:, k])
                 if training.whiten_outputs:
-                    image, text = batch_whiten(image), batch_whiten(text)
+                    try:
+                        image, text = batch_whiten(image), batch_whiten(text)
+                    except torch.linalg.LinAlgError:  # outputs no longer finite
+                        raise self._diverged("outputs that cannot be whitened") from None
                 losses = LOSSES[training.negatives](image, text, self.temperature_at(self.step))
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
@@ -290,6 +294,8 @@ class BatchedSimulation:
                 self.step += 1
                 if self.step % log_every == 0 or self.step == training.steps:
                     values = losses.detach().cpu().tolist()
+                    if not all(math.isfinite(v) for v in values):  # checked where logged
+                        raise self._diverged(f"losses {values}")
                     self.loss_log.append((self.step, values))
                     if on_steps is not None:
                         on_steps(self.step, values)
@@ -297,6 +303,12 @@ class BatchedSimulation:
             at_boundary = (self.step // chunk) % checkpoint_chunks == 0
             if checkpoint is not None and (at_boundary or self.step == training.steps):
                 self.save(checkpoint)
+
+    def _diverged(self, what: str) -> SettingsError:
+        return SettingsError(
+            f"training diverged: {what} at step {self.step}; lower the learning rate (now "
+            f"{self.training.learning_rate}) or raise the temperature"
+        )
 
     def temperature_at(self, step: int) -> float:
         """The loss temperature at ``step``: fixed, or moving from ``temperature`` to

@@ -60,6 +60,19 @@ class Sweep:
     points: tuple[SweepPoint, ...]
 
 
+def sweep_rate_values(rates: Sequence[float], kind: str) -> list[float]:
+    """``rates`` checked: at least one, each in [0, 1], distinct in the 6 significant digits
+    that name their folders; -0.0 is 0.0."""
+    if not rates:
+        raise SettingsError("a sweep needs at least one rate, got none")
+    values = [_number(rate, f"sweep {kind} rate", 0, 1) + 0.0 for rate in rates]
+    if len({f"{rate:g}" for rate in values}) != len(values):
+        raise SettingsError(
+            f"sweep rates must differ from each other in 6 significant digits, got {list(rates)}"
+        )
+    return values
+
+
 def sweep_rates(
     settings: WorldSettings,
     group: str,
@@ -76,13 +89,7 @@ def sweep_rates(
     _group_name(group, "sweep group")
     if kind not in RATE_KINDS:
         raise SettingsError(f"sweep kind must be one of {', '.join(RATE_KINDS)}, got {kind!r}")
-    if not rates:
-        raise SettingsError("a sweep needs at least one rate, got none")
-    values = [_number(rate, f"sweep {kind} rate", 0, 1) + 0.0 for rate in rates]  # -0.0 is 0.0
-    if len({f"{rate:g}" for rate in values}) != len(values):  # :g names their folders
-        raise SettingsError(
-            f"sweep rates must differ from each other in 6 significant digits, got {list(rates)}"
-        )
+    values = sweep_rate_values(rates, kind)
 
     out = Path(out_dir)
     pictures_dir = out / "world"

@@ -39,6 +39,7 @@ import numpy as np
 
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.provenance import atomic_write_bytes, atomic_write_text, base_manifest, write_json
+from clipaudit.text import slug
 from clipaudit.world.settings import TrainSettings
 from clipaudit.world.world import RenderedWorld
 
@@ -184,12 +185,14 @@ def load_pairs(world: RenderedWorld) -> tuple[np.ndarray, list[str]]:
 
 
 def build_model(config: dict[str, Any], seed: int) -> torch.nn.Module:
-    """open_clip's ``CLIP`` for ``config``, its weights drawn after ``torch.manual_seed(seed)``."""
+    """open_clip's ``CLIP`` for ``config``, its weights drawn after ``torch.manual_seed(seed)``
+    in a forked generator: the caller's random state is left as it was."""
     import open_clip
     import torch
 
-    torch.manual_seed(seed)
-    return open_clip.CLIP(**config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.CLIP(**config)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -295,6 +298,11 @@ def train_world_model(
     import torch
     from open_clip.loss import ClipLoss
 
+    if not isinstance(name, str) or slug(name) != name or name.startswith("."):
+        raise SettingsError(
+            f"a model name is a plain file name (letters, digits, '.', '_', '@', '+', '-'), "
+            f"written inside the output folder; got {name!r}"
+        )
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,6 @@ def test_temporary_files_of_a_killed_run_are_removed_when_it_resumes(tmp_path):
 
 def test_a_run_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
     (tmp_path / "afile").write_text("")
+    folder = RunFolder(tmp_path / "afile" / "sub", "coverage", {})
     with pytest.raises(RunFolderError, match=r"cannot make the run folder .*afile/sub .*--out"):
-        with RunFolder(tmp_path / "afile" / "sub", "coverage", {}):
-            pass
+        folder.__enter__()

@@ -371,9 +371,12 @@ def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSetti
         group, _, which = key.strip().partition(".")
         which = which or "selection"
         if not sep or which not in ("selection", "perturbation"):
+            from clipaudit.errors import did_you_mean
+
+            hint = did_you_mean(which, ("selection", "perturbation")) if sep else ""
             raise SettingsError(
                 "--set: expected GROUP=RATE or GROUP.selection=RATE or GROUP.perturbation=RATE, "
-                f"e.g. Texture=0.5; got {item!r}"
+                f"e.g. Texture=0.5; got {item!r}{hint}"
             )
         try:
             rate = float(value)

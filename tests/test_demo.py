@@ -91,6 +91,8 @@ def test_options_are_checked_before_any_work():
     assert world.misalignment["Background"] == Misalignment(1.0, 0.25)
     with pytest.raises(SettingsError, match=r"expected GROUP=RATE"):
         parse_misalignment(["Texture"], WorldSettings())
+    with pytest.raises(SettingsError, match=r"did you mean 'selection'"):
+        parse_misalignment(["Texture.selction=1"], WorldSettings())
     with pytest.raises(SettingsError, match=r"selection rate must lie in \[0, 1\], got 2.0"):
         parse_misalignment(["Texture=2"], WorldSettings())
     with pytest.raises(SettingsError, match=r"did you mean 'Texture'"):

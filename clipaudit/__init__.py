@@ -52,3 +52,8 @@ def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'clipaudit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too, loaded or not (tab completion in Jupyter lists them)."""
+    return sorted({*globals(), *_PUBLIC})

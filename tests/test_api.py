@@ -69,3 +69,11 @@ def test_load_run_refuses_incomplete_and_foreign_folders(tmp_path):
     (tmp_path / "manifest.json").write_text('{"kind": "mystery", "status": "complete"}')
     with pytest.raises(RunFolderError, match="unknown kind 'mystery'"):
         clipaudit.load_run(tmp_path)
+
+
+def test_the_public_names_are_listed_before_they_load():
+    import clipaudit
+
+    assert set(clipaudit.__all__) <= set(dir(clipaudit))
+    for name in clipaudit.__all__:
+        assert getattr(clipaudit, name) is not None

@@ -89,10 +89,11 @@ def run_demo(
     from clipaudit.models import ModelSpec
     from clipaudit.provenance import atomic_write_bytes
     from clipaudit.runs import RunFolder
-    from clipaudit.world.training import train_world_model
+    from clipaudit.world.training import resolve_train_device, train_world_model
     from clipaudit.world.world import render_world_run
 
     settings = settings or DemoSettings()
+    resolve_train_device(settings.train.device)  # a device that is not there: before rendering
     out = Path(out)
     with RunFolder(out, "demo", settings.describe(), overwrite=overwrite) as folder:
         fresh = folder.restarted is not None

@@ -37,9 +37,9 @@ import hashlib
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import compress
 from pathlib import Path
 from typing import Any
@@ -443,14 +443,11 @@ class _Planner:
             yield self._skipped(index, path, content, name, reason)
             return
         where = name if source.filesystem is not None else path
-        try:
-            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
-            id_column = _pick_id_column(names, self.id_column, where)
-        except InputError as exc:  # a file without the caption column is a bad shard too
-            if not self.skip_bad:
-                raise
-            yield self._skipped(index, path, content, name, str(exc))
+        columns = self._columns(lambda: names, where, index, path, content, name)
+        if isinstance(columns, SkippedShard):
+            yield columns
             return
+        column, id_column = columns
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         for part, (first, stop) in enumerate(_runs(groups, self.shard_rows)):
             n_rows = sum(groups[first:stop])
@@ -474,6 +471,28 @@ class _Planner:
                 filesystem=source.filesystem,
             )
 
+    def _columns(
+        self,
+        names: Callable[[], Sequence[str]],
+        where: Any,
+        index: int,
+        path: Path | str,
+        content: Any,
+        name: str,
+    ) -> tuple[str, str | None] | SkippedShard:
+        """A file's caption and id columns, or, with ``skip_bad``, a skipped shard when it has no
+        caption column (a bad shard like an unreadable one)."""
+        try:
+            found = names()
+            return (
+                _pick_column(found, self.column, CAPTION_COLUMNS, "caption", where),
+                _pick_id_column(found, self.id_column, where),
+            )
+        except InputError as exc:
+            if not self.skip_bad:
+                raise
+            return self._skipped(index, path, content, name, str(exc))
+
     def _skipped(
         self, index: int, path: Path | str, content: Any, name: str, reason: str
     ) -> SkippedShard:
@@ -488,15 +507,12 @@ class _Planner:
         name = source.name(path)
         where = name if source.filesystem is not None else path
         if kind == "jsonl":
-            try:
-                names = _jsonl_keys(path, source.filesystem, where)
-                column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
-                id_column = _pick_id_column(names, self.id_column, where)
-            except InputError as exc:  # a file without the caption key is a bad shard too
-                if not self.skip_bad:
-                    raise
-                yield self._skipped(index, path, content, name, str(exc))
+            keys = partial(_jsonl_keys, path, source.filesystem, where)
+            columns = self._columns(keys, where, index, path, content, name)
+            if isinstance(columns, SkippedShard):
+                yield columns
                 return
+            column, id_column = columns
         cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
         for part, (start, stop, first_line) in enumerate(cuts):
             last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines

@@ -505,7 +505,7 @@ def test_a_corpus_without_captions_is_refused(audit_runs, tmp_path):
     coverage = load_run(audit_runs["coverage"])
     manifest = {**coverage.manifest, "n_captions_read": 0}
     empty = dataclasses.replace(coverage, manifest=manifest)
-    with pytest.raises(InputError, match="read no captions"):
+    with pytest.raises(InputError, match="read no caption "):
         build_report([empty, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
 
 

@@ -313,8 +313,9 @@ def _corpus(run: Any, index: int) -> Corpus:
     methods, primary = _methods(frame, run.manifest)
     if run.manifest.get("n_captions_read") == 0:
         raise InputError(
-            f"{_folder(run)}: the coverage run read no captions (every caption empty or null), so "
-            "no coverage can be set against awareness; count a corpus that has captions"
+            f"{_folder(run)}: the coverage run read no caption (every row null, not text or "
+            "unreadable), so no coverage can be set against awareness; count a corpus that has "
+            "captions"
         )
     n = _n_captions(frame, run.manifest.get("n_captions_read"), methods)
     examples = {}

@@ -52,8 +52,9 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
     """
     path = Path(path)
     if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
         raise InputError(
-            f"gold file {str(path)!r} does not exist; expected a JSON-lines file of labelled captions"
+            f"gold file {str(path)!r} {state}; expected a JSON-lines file of labelled captions"
         )
     registry = registry or load_registry()
     known = {c.name for c in registry.concepts}
@@ -98,6 +99,8 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to be a labelled caption") from None
     if not isinstance(row, dict):
         raise InputError(
             f"{where}: expected a JSON object with 'caption' and 'concepts', got {line.strip()!r:.80}"

@@ -46,6 +46,7 @@ pickle, so worker processes can build their own or receive one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -206,8 +207,9 @@ def _not_text(caption: Any) -> InputError:
 
 
 def _text(caption: Any) -> str:
-    """A caption as text: "" for None (no caption); raises InputError for a non-text."""
-    if not caption:
+    """A caption as text: "" for None or NaN (no caption: pandas' missing value); raises
+    InputError for a non-text."""
+    if not caption or (isinstance(caption, float) and caption != caption):
         return ""
     if not isinstance(caption, str):
         raise _not_text(caption)
@@ -233,11 +235,8 @@ class PaperMatcher(Matcher):
         self._finish(keys)
 
     def match_indices(self, caption: str | None) -> list[int]:
-        if not caption:
-            return []
-        if not isinstance(caption, str):
-            raise _not_text(caption)
-        return sorted({index for _, index in self._iter(caption.lower())})
+        caption = _text(caption)
+        return sorted({index for _, index in self._iter(caption.lower())}) if caption else []
 
 
 # What a key of the curated automaton can be; each role maps a key's form to integers.
@@ -354,6 +353,7 @@ class CuratedMatcher(Matcher):
 
     def match_batch(self, captions: Sequence[str | None]) -> list[list[int]]:
         """:meth:`match_indices` of each caption, computed for the whole batch at once."""
+        captions = captions if isinstance(captions, list) else list(captions)
         rows, concepts = self.match_pairs(captions)
         bounds = np.searchsorted(rows, np.arange(len(captions) + 1)).tolist()
         flat = concepts.tolist()
@@ -366,7 +366,9 @@ class CuratedMatcher(Matcher):
         operations: per-caption calls would spend most of their time starting an automaton
         iteration and in Python code per hit.
         """
-        if not len(captions):
+        # by position, as a list: a pandas Series' labels or a generator would not do
+        captions = captions if isinstance(captions, list) else list(captions)
+        if not captions:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         batch = _prepare(captions)
         hits = self._hits(batch)
@@ -1037,7 +1039,11 @@ def _key_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
             atomic_write_text(path, json.dumps(tables, separators=(",", ":")))
             # the newest files stay: older ones are of registries and code since changed
-            others = [file for file in path.parent.glob("*.json") if file != path]
+            others = [
+                file
+                for file in path.parent.glob("*.json")
+                if file != path and _CACHE_NAME.fullmatch(file.name)  # only ours, in any folder
+            ]
             others.sort(key=lambda file: file.stat().st_mtime)
             for old in others[: max(0, len(others) + 1 - _CACHE_FILES)]:
                 old.unlink(missing_ok=True)
@@ -1116,13 +1122,21 @@ def matcher_cache_dir() -> Path | None:
     return base / "clipaudit" / "matchers"
 
 
+_CACHE_NAME = re.compile(r"[0-9a-f]{32}\.json")
+
+
 def _cache_path(registry: Registry) -> Path | None:
-    """The cache file of a registry's key tables: named by a hash of the registry's content and
-    concepts, the lexicon's version and this code; None when nothing should be cached."""
+    """The cache file of a registry's key tables: named by a hash of its groups and concepts as
+    they are (a registry changed in code included, not only its file), the lexicon's version and
+    this code; None when the cache is off."""
     folder = matcher_cache_dir()
-    if folder is None or registry.sha256 is None:
+    if folder is None:
         return None
-    identity = json.dumps([registry.sha256, [c.name for c in registry.concepts], *_code_identity()])
+    content = [
+        [dataclasses.asdict(group) for group in registry.groups],
+        [dataclasses.asdict(concept) for concept in registry.concepts],
+    ]
+    identity = json.dumps([content, *_code_identity()], default=str, sort_keys=True)
     return folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
 
 

@@ -319,6 +319,12 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
         mapping.key_lines = {}
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):  # a list or mapping as key is no registry field
+                raise RegistryError(
+                    f"keys must be plain names, got a {type(key).__name__} key",
+                    path=self.name,
+                    line=key_node.start_mark.line + 1,
+                )
             if key in mapping:
                 raise RegistryError(
                     f"duplicate key {key!r} (first at line {mapping.key_lines[key]})",
@@ -335,6 +341,19 @@ _LineLoader.add_constructor(
 )
 
 
+def _shown(value: Any) -> str:
+    """A bounded repr of a bad value: a nested or aliased one may be huge (a YAML alias bomb)."""
+    import reprlib
+
+    shown = reprlib.Repr()  # attributes, not keywords: Python 3.11 takes none
+    shown.maxlevel, shown.maxlist, shown.maxdict, shown.maxstring = 2, 4, 4, 60
+    try:
+        text = shown.repr(value)
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 120 else f"{text[:117]}..."
+
+
 class _Checker:
     """Validates the plain data of one registry file, reporting ``file:line`` for every problem."""
 
@@ -347,7 +366,8 @@ class _Checker:
     def mapping(self, value: Any, what: str, line: int | None) -> _LineMap:
         if not isinstance(value, dict):
             self.fail(
-                f"{what} must be a mapping of keys to values, got {type(value).__name__} {value!r:.60}",
+                f"{what} must be a mapping of keys to values, got {type(value).__name__} "
+                f"{_shown(value)}",
                 line,
             )
         return value
@@ -368,11 +388,11 @@ class _Checker:
         value = entry.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
             value = str(value)
-        if not isinstance(value, str) or (
-            not value.strip() and key in {"name", "group", "category", "gloss"}
-        ):
+        required = key in {"name", "group", "category", "gloss", "registry", "version", "label"}
+        if not isinstance(value, str) or (not value.strip() and required):
+            kind = "a non-empty string" if required else "a string"
             self.fail(
-                f"{what}: {key!r} must be a non-empty string, got {value!r}",
+                f"{what}: {key!r} must be {kind}, got {_shown(value)}",
                 entry.key_lines.get(key, entry.line),
             )
         return value.strip()
@@ -385,7 +405,16 @@ class _Checker:
         value = entry[key]
         line = entry.key_lines.get(key, entry.line)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.fail(f"{what}: {key!r} must be a list of non-empty strings, got {value!r}", line)
+            self.fail(
+                f"{what}: {key!r} must be a list of non-empty strings, got {_shown(value)}", line
+            )
+        for item in value:
+            if not normalize(item):  # it would never match: no letter or digit is left
+                self.fail(
+                    f"{what}: {key!r} lists {item!r}, which has no letter or digit once "
+                    "normalised (punctuation and non-Latin scripts are dropped)",
+                    line,
+                )
         if not value and not allow_empty:
             self.fail(
                 f"{what}: {key!r} is an empty list; give at least one entry or leave the key out",
@@ -417,7 +446,7 @@ class _Checker:
         ):
             self.fail(
                 f"{what}: {key!r} must be a list of 2 to {TOGETHER_LISTS} lists of non-empty "
-                f"strings, got {value!r:.80}",
+                f"strings, got {_shown(value)}",
                 line,
             )
         return tuple(tuple(w.strip() for w in words) for words in value)
@@ -479,18 +508,19 @@ def _label(kind: str, entry: _LineMap) -> str:
 def _entries(check: _Checker, top: _LineMap, key: str) -> list[Any]:
     value = top[key]
     if not isinstance(value, list) or not value:
-        check.fail(f"{key!r} must be a non-empty list, got {value!r:.60}", top.key_lines[key])
+        check.fail(f"{key!r} must be a non-empty list, got {_shown(value)}", top.key_lines[key])
     return value
 
 
 def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     groups: dict[str, Group] = {}
+    groups_by_form: dict[str, Group] = {}  # by normalised name: "Animal" and "animal" clash
     for raw in _entries(check, top, "groups"):
         entry = check.mapping(raw, "a group", top.key_lines["groups"])
         check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
         name = check.string(entry, "name", "a group")
         what = f"group {name!r}"
-        clash = next((g for g in groups.values() if normalize(g.name) == normalize(name)), None)
+        clash = groups_by_form.get(normalize(name))
         if clash is not None:
             check.fail(f"duplicate group {name!r} (first defined at line {clash.line})", entry.line)
         sensitive = entry.get("sensitive", False)
@@ -506,7 +536,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
                     f"{what}: template {template!r} must contain '{{}}' exactly once",
                     entry.key_lines["templates"],
                 )
-        groups[name] = Group(
+        groups[name] = groups_by_form[normalize(name)] = Group(
             name=name,
             category=check.string(entry, "category", what),
             label=check.string(entry, "label", what, default=name),
@@ -540,6 +570,7 @@ def _parse_concepts(
 ) -> tuple[Concept, ...]:
     group_names = {g.name for g in groups}
     concepts: dict[str, Concept] = {}
+    concepts_by_form: dict[str, Concept] = {}  # by normalised name
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
     claimed: dict[tuple[str, str], Concept] = {}
     for raw in _entries(check, top, "concepts"):
@@ -547,7 +578,7 @@ def _parse_concepts(
         check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
         name = check.string(entry, "name", "a concept")
         what = f"concept {name!r}"
-        clash = next((c for c in concepts.values() if normalize(c.name) == normalize(name)), None)
+        clash = concepts_by_form.get(normalize(name))
         if clash is not None:
             check.fail(
                 f"duplicate concept {name!r} (first defined at line {clash.line})", entry.line
@@ -595,5 +626,5 @@ def _parse_concepts(
                     entry.key_lines["synonyms"],
                 )
             claimed[key] = concept
-        concepts[name] = concept
+        concepts[name] = concepts_by_form[normalize(name)] = concept
     return tuple(concepts.values())

@@ -123,6 +123,8 @@ def test_evaluate_one_profile(gold_file, tiny):
 def test_missing_gold_file(tmp_path, tiny):
     with pytest.raises(InputError, match="does not exist"):
         load_gold(tmp_path / "nope.jsonl", tiny)
+    with pytest.raises(InputError, match="is a folder"):
+        load_gold(tmp_path, tiny)
 
 
 def test_bad_json_line_names_the_line(tmp_path, tiny):
@@ -150,6 +152,10 @@ def test_unknown_concepts_are_listed_with_suggestions(tmp_path, tiny):
         ('{"id": 1, "concepts": []}', "'caption' must be a string"),
         ('{"id": 1, "caption": "x", "concepts": "dog"}', "'concepts' must be a list"),
         ('{"id": [1], "caption": "x", "concepts": []}', "'id' must be an integer or a string"),
+        (
+            '{"id": 1, "caption": "x", "concepts": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "nested too deeply",
+        ),
     ],
 )
 def test_malformed_rows(tmp_path, tiny, line, message):

@@ -1011,9 +1011,37 @@ def test_the_cache_can_be_turned_off_and_only_keeps_the_newest_files(tmp_path, m
     assert matcher_cache_dir() is None
     build_matcher(parse_registry(WEB))
     monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    mine = [tmp_path / f"data{i}.json" for i in range(20)]  # a folder shared with other files
+    for path in mine:
+        path.write_text("{}")
     for number in range(lexical._CACHE_FILES + 3):
         build_matcher(parse_registry(WEB.replace("a dog", f"a dog ({number})")))
-    assert len(list(tmp_path.glob("*.json"))) == lexical._CACHE_FILES
+    assert len(list(tmp_path.glob("*.json"))) == lexical._CACHE_FILES + len(mine)
+    assert all(path.exists() for path in mine)  # only the cache's own files are evicted
+
+
+def test_a_registry_changed_in_code_gets_key_tables_of_its_own(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("CLIPAUDIT_MATCHER_CACHE", str(tmp_path))
+    registry = parse_registry(WEB)
+    assert build_matcher(registry).match("a robin and a dog") == ["dog"]
+    bird = next(c for c in registry.concepts if c.name == "bird")
+    robin = dataclasses.replace(bird, synonyms=(*bird.synonyms, "robin"))
+    concepts = tuple(robin if c is bird else c for c in registry.concepts)
+    edited = dataclasses.replace(registry, concepts=concepts)  # the same file's sha256
+    assert build_matcher(edited).match("a robin and a dog") == ["dog", "bird"]
+
+
+def test_a_batch_is_read_by_position_whatever_holds_it(builtin):
+    import pandas as pd
+
+    captions = ["Red Dot Studios logo", "a red dog", None]
+    expected = builtin.match_batch(captions)
+    assert builtin.match_batch(pd.Series(captions, index=[2, 0, 1])) == expected
+    assert builtin.match_batch(pd.Series(captions, index=[10, 11, 12])) == expected
+    assert builtin.match_batch(iter(captions)) == expected
+    assert builtin.match_batch([*captions[:2], float("nan")]) == expected  # pandas' missing value
 
 
 @pytest.mark.parametrize(

@@ -284,3 +284,37 @@ def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
         load_registry(tmp_path / "nope.yaml")
     with pytest.raises(RegistryError, match="is a folder; expected a YAML file"):
         load_registry(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # a list as a key
+        ("    gloss: a cat\n", "    gloss: a cat\n    ? [a, b]\n    : x\n", r"keys must be plain names"),
+        # a synonym that normalises to nothing could never match
+        ("synonyms: [cat]", "synonyms: ['!!!']", r"'!!!', which has no letter or digit"),
+        ("synonyms: [cat]", "synonyms: [cat, '🐶']", r"which has no letter or digit"),
+        ('registry: mini', 'registry: ""', r"'registry' must be a non-empty string"),
+        ("    category: common\n  - name: Color", "    category: common\n    description: 5\n  - name: Color",
+         r"'description' must be a string, got 5"),
+    ],
+)  # fmt: skip
+def test_keys_synonyms_and_names_that_cannot_work_are_refused(tmp_path, old, new, message):
+    assert old in GOOD
+    with pytest.raises(RegistryError, match=message):
+        load_registry(write(tmp_path, GOOD.replace(old, new, 1)))
+
+
+def test_a_huge_or_deep_bad_value_gives_a_short_message(tmp_path):
+    nested = "&a0 [" + ", ".join(["dog"] * 10) + "]"
+    for level in range(1, 9):  # an alias bomb: 10^9 strings once expanded, 1 kB as written
+        nested = f"&a{level} [{nested}, " + ", ".join([f"*a{level - 1}"] * 9) + "]"
+    bomb = GOOD.replace("synonyms: [cat]", f"synonyms: {nested}")
+    deep = GOOD.replace("synonyms: [cat]", "synonyms: " + "[" * 3000 + "]" * 3000)
+    for text in (deep, GOOD.replace("synonyms: [cat]", "synonyms: [[[[[[cat]]]]]]")):
+        with pytest.raises(RegistryError) as info:
+            load_registry(write(tmp_path, text))
+        assert len(str(info.value)) < 400
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, bomb))
+    assert len(str(info.value)) < 400

@@ -62,7 +62,7 @@ word of every list does ("USC vs Stanford ... football": [[vs, versus], [footbal
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -336,9 +336,24 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
         return mapping
 
 
+class _LineList(list):
+    """A YAML sequence that remembers the line of each item (1-based)."""
+
+    item_lines: list[int]
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> Iterator[_LineList]:
+    # as PyYAML's own: yielded first and filled after, so that nesting costs no recursion
+    items = _LineList()
+    items.item_lines = [child.start_mark.line + 1 for child in node.value]
+    yield items
+    items.extend(loader.construct_sequence(node))
+
+
 _LineLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping
 )
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 def _shown(value: Any) -> str:
@@ -347,6 +362,8 @@ def _shown(value: Any) -> str:
 
     shown = reprlib.Repr()  # attributes, not keywords: Python 3.11 takes none
     shown.maxlevel, shown.maxlist, shown.maxdict, shown.maxstring = 2, 4, 4, 60
+    # the loader's list and mapping, shown as lists and mappings are (bounded), not in full
+    shown.repr__LineList, shown.repr__LineMap = shown.repr_list, shown.repr_dict
     try:
         text = shown.repr(value)
     except RecursionError:
@@ -386,7 +403,13 @@ class _Checker:
 
     def string(self, entry: _LineMap, key: str, what: str, default: str | None = None) -> str:
         value = entry.get(key, default)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
+        if key == "version" and isinstance(value, float):  # 1.10 reads as 1.1
+            self.fail(
+                f"{what}: 'version' {value!r} is a number, which drops trailing zeros; quote it "
+                '(version: "1.10")',
+                entry.key_lines.get(key, entry.line),
+            )
+        if isinstance(value, int) and not isinstance(value, bool) and key == "version":
             value = str(value)
         required = key in {"name", "group", "category", "gloss", "registry", "version", "label"}
         if not isinstance(value, str) or (not value.strip() and required):
@@ -505,18 +528,20 @@ def _label(kind: str, entry: _LineMap) -> str:
     return f"{kind} {name!r}" if isinstance(name, str) else f"a {kind}"
 
 
-def _entries(check: _Checker, top: _LineMap, key: str) -> list[Any]:
+def _entries(check: _Checker, top: _LineMap, key: str) -> list[tuple[Any, int]]:
+    """The items of the list ``top[key]`` with each one's line."""
     value = top[key]
     if not isinstance(value, list) or not value:
         check.fail(f"{key!r} must be a non-empty list, got {_shown(value)}", top.key_lines[key])
-    return value
+    lines = getattr(value, "item_lines", None) or [top.key_lines[key]] * len(value)
+    return list(zip(value, lines, strict=True))
 
 
 def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     groups: dict[str, Group] = {}
     groups_by_form: dict[str, Group] = {}  # by normalised name: "Animal" and "animal" clash
-    for raw in _entries(check, top, "groups"):
-        entry = check.mapping(raw, "a group", top.key_lines["groups"])
+    for raw, line in _entries(check, top, "groups"):
+        entry = check.mapping(raw, "a group", line)
         check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
         name = check.string(entry, "name", "a group")
         what = f"group {name!r}"
@@ -573,8 +598,8 @@ def _parse_concepts(
     concepts_by_form: dict[str, Concept] = {}  # by normalised name
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
     claimed: dict[tuple[str, str], Concept] = {}
-    for raw in _entries(check, top, "concepts"):
-        entry = check.mapping(raw, "a concept", top.key_lines["concepts"])
+    for raw, line in _entries(check, top, "concepts"):
+        entry = check.mapping(raw, "a concept", line)
         check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
         name = check.string(entry, "name", "a concept")
         what = f"concept {name!r}"

@@ -295,6 +295,7 @@ def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
         ("synonyms: [cat]", "synonyms: ['!!!']", r"'!!!', which has no letter or digit"),
         ("synonyms: [cat]", "synonyms: [cat, '🐶']", r"which has no letter or digit"),
         ('registry: mini', 'registry: ""', r"'registry' must be a non-empty string"),
+        ('version: "2"', "version: 1.10", r"'version' 1.1 is a number, .*quote it"),
         ("    category: common\n  - name: Color", "    category: common\n    description: 5\n  - name: Color",
          r"'description' must be a string, got 5"),
     ],
@@ -318,3 +319,10 @@ def test_a_huge_or_deep_bad_value_gives_a_short_message(tmp_path):
     with pytest.raises(RegistryError) as info:
         load_registry(write(tmp_path, bomb))
     assert len(str(info.value)) < 400
+
+
+def test_an_entry_that_is_no_mapping_is_reported_at_its_own_line(tmp_path):
+    text = GOOD + "  - bird\n"
+    line = text.count("\n")  # the last line
+    with pytest.raises(RegistryError, match=rf"reg\.yaml:{line}: a concept must be a mapping"):
+        load_registry(write(tmp_path, text))

@@ -186,13 +186,12 @@ def load_pairs(world: RenderedWorld) -> tuple[np.ndarray, list[str]]:
 
 def build_model(config: dict[str, Any], seed: int) -> torch.nn.Module:
     """open_clip's ``CLIP`` for ``config``, its weights drawn after ``torch.manual_seed(seed)``
-    in a forked generator: the caller's random state is left as it was."""
+    (:func:`train_world_model` keeps the caller's random state around the whole training)."""
     import open_clip
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return open_clip.CLIP(**config)
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**config)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -320,54 +319,57 @@ def train_world_model(
         return finished
     device = resolve_train_device(settings.device)
     previous_threads = torch.get_num_threads()
-    try:
-        model = build_model(config, settings.seed).to(device)
-        optimizer = make_optimizer(model, settings)
-        log = np.zeros((settings.steps, 3), dtype=np.float64)  # loss, lr, logit scale
-        start = _resume(out, identity, model, optimizer, log)
-        resumed_from = start
-        pixels = normalised_pixels(images).to(device)
-        tokens = tokens.to(device)
-        loss_fn = ClipLoss()
-        model.train()
-        sample = torch.arange(settings.batch_size, device=device)
+    # the seed alone decides the weights and the training's draws; the caller's random state
+    # is as it was afterwards
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            model = build_model(config, settings.seed).to(device)
+            optimizer = make_optimizer(model, settings)
+            log = np.zeros((settings.steps, 3), dtype=np.float64)  # loss, lr, logit scale
+            start = _resume(out, identity, model, optimizer, log)
+            resumed_from = start
+            pixels = normalised_pixels(images).to(device)
+            tokens = tokens.to(device)
+            loss_fn = ClipLoss()
+            model.train()
+            sample = torch.arange(settings.batch_size, device=device)
 
-        def trial() -> None:
-            loss_fn(*model(pixels[sample], tokens[sample])).backward()
-            model.zero_grad(set_to_none=True)
+            def trial() -> None:
+                loss_fn(*model(pixels[sample], tokens[sample])).backward()
+                model.zero_grad(set_to_none=True)
 
-        threads = ThreadChooser(settings.threads, trial, device)
-        threads.choose(start)
-        prepared_s = time.perf_counter() - started
-        mark, cpu_mark = time.perf_counter(), time.process_time()
-        for step in range(start, settings.steps):
-            step_mark = time.perf_counter()
-            lr = lr_at(step, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            rows = torch.from_numpy(
-                batch_indices(step, len(images), settings.batch_size, settings.seed)
-            ).to(device)
-            image_features, text_features, scale = model(pixels[rows], tokens[rows])
-            loss = loss_fn(image_features, text_features, scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            value = float(loss.detach())
-            log[step] = (value, lr, float(scale.detach()))
-            done = step + 1
-            if done % settings.checkpoint_every == 0 and done < settings.steps:
-                _save_state(out, identity, model, optimizer, log, done)
-            if progress is not None:
-                progress(done, settings.steps, value)
-            if done < settings.steps:
-                threads.after_step(done, time.perf_counter() - step_mark)
-        train_s = time.perf_counter() - mark
-        train_cpu_s = time.process_time() - cpu_mark
-    finally:
-        torch.set_num_threads(previous_threads)
+            threads = ThreadChooser(settings.threads, trial, device)
+            threads.choose(start)
+            prepared_s = time.perf_counter() - started
+            mark, cpu_mark = time.perf_counter(), time.process_time()
+            for step in range(start, settings.steps):
+                step_mark = time.perf_counter()
+                lr = lr_at(step, settings)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                rows = torch.from_numpy(
+                    batch_indices(step, len(images), settings.batch_size, settings.seed)
+                ).to(device)
+                image_features, text_features, scale = model(pixels[rows], tokens[rows])
+                loss = loss_fn(image_features, text_features, scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+                value = float(loss.detach())
+                log[step] = (value, lr, float(scale.detach()))
+                done = step + 1
+                if done % settings.checkpoint_every == 0 and done < settings.steps:
+                    _save_state(out, identity, model, optimizer, log, done)
+                if progress is not None:
+                    progress(done, settings.steps, value)
+                if done < settings.steps:
+                    threads.after_step(done, time.perf_counter() - step_mark)
+            train_s = time.perf_counter() - mark
+            train_cpu_s = time.process_time() - cpu_mark
+        finally:
+            torch.set_num_threads(previous_threads)
 
     config_path = out / f"{name}.json"
     checkpoint_path = out / f"{name}.safetensors"

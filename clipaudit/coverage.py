@@ -235,6 +235,11 @@ class CoverageSettings:
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise SettingsError(f"{_named(name)} {value!r} does not exist")
+        if self.embeddings is not None and self.embedding_store is not None:
+            raise SettingsError(
+                f"{_named('embeddings')} are LAION's own, read in place: no store is written, so "
+                f"{_named('embedding_store')} does not apply; drop one of them"
+            )
         for name in ("nearest", "encode_batch"):
             value = getattr(self, name)
             least = 0 if name == "nearest" else 1

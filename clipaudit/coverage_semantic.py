@@ -508,7 +508,8 @@ class SemanticShard:
             raise InputError(
                 f"{self.store.folder}/{self.key} part {part}: the stored embeddings are not of "
                 f"this shard's captions (expected {len(batch.captions)} captions with the "
-                f"batch's ids, got {len(ids)}); delete that folder to encode it again"
+                f"batch's ids, got {len(ids)}); delete that folder and {self.key}.done.json "
+                "beside it to encode it again"
             )
         return as_float32(vectors)
 

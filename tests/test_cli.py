@@ -161,6 +161,8 @@ def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
     assert "<bool>" not in helped.stdout and "--per-caption " in helped.stdout
     gold = tmp_path / "gold.jsonl"
     gold.write_text('{"id": 1, "caption": "a dog", "concepts": ["dog"]}\n')
+    fitted = run_cli("coverage", "calibrate", str(gold), "--out", str(tmp_path))
+    assert fitted.returncode == 2 and "is a folder; give a file to write" in fitted.stderr
     scored = run_cli("coverage", "eval", str(gold), "--json", str(tmp_path))
     assert scored.returncode == 2 and scored.stdout == ""  # refused before any scoring
     assert (

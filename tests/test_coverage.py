@@ -606,6 +606,14 @@ def test_settings_are_checked_when_made():
         CoverageSettings(workers=0)
 
 
+def test_laion_embeddings_and_a_store_are_not_both_taken(tmp_path):
+    (tmp_path / "emb").mkdir()
+    with pytest.raises(SettingsError, match=r"read in place.*drop one of them"):
+        CoverageSettings(
+            method="semantic", embeddings=str(tmp_path / "emb"), embedding_store="store"
+        )
+
+
 def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
     result = subprocess.run(
         cli("count", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "run")),

@@ -232,6 +232,28 @@ def test_embedding_store_refuses_another_encoder_and_unsafe_keys(tmp_path, tiny_
         EmbeddingStore.open(tmp_path / "s", minilm.identity, minilm.dim)
     with pytest.raises(InputError, match="not a plain name"):
         store.has_part("../escape", 0)
+    # a unit whose part was deleted since is no longer done: it is encoded again
+    key = store.keys()[0]
+    assert store.is_done(key)
+    (tmp_path / "s" / key / "000001.npy").unlink()
+    assert not store.is_done(key)
+
+
+def test_a_damaged_concept_cache_is_embedded_again(tmp_path, tiny_encoder):
+    from clipaudit.registry import load_registry
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    registry = load_registry("miniworld")
+    first = concept_embeddings(registry, tiny_encoder, cache=tmp_path)
+    (cached,) = tmp_path.glob("concepts-*.npz")
+    for damage in (cached.read_bytes()[:1000], b"not a zip"):
+        cached.write_bytes(damage)
+        again = concept_embeddings(registry, tiny_encoder, cache=tmp_path)
+        np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)
+    np.savez(cached, vectors=first.vectors[:2], glosses=first.glosses[:2])  # another shape
+    assert concept_embeddings(registry, tiny_encoder, cache=tmp_path).vectors.shape == (
+        first.vectors.shape
+    )
 
 
 # --------------------------------------------------------------------------- LAION embeddings
@@ -488,6 +510,17 @@ def test_calibration_recovers_a_planted_separation(tmp_path, minilm, tiny_encode
     )
     with pytest.raises(InputError, match="malformed calibration"):
         Calibration.load(tmp_path / "bad.json")
+    # a file holds fitted thresholds: marked otherwise, or with malformed records, it is refused
+    doc = json.loads(path.read_text())
+    for changes, message in [
+        ({"calibrated": False}, "'calibrated' must be true"),
+        ({"calibrated": "no"}, "'calibrated' must be true"),
+        ({"fitted_on": 5}, "malformed calibration"),
+        ({"settings": 3}, "malformed calibration"),
+    ]:
+        (tmp_path / "edited.json").write_text(json.dumps({**doc, **changes}))
+        with pytest.raises(InputError, match=message):
+            Calibration.load(tmp_path / "edited.json")
 
 
 def test_cross_validation_scores_each_caption_with_thresholds_fitted_elsewhere():
@@ -777,6 +810,8 @@ def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
     assert [g["id"] for g in result.nearest] == [f"t{i}" for i in best]
     with pytest.raises(SettingsError, match="needs the encoder"):
         loaded.query("origami", 0.5)
+    with pytest.raises(SettingsError, match="k must be an integer >= 0, got -1"):
+        loaded.query(query, 0.5, k=-1)
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
         "captions.parquet",
         "index.json",

@@ -356,6 +356,10 @@ def calibrate(
     precision and recall of every method; write the calibration with the encoder's identity."""
     from clipaudit.coverage_semantic import calibrate as fit
 
+    if out.is_dir():  # checked before the fit, not after it
+        raise InputError(
+            f"--out {out} is a folder; give a file to write, e.g. {out / 'calibration.json'}"
+        )
     report = fit(
         gold, out, encoder=encoder, registry=registry, folds=folds, min_positives=min_positives,
         device=device,
@@ -393,7 +397,7 @@ def index(
     threshold: float | None = typer.Option(
         None, "--threshold", help="Cosine for --query (default: the run's semantic threshold)."
     ),
-    k: int = typer.Option(10, "-k", help="Nearest captions shown for --query."),
+    k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown for --query."),
 ) -> None:
     """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
     from clipaudit.coverage_semantic import index_run
@@ -412,7 +416,7 @@ def query(
     threshold: float | None = typer.Option(
         None, "--threshold", help="Cosine a caption needs (default: the run's semantic threshold)."
     ),
-    k: int = typer.Option(10, "-k", help="Nearest captions shown."),
+    k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown."),
 ) -> None:
     """How many captions of a run are about a text, and the nearest ones, from the run's index."""
     _query(run, text, threshold, k)

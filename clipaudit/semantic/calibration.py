@@ -331,6 +331,13 @@ class Calibration:
             encoder = dict(doc["encoder"])
             texts = {n: str(concepts[n]["texts_sha256"]) for n in names
                      if "texts_sha256" in concepts[n]}  # fmt: skip
+            fitted_on = tuple(str(name) for name in doc.get("fitted_on", ()))
+            settings = dict(doc.get("settings", {}))
+            calibrated = doc.get("calibrated", True)
+            if calibrated is not True:  # a file's thresholds are fitted ones: no other kind loads
+                raise ValueError(
+                    f"'calibrated' must be true in a calibration file, got {calibrated!r}"
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 f"{path}: malformed calibration ({type(exc).__name__}: {exc})"
@@ -338,9 +345,8 @@ class Calibration:
         if not all(math.isfinite(v) for v in shared.values()):
             raise InputError(f"{path}: shared thresholds must be finite numbers")
         return cls(
-            encoder, names, thresholds, origin, shared, bool(doc.get("calibrated", True)),
-            tuple(doc.get("fitted_on", ())), dict(doc.get("settings", {})), str(doc.get("note", "")),
-            texts,
+            encoder, names, thresholds, origin, shared, True, fitted_on, settings,
+            str(doc.get("note", "")), texts,
         )  # fmt: skip
 
 

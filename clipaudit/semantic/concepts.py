@@ -15,6 +15,7 @@ the same way from its words.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,18 @@ def concept_texts(concept: Any) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
+def _read_cached(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cached concept and gloss vectors of ``shape``, or None when the file is missing or
+    damaged (it is then embedded again and rewritten)."""
+    try:
+        with np.load(path, allow_pickle=False) as held:
+            vectors, glosses = held["vectors"], held["glosses"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    fits = vectors.shape == shape == glosses.shape and np.isfinite(vectors).all()
+    return (vectors, glosses) if fits and np.isfinite(glosses).all() else None
+
+
 def concept_embeddings(
     registry: Registry, encoder: TextEncoder, *, cache: str | Path | None = None
 ) -> ConceptEmbeddings:
@@ -74,9 +87,9 @@ def concept_embeddings(
         identity = {key: encoder.identity.get(key) for key in IDENTITY_KEYS}
         key = fingerprint({"encoder": identity, "texts": texts, "glosses": glosses})
         path = Path(cache) / f"concepts-{key}.npz"
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as held:
-            vectors, gloss_vectors = held["vectors"], held["glosses"]
+    held = _read_cached(path, (len(texts), encoder.dim)) if path is not None else None
+    if held is not None:
+        vectors, gloss_vectors = held
     else:
         encoded = encoder.encode(flat + glosses)
         vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)

@@ -372,6 +372,8 @@ class CaptionIndex:
         threshold = float(threshold)
         if not -1.0 <= threshold <= 1.0:
             raise SettingsError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise SettingsError(f"k must be an integer >= 0, got {k!r}")
         exact = self.kind == "flat" or self.settings.rescore
         reach = threshold - (self.margin if self.kind == "ivfpq" and exact else 0.0)
         radius = float(np.nextafter(np.float32(reach), np.float32(-np.inf)))

@@ -177,7 +177,15 @@ class EmbeddingStore:
         write_json(self.folder / f"{_check_key(key)}.done.json", {"parts": n_parts, "rows": n_rows})
 
     def is_done(self, key: str) -> bool:
-        return (self.folder / f"{_check_key(key)}.done.json").is_file()
+        """Whether ``key``'s parts were all written (a part deleted since, or its folder, makes
+        the unit to encode again)."""
+        if not (self.folder / f"{_check_key(key)}.done.json").is_file():
+            return False
+        try:
+            n_parts = self.n_parts(key)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return all(self.has_part(key, part) for part in range(n_parts))
 
     def prune(self, keep: Iterable[str]) -> list[str]:
         """Remove the units of work not in ``keep`` (a removed or changed input's embeddings,
@@ -208,7 +216,10 @@ class EmbeddingStore:
             vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
             ids = np.load(ids_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise InputError(f"{vectors_path}: unreadable embeddings part ({exc})") from None
+            raise InputError(
+                f"{vectors_path}: unreadable embeddings part ({exc}); delete {self.folder / key} "
+                f"and {key}.done.json beside it to encode it again"
+            ) from None
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
             raise InputError(
                 f"{vectors_path}: expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"

@@ -904,3 +904,25 @@ def test_cross_validated_methods_on_coco_dev(registry, minilm):
     assert semantic["f1"] < lexical["f1"] - 0.2
     assert checked["precision"] >= lexical["precision"] - 0.01
     assert checked["recall"] >= lexical["recall"]
+
+
+def test_blank_captions_are_counted_by_no_query(tmp_path, tiny_encoder):
+    """Blank captions are zero vectors in the store: cosine 0 to any query, yet counted for no
+    concept, at any threshold, in a flat index and in an IVF-PQ one saved and loaded."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore
+
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 600, 16)
+    vectors[[3, 250, 599]] = 0.0  # three blank captions
+    store = EmbeddingStore.open(tmp_path / "store", {"kind": "synthetic", "dim": 16}, 16)
+    store.write_part("k", 0, vectors, list(range(600)))
+    store.finish("k", 1, 600)
+    for kind, options in (("flat", {}), ("ivfpq", {"nlist": 4, "m": 4, "train_rows": 600})):
+        settings = IndexSettings(kind=kind, nprobe=4, **options)
+        CaptionIndex.build(store, settings, folder=tmp_path / kind)
+        index = CaptionIndex.load(tmp_path / kind)
+        assert index.blank.tolist() == [3, 250, 599]
+        result = index.query(vectors[0], -1.0, k=1000)
+        assert result.count == 597
+        assert not {3, 250, 599} & {n["position"] for n in result.nearest}

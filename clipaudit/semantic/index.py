@@ -53,7 +53,10 @@ INDEX_KINDS = ("auto", "flat", "ivfpq")
 INDEX_FORMAT = "clipaudit-caption-index"
 INDEX_VERSION = 2  # 1 kept FAISS's own index file, which a run folder from anyone should not feed
 IVFPQ_ARRAYS = "ivfpq.npz"
-_IVFPQ_NAMES = ("coarse_centroids", "pq_centroids", "list_sizes", "list_ids", "list_codes")
+_IVFPQ_NAMES = (
+    *("coarse_centroids", "pq_centroids", "list_sizes", "list_ids", "list_codes"),
+    "blank_positions",
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class CaptionIndex:
         margin: float,
         keys: list[str],
         captions_path: Path | None = None,
+        blank: np.ndarray | None = None,
     ):
         self.index = index
         self.store = store
@@ -142,6 +146,8 @@ class CaptionIndex:
         self.margin = margin
         self.keys = keys
         self.captions_path = captions_path
+        # positions of blank captions (zero vectors, cosine 0 to anything): counted for nothing
+        self.blank = np.zeros(0, dtype=np.int64) if blank is None else blank
         self.n = int(index.ntotal)
         if kind == "ivfpq":
             index.nprobe = settings.nprobe
@@ -212,8 +218,8 @@ class CaptionIndex:
                 if settings.margin is not None
                 else _estimate_margin(index, sample_vectors, rng)
             )
-        _add_vectors(index, store, keys)
-        built = cls(index, store, settings, kind, table, margin, keys)
+        blank = _add_vectors(index, store, keys)
+        built = cls(index, store, settings, kind, table, margin, keys, blank=blank)
         if folder is not None:
             built.save(folder, captions=captions)
         elif captions is not None:
@@ -235,7 +241,7 @@ class CaptionIndex:
         arrays_sha256 = None
         if self.kind == "ivfpq":
             buffer = io.BytesIO()
-            np.savez(buffer, **_ivfpq_arrays(self.index))
+            np.savez(buffer, **_ivfpq_arrays(self.index), blank_positions=self.blank)
             atomic_write_bytes(folder / IVFPQ_ARRAYS, buffer.getvalue())
             arrays_sha256 = sha256_file(folder / IVFPQ_ARRAYS)
         write_json(
@@ -324,7 +330,7 @@ class CaptionIndex:
                 f"{folder}/index.json: margin {margin!r}, expected a cosine gap in [0, 2]"
             )
         if kind == "flat":
-            index = _flat_index(store, keys)
+            index, blank = _flat_index(store, keys)
         else:
             arrays = folder / IVFPQ_ARRAYS
             if not arrays.is_file() or sha256_file(arrays) != meta.get("arrays_sha256"):
@@ -332,11 +338,11 @@ class CaptionIndex:
                     f"{arrays}: missing, or its checksum differs from index.json's (a partial or "
                     "altered file); build the index again"
                 )
-            index = _ivfpq_index(arrays, store.dim, n, settings.nbits)
+            index, blank = _ivfpq_index(arrays, store.dim, n, settings.nbits)
         captions = folder / "captions.parquet"
         return cls(
             index, store, settings, kind, parts, margin, keys,
-            captions if meta.get("captions") and captions.is_file() else None,
+            captions if meta.get("captions") and captions.is_file() else None, blank,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- querying
@@ -386,6 +392,9 @@ class CaptionIndex:
                     candidates.setdefault(position, score)
         positions = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
         scores = np.fromiter(candidates.values(), dtype=np.float32, count=len(candidates))
+        if len(self.blank):  # a blank caption says nothing, whatever the threshold
+            said = ~np.isin(positions, self.blank)
+            positions, scores = positions[said], scores[said]
         n_candidates = len(positions)
         if self.kind == "ivfpq" and exact and n_candidates:
             vectors = self.store.row_vectors(_locations(self.parts, positions), self.keys)
@@ -448,17 +457,22 @@ def _parts_table(store: EmbeddingStore, keys: Sequence[str]) -> tuple[np.ndarray
     return np.array(parts, dtype=np.int64).reshape(-1, 3), position
 
 
-def _add_vectors(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> None:
+def _add_vectors(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> np.ndarray:
+    """Add the vectors of ``keys`` to ``index``; returns the positions of blank captions, whose
+    vectors the store keeps as zeros."""
+    blank = []
     for batch in store.iter_batches(keys):
+        zero = ~np.any(batch.vectors, axis=1)
+        blank.append(index.ntotal + np.flatnonzero(zero))
         index.add(batch.vectors)
+    return np.concatenate(blank).astype(np.int64) if blank else np.zeros(0, dtype=np.int64)
 
 
-def _flat_index(store: EmbeddingStore, keys: Sequence[str]) -> Any:
+def _flat_index(store: EmbeddingStore, keys: Sequence[str]) -> tuple[Any, np.ndarray]:
     import faiss
 
     index = faiss.IndexFlatIP(store.dim)
-    _add_vectors(index, store, keys)
-    return index
+    return index, _add_vectors(index, store, keys)
 
 
 def _ivfpq_arrays(index: Any) -> dict[str, np.ndarray]:
@@ -486,8 +500,9 @@ def _ivfpq_arrays(index: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> Any:
-    """The ``IndexIVFPQ`` of :func:`_ivfpq_arrays`'s arrays, each checked before FAISS gets it."""
+def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndarray]:
+    """The ``IndexIVFPQ`` of :func:`_ivfpq_arrays`'s arrays, each checked before FAISS gets it,
+    and the positions of blank captions."""
     import faiss
 
     def refuse(what: str) -> InputError:
@@ -498,7 +513,7 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> Any:
             arrays = {name: archive[name] for name in _IVFPQ_NAMES}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise refuse(f"not a readable IVF-PQ array file ({exc})") from None
-    coarse, codebooks, sizes, ids, codes = (arrays[name] for name in _IVFPQ_NAMES)
+    coarse, codebooks, sizes, ids, codes, blank = (arrays[name] for name in _IVFPQ_NAMES)
     nlist = len(coarse) if coarse.ndim else 0
     m = codebooks.shape[0] if codebooks.ndim == 3 else 0
     if nlist < 1 or m < 1 or dim % m:
@@ -523,6 +538,8 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> Any:
         raise refuse(f"its list sizes sum to {int(sizes.sum())}, expected {n} captions")
     if n and (ids.min() < 0 or ids.max() >= n or np.bincount(ids, minlength=n).max() != 1):
         raise refuse(f"its lists do not hold each of the {n} caption positions exactly once")
+    if blank.dtype != np.int64 or blank.ndim != 1 or ((blank < 0) | (blank >= n)).any():
+        raise refuse(f"its blank caption positions are not positions of its {n} captions")
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(coarse)
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
@@ -535,7 +552,7 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> Any:
             i, int(sizes[i]), faiss.swig_ptr(ids[rows]), faiss.swig_ptr(codes[rows])
         )
     index.ntotal = n
-    return index
+    return index, blank
 
 
 def _locations(parts: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -318,6 +318,12 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise RegistryError(
+                    _merge_key_message(value_node),
+                    path=self.name,
+                    line=key_node.start_mark.line + 1,
+                )
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str):  # a list or mapping as key is no registry field
                 raise RegistryError(
@@ -334,6 +340,18 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
             mapping[key] = self.construct_object(value_node, deep=deep)
             mapping.key_lines[key] = key_node.start_mark.line + 1
         return mapping
+
+
+def _merge_key_message(value_node: yaml.Node) -> str:
+    """Why a YAML merge key (``<<: *anchor``) is refused: a registry entry writes its keys out,
+    which keeps every key at its own line and no merge can blow up (as aliases of aliases can)."""
+    kinds = {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list", yaml.ScalarNode: "a value"}
+    got = kinds.get(type(value_node), "a value")
+    return (
+        "a YAML merge key ('<<') is not supported in a registry; expected each key of the entry "
+        f"written out, got '<<' merging {got} (written at line {value_node.start_mark.line + 1}); "
+        "write the keys out in full (an alias may still repeat one value: 'synonyms: *words')"
+    )
 
 
 class _LineList(list):

@@ -646,14 +646,15 @@ class ZeroShotRun:
         return pd.read_parquet(self.out / "predictions.parquet")
 
     def confusion(self, model: str, group: str) -> pd.DataFrame:
-        """The confusion matrix of one model on one group (rows true, columns predicted)."""
+        """The confusion matrix of one model on one group (rows true, columns predicted, counts
+        as integers); see :func:`read_confusion_csv`."""
         path = _named_file(_named_file(self.out / "confusion", model), group, ".csv")
         if not path.is_file():
             raise InputError(
                 f"no confusion matrix for model {model!r} and group {group!r} in {self.out}; "
                 f"models are {', '.join(self.models)}{did_you_mean(model, self.models)}"
             )
-        return read_table_csv(path).set_index("true")
+        return read_confusion_csv(path)
 
     def macro_f1_table(self) -> pd.DataFrame:
         """Groups x models macro-F1 (the side-by-side view of several models)."""
@@ -828,7 +829,7 @@ def _save_model_unit(
     write_table(result.concepts, unit / "concepts", ("parquet",))
     write_table(result.groups, unit / "groups", ("parquet",))
     for group, frame in result.confusions.items():
-        write_table(frame.reset_index(), unit / "confusion" / file_stem(group), ("parquet",))
+        write_table(confusion_table(frame), unit / "confusion" / file_stem(group), ("parquet",))
     record = {
         "label": result.label,
         "info": {
@@ -888,13 +889,13 @@ def _finish(
         label = record["label"]
         scores = groups[groups["model"] == label].set_index("group")["macro_f1"]
         for group in record["confusion_groups"]:
-            frame = pd.read_parquet(_named_file(unit / "confusion", group, ".parquet"))
-            target = out / "confusion" / file_stem(label) / file_stem(group)
-            written += write_table(frame, target, ("csv",))
-            title = f"{label} / {group}: macro-F1 {scores[group]:.3f}"
-            atomic_write_bytes(
-                target.parent / f"{target.name}.png", confusion_png(frame.set_index("true"), title)
+            matrix = confusion_from_table(
+                pd.read_parquet(_named_file(unit / "confusion", group, ".parquet"))
             )
+            target = out / "confusion" / file_stem(label) / file_stem(group)
+            written += write_table(confusion_table(matrix), target, ("csv",))
+            title = f"{label} / {group}: macro-F1 {scores[group]:.3f}"
+            atomic_write_bytes(target.parent / f"{target.name}.png", confusion_png(matrix, title))
             written.append(target.with_suffix(".png"))
     first = records[0]["info"]
     manifest = folder.complete(
@@ -917,6 +918,48 @@ def _unique(items: Any) -> list[dict[str, Any]]:
     for item in items:
         seen.setdefault(json.dumps(item, sort_keys=True), item)
     return list(seen.values())
+
+
+# --------------------------------------------------------------------------- confusion files
+
+# A confusion matrix's file is a table: its first column holds the true labels, each other column
+# the counts of one predicted label, named by it. The first column's name is empty, which no concept
+# name can be (the registry refuses an empty one), so that no concept ("true", "model", ...) clashes
+# with it; runs written before named it "true", and the readers below find the labels by position,
+# never by name, so that both read alike.
+
+
+def confusion_table(matrix: pd.DataFrame) -> pd.DataFrame:
+    """A confusion matrix (rows true, columns predicted) as the table its files hold."""
+    table = pd.DataFrame(matrix.to_numpy(), columns=[str(c) for c in matrix.columns])
+    table.insert(0, "", [str(i) for i in matrix.index])
+    return table
+
+
+def confusion_from_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The confusion matrix of a table as :func:`confusion_table` makes it, or as older runs wrote
+    it (the label column named "true"): rows true, columns predicted, counts as integers."""
+    return pd.DataFrame(
+        table.iloc[:, 1:].to_numpy(dtype=np.int64),
+        index=pd.Index(table.iloc[:, 0].astype(str).tolist(), name="true"),
+        columns=pd.Index([str(c) for c in table.columns[1:]], name="predicted"),
+    )
+
+
+def read_confusion_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A confusion matrix's CSV file as :func:`confusion_from_table` reads it. Every cell is read
+    as text first, so that no label changes: not a header pandas would rename (an empty or a
+    repeated one), nor a concept named as a name column ("model", "predicted"), whose counts
+    :func:`~clipaudit.provenance.read_table_csv` would read as text, nor one named as a missing
+    value ("NA", "null")."""
+    cells = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    try:
+        return confusion_from_table(cells.iloc[1:].set_axis(cells.iloc[0].tolist(), axis=1))
+    except ValueError as exc:  # a count that is no integer: the file was damaged
+        raise InputError(
+            f"{path} is no confusion matrix (labels, then one integer count per predicted "
+            f"label): {exc}"
+        ) from None
 
 
 def confusion_png(frame: pd.DataFrame, title: str) -> bytes:

@@ -326,3 +326,35 @@ def test_an_entry_that_is_no_mapping_is_reported_at_its_own_line(tmp_path):
     line = text.count("\n")  # the last line
     with pytest.raises(RegistryError, match=rf"reg\.yaml:{line}: a concept must be a mapping"):
         load_registry(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("anchor", "merge", "got"),
+    [
+        ("    synonyms: [cat]\n", "    <<: *dog\n", "a mapping (written at line 10)"),
+        ("    synonyms: [cat]\n", "    <<: [*dog]\n", "a list (written at line 26)"),
+        ("    synonyms: &words [cat]\n", "    <<: *words\n", "a list (written at line 19)"),
+        ("    gloss: &gloss a cat\n", "    <<: *gloss\n", "a value (written at line 18)"),
+    ],
+)
+def test_a_yaml_merge_key_is_refused_with_its_line_and_the_fix(tmp_path, anchor, merge, got):
+    """A merge key (``<<: *anchor``), of a mapping or of what cannot be merged, is refused at its
+    own line, saying what was expected and what to write instead; a plain alias still loads."""
+    text = GOOD.replace("  - name: dog\n", "  - &dog\n    name: dog\n").replace(
+        anchor.replace("&words ", "").replace("&gloss ", ""), anchor
+    )
+    text += f"  - name: kitten\n{merge}    group: Animal\n    gloss: g\n    synonyms: [kitten]\n"
+    path = write(tmp_path, text)
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    line = text.splitlines().index(merge.rstrip("\n")) + 1
+    assert str(info.value) == (
+        f"{path}:{line}: a YAML merge key ('<<') is not supported in a registry; expected each "
+        f"key of the entry written out, got '<<' merging {got}; write the keys out in full (an "
+        "alias may still repeat one value: 'synonyms: *words')"
+    )
+    aliased = GOOD.replace("synonyms: [cat]", "synonyms: &words [cat]") + (
+        "  - name: kitten\n    group: Animal\n    gloss: g\n    synonyms: [kitten]\n"
+        "    negative_contexts: *words\n"
+    )
+    assert load_registry(write(tmp_path, aliased)).concept("kitten").negative_contexts == ("cat",)

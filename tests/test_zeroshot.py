@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.images import open_images
 from clipaudit.models import LoadedModel, ModelSpec
 from clipaudit.registry import load_registry, parse_registry
@@ -20,6 +20,7 @@ from clipaudit.zeroshot import (
     ZeroShotRun,
     ZeroShotSettings,
     class_embeddings,
+    confusion_from_table,
     embed_images,
     evaluate_model,
     resolve_templates,
@@ -387,8 +388,10 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
     accuracy = predictions.groupby("model")["correct"].mean()
     assert groups.set_index("model")["accuracy"].to_dict() == pytest.approx(accuracy.to_dict())
     for model in ("tiny-clip@a", "tiny-clip@b"):
-        table = pd.read_csv(out / "confusion" / model / "Animal.csv")
-        assert table.set_index("true").to_numpy().sum() == 5
+        table = pd.read_csv(
+            out / "confusion" / model / "Animal.csv", index_col=0
+        )  # as pandas writes
+        assert table.to_numpy().sum() == 5
         assert (out / "confusion" / model / "Animal.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "zeroshot" and manifest["status"] == "complete"
@@ -688,6 +691,50 @@ def test_confusion_files_of_names_a_slug_makes_alike_stay_apart(tiny, tmp_path):
             for true, row in expected.iterrows():
                 for predicted, n in row.items():
                     assert matrix.loc[true, predicted] == n
+
+
+def test_concepts_named_as_the_confusion_tables_columns_keep_their_counts(tiny, tmp_path):
+    """A concept named "true" (the label column runs used to write), "model" or "predicted" (name
+    columns a table reader keeps as text) or "NA" runs, and its confusion matrix reads back as
+    integer counts, from this run's files and from files as older runs wrote them."""
+    concepts = ["true", "false", "model", "predicted", "NA"]
+    registry = tmp_path / "truth.yaml"
+    registry.write_text(
+        "groups:\n  - name: Truth\n    category: common\nconcepts:\n"
+        + "".join(
+            f"  - name: '{c}'\n    group: Truth\n    gloss: g\n    synonyms: ['{c}']\n"
+            for c in concepts
+        ),
+        encoding="utf-8",
+    )
+    write_image_folder(tmp_path / "img", {"Truth": dict.fromkeys(concepts, 2)})
+    run = run_for(tiny, tmp_path, registry=str(registry))
+    [model] = run.models
+    predictions = run.predictions()
+    expected = (
+        pd.crosstab(predictions["concept"], predictions["predicted"])
+        .reindex(index=concepts, columns=concepts, fill_value=0)
+        .to_numpy()
+    )
+    matrix = run.confusion(model, "Truth")
+    assert list(matrix.index) == list(matrix.columns) == concepts
+    assert (matrix.dtypes == np.int64).all() and (matrix.to_numpy() == expected).all()
+    path = run.out / "confusion" / model / "Truth.csv"
+    header, *rows = path.read_text(encoding="utf-8").splitlines()
+    assert header == ",true,false,model,predicted,NA"  # the label column's name is no concept's
+    assert [row.split(",")[0] for row in rows] == concepts
+    # older runs named the label column "true": they read alike
+    path.write_text("\n".join(["true" + header, *rows]) + "\n", encoding="utf-8")
+    assert run.confusion(model, "Truth").equals(matrix)
+    path.write_text(f"{header}\ntrue,1,x,0,0,0\n", encoding="utf-8")  # damaged
+    with pytest.raises(InputError, match="is no confusion matrix"):
+        run.confusion(model, "Truth")
+    # and a model unit they left behind (resumed by a newer version) too
+    older = pd.DataFrame(
+        expected[:, 1:], index=pd.Index(concepts, name="true"), columns=concepts[1:]
+    )
+    older = confusion_from_table(older.reset_index())
+    assert list(older.index) == concepts and (older.to_numpy() == expected[:, 1:]).all()
 
 
 def test_checkpoints_of_one_name_in_other_folders_are_told_apart(tiny, tmp_path):

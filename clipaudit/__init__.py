@@ -35,6 +35,7 @@ _PUBLIC = {
     "match_captions": "clipaudit.lexical",
     "count_coverage": "clipaudit.coverage",
     "CoverageSettings": "clipaudit.coverage",
+    "CaptionSources": "clipaudit.coverage",
     "calibrate": "clipaudit.coverage_semantic",
     "index_run": "clipaudit.coverage_semantic",
     "query_run": "clipaudit.coverage_semantic",

@@ -31,8 +31,9 @@ it), so a run killed at any moment (Ctrl-C, kill -9) and restarted with the same
 only unfinished shards and shards whose input changed (a file fixed, removed or added); outputs are
 merged from the partials in corpus order and come out identical to an uninterrupted run's.
 
-Captions can be files and folders (see :mod:`clipaudit.readers`), a pandas DataFrame, or a list of
-caption strings: in-memory captions are written once into ``RUN/inputs/`` and read from there.
+Captions can be files and folders (see :mod:`clipaudit.readers`), a pandas DataFrame, or caption
+strings (``texts=``, or a list of strings none of which names a path; see :func:`count_coverage`
+for which is which): in-memory captions are written once into ``RUN/inputs/`` and read from there.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ from clipaudit.readers import (
     resolve_sources,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFailedError, RunFolder, write_unit
+from clipaudit.runs import RunFailedError, RunFolder, differences, write_unit
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
@@ -276,8 +277,11 @@ RESULT_FIELDS = (
     "max_caption_chars",
     "spacy_model",
     "shard_rows",
-    "hf_split",
 )
+# recorded in a run's identity by earlier versions, no longer compared: a run recorded with them
+# resumes. hf_split: a Hugging Face input's shards hold their split in their own identity (a
+# changed split recounts them, as a changed input does), and other inputs have none
+_NO_LONGER_COMPARED = ("coverage.hf_split",)
 
 
 @dataclass(frozen=True)
@@ -373,26 +377,49 @@ def load_coverage_run(path: str | Path, manifest: dict[str, Any]) -> CoverageRes
 
 
 def count_coverage(
-    captions: Any,
+    captions: Any = None,
     registry: str | Path | Registry = DEFAULT_REGISTRY,
     out: str | Path | None = None,
     settings: CoverageSettings | None = None,
     *,
+    texts: Iterable[str | None] | None = None,
     overwrite: bool = False,
     **setting_changes: Any,
 ) -> CoverageResult:
     """Count, for every concept of ``registry``, the captions that mention it.
 
-    ``captions``: a path (``.parquet``, ``.jsonl``, ``.txt``, a folder of them, a saved dataset,
-    ``hf:NAME``), a list of paths, a pandas DataFrame (its ``column``), or an iterable of caption
-    strings. ``registry``: a built-in name, a YAML path or a :class:`Registry`. ``out``: the run
-    folder (a new temporary folder when None). Settings come from ``settings`` with any field
-    replaced by keyword (``column="text"``, ``per_caption=True``, ``workers=2``).
+    What to count: ``captions`` or ``texts``, one of them.
+
+    - ``texts``: caption strings held in memory (a list, any iterable, a pandas Series; None or
+      NaN for a row without a caption), always counted as captions, whatever they say:
+      ``texts=["."]`` is one caption, never the current folder. The unambiguous form for strings.
+    - ``captions``, a :class:`CaptionSources`: always caption sources, a name that is none an
+      error (what the CLI passes: a mistyped folder is never counted as a caption).
+    - ``captions``, a ``str`` or an ``os.PathLike``: always one caption source: a ``.parquet``,
+      ``.jsonl`` or ``.txt`` file, a folder of them, a saved dataset, ``hf:NAME`` or a URL.
+    - ``captions``, a pandas DataFrame (its ``column``) or Series: captions in memory.
+    - ``captions``, a list (or other iterable) of strings and paths: caption sources when every
+      item names one (an ``os.PathLike``; a string that is ``hf:NAME``, a URL of a known scheme,
+      ends in ``.parquet``, ``.jsonl``, ``.ndjson`` or ``.txt``, or names an existing file or
+      folder), caption strings when none does (``["A red cat.", "a dog"]``), refused when mixed.
+      So strings that happen to name existing paths (``["."]``, ``["README.md"]``) are read as
+      sources there: pass captions as ``texts=`` (or a Series) to have them read as captions.
+
+    ``registry``: a built-in name, a YAML path or a :class:`Registry`. ``out``: the run folder (a
+    new temporary folder when None). Settings come from ``settings`` with any field replaced by
+    keyword (``column="text"``, ``per_caption=True``, ``workers=2``).
 
     Writes the run folder described in this module's docstring and returns its contents. Resumes
     a run folder holding the same run; refuses one of other settings with
     :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``.
     """
+    if (captions is None) == (texts is None):
+        raise InputError(
+            "give what to count either as captions (a path, a list of paths, a DataFrame) or as "
+            "texts= (caption strings in memory), "
+            + ("not both" if texts is not None else "got neither")
+        )
+    text_list = _caption_texts(texts) if texts is not None else None
     settings = (settings or CoverageSettings()).replace(**setting_changes)
     if settings.engine == "ray":
         from clipaudit.engines import check_ray
@@ -405,16 +432,37 @@ def count_coverage(
     semantic = SemanticRun(settings, registry) if settings.method != "lexical" else None
     run_settings = _run_settings(settings, registry, semantic)
     with RunFolder(
-        out, "coverage", run_settings, overwrite=overwrite, libraries=_LIBRARIES
+        out,
+        "coverage",
+        run_settings,
+        overwrite=overwrite,
+        libraries=_LIBRARIES,
+        compare=_compare_settings,
     ) as folder:
-        specs = caption_sources(captions, out / "inputs", column=settings.column)
-        resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
+        if semantic is not None:  # which store the earlier sessions wrote to, kept for the next
+            _note_semantic(folder, (folder.previous or {}).get("semantic"))
+        if text_list is not None:
+            specs = _stage(_texts_frame(text_list), out / "inputs")
+        else:
+            specs = caption_sources(captions, out / "inputs", column=settings.column)
+        try:
+            resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
+        except InputError as exc:
+            if not _strings_read_as_sources(captions):
+                raise
+            raise InputError(
+                f"{exc} (the list's strings were read as caption sources, as each names one; to "
+                "count the strings themselves as captions, pass them as texts=[...])"
+            ) from None
+        _check_split(settings.hf_split, resolved)
         inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
         if semantic is not None:
-            semantic.open(out, resolved)
+            semantic.open(out, resolved, previous=folder.previous)  # refuses another store
+            _note_semantic(folder, semantic.manifest())
         run = _Dispatch(resolved, inputs, registry, matcher, settings, folder, semantic)
         run.execute()
-        if folder.was_complete and run.unchanged:
+        moved = semantic is not None and semantic.moved  # merged again: the manifest says where
+        if folder.was_complete and run.unchanged and not moved:
             return replace(load_coverage_run(out, folder.previous), reused=True)
         if settings.per_caption:
             _split_matches(folder)  # before the manifest, which lists the merged shards, changes
@@ -435,6 +483,40 @@ def count_coverage(
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
         return replace(result, manifest=manifest)
+
+
+def _compare_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What changed between a run folder's settings and this session's (:func:`differences`),
+    leaving out what no longer makes another run (:data:`_NO_LONGER_COMPARED`)."""
+    return differences(before, now, ignore=_NO_LONGER_COMPARED)
+
+
+def _check_split(split: str, sources: Sequence[Source]) -> None:
+    """``--split`` selects a split of a Hugging Face dataset (``hf:NAME``, or a DatasetDict
+    saved by ``save_to_disk``) and nothing else: another split than the default, given where no
+    input has splits, is refused rather than ignored (it would select nothing)."""
+    default = next(f.default for f in fields(CoverageSettings) if f.name == "hf_split")
+    if split == default or any(source.split is not None for source in sources):
+        return
+    first = sources[0]
+    raise SettingsError(
+        f"{_named('hf_split')} {split!r} selects a split of a Hugging Face dataset (hf:NAME, or "
+        "a DatasetDict saved by save_to_disk), and none of the inputs has splits "
+        f"({first.spec!r} is a {first.kind} source); drop --split, or name the dataset whose "
+        "split to count"
+    )
+
+
+def _note_semantic(folder: RunFolder, record: dict[str, Any] | None) -> None:
+    """Put a semantic run's record (its embedding store, above all) in the manifest, so that a
+    session killed before the end still tells the next one which store holds the run's
+    embeddings; written unless the folder holds the complete run, which stays as it was until
+    this session changes something."""
+    if record is None:
+        return
+    folder.manifest["semantic"] = record
+    if not folder.was_complete:
+        folder.write_manifest()
 
 
 def _nothing_read(manifest: dict[str, Any]) -> str:
@@ -483,6 +565,25 @@ def _run_settings(
 # --------------------------------------------------------------------------- caption inputs
 
 
+class CaptionSources(tuple):
+    """Caption sources (files, folders, ``hf:NAME``, URLs) that are always read as sources, never
+    as captions: ``count_coverage(CaptionSources(["typo_dir"]))`` fails on the missing folder,
+    where a plain list of strings that names nothing is counted as captions. What the CLI passes.
+    """
+
+    def __new__(cls, sources: Iterable[str | os.PathLike]) -> CaptionSources:
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        items = tuple(sources)
+        for position, item in enumerate(items):
+            if not isinstance(item, (str, os.PathLike)):
+                raise InputError(
+                    f"caption sources hold {type(item).__name__} {item!r:.60} (item {position}); "
+                    "expected a path or a string naming a file, folder, hf:NAME or URL"
+                )
+        return super().__new__(cls, (str(item) for item in items))
+
+
 def caption_sources(captions: Any, staging: Path, *, column: str | None = None) -> list[str]:
     """The caption sources of ``captions`` as :func:`clipaudit.readers.resolve_sources` takes them.
 
@@ -491,18 +592,76 @@ def caption_sources(captions: Any, staging: Path, *, column: str | None = None) 
     to ``staging/captions-<hash>.parquet``: the same captions give the same file, so a resumed run
     reads an unchanged input. A list of strings is read as paths when each one exists, ends in a
     caption-file suffix, starts with ``hf:`` or is a URL of a known scheme (``s3://``...), and as
-    captions when none does.
+    captions when none does (:func:`count_coverage`'s ``texts`` always reads captions).
     """
     if isinstance(captions, (str, os.PathLike)):
         return [str(captions)]
+    if isinstance(captions, CaptionSources):
+        return list(captions)
     frame = _caption_frame(captions, column)
     if frame is None:
         return [str(c) for c in captions]
+    return _stage(frame, staging)
+
+
+def _stage(frame: Any, staging: Path) -> list[str]:
+    """In-memory captions written once to ``staging/captions-<hash>.parquet`` (the same captions,
+    the same file: a resumed run reads an unchanged input)."""
     data = frame.to_parquet(index=False)
     target = staging / f"captions-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
     if not target.is_file():
         atomic_write_bytes(target, data)
     return [str(target)]
+
+
+def _caption_texts(texts: Any) -> list[str | None]:
+    """``count_coverage(texts=...)``'s captions as a list (None for a row without one), checked:
+    strings, None or NaN only, and not one bare string (its characters are no captions)."""
+    pd = sys.modules.get("pandas")
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        raise InputError(
+            f"texts= takes caption strings in a list, got one {type(texts).__name__} "
+            f"{str(texts)!r:.60}: wrap it in a list (texts=[...]), or pass a caption file as "
+            "captions"
+        )
+    if pd is not None and isinstance(texts, pd.DataFrame):
+        raise InputError(
+            "texts= takes caption strings; pass a DataFrame as captions, with column=... naming "
+            "its caption column"
+        )
+    if not isinstance(texts, Iterable):
+        raise InputError(f"texts= takes an iterable of caption strings, got {type(texts).__name__}")
+    items: list[str | None] = []
+    for position, text in enumerate(texts):
+        if text is None or (isinstance(text, float) and text != text):  # None or NaN: no caption
+            items.append(None)
+        elif isinstance(text, str):
+            items.append(text)
+        else:
+            raise InputError(
+                f"texts= holds {type(text).__name__} {text!r:.60} (item {position}); captions "
+                "must be strings, or None or NaN for none"
+            )
+    if not items:
+        raise InputError("no captions given: texts= is empty")
+    return items
+
+
+def _texts_frame(texts: list[str | None]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"caption": texts})  # as a list of captions is staged: the same file
+
+
+def _strings_read_as_sources(captions: Any) -> bool:
+    """Whether ``captions`` is a list of plain strings, each naming a caption source (the one
+    form whose strings could have been meant as captions)."""
+    return (
+        isinstance(captions, (list, tuple))
+        and not isinstance(captions, CaptionSources)  # sources by the caller's word
+        and bool(captions)
+        and all(isinstance(item, str) and _looks_like_path(item) for item in captions)
+    )
 
 
 def _caption_frame(captions: Any, column: str | None) -> Any:
@@ -551,7 +710,7 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
         first = items[path_like.index(True)]
         raise InputError(
             f"the list mixes caption sources (e.g. {str(first)!r}) and caption strings; "
-            "give either paths or captions"
+            "give either paths or captions (captions that name paths: texts=[...])"
         )
     not_text = next((item for item in items if not isinstance(item, str)), None)
     if not_text is not None:

@@ -12,12 +12,15 @@ dispatcher, unit records, resume and merge. What it adds:
   load a model (one per worker multiplies the memory, 1.4 GB a process for MiniLM with torch, for
   about 1.3x the encoding speed on 2 cores: ``benchmarks/results/semantic.md``). A part is
   written atomically as soon as it is encoded, so a killed run encodes again only the parts it
-  had not finished; the concepts' vectors are kept in the store too. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
+  had not finished; the concepts' vectors are kept in the store too. A run keeps the store it
+  started with (its manifest names it, from the first session on): a resume naming another
+  ``embedding_store`` is refused, naming both; the same store moved elsewhere (its ``store.json``
+  id) is followed. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
   ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
-- **a unit's identity** holds what its embeddings come from (the encoder's weights and the batch
-  layout, or the ``text_emb`` file's identity), and the run's settings hold the method, the
-  encoder and the calibration: another encoder or calibration is another run, refused without
-  ``overwrite``.
+- **a unit's identity** holds what its embeddings come from (the encoder's identity: weights and
+  pipeline, :data:`~clipaudit.semantic.encoders.IDENTITY_KEYS`; and the batch layout, or the
+  ``text_emb`` file's identity), and the run's settings hold the method, the encoder and the
+  calibration: another encoder or calibration is another run, refused without ``overwrite``.
 - **counting, in the workers**: each batch's vectors stream through FAISS
   (:class:`~clipaudit.semantic.counting.SemanticCounter`; memory flat in corpus size): the
   ``semantic`` pairs are those with cos(caption, concept) >= the concept's threshold; ``both``
@@ -131,6 +134,7 @@ class SemanticRun:
         self.laion: Any = None
         self.store: Any = None
         self.own_store = False
+        self.moved = False  # the run's store is not where its earlier sessions wrote to
         self.out: Path | None = None  # the run folder, once opened
         self.layout = {
             "max_caption_chars": settings.max_caption_chars,
@@ -187,9 +191,13 @@ class SemanticRun:
 
     # ------------------------------------------------------------------ embeddings
 
-    def open(self, out: Path, sources: Sequence[Any]) -> None:
+    def open(
+        self, out: Path, sources: Sequence[Any], previous: dict[str, Any] | None = None
+    ) -> None:
         """Pair LAION's embeddings with the inputs, or open the embedding store; embed the
-        concepts (read from the store when an earlier run kept them)."""
+        concepts (read from the store when an earlier run kept them). ``previous``: the manifest
+        of the earlier sessions of this run, whose store this session must use (see
+        :meth:`_store_folder`)."""
         from clipaudit.semantic.concepts import concept_embeddings
         from clipaudit.semantic.store import EmbeddingStore, LaionEmbeddings
 
@@ -218,8 +226,50 @@ class SemanticRun:
         self.own_store = self.settings.embedding_store is None
         model = slug(str(self.encoder.identity["model"]))[:60]
         name = f"{model}-{fingerprint(self.encoder_key, 12)}"
-        self.store = EmbeddingStore.open(base / name, self.encoder.identity, self.encoder.dim)
+        folder = self._store_folder(self.out, base / name, previous)
+        self.store = EmbeddingStore.open(folder, self.encoder.identity, self.encoder.dim)
         self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
+
+    def _store_folder(self, out: Path, folder: Path, previous: dict[str, Any] | None) -> Path:
+        """The store this session writes to: ``folder``, checked against the store the earlier
+        sessions of the run wrote to (their manifest names it). A run keeps one store, as its
+        finished shards' embeddings are there (``coverage index`` reads them): the same store at
+        the same place, or moved (it keeps its id), is used; another is refused, naming both.
+        Sets :attr:`moved` when the run's store is now elsewhere."""
+        from clipaudit.semantic.store import EmbeddingStore
+
+        self.moved = False
+        embeddings = ((previous or {}).get("semantic") or {}).get("embeddings") or {}
+        if embeddings.get("source") != "encoded" or not embeddings.get("store"):
+            return folder  # a new run, or one that stopped before it opened a store
+        before = (out / embeddings["store"]).resolve()  # relative: inside the run
+        now = folder.resolve()
+        if before.parent == now.parent and (before / "store.json").is_file():
+            return before  # the same base folder: the run's store, whatever the model's label
+        recorded_id = embeddings.get("store_id")
+        if recorded_id and EmbeddingStore.id_at(now) == recorded_id:
+            self.moved = True  # the run's store, moved: the manifest will say where it is now
+            return now
+        if before == now:
+            return now  # an older run whose manifest has no store id: its store, by its place
+
+        def named(store: Path, own: bool) -> str:
+            return f"{store} (the run's own store)" if own else str(store)
+
+        was_own = before.is_relative_to(out.resolve())
+        again = (
+            "without --embedding-store"
+            if was_own
+            else f"with --embedding-store {before.parent} (or, if that folder was moved, "
+            "where it is now)"
+        )
+        raise RunFolderError(
+            f"{out} keeps its caption embeddings in {named(before, was_own)}, written by "
+            f"its earlier sessions; this session names another store, "
+            f"{named(now, self.own_store)}. A run keeps one store (its finished shards' "
+            f"embeddings are there): resume {again}, or pass --overwrite to count the run again "
+            "with the new store"
+        )
 
     def unit_identity(self, shard: Any) -> dict[str, Any]:
         """A shard's identity with what its embeddings come from."""
@@ -330,6 +380,7 @@ class SemanticRun:
             embeddings = {
                 "source": "encoded",
                 "store": recorded_path(self.store.folder, self.out),
+                "store_id": self.store.id,  # a resume checks it: the same store, maybe moved
                 "shared_store": not self.own_store,
                 "dtype": "float16",
                 "layout": self.layout,

@@ -126,6 +126,12 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
         with pytest.raises(error, match=message):
             call()
         assert not (tmp_path / name / "coverage").exists()  # refused before the first stage
+    # the CLI's --captions are sources: a mistyped one fails, it is never counted as a caption
+    with pytest.raises(InputError, match="caption source 'corpsu' does not exist"):
+        clipaudit.run_audit(
+            clipaudit.CaptionSources(["corpsu"]), audit_runs["images"], (config, trained),
+            tmp_path / "i", progress=False, echo=lambda _: None, zeroshot=base,
+        )  # fmt: skip
     first = audit("h")
     retitled = audit("h", report={"title": "Another title"})  # no other audit: no refusal
     assert retitled.report.summary["title"] == "Another title"

@@ -173,3 +173,14 @@ def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):
 
 def test_ctrl_c_is_one_line_exit_130_and_no_worker_tracebacks(ctrl_c_count):
     ctrl_c_count("--workers", "2")  # the checks are the fixture's
+
+
+def test_a_mistyped_caption_source_is_an_error_never_a_caption(tmp_path):
+    """The CLI's arguments are caption sources: a name that is none fails (before, a list of
+    strings that named nothing was counted as captions: "typo_dir" as one caption)."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("a dog\n")
+    result = run_cli("coverage", "count", "corpsu", "--out", "run", "--workers", "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "caption source 'corpsu' does not exist" in result.stderr
+    assert not (tmp_path / "run" / "concepts.csv").exists()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clipaudit.coverage import CoverageSettings, count_coverage
+from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
 from clipaudit.runs import RunFailedError
@@ -487,7 +487,9 @@ def test_a_run_that_reads_no_caption_is_failed_and_says_why(tiny, tmp_path):
         run([tmp_path / "empty.txt"], tiny, tmp_path / "empty-run")
 
 
-@pytest.mark.parametrize("form", ["dataframe", "list", "generator", "path string", "paths"])
+@pytest.mark.parametrize(
+    "form", ["dataframe", "list", "texts", "generator", "path string", "paths"]
+)
 def test_every_caption_input_form_counts_the_same(tiny, tmp_path, form):
     captions = ["A red cat.", "a hot dog", "Two puppies", "nothing here"]
     path = tmp_path / "captions.txt"
@@ -498,8 +500,11 @@ def test_every_caption_input_form_counts_the_same(tiny, tmp_path, form):
         "generator": (c for c in captions),
         "path string": str(path),
         "paths": [path],
+        "texts": None,
     }[form]
     options = {"column": "text"} if form == "dataframe" else {}
+    if form == "texts":
+        options["texts"] = list(captions)
     result = count_coverage(
         given, registry=tiny, out=tmp_path / "run", progress=False, per_caption=True, **options
     )
@@ -530,6 +535,79 @@ def test_unknown_settings_and_ambiguous_inputs_are_refused(tiny, tmp_path):
         count_coverage(
             pd.DataFrame({"caption_text": ["a cat"]}), tiny, tmp_path / "c", column="caption"
         )
+
+
+def test_texts_are_always_captions_and_strings_naming_paths_are_sources(
+    tiny, tmp_path, monkeypatch
+):
+    """texts= reads captions whatever they say ("." is no folder there); in a list given as
+    captions, strings that each name a path are sources, and an error says how to mean captions."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("a red cat\n")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("a dog\n")
+    options = {"registry": tiny, "progress": False}
+    texts = [".", "notes.md", "corpus", "a red cat", None]
+    result = count_coverage(texts=texts, out=tmp_path / "texts", **options)
+    assert result.n_captions_read == 4 and result.manifest["skipped_reasons"] == {"null": 1}
+    counts = result.concepts.set_index("concept")["count"].to_dict()
+    assert counts == {"dog": 0, "cat": 1, "red": 1, "happy": 0}
+    assert (
+        count_coverage(texts=pd.Series(["."]), out=tmp_path / "series", **options).n_captions_read
+        == 1
+    )
+    # given as captions: each string names a path, so they are sources (the folder's a dog)
+    folder = count_coverage(["corpus"], out=tmp_path / "folder", **options)
+    assert folder.concepts.set_index("concept")["count"]["dog"] == 1
+    with pytest.raises(InputError, match=r"unknown file type '\.md'.*pass them as texts="):
+        count_coverage(["notes.md"], out=tmp_path / "md", **options)
+    # the same captions as a list or as texts= are the same input: the run is reused
+    count_coverage(["a red cat", "a dog"], out=tmp_path / "same", **options)
+    assert count_coverage(texts=["a red cat", "a dog"], out=tmp_path / "same", **options).reused
+    for kwargs, refused in [
+        ({}, "got neither"),
+        ({"captions": ["a cat"], "texts": ["a dog"]}, "not both"),
+        ({"texts": "a red cat"}, r"got one str 'a red cat': wrap it in a list"),
+        ({"texts": pd.DataFrame({"caption": ["a cat"]})}, "pass a DataFrame as captions"),
+        ({"texts": ["a cat", 7]}, r"texts= holds int 7 \(item 1\)"),
+        ({"texts": []}, "texts= is empty"),
+    ]:
+        with pytest.raises(InputError, match=refused):
+            count_coverage(**kwargs, out=tmp_path / "refused", **options)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_split_is_for_hugging_face_datasets_and_no_other_run_s_identity(tiny, zoo, tmp_path):
+    """--split selects a split of a Hugging Face dataset: given for other inputs it is refused
+    (it selects nothing), a run recorded with one resumes whatever it said, and a saved
+    DatasetDict counted with another split recounts its shards as a changed input does."""
+    out = tmp_path / "run"
+    first = run([zoo], tiny, out)
+    with pytest.raises(SettingsError, match=r"'validation' selects a split of a Hugging Face "
+                                            r"dataset.*zoo\.jsonl' is a jsonl source"):  # fmt: skip
+        run([zoo], tiny, out, hf_split="validation")
+    with pytest.raises(SettingsError, match="selects a split"):
+        count_coverage(texts=["a dog"], registry=tiny, out=tmp_path / "texts", hf_split="test")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["settings"]["coverage"]["hf_split"] = "validation"  # as recorded by earlier versions
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = run([zoo], tiny, out)
+    assert again.reused and again.concepts.equals(first.concepts)
+
+    datasets = pytest.importorskip("datasets")
+    splits = {"train": ["a dog", "a red cat"], "val": ["a cat", "a smiling cat", "a dog"]}
+    saved = tmp_path / "dict"
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict({"caption": rows}) for name, rows in splits.items()}
+    ).save_to_disk(str(saved))
+    train = run([saved], tiny, tmp_path / "hf")
+    val = run([saved], tiny, tmp_path / "hf", hf_split="val")  # another split: recounted
+    assert (train.n_captions_read, val.n_captions_read) == (2, 3) and not val.reused
+    assert val.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 1, "cat": 2, "red": 0, "happy": 1
+    }  # fmt: skip
+    assert val.manifest["inputs"][0]["split"] == "val" and len(val.manifest["units"]) == 1
+    assert run([saved], tiny, tmp_path / "hf", hf_split="val").reused
 
 
 def corpus_with_a_corrupt_shard(corpus: Path) -> Path:
@@ -677,3 +755,20 @@ def test_a_count_imports_neither_pandas_nor_arrow_compute(zoo, tmp_path):
     assert counts.to_dict() == {"dog": 1, "cat": 2, "red": 1, "happy": 0}
     manifest = json.loads((tmp_path / "parquet" / "manifest.json").read_text())
     assert manifest["n_captions_read"] == 3 and manifest["skipped_reasons"] == {"null": 2}
+
+
+def test_caption_sources_are_read_as_sources_whatever_they_name(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "c.txt").write_text("a dog\na red cat\n")
+    options = {"registry": tiny, "progress": False}
+    result = count_coverage(CaptionSources(["corpus"]), out=tmp_path / "ok", **options)
+    assert result.concepts.set_index("concept")["count"].to_dict()["dog"] == 1
+    # a plain list naming nothing is captions; as CaptionSources, it is a missing source
+    assert count_coverage(["a dog"], out=tmp_path / "captions", **options).n_captions_read == 1
+    with pytest.raises(InputError, match="caption source 'a dog' does not exist") as error:
+        count_coverage(CaptionSources(["a dog"]), out=tmp_path / "missing", **options)
+    assert "texts=" not in str(error.value)
+    with pytest.raises(InputError, match=r"caption sources hold int 3 \(item 1\)"):
+        CaptionSources(["corpus", 3])
+    assert CaptionSources(tmp_path / "corpus") == (str(tmp_path / "corpus"),)

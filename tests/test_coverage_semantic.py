@@ -321,6 +321,95 @@ def test_another_encoder_or_calibration_is_another_run(
     assert not (tmp_path / "new").exists()
 
 
+def test_an_encoder_whose_config_changed_is_another_run(
+    tiny, corpus, tiny_files, planted, tmp_path
+):
+    """The model config changed under the same path and weights (quick_gelu switched on): its
+    vectors differ, so the run, its calibration and its store are another encoder's; a run
+    recorded before encoders recorded their pipeline is refused the same way."""
+    from tests.tiny_clip import TINY_CONFIG
+
+    _, checkpoint = tiny_files
+    config = tmp_path / "tiny-clip-edited.json"  # a copy of the calibrated encoder's config
+    config.write_text(json.dumps(TINY_CONFIG))
+    options = CoverageSettings(method="semantic", encoder=f"open_clip:{config}@{checkpoint}",
+                               progress=False, shard_rows=20)  # fmt: skip
+    out = tmp_path / "run"
+    first = count_coverage([corpus], tiny, out, options)
+    assert first.manifest["semantic"]["encoder"]["pipeline"]["config"]["text_cfg"]["layers"] == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    recorded = json.loads(json.dumps(manifest))
+    del recorded["settings"]["semantic"]["encoder"]["pipeline"]  # as recorded before pipelines
+    (out / "manifest.json").write_text(json.dumps(recorded))
+    with pytest.raises(RunFolderError, match=r"semantic.encoder.pipeline: \(absent\) -> "):
+        count_coverage([corpus], tiny, out, options)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert count_coverage([corpus], tiny, out, options).reused
+    config.write_text(json.dumps({**TINY_CONFIG, "quick_gelu": True}))
+    with pytest.raises(RunFolderError, match=r"semantic.encoder.pipeline.config.quick_gelu: "
+                                             r"\(absent\) -> True"):  # fmt: skip
+        count_coverage([corpus], tiny, out, options)
+    with pytest.raises(SettingsError, match=r"fitted for another encoder.*quick_gelu"):
+        count_coverage([corpus], tiny, out, options.replace(calibration=str(planted["path"])))
+    again = count_coverage([corpus], tiny, out, options, overwrite=True)
+    assert again.manifest["semantic"]["embeddings"]["this_session"]["parts_encoded"] == 3
+    assert again.manifest["semantic"]["embeddings"]["store"] != first.manifest["semantic"][
+        "embeddings"]["store"]  # fmt: skip
+
+
+def test_a_run_keeps_the_embedding_store_it_started_with(tiny, corpus, encoder_spec, tmp_path):
+    """A resume naming another --embedding-store (or dropping it) is refused, naming both; the
+    same store moved elsewhere is recognised by its id and followed; a session that failed
+    still tells the next one which store is the run's."""
+    import re
+
+    from clipaudit.coverage_semantic import index_run
+
+    options = CoverageSettings(method="semantic", encoder=encoder_spec, progress=False,
+                               shard_rows=20)  # fmt: skip
+    out, first_store, other = tmp_path / "run", tmp_path / "store", tmp_path / "other"
+    first = count_coverage([corpus], tiny, out, options, embedding_store=str(first_store))
+    manifest = (out / "manifest.json").read_text()
+    refused = (
+        rf"keeps its caption embeddings in {re.escape(str(first_store))}/.*names another store, "
+        rf"{re.escape(str(other))}/.*resume with --embedding-store {re.escape(str(first_store))} "
+        r"\(or, if that folder was moved, where it is now\), or pass --overwrite"
+    )
+    with pytest.raises(RunFolderError, match=refused):
+        count_coverage([corpus], tiny, out, options, embedding_store=str(other))
+    with pytest.raises(
+        RunFolderError, match=r"another store, .*embeddings/.*\(the run's own store\)"
+    ):
+        count_coverage([corpus], tiny, out, options)
+    assert not other.exists() and not (out / "embeddings").exists()  # nothing made
+    assert (out / "manifest.json").read_text() == manifest  # the complete run as it was
+    moved = tmp_path / "moved"
+    first_store.rename(moved)
+    followed = count_coverage([corpus], tiny, out, options, embedding_store=str(moved))
+    embeddings = followed.manifest["semantic"]["embeddings"]
+    assert embeddings["store"].startswith(str(moved)) and not followed.reused
+    assert embeddings["this_session"]["parts_encoded"] == 0
+    assert followed.manifest["timings"]["shards_this_session"] == 0
+    assert followed.concepts.equals(first.concepts)
+    assert index_run(out).n == len(captions_of(corpus))
+
+    # the run's own store; a session fails on a bad input after opening it
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"alt": ["a cat"]}), bad)
+    own = tmp_path / "own"
+    with pytest.raises(InputError, match="no caption column"):
+        count_coverage([corpus, bad], tiny, own, options)
+    assert json.loads((own / "manifest.json").read_text())["status"] == "failed"
+    for _ in range(2):  # refused, and refused again: the refusal keeps the record
+        with pytest.raises(RunFolderError, match=r"\(the run's own store\).*resume without "
+                                                 r"--embedding-store"):  # fmt: skip
+            count_coverage([corpus, bad], tiny, own, options, embedding_store=str(other),
+                           skip_bad=True)  # fmt: skip
+    done = count_coverage([corpus, bad], tiny, own, options, skip_bad=True)
+    assert done.manifest["semantic"]["embeddings"]["store"].startswith("embeddings/")
+    assert index_run(own).n == len(captions_of(corpus)) and not other.exists()
+
+
 def test_semantic_settings_are_checked_when_made(tmp_path, monkeypatch):
     with pytest.raises(SettingsError, match="did you mean 'semantic'"):
         CoverageSettings(method="semantics")

@@ -109,6 +109,120 @@ def dataclasses_frozen():
     return dataclasses.FrozenInstanceError
 
 
+def test_a_sentence_transformers_folder_with_other_pooling_or_length_is_another_encoder(
+    tmp_path, minilm
+):
+    """The same weights give other vectors when the folder's modules.json, sentence_bert_config.json
+    or 1_Pooling/config.json change: the identity holds them (an unchanged copy is one encoder)."""
+    import os
+    import shutil
+
+    from clipaudit.semantic.encoders import (
+        EncoderSpec,
+        describe_difference,
+        load_encoder,
+        minilm_path,
+        same_encoder,
+    )
+
+    source, copy = minilm_path(), tmp_path / "minilm"
+    shutil.copytree(source, copy, copy_function=os.symlink)  # the weights are shared
+    configs = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+    for name in configs:  # copies, to be edited
+        (copy / name).unlink()
+        shutil.copy(source / name, copy / name)
+
+    def load():
+        return load_encoder(EncoderSpec("sentence-transformers", str(copy), device="cpu"))
+
+    assert minilm.identity["pipeline"] == {
+        **minilm.identity["pipeline"],
+        "modules": ["Transformer", "Pooling", "Normalize"],
+        "pooling": "mean",
+        "max_seq_length": 256,
+        "do_lower_case": False,
+        "prompt": None,
+    }
+    assert same_encoder(load().identity, minilm.identity)  # a copy of the folder: one encoder
+    (copy / "sentence_bert_config.json").write_text('{"max_seq_length": 8}')
+    pooling = json.loads((copy / "1_Pooling/config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    (copy / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    modules = json.loads((copy / "modules.json").read_text())
+    (copy / "modules.json").write_text(json.dumps(modules[:2]))  # no Normalize module
+    changed = load()
+    caption = ["a happy brown dog runs after a red ball across a wide green park on a sunny day"]
+    assert float((changed.encode(caption) @ minilm.encode(caption).T)[0, 0]) < 0.9
+    assert changed.identity["weights"] == minilm.identity["weights"]
+    assert not same_encoder(changed.identity, minilm.identity)
+    message = describe_difference(minilm.identity, changed.identity)
+    for expected in ("pipeline.modules", "pipeline.pooling: 'mean' vs 'cls'", "pipeline.max_seq"):
+        assert expected in message
+
+
+def test_identities_recorded_before_pipelines_are_another_encoders(tmp_path, minilm):
+    """Stores, calibrations and concept caches made for an identity without a pipeline (before
+    it was recorded), or for another pipeline, refuse this encoder or are made again."""
+    from clipaudit.registry import load_registry
+    from clipaudit.semantic.calibration import KINDS, Calibration, calibration_for
+    from clipaudit.semantic.concepts import concept_embeddings
+    from clipaudit.semantic.encoders import describe_difference, same_encoder
+    from clipaudit.semantic.store import EmbeddingStore
+
+    old = {key: value for key, value in minilm.identity.items() if key != "pipeline"}
+    assert not same_encoder(old, minilm.identity)
+    assert "pipeline: not recorded" in describe_difference(old, minilm.identity)
+    EmbeddingStore.open(tmp_path / "store", old, minilm.dim)
+    with pytest.raises(RunFolderError, match=r"another encoder.*pipeline: not recorded"):
+        EmbeddingStore.open(tmp_path / "store", minilm.identity, minilm.dim)
+    fitted = Calibration(
+        old,
+        ("dog",),
+        {kind: np.array([0.5]) for kind in KINDS},
+        {kind: ("fitted",) for kind in KINDS},
+        {kind: 0.5 for kind in KINDS},
+        fitted_on=({"path": "labels.jsonl", "n_captions": 10},),
+    )
+    path = fitted.save(tmp_path / "old.json")
+    with pytest.raises(SettingsError, match=r"fitted for another encoder.*pipeline: not recorded"):
+        calibration_for(minilm.identity, ["dog"], path)
+    registry = load_registry("miniworld")
+    counting = CountingEncoder(minilm)
+    concept_embeddings(registry, counting, cache=tmp_path)
+    concept_embeddings(registry, counting, cache=tmp_path)
+    assert counting.calls == 1  # the second read the cache
+    counting.identity = {
+        **minilm.identity,
+        "pipeline": {**minilm.identity["pipeline"], "pooling": "cls"},
+    }
+    concept_embeddings(registry, counting, cache=tmp_path)
+    assert counting.calls == 2 and len(list(tmp_path.glob("concepts-*.npz"))) == 2
+
+
+def test_an_open_clip_config_with_other_activations_is_another_text_encoder(
+    tmp_path, tiny_files, tiny_encoder
+):
+    """The same checkpoint under a config that switches quick_gelu on gives other vectors."""
+    from clipaudit.semantic.encoders import (
+        EncoderSpec,
+        describe_difference,
+        load_encoder,
+        same_encoder,
+    )
+
+    _, checkpoint = tiny_files
+    config = tmp_path / "tiny-clip-quickgelu.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "quick_gelu": True}))
+    other = load_encoder(EncoderSpec("open_clip", str(config), str(checkpoint), device="cpu"))
+    texts = ["a photo of a dog", "an origami crane"]
+    assert not np.allclose(other.encode(texts), tiny_encoder.encode(texts), atol=1e-3)
+    assert other.identity["weights"] == tiny_encoder.identity["weights"]
+    assert not same_encoder(other.identity, tiny_encoder.identity)
+    assert "pipeline.config.quick_gelu: 'None' vs 'True'" in describe_difference(
+        tiny_encoder.identity, other.identity
+    )
+
+
 def test_semantic_imports_stay_light():
     code = (
         "import sys, clipaudit.semantic as s, clipaudit.semantic.index, clipaudit.semantic.checked;"

@@ -54,7 +54,7 @@ def audit(
 ) -> None:
     """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
     from clipaudit.audit import run_audit
-    from clipaudit.coverage import CoverageSettings
+    from clipaudit.coverage import CaptionSources, CoverageSettings
     from clipaudit.errors import SettingsError
     from clipaudit.models import ModelSpec
 
@@ -68,7 +68,7 @@ def audit(
     if no_cache:
         zeroshot["cache_dir"] = None
     result = run_audit(
-        captions,
+        CaptionSources(captions),
         images,
         specs,
         out,

@@ -137,7 +137,7 @@ def count(
     ),
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
-    from clipaudit.coverage import CoverageSettings, count_coverage
+    from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
 
     settings = CoverageSettings(
         profile=profile,
@@ -163,7 +163,7 @@ def count(
         nearest=nearest,
         device=device,
     )
-    result = count_coverage(sources, registry, out, settings, overwrite=overwrite)
+    result = count_coverage(CaptionSources(sources), registry, out, settings, overwrite=overwrite)
     _print_summary(result)
 
 

@@ -17,10 +17,17 @@ sorted by length, each batch cut after its longest text instead of the whole 77-
 exact for CLIP's causal text transformer pooled at the end-of-text token (other towers run whole),
 and 2-3x faster on CPU for caption-length texts.
 
-``identity`` is JSON data naming the kind, the model, a sha256 of its weights and the embedding
-size; :func:`same_encoder` compares two identities on what changes the vectors (kind, weights,
-size; not the name, device or autocast precision), which is how shards, calibrations and indexes
-refuse vectors of another encoder.
+``identity`` is JSON data naming the kind, the model, a sha256 of its weights, the embedding size
+and the ``pipeline`` that turns weights into vectors: for sentence-transformers its modules, the
+pooling, ``max_seq_length``, lower-casing, the default prompt and a digest of the tokenizer; for
+open_clip the model config bar its image tower (``quick_gelu``, the text tower's settings). They are
+read off the loaded model (no extra load, no file hashing beyond the tokenizer's description), so a
+model folder whose ``modules.json``, ``sentence_bert_config.json`` or ``1_Pooling/config.json``
+changed is another encoder. :func:`same_encoder` compares two identities on what changes the vectors
+(:data:`IDENTITY_KEYS`: kind, weights, size, pipeline, normalisation; not the name, device or
+autocast precision), which is how shards, calibrations, concept caches, indexes and runs refuse
+vectors of another encoder; an identity recorded before the pipeline was (older runs, stores and
+calibrations) is another encoder's, and :func:`describe_difference` says so.
 
 torch, sentence-transformers and open_clip are imported inside the functions that need them.
 """
@@ -42,7 +49,7 @@ _KIND_ALIASES = {"st": "sentence-transformers", "sentence-transformers": "senten
                  "open_clip": "open_clip", "openclip": "open_clip", "clip": "open_clip"}  # fmt: skip
 # the identity keys that change the vectors: the model's name is a label (a hub name and a local
 # copy of the same weights are one encoder), and device and autocast precision change only rounding
-IDENTITY_KEYS = ("kind", "weights", "dim")
+IDENTITY_KEYS = ("kind", "weights", "dim", "pipeline", "normalised")
 MINILM = "all-MiniLM-L6-v2"
 
 
@@ -143,18 +150,44 @@ def load_encoder(spec: EncoderSpec) -> TextEncoder:
 
 
 def same_encoder(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two encoder identities give the same vectors (compared on :data:`IDENTITY_KEYS`)."""
-    return all(a.get(key) == b.get(key) for key in IDENTITY_KEYS)
+    """Whether two encoder identities give the same vectors (compared on :data:`IDENTITY_KEYS`,
+    as JSON holds them: an identity read back from a file equals the one it was written from)."""
+    return all(_json(a.get(key)) == _json(b.get(key)) for key in IDENTITY_KEYS)
+
+
+def _json(value: Any) -> Any:
+    """JSON's view of a value (a tuple is a list)."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
 
 
 def describe_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
-    """The identity keys on which two encoders differ, for error messages."""
-    parts = [
-        f"{key}: {str(expected.get(key))[:40]!r} vs {str(got.get(key))[:40]!r}"
-        for key in IDENTITY_KEYS
-        if expected.get(key) != got.get(key)
-    ]
-    return "; ".join(parts) or "none"
+    """The identity keys on which two encoders differ, for error messages (a pipeline down to the
+    setting that changed, e.g. ``pipeline.pooling: 'mean' vs 'cls'``)."""
+    parts = []
+    for key in IDENTITY_KEYS:
+        old, new = _json(expected.get(key)), _json(got.get(key))
+        if old == new:
+            continue
+        if key == "pipeline" and (old is None or new is None):
+            parts.append(
+                "pipeline: not recorded in one of them (an identity from before clipaudit "
+                "recorded pooling, max_seq_length and the like)"
+            )
+        else:
+            parts += [f"{name}: {a} vs {b}" for name, a, b in _changed(key, old, new)]
+    return "; ".join(parts[:4]) + (f"; {len(parts) - 4} more" if len(parts) > 4 else "") or "none"
+
+
+def _changed(name: str, old: Any, new: Any) -> Iterator[tuple[str, str, str]]:
+    """``(dotted name, old, new)`` of every leaf on which two JSON values differ, shortened."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            if old.get(key) != new.get(key):
+                yield from _changed(f"{name}.{key}", old.get(key), new.get(key))
+    elif old != new:
+        yield name, f"{str(old)[:40]!r}", f"{str(new)[:40]!r}"
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -180,6 +213,89 @@ def _weights_sha256(module: Any) -> str:
     from clipaudit.models import weights_sha256
 
     return weights_sha256(module)
+
+
+def sentence_transformer_pipeline(model: Any) -> dict[str, Any]:
+    """What turns a loaded sentence-transformers model's weights into its vectors, besides the
+    weights: the modules in order, the pooling (modes joined by ``+``; several pooling modules by
+    `` > ``), ``max_seq_length`` (longer texts are cut), lower-casing, the default prompt prepended
+    to every text, a digest of the tokenizer, and the settings of any other module (a Dense
+    layer's activation). Read off the model as loaded: what ``modules.json``,
+    ``sentence_bert_config.json``, ``1_Pooling/config.json`` and the tokenizer files said."""
+    names, pooling, include_prompt, lower, other = [], [], [], [], {}
+    for index, module in enumerate(model):
+        kind = type(module).__name__
+        names.append(kind)
+        if kind == "Transformer":
+            lower.append(bool(getattr(module, "do_lower_case", False)))
+        elif kind == "Pooling":
+            pooling.append(_pooling_modes(module))
+            include_prompt.append(bool(getattr(module, "include_prompt", True)))
+        elif kind != "Normalize":  # Dense, LayerNorm, ...: their saved configuration
+            config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+            other[str(index)] = {
+                key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                for key, value in sorted(config.items())
+            }
+    prompt_name = getattr(model, "default_prompt_name", None)
+    prompts = getattr(model, "prompts", None) or {}
+    max_seq_length = getattr(model, "max_seq_length", None)
+    pipeline = {
+        "modules": names,
+        "pooling": " > ".join(pooling) or None,
+        "include_prompt": all(include_prompt),
+        "max_seq_length": int(max_seq_length) if max_seq_length else None,
+        "do_lower_case": any(lower),
+        "prompt": prompts.get(prompt_name) if prompt_name else None,
+        "tokenizer": _tokenizer_sha256(getattr(model, "tokenizer", None)),
+    }
+    if other:
+        pipeline["module_config"] = other
+    return _json(pipeline)
+
+
+def _pooling_modes(module: Any) -> str:
+    """A pooling module's modes as one text (``mean``, ``cls``, ``cls+mean``), whichever
+    sentence-transformers made it (6.x: ``pooling_mode``; before: ``pooling_mode_*`` flags)."""
+    mode = getattr(module, "pooling_mode", None)
+    if isinstance(mode, str):
+        return mode
+    if isinstance(mode, (list, tuple)):
+        return "+".join(map(str, mode))
+    if hasattr(module, "get_pooling_mode_str"):
+        return str(module.get_pooling_mode_str())
+    config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+    return "+".join(k.removeprefix("pooling_mode_") for k, v in sorted(config.items()) if v is True)
+
+
+def _tokenizer_sha256(tokenizer: Any) -> str | None:
+    """A sha256 of what a Hugging Face tokenizer does: a fast tokenizer's full description
+    (vocabulary, normaliser, pre-tokeniser, post-processor) without its truncation and padding,
+    which change from call to call; a slow one's class and vocabulary."""
+    import hashlib
+    import json
+
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        described = json.loads(backend.to_str())
+        for runtime in ("truncation", "padding"):
+            described.pop(runtime, None)
+    else:
+        vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        described = {"class": type(tokenizer).__name__, "vocab": sorted(vocabulary.items())}
+    text = json.dumps(described, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def open_clip_text_pipeline(identity: dict[str, Any]) -> dict[str, Any]:
+    """What turns an OpenCLIP model's weights into text vectors, besides the weights: its config
+    without the image tower (``quick_gelu``, ``text_cfg``: context length, pooling, causal mask,
+    tokenizer...) from :func:`clipaudit.models.load_model`'s identity (for a hub or folder model, a
+    digest of the built modules)."""
+    config = identity.get("config") or {}
+    return _json({"config": {key: value for key, value in config.items() if key != "vision_cfg"}})
 
 
 @contextlib.contextmanager
@@ -241,6 +357,7 @@ class SentenceTransformerEncoder:
             "model": name,
             "weights": _weights_sha256(self.model),
             "dim": self.dim,
+            "pipeline": sentence_transformer_pipeline(self.model),
             "max_seq_length": int(getattr(self.model, "max_seq_length", 0) or 0),
             "normalised": True,
             "precision": self.precision,
@@ -291,6 +408,7 @@ class OpenClipTextEncoder:
             "architecture": loaded.identity["architecture"],
             "weights": loaded.identity["weights"],
             "dim": self.dim,
+            "pipeline": open_clip_text_pipeline(loaded.identity),
             "normalised": True,
             "precision": self.precision,
         }

@@ -2,7 +2,9 @@
 
 An :class:`EmbeddingStore` is a folder::
 
-    STORE/store.json                 format, encoder identity, dimension, dtype (float16)
+    STORE/store.json                 format, encoder identity, dimension, dtype (float16), and the
+                                     store's id (made when it is created: the same store moved
+                                     elsewhere keeps it, another store has another)
     STORE/<key>/<part:06d>.npy       one part's unit vectors, float16, (n, dim)
     STORE/<key>/<part:06d>.ids.npy   their caption ids (int64, or unicode when ids are not integers)
     STORE/<key>.done.json            the unit of work ``key`` is complete: parts and rows
@@ -25,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +110,21 @@ def _check_key(key: str) -> str:
 class EmbeddingStore:
     """Float16 caption embeddings of one encoder, in parts, resumable (see the module docstring)."""
 
-    def __init__(self, folder: Path, encoder: dict[str, Any], dim: int):
+    def __init__(
+        self, folder: Path, encoder: dict[str, Any], dim: int, store_id: str | None = None
+    ):
         self.folder = folder
         self.encoder = encoder
         self.dim = dim
+        self.id = store_id  # None: a store made before stores had ids
+
+    @staticmethod
+    def id_at(folder: str | Path) -> str | None:
+        """The id of the store in ``folder``, or None when there is none (or it has no id)."""
+        meta = Path(folder) / "store.json"
+        if not meta.is_file():
+            return None
+        return _store_id(_read_store_json(meta))
 
     @classmethod
     def open(cls, folder: str | Path, encoder: dict[str, Any], dim: int) -> EmbeddingStore:
@@ -126,22 +140,24 @@ class EmbeddingStore:
                     f"({describe_difference(held['encoder'], encoder)}; dim {held['dim']} vs {dim}); "
                     "use another folder, or delete this one to encode again"
                 )
-            return cls(folder, held["encoder"], dim)
+            return cls(folder, held["encoder"], dim, _store_id(held))
         if folder.exists() and any(p.name != ".lock" for p in folder.iterdir()):
             raise RunFolderError(f"{folder} is not empty and holds no store.json; use a new folder")
         folder.mkdir(parents=True, exist_ok=True)
+        store_id = uuid.uuid4().hex
         write_json(
             meta,
             {
                 "format": STORE_FORMAT,
                 "version": STORE_VERSION,
+                "id": store_id,
                 "encoder": encoder,
                 "dim": int(dim),
                 "dtype": "float16",
                 "normalised": True,
             },
         )
-        return cls(folder, encoder, int(dim))
+        return cls(folder, encoder, int(dim), store_id)
 
     @classmethod
     def load(cls, folder: str | Path) -> EmbeddingStore:
@@ -151,7 +167,7 @@ class EmbeddingStore:
         if not meta.is_file():
             raise InputError(f"{folder} holds no caption embeddings (no store.json)")
         held = _read_store_json(meta)
-        return cls(folder, held["encoder"], held["dim"])
+        return cls(folder, held["encoder"], held["dim"], _store_id(held))
 
     # ----------------------------------------------------------------------- writing
 
@@ -272,6 +288,10 @@ def _read_store_json(path: Path) -> dict[str, Any]:
     ):
         raise InputError(f"{path}: not a clipaudit caption-embeddings store")
     return held
+
+
+def _store_id(held: dict[str, Any]) -> str | None:
+    return held["id"] if isinstance(held.get("id"), str) else None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools uv
 
 # Re-sync only when the dependency files change; `--frozen` installs exactly what uv.lock pins.
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+$(VENV)/.synced: pyproject.toml uv.lock hatch_build.py clipaudit/_scan.c | $(UV)
 	$(UV) sync --frozen --extra dev --extra ray --compile-bytecode --python $(PYTHON)
 	touch $@
 
@@ -19,16 +19,16 @@ demo: $(VENV)/.synced
 	$(VENV)/bin/clipaudit demo --out runs/demo
 
 test: $(VENV)/.synced
-	$(VENV)/bin/ruff check clipaudit tests benchmarks docs
+	$(VENV)/bin/ruff check clipaudit tests benchmarks docs hatch_build.py
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check clipaudit tests benchmarks docs
-	$(VENV)/bin/ruff format --check clipaudit tests benchmarks docs
+	$(VENV)/bin/ruff check clipaudit tests benchmarks docs hatch_build.py
+	$(VENV)/bin/ruff format --check clipaudit tests benchmarks docs hatch_build.py
 
 format: $(VENV)/.synced
-	$(VENV)/bin/ruff format clipaudit tests benchmarks docs
-	$(VENV)/bin/ruff check --fix clipaudit tests benchmarks docs
+	$(VENV)/bin/ruff format clipaudit tests benchmarks docs hatch_build.py
+	$(VENV)/bin/ruff check --fix clipaudit tests benchmarks docs hatch_build.py
 
 clean:
-	rm -rf $(VENV) .tools runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools runs .pytest_cache .ruff_cache build clipaudit/*.so clipaudit/*.pyd

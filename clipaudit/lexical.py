@@ -62,6 +62,11 @@ from typing import Any
 import ahocorasick
 import numpy as np
 
+try:  # built with the package when a C compiler was at hand (hatch_build.py)
+    from clipaudit import _scan
+except ImportError:
+    _scan = None
+
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.provenance import atomic_write_text
 from clipaudit.registry import DEFAULT_REGISTRY, TOGETHER_LISTS, Registry, load_registry
@@ -155,14 +160,13 @@ def build_matcher(
 class Matcher:
     """Finds the concepts a caption mentions with one Aho-Corasick automaton pass.
 
-    Subclasses fill ``_automaton`` and implement :meth:`match_indices`.
+    Subclasses implement :meth:`match_indices`, and may batch :meth:`match_batch`.
     """
 
     profile: str
 
     def __init__(self, registry: Registry):
         self.concept_names: tuple[str, ...] = tuple(c.name for c in registry.concepts)
-        self._automaton = ahocorasick.Automaton()
 
     def match_indices(self, caption: str | None) -> list[int]:
         """Indices into :attr:`concept_names` of the concepts ``caption`` mentions, ascending."""
@@ -184,15 +188,6 @@ class Matcher:
         """Names of the concepts ``caption`` mentions, in registry order, without duplicates."""
         names = self.concept_names
         return [names[i] for i in self.match_indices(caption)]
-
-    def _finish(self, keys: dict[str, Any]) -> None:
-        for key, value in keys.items():
-            self._automaton.add_word(key, value)
-        self._automaton.make_automaton()
-
-    def _iter(self, text: str) -> Iterator[tuple[int, Any]]:
-        # an automaton without keys (a registry without paper synonyms) cannot be iterated
-        return self._automaton.iter(text) if len(self._automaton) else iter(())
 
     def __repr__(self) -> str:
         return (
@@ -227,16 +222,57 @@ class PaperMatcher(Matcher):
 
     def __init__(self, registry: Registry):
         super().__init__(registry)
-        keys = {
-            synonym.lower(): index
-            for index, concept in enumerate(registry.concepts)
-            for synonym in concept.paper_synonyms
-        }
-        self._finish(keys)
+        self._automaton = ahocorasick.Automaton()
+        for index, concept in enumerate(registry.concepts):
+            for synonym in concept.paper_synonyms:
+                self._automaton.add_word(synonym.lower(), index)
+        self._automaton.make_automaton()
 
     def match_indices(self, caption: str | None) -> list[int]:
         caption = _text(caption)
-        return sorted({index for _, index in self._iter(caption.lower())}) if caption else []
+        # an automaton without keys (a registry without paper synonyms) cannot be iterated
+        if not caption or not len(self._automaton):
+            return []
+        return sorted({index for _, index in self._automaton.iter(caption.lower())})
+
+
+class KeyScanner:
+    """Every occurrence of a set of ASCII keys in a text, as flat int64 pairs (the offset of the
+    key's last character, the key's index), by end offset and, at one end, the longest key first.
+
+    The pass is compiled (``clipaudit._scan``: a dense automaton, one table read per byte) when
+    the package was built with a C compiler, and pyahocorasick's otherwise; both give the same
+    pairs, and :attr:`route` says which one runs. Pickles as its keys and is rebuilt (tens of
+    milliseconds) where it is unpickled.
+    """
+
+    def __init__(self, keys: Sequence[str]):
+        self.keys = tuple(keys)
+        self._compiled = _scan
+        if self._compiled is not None:
+            self.route = "compiled"
+            self._tables = self._compiled.build([key.encode("ascii") for key in self.keys])
+        else:
+            self.route = "pyahocorasick"
+            self._automaton = ahocorasick.Automaton()
+            for index, key in enumerate(self.keys):
+                self._automaton.add_word(key, index)
+            self._automaton.make_automaton()
+
+    def hits(self, text: str, chars: np.ndarray) -> np.ndarray:
+        """The pairs in ``text``, whose ASCII bytes ``chars`` are (a contiguous uint8 array)."""
+        if self.route == "compiled":
+            return np.frombuffer(self._compiled.scan(*self._tables, chars), dtype=np.int64)
+        if not self.keys:  # an automaton without keys cannot be iterated
+            return np.zeros(0, dtype=np.int64)
+        # (end, key) of every hit, flat: no list of pairs is built
+        return np.fromiter(chain.from_iterable(self._automaton.iter(text)), np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keys": self.keys}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["keys"])
 
 
 # What a key of the curated automaton can be; each role maps a key's form to integers.
@@ -325,7 +361,7 @@ class CuratedMatcher(Matcher):
         self._nlp: Any = _load_pipeline(spacy_model) if spacy_model else None
         roles = _key_tables(registry)
         keys = sorted(set().union(*roles.values()))
-        self._finish({f" {form} ": position for position, form in enumerate(keys)})
+        self._scanner = KeyScanner([f" {form} " for form in keys])
         self._lengths = np.array([len(form) + 2 for form in keys], dtype=np.int64)
         self._phrase = np.array([" " in form for form in keys], dtype=bool)
         self._tables = {
@@ -385,8 +421,7 @@ class CuratedMatcher(Matcher):
 
     def _hits(self, batch: _Batch) -> _Hits:
         """The automaton's hits, less the phrases that span a separator ("chairs, table lamps")."""
-        # (end, key) of every hit, flat: no list of pairs is built
-        flat = np.fromiter(chain.from_iterable(self._iter(batch.text)), np.int64)
+        flat = self._scanner.hits(batch.text, batch.chars)
         ends, keys = flat[0::2] + 1, flat[1::2]
         starts = ends - self._lengths[keys]
         if len(batch.seps):
@@ -922,18 +957,58 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
     does and padded with spaces, joined by "\\n", which no key contains, so no hit spans two
     captions; with the offsets of the spaces that stand for a separator (``, ; : | ( ) [ ] { }
     ! ?``) and for the marks of colourways (a spaced dash, a slash, a pipe, a colon, "&",
-    "+", a comma)."""
+    "+", a comma). One pass in C (``clipaudit._scan.prepare``) where it was built, array
+    operations over the joined text (:func:`_marked`) otherwise."""
+    if _scan is None:
+        text, marks, kind = _marked(_joined(captions))
+    else:
+        try:
+            odd = _scan.non_ascii(captions)
+        except TypeError:  # None or a non-text among them
+            captions = [_text(caption) for caption in captions]
+            odd = _scan.non_ascii(captions)
+        folded = _fold_each([captions[index] for index in odd])
+        text, marks, kind = _scan.prepare(
+            captions, folded, _BATCH_TABLE, _KIND_TABLE, _HYPHEN, _OPENS | _COORDINATES
+        )
+        marks, kind = np.frombuffer(marks, dtype=np.int64), np.frombuffer(kind, dtype=np.uint8)
+    chars = np.frombuffer(text, dtype=np.uint8)
+    return _Batch(
+        text=text.decode("ascii"),
+        chars=chars,
+        newlines=np.flatnonzero(chars == _NEWLINE),
+        seps=marks[(kind & _SEPARATOR) != 0],
+        opens=marks[(kind & _OPENS) != 0],
+        closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],
+        coords=marks[(kind & _COORDINATES) != 0],
+    )
+
+
+def _joined(captions: Sequence[str | None]) -> bytes:
+    """The captions joined by " \\0 " and padded with spaces, as ASCII bytes: the non-ASCII ones
+    folded (:func:`_fold_each`), a caption's own "\\0" a space."""
     try:
         joined = " \0 ".join(captions)
     except TypeError:  # None or a non-text among them
         captions = [_text(caption) for caption in captions]
         joined = " \0 ".join(captions)
-    if joined.count("\0") != len(captions) - 1:  # a caption's own "\0" is a space
+    if joined.count("\0") != len(captions) - 1:
         captions = [caption.replace("\0", " ") for caption in captions]
         joined = " \0 ".join(captions)
     if not joined.isascii():
-        joined = _folded(captions)
-    data = b" " + joined.encode("ascii") + b" "
+        ascii_ = np.fromiter(map(str.isascii, captions), dtype=bool, count=len(captions))
+        odd = np.flatnonzero(~ascii_).tolist()
+        captions = list(captions)
+        for index, caption in zip(odd, _fold_each([captions[i] for i in odd]), strict=True):
+            captions[index] = caption
+        joined = " \0 ".join(captions)
+    return b" " + joined.encode("ascii") + b" "
+
+
+def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """``data`` (a batch's joined ASCII text) translated with runs of spaces made one, and its
+    marks: the offset of the space each mark became and the kinds of the marks there, or-ed.
+    The pass that ``clipaudit._scan.prepare`` makes in C, with array operations."""
     chars = np.frombuffer(data.translate(_BATCH_TABLE), dtype=np.uint8)
     # a run of spaces becomes one, as normalize's strip and split do within a padded caption
     spaces = chars == _SPACE
@@ -954,32 +1029,20 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
     first[1:] = marks[1:] != marks[:-1]
     marks = marks[first]
     kind = np.bitwise_or.reduceat(kind, np.flatnonzero(first)) if len(kind) else kind
-    text = chars[keep]
-    return _Batch(
-        text=text.tobytes().decode("ascii"),
-        chars=text,
-        newlines=np.flatnonzero(text == _NEWLINE),
-        seps=marks[(kind & _SEPARATOR) != 0],
-        opens=marks[(kind & _OPENS) != 0],
-        closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],
-        coords=marks[(kind & _COORDINATES) != 0],
-    )
+    return chars[keep].tobytes(), marks, kind
 
 
-def _folded(captions: list[str]) -> str:
-    """The captions joined as :func:`_prepare` joins them, the non-ASCII ones folded as
-    :func:`clipaudit.text.normalize` folds them, punctuation kept."""
-    ascii_ = np.fromiter(map(str.isascii, captions), dtype=bool, count=len(captions))
-    odd = np.flatnonzero(~ascii_).tolist()
-    text = "\0".join(captions[index] for index in odd)
+def _fold_each(captions: list[str]) -> list[str]:
+    """Each caption folded as :func:`clipaudit.text.normalize` folds text (ASCII, lower case),
+    its punctuation kept, the dashes and bullets of :data:`_UNICODE_MARKS` as ASCII marks, a
+    "\\0" as a space; all folded at once."""
+    text = "\0".join(captions)
+    if text.count("\0") != max(len(captions) - 1, 0):
+        text = "\0".join(caption.replace("\0", " ") for caption in captions)
     for mark, ascii_mark in _UNICODE_MARKS:
         if mark in text:
             text = text.replace(mark, ascii_mark)
-    folded = fold(text).translate(_FOLD_CASE).decode("ascii").split("\0")
-    captions = list(captions)
-    for index, caption in zip(odd, folded, strict=True):
-        captions[index] = caption
-    return " \0 ".join(captions)
+    return fold(text).translate(_FOLD_CASE).decode("ascii").split("\0") if captions else []
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

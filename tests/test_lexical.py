@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipaudit import lexical
 from clipaudit.errors import InputError, SettingsError
 from clipaudit.lexical import PROFILES, build_matcher, matcher_cache_dir, surface_forms
-from clipaudit.registry import parse_registry
+from clipaudit.registry import load_registry, parse_registry
 from clipaudit.text import normalize
 
 # A small registry written for these tests, so they do not depend on how cai2025 is curated.
@@ -1164,3 +1168,113 @@ def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
 )
 def test_garment_bag_and_glass_kinds(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+# --------------------------------------------------------------------------- the automaton pass
+
+WEB_DEV = Path(__file__).parent / "data" / "web_dev"
+needs_compiled = pytest.mark.skipif(
+    lexical._scan is None,
+    reason="clipaudit._scan was not compiled (no C compiler when the package was built); "
+    "the pyahocorasick route is tested alone",
+)
+
+
+def _web_captions() -> list[str]:
+    return [
+        json.loads(line)["caption"]
+        for name in ("laion_dev.jsonl", "cc3m_dev.jsonl")
+        for line in (WEB_DEV / name).read_text("utf-8").splitlines()
+    ]
+
+
+def _pairs_by_brute_force(keys: list[str], text: str) -> list[tuple[int, int]]:
+    """(end offset, key) of every occurrence, by end and the longer key first: str.find, no
+    automaton."""
+    found = []
+    for index, key in enumerate(keys):
+        start = text.find(key)
+        while start >= 0:
+            found.append((start + len(key) - 1, -len(key), index))
+            start = text.find(key, start + 1)
+    return [(end, index) for end, _, index in sorted(found)]
+
+
+@pytest.mark.parametrize("route", ["compiled", "pyahocorasick"])
+def test_key_scanner_finds_every_overlapping_key_in_order(route, monkeypatch):
+    if route == "compiled" and lexical._scan is None:
+        pytest.skip("clipaudit._scan was not compiled")
+    if route == "pyahocorasick":
+        monkeypatch.setattr(lexical, "_scan", None)
+    # keys inside keys, at their start, end and middle; a text with bytes no key holds
+    keys = [" a ", " a b ", " b ", " ab ", "b a", " c a b c ", "x", " a b c "]
+    rng = random.Random(0)
+    texts = ["", "zzz", " a b c a b ", "\n a b \n ab \n"] + [
+        "".join(rng.choice(" ab\ncx-") for _ in range(rng.randrange(1, 60))) for _ in range(300)
+    ]
+    scanner = lexical.KeyScanner(keys)
+    assert scanner.route == route
+    for text in texts:
+        chars = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        pairs = scanner.hits(text, chars).reshape(-1, 2).tolist()
+        assert [tuple(pair) for pair in pairs] == _pairs_by_brute_force(keys, text), text
+    assert lexical.KeyScanner([]).hits("a b", np.frombuffer(b"a b", np.uint8)).size == 0
+
+
+@needs_compiled
+def test_compiled_and_pyahocorasick_routes_match_alike_on_web_captions(monkeypatch):
+    registry = load_registry("cai2025")
+    captions = _web_captions()
+    compiled = build_matcher(registry)
+    assert compiled._scanner.route == "compiled"
+    monkeypatch.setattr(lexical, "_scan", None)
+    fallback = build_matcher(registry)
+    assert fallback._scanner.route == "pyahocorasick"
+    rows, concepts = compiled.match_pairs(captions)
+    rows_, concepts_ = fallback.match_pairs(captions)
+    assert len(rows) > 400  # the captions hold many hits
+    assert np.array_equal(rows, rows_) and np.array_equal(concepts, concepts_)
+    # and it pickles as its keys, rebuilt where it is unpickled
+    copy = pickle.loads(pickle.dumps(compiled))
+    assert np.array_equal(copy.match_pairs(captions)[1], concepts)
+
+
+@needs_compiled
+def test_compiled_build_refuses_keys_it_cannot_hold():
+    with pytest.raises(ValueError, match="repeats key 0"):
+        lexical._scan.build([b" a ", b" a "])
+    with pytest.raises(ValueError, match="key 1 is not a non-empty bytes"):
+        lexical._scan.build([b" a ", b""])
+    with pytest.raises(ValueError, match="key 0 is not a non-empty bytes"):
+        lexical._scan.build([" a "])
+    with pytest.raises(ValueError, match="did not make"):
+        lexical._scan.scan(b"", b"", b"", b"", b"text")
+
+
+@needs_compiled
+def test_compiled_and_array_batch_normalisations_are_identical(monkeypatch):
+    captions = [
+        *_web_captions(),
+        *("", " ", "-", "a-b", "a -b", "a- b", "-a", "a-", "x\0y", "\0", "–dash–", "é-ü"),
+        *("Red/Blue & Gold + Black, (new)! [x] {y}: z | w", "Café – Bar • Pub · Inn", "™ ℡"),
+        *("  many   spaces  ", "end with mark -", "- start", "a , , b", "a\t-\tb"),
+    ]
+    compiled = lexical._prepare(captions)
+    monkeypatch.setattr(lexical, "_scan", None)
+    arrays = lexical._prepare(captions)
+    for field in dataclasses.fields(compiled):
+        got, expected = getattr(compiled, field.name), getattr(arrays, field.name)
+        if isinstance(expected, np.ndarray):
+            assert np.array_equal(got, expected), field.name
+        else:
+            assert got == expected, field.name
+    # each caption as the text normaliser sees it, the marks aside
+    lines = compiled.text.split("\n")
+    assert [line.strip() for line in lines] == [normalize(caption) for caption in captions]
+
+
+def test_a_batch_with_none_or_non_text_is_read_as_text_or_refused():
+    matcher = build_matcher(parse_registry(TINY))
+    assert matcher.match_batch([None, "a dog", ""]) == [[], [0], []]
+    with pytest.raises(InputError):
+        matcher.match_batch(["a dog", 3])

@@ -1,0 +1,445 @@
+/* clipaudit._scan: the curated matcher's automaton pass, compiled.
+ *
+ * An Aho-Corasick automaton over byte keys, turned into a dense DFA (one transition per state and
+ * symbol, so the scan does one table load per byte and never follows a failure link), and a scan
+ * that returns every hit of a text as flat int64 pairs (end offset, key index), in the order
+ * pyahocorasick's Automaton.iter yields them: by end offset, the longest key first. The pure
+ * Python route (pyahocorasick) is the fallback when this module was not built; both give the same
+ * pairs (tests/test_lexical.py).
+ *
+ *   build(keys: sequence of bytes) -> (symbols, delta, outputs, links): bytes objects
+ *   scan(symbols, delta, outputs, links, text: bytes-like) -> bytes of int64 pairs
+ *   non_ascii(captions: list of str) -> positions of the captions that are not ASCII
+ *   prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked): a batch's
+ *     normalisation (clipaudit.lexical._prepare)
+ *
+ * Nothing here needs numpy: tables and hits travel as bytes, which the caller views as arrays.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EMITS 0x80000000u
+
+/* symbols: byte -> symbol (0: a byte that no key holds); delta: n_states x n_symbols int32;
+ * outputs: the key that ends at a state (-1: none); links: the nearest state on the failure
+ * chain with an output (0: none; the root holds no output, since keys are not empty). */
+
+static PyObject *build(PyObject *self, PyObject *args) {
+    PyObject *keys_arg;
+    if (!PyArg_ParseTuple(args, "O", &keys_arg)) return NULL;
+    PyObject *keys = PySequence_Fast(keys_arg, "keys must be a sequence of bytes");
+    if (keys == NULL) return NULL;
+    Py_ssize_t n_keys = PySequence_Fast_GET_SIZE(keys);
+    if (n_keys >= INT32_MAX) {
+        Py_DECREF(keys);
+        return PyErr_Format(PyExc_ValueError, "too many keys: %zd", n_keys);
+    }
+    uint8_t symbols[256] = {0};
+    int32_t n_symbols = 1;
+    Py_ssize_t max_states = 1;
+    for (Py_ssize_t k = 0; k < n_keys; k++) {
+        PyObject *key = PySequence_Fast_GET_ITEM(keys, k);
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
+            Py_DECREF(keys);
+            return PyErr_Format(PyExc_ValueError, "key %zd is not a non-empty bytes object", k);
+        }
+        const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(key);
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(key); i++) {
+            if (symbols[data[i]] == 0) {
+                if (n_symbols == 255) {
+                    Py_DECREF(keys);
+                    return PyErr_Format(PyExc_ValueError, "keys use more than 254 byte values");
+                }
+                symbols[data[i]] = (uint8_t)n_symbols++;
+            }
+        }
+        max_states += PyBytes_GET_SIZE(key);
+    }
+    if (max_states >= INT32_MAX / n_symbols) {
+        Py_DECREF(keys);
+        return PyErr_Format(PyExc_ValueError, "keys too long: %zd bytes", max_states);
+    }
+    int32_t *delta = PyMem_Malloc(sizeof(int32_t) * max_states * n_symbols);
+    int32_t *outputs = PyMem_Malloc(sizeof(int32_t) * max_states);
+    int32_t *links = PyMem_Malloc(sizeof(int32_t) * max_states);
+    int32_t *fail = PyMem_Malloc(sizeof(int32_t) * max_states);
+    int32_t *queue = PyMem_Malloc(sizeof(int32_t) * max_states);
+    int32_t *number = NULL, *ordered = NULL;
+    PyObject *result = NULL;
+    if (!delta || !outputs || !links || !fail || !queue) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the trie: -1 where no key continues */
+    for (Py_ssize_t i = 0; i < max_states * n_symbols; i++) delta[i] = -1;
+    for (Py_ssize_t i = 0; i < max_states; i++) outputs[i] = -1;
+    int32_t n_states = 1;
+    for (Py_ssize_t k = 0; k < n_keys; k++) {
+        PyObject *key = PySequence_Fast_GET_ITEM(keys, k);
+        const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(key);
+        int32_t state = 0;
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(key); i++) {
+            int32_t *next = &delta[(Py_ssize_t)state * n_symbols + symbols[data[i]]];
+            if (*next < 0) *next = n_states++;
+            state = *next;
+        }
+        if (outputs[state] >= 0) {
+            PyErr_Format(PyExc_ValueError, "key %zd repeats key %d", k, outputs[state]);
+            goto done;
+        }
+        outputs[state] = (int32_t)k;
+    }
+    /* breadth first: a state's failure state is shallower, so its row is complete when read */
+    Py_ssize_t head = 0, tail = 0;
+    fail[0] = 0;
+    links[0] = 0;
+    for (int32_t a = 0; a < n_symbols; a++) {
+        int32_t child = delta[a];
+        if (child < 0) {
+            delta[a] = 0;
+        } else {
+            fail[child] = 0;
+            links[child] = 0;
+            queue[tail++] = child;
+        }
+    }
+    while (head < tail) {
+        int32_t state = queue[head++];
+        int32_t *row = &delta[(Py_ssize_t)state * n_symbols];
+        const int32_t *fail_row = &delta[(Py_ssize_t)fail[state] * n_symbols];
+        for (int32_t a = 0; a < n_symbols; a++) {
+            int32_t child = row[a];
+            if (child < 0) {
+                row[a] = fail_row[a];
+            } else {
+                int32_t f = fail_row[a];
+                fail[child] = f;
+                links[child] = outputs[f] >= 0 ? f : links[f];
+                queue[tail++] = child;
+            }
+        }
+    }
+    /* states renumbered breadth first, shallow ones (most of a scan's steps) together in the
+     * table; a transition into a state with an output, or one on its failure chain, carries the
+     * EMITS bit, so the scan reads one table entry per byte and looks further only on a hit */
+    number = PyMem_Malloc(sizeof(int32_t) * n_states);
+    ordered = PyMem_Malloc(sizeof(int32_t) * (Py_ssize_t)n_states * n_symbols);
+    if (!number || !ordered) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    number[0] = 0;
+    for (Py_ssize_t j = 0; j < tail; j++) number[queue[j]] = (int32_t)(j + 1);
+    for (int32_t state = 0; state < n_states; state++) {
+        const int32_t *row = &delta[(Py_ssize_t)state * n_symbols];
+        int32_t *moved = &ordered[(Py_ssize_t)number[state] * n_symbols];
+        for (int32_t a = 0; a < n_symbols; a++) {
+            int32_t target = row[a];
+            uint32_t flag = outputs[target] >= 0 || links[target] ? EMITS : 0;
+            moved[a] = (int32_t)((uint32_t)number[target] | flag);
+        }
+        fail[number[state]] = outputs[state];  /* fail is free now: the outputs, renumbered */
+        queue[number[state]] = links[state] ? number[links[state]] : 0;
+    }
+    memcpy(outputs, fail, sizeof(int32_t) * n_states);
+    memcpy(links, queue, sizeof(int32_t) * n_states);
+    PyMem_Free(delta);
+    delta = ordered;
+    ordered = NULL;
+    result = Py_BuildValue(
+        "(y#y#y#y#)", (const char *)symbols, (Py_ssize_t)256, (const char *)delta,
+        (Py_ssize_t)(sizeof(int32_t) * n_states * n_symbols), (const char *)outputs,
+        (Py_ssize_t)(sizeof(int32_t) * n_states), (const char *)links,
+        (Py_ssize_t)(sizeof(int32_t) * n_states));
+done:
+    PyMem_Free(delta);
+    PyMem_Free(outputs);
+    PyMem_Free(links);
+    PyMem_Free(fail);
+    PyMem_Free(queue);
+    PyMem_Free(number);
+    PyMem_Free(ordered);
+    Py_DECREF(keys);
+    return result;
+}
+
+/* The hits of one lane of a scan, grown as they come (without the GIL: malloc, not PyMem). */
+typedef struct {
+    int64_t *pairs;
+    Py_ssize_t n, capacity;
+} Hits;
+
+/* Record the keys that end at ``at`` in ``state``: its own, then those on its failure chain. */
+static int emit(Hits *hits, const int32_t *out, const int32_t *link, uint32_t state,
+                Py_ssize_t at) {
+    for (int32_t t = out[state] >= 0 ? (int32_t)state : link[state]; t; t = link[t]) {
+        if (hits->n == hits->capacity) {
+            Py_ssize_t capacity = hits->capacity ? 2 * hits->capacity : 1024;
+            int64_t *grown = realloc(hits->pairs, sizeof(int64_t) * 2 * capacity);
+            if (grown == NULL) return -1;
+            hits->pairs = grown;
+            hits->capacity = capacity;
+        }
+        hits->pairs[2 * hits->n] = at;
+        hits->pairs[2 * hits->n + 1] = out[t];
+        hits->n++;
+    }
+    return 0;
+}
+
+/* The text is cut into LANES pieces, each after a "\n" (a byte in no key, which takes every
+ * state back to the root), and the pieces are scanned in one loop, a byte of each per step: the
+ * table reads of one piece wait on each other, those of different pieces do not. */
+#define LANES 4
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer symbols, delta, outputs, links, text;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*", &symbols, &delta, &outputs, &links, &text))
+        return NULL;
+    PyObject *result = NULL;
+    Hits lanes[LANES] = {{0}};
+    Py_ssize_t n_states = outputs.len / (Py_ssize_t)sizeof(int32_t);
+    if (symbols.len != 256 || n_states == 0 || links.len != outputs.len ||
+        delta.len % (n_states * (Py_ssize_t)sizeof(int32_t)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "tables that build() did not make");
+        goto release;
+    }
+    Py_ssize_t n_symbols = delta.len / (n_states * (Py_ssize_t)sizeof(int32_t));
+    const uint8_t *sym = symbols.buf, *chars = text.buf;
+    const uint32_t *next = delta.buf;
+    const int32_t *out = outputs.buf, *link = links.buf;
+    for (int i = 0; i < 256; i++) {
+        if (sym[i] >= n_symbols) {
+            PyErr_SetString(PyExc_ValueError, "tables that build() did not make");
+            goto release;
+        }
+    }
+    Py_ssize_t bounds[LANES + 1];
+    bounds[0] = 0;
+    for (int k = 1; k <= LANES; k++) {
+        Py_ssize_t from = text.len * k / LANES;
+        if (from < bounds[k - 1]) from = bounds[k - 1];
+        const uint8_t *cut = k < LANES && sym['\n'] == 0 && from < text.len
+                                 ? memchr(chars + from, '\n', text.len - from)
+                                 : NULL;
+        bounds[k] = cut ? cut - chars + 1 : text.len;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t states[LANES] = {0};
+    Py_ssize_t together = text.len;
+    for (int k = 0; k < LANES; k++) {
+        if (bounds[k + 1] - bounds[k] < together) together = bounds[k + 1] - bounds[k];
+    }
+    for (Py_ssize_t j = 0; j < together && !failed; j++) {
+        for (int k = 0; k < LANES; k++) {
+            Py_ssize_t i = bounds[k] + j;
+            uint32_t entry = next[(Py_ssize_t)states[k] * n_symbols + sym[chars[i]]];
+            states[k] = entry & ~EMITS;
+            if ((entry & EMITS) && emit(&lanes[k], out, link, states[k], i)) failed = 1;
+        }
+    }
+    for (int k = 0; k < LANES && !failed; k++) {
+        for (Py_ssize_t i = bounds[k] + together; i < bounds[k + 1]; i++) {
+            uint32_t entry = next[(Py_ssize_t)states[k] * n_symbols + sym[chars[i]]];
+            states[k] = entry & ~EMITS;
+            if ((entry & EMITS) && emit(&lanes[k], out, link, states[k], i)) {
+                failed = 1;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto release;
+    }
+    Py_ssize_t n = 0;
+    for (int k = 0; k < LANES; k++) n += lanes[k].n;
+    result = PyBytes_FromStringAndSize(NULL, sizeof(int64_t) * 2 * n);
+    if (result != NULL) {
+        char *into = PyBytes_AS_STRING(result);
+        for (int k = 0; k < LANES; k++) {
+            if (lanes[k].n == 0) continue;
+            memcpy(into, lanes[k].pairs, sizeof(int64_t) * 2 * lanes[k].n);
+            into += sizeof(int64_t) * 2 * lanes[k].n;
+        }
+    }
+release:
+    for (int k = 0; k < LANES; k++) free(lanes[k].pairs);
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&outputs);
+    PyBuffer_Release(&links);
+    PyBuffer_Release(&text);
+    return result;
+}
+
+/* non_ascii(captions: list of str) -> list of the positions of the captions that are not ASCII
+ * (which clipaudit.lexical folds before prepare) */
+static PyObject *non_ascii(PyObject *self, PyObject *args) {
+    PyObject *captions_arg;
+    if (!PyArg_ParseTuple(args, "O", &captions_arg)) return NULL;
+    PyObject *captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
+    if (captions == NULL) return NULL;
+    PyObject *found = PyList_New(0);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(captions);
+    for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
+        PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
+        if (!PyUnicode_Check(caption)) {
+            PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
+                         Py_TYPE(caption)->tp_name);
+            Py_CLEAR(found);
+        } else if (!PyUnicode_IS_ASCII(caption)) {
+            PyObject *position = PyLong_FromSsize_t(i);
+            if (position == NULL || PyList_Append(found, position) < 0) Py_CLEAR(found);
+            Py_XDECREF(position);
+        }
+    }
+    Py_DECREF(captions);
+    return found;
+}
+
+/* The batch text as prepare() writes it. */
+typedef struct {
+    uint8_t *text, *marked;
+    int64_t *marks;
+    Py_ssize_t length, n_marks;
+} Batch;
+
+/* Append a translated byte: a space after a space is dropped (runs of spaces become one). */
+static inline void put(Batch *batch, uint8_t c) {
+    if (c != ' ' || batch->text[batch->length - 1] != ' ') batch->text[batch->length++] = c;
+}
+
+/* Append one caption's bytes (ASCII): translated by ``to`` (a "\0" is a space), with the marks
+ * ``kind_of`` gives; a caption always stands between spaces (the batch's padding, the joiner). */
+static void put_caption(Batch *batch, const uint8_t *in, Py_ssize_t n, const uint8_t *to,
+                        const uint8_t *kind_of, uint8_t hyphen, uint8_t dash) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t c = in[i] ? to[in[i]] : ' ';
+        put(batch, c);
+        uint8_t kind = in[i] ? kind_of[in[i]] : 0;
+        if (kind == 0) continue;
+        if (kind == hyphen) {
+            int before = i == 0 || !in[i - 1] || to[in[i - 1]] == ' ';
+            int after = i + 1 == n || !in[i + 1] || to[in[i + 1]] == ' ';
+            if (!(before || after)) continue;
+            kind = dash;
+        }
+        /* a marked byte translates to a space: the mark is where that space now stands */
+        int64_t at = batch->length - 1;
+        if (batch->n_marks && batch->marks[batch->n_marks - 1] == at) {
+            batch->marked[batch->n_marks - 1] |= kind;
+        } else {
+            batch->marks[batch->n_marks] = at;
+            batch->marked[batch->n_marks++] = kind;
+        }
+    }
+}
+
+/* prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked)
+ *
+ * The batch normalisation of clipaudit.lexical._prepare in one pass: the captions (each ASCII
+ * one as it is, each other one replaced by the next of ``folded``, ASCII) padded with a space
+ * and joined by " \n ", each byte translated by ``table`` (256 bytes), runs of spaces made one,
+ * and the bytes that ``kinds`` (256 bytes) gives a kind recorded as marks: the offset in
+ * ``text`` of the space each became (int64, ``marks``), with the kinds of every mark at that
+ * offset or-ed (uint8, ``marked``). A byte of kind ``hyphen`` is a mark of kind ``dash`` when a
+ * space stands beside it after translation, and no mark otherwise. */
+static PyObject *prepare(PyObject *self, PyObject *args) {
+    PyObject *captions_arg, *folded_arg;
+    Py_buffer table, kinds;
+    unsigned char hyphen, dash;
+    if (!PyArg_ParseTuple(args, "OOy*y*bb", &captions_arg, &folded_arg, &table, &kinds, &hyphen,
+                          &dash))
+        return NULL;
+    PyObject *result = NULL, *captions = NULL, *folded = NULL;
+    Batch batch = {0};
+    if (table.len != 256 || kinds.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "table and kinds must hold 256 bytes each");
+        goto release;
+    }
+    captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
+    folded = captions ? PySequence_Fast(folded_arg, "folded must be a sequence of str") : NULL;
+    if (folded == NULL) goto release;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(captions), n_folded = 0, size = 2;
+    PyObject **texts = PyMem_Malloc(sizeof(PyObject *) * (n ? n : 1));
+    if (texts == NULL) {
+        PyErr_NoMemory();
+        goto release;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
+        if (!PyUnicode_Check(caption)) {
+            PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
+                         Py_TYPE(caption)->tp_name);
+            goto free_texts;
+        }
+        if (!PyUnicode_IS_ASCII(caption)) {
+            if (n_folded == PySequence_Fast_GET_SIZE(folded)) {
+                PyErr_SetString(PyExc_ValueError, "fewer folded captions than non-ASCII ones");
+                goto free_texts;
+            }
+            caption = PySequence_Fast_GET_ITEM(folded, n_folded++);
+            if (!PyUnicode_Check(caption) || !PyUnicode_IS_ASCII(caption)) {
+                PyErr_SetString(PyExc_ValueError, "a folded caption is not ASCII text");
+                goto free_texts;
+            }
+        }
+        texts[i] = caption;
+        size += PyUnicode_GET_LENGTH(caption) + 3;
+    }
+    if (n_folded != PySequence_Fast_GET_SIZE(folded)) {
+        PyErr_SetString(PyExc_ValueError, "more folded captions than non-ASCII ones");
+        goto free_texts;
+    }
+    batch.text = PyMem_Malloc(size);
+    batch.marks = PyMem_Malloc(sizeof(int64_t) * size);
+    batch.marked = PyMem_Malloc(size);
+    if (!batch.text || !batch.marks || !batch.marked) {
+        PyErr_NoMemory();
+        goto free_texts;
+    }
+    const uint8_t *to = table.buf, *kind_of = kinds.buf;
+    batch.text[batch.length++] = ' ';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i) {
+            put(&batch, ' ');
+            put(&batch, '\n');
+            put(&batch, ' ');
+        }
+        put_caption(&batch, PyUnicode_1BYTE_DATA(texts[i]), PyUnicode_GET_LENGTH(texts[i]), to,
+                    kind_of, hyphen, dash);
+    }
+    put(&batch, ' ');
+    result = Py_BuildValue("(y#y#y#)", (const char *)batch.text, batch.length,
+                           (const char *)batch.marks, (Py_ssize_t)sizeof(int64_t) * batch.n_marks,
+                           (const char *)batch.marked, batch.n_marks);
+free_texts:
+    PyMem_Free(texts);
+release:
+    PyMem_Free(batch.text);
+    PyMem_Free(batch.marks);
+    PyMem_Free(batch.marked);
+    Py_XDECREF(captions);
+    Py_XDECREF(folded);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&kinds);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"build", build, METH_VARARGS, "build(keys) -> (symbols, delta, outputs, links)"},
+    {"scan", scan, METH_VARARGS, "scan(symbols, delta, outputs, links, text) -> int64 pairs"},
+    {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions) -> positions"},
+    {"prepare", prepare, METH_VARARGS,
+     "prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }

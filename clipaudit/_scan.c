@@ -10,6 +10,7 @@
  *   build(keys: sequence of bytes) -> (symbols, delta, outputs, links): bytes objects
  *   scan(symbols, delta, outputs, links, text: bytes-like) -> bytes of int64 pairs
  *   non_ascii(captions: list of str) -> positions of the captions that are not ASCII
+ *   crc32(captions, positions: int64 buffer) -> zlib.crc32 of the UTF-8 of each caption named
  *   prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked): a batch's
  *     normalisation (clipaudit.lexical._prepare)
  *
@@ -305,8 +306,8 @@ static PyObject *non_ascii(PyObject *self, PyObject *args) {
 /* The batch text as prepare() writes it. */
 typedef struct {
     uint8_t *text, *marked;
-    int64_t *marks;
-    Py_ssize_t length, n_marks;
+    int64_t *marks, *newlines;
+    Py_ssize_t length, n_marks, n_newlines;
 } Batch;
 
 /* Append a translated byte: a space after a space is dropped (runs of spaces become one). */
@@ -340,14 +341,14 @@ static void put_caption(Batch *batch, const uint8_t *in, Py_ssize_t n, const uin
     }
 }
 
-/* prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked)
+/* prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked, newlines)
  *
  * The batch normalisation of clipaudit.lexical._prepare in one pass: the captions (each ASCII
  * one as it is, each other one replaced by the next of ``folded``, ASCII) padded with a space
  * and joined by " \n ", each byte translated by ``table`` (256 bytes), runs of spaces made one,
  * and the bytes that ``kinds`` (256 bytes) gives a kind recorded as marks: the offset in
  * ``text`` of the space each became (int64, ``marks``), with the kinds of every mark at that
- * offset or-ed (uint8, ``marked``). A byte of kind ``hyphen`` is a mark of kind ``dash`` when a
+ * offset or-ed (uint8, ``marked``), and the offsets of the "\n"s (int64). A byte of kind ``hyphen`` is a mark of kind ``dash`` when a
  * space stands beside it after translation, and no mark otherwise. */
 static PyObject *prepare(PyObject *self, PyObject *args) {
     PyObject *captions_arg, *folded_arg;
@@ -399,7 +400,8 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
     batch.text = PyMem_Malloc(size);
     batch.marks = PyMem_Malloc(sizeof(int64_t) * size);
     batch.marked = PyMem_Malloc(size);
-    if (!batch.text || !batch.marks || !batch.marked) {
+    batch.newlines = PyMem_Malloc(sizeof(int64_t) * (n ? n : 1));
+    if (!batch.text || !batch.marks || !batch.marked || !batch.newlines) {
         PyErr_NoMemory();
         goto free_texts;
     }
@@ -408,6 +410,7 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i) {
             put(&batch, ' ');
+            batch.newlines[batch.n_newlines++] = batch.length;
             put(&batch, '\n');
             put(&batch, ' ');
         }
@@ -415,15 +418,17 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
                     kind_of, hyphen, dash);
     }
     put(&batch, ' ');
-    result = Py_BuildValue("(y#y#y#)", (const char *)batch.text, batch.length,
+    result = Py_BuildValue("(y#y#y#y#)", (const char *)batch.text, batch.length,
                            (const char *)batch.marks, (Py_ssize_t)sizeof(int64_t) * batch.n_marks,
-                           (const char *)batch.marked, batch.n_marks);
+                           (const char *)batch.marked, batch.n_marks, (const char *)batch.newlines,
+                           (Py_ssize_t)sizeof(int64_t) * batch.n_newlines);
 free_texts:
     PyMem_Free(texts);
 release:
     PyMem_Free(batch.text);
     PyMem_Free(batch.marks);
     PyMem_Free(batch.marked);
+    PyMem_Free(batch.newlines);
     Py_XDECREF(captions);
     Py_XDECREF(folded);
     PyBuffer_Release(&table);
@@ -431,15 +436,84 @@ release:
     return result;
 }
 
+/* crc32(captions: list of str, positions: int64 buffer) -> bytes of uint32: the CRC-32 of the
+ * UTF-8 of each caption named, zlib.crc32's (the reflected IEEE polynomial), eight bytes a step */
+static uint32_t crc_table[8][256];
+
+static void crc_tables(void) {
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t c = b;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][b] = c;
+    }
+    for (uint32_t b = 0; b < 256; b++) {
+        for (int t = 1; t < 8; t++) {
+            uint32_t c = crc_table[t - 1][b];
+            crc_table[t][b] = crc_table[0][c & 0xFF] ^ (c >> 8);
+        }
+    }
+}
+
+static uint32_t crc32_of(const uint8_t *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                           (uint32_t)p[3] << 24);
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
+            crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^
+            crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static PyObject *crc32(PyObject *self, PyObject *args) {
+    PyObject *captions_arg;
+    Py_buffer positions;
+    if (!PyArg_ParseTuple(args, "Oy*", &captions_arg, &positions)) return NULL;
+    PyObject *result = NULL;
+    PyObject *captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
+    if (captions == NULL) goto release;
+    Py_ssize_t n = positions.len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *at = positions.buf;
+    result = PyBytes_FromStringAndSize(NULL, sizeof(uint32_t) * n);
+    if (result == NULL) goto release;
+    uint32_t *crcs = (uint32_t *)PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (at[i] < 0 || at[i] >= PySequence_Fast_GET_SIZE(captions)) {
+            PyErr_Format(PyExc_IndexError, "caption position %lld out of range", (long long)at[i]);
+            Py_CLEAR(result);
+            break;
+        }
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(captions, at[i]), &size);
+        if (utf8 == NULL) {  /* not text, or not encodable (a lone surrogate), as str.encode */
+            Py_CLEAR(result);
+            break;
+        }
+        crcs[i] = crc32_of((const uint8_t *)utf8, size);
+    }
+release:
+    Py_XDECREF(captions);
+    PyBuffer_Release(&positions);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS, "build(keys) -> (symbols, delta, outputs, links)"},
     {"scan", scan, METH_VARARGS, "scan(symbols, delta, outputs, links, text) -> int64 pairs"},
     {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions) -> positions"},
+    {"crc32", crc32, METH_VARARGS, "crc32(captions, positions) -> uint32 CRC-32 of each"},
     {"prepare", prepare, METH_VARARGS,
-     "prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked)"},
+     "prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked, newlines)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__scan(void) {
+    crc_tables();
+    return PyModule_Create(&module);
+}

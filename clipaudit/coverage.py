@@ -48,7 +48,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -70,7 +69,7 @@ from clipaudit.coverage_semantic import (
 from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
-from clipaudit.lexical import PROFILES, build_matcher
+from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s
 from clipaudit.provenance import arrow_table, atomic_write_bytes, write_json, write_table
 from clipaudit.readers import (
     HF_PREFIX,
@@ -150,7 +149,10 @@ class CoverageSettings:
     max_caption_chars: int = 10_000
     spacy_model: str | None = None
     shard_rows: int = 250_000  # rows per shard (parquet: whole row groups adding up to this)
-    batch_rows: int = 10_000  # rows per record batch held in memory by a worker
+    # rows per record batch held in memory by a worker; None: 50,000 when counting lexically (a
+    # batch's matching is a fixed number of array passes: larger batches cost less per caption),
+    # 10,000 when a batch's embeddings are stored (the semantic methods' store layout)
+    batch_rows: int | None = None
     hf_split: str = "train"
     verify_inputs: bool = False  # sha256 of every input byte, besides size, time and edges
     progress: bool = True
@@ -186,7 +188,7 @@ class CoverageSettings:
             )
         for name in ("workers", "max_caption_chars", "shard_rows", "batch_rows"):
             value = getattr(self, name)
-            if name == "workers" and value is None:
+            if name in ("workers", "batch_rows") and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{_named(name)} must be a positive integer, got {value!r}")
@@ -256,6 +258,13 @@ class CoverageSettings:
         identity, see :func:`clipaudit.coverage_semantic.SemanticRun.run_settings`)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RESULT_FIELDS}
 
+    @property
+    def rows_per_batch(self) -> int:
+        """``batch_rows``, or its default for the method."""
+        if self.batch_rows is not None:
+            return self.batch_rows
+        return LEXICAL_BATCH_ROWS if self.method == "lexical" else EMBEDDED_BATCH_ROWS
+
     def replace(self, **changes: Any) -> CoverageSettings:
         """A copy with some fields changed; an unknown field name is a :class:`SettingsError`."""
         known = [f.name for f in fields(self)]
@@ -268,6 +277,7 @@ class CoverageSettings:
         return replace(self, **changes)
 
 
+LEXICAL_BATCH_ROWS, EMBEDDED_BATCH_ROWS = 50_000, 10_000  # CoverageSettings.batch_rows: None
 RESULT_FIELDS = (
     "profile",
     "column",
@@ -793,7 +803,7 @@ class _Dispatch:
             per_caption=settings.per_caption,
             examples_per_concept=settings.examples_per_concept,
             max_caption_chars=settings.max_caption_chars,
-            batch_rows=settings.batch_rows,
+            batch_rows=settings.rows_per_batch,
             semantic=(
                 self.semantic.worker_options(settings.workers or os.cpu_count() or 1)
                 if self.semantic is not None
@@ -1196,11 +1206,8 @@ class _ShardTally:
         """Offer the matches whose caption's CRC is within their concept's bar, by concept and
         CRC, so that a concept stops taking captions as soon as it holds k smaller ones
         (``matched``: the positions of the captions with a match, whose CRCs are needed)."""
-        texts = map(captions.__getitem__, matched.tolist())
         crc_of = np.zeros(len(captions), dtype=np.int64)
-        crc_of[matched] = np.fromiter(
-            map(zlib.crc32, map(str.encode, texts)), dtype=np.int64, count=len(matched)
-        )
+        crc_of[matched] = caption_crc32s(captions, matched)
         crcs = crc_of[rows]
         chosen = crcs <= self.bar[concepts]
         rows, concepts, crcs = rows[chosen], concepts[chosen], crcs[chosen]

@@ -99,9 +99,9 @@ def captions_per_label(
 ) -> np.ndarray:
     """How many captions have a match with each label (a group, a category), from the caption
     position and the label of every match."""
-    seen = np.zeros((n_captions, n_labels), dtype=bool)
-    seen[rows, labels] = True
-    return seen.sum(axis=0)
+    seen = np.zeros((n_labels, n_captions), dtype=bool)  # by label: each row counted at once
+    seen[labels, rows] = True
+    return np.count_nonzero(seen, axis=1)
 
 
 # --------------------------------------------------------------------------- driver side
@@ -138,7 +138,7 @@ class SemanticRun:
         self.out: Path | None = None  # the run folder, once opened
         self.layout = {
             "max_caption_chars": settings.max_caption_chars,
-            "batch_rows": settings.batch_rows,
+            "batch_rows": settings.rows_per_batch,
         }
         self.layout_key = fingerprint(self.layout, 8)
         self.stats = {"parts_encoded": 0, "parts_resumed": 0, "rows_encoded": 0, "seconds": 0.0}

@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -273,6 +274,16 @@ class KeyScanner:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["keys"])
+
+
+def caption_crc32s(captions: list[str], positions: np.ndarray) -> np.ndarray:
+    """``zlib.crc32`` of the UTF-8 of each caption at ``positions`` (int64), compiled where the
+    automaton pass is (a coverage run's examples are the captions of smallest CRC)."""
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    if _scan is not None:
+        return np.frombuffer(_scan.crc32(captions, positions), dtype=np.uint32).astype(np.int64)
+    texts = map(captions.__getitem__, positions.tolist())
+    return np.fromiter(map(zlib.crc32, map(str.encode, texts)), np.int64, count=len(positions))
 
 
 # What a key of the curated automaton can be; each role maps a key's form to integers.
@@ -961,6 +972,7 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
     operations over the joined text (:func:`_marked`) otherwise."""
     if _scan is None:
         text, marks, kind = _marked(_joined(captions))
+        newlines = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _NEWLINE)
     else:
         try:
             odd = _scan.non_ascii(captions)
@@ -968,15 +980,15 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
             captions = [_text(caption) for caption in captions]
             odd = _scan.non_ascii(captions)
         folded = _fold_each([captions[index] for index in odd])
-        text, marks, kind = _scan.prepare(
+        text, marks, kind, newlines = _scan.prepare(
             captions, folded, _BATCH_TABLE, _KIND_TABLE, _HYPHEN, _OPENS | _COORDINATES
         )
         marks, kind = np.frombuffer(marks, dtype=np.int64), np.frombuffer(kind, dtype=np.uint8)
-    chars = np.frombuffer(text, dtype=np.uint8)
+        newlines = np.frombuffer(newlines, dtype=np.int64)
     return _Batch(
         text=text.decode("ascii"),
-        chars=chars,
-        newlines=np.flatnonzero(chars == _NEWLINE),
+        chars=np.frombuffer(text, dtype=np.uint8),
+        newlines=newlines,
         seps=marks[(kind & _SEPARATOR) != 0],
         opens=marks[(kind & _OPENS) != 0],
         closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],

@@ -772,3 +772,11 @@ def test_caption_sources_are_read_as_sources_whatever_they_name(tiny, tmp_path, 
     with pytest.raises(InputError, match=r"caption sources hold int 3 \(item 1\)"):
         CaptionSources(["corpus", 3])
     assert CaptionSources(tmp_path / "corpus") == (str(tmp_path / "corpus"),)
+
+
+def test_batch_rows_default_to_larger_batches_when_nothing_is_embedded():
+    assert CoverageSettings().rows_per_batch == 50_000
+    assert CoverageSettings(method="both").rows_per_batch == 10_000  # the store's layout
+    assert CoverageSettings(batch_rows=7, method="checked").rows_per_batch == 7
+    with pytest.raises(SettingsError, match="must be a positive integer, got 0"):
+        CoverageSettings(batch_rows=0)

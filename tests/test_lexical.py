@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pickle
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -1278,3 +1279,16 @@ def test_a_batch_with_none_or_non_text_is_read_as_text_or_refused():
     assert matcher.match_batch([None, "a dog", ""]) == [[], [0], []]
     with pytest.raises(InputError):
         matcher.match_batch(["a dog", 3])
+
+
+@pytest.mark.parametrize("route", ["compiled", "zlib"])
+def test_caption_crc32s_are_zlibs(route, monkeypatch):
+    if route == "compiled" and lexical._scan is None:
+        pytest.skip("clipaudit._scan was not compiled")
+    if route == "zlib":
+        monkeypatch.setattr(lexical, "_scan", None)
+    captions = ["", "a", "a dog on a sofa", "Café – Größe 🐶", "x" * 1000, *_web_captions()]
+    positions = np.arange(len(captions))[::-1]
+    expected = [zlib.crc32(captions[i].encode("utf-8")) for i in positions]
+    assert lexical.caption_crc32s(captions, positions).tolist() == expected
+    assert lexical.caption_crc32s(captions, np.zeros(0, dtype=np.int64)).size == 0

@@ -895,6 +895,7 @@ class _Dispatch:
             "shards_resumed": self.shards_resumed,
             "workers": getattr(self, "workers", self.settings.workers),
             **self.engine,
+            "automaton": self.matcher.automaton,  # compiled or pyahocorasick: the same matches
         }
 
     def _pending(self, items: Iterable[Shard | SkippedShard]) -> Iterator[Shard]:

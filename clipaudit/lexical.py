@@ -185,6 +185,11 @@ class Matcher:
         rows = np.repeat(np.arange(len(hits)), counts)
         return rows, np.fromiter(chain.from_iterable(hits), np.int64, len(rows))
 
+    @property
+    def automaton(self) -> str:
+        """Which automaton pass this matcher runs (``compiled`` or ``pyahocorasick``)."""
+        return "pyahocorasick"
+
     def match(self, caption: str | None) -> list[str]:
         """Names of the concepts ``caption`` mentions, in registry order, without duplicates."""
         names = self.concept_names
@@ -387,6 +392,10 @@ class CuratedMatcher(Matcher):
         group_index = {group.name: i for i, group in enumerate(registry.groups)}
         self._group_of = np.array([group_index[c.group] for c in registry.concepts])
         self._together_lists = np.array([len(c.together) for c in registry.concepts])
+
+    @property
+    def automaton(self) -> str:
+        return self._scanner.route
 
     def _matrices(self) -> None:
         # by key and concept: the key's form can modify a head, is a head, may be a verb

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clipaudit import lexical
 from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
@@ -388,6 +389,8 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     fixed = run([corpus], tiny, out, per_caption=True)
     assert fixed.manifest["timings"]["shards_this_session"] == 1
     assert fixed.manifest["timings"]["shards_resumed"] == 2
+    expected = "pyahocorasick" if lexical._scan is None else "compiled"
+    assert fixed.manifest["timings"]["automaton"] == expected  # which pass ran, provenance
 
     (corpus / "a.parquet").unlink()  # a removed, d added, after the run was complete
     write_parts(corpus, {"d": ["a red dog", "nothing"]})

@@ -105,7 +105,7 @@ def test_a_usage_mistake_is_two_lines_and_exit_code_2(command, capsys):
         (["coverage", "count", "corpus.parquet"], "error: Missing option '--out' / '-o'."),
         (
             ["coverage", "count", "x", "--out", "y", "--workers", "two"],
-            "error: Invalid value for '--workers' / '-w': Input should be a valid integer",
+            "error: Invalid value for '--workers' / '-w': 'two' is not a valid int.",
         ),
         (
             ["coverage", "count", "x", "--out", "y", "--wokers", "2"],

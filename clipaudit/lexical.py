@@ -10,11 +10,16 @@ Two profiles (:data:`PROFILES`):
   phrases in order and adjacent, and never inside one of the concept's negative contexts
   ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case",
   "iPhone 4/4S Case": the registry's ``modifier_of``), shortly after a cue against it ("a case
-  for an iPhone", "songs by hip hop artist"), or inside a street address ("143 Park Road").
+  for an iPhone", "songs by hip hop artist"), or inside a street address ("143 Park Road"), a
+  company's name ("Red Dot Studios") or the name after a lower-case "by" ("Ring by Jenny Bird").
   Colourway words count in colourway position only ("Sweatshirt - Forest" is green), makes with
   a model ("1986 Ferrari 328" is a car), and word lists that say a concept together ("X vs Y"
   with a sport: an athlete); see :mod:`clipaudit.registry`. No phrase, context or compound spans
   a separator (``, ; : | ( ) [ ] { } ! ?``): "chairs, table, lamps" holds no table lamp.
+
+The hot path (normalising a batch, the automaton pass) is compiled where the package was built
+with a C compiler (``clipaudit._scan``, see :class:`KeyScanner`), pyahocorasick and numpy
+otherwise, with the same results.
 
 The caption is normalised (:func:`clipaudit.text.normalize`) and padded with spaces, so every
 word boundary is a literal space and one exact-match automaton over ``" form "`` keys finds
@@ -124,6 +129,11 @@ _COMPANY_WORDS = (
     *("enterprises", "technologies", "associates"),
 )
 _NAME_JOINERS = frozenset({"and", "of", "the"})  # lower-case words inside a name
+# A name after a lower-case "by" ("earrings by Jenna Green"): at most this many capitalised words,
+# none of them an article ("by The Lake" is a place)
+_BY_NAME_WORDS = 2
+_ARTICLES = frozenset({"The", "A", "An", "This", "That", "These", "Those", "My", "Our", "Your"})
+_BY_CAPITAL = re.compile(r"\bby\W+[A-Z]")
 _WORD = re.compile(r"[^\W_]+")
 # a model year before a make ("1986 Ferrari 328"); an ordinal is no model ("4th of July")
 _YEAR = re.compile(r"(?:19|20)\d\d")
@@ -306,6 +316,7 @@ ROLES = (
     "streets",  # a street type (the integer 0)
     "listings",  # a listing's "for sale in" (the integer 0)
     "companies",  # a word that ends a company's name ("ltd", "studios": the integer 0)
+    "attributions",  # "by", before the name a work or product is by (the integer 0)
 )
 
 
@@ -389,6 +400,7 @@ class CuratedMatcher(Matcher):
         self._streets = self._tables["streets"].sizes > 0
         self._listings = self._tables["listings"].sizes > 0
         self._companies = self._tables["companies"].sizes > 0
+        self._attributions = self._tables["attributions"].sizes > 0
         group_index = {group.name: i for i, group in enumerate(registry.groups)}
         self._group_of = np.array([group_index[c.group] for c in registry.concepts])
         self._together_lists = np.array([len(c.together) for c in registry.concepts])
@@ -603,6 +615,7 @@ class CuratedMatcher(Matcher):
         vetoed |= self._modifying(batch, hits, hit, concepts)
         vetoed |= self._in_addresses(batch, hits, hit)
         vetoed |= self._in_company_names(captions, batch, hits, hit)
+        vetoed |= self._in_attributed_names(captions, batch, hits, hit)
         if vetoed.any():
             # offsets in the batch's text name a caption too: a pair by the space it ends on,
             # and the vetoed ones by the space they start on
@@ -743,6 +756,49 @@ class CuratedMatcher(Matcher):
                 rows.tolist(), bounds, starts.tolist(), hits.ends[companies].tolist(), strict=True
             )
             if (first := _name_start(_text(captions[row]), batch.text, span, start)) is not None
+        ]
+        return _inside(spans, hits, hit)
+
+    def _in_attributed_names(
+        self, captions: Sequence[str | None], batch: _Batch, hits: _Hits, hit: np.ndarray
+    ) -> np.ndarray:
+        """Pairs inside the name a work or product is by: at most :data:`_BY_NAME_WORDS`
+        capitalised words right after a lower-case "by", up to a separator or a dash ("Greeting
+        Card by Jenna Green", "a camp set up by Turkish Red Crescent", "Ring by Jenny Bird in
+        Silver"; LABELLING.md rules 5 and 6). Case is read from the caption: a capitalised "By"
+        (a title's case, all capitals) or a lower-case word after "by" tells of no name ("Cabin
+        By Red Barn", "lit by red lamps")."""
+        vetoed = np.zeros(len(hit), dtype=bool)
+        bys = np.flatnonzero(self._attributions[hits.keys])
+        if not len(bys):
+            return vetoed
+        rows = hits.rows[bys]
+        row_ends = batch.row_ends(rows) - 1
+        # where a name after "by" must end: the caption's end, or a separator or dash before it
+        ends = row_ends.copy()
+        marks = batch.closes  # the separators and the marks that open a colourway
+        if len(marks):
+            after = np.searchsorted(marks, hits.ends[bys] - 1, "right")
+            bounded = after < len(marks)
+            ends[bounded] = np.minimum(ends[bounded], marks[after[bounded]])
+        # only a "by" with a pair starting before that end can veto one (most have none)
+        starts = np.sort(hits.starts[hit])
+        following = np.searchsorted(starts, hits.ends[bys] - 1)
+        near = following < len(starts)
+        near[near] = starts[following[near]] < ends[near]
+        bys, rows, row_ends, ends = bys[near], rows[near], row_ends[near], ends[near]
+        spans = [
+            span
+            for row, caption_span, start, end in zip(
+                rows.tolist(),
+                zip(batch.row_starts(rows).tolist(), row_ends.tolist(), strict=True),
+                hits.ends[bys].tolist(),
+                ends.tolist(),
+                strict=True,
+            )
+            if (
+                span := _attributed_name(_text(captions[row]), batch.text, caption_span, start, end)
+            )
         ]
         return _inside(spans, hits, hit)
 
@@ -891,6 +947,32 @@ def _name_start(caption: str, text: str, span: tuple[int, int, int], start: int)
     while first < last and original[first].lower() in _NAME_JOINERS:  # "of", "the" open no name
         first, position = first + 1, text.find(" ", position + 1)
     return None if first == last else position
+
+
+def _attributed_name(
+    caption: str, text: str, span: tuple[int, int], start: int, end: int
+) -> tuple[int, int] | None:
+    """The span (first space, last space + 1) of the name after the "by" whose key ends at
+    ``start`` (just after the space that follows it in ``text``, the batch's lower-case text);
+    ``span``: the caption's first and last space; the name's last space is at most ``end``.
+    None when the caption does not write "by" in lower case before a capitalised word that
+    opens a name (:meth:`CuratedMatcher._in_attributed_names`)."""
+    if _BY_CAPITAL.search(caption) is None:  # most captions: no need to align their words
+        return None
+    row_start, row_end = span
+    original = _WORD.findall(caption)
+    if len(original) != len(text[row_start:row_end].split()):
+        return None  # folding made other words than the caption's: their case is unknown
+    by = len(text[row_start:start].split()) - 1  # "by" is the last word before the name
+    if original[by] != "by" or by + 1 == len(original) or original[by + 1] in _ARTICLES:
+        return None
+    first = last = start - 1  # the space after "by"
+    for word in original[by + 1 : by + 1 + _BY_NAME_WORDS]:
+        following = text.find(" ", last + 1)
+        if not word[:1].isupper() or following > end:
+            break
+        last = following
+    return (first, last + 1) if last > first else None
 
 
 def _capitalised(word: str) -> bool:
@@ -1173,6 +1255,7 @@ def _build_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
     add("streets", chain.from_iterable(map(forms_of, _STREET_TYPES)))
     add("listings", _LISTING_CUES)
     add("companies", _COMPANY_WORDS)
+    add("attributions", ["by"])
     return {role: {form: sorted(v) for form, v in sorted(t.items())} for role, t in roles.items()}
 
 

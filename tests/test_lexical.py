@@ -1112,6 +1112,28 @@ def test_company_names_are_no_mention(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
 
 
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # capitalised words after a lower-case "by" are the name a work is by (rules 5 and 6)
+        ("Green Starfish Earrings Greeting Card by Jenna Green", ["green"]),
+        ("a camp set up by Turkish Red Crescent in the Turkish town of Altinoz", []),
+        ("Revolve Ring by Jenny Bird in Silver", ["gray"]),
+        ("Higher Engineering Mathematics, 7th ed by Bird; John", []),
+        ("Marc by Marc Jacobs Jeans 25 Waist", ["pants"]),  # a name is at most two words
+        # no name: a title's "By", lower-case words, an article, a separator or dash between
+        ("Cabin By Red Barn", ["red"]),
+        ("A CAT BY RED CAR", ["cat", "red", "car"]),
+        ("a room lit by red lamps", ["red"]),
+        ("a dog by The Lake", ["dog"]),
+        ("photo by John, Red Dress", ["red", "dress"]),
+        ("sneakers by Nike - Black", ["shoes", "black"]),
+    ],
+)
+def test_names_after_by_are_no_mention(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
 def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
     """Case comes from each caption of a batch, non-ASCII and missing captions among them."""
     captions = [

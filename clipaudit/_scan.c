@@ -9,9 +9,10 @@
  *
  *   build(keys: sequence of bytes) -> (symbols, delta, outputs, links): bytes objects
  *   scan(symbols, delta, outputs, links, text: bytes-like) -> bytes of int64 pairs
- *   non_ascii(captions: list of str) -> positions of the captions that are not ASCII
+ *   non_ascii(captions: list of str, index) -> positions of the non-ASCII captions that the fold
+ *     table cannot fold
  *   crc32(captions, positions: int64 buffer) -> zlib.crc32 of the UTF-8 of each caption named
- *   prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked): a batch's
+ *   prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (...): a batch's
  *     normalisation (clipaudit.lexical._prepare)
  *
  * Nothing here needs numpy: tables and hits travel as bytes, which the caller views as arrays.
@@ -282,41 +283,103 @@ release:
     return result;
 }
 
-/* non_ascii(captions: list of str) -> list of the positions of the captions that are not ASCII
- * (which clipaudit.lexical folds before prepare) */
+/* A fold table (clipaudit.lexical._fold_tables): for each code point below its length, the ASCII
+ * text it folds to, as (offset << 5 | length) into a blob of bytes; FOLD_NONE where the table does
+ * not fold the code point, which Python then folds with its caption. */
+#define FOLD_NONE 0xFFFFFFFFu
+
+/* The length of a non-ASCII caption folded by the table, or -1 when a code point is not in it. */
+static Py_ssize_t folded_length(PyObject *caption, const uint32_t *index, Py_ssize_t limit) {
+    int kind = PyUnicode_KIND(caption);
+    const void *data = PyUnicode_DATA(caption);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(caption), length = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+        if (cp < 128) {
+            length++;
+        } else if (cp < (Py_UCS4)limit && index[cp] != FOLD_NONE) {
+            length += index[cp] & 31;
+        } else {
+            return -1;
+        }
+    }
+    return length;
+}
+
+/* Fold a caption that folded_length() measured into ``out``: ASCII, lower case, a "\0" kept, as
+ * clipaudit.lexical._fold_each folds it. */
+static void fold_into(PyObject *caption, const uint32_t *index, const uint8_t *blob, uint8_t *out) {
+    int kind = PyUnicode_KIND(caption);
+    const void *data = PyUnicode_DATA(caption);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(caption);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 cp = PyUnicode_READ(kind, data, i);
+        if (cp < 128) {  /* lower case, as Python's folding lower-cases the whole caption */
+            *out++ = (uint8_t)(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+        } else {
+            uint32_t entry = index[cp];
+            memcpy(out, blob + (entry >> 5), entry & 31);
+            out += entry & 31;
+        }
+    }
+}
+
+/* Check a fold table's buffers: every entry within the blob. */
+static int fold_table_valid(const Py_buffer *index, const Py_buffer *blob) {
+    if (index->len % sizeof(uint32_t)) return 0;
+    const uint32_t *entries = index->buf;
+    for (Py_ssize_t i = 0; i < index->len / (Py_ssize_t)sizeof(uint32_t); i++) {
+        if (entries[i] != FOLD_NONE && (Py_ssize_t)((entries[i] >> 5) + (entries[i] & 31)) > blob->len)
+            return 0;
+    }
+    return 1;
+}
+
+/* non_ascii(captions: list of str, index) -> list of the positions of the captions that are not
+ * ASCII and that the fold table cannot fold (clipaudit.lexical folds them before prepare) */
 static PyObject *non_ascii(PyObject *self, PyObject *args) {
     PyObject *captions_arg;
-    if (!PyArg_ParseTuple(args, "O", &captions_arg)) return NULL;
+    Py_buffer index;
+    if (!PyArg_ParseTuple(args, "Oy*", &captions_arg, &index)) return NULL;
+    PyObject *found = NULL;
     PyObject *captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
-    if (captions == NULL) return NULL;
-    PyObject *found = PyList_New(0);
+    if (captions == NULL) goto release;
+    found = PyList_New(0);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(captions);
+    Py_ssize_t limit = index.len / (Py_ssize_t)sizeof(uint32_t);
     for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
         PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
         if (!PyUnicode_Check(caption)) {
             PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
                          Py_TYPE(caption)->tp_name);
             Py_CLEAR(found);
-        } else if (!PyUnicode_IS_ASCII(caption)) {
+        } else if (!PyUnicode_IS_ASCII(caption) && folded_length(caption, index.buf, limit) < 0) {
             PyObject *position = PyLong_FromSsize_t(i);
             if (position == NULL || PyList_Append(found, position) < 0) Py_CLEAR(found);
             Py_XDECREF(position);
         }
     }
     Py_DECREF(captions);
+release:
+    PyBuffer_Release(&index);
     return found;
 }
 
 /* The batch text as prepare() writes it. */
 typedef struct {
-    uint8_t *text, *marked;
+    uint8_t *text, *capitals, *marked;
     int64_t *marks, *newlines;
     Py_ssize_t length, n_marks, n_newlines;
 } Batch;
 
-/* Append a translated byte: a space after a space is dropped (runs of spaces become one). */
-static inline void put(Batch *batch, uint8_t c) {
-    if (c != ' ' || batch->text[batch->length - 1] != ' ') batch->text[batch->length++] = c;
+/* Append a translated byte: a space after a space is dropped (runs of spaces become one). A word
+ * that begins with an upper-case letter has its first offset's bit set in ``capitals``. */
+static inline void put(Batch *batch, uint8_t c, uint8_t upper) {
+    if (c != ' ' || batch->text[batch->length - 1] != ' ') {
+        if (upper && batch->text[batch->length - 1] == ' ')
+            batch->capitals[batch->length >> 3] |= (uint8_t)(1u << (batch->length & 7));
+        batch->text[batch->length++] = c;
+    }
 }
 
 /* Append one caption's bytes (ASCII): translated by ``to`` (a "\0" is a space), with the marks
@@ -325,7 +388,7 @@ static void put_caption(Batch *batch, const uint8_t *in, Py_ssize_t n, const uin
                         const uint8_t *kind_of, uint8_t hyphen, uint8_t dash) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint8_t c = in[i] ? to[in[i]] : ' ';
-        put(batch, c);
+        put(batch, c, (uint8_t)(in[i] - 'A') < 26);
         uint8_t kind = in[i] ? kind_of[in[i]] : 0;
         if (kind == 0) continue;
         if (kind == hyphen) {
@@ -345,36 +408,50 @@ static void put_caption(Batch *batch, const uint8_t *in, Py_ssize_t n, const uin
     }
 }
 
-/* prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked, newlines)
+/* prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (text, marks, marked,
+ * newlines, capitals)
  *
  * The batch normalisation of clipaudit.lexical._prepare in one pass: the captions (each ASCII
- * one as it is, each other one replaced by the next of ``folded``, ASCII) padded with a space
+ * one as it is, each other one folded by the fold table ``index``/``blob`` where it holds all its
+ * code points, else replaced by the next of ``folded``, ASCII) padded with a space
  * and joined by " \n ", each byte translated by ``table`` (256 bytes), runs of spaces made one,
  * and the bytes that ``kinds`` (256 bytes) gives a kind recorded as marks: the offset in
  * ``text`` of the space each became (int64, ``marks``), with the kinds of every mark at that
- * offset or-ed (uint8, ``marked``), and the offsets of the "\n"s (int64). A byte of kind ``hyphen`` is a mark of kind ``dash`` when a
+ * offset or-ed (uint8, ``marked``), the offsets of the "\n"s (int64), and a bit for each byte of
+ * ``text`` (little-endian within a byte), set where a word begins with an upper-case letter
+ * (``capitals``; a folded caption has none). A byte of kind ``hyphen`` is a mark of kind ``dash`` when a
  * space stands beside it after translation, and no mark otherwise. */
 static PyObject *prepare(PyObject *self, PyObject *args) {
     PyObject *captions_arg, *folded_arg;
-    Py_buffer table, kinds;
+    Py_buffer index, blob, table, kinds;
     unsigned char hyphen, dash;
-    if (!PyArg_ParseTuple(args, "OOy*y*bb", &captions_arg, &folded_arg, &table, &kinds, &hyphen,
-                          &dash))
+    if (!PyArg_ParseTuple(args, "OOy*y*y*y*bb", &captions_arg, &folded_arg, &index, &blob, &table,
+                          &kinds, &hyphen, &dash))
         return NULL;
     PyObject *result = NULL, *captions = NULL, *folded = NULL;
     Batch batch = {0};
+    uint8_t *scratch = NULL;
+    Py_ssize_t *lengths = NULL;
+    const uint32_t *entries = index.buf;
+    Py_ssize_t limit = index.len / (Py_ssize_t)sizeof(uint32_t), longest = 0;
     if (table.len != 256 || kinds.len != 256) {
         PyErr_SetString(PyExc_ValueError, "table and kinds must hold 256 bytes each");
+        goto release;
+    }
+    if (!fold_table_valid(&index, &blob)) {
+        PyErr_SetString(PyExc_ValueError, "a fold table that _fold_tables() did not make");
         goto release;
     }
     captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
     folded = captions ? PySequence_Fast(folded_arg, "folded must be a sequence of str") : NULL;
     if (folded == NULL) goto release;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(captions), n_folded = 0, size = 2;
+    /* each caption's text, and its folded length when the table folds it here (else -1) */
     PyObject **texts = PyMem_Malloc(sizeof(PyObject *) * (n ? n : 1));
-    if (texts == NULL) {
+    lengths = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
+    if (texts == NULL || lengths == NULL) {
         PyErr_NoMemory();
-        goto release;
+        goto free_texts;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
@@ -382,6 +459,14 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
                          Py_TYPE(caption)->tp_name);
             goto free_texts;
+        }
+        lengths[i] = -1;
+        if (!PyUnicode_IS_ASCII(caption) &&
+            (lengths[i] = folded_length(caption, entries, limit)) >= 0) {
+            texts[i] = caption;
+            size += lengths[i] + 3;
+            if (lengths[i] > longest) longest = lengths[i];
+            continue;
         }
         if (!PyUnicode_IS_ASCII(caption)) {
             if (n_folded == PySequence_Fast_GET_SIZE(folded)) {
@@ -402,10 +487,13 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
         goto free_texts;
     }
     batch.text = PyMem_Malloc(size);
+    batch.capitals = PyMem_Calloc(size / 8 + 1, 1);
     batch.marks = PyMem_Malloc(sizeof(int64_t) * size);
     batch.marked = PyMem_Malloc(size);
     batch.newlines = PyMem_Malloc(sizeof(int64_t) * (n ? n : 1));
-    if (!batch.text || !batch.marks || !batch.marked || !batch.newlines) {
+    scratch = PyMem_Malloc(longest ? longest : 1);
+    if (!batch.text || !batch.capitals || !batch.marks || !batch.marked || !batch.newlines ||
+        !scratch) {
         PyErr_NoMemory();
         goto free_texts;
     }
@@ -413,28 +501,39 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
     batch.text[batch.length++] = ' ';
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i) {
-            put(&batch, ' ');
+            put(&batch, ' ', 0);
             batch.newlines[batch.n_newlines++] = batch.length;
-            put(&batch, '\n');
-            put(&batch, ' ');
+            put(&batch, '\n', 0);
+            put(&batch, ' ', 0);
         }
-        put_caption(&batch, PyUnicode_1BYTE_DATA(texts[i]), PyUnicode_GET_LENGTH(texts[i]), to,
-                    kind_of, hyphen, dash);
+        if (lengths[i] >= 0) {
+            fold_into(texts[i], entries, blob.buf, scratch);
+            put_caption(&batch, scratch, lengths[i], to, kind_of, hyphen, dash);
+        } else {
+            put_caption(&batch, PyUnicode_1BYTE_DATA(texts[i]), PyUnicode_GET_LENGTH(texts[i]),
+                        to, kind_of, hyphen, dash);
+        }
     }
-    put(&batch, ' ');
-    result = Py_BuildValue("(y#y#y#y#)", (const char *)batch.text, batch.length,
+    put(&batch, ' ', 0);
+    result = Py_BuildValue("(y#y#y#y#y#)", (const char *)batch.text, batch.length,
                            (const char *)batch.marks, (Py_ssize_t)sizeof(int64_t) * batch.n_marks,
                            (const char *)batch.marked, batch.n_marks, (const char *)batch.newlines,
-                           (Py_ssize_t)sizeof(int64_t) * batch.n_newlines);
+                           (Py_ssize_t)sizeof(int64_t) * batch.n_newlines,
+                           (const char *)batch.capitals, batch.length / 8 + 1);
 free_texts:
     PyMem_Free(texts);
 release:
+    PyMem_Free(lengths);
+    PyMem_Free(scratch);
     PyMem_Free(batch.text);
+    PyMem_Free(batch.capitals);
     PyMem_Free(batch.marks);
     PyMem_Free(batch.marked);
     PyMem_Free(batch.newlines);
     Py_XDECREF(captions);
     Py_XDECREF(folded);
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&blob);
     PyBuffer_Release(&table);
     PyBuffer_Release(&kinds);
     return result;
@@ -508,10 +607,11 @@ release:
 static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS, "build(keys) -> (symbols, delta, outputs, links)"},
     {"scan", scan, METH_VARARGS, "scan(symbols, delta, outputs, links, text) -> int64 pairs"},
-    {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions) -> positions"},
+    {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions, index) -> positions"},
     {"crc32", crc32, METH_VARARGS, "crc32(captions, positions) -> uint32 CRC-32 of each"},
     {"prepare", prepare, METH_VARARGS,
-     "prepare(captions, folded, table, kinds, hyphen, dash) -> (text, marks, marked, newlines)"},
+     "prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (text, marks, marked, "
+     "newlines, capitals)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,7 +9,7 @@ Two profiles (:data:`PROFILES`):
   inflection ("puppies" -> dog, "geese" -> goose) and adjective degree ("shinier"), multi-word
   phrases in order and adjacent, and never inside one of the concept's negative contexts
   ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case",
-  "iPhone 4/4S Case": the registry's ``modifier_of``), shortly after a cue against it ("a case
+  "iPhone 4/4S Case", "iPhone 4 Silicone Case": the registry's ``modifier_of``), shortly after a cue against it ("a case
   for an iPhone", "songs by hip hop artist"), or inside a street address ("143 Park Road"), a
   company's name ("Red Dot Studios") or the name after a lower-case "by" ("Ring by Jenny Bird").
   Colourway words count in colourway position only ("Sweatshirt - Forest" is green), makes with
@@ -17,9 +17,9 @@ Two profiles (:data:`PROFILES`):
   with a sport: an athlete); see :mod:`clipaudit.registry`. No phrase, context or compound spans
   a separator (``, ; : | ( ) [ ] { } ! ?``): "chairs, table, lamps" holds no table lamp.
 
-The hot path (normalising a batch, the automaton pass) is compiled where the package was built
-with a C compiler (``clipaudit._scan``, see :class:`KeyScanner`), pyahocorasick and numpy
-otherwise, with the same results.
+The hot path (normalising and folding a batch, the automaton pass) is compiled where the package
+was built with a C compiler (``clipaudit._scan``, see :class:`KeyScanner`), pyahocorasick, numpy
+and :mod:`unicodedata` otherwise, with the same results.
 
 The caption is normalised (:func:`clipaudit.text.normalize`) and padded with spaces, so every
 word boundary is a literal space and one exact-match automaton over ``" form "`` keys finds
@@ -94,6 +94,18 @@ FIT_CUES = ("fit for", "fits for", "compatible with", "for use with", "replaceme
 # Case", "Galaxy S7 Edge Case"): words with a digit and these model words.
 MODEL_GAP = 3
 _WORD_REACH = 8
+# ... or this many title words: capitalised, no function word ("iPhone 4 Silicone Case"), at most
+# _TITLE_REACH characters from the concept's noun to its head
+_TITLE_GAP = 3
+_TITLE_REACH = 64
+# Heads that title words between do not reach: works that may show what the words before them
+# name ("Zebra Jungle Art Print", "Snow Covered Peaks Framed Print": a depiction, not a pattern or a
+# use), and "free", an adjective ("snow free", not "snow Royalty Free Stock Photo")
+_UNTITLED_HEADS = (
+    *("print", "poster", "photo", "photograph", "picture", "image", "painting", "canvas"),
+    *("art", "artwork", "illustration", "drawing", "design", "wallpaper", "figurine", "free"),
+)
+
 _MODEL_WORDS = frozenset(
     {"plus", "pro", "max", "mini", "ultra", "lite", "edge", "air", "se", "x", "xl", "xs", "xr"}
 )
@@ -132,8 +144,7 @@ _NAME_JOINERS = frozenset({"and", "of", "the"})  # lower-case words inside a nam
 # A name after a lower-case "by" ("earrings by Jenna Green"): at most this many capitalised words,
 # none of them an article ("by The Lake" is a place)
 _BY_NAME_WORDS = 2
-_ARTICLES = frozenset({"The", "A", "An", "This", "That", "These", "Those", "My", "Our", "Your"})
-_BY_CAPITAL = re.compile(r"\bby\W+[A-Z]")
+_ARTICLES = frozenset({"the", "a", "an", "this", "that", "these", "those", "my", "our", "your"})
 _WORD = re.compile(r"[^\W_]+")
 # a model year before a make ("1986 Ferrari 328"); an ordinal is no model ("4th of July")
 _YEAR = re.compile(r"(?:19|20)\d\d")
@@ -317,6 +328,7 @@ ROLES = (
     "listings",  # a listing's "for sale in" (the integer 0)
     "companies",  # a word that ends a company's name ("ltd", "studios": the integer 0)
     "attributions",  # "by", before the name a work or product is by (the integer 0)
+    "untitled",  # a head no title words reach (:data:`_UNTITLED_HEADS`: the integer 0)
 )
 
 
@@ -326,6 +338,9 @@ class _Batch:
 
     text: str
     chars: np.ndarray  # the text's bytes
+    # a bit per offset of the text (little-endian in each byte), set where a word begins with an
+    # upper-case letter in its caption (a folded caption has none)
+    capitals: bytes
     newlines: np.ndarray  # offsets of the "\n"s between captions
     # offsets of the spaces that stand for a mark, ascending: a separator (no phrase spans it);
     # a mark that opens a colourway, or closes one; a mark that coordinates two colours
@@ -333,6 +348,14 @@ class _Batch:
     opens: np.ndarray
     closes: np.ndarray
     coords: np.ndarray
+    dashes: np.ndarray  # offsets of the spaces that stand for a spaced dash
+
+    def capitalised(self, offsets: np.ndarray) -> np.ndarray:
+        """Whether a word beginning at each offset begins with an upper-case letter (offsets
+        past the text's end are not)."""
+        bits = np.frombuffer(self.capitals, dtype=np.uint8)
+        at = np.minimum(offsets, len(self.text) - 1)
+        return ((bits[at >> 3] >> (at & 7).astype(np.uint8)) & 1).astype(bool)
 
     def row_starts(self, rows: np.ndarray) -> np.ndarray:
         """Offset of the space that opens each caption of ``rows``."""
@@ -353,8 +376,7 @@ class _Batch:
 
     def crossed(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Whether a separator stands at one of the offsets ``first..last`` (inclusive)."""
-        seps = self.seps
-        return np.searchsorted(seps, last, "right") > np.searchsorted(seps, first)
+        return _crossed(self.seps, first, last)
 
 
 @dataclass(frozen=True)
@@ -401,6 +423,7 @@ class CuratedMatcher(Matcher):
         self._listings = self._tables["listings"].sizes > 0
         self._companies = self._tables["companies"].sizes > 0
         self._attributions = self._tables["attributions"].sizes > 0
+        self._untitled = self._tables["untitled"].sizes > 0
         group_index = {group.name: i for i, group in enumerate(registry.groups)}
         self._group_of = np.array([group_index[c.group] for c in registry.concepts])
         self._together_lists = np.array([len(c.together) for c in registry.concepts])
@@ -613,9 +636,10 @@ class CuratedMatcher(Matcher):
         vetoed = self._in_contexts(hits, hit, pair_keys)
         vetoed |= self._after_cues(batch, hits, hit, pair_keys)
         vetoed |= self._modifying(batch, hits, hit, concepts)
+        vetoed |= self._in_title_compounds(batch, hits, hit, concepts, vetoed)
         vetoed |= self._in_addresses(batch, hits, hit)
         vetoed |= self._in_company_names(captions, batch, hits, hit)
-        vetoed |= self._in_attributed_names(captions, batch, hits, hit)
+        vetoed |= self._in_attributed_names(batch, hits, hit)
         if vetoed.any():
             # offsets in the batch's text name a caption too: a pair by the space it ends on,
             # and the vetoed ones by the space they start on
@@ -695,6 +719,48 @@ class CuratedMatcher(Matcher):
         vetoed[candidates[found & ~batch.crossed(space, after)]] = True
         return vetoed
 
+    def _in_title_compounds(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray, vetoed: np.ndarray
+    ) -> np.ndarray:
+        """Pairs of a concept's noun before a head of the concept with title words between: at
+        most :data:`_TITLE_GAP` words the caption capitalises that are no function word, and at
+        most :data:`MODEL_GAP` model designations ("iPhone 4 Silicone Case", "Iphone 6/6s Black
+        Enamel Case", "Dog Memory Foam Bed"). A product title names its object last; the words
+        before it say what it is for or made of. Case is read from the caption (capitals):
+        in "a dog on a red bed" or "a phone and its black case" lower-case words stand between,
+        and the dog and the phone count; a separator or a dash ends a title's compound
+        ("Greenhills dress - SM socks"). ``vetoed``: pairs other rules dropped, not looked at."""
+        titled = np.zeros(len(hit), dtype=bool)
+        if not len(hits.heads):
+            return titled
+        candidates = np.flatnonzero(self._modifies[hits.keys[hit], concepts] & ~vetoed)
+        space = hits.ends[hit[candidates]] - 1  # the modifier's last space
+        # a title capitalises the word after the noun (or it is a model number)
+        last = len(batch.chars) - 1
+        following = (space + 1).clip(max=last)
+        after = batch.chars[following]
+        capital = batch.capitalised(following) | ((after >= ord("0")) & (after <= ord("9")))
+        candidates, space = candidates[capital], space[capital]
+        # the first head after that word: in the same caption, within reach, of the concept, a
+        # capitalised word, with no separator or dash between
+        head_starts = hits.starts[hits.heads]
+        at = np.searchsorted(head_starts, space + 1)
+        found = at < len(head_starts)
+        at = at.clip(max=len(head_starts) - 1)
+        head, start = hits.heads[at], head_starts[at]
+        found &= (start - space <= _TITLE_REACH) & (hits.rows[head] == hits.rows[hit[candidates]])
+        found &= self._heads_of[hits.keys[head], concepts[candidates]]
+        found &= ~self._untitled[hits.keys[head]] & batch.capitalised(start + 1)
+        found &= ~batch.crossed(space, start) & ~_crossed(batch.dashes, space, start)
+        # the words between, one by one: few pairs get here
+        text, capitals = batch.text, batch.capitals
+        for index, first, end in zip(
+            candidates[found].tolist(), space[found].tolist(), start[found].tolist(), strict=True
+        ):
+            if _title_words(text, capitals, first, end):
+                titled[index] = True
+        return titled
+
     def _in_addresses(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
         """Pairs inside a street address: a house number, or a listing's "for sale in", then at
         most :data:`_ADDRESS_WORDS` name words and a street type ("1 Carolina Wren Trail",
@@ -759,46 +825,34 @@ class CuratedMatcher(Matcher):
         ]
         return _inside(spans, hits, hit)
 
-    def _in_attributed_names(
-        self, captions: Sequence[str | None], batch: _Batch, hits: _Hits, hit: np.ndarray
-    ) -> np.ndarray:
+    def _in_attributed_names(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
         """Pairs inside the name a work or product is by: at most :data:`_BY_NAME_WORDS`
         capitalised words right after a lower-case "by", up to a separator or a dash ("Greeting
         Card by Jenna Green", "a camp set up by Turkish Red Crescent", "Ring by Jenny Bird in
-        Silver"; LABELLING.md rules 5 and 6). Case is read from the caption: a capitalised "By"
-        (a title's case, all capitals) or a lower-case word after "by" tells of no name ("Cabin
-        By Red Barn", "lit by red lamps")."""
-        vetoed = np.zeros(len(hit), dtype=bool)
+        Silver"; LABELLING.md rules 5 and 6). Case is read from the caption (capitals): a
+        capitalised "By" (a title's case, all capitals) or a lower-case word after "by" tells of
+        no name ("Cabin By Red Barn", "lit by red lamps")."""
         bys = np.flatnonzero(self._attributions[hits.keys])
+        space = hits.ends[bys] - 1  # the space after "by"
+        named = ~batch.capitalised(hits.starts[bys] + 1) & batch.capitalised(space + 1)
+        bys, space = bys[named], space[named]
         if not len(bys):
-            return vetoed
-        rows = hits.rows[bys]
-        row_ends = batch.row_ends(rows) - 1
-        # where a name after "by" must end: the caption's end, or a separator or dash before it
-        ends = row_ends.copy()
+            return np.zeros(len(hit), dtype=bool)
+        # where the name must end: the caption's end, or a separator or dash before it
+        ends = batch.row_ends(hits.rows[bys]) - 1
         marks = batch.closes  # the separators and the marks that open a colourway
         if len(marks):
-            after = np.searchsorted(marks, hits.ends[bys] - 1, "right")
+            after = np.searchsorted(marks, space, "right")
             bounded = after < len(marks)
             ends[bounded] = np.minimum(ends[bounded], marks[after[bounded]])
-        # only a "by" with a pair starting before that end can veto one (most have none)
-        starts = np.sort(hits.starts[hit])
-        following = np.searchsorted(starts, hits.ends[bys] - 1)
-        near = following < len(starts)
-        near[near] = starts[following[near]] < ends[near]
-        bys, rows, row_ends, ends = bys[near], rows[near], row_ends[near], ends[near]
+        # only a name with a key ending in it can hold a pair (hits come by their ends)
+        near = np.searchsorted(hits.ends, ends + 1, "right") > np.searchsorted(hits.ends, space + 2)
+        space, ends = space[near], ends[near]
+        text, capitals = batch.text, batch.capitals
         spans = [
             span
-            for row, caption_span, start, end in zip(
-                rows.tolist(),
-                zip(batch.row_starts(rows).tolist(), row_ends.tolist(), strict=True),
-                hits.ends[bys].tolist(),
-                ends.tolist(),
-                strict=True,
-            )
-            if (
-                span := _attributed_name(_text(captions[row]), batch.text, caption_span, start, end)
-            )
+            for start, end in zip(space.tolist(), ends.tolist(), strict=True)
+            if (span := _attributed_name(text, capitals, start, end))
         ]
         return _inside(spans, hits, hit)
 
@@ -908,6 +962,11 @@ def _address_start(text: str, start: int, begin: int, row_start: int) -> int | N
     return None
 
 
+def _crossed(marks: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Whether one of ``marks`` (ascending offsets) stands at one of ``first..last`` (inclusive)."""
+    return np.searchsorted(marks, last, "right") > np.searchsorted(marks, first)
+
+
 def _last_at_or_before(marks: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.append(-1, marks)[np.searchsorted(marks, offsets, "right")]
 
@@ -949,30 +1008,43 @@ def _name_start(caption: str, text: str, span: tuple[int, int, int], start: int)
     return None if first == last else position
 
 
-def _attributed_name(
-    caption: str, text: str, span: tuple[int, int], start: int, end: int
-) -> tuple[int, int] | None:
-    """The span (first space, last space + 1) of the name after the "by" whose key ends at
-    ``start`` (just after the space that follows it in ``text``, the batch's lower-case text);
-    ``span``: the caption's first and last space; the name's last space is at most ``end``.
-    None when the caption does not write "by" in lower case before a capitalised word that
-    opens a name (:meth:`CuratedMatcher._in_attributed_names`)."""
-    if _BY_CAPITAL.search(caption) is None:  # most captions: no need to align their words
-        return None
-    row_start, row_end = span
-    original = _WORD.findall(caption)
-    if len(original) != len(text[row_start:row_end].split()):
-        return None  # folding made other words than the caption's: their case is unknown
-    by = len(text[row_start:start].split()) - 1  # "by" is the last word before the name
-    if original[by] != "by" or by + 1 == len(original) or original[by + 1] in _ARTICLES:
-        return None
-    first = last = start - 1  # the space after "by"
-    for word in original[by + 1 : by + 1 + _BY_NAME_WORDS]:
+def _attributed_name(text: str, capitals: bytes, space: int, end: int) -> tuple[int, int] | None:
+    """The span (first space, last space + 1) of the name after the "by" followed by the space
+    at ``space`` in ``text`` (a batch's lower-case text; ``capitals``: its capitalised words): at
+    most :data:`_BY_NAME_WORDS` capitalised words, the first no article, the last space at most
+    ``end``; None when there is none (:meth:`CuratedMatcher._in_attributed_names`)."""
+    last = space
+    for _ in range(_BY_NAME_WORDS):
         following = text.find(" ", last + 1)
-        if not word[:1].isupper() or following > end:
+        if following < 0 or following > end or not _capital(capitals, last + 1):
             break
+        if last == space and text[last + 1 : following] in _ARTICLES:
+            return None
         last = following
-    return (first, last + 1) if last > first else None
+    return (space, last + 1) if last > space else None
+
+
+def _title_words(text: str, capitals: bytes, space: int, head_start: int) -> bool:
+    """Whether the words of ``text`` (a batch's lower-case text) between the spaces at ``space``
+    and ``head_start`` are title words: at most :data:`_TITLE_GAP` capitalised (``capitals``: the
+    batch's capitalised words) that are no function word, and at most :data:`MODEL_GAP` model
+    designations (:meth:`CuratedMatcher._in_title_compounds`)."""
+    titled = models = 0
+    offset = space + 1
+    for word in text[space + 1 : head_start].split():
+        if _is_model_token(word):
+            models += 1
+        elif _capital(capitals, offset) and word not in _FUNCTION_WORDS:
+            titled += 1
+        else:
+            return False
+        offset += len(word) + 1
+    return titled <= _TITLE_GAP and models <= MODEL_GAP and titled + models > 0
+
+
+def _capital(capitals: bytes, offset: int) -> bool:
+    """Whether the word at ``offset`` begins with an upper-case letter (:attr:`_Batch.capitals`)."""
+    return bool(capitals[offset >> 3] >> (offset & 7) & 1)
 
 
 def _capitalised(word: str) -> bool:
@@ -1038,7 +1110,7 @@ def _isin_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
 # coordinates, when a space stands beside it)
 _BATCH_TABLE = bytes([_NEWLINE]) + ASCII_TABLE[1:]
 _FOLD_CASE = bytes(_SPACE if 65 <= c <= 90 else c for c in range(256))
-_SEPARATOR, _OPENS, _COORDINATES, _HYPHEN = 1, 2, 4, 8
+_SEPARATOR, _OPENS, _COORDINATES, _HYPHEN, _DASH = 1, 2, 4, 8, 16
 _MARKS = {
     **dict.fromkeys(";()[]{}!?", _SEPARATOR),
     ",": _SEPARATOR | _COORDINATES,
@@ -1050,6 +1122,7 @@ _MARKS = {
     "-": _HYPHEN,
 }
 _KIND_TABLE = bytes(_MARKS.get(chr(c), 0) for c in range(256))
+_SPACED_DASH = _OPENS | _COORDINATES | _DASH  # a hyphen with a space beside it
 # marks that folding makes spaces, as the ASCII marks of their kind of boundary
 _UNICODE_MARKS = (("\u2013", " - "), ("\u2014", " - "), ("\u2022", " | "), ("\u00b7", " | "))
 
@@ -1062,28 +1135,38 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
     "+", a comma). One pass in C (``clipaudit._scan.prepare``) where it was built, array
     operations over the joined text (:func:`_marked`) otherwise."""
     if _scan is None:
-        text, marks, kind = _marked(_joined(captions))
+        text, marks, kind, capitals = _marked(_joined(captions))
         newlines = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _NEWLINE)
     else:
+        fold_index, fold_blob = _fold_tables()
         try:
-            odd = _scan.non_ascii(captions)
+            odd = _scan.non_ascii(captions, fold_index)
         except TypeError:  # None or a non-text among them
             captions = [_text(caption) for caption in captions]
-            odd = _scan.non_ascii(captions)
-        folded = _fold_each([captions[index] for index in odd])
-        text, marks, kind, newlines = _scan.prepare(
-            captions, folded, _BATCH_TABLE, _KIND_TABLE, _HYPHEN, _OPENS | _COORDINATES
+            odd = _scan.non_ascii(captions, fold_index)
+        folded = _fold_each([captions[index] for index in odd])  # what the table cannot fold
+        text, marks, kind, newlines, capitals = _scan.prepare(
+            captions,
+            folded,
+            fold_index,
+            fold_blob,
+            _BATCH_TABLE,
+            _KIND_TABLE,
+            _HYPHEN,
+            _SPACED_DASH,
         )
         marks, kind = np.frombuffer(marks, dtype=np.int64), np.frombuffer(kind, dtype=np.uint8)
         newlines = np.frombuffer(newlines, dtype=np.int64)
     return _Batch(
         text=text.decode("ascii"),
         chars=np.frombuffer(text, dtype=np.uint8),
+        capitals=capitals,
         newlines=newlines,
         seps=marks[(kind & _SEPARATOR) != 0],
         opens=marks[(kind & _OPENS) != 0],
         closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],
         coords=marks[(kind & _COORDINATES) != 0],
+        dashes=marks[(kind & _DASH) != 0],
     )
 
 
@@ -1108,10 +1191,12 @@ def _joined(captions: Sequence[str | None]) -> bytes:
     return b" " + joined.encode("ascii") + b" "
 
 
-def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """``data`` (a batch's joined ASCII text) translated with runs of spaces made one, and its
-    marks: the offset of the space each mark became and the kinds of the marks there, or-ed.
-    The pass that ``clipaudit._scan.prepare`` makes in C, with array operations."""
+def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray, bytes]:
+    """``data`` (a batch's joined ASCII text) translated with runs of spaces made one, its marks
+    (the offset of the space each mark became and the kinds of the marks there, or-ed), and
+    the words that begin with an upper-case letter (:attr:`_Batch.capitals`). The pass that
+    ``clipaudit._scan.prepare`` makes
+    in C, with array operations."""
     chars = np.frombuffer(data.translate(_BATCH_TABLE), dtype=np.uint8)
     # a run of spaces becomes one, as normalize's strip and split do within a padded caption
     spaces = chars == _SPACE
@@ -1123,7 +1208,7 @@ def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
     kind = kinds[marks]
     hyphen = np.flatnonzero(kind == _HYPHEN)  # a dash when a space stands beside it
     spaced = (chars[marks[hyphen] - 1] == _SPACE) | (chars[marks[hyphen] + 1] == _SPACE)
-    kind[hyphen] = np.where(spaced, _OPENS | _COORDINATES, 0)
+    kind[hyphen] = np.where(spaced, _SPACED_DASH, 0)
     marks, kind = marks[kind != 0], kind[kind != 0]
     # each mark became a space of a run that is now one space: its offset in the result, with
     # the marks of all the run's characters
@@ -1132,7 +1217,39 @@ def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
     first[1:] = marks[1:] != marks[:-1]
     marks = marks[first]
     kind = np.bitwise_or.reduceat(kind, np.flatnonzero(first)) if len(kind) else kind
-    return chars[keep].tobytes(), marks, kind
+    raw = np.frombuffer(data, dtype=np.uint8)
+    text = chars[keep]
+    starts = np.zeros(len(text), dtype=bool)
+    starts[1:] = text[:-1] == _SPACE
+    capitals = ((raw >= ord("A")) & (raw <= ord("Z")))[keep] & starts
+    size = len(text) // 8 + 1  # as the C pass sizes it
+    bits = np.packbits(capitals, bitorder="little").tobytes()
+    return text.tobytes(), marks, kind, bits + bytes(size - len(bits))
+
+
+# Code points that fold alone as they fold in a text (no lower-casing or decomposition depends on
+# their neighbours; Greek is left out: its capital sigma lower-cases by position), which the
+# compiled pass folds by table: Latin, IPA and combining marks, Cyrillic, Latin Extended
+# Additional, punctuation to miscellaneous symbols, CJK punctuation, full-width forms.
+_FOLD_RANGES = (
+    (0x80, 0x370), (0x400, 0x530), (0x1E00, 0x1F00), (0x2000, 0x2C00), (0x3000, 0x3040),
+    (0xFF00, 0xFFF0),
+)  # fmt: skip
+
+
+@cache
+def _fold_tables() -> tuple[bytes, bytes]:
+    """The compiled pass's fold table: for each code point of :data:`_FOLD_RANGES`, the ASCII
+    text :func:`_fold_each` folds it to, as ``offset << 5 | length`` into a blob (uint32 per code
+    point up to the last range's end; 0xFFFFFFFF for the others, folded by :func:`_fold_each`)."""
+    points = [point for low, high in _FOLD_RANGES for point in range(low, high)]
+    index = np.full(_FOLD_RANGES[-1][1], 0xFFFFFFFF, dtype=np.uint32)
+    blob = bytearray()
+    for point, folded in zip(points, _fold_each([chr(p) for p in points]), strict=True):
+        if len(folded) < 32:
+            index[point] = len(blob) << 5 | len(folded)
+            blob += folded.encode("ascii")
+    return index.tobytes(), bytes(blob)
 
 
 def _fold_each(captions: list[str]) -> list[str]:
@@ -1256,6 +1373,7 @@ def _build_tables(registry: Registry) -> dict[str, dict[str, list[int]]]:
     add("listings", _LISTING_CUES)
     add("companies", _COMPANY_WORDS)
     add("attributions", ["by"])
+    add("untitled", chain.from_iterable(map(forms_of, _UNTITLED_HEADS)))
     return {role: {form: sorted(v) for form, v in sorted(t.items())} for role, t in roles.items()}
 
 

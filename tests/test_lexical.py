@@ -1134,6 +1134,30 @@ def test_names_after_by_are_no_mention(builtin, caption, expected):
     assert sorted(builtin.match(caption)) == sorted(expected)
 
 
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # a head of the concept after title words: a product title names its object last
+        ("iPhone 4 Silicone Case", []),
+        ("Iphone 6/6s Black Enamel Case", ["black"]),
+        ("Dog Memory Foam Bed", []),
+        ("Wine Enthusiast Modular 12 Bottle Wine Rack", []),
+        ("Stool Sample Bags", ["bag"]),
+        # lower-case words, a function word, a separator or a dash between: no compound
+        ("a phone with a black case", ["phone", "black"]),
+        ("a dog on a red bed", ["dog", "red"]),
+        ("Dog Sleeping On Bed", ["dog"]),
+        ("iPhone 6, Black Case", ["phone", "black"]),
+        ("Greenhills dress - SM socks", ["dress", "socks"]),
+        # heads title words do not reach: a work that depicts it, an adjective
+        ("Zebra Jungle Art Print", ["zebra", "forest"]),
+        ("March snow Royalty Free Stock Photo", ["snow"]),
+    ],
+)
+def test_title_words_between_a_concept_and_its_head(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
 def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
     """Case comes from each caption of a batch, non-ASCII and missing captions among them."""
     captions = [
@@ -1294,7 +1318,13 @@ def test_compiled_and_array_batch_normalisations_are_identical(monkeypatch):
         *("", " ", "-", "a-b", "a -b", "a- b", "-a", "a-", "x\0y", "\0", "–dash–", "é-ü"),
         *("Red/Blue & Gold + Black, (new)! [x] {y}: z | w", "Café – Bar • Pub · Inn", "™ ℡"),
         *("  many   spaces  ", "end with mark -", "- start", "a , , b", "a\t-\tb"),
+        *("ΣΟΦΟΣ Σ", "e\u0301 Ｆｕｌｌ ｗｉｄｔｈ", "İstanbul ǅ ﬁ ½ ⅷ", "日本 dog 🐶 – Ünïcödé"),
     ]
+    # and random text over what the compiled pass folds by table and what it leaves to Python
+    rng = random.Random(0)
+    points = [*range(0x20, 0x7F), *range(0x80, 0x600), *range(0x1E00, 0x2C00), 0x3000, 0x4E00]
+    points += [*range(0xFF00, 0xFFF0), 0x1F436, 0x1D400]
+    captions += ["".join(map(chr, rng.choices(points, k=rng.randrange(30)))) for _ in range(2000)]
     compiled = lexical._prepare(captions)
     monkeypatch.setattr(lexical, "_scan", None)
     arrays = lexical._prepare(captions)

@@ -451,10 +451,17 @@ def count_coverage(
     ) as folder:
         if semantic is not None:  # which store the earlier sessions wrote to, kept for the next
             _note_semantic(folder, (folder.previous or {}).get("semantic"))
-        if text_list is not None:
-            specs = _stage(_texts_frame(text_list), out / "inputs")
-        else:
-            specs = caption_sources(captions, out / "inputs", column=settings.column)
+        try:
+            if text_list is not None:
+                specs = _stage(_texts_frame(text_list), out / "inputs")
+            else:
+                specs = caption_sources(captions, out / "inputs", column=settings.column)
+        except UnicodeEncodeError as exc:  # a lone surrogate, which no UTF-8 file can hold
+            raise InputError(
+                f"a caption is not valid Unicode text ({exc.object[:60]!r}: a lone surrogate at "
+                f"position {exc.start}, as a bad decode leaves); drop it, or decode its source "
+                "with errors='replace'"
+            ) from None
         try:
             resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
         except InputError as exc:

@@ -783,3 +783,12 @@ def test_batch_rows_default_to_larger_batches_when_nothing_is_embedded():
     assert CoverageSettings(batch_rows=7, method="checked").rows_per_batch == 7
     with pytest.raises(SettingsError, match="must be a positive integer, got 0"):
         CoverageSettings(batch_rows=0)
+
+
+def test_a_caption_with_a_lone_surrogate_is_one_clear_error(tiny, tmp_path):
+    """In-memory text a bad decode left (a lone surrogate) cannot be staged as UTF-8: an
+    InputError that shows it, whether given as texts= or as a list of captions."""
+    bad = ["a cat", "a dog \ud800 here"]
+    for number, options in enumerate(({"texts": bad}, {"captions": bad})):
+        with pytest.raises(InputError, match=r"not valid Unicode text .*position 6"):
+            count_coverage(**options, registry=tiny, out=tmp_path / str(number), progress=False)

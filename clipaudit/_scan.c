@@ -7,15 +7,16 @@
  * Python route (pyahocorasick) is the fallback when this module was not built; both give the same
  * pairs (tests/test_lexical.py).
  *
- *   build(keys: sequence of bytes) -> (symbols, delta, outputs, links): bytes objects
- *   scan(symbols, delta, outputs, links, text: bytes-like) -> bytes of int64 pairs
+ *   build(keys: sequence of bytes) -> the automaton's tables, in a capsule
+ *   scan(tables, text: bytes-like) -> bytes of int64 pairs
  *   non_ascii(captions: list of str, index) -> positions of the non-ASCII captions that the fold
  *     table cannot fold
  *   crc32(captions, positions: int64 buffer) -> zlib.crc32 of the UTF-8 of each caption named
  *   prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (...): a batch's
  *     normalisation (clipaudit.lexical._prepare)
  *
- * Nothing here needs numpy: tables and hits travel as bytes, which the caller views as arrays.
+ * Nothing here needs numpy: hits travel as bytes, which the caller views as arrays; the tables
+ * stay in a capsule that only build() makes, so scan() reads nothing a caller could have forged.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,9 +25,29 @@
 
 #define EMITS 0x80000000u
 
-/* symbols: byte -> symbol (0: a byte that no key holds); delta: n_states x n_symbols int32;
- * outputs: the key that ends at a state (-1: none); links: the nearest state on the failure
- * chain with an output (0: none; the root holds no output, since keys are not empty). */
+/* symbols: byte -> symbol (0: a byte that no key holds); delta: n_states x n_symbols; outputs:
+ * the key that ends at a state (-1: none); links: the nearest state on the failure chain with an
+ * output (0: none; the root holds no output, since keys are not empty). */
+
+/* The automaton build() makes, held by a capsule: only build() makes one, so scan() trusts it. */
+typedef struct {
+    uint8_t symbols[256];
+    uint32_t *delta;   /* n_states x n_symbols */
+    int32_t *outputs;  /* the key that ends at a state (-1: none) */
+    int32_t *links;    /* the nearest state with an output on the failure chain (0: none) */
+    Py_ssize_t n_states, n_symbols;
+} Tables;
+
+#define TABLES "clipaudit._scan.tables"
+
+static void tables_free(PyObject *capsule) {
+    Tables *tables = PyCapsule_GetPointer(capsule, TABLES);
+    if (tables == NULL) return;
+    PyMem_Free(tables->delta);
+    PyMem_Free(tables->outputs);
+    PyMem_Free(tables->links);
+    PyMem_Free(tables);
+}
 
 static PyObject *build(PyObject *self, PyObject *args) {
     PyObject *keys_arg;
@@ -147,14 +168,24 @@ static PyObject *build(PyObject *self, PyObject *args) {
     }
     memcpy(outputs, fail, sizeof(int32_t) * n_states);
     memcpy(links, queue, sizeof(int32_t) * n_states);
-    PyMem_Free(delta);
-    delta = ordered;
-    ordered = NULL;
-    result = Py_BuildValue(
-        "(y#y#y#y#)", (const char *)symbols, (Py_ssize_t)256, (const char *)delta,
-        (Py_ssize_t)(sizeof(int32_t) * n_states * n_symbols), (const char *)outputs,
-        (Py_ssize_t)(sizeof(int32_t) * n_states), (const char *)links,
-        (Py_ssize_t)(sizeof(int32_t) * n_states));
+    Tables *tables = PyMem_Malloc(sizeof(Tables));
+    if (tables == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(tables->symbols, symbols, 256);
+    tables->delta = (uint32_t *)ordered;
+    tables->outputs = outputs;
+    tables->links = links;
+    tables->n_states = n_states;
+    tables->n_symbols = n_symbols;
+    result = PyCapsule_New(tables, TABLES, tables_free);
+    if (result == NULL) {
+        PyMem_Free(tables);
+        goto done;
+    }
+    ordered = NULL;  /* the capsule owns them now */
+    outputs = links = NULL;
 done:
     PyMem_Free(delta);
     PyMem_Free(outputs);
@@ -197,31 +228,21 @@ static int emit(Hits *hits, const int32_t *out, const int32_t *link, uint32_t st
 #define LANES 4
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    Py_buffer symbols, delta, outputs, links, text;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*", &symbols, &delta, &outputs, &links, &text))
-        return NULL;
+    PyObject *capsule;
+    Py_buffer text;
+    if (!PyArg_ParseTuple(args, "Oy*", &capsule, &text)) return NULL;
     PyObject *result = NULL;
     Hits lanes[LANES] = {{0}};
-    Py_ssize_t n_states = outputs.len / (Py_ssize_t)sizeof(int32_t);
-    if (symbols.len != 256 || n_states == 0 || links.len != outputs.len ||
-        delta.len % (n_states * (Py_ssize_t)sizeof(int32_t)) != 0) {
-        PyErr_SetString(PyExc_ValueError, "tables that build() did not make");
+    Tables *tables = PyCapsule_GetPointer(capsule, TABLES);  /* only build() makes one */
+    if (tables == NULL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "scan() takes the tables build() returned");
         goto release;
     }
-    Py_ssize_t n_symbols = delta.len / (n_states * (Py_ssize_t)sizeof(int32_t));
-    const uint8_t *sym = symbols.buf, *chars = text.buf;
-    const uint32_t *next = delta.buf;
-    const int32_t *out = outputs.buf, *link = links.buf;
-    /* every state a table names exists (a fraction of a millisecond): no table makes a read
-     * outside the tables, whoever calls */
-    int valid = 1;
-    for (int i = 0; i < 256; i++) valid &= sym[i] < n_symbols;
-    for (Py_ssize_t i = 0; i < n_states * n_symbols; i++) valid &= (next[i] & ~EMITS) < n_states;
-    for (Py_ssize_t i = 0; i < n_states; i++) valid &= link[i] >= 0 && link[i] < n_states;
-    if (!valid) {
-        PyErr_SetString(PyExc_ValueError, "tables that build() did not make");
-        goto release;
-    }
+    Py_ssize_t n_symbols = tables->n_symbols;
+    const uint8_t *sym = tables->symbols, *chars = text.buf;
+    const uint32_t *next = tables->delta;
+    const int32_t *out = tables->outputs, *link = tables->links;
     Py_ssize_t bounds[LANES + 1];
     bounds[0] = 0;
     for (int k = 1; k <= LANES; k++) {
@@ -275,10 +296,6 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
 release:
     for (int k = 0; k < LANES; k++) free(lanes[k].pairs);
-    PyBuffer_Release(&symbols);
-    PyBuffer_Release(&delta);
-    PyBuffer_Release(&outputs);
-    PyBuffer_Release(&links);
     PyBuffer_Release(&text);
     return result;
 }
@@ -287,6 +304,20 @@ release:
  * text it folds to, as (offset << 5 | length) into a blob of bytes; FOLD_NONE where the table does
  * not fold the code point, which Python then folds with its caption. */
 #define FOLD_NONE 0xFFFFFFFFu
+
+/* A str object, ready for the PyUnicode_KIND/DATA macros: a string made through the legacy
+ * PyUnicode_FromUnicode API (Python < 3.12) may not be yet; 0, or -1 with an error set. */
+static int ready_text(PyObject *text, Py_ssize_t position) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", position,
+                     Py_TYPE(text)->tp_name);
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0) return -1;
+#endif
+    return 0;
+}
 
 /* The length of a non-ASCII caption folded by the table, or -1 when a code point is not in it. */
 static Py_ssize_t folded_length(PyObject *caption, const uint32_t *index, Py_ssize_t limit) {
@@ -349,9 +380,7 @@ static PyObject *non_ascii(PyObject *self, PyObject *args) {
     Py_ssize_t limit = index.len / (Py_ssize_t)sizeof(uint32_t);
     for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
         PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
-        if (!PyUnicode_Check(caption)) {
-            PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
-                         Py_TYPE(caption)->tp_name);
+        if (ready_text(caption, i) < 0) {
             Py_CLEAR(found);
         } else if (!PyUnicode_IS_ASCII(caption) && folded_length(caption, index.buf, limit) < 0) {
             PyObject *position = PyLong_FromSsize_t(i);
@@ -455,11 +484,7 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
-        if (!PyUnicode_Check(caption)) {
-            PyErr_Format(PyExc_TypeError, "caption %zd is %.100s, not text", i,
-                         Py_TYPE(caption)->tp_name);
-            goto free_texts;
-        }
+        if (ready_text(caption, i) < 0) goto free_texts;
         lengths[i] = -1;
         if (!PyUnicode_IS_ASCII(caption) &&
             (lengths[i] = folded_length(caption, entries, limit)) >= 0) {
@@ -474,7 +499,8 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
                 goto free_texts;
             }
             caption = PySequence_Fast_GET_ITEM(folded, n_folded++);
-            if (!PyUnicode_Check(caption) || !PyUnicode_IS_ASCII(caption)) {
+            if (ready_text(caption, i) < 0) goto free_texts;
+            if (!PyUnicode_IS_ASCII(caption)) {
                 PyErr_SetString(PyExc_ValueError, "a folded caption is not ASCII text");
                 goto free_texts;
             }
@@ -590,13 +616,23 @@ static PyObject *crc32(PyObject *self, PyObject *args) {
             Py_CLEAR(result);
             break;
         }
-        Py_ssize_t size;
-        const char *utf8 = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(captions, at[i]), &size);
-        if (utf8 == NULL) {  /* not text, or not encodable (a lone surrogate), as str.encode */
+        PyObject *caption = PySequence_Fast_GET_ITEM(captions, at[i]);
+        if (ready_text(caption, at[i]) < 0) {
             Py_CLEAR(result);
             break;
         }
-        crcs[i] = crc32_of((const uint8_t *)utf8, size);
+        if (PyUnicode_IS_ASCII(caption)) {
+            crcs[i] = crc32_of(PyUnicode_1BYTE_DATA(caption), PyUnicode_GET_LENGTH(caption));
+            continue;
+        }
+        /* encoded and dropped: PyUnicode_AsUTF8AndSize would keep a copy on every caption */
+        PyObject *utf8 = PyUnicode_AsUTF8String(caption);
+        if (utf8 == NULL) {  /* not encodable (a lone surrogate), as str.encode */
+            Py_CLEAR(result);
+            break;
+        }
+        crcs[i] = crc32_of((const uint8_t *)PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
+        Py_DECREF(utf8);
     }
 release:
     Py_XDECREF(captions);
@@ -605,8 +641,8 @@ release:
 }
 
 static PyMethodDef methods[] = {
-    {"build", build, METH_VARARGS, "build(keys) -> (symbols, delta, outputs, links)"},
-    {"scan", scan, METH_VARARGS, "scan(symbols, delta, outputs, links, text) -> int64 pairs"},
+    {"build", build, METH_VARARGS, "build(keys) -> tables (a capsule)"},
+    {"scan", scan, METH_VARARGS, "scan(tables, text) -> int64 pairs"},
     {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions, index) -> positions"},
     {"crc32", crc32, METH_VARARGS, "crc32(captions, positions) -> uint32 CRC-32 of each"},
     {"prepare", prepare, METH_VARARGS,

@@ -264,7 +264,7 @@ class PaperMatcher(Matcher):
 
 
 class KeyScanner:
-    """Every occurrence of a set of ASCII keys in a text, as flat int64 pairs (the offset of the
+    """Every occurrence of a set of distinct, non-empty ASCII keys in a text, as flat int64 pairs (the offset of the
     key's last character, the key's index), by end offset and, at one end, the longest key first.
 
     The pass is compiled (``clipaudit._scan``: a dense automaton, one table read per byte) when
@@ -275,6 +275,8 @@ class KeyScanner:
 
     def __init__(self, keys: Sequence[str]):
         self.keys = tuple(keys)
+        if len(set(self.keys)) != len(self.keys) or not all(k and k.isascii() for k in self.keys):
+            raise ValueError("a key scanner takes distinct, non-empty ASCII keys")
         self._compiled = _scan
         if self._compiled is not None:
             self.route = "compiled"
@@ -289,7 +291,7 @@ class KeyScanner:
     def hits(self, text: str, chars: np.ndarray) -> np.ndarray:
         """The pairs in ``text``, whose ASCII bytes ``chars`` are (a contiguous uint8 array)."""
         if self.route == "compiled":
-            return np.frombuffer(self._compiled.scan(*self._tables, chars), dtype=np.int64)
+            return np.frombuffer(self._compiled.scan(self._tables, chars), dtype=np.int64)
         if not self.keys:  # an automaton without keys cannot be iterated
             return np.zeros(0, dtype=np.int64)
         # (end, key) of every hit, flat: no list of pairs is built
@@ -306,6 +308,8 @@ def caption_crc32s(captions: list[str], positions: np.ndarray) -> np.ndarray:
     """``zlib.crc32`` of the UTF-8 of each caption at ``positions`` (int64), compiled where the
     automaton pass is (a coverage run's examples are the captions of smallest CRC)."""
     positions = np.ascontiguousarray(positions, dtype=np.int64)
+    if len(positions) and not 0 <= positions.min() <= positions.max() < len(captions):
+        raise IndexError(f"caption positions out of range 0..{len(captions) - 1}")
     if _scan is not None:
         return np.frombuffer(_scan.crc32(captions, positions), dtype=np.uint32).astype(np.int64)
     texts = map(captions.__getitem__, positions.tolist())

@@ -566,7 +566,9 @@ release:
 }
 
 /* crc32(captions: list of str, positions: int64 buffer) -> bytes of uint32: the CRC-32 of the
- * UTF-8 of each caption named, zlib.crc32's (the reflected IEEE polynomial), eight bytes a step */
+ * UTF-8 of each caption named, zlib.crc32's (the reflected IEEE polynomial), eight bytes a step.
+ * Written out rather than linked: zlib's headers are not assumed where the package is built, and
+ * a call to zlib.crc32 per caption costs more than the checksum of a caption. */
 static uint32_t crc_table[8][256];
 
 static void crc_tables(void) {

@@ -9,9 +9,10 @@ Two profiles (:data:`PROFILES`):
   inflection ("puppies" -> dog, "geese" -> goose) and adjective degree ("shinier"), multi-word
   phrases in order and adjacent, and never inside one of the concept's negative contexts
   ("hot dog" is no dog), before a head noun it only modifies ("dog bed", "phone case",
-  "iPhone 4/4S Case", "iPhone 4 Silicone Case": the registry's ``modifier_of``), shortly after a cue against it ("a case
-  for an iPhone", "songs by hip hop artist"), or inside a street address ("143 Park Road"), a
-  company's name ("Red Dot Studios") or the name after a lower-case "by" ("Ring by Jenny Bird").
+  "iPhone 4/4S Case", "iPhone 4 Silicone Case": the registry's ``modifier_of``), shortly after a
+  cue against it ("a case for an iPhone", "songs by hip hop artist"), or inside a street address
+  ("143 Park Road"), a company's name ("Red Dot Studios") or the name after a lower-case "by"
+  ("Ring by Jenny Bird").
   Colourway words count in colourway position only ("Sweatshirt - Forest" is green), makes with
   a model ("1986 Ferrari 328" is a car), and word lists that say a concept together ("X vs Y"
   with a sport: an athlete); see :mod:`clipaudit.registry`. No phrase, context or compound spans
@@ -94,8 +95,11 @@ FIT_CUES = ("fit for", "fits for", "compatible with", "for use with", "replaceme
 # Case", "Galaxy S7 Edge Case"): words with a digit and these model words.
 MODEL_GAP = 3
 _WORD_REACH = 8
-# ... or this many title words: capitalised, no function word ("iPhone 4 Silicone Case"), at most
-# _TITLE_REACH characters from the concept's noun to its head
+_MODEL_WORDS = frozenset(
+    {"plus", "pro", "max", "mini", "ultra", "lite", "edge", "air", "se", "x", "xl", "xs", "xr"}
+)
+# A concept word and its head may also stand this many title words apart: capitalised, no
+# function word ("iPhone 4 Silicone Case"), at most _TITLE_REACH characters from noun to head
 _TITLE_GAP = 3
 _TITLE_REACH = 64
 # Heads that title words between do not reach: works that may show what the words before them
@@ -104,10 +108,6 @@ _TITLE_REACH = 64
 _UNTITLED_HEADS = (
     *("print", "poster", "photo", "photograph", "picture", "image", "painting", "canvas"),
     *("art", "artwork", "illustration", "drawing", "design", "wallpaper", "figurine", "free"),
-)
-
-_MODEL_WORDS = frozenset(
-    {"plus", "pro", "max", "mini", "ultra", "lite", "edge", "air", "se", "x", "xl", "xs", "xr"}
 )
 
 # An address: a house number, or a listing's "for sale in", then at most _ADDRESS_WORDS name
@@ -264,8 +264,9 @@ class PaperMatcher(Matcher):
 
 
 class KeyScanner:
-    """Every occurrence of a set of distinct, non-empty ASCII keys in a text, as flat int64 pairs (the offset of the
-    key's last character, the key's index), by end offset and, at one end, the longest key first.
+    """Every occurrence of a set of distinct, non-empty ASCII keys in a text, as flat int64 pairs
+    (the offset of the key's last character, the key's index), by end offset and, at one end, the
+    longest key first.
 
     The pass is compiled (``clipaudit._scan``: a dense automaton, one table read per byte) when
     the package was built with a C compiler, and pyahocorasick's otherwise; both give the same
@@ -1020,7 +1021,7 @@ def _attributed_name(text: str, capitals: bytes, space: int, end: int) -> tuple[
     last = space
     for _ in range(_BY_NAME_WORDS):
         following = text.find(" ", last + 1)
-        if following < 0 or following > end or not _capital(capitals, last + 1):
+        if following < 0 or following > end or not _capital_at(capitals, last + 1):
             break
         if last == space and text[last + 1 : following] in _ARTICLES:
             return None
@@ -1038,7 +1039,7 @@ def _title_words(text: str, capitals: bytes, space: int, head_start: int) -> boo
     for word in text[space + 1 : head_start].split():
         if _is_model_token(word):
             models += 1
-        elif _capital(capitals, offset) and word not in _FUNCTION_WORDS:
+        elif _capital_at(capitals, offset) and word not in _FUNCTION_WORDS:
             titled += 1
         else:
             return False
@@ -1046,7 +1047,7 @@ def _title_words(text: str, capitals: bytes, space: int, head_start: int) -> boo
     return titled <= _TITLE_GAP and models <= MODEL_GAP and titled + models > 0
 
 
-def _capital(capitals: bytes, offset: int) -> bool:
+def _capital_at(capitals: bytes, offset: int) -> bool:
     """Whether the word at ``offset`` begins with an upper-case letter (:attr:`_Batch.capitals`)."""
     return bool(capitals[offset >> 3] >> (offset & 7) & 1)
 
@@ -1199,8 +1200,7 @@ def _marked(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray, bytes]:
     """``data`` (a batch's joined ASCII text) translated with runs of spaces made one, its marks
     (the offset of the space each mark became and the kinds of the marks there, or-ed), and
     the words that begin with an upper-case letter (:attr:`_Batch.capitals`). The pass that
-    ``clipaudit._scan.prepare`` makes
-    in C, with array operations."""
+    ``clipaudit._scan.prepare`` makes in C, with array operations."""
     chars = np.frombuffer(data.translate(_BATCH_TABLE), dtype=np.uint8)
     # a run of spaces becomes one, as normalize's strip and split do within a padded caption
     spaces = chars == _SPACE

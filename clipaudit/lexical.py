@@ -746,15 +746,18 @@ class CuratedMatcher(Matcher):
         after = batch.chars[following]
         capital = batch.capitalised(following) | ((after >= ord("0")) & (after <= ord("9")))
         candidates, space = candidates[capital], space[capital]
-        # the first head after that word: in the same caption, within reach, of the concept, a
-        # capitalised word, with no separator or dash between
+        # the first head of the concept after that word, within reach: heads of other concepts
+        # between are more title words ("Bonnet Lock Bumper Clip")
         head_starts = hits.starts[hits.heads]
-        at = np.searchsorted(head_starts, space + 1)
-        found = at < len(head_starts)
-        at = at.clip(max=len(head_starts) - 1)
-        head, start = hits.heads[at], head_starts[at]
-        found &= (start - space <= _TITLE_REACH) & (hits.rows[head] == hits.rows[hit[candidates]])
-        found &= self._heads_of[hits.keys[head], concepts[candidates]]
+        low = np.searchsorted(head_starts, space + 1)
+        pair, at = _ranges(low, np.searchsorted(head_starts, space + _TITLE_REACH, "right") - low)
+        of_concept = self._heads_of[hits.keys[hits.heads[at]], concepts[candidates[pair]]]
+        pair, at = pair[of_concept], at[of_concept]
+        nearest = np.unique(pair, return_index=True)[1]  # each range ascends: its first head
+        candidates, space = candidates[pair[nearest]], space[pair[nearest]]
+        head, start = hits.heads[at[nearest]], head_starts[at[nearest]]
+        # in the same caption, a capitalised word, with no separator or dash between
+        found = hits.rows[head] == hits.rows[hit[candidates]]
         found &= ~self._untitled[hits.keys[head]] & batch.capitalised(start + 1)
         found &= ~batch.crossed(space, start) & ~_crossed(batch.dashes, space, start)
         # the words between, one by one: few pairs get here
@@ -1448,11 +1451,13 @@ def _can_modify(lexicon: _Lexicon, synonym: str) -> bool:
     A modifier in an English compound is a singular noun, so a plural is no modifier ("trains
     pass" is a clause); only the synonym as listed is taken, never its plural. Neither are
     adjectives and participles, which describe the head rather than say what it is for ("a
-    snowy forest", "a frozen pond"), nor activities ("playing tennis").
+    snowy forest", "a frozen pond"), nor activities ("playing tennis"). A model number names a
+    thing ("Ford F-150 Floor Mats"), whatever the tables say of "150".
     """
     words = synonym.split(" ")
     first, last = words[0], words[-1]
-    return lexicon.is_noun(last) and lexicon.lookup.get(first, first) == first
+    noun = lexicon.is_noun(last) or last.isdigit()
+    return noun and lexicon.lookup.get(first, first) == first
 
 
 def _head_forms(lexicon: _Lexicon, heads: Iterable[str]) -> set[str]:

@@ -1076,8 +1076,13 @@ def test_college_team_names_are_no_mention(builtin, caption, expected):
         ("a little dog sitting on the roof of a club cab truck", ["dog", "truck"]),
         ("Toyota Hilux dual cab for sale", ["truck"]),
         # a make with a model names the kind of vehicle the caption gives when there is one
-        ("1992 Ford F150 Pickup Image", []),
         ("1994 chevrolet silverado 1500 pickup truck", ["truck"]),
+        # a pickup model is a truck (LABELLING.md rule 1), not a car; parts made for one are not
+        ("1992 Ford F150 Pickup Image", ["truck"]),
+        ("2009 Ford Ranger XL Hoosick Falls, New York", ["truck"]),
+        ("Used 2011 Ford F-250 Super Duty XLT Crew Cab", ["truck"]),
+        ("Floor Mat For Ford F-150 2015", []),
+        ("Ford F-150 Floor Mats", []),
         ("2007 Ford E450 shuttle bus", ["bus"]),
         # the car itself still counts, with the make or with its own word
         ("2014 Ford Fusion SE", ["car"]),
@@ -1143,6 +1148,9 @@ def test_names_after_by_are_no_mention(builtin, caption, expected):
         ("Dog Memory Foam Bed", []),
         ("Wine Enthusiast Modular 12 Bottle Wine Rack", []),
         ("Stool Sample Bags", ["bag"]),
+        # a head of another concept between is one more title word ("Bikini" before "Cover Up")
+        ("Women Casual Beach Bikini Cover Up", []),
+        ("Modern Kids Bedroom Art Print Set", []),
         # lower-case words, a function word, a separator or a dash between: no compound
         ("a phone with a black case", ["phone", "black"]),
         ("a dog on a red bed", ["dog", "red"]),

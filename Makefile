@@ -20,6 +20,7 @@ demo: $(VENV)/.synced
 
 test: $(VENV)/.synced
 	$(VENV)/bin/ruff check clipaudit tests benchmarks docs hatch_build.py
+	$(VENV)/bin/ruff format --check clipaudit tests benchmarks docs hatch_build.py
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.synced

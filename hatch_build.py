@@ -1,8 +1,8 @@
 """Build hook: compiles ``clipaudit/_scan.c``, the curated matcher's automaton pass, into the wheel.
 
 The module is optional. Where no C compiler is at hand the build goes on without it, with a
-warning, and the matcher runs the same pass with pyahocorasick: the same hits, about twice the
-time (``benchmarks/RESULTS.md``). An editable install (``uv sync``, ``make test``) builds the
+warning, and the matcher runs the same pass with pyahocorasick: the same hits, about 1.6x the
+time end to end (``benchmarks/RESULTS.md``). An editable install (``uv sync``, ``make test``) builds the
 module in place, beside its source, where the editable package imports it from.
 """
 

@@ -6,7 +6,7 @@ A run folder holds the outputs of one run and ``manifest.json``::
     contract      the version of this contract
     status        running | complete | failed, with ``reason`` when failed
     settings      everything the results depend on (a resumed run must have the same)
-    provenance    clipaudit version, git hash, library versions, platform, command
+    clipaudit_version, git_hash, versions, platform, command   where it came from
     inputs, timings, outputs, counts ...   what each kind adds
 
 and ``units/``, one record per finished unit of work (a coverage shard, a zero-shot model, a theory

@@ -8,6 +8,7 @@ brute force, sklearn, open_clip called directly) or were measured and are explai
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -58,6 +59,22 @@ def test_minilm_encoder_gives_unit_vectors_that_group_meanings(minilm):
     assert similarity[0, 1] > similarity[0, 2] + 0.2  # dog/puppy closer than dog/car
     np.testing.assert_allclose(minilm.encode(texts[:1]), vectors[:1], atol=1e-5)
     assert minilm.encode([]).shape == (0, 384)
+
+
+def test_a_sentence_encoder_loads_without_bars_unless_progress_is_asked(capfd):
+    """transformers' "Loading weights" bar follows the spec's progress (--no-progress), and its
+    global switch is left as it was."""
+    from transformers.utils import logging as transformers_logging
+
+    from clipaudit.semantic.encoders import EncoderSpec, load_encoder, minilm_path
+
+    spec = EncoderSpec("sentence-transformers", str(minilm_path()), device="cpu")
+    capfd.readouterr()
+    load_encoder(spec)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+    load_encoder(dataclasses.replace(spec, progress=True))
+    assert "Loading weights" in capfd.readouterr().err
 
 
 def test_open_clip_text_tower_matches_open_clip_itself(tiny_encoder, tiny_files):
@@ -619,6 +636,10 @@ def test_calibration_recovers_a_planted_separation(tmp_path, minilm, tiny_encode
     default = calibration_for(tiny_encoder.identity, ["a", "b"])
     assert not default.calibrated and "no calibration" in default.note
     assert set(default.origin["sense"]) == {"default"}
+    # the labelled files it was fitted on come back as written (path, sha256, captions)
+    labelled = ({"path": "gold.jsonl", "sha256": "ab12", "n_captions": 4},)
+    described = dataclasses.replace(calibration, fitted_on=labelled)
+    assert Calibration.load(described.save(tmp_path / "described.json")).fitted_on == labelled
     (tmp_path / "bad.json").write_text(
         '{"format": "clipaudit-semantic-calibration", "concepts": 3}'
     )

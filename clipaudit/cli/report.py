@@ -14,7 +14,6 @@ def report(
         ...,
         help="Run folders: coverage runs (corpora), zero-shot runs (models), theory runs.",
         show_default=False,
-        metavar="RUN",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (report.html, .md, .json)."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),

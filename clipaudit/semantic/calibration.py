@@ -331,7 +331,11 @@ class Calibration:
             encoder = dict(doc["encoder"])
             texts = {n: str(concepts[n]["texts_sha256"]) for n in names
                      if "texts_sha256" in concepts[n]}  # fmt: skip
-            fitted_on = tuple(str(name) for name in doc.get("fitted_on", ()))
+            # each labelled file as describe_labelled wrote it; a bare path from an older file
+            fitted_on = tuple(
+                dict(entry) if isinstance(entry, dict) else {"path": str(entry)}
+                for entry in doc.get("fitted_on", ())
+            )
             settings = dict(doc.get("settings", {}))
             calibrated = doc.get("calibrated", True)
             if calibrated is not True:  # a file's thresholds are fitted ones: no other kind loads

@@ -310,6 +310,22 @@ def _inference(device: Any, precision: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _loading_bars(progress: bool) -> Iterator[None]:
+    """transformers' own bars (loading weights) only when progress is asked for; its switch is
+    global, so it is put back."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    if shown and not progress:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown and not progress:
+            transformers_logging.enable_progress_bar()
+
+
 def _batches(n: int, size: int, progress: bool, label: str) -> Iterator[tuple[int, int]]:
     starts = range(0, n, size)
     if progress and n > size:
@@ -332,7 +348,8 @@ class SentenceTransformerEncoder:
         try:
             from sentence_transformers import SentenceTransformer
 
-            self.model = SentenceTransformer(str(spec.model), device=str(self.device))
+            with _loading_bars(spec.progress):
+                self.model = SentenceTransformer(str(spec.model), device=str(self.device))
         except Exception as exc:  # hub errors, missing files, bad configs: all "cannot load"
             reason = " ".join(str(exc).split())[:300]
             raise ModelError(

@@ -1097,6 +1097,25 @@ def test_vehicle_kinds_and_truck_cabs(builtin, caption, expected):
 @pytest.mark.parametrize(
     ("caption", "expected"),
     [
+        # the head of the compound is the object: a tee dress is a dress, a pilot watch a watch,
+        # a bedroom dresser a dresser (LABELLING.md rule 4)
+        ("Women Loose Round Necklace Trim Striped Tee Dress", ["dress"]),
+        ("a woman in a shirt dress", ["dress"]),
+        ("Bulova Men's Lunar Pilot Chronograph Watch 96B251", []),
+        ("Carrington II Bedroom 9 Drawer Dresser", []),
+        # the concept itself still counts
+        ("the pilot wears a jacket", ["pilot", "jacket"]),
+        ("a bedroom with a dresser", ["bedroom"]),
+        ("a shirt and a dress", ["shirt", "dress"]),
+    ],
+)
+def test_heads_that_name_the_object(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
         # capitalised words before a company word are a company's name (LABELLING.md rule 5)
         ("High Street Textile Testing Services Ltd", []),
         ("Recording at Abbey Road Studios & The Essence of Cream", []),

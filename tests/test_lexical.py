@@ -1116,6 +1116,32 @@ def test_heads_that_name_the_object(builtin, caption, expected):
 @pytest.mark.parametrize(
     ("caption", "expected"),
     [
+        # trainers, in the plural, are shoes (British English); trainers as people are not
+        ("Low top trainers Hummel TEN STAR LOW CANVAS", ["shoes"]),
+        ("wearing casual shorts and white trainers", ["white", "shoes"]),
+        ("a gym with personal trainers", []),
+        ("a horse and his trainer", ["horse"]),
+        # names and titles (rule 5), a plant, a slogan, a sweet that is not a sandwich
+        ("Justin Chambers addio grey's anatomy", []),
+        ("Nova and Silver Surfer Flying", []),
+        ("London Hilton, Park lane, England", []),
+        ("Hana, Rainbow Eucalyptus Tree Trunk", []),
+        ("beach grass calligraphy", []),
+        ("Wall Plaque Art, Proudly Made in USA", []),
+        ("Chocolate Chunk Cookie Sandwiches", []),
+        # the concepts themselves still count
+        ("a proud father at graduation", ["proud"]),
+        ("a grey cat in the park", ["gray", "cat", "park"]),
+        ("a ham sandwich on the beach", ["sandwich", "beach"]),
+    ],
+)
+def test_senses_and_names_of_round_10(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
         # capitalised words before a company word are a company's name (LABELLING.md rule 5)
         ("High Street Textile Testing Services Ltd", []),
         ("Recording at Abbey Road Studios & The Essence of Cream", []),

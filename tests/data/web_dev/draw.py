@@ -6,10 +6,17 @@ substring hit of a paper synonym (the paper's counting) and 40 without one. Seed
 its stratum. Labels are then added by reading, against the glosses and gold/LABELLING.md.
 
     .venv/bin/python tests/data/web_dev/draw.py   # writes <source>_sample.jsonl beside this file, unlabelled
+
+A fresh LAION sample drawn the same way (seed 20261202) from the captions that are in neither the
+LAION dev set nor the judged pool sample (benchmarks/results/laion_pool_hits_judged.jsonl), labelled
+by readers who never ran a matcher, is the check set no rule was written from:
+
+    .venv/bin/python tests/data/web_dev/draw.py --fresh   # writes laion_fresh_sample.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -25,12 +32,15 @@ SOURCES = {"laion": "laion_captions.parquet", "cc3m": "cc3m_val_captions.parquet
 STRATA = (("random", 120), ("paper_hit", 240), ("no_paper_hit", 40))
 
 
-def draw(name: str, file: str, seed: int = 2026) -> list[dict]:
+def draw(
+    name: str, file: str, seed: int = 2026, exclude: frozenset[int] = frozenset()
+) -> list[dict]:
+    """The sample of ``file``'s captions, none of whose rows (positions) is in ``exclude``."""
     frame = pd.read_parquet(SHARED / "data" / file)
     matcher = build_matcher(load_registry("cai2025"), "paper")
     hit = np.array([bool(matcher.match_indices(c)) for c in frame["caption"]])
     rng = np.random.default_rng(seed)
-    taken: set[int] = set()
+    taken: set[int] = set(exclude)
     rows = []
     for stratum, size in STRATA:
         pool = np.arange(len(frame))
@@ -47,10 +57,32 @@ def draw(name: str, file: str, seed: int = 2026) -> list[dict]:
     return rows
 
 
+def seen_laion_rows() -> frozenset[int]:
+    """Rows of the LAION captions already read: the dev set's (by id) and the judged pool's."""
+    frame = pd.read_parquet(SHARED / "data" / SOURCES["laion"], columns=["id"])
+    row_of = {int(i): row for row, i in enumerate(frame["id"])}
+    with open(HERE / "laion_dev.jsonl", encoding="utf-8") as handle:
+        rows = {row_of[json.loads(line)["id"]] for line in handle}
+    pool = HERE.parents[1].parent / "benchmarks" / "results" / "laion_pool_hits_judged.jsonl"
+    with open(pool, encoding="utf-8") as handle:
+        rows |= {json.loads(line)["row"] for line in handle}
+    return frozenset(rows)
+
+
+def write(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(path.name, len(rows))
+
+
 if __name__ == "__main__":
-    for name, file in SOURCES.items():
-        rows = draw(name, file)
-        with open(HERE / f"{name}_sample.jsonl", "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        print(name, len(rows))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="the fresh LAION sample")
+    args = parser.parse_args()
+    if args.fresh:
+        fresh = draw("laion", SOURCES["laion"], seed=20261202, exclude=seen_laion_rows())
+        write(fresh, HERE / "laion_fresh_sample.jsonl")
+    else:
+        for name, file in SOURCES.items():
+            write(draw(name, file), HERE / f"{name}_sample.jsonl")

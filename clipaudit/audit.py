@@ -76,7 +76,7 @@ def run_audit(
     out: str | Path | None = None,
     *,
     registry: str | Path | Registry = DEFAULT_REGISTRY,
-    coverage: CoverageSettings | None = None,
+    coverage: CoverageSettings | dict[str, Any] | None = None,
     zeroshot: dict[str, Any] | None = None,
     report: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -86,12 +86,14 @@ def run_audit(
     """Audit ``models`` (as :func:`clipaudit.run_zeroshot` takes them) against the captions of
     ``captions`` (as :func:`clipaudit.count_coverage` takes them) on the labelled ``images``.
 
-    ``coverage`` are the coverage settings, ``zeroshot`` and ``report`` keyword options of
-    :func:`clipaudit.run_zeroshot` and :func:`clipaudit.report.build_report`. Returns the
-    :class:`AuditRun`; ``echo`` receives one line per stage.
+    ``coverage`` are the coverage settings (or a dict of their fields), ``zeroshot`` and
+    ``report`` keyword options of :func:`clipaudit.run_zeroshot` and
+    :func:`clipaudit.report.build_report`. Returns the :class:`AuditRun`; ``echo`` receives one
+    line per stage.
     """
     import tempfile
 
+    coverage = _coverage_settings(coverage)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     with RunFolder(
         out,
@@ -106,6 +108,18 @@ def run_audit(
         )
         result.manifest = folder.complete(**result.manifest)
         return result
+
+
+def _coverage_settings(coverage: CoverageSettings | dict[str, Any] | None) -> CoverageSettings:
+    """Coverage settings as :func:`run_audit` takes them; a dict's unknown names are refused with
+    the closest ones, as the zero-shot and report options are."""
+    if isinstance(coverage, dict):
+        return CoverageSettings().replace(**coverage)
+    if coverage is not None and not isinstance(coverage, CoverageSettings):
+        raise SettingsError(
+            f"coverage must be CoverageSettings, a dict of their fields or None; got {coverage!r}"
+        )
+    return coverage or CoverageSettings()
 
 
 def _audit_settings(

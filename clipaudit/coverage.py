@@ -238,6 +238,13 @@ class CoverageSettings:
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise SettingsError(f"{_named(name)} {value!r} does not exist")
+        if self.calibration is not None:
+            from clipaudit.semantic.calibration import Calibration
+
+            # a malformed file is refused now, not once the encoder has loaded
+            Calibration.load(self.calibration)
+        if self.embedding_store is not None:
+            _check_store_folder(self.embedding_store)
         if self.embeddings is not None and self.embedding_store is not None:
             raise SettingsError(
                 f"{_named('embeddings')} are LAION's own, read in place: no store is written, so "
@@ -275,6 +282,18 @@ class CoverageSettings:
                     f"settings are {', '.join(known)}"
                 )
         return replace(self, **changes)
+
+
+def _check_store_folder(store: str) -> None:
+    """The embedding store is a folder, made when missing: refused when it, or the nearest of
+    its parents that exists, is a file (its folders could never be made)."""
+    path = Path(store)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        why = "is a file" if existing == path else f"cannot be made: {str(existing)!r} is a file"
+        raise SettingsError(
+            f"{_named('embedding_store')} {store!r} {why}; name a folder (made when missing)"
+        )
 
 
 LEXICAL_BATCH_ROWS, EMBEDDED_BATCH_ROWS = 50_000, 10_000  # CoverageSettings.batch_rows: None
@@ -429,6 +448,10 @@ def count_coverage(
             "texts= (caption strings in memory), "
             + ("not both" if texts is not None else "got neither")
         )
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise SettingsError(
+            f"out (the run folder) must be a path or None, got {type(out).__name__} {out!r:.60}"
+        )
     text_list = _caption_texts(texts) if texts is not None else None
     settings = (settings or CoverageSettings()).replace(**setting_changes)
     if settings.engine == "ray":
@@ -456,6 +479,7 @@ def count_coverage(
                 specs = _stage(_texts_frame(text_list), out / "inputs")
             else:
                 specs = caption_sources(captions, out / "inputs", column=settings.column)
+            in_memory = all(Path(spec).parent == out / "inputs" for spec in specs)  # staged here
         except UnicodeEncodeError as exc:  # a lone surrogate, which no UTF-8 file can hold
             raise InputError(
                 f"a caption is not valid Unicode text ({exc.object[:60]!r}: a lone surrogate at "
@@ -492,7 +516,7 @@ def count_coverage(
             )
         result = _merge(out, registry, settings, run, inputs, folder, semantic)
         if result.manifest["n_captions_read"] == 0:  # its tables stay, all zero, for a look
-            raise RunFailedError(_nothing_read(result.manifest))
+            raise RunFailedError(_nothing_read(result.manifest, in_memory))
         removed = folder.prune_units([shard.key for shard in run.finished])
         if semantic is not None:
             semantic.prune(run.finished)
@@ -536,10 +560,17 @@ def _note_semantic(folder: RunFolder, record: dict[str, Any] | None) -> None:
         folder.write_manifest()
 
 
-def _nothing_read(manifest: dict[str, Any]) -> str:
-    """Why a run that read its shards found no caption in them, and the fix."""
-    columns = sorted({c["caption"] for i in manifest["inputs"] for c in i.get("columns", [])})
+def _nothing_read(manifest: dict[str, Any], in_memory: bool) -> str:
+    """Why a run that read its shards found no caption in them, and the fix (for captions given
+    in memory, in the API's terms: they have no column option to fix)."""
     reasons = ", ".join(f"{n:,} {why}" for why, n in manifest["skipped_reasons"].items())
+    if in_memory:
+        return (
+            f"no caption was read: the {manifest['n_rows']:,} captions given were all skipped "
+            f"({reasons}); give caption strings (None or NaN is no caption; one longer than "
+            "max_caption_chars is skipped)"
+        )
+    columns = sorted({c["caption"] for i in manifest["inputs"] for c in i.get("columns", [])})
     return (
         f"no caption was read: the corpus holds {manifest['n_rows']:,} rows"
         + (f" ({reasons}) in column {', '.join(map(repr, columns))}" if reasons else "")
@@ -591,6 +622,11 @@ class CaptionSources(tuple):
     def __new__(cls, sources: Iterable[str | os.PathLike]) -> CaptionSources:
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
+        if not isinstance(sources, Iterable):
+            raise InputError(
+                "caption sources are a path or an iterable of paths (files, folders, hf:NAME, "
+                f"URLs), got {type(sources).__name__} {sources!r:.60}"
+            )
         items = tuple(sources)
         for position, item in enumerate(items):
             if not isinstance(item, (str, os.PathLike)):

@@ -618,7 +618,7 @@ class SemanticShard:
 # --------------------------------------------------------------------------- caption index
 
 
-def _run_store(run: Path) -> tuple[dict[str, Any], Any, list[str]]:
+def _run_store(run: str | Path) -> tuple[dict[str, Any], Any, list[str]]:
     """A semantic run's manifest, embedding store and store keys in corpus order."""
     from clipaudit.semantic.store import EmbeddingStore
 
@@ -688,8 +688,8 @@ def index_run(run: str | Path, settings: Any = None) -> Any:
     the caption embeddings of a semantic coverage run, with its captions; returns the index."""
     from clipaudit.semantic.index import CaptionIndex
 
+    manifest, store, keys = _run_store(run)  # first: it refuses a run of another type than a path
     run = Path(run)
-    manifest, store, keys = _run_store(run)
     return CaptionIndex.build(
         store,
         settings,
@@ -704,11 +704,12 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
     default: the run's shared semantic threshold) and the ``k`` nearest, from ``RUN/index/``
     (:func:`index_run`) without reading the corpus again."""
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
-    from clipaudit.semantic.index import CaptionIndex
+    from clipaudit.semantic.index import CaptionIndex, check_query
 
+    check_query(query, threshold, k)
+    manifest, store, keys = _run_store(run)  # first: it refuses a run of another type than a path
     run = Path(run)
     folder = run / INDEX_FOLDER
-    manifest, store, keys = _run_store(run)
     if not (folder / "index.json").is_file():
         raise InputError(
             f"{run} has no caption index yet; build it with clipaudit coverage index {run}"
@@ -769,6 +770,8 @@ def calibrate(
     from clipaudit.lexical import build_matcher
     from clipaudit.registry import load_registry
     from clipaudit.semantic.calibration import (
+        check_folds,
+        check_min_positives,
         concat_evidence,
         concept_fingerprints,
         cross_validate,
@@ -784,13 +787,17 @@ def calibrate(
         raise InputError(
             "no labelled caption files given; expected JSON lines of id, caption, concepts"
         )
+    # every setting and labelled file is checked before the encoder, which takes seconds to load
+    check_min_positives(min_positives)
+    spec = parse_encoder(resolve_encoder(encoder), device=device)
     registry = load_registry(registry)
-    model = load_encoder(parse_encoder(resolve_encoder(encoder), device=device))
+    golds = [load_gold(path, registry) for path in paths]
+    check_folds(folds, sum(map(len, golds)))
+    model = load_encoder(spec)
     concepts = concept_embeddings(registry, model)
     matcher = build_matcher(registry)
     parts, fitted_on = [], []
-    for path in paths:
-        labelled = load_gold(path, registry)
+    for path, labelled in zip(paths, golds, strict=True):
         captions = [g.caption for g in labelled]
         parts.append(
             gather_evidence(

@@ -57,6 +57,32 @@ def default_cache_dir() -> Path:
     return base / "clipaudit" / "embeddings"
 
 
+def check_cache_dir(folder: Path) -> None:
+    """Refuse, before any model loads, a cache folder that is a file, lies below one, cannot be
+    made or cannot be written. Only making it tells (root may write wherever ``os.access`` says,
+    yet not in ``/proc``); folders made to tell are removed again, a check leaves nothing."""
+    named = f"cache_dir (--cache-dir) {str(folder)!r}"
+    hint = "give a folder for the embedding cache, or cache_dir=None (--no-cache) for none"
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SettingsError(f"{named} is a folder this user cannot write to; {hint}")
+        return
+    lineage = (folder, *folder.parents)
+    existing = next((p for p in lineage if p.exists()), None)
+    if existing == folder:
+        raise SettingsError(f"{named} is a file, not a folder; {hint}")
+    if existing is not None and not existing.is_dir():
+        raise SettingsError(f"{named} cannot be made: {str(existing)!r} is a file; {hint}")
+    made = [p for p in lineage if not p.exists()]  # deepest first, the order to remove them in
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"{named} cannot be made ({exc.strerror or exc}); {hint}") from None
+    for path in made:
+        with contextlib.suppress(OSError):  # another run may have filled it meanwhile: kept
+            path.rmdir()
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)

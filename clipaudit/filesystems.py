@@ -126,11 +126,11 @@ def remote_file_record(
     filesystem: Any, path: str, url: str, *, checksum: bool = False
 ) -> dict[str, Any]:
     """What identifies a file of a filesystem without reading it all (see the module docstring)."""
-    import pyarrow as pa
-
     try:
         return _remote_file_record(filesystem, path, url, checksum)
-    except (OSError, pa.ArrowException) as exc:  # the network or the store, not the file
+    except InputError:
+        raise
+    except Exception as exc:  # the network or the store (pyarrow's errors, a hub client's httpx)
         raise InputError(
             f"{url}: could not read it ({one_line(exc)}); check the connection and the "
             "credentials, then run the same command again (finished shards are kept)"

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clipaudit.errors import InputError, did_you_mean
+from clipaudit.errors import InputError, did_you_mean, one_line
 from clipaudit.registry import Concept, Registry
 from clipaudit.text import normalize
 
@@ -220,6 +220,12 @@ def open_images(
     """
     names = _Names(registry, groups)
     text = str(source)
+    if text.startswith("hf://"):  # a URL of files (captions take those), not a dataset name
+        repo = "/".join(text.removeprefix("hf://").removeprefix("datasets/").split("/")[:2])
+        raise InputError(
+            f"image source {text!r}: hf:// URLs are not read as images; name a Hugging Face hub "
+            f"dataset as hf:NAME (hf:{repo})"
+        )
     if text.startswith("hf:"):
         images = _hf_images(
             text, text.removeprefix("hf:"), names, label_field or "label", image_column, split
@@ -393,14 +399,29 @@ def _hf_images(
 ) -> ImageSet:
     import datasets
 
+    # datasets and the hub client raise many types (OSError, KeyError, ConnectionError...): all
+    # mean this source cannot be opened
     if isinstance(location, Path):
-        loaded = datasets.load_from_disk(str(location))
+        try:
+            loaded = datasets.load_from_disk(str(location))
+        except Exception as exc:
+            raise InputError(
+                f"image source {source!r} is not a readable dataset saved by datasets' "
+                f"save_to_disk ({one_line(exc)}); save the dataset again with save_to_disk"
+            ) from None
     else:
-        loaded = (
-            datasets.load_dataset(location, split=split)
-            if split
-            else datasets.load_dataset(location)
-        )
+        try:
+            loaded = (
+                datasets.load_dataset(location, split=split)
+                if split
+                else datasets.load_dataset(location)
+            )
+        except Exception as exc:
+            where = f" (split {split!r})" if split else ""
+            raise InputError(
+                f"cannot open Hugging Face dataset {location!r}{where}: {one_line(exc)}; check "
+                "the name, the split (--split) and the network"
+            ) from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         if split is None and len(splits) != 1:

@@ -1719,6 +1719,12 @@ def match_captions(
 
     ``clipaudit.match_captions(["A brown dog on the beach."])`` -> ``[["dog", "brown", "beach"]]``.
     """
+    # checked before the matcher is built; bytes iterate as numbers, no captions
+    if not isinstance(captions, (str, Iterable)) or isinstance(captions, (bytes, bytearray)):
+        raise InputError(
+            "captions must be one caption string or an iterable of them (None for a row without "
+            f"a caption), got {type(captions).__name__} {captions!r:.60}"
+        )
     matcher = build_matcher(load_registry(registry), profile, spacy_model=spacy_model)
     if isinstance(captions, str):
         return matcher.match(captions)

@@ -24,7 +24,8 @@ import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ RANDOM_WEIGHTS = (
 )  # --pretrained values meaning "no checkpoint: seeded random weights"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HF_HOST = "huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class ModelSpec:
     name: str | None = None  # the label to use instead of the one made from model and weights
 
     def __post_init__(self) -> None:
+        for key in ("model", "pretrained"):  # a path object is a path: keep it as text
+            if isinstance(getattr(self, key), os.PathLike):
+                object.__setattr__(self, key, os.fspath(getattr(self, key)))
+        if not isinstance(self.model, str):
+            raise SettingsError(
+                f"a model is a name or a path, got {type(self.model).__name__} {self.model!r}"
+            )
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            raise SettingsError(
+                f"pretrained weights are a tag or a checkpoint path, got "
+                f"{type(self.pretrained).__name__} {self.pretrained!r}"
+            )
         if not self.model.strip():
             raise SettingsError(
                 "a model name is empty; expected e.g. ViT-B-32 or a config JSON path"
@@ -168,6 +182,7 @@ def resolve_architecture(model: str) -> str:
             )
         return model
     if model.startswith("hf-hub:"):
+        _check_hub_model_reachable(model.removeprefix("hf-hub:"))
         return model
     if model.endswith(".json"):
         return _register_config(Path(model))
@@ -232,14 +247,56 @@ def _check_weights_reachable(architecture: str, tag: str) -> None:
     cfg = open_clip.get_pretrained_cfg(architecture, tag)
     if _cached_weights(cfg):
         return
-    host = "huggingface.co" if cfg.get("hf_hub") else urllib.parse.urlparse(cfg["url"]).hostname
-    if not _reachable(host):
+    host = HF_HOST if cfg.get("hf_hub") else urllib.parse.urlparse(cfg["url"]).hostname
+    if not reachable(host):
         raise ModelError(
             f"the weights of {architecture} {tag!r} are not downloaded and {host} cannot be "
             "reached; download them first on a machine with network (they are cached, e.g. "
             f"python -c \"import open_clip; open_clip.create_model('{architecture}', "
-            f"pretrained='{tag}')\"), or give a local checkpoint file with --pretrained FILE"
+            f"pretrained='{tag}')\"), or give a local checkpoint file (.safetensors or .pt) "
+            f"instead of {tag!r}"
         )
+
+
+def _check_hub_model_reachable(repo: str) -> None:
+    """Fail in seconds when an ``hf-hub:`` model's config or weights are not in the hub cache and
+    the hub cannot be reached: offline, the hub client would retry for half a minute, then blame
+    the model name (or, the config cached, go on with random weights)."""
+    if not valid_repo_id(repo):
+        return  # the hub client refuses it itself, without the network
+    weights = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, weights):
+        return
+    if not reachable(HF_HOST):
+        raise ModelError(
+            f"model hf-hub:{repo} is not downloaded and {HF_HOST} cannot be reached; download it "
+            'first on a machine with network (it is cached, e.g. python -c "import open_clip; '
+            f"open_clip.create_model('hf-hub:{repo}')\"), or copy its open_clip_config.json and "
+            f"weights into a folder and give local-dir:FOLDER instead of hf-hub:{repo}"
+        )
+
+
+def valid_repo_id(repo: str) -> bool:
+    """Whether ``repo`` is a well-formed Hugging Face repo id (``name`` or ``org/name``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def in_hub_cache(repo: str, filenames: Sequence[str], cache_dir: str | None = None) -> bool:
+    """Whether the Hugging Face hub cache holds one of ``filenames`` of the valid repo id ``repo``
+    (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(
+        isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
+        for name in filenames
+    )
 
 
 def _cached_weights(cfg: dict[str, Any]) -> bool:
@@ -247,19 +304,18 @@ def _cached_weights(cfg: dict[str, Any]) -> bool:
     if cfg.get("file"):
         return Path(cfg["file"]).is_file()
     if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
         repo, filename = cfg["hf_hub"].rstrip("/"), None
         if not cfg["hf_hub"].endswith("/"):
             repo, filename = cfg["hf_hub"].rsplit("/", 1)
         names = [filename] if filename else []
         names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+        return in_hub_cache(repo, names)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip"
     return (cache / Path(urllib.parse.urlparse(cfg["url"]).path).name).is_file()
 
 
-def _reachable(host: str | None, timeout: float = 3.0) -> bool:
+def reachable(host: str | None, timeout: float = 3.0) -> bool:
+    """Whether ``host`` accepts an HTTPS connection within ``timeout`` seconds."""
     if not host:
         return False
     try:
@@ -267,6 +323,16 @@ def _reachable(host: str | None, timeout: float = 3.0) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _quiet_checkpoint_warnings() -> Iterator[None]:
+    """torch.load warns on stderr about a checkpoint it then refuses to read safely (a pickle
+    protocol other than torch's, a TorchScript archive): the ModelError after it says it clearly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected pickle protocol", UserWarning)
+        warnings.filterwarnings("ignore", r"'torch.load' received a zip file", UserWarning)
+        yield
 
 
 @contextlib.contextmanager
@@ -309,7 +375,7 @@ def load_model(
     pretrained = check_pretrained(spec, architecture)
     torch.manual_seed(seed)
     try:
-        with _quiet_random_weights_warning():
+        with _quiet_random_weights_warning(), _quiet_checkpoint_warnings():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 architecture,
                 pretrained=pretrained,

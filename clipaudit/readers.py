@@ -28,7 +28,9 @@ refused.
 
 Reading never crashes on a bad caption: null, missing, non-string, non-UTF-8 and over-long
 values are counted by reason (:data:`SKIP_REASONS`) and left out; empty strings are kept (they are
-captions that mention nothing).
+captions that mention nothing). Text files are read as UTF-8 (a UTF-8 byte-order mark is dropped);
+one that starts with a UTF-16 or UTF-32 byte-order mark is refused, as a bad shard, not counted as
+garbage.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from itertools import compress
 from pathlib import Path
 from typing import Any
@@ -67,20 +69,34 @@ HF_PREFIX = "hf:"
 _KINDS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
 _FOLDER_KIND_ORDER = ("parquet", "jsonl", "txt")
 _SKIP_BAD_HINT = "fix or remove the file, or pass --skip-bad to count and list bad shards instead"
+_SAVED_HINT = (
+    "save the dataset again with save_to_disk or remove the folder, or pass --skip-bad to count "
+    "and list bad shards instead"
+)
 _TEXT_BLOCK_BYTES = 1 << 22
+_UTF8_BOM = b"\xef\xbb\xbf"
+# byte-order marks of text that is not UTF-8; UTF-32's first: its little-endian one starts with
+# UTF-16's
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 class BadShardError(InputError):
     """A shard cannot be read (truncated or corrupt file); ``--skip-bad`` skips such shards."""
 
-    def __init__(self, label: str, reason: str):
-        super().__init__(f"{label}: {reason}; {_SKIP_BAD_HINT}")
+    def __init__(self, label: str, reason: str, hint: str = _SKIP_BAD_HINT):
+        super().__init__(f"{label}: {reason}; {hint}")
         self.label = label
         self.reason = reason
+        self.hint = hint
 
     def __reduce__(self) -> tuple[Any, ...]:
         # exceptions cross process boundaries by pickling; rebuild from the constructor arguments
-        return (type(self), (self.label, self.reason))
+        return (type(self), (self.label, self.reason, self.hint))
 
 
 @dataclass(frozen=True)
@@ -252,7 +268,7 @@ def _url_source(url: str, scheme: str) -> Source:
             listed = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
         else:
             listed = []
-    except (OSError, pa.ArrowException) as exc:
+    except Exception as exc:  # pyarrow's errors, or a hub client's own (httpx): all "unreadable"
         raise InputError(
             f"caption source {url!r} cannot be read ({one_line(exc)}); check the URL, the "
             f"network and the credentials of {scheme}://"
@@ -443,7 +459,7 @@ class _Planner:
             yield self._skipped(index, path, content, name, reason)
             return
         where = name if source.filesystem is not None else path
-        columns = self._columns(lambda: names, where, index, path, content, name)
+        columns = self._checked(lambda: self._columns(names, where), index, path, content, name)
         if isinstance(columns, SkippedShard):
             yield columns
             return
@@ -471,27 +487,26 @@ class _Planner:
                 filesystem=source.filesystem,
             )
 
-    def _columns(
-        self,
-        names: Callable[[], Sequence[str]],
-        where: Any,
-        index: int,
-        path: Path | str,
-        content: Any,
-        name: str,
-    ) -> tuple[str, str | None] | SkippedShard:
-        """A file's caption and id columns, or, with ``skip_bad``, a skipped shard when it has no
-        caption column (a bad shard like an unreadable one)."""
+    def _columns(self, names: Sequence[str], where: Any) -> tuple[str, str | None]:
+        """A file's caption and id columns."""
+        return (
+            _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where),
+            _pick_id_column(names, self.id_column, where),
+        )
+
+    def _checked(
+        self, check: Callable[[], Any], index: int, path: Path | str, content: Any, name: str
+    ) -> Any:
+        """What ``check`` returns or, with ``skip_bad``, a skipped shard when it raises
+        InputError (no caption column, text that is not UTF-8, a damaged saved dataset: bad
+        shards like unreadable ones)."""
         try:
-            found = names()
-            return (
-                _pick_column(found, self.column, CAPTION_COLUMNS, "caption", where),
-                _pick_id_column(found, self.id_column, where),
-            )
+            return check()
         except InputError as exc:
             if not self.skip_bad:
                 raise
-            return self._skipped(index, path, content, name, str(exc))
+            reason = exc.reason if isinstance(exc, BadShardError) else str(exc)
+            return self._skipped(index, path, content, name, reason)
 
     def _skipped(
         self, index: int, path: Path | str, content: Any, name: str, reason: str
@@ -503,16 +518,20 @@ class _Planner:
     def _text(
         self, index: int, path: Path | str, kind: str, content: Any, source: Source
     ) -> Iterator[Shard | SkippedShard]:
-        column = id_column = None
         name = source.name(path)
         where = name if source.filesystem is not None else path
-        if kind == "jsonl":
-            keys = partial(_jsonl_keys, path, source.filesystem, where)
-            columns = self._columns(keys, where, index, path, content, name)
-            if isinstance(columns, SkippedShard):
-                yield columns
-                return
-            column, id_column = columns
+
+        def check() -> tuple[str | None, str | None]:
+            _refuse_wide_text(path, source.filesystem, where)
+            if kind != "jsonl":
+                return None, None
+            return self._columns(_jsonl_keys(path, source.filesystem, where), where)
+
+        columns = self._checked(check, index, path, content, name)
+        if isinstance(columns, SkippedShard):
+            yield columns
+            return
+        column, id_column = columns
         cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
         for part, (start, stop, first_line) in enumerate(cuts):
             last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines
@@ -533,11 +552,16 @@ class _Planner:
                 filesystem=source.filesystem,
             )
 
-    def _saved(self, index: int, source: Source, content: Any) -> Iterator[Shard]:
-        dataset = _load_saved(str(source.root))
-        names = dataset.column_names
-        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.root)
-        id_column = _pick_id_column(names, self.id_column, source.root)
+    def _saved(self, index: int, source: Source, content: Any) -> Iterator[Shard | SkippedShard]:
+        def check() -> tuple[Any, tuple[str, str | None]]:
+            dataset = _load_saved(str(source.root))
+            return dataset, self._columns(dataset.column_names, source.root)
+
+        checked = self._checked(check, index, str(source.root), content, str(source.root))
+        if isinstance(checked, SkippedShard):
+            yield checked
+            return
+        dataset, (column, id_column) = checked
         for part, first in enumerate(range(0, dataset.num_rows, self.shard_rows)):
             stop = min(first + self.shard_rows, dataset.num_rows)
             yield self._shard(
@@ -640,20 +664,40 @@ def _line_cuts(
     ], n_lines
 
 
+def _refuse_wide_text(path: Path | str, filesystem: Any, where: object) -> None:
+    """Text is read as UTF-8: a file that starts with a UTF-16 or UTF-32 byte-order mark (what
+    Windows PowerShell's ``>`` writes) would be counted as garbage, so it is refused."""
+    with _open_binary(path, filesystem) as handle:
+        head = handle.read(4)
+    for mark, encoding in _WIDE_BOMS:
+        if head.startswith(mark):
+            raise InputError(f"{where} is {encoding}; re-save it as UTF-8")
+
+
 def _jsonl_keys(
     path: Path | str, filesystem: Any = None, where: object = None, max_lines: int = 1000
 ) -> list[str]:
     """The keys of the first JSON object in the file (the columns a caption can come from)."""
+    n_lines = n_not_utf8 = 0
     with _open_binary(path, filesystem) as handle:
         for _, line in zip(range(max_lines), handle, strict=False):
+            n_lines += 1
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+            except UnicodeDecodeError:
+                n_not_utf8 += 1
+                continue
             except ValueError:
                 continue
             if isinstance(record, dict):
                 return list(record)
+    if n_not_utf8:
+        raise InputError(
+            f"{where or path}: no JSON object in its first {n_lines} line(s), {n_not_utf8} of "
+            "them not valid UTF-8; re-save it as UTF-8"
+        )
     raise InputError(
         f"{where or path}: no JSON object in its first {max_lines} lines; expected JSON lines such as "
         '{"id": 1, "caption": "a dog on a beach"}'
@@ -727,6 +771,7 @@ def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
     with _open_binary(shard.location, shard.filesystem) as handle:
         handle.seek(shard.start)
         remaining = shard.stop - shard.start
+        at_start = shard.start == 0
         while remaining > 0:
             block = handle.read(min(_TEXT_BLOCK_BYTES, remaining))
             if not block:
@@ -734,6 +779,9 @@ def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
                     shard.label, "the file is shorter than when the run was planned"
                 )
             remaining -= len(block)
+            if at_start:  # a UTF-8 byte-order mark (some editors write one) is no caption text
+                block = block.removeprefix(_UTF8_BOM)
+                at_start = False
             parts = (pending + block).split(b"\n")
             pending = parts.pop()
             lines.extend(parts)
@@ -938,11 +986,16 @@ def _longest_bytes(array: pa.Array) -> int:
 def _load_saved(folder: str) -> Any:
     """A dataset saved by ``save_to_disk`` (memory-mapped; a DatasetDict's split is its
     subfolder), loaded once per process for each state of its files: a dataset saved again in
-    the same session (a notebook) is read anew, never from the earlier load."""
-    version = tuple(
-        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir())
-    )
-    return _load_saved_version(folder, version)
+    the same session (a notebook) is read anew, never from the earlier load. Raises
+    BadShardError when the folder is damaged (a cut arrow file, a state.json without files)."""
+    try:
+        version = tuple(
+            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir())
+        )
+        return _load_saved_version(folder, version)
+    except Exception as exc:  # datasets raises OSError, KeyError, ValueError...: all "damaged"
+        reason = f"not a readable dataset saved by datasets' save_to_disk ({one_line(exc)})"
+        raise BadShardError(folder, reason, _SAVED_HINT) from None
 
 
 @lru_cache(maxsize=8)

@@ -62,6 +62,7 @@ word of every list does ("USC vs Stanford ... football": [[vs, versus], [footbal
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,7 +71,7 @@ from typing import Any
 
 import yaml
 
-from clipaudit.errors import RegistryError, did_you_mean
+from clipaudit.errors import RegistryError, SettingsError, did_you_mean
 from clipaudit.text import is_prompt_template, normalize
 
 DEFAULT_REGISTRY = "cai2025"
@@ -164,6 +165,7 @@ class Registry:
 
     def concept(self, name: str) -> Concept:
         """Look a concept up by name (case-insensitive); raises RegistryError with suggestions."""
+        _check_name(name, "concept")
         found = self._concepts_by_name.get(name) or self._find_folded(name, self._concepts_by_name)
         if found is None:
             raise RegistryError(
@@ -174,6 +176,7 @@ class Registry:
 
     def group(self, name: str) -> Group:
         """Look a group up by name or label (case-insensitive); raises RegistryError with suggestions."""
+        _check_name(name, "group")
         found = self._groups_by_name.get(name) or self._find_folded(name, self._groups_by_name)
         if found is None:
             found = next((g for g in self.groups if g.label.lower() == name.lower()), None)
@@ -246,6 +249,14 @@ class Registry:
         return next((v for k, v in table.items() if normalize(k) == key), None)
 
 
+def _check_name(name: Any, kind: str) -> None:
+    """A looked-up name is text: anything else would fail deep in the folding of names."""
+    if not isinstance(name, str):
+        raise SettingsError(
+            f"a {kind} name must be a string, got {type(name).__name__} {name!r:.60}"
+        )
+
+
 # --------------------------------------------------------------------------- lookup
 
 
@@ -289,6 +300,12 @@ def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Reg
     a :class:`Registry` is returned as it is, so every API call takes any of the three."""
     if isinstance(name_or_path, Registry):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise SettingsError(
+            "a registry is a built-in name (clipaudit concepts list), the path of a YAML file or "
+            f"a Registry (clipaudit.load_registry), got {type(name_or_path).__name__} "
+            f"{name_or_path!r:.60}"
+        )
     path = resolve_registry_path(name_or_path)
     raw = path.read_bytes()
     try:
@@ -327,7 +344,7 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str):  # a list or mapping as key is no registry field
                 raise RegistryError(
-                    f"keys must be plain names, got a {type(key).__name__} key",
+                    f"keys must be plain names, got {_kind(key)} as a key",
                     path=self.name,
                     line=key_node.start_mark.line + 1,
                 )
@@ -385,8 +402,25 @@ def _shown(value: Any) -> str:
     try:
         text = shown.repr(value)
     except RecursionError:
-        return f"a deeply nested {type(value).__name__}"
+        return f"a deeply nested {'mapping' if isinstance(value, dict) else 'list'}"
     return text if len(text) <= 120 else f"{text[:117]}..."
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in a user's words: the loader's own classes (``_LineList``) are no
+    user's concern. Booleans before integers, which they are a kind of."""
+    kinds = ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
+             (int, "an integer"), (float, "a number"))  # fmt: skip
+    if value is None:
+        return "null"
+    return next(
+        (name for kind, name in kinds if isinstance(value, kind)), f"a {type(value).__name__}"
+    )
+
+
+def _described(value: Any) -> str:
+    """A bad value as a message shows it: what it is, and a bounded repr of it."""
+    return "null" if value is None else f"{_kind(value)} {_shown(value)}"
 
 
 class _Checker:
@@ -401,8 +435,7 @@ class _Checker:
     def mapping(self, value: Any, what: str, line: int | None) -> _LineMap:
         if not isinstance(value, dict):
             self.fail(
-                f"{what} must be a mapping of keys to values, got {type(value).__name__} "
-                f"{_shown(value)}",
+                f"{what} must be a mapping of keys to values, got {_described(value)}",
                 line,
             )
         return value
@@ -608,6 +641,22 @@ def _check_group_rules(check: _Checker, entry: _LineMap, concept: Concept, group
                 )
 
 
+def _check_negative_contexts(check: _Checker, entry: _LineMap, concept: Concept) -> None:
+    """A negative context that is one of the concept's own synonyms cancels every mention of
+    that word: the concept could never be matched through it."""
+    synonyms = {normalize(synonym): synonym for synonym in concept.synonyms}
+    for context in concept.negative_contexts:
+        synonym = synonyms.get(normalize(context))
+        if synonym is not None:
+            check.fail(
+                f"concept {concept.name!r}: negative context {context!r} is also one of its "
+                f"synonyms ({synonym!r}), so no mention of that word would ever count; a "
+                "negative context is a longer phrase holding a synonym (hot dog, for dog): "
+                "remove it or write the phrase",
+                entry.key_lines["negative_contexts"],
+            )
+
+
 def _parse_concepts(
     check: _Checker, top: _LineMap, groups: tuple[Group, ...]
 ) -> tuple[Concept, ...]:
@@ -659,6 +708,7 @@ def _parse_concepts(
             line=entry.line,
         )
         _check_group_rules(check, entry, concept, next(g for g in groups if g.name == group))
+        _check_negative_contexts(check, entry, concept)
         for synonym in synonyms:
             key = (group, normalize(synonym))
             if key in claimed:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import ClipAuditError, RunFolderError
+from clipaudit.errors import ClipAuditError, RunFolderError, SettingsError
 from clipaudit.provenance import base_manifest, now_iso, write_json
 from clipaudit.text import slug
 
@@ -58,6 +58,15 @@ LOADERS: dict[str, str] = {
     "report": "clipaudit.report:load_report_run",
 }
 _KIND_ALIASES = {"theory-run": "theory", "theory-check": "theory"}  # manifests before the contract
+# kind -> table attribute of its loaded result -> the columns readers of it index: a table that
+# lacks one (a file overwritten or cut short) makes the folder damaged, said when it is loaded
+# rather than met later as a KeyError
+REQUIRED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "zeroshot": {
+        "groups": ("model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"),
+        "concepts": ("model", "group", "concept", "precision", "recall", "f1", "support"),
+    },
+}
 
 
 class RunFailedError(ClipAuditError):
@@ -376,6 +385,11 @@ def _acquire_lock(path: Path) -> Any:
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a run folder, or :class:`RunFolderError` saying why there is none."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise SettingsError(
+            f"a run folder is a path (a str or an os.PathLike), got {type(path).__name__} "
+            f"{path!r:.60}"
+        )
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
@@ -406,8 +420,8 @@ def run_kind(manifest: Mapping[str, Any]) -> Any:
 def load_run(path: str | os.PathLike) -> Any:
     """The typed result of a complete run folder (coverage, zero-shot, theory, world, demo, audit,
     report), with its tables as DataFrames; refuses an incomplete or foreign folder clearly."""
+    manifest = read_manifest(path)  # first: it refuses a path of another type
     path = Path(path)
-    manifest = read_manifest(path)
     kind = run_kind(manifest)
     if not isinstance(kind, str) or kind not in LOADERS:
         raise RunFolderError(
@@ -423,10 +437,18 @@ def load_run(path: str | os.PathLike) -> Any:
     module, _, function = LOADERS[kind].partition(":")
     loader = getattr(importlib.import_module(module), function)
     try:
-        return loader(path, manifest)
+        result = loader(path, manifest)
     except (OSError, ValueError, KeyError) as exc:  # pyarrow's and pandas' parse errors included
-        raise RunFolderError(
-            f"{path} holds a complete {kind} run whose files cannot be read "
-            f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged: run the command "
-            "that wrote it again with --overwrite"
-        ) from None
+        raise _damaged(path, kind, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    for table, columns in REQUIRED_COLUMNS.get(kind, {}).items():
+        missing = [column for column in columns if column not in getattr(result, table).columns]
+        if missing:
+            raise _damaged(path, kind, f"its {table} table has no column {', '.join(missing)}")
+    return result
+
+
+def _damaged(path: Path, kind: str, why: str) -> RunFolderError:
+    return RunFolderError(
+        f"{path} holds a complete {kind} run whose files cannot be read ({why}); the folder is "
+        "damaged: run the command that wrote it again with --overwrite"
+    )

@@ -30,8 +30,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from clipaudit import metrics
-from clipaudit.embedding_cache import EmbeddingCache, default_cache_dir
+from clipaudit.embedding_cache import EmbeddingCache, check_cache_dir, default_cache_dir
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.images import (
     DECODE_VERSION,
@@ -99,7 +99,13 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
             f"templates must be one of {', '.join(TEMPLATE_SETS)} or a text file of templates, "
             f"got {templates!r}"
         )
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"template file {templates!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    lines = [line.strip() for line in text.splitlines()]
     found = tuple(line.replace("{c}", "{}") for line in lines if line and not line.startswith("#"))
     bad = [t for t in found if not is_prompt_template(t)]
     if not found or bad:
@@ -163,6 +169,8 @@ class ZeroShotSettings:
                 "--groups is empty; name at least one group or leave it out for all"
             )
         resolve_templates(self.templates)
+        if self.cache_dir is not None:
+            check_cache_dir(self.cache_dir)
 
     def describe(self) -> dict[str, Any]:
         record = asdict(self)
@@ -252,6 +260,11 @@ def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
         isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], (str, Path))
     ):
         models = [models]
+    if not isinstance(models, Iterable):
+        raise SettingsError(
+            "models must be a name or config path, a (model, pretrained) pair, a ModelSpec, or a "
+            f"list of these; got {models!r}"
+        )
     specs = []
     for item in models:
         if isinstance(item, ModelSpec):
@@ -706,6 +719,25 @@ def _with_candidates(groups: pd.DataFrame, all_concepts: bool) -> pd.DataFrame:
     return groups
 
 
+def _check_options(options: dict[str, Any]) -> None:
+    """Refuse an option of :func:`run_zeroshot` that it does not take, naming the closest ones
+    (Python would say only "unexpected keyword argument")."""
+    import inspect
+
+    known = [f.name for f in fields(ZeroShotSettings) if f.name not in ("models", "images")]
+    known += [
+        name
+        for name, parameter in inspect.signature(run_zeroshot).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    for name in options:
+        if name not in known:
+            raise SettingsError(
+                f"unknown zeroshot option {name!r}{did_you_mean(name, known)}; "
+                f"options are {', '.join(known)}"
+            )
+
+
 def run_zeroshot(
     models: Any,
     images: str | Path,
@@ -727,6 +759,7 @@ def run_zeroshot(
     (:class:`~clipaudit.runs.RunFailedError`)."""
     import tempfile
 
+    _check_options(options)
     settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
     registry = load_registry(settings.registry)

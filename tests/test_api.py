@@ -77,3 +77,44 @@ def test_the_public_names_are_listed_before_they_load():
     assert set(clipaudit.__all__) <= set(dir(clipaudit))
     for name in clipaudit.__all__:
         assert getattr(clipaudit, name) is not None
+
+
+REGISTRY_FORMS = r"a registry is a built-in name .*, the path of a YAML file or a Registry"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda c: c.match_captions(None), "InputError", r"one caption string or an iterable .*got NoneType None"),
+        (lambda c: c.match_captions(5), "InputError", r"one caption string or an iterable .*got int 5"),
+        (lambda c: c.match_captions(["a cat"], registry=3), "SettingsError", rf"{REGISTRY_FORMS}.*got int 3"),
+        (lambda c: c.load_registry(None), "SettingsError", rf"{REGISTRY_FORMS}.*got NoneType None"),
+        (lambda c: c.count_coverage(["a cat"], registry=object()), "SettingsError", rf"{REGISTRY_FORMS}.*got object"),
+        (lambda c: c.count_coverage(["a cat"], out=5), "SettingsError", r"out \(the run folder\) must be a path or None, got int 5"),
+        (lambda c: c.load_run(None), "SettingsError", r"a run folder is a path .*got NoneType None"),
+        (lambda c: c.load_registry().concept(3), "SettingsError", r"a concept name must be a string, got int 3"),
+        (lambda c: c.CaptionSources(5), "InputError", r"caption sources are a path or an iterable of paths .*got int 5"),
+    ],
+)  # fmt: skip
+def test_arguments_of_a_wrong_type_are_typed_errors_that_say_what_is_expected(
+    call, error, message, tmp_path, monkeypatch
+):
+    import clipaudit
+    from clipaudit import errors
+
+    monkeypatch.chdir(tmp_path)  # nothing is written, but if it were: not in the checkout
+    with pytest.raises(getattr(errors, error), match=message):
+        call(clipaudit)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_in_memory_captions_that_hold_none_are_refused_in_the_apis_terms(tmp_path):
+    import clipaudit
+    from clipaudit.runs import RunFailedError
+
+    with pytest.raises(RunFailedError) as info:
+        clipaudit.count_coverage([None, None], out=tmp_path / "run", progress=False)
+    assert str(info.value) == (
+        "no caption was read: the 2 captions given were all skipped (2 null); give caption "
+        "strings (None or NaN is no caption; one longer than max_caption_chars is skipped)"
+    )  # no --column: these captions have no column to name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -136,3 +137,80 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
     retitled = audit("h", report={"title": "Another title"})  # no other audit: no refusal
     assert retitled.report.summary["title"] == "Another title"
     assert retitled.coverage.reused and first.coverage.n_captions_read == 2
+
+
+def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, capsys):
+    """A corrupt caption shard suggests --skip-bad, images of no selected group --groups: the
+    audit takes them, and the other input options of coverage and zeroshot, to the stage's
+    settings."""
+    import typer
+
+    from clipaudit.cli import app, main
+
+    config, trained, _ = _models(audit_runs)
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    pd.DataFrame(
+        {"key": ["a", "b", "c"], "caption": ["a dog on a sofa", "a red cat", "a blue car"]}
+    ).to_parquet(captions / "good.parquet")
+    (captions / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
+    (tmp_path / "empty").mkdir()
+    command = typer.main.get_command(app).commands["audit"]
+    options = {name for parameter in command.params for name in parameter.opts}
+    base = ["audit", "--model", config, "--pretrained", trained, "--device", "cpu", "--quiet"]
+
+    def suggested(*args: str) -> set[str]:
+        with pytest.raises(SystemExit) as exited:
+            main([*base, *args])
+        assert exited.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        found = set(re.findall(r"--[a-z][a-z-]*", line))
+        assert found <= options, line  # nothing the audit would answer with "No such option"
+        return found
+
+    images = audit_runs["images"]
+    corrupt = suggested("-c", str(captions), "-i", images, "-o", str(tmp_path / "a"), "--no-cache")
+    assert "--skip-bad" in corrupt
+    empty = ("-c", str(captions / "good.parquet"), "-i", str(tmp_path / "empty"))
+    assert "--groups" in suggested(*empty, "-o", str(tmp_path / "b"), "--no-cache")
+
+    out = tmp_path / "c"
+    main(
+        [
+            *base, "-c", str(captions), "-i", images, "-o", str(out), "--skip-bad",
+            "--groups", "Animal, Color", "--id-column", "key", "--label-field", "concept",
+            "--image-column", "picture", "--cache-dir", str(tmp_path / "cache"),
+        ]
+    )  # fmt: skip
+    coverage = json.loads((out / "coverage" / "manifest.json").read_text())
+    assert coverage["n_captions_read"] == 3
+    assert [Path(s["shard"]).name for s in coverage["skipped_shards"]] == ["bad.parquet"]
+    assert set(pd.read_csv(out / "zeroshot" / "groups.csv")["group"]) == {"Animal", "Color"}
+    settings = json.loads((out / "manifest.json").read_text())["settings"]
+    assert settings["coverage"]["id_column"] == "key"
+    assert settings["zeroshot"]["groups"] == ["Animal", "Color"]
+    assert (settings["zeroshot"]["label_field"], settings["zeroshot"]["image_column"]) == (
+        "concept",
+        "picture",
+    )
+    assert len(list((tmp_path / "cache").glob("*/*.emb.npy"))) == 1  # the one model's shard
+
+
+def test_run_audit_takes_coverage_settings_as_a_dict_and_names_a_mistyped_one(audit_runs, tmp_path):
+    import clipaudit
+    from clipaudit.errors import SettingsError
+
+    config, trained, _ = _models(audit_runs)
+
+    def audit(out: str, coverage: object):
+        return clipaudit.run_audit(
+            ["a dog", "a red cat"], audit_runs["images"], (config, trained), tmp_path / out,
+            coverage=coverage, zeroshot={"cache_dir": None, "device": "cpu", "workers": 0},
+            progress=False, echo=lambda _: None,
+        )  # fmt: skip
+
+    with pytest.raises(SettingsError, match=r"'wrkers' \(did you mean 'workers'\?\)"):
+        audit("a", {"wrkers": 2})
+    with pytest.raises(SettingsError, match="coverage must be CoverageSettings, a dict"):
+        audit("b", ["paper"])
+    assert audit("c", {"profile": "paper"}).coverage.manifest["profile"] == "paper"

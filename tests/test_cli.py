@@ -184,3 +184,44 @@ def test_a_mistyped_caption_source_is_an_error_never_a_caption(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "caption source 'corpsu' does not exist" in result.stderr
     assert not (tmp_path / "run" / "concepts.csv").exists()
+
+
+def test_semantic_settings_are_refused_in_one_line_before_any_encoder_loads(tmp_path):
+    """Each of these was refused only after the encoder had loaded (seconds), or not at all."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "bad.json").write_text("{not json")
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(
+        "".join(f'{{"id": {i}, "caption": "a dog", "concepts": ["dog"]}}\n' for i in range(3))
+    )
+    count = ["coverage", "count", str(tmp_path), "--out", str(tmp_path / "run")]
+    cases = [
+        ([*count, "--method", "semantic", "--embedding-store", str(tmp_path / "afile")],
+         f"embedding_store (--embedding-store) '{tmp_path / 'afile'}' is a file; name a folder"),
+        ([*count, "--method", "checked", "--calibration", str(tmp_path / "bad.json")],
+         f"{tmp_path / 'bad.json'}: unreadable calibration file"),
+        (["coverage", "calibrate", str(gold), "--out", str(tmp_path / "c.json"), "--folds", "1"],
+         "folds (--folds) must be an integer >= 2, got 1"),
+        (["coverage", "query", str(tmp_path / "run"), "a fox", "--threshold", "5"],
+         "threshold must be a cosine in [-1, 1], got 5.0"),
+        (["coverage", "query", str(tmp_path / "run"), ""], "a query text must hold a word, got ''"),
+        (["coverage", "index", str(tmp_path / "run"), "--query", "x", "--threshold", "-2"],
+         "threshold must be a cosine in [-1, 1], got -2.0"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bad.json", "gold.jsonl"]
+
+
+def test_a_registry_value_of_the_wrong_kind_is_named_in_words(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups:\n  - [Animal, common]\nconcepts: []\n")
+    result = run_cli("concepts", "validate", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {bad}:2: a group must be a mapping of keys to values, got a list "
+        "['Animal', 'common']"
+    )  # not the loader's own class (_LineList)

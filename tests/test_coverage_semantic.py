@@ -421,6 +421,17 @@ def test_semantic_settings_are_checked_when_made(tmp_path, monkeypatch):
         CoverageSettings(method="checked", calibration=str(tmp_path / "none.json"))
     with pytest.raises(SettingsError, match="nearest"):
         CoverageSettings(method="both", nearest=-1)
+    # an embedding store that is a file, or under one, could never be made: refused with the rest
+    (tmp_path / "afile").write_text("")
+    store = r"embedding_store \(--embedding-store\) '.*afile"
+    with pytest.raises(SettingsError, match=rf"{store}' is a file; name a folder"):
+        CoverageSettings(method="semantic", embedding_store=str(tmp_path / "afile"))
+    with pytest.raises(SettingsError, match=rf"{store}/store' cannot be made: '.*afile' is a file"):
+        CoverageSettings(method="semantic", embedding_store=str(tmp_path / "afile" / "store"))
+    # a calibration file that is no calibration: refused now, not once the encoder is loaded
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(InputError, match=r"bad\.json: not a clipaudit semantic calibration file"):
+        CoverageSettings(method="checked", calibration=str(tmp_path / "bad.json"))
     from clipaudit.coverage_semantic import resolve_encoder
     from clipaudit.semantic.encoders import minilm_path
 
@@ -438,6 +449,45 @@ def test_semantic_settings_are_checked_when_made(tmp_path, monkeypatch):
     )
     assert resolve_encoder("open_clip:ViT-B-32@openai") == "open_clip:ViT-B-32@openai"
     assert CoverageSettings(method="semantic", encoder="st:").encoder == "st:"
+
+
+def no_encoder(spec):
+    raise AssertionError(f"the encoder {spec} was loaded before the settings were checked")
+
+
+def test_calibrate_and_query_check_their_settings_before_loading_the_encoder(tmp_path, monkeypatch):
+    from clipaudit.coverage_semantic import calibrate, query_run
+    from clipaudit.semantic import encoders
+
+    monkeypatch.setattr(encoders, "load_encoder", no_encoder)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"id": i, "caption": "a dog", "concepts": ["dog"]}) + "\n"
+                            for i in range(3)))  # fmt: skip
+    for folds in (1, 0, 2.5, True):
+        with pytest.raises(
+            SettingsError, match=rf"folds \(--folds\) must be an integer >= 2, got {folds}"
+        ):
+            calibrate(gold, tmp_path / "cal.json", folds=folds)
+    with pytest.raises(SettingsError, match=r"folds .* 4 is more than the 3 labelled captions"):
+        calibrate(gold, tmp_path / "cal.json", folds=4)
+    with pytest.raises(SettingsError, match=r"min_positives .* got 0"):
+        calibrate(gold, tmp_path / "cal.json", min_positives=0)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": 1, "caption": "a dog", "concepts": ["dog"]}\n{"id": 2, "capt\n')
+    with pytest.raises(InputError, match=r"broken\.jsonl:2: not valid JSON"):
+        calibrate([gold, broken], tmp_path / "cal.json")
+    assert not (tmp_path / "cal.json").exists()
+    # a query's settings before its run folder is even read (this one holds no run)
+    for query, threshold, message in [
+        ("a fox", 5, r"threshold must be a cosine in \[-1, 1\], got 5"),
+        ("a fox", float("nan"), r"threshold must be a cosine in \[-1, 1\], got nan"),
+        ("a fox", "0.5", r"threshold must be a cosine in \[-1, 1\], got '0.5'"),
+        ("", None, "a query text must hold a word, got ''"),
+        ("  ", 0.3, "a query text must hold a word, got '  '"),
+        (None, None, "a query is a text, a list of words or a unit vector, got NoneType"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            query_run(tmp_path, query, threshold=threshold)
 
 
 def write_laion(folder, number, vectors, captions, ids):

@@ -207,6 +207,58 @@ def test_hugging_face_string_labels_splits_and_missing_columns(tmp_path, registr
     assert images.read_bytes(images.records[0]) == png
 
 
+def test_a_damaged_saved_dataset_is_one_clear_error(tmp_path, registry):
+    import datasets
+
+    png = image_bytes(noise(64, 64), "PNG")
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png, "path": None}] * 3, "label": ["cat", "dog", "cat"]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
+    )
+    cut = tmp_path / "cut"  # an interrupted copy: its arrow file ends after 2 KB
+    split.save_to_disk(str(cut))
+    assert [r.concept for r in open_images(cut, registry).records] == ["cat", "dog", "cat"]
+    (arrow,) = cut.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:2048])
+    hollow = tmp_path / "hollow"  # the dataset's json files, without what they should say
+    hollow.mkdir()
+    for name in ("state.json", "dataset_info.json"):
+        (hollow / name).write_text("{}")
+    for broken, why in ((cut, "OSError"), (hollow, "KeyError")):
+        with pytest.raises(InputError) as stopped:
+            open_images(broken, registry)
+        assert str(stopped.value).startswith(
+            f"image source {str(broken)!r} is not a readable dataset saved by datasets' "
+            f"save_to_disk ({why}: "
+        )
+        assert str(stopped.value).endswith("; save the dataset again with save_to_disk")
+
+
+def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, registry):
+    import datasets
+
+    asked = []
+
+    def unreachable(name, *args, **kwargs):
+        asked.append(name)
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(InputError) as stopped:
+        open_images("hf:someorg/nonexist", registry, split="test")
+    assert str(stopped.value) == (
+        "cannot open Hugging Face dataset 'someorg/nonexist' (split 'test'): ConnectionError: "
+        "Couldn't reach 'someorg/nonexist' on the Hub (LocalEntryNotFoundError); check the name, "
+        "the split (--split) and the network"
+    )
+    # a URL of files is no hub dataset name: refused before anything is asked of the hub
+    with pytest.raises(InputError, match=r"name a Hugging Face hub dataset as hf:NAME"):
+        open_images("hf://datasets/someorg/nonexist/data/train.parquet", registry)
+    with pytest.raises(InputError, match=r"\(hf:someorg/nonexist\)$"):
+        open_images("hf://datasets/someorg/nonexist", registry)
+    assert asked == ["someorg/nonexist"]
+
+
 # --------------------------------------------------------------------------- the bad-image zoo
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+from clipaudit import models
 from clipaudit.errors import ModelError, SettingsError
 from clipaudit.models import ModelSpec, load_model, resolve_device, resolve_precision
 from tests.tiny_clip import (
@@ -63,6 +66,70 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_not_run(tiny, tmp_path):
     ):
         load_model(ModelSpec(str(tiny["config"]), str(bad)), device="cpu")
     assert not marker.exists()
+
+
+def write_unreadable_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints the safe loader refuses and torch warns about first: a state dict pickled with
+    protocol 4 (torch writes 2), a TorchScript archive."""
+    protocol4 = folder / "protocol4.pt"
+    torch.save(tiny_state_dict(seed=3), protocol4, pickle_protocol=4)
+    archive = folder / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's own deprecation notice
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(archive))
+    return [protocol4, archive]
+
+
+def test_an_unreadable_checkpoint_gives_the_error_alone_without_torch_warnings(tiny, tmp_path):
+    for checkpoint in write_unreadable_checkpoints(tmp_path):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(
+                ModelError, match=rf"could not load model 'tiny-clip@{checkpoint.stem}'"
+            ):
+                load_model(ModelSpec(str(tiny["config"]), str(checkpoint)), device="cpu")
+        assert [str(warning.message) for warning in caught] == [], checkpoint.name
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+    """An empty Hugging Face cache, the hub client offline and huggingface.co unreachable (no test
+    touches the network); returns the cache folder and the hosts the reachability check tried."""
+    from huggingface_hub import constants
+
+    cache, tried = tmp_path / "hub", []
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def unreachable(host: str | None, timeout: float = 3.0) -> bool:
+        tried.append(host)
+        return False
+
+    monkeypatch.setattr(models, "reachable", unreachable)
+    return cache, tried
+
+
+def test_an_hf_hub_model_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):
+    _, tried = offline_hub
+    with pytest.raises(
+        ModelError,
+        match=r"model hf-hub:clipaudit-tests/absent is not downloaded and huggingface.co cannot be "
+        r"reached; .*give local-dir:FOLDER instead of hf-hub:clipaudit-tests/absent",
+    ):
+        load_model(ModelSpec("hf-hub:clipaudit-tests/absent"), device="cpu")
+    assert tried == ["huggingface.co"]
+
+
+def test_a_cached_hf_hub_model_loads_without_the_network(offline_hub):
+    cache, tried = offline_hub
+    snapshot = cache / "models--clipaudit-tests--tiny" / "snapshots" / ("0" * 40)
+    write_tiny_local_dir(snapshot, seed=5)  # the hub cache's layout: refs/main names the snapshot
+    (cache / "models--clipaudit-tests--tiny" / "refs").mkdir()
+    (cache / "models--clipaudit-tests--tiny" / "refs" / "main").write_text("0" * 40)
+    loaded = load_model(ModelSpec("hf-hub:clipaudit-tests/tiny"), device="cpu")
+    assert_weights_equal(loaded.model, tiny_state_dict(seed=5))
+    assert tried == []  # cached: nothing to ask the network
 
 
 def test_random_weights_are_seeded_and_identified_by_a_weights_hash(tiny):
@@ -133,6 +200,21 @@ def test_model_errors_say_what_was_expected(tiny, tmp_path):
     other_shape.write_text(json.dumps({**json.loads(tiny["config"].read_text()), "embed_dim": 16}))
     with pytest.raises(ModelError, match=r"could not load model 'other@seed3'"):
         load_model(ModelSpec(str(other_shape), str(tiny["safetensors"])), device="cpu")
+
+
+def test_a_model_spec_takes_names_and_paths_only():
+    with pytest.raises(SettingsError, match=r"a model is a name or a path, got int 5"):
+        ModelSpec(5)
+    with pytest.raises(SettingsError, match=r"a model is a name or a path, got NoneType None"):
+        ModelSpec(None)
+    with pytest.raises(SettingsError, match=r"pretrained weights are a tag or a checkpoint path"):
+        ModelSpec("ViT-B-32", 32)
+    spec = ModelSpec(Path("configs/mini.json"), Path("ckpts/mini.safetensors"))
+    assert (spec.model, spec.pretrained, spec.label) == (
+        "configs/mini.json",
+        "ckpts/mini.safetensors",
+        "mini",
+    )
 
 
 def test_device_and_precision_resolution():

@@ -257,3 +257,69 @@ def test_a_file_named_twice_is_refused_and_copies_are_counted_apart(tmp_path):
     keys, captions, ids, rows, _ = read_all([tmp_path / "a", tmp_path / "b"])
     assert len(set(keys)) == 2 and captions == ["a dog", "a cat"] * 2 and rows == 4
     assert ids == [7, 8, 7, 8]
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_utf16_and_utf32_text_is_refused_and_a_utf8_mark_is_dropped(tmp_path, kind):
+    texts = [f"a dog number {i}" for i in range(7)]
+    lines = texts if kind == "txt" else [json.dumps({"caption": t}) for t in texts]
+    text = "\n".join(lines) + "\n"
+    wide = {  # what PowerShell's > and other Windows tools write, byte-order mark first
+        "utf-16": "UTF-16",
+        "utf-32": "UTF-32",
+        "utf-16-be": "UTF-16",
+        "utf-32-be": "UTF-32",
+    }
+    for encoding, name in wide.items():
+        path = tmp_path / f"{encoding}.{kind}"
+        path.write_bytes(("\ufeff" if encoding.endswith("-be") else "").encode(encoding))
+        with path.open("ab") as handle:
+            handle.write(text.encode(encoding))
+        with pytest.raises(InputError) as refused:
+            list(plan_shards(resolve_sources([path])))
+        assert str(refused.value) == f"{path} is {name}; re-save it as UTF-8"
+        (skipped,) = plan_shards(resolve_sources([path]), skip_bad=True)
+        assert isinstance(skipped, SkippedShard) and skipped.reason == str(refused.value)
+    marked = tmp_path / f"marked.{kind}"
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    keys, captions, ids, rows, skipped = read_all([marked], shard_rows=3)
+    assert len(keys) == 3 and rows == 7 and skipped == {}
+    assert captions == texts and ids == list(range(7))
+
+
+def test_a_jsonl_file_that_is_not_utf8_says_so(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"caption": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.jsonl: .*1 of them not valid UTF-8; re-save"):
+        list(plan_shards(resolve_sources([path])))
+
+
+def test_a_damaged_saved_dataset_stops_with_a_hint_or_is_skipped_with_skip_bad(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"caption": [f"a dog number {i}" * 9 for i in range(200)]})
+    data.save_to_disk(str(tmp_path / "good"))
+    cut = tmp_path / "cut"  # an interrupted copy: its arrow file ends after 2 KB
+    data.save_to_disk(str(cut))
+    (arrow,) = cut.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:2048])
+    hollow = tmp_path / "hollow"  # the dataset's json files, without what they should say
+    hollow.mkdir()
+    for name in ("state.json", "dataset_info.json"):
+        (hollow / name).write_text("{}")
+    for broken, why in ((cut, "OSError"), (hollow, "KeyError")):
+        with pytest.raises(BadShardError) as stopped:
+            list(plan_shards(resolve_sources([broken, tmp_path / "good"])))
+        assert str(stopped.value).startswith(
+            f"{broken}: not a readable dataset saved by datasets' save_to_disk ({why}: "
+        )
+        assert "save the dataset again with save_to_disk or remove the folder" in str(stopped.value)
+        planned = list(plan_shards(resolve_sources([broken, tmp_path / "good"]), skip_bad=True))
+        assert isinstance(planned[0], SkippedShard) and planned[0].label == str(broken)
+        assert [(s.first_row, s.n_rows) for s in planned[1:]] == [(0, 200)]
+    # damaged after planning: the worker reading it reports a bad shard
+    data.save_to_disk(str(tmp_path / "later"))
+    (shard,) = plan_shards(resolve_sources([tmp_path / "later"]))
+    (arrow,) = (tmp_path / "later").glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:2048])
+    with pytest.raises(BadShardError, match=r"later: not a readable dataset saved by"):
+        list(shard.read(max_caption_chars=10_000, batch_rows=50))

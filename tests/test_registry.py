@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipaudit.errors import RegistryError
+from clipaudit.errors import RegistryError, SettingsError
 from clipaudit.registry import list_registries, load_registry, parse_registry
 
 from .conftest import shared_path
@@ -206,6 +206,12 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             15,
             r"concept 'dog': 'makes' must be a list of non-empty strings, got 'ferrari'",
         ),
+        (  # a negative context that is a synonym, once normalised: "puppy" could never match
+            "    negative_contexts: [hot dog]\n",
+            "    negative_contexts: [hot dog, Puppy!]\n",
+            14,
+            r"concept 'dog': negative context 'Puppy!' is also one of its synonyms \('puppy'\)",
+        ),
     ],
 )
 def test_malformed_files_fail_with_file_line_and_the_problem(tmp_path, old, new, line, message):
@@ -290,7 +296,8 @@ def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
     ("old", "new", "message"),
     [
         # a list as a key
-        ("    gloss: a cat\n", "    gloss: a cat\n    ? [a, b]\n    : x\n", r"keys must be plain names"),
+        ("    gloss: a cat\n", "    gloss: a cat\n    ? [a, b]\n    : x\n",
+         r"keys must be plain names, got a list as a key"),
         # a synonym that normalises to nothing could never match
         ("synonyms: [cat]", "synonyms: ['!!!']", r"'!!!', which has no letter or digit"),
         ("synonyms: [cat]", "synonyms: [cat, '🐶']", r"which has no letter or digit"),
@@ -326,6 +333,31 @@ def test_an_entry_that_is_no_mapping_is_reported_at_its_own_line(tmp_path):
     line = text.count("\n")  # the last line
     with pytest.raises(RegistryError, match=rf"reg\.yaml:{line}: a concept must be a mapping"):
         load_registry(write(tmp_path, text))
+    # what it is instead, in words: never the loader's own class (_LineList)
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, GOOD + "  - [bird, fish]\n"))
+    assert str(info.value).endswith("a concept must be a mapping of keys to values, got a list "
+                                    "['bird', 'fish']")  # fmt: skip
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, GOOD + "  -\n"))
+    assert str(info.value).endswith("must be a mapping of keys to values, got null")
+
+
+@pytest.mark.parametrize("given", [None, 3, ["cai2025"]])
+def test_a_registry_of_another_type_is_a_settings_error_naming_the_three_forms(given):
+    with pytest.raises(SettingsError) as info:
+        load_registry(given)
+    assert str(info.value).startswith(
+        "a registry is a built-in name (clipaudit concepts list), the path of a YAML file or a "
+        f"Registry (clipaudit.load_registry), got {type(given).__name__}"
+    )
+
+
+def test_a_lookup_by_a_name_of_another_type_is_a_settings_error(registry):
+    with pytest.raises(SettingsError, match="a concept name must be a string, got int 3"):
+        registry.concept(3)
+    with pytest.raises(SettingsError, match="a group name must be a string, got NoneType None"):
+        registry.group(None)
 
 
 @pytest.mark.parametrize(

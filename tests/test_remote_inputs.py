@@ -216,7 +216,15 @@ def test_remote_footers_are_read_once_and_concurrently_for_identity_and_planning
         memory.rm(bucket, recursive=True)
 
 
-def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path):
+class ConnectError(Exception):
+    """Like httpx's, which the Hugging Face client raises: no OSError."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionResetError(104, "Connection reset by peer"), ConnectError("Connection refused")],
+)
+def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path, error):
     from fsspec.implementations.memory import MemoryFileSystem
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -224,7 +232,7 @@ def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path)
 
     class Dropping(FSSpecHandler):
         def open_input_file(self, path):
-            raise ConnectionResetError(104, "Connection reset by peer")
+            raise error
 
     memory = MemoryFileSystem()
     bucket = f"/dropping-{uuid.uuid4().hex[:8]}"
@@ -234,11 +242,35 @@ def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path)
     )
     try:
         (source,) = resolve_sources([f"dropping:/{bucket}/p.parquet"])
-        with pytest.raises(InputError, match=r"p\.parquet: could not read it \(Connection"):
+        reason = rf"\({type(error).__name__}: .*Connection"
+        with pytest.raises(InputError, match=rf"p\.parquet: could not read it {reason}"):
             describe_source(source)
     finally:
         filesystems.unregister_filesystem("dropping")
         memory.rm(bucket, recursive=True)
+
+
+def test_an_unreachable_hub_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    """hf:// with no network: the hub client's own error (httpx's, no OSError) while listing."""
+    from huggingface_hub import HfFileSystem
+
+    from clipaudit.cli import main
+
+    def unreachable(self, path, **kwargs):
+        raise ConnectError("[Errno 111] Connection refused (a test's)")
+
+    monkeypatch.setattr(HfFileSystem, "info", unreachable)
+    url = "hf://datasets/someorg/nonexist/data.parquet"
+    with pytest.raises(InputError) as stopped:
+        resolve_sources([url])
+    assert str(stopped.value) == (
+        f"caption source {url!r} cannot be read (ConnectError: [Errno 111] Connection refused "
+        "(a test's)); check the URL, the network and the credentials of hf://"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["coverage", "count", url, "--out", str(tmp_path / "run")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {stopped.value}"]
 
 
 def test_url_schemes_resolve_to_pyarrow_filesystems_and_unknown_ones_are_refused():

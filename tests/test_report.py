@@ -593,6 +593,16 @@ def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
         build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "c")
     with pytest.raises(RunFolderError, match=r"unknown kind \['coverage'\]"):
         load_run(broken)
+    # a zero-shot table overwritten with what holds none of its columns: damaged, not a KeyError
+    awareness = tmp_path / "broken-zeroshot"
+    shutil.copytree(audit_runs["zeroshot_trained"], awareness)
+    (awareness / "concepts.csv").write_text("garbage,,\n")
+    with pytest.raises(
+        RunFolderError,
+        match=r"broken-zeroshot holds a complete zeroshot run whose files cannot be read \(its "
+        r"concepts table has no column model, .*\); the folder is damaged",
+    ):
+        build_report([audit_runs["coverage"], awareness], tmp_path / "e")
     with pytest.raises(SettingsError, match=r"0 \(no intervals\) or at least 10; got 5"):
         build_report([audit_runs["coverage"]], tmp_path / "d", n_bootstrap=5)
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from clipaudit.errors import RunFolderError
-from clipaudit.runs import RunFolder
+from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.runs import RunFolder, load_run
 
 
 def failed_run(path, kind: str, settings: dict) -> None:
@@ -125,3 +125,44 @@ def test_a_run_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
     folder = RunFolder(tmp_path / "afile" / "sub", "coverage", {})
     with pytest.raises(RunFolderError, match=r"cannot make the run folder .*afile/sub .*--out"):
         folder.__enter__()
+
+
+ZEROSHOT_GROUPS = (
+    "model,group,category,macro_f1,accuracy,n_images,n_concepts\nm,Animal,common,1.0,1.0,2,2\n"
+)
+ZEROSHOT_CONCEPTS = "model,group,concept,precision,recall,f1,support\nm,Animal,dog,1.0,1.0,1.0,1\n"
+
+
+def zeroshot_folder(path, groups: str = ZEROSHOT_GROUPS, concepts: str = ZEROSHOT_CONCEPTS):
+    """A complete zero-shot run folder as load_run reads it: its manifest and two tables."""
+    path.mkdir()
+    (path / "manifest.json").write_text('{"kind": "zeroshot", "status": "complete"}')
+    (path / "groups.csv").write_text(groups)
+    (path / "concepts.csv").write_text(concepts)
+    return path
+
+
+def test_a_table_without_the_columns_its_readers_need_is_a_damaged_folder(tmp_path):
+    good = load_run(zeroshot_folder(tmp_path / "good"))
+    assert good.models == ["m"] and list(good.concepts["concept"]) == ["dog"]
+    damaged = zeroshot_folder(tmp_path / "damaged", concepts="garbage,,\n")
+    with pytest.raises(RunFolderError) as info:
+        load_run(damaged)
+    assert str(info.value) == (
+        f"{damaged} holds a complete zeroshot run whose files cannot be read (its concepts table "
+        "has no column model, group, concept, precision, recall, f1, support); the folder is "
+        "damaged: run the command that wrote it again with --overwrite"
+    )
+    no_score = zeroshot_folder(
+        tmp_path / "no-score", groups=ZEROSHOT_GROUPS.replace("macro_f1", "f")
+    )
+    with pytest.raises(RunFolderError, match=r"its groups table has no column macro_f1\)"):
+        load_run(no_score)
+
+
+@pytest.mark.parametrize("given", [None, 5, ["runs/x"]])
+def test_a_run_folder_of_another_type_than_a_path_is_a_settings_error(given):
+    with pytest.raises(
+        SettingsError, match=rf"a run folder is a path .*, got {type(given).__name__}"
+    ):
+        load_run(given)

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.errors import InputError, ModelError, RunFolderError, SettingsError
 from tests.conftest import REPO, shared_path
 from tests.tiny_clip import TINY_CONFIG
 
@@ -118,6 +118,89 @@ def test_encoder_specs_are_validated():
         parse_encoder("ViT-B-32")
     with pytest.raises(dataclasses_frozen()):
         spec.model = "other"
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty sentence-transformers cache, the hub client offline and huggingface.co unreachable
+    (no test touches the network); returns the cache folder and the hosts the check tried."""
+    from huggingface_hub import constants
+
+    from clipaudit import models
+
+    cache, tried = tmp_path / "st-cache", []
+    cache.mkdir()
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # a hub name is not a folder here
+
+    def unreachable(host, timeout=3.0):
+        tried.append(host)
+        return False
+
+    monkeypatch.setattr(models, "reachable", unreachable)
+    return cache, tried
+
+
+def test_a_hub_encoder_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    _, tried = offline_hub
+    with pytest.raises(
+        ModelError,
+        match=r"sentence-transformers model 'clipaudit-tests/absent' is not a local folder, is not "
+        r"downloaded, and huggingface.co cannot be reached; give the folder of a saved model",
+    ):
+        load_encoder(parse_encoder("st:clipaudit-tests/absent", device="cpu"))
+    assert tried == ["huggingface.co"]
+
+
+def test_a_cached_hub_encoder_is_read_from_the_cache_alone_when_offline(
+    offline_hub, monkeypatch, minilm
+):
+    """Offline, the hub client retries for minutes before it falls back on the cache: a cached
+    model is loaded with local_files_only (a bare name is cached as sentence-transformers/NAME)."""
+    import sentence_transformers
+
+    from clipaudit.semantic.encoders import load_encoder, minilm_path, parse_encoder
+
+    cache, tried = offline_hub
+    repo = cache / "models--sentence-transformers--all-MiniLM-L6-v2"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    for file in minilm_path().iterdir():  # the hub cache's layout, files linked, not copied
+        (repo / "snapshots" / ("0" * 40) / file.name).symlink_to(file)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    real = sentence_transformers.SentenceTransformer
+
+    def cache_only(name, **options):
+        if options.get("local_files_only") is not True:
+            pytest.fail(f"loaded {name} without local_files_only: the hub client would retry")
+        return real(name, **options)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", cache_only)
+    encoder = load_encoder(parse_encoder("st:all-MiniLM-L6-v2", device="cpu"))
+    assert tried == ["huggingface.co"]
+    assert encoder.identity["weights"] == minilm.identity["weights"]
+    texts = ["a dog on a beach", "a red car"]
+    np.testing.assert_allclose(encoder.encode(texts), minilm.encode(texts), atol=1e-6)
+
+
+def test_an_open_clip_encoder_offline_says_to_name_a_checkpoint_in_the_tags_place(monkeypatch):
+    """The hint fits an encoder spec (open_clip:MODEL@FILE) as well as --pretrained FILE."""
+    from clipaudit import models
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    monkeypatch.setattr(models, "_cached_weights", lambda cfg: False)
+    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(ModelError) as raised:
+        load_encoder(parse_encoder("open_clip:ViT-B-32@laion400m_e32", device="cpu"))
+    message = str(raised.value)
+    assert "are not downloaded and huggingface.co cannot be reached" in message
+    assert message.endswith(
+        "give a local checkpoint file (.safetensors or .pt) instead of 'laion400m_e32'"
+    )
+    assert "--pretrained" not in message
 
 
 def dataclasses_frozen():

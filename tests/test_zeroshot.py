@@ -758,3 +758,96 @@ def test_checkpoints_of_one_name_in_other_folders_are_told_apart(tiny, tmp_path)
         "tiny-clip@epoch_32.safetensors",
         "tiny-clip@epoch_32.pt",
     ]
+
+
+# --------------------------------------------------------------------------- bad settings: refused before work
+
+
+def cli_error(capsys, *args: str) -> str:
+    """The one line ``clipaudit`` prints for a refused command (exit 2, never a traceback)."""
+    from clipaudit.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--cache-dir", "afile", "cache_dir (--cache-dir) 'afile' is a file, not a folder"),
+        (
+            "--cache-dir",
+            "afile/sub",
+            "cache_dir (--cache-dir) 'afile/sub' cannot be made: 'afile' is a file",
+        ),
+        ("--templates", "t3.txt", "template file 't3.txt' is not UTF-8 text (byte 0)"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_any_model_loads(
+    tiny, tmp_path, monkeypatch, capsys, option, value, message
+):
+    import clipaudit.zeroshot as zeroshot
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "green": 1}})
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "t3.txt").write_bytes(b"\xff\xfe{}\n")  # UTF-16's byte-order mark: no UTF-8
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zeroshot, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    line = cli_error(
+        capsys, "zeroshot", "--model", tiny["config"], "--images", "img", "--out", "run",
+        "--device", "cpu", "--workers", "0", "--quiet", option, value,
+    )  # fmt: skip
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()  # no run folder, let alone a failed one
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_cache_dir_that_cannot_be_made_is_refused_even_where_access_says_yes(tmp_path):
+    # /proc takes no new folders, whoever asks (os.access tells root it may write there)
+    with pytest.raises(SettingsError, match=r"'/proc/nope' cannot be made \("):
+        ZeroShotSettings(models=(ModelSpec("ViT-B-32"),), images="img", cache_dir="/proc/nope")
+
+
+def test_checking_a_cache_dir_that_does_not_exist_yet_leaves_nothing(tmp_path):
+    folder = tmp_path / "new" / "cache"
+    settings = ZeroShotSettings(models=(ModelSpec("ViT-B-32"),), images="img", cache_dir=folder)
+    assert settings.cache_dir == folder and not (tmp_path / "new").exists()
+
+
+def test_run_zeroshot_names_the_option_meant_by_a_mistyped_one(tiny, tmp_path):
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "green": 1}})
+    with pytest.raises(
+        SettingsError, match=r"unknown zeroshot option 'devce' \(did you mean 'device'\?\)"
+    ):
+        run_for(tiny, tmp_path, devce="cpu")
+    with pytest.raises(SettingsError, match=r"'overwite' \(did you mean 'overwrite'\?\)"):
+        run_for(tiny, tmp_path, overwite=True)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("models", [5, None, 2.5])
+def test_a_model_spec_of_another_type_is_refused_naming_what_a_model_can_be(tmp_path, models):
+    with pytest.raises(SettingsError, match="models must be a name or config path, a"):
+        run_zeroshot(models, tmp_path / "img", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_counts_the_images_evaluated_and_those_skipped(tiny, tmp_path, capsys):
+    from clipaudit.cli import main
+
+    # 5 images evaluated (Animal), 2 undecodable, 1 in a group that cannot be evaluated (Food)
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 3, "cat": 2}, "Food": {"pizza": 1}})
+    (tmp_path / "img" / "Animal" / "dog" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 corrupt")
+    (tmp_path / "img" / "Animal" / "cat" / "empty.png").write_bytes(b"")
+    main(
+        [
+            "zeroshot", "--model", tiny["config"], "--pretrained", tiny["a"], "--images",
+            str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--no-cache", "--device", "cpu",
+            "--workers", "0", "--quiet",
+        ]
+    )  # fmt: skip
+    printed = " ".join(capsys.readouterr().out.split())  # the title wraps on narrow terminals
+    assert "macro-F1 per group (5 images evaluated, 2 skipped, templates none)" in printed

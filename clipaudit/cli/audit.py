@@ -39,14 +39,34 @@ def audit(
         ..., "--out", "-o", help="Run folder; rerun with the same folder to resume."
     ),
     registry: str = RegistryOption,
-    column: str | None = typer.Option(None, "--column", help="Caption column."),
+    column: str | None = typer.Option(
+        None, "--column", help="Caption column (default: caption, TEXT or text, whichever exists)."
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="Id column (default: id, key or SAMPLE_ID, else row numbers)."
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Count and list unreadable caption shards instead of stopping."
+    ),
     profile: str = typer.Option("curated", "--profile", help="Matching profile for coverage."),
     workers: int = typer.Option(1, "--workers", "-w", help="Worker processes for coverage."),
+    groups: str | None = typer.Option(
+        None, "--groups", "-g", help="Comma-separated groups for zero-shot (default: all)."
+    ),
+    label_field: str | None = typer.Option(
+        None,
+        "--label-field",
+        help="Label key: webdataset json key (default concept) or HF column (default label).",
+    ),
+    image_column: str = typer.Option("image", "--image-column", help="Hugging Face image column."),
     templates: str = typer.Option(
         "none", "--templates", "-t", help="Zero-shot templates: none, simple, ensemble or a file."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Embedding cache folder (default: ~/.cache/clipaudit/embeddings)."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),
     overwrite: bool = OverwriteOption,
@@ -54,6 +74,7 @@ def audit(
 ) -> None:
     """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
     from clipaudit.audit import run_audit
+    from clipaudit.cli.zeroshot import parse_groups
     from clipaudit.coverage import CaptionSources, CoverageSettings
     from clipaudit.errors import SettingsError
     from clipaudit.models import ModelSpec
@@ -64,16 +85,25 @@ def audit(
             "per --model (use 'none' for random weights) or none at all"
         )
     specs = [ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)]
-    zeroshot = {"templates": templates, "device": device, "batch_size": batch_size}
-    if no_cache:
-        zeroshot["cache_dir"] = None
+    zeroshot = {
+        "groups": parse_groups(groups),
+        "label_field": label_field,
+        "image_column": image_column,
+        "templates": templates,
+        "device": device,
+        "batch_size": batch_size,
+    }
+    if no_cache or cache_dir is not None:  # else the settings' default folder
+        zeroshot["cache_dir"] = None if no_cache else cache_dir
     result = run_audit(
         CaptionSources(captions),
         images,
         specs,
         out,
         registry=registry,
-        coverage=CoverageSettings(column=column, profile=profile, workers=workers),
+        coverage=CoverageSettings(
+            column=column, id_column=id_column, skip_bad=skip_bad, profile=profile, workers=workers
+        ),
         zeroshot=zeroshot,
         report={"title": title} if title else None,
         overwrite=overwrite,

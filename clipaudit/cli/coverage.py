@@ -401,8 +401,10 @@ def index(
 ) -> None:
     """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
     from clipaudit.coverage_semantic import index_run
-    from clipaudit.semantic.index import IndexSettings
+    from clipaudit.semantic.index import IndexSettings, check_query
 
+    if query is not None:  # checked before the index is built, not after
+        check_query(query, threshold, k)
     built = index_run(run, IndexSettings(kind=kind))
     console.print(f"{built.kind} index of {built.n:,} captions written to {run / 'index'}")
     if query is not None:

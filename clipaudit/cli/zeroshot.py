@@ -12,6 +12,11 @@ from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
 console = plain_console()
 
 
+def parse_groups(groups: str | None) -> tuple[str, ...] | None:
+    """``--groups`` "Animal, Color" as group names; None (all groups) when not given."""
+    return None if groups is None else tuple(g.strip() for g in groups.split(",") if g.strip())
+
+
 def zeroshot(
     model: list[str] = typer.Option(
         ...,
@@ -97,9 +102,7 @@ def zeroshot(
         images,
         out,
         registry=registry,
-        groups=tuple(g.strip() for g in groups.split(",") if g.strip())
-        if groups is not None
-        else None,
+        groups=parse_groups(groups),
         templates=templates,
         all_concepts=all_concepts,
         batch_size=batch_size,
@@ -119,15 +122,19 @@ def zeroshot(
 
 def _print_run(run) -> None:
     manifest = run.manifest
+    n_images = run.groups.drop_duplicates("group").set_index("group")["n_images"]
+    # the images classified, not those listed: undecodable ones and those of skipped groups are not
+    evaluated = f"{n_images.sum()} images evaluated"
+    if manifest["skipped_images"]:
+        evaluated += f", {len(manifest['skipped_images'])} skipped"
     table = Table(
-        title=f"macro-F1 per group ({manifest['n_images']} images, templates {manifest['templates']['setting']})"
+        title=f"macro-F1 per group ({evaluated}, templates {manifest['templates']['setting']})"
     )
     table.add_column("group")
     table.add_column("images", justify="right")
     scores = run.macro_f1_table()
     for model in scores.columns:
         table.add_column(model, justify="right")
-    n_images = run.groups.drop_duplicates("group").set_index("group")["n_images"]
     for group, row in scores.iterrows():
         table.add_row(group, str(n_images[group]), *(f"{value:.3f}" for value in row))
     console.print(table)

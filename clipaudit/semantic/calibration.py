@@ -354,6 +354,24 @@ class Calibration:
         )  # fmt: skip
 
 
+def check_min_positives(min_positives: Any) -> None:
+    if not isinstance(min_positives, int) or isinstance(min_positives, bool) or min_positives < 1:
+        raise SettingsError(
+            f"min_positives (--min-positives) must be an integer >= 1, got {min_positives!r}"
+        )
+
+
+def check_folds(folds: Any, n_captions: int) -> None:
+    """Cross-validation needs two folds at least, and a caption in each."""
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise SettingsError(f"folds (--folds) must be an integer >= 2, got {folds!r}")
+    if folds > n_captions:
+        raise SettingsError(
+            f"folds (--folds) {folds} is more than the {n_captions} labelled captions, which "
+            "leaves a fold without any; give fewer folds or more captions"
+        )
+
+
 def fit_calibration(
     evidence: Evidence,
     encoder: dict[str, Any],
@@ -364,8 +382,7 @@ def fit_calibration(
 ) -> Calibration:
     """Fit the three kinds of threshold on ``evidence`` (see the module docstring); ``texts``:
     the concepts' :func:`concept_fingerprints`, recorded so that a use after they change knows."""
-    if not isinstance(min_positives, int) or min_positives < 1:
-        raise SettingsError(f"min_positives must be an integer >= 1, got {min_positives!r}")
+    check_min_positives(min_positives)
     y, lex = evidence.labels, evidence.lexical
     everything = np.ones_like(y)
     nothing = np.zeros_like(y)
@@ -529,8 +546,7 @@ def cross_validate(
     from sklearn.model_selection import KFold
 
     n = evidence.labels.shape[0]
-    if not isinstance(folds, int) or folds < 2 or folds > n:
-        raise SettingsError(f"folds must be an integer in [2, {n}], got {folds!r}")
+    check_folds(folds, n)
     predicted = {m: np.zeros_like(evidence.labels) for m in methods}
     fitted = {kind: 0 for kind in KINDS}
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):

@@ -35,6 +35,7 @@ torch, sentence-transformers and open_clip are imported inside the functions tha
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +337,29 @@ def _batches(n: int, size: int, progress: bool, label: str) -> Iterator[tuple[in
         yield start, min(start + size, n)
 
 
+def _load_offline(name: str) -> bool:
+    """Whether a sentence-transformers model must be read from the hub cache alone: it is cached
+    and the hub cannot be reached (the hub client would retry for minutes before using the cache).
+    Raises :class:`ModelError` in seconds when it is neither a local folder nor cached, offline."""
+    from clipaudit.models import HF_HOST, in_hub_cache, reachable, valid_repo_id
+
+    if Path(name).exists() or not valid_repo_id(name):
+        return False  # a folder needs no network; sentence-transformers refuses a bad id without it
+    # a bare name is looked up as sentence-transformers/NAME (bert-base-uncased and a few more as is)
+    repos = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    cache = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
+    if reachable(HF_HOST):
+        return False
+    if any(in_hub_cache(repo, ["config.json"], cache) for repo in repos):
+        return True
+    raise ModelError(
+        f"sentence-transformers model {name!r} is not a local folder, is not downloaded, and "
+        f"{HF_HOST} cannot be reached; give the folder of a saved model instead, or download it "
+        'first on a machine with network (it is cached, e.g. python -c "from '
+        f"sentence_transformers import SentenceTransformer; SentenceTransformer('{name}')\")"
+    )
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model (mean-pooled transformer), normalised output."""
 
@@ -345,11 +369,14 @@ class SentenceTransformerEncoder:
         self.spec = spec
         self.device = resolve_device(spec.device)
         self.precision = resolve_precision(spec.precision, self.device)
+        offline = _load_offline(str(spec.model))
         try:
             from sentence_transformers import SentenceTransformer
 
             with _loading_bars(spec.progress):
-                self.model = SentenceTransformer(str(spec.model), device=str(self.device))
+                self.model = SentenceTransformer(
+                    str(spec.model), device=str(self.device), local_files_only=offline
+                )
         except Exception as exc:  # hub errors, missing files, bad configs: all "cannot load"
             reason = " ".join(str(exc).split())[:300]
             raise ModelError(

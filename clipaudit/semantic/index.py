@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import time
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -57,6 +58,34 @@ _IVFPQ_NAMES = (
     *("coarse_centroids", "pq_centroids", "list_sizes", "list_ids", "list_codes"),
     "blank_positions",
 )
+
+
+def check_query(query: Any, threshold: Any, k: Any) -> None:
+    """A query's arguments, checked before any work (the encoder of a text query takes seconds
+    to load): a text with a word in it, words, or a vector; a cosine threshold (None: the
+    caller's default); a count of nearest captions."""
+    if isinstance(query, str):
+        texts = [query]
+    elif isinstance(query, np.ndarray):
+        texts = []
+    elif isinstance(query, Sequence) and query:
+        texts = list(query)
+    else:
+        raise SettingsError(
+            "a query is a text, a list of words or a unit vector, got "
+            f"{type(query).__name__} {query!r:.60}"
+        )
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise SettingsError(f"a query text must hold a word, got {text!r:.60}")
+    if threshold is not None and (
+        not isinstance(threshold, numbers.Real)
+        or isinstance(threshold, bool)
+        or not -1.0 <= threshold <= 1.0  # NaN fails it too
+    ):
+        raise SettingsError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise SettingsError(f"k must be an integer >= 0, got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -357,6 +386,7 @@ class CaptionIndex:
     ) -> QueryResult:
         """Count the captions with cos(caption, query) >= ``threshold`` and return the ``k``
         nearest; ``query`` is a text (or words averaged, needing ``encoder``) or a unit vector."""
+        check_query(query, threshold, k)
         clock = time.perf_counter()
         label = None
         if isinstance(query, np.ndarray):
@@ -376,10 +406,6 @@ class CaptionIndex:
         if vector.shape[1] != self.store.dim:
             raise InputError(f"a {vector.shape[1]}-d query for a {self.store.dim}-d index")
         threshold = float(threshold)
-        if not -1.0 <= threshold <= 1.0:
-            raise SettingsError(f"threshold must be a cosine in [-1, 1], got {threshold}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise SettingsError(f"k must be an integer >= 0, got {k!r}")
         exact = self.kind == "flat" or self.settings.rescore
         reach = threshold - (self.margin if self.kind == "ivfpq" and exact else 0.0)
         radius = float(np.nextafter(np.float32(reach), np.float32(-np.inf)))

@@ -132,6 +132,16 @@ def test_sweep_options_without_a_sweep_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_threads_reach_the_training_settings(tmp_path):
+    """--threads is the training's thread count (a fixed count repeats the weights bit for bit):
+    a count the training settings refuse is refused before any work."""
+    result = run_cli("demo", "--threads", "0", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 2
+    assert "threads" in result.stderr and "0" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "demo").exists()
+
+
 def test_brackets_in_paths_and_captions_print_as_written(tmp_path):
     """rich reads "[/b]" as markup; the CLI prints user strings as they are."""
     captions = tmp_path / "c[red].txt"

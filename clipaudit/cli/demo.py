@@ -42,6 +42,12 @@ def demo(
         None, "--rates", help="The rates of --sweep (default 0,0.05,0.2,0.5,1)."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads of the training (default: chosen by timing, so the weights can differ "
+        "between runs; a fixed count repeats them bit for bit).",
+    ),
     overwrite: bool = OverwriteOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -58,7 +64,7 @@ def demo(
             "--sweep-kind and --rates shape a sweep: add --sweep GROUP (e.g. Texture)"
         )
     world = parse_misalignment(set_rates, WorldSettings(seed=seed))
-    train = TrainSettings(device=device)
+    train = TrainSettings(device=device, threads=threads)
     if steps is not None:
         train = dataclasses.replace(train, steps=steps)
     sweep_options = {

@@ -26,9 +26,10 @@ Rates are counts divided by ``n_captions_read``: rows holding a valid caption st
 included; skipped rows (null, non-string, non-UTF-8, too long) are not in the denominator.
 
 Every partial is written atomically when its shard is finished, with the identity of what the shard
-read (by the worker process itself on this machine; on Ray, by the driver, to which the task returns
-it), so a run killed at any moment (Ctrl-C, kill -9) and restarted with the same run folder redoes
-only unfinished shards and shards whose input changed (a file fixed, removed or added); outputs are
+read and of the matching code that counted it (by the worker process itself on this machine; on
+Ray, by the driver, to which the task returns it), so a run killed at any moment (Ctrl-C, kill -9)
+and restarted with the same run folder redoes only unfinished shards and shards whose input changed
+(a file fixed, removed or added), and every shard after an upgrade of the matcher; outputs are
 merged from the partials in corpus order and come out identical to an uninterrupted run's.
 
 Captions can be files and folders (see :mod:`clipaudit.readers`), a pandas DataFrame, or caption
@@ -69,7 +70,7 @@ from clipaudit.coverage_semantic import (
 from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
-from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s
+from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s, code_identity
 from clipaudit.provenance import arrow_table, atomic_write_bytes, write_json, write_table
 from clipaudit.readers import (
     HF_PREFIX,
@@ -829,6 +830,12 @@ class _Dispatch:
             shard_rows=settings.shard_rows,
             skip_bad=settings.skip_bad,
             descriptions=self.inputs,
+        )
+        # a shard counted by other matching code is counted again (a resumed run after an upgrade)
+        matcher = dict(zip(("lexicon", "code"), code_identity(), strict=True))
+        plan = (
+            replace(s, identity={**s.identity, "matcher": matcher}) if isinstance(s, Shard) else s
+            for s in plan
         )
         if self.semantic is not None:  # a unit's identity holds what its embeddings come from
             plan = (

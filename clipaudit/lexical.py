@@ -1428,13 +1428,14 @@ def _cache_path(registry: Registry) -> Path | None:
         [dataclasses.asdict(group) for group in registry.groups],
         [dataclasses.asdict(concept) for concept in registry.concepts],
     ]
-    identity = json.dumps([content, *_code_identity()], default=str, sort_keys=True)
+    identity = json.dumps([content, *code_identity()], default=str, sort_keys=True)
     return folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
 
 
 @cache
-def _code_identity() -> tuple[str, str]:
-    """The lexicon's version and a hash of the code that turns a registry into key tables."""
+def code_identity() -> tuple[str, str]:
+    """The lexicon's version and a hash of the code that turns a registry into key tables and
+    matches captions: what a cache of tables, or a coverage run's finished shard, was made by."""
     import spacy_lookups_data
 
     from clipaudit import registry, text

@@ -409,6 +409,28 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     }
 
 
+def test_shards_counted_by_other_matching_code_are_counted_again(tiny, tmp_path, monkeypatch):
+    """A run resumed after the matcher's code changed (an upgrade, the version unchanged) reuses
+    no shard the old code counted; the outputs are those of a clean run."""
+    import clipaudit.coverage as coverage_module
+
+    corpus = tmp_path / "corpus"
+    write_parts(corpus, {"a": ["a red cat", "a dog"], "b": ["a happy puppy"] * 3})
+    out = tmp_path / "run"
+    first = run([corpus], tiny, out)
+    assert first.manifest["timings"]["shards_this_session"] == 2
+    same = run([corpus], tiny, out)  # the same code: nothing recounted
+    assert same.reused
+    lexicon = lexical.code_identity()[0]
+    monkeypatch.setattr(coverage_module, "code_identity", lambda: (lexicon, "other code"))
+    upgraded = run([corpus], tiny, out)  # the complete run is counted again, not reused
+    timings = upgraded.manifest["timings"]
+    assert not upgraded.reused
+    assert (timings["shards_this_session"], timings["shards_resumed"]) == (2, 0)
+    run([corpus], tiny, tmp_path / "clean")
+    assert_same_outputs(out, tmp_path / "clean")
+
+
 def test_a_wrong_column_then_the_right_one_starts_over(tiny, tmp_path):
     path = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"text": ["a red cat", "a dog"]}), path)

@@ -86,6 +86,45 @@ def ctrl_c_count(tmp_path):
     return run
 
 
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+    """An empty Hugging Face and sentence-transformers cache, the hub client offline and
+    huggingface.co unreachable (no test touches the network), the working folder one where a hub
+    name is no folder; returns the cache folder and the hosts the reachability check tried."""
+    from huggingface_hub import constants
+
+    from clipaudit import models
+
+    cache, tried = tmp_path / "hub", []
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(cache))
+    monkeypatch.chdir(tmp_path)
+
+    def unreachable(host: str | None, timeout: float = 3.0) -> bool:
+        tried.append(host)
+        return False
+
+    monkeypatch.setattr(models, "reachable", unreachable)
+    return cache, tried
+
+
+def damaged_saved_datasets(dataset, tmp_path: Path) -> tuple[Path, Path]:
+    """Two folders of ``dataset`` (a datasets.Dataset) saved with save_to_disk and then damaged:
+    an interrupted copy whose arrow file ends after 2 KB, and one holding the dataset's json files
+    without what they should say."""
+    cut = tmp_path / "cut"
+    dataset.save_to_disk(str(cut))
+    (arrow,) = cut.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:2048])
+    hollow = tmp_path / "hollow"
+    hollow.mkdir()
+    for name in ("state.json", "dataset_info.json"):
+        (hollow / name).write_text("{}")
+    return cut, hollow
+
+
 @pytest.fixture(scope="session")
 def registry():
     from clipaudit.registry import load_registry

@@ -14,6 +14,7 @@ from PIL import Image
 
 from clipaudit.errors import InputError
 from clipaudit.images import BadImage, DecodedImages, collate_decoded, decode_image, open_images
+from tests.conftest import damaged_saved_datasets
 from tests.tiny_clip import write_image_folder
 
 
@@ -215,15 +216,11 @@ def test_a_damaged_saved_dataset_is_one_clear_error(tmp_path, registry):
         {"image": [{"bytes": png, "path": None}] * 3, "label": ["cat", "dog", "cat"]},
         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
     )
-    cut = tmp_path / "cut"  # an interrupted copy: its arrow file ends after 2 KB
-    split.save_to_disk(str(cut))
-    assert [r.concept for r in open_images(cut, registry).records] == ["cat", "dog", "cat"]
-    (arrow,) = cut.glob("*.arrow")
-    arrow.write_bytes(arrow.read_bytes()[:2048])
-    hollow = tmp_path / "hollow"  # the dataset's json files, without what they should say
-    hollow.mkdir()
-    for name in ("state.json", "dataset_info.json"):
-        (hollow / name).write_text("{}")
+    split.save_to_disk(str(tmp_path / "good"))
+    assert [r.concept for r in open_images(tmp_path / "good", registry).records] == [
+        "cat", "dog", "cat"
+    ]  # fmt: skip
+    cut, hollow = damaged_saved_datasets(split, tmp_path)
     for broken, why in ((cut, "OSError"), (hollow, "KeyError")):
         with pytest.raises(InputError) as stopped:
             open_images(broken, registry)

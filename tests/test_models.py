@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipaudit import models
 from clipaudit.errors import ModelError, SettingsError
 from clipaudit.models import ModelSpec, load_model, resolve_device, resolve_precision
 from tests.tiny_clip import (
@@ -89,25 +88,6 @@ def test_an_unreadable_checkpoint_gives_the_error_alone_without_torch_warnings(t
             ):
                 load_model(ModelSpec(str(tiny["config"]), str(checkpoint)), device="cpu")
         assert [str(warning.message) for warning in caught] == [], checkpoint.name
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
-    """An empty Hugging Face cache, the hub client offline and huggingface.co unreachable (no test
-    touches the network); returns the cache folder and the hosts the reachability check tried."""
-    from huggingface_hub import constants
-
-    cache, tried = tmp_path / "hub", []
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-    def unreachable(host: str | None, timeout: float = 3.0) -> bool:
-        tried.append(host)
-        return False
-
-    monkeypatch.setattr(models, "reachable", unreachable)
-    return cache, tried
 
 
 def test_an_hf_hub_model_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):

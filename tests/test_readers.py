@@ -11,6 +11,7 @@ import pytest
 from clipaudit import readers
 from clipaudit.errors import InputError
 from clipaudit.readers import BadShardError, SkippedShard, plan_shards, resolve_sources
+from tests.conftest import damaged_saved_datasets
 
 
 def read_all(specs, **plan_options):
@@ -298,14 +299,7 @@ def test_a_damaged_saved_dataset_stops_with_a_hint_or_is_skipped_with_skip_bad(t
     datasets = pytest.importorskip("datasets")
     data = datasets.Dataset.from_dict({"caption": [f"a dog number {i}" * 9 for i in range(200)]})
     data.save_to_disk(str(tmp_path / "good"))
-    cut = tmp_path / "cut"  # an interrupted copy: its arrow file ends after 2 KB
-    data.save_to_disk(str(cut))
-    (arrow,) = cut.glob("*.arrow")
-    arrow.write_bytes(arrow.read_bytes()[:2048])
-    hollow = tmp_path / "hollow"  # the dataset's json files, without what they should say
-    hollow.mkdir()
-    for name in ("state.json", "dataset_info.json"):
-        (hollow / name).write_text("{}")
+    cut, hollow = damaged_saved_datasets(data, tmp_path)
     for broken, why in ((cut, "OSError"), (hollow, "KeyError")):
         with pytest.raises(BadShardError) as stopped:
             list(plan_shards(resolve_sources([broken, tmp_path / "good"])))

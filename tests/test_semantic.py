@@ -120,28 +120,6 @@ def test_encoder_specs_are_validated():
         spec.model = "other"
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty sentence-transformers cache, the hub client offline and huggingface.co unreachable
-    (no test touches the network); returns the cache folder and the hosts the check tried."""
-    from huggingface_hub import constants
-
-    from clipaudit import models
-
-    cache, tried = tmp_path / "st-cache", []
-    cache.mkdir()
-    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)  # a hub name is not a folder here
-
-    def unreachable(host, timeout=3.0):
-        tried.append(host)
-        return False
-
-    monkeypatch.setattr(models, "reachable", unreachable)
-    return cache, tried
-
-
 def test_a_hub_encoder_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
 

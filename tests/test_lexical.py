@@ -1129,6 +1129,11 @@ def test_heads_that_name_the_object(builtin, caption, expected):
         ("beach grass calligraphy", []),
         ("Wall Plaque Art, Proudly Made in USA", []),
         ("Chocolate Chunk Cookie Sandwiches", []),
+        # burgundy is a shade of red (rule 7), the wine is not; "wine" is red as a colourway only
+        ("Burgundy Plaid Button Down Dress", ["red", "dress"]),
+        ("a glass of burgundy wine", ["cup"]),
+        ("Obey Bunt 6 Panel Hat - Wine", ["hat", "red"]),
+        ("a wine bar", []),
         # the concepts themselves still count
         ("a proud father at graduation", ["proud"]),
         ("a grey cat in the park", ["gray", "cat", "park"]),

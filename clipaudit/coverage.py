@@ -71,7 +71,13 @@ from clipaudit.engines import ENGINES
 from clipaudit.errors import InputError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s, code_identity
-from clipaudit.provenance import arrow_table, atomic_write_bytes, write_json, write_table
+from clipaudit.provenance import (
+    arrow_table,
+    atomic_write_bytes,
+    file_in_the_way,
+    write_json,
+    write_table,
+)
 from clipaudit.readers import (
     HF_PREFIX,
     BadShardError,
@@ -286,12 +292,14 @@ class CoverageSettings:
 
 
 def _check_store_folder(store: str) -> None:
-    """The embedding store is a folder, made when missing: refused when it, or the nearest of
-    its parents that exists, is a file (its folders could never be made)."""
-    path = Path(store)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        why = "is a file" if existing == path else f"cannot be made: {str(existing)!r} is a file"
+    """The embedding store is a folder, made when missing: refused when a file is in its way."""
+    blocking = file_in_the_way(store)
+    if blocking is not None:
+        why = (
+            "is a file"
+            if blocking == Path(store)
+            else f"cannot be made: {str(blocking)!r} is a file"
+        )
         raise SettingsError(
             f"{_named('embedding_store')} {store!r} {why}; name a folder (made when missing)"
         )

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from clipaudit.errors import SettingsError
-from clipaudit.provenance import atomic_write_bytes, write_json
+from clipaudit.provenance import atomic_write_bytes, file_in_the_way, write_json
 
 DEFAULT_MAX_GB = 20.0
 
@@ -67,13 +67,13 @@ def check_cache_dir(folder: Path) -> None:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise SettingsError(f"{named} is a folder this user cannot write to; {hint}")
         return
-    lineage = (folder, *folder.parents)
-    existing = next((p for p in lineage if p.exists()), None)
-    if existing == folder:
+    blocking = file_in_the_way(folder)
+    if blocking == folder:
         raise SettingsError(f"{named} is a file, not a folder; {hint}")
-    if existing is not None and not existing.is_dir():
-        raise SettingsError(f"{named} cannot be made: {str(existing)!r} is a file; {hint}")
-    made = [p for p in lineage if not p.exists()]  # deepest first, the order to remove them in
+    if blocking is not None:
+        raise SettingsError(f"{named} cannot be made: {str(blocking)!r} is a file; {hint}")
+    # deepest first, the order to remove them in
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

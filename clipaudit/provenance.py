@@ -124,6 +124,14 @@ def recorded_path(target: str | os.PathLike, base: str | os.PathLike) -> str:
     return target.relative_to(base).as_posix() if target.is_relative_to(base) else str(target)
 
 
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The file, ``folder`` itself or the nearest of its parents that exists, that keeps
+    ``folder`` from being a folder or being made; None when there is none."""
+    path = Path(folder)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path = Path(path)

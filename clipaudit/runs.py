@@ -58,15 +58,6 @@ LOADERS: dict[str, str] = {
     "report": "clipaudit.report:load_report_run",
 }
 _KIND_ALIASES = {"theory-run": "theory", "theory-check": "theory"}  # manifests before the contract
-# kind -> table attribute of its loaded result -> the columns readers of it index: a table that
-# lacks one (a file overwritten or cut short) makes the folder damaged, said when it is loaded
-# rather than met later as a KeyError
-REQUIRED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
-    "zeroshot": {
-        "groups": ("model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"),
-        "concepts": ("model", "group", "concept", "precision", "recall", "f1", "support"),
-    },
-}
 
 
 class RunFailedError(ClipAuditError):
@@ -437,18 +428,10 @@ def load_run(path: str | os.PathLike) -> Any:
     module, _, function = LOADERS[kind].partition(":")
     loader = getattr(importlib.import_module(module), function)
     try:
-        result = loader(path, manifest)
+        return loader(path, manifest)
     except (OSError, ValueError, KeyError) as exc:  # pyarrow's and pandas' parse errors included
-        raise _damaged(path, kind, f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    for table, columns in REQUIRED_COLUMNS.get(kind, {}).items():
-        missing = [column for column in columns if column not in getattr(result, table).columns]
-        if missing:
-            raise _damaged(path, kind, f"its {table} table has no column {', '.join(missing)}")
-    return result
-
-
-def _damaged(path: Path, kind: str, why: str) -> RunFolderError:
-    return RunFolderError(
-        f"{path} holds a complete {kind} run whose files cannot be read ({why}); the folder is "
-        "damaged: run the command that wrote it again with --overwrite"
-    )
+        raise RunFolderError(
+            f"{path} holds a complete {kind} run whose files cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged: run the command "
+            "that wrote it again with --overwrite"
+        ) from None

@@ -701,11 +701,23 @@ def _named_file(folder: Path, name: str, suffix: str = "") -> Path:
 def load_zeroshot_run(path: str | Path, manifest: dict[str, Any]) -> ZeroShotRun:
     """A complete zero-shot run folder read back (:func:`clipaudit.runs.load_run`)."""
     path = Path(path)
+    tables = {name: read_table_csv(path / f"{name}.csv") for name in _LOADED_COLUMNS}
+    for name, columns in _LOADED_COLUMNS.items():
+        # a file overwritten or cut short: said here, not met later as a KeyError
+        missing = [column for column in columns if column not in tables[name].columns]
+        if missing:
+            raise ValueError(f"its {name} table has no column {', '.join(missing)}")
     groups = _with_candidates(
-        read_table_csv(path / "groups.csv"),
-        bool((manifest.get("settings") or {}).get("all_concepts")),
+        tables["groups"], bool((manifest.get("settings") or {}).get("all_concepts"))
     )
-    return ZeroShotRun(path, groups, read_table_csv(path / "concepts.csv"), manifest)
+    return ZeroShotRun(path, groups, tables["concepts"], manifest)
+
+
+# the columns the readers of a loaded run index (the report, macro_f1_table, models)
+_LOADED_COLUMNS = {
+    "groups": ("model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"),
+    "concepts": ("model", "group", "concept", "precision", "recall", "f1", "support"),
+}
 
 
 def _with_candidates(groups: pd.DataFrame, all_concepts: bool) -> pd.DataFrame:

@@ -599,8 +599,8 @@ def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
     (awareness / "concepts.csv").write_text("garbage,,\n")
     with pytest.raises(
         RunFolderError,
-        match=r"broken-zeroshot holds a complete zeroshot run whose files cannot be read \(its "
-        r"concepts table has no column model, .*\); the folder is damaged",
+        match=r"broken-zeroshot holds a complete zeroshot run whose files cannot be read "
+        r"\(ValueError: its concepts table has no column model, .*\); the folder is damaged",
     ):
         build_report([audit_runs["coverage"], awareness], tmp_path / "e")
     with pytest.raises(SettingsError, match=r"0 \(no intervals\) or at least 10; got 5"):

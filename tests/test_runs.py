@@ -149,9 +149,9 @@ def test_a_table_without_the_columns_its_readers_need_is_a_damaged_folder(tmp_pa
     with pytest.raises(RunFolderError) as info:
         load_run(damaged)
     assert str(info.value) == (
-        f"{damaged} holds a complete zeroshot run whose files cannot be read (its concepts table "
-        "has no column model, group, concept, precision, recall, f1, support); the folder is "
-        "damaged: run the command that wrote it again with --overwrite"
+        f"{damaged} holds a complete zeroshot run whose files cannot be read (ValueError: its "
+        "concepts table has no column model, group, concept, precision, recall, f1, support); "
+        "the folder is damaged: run the command that wrote it again with --overwrite"
     )
     no_score = zeroshot_folder(
         tmp_path / "no-score", groups=ZEROSHOT_GROUPS.replace("macro_f1", "f")

@@ -11,6 +11,8 @@
  *   scan(tables, text: bytes-like) -> bytes of int64 pairs
  *   non_ascii(captions: list of str, index) -> positions of the non-ASCII captions that the fold
  *     table cannot fold
+ *   ampersands(captions: list of str) -> positions of the captions that hold an "&" (where an
+ *     HTML character reference may be)
  *   crc32(captions, positions: int64 buffer) -> zlib.crc32 of the UTF-8 of each caption named
  *   prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (...): a batch's
  *     normalisation (clipaudit.lexical._prepare)
@@ -565,6 +567,32 @@ release:
     return result;
 }
 
+/* ampersands(captions: list of str) -> list of the positions of the captions that hold an "&"
+ * (clipaudit.lexical decodes their HTML character references before prepare) */
+static PyObject *ampersands(PyObject *self, PyObject *args) {
+    PyObject *captions_arg;
+    if (!PyArg_ParseTuple(args, "O", &captions_arg)) return NULL;
+    PyObject *captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
+    if (captions == NULL) return NULL;
+    PyObject *found = PyList_New(0);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(captions);
+    for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
+        PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
+        Py_ssize_t at = ready_text(caption, i) < 0
+            ? -2
+            : PyUnicode_FindChar(caption, '&', 0, PyUnicode_GET_LENGTH(caption), 1);
+        if (at == -2) {
+            Py_CLEAR(found);
+        } else if (at >= 0) {
+            PyObject *position = PyLong_FromSsize_t(i);
+            if (position == NULL || PyList_Append(found, position) < 0) Py_CLEAR(found);
+            Py_XDECREF(position);
+        }
+    }
+    Py_DECREF(captions);
+    return found;
+}
+
 /* crc32(captions: list of str, positions: int64 buffer) -> bytes of uint32: the CRC-32 of the
  * UTF-8 of each caption named, zlib.crc32's (the reflected IEEE polynomial), eight bytes a step.
  * Written out rather than linked: zlib's headers are not assumed where the package is built, and
@@ -646,6 +674,7 @@ static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS, "build(keys) -> tables (a capsule)"},
     {"scan", scan, METH_VARARGS, "scan(tables, text) -> int64 pairs"},
     {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions, index) -> positions"},
+    {"ampersands", ampersands, METH_VARARGS, "ampersands(captions) -> positions"},
     {"crc32", crc32, METH_VARARGS, "crc32(captions, positions) -> uint32 CRC-32 of each"},
     {"prepare", prepare, METH_VARARGS,
      "prepare(captions, folded, index, blob, table, kinds, hyphen, dash) -> (text, marks, marked, "

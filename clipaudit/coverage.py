@@ -81,6 +81,7 @@ from clipaudit.provenance import (
 from clipaudit.readers import (
     HF_PREFIX,
     BadShardError,
+    ConnectionLostError,
     Shard,
     SkippedShard,
     Source,
@@ -552,8 +553,8 @@ def _check_split(split: str, sources: Sequence[Source]) -> None:
     raise SettingsError(
         f"{_named('hf_split')} {split!r} selects a split of a Hugging Face dataset (hf:NAME, or "
         "a DatasetDict saved by save_to_disk), and none of the inputs has splits "
-        f"({first.spec!r} is a {first.kind} source); drop --split, or name the dataset whose "
-        "split to count"
+        f"({first.spec!r} is a {first.kind} source); drop the split (--caption-split in clipaudit audit), or name the "
+        "dataset whose split to count"
     )
 
 
@@ -989,10 +990,14 @@ class _Dispatch:
         in_flight: dict[Future, Shard] = {}
         limit = self.window  # bounds memory when shards carry streamed rows
         while True:
-            for shard in pending:
-                in_flight[executor.submit(_process_shard, shard)] = shard
-                if len(in_flight) >= limit:
-                    break
+            try:
+                for shard in pending:
+                    in_flight[executor.submit(_process_shard, shard)] = shard
+                    if len(in_flight) >= limit:
+                        break
+            except InputError:  # the planner's (a bad file, a stream cut): keep what finishes
+                self._drain(in_flight, progress)
+                raise
             if not in_flight:
                 return
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -1000,6 +1005,9 @@ class _Dispatch:
                 shard = in_flight.pop(future)
                 try:
                     summary = future.result()
+                except ConnectionLostError:
+                    self._drain(in_flight, progress)  # a rerun resumes after what finished
+                    raise
                 except BadShardError as exc:
                     if not self.settings.skip_bad:
                         self._drain(in_flight, progress)  # keep what the running ones finish

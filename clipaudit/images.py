@@ -420,12 +420,14 @@ def _hf_images(
             where = f" (split {split!r})" if split else ""
             raise InputError(
                 f"cannot open Hugging Face dataset {location!r}{where}: {one_line(exc)}; check "
-                "the name, the split (--split) and the network"
+                "the name, the split (--split; --image-split in clipaudit audit) and the network"
             ) from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         if split is None and len(splits) != 1:
-            raise InputError(f"{source!r} has splits {', '.join(splits)}; choose one with --split")
+            raise InputError(
+                f"{source!r} has splits {', '.join(splits)}; choose one with --split (--image-split in clipaudit audit)"
+            )
         chosen = split or splits[0]
         if chosen not in loaded:
             raise InputError(

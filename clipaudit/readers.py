@@ -99,6 +99,32 @@ class BadShardError(InputError):
         return (type(self), (self.label, self.reason, self.hint))
 
 
+class ConnectionLostError(InputError):
+    """Reading a shard stopped part-way on the network's error, not the file's (a connection reset
+    or refused, a timeout, an HTTP client's own error): ``--skip-bad`` does not skip it, and a
+    rerun resumes after the shards that finished."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(
+            f"{label}: reading stopped ({reason}); the file may be fine: check the network and "
+            "run the same command again, which resumes after the shards that finished"
+        )
+        self.label = label
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.label, self.reason))
+
+
+def _network_error(error: BaseException) -> bool:
+    """Whether an error raised while reading is the network's: Python's connection and timeout
+    errors (socket's, requests'), or a foreign error that is neither an OSError nor Arrow's nor
+    ours (httpx's and aiohttp's are no OSError); a corrupt file raises OSError or Arrow's errors."""
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    return not isinstance(error, OSError | pa.ArrowException | InputError | UnicodeError)
+
+
 @dataclass(frozen=True)
 class Source:
     """One input as the user named it, resolved to its kind and files (corpus order)."""
@@ -138,12 +164,18 @@ class Shard:
     filesystem: Any = field(default=None, repr=False, compare=False)  # a URL's; None: local
 
     def read(self, *, max_caption_chars: int, batch_rows: int) -> Iterator[CaptionBatch]:
-        """The shard's captions in batches of valid text; raises BadShardError when unreadable."""
+        """The shard's captions in batches of valid text; raises BadShardError when unreadable,
+        ConnectionLostError when a remote file's reading stopped on the network's error."""
         raw = _RAW_READERS[self.kind](self, batch_rows)
         row = self.first_row
-        for values, ids, skipped in raw:
-            yield _clean(values, ids, row, skipped, max_caption_chars)
-            row += len(values)
+        try:
+            for values, ids, skipped in raw:
+                yield _clean(values, ids, row, skipped, max_caption_chars)
+                row += len(values)
+        except Exception as exc:
+            if self.filesystem is None or not _network_error(exc):
+                raise
+            raise ConnectionLostError(self.label, one_line(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -324,7 +356,7 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
     if split not in splits:
         raise InputError(
             f"saved dataset {str(folder)!r} has no split {split!r}{did_you_mean(split, splits)}; "
-            f"its splits are {', '.join(splits)} (choose one with --split)"
+            f"its splits are {', '.join(splits)} (choose one with --split; --caption-split in clipaudit audit)"
         )
     return folder / split
 
@@ -587,7 +619,8 @@ class _Planner:
         column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.spec)
         id_column = _pick_id_column(names, self.id_column, source.spec)
         dataset = dataset.select_columns([c for c in (column, id_column) if c])
-        for part, chunk in enumerate(dataset.iter(batch_size=self.shard_rows)):
+        chunks = _stream_chunks(dataset.iter(batch_size=self.shard_rows), source.spec)
+        for part, chunk in enumerate(chunks):
             captions = chunk[column]
             ids = chunk[id_column] if id_column else None
             first = self.next_row
@@ -608,6 +641,23 @@ class _Planner:
                 id_column=id_column,
                 payload=(captions, ids),
             )
+
+
+def _stream_chunks(chunks: Iterator[Any], spec: str) -> Iterator[Any]:
+    """A hub stream's chunks; the network's error part-way is ConnectionLostError (the shards
+    planned before it are counted first, as the planner yields them)."""
+    rows = 0
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except Exception as exc:
+            if not _network_error(exc):
+                raise
+            raise ConnectionLostError(f"{spec} (rows from {rows})", one_line(exc)) from None
+        rows += len(next(iter(chunk.values()), ()))
+        yield chunk
 
 
 def _runs(sizes: list[int], target: int) -> list[tuple[int, int]]:
@@ -753,6 +803,8 @@ def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
                 ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
                 yield batch.column(shard.column), ids, Counter()
     except (OSError, pa.ArrowException) as exc:
+        if shard.filesystem is not None and _network_error(exc):
+            raise  # Shard.read says so
         raise BadShardError(shard.label, f"unreadable parquet data ({one_line(exc)})") from None
 
 
@@ -1014,6 +1066,6 @@ def _open_stream(name: str, config: str | None, split: str) -> Any:
     except Exception as exc:  # the hub client raises many types; all mean "cannot open this"
         raise InputError(
             f"cannot open Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
-            f"{one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split) and the "
+            f"{one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split; --caption-split in clipaudit audit) and the "
             "network"
         ) from None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import html
 import re
 import unicodedata
+from html.entities import html5
 
 # bytes.translate table: upper-case ASCII -> lower-case, other non-alphanumerics -> space
 ASCII_TABLE = bytes(
@@ -17,6 +19,21 @@ FOLDED_TABLE = bytes(32 if 65 <= c <= 90 else b for c, b in enumerate(ASCII_TABL
 # combining marks, which NFKD splits off accented letters ("é" -> "e" + U+0301)
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 codecs.register_error("clipaudit.space", lambda error: (" ", error.end))
+# an HTML character reference ("&eacute;", "&#233;", "&#xE9;"), which web alt-text often holds
+_REFERENCE = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+
+
+def unescape(text: str) -> str:
+    """``text`` with its HTML character references decoded: "cat&eacute;gorie" is "catégorie",
+    not a cat and a "gorie"; a name HTML does not define stays as written."""
+    return _REFERENCE.sub(_decoded, text) if "&" in text else text
+
+
+def _decoded(reference: re.Match[str]) -> str:
+    # a whole name only: html.unescape would read "&notaname;" as "&not" and "aname;"
+    if reference[0][1] == "#":
+        return html.unescape(reference[0])
+    return html5.get(reference[0][1:], reference[0])
 
 
 def fold(text: str) -> bytes:
@@ -28,12 +45,14 @@ def fold(text: str) -> bytes:
 
 
 def normalize(text: str) -> str:
-    """Lower-case, fold accents, and turn every run of non-alphanumerics into one space.
+    """Decode HTML character references (:func:`unescape`), lower-case, fold accents, and turn
+    every run of non-alphanumerics into one space.
 
     ``"T-Shirts!"`` -> ``"t shirts"``; ``"Café's"`` -> ``"cafe s"``; ``"1994–2007"`` -> ``"1994
     2007"``. Padding the result with spaces makes every word boundary a literal space, which is
     what lets an exact-match automaton match whole words only.
     """
+    text = unescape(text)
     if text.isascii():
         # the hot path of caption matching: one translate is about 4x faster than re.sub
         folded = text.encode("ascii").translate(ASCII_TABLE).decode("ascii").strip()

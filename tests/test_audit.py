@@ -173,6 +173,9 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
     assert "--skip-bad" in corrupt
     empty = ("-c", str(captions / "good.parquet"), "-i", str(tmp_path / "empty"))
     assert "--groups" in suggested(*empty, "-o", str(tmp_path / "b"), "--no-cache")
+    with pytest.raises(SystemExit):  # a caption split where the captions have none
+        main([*base, *empty[:2], "-i", images, "-o", str(tmp_path / "d"), "--caption-split", "val"])
+    assert "'val' selects a split" in capsys.readouterr().err
 
     out = tmp_path / "c"
     main(
@@ -180,6 +183,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
             *base, "-c", str(captions), "-i", images, "-o", str(out), "--skip-bad",
             "--groups", "Animal, Color", "--id-column", "key", "--label-field", "concept",
             "--image-column", "picture", "--cache-dir", str(tmp_path / "cache"),
+            "--caption-split", "train", "--image-split", "test",
         ]
     )  # fmt: skip
     coverage = json.loads((out / "coverage" / "manifest.json").read_text())
@@ -188,6 +192,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
     assert set(pd.read_csv(out / "zeroshot" / "groups.csv")["group"]) == {"Animal", "Color"}
     settings = json.loads((out / "manifest.json").read_text())["settings"]
     assert settings["coverage"]["id_column"] == "key"
+    assert settings["zeroshot"]["split"] == "test"  # a hub dataset's; a folder has none
     assert settings["zeroshot"]["groups"] == ["Animal", "Color"]
     assert (settings["zeroshot"]["label_field"], settings["zeroshot"]["image_column"]) == (
         "concept",

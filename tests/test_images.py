@@ -246,7 +246,7 @@ def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, reg
     assert str(stopped.value) == (
         "cannot open Hugging Face dataset 'someorg/nonexist' (split 'test'): ConnectionError: "
         "Couldn't reach 'someorg/nonexist' on the Hub (LocalEntryNotFoundError); check the name, "
-        "the split (--split) and the network"
+        "the split (--split; --image-split in clipaudit audit) and the network"
     )
     # a URL of files is no hub dataset name: refused before anything is asked of the hub
     with pytest.raises(InputError, match=r"name a Hugging Face hub dataset as hf:NAME"):

@@ -1377,6 +1377,7 @@ def test_compiled_and_array_batch_normalisations_are_identical(monkeypatch):
         *("Red/Blue & Gold + Black, (new)! [x] {y}: z | w", "Café – Bar • Pub · Inn", "™ ℡"),
         *("  many   spaces  ", "end with mark -", "- start", "a , , b", "a\t-\tb"),
         *("ΣΟΦΟΣ Σ", "e\u0301 Ｆｕｌｌ ｗｉｄｔｈ", "İstanbul ǅ ﬁ ½ ⅷ", "日本 dog 🐶 – Ünïcödé"),
+        *("cat&eacute;gorie &amp; &#8211; &#x2022; &lt;br&gt;", "R&D &nope; &", "é &amp; &#0;"),
     ]
     # and random text over what the compiled pass folds by table and what it leaves to Python
     rng = random.Random(0)
@@ -1395,6 +1396,23 @@ def test_compiled_and_array_batch_normalisations_are_identical(monkeypatch):
     # each caption as the text normaliser sees it, the marks aside
     lines = compiled.text.split("\n")
     assert [line.strip() for line in lines] == [normalize(caption) for caption in captions]
+
+
+def test_html_character_references_are_decoded_before_matching(route):
+    # web alt-text holds them: "cat&eacute;gorie" is one word, no cat; "&amp;" coordinates
+    web = build_matcher(load_registry("cai2025"))
+    assert normalize("Cat&eacute;gorie &#233;t&#xE9; R&D &amp;c") == "categorie ete r d c"
+    assert normalize("&dog; &notaname; & &#;") == "dog notaname"  # no reference: as written
+    captions = [
+        "dans sa cat&eacute;gorie",
+        "Sweatshirt - Black &amp; White",
+        "a &quot;dog&quot; and a cat",
+        None,
+        "Sweatshirt - Forest",
+    ]
+    found = [sorted(web.concept_names[i] for i in row) for row in web.match_batch(captions)]
+    assert found == [[], ["black", "white"], ["cat", "dog"], [], ["green"]]
+    assert web.match("Sweatshirt - Black & White") == ["black", "white"]
 
 
 def test_a_batch_with_none_or_non_text_is_read_as_text_or_refused():

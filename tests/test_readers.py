@@ -223,6 +223,49 @@ def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
     assert changed[0] == keys[0] and changed[1] != keys[1] and changed[2] == keys[2]
 
 
+def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("datasets")
+    from clipaudit import readers
+    from clipaudit.coverage import CoverageSettings, count_coverage
+    from clipaudit.readers import ConnectionLostError
+    from clipaudit.registry import load_registry
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    records = [{"TEXT": f"a dog number {i}"} for i in range(7)]
+    (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    opened = readers._open_stream
+
+    class Cut:  # the stream's connection drops after two chunks
+        def __init__(self, dataset):
+            self.dataset = dataset
+            self.column_names = dataset.column_names
+
+        def select_columns(self, columns):
+            return Cut(self.dataset.select_columns(columns))
+
+        def iter(self, batch_size):
+            chunks = self.dataset.iter(batch_size=batch_size)
+            yield next(chunks)
+            yield next(chunks)
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(readers, "_open_stream", lambda *args: Cut(opened(*args)))
+    with pytest.raises(ConnectionLostError, match=r"hub_like \(rows from 4\): reading stopped"):
+        read_all([f"hf:{folder}"], shard_rows=2)
+    registry = load_registry("cai2025")
+    settings = CoverageSettings(progress=False, shard_rows=2)
+    with pytest.raises(ConnectionLostError):
+        count_coverage([f"hf:{folder}"], registry, tmp_path / "run", settings)
+    monkeypatch.setattr(readers, "_open_stream", opened)  # the network is back
+    resumed = count_coverage([f"hf:{folder}"], registry, tmp_path / "run", settings)
+    assert resumed.manifest["timings"]["shards_resumed"] == 2
+    assert resumed.concepts.set_index("concept")["count"]["dog"] == 7
+
+
 def test_a_missing_source_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"caption source '.*nowhere.parquet' does not exist"):
         resolve_sources([tmp_path / "nowhere.parquet"])

@@ -250,6 +250,75 @@ def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path,
         memory.rm(bucket, recursive=True)
 
 
+@pytest.mark.parametrize("kind", ["parquet", "txt"])
+def test_a_connection_lost_while_counting_stops_the_run_and_a_rerun_resumes(
+    tiny, tmp_path, monkeypatch, kind
+):
+    """The network drops once the run is planned, while file b is read: the run stops with one
+    message (not a bad shard: --skip-bad does not skip it), keeps a's shards, and the same
+    command resumes after them once the network is back."""
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from clipaudit import coverage
+    from clipaudit.readers import ConnectionLostError
+
+    dropped = []  # non-empty while the connection is down
+
+    class Dropping:
+        def __init__(self, handle, path):
+            self.handle, self.path = handle, path
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def read(self, *args, **kwargs):
+            if dropped and self.path.endswith(f"b.{kind}"):
+                raise ConnectError("Connection reset (a test's)")
+            return self.handle.read(*args, **kwargs)
+
+    memory = MemoryFileSystem(skip_instance_cache=True)  # its own open, the store shared
+    memory.open = lambda path, mode="rb", **kw: Dropping(
+        MemoryFileSystem.open(memory, path, mode, **kw), path
+    )
+    bucket = f"/lost-{uuid.uuid4().hex[:8]}"
+    local = tmp_path / "corpus"
+    local.mkdir()
+    for name, captions in CAPTIONS.items():
+        data = (
+            parquet_bytes(captions)
+            if kind == "parquet"
+            else "".join(f"{caption or ''}\n" for caption in captions).encode()
+        )
+        memory.pipe(f"{bucket}/{name}.{kind}", data)
+        (local / f"{name}.{kind}").write_bytes(data)
+    planned = coverage.plan_shards
+
+    def plan_then_drop(*args, **kwargs):
+        shards = list(planned(*args, **kwargs))
+        dropped.append(True)
+        return iter(shards)
+
+    monkeypatch.setattr(coverage, "plan_shards", plan_then_drop)
+    filesystems.register_filesystem(
+        "lost", lambda url: (PyFileSystem(FSSpecHandler(memory)), "/" + url.split("://", 1)[1])
+    )
+    try:
+        source = [f"lost:/{bucket}"]
+        with pytest.raises(ConnectionLostError, match=rf"b\.{kind} .*reading stopped \(Connect"):
+            count(source, tiny, tmp_path / "run", skip_bad=True)
+        dropped.clear()
+        monkeypatch.setattr(coverage, "plan_shards", planned)
+        resumed = count(source, tiny, tmp_path / "run")
+    finally:
+        filesystems.unregister_filesystem("lost")
+        memory.rm(bucket, recursive=True)
+    assert resumed.manifest["timings"]["shards_resumed"] == 4  # a's 32 rows, 10 a shard
+    assert resumed.manifest["skipped_shards"] == []
+    count([local], tiny, tmp_path / "local")
+    assert_same_outputs(tmp_path / "run", tmp_path / "local")
+
+
 def test_an_unreachable_hub_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     """hf:// with no network: the hub client's own error (httpx's, no OSError) while listing."""
     from huggingface_hub import HfFileSystem

@@ -45,6 +45,9 @@ def audit(
     id_column: str | None = typer.Option(
         None, "--id-column", help="Id column (default: id, key or SAMPLE_ID, else row numbers)."
     ),
+    caption_split: str = typer.Option(
+        "train", "--caption-split", help="Split of a Hugging Face caption dataset."
+    ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Count and list unreadable caption shards instead of stopping."
     ),
@@ -59,6 +62,9 @@ def audit(
         help="Label key: webdataset json key (default concept) or HF column (default label).",
     ),
     image_column: str = typer.Option("image", "--image-column", help="Hugging Face image column."),
+    image_split: str | None = typer.Option(
+        None, "--image-split", help="Split of a Hugging Face image dataset."
+    ),
     templates: str = typer.Option(
         "none", "--templates", "-t", help="Zero-shot templates: none, simple, ensemble or a file."
     ),
@@ -89,6 +95,7 @@ def audit(
         "groups": parse_groups(groups),
         "label_field": label_field,
         "image_column": image_column,
+        "split": image_split,
         "templates": templates,
         "device": device,
         "batch_size": batch_size,
@@ -102,7 +109,12 @@ def audit(
         out,
         registry=registry,
         coverage=CoverageSettings(
-            column=column, id_column=id_column, skip_bad=skip_bad, profile=profile, workers=workers
+            column=column,
+            id_column=id_column,
+            hf_split=caption_split,
+            skip_bad=skip_bad,
+            profile=profile,
+            workers=workers,
         ),
         zeroshot=zeroshot,
         report={"title": title} if title else None,

@@ -93,8 +93,11 @@ def run_audit(
     """
     import tempfile
 
+    from clipaudit.zeroshot import check_out_of_images
+
     coverage = _coverage_settings(coverage)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
+    check_out_of_images(out, images)
     with RunFolder(
         out,
         "audit",

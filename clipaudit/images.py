@@ -91,7 +91,9 @@ class ImageSet:
             if isinstance(cell, dict):
                 if cell.get("bytes"):
                     return cell["bytes"]
-                return Path(cell["path"]).read_bytes()
+                cell = cell.get("path")
+            if not cell:  # a row without an image: said so, not as a TypeError of Path(None)
+                raise BadImage(f"no image: row {record.row}'s {self.image_column!r} is empty")
             return Path(cell).read_bytes()
         with open(record.file, "rb") as handle:
             handle.seek(record.offset)
@@ -139,12 +141,20 @@ class _Names:
         """The registry group ``name`` folds to; None (and a problem, unless it is a category and
         ``or_category``) otherwise."""
         found = self.groups.get(_fold(name))
-        if found is None and not (or_category and _fold(name) in self.categories):
+        if found is not None or (or_category and _fold(name) in self.categories):
+            return found
+        concept = self.concepts.get(_fold(name))
+        if concept is not None:  # ROOT/<concept>/: the group level is missing
+            self.problems.append(
+                f"{where} {name!r} is a concept, not a group; move it into its group's folder "
+                f"({concept.group}/{name}/: the layout is <group>/<concept>/)"
+            )
+        else:
             choices = [g.name for g in self.registry.groups]
             choices += list(self.registry.categories) if or_category else []
             what = "group or category" if or_category else "group"
             self.problems.append(f"{where} {name!r} is no {what}{did_you_mean(name, choices)}")
-        return found
+        return None
 
     def concept(self, name: str, where: str, group: str | None = None) -> Concept | None:
         found = self.concepts.get(_fold(name))
@@ -252,9 +262,16 @@ def open_images(
             )
     names.raise_problems(text)
     if not images.records:
+        # why the files were ignored (no label, not an image) is what the user must fix
+        example = (
+            f", e.g. {images.ignored[0]['path']}: {images.ignored[0]['reason']}"
+            if images.ignored
+            else ""
+        )
         raise InputError(
-            f"no images of the selected groups in {text!r} ({len(images.ignored)} files ignored, "
-            f"{images.n_unselected} images of other groups); check the layout and --groups"
+            f"no images of the selected groups in {text!r} ({len(images.ignored)} files "
+            f"ignored{example}; {images.n_unselected} images of other groups); check the layout "
+            "and --groups"
         )
     return images
 
@@ -277,6 +294,8 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
         else:
             continue
         for group_dir, group in group_dirs:
+            for stray in sorted(p for p in group_dir.iterdir() if p.is_file()):
+                ignored.append({"path": str(stray), "reason": "not inside a <concept>/ folder"})
             for concept_dir in sorted(p for p in group_dir.iterdir() if p.is_dir()):
                 concept = names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
                 if concept is None:
@@ -337,6 +356,15 @@ def _webdataset_images(
                     if member.isfile() and match:
                         samples.setdefault(match.group(1), {})[match.group(2).lower()] = member
                 with open(shard, "rb") as handle:
+                    # tarfile ends quietly at a missing header: a shard cut off between samples
+                    # (a download stopped on a block boundary) would lose its later samples unsaid
+                    handle.seek(tar.offset)
+                    if handle.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                        raise InputError(
+                            f"shard {str(shard)!r} is cut off or damaged after byte {tar.offset} "
+                            f"of {shard.stat().st_size} ({len(samples)} samples read), with no "
+                            "end-of-archive block; copy or write the shard again"
+                        )
 
                     def read(member: tarfile.TarInfo) -> bytes:
                         handle.seek(member.offset_data)
@@ -360,7 +388,8 @@ def _webdataset_images(
                             ignored.append(
                                 {
                                     "path": where,
-                                    "reason": f"no concept label (json {label_field!r} or txt)",
+                                    "reason": f"no concept label (json {label_field!r} or txt)"
+                                    + _json_keys(read, members.get("json"), label_field),
                                 }
                             )
                             continue
@@ -387,6 +416,22 @@ def _webdataset_images(
                 f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}"
             ) from None
     return ImageSet(source, "webdataset", records, ignored, unselected)
+
+
+def _json_keys(
+    read: Callable[[tarfile.TarInfo], bytes], member: tarfile.TarInfo | None, label_field: str
+) -> str:
+    """What a sample's json holds instead of ``label_field``, and the option that picks a key."""
+    import json
+
+    try:
+        found = json.loads(read(member)) if member is not None else None
+    except ValueError:
+        return ""
+    keys = list(found) if isinstance(found, dict) else []
+    if not keys or label_field in keys:  # no keys to offer, or the key holds no name
+        return ""
+    return f"; its json has keys {', '.join(keys[:10])}: choose one with --label-field"
 
 
 def _hf_images(

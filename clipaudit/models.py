@@ -140,6 +140,11 @@ class LoadedModel:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; explicit devices are checked to exist."""
+    if not isinstance(device, str):
+        raise SettingsError(
+            f"device must be one of {', '.join(DEVICES)} (or cuda:N), got "
+            f"{type(device).__name__} {device!r}"
+        )
     base = device.split(":", 1)[0]
     if base not in DEVICES:
         raise SettingsError(
@@ -231,6 +236,12 @@ def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
             )
         return spec.pretrained
     tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if spec.pretrained not in tags and ("/" in spec.pretrained or os.sep in spec.pretrained):
+        # no tag holds a path separator: this was meant as a checkpoint file
+        raise ModelError(
+            f"checkpoint file {spec.pretrained!r} does not exist (nor is it a pretrained tag); "
+            "give an existing .safetensors/.pt file or a pretrained tag"
+        )
     if spec.pretrained not in tags:
         raise ModelError(
             f"unknown pretrained tag {spec.pretrained!r} for {architecture!r}"

@@ -100,7 +100,7 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
             f"got {templates!r}"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no template text
     except UnicodeDecodeError as exc:
         raise SettingsError(
             f"template file {templates!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
@@ -148,6 +148,11 @@ class ZeroShotSettings:
         if "://" not in images and not images.startswith("hf:"):  # a local folder: one spelling
             images = str(Path(images))  # "img/" and "./img" are "img"
         object.__setattr__(self, "images", images)
+        if isinstance(self.templates, os.PathLike):  # a template file: its path as text
+            object.__setattr__(self, "templates", os.fspath(self.templates))
+        _check_types(self)
+        if isinstance(self.groups, str):  # one group's name, not its letters
+            object.__setattr__(self, "groups", (self.groups,))
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
         if self.cache_dir is not None:
@@ -189,6 +194,47 @@ class ZeroShotSettings:
                 "texts": resolve_templates(self.templates),
             }
         return json.loads(json.dumps(record, default=str))
+
+
+def _check_types(settings: ZeroShotSettings) -> None:
+    """Refuse an option of the wrong type before it is used: a "no" for a switch would count as
+    on, a list of templates or a number for a path would fail later with a bare TypeError."""
+    for name in ("all_concepts", "jpeg_draft"):
+        value = getattr(settings, name)
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(settings.templates, str):
+        raise SettingsError(
+            f"templates must be one of {', '.join(TEMPLATE_SETS)} or the path of a file of "
+            f"templates, got {type(settings.templates).__name__} {settings.templates!r}"
+        )
+    for name, optional in (
+        ("image_column", False),
+        ("label_field", True),
+        ("split", True),
+    ):
+        value = getattr(settings, name)
+        if not isinstance(value, str) and not (optional and value is None):
+            raise SettingsError(
+                f"{name} must be a string{' or None' if optional else ''}, got "
+                f"{type(value).__name__} {value!r}"
+            )
+    if settings.cache_dir is not None and not isinstance(settings.cache_dir, (str, os.PathLike)):
+        raise SettingsError(
+            f"cache_dir must be a folder path or None (no cache), got "
+            f"{type(settings.cache_dir).__name__} {settings.cache_dir!r}"
+        )
+
+
+def check_out_of_images(out: str | Path, images: str | Path) -> None:
+    """Refuse a run folder inside a local image folder: it would be listed as images, and
+    refused as a group or concept name, after the run folder was made."""
+    source = Path(images)
+    if source.is_dir() and Path(out).resolve().is_relative_to(source.resolve()):
+        raise SettingsError(
+            f"the run folder {str(out)!r} (--out) lies inside the image source {str(images)!r}; "
+            "give a run folder outside it"
+        )
 
 
 RESULT_FIELDS = (
@@ -377,24 +423,26 @@ def embed_images(
         disable=not progress or not todo,
     )
     with bar, loaded.inference():
-        for indices, batch, batch_failures in loader:
-            failures += [
-                {"path": records[i].path, "reason": reason} for i, reason in batch_failures
-            ]
-            if batch is not None:
-                batch = batch.to(loaded.device, non_blocking=True)
-                if on_cuda:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                encoded = loaded.model.encode_image(batch).float().cpu().numpy()
-                if features is None:
-                    features = np.zeros((len(records), encoded.shape[1]), dtype=np.float32)
-                features[indices] = encoded
-                ok[indices] = True
-                pending += indices
-            bar.update(len(indices) + len(batch_failures))
-            if len(pending) >= flush_every:
-                flush()
-        flush()
+        try:
+            for indices, batch, batch_failures in loader:
+                failures += [
+                    {"path": records[i].path, "reason": reason} for i, reason in batch_failures
+                ]
+                if batch is not None:
+                    batch = batch.to(loaded.device, non_blocking=True)
+                    if on_cuda:
+                        batch = batch.contiguous(memory_format=torch.channels_last)
+                    encoded = loaded.model.encode_image(batch).float().cpu().numpy()
+                    if features is None:
+                        features = np.zeros((len(records), encoded.shape[1]), dtype=np.float32)
+                    features[indices] = encoded
+                    ok[indices] = True
+                    pending += indices
+                bar.update(len(indices) + len(batch_failures))
+                if len(pending) >= flush_every:
+                    flush()
+        finally:  # a Ctrl-C or a failing batch keeps what was encoded since the last flush
+            flush()
     if features is None:  # nothing cached and nothing decodable
         features = np.zeros((len(records), 0), dtype=np.float32)
     return ImageEmbeddings(
@@ -774,6 +822,7 @@ def run_zeroshot(
     _check_options(options)
     settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
+    check_out_of_images(out, settings.images)
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
     run_settings = settings.result_fields(registry)

@@ -219,3 +219,14 @@ def test_run_audit_takes_coverage_settings_as_a_dict_and_names_a_mistyped_one(au
     with pytest.raises(SettingsError, match="coverage must be CoverageSettings, a dict"):
         audit("b", ["paper"])
     assert audit("c", {"profile": "paper"}).coverage.manifest["profile"] == "paper"
+
+
+def test_an_audit_whose_run_folder_lies_inside_its_images_is_refused_before_coverage(audit_runs):
+    import clipaudit
+    from clipaudit.errors import SettingsError
+
+    config, trained, _ = _models(audit_runs)
+    out = Path(audit_runs["images"]) / "audit-run"
+    with pytest.raises(SettingsError, match=r"lies inside the image source"):
+        clipaudit.run_audit(["a dog"], audit_runs["images"], (config, trained), out, progress=False)
+    assert not out.exists()  # refused before the run folder (and the coverage stage) was made

@@ -81,6 +81,22 @@ def test_unknown_folder_names_are_one_error_listing_all_with_suggestions(tmp_pat
     assert "concept 'red' is in group 'Color', not 'Animal'" in message
 
 
+def test_concept_folders_without_their_group_folder_are_told_where_they_go(tmp_path, registry):
+    write_image_folder(tmp_path, {"dog": {"a": 1}, "Red": {"b": 1}})  # ROOT/<concept>/ only
+    with pytest.raises(InputError) as raised:
+        open_images(tmp_path, registry)
+    message = str(raised.value)
+    assert message.startswith("2 name(s)")
+    assert (
+        "folder 'Red' is a concept, not a group; move it into its group's folder (Color/Red/"
+        in (message)
+    )
+    assert (
+        "folder 'dog' is a concept, not a group; move it into its group's folder (Animal/dog/"
+        in (message)
+    )
+
+
 def test_a_missing_source_says_what_was_expected(tmp_path, registry):
     with pytest.raises(InputError, match=r"does not exist; expected an image folder"):
         open_images(tmp_path / "nowhere", registry)
@@ -136,7 +152,10 @@ def test_webdataset_shards_label_from_json_or_txt(tmp_path, registry):
     assert images.read_bytes(images.records[0]) == dog
     assert images.read_bytes(images.records[1]) == cat
     assert images.records[0].path.endswith("00000.tar/000000000.jpg")
-    assert [i["reason"] for i in images.ignored] == ["no concept label (json 'concept' or txt)"]
+    assert [i["reason"] for i in images.ignored] == [
+        "no concept label (json 'concept' or txt); its json has keys caption: choose one with "
+        "--label-field"
+    ]
     pattern = open_images(str(tmp_path / "{00000..00001}.tar"), registry, groups=["Color"])
     assert [r.concept for r in pattern.records] == ["red"] and pattern.n_unselected == 2
 
@@ -154,6 +173,43 @@ def test_webdataset_unknown_labels_are_listed(tmp_path, registry):
         InputError, match=r"2 name\(s\).*'doggo'.*'zebraa' is no concept \(did you mean 'zebra'\?\)"
     ):
         open_images(tmp_path / "a.tar", registry)
+
+
+def test_a_shard_cut_off_between_samples_is_refused_not_read_short(tmp_path, registry):
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    samples = [{"__key__": f"{n}", "jpg": jpg, "txt": b"dog"} for n in range(4)]
+    write_shard(tmp_path / "whole.tar", samples)
+    assert len(open_images(tmp_path / "whole.tar", registry).records) == 4
+    import tarfile
+
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        second = next(m for m in tar if m.name.startswith("2."))  # sample 2 starts here
+    cut = tmp_path / "cut" / "00000.tar"
+    cut.parent.mkdir()
+    cut.write_bytes((tmp_path / "whole.tar").read_bytes()[: second.offset])  # a 512-byte boundary
+    with pytest.raises(
+        InputError,
+        match=rf"shard '.*00000.tar' is cut off or damaged after byte {second.offset} of "
+        rf"{second.offset} \(2 samples read\).*copy or write the shard again",
+    ):
+        open_images(cut.parent, registry)
+
+
+def test_shards_whose_json_lacks_the_label_key_name_the_keys_and_the_option(tmp_path, registry):
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    write_shard(
+        tmp_path / "a.tar",
+        [{"__key__": "0", "jpg": jpg, "json": json.dumps({"label": "dog", "url": "u"}).encode()}],
+    )
+    with pytest.raises(
+        InputError,
+        match=r"1 files ignored, e\.g\. .*a\.tar/0: no concept label \(json 'concept' or txt\); "
+        r"its json has keys label, url: choose one with --label-field",
+    ):
+        open_images(tmp_path / "a.tar", registry)
+    assert [
+        r.concept for r in open_images(tmp_path / "a.tar", registry, label_field="label").records
+    ] == ["dog"]
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -184,6 +240,20 @@ def test_hugging_face_dataset_with_class_label_column(tmp_path, registry):
     assert images.read_bytes(images.records[1]) == files[1].read_bytes()
     food_only = open_images(tmp_path / "ds", registry, groups=["Food"])
     assert [r.concept for r in food_only.records] == ["ice cream"]
+
+
+def test_a_hugging_face_row_without_an_image_is_skipped_saying_so(tmp_path, registry):
+    import datasets
+    from torchvision.transforms import ToTensor
+
+    png = image_bytes(noise(8, 8), "PNG")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    rows = {"image": [{"bytes": png, "path": None}, None], "label": ["dog", "cat"]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    images = open_images(tmp_path / "ds", registry)
+    decoded = DecodedImages(images, range(2), ToTensor())
+    assert decoded[0][1].shape == (3, 8, 8)
+    assert decoded[1] == (1, None, "no image: row 1's 'image' is empty")
 
 
 def test_hugging_face_string_labels_splits_and_missing_columns(tmp_path, registry):

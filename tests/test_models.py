@@ -170,6 +170,8 @@ def test_model_errors_say_what_was_expected(tiny, tmp_path):
         load_model(
             ModelSpec(str(tiny["config"]), str(tmp_path / "missing.safetensors")), device="cpu"
         )
+    with pytest.raises(ModelError, match=r"checkpoint file .*/ckpts/last' does not exist \(nor"):
+        load_model(ModelSpec(str(tiny["config"]), str(tmp_path / "ckpts" / "last")), device="cpu")
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"model_cfg": {}}))
     with pytest.raises(

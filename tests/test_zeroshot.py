@@ -314,6 +314,30 @@ def test_a_killed_encoding_resumes_from_what_it_flushed_to_the_cache(colour_imag
     np.testing.assert_array_equal(resumed.features, fresh.features)
 
 
+def test_an_interrupted_encoding_keeps_what_it_encoded_since_the_last_flush(
+    colour_images, tmp_path
+):
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    loaded = colour_model()
+    encode = loaded.model.encode_image
+
+    def interrupted_on_third_batch(images, **kwargs):
+        if loaded.model.images_encoded >= 4:
+            raise KeyboardInterrupt  # Ctrl-C long before the 4096 images of a periodic flush
+        return encode(images, **kwargs)
+
+    loaded.model.encode_image = interrupted_on_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=2)
+    loaded.model.encode_image = encode
+    resumed = embed_images(loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=2)
+    assert (resumed.n_cached, resumed.n_encoded) == (4, 6)
+    np.testing.assert_array_equal(
+        resumed.features, embed_images(colour_model(), colour_images).features
+    )
+
+
 def test_cached_embeddings_are_reused_across_templates_and_registries(tiny, tmp_path, monkeypatch):
     write_image_folder(
         tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}, "Color": {"red": 2, "blue": 2}}
@@ -804,6 +828,51 @@ def test_settings_that_cannot_work_are_refused_before_any_model_loads(
     assert not (tmp_path / "run").exists()  # no run folder, let alone a failed one
 
 
+@pytest.mark.parametrize("inside", ["run", "Color/run"])
+def test_a_run_folder_inside_the_image_folder_is_refused_before_it_is_made(tiny, tmp_path, inside):
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "green": 1}})
+    out = tmp_path / "img" / inside
+    with pytest.raises(SettingsError, match=r"the run folder '.*' \(--out\) lies inside the image"):
+        run_for(tiny, tmp_path, out=out)
+    assert not out.exists()
+
+
+def test_a_template_file_saved_with_a_byte_order_mark_reads_as_its_text(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("# my templates\na photo of a {}.\n".encode("utf-8-sig"))
+    assert resolve_templates(str(path)) == ("a photo of a {}.",)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("all_concepts", "no", r"all_concepts must be True or False, got 'no'"),
+        ("jpeg_draft", 1, r"jpeg_draft must be True or False, got 1"),
+        ("templates", ["a {}"], r"templates must be one of none, simple, ensemble or the path"),
+        ("device", None, r"device must be one of auto, cpu, cuda, mps \(or cuda:N\), got NoneType"),
+        ("cache_dir", 3, r"cache_dir must be a folder path or None \(no cache\), got int 3"),
+        ("label_field", 3, r"label_field must be a string or None, got int 3"),
+        ("image_column", None, r"image_column must be a string, got NoneType None"),
+    ],
+)
+def test_options_of_another_type_are_refused_naming_the_option(option, value, message):
+    with pytest.raises(SettingsError, match=message):
+        ZeroShotSettings(models=(ModelSpec("ViT-B-32"),), images="img", **{option: value})
+
+
+def test_groups_given_as_one_string_is_that_group_not_its_letters(tmp_path):
+    settings = ZeroShotSettings(
+        models=(ModelSpec("ViT-B-32"),), images="img", groups="Animal", cache_dir=None
+    )
+    assert settings.groups == ("Animal",)
+    templates = tmp_path / "t.txt"
+    templates.write_text("a photo of a {}.\n")
+    path_given = ZeroShotSettings(
+        models=(ModelSpec("ViT-B-32"),), images="img", templates=templates, cache_dir=None
+    )
+    assert path_given.templates == str(templates)
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_a_cache_dir_that_cannot_be_made_is_refused_even_where_access_says_yes(tmp_path):
     # /proc takes no new folders, whoever asks (os.access tells root it may write there)
@@ -851,3 +920,24 @@ def test_the_summary_counts_the_images_evaluated_and_those_skipped(tiny, tmp_pat
     )  # fmt: skip
     printed = " ".join(capsys.readouterr().out.split())  # the title wraps on narrow terminals
     assert "macro-F1 per group (5 images evaluated, 2 skipped, templates none)" in printed
+
+
+def test_the_summary_names_the_files_ignored_that_were_never_classified(tiny, tmp_path, capsys):
+    from clipaudit.cli import main
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    loose = tmp_path / "img" / "Animal" / "loose.jpg"  # in a group folder, outside any concept's
+    loose.write_bytes((tmp_path / "img" / "Animal" / "dog" / "000.jpg").read_bytes())
+    main(
+        [
+            "zeroshot", "--model", tiny["config"], "--pretrained", tiny["a"], "--images",
+            str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--no-cache", "--device", "cpu",
+            "--workers", "0", "--quiet",
+        ]
+    )  # fmt: skip
+    printed = "".join(capsys.readouterr().out.split())  # a long path wraps anywhere
+    expected = (
+        f"1 file(s) ignored (see manifest.json), e.g. {loose}: not inside a <concept>/ folder"
+    )
+    assert "".join(expected.split()) in printed
+    assert "macro-F1pergroup(4imagesevaluated,templatesnone)" in printed

@@ -156,6 +156,14 @@ def _print_run(run) -> None:
             f"{len(skipped)} image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}",
             style="yellow",
         )
+    listed = (manifest.get("inputs") or {}).get("images") or {}
+    if listed.get("n_ignored"):  # files never classified: unlabelled samples, strays, non-images
+        first = listed["ignored"][0]
+        console.print(
+            f"{listed['n_ignored']} file(s) ignored (see manifest.json), e.g. {first['path']}: "
+            f"{first['reason']}",
+            style="yellow",
+        )
     for what in ("skipped_groups", "skipped_concepts"):
         entries = manifest[what]
         if entries:

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from clipaudit.errors import InputError, RunFolderError, SettingsError
-from clipaudit.provenance import recorded_path
+from clipaudit.provenance import file_in_the_way, recorded_path
 from clipaudit.runs import fingerprint, read_manifest
 from clipaudit.text import slug
 
@@ -547,13 +547,14 @@ class SemanticShard:
         """The batch's caption vectors (float32): its store part, checked against the batch, or
         its rows of LAION's embeddings."""
         from clipaudit.semantic.encoders import normalise
-        from clipaudit.semantic.store import as_float32, ids_array
+        from clipaudit.semantic.store import as_float32, finite_rows, ids_array
 
         if self.store is None:
             rows = self.file_offset + (
                 np.asarray(batch.rows, dtype=np.int64) - self.shard.first_row
             )
-            return normalise(as_float32(self.mapped[rows]))
+            path = self.options.laion[str(Path(self.shard.location).resolve())]
+            return normalise(finite_rows(as_float32(self.mapped[rows]), path, rows))
         vectors, ids = self.store.read_part(self.key, part)
         if len(ids) != len(batch.captions) or not np.array_equal(ids, ids_array(batch.ids)):
             raise InputError(
@@ -640,9 +641,19 @@ def _run_store(run: str | Path) -> tuple[dict[str, Any], Any, list[str]]:
             f"{run} read LAION's text embeddings in place; an index is built over a run's own "
             "embedding store (count without --embeddings)"
         )
-    store = EmbeddingStore.load(Path(run) / embeddings["store"])
+    folder = Path(run) / embeddings["store"]
     layout = fingerprint(embeddings["layout"], 8)
     keys = [f"{key}.{layout}" for key, _ in manifest["units"]]
+    # a complete run encodes nothing when run again: embeddings deleted or moved since are only
+    # made again by counting it afresh
+    store = EmbeddingStore.load(folder) if (folder / "store.json").is_file() else None
+    missing = keys if store is None else [key for key in keys if not store.is_done(key)]
+    if missing:
+        raise InputError(
+            f"{run}: the caption embeddings of {len(missing)} of its {len(keys)} shards are not "
+            f"in {folder}, where it was counted (deleted or moved since); put them back, or count "
+            "the run again with --overwrite to encode them again"
+        )
     return manifest, store, keys
 
 
@@ -781,11 +792,20 @@ def calibrate(
     )
     from clipaudit.semantic.concepts import concept_embeddings
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
+    from clipaudit.semantic.store import encode_captions
 
     paths = [Path(gold)] if isinstance(gold, (str, Path)) else [Path(p) for p in gold]
     if not paths:
         raise InputError(
             "no labelled caption files given; expected JSON lines of id, caption, concepts"
+        )
+    out = Path(out)
+    blocking = file_in_the_way(out.parent)
+    if out.is_dir() or blocking is not None:  # found now, not after encoding and fitting
+        why = "is a folder" if out.is_dir() else f"cannot be made: {blocking} is a file"
+        raise SettingsError(
+            f"calibration file (--out) {out} {why}; give the path of a JSON file to write (its "
+            "folder is made when missing)"
         )
     # every setting and labelled file is checked before the encoder, which takes seconds to load
     check_min_positives(min_positives)
@@ -801,7 +821,12 @@ def calibrate(
         captions = [g.caption for g in labelled]
         parts.append(
             gather_evidence(
-                captions, [g.concepts for g in labelled], model.encode(captions), concepts, matcher
+                # as a run embeds them: a blank caption's vector is zero (near no concept)
+                captions,
+                [g.concepts for g in labelled],
+                encode_captions(model, captions),
+                concepts,
+                matcher,
             )
         )
         fitted_on.append(describe_labelled(path, len(labelled)))

@@ -33,6 +33,7 @@ from clipaudit.registry import Registry, load_registry
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
+SHOWN_UNKNOWN = 10  # unknown labels named in the error, the first ones found
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
     known = {c.name for c in registry.concepts}
     rows: list[GoldCaption] = []
     seen: dict[int | str, int] = {}
+    without_id: set[int] = set()  # lines whose id is their line number
     unknown: dict[str, int] = {}  # label -> first line it appears on
     with path.open(encoding="utf-8") as handle:
         try:
@@ -71,9 +73,19 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
             continue
         row = _parse_line(path, number, line)
         caption_id = row.get("id", number)
+        if "id" not in row:
+            without_id.add(number)
         if caption_id in seen:
+            first = seen[caption_id]
+            taken = {number, first} & without_id
             raise InputError(
-                f"{path}:{number}: duplicate id {caption_id!r} (first on line {seen[caption_id]})"
+                f"{path}:{number}: duplicate id {caption_id!r} (first on line {first})"
+                + (
+                    f"; line {min(taken)} has no id and takes its line number: give every line "
+                    "an id, or none"
+                    if taken
+                    else ""
+                )
             )
         seen[caption_id] = number
         for name in row["concepts"]:
@@ -81,9 +93,10 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
                 unknown.setdefault(name, number)
         rows.append(GoldCaption(caption_id, row["caption"], tuple(dict.fromkeys(row["concepts"]))))
     if unknown:
+        shown = list(unknown.items())[:SHOWN_UNKNOWN]  # another registry's labels: hundreds
         listed = "; ".join(
-            f"{name!r} (line {line}){did_you_mean(name, known)}" for name, line in unknown.items()
-        )
+            f"{name!r} (line {line}){did_you_mean(name, known)}" for name, line in shown
+        ) + (f"; and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else "")
         raise InputError(
             f"{path}: {len(unknown)} label(s) name no concept of registry {registry.name!r}: {listed}; "
             "fix the labels or evaluate with the registry they were made for"

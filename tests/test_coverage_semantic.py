@@ -856,3 +856,96 @@ def test_a_worker_that_cannot_read_the_embeddings_says_where_and_how_to_fix_it(
     groups = [(c.name, c.group, "common") for c in tiny.concepts]
     with pytest.raises(InputError, match=r"not-mounted: .* not readable on .* every node mounts"):
         SemanticShard(options, SimpleNamespace(key="k", location="x"), groups)
+
+
+def test_calibrate_refuses_an_out_it_cannot_write_before_any_work(tmp_path, monkeypatch):
+    """A calibration file that cannot be written (its folder is a file, or it is a folder) is
+    refused before the encoder loads, not with a traceback once every caption was encoded."""
+    from clipaudit.coverage_semantic import calibrate
+    from clipaudit.semantic import encoders
+
+    monkeypatch.setattr(encoders, "load_encoder", no_encoder)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"id": i, "caption": "a dog", "concepts": ["dog"]}) + "\n"
+                            for i in range(3)))  # fmt: skip
+    (tmp_path / "taken.json").write_text("{}")
+    with pytest.raises(SettingsError, match=r"cannot be made: .*taken\.json is a file"):
+        calibrate(gold, tmp_path / "taken.json" / "cal.json", folds=2)
+    with pytest.raises(SettingsError, match=r"calibration file \(--out\) .* is a folder"):
+        calibrate(gold, tmp_path, folds=2)
+    assert (tmp_path / "taken.json").read_text() == "{}"
+
+
+def test_calibrate_embeds_a_blank_caption_as_a_run_does(tmp_path, tiny, encoder_spec, monkeypatch):
+    """A run counts a blank caption for no concept (its vector is zero); calibration sees it the
+    same way, not as the encoder's vector for "" that lies near some concept."""
+    from clipaudit.coverage_semantic import calibrate
+    from clipaudit.semantic import calibration
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    captions = ["a dog on a sofa", "", "a red cat", "   ", "a puppy at night", "a kitten"]
+    labels = [["dog"], [], ["red", "cat"], [], ["dog"], ["cat"]]
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"id": i, "caption": c, "concepts": found}) + "\n"
+                            for i, (c, found) in enumerate(zip(captions, labels, strict=True))))  # fmt: skip
+    gathered = []
+    gather = calibration.gather_evidence
+
+    def spy(captions, labels, caption_vectors, *args, **kwargs):
+        gathered.append(np.array(caption_vectors))
+        return gather(captions, labels, caption_vectors, *args, **kwargs)
+
+    monkeypatch.setattr(calibration, "gather_evidence", spy)
+    calibrate(gold, tmp_path / "cal.json", encoder=encoder_spec, registry=registry, folds=2)
+    encoder = load_encoder(parse_encoder(encoder_spec, device="cpu"))
+    blank = np.array([not c.strip() for c in captions])
+    assert np.abs(encoder.encode([""])).sum() > 0  # what the encoder alone gives ""
+    (vectors,) = gathered
+    assert not vectors[blank].any()
+    words = [c for c in captions if c.strip()]
+    np.testing.assert_allclose(vectors[~blank], encoder.encode(words), atol=1e-6)
+
+
+def test_index_of_a_run_whose_embeddings_are_gone_says_to_count_it_again(
+    tiny, corpus, encoder_spec, planted, tmp_path
+):
+    """A complete run encodes nothing when run again, so "finish the run" is no fix for
+    embeddings deleted since: the message names the store and --overwrite."""
+    import shutil
+
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    run = tmp_path / "run"
+    semantic_run(corpus, tiny, run, encoder_spec, planted["path"], method="semantic", shard_rows=20)
+    index_run(run)
+    store = next((run / "embeddings").iterdir())
+    for part in sorted(store.glob("*/000000.npy"))[:2]:
+        part.unlink()
+    for action in (index_run, lambda run: query_run(run, "a fox")):
+        with pytest.raises(InputError) as err:
+            action(run)
+        message = str(err.value)
+        assert "embeddings of 2 of its 3 shards are not in" in message and str(store) in message
+        assert "--overwrite" in message
+    shutil.rmtree(run / "embeddings")
+    with pytest.raises(InputError, match=r"embeddings of 3 of its 3 shards .*--overwrite"):
+        index_run(run)
+
+
+def test_a_laion_row_of_nan_stops_the_run_naming_file_and_row(tiny, tiny_encoder, tmp_path):
+    """A NaN row of LAION's text_emb would count its caption for nothing, without a word: the
+    shard stops the run with the file and the row, and the run is not complete."""
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9, 32)).astype(np.float32)
+    x[6] = np.nan
+    write_laion(tmp_path / "laion", 0, x, [f"a cat {i}" for i in range(9)], list(range(9)))
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.3), tmp_path)
+    with pytest.raises(InputError, match=r"text_emb_0\.npy: row 6 holds NaN"):
+        count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
+                       settings)  # fmt: skip
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] != "complete"

@@ -258,3 +258,31 @@ def test_eval_from_the_command_line_prints_scores_and_intervals(gold_file, tmp_p
     assert f"{len(scores['disagreements'])} captions where curated and the gold disagree" in (
         result.stdout
     )
+
+
+def test_a_duplicate_id_taken_from_a_line_number_says_so(tmp_path, tiny):
+    """A line without an id takes its line number: when that clashes with another line's id, the
+    message names the line without one (line 2 has no "id 2" the user could look for)."""
+    no_id = json.dumps({"caption": "a dog", "concepts": ["dog"]})
+    with_id = json.dumps({"id": 2, "caption": "a cat", "concepts": ["cat"]})
+    first = json.dumps({"id": 1, "caption": "a red cat", "concepts": ["red", "cat"]})
+    for lines, where in [([first, no_id, with_id], "3: duplicate id 2 .first on line 2.; line 2"),
+                         ([with_id, no_id], "2: duplicate id 2 .first on line 1.; line 2")]:  # fmt: skip
+        with pytest.raises(InputError, match=rf"g\.jsonl:{where} has no id and takes its line"):
+            load_gold(write_lines(tmp_path / "g.jsonl", lines), tiny)
+    with pytest.raises(InputError, match=r"duplicate id 1 \(first on line 1\)$"):
+        load_gold(write_lines(tmp_path / "g.jsonl", [first, first]), tiny)
+
+
+def test_labels_of_another_registry_are_named_ten_at_most(tmp_path, tiny):
+    """Labels made for another registry are dozens: the message names the first ten and counts
+    the rest, instead of running on for every one."""
+    names = [f"thing{i:02d}" for i in range(25)]
+    lines = [
+        json.dumps({"id": i, "caption": "x", "concepts": [name]}) for i, name in enumerate(names)
+    ]
+    with pytest.raises(InputError) as err:
+        load_gold(write_lines(tmp_path / "g.jsonl", lines), tiny)
+    message = str(err.value)
+    assert "25 label(s) name no concept" in message and "; and 15 more;" in message
+    assert "'thing09' (line 10)" in message and "thing10" not in message

@@ -530,7 +530,7 @@ def test_laion_mismatches_are_refused_with_files_expected_and_got(tmp_path):
         LaionEmbeddings(tmp_path / "lonely", tmp_path / "enc")
     np.save(tmp_path / "lonely" / "text_emb_3.npy", np.array(["x", "y"]))
     (tmp_path / "lonely" / "metadata_3.parquet").write_bytes(b"")
-    with pytest.raises(InputError, match="2-D float16 or float32"):
+    with pytest.raises(InputError, match=r"2-D float16, float32 or float64 array.* of <U1"):
         LaionEmbeddings(tmp_path / "lonely")
 
 
@@ -1122,3 +1122,109 @@ def test_blank_captions_are_counted_by_no_query(tmp_path, tiny_encoder):
         result = index.query(vectors[0], -1.0, k=1000)
         assert result.count == 597
         assert not {3, 250, 599} & {n["position"] for n in result.nearest}
+
+
+def test_a_query_vector_is_scaled_to_unit_length_and_a_bad_one_is_refused(tmp_path):
+    """A cosine is between unit vectors: a query embedding of another length counts what its unit
+    vector counts (not every caption its length lifts over the threshold); several vectors, a
+    zero or a NaN one are refused, naming the shape or the norm."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore
+
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 200, 16)
+    store = EmbeddingStore.open(tmp_path / "store", {"kind": "synthetic", "dim": 16}, 16)
+    store.write_part("k", 0, vectors, list(range(200)))
+    store.finish("k", 1, 200)
+    index = CaptionIndex.build(store, IndexSettings(kind="flat"))
+    query = unit(rng, 1, 16)[0]
+    scores = vectors.astype(np.float16).astype(np.float32) @ query
+    threshold = float(np.sort(scores)[-12] - 1e-4)  # between the 12th and 13th best: 12 hits
+    assert int((scores >= threshold).sum()) == 12
+    for scale in (1.0, 10.0, 0.1):
+        found = index.query(query * scale, threshold, k=2)
+        assert found.count == 12
+        assert [n["score"] for n in found.nearest] == [
+            round(float(s), 4) for s in np.sort(scores)[::-1][:2]
+        ]
+    for bad, message in [
+        (np.stack([query, query]), r"one 16-d vector .*got shape \(2, 16\)"),
+        (query[:8], r"one 16-d vector .*got shape \(8,\)"),
+        (query * 0, "finite and not zero, got norm 0.0"),
+        (query * np.nan, "finite and not zero, got norm nan"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            index.query(bad, threshold)
+
+
+def test_laion_float64_embeddings_are_read_and_nan_rows_refused(tmp_path):
+    """float64 text embeddings (a user's own np.save) read as float32 ones do; a row holding NaN
+    or infinity, whose caption FAISS would count for nothing without a word, is refused with the
+    file and the row."""
+    from clipaudit.semantic.store import LaionEmbeddings
+
+    rng = np.random.default_rng(3)
+    x = unit(rng, 6, 8).astype(np.float64) * 2
+    write_laion(tmp_path / "f64", 0, x, [f"a{i}" for i in range(6)])
+    laion = LaionEmbeddings(tmp_path / "f64", dim=8)
+    expected = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    vectors = np.concatenate([b.vectors for b in laion.iter_batches(batch_rows=4)])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    x[4, 2] = np.nan
+    x[5, 0] = np.inf
+    write_laion(tmp_path / "nan", 0, x.astype(np.float32), [f"a{i}" for i in range(6)])
+    laion = LaionEmbeddings(tmp_path / "nan", dim=8)
+    with pytest.raises(InputError, match=r"text_emb_0\.npy: row 4 holds NaN .*2 of the 6 rows"):
+        list(laion.iter_batches())
+    np.testing.assert_allclose(
+        laion.rows(tmp_path / "nan" / "metadata_0.parquet", 0, 4), expected[:4], atol=1e-6
+    )
+    with pytest.raises(InputError, match=r"row 5 holds NaN .*1 of the 1 rows"):
+        laion.rows(tmp_path / "nan" / "metadata_0.parquet", 5, 6)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"concept": float("nan")}, r"concept 'b' semantic threshold .* got nan"),
+        ({"concept": 5}, r"concept 'b' semantic threshold .* got 5;"),
+        ({"concept": "0.5"}, r"concept 'b' semantic threshold .* got '0.5'"),
+        ({"concept": True}, r"concept 'b' semantic threshold .* got True"),
+        ({"shared": -3.5}, r"shared semantic threshold .* got -3.5"),
+        ({"shared": float("inf")}, r"shared semantic threshold .* got inf"),
+    ],
+)
+def test_a_hand_edited_calibration_threshold_is_refused_naming_file_and_concept(
+    tmp_path, edit, message
+):
+    """A threshold of 5 counts nothing, NaN nothing either (no score reaches it), True counted as
+    1.0: a file holding one is refused, naming itself, the concept and the value; -2 and 2 (all,
+    none) load."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+
+    names = ("a", "b")
+    path = Calibration(
+        {"kind": "synthetic"}, names, {kind: np.array([0.3, 0.4]) for kind in KINDS},
+        {kind: ("fitted", "fitted") for kind in KINDS}, {kind: 0.35 for kind in KINDS},
+    ).save(tmp_path / "cal.json")  # fmt: skip
+    doc = json.loads(path.read_text())
+    doc["concepts"]["a"]["sense"]["threshold"] = -2.0
+    doc["concepts"]["a"]["additions"]["threshold"] = 2.0
+    path.write_text(json.dumps(doc))
+    loaded = Calibration.load(path)
+    assert loaded.thresholds["sense"].tolist() == [-2.0, 0.4]
+    assert loaded.thresholds["additions"].tolist() == [2.0, 0.4]
+    if "concept" in edit:
+        doc["concepts"]["b"]["semantic"]["threshold"] = edit["concept"]
+    else:
+        doc["shared"]["semantic"] = edit["shared"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=rf"cal\.json: {message}"):
+        Calibration.load(path)
+    # built in memory: the concept and the value, not the shape that was right
+    with pytest.raises(InputError, match=r"semantic thresholds must be finite, got nan for 'b'"):
+        Calibration(
+            {}, names, {"semantic": np.array([0.3, np.nan]), "sense": np.zeros(2),
+                        "additions": np.zeros(2)},
+            {kind: ("fitted", "fitted") for kind in KINDS}, {kind: 0.35 for kind in KINDS},
+        )  # fmt: skip

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,10 +232,16 @@ class Calibration:
     def __post_init__(self) -> None:
         for kind in KINDS:
             values = np.asarray(self.thresholds.get(kind, ()), dtype=np.float64)
-            if values.shape != (len(self.names),) or not np.all(np.isfinite(values)):
+            if values.shape != (len(self.names),):
                 raise InputError(
-                    f"calibration: {kind} needs one finite threshold per concept "
+                    f"calibration: {kind} needs one threshold per concept "
                     f"({len(self.names)}), got {values.shape}"
+                )
+            odd = np.flatnonzero(~np.isfinite(values))
+            if len(odd):
+                raise InputError(
+                    f"calibration: {kind} thresholds must be finite, got {values[odd[0]]} for "
+                    f"{self.names[odd[0]]!r}"
                 )
 
     def for_concepts(
@@ -321,13 +326,15 @@ class Calibration:
             concepts = doc["concepts"]
             names = tuple(concepts)
             thresholds = {
-                kind: np.array([float(concepts[n][kind]["threshold"]) for n in names])
+                kind: np.array(
+                    [_threshold(path, n, kind, concepts[n][kind]["threshold"]) for n in names]
+                )
                 for kind in KINDS
             }
             origin = {
                 kind: tuple(str(concepts[n][kind]["origin"]) for n in names) for kind in KINDS
             }
-            shared = {kind: float(doc["shared"][kind]) for kind in KINDS}
+            shared = {kind: _threshold(path, None, kind, doc["shared"][kind]) for kind in KINDS}
             encoder = dict(doc["encoder"])
             texts = {n: str(concepts[n]["texts_sha256"]) for n in names
                      if "texts_sha256" in concepts[n]}  # fmt: skip
@@ -346,12 +353,28 @@ class Calibration:
             raise InputError(
                 f"{path}: malformed calibration ({type(exc).__name__}: {exc})"
             ) from None
-        if not all(math.isfinite(v) for v in shared.values()):
-            raise InputError(f"{path}: shared thresholds must be finite numbers")
         return cls(
             encoder, names, thresholds, origin, shared, True, fitted_on, settings,
             str(doc.get("note", "")), texts,
         )  # fmt: skip
+
+
+def _threshold(path: Path, concept: str | None, kind: str, value: Any) -> float:
+    """A threshold as a calibration file holds it: a number from :data:`ACCEPT_ALL` to
+    :data:`ACCEPT_NONE` (a cosine, or one of those two); a hand-edited NaN, 5 or "0.5" is
+    refused rather than counting nothing or everything without a word."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not ACCEPT_ALL <= value <= ACCEPT_NONE  # NaN fails it too
+    ):
+        where = f"concept {concept!r}" if concept is not None else "shared"
+        raise InputError(
+            f"{path}: {where} {kind} threshold must be a number in [{ACCEPT_ALL}, "
+            f"{ACCEPT_NONE}] (a cosine, or {ACCEPT_NONE} for none, {ACCEPT_ALL} for all), got "
+            f"{value!r:.40}; fix the file or fit it again (coverage calibrate)"
+        )
+    return float(value)
 
 
 def check_min_positives(min_positives: Any) -> None:

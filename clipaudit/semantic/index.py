@@ -385,12 +385,13 @@ class CaptionIndex:
         encoder: TextEncoder | None = None,
     ) -> QueryResult:
         """Count the captions with cos(caption, query) >= ``threshold`` and return the ``k``
-        nearest; ``query`` is a text (or words averaged, needing ``encoder``) or a unit vector."""
+        nearest; ``query`` is a text (or words averaged, needing ``encoder``) or a vector
+        (scaled to unit length)."""
         check_query(query, threshold, k)
         clock = time.perf_counter()
         label = None
         if isinstance(query, np.ndarray):
-            vector = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+            vector = _unit_query(query, self.store.dim)
         else:
             if encoder is None:
                 raise SettingsError("a text query needs the encoder the index was built with")
@@ -469,6 +470,21 @@ class CaptionIndex:
                     )
                 out.append(cache[group][position - group * size])
         return out
+
+
+def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:
+    """A query vector as one (1, dim) unit row: scaled to unit length, as a cosine needs (an
+    embedding of another scale would count by its length); refused when it is several, of
+    another size, zero or not finite."""
+    vector = np.asarray(query, dtype=np.float32)
+    if vector.shape not in ((dim,), (1, dim)):
+        raise InputError(
+            f"a query vector is one {dim}-d vector (the index's dimension), got shape {query.shape}"
+        )
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise InputError(f"a query vector must be finite and not zero, got norm {norm}")
+    return np.ascontiguousarray(vector.reshape(1, dim) / np.float32(norm))
 
 
 def _parts_table(store: EmbeddingStore, keys: Sequence[str]) -> tuple[np.ndarray, int]:

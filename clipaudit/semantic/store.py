@@ -478,9 +478,9 @@ class LaionEmbeddings:
                 f"{pair.embeddings}: rows {start}-{stop} asked for, the file has {pair.n_rows}"
             )
         mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
-        out = normalise(as_float32(mapped[start:stop]))
+        vectors = as_float32(mapped[start:stop])
         del mapped
-        return out
+        return normalise(finite_rows(vectors, pair.embeddings, np.arange(start, stop)))
 
     def iter_batches(self, batch_rows: int = 65_536) -> Iterator[EmbeddingBatch]:
         """Row-aligned batches: unit vectors (float32, renormalised), ids and captions."""
@@ -506,8 +506,11 @@ class LaionEmbeddings:
                 for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
                     n = batch.num_rows
                     mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
-                    vectors = normalise(as_float32(mapped[start : start + n]))
+                    vectors = as_float32(mapped[start : start + n])
                     del mapped
+                    vectors = normalise(
+                        finite_rows(vectors, pair.embeddings, np.arange(start, start + n))
+                    )
                     captions = [
                         c if isinstance(c, str) else "" for c in batch.column(0).to_pylist()
                     ]
@@ -519,6 +522,18 @@ class LaionEmbeddings:
                     yield EmbeddingBatch(vectors, ids, captions, pair.embeddings.name)
                     start += n
             row += pair.n_rows
+
+
+def finite_rows(vectors: np.ndarray, path: str | Path, rows: np.ndarray) -> np.ndarray:
+    """``vectors``, rows ``rows`` of the embeddings file ``path``, refused when one holds NaN or
+    infinity: its caption would count for no concept without a word (FAISS drops NaN scores)."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"{path}: row {int(rows[bad][0])} holds NaN or infinite values ({int(bad.sum())} of "
+            f"the {len(vectors)} rows read); make the embeddings file again"
+        )
+    return vectors
 
 
 def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
@@ -549,10 +564,11 @@ def _check_pair(emb: Path, meta: Path, dim: int | None) -> LaionPair:
         raise InputError(
             f"{emb}: not a readable .npy array of embeddings ({' '.join(str(exc).split())[:200]})"
         ) from None
-    if mapped.ndim != 2 or mapped.dtype not in (np.float16, np.float32):
+    # float64: a user's own np.save of computed vectors; cast to float32 as they are read
+    if mapped.ndim != 2 or mapped.dtype not in (np.float16, np.float32, np.float64):
         raise InputError(
-            f"{emb}: expected a 2-D float16 or float32 array (rows x dimension), got shape "
-            f"{mapped.shape} of {mapped.dtype}"
+            f"{emb}: expected a 2-D float16, float32 or float64 array (rows x dimension), got "
+            f"shape {mapped.shape} of {mapped.dtype}"
         )
     try:
         with pq.ParquetFile(meta) as handle:

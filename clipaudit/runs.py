@@ -384,7 +384,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise RunFolderError(f"{path} does not exist or is not a folder; expected a run folder")
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise RunFolderError(f"{path} {what}; expected a run folder (the --out of a run)")
     if not manifest_path.is_file():
         raise RunFolderError(
             f"{path} holds no clipaudit run (no {MANIFEST}); expected a folder written by "

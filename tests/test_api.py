@@ -63,6 +63,12 @@ def test_load_run_refuses_incomplete_and_foreign_folders(tmp_path):
 
     with pytest.raises(RunFolderError, match="holds no clipaudit run"):
         clipaudit.load_run(tmp_path)
+    with pytest.raises(RunFolderError, match=r"nowhere does not exist; expected a run folder"):
+        clipaudit.load_run(tmp_path / "nowhere")
+    (tmp_path / "captions.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RunFolderError, match=r"captions\.parquet is a file, not a folder"):
+        clipaudit.load_run(tmp_path / "captions.parquet")
+    (tmp_path / "captions.parquet").unlink()
     (tmp_path / "manifest.json").write_text('{"kind": "coverage", "status": "running"}')
     with pytest.raises(RunFolderError, match="coverage run that is running, not complete"):
         clipaudit.load_run(tmp_path)

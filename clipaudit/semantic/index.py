@@ -241,6 +241,9 @@ class CaptionIndex:
             )
             index.cp.seed = settings.seed
             index.pq.cp.seed = settings.seed
+            # FAISS warns under 39 training points per centroid once per sub-vector (48 lines on
+            # a small corpus); the margin estimated below against exact search covers the quality
+            index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
             index.train(sample_vectors)
             margin = (
                 float(settings.margin)

@@ -220,6 +220,14 @@ def _register_config(path: Path) -> str:
         raise ModelError(
             f"model config {str(path)!r} must have keys {', '.join(required)}, got {got}{hint}"
         )
+    builtin = Path(open_clip.__file__).parent / "model_configs" / path.name
+    if builtin.is_file() and json.loads(builtin.read_text(encoding="utf-8")) != config:
+        # open_clip names a config by its file's stem: this one would replace the built-in
+        # architecture for every later model of the process
+        raise ModelError(
+            f"model config {str(path)!r} has the name of open_clip's built-in {path.stem!r} but "
+            "another config; rename the file (its name is the architecture's)"
+        )
     open_clip.add_model_config(path)
     return path.stem
 

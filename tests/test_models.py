@@ -182,6 +182,16 @@ def test_model_errors_say_what_was_expected(tiny, tmp_path):
     other_shape.write_text(json.dumps({**json.loads(tiny["config"].read_text()), "embed_dim": 16}))
     with pytest.raises(ModelError, match=r"could not load model 'other@seed3'"):
         load_model(ModelSpec(str(other_shape), str(tiny["safetensors"])), device="cpu")
+    # a config named like a built-in architecture would replace it for the whole process
+    import open_clip
+
+    builtin = open_clip.get_model_config("ViT-B-32")
+    (tmp_path / "configs").mkdir()
+    clash = tmp_path / "configs" / "ViT-B-32.json"
+    clash.write_text(json.dumps({**builtin, "embed_dim": 16}))
+    with pytest.raises(ModelError, match=r"has the name of open_clip's built-in 'ViT-B-32'"):
+        load_model(ModelSpec(str(clash)), device="cpu")
+    assert open_clip.get_model_config("ViT-B-32") == builtin
 
 
 def test_a_model_spec_takes_names_and_paths_only():

@@ -607,6 +607,54 @@ def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
         build_report([audit_runs["coverage"]], tmp_path / "d", n_bootstrap=5)
 
 
+def _edited_copy(source, target: Path, manifest_changes=None, table=None, edit=None) -> Path:
+    """A copy of a run folder with its manifest updated and ``edit`` applied to one CSV table."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps({**manifest, **(manifest_changes or {})}))
+    if table is not None:
+        frame = pd.read_csv(target / table)
+        edit(frame)
+        frame.to_csv(target / table, index=False)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "message"),
+    [
+        ("concepts.csv", "f1", float("inf"), "concepts table holds inf in column f1; expected a share"),
+        ("concepts.csv", "f1", "high", "concepts table holds 'high' in column f1, not a number"),
+        ("concepts.csv", "f1", None, "concepts table has no f1 for 'dog'"),
+        ("groups.csv", "macro_f1", 1.5, "groups table holds 1.5 in column macro_f1"),
+    ],
+)  # fmt: skip
+def test_a_score_table_edited_or_cut_short_is_a_damaged_run(
+    audit_runs, tmp_path, table, column, value, message
+):
+    def edit(frame):
+        frame[column] = frame[column].astype(object)
+        frame.loc[0, column] = value
+
+    awareness = _edited_copy(audit_runs["zeroshot_trained"], tmp_path / "z", table=table, edit=edit)
+    with pytest.raises(RunFolderError, match=rf"z holds a complete run whose {message}.*damaged"):
+        build_report([audit_runs["coverage"], awareness], tmp_path / "r", n_bootstrap=0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_manifest_fields_of_another_type_are_read_or_refused_plainly(audit_runs, tmp_path):
+    # fields the report only reads the registry from: as if absent, the report is built
+    coverage = _edited_copy(
+        audit_runs["coverage"], tmp_path / "c", {"settings": "x", "registry": 5}
+    )
+    awareness = _edited_copy(audit_runs["zeroshot_trained"], tmp_path / "z", {"inputs": [1]})
+    result = build_report([coverage, awareness], tmp_path / "r", n_bootstrap=0)
+    assert result.summary["pairs"][0]["n_concepts"] == 16
+    # what it lists as skipped must be records
+    skipped = _edited_copy(audit_runs["zeroshot_trained"], tmp_path / "s", {"skipped_groups": [1]})
+    with pytest.raises(RunFolderError, match=r"skipped_groups is no list of records with group"):
+        build_report([audit_runs["coverage"], skipped], tmp_path / "r2", n_bootstrap=0)
+
+
 def test_runs_of_one_name_are_told_apart_by_their_folders(audit_runs, tmp_path):
     for parent in ("laion", "coco", "odd $\\foo$ name"):
         shutil.copytree(audit_runs["coverage"], tmp_path / parent / "web-captions")
@@ -739,6 +787,33 @@ def test_a_theory_run_is_reported_per_scenario(theory_run, tmp_path):
 
 
 # --------------------------------------------------------------------------- the notebook
+
+
+@pytest.mark.parametrize("damage", ["missing", "not parquet", "no model column"])
+def test_a_theory_run_with_a_damaged_table_is_refused(theory_run, tmp_path, damage):
+    out = tmp_path / "theory"
+    shutil.copytree(theory_run.out, out)
+    table = out / "coverage" / "concepts.parquet"
+    if damage == "missing":
+        table.unlink()
+        expected = r"coverage/concepts.parquet cannot be read \(FileNotFoundError"
+    elif damage == "not parquet":
+        table.write_bytes(b"PAR1 not parquet")
+        expected = r"coverage/concepts.parquet cannot be read \(ArrowInvalid"
+    else:
+        pd.read_parquet(table).drop(columns="model").to_parquet(table)
+        expected = r"coverage/concepts.parquet has no column model"
+    with pytest.raises(RunFolderError, match=rf"theory holds a complete run whose {expected}"):
+        build_report([out], tmp_path / "r", n_bootstrap=0)
+
+
+def test_a_theory_run_whose_manifest_settings_were_edited_is_still_reported(theory_run, tmp_path):
+    out = tmp_path / "theory"
+    shutil.copytree(theory_run.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "settings": "x"}))
+    result = build_report([out], tmp_path / "r", n_bootstrap=0)
+    assert [p["corpus"] for p in result.summary["pairs"]] == [s.name for s in theory_run.scenarios]
 
 
 def test_the_notebook_runs_in_a_real_kernel(audit_runs, tmp_path, monkeypatch):

@@ -117,6 +117,31 @@ def test_bad_scenarios_fail_before_any_training():
         training_profile("fast")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # --set reads YAML: device=3 is a number, negatives=[1] a list
+        ("device", 3, "device must be 'cpu' or 'cuda' or 'cuda:N'; got 3"),
+        ("device", "cuda:x", "device must be 'cpu' or 'cuda' or 'cuda:N'; got 'cuda:x'"),
+        ("lr_schedule", 3, "lr_schedule must be 'constant' or 'cosine'; got 3"),
+        ("negatives", [1], r"negatives must be .*; got \[1\]"),
+        ("mixing", "orthogonl", r"mixing must be .*; got 'orthogonl' \(did you mean 'orthogonal'"),
+        ("weight_decay", math.nan, "weight_decay must be a finite number >= 0; got nan"),
+        ("weight_decay", math.inf, "weight_decay must be a finite number >= 0; got inf"),
+        ("final_temperature", math.inf, "final_temperature must be > 0 and finite"),
+        ("hidden_widths", 64, r"hidden_widths must be positive integers, .*; got 64"),
+        ("mixing_condition_quantile", "x", r"mixing_condition_quantile must be in \(0, 1\]"),
+    ],
+)
+def test_training_settings_of_a_wrong_type_or_not_finite_are_refused(key, value, message):
+    with pytest.raises(SettingsError, match=message):
+        training_profile("quick", **{key: value})
+
+
+def test_cuda_devices_are_accepted_by_number():
+    assert training_profile("quick", device="cuda:1").device == "cuda:1"
+
+
 def test_the_default_sweep_is_the_papers_grid():
     sweep = default_sweep(seeds=2)
     assert len(sweep) == 2 * 2 * (10 + 9)
@@ -637,6 +662,44 @@ def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp
     expected = f"{perturbation.name} (perturbation_covariance: 'wishart' -> 'semantics')"
     with pytest.raises(RunFolderError, match=re.escape(expected)):
         run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+
+
+def test_a_result_cut_short_is_computed_again(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "cut"
+    shutil.copytree(tiny_check.out, out)
+    selection = tiny_check.scenarios[0].name
+    stored = out / "results" / f"{selection}.json"
+    stored.write_text(stored.read_text()[:200])  # not JSON any more
+    resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+    assert [g["scenarios"] for g in resumed.timings["groups"]] == [
+        [s.name for s in tiny_check.scenarios]
+    ]
+    assert json.loads(stored.read_text())["scenario"]["name"] == selection
+    mine = resumed.r2[resumed.r2["config"] == selection].reset_index(drop=True)
+    before = tiny_check.r2[tiny_check.r2["config"] == selection].reset_index(drop=True)
+    assert mine["variable"].tolist() == before["variable"].tolist()
+    np.testing.assert_allclose(mine["r2_nonlinear"], before["r2_nonlinear"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "message"),
+    [
+        (5, "scenarios are not a list of records: 5"),
+        (["x"], r"scenarios are not a list of records: \['x'\]"),
+        ([{"seed": -4}], "a scenario that cannot be: seed must be a non-negative integer"),
+    ],
+)
+def test_a_hand_edited_manifest_is_a_damaged_folder(tiny_check, tmp_path, scenarios, message):
+    import shutil
+
+    out = tmp_path / "edited"
+    shutil.copytree(tiny_check.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "scenarios": scenarios}))
+    with pytest.raises(RunFolderError, match=rf"edited holds a complete theory run .*{message}"):
+        load_run(out)
 
 
 def test_a_folder_of_something_else_is_refused(tmp_path):

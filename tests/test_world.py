@@ -300,6 +300,54 @@ def test_render_world_replaces_an_earlier_world_in_its_folder(tmp_path):
     assert not list(tmp_path.glob(".eval*"))
 
 
+@pytest.mark.parametrize("lost", ["captions.parquet", "train_images.npy", "eval/Texture"])
+def test_a_world_run_missing_a_file_is_rendered_again(tmp_path, lost):
+    import shutil
+
+    from clipaudit.world.world import render_world_run
+
+    first = render_world_run(TINY_WORLD, tmp_path / "w")
+    captions = pd.read_parquet(first.world.captions_path)
+    target = tmp_path / "w" / lost
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    again = render_world_run(TINY_WORLD, tmp_path / "w")
+    assert target.exists()
+    assert len(list((again.world.eval_path / "Texture").rglob("*.png"))) == 24
+    pd.testing.assert_frame_equal(pd.read_parquet(again.world.captions_path), captions)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda info: info.pop("rates"), "expected 'rates' and 'groups' mapping each group"),
+        (lambda info: info["rates"].update(Shape=None), "got rates {'Shape': None"),
+        (
+            lambda info: info["rates"]["Size"].update(true_mention_rate="x"),
+            "Size's true_mention_rate must be a share in \\[0, 1\\]; got 'x'",
+        ),
+        (
+            lambda info: info["rates"]["Size"].update(selection=float("nan")),
+            "Size's selection must be a share in \\[0, 1\\]; got nan",
+        ),
+    ],
+)
+def test_a_hand_edited_world_json_is_refused_and_rendered_again(tmp_path, edit, message):
+    from clipaudit.errors import InputError
+    from clipaudit.runs import load_run
+    from clipaudit.world.world import render_world_run
+
+    render_world_run(TINY_WORLD, tmp_path)
+    good = json.loads((tmp_path / "world.json").read_text())
+    info = json.loads((tmp_path / "world.json").read_text())
+    edit(info)
+    (tmp_path / "world.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match=rf"{message}.*run the command that rendered it again"):
+        load_run(tmp_path)
+    # and that command repairs it
+    repaired = render_world_run(TINY_WORLD, tmp_path).world.info
+    assert repaired["rates"] == good["rates"] and load_run(tmp_path).world.info == repaired
+
+
 def test_pictures_become_what_open_clips_eval_transform_makes_of_the_pngs(tiny_world):
     import open_clip
     from PIL import Image

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import InputError, RunFolderError
+from clipaudit.errors import InputError, RunFolderError, one_line
 from clipaudit.provenance import read_table_csv
 
 # coverage methods: name -> (count column, rate column), as coverage count writes them
@@ -308,8 +308,54 @@ def _with_counts(frame: Any, n: float | None, methods: list[str]) -> Any:
     return frame
 
 
+def _part(record: Any, *keys: str) -> Any:
+    """``record[k1][k2]...``, None where a level is missing or, in a hand-edited manifest, no
+    mapping."""
+    for key in keys:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+def _damaged(folder: Any, problem: str) -> RunFolderError:
+    return RunFolderError(
+        f"{folder} holds a complete run whose {problem}; the folder is damaged: run the command "
+        "that wrote it again with --overwrite"
+    )
+
+
+def _check_scores(frame: Any, columns: Sequence[str], table: str, folder: Any) -> None:
+    """Shares (F1, rates) must be numbers in [0, 1], missing only where they may be (not an F1,
+    which zero-shot runs score 0 when undefined): a table edited or cut short would otherwise
+    fail deep in the statistics, or its rows be dropped as if never scored."""
+    import pandas as pd
+
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        text = frame[column][values.isna() & frame[column].notna()]
+        if len(text):
+            raise _damaged(
+                folder, f"{table} table holds {text.iloc[0]!r} in column {column}, not a number"
+            )
+        if column in ("f1", "macro_f1") and values.isna().any():
+            row = frame[values.isna()].iloc[0]
+            raise _damaged(
+                folder,
+                f"{table} table has no {column} for {row.get('concept', row.get('group'))!r}",
+            )
+        outside = values[values.notna() & ~values.between(0, 1)]
+        if len(outside):
+            raise _damaged(
+                folder,
+                f"{table} table holds {outside.iloc[0]} in column {column}; expected a share "
+                "in [0, 1]",
+            )
+
+
 def _corpus(run: Any, index: int) -> Corpus:
     frame = run.concepts
+    _check_scores(frame, [rate for _, rate in METHODS.values()], "concepts", _folder(run))
     methods, primary = _methods(frame, run.manifest)
     if run.manifest.get("n_captions_read") == 0:
         raise InputError(
@@ -332,7 +378,7 @@ def _corpus(run: Any, index: int) -> Corpus:
         methods=methods,
         primary=primary,
         registry=_registry_record(
-            run.manifest.get("registry") or run.manifest.get("settings", {}).get("registry")
+            _part(run.manifest, "registry") or _part(run.manifest, "settings", "registry")
         ),
         examples=examples,
     )
@@ -345,9 +391,10 @@ def _registry_record(record: Any) -> dict[str, Any]:
 
 def _models(run: Any, index: int) -> list[Model]:
     manifest = run.manifest
-    registry = (manifest.get("inputs") or {}).get("registry") or (
-        manifest.get("settings") or {}
-    ).get("registry")
+    registry = _part(manifest, "inputs", "registry") or _part(manifest, "settings", "registry")
+    skipped = {key: _skipped(manifest, key, _folder(run)) for key in SKIPPED}
+    _check_scores(run.concepts, ("precision", "recall", "f1"), "concepts", _folder(run))
+    _check_scores(run.groups, ("macro_f1", "accuracy"), "groups", _folder(run))
     models = []
     for label in run.models:
 
@@ -364,32 +411,71 @@ def _models(run: Any, index: int) -> list[Model]:
                 concepts=run.concepts[run.concepts["model"] == label].drop(columns="model"),
                 groups=run.groups[run.groups["model"] == label].drop(columns="model"),
                 registry=_registry_record(registry),
-                skipped_concepts=list(manifest.get("skipped_concepts") or []),
-                skipped_groups=list(manifest.get("skipped_groups") or []),
+                skipped_concepts=skipped["skipped_concepts"],
+                skipped_groups=skipped["skipped_groups"],
                 confusion=confusion,
             )
         )
     return models
 
 
-def _theory(run: Any, index: int) -> tuple[list[Corpus], list[Model]]:
+# what a zero-shot manifest lists as skipped, and the keys each entry of it needs
+SKIPPED = {"skipped_concepts": ("group", "concept"), "skipped_groups": ("group",)}
+
+
+def _skipped(manifest: dict[str, Any], key: str, folder: Path) -> list[dict[str, Any]]:
+    entries = manifest.get(key) or []
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and all(k in e for k in SKIPPED[key]) for e in entries
+    ):
+        raise _damaged(
+            folder,
+            f"manifest's {key} is no list of records with {' and '.join(SKIPPED[key])} "
+            f"({entries!r:.80})",
+        )
+    return entries
+
+
+def _theory_tables(out: Path) -> dict[str, Any]:
+    """A theory run's audit tables (each with the scenario in ``model``), which the run's
+    loader does not read: a damaged one is said as such, not met as pyarrow's error."""
     import pandas as pd
 
+    files = {
+        "coverage": ("coverage/concepts.parquet", pd.read_parquet),
+        "coverage_groups": ("coverage/groups.parquet", pd.read_parquet),
+        "awareness": ("zeroshot/concepts.csv", read_table_csv),
+        "awareness_groups": ("zeroshot/groups.csv", read_table_csv),
+    }
+    tables = {}
+    for key, (name, read) in files.items():
+        try:
+            tables[key] = read(out / name)
+        except (OSError, ValueError) as exc:  # pyarrow's errors are ValueErrors too
+            raise _damaged(out, f"{name} cannot be read ({one_line(exc)})") from None
+        if "model" not in tables[key].columns:
+            raise _damaged(out, f"{name} has no column model (the scenario)")
+    _check_scores(tables["coverage"], [rate for _, rate in METHODS.values()], "coverage", out)
+    _check_scores(tables["awareness"], ("precision", "recall", "f1"), "zero-shot", out)
+    _check_scores(tables["awareness_groups"], ("macro_f1", "accuracy"), "zero-shot groups", out)
+    return tables
+
+
+def _theory(run: Any, index: int) -> tuple[list[Corpus], list[Model]]:
     from clipaudit.text import slug
 
     out = Path(run.out)
-    coverage = pd.read_parquet(out / "coverage" / "concepts.parquet")
-    coverage_groups = pd.read_parquet(out / "coverage" / "groups.parquet")
-    awareness = read_table_csv(out / "zeroshot" / "concepts.csv")
-    awareness_groups = read_table_csv(out / "zeroshot" / "groups.csv")
-    evaluation = (run.manifest.get("settings") or {}).get("evaluation") or {}
-    total = sum(evaluation.get(k, 0) for k in ("n_fit", "n_val", "n_test")) or None
+    tables = _theory_tables(out)
+    coverage, coverage_groups = tables["coverage"], tables["coverage_groups"]
+    awareness, awareness_groups = tables["awareness"], tables["awareness_groups"]
+    sizes = [_part(run.manifest, "settings", "evaluation", k) for k in ("n_fit", "n_val", "n_test")]
+    total = sum(n for n in sizes if isinstance(n, int) and not isinstance(n, bool) and n > 0)
     registry = {"name": "theory (synthetic latents)", "sha256": None, "path": None}
     corpora, models = [], []
     for scenario in dict.fromkeys(coverage["model"]):
         frame = coverage[coverage["model"] == scenario].drop(columns="model")
         methods, primary = _methods(frame, {})
-        n = _n_captions(frame, None, methods) or total
+        n = _n_captions(frame, None, methods) or total or None
         key = (index, scenario)
         corpora.append(
             Corpus(

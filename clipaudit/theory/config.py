@@ -271,6 +271,22 @@ def _check_positive(settings: object, names: Iterable[str]) -> None:
             raise SettingsError(f"{name} must be a positive finite number; got {value!r}")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """``value`` must be one of ``choices`` (``device`` also ``cuda:N``); a value of another type
+    (``--set device=3`` reads 3 as a number) is refused as plainly as a misspelt one."""
+    if isinstance(value, str) and (
+        value in choices or (name == "device" and re.fullmatch(r"cuda:\d+", value))
+    ):
+        return
+    hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+    shown = " or ".join(f"'{c}'" for c in choices) + (" or 'cuda:N'" if name == "device" else "")
+    raise SettingsError(f"{name} must be {shown}; got {value!r}{hint}")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """How the encoders are trained, and how hard the mixings are to invert. Shared by every
@@ -329,7 +345,8 @@ class TrainingSettings:
             raise SettingsError(
                 f"batch_size must be >= 2 (in-batch negatives); got {self.batch_size}"
             )
-        widths = tuple(self.hidden_widths)
+        # a scalar (hidden_widths=64 on the command line) is no sequence of widths
+        widths = tuple(self.hidden_widths) if isinstance(self.hidden_widths, (list, tuple)) else ()
         if not widths or not all(
             isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths
         ):
@@ -341,30 +358,28 @@ class TrainingSettings:
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.final_temperature is not None and not (
-            isinstance(self.final_temperature, (int, float))
-            and not isinstance(self.final_temperature, bool)
-            and self.final_temperature > 0
+            _is_number(self.final_temperature) and 0 < self.final_temperature < math.inf
         ):
             raise SettingsError(
-                f"final_temperature must be > 0 (or None: fixed); got {self.final_temperature!r}"
+                "final_temperature must be > 0 and finite (or None: fixed); got "
+                f"{self.final_temperature!r}"
             )
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise SettingsError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
+        # NaN passes "< 0"; torch refuses it only once training starts
+        if not (_is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf):
             raise SettingsError(
-                f"lr_schedule must be one of {list(LR_SCHEDULES)}; got {self.lr_schedule!r}"
-                f"{did_you_mean(self.lr_schedule, LR_SCHEDULES)}"
+                f"weight_decay must be a finite number >= 0; got {self.weight_decay!r}"
             )
-        if self.negatives not in NEGATIVES:
-            raise SettingsError(
-                f"negatives must be one of {list(NEGATIVES)}; got {self.negatives!r}"
-                f"{did_you_mean(self.negatives, NEGATIVES)}"
-            )
-        if self.mixing not in MIXING_KINDS:
-            raise SettingsError(
-                f"mixing must be one of {list(MIXING_KINDS)}; got {self.mixing!r}{did_you_mean(self.mixing, MIXING_KINDS)}"
-            )
-        if not 0.0 < self.mixing_condition_quantile <= 1.0:
+        for name, choices in (
+            ("lr_schedule", LR_SCHEDULES),
+            ("negatives", NEGATIVES),
+            ("mixing", MIXING_KINDS),
+            ("device", ("cpu", "cuda")),
+        ):
+            _check_choice(name, getattr(self, name), choices)
+        if not (
+            _is_number(self.mixing_condition_quantile)
+            and 0.0 < self.mixing_condition_quantile <= 1.0
+        ):
             raise SettingsError(
                 f"mixing_condition_quantile must be in (0, 1]; got {self.mixing_condition_quantile!r}"
             )
@@ -374,8 +389,6 @@ class TrainingSettings:
                 "group_size must be an integer >= 0 (0 = all scenarios at once) or 'auto' "
                 f"(by model size and device); got {size!r}"
             )
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise SettingsError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}")
 
 
 @dataclass(frozen=True)

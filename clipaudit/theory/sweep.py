@@ -97,10 +97,14 @@ def load_theory_run(path: str | Path, manifest: dict[str, Any]) -> SweepResult:
 
     path = Path(path)
     fields = {f.name for f in dataclasses.fields(Scenario)}
-    scenarios = [
-        Scenario(**{k: v for k, v in record.items() if k in fields})
-        for record in manifest["scenarios"]
-    ]
+    records = manifest["scenarios"]
+    # a hand-edited manifest: said as a damaged folder, not met as a TypeError
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"its manifest's scenarios are not a list of records: {records!r:.80}")
+    try:
+        scenarios = [Scenario(**{k: v for k, v in r.items() if k in fields}) for r in records]
+    except SettingsError as exc:
+        raise ValueError(f"its manifest holds a scenario that cannot be: {exc}") from None
     return SweepResult(
         out=path,
         scenarios=scenarios,
@@ -155,8 +159,15 @@ def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str
         path = results_dir / f"{scenario.name}.json"
         if not path.exists():
             continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            # written atomically, so only a hand edit or a damaged disk cuts one short: the
+            # scenario is trained and probed again, as one that never finished
+            path.unlink()
+            continue
         now = json.loads(json.dumps(scenario.to_dict()))
-        stored = _with_legacy_settings(json.loads(path.read_text()).get("scenario", {}))
+        stored = _with_legacy_settings(record.get("scenario", {}))
         # with nothing perturbed, Sigma_a never reaches the data (s~ = s exactly)
         ignored = set() if scenario.perturbed else {"perturbation_covariance"}
         changed = [

@@ -21,6 +21,7 @@ The same settings give the same bytes: each part draws from its own seeded strea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -195,7 +196,39 @@ def open_world(path: str | Path) -> RenderedWorld:
         raise InputError(f"{str(marker)!r} is not valid JSON: {exc}") from None
     if not isinstance(info, dict) or info.get("kind") != "world":
         raise InputError(f"{str(marker)!r} is not a world record (its kind is not 'world')")
+    _check_rates(info, marker)
     return RenderedWorld(folder, info)
+
+
+# the rates of a group that the report and the command line show
+_SHOWN_RATES = ("chosen_selection", "chosen_perturbation", "selection", "true_mention_rate")
+
+
+def _check_rates(info: dict[str, Any], marker: Path) -> None:
+    """A hand-edited world.json is refused here, not met as a KeyError in a report's table."""
+    rates, groups = info.get("rates"), info.get("groups")
+    if not (
+        isinstance(rates, dict)
+        and isinstance(groups, dict)
+        and all(isinstance(r, dict) and g in groups for g, r in rates.items())
+    ):
+        raise InputError(
+            f"{str(marker)!r}: expected 'rates' and 'groups' mapping each group to its rates and "
+            f"category; got rates {rates!r:.60}. The world is damaged: run the command that "
+            "rendered it again"
+        )
+    for group, record in rates.items():
+        for key in _SHOWN_RATES:
+            value = record.get(key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= 1
+            ):
+                raise InputError(
+                    f"{str(marker)!r}: {group}'s {key} must be a share in [0, 1]; got {value!r}. "
+                    "The world is damaged: run the command that rendered it again"
+                )
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -357,8 +390,13 @@ def render_world_run(
     from clipaudit.runs import RunFolder
 
     with RunFolder(out, "world", settings.describe(), overwrite=overwrite) as folder:
-        if folder.was_complete and (folder.path / WORLD_FILE).is_file():
-            return WorldRun(folder.path, open_world(folder.path), folder.previous)
+        # a picture file or held-out folder deleted since is rendered again, not reported there
+        whole = all(
+            (folder.path / name).is_file() for name in (WORLD_FILE, IMAGES_FILE, CAPTIONS_FILE)
+        ) and all((folder.path / EVAL_DIR / group).is_dir() for group in WORLD_GROUPS)
+        if folder.was_complete and whole:
+            with contextlib.suppress(InputError):  # a damaged world.json: rendered again
+                return WorldRun(folder.path, open_world(folder.path), folder.previous)
         world = render_world(settings, folder.path)
         info = world.info
         manifest = folder.complete(

@@ -430,7 +430,9 @@ def load_run(path: str | os.PathLike) -> Any:
     loader = getattr(importlib.import_module(module), function)
     try:
         return loader(path, manifest)
-    except (OSError, ValueError, KeyError) as exc:  # pyarrow's and pandas' parse errors included
+    # pyarrow's and pandas' parse errors included; a TypeError or AttributeError is a manifest
+    # field of another type (edited by hand), named in the message
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunFolderError(
             f"{path} holds a complete {kind} run whose files cannot be read "
             f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged: run the command "

@@ -75,6 +75,16 @@ def test_load_run_refuses_incomplete_and_foreign_folders(tmp_path):
     (tmp_path / "manifest.json").write_text('{"kind": "mystery", "status": "complete"}')
     with pytest.raises(RunFolderError, match="unknown kind 'mystery'"):
         clipaudit.load_run(tmp_path)
+    # a zero-shot run whose manifest's settings were edited into a string
+    columns = {"groups": "model,group,category,macro_f1,accuracy,n_images,n_concepts",
+               "concepts": "model,group,concept,precision,recall,f1,support"}  # fmt: skip
+    for name, header in columns.items():
+        (tmp_path / f"{name}.csv").write_text(header + "\n")
+    (tmp_path / "manifest.json").write_text(
+        '{"kind": "zeroshot", "status": "complete", "settings": "x"}'
+    )
+    with pytest.raises(RunFolderError, match=r"cannot be read \(AttributeError: .*damaged"):
+        clipaudit.load_run(tmp_path)
 
 
 def test_the_public_names_are_listed_before_they_load():

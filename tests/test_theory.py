@@ -570,7 +570,15 @@ def test_seeds_are_a_count_or_explicit_seeds(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("0", "a count of at least 1"), ("two", "expected a count"), ("3,3", "repeated: 3")],
+    [
+        ("0", "a count from 1 to 10000"),
+        ("99999999999999999999", "a count from 1 to 10000"),
+        ("two", "expected a count"),
+        ("3,3", "repeated: 3"),
+        ("4294967296,", "seeds from 0 to 4294967295"),
+        ("0-4294967295", "at most 10000 seeds"),
+        ("0-9999,20000", "at most 10000 seeds"),
+    ],
 )
 def test_bad_seeds_say_what_was_expected(text, message):
     with pytest.raises(SettingsError, match=message):

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,14 +77,20 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
     return tuple(sorted(indices))
 
 
+# seeds seed numpy's and torch's generators, which take 32-bit seeds everywhere; each seed trains
+# every scenario once, so ten thousand of them is already weeks of work
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 10_000
+
+
 def parse_seeds(text: str) -> int | tuple[int, ...]:
     """``--seeds``: a count (``"2"``: seeds 0 and 1) or explicit seeds (``"2,3"``, ``"2-5"``,
     ``"7,"`` for seed 7 alone), so that a check can run on seeds no profile was tuned on."""
     stripped = text.strip()
     if stripped.isdigit():
         count = int(stripped)
-        if count < 1:
-            raise SettingsError(f"--seeds: expected a count of at least 1; got {text!r}")
+        if not 1 <= count <= MAX_SEEDS:
+            raise SettingsError(f"--seeds: expected a count from 1 to {MAX_SEEDS}; got {text!r}")
         return count
     seeds: list[int] = []
     for part in (p.strip() for p in stripped.split(",")):
@@ -97,8 +104,12 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise SettingsError(f"--seeds: expected ranges written low-high; got {part!r}")
+        if high > MAX_SEED:
+            raise SettingsError(f"--seeds: expected seeds from 0 to {MAX_SEED}; got {part!r}")
+        if len(seeds) + high - low + 1 > MAX_SEEDS:
+            raise SettingsError(f"--seeds: expected at most {MAX_SEEDS} seeds; got {text!r}")
         seeds.extend(range(low, high + 1))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    repeated = sorted(seed for seed, n in Counter(seeds).items() if n > 1)
     if not seeds or repeated:
         raise SettingsError(
             f"--seeds: expected distinct seeds; got {text!r}"

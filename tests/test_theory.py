@@ -96,6 +96,11 @@ def test_evaluation_sample_sizes_must_be_integers(field):
         EvaluationSettings(**{field: 1000.5})
 
 
+def test_more_bins_than_the_prototypes_fill_say_how_many_fit():
+    with pytest.raises(SettingsError, match=r"n_bins \(--n-bins\) 600 needs .* at most 500 bins"):
+        EvaluationSettings(n_bins=600, n_prototypes=5000)
+
+
 def test_bad_scenarios_fail_before_any_training():
     with pytest.raises(SettingsError, match="inside the selected set"):
         Scenario(selected="1-3", perturbed="2-4")

@@ -435,7 +435,9 @@ class EvaluationSettings:
             raise SettingsError(f"n_bins must be >= 2; got {self.n_bins}")
         if self.n_prototypes < 10 * self.n_bins:
             raise SettingsError(
-                f"n_prototypes must be at least 10 per bin ({10 * self.n_bins}); got {self.n_prototypes}"
+                f"n_bins (--n-bins) {self.n_bins} needs at least 10 prototypes per bin "
+                f"({10 * self.n_bins}), and n_prototypes is {self.n_prototypes}: use at most "
+                f"{self.n_prototypes // 10} bins, or more prototypes"
             )
         if not 0.0 < self.identified_threshold <= 1.0:
             raise SettingsError(

@@ -93,8 +93,12 @@ def test_options_are_checked_before_any_work():
         parse_misalignment(["Texture"], WorldSettings())
     with pytest.raises(SettingsError, match=r"did you mean 'selection'"):
         parse_misalignment(["Texture.selction=1"], WorldSettings())
-    with pytest.raises(SettingsError, match=r"selection rate must lie in \[0, 1\], got 2.0"):
+    with pytest.raises(
+        SettingsError, match=r"--set 'Texture=2': selection rate must lie in \[0, 1\], got 2.0"
+    ):
         parse_misalignment(["Texture=2"], WorldSettings())
+    with pytest.raises(SettingsError, match=r"--set 'Texture.perturbation=nan': perturbation"):
+        parse_misalignment(["Texture.perturbation=nan"], WorldSettings())
     with pytest.raises(SettingsError, match=r"did you mean 'Texture'"):
         DemoSettings(sweep="Textures")
     assert parse_rates("0, 0.5,1") == (0.0, 0.5, 1.0)

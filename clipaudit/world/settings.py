@@ -181,7 +181,10 @@ class WorldSettings:
         """A copy with ``group``'s ``selection`` and/or ``perturbation`` changed (for sweeps);
         ``what`` names the setting in an error (e.g. the option it came from)."""
         _group_name(group, what)
-        changed = dataclasses.replace(self.misalignment[group], **rates)
+        try:
+            changed = dataclasses.replace(self.misalignment[group], **rates)
+        except SettingsError as exc:  # a rate out of range: said with the setting it came from
+            raise SettingsError(f"{what}: {exc}") from None
         return dataclasses.replace(self, misalignment={**self.misalignment, group: changed})
 
     def describe(self) -> dict[str, Any]:

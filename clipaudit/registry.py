@@ -61,8 +61,10 @@ word of every list does ("USC vs Stanford ... football": [[vs, versus], [footbal
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -71,7 +73,7 @@ from typing import Any
 
 import yaml
 
-from clipaudit.errors import RegistryError, SettingsError, did_you_mean
+from clipaudit.errors import RegistryError, SettingsError, did_you_mean, one_line
 from clipaudit.text import is_prompt_template, normalize
 
 DEFAULT_REGISTRY = "cai2025"
@@ -105,6 +107,13 @@ _CONCEPT_KEYS = {
 _GROUP_REQUIRED = {"name", "category"}
 _CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
 TOGETHER_LISTS = 8  # the most word lists a concept's ``together`` may hold
+# the paper's 146 concepts take 80 kB and load in 0.1 s; a file 200 times larger is no registry
+MAX_REGISTRY_BYTES = 16 << 20
+# a registry nests lists and mappings 5 deep (a concept's ``together`` lists); libyaml's composer
+# recurses in C, so a file of some 30,000 "[" crashes the interpreter before any check could run
+MAX_DEPTH = 16
+_BRACKETS = re.compile(r"[\[\]{}]")
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,11 @@ def resolve_registry_path(name_or_path: str | Path) -> Path:
                     f"registry {str(candidate)!r} is a folder; expected a YAML file or a "
                     "built-in registry name (clipaudit concepts list)"
                 )
+            if candidate.exists():  # /dev/stdin, /dev/zero, a pipe: nothing to hash, maybe endless
+                raise RegistryError(
+                    f"registry {str(candidate)!r} is not a regular file (a device, pipe or "
+                    "socket); expected a YAML file"
+                )
             raise RegistryError(f"registry file {str(candidate)!r} does not exist")
         return candidate
     for directory in _builtin_dirs():
@@ -307,7 +321,17 @@ def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Reg
             f"{name_or_path!r:.60}"
         )
     path = resolve_registry_path(name_or_path)
-    raw = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_REGISTRY_BYTES:  # checked before reading: it would all be held in memory
+            raise RegistryError(
+                f"the file is {size / (1 << 20):.1f} MiB; expected a registry of at most "
+                f"{MAX_REGISTRY_BYTES >> 20} MiB (the paper's 146 concepts take 80 kB)",
+                path=path,
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RegistryError(f"cannot be read: {one_line(exc)}", path=path) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -359,6 +383,27 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
         return mapping
 
 
+_NESTING = (
+    f"lists and mappings nested more than {MAX_DEPTH} deep; expected at most 5 (a concept's "
+    "'together' lists in the 'concepts' list)"
+)
+
+
+def _check_depth(text: str, path: Path | str) -> None:
+    """Refuse flow lists and mappings ("[", "{") nested deeper than :data:`MAX_DEPTH` before
+    YAML composes them, which recurses once per level (in C with libyaml: tens of thousands of
+    "[" kill the interpreter). Only brackets can nest that deep in a file of at most
+    :data:`MAX_REGISTRY_BYTES` (indentation grows with depth); they are counted over the text,
+    quoted ones too (at worst a clear error), faster than parsing it twice."""
+    brackets = _NOT_BRACKETS.sub("", text)
+    depth = 0
+    for index, bracket in enumerate(brackets):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_DEPTH:
+            offset = [m.start() for m in _BRACKETS.finditer(text)][index]
+            raise RegistryError(_NESTING, path=path, line=text.count("\n", 0, offset) + 1)
+
+
 def _merge_key_message(value_node: yaml.Node) -> str:
     """Why a YAML merge key (``<<: *anchor``) is refused: a registry entry writes its keys out,
     which keeps every key at its own line and no merge can blow up (as aliases of aliases can)."""
@@ -404,6 +449,17 @@ def _shown(value: Any) -> str:
     except RecursionError:
         return f"a deeply nested {'mapping' if isinstance(value, dict) else 'list'}"
     return text if len(text) <= 120 else f"{text[:117]}..."
+
+
+def _unquoted(values: list[Any]) -> str:
+    """A hint when YAML read some unquoted text as another type: yes, no, on and off as booleans
+    (YAML 1.1), 1984 as a number, 2024-01-01 as a date."""
+    if any(isinstance(v, (bool, int, float, datetime.date)) for v in values):
+        return (
+            "; YAML reads unquoted yes, no, on, off, numbers and dates as such, not as text: "
+            "quote it"
+        )
+    return ""
 
 
 def _kind(value: Any) -> str:
@@ -466,7 +522,7 @@ class _Checker:
         if not isinstance(value, str) or (not value.strip() and required):
             kind = "a non-empty string" if required else "a string"
             self.fail(
-                f"{what}: {key!r} must be {kind}, got {_shown(value)}",
+                f"{what}: {key!r} must be {kind}, got {_shown(value)}{_unquoted([value])}",
                 entry.key_lines.get(key, entry.line),
             )
         return value.strip()
@@ -480,27 +536,33 @@ class _Checker:
         line = entry.key_lines.get(key, entry.line)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             self.fail(
-                f"{what}: {key!r} must be a list of non-empty strings, got {_shown(value)}", line
+                f"{what}: {key!r} must be a list of non-empty strings, got {_shown(value)}"
+                f"{_unquoted(value if isinstance(value, list) else [])}",
+                line,
             )
-        for item in value:
-            if not normalize(item):  # it would never match: no letter or digit is left
-                self.fail(
-                    f"{what}: {key!r} lists {item!r}, which has no letter or digit once "
-                    "normalised (punctuation and non-Latin scripts are dropped)",
-                    line,
-                )
         if not value and not allow_empty:
             self.fail(
                 f"{what}: {key!r} is an empty list; give at least one entry or leave the key out",
                 line,
             )
+        self.distinct(value, key, what, line)
+        return tuple(v.strip() for v in value)
+
+    def distinct(self, items: Iterable[str], key: str, what: str, line: int) -> None:
+        """Each item has a letter or digit once normalised (else it could never match) and is
+        given once (in any case or punctuation)."""
         seen: dict[str, str] = {}
-        for item in value:
+        for item in items:
             norm = normalize(item)
+            if not norm:
+                self.fail(
+                    f"{what}: {key!r} lists {item!r}, which has no letter or digit once "
+                    "normalised (punctuation and non-Latin scripts are dropped)",
+                    line,
+                )
             if norm in seen:
                 self.fail(f"{what}: {key!r} lists {item!r} twice (as {seen[norm]!r} too)", line)
             seen[norm] = item
-        return tuple(v.strip() for v in value)
 
     def word_lists(self, entry: _LineMap, key: str, what: str) -> tuple[tuple[str, ...], ...]:
         """A list of 2 to :data:`TOGETHER_LISTS` lists of non-empty strings (``together``)."""
@@ -523,6 +585,8 @@ class _Checker:
                 f"strings, got {_shown(value)}",
                 line,
             )
+        # across the lists too: a word in two of them would satisfy both, saying the concept alone
+        self.distinct((word for words in value for word in words), key, what, line)
         return tuple(tuple(w.strip() for w in words) for words in value)
 
 
@@ -533,6 +597,7 @@ def parse_registry(
     if sha256 is None:
         sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     try:
+        _check_depth(text, path)
         loader = _LineLoader(text)
         loader.name = str(path)
         try:
@@ -545,6 +610,18 @@ def parse_registry(
             f"invalid YAML: {exc.problem or exc.context}",
             path=path,
             line=mark.line + 1 if mark else None,
+        ) from None
+    except RecursionError:  # indented nesting deep enough for Python's own recursion limit
+        raise RegistryError(_NESTING, path=path) from None
+    except yaml.reader.ReaderError as exc:
+        # a character YAML does not allow; its position counts bytes in libyaml and characters
+        # in PyYAML, but the first one of this character in the text is the one refused
+        character = chr(exc.character)
+        raise RegistryError(
+            f"invalid YAML: expected printable text, got the character {character!r} "
+            f"(U+{exc.character:04X}; {exc.reason}); remove it",
+            path=path,
+            line=text.count("\n", 0, max(text.find(character), 0)) + 1,
         ) from None
     check = _Checker(path)
     if data is None:
@@ -579,6 +656,16 @@ def _label(kind: str, entry: _LineMap) -> str:
     return f"{kind} {name!r}" if isinstance(name, str) else f"a {kind}"
 
 
+def _first(first: str, name: str, line: int | None) -> str:
+    """Where a duplicate name was first defined, and as what when spelled otherwise."""
+    if first == name:
+        return f"first defined at line {line}"
+    return (
+        f"first defined at line {line} as {first!r}; names are compared ignoring case, accents "
+        "and punctuation"
+    )
+
+
 def _entries(check: _Checker, top: _LineMap, key: str) -> list[tuple[Any, int]]:
     """The items of the list ``top[key]`` with each one's line."""
     value = top[key]
@@ -591,6 +678,9 @@ def _entries(check: _Checker, top: _LineMap, key: str) -> list[tuple[Any, int]]:
 def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     groups: dict[str, Group] = {}
     groups_by_form: dict[str, Group] = {}  # by normalised name: "Animal" and "animal" clash
+    # by normalised name and label, which lookups take alike; by normalised category
+    named: dict[str, Group] = {}
+    categories: dict[str, Group] = {}
     for raw, line in _entries(check, top, "groups"):
         entry = check.mapping(raw, "a group", line)
         check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
@@ -598,7 +688,9 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
         what = f"group {name!r}"
         clash = groups_by_form.get(normalize(name))
         if clash is not None:
-            check.fail(f"duplicate group {name!r} (first defined at line {clash.line})", entry.line)
+            check.fail(
+                f"duplicate group {name!r} ({_first(clash.name, name, clash.line)})", entry.line
+            )
         sensitive = entry.get("sensitive", False)
         if not isinstance(sensitive, bool):
             check.fail(
@@ -612,7 +704,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
                     f"{what}: template {template!r} must contain '{{}}' exactly once",
                     entry.key_lines["templates"],
                 )
-        groups[name] = groups_by_form[normalize(name)] = Group(
+        group = groups[name] = groups_by_form[normalize(name)] = Group(
             name=name,
             category=check.string(entry, "category", what),
             label=check.string(entry, "label", what, default=name),
@@ -623,6 +715,23 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
             not_after=check.strings(entry, "not_after", what),
             line=entry.line,
         )
+        for key, value in (("name", name), ("label", group.label)):
+            other = named.setdefault(normalize(value), group)
+            if other is not group:  # a lookup by this name or label would find one of the two
+                which = "name" if normalize(other.name) == normalize(value) else "label"
+                check.fail(
+                    f"{what}: {key} {value!r} is also the {which} of group {other.name!r} (line "
+                    f"{other.line}); groups are looked up by name or label, so each must name "
+                    "one group",
+                    entry.key_lines.get(key, entry.line),
+                )
+        other = categories.setdefault(normalize(group.category), group)
+        if other.category != group.category:  # "Common" and "common" would count apart
+            check.fail(
+                f"{what}: category {group.category!r} is written {other.category!r} in group "
+                f"{other.name!r} (line {other.line}); write a category the same way everywhere",
+                entry.key_lines["category"],
+            )
     return tuple(groups.values())
 
 
@@ -665,6 +774,7 @@ def _parse_concepts(
     concepts_by_form: dict[str, Concept] = {}  # by normalised name
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
     claimed: dict[tuple[str, str], Concept] = {}
+    prompted: dict[tuple[str, str], Concept] = {}  # the same for prompts
     for raw, line in _entries(check, top, "concepts"):
         entry = check.mapping(raw, "a concept", line)
         check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
@@ -673,7 +783,7 @@ def _parse_concepts(
         clash = concepts_by_form.get(normalize(name))
         if clash is not None:
             check.fail(
-                f"duplicate concept {name!r} (first defined at line {clash.line})", entry.line
+                f"duplicate concept {name!r} ({_first(clash.name, name, clash.line)})", entry.line
             )
         group = check.string(entry, "group", what)
         if group not in group_names:
@@ -719,5 +829,15 @@ def _parse_concepts(
                     entry.key_lines["synonyms"],
                 )
             claimed[key] = concept
+        for prompt in concept.prompts:
+            other = prompted.setdefault((group, normalize(prompt)), concept)
+            if other is not concept:  # the zero-shot classifier would get the same text for both
+                check.fail(
+                    f"prompt {prompt!r} of {what} is also a prompt of {other.name!r} (line "
+                    f"{other.line}) in group {group!r}; a zero-shot classifier tells a group's "
+                    "concepts apart by their prompts, so each prompt must point to one concept"
+                    + ("" if "prompts" in entry else " (prompts default to the concept's name)"),
+                    entry.key_lines.get("prompts", entry.line),
+                )
         concepts[name] = concepts_by_form[normalize(name)] = concept
     return tuple(concepts.values())

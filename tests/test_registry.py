@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
+from clipaudit import registry as registry_module
 from clipaudit.errors import RegistryError, SettingsError
 from clipaudit.registry import list_registries, load_registry, parse_registry
 
@@ -111,7 +115,8 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             "  - name: cat\n",
             "  - name: Dog\n",
             15,
-            r"duplicate concept 'Dog' \(first defined at line 10\)",
+            r"duplicate concept 'Dog' \(first defined at line 10 as 'dog'; names are compared "
+            r"ignoring case, accents and punctuation\)",
         ),
         (
             "    synonyms: [cat]\n",
@@ -390,3 +395,171 @@ def test_a_yaml_merge_key_is_refused_with_its_line_and_the_fix(tmp_path, anchor,
         "    negative_contexts: *words\n"
     )
     assert load_registry(write(tmp_path, aliased)).concept("kitten").negative_contexts == ("cat",)
+
+
+def test_deep_nesting_is_refused_at_its_line_not_a_crash(tmp_path):
+    """Composing nested YAML recurses once per level: in Python (a RecursionError for some 500
+    nested mappings) and in libyaml's C (the interpreter dies at some 30,000 nested lists)."""
+    mappings = GOOD.replace("gloss: a cat", "gloss: " + "{a: " * 2000 + "1" + "}" * 2000)
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, mappings))
+    assert info.value.line == 17
+    assert str(info.value).endswith(
+        "lists and mappings nested more than 16 deep; expected at most 5 (a concept's "
+        "'together' lists in the 'concepts' list)"
+    )
+    lists = write(
+        tmp_path, GOOD.replace("synonyms: [cat]", "synonyms: " + "[" * 50_000 + "]" * 50_000)
+    )
+    code = "import sys; from clipaudit.registry import load_registry; load_registry(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, str(lists)], capture_output=True, text=True)
+    assert done.returncode == 1, done  # an uncaught RegistryError, not a signal
+    assert f"RegistryError: {lists}:18: lists and mappings nested more than 16 deep" in done.stderr
+    # indented nesting, which no bracket shows: Python's recursion limit, said the same way
+    indented = "".join("  " * (level + 1) + "a:\n" for level in range(3000))
+    with pytest.raises(RegistryError, match=r"nested more than 16 deep"):
+        load_registry(write(tmp_path, "groups:\n" + indented + "  " * 3001 + "1\n"))
+    # the deepest a registry needs still loads
+    five = GOOD.replace(
+        "    synonyms: [red]\n", "    synonyms: [red]\n    together: [[vs], [rugby]]\n"
+    )
+    assert load_registry(write(tmp_path, five)).concept("red").together == (("vs",), ("rugby",))
+
+
+@pytest.mark.parametrize("character", ["\x07", "\x00", "\x1b"])
+def test_a_character_yaml_refuses_is_one_error_with_its_line(tmp_path, character, capsys):
+    from clipaudit.cli import main
+
+    path = write(tmp_path, GOOD.replace("gloss: a cat", f"gloss: a {character}cat"))
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    assert str(info.value) == (
+        f"{path}:17: invalid YAML: expected printable text, got the character {character!r} "
+        f"(U+{ord(character):04X}; control characters are not allowed); remove it"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["concepts", "validate", str(path)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {info.value}"]
+
+
+@pytest.mark.parametrize(
+    ("together", "message"),
+    [
+        # "football" alone would satisfy both lists: every football caption would count
+        ("[[vs, football], [Football, nfl]]", "'together' lists 'Football' twice (as 'football' too)"),
+        ("[[vs], ['!!!', nfl]]", "'together' lists '!!!', which has no letter or digit once normalised"),
+    ],
+)  # fmt: skip
+def test_together_words_that_cannot_work_are_refused(tmp_path, together, message):
+    text = GOOD.replace("    synonyms: [red]\n", f"    synonyms: [red]\n    together: {together}\n")
+    with pytest.raises(RegistryError, match=re.escape(f"concept 'red': {message}")) as info:
+        load_registry(write(tmp_path, text))
+    assert info.value.line == 23
+
+
+@pytest.mark.parametrize(
+    ("prompts", "line", "message"),
+    [
+        ("    prompts: [kitty, Dog]\n", 19, r"prompt 'Dog' of concept 'cat' is also a prompt of 'dog' "
+         r"\(line 10\) in group 'Animal'; .* each prompt must point to one concept$"),
+        ("    prompts: [dog]\n", 19, r"prompt 'dog' of concept 'cat' is also a prompt of 'dog'"),
+    ],
+)  # fmt: skip
+def test_a_prompt_of_two_concepts_of_a_group_is_refused(tmp_path, prompts, line, message):
+    """Two concepts prompted alike get one text embedding: the classifier cannot tell them apart."""
+    text = GOOD.replace("    synonyms: [cat]\n", "    synonyms: [cat]\n" + prompts)
+    with pytest.raises(RegistryError, match=message) as info:
+        load_registry(write(tmp_path, text))
+    assert info.value.line == line
+    # a prompt shared across groups is no clash: each group is classified on its own
+    other = GOOD.replace("    synonyms: [red]\n", "    synonyms: [red]\n    prompts: [dog]\n")
+    assert load_registry(write(tmp_path, other)).concept("red").prompts == ("dog",)
+
+
+COLOR = "    category: common\n    templates"  # the Color group's category (line 7)
+
+
+@pytest.mark.parametrize(
+    ("edits", "line", "message"),
+    [
+        ([(COLOR, "    category: Common\n    templates")], 7,
+         r"group 'Color': category 'Common' is written 'common' in group 'Animal' \(line 4\); "
+         "write a category the same way everywhere"),
+        ([(COLOR, "    category: common\n    label: animal\n    templates")], 8,
+         r"group 'Color': label 'animal' is also the name of group 'Animal' \(line 4\)"),
+        ([("name: Animal\n    category: common\n", "name: Animal\n    category: common\n    label: Colour\n"),
+          (COLOR, "    category: common\n    label: colour\n    templates")], 9,
+         r"group 'Color': label 'colour' is also the label of group 'Animal' \(line 4\)"),
+        ([("name: Animal\n    category: common\n", "name: Animal\n    category: common\n    label: Color\n")],
+         7, r"group 'Color': name 'Color' is also the label of group 'Animal' \(line 4\)"),
+    ],
+)  # fmt: skip
+def test_groups_whose_category_or_label_clash_are_refused(tmp_path, edits, line, message):
+    """Categories differing only in case would be counted apart; a label naming another group
+    would make a lookup by it find one of the two."""
+    text = GOOD
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    with pytest.raises(RegistryError, match=message) as info:
+        load_registry(write(tmp_path, text))
+    assert info.value.line == line
+
+
+def test_a_file_that_is_no_regular_file_is_named_as_such(tmp_path):
+    with pytest.raises(RegistryError) as info:
+        load_registry("/dev/null")  # it exists: "does not exist" would send the user astray
+    assert str(info.value) == (
+        "registry '/dev/null' is not a regular file (a device, pipe or socket); expected a YAML file"
+    )
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    monkeypatch.setattr(registry_module, "MAX_REGISTRY_BYTES", 2 << 20)
+    path.write_bytes(GOOD.encode() + b"#" * (3 << 20) + b"\n")
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read in full"))
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    assert str(info.value) == (
+        f"{path}: the file is 3.0 MiB; expected a registry of at most 2 MiB (the paper's 146 "
+        "concepts take 80 kB)"
+    )
+
+
+def test_a_file_that_cannot_be_read_is_one_error(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    assert str(info.value) == (
+        f"{path}: cannot be read: PermissionError: [Errno 13] Permission denied: '{path}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "got"),
+    [
+        ("synonyms: [cat]", "synonyms: [cat, on, off]", "'synonyms' must be a list of non-empty strings, got ['cat', True, False]"),
+        ("name: cat", "name: yes", "'name' must be a non-empty string, got True"),
+        ("gloss: a cat", "gloss: 1984", "'gloss' must be a non-empty string, got 1984"),
+        ('version: "2"', "version: 2024-01-01", "'version' must be a non-empty string, got datetime.date(2024, 1, 1)"),
+    ],
+)  # fmt: skip
+def test_text_yaml_reads_as_another_type_gets_the_quoting_hint(tmp_path, old, new, got):
+    """A synonym list [on, off] reads as [True, False]: the message says why and what to do."""
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, GOOD.replace(old, new, 1)))
+    assert str(info.value).endswith(
+        f"{got}; YAML reads unquoted yes, no, on, off, numbers and dates as such, not as text: "
+        "quote it"
+    )
+    # a wrong shape is no quoting matter
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, GOOD.replace("synonyms: [cat]", "synonyms: 5")))
+    assert str(info.value).endswith("'synonyms' must be a list of non-empty strings, got 5")

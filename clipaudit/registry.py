@@ -656,13 +656,19 @@ def _label(kind: str, entry: _LineMap) -> str:
     return f"{kind} {name!r}" if isinstance(name, str) else f"a {kind}"
 
 
+def _form(name: str) -> str:
+    """A name as image folders are matched to it (``clipaudit.images``): normalised, without
+    spaces, so "ice cream" and "icecream" are one name."""
+    return normalize(name).replace(" ", "")
+
+
 def _first(first: str, name: str, line: int | None) -> str:
     """Where a duplicate name was first defined, and as what when spelled otherwise."""
     if first == name:
         return f"first defined at line {line}"
     return (
-        f"first defined at line {line} as {first!r}; names are compared ignoring case, accents "
-        "and punctuation"
+        f"first defined at line {line} as {first!r}; names are compared ignoring case, accents, "
+        "punctuation and spaces"
     )
 
 
@@ -677,7 +683,7 @@ def _entries(check: _Checker, top: _LineMap, key: str) -> list[tuple[Any, int]]:
 
 def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
     groups: dict[str, Group] = {}
-    groups_by_form: dict[str, Group] = {}  # by normalised name: "Animal" and "animal" clash
+    groups_by_form: dict[str, Group] = {}  # by _form: "Animal" and "animal" clash
     # by normalised name and label, which lookups take alike; by normalised category
     named: dict[str, Group] = {}
     categories: dict[str, Group] = {}
@@ -686,7 +692,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
         check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
         name = check.string(entry, "name", "a group")
         what = f"group {name!r}"
-        clash = groups_by_form.get(normalize(name))
+        clash = groups_by_form.get(_form(name))
         if clash is not None:
             check.fail(
                 f"duplicate group {name!r} ({_first(clash.name, name, clash.line)})", entry.line
@@ -704,7 +710,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
                     f"{what}: template {template!r} must contain '{{}}' exactly once",
                     entry.key_lines["templates"],
                 )
-        group = groups[name] = groups_by_form[normalize(name)] = Group(
+        group = groups[name] = groups_by_form[_form(name)] = Group(
             name=name,
             category=check.string(entry, "category", what),
             label=check.string(entry, "label", what, default=name),
@@ -771,7 +777,7 @@ def _parse_concepts(
 ) -> tuple[Concept, ...]:
     group_names = {g.name for g in groups}
     concepts: dict[str, Concept] = {}
-    concepts_by_form: dict[str, Concept] = {}  # by normalised name
+    concepts_by_form: dict[str, Concept] = {}  # by :func:`_form` of the name
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
     claimed: dict[tuple[str, str], Concept] = {}
     prompted: dict[tuple[str, str], Concept] = {}  # the same for prompts
@@ -780,7 +786,7 @@ def _parse_concepts(
         check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
         name = check.string(entry, "name", "a concept")
         what = f"concept {name!r}"
-        clash = concepts_by_form.get(normalize(name))
+        clash = concepts_by_form.get(_form(name))
         if clash is not None:
             check.fail(
                 f"duplicate concept {name!r} ({_first(clash.name, name, clash.line)})", entry.line
@@ -839,5 +845,5 @@ def _parse_concepts(
                     + ("" if "prompts" in entry else " (prompts default to the concept's name)"),
                     entry.key_lines.get("prompts", entry.line),
                 )
-        concepts[name] = concepts_by_form[normalize(name)] = concept
+        concepts[name] = concepts_by_form[_form(name)] = concept
     return tuple(concepts.values())

@@ -116,7 +116,13 @@ def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
             "  - name: Dog\n",
             15,
             r"duplicate concept 'Dog' \(first defined at line 10 as 'dog'; names are compared "
-            r"ignoring case, accents and punctuation\)",
+            r"ignoring case, accents, punctuation and spaces\)",
+        ),
+        (  # an image folder "do_g" or "DoG" would be either: folders are matched without spaces
+            "  - name: cat\n",
+            "  - name: do g\n",
+            15,
+            r"duplicate concept 'do g' \(first defined at line 10 as 'dog'",
         ),
         (
             "    synonyms: [cat]\n",

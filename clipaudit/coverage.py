@@ -68,7 +68,7 @@ from clipaudit.coverage_semantic import (
     read_nearest,
 )
 from clipaudit.engines import ENGINES
-from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, RunFolderError, SettingsError, did_you_mean
 from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s, code_identity
 from clipaudit.provenance import (
@@ -514,7 +514,10 @@ def count_coverage(
         run.execute()
         moved = semantic is not None and semantic.moved  # merged again: the manifest says where
         if folder.was_complete and run.unchanged and not moved:
-            return replace(load_coverage_run(out, folder.previous), reused=True)
+            reused = _reuse(out, folder.previous)
+            if reused is not None:
+                return reused
+            # an output removed or damaged by hand: merged again from the shards' partials
         if settings.per_caption:
             _split_matches(folder)  # before the manifest, which lists the merged shards, changes
         folder.update(registry=registry.provenance(), inputs=inputs, corpus=_corpus_name(specs))
@@ -534,6 +537,18 @@ def count_coverage(
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
         return replace(result, manifest=manifest)
+
+
+def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:
+    """The complete run in ``out`` read back; None when one of its outputs is missing or cannot
+    be read (matches.parquet is checked with the shards, :func:`_merged_units`)."""
+    names = manifest.get("outputs")
+    if not isinstance(names, list) or not all((out / str(name)).is_file() for name in names):
+        return None
+    try:
+        return replace(load_coverage_run(out, manifest), reused=True)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid and json's errors are ValueErrors
+        return None
 
 
 def _compare_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -916,20 +931,20 @@ class _Dispatch:
 
     def _done(self, shard: Shard) -> bool:
         """Whether an earlier session finished this very shard (same identity, its matches in
-        its own file or in the merged matches.parquet of a complete run)."""
-        if self.folder.load_unit(shard.key, shard.identity) is None:
+        its own file, whole, or in the merged matches.parquet of a complete run)."""
+        record = self.folder.load_unit(shard.key, shard.identity)
+        if record is None:
             return False
-        if not self.settings.per_caption:
+        if not self.settings.per_caption or shard.key in self._merged:
             return True
+        # a matches file cut short or damaged by hand: the shard is counted again
         matches = self.folder.unit_path(shard.key, _MATCHES_SUFFIX)
-        return matches.is_file() or shard.key in self._merged
+        return _parquet_rows(matches) == record.get("n_captions_read")
 
     @cached_property
     def _merged(self) -> set[str]:
         """Shards whose matches an earlier complete run merged into matches.parquet."""
-        if not (self.folder.path / "matches.parquet").is_file():
-            return set()
-        return {key for key, _ in (self.folder.previous or {}).get("units") or []}
+        return {key for key, _ in _merged_units(self.folder)}
 
     @property
     def finished(self) -> list[Shard]:
@@ -1607,14 +1622,52 @@ def _merge_matches(
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
-                with pq.ParquetFile(part) as handle:
-                    for batch in handle.iter_batches():
-                        writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                try:
+                    with pq.ParquetFile(part) as handle:
+                        for batch in handle.iter_batches():
+                            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                except (OSError, ValueError) as exc:  # a data page damaged by hand: whole footer
+                    why = " ".join(str(exc).split())[:200]  # arrow's messages span lines
+                    raise RunFolderError(
+                        f"{part} cannot be read ({type(exc).__name__}: {why}); the run "
+                        "folder is damaged: delete that file and run the same command again to "
+                        "count its shard again"
+                    ) from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     for part in parts:
         part.unlink()
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a parquet file's footer lists; None when it is missing or unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as handle:
+            return handle.metadata.num_rows
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
+
+
+def _merged_units(folder: RunFolder) -> list[tuple[str, int]]:
+    """The shards (key, rows) whose matches the earlier complete run merged into
+    matches.parquet, in its order; none when that file is missing, unreadable, or does not hold
+    the rows its manifest lists (damaged by hand), or the list is not one of (key, rows)."""
+    order = (folder.previous or {}).get("units")
+    if not isinstance(order, list) or not all(
+        isinstance(unit, list)
+        and len(unit) == 2
+        and isinstance(unit[0], str)
+        and isinstance(unit[1], int)
+        for unit in order
+    ):
+        return []
+    order = [(key, n_rows) for key, n_rows in order]
+    if _parquet_rows(folder.path / "matches.parquet") != sum(n for _, n in order):
+        return []
+    return order
 
 
 def _split_matches(folder: RunFolder) -> None:
@@ -1625,8 +1678,9 @@ def _split_matches(folder: RunFolder) -> None:
     import pyarrow.parquet as pq
 
     merged = folder.path / "matches.parquet"
-    order = (folder.previous or {}).get("units") or []
-    if not merged.is_file() or not order:
+    order = _merged_units(folder)
+    if not order:  # none, or left by a killed merge, or damaged: its shards were counted again
+        merged.unlink(missing_ok=True)
         return
     with pq.ParquetFile(merged) as handle:
         batches = handle.iter_batches()

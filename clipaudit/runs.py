@@ -10,7 +10,8 @@ A run folder holds the outputs of one run and ``manifest.json``::
     inputs, timings, outputs, counts ...   what each kind adds
 
 and ``units/``, one record per finished unit of work (a coverage shard, a zero-shot model, a theory
-scenario) written atomically the moment it finishes, with the identity of what it read. So:
+scenario) written atomically the moment it finishes, with the identity of what it read and a
+digest of the record (one edited or cut short by hand is redone, never merged). So:
 
 - **resume**: the same command on the same folder redoes only units without a record, or whose
   inputs changed (a shard fixed, removed or added changes only its own unit);
@@ -45,6 +46,9 @@ STATUSES = ("running", "complete", "failed")
 MANIFEST = "manifest.json"
 UNITS = "units"
 _LOCK = ".lock"
+# a manifest that cannot be read says nothing of the run's settings: nothing in the folder can be
+# trusted, and the folder may not be clipaudit's (so --overwrite does not empty it either)
+_DAMAGED_FIX = "delete the folder or choose another --out, and run the command again"
 
 # kind -> "module:function" that turns a complete run folder into its typed result; imported only
 # when such a folder is loaded, so this bottom-layer module imports nothing above it
@@ -226,7 +230,11 @@ class RunFolder:
                 f"{self.path} holds a {kind or 'unknown'} run, not a {self.kind} run; "
                 "choose another --out folder"
             )
-        changed = self.compare(previous.get("settings") or {}, self.settings)
+        stored = previous.get("settings") or {}
+        if isinstance(stored, Mapping):
+            changed = self.compare(stored, self.settings)
+        else:  # edited by hand: no record of settings, so no run this one can resume
+            changed = [f"settings: {_shown(stored)} -> a record of settings"]
         if not changed:
             self.previous = previous
             return
@@ -309,7 +317,12 @@ class RunFolder:
             record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:  # cannot happen with atomic writes, unless edited by hand
             return None
-        return record if record.get("identity") == _plain(identity) else None
+        if not isinstance(record, dict) or record.get("identity") != _plain(identity):
+            return None
+        # a record edited by hand is redone, never merged (units written before digests have none)
+        digest = record.pop("digest", None)
+        body = {name: value for name, value in record.items() if name != "identity"}
+        return record if digest is None or digest == fingerprint(body) else None
 
     def save_unit(self, key: str, identity: Any, record: Mapping[str, Any]) -> None:
         write_unit(self.units, key, identity, record)
@@ -333,8 +346,12 @@ class RunFolder:
 
 
 def write_unit(units: Path, key: str, identity: Any, record: Mapping[str, Any]) -> None:
-    """Record a finished unit atomically (also from worker processes, which hold no RunFolder)."""
-    write_json(units / f"{key}.json", {"identity": _plain(identity), **record})
+    """Record a finished unit atomically (also from worker processes, which hold no RunFolder),
+    with a digest of the record that :meth:`RunFolder.load_unit` checks."""
+    body = _plain(dict(record))
+    write_json(
+        units / f"{key}.json", {"identity": _plain(identity), **body, "digest": fingerprint(body)}
+    )
 
 
 def _ignorable(path: Path) -> bool:
@@ -395,10 +412,12 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunFolderError(
-            f"{manifest_path} is not valid JSON ({exc}); the folder is damaged"
+            f"{manifest_path} is not valid JSON ({exc}); the folder is damaged: {_DAMAGED_FIX}"
         ) from None
     if not isinstance(manifest, dict):
-        raise RunFolderError(f"{manifest_path} is not a JSON object; the folder is damaged")
+        raise RunFolderError(
+            f"{manifest_path} is not a JSON object; the folder is damaged: {_DAMAGED_FIX}"
+        )
     return manifest
 
 

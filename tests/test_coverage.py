@@ -814,3 +814,99 @@ def test_a_caption_with_a_lone_surrogate_is_one_clear_error(tiny, tmp_path):
     for number, options in enumerate(({"texts": bad}, {"captions": bad})):
         with pytest.raises(InputError, match=r"not valid Unicode text .*position 6"):
             count_coverage(**options, registry=tiny, out=tmp_path / str(number), progress=False)
+
+
+def interrupted_run(tiny, corpus: Path, out: Path) -> dict[str, list[str]]:
+    """A per-caption run stopped by a corrupt third part after the first two finished (their
+    records and matches files kept); returns the parts' captions, to write c fixed."""
+    parts = {
+        "a": ["a red cat", "a dog"] * 3,
+        "b": ["a happy puppy"] * 4,
+        "c": [f"two kittens number {i}" for i in range(20_000)],
+    }
+    write_parts(corpus, parts)
+    data = bytearray((corpus / "c.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200  # a corrupt data page
+    (corpus / "c.parquet").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"c\.parquet: unreadable parquet data"):
+        run([corpus], tiny, out, per_caption=True)
+    return parts
+
+
+def only(folder: Path, pattern: str) -> Path:
+    (found,) = folder.glob(pattern)
+    return found
+
+
+@pytest.mark.parametrize("damage", ["counts edited", "not an object", "matches cut short"])
+def test_a_shard_damaged_by_hand_is_counted_again(tiny, tmp_path, damage):
+    """Hand damage of a finished shard (its record edited, its matches file cut short) makes it
+    count again; it was merged as it stood (other counts) or stopped the merge (a traceback)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    parts = interrupted_run(tiny, corpus, out)
+    record = only(out / "units", "a-*.json")
+    if damage == "counts edited":
+        edited = json.loads(record.read_text())
+        edited["concepts"]["cat"] = 1000
+        record.write_text(json.dumps(edited))
+    elif damage == "not an object":
+        record.write_text("[1, 2]")
+    else:
+        matches = only(out / "units", "a-*.matches.parquet")
+        matches.write_bytes(matches.read_bytes()[:-20])
+    write_parts(corpus, {"c": parts["c"]})
+    resumed = run([corpus], tiny, out, per_caption=True)
+    timings = resumed.manifest["timings"]
+    assert (timings["shards_this_session"], timings["shards_resumed"]) == (2, 1)  # a and c
+    assert resumed.concepts.set_index("concept")["count"].to_dict()["cat"] == 3 + 20_000
+    run([corpus], tiny, tmp_path / "clean", per_caption=True)
+    assert_same_outputs(out, tmp_path / "clean")
+
+
+def test_a_matches_file_damaged_inside_stops_the_merge_naming_it(tiny, tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    parts = interrupted_run(tiny, corpus, out)
+    matches = only(out / "units", "a-*.matches.parquet")
+    data = bytearray(matches.read_bytes())
+    data[4:40] = b"\xab" * 36  # its data page: the footer, read to resume, is whole
+    matches.write_bytes(bytes(data))
+    write_parts(corpus, {"c": parts["c"]})
+    with pytest.raises(RunFolderError) as info:
+        run([corpus], tiny, out, per_caption=True)
+    message = str(info.value)
+    assert message.startswith(f"{matches} cannot be read (") and "\n" not in message
+    assert message.endswith(
+        "delete that file and run the same command again to count its shard again"
+    )
+    matches.unlink()  # the fix the message gives
+    run([corpus], tiny, out, per_caption=True)
+    run([corpus], tiny, tmp_path / "clean", per_caption=True)
+    assert_same_outputs(out, tmp_path / "clean")
+
+
+@pytest.mark.parametrize(
+    "damage", ["matches cut short", "units listed wrong", "tables removed or cut short"]
+)
+def test_a_complete_run_damaged_by_hand_is_made_whole_again(tiny, zoo, tmp_path, damage):
+    """Rerun on a complete run whose outputs were damaged: it said "complete" over a cut matches
+    file, or failed with a traceback; now what is damaged is counted or merged again."""
+    out = tmp_path / "run"
+    run([zoo], tiny, out, per_caption=True, shard_rows=3)
+    run([zoo], tiny, tmp_path / "clean", per_caption=True, shard_rows=3)
+    n_shards = len(list((out / "units").glob("*.json")))
+    if damage == "matches cut short":
+        data = (out / "matches.parquet").read_bytes()
+        (out / "matches.parquet").write_bytes(data[: len(data) // 2])
+    elif damage == "units listed wrong":
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["units"] = "abc"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (out / "groups.csv").unlink()
+        data = (out / "concepts.parquet").read_bytes()
+        (out / "concepts.parquet").write_bytes(data[: len(data) // 2])
+    again = run([zoo], tiny, out, per_caption=True, shard_rows=3)
+    counted = 0 if damage == "tables removed or cut short" else n_shards  # merged, or counted
+    assert not again.reused and again.manifest["timings"]["shards_this_session"] == counted
+    assert_same_outputs(out, tmp_path / "clean")
+    assert run([zoo], tiny, out, per_caption=True, shard_rows=3).reused

@@ -166,3 +166,40 @@ def test_a_run_folder_of_another_type_than_a_path_is_a_settings_error(given):
         SettingsError, match=rf"a run folder is a path .*, got {type(given).__name__}"
     ):
         load_run(given)
+
+
+def test_a_unit_record_edited_by_hand_is_redone(tmp_path):
+    with RunFolder(tmp_path / "run", "zeroshot", {}) as folder:
+        folder.save_unit("m", {"weights": 1}, {"f1": 0.5})
+        assert folder.load_unit("m", {"weights": 1}) == {"identity": {"weights": 1}, "f1": 0.5}
+        path = folder.unit_path("m")
+        record = json.loads(path.read_text())
+        for edited in ({**record, "f1": 0.9}, [record]):
+            path.write_text(json.dumps(edited))
+            assert folder.load_unit("m", {"weights": 1}) is None
+        del record["digest"]  # a record written before digests: taken as it is
+        path.write_text(json.dumps(record))
+        assert folder.load_unit("m", {"weights": 1}) == {"identity": {"weights": 1}, "f1": 0.5}
+
+
+def test_a_manifest_damaged_by_hand_is_refused_with_the_fix(tmp_path):
+    run = tmp_path / "run"
+    with RunFolder(run, "coverage", {"a": 1}) as folder:
+        folder.complete()
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "settings": "abc"}))
+    with pytest.raises(RunFolderError) as info, RunFolder(run, "coverage", {"a": 1}):
+        pass
+    assert str(info.value) == (
+        f"{run} holds a different coverage run (settings: 'abc' -> a record of settings); run "
+        "the same command to resume it, pass --overwrite to replace it, or choose another --out"
+    )
+    with RunFolder(run, "coverage", {"a": 1}, overwrite=True) as folder:
+        assert folder.restarted == "--overwrite"
+    (run / "manifest.json").write_text('{"kind": "cov')
+    with pytest.raises(RunFolderError) as info, RunFolder(run, "coverage", {"a": 1}):
+        pass
+    assert str(info.value).endswith(
+        "the folder is damaged: delete the folder or choose another --out, and run the command "
+        "again"
+    )

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from clipaudit.coverage import CoverageResult, CoverageSettings, count_coverage
-from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.errors import (
+    InputError,
+    SettingsError,
+    check_arguments,
+    did_you_mean,
+    keyword_checked,
+)
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
 from clipaudit.runs import RunFolder, differences, load_run
 
@@ -69,6 +75,7 @@ def load_audit_run(path: str | Path, manifest: dict[str, Any]) -> AuditRun:
     )
 
 
+@keyword_checked
 def run_audit(
     captions: Any,
     images: str | Path,
@@ -95,6 +102,18 @@ def run_audit(
 
     from clipaudit.zeroshot import check_out_of_images
 
+    given_out = {"out (the run folder, or None)": out} if out is not None else {}
+    check_arguments(
+        {"images (the labelled images)": images, **given_out},
+        {"overwrite": overwrite, "progress": progress},
+        echo,
+    )
+    for name, options in (("zeroshot", zeroshot), ("report", report)):
+        if options is not None and not isinstance(options, dict):
+            raise SettingsError(
+                f"{name} must be a dict of {name} options or None, got "
+                f"{type(options).__name__} {options!r:.60}"
+            )
     coverage = _coverage_settings(coverage)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     check_out_of_images(out, images)
@@ -188,6 +207,7 @@ def check_stage_options(
         models=model_specs(models), images=str(images), registry=registry, **(zeroshot or {})
     )
     check_model_specs(settings.models)
+    load_registry(registry).select(settings.groups)  # a mistyped --groups: not after the coverage
     local = "://" not in settings.images and not settings.images.startswith("hf:")
     if local and not Path(settings.images).exists():
         raise InputError(

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.errors import InputError, RunFolderError, SettingsError, keyword_checked
 from clipaudit.provenance import file_in_the_way, recorded_path
 from clipaudit.runs import fingerprint, read_manifest
 from clipaudit.text import slug
@@ -694,6 +694,7 @@ def _run_captions(
             yield batch.captions
 
 
+@keyword_checked
 def index_run(run: str | Path, settings: Any = None) -> Any:
     """Build ``RUN/index/``: a FAISS index (:class:`~clipaudit.semantic.index.CaptionIndex`) over
     the caption embeddings of a semantic coverage run, with its captions; returns the index."""
@@ -710,6 +711,7 @@ def index_run(run: str | Path, settings: Any = None) -> Any:
     )
 
 
+@keyword_checked
 def query_run(run: str | Path, query: str, *, threshold: float | None = None, k: int = 10) -> Any:
     """How many captions of a semantic coverage run are about ``query`` (cosine >= ``threshold``;
     default: the run's shared semantic threshold) and the ``k`` nearest, from ``RUN/index/``
@@ -761,6 +763,7 @@ class CalibrationReport:
     cross_validation: dict[str, Any]
 
 
+@keyword_checked
 def calibrate(
     gold: str | Path | Sequence[str | Path],
     out: str | Path,

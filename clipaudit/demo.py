@@ -19,12 +19,12 @@ gives that group's awareness against its coverage: a dose-response curve. The ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import SettingsError
+from clipaudit.errors import SettingsError, check_arguments, keyword_checked
 from clipaudit.world.settings import WORLD_GROUPS, WORLD_REGISTRY, TrainSettings, WorldSettings
 from clipaudit.world.sweep import sweep_rate_values
 
@@ -45,6 +45,19 @@ class DemoSettings:
     sweep_rates: tuple[float, ...] = DEFAULT_SWEEP_RATES
 
     def __post_init__(self) -> None:
+        for name, kind in (("world", WorldSettings), ("train", TrainSettings)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):  # a dict of fields would fail later, bare
+                raise SettingsError(
+                    f"{name} must be {kind.__name__}(...), got {type(value).__name__} {value!r:.60}"
+                )
+        if isinstance(self.sweep_rates, (str, bytes)) or not isinstance(
+            self.sweep_rates, Iterable
+        ):  # "0,1" would be read as its characters, 0.5 fail bare
+            raise SettingsError(
+                f"sweep rates must be a sequence of numbers in [0, 1] such as (0, 0.2, 1), got "
+                f"{self.sweep_rates!r:.60}"
+            )
         if self.sweep is not None and self.sweep not in WORLD_GROUPS:
             from clipaudit.errors import did_you_mean
 
@@ -73,6 +86,7 @@ class DemoSettings:
         return record
 
 
+@keyword_checked
 def run_demo(
     out: str | Path = "runs/demo",
     settings: DemoSettings | None = None,
@@ -92,6 +106,14 @@ def run_demo(
     from clipaudit.world.training import resolve_train_device, train_world_model
     from clipaudit.world.world import render_world_run
 
+    check_arguments(
+        {"out (the run folder)": out}, {"overwrite": overwrite, "progress": progress}, echo
+    )
+    if settings is not None and not isinstance(settings, DemoSettings):
+        raise SettingsError(
+            f"settings must be DemoSettings(...) or None, got {type(settings).__name__} "
+            f"{settings!r:.60}"
+        )
     settings = settings or DemoSettings()
     resolve_train_device(settings.train.device)  # a device that is not there: before rendering
     out = Path(out)

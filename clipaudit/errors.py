@@ -7,7 +7,11 @@ library users catch the specific subclass they care about.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from functools import wraps
+from typing import Any
 
 
 class ClipAuditError(Exception):
@@ -66,3 +70,51 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
         return ""
     names = " or ".join(repr(by_lower[c]) for c in close)
     return f" (did you mean {names}?)"
+
+
+def check_arguments(paths: dict[str, Any], switches: dict[str, Any], echo: Any) -> None:
+    """Refuse, in words, a path that is no path (a number, None: os.fspath's bare TypeError
+    later), a switch that is no bool ("no" would count as on) and an ``echo`` that cannot be
+    called. ``paths`` maps what each is to its value."""
+    for what, value in paths.items():
+        if not isinstance(value, (str, os.PathLike)):
+            raise SettingsError(
+                f"{what} must be a path (a str or an os.PathLike), got "
+                f"{type(value).__name__} {value!r:.60}"
+            )
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be True or False, got {value!r:.60}")
+    if not callable(echo):
+        raise SettingsError(
+            f"echo must be a function taking one line of text (e.g. print), got {echo!r:.60}"
+        )
+
+
+def keyword_checked(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, whose call with arguments that do not fit its signature is a
+    :class:`SettingsError` naming the closest parameters (Python's TypeError says only
+    "unexpected keyword argument", and is no error of this library)."""
+    signature = inspect.signature(function)
+    names = list(signature.parameters)
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    positional = [n for n, p in signature.parameters.items() if p.kind is not keyword_only]
+
+    @wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            unknown = [name for name in kwargs if name not in signature.parameters]
+            if not unknown:  # too many positional arguments, a required one missing
+                raise SettingsError(
+                    f"{function.__name__}(): {exc}; it takes {', '.join(positional)} by "
+                    "position, the other options by name"
+                ) from None
+            raise SettingsError(
+                f"{function.__name__}() has no option {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], names)}; its options are {', '.join(names)}"
+            ) from None
+        return function(*args, **kwargs)
+
+    return checked

@@ -74,7 +74,7 @@ try:  # built with the package when a C compiler was at hand (hatch_build.py)
 except ImportError:
     _scan = None
 
-from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, SettingsError, did_you_mean, keyword_checked
 from clipaudit.provenance import atomic_write_text
 from clipaudit.registry import DEFAULT_REGISTRY, TOGETHER_LISTS, Registry, load_registry
 from clipaudit.text import ASCII_TABLE, fold, normalize, unescape
@@ -1729,6 +1729,7 @@ def surface_forms(registry: Registry, concept: str) -> list[str]:
     return sorted(set(forms))
 
 
+@keyword_checked
 def match_captions(
     captions: str | Iterable[str],
     registry: str | Path | Registry = DEFAULT_REGISTRY,

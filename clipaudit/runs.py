@@ -139,6 +139,8 @@ class RunFolder:
         compare: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]] | None = None,
         units_dir: str = UNITS,
     ):
+        if not isinstance(overwrite, bool):  # "no" would count as yes, and empty the folder
+            raise SettingsError(f"overwrite must be True or False, got {overwrite!r:.60}")
         self.path = Path(path)
         self.kind = kind
         self.settings = _plain(dict(settings))

@@ -134,3 +134,45 @@ def test_in_memory_captions_that_hold_none_are_refused_in_the_apis_terms(tmp_pat
         "no caption was read: the 2 captions given were all skipped (2 null); give caption "
         "strings (None or NaN is no caption; one longer than max_caption_chars is skipped)"
     )  # no --column: these captions have no column to name
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", coverrage={}), r"run_audit\(\) has no option 'coverrage' \(did you mean 'coverage'"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", "out", {}), r"run_audit\(\): too many positional arguments; it takes captions, images, models, out by position"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", zeroshot="cpu"), r"zeroshot must be a dict of zeroshot options or None, got str 'cpu'"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", report=["title"]), r"report must be a dict of report options or None, got list"),
+        (lambda c, d: c.run_audit(["a dog"], None, "RN50"), r"images \(the labelled images\) must be a path .*got NoneType None"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", 5), r"out \(the run folder, or None\) must be a path .*got int 5"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", "out", overwrite="no"), r"overwrite must be True or False, got 'no'"),
+        (lambda c, d: c.run_audit(["a dog"], "images", "RN50", "out", echo="print"), r"echo must be a function .*got 'print'"),
+        (lambda c, d: d.run_demo(overwrit=True), r"run_demo\(\) has no option 'overwrit' \(did you mean 'overwrite'"),
+        (lambda c, d: d.run_demo("out", {"steps": 10}), r"settings must be DemoSettings\(...\) or None, got dict"),
+        (lambda c, d: d.run_demo(5), r"out \(the run folder\) must be a path .*got int 5"),
+        (lambda c, d: d.run_demo("out", progress=None), r"progress must be True or False, got None"),
+        (lambda c, d: d.DemoSettings(world=5), r"world must be WorldSettings\(...\), got int 5"),
+        (lambda c, d: d.DemoSettings(train={"steps": 3}), r"train must be TrainSettings\(...\), got dict"),
+        (lambda c, d: d.DemoSettings(sweep="Texture", sweep_rates="0,1"), r"sweep rates must be a sequence of numbers .*got '0,1'"),
+        (lambda c, d: d.DemoSettings(sweep="Texture", sweep_rates=0.5), r"sweep rates must be a sequence of numbers .*got 0.5"),
+        # the other public functions that take no **options, and overwrite in every run
+        (lambda c, d: c.build_report(["run"], titel="x"), r"build_report\(\) has no option 'titel' \(did you mean 'title'"),
+        (lambda c, d: c.match_captions("a dog", profle="paper"), r"match_captions\(\) has no option 'profle' \(did you mean 'profile'"),
+        (lambda c, d: c.calibrate("gold.jsonl", encodr="st:x"), r"calibrate\(\) has no option 'encodr'"),
+        (lambda c, d: c.query_run("run", "origami", treshold=0.5), r"query_run\(\) has no option 'treshold' \(did you mean 'threshold'"),
+        (lambda c, d: c.count_coverage(texts=["a dog"], out="out", overwrite="no"), r"overwrite must be True or False, got 'no'"),
+    ],
+)  # fmt: skip
+def test_the_audit_and_the_demo_name_a_wrong_argument_in_a_typed_error(
+    call, message, tmp_path, monkeypatch
+):
+    """Each was a bare TypeError or AttributeError, a misleading message, or (a switch of the
+    wrong type) taken as on, before any check of what the audit was given."""
+    import clipaudit
+    from clipaudit import demo
+    from clipaudit.errors import SettingsError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=message):
+        call(clipaudit, demo)
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder was made

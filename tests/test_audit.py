@@ -98,7 +98,7 @@ def test_an_audit_resumes_and_loads_back(audit_runs, tmp_path):
 
 def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_path):
     import clipaudit
-    from clipaudit.errors import InputError, ModelError, SettingsError
+    from clipaudit.errors import InputError, ModelError, RegistryError, SettingsError
 
     config, trained, _ = _models(audit_runs)
     captions = ["a dog on a red sofa", "a cat"]
@@ -123,6 +123,8 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
         ("f", lambda: audit("f", model=(config, str(tmp_path / "x.safetensors"))), ModelError,
          "does not exist"),
         ("g", lambda: audit("g", report={"n_bootstrap": 5}), SettingsError, "at least 10"),
+        ("j", lambda: audit("j", zeroshot={**base, "groups": ("Animl",)}), RegistryError,
+         r"no group 'Animl' .*\(did you mean 'Animal'\?\)"),
     ]:  # fmt: skip
         with pytest.raises(error, match=message):
             call()
@@ -133,6 +135,8 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
             clipaudit.CaptionSources(["corpsu"]), audit_runs["images"], (config, trained),
             tmp_path / "i", progress=False, echo=lambda _: None, zeroshot=base,
         )  # fmt: skip
+    # the group corrected, the same folder runs (once counted, its coverage would refuse it)
+    assert audit("j", zeroshot={**base, "groups": ("Animal",)}).zeroshot.models
     first = audit("h")
     retitled = audit("h", report={"title": "Another title"})  # no other audit: no refusal
     assert retitled.report.summary["title"] == "Another title"

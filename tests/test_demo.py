@@ -59,6 +59,20 @@ def test_the_demo_writes_every_stage_and_loads_back(tiny_demo):
         assert coverage[group] == pytest.approx(rates.loc[group, "selection"])
 
 
+def test_the_printed_table_names_every_group_whole_in_80_columns(tiny_demo, monkeypatch, capsys):
+    """Rich shrank the group column first: "Post-process…" in a terminal (or pipe) of 80."""
+    from rich.console import Console
+
+    from clipaudit.cli import demo as cli_demo
+
+    monkeypatch.setattr(cli_demo, "console", Console(width=80, markup=False, emoji=False))
+    cli_demo._print(tiny_demo)
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    for group in WORLD_GROUPS:
+        assert f"│ {group} " in printed, group
+
+
 def test_a_demo_of_other_options_is_refused_and_nothing_is_touched(tiny_demo):
     out = tiny_demo.out
     captions = (out / "world" / "captions.parquet").read_bytes()

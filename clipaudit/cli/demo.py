@@ -80,7 +80,10 @@ def _print(result) -> None:
     manifest = result.manifest
     table = Table(title="what the captions said, what clipaudit measured, what the model learned")
     for column in ("group", "mention rate", "wrong", "true mentions", "coverage", "macro-F1"):
-        table.add_column(column, justify="left" if column == "group" else "right")
+        # a group's name whole, even in 80 columns (else "Post-process…"): headers wrap instead
+        table.add_column(
+            column, justify="left" if column == "group" else "right", no_wrap=column == "group"
+        )
     for row in manifest["groups"]:
         f1 = "-" if row["macro_f1"] is None else f"{row['macro_f1']:.2f} ({row['chance']:.2f})"
         table.add_row(

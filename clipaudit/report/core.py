@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import InputError, SettingsError
+from clipaudit.errors import InputError, SettingsError, keyword_checked
 from clipaudit.report.stats import MIN_RESAMPLES
 
 KIND = "report"
@@ -165,6 +165,7 @@ def check_report_options(title: Any = None, seed: Any = 0, n_bootstrap: Any = 20
         )
 
 
+@keyword_checked
 def build_report(
     runs: Any,
     out: str | Path | None = None,

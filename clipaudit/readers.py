@@ -83,6 +83,9 @@ _WIDE_BOMS = (
     (b"\xff\xfe", "UTF-16"),
     (b"\xfe\xff", "UTF-16"),
 )
+_GZIP_MAGIC = b"\x1f\x8b"
+_TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 class BadShardError(InputError):
@@ -238,6 +241,7 @@ def resolve_sources(
             raise InputError(
                 f"caption source {text!r}: unknown file type {path.suffix!r}; expected "
                 f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder, or hf:NAME)"
+                + _compressed_hint(path.suffix)
             )
     if not sources:
         raise InputError("no caption source given; name at least one file, folder or hf:NAME")
@@ -245,21 +249,39 @@ def resolve_sources(
     return sources
 
 
+def _compressed_hint(suffix: str) -> str:
+    """The fix to add to an unknown file type's message when the suffix is a compressor's."""
+    return (
+        "; compressed files are not read: decompress it first (e.g. gunzip -k FILE)"
+        if suffix.lower() in _COMPRESSED_SUFFIXES
+        else ""
+    )
+
+
 def _refuse_repeats(sources: Sequence[Source]) -> None:
     """A local file named twice (twice over, or alone and inside a folder also named) would be
-    counted twice: refused. Copies of one file at other paths are other captions, and count."""
-    first: dict[Path, str] = {}
+    counted twice: refused, as is a link to a file also read (in a folder, a link beside its
+    target). Copies of one file at other paths are other captions, and count."""
+    first: dict[Path, tuple[str, Path]] = {}  # real path -> (spec, path) it was first read as
     for source in sources:
         if source.scheme is not None or source.kind == "hf_stream":
             continue
         for path in source.files:
             real = Path(path).resolve()
-            if real in first:
+            if real not in first:
+                first[real] = (source.spec, Path(path))
+                continue
+            spec, other = first[real]
+            if other == Path(path):
                 raise InputError(
-                    f"caption file {str(path)!r} is named twice (as {first[real]!r} and "
+                    f"caption file {str(path)!r} is named twice (as {spec!r} and "
                     f"{source.spec!r}); name each file or folder once"
                 )
-            first[real] = source.spec
+            raise InputError(
+                f"caption file {str(path)!r} (in {source.spec!r}) is the same file as "
+                f"{str(other)!r} (in {spec!r}), through a link, so its captions would be counted "
+                "twice; remove the link, or name the files to count"
+            )
 
 
 def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None) -> Source:
@@ -311,6 +333,7 @@ def _url_source(url: str, scheme: str) -> Source:
             raise InputError(
                 f"caption source {url!r}: unknown file type {Path(path).suffix!r}; expected "
                 f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder of them)"
+                + _compressed_hint(Path(path).suffix)
             )
         return Source(spec=url, kind=kind, files=(path,), filesystem=filesystem, scheme=scheme)
     if info.type != pafs.FileType.Directory:
@@ -520,11 +543,17 @@ class _Planner:
             )
 
     def _columns(self, names: Sequence[str], where: Any) -> tuple[str, str | None]:
-        """A file's caption and id columns."""
-        return (
-            _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where),
-            _pick_id_column(names, self.id_column, where),
-        )
+        """A file's caption and id columns; one its schema names twice is refused (pyarrow reads
+        neither of them)."""
+        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+        id_column = _pick_id_column(names, self.id_column, where)
+        for name in (column, id_column):
+            if name is not None and names.count(name) > 1:
+                raise InputError(
+                    f"{where}: {names.count(name)} of its columns are named {name!r}; expected "
+                    "one of each name: rewrite the file with distinct column names"
+                )
+        return column, id_column
 
     def _checked(
         self, check: Callable[[], Any], index: int, path: Path | str, content: Any, name: str
@@ -553,15 +582,18 @@ class _Planner:
         name = source.name(path)
         where = name if source.filesystem is not None else path
 
-        def check() -> tuple[str | None, str | None]:
-            _refuse_wide_text(path, source.filesystem, where)
+        def check() -> tuple[str | None, str | None] | None:
+            _refuse_unreadable_text(path, source.filesystem, where)
             if kind != "jsonl":
                 return None, None
-            return self._columns(_jsonl_keys(path, source.filesystem, where), where)
+            keys = _jsonl_keys(path, source.filesystem, where)
+            return None if keys is None else self._columns(keys, where)
 
         columns = self._checked(check, index, path, content, name)
         if isinstance(columns, SkippedShard):
             yield columns
+            return
+        if columns is None:  # a jsonl file of blank lines alone (an empty shard): no record
             return
         column, id_column = columns
         cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
@@ -714,43 +746,65 @@ def _line_cuts(
     ], n_lines
 
 
-def _refuse_wide_text(path: Path | str, filesystem: Any, where: object) -> None:
-    """Text is read as UTF-8: a file that starts with a UTF-16 or UTF-32 byte-order mark (what
-    Windows PowerShell's ``>`` writes) would be counted as garbage, so it is refused."""
+def _refuse_unreadable_text(path: Path | str, filesystem: Any, where: object) -> None:
+    """Text is read as UTF-8 lines ending in LF: a file whose start shows it is not would be
+    counted as garbage, or as one caption, so it is refused: UTF-16 or UTF-32 (a byte-order mark,
+    as Windows PowerShell's ``>`` writes, or many NUL bytes), gzip data, or lines ending in CR
+    alone (classic Mac OS)."""
     with _open_binary(path, filesystem) as handle:
-        head = handle.read(4)
+        head = handle.read(_TEXT_HEAD_BYTES)
     for mark, encoding in _WIDE_BOMS:
         if head.startswith(mark):
             raise InputError(f"{where} is {encoding}; re-save it as UTF-8")
+    if head.startswith(_GZIP_MAGIC):
+        raise InputError(
+            f"{where} is gzip-compressed; decompress it first (e.g. gunzip -c FILE > NEW)"
+        )
+    n_nul = head.count(0)
+    if n_nul * 4 > len(head):  # a stray NUL in a caption is kept; this many is no UTF-8 text
+        raise InputError(
+            f"{where}: {n_nul} of its first {len(head)} bytes are NUL; expected UTF-8 text, got "
+            "UTF-16 or UTF-32 without a byte-order mark, or binary data; re-save it as UTF-8"
+        )
+    if b"\r" in head and b"\n" not in head:
+        raise InputError(
+            f"{where}: its lines end in CR alone (no LF in its first {len(head):,} bytes), so it "
+            "would be read as one caption; re-save it with LF or CRLF line endings "
+            "(e.g. tr '\\r' '\\n' < OLD > NEW)"
+        )
 
 
 def _jsonl_keys(
     path: Path | str, filesystem: Any = None, where: object = None, max_lines: int = 1000
-) -> list[str]:
-    """The keys of the first JSON object in the file (the columns a caption can come from)."""
-    n_lines = n_not_utf8 = 0
+) -> list[str] | None:
+    """The keys of the first JSON object in the file (the columns a caption can come from); None
+    when it holds blank lines alone, or nothing: no record to read."""
+    n_lines = n_blank = n_not_utf8 = 0
     with _open_binary(path, filesystem) as handle:
         for _, line in zip(range(max_lines), handle, strict=False):
             n_lines += 1
             if not line.strip():
+                n_blank += 1
                 continue
             try:
                 record = json.loads(line)
             except UnicodeDecodeError:
                 n_not_utf8 += 1
                 continue
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
                 continue
             if isinstance(record, dict):
                 return list(record)
+    if n_blank == n_lines < max_lines:  # the whole file was read
+        return None
     if n_not_utf8:
         raise InputError(
             f"{where or path}: no JSON object in its first {n_lines} line(s), {n_not_utf8} of "
             "them not valid UTF-8; re-save it as UTF-8"
         )
     raise InputError(
-        f"{where or path}: no JSON object in its first {max_lines} lines; expected JSON lines such as "
-        '{"id": 1, "caption": "a dog on a beach"}'
+        f"{where or path}: no JSON object in its first {n_lines} line(s); expected JSON lines "
+        'such as {"id": 1, "caption": "a dog on a beach"}'
     )
 
 
@@ -889,7 +943,7 @@ def _json_record(line: bytes, skipped: Counter[str]) -> dict[str, Any] | None:
     except UnicodeDecodeError:
         skipped["not_utf8"] += 1
         return None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
         skipped["bad_json"] += 1
         return None
     if not isinstance(record, dict):

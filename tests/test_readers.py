@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pyarrow as pa
@@ -360,3 +361,88 @@ def test_a_damaged_saved_dataset_stops_with_a_hint_or_is_skipped_with_skip_bad(t
     arrow.write_bytes(arrow.read_bytes()[:2048])
     with pytest.raises(BadShardError, match=r"later: not a readable dataset saved by"):
         list(shard.read(max_caption_chars=10_000, batch_rows=50))
+
+
+def test_a_parquet_column_named_twice_is_one_clear_error_or_a_skipped_shard(tmp_path):
+    path = tmp_path / "twice.parquet"
+    table = pa.Table.from_arrays([pa.array(["a dog"]), pa.array(["a cat"])], ["caption", "caption"])
+    pq.write_table(table, path)
+    expected = f"{path}: 2 of its columns are named 'caption'; expected one of each name"
+    with pytest.raises(InputError) as refused:
+        list(plan_shards(resolve_sources([path])))
+    assert str(refused.value).startswith(expected)
+    (skipped,) = plan_shards(resolve_sources([path]), skip_bad=True)
+    assert isinstance(skipped, SkippedShard) and skipped.reason.startswith(expected)
+
+
+def test_a_json_line_nested_past_the_recursion_limit_is_bad_json(tmp_path):
+    deep = '{"caption": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = tmp_path / "deep.jsonl"
+    path.write_text("\n".join([deep, '{"caption": "a dog"}', deep, '{"caption": "a cat"}']) + "\n")
+    _, captions, ids, rows, skipped = read_all([path])
+    assert (captions, ids, rows, skipped) == (["a dog", "a cat"], [1, 3], 4, {"bad_json": 2})
+
+
+def test_an_empty_or_blank_jsonl_shard_holds_no_record_and_stops_nothing(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"caption": "a dog"}\n')
+    (folder / "b.jsonl").write_text("")
+    (folder / "c.jsonl").write_text("\n  \n")
+    (folder / "d.jsonl").write_text('{"caption": "a cat"}\n')
+    _, captions, ids, rows, skipped = read_all([folder])
+    assert (captions, ids, rows, skipped) == (["a dog", "a cat"], [0, 1], 2, {})
+    arrays = (
+        tmp_path / "arrays.jsonl"
+    )  # no object, yet not empty: refused, saying how far it looked
+    arrays.write_text("[1]\n[2]\n")
+    with pytest.raises(InputError, match=r"arrays\.jsonl: no JSON object in its first 2 line\(s\)"):
+        read_all([arrays])
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_text_with_lines_ending_in_cr_alone_is_refused_not_read_as_one_caption(tmp_path, kind):
+    lines = (
+        ["a dog", "a cat"] if kind == "txt" else ['{"caption": "a dog"}', '{"caption": "a cat"}']
+    )
+    path = tmp_path / f"mac.{kind}"
+    path.write_bytes(("\r".join(lines) + "\r").encode())
+    with pytest.raises(
+        InputError, match=r"mac\.\w+: its lines end in CR alone .* re-save it with LF"
+    ):
+        read_all([path])
+    crlf = tmp_path / f"windows.{kind}"  # CRLF is fine
+    crlf.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    assert read_all([crlf])[1] == ["a dog", "a cat"]
+
+
+def test_text_that_is_utf16_without_a_mark_or_gzip_is_refused(tmp_path):
+    wide = tmp_path / "wide.txt"
+    wide.write_bytes("a dog\na cat\n".encode("utf-16-le"))
+    with pytest.raises(InputError, match=r"wide\.txt: 12 of its first 24 bytes are NUL; expected"):
+        read_all([wide])
+    nul = tmp_path / "nul.txt"  # a stray NUL byte is a caption's
+    nul.write_bytes(b"a\x00dog\na cat\n")
+    assert read_all([nul])[1] == ["a\x00dog", "a cat"]
+    zipped = tmp_path / "zipped.jsonl"
+    zipped.write_bytes(gzip.compress(b'{"caption": "a dog"}\n'))
+    with pytest.raises(InputError, match=r"zipped\.jsonl is gzip-compressed; decompress it"):
+        read_all([zipped])
+    named = tmp_path / "named.jsonl.gz"
+    named.write_bytes(gzip.compress(b'{"caption": "a dog"}\n'))
+    with pytest.raises(InputError, match=r"unknown file type '\.gz'.*; compressed files are not"):
+        read_all([named])
+
+
+def test_a_link_to_a_file_of_the_same_folder_is_refused_naming_both(tmp_path):
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a dog\n")
+    (folder / "b.txt").symlink_to("a.txt")
+    with pytest.raises(InputError) as refused:
+        resolve_sources([folder])
+    assert str(refused.value) == (
+        f"caption file {str(folder / 'b.txt')!r} (in {str(folder)!r}) is the same file as "
+        f"{str(folder / 'a.txt')!r} (in {str(folder)!r}), through a link, so its captions would "
+        "be counted twice; remove the link, or name the files to count"
+    )

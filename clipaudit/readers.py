@@ -139,6 +139,8 @@ class Source:
     split: str | None = None  # a Hugging Face dataset's split (None: a saved single Dataset)
     filesystem: Any = field(default=None, repr=False, compare=False)  # a URL's; None: local
     scheme: str | None = None  # a URL's scheme
+    # a folder's caption files of other kinds than the one it reads (relative paths), not read
+    left_out: tuple[str, ...] = ()
 
     def name(self, path: Path | str) -> str:
         """How one of its files is named in messages, labels and manifests."""
@@ -301,10 +303,10 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
         kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
         if kind is not None:
             by_kind.setdefault(kind, []).append(path)
-    for kind in _FOLDER_KIND_ORDER:
-        if kind in by_kind:
-            files = sorted(by_kind[kind], key=lambda p: p.relative_to(folder).as_posix())
-            return Source(spec=spec, kind=kind, files=tuple(files), root=folder)
+    picked = _one_kind(by_kind, lambda path: path.relative_to(folder).as_posix())
+    if picked is not None:
+        kind, files, left_out = picked
+        return Source(spec=spec, kind=kind, files=files, root=folder, left_out=left_out)
     raise InputError(
         f"folder {spec!r} holds no caption files; expected .parquet shards (or .jsonl or .txt "
         "files), or a dataset saved by datasets' save_to_disk"
@@ -354,13 +356,33 @@ def _url_source(url: str, scheme: str) -> Source:
         kind = _KINDS_BY_SUFFIX.get(Path(entry.path).suffix.lower())
         if kind is not None:
             by_kind.setdefault(kind, []).append(entry.path)
-    for kind in _FOLDER_KIND_ORDER:
-        if kind in by_kind:
-            files = tuple(sorted(by_kind[kind], key=relative))
-            return Source(spec=url, kind=kind, files=files, filesystem=filesystem, scheme=scheme)
+    picked = _one_kind(by_kind, relative)
+    if picked is not None:
+        kind, files, left_out = picked
+        return Source(
+            spec=url,
+            kind=kind,
+            files=files,
+            filesystem=filesystem,
+            scheme=scheme,
+            left_out=left_out,
+        )
     raise InputError(
         f"folder {url!r} holds no caption files; expected .parquet shards (or .jsonl or .txt files)"
     )
+
+
+def _one_kind(
+    by_kind: dict[str, list[Any]], relative: Callable[[Any], str]
+) -> tuple[str, tuple[Any, ...], tuple[str, ...]] | None:
+    """A folder reads one kind of caption file, the first of :data:`_FOLDER_KIND_ORDER` it holds
+    (a README.txt beside parquet shards is no caption file): that kind, its files in path order,
+    and the other kinds' files (relative paths), which are left out and said so."""
+    kind = next((kind for kind in _FOLDER_KIND_ORDER if kind in by_kind), None)
+    if kind is None:
+        return None
+    others = [relative(path) for other, paths in by_kind.items() if other != kind for path in paths]
+    return kind, tuple(sorted(by_kind[kind], key=relative)), tuple(sorted(others))
 
 
 def _saved_split_dir(folder: Path, split: str) -> Path:
@@ -389,6 +411,8 @@ def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]
     (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``); hub datasets: name,
     config and split, which is all that can be known without reading them."""
     record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
+    if source.left_out:
+        record["left_out"] = list(source.left_out)
     if source.kind == "hf_stream":
         name, config = _hf_name(source)
         record.update(name=name, config=config, split=source.split)

@@ -676,6 +676,22 @@ def test_a_shard_without_the_caption_column_is_a_bad_shard(tiny, tmp_path):
         run([jsonl], tiny, tmp_path / "run2", skip_bad=True)
 
 
+def test_caption_files_of_another_kind_in_a_folder_are_listed_as_not_read(tmp_path, capsys):
+    from clipaudit.cli import main
+
+    corpus = tmp_path / "corpus"
+    (corpus / "more").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), corpus / "a.parquet")
+    (corpus / "more" / "c.jsonl").write_text('{"caption": "a dog"}\n')
+    (corpus / "notes.txt").write_text("a cat\n")
+    main(["coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "2 caption file(s) of another kind not read (e.g. more/c.jsonl)" in printed
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["left_out"] == ["more/c.jsonl", "notes.txt"]
+    assert manifest["n_captions_read"] == 2
+
+
 def test_a_resume_with_nothing_left_to_count_starts_no_engine(tiny, tmp_path):
     path = tmp_path / "c.parquet"
     pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), path)

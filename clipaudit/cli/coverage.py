@@ -203,6 +203,15 @@ def _print_summary(result: object) -> None:
         console.print(f"{manifest['n_skipped']:,} rows skipped: {reasons}", style="yellow")
     for shard in manifest["skipped_shards"]:
         console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
+    for source in manifest["inputs"]:
+        if source.get("left_out"):  # a folder reads one kind of caption file
+            left_out = source["left_out"]
+            console.print(
+                f"{source['spec']}: {len(left_out)} caption file(s) of another kind not read (e.g. "
+                f"{left_out[0]}): a folder reads one kind, {source['kind']} here; name the "
+                "others to count them too",
+                style="yellow",
+            )
     console.print(session_line(manifest["timings"], result.reused))
     console.print(f"results in {result.out_dir}")
 

@@ -545,6 +545,10 @@ def test_a_run_folder_holds_the_audit_tables(tiny_check):
     assert "2 of 2 configurations agree" in (out / "check.md").read_text()
     loaded = load_run(out)
     assert loaded.verdicts == tiny_check.verdicts and loaded.r2.equals(tiny_check.r2)
+    # shown compactly in Jupyter, as the other runs are
+    assert repr(loaded) == f"SweepResult({str(out)!r}: 2 scenario(s), 2 agreeing with the theory)"
+    shown = loaded._repr_html_()
+    assert len(shown) < 2000 and shown.count("<tr") == 3  # a header and the two scenarios
 
 
 def test_margins_are_given_per_seed_and_latent_mode(tiny_check):

@@ -205,7 +205,7 @@ def check(
     profile: Profile = "quick",
     seeds: str = typer.Option(
         "2",
-        help="A count of seeds (2: seeds 0 and 1) or explicit seeds (2,3 or 2-5; 7, for seed 7 alone).",
+        help="A count of seeds (2: seeds 0 and 1) or explicit seeds (2,3 or 2-5; '7,' with its comma for seed 7 alone).",
     ),
     latents: str = typer.Option("independent,dependent", help="Latent modes to sweep."),
     kinds: str = typer.Option(

@@ -90,6 +90,25 @@ class SweepResult:
     def failed(self) -> list[str]:
         return [name for name, ok in self.verdicts.items() if not ok]
 
+    def __repr__(self) -> str:  # short: the tables are a call away (r2, awareness, coverage)
+        return (
+            f"SweepResult({str(self.out)!r}: {len(self.scenarios)} scenario(s), "
+            f"{len(self.scenarios) - len(self.failed)} agreeing with the theory)"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        import pandas as pd
+
+        verdicts = pd.DataFrame(
+            {
+                "scenario": list(self.verdicts),
+                "agrees with the theory": list(self.verdicts.values()),
+            }
+        )
+        return f"<p><b>{escape(repr(self))}</b></p>{verdicts.to_html(index=False)}"
+
 
 def load_theory_run(path: str | Path, manifest: dict[str, Any]) -> SweepResult:
     """A complete theory run folder read back (:func:`clipaudit.runs.load_run`)."""

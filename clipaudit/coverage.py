@@ -536,6 +536,9 @@ def count_coverage(
         fields = dict(result.manifest)
         timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
         manifest = folder.complete(**fields, timings=timings)
+        if settings.per_caption:  # matches.parquet holds them, and the manifest says so now
+            for shard in run.finished:
+                folder.unit_path(shard.key, _MATCHES_SUFFIX).unlink(missing_ok=True)
         return replace(result, manifest=manifest)
 
 
@@ -1610,8 +1613,9 @@ def _examples(
 def _merge_matches(
     folder: RunFolder, planned: list[Shard], target: Path, ids_are_int: bool
 ) -> None:
-    """Concatenate the shards' matches files in corpus order, streaming (bounded memory), then
-    remove them: ``matches.parquet`` holds them, and :func:`_split_matches` gets them back."""
+    """Concatenate the shards' matches files in corpus order, streaming (bounded memory), into
+    ``matches.parquet`` (:func:`_split_matches` gets them back). The shards' own files are removed
+    once the manifest lists the merge (:func:`count_coverage`): a kill in between keeps them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -1636,8 +1640,6 @@ def _merge_matches(
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    for part in parts:
-        part.unlink()
 
 
 def _parquet_rows(path: Path) -> int | None:

@@ -889,6 +889,34 @@ def test_a_matches_file_damaged_inside_stops_the_merge_naming_it(tiny, tmp_path)
     assert_same_outputs(out, tmp_path / "clean")
 
 
+def test_a_run_stopped_between_its_merge_and_its_manifest_recounts_nothing(
+    tiny, zoo, tmp_path, monkeypatch
+):
+    """matches.parquet written, the manifest not yet complete: the shards' own matches files
+    are still there, so the rerun only merges again."""
+    from clipaudit.runs import RunFolder
+
+    complete = RunFolder.complete
+
+    def stopped(self, **fields):
+        if self.kind == "coverage":
+            raise KeyboardInterrupt
+        return complete(self, **fields)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(RunFolder, "complete", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run([zoo], tiny, out, per_caption=True, shard_rows=3)
+    monkeypatch.setattr(RunFolder, "complete", complete)
+    assert (out / "matches.parquet").is_file()
+    resumed = run([zoo], tiny, out, per_caption=True, shard_rows=3)
+    timings = resumed.manifest["timings"]
+    assert timings["shards_this_session"] == 0 and timings["shards_resumed"] > 1
+    assert not list((out / "units").glob("*.matches.parquet"))  # merged, then removed
+    run([zoo], tiny, tmp_path / "clean", per_caption=True, shard_rows=3)
+    assert_same_outputs(out, tmp_path / "clean")
+
+
 @pytest.mark.parametrize(
     "damage", ["matches cut short", "units listed wrong", "tables removed or cut short"]
 )

@@ -43,6 +43,9 @@ from clipaudit.text import normalize
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb threshold (~89 Mpx)
+# no image within the pixel limit takes more (16-bit RGBA TIFF, uncompressed: 0.7 GiB); a larger
+# "image" (a disk image named .jpg, a link to /proc/kcore) is refused before it fills memory
+MAX_IMAGE_BYTES = 1 << 30
 DECODE_VERSION = 1  # bump when decoding changes the pixels a model sees (part of the cache key)
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
 _MAX_LISTED = 25
@@ -73,6 +76,19 @@ class ImageRecord:
     row: int = -1
 
 
+def _read_bounded(file: str | os.PathLike, offset: int, length: int) -> bytes:
+    """``length`` bytes of ``file`` from ``offset`` (all when -1), never more than
+    :data:`MAX_IMAGE_BYTES`: read one byte past the limit rather than trusting a size, which
+    /proc and devices misreport."""
+    wanted = MAX_IMAGE_BYTES + 1 if length < 0 else min(length, MAX_IMAGE_BYTES + 1)
+    with open(file, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(wanted)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImage(f"too large: more than {MAX_IMAGE_BYTES} bytes, more than any image holds")
+    return data
+
+
 @dataclass
 class ImageSet:
     """The labelled images of one source, restricted to the selected groups."""
@@ -94,10 +110,8 @@ class ImageSet:
                 cell = cell.get("path")
             if not cell:  # a row without an image: said so, not as a TypeError of Path(None)
                 raise BadImage(f"no image: row {record.row}'s {self.image_column!r} is empty")
-            return Path(cell).read_bytes()
-        with open(record.file, "rb") as handle:
-            handle.seek(record.offset)
-            return handle.read(record.length)
+            return _read_bounded(cell, 0, -1)
+        return _read_bounded(record.file, record.offset, record.length)
 
     def counts(self) -> Counter:
         return Counter(r.concept for r in self.records)
@@ -302,6 +316,9 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                     continue
                 for file in sorted(concept_dir.rglob("*")):
                     if not file.is_file():
+                        reason = _not_a_file(file)
+                        if reason:  # listed, not dropped unsaid
+                            ignored.append({"path": str(file), "reason": reason})
                         continue
                     if _extension(file.name) not in IMAGE_EXTENSIONS:
                         ignored.append({"path": str(file), "reason": "not an image file extension"})
@@ -316,6 +333,17 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
     for stray in sorted(p for p in root.iterdir() if p.is_file()):
         ignored.append({"path": str(stray), "reason": "not inside a <group>/<concept>/ folder"})
     return ImageSet(str(root), "folder", records, ignored, unselected)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why an entry of a concept folder that is no regular file holds no image; None for a
+    folder, whose files are listed themselves. A link to a folder is not followed (rglob never
+    does: a link to a folder above it would never end), so its images are not read."""
+    if path.is_symlink():
+        if path.is_dir():
+            return "a link to a folder, not followed; link the images or the concept folder"
+        return "a symbolic link to no regular file (broken, or a device or pipe)"
+    return None if path.is_dir() else "not a regular file (a device, pipe or socket)"
 
 
 def _tar_shards(source: str) -> list[Path]:
@@ -380,7 +408,8 @@ def _webdataset_images(
                         if "json" in members:
                             try:
                                 label = json.loads(read(members["json"])).get(label_field)
-                            except (ValueError, AttributeError):
+                            # RecursionError: nested past the parser's limit, no label either
+                            except (ValueError, AttributeError, RecursionError):
                                 label = None
                         if label is None and "txt" in members:
                             label = read(members["txt"]).decode("utf-8", "replace").strip()
@@ -426,7 +455,7 @@ def _json_keys(
 
     try:
         found = json.loads(read(member)) if member is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     keys = list(found) if isinstance(found, dict) else []
     if not keys or label_field in keys:  # no keys to offer, or the key holds no name

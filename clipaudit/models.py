@@ -209,6 +209,8 @@ def _register_config(path: Path) -> str:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:  # nested past the parser's recursion limit: no model config does
+        raise ModelError(f"model config {str(path)!r} is nested too deeply to be one") from None
     required = ("embed_dim", "vision_cfg", "text_cfg")
     if not isinstance(config, dict) or not all(key in config for key in required):
         got = sorted(config) if isinstance(config, dict) else type(config).__name__

@@ -392,9 +392,9 @@ _NESTING = (
 def _check_depth(text: str, path: Path | str) -> None:
     """Refuse flow lists and mappings ("[", "{") nested deeper than :data:`MAX_DEPTH` before
     YAML composes them, which recurses once per level (in C with libyaml: tens of thousands of
-    "[" kill the interpreter). Only brackets can nest that deep in a file of at most
-    :data:`MAX_REGISTRY_BYTES` (indentation grows with depth); they are counted over the text,
-    quoted ones too (at worst a clear error), faster than parsing it twice."""
+    "[" kill the interpreter). Brackets are counted over the text, quoted ones too (at worst a
+    clear error), before the parser sees them; block nesting is counted by
+    :func:`_check_block_depth`."""
     brackets = _NOT_BRACKETS.sub("", text)
     depth = 0
     for index, bracket in enumerate(brackets):
@@ -402,6 +402,23 @@ def _check_depth(text: str, path: Path | str) -> None:
         if depth > MAX_DEPTH:
             offset = [m.start() for m in _BRACKETS.finditer(text)][index]
             raise RegistryError(_NESTING, path=path, line=text.count("\n", 0, offset) + 1)
+    _check_block_depth(text, path)
+
+
+def _check_block_depth(text: str, path: Path | str) -> None:
+    """Refuse block lists and mappings nested deeper than :data:`MAX_DEPTH`: compact nesting
+    ("- - - - x") adds a level per two characters of one line, so 30,000 levels fit in 60 kB
+    without a bracket or an indented line, and libyaml's composer dies of them (SIGSEGV). Its
+    parser keeps a stack of its own, so its events are counted first (a few ms for the paper's
+    registry)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RegistryError(_NESTING, path=path, line=event.start_mark.line + 1)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def _merge_key_message(value_node: yaml.Node) -> str:

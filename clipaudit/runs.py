@@ -256,7 +256,7 @@ class RunFolder:
         if self.finished_units() or next(self.path.glob(f"*/{UNITS}/*.json"), None) is not None:
             return True
         for manifest in self.path.glob(f"*/{MANIFEST}"):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, RecursionError):
                 if json.loads(manifest.read_text(encoding="utf-8")).get("status") == "complete":
                     return True
         return False
@@ -317,7 +317,9 @@ class RunFolder:
             return None
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:  # cannot happen with atomic writes, unless edited by hand
+        # cannot happen with atomic writes, unless edited by hand (nested past the parser's
+        # recursion limit included)
+        except (ValueError, RecursionError):
             return None
         if not isinstance(record, dict) or record.get("identity") != _plain(identity):
             return None
@@ -415,6 +417,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunFolderError(
             f"{manifest_path} is not valid JSON ({exc}); the folder is damaged: {_DAMAGED_FIX}"
+        ) from None
+    except RecursionError:  # a hostile or damaged file: no manifest nests that deep
+        raise RunFolderError(
+            f"{manifest_path} is nested too deeply to be a manifest; the folder is damaged: "
+            f"{_DAMAGED_FIX}"
         ) from None
     if not isinstance(manifest, dict):
         raise RunFolderError(

@@ -35,6 +35,7 @@ from clipaudit.world.captions import write_captions
 from clipaudit.world.render import TABLES
 from clipaudit.world.scenes import group_values, sample_scenes
 from clipaudit.world.training import (
+    RECORD_FILE,
     STATE_FILE,
     ThreadChooser,
     batch_indices,
@@ -458,6 +459,36 @@ def test_a_finished_training_is_returned_and_other_settings_refused(tmp_path, tr
     changed = dataclasses.replace(TINY_TRAIN, lr=1e-4)
     with pytest.raises(RunFolderError, match="other settings"):
         train_world_model(world, trained_tiny.config.parent, changed)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["cut", "deep", "files", "gone"],
+)
+def test_a_damaged_training_record_trains_again(tmp_path, trained_tiny, damage):
+    """A record that is no JSON, nests past the parser, names files that leave the folder, or
+    whose checkpoint is gone proves no finished model: the same seed trains the same one."""
+    import shutil
+
+    world = open_world(trained_tiny.record["world"])
+    out = tmp_path / "model"
+    shutil.copytree(trained_tiny.config.parent, out)
+    record = out / RECORD_FILE
+    if damage == "cut":
+        record.write_text(record.read_text()[:40])
+    elif damage == "deep":
+        record.write_text("[" * 100_000)
+    elif damage == "files":
+        text = json.loads(record.read_text())
+        text["files"]["checkpoint"] = "../elsewhere.safetensors"
+        record.write_text(json.dumps(text))
+    else:
+        (out / trained_tiny.checkpoint.name).unlink()
+    steps: list[int] = []
+    again = train_world_model(world, out, TINY_TRAIN, progress=lambda s, *a: steps.append(s))
+    assert steps == list(range(1, TINY_TRAIN.steps + 1))
+    assert safetensors_equal(again.checkpoint, trained_tiny.checkpoint)
+    assert json.loads(record.read_text())["files"] == trained_tiny.record["files"]
 
 
 def test_checkpoint_loads_with_clipaudit_and_is_zero_shot_evaluated(

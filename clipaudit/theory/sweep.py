@@ -180,7 +180,7 @@ def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str
             continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             # written atomically, so only a hand edit or a damaged disk cuts one short: the
             # scenario is trained and probed again, as one that never finished
             path.unlink()

@@ -408,20 +408,32 @@ def _identity(settings: TrainSettings, world: RenderedWorld, config: dict[str, A
     return {"train": train, "world": world.info["settings"], "model_config": config}
 
 
+_RECORD_FILES = ("config", "checkpoint", "log")  # in TrainedModel's order
+
+
 def _finished(out: Path, name: str, identity: dict) -> TrainedModel | None:
     record_path = out / RECORD_FILE
     if not record_path.is_file():
         return None
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # written atomically: only a hand edit or a bad disk
+        record = None
+    files = record.get("files") if isinstance(record, dict) else None
+    paths = [
+        out / name
+        for name in (files.get(key) if isinstance(files, dict) else None for key in _RECORD_FILES)
+        if isinstance(name, str) and name and Path(name).name == name
+    ]
+    if len(paths) != len(_RECORD_FILES) or not all(path.is_file() for path in paths):
+        # a damaged record, or files gone, prove nothing: trained again (same seed, same model)
+        return None
     if record.get("identity") != json.loads(json.dumps(identity)) or record.get("name") != name:
         raise RunFolderError(
             f"{str(out)!r} holds a model trained with other settings or on another world; "
             "choose another folder"
         )
-    files = record["files"]
-    return TrainedModel(
-        out / files["config"], out / files["checkpoint"], out / files["log"], record
-    )
+    return TrainedModel(*paths, record)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -194,6 +194,8 @@ def open_world(path: str | Path) -> RenderedWorld:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{str(marker)!r} is not valid JSON: {exc}") from None
+    except RecursionError:  # nested past the parser's limit: hostile or damaged, no world record
+        raise InputError(f"{str(marker)!r} is nested too deeply to be a world record") from None
     if not isinstance(info, dict) or info.get("kind") != "world":
         raise InputError(f"{str(marker)!r} is not a world record (its kind is not 'world')")
     _check_rates(info, marker)

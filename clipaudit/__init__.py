@@ -52,6 +52,14 @@ __all__ = ["__version__", *_PUBLIC]
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
+    # a submodule, loaded on first use as the functions are: ``clipaudit.errors.InputError`` and
+    # ``clipaudit.report.build_report`` work after a bare ``import clipaudit``, not only once
+    # something else happened to import them
+    if name.isidentifier() and not name.startswith("_"):
+        from importlib.util import find_spec
+
+        if find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'clipaudit' has no attribute {name!r}")
 
 

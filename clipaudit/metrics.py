@@ -29,7 +29,8 @@ def per_class_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
             "precision": precision,
             "recall": recall,
             "f1": f1,
-            "support": support,
+            # sklearn gives float counts when every prediction is a distractor: counts stay ints
+            "support": support.astype("int64"),
         }
     )
 

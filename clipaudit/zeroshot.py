@@ -41,7 +41,7 @@ import torch
 
 from clipaudit import metrics
 from clipaudit.embedding_cache import EmbeddingCache, check_cache_dir, default_cache_dir
-from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, SettingsError, check_arguments, did_you_mean
 from clipaudit.images import (
     DECODE_VERSION,
     DEFAULT_MAX_PIXELS,
@@ -144,12 +144,19 @@ class ZeroShotSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
+        if not isinstance(self.images, (str, os.PathLike)):  # str() would make None "None"
+            raise SettingsError(
+                "images (the labelled images) must be a path (a str or an os.PathLike) or "
+                f"hf:NAME, got {type(self.images).__name__} {self.images!r:.60}"
+            )
         images = str(self.images)
         if "://" not in images and not images.startswith("hf:"):  # a local folder: one spelling
             images = str(Path(images))  # "img/" and "./img" are "img"
         object.__setattr__(self, "images", images)
         if isinstance(self.templates, os.PathLike):  # a template file: its path as text
             object.__setattr__(self, "templates", os.fspath(self.templates))
+        if isinstance(self.groups, Iterable) and not isinstance(self.groups, str):
+            object.__setattr__(self, "groups", tuple(self.groups))  # a generator: read once
         _check_types(self)
         if isinstance(self.groups, str):  # one group's name, not its letters
             object.__setattr__(self, "groups", (self.groups,))
@@ -219,6 +226,15 @@ def _check_types(settings: ZeroShotSettings) -> None:
                 f"{name} must be a string{' or None' if optional else ''}, got "
                 f"{type(value).__name__} {value!r}"
             )
+    groups = settings.groups  # a tuple by now, unless one name or None
+    if groups is not None and not (
+        isinstance(groups, str)
+        or (isinstance(groups, tuple) and all(isinstance(g, str) for g in groups))
+    ):  # tuple() of a number is a bare TypeError, of a list of numbers a group never found
+        raise SettingsError(
+            "groups must be a group's name, a list of group names or None (every group), got "
+            f"{type(groups).__name__} {groups!r:.60}"
+        )
     if settings.cache_dir is not None and not isinstance(settings.cache_dir, (str, os.PathLike)):
         raise SettingsError(
             f"cache_dir must be a folder path or None (no cache), got "
@@ -311,8 +327,10 @@ def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
             "models must be a name or config path, a (model, pretrained) pair, a ModelSpec, or a "
             f"list of these; got {models!r}"
         )
-    specs = []
+    specs, own_weights = [], []  # own_weights: items that name their weights themselves
     for item in models:
+        if not isinstance(item, (str, Path)):
+            own_weights.append(item)
         if isinstance(item, ModelSpec):
             specs.append(item)
         elif isinstance(item, (str, Path)):
@@ -326,6 +344,12 @@ def model_specs(models: Any, pretrained: Any = None) -> tuple[ModelSpec, ...]:
     if pretrained is not None and len(specs) > 1:
         raise SettingsError(
             "pretrained= applies to one model; give several as (model, pretrained) pairs"
+        )
+    if pretrained is not None and own_weights:
+        # a pair or a ModelSpec names its own weights: pretrained= would be dropped unsaid
+        raise SettingsError(
+            f"pretrained= applies to a model given by name; {own_weights[0]!r:.80} names its own "
+            "weights: give either the pair (or ModelSpec) or the name with pretrained="
         )
     return tuple(specs)
 
@@ -709,11 +733,23 @@ class ZeroShotRun:
     def confusion(self, model: str, group: str) -> pd.DataFrame:
         """The confusion matrix of one model on one group (rows true, columns predicted, counts
         as integers); see :func:`read_confusion_csv`."""
+        for what, value in (("model", model), ("group", group)):
+            if not isinstance(value, str):
+                raise SettingsError(
+                    f"a {what} name must be a string, got {type(value).__name__} {value!r:.60}"
+                )
         path = _named_file(_named_file(self.out / "confusion", model), group, ".csv")
         if not path.is_file():
+            if model not in self.models:
+                raise InputError(
+                    f"no model {model!r} in {self.out}; models are {', '.join(self.models)}"
+                    f"{did_you_mean(model, self.models)}"
+                )
+            # the model is right: name the groups it has matrices for, not the models
+            groups = list(dict.fromkeys(self.groups.loc[self.groups["model"] == model, "group"]))
             raise InputError(
                 f"no confusion matrix for model {model!r} and group {group!r} in {self.out}; "
-                f"models are {', '.join(self.models)}{did_you_mean(model, self.models)}"
+                f"its groups are {', '.join(groups)}{did_you_mean(group, groups)}"
             )
         return read_confusion_csv(path)
 
@@ -820,6 +856,12 @@ def run_zeroshot(
     import tempfile
 
     _check_options(options)
+    # a number for out is os.fspath's bare TypeError, and a "no" for a switch would count as on
+    check_arguments(
+        {"out (the run folder, or None)": out} if out is not None else {},
+        {"overwrite": overwrite, "progress": progress},
+        print,
+    )
     settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
     check_out_of_images(out, settings.images)
@@ -1057,7 +1099,16 @@ def read_confusion_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def confusion_png(frame: pd.DataFrame, title: str) -> bytes:
-    """A confusion matrix as PNG: colour is the row share (recall), numbers are counts."""
+    """A confusion matrix as PNG: colour is the row share (recall), numbers are counts. Names
+    are drawn as written: "$" in a registry's or a model's name starts no mathtext (which fails
+    on an unknown command and renders a known one as something else)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _confusion_png(frame, title)
+
+
+def _confusion_png(frame: pd.DataFrame, title: str) -> bytes:
     import io
 
     from matplotlib.figure import Figure

@@ -110,6 +110,17 @@ REGISTRY_FORMS = r"a registry is a built-in name .*, the path of a YAML file or 
         (lambda c: c.load_run(None), "SettingsError", r"a run folder is a path .*got NoneType None"),
         (lambda c: c.load_registry().concept(3), "SettingsError", r"a concept name must be a string, got int 3"),
         (lambda c: c.CaptionSources(5), "InputError", r"caption sources are a path or an iterable of paths .*got int 5"),
+        # each was a bare TypeError, "image source 'None' does not exist", or a switch taken as on
+        (lambda c: c.run_zeroshot("RN50", None), "SettingsError", r"images \(the labelled images\) must be a path .*got NoneType None"),
+        (lambda c: c.run_zeroshot("RN50", "img", 5), "SettingsError", r"out \(the run folder, or None\) must be a path .*got int 5"),
+        (lambda c: c.run_zeroshot("RN50", "img", progress="no"), "SettingsError", r"progress must be True or False, got 'no'"),
+        (lambda c: c.run_zeroshot("RN50", "img", groups=5), "SettingsError", r"groups must be a group's name, a list of group names or None .*got int 5"),
+        (lambda c: c.run_zeroshot("RN50", "img", groups=[1, 2]), "SettingsError", r"groups must be .*got tuple \(1, 2\)"),
+        (lambda c: c.build_report(["a", "b"], 5), "SettingsError", r"out \(the report folder, or None\) must be a path .*got int 5"),
+        (lambda c: c.build_report(["a", "b"], progress="no"), "SettingsError", r"progress must be True or False, got 'no'"),
+        # pretrained= beside a pair or a ModelSpec was dropped without a word
+        (lambda c: c.run_zeroshot(("RN50", "openai"), "img", pretrained="yfcc15m"), "SettingsError", r"pretrained= applies to a model given by name; \('RN50', 'openai'\) names its own"),
+        (lambda c: c.run_zeroshot(c.ModelSpec("RN50"), "img", pretrained="openai"), "SettingsError", r"pretrained= applies to a model given by name; ModelSpec"),
     ],
 )  # fmt: skip
 def test_arguments_of_a_wrong_type_are_typed_errors_that_say_what_is_expected(
@@ -122,6 +133,31 @@ def test_arguments_of_a_wrong_type_are_typed_errors_that_say_what_is_expected(
     with pytest.raises(getattr(errors, error), match=message):
         call(clipaudit)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_submodules_are_reachable_after_a_bare_import():
+    """``clipaudit.errors``, ``clipaudit.report`` (and the README's ``clipaudit.semantic``) were
+    AttributeErrors in a fresh kernel until something else had imported them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import clipaudit\n"
+        "assert issubclass(clipaudit.errors.InputError, clipaudit.errors.ClipAuditError)\n"
+        "assert clipaudit.report.build_report is clipaudit.build_report\n"
+        "assert callable(clipaudit.semantic.count_semantic)\n"
+        "for name in ('nothing_here', '_private', 'errors.x'):\n"
+        "    try:\n"
+        "        getattr(clipaudit, name)\n"
+        "    except AttributeError as exc:\n"
+        "        assert str(exc) == f\"module 'clipaudit' has no attribute {name!r}\", exc\n"
+        "    else:\n"
+        "        raise SystemExit(f'{name} was found')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=README.parent
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_in_memory_captions_that_hold_none_are_refused_in_the_apis_terms(tmp_path):

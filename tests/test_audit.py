@@ -138,6 +138,10 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
     # the group corrected, the same folder runs (once counted, its coverage would refuse it)
     assert audit("j", zeroshot={**base, "groups": ("Animal",)}).zeroshot.models
     first = audit("h")
+    # a mistyped option given to a finished audit is refused, and the audit stays complete
+    with pytest.raises(SettingsError, match="unknown report option 'titel'"):
+        audit("h", report={"titel": "x"})
+    assert json.loads((tmp_path / "h" / "manifest.json").read_text())["status"] == "complete"
     retitled = audit("h", report={"title": "Another title"})  # no other audit: no refusal
     assert retitled.report.summary["title"] == "Another title"
     assert retitled.coverage.reused and first.coverage.n_captions_read == 2

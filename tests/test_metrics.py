@@ -51,3 +51,10 @@ def test_multilabel_micro_scores_by_hand(truth, pred, labels, expected):
 def test_multilabel_lengths_must_agree():
     with pytest.raises(ValueError, match="got 2 true label sets but 1 predicted"):
         multilabel_scores([{"a"}, set()], [{"a"}], ["a"])
+
+
+def test_support_stays_a_count_when_every_prediction_is_a_distractor():
+    # sklearn returns float supports then (all_concepts runs wrote "4.0" in concepts.csv)
+    table = per_class_scores(["a", "a", "b"], ["x", "x", "x"], ["a", "b"])
+    assert table["support"].dtype.kind == "i"
+    assert table["support"].tolist() == [2, 1] and table["f1"].tolist() == [0.0, 0.0]

@@ -677,6 +677,54 @@ def test_one_object_holding_both_runs_is_reported_alone(audit_runs, tmp_path):
     assert len(result.summary["pairs"]) == 1 and result.summary["pairs"][0]["n_concepts"] == 16
 
 
+def test_a_run_changed_in_memory_is_reported_again_not_reused(audit_runs, tmp_path):
+    """A loaded run changed in memory keeps its manifest; the report of the tables as they were
+    was returned as up to date (16 joined concepts where 13 remained)."""
+    import pyarrow.compute as pc
+
+    coverage = load_run(audit_runs["coverage"])
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    out = tmp_path / "r"
+    first = build_report([coverage, zeroshot], out, n_bootstrap=0)
+    joined = first.tables["concepts"]
+    dropped = int((joined["group"] == "Stereotype").sum())
+    assert dropped > 0 and not first.reused
+    table = coverage.arrow_tables["concepts"]
+    without = dataclasses.replace(
+        coverage,
+        arrow_tables={
+            **coverage.arrow_tables,
+            "concepts": table.filter(pc.not_equal(table["group"], "Stereotype")),
+        },
+    )
+    changed = build_report([without, zeroshot], out, n_bootstrap=0)
+    assert not changed.reused
+    assert changed.summary["pairs"][0]["n_concepts"] == len(joined) - dropped
+    assert "Stereotype" not in set(changed.tables["concepts"]["group"])
+    # the zero-shot side too: one group's rows filtered out in memory
+    fewer = dataclasses.replace(
+        zeroshot, concepts=zeroshot.concepts[zeroshot.concepts["group"] != "Color"]
+    )
+    again = build_report([coverage, fewer], out, n_bootstrap=0)
+    assert not again.reused and "Color" not in set(again.tables["concepts"]["group"])
+    # unchanged runs, loaded again or given by path, still reuse the report
+    build_report([coverage, zeroshot], out, n_bootstrap=0)
+    paths = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
+    assert build_report(paths, out, n_bootstrap=0).reused
+
+
+def test_a_table_or_a_mapping_given_as_runs_is_refused_naming_it(audit_runs, tmp_path):
+    """Each was iterated: a DataFrame's column names and a dict's keys read as run folders
+    ("concept does not exist; expected a run folder")."""
+    coverage = load_run(audit_runs["coverage"])
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    with pytest.raises(InputError, match=r"cannot report on a DataFrame; expected a run folder"):
+        build_report(coverage.concepts, tmp_path / "a")
+    with pytest.raises(InputError, match=r"cannot report on a dict; .*list\(runs\.values\(\)\)"):
+        build_report({"coverage": coverage, "zeroshot": zeroshot}, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_report_is_drawn_again_when_an_output_is_gone(audit_runs, tmp_path):
     runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
     first = build_report(runs, tmp_path / "r", n_bootstrap=0)

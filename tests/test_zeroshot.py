@@ -21,6 +21,7 @@ from clipaudit.zeroshot import (
     ZeroShotSettings,
     class_embeddings,
     confusion_from_table,
+    confusion_png,
     embed_images,
     evaluate_model,
     resolve_templates,
@@ -865,6 +866,10 @@ def test_groups_given_as_one_string_is_that_group_not_its_letters(tmp_path):
         models=(ModelSpec("ViT-B-32"),), images="img", groups="Animal", cache_dir=None
     )
     assert settings.groups == ("Animal",)
+    names = (name for name in ("Animal", "Color"))  # read once, checked and kept
+    assert ZeroShotSettings(
+        models=(ModelSpec("ViT-B-32"),), images="img", groups=names, cache_dir=None
+    ).groups == ("Animal", "Color")
     templates = tmp_path / "t.txt"
     templates.write_text("a photo of a {}.\n")
     path_given = ZeroShotSettings(
@@ -941,3 +946,37 @@ def test_the_summary_names_the_files_ignored_that_were_never_classified(tiny, tm
     )
     assert "".join(expected.split()) in printed
     assert "macro-F1pergroup(4imagesevaluated,templatesnone)" in printed
+
+
+def test_a_confusion_matrix_of_an_unknown_group_or_model_names_what_there_is(tmp_path):
+    """A mistyped group was answered with the models (and "did you mean" the model given), a
+    name that is no string with a bare TypeError."""
+    from clipaudit.zeroshot import confusion_table
+
+    groups = pd.DataFrame({"model": ["m@a", "m@a", "m@b"], "group": ["Animal", "Color", "Animal"]})
+    run = ZeroShotRun(tmp_path, groups, pd.DataFrame(), {})
+    matrix = pd.DataFrame([[2, 0], [1, 1]], index=["dog", "cat"], columns=["dog", "cat"])
+    folder = tmp_path / "confusion" / "m@a"
+    folder.mkdir(parents=True)
+    confusion_table(matrix).to_csv(folder / "Animal.csv", index=False)
+    assert run.confusion("m@a", "Animal").to_numpy().tolist() == [[2, 0], [1, 1]]
+    with pytest.raises(
+        InputError, match=r"'Anmal' .*; its groups are Animal, Color \(did you mean 'Animal'\?\)$"
+    ):
+        run.confusion("m@a", "Anmal")
+    with pytest.raises(
+        InputError, match=r"no model 'm@c' in .*; models are m@a, m@b \(did you mean"
+    ):
+        run.confusion("m@c", "Animal")
+    with pytest.raises(SettingsError, match=r"a model name must be a string, got int 3"):
+        run.confusion(3, "Animal")
+    with pytest.raises(SettingsError, match=r"a group name must be a string, got NoneType None"):
+        run.confusion("m@a", None)
+
+
+def test_a_confusion_figure_draws_dollar_signs_as_written():
+    """Names are text, not mathtext: an unknown command between "$" no longer fails the run."""
+    labels = ["$\\undefinedcmd$ Colour", "$x^{2}$"]
+    frame = pd.DataFrame([[2, 1], [0, 3]], index=labels, columns=labels)
+    png = confusion_png(frame, "model $\\bad$ on $\\undefinedcmd$ Colour")
+    assert png[:4] == b"\x89PNG"

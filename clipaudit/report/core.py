@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import InputError, SettingsError, keyword_checked
+from clipaudit.errors import InputError, SettingsError, check_arguments, keyword_checked
 from clipaudit.report.stats import MIN_RESAMPLES
 
 KIND = "report"
@@ -193,6 +193,12 @@ def build_report(
     from clipaudit.runs import RunFolder
 
     check_report_options(title, seed, n_bootstrap)
+    # a number for out is os.fspath's bare TypeError, and a "no" for progress would count as on
+    check_arguments(
+        {"out (the report folder, or None)": out} if out is not None else {},
+        {"overwrite": overwrite, "progress": progress},
+        print,
+    )
     collected = inputs_module.collect(runs)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-report-"))
     settings = {"title": title, "seed": seed, "n_bootstrap": n_bootstrap, "report_schema": 1}

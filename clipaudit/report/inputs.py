@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,29 @@ def manifest_sha256(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def tables_sha256(run: Any, kind: str) -> str | None:
+    """A hash of the tables a report reads from a loaded run's memory (a coverage run's concepts,
+    groups and examples, a zero-shot run's groups and concepts): a run changed in memory
+    (``dataclasses.replace(coverage, arrow_tables=...)``, filtered rows) keeps its manifest, so
+    the manifest's hash alone would return the report of the tables as they were. None for the
+    kinds whose tables the report reads from their folder."""
+    if kind == "coverage":
+        parts = [run.concepts, run.groups, run.examples]
+    elif kind == "zeroshot":
+        parts = [run.groups, run.concepts]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for part in parts:
+        text = (
+            part.to_csv(index=False)
+            if hasattr(part, "to_csv")
+            else json.dumps(part, sort_keys=True, default=str)
+        )
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
 def _kind_of(run: Any) -> str:
     from clipaudit.coverage import CoverageResult
 
@@ -171,6 +194,14 @@ def _load(item: Any) -> list[Any]:
 def collect(runs: Any) -> Inputs:
     """The corpora and models of ``runs``; raises :class:`InputError` when there is nothing to
     join (no coverage side or no awareness side)."""
+    # a mapping or a table iterates its keys or column names, which would be read as run
+    # folders ("concept does not exist"): say what was given instead
+    if isinstance(runs, Mapping) or hasattr(runs, "columns"):
+        raise InputError(
+            f"cannot report on a {type(runs).__name__}; expected a run folder path, a loaded run "
+            "(CoverageResult, ZeroShotRun, SweepResult: clipaudit.load_run) or a list of them; "
+            "for a dict of runs, pass its values: build_report(list(runs.values()))"
+        )
     # one run (a path, a loaded run, an audit or demo holding runs) or a list of them
     if isinstance(runs, (str, os.PathLike)) or _kind_of(runs) or not isinstance(runs, Iterable):
         runs = [runs]
@@ -200,6 +231,7 @@ def collect(runs: Any) -> Inputs:
                 "path": str(_folder(run)),
                 "kind": kind,
                 "manifest_sha256": manifest_sha256(manifest),
+                "tables_sha256": tables_sha256(run, kind),
                 "created": manifest.get("created"),
             }
         )

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -474,14 +475,17 @@ def count_coverage(
     # the encoder, concepts and calibration: their identities are part of the run's settings
     semantic = SemanticRun(settings, registry) if settings.method != "lexical" else None
     run_settings = _run_settings(settings, registry, semantic)
-    with RunFolder(
-        out,
-        "coverage",
-        run_settings,
-        overwrite=overwrite,
-        libraries=_LIBRARIES,
-        compare=_compare_settings,
-    ) as folder:
+    with (
+        _writable(out, settings.embedding_store),
+        RunFolder(
+            out,
+            "coverage",
+            run_settings,
+            overwrite=overwrite,
+            libraries=_LIBRARIES,
+            compare=_compare_settings,
+        ) as folder,
+    ):
         if semantic is not None:  # which store the earlier sessions wrote to, kept for the next
             _note_semantic(folder, (folder.previous or {}).get("semantic"))
         try:
@@ -540,6 +544,34 @@ def count_coverage(
             for shard in run.finished:
                 folder.unit_path(shard.key, _MATCHES_SUFFIX).unlink(missing_ok=True)
         return replace(result, manifest=manifest)
+
+
+# what writing the run's files meets when its disk is full or read-only: never the inputs' errors
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def _writable(out: Path, store: str | None = None) -> Iterator[None]:
+    """A run folder that cannot be written (a full disk, a read-only mount or folder) stops the
+    run with one message and the fix, not a traceback from whichever write met it first (a
+    worker's, the lock's, the manifest's); the shards that finished are kept for the rerun.
+    ``store``: the embedding store outside the run folder, which the run writes too."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename if isinstance(exc.filename, str) else None
+        ours = name is not None and Path(name).resolve().is_relative_to(out.resolve())
+        if exc.errno not in _WRITE_ERRNOS and not (
+            ours and exc.errno in (errno.EACCES, errno.EPERM)
+        ):
+            raise
+        where = name or f"into the run folder {out}" + (
+            f" or the embedding store {store}" if store else ""
+        )
+        raise RunFolderError(
+            f"cannot write {where} ({os.strerror(exc.errno)}); free space on its disk or make it "
+            "writable, then run the same command again: it resumes after the shards that finished"
+        ) from None
 
 
 def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:

@@ -85,7 +85,8 @@ _WIDE_BOMS = (
 )
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
-_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_COMPRESSED = "compressed"  # a folder's compressed caption files, as a kind never read
 
 
 class BadShardError(InputError):
@@ -255,7 +256,7 @@ def _compressed_hint(suffix: str) -> str:
     """The fix to add to an unknown file type's message when the suffix is a compressor's."""
     return (
         "; compressed files are not read: decompress it first (e.g. gunzip -k FILE)"
-        if suffix.lower() in _COMPRESSED_SUFFIXES
+        if suffix.lower() in COMPRESSED_SUFFIXES
         else ""
     )
 
@@ -300,16 +301,22 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
             continue  # hidden files and folders: temporary files, caches
         if excluded is not None and path.resolve().is_relative_to(excluded):
             continue
-        kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
+        kind = _file_kind(path.name)
         if kind is not None:
             by_kind.setdefault(kind, []).append(path)
-    picked = _one_kind(by_kind, lambda path: path.relative_to(folder).as_posix())
+
+    def named(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    picked = _one_kind(by_kind, named)
     if picked is not None:
         kind, files, left_out = picked
         return Source(spec=spec, kind=kind, files=files, root=folder, left_out=left_out)
     raise InputError(
-        f"folder {spec!r} holds no caption files; expected .parquet shards (or .jsonl or .txt "
-        "files), or a dataset saved by datasets' save_to_disk"
+        f"folder {spec!r} holds no caption files"
+        + _compressed_only(by_kind, named)
+        + "; expected .parquet shards (or .jsonl or .txt files), or a dataset saved by datasets' "
+        "save_to_disk"
     )
 
 
@@ -353,7 +360,7 @@ def _url_source(url: str, scheme: str) -> Source:
         parts = relative(entry.path).split("/")
         if entry.type != pafs.FileType.File or any(p.startswith(".") for p in parts):
             continue  # hidden files and folders: temporary files, caches
-        kind = _KINDS_BY_SUFFIX.get(Path(entry.path).suffix.lower())
+        kind = _file_kind(Path(entry.path).name)
         if kind is not None:
             by_kind.setdefault(kind, []).append(entry.path)
     picked = _one_kind(by_kind, relative)
@@ -368,7 +375,30 @@ def _url_source(url: str, scheme: str) -> Source:
             left_out=left_out,
         )
     raise InputError(
-        f"folder {url!r} holds no caption files; expected .parquet shards (or .jsonl or .txt files)"
+        f"folder {url!r} holds no caption files"
+        + _compressed_only(by_kind, relative)
+        + "; expected .parquet shards (or .jsonl or .txt files)"
+    )
+
+
+def _file_kind(name: str) -> str | None:
+    """A folder's file as a caption file: its kind, ``compressed`` for a compressed caption file
+    (``part-0.jsonl.gz``: never read, so listed as left out, not passed over unsaid), or None."""
+    path = Path(name)
+    kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None and path.suffix.lower() in COMPRESSED_SUFFIXES:
+        return _COMPRESSED if Path(path.stem).suffix.lower() in _KINDS_BY_SUFFIX else None
+    return kind
+
+
+def _compressed_only(by_kind: dict[str, list[Any]], relative: Callable[[Any], str]) -> str:
+    """What to add to "holds no caption files" when the folder holds compressed ones."""
+    packed = sorted(relative(path) for path in by_kind.get(_COMPRESSED, []))
+    if not packed:
+        return ""
+    return (
+        f" it can read: {len(packed)} are compressed (e.g. {packed[0]}), which are not read; "
+        "decompress them first (e.g. gunzip -k FILE)"
     )
 
 
@@ -895,7 +925,18 @@ def _arrow_values(array: pa.Array) -> list[Any]:
 
 
 def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
-    """The shard's lines (without line endings), about ``batch_rows`` at a time."""
+    """The shard's lines (without line endings), about ``batch_rows`` at a time; a file that
+    cannot be opened or read (removed since the run was planned) is a bad shard, as a parquet
+    file's is."""
+    try:
+        yield from _text_blocks(shard, batch_rows)
+    except OSError as exc:
+        if shard.filesystem is not None and _network_error(exc):
+            raise  # Shard.read says so
+        raise BadShardError(shard.label, f"cannot be read ({one_line(exc)})") from None
+
+
+def _text_blocks(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
     pending = b""
     lines: list[bytes] = []
     with _open_binary(shard.location, shard.filesystem) as handle:

@@ -3,6 +3,7 @@ refusing a different run, bad shards, and the command line."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -398,6 +399,49 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     }
 
 
+def test_a_full_or_read_only_disk_stops_the_run_with_the_fix_and_a_rerun_resumes(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from clipaudit import coverage, runs
+    from clipaudit.cli import main
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    write_parts(corpus, {"a": ["a red cat", "a dog"], "b": ["a happy puppy"], "c": ["a cat"]})
+    written, write_unit = [], coverage.write_unit
+
+    def full_after_one(units, key, identity, record):
+        if written:  # the disk fills up after the first shard's record
+            raise OSError(errno.ENOSPC, "Error writing bytes to file")
+        written.append(key)
+        write_unit(units, key, identity, record)
+
+    monkeypatch.setattr(coverage, "write_unit", full_after_one)
+    with pytest.raises(RunFolderError) as stopped:
+        run([corpus], tiny, out, per_caption=True)
+    assert str(stopped.value).startswith(
+        f"cannot write into the run folder {out} (No space left on device); free space"
+    )
+    assert "run the same command again" in str(stopped.value)
+    monkeypatch.setattr(coverage, "write_unit", write_unit)
+    resumed = run([corpus], tiny, out, per_caption=True)
+    timings = resumed.manifest["timings"]
+    assert (timings["shards_resumed"], timings["shards_this_session"]) == (1, 2)
+    run([corpus], tiny, tmp_path / "clean", per_caption=True)
+    assert_same_outputs(out, tmp_path / "clean")
+
+    def read_only(path):  # a folder on a read-only mount (as root, a chmod would not do)
+        raise OSError(errno.EROFS, "Read-only file system", str(path / ".lock"))
+
+    monkeypatch.setattr(runs, "_acquire_lock", read_only)
+    with pytest.raises(SystemExit) as exited:
+        main(["coverage", "count", str(corpus), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: cannot write {out / '.lock'} (Read-only file system); ")
+
+
 def test_shards_counted_by_other_matching_code_are_counted_again(tiny, tmp_path, monkeypatch):
     """A run resumed after the matcher's code changed (an upgrade, the version unchanged) reuses
     no shard the old code counted; the outputs are those of a clean run."""
@@ -690,6 +734,25 @@ def test_caption_files_of_another_kind_in_a_folder_are_listed_as_not_read(tmp_pa
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["inputs"][0]["left_out"] == ["more/c.jsonl", "notes.txt"]
     assert manifest["n_captions_read"] == 2
+
+
+def test_compressed_caption_files_in_a_folder_are_listed_with_the_fix(tmp_path, capsys):
+    from clipaudit.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "part-0.jsonl").write_text('{"caption": "a dog"}\n')
+    for n in (1, 2):  # gzipped shards beside one decompressed: once counted silently as one
+        (corpus / f"part-{n}.jsonl.gz").write_bytes(gzip.compress(b'{"caption": "a cat"}\n'))
+    main(["coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (
+        "2 compressed caption file(s) not read (e.g. part-1.jsonl.gz): decompress them" in printed
+    )
+    assert "of another kind" not in printed
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["left_out"] == ["part-1.jsonl.gz", "part-2.jsonl.gz"]
+    assert manifest["n_captions_read"] == 1
 
 
 def test_a_resume_with_nothing_left_to_count_starts_no_engine(tiny, tmp_path):

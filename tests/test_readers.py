@@ -446,3 +446,35 @@ def test_a_link_to_a_file_of_the_same_folder_is_refused_naming_both(tmp_path):
         f"{str(folder / 'a.txt')!r} (in {str(folder)!r}), through a link, so its captions would "
         "be counted twice; remove the link, or name the files to count"
     )
+
+
+def test_compressed_caption_files_in_a_folder_are_left_out_and_said_so(tmp_path):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_text('{"caption": "a dog"}\n')
+    (folder / "part-1.jsonl.gz").write_bytes(gzip.compress(b'{"caption": "a cat"}\n'))
+    (folder / "part-2.txt.bz2").write_bytes(b"BZh9")
+    (folder / "backup.tar.gz").write_bytes(b"")  # no caption file, compressed or not
+    (source,) = resolve_sources([folder])
+    assert source.kind == "jsonl" and [p.name for p in source.files] == ["part-0.jsonl"]
+    # not read, so listed: a corpus of gzipped shards is never counted as its one plain file
+    assert source.left_out == ("part-1.jsonl.gz", "part-2.txt.bz2")
+    (folder / "part-0.jsonl").unlink()
+    with pytest.raises(
+        InputError,
+        match=r"no caption files it can read: 2 are compressed .*part-1\.jsonl\.gz.*"
+        r"decompress them first",
+    ):
+        resolve_sources([folder])
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_a_text_file_gone_after_planning_is_a_bad_shard_naming_it(tmp_path, kind):
+    path = tmp_path / f"part-0.{kind}"
+    path.write_text("a dog\n" if kind == "txt" else '{"caption": "a dog"}\n')
+    (shard,) = plan_shards(resolve_sources([path]))
+    path.unlink()  # moved or deleted while the run counts other shards
+    with pytest.raises(BadShardError) as failed:
+        list(shard.read(max_caption_chars=100, batch_rows=2))
+    assert failed.value.label == str(path)
+    assert failed.value.reason.startswith("cannot be read (FileNotFoundError")

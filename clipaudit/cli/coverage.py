@@ -204,16 +204,30 @@ def _print_summary(result: object) -> None:
     for shard in manifest["skipped_shards"]:
         console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
     for source in manifest["inputs"]:
-        if source.get("left_out"):  # a folder reads one kind of caption file
-            left_out = source["left_out"]
+        # a folder reads one kind of caption file, and no compressed one
+        packed = [name for name in source.get("left_out", []) if _compressed(name)]
+        left_out = [name for name in source.get("left_out", []) if not _compressed(name)]
+        if left_out:
             console.print(
                 f"{source['spec']}: {len(left_out)} caption file(s) of another kind not read (e.g. "
                 f"{left_out[0]}): a folder reads one kind, {source['kind']} here; name the "
                 "others to count them too",
                 style="yellow",
             )
+        if packed:
+            console.print(
+                f"{source['spec']}: {len(packed)} compressed caption file(s) not read (e.g. "
+                f"{packed[0]}): decompress them (e.g. gunzip -k FILE) to count them too",
+                style="yellow",
+            )
     console.print(session_line(manifest["timings"], result.reused))
     console.print(f"results in {result.out_dir}")
+
+
+def _compressed(name: str) -> bool:
+    from clipaudit.readers import COMPRESSED_SUFFIXES
+
+    return Path(name).suffix.lower() in COMPRESSED_SUFFIXES
 
 
 def _print_semantic(semantic: dict, run: Path) -> None:

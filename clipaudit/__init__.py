@@ -21,6 +21,7 @@ Every function takes a registry as a built-in name, a YAML path or a :class:`Reg
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -52,15 +53,23 @@ __all__ = ["__version__", *_PUBLIC]
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
-    # a submodule, loaded on first use as the functions are: ``clipaudit.errors.InputError`` and
-    # ``clipaudit.report.build_report`` work after a bare ``import clipaudit``, not only once
-    # something else happened to import them
-    if name.isidentifier() and not name.startswith("_"):
-        from importlib.util import find_spec
-
-        if find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")
+    module = _submodule(__name__, name)
+    if module is not None:
+        return module
     raise AttributeError(f"module 'clipaudit' has no attribute {name!r}")
+
+
+def _submodule(package: str, name: str) -> ModuleType | None:
+    """``package``'s submodule ``name``, loaded on first use as the functions are (None when there
+    is none): ``clipaudit.errors.InputError`` and ``clipaudit.semantic.calibration`` work after a
+    bare ``import clipaudit``, not only once something else happened to import them."""
+    if not name.isidentifier() or name.startswith("_"):
+        return None
+    from importlib.util import find_spec
+
+    if find_spec(f"{package}.{name}") is None:
+        return None
+    return importlib.import_module(f"{package}.{name}")
 
 
 def __dir__() -> list[str]:

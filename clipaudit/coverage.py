@@ -201,6 +201,10 @@ class CoverageSettings:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{_named(name)} must be a positive integer, got {value!r}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type == "bool" and not isinstance(value, bool):  # "no" would count as on
+                raise SettingsError(f"{_named(item.name)} must be True or False, got {value!r:.60}")
         examples = self.examples_per_concept
         if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
             raise SettingsError(

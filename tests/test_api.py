@@ -146,6 +146,7 @@ def test_submodules_are_reachable_after_a_bare_import():
         "assert issubclass(clipaudit.errors.InputError, clipaudit.errors.ClipAuditError)\n"
         "assert clipaudit.report.build_report is clipaudit.build_report\n"
         "assert callable(clipaudit.semantic.count_semantic)\n"
+        "assert clipaudit.semantic.calibration.DEFAULT_THRESHOLDS\n"
         "for name in ('nothing_here', '_private', 'errors.x'):\n"
         "    try:\n"
         "        getattr(clipaudit, name)\n"

@@ -775,6 +775,14 @@ def test_settings_are_checked_when_made():
         SettingsError, match=r"workers \(--workers\) must be a positive integer, got 0"
     ):
         CoverageSettings(workers=0)
+    # a switch that is no bool: "no" would have counted as on (and shown the progress bar)
+    with pytest.raises(
+        SettingsError,
+        match=r"^progress \(--progress/--no-progress\) must be True or False, got 'no'$",
+    ):
+        count_coverage(texts=["a red cat"], progress="no")
+    with pytest.raises(SettingsError, match=r"per_caption \(--per-caption\) must be True or False"):
+        CoverageSettings(per_caption=1)
 
 
 def test_laion_embeddings_and_a_store_are_not_both_taken(tmp_path):

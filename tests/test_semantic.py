@@ -107,6 +107,8 @@ def test_encoder_specs_are_validated():
         EncoderSpec("sentence-transformers", "x", pretrained="openai")
     with pytest.raises(SettingsError, match="batch_size"):
         EncoderSpec("open_clip", "ViT-B-32", batch_size=0)
+    with pytest.raises(SettingsError, match="progress must be True or False, got 'no'"):
+        EncoderSpec("sentence-transformers", "x", progress="no")
     spec = parse_encoder("open_clip:ViT-B-32@laion2b_s34b_b79k")
     assert (spec.kind, spec.model, spec.pretrained) == (
         "open_clip",
@@ -1014,6 +1016,8 @@ def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
     ]  # a flat index is refilled from the store: no vectors of its own, no FAISS file
     with pytest.raises(SettingsError, match="unknown index kind"):
         IndexSettings(kind="hnsw")
+    with pytest.raises(SettingsError, match="rescore must be True or False, got 'no'"):
+        IndexSettings(rescore="no")  # a string would have counted as on
 
 
 def test_ivfpq_index_reloads_from_checked_arrays_and_refuses_crafted_ones(tmp_path):

@@ -110,6 +110,8 @@ def test_bad_scenarios_fail_before_any_training():
         Scenario(encoding_size=0)
     with pytest.raises(SettingsError, match="n_semantics must be an integer >= 1"):
         Scenario(n_semantics=0)
+    with pytest.raises(SettingsError, match="causal_dependence must be true or false; got 'no'"):
+        Scenario(causal_dependence="no")
     with pytest.raises(SettingsError, match=r"change_prob must be in \(0, 1\]"):
         Scenario(perturbed="1", change_prob=1.5)
     with pytest.raises(SettingsError, match="did you mean 'cosine'"):

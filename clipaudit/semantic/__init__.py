@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from clipaudit import _submodule
+
 _PUBLIC = {
     "EncoderSpec": "encoders",
     "TextEncoder": "encoders",
@@ -61,4 +63,7 @@ __all__ = list(_PUBLIC)
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(f"clipaudit.semantic.{_PUBLIC[name]}"), name)
+    module = _submodule(__name__, name)
+    if module is not None:
+        return module
     raise AttributeError(f"module 'clipaudit.semantic' has no attribute {name!r}")

@@ -102,6 +102,8 @@ class EncoderSpec:
             raise SettingsError(f"batch_size must be an integer, got {self.batch_size!r}")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not isinstance(self.progress, bool):  # "no" would count as on
+            raise SettingsError(f"progress must be True or False, got {self.progress!r:.60}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise SettingsError(
                 f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"

@@ -120,6 +120,8 @@ class IndexSettings:
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
                 raise SettingsError(f"{name} must be a positive integer or None, got {value!r}")
+        if not isinstance(self.rescore, bool):  # "no" would count as on
+            raise SettingsError(f"rescore must be True or False, got {self.rescore!r:.60}")
         if self.nbits > 16:
             raise SettingsError(f"nbits must be at most 16, got {self.nbits}")
         if self.margin is not None and not (0.0 <= float(self.margin) <= 2.0):

@@ -165,6 +165,10 @@ class Scenario:
                 raise SettingsError(f"{name} must be an integer >= {low}; got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SettingsError(f"seed must be a non-negative integer; got {self.seed!r}")
+        if not isinstance(self.causal_dependence, bool):  # "no" would count as on
+            raise SettingsError(
+                f"causal_dependence must be true or false; got {self.causal_dependence!r}"
+            )
         selected = (
             tuple(range(1, self.n_semantics + 1))
             if self.selected is None

@@ -647,6 +647,55 @@ def test_fit_threshold_is_f1_optimal_against_sklearn():
         assert f1_score(labels, scores >= threshold, zero_division=0) == pytest.approx(brute)
 
 
+def test_fit_threshold_realises_its_f1_when_scores_reach_the_cosine_bounds():
+    """Cosines of 1 and -1 (planted vectors, a caption equal to its gloss) and float32 cosines a
+    rounding past them: the threshold returned must accept exactly the items of the cut whose F1
+    it returns. Half-way to the bound of 1 used to be 1 itself, accepting a top score of 1 when
+    accepting nothing was best (F1 claimed 0.4, realised 0.33 in the first case below)."""
+    from clipaudit.semantic.calibration import fit_threshold
+
+    past = float(np.float32(1.0) + np.finfo(np.float32).eps)  # 1.0000001: float32's next
+    cases = [  # scores, labels, base_tp, base_fp, n_positives, prefer
+        ([1.0, 0.2, -0.3], [False, False, False], 1, 1, 3, "high"),
+        ([past, 0.5], [False, False], 2, 0, 4, "high"),
+        ([1.0, 1.0], [False, False], 0, 0, 0, "high"),
+        ([-1.0, -past], [True, True], 0, 0, None, "low"),
+        ([-past, -past, 0.1], [True, False, True], 0, 0, None, "low"),
+    ]
+    rng = np.random.default_rng(2)
+    grid = np.array([-past, -1.0, -0.5, 0.0, 0.5, 1.0, past])
+    for _ in range(300):
+        n = int(rng.integers(1, 8))
+        labels = rng.random(n) < 0.5
+        n_pos = int(labels.sum()) + int(rng.integers(0, 3))
+        cases.append(
+            (rng.choice(grid, n), labels, int(rng.integers(0, 3)), int(rng.integers(0, 3)),
+             n_pos + 2, "high" if rng.random() < 0.5 else "low")
+        )  # fmt: skip
+    for scores, labels, base_tp, base_fp, n_positives, prefer in cases:
+        scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+        total = int(labels.sum()) + base_tp if n_positives is None else n_positives
+
+        def f1_accepting(accepted, labels=labels, base_tp=base_tp, base_fp=base_fp, total=total):
+            tp = int((accepted & labels).sum()) + base_tp
+            fp = int((accepted & ~labels).sum()) + base_fp
+            return 2 * tp / (2 * tp + fp + (total - tp)) if tp else 0.0
+
+        # every cut: accept the items scoring >= each distinct score, or none
+        cuts = [scores >= t for t in np.unique(scores)] + [np.zeros(len(scores), dtype=bool)]
+        best = max(f1_accepting(a) for a in cuts)
+        sizes = [int(a.sum()) for a in cuts if f1_accepting(a) == pytest.approx(best)]
+        threshold, f1 = fit_threshold(
+            scores, labels, base_tp=base_tp, base_fp=base_fp, n_positives=n_positives,
+            prefer=prefer,
+        )  # fmt: skip
+        accepted = scores >= threshold
+        assert f1 == pytest.approx(best), (scores, labels)
+        assert f1_accepting(accepted) == pytest.approx(best), (scores, labels, threshold)
+        assert accepted.sum() == (min(sizes) if prefer == "high" else max(sizes))
+        assert -2.0 <= threshold <= 2.0  # what a calibration file holds
+
+
 def test_calibration_recovers_a_planted_separation(tmp_path, minilm, tiny_encoder):
     from clipaudit.semantic.calibration import (
         Calibration,
@@ -753,6 +802,61 @@ def test_cross_validation_scores_each_caption_with_thresholds_fitted_elsewhere()
     assert (
         micro_scores(labels, in_sample, evidence.names)["f1"] > result["methods"]["semantic"]["f1"]
     )
+
+
+def test_cross_validation_keeps_copies_of_a_caption_in_one_fold(monkeypatch):
+    """Web sets hold the same caption twice (cc3m_dev: "digital art selected for the #", ids 1509
+    and 7443). A copy among the training captions fits the thresholds on the other's own scores
+    and label: every copy must be in the fold it is scored in. Copies are known by their text (up
+    to case and white space: MiniLM embeds the two cc3m copies, encoded in other batches, 6e-8
+    apart) or, for evidence without captions, by identical scores. Spied here: the captions each
+    fit saw and those each prediction scored."""
+    from clipaudit.semantic import calibration
+    from clipaudit.semantic.calibration import Evidence, cross_validate
+
+    rng = np.random.default_rng(4)
+    n_unique, k = 40, 3
+    labels = rng.random((n_unique, k)) < 0.3
+    semantic = rng.uniform(0, 1, (n_unique, k)) + 0.3 * labels
+    sense = rng.uniform(0, 1, (n_unique, k)) + 0.3 * labels
+    lexical = labels & (rng.random((n_unique, k)) < 0.8)
+    # 20 captions twice and 5 three times, the copies spread through the set
+    copies = np.concatenate([np.arange(n_unique), np.arange(20), np.arange(5)])
+    rows = rng.permutation(copies)
+    ids = tuple(f"c{i}" for i in rows)  # which caption each row holds, as its "source"
+    texts = [f"A photo  of thing {i}" if j % 2 else f"a photo of Thing {i} " for j, i in
+             enumerate(rows)]  # fmt: skip
+    noise = rng.normal(0, 1e-7, (len(rows), k))
+    fitted, scored = [], []
+    fit, predict = calibration.fit_calibration, calibration.predict
+
+    def fit_spy(part, *args, **kwargs):
+        fitted.append(set(part.sources))
+        return fit(part, *args, **kwargs)
+
+    def predict_spy(part, *args, **kwargs):
+        scored.append((set(part.sources), len(part.sources), fitted[-1]))
+        return predict(part, *args, **kwargs)
+
+    monkeypatch.setattr(calibration, "fit_calibration", fit_spy)
+    monkeypatch.setattr(calibration, "predict", predict_spy)
+    for evidence in (
+        Evidence(("a", "b", "c"), labels[rows], lexical[rows], semantic[rows], sense[rows], ids),
+        Evidence(("a", "b", "c"), labels[rows], lexical[rows], semantic[rows] + noise,
+                 sense[rows] - noise, ids, tuple(texts)),
+    ):  # fmt: skip
+        fitted.clear(), scored.clear()
+        cross_validate(evidence, folds=5, seed=0, methods=("semantic", "checked"))
+        assert len(scored) == 10  # 5 folds x 2 methods
+        tested = [(captions, size) for captions, size, _ in scored[::2]]
+        assert sum(size for _, size in tested) == len(rows)  # each row scored once
+        assert set().union(*(captions for captions, _ in tested)) == set(ids)
+        for captions, _, trained_on in scored:
+            assert not captions & trained_on, sorted(captions & trained_on)
+    # folds are counted in distinct captions: 4 copies of one caption and 1 other make 2
+    few = evidence.take(np.array([0, 0, 0, 0, 1]))
+    with pytest.raises(SettingsError, match="3 is more than the 2 distinct labelled captions"):
+        cross_validate(few, folds=3)
 
 
 # --------------------------------------------------------------------------- checked method
@@ -1232,3 +1336,44 @@ def test_a_hand_edited_calibration_threshold_is_refused_naming_file_and_concept(
                         "additions": np.zeros(2)},
             {kind: ("fitted", "fitted") for kind in KINDS}, {kind: 0.35 for kind in KINDS},
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # a run says absent/changed/default of a concept; a file only holds fitted or shared ones
+        (
+            ("origin", "absent"),
+            r"concept 'a' sense origin must be 'fitted' or 'shared', got 'absent'",
+        ),
+        (("origin", "default"), r"concept 'a' sense origin must be 'fitted' or 'shared'"),
+        (("origin", 1), r"concept 'a' sense origin must be 'fitted' or 'shared', got '1'"),
+        # a string was read letter by letter into labelled files named "g", "o", ...
+        (("fitted_on", "gold.jsonl"), r"'fitted_on' must be a list of labelled files, got 'gold"),
+        (("fitted_on", [["gold.jsonl"]]), r"'fitted_on' must be a list of labelled files"),
+    ],
+)
+def test_a_calibration_file_misdescribing_its_thresholds_is_refused(tmp_path, edit, message):
+    """Origins and labelled files go into a run's manifest (concepts_not_calibrated,
+    fitted_on): a file whose own records are impossible is refused, not reported as written."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+
+    fitted_on = ({"path": "gold.jsonl", "sha256": "ab", "n_captions": 3}, {"path": "old.jsonl"})
+    path = Calibration(
+        {"kind": "synthetic"}, ("a", "b"), {kind: np.array([0.3, 0.4]) for kind in KINDS},
+        {kind: ("fitted", "shared") for kind in KINDS}, {kind: 0.35 for kind in KINDS},
+        fitted_on=fitted_on,
+    ).save(tmp_path / "cal.json")  # fmt: skip
+    doc = json.loads(path.read_text())
+    doc["fitted_on"][1] = "old.jsonl"  # a bare path, as older files hold it, still loads
+    path.write_text(json.dumps(doc))
+    loaded = Calibration.load(path)
+    assert loaded.fitted_on == fitted_on and loaded.origin["sense"] == ("fitted", "shared")
+    field, value = edit
+    if field == "origin":
+        doc["concepts"]["a"]["sense"]["origin"] = value
+    else:
+        doc["fitted_on"] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=rf"cal\.json: malformed calibration .*{message}"):
+        Calibration.load(path)

@@ -16,9 +16,10 @@ between two consecutive scores, placed half-way), where the concept has at least
 nothing.
 
 :func:`cross_validate` scores every method, and each part of ``checked`` alone, on captions the
-thresholds were not fitted on (k folds). A :class:`Calibration` is saved as JSON with the identity of
-the encoder it was fitted for; :func:`calibration_for` loads it for an encoder, or, when there is
-none, returns the documented defaults (:data:`DEFAULT_THRESHOLDS`) flagged ``calibrated=False``.
+thresholds were not fitted on (k folds; copies of a caption share a fold). A :class:`Calibration`
+is saved as JSON with the identity of the encoder it was fitted for; :func:`calibration_for` loads
+it for an encoder, or, when there is none, returns the documented defaults
+(:data:`DEFAULT_THRESHOLDS`) flagged ``calibrated=False``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from clipaudit.semantic.encoders import describe_difference, same_encoder
 KINDS = ("semantic", "sense", "additions")
 METHODS = ("lexical", "semantic", "checked", "checked_sense_only", "checked_additions_only")
 CALIBRATION_FORMAT = "clipaudit-semantic-calibration"
+FILE_ORIGINS = ("fitted", "shared")  # where a saved threshold came from (fit_calibration)
 ACCEPT_NONE, ACCEPT_ALL = 2.0, -2.0  # cosines lie in [-1, 1]
 # used when an encoder has no calibration: `checked` then equals the lexical matcher (every hit
 # kept, nothing added), and `semantic` counts at a rough cosine for the encoder's family
@@ -68,7 +70,9 @@ def fit_threshold(
     made whatever the threshold; ``n_positives``: all positives, decided here or not (default: those
     among the items plus ``base_tp``). The threshold lies half-way between the last accepted and
     the first rejected score (bounded by -1 and 1); accepting nothing gives :data:`ACCEPT_NONE` when
-    no item was scored. Among equal F1, ``prefer="high"`` accepts fewer items, ``"low"`` more.
+    no item was scored or the top score is 1 or more, accepting all :data:`ACCEPT_ALL` when the
+    bottom score is below -1. Among equal F1, ``prefer="high"`` accepts fewer items, ``"low"``
+    more.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels, dtype=bool).reshape(-1)
@@ -93,7 +97,14 @@ def fit_threshold(
     i = int(cuts[best[0] if prefer == "high" else best[-1]])
     upper = 1.0 if i == 0 else float(s[i - 1])
     lower = -1.0 if i == len(s) else float(s[i])
-    return (upper + lower) / 2.0, float(f1.max())
+    threshold = (upper + lower) / 2.0
+    # a float32 cosine can reach 1 or -1, or pass them by a rounding: half-way to the bound would
+    # then accept the top score or reject the bottom one, not the cut whose F1 is returned
+    if i == 0 and threshold <= lower:
+        threshold = ACCEPT_NONE
+    elif i == len(s) and threshold > upper:
+        threshold = ACCEPT_ALL
+    return threshold, float(f1.max())
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
@@ -110,6 +121,8 @@ class Evidence:
     semantic: np.ndarray  # cos(caption, concept vector)
     sense: np.ndarray  # cos(caption, gloss)
     sources: tuple[str, ...] = ()  # per caption: the labelled set it came from
+    # per caption: its text, which keeps copies of a caption in one fold (caption_folds)
+    captions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shape = self.labels.shape
@@ -120,12 +133,15 @@ class Evidence:
                 )
         if shape[1] != len(self.names):
             raise InputError(f"evidence: {shape[1]} columns but {len(self.names)} concept names")
+        if self.captions and len(self.captions) != shape[0]:
+            raise InputError(f"evidence: {len(self.captions)} captions for {shape[0]} rows")
 
     def take(self, rows: np.ndarray) -> Evidence:
         sources = tuple(self.sources[i] for i in rows) if self.sources else ()
+        captions = tuple(self.captions[i] for i in rows) if self.captions else ()
         return Evidence(
             self.names, self.labels[rows], self.lexical[rows], self.semantic[rows],
-            self.sense[rows], sources,
+            self.sense[rows], sources, captions,
         )  # fmt: skip
 
 
@@ -142,6 +158,7 @@ def concat_evidence(parts: Sequence[Evidence], sources: Sequence[str]) -> Eviden
         np.concatenate([p.semantic for p in parts]),
         np.concatenate([p.sense for p in parts]),
         tuple(name for p, name in zip(parts, sources, strict=True) for _ in range(len(p.labels))),
+        tuple(c for p in parts for c in p.captions) if all(p.captions for p in parts) else (),
     )
 
 
@@ -173,7 +190,7 @@ def gather_evidence(
     vectors = np.asarray(caption_vectors, dtype=np.float32)
     return Evidence(
         names, truth, lexical, vectors @ concepts.vectors.T, vectors @ concepts.glosses.T,
-        tuple(sources),
+        tuple(sources), tuple(captions),
     )  # fmt: skip
 
 
@@ -334,14 +351,28 @@ class Calibration:
             origin = {
                 kind: tuple(str(concepts[n][kind]["origin"]) for n in names) for kind in KINDS
             }
+            for kind in KINDS:  # "absent", "changed" and "default" are said of a run, not a file
+                for n, where in zip(names, origin[kind], strict=True):
+                    if where not in FILE_ORIGINS:
+                        raise ValueError(
+                            f"concept {n!r} {kind} origin must be 'fitted' or 'shared', got "
+                            f"{where!r:.40}"
+                        )
             shared = {kind: _threshold(path, None, kind, doc["shared"][kind]) for kind in KINDS}
             encoder = dict(doc["encoder"])
             texts = {n: str(concepts[n]["texts_sha256"]) for n in names
                      if "texts_sha256" in concepts[n]}  # fmt: skip
             # each labelled file as describe_labelled wrote it; a bare path from an older file
+            entries = doc.get("fitted_on", [])
+            # a string is no list of paths (its letters would be read as paths)
+            if not isinstance(entries, list) or not all(
+                isinstance(e, (dict, str)) for e in entries
+            ):
+                raise TypeError(
+                    f"'fitted_on' must be a list of labelled files, got {entries!r:.60}"
+                )
             fitted_on = tuple(
-                dict(entry) if isinstance(entry, dict) else {"path": str(entry)}
-                for entry in doc.get("fitted_on", ())
+                dict(entry) if isinstance(entry, dict) else {"path": entry} for entry in entries
             )
             settings = dict(doc.get("settings", {}))
             calibrated = doc.get("calibrated", True)
@@ -384,13 +415,17 @@ def check_min_positives(min_positives: Any) -> None:
         )
 
 
-def check_folds(folds: Any, n_captions: int) -> None:
-    """Cross-validation needs two folds at least, and a caption in each."""
+def check_folds(folds: Any, n_captions: int, *, distinct: bool = False) -> None:
+    """Cross-validation needs two folds at least, and a caption in each (``distinct``: copies of
+    a caption counted once, as they share a fold, see :func:`caption_folds`)."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise SettingsError(f"folds (--folds) must be an integer >= 2, got {folds!r}")
     if folds > n_captions:
+        what = "labelled captions"
+        if distinct:
+            what = "distinct labelled captions (copies of a caption share a fold)"
         raise SettingsError(
-            f"folds (--folds) {folds} is more than the {n_captions} labelled captions, which "
+            f"folds (--folds) {folds} is more than the {n_captions} {what}, which "
             "leaves a fold without any; give fewer folds or more captions"
         )
 
@@ -551,9 +586,34 @@ def _fit_for_method(
     # additions alone: fitted with every lexical hit kept
     forced = Evidence(
         evidence.names, evidence.labels, evidence.lexical, evidence.semantic,
-        np.ones_like(evidence.sense), evidence.sources,
+        np.ones_like(evidence.sense), evidence.sources, evidence.captions,
     )  # fmt: skip
     return fit_calibration(forced, encoder, min_positives=min_positives)
+
+
+def caption_folds(
+    evidence: Evidence, folds: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) of each fold: a shuffled k-fold split of the captions in which the
+    copies of a caption share a fold (web sets hold the same text twice), since a copy among the
+    training captions would fit the thresholds on the test caption's own vector and label. Copies:
+    the same :attr:`Evidence.captions` up to case and white space, or, without captions, the same
+    scores. Without copies it is sklearn's ``KFold(folds, shuffle=True, random_state=seed)`` over
+    the rows."""
+    from sklearn.model_selection import KFold
+
+    if evidence.captions:
+        keys: list[Any] = [" ".join(c.casefold().split()) for c in evidence.captions]
+    else:  # a copy encoded in another batch can differ in the last bits: captions are surer
+        keys = [row.tobytes() for row in np.concatenate([evidence.semantic, evidence.sense], 1)]
+    first: dict[Any, int] = {}  # key -> its group, numbered in order: no copies, group i is row i
+    group = np.array([first.setdefault(key, len(first)) for key in keys], dtype=np.int64)
+    check_folds(folds, len(first), distinct=len(first) < len(group))
+    splits = KFold(folds, shuffle=True, random_state=seed).split(np.arange(len(first)))
+    return [
+        (np.flatnonzero(~np.isin(group, chosen)), np.flatnonzero(np.isin(group, chosen)))
+        for _, chosen in splits
+    ]
 
 
 def cross_validate(
@@ -565,14 +625,12 @@ def cross_validate(
     methods: Sequence[str] = METHODS,
 ) -> dict[str, Any]:
     """Micro precision/recall/F1 of each method, every caption predicted by thresholds fitted on
-    the other folds only; per source too when the evidence pools several labelled sets."""
-    from sklearn.model_selection import KFold
-
+    the other folds only (:func:`caption_folds`: copies of a caption share its fold); per source
+    too when the evidence pools several labelled sets."""
     n = evidence.labels.shape[0]
-    check_folds(folds, n)
     predicted = {m: np.zeros_like(evidence.labels) for m in methods}
     fitted = {kind: 0 for kind in KINDS}
-    for train, test in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
+    for train, test in caption_folds(evidence, folds, seed):
         part = evidence.take(train)
         shared_fit = fit_calibration(part, {}, min_positives=min_positives)
         for method in methods:

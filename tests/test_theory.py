@@ -773,6 +773,32 @@ def test_the_cli_rejects_bad_settings_in_one_line():
     ]
 
 
+def test_set_reads_exponent_numbers_and_refuses_empty_values():
+    from clipaudit.cli.theory import _overrides
+
+    def profile(*settings: str):
+        return training_profile("quick", **_overrides(None, None, None, None, list(settings)))
+
+    # PyYAML reads these as text; each is a number that the settings accept
+    trained = profile("temperature=1e-1", "weight_decay=2.5E-4", "final_temperature=3e0")
+    assert (trained.temperature, trained.weight_decay, trained.final_temperature) == (
+        0.1,
+        0.00025,
+        3.0,
+    )
+    with pytest.raises(
+        SettingsError, match=r"learning_rate must be a positive finite number; got -0\.001$"
+    ):
+        profile("learning_rate=-1e-3")  # refused as the negative number it is, not as text
+    assert profile("mixing=conditioned").mixing == "conditioned"  # text stays text
+    # an empty or null value was dropped, and the profile's own value trained in its place
+    for setting in ("temperature=", "temperature=null", "final_temperature=~"):
+        with pytest.raises(SettingsError, match=r"no value; give one"):
+            profile(setting)
+    with pytest.raises(SettingsError, match="for a fixed temperature give temperature=VALUE"):
+        profile("final_temperature=")
+
+
 def test_auto_group_size_batches_where_batching_pays():
     from clipaudit.theory.config import (
         BATCHING_PAYS_BELOW_FLOPS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,10 @@ app = command_group(
 console = plain_console()
 
 PROFILE_HELP = "Training profile: quick (a 2-core CPU) or paper (the published setting, a GPU)."
+
+# YAML 1.1, which PyYAML reads, takes a float only with a dot and a signed exponent ("1.0e-3"): it
+# reads "1e-3" or "1.5e3" as text, which a number setting would then refuse as no number
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _overrides(
@@ -43,13 +48,27 @@ def _overrides(
         if not sep or not key.strip():
             raise SettingsError(f"--set expects KEY=VALUE, e.g. temperature=0.5; got {setting!r}")
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            loaded = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
             raise SettingsError(
                 f"--set {setting!r}: the value is no YAML scalar or list ({problem}); e.g. "
                 "hidden_widths=[64,64]"
             ) from None
+        # None means "not given" to training_profile, so an empty or null value would be dropped
+        # without a word and the profile's value trained instead
+        if loaded is None:
+            hint = (
+                "; for a fixed temperature give temperature=VALUE alone"
+                if key.strip() == "final_temperature"
+                else ""
+            )
+            raise SettingsError(
+                f"--set {setting!r}: no value; give one, e.g. temperature=0.5{hint}"
+            )
+        if isinstance(loaded, str) and _EXPONENT_NUMBER.fullmatch(loaded.strip()):
+            loaded = float(loaded)
+        overrides[key.strip()] = loaded
     return overrides
 
 

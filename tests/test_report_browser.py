@@ -82,3 +82,72 @@ def test_the_page_loads_everything_from_itself_and_runs_no_injected_text(
     assert page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
     assert (tmp_path / "report.png").stat().st_size > 20_000
     page.close()
+
+
+LONG_CORPUS = "COCO val2017 — légendes «humaines» (25 014 captions, five per image)"
+LONG_MODEL = "ViT-B-32@laion400m_e32_but_a_really_long_pretrained_tag_name_for_testing"
+
+
+@pytest.fixture(scope="module")
+def long_named_report(audit_runs, tmp_path_factory):
+    """The audit world's report with a second corpus and a third model of long, non-ASCII names
+    (a corpus is labelled by its run folder, a model by its spec's name)."""
+    import shutil
+
+    from clipaudit.models import ModelSpec
+    from clipaudit.report import build_report
+    from clipaudit.zeroshot import run_zeroshot
+    from tests.report_world import IMAGED
+
+    root = tmp_path_factory.mktemp("long-names")
+    corpus = root / LONG_CORPUS
+    shutil.copytree(audit_runs["coverage"], corpus)
+    models = Path(audit_runs["root"]) / "models"
+    spec = ModelSpec(
+        str(models / "tiny-clip.json"), str(models / "random.safetensors"), name=LONG_MODEL
+    )
+    run_zeroshot(
+        spec, audit_runs["images"], root / "zeroshot-long", groups=tuple(IMAGED),
+        cache_dir=None, workers=0, device="cpu", progress=False,
+    )  # fmt: skip
+    runs = [audit_runs["coverage"], corpus, audit_runs["zeroshot_trained"]]
+    runs += [audit_runs["zeroshot_random"], root / "zeroshot-long"]
+    return build_report(runs, root / "report", n_bootstrap=50)
+
+
+OVERFLOWING_TABLES = """Array.from(document.querySelectorAll('.table-wrap'))
+    .filter(w => w.scrollWidth > w.clientWidth + 1)
+    .map(w => w.closest('section').id + ': ' + w.querySelector('th').textContent)"""
+
+
+def test_long_names_fit_a_wide_window_a_phone_and_the_printed_page(browser, long_named_report):
+    """Long corpus and model names break instead of pushing numbers out of sight: behind a
+    scroll bar at the bottom of a long table, past a phone's screen, or off the printed page
+    (which cannot scroll); collapsed sections print open."""
+    url = long_named_report.html_path.resolve().as_uri()
+    summary = long_named_report.summary
+    assert LONG_CORPUS in [c["label"] for c in summary["corpora"]]
+    assert LONG_MODEL in [m["label"] for m in summary["models"]]
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url, wait_until="load")
+    assert page.evaluate(OVERFLOWING_TABLES) == []
+    page.close()
+
+    page = browser.new_page(viewport={"width": 420, "height": 900})
+    page.goto(url, wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    page.close()
+
+    page = browser.new_page(viewport={"width": 718, "height": 1000})  # A4 less its margins
+    page.goto(url, wait_until="load")
+    page.emulate_media(media="print")
+    assert page.evaluate(OVERFLOWING_TABLES) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 718
+    shut = page.evaluate(
+        """Array.from(document.querySelectorAll('details:not([open])'))
+        .map(d => d.querySelector(':scope > :not(summary)').getBoundingClientRect().height)"""
+    )
+    assert len(shut) >= 5 and min(shut) > 0  # the concept tables and confusion matrices print
+    page.close()

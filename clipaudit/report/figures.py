@@ -65,13 +65,16 @@ def model_colours(models: Sequence[str]) -> dict[str, str]:
 
 
 def figure_stems(names: Sequence[str]) -> dict[str, str]:
-    """A file stem for each figure name: its slug (at most 80 characters, no leading dot), with
+    """A file stem for each figure name: its slug (at most 80 characters, no leading dot; a
+    longer one keeps its start and its end, where a confusion matrix's group is), with
     ``-<hash>`` appended when two names would share a stem, also ignoring case (as a
     case-insensitive file system would) or when the slug was shortened."""
     base = {}
     for name in names:
         stem = slug(name).lstrip(".-") or "figure"
-        base[name] = stem[:MAX_STEM]
+        if len(stem) > MAX_STEM:
+            stem = f"{stem[: MAX_STEM - 30]}_{stem[-29:]}"
+        base[name] = stem
     folded: dict[str, list[str]] = {}
     for name, stem in base.items():
         folded.setdefault(stem.lower(), []).append(name)
@@ -126,6 +129,46 @@ def freeze_layout(figure: Any) -> None:
     """Run the layout once and keep it, so that positions measured now stay true when saved."""
     figure.canvas.draw()
     figure.set_layout_engine("none")
+
+
+def wrap_to_width(figure: Any, text: str, width: float, fontsize: float) -> str:
+    """``text`` with its lines wrapped (at spaces, or inside a word longer than a line) so that
+    none is wider than ``width`` pixels at ``fontsize`` on ``figure``: long corpus and model
+    names would otherwise run into each other or off the figure."""
+    import textwrap
+
+    renderer = figure.canvas.get_renderer()
+    probe = figure.text(0, 0, "", fontsize=fontsize)
+
+    def fits(line: str) -> bool:
+        probe.set_text(line)
+        return probe.get_window_extent(renderer).width <= width
+
+    lines = []
+    for line in text.split("\n"):
+        columns = len(line)
+        wrapped = [line]
+        while columns > 8 and not all(fits(part) for part in wrapped):
+            columns -= max(1, columns // 12)
+            wrapped = textwrap.wrap(line, columns, break_on_hyphens=False) or [line]
+        lines += wrapped
+    probe.remove()
+    return "\n".join(lines)
+
+
+def _title_within(axis: Any, text: str, fontsize: float, *, loc: str = "center") -> None:
+    """Title ``axis`` with ``text`` wrapped to fit the figure (and, centred, the axes' own width,
+    so that side-by-side panels' titles never meet), measured on the laid-out figure."""
+    figure = axis.figure
+    axis.set_title(text, fontsize=fontsize, loc=loc)
+    figure.canvas.draw()  # the layout as it will be, this title's first line included
+    frame = axis.get_window_extent()
+    if loc == "left":
+        room = figure.bbox.width - frame.x0
+    else:
+        centre = (frame.x0 + frame.x1) / 2
+        room = min(2 * min(centre, figure.bbox.width - centre), frame.width + 16)
+    axis.set_title(wrap_to_width(figure, text, room - 8, fontsize), fontsize=fontsize, loc=loc)
 
 
 def _percent(value: float) -> str:
@@ -314,14 +357,20 @@ def _sensitive_bands(axis: Any, groups: Sequence[str], sensitive: set[str]) -> N
 
 
 def _legend_below(figure: Any, handles: Sequence[Any], columns: int) -> None:
-    """One legend under the axes (constrained layout makes room for it, so it never overlaps)."""
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), columns),
-        fontsize=8,
-        frameon=False,
-    )
+    """One legend under the axes (constrained layout makes room for it, so it never overlaps),
+    as wide as the figure at most: long labels (model names) are wrapped, and the legend takes
+    fewer columns, until it fits."""
+    renderer = figure.canvas.get_renderer()
+    width = figure.bbox.width - 8
+    for handle in handles:
+        handle.set_label(wrap_to_width(figure, handle.get_label(), width * 0.45, 8))
+    for ncol in range(min(len(handles), columns), 0, -1):
+        legend = figure.legend(
+            handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False
+        )
+        if ncol == 1 or legend.get_window_extent(renderer).width <= width:
+            return
+        legend.remove()
 
 
 def coverage_by_group(
@@ -367,7 +416,7 @@ def coverage_by_group(
         axis.set_xlim(low, high)
         _log_axis(axis, low, high, corpus.get("n_captions"))
         axis.tick_params(axis="x", labelsize=8)
-        axis.set_title(corpus["label"], fontsize=9)
+        axis.set_title(corpus["label"], fontsize=9)  # wrapped to its panel once laid out
         axis.set_xlabel("caption coverage (share of captions)", fontsize=8)
         axis.grid(axis="x", color="#dddddd", linewidth=0.6)
         axis.set_axisbelow(True)
@@ -382,6 +431,8 @@ def coverage_by_group(
         Line2D([], [], color="black", lw=1.6, label="group median"),
     ]
     _legend_below(figure, handles, columns=4)
+    for axis, corpus in zip(axes_list, corpora, strict=True):  # long names would run together
+        _title_within(axis, corpus["label"], 9)
     return figure
 
 
@@ -520,7 +571,6 @@ def coverage_against_f1(
     axis.set_ylabel("zero-shot F1", fontsize=9)
     axis.grid(color="#e5e5e5", linewidth=0.6)
     axis.set_axisbelow(True)
-    axis.set_title(title, fontsize=9, loc="left")
     handles = [
         Line2D([], [], marker="o", ls="", color=colours[c], label=c)
         for c in categories
@@ -534,6 +584,7 @@ def coverage_against_f1(
             Line2D([], [], marker="o", ls="", mfc="none", mec="black", ms=9, label="outlier")
         )
     _legend_below(figure, handles, columns=6)
+    _title_within(axis, title, 9, loc="left")
     freeze_layout(figure)
 
     def strength(outlier: dict[str, Any]) -> float:  # None: infinite (the rest on a line)
@@ -576,7 +627,6 @@ def confusion(frame: Any, title: str) -> Any:
     axis.set_yticks(range(n_rows), labels=[str(i) for i in frame.index], fontsize=7)
     axis.set_xlabel("predicted", fontsize=8)
     axis.set_ylabel("true", fontsize=8)
-    axis.set_title(title, fontsize=8)
     for row in range(n_rows):
         for col in range(n_cols):
             if counts[row, col]:
@@ -589,4 +639,5 @@ def confusion(frame: Any, title: str) -> Any:
                     fontsize=7,
                     color="white" if shares[row, col] > 0.5 else "black",
                 )
+    _title_within(axis, title, 8)
     return figure

@@ -124,6 +124,29 @@ def test_planted_outliers_are_the_ones_found():
     assert stats.flag_outliers(x, y2)["direction"][0] == stats.BELOW_THE_FIT
 
 
+def test_far_above_the_fit_is_no_knowledge_at_a_trivial_classifiers_f1():
+    """A model at chance names one concept for every image of its group: recall 1, F1 2p/(1+p),
+    far above a flat fit. Rarely captioned, it was listed "rarely captioned yet known"."""
+    from clipaudit.report.analysis import _trivial_f1
+
+    x = np.linspace(-3.5, -0.5, 12)
+    y = np.full(12, 0.02) + np.array([0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1]) * 0.005
+    y[1] = 2 * 0.1 / 1.1  # p = 0.1: one concept in ten, named for all its group's images
+    floor = np.full(12, 2 * 0.1 / 1.1)
+    assert stats.flag_outliers(x, y)["direction"][1] == stats.RARELY_CAPTIONED_YET_KNOWN
+    assert stats.flag_outliers(x, y, known_above=floor)["direction"][1] == stats.ABOVE_THE_FIT
+    y[1] = 0.5  # well past it: known
+    found = stats.flag_outliers(x, y, known_above=floor)
+    assert found["direction"][1] == stats.RARELY_CAPTIONED_YET_KNOWN
+    # the floor per concept: its share of its group's images; a group's: its chance
+    part = pd.DataFrame({"group": ["A", "A", "B"], "support": [3, 7, 5]})
+    groups = pd.DataFrame({"group": ["A", "B"], "n_images": [10, 20], "chance": [0.5, 0.25]})
+    expected = [2 * 0.3 / 1.3, 2 * 0.7 / 1.7, 2 * 0.25 / 1.25]
+    assert _trivial_f1(part, groups, "concept") == pytest.approx(expected)
+    assert _trivial_f1(groups, groups, "group") == pytest.approx([0.5, 0.25])
+    assert np.isnan(_trivial_f1(part.drop(columns="support"), groups, "concept")).all()
+
+
 def test_a_never_captioned_concept_is_no_surprise_when_most_are_never_captioned():
     """Most concepts never captioned: the median is the lowest coverage, yet a concept at it,
     far below the fit, is not "often captioned yet unknown"."""

@@ -76,6 +76,23 @@ def _pair_frame(frame: Any, corpus: str, model: str) -> Any:
     return frame[(frame["corpus"] == corpus) & (frame["model"] == model)]
 
 
+def _trivial_f1(part: Any, group_part: Any, level: str) -> Any:
+    """Per point of ``part``, the F1 of a classifier that knows nothing (NaN where unknown): a
+    concept's, naming it for every image of its group, 2p / (1 + p) with p the concept's share of
+    the group's images; a group's, chance (one over the concepts classified)."""
+    import numpy as np
+
+    nothing = np.full(len(part), np.nan)
+    if level == "group":
+        return part["chance"].to_numpy(dtype=float) if "chance" in part else nothing
+    if "support" not in part or "n_images" not in group_part or not len(group_part):
+        return nothing  # a theory run's concepts: no images to share
+    n_images = part["group"].map(group_part.drop_duplicates("group").set_index("group")["n_images"])
+    share = part["support"].to_numpy(dtype=float) / n_images.to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(share > 0, 2 * share / (1 + share), np.nan)
+
+
 def _x(part: Any, method: str, n: float | None, level: str) -> Any:
     import numpy as np
 
@@ -145,7 +162,8 @@ def analyse(
                     seed=stats.stream_seed(seed, corpus.label, model.label, method, level),
                     n_bootstrap=n_bootstrap,
                 )
-                flagged = stats.flag_outliers(x[keep], y[keep])
+                floor = _trivial_f1(part, group_part, level)
+                flagged = stats.flag_outliers(x[keep], y[keep], known_above=floor[keep])
                 primary = method == corpus.primary
                 correlation_rows.append(
                     {

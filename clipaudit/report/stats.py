@@ -16,7 +16,8 @@ Every (corpus, model) pair is summarised across concepts and across groups by
   the change in F1 per tenfold coverage, with the 95% interval ``slope +- t(0.975, n - 2) * se``;
 - **outliers**: points whose externally studentised residual (the residual over its
   leave-one-out standard error) is beyond +-2, with at least 6 points: far above the fit with
-  coverage at or below the median and below the highest, *rarely captioned yet known*; far below
+  coverage at or below the median and below the highest, and F1 above a trivial classifier's
+  (always naming the concept; for a group, chance), *rarely captioned yet known*; far below
   the fit with coverage at or above the median and above the lowest, *often captioned yet unknown*
   (the two lists an auditor acts on); the other far points are *above the fit* or *below the fit*
   (a never-captioned concept the model does not know is no surprise, however far below the fit,
@@ -59,8 +60,9 @@ FIT_RULE = (
 OUTLIER_RULE = (
     "externally studentised residual of the fit (residual over its leave-one-out standard error) "
     f"beyond +-{OUTLIER_THRESHOLD:g}, with at least {MIN_OUTLIER_POINTS} points. Far above the fit "
-    "with coverage at or below the median and below the highest: "
-    f"'{RARELY_CAPTIONED_YET_KNOWN}'; far below the fit with coverage at or above the median and "
+    "with coverage at or below the median and below the highest, and F1 above what a trivial "
+    "classifier scores (a concept: always naming it, 2p / (1 + p) for p its share of its group's "
+    f"images; a group: chance): '{RARELY_CAPTIONED_YET_KNOWN}'; far below the fit with coverage at or above the median and "
     f"above the lowest: '{OFTEN_CAPTIONED_YET_UNKNOWN}'; the other far points "
     f"are '{ABOVE_THE_FIT}' or '{BELOW_THE_FIT}'"
 )
@@ -302,14 +304,20 @@ def studentized_residuals(x: Sequence[float], y: Sequence[float]) -> dict[str, A
 
 
 def flag_outliers(
-    x: Sequence[float], y: Sequence[float], threshold: float = OUTLIER_THRESHOLD
+    x: Sequence[float],
+    y: Sequence[float],
+    threshold: float = OUTLIER_THRESHOLD,
+    *,
+    known_above: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Studentised residuals and each point's outlier direction (``""`` when none), with the
-    reason when no point can be judged."""
+    reason when no point can be judged. ``known_above``: per point, the F1 a trivial classifier
+    reaches (NaN: none known), which a point must pass to be called known."""
     import numpy as np
 
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    floor = np.full(len(x), np.nan) if known_above is None else np.asarray(known_above, float)
     fitted = studentized_residuals(x, y)
     direction = np.full(len(x), "", dtype=object)
     reason = None
@@ -327,6 +335,9 @@ def flag_outliers(
         # coverage, and a never-captioned concept the model does not know is no surprise
         rarely = (x <= median) & (x < x.max())
         often = (x >= median) & (x > x.min())
-        direction[above & rarely] = RARELY_CAPTIONED_YET_KNOWN
+        # far above a flat fit is no knowledge when a trivial classifier scores as much (a model
+        # at chance that names one concept for every image of its group)
+        known = ~(y <= floor)  # NaN floor: no bar
+        direction[above & rarely & known] = RARELY_CAPTIONED_YET_KNOWN
         direction[below & often] = OFTEN_CAPTIONED_YET_UNKNOWN
     return {**fitted, "direction": direction, "reason": reason}

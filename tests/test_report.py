@@ -233,6 +233,29 @@ def test_labels_never_overlap_even_when_crowded():
     assert layout()[0] == boxes  # deterministic
 
 
+def test_labels_side_by_side_keep_a_space_between_them():
+    """Two labels 2 px apart on one line read as one name ("pizza snow")."""
+    figure = figures.new_figure(6, 1.2)
+    axis = figure.add_subplot()
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    points = [(x, 0.5) for x in np.linspace(0.05, 0.95, 12)]
+    axis.scatter(*zip(*points, strict=True))
+    figures.freeze_layout(figure)
+    texts = ["pizza", "snow", "teacher", "red", "dog", "cat", "easy-going", "sky", "car", "tie"]
+    texts += ["hat", "bus"]
+    placed = figures.place_labels(axis, points, texts, avoid=points)
+    boxes = [b["box"] for b in figures.drawn_label_boxes(figure, placed["placed"])]
+    assert len(boxes) == 12
+    gaps = [
+        max(b[0] - a[2], a[0] - b[2])
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if min(a[3], b[3]) > max(a[1], b[1])  # on a common line
+    ]
+    assert gaps and min(gaps) >= 0.5 * 8 * figures.DPI / 72 - 0.5  # half an em at 8 points
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -202,9 +202,13 @@ _DIRECTIONS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, 
 _RADII = [6, 12, 20, 30, 42, 56, 72, 90, 110]
 
 
-def _overlap(a: Sequence[float], b: Sequence[float], pad: float = 0.0) -> bool:
+def _overlap(
+    a: Sequence[float], b: Sequence[float], pad: float = 0.0, pad_x: float | None = None
+) -> bool:
+    """Whether boxes ``a`` and ``b`` come closer than ``pad`` (``pad_x`` side by side)."""
+    side = pad if pad_x is None else pad_x
     return not (
-        a[2] + pad <= b[0] or b[2] + pad <= a[0] or a[3] + pad <= b[1] or b[3] + pad <= a[1]
+        a[2] + side <= b[0] or b[2] + side <= a[0] or a[3] + pad <= b[1] or b[3] + pad <= a[1]
     )
 
 
@@ -228,7 +232,8 @@ def place_labels(
 ) -> dict[str, Any]:
     """Label ``points`` (data coordinates) with ``texts``, in the given order, each at the
     nearest free position around its point: inside the axes, clear of every placed label (by
-    2 pixels), preferring spots that cover none of the ``avoid`` points. Deterministic.
+    2 pixels, and side by side by a space's width, so that two labels never read as one name),
+    preferring spots that cover none of the ``avoid`` points. Deterministic.
 
     Returns ``{"placed": [(text, artist)], "unplaced": [text]}``; the caller checks the drawn
     result with :func:`drawn_label_boxes`.
@@ -240,6 +245,7 @@ def place_labels(
     frame = axes.get_window_extent(renderer)
     bounds = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
     pixels_per_point = figure.dpi / 72.0
+    space = 0.5 * fontsize * pixels_per_point  # about a space's width at this size
     data = np.asarray(points, dtype=float).reshape(-1, 2)
     anchors = axes.transData.transform(data)
     obstacles = (
@@ -269,7 +275,7 @@ def place_labels(
                     and box[3] <= bounds[3]
                 ):
                     continue
-                if any(_overlap(box, other, pad=2) for other in taken):
+                if any(_overlap(box, other, pad=2, pad_x=space) for other in taken):
                     continue
                 covered = int(
                     np.sum(

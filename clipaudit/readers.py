@@ -60,6 +60,7 @@ from clipaudit.filesystems import (
 )
 from clipaudit.provenance import file_identity, file_record
 from clipaudit.runs import unit_key
+from clipaudit.text import WIDE_BOMS
 
 CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
 ID_COLUMNS = ("id", "key", "SAMPLE_ID")  # LAION-400M metadata calls it SAMPLE_ID, img2dataset key
@@ -75,14 +76,6 @@ _SAVED_HINT = (
 )
 _TEXT_BLOCK_BYTES = 1 << 22
 _UTF8_BOM = b"\xef\xbb\xbf"
-# byte-order marks of text that is not UTF-8; UTF-32's first: its little-endian one starts with
-# UTF-16's
-_WIDE_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -807,7 +800,7 @@ def _refuse_unreadable_text(path: Path | str, filesystem: Any, where: object) ->
     alone (classic Mac OS)."""
     with _open_binary(path, filesystem) as handle:
         head = handle.read(_TEXT_HEAD_BYTES)
-    for mark, encoding in _WIDE_BOMS:
+    for mark, encoding in WIDE_BOMS:
         if head.startswith(mark):
             raise InputError(f"{where} is {encoding}; re-save it as UTF-8")
     if head.startswith(_GZIP_MAGIC):

@@ -26,7 +26,9 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
         makes: [ferrari]                   # optional: makes that name it with a model (see below)
         together: [[vs], [rugby, nfl]]     # optional: word lists that name it together (see below)
         prompts: [dog]                     # class names zero-shot prompts are built from
-        paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was
+                                           # (defaults to [name]; see clipaudit.zeroshot)
+        paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was: all the
+                                               # 'paper' matching profile counts
         version: 1
 
 ``modifier_of`` lists head nouns before which a concept's word only says what the head object is
@@ -61,8 +63,10 @@ word of every list does ("USC vs Stanford ... football": [[vs, versus], [footbal
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -74,7 +78,7 @@ from typing import Any
 import yaml
 
 from clipaudit.errors import RegistryError, SettingsError, did_you_mean, one_line
-from clipaudit.text import is_prompt_template, normalize
+from clipaudit.text import WIDE_BOMS, is_prompt_template, normalize
 
 DEFAULT_REGISTRY = "cai2025"
 
@@ -153,7 +157,12 @@ class Concept:
 
 @dataclass(frozen=True)
 class Registry:
-    """A validated set of groups and concepts, read from one YAML file."""
+    """A validated set of groups and concepts, read from one YAML file.
+
+    ``sha256`` is what runs record and resume by: the file's, while the registry holds the groups
+    and concepts read from it (or some groups of them, :meth:`select`); one changed in code
+    (``dataclasses.replace``) or built without a file gets a hash of its groups and concepts.
+    """
 
     name: str
     version: str
@@ -163,6 +172,20 @@ class Registry:
     path: Path | None = None
     sha256: str | None = None
     source: str = ""
+    # the groups and concepts read from the file that ``sha256`` hashes
+    _parsed: tuple[tuple[Group, ...], tuple[Concept, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        # a run resumed with a registry edited in code would keep the counts of the file's
+        # concepts under the file's hash: such a registry is identified by what it holds
+        changed = self._parsed is not None and not (
+            _is_selection(self.groups, self._parsed[0])
+            and _is_selection(self.concepts, self._parsed[1])
+        )
+        if self.sha256 is None or changed:
+            object.__setattr__(self, "sha256", _content_sha256(self.groups, self.concepts))
 
     @cached_property
     def _concepts_by_name(self) -> dict[str, Concept]:
@@ -218,6 +241,7 @@ class Registry:
             path=self.path,
             sha256=self.sha256,
             source=self.source,
+            _parsed=self._parsed,
         )
 
     def provenance(self) -> dict[str, Any]:
@@ -256,6 +280,21 @@ class Registry:
     def _find_folded(name: str, table: Mapping[str, Any]) -> Any:
         key = normalize(name)
         return next((v for k, v in table.items() if normalize(k) == key), None)
+
+
+def _is_selection(chosen: tuple[Any, ...], of: tuple[Any, ...]) -> bool:
+    """Whether ``chosen`` is ``of`` with some entries left out, in the same order."""
+    kept = set(chosen)
+    return kept <= set(of) and [item for item in of if item in kept] == list(chosen)
+
+
+def _content_sha256(groups: tuple[Group, ...], concepts: tuple[Concept, ...]) -> str:
+    """A hash of what groups and concepts say (not the lines they were read from)."""
+    content = [
+        [{k: v for k, v in dataclasses.asdict(item).items() if k != "line"} for item in items]
+        for items in (groups, concepts)
+    ]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _check_name(name: Any, kind: str) -> None:
@@ -335,8 +374,11 @@ def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Reg
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        # Windows editors' "Unicode" is UTF-16, whose byte-order mark fails at byte 0: say so
+        wide = next((f" but {name}" for bom, name in WIDE_BOMS if raw.startswith(bom)), "")
         raise RegistryError(
-            f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path
+            f"not UTF-8 text{wide} ({exc.reason} at byte {exc.start}); save it as UTF-8",
+            path=path,
         ) from None
     return parse_registry(text, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
@@ -419,6 +461,18 @@ def _check_block_depth(text: str, path: Path | str) -> None:
                 raise RegistryError(_NESTING, path=path, line=event.start_mark.line + 1)
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
+
+
+_TAB_INDENT = re.compile(r"[ \t-]*\t")  # a tab among a line's indentation and list dashes
+
+
+def _tab_hint(text: str, mark: yaml.Mark | None) -> str:
+    """The fix when the refused line indents with a tab: YAML's own words for it ("found
+    character that cannot start any token" before a "-") do not say that a tab is the problem."""
+    lines = text.splitlines()
+    if mark is None or mark.line >= len(lines) or not _TAB_INDENT.match(lines[mark.line]):
+        return ""
+    return "; the line is indented with a tab, and YAML indents with spaces only: replace the tab"
 
 
 def _merge_key_message(value_node: yaml.Node) -> str:
@@ -544,6 +598,17 @@ class _Checker:
             )
         return value.strip()
 
+    def foldable(self, entry: _LineMap, key: str, what: str, value: str) -> None:
+        """Names are matched to image folders and looked up normalised: one with no letter or
+        digit once normalised would match every such folder and clash with every such name."""
+        if not normalize(value):
+            self.fail(
+                f"{what}: {key!r} {value!r} has no letter or digit once normalised (punctuation "
+                "and non-Latin scripts are dropped), so image folders and lookups could not tell "
+                "it from another such name; write it with Latin letters or digits",
+                entry.key_lines.get(key, entry.line),
+            )
+
     def strings(
         self, entry: _LineMap, key: str, what: str, *, allow_empty: bool = False
     ) -> tuple[str, ...]:
@@ -624,7 +689,7 @@ def parse_registry(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise RegistryError(
-            f"invalid YAML: {exc.problem or exc.context}",
+            f"invalid YAML: {exc.problem or exc.context}{_tab_hint(text, mark)}",
             path=path,
             line=mark.line + 1 if mark else None,
         ) from None
@@ -665,6 +730,7 @@ def parse_registry(
         concepts=concepts,
         path=Path(path) if str(path) != "<string>" else None,
         sha256=sha256,
+        _parsed=(groups, concepts),
     )
 
 
@@ -708,6 +774,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
         entry = check.mapping(raw, "a group", line)
         check.keys(entry, _GROUP_KEYS, _GROUP_REQUIRED, _label("group", entry))
         name = check.string(entry, "name", "a group")
+        check.foldable(entry, "name", "a group", name)
         what = f"group {name!r}"
         clash = groups_by_form.get(_form(name))
         if clash is not None:
@@ -738,6 +805,8 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
             not_after=check.strings(entry, "not_after", what),
             line=entry.line,
         )
+        check.foldable(entry, "label", what, group.label)
+        check.foldable(entry, "category", what, group.category)
         for key, value in (("name", name), ("label", group.label)):
             other = named.setdefault(normalize(value), group)
             if other is not group:  # a lookup by this name or label would find one of the two
@@ -802,6 +871,7 @@ def _parse_concepts(
         entry = check.mapping(raw, "a concept", line)
         check.keys(entry, _CONCEPT_KEYS, _CONCEPT_REQUIRED, _label("concept", entry))
         name = check.string(entry, "name", "a concept")
+        check.foldable(entry, "name", "a concept", name)
         what = f"concept {name!r}"
         clash = concepts_by_form.get(_form(name))
         if clash is not None:

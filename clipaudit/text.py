@@ -76,6 +76,14 @@ def is_prompt_template(template: str) -> bool:
     return fields == [("", "", None)]
 
 
+# byte-order marks of text that is not UTF-8, UTF-32's first: its little-endian one starts with
+# UTF-16's (caption files and registries both name the encoding a file was saved in)
+WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 _STEM_CHARS = 48
 
 

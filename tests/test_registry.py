@@ -569,3 +569,111 @@ def test_text_yaml_reads_as_another_type_gets_the_quoting_hint(tmp_path, old, ne
     with pytest.raises(RegistryError) as info:
         load_registry(write(tmp_path, GOOD.replace("synonyms: [cat]", "synonyms: 5")))
     assert str(info.value).endswith("'synonyms' must be a list of non-empty strings, got 5")
+
+
+def test_show_prints_the_sense_rules_and_templates_a_concept_is_matched_and_asked_with(
+    tmp_path, capsys
+):
+    from clipaudit.cli import main
+
+    text = GOOD.replace(
+        "    category: common\n", "    category: common\n    modifier_of: [bed]\n", 1
+    ).replace(
+        "    negative_contexts: [hot dog]\n",
+        "    negative_contexts: [hot dog]\n    modifier_of: [kennel]\n    not_after: [by]\n"
+        "    makes: [lassie]\n    together: [[vs], [agility]]\n",
+    )
+    text = text.replace("    synonyms: [red]\n", "    synonyms: [red]\n    colourways: [cherry]\n")
+    path = write(tmp_path, text)
+    main(["concepts", "show", "dog", "--registry", str(path)])
+    rows = {
+        cells[0]: cells[1]
+        for line in capsys.readouterr().out.splitlines()
+        if len(cells := [cell.strip() for cell in line.strip("│ ").split("│")]) == 2
+    }
+    assert rows["modifier of (group)"] == "bed" and rows["modifier of"] == "kennel"
+    assert rows["not after"] == "by" and rows["makes"] == "lassie"
+    assert rows["together"] == "[vs] + [agility]"
+    assert "not after (group)" not in rows and "templates (group)" not in rows
+    main(["concepts", "show", "red", "--registry", str(path)])
+    shown = capsys.readouterr().out
+    assert "colourways" in shown and "cherry" in shown
+    assert "templates (group)" in shown and "a {} object." in shown
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("  - name: cat\n", "\t- name: cat\n"),  # YAML says "cannot start any token"
+        ("    gloss: a cat\n", "\tgloss: a cat\n"),
+        ("    synonyms: [cat]\n", "    synonyms:\n\t- cat\n"),
+    ],
+)
+def test_a_line_indented_with_a_tab_is_named_as_such(tmp_path, old, new):
+    text = GOOD.replace(old, new, 1)
+    line = text.splitlines().index(next(ln for ln in new.splitlines() if "\t" in ln)) + 1
+    with pytest.raises(RegistryError, match="indented with a tab") as info:
+        load_registry(write(tmp_path, text))
+    assert info.value.line == line
+    assert str(info.value).count("invalid YAML") == 1
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    path = tmp_path / "reg.yaml"
+    path.write_text(textwrap.dedent(GOOD), encoding="utf-16")  # what Notepad's "Unicode" saves
+    with pytest.raises(RegistryError, match=r"not UTF-8 text but UTF-16 .*; save it as UTF-8"):
+        load_registry(path)
+
+
+def test_a_registry_changed_in_code_is_no_longer_identified_by_its_file(tmp_path):
+    import dataclasses
+
+    from clipaudit import count_coverage
+    from clipaudit.errors import RunFolderError
+
+    path = write(tmp_path, GOOD)
+    reg = load_registry(path)
+    file_sha = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert reg.sha256 == file_sha
+    # a selection, or another description, still holds what the file says
+    assert reg.select(["Color"]).sha256 == file_sha
+    assert dataclasses.replace(reg, description="mine").sha256 == file_sha
+    cat = reg.concept("cat")
+    kitty = dataclasses.replace(cat, synonyms=("cat", "kitty"))
+    edited = dataclasses.replace(
+        reg, concepts=tuple(kitty if c is cat else c for c in reg.concepts)
+    )
+    assert edited.sha256 != file_sha
+    assert edited.select(["Animal"]).sha256 != file_sha
+    # two registries built without a file are told apart by what they hold
+    bare = {field: getattr(reg, field) for field in ("name", "version", "description", "groups")}
+    assert registry_module.Registry(**bare, concepts=reg.concepts).sha256 not in {
+        None,
+        registry_module.Registry(**bare, concepts=edited.concepts).sha256,
+    }
+    # so a run counted with the file's concepts is not resumed with the edited ones
+    captions = ["a kitty on a mat", "a cat"]
+    first = count_coverage(captions, registry=reg, out=tmp_path / "run")
+    assert first.concepts.set_index("concept")["count"]["cat"] == 1
+    with pytest.raises(RunFolderError, match=r"registry\.sha256"):
+        count_coverage(captions, registry=edited, out=tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [  # "寿司" and "ラーメン" both normalise to "": lookups and image folders found either for both
+        ("  - name: cat\n", "  - name: 寿司\n", 15, r"a concept: 'name' '寿司' has no letter or digit"),
+        ("  - name: cat\n", "  - name: '???'\n", 15, r"'name' '\?\?\?' has no letter or digit"),
+        ("    category: common\n", "    category: common\n    label: '★'\n", 6,
+         r"group 'Animal': 'label' '★' has no letter or digit"),
+        ("    category: common\n", "    category: 'ümlaut'\n  # c\n", 5, None),  # Latin: works
+    ],
+)  # fmt: skip
+def test_a_name_of_no_letter_or_digit_once_normalised_is_refused(tmp_path, old, new, line, message):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    if message is None:
+        assert load_registry(path).group("Animal").category == "ümlaut"
+        return
+    with pytest.raises(RegistryError, match=message) as info:
+        load_registry(path)
+    assert info.value.line == line

@@ -41,13 +41,14 @@ def list_(
 def show(
     name: str = typer.Argument(..., help="Concept name."), registry: str = RegistryOption
 ) -> None:
-    """Show one concept: its gloss, synonyms, negative contexts and prompts."""
+    """Show one concept: its gloss, synonyms, negative contexts, prompts and sense rules."""
     reg = load_registry(registry)
     concept = reg.concept(name)
     group = reg.group(concept.group)
     table = Table(
         show_header=False,
-        title=f"{concept.name} ({group.category} / {group.name}, v{concept.version})",
+        title=f"{concept.name} ({group.category} / {group.name}"
+        f"{', sensitive' if group.sensitive else ''}, v{concept.version})",
     )
     table.add_column(style="bold")
     table.add_column()
@@ -55,7 +56,20 @@ def show(
     table.add_row("synonyms", ", ".join(concept.synonyms))
     table.add_row("negative contexts", ", ".join(concept.negative_contexts) or "-")
     table.add_row("prompts", ", ".join(concept.prompts))
+    if group.templates:
+        table.add_row("templates (group)", " | ".join(group.templates))
     table.add_row("paper synonyms", ", ".join(concept.paper_synonyms) or "(none)")
+    # the sense rules change what counts as a mention: shown when set, the group's marked so
+    # (they apply to every concept of the group)
+    for key, label in (("modifier_of", "modifier of"), ("not_after", "not after")):
+        for owner, items in (("group", getattr(group, key)), ("", getattr(concept, key))):
+            if items:
+                table.add_row(f"{label} ({owner})" if owner else label, ", ".join(items))
+    for key in ("colourways", "makes"):
+        if getattr(concept, key):
+            table.add_row(key, ", ".join(getattr(concept, key)))
+    if concept.together:
+        table.add_row("together", " + ".join(f"[{', '.join(w)}]" for w in concept.together))
     console.print(table)
 
 

@@ -669,6 +669,8 @@ def _run_settings(
         "registry": {"name": registry.name, "sha256": registry.sha256},
         "versions": versions,
     }
+    if registry.selected_groups is not None:  # some groups of the file: its hash alone says all
+        record["registry"]["groups"] = list(registry.selected_groups)
     if semantic is not None:
         record["semantic"] = semantic.run_settings()
     return record

@@ -244,6 +244,14 @@ class Registry:
             _parsed=self._parsed,
         )
 
+    @property
+    def selected_groups(self) -> tuple[str, ...] | None:
+        """The groups :meth:`select` kept, which the file's hash does not say; None when the
+        registry holds every group it was read with."""
+        if self._parsed is None or len(self.groups) == len(self._parsed[0]):
+            return None
+        return tuple(g.name for g in self.groups)
+
     def provenance(self) -> dict[str, Any]:
         """What an output records about the registry it used."""
         return {

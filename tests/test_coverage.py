@@ -1014,3 +1014,17 @@ def test_a_complete_run_damaged_by_hand_is_made_whole_again(tiny, zoo, tmp_path,
     assert not again.reused and again.manifest["timings"]["shards_this_session"] == counted
     assert_same_outputs(out, tmp_path / "clean")
     assert run([zoo], tiny, out, per_caption=True, shard_rows=3).reused
+
+
+def test_a_run_of_some_groups_is_not_resumed_with_others(tiny, tmp_path):
+    """``registry.select`` keeps the file's hash (zero-shot and the report join by it): a run of
+    the Animal concepts resumed with the Color ones returned the Animal counts."""
+    registry = load_registry(tiny)
+    texts = ["a red dog", "a cat"]
+    out = tmp_path / "run"
+    animals = count_coverage(texts=texts, registry=registry.select(["Animal"]), out=out)
+    assert animals.concepts.set_index("concept")["count"].to_dict() == {"dog": 1, "cat": 1}
+    with pytest.raises(RunFolderError, match=r"registry\.groups"):
+        count_coverage(texts=texts, registry=registry.select(["Color"]), out=out)
+    whole = count_coverage(texts=texts, registry=registry, out=tmp_path / "whole")
+    assert "groups" not in whole.manifest["settings"]["registry"]  # the file's hash says it all

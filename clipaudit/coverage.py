@@ -965,8 +965,16 @@ class _Dispatch:
         with _Progress(counter, total_rows, total_shards, settings.progress) as progress:
             try:
                 self._run(executor, items, progress)
-            finally:
-                executor.shutdown(wait=False, cancel_futures=True)
+            except KeyboardInterrupt:
+                executor.shutdown(wait=False, cancel_futures=True)  # Ctrl-C stops at once
+                raise
+            except BaseException:
+                executor.shutdown(wait=True, cancel_futures=True)
+                raise
+            # waited for: a worker still starting when the run ends (its shards all done by the
+            # other) would find the pool's semaphores gone with this process, and print
+            # multiprocessing's traceback after the run's results
+            executor.shutdown(wait=True)
         self.seconds = time.perf_counter() - clock
         self.workers = workers
 

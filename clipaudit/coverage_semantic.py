@@ -727,10 +727,17 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
         raise InputError(
             f"{run} has no caption index yet; build it with clipaudit coverage index {run}"
         )
-    index = CaptionIndex.load(folder, store)
-    if list(index.keys) != keys:  # the run was counted again over other inputs since
+    try:  # read before loading: the store keeps no units of work the run pruned since
+        recorded = json.loads((folder / "index.json").read_text(encoding="utf-8")).get("keys")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        recorded = None  # CaptionIndex.load says what is wrong with it
+    index = None
+    if not isinstance(recorded, list) or recorded == keys:
+        index = CaptionIndex.load(folder, store)
+        recorded = index.keys
+    if index is None or list(recorded) != keys:  # counted again over other inputs since
         raise InputError(
-            f"{folder} indexes {index.n:,} captions of an earlier state of the run (its inputs "
+            f"{folder} indexes the captions of an earlier state of the run (its inputs "
             f"changed since); rebuild it with clipaudit coverage index {run}"
         )
     semantic = manifest["semantic"]

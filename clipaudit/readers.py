@@ -1176,6 +1176,11 @@ def _open_stream(name: str, config: str | None, split: str) -> Any:
     try:
         return datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:  # the hub client raises many types; all mean "cannot open this"
+        if (Path(name) / "state.json").is_file():  # load_dataset reads no save_to_disk folder
+            raise InputError(
+                f"{HF_PREFIX}{name}: a dataset folder saved by datasets' save_to_disk is read "
+                f"without {HF_PREFIX!r}; name the folder itself: {name}"
+            ) from None
         raise InputError(
             f"cannot open Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
             f"{one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split; --caption-split in clipaudit audit) and the "

@@ -731,6 +731,31 @@ def test_index_and_query_count_what_numpy_counts(
         index_run(moved, IndexSettings(kind="ivfpq"))
 
 
+def test_query_of_a_run_whose_inputs_changed_says_to_rebuild_the_index(
+    tiny, corpus, encoder_spec, planted, tmp_path
+):
+    """An input rewritten since the index was built: the run's own store no longer holds the
+    units of work the index was built on (pruned), and the query says to rebuild the index (not
+    that the run's store is another one)."""
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    changed = tmp_path / "animals.parquet"
+    table = pq.read_table(corpus)
+    pq.write_table(table, changed, row_group_size=20)
+    run = tmp_path / "run"
+    semantic_run(changed, tiny, run, encoder_spec, planted["path"], method="semantic")
+    index_run(run)
+    captions = table.column("caption").to_pylist()
+    captions[3] = "an origami fox"
+    pq.write_table(table.set_column(1, "caption", pa.array(captions, pa.string())), changed,
+                   row_group_size=20)  # fmt: skip
+    semantic_run(changed, tiny, run, encoder_spec, planted["path"], method="semantic")
+    with pytest.raises(InputError, match=r"earlier state of the run.*coverage index"):
+        query_run(run, "a fox", threshold=0.5)
+    assert index_run(run).n == len(planted["captions"])
+    assert query_run(run, "a fox", threshold=-1.0, k=0).count == len(planted["captions"])
+
+
 def test_the_report_reads_a_both_run_and_a_checked_run(audit_runs, tiny_files, tmp_path):
     from clipaudit.report import build_report
 

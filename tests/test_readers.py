@@ -224,6 +224,21 @@ def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
     assert changed[0] == keys[0] and changed[1] != keys[1] and changed[2] == keys[2]
 
 
+def test_hf_prefix_on_a_saved_dataset_folder_says_to_name_the_folder(tmp_path, monkeypatch):
+    """datasets.load_dataset refuses a save_to_disk folder ("use load_from_disk"): the error says
+    to name the folder without hf:, which reads it (not to check the network)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"caption": ["a dog", "a cat"], "id": [1, 2]}).save_to_disk(
+        str(saved)
+    )
+    with pytest.raises(InputError, match=r"read without 'hf:'; name the folder itself") as err:
+        read_all([f"hf:{saved}"])
+    assert "network" not in str(err.value)
+    assert read_all([saved])[1:3] == (["a dog", "a cat"], [1, 2])  # as the message says
+
+
 def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
     tmp_path, monkeypatch
 ):

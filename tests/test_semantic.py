@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clipaudit.errors import InputError, ModelError, RunFolderError, SettingsError
@@ -1089,6 +1091,31 @@ def test_ivfpq_rescores_the_captions_of_its_own_keys_in_their_order(tmp_path):
     np.testing.assert_allclose([g["score"] for g in got.nearest], exact[best], atol=1e-4)
 
 
+def test_ivfpq_counts_a_broad_query_beyond_what_its_nprobe_lists_hold(tmp_path):
+    """With the default settings (512 lists, 32 probed), a query whose captions spread over many
+    lists counts them all: the lists that can hold a caption at the threshold are searched, not
+    only the nprobe nearest (which held 1,904 of 6,339 such captions on 100,000)."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+
+    store, centres = clustered_store(tmp_path, n=20_000)
+    vectors = np.concatenate([b.vectors for b in store.iter_batches()])
+    CaptionIndex.build(store, IndexSettings(kind="ivfpq"), folder=tmp_path / "idx")
+    index = CaptionIndex.load(tmp_path / "idx")
+    assert index.index.nlist == 512 and index.settings.nprobe == 32
+    query = centres[:10].sum(axis=0)
+    query = (query / np.linalg.norm(query)).astype(np.float32)
+    exact = vectors @ query
+    _, near = index.index.quantizer.search(query[None, :], 32)  # the nprobe nearest lists
+    held = sum(index.index.invlists.list_size(int(i)) for i in near[0])
+    for threshold in (0.0, 0.1, 0.2):
+        truth = int((exact >= threshold).sum())
+        assert truth > held  # more hits than the nprobe nearest lists hold
+        got = index.query(query, threshold, k=3)
+        assert abs(got.count - truth) <= 0.02 * truth, (threshold, got.count, truth)
+        best = np.argsort(-exact, kind="stable")[:3]
+        assert [g["id"] for g in got.nearest] == best.tolist()
+
+
 def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
     from clipaudit.semantic.index import CaptionIndex, IndexSettings
     from clipaudit.semantic.store import EmbeddingStore, embed_texts
@@ -1118,6 +1145,16 @@ def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
         "captions.parquet",
         "index.json",
     ]  # a flat index is refilled from the store: no vectors of its own, no FAISS file
+    # captions.parquet cut, or of other captions: refused with the fix, not pyarrow's error
+    captions_file = tmp_path / "idx" / "captions.parquet"
+    whole = captions_file.read_bytes()
+    fewer = tmp_path / "fewer.parquet"
+    pq.write_table(pa.table({"caption": texts[:5]}), fewer)
+    for damaged in (whole[: len(whole) // 2], fewer.read_bytes()):
+        captions_file.write_bytes(damaged)
+        with pytest.raises(InputError, match=r"captions\.parquet: not the index's captions"):
+            CaptionIndex.load(tmp_path / "idx").query("origami", threshold, k=3,
+                                                      encoder=tiny_encoder)  # fmt: skip
     with pytest.raises(SettingsError, match="unknown index kind"):
         IndexSettings(kind="hnsw")
     with pytest.raises(SettingsError, match="rescore must be True or False, got 'no'"):
@@ -1164,6 +1201,7 @@ def test_ivfpq_index_reloads_from_checked_arrays_and_refuses_crafted_ones(tmp_pa
         ({"list_codes": codes}, r"list_codes is uint8 \(20000, 4\), expected uint8 \(20000, 8\)"),
         ({"pq_centroids": np.full_like(original["pq_centroids"], np.nan)}, "not all finite"),
         ({"list_ids": np.array([{"a": 1}] * 20_000, dtype=object)}, "not a readable"),
+        ({"list_radii": np.full_like(original["list_radii"], -1.0)}, "radii are not all"),
     ]:
         save(**changes)
         with pytest.raises(InputError, match=message):
@@ -1263,6 +1301,12 @@ def test_a_query_vector_is_scaled_to_unit_length_and_a_bad_one_is_refused(tmp_pa
     ]:
         with pytest.raises(InputError, match=message):
             index.query(bad, threshold)
+    # k beyond the index: every caption, nearest first (FAISS is not asked for 4e12 results)
+    everything = index.query(query, threshold, k=10**12)
+    assert everything.count == 12 and len(everything.nearest) == 200
+    assert [n["score"] for n in everything.nearest] == [
+        round(float(s), 4) for s in np.sort(scores)[::-1]
+    ]
 
 
 def test_laion_float64_embeddings_are_read_and_nan_rows_refused(tmp_path):

@@ -13,11 +13,19 @@ Two kinds (:class:`IndexSettings`):
   threshold for candidates, and the candidates are scored exactly from the float16 embedding store
   (memory-mapped) before counting. ``margin`` is estimated when the index is built: the 99.9th
   percentile of (exact - PQ) score among each sample query's nearest sample vectors, times 1.5.
-  Hits in lists that are not probed, or whose PQ score is more than ``margin`` too low, are missed.
+  A range search is not held to the ``nprobe`` nearest lists, which would cap a broad query's
+  count: it probes lists nearest first, ``nprobe`` at a time, until a batch of lists holds no
+  caption within reach, and never one that cannot hold any (a unit query scores a caption of list
+  j at most cos(query, centroid j) plus the list's radius, its captions' largest distance to the
+  centroid, measured when the index is built). A narrow query stops after one or two batches;
+  a broad one scans as far as its captions go. ``nprobe`` lists are searched for the nearest
+  captions. Hits whose PQ score is more than ``margin`` too low, or that lie beyond a batch of
+  lists without any, are missed.
 
 The index folder holds ``index.json`` (kind, settings, encoder identity, the store it indexes and
 its units of work in corpus order) and, for ``ivfpq``, ``ivfpq.npz``: the trained index
-as plain arrays (coarse centroids, PQ codebooks, and each list's caption positions and codes),
+as plain arrays (coarse centroids, PQ codebooks, each list's caption positions and codes and
+its radius),
 with its sha256 in ``index.json``. FAISS's own index files are never read: a run folder may come
 from anyone, and its arrays are loaded without pickles, checked against each other (shapes,
 dtypes, finite values, every position once) and handed to FAISS through its API. A flat index
@@ -52,12 +60,17 @@ from clipaudit.semantic.store import EmbeddingStore
 
 INDEX_KINDS = ("auto", "flat", "ivfpq")
 INDEX_FORMAT = "clipaudit-caption-index"
-INDEX_VERSION = 2  # 1 kept FAISS's own index file, which a run folder from anyone should not feed
+# 1 kept FAISS's own index file, which a run folder from anyone should not feed; 2 had no list
+# radii, and its range search probed nprobe lists only (a broad query's count capped by them)
+INDEX_VERSION = 3
 IVFPQ_ARRAYS = "ivfpq.npz"
 _IVFPQ_NAMES = (
     *("coarse_centroids", "pq_centroids", "list_sizes", "list_ids", "list_codes"),
     "blank_positions",
+    "list_radii",
 )
+# float32 sums of the centroid score and the radius: a list within this of the threshold is probed
+_BOUND_SLACK = 1e-4
 
 
 def check_query(query: Any, threshold: Any, k: Any) -> None:
@@ -168,6 +181,7 @@ class CaptionIndex:
         keys: list[str],
         captions_path: Path | None = None,
         blank: np.ndarray | None = None,
+        radii: np.ndarray | None = None,
     ):
         self.index = index
         self.store = store
@@ -182,6 +196,13 @@ class CaptionIndex:
         self.n = int(index.ntotal)
         if kind == "ivfpq":
             index.nprobe = settings.nprobe
+            if radii is None:
+                raise SettingsError("an IVF-PQ index needs the radius of each of its lists")
+            self.radii = radii
+            self.centroids = index.quantizer.reconstruct_n(0, index.nlist)
+            self.sizes = np.array(
+                [index.invlists.list_size(i) for i in range(index.nlist)], dtype=np.int64
+            )
 
     @property
     def encoder(self) -> dict[str, Any]:
@@ -253,7 +274,8 @@ class CaptionIndex:
                 else _estimate_margin(index, sample_vectors, rng)
             )
         blank = _add_vectors(index, store, keys)
-        built = cls(index, store, settings, kind, table, margin, keys, blank=blank)
+        radii = _list_radii(index, store, keys) if kind == "ivfpq" else None
+        built = cls(index, store, settings, kind, table, margin, keys, blank=blank, radii=radii)
         if folder is not None:
             built.save(folder, captions=captions)
         elif captions is not None:
@@ -275,7 +297,12 @@ class CaptionIndex:
         arrays_sha256 = None
         if self.kind == "ivfpq":
             buffer = io.BytesIO()
-            np.savez(buffer, **_ivfpq_arrays(self.index), blank_positions=self.blank)
+            np.savez(
+                buffer,
+                **_ivfpq_arrays(self.index),
+                blank_positions=self.blank,
+                list_radii=self.radii,
+            )
             atomic_write_bytes(folder / IVFPQ_ARRAYS, buffer.getvalue())
             arrays_sha256 = sha256_file(folder / IVFPQ_ARRAYS)
         write_json(
@@ -363,6 +390,7 @@ class CaptionIndex:
             raise InputError(
                 f"{folder}/index.json: margin {margin!r}, expected a cosine gap in [0, 2]"
             )
+        radii = None
         if kind == "flat":
             index, blank = _flat_index(store, keys)
         else:
@@ -372,11 +400,11 @@ class CaptionIndex:
                     f"{arrays}: missing, or its checksum differs from index.json's (a partial or "
                     "altered file); build the index again"
                 )
-            index, blank = _ivfpq_index(arrays, store.dim, n, settings.nbits)
+            index, blank, radii = _ivfpq_index(arrays, store.dim, n, settings.nbits)
         captions = folder / "captions.parquet"
         return cls(
             index, store, settings, kind, parts, margin, keys,
-            captions if meta.get("captions") and captions.is_file() else None, blank,
+            captions if meta.get("captions") and captions.is_file() else None, blank, radii,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- querying
@@ -415,10 +443,15 @@ class CaptionIndex:
         exact = self.kind == "flat" or self.settings.rescore
         reach = threshold - (self.margin if self.kind == "ivfpq" and exact else 0.0)
         radius = float(np.nextafter(np.float32(reach), np.float32(-np.inf)))
-        _, found_scores, found = self.index.range_search(vector, radius)
+        if self.kind == "ivfpq":
+            found_scores, found = self._range_search_lists(vector, radius, threshold)
+        else:
+            _, found_scores, found = self.index.range_search(vector, radius)
         candidates = dict(zip(found.tolist(), found_scores.tolist(), strict=True))
-        if k:
-            near_scores, near = self.index.search(vector, k * self.settings.k_factor)
+        # never more than the index holds: FAISS allocates k results however few there are
+        wanted = min(k * self.settings.k_factor, self.n)
+        if wanted:
+            near_scores, near = self.index.search(vector, wanted)
             for position, score in zip(near[0].tolist(), near_scores[0].tolist(), strict=True):
                 if position >= 0:
                     candidates.setdefault(position, score)
@@ -442,6 +475,36 @@ class CaptionIndex:
             label, threshold, count, nearest, time.perf_counter() - clock, method, n_candidates
         )
 
+    def _range_search_lists(
+        self, vector: np.ndarray, radius: float, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-PQ range search (see the module docstring): of the lists that can hold a caption
+        at ``threshold``, the nearest first, ``nprobe`` at a time, until a batch of lists holds
+        no caption within ``radius``; the ``nprobe`` nearest lists alone would cap a broad
+        query's count, and every list that can hold one (the radii of high-dimensional lists
+        are wide) would scan the whole index for a narrow query."""
+        centroid_scores = self.centroids @ vector[0]
+        possible = np.flatnonzero(
+            (centroid_scores + self.radii >= threshold - _BOUND_SLACK) & (self.sizes > 0)
+        )
+        order = possible[np.argsort(-centroid_scores[possible], kind="stable")]
+        step = max(1, self.settings.nprobe)
+        scores, found = [np.zeros(0, dtype=np.float32)], [np.zeros(0, dtype=np.int64)]
+        for start in range(0, len(order), step):
+            lists = order[start : start + step]
+            self.index.nprobe = len(lists)  # FAISS takes as many preassigned lists as it probes
+            try:
+                _, batch_scores, batch_found = self.index.range_search_preassigned(
+                    vector, radius, lists[None, :], centroid_scores[lists][None, :]
+                )
+            finally:
+                self.index.nprobe = self.settings.nprobe
+            scores.append(batch_scores)
+            found.append(batch_found)
+            if not len(batch_found):  # a whole ring of lists without one: none further out
+                break
+        return np.concatenate(scores), np.concatenate(found)
+
     def _describe(self, positions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         ids = self._ids(positions)
         captions = self._captions(positions)
@@ -461,19 +524,28 @@ class CaptionIndex:
     def _captions(self, positions: np.ndarray) -> list[str | None]:
         if self.captions_path is None or not len(positions):
             return [None] * len(positions)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with pq.ParquetFile(self.captions_path) as handle:
-            size = handle.metadata.row_group(0).num_rows
-            out: list[str | None] = []
-            cache: dict[int, list[str]] = {}
-            for position in positions.tolist():
-                group = position // size
-                if group not in cache:
-                    cache[group] = (
-                        handle.read_row_group(group, columns=["caption"]).column(0).to_pylist()
-                    )
-                out.append(cache[group][position - group * size])
+        try:  # a damaged or altered file (no checksum guards it) is refused, not a traceback
+            with pq.ParquetFile(self.captions_path) as handle:
+                size = handle.metadata.row_group(0).num_rows
+                if handle.metadata.num_rows != self.n:
+                    raise IndexError(f"{handle.metadata.num_rows} captions for {self.n}")
+                out: list[str | None] = []
+                cache: dict[int, list[str]] = {}
+                for position in positions.tolist():
+                    group = position // size
+                    if group not in cache:
+                        cache[group] = (
+                            handle.read_row_group(group, columns=["caption"]).column(0).to_pylist()
+                        )
+                    out.append(cache[group][position - group * size])
+        except (OSError, IndexError, KeyError, pa.ArrowException) as exc:
+            raise InputError(
+                f"{self.captions_path}: not the index's captions ({' '.join(str(exc).split())[:160]}); "
+                "build the index again"
+            ) from None
         return out
 
 
@@ -547,9 +619,9 @@ def _ivfpq_arrays(index: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndarray]:
+def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndarray, np.ndarray]:
     """The ``IndexIVFPQ`` of :func:`_ivfpq_arrays`'s arrays, each checked before FAISS gets it,
-    and the positions of blank captions."""
+    the positions of blank captions and the radius of each list."""
     import faiss
 
     def refuse(what: str) -> InputError:
@@ -560,7 +632,7 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndar
             arrays = {name: archive[name] for name in _IVFPQ_NAMES}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise refuse(f"not a readable IVF-PQ array file ({exc})") from None
-    coarse, codebooks, sizes, ids, codes, blank = (arrays[name] for name in _IVFPQ_NAMES)
+    coarse, codebooks, sizes, ids, codes, blank, radii = (arrays[name] for name in _IVFPQ_NAMES)
     nlist = len(coarse) if coarse.ndim else 0
     m = codebooks.shape[0] if codebooks.ndim == 3 else 0
     if nlist < 1 or m < 1 or dim % m:
@@ -574,6 +646,7 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndar
         "list_sizes": (np.int64, (nlist,)),
         "list_ids": (np.int64, (n,)),
         "list_codes": (np.uint8, (n, (m * nbits + 7) // 8)),
+        "list_radii": (np.float32, (nlist,)),
     }
     for name, (dtype, shape) in expected.items():
         got = arrays[name]
@@ -581,6 +654,8 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndar
             raise refuse(f"{name} is {got.dtype} {got.shape}, expected {np.dtype(dtype)} {shape}")
     if not (np.isfinite(coarse).all() and np.isfinite(codebooks).all()):
         raise refuse("its centroids are not all finite")
+    if not (np.isfinite(radii).all() and (radii >= 0).all()):  # a list left out of every search
+        raise refuse("its list radii are not all finite distances >= 0")
     if (sizes < 0).any() or int(sizes.sum()) != n:
         raise refuse(f"its list sizes sum to {int(sizes.sum())}, expected {n} captions")
     if n and (ids.min() < 0 or ids.max() >= n or np.bincount(ids, minlength=n).max() != 1):
@@ -599,7 +674,24 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndar
             i, int(sizes[i]), faiss.swig_ptr(ids[rows]), faiss.swig_ptr(codes[rows])
         )
     index.ntotal = n
-    return index, blank
+    return index, blank, radii
+
+
+def _list_radii(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> np.ndarray:
+    """Each list's radius: the largest distance of its captions' vectors (as added) to its
+    centroid, from FAISS's own assignment of every caption position to a list."""
+    arrays = _ivfpq_arrays(index)
+    centroids = arrays["coarse_centroids"]
+    list_of = np.empty(int(index.ntotal), dtype=np.int64)
+    list_of[arrays["list_ids"]] = np.repeat(np.arange(index.nlist), arrays["list_sizes"])
+    radii = np.zeros(index.nlist, dtype=np.float32)
+    start = 0
+    for batch in store.iter_batches(keys):
+        lists = list_of[start : start + len(batch.vectors)]
+        distances = np.linalg.norm(batch.vectors - centroids[lists], axis=1)
+        np.maximum.at(radii, lists, distances.astype(np.float32))
+        start += len(batch.vectors)
+    return radii
 
 
 def _locations(parts: np.ndarray, positions: np.ndarray) -> np.ndarray:

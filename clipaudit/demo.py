@@ -130,6 +130,10 @@ def run_demo(
             model = train_world_model(world.world, out / "model", settings.train, progress=bar)
         train_s = time.perf_counter() - clock
 
+        if _recorded_elsewhere(out, world.world.eval_path):
+            # the demo was moved or copied: its zero-shot stage names the old folder's pictures,
+            # and would refuse this one's; the stages are the demo's own (seconds), so redone
+            folder.overwrite = True
         audit = run_audit_stages(
             folder,
             world.world.captions_path,
@@ -162,6 +166,19 @@ def run_demo(
         return audit
 
 
+def _recorded_elsewhere(out: Path, eval_path: Path) -> bool:
+    """Whether the zero-shot run in ``out/zeroshot`` (the demo's stage, or its sweep's) recorded
+    held-out pictures other than ``eval_path``, the demo's own."""
+    import json
+
+    try:
+        manifest = json.loads((out / "zeroshot" / "manifest.json").read_text(encoding="utf-8"))
+        recorded = manifest["settings"]["images"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):  # none, or not readable
+        return False
+    return isinstance(recorded, str) and Path(recorded) != eval_path
+
+
 class _StepBar:
     """A progress bar fed by the trainer's ``(step, steps, loss)`` reports."""
 
@@ -173,7 +190,7 @@ class _StepBar:
     def __enter__(self) -> _StepBar:
         return self
 
-    def __call__(self, step: int, steps: int, loss: float) -> None:
+    def __call__(self, step: int, steps: int, loss: float, **postfix: str) -> None:
         if not self.enabled:
             return
         if self.bar is None:
@@ -181,7 +198,7 @@ class _StepBar:
 
             self.bar = tqdm(total=steps, desc=self.description, unit="step")
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        self.bar.set_postfix(**postfix, loss=f"{loss:.3f}", refresh=False)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
@@ -305,6 +322,13 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
     from clipaudit.zeroshot import run_zeroshot
 
     group, kind = settings.sweep, settings.sweep_kind
+    # one bar over every rate's steps (each model's steps restart at 1), naming the rate
+    values = sweep_rate_values(settings.sweep_rates, kind)
+
+    def report(rate: float, step: int, steps: int, loss: float) -> None:
+        done = values.index(rate) * steps + step
+        bar(done, steps * len(values), loss, rate=f"{rate:g}")
+
     with _StepBar("sweep training", progress) as bar:
         sweep = sweep_rates(
             settings.world,
@@ -313,7 +337,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
             out,
             settings.train,
             kind=kind,
-            progress=lambda rate, step, steps, loss: bar(step, steps, loss),
+            progress=report,
         )
     specs = [ModelSpec(str(p.model.config), str(p.model.checkpoint)) for p in sweep.points]
     aware = run_zeroshot(
@@ -326,6 +350,8 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
         workers=0,
         device=settings.train.device,
         progress=False,
+        # a moved or copied demo: the old folder's pictures recorded there, as in run_demo
+        overwrite=_recorded_elsewhere(out, sweep.pictures.eval_path),
     )
     scores = aware.groups.set_index("model")
     rows = []

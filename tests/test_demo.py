@@ -4,6 +4,8 @@ same stages a LAION audit uses; the paper's finding asserted on a small seeded w
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,6 +75,49 @@ def test_the_printed_table_names_every_group_whole_in_80_columns(tiny_demo, monk
         assert f"│ {group} " in printed, group
 
 
+def test_the_printed_table_shows_a_small_chosen_rate_not_zero(tiny_demo, monkeypatch, capsys):
+    """A chosen rate of 0.005 was printed "0%", as for a group never mentioned."""
+    import copy
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from clipaudit.cli import demo as cli_demo
+
+    manifest = copy.deepcopy(tiny_demo.manifest)
+    rows = {row["group"]: row for row in manifest["groups"]}
+    rows["Size"]["chosen_selection"] = 0.005
+    rows["Background"]["chosen_perturbation"] = 0.125
+    monkeypatch.setattr(cli_demo, "console", Console(width=80, markup=False, emoji=False))
+    cli_demo._print(SimpleNamespace(manifest=manifest, out=tiny_demo.out))
+    cells = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:]]
+        for line in capsys.readouterr().out.splitlines()
+        if "│" in line
+    }
+    assert cells["Size"][0] == "0.5%" and cells["Position"][0] == "0%"
+    assert cells["Background"][1] == "12.5%" and cells["Color"][1] == "0%"
+
+
+def test_a_moved_demo_runs_again_with_the_same_results(tiny_demo, tmp_path):
+    """Its zero-shot stage recorded the old folder's held-out pictures and refused the new ones
+    ("run the same command to resume it"), though the command was the same."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_demo.out, moved)
+    again = quiet(moved)
+    assert (moved / "groups.csv").read_bytes() == (tiny_demo.out / "groups.csv").read_bytes()
+    assert (moved / "model" / "miniworld-clip.safetensors").read_bytes() == (
+        tiny_demo.out / "model" / "miniworld-clip.safetensors"
+    ).read_bytes()
+    recorded = json.loads((moved / "zeroshot" / "manifest.json").read_text())["settings"]
+    assert Path(recorded["images"]) == (moved / "world" / "eval").resolve()
+    assert again.manifest["status"] == "complete"
+    # the original is left as it was, and still reused whole
+    assert quiet(tiny_demo.out).zeroshot.reused
+
+
 def test_a_demo_of_other_options_is_refused_and_nothing_is_touched(tiny_demo):
     out = tiny_demo.out
     captions = (out / "world" / "captions.parquet").read_bytes()
@@ -130,15 +175,32 @@ def test_spearman_across_groups_matches_scipy():
     assert spearman(table.head(2)) is None
 
 
-def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path):
+def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path, capsys):
     settings = DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=(0, 1))
-    result = quiet(tmp_path / "run", settings)
+    result = run_demo(tmp_path / "run", settings, echo=lambda _: None)
+    # one progress bar over both models' steps, naming the rate (it restarted at each model)
+    bar = [
+        part
+        for part in re.split(r"[\r\n]", capsys.readouterr().err)
+        if part.startswith("sweep training")
+    ]
+    counts = [tuple(map(int, m.groups())) for m in map(re.compile(r"(\d+)/(\d+) \[").search, bar)]
+    assert {total for _, total in counts} == {2 * TINY.train.steps}
+    assert [done for done, _ in counts] == sorted(done for done, _ in counts)
+    assert counts[-1][0] == 2 * TINY.train.steps
+    assert re.search(r"\brate=1\b", bar[-1])
     table = pd.read_csv(tmp_path / "run" / "sweep" / "dose_response.csv")
     assert table["rate"].tolist() == [0, 1]
     assert table["coverage"].tolist() == [0.0, 1.0]
     assert table["chance"].tolist() == [pytest.approx(1 / 3)] * 2
     assert (tmp_path / "run" / "sweep" / "dose_response.png").stat().st_size > 1000
     assert [row["rate"] for row in result.manifest["sweep"]] == [0, 1]
+    # moved, it runs again (its sweep's zero-shot run recorded the old folder's pictures)
+    import shutil
+
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    again = quiet(tmp_path / "moved", settings)
+    assert again.manifest["sweep"] == result.manifest["sweep"]
 
 
 # The finding, on a world small enough for a test: pictures of 32 pixels, 6,000 pairs, 700 steps of

@@ -127,12 +127,56 @@ def test_registry_loads_by_name_and_path_and_matches_the_renderer():
         (lambda: TrainSettings(width=48), r"width must be a multiple of 32 .* got 48"),
         (lambda: TrainSettings(device="gpu"), r"device must be one of auto, cpu, cuda, got 'gpu'"),
         (lambda: TrainSettings(steps=0), r"steps must be an integer >= 1, got 0"),
+        (  # torch.manual_seed refused it, but only after the world was rendered
+            lambda: TrainSettings(seed=2**64),
+            r"seed must be an integer in \[0, 18446744073709551615\], got 18446744073709551616",
+        ),
         (lambda: TrainSettings(patch_size=7).model_config(32, 16), r"patch size must divide"),
     ],
 )
 def test_settings_say_what_was_expected_and_got(make, message):
     with pytest.raises(SettingsError, match=message):
         make()
+
+
+def test_the_largest_training_seed_builds_a_model():
+    from clipaudit.world.training import build_model
+
+    settings = TrainSettings(seed=2**64 - 1, embed_dim=32, width=32, layers=1)
+    assert build_model(settings.model_config(32, 16), settings.seed) is not None
+
+
+def test_world_render_prints_whole_names_and_the_chosen_rates_in_80_columns(
+    tmp_path, monkeypatch, capsys
+):
+    """Rich cut "Post-processing" and "under-captioned" in 80 columns, and a chosen rate of 0.005
+    was printed "0%", the rate of a group never mentioned."""
+    from rich.console import Console
+
+    from clipaudit.cli import world as cli_world
+    from clipaudit.world import world as world_module
+
+    real = world_module.render_world_run
+
+    def small(settings, out, overwrite=False):
+        tiny = dataclasses.replace(settings, n_train=512, n_eval_per_group=24)
+        return real(tiny, out, overwrite=overwrite)
+
+    monkeypatch.setattr(world_module, "render_world_run", small)
+    monkeypatch.setattr(cli_world, "console", Console(width=80, markup=False, emoji=False))
+    cli_world.render(
+        out=tmp_path / "w",
+        seed=0,
+        set_rates=["Size=0.005", "Background.perturbation=0.125"],
+        overwrite=False,
+    )
+    table = [line for line in capsys.readouterr().out.splitlines() if line[:1] in "┏┃┡│└"]
+    assert max(len(line) for line in table) <= 80
+    rows = {line.split("│")[1].strip(): line for line in table if line.startswith("│")}
+    assert set(WORLD_GROUPS) <= set(rows)
+    assert "under-captioned" in rows["Size"] and "nuisance" in rows["Post-processing"]
+    assert [cell.strip() for cell in rows["Size"].split("│")][3] == "0.5%"
+    assert [cell.strip() for cell in rows["Background"].split("│")][5] == "12.5%"
 
 
 def _rates() -> dict[str, float]:

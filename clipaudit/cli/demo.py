@@ -77,6 +77,8 @@ def demo(
 
 
 def _print(result) -> None:
+    from clipaudit.cli.world import chosen_rate
+
     manifest = result.manifest
     table = Table(title="what the captions said, what clipaudit measured, what the model learned")
     for column in ("group", "mention rate", "wrong", "true mentions", "coverage", "macro-F1"):
@@ -88,8 +90,8 @@ def _print(result) -> None:
         f1 = "-" if row["macro_f1"] is None else f"{row['macro_f1']:.2f} ({row['chance']:.2f})"
         table.add_row(
             row["group"],
-            f"{row['chosen_selection']:.0%}",
-            f"{row['chosen_perturbation']:.0%}",
+            chosen_rate(row["chosen_selection"]),
+            chosen_rate(row["chosen_perturbation"]),
             f"{row['true_mention_rate']:.1%}",
             f"{row['coverage']:.1%}",
             f1,

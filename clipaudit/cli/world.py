@@ -35,16 +35,24 @@ def render(
     )
     table = Table(title=repr(run))
     for column in ("group", "category", "mention rate", "realised", "wrong", "true mentions"):
-        table.add_column(column, justify="left" if column in ("group", "category") else "right")
+        words = column in ("group", "category")
+        # names whole, even in 80 columns (else "Post-proces…"): the number headers wrap instead
+        table.add_column(column, justify="left" if words else "right", no_wrap=words)
     for row in run.rates.itertuples():
         table.add_row(
             row.group,
             row.category,
-            f"{row.chosen_selection:.0%}",
+            chosen_rate(row.chosen_selection),
             f"{row.selection:.1%}",
-            f"{row.chosen_perturbation:.0%}",
+            chosen_rate(row.chosen_perturbation),
             f"{row.true_mention_rate:.1%}",
         )
     console.print(table)
     typer.echo(f"captions: {run.world.captions_path}")
     typer.echo(f"held-out pictures: {run.world.eval_path}")
+
+
+def chosen_rate(value: float) -> str:
+    """A chosen rate as a percentage with its digits: 0.005 is "0.5%", never "0%" (the printed
+    rate of a group that is never mentioned)."""
+    return f"{100 * value:.3g}%"

@@ -272,7 +272,8 @@ class TrainSettings:
         if self.threads is not None:
             _integer(self.threads, "threads", 1)
         _integer(self.checkpoint_every, "checkpoint_every", 1)
-        _integer(self.seed, "seed", 0)
+        # torch.manual_seed takes 64 bits: a larger seed would fail only after the rendering
+        _integer(self.seed, "seed", 0, 2**64 - 1)
 
     def model_config(self, image_size: int, context_length: int) -> dict[str, Any]:
         """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) for renders of

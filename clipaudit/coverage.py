@@ -69,7 +69,14 @@ from clipaudit.coverage_semantic import (
     read_nearest,
 )
 from clipaudit.engines import ENGINES
-from clipaudit.errors import InputError, RunFolderError, SettingsError, did_you_mean
+from clipaudit.errors import (
+    WRITE_ERRNOS,
+    InputError,
+    RunFolderError,
+    SettingsError,
+    cannot_write,
+    did_you_mean,
+)
 from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s, code_identity
 from clipaudit.provenance import (
@@ -550,10 +557,6 @@ def count_coverage(
         return replace(result, manifest=manifest)
 
 
-# what writing the run's files meets when its disk is full or read-only: never the inputs' errors
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-
-
 @contextlib.contextmanager
 def _writable(out: Path, store: str | None = None) -> Iterator[None]:
     """A run folder that cannot be written (a full disk, a read-only mount or folder) stops the
@@ -565,17 +568,14 @@ def _writable(out: Path, store: str | None = None) -> Iterator[None]:
     except OSError as exc:
         name = exc.filename if isinstance(exc.filename, str) else None
         ours = name is not None and Path(name).resolve().is_relative_to(out.resolve())
-        if exc.errno not in _WRITE_ERRNOS and not (
+        if exc.errno not in WRITE_ERRNOS and not (
             ours and exc.errno in (errno.EACCES, errno.EPERM)
         ):
             raise
         where = name or f"into the run folder {out}" + (
             f" or the embedding store {store}" if store else ""
         )
-        raise RunFolderError(
-            f"cannot write {where} ({os.strerror(exc.errno)}); free space on its disk or make it "
-            "writable, then run the same command again: it resumes after the shards that finished"
-        ) from None
+        raise RunFolderError(cannot_write(where, exc)) from None
 
 
 def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:

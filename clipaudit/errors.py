@@ -7,6 +7,7 @@ library users catch the specific subclass they care about.
 from __future__ import annotations
 
 import difflib
+import errno
 import inspect
 import os
 from collections.abc import Callable, Iterable
@@ -18,6 +19,19 @@ class ClipAuditError(Exception):
     """Base class: a problem the user can fix (bad input, bad settings), never a bug."""
 
     exit_code = 2
+
+
+# what writing a run's files meets when its disk is full or read-only: never the inputs' errors
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def cannot_write(where: str, exc: OSError) -> str:
+    """The message for a write that a full or read-only disk refused (see :data:`WRITE_ERRNOS`),
+    with the fix: runs resume after what they finished."""
+    return (
+        f"cannot write {where} ({os.strerror(exc.errno) if exc.errno else exc}); free space on its "
+        "disk or make it writable, then run the same command again: it resumes after what finished"
+    )
 
 
 class RegistryError(ClipAuditError):

@@ -27,6 +27,7 @@ digest of the record (one edited or cut short by hand is redone, never merged). 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import json
@@ -37,7 +38,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import ClipAuditError, RunFolderError, SettingsError
+from clipaudit.errors import (
+    WRITE_ERRNOS,
+    ClipAuditError,
+    RunFolderError,
+    SettingsError,
+    cannot_write,
+)
 from clipaudit.provenance import base_manifest, now_iso, write_json
 from clipaudit.text import slug
 
@@ -373,7 +380,12 @@ def _acquire_lock(path: Path) -> Any:
         return open(os.devnull, "w")
     lock_path = path / _LOCK
     for _ in range(3):
-        handle = open(lock_path, "a")  # noqa: SIM115 - held open for the whole run
+        try:
+            handle = open(lock_path, "a")  # noqa: SIM115 - held open for the whole run
+        except OSError as exc:  # the run's first write: a read-only or full disk says so here
+            if exc.errno in WRITE_ERRNOS or exc.errno in (errno.EACCES, errno.EPERM):
+                raise RunFolderError(cannot_write(f"into the run folder {path}", exc)) from None
+            raise
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

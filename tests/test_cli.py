@@ -99,6 +99,34 @@ def test_a_usage_mistake_is_two_lines_and_exit_code_2(command, capsys):
     assert "Traceback" not in "\n".join(error)
 
 
+def test_a_full_disk_met_by_any_command_is_one_line_with_the_fix(monkeypatch, capsys):
+    """A write refused by a full or read-only disk, wherever a command meets it, is the one place
+    in the CLI's message and exit code 2, not a traceback."""
+    import errno
+
+    from clipaudit.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/demo/world/pixels.npy")
+
+    monkeypatch.setattr("clipaudit.cli.concepts.load_registry", full)
+    with pytest.raises(SystemExit) as exited:
+        main(["concepts", "list"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        "error: cannot write /runs/demo/world/pixels.npy (No space left on device); free space on "
+        "its disk or make it writable, then run the same command again: it resumes after what "
+        "finished"
+    ]
+    monkeypatch.setattr(
+        "clipaudit.cli.concepts.load_registry",
+        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")),
+    )
+    with pytest.raises(OSError, match="I/O error"):  # other OS errors are no disk to free
+        main(["concepts", "list"])
+
+
 @pytest.mark.parametrize(
     ("args", "first_line"),
     [

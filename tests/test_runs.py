@@ -203,3 +203,22 @@ def test_a_manifest_damaged_by_hand_is_refused_with_the_fix(tmp_path):
         "the folder is damaged: delete the folder or choose another --out, and run the command "
         "again"
     )
+
+
+def test_a_run_folder_on_a_read_only_disk_says_so_and_how_to_go_on(tmp_path, monkeypatch):
+    """The lock is a run's first write: on a read-only or full disk it was a bare OSError."""
+    import builtins
+    import errno
+
+    def read_only(file, *args, **kwargs):
+        if str(file).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr("clipaudit.runs.open", read_only, raising=False)
+    with pytest.raises(RunFolderError) as refused, RunFolder(tmp_path / "run", "coverage", {}):
+        pass
+    assert str(refused.value).startswith(
+        f"cannot write into the run folder {tmp_path / 'run'} (Read-only file system); free space"
+    )
+    assert "run the same command again" in str(refused.value)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
     import os
 
-    from clipaudit.errors import ClipAuditError
+    from clipaudit.errors import WRITE_ERRNOS, ClipAuditError, cannot_write
 
     # before torch is imported: its OpenMP threads then sleep instead of spinning while they wait,
     # which on a busy machine makes small models' steps over ten times slower
@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     except click.ClickException as exc:
         _fail(f"error: {exc.format_message()}", exc.exit_code)
+    except OSError as exc:  # a full or read-only disk met by any write: the fix, not a traceback
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _fail(f"error: {cannot_write(str(exc.filename or 'the output'), exc)}", 2)
     if code == 130:  # typer turns Ctrl-C into Exit(130) and, here, returns that code
         _fail(INTERRUPTED, 130)
     if isinstance(code, int) and code:

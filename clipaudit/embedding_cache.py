@@ -151,15 +151,25 @@ class EmbeddingCache:
         return identity in self._index
 
     def get(self, identities: Sequence[str]) -> tuple[list[int], np.ndarray | None]:
-        """Positions in ``identities`` that are cached, and their embeddings (in that order)."""
+        """Positions in ``identities`` that are cached, and their embeddings (in that order).
+        A row that is no embedding (zeros or not finite) counts as not cached."""
         found = [i for i, identity in enumerate(identities) if identity in self._index]
         if not found:
             return [], None
         rows = [self._index[identities[i]] for i in found]
+        vectors = np.stack([self._shards[shard][row] for shard, row in rows]).astype(np.float32)
+        # a shard damaged in place reads as well-formed (blocks zeroed by a crash after its size
+        # was written, NaN): its rows would classify every image as the first concept, unsaid;
+        # they are encoded again instead, and the new shard's rows replace them
+        sound = np.isfinite(vectors).all(axis=1) & np.any(vectors != 0, axis=1)
+        found = [i for i, ok in zip(found, sound.tolist(), strict=True) if ok]
+        rows = [r for r, ok in zip(rows, sound.tolist(), strict=True) if ok]
+        if not found:
+            return [], None
         for shard in {shard for shard, _ in rows}:
             with contextlib.suppress(OSError):  # evicted by another run meanwhile: still mapped
                 os.utime(self._files[shard])
-        return found, np.stack([self._shards[shard][row] for shard, row in rows]).astype(np.float32)
+        return found, vectors[sound]
 
     def put(self, identities: Sequence[str], embeddings: np.ndarray) -> None:
         """Add a shard of embeddings (rows match ``identities``), atomically."""

@@ -14,7 +14,8 @@ Sources (:func:`open_images` picks by what ``source`` is):
 Labels that match no registry concept are collected and reported in one :class:`InputError` with the
 closest registry names. Concepts are unique across a registry, so a label alone fixes the group.
 
-Decoding (:func:`decode_image`) converts what it can to RGB (CMYK, grayscale, 16-bit, palette,
+Decoding (:func:`decode_image`) turns images upright by their EXIF orientation (as viewers show
+them, and as they were labelled), converts what it can to RGB (CMYK, grayscale, 16-bit, palette,
 animated: first frame) and raises :class:`BadImage` for what it cannot (empty, corrupt, truncated,
 larger than the decompression-bomb limit); :class:`DecodedImages` turns those into skipped entries so
 one bad file never stops a run.
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipaudit.errors import InputError, did_you_mean, one_line
 from clipaudit.registry import Concept, Registry
@@ -46,7 +47,9 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb t
 # no image within the pixel limit takes more (16-bit RGBA TIFF, uncompressed: 0.7 GiB); a larger
 # "image" (a disk image named .jpg, a link to /proc/kcore) is refused before it fills memory
 MAX_IMAGE_BYTES = 1 << 30
-DECODE_VERSION = 1  # bump when decoding changes the pixels a model sees (part of the cache key)
+# bump when decoding changes the pixels a model sees (part of the cache key and of a zero-shot
+# run's model units); 2: EXIF orientation applied
+DECODE_VERSION = 2
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
 _MAX_LISTED = 25
 
@@ -522,7 +525,11 @@ def _hf_images(
         labels = feature.int2str(labels)
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    fingerprint = dataset._fingerprint  # changes whenever the dataset's content does
+    # the fingerprint follows the steps that made a dataset, not the pixels it holds: one built
+    # again from the same image paths after the images changed keeps it (datasets hashes the
+    # paths), and would be served stale embeddings; the arrow files it was written to do change
+    arrow_files = [_file_identity(Path(f["filename"])) for f in dataset.cache_files]
+    fingerprint = _identity(dataset._fingerprint, *arrow_files)
     records: list[ImageRecord] = []
     unselected = 0
     for row, label in enumerate(labels):
@@ -550,13 +557,20 @@ def _hf_images(
 
 
 def decode_image(
-    data: bytes, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    scaled_side: int | None = None,
 ) -> Image.Image:
     """Decode image bytes to an RGB PIL image, or raise :class:`BadImage` saying why not.
 
     ``draft_size`` lets JPEGs decode at a reduced scale (Pillow's draft mode) that still covers
     ``draft_size`` pixels on each side. Images with more than ``max_pixels`` pixels are refused
-    before decoding (decompression-bomb guard).
+    before decoding (decompression-bomb guard), and so are those that would have more once their
+    shorter side is scaled to ``scaled_side`` (what open_clip's "shortest" resize does before its
+    centre crop): a 1-pixel-high strip of 100,000, a few hundred bytes as a PNG, would be
+    scaled to 5 billion pixels for a 224-pixel model (20 GB), and the run killed for memory.
     """
     if not data:
         raise BadImage("empty file (0 bytes)")
@@ -570,6 +584,15 @@ def decode_image(
                     f"too large: {image.width}x{image.height} = {pixels} pixels exceeds the "
                     f"decompression-bomb limit of {max_pixels}"
                 )
+            if scaled_side:
+                short, long = sorted(image.size)
+                scaled = scaled_side * -(-scaled_side * long // max(short, 1))  # long side: ceil
+                if scaled > max_pixels:
+                    raise BadImage(
+                        f"too elongated: {image.width}x{image.height} scaled to the model's "
+                        f"{scaled_side}-pixel side is {scaled} pixels, over the limit of "
+                        f"{max_pixels}"
+                    )
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
@@ -584,7 +607,20 @@ def decode_image(
         raise BadImage(
             f"undecodable ({'truncated' if 'truncated' in reason else reason})"
         ) from None
-    return to_rgb(image)
+    return to_rgb(upright(image))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says: a phone's photo is stored sideways with a
+    tag, and labelled as viewers show it, upright (open_clip's transforms do not read the tag).
+    An unreadable EXIF block is ignored, as viewers ignore it."""
+    try:
+        with warnings.catch_warnings():  # "Corrupt EXIF data" from a worker: nothing to act on
+            warnings.simplefilter("ignore")
+            ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # a malformed block: Pillow raises many types (struct, Syntax, Key...)
+        pass
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -620,12 +656,14 @@ class DecodedImages:
         *,
         draft_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        scaled_side: int | None = None,
     ):
         self.images = images
         self.indices = list(indices)
         self.transform = transform
         self.draft_size = draft_size
         self.max_pixels = max_pixels
+        self.scaled_side = scaled_side  # see decode_image
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -635,7 +673,12 @@ class DecodedImages:
         record = self.images.records[index]
         try:
             data = self.images.read_bytes(record)
-            image = decode_image(data, draft_size=self.draft_size, max_pixels=self.max_pixels)
+            image = decode_image(
+                data,
+                draft_size=self.draft_size,
+                max_pixels=self.max_pixels,
+                scaled_side=self.scaled_side,
+            )
             return index, self.transform(image), None
         except BadImage as exc:
             return index, None, str(exc)

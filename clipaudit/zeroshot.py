@@ -372,6 +372,12 @@ def cache_key(loaded: LoadedModel, jpeg_draft: bool, max_pixels: int | None) -> 
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+BAD_EMBEDDING = (
+    "the model's embedding is not finite or is zero (NaN or inf: try --precision fp32); it has no "
+    "direction to classify"
+)
+
+
 @dataclass
 class ImageEmbeddings:
     """Embeddings of an image set (rows of failed images are zero and ``ok`` is False there)."""
@@ -423,6 +429,7 @@ def embed_images(
         loaded.preprocess,
         draft_size=loaded.image_size if jpeg_draft else None,
         max_pixels=max_pixels,
+        scaled_side=_scaled_side(loaded),
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -459,10 +466,19 @@ def embed_images(
                     encoded = loaded.model.encode_image(batch).float().cpu().numpy()
                     if features is None:
                         features = np.zeros((len(records), encoded.shape[1]), dtype=np.float32)
-                    features[indices] = encoded
+                    # NaN or inf (an fp16 overflow) or zeros has no direction: it would be
+                    # classified as the group's first concept, unsaid; skipped saying so
+                    sound = np.isfinite(encoded).all(axis=1) & np.any(encoded != 0, axis=1)
+                    failures += [
+                        {"path": records[i].path, "reason": BAD_EMBEDDING}
+                        for i, good in zip(indices, sound.tolist(), strict=True)
+                        if not good
+                    ]
+                    indices = [i for i, good in zip(indices, sound.tolist(), strict=True) if good]
+                    features[indices] = encoded[sound]
                     ok[indices] = True
                     pending += indices
-                bar.update(len(indices) + len(batch_failures))
+                bar.update(len(batch_failures) + (0 if batch is None else len(batch)))
                 if len(pending) >= flush_every:
                     flush()
         finally:  # a Ctrl-C or a failing batch keeps what was encoded since the last flush
@@ -477,6 +493,17 @@ def embed_images(
         n_cached=len(cached_at),
         encode_s=time.perf_counter() - start,
     )
+
+
+def _scaled_side(loaded: LoadedModel) -> int | None:
+    """The side open_clip's preprocessing scales an image's shorter side to (its default
+    "shortest" resize, before the centre crop), where a thin strip grows to billions of pixels;
+    None for the modes that fit the longer side or squash, and for a model open_clip did not
+    describe."""
+    preprocess = loaded.info.get("preprocess")
+    if not preprocess or preprocess.get("resize_mode", "shortest") != "shortest":
+        return None
+    return loaded.image_size
 
 
 def _ignore_sigint(_: int) -> None:
@@ -904,7 +931,7 @@ def run_zeroshot(
 
 def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
     """What one model's results depend on besides the run's settings: its weights and config
-    files (by size, time and edges) and the images (identities and labels)."""
+    files (by size, time and edges), the images (identities and labels) and how they decode."""
     files = {}
     for role, value in (("config", spec.model), ("checkpoint", spec.pretrained)):
         if value and Path(value).is_file():
@@ -916,7 +943,13 @@ def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
     digest = hashlib.blake2b(digest_size=16)
     for record in images.records:
         digest.update(f"{record.identity}\0{record.concept}\n".encode())
-    return {"model": spec.label, "files": files, "images": digest.hexdigest()}
+    # the decoding too: results made before a decoding change (EXIF orientation) are redone
+    return {
+        "model": spec.label,
+        "files": files,
+        "images": digest.hexdigest(),
+        "decode_version": DECODE_VERSION,
+    }
 
 
 def _evaluate_spec(

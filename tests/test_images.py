@@ -242,6 +242,31 @@ def test_hugging_face_dataset_with_class_label_column(tmp_path, registry):
     assert [r.concept for r in food_only.records] == ["ice cream"]
 
 
+def test_a_dataset_built_again_from_changed_images_gets_new_identities(tmp_path, registry):
+    """datasets fingerprints a dataset built from image paths by the paths: built again after
+    the images changed, it keeps its fingerprint, and the embedding cache (keyed by identity)
+    would give the old images' embeddings."""
+    import datasets
+
+    write_image_folder(tmp_path / "src", {"x": {"a": 2}}, suffix="png")
+    files = sorted((tmp_path / "src").rglob("*.png"))
+
+    def build(folder: Path) -> tuple[str, list[str]]:
+        rows = {"image": [str(f) for f in files], "label": ["dog", "cat"]}
+        dataset = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+        dataset.save_to_disk(str(folder))
+        images = open_images(folder, registry)
+        assert images.read_bytes(images.records[0]) == files[0].read_bytes()
+        return dataset._fingerprint, [r.identity for r in images.records]
+
+    before = build(tmp_path / "first")
+    assert [r.identity for r in open_images(tmp_path / "first", registry).records] == before[1]
+    noise(40, 30, seed=9).save(files[0])
+    after = build(tmp_path / "again")
+    assert after[0] == before[0]  # why: the paths are what datasets hashed
+    assert not set(after[1]) & set(before[1])
+
+
 def test_a_hugging_face_row_without_an_image_is_skipped_saying_so(tmp_path, registry):
     import datasets
     from torchvision.transforms import ToTensor
@@ -415,3 +440,48 @@ def test_deep_grayscale_is_scaled_by_its_depth_not_its_content():
     assert np.asarray(to_rgb(half))[0, 0].tolist() == [128, 128, 128]
     wide = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
     assert np.asarray(to_rgb(wide))[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+# the damaged EXIF block below is Pillow's to warn about when it opens the file
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_exif_orientation_turns_an_image_as_viewers_show_it():
+    """Cameras store a photo sideways with an orientation tag; it was labelled upright. The
+    expected pixels are made here with numpy, from the EXIF standard's table."""
+    rng = np.random.default_rng(3)
+    upright = rng.integers(0, 256, size=(6, 10, 3), dtype=np.uint8)  # 10 wide, 6 high
+    # what a camera stores for each tag: the transform that the tag's display transform undoes
+    stored = {
+        1: upright,
+        2: upright[:, ::-1],
+        3: upright[::-1, ::-1],
+        4: upright[::-1],
+        5: upright.transpose(1, 0, 2),
+        6: np.rot90(upright, 1),  # shown turned 90 degrees clockwise
+        7: np.rot90(upright, 2).transpose(1, 0, 2),
+        8: np.rot90(upright, -1),  # shown turned 90 degrees anticlockwise
+    }
+    for tag, pixels in stored.items():
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        data = image_bytes(Image.fromarray(np.ascontiguousarray(pixels)), "PNG", exif=exif)
+        assert np.array_equal(np.asarray(decode_image(data)), upright), f"orientation {tag}"
+    # a damaged EXIF block is ignored, as viewers ignore it: the pixels as stored
+    broken = image_bytes(
+        Image.fromarray(upright),
+        "JPEG",
+        quality=95,
+        exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff",
+    )
+    assert decode_image(broken).size == (10, 6)
+
+
+def test_an_image_too_elongated_for_the_models_resize_is_refused_before_decoding():
+    strip = image_bytes(Image.new("RGB", (2000, 1), (0, 0, 255)), "PNG")
+    # scaled to a 32-pixel shorter side it would be 64,000 x 32 = 2,048,000 pixels
+    assert decode_image(strip, max_pixels=2_048_000, scaled_side=32).size == (2000, 1)
+    with pytest.raises(BadImage, match=r"too elongated: 2000x1 .* 2048000 pixels, over the limit"):
+        decode_image(strip, max_pixels=2_047_999, scaled_side=32)
+    tall = image_bytes(Image.new("L", (3, 1000)), "PNG")  # ceil(32 * 1000 / 3) = 10,667 wide
+    with pytest.raises(BadImage, match=r"is 341344 pixels"):
+        decode_image(tall, max_pixels=341_343, scaled_side=32)
+    assert decode_image(tall, max_pixels=341_343).size == (3, 1000)  # no model side: no limit

@@ -980,3 +980,124 @@ def test_a_confusion_figure_draws_dollar_signs_as_written():
     frame = pd.DataFrame([[2, 1], [0, 3]], index=labels, columns=labels)
     png = confusion_png(frame, "model $\\bad$ on $\\undefinedcmd$ Colour")
     assert png[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- images as found, checked against open_clip
+
+
+def test_photos_as_found_score_as_open_clip_scores_them_upright(tiny, tmp_path):
+    """Every score and the macro-F1 equal open_clip's own computation, written here: an EXIF-
+    rotated photo is seen upright (as it was labelled), CMYK, palette and grey images in RGB."""
+    import open_clip
+    from PIL import ImageOps
+    from sklearn.metrics import f1_score
+
+    paths = write_image_folder(tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}}, seed=5)
+    dog = tmp_path / "img" / "Animal" / "dog"
+    upright = Image.open(paths[0])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned anticlockwise, shown turned back
+    upright.transpose(Image.Transpose.ROTATE_90).save(dog / "sideways.png", exif=exif)
+    upright.convert("CMYK").save(dog / "cmyk.jpg", quality=95)
+    upright.convert("P", palette=Image.Palette.ADAPTIVE).save(dog / "palette.png")
+    upright.convert("L").save(tmp_path / "img" / "Animal" / "cat" / "grey.png")
+    run = run_for(tiny, tmp_path, templates="simple")
+    predictions = run.predictions().set_index("path")
+
+    open_clip.add_model_config(tiny["config"])
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=tiny["a"])
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("tiny-clip")
+    names = ["dog", "cat"]  # registry order
+    prompts = {c.name: c.prompts for c in load_registry().concepts_in("Animal")}
+    with torch.no_grad():
+        text = [
+            torch.nn.functional.normalize(
+                model.encode_text(tokenizer([f"a photo of a {p}." for p in prompts[n]])), dim=-1
+            ).mean(0)
+            for n in names
+        ]
+        classes = torch.nn.functional.normalize(torch.stack(text), dim=-1)
+        files = sorted((tmp_path / "img").rglob("*.*"))
+        pixels = [preprocess(ImageOps.exif_transpose(Image.open(f)).convert("RGB")) for f in files]
+        scores = (
+            torch.nn.functional.normalize(model.encode_image(torch.stack(pixels)), dim=-1)
+            @ classes.T
+        )
+    expected = [names[i] for i in scores.argmax(1).tolist()]
+    assert [predictions.loc[str(f), "predicted"] for f in files] == expected
+    np.testing.assert_allclose(
+        [predictions.loc[str(f), "score"] for f in files], scores.max(1).values, atol=1e-6
+    )
+    truth = [f.parent.name for f in files]
+    assert run.groups["macro_f1"].iloc[0] == pytest.approx(
+        f1_score(truth, expected, labels=names, average="macro", zero_division=0), abs=1e-6
+    )
+    sideways, same = predictions.loc[str(dog / "sideways.png")], predictions.loc[str(paths[0])]
+    assert sideways["top5_scores"].tolist() == pytest.approx(same["top5_scores"].tolist(), abs=1e-6)
+
+
+def test_results_made_with_older_decoding_are_redone_not_reused(tiny, tmp_path, monkeypatch):
+    """A run folder (and the cache) filled before decoding changed, e.g. before EXIF orientation
+    was applied, is classified again: its embeddings were made of other pixels."""
+    import clipaudit.zeroshot as zeroshot
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    counts = count_encoded_images(monkeypatch)
+    with monkeypatch.context() as older:
+        older.setattr(zeroshot, "DECODE_VERSION", zeroshot.DECODE_VERSION - 1)
+        run_for(tiny, tmp_path)
+    again = run_for(tiny, tmp_path)
+    assert not again.reused and counts == [4, 4]
+    assert run_for(tiny, tmp_path).reused and counts == [4, 4]
+
+
+def test_cached_rows_that_are_no_embedding_are_encoded_again(tiny, tmp_path, monkeypatch):
+    """A shard damaged in place (zeroed blocks after a crash, NaN) keeps its shape: its rows
+    would have classified every image as the group's first concept with score 0."""
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}}, seed=2)
+    counts = count_encoded_images(monkeypatch)
+    first = run_for(tiny, tmp_path).predictions()
+    for number, damage in enumerate((0.0, np.nan)):
+        (shard,) = (tmp_path / "cache").glob("*/*.emb.npy")
+        rows = np.load(shard)
+        data = shard.read_bytes()
+        shard.write_bytes(data[: -rows.nbytes] + np.full_like(rows, damage).tobytes())
+        again = run_for(tiny, tmp_path, out=tmp_path / f"run{number}")
+        assert counts[-1] == 6 and again.manifest["models"][0]["n_cached"] == 0
+        pd.testing.assert_frame_equal(again.predictions(), first)
+        for damaged in shard.parent.glob(f"{shard.name.split('.')[0]}.*"):
+            damaged.unlink()  # the new shard alone: damaged next
+
+
+def test_an_embedding_with_no_direction_is_skipped_saying_so(colour_images, registry):
+    """NaN (an fp16 overflow) would have been classified as the first concept with score 0."""
+    loaded = colour_model()
+    encode = loaded.model.encode_image
+
+    def one_nan(images, **kwargs):
+        features = encode(images, **kwargs)
+        features[0] = float("nan")
+        return features
+
+    loaded.model.encode_image = one_nan
+    result = evaluate_model(loaded, colour_images, registry.select(["Color"]), batch_size=4)
+    bad = [colour_images.records[i].path for i in (0, 4, 8)]  # first of each batch of 4
+    assert [f["path"] for f in result.failures] == bad
+    assert all("not finite" in f["reason"] for f in result.failures)
+    assert set(result.predictions["path"]) == {r.path for r in colour_images.records} - set(bad)
+    assert result.n_encoded == 7
+
+
+def test_a_strip_too_thin_for_the_models_resize_is_skipped_saying_so(tiny, tmp_path):
+    """Scaled to the tiny model's 32-pixel side, a 2000x1 strip is 2,048,000 pixels (and
+    100,000 x 1 would be 5 billion for a 224-pixel model): over max_pixels, it is listed."""
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    strip = tmp_path / "img" / "Animal" / "dog" / "strip.png"
+    Image.new("RGB", (2000, 1), (0, 0, 255)).save(strip)
+    run = run_for(tiny, tmp_path, max_pixels=1_000_000)
+    (skipped,) = run.manifest["skipped_images"]
+    assert skipped["path"] == str(strip) and skipped["reason"].startswith(
+        "too elongated: 2000x1 scaled to the model's 32-pixel side is 2048000 pixels"
+    )
+    assert str(strip) not in set(run.predictions()["path"])

@@ -426,7 +426,7 @@ def _finished(out: Path, name: str, identity: dict) -> TrainedModel | None:
         if isinstance(name, str) and name and Path(name).name == name
     ]
     if len(paths) != len(_RECORD_FILES) or not all(path.is_file() for path in paths):
-        # a damaged record, or files gone, prove nothing: trained again (same seed, same model)
+        # a damaged record, or files gone, prove nothing: the model is trained again from its seed
         return None
     if record.get("identity") != json.loads(json.dumps(identity)) or record.get("name") != name:
         raise RunFolderError(

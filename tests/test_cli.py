@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,73 @@ def test_a_registry_value_of_the_wrong_kind_is_named_in_words(tmp_path):
         f"error: {bad}:2: a group must be a mapping of keys to values, got a list "
         "['Animal', 'common']"
     )  # not the loader's own class (_LineList)
+
+
+def test_theory_tables_keep_names_whole_in_an_80_column_terminal(monkeypatch):
+    """A log or a terminal of 80 columns (rich's width when output is piped) shows every
+    configuration name and every cell whole, never cut with an ellipsis."""
+    from rich.console import Console
+
+    from clipaudit.cli import theory
+
+    printed = io.StringIO()
+    monkeypatch.setattr(theory, "console", Console(file=printed, width=80, markup=False))
+    names = [f"s{i}" for i in range(1, 11)]
+    variables = [
+        {"variable": name, "predicted_identified": True, "ceiling": 1.0, "x_linear": 0.96,
+         "x_nonlinear": 0.98, "t_linear": -0.0, "t_nonlinear": 0.99, "agrees": True}
+        for name in [*names, "s~1", "m_x"]
+    ]  # fmt: skip
+    summary = {
+        "config": "ind_sel1-10_pert1-2_seed0",  # the longest name of the default sweep
+        "agrees": False,
+        "description": "independent latents",
+        "predicted_identified": names,
+        "variables": variables,
+    }
+    theory._print([summary], verbose=True)
+    shown = printed.getvalue()
+    assert "…" not in shown, shown
+    assert "ind_sel1-10_pert1-2_seed0" in shown and "identified" in shown
+
+
+def test_zeroshot_model_labels_are_never_cut_in_an_80_column_terminal(monkeypatch):
+    """Two LAION checkpoints of one architecture differ only at the end of their labels: the
+    table of macro-F1 shows each label whole (wrapped), never cut to a shared prefix."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from rich.console import Console
+
+    from clipaudit.cli import zeroshot
+
+    printed = io.StringIO()
+    monkeypatch.setattr(zeroshot, "console", Console(file=printed, width=80, markup=False))
+    labels = ["ViT-B-32@laion400m_e32", "ViT-B-32@laion2b_s34b_b79k"]
+    groups = ["Animal", "Post-processing"]
+    timings = {"images_per_s": 100.0}
+    info = {
+        "timings": timings,
+        "n_encoded": 10,
+        "n_cached": 0,
+        "device": "cpu",
+        "precision": "fp32",
+    }
+    run = SimpleNamespace(
+        manifest={
+            "skipped_images": [],
+            "templates": {"setting": "none"},
+            "models": [{**info, "label": label} for label in labels],
+            "skipped_groups": [],
+            "skipped_concepts": [],
+        },
+        groups=pd.DataFrame({"group": groups, "n_images": [5, 5]}),
+        macro_f1_table=lambda: pd.DataFrame({label: [0.5, 0.25] for label in labels}, index=groups),
+        reused=False,
+        out=Path("runs/zs"),
+    )
+    zeroshot._print_run(run)
+    shown = printed.getvalue()
+    header = [line.split("┃")[1:-1] for line in shown.splitlines() if line.startswith("┃")]
+    columns = ["".join(cell.strip() for cell in column) for column in zip(*header, strict=True)]
+    assert "…" not in shown and columns == ["group", "images", *labels], shown

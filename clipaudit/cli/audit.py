@@ -27,7 +27,11 @@ def audit(
         ..., "--images", "-i", help="Labelled images (as zeroshot takes them)."
     ),
     model: list[str] = typer.Option(
-        ..., "--model", "-m", help="open_clip model name or config JSON; repeat for several."
+        ...,
+        "--model",
+        "-m",
+        help="open_clip model (as zeroshot takes them: a name, hf-hub:org/repo, local-dir:PATH or "
+        "a model-config JSON); repeat for several.",
     ),
     pretrained: list[str] = typer.Option(
         [],
@@ -71,7 +75,10 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Embedding cache folder (default: ~/.cache/clipaudit/embeddings)."
+        None,
+        "--cache-dir",
+        help="Embedding cache folder (default: $CLIPAUDIT_CACHE, else clipaudit/embeddings in "
+        "$XDG_CACHE_HOME or ~/.cache).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),

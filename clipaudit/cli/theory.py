@@ -17,7 +17,10 @@ app = command_group(
 )
 console = plain_console()
 
-PROFILE_HELP = "Training profile: quick (a 2-core CPU) or paper (the published setting, a GPU)."
+PROFILE_HELP = (
+    "Training profile: quick (a 2-core CPU) or paper (the published setting, for a GPU: add "
+    "--device cuda)."
+)
 
 # YAML 1.1, which PyYAML reads, takes a float only with a dot and a signed exponent ("1.0e-3"): it
 # reads "1e-3" or "1.5e3" as text, which a number setting would then refuse as no number
@@ -97,7 +100,7 @@ LearningRate = Annotated[
 NBins = Annotated[int, typer.Option(help="Quantile bins per semantic for the awareness metric.")]
 Threshold = Annotated[float, typer.Option(help="Nonlinear R² that counts as identified.")]
 Margin = Annotated[float, typer.Option(help="Allowed R² above the theory's ceiling for the rest.")]
-Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: the profile's).")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: cpu, either profile).")]
 Settings = Annotated[list[str], typer.Option("--set", help=SET_HELP)]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -120,7 +123,10 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
                 "t nonlin",
                 "agrees",
             ):
-                table.add_column(column, justify="left" if column == "variable" else "right")
+                # two-word headers on two lines: the table then fits 80 columns uncut
+                table.add_column(
+                    column.replace(" ", "\n"), justify="left" if column == "variable" else "right"
+                )
             for v in summary["variables"]:
                 table.add_row(
                     v["variable"],
@@ -134,7 +140,9 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
                 )
             console.print(table)
     verdicts = Table(title="verdict per configuration")
-    for column in ("configuration", "predicted identified", "min R² identified", "agrees"):
+    # a configuration's name is never cut; the identified semantics wrap at their commas
+    verdicts.add_column("configuration", no_wrap=True)
+    for column in ("predicted identified", "min R²\nidentified", "agrees"):
         verdicts.add_column(column)
     for summary in summaries:
         identified = [
@@ -144,7 +152,7 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
         ]
         verdicts.add_row(
             summary["config"],
-            ",".join(summary["predicted_identified"]),
+            ", ".join(summary["predicted_identified"]),
             f"{min(identified):.3f}" if identified else "-",
             "yes" if summary["agrees"] else Text("NO", style="red"),
         )

@@ -65,7 +65,10 @@ def zeroshot(
         "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
     ),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Embedding cache folder (default: ~/.cache/clipaudit/embeddings)."
+        None,
+        "--cache-dir",
+        help="Embedding cache folder (default: $CLIPAUDIT_CACHE, else clipaudit/embeddings in "
+        "$XDG_CACHE_HOME or ~/.cache).",
     ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Neither read nor write the embedding cache."
@@ -133,8 +136,8 @@ def _print_run(run) -> None:
     table.add_column("group")
     table.add_column("images", justify="right")
     scores = run.macro_f1_table()
-    for model in scores.columns:
-        table.add_column(model, justify="right")
+    for model in scores.columns:  # labels of one architecture differ at their ends: fold, never cut
+        table.add_column(model, justify="right", overflow="fold")
     for group, row in scores.iterrows():
         table.add_row(group, str(n_images[group]), *(f"{value:.3f}" for value in row))
     console.print(table)

@@ -477,7 +477,12 @@ def test_sensitive_groups_of_every_runs_registry_are_marked(audit_runs, tmp_path
 
 
 def test_the_sensitive_note_names_the_registrys_groups():
-    from clipaudit.report.analysis import sensitive_note
+    from clipaudit.report.analysis import in_table_order, sensitive_note
+
+    # the tables' order (the paper's: Trait before Stereotype), groups without rows after
+    order = ["Animal", "Trait", "Stereotype"]
+    assert in_table_order({"Stereotype", "Trait"}, order) == ["Trait", "Stereotype"]
+    assert in_table_order({"Stereotype", "Zeal", "Count"}, order) == ["Stereotype", "Count", "Zeal"]
 
     assert sensitive_note(["Count"]).startswith("Sensitive groups (Count) describe people")
     assert "Trait" not in sensitive_note(["Count"])

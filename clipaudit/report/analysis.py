@@ -8,13 +8,19 @@ with a ``reason`` beside it where one is known).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clipaudit.report import join, stats
 from clipaudit.report.inputs import METHODS, PRIMARY_METHOD_RULE, Inputs
 
 SCHEMA_VERSION = 1
+
+
+def in_table_order(groups: Iterable[str], order: Sequence[str]) -> list[str]:
+    """``groups`` in the order the tables show them (``order``), those not shown after, sorted."""
+    chosen = set(groups)
+    return [g for g in order if g in chosen] + sorted(chosen - set(order))
 
 
 def sensitive_note(groups: Sequence[str]) -> str:
@@ -440,7 +446,7 @@ def _summary(
             "small_samples": f"fewer than {stats.MIN_POINTS} points or a constant side give no "
             "statistic (null) and a reason",
         },
-        "sensitive_note": sensitive_note(sorted(inputs.sensitive)),
+        "sensitive_note": sensitive_note(in_table_order(inputs.sensitive, inputs.group_order)),
     }
     return plain(summary)
 

@@ -60,6 +60,18 @@ def normalize(text: str) -> str:
     return " ".join(fold(text).translate(FOLDED_TABLE).decode("ascii").split())
 
 
+# characters a terminal acts on rather than shows: C0/C1 controls (escape sequences, carriage
+# returns, newlines) and the bidirectional overrides that reorder what follows them
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` (a web caption, an id) safe to print on one terminal line: every run of control
+    or direction characters is one space, so an alt-text cannot move the cursor, recolour the
+    terminal or rename its window, and a caption with line breaks stays on its own line."""
+    return _UNPRINTABLE.sub(" ", text)
+
+
 def is_prompt_template(template: str) -> bool:
     """Whether ``template`` formats with exactly one concept: one bare ``{}`` field and no other
     brace ("a photo of a {}."; not "{0}", "{c}", "{style}" or a stray "{")."""

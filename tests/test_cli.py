@@ -334,3 +334,29 @@ def test_zeroshot_model_labels_are_never_cut_in_an_80_column_terminal(monkeypatc
     header = [line.split("┃")[1:-1] for line in shown.splitlines() if line.startswith("┃")]
     columns = ["".join(cell.strip() for cell in column) for column in zip(*header, strict=True)]
     assert "…" not in shown and columns == ["group", "images", *labels], shown
+
+
+def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
+    """A caption's escape sequences, line breaks and direction overrides reach the terminal as
+    spaces: alt-text cannot recolour the terminal, rename its window or fake a line of output."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from clipaudit.cli import coverage
+
+    printed = io.StringIO()
+    monkeypatch.setattr(coverage, "console", Console(file=printed, width=200, markup=False))
+    nearest = [
+        {"id": "7\x1b[2J", "score": 0.91, "caption": "red fox\x1b]0;pwned\x07 in snow"},
+        {"id": "8", "score": 0.52, "caption": "line one\r\n9  0.99  forged\u202egpj.exe"},
+    ]
+    found = SimpleNamespace(count=1, threshold=0.5, method="flat", seconds=0.002, nearest=nearest)
+    monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
+    coverage._query(Path("run"), "a fox", None, 2)
+    lines = printed.getvalue().splitlines()
+    assert lines == [
+        "1 caption with cosine >= 0.500 to 'a fox' (flat, 2 ms)",
+        "  0.910  7 [2J  red fox ]0;pwned  in snow",
+        "  0.520  8  line one 9  0.99  forged gpj.exe",
+    ]

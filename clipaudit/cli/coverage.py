@@ -449,11 +449,14 @@ def query(
 
 def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
     from clipaudit.coverage_semantic import query_run
+    from clipaudit.text import one_line
 
     found = query_run(run, text, threshold=threshold, k=k)
+    noun = "caption" if found.count == 1 else "captions"
     console.print(
-        f"{found.count:,} captions with cosine >= {found.threshold:.3f} to {text!r} "
+        f"{found.count:,} {noun} with cosine >= {found.threshold:.3f} to {text!r} "
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
     for near in found.nearest:
-        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}")
+        caption = one_line(str(near["caption"]))
+        console.print(f"  {near['score']:.3f}  {one_line(str(near['id']))}  {caption}")

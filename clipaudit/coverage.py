@@ -9,7 +9,8 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
     RUN/groups.{parquet,csv}       group, category, count, rate, n_concepts, mean_concept_rate
     RUN/categories.{parquet,csv}   category, count, rate, n_concepts, mean_concept_rate
     RUN/examples.json              a few example captions per concept (deterministic choice)
-    RUN/matches.parquet            with per_caption: id, concepts (one row per caption read)
+    RUN/matches.parquet            with per_caption: id, concepts (one row per caption read;
+                                   its null and repeated ids counted in the manifest's ids)
     RUN/manifest.json              inputs, registry, settings, counts, timings, status
     RUN/units/                     one partial result per finished shard (what a resume reuses)
 
@@ -78,7 +79,13 @@ from clipaudit.errors import (
     did_you_mean,
 )
 from clipaudit.filesystems import known_schemes, url_scheme
-from clipaudit.lexical import PROFILES, build_matcher, caption_crc32s, code_identity
+from clipaudit.lexical import (
+    PROFILES,
+    build_matcher,
+    caption_crc32s,
+    code_identity,
+    is_missing,
+)
 from clipaudit.provenance import (
     arrow_table,
     atomic_write_bytes,
@@ -528,7 +535,10 @@ def count_coverage(
         run = _Dispatch(resolved, inputs, registry, matcher, settings, folder, semantic)
         run.execute()
         moved = semantic is not None and semantic.moved  # merged again: the manifest says where
-        if folder.was_complete and run.unchanged and not moved:
+        # the same files named at other paths (a corpus moved or copied with its times) are the
+        # same shards, but the manifest must name the inputs counted now: merged again
+        renamed = not _same_inputs((folder.previous or {}).get("inputs"), inputs)
+        if folder.was_complete and run.unchanged and not moved and not renamed:
             reused = _reuse(out, folder.previous)
             if reused is not None:
                 return reused
@@ -588,6 +598,15 @@ def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:
         return replace(load_coverage_run(out, manifest), reused=True)
     except (OSError, ValueError):  # pyarrow's ArrowInvalid and json's errors are ValueErrors
         return None
+
+
+def _same_inputs(recorded: Any, inputs: list[dict[str, Any]]) -> bool:
+    """Whether a complete run's manifest records these inputs (specs, paths and identities),
+    leaving out the columns its merge added to each."""
+    if not isinstance(recorded, list) or not all(isinstance(r, dict) for r in recorded):
+        return False
+    described = json.loads(json.dumps(inputs, default=str))  # as the manifest stores them
+    return [{k: v for k, v in r.items() if k != "columns"} for r in recorded] == described
 
 
 def _compare_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -752,7 +771,7 @@ def _caption_texts(texts: Any) -> list[str | None]:
         raise InputError(f"texts= takes an iterable of caption strings, got {type(texts).__name__}")
     items: list[str | None] = []
     for position, text in enumerate(texts):
-        if text is None or (isinstance(text, float) and text != text):  # None or NaN: no caption
+        if is_missing(text):  # None, NaN or pandas.NA: no caption
             items.append(None)
         elif isinstance(text, str):
             items.append(text)
@@ -1502,8 +1521,10 @@ def _merge(
         nearest = semantic.nearest_document(merged.nearest.nearest(), registry)
         write_json(out_dir / "nearest.json", nearest)
         outputs.append("nearest.json")
+    ids = None
     if settings.per_caption:
-        _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int)
+        n_read = sum(n for _, n in order)
+        ids = _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int, n_read)
         outputs.append("matches.parquet")
 
     by_source: dict[int, set[tuple[str | None, str | None]]] = {}
@@ -1528,6 +1549,9 @@ def _merge(
         "rate_denominator": RATE_DENOMINATOR,
         "example_selection": EXAMPLE_SELECTION,
         "id_source": "the input's id column when it has one, else the row number across the corpus",
+        # ids name matches.parquet's rows: null or repeated ones cannot be joined back to the
+        # corpus, so they are counted (None: no per-caption output, whose ids were not checked)
+        "ids": ids,
         "timings": {  # of the shards' work in all sessions; count_coverage adds this session's
             "shard_cpu_seconds": round(cpu_seconds, 3),
             "captions_per_cpu_s": round(totals["n_rows"] / cpu_seconds, 1) if cpu_seconds else None,
@@ -1657,11 +1681,12 @@ def _examples(
 
 
 def _merge_matches(
-    folder: RunFolder, planned: list[Shard], target: Path, ids_are_int: bool
-) -> None:
+    folder: RunFolder, planned: list[Shard], target: Path, ids_are_int: bool, n_rows: int
+) -> dict[str, int]:
     """Concatenate the shards' matches files in corpus order, streaming (bounded memory), into
     ``matches.parquet`` (:func:`_split_matches` gets them back). The shards' own files are removed
-    once the manifest lists the merge (:func:`count_coverage`): a kill in between keeps them."""
+    once the manifest lists the merge (:func:`count_coverage`): a kill in between keeps them.
+    Returns its rows whose id is null, and whose id an earlier row has (:class:`_IdTally`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -1669,13 +1694,16 @@ def _merge_matches(
     schema = pa.schema([("id", id_type), ("concepts", pa.list_(pa.string()))])
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     parts = [folder.unit_path(shard.key, _MATCHES_SUFFIX) for shard in planned]
+    tally = _IdTally(folder.path, id_type, n_rows)
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 try:
                     with pq.ParquetFile(part) as handle:
                         for batch in handle.iter_batches():
-                            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                            table = pa.Table.from_batches([batch]).cast(schema)
+                            writer.write_table(table)
+                            tally.add(table.column("id").combine_chunks())
                 except (OSError, ValueError) as exc:  # a data page damaged by hand: whole footer
                     why = " ".join(str(exc).split())[:200]  # arrow's messages span lines
                     raise RunFolderError(
@@ -1683,9 +1711,72 @@ def _merge_matches(
                         "folder is damaged: delete that file and run the same command again to "
                         "count its shard again"
                     ) from None
+        counts = tally.counts()
         os.replace(tmp, target)
+        return counts
     finally:
         tmp.unlink(missing_ok=True)
+        tally.close()
+
+
+_IDS_PER_BUCKET = 1 << 24  # ids whose distinct values are counted at once (memory)
+
+
+class _IdTally:
+    """The null ids of matches.parquet and its repeated ones (rows whose id an earlier row has),
+    counted as it is written in bounded memory, as it may hold a whole corpus: the ids are spread
+    by their hash over temporary files of at most about :data:`_IDS_PER_BUCKET` ids, where all
+    copies of one id land together, and each file's distinct ids are counted alone."""
+
+    def __init__(self, folder: Path, id_type: Any, n_rows: int):
+        import pyarrow as pa
+
+        self.pa = pa
+        self.n_buckets = max(1, -(-n_rows // _IDS_PER_BUCKET))
+        self.n_null = self.n_valid = 0
+        schema = pa.schema([("id", id_type)])
+        # named as atomic writes' temporary files are: a killed run's are removed by the next
+        self.paths = [folder / f".matches-ids-{i}.{os.getpid()}.tmp" for i in range(self.n_buckets)]
+        self.writers = [pa.ipc.new_file(str(path), schema) for path in self.paths]
+
+    def add(self, ids: Any) -> None:
+        self.n_null += ids.null_count
+        ids = ids.drop_null()
+        self.n_valid += len(ids)
+        if self.n_buckets == 1:
+            self.writers[0].write_batch(self.pa.record_batch([ids], names=["id"]))
+            return
+        if self.pa.types.is_integer(ids.type):  # multiplicative hashing: even patterned ids spread
+            spread = ids.to_numpy().view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            buckets = (spread >> np.uint64(32)) % np.uint64(self.n_buckets)
+        else:  # text: its CRC-32, computed in C
+            texts = ids.to_pylist()
+            buckets = caption_crc32s(texts, np.arange(len(texts))) % self.n_buckets
+        for bucket in np.unique(buckets).tolist():
+            chosen = self.pa.array(buckets == bucket)
+            self.writers[bucket].write_batch(self.pa.record_batch([ids.filter(chosen)], ["id"]))
+
+    def counts(self) -> dict[str, int]:
+        import pyarrow.compute as pc
+
+        for writer in self.writers:
+            writer.close()
+        distinct = 0
+        for path in self.paths:
+            with self.pa.memory_map(str(path)) as source:
+                ids = self.pa.ipc.open_file(source).read_all().column("id")
+                if self.pa.types.is_integer(ids.type):  # sorting beats Arrow's hash on ints
+                    values = np.sort(ids.to_numpy())
+                    distinct += int(np.count_nonzero(np.diff(values))) + (len(values) > 0)
+                else:
+                    distinct += len(pc.unique(ids))
+        return {"n_null": self.n_null, "n_repeated": self.n_valid - distinct}
+
+    def close(self) -> None:
+        for writer, path in zip(self.writers, self.paths, strict=True):
+            with contextlib.suppress(self.pa.ArrowException):
+                writer.close()  # closed already when counted
+            path.unlink(missing_ok=True)
 
 
 def _parquet_rows(path: Path) -> int | None:

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from clipaudit.errors import InputError, did_you_mean
-from clipaudit.lexical import PROFILES, build_matcher
+from clipaudit.lexical import PROFILES, build_matcher, has_paper_synonyms
 from clipaudit.metrics import multilabel_scores
 from clipaudit.provenance import sha256_file
 from clipaudit.registry import Registry, load_registry
+from clipaudit.text import WIDE_BOMS
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -63,11 +64,17 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
     seen: dict[int | str, int] = {}
     without_id: set[int] = set()  # lines whose id is their line number
     unknown: dict[str, int] = {}  # label -> first line it appears on
-    with path.open(encoding="utf-8") as handle:
+    # utf-8-sig: a UTF-8 byte-order mark (Windows Notepad writes one) is no part of line 1's JSON
+    with path.open(encoding="utf-8-sig") as handle:
         try:
             lines = list(enumerate(handle, start=1))
         except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            handle.seek(0)
+            head = handle.buffer.read(4)
+            wide = next((f" but {name}" for bom, name in WIDE_BOMS if head.startswith(bom)), "")
+            raise InputError(
+                f"{path}: not UTF-8 text{wide} ({exc.reason} at byte {exc.start}); save it as UTF-8"
+            ) from None
     for number, line in lines:
         if not line.strip():
             continue
@@ -134,13 +141,17 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
 def evaluate_gold(
     gold_path: str | Path,
     registry: Registry,
-    profiles: Sequence[str] = PROFILES,
+    profiles: Sequence[str] | None = None,
     spacy_model: str | None = None,
 ) -> dict[str, Any]:
     """Score each matching profile against the gold labels; returns JSON-serialisable data.
 
-    ``spacy_model`` is passed to the curated profile only (the paper profile has no NLP step).
+    ``profiles``: by default every profile the registry supports (``paper`` only with its
+    ``paper_synonyms``). ``spacy_model`` is passed to the curated profile only (the paper profile
+    has no NLP step).
     """
+    if profiles is None:
+        profiles = [p for p in PROFILES if p != "paper" or has_paper_synonyms(registry)]
     gold = load_gold(gold_path, registry)
     truth = [set(row.concepts) for row in gold]
     result: dict[str, Any] = {

@@ -58,6 +58,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -228,14 +229,29 @@ def _not_text(caption: Any) -> InputError:
     )
 
 
+def is_missing(value: Any) -> bool:
+    """Whether ``value`` is no caption: None, NaN, or ``pandas.NA`` (what a pandas ``string``
+    column holds for a missing value)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    pandas = sys.modules.get("pandas")  # NA exists only once pandas is imported
+    return pandas is not None and value is pandas.NA
+
+
 def _text(caption: Any) -> str:
-    """A caption as text: "" for None or NaN (no caption: pandas' missing value); raises
-    InputError for a non-text."""
-    if not caption or (isinstance(caption, float) and caption != caption):
+    """A caption as text: "" for no caption (:func:`is_missing`); raises InputError for a
+    non-text."""
+    if is_missing(caption):
         return ""
-    if not isinstance(caption, str):
+    if not isinstance(caption, str):  # 0, False, b"", [] too: no text, though falsy
         raise _not_text(caption)
     return caption
+
+
+def has_paper_synonyms(registry: Registry) -> bool:
+    """Whether any concept of ``registry`` lists the paper's synonyms (the built-in ``cai2025``
+    does; a registry of one's own usually does not)."""
+    return any(concept.paper_synonyms for concept in registry.concepts)
 
 
 class PaperMatcher(Matcher):
@@ -248,6 +264,12 @@ class PaperMatcher(Matcher):
     profile = "paper"
 
     def __init__(self, registry: Registry):
+        if not has_paper_synonyms(registry):  # else every count is 0, which reads as a finding
+            raise SettingsError(
+                f"registry {registry.name!r} lists no paper_synonyms, the only words the 'paper' "
+                "profile counts; count with the 'curated' profile, or add each concept's "
+                "paper_synonyms to the registry"
+            )
         super().__init__(registry)
         self._automaton = ahocorasick.Automaton()
         for index, concept in enumerate(registry.concepts):
@@ -257,8 +279,7 @@ class PaperMatcher(Matcher):
 
     def match_indices(self, caption: str | None) -> list[int]:
         caption = _text(caption)
-        # an automaton without keys (a registry without paper synonyms) cannot be iterated
-        if not caption or not len(self._automaton):
+        if not caption:
             return []
         return sorted({index for _, index in self._automaton.iter(caption.lower())})
 

@@ -79,6 +79,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_TABLE_SUFFIXES = (".csv", ".tsv")  # not read: named with the fix when given
 _COMPRESSED = "compressed"  # a folder's compressed caption files, as a kind never read
 
 
@@ -237,7 +238,7 @@ def resolve_sources(
             raise InputError(
                 f"caption source {text!r}: unknown file type {path.suffix!r}; expected "
                 f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder, or hf:NAME)"
-                + _compressed_hint(path.suffix)
+                + _not_read_hint(path.suffix)
             )
     if not sources:
         raise InputError("no caption source given; name at least one file, folder or hf:NAME")
@@ -245,13 +246,18 @@ def resolve_sources(
     return sources
 
 
-def _compressed_hint(suffix: str) -> str:
-    """The fix to add to an unknown file type's message when the suffix is a compressor's."""
-    return (
-        "; compressed files are not read: decompress it first (e.g. gunzip -k FILE)"
-        if suffix.lower() in COMPRESSED_SUFFIXES
-        else ""
-    )
+def _not_read_hint(suffix: str) -> str:
+    """The fix to add to an unknown file type's message when the suffix is a compressor's, or a
+    delimited table's (a CSV's quoted captions may span lines, which line shards would cut)."""
+    if suffix.lower() in COMPRESSED_SUFFIXES:
+        return "; compressed files are not read: decompress it first (e.g. gunzip -k FILE)"
+    if suffix.lower() in _TABLE_SUFFIXES:
+        return (
+            "; CSV and TSV files are not read: convert it to parquet first (e.g. python -c "
+            "\"import pandas as p; p.read_csv('IN', sep=None, engine='python', "
+            "encoding='utf-8-sig').to_parquet('OUT.parquet')\")"
+        )
+    return ""
 
 
 def _refuse_repeats(sources: Sequence[Source]) -> None:
@@ -335,7 +341,7 @@ def _url_source(url: str, scheme: str) -> Source:
             raise InputError(
                 f"caption source {url!r}: unknown file type {Path(path).suffix!r}; expected "
                 f"{', '.join(_KINDS_BY_SUFFIX)} (or a folder of them)"
-                + _compressed_hint(Path(path).suffix)
+                + _not_read_hint(Path(path).suffix)
             )
         return Source(spec=url, kind=kind, files=(path,), filesystem=filesystem, scheme=scheme)
     if info.type != pafs.FileType.Directory:

@@ -360,3 +360,21 @@ def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
         "  0.910  7 [2J  red fox ]0;pwned  in snow",
         "  0.520  8  line one 9  0.99  forged gpj.exe",
     ]
+
+
+def test_count_says_when_per_caption_ids_cannot_be_joined_back(tmp_path):
+    """Two files numbered from 0 each: matches.parquet keeps every row, and the summary says
+    how many ids are missing or repeated, and how to name a unique id column."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text('{"id": 0, "caption": "a dog"}\n{"caption": "a cat"}\n')
+    (corpus / "b.jsonl").write_text('{"id": 0, "caption": "a red bus"}\n')
+    out = tmp_path / "run"
+    args = ["coverage", "count", str(corpus), "--out", str(out), "--no-progress"]
+    result = run_cli(*args, "--per-caption")
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "matches.parquet: 1 row(s) without an id and 1 whose id an earlier row has" in said
+    assert "--id-column" in said
+    plain = run_cli(*args[:-2], str(tmp_path / "plain"), "--no-progress")
+    assert plain.returncode == 0 and "without an id" not in plain.stdout

@@ -497,6 +497,32 @@ def test_a_run_where_every_shard_failed_is_failed(tiny, tmp_path):
     assert result.returncode == 2 and "no shard of the corpus could be read" in result.stderr
 
 
+def test_a_corpus_copied_elsewhere_resumes_and_the_manifest_names_the_copy(tiny, tmp_path):
+    """The copy's shards are the ones counted (same content and times): none is counted again,
+    but the complete run is not handed back as it was, naming the inputs of another session."""
+    import shutil
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "a.jsonl").write_text('{"id": 1, "caption": "a red cat"}\n')
+    (first / "b.jsonl").write_text('{"id": 2, "caption": "a dog"}\n')
+    out = tmp_path / "run"
+    before = run([first], tiny, out, per_caption=True)
+    copy = shutil.copytree(first, tmp_path / "copy")  # copy2: times kept
+    after = run([copy], tiny, out, per_caption=True)
+    assert not after.reused and after.manifest["timings"]["shards_this_session"] == 0
+    assert after.manifest["timings"]["shards_resumed"] == 2
+    assert after.manifest["inputs"][0]["spec"] == str(copy)
+    assert [f["path"] for f in after.manifest["inputs"][0]["files"]] == [
+        str(copy / "a.jsonl"),
+        str(copy / "b.jsonl"),
+    ]
+    assert after.manifest["corpus"] == "copy"
+    assert after.concepts.equals(before.concepts)
+    assert after.matches().equals(before.matches())
+    assert run([copy], tiny, out, per_caption=True).reused  # now it holds this very run
+
+
 def test_a_run_folder_inside_its_corpus_folder_is_no_input(tiny, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -504,6 +530,13 @@ def test_a_run_folder_inside_its_corpus_folder_is_no_input(tiny, tmp_path):
     first = run([corpus], tiny, corpus / "run")
     again = run([corpus], tiny, corpus / "run")  # its own tables would be no caption shards
     assert again.reused and again.n_captions_read == first.n_captions_read == 2
+
+
+def test_texts_of_a_pandas_string_column_take_its_missing_values_as_no_caption(tiny, tmp_path):
+    texts = pd.Series(["a red cat", None, "a dog"], dtype="string")
+    result = count_coverage(texts=texts, registry=tiny, out=tmp_path / "run", progress=False)
+    assert (result.manifest["n_rows"], result.n_captions_read) == (3, 2)
+    assert result.manifest["skipped_reasons"] == {"null": 1}
 
 
 def test_a_dataframe_of_non_text_captions_is_refused_and_mixed_ids_are_text(tiny, tmp_path):
@@ -514,6 +547,35 @@ def test_a_dataframe_of_non_text_captions_is_refused_and_mixed_ids_are_text(tiny
     matches = pd.read_parquet(result.out_dir / "matches.parquet")
     assert result.n_captions_read == 2 and matches["id"].iloc[0] == "a1"
     assert pd.isna(matches["id"].iloc[1])  # the cat has no id
+
+
+@pytest.mark.parametrize("per_bucket", [None, 2])
+def test_null_and_repeated_ids_are_counted_in_the_manifest(tiny, tmp_path, monkeypatch, per_bucket):
+    """Two files numbered from 0 each (a common way to get one id twice), a record without an id,
+    and an id given once as a number and once as text: matches.parquet keeps every row, and the
+    manifest says how many cannot be joined back by id. ``per_bucket``: the ids spread over
+    several files, as a large corpus's are."""
+    from clipaudit import coverage
+
+    if per_bucket is not None:
+        monkeypatch.setattr(coverage, "_IDS_PER_BUCKET", per_bucket)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = {
+        "a.jsonl": [(0, "a dog"), (1, "a cat"), (None, "a red cat"), ("x", "a puppy")],
+        "b.jsonl": [(0, "a kitten"), (1, "a dog"), (2, "red"), ("1", "a cat"), (None, "x")],
+    }
+    for name, pairs in rows.items():
+        lines = [{"caption": c} if i is None else {"id": i, "caption": c} for i, c in pairs]
+        (corpus / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run([corpus], tiny, tmp_path / "run", per_caption=True)
+    ids = pq.read_table(result.out_dir / "matches.parquet").column("id").to_pylist()
+    assert ids[:4] == ["0", "1", None, "x"] and len(ids) == 9  # text: "x" is no number
+    # nulls: one per file; repeated: b's 0 and 1, and its "1" (a third 1)
+    assert result.manifest["ids"] == {"n_null": 2, "n_repeated": 3}
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    plain = run([corpus], tiny, tmp_path / "plain")
+    assert plain.manifest["ids"] is None  # no per-caption output: ids name no row
 
 
 def test_ids_arrow_cannot_hold_are_kept_as_text(tiny, tmp_path):

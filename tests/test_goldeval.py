@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clipaudit.errors import InputError
+from clipaudit.errors import InputError, SettingsError
 from clipaudit.goldeval import GoldCaption, evaluate_gold, load_gold
 from clipaudit.registry import parse_registry
 
@@ -172,6 +173,24 @@ def test_duplicate_ids_and_empty_files(tmp_path, tiny):
         load_gold(write_lines(tmp_path / "empty.jsonl", ["", "  "]), tiny)
 
 
+def test_a_gold_file_saved_by_windows_tools_is_read_or_named(tmp_path, tiny):
+    """A UTF-8 byte-order mark and CRLF line endings (Notepad's) are read as the file's JSON
+    lines; a UTF-16 file is refused naming its encoding."""
+    text = "".join(json.dumps(row) + "\r\n" for row in GOLD) + "\r\n"
+    windows = tmp_path / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    rows = load_gold(windows, tiny)
+    assert [(r.id, r.caption, r.concepts) for r in rows] == [
+        (row["id"], row["caption"], tuple(row["concepts"])) for row in GOLD
+    ]
+    wide = tmp_path / "wide.jsonl"
+    wide.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as PowerShell writes
+    with pytest.raises(
+        InputError, match=r"wide.jsonl: not UTF-8 text but UTF-16 .*save it as UTF-8"
+    ):
+        load_gold(wide, tiny)
+
+
 def test_real_gold_targets(gold_path, registry):
     result = evaluate_gold(gold_path, registry)
     curated = result["profiles"]["curated"]["micro"]
@@ -286,3 +305,14 @@ def test_labels_of_another_registry_are_named_ten_at_most(tmp_path, tiny):
     message = str(err.value)
     assert "25 label(s) name no concept" in message and "; and 15 more;" in message
     assert "'thing09' (line 10)" in message and "thing10" not in message
+
+
+def test_a_registry_without_paper_synonyms_is_scored_under_curated_alone(gold_file):
+    """By default every profile the registry supports: the paper's needs its word lists."""
+    own = parse_registry(re.sub(r"\n    paper_synonyms: \[\w+\]", "", REGISTRY))
+    assert not any(c.paper_synonyms for c in own.concepts)
+    result = evaluate_gold(gold_file, own)
+    assert list(result["profiles"]) == ["curated"]
+    assert result["profiles"]["curated"]["micro"]["tp"] == 4
+    with pytest.raises(SettingsError, match="lists no paper_synonyms"):
+        evaluate_gold(gold_file, own, profiles=("curated", "paper"))

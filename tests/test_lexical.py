@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pickle
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -258,6 +259,30 @@ def test_non_string_caption_is_an_input_error(curated, paper):
             matcher.match(42)
 
 
+def test_a_pandas_string_column_s_missing_value_is_no_caption(curated, paper):
+    """A pandas ``string`` column holds pandas.NA for a missing caption, as others hold NaN."""
+    import pandas as pd
+
+    captions = pd.Series(["a dog", None, "a cat"], dtype="string").tolist()
+    assert captions[1] is pd.NA
+    for matcher in (curated, paper):
+        assert matcher.match(pd.NA) == []
+        dog, cat = matcher.match_indices("a dog"), matcher.match_indices("a cat")
+        assert matcher.match_batch(captions) == [dog, [], cat]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(0, "int 0"), (False, "bool False"), (b"", "bytes b''"), ([], "list []")]
+)
+def test_a_falsy_non_string_caption_is_an_input_error_too(curated, paper, value, shown):
+    """Only None and NaN are no caption; 0 or an empty list is a wrong value, not an empty one."""
+    for matcher in (curated, paper):
+        with pytest.raises(InputError, match=re.escape(f"got {shown}")):
+            matcher.match(value)
+        with pytest.raises(InputError, match=re.escape(f"got {shown}")):
+            matcher.match_batch(["a dog", value])
+
+
 def test_indices_agree_with_names_and_registry_order(curated):
     caption = "a grey puppy with a shiny hat on a train"
     indices = curated.match_indices(caption)
@@ -377,8 +402,14 @@ def test_batch_agrees_on_coco_captions(registry, coco_captions_path):
 def test_concepts_without_paper_synonyms_never_match_in_paper_profile(paper, curated):
     assert paper.match("zyzzyva") == []
     assert curated.match("zyzzyva") == ["nothing"]
+
+
+def test_the_paper_profile_refuses_a_registry_without_paper_synonyms():
+    """Every count would be 0, which a report would read as a corpus that never says a thing."""
     empty = parse_registry(TINY.replace("paper_synonyms: [", "paper_synonyms: []  # ["))
-    assert build_matcher(empty, "paper").match("a dog and a hat") == []
+    with pytest.raises(SettingsError, match=r"lists no paper_synonyms.*'curated' profile"):
+        build_matcher(empty, "paper")
+    assert build_matcher(empty, "curated").match("a dog and a hat") == ["dog", "hat"]
 
 
 def test_matchers_pickle(curated, paper):

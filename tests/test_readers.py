@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +43,24 @@ def test_parquet_file_reads_captions_and_its_id_column(tmp_path):
     keys, captions, ids, rows, skipped = read_all([path])
     assert (captions, ids, rows, skipped) == (["x", "y", "z"], [7, 8, 9], 3, {})
     assert len(keys) == 1
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        lambda values: pa.array(values).dictionary_encode(),  # as pandas' category dtype writes
+        lambda values: pa.array(values, pa.large_string()),
+        lambda values: pa.array(values, pa.string_view()),
+        lambda values: pa.array([None if v is None else v.encode() for v in values], pa.binary()),
+    ],
+    ids=["dictionary", "large_string", "string_view", "binary"],
+)
+def test_a_caption_column_of_any_string_encoding_reads_the_same(tmp_path, encoded):
+    values = ["a dog", None, "a dog", "x" * 30, "", "un café"]
+    path = write_parquet(tmp_path / "a.parquet", {"caption": encoded(values)})
+    _, captions, ids, rows, skipped = read_all([path], max_caption_chars=20)
+    assert (captions, ids) == (["a dog", "a dog", "", "un café"], [0, 2, 4, 5])
+    assert (rows, skipped) == (6, {"null": 1, "too_long": 1})
 
 
 def test_folder_of_shards_is_read_in_sorted_order_with_global_row_numbers(tmp_path):
@@ -280,6 +299,25 @@ def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
     resumed = count_coverage([f"hf:{folder}"], registry, tmp_path / "run", settings)
     assert resumed.manifest["timings"]["shards_resumed"] == 2
     assert resumed.concepts.set_index("concept")["count"]["dog"] == 7
+
+
+def test_a_csv_file_is_refused_with_a_conversion_that_reads_its_bom(tmp_path):
+    """The refusal's own conversion, run as given on a CSV from Windows (a byte-order mark, CRLF
+    line endings), makes a parquet file whose columns are named as the header names them."""
+    import pandas as pd
+
+    source = tmp_path / "meta.csv"
+    source.write_bytes(b'\xef\xbb\xbfSAMPLE_ID,TEXT\r\n7,"a dog, on a beach"\r\n8,a cat\r\n')
+    with pytest.raises(
+        InputError, match=r"unknown file type '\.csv'.*convert it to parquet"
+    ) as info:
+        resolve_sources([source])
+    command = re.search(r'python -c "(.*)"\)$', str(info.value)).group(1)
+    target = tmp_path / "OUT.parquet"
+    code = command.replace("'IN'", repr(str(source))).replace("'OUT.parquet'", repr(str(target)))
+    exec(code, {})
+    frame = pd.read_parquet(target)
+    assert frame.to_dict("list") == {"SAMPLE_ID": [7, 8], "TEXT": ["a dog, on a beach", "a cat"]}
 
 
 def test_a_missing_source_is_one_clear_error(tmp_path):

@@ -16,6 +16,20 @@ app = command_group(
 )
 console = plain_console()
 
+ProfileOption = typer.Option(
+    "curated",
+    "--profile",
+    "-p",
+    help="curated (whole words, inflections, negative contexts) "
+    "or paper (the paper's substring matching, for comparison).",
+)
+SpacyModelOption = typer.Option(
+    None,
+    "--spacy-model",
+    help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
+    "part-of-speech checks in the curated profile.",
+)
+
 
 @app.command("count")
 def count(
@@ -30,13 +44,7 @@ def count(
         ..., "--out", "-o", help="Run folder; rerun with the same folder to resume a stopped run."
     ),
     registry: str = RegistryOption,
-    profile: str = typer.Option(
-        "curated",
-        "--profile",
-        "-p",
-        help="curated (whole words, inflections, negative contexts) "
-        "or paper (the paper's substring matching, for comparison).",
-    ),
+    profile: str = ProfileOption,
     column: str | None = typer.Option(
         None,
         "--column",
@@ -62,12 +70,7 @@ def count(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Count and list unreadable shards instead of stopping."
     ),
-    spacy_model: str | None = typer.Option(
-        None,
-        "--spacy-model",
-        help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
-        "part-of-speech checks in the curated profile.",
-    ),
+    spacy_model: str | None = SpacyModelOption,
     examples: int = typer.Option(5, "--examples", help="Example captions kept per concept."),
     max_chars: int = typer.Option(
         10_000, "--max-chars", help="Longer captions are skipped (and counted as skipped)."
@@ -203,6 +206,14 @@ def _print_summary(result: object) -> None:
         console.print(f"{manifest['n_skipped']:,} rows skipped: {reasons}", style="yellow")
     for shard in manifest["skipped_shards"]:
         console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
+    ids = manifest.get("ids") or {}  # with --per-caption; older manifests have none
+    if ids.get("n_null") or ids.get("n_repeated"):
+        console.print(
+            f"matches.parquet: {ids['n_null']:,} row(s) without an id and {ids['n_repeated']:,} "
+            "whose id an earlier row has; they cannot be joined back to the corpus by id: name "
+            "a unique id column with --id-column",
+            style="yellow",
+        )
     for source in manifest["inputs"]:
         # a folder reads one kind of caption file, and no compressed one
         packed = [name for name in source.get("left_out", []) if _compressed(name)]
@@ -238,6 +249,8 @@ def _print_semantic(semantic: dict, run: Path) -> None:
     )
     if calibration["calibrated"]:
         console.print(f"calibration {calibration['path']}")
+        for part, said in calibration.get("differs", {}).items():
+            console.print(f"calibration fitted under another {part}: {said}", style="yellow")
         missing = calibration.get("concepts_not_calibrated", {})
         for why, said in (("absent", "absent from it"), ("changed", "changed since it was fitted")):
             if missing.get(why):
@@ -308,7 +321,8 @@ def eval_(
         None,
         "--profile",
         "-p",
-        help="Profile to score; repeat for several (default: curated and paper).",
+        help="Profile to score; repeat for several (default: curated, and paper when the "
+        "registry lists paper_synonyms).",
     ),
     spacy_model: str | None = typer.Option(
         None, "--spacy-model", help="spaCy pipeline for the curated profile's POS checks."
@@ -319,7 +333,6 @@ def eval_(
 ) -> None:
     """Micro and per-group precision/recall of each matching profile against gold labels."""
     from clipaudit.goldeval import evaluate_gold
-    from clipaudit.lexical import PROFILES
     from clipaudit.provenance import write_json
     from clipaudit.registry import load_registry
 
@@ -327,7 +340,7 @@ def eval_(
         raise InputError(
             f"--json {json_out} is a folder; give a file to write, e.g. {json_out / 'eval.json'}"
         )
-    profiles = tuple(profile) if profile else PROFILES
+    profiles = tuple(profile) if profile else None  # the registry's: paper with its synonyms
     scores = evaluate_gold(
         gold, load_registry(registry), profiles=profiles, spacy_model=spacy_model
     )
@@ -374,6 +387,8 @@ def calibrate(
         help="Positives a concept needs for thresholds of its own (else the shared ones).",
     ),
     device: str = typer.Option("auto", "--device", help="Where the encoder runs."),
+    profile: str = ProfileOption,
+    spacy_model: str | None = SpacyModelOption,
 ) -> None:
     """Fit per-concept thresholds for an encoder on labelled captions; print cross-validated
     precision and recall of every method; write the calibration with the encoder's identity."""
@@ -385,7 +400,7 @@ def calibrate(
         )
     report = fit(
         gold, out, encoder=encoder, registry=registry, folds=folds, min_positives=min_positives,
-        device=device,
+        device=device, profile=profile, spacy_model=spacy_model,
     )  # fmt: skip
     scores = report.cross_validation
     table = Table(

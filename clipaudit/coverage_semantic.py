@@ -39,7 +39,10 @@ dispatcher, unit records, resume and merge. What it adds:
 
 Thresholds come from a calibration file fitted for the encoder (``coverage calibrate``); without
 one, the documented defaults of :mod:`clipaudit.semantic.calibration` apply and the manifest says
-``"calibrated": false``.
+``"calibrated": false``. A calibration fitted under another registry (or, for ``checked``, whose
+thresholds were fitted on lexical hits, another spaCy model) is used and the manifest says where
+they differ, naming both (``calibration.differs``); under another matching profile ``checked``
+refuses it.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ NEAREST_SELECTION = (
     "near_margin of the concept's semantic threshold, ties to the earlier caption; 'counted': whether "
     "the run's method counted the caption for that concept"
 )
-BLANK_CAPTIONS = "a caption of no word (empty, white space) counts for no concept"
+BLANK_CAPTIONS = (
+    "a caption of no word (empty, white space, punctuation and signs alone) counts for no concept"
+)
 INDEX_FOLDER = "index"
 
 
@@ -112,7 +117,13 @@ class SemanticRun:
     vectors, the calibration, and the embeddings of each shard (see the module docstring)."""
 
     def __init__(self, settings: Any, registry: Any):
-        from clipaudit.semantic.calibration import calibration_for, concept_fingerprints
+        from clipaudit.semantic.calibration import (
+            Calibration,
+            calibration_for,
+            concept_fingerprints,
+            context_differences,
+            fit_context,
+        )
         from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
         self.settings = settings
@@ -121,6 +132,19 @@ class SemanticRun:
             resolve_encoder(settings.encoder),
             device=settings.device,
             batch_size=settings.encode_batch,
+        )
+        # another registry or lexical matcher than the calibration's: flagged in the manifest;
+        # another profile under `checked` is refused, before the encoder takes seconds to load
+        self.fit_context = fit_context(registry, settings.profile, settings.spacy_model)
+        self.calibration_differs = (
+            context_differences(
+                Calibration.load(settings.calibration),
+                self.fit_context,
+                settings.calibration,
+                lexical=self.method == "checked",
+            )
+            if settings.calibration is not None
+            else {}
         )
         self.encoder = load_encoder(self.spec)
         self.registry = registry
@@ -169,6 +193,9 @@ class SemanticRun:
             "path": str(Path(self.settings.calibration).resolve()),
             "sha256": sha256_file(self.settings.calibration),
             "fitted_on": list(calibration.fitted_on),
+            "fitted_with": calibration.fitted_with,
+            # registry, lexical matcher: where the run's differ from those it was fitted with
+            "differs": self.calibration_differs,
             "shared": calibration.shared,
             "concepts_fitted": {k: v.count("fitted") for k, v in calibration.origin.items()},
             # absent from the calibration, or changed since: the shared thresholds
@@ -781,12 +808,16 @@ def calibrate(
     seed: int = 0,
     min_positives: int = 5,
     device: str = "auto",
+    profile: str = "curated",
+    spacy_model: str | None = None,
 ) -> CalibrationReport:
     """Fit per-concept thresholds (``semantic``, ``sense``, ``additions``) for ``encoder`` on
     labelled captions (JSON lines: id, caption, concepts), save them to ``out`` with the encoder's
-    identity and the files they were fitted on, and score every method by ``folds``-fold
-    cross-validation (each caption predicted by thresholds fitted on the other folds only; per
-    file when several are given)."""
+    identity, the files they were fitted on, the registry and the lexical matcher (``profile``,
+    ``spacy_model``: the ``checked`` thresholds are fitted on its hits, and a ``checked`` run
+    under another profile refuses them), and score every method by ``folds``-fold cross-validation (each
+    caption predicted by thresholds fitted on the other folds only; per file when several are
+    given)."""
     from clipaudit.goldeval import load_gold
     from clipaudit.lexical import build_matcher
     from clipaudit.registry import load_registry
@@ -798,6 +829,7 @@ def calibrate(
         cross_validate,
         describe_labelled,
         fit_calibration,
+        fit_context,
         gather_evidence,
     )
     from clipaudit.semantic.concepts import concept_embeddings
@@ -823,9 +855,9 @@ def calibrate(
     registry = load_registry(registry)
     golds = [load_gold(path, registry) for path in paths]
     check_folds(folds, sum(map(len, golds)))
+    matcher = build_matcher(registry, profile, spacy_model=spacy_model)
     model = load_encoder(spec)
     concepts = concept_embeddings(registry, model)
-    matcher = build_matcher(registry)
     parts, fitted_on = [], []
     for path, labelled in zip(paths, golds, strict=True):
         captions = [g.caption for g in labelled]
@@ -857,6 +889,7 @@ def calibrate(
         min_positives=min_positives,
         fitted_on=fitted_on,
         texts=concept_fingerprints(registry),
+        fitted_with=fit_context(registry, profile, spacy_model),
     )
     path = fitted.save(out)
     return CalibrationReport(path, fitted, scores)

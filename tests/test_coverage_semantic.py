@@ -484,6 +484,8 @@ def test_calibrate_and_query_check_their_settings_before_loading_the_encoder(tmp
         ("a fox", "0.5", r"threshold must be a cosine in \[-1, 1\], got '0.5'"),
         ("", None, "a query text must hold a word, got ''"),
         ("  ", 0.3, "a query text must hold a word, got '  '"),
+        ("?!", 0.3, r"a query text must hold a word, got '\?!'"),
+        (["paper", "--"], 0.3, "a query text must hold a word, got '--'"),
         (None, None, "a query is a text, a list of words or a unit vector, got NoneType"),
     ]:
         with pytest.raises(SettingsError, match=message):
@@ -577,15 +579,16 @@ def test_laion_embeddings_pair_text_files_and_count_a_subset_of_shards(tmp_path)
 
 
 def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
-    """An empty or white-space caption says nothing: whatever vector LAION or an encoder gave it
-    (MiniLM puts "" at cosine 0.53 of "excited"), it counts for no concept."""
+    """An empty or white-space caption says nothing, nor does one of punctuation alone: whatever
+    vector LAION or an encoder gave it (MiniLM puts "" at cosine 0.53 of "excited", "|" at 0.41),
+    it counts for no concept."""
     from clipaudit.semantic.concepts import concept_embeddings
     from clipaudit.semantic.store import encode_captions
 
     rng = np.random.default_rng(8)
     concepts = concept_embeddings(tiny, tiny_encoder)
-    captions = ["a cat", "", "a dog", "   ", "\n", "a horse", "a fox", "", "a wolf", "a pup"]
-    blank = np.array([not c.strip() for c in captions])
+    captions = ["a cat", "", "a dog", "   ", "\n", "a horse", "...", "", "a wolf", " | "]
+    blank = np.array([False, True, False, True, True, False, True, True, False, True])
     x = rng.standard_normal((len(captions), 32)) + concepts.vectors[rng.integers(0, 4, 10)]
     x[blank] = concepts.vectors[0]  # each blank caption's given vector is the first concept's
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
@@ -605,7 +608,7 @@ def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     # encoded: a blank caption's vector is zero, the others are the encoder's own
     vectors = encode_captions(tiny_encoder, captions)
     assert not vectors[blank].any()
-    words = [c for c in captions if c.strip()]
+    words = ["a cat", "a dog", "a horse", "a wolf"]
     np.testing.assert_allclose(vectors[~blank], tiny_encoder.encode(words), atol=1e-6)
 
 
@@ -974,3 +977,117 @@ def test_a_laion_row_of_nan_stops_the_run_naming_file_and_row(tiny, tiny_encoder
         count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
                        settings)  # fmt: skip
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] != "complete"
+
+
+def test_a_calibration_records_its_registry_and_profile_and_a_run_under_others_says_so(
+    corpus, encoder_spec, tmp_path, monkeypatch
+):
+    """The checked thresholds are fitted on the lexical matcher's hits: a run matching under
+    another profile is refused, naming both; another registry is flagged in the manifest."""
+    import hashlib
+
+    from clipaudit.coverage_semantic import calibrate
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(
+        json.dumps({"id": r["id"], "caption": r["caption"],
+                    "concepts": ["dog"] if " dog " in f" {r['caption']} " else []}) + "\n"
+        for r in corpus_rows() if isinstance(r["caption"], str)
+    ))  # fmt: skip
+    out = tmp_path / "cal.json"
+    calibrate(gold, out, encoder=encoder_spec, registry=registry, folds=2, min_positives=3)
+    fitted_with = json.loads(out.read_text())["fitted_with"]
+    assert fitted_with == {
+        "registry": {"name": "tiny", "sha256": hashlib.sha256(registry.read_bytes()).hexdigest()},
+        "lexical": {"profile": "curated", "spacy_model": None},
+    }
+
+    from clipaudit.semantic import encoders
+
+    with monkeypatch.context() as patched:  # refused before the encoder loads
+        patched.setattr(encoders, "load_encoder", no_encoder)
+        with pytest.raises(
+            SettingsError, match=r"'curated' profile.*'paper' profile.*--profile paper"
+        ):
+            semantic_run(corpus, registry, tmp_path / "paper", encoder_spec, out,
+                         method="checked", profile="paper")  # fmt: skip
+    assert not (tmp_path / "paper" / "manifest.json").exists()
+
+    same = semantic_run(corpus, registry, tmp_path / "same", encoder_spec, out, method="checked")
+    assert same.manifest["semantic"]["calibration"]["differs"] == {}
+    assert same.manifest["semantic"]["calibration"]["fitted_with"] == fitted_with
+
+    # another registry whose concepts read the same (their thresholds apply) but whose sense
+    # rules differ: the run goes on and says which registry each side had
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(TINY_REGISTRY.replace("[hot dog]", "[hot dog, dog bed]"))
+    run = semantic_run(corpus, edited, tmp_path / "edited", encoder_spec, out, method="both",
+                       profile="paper")  # fmt: skip
+    record = run.manifest["semantic"]["calibration"]
+    new_sha = hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert set(record["differs"]) == {"registry"}  # the profile does not bear on `both`
+    assert fitted_with["registry"]["sha256"] in record["differs"]["registry"]
+    assert new_sha in record["differs"]["registry"]
+    assert record["concepts_not_calibrated"] == {"absent": [], "changed": []}
+
+    # a calibration written before they were recorded: the run says it cannot tell
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({k: v for k, v in json.loads(out.read_text()).items()
+                                 if k != "fitted_with"}))  # fmt: skip
+    run = semantic_run(corpus, registry, tmp_path / "older", encoder_spec, older, method="checked")
+    differs = run.manifest["semantic"]["calibration"]["differs"]
+    assert set(differs) == {"registry", "lexical"}
+    assert differs["lexical"].startswith("not recorded in the calibration")
+    assert "profile curated" in differs["lexical"]
+
+
+def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
+    corpus, encoder_spec, tmp_path
+):
+    """`coverage calibrate --profile` fits on that profile's hits; `count` refuses it under
+    another profile for `checked`, and prints where the registry differs for `both`."""
+    import hashlib
+
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(
+        json.dumps({"id": r["id"], "caption": r["caption"],
+                    "concepts": ["dog"] if " dog " in f" {r['caption']} " else []}) + "\n"
+        for r in corpus_rows() if isinstance(r["caption"], str)
+    ))  # fmt: skip
+    command = [sys.executable, "-m", "clipaudit", "coverage"]
+    out = tmp_path / "cal.json"
+    fitted = subprocess.run(
+        [*command, "calibrate", str(gold), "--out", str(out), "--registry", str(registry),
+         "--encoder", encoder_spec, "--folds", "2", "--min-positives", "3", "--profile", "paper"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert json.loads(out.read_text())["fitted_with"]["lexical"]["profile"] == "paper"
+
+    count = [*command, "count", str(corpus), "--encoder", encoder_spec, "--calibration", str(out)]
+    refused = subprocess.run(
+        [*count, "--out", str(tmp_path / "checked"), "--registry", str(registry),
+         "--method", "checked"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "'paper' profile" in refused.stderr and "--profile paper" in refused.stderr
+
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(TINY_REGISTRY.replace("[hot dog]", "[hot dog, dog bed]"))
+    counted = subprocess.run(
+        [*count, "--out", str(tmp_path / "both"), "--registry", str(edited), "--method", "both",
+         "--no-progress"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr
+    said = "".join(counted.stdout.split())  # rich wraps the 64-digit hashes anywhere
+    fitted_sha, edited_sha = (
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (registry, edited)
+    )
+    assert f"calibrationfittedunderanotherregistry:fittedwithnametiny,sha256{fitted_sha}" in said
+    assert f"thisrun:nametiny,sha256{edited_sha}" in said

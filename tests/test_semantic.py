@@ -357,6 +357,28 @@ def test_embedding_shards_resume_after_an_interruption(tmp_path, tiny_encoder):
     assert third.texts == 0
 
 
+def test_an_encoder_giving_nan_vectors_stops_before_the_store_keeps_them(tmp_path, tiny_encoder):
+    """FAISS scores a NaN vector near no concept: kept, its caption would count for nothing
+    without a word. The part is refused, naming the caption, and nothing of it is stored."""
+    from types import SimpleNamespace
+
+    from clipaudit.errors import ModelError
+    from clipaudit.semantic.store import EmbeddingStore, embed_parts
+
+    def encode(texts):
+        vectors = tiny_encoder.encode(texts)
+        vectors[[i for i, t in enumerate(texts) if "overflow" in t]] = np.nan
+        return vectors
+
+    broken = SimpleNamespace(identity=tiny_encoder.identity, dim=tiny_encoder.dim, encode=encode)
+    store = EmbeddingStore.open(tmp_path / "store", tiny_encoder.identity, tiny_encoder.dim)
+    batches = [(["a dog", "a cat"], [1, 2]), (["", "an overflow", "a car"], [3, 4, 5])]
+    with pytest.raises(ModelError, match=r"NaN or infinite vectors for 1 of 3 captions \(e\.g\. "
+                       r"'an overflow'\); encode in fp32"):  # fmt: skip
+        embed_parts(store, "k", batches, broken)
+    assert store.has_part("k", 0) and not store.has_part("k", 1) and not store.is_done("k")
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[3])
@@ -948,6 +970,8 @@ def test_sense_check_with_minilm_on_hand_written_phone_captions(registry, minilm
 
 
 def test_checked_pairs_on_planted_vectors(minilm):
+    from types import SimpleNamespace
+
     from clipaudit.semantic.calibration import KINDS, Calibration
     from clipaudit.semantic.checked import SenseChecker
     from clipaudit.semantic.concepts import ConceptEmbeddings
@@ -1007,6 +1031,17 @@ def test_checked_pairs_on_planted_vectors(minilm):
     assert counting.texts == 0  # b is never in doubt: nothing to encode
     lazy.check(np.array([0, 2, 2]), np.array([1, 0, 1]), n_captions=5, captions=texts)
     assert counting.texts == 1  # only caption 2 holds a doubtful hit
+
+    # captions checked without vectors: the blank ones are added to nothing either, though the
+    # encoder embeds them like any text (here: additions for every concept, at cosine -1 or more)
+    encoded = SenseChecker(
+        concepts, dataclasses.replace(calibration, thresholds={**thresholds, "additions": np.full(4, -1.0)}),
+        encoder=SimpleNamespace(identity={}, dim=8, encode=lambda texts: np.stack(
+            [caption({i % 4: 1.0}, {}) for i, _ in enumerate(texts)])),
+    )  # fmt: skip
+    out = encoded.check(np.zeros(0, np.int64), np.zeros(0, np.int64), n_captions=4,
+                        captions=["a word", "", "...", "two"])  # fmt: skip
+    assert sorted(set(out.rows.tolist())) == [0, 3] and out.added.all()
 
 
 # --------------------------------------------------------------------------- index

@@ -17,9 +17,10 @@ nothing.
 
 :func:`cross_validate` scores every method, and each part of ``checked`` alone, on captions the
 thresholds were not fitted on (k folds; copies of a caption share a fold). A :class:`Calibration`
-is saved as JSON with the identity of the encoder it was fitted for; :func:`calibration_for` loads
-it for an encoder, or, when there is none, returns the documented defaults
-(:data:`DEFAULT_THRESHOLDS`) flagged ``calibrated=False``.
+is saved as JSON with the identity of the encoder it was fitted for, and the registry and lexical
+matcher it was fitted under (:func:`fit_context`; :func:`context_differences` says where a run's
+differ); :func:`calibration_for` loads it for an encoder, or, when there is none, returns the
+documented defaults (:data:`DEFAULT_THRESHOLDS`) flagged ``calibrated=False``.
 """
 
 from __future__ import annotations
@@ -245,6 +246,9 @@ class Calibration:
     # concept -> fingerprint of the texts its vectors were embedded from (concept_fingerprints);
     # empty in a calibration written before they were recorded
     texts: dict[str, str] = field(default_factory=dict)
+    # the registry and lexical matcher it was fitted with (fit_context); empty in a calibration
+    # written before they were recorded
+    fitted_with: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for kind in KINDS:
@@ -288,7 +292,7 @@ class Calibration:
         kept = {name: self.texts[name] for name in names if name in self.texts}
         return Calibration(
             self.encoder, tuple(names), thresholds, origin, dict(self.shared), self.calibrated,
-            self.fitted_on, dict(self.settings), self.note, kept,
+            self.fitted_on, dict(self.settings), self.note, kept, dict(self.fitted_with),
         )  # fmt: skip
 
     def not_calibrated(self) -> dict[str, list[str]]:
@@ -310,6 +314,7 @@ class Calibration:
             "calibrated": self.calibrated,
             "note": self.note,
             "fitted_on": list(self.fitted_on),
+            "fitted_with": self.fitted_with,
             "settings": self.settings,
             "shared": self.shared,
             "concepts": {
@@ -375,6 +380,14 @@ class Calibration:
                 dict(entry) if isinstance(entry, dict) else {"path": entry} for entry in entries
             )
             settings = dict(doc.get("settings", {}))
+            fitted_with = doc.get("fitted_with", {})
+            if not isinstance(fitted_with, dict) or not all(
+                isinstance(v, dict) for v in fitted_with.values()
+            ):
+                raise TypeError(
+                    f"'fitted_with' must map registry and lexical to their records, got "
+                    f"{fitted_with!r:.60}"
+                )
             calibrated = doc.get("calibrated", True)
             if calibrated is not True:  # a file's thresholds are fitted ones: no other kind loads
                 raise ValueError(
@@ -386,7 +399,7 @@ class Calibration:
             ) from None
         return cls(
             encoder, names, thresholds, origin, shared, True, fitted_on, settings,
-            str(doc.get("note", "")), texts,
+            str(doc.get("note", "")), texts, fitted_with,
         )  # fmt: skip
 
 
@@ -437,9 +450,12 @@ def fit_calibration(
     min_positives: int = 5,
     fitted_on: Sequence[dict[str, Any]] = (),
     texts: Mapping[str, str] | None = None,
+    fitted_with: Mapping[str, Any] | None = None,
 ) -> Calibration:
     """Fit the three kinds of threshold on ``evidence`` (see the module docstring); ``texts``:
-    the concepts' :func:`concept_fingerprints`, recorded so that a use after they change knows."""
+    the concepts' :func:`concept_fingerprints`, recorded so that a use after they change knows;
+    ``fitted_with``: the registry and lexical matcher the evidence came from (:func:`fit_context`),
+    recorded so that a run under others knows."""
     check_min_positives(min_positives)
     y, lex = evidence.labels, evidence.lexical
     everything = np.ones_like(y)
@@ -471,6 +487,7 @@ def fit_calibration(
             "rule": "F1-optimal per concept, shared fallback",
         },
         texts={n: texts[n] for n in evidence.names if n in texts} if texts else {},
+        fitted_with=dict(fitted_with or {}),
     )
 
 
@@ -531,6 +548,51 @@ def calibration_for(
             "registry (coverage calibrate --registry) or run without one (defaults)"
         )
     return chosen
+
+
+def fit_context(registry: Any, profile: str, spacy_model: str | None) -> dict[str, Any]:
+    """What a calibration is fitted under besides the encoder: the registry, and the lexical
+    matcher whose hits the ``sense`` and ``additions`` thresholds are fitted on."""
+    return {
+        "registry": {"name": registry.name, "sha256": registry.sha256},
+        "lexical": {"profile": profile, "spacy_model": spacy_model},
+    }
+
+
+def context_differences(
+    calibration: Calibration, now: Mapping[str, Any], path: str | Path, *, lexical: bool
+) -> dict[str, str]:
+    """Where ``calibration`` was fitted under another registry or lexical matcher than a run's
+    (``now``: its :func:`fit_context`), each said naming both; empty for the defaults. The
+    registry is compared always; the lexical matcher when ``lexical`` (the ``checked`` method:
+    its thresholds were fitted on that matcher's hits), and another profile is refused, since
+    its hits are not those the thresholds keep or add to."""
+    if not calibration.calibrated:
+        return {}
+    fitted_profile = calibration.fitted_with.get("lexical", {}).get("profile")
+    profile = now["lexical"]["profile"]
+    if lexical and fitted_profile is not None and fitted_profile != profile:
+        raise SettingsError(
+            f"{path} was fitted on the lexical hits of the {fitted_profile!r} profile, and the "
+            f"checked method keeps and adds to those of the {profile!r} profile here; fit one "
+            f"under this profile (coverage calibrate --profile {profile}) or count with "
+            f"--profile {fitted_profile}"
+        )
+    differences = {}
+    for part in ("registry", "lexical") if lexical else ("registry",):
+        fitted = calibration.fitted_with.get(part)
+        if fitted is None:
+            differences[part] = (
+                f"not recorded in the calibration (fitted before it was); this run: "
+                f"{_said(now[part])}"
+            )
+        elif fitted != now[part]:
+            differences[part] = f"fitted with {_said(fitted)}; this run: {_said(now[part])}"
+    return differences
+
+
+def _said(record: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in record.items())
 
 
 def describe_labelled(path: str | Path, n_captions: int) -> dict[str, Any]:

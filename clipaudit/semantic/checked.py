@@ -28,6 +28,7 @@ from clipaudit.semantic.calibration import ACCEPT_NONE, Calibration
 from clipaudit.semantic.concepts import ConceptEmbeddings
 from clipaudit.semantic.counting import SemanticCounter
 from clipaudit.semantic.encoders import TextEncoder
+from clipaudit.semantic.store import blank_captions
 
 KEPT, DROPPED, ADDED = "kept", "dropped", "added"
 
@@ -100,10 +101,13 @@ class SenseChecker:
     ) -> CheckedPairs:
         """Check one batch's lexical pairs; ``vectors`` (n_captions x dim, unit) or ``captions``
         (encoded as needed with the encoder) give the captions' embeddings. ``blank``: captions
-        that hold no word, which no addition counts (see :meth:`SemanticCounter.add`)."""
+        that hold no word, which no addition counts (see :meth:`SemanticCounter.add`); default:
+        those of ``captions`` when given."""
         rows = np.asarray(lexical_rows, dtype=np.int64)
         concepts = np.asarray(lexical_concepts, dtype=np.int64)
         n_encoded = 0
+        if blank is None and captions is not None:  # an encoder embeds "" near some concept
+            blank = blank_captions(captions)
         if vectors is None:
             if captions is None or self.encoder is None:
                 raise InputError("checking needs the captions' vectors, or captions and an encoder")

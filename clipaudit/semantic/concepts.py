@@ -26,6 +26,7 @@ import numpy as np
 from clipaudit.errors import InputError
 from clipaudit.registry import Registry
 from clipaudit.semantic.encoders import TextEncoder, normalise
+from clipaudit.semantic.store import holds_no_word
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ def concept_embeddings(
 def query_vectors(queries: Sequence[str | Sequence[str]], encoder: TextEncoder) -> np.ndarray:
     """One unit vector per query: a text, or several words for one concept (averaged)."""
     groups = [[q] if isinstance(q, str) else list(q) for q in queries]
-    if any(not g or not all(isinstance(t, str) and t.strip() for t in g) for g in groups):
+    if any(
+        not g or not all(isinstance(t, str) and not holds_no_word(t) for t in g) for g in groups
+    ):
         raise InputError("a query must be a non-empty text or a list of non-empty texts")
     encoded = encoder.encode([t for g in groups for t in g])
     out = np.empty((len(groups), encoder.dim), dtype=np.float32)

@@ -56,7 +56,7 @@ from clipaudit.provenance import (
     write_json,
 )
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
-from clipaudit.semantic.store import EmbeddingStore
+from clipaudit.semantic.store import EmbeddingStore, holds_no_word
 
 INDEX_KINDS = ("auto", "flat", "ivfpq")
 INDEX_FORMAT = "clipaudit-caption-index"
@@ -89,7 +89,7 @@ def check_query(query: Any, threshold: Any, k: Any) -> None:
             f"{type(query).__name__} {query!r:.60}"
         )
     for text in texts:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or holds_no_word(text):
             raise SettingsError(f"a query text must hold a word, got {text!r:.60}")
     if threshold is not None and (
         not isinstance(threshold, numbers.Real)

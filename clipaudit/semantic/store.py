@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, RunFolderError
+from clipaudit.errors import InputError, ModelError, RunFolderError
 from clipaudit.provenance import atomic_write_bytes, write_json
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, normalise, same_encoder
 
@@ -333,9 +334,21 @@ def embed_parts(
     return EmbedStats(encoded, resumed, rows_encoded, rows)
 
 
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+
+
+def holds_no_word(text: str | None) -> bool:
+    """Whether ``text`` holds no letter, digit or pictograph (emoji): None, empty, white space,
+    or punctuation and signs alone ("...", "-", "|"), which an encoder embeds near some concept
+    all the same."""
+    if not text or _LETTER_OR_DIGIT.search(text):
+        return not text
+    return not any(unicodedata.category(ch) == "So" for ch in text)
+
+
 def blank_captions(captions: Sequence[str | None]) -> np.ndarray:
-    """Which captions hold no word (empty, white space or None), as a boolean array."""
-    return np.fromiter((not (c and c.strip()) for c in captions), bool, len(captions))
+    """Which captions hold no word (:func:`holds_no_word`), as a boolean array."""
+    return np.fromiter(map(holds_no_word, captions), bool, len(captions))
 
 
 def encode_captions(encoder: TextEncoder, captions: Sequence[str]) -> np.ndarray:
@@ -343,10 +356,21 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str]) -> np.ndarray
     concept (an encoder embeds "" like any text: MiniLM puts it at cosine 0.53 of "excited")."""
     blank = blank_captions(captions)
     if not blank.any():
-        return encoder.encode(captions)
-    vectors = np.zeros((len(captions), encoder.dim), dtype=np.float32)
-    if not blank.all():
-        vectors[~blank] = encoder.encode([c for c, b in zip(captions, blank, strict=True) if not b])
+        vectors = encoder.encode(captions)
+    else:
+        vectors = np.zeros((len(captions), encoder.dim), dtype=np.float32)
+        if not blank.all():
+            said = [c for c, b in zip(captions, blank, strict=True) if not b]
+            vectors[~blank] = encoder.encode(said)
+    # a NaN vector (fp16 overflow on a GPU) is near no concept: its caption would count for
+    # nothing without a word, and the store would keep it
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise ModelError(
+            f"encoder {encoder.identity.get('model', '?')} gave NaN or infinite vectors for "
+            f"{len(bad)} of {len(captions)} captions (e.g. {captions[bad[0]]!r:.80}); encode in "
+            "fp32 (on the CPU: --device cpu) or use another encoder"
+        )
     return vectors
 
 

@@ -495,6 +495,209 @@ def test_the_notebook_view_is_compact_and_escaped(report):
     assert repr(report).startswith("Report(") and "Spearman 0." in repr(report)
 
 
+def test_the_report_says_what_each_corpus_and_model_was_computed_with(report, audit_runs):
+    """Coverage depends on the matching profile and the captions read, awareness on the weights,
+    the prompts and the images: the page named none of them, only the folders."""
+    import hashlib
+
+    from tests.report_world import IMAGED, IMAGES_PER_CONCEPT, N_CAPTIONS
+
+    root = Path(audit_runs["root"])
+    (corpus,) = report.summary["corpora"]
+    assert corpus["provenance"] == {
+        "n_captions_read": N_CAPTIONS,
+        "profile": "curated",  # count_coverage's default
+        "method": "lexical",
+        "encoder": None,
+        "calibrated": None,
+        "calibrated_on": [],
+        "sources": [str(root / "corpus.parquet")],
+    }
+    n_images = IMAGES_PER_CONCEPT * sum(len(concepts) for concepts in IMAGED.values())
+    for model in report.summary["models"]:
+        weights = root / "models" / f"{model['label'].split('@')[1]}.safetensors"
+        assert model["provenance"] == {
+            "architecture": "tiny-clip",
+            "pretrained": str(weights),
+            "random_weights_seed": None,
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "templates": "none",  # run_zeroshot's default: the bare concept name
+            "all_concepts": False,
+            "images": audit_runs["images"],
+            "n_images": n_images,
+        }
+    html = (report.out / "report.html").read_text()
+    assert html.count(f"lexical coverage, curated profile · {N_CAPTIONS} captions") == 2
+    section = html[html.index("What each corpus and model is") :]
+    for model in report.summary["models"]:
+        assert model["provenance"]["weights_sha256"][:16] in section
+    assert "templates none" in section and "the group's imaged concepts" in section
+    markdown = (report.out / "report.md").read_text()
+    assert f"| lexical, curated profile, {N_CAPTIONS} captions |" in markdown
+    assert f"| web-captions | {N_CAPTIONS} | lexical | curated |" in markdown
+
+
+def _section_rows(html: str, section: str) -> list[list[str]]:
+    """The text of each table row's cells in one ``<section id=...>`` of the page."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.rows, self.cell = False, [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "section":
+                self.inside = dict(attrs).get("id") == section
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if self.inside and tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(" ".join("".join(self.cell).split()))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Rows()
+    parser.feed(html)
+    return parser.rows
+
+
+def test_the_concept_table_shows_the_coverage_the_statistics_use(audit_runs, tmp_path):
+    """With semantic coverage primary, the concept table's captions and coverage were the lexical
+    ones: a concept listed "often captioned yet unknown" at 80 captions read 0 captions there."""
+    from clipaudit.report.render import share
+
+    coverage = load_run(audit_runs["coverage"])
+    n = coverage.n_captions_read
+    concepts = coverage.concepts.copy()
+    concepts["semantic_count"] = concepts["count"] + 40 * (np.arange(len(concepts)) % 3)
+    concepts["semantic_rate"] = concepts["semantic_count"] / n
+    changed = dataclasses.replace(
+        coverage,
+        arrow_tables={**coverage.arrow_tables, "concepts": pa.Table.from_pandas(concepts)},
+        manifest={**coverage.manifest, "method": "semantic"},
+    )
+    result = build_report([changed, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
+    html = (result.out / "report.html").read_text()
+    header, *rows = _section_rows(html, "concepts")
+    assert header[:5] == ["group", "concept", "captions", "lexical", "semantic"]
+    expected = concepts.set_index("concept")
+    assert sorted(row[1] for row in rows) == sorted(result.tables["concepts"]["concept"])
+    for row in rows:
+        semantic, lexical = expected.loc[row[1], ["semantic_count", "count"]]
+        assert row[2:5] == [f"{semantic:,}", share(lexical / n), share(semantic / n)]
+    # the outliers table and the concept table say the same of each outlier
+    by_concept = {row[1]: row for row in rows}
+    outliers = _section_rows(html, "outliers")[1:]
+    assert [row[0] for row in outliers] == ["exotic lookrisk"]  # its "risk" badge
+    for outlier in outliers:
+        assert outlier[4] == by_concept[outlier[0].removesuffix("risk")][2]
+    markdown = (result.out / "report.md").read_text()
+    assert f"| dog | semantic | {expected.loc['dog', 'semantic_count']} |" in markdown
+    # the examples are the lexical matches the coverage run kept: their count is the lexical one
+    examples = {e["concept"]: e for e in result.summary["examples"]["web-captions"]}
+    assert examples["rough"]["count"] == expected.loc["rough", "count"] == 2
+    assert "Drawn from the lexical matches, and counted by them" in html
+    assert "**rough** (Texture, 2 captions)" in markdown
+
+
+def test_semantic_coverage_counted_without_calibration_is_flagged(audit_runs, tmp_path):
+    coverage = load_run(audit_runs["coverage"])
+    concepts = coverage.concepts.assign(
+        semantic_count=coverage.concepts["count"] + 1,
+        semantic_rate=(coverage.concepts["count"] + 1) / coverage.n_captions_read,
+    )
+    semantic = {"encoder": {"spec": "st:all-MiniLM-L6-v2"}, "calibration": {"calibrated": False}}
+    changed = dataclasses.replace(
+        coverage,
+        arrow_tables={**coverage.arrow_tables, "concepts": pa.Table.from_pandas(concepts)},
+        manifest={**coverage.manifest, "method": "semantic", "semantic": semantic},
+    )
+    result = build_report([changed, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
+    provenance = result.summary["corpora"][0]["provenance"]
+    assert provenance["encoder"] == "st:all-MiniLM-L6-v2" and provenance["calibrated"] is False
+    (note,) = result.summary["notes"]
+    assert note.startswith("corpus web-captions: its semantic coverage was counted with the ")
+    html = (result.out / "report.html").read_text()
+    assert "uncalibrated default thresholds" in html and "uncalibrated defaults" in html
+    # the card names the encoder that counted, not the lexical profile, which counted nothing
+    assert "semantic coverage, encoder <bdi>st:all-MiniLM-L6-v2</bdi> · 400 captions" in html
+    # calibrated: no note, and the page names what the thresholds were fitted on
+    fitted = {"calibrated": True, "fitted_on": [{"path": "/labels/gold.jsonl", "n": 400}]}
+    calibrated = dataclasses.replace(
+        changed, manifest={**changed.manifest, "semantic": {**semantic, "calibration": fitted}}
+    )
+    again = build_report(
+        [calibrated, audit_runs["zeroshot_trained"]], tmp_path / "c", n_bootstrap=0
+    )
+    assert again.summary["notes"] == []
+    assert again.summary["corpora"][0]["provenance"]["calibrated_on"] == ["/labels/gold.jsonl"]
+    assert (
+        'calibrated on <span class="mono name">/labels/gold.jsonl</span>'
+        in (again.out / "report.html").read_text()
+    )
+    assert "| calibrated on /labels/gold.jsonl |" in (again.out / "report.md").read_text()
+
+
+def test_the_notebook_view_says_why_a_statistic_is_missing(audit_runs, tmp_path):
+    """One joined concept gives no correlation and no fit: the notebook showed three dashes
+    where the page and the command line say why."""
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    one = dataclasses.replace(
+        zeroshot,
+        concepts=zeroshot.concepts[zeroshot.concepts["concept"] == "dog"],
+        groups=zeroshot.groups[zeroshot.groups["group"] == "Animal"],
+    )
+    result = build_report([audit_runs["coverage"], one], tmp_path / "r", n_bootstrap=0)
+    assert result.summary["pairs"][0]["concepts"]["n"] == 1
+    assert result._repr_html_().count("(n = 1 &lt; 3 points)") == 3
+
+
+def test_outliers_that_were_not_judged_are_not_called_none_found(audit_runs, tmp_path):
+    """A corpus that mentions no concept leaves no fit to be far from: the page said "none"
+    and "No concept is far from the fit", as if it had looked."""
+    coverage = load_run(audit_runs["coverage"])
+    never = coverage.concepts.assign(count=0, rate=0.0)
+    tables = {**coverage.arrow_tables, "concepts": pa.Table.from_pandas(never)}
+    result = build_report(
+        [dataclasses.replace(coverage, arrow_tables=tables), audit_runs["zeroshot_trained"]],
+        tmp_path / "r",
+        n_bootstrap=0,
+    )
+    reason = "coverage is the same for every point: no fit to be far from"
+    assert result.summary["pairs"][0]["concepts"]["outliers"]["reason"] == reason
+    html = (result.out / "report.html").read_text()
+    assert html.count(f"none ({reason})") == 2  # both lists of the card
+    assert f"No outliers: {reason}." in html and "No concept is far from the fit" not in html
+    assert (
+        f"often captioned yet unknown: none ({reason})." in (result.out / "report.md").read_text()
+    )
+
+
+def test_a_flat_fit_says_why_it_is_flat(audit_runs, tmp_path):
+    """A model that knows nothing (every F1 0) has a flat fit: the card showed slope +0.00 with
+    neither interval nor reason, as if the slope were measured to be nil."""
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    nothing = dataclasses.replace(
+        zeroshot,
+        concepts=zeroshot.concepts.assign(precision=0.0, recall=0.0, f1=0.0),
+        groups=zeroshot.groups.assign(macro_f1=0.0, accuracy=0.0),
+    )
+    result = build_report([audit_runs["coverage"], nothing], tmp_path / "r", n_bootstrap=0)
+    fit = result.summary["pairs"][0]["concepts"]["fit"]
+    assert fit["slope"] == 0.0 and fit["reason"] == "F1 is the same for every point (slope 0)"
+    html = (result.out / "report.html").read_text()
+    card = html[html.index('<div class="card">') : html.index('<div class="lists">')]
+    assert card.count("F1 is the same for every point") == 4  # rho, tau, slope, across groups
+    assert '<div class="reason">F1 is the same for every point (slope 0)</div>' in card
+
+
 def test_every_coverage_method_present_is_reported(audit_runs, tmp_path):
     coverage = load_run(audit_runs["coverage"])
     n = coverage.n_captions_read

@@ -151,3 +151,107 @@ def test_long_names_fit_a_wide_window_a_phone_and_the_printed_page(browser, long
     )
     assert len(shut) >= 5 and min(shut) > 0  # the concept tables and confusion matrices print
     page.close()
+
+
+RTL_CORPUS = "تعليقات الويب"  # "web captions"
+RTL_MODEL = "نموذج مدرب"  # "trained model"
+RTL_GROUP = "لون"  # "colour"
+LONG_CONCEPT = "photograph" * 12  # one word of 120 letters
+
+
+@pytest.fixture(scope="module")
+def foreign_named_report(audit_runs, tmp_path_factory):
+    """The audit world's report with right-to-left corpus, model and group names and a concept
+    named by one very long word (a corpus is labelled by its run folder; the rest renamed in
+    the loaded runs)."""
+    import dataclasses
+    import shutil
+
+    import pyarrow as pa
+
+    from clipaudit.report import build_report
+    from clipaudit.runs import load_run
+
+    root = tmp_path_factory.mktemp("foreign-names")
+    shutil.copytree(audit_runs["coverage"], root / RTL_CORPUS)
+    coverage = load_run(root / RTL_CORPUS)
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+
+    def renamed(frame):
+        frame = frame.assign(group=frame["group"].replace({"Color": RTL_GROUP}))
+        if "concept" in frame:
+            frame["concept"] = frame["concept"].replace({"dog": LONG_CONCEPT})
+        if "model" in frame:
+            frame["model"] = RTL_MODEL
+        return frame
+
+    tables = {
+        **coverage.arrow_tables,
+        "concepts": pa.Table.from_pandas(renamed(coverage.concepts)),
+        "groups": pa.Table.from_pandas(renamed(coverage.groups)),
+    }
+    runs = [
+        dataclasses.replace(coverage, arrow_tables=tables),
+        dataclasses.replace(
+            zeroshot, concepts=renamed(zeroshot.concepts), groups=renamed(zeroshot.groups)
+        ),
+    ]
+    return build_report(runs, root / "report", n_bootstrap=50)
+
+
+# the horizontal extent [left, right] of a text in the first element a selector picks that holds
+# another text, wherever the browser drew it (right-to-left runs are reordered)
+TEXT_EXTENT = """([selector, within, needle]) => {
+  for (const element of document.querySelectorAll(selector)) {
+    if (!element.textContent.includes(within)) continue;
+    const at = element.textContent.indexOf(needle);
+    if (at < 0) continue;
+    const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+    const range = document.createRange();
+    let offset = 0, started = false, node;
+    while ((node = walker.nextNode())) {
+      const length = node.data.length;
+      if (!started && at < offset + length) { range.setStart(node, at - offset); started = true; }
+      if (started && at + needle.length <= offset + length) {
+        range.setEnd(node, at + needle.length - offset);
+        const box = range.getBoundingClientRect();
+        return [box.left, box.right];
+      }
+      offset += length;
+    }
+  }
+  return null;
+}"""
+
+
+def test_right_to_left_names_keep_their_place_and_long_words_break(browser, foreign_named_report):
+    """Names are untrusted text in any script: a right-to-left corpus and model drawn as
+    "model × corpus" swap the pair, and a count beside a right-to-left group ("لون · 25
+    captions") is drawn on the name's other side. A concept of one very long word pushed the
+    concept table's numbers behind a scroll bar."""
+    summary = foreign_named_report.summary
+    assert [c["label"] for c in summary["corpora"]] == [RTL_CORPUS]
+    assert [m["label"] for m in summary["models"]] == [RTL_MODEL]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(foreign_named_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+
+    def extent(selector, within, text):
+        found = page.evaluate(TEXT_EXTENT, [selector, within, text])
+        assert found is not None, f"{text!r} not in {selector} holding {within!r}"
+        return found
+
+    for selector in ("#glance .card h3", "#groups details summary", "#concepts summary"):
+        corpus = extent(selector, RTL_MODEL, RTL_CORPUS)
+        model = extent(selector, RTL_CORPUS, RTL_MODEL)
+        assert corpus[1] <= model[0], f"{selector}: the model is drawn before the corpus"
+    green = next(e for e in summary["examples"][RTL_CORPUS] if e["concept"] == "green")
+    count = f"{green['count']} captions"
+    assert f"{RTL_GROUP} · {count}" in page.inner_text("#examples")
+    group, number = (
+        extent("#examples h3", "green", RTL_GROUP),
+        extent("#examples h3", "green", count),
+    )
+    assert group[1] <= number[0], "the count is drawn before the group"
+    assert page.evaluate(OVERFLOWING_TABLES) == []
+    page.close()

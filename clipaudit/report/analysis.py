@@ -340,8 +340,10 @@ def _summary(
             "n_captions": c.n_captions,
             "methods": c.methods,
             "primary_method": c.primary,
+            "rate_columns": {method: METHODS[method][1] for method in c.methods},
             "registry": c.registry,
             "theory": c.pair_key is not None,
+            "provenance": c.provenance,
         }
         for c in inputs.corpora
     ]
@@ -351,6 +353,7 @@ def _summary(
             "input": m.source,
             "registry": m.registry,
             "theory": m.pair_key is not None,
+            "provenance": m.provenance,
         }
         for m in inputs.models
     ]
@@ -535,8 +538,11 @@ def _examples(inputs: Inputs, per_concept: int = 3, max_chars: int = 300) -> dic
         entries = []
         frame = corpus.concepts
         order = {g: i for i, g in enumerate(inputs.group_order)}
+        # a coverage run draws its examples from the lexical matches, whatever its method: the
+        # count beside them is the lexical one
+        lexical = "lexical" if "lexical" in corpus.methods else corpus.primary
         rows = sorted(
-            zip(frame["group"], frame["concept"], frame[METHODS[corpus.primary][0]], strict=True),
+            zip(frame["group"], frame["concept"], frame[METHODS[lexical][0]], strict=True),
             key=lambda r: order.get(r[0], len(order)),
         )
         for group, concept, count in rows:

@@ -62,6 +62,8 @@ class Corpus:
     registry: dict[str, Any]
     examples: dict[str, list[str]] = field(default_factory=dict)
     pair_key: Any = None  # joined only with models of the same key (theory scenarios)
+    # what the counts were computed with (profile, method, encoder, calibration, sources)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Model:
     skipped_groups: list[dict[str, Any]]
     confusion: Callable[[str], Any]  # group -> DataFrame (rows true, columns predicted) or None
     pair_key: Any = None
+    # what the scores were computed with (weights, prompts, candidates, images)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -258,6 +262,13 @@ def collect(runs: Any) -> Inputs:
         )
     _unique_labels(corpora, records)
     _unique_labels(models, records)
+    for corpus in corpora:
+        if corpus.primary != "lexical" and corpus.provenance.get("calibrated") is False:
+            notes.append(
+                f"corpus {corpus.label}: its {corpus.primary} coverage was counted with the "
+                "uncalibrated default thresholds (no --calibration), so its counts are a rough "
+                "guide; count again with a calibration (clipaudit coverage calibrate)"
+            )
     for index, (record, run) in enumerate(zip(records, unique, strict=True)):
         record["label"] = _folder(run).name
         record["corpora"] = [c.label for c in corpora if c.source == index]
@@ -413,7 +424,72 @@ def _corpus(run: Any, index: int) -> Corpus:
             _part(run.manifest, "registry") or _part(run.manifest, "settings", "registry")
         ),
         examples=examples,
+        provenance=_coverage_provenance(run.manifest, n),
     )
+
+
+def _plain_value(value: Any) -> Any:
+    """A manifest value as the summary may hold it: text, a number or a flag; None for anything
+    else (a hand-edited manifest's list or mapping where a name was expected)."""
+    return value if isinstance(value, (str, int, float, bool)) else None
+
+
+def _coverage_provenance(manifest: dict[str, Any], n: float | None) -> dict[str, Any]:
+    """What a corpus's counts depend on beyond the registry: how many captions were read, the
+    matching profile, the method, the semantic encoder, whether its thresholds were calibrated
+    (an uncalibrated run counts with defaults) and on what, and the caption sources."""
+    sources = _part(manifest, "inputs")
+    fitted_on = _part(manifest, "semantic", "calibration", "fitted_on")
+    return {
+        "n_captions_read": int(n) if n is not None and float(n).is_integer() else n,
+        "profile": _plain_value(
+            _part(manifest, "profile") or _part(manifest, "settings", "coverage", "profile")
+        ),
+        "method": _plain_value(_part(manifest, "method")) or "lexical",
+        "encoder": _plain_value(_part(manifest, "semantic", "encoder", "spec")),
+        "calibrated": _plain_value(_part(manifest, "semantic", "calibration", "calibrated")),
+        # the labelled files the thresholds were fitted on: counts of those captions are optimistic
+        "calibrated_on": [
+            str(entry["path"])
+            for entry in (fitted_on if isinstance(fitted_on, list) else [])
+            if isinstance(entry, dict) and _plain_value(entry.get("path")) is not None
+        ],
+        "sources": [
+            str(source["spec"])
+            for source in (sources if isinstance(sources, list) else [])
+            if isinstance(source, dict) and _plain_value(source.get("spec")) is not None
+        ],
+    }
+
+
+def _model_provenance(manifest: dict[str, Any], label: str) -> dict[str, Any]:
+    """What a model's scores depend on beyond the registry: its architecture and weights (tag or
+    checkpoint, with the checkpoint's or the loaded weights' sha256), the prompt templates,
+    whether images were classified among all of a group's concepts, and the images."""
+    records = _part(manifest, "models")
+    record = next(
+        (
+            r
+            for r in (records if isinstance(records, list) else [])
+            if isinstance(r, dict) and r.get("label") == label
+        ),
+        {},
+    )
+    images = _part(manifest, "settings", "images") or _part(manifest, "inputs", "images", "source")
+    return {
+        "architecture": _plain_value(record.get("architecture")),
+        "pretrained": _plain_value(record.get("pretrained")),
+        "random_weights_seed": _plain_value(record.get("random_weights_seed")),
+        "weights_sha256": _plain_value(
+            record.get("checkpoint_sha256") or record.get("weights_sha256")
+        ),
+        "templates": _plain_value(
+            _part(manifest, "templates", "setting") or _part(manifest, "settings", "templates")
+        ),
+        "all_concepts": _plain_value(_part(manifest, "settings", "all_concepts")),
+        "images": _plain_value(images),
+        "n_images": _plain_value(_part(manifest, "n_images")),
+    }
 
 
 def _registry_record(record: Any) -> dict[str, Any]:
@@ -446,6 +522,7 @@ def _models(run: Any, index: int) -> list[Model]:
                 skipped_concepts=skipped["skipped_concepts"],
                 skipped_groups=skipped["skipped_groups"],
                 confusion=confusion,
+                provenance=_model_provenance(manifest, label),
             )
         )
     return models

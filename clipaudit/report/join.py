@@ -3,8 +3,8 @@
 Tables (pandas DataFrames, rows in the paper's group order, concepts in registry order):
 
 - ``coverage``: every concept of every corpus (``corpus, category, group, sensitive, concept,
-  n_captions``, ``count``/``rate`` per coverage method present, ``coverage`` and
-  ``log10_coverage`` of the corpus's primary method);
+  n_captions``, ``count``/``rate`` per coverage method present, ``method``, and the primary
+  method's ``coverage_count``, ``coverage`` (its rate) and ``log10_coverage``);
 - ``awareness``: every scored concept of every model (``model, category, group, sensitive,
   concept, precision, recall, f1, support``);
 - ``concepts``: the inner join per (corpus, model) pair, one row per concept on both sides;
@@ -79,6 +79,8 @@ def coverage_table(inputs: Inputs) -> Any:
         frame["n_captions"] = corpus.n_captions
         frame["method"] = corpus.primary
         count, rate = METHODS[corpus.primary]
+        # the primary method's numbers under one name: what the statistics and figures use
+        frame["coverage_count"] = frame[count] if count in frame.columns else float("nan")
         frame["coverage"] = frame[rate]
         frame["log10_coverage"] = (
             log_coverage(frame[count], corpus.n_captions)
@@ -90,7 +92,7 @@ def coverage_table(inputs: Inputs) -> Any:
     columns = ["corpus", "category", "group", "sensitive", "concept", "n_captions"]
     for method in METHODS:
         columns += [c for c in METHODS[method] if c in frame.columns]
-    columns += ["method", "coverage", "log10_coverage"]
+    columns += ["method", "coverage_count", "coverage", "log10_coverage"]
     return _sorted(frame[columns], inputs, ["corpus"])
 
 

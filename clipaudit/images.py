@@ -4,7 +4,7 @@ Sources (:func:`open_images` picks by what ``source`` is):
 
 - an image folder ``ROOT/<group>/<concept>/*.jpg|png|webp`` (the paper's layout), or
   ``ROOT/<category>/<group>/<concept>/``; folder names match registry names ignoring case, spaces,
-  ``-`` and ``_``;
+  ``-`` and ``_``; hidden entries (``.git``, ``._photo.jpg``) are listed as ignored, not read;
 - webdataset tar shards as img2dataset writes them (a folder of ``*.tar``, one ``.tar``, or a brace
   pattern ``shards/{00000..00009}.tar``): each sample's image plus a ``.json`` whose
   ``label_field`` (default ``concept``) names the concept, or a ``.txt`` holding the concept name;
@@ -297,27 +297,35 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
     records: list[ImageRecord] = []
     ignored: list[dict[str, str]] = []
     unselected = 0
-    for top in sorted(p for p in root.iterdir() if p.is_dir()):
+    entries = _visible(root, ignored)
+    for top in (p for p in entries if p.is_dir()):
         group = names.group(top.name, "folder", or_category=True)
         if group is not None:
             group_dirs = [(top, group)]
         elif _fold(top.name) in names.categories:
             found = (
                 (sub, names.group(sub.name, f"folder {top.name}/"))
-                for sub in sorted(top.iterdir())
+                for sub in _visible(top, ignored)
                 if sub.is_dir()
             )
             group_dirs = [(sub, g) for sub, g in found if g is not None]
         else:
             continue
         for group_dir, group in group_dirs:
-            for stray in sorted(p for p in group_dir.iterdir() if p.is_file()):
+            inside = _visible(group_dir, ignored)
+            for stray in (p for p in inside if p.is_file()):
                 ignored.append({"path": str(stray), "reason": "not inside a <concept>/ folder"})
-            for concept_dir in sorted(p for p in group_dir.iterdir() if p.is_dir()):
+            for concept_dir in (p for p in inside if p.is_dir()):
                 concept = names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
                 if concept is None:
                     continue
                 for file in sorted(concept_dir.rglob("*")):
+                    *folders, name = file.relative_to(concept_dir).parts
+                    if any(part.startswith(".") for part in folders):
+                        continue  # inside a hidden folder, listed itself
+                    if name.startswith("."):
+                        ignored.append({"path": str(file), "reason": _HIDDEN})
+                        continue
                     if not file.is_file():
                         reason = _not_a_file(file)
                         if reason:  # listed, not dropped unsaid
@@ -328,14 +336,34 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                     elif not names.is_selected(group):
                         unselected += 1
                     else:
+                        try:
+                            identity = _file_identity(file)
+                        except OSError as exc:  # another user's file: listed, the rest read
+                            reason = f"cannot be read ({exc.strerror or one_line(exc)})"
+                            ignored.append({"path": str(file), "reason": reason})
+                            continue
                         records.append(
-                            ImageRecord(
-                                str(file), group, concept.name, _file_identity(file), file=str(file)
-                            )
+                            ImageRecord(str(file), group, concept.name, identity, file=str(file))
                         )
-    for stray in sorted(p for p in root.iterdir() if p.is_file()):
+    for stray in (p for p in entries if p.is_file()):
         ignored.append({"path": str(stray), "reason": "not inside a <group>/<concept>/ folder"})
     return ImageSet(str(root), "folder", records, ignored, unselected)
+
+
+_HIDDEN = "hidden (its name starts with '.'), not read"
+
+
+def _visible(folder: Path, ignored: list[dict[str, str]]) -> list[Path]:
+    """The entries of ``folder``, sorted, but the hidden ones: a clone's ``.git``, Jupyter's
+    ``.ipynb_checkpoints``, macOS's ``._photo.jpg`` hold no group, concept or image of the
+    layout (as a group's name, one would stop the run); listed in ``ignored``, not read."""
+    visible = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            ignored.append({"path": str(entry), "reason": _HIDDEN})
+        else:
+            visible.append(entry)
+    return visible
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -378,7 +406,13 @@ def _webdataset_images(
     ignored: list[dict[str, str]] = []
     unselected = 0
     for shard in shards:
-        shard_identity = _file_identity(shard)
+        try:
+            shard_identity = _file_identity(shard)
+        except OSError as exc:  # every sample of it is unread: the run would be short unsaid
+            raise InputError(
+                f"shard {str(shard)!r} cannot be read ({exc.strerror or one_line(exc)}); make it "
+                "readable, or move it out of the shards"
+            ) from None
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         try:
             with tarfile.open(shard, "r:") as tar:

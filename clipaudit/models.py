@@ -244,6 +244,7 @@ def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
                 f"checkpoint file {spec.pretrained!r} does not exist; give an existing .safetensors/.pt "
                 "file or a pretrained tag"
             )
+        check_checkpoint(spec.pretrained, spec.label)
         return spec.pretrained
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if spec.pretrained not in tags and ("/" in spec.pretrained or os.sep in spec.pretrained):
@@ -260,6 +261,75 @@ def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
         )
     _check_weights_reachable(architecture, spec.pretrained)
     return spec.pretrained
+
+
+def check_checkpoint(path: str, label: str) -> None:
+    """Read the checkpoint file ``path`` as a state dict, unpickling nothing but tensors, or raise
+    :class:`ModelError` saying what it holds instead. Read here before open_clip reads it: when
+    torch's safe loader raises a TypeError (a crafted pickle can make it), open_clip loads the file
+    again with torch's default, which unpickles anything (and runs its code) before torch 2.6 or
+    with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set. Memory-mapped, so its tensors are not read."""
+    import zipfile
+
+    prefix = f"could not load model {label!r}: checkpoint {path!r}"
+    if Path(path).suffix in (".npz", ".npy"):  # big_vision weights: numpy's loader, no pickle
+        return
+    try:
+        if path.endswith(".safetensors"):  # tensors alone by design: their names say enough
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                state: Any = dict.fromkeys(handle.keys(), torch.empty(0))
+        else:
+            with _quiet_checkpoint_warnings():
+                state = torch.load(
+                    path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+                )
+    except Exception as exc:  # torch and safetensors raise many types for a file they refuse
+        raise ModelError(
+            f"{prefix} cannot be read as tensors alone, unpickling nothing else "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); give a checkpoint that "
+            "holds only tensors (a state dict saved with safetensors or torch.save)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint, as open_clip
+        state = state["state_dict"]
+    if (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        return
+    if isinstance(state, dict):
+        found = (
+            f"a dict of {len(state)} entries, e.g. {', '.join(map(repr, list(state)[:5]))}"
+            if state
+            else "an empty dict"
+        )
+    else:
+        found = f"a {type(state).__name__}"
+    raise ModelError(
+        f"{prefix} holds {found}, not a state dict (tensor names to tensors, or such a dict under "
+        "'state_dict'); give the checkpoint of an open_clip model"
+    )
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside loads weights only, including those open_clip makes again
+    without ``weights_only`` (see :func:`check_checkpoint`) on a hub or local-dir model's weights;
+    torch reads these variables at each load."""
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ[names[0]] = "1"
+    os.environ.pop(names[1], None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _check_weights_reachable(architecture: str, tag: str) -> None:
@@ -396,7 +466,7 @@ def load_model(
     pretrained = check_pretrained(spec, architecture)
     torch.manual_seed(seed)
     try:
-        with _quiet_random_weights_warning(), _quiet_checkpoint_warnings():
+        with _quiet_random_weights_warning(), _quiet_checkpoint_warnings(), _weights_only_loads():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 architecture,
                 pretrained=pretrained,
@@ -407,6 +477,12 @@ def load_model(
         tokenizer = open_clip.get_tokenizer(architecture)
     except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
         reason = " ".join(str(exc).split())[:400]
+        if spec.is_checkpoint_file:  # read as a state dict already: its tensors fit no such model
+            raise ModelError(
+                f"could not load model {spec.label!r}: checkpoint {spec.pretrained!r} does not fit "
+                f"the architecture {architecture!r} ({type(exc).__name__}: {reason}); give the "
+                "model (config) its weights were trained with"
+            ) from exc
         raise ModelError(
             f"could not load model {spec.label!r} ({type(exc).__name__}: {reason}); check the model "
             "name, and that the checkpoint matches the architecture and holds only tensors"

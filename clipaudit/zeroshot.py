@@ -1043,6 +1043,17 @@ def _finish(
             + "; ".join(f"{g['group']}: {g['reason']}" for g in skipped[:5])
         )
         raise RunFailedError(f"no group could be evaluated ({why})")
+    # a model whose every image failed (NaN embeddings, weights broken) has no results to show
+    # beside the others': the run is not complete without them
+    empty = [r for r in records if not r["confusion_groups"]]
+    if empty:
+        first = empty[0]["failures"][0] if empty[0]["failures"] else None
+        example = f", e.g. {first['path']}: {first['reason']}" if first else ""
+        raise RunFailedError(
+            f"model {', '.join(r['label'] for r in empty)} evaluated no group "
+            f"({len(empty[0]['failures'])} of {len(images.records)} images failed{example}); "
+            "fix it or leave it out and run again: the other models' results are kept"
+        )
     concepts = pd.concat(
         [pd.read_parquet(u / "concepts.parquet") for u in units], ignore_index=True
     )

@@ -61,6 +61,35 @@ def test_folder_names_match_registry_names_ignoring_case_and_separators(tmp_path
     assert images.read_bytes(record) == Path(record.path).read_bytes()
 
 
+def test_hidden_entries_are_listed_not_read_as_groups_concepts_or_images(tmp_path, registry):
+    """A cloned dataset's .git, Jupyter's checkpoints and macOS's AppleDouble files are no part
+    of the layout: a hidden folder at the top is no group name that stops the run."""
+    write_image_folder(tmp_path, {"Animal": {"dog": 2, "cat": 1}}, size=(8, 8))
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / ".git" / "objects" / "pack.jpg").write_bytes(b"not an image")
+    (tmp_path / ".gitattributes").write_text("*.jpg filter=lfs")
+    (tmp_path / "Animal" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "Animal" / "dog" / "._000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "Animal" / "dog" / ".thumbs" / "small").mkdir(parents=True)
+    (tmp_path / "Animal" / "dog" / ".thumbs" / "small" / "000.jpg").write_bytes(b"thumb")
+    images = open_images(tmp_path, registry)
+    assert sorted(Path(r.path).relative_to(tmp_path).as_posix() for r in images.records) == [
+        "Animal/cat/000.jpg",
+        "Animal/dog/000.jpg",
+        "Animal/dog/001.jpg",
+    ]
+    hidden = "hidden (its name starts with '.'), not read"
+    assert sorted(
+        (Path(i["path"]).relative_to(tmp_path).as_posix(), i["reason"]) for i in images.ignored
+    ) == [
+        (".git", hidden),
+        (".gitattributes", hidden),
+        ("Animal/.ipynb_checkpoints", hidden),
+        ("Animal/dog/._000.jpg", hidden),
+        ("Animal/dog/.thumbs", hidden),
+    ]
+
+
 def test_category_level_folders_and_group_selection(tmp_path, registry):
     write_image_folder(tmp_path / "common", {"Animal": {"dog": 2, "cat": 2}})
     write_image_folder(tmp_path / "under-captioned", {"Viewpoint": {"aerial": 3}})
@@ -193,6 +222,47 @@ def test_a_shard_cut_off_between_samples_is_refused_not_read_short(tmp_path, reg
         rf"{second.offset} \(2 samples read\).*copy or write the shard again",
     ):
         open_images(cut.parent, registry)
+
+
+def test_files_another_user_owns_are_listed_or_named_not_a_traceback(
+    tmp_path, registry, monkeypatch
+):
+    """A permission-denied image is listed with the reason and the others are read; a
+    permission-denied shard (all its samples) is one error naming it. Simulated (the tests may
+    run as root, who reads every file): ``open`` of a file named locked.* is refused."""
+    import builtins
+    import errno
+
+    import clipaudit.images as images
+
+    def guarded_open(file, *args, **kwargs):
+        if Path(file).name.startswith("locked."):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(images, "open", guarded_open, raising=False)
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}}, size=(8, 8))
+    (tmp_path / "img" / "Animal" / "dog" / "locked.jpg").write_bytes(b"whatever")
+    found = open_images(tmp_path / "img", registry)
+    assert sorted(Path(r.path).name for r in found.records) == [
+        "000.jpg",
+        "000.jpg",
+        "001.jpg",
+        "001.jpg",
+    ]
+    assert found.ignored == [
+        {
+            "path": str(tmp_path / "img" / "Animal" / "dog" / "locked.jpg"),
+            "reason": "cannot be read (Permission denied)",
+        }
+    ]
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards" / "00000.tar", [{"__key__": "0", "jpg": b"x", "txt": b"dog"}])
+    write_shard(tmp_path / "shards" / "locked.tar", [{"__key__": "0", "jpg": b"x", "txt": b"dog"}])
+    with pytest.raises(
+        InputError, match=r"shard '.*locked.tar' cannot be read \(Permission denied\); make it"
+    ):
+        open_images(tmp_path / "shards", registry)
 
 
 def test_shards_whose_json_lacks_the_label_key_name_the_keys_and_the_option(tmp_path, registry):

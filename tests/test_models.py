@@ -67,6 +67,83 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_not_run(tiny, tmp_path):
     assert not marker.exists()
 
 
+def write_type_error_pickle(path: Path, marker: Path) -> Path:
+    """A checkpoint on which torch's safe loader raises a TypeError (a tensor "built" from a
+    state that is no tensor's), followed by an object that opens ``marker`` when unpickled in
+    full: what open_clip does after a TypeError, before torch 2.6 or with
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set."""
+    from collections import OrderedDict
+
+    class Tensor:
+        def __reduce__(self):
+            args = (torch.zeros(0).untyped_storage(), 0, (0,), (1,), False, OrderedDict())
+            return (torch._utils._rebuild_tensor_v2, args, (False, None, OrderedDict()))
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save([Tensor(), Payload()], path)
+    with pytest.raises(TypeError):  # the safe loader's error: not an UnpicklingError
+        torch.load(path, weights_only=True)
+    return path
+
+
+def test_a_checkpoint_the_safe_loader_fails_on_is_never_unpickled_in_full(
+    tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch < 2.6 behaves so
+    marker = tmp_path / "executed"
+    evil = write_type_error_pickle(tmp_path / "evil.pt", marker)
+    with pytest.raises(
+        ModelError, match=r"could not load model 'tiny-clip@evil': checkpoint .*evil.pt' cannot "
+    ):
+        load_model(ModelSpec(str(tiny["config"]), str(evil)), device="cpu")
+    assert not marker.exists()
+    # a local-dir (or hub) model's weights are read by open_clip alone
+    folder = tmp_path / "evil-dir"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": json.loads(tiny["config"].read_text()), "preprocess_cfg": {}})
+    )
+    write_type_error_pickle(folder / "open_clip_pytorch_model.bin", marker)
+    with pytest.raises(
+        ModelError, match=r"could not load model 'local-dir:.*evil-dir' \(TypeError"
+    ):
+        load_model(ModelSpec(f"local-dir:{folder}"), device="cpu")
+    assert not marker.exists()
+    import os
+
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # the caller's setting, back
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_a_checkpoint_that_is_no_state_dict_or_of_another_model_says_so(tiny, tmp_path):
+    config = str(tiny["config"])
+    torch.save([1, 2], tmp_path / "numbers.pt")
+    torch.save({}, tmp_path / "nothing.pt")
+    torch.save({"epoch": 3, "step": 10}, tmp_path / "counters.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    expected = {
+        "numbers": r"holds a list, not a state dict",
+        "nothing": r"holds an empty dict, not a state dict",
+        "counters": r"holds a dict of 2 entries, e.g. 'epoch', 'step', not a state dict",
+        "notes": r"cannot be read as tensors alone",
+    }
+    for name, message in expected.items():
+        with pytest.raises(ModelError, match=rf"'tiny-clip@{name}': checkpoint .*{message}"):
+            load_model(ModelSpec(config, str(tmp_path / f"{name}.pt")), device="cpu")
+    # a state dict of another open_clip architecture, in a training checkpoint's wrapper
+    import open_clip
+
+    other = open_clip.CLIP(**{**json.loads(tiny["config"].read_text()), "embed_dim": 16})
+    torch.save({"state_dict": other.state_dict(), "epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(
+        ModelError, match=r"checkpoint .*other.pt' does not fit the architecture 'tiny-clip'"
+    ):
+        load_model(ModelSpec(config, str(tmp_path / "other.pt")), device="cpu")
+
+
 def write_unreadable_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints the safe loader refuses and torch warns about first: a state dict pickled with
     protocol 4 (torch writes 2), a TorchScript archive."""

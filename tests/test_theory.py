@@ -96,6 +96,37 @@ def test_evaluation_sample_sizes_must_be_integers(field):
         EvaluationSettings(**{field: 1000.5})
 
 
+def test_extreme_sizes_are_refused_at_once_not_after_hours_or_a_memory_error():
+    import time
+
+    from clipaudit.theory.config import MAX_LATENT_DIM
+
+    started = time.perf_counter()
+    # a range is checked before it is expanded: a trillion indices is never built
+    with pytest.raises(SettingsError, match=r"must lie in 1..10 .*got '1-999999999999'"):
+        parse_index_list("1-999999999999", 10, "--selected")
+    with pytest.raises(SettingsError, match=r"must lie in 1..10 .*got '0-3'"):
+        parse_index_list("0-3", 10, "--selected")
+    assert time.perf_counter() - started < 1.0
+    # the mixings are square in n_semantics + n_modality: 300 + 5 would need 1.5 GB for a
+    # conditioned mixing's 2000 draws alone
+    assert MAX_LATENT_DIM == 256
+    with pytest.raises(
+        SettingsError, match=r"n_semantics \+ n_modality is 305 \(300 \+ 5\); at most 256"
+    ):
+        Scenario(n_semantics=300)
+    with pytest.raises(SettingsError, match=r"n_semantics \+ n_modality is 257 \(1 \+ 256\)"):
+        Scenario(n_semantics=1, n_modality=256)
+    assert Scenario(n_semantics=251).x_dim == 256  # the largest accepted
+    assert Scenario(n_semantics=1, n_modality=0).invariant == (1,)  # one latent is a scenario
+    with pytest.raises(SettingsError, match=r"encoding_size must be at most 256; got 1000000"):
+        Scenario(encoding_size=1_000_000)
+    # an R^2 of one sample is undefined: refused before training, not a TypeError after it
+    for name in ("n_val", "n_test"):
+        with pytest.raises(SettingsError, match=rf"{name} must be >= 2 \(an R\^2 needs two"):
+            EvaluationSettings(**{name: 1})
+
+
 def test_more_bins_than_the_prototypes_fill_say_how_many_fit():
     with pytest.raises(SettingsError, match=r"n_bins \(--n-bins\) 600 needs .* at most 500 bins"):
         EvaluationSettings(n_bins=600, n_prototypes=5000)
@@ -471,6 +502,43 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     for a, b in zip(straight.parameters, resumed.parameters, strict=True):
         assert torch.equal(a, b)
     assert straight.loss_log == resumed.loss_log
+
+
+def test_encoders_too_large_for_the_memory_are_refused_before_the_folder_is_made(tmp_path):
+    """They failed with the allocator's traceback (4 TB asked for) once training began."""
+    scenario = Scenario(selected="1-2", **TINY)  # x: 3 + 1 inputs, t: 2 + 1, 2 outputs
+    training = dataclasses.replace(TINY_TRAINING, hidden_widths=(10**6, 10**6), batch_size=256)
+    # per encoder: weights, gradients and two moments of every weight, a batch's activations
+    weights = {n: n * 10**6 + 10**12 + 10**6 * 2 for n in (4, 3)}
+    activations = {n: 256 * (n + 2 * 10**6 + 2) for n in (4, 3)}
+    gib = 4 * sum(4 * weights[n] + activations[n] for n in (4, 3)) / 2**30
+    with pytest.raises(
+        SettingsError,
+        match=rf"training 1 configuration\(s\) at once needs more than {gib:,.1f} GiB "
+        r"\(hidden_widths \[1000000, 1000000\], batch_size 256\), and cpu has [\d,.]+ GiB; lower",
+    ):
+        run_sweep([scenario], training, TINY_EVALUATION, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_checkpoint_is_no_progress_and_the_group_trains_from_its_seeds(tmp_path):
+    """A checkpoint cut short (a copy that stopped, a bad disk) was a traceback at resume."""
+    scenario = Scenario(selected="1-2", perturbed="1", **TINY)
+    training = dataclasses.replace(TINY_TRAINING, steps=20, chunk_steps=10, checkpoint_every=10)
+    straight = BatchedSimulation([scenario], training)
+    straight.train()
+    saved = tmp_path / "group.pt"
+    straight.save(saved)
+    whole = saved.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a checkpoint"):
+        saved.write_bytes(damaged)
+        fresh = BatchedSimulation([scenario], training)
+        assert not fresh.load(saved) and fresh.step == 0
+    torch.save([1, 2], saved)  # readable, but no state of a group
+    assert not BatchedSimulation([scenario], training).load(saved)
+    fresh.train()  # from step 0: the same weights as the uninterrupted training
+    for a, b in zip(straight.parameters, fresh.parameters, strict=True):
+        assert torch.equal(a, b)
 
 
 # -- the check, end to end --------------------------------------------------------------------

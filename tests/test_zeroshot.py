@@ -584,6 +584,37 @@ def test_a_run_where_every_image_failed_is_failed(tiny, tmp_path):
     )
 
 
+def test_a_model_whose_every_image_failed_fails_the_run_beside_a_good_one(tiny, tmp_path):
+    """Weights that make every embedding NaN leave that model no result: the run is failed,
+    naming it, not complete with the other model's column alone."""
+    from safetensors.torch import save_file
+
+    from clipaudit.runs import RunFailedError
+    from tests.tiny_clip import tiny_state_dict
+
+    broken = tmp_path / "nan.safetensors"
+    save_file(
+        {
+            k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v).contiguous()
+            for k, v in tiny_state_dict(seed=4).items()
+        },
+        str(broken),
+    )
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}}, size=(8, 8))
+    good = ModelSpec(tiny["config"], tiny["a"])
+    both = (good, ModelSpec(tiny["config"], str(broken)))
+    with pytest.raises(
+        RunFailedError,
+        match=r"model tiny-clip@nan evaluated no group \(4 of 4 images failed, e.g. .*not "
+        r"finite.*leave it out and run again",
+    ):
+        run_for(tiny, tmp_path, models=both, cache_dir=None)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "tiny-clip@nan" in manifest["reason"]
+    alone = run_for(tiny, tmp_path, models=(good,), cache_dir=None)  # left out: complete
+    assert alone.manifest["status"] == "complete" and alone.models == ["tiny-clip@a"]
+
+
 @pytest.mark.gpu
 def test_cuda_bf16_embeddings_agree_with_cpu_fp32(tiny, tmp_path):
     write_image_folder(tmp_path / "img", {"Animal": {"dog": 8, "cat": 8}}, size=(64, 48))

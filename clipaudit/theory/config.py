@@ -59,6 +59,11 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
                     f"{what}: expected ranges written low-high such as '{high}-{low}'; "
                     f"got {part.strip()!r}"
                 )
+            if low < 1 or high > n:  # before expanding: '1-99999999999' is no list to build
+                raise SettingsError(
+                    f"{what}: indices are 1-based and must lie in 1..{n} (n_semantics); got "
+                    f"{part.strip()!r} in {text!r}"
+                )
             indices.extend(range(low, high + 1))
     else:
         indices = list(text)
@@ -69,13 +74,18 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
         raise SettingsError(
             f"{what}: indices are 1-based and must lie in 1..{n} (n_semantics); got {bad} in {text!r}"
         )
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    repeated = sorted(i for i, count in Counter(indices).items() if count > 1)
     if repeated:
         raise SettingsError(
             f"{what}: expected each index once; got {repeated[0]} more than once in {text!r}"
         )
     return tuple(sorted(indices))
 
+
+# latent dimensions of a scenario (n_semantics + n_modality; the paper's is 15): the mixings draw
+# and invert square matrices of it (2000 of them for a conditioned mixing's threshold), so memory
+# and time grow with its square and cube; past this a run fails for memory or takes hours
+MAX_LATENT_DIM = 256
 
 # seeds seed numpy's and torch's generators, which take 32-bit seeds everywhere; each seed trains
 # every scenario once, so ten thousand of them is already weeks of work
@@ -163,6 +173,12 @@ class Scenario:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SettingsError(f"{name} must be an integer >= {low}; got {value!r}")
+        if self.x_dim > MAX_LATENT_DIM:
+            raise SettingsError(
+                f"n_semantics + n_modality is {self.x_dim} ({self.n_semantics} + "
+                f"{self.n_modality}); at most {MAX_LATENT_DIM} latent dimensions are supported "
+                "(the paper's are 10 + 5): the mixings grow with its square"
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SettingsError(f"seed must be a non-negative integer; got {self.seed!r}")
         if not isinstance(self.causal_dependence, bool):  # "no" would count as on
@@ -221,6 +237,10 @@ class Scenario:
         ):
             raise SettingsError(
                 f"encoding_size must be an integer >= 1; got {self.encoding_size!r}"
+            )
+        elif self.encoding_size > MAX_LATENT_DIM:  # the encoders' last layers grow with it
+            raise SettingsError(
+                f"encoding_size must be at most {MAX_LATENT_DIM}; got {self.encoding_size}"
             )
 
     @property
@@ -437,6 +457,12 @@ class EvaluationSettings:
                 raise SettingsError(f"{name} must be an integer; got {value!r}")
         if self.n_bins < 2:
             raise SettingsError(f"n_bins must be >= 2; got {self.n_bins}")
+        # R^2 on fewer than two samples is undefined, and would fail only after the training
+        for name in ("n_val", "n_test"):
+            if getattr(self, name) < 2:
+                raise SettingsError(
+                    f"{name} must be >= 2 (an R^2 needs two samples); got {getattr(self, name)}"
+                )
         if self.n_prototypes < 10 * self.n_bins:
             raise SettingsError(
                 f"n_bins (--n-bins) {self.n_bins} needs at least 10 prototypes per bin "
@@ -498,13 +524,30 @@ BATCHING_PAYS_BELOW_FLOPS = 50e6
 AUTO_CPU_GROUP = 16  # below the threshold: enough to amortise overhead, small enough for cache
 
 
+def encoder_sizes(in_dim: int, out_dim: int, training: TrainingSettings) -> list[int]:
+    """Layer sizes ``[in, h1, ..., out]``; the paper's hidden widths are multiples of ``in``."""
+    scale = in_dim if training.widths_scale_with_input else 1
+    return [in_dim, *(w * scale for w in training.hidden_widths), out_dim]
+
+
 def step_flops(training: TrainingSettings, n_inputs: int, n_outputs: int) -> float:
     """Floating-point operations of one training step of one configuration: both encoders'
     matrix products, forward and backward (3x the forward's 2 per multiply-add)."""
-    scale = n_inputs if training.widths_scale_with_input else 1
-    sizes = [n_inputs, *(w * scale for w in training.hidden_widths), n_outputs]
+    sizes = encoder_sizes(n_inputs, n_outputs, training)
     multiply_adds = sum(a * b for a, b in itertools.pairwise(sizes))
     return 2 * 6.0 * training.batch_size * multiply_adds
+
+
+def training_bytes(training: TrainingSettings, scenario: Scenario) -> float:
+    """Less memory than ``scenario`` trains in: both encoders' float32 weights with their
+    gradients and AdamW's two moments, and one batch's activations kept for the backward pass
+    (a group's zero-padding and what torch allocates besides are not counted)."""
+    total = 0
+    for in_dim in (scenario.x_dim, scenario.t_dim):
+        sizes = encoder_sizes(in_dim, scenario.representation_size, training)
+        weights = sum(a * b for a, b in itertools.pairwise(sizes))
+        total += 4 * weights + training.batch_size * sum(sizes)
+    return 4.0 * total
 
 
 def resolve_group_size(

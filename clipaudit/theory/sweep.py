@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from clipaudit.theory.config import (
     default_sweep,
     format_index_list,
     resolve_group_size,
+    training_bytes,
     training_profile,
 )
 from clipaudit.theory.evaluation import (
@@ -291,6 +293,29 @@ def _groups(scenarios: list[Scenario], training: TrainingSettings) -> list[list[
     return [scenarios[k : k + size] for k in range(0, len(scenarios), size)]
 
 
+def _check_memory(scenarios: list[Scenario], training: TrainingSettings) -> None:
+    """Refuse widths, a batch or a group that cannot fit the device's memory: they would fail
+    with the allocator's traceback once the folder is made, or swap for hours."""
+    needs = [
+        (sum(training_bytes(training, s) for s in group), len(group))
+        for group in _groups(scenarios, training)
+    ]
+    needed, size = max(needs)
+    if training.device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(training.device)).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:  # no way to tell here (Windows): the allocator says it
+        return
+    if needed > total:
+        raise SettingsError(
+            f"training {size} configuration(s) at once needs more than "
+            f"{needed / 2**30:,.1f} GiB (hidden_widths {list(training.hidden_widths)}, batch_size "
+            f"{training.batch_size}), and {training.device} has {total / 2**30:,.1f} GiB; lower "
+            "hidden_widths, batch_size or group_size"
+        )
+
+
 def run_sweep(
     scenarios: Sequence[Scenario],
     training: TrainingSettings,
@@ -319,6 +344,7 @@ def run_sweep(
         )
     if threads is not None and threads < 1:
         raise SettingsError(f"threads must be >= 1; got {threads}")
+    _check_memory(scenarios, training)
     callers_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

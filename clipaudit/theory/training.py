@@ -23,7 +23,7 @@ import torch
 
 from clipaudit.errors import SettingsError
 from clipaudit.provenance import atomic_write_bytes
-from clipaudit.theory.config import Scenario, TrainingSettings
+from clipaudit.theory.config import Scenario, TrainingSettings, encoder_sizes
 from clipaudit.theory.generative import (
     MIXING_SLOPE,
     LatentModel,
@@ -37,12 +37,6 @@ from clipaudit.theory.generative import (
 from clipaudit.theory.stacked import mlp_forward, pad_stack
 
 ENCODER_SLOPE = 0.01
-
-
-def encoder_sizes(in_dim: int, out_dim: int, training: TrainingSettings) -> list[int]:
-    """Layer sizes ``[in, h1, ..., out]``; the paper's hidden widths are multiples of ``in``."""
-    scale = in_dim if training.widths_scale_with_input else 1
-    return [in_dim, *(w * scale for w in training.hidden_widths), out_dim]
 
 
 @dataclass
@@ -341,8 +335,13 @@ class BatchedSimulation:
         """Resume from ``path`` when it holds this group's state; False (and untouched) otherwise."""
         if not path.exists():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("names") != [s.name for s in self.scenarios]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # written atomically, so damaged only by a bad disk or a copy cut short: it holds no
+        # progress to resume from, and the group trains again from its seeds (the same numbers)
+        except Exception:  # torch raises many types (RuntimeError, UnpicklingError, EOFError)
+            return False
+        if not isinstance(state, dict) or state.get("names") != [s.name for s in self.scenarios]:
             return False
         self._whitening.clear()
         with torch.no_grad():

@@ -600,8 +600,8 @@ def decode_image(
     """Decode image bytes to an RGB PIL image, or raise :class:`BadImage` saying why not.
 
     ``draft_size`` lets JPEGs decode at a reduced scale (Pillow's draft mode) that still covers
-    ``draft_size`` pixels on each side. Images with more than ``max_pixels`` pixels are refused
-    before decoding (decompression-bomb guard), and so are those that would have more once their
+    ``draft_size`` pixels on each side. Images with more than ``max_pixels`` pixels (as decoded:
+    a JPEG at its draft scale) are refused before decoding (decompression-bomb guard), and so are those that would have more once their
     shorter side is scaled to ``scaled_side`` (what open_clip's "shortest" resize does before its
     centre crop): a 1-pixel-high strip of 100,000, a few hundred bytes as a PNG, would be
     scaled to 5 billion pixels for a 224-pixel model (20 GB), and the run killed for memory.
@@ -612,6 +612,10 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            if draft_size and image.format == "JPEG":
+                # decoded at up to 1/8 scale: a 108-megapixel phone photo is 1.7 megapixels here,
+                # which is what decoding costs and what the limit guards
+                image.draft("RGB", (draft_size, draft_size))
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise BadImage(
@@ -627,8 +631,6 @@ def decode_image(
                         f"{scaled_side}-pixel side is {scaled} pixels, over the limit of "
                         f"{max_pixels}"
                     )
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
             image.load()
     except BadImage:
         raise

@@ -439,6 +439,20 @@ def test_undecodable_images_raise_bad_image_with_the_reason():
         decode_image(image_bytes(noise(40, 30), "PNG"), max_pixels=1000)
 
 
+def test_a_jpeg_is_held_to_the_pixel_limit_at_the_scale_it_is_decoded_at():
+    """A phone's 108-megapixel JPEG decodes at 1/8 scale in draft mode: the limit guards what
+    decoding costs, so it is checked there, while a PNG (no draft) is held to its full size."""
+    photo = image_bytes(noise(1600, 1200), "JPEG", quality=90)  # 1.92 Mpx; 1/8 scale: 200x150
+    with pytest.raises(BadImage, match=r"1600x1200 = 1920000 pixels exceeds"):
+        decode_image(photo, max_pixels=100_000)
+    drafted = decode_image(photo, draft_size=150, max_pixels=100_000)
+    assert drafted.size == (200, 150) and drafted.mode == "RGB"
+    with pytest.raises(BadImage, match=r"400x300 = 120000 pixels exceeds"):  # 1/4 scale covers 300
+        decode_image(photo, draft_size=300, max_pixels=100_000)
+    with pytest.raises(BadImage, match="exceeds"):
+        decode_image(image_bytes(noise(400, 300), "PNG"), draft_size=150, max_pixels=100_000)
+
+
 def test_decodable_odd_images_become_rgb_with_the_right_pixels():
     cmyk_red = decode_image(
         image_bytes(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=100)

@@ -1,8 +1,9 @@
 """Screenshot a report.html as a person sees it (headless Debian Chromium through playwright), for
 the README: ``.venv/bin/python docs/screenshot.py runs/demo/report.html docs/demo_report.png`` (the
 demo's report), and ``docs/report_screenshot.png`` from the report of the tests' small audit world
-(``tests.report_world.build_audit_runs(ROOT)``, then ``clipaudit report ROOT/web-captions
-ROOT/zeroshot-trained ROOT/zeroshot-random --out ROOT/report``).
+(``tests.report_world.build_audit_runs(ROOT)`` from the repository root, ROOT an existing folder,
+then ``clipaudit report ROOT/web-captions ROOT/zeroshot-trained ROOT/zeroshot-random --out
+ROOT/report``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -626,6 +627,9 @@ def test_semantic_coverage_counted_without_calibration_is_flagged(audit_runs, tm
     assert note.startswith("corpus web-captions: its semantic coverage was counted with the ")
     html = (result.out / "report.html").read_text()
     assert "uncalibrated default thresholds" in html and "uncalibrated defaults" in html
+    # the command line and the notebook view warn of it too, not the page alone
+    assert f"note: {note}" in result.headline().splitlines()
+    assert f"note: {html_escape(note)}" in result._repr_html_()
     # the card names the encoder that counted, not the lexical profile, which counted nothing
     assert "semantic coverage, encoder <bdi>st:all-MiniLM-L6-v2</bdi> · 400 captions" in html
     # calibrated: no note, and the page names what the thresholds were fitted on
@@ -1022,7 +1026,13 @@ def test_the_command_line_prints_the_headline_and_the_page(audit_runs, tmp_path,
     printed = capsys.readouterr().out
     assert "web-captions x tiny-clip@trained: 16 concepts, Spearman 0." in printed
     assert f"report: {out / 'report.html'}" in printed
-    assert "mismatches (listed in the report)" in printed
+    counts = json.loads((out / "report.json").read_text())["mismatch_counts"]
+    nouns = {"concept_without_images": ("concept", "concepts"), "group_without_images": ("group", "groups")}  # fmt: skip
+    said = [  # "20 groups without images": the noun agrees with its count
+        f"{n} {nouns[kind][n != 1]} without images" for kind, n in counts.items()
+    ]
+    assert max(counts.values()) > 1, counts
+    assert counts and f"mismatches (listed in the report): {', '.join(said)}" in printed
     assert json.loads((out / "manifest.json").read_text())["settings"]["seed"] == 3
     with pytest.raises(SystemExit) as exited:
         main(["report", audit_runs["coverage"], "--out", str(tmp_path / "x")])

@@ -120,10 +120,20 @@ class Report:
                     lines.append(f"    {key.replace('_', ' ')}: {names}")
         if summary["mismatches"]:
             counts = ", ".join(
-                f"{n} {k.replace('_', ' ')}" for k, n in summary["mismatch_counts"].items()
+                f"{n} {_mismatch_kind(k, n)}" for k, n in summary["mismatch_counts"].items()
             )
             lines.append(f"mismatches (listed in the report): {counts}")
+        lines += [f"note: {note}" for note in summary["notes"]]  # what the page warns of on top
         return "\n".join(lines)
+
+
+def _mismatch_kind(kind: str, n: int) -> str:
+    """A mismatch kind said after its count: "1 group without images", "20 groups without
+    images", "2 registries"."""
+    head, _, rest = kind.replace("_", " ").partition(" ")
+    if n != 1:
+        head = {"registry": "registries", "unpaired": "unpaired"}.get(head, f"{head}s")
+    return f"{head} {rest}".strip()
 
 
 def _with_interval(statistic: dict[str, Any], value: str = "value") -> str:

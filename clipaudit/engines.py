@@ -114,8 +114,8 @@ class RayExecutor:
         self._saved_env: dict[str, str | None] = {}
         self._refs: dict[Future, Any] = {}
         self._lock = threading.Lock()
-        if ray.is_initialized():
-            self.address = "(this process's Ray)"
+        if ray.is_initialized():  # the manifest names the cluster, not just "already connected"
+            self.address = _connected_address(ray)
         else:
             self.address = ray_address(address) or "(a Ray started for this run)"
             self._connect(ray_address(address), workers)
@@ -188,12 +188,20 @@ class RayExecutor:
 
     def _plain_error(self, exc: BaseException) -> BaseException:
         """The function's own error when it raised one of clipaudit's (one line, as a local
-        worker's would be); a worker lost more often than retried as an :class:`EngineError`;
-        anything else as Ray reports it (with the worker's traceback)."""
+        worker's would be); a worker lost more often than retried, or one that cannot import
+        what its task needs, as an :class:`EngineError`; anything else as Ray reports it (with
+        the worker's traceback)."""
         errors = self._ray.exceptions
         cause = getattr(exc, "cause", None)
         if isinstance(exc, errors.RayTaskError) and isinstance(cause, ClipAuditError):
             return cause
+        missing = _not_importable(cause) if isinstance(exc, errors.RayTaskError) else None
+        if missing is not None:
+            return EngineError(
+                f"a Ray worker cannot import what its task needs ({missing}); install clipaudit "
+                f"{__version__} on every node, with any module the task's arguments come from "
+                "(a filesystem registered for a URL scheme), or run with --engine local"
+            )
         if isinstance(exc, errors.TaskCancelledError):
             return CancelledError(str(exc))
         lost = (
@@ -205,8 +213,8 @@ class RayExecutor:
         )
         if isinstance(exc, lost):
             return EngineError(
-                f"a Ray task failed after {self.max_retries} retries ({type(exc).__name__}: "
-                f"{one_line(exc)}); finished shards are kept: run the same command again"
+                f"a Ray task failed after {self.max_retries} retries ({one_line(exc)}); "
+                "finished shards are kept: run the same command again"
             )
         return exc
 
@@ -241,6 +249,27 @@ class RayExecutor:
             "ray_version": self._ray.__version__,
             "cluster_cpus": self.cpus,
         }
+
+
+def _connected_address(ray: Any) -> str:
+    """The address of the cluster this process is connected to (its GCS), where Ray says it."""
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # a Ray Client connection has no GCS address to give
+        return "(this process's Ray)"
+
+
+def _not_importable(cause: Any) -> str | None:
+    """What a Ray worker failed to import, in one line, when that is why its task failed: a
+    module the task imports, an argument that cannot be unpickled there (Ray's RaySystemError
+    around the ImportError), or the task's own function, clipaudit's, which Ray reports as a
+    RuntimeError in these words."""
+    inner = getattr(cause, "client_exc", cause)
+    if isinstance(inner, ImportError):
+        return one_line(inner)
+    if isinstance(cause, RuntimeError) and "remote function failed to import" in str(cause):
+        return "clipaudit.engines: clipaudit is not installed there"
+    return None
 
 
 @contextlib.contextmanager

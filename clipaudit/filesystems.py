@@ -5,7 +5,10 @@ A URL is resolved here, once, to a pyarrow filesystem and a path inside it; read
 through that filesystem, in the main process or in workers (the filesystem travels with each shard,
 pickled, so workers need no registration of their own). Credentials are left to each library's usual
 configuration: AWS and GCS environment variables, configuration files and instance roles for
-pyarrow's S3 and GCS filesystems, ``HF_TOKEN`` or ``huggingface-cli login`` for ``hf://``.
+pyarrow's S3 and GCS filesystems, ``HF_TOKEN`` or ``huggingface-cli login`` for ``hf://``. A
+``gs://`` request that fails for the network or the credentials is retried for
+:data:`GCS_RETRY_SECONDS`, not the 15 minutes of the GCS client's own default (``gs://...?
+retry_limit_seconds=N`` sets another limit).
 
 A remote file's identity (:func:`remote_file_record`) is read without reading the file: its size and
 modification time from the filesystem, an ETag or content hash when the filesystem reports one, and,
@@ -34,6 +37,11 @@ _FACTORIES: dict[str, Factory] = {}
 # instead of reading it again (one request per file less, on corpora of thousands of files)
 _FOOTERS: dict[tuple[str, str], Any] = {}
 _FOOTER_THREADS = 16  # remote footers are read this many at a time (latency, not bandwidth)
+# how long pyarrow's GCS client retries a request that fails for the network or the credentials
+# (it stops at once on a missing file or a refusal): its own default is 15 minutes, in silence,
+# which is how long gs:// without credentials or network took to say anything; a URL's own
+# ?retry_limit_seconds=N wins
+GCS_RETRY_SECONDS = 60
 
 
 def url_scheme(text: str) -> str | None:
@@ -65,6 +73,12 @@ def resolve_url(url: str) -> tuple[Any, str]:
     if scheme is None:
         raise InputError(f"{url!r} is not a URL; expected SCHEME://PATH")
     factory = _FACTORIES.get(scheme)
+    if factory is None and scheme in ("http", "https"):  # no listing, no ranged reads to count on
+        raise InputError(
+            f"caption source {url!r}: web URLs are not read; download the file first (curl -LO "
+            "URL) and name the copy, or name a Hugging Face dataset's files as "
+            "hf://datasets/OWNER/NAME/PATH"
+        )
     if factory is None:
         raise InputError(
             f"caption source {url!r}: unknown URL scheme '{scheme}://'"
@@ -76,7 +90,18 @@ def resolve_url(url: str) -> tuple[Any, str]:
         return factory(url)
     except InputError:
         raise
+    except ImportError as exc:  # what the scheme's filesystem comes from is not installed
+        raise InputError(
+            f"caption source {url!r}: reading {scheme}:// needs the {exc.name or exc} package, "
+            f"which is not installed here: pip install {exc.name or exc}"
+        ) from None
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not this URL"
+        if isinstance(exc, NotImplementedError) and type(exc).__module__.startswith("pyarrow"):
+            raise InputError(  # a pyarrow built without S3 or GCS (conda's pyarrow-core)
+                f"caption source {url!r}: this pyarrow cannot read {scheme}:// ({one_line(exc)}); "
+                "install a build that can: pip install --force-reinstall pyarrow, or conda "
+                "install -c conda-forge pyarrow (not pyarrow-core)"
+            ) from None
         raise InputError(
             f"caption source {url!r}: its filesystem refused it ({one_line(exc)}); check the URL "
             f"and the credentials of {scheme}://"
@@ -93,6 +118,14 @@ def _pyarrow_uri(url: str) -> tuple[Any, str]:
 
     filesystem, path = pafs.FileSystem.from_uri(url)
     return filesystem, path
+
+
+def _google_cloud_storage(url: str) -> tuple[Any, str]:
+    from urllib.parse import parse_qs, urlsplit
+
+    if "retry_limit_seconds" not in parse_qs(urlsplit(url).query):
+        url += f"{'&' if '?' in url else '?'}retry_limit_seconds={GCS_RETRY_SECONDS}"
+    return _pyarrow_uri(url)
 
 
 def _hugging_face(url: str) -> tuple[Any, str]:
@@ -113,8 +146,9 @@ def _local(url: str) -> tuple[Any, str]:
     return pafs.LocalFileSystem(), url.split("://", 1)[1]
 
 
-for _scheme in ("s3", "gs", "gcs"):
-    register_filesystem(_scheme, _pyarrow_uri)
+register_filesystem("s3", _pyarrow_uri)
+for _scheme in ("gs", "gcs"):
+    register_filesystem(_scheme, _google_cloud_storage)
 register_filesystem("hf", _hugging_face)
 register_filesystem("file", _local)
 

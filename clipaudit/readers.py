@@ -38,8 +38,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import compress
@@ -81,6 +83,15 @@ _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _TABLE_SUFFIXES = (".csv", ".tsv")  # not read: named with the fix when given
 _COMPRESSED = "compressed"  # a folder's compressed caption files, as a kind never read
+# pyarrow's S3 (AWS SDK) and GCS (google-cloud-cpp) clients raise plain OSErrors; their transient
+# statuses (the network, a throttled or unavailable service) say the file may be fine
+_CLOUD_NETWORK_STATUS = re.compile(
+    r"AWS Error (NETWORK_CONNECTION|REQUEST_TIMEOUT|SLOW_DOWN|SERVICE_UNAVAILABLE|THROTTLING"
+    r"|INTERNAL_FAILURE)\b|google::cloud::Status\((UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b"
+)
+# an HTTP client's error for these statuses (the hub's HfHubHTTPError, an OSError, carries its
+# response) is the service's, busy or down for a while: a timeout, rate limiting, a server error
+_TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class BadShardError(InputError):
@@ -116,11 +127,35 @@ class ConnectionLostError(InputError):
 
 def _network_error(error: BaseException) -> bool:
     """Whether an error raised while reading is the network's: Python's connection and timeout
-    errors (socket's, requests'), or a foreign error that is neither an OSError nor Arrow's nor
-    ours (httpx's and aiohttp's are no OSError); a corrupt file raises OSError or Arrow's errors."""
+    errors (socket's, requests'), pyarrow's S3 and GCS clients' (plain OSErrors, told apart by
+    their status), an HTTP error of a transient status, or a foreign error that is neither an
+    OSError nor Arrow's nor ours (httpx's and aiohttp's are no OSError); a corrupt file raises
+    OSError or Arrow's errors."""
     if isinstance(error, ConnectionError | TimeoutError):
         return True
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in _TRANSIENT_HTTP_STATUS:
+        return True
+    if isinstance(error, OSError) and _CLOUD_NETWORK_STATUS.search(str(error)):
+        return True
     return not isinstance(error, OSError | pa.ArrowException | InputError | UnicodeError)
+
+
+@contextmanager
+def _reading(label: str, filesystem: Any) -> Iterator[None]:
+    """Errors met reading a file, as the shard's: the network's (a remote file) as
+    ConnectionLostError, a file that cannot be opened or read (removed since it was listed, not
+    readable) as BadShardError; ours pass through."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if filesystem is not None and _network_error(exc):
+            raise ConnectionLostError(label, one_line(exc)) from None
+        if not isinstance(exc, OSError):
+            raise
+        raise BadShardError(label, f"cannot be read ({one_line(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -561,6 +596,8 @@ class _Planner:
                 with _parquet_file(path, source.filesystem) as handle:
                     meta, names = handle.metadata, handle.schema_arrow.names
         except (OSError, pa.ArrowException) as exc:
+            if source.filesystem is not None and _network_error(exc):
+                raise ConnectionLostError(name, one_line(exc)) from None
             reason = f"unreadable parquet file ({one_line(exc)})"
             if not self.skip_bad:
                 raise BadShardError(name, reason) from None
@@ -616,6 +653,8 @@ class _Planner:
         shards like unreadable ones)."""
         try:
             return check()
+        except ConnectionLostError:  # the network's, not the file's: never skipped
+            raise
         except InputError as exc:
             if not self.skip_bad:
                 raise
@@ -635,21 +674,25 @@ class _Planner:
         name = source.name(path)
         where = name if source.filesystem is not None else path
 
-        def check() -> tuple[str | None, str | None] | None:
-            _refuse_unreadable_text(path, source.filesystem, where)
-            if kind != "jsonl":
-                return None, None
-            keys = _jsonl_keys(path, source.filesystem, where)
-            return None if keys is None else self._columns(keys, where)
+        def check() -> tuple[tuple[str | None, str | None], Any] | None:
+            """The file's columns and line cuts (None: no record), each read of it checked."""
+            with _reading(name, source.filesystem):
+                _refuse_unreadable_text(path, source.filesystem, where)
+                columns: tuple[str | None, str | None] = (None, None)
+                if kind == "jsonl":
+                    keys = _jsonl_keys(path, source.filesystem, where)
+                    if keys is None:
+                        return None
+                    columns = self._columns(keys, where)
+                return columns, _line_cuts(path, self.shard_rows, source.filesystem)
 
-        columns = self._checked(check, index, path, content, name)
-        if isinstance(columns, SkippedShard):
-            yield columns
+        checked = self._checked(check, index, path, content, name)
+        if isinstance(checked, SkippedShard):
+            yield checked
             return
-        if columns is None:  # a jsonl file of blank lines alone (an empty shard): no record
+        if checked is None:  # a jsonl file of blank lines alone (an empty shard): no record
             return
-        column, id_column = columns
-        cuts, n_lines = _line_cuts(path, self.shard_rows, source.filesystem)
+        (column, id_column), (cuts, n_lines) = checked
         for part, (start, stop, first_line) in enumerate(cuts):
             last_line = cuts[part + 1][2] if part + 1 < len(cuts) else n_lines
             single = len(cuts) == 1
@@ -700,7 +743,7 @@ class _Planner:
         dataset = _open_stream(name, config, source.split)
         names = dataset.column_names
         if names is None:  # features unknown until the first example is read
-            names = list(next(iter(dataset), {}).keys())
+            names = list(next(_stream_chunks(dataset.iter(batch_size=1), source.spec), {}))
         column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.spec)
         id_column = _pick_id_column(names, self.id_column, source.spec)
         dataset = dataset.select_columns([c for c in (column, id_column) if c])
@@ -927,12 +970,8 @@ def _text_lines(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:
     """The shard's lines (without line endings), about ``batch_rows`` at a time; a file that
     cannot be opened or read (removed since the run was planned) is a bad shard, as a parquet
     file's is."""
-    try:
+    with _reading(shard.label, shard.filesystem):
         yield from _text_blocks(shard, batch_rows)
-    except OSError as exc:
-        if shard.filesystem is not None and _network_error(exc):
-            raise  # Shard.read says so
-        raise BadShardError(shard.label, f"cannot be read ({one_line(exc)})") from None
 
 
 def _text_blocks(shard: Shard, batch_rows: int) -> Iterator[list[bytes]]:

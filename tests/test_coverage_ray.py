@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import os
 import signal
@@ -107,6 +108,7 @@ def test_the_ray_engine_writes_the_local_engines_outputs_byte_for_byte(
     assert_same_outputs(tmp_path / "local", tmp_path / "ray")
     timings = on_ray.manifest["timings"]
     assert timings["engine"] == "ray" and timings["shards_this_session"] == 9
+    assert timings["ray_address"] == ray_cluster  # the cluster this process was connected to
     assert local.manifest["timings"]["engine"] == "local"
     assert on_ray.n_captions_read == 90_000  # every row of the three files, counted once
     assert on_ray.manifest["units"] == local.manifest["units"]
@@ -223,13 +225,86 @@ def test_a_worker_lost_more_often_than_retried_is_one_engine_error(ray_cluster):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         future = executor.submit(kill_own_process, None)
-        with pytest.raises(EngineError, match=r"a Ray task failed after 1 retries \(Worker"):
+        with pytest.raises(EngineError) as lost:
             future.result(timeout=120)
+        assert str(lost.value).startswith(
+            "a Ray task failed after 1 retries (WorkerCrashedError: The worker died unexpectedly"
+        )
         assert executor.submit(len, "four").result(timeout=120) == 4  # the engine still works
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         executor.shutdown()
     assert ray.is_initialized()  # the module's Ray was used, and is left running
+
+
+def test_a_worker_that_cannot_import_what_its_task_needs_is_one_engine_error(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """A module the driver imports but a worker cannot (not installed on that node: a filesystem
+    registered in the user's code, or clipaudit itself): one line naming it and the fix, not
+    Ray's traceback of the worker's unpickling."""
+    from clipaudit.engines import RayExecutor
+    from clipaudit.errors import EngineError
+
+    module = f"only_on_the_driver_{os.getpid()}"
+    (tmp_path / f"{module}.py").write_text("def double(*args):\n    return 2 * args[-1]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver's, not the workers'
+    helper = __import__(module)
+    executor = RayExecutor(print, ("set up",), max_retries=0)
+    try:
+        with pytest.raises(EngineError) as needed:
+            executor.submit(helper.double, 3).result(timeout=120)
+        assert str(needed.value).startswith(
+            f"a Ray worker cannot import what its task needs (ModuleNotFoundError: No module "
+            f"named '{module}'); install clipaudit "
+        )
+        with pytest.raises(
+            EngineError, match=rf"needs \(ModuleNotFoundError: No module named '{module}'"
+        ):
+            executor.submit(importlib.import_module, module).result(timeout=120)  # imported there
+        # the task's own function not importable on the worker: how a node without clipaudit fails
+        executor._task = ray.remote(helper.double).options(max_retries=0)
+        with pytest.raises(EngineError) as missing:
+            executor.submit(len, "four").result(timeout=120)
+        assert "(clipaudit.engines: clipaudit is not installed there)" in str(missing.value)
+        assert "\n" not in str(needed.value) + str(missing.value)
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.parametrize(("first", "then"), [("local", "ray"), ("ray", "local")])
+def test_a_run_stopped_on_one_engine_resumes_on_the_other_to_identical_outputs(
+    ray_cluster, registry, tmp_path, first, then
+):
+    """A run folder is the engines' common ground: a session stopped by a bad file on one engine
+    keeps its finished shards, and the other engine, once the file is fixed, counts only the
+    rest, to the files an uninterrupted run writes."""
+    from clipaudit.readers import BadShardError
+
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=3, rows_per_file=20_000)
+    middle = corpus / "part-001.parquet"
+    good = middle.read_bytes()
+    half = len(good) // 2
+    middle.write_bytes(good[:half] + b"\xab" * 300 + good[half + 300 :])
+    options = {"shard_rows": 5000, "workers": 2}
+    groups = [pq.read_metadata(f).row_group(0).num_rows for f in sorted(corpus.iterdir())]
+    assert min(groups) >= 5000  # a shard per row group
+    n_shards = sum(pq.read_metadata(f).num_row_groups for f in corpus.iterdir())
+    out = tmp_path / "run"
+    with pytest.raises(BadShardError, match=r"part-001\.parquet \(row groups"):
+        count([corpus], out, registry, engine=first, **options)
+    kept = {p.stem for p in (out / "units").glob("*.json")}
+    middle.write_bytes(good)
+    resumed = count([corpus], out, registry, engine=then, **options)
+    timings = resumed.manifest["timings"]
+    assert timings["engine"] == then and resumed.manifest["n_shards"] == n_shards
+    planned = {key for key, _ in resumed.manifest["units"]}
+    reused = kept & planned  # the finished shards of the two intact files
+    assert len(reused) >= 1 and timings["shards_resumed"] == len(reused)
+    assert timings["shards_this_session"] == n_shards - len(reused)
+    count([corpus], tmp_path / "uninterrupted", registry, **options)
+    assert_identical_files(out, tmp_path / "uninterrupted")
 
 
 def test_a_killed_driver_resumes_on_ray_to_identical_outputs(

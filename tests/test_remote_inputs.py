@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 
 from clipaudit import filesystems
 from clipaudit.coverage import CoverageSettings, count_coverage
-from clipaudit.errors import EngineError, InputError, SettingsError
+from clipaudit.errors import EngineError, InputError, SettingsError, one_line
 from clipaudit.readers import BadShardError, plan_shards, resolve_sources
 from tests.test_coverage import REPO, TINY_REGISTRY, assert_same_outputs
 
@@ -250,9 +251,39 @@ def test_a_connection_lost_while_reading_identities_is_one_clear_error(tmp_path,
         memory.rm(bucket, recursive=True)
 
 
-@pytest.mark.parametrize("kind", ["parquet", "txt"])
+# pyarrow's S3 client's error when a connection drops: a plain OSError, told apart by its status
+S3_DROP = (
+    "AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, Failure when "
+    "receiving data from the peer"
+)
+GCS_DROP = (
+    "google::cloud::Status(UNAVAILABLE: Retry policy exhausted, with a last message of "
+    "PerformWork() - CURL error [56]"
+)
+
+
+def hub_error(status: int, message: str) -> Exception:
+    """The hub client's error for an HTTP status (an OSError), as it raises it."""
+    import types
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = types.SimpleNamespace(status_code=status, headers={}, request=None)
+    return HfHubHTTPError(message, response=response)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("parquet", ConnectError("Connection reset (a test's)")),
+        ("txt", ConnectError("Connection reset (a test's)")),
+        ("parquet", OSError(S3_DROP)),
+        ("txt", OSError(GCS_DROP)),
+        ("parquet", hub_error(429, "429 Client Error: Too Many Requests for url: https://hf.co/x")),
+    ],
+)
 def test_a_connection_lost_while_counting_stops_the_run_and_a_rerun_resumes(
-    tiny, tmp_path, monkeypatch, kind
+    tiny, tmp_path, monkeypatch, kind, error
 ):
     """The network drops once the run is planned, while file b is read: the run stops with one
     message (not a bad shard: --skip-bad does not skip it), keeps a's shards, and the same
@@ -274,7 +305,7 @@ def test_a_connection_lost_while_counting_stops_the_run_and_a_rerun_resumes(
 
         def read(self, *args, **kwargs):
             if dropped and self.path.endswith(f"b.{kind}"):
-                raise ConnectError("Connection reset (a test's)")
+                raise error
             return self.handle.read(*args, **kwargs)
 
     memory = MemoryFileSystem(skip_instance_cache=True)  # its own open, the store shared
@@ -305,7 +336,8 @@ def test_a_connection_lost_while_counting_stops_the_run_and_a_rerun_resumes(
     )
     try:
         source = [f"lost:/{bucket}"]
-        with pytest.raises(ConnectionLostError, match=rf"b\.{kind} .*reading stopped \(Connect"):
+        reason = re.escape(one_line(error))
+        with pytest.raises(ConnectionLostError, match=rf"b\.{kind}.*reading stopped \({reason}\)"):
             count(source, tiny, tmp_path / "run", skip_bad=True)
         dropped.clear()
         monkeypatch.setattr(coverage, "plan_shards", planned)
@@ -317,6 +349,125 @@ def test_a_connection_lost_while_counting_stops_the_run_and_a_rerun_resumes(
     assert resumed.manifest["skipped_shards"] == []
     count([local], tiny, tmp_path / "local")
     assert_same_outputs(tmp_path / "run", tmp_path / "local")
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+@pytest.mark.parametrize("error", [ConnectError("Connection reset (a test's)"), OSError(S3_DROP)])
+def test_a_connection_lost_while_planning_a_text_file_is_one_clear_error(
+    tiny, tmp_path, monkeypatch, kind, error
+):
+    """Planning reads a remote text file (its head checked, then its lines cut into shards) after
+    its identity: the network's error there is the same one message as while counting, with
+    --skip-bad too (the file is not skipped as bad), and the same command counts it once the
+    network is back."""
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from clipaudit import coverage
+    from clipaudit.readers import ConnectionLostError
+
+    planning = []  # a file's opens since the identities were read, while the network drops
+
+    class Dropping:
+        def __init__(self, handle):
+            self.handle = handle
+            self.dropped = bool(planning) and planning[-1] > 0  # once the head was checked
+            if planning:
+                planning[-1] += 1
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def read(self, *args, **kwargs):
+            if self.dropped:
+                raise error
+            return self.handle.read(*args, **kwargs)
+
+    memory = MemoryFileSystem(skip_instance_cache=True)
+    memory.open = lambda path, mode="rb", **kw: Dropping(
+        MemoryFileSystem.open(memory, path, mode, **kw)
+    )
+    captions = ["A red cat.", "a hot dog", "Two puppies", "nothing here"] * 5
+    data = (
+        "".join(f'{{"caption": "{c}"}}\n' for c in captions)
+        if kind == "jsonl"
+        else "".join(f"{c}\n" for c in captions)
+    ).encode()
+    bucket = f"/plan-{uuid.uuid4().hex[:8]}"
+    memory.pipe(f"{bucket}/c.{kind}", data)
+    (tmp_path / f"c.{kind}").write_bytes(data)
+    described = coverage.describe_source
+
+    def describe_then_drop(*args, **kwargs):
+        record = described(*args, **kwargs)
+        planning.append(0)
+        return record
+
+    monkeypatch.setattr(coverage, "describe_source", describe_then_drop)
+    filesystems.register_filesystem(
+        "planlost", lambda url: (PyFileSystem(FSSpecHandler(memory)), "/" + url.split("://", 1)[1])
+    )
+    url = f"planlost:/{bucket}/c.{kind}"
+    try:
+        with pytest.raises(ConnectionLostError) as stopped:
+            count([url], tiny, tmp_path / "run", skip_bad=True, shard_rows=6)
+        assert str(stopped.value).startswith(
+            f"planlost://{bucket.lstrip('/')}/c.{kind}: reading stopped ({one_line(error)}); "
+            "the file may be fine"
+        )
+        monkeypatch.undo()
+        planning.clear()
+        resumed = count([url], tiny, tmp_path / "run", shard_rows=6)
+    finally:
+        filesystems.unregister_filesystem("planlost")
+        memory.rm(bucket, recursive=True)
+    assert resumed.manifest["skipped_shards"] == [] and resumed.manifest["n_shards"] == 4
+    count([tmp_path / f"c.{kind}"], tiny, tmp_path / "local", shard_rows=6)
+    assert_same_outputs(tmp_path / "run", tmp_path / "local")
+
+
+def test_a_hub_stream_lost_before_its_first_row_is_one_clear_error(tiny, tmp_path, monkeypatch):
+    """A hub dataset whose columns are known only from its first row (no features in its
+    metadata): the network's error reading that row is the stream's one message, as later."""
+    import json
+
+    from clipaudit import readers
+    from clipaudit.readers import ConnectionLostError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    records = [{"caption": f"a red cat number {i}", "id": i} for i in range(5)]
+    (folder / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    opened = readers._open_stream
+    up = [False]
+
+    class Unfeatured:  # columns unknown until a row is read; the connection is down at first
+        def __init__(self, dataset):
+            self.dataset, self.column_names = dataset, None
+
+        def iter(self, batch_size):
+            if not up[0]:
+                raise ConnectError("[Errno 111] Connection refused (a test's)")
+            yield from self.dataset.iter(batch_size=batch_size)
+
+        def __iter__(self):  # rows one by one (what this module read them with before)
+            return iter(self.dataset) if up[0] else self.iter(1)
+
+        def select_columns(self, columns):
+            return self.dataset.select_columns(columns)
+
+    monkeypatch.setattr(readers, "_open_stream", lambda *args: Unfeatured(opened(*args)))
+    with pytest.raises(ConnectionLostError) as lost:
+        count([f"hf:{folder}"], tiny, tmp_path / "run", shard_rows=2)
+    assert str(lost.value).startswith(
+        f"hf:{folder} (rows from 0): reading stopped (ConnectError: [Errno 111] Connection "
+        "refused (a test's)); the file may be fine"
+    )
+    up[0] = True
+    resumed = count([f"hf:{folder}"], tiny, tmp_path / "run", shard_rows=2)
+    assert resumed.manifest["n_shards"] == 3 and resumed.n_captions_read == 5
+    assert resumed.concepts.set_index("concept")["count"]["red"] == 5
 
 
 def test_an_unreachable_hub_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
@@ -359,9 +510,75 @@ def test_url_schemes_resolve_to_pyarrow_filesystems_and_unknown_ones_are_refused
         resolve_sources(["s3a://bucket/x.parquet"])
     with pytest.raises(InputError, match=r"expected hf://datasets/OWNER/NAME/PATH"):
         filesystems.resolve_url("hf://laion")
+    web = "https://huggingface.co/datasets/laion/x/resolve/main/part-0.parquet"
+    with pytest.raises(InputError) as refused:
+        resolve_sources([web])
+    assert str(refused.value) == (
+        f"caption source {web!r}: web URLs are not read; download the file first (curl -LO URL) "
+        "and name the copy, or name a Hugging Face dataset's files as hf://datasets/OWNER/NAME/PATH"
+    )
     # a caption that looks like a web address stays a caption
     assert not any(
         filesystems.url_scheme(c) in filesystems.known_schemes() for c in ["https://x.org/a"]
+    )
+
+
+def test_gs_that_cannot_be_reached_is_one_clear_error_within_the_retry_limit(monkeypatch):
+    """pyarrow's GCS client retries a request the network or the credentials fail for 15
+    minutes, in silence, unless told otherwise: gs:// (here at a local port nothing listens on,
+    with no credentials) says it cannot be read once the retry limit has passed; a URL's own
+    limit wins."""
+    from datetime import timedelta
+
+    def retry_limit(url: str) -> timedelta:
+        gcs, _ = filesystems.resolve_url(url)
+        return gcs.__reduce__()[1][0]["retry_time_limit"]
+
+    assert retry_limit("gs://bucket/x.parquet") == timedelta(seconds=60)
+    assert retry_limit("gcs://bucket/x?retry_limit_seconds=300&project_id=p") == timedelta(
+        seconds=300
+    )
+    monkeypatch.setattr(filesystems, "GCS_RETRY_SECONDS", 2)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"gs://bucket/x.parquet?endpoint_override=127.0.0.1:{port}&scheme=http"
+    assert retry_limit(url) == timedelta(seconds=2)
+    clock = time.monotonic()
+    with pytest.raises(InputError, match=rf"caption source '{re.escape(url)}' cannot be read"):
+        resolve_sources([url])
+    assert time.monotonic() - clock < 15
+
+
+def test_a_scheme_whose_library_is_missing_names_what_to_install(monkeypatch):
+    """hf:// without the hub client, s3:// with a pyarrow built without S3 (conda's
+    pyarrow-core): one message naming what to install, not "check the credentials"."""
+    import types
+
+    import pyarrow
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import now raises ImportError
+    url = "hf://datasets/laion/relaion2B-en-research-safe/part-0.parquet"
+    with pytest.raises(InputError) as missing:
+        resolve_sources([url])
+    assert str(missing.value) == (
+        f"caption source {url!r}: reading hf:// needs the huggingface_hub package, which is not "
+        "installed here: pip install huggingface_hub"
+    )
+
+    def without_s3(uri):
+        raise pyarrow.ArrowNotImplementedError("Got S3 URI but Arrow compiled without S3 support")
+
+    stub = types.SimpleNamespace(FileSystem=types.SimpleNamespace(from_uri=without_s3))
+    monkeypatch.setitem(sys.modules, "pyarrow.fs", stub)
+    monkeypatch.setattr(pyarrow, "fs", stub, raising=False)
+    with pytest.raises(InputError) as unbuilt:
+        resolve_sources(["s3://bucket/x.parquet"])
+    assert str(unbuilt.value) == (
+        "caption source 's3://bucket/x.parquet': this pyarrow cannot read s3:// "
+        "(ArrowNotImplementedError: Got S3 URI but Arrow compiled without S3 support); install a "
+        "build that can: pip install --force-reinstall pyarrow, or conda install -c conda-forge "
+        "pyarrow (not pyarrow-core)"
     )
 
 

@@ -54,6 +54,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -72,6 +73,7 @@ from clipaudit.coverage_semantic import (
 from clipaudit.engines import ENGINES
 from clipaudit.errors import (
     WRITE_ERRNOS,
+    EngineError,
     InputError,
     RunFolderError,
     SettingsError,
@@ -1088,9 +1090,16 @@ class _Dispatch:
                 shard = in_flight.pop(future)
                 try:
                     summary = future.result()
-                except ConnectionLostError:
+                except (ConnectionLostError, EngineError):  # the network's, or a Ray worker lost
                     self._drain(in_flight, progress)  # a rerun resumes after what finished
                     raise
+                except BrokenProcessPool:  # a worker killed (the out-of-memory killer): the pool
+                    self._drain(in_flight, progress)  # is gone; what finished before is kept
+                    raise EngineError(
+                        "a worker process died while counting (killed, perhaps for lack of "
+                        "memory); finished shards are kept: run the same command again, with "
+                        "fewer --workers if memory is short"
+                    ) from None
                 except BadShardError as exc:
                     if not self.settings.skip_bad:
                         self._drain(in_flight, progress)  # keep what the running ones finish

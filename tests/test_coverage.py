@@ -1090,3 +1090,31 @@ def test_a_run_of_some_groups_is_not_resumed_with_others(tiny, tmp_path):
         count_coverage(texts=texts, registry=registry.select(["Color"]), out=out)
     whole = count_coverage(texts=texts, registry=registry, out=tmp_path / "whole")
     assert "groups" not in whole.manifest["settings"]["registry"]  # the file's hash says it all
+
+
+def test_a_worker_killed_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
+    """The out-of-memory killer takes a worker: the pool breaks, the command says so in one line
+    (no traceback, exit 2), and the same command finishes the run from the shards kept."""
+    psutil = pytest.importorskip("psutil")
+    corpus = tmp_path / "corpus"
+    write_synthetic_corpus(corpus, n_files=3, rows_per_file=80_000)
+    args = cli("count", str(corpus), "--out", str(tmp_path / "run"), "--workers", "2",
+               "--shard-rows", "10000", "--no-progress")  # fmt: skip
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "run" / "units").glob("*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no shard finished within a minute"
+        time.sleep(0.005)
+    workers = [p for p in psutil.Process(process.pid).children(recursive=True)
+               if "resource_tracker" not in " ".join(p.cmdline())]  # fmt: skip
+    assert workers, "the run ended before a worker could be killed: the test needs more rows"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr.decode() and len(stderr.decode().splitlines()) == 1
+    assert "a worker process died while counting" in stderr.decode()
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["timings"]["shards_resumed"] >= 1
+    assert manifest["n_rows"] == 240_000

@@ -64,6 +64,10 @@ class RunFolderError(ClipAuditError):
     """A run folder holds results of a different run and cannot be resumed into."""
 
 
+class RunFailedError(ClipAuditError):
+    """A run finished without a usable result (every unit failed); its manifest says why."""
+
+
 class EngineError(ClipAuditError):
     """The engine that runs the work cannot be used: Ray missing or unreachable, a worker lost."""
 
@@ -76,14 +80,22 @@ def one_line(exc: BaseException) -> str:
     return (f"{name}: {lines[0].strip()}" if lines else name)[:300]
 
 
-def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close."""
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3, ahead: Iterable[str] = ()) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close.
+
+    ``ahead``: choices known to fit in another way (a name holding the word), named first, the
+    closest of them first; spelling alone ranks "office" above "police officer" for "police"."""
     by_lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=0.6)
-    if not close:
+    lowered = word.lower()
+    first = sorted(
+        dict.fromkeys(ahead),
+        key=lambda c: -difflib.SequenceMatcher(None, lowered, c.lower()).ratio(),
+    )
+    close = difflib.get_close_matches(lowered, list(by_lower), n=n, cutoff=0.6)
+    names = list(dict.fromkeys([*first, *(by_lower[c] for c in close)]))[:n]
+    if not names:
         return ""
-    names = " or ".join(repr(by_lower[c]) for c in close)
-    return f" (did you mean {names}?)"
+    return f" (did you mean {' or '.join(map(repr, names))}?)"
 
 
 def check_arguments(paths: dict[str, Any], switches: dict[str, Any], echo: Any) -> None:

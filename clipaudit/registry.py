@@ -69,6 +69,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -78,7 +79,13 @@ from typing import Any
 import yaml
 
 from clipaudit.errors import RegistryError, SettingsError, did_you_mean, one_line
-from clipaudit.text import WIDE_BOMS, is_prompt_template, normalize
+from clipaudit.text import (
+    WIDE_BOMS,
+    control_character,
+    is_prompt_template,
+    normalize,
+    unseen_character,
+)
 
 DEFAULT_REGISTRY = "cai2025"
 
@@ -108,6 +115,11 @@ _CONCEPT_KEYS = {
     "together",
     "version",
 }
+# the lists the curated matcher reads normalised (paper_synonyms are matched as written, and
+# prompts go to a model's tokenizer as written)
+_MATCHED_KEYS = frozenset(
+    {"synonyms", "negative_contexts", "modifier_of", "not_after", "colourways", "makes", "together"}
+)
 _GROUP_REQUIRED = {"name", "category"}
 _CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
 TOGETHER_LISTS = 8  # the most word lists a concept's ``together`` may hold
@@ -200,11 +212,23 @@ class Registry:
         _check_name(name, "concept")
         found = self._concepts_by_name.get(name) or self._find_folded(name, self._concepts_by_name)
         if found is None:
-            raise RegistryError(
-                f"no concept {name!r} in registry {self.name!r}"
-                f"{did_you_mean(name, self._concepts_by_name)}"
-            )
+            raise RegistryError(f"no concept {name!r} in registry {self.name!r}{self._hint(name)}")
         return found
+
+    def _hint(self, name: str) -> str:
+        """Which concepts a name not found may have meant: those that list it as a synonym (a
+        word captions use, "T-shirt" or "cop", is what an auditor types), else those with a word
+        that starts with it ("police" for "police officer"), then those spelled alike."""
+        key = normalize(name)
+        if not key:
+            return ""
+        owners = [c.name for c in self.concepts if key in {normalize(s) for s in c.synonyms}]
+        if owners:
+            names = " or ".join(map(repr, owners))
+            which = "it" if len(owners) == 1 else "each"
+            return f" (did you mean {names}? {name!r} is a synonym of {which})"
+        starting = [c.name for c in self.concepts if f" {key}" in f" {normalize(c.name)}"]
+        return did_you_mean(name, self._concepts_by_name, ahead=starting)
 
     def group(self, name: str) -> Group:
         """Look a group up by name or label (case-insensitive); raises RegistryError with suggestions."""
@@ -228,9 +252,12 @@ class Registry:
         return tuple(dict.fromkeys(g.category for g in self.groups))
 
     def select(self, groups: Iterable[str] | None = None) -> Registry:
-        """A registry restricted to some groups (all when ``groups`` is None)."""
+        """A registry restricted to some groups (all when ``groups`` is None; one name is one
+        group)."""
         if groups is None:
             return self
+        if isinstance(groups, str):  # one group's name, not its letters (as run_zeroshot takes it)
+            groups = [groups]
         keep = [self.group(g).name for g in groups]
         return Registry(
             name=self.name,
@@ -331,8 +358,15 @@ def list_registries() -> list[str]:
 def resolve_registry_path(name_or_path: str | Path) -> Path:
     """A built-in registry name or a path to a YAML file -> the file's path."""
     candidate = Path(name_or_path)
+    builtin = next(
+        (p for d in _builtin_dirs() if (p := d / f"{name_or_path}.yaml").is_file()), None
+    )
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         if not candidate.is_file():
+            # a folder named like a built-in registry (a run's --out) is no registry: without
+            # this, one named cai2025 stopped every command that uses the default registry
+            if candidate.is_dir() and builtin is not None:
+                return builtin
             if candidate.is_dir():
                 raise RegistryError(
                     f"registry {str(candidate)!r} is a folder; expected a YAML file or a "
@@ -345,10 +379,8 @@ def resolve_registry_path(name_or_path: str | Path) -> Path:
                 )
             raise RegistryError(f"registry file {str(candidate)!r} does not exist")
         return candidate
-    for directory in _builtin_dirs():
-        path = directory / f"{name_or_path}.yaml"
-        if path.is_file():
-            return path
+    if builtin is not None:
+        return builtin
     known = list_registries()
     raise RegistryError(
         f"no built-in registry {str(name_or_path)!r}; built-in registries are {', '.join(known) or 'none'}"
@@ -604,7 +636,21 @@ class _Checker:
                 f"{what}: {key!r} must be {kind}, got {_shown(value)}{_unquoted([value])}",
                 entry.key_lines.get(key, entry.line),
             )
+        self.printable([value], key, what, entry.key_lines.get(key, entry.line))
         return value.strip()
+
+    def printable(self, items: Iterable[str], key: str, what: str, line: int | None) -> None:
+        """YAML refuses control characters written as they are, but its escapes ("\\e") make
+        them: registry text goes to terminals, tables and file names, where an escape sequence
+        or a direction override acts instead of showing."""
+        for item in items:
+            character = control_character(item)
+            if character is not None:
+                self.fail(
+                    f"{what}: {key!r} {item!r} holds the control character {character!r} "
+                    f"(U+{ord(character):04X}); remove it",
+                    line,
+                )
 
     def foldable(self, entry: _LineMap, key: str, what: str, value: str) -> None:
         """Names are matched to image folders and looked up normalised: one with no letter or
@@ -635,6 +681,7 @@ class _Checker:
                 f"{what}: {key!r} is an empty list; give at least one entry or leave the key out",
                 line,
             )
+        self.printable(value, key, what, line)
         self.distinct(value, key, what, line)
         return tuple(v.strip() for v in value)
 
@@ -648,6 +695,16 @@ class _Checker:
                 self.fail(
                     f"{what}: {key!r} lists {item!r}, which has no letter or digit once "
                     "normalised (punctuation and non-Latin scripts are dropped)",
+                    line,
+                )
+            unseen = unseen_character(item) if key in _MATCHED_KEYS else None
+            if unseen is not None:
+                invisible = unicodedata.category(unseen) == "Cf"
+                fix = "remove the invisible character" if invisible else "write it in Latin letters"
+                self.fail(
+                    f"{what}: {key!r} lists {item!r}, whose "
+                    f"{unicodedata.name(unseen, 'character').lower()} (U+{ord(unseen):04X}) the "
+                    f"matcher reads as a word break, so it would match {norm!r}; {fix}",
                     line,
                 )
             if norm in seen:
@@ -675,6 +732,7 @@ class _Checker:
                 f"strings, got {_shown(value)}",
                 line,
             )
+        self.printable((word for words in value for word in words), key, what, line)
         # across the lists too: a word in two of them would satisfy both, saying the concept alone
         self.distinct((word for words in value for word in words), key, what, line)
         return tuple(tuple(w.strip() for w in words) for words in value)

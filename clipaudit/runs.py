@@ -45,6 +45,7 @@ from clipaudit.errors import (
     SettingsError,
     cannot_write,
 )
+from clipaudit.errors import RunFailedError as RunFailedError  # where the run kinds import it
 from clipaudit.provenance import base_manifest, now_iso, write_json
 from clipaudit.text import slug
 
@@ -69,10 +70,6 @@ LOADERS: dict[str, str] = {
     "report": "clipaudit.report:load_report_run",
 }
 _KIND_ALIASES = {"theory-run": "theory", "theory-check": "theory"}  # manifests before the contract
-
-
-class RunFailedError(ClipAuditError):
-    """The run finished without a usable result (every unit failed); its manifest says why."""
 
 
 def differences(
@@ -157,6 +154,7 @@ class RunFolder:
         self.units = self.path / units_dir
         self.previous: dict[str, Any] | None = None  # the manifest found, when resuming
         self.restarted: str | None = None  # why an existing folder was emptied, if it was
+        self._was_complete = False
         self.manifest: dict[str, Any] = {}
         self._lock: Any = None
         self._written = False  # whether this session has written the manifest
@@ -199,8 +197,9 @@ class RunFolder:
 
     @property
     def was_complete(self) -> bool:
-        """Whether the folder held this very run, complete, when it was opened."""
-        return self.previous is not None and self.previous.get("status") == "complete"
+        """Whether the folder held this very run, complete, when it was opened: with every
+        output its manifest lists (one deleted is made again from the finished units)."""
+        return self._was_complete
 
     def __exit__(self, kind: type | None, error: BaseException | None, _: Any) -> None:
         try:
@@ -233,19 +232,25 @@ class RunFolder:
                 )
             return
         previous = read_manifest(self.path)
-        kind = _KIND_ALIASES.get(previous.get("kind"), previous.get("kind"))
+        kind = run_kind(previous)  # a hand-edited manifest may hold any JSON value here
         if kind != self.kind:
+            held = f"a {kind} run" if isinstance(kind, str) else "a run of unknown kind"
             raise RunFolderError(
-                f"{self.path} holds a {kind or 'unknown'} run, not a {self.kind} run; "
-                "choose another --out folder"
+                f"{self.path} holds {held}, not a {self.kind} run; choose another --out folder"
             )
         stored = previous.get("settings") or {}
+        changed = [f"settings: {_shown(stored)} -> a record of settings"]
         if isinstance(stored, Mapping):
-            changed = self.compare(stored, self.settings)
-        else:  # edited by hand: no record of settings, so no run this one can resume
-            changed = [f"settings: {_shown(stored)} -> a record of settings"]
+            # a record edited by hand may hold values of other shapes than a kind's own
+            # ``compare`` expects: no run this one can resume, as when it is no mapping at all
+            with contextlib.suppress(TypeError, AttributeError, KeyError, ValueError):
+                changed = self.compare(stored, self.settings)
         if not changed:
             self.previous = previous
+            # decided once: this session's own outputs must not make it complete part-way
+            self._was_complete = previous.get("status") == "complete" and not missing_outputs(
+                self.path, previous
+            )
             return
         if self.overwrite:
             self._empty("--overwrite")
@@ -263,8 +268,9 @@ class RunFolder:
         if self.finished_units() or next(self.path.glob(f"*/{UNITS}/*.json"), None) is not None:
             return True
         for manifest in self.path.glob(f"*/{MANIFEST}"):
-            with contextlib.suppress(OSError, ValueError, RecursionError):
-                if json.loads(manifest.read_text(encoding="utf-8")).get("status") == "complete":
+            # a damaged one (not JSON, not an object, unreadable) holds no finished run
+            with contextlib.suppress(RunFolderError):
+                if read_manifest(manifest.parent).get("status") == "complete":
                     return True
         return False
 
@@ -426,6 +432,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except OSError as exc:  # another user's run on a shared disk, a failing disk
+        raise RunFolderError(
+            f"cannot read {manifest_path} ({exc.strerror or exc}); make it readable, or give "
+            "another run folder"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunFolderError(
             f"{manifest_path} is not valid JSON ({exc}); the folder is damaged: {_DAMAGED_FIX}"
@@ -440,6 +451,15 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             f"{manifest_path} is not a JSON object; the folder is damaged: {_DAMAGED_FIX}"
         )
     return manifest
+
+
+def missing_outputs(path: str | os.PathLike, manifest: Mapping[str, Any]) -> list[str]:
+    """The files the manifest's ``outputs`` lists (paths relative to the run folder) that the
+    folder no longer holds."""
+    listed = manifest.get("outputs")
+    if not isinstance(listed, list):  # kinds that list none, or a manifest edited by hand
+        return []
+    return [name for name in listed if isinstance(name, str) and not (Path(path) / name).is_file()]
 
 
 def run_kind(manifest: Mapping[str, Any]) -> Any:

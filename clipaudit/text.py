@@ -60,12 +60,40 @@ def normalize(text: str) -> str:
     return " ".join(fold(text).translate(FOLDED_TABLE).decode("ascii").split())
 
 
+def unseen_character(text: str) -> str | None:
+    """The first character of ``text`` that :func:`normalize` turns into a word break though it
+    looks like part of a word, or None: an invisible format character (a zero-width space, a soft
+    hyphen) or a letter or digit of another script than Latin, such as a Cyrillic look-alike
+    ("ԁog" normalises to "og"). Latin letters folding drops (ß, ø) are not among them: text
+    holding them normalises alike on every side."""
+    if text.isascii():
+        return None
+    for character in text:
+        if unicodedata.category(character) == "Cf" or (
+            character.isalnum()
+            and not normalize(character)
+            and not unicodedata.name(character, "").startswith("LATIN")
+        ):
+            return character
+    return None
+
+
 # characters a terminal acts on rather than shows: C0/C1 controls (escape sequences, carriage
 # returns, newlines) and the bidirectional overrides that reorder what follows them
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
-def one_line(text: str) -> str:
+def control_character(text: str) -> str | None:
+    """The first character of ``text`` that a terminal acts on rather than shows (see
+    :func:`inert_line`), a line break or a tab aside; None when there is none."""
+    for run in _UNPRINTABLE.findall(text):
+        for character in run:
+            if character not in "\t\n\r":
+                return character
+    return None
+
+
+def inert_line(text: str) -> str:
     """``text`` (a web caption, an id) safe to print on one terminal line: every run of control
     or direction characters is one space, so an alt-text cannot move the cursor, recolour the
     terminal or rename its window, and a caption with line breaks stays on its own line."""

@@ -213,3 +213,34 @@ def test_the_audit_and_the_demo_name_a_wrong_argument_in_a_typed_error(
     with pytest.raises(SettingsError, match=message):
         call(clipaudit, demo)
     assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
+
+
+def test_a_run_that_failed_is_a_typed_error_of_clipaudit_errors():
+    """clipaudit.errors is where a library user catches errors: RunFailedError (every shard or
+    model of a run failed) was defined in clipaudit.runs only."""
+    from clipaudit import errors, runs
+
+    assert issubclass(errors.RunFailedError, errors.ClipAuditError)
+    assert runs.RunFailedError is errors.RunFailedError
+
+
+def test_a_complete_zero_shot_run_whose_tables_were_deleted_writes_them_again(tmp_path):
+    """The same call on a complete run whose groups.csv was deleted was a FileNotFoundError
+    traceback: the run was taken as complete and its missing table read back."""
+    import clipaudit
+    from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
+
+    images = tmp_path / "images"
+    write_image_folder(images, {"Animal": {"dog": 2, "cat": 2}})
+    spec = clipaudit.ModelSpec(
+        str(write_tiny_config(tmp_path / "models")),
+        str(write_tiny_checkpoint(tmp_path / "models" / "random.safetensors")),
+    )
+    options = {"groups": ("Animal",), "cache_dir": None, "workers": 0, "device": "cpu"}
+    first = clipaudit.run_zeroshot(spec, images, tmp_path / "run", progress=False, **options)
+    written = (tmp_path / "run" / "groups.csv").read_text()
+    (tmp_path / "run" / "groups.csv").unlink()
+    again = clipaudit.run_zeroshot(spec, images, tmp_path / "run", progress=False, **options)
+    assert (tmp_path / "run" / "groups.csv").read_text() == written
+    pd.testing.assert_frame_equal(again.groups, first.groups)
+    assert again.manifest["status"] == "complete"

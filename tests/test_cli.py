@@ -341,15 +341,16 @@ def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
     spaces: alt-text cannot recolour the terminal, rename its window or fake a line of output."""
     from types import SimpleNamespace
 
-    from rich.console import Console
-
-    from clipaudit.cli import coverage
+    from clipaudit.cli import _common, coverage
 
     printed = io.StringIO()
-    monkeypatch.setattr(coverage, "console", Console(file=printed, width=200, markup=False))
+    console = _common._PlainConsole(file=printed, width=80, markup=False, emoji=False)
+    monkeypatch.setattr(coverage, "console", console)
+    long = "a red fox in the snow, " * 5  # wider than the 80 columns of a pipe
     nearest = [
         {"id": "7\x1b[2J", "score": 0.91, "caption": "red fox\x1b]0;pwned\x07 in snow"},
         {"id": "8", "score": 0.52, "caption": "line one\r\n9  0.99  forged\u202egpj.exe"},
+        {"id": "9", "score": 0.50, "caption": long},
     ]
     found = SimpleNamespace(count=1, threshold=0.5, method="flat", seconds=0.002, nearest=nearest)
     monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
@@ -359,6 +360,7 @@ def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
         "1 caption with cosine >= 0.500 to 'a fox' (flat, 2 ms)",
         "  0.910  7 [2J  red fox ]0;pwned  in snow",
         "  0.520  8  line one 9  0.99  forged gpj.exe",
+        f"  0.500  9  {long}",
     ]
 
 
@@ -378,3 +380,60 @@ def test_count_says_when_per_caption_ids_cannot_be_joined_back(tmp_path):
     assert "--id-column" in said
     plain = run_cli(*args[:-2], str(tmp_path / "plain"), "--no-progress")
     assert plain.returncode == 0 and "without an id" not in plain.stdout
+
+
+def test_control_characters_in_a_message_never_reach_the_terminal(tmp_path, monkeypatch, capsys):
+    """A path (or a caption, a label) named in an error is text a user or the web wrote: an
+    escape sequence in it retitled the terminal, and a line break split the one-line message."""
+    from clipaudit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "runs\x1b]0;owned\x07/cov\nerase", "--out", "report"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: runs ]0;owned /cov erase does not exist; expected a run folder (the --out of a "
+        "run)\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["concepts", "show", "dog", "--registry", "x\x1b[2J.yaml"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: registry file 'x\\x1b[2J.yaml' does not exist\n"
+
+
+def test_file_names_a_command_prints_are_inert(tmp_path):
+    """A shard or image named with an escape sequence (a corpus off the web) reached the terminal
+    as it was when a command listed it: rich passes ESC through."""
+    import pandas as pd
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pd.DataFrame({"caption": ["a dog", "a cat"]}).to_parquet(corpus / "good.parquet")
+    (corpus / "bad\x1b[2J.parquet").write_bytes(b"PAR1 not a parquet file")
+    counted = run_cli(
+        "coverage", "count", "corpus", "--out", "run", "--skip-bad", "--no-progress", cwd=tmp_path
+    )
+    assert counted.returncode == 0, counted.stderr
+    skipped = [line for line in counted.stdout.splitlines() if line.startswith("skipped shard")]
+    assert len(skipped) == 1 and skipped[0].startswith("skipped shard corpus/bad [2J.parquet: ")
+    assert "\x1b" not in counted.stdout
+
+
+def test_eval_refuses_a_json_path_under_a_file_before_it_scores(tmp_path, monkeypatch, capsys):
+    """--json under a file (a typo of one folder) was a FileExistsError traceback once every
+    caption had been scored."""
+    from clipaudit.cli import main
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"id": 1, "caption": "a dog", "concepts": ["dog"]}\n')
+    (tmp_path / "scores").write_text("a file, not a folder")
+    scored = []
+    monkeypatch.setattr("clipaudit.goldeval.evaluate_gold", lambda *a, **k: scored.append(a))
+    with pytest.raises(SystemExit) as exited:
+        main(["coverage", "eval", str(gold), "--json", str(tmp_path / "scores" / "eval.json")])
+    assert exited.value.code == 2 and scored == []
+    assert capsys.readouterr().err == (
+        f"error: --json {tmp_path / 'scores' / 'eval.json'} cannot be made: "
+        f"{tmp_path / 'scores'} is a file; give the path of a JSON file to write (its folder is "
+        "made when missing)\n"
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -82,11 +84,47 @@ def test_lookup_is_case_and_separator_insensitive_with_suggestions(registry):
         registry.group("Animals")
 
 
+@pytest.mark.parametrize(
+    ("asked", "hint"),
+    [
+        # a word captions use: the concept that lists it, said to be so
+        ("cop", "did you mean 'police officer'? 'cop' is a synonym of it"),
+        ("T-shirt", "did you mean 'shirt'? 'T-shirt' is a synonym of it"),
+        # the start of a word of a name: spelling alone gave nothing, or "office" first
+        ("polic", "did you mean 'police officer'?"),
+        ("police", "did you mean 'police officer' or 'office'?"),
+    ],
+)
+def test_a_concept_not_found_is_suggested_by_its_synonyms_and_the_words_of_its_name(
+    registry, asked, hint
+):
+    with pytest.raises(RegistryError) as info:
+        registry.concept(asked)
+    assert str(info.value) == f"no concept {asked!r} in registry 'cai2025' ({hint})"
+
+
+def test_a_concept_suggested_for_a_synonym_lists_every_concept_that_claims_it(tmp_path):
+    """A word may be a synonym in two groups (orange the colour and the fruit)."""
+    text = GOOD.replace("    synonyms: [red]\n", "    synonyms: [red, ruby]\n")
+    text = text.replace("    synonyms: [cat]\n", "    synonyms: [cat, ruby]\n")
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, text)).concept("Ruby")
+    assert str(info.value) == (
+        "no concept 'Ruby' in registry 'mini' (did you mean 'cat' or 'red'? 'Ruby' is a synonym "
+        "of each)"
+    )
+
+
 def test_select_keeps_only_the_named_groups(registry):
     sub = registry.select(["Color", "emotion"])
     assert [g.name for g in sub.groups] == ["Color", "Emotion"]
     assert len(sub.concepts) == 20
     assert {c.group for c in sub.concepts} == {"Color", "Emotion"}
+    # one name is one group: it was taken letter by letter ("no group 'C'")
+    one = registry.select("color")
+    assert [g.name for g in one.groups] == ["Color"]
+    assert {c.group for c in one.concepts} == {"Color"}
+    assert one.concepts == registry.concepts_in("Color")
 
 
 def test_a_good_user_file_loads_with_defaults_and_provenance(tmp_path):
@@ -301,6 +339,22 @@ def test_unknown_builtin_and_missing_files_have_clear_errors(tmp_path):
         load_registry(tmp_path / "nope.yaml")
     with pytest.raises(RegistryError, match="is a folder; expected a YAML file"):
         load_registry(tmp_path)
+
+
+def test_a_folder_named_like_a_builtin_registry_does_not_hide_it(tmp_path, monkeypatch):
+    """A run folder named cai2025 in the working folder (``--out cai2025``) made every command
+    that uses the default registry fail: "registry 'cai2025' is a folder"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cai2025").mkdir()
+    (tmp_path / "miniworld").mkdir()
+    assert len(load_registry().concepts) == 146
+    assert load_registry("miniworld").name == "miniworld"
+    assert load_registry("cai2025").path == registry_module.resolve_registry_path("cai2025")
+    assert load_registry("cai2025").path.parent.name in ("concepts", "_concepts")
+    # a folder that names no built-in registry is still refused as a registry
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RegistryError, match="registry 'mine' is a folder; expected a YAML file"):
+        load_registry("mine")
 
 
 @pytest.mark.parametrize(
@@ -677,3 +731,84 @@ def test_a_name_of_no_letter_or_digit_once_normalised_is_refused(tmp_path, old, 
     with pytest.raises(RegistryError, match=message) as info:
         load_registry(path)
     assert info.value.line == line
+
+
+@pytest.mark.parametrize(
+    ("key", "item", "character", "reads_as", "fix"),
+    [
+        # a Cyrillic komi de, which looks like d: the matcher would count "og", never "dog"
+        ("synonyms", "\u0501og", "\u0501", "og", "write it in Latin letters"),
+        # a Greek omicron in a phrase: "h t dog", which no caption of a hot dog says
+        ("negative_contexts", "h\u03bft dog", "\u03bf", "h t dog", "write it in Latin letters"),
+        # a zero-width space pasted from a web page: "pup py" is two words
+        ("synonyms", "pup\u200bpy", "\u200b", "pup py", "remove the invisible character"),
+        ("modifier_of", "b\u0435d", "\u0435", "b d", "write it in Latin letters"),
+    ],
+)
+def test_a_word_holding_a_character_the_matcher_cannot_see_is_refused(
+    tmp_path, key, item, character, reads_as, fix
+):
+    lists = {"synonyms": ["dog"]}
+    lists.setdefault(key, []).append(item)  # a synonym after "dog" (line 13), else on line 14
+    written = "".join(f"    {name}: {json.dumps(words)}\n" for name, words in lists.items())
+    text = GOOD.replace("    synonyms: [dog, puppy]\n    negative_contexts: [hot dog]\n", written)
+    with pytest.raises(RegistryError) as refused:
+        load_registry(write(tmp_path, text))
+    assert str(refused.value) == (
+        f"{tmp_path / 'reg.yaml'}:{13 if key == 'synonyms' else 14}: concept 'dog': {key!r} lists "
+        f"{item!r}, whose {unicodedata.name(character).lower()} (U+{ord(character):04X}) the "
+        f"matcher reads as a word break, so it would match {reads_as!r}; {fix}"
+    )
+
+
+def test_latin_letters_folding_drops_and_accents_still_load(tmp_path):
+    """Only other scripts and invisible characters are refused: accented Latin letters fold to
+    their base letters, and ß or ø normalise alike in captions and registry."""
+    text = GOOD.replace("[dog, puppy]", "[dog, puppy, chien\u00e9, stra\u00dfenhund, h\u00f8nd]")
+    concept = load_registry(write(tmp_path, text)).concept("dog")
+    assert concept.synonyms == ("dog", "puppy", "chien\u00e9", "stra\u00dfenhund", "h\u00f8nd")
+
+
+@pytest.mark.parametrize(
+    ("replaced", "by", "line", "message"),
+    [
+        # YAML refuses a raw escape character, but its "\e" escape writes one
+        (
+            "    category: common\n  - name: Color",
+            '    category: common\n    description: "\\e]0;owned\\a"\n  - name: Color',
+            6,
+            "group 'Animal': 'description' '\\x1b]0;owned\\x07' holds the control character "
+            "'\\x1b' (U+001B)",
+        ),
+        (
+            "  - name: dog\n",
+            '  - name: "dog\\e[31m"\n',
+            10,
+            "a concept: 'name' 'dog\\x1b[31m' holds the control character '\\x1b' (U+001B)",
+        ),
+        # a right-to-left override, which shows the text after it reversed
+        (
+            "[dog, puppy]",
+            '[dog, "pup\\u202Epy"]',
+            13,
+            "concept 'dog': 'synonyms' 'pup\\u202epy' holds the control character '\\u202e' "
+            "(U+202E)",
+        ),
+    ],
+)
+def test_control_characters_written_as_yaml_escapes_are_refused(
+    tmp_path, replaced, by, line, message
+):
+    """They reached `concepts list` and `show` as they were: an escape sequence retitled or
+    recoloured the terminal."""
+    assert replaced in GOOD
+    with pytest.raises(RegistryError) as refused:
+        load_registry(write(tmp_path, GOOD.replace(replaced, by, 1)))
+    assert str(refused.value) == f"{tmp_path / 'reg.yaml'}:{line}: {message}; remove it"
+
+
+def test_line_breaks_and_tabs_in_a_gloss_still_load(tmp_path):
+    text = GOOD.replace("    gloss: a dog\n", '    gloss: "a dog,\\tor a puppy\\n(any breed)"\n')
+    assert load_registry(write(tmp_path, text)).concept("dog").gloss == (
+        "a dog,\tor a puppy\n(any breed)"
+    )

@@ -222,3 +222,105 @@ def test_a_run_folder_on_a_read_only_disk_says_so_and_how_to_go_on(tmp_path, mon
         f"cannot write into the run folder {tmp_path / 'run'} (Read-only file system); free space"
     )
     assert "run the same command again" in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", [["coverage"], {"name": "coverage"}, None, 3])
+def test_a_manifest_whose_kind_was_edited_into_another_type_is_refused_plainly(tmp_path, kind):
+    """A list or mapping as the kind was a bare TypeError (unhashable) from the alias lookup."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"kind": kind, "status": "complete"}))
+    with pytest.raises(RunFolderError) as refused, RunFolder(run, "coverage", {"a": 1}):
+        pass
+    assert str(refused.value) == (
+        f"{run} holds a run of unknown kind, not a coverage run; choose another --out folder"
+    )
+    assert not (run / ".lock").exists()  # released on the way out
+
+
+def test_settings_of_a_shape_the_kinds_comparison_cannot_read_are_a_different_run(tmp_path):
+    """A kind's own comparison (the theory's unpacks each part as a mapping) met a part edited
+    into a list with a bare TypeError; such a record resumes nothing, as a non-mapping one."""
+    run = tmp_path / "run"
+
+    def by_part(before, now):  # as clipaudit.theory.sweep's: each part a mapping
+        return [part for part in now if {**before.get(part, {})} != now[part]]
+
+    with RunFolder(run, "theory", {"training": {"steps": 2}}, compare=by_part) as folder:
+        folder.complete()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["settings"] = {"training": [2]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with (
+        pytest.raises(RunFolderError, match=r"holds a different theory run \(settings: "),
+        RunFolder(run, "theory", {"training": {"steps": 2}}, compare=by_part),
+    ):
+        pass
+    with RunFolder(
+        run, "theory", {"training": {"steps": 2}}, compare=by_part, overwrite=True
+    ) as folder:
+        assert folder.restarted == "--overwrite"
+
+
+def test_a_manifest_that_cannot_be_read_is_one_clear_error(tmp_path, monkeypatch):
+    """An unreadable manifest (another user's run on a shared disk) was a bare PermissionError,
+    which the command line shows as a traceback, from load_run and from a resumed run alike."""
+    import errno
+    import pathlib
+
+    run = tmp_path / "run"
+    with RunFolder(run, "coverage", {"a": 1}) as folder:
+        folder.complete()
+    read_text = pathlib.Path.read_text
+
+    def refused(self, *args, **kwargs):
+        if self.name == "manifest.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", refused)
+    expected = (
+        f"cannot read {run / 'manifest.json'} (Permission denied); make it readable, or give "
+        "another run folder"
+    )
+    with pytest.raises(RunFolderError) as info:
+        load_run(run)
+    assert str(info.value) == expected
+    with pytest.raises(RunFolderError) as info, RunFolder(run, "coverage", {"a": 1}):
+        pass
+    assert str(info.value) == expected
+    assert not (run / ".lock").exists()
+
+
+def test_a_complete_run_whose_outputs_were_deleted_is_made_again_not_reused(tmp_path):
+    """A complete manifest is no complete run when files it lists are gone: a kind that reuses a
+    complete run read the missing file (a zero-shot run's FileNotFoundError traceback)."""
+    run = tmp_path / "run"
+    with RunFolder(run, "coverage", {"a": 1}) as folder:
+        (run / "groups.csv").write_text("group\n")
+        (run / "tables").mkdir()
+        (run / "tables" / "concepts.csv").write_text("concept\n")
+        folder.complete(outputs=["groups.csv", "tables/concepts.csv"])
+    with RunFolder(run, "coverage", {"a": 1}) as folder:
+        assert folder.was_complete
+    (run / "tables" / "concepts.csv").unlink()
+    with RunFolder(run, "coverage", {"a": 1}) as folder:
+        assert not folder.was_complete
+        # not complete until this session writes them again, and its own writing of them
+        # does not make the run it opened complete part-way
+        assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+        (run / "tables" / "concepts.csv").write_text("concept\n")
+        assert not folder.was_complete
+
+
+@pytest.mark.parametrize("stage_manifest", ["[1]", '"complete"', "{", ""])
+def test_a_damaged_stage_manifest_holds_no_finished_work(tmp_path, stage_manifest):
+    """A failed audit restarted with new settings read its stages' manifests by hand: one that
+    was JSON but no object (a list) was an AttributeError."""
+    audit = tmp_path / "audit"
+    failed_run(audit, "audit", {"templates": "one"})
+    (audit / "coverage").mkdir()
+    (audit / "coverage" / "manifest.json").write_text(stage_manifest)
+    with RunFolder(audit, "audit", {"templates": "two"}) as folder:
+        assert folder.restarted and "templates" in folder.restarted
+    assert not (audit / "coverage").exists()

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     from clipaudit.errors import WRITE_ERRNOS, ClipAuditError, cannot_write
+    from clipaudit.text import inert_line
 
     # before torch is imported: its OpenMP threads then sleep instead of spinning while they wait,
     # which on a busy machine makes small models' steps over ten times slower
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="clipaudit", standalone_mode=False)
     except ClipAuditError as exc:
-        _fail(f"error: {exc}", exc.exit_code)
+        # a message names paths, captions and labels the user or the web wrote: its control
+        # characters (a line break, an escape sequence) must not reach the terminal
+        _fail(f"error: {inert_line(str(exc))}", exc.exit_code)
     except KeyboardInterrupt:
         _fail(INTERRUPTED, 130)
     except typer.Exit as exc:
@@ -82,15 +85,15 @@ def main(argv: list[str] | None = None) -> None:
         usage = exc.ctx.get_usage() if exc.ctx is not None else ""
         command = exc.ctx.command_path if exc.ctx is not None else "clipaudit"
         _fail(
-            f"error: {exc.format_message()}\n{usage} (more: {command} --help)".strip(),
+            f"error: {inert_line(exc.format_message())}\n{usage} (more: {command} --help)".strip(),
             exc.exit_code,
         )
     except click.ClickException as exc:
-        _fail(f"error: {exc.format_message()}", exc.exit_code)
+        _fail(f"error: {inert_line(exc.format_message())}", exc.exit_code)
     except OSError as exc:  # a full or read-only disk met by any write: the fix, not a traceback
         if exc.errno not in WRITE_ERRNOS:
             raise
-        _fail(f"error: {cannot_write(str(exc.filename or 'the output'), exc)}", 2)
+        _fail(f"error: {inert_line(cannot_write(str(exc.filename or 'the output'), exc))}", 2)
     if code == 130:  # typer turns Ctrl-C into Exit(130) and, here, returns that code
         _fail(INTERRUPTED, 130)
     if isinstance(code, int) and code:

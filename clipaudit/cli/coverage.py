@@ -333,12 +333,19 @@ def eval_(
 ) -> None:
     """Micro and per-group precision/recall of each matching profile against gold labels."""
     from clipaudit.goldeval import evaluate_gold
-    from clipaudit.provenance import write_json
+    from clipaudit.provenance import file_in_the_way, write_json
     from clipaudit.registry import load_registry
 
-    if json_out is not None and json_out.is_dir():  # checked before the scoring, not after
+    # checked before the scoring, not after
+    if json_out is not None and json_out.is_dir():
         raise InputError(
             f"--json {json_out} is a folder; give a file to write, e.g. {json_out / 'eval.json'}"
+        )
+    blocker = file_in_the_way(json_out.parent) if json_out is not None else None
+    if blocker is not None:
+        raise InputError(
+            f"--json {json_out} cannot be made: {blocker} is a file; give the path of a JSON "
+            "file to write (its folder is made when missing)"
         )
     profiles = tuple(profile) if profile else None  # the registry's: paper with its synonyms
     scores = evaluate_gold(
@@ -387,7 +394,13 @@ def calibrate(
         help="Positives a concept needs for thresholds of its own (else the shared ones).",
     ),
     device: str = typer.Option("auto", "--device", help="Where the encoder runs."),
-    profile: str = ProfileOption,
+    profile: str = typer.Option(
+        "curated",
+        "--profile",
+        "-p",
+        help="Lexical profile whose hits the checked thresholds are fitted on; recorded, and a "
+        "checked count under another profile refuses the calibration.",
+    ),
     spacy_model: str | None = SpacyModelOption,
 ) -> None:
     """Fit per-concept thresholds for an encoder on labelled captions; print cross-validated
@@ -433,7 +446,9 @@ def index(
         None, "--query", "-q", help="Then ask how many captions are about this text."
     ),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Cosine for --query (default: the run's semantic threshold)."
+        None,
+        "--threshold",
+        help="Cosine for --query (default: the run's shared semantic threshold).",
     ),
     k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown for --query."),
 ) -> None:
@@ -454,7 +469,9 @@ def query(
     run: Path = typer.Argument(..., help="A coverage run with an index (coverage index RUN)."),
     text: str = typer.Argument(..., help="A concept no registry needs to name, e.g. origami."),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Cosine a caption needs (default: the run's semantic threshold)."
+        None,
+        "--threshold",
+        help="Cosine a caption needs (default: the run's shared semantic threshold).",
     ),
     k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown."),
 ) -> None:
@@ -464,7 +481,6 @@ def query(
 
 def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
     from clipaudit.coverage_semantic import query_run
-    from clipaudit.text import one_line
 
     found = query_run(run, text, threshold=threshold, k=k)
     noun = "caption" if found.count == 1 else "captions"
@@ -472,6 +488,5 @@ def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
         f"{found.count:,} {noun} with cosine >= {found.threshold:.3f} to {text!r} "
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
-    for near in found.nearest:
-        caption = one_line(str(near["caption"]))
-        console.print(f"  {near['score']:.3f}  {one_line(str(near['id']))}  {caption}")
+    for near in found.nearest:  # inert (plain_console), and one caption to a line, however long
+        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}", soft_wrap=True)

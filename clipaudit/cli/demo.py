@@ -22,7 +22,9 @@ def demo(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the world (pictures and captions)."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Training steps (default 2,500: about 2 minutes on 2 cores)."
+        None,
+        "--steps",
+        help="Training steps (default 2,500: 2-5 minutes on 2 cores, slower when they are busy).",
     ),
     set_rates: list[str] = typer.Option(
         [],

@@ -23,7 +23,6 @@ from typing import Any
 
 from clipaudit.coverage import CoverageResult, CoverageSettings, count_coverage
 from clipaudit.errors import (
-    InputError,
     SettingsError,
     check_arguments,
     did_you_mean,
@@ -184,6 +183,7 @@ def check_stage_options(
     import dataclasses
     import inspect
 
+    from clipaudit.images import check_image_source
     from clipaudit.report.core import build_report, check_report_options
     from clipaudit.zeroshot import ZeroShotSettings, check_model_specs, model_specs
 
@@ -208,12 +208,7 @@ def check_stage_options(
     )
     check_model_specs(settings.models)
     load_registry(registry).select(settings.groups)  # a mistyped --groups: not after the coverage
-    local = "://" not in settings.images and not settings.images.startswith("hf:")
-    if local and not Path(settings.images).exists():
-        raise InputError(
-            f"image source {settings.images!r} does not exist; expected an image folder, "
-            "webdataset .tar shards, a Hugging Face save_to_disk folder, or hf:NAME"
-        )
+    check_image_source(settings.images)
     check_report_options(**(report or {}))
 
 

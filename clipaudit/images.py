@@ -258,25 +258,15 @@ def open_images(
             text, text.removeprefix("hf:"), names, label_field or "label", image_column, split
         )
     else:
+        check_image_source(text)
         shards = _tar_shards(text)
         path = Path(text)
         if shards:
             images = _webdataset_images(text, shards, names, label_field or "concept")
-        elif not path.exists():
-            raise InputError(
-                f"image source {text!r} does not exist; expected an image folder, webdataset .tar "
-                "shards, a Hugging Face save_to_disk folder, or hf:NAME"
-            )
-        elif path.is_dir() and any(
-            (path / f).is_file() for f in ("state.json", "dataset_dict.json")
-        ):
+        elif any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
             images = _hf_images(text, path, names, label_field or "label", image_column, split)
-        elif path.is_dir():
-            images = _folder_images(path, names)
         else:
-            raise InputError(
-                f"image source {text!r} is a file but not a .tar shard; expected a folder or .tar"
-            )
+            images = _folder_images(path, names)
     names.raise_problems(text)
     if not images.records:
         # why the files were ignored (no label, not an image) is what the user must fix
@@ -375,6 +365,25 @@ def _not_a_file(path: Path) -> str | None:
             return "a link to a folder, not followed; link the images or the concept folder"
         return "a symbolic link to no regular file (broken, or a device or pipe)"
     return None if path.is_dir() else "not a regular file (a device, pipe or socket)"
+
+
+def check_image_source(source: str | Path) -> None:
+    """Refuse a local image source that :func:`open_images` could not read, before anything is
+    listed (the audit checks it before its coverage stage): no such path, a brace pattern with a
+    shard missing, a file that is no .tar shard. A hub dataset or URL is checked when opened."""
+    text = str(source)
+    if text.startswith("hf:") or "://" in text or _tar_shards(text):
+        return
+    path = Path(text)
+    if not path.exists():
+        raise InputError(
+            f"image source {text!r} does not exist; expected an image folder, webdataset .tar "
+            "shards, a Hugging Face save_to_disk folder, or hf:NAME"
+        )
+    if not path.is_dir():
+        raise InputError(
+            f"image source {text!r} is a file but not a .tar shard; expected a folder or .tar"
+        )
 
 
 def _tar_shards(source: str) -> list[Path]:

@@ -95,9 +95,10 @@ def resolve_templates(templates: str) -> tuple[str, ...]:
         return tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
     path = Path(templates)
     if not path.is_file():
+        what = "a folder" if path.is_dir() else "no set's name and no file"
         raise SettingsError(
             f"templates must be one of {', '.join(TEMPLATE_SETS)} or a text file of templates, "
-            f"got {templates!r}"
+            f"got {templates!r} ({what}{did_you_mean(templates, TEMPLATE_SETS)})"
         )
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no template text

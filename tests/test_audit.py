@@ -110,6 +110,8 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
             **{"zeroshot": base, **options},
         )  # fmt: skip
 
+    notes = tmp_path / "images.txt"
+    notes.write_text("not images")
     for name, call, error, message in [
         ("a", lambda: audit("a", zeroshot={**base, "batchsize": 8}), SettingsError,
          r"unknown zeroshot option 'batchsize' \(did you mean 'batch_size'\?\)"),
@@ -120,6 +122,9 @@ def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_pa
         ("d", lambda: audit("d", zeroshot={**base, "templates": "bogus"}), SettingsError,
          "templates must be one of"),
         ("e", lambda: audit("e", images=tmp_path / "nowhere"), InputError, "does not exist"),
+        ("k", lambda: audit("k", images=notes), InputError, "is a file but not a .tar shard"),
+        ("l", lambda: audit("l", images=f"{tmp_path}/{{0..1}}.tar"), InputError,
+         r"2 shard\(s\) of .* do not exist"),
         ("f", lambda: audit("f", model=(config, str(tmp_path / "x.safetensors"))), ModelError,
          "does not exist"),
         ("g", lambda: audit("g", report={"n_bootstrap": 5}), SettingsError, "at least 10"),

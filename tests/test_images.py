@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from clipaudit.errors import InputError
-from clipaudit.images import BadImage, DecodedImages, collate_decoded, decode_image, open_images
+from clipaudit.images import (
+    BadImage,
+    DecodedImages,
+    check_image_source,
+    collate_decoded,
+    decode_image,
+    open_images,
+)
 from tests.conftest import damaged_saved_datasets
 from tests.tiny_clip import write_image_folder
 
@@ -569,3 +576,20 @@ def test_an_image_too_elongated_for_the_models_resize_is_refused_before_decoding
     with pytest.raises(BadImage, match=r"is 341344 pixels"):
         decode_image(tall, max_pixels=341_343, scaled_side=32)
     assert decode_image(tall, max_pixels=341_343).size == (3, 1000)  # no model side: no limit
+
+
+def test_an_image_source_is_checked_before_anything_is_listed(tmp_path):
+    """What the audit checks before its coverage stage: a brace pattern of shards that exist is a
+    source (it was refused as a path that does not exist), a text file or a missing path is not."""
+    for index in range(2):
+        (tmp_path / f"{index:05d}.tar").write_bytes(b"")
+    check_image_source(f"{tmp_path}/{{00000..00001}}.tar")
+    check_image_source(tmp_path)
+    check_image_source("hf:someorg/images")  # checked when opened
+    with pytest.raises(InputError, match=r"1 shard\(s\) of .* do not exist, e\.g\. .*00002\.tar"):
+        check_image_source(f"{tmp_path}/{{00000..00002}}.tar")
+    (tmp_path / "notes.txt").write_text("no images")
+    with pytest.raises(InputError, match=r"is a file but not a \.tar shard"):
+        check_image_source(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="does not exist; expected an image folder"):
+        check_image_source(tmp_path / "nowhere")

@@ -233,6 +233,13 @@ def test_templates_none_uses_bare_names_and_group_templates_apply_otherwise(
     )
     with pytest.raises(SettingsError, match="none, simple, ensemble or a text file"):
         resolve_templates("fancy")
+    # a file that is not there is said to be none, and a set's name misspelt is named
+    with pytest.raises(SettingsError, match=r"'nofile\.txt' \(no set's name and no file\)"):
+        resolve_templates("nofile.txt")
+    with pytest.raises(SettingsError, match=r"no file \(did you mean 'ensemble'\?\)"):
+        resolve_templates("ensamble")
+    with pytest.raises(SettingsError, match=r"\(a folder\)"):
+        resolve_templates(str(template_file.parent))
     # every template formats with the concept alone, checked before any model loads
     for bad in ("a photo of a {} in {style}.", "a {} photo :{", "a photo of {c} and {0}"):
         template_file.write_text(f"a photo of a {{}}.\n{bad}\n")

@@ -400,8 +400,8 @@ def _tar_shards(source: str) -> list[Path]:
     path = Path(source)
     if path.is_file() and path.suffix == ".tar":
         return [path]
-    if path.is_dir():
-        return sorted(path.glob("*.tar"))
+    if path.is_dir():  # a hidden one (macOS's "._00000.tar") is listed, not read
+        return sorted(p for p in path.glob("*.tar") if not p.name.startswith("."))
     return []
 
 
@@ -413,6 +413,10 @@ def _webdataset_images(
 
     records: list[ImageRecord] = []
     ignored: list[dict[str, str]] = []
+    if Path(source).is_dir():
+        ignored += [
+            {"path": str(p), "reason": _HIDDEN} for p in sorted(Path(source).glob(".*.tar"))
+        ]
     unselected = 0
     for shard in shards:
         try:
@@ -609,8 +613,10 @@ def decode_image(
     """Decode image bytes to an RGB PIL image, or raise :class:`BadImage` saying why not.
 
     ``draft_size`` lets JPEGs decode at a reduced scale (Pillow's draft mode) that still covers
-    ``draft_size`` pixels on each side. Images with more than ``max_pixels`` pixels (as decoded:
-    a JPEG at its draft scale) are refused before decoding (decompression-bomb guard), and so are those that would have more once their
+    ``draft_size`` pixels on each side; a JPEG over ``max_pixels`` is decoded so to
+    ``scaled_side`` without it. Images with more than ``max_pixels`` pixels as decoded are
+    refused before decoding (decompression-bomb guard; Pillow itself refuses any over twice its
+    own limit, about 179 megapixels, when opening), and so are those that would have more once their
     shorter side is scaled to ``scaled_side`` (what open_clip's "shortest" resize does before its
     centre crop): a 1-pixel-high strip of 100,000, a few hundred bytes as a PNG, would be
     scaled to 5 billion pixels for a 224-pixel model (20 GB), and the run killed for memory.
@@ -621,10 +627,13 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if draft_size and image.format == "JPEG":
-                # decoded at up to 1/8 scale: a 108-megapixel phone photo is 1.7 megapixels here,
-                # which is what decoding costs and what the limit guards
-                image.draft("RGB", (draft_size, draft_size))
+            # a JPEG decodes at up to 1/8 scale (draft mode): with draft_size always, else when
+            # its full size is over the limit, to the model's side: a 108-megapixel phone photo
+            # is 1.7 megapixels then, which is what decoding costs and what the limit guards
+            over = image.width * image.height > max_pixels
+            target = draft_size or (scaled_side if over else None)
+            if target and image.format == "JPEG":
+                image.draft("RGB", (target, target))
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise BadImage(

@@ -268,7 +268,8 @@ def check_checkpoint(path: str, label: str) -> None:
     :class:`ModelError` saying what it holds instead. Read here before open_clip reads it: when
     torch's safe loader raises a TypeError (a crafted pickle can make it), open_clip loads the file
     again with torch's default, which unpickles anything (and runs its code) before torch 2.6 or
-    with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set. Memory-mapped, so its tensors are not read."""
+    with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set. A zip-format checkpoint (torch.save's since torch 1.6) is memory-mapped, so its tensors are not
+    read; an older one is read whole."""
     import zipfile
 
     prefix = f"could not load model {label!r}: checkpoint {path!r}"

@@ -309,7 +309,8 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
 
 def check_model_specs(specs: Sequence[ModelSpec]) -> None:
     """Check that each model's config, folder and checkpoint exist and its pretrained tag is
-    known, without loading any weights (raises :class:`~clipaudit.errors.ModelError`)."""
+    known, and that a checkpoint file holds a state dict, without building any model (raises
+    :class:`~clipaudit.errors.ModelError`)."""
     from clipaudit.models import check_pretrained, resolve_architecture
 
     for spec in specs:

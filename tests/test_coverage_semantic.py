@@ -1089,5 +1089,5 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
     fitted_sha, edited_sha = (
         hashlib.sha256(p.read_bytes()).hexdigest() for p in (registry, edited)
     )
-    assert f"calibrationfittedunderanotherregistry:fittedwithnametiny,sha256{fitted_sha}" in said
+    assert f"calibration'sregistry:fittedwithnametiny,sha256{fitted_sha}" in said
     assert f"thisrun:nametiny,sha256{edited_sha}" in said

@@ -194,6 +194,16 @@ def test_webdataset_shards_label_from_json_or_txt(tmp_path, registry):
     ]
     pattern = open_images(str(tmp_path / "{00000..00001}.tar"), registry, groups=["Color"])
     assert [r.concept for r in pattern.records] == ["red"] and pattern.n_unselected == 2
+    # macOS's AppleDouble file beside a shard is no shard: listed, not read
+    (tmp_path / "._00000.tar").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    again = open_images(tmp_path, registry)
+    assert [(r.group, r.concept) for r in again.records] == [
+        (r.group, r.concept) for r in images.records
+    ]
+    assert again.ignored[0] == {
+        "path": str(tmp_path / "._00000.tar"),
+        "reason": "hidden (its name starts with '.'), not read",
+    }
 
 
 def test_webdataset_unknown_labels_are_listed(tmp_path, registry):
@@ -458,6 +468,10 @@ def test_a_jpeg_is_held_to_the_pixel_limit_at_the_scale_it_is_decoded_at():
         decode_image(photo, draft_size=300, max_pixels=100_000)
     with pytest.raises(BadImage, match="exceeds"):
         decode_image(image_bytes(noise(400, 300), "PNG"), draft_size=150, max_pixels=100_000)
+    # without draft mode asked for, a JPEG over the limit is drafted to the model's side alone
+    resized = decode_image(photo, scaled_side=150, max_pixels=100_000)
+    assert resized.size == (200, 150)
+    assert decode_image(photo, scaled_side=150).size == (1600, 1200)  # under the limit: whole
 
 
 def test_decodable_odd_images_become_rgb_with_the_right_pixels():

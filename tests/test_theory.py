@@ -97,20 +97,13 @@ def test_evaluation_sample_sizes_must_be_integers(field):
 
 
 def test_extreme_sizes_are_refused_at_once_not_after_hours_or_a_memory_error():
-    import time
-
-    from clipaudit.theory.config import MAX_LATENT_DIM
-
-    started = time.perf_counter()
     # a range is checked before it is expanded: a trillion indices is never built
     with pytest.raises(SettingsError, match=r"must lie in 1..10 .*got '1-999999999999'"):
         parse_index_list("1-999999999999", 10, "--selected")
     with pytest.raises(SettingsError, match=r"must lie in 1..10 .*got '0-3'"):
         parse_index_list("0-3", 10, "--selected")
-    assert time.perf_counter() - started < 1.0
     # the mixings are square in n_semantics + n_modality: 300 + 5 would need 1.5 GB for a
     # conditioned mixing's 2000 draws alone
-    assert MAX_LATENT_DIM == 256
     with pytest.raises(
         SettingsError, match=r"n_semantics \+ n_modality is 305 \(300 \+ 5\); at most 256"
     ):

@@ -249,8 +249,9 @@ def _print_semantic(semantic: dict, run: Path) -> None:
     )
     if calibration["calibrated"]:
         console.print(f"calibration {calibration['path']}")
-        for part, said in calibration.get("differs", {}).items():
-            console.print(f"calibration fitted under another {part}: {said}", style="yellow")
+        for part, said in calibration.get("differs", {}).items():  # registry, lexical matcher
+            what = {"lexical": "lexical matcher"}.get(part, part)
+            console.print(f"calibration's {what}: {said}", style="yellow")
         missing = calibration.get("concepts_not_calibrated", {})
         for why, said in (("absent", "absent from it"), ("changed", "changed since it was fitted")):
             if missing.get(why):

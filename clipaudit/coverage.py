@@ -79,6 +79,7 @@ from clipaudit.errors import (
     SettingsError,
     cannot_write,
     did_you_mean,
+    whole_line,
 )
 from clipaudit.filesystems import known_schemes, url_scheme
 from clipaudit.lexical import (
@@ -1714,7 +1715,7 @@ def _merge_matches(
                             writer.write_table(table)
                             tally.add(table.column("id").combine_chunks())
                 except (OSError, ValueError) as exc:  # a data page damaged by hand: whole footer
-                    why = " ".join(str(exc).split())[:200]  # arrow's messages span lines
+                    why = whole_line(exc, 200)  # arrow's messages span lines
                     raise RunFolderError(
                         f"{part} cannot be read ({type(exc).__name__}: {why}); the run "
                         "folder is damaged: delete that file and run the same command again to "

@@ -80,6 +80,13 @@ def one_line(exc: BaseException) -> str:
     return (f"{name}: {lines[0].strip()}" if lines else name)[:300]
 
 
+def whole_line(exc: BaseException, limit: int = 300) -> str:
+    """A foreign exception's whole text on one line, cut to ``limit`` characters: arrow's and
+    torch's messages span lines, and their reason is often past the first
+    (:func:`one_line` keeps the type and the first line)."""
+    return " ".join(str(exc).split())[:limit]
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3, ahead: Iterable[str] = ()) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close.
 

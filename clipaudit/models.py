@@ -33,7 +33,7 @@ from typing import Any
 import open_clip
 import torch
 
-from clipaudit.errors import ModelError, SettingsError, did_you_mean
+from clipaudit.errors import ModelError, SettingsError, did_you_mean, whole_line
 from clipaudit.provenance import sha256_file
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
@@ -289,7 +289,7 @@ def check_checkpoint(path: str, label: str) -> None:
     except Exception as exc:  # torch and safetensors raise many types for a file they refuse
         raise ModelError(
             f"{prefix} cannot be read as tensors alone, unpickling nothing else "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); give a checkpoint that "
+            f"({type(exc).__name__}: {whole_line(exc)}); give a checkpoint that "
             "holds only tensors (a state dict saved with safetensors or torch.save)"
         ) from None
     if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint, as open_clip
@@ -477,7 +477,7 @@ def load_model(
             )
         tokenizer = open_clip.get_tokenizer(architecture)
     except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
-        reason = " ".join(str(exc).split())[:400]
+        reason = whole_line(exc, 400)
         if spec.is_checkpoint_file:  # read as a state dict already: its tensors fit no such model
             raise ModelError(
                 f"could not load model {spec.label!r}: checkpoint {spec.pretrained!r} does not fit "

@@ -43,7 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from clipaudit.errors import InputError, ModelError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, ModelError, SettingsError, did_you_mean, whole_line
 
 ENCODER_KINDS = ("sentence-transformers", "open_clip")
 _KIND_ALIASES = {"st": "sentence-transformers", "sentence-transformers": "sentence-transformers",
@@ -380,7 +380,7 @@ class SentenceTransformerEncoder:
                     str(spec.model), device=str(self.device), local_files_only=offline
                 )
         except Exception as exc:  # hub errors, missing files, bad configs: all "cannot load"
-            reason = " ".join(str(exc).split())[:300]
+            reason = whole_line(exc)
             raise ModelError(
                 f"could not load sentence-transformers model {spec.model!r} "
                 f"({type(exc).__name__}: {reason}); give a hub name or a local model folder"

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, SettingsError, did_you_mean
+from clipaudit.errors import InputError, SettingsError, did_you_mean, whole_line
 from clipaudit.provenance import (
     atomic_write_bytes,
     now_iso,
@@ -543,7 +543,7 @@ class CaptionIndex:
                     out.append(cache[group][position - group * size])
         except (OSError, IndexError, KeyError, pa.ArrowException) as exc:
             raise InputError(
-                f"{self.captions_path}: not the index's captions ({' '.join(str(exc).split())[:160]}); "
+                f"{self.captions_path}: not the index's captions ({whole_line(exc, 160)}); "
                 "build the index again"
             ) from None
         return out

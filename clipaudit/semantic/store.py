@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, ModelError, RunFolderError
+from clipaudit.errors import InputError, ModelError, RunFolderError, whole_line
 from clipaudit.provenance import atomic_write_bytes, write_json
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, normalise, same_encoder
 
@@ -586,7 +586,7 @@ def _check_pair(emb: Path, meta: Path, dim: int | None) -> LaionPair:
         mapped = np.load(emb, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(
-            f"{emb}: not a readable .npy array of embeddings ({' '.join(str(exc).split())[:200]})"
+            f"{emb}: not a readable .npy array of embeddings ({whole_line(exc, 200)})"
         ) from None
     # float64: a user's own np.save of computed vectors; cast to float32 as they are read
     if mapped.ndim != 2 or mapped.dtype not in (np.float16, np.float32, np.float64):

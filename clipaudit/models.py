@@ -156,6 +156,13 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise SettingsError(
             f"device {device!r} was asked for but CUDA is not available; use --device cpu"
         )
+    if base == "cuda" and device != "cuda":  # cuda:N, with N one of this machine's GPUs
+        index, count = device.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise SettingsError(
+                f"device {device!r} was asked for but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     if base == "mps" and not torch.backends.mps.is_available():
         raise SettingsError(
             f"device {device!r} was asked for but MPS is not available; use --device cpu"

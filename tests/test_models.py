@@ -300,6 +300,21 @@ def test_device_and_precision_resolution():
             resolve_device("cuda")
 
 
+def test_a_gpu_index_this_machine_has_not_is_refused(monkeypatch):
+    """cuda:1 on a one-GPU machine: refused when asked for, not as torch's error mid-run."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+    for device in ("cuda:1", "cuda:x", "cuda:"):
+        with pytest.raises(SettingsError, match=r"has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+            resolve_device(device)
+    from clipaudit.world.training import resolve_train_device
+
+    with pytest.raises(SettingsError, match="has 1 CUDA device"):  # the world's training too
+        resolve_train_device("cuda:3")
+
+
 def test_labels_name_model_and_weights():
     assert ModelSpec("ViT-B-32", "laion2b_s34b_b79k").label == "ViT-B-32@laion2b_s34b_b79k"
     assert ModelSpec("ViT-B-32", "/ckpts/step_100.safetensors").label == "ViT-B-32@step_100"

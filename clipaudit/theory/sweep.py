@@ -338,10 +338,9 @@ def run_sweep(
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SettingsError(f"scenario {repeated[0]!r} appears more than once in the sweep")
-    if training.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingsError(
-            f"device {training.device!r} requested but CUDA is not available; use --device cpu"
-        )
+    from clipaudit.models import resolve_device
+
+    resolve_device(training.device)  # a GPU that is not there: before any folder is made
     if threads is not None and threads < 1:
         raise SettingsError(f"threads must be >= 1; got {threads}")
     _check_memory(scenarios, training)

@@ -276,13 +276,11 @@ class ThreadChooser:
 
 
 def resolve_train_device(device: str) -> torch.device:
-    import torch
+    """The training device (:func:`clipaudit.models.resolve_device`: ``auto``, or one that is
+    there)."""
+    from clipaudit.models import resolve_device
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SettingsError("device 'cuda' was asked for but CUDA is not available; use 'cpu'")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def train_world_model(

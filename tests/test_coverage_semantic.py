@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -979,6 +980,20 @@ def test_a_laion_row_of_nan_stops_the_run_naming_file_and_row(tiny, tiny_encoder
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] != "complete"
 
 
+def dog_labels(folder: Path) -> tuple[Path, Path]:
+    """The tiny registry and the corpus's captions labelled "dog" where the word stands alone,
+    written to ``folder``."""
+    registry = folder / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)
+    gold = folder / "gold.jsonl"
+    gold.write_text("".join(
+        json.dumps({"id": r["id"], "caption": r["caption"],
+                    "concepts": ["dog"] if " dog " in f" {r['caption']} " else []}) + "\n"
+        for r in corpus_rows() if isinstance(r["caption"], str)
+    ))  # fmt: skip
+    return registry, gold
+
+
 def test_a_calibration_records_its_registry_and_profile_and_a_run_under_others_says_so(
     corpus, encoder_spec, tmp_path, monkeypatch
 ):
@@ -988,14 +1003,7 @@ def test_a_calibration_records_its_registry_and_profile_and_a_run_under_others_s
 
     from clipaudit.coverage_semantic import calibrate
 
-    registry = tmp_path / "tiny.yaml"
-    registry.write_text(TINY_REGISTRY)
-    gold = tmp_path / "gold.jsonl"
-    gold.write_text("".join(
-        json.dumps({"id": r["id"], "caption": r["caption"],
-                    "concepts": ["dog"] if " dog " in f" {r['caption']} " else []}) + "\n"
-        for r in corpus_rows() if isinstance(r["caption"], str)
-    ))  # fmt: skip
+    registry, gold = dog_labels(tmp_path)
     out = tmp_path / "cal.json"
     calibrate(gold, out, encoder=encoder_spec, registry=registry, folds=2, min_positives=3)
     fitted_with = json.loads(out.read_text())["fitted_with"]
@@ -1050,14 +1058,7 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
     another profile for `checked`, and prints where the registry differs for `both`."""
     import hashlib
 
-    registry = tmp_path / "tiny.yaml"
-    registry.write_text(TINY_REGISTRY)
-    gold = tmp_path / "gold.jsonl"
-    gold.write_text("".join(
-        json.dumps({"id": r["id"], "caption": r["caption"],
-                    "concepts": ["dog"] if " dog " in f" {r['caption']} " else []}) + "\n"
-        for r in corpus_rows() if isinstance(r["caption"], str)
-    ))  # fmt: skip
+    registry, gold = dog_labels(tmp_path)
     command = [sys.executable, "-m", "clipaudit", "coverage"]
     out = tmp_path / "cal.json"
     fitted = subprocess.run(

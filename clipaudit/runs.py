@@ -486,6 +486,13 @@ def load_run(path: str | os.PathLike) -> Any:
             f"{path} holds a {kind} run that is {status}{why}, not complete; run the command "
             "that wrote it again to resume it"
         )
+    missing = missing_outputs(path, manifest)
+    if missing:  # deleted by hand: the same command writes them again (RunFolder.was_complete)
+        raise RunFolderError(
+            f"{path} holds a complete {kind} run whose output {missing[0]!r} is gone "
+            f"({len(missing)} of its files missing); run the command that wrote it again to "
+            "write them anew"
+        )
     module, _, function = LOADERS[kind].partition(":")
     loader = getattr(importlib.import_module(module), function)
     try:

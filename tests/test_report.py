@@ -843,7 +843,7 @@ def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
     with pytest.raises(RunFolderError, match=r"broken holds a complete coverage run whose files"):
         build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "a")
     (broken / "concepts.parquet").unlink()
-    with pytest.raises(RunFolderError, match=r"FileNotFoundError.*--overwrite"):
+    with pytest.raises(RunFolderError, match=r"output 'concepts.parquet' is gone.*run the comm"):
         build_report([broken, audit_runs["zeroshot_trained"]], tmp_path / "b")
     manifest = json.loads((broken / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps({**manifest, "kind": ["coverage"]}))
@@ -1108,14 +1108,16 @@ def test_a_theory_run_with_a_damaged_table_is_refused(theory_run, tmp_path, dama
     table = out / "coverage" / "concepts.parquet"
     if damage == "missing":
         table.unlink()
-        expected = r"coverage/concepts.parquet cannot be read \(FileNotFoundError"
+        expected = r"output 'coverage/concepts.parquet' is gone \(1 of its files missing\)"
     elif damage == "not parquet":
         table.write_bytes(b"PAR1 not parquet")
         expected = r"coverage/concepts.parquet cannot be read \(ArrowInvalid"
     else:
         pd.read_parquet(table).drop(columns="model").to_parquet(table)
         expected = r"coverage/concepts.parquet has no column model"
-    with pytest.raises(RunFolderError, match=rf"theory holds a complete run whose {expected}"):
+    with pytest.raises(
+        RunFolderError, match=rf"theory holds a complete (theory )?run whose {expected}"
+    ):
         build_report([out], tmp_path / "r", n_bootstrap=0)
 
 

@@ -1177,6 +1177,7 @@ def test_flat_index_is_exact_and_survives_save_and_load(tmp_path, tiny_encoder):
     with pytest.raises(SettingsError, match="k must be an integer >= 0, got -1"):
         loaded.query(query, 0.5, k=-1)
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        "blank.npy",
         "captions.parquet",
         "index.json",
     ]  # a flat index is refilled from the store: no vectors of its own, no FAISS file
@@ -1456,3 +1457,31 @@ def test_a_calibration_file_misdescribing_its_thresholds_is_refused(tmp_path, ed
     path.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=rf"cal\.json: malformed calibration .*{message}"):
         Calibration.load(path)
+
+
+def test_captions_that_say_nothing_are_blank_by_their_text_whatever_their_vectors(tmp_path):
+    """LAION's own embeddings (and a store written before punctuation alone was blank) give
+    "..." a vector like any caption's: a saved index with its captions counts it for no query."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore
+
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 600, 16)  # none is zero
+    captions = [f"caption {i}" for i in range(600)]
+    captions[10], captions[20], captions[599] = "...", "", " | "
+    store = EmbeddingStore.open(tmp_path / "store", {"kind": "synthetic", "dim": 16}, 16)
+    store.write_part("k", 0, vectors, list(range(600)))
+    store.finish("k", 1, 600)
+    for kind, options in (("flat", {}), ("ivfpq", {"nlist": 4, "m": 4, "train_rows": 600})):
+        settings = IndexSettings(kind=kind, nprobe=4, **options)
+        batches = [captions[:300], captions[300:]]
+        CaptionIndex.build(store, settings, folder=tmp_path / kind, captions=batches)
+        index = CaptionIndex.load(tmp_path / kind)
+        assert index.blank.tolist() == [10, 20, 599]
+        result = index.query(vectors[10], -1.0, k=1000)  # the blank caption's own vector
+        assert result.count == 597
+        assert not {10, 20, 599} & {n["position"] for n in result.nearest}
+    # a damaged record of them is refused, not read as other positions
+    np.save(tmp_path / "flat" / "blank.npy", np.array([600]))
+    with pytest.raises(InputError, match=r"blank\.npy: not positions of this index's 600"):
+        CaptionIndex.load(tmp_path / "flat")

@@ -29,8 +29,10 @@ its radius),
 with its sha256 in ``index.json``. FAISS's own index files are never read: a run folder may come
 from anyone, and its arrays are loaded without pickles, checked against each other (shapes,
 dtypes, finite values, every position once) and handed to FAISS through its API. A flat index
-stores nothing of its own; it is filled from the embedding store when loaded. ``captions.parquet``
-(position, caption) is written when captions are given at build time.
+stores nothing of its own but ``blank.npy``; it is filled from the embedding store when loaded.
+``captions.parquet`` (position, caption) is written when captions are given at build time; the
+captions that hold no word are then blank (counted by no query) whatever their vectors, which
+LAION's own embeddings give them.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ from clipaudit.provenance import (
     write_json,
 )
 from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
-from clipaudit.semantic.store import EmbeddingStore, holds_no_word
+from clipaudit.semantic.store import EmbeddingStore, blank_captions, holds_no_word
 
 INDEX_KINDS = ("auto", "flat", "ivfpq")
+BLANK_FILE = "blank.npy"  # a flat index's blank captions by their text
 INDEX_FORMAT = "clipaudit-caption-index"
 # 1 kept FAISS's own index file, which a run folder from anyone should not feed; 2 had no list
 # radii, and its range search probed nprobe lists only (a broad query's count capped by them)
@@ -290,10 +293,20 @@ class CaptionIndex:
             "index.faiss",
             "parts.npy",
             IVFPQ_ARRAYS,
+            BLANK_FILE,
         ):  # version 1's files, or the other kind's
             (folder / older).unlink(missing_ok=True)
         if captions is not None:
-            self.captions_path = _write_captions(folder / "captions.parquet", captions, self.n)
+            self.captions_path, said_nothing = _write_captions(
+                folder / "captions.parquet", captions, self.n
+            )
+            # blank by their text too: LAION's own embeddings, and a store written before
+            # punctuation alone was blank, hold vectors for captions that say nothing
+            self.blank = np.union1d(self.blank, said_nothing).astype(np.int64)
+            if self.kind == "flat":  # the IVF-PQ arrays below keep them; a flat index here
+                buffer = io.BytesIO()
+                np.save(buffer, self.blank)
+                atomic_write_bytes(folder / BLANK_FILE, buffer.getvalue())
         arrays_sha256 = None
         if self.kind == "ivfpq":
             buffer = io.BytesIO()
@@ -393,6 +406,8 @@ class CaptionIndex:
         radii = None
         if kind == "flat":
             index, blank = _flat_index(store, keys)
+            if (folder / BLANK_FILE).is_file():
+                blank = np.union1d(blank, _blank_positions(folder / BLANK_FILE, n))
         else:
             arrays = folder / IVFPQ_ARRAYS
             if not arrays.is_file() or sha256_file(arrays) != meta.get("arrays_sha256"):
@@ -714,7 +729,11 @@ def _estimate_margin(index: Any, sample: np.ndarray, rng: np.random.Generator) -
     return float(max(0.005, 1.5 * np.quantile(errors, 0.999)))
 
 
-def _write_captions(path: Path, captions: Iterable[Sequence[str]], n: int) -> Path:
+def _write_captions(
+    path: Path, captions: Iterable[Sequence[str]], n: int
+) -> tuple[Path, np.ndarray]:
+    """Write the index's captions; returns the path and the positions of blank captions
+    (:func:`~clipaudit.semantic.store.holds_no_word`)."""
     import io
 
     import pyarrow as pa
@@ -730,4 +749,21 @@ def _write_captions(path: Path, captions: Iterable[Sequence[str]], n: int) -> Pa
         pa.table({"caption": pa.array(flat, pa.string())}), buffer, row_group_size=65_536
     )
     atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return path, np.flatnonzero(blank_captions(flat)).astype(np.int64)
+
+
+def _blank_positions(path: Path, n: int) -> np.ndarray:
+    """A flat index's saved positions of blank captions, checked to be positions of it."""
+    try:
+        positions = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not readable ({whole_line(exc, 200)}); build the index again"
+        ) from None
+    if (
+        positions.ndim != 1
+        or not np.issubdtype(positions.dtype, np.integer)
+        or (len(positions) and (positions.min() < 0 or positions.max() >= n))
+    ):
+        raise InputError(f"{path}: not positions of this index's {n:,} captions; build it again")
+    return positions.astype(np.int64)

@@ -75,6 +75,7 @@ from clipaudit.errors import (
     WRITE_ERRNOS,
     EngineError,
     InputError,
+    RunFailedError,
     RunFolderError,
     SettingsError,
     cannot_write,
@@ -108,7 +109,7 @@ from clipaudit.readers import (
     resolve_sources,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFailedError, RunFolder, differences, write_unit
+from clipaudit.runs import RunFolder, differences, write_unit
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (

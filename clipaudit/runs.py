@@ -45,7 +45,6 @@ from clipaudit.errors import (
     SettingsError,
     cannot_write,
 )
-from clipaudit.errors import RunFailedError as RunFailedError  # where the run kinds import it
 from clipaudit.provenance import base_manifest, now_iso, write_json
 from clipaudit.text import slug
 

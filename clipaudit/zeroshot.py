@@ -41,7 +41,13 @@ import torch
 
 from clipaudit import metrics
 from clipaudit.embedding_cache import EmbeddingCache, check_cache_dir, default_cache_dir
-from clipaudit.errors import InputError, SettingsError, check_arguments, did_you_mean
+from clipaudit.errors import (
+    InputError,
+    RunFailedError,
+    SettingsError,
+    check_arguments,
+    did_you_mean,
+)
 from clipaudit.images import (
     DECODE_VERSION,
     DEFAULT_MAX_PIXELS,
@@ -66,7 +72,7 @@ from clipaudit.provenance import (
     write_table,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
-from clipaudit.runs import RunFailedError, RunFolder, unit_key
+from clipaudit.runs import RunFolder, unit_key
 from clipaudit.text import file_stem, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")

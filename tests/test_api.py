@@ -163,7 +163,7 @@ def test_submodules_are_reachable_after_a_bare_import():
 
 def test_in_memory_captions_that_hold_none_are_refused_in_the_apis_terms(tmp_path):
     import clipaudit
-    from clipaudit.runs import RunFailedError
+    from clipaudit.errors import RunFailedError
 
     with pytest.raises(RunFailedError) as info:
         clipaudit.count_coverage([None, None], out=tmp_path / "run", progress=False)
@@ -213,15 +213,6 @@ def test_the_audit_and_the_demo_name_a_wrong_argument_in_a_typed_error(
     with pytest.raises(SettingsError, match=message):
         call(clipaudit, demo)
     assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
-
-
-def test_a_run_that_failed_is_a_typed_error_of_clipaudit_errors():
-    """clipaudit.errors is where a library user catches errors: RunFailedError (every shard or
-    model of a run failed) was defined in clipaudit.runs only."""
-    from clipaudit import errors, runs
-
-    assert issubclass(errors.RunFailedError, errors.ClipAuditError)
-    assert runs.RunFailedError is errors.RunFailedError
 
 
 def test_a_complete_zero_shot_run_whose_tables_were_deleted_writes_them_again(tmp_path):

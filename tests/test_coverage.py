@@ -20,9 +20,8 @@ import pytest
 
 from clipaudit import lexical
 from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
-from clipaudit.errors import InputError, RunFolderError, SettingsError
+from clipaudit.errors import InputError, RunFailedError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
-from clipaudit.runs import RunFailedError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -477,7 +476,7 @@ def test_a_wrong_column_then_the_right_one_starts_over(tiny, tmp_path):
 
 
 def test_a_run_where_every_shard_failed_is_failed(tiny, tmp_path):
-    from clipaudit.runs import RunFailedError
+    from clipaudit.errors import RunFailedError
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -593,7 +592,7 @@ def test_ids_arrow_cannot_hold_are_kept_as_text(tiny, tmp_path):
 
 
 def test_a_run_that_reads_no_caption_is_failed_and_says_why(tiny, tmp_path):
-    from clipaudit.runs import RunFailedError
+    from clipaudit.errors import RunFailedError
 
     path = tmp_path / "ids.parquet"
     pq.write_table(pa.table({"id": [1, 2, 3], "caption": ["a red cat", "a dog", None]}), path)

@@ -557,7 +557,7 @@ def test_other_settings_are_refused_unless_overwritten_and_models_resume(
 
 
 def test_a_run_where_every_image_failed_is_failed(tiny, tmp_path):
-    from clipaudit.runs import RunFailedError
+    from clipaudit.errors import RunFailedError
     from tests.test_cli import run_cli
 
     for concept in ("red", "green"):
@@ -596,7 +596,7 @@ def test_a_model_whose_every_image_failed_fails_the_run_beside_a_good_one(tiny, 
     naming it, not complete with the other model's column alone."""
     from safetensors.torch import save_file
 
-    from clipaudit.runs import RunFailedError
+    from clipaudit.errors import RunFailedError
     from tests.tiny_clip import tiny_state_dict
 
     broken = tmp_path / "nan.safetensors"

@@ -593,11 +593,9 @@ def _writable(out: Path, store: str | None = None) -> Iterator[None]:
 
 
 def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:
-    """The complete run in ``out`` read back; None when one of its outputs is missing or cannot
-    be read (matches.parquet is checked with the shards, :func:`_merged_units`)."""
-    names = manifest.get("outputs")
-    if not isinstance(names, list) or not all((out / str(name)).is_file() for name in names):
-        return None
+    """The complete run in ``out`` read back; None when one of its outputs cannot be read
+    (missing ones already made the folder incomplete, ``RunFolder.was_complete``; matches.parquet
+    is checked with the shards, :func:`_merged_units`)."""
     try:
         return replace(load_coverage_run(out, manifest), reused=True)
     except (OSError, ValueError):  # pyarrow's ArrowInvalid and json's errors are ValueErrors

@@ -9,7 +9,9 @@ A source is what the user names on the command line:
 - a folder written by ``datasets.Dataset.save_to_disk`` (read by row ranges through ``datasets``);
 - ``hf:NAME`` or ``hf:NAME:CONFIG``: a Hugging Face dataset by hub name or local path, read through
   ``datasets.load_dataset(..., streaming=True)``; the main process streams it in fixed-size chunks
-  and hands them to the workers (a resumed run streams it again, skipping the finished chunks);
+  and hands them to the workers (a resumed run streams it again, skipping the finished chunks).
+  A hub dataset is read at the commit its name resolves to when the run starts, which the
+  manifest records; a local one's data files are recorded as a folder's;
 - a URL (``s3://``, ``gs://``, ``hf://datasets/...``, ``file://``, or a scheme registered in
   :mod:`clipaudit.filesystems`) of a parquet, jsonl or txt file or of a folder of them, read through
   pyarrow's filesystems, by the workers wherever they run.
@@ -29,8 +31,8 @@ refused.
 Reading never crashes on a bad caption: null, missing, non-string, non-UTF-8 and over-long
 values are counted by reason (:data:`SKIP_REASONS`) and left out; empty strings are kept (they are
 captions that mention nothing). Text files are read as UTF-8 (a UTF-8 byte-order mark is dropped);
-one that starts with a UTF-16 or UTF-32 byte-order mark is refused, as a bad shard, not counted as
-garbage.
+one that starts with a UTF-16 or UTF-32 byte-order mark, or whose start shows a one-byte encoding
+(Windows-1252, Latin-1), is refused, as a bad shard, not counted as garbage.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -80,9 +83,11 @@ _TEXT_BLOCK_BYTES = 1 << 22
 _UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
+_LEGACY_LINES = 5  # this many non-ASCII lines, none of them UTF-8, are no stray damage
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _TABLE_SUFFIXES = (".csv", ".tsv")  # not read: named with the fix when given
 _COMPRESSED = "compressed"  # a folder's compressed caption files, as a kind never read
+_TABLE = "table"  # a folder's CSV and TSV files, as a kind never read
 # pyarrow's S3 (AWS SDK) and GCS (google-cloud-cpp) clients raise plain OSErrors; their transient
 # statuses (the network, a throttled or unavailable service) say the file may be fine
 _CLOUD_NETWORK_STATUS = re.compile(
@@ -92,6 +97,8 @@ _CLOUD_NETWORK_STATUS = re.compile(
 # an HTTP client's error for these statuses (the hub's HfHubHTTPError, an OSError, carries its
 # response) is the service's, busy or down for a while: a timeout, rate limiting, a server error
 _TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_PATTERN = re.compile(r"[*?]|\[[^]]+\]|\{[^}]*(,|\.\.)[^}]*\}")  # a glob's or a brace pattern's
+_COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit's hash, as the hub names revisions
 
 
 class BadShardError(InputError):
@@ -259,9 +266,10 @@ def resolve_sources(
         path = Path(text)
         if not path.exists():
             raise InputError(
-                f"caption source {text!r} does not exist; expected a .parquet, .jsonl or .txt file, "
-                "a folder of them, a dataset folder saved by datasets' save_to_disk, or hf:NAME for "
-                "a Hugging Face dataset"
+                f"caption source {text!r} does not exist"
+                + _pattern_hint(text, "let the shell expand it (leave it unquoted)")
+                + "; expected a .parquet, .jsonl or .txt file, a folder of them, a dataset folder "
+                "saved by datasets' save_to_disk, or hf:NAME for a Hugging Face dataset"
             )
         if path.is_dir():
             sources.append(_folder_source(text, path, hf_split, exclude))
@@ -281,6 +289,17 @@ def resolve_sources(
     return sources
 
 
+def _pattern_hint(spec: str, other_fix: str) -> str:
+    """What to add to "does not exist" when the missing source is a glob or brace pattern, which
+    is read as a name (a folder names its files)."""
+    if not _PATTERN.search(spec):
+        return ""
+    return (
+        ": patterns (* ? [...] {a,b} {0..9}) are not expanded here; name the folder, whose "
+        f"caption files are all read, or {other_fix}"
+    )
+
+
 def _not_read_hint(suffix: str) -> str:
     """The fix to add to an unknown file type's message when the suffix is a compressor's, or a
     delimited table's (a CSV's quoted captions may span lines, which line shards would cut)."""
@@ -296,35 +315,56 @@ def _not_read_hint(suffix: str) -> str:
 
 
 def _refuse_repeats(sources: Sequence[Source]) -> None:
-    """A local file named twice (twice over, or alone and inside a folder also named) would be
-    counted twice: refused, as is a link to a file also read (in a folder, a link beside its
-    target). Copies of one file at other paths are other captions, and count."""
-    first: dict[Path, tuple[str, Path]] = {}  # real path -> (spec, path) it was first read as
+    """A file named twice (twice over, alone and inside a folder also named, by path and by
+    ``file://`` URL, by ``gs://`` and ``gcs://``) would be counted twice: refused, as is a link to
+    a file also read (in a folder, a link beside its target). Copies of one file at other paths
+    are other captions, and count."""
+    # where a file is -> (its filesystem, None for a local file; the source's spec; its path)
+    first: dict[str, list[tuple[Any, str, str]]] = {}
     for source in sources:
-        if source.scheme is not None or source.kind == "hf_stream":
+        if source.kind == "hf_stream":
             continue
+        local = source.filesystem is None or _local_filesystem(source.filesystem)
         for path in source.files:
-            real = Path(path).resolve()
-            if real not in first:
-                first[real] = (source.spec, Path(path))
+            where = str(Path(path).resolve()) if local else str(path).strip("/")
+            filesystem = None if local else source.filesystem
+            same = first.setdefault(where, [])
+            earlier = next((e for e in same if _same_filesystem(e[0], filesystem)), None)
+            if earlier is None:
+                same.append((filesystem, source.spec, str(path)))
                 continue
-            spec, other = first[real]
-            if other == Path(path):
+            _, spec, other = earlier
+            # a local file spelled two ways (a file:// URL, "a/../a") is named twice, not linked
+            if not local or os.path.abspath(other) == os.path.abspath(path):
                 raise InputError(
-                    f"caption file {str(path)!r} is named twice (as {spec!r} and "
+                    f"caption file {source.name(path)!r} is named twice (as {spec!r} and "
                     f"{source.spec!r}); name each file or folder once"
                 )
             raise InputError(
                 f"caption file {str(path)!r} (in {source.spec!r}) is the same file as "
-                f"{str(other)!r} (in {spec!r}), through a link, so its captions would be counted "
+                f"{other!r} (in {spec!r}), through a link, so its captions would be counted "
                 "twice; remove the link, or name the files to count"
             )
+
+
+def _local_filesystem(filesystem: Any) -> bool:
+    import pyarrow.fs as pafs
+
+    return isinstance(filesystem, pafs.LocalFileSystem)
+
+
+def _same_filesystem(one: Any, other: Any) -> bool:
+    """Whether two sources' filesystems are one store (None: the local one); pyarrow compares
+    their options (an S3 endpoint, a hub client's settings)."""
+    if one is None or other is None:
+        return one is other
+    return one.equals(other)
 
 
 def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None) -> Source:
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         data_dir = _saved_split_dir(folder, hf_split)
-        files = tuple(sorted(data_dir.glob("*.arrow")))
+        files = _saved_files(data_dir)
         split = hf_split if data_dir != folder else None
         return Source(spec=spec, kind="hf_disk", files=files, root=data_dir, split=split)
     by_kind: dict[str, list[Path]] = {}
@@ -348,7 +388,7 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
         return Source(spec=spec, kind=kind, files=files, root=folder, left_out=left_out)
     raise InputError(
         f"folder {spec!r} holds no caption files"
-        + _compressed_only(by_kind, named)
+        + _unread_only(by_kind, named)
         + "; expected .parquet shards (or .jsonl or .txt files), or a dataset saved by datasets' "
         "save_to_disk"
     )
@@ -381,8 +421,9 @@ def _url_source(url: str, scheme: str) -> Source:
         return Source(spec=url, kind=kind, files=(path,), filesystem=filesystem, scheme=scheme)
     if info.type != pafs.FileType.Directory:
         raise InputError(
-            f"caption source {url!r} does not exist; expected a .parquet, .jsonl or .txt file or a "
-            "folder of them at that URL"
+            f"caption source {url!r} does not exist"
+            + _pattern_hint(path, "name each file")  # the path: a URL's query holds "?"
+            + "; expected a .parquet, .jsonl or .txt file or a folder of them at that URL"
         )
     base = path.strip("/")
 
@@ -410,30 +451,40 @@ def _url_source(url: str, scheme: str) -> Source:
         )
     raise InputError(
         f"folder {url!r} holds no caption files"
-        + _compressed_only(by_kind, relative)
+        + _unread_only(by_kind, relative)
         + "; expected .parquet shards (or .jsonl or .txt files)"
     )
 
 
 def _file_kind(name: str) -> str | None:
     """A folder's file as a caption file: its kind, ``compressed`` for a compressed caption file
-    (``part-0.jsonl.gz``: never read, so listed as left out, not passed over unsaid), or None."""
+    (``part-0.jsonl.gz``: never read, so listed as left out, not passed over unsaid), ``table``
+    for a CSV or TSV file (never read; named with the fix when the folder holds nothing else), or
+    None."""
     path = Path(name)
     kind = _KINDS_BY_SUFFIX.get(path.suffix.lower())
     if kind is None and path.suffix.lower() in COMPRESSED_SUFFIXES:
         return _COMPRESSED if Path(path.stem).suffix.lower() in _KINDS_BY_SUFFIX else None
+    if kind is None and path.suffix.lower() in _TABLE_SUFFIXES:
+        return _TABLE
     return kind
 
 
-def _compressed_only(by_kind: dict[str, list[Any]], relative: Callable[[Any], str]) -> str:
-    """What to add to "holds no caption files" when the folder holds compressed ones."""
+def _unread_only(by_kind: dict[str, list[Any]], relative: Callable[[Any], str]) -> str:
+    """What to add to "holds no caption files" when the folder holds caption files of kinds that
+    are never read (compressed ones, tables): which, and the fix."""
     packed = sorted(relative(path) for path in by_kind.get(_COMPRESSED, []))
-    if not packed:
-        return ""
-    return (
-        f" it can read: {len(packed)} are compressed (e.g. {packed[0]}), which are not read; "
-        "decompress them first (e.g. gunzip -k FILE)"
-    )
+    if packed:
+        return (
+            f" it can read: {len(packed)} are compressed (e.g. {packed[0]}), which are not read; "
+            "decompress them first (e.g. gunzip -k FILE)"
+        )
+    tables = sorted(relative(path) for path in by_kind.get(_TABLE, []))
+    if tables:
+        return f" it can read: {len(tables)} are CSV or TSV tables (e.g. {tables[0]})" + (
+            _not_read_hint(Path(tables[0]).suffix)
+        )
+    return ""
 
 
 def _one_kind(
@@ -445,8 +496,32 @@ def _one_kind(
     kind = next((kind for kind in _FOLDER_KIND_ORDER if kind in by_kind), None)
     if kind is None:
         return None
-    others = [relative(path) for other, paths in by_kind.items() if other != kind for path in paths]
+    # tables beside caption files are more often their metadata (stats, urls) than captions
+    others = [
+        relative(path)
+        for other, paths in by_kind.items()
+        if other not in (kind, _TABLE)
+        for path in paths
+    ]
     return kind, tuple(sorted(by_kind[kind], key=relative)), tuple(sorted(others))
+
+
+def _saved_files(folder: Path) -> tuple[Path, ...]:
+    """The arrow files of a saved dataset, as its ``state.json`` names them: one saved again into
+    the same folder with fewer shards leaves the others there, read by nothing. All of the
+    folder's arrow files when the state is unreadable or names others (the planner reports a
+    damaged folder); names are taken only as files of the folder (the state is untrusted)."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, LookupError, TypeError):  # missing, not JSON, another shape
+        names = []
+    if names and all(
+        isinstance(name, str) and Path(name).name == name and (folder / name).is_file()
+        for name in names
+    ):
+        return tuple(folder / name for name in names)
+    return tuple(sorted(folder.glob("*.arrow")))
 
 
 def _saved_split_dir(folder: Path, split: str) -> Path:
@@ -472,14 +547,16 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
 
 def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]:
     """What a manifest records about a source: kind and files with their identities
-    (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``); hub datasets: name,
-    config and split, which is all that can be known without reading them."""
+    (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``); a streamed
+    dataset (``hf:``): name, config, split and which version of it is read
+    (:func:`_stream_version`)."""
     record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
     if source.left_out:
         record["left_out"] = list(source.left_out)
     if source.kind == "hf_stream":
         name, config = _hf_name(source)
         record.update(name=name, config=config, split=source.split)
+        record.update(_stream_version(name, config, source.split, checksum))
     else:
         if source.kind == "hf_disk":
             record["split"] = source.split
@@ -490,6 +567,21 @@ def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]
         else:
             record["files"] = [file_record(path, checksum=checksum) for path in source.files]
     return record
+
+
+def _stream_version(name: str, config: str | None, split: str, checksum: bool) -> dict[str, Any]:
+    """Which version of a streamed dataset is read: a hub dataset's commit (its name resolved
+    now; the stream is read at that commit, :func:`_open_stream`), a local dataset folder's
+    data files of the split (their identities, as a folder source's)."""
+    builder = _stream_builder(name, config)
+    # a hub dataset's builder names its repo, and its hash is the commit resolved (what
+    # load_dataset(revision=) takes); a copy cached offline has none ("auto")
+    if getattr(builder, "repo_id", None) is not None and _COMMIT.fullmatch(str(builder.hash)):
+        return {"revision": builder.hash}
+    files = [str(path) for path in (builder.config.data_files or {}).get(split, [])]
+    if any(url_scheme(path) is not None for path in files):
+        return {}  # remote files without commits (a hub bucket): its chunks' hashes tell
+    return {"files": [file_record(path, checksum=checksum) for path in files]}
 
 
 def _hf_name(source: Source) -> tuple[str, str | None]:
@@ -543,7 +635,7 @@ class _Planner:
     ) -> Iterator[Shard | SkippedShard]:
         if source.kind == "hf_stream":
             content = {k: description[k] for k in ("name", "config", "split")}
-            yield from self._stream(index, source, content)
+            yield from self._stream(index, source, content, description.get("revision"))
         elif source.kind == "hf_disk":
             files = [file_identity(f) for f in description["files"]]
             yield from self._saved(index, source, files)
@@ -738,9 +830,14 @@ class _Planner:
                 stop=stop,
             )
 
-    def _stream(self, index: int, source: Source, content: Any) -> Iterator[Shard]:
+    def _stream(
+        self, index: int, source: Source, content: Any, revision: str | None
+    ) -> Iterator[Shard]:
+        """``revision``: the hub commit the manifest records, which the stream reads (not one
+        pushed since); its chunks are known by what they hold, so a new commit recounts only
+        the chunks it changed."""
         name, config = _hf_name(source)
-        dataset = _open_stream(name, config, source.split)
+        dataset = _open_stream(name, config, source.split, revision)
         names = dataset.column_names
         if names is None:  # features unknown until the first example is read
             names = list(next(_stream_chunks(dataset.iter(batch_size=1), source.spec), {}))
@@ -842,11 +939,36 @@ def _line_cuts(
     ], n_lines
 
 
+def _refuse_legacy_encoding(head: bytes, where: object) -> None:
+    """Text in a one-byte encoding (Windows-1252, Latin-1: a spreadsheet's export) read as UTF-8
+    would lose exactly its captions with accents, each skipped as not UTF-8: refused when
+    :data:`_LEGACY_LINES` or more of the lines of its start hold non-ASCII bytes and none of them
+    is UTF-8 (web text with a few damaged lines among good ones is read, those counted)."""
+    lines = head.split(b"\n")
+    if len(head) == _TEXT_HEAD_BYTES:
+        lines.pop()  # may be cut inside a character
+    wide = [line for line in lines if not line.isascii()]
+    if len(wide) < _LEGACY_LINES:
+        return
+    for line in wide:
+        try:
+            line.decode("utf-8")
+            return
+        except UnicodeDecodeError:
+            pass
+    raise InputError(
+        f"{where}: none of the {len(wide)} lines with non-ASCII bytes in its first "
+        f"{len(head):,} bytes is valid UTF-8: it is in another encoding, and their captions "
+        "would be skipped; re-save it as UTF-8 (e.g. iconv -f WINDOWS-1252 -t UTF-8 FILE > NEW, "
+        "naming its encoding)"
+    )
+
+
 def _refuse_unreadable_text(path: Path | str, filesystem: Any, where: object) -> None:
     """Text is read as UTF-8 lines ending in LF: a file whose start shows it is not would be
     counted as garbage, or as one caption, so it is refused: UTF-16 or UTF-32 (a byte-order mark,
-    as Windows PowerShell's ``>`` writes, or many NUL bytes), gzip data, or lines ending in CR
-    alone (classic Mac OS)."""
+    as Windows PowerShell's ``>`` writes, or many NUL bytes), a one-byte encoding
+    (:func:`_refuse_legacy_encoding`), gzip data, or lines ending in CR alone (classic Mac OS)."""
     with _open_binary(path, filesystem) as handle:
         head = handle.read(_TEXT_HEAD_BYTES)
     for mark, encoding in WIDE_BOMS:
@@ -862,6 +984,7 @@ def _refuse_unreadable_text(path: Path | str, filesystem: Any, where: object) ->
             f"{where}: {n_nul} of its first {len(head)} bytes are NUL; expected UTF-8 text, got "
             "UTF-16 or UTF-32 without a byte-order mark, or binary data; re-save it as UTF-8"
         )
+    _refuse_legacy_encoding(head, where)
     if b"\r" in head and b"\n" not in head:
         raise InputError(
             f"{where}: its lines end in CR alone (no LF in its first {len(head):,} bytes), so it "
@@ -1215,19 +1338,39 @@ def _load_saved_version(folder: str, version: tuple[Any, ...]) -> Any:
     return datasets.load_from_disk(folder)
 
 
-def _open_stream(name: str, config: str | None, split: str) -> Any:
+def _open_stream(name: str, config: str | None, split: str, revision: str | None = None) -> Any:
+    """The split of a hub dataset or local dataset folder, streamed (at ``revision``, a hub
+    commit, when given)."""
+    builder = _stream_builder(name, config, revision)
+    with _hub_errors(name, config, split):
+        return builder.as_streaming_dataset(split=split)
+
+
+def _stream_builder(name: str, config: str | None, revision: str | None = None) -> Any:
+    """``datasets``' builder of a hub dataset or local dataset folder (what ``load_dataset``
+    streams from), resolved to a hub commit."""
     import datasets
 
-    try:
-        return datasets.load_dataset(name, config, split=split, streaming=True)
-    except Exception as exc:  # the hub client raises many types; all mean "cannot open this"
-        if (Path(name) / "state.json").is_file():  # load_dataset reads no save_to_disk folder
-            raise InputError(
-                f"{HF_PREFIX}{name}: a dataset folder saved by datasets' save_to_disk is read "
-                f"without {HF_PREFIX!r}; name the folder itself: {name}"
-            ) from None
+    # a save_to_disk folder: load_dataset refuses one, and a builder would misread its files
+    if (Path(name) / "state.json").is_file():
         raise InputError(
-            f"cannot open Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
-            f"{one_line(exc)}; check the name, config (hf:NAME:CONFIG), split (--split; --caption-split in clipaudit audit) and the "
-            "network"
+            f"{HF_PREFIX}{name}: a dataset folder saved by datasets' save_to_disk is read "
+            f"without {HF_PREFIX!r}; name the folder itself: {name}"
+        )
+    with _hub_errors(name, config, None):
+        return datasets.load_dataset_builder(name, config, revision=revision)
+
+
+@contextmanager
+def _hub_errors(name: str, config: str | None, split: str | None) -> Iterator[None]:
+    """Any error opening a hub dataset as one InputError (the hub client and ``datasets`` raise
+    many types; all mean "cannot open this")."""
+    try:
+        yield
+    except Exception as exc:
+        where = f"config {config!r}" + (f", split {split!r}" if split is not None else "")
+        raise InputError(
+            f"cannot open Hugging Face dataset {name!r} ({where}): {one_line(exc)}; check the "
+            "name, config (hf:NAME:CONFIG), split (--split; --caption-split in clipaudit audit) "
+            "and the network"
         ) from None

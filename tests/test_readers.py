@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -226,6 +227,28 @@ def test_saved_hugging_face_dataset_is_read_by_row_ranges(tmp_path):
             resolve_sources([tmp_path / "dict"], hf_split="va")
 
 
+def test_a_saved_dataset_records_the_files_it_reads_not_ones_left_from_an_earlier_save(
+    tmp_path,
+):
+    """save_to_disk into a folder saved before with more shards leaves the old arrow files
+    there: they are no part of the dataset, and neither its record nor its identity holds them."""
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    data = datasets.Dataset.from_dict({"caption": ["a dog", "a cat", "a cow", "a hen"]})
+    data.save_to_disk(str(saved), num_shards=2)
+    data.select([2]).save_to_disk(str(saved), num_shards=1)
+    assert len(list(saved.glob("*.arrow"))) == 3
+    loaded = datasets.load_from_disk(str(saved))
+    read = sorted(str(Path(f["filename"]).resolve()) for f in loaded.cache_files)
+    (source,) = resolve_sources([saved])
+    recorded = readers.describe_source(source)["files"]
+    assert sorted(str(Path(f["path"]).resolve()) for f in recorded) == read
+    keys, captions, _, _, _ = read_all([saved])
+    assert captions == ["a cow"]
+    (saved / "data-00000-of-00002.arrow").unlink()  # a file it does not read, gone: no recount
+    assert read_all([saved])[0] == keys
+
+
 def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -241,6 +264,49 @@ def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
     (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     changed = read_all([f"hf:{folder}"], shard_rows=2)[0]
     assert changed[0] == keys[0] and changed[1] != keys[1] and changed[2] == keys[2]
+
+
+def test_a_streamed_dataset_records_the_version_it_read(tmp_path, monkeypatch):
+    """A local dataset folder's manifest record holds its data files' identities (an edit shows);
+    a hub dataset's, the commit its name resolved to, and the stream reads that commit even if
+    the hub moves on between recording and reading."""
+    datasets = pytest.importorskip("datasets")
+    import os
+
+    from clipaudit.coverage import CoverageSettings, count_coverage
+    from clipaudit.registry import load_registry
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    part = folder / "part.jsonl"
+    part.write_text("".join(json.dumps({"caption": f"a dog {i}"}) + "\n" for i in range(3)))
+    registry = load_registry("cai2025")
+    settings = CoverageSettings(progress=False, shard_rows=2)
+    local_run = count_coverage([f"hf:{folder}"], registry, tmp_path / "a", settings)
+    [local] = local_run.manifest["inputs"]
+    assert [(f["path"], f["bytes"], f["mtime_ns"]) for f in local["files"]] == [
+        (str(part), len(part.read_bytes()), os.stat(part).st_mtime_ns)
+    ]
+    assert "revision" not in local  # a folder has no commit; its files say which version
+
+    commits = iter(["a" * 40, "b" * 40])  # the hub gets a new commit after the first resolution
+    asked = []
+    real_builder = datasets.load_dataset_builder
+
+    def hub_builder(path, name=None, revision=None, **options):
+        """someorg/captions as the hub resolves it: pinned to ``revision``, else its latest."""
+        asked.append(revision)
+        builder = real_builder(str(folder), name, **options)
+        builder.repo_id, builder.hash = "someorg/captions", revision or next(commits)
+        return builder
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", hub_builder)
+    hub = count_coverage(["hf:someorg/captions"], registry, tmp_path / "b", settings)
+    [record] = hub.manifest["inputs"]
+    assert record["revision"] == "a" * 40 and "files" not in record
+    assert asked == [None, "a" * 40]  # the stream was read at the commit recorded
+    assert hub.n_captions_read == 3
 
 
 def test_hf_prefix_on_a_saved_dataset_folder_says_to_name_the_folder(tmp_path, monkeypatch):
@@ -329,6 +395,24 @@ def test_a_missing_source_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"holds no caption files"):
         resolve_sources([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("pattern", ["part-*.parquet", "part-{0,1}.parquet", "part-{0..1}.parquet"])
+def test_a_quoted_pattern_that_names_no_file_says_patterns_are_not_expanded(tmp_path, pattern):
+    for i in (0, 1):
+        write_parquet(tmp_path / f"part-{i}.parquet", {"caption": ["a dog"]})
+    spec = str(tmp_path / pattern)
+    with pytest.raises(InputError) as refused:
+        resolve_sources([spec])
+    assert str(refused.value).startswith(
+        f"caption source {spec!r} does not exist: patterns (* ? [...] {{a,b}} {{0..9}}) are not "
+        "expanded here; name the folder, whose caption files are all read, or let the shell "
+        "expand it (leave it unquoted); expected"
+    )
+    assert read_all([tmp_path])[1] == ["a dog", "a dog"]  # as the message says
+    with pytest.raises(InputError) as missing:  # a plain name that is missing: no such hint
+        resolve_sources([tmp_path / "part-2.parquet"])
+    assert "patterns" not in str(missing.value)
 
 
 def test_truncated_parquet_stops_with_a_hint_or_is_skipped_with_skip_bad(tmp_path):
@@ -487,6 +571,41 @@ def test_text_that_is_utf16_without_a_mark_or_gzip_is_refused(tmp_path):
         read_all([named])
 
 
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_text_in_a_legacy_encoding_is_refused_not_read_without_its_accented_captions(
+    tmp_path, kind
+):
+    """A Windows-1252 file (a spreadsheet's export) read as UTF-8 would lose exactly its captions
+    with accents, each skipped as not UTF-8, and the run would call itself complete; a UTF-8 file
+    with a few bad lines among good ones is read, the bad ones counted."""
+    texts = ["a dog", "un café au lait", "a cat", "crème brûlée", "façade", "naïve art", "piñata"]
+    texts += ["Ångström", "a red car"]
+    lines = (
+        texts if kind == "txt" else [json.dumps({"caption": t}, ensure_ascii=False) for t in texts]
+    )
+    legacy = tmp_path / f"legacy.{kind}"
+    legacy.write_bytes("\n".join(lines).encode("cp1252") + b"\n")
+    accented = sum(not text.isascii() for text in texts)
+    expected = (
+        f"{legacy}: none of the {accented} lines with non-ASCII bytes in its first "
+        f"{legacy.stat().st_size:,} bytes is valid UTF-8: it is in another encoding"
+    )
+    with pytest.raises(InputError) as refused:
+        read_all([legacy])
+    assert str(refused.value).startswith(expected)
+    assert "iconv -f WINDOWS-1252 -t UTF-8" in str(refused.value)
+    (skipped,) = plan_shards(resolve_sources([legacy]), skip_bad=True)
+    assert isinstance(skipped, SkippedShard) and skipped.reason.startswith(expected)
+    mostly = tmp_path / f"mostly.{kind}"  # UTF-8, but for a few damaged lines
+    good = "\n".join(lines).encode("utf-8") + b"\n"
+    damaged = lines[1:6]
+    mostly.write_bytes(good + "\n".join(damaged).encode("cp1252") + b"\n")
+    _, captions, _, rows, skipped_rows = read_all([mostly])
+    n_bad = sum(not line.isascii() for line in damaged)
+    assert captions == texts + [t for t in texts[1:6] if t.isascii()]
+    assert rows == len(texts) + 5 and skipped_rows == {"not_utf8": n_bad}
+
+
 def test_a_link_to_a_file_of_the_same_folder_is_refused_naming_both(tmp_path):
     folder = tmp_path / "linked"
     folder.mkdir()
@@ -519,6 +638,26 @@ def test_compressed_caption_files_in_a_folder_are_left_out_and_said_so(tmp_path)
         r"decompress them first",
     ):
         resolve_sources([folder])
+
+
+def test_a_folder_of_csv_or_tsv_tables_says_to_convert_them(tmp_path):
+    """Conceptual Captions ships as TSV: a folder of them names the tables and the conversion,
+    as a table named alone does; beside caption files they are metadata, passed over."""
+    folder = tmp_path / "cc3m"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("a dog on a beach\thttp://x/1.jpg\n")
+    (folder / "val.tsv").write_text("a cat\thttp://x/2.jpg\n")
+    with pytest.raises(InputError) as refused:
+        resolve_sources([folder])
+    message = str(refused.value)
+    assert message.startswith(
+        f"folder {str(folder)!r} holds no caption files it can read: 2 are CSV or TSV tables "
+        "(e.g. train.tsv); CSV and TSV files are not read: convert it to parquet first"
+    )
+    assert "read_csv" in message
+    (folder / "extra.txt").write_text("a red car\n")
+    (source,) = resolve_sources([folder])
+    assert source.kind == "txt" and source.left_out == ()
 
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl"])

@@ -581,9 +581,43 @@ def test_a_scheme_whose_library_is_missing_names_what_to_install(monkeypatch):
     )
 
 
+def test_a_remote_file_named_twice_is_refused_and_a_copy_counts(tiny, tmp_path, memory_bucket):
+    """One file by its URL twice, inside a folder URL also named, or by path and by file:// URL,
+    would be counted twice: refused, as a local file named twice is; a copy at another key is
+    other captions."""
+    data = parquet_bytes(CAPTIONS["a"])
+    url = memory_bucket("corpus/a.parquet", data)
+    folder = f"{memory_bucket.bucket}/corpus"
+    local = tmp_path / "a.parquet"
+    local.write_bytes(data)
+    for specs, named in (
+        ([url, url], url),
+        ([folder, url], url),
+        ([local, f"file://{local}"], f"file://{local}"),
+    ):
+        with pytest.raises(InputError) as refused:
+            resolve_sources(specs)
+        assert str(refused.value) == (
+            f"caption file {named!r} is named twice (as {str(specs[0])!r} and {specs[1]!r}); "
+            "name each file or folder once"
+        )
+    copy = memory_bucket("copy/a.parquet", data)
+    both = count([url, copy], tiny, tmp_path / "run")
+    assert both.n_captions_read == 2 * len(CAPTIONS["a"])
+
+
 def test_a_missing_remote_source_is_one_clear_error(memory_bucket):
     with pytest.raises(InputError, match=r"memtest://.*/nothing' does not exist"):
         resolve_sources([f"{memory_bucket.bucket}/nothing"])
+    memory_bucket("corpus/part-0.parquet", parquet_bytes(["a dog"]))
+    pattern = f"{memory_bucket.bucket}/corpus/part-*.parquet"  # no shell expands a URL's glob
+    with pytest.raises(InputError) as refused:
+        resolve_sources([pattern])
+    assert str(refused.value) == (
+        f"caption source {pattern!r} does not exist: patterns (* ? [...] {{a,b}} {{0..9}}) are "
+        "not expanded here; name the folder, whose caption files are all read, or name each "
+        "file; expected a .parquet, .jsonl or .txt file or a folder of them at that URL"
+    )
 
 
 # --------------------------------------------------------------------------- engine settings

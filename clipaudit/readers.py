@@ -1357,6 +1357,15 @@ def _stream_builder(name: str, config: str | None, revision: str | None = None) 
             f"{HF_PREFIX}{name}: a dataset folder saved by datasets' save_to_disk is read "
             f"without {HF_PREFIX!r}; name the folder itself: {name}"
         )
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    # "json", "parquet", ...: datasets' loaders, which without data files read every file
+    # under the working folder
+    if name in _PACKAGED_DATASETS_MODULES:
+        raise InputError(
+            f"{HF_PREFIX}{name} names datasets' {name!r} loader, not a dataset; name the caption "
+            "files or their folder themselves (without 'hf:'), or a hub dataset (hf:OWNER/NAME)"
+        )
     with _hub_errors(name, config, None):
         return datasets.load_dataset_builder(name, config, revision=revision)
 

@@ -324,6 +324,20 @@ def test_hf_prefix_on_a_saved_dataset_folder_says_to_name_the_folder(tmp_path, m
     assert read_all([saved])[1:3] == (["a dog", "a cat"], [1, 2])  # as the message says
 
 
+@pytest.mark.parametrize("loader", ["json", "parquet", "text"])
+def test_hf_prefix_on_a_loader_name_is_refused_before_any_file_is_read(
+    loader, tmp_path, monkeypatch
+):
+    """hf:json names datasets' json loader, which with no data files reads every file under the
+    working folder (minutes in a repository, garbage counted): refused, naming the fix."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.json").write_text('{"caption": "a dog"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"hf:{loader} names datasets' '{loader}' loader"):
+        read_all([f"hf:{loader}"])
+
+
 def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
     tmp_path, monkeypatch
 ):

@@ -12,7 +12,9 @@ Sources (:func:`open_images` picks by what ``source`` is):
   column and a label column (class names or strings) naming concepts.
 
 Labels that match no registry concept are collected and reported in one :class:`InputError` with the
-closest registry names. Concepts are unique across a registry, so a label alone fixes the group.
+closest registry names; samples and rows without a label (a Hugging Face class label of -1, as a
+test split has) are listed as ignored, not read. Concepts are unique across a registry, so a label
+alone fixes the group.
 
 Decoding (:func:`decode_image`) turns images upright by their EXIF orientation (as viewers show
 them, and as they were labelled), converts what it can to RGB (CMYK, grayscale, 16-bit, palette,
@@ -149,7 +151,9 @@ class _Names:
         self.categories = {_fold(c): c for c in registry.categories}
         self.concepts = {_fold(c.name): c for c in registry.concepts}
         self.selected = {registry.group(g).name for g in groups} if groups is not None else None
-        self.problems: list[str] = []
+        # each problem once, with how often it was met: a dataset's rows share few labels
+        self.problems: Counter[str] = Counter()
+        self._unknown: dict[tuple[str, str, str | None], str] = {}  # a label's, worked out once
 
     def is_selected(self, group: str) -> bool:
         return self.selected is None or group in self.selected
@@ -162,35 +166,42 @@ class _Names:
             return found
         concept = self.concepts.get(_fold(name))
         if concept is not None:  # ROOT/<concept>/: the group level is missing
-            self.problems.append(
+            self.problems[
                 f"{where} {name!r} is a concept, not a group; move it into its group's folder "
                 f"({concept.group}/{name}/: the layout is <group>/<concept>/)"
-            )
+            ] += 1
         else:
             choices = [g.name for g in self.registry.groups]
             choices += list(self.registry.categories) if or_category else []
             what = "group or category" if or_category else "group"
-            self.problems.append(f"{where} {name!r} is no {what}{did_you_mean(name, choices)}")
+            self.problems[f"{where} {name!r} is no {what}{did_you_mean(name, choices)}"] += 1
         return None
 
     def concept(self, name: str, where: str, group: str | None = None) -> Concept | None:
         found = self.concepts.get(_fold(name))
         if found is None:
-            pool = self.registry.concepts_in(group) if group else self.registry.concepts
-            self.problems.append(
-                f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}"
-            )
+            problem = self._unknown.get((where, name, group))
+            if problem is None:  # did_you_mean is slow, and a dataset repeats its labels
+                pool = self.registry.concepts_in(group) if group else self.registry.concepts
+                problem = (
+                    f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}"
+                )
+                self._unknown[(where, name, group)] = problem
+            self.problems[problem] += 1
         elif group is not None and found.group != group:
-            self.problems.append(
+            self.problems[
                 f"{where} {name!r}: concept {found.name!r} is in group {found.group!r}, not {group!r}"
-            )
+            ] += 1
             return None
         return found
 
     def raise_problems(self, source: str) -> None:
         if not self.problems:
             return
-        listed = "; ".join(self.problems[:_MAX_LISTED])
+        listed = "; ".join(
+            problem + (f" ({count} times)" if count > 1 else "")
+            for problem, count in list(self.problems.items())[:_MAX_LISTED]
+        )
         more = (
             f"; and {len(self.problems) - _MAX_LISTED} more"
             if len(self.problems) > _MAX_LISTED
@@ -569,7 +580,8 @@ def _hf_images(
     feature = dataset.features[label_column]
     labels = list(dataset.select_columns([label_column])[label_column])
     if isinstance(feature, datasets.ClassLabel):
-        labels = feature.int2str(labels)
+        # -1 is datasets' "no label" (a test split's rows), which int2str refuses
+        labels = [None if label is None or label < 0 else feature.names[label] for label in labels]
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     # the fingerprint follows the steps that made a dataset, not the pixels it holds: one built
@@ -578,8 +590,13 @@ def _hf_images(
     arrow_files = [_file_identity(Path(f["filename"])) for f in dataset.cache_files]
     fingerprint = _identity(dataset._fingerprint, *arrow_files)
     records: list[ImageRecord] = []
+    ignored: list[dict[str, str]] = []
     unselected = 0
     for row, label in enumerate(labels):
+        if label is None or label == "":  # an unlabelled row, as a sample without a label
+            reason = f"no label in column {label_column!r} (empty, or -1 for a class)"
+            ignored.append({"path": f"{source}#{row}", "reason": reason})
+            continue
         concept = names.concept(str(label), "label")
         if concept is None:
             continue
@@ -596,7 +613,13 @@ def _hf_images(
             )
         )
     return ImageSet(
-        source, "huggingface", records, [], unselected, dataset=dataset, image_column=image_column
+        source,
+        "huggingface",
+        records,
+        ignored,
+        unselected,
+        dataset=dataset,
+        image_column=image_column,
     )
 
 

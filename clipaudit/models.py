@@ -171,13 +171,17 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
+    """``auto`` -> bf16 autocast on a GPU that computes in bf16 (compute capability 8 on, or
+    ROCm), fp16 on an older one, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         if device.type != "cuda":
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # not torch.cuda.is_bf16_supported(): it says yes where bf16 is only emulated (a T4, a
+        # V100: many times slower than fp16), and of the current GPU, not of ``device``
+        native = torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
+        return "bf16" if native else "fp16"
     if precision == "fp16" and device.type == "cpu":
         raise SettingsError("fp16 autocast is for GPUs; on CPU use --precision fp32 or bf16")
     return precision
@@ -483,6 +487,11 @@ def load_model(
                 weights_only=True,
             )
         tokenizer = open_clip.get_tokenizer(architecture)
+    except torch.OutOfMemoryError:
+        raise ModelError(
+            f"model {spec.label!r} does not fit in the memory of {torch_device}; free it (another "
+            "process may hold it), or use another device (--device cuda:N or cpu)"
+        ) from None
     except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/UnpicklingError
         reason = whole_line(exc, 400)
         if spec.is_checkpoint_file:  # read as a state dict already: its tensors fit no such model

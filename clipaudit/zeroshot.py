@@ -73,7 +73,7 @@ from clipaudit.provenance import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFolder, unit_key
-from clipaudit.text import file_stem, is_prompt_template, slug
+from clipaudit.text import file_stem, inert_line, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."
@@ -282,12 +282,14 @@ def _registry_label(registry: Any) -> str:
 def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
     """``specs`` with labels told apart: checkpoints of one file name in other folders
     (``run1/epoch_32.pt``, ``run2/epoch_32.pt``) are labelled with the nearest folder in which
-    their paths differ (``tiny@run1/epoch_32``); the same model and weights twice are refused."""
+    their paths differ (``tiny@run1/epoch_32``); the same model and weights twice are refused.
+    Labels are compared ignoring case: each names a folder of results (``confusion/<model>/``),
+    and ``tiny@A`` and ``tiny@a`` would be one folder on macOS's and Windows' file systems."""
     same: dict[str, list[int]] = {}
     for index, spec in enumerate(specs):
-        same.setdefault(spec.label, []).append(index)
+        same.setdefault(spec.label.casefold(), []).append(index)
     specs = list(specs)
-    for label, indices in same.items():
+    for indices in same.values():
         if len(indices) < 2:
             continue
         found = [specs[i] for i in indices]
@@ -295,21 +297,35 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
             (s.model, str(Path(s.pretrained).resolve()) if s.is_checkpoint_file else s.pretrained)
             for s in found
         ]
+        if len(set(where)) < len(where):
+            twice = next(s for s, w in zip(found, where, strict=True) if where.count(w) > 1)
+            raise SettingsError(f"the same model is given twice: {twice.label}")
         paths = (
             [Path(w[1]).parts for w in where] if all(s.is_checkpoint_file for s in found) else []
         )
-        if len(set(where)) < len(where) or not paths:
-            raise SettingsError(f"the same model is given twice: {label}")
-        base = label.rsplit("@", 1)[0]
-        for depth in range(1, min(map(len, paths)) + 1):
-            names = [parts[-depth] for parts in paths]  # file names, then their folders upward
-            if len(set(names)) == len(names):
+        base = found[0].label.rsplit("@", 1)[0]
+        for depth in range(1, min(map(len, paths), default=0) + 1):
+            # file names, then their folders upward, told apart ignoring case as well
+            names = [parts[-depth] for parts in paths]
+            if len({name.casefold() for name in names}) == len(names):
                 for i, spec, name in zip(indices, found, names, strict=True):
                     weights = name if depth == 1 else f"{name}/{Path(spec.pretrained).stem}"
                     specs[i] = replace(spec, name=f"{base}@{weights}")  # ep.pt / run1/ep
                 break
         else:
-            raise SettingsError(f"the same model is given twice: {label}")
+            labels = list(dict.fromkeys(s.label for s in found))
+            if len(labels) == 1:
+                raise SettingsError(
+                    f"two models are labelled {labels[0]!r}: their results would share one "
+                    "name; give one another name (rename its checkpoint or config file, or "
+                    "ModelSpec(name=...))"
+                )
+            raise SettingsError(
+                f"the model labels {' and '.join(map(repr, labels))} differ only in case: their "
+                "results (confusion/<model>/) would be one folder on a case-insensitive file "
+                "system (macOS, Windows); give one another name (rename its checkpoint or config "
+                "file, or ModelSpec(name=...))"
+            )
     return tuple(specs)
 
 
@@ -414,7 +430,8 @@ def embed_images(
 
     A ``torch.utils.data.DataLoader`` with ``workers`` processes decodes and preprocesses; the
     model runs in ``inference_mode`` with the model's autocast. New embeddings go to the cache every
-    ``flush_every`` images, so a killed run loses little.
+    ``flush_every`` images, so a killed run loses little. A batch the device has no memory for
+    is a :class:`~clipaudit.errors.SettingsError` naming a smaller ``batch_size``.
     """
     from tqdm.auto import tqdm
 
@@ -489,6 +506,13 @@ def embed_images(
                 bar.update(len(batch_failures) + (0 if batch is None else len(batch)))
                 if len(pending) >= flush_every:
                     flush()
+        except torch.OutOfMemoryError:  # a large model's batch: torch's traceback names no fix
+            kept = "; the images encoded so far are cached" if cache is not None else ""
+            raise SettingsError(
+                f"{loaded.device} ran out of memory encoding images with {loaded.label} in "
+                f"batches of {batch_size}; lower --batch-size (e.g. {max(1, batch_size // 4)}) "
+                f"and run the same command again{kept}"
+            ) from None
         finally:  # a Ctrl-C or a failing batch keeps what was encoded since the last flush
             flush()
     if features is None:  # nothing cached and nothing decodable
@@ -902,6 +926,8 @@ def run_zeroshot(
     check_out_of_images(out, settings.images)
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
+    # every model's weights, before the first model spends hours: a typo in the last one's tag
+    check_model_specs(settings.models)
     run_settings = settings.result_fields(registry)
     with RunFolder(
         out, "zeroshot", run_settings, overwrite=overwrite, libraries=LIBRARIES
@@ -916,7 +942,10 @@ def run_zeroshot(
             split=settings.split,
         )
         listed_s = time.perf_counter() - started
-        units = [(spec, _model_identity(spec, image_set)) for spec in settings.models]
+        # "auto" is bf16 on one machine and fp32 on another: a run resumed elsewhere redoes
+        # the models done at the other precision rather than set them beside these
+        precision = resolve_precision(settings.precision, resolve_device(settings.device))
+        units = [(spec, _model_identity(spec, image_set, precision)) for spec in settings.models]
         keys = [unit_key(spec.label, identity) for spec, identity in units]
         records = [
             folder.load_unit(key, identity) for key, (_, identity) in zip(keys, units, strict=True)
@@ -937,9 +966,10 @@ def run_zeroshot(
         return _finish(folder, keys, records, image_set, settings, listed_s)
 
 
-def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
+def _model_identity(spec: ModelSpec, images: ImageSet, precision: str) -> dict[str, Any]:
     """What one model's results depend on besides the run's settings: its weights and config
-    files (by size, time and edges), the images (identities and labels) and how they decode."""
+    files (by size, time and edges), the images (identities and labels), how they decode, and
+    the ``precision`` it computes at (resolved: the settings hold "auto")."""
     files = {}
     for role, value in (("config", spec.model), ("checkpoint", spec.pretrained)):
         if value and Path(value).is_file():
@@ -957,6 +987,7 @@ def _model_identity(spec: ModelSpec, images: ImageSet) -> dict[str, Any]:
         "files": files,
         "images": digest.hexdigest(),
         "decode_version": DECODE_VERSION,
+        "precision": precision,
     }
 
 
@@ -1176,7 +1207,7 @@ def _confusion_png(frame: pd.DataFrame, title: str) -> bytes:
     axes.set_yticks(range(n_rows), labels=list(frame.index), fontsize=8)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(inert_line(title), fontsize=9)  # a control character has no glyph
     for row in range(n_rows):
         for col in range(n_cols):
             if counts[row, col]:

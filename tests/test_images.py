@@ -221,6 +221,26 @@ def test_webdataset_unknown_labels_are_listed(tmp_path, registry):
         open_images(tmp_path / "a.tar", registry)
 
 
+def test_unknown_labels_are_listed_once_each_with_how_often_they_were_met(tmp_path, registry):
+    """A dataset's rows repeat their labels: 30 rows of one unknown label filled the message
+    with it 25 times, the next one never named."""
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    labels = ["tabby"] * 30 + ["dog"] * 2 + ["zebraa"] * 3
+    rows = {"image": [{"bytes": png, "path": None}] * len(labels), "label": labels}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(InputError) as raised:
+        open_images(tmp_path / "ds", registry)
+    message = str(raised.value)
+    assert message.startswith(
+        f"2 name(s) in {tmp_path / 'ds'} match no registry entry: label 'tabby' is no concept"
+    )
+    assert message.count("'tabby'") == 1 and "(did you mean 'table'?) (30 times);" in message
+    assert "label 'zebraa' is no concept (did you mean 'zebra'?) (3 times). Names must" in message
+
+
 def test_a_shard_cut_off_between_samples_is_refused_not_read_short(tmp_path, registry):
     jpg = image_bytes(noise(8, 8), "JPEG")
     samples = [{"__key__": f"{n}", "jpg": jpg, "txt": b"dog"} for n in range(4)]
@@ -366,6 +386,36 @@ def test_a_hugging_face_row_without_an_image_is_skipped_saying_so(tmp_path, regi
     decoded = DecodedImages(images, range(2), ToTensor())
     assert decoded[0][1].shape == (3, 8, 8)
     assert decoded[1] == (1, None, "no image: row 1's 'image' is empty")
+
+
+def test_hugging_face_rows_without_a_label_are_listed_as_ignored(tmp_path, registry):
+    """datasets marks an unlabelled row -1 in a class-label column (a test split's rows): it
+    was a bare ValueError of int2str; a missing string label was read as a concept "None"."""
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    classes = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["dog", "cat"])}
+    )
+    strings = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    for name, features, labels, kept, unlabelled in (
+        ("classes", classes, [0, -1, 1], [("dog", 0), ("cat", 2)], [1]),
+        ("strings", strings, ["cat", None, ""], [("cat", 0)], [1, 2]),
+    ):
+        rows = {"image": [{"bytes": png, "path": None}] * 3, "label": labels}
+        datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / name))
+        images = open_images(tmp_path / name, registry)
+        assert [(r.concept, r.row) for r in images.records] == kept
+        assert [entry["path"] for entry in images.ignored] == [
+            f"{tmp_path / name}#{row}" for row in unlabelled
+        ]
+        assert all("no label in column 'label'" in e["reason"] for e in images.ignored)
+    only = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png, "path": None}], "label": [-1]}, features=classes
+    )
+    only.save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(InputError, match=r"no images .*#0: no label in column 'label'"):
+        open_images(tmp_path / "none", registry)
 
 
 def test_hugging_face_string_labels_splits_and_missing_columns(tmp_path, registry):

@@ -156,6 +156,23 @@ def write_unreadable_checkpoints(folder: Path) -> list[Path]:
     return [protocol4, archive]
 
 
+def test_a_model_too_large_for_the_device_says_so_not_that_its_checkpoint_is_wrong(
+    tiny, monkeypatch
+):
+    import open_clip
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.00 GiB")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", out_of_memory)
+    with pytest.raises(
+        ModelError,
+        match=r"^model 'tiny-clip@seed3' does not fit in the memory of cpu; free it \(another "
+        r"process may hold it\), or use another device \(--device cuda:N or cpu\)$",
+    ):
+        load_model(ModelSpec(str(tiny["config"]), str(tiny["safetensors"])), device="cpu")
+
+
 def test_an_unreadable_checkpoint_gives_the_error_alone_without_torch_warnings(tiny, tmp_path):
     for checkpoint in write_unreadable_checkpoints(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
@@ -222,14 +239,20 @@ def test_a_local_dir_models_identity_follows_its_config_and_weights(tmp_path):
     spec = ModelSpec(f"local-dir:{folder}")
     write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
     images = open_images(tmp_path / "img", load_registry("cai2025"))
-    before = (cache_key(load_model(spec, device="cpu"), False, None), _model_identity(spec, images))
+    before = (
+        cache_key(load_model(spec, device="cpu"), False, None),
+        _model_identity(spec, images, "fp32"),
+    )
     config = json.loads((folder / "open_clip_config.json").read_text())
     config["model_cfg"]["quick_gelu"] = not config["model_cfg"].get("quick_gelu", False)
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    edited = (cache_key(load_model(spec, device="cpu"), False, None), _model_identity(spec, images))
+    edited = (
+        cache_key(load_model(spec, device="cpu"), False, None),
+        _model_identity(spec, images, "fp32"),
+    )
     assert edited[0] != before[0] and edited[1] != before[1]
     write_tiny_local_dir(folder, seed=6)  # new weights, the first config again
-    reweighted = _model_identity(spec, images)
+    reweighted = _model_identity(spec, images, "fp32")
     assert reweighted != edited[1] and reweighted != before[1]
 
 
@@ -298,6 +321,34 @@ def test_device_and_precision_resolution():
         assert resolve_device("auto") == cpu
         with pytest.raises(SettingsError, match=r"CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_auto_precision_is_bf16_only_on_the_gpus_that_compute_in_it(monkeypatch):
+    """torch's is_bf16_supported says yes for a T4 (emulated bf16, many times slower than fp16)
+    and answers for the current GPU: auto never chose fp16, and chose for another GPU."""
+    from types import SimpleNamespace
+
+    capability = {0: (7, 5), 1: (8, 0)}  # a T4, then an A100
+
+    def index(device=None) -> int:
+        device = torch.device(device) if device is not None else None
+        return device.index if device is not None and device.index is not None else 0
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability[index(d)])
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda d=None: SimpleNamespace(major=capability[index(d)][0]),
+    )
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda d=None: True)
+    chosen = {d: resolve_precision("auto", torch.device(d)) for d in ("cuda", "cuda:0", "cuda:1")}
+    assert chosen == {"cuda": "fp16", "cuda:0": "fp16", "cuda:1": "bf16"}
+    assert resolve_precision("bf16", torch.device("cuda:0")) == "bf16"  # asked for: as asked
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # AMD GPUs compute in bf16
+    assert resolve_precision("auto", torch.device("cuda:0")) == "bf16"
 
 
 def test_a_gpu_index_this_machine_has_not_is_refused(monkeypatch):

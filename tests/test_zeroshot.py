@@ -346,6 +346,34 @@ def test_an_interrupted_encoding_keeps_what_it_encoded_since_the_last_flush(
     )
 
 
+def test_running_out_of_device_memory_names_the_batch_size_and_keeps_the_encoded(
+    colour_images, tmp_path
+):
+    """A large model's batch fills the GPU: torch's OutOfMemoryError was a traceback."""
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    loaded = colour_model()
+    encode = loaded.model.encode_image
+
+    def out_of_memory_on_third_batch(images, **kwargs):
+        if loaded.model.images_encoded >= 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return encode(images, **kwargs)
+
+    loaded.model.encode_image = out_of_memory_on_third_batch
+    with pytest.raises(
+        SettingsError,
+        match=r"^cpu ran out of memory encoding images with colour in batches of 8; lower "
+        r"--batch-size \(e\.g\. 2\) and run the same command again; the images encoded so far "
+        r"are cached$",
+    ):
+        embed_images(loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=8)
+    with pytest.raises(SettingsError, match=r"\(e\.g\. 1\) and run the same command again$"):
+        embed_images(loaded, colour_images, batch_size=2)  # no cache: nothing said kept
+    resumed = embed_images(colour_model(), colour_images, cache=EmbeddingCache(tmp_path, "k"))
+    assert (resumed.n_cached, resumed.n_encoded) == (8, 2)  # the first batch of 8 was kept
+
+
 def test_cached_embeddings_are_reused_across_templates_and_registries(tiny, tmp_path, monkeypatch):
     write_image_folder(
         tmp_path / "img", {"Animal": {"dog": 3, "cat": 3}, "Color": {"red": 2, "blue": 2}}
@@ -528,6 +556,25 @@ def test_cli_runs_several_models_side_by_side(tiny, tmp_path, capsys):
     ]
 
 
+def test_the_summary_table_shows_a_label_from_a_file_name_inert(tiny, tmp_path, capsys, recwarn):
+    """A model's label is its checkpoint's file name: an escape sequence in it went to the
+    terminal through the table (which clears it, here), though printed lines are made inert."""
+    import shutil
+
+    from clipaudit.cli import main
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "green": 1}})
+    checkpoint = shutil.copyfile(tiny["a"], tmp_path / "x\x1b[2Jy.safetensors")
+    images, out = str(tmp_path / "img"), str(tmp_path / "run")
+    options = ["--no-cache", "--device", "cpu", "--workers", "0", "--quiet"]
+    main(
+        ["zeroshot", "-m", tiny["config"], "-p", str(checkpoint), "-i", images, "-o", out, *options]
+    )
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "tiny-clip@x [2Jy" in printed
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]  # the figure's title
+
+
 def test_other_settings_are_refused_unless_overwritten_and_models_resume(
     tiny, tmp_path, monkeypatch
 ):
@@ -554,6 +601,32 @@ def test_other_settings_are_refused_unless_overwritten_and_models_resume(
     pd.testing.assert_frame_equal(loaded.groups, simple.groups)
     assert loaded.models == ["tiny-clip@a"] and "tiny-clip@a" in repr(loaded)
     assert first.groups["macro_f1"].notna().all()
+
+
+def test_a_run_resumed_where_auto_is_another_precision_redoes_the_models_done_before(
+    tiny, tmp_path, monkeypatch
+):
+    """A run begun on a GPU (auto: bf16) and resumed on a CPU (auto: fp32) kept the bf16
+    results beside the fp32 ones, the manifest naming one precision for all."""
+    import clipaudit.models as models
+    import clipaudit.zeroshot as zeroshot
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    real = models.resolve_precision
+
+    def as_on_a_gpu(precision, device):
+        return "bf16" if precision == "auto" else real(precision, device)
+
+    for module in (models, zeroshot):
+        monkeypatch.setattr(module, "resolve_precision", as_on_a_gpu)
+    run_for(tiny, tmp_path, cache_dir=None)  # the first model, then the machine was lost
+    for module in (models, zeroshot):
+        monkeypatch.setattr(module, "resolve_precision", real)
+    counts = count_encoded_images(monkeypatch)
+    two = (ModelSpec(tiny["config"], tiny["a"]), ModelSpec(tiny["config"], tiny["b"]))
+    both = run_for(tiny, tmp_path, models=two, cache_dir=None)
+    assert counts == [4, 4]  # the first model again, at this machine's precision
+    assert [m["precision"] for m in both.manifest["models"]] == ["fp32", "fp32"]
 
 
 def test_a_run_where_every_image_failed_is_failed(tiny, tmp_path):
@@ -823,6 +896,37 @@ def test_checkpoints_of_one_name_in_other_folders_are_told_apart(tiny, tmp_path)
     ]
 
 
+def test_model_labels_alike_but_for_case_are_told_apart_or_refused(tiny, tmp_path):
+    """Each label names a folder (confusion/<model>/): "tiny-clip@Ep" and "tiny-clip@ep" would
+    be one on macOS's and Windows' file systems, the second model's matrices over the first's."""
+    import shutil
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    paths = []
+    for folder, name in (("run1", "Ep.safetensors"), ("run2", "ep.safetensors")):
+        (tmp_path / folder).mkdir()
+        paths.append(shutil.copyfile(tiny["a"], tmp_path / folder / name))
+    run = run_for(tiny, tmp_path, models=tuple(ModelSpec(tiny["config"], str(p)) for p in paths))
+    assert run.models == ["tiny-clip@run1/Ep", "tiny-clip@run2/ep"]
+    folders = [p.name.casefold() for p in (run.out / "confusion").iterdir()]
+    assert len(set(folders)) == len(folders) == 2
+    # one folder, names alike but for case (or two names given so): nothing tells them apart
+    alike = [
+        (ModelSpec(tiny["config"], str(tmp_path / "A.pt")), "'tiny-clip@A' and 'tiny-clip@a'"),
+        (ModelSpec(tiny["config"], str(tmp_path / "a.pt")), None),
+    ]
+    named = (ModelSpec("hf-hub:org/one", name="Mine"), ModelSpec("hf-hub:org/two", name="mine"))
+    for models, shown in (
+        (tuple(spec for spec, _ in alike), alike[0][1]),
+        (named, "'Mine' and 'mine'"),
+    ):
+        with pytest.raises(SettingsError, match=f"labels {shown} differ only in case"):
+            ZeroShotSettings(models=models, images=str(tmp_path / "img"))
+    # the same label twice, of two models that are not checkpoint files, is refused as such
+    with pytest.raises(SettingsError, match="two models are labelled 'Mine'"):
+        ZeroShotSettings(models=(named[0], ModelSpec("hf-hub:org/two", name="Mine")), images="i")
+
+
 # --------------------------------------------------------------------------- bad settings: refused before work
 
 
@@ -865,6 +969,23 @@ def test_settings_that_cannot_work_are_refused_before_any_model_loads(
     )  # fmt: skip
     assert line.startswith(f"error: {message}")
     assert not (tmp_path / "run").exists()  # no run folder, let alone a failed one
+
+
+def test_every_models_weights_are_checked_before_the_first_model_runs(tiny, tmp_path, monkeypatch):
+    """A mistyped tag or checkpoint of the last model was found only after every model before it
+    had encoded every image (hours on a real audit)."""
+    from clipaudit.errors import ModelError
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    counts = count_encoded_images(monkeypatch)
+    good = ModelSpec(tiny["config"], tiny["a"])
+    for bad, message in (
+        (ModelSpec(tiny["config"], "laion2b_s34b_b79k"), "unknown pretrained tag"),
+        (ModelSpec(tiny["config"], str(tmp_path / "gone.pt")), "gone.pt' does not exist"),
+    ):
+        with pytest.raises(ModelError, match=message):
+            run_for(tiny, tmp_path, models=(good, bad))
+        assert counts == [] and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("inside", ["run", "Color/run"])

@@ -62,7 +62,10 @@ def zeroshot(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+        "auto",
+        "--precision",
+        help="auto (bf16 on GPUs that compute in it, fp16 on older ones, fp32 on CPU), fp32, "
+        "bf16 or fp16.",
     ),
     cache_dir: Path | None = typer.Option(
         None,
@@ -124,22 +127,27 @@ def zeroshot(
 
 
 def _print_run(run) -> None:
+    from clipaudit.text import inert_line
+
     manifest = run.manifest
     n_images = run.groups.drop_duplicates("group").set_index("group")["n_images"]
     # the images classified, not those listed: undecodable ones and those of skipped groups are not
     evaluated = f"{n_images.sum()} images evaluated"
     if manifest["skipped_images"]:
         evaluated += f", {len(manifest['skipped_images'])} skipped"
+    # the console makes printed lines inert, not a table's cells: labels come from file names
     table = Table(
-        title=f"macro-F1 per group ({evaluated}, templates {manifest['templates']['setting']})"
+        title=inert_line(
+            f"macro-F1 per group ({evaluated}, templates {manifest['templates']['setting']})"
+        )
     )
     table.add_column("group")
     table.add_column("images", justify="right")
     scores = run.macro_f1_table()
     for model in scores.columns:  # labels of one architecture differ at their ends: fold, never cut
-        table.add_column(model, justify="right", overflow="fold")
+        table.add_column(inert_line(model), justify="right", overflow="fold")
     for group, row in scores.iterrows():
-        table.add_row(group, str(n_images[group]), *(f"{value:.3f}" for value in row))
+        table.add_row(inert_line(group), str(n_images[group]), *(f"{value:.3f}" for value in row))
     console.print(table)
     for info in manifest["models"]:
         timings = info["timings"]

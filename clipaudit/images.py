@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipaudit.errors import InputError, did_you_mean, one_line
+from clipaudit.errors import InputError, SettingsError, did_you_mean, one_line
 from clipaudit.registry import Concept, Registry
 from clipaudit.text import normalize
 
@@ -273,10 +273,18 @@ def open_images(
         shards = _tar_shards(text)
         path = Path(text)
         if shards:
+            _refuse_unused(text, "webdataset shards", image_column=image_column, split=split)
             images = _webdataset_images(text, shards, names, label_field or "concept")
         elif any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
             images = _hf_images(text, path, names, label_field or "label", image_column, split)
         else:
+            _refuse_unused(
+                text,
+                "a folder of images",
+                label_field=label_field,
+                image_column=image_column,
+                split=split,
+            )
             images = _folder_images(path, names)
     names.raise_problems(text)
     if not images.records:
@@ -292,6 +300,30 @@ def open_images(
             "and --groups"
         )
     return images
+
+
+# each option, and the sources it is for (--image-split in clipaudit audit for --split)
+_OPTIONS = {
+    "label_field": ("--label-field", "Hugging Face datasets and webdataset shards"),
+    "image_column": ("--image-column", "Hugging Face datasets"),
+    "split": ("--split", "Hugging Face datasets; --image-split in clipaudit audit"),
+}
+
+
+def _refuse_unused(source: str, kind: str, **given: str | None) -> None:
+    """An option that the source's kind has no use for (a split of a folder of images) is
+    refused, not ignored: the user meant something by it, most likely another source."""
+    unused = [
+        "{} (for {})".format(*_OPTIONS[name])
+        for name, value in given.items()
+        if value is not None and not (name == "image_column" and value == "image")
+    ]
+    if unused:
+        raise SettingsError(
+            f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+            f"{source!r}, {kind}; drop {'it' if len(unused) == 1 else 'them'}, or name the "
+            "source meant"
+        )
 
 
 def _folder_images(root: Path, names: _Names) -> ImageSet:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipaudit.errors import InputError
+from clipaudit.errors import InputError, SettingsError
 from clipaudit.images import (
     BadImage,
     DecodedImages,
@@ -657,3 +657,32 @@ def test_an_image_source_is_checked_before_anything_is_listed(tmp_path):
         check_image_source(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="does not exist; expected an image folder"):
         check_image_source(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"split": "test"}, ["--split"]),
+        ({"label_field": "class"}, ["--label-field"]),
+        ({"image_column": "img", "split": "test"}, ["--image-column", "--split"]),
+    ],
+)
+def test_an_option_a_folder_of_images_has_no_use_for_is_refused(tmp_path, registry, options, named):
+    """--split, --label-field and --image-column pick from a Hugging Face dataset (the label
+    field from webdataset too): given with a folder of images they were ignored, and the run
+    counted what the user did not mean."""
+    write_image_folder(tmp_path, {"animal": {"dog": 1, "cat": 1}})
+    with pytest.raises(SettingsError, match="not apply to") as err:
+        open_images(tmp_path, registry, **options)
+    assert [option in str(err.value) for option in named] == [True] * len(named)
+    assert "a folder of images" in str(err.value)
+    assert len(open_images(tmp_path, registry, image_column="image").records) == 2  # the default
+
+
+def test_a_split_of_webdataset_shards_is_refused_and_their_label_field_is_read(tmp_path, registry):
+    sample = {"__key__": "0", "png": image_bytes(noise(8, 8), "PNG"), "json": b'{"class": "dog"}'}
+    write_shard(tmp_path / "00000.tar", [sample])
+    with pytest.raises(SettingsError, match=r"--split \(for Hugging Face.*webdataset shards"):
+        open_images(tmp_path, registry, split="train")
+    [record] = open_images(tmp_path, registry, label_field="class").records
+    assert record.concept == "dog"

@@ -1260,3 +1260,32 @@ def test_a_strip_too_thin_for_the_models_resize_is_skipped_saying_so(tiny, tmp_p
         "too elongated: 2000x1 scaled to the model's 32-pixel side is 2048000 pixels"
     )
     assert str(strip) not in set(run.predictions()["path"])
+
+
+@pytest.mark.parametrize("command", ["zeroshot", "audit"])
+def test_no_cache_with_a_cache_folder_is_refused_not_one_of_them_ignored(command, tmp_path, capsys):
+    from clipaudit.cli import main
+
+    captions = ["--captions", str(tmp_path / "c.jsonl")] if command == "audit" else []
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                command,
+                *captions,
+                "--model",
+                "ViT-B-32",
+                "--images",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-cache",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --no-cache and --cache-dir {str(tmp_path / 'cache')!r} ask for no cache and a "
+        "cache; give one"
+    )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -87,17 +87,11 @@ def audit(
 ) -> None:
     """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
     from clipaudit.audit import run_audit
-    from clipaudit.cli.zeroshot import parse_groups
+    from clipaudit.cli.zeroshot import model_specs, parse_groups, refuse_two_caches
     from clipaudit.coverage import CaptionSources, CoverageSettings
-    from clipaudit.errors import SettingsError
-    from clipaudit.models import ModelSpec
 
-    if pretrained and len(pretrained) != len(model):
-        raise SettingsError(
-            f"got {len(model)} --model but {len(pretrained)} --pretrained; give one --pretrained "
-            "per --model (use 'none' for random weights) or none at all"
-        )
-    specs = [ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)]
+    refuse_two_caches(no_cache, cache_dir)
+    specs = list(model_specs(model, pretrained))
     zeroshot = {
         "groups": parse_groups(groups),
         "label_field": label_field,

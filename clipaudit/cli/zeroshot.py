@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
+
+if TYPE_CHECKING:
+    from clipaudit.models import ModelSpec
 
 console = plain_console()
 
@@ -15,6 +19,32 @@ console = plain_console()
 def parse_groups(groups: str | None) -> tuple[str, ...] | None:
     """``--groups`` "Animal, Color" as group names; None (all groups) when not given."""
     return None if groups is None else tuple(g.strip() for g in groups.split(",") if g.strip())
+
+
+def model_specs(model: list[str], pretrained: list[str]) -> tuple[ModelSpec, ...]:
+    """``--model`` and ``--pretrained`` paired in order (every model's weights random or by
+    name when no ``--pretrained`` is given)."""
+    from clipaudit.errors import SettingsError
+    from clipaudit.models import ModelSpec
+
+    if pretrained and len(pretrained) != len(model):
+        raise SettingsError(
+            f"got {len(model)} --model but {len(pretrained)} --pretrained; give one --pretrained "
+            "per --model (use 'none' for random weights) or none at all"
+        )
+    return tuple(
+        ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)
+    )
+
+
+def refuse_two_caches(no_cache: bool, cache_dir: Path | None) -> None:
+    """``--no-cache`` with ``--cache-dir``: one of them would be ignored."""
+    if no_cache and cache_dir is not None:
+        from clipaudit.errors import SettingsError
+
+        raise SettingsError(
+            f"--no-cache and --cache-dir {str(cache_dir)!r} ask for no cache and a cache; give one"
+        )
 
 
 def zeroshot(
@@ -91,20 +121,11 @@ def zeroshot(
 ) -> None:
     """Classify each group's images among its concepts and score awareness (macro-F1) per group."""
     from clipaudit.embedding_cache import default_cache_dir
-    from clipaudit.errors import SettingsError
-    from clipaudit.models import ModelSpec
     from clipaudit.zeroshot import default_workers, run_zeroshot
 
-    if pretrained and len(pretrained) != len(model):
-        raise SettingsError(
-            f"got {len(model)} --model but {len(pretrained)} --pretrained; give one --pretrained per "
-            "--model (use 'none' for random weights) or none at all"
-        )
-    specs = tuple(
-        ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)
-    )
+    refuse_two_caches(no_cache, cache_dir)
     run = run_zeroshot(
-        specs,
+        model_specs(model, pretrained),
         images,
         out,
         registry=registry,

@@ -72,8 +72,11 @@ NEAREST_SELECTION = (
     "near_margin of the concept's semantic threshold, ties to the earlier caption; 'counted': whether "
     "the run's method counted the caption for that concept"
 )
+# the rule of clipaudit.semantic.store.holds_no_word: a run counted under an earlier one (signs
+# such as "★" or "©" were words) is another run
 BLANK_CAPTIONS = (
-    "a caption of no word (empty, white space, punctuation and signs alone) counts for no concept"
+    "a caption of no word (empty, white space, punctuation and signs alone; an emoji is a word, "
+    "a sign such as ★ or © is not) counts for no concept"
 )
 INDEX_FOLDER = "index"
 
@@ -252,9 +255,15 @@ class SemanticRun:
         base = Path(self.settings.embedding_store or out / "embeddings")
         self.own_store = self.settings.embedding_store is None
         model = slug(str(self.encoder.identity["model"]))[:60]
-        name = f"{model}-{fingerprint(self.encoder_key, 12)}"
-        folder = self._store_folder(self.out, base / name, previous)
-        self.store = EmbeddingStore.open(folder, self.encoder.identity, self.encoder.dim)
+        folder = base / f"{model}-{fingerprint(self.encoder_key, 12)}"
+        if not self.own_store and (base / "store.json").is_file():
+            # a store itself (the folder a run prints), not a folder of stores: used (or
+            # refused, another encoder's), never given a store nested inside it
+            folder = base
+        folder = self._store_folder(self.out, folder, previous)
+        self.store = EmbeddingStore.open(
+            folder, self.encoder.identity, self.encoder.dim, own=self.own_store
+        )
         self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
 
     def _store_folder(self, out: Path, folder: Path, previous: dict[str, Any] | None) -> Path:
@@ -582,7 +591,7 @@ class SemanticShard:
             )
             path = self.options.laion[str(Path(self.shard.location).resolve())]
             return normalise(finite_rows(as_float32(self.mapped[rows]), path, rows))
-        vectors, ids = self.store.read_part(self.key, part)
+        vectors, ids = self.store.read_vectors(self.key, part)
         if len(ids) != len(batch.captions) or not np.array_equal(ids, ids_array(batch.ids)):
             raise InputError(
                 f"{self.store.folder}/{self.key} part {part}: the stored embeddings are not of "
@@ -590,7 +599,7 @@ class SemanticShard:
                 f"batch's ids, got {len(ids)}); delete that folder and {self.key}.done.json "
                 "beside it to encode it again"
             )
-        return as_float32(vectors)
+        return vectors
 
     def add(
         self, batch: Any, part: int, lexical_rows: np.ndarray, lexical_concepts: np.ndarray

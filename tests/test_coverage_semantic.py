@@ -9,6 +9,8 @@ float16 as the store keeps them, never through FAISS, shards or the merge.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,6 +283,50 @@ def test_a_killed_semantic_run_resumes_reusing_its_embedding_parts(
     ).read_bytes()
 
 
+def damage_row(part: Path, row: int) -> None:
+    """Write NaN over the first value of ``row`` of a stored float16 part, as a bad disk or an
+    interrupted copy might (the file still loads)."""
+    vectors = np.load(part)
+    data = bytearray(part.read_bytes())
+    offset = len(data) - vectors.nbytes + row * vectors.shape[1] * 2
+    data[offset : offset + 2] = np.array([np.nan], np.float16).tobytes()
+    part.write_bytes(bytes(data))
+
+
+def test_a_damaged_embeddings_part_stops_the_resume_naming_it_and_the_fix(
+    tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch
+):
+    """A part of the store holding NaN (the encoder's vectors are checked before they are
+    stored: it is damage) is not counted as captions of no concept: the resume stops naming the
+    file and the fix, and once the part is deleted as told, the run ends as a run never damaged."""
+    import clipaudit.semantic.encoders as encoders
+
+    load = encoders.load_encoder
+    options = {"method": "semantic", "shard_rows": 20, "batch_rows": 7}
+    # as in the test above: killed after the first shard and the second shard's first part
+    monkeypatch.setattr(encoders, "load_encoder", lambda spec: CountingEncoder(load(spec), 5))
+    with pytest.raises(KeyboardInterrupt):
+        semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    monkeypatch.setattr(encoders, "load_encoder", load)
+    store = next((tmp_path / "run" / "embeddings").iterdir())
+    (counted,) = [p.stem for p in (tmp_path / "run" / "units").glob("*.json")]
+    (waiting,) = [p for p in store.iterdir() if p.is_dir() and not p.name.startswith(counted)]
+    damage_row(waiting / "000000.npy", 3)
+    with pytest.raises(InputError) as failed:
+        semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    message = str(failed.value)
+    assert f"{waiting / '000000.npy'}: row 3 holds NaN" in message
+    assert f"delete {waiting} and {waiting.name}.done.json" in message
+    shutil.rmtree(waiting)
+    (store / f"{waiting.name}.done.json").unlink(missing_ok=True)
+    semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    semantic_run(corpus, tiny, tmp_path / "reference", encoder_spec, planted["path"], **options)
+    assert_same_outputs(tmp_path / "run", tmp_path / "reference")
+    assert (tmp_path / "run" / "nearest.json").read_bytes() == (
+        tmp_path / "reference" / "nearest.json"
+    ).read_bytes()
+
+
 def test_another_encoder_or_calibration_is_another_run(
     tiny, corpus, encoder_spec, planted, tmp_path
 ):
@@ -409,6 +455,51 @@ def test_a_run_keeps_the_embedding_store_it_started_with(tiny, corpus, encoder_s
     done = count_coverage([corpus, bad], tiny, own, options, skip_bad=True)
     assert done.manifest["semantic"]["embeddings"]["store"].startswith("embeddings/")
     assert index_run(own).n == len(captions_of(corpus)) and not other.exists()
+
+
+def test_a_store_folder_given_as_the_shared_store_is_used_not_nested(
+    tiny, corpus, encoder_spec, tiny_files, tmp_path
+):
+    """--embedding-store naming a store itself (the folder a run prints) uses it, encoding
+    nothing again, where it was given a new store nested inside; another encoder's store is
+    refused before any work."""
+    from tests.tiny_clip import TINY_CONFIG
+
+    options = CoverageSettings(method="semantic", encoder=encoder_spec, progress=False,
+                               shard_rows=20)  # fmt: skip
+    first = count_coverage([corpus], tiny, tmp_path / "a", options,
+                           embedding_store=str(tmp_path / "shared"))  # fmt: skip
+    (store,) = [p.parent for p in (tmp_path / "shared").glob("*/store.json")]
+    assert first.manifest["semantic"]["embeddings"]["store"] == str(store)
+    second = count_coverage([corpus], tiny, tmp_path / "b", options, embedding_store=str(store))
+    embeddings = second.manifest["semantic"]["embeddings"]
+    assert embeddings["store"] == str(store)
+    assert embeddings["this_session"]["parts_encoded"] == 0
+    assert embeddings["this_session"]["parts_resumed"] == 3
+    assert [p.parent for p in (tmp_path / "shared").rglob("store.json")] == [store]
+    assert second.concepts.equals(first.concepts)
+    config = tmp_path / "other-clip.json"  # another encoder: the same weights, another config
+    config.write_text(json.dumps({**TINY_CONFIG, "quick_gelu": True}))
+    other = options.replace(encoder=f"open_clip:{config}@{tiny_files[1]}")
+    with pytest.raises(RunFolderError, match=rf"{re.escape(str(store))} holds caption embeddings "
+                                             "of another encoder"):  # fmt: skip
+        count_coverage([corpus], tiny, tmp_path / "c", other, embedding_store=str(store))
+
+
+def test_a_runs_own_store_is_refused_as_a_shared_store(tiny, corpus, encoder_spec, tmp_path):
+    """A run prunes its own store to its inputs when it is counted again: another run sharing it
+    (naming the store, or the run's embeddings folder) would lose its embeddings then, and is
+    refused before any work."""
+    options = CoverageSettings(method="semantic", encoder=encoder_spec, progress=False,
+                               shard_rows=20)  # fmt: skip
+    first = count_coverage([corpus], tiny, tmp_path / "a", options)
+    store = tmp_path / "a" / first.manifest["semantic"]["embeddings"]["store"]
+    files = sorted(store.rglob("*"))
+    for shared in (store, tmp_path / "a" / "embeddings"):
+        with pytest.raises(RunFolderError, match=rf"{re.escape(str(store))} is a run's own store"):
+            count_coverage([corpus], tiny, tmp_path / "b", options, embedding_store=str(shared))
+        assert sorted(store.rglob("*")) == files
+    assert count_coverage([corpus], tiny, tmp_path / "a", options).reused  # its own: used
 
 
 def test_semantic_settings_are_checked_when_made(tmp_path, monkeypatch):
@@ -611,6 +702,31 @@ def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     assert not vectors[blank].any()
     words = ["a cat", "a dog", "a horse", "a wolf"]
     np.testing.assert_allclose(vectors[~blank], tiny_encoder.encode(words), atol=1e-6)
+
+
+def test_a_caption_of_signs_counts_for_no_concept_and_one_of_emoji_does(
+    tiny, tiny_encoder, tmp_path
+):
+    """A rating's stars or a copyright sign say nothing: given a concept's own vector (as LAION's
+    embeddings give them one), they count for no concept, where an emoji caption given the same
+    vector counts; the run records that rule among its settings."""
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    captions = ["★★★★★", "🐱", "©", "™ ®", "⚽"]
+    x = np.repeat(concepts.vectors[:1], len(captions), axis=0).astype(np.float16)
+    write_laion(tmp_path / "laion", 0, x, captions, list(range(len(captions))))
+    thresholds = np.array([0.9, 2.0, 2.0, 2.0])  # the first concept's own vector reaches it
+    settings = laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path)
+    result = count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
+                            settings)  # fmt: skip
+    assert result.concepts["semantic_count"].tolist() == [2, 0, 0, 0]  # "🐱" and "⚽"
+    nearest = json.loads((tmp_path / "run" / "nearest.json").read_text("utf-8"))
+    first = nearest["concepts"][concepts.names[0]]["captions"]
+    assert sorted(n["caption"] for n in first) == ["⚽", "🐱"]
+    assert "a sign such as ★ or © is not" in json.dumps(
+        result.manifest["settings"], ensure_ascii=False
+    )
 
 
 def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(

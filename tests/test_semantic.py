@@ -1485,3 +1485,126 @@ def test_captions_that_say_nothing_are_blank_by_their_text_whatever_their_vector
     np.save(tmp_path / "flat" / "blank.npy", np.array([600]))
     with pytest.raises(InputError, match=r"blank\.npy: not positions of this index's 600"):
         CaptionIndex.load(tmp_path / "flat")
+
+
+@pytest.mark.parametrize(
+    ("caption", "blank"),
+    [
+        ("★★★★★", True),  # a rating's stars: a sign, not a picture
+        ("©", True),
+        ("™ ® ©", True),
+        ("° → ♥ € ✓", True),  # ♥ without U+FE0F is shown as text
+        ("\ufe0f", True),  # a lone selector asks for no sign's picture
+        ("🐱", False),
+        ("🐶🐱", False),
+        ("⚽", False),  # shown as an emoji by default, without a selector
+        ("❤\ufe0f", False),  # the selector asks for the picture
+        ("🇫🇷", False),
+        ("★ 🐱", False),
+        ("20°", False),
+    ],
+)
+def test_signs_alone_say_nothing_and_an_emoji_is_a_word(caption, blank):
+    from clipaudit.semantic.store import holds_no_word
+
+    assert holds_no_word(caption) is blank
+
+
+def test_a_caption_of_signs_is_blank_wherever_captions_are_embedded_checked_or_indexed(
+    tmp_path, tiny_encoder
+):
+    """A rating's stars or a copyright sign say nothing, an emoji does: the store embeds the
+    former as zero and the latter as the encoder does, the sense checker adds nothing to the
+    former, a saved index counts the former for no query, and a query of signs is refused."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+    from clipaudit.semantic.checked import SenseChecker
+    from clipaudit.semantic.concepts import ConceptEmbeddings
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings, check_query
+    from clipaudit.semantic.store import EmbeddingStore, encode_captions
+
+    captions = ["a red car", "★★★★★", "🐱", "©", "⚽"]
+    signs = [1, 3]
+    vectors = encode_captions(tiny_encoder, captions)
+    assert not vectors[signs].any()
+    said = [0, 2, 4]
+    np.testing.assert_allclose(
+        vectors[said], tiny_encoder.encode([captions[i] for i in said]), atol=1e-6
+    )
+
+    # every caption's own encoder vector is a concept's: an addition at cosine 1 unless blank
+    own = tiny_encoder.encode(captions)
+    k = len(captions)
+    concepts = ConceptEmbeddings(tuple(f"c{i}" for i in range(k)), own, own, tiny_encoder.identity)
+    calibration = Calibration(
+        tiny_encoder.identity, concepts.names,
+        {"semantic": np.full(k, 0.99), "sense": np.full(k, -2.0), "additions": np.full(k, 0.99)},
+        {kind: ("fitted",) * k for kind in KINDS}, {kind: 0.99 for kind in KINDS},
+    )  # fmt: skip
+    checker = SenseChecker(concepts, calibration)
+    empty = np.zeros(0, np.int64)
+    out = checker.check(empty, empty, n_captions=k, vectors=own, captions=captions)
+    assert set(zip(out.rows.tolist(), out.concepts.tolist(), strict=True)) >= {
+        (0, 0), (2, 2), (4, 4)
+    }  # fmt: skip
+    assert not set(out.rows.tolist()) & set(signs)
+
+    # the store of an earlier rule held vectors for them: a saved index reads them as blank
+    store = EmbeddingStore.open(tmp_path / "store", tiny_encoder.identity, tiny_encoder.dim)
+    store.write_part("k", 0, own, list(range(k)))
+    store.finish("k", 1, k)
+    CaptionIndex.build(
+        store, IndexSettings(kind="flat"), folder=tmp_path / "flat", captions=[captions]
+    )
+    index = CaptionIndex.load(tmp_path / "flat")
+    assert index.blank.tolist() == signs
+    assert index.query(own[1], -1.0, k=10).count == k - len(signs)
+
+    with pytest.raises(SettingsError, match="a query text must hold a word"):
+        check_query("★★★★★", None, 10)
+    check_query("🐱", None, 10)
+
+
+def test_a_damaged_part_is_refused_where_the_index_reads_it(tmp_path):
+    """A stored part holding NaN is refused, naming the part and the fix, when it is read whole
+    (an index is built from it) and when rows of it are re-scored; its other rows read."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore
+
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 40, 16)
+    store = EmbeddingStore.open(tmp_path / "store", {"kind": "synthetic", "dim": 16}, 16)
+    for part in range(2):
+        store.write_part(
+            "k", part, vectors[part * 20 : (part + 1) * 20], range(20 * part, 20 * part + 20)
+        )
+    store.finish("k", 2, 40)
+    path = tmp_path / "store" / "k" / "000001.npy"
+    data = bytearray(path.read_bytes())
+    offset = len(data) - 20 * 16 * 2 + 7 * 16 * 2 + 10  # row 7, value 5
+    data[offset : offset + 2] = np.array([np.inf], np.float16).tobytes()
+    path.write_bytes(bytes(data))
+    fix = rf"delete {tmp_path / 'store' / 'k'} and k\.done\.json beside it to encode it again"
+    with pytest.raises(InputError, match=rf"000001\.npy: row 7 holds NaN or infinite .*{fix}"):
+        CaptionIndex.build(store, IndexSettings(kind="flat"))
+    locations = np.array([[0, 1, 6], [0, 0, 7]])
+    np.testing.assert_allclose(store.row_vectors(locations, ["k"]), vectors[[26, 7]], atol=1e-3)
+    with pytest.raises(InputError, match=rf"000001\.npy: row 7 holds NaN or infinite .*{fix}"):
+        store.row_vectors(np.array([[0, 0, 2], [0, 1, 7]]), ["k"])
+
+
+def test_count_semantic_on_laion_batches_counts_a_caption_of_no_word_for_nothing(tmp_path):
+    """The library's one-pass count follows the run's rule: LAION gives "", "..." or a rating's
+    stars a vector like any caption's, and they count for no concept, nor are they nearest."""
+    from clipaudit.semantic.counting import count_semantic
+    from clipaudit.semantic.store import LaionEmbeddings
+
+    rng = np.random.default_rng(2)
+    concepts = unit(rng, 2, 16)
+    captions = ["a cat", "", "...", "★★★★★", "🐱", None]
+    x = np.repeat(concepts[:1], len(captions), axis=0).astype(np.float16)  # all at concept 0
+    write_laion(tmp_path, 0, x, captions)
+    batches = LaionEmbeddings(tmp_path, dim=16).iter_batches(batch_rows=4)
+    counts, hits = count_semantic(batches, concepts, [0.9, 0.9], top_k=10, per_caption=True)
+    assert counts.counts.tolist() == [2, 0]
+    assert hits.rows.tolist() == [0, 4]
+    assert [n["caption"] for n in counts.nearest["0"]] == ["a cat", "🐱"]

@@ -332,14 +332,20 @@ def count_semantic(
     """Count every batch (objects with ``vectors``, ``ids``, ``captions``, e.g.
     :class:`~clipaudit.semantic.store.EmbeddingBatch`) in one pass; with ``per_caption`` also the
     corpus-wide hits (caption row in the corpus, concept, score), held in memory: a caller that
-    needs memory flat in corpus size writes each batch's hits from :meth:`SemanticCounter.add`."""
+    needs memory flat in corpus size writes each batch's hits from :meth:`SemanticCounter.add`.
+    A caption of no word counts for no concept whatever its vector (LAION's embeddings give ""
+    one), as in ``coverage count``."""
+    from clipaudit.semantic.store import blank_captions
+
     counter = SemanticCounter(
         vectors, thresholds, names=names, top_k=top_k, near_margin=near_margin, gpu=gpu
     )
     collected: list[Hits] = []
     for batch in batches:
         start = counter.n_captions
-        hits = counter.add(batch.vectors, batch.ids, getattr(batch, "captions", None))
+        captions = getattr(batch, "captions", None)
+        blank = None if captions is None else blank_captions(captions)
+        hits = counter.add(batch.vectors, batch.ids, captions, blank=blank)
         if per_caption:
             collected.append(Hits(hits.rows + start, hits.concepts, hits.scores))
     pairs = None

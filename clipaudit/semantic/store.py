@@ -2,9 +2,10 @@
 
 An :class:`EmbeddingStore` is a folder::
 
-    STORE/store.json                 format, encoder identity, dimension, dtype (float16), and the
+    STORE/store.json                 format, encoder identity, dimension, dtype (float16), the
                                      store's id (made when it is created: the same store moved
-                                     elsewhere keeps it, another store has another)
+                                     elsewhere keeps it, another store has another), and whether
+                                     it is one run's own (``own``: pruned to its inputs)
     STORE/<key>/<part:06d>.npy       one part's unit vectors, float16, (n, dim)
     STORE/<key>/<part:06d>.ids.npy   their caption ids (int64, or unicode when ids are not integers)
     STORE/<key>.done.json            the unit of work ``key`` is complete: parts and rows
@@ -27,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -128,9 +128,13 @@ class EmbeddingStore:
         return _store_id(_read_store_json(meta))
 
     @classmethod
-    def open(cls, folder: str | Path, encoder: dict[str, Any], dim: int) -> EmbeddingStore:
+    def open(
+        cls, folder: str | Path, encoder: dict[str, Any], dim: int, *, own: bool = False
+    ) -> EmbeddingStore:
         """Create the store, or open it when it holds vectors of the same encoder and dimension;
-        raises :class:`RunFolderError` when it holds another encoder's."""
+        raises :class:`RunFolderError` when it holds another encoder's. ``own``: the store is
+        one run's own, which removes what its inputs no longer need (:meth:`prune`); it is
+        refused to any other user, whose embeddings it would remove."""
         folder = Path(folder)
         meta = folder / "store.json"
         if meta.is_file():
@@ -140,6 +144,12 @@ class EmbeddingStore:
                     f"{folder} holds caption embeddings of another encoder "
                     f"({describe_difference(held['encoder'], encoder)}; dim {held['dim']} vs {dim}); "
                     "use another folder, or delete this one to encode again"
+                )
+            if held.get("own") is True and not own:
+                raise RunFolderError(
+                    f"{folder} is a run's own store of caption embeddings: that run, counted "
+                    "again, removes from it the embeddings its own inputs do not need, this "
+                    "run's among them; give --embedding-store a folder of its own, which runs share"
                 )
             return cls(folder, held["encoder"], dim, _store_id(held))
         if folder.exists() and any(p.name != ".lock" for p in folder.iterdir()):
@@ -156,6 +166,7 @@ class EmbeddingStore:
                 "dim": int(dim),
                 "dtype": "float16",
                 "normalised": True,
+                "own": own,
             },
         )
         return cls(folder, encoder, int(dim), store_id)
@@ -226,32 +237,53 @@ class EmbeddingStore:
         done = json.loads((self.folder / f"{_check_key(key)}.done.json").read_text("utf-8"))
         return int(done["parts"])
 
+    def _damaged(self, key: str, part: int, what: str) -> InputError:
+        return InputError(
+            f"{self._part(key, part)[0]}: {what}; delete {self.folder / key} and {key}.done.json "
+            "beside it to encode it again"
+        )
+
     def read_part(self, key: str, part: int) -> tuple[np.ndarray, np.ndarray]:
-        """A part's float16 vectors (memory-mapped) and its ids."""
+        """A part's float16 vectors (memory-mapped, unchecked: see :meth:`read_vectors`) and its
+        ids."""
         vectors_path, ids_path = self._part(key, part)
         try:
             vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
             ids = np.load(ids_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise InputError(
-                f"{vectors_path}: unreadable embeddings part ({exc}); delete {self.folder / key} "
-                f"and {key}.done.json beside it to encode it again"
-            ) from None
+            raise self._damaged(key, part, f"unreadable embeddings part ({exc})") from None
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
             raise InputError(
                 f"{vectors_path}: expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
             )
         return vectors, ids
 
+    def read_vectors(self, key: str, part: int) -> tuple[np.ndarray, np.ndarray]:
+        """A part's vectors as float32, refused when one is not finite, and its ids."""
+        vectors, ids = self.read_part(key, part)
+        vectors = as_float32(vectors)
+        self._check_finite(vectors, key, part, np.arange(len(vectors)))
+        return vectors, ids
+
+    def _check_finite(self, vectors: np.ndarray, key: str, part: int, rows: np.ndarray) -> None:
+        # the encoder's vectors are checked before they are stored (encode_captions): a NaN here
+        # is damage, and a NaN caption would count for no concept unnoticed (FAISS drops it).
+        # One product finds it: a NaN or infinity anywhere in a row makes its sum non-finite
+        bad = ~np.isfinite(vectors @ np.ones(vectors.shape[1], dtype=np.float32))
+        if bad.any():
+            raise self._damaged(
+                key, part, f"row {int(rows[bad][0])} holds NaN or infinite values (a damaged file)"
+            )
+
     def iter_batches(self, keys: Iterable[str] | None = None) -> Iterator[EmbeddingBatch]:
-        """Every part of ``keys`` (default: all completed ones) in order, as float32 batches."""
+        """Every part of ``keys`` (default: all completed ones) in order, as float32 batches
+        (:meth:`read_vectors`)."""
         for key in self.keys() if keys is None else keys:
             if not self.is_done(key):
                 raise InputError(f"{self.folder}: unit of work {key!r} is not embedded yet")
             for part in range(self.n_parts(key)):
-                vectors, ids = self.read_part(key, part)
-                yield EmbeddingBatch(as_float32(vectors), ids, None, key, part)
-                del vectors  # drop the mapping: resident memory stays one part
+                vectors, ids = self.read_vectors(key, part)
+                yield EmbeddingBatch(vectors, ids, None, key, part)
 
     def n_rows(self) -> int:
         total = 0
@@ -272,7 +304,9 @@ class EmbeddingStore:
         for chunk in np.split(np.arange(len(order)), groups):
             k, p = sorted_loc[chunk[0], :2]
             vectors, _ = self.read_part(keys[int(k)], int(p))
-            out[order[chunk]] = vectors[sorted_loc[chunk, 2]]
+            rows = sorted_loc[chunk, 2]
+            out[order[chunk]] = vectors[rows]
+            self._check_finite(out[order[chunk]], keys[int(k)], int(p), rows)
         return out
 
 
@@ -335,15 +369,24 @@ def embed_parts(
 
 
 _LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+# an emoji is a picture that says something ("🐱", "⚽"), a sign is not ("★★★★★", "©", "™", "°",
+# "→", "♥"): Unicode's line between them is emoji presentation. Emoji: the pictograph blocks
+# U+1F000-U+1FAFF (faces, animals, food, flags...; their unassigned code points are reserved for
+# emoji yet to come), the 60 signs before them shown as emoji by default (Emoji_Presentation),
+# and any sign followed by U+FE0F, which asks for its emoji form ("❤️", "☀️")
+_EMOJI = re.compile(
+    r"[\U0001f000-\U0001faff\u231a\u231b\u23e9-\u23ec\u23f0\u23f3\u25fd\u25fe\u2614\u2615"
+    r"\u2648-\u2653\u267f\u2693\u26a1\u26aa\u26ab\u26bd\u26be\u26c4\u26c5\u26ce\u26d4\u26ea"
+    r"\u26f2\u26f3\u26f5\u26fa\u26fd\u2705\u270a\u270b\u2728\u274c\u274e\u2753-\u2755\u2757"
+    r"\u2795-\u2797\u27b0\u27bf\u2b1b\u2b1c\u2b50\u2b55]|[^\s\ufe0f]\ufe0f"
+)
 
 
 def holds_no_word(text: str | None) -> bool:
-    """Whether ``text`` holds no letter, digit or pictograph (emoji): None, empty, white space,
-    or punctuation and signs alone ("...", "-", "|"), which an encoder embeds near some concept
-    all the same."""
-    if not text or _LETTER_OR_DIGIT.search(text):
-        return not text
-    return not any(unicodedata.category(ch) == "So" for ch in text)
+    """Whether ``text`` holds no letter, digit or emoji: None, empty, white space, or
+    punctuation and signs alone ("...", "|", "★★★★★", "©"), which an encoder embeds near some
+    concept all the same. An emoji ("🐱", "⚽", "❤️") is a word: see ``_EMOJI``."""
+    return not text or not (_LETTER_OR_DIGIT.search(text) or _EMOJI.search(text))
 
 
 def blank_captions(captions: Sequence[str | None]) -> np.ndarray:

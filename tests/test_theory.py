@@ -16,7 +16,14 @@ import torch
 from clipaudit import zeroshot
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.runs import load_run
-from clipaudit.theory import EvaluationSettings, Scenario, run_sweep, training_profile
+from clipaudit.theory import (
+    EvaluationSettings,
+    Scenario,
+    run_check,
+    run_scenario,
+    run_sweep,
+    training_profile,
+)
 from clipaudit.theory.config import (
     PROFILES,
     default_sweep,
@@ -94,6 +101,28 @@ def test_bad_index_lists_say_what_was_expected(text, message):
 def test_evaluation_sample_sizes_must_be_integers(field):
     with pytest.raises(SettingsError, match=f"{field} must be an integer; got 1000.5"):
         EvaluationSettings(**{field: 1000.5})
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # TypeErrors from a comparison, before
+        ({"margin": "0.1"}, r"margin must be in \[0, 1\); got '0.1'"),
+        ({"identified_threshold": None}, r"identified_threshold must be in \(0, 1\]; got None"),
+        ({"kernel_gammas": 0.5}, r"kernel_gammas must be positive finite numbers.*; got 0.5$"),
+        ({"ridge_alphas": ("1",)}, r"ridge_alphas must be positive finite numbers.*\('1',\)$"),
+        # accepted, before: the probe failed after the training, or read every R^2 as 0
+        ({"kernel_gammas": (1.0, math.inf)}, r"kernel_gammas must be .*; got \(1.0, inf\)$"),
+        ({"ridge_alphas": (math.inf,)}, r"ridge_alphas must be positive finite numbers"),
+        ({"identified_threshold": True}, r"identified_threshold must be in \(0, 1\]; got True"),
+    ],
+)
+def test_evaluation_settings_of_a_wrong_type_or_not_finite_are_refused(setting, message):
+    with pytest.raises(SettingsError, match=message):
+        EvaluationSettings(**setting)
+    # any sequence of numbers, numpy's included, as before
+    settings = EvaluationSettings(kernel_gammas=np.logspace(-1, 0, 2), ridge_alphas=[np.int64(1)])
+    assert (settings.kernel_gammas, settings.ridge_alphas) == ((0.1, 1.0), (1.0,))
 
 
 def test_extreme_sizes_are_refused_at_once_not_after_hours_or_a_memory_error():
@@ -182,6 +211,43 @@ def test_the_default_sweep_is_the_papers_grid():
     perturbation = [s for s in sweep if s.perturbed and s.causal_dependence and s.seed == 1]
     assert [s.perturbed for s in perturbation] == [tuple(range(1, k + 1)) for k in range(1, 10)]
     assert all(s.representation_size == len(s.invariant) for s in sweep)
+
+
+def test_scenarios_of_other_change_probabilities_have_other_names():
+    def name(change_prob):
+        return Scenario(perturbed="1", change_prob=change_prob).name
+
+    # six significant digits named these alike, and a sweep of both refused one as a repeat
+    assert name(0.9999999) == "ind_sel1-10_pert1_p0.9999999_seed0" != name(1.0)
+    assert name(1 / 3) == "ind_sel1-10_pert1_p0.3333333333333333_seed0" != name(0.333333)
+    # the names of earlier runs' results are kept
+    assert [name(p) for p in (1.0, 0.5, 1e-05, 0.123456)] == [
+        f"ind_sel1-10_pert1_p{p}_seed0" for p in ("1", "0.5", "1e-05", "0.123456")
+    ]
+    assert name(0.75) == "ind_sel1-10_pert1_seed0"
+
+
+def test_a_repeated_scenario_is_found_in_one_pass_over_the_names(monkeypatch, tmp_path):
+    # every comparison of two names counted: the check compared each name with every other
+    # (names.count per name), hours for the 380,000 scenarios of a 10,000-seed sweep
+    comparisons = 0
+
+    class Name(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other):
+            nonlocal comparisons
+            comparisons += 1
+            return str.__eq__(self, other)
+
+    sweep = default_sweep(seeds=20)
+    sweep.append(sweep[100])
+    plain_name = Scenario.name
+    monkeypatch.setattr(Scenario, "name", property(lambda s: Name(plain_name.fget(s))))
+    with pytest.raises(SettingsError, match=re.escape(f"scenario {plain_name.fget(sweep[100])!r}")):
+        run_sweep(sweep, TINY_TRAINING, TINY_EVALUATION, tmp_path / "run", progress=False)
+    assert comparisons <= len(sweep)  # pairwise, 761 names are over half a million
+    assert not (tmp_path / "run").exists()
 
 
 # -- the generative process -------------------------------------------------------------------
@@ -715,6 +781,21 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(
         run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
 
 
+def test_an_unperturbed_result_serves_any_change_probability(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "p"
+    shutil.copytree(tiny_check.out, out)
+    selection, perturbation = tiny_check.scenarios
+    # with nothing perturbed no text changes, whatever the probability (a sweep of change_prob,
+    # e.g. default_sweep(change_prob=0.5), holds its selection scenarios under the same names)
+    other = dataclasses.replace(selection, change_prob=0.5)
+    assert other.name == selection.name
+    resumed = run_sweep([other, perturbation], TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+    assert resumed.timings["groups"] == []  # refused as generated differently, before
+    assert resumed.r2.equals(tiny_check.r2)
+
+
 def test_results_of_a_differently_generated_scenario_are_refused(tiny_check, tmp_path):
     import shutil
 
@@ -763,6 +844,32 @@ def test_a_result_cut_short_is_computed_again(tiny_check, tmp_path):
     np.testing.assert_allclose(mine["r2_nonlinear"], before["r2_nonlinear"], atol=1e-6)
 
 
+def test_an_edited_or_malformed_result_is_computed_again_not_judged(tiny_check, tmp_path):
+    import shutil
+
+    out = tmp_path / "edited"
+    shutil.copytree(tiny_check.out, out)
+    selection, perturbation = (s.name for s in tiny_check.scenarios)
+    # an R^2 edited by hand, in valid JSON: it was judged as if measured (the selection's s1 is
+    # identified, so 0.1 made it disagree)
+    stored = out / "results" / f"{selection}.json"
+    record = json.loads(stored.read_text())
+    for row in record["r2"]:
+        row["r2_nonlinear"] = 0.1
+    stored.write_text(json.dumps(record))
+    # JSON, but no result at all: an AttributeError from the resumed run
+    (out / "results" / f"{perturbation}.json").write_text("[]")
+    resumed = run_sweep(tiny_check.scenarios, TINY_TRAINING, TINY_EVALUATION, out, progress=False)
+    assert [g["scenarios"] for g in resumed.timings["groups"]] == [[selection, perturbation]]
+    assert resumed.failed == tiny_check.failed
+    for name in (selection, perturbation):
+        mine = resumed.r2[resumed.r2["config"] == name].reset_index(drop=True)
+        before = tiny_check.r2[tiny_check.r2["config"] == name].reset_index(drop=True)
+        assert mine["variable"].tolist() == before["variable"].tolist()
+        np.testing.assert_allclose(mine["r2_nonlinear"], before["r2_nonlinear"], atol=1e-6)
+    assert all(row["r2_nonlinear"] != 0.1 for row in json.loads(stored.read_text())["r2"])
+
+
 @pytest.mark.parametrize(
     ("scenarios", "message"),
     [
@@ -780,6 +887,42 @@ def test_a_hand_edited_manifest_is_a_damaged_folder(tiny_check, tmp_path, scenar
     (out / "manifest.json").write_text(json.dumps({**manifest, "scenarios": scenarios}))
     with pytest.raises(RunFolderError, match=rf"edited holds a complete theory run .*{message}"):
         load_run(out)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # each met before as a TypeError or an AttributeError, not as a mistake in the settings
+        (
+            lambda out: run_sweep(Scenario(**TINY), TINY_TRAINING, TINY_EVALUATION, out),
+            r"scenarios must be a list of Scenario\(\.\.\.\); for one, use run_scenario",
+        ),
+        (
+            lambda out: run_sweep([{"selected": "1"}], TINY_TRAINING, TINY_EVALUATION, out),
+            r"a scenario must be a Scenario, e\.g\. Scenario\(selected='1-5'\); got dict",
+        ),
+        (
+            lambda out: run_sweep([Scenario(**TINY)], "quick", TINY_EVALUATION, out),
+            r"training must be a TrainingSettings, e\.g\. training_profile\('quick'\); got str",
+        ),
+        (
+            lambda out: run_sweep([Scenario(**TINY)], TINY_TRAINING, TINY_EVALUATION, out, "2"),
+            r"threads must be an integer >= 1; got '2'",
+        ),
+        (
+            lambda out: run_check(out, seed=3),
+            r"run_check\(\) has no option 'seed' \(did you mean 'seeds'",
+        ),
+        (
+            lambda out: run_scenario(out, Scenario(**TINY), profil="quick"),
+            r"run_scenario\(\) has no option 'profil' \(did you mean 'profile'",
+        ),
+    ],
+)
+def test_the_api_refuses_arguments_of_the_wrong_kind_in_words(tmp_path, call, message):
+    with pytest.raises(SettingsError, match=message):
+        call(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_folder_of_something_else_is_refused(tmp_path):

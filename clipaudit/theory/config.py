@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -271,7 +272,9 @@ class Scenario:
         if self.perturbed:
             parts.append(f"pert{format_index_list(self.perturbed)}")
             if self.change_prob != 0.75:
-                parts.append(f"p{self.change_prob:g}")
+                # every digit: :g kept 6, naming 0.9999999 as 1 (repr writes a value of up to 6
+                # digits as :g did, so the results of earlier runs keep their names)
+                parts.append(f"p{self.change_prob!r}".removesuffix(".0"))
             if self.perturbation_covariance != "semantics":
                 parts.append(f"eps-{self.perturbation_covariance}")
         if self.representation_size != len(self.invariant):
@@ -469,17 +472,28 @@ class EvaluationSettings:
                 f"({10 * self.n_bins}), and n_prototypes is {self.n_prototypes}: use at most "
                 f"{self.n_prototypes // 10} bins, or more prototypes"
             )
-        if not 0.0 < self.identified_threshold <= 1.0:
+        # a value of another type met the comparisons below as a TypeError
+        if not (_is_number(self.identified_threshold) and 0.0 < self.identified_threshold <= 1.0):
             raise SettingsError(
                 f"identified_threshold must be in (0, 1]; got {self.identified_threshold!r}"
             )
-        if not 0.0 <= self.margin < 1.0:
+        if not (_is_number(self.margin) and 0.0 <= self.margin < 1.0):
             raise SettingsError(f"margin must be in [0, 1); got {self.margin!r}")
         for name in ("kernel_gammas", "ridge_alphas"):
-            values = tuple(getattr(self, name))
-            if not values or not all(v > 0 for v in values):
-                raise SettingsError(f"{name} must be positive numbers; got {values!r}")
-            object.__setattr__(self, name, values)
+            given = getattr(self, name)
+            values = (
+                tuple(given) if isinstance(given, Iterable) and not isinstance(given, str) else ()
+            )
+            # finite too: an infinite gamma failed in the probe only after the training, and an
+            # infinite alpha predicted the mean, an R^2 of 0 for every variable
+            if not values or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
+                for v in values
+            ):
+                raise SettingsError(
+                    f"{name} must be positive finite numbers, e.g. (0.1, 1.0); got {given!r}"
+                )
+            object.__setattr__(self, name, tuple(float(v) for v in values))
 
 
 PROFILES: dict[str, TrainingSettings] = {

@@ -10,7 +10,8 @@ A run folder holds, besides ``manifest.json``:
   zero-shot run schema, ``model`` = scenario;
 - ``training_loss.csv`` (``config, step, loss``) and ``figures/*.png``;
 - ``results/<config>.json`` per finished scenario and ``checkpoints/`` while a group trains: a
-  killed run started again with the same settings resumes where it stopped.
+  killed run started again with the same settings resumes where it stopped (a result cut short or
+  edited by hand, told by the digest of its measurements, is computed again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipaudit.errors import RunFolderError, SettingsError
+from clipaudit.errors import RunFolderError, SettingsError, keyword_checked
 from clipaudit.provenance import atomic_write_text, read_table_csv, write_json, write_table
-from clipaudit.runs import RunFolder, differences
+from clipaudit.runs import RunFolder, differences, fingerprint
 from clipaudit.text import slug
 from clipaudit.theory.config import (
     LATENT_MODES,
@@ -173,8 +175,40 @@ def _with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
     return {"perturbation_covariance": legacy, **stored}
 
 
+# what a scenario's result holds besides its scenario record; its digest covers these, and the
+# scenario record is compared on its own (:func:`_stale_results`: older ones lack newer settings)
+_RESULT_FIELDS = (
+    "r2",
+    "coverage_concepts",
+    "coverage_groups",
+    "coverage_categories",
+    "awareness_concepts",
+    "awareness_groups",
+    "confusion",
+    "loss",
+    "mixing_conditions",
+    "eval_seconds",
+    "train_seconds_share",
+)
+
+
+def _result_digest(record: Mapping[str, Any]) -> str:
+    return fingerprint({key: record[key] for key in _RESULT_FIELDS})
+
+
+def _intact(record: Any) -> bool:
+    """Whether a stored result is one this code wrote, unedited: every field there, and the
+    digest of its measurements matching (results written before digests have none)."""
+    if not isinstance(record, dict) or not isinstance(record.get("scenario"), dict):
+        return False
+    if any(key not in record for key in _RESULT_FIELDS):
+        return False
+    return record.get("digest") in (None, _result_digest(record))
+
+
 def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str]:
-    """Stored results of a scenario with the same name but another data-generating process."""
+    """Stored results of a scenario with the same name but another data-generating process.
+    Damaged ones are removed, to be computed again."""
     stale = []
     for scenario in scenarios:
         path = results_dir / f"{scenario.name}.json"
@@ -182,15 +216,19 @@ def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str
             continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            # written atomically, so only a hand edit or a damaged disk cuts one short: the
-            # scenario is trained and probed again, as one that never finished
+        except (ValueError, RecursionError):
+            record = None
+        if not _intact(record):
+            # written atomically, so only a hand edit or a damaged disk cuts one short or changes
+            # a number: the scenario is trained and probed again, as one that never finished (an
+            # edited R^2 would otherwise be judged as measured)
             path.unlink()
             continue
         now = json.loads(json.dumps(scenario.to_dict()))
-        stored = _with_legacy_settings(record.get("scenario", {}))
-        # with nothing perturbed, Sigma_a never reaches the data (s~ = s exactly)
-        ignored = set() if scenario.perturbed else {"perturbation_covariance"}
+        stored = _with_legacy_settings(record["scenario"])
+        # with nothing perturbed, neither Sigma_a nor the change probability reaches the data
+        # (s~ = s exactly), and the name leaves both out
+        ignored = set() if scenario.perturbed else {"perturbation_covariance", "change_prob"}
         changed = [
             f"{key}: {stored.get(key)!r} -> {value!r}"
             for key, value in now.items()
@@ -316,6 +354,7 @@ def _check_memory(scenarios: list[Scenario], training: TrainingSettings) -> None
         )
 
 
+@keyword_checked
 def run_sweep(
     scenarios: Sequence[Scenario],
     training: TrainingSettings,
@@ -331,18 +370,33 @@ def run_sweep(
     same settings (re-judging finished scenarios under new thresholds); refuses
     (:class:`RunFolderError`) one of different settings unless ``overwrite``. ``check`` marks
     the paper's sweep, judged as a whole."""
+    if isinstance(scenarios, Scenario):
+        raise SettingsError("scenarios must be a list of Scenario(...); for one, use run_scenario")
     scenarios = list(scenarios)
     if not scenarios:
         raise SettingsError("no scenarios to run; give at least one")
-    names = [s.name for s in scenarios]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    # met otherwise as an AttributeError deep in training, after the folder is made
+    for what, value, kind, hint in (
+        *(("a scenario", s, Scenario, "Scenario(selected='1-5')") for s in scenarios),
+        ("training", training, TrainingSettings, "training_profile('quick')"),
+        ("evaluation", evaluation, EvaluationSettings, "EvaluationSettings()"),
+    ):
+        if not isinstance(value, kind):
+            raise SettingsError(
+                f"{what} must be a {kind.__name__}, e.g. {hint}; got {type(value).__name__} "
+                f"{value!r:.60}"
+            )
+    # each name counted once: names.count per name was quadratic in the number of scenarios
+    repeated = sorted(n for n, count in Counter(s.name for s in scenarios).items() if count > 1)
     if repeated:
         raise SettingsError(f"scenario {repeated[0]!r} appears more than once in the sweep")
     from clipaudit.models import resolve_device
 
     resolve_device(training.device)  # a GPU that is not there: before any folder is made
-    if threads is not None and threads < 1:
-        raise SettingsError(f"threads must be >= 1; got {threads}")
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise SettingsError(f"threads must be an integer >= 1; got {threads!r}")
     _check_memory(scenarios, training)
     callers_threads = torch.get_num_threads()
     if threads is not None:
@@ -457,6 +511,7 @@ def _train_and_evaluate(
             }
             record["eval_seconds"] = time.perf_counter() - eval_started
             record["train_seconds_share"] = (trained - group_started) / len(group)
+            record["digest"] = _result_digest(record)
             write_json(results_dir / f"{scenario.name}.json", record)
         checkpoint.unlink(missing_ok=True)
         timings["groups"].append(
@@ -590,6 +645,7 @@ def _evaluation(n_bins: int, identified_threshold: float, margin: float) -> Eval
     )
 
 
+@keyword_checked
 def run_scenario(
     out: str | Path,
     scenario: Scenario,
@@ -615,6 +671,7 @@ def run_scenario(
     )
 
 
+@keyword_checked
 def run_check(
     out: str | Path,
     profile: str = "quick",

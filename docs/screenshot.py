@@ -9,9 +9,14 @@ ROOT/report``).
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 from PIL import Image
+
+from clipaudit.provenance import atomic_write_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def main() -> None:
@@ -21,17 +26,26 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1500, help="CSS pixels of the page shown")
     parser.add_argument("--width", type=int, default=960, help="pixels of the saved image")
     args = parser.parse_args()
+    # checked first: a browser shown a missing page fails with a long playwright trace instead
+    if not args.html.is_file():
+        parser.error(f"{args.html} is no file: write the report first (clipaudit report ... --out)")
+    if not CHROMIUM.is_file():
+        parser.error(
+            f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": args.height})
         page.goto(args.html.resolve().as_uri(), wait_until="load")
-        page.screenshot(path=str(args.png))
+        shot = page.screenshot()
         browser.close()
-    image = Image.open(args.png)
+    image = Image.open(io.BytesIO(shot))
     height = round(image.height * args.width / image.width)
-    image.convert("RGB").resize((args.width, height), Image.LANCZOS).save(args.png, optimize=True)
+    png = io.BytesIO()
+    image.convert("RGB").resize((args.width, height), Image.LANCZOS).save(png, "PNG", optimize=True)
+    atomic_write_bytes(args.png, png.getvalue())  # the README's image: replaced whole, or kept
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ gives that group's awareness against its coverage: a dose-response curve. The ru
     RUN/coverage/   RUN/zeroshot/   RUN/report/     the audit's stages
     RUN/demo.png    caption coverage against awareness, per group (the README's figure)
     RUN/groups.csv  per group: chosen rates, true mention rate, measured coverage, macro-F1, chance
-    RUN/sweep/      with a sweep: per rate its captions, model and coverage; one zero-shot run of
-                    all rates; dose_response.csv and dose_response.png
+    RUN/sweep/      with a sweep: per rate its captions (of RUN/world's pictures), model and
+                    coverage; one zero-shot run of all rates; dose_response.csv and .png
+
+Run again, a demo redoes only what is missing: a complete one is returned as it is, its manifest
+(times and timings) untouched; the stages an earlier run made are printed and recorded as reused.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import SettingsError, check_arguments, keyword_checked
+from clipaudit.errors import SettingsError, check_arguments, did_you_mean, keyword_checked
 from clipaudit.world.settings import WORLD_GROUPS, WORLD_REGISTRY, TrainSettings, WorldSettings
-from clipaudit.world.sweep import sweep_rate_values
+from clipaudit.world.sweep import RATE_KINDS, sweep_rate_values
+from clipaudit.world.world import RenderedWorld
 
 N_STAGES = 5
 DEFAULT_SWEEP_RATES = (0.0, 0.05, 0.2, 0.5, 1.0)
@@ -59,15 +63,14 @@ class DemoSettings:
                 f"{self.sweep_rates!r:.60}"
             )
         if self.sweep is not None and self.sweep not in WORLD_GROUPS:
-            from clipaudit.errors import did_you_mean
-
             raise SettingsError(
                 f"--sweep: expected one of the world's groups {', '.join(WORLD_GROUPS)}, got "
                 f"{self.sweep!r}{did_you_mean(str(self.sweep), WORLD_GROUPS)}"
             )
-        if self.sweep_kind not in ("selection", "perturbation"):
+        if self.sweep_kind not in RATE_KINDS:
             raise SettingsError(
                 f"sweep kind must be selection or perturbation, got {self.sweep_kind!r}"
+                f"{did_you_mean(str(self.sweep_kind), RATE_KINDS)}"
             )
         object.__setattr__(self, "sweep_rates", tuple(self.sweep_rates))
         if self.sweep is not None:  # checked before the main demo, not after it
@@ -119,16 +122,30 @@ def run_demo(
     out = Path(out)
     with RunFolder(out, "demo", settings.describe(), overwrite=overwrite) as folder:
         fresh = folder.restarted is not None
+        seconds: dict[str, float] = {}
+        # the stages taken as an earlier session left them -> the seconds their records give
+        reused: dict[str, float | None] = {}
+
+        # no verb in the stage lines: whether a stage is done or taken from an earlier session
+        # is known only once it returns, and said then
         clock = time.perf_counter()
-        echo(f"1/{N_STAGES} world: rendering {settings.world.n_train:,} captioned pictures")
+        echo(f"1/{N_STAGES} world: {settings.world.n_train:,} captioned pictures")
         world = render_world_run(settings.world, out / "world", overwrite=fresh)
-        world_s = time.perf_counter() - clock
+        seconds["world_s"] = time.perf_counter() - clock
+        if world.reused:
+            reused["world"] = _recorded_seconds(world.manifest, "session_seconds")
+            echo("    reused: rendered by an earlier run")
 
         clock = time.perf_counter()
-        echo(f"2/{N_STAGES} model: training a tiny OpenCLIP for {settings.train.steps:,} steps")
+        echo(f"2/{N_STAGES} model: a tiny OpenCLIP, {settings.train.steps:,} training steps")
         with _StepBar("training", progress) as bar:
             model = train_world_model(world.world, out / "model", settings.train, progress=bar)
-        train_s = time.perf_counter() - clock
+        seconds["train_s"] = time.perf_counter() - clock
+        if model.reused:
+            reused["model"] = _recorded_seconds(model.record, "total_s")
+            echo("    reused: trained by an earlier run")
+        elif model.record.get("resumed_from_step"):
+            echo(f"    resumed from the checkpoint at step {model.record['resumed_from_step']:,}")
 
         if _recorded_elsewhere(out, world.world.eval_path):
             # the demo was moved or copied: its zero-shot stage names the old folder's pictures,
@@ -150,20 +167,104 @@ def run_demo(
             n_stages=N_STAGES,
         )
         audit.world = world
+        seconds.update(audit.manifest["timings"])
+        audited = [
+            stage for stage in ("coverage", "zeroshot", "report") if getattr(audit, stage).reused
+        ]
+        for stage in audited:
+            reused[stage] = _recorded_seconds(getattr(audit, stage).manifest, "session_seconds")
+        if audited:
+            echo(f"    reused from an earlier run: {', '.join(audited)}")
+        sweep = None
+        if settings.sweep is not None:
+            echo(f"sweep: one model per {settings.sweep_kind} rate of {settings.sweep}")
+            clock = time.perf_counter()
+            sweep, sweep_reused = run_sweep(settings, out / "sweep", progress, world.world)
+            seconds["sweep_s"] = time.perf_counter() - clock
+            if sweep_reused:
+                reused["sweep"] = None
+                echo("    reused: trained and measured by an earlier run")
+
+        outputs = demo_outputs(settings)
+        if (
+            folder.was_complete
+            and set(reused) == set(_STAGE_SECONDS) - ({"sweep"} if sweep is None else set())
+            and all((out / name).is_file() for name in outputs)
+        ):
+            # this very demo, whole: its manifest keeps the figures of the run that made it
+            previous = folder.previous or {}
+            echo(
+                f"the demo in {out} was already complete: nothing was redone (its results are "
+                f"those of the run started {previous.get('started', '?')})"
+            )
+            audit.manifest = previous
+            return audit
+
         table = group_table(world, audit)
         write_group_outputs(table, out)
         # the page a newcomer opens, at the top of the demo's folder (self-contained: a copy)
         atomic_write_bytes(out / "report.html", audit.html_path.read_bytes())
         fields = dict(audit.manifest)
-        fields["timings"] = {"world_s": round(world_s, 3), "train_s": round(train_s, 3)}
-        fields["timings"].update(audit.manifest["timings"])
+        fields["timings"] = _stage_timings(seconds, reused, folder.previous)
+        fields["reused"] = list(reused)
+        fields["outputs"] = outputs
         fields["groups"] = table.to_dict("records")
         fields["spearman_true_mentions_awareness"] = spearman(table)
-        if settings.sweep is not None:
-            echo(f"sweep: one model per {settings.sweep_kind} rate of {settings.sweep}")
-            fields["sweep"] = run_sweep(settings, out / "sweep", progress).to_dict("records")
+        if sweep is not None:
+            fields["sweep"] = sweep.to_dict("records")
         audit.manifest = folder.complete(**fields)
         return audit
+
+
+# a stage's seconds in the demo's manifest
+_STAGE_SECONDS = {
+    "world": "world_s",
+    "model": "train_s",
+    "coverage": "coverage_s",
+    "zeroshot": "zeroshot_s",
+    "report": "report_s",
+    "sweep": "sweep_s",
+}
+
+
+def _stage_timings(
+    seconds: dict[str, float], reused: dict[str, float | None], previous: dict[str, Any] | None
+) -> dict[str, float]:
+    """Seconds per stage: this session's for the stages it ran; for a stage an earlier session
+    made, that session's figure (the earlier demo's, else the stage's own record), not the
+    moment it took to find it done."""
+    earlier = (previous or {}).get("timings")
+    earlier = earlier if isinstance(earlier, dict) else {}
+    timings = {key: round(value, 3) for key, value in seconds.items()}
+    for stage, own in reused.items():
+        key = _STAGE_SECONDS[stage]
+        recorded = _seconds(earlier.get(key))
+        if recorded is None:
+            recorded = own
+        if recorded is not None:
+            timings[key] = recorded
+    return timings
+
+
+def _recorded_seconds(record: Any, key: str) -> float | None:
+    """``record["timings"][key]`` when it is a number of seconds (records are read from disk)."""
+    timings = record.get("timings") if isinstance(record, dict) else None
+    return _seconds(timings.get(key) if isinstance(timings, dict) else None)
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def demo_outputs(settings: DemoSettings) -> list[str]:
+    """The files a complete demo holds at its top and in its sweep (a deleted one is made
+    again)."""
+    outputs = ["groups.csv", "demo.png", "report.html"]
+    if settings.sweep is not None:
+        outputs += ["sweep/dose_response.csv", "sweep/dose_response.png"]
+    return outputs
 
 
 def _recorded_elsewhere(out: Path, eval_path: Path) -> bool:
@@ -309,10 +410,13 @@ def demo_figure(table: Any) -> bytes:
 # --------------------------------------------------------------------------- the dose-response sweep
 
 
-def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
-    """One model per rate of the swept group (clipaudit.world.sweep), each rate's coverage
-    counted and all models' awareness measured in one zero-shot run; writes
-    ``dose_response.csv`` and ``dose_response.png``; returns the table."""
+def run_sweep(
+    settings: DemoSettings, out: Path, progress: bool, pictures: RenderedWorld | None = None
+) -> tuple[Any, bool]:
+    """One model per rate of the swept group (clipaudit.world.sweep) on ``pictures`` (the
+    demo's world; None: rendered into ``out/world``), each rate's coverage counted and all
+    models' awareness measured in one zero-shot run; writes ``dose_response.csv`` and
+    ``dose_response.png``; returns the table and whether an earlier run had made all of it."""
     import pandas as pd
 
     from clipaudit.coverage import count_coverage
@@ -338,6 +442,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
             settings.train,
             kind=kind,
             progress=report,
+            pictures=pictures,
         )
     specs = [ModelSpec(str(p.model.config), str(p.model.checkpoint)) for p in sweep.points]
     aware = run_zeroshot(
@@ -355,6 +460,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
     )
     scores = aware.groups.set_index("model")
     rows = []
+    reused = aware.reused and all(point.model.reused for point in sweep.points)
     for point, spec in zip(sweep.points, specs, strict=True):
         covered = count_coverage(
             [point.world.captions_path],
@@ -362,6 +468,7 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
             out / f"coverage-{kind}-{point.rate:g}",
             progress=False,
         )
+        reused = reused and covered.reused
         rates = point.world.info["rates"][group]
         rows.append(
             {
@@ -375,9 +482,11 @@ def run_sweep(settings: DemoSettings, out: Path, progress: bool) -> Any:
             }
         )
     table = pd.DataFrame(rows)
-    write_table(table, out / "dose_response", ("csv",))
-    atomic_write_bytes(out / "dose_response.png", dose_response_figure(table, group, kind))
-    return table
+    written = all((out / name).is_file() for name in ("dose_response.csv", "dose_response.png"))
+    if not (reused and written):
+        write_table(table, out / "dose_response", ("csv",))
+        atomic_write_bytes(out / "dose_response.png", dose_response_figure(table, group, kind))
+    return table, reused
 
 
 def dose_response_figure(table: Any, group: str, kind: str) -> bytes:
@@ -404,8 +513,11 @@ def dose_response_figure(table: Any, group: str, kind: str) -> bytes:
 
 def parse_rates(text: str) -> tuple[float, ...]:
     """``--rates 0,0.05,0.2``: comma-separated rates in [0, 1]."""
+    parts = text.split(",")
+    if parts[-1].strip() == "":  # "0,1," as "0,1"; an empty part before the end is a lost rate
+        parts.pop()
     try:
-        rates = tuple(float(part) for part in text.split(",") if part.strip())
+        rates = tuple(float(part) for part in parts)
     except ValueError:
         raise SettingsError(f"--rates: expected numbers such as 0,0.05,0.2; got {text!r}") from None
     if not rates or any(not 0 <= r <= 1 for r in rates):
@@ -419,10 +531,8 @@ def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSetti
         key, sep, value = item.partition("=")
         group, _, which = key.strip().partition(".")
         which = which or "selection"
-        if not sep or which not in ("selection", "perturbation"):
-            from clipaudit.errors import did_you_mean
-
-            hint = did_you_mean(which, ("selection", "perturbation")) if sep else ""
+        if not sep or which not in RATE_KINDS:
+            hint = did_you_mean(which, RATE_KINDS) if sep else ""
             raise SettingsError(
                 "--set: expected GROUP=RATE or GROUP.selection=RATE or GROUP.perturbation=RATE, "
                 f"e.g. Texture=0.5; got {item!r}{hint}"

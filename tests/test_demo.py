@@ -195,6 +195,18 @@ def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path,
     assert table["chance"].tolist() == [pytest.approx(1 / 3)] * 2
     assert (tmp_path / "run" / "sweep" / "dose_response.png").stat().st_size > 1000
     assert [row["rate"] for row in result.manifest["sweep"]] == [0, 1]
+    # the sweep's captions describe the demo's own pictures: they were not rendered twice
+    assert not (tmp_path / "run" / "sweep" / "world").exists()
+    assert len(list((tmp_path / "run").rglob("train_images.npy"))) == 1
+    recorded = json.loads((tmp_path / "run" / "sweep" / "selection-1" / "world.json").read_text())
+    pictures = tmp_path / "run" / "sweep" / "selection-1" / recorded["files"]["train_images"]
+    assert pictures.resolve() == (tmp_path / "run" / "world" / "train_images.npy").resolve()
+    # run again: nothing redone, the sweep included
+    manifest = (tmp_path / "run" / "manifest.json").read_bytes()
+    lines: list[str] = []
+    run_demo(tmp_path / "run", settings, progress=False, echo=lines.append)
+    assert (tmp_path / "run" / "manifest.json").read_bytes() == manifest
+    assert "already complete" in lines[-1]
     # moved, it runs again (its sweep's zero-shot run recorded the old folder's pictures)
     import shutil
 
@@ -256,3 +268,66 @@ def test_rarely_captioned_groups_are_the_ones_not_learned(tmp_path):
 def test_sweep_rates_are_checked_before_the_main_demo(rates, message):
     with pytest.raises(SettingsError, match=message):
         DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=rates)
+
+
+def test_a_complete_demo_run_again_is_left_as_it_was_and_says_so(tiny_demo):
+    """Run again, a complete demo printed "rendering" and "training" for stages it did not redo,
+    and rewrote its manifest with the rerun's start time and seconds."""
+    out = tiny_demo.out
+    manifest = (out / "manifest.json").read_bytes()
+    figure = (out / "demo.png").stat().st_mtime_ns
+    lines: list[str] = []
+    again = run_demo(out, TINY, progress=False, echo=lines.append)
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert (out / "demo.png").stat().st_mtime_ns == figure
+    assert again.manifest == json.loads(manifest)
+    assert not [line for line in lines if "rendering" in line or "training a" in line]
+    assert "    reused: rendered by an earlier run" in lines
+    assert "    reused: trained by an earlier run" in lines
+    assert lines[-1].startswith(f"the demo in {out} was already complete: nothing was redone")
+
+
+def test_a_killed_demo_resumes_and_records_what_it_reused(tmp_path, monkeypatch):
+    """Killed during training, the demo resumed from the checkpoint; what it reused is printed
+    and recorded, with the seconds of the run that made it, not those of finding it done."""
+    import clipaudit.demo as demo_module
+
+    def killed_at_step_11(self, step, steps, loss, **postfix):
+        if step == 11:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(demo_module._StepBar, "__call__", killed_at_step_11)
+        with pytest.raises(KeyboardInterrupt):
+            quiet(out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    lines: list[str] = []
+    resumed = run_demo(out, TINY, progress=False, echo=lines.append)
+    assert "    reused: rendered by an earlier run" in lines
+    assert "    resumed from the checkpoint at step 10" in lines  # checkpoint_every=5
+    world = json.loads((out / "world" / "manifest.json").read_text())
+    assert resumed.manifest["reused"] == ["world"]
+    assert resumed.manifest["timings"]["world_s"] == world["timings"]["session_seconds"]
+
+    # a figure deleted: made again, every stage reused with the seconds the demo recorded
+    first = resumed.manifest["timings"]
+    (out / "demo.png").unlink()
+    with pytest.raises(RunFolderError, match=r"output 'demo.png' is gone"):
+        load_run(out)  # the manifest lists it: no complete demo without it
+    lines.clear()
+    again = run_demo(out, TINY, progress=False, echo=lines.append)
+    assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    assert again.manifest["reused"] == ["world", "model", "coverage", "zeroshot", "report"]
+    for key in ("world_s", "train_s", "coverage_s", "zeroshot_s", "report_s"):
+        assert again.manifest["timings"][key] == first[key], key
+    assert "    reused from an earlier run: coverage, zeroshot, report" in lines
+
+
+def test_a_rate_lost_between_commas_is_refused_not_dropped():
+    """--rates 0,,1 swept two rates, as if 0,1 had been asked for."""
+    with pytest.raises(SettingsError, match=r"--rates: expected numbers .*got '0,,1'"):
+        parse_rates("0,,1")
+    assert parse_rates("0,1,") == (0.0, 1.0)  # a trailing comma loses nothing
+    with pytest.raises(SettingsError, match=r"got 'perturbaton' \(did you mean 'perturbation'"):
+        DemoSettings(sweep="Texture", sweep_kind="perturbaton")

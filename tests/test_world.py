@@ -177,6 +177,20 @@ def test_world_render_prints_whole_names_and_the_chosen_rates_in_80_columns(
     assert "under-captioned" in rows["Size"] and "nuisance" in rows["Post-processing"]
     assert [cell.strip() for cell in rows["Size"].split("│")][3] == "0.5%"
     assert [cell.strip() for cell in rows["Background"].split("│")][5] == "12.5%"
+    assert "already complete" not in capsys.readouterr().out
+    # the same command again renders nothing, and says so
+    mark = (tmp_path / "w" / "train_images.npy").stat().st_mtime_ns
+    cli_world.render(
+        out=tmp_path / "w",
+        seed=0,
+        set_rates=["Size=0.005", "Background.perturbation=0.125"],
+        overwrite=False,
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        printed[-1] == f"the world in {tmp_path / 'w'} was already complete: nothing was rendered"
+    )
+    assert (tmp_path / "w" / "train_images.npy").stat().st_mtime_ns == mark
 
 
 def _rates() -> dict[str, float]:
@@ -507,11 +521,12 @@ def test_a_finished_training_is_returned_and_other_settings_refused(tmp_path, tr
 
 @pytest.mark.parametrize(
     "damage",
-    ["cut", "deep", "files", "gone"],
+    ["cut", "deep", "files", "gone", "checkpoint"],
 )
 def test_a_damaged_training_record_trains_again(tmp_path, trained_tiny, damage):
     """A record that is no JSON, nests past the parser, names files that leave the folder, or
-    whose checkpoint is gone proves no finished model: the same seed trains the same one."""
+    whose checkpoint is gone or damaged (it was returned, and the zero-shot stage refused it as
+    no checkpoint) proves no finished model: the same seed trains the same one."""
     import shutil
 
     world = open_world(trained_tiny.record["world"])
@@ -526,8 +541,13 @@ def test_a_damaged_training_record_trains_again(tmp_path, trained_tiny, damage):
         text = json.loads(record.read_text())
         text["files"]["checkpoint"] = "../elsewhere.safetensors"
         record.write_text(json.dumps(text))
-    else:
+    elif damage == "gone":
         (out / trained_tiny.checkpoint.name).unlink()
+    else:
+        checkpoint = out / trained_tiny.checkpoint.name
+        data = bytearray(checkpoint.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        checkpoint.write_bytes(bytes(data))
     steps: list[int] = []
     again = train_world_model(world, out, TINY_TRAIN, progress=lambda s, *a: steps.append(s))
     assert steps == list(range(1, TINY_TRAIN.steps + 1))
@@ -622,3 +642,41 @@ def test_a_model_name_stays_inside_its_folder(tiny_world, tmp_path):
         with pytest.raises(SettingsError, match="a model name is a plain file name"):
             train_world_model(tiny_world, tmp_path / "model", TINY_TRAIN, name=name)
     assert not (tmp_path.parent / "escaped.json").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_with_its_path_and_the_fix(tmp_path, tiny_world):
+    """A cut train_state.safetensors stopped the training with safetensors' bare
+    SafetensorError, naming no file."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(step: int, steps: int, loss: float) -> None:
+        if step == 7:
+            raise Killed
+
+    out = tmp_path / "model"
+    with pytest.raises(Killed):
+        train_world_model(tiny_world, out, TINY_TRAIN, progress=kill_at_step_7)
+    state = out / STATE_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(RunFolderError, match=r"train_state.safetensors' is damaged .*delete it"):
+        train_world_model(tiny_world, out, TINY_TRAIN)
+    assert state.is_file()  # left for the user to look at
+
+
+def test_a_sweep_on_given_pictures_renders_none_and_rewrites_no_caption(tmp_path, tiny_world):
+    """The demo's sweep rendered the demo's pictures a second time into sweep/world, and every
+    rerun rewrote each rate's captions, which the coverage stage then counted again."""
+    train = dataclasses.replace(TINY_TRAIN, steps=2, checkpoint_every=100)
+    out = tmp_path / "sweep"
+    sweep = sweep_rates(TINY_WORLD, "Size", [1.0], out, train, pictures=tiny_world)
+    assert not (out / "world").exists() and sweep.pictures == tiny_world
+    assert sweep.points[0].world.images_path == tiny_world.images_path
+    captions = sweep.points[0].world.captions_path
+    written = captions.stat().st_mtime_ns
+    again = sweep_rates(TINY_WORLD, "Size", [1.0], out, train, pictures=tiny_world)
+    assert captions.stat().st_mtime_ns == written and again.points[0].model.reused
+    other = dataclasses.replace(TINY_WORLD, seed=1)
+    with pytest.raises(SettingsError, match="holds pictures of other world settings"):
+        sweep_rates(other, "Size", [1.0], tmp_path / "other", train, pictures=tiny_world)

@@ -50,6 +50,8 @@ def render(
     console.print(table)
     typer.echo(f"captions: {run.world.captions_path}")
     typer.echo(f"held-out pictures: {run.world.eval_path}")
+    if run.reused:
+        typer.echo(f"the world in {out} was already complete: nothing was rendered")
 
 
 def chosen_rate(value: float) -> str:

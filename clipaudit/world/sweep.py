@@ -2,11 +2,13 @@
 
 Every model sees the same pictures in the same order from the same initial weights; only the
 captions of the swept group change. The pictures and the held-out set are rendered once into
-``out/world/``; each rate gets its captions and its model in ``out/selection-<rate>/`` (or
-``perturbation-<rate>``), so a killed sweep resumes where it stopped (finished rates are kept,
-the interrupted one resumes from its checkpoint). The models share one architecture (the context
-holds the longest caption of any rate) and are named by their rate
-(``miniworld-clip-selection-0.05``), so a zero-shot run can take them all side by side.
+``out/world/``, or taken from a world already rendered with the same settings (``pictures``: the
+demo's own, so that they are not rendered twice); each rate gets its captions and its model in
+``out/selection-<rate>/`` (or ``perturbation-<rate>``), so a killed sweep resumes where it stopped
+(finished rates and their captions are kept, the interrupted one resumes from its checkpoint).
+The models share one architecture (the context holds the longest caption of any rate) and are
+named by their rate (``miniworld-clip-selection-0.05``), so a zero-shot run can take them all side
+by side.
 
 The rates' captions are coupled: caption ``i`` draws the same uniform numbers at every rate, so a
 caption that mentions the group at rate 0.2 also mentions it at rate 0.5.
@@ -20,12 +22,13 @@ a loop, and the step is bound by arithmetic, not by per-operation overhead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipaudit.errors import SettingsError
+from clipaudit.errors import InputError, SettingsError
 from clipaudit.world.settings import TrainSettings, WorldSettings, _group_name, _number
 from clipaudit.world.training import (
     DEFAULT_NAME,
@@ -83,30 +86,33 @@ def sweep_rates(
     kind: str = "selection",
     name: str = DEFAULT_NAME,
     progress: SweepProgress | None = None,
+    pictures: RenderedWorld | None = None,
 ) -> Sweep:
     """Train one model per ``rates`` value of ``group``'s ``kind`` rate, all else as in
-    ``settings``; returns per-rate worlds and checkpoints (see the module docstring)."""
+    ``settings``; returns per-rate worlds and checkpoints (see the module docstring).
+    ``pictures``: a world rendered with ``settings`` whose pictures every rate shares, instead of
+    rendering them into ``out_dir/world``."""
     _group_name(group, "sweep group")
     if kind not in RATE_KINDS:
         raise SettingsError(f"sweep kind must be one of {', '.join(RATE_KINDS)}, got {kind!r}")
     values = sweep_rate_values(rates, kind)
 
     out = Path(out_dir)
-    pictures_dir = out / "world"
-    if (pictures_dir / "world.json").is_file():
-        pictures = open_world(pictures_dir)
-        if pictures.info["settings"] != settings.describe():
-            raise SettingsError(
-                f"{str(pictures_dir)!r} holds pictures of other world settings; "
-                "choose another folder for this sweep"
-            )
-    else:
-        pictures = render_world(settings, pictures_dir)
+    fix = "give pictures rendered with the sweep's world settings"
+    if pictures is None:
+        fix = "choose another folder for this sweep"
+        pictures_dir = out / "world"
+        if (pictures_dir / "world.json").is_file():
+            pictures = open_world(pictures_dir)
+        else:
+            pictures = render_world(settings, pictures_dir)
+    if pictures.info["settings"] != settings.describe():
+        raise SettingsError(f"{str(pictures.path)!r} holds pictures of other world settings; {fix}")
 
     worlds = []
     for rate in values:
         changed = settings.with_misalignment(group, **{kind: rate})
-        worlds.append(recaption_world(pictures, changed, out / f"{kind}-{rate:g}"))
+        worlds.append(_recaptioned(pictures, changed, out / f"{kind}-{rate:g}"))
     if train.context_length is None:
         longest = max(fitting_context(load_captions(world)) for world in worlds)
         train = dataclasses.replace(train, context_length=longest)
@@ -117,6 +123,23 @@ def sweep_rates(
         model = train_world_model(world, world.path, train, name=model_name, progress=report)
         points.append(SweepPoint(rate, world, model))
     return Sweep(group, kind, pictures, tuple(points))
+
+
+def _recaptioned(pictures: RenderedWorld, settings: WorldSettings, folder: Path) -> RenderedWorld:
+    """The captions of ``settings`` for ``pictures`` in ``folder``: those an earlier sweep wrote
+    there, else written now (rewritten, they would be new files to every stage that reads them,
+    and a resumed sweep would count their coverage again)."""
+    with contextlib.suppress(InputError, KeyError, TypeError):  # none there, or hand-edited
+        earlier = open_world(folder)
+        if (
+            earlier.info["settings"] == settings.describe()
+            and earlier.info.get("registry") == pictures.info.get("registry")
+            and earlier.images_path == pictures.images_path
+            and earlier.eval_path == pictures.eval_path
+            and earlier.captions_path.is_file()
+        ):
+            return earlier
+    return recaption_world(pictures, settings, folder)
 
 
 def _reporter(progress: SweepProgress, rate: float) -> Callable[[int, int, float], None]:

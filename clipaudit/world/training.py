@@ -13,13 +13,14 @@ one fused kernel.
 - ``<name>.json``: the open_clip model config (``--model`` takes it), ``<name>.safetensors``: the
   weights (``--pretrained`` takes it); :func:`clipaudit.models.load_model` opens the pair;
 - ``train_log.csv``: step, loss, learning rate and logit scale of every step;
-- ``training.json``: settings, world, timings, and ``status`` (``complete`` at the end);
+- ``training.json``: settings, world, timings, the checkpoint's sha256 (a checkpoint damaged
+  since is trained again) and ``status`` (``complete`` at the end);
 - while training, ``train_state.safetensors`` every ``checkpoint_every`` steps (model, optimiser
   and log; written atomically, without pickle). A killed training called again with the same
   settings resumes from it and ends with the same weights as an uninterrupted one on the same
   number of threads: the batch of every step is a function of the seed and the step alone, and
   nothing else draws random numbers (a different thread count sums in another order, which moves
-  weights by about 1e-6).
+  weights by about 1e-6). A damaged one is refused with its path and the fix.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, RunFolderError, SettingsError
-from clipaudit.provenance import atomic_write_bytes, atomic_write_text, base_manifest, write_json
+from clipaudit.errors import InputError, RunFolderError, SettingsError, one_line
+from clipaudit.provenance import (
+    atomic_write_bytes,
+    atomic_write_text,
+    base_manifest,
+    sha256_file,
+    write_json,
+)
 from clipaudit.text import slug
 from clipaudit.world.settings import TrainSettings
 from clipaudit.world.world import RenderedWorld
@@ -66,6 +73,7 @@ class TrainedModel:
     checkpoint: Path
     log: Path
     record: dict[str, Any]
+    reused: bool = False  # the folder already held this finished model: nothing was trained
 
     @property
     def losses(self) -> list[float]:
@@ -373,6 +381,7 @@ def train_world_model(
     checkpoint_path = out / f"{name}.safetensors"
     atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
     atomic_write_bytes(checkpoint_path, _safetensors_bytes(_cpu_state(model)))
+    checkpoint_sha256 = sha256_file(checkpoint_path)  # what a later call checks it is still
     _write_log(out / LOG_FILE, log)
     record = base_manifest("world-training", LIBRARIES)
     record.update(
@@ -380,6 +389,7 @@ def train_world_model(
         identity=identity,
         name=name,
         files={"config": config_path.name, "checkpoint": checkpoint_path.name, "log": LOG_FILE},
+        checkpoint_sha256=checkpoint_sha256,
         world=str(world.path),
         device=str(device),
         threads=threads.threads,
@@ -431,7 +441,10 @@ def _finished(out: Path, name: str, identity: dict) -> TrainedModel | None:
             f"{str(out)!r} holds a model trained with other settings or on another world; "
             "choose another folder"
         )
-    return TrainedModel(*paths, record)
+    recorded = record.get("checkpoint_sha256")  # records before it was kept: taken as they are
+    if isinstance(recorded, str) and sha256_file(paths[1]) != recorded:
+        return None  # a damaged checkpoint: as the files gone, trained again from its seed
+    return TrainedModel(*paths, record, reused=True)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -475,33 +488,40 @@ def _resume(
     log: np.ndarray,
 ) -> int:
     """Load ``train_state.safetensors`` into model, optimiser and log; the step to go on from."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = out / STATE_FILE
     if not path.is_file():
         return 0
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if json.loads(metadata.get("identity", "null")) != json.loads(json.dumps(identity)):
-            raise RunFolderError(
-                f"{str(path)!r} is the checkpoint of a training with other settings or on another "
-                "world; choose another folder, or delete it to start over"
-            )
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    device = next(model.parameters()).device
-    model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    )
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value.to(device)
-    saved = optimizer.state_dict()
-    saved["state"] = state
-    optimizer.load_state_dict(saved)
-    step = int(metadata["step"])
-    log[:step] = tensors["log"].numpy()
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if json.loads(metadata.get("identity", "null")) != json.loads(json.dumps(identity)):
+                raise RunFolderError(
+                    f"{str(path)!r} is the checkpoint of a training with other settings or on "
+                    "another world; choose another folder, or delete it to start over"
+                )
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        device = next(model.parameters()).device
+        model.load_state_dict(
+            {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value.to(device)
+        saved = optimizer.state_dict()
+        saved["state"] = state
+        optimizer.load_state_dict(saved)
+        step = int(metadata["step"])
+        log[:step] = tensors["log"].numpy()
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        # cut by a full disk or a crash, or edited: what it held is lost, the seed is not
+        raise RunFolderError(
+            f"{str(path)!r} is damaged ({one_line(exc)}), so the training cannot resume from it; "
+            "delete it and run the same command again to train from step 0"
+        ) from None
     return step
 
 

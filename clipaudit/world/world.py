@@ -360,6 +360,7 @@ class WorldRun:
     out: Path
     world: RenderedWorld
     manifest: dict[str, Any]
+    reused: bool = False  # the folder already held this complete world: nothing was rendered
 
     @property
     def rates(self) -> pd.DataFrame:
@@ -398,7 +399,7 @@ def render_world_run(
         ) and all((folder.path / EVAL_DIR / group).is_dir() for group in WORLD_GROUPS)
         if folder.was_complete and whole:
             with contextlib.suppress(InputError):  # a damaged world.json: rendered again
-                return WorldRun(folder.path, open_world(folder.path), folder.previous)
+                return WorldRun(folder.path, open_world(folder.path), folder.previous, True)
         world = render_world(settings, folder.path)
         info = world.info
         manifest = folder.complete(

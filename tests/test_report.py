@@ -756,7 +756,14 @@ def test_when_nothing_joins_the_report_fails_and_says_why(audit_runs, tmp_path):
     counts = summary["mismatch_counts"]
     assert counts["concept_without_coverage"] == 16  # every scored concept
     assert counts["concept_without_images"] == 49  # every concept of the imaged groups
-    assert "n = 0 &lt; 3 points" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "n = 0 &lt; 3 points" in page
+    # said on top, before the first section: the page alone looked like an audit of 0 concepts
+    banner = page.index("This report failed: no concept has both coverage and awareness")
+    assert banner < page.index('id="glance"') and summary["notes"][0].startswith(
+        "This report failed"
+    )
+    assert "This report failed" in (out / "report.md").read_text()
 
 
 def test_a_corpus_without_captions_is_refused(audit_runs, tmp_path):

@@ -233,10 +233,17 @@ def build_report(
         summary["title"] = title or _default_title(collected)
         summary["generated_by"] = {"clipaudit": __version__}
         summary["mismatch_summary"] = _mismatch_summary(summary["mismatches"])
+        joined = any(pair["n_concepts"] for pair in summary["pairs"])
+        if not joined:  # said at the top of the page, which otherwise looks like an empty audit
+            summary["notes"] = [
+                "This report failed: no concept has both coverage and awareness in any pair of "
+                "a corpus and a model; the mismatches below say what did not join.",
+                *summary["notes"],
+            ]
         figures, images = _draw(collected, tables, summary, out / "figures", progress)
         written = _write_tables(tables, out / "tables")
         _render(summary, images, out)
-        if not any(pair["n_concepts"] for pair in summary["pairs"]):
+        if not joined:
             # the page stays, listing the mismatches; the run is marked failed
             raise InputError(
                 "nothing to report: no concept has both coverage and awareness in any pair "

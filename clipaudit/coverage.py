@@ -655,6 +655,17 @@ def _nothing_read(manifest: dict[str, Any], in_memory: bool) -> str:
             f"({reasons}); give caption strings (None or NaN is no caption; one longer than "
             "max_caption_chars is skipped)"
         )
+    if manifest["n_rows"] == 0:  # no column to name: its files hold nothing
+        return (
+            "no caption was read: the corpus holds 0 rows (its files are empty); count a corpus "
+            "that has captions"
+        )
+    if all(i.get("kind") == "txt" for i in manifest["inputs"]):  # lines, not columns
+        return (
+            f"no caption was read: the corpus holds {manifest['n_rows']:,} lines, all skipped "
+            f"({reasons}); a text file holds one UTF-8 caption per line, each at most "
+            "--max-chars characters"
+        )
     columns = sorted({c["caption"] for i in manifest["inputs"] for c in i.get("columns", [])})
     return (
         f"no caption was read: the corpus holds {manifest['n_rows']:,} rows"

@@ -461,6 +461,21 @@ def missing_outputs(path: str | os.PathLike, manifest: Mapping[str, Any]) -> lis
     return [name for name in listed if isinstance(name, str) and not (Path(path) / name).is_file()]
 
 
+def not_complete(what: str, manifest: Mapping[str, Any]) -> str:
+    """Why the run ``what`` names cannot be read (its manifest's status and reason), and the fix:
+    a failed run's reason says its own (an empty corpus is not fixed by resuming), a run killed
+    while running resumes."""
+    status = manifest.get("status")
+    reason = manifest.get("reason")
+    if status == "failed" and reason:
+        return f"{what} that failed ({reason}), not complete; do what its reason says"
+    why = f" ({reason})" if reason else ""
+    return (
+        f"{what} that is {status}{why}, not complete; run the command that wrote it again to "
+        "resume it"
+    )
+
+
 def run_kind(manifest: Mapping[str, Any]) -> Any:
     """The manifest's run kind (an old name mapped to today's); whatever it holds when that is
     not a name."""
@@ -478,13 +493,8 @@ def load_run(path: str | os.PathLike) -> Any:
         raise RunFolderError(
             f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}"
         )
-    status = manifest.get("status", "complete")  # manifests before the contract: written at the end
-    if status != "complete":
-        why = f" ({manifest['reason']})" if manifest.get("reason") else ""
-        raise RunFolderError(
-            f"{path} holds a {kind} run that is {status}{why}, not complete; run the command "
-            "that wrote it again to resume it"
-        )
+    if manifest.get("status", "complete") != "complete":  # manifests before the contract: complete
+        raise RunFolderError(not_complete(f"{path} holds a {kind} run", manifest))
     missing = missing_outputs(path, manifest)
     if missing:  # deleted by hand: the same command writes them again (RunFolder.was_complete)
         raise RunFolderError(

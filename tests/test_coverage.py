@@ -601,9 +601,22 @@ def test_a_run_that_reads_no_caption_is_failed_and_says_why(tiny, tmp_path):
         run([path], tiny, out, column="id")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "--column" in manifest["reason"]
+    # read back, it says why and the fix it holds, not "run it again to resume it"
+    from clipaudit.runs import load_run
+
+    with pytest.raises(
+        RunFolderError,
+        match=r"failed \(no caption was read.*--column.*\), not complete; do what its reason says$",
+    ):
+        load_run(out)
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(RunFailedError, match="holds 0 rows"):
+    with pytest.raises(RunFailedError, match=r"holds 0 rows \(its files are empty\)") as err:
         run([tmp_path / "empty.txt"], tiny, tmp_path / "empty-run")
+    assert "--column" not in str(err.value)  # a text file has no columns to name
+    (tmp_path / "long.txt").write_text("a red cat on a mat\n" * 2)
+    with pytest.raises(RunFailedError, match=r"holds 2 lines, all skipped \(2 too_long\)") as err:
+        run([tmp_path / "long.txt"], tiny, tmp_path / "long-run", max_caption_chars=5)
+    assert "--max-chars" in str(err.value) and "--column" not in str(err.value)
 
 
 @pytest.mark.parametrize(

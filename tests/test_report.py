@@ -834,7 +834,9 @@ def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, 
     manifest = json.loads((unfinished / "manifest.json").read_text())
     manifest.update(status="failed", reason="interrupted")
     (unfinished / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RunFolderError, match=r"failed .*interrupted.*not complete"):
+    with pytest.raises(
+        RunFolderError, match=r"failed \(interrupted.*not complete; do what its reason says"
+    ):
         build_report([audit_runs["coverage"], unfinished], tmp_path / "f")
     with pytest.raises(SettingsError, match="seed must be an integer >= 0; got -1"):
         build_report([audit_runs["coverage"]], tmp_path / "g", seed=-1)

@@ -178,11 +178,12 @@ def _load(item: Any) -> list[Any]:
             "theory and world runs (or a demo/audit run holding them)"
         )
     if _kind_of(item):
-        status = (getattr(item, "manifest", None) or {}).get("status", "complete")
-        if status != "complete":
+        from clipaudit.runs import not_complete
+
+        manifest = getattr(item, "manifest", None) or {}
+        if manifest.get("status", "complete") != "complete":
             raise RunFolderError(
-                f"the {_kind_of(item)} run in {_folder(item)} is {status}, not complete; run the "
-                "command that wrote it again to resume it"
+                not_complete(f"{_folder(item)} holds a {_kind_of(item)} run", manifest)
             )
         return [item]
     parts = [getattr(item, name, None) for name in ("coverage", "zeroshot", "theory", "world")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -249,3 +250,23 @@ def test_an_audit_whose_run_folder_lies_inside_its_images_is_refused_before_cove
     with pytest.raises(SettingsError, match=r"lies inside the image source"):
         clipaudit.run_audit(["a dog"], audit_runs["images"], (config, trained), out, progress=False)
     assert not out.exists()  # refused before the run folder (and the coverage stage) was made
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], os.cpu_count() or 1), (["-w", "1"], 1)])
+def test_an_audit_counts_on_every_core_unless_told(given, expected, monkeypatch, tmp_path):
+    """coverage count uses every core by default; the audit's coverage stage used one, so a
+    LAION audit counted on one process unless the user knew to pass --workers."""
+    import clipaudit.audit
+    from clipaudit.cli import main
+
+    seen = {}
+
+    def fake_audit(captions, images, models, out, **options):
+        seen["workers"] = options["coverage"].workers
+        raise SystemExit(0)
+
+    monkeypatch.setattr(clipaudit.audit, "run_audit", fake_audit)
+    args = ["audit", "-c", str(tmp_path), "-i", str(tmp_path), "-m", "ViT-B-32", "-o", "o"]
+    with pytest.raises(SystemExit):
+        main([*args, *given])
+    assert seen == {"workers": expected}

@@ -3,6 +3,7 @@ report, in one resumable run folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -56,7 +57,12 @@ def audit(
         False, "--skip-bad", help="Count and list unreadable caption shards instead of stopping."
     ),
     profile: str = typer.Option("curated", "--profile", help="Matching profile for coverage."),
-    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes for coverage."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        help="Worker processes for coverage (default: every CPU core, as in coverage count).",
+    ),
     groups: str | None = typer.Option(
         None, "--groups", "-g", help="Comma-separated groups for zero-shot (default: all)."
     ),
@@ -115,7 +121,7 @@ def audit(
             hf_split=caption_split,
             skip_bad=skip_bad,
             profile=profile,
-            workers=workers,
+            workers=workers if workers is not None else os.cpu_count() or 1,
         ),
         zeroshot=zeroshot,
         report={"title": title} if title else None,

@@ -298,10 +298,16 @@ def check_checkpoint(path: str, label: str) -> None:
                     path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
                 )
     except Exception as exc:  # torch and safetensors raise many types for a file they refuse
+        reason = f"{type(exc).__name__}: {whole_line(exc)}"
+        if path.endswith(".safetensors"):  # holds tensors alone by design: unreadable is damaged
+            raise ModelError(
+                f"{prefix} is no readable safetensors file ({reason}): it is damaged or cut "
+                "short; download or save it again"
+            ) from None
         raise ModelError(
-            f"{prefix} cannot be read as tensors alone, unpickling nothing else "
-            f"({type(exc).__name__}: {whole_line(exc)}); give a checkpoint that "
-            "holds only tensors (a state dict saved with safetensors or torch.save)"
+            f"{prefix} cannot be read as tensors alone, unpickling nothing else ({reason}); "
+            "give a checkpoint that holds only tensors (a state dict saved with safetensors or "
+            "torch.save), or, if it was cut short, download or save it again"
         ) from None
     if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint, as open_clip
         state = state["state_dict"]

@@ -133,6 +133,17 @@ def test_a_checkpoint_that_is_no_state_dict_or_of_another_model_says_so(tiny, tm
     for name, message in expected.items():
         with pytest.raises(ModelError, match=rf"'tiny-clip@{name}': checkpoint .*{message}"):
             load_model(ModelSpec(config, str(tmp_path / f"{name}.pt")), device="cpu")
+    # a safetensors file cut short (a download stopped) is damaged, not of the wrong kind
+    from safetensors.torch import save_file
+
+    save_file(tiny_state_dict(seed=1), tmp_path / "cut.safetensors")
+    whole = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ModelError,
+        match=r"cut.safetensors' is no readable safetensors file \(.*\): it is damaged or cut short; download or save it again$",
+    ):
+        load_model(ModelSpec(config, str(tmp_path / "cut.safetensors")), device="cpu")
     # a state dict of another open_clip architecture, in a training checkpoint's wrapper
     import open_clip
 

@@ -133,7 +133,10 @@ def count(
         "same inputs with the same encoder then encode once.",
     ),
     nearest: int = typer.Option(
-        5, "--nearest", help="Captions nearest to each concept kept in nearest.json."
+        5,
+        "--nearest",
+        help="Captions nearest to each concept kept in nearest.json (those within 0.05 of its "
+        "threshold).",
     ),
     device: str = typer.Option(
         "auto", "--device", help="Where the encoder runs: auto (CUDA when present), cpu, cuda."

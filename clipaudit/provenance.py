@@ -74,6 +74,8 @@ def base_manifest(kind: str, libraries: Iterable[str] = ()) -> dict[str, Any]:
         "versions": library_versions(libraries),
         "platform": platform.platform(),
         "command": sys.argv,
+        # the folder the command ran in: what the relative paths it was given are relative to
+        "working_directory": os.getcwd(),
     }
 
 

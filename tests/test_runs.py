@@ -324,3 +324,14 @@ def test_a_damaged_stage_manifest_holds_no_finished_work(tmp_path, stage_manifes
     with RunFolder(audit, "audit", {"templates": "two"}) as folder:
         assert folder.restarted and "templates" in folder.restarted
     assert not (audit / "coverage").exists()
+
+
+def test_a_manifest_records_the_folder_its_relative_paths_are_relative_to(tmp_path, monkeypatch):
+    """A run given "captions/" records that spec as typed; the working folder tells, later and
+    elsewhere, which captions those were."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with RunFolder("run", "coverage", {"column": "caption"}) as folder:
+        folder.complete()
+    manifest = json.loads((tmp_path / "work" / "run" / "manifest.json").read_text())
+    assert manifest["working_directory"] == str(tmp_path / "work")

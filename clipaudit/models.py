@@ -170,6 +170,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """What a run's timings and rounding depend on, for its record: the GPU's name, compute
+    capability and CUDA (or ROCm) version, or the CPU's, and the threads torch computes with."""
+    import platform
+
+    record: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        record.update(
+            name=torch.cuda.get_device_name(device),
+            capability=f"{major}.{minor}",
+            cuda=torch.version.cuda,
+            hip=torch.version.hip,
+        )
+    else:
+        record["name"] = platform.processor() or platform.machine()
+        record["threads"] = torch.get_num_threads()
+    return record
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 autocast on a GPU that computes in bf16 (compute capability 8 on, or
     ROCm), fp16 on an older one, fp32 elsewhere."""
@@ -546,6 +566,7 @@ def load_model(
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "preprocess": preprocess_cfg,
         "device": str(torch_device),
+        "device_info": describe_device(torch_device),
         "precision": resolved_precision,
     }
     return LoadedModel(

@@ -383,3 +383,28 @@ def test_labels_name_model_and_weights():
     assert ModelSpec("configs/mini.json").label == "mini@random"
     assert ModelSpec("hf-hub:org/model").label == "hf-hub:org/model"
     assert ModelSpec("runs/model/mini.json", "runs/model/mini.safetensors").label == "mini"
+
+
+def test_a_models_record_names_the_hardware_it_ran_on(tiny, monkeypatch):
+    """GPU figures mean little without the GPU: a model's record names it, its compute
+    capability and CUDA version (a CPU: its name and torch's threads)."""
+    import platform
+
+    from clipaudit.models import describe_device
+
+    loaded = load_model(ModelSpec(str(tiny["config"]), str(tiny["safetensors"])), device="cpu")
+    assert loaded.info["device_info"] == {
+        "device": "cpu",
+        "name": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert describe_device(torch.device("cuda:0")) == {
+        "device": "cuda:0",
+        "name": "NVIDIA H200",
+        "capability": "9.0",
+        "cuda": "12.8",
+        "hip": torch.version.hip,
+    }

@@ -539,6 +539,8 @@ def _assemble(
     """Write the tables, figures and manifest from the per-scenario results."""
     import pandas as pd
 
+    from clipaudit.models import describe_device, resolve_device
+
     out = folder.path
     from clipaudit.theory.figures import plot_coverage_awareness, plot_r2_heatmaps
 
@@ -611,6 +613,7 @@ def _assemble(
             "seeds": sorted({s.seed for s in scenarios}),
             "threads": torch.get_num_threads(),
             "device": training.device,
+            "device_info": describe_device(resolve_device(training.device)),
             "mixing_conditions": {c: r["mixing_conditions"] for c, r in records.items()},
             "final_loss": {
                 c: (r["loss"][-1][1] if r["loss"] else None) for c, r in records.items()

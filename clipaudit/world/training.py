@@ -383,6 +383,8 @@ def train_world_model(
     atomic_write_bytes(checkpoint_path, _safetensors_bytes(_cpu_state(model)))
     checkpoint_sha256 = sha256_file(checkpoint_path)  # what a later call checks it is still
     _write_log(out / LOG_FILE, log)
+    from clipaudit.models import describe_device
+
     record = base_manifest("world-training", LIBRARIES)
     record.update(
         status="complete",
@@ -392,6 +394,7 @@ def train_world_model(
         checkpoint_sha256=checkpoint_sha256,
         world=str(world.path),
         device=str(device),
+        device_info=describe_device(device),
         threads=threads.threads,
         thread_choices=threads.history,
         resumed_from_step=resumed_from,

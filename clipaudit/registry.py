@@ -3,25 +3,27 @@
 A registry is one YAML file (schema below). The built-in ones live in ``concepts/``; users pass a path
 to their own. Loading validates everything and fails with ``file:line`` and a hint, never silently::
 
-    registry: cai2025            # name (defaults to the file stem)
-    version: "1.0"
+    registry: cai2025            # name (defaults to the file stem); one line, as every name is
+    version: "1.0"               # quoted: 1.10 unquoted is the number 1.1 (defaults to "0")
     description: ...
-    groups:
-      - name: Animal
-        category: common
+    source: ...                  # optional: where the concepts come from (a paper, a URL)
+    groups:                      # required, non-empty
+      - name: Animal             # required
+        category: common         # required: a word shared by the groups reported together
         label: Animal            # short label for tables (defaults to name)
         description: ...
         sensitive: false
-        templates: ["a photo of a {}."]   # optional: group-specific prompt templates
+        templates: ["a photo of a {}."]   # optional: group-specific prompt templates, one {} each
         modifier_of: [bed, collar]        # optional: head nouns (see below), for every concept
-    concepts:
-      - name: dog
-        group: Animal
-        gloss: a dog of any breed, including puppies
-        synonyms: [dog, puppy, canine]     # curated; inflections are generated, not listed
+        not_after: [by]                   # optional: cue phrases (see below), for every concept
+    concepts:                    # required, non-empty; every group needs one
+      - name: dog                          # required
+        group: Animal                      # required: a name under 'groups'
+        gloss: a dog of any breed, including puppies   # required: the sense counted
+        synonyms: [dog, puppy, canine]     # required; curated: inflections are generated
         negative_contexts: [hot dog]       # phrases that look like a mention but are not
         modifier_of: [kennel]              # optional: more head nouns, for this concept only
-        not_after: [by]                    # optional: cue phrases (see below); groups take it too
+        not_after: [from]                  # optional: more cue phrases, for this concept only
         colourways: [forest]               # optional: colour names of a colourway (see below)
         makes: [ferrari]                   # optional: makes that name it with a model (see below)
         together: [[vs], [rugby, nfl]]     # optional: word lists that name it together (see below)
@@ -29,7 +31,7 @@ to their own. Loading validates everything and fails with ``file:line`` and a hi
                                            # (defaults to [name]; see clipaudit.zeroshot)
         paper_synonyms: [dog, puppy, canine]   # the paper's list, kept as it was: all the
                                                # 'paper' matching profile counts
-        version: 1
+        version: 1                         # a positive integer (defaults to 1)
 
 ``modifier_of`` lists head nouns before which a concept's word only says what the head object is
 for, fits or looks like, so the concept is not mentioned: "dog bed", "phone case", "coffee mug",
@@ -120,8 +122,13 @@ _CONCEPT_KEYS = {
 _MATCHED_KEYS = frozenset(
     {"synonyms", "negative_contexts", "modifier_of", "not_after", "colourways", "makes", "together"}
 )
+# the strings that name something (not the gloss or a description): one line each
+_ONE_LINE = frozenset({"name", "group", "category", "label", "registry", "version"})
+# what breaks a name's one line or the column it is shown in
+_BREAKS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
 _GROUP_REQUIRED = {"name", "category"}
 _CONCEPT_REQUIRED = {"name", "group", "gloss", "synonyms"}
+_HINTED = 6  # the concepts of a group named where a concept was looked up by the group's name
 TOGETHER_LISTS = 8  # the most word lists a concept's ``together`` may hold
 # the paper's 146 concepts take 80 kB and load in 0.1 s; a file 200 times larger is no registry
 MAX_REGISTRY_BYTES = 16 << 20
@@ -222,6 +229,13 @@ class Registry:
         key = normalize(name)
         if not key:
             return ""
+        group = self._find_group(name)
+        if group is not None:  # "Color" or "POV": a group, whose concepts are what it holds
+            names = [c.name for c in self.concepts if c.group == group.name]
+            shown = ", ".join(names[:_HINTED]) + (
+                f" and {len(names) - _HINTED} more" if len(names) > _HINTED else ""
+            )
+            return f" ({name!r} is a group, not a concept; its concepts are {shown})"
         owners = [c.name for c in self.concepts if key in {normalize(s) for s in c.synonyms}]
         if owners:
             names = " or ".join(map(repr, owners))
@@ -231,17 +245,23 @@ class Registry:
         return did_you_mean(name, self._concepts_by_name, ahead=starting)
 
     def group(self, name: str) -> Group:
-        """Look a group up by name or label (case-insensitive); raises RegistryError with suggestions."""
+        """Look a group up by name or label (ignoring case and punctuation); raises RegistryError
+        with suggestions."""
         _check_name(name, "group")
-        found = self._groups_by_name.get(name) or self._find_folded(name, self._groups_by_name)
-        if found is None:
-            found = next((g for g in self.groups if g.label.lower() == name.lower()), None)
+        found = self._find_group(name)
         if found is None:
             raise RegistryError(
                 f"no group {name!r} in registry {self.name!r}; groups are "
                 f"{', '.join(self._groups_by_name)}{did_you_mean(name, self._groups_by_name)}"
             )
         return found
+
+    def _find_group(self, name: str) -> Group | None:
+        """The group named or labelled ``name``, compared normalised as loading compares them
+        (so "point of view" finds the label "Point-of-View"); None when there is none."""
+        found = self._groups_by_name.get(name) or self._find_folded(name, self._groups_by_name)
+        key = normalize(name)  # none for "!!!", which no label of a loaded registry is
+        return found or next((g for g in self.groups if key and normalize(g.label) == key), None)
 
     def concepts_in(self, group: str) -> tuple[Concept, ...]:
         name = self.group(group).name
@@ -284,7 +304,8 @@ class Registry:
         return {
             "name": self.name,
             "version": self.version,
-            "path": str(self.path) if self.path else None,
+            # absolute: a report made from another folder finds the file (its sensitive groups)
+            "path": str(self.path.resolve()) if self.path else None,
             "sha256": self.sha256,
             "n_groups": len(self.groups),
             "n_concepts": len(self.concepts),
@@ -419,7 +440,16 @@ def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Reg
         raise RegistryError(
             f"not UTF-8 text{wide} ({exc.reason} at byte {exc.start}); save it as UTF-8",
             path=path,
+            line=raw.count(b"\n", 0, exc.start) + 1,  # where a Latin-1 "é" is, to retype it
         ) from None
+    # ASCII saved as UTF-16 or UTF-32 without a byte-order mark: a NUL beside each letter
+    if "\x00\x00" in (text[0:4:2], text[1:4:2]):
+        raise RegistryError(
+            "not UTF-8 text but UTF-16 or UTF-32 without a byte-order mark (NUL bytes between "
+            "its characters); save it as UTF-8",
+            path=path,
+            line=1,
+        )
     return parse_registry(text, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -436,7 +466,24 @@ class _LineMap(dict):
 class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present: 7x faster
     """SafeLoader (no arbitrary objects) that records line numbers and rejects duplicate keys."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # a value YAML reads as a date, number or boolean but cannot build ("2024-13-45",
+            # 5,000 digits, "!!bool maybe"): PyYAML's own error escaped as a traceback
+            kind = node.tag.rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{_shown(node.value) if isinstance(node, yaml.ScalarNode) else 'the value'} "
+                f"reads as {_TAG_KINDS.get(kind, repr(kind))} but is not a valid one; to keep it "
+                "as text, quote it (and drop any '!!' tag)",
+                node.start_mark,
+            ) from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _LineMap:
+        _expect(node, yaml.MappingNode, "a mapping")
         mapping = _LineMap()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
@@ -463,6 +510,19 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml whe
             mapping[key] = self.construct_object(value_node, deep=deep)
             mapping.key_lines[key] = key_node.start_mark.line + 1
         return mapping
+
+
+# what a YAML tag names, in a user's words
+_TAG_KINDS = {"int": "an integer", "float": "a number", "bool": "a boolean", "timestamp": "a date"}
+
+
+def _expect(node: yaml.Node, kind: type[yaml.Node], what: str) -> None:
+    """A node tagged as a list or mapping ("!!set abc") that is none: PyYAML's own check, which
+    the loader's constructors replace."""
+    if not isinstance(node, kind):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected {what}, but found {node.id} (tagged {node.tag})", node.start_mark
+        )
 
 
 _NESTING = (
@@ -535,6 +595,7 @@ class _LineList(list):
 
 def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> Iterator[_LineList]:
     # as PyYAML's own: yielded first and filled after, so that nesting costs no recursion
+    _expect(node, yaml.SequenceNode, "a list")
     items = _LineList()
     items.item_lines = [child.start_mark.line + 1 for child in node.value]
     yield items
@@ -590,6 +651,17 @@ def _described(value: Any) -> str:
     return "null" if value is None else f"{_kind(value)} {_shown(value)}"
 
 
+def _unseen(character: str, reads: str, found: str) -> str:
+    """Why a character :func:`normalize` makes a word break is refused (see
+    :func:`clipaudit.text.unseen_character`), and the fix."""
+    invisible = unicodedata.category(character) == "Cf"
+    fix = "remove the invisible character" if invisible else "write it in Latin letters"
+    return (
+        f"{unicodedata.name(character, 'character').lower()} (U+{ord(character):04X}) {reads} "
+        f"as a word break, so it {found}; {fix}"
+    )
+
+
 class _Checker:
     """Validates the plain data of one registry file, reporting ``file:line`` for every problem."""
 
@@ -637,6 +709,13 @@ class _Checker:
                 entry.key_lines.get(key, entry.line),
             )
         self.printable([value], key, what, entry.key_lines.get(key, entry.line))
+        breaks = next((c for c in value.strip() if c in _BREAKS), None)
+        if breaks is not None and key in _ONE_LINE:  # a gloss or description may span lines
+            self.fail(
+                f"{what}: {key!r} {value.strip()!r} holds {_BREAKS[breaks]}; a {key} is "
+                "shown on one line (tables, report rows, messages): write it on one line",
+                entry.key_lines.get(key, entry.line),
+            )
         return value.strip()
 
     def printable(self, items: Iterable[str], key: str, what: str, line: int | None) -> None:
@@ -662,10 +741,31 @@ class _Checker:
                 "it from another such name; write it with Latin letters or digits",
                 entry.key_lines.get(key, entry.line),
             )
+        # "d\u200bog" shows as "dog" but is found as "d og"; a category so is counted apart
+        unseen = unseen_character(value)
+        if unseen is not None:
+            self.fail(
+                f"{what}: {key!r} {value!r} holds the "
+                + _unseen(
+                    unseen,
+                    "that lookups and image folders read",
+                    f"is found as {normalize(value)!r}",
+                ),
+                entry.key_lines.get(key, entry.line),
+            )
 
     def strings(
-        self, entry: _LineMap, key: str, what: str, *, allow_empty: bool = False
+        self,
+        entry: _LineMap,
+        key: str,
+        what: str,
+        *,
+        allow_empty: bool = False,
+        as_written: bool = False,
     ) -> tuple[str, ...]:
+        """A list of non-empty strings, each given once: compared normalised, each needing a
+        letter or digit so (:meth:`distinct`), or with ``as_written`` (templates, which the
+        tokenizer reads as written: "{}" alone asks with the bare name) compared as written."""
         if key not in entry:
             return ()
         value = entry[key]
@@ -682,8 +782,13 @@ class _Checker:
                 line,
             )
         self.printable(value, key, what, line)
-        self.distinct(value, key, what, line)
-        return tuple(v.strip() for v in value)
+        stripped = tuple(v.strip() for v in value)
+        if not as_written:
+            self.distinct(value, key, what, line)
+        elif len(set(stripped)) < len(stripped):
+            twice = next(v for i, v in enumerate(stripped) if v in stripped[:i])
+            self.fail(f"{what}: {key!r} lists {twice!r} twice", line)
+        return stripped
 
     def distinct(self, items: Iterable[str], key: str, what: str, line: int) -> None:
         """Each item has a letter or digit once normalised (else it could never match) and is
@@ -699,12 +804,9 @@ class _Checker:
                 )
             unseen = unseen_character(item) if key in _MATCHED_KEYS else None
             if unseen is not None:
-                invisible = unicodedata.category(unseen) == "Cf"
-                fix = "remove the invisible character" if invisible else "write it in Latin letters"
                 self.fail(
                     f"{what}: {key!r} lists {item!r}, whose "
-                    f"{unicodedata.name(unseen, 'character').lower()} (U+{ord(unseen):04X}) the "
-                    f"matcher reads as a word break, so it would match {norm!r}; {fix}",
+                    f"{_unseen(unseen, 'the matcher reads', f'would match {norm!r}')}",
                     line,
                 )
             if norm in seen:
@@ -853,7 +955,7 @@ def _parse_groups(check: _Checker, top: _LineMap) -> tuple[Group, ...]:
                 f"{what}: 'sensitive' must be true or false, got {sensitive!r}",
                 entry.key_lines["sensitive"],
             )
-        templates = check.strings(entry, "templates", what)
+        templates = check.strings(entry, "templates", what, as_written=True)
         for template in templates:
             if not is_prompt_template(template):
                 check.fail(
@@ -927,7 +1029,7 @@ def _check_negative_contexts(check: _Checker, entry: _LineMap, concept: Concept)
 def _parse_concepts(
     check: _Checker, top: _LineMap, groups: tuple[Group, ...]
 ) -> tuple[Concept, ...]:
-    group_names = {g.name for g in groups}
+    groups_by_name = {g.name: g for g in groups}  # a scan per concept was quadratic
     concepts: dict[str, Concept] = {}
     concepts_by_form: dict[str, Concept] = {}  # by :func:`_form` of the name
     # (group, normalised synonym) -> concept that claims it, to catch ambiguous synonyms
@@ -945,9 +1047,18 @@ def _parse_concepts(
                 f"duplicate concept {name!r} ({_first(clash.name, name, clash.line)})", entry.line
             )
         group = check.string(entry, "group", what)
-        if group not in group_names:
+        if group not in groups_by_name:
+            folded = normalize(group)
+            labelled = [g for g in groups if normalize(g.label) == folded != normalize(g.name)]
+            if labelled:  # lookups take a label ("POV"), but a concept names its group
+                check.fail(
+                    f"{what}: group {group!r} is the label of group {labelled[0].name!r} (line "
+                    f"{labelled[0].line}); a concept names its group by name: write "
+                    f"{labelled[0].name!r}",
+                    entry.key_lines["group"],
+                )
             check.fail(
-                f"{what}: unknown group {group!r}{did_you_mean(group, group_names)}; "
+                f"{what}: unknown group {group!r}{did_you_mean(group, groups_by_name)}; "
                 "declare it under 'groups' first",
                 entry.key_lines["group"],
             )
@@ -976,7 +1087,7 @@ def _parse_concepts(
             version=version,
             line=entry.line,
         )
-        _check_group_rules(check, entry, concept, next(g for g in groups if g.name == group))
+        _check_group_rules(check, entry, concept, groups_by_name[group])
         _check_negative_contexts(check, entry, concept)
         for synonym in synonyms:
             key = (group, normalize(synonym))

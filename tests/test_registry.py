@@ -9,6 +9,7 @@ import sys
 import textwrap
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -812,3 +813,250 @@ def test_line_breaks_and_tabs_in_a_gloss_still_load(tmp_path):
     assert load_registry(write(tmp_path, text)).concept("dog").gloss == (
         "a dog,\tor a puppy\n(any breed)"
     )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "value", "holds"),
+    [
+        ("  - name: cat\n", '  - name: "ca\\nt"\n', 15, "name", "ca\nt", "a line break"),
+        ("  - name: cat\n", '  - name: "ca\\tt"\n', 15, "name", "ca\tt", "a tab"),
+        ("    category: common\n", '    category: "com\\r\\nmon"\n', 5, "category", "com\r\nmon",
+         "a carriage return"),
+        ("    category: common\n", '    category: common\n    label: "Ani\\nmal"\n', 6, "label",
+         "Ani\nmal", "a line break"),
+        ("registry: mini\n", "registry: |\n  mi\n  ni\n", 1, "registry", "mi\nni",
+         "a line break"),
+    ],
+)  # fmt: skip
+def test_a_name_holding_a_line_break_or_a_tab_is_refused(
+    tmp_path, old, new, line, key, value, holds
+):
+    """A name is a table cell, a report.md row, a line of a message: a line break in it split
+    them (the gloss and descriptions may still span lines)."""
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    what = {"name": "a concept", "category": "group 'Animal'", "label": "group 'Animal'"}
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:{line}: {what.get(key, 'the registry file')}: {key!r} {value!r} holds {holds}; "
+        f"a {key} is shown on one line (tables, report rows, messages): write it on one line"
+    )
+
+
+def test_a_group_template_of_the_bare_name_loads_as_zero_shot_takes_it(tmp_path):
+    """``{}`` alone asks with the bare concept name (what ``--templates none`` uses): it has no
+    letter, which only matters to words the matcher reads, so it was refused as one."""
+    from clipaudit.zeroshot import resolve_templates
+
+    assert resolve_templates("none") == ("{}",)
+    text = GOOD.replace('["a {} object."]', '["{}", " a {} object.", "A {} object!"]')
+    templates = load_registry(write(tmp_path, text)).group("Color").templates
+    assert templates == ("{}", "a {} object.", "A {} object!")  # told apart as written
+    path = write(tmp_path, GOOD.replace('["a {} object."]', '["{}", "a {} object.", " {} "]'))
+    with pytest.raises(RegistryError) as twice:
+        load_registry(path)
+    assert str(twice.value) == f"{path}:8: group 'Color': 'templates' lists '{{}}' twice"
+
+
+def test_a_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
+    """A Latin-1 "é" (what an editor saving "ANSI" writes): the line says where to retype it."""
+    text = GOOD.replace("gloss: a cat", "gloss: a caf\u00e9 cat")
+    path = tmp_path / "reg.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    line = next(n for n, ln in enumerate(text.splitlines(), 1) if "\u00e9" in ln)
+    byte = text.encode("latin-1").index(b"\xe9")
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert refused.value.line == line == 17
+    assert str(refused.value) == (
+        f"{path}:{line}: not UTF-8 text (invalid continuation byte at byte {byte}); save it as "
+        "UTF-8"
+    )
+
+
+def test_the_documented_schema_names_every_key_and_loads():
+    """The schema in the module's docstring is what a user writes their own registry from: each
+    key the loader takes is in it (the top-level 'source' and a group's 'not_after' were not),
+    and it loads as written."""
+    example = textwrap.dedent(registry_module.__doc__.split("::\n\n", 1)[1].split("\n\n")[0])
+    documented = yaml.safe_load(example)
+    assert set(documented) == registry_module._TOP_KEYS
+    assert set(documented["groups"][0]) == registry_module._GROUP_KEYS
+    assert set(documented["concepts"][0]) == registry_module._CONCEPT_KEYS
+    reg = parse_registry(example)
+    assert reg.group("Animal").not_after == ("by",) and reg.source == "..."
+    assert reg.concept("dog").not_after == ("from",)
+
+
+def test_a_group_is_found_by_its_label_as_loading_compares_labels(tmp_path):
+    """Loading refuses two groups whose labels normalise alike, since lookups find groups by
+    normalised name or label: a label was still compared by case alone."""
+    text = GOOD.replace(COLOR, "    category: common\n    label: Point-of-View\n    templates")
+    reg = load_registry(write(tmp_path, text))
+    assert reg.group("point of view").name == "Color"
+    assert reg.select(["POINT OF VIEW"]).concepts == (reg.concept("red"),)
+
+
+def test_a_concept_looked_up_by_a_groups_name_or_label_says_it_is_a_group(registry):
+    colours = [c.name for c in registry.concepts if c.group == "Color"]
+    assert len(colours) == 10
+    with pytest.raises(RegistryError) as asked:
+        registry.concept("Color")
+    assert str(asked.value) == (
+        "no concept 'Color' in registry 'cai2025' ('Color' is a group, not a concept; its "
+        f"concepts are {', '.join(colours[:6])} and 4 more)"
+    )
+    with pytest.raises(RegistryError, match=r"\('pov' is a group, not a concept; its concepts "
+                       r"are close-up, "):  # fmt: skip
+        registry.concept("pov")  # the Viewpoint group's label
+
+
+def test_concepts_are_matched_to_their_group_without_a_scan_of_the_groups(monkeypatch):
+    """Each concept's group was found by scanning every group: a registry of many groups took
+    quadratic time (20,000 one-concept groups: 20 s of 26 in that scan)."""
+    reads = 0
+
+    class Counted(registry_module.Group):
+        def __getattribute__(self, attribute: str) -> Any:
+            nonlocal reads
+            reads += attribute == "name"
+            return super().__getattribute__(attribute)
+
+    monkeypatch.setattr(registry_module, "Group", Counted)
+    n = 400
+    text = "groups:\n" + "".join(f"  - {{name: G{i}, category: c}}\n" for i in range(n))
+    text += "concepts:\n" + "".join(
+        f"  - {{name: c{i}, group: G{i}, gloss: g, synonyms: [w{i}]}}\n" for i in range(n)
+    )
+    reg = parse_registry(text)
+    assert [c.group for c in reg.concepts] == [g.name for g in reg.groups]
+    assert reads < 20 * n  # a scan per concept reads n * (n + 1) / 2 = 80,200 names
+
+
+def test_list_names_every_built_in_registry_but_the_file_shown(tmp_path, monkeypatch, capsys):
+    """A registry of one's own called cai2025 is not the built-in cai2025: the built-in was left
+    out of 'other built-in registries' by name."""
+    from clipaudit.cli import main
+
+    path = write(tmp_path, GOOD.replace("registry: mini", "registry: cai2025"))
+    main(["concepts", "list", "--registry", str(path)])
+    others = capsys.readouterr().out.splitlines()[-1]
+    assert others == f"other built-in registries: {', '.join(list_registries())}"
+    # a built-in given by a relative path is the one shown
+    monkeypatch.chdir(registry_module.resolve_registry_path("miniworld").parent)
+    main(["concepts", "list", "--registry", "miniworld.yaml"])
+    others = capsys.readouterr().out.splitlines()[-1]
+    assert others == "other built-in registries: " + ", ".join(
+        name for name in list_registries() if name != "miniworld"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "what", "key", "value", "character", "found", "fix"),
+    [
+        # pasted from a web page: shows as "dog", but "dog" found no such concept
+        ("  - name: dog\n", '  - name: "d\\u200Bog"\n', 10, "a concept", "name", "d\u200bog",
+         "\u200b", "d og", "remove the invisible character"),
+        # "common" beside the other group's "common": counted as two categories
+        (COLOR, '    category: "com\\u00ADmon"\n    templates', 7, "group 'Color'", "category",
+         "com\u00admon", "\u00ad", "com mon", "remove the invisible character"),
+        ("    category: common\n", "    category: common\n    label: \u0410nimal\n", 6,
+         "group 'Animal'", "label", "\u0410nimal", "\u0410", "nimal", "write it in Latin letters"),
+    ],
+)  # fmt: skip
+def test_a_name_holding_a_character_lookups_cannot_see_is_refused(
+    tmp_path, old, new, line, what, key, value, character, found, fix
+):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:{line}: {what}: {key!r} {value!r} holds the "
+        f"{unicodedata.name(character).lower()} (U+{ord(character):04X}) that lookups and image "
+        f"folders read as a word break, so it is found as {found!r}; {fix}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown", "kind"),
+    [
+        ("2024-13-45", "'2024-13-45'", "a date"),  # unquoted, YAML takes it for a date
+        ("9" * 5000, f"'{'9' * 27}...{'9' * 28}'", "an integer"),  # past Python's 4,300 digits
+        ("!!bool maybe", "'maybe'", "a boolean"),
+        ("!!float abc", "'abc'", "a number"),
+    ],
+)
+def test_a_value_yaml_cannot_build_is_one_error_at_its_line(tmp_path, value, shown, kind):
+    """YAML reads these as dates, numbers or booleans and then fails to build them: PyYAML's
+    ValueError or KeyError came out as a traceback."""
+    path = write(tmp_path, GOOD.replace("gloss: a cat", f"gloss: {value}"))
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:17: invalid YAML: {shown} reads as {kind} but is not a valid one; to keep it as "
+        "text, quote it (and drop any '!!' tag)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tagged", "expected", "found"),
+    [("!!set abc", "a mapping", "scalar"), ("!!map [a]", "a mapping", "sequence"),
+     ("!!seq abc", "a list", "scalar")],
+)  # fmt: skip
+def test_a_list_or_mapping_tag_on_another_node_is_one_error_at_its_line(
+    tmp_path, tagged, expected, found
+):
+    path = write(tmp_path, GOOD.replace("synonyms: [cat]", f"synonyms: {tagged}"))
+    tag = {"!!set": "set", "!!map": "map", "!!seq": "seq"}[tagged.split()[0]]
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:18: invalid YAML: expected {expected}, but found {found} (tagged "
+        f"tag:yaml.org,2002:{tag})"
+    )
+
+
+def test_provenance_names_the_file_wherever_the_run_was_started(tmp_path, monkeypatch):
+    """A run given ``--registry mine.yaml`` recorded that relative path: a report made from
+    another folder did not find the file, and so not its sensitive groups."""
+    (tmp_path / "audit").mkdir()
+    write(tmp_path / "audit", GOOD)
+    monkeypatch.chdir(tmp_path / "audit")
+    recorded = load_registry("reg.yaml").provenance()["path"]
+    monkeypatch.chdir(tmp_path)
+    assert recorded == str(tmp_path / "audit" / "reg.yaml")
+    assert load_registry(recorded).sha256 == load_registry("audit/reg.yaml").sha256
+
+
+def test_a_concept_naming_its_group_by_label_is_told_the_name(tmp_path):
+    """Lookups take a group's label ('POV' for Viewpoint), so an author writes it in a concept
+    too: 'unknown group', with no suggestion, sent them to declare a group that exists."""
+    text = GOOD.replace(COLOR, "    category: common\n    label: Colour\n    templates")
+    path = write(tmp_path, text.replace("    group: Color\n", "    group: COLOUR\n"))
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:21: concept 'red': group 'COLOUR' is the label of group 'Color' (line 6); a "
+        "concept names its group by name: write 'Color'"
+    )
+    # a name written in another case is still a spelling to suggest
+    with pytest.raises(RegistryError, match=r"unknown group 'color' \(did you mean 'Color'\?\)"):
+        load_registry(write(tmp_path, GOOD.replace("    group: Color\n", "    group: color\n")))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_a_wide_file_without_a_byte_order_mark_is_named_as_such(tmp_path, encoding):
+    """It decodes as UTF-8 (ASCII with NULs between): YAML then said to remove a NUL character."""
+    path = tmp_path / "reg.yaml"
+    path.write_bytes(GOOD.encode(encoding))
+    assert not path.read_bytes().startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff"))
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path)
+    assert str(refused.value) == (
+        f"{path}:1: not UTF-8 text but UTF-16 or UTF-32 without a byte-order mark (NUL bytes "
+        "between its characters); save it as UTF-8"
+    )
+    # a NUL inside UTF-8 text is still YAML's to refuse, at its line
+    path.write_bytes(GOOD.replace("gloss: a cat", "gloss: a \x00cat").encode())
+    with pytest.raises(RegistryError, match=r"reg\.yaml:17: invalid YAML: .*'\\x00'"):
+        load_registry(path)

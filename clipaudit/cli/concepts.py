@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from clipaudit.cli._common import RegistryOption, command_group, plain_console
-from clipaudit.registry import list_registries, load_registry
+from clipaudit.registry import list_registries, load_registry, resolve_registry_path
 
 app = command_group("List, show and validate concept registries.")
 console = plain_console()
@@ -32,7 +32,9 @@ def list_(
         names = ", ".join(c.name for c in reg.concepts_in(g.name))
         table.add_row(g.category, g.name + (" (sensitive)" if g.sensitive else ""), names)
     console.print(table)
-    others = [n for n in list_registries() if n != reg.name]
+    # by file, not name: a registry of one's own may carry a built-in's name
+    shown = reg.path.resolve() if reg.path else None
+    others = [n for n in list_registries() if resolve_registry_path(n).resolve() != shown]
     if others:
         console.print(f"other built-in registries: {', '.join(others)}")
 

@@ -1077,7 +1077,9 @@ def _parse_concepts(
             gloss=check.string(entry, "gloss", what),
             synonyms=synonyms,
             negative_contexts=check.strings(entry, "negative_contexts", what),
-            prompts=check.strings(entry, "prompts", what) or (name,),
+            # in any script (a multilingual model is asked in its languages), compared as
+            # written: they go to the tokenizer, not the matcher
+            prompts=check.strings(entry, "prompts", what, as_written=True) or (name,),
             paper_synonyms=check.strings(entry, "paper_synonyms", what, allow_empty=True),
             modifier_of=check.strings(entry, "modifier_of", what),
             not_after=check.strings(entry, "not_after", what),
@@ -1100,7 +1102,8 @@ def _parse_concepts(
                 )
             claimed[key] = concept
         for prompt in concept.prompts:
-            other = prompted.setdefault((group, normalize(prompt)), concept)
+            # as open_clip's tokenizers read it: case and runs of white space aside
+            other = prompted.setdefault((group, " ".join(prompt.casefold().split())), concept)
             if other is not concept:  # the zero-shot classifier would get the same text for both
                 check.fail(
                     f"prompt {prompt!r} of {what} is also a prompt of {other.name!r} (line "

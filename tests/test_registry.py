@@ -538,6 +538,18 @@ def test_a_prompt_of_two_concepts_of_a_group_is_refused(tmp_path, prompts, line,
     assert load_registry(write(tmp_path, other)).concept("red").prompts == ("dog",)
 
 
+def test_prompts_in_any_script_load_and_clash_as_a_tokenizer_reads_them(tmp_path):
+    """A multilingual model is asked in its languages: prompts are sent as written, so a prompt
+    of another script loads (it was refused as having no Latin letter), and two prompts a
+    tokenizer reads alike (case, white space) still clash."""
+    text = GOOD.replace("    synonyms: [cat]\n", "    synonyms: [cat]\n    prompts: [猫, кошка]\n")
+    assert load_registry(write(tmp_path, text)).concept("cat").prompts == ("猫", "кошка")
+    clash = GOOD.replace("    synonyms: [cat]\n", "    synonyms: [cat]\n    prompts: ['a  DOG']\n")
+    clash = clash.replace("    synonyms: [dog", "    prompts: [a dog]\n    synonyms: [dog", 1)
+    with pytest.raises(RegistryError, match=r"prompt 'a  DOG' of concept 'cat' is also a prompt"):
+        load_registry(write(tmp_path, clash))
+
+
 COLOR = "    category: common\n    templates"  # the Color group's category (line 7)
 
 

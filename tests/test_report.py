@@ -257,6 +257,24 @@ def test_labels_side_by_side_keep_a_space_between_them():
     assert gaps and min(gaps) >= 0.5 * 8 * figures.DPI / 72 - 0.5  # half an em at 8 points
 
 
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [
+        (0.25, "25%"),
+        (0.031, "3.1%"),
+        (3.1e-5, "0.0031%"),
+        (0.00999e-2, "0.01%"),  # rounds up to the next decade
+        (120 / 400e6, "0.00003%"),  # LAION-400M: 120 captions
+        (1 / 400e6, "0.00000025%"),  # and one
+    ],
+)
+def test_rare_shares_are_written_out_never_in_e_notation(rate, shown):
+    """A concept a few LAION-400M captions mention read "2.5e-07% of captions" on the page."""
+    from clipaudit.report.render import share
+
+    assert share(rate) == shown
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -400,6 +418,45 @@ def test_mismatches_are_listed_never_dropped(report):
     assert len(table) == len(mismatches)
 
 
+def test_a_clean_audits_empty_tables_keep_their_columns(report, audit_runs, tmp_path):
+    """No mismatch and no outlier (the audit an auditor hopes for) wrote tables/mismatches.csv
+    and tables/outliers.csv as one newline, which pandas refuses (EmptyDataError), and
+    DataFrames without the columns a script selects by."""
+    # the tables that have rows: the columns are the summary's fields, none dropped
+    outliers = pd.read_csv(report.out / "tables" / "outliers.csv")
+    assert len(outliers) == len(report.summary["outliers"]) > 0
+    assert list(outliers.columns) == list(report.summary["outliers"][0])
+    mismatches = pd.read_csv(report.out / "tables" / "mismatches.csv")
+    fields = {
+        k for m in report.summary["mismatches"] for k, v in m.items() if not isinstance(v, dict)
+    }
+    assert set(mismatches.columns) == fields
+    # Animal alone, on both sides: every concept joins, too few to judge outliers
+    coverage = load_run(audit_runs["coverage"])
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    scored = zeroshot.concepts[zeroshot.concepts["group"] == "Animal"]
+    table = coverage.arrow_tables["concepts"]
+    keep = pa.array(table["concept"].to_pandas().isin(scored["concept"]).to_numpy())
+    animal = dataclasses.replace(
+        coverage, arrow_tables={**coverage.arrow_tables, "concepts": table.filter(keep)}
+    )
+    only = dataclasses.replace(
+        zeroshot, concepts=scored, groups=zeroshot.groups[zeroshot.groups["group"] == "Animal"]
+    )
+    clean = build_report([animal, only], tmp_path / "r", n_bootstrap=0)
+    assert clean.summary["mismatches"] == [] and clean.summary["outliers"] == []
+    for name, columns in (
+        ("outliers", list(outliers.columns)),
+        ("mismatches", ["kind", "message"]),
+    ):
+        read = pd.read_csv(clean.out / "tables" / f"{name}.csv")
+        assert len(read) == 0 and set(columns) <= set(read.columns), name
+        assert set(columns) <= set(
+            pd.read_parquet(clean.out / "tables" / f"{name}.parquet").columns
+        )
+        assert set(columns) <= set(clean.tables[name].columns)
+
+
 def test_another_registry_is_a_mismatch_not_an_error(audit_runs, tmp_path):
     coverage = load_run(audit_runs["coverage"])
     zeroshot = load_run(audit_runs["zeroshot_trained"])
@@ -432,6 +489,24 @@ def test_untrusted_captions_are_escaped(report):
     # the page requests nothing: no external URL, no web font
     assert "http://" not in body.replace("http://www.w3.org", "") and "https://" not in body
     assert "@font-face" not in html and "<link" not in html
+
+
+def test_a_captions_terminal_sequences_are_inert_in_the_markdown(audit_runs, tmp_path):
+    """report.md, read with cat or less, carried a web caption's escape sequences (a window
+    title set, 8-bit CSI "clear screen") and direction overrides as they were."""
+    coverage = load_run(audit_runs["coverage"])
+    caption = "a rough \x1bc wall\x07 \x9b2J and \u202etxt.exe\u202c here"
+    examples = json.loads(json.dumps(coverage.examples))
+    examples["concepts"]["rough"]["examples"][0]["caption"] = caption
+    changed = dataclasses.replace(coverage, examples=examples)
+    result = build_report([changed, audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0)
+    markdown = (result.out / "report.md").read_text()
+    assert "“a rough c wall 2J and txt.exe here”" in markdown  # each run of them one space
+    for character in ("\x1b", "\x07", "\x9b", "\u202e", "\u202c"):
+        assert character not in markdown, repr(character)
+    # the summary keeps the caption as the coverage run chose it
+    rough = next(e for e in result.summary["examples"]["web-captions"] if e["concept"] == "rough")
+    assert caption in rough["captions"]
 
 
 def test_outlier_labels_in_the_figures_never_overlap(report):
@@ -998,6 +1073,57 @@ def test_a_report_is_drawn_again_when_an_output_is_gone(audit_runs, tmp_path):
     (first.out / "report.html").unlink()
     again = build_report(runs, tmp_path / "r", n_bootstrap=0)
     assert not again.reused and (again.out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("damaged", ["report.json", "tables/concepts.parquet"])
+def test_a_report_is_drawn_again_when_an_output_is_damaged(audit_runs, tmp_path, damaged):
+    """The same command on a report whose report.json or a table was cut short (a full disk, a
+    copy stopped part-way) stopped with JSONDecodeError's or pyarrow's traceback, though the
+    report is a pure function of its inputs and a deleted output is drawn again."""
+    runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
+    first = build_report(runs, tmp_path / "r", n_bootstrap=0)
+    path = first.out / damaged
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(RunFolderError, match="files cannot be read"):
+        load_run(first.out)
+    again = build_report(runs, tmp_path / "r", n_bootstrap=0)
+    assert not again.reused
+    assert json.loads((again.out / "report.json").read_text()) == first.summary
+    assert pd.read_parquet(again.out / "tables" / "concepts.parquet").equals(
+        first.tables["concepts"]
+    )
+    assert build_report(runs, tmp_path / "r", n_bootstrap=0).reused  # whole again: reused
+
+
+def test_a_world_shows_its_chosen_rates_and_two_worlds_are_refused(audit_runs, tmp_path):
+    """Two world runs (say a sweep's rates 0 and 0.5) were read one after the other and the last
+    silently won: the page showed one world's chosen rates beside a corpus counted from the
+    other's captions."""
+    from clipaudit.world.settings import DEFAULT_MISALIGNMENT, WorldSettings
+    from clipaudit.world.world import render_world_run
+
+    runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
+    tiny = {"image_size": 32, "n_train": 256, "n_eval_per_group": 8}
+    first = render_world_run(WorldSettings(**tiny, seed=0), tmp_path / "w0")
+    second = render_world_run(
+        WorldSettings(**tiny, misalignment={**DEFAULT_MISALIGNMENT, "Texture": 0.5}, seed=1),
+        tmp_path / "w1",
+    )
+    chosen = json.loads((first.out / "world.json").read_text())["rates"]["Texture"]
+    result = build_report([*runs, first.out], tmp_path / "one", n_bootstrap=0)
+    assert result.summary["truth"]["Texture"]["chosen_selection"] == chosen["chosen_selection"]
+    (texture,) = [
+        g
+        for section in result.summary["overview"]
+        for g in section["groups"]
+        if g["group"] == "Texture"
+    ]
+    assert texture["truth"]["chosen_selection"] == chosen["chosen_selection"] != 0.5
+    with pytest.raises(
+        InputError, match=r"two world runs given \(.*w0, .*w1\); a report shows one"
+    ):
+        build_report([*runs, first.out, second.out], tmp_path / "two", n_bootstrap=0)
+    assert not (tmp_path / "two").exists()
 
 
 def test_chance_is_one_over_the_concepts_an_image_is_classified_among(audit_runs, tmp_path):

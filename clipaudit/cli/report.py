@@ -12,7 +12,8 @@ from clipaudit.cli._common import OverwriteOption
 def report(
     runs: list[Path] = typer.Argument(
         ...,
-        help="Run folders: coverage runs (corpora), zero-shot runs (models), theory runs.",
+        help="Run folders: coverage runs (corpora), zero-shot runs (models), theory runs, "
+        "and at most one world run (its chosen caption rates are shown beside the coverage).",
         show_default=False,
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (report.html, .md, .json)."),

@@ -43,6 +43,38 @@ CATEGORY_RULE = (
     "groups"
 )
 LEVELS = ("concept", "group")
+# the columns of tables/outliers and tables/mismatches, kept when no row is found: a table with
+# no header is no CSV a reader opens (pandas: EmptyDataError), and a clean audit has none
+OUTLIER_COLUMNS = (
+    "corpus",
+    "model",
+    "method",
+    "primary",
+    "level",
+    "name",
+    "group",
+    "category",
+    "sensitive",
+    "coverage",
+    "count",
+    "log10_coverage",
+    "f1",
+    "fitted_f1",
+    "residual",
+    "studentized_residual",
+    "direction",
+)
+MISMATCH_COLUMNS = (
+    "kind",
+    "corpus",
+    "model",
+    "group",
+    "concept",
+    "n_concepts",
+    "count",
+    "reason",
+    "message",
+)
 
 
 def plain(value: Any) -> Any:
@@ -239,7 +271,7 @@ def analyse(
     coverage_groups = join.coverage_groups_table(inputs, coverage)
     awareness_groups = join.awareness_groups_table(inputs)
     correlations = _flat_correlations(correlation_rows)
-    outliers = pd.DataFrame(outlier_rows)
+    outliers = pd.DataFrame(outlier_rows, columns=list(OUTLIER_COLUMNS))
     tables = {
         "concepts": concepts,
         "groups": groups,
@@ -250,9 +282,7 @@ def analyse(
         "awareness_groups": awareness_groups,
         "correlations": correlations,
         "outliers": outliers,
-        "mismatches": pd.DataFrame(
-            [{k: v for k, v in m.items() if not isinstance(v, dict)} for m in mismatches]
-        ),
+        "mismatches": pd.DataFrame(mismatches, columns=list(MISMATCH_COLUMNS)),
     }
     summary = _summary(
         inputs, tables, correlation_rows, outlier_rows, mismatches, seed, n_bootstrap

@@ -28,7 +28,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from clipaudit.errors import InputError, SettingsError, check_arguments, keyword_checked
+from clipaudit.errors import (
+    InputError,
+    RunFolderError,
+    SettingsError,
+    check_arguments,
+    keyword_checked,
+)
 from clipaudit.report.stats import MIN_RESAMPLES
 
 KIND = "report"
@@ -225,7 +231,10 @@ def build_report(
             and outputs_kept
             and previous.get("inputs") == collected.records
         ):
-            return _reused(out, previous)
+            try:
+                return _reused(out)
+            except RunFolderError:  # an output damaged since: drawn again, as a deleted one is
+                pass
         folder.update(inputs=collected.records)
         for stale in ("figures", "tables"):
             shutil.rmtree(out / stale, ignore_errors=True)
@@ -265,8 +274,12 @@ def build_report(
     return Report(out, summary, tables, figures, manifest)
 
 
-def _reused(out: Path, manifest: dict[str, Any]) -> Report:
-    report = load_report_run(out, manifest)
+def _reused(out: Path) -> Report:
+    """The complete report in ``out`` read back; :class:`RunFolderError` when its files cannot
+    be read (a truncated report.json or table)."""
+    from clipaudit.runs import load_run
+
+    report = load_run(out)
     report.reused = True
     return report
 

@@ -5,7 +5,9 @@
   folder name;
 - a zero-shot run (:class:`~clipaudit.zeroshot.ZeroShotRun`) holds one or several models;
 - a theory run (:class:`~clipaudit.theory.sweep.SweepResult`) holds, per scenario, a corpus and a
-  model of the same name that are joined with each other only.
+  model of the same name that are joined with each other only;
+- a rendered world's run (:class:`~clipaudit.world.world.WorldRun`) gives the caption rates it
+  chose per group, shown beside the coverage (one world at most).
 
 Labels are unique: a repeated one is prefixed by its run folder's name, then numbered.
 """
@@ -245,6 +247,13 @@ def collect(runs: Any) -> Inputs:
         elif kind == "zeroshot":
             models += _models(run, index)
         elif kind == "world":
+            worlds = [r["path"] for r in records if r["kind"] == "world"]
+            if len(worlds) > 1:  # the page has one column of chosen rates: whose would it be?
+                raise InputError(
+                    f"two world runs given ({worlds[0]}, {worlds[1]}); a report shows one "
+                    "world's chosen caption rates: give only the world whose captions the "
+                    "coverage run counted (or a report per world)"
+                )
             truth = {group: dict(rates) for group, rates in run.world.info["rates"].items()}
         else:
             theory_corpora, theory_models = _theory(run, index)

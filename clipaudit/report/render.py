@@ -4,7 +4,8 @@ all from the one summary dict through the jinja2 templates in ``templates/``.
 HTML is autoescaped (captions and labels are untrusted text; no template marks data ``|safe``);
 the page carries a Content-Security-Policy that allows no script and no request (figures are
 ``data:`` URIs, styles inline, fonts the system's). Markdown escapes what Markdown or inline HTML
-would interpret. JSON is ``json.dumps`` of the summary (no NaN: missing numbers are null).
+would interpret, and makes what a terminal would act on a space. JSON is ``json.dumps`` of the
+summary (no NaN: missing numbers are null).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from clipaudit.text import inert_line
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -36,7 +39,8 @@ def signed(value: Any, digits: int = 3) -> str:
 
 
 def share(value: Any) -> str:
-    """A rate as a percentage with enough digits for rare concepts (0.25%, 0.0031%)."""
+    """A rate as a percentage with enough digits for rare concepts (0.25%, 0.0031%,
+    0.00000025%)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if value == 0:
@@ -46,7 +50,10 @@ def share(value: Any) -> str:
         return f"{percent:.0f}%"
     if percent >= 1:
         return f"{percent:.1f}%"
-    return f"{percent:.2g}%"
+    # two significant digits, written out: a concept a few of LAION-400M's captions mention
+    # is 2.5e-07% in .2g; trailing zeros go where rounding reached the next decade (0.0100)
+    decimals = 1 - math.floor(math.log10(percent))
+    return f"{percent:.{decimals}f}".rstrip("0").rstrip(".") + "%"
 
 
 def interval(statistic: Any, digits: int = 2) -> str:
@@ -67,8 +74,9 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 def markdown_text(value: Any) -> str:
     """Untrusted text for a Markdown table cell or paragraph: HTML escaped (a renderer that
     passes inline HTML through shows it as text), Markdown punctuation backslash-escaped, one
-    line."""
-    text = " ".join(str(value).split())
+    line, and no character a terminal acts on (report.md is read with cat and less: a web
+    caption's escape sequence would rename the window, a direction override reverse the line)."""
+    text = " ".join(inert_line(str(value)).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 

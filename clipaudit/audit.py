@@ -29,7 +29,7 @@ from clipaudit.errors import (
     keyword_checked,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFolder, differences, load_run
+from clipaudit.runs import MANIFEST, RunFolder, differences, load_run
 
 STAGES = ("coverage", "zeroshot", "report")
 
@@ -127,7 +127,12 @@ def run_audit(
         result = run_audit_stages(
             folder, captions, images, models, registry, coverage, zeroshot, report, progress, echo
         )
-        result.manifest = folder.complete(**result.manifest)
+        if folder.was_complete and all(getattr(result, stage).reused for stage in STAGES):
+            # this very audit, whole: its manifest keeps the provenance of the session that made
+            # it (code, versions, seconds), not that of finding it done
+            result.manifest = folder.previous or {}
+        else:
+            result.manifest = folder.complete(**result.manifest)
         return result
 
 
@@ -272,6 +277,9 @@ def run_audit_stages(
 
     fields = {
         "stages": {stage: str(out / stage) for stage in STAGES},
+        # a stage deleted by hand leaves no complete audit: read back, it is named with the fix,
+        # and the same command makes it again (RunFolder.was_complete)
+        "outputs": [f"{stage}/{MANIFEST}" for stage in STAGES],
         "models": aware.models,
         "registry": load_registry(registry).provenance(),
         "timings": timings,

@@ -61,7 +61,8 @@ class ModelError(ClipAuditError):
 
 
 class RunFolderError(ClipAuditError):
-    """A run folder holds results of a different run and cannot be resumed into."""
+    """A run folder cannot be written or read back: it holds another run (or none, or a damaged
+    one), another process is writing it, its run is not complete, or its disk refuses writes."""
 
 
 class RunFailedError(ClipAuditError):

@@ -17,9 +17,13 @@ digest of the record (one edited or cut short by hand is redone, never merged). 
   inputs changed (a shard fixed, removed or added changes only its own unit);
 - **refuse**: other settings are refused with the differences, unless ``overwrite`` (then the
   folder is emptied first); a run that failed before any unit finished restarts with the new ones;
-- **lock**: one writer at a time (``.lock``, released and removed on every exit path);
+- **lock**: one writer at a time (``.lock``, released and removed on every exit path; a run
+  killed with ``kill -9`` leaves a file no process holds, which the next run takes); a folder
+  still being written is read back as that, not as a run to resume;
 - **status**: ``failed`` with the reason on any error or interrupt, ``complete`` only at the end,
-  and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never complete.
+  and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never complete. A
+  complete run opened again stays as it was unless the session changes it (writes its manifest,
+  or a run inside it: an audit's stage); then an error or interrupt makes it ``failed``.
 
 :func:`load_run` reads any run folder back into its typed result, whatever command wrote it.
 """
@@ -36,6 +40,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from clipaudit.errors import (
@@ -154,6 +159,7 @@ class RunFolder:
         self.previous: dict[str, Any] | None = None  # the manifest found, when resuming
         self.restarted: str | None = None  # why an existing folder was emptied, if it was
         self._was_complete = False
+        self._stages: dict[str, bytes] = {}  # the runs inside a complete run, when opened
         self.manifest: dict[str, Any] = {}
         self._lock: Any = None
         self._written = False  # whether this session has written the manifest
@@ -202,16 +208,24 @@ class RunFolder:
 
     def __exit__(self, kind: type | None, error: BaseException | None, _: Any) -> None:
         try:
-            if error is not None and self._written and self.manifest.get("status") == "running":
+            if error is not None and self._changed() and self.manifest.get("status") == "running":
                 if isinstance(error, KeyboardInterrupt):
                     reason = "interrupted; run the same command again to resume"
                 elif isinstance(error, ClipAuditError):
                     reason = str(error)
                 else:
                     reason = f"{type(error).__name__}: {error}"
-                self.fail(reason)
+                # a full or failing disk must not put its error in place of the one that stopped
+                # the run; left "running", the folder resumes as after a kill
+                with contextlib.suppress(OSError):
+                    self.fail(reason)
         finally:
             self._release()
+
+    def _changed(self) -> bool:
+        """Whether this session changed the run it opened: wrote its manifest, or, in a run that
+        was complete (whose manifest stays as it was), changed a run inside it."""
+        return self._written or (self._was_complete and self._stages != _stages(self.path))
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -233,9 +247,9 @@ class RunFolder:
         previous = read_manifest(self.path)
         kind = run_kind(previous)  # a hand-edited manifest may hold any JSON value here
         if kind != self.kind:
-            held = f"a {kind} run" if isinstance(kind, str) else "a run of unknown kind"
+            held = a_run(kind) if isinstance(kind, str) else "a run of unknown kind"
             raise RunFolderError(
-                f"{self.path} holds {held}, not a {self.kind} run; choose another --out folder"
+                f"{self.path} holds {held}, not {a_run(self.kind)}; choose another --out folder"
             )
         stored = previous.get("settings") or {}
         changed = [f"settings: {_shown(stored)} -> a record of settings"]
@@ -250,6 +264,8 @@ class RunFolder:
             self._was_complete = previous.get("status") == "complete" and not missing_outputs(
                 self.path, previous
             )
+            if self._was_complete:
+                self._stages = _stages(self.path)
             return
         if self.overwrite:
             self._empty("--overwrite")
@@ -274,7 +290,9 @@ class RunFolder:
         return False
 
     def _empty(self, why: str) -> None:
-        for entry in self.path.iterdir():
+        # the manifest last: emptying cut short (Ctrl-C in a big store) leaves a folder that still
+        # holds a clipaudit run, which the same command empties again
+        for entry in sorted(self.path.iterdir(), key=lambda entry: entry.name == MANIFEST):
             if entry.name == _LOCK:
                 continue
             if entry.is_dir() and not entry.is_symlink():
@@ -370,11 +388,26 @@ def write_unit(units: Path, key: str, identity: Any, record: Mapping[str, Any]) 
     )
 
 
+def _stages(path: Path) -> dict[str, bytes]:
+    """The manifests of the runs inside a run (an audit's or a demo's stages), by folder: a session
+    that changes one (a model added to an audit's zero-shot stage, which is a unit, not a setting)
+    no longer holds the complete run it opened, though it has not written its own manifest."""
+    found = {}
+    for manifest in path.glob(f"*/{MANIFEST}"):
+        with contextlib.suppress(OSError):
+            found[manifest.parent.name] = manifest.read_bytes()
+    return found
+
+
 def _ignorable(path: Path) -> bool:
     """Entries that do not make a folder 'not empty': the lock, hidden files, empty folders."""
     if path.name == _LOCK or path.name.startswith("."):
         return True
     return path.is_dir() and not any(path.iterdir())
+
+
+# what flock answers when another process holds the lock (the other errors: no locks at all)
+_BUSY = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
 
 
 def _acquire_lock(path: Path) -> Any:
@@ -392,9 +425,17 @@ def _acquire_lock(path: Path) -> Any:
                 raise RunFolderError(cannot_write(f"into the run folder {path}", exc)) from None
             raise
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            _lock_soon(handle, fcntl)
+        except OSError as exc:
             handle.close()
+            if exc.errno not in _BUSY:
+                # ENOLCK (NFS without its lock daemon), EOPNOTSUPP: no wait would end; and no
+                # other run holds the file made here
+                lock_path.unlink(missing_ok=True)
+                raise RunFolderError(
+                    f"cannot lock the run folder {path} ({exc.strerror or exc}): its file system "
+                    "keeps no file locks; give --out a folder on a disk that does (a local one)"
+                ) from None
             raise RunFolderError(
                 f"another clipaudit run is writing into {path}; wait for it, or choose another --out"
             ) from None
@@ -407,6 +448,39 @@ def _acquire_lock(path: Path) -> Any:
             return handle
         handle.close()
     raise RunFolderError(f"could not lock {path}; another run keeps starting there")
+
+
+def _lock_soon(handle: Any, fcntl: ModuleType) -> None:
+    """Lock ``handle`` exclusively (``fcntl``: the module, POSIX only), trying again for a moment
+    while it is busy: a reader (:func:`_locked`) holds it shared for an instant, a run for hours."""
+    for wait in (0.01, 0.05, 0.1, None):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in _BUSY or wait is None:
+                raise
+            time.sleep(wait)
+
+
+def _locked(path: Path) -> bool:
+    """Whether a process holds the run folder's lock (:func:`_acquire_lock`) now. Never makes
+    the lock file: a run killed with ``kill -9`` leaves one that nothing holds."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock to ask
+        return False
+    try:
+        handle = open(path / _LOCK, "rb")  # noqa: SIM115 - closed below
+    except OSError:  # none, or unreadable: no writer to wait for that this reader can see
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:  # held, or a file system that keeps no locks (no writer either)
+            return exc.errno in _BUSY
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 # ---------------------------------------------------------------------- reading runs back
@@ -461,12 +535,19 @@ def missing_outputs(path: str | os.PathLike, manifest: Mapping[str, Any]) -> lis
     return [name for name in listed if isinstance(name, str) and not (Path(path) / name).is_file()]
 
 
-def not_complete(what: str, manifest: Mapping[str, Any]) -> str:
+def not_complete(
+    what: str, manifest: Mapping[str, Any], folder: str | os.PathLike | None = None
+) -> str:
     """Why the run ``what`` names cannot be read (its manifest's status and reason), and the fix:
     a failed run's reason says its own (an empty corpus is not fixed by resuming), a run killed
-    while running resumes."""
+    while running resumes, and one still running in ``folder`` (its lock held) is waited for."""
     status = manifest.get("status")
     reason = manifest.get("reason")
+    if status == "running" and folder is not None and _locked(Path(folder)):
+        return (
+            f"{what} that another clipaudit process is writing now; wait for it to finish, then "
+            "read it"
+        )
     if status == "failed" and reason:
         return f"{what} that failed ({reason}), not complete; do what its reason says"
     why = f" ({reason})" if reason else ""
@@ -474,6 +555,11 @@ def not_complete(what: str, manifest: Mapping[str, Any]) -> str:
         f"{what} that is {status}{why}, not complete; run the command that wrote it again to "
         "resume it"
     )
+
+
+def a_run(kind: str) -> str:
+    """``"a coverage run"``, ``"an audit run"``: a kind named in a message."""
+    return f"{'an' if kind.startswith(tuple('aeiou')) else 'a'} {kind} run"
 
 
 def run_kind(manifest: Mapping[str, Any]) -> Any:
@@ -494,7 +580,7 @@ def load_run(path: str | os.PathLike) -> Any:
             f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}"
         )
     if manifest.get("status", "complete") != "complete":  # manifests before the contract: complete
-        raise RunFolderError(not_complete(f"{path} holds a {kind} run", manifest))
+        raise RunFolderError(not_complete(f"{path} holds {a_run(kind)}", manifest, path))
     missing = missing_outputs(path, manifest)
     if missing:  # deleted by hand: the same command writes them again (RunFolder.was_complete)
         raise RunFolderError(
@@ -507,10 +593,11 @@ def load_run(path: str | os.PathLike) -> Any:
     try:
         return loader(path, manifest)
     # pyarrow's and pandas' parse errors included; a TypeError or AttributeError is a manifest
-    # field of another type (edited by hand), named in the message
+    # field of another type (edited by hand), named in the message. Not "--overwrite": with the
+    # same settings it empties nothing, and the same command alone writes the outputs anew
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunFolderError(
             f"{path} holds a complete {kind} run whose files cannot be read "
             f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged: run the command "
-            "that wrote it again with --overwrite"
+            "that wrote it again, which writes them anew from its finished work"
         ) from None

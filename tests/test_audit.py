@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -70,31 +71,46 @@ def test_an_audit_resumes_and_loads_back(audit_runs, tmp_path):
     config, trained, _ = _models(audit_runs)
     captions = ["a dog on a red sofa", "a cat", "a photo of nothing", "a blue horse"]
     out = tmp_path / "audit"
-    first = clipaudit.run_audit(
-        captions,
-        audit_runs["images"],
-        (config, trained),
-        out,
-        zeroshot={"cache_dir": None, "device": "cpu", "workers": 0},
-        progress=False,
-        echo=lambda _: None,
-    )
+
+    def audit(**zeroshot: str):
+        return clipaudit.run_audit(
+            captions,
+            audit_runs["images"],
+            (config, trained),
+            out,
+            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0, **zeroshot},
+            progress=False,
+            echo=lambda _: None,
+        )
+
+    first = audit()
     assert first.coverage.concepts.set_index("concept")["count"]["dog"] == 1
+    # this very audit again: every stage reused, and the manifest keeps the provenance of the
+    # session that computed it (it was rewritten with the code, time and seconds of the check)
+    written = (out / "manifest.json").read_bytes()
+    same = audit()
+    assert same.coverage.reused and same.zeroshot.reused and same.report.reused
+    assert (out / "manifest.json").read_bytes() == written
+    assert same.manifest == json.loads(written) and same.manifest["status"] == "complete"
     loaded = clipaudit.load_run(out)
     assert loaded.zeroshot.models == ["tiny-clip@trained"]
     pd.testing.assert_frame_equal(loaded.coverage.groups, first.coverage.groups)
     assert loaded.report.summary["pairs"] == first.report.summary["pairs"]
     assert "tiny-clip@trained" in repr(loaded) and loaded.html_path.is_file()
+    # a stage deleted by hand: the audit read back was "RUN/coverage does not exist; expected a
+    # run folder (the --out of a run)", as though the audit's own folder were mistyped
+    shutil.rmtree(out / "coverage")
+    with pytest.raises(RunFolderError) as info:
+        clipaudit.load_run(out)
+    assert str(info.value) == (
+        f"{out} holds a complete audit run whose output 'coverage/manifest.json' is gone (1 of "
+        "its files missing); run the command that wrote it again to write them anew"
+    )
+    again = audit()
+    assert not again.coverage.reused and again.zeroshot.reused
+    pd.testing.assert_frame_equal(clipaudit.load_run(out).coverage.groups, first.coverage.groups)
     with pytest.raises(RunFolderError, match=r"zeroshot.templates: 'none' -> 'simple'"):
-        clipaudit.run_audit(
-            captions,
-            audit_runs["images"],
-            (config, trained),
-            out,
-            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0, "templates": "simple"},
-            progress=False,
-            echo=lambda _: None,
-        )
+        audit(templates="simple")
 
 
 def test_an_audit_checks_every_stage_before_counting_anything(audit_runs, tmp_path):

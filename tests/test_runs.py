@@ -151,7 +151,8 @@ def test_a_table_without_the_columns_its_readers_need_is_a_damaged_folder(tmp_pa
     assert str(info.value) == (
         f"{damaged} holds a complete zeroshot run whose files cannot be read (ValueError: its "
         "concepts table has no column model, group, concept, precision, recall, f1, support); "
-        "the folder is damaged: run the command that wrote it again with --overwrite"
+        "the folder is damaged: run the command that wrote it again, which writes them anew from "
+        "its finished work"
     )
     no_score = zeroshot_folder(
         tmp_path / "no-score", groups=ZEROSHOT_GROUPS.replace("macro_f1", "f")
@@ -335,3 +336,195 @@ def test_a_manifest_records_the_folder_its_relative_paths_are_relative_to(tmp_pa
         folder.complete()
     manifest = json.loads((tmp_path / "work" / "run" / "manifest.json").read_text())
     assert manifest["working_directory"] == str(tmp_path / "work")
+
+
+def test_a_complete_run_whose_stage_an_interrupted_session_changed_is_no_longer_complete(tmp_path):
+    """An audit rerun with a model added changes its zero-shot stage (the models are units, not
+    settings); interrupted, the audit's manifest kept saying complete, with the old models,
+    while its stage had failed."""
+    audit = tmp_path / "audit"
+
+    def stage(models: list[str]) -> None:
+        with RunFolder(audit / "zeroshot", "zeroshot", {"templates": "none"}) as zeroshot:
+            if not (zeroshot.was_complete and zeroshot.previous["models"] == models):
+                zeroshot.complete(models=models)
+
+    with RunFolder(audit, "audit", {"templates": "none"}) as folder:
+        stage(["a"])
+        folder.complete(models=["a"])
+    # a rerun that reuses every stage and is interrupted leaves the complete run as it was
+    with pytest.raises(KeyboardInterrupt), RunFolder(audit, "audit", {"templates": "none"}):
+        stage(["a"])
+        raise KeyboardInterrupt
+    manifest = json.loads((audit / "manifest.json").read_text())
+    assert (manifest["status"], manifest["models"]) == ("complete", ["a"])
+    # one whose stage took a second model, interrupted before the run itself was done
+    with pytest.raises(KeyboardInterrupt), RunFolder(audit, "audit", {"templates": "none"}):
+        stage(["a", "b"])
+        raise KeyboardInterrupt
+    manifest = json.loads((audit / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
+    with pytest.raises(RunFolderError, match="holds an audit run that failed \\(interrupted"):
+        load_run(audit)
+    assert not (audit / ".lock").exists()
+
+
+def test_a_run_another_process_is_writing_is_not_called_one_to_resume(tmp_path):
+    """load_run (a researcher in Jupyter) on a folder a command is still writing said to run the
+    command again to resume it: a second run, which the lock then refuses."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    code = (
+        "import sys, time\n"
+        "from clipaudit.runs import RunFolder\n"
+        f"with RunFolder({str(run)!r}, 'coverage', {{'a': 1}}):\n"
+        "    print('writing', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        with pytest.raises(RunFolderError) as info:
+            load_run(run)
+        assert str(info.value) == (
+            f"{run} holds a coverage run that another clipaudit process is writing now; wait for "
+            "it to finish, then read it"
+        )
+    finally:
+        writer.communicate("")
+    assert writer.returncode == 0
+    # a run killed while running (its lock file left, no process holding it) resumes
+    (run / ".lock").touch()
+    with pytest.raises(RunFolderError, match="that is running, not complete; run the command"):
+        load_run(run)
+
+
+def test_a_damaged_complete_run_is_written_anew_by_the_command_its_message_names(tmp_path):
+    """The message said to run the command again "with --overwrite", which with the same settings
+    empties nothing: the same command alone writes the damaged tables anew."""
+    import clipaudit
+
+    out = tmp_path / "run"
+    captions = ["a dog", "a red cat", "a dog and a cat"]
+    clipaudit.count_coverage(texts=captions, out=out, progress=False)
+    (out / "concepts.parquet").write_bytes(b"PAR1 no table")
+    with pytest.raises(RunFolderError) as info:
+        load_run(out)
+    assert str(info.value).endswith(
+        "the folder is damaged: run the command that wrote it again, which writes them anew "
+        "from its finished work"
+    )
+    clipaudit.count_coverage(texts=captions, out=out, progress=False)
+    counts = load_run(out).concepts.set_index("concept")["count"]
+    assert (counts["dog"], counts["cat"], counts["red"], counts["horse"]) == (2, 2, 1, 0)
+
+
+def test_the_error_that_stopped_a_run_is_the_one_raised_when_its_failure_cannot_be_written(
+    tmp_path, monkeypatch
+):
+    """A bad shard on a disk that has just filled: marking the run failed cannot be written, and
+    that OSError took the place of the shard's message (the CLI then spoke of manifest.json)."""
+    import errno
+
+    from clipaudit import runs
+    from clipaudit.errors import InputError
+
+    run = tmp_path / "run"
+    written = runs.write_json
+
+    def full_once_failing(path, manifest):
+        if manifest.get("status") == "failed":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written(path, manifest)
+
+    monkeypatch.setattr(runs, "write_json", full_once_failing)
+    with (
+        pytest.raises(InputError, match=r"shard-7\.parquet is not a parquet file"),
+        RunFolder(run, "coverage", {"a": 1}),
+    ):
+        raise InputError("shard-7.parquet is not a parquet file")
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # resumes
+    assert not (run / ".lock").exists()
+
+
+def test_a_run_folder_whose_file_system_cannot_lock_is_not_called_busy(tmp_path, monkeypatch):
+    """An NFS mount without its lock daemon answers every lock with ENOLCK: that was "another
+    clipaudit run is writing into ...; wait for it", which no waiting ends."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    killed = tmp_path / "killed"
+    with RunFolder(killed, "coverage", {}):
+        pass
+    (killed / ".lock").touch()  # kept, as a kill -9 keeps it
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    # read back, such a folder's run is one to resume, not one another process is writing
+    with pytest.raises(RunFolderError, match="that is running, not complete; run the command"):
+        load_run(killed)
+    run = tmp_path / "run"
+    with pytest.raises(RunFolderError) as refused, RunFolder(run, "coverage", {}):
+        pass
+    assert str(refused.value) == (
+        f"cannot lock the run folder {run} (No locks available): its file system keeps no file "
+        "locks; give --out a folder on a disk that does (a local one)"
+    )
+    assert not (run / ".lock").exists()
+
+
+def test_an_overwrite_interrupted_while_emptying_leaves_a_folder_clipaudit_still_knows(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C while --overwrite emptied a big folder: where manifest.json went first, the rest
+    was "not empty but holds no clipaudit run", to be deleted by hand."""
+    import pathlib
+
+    from clipaudit import runs
+
+    run = tmp_path / "run"
+    with RunFolder(run, "coverage", {"column": "text"}) as folder:
+        (run / "store").mkdir()
+        (run / "store" / "part-0.npy").write_bytes(b"x" * 10)
+        folder.complete()
+    listed = pathlib.Path.iterdir
+
+    def manifest_first(path):  # the order a file system may list them in
+        return sorted(listed(path), key=lambda entry: entry.name != "manifest.json")
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", manifest_first)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(runs.shutil, "rmtree", interrupted)
+        RunFolder(run, "coverage", {"column": "caption"}, overwrite=True).__enter__()
+    assert not (run / ".lock").exists()
+    with RunFolder(run, "coverage", {"column": "caption"}, overwrite=True) as folder:
+        assert folder.restarted == "--overwrite"
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
+
+
+def test_a_run_starting_while_a_reader_looks_at_its_lock_is_not_refused(tmp_path, monkeypatch):
+    """load_run asks whether a folder's lock is held by taking it shared for an instant: a run
+    starting in that instant was refused as though another run were writing there."""
+    import errno
+    import fcntl
+
+    real, calls = fcntl.flock, []
+
+    def read_once(handle, operation):
+        calls.append(operation)
+        if len(calls) == 1:  # the reader's shared lock, held at this very moment
+            raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+        return real(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", read_once)
+    with RunFolder(tmp_path / "run", "coverage", {"a": 1}) as folder:
+        folder.complete()
+    assert len(calls) >= 2

@@ -1289,3 +1289,23 @@ def test_no_cache_with_a_cache_folder_is_refused_not_one_of_them_ignored(command
         "cache; give one"
     )
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_complete_run_whose_table_was_damaged_writes_it_again_from_its_units(
+    tiny, tmp_path, monkeypatch
+):
+    """Reading a complete run back to reuse it crashed on a table cut short (pandas'
+    ParserError), and every rerun crashed the same way: the models' units hold the results."""
+    from clipaudit.runs import load_run
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    first = run_for(tiny, tmp_path)
+    expected = first.groups.copy()
+    (tmp_path / "run" / "groups.csv").write_text('group,"model\n"unclosed')
+    with pytest.raises(RunFolderError, match="files cannot be read"):
+        load_run(tmp_path / "run")
+    counts = count_encoded_images(monkeypatch)
+    again = run_for(tiny, tmp_path)
+    assert not again.reused and counts == []  # written from the units: no image encoded
+    pd.testing.assert_frame_equal(again.groups, expected)
+    pd.testing.assert_frame_equal(load_run(tmp_path / "run").groups, expected)

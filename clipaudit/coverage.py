@@ -559,11 +559,17 @@ def count_coverage(
         result = _merge(out, registry, settings, run, inputs, folder, semantic)
         if result.manifest["n_captions_read"] == 0:  # its tables stay, all zero, for a look
             raise RunFailedError(_nothing_read(result.manifest, in_memory))
+        replaced = _replaced_units(folder, run.finished)  # read before their records go
         removed = folder.prune_units([shard.key for shard in run.finished])
         if semantic is not None:
             semantic.prune(run.finished)
         fields = dict(result.manifest)
-        timings = {**fields.pop("timings"), **run.timings(), "shards_removed": len(removed)}
+        timings = {
+            **fields.pop("timings"),
+            **run.timings(),
+            "shards_removed": len(set(removed) - replaced),
+            "shards_replaced": len(replaced & set(removed)),
+        }
         manifest = folder.complete(**fields, timings=timings)
         if settings.per_caption:  # matches.parquet holds them, and the manifest says so now
             for shard in run.finished:
@@ -600,6 +606,21 @@ def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:
         return replace(load_coverage_run(out, manifest), reused=True)
     except (OSError, ValueError):  # pyarrow's ArrowInvalid and json's errors are ValueErrors
         return None
+
+
+def _replaced_units(folder: RunFolder, finished: Sequence[Shard]) -> set[str]:
+    """The records the run is about to prune that are earlier counts of a shard counted now (the
+    same part of an input still named, whose file changed, whose row-number ids moved, or that
+    other matching code counted), as against those of inputs no longer named."""
+    keys = {shard.key for shard in finished}
+    labels = {shard.label for shard in finished}
+    replaced = set()
+    for key in set(folder.finished_units()) - keys:
+        with contextlib.suppress(OSError, ValueError):  # a record damaged by hand: not known
+            record = json.loads(folder.unit_path(key).read_text(encoding="utf-8"))
+            if isinstance(record, dict) and record.get("shard") in labels:
+                replaced.add(key)
+    return replaced
 
 
 def _same_inputs(recorded: Any, inputs: list[dict[str, Any]]) -> bool:
@@ -654,6 +675,16 @@ def _nothing_read(manifest: dict[str, Any], in_memory: bool) -> str:
             f"no caption was read: the {manifest['n_rows']:,} captions given were all skipped "
             f"({reasons}); give caption strings (None or NaN is no caption; one longer than "
             "max_caption_chars is skipped)"
+        )
+    bad = manifest["skipped_shards"]
+    if bad:  # the captions may all be in the shards skipped: no column to blame
+        rows = manifest["n_rows"] - sum(shard["n_rows"] or 0 for shard in bad)
+        return (
+            f"no caption was read: {len(bad)} shard(s) could not be read ("
+            + "; ".join(f"{shard['shard']}: {shard['reason']}" for shard in bad[:3])
+            + f"{'; ...' if len(bad) > 3 else ''}) and the other shards' {rows:,} rows hold no "
+            f"caption{f' ({reasons})' if reasons else ''}; fix or replace the unreadable files, "
+            "then run the same command again"
         )
     if manifest["n_rows"] == 0:  # no column to name: its files hold nothing
         return (
@@ -969,6 +1000,8 @@ class _Dispatch:
                 workers=settings.workers,
             )
             workers, self.window = executor.parallelism, executor.window
+            if todo is not None:  # at once, never more than the shards to do (as local workers)
+                workers = min(workers, len(todo))
             self.engine = executor.describe()
         else:
             if todo == []:  # every shard reused: no engine starts, whichever was asked for
@@ -1524,6 +1557,7 @@ def _merge(
             kept = examples.get(name, []) + [(crc, text, row_id) for crc, text, row_id in found]
             examples[name] = _smallest_distinct(kept, settings.examples_per_concept)
         ids_are_int = ids_are_int and partial["id_is_int"] is not False
+    rows_counted = totals["n_rows"]  # what the shards' CPU seconds were spent on
     for shard in run.skipped:
         totals["n_rows"] += shard["n_rows"] or 0
 
@@ -1574,7 +1608,7 @@ def _merge(
         "ids": ids,
         "timings": {  # of the shards' work in all sessions; count_coverage adds this session's
             "shard_cpu_seconds": round(cpu_seconds, 3),
-            "captions_per_cpu_s": round(totals["n_rows"] / cpu_seconds, 1) if cpu_seconds else None,
+            "captions_per_cpu_s": round(rows_counted / cpu_seconds, 1) if cpu_seconds else None,
         },
         "outputs": outputs,
     }

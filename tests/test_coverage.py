@@ -398,6 +398,32 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     }
 
 
+def test_shards_removed_are_those_of_inputs_no_longer_named_not_those_counted_again(tiny, tmp_path):
+    """Text files have no ids: their rows are numbered across the corpus. Dropping the first
+    file moves the ids of the two after it, which are counted again: 1 shard is no longer in
+    the inputs and 2 replace their earlier counts; a file rewritten in place replaces 1."""
+    from clipaudit.cli.coverage import session_line
+
+    files = []
+    for name in ("a", "b", "c"):
+        files.append(tmp_path / f"{name}.txt")
+        files[-1].write_text(f"a red cat {name}\na dog\n")
+    out = tmp_path / "run"
+    run(files, tiny, out)
+    dropped = run(files[1:], tiny, out).manifest["timings"]
+    assert (dropped["shards_this_session"], dropped["shards_resumed"]) == (2, 0)
+    assert (dropped["shards_removed"], dropped["shards_replaced"]) == (1, 2)
+    line = session_line(dropped, reused=False)
+    assert "2 shards counted (2 of them recounted: their file, their row-number ids" in line
+    assert ", 1 no longer in the inputs removed;" in line
+    os.utime(files[2], ns=(1, 1))  # the same text, another time: another identity
+    touched = run(files[1:], tiny, out).manifest["timings"]
+    assert (touched["shards_this_session"], touched["shards_resumed"]) == (1, 1)
+    assert (touched["shards_removed"], touched["shards_replaced"]) == (0, 1)
+    assert "no longer in the inputs" not in session_line(touched, reused=False)
+    assert len(list((out / "units").glob("*.json"))) == 2
+
+
 def test_a_full_or_read_only_disk_stops_the_run_with_the_fix_and_a_rerun_resumes(
     tiny, tmp_path, monkeypatch, capsys
 ):
@@ -494,6 +520,23 @@ def test_a_run_where_every_shard_failed_is_failed(tiny, tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "no shard of the corpus could be read" in result.stderr
+
+
+def test_a_run_whose_only_captions_were_in_skipped_shards_names_them_not_the_column(tiny, tmp_path):
+    """Every shard holding captions is unreadable (skipped), the one read holds two nulls: the
+    failure names the skipped shards and the fix, not a caption column that is right."""
+    corpus = corpus_with_a_corrupt_shard(tmp_path / "corpus")
+    for name in ("a", "c"):
+        pq.write_table(pa.table({"caption": pa.array([None], pa.string())}), corpus / f"{name}.parquet")  # fmt: skip
+    with pytest.raises(RunFailedError) as failed:
+        run([corpus], tiny, tmp_path / "run", skip_bad=True)
+    message = str(failed.value)
+    assert message.startswith(
+        f"no caption was read: 1 shard(s) could not be read ({corpus / 'b.parquet'}: unreadable "
+        "parquet data"
+    )
+    assert "the other shards' 2 rows hold no caption (2 null); fix or replace" in message
+    assert "--column" not in message
 
 
 def test_a_corpus_copied_elsewhere_resumes_and_the_manifest_names_the_copy(tiny, tmp_path):
@@ -772,6 +815,24 @@ def test_bad_shards_stop_the_run_keeping_finished_work_or_are_skipped(tiny, tmp_
         "red": 8,
         "happy": 0,
     }
+
+
+def test_the_rate_per_cpu_second_counts_the_rows_its_shards_read_not_the_skipped(tiny, tmp_path):
+    """A skipped shard's rows are the corpus's (n_rows), but no CPU second was spent counting
+    them: the manifest's captions per CPU second is over the counted shards' rows alone."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"caption": [f"a red cat {i}" for i in range(30_000)]}), corpus / "a.parquet")  # fmt: skip
+    pq.write_table(pa.table({"caption": [f"a dog {i}" for i in range(30_000)]}), corpus / "b.parquet")  # fmt: skip
+    data = bytearray((corpus / "b.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200
+    (corpus / "b.parquet").write_bytes(bytes(data))
+    result = run([corpus], tiny, tmp_path / "run", skip_bad=True)
+    assert result.manifest["n_rows"] == 60_000 and result.n_captions_read == 30_000
+    (unit,) = [json.loads(p.read_text()) for p in (tmp_path / "run" / "units").glob("*.json")]
+    assert unit["cpu_seconds"] > 0
+    timings = result.manifest["timings"]
+    assert timings["captions_per_cpu_s"] == round(30_000 / unit["cpu_seconds"], 1)
 
 
 def test_a_shard_without_the_caption_column_is_a_bad_shard(tiny, tmp_path):

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -113,6 +114,17 @@ def test_the_ray_engine_writes_the_local_engines_outputs_byte_for_byte(
     assert on_ray.n_captions_read == 90_000  # every row of the three files, counted once
     assert on_ray.manifest["units"] == local.manifest["units"]
     assert not list((tmp_path / "ray" / "units").glob("*.matches.parquet"))  # merged, removed
+
+
+def test_a_ray_run_records_no_more_tasks_at_once_than_shards_to_do(ray_cluster, registry, tmp_path):
+    """The module's Ray has 2 CPUs; a corpus of one shard runs one task: the manifest and the
+    session line say 1 at once, as the local engine says 1 worker, not the cluster's CPUs."""
+    corpus = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog"]}), corpus)
+    on_ray = count([corpus], tmp_path / "ray", registry, engine="ray", workers=None)  # all CPUs
+    local = count([corpus], tmp_path / "local", registry, workers=2)
+    assert on_ray.manifest["timings"]["cluster_cpus"] == 2
+    assert on_ray.manifest["timings"]["workers"] == local.manifest["timings"]["workers"] == 1
 
 
 def test_the_ray_engine_on_the_coco_captions_split_into_shards(

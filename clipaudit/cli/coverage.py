@@ -306,6 +306,11 @@ def session_line(timings: dict, reused: bool) -> str:
     seconds = timings["session_seconds"]
     rows = timings["rows_this_session"]
     done = f"{timings['shards_this_session']} shards counted"
+    if timings.get("shards_replaced"):  # earlier counts replaced: their inputs are still named
+        done += (
+            f" ({timings['shards_replaced']} of them recounted: their file, their row-number "
+            "ids or the matcher changed)"
+        )
     if timings["shards_resumed"]:
         done += f", {timings['shards_resumed']} reused from an earlier session"
     if timings.get("shards_removed"):

@@ -46,11 +46,11 @@ class GoldCaption:
     concepts: tuple[str, ...]
 
 
-def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCaption]:
+def load_gold(path: str | Path, registry: str | Path | Registry | None = None) -> list[GoldCaption]:
     """Read and check a gold JSON-lines file; every label must name a concept of ``registry``.
 
-    ``registry`` defaults to the built-in one. Blank lines are skipped; a line without ``id`` gets
-    its line number.
+    ``registry`` (a built-in name, a YAML file or a :class:`Registry`) defaults to the built-in
+    one. Blank lines are skipped; a line without ``id`` gets its line number.
     """
     path = Path(path)
     if not path.is_file():
@@ -58,7 +58,7 @@ def load_gold(path: str | Path, registry: Registry | None = None) -> list[GoldCa
         raise InputError(
             f"gold file {str(path)!r} {state}; expected a JSON-lines file of labelled captions"
         )
-    registry = registry or load_registry()
+    registry = load_registry() if registry is None else load_registry(registry)
     known = {c.name for c in registry.concepts}
     rows: list[GoldCaption] = []
     seen: dict[int | str, int] = {}
@@ -118,7 +118,13 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        # the column in the line (JSON's own counts lines within it: its newline is a second)
+        column = min(exc.pos, len(line.rstrip())) + 1
+        raise InputError(
+            f"{where}: not valid JSON ({exc.msg} at column {column}); "
+            'a gold file holds one JSON object per line: {"id": ..., "caption": "...", '
+            '"concepts": [...]}'
+        ) from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply to be a labelled caption") from None
     if not isinstance(row, dict):
@@ -126,11 +132,14 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
             f"{where}: expected a JSON object with 'caption' and 'concepts', got {line.strip()!r:.80}"
         )
     if not isinstance(row.get("caption"), str):
-        raise InputError(f"{where}: 'caption' must be a string, got {row.get('caption')!r:.60}")
+        raise InputError(
+            f"{where}: 'caption' must be a string, got {_field(row, 'caption', width=60)}"
+        )
     concepts = row.get("concepts")
     if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
         raise InputError(
-            f"{where}: 'concepts' must be a list of concept names, got {concepts!r:.80}"
+            f"{where}: 'concepts' must be a list of concept names, got "
+            f"{_field(row, 'concepts', width=80)}"
         )
     caption_id = row.get("id", number)
     if not isinstance(caption_id, (int, str)) or isinstance(caption_id, bool):
@@ -138,18 +147,31 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
     return row
 
 
+def _field(row: dict[str, Any], name: str, *, width: int) -> str:
+    """A field's value as a message shows it, or, when the line has no such field, its fields
+    and the closest of them ("text" for "caption": another tool's gold file)."""
+    if name in row:
+        return f"{row[name]!r:.{width}}"
+    fields = ", ".join(map(repr, list(row)[:10])) or "none"
+    return f"no {name!r} field (its fields: {fields}){did_you_mean(name, map(str, row))}"
+
+
 def evaluate_gold(
     gold_path: str | Path,
-    registry: Registry,
-    profiles: Sequence[str] | None = None,
+    registry: str | Path | Registry,
+    profiles: str | Sequence[str] | None = None,
     spacy_model: str | None = None,
 ) -> dict[str, Any]:
     """Score each matching profile against the gold labels; returns JSON-serialisable data.
 
-    ``profiles``: by default every profile the registry supports (``paper`` only with its
+    ``registry``: a built-in name, a YAML file or a :class:`Registry`. ``profiles``: one or
+    several; by default every profile the registry supports (``paper`` only with its
     ``paper_synonyms``). ``spacy_model`` is passed to the curated profile only (the paper profile
     has no NLP step).
     """
+    registry = load_registry(registry)
+    if isinstance(profiles, str):  # one profile, not its letters
+        profiles = [profiles]
     if profiles is None:
         profiles = [p for p in PROFILES if p != "paper" or has_paper_synonyms(registry)]
     gold = load_gold(gold_path, registry)

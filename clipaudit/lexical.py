@@ -37,11 +37,11 @@ inflections are not generated: for the registry's nouns they name another sense 
 "parked", "training", "dressed", "coated"); participles and activities that do name a concept
 ("raining", "tired", "playing tennis") are listed as synonyms.
 
-With ``spacy_model`` (a trained pipeline the user has installed, e.g. ``en_core_web_sm``) the
-curated matcher also drops a hit on a word that the pipeline tags as a verb ("tie your shoes",
-"park the car") when the matched synonym is a base form that English also uses as a verb. The
-pipeline only runs on captions with such a hit, and the default (no pipeline) stays
-automaton-only.
+With ``spacy_model`` (a trained English pipeline the user has installed, e.g.
+``en_core_web_sm``) the curated matcher also drops a hit on a word that the pipeline tags as a
+verb ("tie your shoes", "park the car") when the matched synonym is a base form that English also
+uses as a verb. The pipeline only runs on captions with such a hit, and the default (no pipeline)
+stays automaton-only.
 
 Building a curated matcher reads the lookup tables without importing spaCy and generates the
 key tables, which are cached on disk as JSON (:func:`matcher_cache_dir`), one file per registry
@@ -51,6 +51,7 @@ pickle, so worker processes can build their own or receive one.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import gzip
@@ -75,7 +76,7 @@ try:  # built with the package when a C compiler was at hand (hatch_build.py)
 except ImportError:
     _scan = None
 
-from clipaudit.errors import InputError, SettingsError, did_you_mean, keyword_checked
+from clipaudit.errors import InputError, SettingsError, did_you_mean, keyword_checked, one_line
 from clipaudit.provenance import atomic_write_text
 from clipaudit.registry import DEFAULT_REGISTRY, TOGETHER_LISTS, Registry, load_registry
 from clipaudit.text import ASCII_TABLE, fold, normalize, unescape
@@ -162,8 +163,9 @@ def build_matcher(
 ) -> Matcher:
     """A caption matcher for every concept of ``registry`` under ``profile`` (``curated``/``paper``).
 
-    ``spacy_model`` names an installed trained spaCy pipeline (package name or path) used for
-    part-of-speech checks by the curated profile; None keeps matching automaton-only and offline.
+    ``spacy_model`` names an installed trained English spaCy pipeline (package name or path)
+    used for part-of-speech checks by the curated profile; None keeps matching automaton-only and
+    offline.
     """
     if profile not in PROFILES:
         raise SettingsError(
@@ -362,6 +364,9 @@ ROLES = (
 class _Batch:
     """Captions normalised and joined into one text (:func:`_prepare`)."""
 
+    # the captions with their HTML character references decoded: what the rules that read a
+    # caption's case, and the spaCy check, read ("Caf&eacute;" is the word "Café")
+    captions: Sequence[str | None]
     text: str
     chars: np.ndarray  # the text's bytes
     # a bit per offset of the text (little-endian in each byte), set where a word begins with an
@@ -432,8 +437,15 @@ class CuratedMatcher(Matcher):
 
     def __init__(self, registry: Registry, *, spacy_model: str | None = None):
         super().__init__(registry)
-        self.spacy_model = spacy_model
-        self._nlp: Any = _load_pipeline(spacy_model) if spacy_model else None
+        if spacy_model is not None and (
+            not isinstance(spacy_model, (str, os.PathLike)) or not str(spacy_model).strip()
+        ):
+            raise SettingsError(
+                "spacy_model must name an installed spaCy pipeline or the folder of a saved one "
+                f"(e.g. 'en_core_web_sm'), or be None, got {spacy_model!r:.60}"
+            )
+        self.spacy_model = None if spacy_model is None else os.fspath(spacy_model)
+        self._nlp: Any = _load_pipeline(self.spacy_model) if self.spacy_model else None
         roles = _key_tables(registry)
         keys = sorted(set().union(*roles.values()))
         self._scanner = KeyScanner([f" {form} " for form in keys])
@@ -490,9 +502,9 @@ class CuratedMatcher(Matcher):
         batch = _prepare(captions)
         hits = self._hits(batch)
         hit, concepts = self._pairs(batch, hits)
-        keep = ~self._vetoed(captions, batch, hits, hit, concepts)
+        keep = ~self._vetoed(batch, hits, hit, concepts)
         if self._nlp is not None:
-            keep[keep] = ~self._verbs(captions, batch, hits, hit[keep], concepts[keep])
+            keep[keep] = ~self._verbs(batch, hits, hit[keep], concepts[keep])
         n = len(self.concept_names)
         pairs = np.concatenate([hits.rows[hit[keep]] * n + concepts[keep], self._together(hits)])
         pairs = _distinct(pairs)
@@ -629,8 +641,32 @@ class CuratedMatcher(Matcher):
             after = text[end - 1 : min(row_end, end + 30)].split()[:2]
             keep.append(before != "for" and (_is_model(after) or bool(_YEAR.fullmatch(before))))
         fits = np.array(keep, dtype=bool)
-        fits &= ~self._heads_within(hits, concepts, hits.ends[hit] - 1, row_ends - 1)
+        fits &= ~self._heads_after(hits, rows, concepts, hits.ends[hit] - 1)
         return hit[fits], concepts[fits]
+
+    def _heads_after(
+        self, hits: _Hits, rows: np.ndarray, concepts: np.ndarray, first: np.ndarray
+    ) -> np.ndarray:
+        """Whether a hit of a head of each concept starts at an offset from ``first`` to the end
+        of its caption (``rows``). Read from the last head of each caption and concept: a caption
+        of thousands of makes and heads would pair each with each."""
+        n = len(self.concept_names)
+        # the heads of the makes' captions (heads come by start, so by caption too)
+        made, head_rows = _distinct(rows), hits.rows[hits.heads]
+        low = np.searchsorted(head_rows, made)
+        heads = hits.heads[_ranges(low, np.searchsorted(head_rows, made, "right") - low)[1]]
+        which, headed = self._tables["heads"].expand(hits.keys[heads])
+        if not len(which):
+            return np.zeros(len(concepts), dtype=bool)
+        head = heads[which]
+        codes, starts = hits.rows[head] * n + headed, hits.starts[head]
+        order = np.lexsort((starts, codes))
+        codes, starts = codes[order], starts[order]
+        last = np.append(codes[1:] != codes[:-1], True)  # the last head of each
+        codes, starts = codes[last], starts[last]
+        wanted = rows * n + concepts
+        at = np.searchsorted(codes, wanted).clip(max=len(codes) - 1)
+        return (codes[at] == wanted) & (starts[at] >= first)
 
     def _heads_within(
         self, hits: _Hits, concepts: np.ndarray, first: np.ndarray, last: np.ndarray
@@ -647,7 +683,6 @@ class CuratedMatcher(Matcher):
 
     def _vetoed(
         self,
-        captions: Sequence[str | None],
         batch: _Batch,
         hits: _Hits,
         hit: np.ndarray,
@@ -657,52 +692,62 @@ class CuratedMatcher(Matcher):
         the concept, within :data:`CUE_WINDOW` words after a cue against it, before a head it
         modifies, in a street address or a company's name, or right before such a pair of the
         same concept ("terrier dog bed")."""
-        n = len(self.concept_names)
-        pair_keys = hits.rows[hit] * n + concepts  # a pair by its caption and concept
-        vetoed = self._in_contexts(hits, hit, pair_keys)
-        vetoed |= self._after_cues(batch, hits, hit, pair_keys)
+        vetoed = self._in_contexts(batch, hits, hit, concepts)
+        vetoed |= self._after_cues(batch, hits, hit, concepts)
         vetoed |= self._modifying(batch, hits, hit, concepts)
         vetoed |= self._in_title_compounds(batch, hits, hit, concepts, vetoed)
         vetoed |= self._in_addresses(batch, hits, hit)
-        vetoed |= self._in_company_names(captions, batch, hits, hit)
+        vetoed |= self._in_company_names(batch, hits, hit)
         vetoed |= self._in_attributed_names(batch, hits, hit)
         if vetoed.any():
             # offsets in the batch's text name a caption too: a pair by the space it ends on,
-            # and the vetoed ones by the space they start on
+            # and the vetoed ones by the space they start on. Each step looks only at the pairs
+            # vetoed in the step before: a caption of thousands of chained words stays linear
+            n = len(self.concept_names)
             before = (hits.ends[hit] - 1) * n + concepts
-            while True:
-                marks = np.sort(hits.starts[hit[vetoed]] * n + concepts[vetoed])
-                at = np.searchsorted(marks, before).clip(max=len(marks) - 1)
-                chained = ~vetoed & (marks[at] == before)
-                if not chained.any():
-                    break
-                vetoed |= chained
+            order = np.argsort(before, kind="stable")
+            ordered = before[order]
+            newly = np.flatnonzero(vetoed)
+            while len(newly):
+                marks = hits.starts[hit[newly]] * n + concepts[newly]
+                low = np.searchsorted(ordered, marks)
+                _, position = _ranges(low, np.searchsorted(ordered, marks, "right") - low)
+                chained = order[position]
+                newly = np.unique(chained[~vetoed[chained]])
+                vetoed[newly] = True
         return vetoed
 
-    def _in_contexts(self, hits: _Hits, hit: np.ndarray, pair_keys: np.ndarray) -> np.ndarray:
+    def _in_contexts(
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray
+    ) -> np.ndarray:
         """Pairs inside the span of a hit of a negative context of their concept."""
         vetoed = np.zeros(len(hit), dtype=bool)
-        pair, context = self._joined_hits(self._tables["negated"], hits, pair_keys)
-        inner = hit[pair]
-        inside = (hits.starts[context] <= hits.starts[inner]) & (
-            hits.ends[inner] <= hits.ends[context]
+        starts, ends = hits.starts[hit], hits.ends[hit]
+        # a context holding the pair starts at most the longest key's length before its end
+        longest = int(self._lengths.max(initial=0))
+        table = self._tables["negated"]
+        pair, context = self._joined_hits(
+            table, batch, hits, hit, concepts, hits.starts, (ends - longest, starts)
         )
-        vetoed[pair[inside]] = True
+        vetoed[pair[ends[pair] <= hits.ends[context]]] = True
         return vetoed
 
     def _after_cues(
-        self, batch: _Batch, hits: _Hits, hit: np.ndarray, pair_keys: np.ndarray
+        self, batch: _Batch, hits: _Hits, hit: np.ndarray, concepts: np.ndarray
     ) -> np.ndarray:
         """Pairs that begin within :data:`CUE_WINDOW` words after a hit of a cue against their
         concept, model designations between not counted ("Fit For Audi A4 B6 B7 Sedan")."""
         vetoed = np.zeros(len(hit), dtype=bool)
-        pair, cue = self._joined_hits(self._tables["cued"], hits, pair_keys)
+        starts = hits.starts[hit]
+        # the cue's last space at most _CUE_REACH characters before the hit's first space
+        window = (starts - _CUE_REACH, starts)
+        table = self._tables["cued"]
+        pair, cue = self._joined_hits(table, batch, hits, hit, concepts, hits.ends - 1, window)
         # the words between the cue and the hit: from the cue's last space to the hit's first
-        gap_start, gap_end = hits.ends[cue] - 1, hits.starts[hit[pair]]
-        near = (gap_start <= gap_end) & (gap_end - gap_start <= _CUE_REACH)
+        gap_start, gap_end = hits.ends[cue] - 1, starts[pair]
         text = batch.text
         for index, start, end in zip(
-            pair[near].tolist(), gap_start[near].tolist(), gap_end[near].tolist(), strict=True
+            pair.tolist(), gap_start.tolist(), gap_end.tolist(), strict=True
         ):
             words = text[start:end].split()
             if len(words) - sum(map(_is_model_token, words)) <= CUE_WINDOW:
@@ -825,9 +870,7 @@ class CuratedMatcher(Matcher):
         ]
         return _inside(spans, hits, hit)
 
-    def _in_company_names(
-        self, captions: Sequence[str | None], batch: _Batch, hits: _Hits, hit: np.ndarray
-    ) -> np.ndarray:
+    def _in_company_names(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
         """Pairs inside a company's name: capitalised words, at most :data:`_NAME_WORDS`, before
         a company word and after any separator or dash ("High Street Textile Testing Services
         Ltd", not "Popover Blouse - New York & Company"). Case is read from the caption itself,
@@ -839,19 +882,29 @@ class CuratedMatcher(Matcher):
         rows = hits.rows[companies]
         starts = hits.starts[companies]
         row_starts = batch.row_starts(rows)
-        bounds = zip(
+        # each caption's words and the spaces before them, once per caption: a caption of
+        # thousands of company words is read once, not once for each
+        words: dict[int, tuple[list[str], list[int]] | None] = {}
+        spans = []
+        for row, row_start, row_end, begin, start, end in zip(
+            rows.tolist(),
             row_starts.tolist(),
             (batch.row_ends(rows) - 1).tolist(),
             np.maximum(row_starts, batch.segment_start(starts)).tolist(),
+            starts.tolist(),
+            hits.ends[companies].tolist(),
             strict=True,
-        )
-        spans = [
-            (first, end)
-            for row, span, start, end in zip(
-                rows.tolist(), bounds, starts.tolist(), hits.ends[companies].tolist(), strict=True
-            )
-            if (first := _name_start(_text(captions[row]), batch.text, span, start)) is not None
-        ]
+        ):
+            if row not in words:
+                original = _WORD.findall(_text(batch.captions[row]))
+                spaces = np.flatnonzero(batch.chars[row_start:row_end] == _SPACE) + row_start
+                # folding made other words than the caption's: their case is unknown
+                same = len(original) == len(spaces)
+                words[row] = (original, spaces.tolist()) if same else None
+            if words[row] is not None:
+                first = _name_start(*words[row], start, begin)
+                if first is not None:
+                    spans.append((first, end))
         return _inside(spans, hits, hit)
 
     def _in_attributed_names(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
@@ -901,7 +954,6 @@ class CuratedMatcher(Matcher):
 
     def _verbs(
         self,
-        captions: Sequence[str | None],
         batch: _Batch,
         hits: _Hits,
         hit: np.ndarray,
@@ -922,7 +974,7 @@ class CuratedMatcher(Matcher):
             row = int(hits.rows[hit[index]])
             if row not in tags:
                 tags[row] = {}
-                for token in self._nlp(_text(captions[row])):
+                for token in self._nlp(_text(batch.captions[row])):
                     tags[row].setdefault(normalize(token.text), set()).add(token.pos_)
             word = batch.text[hits.starts[hit[index]] + 1 : hits.ends[hit[index]] - 1]
             found = tags[row].get(word)
@@ -930,28 +982,46 @@ class CuratedMatcher(Matcher):
         return verbs
 
     def _joined_hits(
-        self, table: _Ragged, hits: _Hits, pair_keys: np.ndarray
+        self,
+        table: _Ragged,
+        batch: _Batch,
+        hits: _Hits,
+        hit: np.ndarray,
+        concepts: np.ndarray,
+        offsets: np.ndarray,
+        window: tuple[np.ndarray, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Each (hit, concept) pair (by ``pair_keys``) joined with the hits in the same caption
-        whose keys list that concept in ``table`` (negative contexts or cues): the pair's index
-        and the other hit's."""
+        """Each (hit, concept) pair joined with the hits in the same caption whose keys list
+        that concept in ``table`` (negative contexts or cues) and whose offset (``offsets``, by
+        hit) is within the pair's ``window`` (first and last offsets, by pair): the pair's
+        index and the other hit's. A window, not the caption: a caption of thousands of such
+        words would join each with each."""
         other = np.flatnonzero(table.sizes[hits.keys])  # only the hits whose keys list any
         which, listed = table.expand(hits.keys[other])
         n = len(self.concept_names)
         # only the pairs of a concept that some of those hits list can join
         listed_here = np.zeros(n, dtype=bool)
         listed_here[listed] = True
-        candidates = np.flatnonzero(listed_here[pair_keys % n])
+        candidates = np.flatnonzero(listed_here[concepts])
         if not len(candidates):
             return candidates, candidates
         other = other[which]
+        # the other hits by caption and concept, then offset; each (caption, concept) numbered
         other_keys = hits.rows[other] * n + listed
-        order = np.argsort(other_keys)
-        sorted_keys = other_keys[order]
-        first = np.searchsorted(sorted_keys, pair_keys[candidates], "left")
-        last = np.searchsorted(sorted_keys, pair_keys[candidates], "right")
+        order = np.lexsort((offsets[other], other_keys))
+        other, other_keys = other[order], other_keys[order]
+        keys = _distinct(other_keys)
+        scale = len(batch.text) + 1
+        codes = np.searchsorted(keys, other_keys) * scale + offsets[other]  # ascending
+        pair_keys = hits.rows[hit[candidates]] * n + concepts[candidates]
+        group = np.searchsorted(keys, pair_keys).clip(max=len(keys) - 1)
+        joined = keys[group] == pair_keys
+        candidates, base = candidates[joined], group[joined] * scale
+        low, high = window
+        first = np.searchsorted(codes, base + low[candidates].clip(min=0), "left")
+        last = np.searchsorted(codes, base + high[candidates], "right")
         pair, position = _ranges(first, last - first)  # each pair with each of its other hits
-        return candidates[pair], other[order[position]]
+        return candidates[pair], other[position]
 
     def __getstate__(self) -> dict[str, Any]:
         # a spaCy pipeline is reloaded by name in the receiving process rather than pickled, and
@@ -1013,28 +1083,25 @@ def _inside(spans: list[tuple[int, int]], hits: _Hits, hit: np.ndarray) -> np.nd
     return inside
 
 
-def _name_start(caption: str, text: str, span: tuple[int, int, int], start: int) -> int | None:
+def _name_start(words: list[str], spaces: list[int], start: int, begin: int) -> int | None:
     """Where the company name that ends in the company word at ``start`` (the space before it
-    in ``text``, the batch's lower-case text) begins: the space before its first word, or None
-    when the word before the company word is not capitalised in ``caption``. ``span``: the
-    caption's first space, last space, and the space (a separator's, or the first) before
-    which no name goes. A name is at most :data:`_NAME_WORDS` words."""
-    row_start, row_end, begin = span
-    original = _WORD.findall(caption)
-    if len(original) != len(text[row_start:row_end].split()):
-        return None  # folding made other words than the caption's: their case is unknown
-    last = len(text[row_start:start].split())  # the company word's position in the caption
-    if not _capitalised(original[last]):
+    in the batch's text) begins: the space before its first word, or None when the word before
+    the company word is not capitalised. ``words``: the caption's words as written; ``spaces``:
+    the offset of the space before each in the batch's text; ``begin``: the space (a
+    separator's, or the caption's first) before which no name goes. A name is at most
+    :data:`_NAME_WORDS` words."""
+    last = bisect.bisect_left(spaces, start)  # the company word's position in the caption
+    if not _capitalised(words[last]):
         return None
-    first, position = last, start
-    while last - first < _NAME_WORDS and position > begin:
-        word = original[first - 1]
+    first = last
+    while last - first < _NAME_WORDS and spaces[first] > begin:
+        word = words[first - 1]
         if not (_capitalised(word) or word.lower() in _NAME_JOINERS):
             break
-        first, position = first - 1, text.rfind(" ", begin, position)
-    while first < last and original[first].lower() in _NAME_JOINERS:  # "of", "the" open no name
-        first, position = first + 1, text.find(" ", position + 1)
-    return None if first == last else position
+        first -= 1
+    while first < last and words[first].lower() in _NAME_JOINERS:  # "of", "the" open no name
+        first += 1
+    return None if first == last else spaces[first]
 
 
 def _attributed_name(text: str, capitals: bytes, space: int, end: int) -> tuple[int, int] | None:
@@ -1188,6 +1255,7 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
         marks, kind = np.frombuffer(marks, dtype=np.int64), np.frombuffer(kind, dtype=np.uint8)
         newlines = np.frombuffer(newlines, dtype=np.int64)
     return _Batch(
+        captions=captions,
         text=text.decode("ascii"),
         chars=np.frombuffer(text, dtype=np.uint8),
         capitals=capitals,
@@ -1531,12 +1599,28 @@ def _load_pipeline(name: str) -> Any:
 
     try:
         nlp = spacy.load(name, exclude=["ner", "parser", "lemmatizer", "textcat"])
-    except OSError as exc:
+    except Exception as exc:  # a user's pipeline: its files fail in many ways (config, meta, code)
+        # spaCy's OSError for a package's name: none is installed (not a dependency it lacks)
+        if isinstance(exc, OSError) and not ("/" in name or os.sep in name or Path(name).exists()):
+            raise SettingsError(
+                f"spaCy pipeline {name!r} is not installed ({one_line(exc)}); install it with "
+                f"`python -m spacy download {name}` (e.g. en_core_web_sm), pass the path of a "
+                "saved pipeline, or leave spacy_model unset to match without part-of-speech checks"
+            ) from None
         raise SettingsError(
-            f"spaCy pipeline {name!r} is not installed ({str(exc).splitlines()[0][:120]}); install "
-            f"it with `python -m spacy download {name}` (e.g. en_core_web_sm), pass the path of a "
-            "saved pipeline, or leave spacy_model unset to match without part-of-speech checks"
+            f"{name!r} cannot be loaded as a spaCy pipeline ({one_line(exc)}); pass the folder "
+            "a pipeline was saved to (nlp.to_disk) or the name of an installed one such as "
+            "en_core_web_sm, or leave spacy_model unset to match without part-of-speech checks"
         ) from None
+    if nlp.lang != "en":  # its tags would be read as English ones: every check a guess
+        raise SettingsError(
+            f"spaCy pipeline {name!r} is for language {nlp.lang!r}, and the curated profile's "
+            "part-of-speech check reads English captions; use an English pipeline such as "
+            "en_core_web_sm"
+        )
+    # its length limit guards the parser's and NER's memory, which are not loaded; a caption
+    # of a million characters is tagged like any other
+    nlp.max_length = sys.maxsize
     if (
         not nlp.has_pipe("tagger")
         and not nlp.has_pipe("morphologizer")

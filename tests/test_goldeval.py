@@ -134,6 +134,19 @@ def test_bad_json_line_names_the_line(tmp_path, tiny):
         load_gold(path, tiny)
 
 
+def test_a_pretty_printed_json_file_is_named_as_not_json_lines(tmp_path, tiny):
+    """A JSON array saved with indentation: line 1 is "[", whose error is past the "[" (column
+    2, not JSON's column 1 of its second line), and the message says what a gold file holds."""
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps(GOLD, indent=2), encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        load_gold(path, tiny)
+    assert str(caught.value) == (
+        f"{path}:1: not valid JSON (Expecting value at column 2); a gold file holds one JSON "
+        'object per line: {"id": ..., "caption": "...", "concepts": [...]}'
+    )
+
+
 def test_unknown_concepts_are_listed_with_suggestions(tmp_path, tiny):
     rows = [
         {"id": 1, "caption": "x", "concepts": ["dgo"]},
@@ -163,6 +176,41 @@ def test_malformed_rows(tmp_path, tiny, line, message):
     path = write_lines(tmp_path / "g.jsonl", [line])
     with pytest.raises(InputError, match=message):
         load_gold(path, tiny)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        # another tool's field names: the line's own fields are listed, the closest named
+        (
+            {"id": 1, "text": "a dog", "concepts": ["dog"]},
+            r":2: 'caption' must be a string, got no 'caption' field \(its fields: 'id', "
+            r"'text', 'concepts'\)$",
+        ),
+        (
+            {"id": 1, "caption": "a dog", "concept": ["dog"]},
+            r":2: 'concepts' must be a list of concept names, got no 'concepts' field \(its "
+            r"fields: 'id', 'caption', 'concept'\) \(did you mean 'concept'\?\)$",
+        ),
+        ({}, r":2: 'caption' must be a string, got no 'caption' field \(its fields: none\)$"),
+        # a field that is there but null is shown as it is
+        ({"id": 1, "caption": None, "concepts": []}, r":2: 'caption' must be a string, got None$"),
+    ],
+    ids=["another-tools-text", "a-misspelt-field", "an-empty-object", "a-null-caption"],
+)
+def test_a_missing_field_is_named_with_the_fields_the_line_has(tmp_path, tiny, row, message):
+    path = write_lines(tmp_path / "g.jsonl", ["", json.dumps(row)])
+    with pytest.raises(InputError, match=message):
+        load_gold(path, tiny)
+
+
+def test_gold_is_read_with_a_registry_by_path_and_one_profile_as_a_string(gold_file, tiny):
+    registry = gold_file.parent / "tiny.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    assert load_gold(gold_file, registry) == load_gold(gold_file, tiny)
+    by_path = evaluate_gold(gold_file, str(registry), profiles="paper")
+    assert list(by_path["profiles"]) == ["paper"]
+    assert by_path["profiles"] == evaluate_gold(gold_file, tiny, profiles=["paper"])["profiles"]
 
 
 def test_duplicate_ids_and_empty_files(tmp_path, tiny):

@@ -476,14 +476,18 @@ def test_pipeline_without_tagger_is_refused(tiny, tmp_path):
         build_matcher(tiny, spacy_model=str(tmp_path / "blank"))
 
 
-def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
-    spacy = pytest.importorskip("spacy")
-    # a stand-in for a trained tagger: tags "tie" as a verb before "his", as a noun elsewhere
-    nlp = spacy.blank("en")
+def _tagger(spacy, lang: str = "en"):
+    """A saved stand-in for a trained tagger: "tie" before "his" is a verb, a noun elsewhere."""
+    nlp = spacy.blank(lang)
     ruler = nlp.add_pipe("attribute_ruler")
     ruler.add([[{"LOWER": "tie"}]], {"POS": "NOUN"})
     ruler.add([[{"LOWER": "tie"}, {"LOWER": "his"}]], {"POS": "VERB"}, index=0)
-    nlp.to_disk(tmp_path / "tagger")
+    return nlp
+
+
+def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    _tagger(spacy).to_disk(tmp_path / "tagger")
     matcher = build_matcher(tiny, spacy_model=str(tmp_path / "tagger"))
     assert matcher.match("He learns to tie his shoes") == []
     assert matcher.match("A man in a tie") == ["tie"]
@@ -493,6 +497,69 @@ def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
     assert matcher.match_batch(captions) == [matcher.match_indices(c) for c in captions]
     clone = pickle.loads(pickle.dumps(matcher))
     assert clone.match("He learns to tie his shoes") == []
+
+
+def test_a_pipeline_of_another_language_is_refused(tiny, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    _tagger(spacy, "de").to_disk(tmp_path / "german")
+    with pytest.raises(SettingsError, match=r"for language 'de'.*English pipeline"):
+        build_matcher(tiny, spacy_model=str(tmp_path / "german"))
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [("[nlp\nlang = ", "ConfigValidationError"), (None, "no_such_factory")],
+    ids=["unreadable-config", "unknown-component"],
+)
+def test_a_saved_pipeline_that_cannot_load_is_a_settings_error(tiny, tmp_path, config, reason):
+    """Whatever spaCy raises on a broken folder (a config error, a component it cannot make)
+    is one message naming the folder, not spaCy's exception."""
+    spacy = pytest.importorskip("spacy")
+    folder = tmp_path / "broken"
+    _tagger(spacy).to_disk(folder)
+    written = (folder / "config.cfg").read_text()
+    broken = written.replace('factory = "attribute_ruler"', 'factory = "no_such_factory"')
+    (folder / "config.cfg").write_text(config if config is not None else broken)
+    with pytest.raises(
+        SettingsError,
+        match=f"{re.escape(repr(str(folder)))} cannot be loaded as a spaCy pipeline .*{reason}",
+    ):
+        build_matcher(tiny, spacy_model=str(folder))
+
+
+def test_a_caption_longer_than_spacys_length_limit_is_tagged(tiny, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    _tagger(spacy).to_disk(tmp_path / "tagger")
+    matcher = build_matcher(tiny, spacy_model=str(tmp_path / "tagger"))
+    verbs = "tie his shoes " * 80_000
+    assert len(verbs) > spacy.blank("en").max_length  # spaCy's limit, a million characters
+    assert matcher.match_batch([verbs, verbs + "and a tie"]) == [
+        [],
+        [matcher.concept_names.index("tie")],
+    ]
+
+
+def test_an_installed_pipeline_that_cannot_load_is_not_called_missing(tiny, monkeypatch):
+    """An installed package whose load fails (a dependency it lacks) is named as such, not as
+    a package to download."""
+    spacy = pytest.importorskip("spacy")
+
+    def load(name, **options):
+        raise ImportError("No module named 'spacy_transformers'")
+
+    monkeypatch.setattr(spacy, "load", load)
+    with pytest.raises(SettingsError) as caught:
+        build_matcher(tiny, spacy_model="en_core_web_trf")
+    assert str(caught.value).startswith(
+        "'en_core_web_trf' cannot be loaded as a spaCy pipeline (ImportError: No module named "
+        "'spacy_transformers'); "
+    )
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_blank_spacy_model_is_refused_rather_than_ignored(tiny, name):
+    with pytest.raises(SettingsError, match="spacy_model must name"):
+        build_matcher(tiny, spacy_model=name)
 
 
 # ---------------------------------------------------------------------------- sense rules
@@ -1263,6 +1330,22 @@ def test_company_names_in_a_batch_read_each_captions_own_case(builtin):
 
 
 @pytest.mark.parametrize(
+    ("escaped", "written"),
+    [
+        ("Caf&eacute; Red Dog Studios Ltd", "Café Red Dog Studios Ltd"),
+        ("Smith &amp; Red Dog Ltd", "Smith & Red Dog Ltd"),
+        ("Red&#32;Dog Ltd", "Red Dog Ltd"),
+    ],
+)
+def test_company_names_are_read_in_captions_with_html_references(builtin, escaped, written):
+    """A name's words are read from the caption as its references decode: "Caf&eacute;" is
+    one word, "Café", as the matcher reads it, not "Caf" and "eacute"."""
+    assert builtin.match(written) == []  # "Red Dog" is inside the company's name
+    assert builtin.match(escaped) == []
+    assert builtin.match_batch([escaped, "a red dog"]) == [[], builtin.match_indices("a red dog")]
+
+
+@pytest.mark.parametrize(
     ("caption", "expected"),
     [
         # pumps the shoes; the machines and the verb are not
@@ -1461,3 +1544,90 @@ def test_caption_crc32s_are_zlibs(route):
     assert lexical.caption_crc32s(captions, np.zeros(0, dtype=np.int64)).size == 0
     with pytest.raises(IndexError, match="out of range"):
         lexical.caption_crc32s(captions, np.array([-1]))
+
+
+# ---------------------------------------------------------------------------- long captions
+
+# keyword-stuffed web alt-text runs to tens of thousands of words; no rule may take work that
+# grows with the square of a caption's words (one such caption stalled a coverage worker)
+LONG = 4000
+
+
+@pytest.mark.parametrize(
+    ("matcher", "caption", "expected"),
+    [
+        # each "dog" inside a "hot dog", the last one after a separator counts
+        ("curated", "hot dog " * LONG + "| a dog", ["dog"]),
+        # a cue against the phone before each "iphone"; the last phone is 4 words after one
+        ("rules", "a case for an iphone " * LONG + "| and then a new phone", ["phone"]),
+        # a make with a model is a car, unless a head of the car follows in its caption
+        ("builtin", "Ferrari 599 Headlight " * LONG + "| 1986 Ferrari 328", ["car"]),
+    ],
+    ids=["negative-contexts", "cues", "makes-before-heads"],
+)
+def test_no_rule_pairs_each_word_of_a_long_caption_with_each(
+    request, monkeypatch, matcher, caption, expected
+):
+    """The rules join hits with array operations on pairs of hits (lexical._ranges); the pairs
+    are of hits near each other, never each hit of a caption with each (LONG**2 of them)."""
+    matcher = request.getfixturevalue(matcher)
+    sizes = [0]
+    ranges = lexical._ranges
+
+    def counted(starts, counts):
+        which, positions = ranges(starts, counts)
+        sizes.append(len(which))
+        return which, positions
+
+    monkeypatch.setattr(lexical, "_ranges", counted)
+    assert matcher.match(caption) == expected
+    # each word of a key joins with the keys within _CUE_REACH characters at most
+    assert max(sizes) <= 50 * len(caption.split())
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # every "Dog" inside a company's name, the last one after a comma counts
+        ("Big Dog Studios Ltd, " * 3 * LONG + "a dog", ["dog"]),
+        ("the company " * 3 * LONG + "a dog", ["dog"]),
+        # a modifier chain ("dog dog ... dog bed") vetoed as a whole, then a dog
+        ("dog " * 10 * LONG + "bed, and a dog", ["dog"]),
+    ],
+    ids=["company-names", "company-words", "modifier-chain"],
+)
+def test_long_captions_get_the_rules_short_ones_get(curated, rules, caption, expected):
+    """The rules read once per caption (the pairs they build are counted above, not timed
+    here: quadratic, these took minutes), and still decide as on a short caption."""
+    matcher = rules if "bed" in caption else curated
+    assert matcher.match(caption) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("a police oﬃcer in a ﬂat cap", ["hat", "police officer"]),  # ligatures decompose
+        ("T\u2011shirt and ｓｈｉｎｙ ｄｏｇ", ["dog", "shirt", "glossy"]),  # non-breaking hyphen
+        ("a gre\u0301y puppy", ["dog", "gray"]),  # a combining accent (NFD) is dropped
+        ("\u202bكلب\u202c dog \u05db\u05dc\u05d1", ["dog"]),  # right-to-left text is spaces
+        ("1 2 3 4 5 6 7 8 9 10 2019", []),
+        ("hat" + "\u0301" * 5000, ["hat"]),  # a run of combining marks
+    ],
+)
+def test_unicode_forms_match_alike_on_both_routes(route, caption, expected):
+    matcher = build_matcher(parse_registry(TINY))
+    assert sorted(matcher.match(caption)) == sorted(expected)
+    assert matcher.match_batch([caption, "a dog"]) == [matcher.match_indices(caption), [0]]
+
+
+def test_threads_share_a_matcher(route):
+    """The compiled pass runs without the GIL: threads sharing one matcher (and its tables)
+    get what each batch gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    matcher = build_matcher(load_registry("cai2025"))
+    captions = _web_captions()
+    chunks = [captions[i::6] for i in range(6)]
+    alone = [matcher.match_batch(chunk) for chunk in chunks]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(matcher.match_batch, chunks * 3)) == alone * 3

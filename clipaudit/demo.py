@@ -259,9 +259,11 @@ def _seconds(value: Any) -> float | None:
 
 
 def demo_outputs(settings: DemoSettings) -> list[str]:
-    """The files a complete demo holds at its top and in its sweep (a deleted one is made
-    again)."""
+    """The files a complete demo holds at its top, its stages' manifests and its sweep's
+    outputs (a deleted one, or a stage's folder, is made again)."""
     outputs = ["groups.csv", "demo.png", "report.html"]
+    outputs += [f"{stage}/manifest.json" for stage in ("world", "coverage", "zeroshot", "report")]
+    outputs.append("model/training.json")
     if settings.sweep is not None:
         outputs += ["sweep/dose_response.csv", "sweep/dose_response.png"]
     return outputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -322,6 +323,14 @@ def test_a_killed_demo_resumes_and_records_what_it_reused(tmp_path, monkeypatch)
     for key in ("world_s", "train_s", "coverage_s", "zeroshot_s", "report_s"):
         assert again.manifest["timings"][key] == first[key], key
     assert "    reused from an earlier run: coverage, zeroshot, report" in lines
+
+    # a stage's folder deleted: the demo is no longer complete, and the same command makes it
+    shutil.rmtree(out / "zeroshot")
+    with pytest.raises(RunFolderError, match=r"output 'zeroshot/manifest.json' is gone"):
+        load_run(out)
+    remade = run_demo(out, TINY, progress=False, echo=lines.append)
+    assert "zeroshot" not in remade.manifest["reused"]
+    assert load_run(out).zeroshot.models == ["miniworld-clip"]
 
 
 def test_a_rate_lost_between_commas_is_refused_not_dropped():

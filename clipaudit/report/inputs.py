@@ -158,7 +158,7 @@ def _folder(run: Any) -> Path:
 def _load(item: Any) -> list[Any]:
     """Runs given as paths (loaded through load_run) or objects; an audit-like object holding
     a coverage and a zero-shot run gives both."""
-    from clipaudit.runs import load_run, read_manifest, run_kind
+    from clipaudit.runs import a_run, load_run, read_manifest, run_kind
 
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
@@ -171,21 +171,21 @@ def _load(item: Any) -> list[Any]:
                 holder = load_run(path)
             except ImportError:
                 raise InputError(
-                    f"{path} holds a {kind} run, which this clipaudit cannot read; give its "
+                    f"{path} holds {a_run(kind)}, which this clipaudit cannot read; give its "
                     "coverage and zero-shot run folders instead"
                 ) from None
             return _load(holder)
         raise InputError(
-            f"{path} holds {f'a {kind}' if kind else 'an unknown'} run; a report reads coverage, zeroshot, "
+            f"{path} holds {a_run(kind) if kind else 'an unknown run'}; a report reads coverage, zeroshot, "
             "theory and world runs (or a demo/audit run holding them)"
         )
     if _kind_of(item):
-        from clipaudit.runs import not_complete
+        from clipaudit.runs import a_run, not_complete
 
         manifest = getattr(item, "manifest", None) or {}
         if manifest.get("status", "complete") != "complete":
             raise RunFolderError(
-                not_complete(f"{_folder(item)} holds a {_kind_of(item)} run", manifest)
+                not_complete(f"{_folder(item)} holds {a_run(_kind_of(item))}", manifest)
             )
         return [item]
     parts = [getattr(item, name, None) for name in ("coverage", "zeroshot", "theory", "world")]

@@ -159,9 +159,13 @@ _SPACE, _NEWLINE = ord(" "), ord("\n")
 
 
 def build_matcher(
-    registry: Registry, profile: str = DEFAULT_PROFILE, *, spacy_model: str | None = None
+    registry: str | Path | Registry,
+    profile: str = DEFAULT_PROFILE,
+    *,
+    spacy_model: str | None = None,
 ) -> Matcher:
-    """A caption matcher for every concept of ``registry`` under ``profile`` (``curated``/``paper``).
+    """A caption matcher for every concept of ``registry`` (a built-in name, a YAML path or a
+    :class:`Registry`) under ``profile`` (``curated``/``paper``).
 
     ``spacy_model`` names an installed trained English spaCy pipeline (package name or path)
     used for part-of-speech checks by the curated profile; None keeps matching automaton-only and
@@ -172,6 +176,7 @@ def build_matcher(
             f"unknown matching profile {profile!r}{did_you_mean(str(profile), PROFILES)}; "
             f"profiles are {', '.join(PROFILES)}"
         )
+    registry = load_registry(registry)  # a Registry is returned as it is
     if profile == "paper":
         if spacy_model is not None:
             raise SettingsError(

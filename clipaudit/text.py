@@ -16,8 +16,12 @@ ASCII_TABLE = bytes(
 # the same for folded text (:func:`fold`), which is lower-cased before folding: upper case that
 # folding makes ("TM" from the trade mark sign) is no letter either
 FOLDED_TABLE = bytes(32 if 65 <= c <= 90 else b for c, b in enumerate(ASCII_TABLE))
-# combining marks, which NFKD splits off accented letters ("é" -> "e" + U+0301)
-_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+# dropped from a word, not read as a break in it: combining marks, which NFKD splits off
+# accented letters ("é" -> "e" + U+0301), and the invisible marks written inside words (a soft
+# hyphen, "&shy;" in web text; zero-width joiners; the word joiner): "d\u00adog" is "dog"
+_COMBINING = re.compile(
+    "[\u00ad\u200c\u200d\u2060\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
 codecs.register_error("clipaudit.space", lambda error: (" ", error.end))
 # an HTML character reference ("&eacute;", "&#233;", "&#xE9;"), which web alt-text often holds
 _REFERENCE = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
@@ -61,9 +65,9 @@ def normalize(text: str) -> str:
 
 
 def unseen_character(text: str) -> str | None:
-    """The first character of ``text`` that :func:`normalize` turns into a word break though it
-    looks like part of a word, or None: an invisible format character (a zero-width space, a soft
-    hyphen) or a letter or digit of another script than Latin, such as a Cyrillic look-alike
+    """The first character of ``text`` that :func:`normalize` turns into a word break or drops
+    though it looks like part of a word or like nothing, or None: an invisible format character
+    (a zero-width space, a soft hyphen: a name holding one is another string than it shows) or a letter or digit of another script than Latin, such as a Cyrillic look-alike
     ("ԁog" normalises to "og"). Latin letters folding drops (ß, ø) are not among them: text
     holding them normalises alike on every side."""
     if text.isascii():

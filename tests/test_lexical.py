@@ -1612,6 +1612,9 @@ def test_long_captions_get_the_rules_short_ones_get(curated, rules, caption, exp
         ("\u202bكلب\u202c dog \u05db\u05dc\u05d1", ["dog"]),  # right-to-left text is spaces
         ("1 2 3 4 5 6 7 8 9 10 2019", []),
         ("hat" + "\u0301" * 5000, ["hat"]),  # a run of combining marks
+        # invisible marks inside a word join it (a soft hyphen, also as "&shy;"; joiners)
+        ("a d\u00adog and a p&shy;up\u200dpy", ["dog"]),
+        ("a pup\u2060py\u200c", ["dog"]),
     ],
 )
 def test_unicode_forms_match_alike_on_both_routes(route, caption, expected):

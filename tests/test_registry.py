@@ -971,7 +971,7 @@ def test_list_names_every_built_in_registry_but_the_file_shown(tmp_path, monkeyp
          "\u200b", "d og", "remove the invisible character"),
         # "common" beside the other group's "common": counted as two categories
         (COLOR, '    category: "com\\u00ADmon"\n    templates', 7, "group 'Color'", "category",
-         "com\u00admon", "\u00ad", "com mon", "remove the invisible character"),
+         "com\u00admon", "\u00ad", "common", "remove the invisible character"),
         ("    category: common\n", "    category: common\n    label: \u0410nimal\n", 6,
          "group 'Animal'", "label", "\u0410nimal", "\u0410", "nimal", "write it in Latin letters"),
     ],

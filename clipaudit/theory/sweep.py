@@ -177,13 +177,16 @@ def _with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
 
 # what a scenario's result holds besides its scenario record; its digest covers these, and the
 # scenario record is compared on its own (:func:`_stale_results`: older ones lack newer settings)
-_RESULT_FIELDS = (
+_TABLES = (  # the run's tables, each a list of rows in every result
     "r2",
     "coverage_concepts",
     "coverage_groups",
     "coverage_categories",
     "awareness_concepts",
     "awareness_groups",
+)
+_RESULT_FIELDS = (
+    *_TABLES,
     "confusion",
     "loss",
     "mixing_conditions",
@@ -548,15 +551,7 @@ def _assemble(
         s.name: json.loads((out / "results" / f"{s.name}.json").read_text()) for s in scenarios
     }
     tables = {
-        key: pd.DataFrame([row for r in records.values() for row in r[key]])
-        for key in (
-            "r2",
-            "coverage_concepts",
-            "coverage_groups",
-            "coverage_categories",
-            "awareness_concepts",
-            "awareness_groups",
-        )
+        key: pd.DataFrame([row for r in records.values() for row in r[key]]) for key in _TABLES
     }
     r2 = tables["r2"][R2_COLUMNS].copy()
     r2["agrees"] = [

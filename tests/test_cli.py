@@ -437,3 +437,25 @@ def test_eval_refuses_a_json_path_under_a_file_before_it_scores(tmp_path, monkey
         f"{tmp_path / 'scores'} is a file; give the path of a JSON file to write (its folder is "
         "made when missing)\n"
     )
+
+
+def test_every_command_with_a_progress_bar_is_quieted_by_the_same_option():
+    """zeroshot, audit, demo, report and theory take --quiet/-q; coverage count took only
+    --no-progress, so a script quieting every stage failed on it with "No such option"."""
+    import typer.main
+
+    from clipaudit.cli import app
+
+    def options(path: list[str]) -> set[str]:
+        command = typer.main.get_command(app)
+        for name in path:
+            command = command.commands[name]
+        return {name for parameter in command.params for name in parameter.opts}
+
+    quieted = {
+        " ".join(path): "--quiet" in options(path) and "-q" in options(path)
+        for path in _leaf_commands()
+        if options(path) & {"--quiet", "--progress"}
+    }
+    assert "coverage count" in quieted and "zeroshot" in quieted
+    assert all(quieted.values()), quieted

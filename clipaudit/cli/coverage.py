@@ -87,6 +87,9 @@ def count(
     ),
     overwrite: bool = OverwriteOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar (--no-progress, as other commands say it)."
+    ),
     engine: str = typer.Option(
         "local",
         "--engine",
@@ -158,7 +161,7 @@ def count(
         shard_rows=shard_rows,
         hf_split=split,
         verify_inputs=verify_inputs,
-        progress=progress,
+        progress=progress and not quiet,
         engine=engine,
         ray_address=ray_address,
         method=method,

@@ -1072,3 +1072,23 @@ def test_a_wide_file_without_a_byte_order_mark_is_named_as_such(tmp_path, encodi
     path.write_bytes(GOOD.replace("gloss: a cat", "gloss: a \x00cat").encode())
     with pytest.raises(RegistryError, match=r"reg\.yaml:17: invalid YAML: .*'\\x00'"):
         load_registry(path)
+
+
+def test_concepts_list_and_validate_count_in_words_that_agree(tmp_path):
+    """ "1 concepts in 1 groups, 1 categories" read as a typo."""
+    from typer.testing import CliRunner
+
+    from clipaudit.cli import app
+
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        "registry: one\nversion: '1'\ngroups:\n  - {name: Animal, category: common}\n"
+        "concepts:\n  - {name: dog, group: Animal, gloss: a dog, synonyms: [dog]}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    listed = runner.invoke(app, ["concepts", "list", "-r", str(one)])
+    assert "one v1: 1 concept in 1 group" in listed.stdout
+    validated = runner.invoke(app, ["concepts", "validate", str(one)])
+    assert validated.exit_code == 0
+    assert "1 concept in 1 group, 1 category" in " ".join(validated.stdout.split())

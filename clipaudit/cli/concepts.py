@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -23,9 +24,7 @@ def list_(
     reg = load_registry(registry)
     if group is not None:
         reg = reg.select([group])
-    table = Table(
-        title=f"{reg.name} v{reg.version}: {len(reg.concepts)} concepts in {len(reg.groups)} groups"
-    )
+    table = Table(title=f"{reg.name} v{reg.version}: {_size(reg)}")
     for column in ("category", "group", "concepts"):
         table.add_column(column)
     for g in reg.groups:
@@ -60,7 +59,7 @@ def show(
     table.add_row("prompts", ", ".join(concept.prompts))
     if group.templates:
         table.add_row("templates (group)", " | ".join(group.templates))
-    table.add_row("paper synonyms", ", ".join(concept.paper_synonyms) or "(none)")
+    table.add_row("paper synonyms", ", ".join(concept.paper_synonyms) or "-")
     # the sense rules change what counts as a mention: shown when set, the group's marked so
     # (they apply to every concept of the group)
     for key, label in (("modifier_of", "modifier of"), ("not_after", "not after")):
@@ -80,6 +79,18 @@ def validate(path: Path = typer.Argument(..., help="Registry YAML file to check.
     """Validate a registry file; exits non-zero with file:line and the problem when it is invalid."""
     reg = load_registry(path)
     console.print(
-        f"ok {path}: registry {reg.name!r} v{reg.version}, "
-        f"{len(reg.concepts)} concepts in {len(reg.groups)} groups, {len(reg.categories)} categories"
+        f"ok {path}: registry {reg.name!r} v{reg.version}, {_size(reg)}, "
+        f"{_count(len(reg.categories), 'category', 'categories')}"
+    )
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _size(reg: Any) -> str:
+    """ "146 concepts in 15 groups", "1 concept in 1 group"."""
+    return (
+        f"{_count(len(reg.concepts), 'concept', 'concepts')} in "
+        f"{_count(len(reg.groups), 'group', 'groups')}"
     )

@@ -268,7 +268,7 @@ def test_an_audit_whose_run_folder_lies_inside_its_images_is_refused_before_cove
     assert not out.exists()  # refused before the run folder (and the coverage stage) was made
 
 
-@pytest.mark.parametrize(("given", "expected"), [([], os.cpu_count() or 1), (["-w", "1"], 1)])
+@pytest.mark.parametrize(("given", "expected"), [([], 7), (["-w", "1"], 1)])
 def test_an_audit_counts_on_every_core_unless_told(given, expected, monkeypatch, tmp_path):
     """coverage count uses every core by default; the audit's coverage stage used one, so a
     LAION audit counted on one process unless the user knew to pass --workers."""
@@ -282,6 +282,7 @@ def test_an_audit_counts_on_every_core_unless_told(given, expected, monkeypatch,
         raise SystemExit(0)
 
     monkeypatch.setattr(clipaudit.audit, "run_audit", fake_audit)
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)  # not 1: the old default must not pass
     args = ["audit", "-c", str(tmp_path), "-i", str(tmp_path), "-m", "ViT-B-32", "-o", "o"]
     with pytest.raises(SystemExit):
         main([*args, *given])

@@ -285,7 +285,8 @@ def cli(*args: str) -> list[str]:
 
 
 def test_a_run_killed_with_sigkill_resumes_to_identical_outputs(tmp_path):
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     corpus = tmp_path / "corpus"
     write_synthetic_corpus(corpus, n_files=3, rows_per_file=80_000)
     args = cli(
@@ -769,7 +770,8 @@ def test_split_is_for_hugging_face_datasets_and_no_other_run_s_identity(tiny, zo
     again = run([zoo], tiny, out)
     assert again.reused and again.concepts.equals(first.concepts)
 
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     splits = {"train": ["a dog", "a red cat"], "val": ["a cat", "a smiling cat", "a dog"]}
     saved = tmp_path / "dict"
     datasets.DatasetDict(
@@ -1168,7 +1170,8 @@ def test_a_run_of_some_groups_is_not_resumed_with_others(tiny, tmp_path):
 def test_a_worker_killed_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
     """The out-of-memory killer takes a worker: the pool breaks, the command says so in one line
     (no traceback, exit 2), and the same command finishes the run from the shards kept."""
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     corpus = tmp_path / "corpus"
     write_synthetic_corpus(corpus, n_files=3, rows_per_file=80_000)
     args = cli("count", str(corpus), "--out", str(tmp_path / "run"), "--workers", "2",

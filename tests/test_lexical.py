@@ -470,7 +470,8 @@ def test_missing_spacy_pipeline_says_how_to_install(tiny):
 
 
 def test_pipeline_without_tagger_is_refused(tiny, tmp_path):
-    spacy = pytest.importorskip("spacy")
+    import spacy
+
     spacy.blank("en").to_disk(tmp_path / "blank")
     with pytest.raises(SettingsError, match="cannot tag parts of speech"):
         build_matcher(tiny, spacy_model=str(tmp_path / "blank"))
@@ -486,7 +487,8 @@ def _tagger(spacy, lang: str = "en"):
 
 
 def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
-    spacy = pytest.importorskip("spacy")
+    import spacy
+
     _tagger(spacy).to_disk(tmp_path / "tagger")
     matcher = build_matcher(tiny, spacy_model=str(tmp_path / "tagger"))
     assert matcher.match("He learns to tie his shoes") == []
@@ -500,7 +502,8 @@ def test_verb_tagged_base_forms_are_vetoed(tiny, tmp_path):
 
 
 def test_a_pipeline_of_another_language_is_refused(tiny, tmp_path):
-    spacy = pytest.importorskip("spacy")
+    import spacy
+
     _tagger(spacy, "de").to_disk(tmp_path / "german")
     with pytest.raises(SettingsError, match=r"for language 'de'.*English pipeline"):
         build_matcher(tiny, spacy_model=str(tmp_path / "german"))
@@ -514,7 +517,8 @@ def test_a_pipeline_of_another_language_is_refused(tiny, tmp_path):
 def test_a_saved_pipeline_that_cannot_load_is_a_settings_error(tiny, tmp_path, config, reason):
     """Whatever spaCy raises on a broken folder (a config error, a component it cannot make)
     is one message naming the folder, not spaCy's exception."""
-    spacy = pytest.importorskip("spacy")
+    import spacy
+
     folder = tmp_path / "broken"
     _tagger(spacy).to_disk(folder)
     written = (folder / "config.cfg").read_text()
@@ -528,7 +532,8 @@ def test_a_saved_pipeline_that_cannot_load_is_a_settings_error(tiny, tmp_path, c
 
 
 def test_a_caption_longer_than_spacys_length_limit_is_tagged(tiny, tmp_path):
-    spacy = pytest.importorskip("spacy")
+    import spacy
+
     _tagger(spacy).to_disk(tmp_path / "tagger")
     matcher = build_matcher(tiny, spacy_model=str(tmp_path / "tagger"))
     verbs = "tie his shoes " * 80_000
@@ -542,7 +547,7 @@ def test_a_caption_longer_than_spacys_length_limit_is_tagged(tiny, tmp_path):
 def test_an_installed_pipeline_that_cannot_load_is_not_called_missing(tiny, monkeypatch):
     """An installed package whose load fails (a dependency it lacks) is named as such, not as
     a package to download."""
-    spacy = pytest.importorskip("spacy")
+    import spacy
 
     def load(name, **options):
         raise ImportError("No module named 'spacy_transformers'")

@@ -203,7 +203,8 @@ def test_split_text_files_read_the_same_rows_as_whole_ones(tmp_path, monkeypatch
 
 
 def test_saved_hugging_face_dataset_is_read_by_row_ranges(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     data = datasets.Dataset.from_dict(
         {"caption": ["a dog", None, "a cat", "a cow", "a hen"], "id": [1, 2, 3, 4, 5]}
     )
@@ -232,7 +233,8 @@ def test_a_saved_dataset_records_the_files_it_reads_not_ones_left_from_an_earlie
 ):
     """save_to_disk into a folder saved before with more shards leaves the old arrow files
     there: they are no part of the dataset, and neither its record nor its identity holds them."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     saved = tmp_path / "saved"
     data = datasets.Dataset.from_dict({"caption": ["a dog", "a cat", "a cow", "a hen"]})
     data.save_to_disk(str(saved), num_shards=2)
@@ -250,7 +252,6 @@ def test_a_saved_dataset_records_the_files_it_reads_not_ones_left_from_an_earlie
 
 
 def test_hf_prefix_streams_a_dataset_through_datasets(tmp_path, monkeypatch):
-    pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder = tmp_path / "hub_like"
     folder.mkdir()
@@ -270,8 +271,9 @@ def test_a_streamed_dataset_records_the_version_it_read(tmp_path, monkeypatch):
     """A local dataset folder's manifest record holds its data files' identities (an edit shows);
     a hub dataset's, the commit its name resolved to, and the stream reads that commit even if
     the hub moves on between recording and reading."""
-    datasets = pytest.importorskip("datasets")
     import os
+
+    import datasets
 
     from clipaudit.coverage import CoverageSettings, count_coverage
     from clipaudit.registry import load_registry
@@ -312,7 +314,8 @@ def test_a_streamed_dataset_records_the_version_it_read(tmp_path, monkeypatch):
 def test_hf_prefix_on_a_saved_dataset_folder_says_to_name_the_folder(tmp_path, monkeypatch):
     """datasets.load_dataset refuses a save_to_disk folder ("use load_from_disk"): the error says
     to name the folder without hf:, which reads it (not to check the network)."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"caption": ["a dog", "a cat"], "id": [1, 2]}).save_to_disk(
@@ -330,7 +333,6 @@ def test_hf_prefix_on_a_loader_name_is_refused_before_any_file_is_read(
 ):
     """hf:json names datasets' json loader, which with no data files reads every file under the
     working folder (minutes in a repository, garbage counted): refused, naming the fix."""
-    pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.json").write_text('{"caption": "a dog"}\n', encoding="utf-8")
@@ -341,7 +343,6 @@ def test_hf_prefix_on_a_loader_name_is_refused_before_any_file_is_read(
 def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
     tmp_path, monkeypatch
 ):
-    pytest.importorskip("datasets")
     from clipaudit import readers
     from clipaudit.coverage import CoverageSettings, count_coverage
     from clipaudit.readers import ConnectionLostError
@@ -491,7 +492,8 @@ def test_a_jsonl_file_that_is_not_utf8_says_so(tmp_path):
 
 
 def test_a_damaged_saved_dataset_stops_with_a_hint_or_is_skipped_with_skip_bad(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     data = datasets.Dataset.from_dict({"caption": [f"a dog number {i}" * 9 for i in range(200)]})
     data.save_to_disk(str(tmp_path / "good"))
     cut, hollow = damaged_saved_datasets(data, tmp_path)

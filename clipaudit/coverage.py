@@ -12,7 +12,8 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
     RUN/matches.parquet            with per_caption: id, concepts (one row per caption read;
                                    its null and repeated ids counted in the manifest's ids)
     RUN/manifest.json              inputs, registry, settings, counts, timings, status
-    RUN/units/                     one partial result per finished shard (what a resume reuses)
+    RUN/units/                     one partial result per finished shard (what a resume reuses;
+                                   those of inputs no longer named are kept, in no result)
 
 With a semantic ``method`` (``semantic``, ``both``, ``checked``: :mod:`clipaudit.coverage_semantic`)
 the tables also hold ``<view>_count`` and ``<view>_rate`` for each view the method counts
@@ -32,6 +33,10 @@ Ray, by the driver, to which the task returns it), so a run killed at any moment
 and restarted with the same run folder redoes only unfinished shards and shards whose input changed
 (a file fixed, removed or added), and every shard after an upgrade of the matcher; outputs are
 merged from the partials in corpus order and come out identical to an uninterrupted run's.
+Nothing computed is lost: counted again with fewer inputs, the run keeps the partials (and the
+embeddings) of the inputs no longer named, out of its results, and reuses them when those inputs
+are named again unchanged; a partial goes when a count of its changed input replaces it, or when
+``count_coverage(..., prune=True)`` reclaims the space.
 
 Captions can be files and folders (see :mod:`clipaudit.readers`), a pandas DataFrame, or caption
 strings (``texts=``, or a list of strings none of which names a path; see :func:`count_coverage`
@@ -446,6 +451,7 @@ def count_coverage(
     *,
     texts: Iterable[str | None] | None = None,
     overwrite: bool = False,
+    prune: bool = False,
     **setting_changes: Any,
 ) -> CoverageResult:
     """Count, for every concept of ``registry``, the captions that mention it.
@@ -474,6 +480,13 @@ def count_coverage(
     Writes the run folder described in this module's docstring and returns its contents. Resumes
     a run folder holding the same run; refuses one of other settings with
     :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``.
+
+    Counted again with fewer inputs, the run's results cover the inputs named now, and the
+    records of the others (and their embeddings in the run's own store) are kept, reused when
+    those inputs are named again unchanged; only the records of an input that changed are
+    replaced (the manifest's ``timings``: ``shards_kept_unused``, ``shards_replaced``).
+    ``prune``: remove the records and own-store embeddings of the inputs no longer named, and
+    their captions staged in ``RUN/inputs/``, to reclaim the space (``shards_removed``).
     """
     if (captions is None) == (texts is None):
         raise InputError(
@@ -485,6 +498,8 @@ def count_coverage(
         raise SettingsError(
             f"out (the run folder) must be a path or None, got {type(out).__name__} {out!r:.60}"
         )
+    if not isinstance(prune, bool):  # "no" would count as yes, and delete kept work
+        raise SettingsError(f"prune must be True or False, got {prune!r:.60}")
     text_list = _caption_texts(texts) if texts is not None else None
     settings = (settings or CoverageSettings()).replace(**setting_changes)
     if settings.engine == "ray":
@@ -542,7 +557,9 @@ def count_coverage(
         # the same files named at other paths (a corpus moved or copied with its times) are the
         # same shards, but the manifest must name the inputs counted now: merged again
         renamed = not _same_inputs((folder.previous or {}).get("inputs"), inputs)
-        if folder.was_complete and run.unchanged and not moved and not renamed:
+        # with prune, a complete run holding what its inputs do not need is merged again
+        prunable = prune and _prunable(folder, run.planned, semantic)
+        if folder.was_complete and run.unchanged and not (moved or renamed or prunable):
             reused = _reuse(out, folder.previous)
             if reused is not None:
                 return reused
@@ -559,16 +576,25 @@ def count_coverage(
         result = _merge(out, registry, settings, run, inputs, folder, semantic)
         if result.manifest["n_captions_read"] == 0:  # its tables stay, all zero, for a look
             raise RunFailedError(_nothing_read(result.manifest, in_memory))
-        replaced = _replaced_units(folder, run.finished)  # read before their records go
-        removed = folder.prune_units([shard.key for shard in run.finished])
+        # nothing computed is lost: the records of inputs no longer named are kept (in no
+        # result), for when they are named again; those a count of the same input replaced go
+        replaced = _replaced_units(folder, run.planned)  # read before their records go
+        named = {shard.key for shard in run.planned}
+        unused = set(folder.finished_units()) - named - replaced
+        removed = set(folder.prune_units([*named, *(() if prune else unused)]))
         if semantic is not None:
-            semantic.prune(run.finished)
+            semantic.forget(replaced & removed)
+            if prune:
+                semantic.prune(run.planned)
+        if prune:
+            _prune_staged(out / "inputs", specs)
         fields = dict(result.manifest)
         timings = {
             **fields.pop("timings"),
             **run.timings(),
-            "shards_removed": len(set(removed) - replaced),
-            "shards_replaced": len(replaced & set(removed)),
+            "shards_replaced": len(replaced & removed),
+            "shards_kept_unused": len(unused - removed),  # records of inputs no longer named
+            "shards_removed": len(unused & removed),  # the same, removed by prune
         }
         manifest = folder.complete(**fields, timings=timings)
         if settings.per_caption:  # matches.parquet holds them, and the manifest says so now
@@ -608,17 +634,44 @@ def _reuse(out: Path, manifest: dict[str, Any]) -> CoverageResult | None:
         return None
 
 
-def _replaced_units(folder: RunFolder, finished: Sequence[Shard]) -> set[str]:
-    """The records the run is about to prune that are earlier counts of a shard counted now (the
-    same part of an input still named, whose file changed, whose row-number ids moved, or that
-    other matching code counted), as against those of inputs no longer named."""
-    keys = {shard.key for shard in finished}
-    labels = {shard.label for shard in finished}
+def _prunable(folder: RunFolder, planned: Sequence[Shard], semantic: SemanticRun | None) -> bool:
+    """Whether the run folder holds records (or its own store embeddings) that no shard planned
+    now needs: what ``prune`` removes."""
+    named = {shard.key for shard in planned}
+    if any(key not in named for key in folder.finished_units()):
+        return True
+    return semantic is not None and bool(semantic.unneeded(planned))
+
+
+def _prune_staged(staging: Path, specs: Sequence[str]) -> None:
+    """Remove the captions given in memory by earlier sessions (``staging``, ``RUN/inputs/``)
+    that this session does not count: their records are pruned, so they would be read again."""
+    named = {Path(spec).resolve() for spec in specs}
+    for staged in staging.glob("captions-*.parquet"):
+        if staged.resolve() not in named:
+            staged.unlink(missing_ok=True)
+
+
+def _replaced_units(folder: RunFolder, planned: Sequence[Shard]) -> set[str]:
+    """The records of shards not planned now whose input is read now: earlier counts of a part
+    of an input still named (its file changed, it has other parts now, or its row-number ids
+    moved), which the shards counted now replace. The records of inputs no longer named are
+    not among them: they are kept, to be reused when those inputs are named again."""
+    keys = {shard.key for shard in planned}
+    locations = {shard.location for shard in planned}
+    labels = {shard.label for shard in planned}  # records written before they held a location
     replaced = set()
     for key in set(folder.finished_units()) - keys:
         with contextlib.suppress(OSError, ValueError):  # a record damaged by hand: not known
             record = json.loads(folder.unit_path(key).read_text(encoding="utf-8"))
-            if isinstance(record, dict) and record.get("shard") in labels:
+            if not isinstance(record, dict):
+                continue
+            location, label = record.get("location"), record.get("shard")
+            if isinstance(location, str):
+                ours = location in locations
+            else:
+                ours = isinstance(label, str) and label in labels
+            if ours:
                 replaced.add(key)
     return replaced
 
@@ -1067,11 +1120,16 @@ class _Dispatch:
 
     @property
     def unchanged(self) -> bool:
-        """Nothing counted, skipped or removed this session: the folder already holds the result."""
+        """Nothing counted or skipped this session, and the shards planned are those the folder's
+        complete run merged: the folder already holds the result. (Not all the records in the
+        folder: those of inputs no longer named are kept, in no run's results.)"""
+        merged = (self.folder.previous or {}).get("units")  # [key, rows] each, in corpus order
         return (
             self.shards_done == 0
             and not self.skipped
-            and {s.key for s in self.planned} == set(self.folder.finished_units())
+            and isinstance(merged, list)
+            and [s.key for s in self.planned]
+            == [unit[0] if isinstance(unit, list) and unit else None for unit in merged]
         )
 
     def timings(self) -> dict[str, Any]:
@@ -1441,6 +1499,7 @@ class _ShardTally:
         return {
             "key": shard.key,
             "shard": shard.label,
+            "location": shard.location,  # its input: a later count of it replaces this record
             "first_row": shard.first_row,
             "n_rows": self.n_rows,
             "n_captions_read": self.n_read,

@@ -12,10 +12,13 @@ dispatcher, unit records, resume and merge. What it adds:
   load a model (one per worker multiplies the memory, 1.4 GB a process for MiniLM with torch, for
   about 1.3x the encoding speed on 2 cores: ``benchmarks/results/semantic.md``). A part is
   written atomically as soon as it is encoded, so a killed run encodes again only the parts it
-  had not finished; the concepts' vectors are kept in the store too. A run keeps the store it
-  started with (its manifest names it, from the first session on): a resume naming another
-  ``embedding_store`` is refused, naming both; the same store moved elsewhere (its ``store.json``
-  id) is followed. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
+  had not finished; the concepts' vectors are kept in the store too. The embeddings of inputs no
+  longer named stay in the run's own store, reused when they are named again; those of an input
+  that changed go (``prune`` on :func:`~clipaudit.coverage.count_coverage` removes all that the
+  named inputs do not need), and ``coverage index`` indexes the named inputs' alone. A run keeps
+  the store it started with (its manifest names it, from the first session on): a resume naming
+  another ``embedding_store`` is refused, naming both; the same store moved elsewhere (its
+  ``store.json`` id) is followed. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
   ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
 - **a unit's identity** holds what its embeddings come from (the encoder's identity: weights and
   pipeline, :data:`~clipaudit.semantic.encoders.IDENTITY_KEYS`; and the batch layout, or the
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -358,9 +361,25 @@ class SemanticRun:
         self.stats["rows_encoded"] += stats.rows_encoded
         self.stats["seconds"] += time.perf_counter() - clock
 
+    def forget(self, units: Iterable[str]) -> list[str]:
+        """Remove from the run's own store the embeddings of the unit records ``units`` (keys of
+        records the run replaced: their input changed, never to be read as it was). A shared
+        store is left alone: another run may read a copy of the file as it was."""
+        if self.store is None or not self.own_store:
+            return []
+        gone = set(units)
+        # a store key is the unit's key and its batch layout's, after the last dot
+        return self.store.remove(k for k in self.store.units() if k.rsplit(".", 1)[0] in gone)
+
+    def unneeded(self, shards: Sequence[Any]) -> list[str]:
+        """The run's own store entries that are no shard's of ``shards`` (kept for inputs no
+        longer named, or left by a kill): what :meth:`prune` removes. None in a shared store."""
+        if self.store is None or not self.own_store:
+            return []
+        return sorted(self.store.units() - {self.store_key(s) for s in shards})
+
     def prune(self, shards: Sequence[Any]) -> list[str]:
-        """Remove the run's own store entries of shards no longer in the run (a shared store is
-        left alone: other runs may read it)."""
+        """Remove the run's own store entries of what is not ``shards`` (:meth:`unneeded`)."""
         if self.store is None or not self.own_store:
             return []
         return self.store.prune(self.store_key(s) for s in shards)

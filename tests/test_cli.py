@@ -459,3 +459,27 @@ def test_every_command_with_a_progress_bar_is_quieted_by_the_same_option():
     }
     assert "coverage count" in quieted and "zeroshot" in quieted
     assert all(quieted.values()), quieted
+
+
+def test_coverage_count_keeps_the_records_of_inputs_dropped_and_prune_removes_them(tmp_path):
+    """Counted again without a file, the run says it kept that file's record; --prune removes it
+    and says so; the counts are the named file's alone either way."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("a red cat\n")
+    second.write_text("a dog\n")
+    out = tmp_path / "run"
+    assert (
+        run_cli("coverage", "count", str(first), str(second), "-o", str(out), "-q").returncode == 0
+    )
+    kept = run_cli("coverage", "count", str(second), "-o", str(out), "-q")
+    assert kept.returncode == 0, kept.stderr
+    assert "1 no longer in the inputs kept (--prune removes)" in " ".join(kept.stdout.split())
+    assert len(list((out / "units").glob("*.json"))) == 2
+    pruned = run_cli("coverage", "count", str(second), "-o", str(out), "-q", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "1 no longer in the inputs removed" in " ".join(pruned.stdout.split())
+    assert len(list((out / "units").glob("*.json"))) == 1
+    import pandas as pd
+
+    counts = pd.read_csv(out / "concepts.csv").set_index("concept")["count"]
+    assert (counts["dog"], counts["cat"]) == (1, 0)

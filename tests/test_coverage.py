@@ -387,7 +387,8 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     changed = run([corpus], tiny, out, per_caption=True)
     timings = changed.manifest["timings"]
     assert (timings["shards_this_session"], timings["shards_resumed"]) == (1, 2)
-    assert timings["shards_removed"] == 1
+    # a's record is kept (its file may come back), counted nowhere: the outputs are a clean run's
+    assert (timings["shards_kept_unused"], timings["shards_removed"]) == (1, 0)
     run([corpus], tiny, tmp_path / "clean", per_caption=True)
     assert_same_outputs(out, tmp_path / "clean")
     assert changed.n_captions_read == 4 + 20_000 + 2
@@ -399,10 +400,11 @@ def test_a_fixed_removed_or_added_shard_is_all_that_is_recounted(tiny, tmp_path)
     }
 
 
-def test_shards_removed_are_those_of_inputs_no_longer_named_not_those_counted_again(tiny, tmp_path):
+def test_shards_kept_are_those_of_inputs_no_longer_named_not_those_counted_again(tiny, tmp_path):
     """Text files have no ids: their rows are numbered across the corpus. Dropping the first
     file moves the ids of the two after it, which are counted again: 1 shard is no longer in
-    the inputs and 2 replace their earlier counts; a file rewritten in place replaces 1."""
+    the inputs (its record kept, not counted) and 2 replace their earlier counts; a file
+    rewritten in place replaces 1."""
     from clipaudit.cli.coverage import session_line
 
     files = []
@@ -413,16 +415,134 @@ def test_shards_removed_are_those_of_inputs_no_longer_named_not_those_counted_ag
     run(files, tiny, out)
     dropped = run(files[1:], tiny, out).manifest["timings"]
     assert (dropped["shards_this_session"], dropped["shards_resumed"]) == (2, 0)
-    assert (dropped["shards_removed"], dropped["shards_replaced"]) == (1, 2)
+    assert (dropped["shards_kept_unused"], dropped["shards_replaced"]) == (1, 2)
+    assert dropped["shards_removed"] == 0
     line = session_line(dropped, reused=False)
     assert "2 shards counted (2 of them recounted: their file, their row-number ids" in line
-    assert ", 1 no longer in the inputs removed;" in line
+    assert "removed" not in line
+    assert ", 1 no longer in the inputs kept (--prune removes)" in line
     os.utime(files[2], ns=(1, 1))  # the same text, another time: another identity
     touched = run(files[1:], tiny, out).manifest["timings"]
     assert (touched["shards_this_session"], touched["shards_resumed"]) == (1, 1)
-    assert (touched["shards_removed"], touched["shards_replaced"]) == (0, 1)
-    assert "no longer in the inputs" not in session_line(touched, reused=False)
+    assert (touched["shards_kept_unused"], touched["shards_replaced"]) == (1, 1)
+    assert "no longer in the inputs removed" not in session_line(touched, reused=False)
+    assert len(list((out / "units").glob("*.json"))) == 3  # a's kept, b's and c's counted now
+
+
+def counting_shards(monkeypatch) -> list[str]:
+    """The labels of the shards counted from now on (workers=1 counts inline, in this process)."""
+    import clipaudit.coverage as coverage_module
+
+    counted, process = [], coverage_module._process_shard
+
+    def counting(shard):
+        counted.append(shard.label)
+        return process(shard)
+
+    monkeypatch.setattr(coverage_module, "_process_shard", counting)
+    return counted
+
+
+def test_a_recount_with_fewer_inputs_keeps_the_others_records_and_reuses_them(
+    tiny, tmp_path, monkeypatch
+):
+    """Nothing computed is lost: an input no longer named keeps its record (and matches), not
+    counted in the results, which equal a fresh run's over the inputs named; named again, it is
+    reused, not counted again, and the outputs equal a fresh run's over all of them."""
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    write_parts(corpus, {"a": ["a red cat", "a dog"], "b": ["a happy puppy"] * 3,
+                         "c": ["a kitten", "a red car", "nothing"]})  # fmt: skip
+    files = [corpus / f"{name}.parquet" for name in "abc"]
+    run(files, tiny, out, per_caption=True)
+    records = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    assert len(records) == 3
+
+    counted = counting_shards(monkeypatch)
+    fewer = run(files[:2], tiny, out, per_caption=True)
+    timings = fewer.manifest["timings"]
+    assert counted == [] and not fewer.reused
+    assert (timings["shards_kept_unused"], timings["shards_replaced"]) == (1, 0)
+    assert timings["shards_removed"] == 0
+    c_record = only(out / "units", "c-*.json")
+    assert c_record.stat().st_mtime_ns == records[c_record.name]
+    assert only(out / "units", "c-*.matches.parquet")  # what a per-caption resume needs
+    assert [i["spec"] for i in fewer.manifest["inputs"]] == [str(f) for f in files[:2]]
+    assert fewer.manifest["n_shards"] == 2 and fewer.n_captions_read == 2 + 3
+    run(files[:2], tiny, tmp_path / "fresh-ab", per_caption=True)
+    assert_same_outputs(out, tmp_path / "fresh-ab")
+    # the same inputs again: the complete run is reused, kept records notwithstanding
+    assert run(files[:2], tiny, out, per_caption=True).reused
+
+    counted.clear()  # the fresh run's shards
+    again = run(files, tiny, out, per_caption=True)
+    assert counted == []  # c's kept record reused: no shard counted
+    assert (again.manifest["timings"]["shards_resumed"], again.manifest["n_shards"]) == (3, 3)
+    assert again.manifest["timings"]["shards_kept_unused"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == records
+    run(files, tiny, tmp_path / "fresh-abc", per_caption=True)
+    assert_same_outputs(out, tmp_path / "fresh-abc")
+
+
+def test_a_changed_input_replaces_its_records_named_or_not_and_prune_reclaims_the_rest(
+    tiny, tmp_path, monkeypatch
+):
+    """Only records replaced by a count of the same input are deleted: a file rewritten (here
+    from two row groups to one, so that one old shard has no new one of its label) replaces
+    all of its records; one changed while not named replaces them when named again. ``prune``
+    deletes the records of the inputs no longer named."""
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    (corpus).mkdir()
+    a, b = corpus / "a.parquet", corpus / "b.parquet"
+    pq.write_table(pa.table({"caption": ["a red cat", "a dog", "a kitten", "nothing"]}), a,
+                   row_group_size=2)  # fmt: skip
+    pq.write_table(pa.table({"caption": ["a happy puppy", "a cat"]}), b)
+    first = run([a, b], tiny, out, shard_rows=2)
+    assert first.manifest["n_shards"] == 3
+    pq.write_table(pa.table({"caption": ["a red dog", "a dog", "a cat", "x"]}), a)  # one group
+    counted = counting_shards(monkeypatch)
+    rewritten = run([a, b], tiny, out, shard_rows=2)
+    timings = rewritten.manifest["timings"]
+    assert counted == [str(a)]
+    assert (timings["shards_replaced"], timings["shards_kept_unused"]) == (2, 0)
+    assert len(list((out / "units").glob("a-*.json"))) == 1
+
+    run([a], tiny, out, shard_rows=2)  # b kept, then changed while not named
+    pq.write_table(pa.table({"caption": ["a happy kitten", "a red cat", "a dog"]}), b)
+    counted.clear()
+    named = run([a, b], tiny, out, shard_rows=2)
+    assert counted == [str(b)]
+    assert (named.manifest["timings"]["shards_replaced"], named.manifest["n_shards"]) == (1, 2)
     assert len(list((out / "units").glob("*.json"))) == 2
+    run([a, b], tiny, tmp_path / "fresh", shard_rows=2)
+    assert_same_outputs(out, tmp_path / "fresh")
+
+    settings = CoverageSettings(max_caption_chars=MAX_CHARS, progress=False, shard_rows=2)
+    pruned = count_coverage([a], tiny, out, settings, prune=True)  # b's record reclaimed
+    timings = pruned.manifest["timings"]
+    assert (timings["shards_removed"], timings["shards_kept_unused"]) == (1, 0)
+    assert [p.name for p in (out / "units").glob("*.json")] == [
+        only(out / "units", "a-*.json").name
+    ]
+    assert count_coverage([a], tiny, out, settings, prune=True).reused  # nothing left to prune
+
+
+def test_prune_removes_the_captions_given_in_memory_that_are_no_longer_counted(tiny, tmp_path):
+    out = tmp_path / "run"
+    settings = CoverageSettings(progress=False)
+    count_coverage(texts=["a red cat", "a dog"], registry=tiny, out=out, settings=settings)
+    other = count_coverage(texts=["a happy puppy"], registry=tiny, out=out, settings=settings)
+    assert other.manifest["timings"]["shards_kept_unused"] == 1
+    assert len(list((out / "inputs").glob("captions-*.parquet"))) == 2  # kept for a rerun
+    with pytest.raises(SettingsError, match="prune must be True or False, got 'no'"):
+        count_coverage(texts=["a happy puppy"], registry=tiny, out=out, prune="no")
+    pruned = count_coverage(texts=["a happy puppy"], registry=tiny, out=out, settings=settings,
+                            prune=True)  # fmt: skip
+    assert pruned.manifest["timings"]["shards_removed"] == 1
+    (staged,) = (out / "inputs").glob("captions-*.parquet")
+    assert pruned.manifest["inputs"][0]["spec"] == str(staged)
+    assert pruned.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 1, "cat": 0, "red": 0, "happy": 1,
+    }  # fmt: skip
 
 
 def test_a_full_or_read_only_disk_stops_the_run_with_the_fix_and_a_rerun_resumes(

@@ -851,6 +851,59 @@ def test_index_and_query_count_what_numpy_counts(
         index_run(moved, IndexSettings(kind="ivfpq"))
 
 
+def test_a_recount_with_fewer_inputs_keeps_the_others_embeddings_and_indexes_only_the_named(
+    tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch
+):
+    """An input no longer named keeps its record and its embeddings in the run's own store;
+    the results and the caption index cover the named inputs only, and named again it is
+    reused without encoding a caption. ``prune`` removes them from the store."""
+    import clipaudit.semantic.encoders as encoders
+    from clipaudit.coverage_semantic import index_run
+
+    more = tmp_path / "more.parquet"  # 20 rows of their own: ids 5000-5019
+    pq.write_table(pa.table({"id": list(range(5000, 5020)),
+                             "caption": [f"a red fox number {i}" for i in range(20)]}), more)  # fmt: skip
+    options = {"progress": False, "encoder": encoder_spec, "calibration": str(planted["path"]),
+               "method": "both", "shard_rows": 20}  # fmt: skip
+    settings = CoverageSettings(**options)
+    out = tmp_path / "run"
+    both = count_coverage([corpus, more], tiny, out, settings)
+    store = out / both.manifest["semantic"]["embeddings"]["store"]
+    entries = {p.name: p.stat().st_mtime_ns for p in store.glob("*.done.json")}
+    assert len(entries) == 4  # three shards of the corpus, one of more
+
+    load, made = encoders.load_encoder, []
+
+    def counting(spec):
+        made.append(CountingEncoder(load(spec)))
+        return made[-1]
+
+    monkeypatch.setattr(encoders, "load_encoder", counting)
+    fewer = count_coverage([corpus], tiny, out, settings)
+    assert fewer.manifest["timings"]["shards_kept_unused"] == 1
+    assert {p.name: p.stat().st_mtime_ns for p in store.glob("*.done.json")} == entries
+    count_coverage([corpus], tiny, tmp_path / "fresh", settings)
+    assert_same_outputs(out, tmp_path / "fresh")
+    assert (out / "nearest.json").read_bytes() == (tmp_path / "fresh" / "nearest.json").read_bytes()
+    index = index_run(out)  # the named inputs' captions, not the kept ones
+    assert index.n == len(planted["captions"])
+    assert len(index.keys) == 3 and set(index.keys) < {n[: -len(".done.json")] for n in entries}
+
+    made.clear()
+    again = count_coverage([corpus, more], tiny, out, settings)
+    assert sum(encoder.texts for encoder in made) == 0  # no caption encoded again
+    assert again.manifest["timings"]["shards_resumed"] == 4
+    assert again.manifest["semantic"]["embeddings"]["this_session"]["rows_encoded"] == 0
+    count_coverage([corpus, more], tiny, tmp_path / "fresh-both", settings)
+    assert_same_outputs(out, tmp_path / "fresh-both")
+    assert index_run(out).n == len(planted["captions"]) + 20
+
+    pruned = count_coverage([corpus], tiny, out, settings, prune=True)
+    assert pruned.manifest["timings"]["shards_removed"] == 1
+    assert len(list(store.glob("*.done.json"))) == 3
+    assert not list(store.glob("more-*"))
+
+
 def test_query_of_a_run_whose_inputs_changed_says_to_rebuild_the_index(
     tiny, corpus, encoder_spec, planted, tmp_path
 ):

@@ -86,6 +86,12 @@ def count(
         "last 64 KiB).",
     ),
     overwrite: bool = OverwriteOption,
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        help="Remove the records and embeddings kept for inputs no longer named (kept by "
+        "default, to be reused when they are named again).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar (--no-progress, as other commands say it)."
@@ -172,7 +178,9 @@ def count(
         nearest=nearest,
         device=device,
     )
-    result = count_coverage(CaptionSources(sources), registry, out, settings, overwrite=overwrite)
+    result = count_coverage(
+        CaptionSources(sources), registry, out, settings, overwrite=overwrite, prune=prune
+    )
     _print_summary(result)
 
 
@@ -316,6 +324,8 @@ def session_line(timings: dict, reused: bool) -> str:
         )
     if timings["shards_resumed"]:
         done += f", {timings['shards_resumed']} reused from an earlier session"
+    if timings.get("shards_kept_unused"):  # in no result, reused when named again
+        done += f", {timings['shards_kept_unused']} no longer in the inputs kept (--prune removes)"
     if timings.get("shards_removed"):
         done += f", {timings['shards_removed']} no longer in the inputs removed"
     rate = f", {rows / seconds:,.0f} captions/s" if rows and seconds else ""

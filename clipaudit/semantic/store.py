@@ -5,7 +5,9 @@ An :class:`EmbeddingStore` is a folder::
     STORE/store.json                 format, encoder identity, dimension, dtype (float16), the
                                      store's id (made when it is created: the same store moved
                                      elsewhere keeps it, another store has another), and whether
-                                     it is one run's own (``own``: pruned to its inputs)
+                                     it is one run's own (``own``: the run removes from it what
+                                     its changed inputs replaced, and, asked to prune, what its
+                                     inputs no longer need)
     STORE/<key>/<part:06d>.npy       one part's unit vectors, float16, (n, dim)
     STORE/<key>/<part:06d>.ids.npy   their caption ids (int64, or unicode when ids are not integers)
     STORE/<key>.done.json            the unit of work ``key`` is complete: parts and rows
@@ -133,8 +135,9 @@ class EmbeddingStore:
     ) -> EmbeddingStore:
         """Create the store, or open it when it holds vectors of the same encoder and dimension;
         raises :class:`RunFolderError` when it holds another encoder's. ``own``: the store is
-        one run's own, which removes what its inputs no longer need (:meth:`prune`); it is
-        refused to any other user, whose embeddings it would remove."""
+        one run's own, which removes from it the embeddings of inputs that changed, and, asked to
+        prune, those its inputs no longer need (:meth:`remove`); it is refused to any other user,
+        whose embeddings it would remove."""
         folder = Path(folder)
         meta = folder / "store.json"
         if meta.is_file():
@@ -148,7 +151,7 @@ class EmbeddingStore:
             if held.get("own") is True and not own:
                 raise RunFolderError(
                     f"{folder} is a run's own store of caption embeddings: that run, counted "
-                    "again, removes from it the embeddings its own inputs do not need, this "
+                    "again, may remove from it the embeddings its own inputs do not need, this "
                     "run's among them; give --embedding-store a folder of its own, which runs share"
                 )
             return cls(folder, held["encoder"], dim, _store_id(held))
@@ -215,16 +218,22 @@ class EmbeddingStore:
             return False
         return all(self.has_part(key, part) for part in range(n_parts))
 
-    def prune(self, keep: Iterable[str]) -> list[str]:
-        """Remove the units of work not in ``keep`` (a removed or changed input's embeddings,
-        done or not); returns their keys."""
-        wanted = set(keep)
-        found = {p.name for p in self.folder.iterdir() if p.is_dir()} | set(self.keys())
-        removed = sorted(found - wanted)
+    def units(self) -> set[str]:
+        """Every unit of work the store holds, done or not (parts of a unit a kill cut short)."""
+        return {p.name for p in self.folder.iterdir() if p.is_dir()} | set(self.keys())
+
+    def remove(self, keys: Iterable[str]) -> list[str]:
+        """Remove the units of work ``keys`` (done or not), each its mark of done first (a unit
+        half removed is not done); returns their keys, sorted."""
+        removed = sorted({_check_key(key) for key in keys})
         for key in removed:
             (self.folder / f"{key}.done.json").unlink(missing_ok=True)
             shutil.rmtree(self.folder / key, ignore_errors=True)
         return removed
+
+    def prune(self, keep: Iterable[str]) -> list[str]:
+        """Remove the units of work not in ``keep`` (done or not); returns their keys."""
+        return self.remove(self.units() - set(keep))
 
     # ----------------------------------------------------------------------- reading
 

@@ -83,6 +83,7 @@ from clipaudit.errors import (
     RunFailedError,
     RunFolderError,
     SettingsError,
+    Stopped,
     cannot_write,
     did_you_mean,
     whole_line,
@@ -1083,7 +1084,7 @@ class _Dispatch:
         with _Progress(counter, total_rows, total_shards, settings.progress) as progress:
             try:
                 self._run(executor, items, progress)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Stopped):
                 executor.shutdown(wait=False, cancel_futures=True)  # Ctrl-C stops at once
                 raise
             except BaseException:

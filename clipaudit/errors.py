@@ -21,6 +21,14 @@ class ClipAuditError(Exception):
     exit_code = 2
 
 
+class Stopped(BaseException):
+    """SIGTERM (what Slurm, Kubernetes and ``kill`` send before they kill) while a run folder is
+    open, raised in the main thread and taken as Ctrl-C is: the run is recorded as stopped, its
+    lock released, its finished work kept for the same command to resume. Its text is the
+    reason recorded ("stopped by SIGTERM"). Not a KeyboardInterrupt, which typer turns into exit
+    code 130 unseen: the CLI exits 143 (128 + SIGTERM), as a shell does."""
+
+
 # what writing a run's files meets when its disk is full or read-only: never the inputs' errors
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 

@@ -20,10 +20,14 @@ digest of the record (one edited or cut short by hand is redone, never merged). 
 - **lock**: one writer at a time (``.lock``, released and removed on every exit path; a run
   killed with ``kill -9`` leaves a file no process holds, which the next run takes); a folder
   still being written is read back as that, not as a run to resume;
-- **status**: ``failed`` with the reason on any error or interrupt, ``complete`` only at the end,
-  and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never complete. A
-  complete run opened again stays as it was unless the session changes it (writes its manifest,
-  or a run inside it: an audit's stage); then an error or interrupt makes it ``failed``.
+- **status**: ``failed`` with the reason on any error or interrupt (SIGTERM, which Slurm and
+  Kubernetes send before they kill, is taken as Ctrl-C: :class:`Stopped`), ``complete`` only at
+  the end, and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never
+  complete. A complete run opened again stays as it was unless the session changes it: before
+  it writes its manifest, or changes a run inside it (an audit's stage), it is marked
+  ``running``, so that no kill leaves it complete over a stage that changed. One whose stage is
+  not complete all the same (that stage's own command killed in it) is read back as unfinished,
+  with the stage named, and the same command finishes it.
 
 :func:`load_run` reads any run folder back into its typed result, whatever command wrote it.
 """
@@ -37,6 +41,8 @@ import importlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +54,7 @@ from clipaudit.errors import (
     ClipAuditError,
     RunFolderError,
     SettingsError,
+    Stopped,
     cannot_write,
 )
 from clipaudit.provenance import base_manifest, now_iso, write_json
@@ -122,10 +129,35 @@ def fingerprint(record: Any, length: int = 16) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()[:length]
 
 
+def _stop_on_sigterm() -> Callable[[int, Any], None] | None:
+    """Make SIGTERM raise :class:`Stopped` where it would end the process at once (the default
+    handler) and can be handled (the main thread); returns the handler set, None when none was:
+    a handler of the program embedding clipaudit, or of a run around this one, is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    owner = os.getpid()
+
+    def stop(signum: int, _frame: Any) -> None:
+        if os.getpid() != owner:  # a worker forked while the run was open: ends as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    return stop
+
+
 def unit_key(label: str, identity: Any) -> str:
     """A unit's file name from a user-facing label and its identity: readable, never colliding
     (the hash), never leaving the folder (the slug)."""
     return f"{slug(label)[:60]}-{fingerprint(identity, 12)}"
+
+
+# the run folders open in this process, by resolved path: a stage finds the run around it here
+_OPEN: dict[Path, RunFolder] = {}
 
 
 class RunFolder:
@@ -159,9 +191,10 @@ class RunFolder:
         self.previous: dict[str, Any] | None = None  # the manifest found, when resuming
         self.restarted: str | None = None  # why an existing folder was emptied, if it was
         self._was_complete = False
-        self._stages: dict[str, bytes] = {}  # the runs inside a complete run, when opened
+        self._key: Path | None = None  # the resolved path, while open (in _OPEN)
         self.manifest: dict[str, Any] = {}
         self._lock: Any = None
+        self._on_sigterm: Callable[[int, Any], None] | None = None  # set while open, if any
         self._written = False  # whether this session has written the manifest
         self._clock = time.perf_counter()
 
@@ -169,7 +202,10 @@ class RunFolder:
 
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError(f"{self.path} is a file; expected a folder for the run (--out)")
+            raise RunFolderError(
+                f"{self.path} is a file, not a folder; give --out a new folder, or the folder of "
+                "the run to resume"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file on the way, a read-only or missing mount
@@ -177,8 +213,11 @@ class RunFolder:
                 f"cannot make the run folder {self.path} ({exc.strerror or exc}); give --out a "
                 "folder that can be written"
             ) from None
-        self._lock = _acquire_lock(self.path)
+        self._on_sigterm = _stop_on_sigterm()
         try:
+            self._lock = _acquire_lock(self.path)
+            self._key = self.path.resolve()
+            _OPEN[self._key] = self
             self._check()
             # atomic writes' temporary files left by a killed run, anywhere in the folder (the
             # merged tables' in the run's root, the units'): we hold the lock
@@ -195,8 +234,8 @@ class RunFolder:
             # a finished run stays as it was until this session changes something
             if not self.was_complete:
                 self.write_manifest()
-        except BaseException:
-            self._release()
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
             raise
         return self
 
@@ -208,9 +247,10 @@ class RunFolder:
 
     def __exit__(self, kind: type | None, error: BaseException | None, _: Any) -> None:
         try:
-            if error is not None and self._changed() and self.manifest.get("status") == "running":
-                if isinstance(error, KeyboardInterrupt):
-                    reason = "interrupted; run the same command again to resume"
+            if error is not None and self._written and self.manifest.get("status") == "running":
+                if isinstance(error, (KeyboardInterrupt, Stopped)):  # Ctrl-C, or SIGTERM
+                    stopped = str(error) if isinstance(error, Stopped) else "interrupted"
+                    reason = f"{stopped}; run the same command again to resume"
                 elif isinstance(error, ClipAuditError):
                     reason = str(error)
                 else:
@@ -222,17 +262,29 @@ class RunFolder:
         finally:
             self._release()
 
-    def _changed(self) -> bool:
-        """Whether this session changed the run it opened: wrote its manifest, or, in a run that
-        was complete (whose manifest stays as it was), changed a run inside it."""
-        return self._written or (self._was_complete and self._stages != _stages(self.path))
+    def _changing(self) -> None:
+        """Called before this session first changes its folder: the run around it (an audit,
+        around this stage), complete and kept as it was so far, is marked running first. A kill
+        from here on leaves no chance to mark it afterwards, and it must not say complete over
+        a stage that changed (a zero-shot stage with a model its report does not show yet)."""
+        outer = _OPEN.get(self._key.parent) if self._key is not None else None
+        if outer is not None and not outer._written:
+            outer.write_manifest()
 
     def _release(self) -> None:
+        if self._key is not None:
+            _OPEN.pop(self._key, None)
+            self._key = None
         if self._lock is not None:
             with contextlib.suppress(OSError):
                 (self.path / _LOCK).unlink()
             self._lock.close()
             self._lock = None
+        if self._on_sigterm is not None:
+            # the default again, unless the program set a handler of its own since
+            if signal.getsignal(signal.SIGTERM) is self._on_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._on_sigterm = None
 
     def _check(self) -> None:
         manifest_path = self.path / MANIFEST
@@ -261,11 +313,12 @@ class RunFolder:
         if not changed:
             self.previous = previous
             # decided once: this session's own outputs must not make it complete part-way
-            self._was_complete = previous.get("status") == "complete" and not missing_outputs(
-                self.path, previous
+            # nor a run with a stage left unfinished (see unfinished_stage)
+            self._was_complete = (
+                previous.get("status") == "complete"
+                and not missing_outputs(self.path, previous)
+                and unfinished_stage(self.path) is None
             )
-            if self._was_complete:
-                self._stages = _stages(self.path)
             return
         if self.overwrite:
             self._empty("--overwrite")
@@ -290,6 +343,7 @@ class RunFolder:
         return False
 
     def _empty(self, why: str) -> None:
+        self._changing()
         # the manifest last: emptying cut short (Ctrl-C in a big store) leaves a folder that still
         # holds a clipaudit run, which the same command empties again
         for entry in sorted(self.path.iterdir(), key=lambda entry: entry.name == MANIFEST):
@@ -304,6 +358,8 @@ class RunFolder:
     # ------------------------------------------------------------------ manifest
 
     def write_manifest(self) -> None:
+        if not self._written:
+            self._changing()
         write_json(self.path / MANIFEST, self.manifest)
         self._written = True
 
@@ -388,17 +444,6 @@ def write_unit(units: Path, key: str, identity: Any, record: Mapping[str, Any]) 
     )
 
 
-def _stages(path: Path) -> dict[str, bytes]:
-    """The manifests of the runs inside a run (an audit's or a demo's stages), by folder: a session
-    that changes one (a model added to an audit's zero-shot stage, which is a unit, not a setting)
-    no longer holds the complete run it opened, though it has not written its own manifest."""
-    found = {}
-    for manifest in path.glob(f"*/{MANIFEST}"):
-        with contextlib.suppress(OSError):
-            found[manifest.parent.name] = manifest.read_bytes()
-    return found
-
-
 def _ignorable(path: Path) -> bool:
     """Entries that do not make a folder 'not empty': the lock, hidden files, empty folders."""
     if path.name == _LOCK or path.name.startswith("."):
@@ -447,7 +492,10 @@ def _acquire_lock(path: Path) -> Any:
         if same:
             return handle
         handle.close()
-    raise RunFolderError(f"could not lock {path}; another run keeps starting there")
+    raise RunFolderError(
+        f"could not lock {path}: other clipaudit runs keep starting and ending there; wait for "
+        "them to finish, or choose another --out"
+    )
 
 
 def _lock_soon(handle: Any, fcntl: ModuleType) -> None:
@@ -535,12 +583,32 @@ def missing_outputs(path: str | os.PathLike, manifest: Mapping[str, Any]) -> lis
     return [name for name in listed if isinstance(name, str) and not (Path(path) / name).is_file()]
 
 
+def unfinished_stage(path: str | os.PathLike) -> tuple[str, dict[str, Any]] | None:
+    """The first run inside the run folder ``path`` (an audit's or a demo's stage) that is not
+    complete, as its folder's name and manifest; None when there is none. A run is marked running
+    before its session changes a stage, but a stage's own command killed in it, or a clipaudit
+    before that marking, leaves it saying complete: this is what tells."""
+    for manifest in sorted(Path(path).glob(f"*/{MANIFEST}")):
+        try:
+            stage = read_manifest(manifest.parent)
+        except RunFolderError:  # damaged: the stage's own reading names it, with the fix
+            continue
+        if stage.get("status", "complete") != "complete":
+            return manifest.parent.name, stage
+    return None
+
+
 def not_complete(
-    what: str, manifest: Mapping[str, Any], folder: str | os.PathLike | None = None
+    what: str,
+    manifest: Mapping[str, Any],
+    folder: str | os.PathLike | None = None,
+    *,
+    stage: str | None = None,
 ) -> str:
     """Why the run ``what`` names cannot be read (its manifest's status and reason), and the fix:
     a failed run's reason says its own (an empty corpus is not fixed by resuming), a run killed
-    while running resumes, and one still running in ``folder`` (its lock held) is waited for."""
+    while running resumes, and one still running in ``folder`` (its lock held) is waited for.
+    With ``stage``, ``manifest`` is that of the run's stage of that name (:func:`unfinished_stage`)."""
     status = manifest.get("status")
     reason = manifest.get("reason")
     if status == "running" and folder is not None and _locked(Path(folder)):
@@ -548,12 +616,13 @@ def not_complete(
             f"{what} that another clipaudit process is writing now; wait for it to finish, then "
             "read it"
         )
+    subject = f"whose {stage} stage" if stage else "that"
     if status == "failed" and reason:
-        return f"{what} that failed ({reason}), not complete; do what its reason says"
+        return f"{what} {subject} failed ({reason}), not complete; do what its reason says"
     why = f" ({reason})" if reason else ""
     return (
-        f"{what} that is {status}{why}, not complete; run the command that wrote it again to "
-        "resume it"
+        f"{what} {subject} is {status}{why}, not complete; run the command that wrote it again "
+        "to resume it"
     )
 
 
@@ -577,10 +646,21 @@ def load_run(path: str | os.PathLike) -> Any:
     kind = run_kind(manifest)
     if not isinstance(kind, str) or kind not in LOADERS:
         raise RunFolderError(
-            f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}"
+            f"{path} holds a run of unknown kind {kind!r}; expected one of {', '.join(LOADERS)}; "
+            "a newer clipaudit may have written it: read it with that version"
         )
-    if manifest.get("status", "complete") != "complete":  # manifests before the contract: complete
-        raise RunFolderError(not_complete(f"{path} holds {a_run(kind)}", manifest, path))
+    what = f"{path} holds {a_run(kind)}"
+    status = manifest.get("status", "complete")  # manifests before the contract: complete
+    # a run stopped (or said complete) while a stage of it was unfinished: the stage named, unless
+    # the run's own reason for failing says more
+    unfinished = unfinished_stage(path) if status != "failed" else None
+    if unfinished is not None:
+        if _locked(path):  # a session changing it now
+            raise RunFolderError(not_complete(what, {**manifest, "status": "running"}, path))
+        stage, stage_manifest = unfinished
+        raise RunFolderError(not_complete(what, stage_manifest, path / stage, stage=stage))
+    if status != "complete":
+        raise RunFolderError(not_complete(what, manifest, path))
     missing = missing_outputs(path, manifest)
     if missing:  # deleted by hand: the same command writes them again (RunFolder.was_complete)
         raise RunFolderError(

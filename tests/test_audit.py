@@ -287,3 +287,94 @@ def test_an_audit_counts_on_every_core_unless_told(given, expected, monkeypatch,
     with pytest.raises(SystemExit):
         main([*args, *given])
     assert seen == {"workers": expected}
+
+
+def test_an_audit_killed_while_a_rerun_changes_a_stage_is_not_complete_and_resumes(
+    audit_runs, tmp_path, capsys
+):
+    """A finished audit rerun with a model added, killed (kill -9) while the new model ran: its
+    manifest kept saying complete, with the old models, while its zero-shot stage was running;
+    read back, the message sent the user to the stage's folder as though it were a run of its
+    own."""
+    import signal
+    import subprocess
+    import sys
+
+    import clipaudit
+    from clipaudit.cli import main
+
+    config, trained, untrained = _models(audit_runs)
+    captions = tmp_path / "captions.parquet"
+    pd.DataFrame({"caption": ["a dog on a red sofa", "a cat", "a blue horse"]}).to_parquet(captions)
+    out = tmp_path / "audit"
+    args = [
+        "audit", "-c", str(captions), "-i", audit_runs["images"], "-o", str(out),
+        "-m", config, "-p", trained, "--device", "cpu", "--no-cache", "--quiet",
+    ]  # fmt: skip
+    main(args)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    added = [*args, "-m", config, "-p", untrained]
+    # the rerun, stopped for good inside the one model it has to evaluate (the first is a unit)
+    child = (
+        "import sys\n"
+        "import clipaudit.zeroshot\n"
+        "from clipaudit.cli import main\n"
+        "def evaluating(spec, *args, **kwargs):\n"
+        "    print('evaluating', spec.label, flush=True)\n"
+        "    sys.stdin.read()\n"
+        "clipaudit.zeroshot._evaluate_spec = evaluating\n"
+        "main(sys.argv[1:])\n"
+    )
+
+    def stopped(by: signal.Signals) -> subprocess.CompletedProcess:
+        rerun = subprocess.Popen(
+            [sys.executable, "-c", child, *added],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            while (line := rerun.stdout.readline()) and not line.startswith("evaluating"):
+                pass
+            assert line.strip() == "evaluating tiny-clip@random"
+        finally:
+            rerun.send_signal(by)
+            stdout, stderr = rerun.communicate()
+        return subprocess.CompletedProcess(rerun.args, rerun.returncode, stdout, stderr)
+
+    stopped(signal.SIGKILL)
+    for manifest in (out / "manifest.json", out / "zeroshot" / "manifest.json"):
+        assert json.loads(manifest.read_text())["status"] == "running"
+
+    expected = (
+        f"{out} holds an audit run whose zeroshot stage is running, not complete; run the "
+        "command that wrote it again to resume it"
+    )
+    with pytest.raises(RunFolderError) as info:
+        clipaudit.load_run(out)
+    assert str(info.value) == expected
+    with pytest.raises(SystemExit) as exited:  # the CLI reads it back through the report
+        main(["report", str(out), "-o", str(tmp_path / "report")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {expected}"
+
+    # SIGTERM (Slurm's, Kubernetes') at the same point: the stage and the audit say so, as
+    # after Ctrl-C, and the folder is no longer locked
+    terminated = stopped(signal.SIGTERM)
+    assert terminated.returncode == 143
+    assert terminated.stderr.strip().splitlines()[-1] == (
+        "stopped by SIGTERM; finished work is kept: run the same command again to resume"
+    )
+    for manifest in (out / "manifest.json", out / "zeroshot" / "manifest.json"):
+        manifest = json.loads(manifest.read_text())
+        assert (manifest["status"], manifest["reason"]) == (
+            "failed",
+            "stopped by SIGTERM; run the same command again to resume",
+        )
+    assert not list(out.glob("**/.lock"))
+
+    main(added)  # the same command finishes it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["status"], manifest["models"]) == (
+        "complete",
+        ["tiny-clip@trained", "tiny-clip@random"],
+    )
+    assert clipaudit.load_run(out).zeroshot.models == manifest["models"]

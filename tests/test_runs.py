@@ -528,3 +528,182 @@ def test_a_run_starting_while_a_reader_looks_at_its_lock_is_not_refused(tmp_path
     with RunFolder(tmp_path / "run", "coverage", {"a": 1}) as folder:
         folder.complete()
     assert len(calls) >= 2
+
+
+def test_a_complete_run_whose_stage_a_kill_left_running_is_resumed_not_kept(tmp_path):
+    """kill -9 while a stage of a complete audit changed, where the audit could not be marked
+    first (the stage's own command run on its folder, or a clipaudit before audits were marked),
+    left the audit's manifest complete and the stage running: the audit read back, or opened
+    again, is not complete."""
+    audit = tmp_path / "audit"
+    with RunFolder(audit, "audit", {"templates": "none"}) as folder:
+        with RunFolder(audit / "zeroshot", "zeroshot", {}) as stage:
+            stage.complete(models=["a"])
+        folder.complete(models=["a"])
+    # what the killed process wrote: the stage marked running; gone, its lock is a file no one
+    # holds
+    stage = RunFolder(audit / "zeroshot", "zeroshot", {}).__enter__()
+    stage.update(models=["a", "b"])
+    stage._release()
+    (audit / "zeroshot" / ".lock").touch()
+    assert json.loads((audit / "manifest.json").read_text())["status"] == "complete"
+
+    with pytest.raises(RunFolderError) as info:
+        load_run(audit)
+    assert str(info.value) == (
+        f"{audit} holds an audit run whose zeroshot stage is running, not complete; run the "
+        "command that wrote it again to resume it"
+    )
+    with RunFolder(audit, "audit", {"templates": "none"}) as folder:
+        assert not folder.was_complete
+        assert json.loads((audit / "manifest.json").read_text())["status"] == "running"
+
+
+def test_a_run_stopped_by_sigterm_is_recorded_as_stopped_and_resumes(tmp_path):
+    """SIGTERM (what Slurm and Kubernetes send before they kill) ended the process at once: the
+    manifest kept saying running, as after kill -9, and the reason was lost."""
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    code = (
+        "import signal, sys\n"
+        "from clipaudit.runs import RunFolder\n"
+        f"with RunFolder({str(run)!r}, 'coverage', {{'a': 1}}) as folder:\n"
+        "    folder.save_unit('shard-1', {'bytes': 10}, {'counts': [1]})\n"
+        "    print('writing', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        _, error = writer.communicate()
+    assert writer.returncode != 0 and "Stopped: stopped by SIGTERM" in error
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert (manifest["status"], manifest["reason"]) == (
+        "failed",
+        "stopped by SIGTERM; run the same command again to resume",
+    )
+    assert not (run / ".lock").exists()
+    with pytest.raises(RunFolderError, match=r"that failed \(stopped by SIGTERM; run the same"):
+        load_run(run)
+    with RunFolder(run, "coverage", {"a": 1}) as folder:  # the same run resumes
+        assert folder.load_unit("shard-1", {"bytes": 10})["counts"] == [1]
+
+
+def test_a_run_takes_sigterm_only_while_open_and_leaves_a_handler_of_its_callers(tmp_path):
+    """A program embedding clipaudit keeps its own SIGTERM handler, during a run and after; a
+    run opened outside the main thread (where no handler can be set) runs as before."""
+    import signal
+    import threading
+
+    from clipaudit.errors import Stopped
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert before is signal.SIG_DFL
+    with pytest.raises(Stopped), RunFolder(tmp_path / "a", "coverage", {}):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with RunFolder(tmp_path / "a" / "stage", "coverage", {}):  # a stage inside: one handler
+            pass
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["reason"].startswith(
+        "stopped by SIGTERM"
+    )
+
+    def theirs(signum, frame):
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, theirs)
+    try:
+        with RunFolder(tmp_path / "b", "coverage", {}):
+            assert signal.getsignal(signal.SIGTERM) is theirs
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+    opened = []
+
+    def in_a_thread() -> None:
+        with RunFolder(tmp_path / "c", "coverage", {}) as folder:
+            opened.append(folder.complete()["status"])
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert opened == ["complete"] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_complete_run_is_marked_running_before_its_session_changes_a_stage(tmp_path):
+    """An audit rerun with a model added, killed (kill -9) between its zero-shot stage, finished
+    with both models, and its report: every stage said complete, and so did the audit, with the
+    old models and a report without the new one. A kill leaves no chance to mark it afterwards:
+    the audit is marked running before its first stage changes."""
+    audit = tmp_path / "audit"
+
+    def stage(name: str, models: list[str]) -> None:
+        with RunFolder(audit / name, name, {}) as opened:
+            if not (opened.was_complete and opened.previous["models"] == models):
+                opened.complete(models=models)
+
+    with RunFolder(audit, "audit", {"templates": "none"}) as folder:
+        stage("zeroshot", ["a"])
+        stage("report", ["a"])
+        folder.complete(models=["a"])
+    complete = (audit / "manifest.json").read_bytes()
+    with RunFolder(audit, "audit", {"templates": "none"}):  # nothing changes: kept as it was
+        stage("zeroshot", ["a"])
+        stage("report", ["a"])
+    assert (audit / "manifest.json").read_bytes() == complete
+
+    killed = RunFolder(audit, "audit", {"templates": "none"}).__enter__()
+    stage("zeroshot", ["a", "b"])
+    killed._release()  # killed here: its lock a file no one holds
+    (audit / ".lock").touch()
+    assert json.loads((audit / "zeroshot" / "manifest.json").read_text())["status"] == "complete"
+    assert json.loads((audit / "manifest.json").read_text())["status"] == "running"
+    with pytest.raises(RunFolderError, match="holds an audit run that is running, not complete"):
+        load_run(audit)
+
+
+def test_refusals_of_a_run_folder_name_the_fix(tmp_path, monkeypatch):
+    """A file given as the run folder, a lock that keeps changing hands, a kind this clipaudit
+    does not know: each message said what was wrong and not what to do."""
+    import os
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(RunFolderError) as info, RunFolder(afile, "coverage", {}):
+        pass
+    assert str(info.value) == (
+        f"{afile} is a file, not a folder; give --out a new folder, or the folder of the run to "
+        "resume"
+    )
+
+    class Replaced:  # the lock file removed and made again by another run, every time
+        st_ino = -1
+
+    busy = tmp_path / "busy"
+    with monkeypatch.context() as patch, pytest.raises(RunFolderError) as info:
+        patch.setattr(os, "fstat", lambda fd: Replaced)
+        RunFolder(busy, "coverage", {}).__enter__()
+    assert str(info.value) == (
+        f"could not lock {busy}: other clipaudit runs keep starting and ending there; wait for "
+        "them to finish, or choose another --out"
+    )
+
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "manifest.json").write_text(json.dumps({"kind": "mystery", "status": "complete"}))
+    with pytest.raises(RunFolderError) as info:
+        load_run(unknown)
+    assert str(info.value).endswith(
+        "; a newer clipaudit may have written it: read it with that version"
+    )

@@ -53,11 +53,11 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Entry point, and the one place where errors become messages and exit codes: a usage
     mistake is one line and the usage (exit 2), a library error one line (its exit code, 2),
-    an interrupt one line (130); never a traceback for any of them."""
+    an interrupt one line (130; SIGTERM during a run 143); never a traceback for any of them."""
     import importlib
     import os
 
-    from clipaudit.errors import WRITE_ERRNOS, ClipAuditError, cannot_write
+    from clipaudit.errors import WRITE_ERRNOS, ClipAuditError, Stopped, cannot_write
     from clipaudit.text import inert_line
 
     # before torch is imported: its OpenMP threads then sleep instead of spinning while they wait,
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         # a message names paths, captions and labels the user or the web wrote: its control
         # characters (a line break, an escape sequence) must not reach the terminal
         _fail(f"error: {inert_line(str(exc))}", exc.exit_code)
+    except Stopped as exc:  # SIGTERM during a run: as a shell reports it, 128 + 15
+        _fail(f"{exc}; {INTERRUPTED.removeprefix('interrupted; ')}", 143)
     except KeyboardInterrupt:
         _fail(INTERRUPTED, 130)
     except typer.Exit as exc:

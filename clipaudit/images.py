@@ -9,10 +9,13 @@ Sources (:func:`open_images` picks by what ``source`` is):
   pattern ``shards/{00000..00009}.tar``): each sample's image plus a ``.json`` whose
   ``label_field`` (default ``concept``) names the concept, or a ``.txt`` holding the concept name;
 - a Hugging Face image dataset: a ``save_to_disk`` folder, or ``hf:NAME`` from the hub, with an image
-  column and a label column (class names or strings) naming concepts.
+  column (images, file paths or encoded bytes) and a label column (class names or strings) naming
+  concepts; columns of other values are refused before they are read.
 
 Labels that match no registry concept are collected and reported in one :class:`InputError` with the
-closest registry names; samples and rows without a label (a Hugging Face class label of -1, as a
+closest registry names (or the concept a label is a synonym of, and, when no label names a concept,
+where the labels were read from and the option that picks others); an image reached twice in one
+group (a link, a shard named twice) is classified once; samples and rows without a label (a Hugging Face class label of -1, as a
 test split has) are listed as ignored, not read. Concepts are unique across a registry, so a label
 alone fixes the group.
 
@@ -34,6 +37,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +113,13 @@ class ImageSet:
     def read_bytes(self, record: ImageRecord) -> bytes:
         if record.file is None:
             cell = self.dataset[record.row][self.image_column]
-            if isinstance(cell, dict):
-                if cell.get("bytes"):
-                    return cell["bytes"]
-                cell = cell.get("path")
-            if not cell:  # a row without an image: said so, not as a TypeError of Path(None)
+            if isinstance(cell, dict):  # an Image column, not decoded: its bytes or its file
+                cell = cell.get("bytes") or cell.get("path")
+            if isinstance(cell, bytes) and cell:  # encoded image bytes
+                return cell
+            if not isinstance(cell, str) or not cell:
+                # a row without an image: said so, not as a TypeError of Path(None); and never
+                # open() of a number, which reads and closes that file descriptor
                 raise BadImage(f"no image: row {record.row}'s {self.image_column!r} is empty")
             return _read_bounded(cell, 0, -1)
         return _read_bounded(record.file, record.offset, record.length)
@@ -154,6 +160,18 @@ class _Names:
         # each problem once, with how often it was met: a dataset's rows share few labels
         self.problems: Counter[str] = Counter()
         self._unknown: dict[tuple[str, str, str | None], str] = {}  # a label's, worked out once
+        self.matched = 0  # names that found their concept
+        # where a source's labels were read from, and what picks others: said when not one of
+        # them names a concept (labels of another kind: class numbers, captions)
+        self.hint: str | None = None
+
+    @cached_property
+    def _synonym_owners(self) -> dict[str, list[Concept]]:
+        owners: dict[str, list[Concept]] = {}
+        for concept in self.registry.concepts:
+            for synonym in dict.fromkeys(normalize(s) for s in concept.synonyms):
+                owners.setdefault(synonym, []).append(concept)
+        return owners
 
     def is_selected(self, group: str) -> bool:
         return self.selected is None or group in self.selected
@@ -183,9 +201,18 @@ class _Names:
             problem = self._unknown.get((where, name, group))
             if problem is None:  # did_you_mean is slow, and a dataset repeats its labels
                 pool = self.registry.concepts_in(group) if group else self.registry.concepts
-                problem = (
-                    f"{where} {name!r} is no concept{did_you_mean(name, [c.name for c in pool])}"
+                # a breed or a plural ("beagle", "pup"), as datasets label: the concept whose
+                # synonym it is was meant (named, not taken: a synonym may be two concepts')
+                owners = [
+                    c.name for c in self._synonym_owners.get(normalize(name), ()) if c in pool
+                ]
+                hint = (
+                    f" (did you mean {' or '.join(map(repr, owners))}? {name!r} is a synonym of "
+                    f"{'it' if len(owners) == 1 else 'each'})"
+                    if owners
+                    else did_you_mean(name, [c.name for c in pool])
                 )
+                problem = f"{where} {name!r} is no concept{hint}"
                 self._unknown[(where, name, group)] = problem
             self.problems[problem] += 1
         elif group is not None and found.group != group:
@@ -193,6 +220,8 @@ class _Names:
                 f"{where} {name!r}: concept {found.name!r} is in group {found.group!r}, not {group!r}"
             ] += 1
             return None
+        else:
+            self.matched += 1
         return found
 
     def raise_problems(self, source: str) -> None:
@@ -207,6 +236,13 @@ class _Names:
             if len(self.problems) > _MAX_LISTED
             else ""
         )
+        if self.hint is not None and not self.matched:
+            raise InputError(
+                f"no label in {source} names a concept of registry {self.registry.name!r}: "
+                f"{self.hint}. The {len(self.problems)} labels: {listed}{more}. Choose the labels "
+                "with --label-field, or give the registry of these concepts with --registry; "
+                "see `clipaudit concepts list`"
+            )
         raise InputError(
             f"{len(self.problems)} name(s) in {source} match no registry entry: {listed}{more}. "
             f"Names must be registry group/concept names (case, spaces, '-' and '_' do not matter); "
@@ -287,6 +323,7 @@ def open_images(
             )
             images = _folder_images(path, names)
     names.raise_problems(text)
+    images.records = _counted_once(images.records, images.ignored, images.kind)
     if not images.records:
         # why the files were ignored (no label, not an image) is what the user must fix
         example = (
@@ -300,6 +337,33 @@ def open_images(
             "and --groups"
         )
     return images
+
+
+def _counted_once(
+    records: list[ImageRecord], ignored: list[dict[str, str]], kind: str
+) -> list[ImageRecord]:
+    """``records`` with each image once per group: a file linked in twice, or into two concepts
+    of one group, and a shard named twice would be classified and scored once per way in. The
+    file itself is kept where one of the ways is it (its folder's concept is its label), else
+    the first; the others are listed in ``ignored``. An image in two groups is in both."""
+    ways: dict[tuple[str, str], list[int]] = {}
+    for index, record in enumerate(records):
+        ways.setdefault((record.identity, record.group), []).append(index)
+    dropped: set[int] = set()
+    for indices in ways.values():
+        if len(indices) < 2:
+            continue
+        direct = [i for i in indices if kind == "folder" and not Path(records[i].path).is_symlink()]
+        kept = records[(direct or indices)[0]]
+        for index in indices:
+            if records[index] is not kept:
+                dropped.add(index)
+                reason = (
+                    f"the same image as {kept.path} ({kept.concept}), read once in group "
+                    f"{kept.group}"
+                )
+                ignored.append({"path": records[index].path, "reason": reason})
+    return [record for index, record in enumerate(records) if index not in dropped]
 
 
 # each option, and the sources it is for (--image-split in clipaudit audit for --split)
@@ -461,6 +525,8 @@ def _webdataset_images(
             {"path": str(p), "reason": _HIDDEN} for p in sorted(Path(source).glob(".*.tar"))
         ]
     unselected = 0
+    read_from: Counter[str] = Counter()  # samples whose label was looked up in each
+    json_keys: list[str] = []  # of a json without the label key
     for shard in shards:
         try:
             shard_identity = _file_identity(shard)
@@ -500,10 +566,14 @@ def _webdataset_images(
                         label = None
                         if "json" in members:
                             try:
-                                label = json.loads(read(members["json"])).get(label_field)
+                                found = json.loads(read(members["json"]))
+                                label = found.get(label_field)
                             # RecursionError: nested past the parser's limit, no label either
                             except (ValueError, AttributeError, RecursionError):
-                                label = None
+                                found = None
+                            if label is None and isinstance(found, dict) and not json_keys:
+                                json_keys = list(found)
+                            read_from["json" if label is not None else "json without"] += 1
                         if label is None and "txt" in members:
                             label = read(members["txt"]).decode("utf-8", "replace").strip()
                         if not isinstance(label, str) or not label:
@@ -537,6 +607,20 @@ def _webdataset_images(
             raise InputError(
                 f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}"
             ) from None
+    if read_from["json"]:
+        hint = f"the labels are the samples' json key {label_field!r} (--label-field)"
+        hint += ", or their .txt where it is missing" if read_from["json without"] else ""
+    elif read_from["json without"]:
+        hint = (
+            "the labels are the samples' .txt (img2dataset writes captions there), read where "
+            f"their json has no key {label_field!r} (--label-field)"
+        )
+    else:
+        hint = (
+            f"the labels are the samples' .txt (none has a json for --label-field {label_field!r})"
+        )
+    keys = f"; the json has keys {', '.join(json_keys[:10])}" if json_keys else ""
+    names.hint = hint + keys
     return ImageSet(source, "webdataset", records, ignored, unselected)
 
 
@@ -578,11 +662,13 @@ def _hf_images(
             ) from None
     else:
         try:
-            loaded = (
-                datasets.load_dataset(location, split=split)
-                if split
-                else datasets.load_dataset(location)
-            )
+            # the split is chosen from the hub's list before any is downloaded: without it,
+            # every split (ImageNet's train: 140 GB) came down before one was asked for
+            splits = datasets.get_dataset_split_names(location)
+            _check_split(source, split, splits)
+            loaded = datasets.load_dataset(location, split=split or splits[0])
+        except InputError:
+            raise
         except Exception as exc:
             where = f" (split {split!r})" if split else ""
             raise InputError(
@@ -591,16 +677,8 @@ def _hf_images(
             ) from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
-        if split is None and len(splits) != 1:
-            raise InputError(
-                f"{source!r} has splits {', '.join(splits)}; choose one with --split (--image-split in clipaudit audit)"
-            )
-        chosen = split or splits[0]
-        if chosen not in loaded:
-            raise InputError(
-                f"{source!r} has no split {chosen!r}{did_you_mean(chosen, splits)}; splits are {', '.join(splits)}"
-            )
-        dataset = loaded[chosen]
+        _check_split(source, split, splits)
+        dataset = loaded[split or splits[0]]
     else:
         dataset = loaded
     for column, option in ((image_column, "--image-column"), (label_column, "--label-field")):
@@ -609,6 +687,7 @@ def _hf_images(
                 f"{source!r} has no column {column!r}{did_you_mean(column, dataset.column_names)}; "
                 f"columns are {', '.join(dataset.column_names)}; choose with {option}"
             )
+    _check_columns(source, dataset.features, image_column, label_column)
     feature = dataset.features[label_column]
     labels = list(dataset.select_columns([label_column])[label_column])
     if isinstance(feature, datasets.ClassLabel):
@@ -619,8 +698,22 @@ def _hf_images(
     # the fingerprint follows the steps that made a dataset, not the pixels it holds: one built
     # again from the same image paths after the images changed keeps it (datasets hashes the
     # paths), and would be served stale embeddings; the arrow files it was written to do change
+    dataset_columns = list(dataset.column_names)
     arrow_files = [_file_identity(Path(f["filename"])) for f in dataset.cache_files]
     fingerprint = _identity(dataset._fingerprint, *arrow_files)
+    # a row read is every column of it decoded: the image alone is read
+    dataset = dataset.select_columns([image_column])
+    integers = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    names.hint = (
+        f"the labels are column {label_column!r} (--label-field)"
+        + (
+            ", which holds integers without class names (cast it to a ClassLabel of the "
+            "names, or choose a column of names)"
+            if integers
+            else ""
+        )
+        + f"; columns are {', '.join(dataset_columns)}"
+    )
     records: list[ImageRecord] = []
     ignored: list[dict[str, str]] = []
     unselected = 0
@@ -653,6 +746,87 @@ def _hf_images(
         dataset=dataset,
         image_column=image_column,
     )
+
+
+def _check_split(source: str, split: str | None, splits: Sequence[str]) -> None:
+    """Refuse a split the dataset has not, and no split where it has several."""
+    if split is None and len(splits) != 1:
+        raise InputError(
+            f"{source!r} has splits {', '.join(splits)}; choose one with --split (--image-split "
+            "in clipaudit audit)"
+        )
+    if split is not None and split not in splits:
+        raise InputError(
+            f"{source!r} has no split {split!r}{did_you_mean(split, splits)}; splits are "
+            f"{', '.join(splits)}"
+        )
+
+
+def _check_columns(source: str, features: Any, image_column: str, label_column: str) -> None:
+    """Refuse an image column that holds no images, and a label column that holds no names,
+    before either is read: a number read as an image's path is a file descriptor (reading
+    row 1's closed stdout), and a column of images read as labels is every image decoded."""
+    import datasets
+
+    def is_image(feature: Any) -> bool:  # an Image, paths as text, or encoded bytes
+        return isinstance(feature, datasets.Image) or (
+            isinstance(feature, datasets.Value)
+            and feature.dtype in ("string", "large_string", "binary", "large_binary")
+        )
+
+    def is_label(feature: Any) -> bool:  # class labels, names, or numbers (said when unknown)
+        return isinstance(feature, datasets.ClassLabel) or (
+            isinstance(feature, datasets.Value)
+            and feature.dtype.startswith(("string", "large_string", "int", "uint"))
+        )
+
+    for column, option, fits, wanted, what in (
+        (
+            image_column,
+            "--image-column",
+            is_image,
+            "images (an Image column, file paths as text, or encoded image bytes)",
+            "the image columns are",
+        ),
+        (
+            label_column,
+            "--label-field",
+            is_label,
+            "concept names (text, or class labels)",
+            "columns of names:",
+        ),
+    ):
+        if fits(features[column]):
+            continue
+        others = [n for n, f in features.items() if fits(f)]
+        if fits is is_image:  # an Image column surely holds images, text may be anything
+            others = [n for n in others if isinstance(features[n], datasets.Image)] or others
+        choice = (
+            f"{what} {', '.join(others)}: choose one with {option}"
+            if others
+            else f"no column fits (columns are {', '.join(features)})"
+        )
+        raise InputError(
+            f"{source!r}: column {column!r} ({option}) holds {_held(features[column])}, not "
+            f"{wanted}; {choice}"
+        )
+
+
+def _held(feature: Any) -> str:
+    """What a dataset column holds, in words."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return "images"
+    if isinstance(feature, datasets.ClassLabel):
+        return "class labels"
+    if isinstance(feature, datasets.Value):
+        return f"{feature.dtype} values"
+    if isinstance(feature, (list, tuple, datasets.List, datasets.LargeList)):
+        return "lists"
+    if isinstance(feature, dict):
+        return "records (a struct)"
+    return f"{type(feature).__name__.lower()} values"
 
 
 # --------------------------------------------------------------------------- decoding

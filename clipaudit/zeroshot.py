@@ -44,6 +44,7 @@ from clipaudit import metrics
 from clipaudit.embedding_cache import EmbeddingCache, check_cache_dir, default_cache_dir
 from clipaudit.errors import (
     InputError,
+    ModelError,
     RunFailedError,
     SettingsError,
     check_arguments,
@@ -426,12 +427,14 @@ def embed_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     flush_every: int = 4096,
+    flush_s: float = 60.0,
 ) -> ImageEmbeddings:
     """Image embeddings (unnormalised, float32) from the cache, encoding the rest batched.
 
     A ``torch.utils.data.DataLoader`` with ``workers`` processes decodes and preprocesses; the
     model runs in ``inference_mode`` with the model's autocast. New embeddings go to the cache every
-    ``flush_every`` images, so a killed run loses little. A batch the device has no memory for
+    ``flush_every`` images and every ``flush_s`` seconds (a large model on a CPU encodes a few
+    images a second), so a killed run loses little. A batch the device has no memory for
     is a :class:`~clipaudit.errors.SettingsError` naming a smaller ``batch_size``.
     """
     from tqdm.auto import tqdm
@@ -467,10 +470,14 @@ def embed_images(
         worker_init_fn=_ignore_sigint,
     )
 
+    flushed_at = time.monotonic()
+
     def flush() -> None:
+        nonlocal flushed_at
         if cache is not None and pending:
             cache.put([identities[i] for i in pending], features[pending])
         pending.clear()
+        flushed_at = time.monotonic()
 
     start = time.perf_counter()
     bar = tqdm(
@@ -505,7 +512,7 @@ def embed_images(
                     ok[indices] = True
                     pending += indices
                 bar.update(len(batch_failures) + (0 if batch is None else len(batch)))
-                if len(pending) >= flush_every:
+                if len(pending) >= flush_every or time.monotonic() - flushed_at >= flush_s:
                     flush()
         except torch.OutOfMemoryError:  # a large model's batch: torch's traceback names no fix
             kept = "; the images encoded so far are cached" if cache is not None else ""
@@ -574,7 +581,8 @@ def class_embeddings(
     sums = np.zeros((len(concepts), features.shape[1]))
     np.add.at(sums, np.asarray(owner), features)
     means = sums / np.bincount(owner, minlength=len(concepts))[:, None]
-    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no direction: NaN, refused by callers
+        return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -675,6 +683,17 @@ def evaluate_model(
         computed = class_embeddings(
             loaded, candidates, group_templates, bare_names=templates == "none"
         )
+        # NaN compares as no score at all: the concept would never be predicted, unsaid
+        aimless = [
+            c.name for c, w in zip(candidates, computed, strict=True) if not np.isfinite(w).all()
+        ]
+        if aimless:
+            kept = "; the images' embeddings are cached" if cache is not None else ""
+            raise ModelError(
+                f"model {loaded.label!r} gives the concept{'s' if len(aimless) > 1 else ''} "
+                f"{', '.join(aimless)} a text embedding that is not finite or is zero (NaN or "
+                f"inf: try --precision fp32): no image can be classified against it{kept}"
+            )
         weights_of.update(
             {(group_templates, c.name): w for c, w in zip(candidates, computed, strict=True)}
         )
@@ -949,7 +968,8 @@ def run_zeroshot(
         units = [(spec, _model_identity(spec, image_set, precision)) for spec in settings.models]
         keys = [unit_key(spec.label, identity) for spec, identity in units]
         records = [
-            folder.load_unit(key, identity) for key, (_, identity) in zip(keys, units, strict=True)
+            _load_model_unit(folder, key, identity)
+            for key, (_, identity) in zip(keys, units, strict=True)
         ]
         previous_models = [m.get("label") for m in (folder.previous or {}).get("models", [])]
         same_models = previous_models == [spec.label for spec in settings.models]
@@ -1029,6 +1049,31 @@ def _evaluate_spec(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
+
+
+def _load_model_unit(
+    folder: RunFolder, key: str, identity: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A finished model's record, or None (the model is evaluated again) when it is not finished
+    with ``identity`` or one of its tables is gone or unreadable (deleted, copied in part):
+    merging would crash on it at every rerun."""
+    import pyarrow.parquet as pq
+
+    record = folder.load_unit(key, identity)
+    if record is None:
+        return None
+    unit = folder.units / key
+    tables = [unit / f"{name}.parquet" for name in ("predictions", "concepts", "groups")]
+    tables += [
+        _named_file(unit / "confusion", group, ".parquet")
+        for group in record.get("confusion_groups", [])
+    ]
+    try:
+        for table in tables:
+            pq.read_metadata(table)  # the footer: a file cut short has none
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
+    return record
 
 
 def _save_model_unit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -216,7 +217,9 @@ def test_webdataset_unknown_labels_are_listed(tmp_path, registry):
         ],
     )
     with pytest.raises(
-        InputError, match=r"2 name\(s\).*'doggo'.*'zebraa' is no concept \(did you mean 'zebra'\?\)"
+        InputError,
+        match=r"the labels are the samples' \.txt \(none has a json.*The 2 labels: .*'doggo'"
+        r".*'zebraa' is no concept \(did you mean 'zebra'\?\)",
     ):
         open_images(tmp_path / "a.tar", registry)
 
@@ -237,7 +240,8 @@ def test_unknown_labels_are_listed_once_each_with_how_often_they_were_met(tmp_pa
     assert message.startswith(
         f"2 name(s) in {tmp_path / 'ds'} match no registry entry: label 'tabby' is no concept"
     )
-    assert message.count("'tabby'") == 1 and "(did you mean 'table'?) (30 times);" in message
+    assert message.count("label 'tabby'") == 1
+    assert "(did you mean 'cat'? 'tabby' is a synonym of it) (30 times);" in message
     assert "label 'zebraa' is no concept (did you mean 'zebra'?) (3 times). Names must" in message
 
 
@@ -473,6 +477,7 @@ def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, reg
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", unreachable)  # asked first
     with pytest.raises(InputError) as stopped:
         open_images("hf:someorg/nonexist", registry, split="test")
     assert str(stopped.value) == (
@@ -686,3 +691,213 @@ def test_a_split_of_webdataset_shards_is_refused_and_their_label_field_is_read(t
         open_images(tmp_path, registry, split="train")
     [record] = open_images(tmp_path, registry, label_field="class").records
     assert record.concept == "dog"
+
+
+def test_an_image_column_of_other_values_is_refused_before_any_image_is_read(tmp_path, registry):
+    """An integer column given as the image column was opened as file descriptors: reading
+    row 0's "image" read and closed stdin, row 1's stdout, and so on."""
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "n": datasets.Value("int64"),
+            "label": datasets.Value("string"),
+        }
+    )
+    rows = {"image": [{"bytes": png, "path": None}] * 3, "n": [0, 1, 2], "label": ["cat"] * 3}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(InputError) as refused:
+        open_images(tmp_path / "ds", registry, image_column="n")
+    assert str(refused.value) == (
+        f"{str(tmp_path / 'ds')!r}: column 'n' (--image-column) holds int64 values, not images "
+        "(an Image column, file paths as text, or encoded image bytes); the image columns are "
+        "image: choose one with --image-column"
+    )
+    os.fstat(1)  # stdout is still open
+
+
+def test_an_image_column_of_encoded_bytes_or_paths_is_read(tmp_path, registry):
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    (tmp_path / "a.png").write_bytes(png)
+    features = datasets.Features(
+        {
+            "data": datasets.Value("binary"),
+            "file": datasets.Value("string"),
+            "label": datasets.Value("string"),
+        }
+    )
+    rows = {"data": [png, png], "file": [str(tmp_path / "a.png")] * 2, "label": ["cat", "dog"]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    for column in ("data", "file"):
+        images = open_images(tmp_path / "ds", registry, image_column=column)
+        assert [images.read_bytes(r) for r in images.records] == [png, png]
+
+
+def test_a_label_column_that_holds_no_names_is_refused_naming_the_columns(tmp_path, registry):
+    """An image column given as the label column was decoded whole, then each picture's repr
+    listed as an unknown concept."""
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "tags": datasets.Sequence(datasets.Value("string")),
+            "label": datasets.Value("string"),
+        }
+    )
+    rows = {
+        "image": [{"bytes": png, "path": None}] * 2,
+        "tags": [["cat"]] * 2,
+        "label": ["cat"] * 2,
+    }
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    for column, held in (("image", "images"), ("tags", "lists")):
+        with pytest.raises(InputError) as refused:
+            open_images(tmp_path / "ds", registry, label_field=column)
+        assert str(refused.value) == (
+            f"{str(tmp_path / 'ds')!r}: column {column!r} (--label-field) holds {held}, not "
+            "concept names (text, or class labels); columns of names: label: choose one with "
+            "--label-field"
+        )
+
+
+def test_labels_none_of_which_names_a_concept_say_where_they_come_from_and_the_fix(
+    tmp_path, registry
+):
+    """Labels of another kind altogether (class numbers, captions, another taxonomy's names)
+    were listed one by one as unknown concepts, with no word of the column or key they came
+    from nor of the option that picks another."""
+    import datasets
+
+    png = image_bytes(noise(8, 8), "PNG")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.Value("int64"),
+            "name": datasets.Value("string"),
+        }
+    )
+    rows = {"image": [{"bytes": png, "path": None}] * 3, "label": [3, 5, 3], "name": ["x"] * 3}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(InputError) as refused:
+        open_images(tmp_path / "ds", registry)
+    message = str(refused.value)
+    assert message.startswith(
+        f"no label in {tmp_path / 'ds'} names a concept of registry {registry.name!r}: the labels "
+        "are column 'label' (--label-field), which holds integers without class names (cast it "
+        "to a ClassLabel of the names, or choose a column of names); columns are image, label, "
+        "name. The 2 labels: label '3' is no concept (2 times); label '5' is no concept"
+    )
+    assert message.endswith(
+        "Choose the labels with --label-field, or give the registry of these concepts with "
+        "--registry; see `clipaudit concepts list`"
+    )
+    # img2dataset's shards: a json without the key, and the caption in the .txt
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            {
+                "__key__": str(n),
+                "jpg": jpg,
+                "txt": f"photo {n} of a street".encode(),
+                "json": json.dumps({"caption": f"photo {n} of a street", "url": "u"}).encode(),
+            }
+            for n in range(2)
+        ],
+    )
+    with pytest.raises(InputError) as refused:
+        open_images(tmp_path / "a.tar", registry)
+    assert str(refused.value).startswith(
+        f"no label in {tmp_path / 'a.tar'} names a concept of registry {registry.name!r}: the "
+        "labels are the samples' .txt (img2dataset writes captions there), read where their "
+        "json has no key 'concept' (--label-field); the json has keys caption, url. The 2 "
+        "labels: label 'photo 0 of a street' is no concept"
+    )
+
+
+def test_a_label_that_is_a_concepts_synonym_names_that_concept(tmp_path, registry):
+    """A pet dataset's "beagle" was no concept with a spelling suggestion at best: the concept
+    that lists it as a synonym is the one meant, and is named (the label is not taken for it:
+    a synonym is a caption's word, and may be another group's concept's as well)."""
+    write_image_folder(tmp_path / "img", {"Animal": {"beagle": 1, "cat": 1}}, size=(8, 8))
+    with pytest.raises(InputError) as raised:
+        open_images(tmp_path / "img", registry)
+    assert (
+        "folder Animal/ 'beagle' is no concept (did you mean 'dog'? 'beagle' is a synonym of it)"
+        in str(raised.value)
+    )
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    write_shard(
+        tmp_path / "a.tar",
+        [{"__key__": str(n), "jpg": jpg, "txt": label} for n, label in enumerate([b"cat", b"pup"])],
+    )
+    with pytest.raises(
+        InputError,
+        match=r"label 'pup' is no concept \(did you mean 'dog'\? 'pup' is a synonym of it\)",
+    ):
+        open_images(tmp_path / "a.tar", registry)
+
+
+def test_an_image_reached_twice_in_one_group_is_counted_once(tmp_path, registry):
+    """A file linked into a concept folder twice, or into two concepts of one group, and a
+    shard named twice in a brace pattern, were classified and scored once per way in."""
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}, "Color": {"red": 1}})
+    dog = tmp_path / "img" / "Animal" / "dog" / "000.jpg"
+    (tmp_path / "img" / "Animal" / "dog" / "001.jpg").symlink_to(dog)
+    (tmp_path / "img" / "Animal" / "cat" / "001.jpg").symlink_to(dog)
+    (tmp_path / "img" / "Color" / "red" / "001.jpg").symlink_to(dog)  # another group: its own
+    images = open_images(tmp_path / "img", registry)
+    found = sorted((r.group, r.concept, Path(r.path).relative_to(tmp_path)) for r in images.records)
+    assert found == [
+        ("Animal", "cat", Path("img/Animal/cat/000.jpg")),
+        ("Animal", "dog", Path("img/Animal/dog/000.jpg")),
+        ("Color", "red", Path("img/Color/red/000.jpg")),
+        ("Color", "red", Path("img/Color/red/001.jpg")),
+    ]
+    assert sorted((Path(i["path"]).relative_to(tmp_path), i["reason"]) for i in images.ignored) == [
+        (
+            Path("img/Animal/cat/001.jpg"),
+            f"the same image as {dog} (dog), read once in group Animal",
+        ),
+        (
+            Path("img/Animal/dog/001.jpg"),
+            f"the same image as {dog} (dog), read once in group Animal",
+        ),
+    ]
+    jpg = image_bytes(noise(8, 8), "JPEG")
+    write_shard(tmp_path / "0.tar", [{"__key__": "a", "jpg": jpg, "txt": b"dog"}])
+    twice = open_images(str(tmp_path / "{0,0}.tar"), registry)
+    assert [r.path for r in twice.records] == [f"{tmp_path / '0.tar'}/a.jpg"]
+
+
+def test_a_hub_dataset_of_several_splits_is_refused_before_any_is_downloaded(monkeypatch, registry):
+    """hf:NAME without --split downloaded every split (ImageNet's train is 140 GB) and then
+    asked for one."""
+    import datasets
+
+    downloads = []
+    monkeypatch.setattr(
+        datasets, "get_dataset_split_names", lambda name, **kwargs: ["train", "validation"]
+    )
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, **kwargs: downloads.append(kwargs) or 1 / 0
+    )
+    with pytest.raises(InputError) as refused:
+        open_images("hf:someorg/pets", registry)
+    assert str(refused.value) == (
+        "'hf:someorg/pets' has splits train, validation; choose one with --split (--image-split "
+        "in clipaudit audit)"
+    )
+    with pytest.raises(InputError) as refused:
+        open_images("hf:someorg/pets", registry, split="valid")
+    assert str(refused.value) == (
+        "'hf:someorg/pets' has no split 'valid' (did you mean 'validation'?); splits are train, "
+        "validation"
+    )
+    assert downloads == []

@@ -1309,3 +1309,67 @@ def test_a_complete_run_whose_table_was_damaged_writes_it_again_from_its_units(
     assert not again.reused and counts == []  # written from the units: no image encoded
     pd.testing.assert_frame_equal(again.groups, expected)
     pd.testing.assert_frame_equal(load_run(tmp_path / "run").groups, expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0])
+def test_a_concept_whose_text_embedding_has_no_direction_fails_the_model(
+    colour_images, registry, bad
+):
+    """A text embedding of NaN (an fp16 overflow) or zeros was compared with every image as
+    NaN: that concept was never predicted, its recall 0 and its group's macro-F1 lower, unsaid."""
+    from clipaudit.errors import ModelError
+
+    loaded = colour_model()
+    encode = loaded.model.encode_text
+
+    def no_direction_for_green(vectors, **kwargs):
+        features = encode(vectors, **kwargs).clone()
+        features[vectors[:, 1] == 1] = bad  # green's vector (0, 1, 0, 0)
+        return features
+
+    loaded.model.encode_text = no_direction_for_green
+    with pytest.raises(ModelError) as failed:
+        evaluate_model(loaded, colour_images, registry.select(["Color"]))
+    assert str(failed.value) == (
+        "model 'colour' gives the concept green a text embedding that is not finite or is zero "
+        "(NaN or inf: try --precision fp32): no image can be classified against it"
+    )
+
+
+def test_a_slow_encoding_is_flushed_to_the_cache_by_time_as_well(colour_images, tmp_path):
+    """Only every 4096 images went to disk: a large model on a CPU (a few images a second) lost
+    the last quarter hour's embeddings to a kill. What a kill would leave is what is on disk."""
+    from clipaudit.embedding_cache import EmbeddingCache
+
+    loaded = colour_model()
+    encode = loaded.model.encode_image
+    identities = [r.identity for r in colour_images.records]
+    on_disk: list[int] = []
+
+    def looking_at_the_disk(images, **kwargs):
+        on_disk.append(len(EmbeddingCache(tmp_path, "k").get(identities)[0]))
+        return encode(images, **kwargs)
+
+    loaded.model.encode_image = looking_at_the_disk
+    embed_images(
+        loaded, colour_images, cache=EmbeddingCache(tmp_path, "k"), batch_size=4, flush_s=0.0
+    )
+    assert on_disk == [0, 4, 8]  # each batch was on disk before the next was encoded
+
+
+def test_a_model_whose_unit_files_were_damaged_is_evaluated_again(tiny, tmp_path):
+    """A finished model's record stood for its tables: with one of them deleted or cut short
+    (a partial copy, a clean-up), merging crashed on it at every rerun, which only --overwrite
+    got past, redoing every model."""
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    first = run_for(tiny, tmp_path)
+    (unit,) = [p for p in (tmp_path / "run" / "units").iterdir() if p.is_dir()]
+    (unit / "concepts.parquet").unlink()
+    (unit / "groups.parquet").write_bytes((unit / "groups.parquet").read_bytes()[:40])
+    both = (ModelSpec(tiny["config"], tiny["a"]), ModelSpec(tiny["config"], tiny["b"]))
+    again = run_for(tiny, tmp_path, models=both)
+    assert again.models == ["tiny-clip@a", "tiny-clip@b"]
+    pd.testing.assert_frame_equal(
+        again.groups[again.groups["model"] == "tiny-clip@a"].reset_index(drop=True),
+        first.groups,
+    )

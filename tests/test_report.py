@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from html import escape as html_escape
 from pathlib import Path
@@ -266,6 +267,7 @@ def test_labels_side_by_side_keep_a_space_between_them():
         (0.00999e-2, "0.01%"),  # rounds up to the next decade
         (120 / 400e6, "0.00003%"),  # LAION-400M: 120 captions
         (1 / 400e6, "0.00000025%"),  # and one
+        (0.0, "0%"),  # a share, in a column of shares: "0" read as a count beside "0.2%"
     ],
 )
 def test_rare_shares_are_written_out_never_in_e_notation(rate, shown):
@@ -644,6 +646,133 @@ def _section_rows(html: str, section: str) -> list[list[str]]:
     return parser.rows
 
 
+def test_groups_far_from_the_fit_are_shown_beside_the_group_table(report):
+    """Group-level outliers were in report.json only: the page and report.md, which show the
+    group table, never said which groups sit far from the group-level fit, nor why none were
+    judged. A group's name is untrusted text like any other."""
+    import copy
+
+    from clipaudit.report.core import Report
+    from clipaudit.report.render import render_html, render_markdown
+
+    summary = copy.deepcopy(report.summary)
+    first, second = summary["pairs"][0], summary["pairs"][1]
+    hostile = '<img src=x onerror="window.__pwned=3">Colour & hue'
+    first["group_outliers"] = [
+        {
+            "corpus": first["corpus"],
+            "model": first["model"],
+            "method": first["method"],
+            "primary": True,
+            "level": "group",
+            "name": hostile,
+            "group": hostile,
+            "category": "common",
+            "sensitive": False,
+            "coverage": 12.5 / 400,
+            "count": 12.5,
+            "log10_coverage": float(np.log10(12.5 / 400)),
+            "f1": 0.07,
+            "fitted_f1": 0.81,
+            "residual": -0.74,
+            "studentized_residual": -3.25,
+            "direction": stats.OFTEN_CAPTIONED_YET_UNKNOWN,
+        }
+    ]
+    images = {e["key"]: "data:image/png;base64," for e in summary["figures"]}
+    html = render_html(summary, images)
+    groups = html[html.index('<section id="groups">') : html.index('<section id="figures">')]
+    table_end = groups.index("</table>")  # the group table comes first, then its outliers
+    near = groups[table_end:]
+    assert "far from the fit" in near
+    assert "&lt;img src=x onerror=" in near and "<img src=x" not in html
+    row = next(r for r in _section_rows(html, "groups") if hostile in r)
+    assert first["corpus"] in row[0] and first["model"] in row[0]
+    assert row[row.index(hostile) + 1 :] == [
+        stats.OFTEN_CAPTIONED_YET_UNKNOWN,
+        "3.1%",  # a mean of 12.5 of 400 captions per concept
+        "0.07",
+        "0.81",
+        "-3.25",
+    ]
+    # the second pair judged none: the page says why
+    reason = second["groups"]["outliers"]["reason"]
+    assert reason and html_escape(reason) in near
+    markdown = render_markdown(summary)
+    md_groups = markdown[markdown.index("## Coverage and awareness per group") :]
+    md_groups = md_groups[: md_groups.index("## Figures")]
+    assert "&lt;img src=x onerror=" in md_groups and "<img" not in markdown
+    assert "often captioned yet unknown | 3.1% | 0.07 | 0.81 | -3.25 |" in md_groups
+    assert reason.replace("<", "&lt;") in md_groups  # as report.md writes any "<"
+    headline = Report(report.out, summary, {}, {}).headline()
+    assert f"groups far from the fit: {hostile} ({stats.OFTEN_CAPTIONED_YET_UNKNOWN})" in headline
+    # the report as built says it too: this world's 5 groups are too few to judge
+    built = (report.out / "report.html").read_text()
+    built = built[built.index('<section id="groups">') : built.index('<section id="figures">')]
+    assert html_escape(report.summary["pairs"][0]["groups"]["outliers"]["reason"]) in built
+
+
+def test_the_glance_card_names_every_outlier_the_figure_rings(report):
+    """A concept far below the fit at no coverage is neither "rarely captioned yet known" nor
+    "often captioned yet unknown": the card said "none" and "none" beside a figure that rings
+    and labels it."""
+    import copy
+
+    from clipaudit.report.render import render_html
+
+    summary = copy.deepcopy(report.summary)
+    pair = summary["pairs"][1]
+    hostile = "<b>exotic</b> look"
+    pair["other_outliers"] = [
+        {
+            "name": hostile,
+            "group": "Stereotype",
+            "sensitive": True,
+            "category": "sensitive",
+            "coverage": 0.0,
+            "count": 0,
+            "log10_coverage": float(np.log10(0.5 / 400)),
+            "f1": 0.0,
+            "fitted_f1": 0.5,
+            "residual": -0.5,
+            "studentized_residual": -4.0,
+            "direction": stats.BELOW_THE_FIT,
+        }
+    ]
+    html = render_html(summary, {e["key"]: "data:," for e in summary["figures"]})
+    glance = html[html.index('<section id="glance">') : html.index('<section id="groups">')]
+    card = glance.split('<div class="card">')[2]
+    assert "&lt;b&gt;exotic&lt;/b&gt; look" in card and "<b>exotic" not in html
+    assert stats.BELOW_THE_FIT in card
+    assert "never captioned" in card
+    # and each card of the report as built names its pair's own
+    built = (report.out / "report.html").read_text()
+    built = built[built.index('<section id="glance">') : built.index('<section id="groups">')]
+    cards = built.split('<div class="card">')[1:]
+    for pair, card in zip(report.summary["pairs"], cards, strict=True):
+        for outlier in pair["other_outliers"]:
+            assert f"<bdi>{html_escape(outlier['name'])}</bdi>" in card
+            assert outlier["direction"] in card
+
+
+def test_the_group_table_says_which_number_is_chance(report):
+    """A group's awareness cell read "1.00 (0.33)": a bare number in brackets, named only in the
+    paragraph above the table; and a share of none read "0" beside "0.2%"."""
+    html = (report.out / "report.html").read_text()
+    rows = {r[0]: r for r in _section_rows(html, "groups") if r}
+    scores = report.tables["awareness_groups"].set_index(["model", "group"])
+    models = [m["label"] for m in report.summary["models"]]
+    for group in ("Animal", "Emotion"):
+        cells = rows[group][-len(models) :]
+        for model, cell in zip(models, cells, strict=True):
+            macro, chance = scores.loc[(model, group), ["macro_f1", "chance"]]
+            assert cell == f"{macro:.2f} (chance {chance:.2f})"
+    assert rows["Clothing"][1:3] == ["0%", "0% – 0%"]  # no caption mentions its concepts
+    markdown = (report.out / "report.md").read_text()
+    macro, chance = scores.loc[(models[0], "Animal"), ["macro_f1", "chance"]]
+    assert f" {macro:.2f} (chance {chance:.2f}) |" in markdown
+
+
 def test_the_concept_table_shows_the_coverage_the_statistics_use(audit_runs, tmp_path):
     """With semantic coverage primary, the concept table's captions and coverage were the lexical
     ones: a concept listed "often captioned yet unknown" at 80 captions read 0 captions there."""
@@ -947,6 +1076,41 @@ def test_damaged_runs_and_options_fail_with_a_typed_error(audit_runs, tmp_path):
         build_report([audit_runs["coverage"], awareness], tmp_path / "e")
     with pytest.raises(SettingsError, match=r"0 \(no intervals\) or at least 10; got 5"):
         build_report([audit_runs["coverage"]], tmp_path / "d", n_bootstrap=5)
+
+
+def test_numpy_integers_are_accepted_as_seed_and_resamples(audit_runs, tmp_path):
+    """``seed=np.int64(3)`` (a value read from an array or a DataFrame) was refused as no integer;
+    it is one, and the manifest and summary record it as a plain JSON number."""
+    runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"]]
+    result = build_report(runs, tmp_path / "r", seed=np.int64(3), n_bootstrap=np.uint16(20))
+    assert result.summary["settings"]["seed"] == 3
+    assert result.summary["settings"]["n_bootstrap"] == 20
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["settings"]["seed"] == 3 and manifest["settings"]["n_bootstrap"] == 20
+    plain = build_report(runs, tmp_path / "p", seed=3, n_bootstrap=20)
+    # the same settings as plain integers: the same intervals
+    assert plain.summary["pairs"][0]["concepts"] == result.summary["pairs"][0]["concepts"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("seed", True),
+        ("seed", np.bool_(True)),
+        ("seed", 1.0),
+        ("seed", np.float64(1.0)),
+        ("seed", np.int64(-1)),
+        ("n_bootstrap", np.float32(100)),
+        ("n_bootstrap", False),
+    ],
+)
+def test_bools_floats_and_negatives_are_refused_as_seed_and_resamples(
+    audit_runs, tmp_path, name, value
+):
+    expected = re.escape(f"{name} must be an integer >= 0; got {value!r}")
+    with pytest.raises(SettingsError, match=f"^{expected}$"):
+        build_report([audit_runs["coverage"]], tmp_path / "r", **{name: value})
+    assert not (tmp_path / "r").exists()
 
 
 def _edited_copy(source, target: Path, manifest_changes=None, table=None, edit=None) -> Path:

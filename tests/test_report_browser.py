@@ -255,3 +255,73 @@ def test_right_to_left_names_keep_their_place_and_long_words_break(browser, fore
     assert group[1] <= number[0], "the count is drawn before the group"
     assert page.evaluate(OVERFLOWING_TABLES) == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def audit_report(audit_runs, tmp_path_factory):
+    from clipaudit.report import build_report
+
+    runs = [audit_runs["coverage"], audit_runs["zeroshot_trained"], audit_runs["zeroshot_random"]]
+    return build_report(runs, tmp_path_factory.mktemp("page") / "report", n_bootstrap=50)
+
+
+# each text's contrast with what it is drawn on (its nearest opaque background, translucent ones
+# blended in), against WCAG 2's AA minimum: 4.5:1, or 3:1 for large text (24px, or bold 18.66px)
+LOW_CONTRAST = """() => {
+  const parse = c => {
+    const v = c.match(/rgba?\\(([^)]+)\\)/)[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return {r: v[0], g: v[1], b: v[2], a: v.length > 3 ? v[3] : 1};
+  };
+  const luminance = ({r, g, b}) => {
+    const f = x => (x /= 255) <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const behind = element => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    let out = {r: 255, g: 255, b: 255};
+    for (const c of layers.reverse()) {
+      out = {r: c.r * c.a + out.r * (1 - c.a), g: c.g * c.a + out.g * (1 - c.a),
+             b: c.b * c.a + out.b * (1 - c.a)};
+    }
+    return out;
+  };
+  const found = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walker.nextNode())) {
+    if (!node.data.trim()) continue;
+    const element = node.parentElement, style = getComputedStyle(element);
+    const a = luminance(parse(style.color)) + 0.05, b = luminance(behind(element)) + 0.05;
+    const ratio = Math.max(a, b) / Math.min(a, b);
+    const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < need) found.push(`${ratio.toFixed(2)}: ${element.className} "${node.data.trim()}"`);
+  }
+  return [...new Set(found)];
+}"""
+
+# what the page shows only for some inputs: a statistic's reason, a reason in a table, a note
+SOMETIMES_SHOWN = """() => {
+  const stat = document.querySelector('.stat');
+  stat.insertAdjacentHTML('beforeend', '<div class="reason">n = 2 &lt; 3 points</div>');
+  const cell = document.querySelector('#method td.text');
+  cell.insertAdjacentHTML('beforeend', '<span class="reason">uncalibrated defaults</span>');
+  document.querySelector('#glance').insertAdjacentHTML('afterbegin',
+    '<div class="info">info</div><div class="warn">warn</div><div class="note">note</div>');
+}"""
+
+
+def test_every_text_on_the_page_is_legible_against_its_background(browser, audit_report):
+    """The "risk" badges were white on Okabe-Ito vermillion, 3.9:1, and a statistic's reason
+    vermillion on white: below WCAG AA's 4.5:1 for text of their size."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    page.evaluate(SOMETIMES_SHOWN)
+    found = page.evaluate(LOW_CONTRAST)
+    assert found == [], "\n".join(found)
+    page.close()

@@ -135,3 +135,105 @@ def test_a_shortened_figure_file_name_keeps_the_group_it_shows(group):
     stem = stems[f"confusion {MODELS[1]} / {group}"]
     assert stem.rsplit("-", 1)[0].endswith(f"_{group}") and len(stem) <= 100
     assert stem.startswith("confusion_ViT-B-32")
+
+
+def _tick_labels(axis):
+    """The x tick labels the figure draws (text, position), in order."""
+    return [
+        (tick.label1.get_text(), tick.get_loc())
+        for tick in axis.xaxis.get_major_ticks()
+        if tick.label1.get_visible() and tick.label1.get_text()
+    ]
+
+
+def _assert_readable_share_ticks(figure, axis):
+    """Each decade tick reads as the share it marks, written out (never "1e-05%"); labels keep
+    apart from each other and stay inside the figure."""
+    labels = _tick_labels(axis)
+    decades = [(text, loc) for text, loc in labels if text != "none"]
+    assert len(decades) >= 3
+    for text, loc in decades:
+        assert "e" not in text.lower() and text.endswith("%"), text
+        assert float(text[:-1]) == pytest.approx(100 * 10**loc, rel=1e-9), (text, loc)
+    artists = [
+        tick.label1
+        for tick in axis.xaxis.get_major_ticks()
+        if tick.label1.get_visible() and tick.label1.get_text()
+    ]
+    found = boxes(figure, artists)
+    for artist, box in zip(artists, found, strict=True):
+        assert_inside(figure, box, f"tick {artist.get_text()!r}")
+    clashes = figures.boxes_overlap([(b.x0 - 2, b.y0, b.x1 + 2, b.y1) for b in found])
+    assert clashes == [], [(artists[i].get_text(), artists[j].get_text()) for i, j in clashes]
+
+
+LAION = 400_000_000  # a corpus where one caption is 0.00000025%
+
+
+def test_coverage_ticks_of_a_web_scale_corpus_are_written_out_and_apart():
+    """Ticks below 0.0001% read "1e-05%", "1e-06%" while the page wrote "0.00000025%"; three
+    panels of ten decades each squeezed their long labels into one another."""
+    rows = []
+    for corpus in CORPORA:
+        for group in GROUPS:
+            for k, count in enumerate([0, 1, 30, 4_000, 900_000, 40_000_000]):
+                rows.append(
+                    {
+                        "corpus": corpus,
+                        "group": group,
+                        "concept": f"{group}{k}",
+                        "coverage": count / LAION,
+                        "log10_coverage": np.log10((count + 0.5) / LAION),
+                    }
+                )
+    corpora = [{"label": c, "n_captions": LAION} for c in CORPORA]
+    figure = figures.coverage_by_group(
+        pd.DataFrame(rows), corpora, GROUPS, CATEGORY, SENSITIVE, CATEGORIES
+    )
+    for axis in figure.axes:
+        if axis.get_label() != "<colorbar>" and axis.get_xlabel():
+            _assert_readable_share_ticks(figure, axis)
+
+
+def test_scatter_ticks_of_a_web_scale_corpus_are_written_out_and_apart():
+    rng = np.random.default_rng(2)
+    counts = np.array([0, 1, 3, 50, 2_000, 100_000, 5_000_000, 60_000_000] * 4)
+    part = pd.DataFrame(
+        {
+            "log10_coverage": np.log10((counts + 0.5) / LAION),
+            "f1": rng.uniform(0, 1, len(counts)),
+            "category": rng.choice(CATEGORIES, len(counts)),
+            "sensitive": rng.random(len(counts)) < 0.2,
+        }
+    )
+    figure, _ = figures.coverage_against_f1(
+        part, {"slope": 0.05, "intercept": 0.8}, [], CATEGORIES, LAION, "LAION-400M × a model"
+    )
+    (axis,) = figure.axes
+    _assert_readable_share_ticks(figure, axis)
+
+
+def _contrast(colour: str, background: str = "#ffffff") -> float:
+    """WCAG 2 contrast ratio of two colours."""
+    from matplotlib.colors import to_rgb
+
+    def luminance(value):
+        channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in value]
+        return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+    high, low = sorted((luminance(to_rgb(colour)), luminance(to_rgb(background))), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_sensitive_group_names_are_readable_text_on_white():
+    """The sensitive groups' tick labels were Okabe-Ito vermillion, 3.9:1 on white: below the
+    4.5:1 that small text needs (WCAG AA)."""
+    rows = [{"model": MODELS[0], "group": g, "macro_f1": 0.5, "chance": 0.1} for g in GROUPS]
+    figure = figures.macro_f1_by_group(pd.DataFrame(rows), MODELS[:1], GROUPS, CATEGORY, SENSITIVE)
+    (axis,) = figure.axes
+    labels = {t.get_text(): t.get_color() for t in axis.get_yticklabels()}
+    marked = [text for text in labels if "(sensitive)" in text]
+    assert len(marked) == len(SENSITIVE)
+    for text in marked:
+        assert labels[text] != labels["Animal"]  # still set apart
+        assert _contrast(labels[text]) >= 4.5, (text, labels[text])

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,9 @@ class Report:
                 if pair[key]:
                     names = ", ".join(o["name"] for o in pair[key])
                     lines.append(f"    {key.replace('_', ' ')}: {names}")
+            if pair.get("group_outliers"):  # absent from a report.json of an older version
+                far = ", ".join(f"{o['name']} ({o['direction']})" for o in pair["group_outliers"])
+                lines.append(f"    groups far from the fit: {far}")
         if summary["mismatches"]:
             counts = ", ".join(
                 f"{n} {_mismatch_kind(k, n)}" for k, n in summary["mismatch_counts"].items()
@@ -173,7 +177,9 @@ def check_report_options(title: Any = None, seed: Any = 0, n_bootstrap: Any = 20
     if title is not None and (not isinstance(title, str) or not title.strip()):
         raise SettingsError(f"title must be a non-empty string or None; got {title!r}")
     for name, value in (("seed", seed), ("n_bootstrap", n_bootstrap)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        # NumPy integers register as Integral (a seed read from an array is one); True is an
+        # int to Python but no count (NumPy's bool is not Integral)
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
             raise SettingsError(f"{name} must be an integer >= 0; got {value!r}")
     if 0 < n_bootstrap < MIN_RESAMPLES:
         raise SettingsError(
@@ -209,6 +215,7 @@ def build_report(
     from clipaudit.runs import RunFolder
 
     check_report_options(title, seed, n_bootstrap)
+    seed, n_bootstrap = int(seed), int(n_bootstrap)  # plain ints: the manifest is JSON
     # a number for out is os.fspath's bare TypeError, and a "no" for progress would count as on
     check_arguments(
         {"out (the report folder, or None)": out} if out is not None else {},

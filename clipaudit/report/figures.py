@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ CATEGORY_COLOURS = {
 }
 OTHER_COLOURS = [OKABE_ITO[c] for c in ("sky blue", "reddish purple", "black", "yellow")]
 SENSITIVE_SHADE = "#FBE3D6"  # a light tint of vermillion behind sensitive groups
+# vermillion darkened for text: Okabe-Ito's is 3.9:1 on white, below WCAG AA's 4.5:1 for small text
+SENSITIVE_TEXT = "#B34D00"
 DPI = 110
 MAX_STEM = 80
 
@@ -172,28 +175,69 @@ def _title_within(axis: Any, text: str, fontsize: float, *, loc: str = "center")
 
 
 def _percent(value: float) -> str:
-    share = 100 * value
-    if share >= 1:
-        return f"{share:.0f}%"
-    return f"{share:.2g}%"
+    """A decade of coverage as a share, written out as the page writes shares ("0.00001%", never
+    "1e-05%"), whole percents plain ("1%", not "1.0%")."""
+    from clipaudit.report.render import share
+
+    if 100 * value >= 1:
+        return f"{100 * value:.0f}%"
+    return share(value)
 
 
-def _log_axis(axis: Any, low: float, high: float, n: float | None, *, which: str = "x") -> None:
-    """Ticks at whole decades of coverage, labelled as shares; 'none' where zero counts sit."""
+def _share_ticks(
+    low: float, high: float, n: float | None, step: int = 1
+) -> list[tuple[float, str]]:
+    """(position, label) of every ``step``-th whole decade of coverage in [low, high], labelled as
+    shares, then 'none' where zero counts sit (0.5 / n) when that is in range."""
     import math
 
-    ticks = list(range(math.floor(low), math.ceil(high) + 1))
-    ticks = [t for t in ticks if low - 1e-9 <= t <= high + 1e-9 and t <= 0]
-    labels = [_percent(10.0**t) for t in ticks]
-    if n:
-        zero = math.log10(0.5 / n)
-        if low - 1e-9 <= zero <= high + 1e-9:
-            ticks = [t for t in ticks if abs(t - zero) > 0.35]
-            labels = [_percent(10.0**t) for t in ticks]
-            ticks.append(zero)
-            labels.append("none")
-    setter = axis.set_xticks if which == "x" else axis.set_yticks
-    setter(ticks, labels=labels)
+    decades = [
+        t
+        for t in range(math.floor(low), math.ceil(high) + 1)
+        if low - 1e-9 <= t <= high + 1e-9 and t <= 0 and t % step == 0
+    ]
+    if not n or not low - 1e-9 <= math.log10(0.5 / n) <= high + 1e-9:
+        return [(t, _percent(10.0**t)) for t in decades]
+    zero = math.log10(0.5 / n)
+    return [(t, _percent(10.0**t)) for t in decades if abs(t - zero) > 0.35] + [(zero, "none")]
+
+
+def _log_axis(axis: Any, low: float, high: float, n: float | None) -> None:
+    """x ticks at whole decades of coverage, labelled as shares; 'none' where zero counts sit."""
+    ticks = _share_ticks(low, high, n)
+    axis.set_xticks([t for t, _ in ticks], labels=[label for _, label in ticks])
+
+
+def _spaced_share_ticks(
+    axis: Any, low: float, high: float, n: float | None, fontsize: float = 8
+) -> None:
+    """The x ticks of :func:`_log_axis`, thinned to every second (third, ...) decade where the
+    written-out shares of a web-scale corpus ("0.000001%") would run into each other at the
+    axis's laid-out width, and without a decade whose label would meet 'none'. Call once the
+    figure is laid out."""
+    figure = axis.figure
+    renderer = figure.canvas.get_renderer()
+    probe = figure.text(0, 0, "", fontsize=fontsize)
+    gap = 0.6 * fontsize * figure.dpi / 72.0  # more than a space between two labels
+
+    def span(tick: tuple[float, str]) -> tuple[float, float]:
+        probe.set_text(tick[1])
+        width = probe.get_window_extent(renderer).width
+        centre = axis.transData.transform((tick[0], 0))[0]
+        return (centre - width / 2, centre + width / 2)
+
+    def apart(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[1] + gap <= b[0] or b[1] + gap <= a[0]
+
+    for step in range(1, 12):
+        ticks = _share_ticks(low, high, n, step)
+        none = [span(t) for t in ticks if t[1] == "none"]
+        ticks = [t for t in ticks if t[1] == "none" or all(apart(span(t), z) for z in none)]
+        spans = sorted(span(t) for t in ticks)
+        if all(apart(a, b) for a, b in itertools.pairwise(spans)):
+            break
+    probe.remove()
+    axis.set_xticks([t for t, _ in ticks], labels=[label for _, label in ticks])
 
 
 # --------------------------------------------------------------------------- label placement
@@ -345,7 +389,7 @@ def _group_ticks(axis: Any, groups: Sequence[str], sensitive: set[str]) -> None:
     axis.set_yticks(range(len(groups)), labels=labels, fontsize=8)
     for tick, group in zip(axis.get_yticklabels(), groups, strict=True):
         if group in sensitive:
-            tick.set_color(OKABE_ITO["vermillion"])
+            tick.set_color(SENSITIVE_TEXT)
     axis.set_ylim(len(groups) - 0.5, -0.5)
 
 
@@ -397,6 +441,7 @@ def coverage_by_group(
     n_panels = len(corpora)
     figure = new_figure(max(7.6, 2.4 + 3.4 * n_panels), 1.5 + 0.3 * len(groups))
     axes_list = figure.subplots(1, n_panels, sharey=True, squeeze=False)[0]
+    limits = []
     for axis, corpus in zip(axes_list, corpora, strict=True):
         part = coverage[coverage["corpus"] == corpus["label"]]
         xs = part["log10_coverage"].to_numpy(dtype=float)
@@ -404,6 +449,7 @@ def coverage_by_group(
         low = float(finite.min()) - 0.25 if len(finite) else -4
         high = max(float(finite.max()) + 0.25 if len(finite) else 0, low + 1)
         high = min(high, 0.1)
+        limits.append((low, high))
         _sensitive_bands(axis, groups, sensitive)
         for row, group in enumerate(groups):
             members = part[part["group"] == group]
@@ -423,7 +469,7 @@ def coverage_by_group(
         _log_axis(axis, low, high, corpus.get("n_captions"))
         axis.tick_params(axis="x", labelsize=8)
         axis.set_title(corpus["label"], fontsize=9)  # wrapped to its panel once laid out
-        axis.set_xlabel("caption coverage (share of captions)", fontsize=8)
+        axis.set_xlabel("caption coverage (share of captions, log scale)", fontsize=8)
         axis.grid(axis="x", color="#dddddd", linewidth=0.6)
         axis.set_axisbelow(True)
     _group_ticks(axes_list[0], groups, sensitive)
@@ -439,6 +485,8 @@ def coverage_by_group(
     _legend_below(figure, handles, columns=4)
     for axis, corpus in zip(axes_list, corpora, strict=True):  # long names would run together
         _title_within(axis, corpus["label"], 9)
+    for axis, corpus, (low, high) in zip(axes_list, corpora, limits, strict=True):
+        _spaced_share_ticks(axis, low, high, corpus.get("n_captions"))
     return figure
 
 
@@ -592,6 +640,7 @@ def coverage_against_f1(
     _legend_below(figure, handles, columns=6)
     _title_within(axis, title, 9, loc="left")
     freeze_layout(figure)
+    _spaced_share_ticks(axis, low, high, n_captions)
 
     def strength(outlier: dict[str, Any]) -> float:  # None: infinite (the rest on a line)
         value = outlier["studentized_residual"]

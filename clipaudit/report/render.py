@@ -40,11 +40,11 @@ def signed(value: Any, digits: int = 3) -> str:
 
 def share(value: Any) -> str:
     """A rate as a percentage with enough digits for rare concepts (0.25%, 0.0031%,
-    0.00000025%)."""
+    0.00000025%); none at all is "0%", as a share beside shares (a bare "0" reads as a count)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if value == 0:
-        return "0"
+        return "0%"
     percent = 100 * value
     if percent >= 10:
         return f"{percent:.0f}%"

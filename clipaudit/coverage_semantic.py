@@ -79,7 +79,8 @@ NEAREST_SELECTION = (
 # such as "★" or "©" were words) is another run
 BLANK_CAPTIONS = (
     "a caption of no word (empty, white space, punctuation and signs alone; an emoji is a word, "
-    "a sign such as ★ or © is not) counts for no concept"
+    "a sign such as ★ or © is not), or one the encoder reads as unknown tokens alone (MiniLM "
+    "reads every emoji as one), counts for no concept"
 )
 INDEX_FOLDER = "index"
 

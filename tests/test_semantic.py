@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 
@@ -1608,3 +1609,238 @@ def test_count_semantic_on_laion_batches_counts_a_caption_of_no_word_for_nothing
     assert counts.counts.tolist() == [2, 0]
     assert hits.rows.tolist() == [0, 4]
     assert [n["caption"] for n in counts.nearest["0"]] == ["a cat", "🐱"]
+
+
+# --------------------------------------------------------------------------- review (h81)
+
+
+def test_a_reordered_registry_reads_each_concepts_own_cached_vectors(tmp_path, tiny_encoder):
+    """The concept cache is keyed on every concept's texts in the registry's order: two
+    concepts sharing a gloss, swapped, used to hash alike and take each other's cached vectors
+    (a caption counted against another concept's threshold, silently)."""
+    from clipaudit.registry import load_registry
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    registry = load_registry("miniworld")
+    first, second, *rest = registry.concepts
+    first = dataclasses.replace(first, gloss=second.gloss)  # one gloss, two concepts
+    before = dataclasses.replace(registry, concepts=(first, second, *rest))
+    after = dataclasses.replace(registry, concepts=(second, first, *rest))
+    concept_embeddings(before, tiny_encoder, cache=tmp_path)
+    cached = concept_embeddings(after, tiny_encoder, cache=tmp_path)
+    fresh = concept_embeddings(after, tiny_encoder)  # no cache: embedded now
+    assert cached.names == fresh.names == (second.name, first.name, *(c.name for c in rest))
+    np.testing.assert_allclose(cached.vectors, fresh.vectors, atol=1e-6)
+    np.testing.assert_allclose(cached.glosses, fresh.glosses, atol=1e-6)
+
+
+# MiniLM's WordPiece vocabulary holds no emoji and no runes: each of these is [UNK] alone
+UNKNOWN_TO_MINILM = ["🐱", "🐶 🐶 🐶", "⚽", "🇫🇷", "ᚠᚢᚦ"]
+
+
+def test_captions_minilm_reads_as_unknown_tokens_alone_are_embedded_as_saying_nothing(minilm):
+    """MiniLM reads "🐱", "⚽" and "🇫🇷" alike, as one [UNK]: one vector for every lone emoji,
+    which COCO-calibrated thresholds count for dog, red and blue (cosine 0.293, 0.260 and
+    0.318 against 0.292, 0.240 and 0.306). Such a caption says nothing to the encoder, so it is
+    embedded as a blank one is (zero, near no concept); a caption with a known word is embedded
+    as the encoder embeds it, and an OpenCLIP tower (byte-level BPE) reads an emoji."""
+    from clipaudit.semantic.encoders import unknown_only
+    from clipaudit.semantic.store import encode_captions
+
+    tokenizer = minilm.model.tokenizer
+    for caption in UNKNOWN_TO_MINILM:  # the premise, from the vocabulary itself
+        assert set(tokenizer.tokenize(caption)) == {tokenizer.unk_token}
+    said = ["a dog 🐶", "a cat"]
+    captions = [*UNKNOWN_TO_MINILM, *said, ""]
+    assert unknown_only(minilm, captions).tolist() == [True] * 5 + [False, False, True]
+    lone = minilm.encode(UNKNOWN_TO_MINILM[:1] + UNKNOWN_TO_MINILM[2:])
+    np.testing.assert_allclose(lone, np.repeat(lone[:1], 4, axis=0), atol=1e-5)  # one vector
+    vectors = encode_captions(minilm, captions)
+    assert not vectors[:5].any() and not vectors[-1].any()
+    np.testing.assert_allclose(vectors[5:7], minilm.encode(said), atol=1e-5)
+
+
+def test_an_open_clip_tower_knows_every_text(tiny_encoder):
+    from clipaudit.semantic.encoders import unknown_only
+
+    assert not unknown_only(tiny_encoder, UNKNOWN_TO_MINILM).any()
+
+
+def test_a_zero_caption_vector_counts_for_no_concept_at_any_threshold():
+    """A zero vector (a caption that says nothing, as the store keeps it) scores 0 with every
+    concept: at a threshold of 0 or below it would count for all of them."""
+    from clipaudit.semantic.counting import SemanticCounter
+
+    rng = np.random.default_rng(12)
+    concepts = unit(rng, 3, 16)
+    captions = unit(rng, 50, 16)
+    captions[[4, 17]] = 0.0
+    thresholds = np.array([-0.2, 0.0, 0.3], dtype=np.float32)
+    counter = SemanticCounter(concepts, thresholds, top_k=60)
+    counter.add(captions)
+    scores = captions @ concepts.T
+    said = np.any(captions, axis=1)
+    expected = ((scores >= thresholds) & said[:, None]).sum(axis=0)
+    assert counter.counts.tolist() == expected.tolist()
+    assert not {4, 17} & {n["id"] for near in counter.nearest().values() for n in near}
+
+
+def test_the_checked_method_encodes_unknown_only_captions_as_saying_nothing(minilm):
+    """The sense checker encoding captions itself follows the store's rule: a lone emoji,
+    [UNK] to MiniLM, is added to no concept, even one whose vector is [UNK]'s own."""
+    from clipaudit.semantic.calibration import KINDS, Calibration
+    from clipaudit.semantic.checked import SenseChecker
+    from clipaudit.semantic.concepts import ConceptEmbeddings
+
+    own = minilm.encode(["🐱", "a red car"])  # the concepts: [UNK]'s vector and a car's
+    names = ("unk", "car")
+    concepts = ConceptEmbeddings(names, own, own, minilm.identity)
+    calibration = Calibration(
+        minilm.identity, names,
+        {"semantic": np.full(2, 0.99), "sense": np.full(2, -2.0), "additions": np.full(2, 0.99)},
+        {kind: ("fitted",) * 2 for kind in KINDS}, {kind: 0.99 for kind in KINDS},
+    )  # fmt: skip
+    checker = SenseChecker(concepts, calibration, encoder=minilm)
+    empty = np.zeros(0, np.int64)
+    out = checker.check(empty, empty, n_captions=3, captions=["⚽", "a red car", "🐶"])
+    assert list(zip(out.rows.tolist(), out.concepts.tolist(), strict=True)) == [(1, 1)]
+
+
+def test_a_query_the_encoder_reads_as_unknown_tokens_alone_is_refused(tmp_path, minilm):
+    from clipaudit.semantic.concepts import query_vectors
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore, embed_texts
+
+    model = re.escape(minilm.identity["model"])
+    message = rf"'🐱' is unknown to the encoder {model} .*put it in words"
+    with pytest.raises(InputError, match=message):
+        query_vectors(["🐱"], minilm)
+    with pytest.raises(InputError, match=message):
+        query_vectors([["a cat", "🐱"]], minilm)
+    store = EmbeddingStore.open(tmp_path / "store", minilm.identity, minilm.dim)
+    embed_texts(store, ["a cat on a mat", "⚽", "a dog"], minilm)
+    index = CaptionIndex.build(store, IndexSettings(kind="flat"))
+    assert index.blank.tolist() == [1]
+    with pytest.raises(InputError, match=message):
+        index.query("🐱", 0.1, encoder=minilm)
+    assert index.query("a cat", -1.0, encoder=minilm).count == 2
+
+
+class NanEncoder:
+    """A real encoder whose vector for one text is NaN (fp16 overflow on a GPU, say)."""
+
+    def __init__(self, inner, bad: str):
+        self.inner, self.bad = inner, bad
+        self.identity, self.dim = inner.identity, inner.dim
+
+    def encode(self, texts):
+        vectors = self.inner.encode(texts)
+        vectors[[t == self.bad for t in texts]] = np.nan
+        return vectors
+
+
+def test_nan_concept_or_query_vectors_stop_with_the_text_and_the_fix(tiny_encoder):
+    """A NaN concept vector would count no caption for that concept (FAISS drops NaN scores)
+    and a NaN query would find none, both without a word: refused, naming the text."""
+    from clipaudit.registry import load_registry
+    from clipaudit.semantic.concepts import concept_embeddings, concept_texts, query_vectors
+
+    registry = load_registry("miniworld")
+    gloss = registry.concepts[3].gloss
+    texts = [t for c in registry.concepts for t in concept_texts(c)] + [
+        c.gloss for c in registry.concepts
+    ]  # what is encoded: each concept's texts, then each gloss alone
+    nan = rf"NaN or infinite vectors for {texts.count(gloss)} of {len(texts)} texts .*{gloss}.*fp32"
+    with pytest.raises(ModelError, match=nan):
+        concept_embeddings(registry, NanEncoder(tiny_encoder, gloss))
+    with pytest.raises(ModelError, match=r"NaN or infinite vectors for 1 of 2 .*'origami'"):
+        query_vectors([["paper folding", "origami"]], NanEncoder(tiny_encoder, "origami"))
+
+
+def test_a_calibration_of_another_encoder_names_both_encoders(tmp_path, minilm, tiny_encoder):
+    from clipaudit.semantic.calibration import calibration_for, default_calibration
+
+    path = tmp_path / "calibration.json"
+    fitted = default_calibration(tiny_encoder.identity, ["dog"])
+    fitted = dataclasses.replace(
+        fitted, calibrated=True, origin={k: ("fitted",) for k in fitted.origin}
+    )
+    fitted.save(path)
+    tiny = tiny_encoder.identity["model"]
+    with pytest.raises(
+        SettingsError,
+        match=rf"fitted for another encoder, open_clip {re.escape(tiny)}, not this run's "
+        rf"sentence-transformers {re.escape(minilm.identity['model'])} \(kind: .*"
+        r"coverage calibrate --encoder",
+    ):
+        calibration_for(minilm.identity, ["dog"], path)
+
+
+def test_a_text_query_with_another_encoder_names_both_and_the_fix(tmp_path, minilm, tiny_encoder):
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore, embed_texts
+
+    store = EmbeddingStore.open(tmp_path / "store", tiny_encoder.identity, tiny_encoder.dim)
+    embed_texts(store, ["a cat on a mat", "a dog"], tiny_encoder)
+    index = CaptionIndex.build(store, IndexSettings(kind="flat"))
+    with pytest.raises(
+        SettingsError,
+        match=r"captions embedded with open_clip .*; the query encoder is sentence-transformers "
+        rf"{re.escape(minilm.identity['model'])} \(kind: .*query with the encoder the captions "
+        "were embedded with",
+    ):
+        index.query("a cat", 0.5, encoder=minilm)
+
+
+def summary_lines(monkeypatch, semantic, run):
+    """What ``coverage count`` prints of a run's semantic record."""
+    import io
+    from pathlib import Path
+
+    from clipaudit.cli import _common, coverage
+
+    printed = io.StringIO()
+    console = _common._PlainConsole(file=printed, width=400, markup=False, emoji=False)
+    monkeypatch.setattr(coverage, "console", console)
+    coverage._print_semantic(semantic, Path(run))
+    return printed.getvalue().splitlines()
+
+
+def test_the_count_summary_says_which_thresholds_were_used_and_where_the_nearest_are(
+    monkeypatch,
+):
+    """Calibrated or not, the summary names the thresholds a concept without its own takes
+    (-2 keeps every lexical hit, 2 adds none: said in words), how many concepts have their own,
+    and where the nearest captions are."""
+    encoder = {"spec": "st:x", "dim": 384, "weights": "ab" * 32}
+    embeddings = {"source": "laion text_emb"}
+    calibrated = {
+        "calibrated": True,
+        "path": "/cal.json",
+        "shared": {"semantic": 0.40803, "sense": -0.484, "additions": 2.0},
+        "concepts_fitted": {"semantic": 40, "sense": 3, "additions": 0},
+        "concepts_not_calibrated": {"absent": [], "changed": []},
+    }
+    lines = summary_lines(
+        monkeypatch, {"encoder": encoder, "calibration": calibrated, "embeddings": embeddings}, "R"
+    )
+    assert lines[1:] == [
+        "calibration /cal.json: thresholds of their own for 40 concepts (semantic), 3 (sense), "
+        "0 (additions); the others take its shared ones: semantic 0.408, sense -0.484, "
+        "additions 2 (add none)",
+        "nearest captions per concept in R/nearest.json",
+    ]
+    default = {
+        "calibrated": False,
+        "note": "no calibration for this encoder",
+        "defaults": {"semantic": 0.5, "sense": -2.0, "additions": 2.0},
+    }
+    lines = summary_lines(
+        monkeypatch, {"encoder": encoder, "calibration": default, "embeddings": embeddings}, "R"
+    )
+    assert lines[1:] == [
+        "uncalibrated: no calibration for this encoder; default thresholds: semantic 0.500, "
+        "sense -2 (keep all), additions 2 (add none) (fit thresholds with clipaudit coverage "
+        "calibrate)",
+        "nearest captions per concept in R/nearest.json",
+    ]

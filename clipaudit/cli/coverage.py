@@ -262,7 +262,13 @@ def _print_semantic(semantic: dict, run: Path) -> None:
         f"encoder {encoder['spec']} ({encoder['dim']}-d, weights {encoder['weights'][:12]})"
     )
     if calibration["calibrated"]:
-        console.print(f"calibration {calibration['path']}")
+        fitted = calibration["concepts_fitted"]
+        console.print(
+            f"calibration {calibration['path']}: thresholds of their own for "
+            f"{fitted['semantic']} concepts (semantic), {fitted['sense']} (sense), "
+            f"{fitted['additions']} (additions); the others take its shared ones: "
+            f"{_thresholds(calibration['shared'])}"
+        )
         for part, said in calibration.get("differs", {}).items():  # registry, lexical matcher
             what = {"lexical": "lexical matcher"}.get(part, part)
             console.print(f"calibration's {what}: {said}", style="yellow")
@@ -276,8 +282,9 @@ def _print_semantic(semantic: dict, run: Path) -> None:
                 )
     else:
         console.print(
-            f"uncalibrated: {calibration['note']}; defaults "
-            f"{calibration['defaults']} (fit thresholds with clipaudit coverage calibrate)",
+            f"uncalibrated: {calibration['note']}; default thresholds: "
+            f"{_thresholds(calibration['defaults'])} (fit thresholds with clipaudit coverage "
+            "calibrate)",
             style="yellow",
         )
     if "checked" in semantic:
@@ -286,6 +293,7 @@ def _print_semantic(semantic: dict, run: Path) -> None:
             f"checked: {found['kept']:,} lexical hits kept, {found['dropped']:,} dropped by the "
             f"sense check, {found['added']:,} semantic-only hits added"
         )
+    console.print(f"nearest captions per concept in {Path(run) / 'nearest.json'}")
     embeddings = semantic["embeddings"]
     session = embeddings.get("this_session")
     if session:
@@ -295,6 +303,17 @@ def _print_semantic(semantic: dict, run: Path) -> None:
             f"({session['rows_encoded']:,} captions, {session['seconds']:.1f} s{rate}), "
             f"{session['parts_resumed']} reused"
         )
+
+
+def _thresholds(shared: dict) -> str:
+    """Thresholds of each kind as a user reads them: a cosine, or what a bound of +-2 does."""
+    verbs = {"semantic": "count", "sense": "keep", "additions": "add"}
+    said = []
+    for kind, value in shared.items():
+        bound = {2.0: "none", -2.0: "all"}.get(float(value))
+        text = f"{value:g} ({verbs.get(kind, 'take')} {bound})" if bound else f"{value:.3f}"
+        said.append(f"{kind} {text}")
+    return ", ".join(said)
 
 
 def _interval_line(micro: dict, interval: dict) -> str:
@@ -455,7 +474,10 @@ def calibrate(
         f"concepts with thresholds of their own: {fitted}; the others take the shared ones "
         f"{ {k: round(v, 3) for k, v in report.calibration.shared.items()} }"
     )
-    console.print(f"calibration for {report.calibration.encoder['model']} written to {report.path}")
+    console.print(
+        f"calibration for {report.calibration.encoder['model']} written to {report.path}; count "
+        f"with --calibration {report.path} and the same --encoder"
+    )
 
 
 @app.command("index")
@@ -493,7 +515,8 @@ def query(
     threshold: float | None = typer.Option(
         None,
         "--threshold",
-        help="Cosine a caption needs (default: the run's shared semantic threshold).",
+        help="Cosine a caption needs (default: the run's shared semantic threshold: its "
+        "calibration's, or the encoder's default when it ran uncalibrated).",
     ),
     k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown."),
 ) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from clipaudit.errors import InputError, SettingsError
 from clipaudit.provenance import now_iso, sha256_file, write_json
-from clipaudit.semantic.encoders import describe_difference, same_encoder
+from clipaudit.semantic.encoders import describe_difference, describe_encoder, same_encoder
 
 KINDS = ("semantic", "sense", "additions")
 METHODS = ("lexical", "semantic", "checked", "checked_sense_only", "checked_additions_only")
@@ -535,8 +535,11 @@ def calibration_for(
     calibration = Calibration.load(path)
     if not same_encoder(calibration.encoder, encoder):
         raise SettingsError(
-            f"{path} was fitted for another encoder ({describe_difference(calibration.encoder, encoder)}); "
-            "fit a calibration for this encoder (coverage calibrate) or run without one (defaults)"
+            f"{path} was fitted for another encoder, {describe_encoder(calibration.encoder)}, "
+            f"not this run's {describe_encoder(encoder)} "
+            f"({describe_difference(calibration.encoder, encoder)}); "
+            "fit one for this encoder (coverage calibrate --encoder, as this run names it), count "
+            "with the encoder it was fitted for, or run without one (defaults)"
         )
     chosen = calibration.for_concepts(names, texts)
     missing = chosen.not_calibrated()

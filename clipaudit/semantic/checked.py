@@ -28,7 +28,7 @@ from clipaudit.semantic.calibration import ACCEPT_NONE, Calibration
 from clipaudit.semantic.concepts import ConceptEmbeddings
 from clipaudit.semantic.counting import SemanticCounter
 from clipaudit.semantic.encoders import TextEncoder
-from clipaudit.semantic.store import blank_captions
+from clipaudit.semantic.store import blank_captions, encode_captions
 
 KEPT, DROPPED, ADDED = "kept", "dropped", "added"
 
@@ -120,7 +120,8 @@ class SenseChecker:
             )
             vectors = np.zeros((n_captions, self.concepts.dim), dtype=np.float32)
             if len(need):
-                vectors[need] = self.encoder.encode([captions[i] for i in need.tolist()])
+                # as the store embeds them: zero for a caption that says nothing to the encoder
+                vectors[need] = encode_captions(self.encoder, [captions[i] for i in need.tolist()])
             n_encoded = len(need)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (n_captions, self.concepts.dim):

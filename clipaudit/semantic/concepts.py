@@ -25,7 +25,7 @@ import numpy as np
 
 from clipaudit.errors import InputError
 from clipaudit.registry import Registry
-from clipaudit.semantic.encoders import TextEncoder, normalise
+from clipaudit.semantic.encoders import TextEncoder, check_finite, normalise, unknown_only
 from clipaudit.semantic.store import holds_no_word
 
 
@@ -86,13 +86,16 @@ def concept_embeddings(
         from clipaudit.runs import fingerprint
 
         identity = {key: encoder.identity.get(key) for key in IDENTITY_KEYS}
-        key = fingerprint({"encoder": identity, "texts": texts, "glosses": glosses})
+        # a list, in the registry's order: the fingerprint sorts a mapping's keys, and rows are
+        # read back by position (two concepts of one gloss, swapped, took each other's vectors)
+        ordered = [[name, texts[name], gloss] for name, gloss in zip(texts, glosses, strict=True)]
+        key = fingerprint({"encoder": identity, "concepts": ordered})
         path = Path(cache) / f"concepts-{key}.npz"
     held = _read_cached(path, (len(texts), encoder.dim)) if path is not None else None
     if held is not None:
         vectors, gloss_vectors = held
     else:
-        encoded = encoder.encode(flat + glosses)
+        encoded = check_finite(encoder, flat + glosses, encoder.encode(flat + glosses))
         vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
         position = 0
         for row, name in enumerate(texts):
@@ -122,7 +125,15 @@ def query_vectors(queries: Sequence[str | Sequence[str]], encoder: TextEncoder) 
         not g or not all(isinstance(t, str) and not holds_no_word(t) for t in g) for g in groups
     ):
         raise InputError("a query must be a non-empty text or a list of non-empty texts")
-    encoded = encoder.encode([t for g in groups for t in g])
+    texts = [t for g in groups for t in g]
+    unknown = np.flatnonzero(unknown_only(encoder, texts))
+    if len(unknown):  # its vector is [UNK]'s, shared by every emoji: it would find nothing said
+        raise InputError(
+            f"query {texts[unknown[0]]!r:.60} is unknown to the encoder "
+            f"{encoder.identity.get('model', '?')} (every token of it is outside its "
+            "vocabulary, as emoji are to MiniLM): put it in words, e.g. 'cat' for a cat emoji"
+        )
+    encoded = check_finite(encoder, texts, encoder.encode(texts))
     out = np.empty((len(groups), encoder.dim), dtype=np.float32)
     position = 0
     for row, group in enumerate(groups):

@@ -180,7 +180,8 @@ class SemanticCounter:
         the batch) that the caller's method counts, which the nearest captions are flagged with
         (default: the hits themselves, i.e. ``score >= threshold``). ``blank``: a boolean per
         caption, true for one that holds no word, which counts for no concept and is nobody's
-        nearest whatever its vector (an encoder embeds "" like any text)."""
+        nearest whatever its vector (an encoder embeds "" like any text); so is a caption whose
+        vector is zero, as the store keeps one that says nothing."""
         x = _check_vectors(vectors, self.dim, "caption vectors")
         n = len(x)
         start = self.n_captions if first_row is None else int(first_row)
@@ -193,6 +194,11 @@ class SemanticCounter:
         rows, concepts, scores = self._search(x)
         if blank is not None and blank.any():
             said = ~blank[rows]
+            rows, concepts, scores = rows[said], concepts[said], scores[said]
+        zero = scores == 0  # a zero vector scores 0 with every concept: only then reached
+        if zero.any():  # a caption that says nothing, as the store keeps it (encode_captions)
+            said = np.ones(len(rows), dtype=bool)
+            said[zero] = np.any(x[rows[zero]], axis=1)
             rows, concepts, scores = rows[said], concepts[said], scores[said]
         hit = scores >= self.thresholds[concepts]
         self.counts += np.bincount(concepts[hit], minlength=self.k)

@@ -165,6 +165,11 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def describe_encoder(identity: dict[str, Any]) -> str:
+    """An encoder as messages name it: its kind and model (``open_clip ViT-B-32@openai``)."""
+    return f"{identity.get('kind', 'an encoder of unknown kind')} {identity.get('model', '?')}"
+
+
 def describe_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
     """The identity keys on which two encoders differ, for error messages (a pipeline down to the
     setting that changed, e.g. ``pipeline.pooling: 'mean' vs 'cls'``)."""
@@ -198,6 +203,35 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def unknown_only(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
+    """Which texts ``encoder`` reads as unknown tokens alone (or as no token): a boolean per
+    text. MiniLM's WordPiece vocabulary holds no emoji, so "🐱", "⚽" and "🇫🇷" are all one
+    ``[UNK]`` and share one vector, which calibrated thresholds can put near a concept (COCO's
+    count a lone emoji for dog, red and blue): to the encoder such a text says nothing. An
+    encoder without an ``unknown_only`` method (OpenCLIP's byte-level BPE reads any text)
+    reads every text."""
+    method = getattr(encoder, "unknown_only", None)
+    if method is None:
+        return np.zeros(len(texts), dtype=bool)
+    return np.asarray(method(texts), dtype=bool).reshape(len(texts))
+
+
+def check_finite(
+    encoder: TextEncoder, texts: Sequence[str], vectors: np.ndarray, what: str = "texts"
+) -> np.ndarray:
+    """``vectors`` of ``texts`` (``what`` they are, for the message), refused with a
+    :class:`ModelError` naming a text when one is not finite (fp16 overflow on a GPU): FAISS
+    drops NaN scores, so a NaN caption, concept or query would count nothing without a word."""
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise ModelError(
+            f"encoder {encoder.identity.get('model', '?')} gave NaN or infinite vectors for "
+            f"{len(bad)} of {len(texts)} {what} (e.g. {texts[bad[0]]!r:.80}); encode in "
+            "fp32 (on the CPU: --device cpu) or use another encoder"
+        )
+    return vectors
 
 
 def _texts(texts: Sequence[str]) -> list[str]:
@@ -408,6 +442,20 @@ class SentenceTransformerEncoder:
             "normalised": True,
             "precision": self.precision,
         }
+
+    def unknown_only(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts the tokenizer reads as unknown tokens alone, or as none, within the
+        model's ``max_seq_length`` (see :func:`unknown_only`)."""
+        texts = _texts(texts)
+        tokenizer = self.model.tokenizer
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        if unknown is None or not texts:  # a vocabulary without an unknown token reads all
+            return np.zeros(len(texts), dtype=bool)
+        length = int(getattr(self.model, "max_seq_length", 0) or 0) or None
+        rows = tokenizer(
+            texts, add_special_tokens=False, truncation=length is not None, max_length=length
+        )["input_ids"]
+        return np.fromiter((all(t == unknown for t in row) for row in rows), bool, len(rows))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = _texts(texts)

@@ -57,7 +57,12 @@ from clipaudit.provenance import (
     sha256_file,
     write_json,
 )
-from clipaudit.semantic.encoders import TextEncoder, describe_difference, same_encoder
+from clipaudit.semantic.encoders import (
+    TextEncoder,
+    describe_difference,
+    describe_encoder,
+    same_encoder,
+)
 from clipaudit.semantic.store import EmbeddingStore, blank_captions, holds_no_word
 
 INDEX_KINDS = ("auto", "flat", "ivfpq")
@@ -445,8 +450,11 @@ class CaptionIndex:
                 raise SettingsError("a text query needs the encoder the index was built with")
             if not same_encoder(encoder.identity, self.encoder):
                 raise SettingsError(
-                    "the query encoder is not the index's "
-                    f"({describe_difference(self.encoder, encoder.identity)})"
+                    f"the index holds captions embedded with {describe_encoder(self.encoder)}; "
+                    f"the query encoder is {describe_encoder(encoder.identity)} "
+                    f"({describe_difference(self.encoder, encoder.identity)}), whose vectors "
+                    "are not comparable with theirs: query with the encoder the captions were "
+                    "embedded with (the model files the run used)"
                 )
             from clipaudit.semantic.concepts import query_vectors
 

@@ -38,9 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, ModelError, RunFolderError, whole_line
+from clipaudit.errors import InputError, RunFolderError, whole_line
 from clipaudit.provenance import atomic_write_bytes, write_json
-from clipaudit.semantic.encoders import TextEncoder, describe_difference, normalise, same_encoder
+from clipaudit.semantic.encoders import (
+    TextEncoder,
+    check_finite,
+    describe_difference,
+    normalise,
+    same_encoder,
+    unknown_only,
+)
 
 STORE_FORMAT = "clipaudit-caption-embeddings"
 STORE_VERSION = 1
@@ -404,9 +411,13 @@ def blank_captions(captions: Sequence[str | None]) -> np.ndarray:
 
 
 def encode_captions(encoder: TextEncoder, captions: Sequence[str]) -> np.ndarray:
-    """The captions' unit vectors, a blank caption's zero: it says nothing, so it is near no
-    concept (an encoder embeds "" like any text: MiniLM puts it at cosine 0.53 of "excited")."""
+    """The captions' unit vectors, zero for a caption that says nothing, so that it is near no
+    concept: a blank one (an encoder embeds "" like any text: MiniLM puts it at cosine 0.53 of
+    "excited"), and one the encoder reads as unknown tokens alone (a lone emoji to MiniLM:
+    :func:`~clipaudit.semantic.encoders.unknown_only`)."""
     blank = blank_captions(captions)
+    if not blank.all():
+        blank |= unknown_only(encoder, captions)
     if not blank.any():
         vectors = encoder.encode(captions)
     else:
@@ -414,16 +425,8 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str]) -> np.ndarray
         if not blank.all():
             said = [c for c, b in zip(captions, blank, strict=True) if not b]
             vectors[~blank] = encoder.encode(said)
-    # a NaN vector (fp16 overflow on a GPU) is near no concept: its caption would count for
-    # nothing without a word, and the store would keep it
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if len(bad):
-        raise ModelError(
-            f"encoder {encoder.identity.get('model', '?')} gave NaN or infinite vectors for "
-            f"{len(bad)} of {len(captions)} captions (e.g. {captions[bad[0]]!r:.80}); encode in "
-            "fp32 (on the CPU: --device cpu) or use another encoder"
-        )
-    return vectors
+    # a NaN vector is near no concept: the store would keep it, counted for nothing
+    return check_finite(encoder, captions, vectors, "captions")
 
 
 def embed_texts(

@@ -8,6 +8,8 @@ Sources (:func:`open_images` picks by what ``source`` is):
 - webdataset tar shards as img2dataset writes them (a folder of ``*.tar``, one ``.tar``, or a brace
   pattern ``shards/{00000..00009}.tar``): each sample's image plus a ``.json`` whose
   ``label_field`` (default ``concept``) names the concept, or a ``.txt`` holding the concept name;
+  compressed shards (``.tar.gz``, ``.tgz``...) are refused saying how to decompress them, as an
+  image is read in place at its offset in its shard;
 - a Hugging Face image dataset: a ``save_to_disk`` folder, or ``hf:NAME`` from the hub, with an image
   column (images, file paths or encoded bytes) and a label column (class names or strings) naming
   concepts; columns of other values are refused before they are read.
@@ -493,8 +495,36 @@ def check_image_source(source: str | Path) -> None:
         )
 
 
+# compressed tar shards, and the command that makes each a .tar beside it
+_COMPRESSED_TARS = {
+    ".tar.gz": "gunzip",
+    ".tgz": "gunzip",
+    ".tar.bz2": "bunzip2",
+    ".tar.xz": "unxz",
+    ".tar.zst": "unzstd",
+}
+
+
+def _compressed_suffix(path: Path) -> str | None:
+    return next((s for s in _COMPRESSED_TARS if path.name.lower().endswith(s)), None)
+
+
+def _refuse_compressed(source: str, packed: Sequence[Path], beside: int = 0) -> None:
+    """Compressed shards are not read: an image is read in place, at its offset in its shard
+    (by decoding workers, in any order), and a compressed stream has offsets only from its start."""
+    first = packed[0]
+    suffix = _compressed_suffix(first) or ""
+    among = f" beside {beside} .tar shard(s)" if beside else ""
+    raise InputError(
+        f"image source {source!r} has {len(packed)} compressed tar shard(s){among}, e.g. "
+        f"{str(first)!r}; clipaudit reads uncompressed .tar shards (each image in place, at its "
+        f"offset in the shard): decompress them first: {_COMPRESSED_TARS.get(suffix, 'gunzip')} "
+        f"{first.parent}/*{first.name[len(first.name) - len(suffix) :]}, then give the .tar shards"
+    )
+
+
 def _tar_shards(source: str) -> list[Path]:
-    if "{" in source and ".tar" in source:
+    if "{" in source and (".tar" in source or ".tgz" in source):
         from braceexpand import braceexpand
 
         shards = [Path(s) for s in braceexpand(source)]
@@ -503,12 +533,29 @@ def _tar_shards(source: str) -> list[Path]:
             raise InputError(
                 f"{len(missing)} shard(s) of {source!r} do not exist, e.g. {missing[0]!r}"
             )
+        packed = [s for s in shards if _compressed_suffix(s)]
+        if packed:
+            _refuse_compressed(source, packed)
         return shards
     path = Path(source)
     if path.is_file() and path.suffix == ".tar":
         return [path]
+    if path.is_file() and _compressed_suffix(path):
+        _refuse_compressed(source, [path])
     if path.is_dir():  # a hidden one (macOS's "._00000.tar") is listed, not read
-        return sorted(p for p in path.glob("*.tar") if not p.name.startswith("."))
+        visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        shards = [p for p in visible if p.suffix == ".tar"]
+        # one decompressed beside itself (gunzip --keep) is read as its .tar; one not would be
+        # left out of the run unsaid, but an archive beside an image folder's groups is a stray
+        packed = [
+            p
+            for p in visible
+            if (suffix := _compressed_suffix(p))
+            and not p.with_name(p.name[: -len(suffix)] + ".tar").is_file()
+        ]
+        if packed and (shards or not any(p.is_dir() for p in visible)):
+            _refuse_compressed(source, packed, len(shards))
+        return shards
     return []
 
 

@@ -45,6 +45,8 @@ RANDOM_WEIGHTS = (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HF_HOST = "huggingface.co"
+# the weights open_clip looks for in a hub repo, in its order (safetensors first)
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -393,8 +395,7 @@ def _check_hub_model_reachable(repo: str) -> None:
     the model name (or, the config cached, go on with random weights)."""
     if not valid_repo_id(repo):
         return  # the hub client refuses it itself, without the network
-    weights = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, weights):
+    if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, HUB_WEIGHTS):
         return
     if not reachable(HF_HOST):
         raise ModelError(
@@ -433,14 +434,71 @@ def _cached_weights(cfg: dict[str, Any]) -> bool:
     if cfg.get("file"):
         return Path(cfg["file"]).is_file()
     if cfg.get("hf_hub"):
-        repo, filename = cfg["hf_hub"].rstrip("/"), None
-        if not cfg["hf_hub"].endswith("/"):
-            repo, filename = cfg["hf_hub"].rsplit("/", 1)
-        names = [filename] if filename else []
-        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        return in_hub_cache(repo, names)
+        return in_hub_cache(*_tag_hub_files(cfg["hf_hub"]))
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clip"
     return (cache / Path(urllib.parse.urlparse(cfg["url"]).path).name).is_file()
+
+
+def _tag_hub_files(hf_hub: str) -> tuple[str, list[str]]:
+    """The repo and weights files of a pretrained tag's ``hf_hub`` entry (``org/name/`` for the
+    default weights, or ``org/name/file``), as open_clip downloads them."""
+    repo, filename = hf_hub.rstrip("/"), None
+    if not hf_hub.endswith("/"):
+        repo, filename = hf_hub.rsplit("/", 1)
+    names = [filename] if filename else []
+    return repo, [*names, *HUB_WEIGHTS]
+
+
+def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
+    """The Hugging Face hub repo whose files loading ``spec`` reads (an hf-hub: model, or a
+    pretrained tag: open_clip downloads the weights of every tag the hub serves from there),
+    with those files, weights first; None for weights from elsewhere."""
+    if spec.model.startswith("hf-hub:"):
+        repo = spec.model.removeprefix("hf-hub:")
+        return (repo, [*HUB_WEIGHTS, "open_clip_config.json"]) if valid_repo_id(repo) else None
+    if spec.is_random or spec.is_checkpoint_file or spec.model.startswith("local-dir:"):
+        return None
+    name = Path(spec.model).stem if spec.model.endswith(".json") else spec.model
+    hf_hub = open_clip.get_pretrained_cfg(name, spec.pretrained).get("hf_hub")
+    return _tag_hub_files(hf_hub) if hf_hub else None
+
+
+def hub_revision(spec: ModelSpec, *, ask_hub: bool = True) -> dict[str, str | None] | None:
+    """The hub repo and commit whose weights loading ``spec`` reads; None when they come from
+    no hub. With ``ask_hub`` (and the hub client not offline), the commit is the repo's newest,
+    which a load downloads when the cache holds an older one; else, or when the hub does not
+    answer, the one the hub cache names (``refs/main``), which a load then reads. The commit is
+    None when neither knows it: the model is then neither cached nor reachable."""
+    found = _hub_files(spec)
+    if found is None:
+        return None
+    repo, names = found
+    return {"repo": repo, "revision": (ask_hub and _hub_head(repo)) or _cached_commit(repo, names)}
+
+
+def _hub_head(repo: str) -> str | None:
+    """The newest commit of the model repo ``repo`` on the hub; None offline or unanswered."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        return HfApi().model_info(repo, timeout=10).sha
+    # unreachable, timed out, gated, rate-limited: the load reads the cache as it would then
+    except Exception:
+        return None
+
+
+def _cached_commit(repo: str, names: Sequence[str]) -> str | None:
+    """The commit of the hub-cache snapshot that holds the first of ``names`` found there (the
+    folder a load reads them from), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        path = try_to_load_from_cache(repo, name)
+        if isinstance(path, str):
+            return Path(path).parent.name  # snapshots/<commit>/<name>
+    return None
 
 
 def reachable(host: str | None, timeout: float = 3.0) -> bool:
@@ -560,6 +618,9 @@ def load_model(
         "pretrained": None if spec.is_random else spec.pretrained,
         "pretrained_tag": None if spec.is_random or spec.is_checkpoint_file else spec.pretrained,
         "checkpoint_sha256": checkpoint_sha,
+        # the hub commit read, by what the cache names now the load is done (a newer one
+        # downloaded by the load included)
+        "hub": hub_revision(spec, ask_hub=False),
         # without a checkpoint file (random, tag, hub, local-dir): a hash of the loaded weights
         "weights_sha256": None if checkpoint_sha else weights_id,
         "random_weights_seed": seed if random_weights else None,

@@ -61,6 +61,7 @@ from clipaudit.images import (
 from clipaudit.models import (
     LoadedModel,
     ModelSpec,
+    hub_revision,
     load_model,
     resolve_device,
     resolve_precision,
@@ -984,6 +985,11 @@ def run_zeroshot(
         for index, ((spec, identity), key) in enumerate(zip(units, keys, strict=True)):
             if records[index] is None:
                 result = _evaluate_spec(spec, image_set, selected, settings, progress)
+                if identity.get("hub") != result.info.get("hub"):
+                    # the hub moved on between asking it and downloading: the results are
+                    # kept as what was loaded, which a later run finds the hub (or cache) at
+                    identity = {**identity, "hub": result.info.get("hub")}
+                    key = keys[index] = unit_key(spec.label, identity)
                 records[index] = _save_model_unit(folder, key, identity, result)
         folder.prune_units(keys)
         return _finish(folder, keys, records, image_set, settings, listed_s)
@@ -991,8 +997,9 @@ def run_zeroshot(
 
 def _model_identity(spec: ModelSpec, images: ImageSet, precision: str) -> dict[str, Any]:
     """What one model's results depend on besides the run's settings: its weights and config
-    files (by size, time and edges), the images (identities and labels), how they decode, and
-    the ``precision`` it computes at (resolved: the settings hold "auto")."""
+    files (by size, time and edges) or the hub commit they come from, the images (identities
+    and labels), how they decode, and the ``precision`` it computes at (resolved: the settings
+    hold "auto")."""
     files = {}
     for role, value in (("config", spec.model), ("checkpoint", spec.pretrained)):
         if value and Path(value).is_file():
@@ -1005,13 +1012,15 @@ def _model_identity(spec: ModelSpec, images: ImageSet, precision: str) -> dict[s
     for record in images.records:
         digest.update(f"{record.identity}\0{record.concept}\n".encode())
     # the decoding too: results made before a decoding change (EXIF orientation) are redone
-    return {
+    identity = {
         "model": spec.label,
         "files": files,
         "images": digest.hexdigest(),
         "decode_version": DECODE_VERSION,
         "precision": precision,
     }
+    hub = hub_revision(spec)  # weights updated on the hub are another model's
+    return identity if hub is None else {**identity, "hub": hub}
 
 
 def _evaluate_spec(

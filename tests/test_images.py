@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -901,3 +902,42 @@ def test_a_hub_dataset_of_several_splits_is_refused_before_any_is_downloaded(mon
         "validation"
     )
     assert downloads == []
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz"])
+def test_compressed_tar_shards_are_refused_saying_how_to_decompress_them(
+    tmp_path, registry, suffix
+):
+    """Images are read in place by their offset in a shard, which a gzip stream has none of: a
+    folder (or a file, or a pattern) of compressed shards is told how to decompress them, not
+    reported as stray files of an image folder."""
+    import gzip
+
+    dog = image_bytes(noise(20, 10, 1), "JPEG")
+    for index in range(2):
+        plain = tmp_path / "plain" / f"{index:05d}.tar"
+        plain.parent.mkdir(exist_ok=True)
+        write_shard(plain, [{"__key__": f"{index:09d}", "jpg": dog, "txt": b"dog"}])
+        packed = tmp_path / "shards" / f"{index:05d}{suffix}"
+        packed.parent.mkdir(exist_ok=True)
+        packed.write_bytes(gzip.compress(plain.read_bytes()))
+    folder = tmp_path / "shards"
+    decompress = re.escape(f"decompress them first: gunzip {folder}/*{suffix}")
+    for source in (folder, folder / f"00000{suffix}", f"{folder}/{{00000..00001}}{suffix}"):
+        with pytest.raises(InputError, match=rf"compressed tar shard.*\.tar shards.*{decompress}"):
+            open_images(source, registry)
+        with pytest.raises(InputError, match=rf"compressed tar shard.*{decompress}"):
+            check_image_source(source)
+    # a compressed shard beside the .tar it was decompressed into (gunzip --keep) is that shard
+    for index in range(2):
+        plain = (tmp_path / "plain" / f"{index:05d}.tar").read_bytes()
+        (folder / f"{index:05d}.tar").write_bytes(plain)
+    assert [r.concept for r in open_images(folder, registry).records] == ["dog", "dog"]
+    # one left compressed would be read short, unsaid
+    (folder / "00001.tar").unlink()
+    with pytest.raises(InputError, match=rf"1 compressed tar shard.*00001{suffix}"):
+        open_images(folder, registry)
+    # an archive beside the groups of an image folder is a stray file of that folder
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    (tmp_path / "img" / f"backup{suffix}").write_bytes((folder / f"00000{suffix}").read_bytes())
+    assert len(open_images(tmp_path / "img", registry).records) == 2

@@ -13,6 +13,7 @@ import torch
 from clipaudit.errors import ModelError, SettingsError
 from clipaudit.models import ModelSpec, load_model, resolve_device, resolve_precision
 from tests.tiny_clip import (
+    hub_snapshot,
     tiny_state_dict,
     write_tiny_checkpoint,
     write_tiny_config,
@@ -217,6 +218,56 @@ def test_a_cached_hf_hub_model_loads_without_the_network(offline_hub):
     assert tried == []  # cached: nothing to ask the network
 
 
+def test_a_hub_models_record_names_the_hub_commit_it_was_loaded_from(offline_hub, tiny):
+    cache, _ = offline_hub
+    repo, first, second = "clipaudit-tests/tiny", "1" * 40, "2" * 40
+    spec = ModelSpec(f"hf-hub:{repo}")
+    write_tiny_local_dir(hub_snapshot(cache, repo, first), seed=5)
+    assert load_model(spec, device="cpu").info["hub"] == {"repo": repo, "revision": first}
+    # the model updated on the hub and downloaded again: refs/main names the new commit
+    write_tiny_local_dir(hub_snapshot(cache, repo, second), seed=6)
+    updated = load_model(spec, device="cpu")
+    assert_weights_equal(updated.model, tiny_state_dict(seed=6))
+    assert updated.info["hub"] == {"repo": repo, "revision": second}
+    local = load_model(ModelSpec(str(tiny["config"]), str(tiny["safetensors"])), device="cpu")
+    assert local.info["hub"] is None
+
+
+def test_the_hub_commit_a_model_is_at_is_asked_online_and_read_from_the_cache_offline(
+    offline_hub, monkeypatch
+):
+    """Online, a model's newest commit is the one its load downloads (the cache may hold an older
+    one); offline, or with the hub not answering, the cache's commit is the one loaded."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, constants
+
+    from clipaudit.models import hub_revision
+
+    cache, _ = offline_hub
+    repo, cached, newer = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "1" * 40, "3" * 40
+    tag = ModelSpec("ViT-B-32", "laion2b_s34b_b79k")  # open_clip downloads its weights from repo
+    (hub_snapshot(cache, repo, cached) / "open_clip_model.safetensors").write_bytes(b"weights")
+    asked = []
+
+    def model_info(self, repo_id, **options):
+        asked.append(repo_id)
+        return SimpleNamespace(sha=newer)
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    assert hub_revision(tag) == {"repo": repo, "revision": cached} and asked == []  # offline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub_revision(tag) == {"repo": repo, "revision": newer} and asked == [repo]
+    assert hub_revision(tag, ask_hub=False) == {"repo": repo, "revision": cached}
+
+    def unreachable(self, repo_id, **options):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    assert hub_revision(tag) == {"repo": repo, "revision": cached}
+    assert hub_revision(ModelSpec("ViT-B-32")) is None  # random weights: no hub
+
+
 def test_random_weights_are_seeded_and_identified_by_a_weights_hash(tiny):
     first = load_model(ModelSpec(str(tiny["config"])), device="cpu", seed=0)
     again = load_model(ModelSpec(str(tiny["config"]), "none"), device="cpu", seed=0)
@@ -265,6 +316,27 @@ def test_a_local_dir_models_identity_follows_its_config_and_weights(tmp_path):
     write_tiny_local_dir(folder, seed=6)  # new weights, the first config again
     reweighted = _model_identity(spec, images, "fp32")
     assert reweighted != edited[1] and reweighted != before[1]
+
+
+def test_a_pretrained_tags_run_identity_follows_the_hub_commit_of_its_weights(
+    offline_hub, tmp_path
+):
+    """open_clip downloads a tag's weights from the hub: weights updated there (and downloaded
+    again) are another model for a run's resumption; the same commit is the same model."""
+    from clipaudit.images import open_images
+    from clipaudit.registry import load_registry
+    from clipaudit.zeroshot import _model_identity
+    from tests.tiny_clip import write_image_folder
+
+    cache, _ = offline_hub
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
+    images = open_images(tmp_path / "img", load_registry("cai2025"))
+    spec, repo = ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (hub_snapshot(cache, repo, "1" * 40) / "open_clip_model.safetensors").write_bytes(b"one")
+    first = _model_identity(spec, images, "fp32")
+    assert _model_identity(spec, images, "fp32") == first
+    (hub_snapshot(cache, repo, "2" * 40) / "open_clip_model.safetensors").write_bytes(b"two")
+    assert _model_identity(spec, images, "fp32") != first
 
 
 def test_model_errors_say_what_was_expected(tiny, tmp_path):

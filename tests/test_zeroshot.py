@@ -1107,6 +1107,113 @@ def test_the_summary_names_the_files_ignored_that_were_never_classified(tiny, tm
     assert "macro-F1pergroup(4imagesevaluated,templatesnone)" in printed
 
 
+def test_a_hub_model_updated_since_is_evaluated_again_and_one_unchanged_is_not(
+    offline_hub, tmp_path
+):
+    from tests.tiny_clip import hub_snapshot, write_tiny_local_dir
+
+    cache, _ = offline_hub
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    repo, first, second = "clipaudit-tests/tiny", "1" * 40, "2" * 40
+    write_tiny_local_dir(hub_snapshot(cache, repo, first), seed=5)
+    options = dict(cache_dir=tmp_path / "cache", workers=0, device="cpu", progress=False)
+
+    def run(model: ModelSpec, out: str = "run", **changes) -> ZeroShotRun:
+        return run_zeroshot(model, tmp_path / "img", tmp_path / out, **{**options, **changes})
+
+    spec = ModelSpec(f"hf-hub:{repo}")
+    assert run(spec).manifest["models"][0]["hub"] == {"repo": repo, "revision": first}
+    assert run(spec).reused  # nothing changed: nothing to do
+    # the model updated on the hub and downloaded again
+    updated_folder = write_tiny_local_dir(hub_snapshot(cache, repo, second), seed=6)
+    updated = run(spec)
+    info = updated.manifest["models"][0]
+    assert not updated.reused and info["hub"] == {"repo": repo, "revision": second}
+    assert (info["n_encoded"], info["n_cached"]) == (4, 0)  # the first weights' embeddings unused
+    # the results of the new weights, as a folder holding them gives
+    expected = run(ModelSpec(f"local-dir:{updated_folder}"), "expected", cache_dir=None)
+    columns = ["path", "predicted", "score"]
+    assert updated.predictions()[columns].equals(expected.predictions()[columns])
+
+
+def test_a_hub_model_is_kept_under_the_commit_it_loaded_not_the_one_asked_before(
+    offline_hub, tmp_path, monkeypatch
+):
+    """The hub is asked which commit a model is at before a run; should the load read another
+    (the hub moved on in between), the results are those of the commit loaded, and a run at that
+    commit later reuses them."""
+    from clipaudit import models
+    from tests.tiny_clip import hub_snapshot, write_tiny_local_dir
+
+    cache, _ = offline_hub
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    repo, loaded = "clipaudit-tests/tiny", "1" * 40
+    write_tiny_local_dir(hub_snapshot(cache, repo, loaded), seed=5)
+    options = dict(workers=0, device="cpu", progress=False)
+    spec = ModelSpec(f"hf-hub:{repo}")
+    monkeypatch.setattr(models, "_hub_head", lambda repo: "3" * 40)
+    first = run_zeroshot(spec, tmp_path / "img", tmp_path / "run", **options)
+    assert first.manifest["models"][0]["hub"]["revision"] == loaded
+    monkeypatch.setattr(models, "_hub_head", lambda repo: None)  # offline: the cache's commit
+    assert run_zeroshot(spec, tmp_path / "img", tmp_path / "run", **options).reused
+
+
+def test_the_summary_shows_each_models_own_image_count_where_they_differ(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """An image whose embedding fails for one model (NaN) but not the other: each model's
+    scores are over its own images, and the table says how many, not the first model's count."""
+    from clipaudit import zeroshot
+    from clipaudit.cli import main
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 3, "cat": 2}, "Color": {"red": 1}})
+    for concept in ("Animal/dog", "Color/green"):  # Color keeps 1 concept for model b: skipped
+        (tmp_path / "img" / concept).mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img" / concept / "flat.png")
+    load = zeroshot.load_model
+
+    def failing_on_flat_images(spec, *args, **kwargs):
+        loaded = load(spec, *args, **kwargs)
+        if spec.pretrained == tiny["b"]:  # model b cannot embed an image of one colour
+            encode = loaded.model.encode_image
+
+            def encode_image(pixels, *a, **k):
+                features = encode(pixels, *a, **k)
+                flat = pixels.flatten(2).std(dim=2).amax(dim=1) < 1e-6
+                return torch.where(flat[:, None], torch.nan, features)
+
+            loaded.model.encode_image = encode_image
+        return loaded
+
+    monkeypatch.setattr(zeroshot, "load_model", failing_on_flat_images)
+    main(
+        [
+            "zeroshot", "--model", tiny["config"], "--pretrained", tiny["a"], "--model",
+            tiny["config"], "--pretrained", tiny["b"], "--images", str(tmp_path / "img"), "--out",
+            str(tmp_path / "run"), "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    groups = pd.read_csv(tmp_path / "run" / "groups.csv").set_index(["group", "model"])
+    scores = groups["macro_f1"]
+    n_a, n_b = 3 + 2 + 1, 3 + 2  # Animal: every image, and all but the flat one
+
+    def cells(group: str) -> list[str]:
+        (row,) = [line for line in printed.splitlines() if line.startswith(f"│ {group} ")]
+        return [cell.strip() for cell in row.strip("│ ").split("│")]
+
+    assert cells("Animal") == [
+        "Animal",
+        f"{n_b}-{n_a}",
+        f"{scores['Animal', 'tiny-clip@a']:.3f} ({n_a})",
+        f"{scores['Animal', 'tiny-clip@b']:.3f} ({n_b})",
+    ]
+    assert ("Color", "tiny-clip@b") not in scores.index
+    assert cells("Color") == ["Color", "2", f"{scores['Color', 'tiny-clip@a']:.3f}", "-"]
+    flat = " ".join(printed.split())
+    assert f"({n_b}-{n_a + 2} images evaluated per model, 2 skipped, templates none)" in flat
+
+
 def test_a_confusion_matrix_of_an_unknown_group_or_model_names_what_there_is(tmp_path):
     """A mistyped group was answered with the models (and "did you mean" the model given), a
     name that is no string with a bare TypeError."""

@@ -182,3 +182,15 @@ def train_tiny_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def hub_snapshot(cache: str | Path, repo: str, commit: str) -> Path:
+    """The folder of commit ``commit`` of the model repo ``repo`` in the Hugging Face hub cache
+    ``cache``, made and named by ``refs/main`` (what a download of the repo's newest commit
+    leaves); write the repo's files into it, e.g. with :func:`write_tiny_local_dir`."""
+    repo_folder = Path(cache) / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_folder / "refs").mkdir(exist_ok=True)
+    (repo_folder / "refs" / "main").write_text(commit)
+    return snapshot

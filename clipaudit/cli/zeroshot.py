@@ -11,6 +11,8 @@ from rich.table import Table
 from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from clipaudit.models import ModelSpec
 
 console = plain_console()
@@ -58,15 +60,16 @@ def zeroshot(
         [],
         "--pretrained",
         "-p",
-        help="Pretrained tag or local checkpoint (.safetensors/.pt), one per --model in order; "
-        "'none' or leaving it out = seeded random weights.",
+        help="Pretrained tag or local checkpoint (.safetensors, .pt, .pth or .bin), one per "
+        "--model in order; 'none' or leaving it out = seeded random weights, but hf-hub: and "
+        "local-dir: models always load their own (pair them with 'none').",
     ),
     images: str = typer.Option(
         ...,
         "--images",
         "-i",
-        help="Image folder ROOT/<group>/<concept>/, webdataset .tar shards, a Hugging Face "
-        "save_to_disk folder, or hf:NAME.",
+        help="Image folder ROOT/<group>/<concept>/, uncompressed webdataset .tar shards (a "
+        "folder of them, one, or a brace pattern), a Hugging Face save_to_disk folder, or hf:NAME.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run folder; rerun with the same folder to resume a stopped run."
@@ -88,7 +91,9 @@ def zeroshot(
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
     workers: int | None = typer.Option(
-        None, "--workers", help="Decoding worker processes (default: cores - 1, at most 16)."
+        None,
+        "--workers",
+        help="Decoding worker processes, 0 to decode in this one (default: cores - 1, 1 to 16).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option(
@@ -148,12 +153,18 @@ def zeroshot(
 
 
 def _print_run(run) -> None:
+    import pandas as pd
+
     from clipaudit.text import inert_line
 
     manifest = run.manifest
-    n_images = run.groups.drop_duplicates("group").set_index("group")["n_images"]
+    # each model's own count: an image whose embedding failed for one model is skipped for it alone
+    n_images = run.groups.pivot(index="group", columns="model", values="n_images")
+    totals = n_images.sum()
     # the images classified, not those listed: undecodable ones and those of skipped groups are not
-    evaluated = f"{n_images.sum()} images evaluated"
+    evaluated = f"{_span(totals)} images evaluated"
+    if totals.nunique() > 1:
+        evaluated += " per model"
     if manifest["skipped_images"]:
         evaluated += f", {len(manifest['skipped_images'])} skipped"
     # the console makes printed lines inert, not a table's cells: labels come from file names
@@ -168,7 +179,19 @@ def _print_run(run) -> None:
     for model in scores.columns:  # labels of one architecture differ at their ends: fold, never cut
         table.add_column(inert_line(model), justify="right", overflow="fold")
     for group, row in scores.iterrows():
-        table.add_row(inert_line(group), str(n_images[group]), *(f"{value:.3f}" for value in row))
+        counts = n_images.loc[group, scores.columns]
+        differ = counts.nunique() > 1  # then each score says over how many images it is
+        cells = (
+            "-"  # the group was skipped for this model (too few of its images embedded)
+            if pd.isna(value)
+            else f"{value:.3f} ({int(counts[model])})"
+            if differ
+            else f"{value:.3f}"
+            for model, value in row.items()
+        )
+        table.add_row(inert_line(group), _span(counts), *cells)
+    if (n_images.nunique(axis=1) > 1).any():
+        table.caption = "(n): the images a model classified, where models differ (skipped images)"
     console.print(table)
     for info in manifest["models"]:
         timings = info["timings"]
@@ -206,6 +229,12 @@ def _print_run(run) -> None:
     if run.reused:
         console.print("the run was already complete: nothing to do")
     console.print(f"results in {run.out}")
+
+
+def _span(counts: pd.Series) -> str:
+    """A count shared by all models, or the least and most of theirs."""
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def register(app: typer.Typer) -> None:

@@ -324,7 +324,13 @@ def test_zeroshot_model_labels_are_never_cut_in_an_80_column_terminal(monkeypatc
             "skipped_groups": [],
             "skipped_concepts": [],
         },
-        groups=pd.DataFrame({"group": groups, "n_images": [5, 5]}),
+        groups=pd.DataFrame(  # one row per group and model, as a run's groups table has
+            {
+                "group": groups * len(labels),
+                "model": [label for label in labels for _ in groups],
+                "n_images": 5,
+            }
+        ),
         macro_f1_table=lambda: pd.DataFrame({label: [0.5, 0.25] for label in labels}, index=groups),
         reused=False,
         out=Path("runs/zs"),
@@ -376,7 +382,7 @@ def test_count_says_when_per_caption_ids_cannot_be_joined_back(tmp_path):
     result = run_cli(*args, "--per-caption")
     assert result.returncode == 0, result.stderr
     said = " ".join(result.stdout.split())
-    assert "matches.parquet: 1 row(s) without an id and 1 whose id an earlier row has" in said
+    assert "matches.parquet: 1 row without an id and 1 whose id an earlier row has" in said
     assert "--id-column" in said
     plain = run_cli(*args[:-2], str(tmp_path / "plain"), "--no-progress")
     assert plain.returncode == 0 and "without an id" not in plain.stdout
@@ -483,3 +489,181 @@ def test_coverage_count_keeps_the_records_of_inputs_dropped_and_prune_removes_th
 
     counts = pd.read_csv(out / "concepts.csv").set_index("concept")["count"]
     assert (counts["dog"], counts["cat"]) == (1, 0)
+
+
+def _argument_metavars(command) -> list[str]:
+    """An argument as the usage convention writes it, from the parameter itself: its name
+    upper-case, "..." when it takes several, in brackets when it may be left out."""
+    shown = []
+    for parameter in command.params:
+        if parameter.param_type_name != "argument":
+            continue
+        name = parameter.name.upper() + ("..." if parameter.nargs != 1 else "")
+        shown.append(name if parameter.required else f"[{name}]")
+    return shown
+
+
+def test_arguments_read_as_upper_case_names_in_usage_help_and_errors(capsys):
+    """typer wrote a required argument as "{runs}..." in the usage and "runs..." in the help:
+    every command's arguments now read as RUNS..., NAME, RUN TEXT."""
+    import typer.main
+
+    from clipaudit.cli import app, main
+
+    helped = run_cli("report", "--help")
+    assert helped.stdout.splitlines()[0] == "Usage: clipaudit report [OPTIONS] RUNS..."
+    assert "\n  RUNS...  Run folders" in helped.stdout
+    queried = run_cli("coverage", "query", "--help")
+    assert queried.stdout.splitlines()[0] == "Usage: clipaudit coverage query [OPTIONS] RUN TEXT"
+    with_arguments = 0
+    for path in _leaf_commands():
+        command = typer.main.get_command(app)
+        for name in path:
+            command = command.commands[name]
+        expected = _argument_metavars(command)
+        with_arguments += bool(expected)
+        main([*path, "--help"])
+        shown = capsys.readouterr().out
+        usage = " ".join(["Usage: clipaudit", *path, "[OPTIONS]", *expected])
+        assert shown.splitlines()[0] == usage, (path, shown)
+        for metavar in expected:  # the Arguments section names them as the usage does
+            assert f"\n  {metavar.strip('[]')} " in shown, (path, metavar, shown)
+    assert with_arguments >= 6  # report, concepts show/validate, coverage count/eval/... at least
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--out", "r"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == "error: Missing argument 'RUNS...'."
+
+
+def test_help_lists_the_commands_as_a_user_meets_them():
+    """Commands were listed as registered (zeroshot first, the groups last): the demo comes
+    first, then the audit, its parts in the order they run, and the world and theory."""
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("\nCommands:\n", 1)[1]
+    listed = [
+        line.split()[0] for line in section.splitlines() if line.startswith("  ") and line.strip()
+    ]
+    assert listed == [
+        "demo", "audit", "concepts", "coverage", "zeroshot", "report", "world", "theory"
+    ]  # fmt: skip
+
+
+def test_q_means_quiet_in_every_command():
+    """`coverage index -q` was --query while every other command's -q is --quiet."""
+    import typer.main
+
+    from clipaudit.cli import app
+
+    meanings = {}
+    for path in _leaf_commands():
+        command = typer.main.get_command(app)
+        for name in path:
+            command = command.commands[name]
+        for parameter in command.params:
+            if "-q" in parameter.opts:
+                meanings[" ".join(path)] = [o for o in parameter.opts if o.startswith("--")]
+    assert meanings and all(longs == ["--quiet"] for longs in meanings.values()), meanings
+
+
+def test_printed_counts_say_one_in_the_singular(tmp_path, monkeypatch):
+    """ "from 1 shards", "1 worker(s)", "1 parts encoded": a count of one reads in the singular,
+    any other in the plural."""
+    from clipaudit.cli import _common, coverage
+
+    captions = tmp_path / "a.txt"
+    captions.write_text("a red cat\n")
+    counted = run_cli(
+        "coverage", "count", str(captions), "-o", str(tmp_path / "r"), "-w", "1", "-q"
+    )
+    assert counted.returncode == 0, counted.stderr
+    text = " ".join(counted.stdout.split())
+    assert "1 caption read (0 empty) from 1 shard this session: 1 shard counted;" in text, text
+    assert text.endswith(f"(1 worker) results in {tmp_path / 'r'}"), text
+    assert "(s)" not in text
+    timings = {
+        "session_seconds": 1.0, "rows_this_session": 4, "shards_this_session": 2,
+        "shards_resumed": 1, "shards_replaced": 1, "shards_kept_unused": 2, "workers": 2,
+    }  # fmt: skip
+    line = coverage.session_line(timings, reused=False)
+    assert line.startswith("this session: 2 shards counted (1 of them recounted: ")
+    assert line.endswith(
+        ", 1 reused from an earlier session, 2 no longer in the inputs kept (--prune removes); "
+        "1.0 s, 4 captions/s (2 workers)"
+    )
+    printed = io.StringIO()
+    console = _common._PlainConsole(file=printed, width=400, markup=False, emoji=False)
+    monkeypatch.setattr(coverage, "console", console)
+    session = {
+        "parts_encoded": 1, "rows_encoded": 1, "seconds": 0.5, "captions_per_s": 2,
+        "parts_resumed": 1,
+    }  # fmt: skip
+    calibration = {
+        "calibrated": True, "path": "/cal.json",
+        "shared": {"semantic": 0.5, "sense": -2.0, "additions": 2.0},
+        "concepts_fitted": {"semantic": 1, "sense": 0, "additions": 0},
+        "concepts_not_calibrated": {"absent": ["dog"], "changed": ["cat", "red"]},
+    }  # fmt: skip
+    semantic = {
+        "encoder": {"spec": "st:x", "dim": 8, "weights": "ab" * 32},
+        "calibration": calibration,
+        "embeddings": {"store": "embeddings", "this_session": session},
+    }
+    coverage._print_semantic(semantic, tmp_path)
+    lines = printed.getvalue().splitlines()
+    assert "thresholds of their own for 1 concept (semantic), 0 (sense)" in lines[1]
+    assert "1 concept absent from it takes its shared thresholds: dog" in lines
+    assert "2 concepts changed since it was fitted take its shared thresholds: cat, red" in lines
+    assert lines[-1] == (
+        f"embeddings in {tmp_path / 'embeddings'}: 1 part encoded (1 caption, 0.5 s, "
+        "2 captions/s), 1 reused"
+    )
+
+
+def test_calibrate_prints_its_thresholds_in_words(tmp_path, monkeypatch, capsys):
+    """calibrate printed Python dicts ({'semantic': 46, ...}); it now says them as count does."""
+    from types import SimpleNamespace
+
+    from clipaudit.cli import main
+
+    scores = {"precision": 1.0, "recall": 0.5, "f1": 0.667}
+    fitted = SimpleNamespace(
+        cross_validation={"folds": 2, "n_captions": 4, "methods": {"semantic": scores}},
+        calibration=SimpleNamespace(
+            origin={
+                "semantic": ("fitted", "fitted", "shared"),
+                "sense": ("shared", "fitted", "shared"),
+                "additions": ("shared", "shared", "shared"),
+            },
+            shared={"semantic": 0.41234, "sense": -2.0, "additions": 2.0},
+            encoder={"model": "st:x"},
+        ),
+        path=tmp_path / "cal.json",
+    )
+    monkeypatch.setattr("clipaudit.coverage_semantic.calibrate", lambda *a, **k: fitted)
+    main(["coverage", "calibrate", str(tmp_path / "gold.jsonl"), "--out", str(fitted.path)])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "thresholds of their own for 2 concepts (semantic), 1 (sense), 0 (additions); the others "
+        "take the shared ones: semantic 0.412, sense -2 (keep all), additions 2 (add none)"
+    ) in text, text
+    assert "{" not in text and "'" not in text
+
+
+def test_an_option_coverage_commands_share_says_the_same_in_each():
+    """calibrate's --device said only "Where the encoder runs." and eval's --spacy-model its own
+    words, where count lists the devices and what the pipeline is for; -k read "<int range>"."""
+    import typer.main
+
+    from clipaudit.cli import app
+
+    group = typer.main.get_command(app).commands["coverage"]
+    helps: dict[str, set[str]] = {}
+    for command in group.commands.values():
+        for parameter in command.params:
+            helps.setdefault(parameter.opts[0], set()).add(parameter.help)
+    for option in ("--device", "--spacy-model"):
+        assert len(helps[option]) == 1, (option, helps[option])
+    assert "cuda:N or mps" in next(iter(helps["--device"]))
+    queried = run_cli("coverage", "query", "--help")
+    assert "  -k <int>  " in queried.stdout, queried.stdout

@@ -14,6 +14,15 @@ import typer
 
 from clipaudit import __version__
 from clipaudit.cli import audit, concepts, coverage, demo, report, theory, world, zeroshot
+from clipaudit.cli._common import CommandGroup
+
+
+class _Commands(CommandGroup):
+    # as a user meets them: the demo, then the audit and its parts (the concepts, caption
+    # coverage, zero-shot awareness, the report), then the world and the theory; typer itself
+    # lists commands as registered, and every command before every group
+    order = ("demo", "audit", "concepts", "coverage", "zeroshot", "report", "world", "theory")
+
 
 app = typer.Typer(
     name="clipaudit",
@@ -22,6 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=_Commands,
 )
 app.add_typer(concepts.app, name="concepts")
 app.add_typer(coverage.app, name="coverage")

@@ -6,14 +6,63 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperGroup
 
 from clipaudit.registry import DEFAULT_REGISTRY
 from clipaudit.text import inert_line
 
 
+class _Argument(TyperArgument):
+    """An argument written as usage lines conventionally write one: its name upper-case, "..."
+    when it takes several, in brackets when it may be left out (RUNS..., NAME, [PATH]). typer
+    writes a required one as "{runs}..." in the usage and "runs..." in the help."""
+
+    def make_metavar(self, ctx: Any, *, usage: bool = False) -> str:
+        name = self.metavar or (self.name or "").upper()
+        if self.nargs != 1:
+            name += "..."
+        return f"[{name}]" if usage and not self.required else name
+
+    def get_error_hint(self, ctx: Any) -> str:  # "Missing argument 'RUNS...'."
+        return f"'{self.make_metavar(ctx)}'"
+
+
+class CommandGroup(TyperGroup):
+    """A group whose commands' arguments read as usage lines conventionally write them, and
+    whose help lists its commands in :attr:`order` (then any other, as registered)."""
+
+    order: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # typer makes each argument itself (no hook chooses its class): the group, which every
+        # command goes through, gives them the conventional names. A subgroup's are its own.
+        for command in self.commands.values():
+            if isinstance(command, TyperGroup):
+                continue
+            for parameter in command.params:
+                if type(parameter) is TyperArgument:
+                    parameter.__class__ = _Argument
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        rank = {name: i for i, name in enumerate(self.order)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+
+
 def command_group(help: str) -> typer.Typer:
-    """A command group with plain help (flags shown as flags, no type placeholders)."""
-    return typer.Typer(help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+    """A command group with plain help (no rich panels) and conventional argument names."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        cls=CommandGroup,
+    )
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """ "1 shard", "2 shards", "1,000 captions", "1 corpus" / "2 corpora" with ``many`` given."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 class _PlainConsole(Console):

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import RegistryOption, command_group, plain_console
+from clipaudit.cli._common import RegistryOption, command_group, counted, plain_console
 from clipaudit.registry import list_registries, load_registry, resolve_registry_path
 
 app = command_group("List, show and validate concept registries.")
@@ -80,17 +80,10 @@ def validate(path: Path = typer.Argument(..., help="Registry YAML file to check.
     reg = load_registry(path)
     console.print(
         f"ok {path}: registry {reg.name!r} v{reg.version}, {_size(reg)}, "
-        f"{_count(len(reg.categories), 'category', 'categories')}"
+        f"{counted(len(reg.categories), 'category', 'categories')}"
     )
-
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
 
 
 def _size(reg: Any) -> str:
     """ "146 concepts in 15 groups", "1 concept in 1 group"."""
-    return (
-        f"{_count(len(reg.concepts), 'concept', 'concepts')} in "
-        f"{_count(len(reg.groups), 'group', 'groups')}"
-    )
+    return f"{counted(len(reg.concepts), 'concept')} in {counted(len(reg.groups), 'group')}"

@@ -8,7 +8,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, command_group, plain_console
+from clipaudit.cli._common import (
+    OverwriteOption,
+    RegistryOption,
+    command_group,
+    counted,
+    plain_console,
+)
 from clipaudit.errors import InputError
 
 app = command_group(
@@ -28,6 +34,11 @@ SpacyModelOption = typer.Option(
     "--spacy-model",
     help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
     "part-of-speech checks in the curated profile.",
+)
+EncoderDeviceOption = typer.Option(
+    "auto",
+    "--device",
+    help="Where the encoder runs: auto (CUDA when present), cpu, cuda, cuda:N or mps.",
 )
 
 
@@ -147,9 +158,7 @@ def count(
         help="Captions nearest to each concept kept in nearest.json (those within 0.05 of its "
         "threshold).",
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where the encoder runs: auto (CUDA when present), cpu, cuda."
-    ),
+    device: str = EncoderDeviceOption,
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
     from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
@@ -212,20 +221,20 @@ def _print_summary(result: object) -> None:
     if semantic:
         _print_semantic(semantic, result.out_dir)
     console.print(
-        f"{manifest['n_captions_read']:,} captions read ({manifest['n_empty']:,} empty) from "
-        f"{manifest['n_shards']} shards"
+        f"{counted(manifest['n_captions_read'], 'caption')} read ({manifest['n_empty']:,} empty) "
+        f"from {counted(manifest['n_shards'], 'shard')}"
     )
     if manifest["n_skipped"]:
         reasons = ", ".join(f"{n:,} {why}" for why, n in manifest["skipped_reasons"].items())
-        console.print(f"{manifest['n_skipped']:,} rows skipped: {reasons}", style="yellow")
+        console.print(f"{counted(manifest['n_skipped'], 'row')} skipped: {reasons}", style="yellow")
     for shard in manifest["skipped_shards"]:
         console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
     ids = manifest.get("ids") or {}  # with --per-caption; older manifests have none
     if ids.get("n_null") or ids.get("n_repeated"):
         console.print(
-            f"matches.parquet: {ids['n_null']:,} row(s) without an id and {ids['n_repeated']:,} "
-            "whose id an earlier row has; they cannot be joined back to the corpus by id: name "
-            "a unique id column with --id-column",
+            f"matches.parquet: {counted(ids['n_null'], 'row')} without an id and "
+            f"{ids['n_repeated']:,} whose id an earlier row has; they cannot be joined back to the "
+            "corpus by id: name a unique id column with --id-column",
             style="yellow",
         )
     for source in manifest["inputs"]:
@@ -262,12 +271,9 @@ def _print_semantic(semantic: dict, run: Path) -> None:
         f"encoder {encoder['spec']} ({encoder['dim']}-d, weights {encoder['weights'][:12]})"
     )
     if calibration["calibrated"]:
-        fitted = calibration["concepts_fitted"]
         console.print(
-            f"calibration {calibration['path']}: thresholds of their own for "
-            f"{fitted['semantic']} concepts (semantic), {fitted['sense']} (sense), "
-            f"{fitted['additions']} (additions); the others take its shared ones: "
-            f"{_thresholds(calibration['shared'])}"
+            f"calibration {calibration['path']}: "
+            f"{_own_thresholds(calibration['concepts_fitted'], calibration['shared'], 'its')}"
         )
         for part, said in calibration.get("differs", {}).items():  # registry, lexical matcher
             what = {"lexical": "lexical matcher"}.get(part, part)
@@ -275,9 +281,11 @@ def _print_semantic(semantic: dict, run: Path) -> None:
         missing = calibration.get("concepts_not_calibrated", {})
         for why, said in (("absent", "absent from it"), ("changed", "changed since it was fitted")):
             if missing.get(why):
-                names = ", ".join(missing[why][:5]) + (", ..." if len(missing[why]) > 5 else "")
+                n = len(missing[why])
+                names = ", ".join(missing[why][:5]) + (", ..." if n > 5 else "")
                 console.print(
-                    f"{len(missing[why])} concept(s) {said} take its shared thresholds: {names}",
+                    f"{counted(n, 'concept')} {said} {'takes' if n == 1 else 'take'} its shared "
+                    f"thresholds: {names}",
                     style="yellow",
                 )
     else:
@@ -290,8 +298,8 @@ def _print_semantic(semantic: dict, run: Path) -> None:
     if "checked" in semantic:
         found = semantic["checked"]
         console.print(
-            f"checked: {found['kept']:,} lexical hits kept, {found['dropped']:,} dropped by the "
-            f"sense check, {found['added']:,} semantic-only hits added"
+            f"checked: {counted(found['kept'], 'lexical hit')} kept, {found['dropped']:,} dropped "
+            f"by the sense check, {counted(found['added'], 'semantic-only hit')} added"
         )
     console.print(f"nearest captions per concept in {Path(run) / 'nearest.json'}")
     embeddings = semantic["embeddings"]
@@ -299,10 +307,25 @@ def _print_semantic(semantic: dict, run: Path) -> None:
     if session:
         rate = f", {session['captions_per_s']:,} captions/s" if session["captions_per_s"] else ""
         console.print(
-            f"embeddings in {Path(run) / embeddings['store']}: {session['parts_encoded']} parts encoded "
-            f"({session['rows_encoded']:,} captions, {session['seconds']:.1f} s{rate}), "
-            f"{session['parts_resumed']} reused"
+            f"embeddings in {Path(run) / embeddings['store']}: "
+            f"{counted(session['parts_encoded'], 'part')} encoded "
+            f"({counted(session['rows_encoded'], 'caption')}, {session['seconds']:.1f} s{rate}), "
+            f"{session['parts_resumed']:,} reused"
         )
+
+
+def _own_thresholds(fitted: dict, shared: dict, whose: str) -> str:
+    """How many concepts have thresholds of their own, of each kind, and the shared ones the
+    others take: "thresholds of their own for 46 concepts (semantic), 44 (sense), 1 (additions);
+    the others take its shared ones: semantic 0.412, ..."."""
+    own = ", ".join(
+        f"{counted(n, 'concept') if i == 0 else f'{n:,}'} ({kind})"
+        for i, (kind, n) in enumerate(fitted.items())
+    )
+    return (
+        f"thresholds of their own for {own}; the others take {whose} shared ones: "
+        f"{_thresholds(shared)}"
+    )
 
 
 def _thresholds(shared: dict) -> str:
@@ -335,7 +358,7 @@ def session_line(timings: dict, reused: bool) -> str:
         return "the run was already complete: nothing to do (rerun with other inputs to update it)"
     seconds = timings["session_seconds"]
     rows = timings["rows_this_session"]
-    done = f"{timings['shards_this_session']} shards counted"
+    done = f"{counted(timings['shards_this_session'], 'shard')} counted"
     if timings.get("shards_replaced"):  # earlier counts replaced: their inputs are still named
         done += (
             f" ({timings['shards_replaced']} of them recounted: their file, their row-number "
@@ -348,7 +371,7 @@ def session_line(timings: dict, reused: bool) -> str:
     if timings.get("shards_removed"):
         done += f", {timings['shards_removed']} no longer in the inputs removed"
     rate = f", {rows / seconds:,.0f} captions/s" if rows and seconds else ""
-    where = f"{timings['workers']} worker(s)"
+    where = counted(timings["workers"], "worker")
     if timings.get("engine") == "ray":
         where = f"Ray, {timings['workers']} at once"
     return f"this session: {done}; {seconds:.1f} s{rate} ({where})"
@@ -365,9 +388,7 @@ def eval_(
         help="Profile to score; repeat for several (default: curated, and paper when the "
         "registry lists paper_synonyms).",
     ),
-    spacy_model: str | None = typer.Option(
-        None, "--spacy-model", help="spaCy pipeline for the curated profile's POS checks."
-    ),
+    spacy_model: str | None = SpacyModelOption,
     json_out: Path | None = typer.Option(
         None, "--json", help="Also write the full scores and every disagreement as JSON here."
     ),
@@ -393,7 +414,9 @@ def eval_(
         gold, load_registry(registry), profiles=profiles, spacy_model=spacy_model
     )
     for name, found in scores["profiles"].items():
-        table = Table(title=f"{name} profile on {scores['gold']['n_captions']} gold captions")
+        table = Table(
+            title=f"{name} profile on {counted(scores['gold']['n_captions'], 'gold caption')}"
+        )
         for column in ("scope", "precision", "recall", "f1", "tp", "fp", "fn"):
             table.add_column(column, justify="left" if column == "scope" else "right")
         rows = [("micro (all)", found["micro"])] + [(g["group"], g) for g in found["groups"]]
@@ -410,7 +433,9 @@ def eval_(
             )
         console.print(table)
         console.print(_interval_line(found["micro"], found["micro_interval"]))
-        console.print(f"{len(found['disagreements'])} captions where {name} and the gold disagree")
+        console.print(
+            f"{counted(len(found['disagreements']), 'caption')} where {name} and the gold disagree"
+        )
     if json_out is not None:
         write_json(json_out, scores)
         console.print(f"scores and disagreements written to {json_out}")
@@ -434,7 +459,7 @@ def calibrate(
         "--min-positives",
         help="Positives a concept needs for thresholds of its own (else the shared ones).",
     ),
-    device: str = typer.Option("auto", "--device", help="Where the encoder runs."),
+    device: str = EncoderDeviceOption,
     profile: str = typer.Option(
         "curated",
         "--profile",
@@ -458,7 +483,7 @@ def calibrate(
     )  # fmt: skip
     scores = report.cross_validation
     table = Table(
-        title=f"{scores['folds']}-fold cross-validation on {scores['n_captions']} captions"
+        title=f"{scores['folds']}-fold cross-validation on {counted(scores['n_captions'], 'caption')}"
     )
     for column in ("method", "scored on", "precision", "recall", "f1"):
         table.add_column(column, justify="left" if column in ("method", "scored on") else "right")
@@ -470,10 +495,7 @@ def calibrate(
             )
     console.print(table)
     fitted = {kind: origin.count("fitted") for kind, origin in report.calibration.origin.items()}
-    console.print(
-        f"concepts with thresholds of their own: {fitted}; the others take the shared ones "
-        f"{ {k: round(v, 3) for k, v in report.calibration.shared.items()} }"
-    )
+    console.print(_own_thresholds(fitted, report.calibration.shared, "the"))
     console.print(
         f"calibration for {report.calibration.encoder['model']} written to {report.path}; count "
         f"with --calibration {report.path} and the same --encoder"
@@ -487,14 +509,16 @@ def index(
         "auto", "--kind", help="auto (flat up to 500,000 captions, else ivfpq), flat or ivfpq."
     ),
     query: str | None = typer.Option(
-        None, "--query", "-q", help="Then ask how many captions are about this text."
+        None, "--query", help="Then ask how many captions are about this text (as coverage query)."
     ),
     threshold: float | None = typer.Option(
         None,
         "--threshold",
         help="Cosine for --query (default: the run's shared semantic threshold).",
     ),
-    k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown for --query."),
+    k: int = typer.Option(
+        10, "-k", min=0, metavar="<int>", help="Nearest captions shown for --query."
+    ),
 ) -> None:
     """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
     from clipaudit.coverage_semantic import index_run
@@ -503,7 +527,7 @@ def index(
     if query is not None:  # checked before the index is built, not after
         check_query(query, threshold, k)
     built = index_run(run, IndexSettings(kind=kind))
-    console.print(f"{built.kind} index of {built.n:,} captions written to {run / 'index'}")
+    console.print(f"{built.kind} index of {counted(built.n, 'caption')} written to {run / 'index'}")
     if query is not None:
         _query(run, query, threshold, k)
 
@@ -518,7 +542,7 @@ def query(
         help="Cosine a caption needs (default: the run's shared semantic threshold: its "
         "calibration's, or the encoder's default when it ran uncalibrated).",
     ),
-    k: int = typer.Option(10, "-k", min=0, help="Nearest captions shown."),
+    k: int = typer.Option(10, "-k", min=0, metavar="<int>", help="Nearest captions shown."),
 ) -> None:
     """How many captions of a run are about a text, and the nearest ones, from the run's index."""
     _query(run, text, threshold, k)
@@ -528,9 +552,8 @@ def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
     from clipaudit.coverage_semantic import query_run
 
     found = query_run(run, text, threshold=threshold, k=k)
-    noun = "caption" if found.count == 1 else "captions"
     console.print(
-        f"{found.count:,} {noun} with cosine >= {found.threshold:.3f} to {text!r} "
+        f"{counted(found.count, 'caption')} with cosine >= {found.threshold:.3f} to {text!r} "
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
     for near in found.nearest:  # inert (plain_console), and one caption to a line, however long

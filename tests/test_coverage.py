@@ -987,7 +987,7 @@ def test_caption_files_of_another_kind_in_a_folder_are_listed_as_not_read(tmp_pa
     (corpus / "notes.txt").write_text("a cat\n")
     main(["coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"])
     printed = " ".join(capsys.readouterr().out.split())
-    assert "2 caption file(s) of another kind not read (e.g. more/c.jsonl)" in printed
+    assert "2 caption files of another kind not read (e.g. more/c.jsonl)" in printed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["inputs"][0]["left_out"] == ["more/c.jsonl", "notes.txt"]
     assert manifest["n_captions_read"] == 2
@@ -1003,9 +1003,7 @@ def test_compressed_caption_files_in_a_folder_are_listed_with_the_fix(tmp_path, 
         (corpus / f"part-{n}.jsonl.gz").write_bytes(gzip.compress(b'{"caption": "a cat"}\n'))
     main(["coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"])
     printed = " ".join(capsys.readouterr().out.split())
-    assert (
-        "2 compressed caption file(s) not read (e.g. part-1.jsonl.gz): decompress them" in printed
-    )
+    assert "2 compressed caption files not read (e.g. part-1.jsonl.gz): decompress them" in printed
     assert "of another kind" not in printed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["inputs"][0]["left_out"] == ["part-1.jsonl.gz", "part-2.jsonl.gz"]

@@ -1100,9 +1100,7 @@ def test_the_summary_names_the_files_ignored_that_were_never_classified(tiny, tm
         ]
     )  # fmt: skip
     printed = "".join(capsys.readouterr().out.split())  # a long path wraps anywhere
-    expected = (
-        f"1 file(s) ignored (see manifest.json), e.g. {loose}: not inside a <concept>/ folder"
-    )
+    expected = f"1 file ignored (see manifest.json), e.g. {loose}: not inside a <concept>/ folder"
     assert "".join(expected.split()) in printed
     assert "macro-F1pergroup(4imagesevaluated,templatesnone)" in printed
 

@@ -243,14 +243,14 @@ def _print_summary(result: object) -> None:
         left_out = [name for name in source.get("left_out", []) if not _compressed(name)]
         if left_out:
             console.print(
-                f"{source['spec']}: {len(left_out)} caption file(s) of another kind not read (e.g. "
+                f"{source['spec']}: {counted(len(left_out), 'caption file')} of another kind not read (e.g. "
                 f"{left_out[0]}): a folder reads one kind, {source['kind']} here; name the "
                 "others to count them too",
                 style="yellow",
             )
         if packed:
             console.print(
-                f"{source['spec']}: {len(packed)} compressed caption file(s) not read (e.g. "
+                f"{source['spec']}: {counted(len(packed), 'compressed caption file')} not read (e.g. "
                 f"{packed[0]}): decompress them (e.g. gunzip -k FILE) to count them too",
                 style="yellow",
             )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
+from clipaudit.cli._common import OverwriteOption, RegistryOption, counted, plain_console
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,7 +162,7 @@ def _print_run(run) -> None:
     n_images = run.groups.pivot(index="group", columns="model", values="n_images")
     totals = n_images.sum()
     # the images classified, not those listed: undecodable ones and those of skipped groups are not
-    evaluated = f"{_span(totals)} images evaluated"
+    evaluated = f"{_span(totals)} {'image' if totals.max() == 1 else 'images'} evaluated"
     if totals.nunique() > 1:
         evaluated += " per model"
     if manifest["skipped_images"]:
@@ -208,14 +208,14 @@ def _print_run(run) -> None:
     if skipped:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
         console.print(
-            f"{len(skipped)} image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}",
+            f"{counted(len(skipped), 'image')} skipped: {shown}{' ...' if len(skipped) > 5 else ''}",
             style="yellow",
         )
     listed = (manifest.get("inputs") or {}).get("images") or {}
     if listed.get("n_ignored"):  # files never classified: unlabelled samples, strays, non-images
         first = listed["ignored"][0]
         console.print(
-            f"{listed['n_ignored']} file(s) ignored (see manifest.json), e.g. {first['path']}: "
+            f"{counted(listed['n_ignored'], 'file')} ignored (see manifest.json), e.g. {first['path']}: "
             f"{first['reason']}",
             style="yellow",
         )

@@ -20,6 +20,11 @@ dispatcher, unit records, resume and merge. What it adds:
   another ``embedding_store`` is refused, naming both; the same store moved elsewhere (its
   ``store.json`` id) is followed. With LAION's published text embeddings (``embeddings``: ``text_emb_*.npy`` beside
   ``metadata_*.parquet``), nothing is encoded: workers read each caption's row memory-mapped.
+  Those rows must come from ``--encoder``, or the concepts and the captions are compared in
+  unrelated spaces: once per run, a sample of their captions is encoded and compared with the
+  files' rows (:func:`embeddings_agreement`), and a run whose rows disagree is refused; the
+  manifest records what was measured (``semantic.embeddings.agreement``), and a run again over
+  the same files and encoder does not measure it again.
 - **a unit's identity** holds what its embeddings come from (the encoder's identity: weights and
   pipeline, :data:`~clipaudit.semantic.encoders.IDENTITY_KEYS`; and the batch layout, or the
   ``text_emb`` file's identity), and the run's settings hold the method, the encoder and the
@@ -116,6 +121,142 @@ def captions_per_label(
     return np.count_nonzero(seen, axis=1)
 
 
+# --------------------------------------------------------------------------- embeddings agreement
+
+AGREEMENT_SAMPLE = 32  # captions encoded to check precomputed embeddings against --encoder
+AGREEMENT_FILES = 8  # files the sample is drawn from, at most: a few row groups read, seconds
+# The encoder that made the rows gives a cosine of about 1 (0.99 and up: float16 storage, another
+# precision or device), another encoder of the same dimension about 0: its space is unrelated, a
+# caption's cosine a noise of about 1/sqrt(dim) (0.04 at 512; medians of -0.1 to 0.2 between
+# seeded tiny 32-dimensional towers). 0.5 lies far from both; a fine-tuned descendant of the
+# encoder, near but not the same space, is refused only when it is nearer unrelated than the same.
+AGREEMENT_THRESHOLD = 0.5
+AGREEMENT_RULE = (
+    f"up to {AGREEMENT_SAMPLE} captions with a word, spread over up to {AGREEMENT_FILES} of the "
+    "embedding files (their metadata order), encoded with the run's encoder: the cosine of each "
+    "with its row of the file; refused when a file's median is below the threshold"
+)
+LAION_400M_ENCODER = "open_clip:ViT-B-32@openai"
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` positions spread over ``range(n)`` (``k <= n``), one in the middle of each k-th."""
+    return [int((i + 0.5) * n / k) for i in range(k)]
+
+
+def _sample_rows(
+    metadata: Path, column: str | None, quota: int, max_caption_chars: int
+) -> tuple[list[int], list[str]]:
+    """Up to ``quota`` rows of ``metadata`` whose caption holds a word, spread over the file, with
+    their captions: for each of ``quota`` positions spread over it, the first such row from there
+    on in its row group not taken yet. Only those row groups are read (one, for a LAION file of
+    one row group); with a quota of at least the file's rows, every such row is taken."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipaudit.readers import CAPTION_COLUMNS
+
+    try:
+        handle = pq.ParquetFile(metadata)
+    except (OSError, pa.ArrowException):
+        return [], []  # the reader says what is wrong with the file when it reads it
+    with handle:
+        names = handle.schema_arrow.names
+        name = (
+            column if column is not None else next((c for c in CAPTION_COLUMNS if c in names), None)
+        )
+        if name not in names:
+            return [], []  # likewise: no caption column, said with the file's columns
+        sizes = [handle.metadata.row_group(i).num_rows for i in range(handle.num_row_groups)]
+        starts = np.cumsum([0, *sizes]).tolist()
+        found: dict[int, str] = {}
+        group, values = -1, None  # the positions ascend: one row group in memory at a time
+        for target in _spread(starts[-1], quota) if starts[-1] else []:
+            if group < 0 or target >= starts[group + 1]:
+                group = int(np.searchsorted(starts, target, side="right")) - 1
+                try:
+                    values = handle.read_row_group(group, columns=[name]).column(0)
+                except (OSError, pa.ArrowException):
+                    values = None  # a row group the reader refuses or skips: not sampled
+            if values is None:
+                continue
+            first, size = starts[group], sizes[group]
+            for step in range(size):
+                row = first + (target - first + step) % size
+                if row not in found:
+                    text = _caption_at(values, row - first)
+                    if text is not None and len(text) <= max_caption_chars:
+                        found[row] = text
+                        break
+    rows = sorted(found)
+    return rows, [found[r] for r in rows]
+
+
+def _caption_at(values: Any, index: int) -> str | None:
+    """The caption at ``index`` of an Arrow column when it is text with a word (the captions a
+    run counts), else None."""
+    from clipaudit.semantic.store import holds_no_word
+
+    try:
+        text = values[index].as_py()
+    except UnicodeDecodeError:  # invalid UTF-8: the reader counts it as it can, not sampled
+        return None
+    return text if isinstance(text, str) and not holds_no_word(text) else None
+
+
+def embeddings_agreement(
+    encoder: Any, pairs: Sequence[Any], *, column: str | None, max_caption_chars: int
+) -> dict[str, Any]:
+    """How well the rows of precomputed caption embeddings (``pairs``:
+    :class:`~clipaudit.semantic.store.LaionPair`) agree with ``encoder``: up to
+    :data:`AGREEMENT_SAMPLE` captions with a word, spread over up to :data:`AGREEMENT_FILES` files,
+    encoded, and the cosine of each with its row; per file and overall, the median (None when no
+    caption with a word was found). Reads a few row groups and rows: seconds."""
+    from clipaudit.semantic.encoders import normalise, unknown_only
+    from clipaudit.semantic.store import as_float32, finite_rows
+
+    chosen = [
+        pairs[i] for i in dict.fromkeys(_spread(len(pairs), min(AGREEMENT_FILES, len(pairs))))
+    ]
+    quotas = [AGREEMENT_SAMPLE // len(chosen) + (i < AGREEMENT_SAMPLE % len(chosen))
+              for i in range(len(chosen))]  # fmt: skip
+    sampled = []
+    for pair, quota in zip(chosen, quotas, strict=True):
+        rows, captions = _sample_rows(pair.metadata, column, quota, max_caption_chars)
+        if captions:  # a caption the encoder reads as unknown tokens alone counts for nothing
+            said = ~unknown_only(encoder, captions)
+            rows = [r for r, keep in zip(rows, said, strict=True) if keep]
+            captions = [c for c, keep in zip(captions, said, strict=True) if keep]
+        if not rows:
+            continue
+        mapped = np.load(pair.embeddings, mmap_mode="r", allow_pickle=False)
+        given = as_float32(mapped[np.asarray(rows, dtype=np.int64)])
+        del mapped
+        given = normalise(finite_rows(given, pair.embeddings, np.asarray(rows)))
+        sampled.append((pair, rows, captions, given))
+    if not sampled:
+        return {"n_captions": 0, "median_cosine": None, "files": []}
+    encoded = normalise(encoder.encode([c for _, _, captions, _ in sampled for c in captions]))
+    files, everything, start = [], [], 0
+    for pair, rows, _, given in sampled:
+        found = (encoded[start : start + len(rows)].astype(np.float64) * given).sum(axis=1)
+        start += len(rows)
+        everything.append(found)
+        files.append({
+            "embeddings": str(pair.embeddings),
+            "rows": rows,
+            "median_cosine": round(float(np.median(found)), 4),
+            "min_cosine": round(float(found.min()), 4),
+        })  # fmt: skip
+    found = np.concatenate(everything)
+    return {
+        "n_captions": len(found),
+        "median_cosine": round(float(np.median(found)), 4),
+        "min_cosine": round(float(found.min()), 4),
+        "files": files,
+    }
+
+
 # --------------------------------------------------------------------------- driver side
 
 
@@ -163,6 +304,7 @@ class SemanticRun:
             concept_fingerprints(registry),
         )
         self.laion: Any = None
+        self.agreement: dict[str, Any] | None = None  # of LAION's rows with the encoder
         self.store: Any = None
         self.own_store = False
         self.moved = False  # the run's store is not where its earlier sessions wrote to
@@ -253,6 +395,7 @@ class SemanticRun:
                     f"input ({len(lonely)} of {len(files)} inputs unpaired); expected "
                     "text_emb_N.npy for each metadata_N.parquet"
                 )
+            self.agreement = self._check_agreement(previous)
             self.concepts = concept_embeddings(self.registry, self.encoder)
             return
         self.out = Path(out)
@@ -269,6 +412,62 @@ class SemanticRun:
             folder, self.encoder.identity, self.encoder.dim, own=self.own_store
         )
         self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
+
+    def _check_agreement(self, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """The agreement of LAION's rows with the encoder (:func:`embeddings_agreement`), or the
+        record of the earlier sessions of the run when they measured it for the same files,
+        encoder and rule; refused (:class:`SettingsError`) when a file's median cosine is below
+        :data:`AGREEMENT_THRESHOLD`: the encoder did not make those embeddings."""
+        from clipaudit.provenance import file_identity, file_record
+
+        key = fingerprint(
+            {
+                "encoder": self.encoder_key,
+                "files": [
+                    [
+                        file_identity(file_record(p.embeddings)),
+                        file_identity(file_record(p.metadata)),
+                    ]
+                    for p in self.laion.pairs
+                ],
+                "column": self.settings.column,
+                "max_caption_chars": self.settings.max_caption_chars,
+                "threshold": AGREEMENT_THRESHOLD,
+                "rule": AGREEMENT_RULE,
+            }
+        )
+        embeddings = ((previous or {}).get("semantic") or {}).get("embeddings") or {}
+        recorded = embeddings.get("agreement")
+        if isinstance(recorded, dict) and recorded.get("key") == key:
+            return recorded
+        clock = time.perf_counter()
+        measured = embeddings_agreement(
+            self.encoder,
+            self.laion.pairs,
+            column=self.settings.column,
+            max_caption_chars=self.settings.max_caption_chars,
+        )
+        worst = min(measured["files"], key=lambda f: f["median_cosine"], default=None)
+        if worst is not None and worst["median_cosine"] < AGREEMENT_THRESHOLD:
+            others = len(measured["files"]) - 1
+            overall = f" (all {measured['n_captions']} sampled: {measured['median_cosine']:.2f})"
+            raise SettingsError(
+                f"{worst['embeddings']}: these caption embeddings were not made by the encoder "
+                f"{self.spec.label}: encoded with it, {len(worst['rows'])} of their captions have a "
+                f"median cosine {worst['median_cosine']:.2f} with their rows of the file"
+                f"{overall if others else ''}, expected at least {AGREEMENT_THRESHOLD} (the "
+                "encoder that made them gives about 1, another about 0); the concepts would be "
+                "compared with the captions in an unrelated space. Name the encoder that made "
+                f"them with --encoder (LAION-400M's are {LAION_400M_ENCODER})"
+            )
+        return {
+            **measured,
+            "encoder": self.spec.label,
+            "threshold": AGREEMENT_THRESHOLD,
+            "rule": AGREEMENT_RULE,
+            "seconds": round(time.perf_counter() - clock, 3),
+            "key": key,  # a run again over the same files and encoder measures it no more
+        }
 
     def _store_folder(self, out: Path, folder: Path, previous: dict[str, Any] | None) -> Path:
         """The store this session writes to: ``folder``, checked against the store the earlier
@@ -429,6 +628,7 @@ class SemanticRun:
             embeddings: dict[str, Any] = {
                 "source": "laion text_emb",
                 "files": self.laion.describe(),
+                "agreement": self.agreement,
             }
         else:
             seconds = self.stats["seconds"]

@@ -584,11 +584,21 @@ def test_calibrate_and_query_check_their_settings_before_loading_the_encoder(tmp
             query_run(tmp_path, query, threshold=threshold)
 
 
-def write_laion(folder, number, vectors, captions, ids):
+def write_laion(folder, number, vectors, captions, ids, row_group_size=4):
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / f"text_emb_{number}.npy", vectors, allow_pickle=False)
     table = pa.table({"SAMPLE_ID": ids, "TEXT": pa.array(captions, pa.string())})
-    pq.write_table(table, folder / f"metadata_{number}.parquet", row_group_size=4)
+    pq.write_table(table, folder / f"metadata_{number}.parquet", row_group_size=row_group_size)
+
+
+def made_by(encoder, captions, seed=0):
+    """LAION-style text embeddings of ``captions`` (float16) as ``encoder`` makes them; a null or
+    blank caption's row is a random vector (LAION's files give every row one)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((len(captions), encoder.dim)).astype(np.float32)
+    said = [i for i, c in enumerate(captions) if isinstance(c, str) and c.strip()]
+    x[said] = encoder.encode([captions[i] for i in said])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
 
 def laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path, **layout):
@@ -616,11 +626,14 @@ def test_laion_text_embeddings_are_counted_row_aligned(tiny, tiny_encoder, tmp_p
     concepts = concept_embeddings(tiny, tiny_encoder)
     files, vectors, valid = [], [], []
     for number, n in ((0, 11), (1, 6)):
-        near = concepts.vectors[rng.integers(0, 4, n)] + 0.6 * rng.standard_normal((n, 32))
-        x = (near * rng.uniform(1, 3, (n, 1))).astype(np.float16)  # not unit: renormalised
         captions = [
-            None if (number, i) in ((0, 2), (0, 7), (1, 0)) else f"a cat {i}" for i in range(n)
+            None
+            if (number, i) in ((0, 2), (0, 7), (1, 0))
+            else f"a {ANIMALS[(i + number) % 8]} {PLACES[i % 5]} {i}"
+            for i in range(n)
         ]
+        # the encoder's own vectors, not of unit length: renormalised when read
+        x = (made_by(tiny_encoder, captions, number) * rng.uniform(1, 3, (n, 1))).astype(np.float16)
         write_laion(
             tmp_path / "laion", number, x, captions, list(range(100 * number, 100 * number + n))
         )
@@ -677,11 +690,10 @@ def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
     from clipaudit.semantic.concepts import concept_embeddings
     from clipaudit.semantic.store import encode_captions
 
-    rng = np.random.default_rng(8)
     concepts = concept_embeddings(tiny, tiny_encoder)
     captions = ["a cat", "", "a dog", "   ", "\n", "a horse", "...", "", "a wolf", " | "]
     blank = np.array([False, True, False, True, True, False, True, True, False, True])
-    x = rng.standard_normal((len(captions), 32)) + concepts.vectors[rng.integers(0, 4, 10)]
+    x = made_by(tiny_encoder, captions).astype(np.float32)
     x[blank] = concepts.vectors[0]  # each blank caption's given vector is the first concept's
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
     write_laion(tmp_path / "laion", 0, x, captions, list(range(len(captions))))
@@ -707,16 +719,19 @@ def test_blank_captions_are_near_no_concept(tiny, tiny_encoder, tmp_path):
 def test_a_caption_of_signs_counts_for_no_concept_and_one_of_emoji_does(
     tiny, tiny_encoder, tmp_path
 ):
-    """A rating's stars or a copyright sign say nothing: given a concept's own vector (as LAION's
-    embeddings give them one), they count for no concept, where an emoji caption given the same
-    vector counts; the run records that rule among its settings."""
+    """A rating's stars or a copyright sign say nothing: given an emoji caption's vector (LAION's
+    embeddings give them one), they count for no concept, where the emoji caption counts; the run
+    records that rule among its settings."""
     from clipaudit.semantic.concepts import concept_embeddings
 
     concepts = concept_embeddings(tiny, tiny_encoder)
     captions = ["★★★★★", "🐱", "©", "™ ®", "⚽"]
-    x = np.repeat(concepts.vectors[:1], len(captions), axis=0).astype(np.float16)
+    cat, ball = tiny_encoder.encode(["🐱", "⚽"]).astype(np.float16)
+    x = np.stack([cat, cat, ball, cat, ball])  # each sign given an emoji's vector
     write_laion(tmp_path / "laion", 0, x, captions, list(range(len(captions))))
-    thresholds = np.array([0.9, 2.0, 2.0, 2.0])  # the first concept's own vector reaches it
+    scores = x.astype(np.float64) @ concepts.vectors[0].astype(np.float64)
+    # the emoji's vectors (and so the signs') reach the first concept's threshold, none other's
+    thresholds = np.array([scores.min() - 0.01, 2.0, 2.0, 2.0])
     settings = laion_semantic_settings(tiny_encoder, concepts, thresholds, tmp_path)
     result = count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
                             settings)  # fmt: skip
@@ -1138,15 +1153,131 @@ def test_a_laion_row_of_nan_stops_the_run_naming_file_and_row(tiny, tiny_encoder
     from clipaudit.semantic.concepts import concept_embeddings
 
     concepts = concept_embeddings(tiny, tiny_encoder)
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((9, 32)).astype(np.float32)
+    captions = [f"a cat {i}" for i in range(9)]
+    x = made_by(tiny_encoder, captions).astype(np.float32)
     x[6] = np.nan
-    write_laion(tmp_path / "laion", 0, x, [f"a cat {i}" for i in range(9)], list(range(9)))
+    write_laion(tmp_path / "laion", 0, x, captions, list(range(9)))
     settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.3), tmp_path)
     with pytest.raises(InputError, match=r"text_emb_0\.npy: row 6 holds NaN"):
         count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
                        settings)  # fmt: skip
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] != "complete"
+
+
+def laion_corpus_captions(n, number=0):
+    """Varied captions, with a null and a blank one every nine rows."""
+    return [
+        None
+        if i % 9 == 4
+        else "  "
+        if i % 9 == 7
+        else f"a {ANIMALS[(i + number) % 8]} {PLACES[i % 5]} {i}"
+        for i in range(n)
+    ]
+
+
+def said_rows(captions):
+    return [i for i, c in enumerate(captions) if isinstance(c, str) and c.strip()]
+
+
+def cosines(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_laion_embeddings_of_the_encoder_agree_with_it_and_the_run_records_it(
+    tiny, tiny_encoder, tmp_path, monkeypatch
+):
+    """A run over precomputed text embeddings first encodes a sample of their captions (with a
+    word, spread over the files) with --encoder and compares them with the files' rows: those the
+    encoder made agree (cosine about 1 at float16). The manifest records what was measured; a run
+    again over the same files and encoder does not measure it again, one over a changed file does."""
+    import clipaudit.coverage_semantic as coverage_semantic
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    folder, files, written = tmp_path / "laion", [], {}
+    for number, n in ((0, 40), (1, 12)):
+        captions = laion_corpus_captions(n, number)
+        x = made_by(tiny_encoder, captions, number)
+        write_laion(folder, number, x, captions, list(range(100 * number, 100 * number + n)))
+        files.append(folder / f"metadata_{number}.parquet")
+        written[f"text_emb_{number}.npy"] = (captions, x)
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.5), tmp_path)
+    measured = []
+    measure = coverage_semantic.embeddings_agreement
+    monkeypatch.setattr(
+        coverage_semantic,
+        "embeddings_agreement",
+        lambda *a, **k: measured.append(1) or measure(*a, **k),
+    )
+    result = count_coverage(files, tiny, tmp_path / "run", settings)
+    record = result.manifest["semantic"]["embeddings"]["agreement"]
+    assert len(measured) == 1
+    # what was sampled: captions with a word, all of the small file, 16 spread over the large one
+    by_file = {Path(f["embeddings"]).name: f for f in record["files"]}
+    assert sorted(by_file) == ["text_emb_0.npy", "text_emb_1.npy"]
+    assert by_file["text_emb_1.npy"]["rows"] == said_rows(written["text_emb_1.npy"][0])
+    large = by_file["text_emb_0.npy"]["rows"]
+    assert len(set(large)) == 16 and set(large) <= set(said_rows(written["text_emb_0.npy"][0]))
+    assert min(large) < 5 and max(large) >= 35  # spread over the file, not its first rows
+    # the cosines, computed here from the files' rows and the encoder's vectors of their captions
+    found = []
+    for name, entry in by_file.items():
+        captions, x = written[name]
+        rows = entry["rows"]
+        mine = cosines(tiny_encoder.encode([captions[r] for r in rows]), x[rows])
+        assert entry["median_cosine"] == pytest.approx(np.median(mine), abs=1e-4)
+        found.extend(mine)
+    assert record["n_captions"] == len(found) == 16 + len(by_file["text_emb_1.npy"]["rows"])
+    assert record["median_cosine"] == pytest.approx(np.median(found), abs=1e-4)
+    assert np.median(found) > 0.99 and record["threshold"] == 0.5
+    assert record["encoder"] == settings.encoder
+
+    # the same run again (resumed, or complete): measured once per run, not again
+    again = count_coverage(files, tiny, tmp_path / "run", settings)
+    assert len(measured) == 1 and again.reused
+    assert again.manifest["semantic"]["embeddings"]["agreement"] == record
+    # a file written again (its identity changed): measured again
+    np.save(folder / "text_emb_1.npy", written["text_emb_1.npy"][1], allow_pickle=False)
+    count_coverage(files, tiny, tmp_path / "run", settings)
+    assert len(measured) == 2
+
+
+def test_laion_embeddings_of_another_encoder_of_the_same_dimension_are_refused(
+    tiny, tiny_encoder, tiny_files, tmp_path
+):
+    """Embeddings made by another encoder of the same dimension would compare captions with the
+    concepts in an unrelated space and count nonsense: refused before counting, naming the file,
+    the encoder, the median cosine found and the fix."""
+    from clipaudit.semantic.concepts import concept_embeddings
+    from clipaudit.semantic.encoders import EncoderSpec, load_encoder
+    from tests.tiny_clip import write_tiny_checkpoint
+
+    config, _ = tiny_files
+    checkpoint = write_tiny_checkpoint(tmp_path / "other.safetensors", seed=9)
+    other = load_encoder(EncoderSpec("open_clip", str(config), str(checkpoint), device="cpu"))
+    assert other.dim == tiny_encoder.dim
+    captions = laion_corpus_captions(20)
+    x = made_by(other, captions)
+    write_laion(tmp_path / "laion", 0, x, captions, list(range(20)), row_group_size=32)
+    said = said_rows(captions)  # fewer than the sample: all of them are compared
+    found = float(np.median(cosines(tiny_encoder.encode([captions[i] for i in said]), x[said])))
+    assert found < 0.5  # unrelated spaces
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.5), tmp_path)
+    with pytest.raises(SettingsError) as refused:
+        count_coverage([tmp_path / "laion" / "metadata_0.parquet"], tiny, tmp_path / "run",
+                       settings)  # fmt: skip
+    message = str(refused.value)
+    assert str(tmp_path / "laion" / "text_emb_0.npy") in message
+    assert settings.encoder in message
+    said_median = re.search(r"median cosine (-?\d+\.\d+)", message)
+    assert said_median and abs(float(said_median.group(1)) - found) <= 0.006, message
+    assert "expected at least 0.5" in message
+    assert "--encoder" in message and "open_clip:ViT-B-32@openai" in message
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
+    assert manifest["status"] != "complete"
 
 
 def dog_labels(folder: Path) -> tuple[Path, Path]:

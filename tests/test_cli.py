@@ -618,6 +618,15 @@ def test_printed_counts_say_one_in_the_singular(tmp_path, monkeypatch):
         f"embeddings in {tmp_path / 'embeddings'}: 1 part encoded (1 caption, 0.5 s, "
         "2 captions/s), 1 reused"
     )
+    printed.seek(0)
+    printed.truncate()
+    agreement = {"median_cosine": 0.99876, "n_captions": 32, "threshold": 0.5}
+    semantic["embeddings"] = {"source": "laion text_emb", "files": [], "agreement": agreement}
+    coverage._print_semantic(semantic, tmp_path)
+    assert printed.getvalue().splitlines()[-1] == (
+        "embeddings read from the corpus's files; they agree with the encoder: median cosine "
+        "0.999 over 32 captions encoded again (refused below 0.5)"
+    )
 
 
 def test_calibrate_prints_its_thresholds_in_words(tmp_path, monkeypatch, capsys):

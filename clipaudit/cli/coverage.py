@@ -303,6 +303,13 @@ def _print_semantic(semantic: dict, run: Path) -> None:
         )
     console.print(f"nearest captions per concept in {Path(run) / 'nearest.json'}")
     embeddings = semantic["embeddings"]
+    agreement = embeddings.get("agreement")
+    if agreement and agreement.get("median_cosine") is not None:  # precomputed: theirs, checked
+        console.print(
+            f"embeddings read from the corpus's files; they agree with the encoder: median cosine "
+            f"{agreement['median_cosine']:.3f} over {counted(agreement['n_captions'], 'caption')} "
+            f"encoded again (refused below {agreement['threshold']})"
+        )
     session = embeddings.get("this_session")
     if session:
         rate = f", {session['captions_per_s']:,} captions/s" if session["captions_per_s"] else ""

@@ -30,6 +30,7 @@ from typing import Any
 from clipaudit.errors import SettingsError, check_arguments, did_you_mean, keyword_checked
 from clipaudit.world.settings import WORLD_GROUPS, WORLD_REGISTRY, TrainSettings, WorldSettings
 from clipaudit.world.sweep import RATE_KINDS, sweep_rate_values
+from clipaudit.world.training import batch_too_large
 from clipaudit.world.world import RenderedWorld
 
 N_STAGES = 5
@@ -72,6 +73,8 @@ class DemoSettings:
                 f"sweep kind must be selection or perturbation, got {self.sweep_kind!r}"
                 f"{did_you_mean(str(self.sweep_kind), RATE_KINDS)}"
             )
+        if self.train.batch_size > self.world.n_train:  # else found after the world's rendering
+            raise SettingsError(batch_too_large(self.train.batch_size, self.world.n_train))
         object.__setattr__(self, "sweep_rates", tuple(self.sweep_rates))
         if self.sweep is not None:  # checked before the main demo, not after it
             sweep_rate_values(self.sweep_rates, self.sweep_kind)

@@ -100,6 +100,23 @@ def test_the_printed_table_shows_a_small_chosen_rate_not_zero(tiny_demo, monkeyp
     assert cells["Background"][1] == "12.5%" and cells["Color"][1] == "0%"
 
 
+def test_the_same_settings_in_another_folder_give_the_same_world_model_and_figures(
+    tiny_demo, tmp_path
+):
+    """Seeds decide everything on a CPU with a fixed thread count: a second, independent demo
+    renders the same bytes, trains the same weights and measures the same figures."""
+    again = quiet(tmp_path / "again")
+    for name in (
+        "world/train_images.npy",
+        "world/captions.parquet",
+        "model/miniworld-clip.safetensors",
+        "model/train_log.csv",
+        "groups.csv",
+    ):
+        assert (again.out / name).read_bytes() == (tiny_demo.out / name).read_bytes(), name
+    assert again.manifest["groups"] == tiny_demo.manifest["groups"]
+
+
 def test_a_moved_demo_runs_again_with_the_same_results(tiny_demo, tmp_path):
     """Its zero-shot stage recorded the old folder's held-out pictures and refused the new ones
     ("run the same command to resume it"), though the command was the same."""
@@ -340,3 +357,33 @@ def test_a_rate_lost_between_commas_is_refused_not_dropped():
     assert parse_rates("0,1,") == (0.0, 1.0)  # a trailing comma loses nothing
     with pytest.raises(SettingsError, match=r"got 'perturbaton' \(did you mean 'perturbation'"):
         DemoSettings(sweep="Texture", sweep_kind="perturbaton")
+
+
+def test_help_names_the_groups_and_their_default_rates(capsys):
+    """--set and --sweep took a group's name without saying which groups there are, nor what
+    rates the default world gives them."""
+    from clipaudit.cli import main
+    from clipaudit.world import DEFAULT_MISALIGNMENT
+
+    for command in (["demo"], ["world", "render"]):
+        main([*command, "--help"])
+        # as one line: the help wraps its words, and may break "Post-processing" at the hyphen
+        shown = " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())
+        defaults = []
+        for group, rates in DEFAULT_MISALIGNMENT.items():
+            wrong = f" ({rates.perturbation:.0%} wrong)" if rates.perturbation else ""
+            defaults.append(f"{group} {rates.selection:g}{wrong}")
+        assert f"Groups (default mention rate): {', '.join(defaults)}." in shown, shown
+    main(["demo", "--help"])
+    shown = " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())
+    assert f"{', '.join(WORLD_GROUPS[:-1])} or {WORLD_GROUPS[-1]}" in shown
+
+
+def test_a_batch_larger_than_the_world_is_refused_before_anything_is_rendered(tmp_path):
+    """It was found by the training, after the world had been rendered."""
+    small = WorldSettings(n_train=100, n_eval_per_group=6)
+    with pytest.raises(
+        SettingsError, match=r"batch size 256 exceeds the world's 100 training pairs; lower"
+    ):
+        DemoSettings(world=small, train=TrainSettings(batch_size=256))
+    assert DemoSettings(world=small, train=TrainSettings(batch_size=100)).world == small

@@ -281,6 +281,43 @@ def test_captions_say_exactly_what_their_record_says(tiny_world):
     assert len(set(frame["caption"])) > 0.5 * len(frame)
 
 
+def test_caption_texts_mention_and_alter_each_group_at_the_chosen_rates(tmp_path):
+    """Counted from the written captions alone (the matcher on the text, against the true value
+    columns), not from the generator's own record: every group mentioned and altered at its
+    chosen rates, and world.json's realised rates are those counts."""
+    rates = {
+        "Shape": Misalignment(0.9, 0.2),
+        "Color": Misalignment(0.8, 0.3),
+        "Background": Misalignment(0.7, 0.5),
+        "Texture": Misalignment(0.6, 0.4),
+        "Size": Misalignment(0.5, 0.6),
+        "Position": Misalignment(0.4, 0.7),
+        "Post-processing": Misalignment(0.1, 0.9),
+    }
+    settings = WorldSettings(misalignment=rates, n_train=4000, n_eval_per_group=6, seed=11)
+    world = render_world(settings, tmp_path)
+    frame = pd.read_parquet(world.captions_path)
+    matcher = build_matcher(world_registry())
+    group_of = {c.name: c.group for c in world_registry().concepts}
+    said: list[dict[str, str]] = []
+    for hits in matcher.match_batch(frame["caption"].tolist()):
+        words = [matcher.concept_names[h] for h in hits]
+        said.append({group_of[w]: w for w in words})
+    n = len(frame)
+    for group, chosen in rates.items():
+        mentioned = np.array([group in s for s in said])
+        wrong = np.array(
+            [group in s and s[group] != t for s, t in zip(said, frame[group], strict=True)]
+        )
+        assert abs(mentioned.mean() - chosen.selection) <= _binomial_bound(chosen.selection, n)
+        share_wrong = wrong.sum() / mentioned.sum()
+        bound = _binomial_bound(chosen.perturbation, int(mentioned.sum()))
+        assert abs(share_wrong - chosen.perturbation) <= bound, group
+        recorded = world.info["rates"][group]
+        assert recorded["n_mentioned"] == mentioned.sum() and recorded["n_perturbed"] == wrong.sum()
+        assert recorded["true_mention_rate"] == pytest.approx((mentioned & ~wrong).mean())
+
+
 def test_world_json_records_chosen_and_realised_rates(tiny_world):
     info = tiny_world.info
     frame = pd.read_parquet(tiny_world.captions_path)
@@ -388,6 +425,18 @@ def test_a_world_run_missing_a_file_is_rendered_again(tmp_path, lost):
             lambda info: info["rates"]["Size"].update(selection=float("nan")),
             "Size's selection must be a share in \\[0, 1\\]; got nan",
         ),
+        # these were taken as a complete world: the demo then failed on a KeyError, or used a
+        # record that no longer described its pictures
+        (lambda info: info.pop("files"), "expected 'files' naming its train_images, captions"),
+        (lambda info: info["files"].pop("eval"), "expected 'files' naming its train_images"),
+        (lambda info: info.pop("settings"), "its settings cannot be read"),
+        (lambda info: info["settings"].update(seed="x"), "its settings cannot be read.*seed"),
+        (lambda info: info.update(n_eval_images="x"), "n_eval_images must be a count; got 'x'"),
+        (lambda info: info["settings"].update(seed=5), "describes another world than"),
+        (
+            lambda info: info["files"].update(captions="../captions.parquet"),
+            "names files other than its own",
+        ),
     ],
 )
 def test_a_hand_edited_world_json_is_refused_and_rendered_again(tmp_path, edit, message):
@@ -404,7 +453,9 @@ def test_a_hand_edited_world_json_is_refused_and_rendered_again(tmp_path, edit, 
         load_run(tmp_path)
     # and that command repairs it
     repaired = render_world_run(TINY_WORLD, tmp_path).world.info
-    assert repaired["rates"] == good["rates"] and load_run(tmp_path).world.info == repaired
+    for key in ("rates", "settings", "files", "n_eval_images"):
+        assert repaired[key] == good[key], key
+    assert load_run(tmp_path).world.info == repaired
 
 
 def test_pictures_become_what_open_clips_eval_transform_makes_of_the_pngs(tiny_world):
@@ -505,6 +556,58 @@ def test_training_resumes_exactly_after_an_interruption(tmp_path, tiny_world, tr
     assert resumed.losses == trained_tiny.losses
     assert len(resumed.losses) == TINY_TRAIN.steps
     assert not (out / STATE_FILE).exists()
+
+
+# a child that trains, reports each step on stdout, and stops to be killed after ``stop_after``
+_TRAIN_CHILD = """
+import json, sys, time
+from clipaudit.world import TrainSettings, open_world, train_world_model
+world, out, settings, stop_after = sys.argv[1:]
+def report(step, steps, loss):
+    print(step, flush=True)
+    if step == int(stop_after):
+        time.sleep(600)
+train_world_model(open_world(world), out, TrainSettings(**json.loads(settings)), progress=report)
+"""
+
+
+def test_training_killed_in_another_process_resumes_to_the_uninterrupted_weights(
+    tmp_path, tiny_world, trained_tiny
+):
+    """A real process killed (SIGKILL: nothing of it runs on) mid-training; the same call then
+    resumes from its last checkpoint and ends with the uninterrupted training's bytes."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _TRAIN_CHILD,
+            str(tiny_world.path),
+            str(out),
+            json.dumps(TINY_TRAIN.describe()),
+            "6",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        steps = [int(line) for _, line in zip(range(6), child.stdout, strict=False)]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (out / STATE_FILE).is_file() and not (out / RECORD_FILE).exists()
+    resumed = train_world_model(tiny_world, out, TINY_TRAIN)
+    assert resumed.record["resumed_from_step"] == 4
+    assert resumed.checkpoint.read_bytes() == trained_tiny.checkpoint.read_bytes()
+    assert resumed.losses == trained_tiny.losses
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [resumed.config.name, resumed.checkpoint.name, resumed.log.name, RECORD_FILE]
+    )
 
 
 def test_a_finished_training_is_returned_and_other_settings_refused(tmp_path, trained_tiny):

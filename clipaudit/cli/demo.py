@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from clipaudit.cli._common import OverwriteOption, plain_console
+from clipaudit.cli.world import GROUP_NAMES, GROUPS_HELP
 
 console = plain_console()
 
@@ -30,10 +31,12 @@ def demo(
         [],
         "--set",
         help="A group's caption misalignment, repeatable: Texture=0.5 (how often captions "
-        "mention it), Background.perturbation=0.3 (how often a mention is wrong).",
+        "mention it), Background.perturbation=0.3 (how often a mention is wrong). " + GROUPS_HELP,
     ),
     sweep: str | None = typer.Option(
-        None, "--sweep", help="Also train one model per rate of this group (a dose-response curve)."
+        None,
+        "--sweep",
+        help=f"Also train one model per rate of this group (a dose-response curve): {GROUP_NAMES}.",
     ),
     sweep_kind: str | None = typer.Option(
         None,

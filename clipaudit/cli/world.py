@@ -12,6 +12,14 @@ from clipaudit.cli._common import OverwriteOption, command_group, plain_console
 app = command_group("Render the miniature world: pictures, captions with chosen misalignment.")
 console = plain_console()
 
+# written out, not built from clipaudit.world's settings: importing them loads numpy into every
+# command's start (tests/test_demo.py holds this text to DEFAULT_MISALIGNMENT)
+GROUPS_HELP = (
+    "Groups (default mention rate): Shape 1, Color 1, Background 1 (50% wrong), Texture 0.3, "
+    "Size 0.02, Position 0, Post-processing 0.05."
+)
+GROUP_NAMES = "Shape, Color, Background, Texture, Size, Position or Post-processing"
+
 
 @app.command("render")
 def render(
@@ -20,7 +28,8 @@ def render(
     set_rates: list[str] = typer.Option(
         [],
         "--set",
-        help="A group's caption misalignment, repeatable: Texture=0.5, Background.perturbation=0.3.",
+        help="A group's caption misalignment, repeatable: Texture=0.5 (how often captions "
+        "mention it), Background.perturbation=0.3 (how often a mention is wrong). " + GROUPS_HELP,
     ),
     overwrite: bool = OverwriteOption,
 ) -> None:

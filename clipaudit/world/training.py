@@ -89,6 +89,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def batch_too_large(batch_size: int, n_train: int) -> str:
+    """What a batch larger than the world's training pairs is told (a batch is drawn from one
+    epoch)."""
+    return (
+        f"batch size {batch_size} exceeds the world's {n_train} training pairs; lower the batch "
+        "size or render more pairs (n_train)"
+    )
+
+
 def lr_at(step: int, settings: TrainSettings) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``steps``."""
     if step < settings.warmup_steps:
@@ -313,9 +322,7 @@ def train_world_model(
     out.mkdir(parents=True, exist_ok=True)
     images, captions = load_pairs(world)
     if len(images) < settings.batch_size:
-        raise SettingsError(
-            f"batch size {settings.batch_size} exceeds the world's {len(images)} training pairs"
-        )
+        raise SettingsError(batch_too_large(settings.batch_size, len(images)))
     tokens = caption_tokens(captions, settings.context_length)
     config = settings.model_config(images.shape[1], tokens.shape[1])
     identity = _identity(settings, world, config)

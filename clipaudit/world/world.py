@@ -199,9 +199,11 @@ def open_world(path: str | Path) -> RenderedWorld:
     if not isinstance(info, dict) or info.get("kind") != "world":
         raise InputError(f"{str(marker)!r} is not a world record (its kind is not 'world')")
     _check_rates(info, marker)
+    _check_record(info, marker)
     return RenderedWorld(folder, info)
 
 
+_DAMAGED = "The world is damaged: run the command that rendered it again"
 # the rates of a group that the report and the command line show
 _SHOWN_RATES = ("chosen_selection", "chosen_perturbation", "selection", "true_mention_rate")
 
@@ -216,8 +218,7 @@ def _check_rates(info: dict[str, Any], marker: Path) -> None:
     ):
         raise InputError(
             f"{str(marker)!r}: expected 'rates' and 'groups' mapping each group to its rates and "
-            f"category; got rates {rates!r:.60}. The world is damaged: run the command that "
-            "rendered it again"
+            f"category; got rates {rates!r:.60}. {_DAMAGED}"
         )
     for group, record in rates.items():
         for key in _SHOWN_RATES:
@@ -229,8 +230,54 @@ def _check_rates(info: dict[str, Any], marker: Path) -> None:
             ):
                 raise InputError(
                     f"{str(marker)!r}: {group}'s {key} must be a share in [0, 1]; got {value!r}. "
-                    "The world is damaged: run the command that rendered it again"
+                    f"{_DAMAGED}"
                 )
+
+
+_FILE_KEYS = ("train_images", "captions", "eval")
+
+
+def _check_record(info: dict[str, Any], marker: Path) -> None:
+    """The rest of what readers of a world take from world.json: where its files are, its
+    settings and its counts (a hand edit was met as a KeyError in the demo, or as a world
+    reused whatever its record said)."""
+    files = info.get("files")
+    if not (isinstance(files, dict) and all(isinstance(files.get(k), str) for k in _FILE_KEYS)):
+        raise InputError(
+            f"{str(marker)!r}: expected 'files' naming its {', '.join(_FILE_KEYS)}; got files "
+            f"{files!r:.80}. {_DAMAGED}"
+        )
+    try:
+        settings_from_json(info["settings"])
+    except (KeyError, TypeError, AttributeError, SettingsError) as exc:
+        raise InputError(
+            f"{str(marker)!r}: its settings cannot be read ({type(exc).__name__}: {exc}). {_DAMAGED}"
+        ) from None
+    for key in ("n_train", "n_eval_images", "seed", "image_size"):
+        value = info.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{str(marker)!r}: {key} must be a count; got {value!r}. {_DAMAGED}")
+
+
+def own_files() -> dict[str, str]:
+    """The ``files`` of a world rendered into its folder (a recaptioned one points elsewhere)."""
+    return {"train_images": IMAGES_FILE, "captions": CAPTIONS_FILE, "eval": EVAL_DIR}
+
+
+def _check_own(world: RenderedWorld, settings: dict[str, Any]) -> None:
+    """A world run's world.json must describe the world its run folder was made for, with the
+    files rendered there: an edited seed would otherwise caption other scenes than its pictures'
+    (a sweep recaptions from the record), and edited paths read another world's files."""
+    marker = world.path / WORLD_FILE
+    if world.info["files"] != own_files():
+        raise InputError(
+            f"{str(marker)!r} names files other than its own ({world.info['files']!r:.120}). "
+            f"{_DAMAGED}"
+        )
+    if world.info["settings"] != json.loads(json.dumps(settings)):
+        raise InputError(
+            f"{str(marker)!r} describes another world than its run folder's settings. {_DAMAGED}"
+        )
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -399,7 +446,9 @@ def render_world_run(
         ) and all((folder.path / EVAL_DIR / group).is_dir() for group in WORLD_GROUPS)
         if folder.was_complete and whole:
             with contextlib.suppress(InputError):  # a damaged world.json: rendered again
-                return WorldRun(folder.path, open_world(folder.path), folder.previous, True)
+                world = open_world(folder.path)
+                _check_own(world, settings.describe())
+                return WorldRun(folder.path, world, folder.previous, True)
         world = render_world(settings, folder.path)
         info = world.info
         manifest = folder.complete(
@@ -415,4 +464,6 @@ def render_world_run(
 
 def load_world_run(path: str | Path, manifest: dict[str, Any]) -> WorldRun:
     """A complete world run folder read back (:func:`clipaudit.runs.load_run`)."""
-    return WorldRun(Path(path), open_world(path), manifest)
+    world = open_world(path)
+    _check_own(world, manifest.get("settings"))
+    return WorldRun(Path(path), world, manifest)

@@ -600,6 +600,7 @@ def test_the_report_says_what_each_corpus_and_model_was_computed_with(report, au
             "random_weights_seed": None,
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
             "templates": "none",  # run_zeroshot's default: the bare concept name
+            "prompts": "bare concept names, no prompt templates",
             "all_concepts": False,
             "images": audit_runs["images"],
             "n_images": n_images,
@@ -609,10 +610,120 @@ def test_the_report_says_what_each_corpus_and_model_was_computed_with(report, au
     section = html[html.index("What each corpus and model is") :]
     for model in report.summary["models"]:
         assert model["provenance"]["weights_sha256"][:16] in section
-    assert "templates none" in section and "the group's imaged concepts" in section
+    assert "the group's imaged concepts" in section
     markdown = (report.out / "report.md").read_text()
     assert f"| lexical, curated profile, {N_CAPTIONS} captions |" in markdown
     assert f"| web-captions | {N_CAPTIONS} | lexical | curated |" in markdown
+
+
+def test_the_prompts_a_model_was_scored_with_are_said_in_words(report):
+    """The model table's prompts column read "templates none", the zero-shot run's setting
+    name, which a reader of the paper cannot decode."""
+    bare = "bare concept names, no prompt templates"  # run_zeroshot's default, "none"
+    html = (report.out / "report.html").read_text()
+    section = html[html.index("What each corpus and model is") :]
+    markdown = (report.out / "report.md").read_text()
+    rows = [
+        r
+        for r in _section_rows(html, "method")
+        if r and r[0] in {"tiny-clip@trained", "tiny-clip@random"}
+    ]
+    assert len(rows) == len(report.summary["models"]) == 2
+    for row in rows:
+        assert row[4] == bare  # the prompts column
+    assert "templates none" not in section and "templates none" not in markdown
+    assert markdown.count(f"| {bare} |") == 2
+
+
+def test_each_template_setting_is_described_in_words(tmp_path):
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from clipaudit.report.inputs import prompts_in_words
+    from clipaudit.zeroshot import SIMPLE_TEMPLATE, TEMPLATE_SETS
+
+    assert prompts_in_words("none") == "bare concept names, no prompt templates"
+    assert SIMPLE_TEMPLATE in prompts_in_words("simple")
+    assert f"{len(OPENAI_IMAGENET_TEMPLATES)} " in prompts_in_words("ensemble")
+    # every set run_zeroshot knows is described, a template file by its path
+    assert all(prompts_in_words(name) != name for name in TEMPLATE_SETS)
+    path = str(tmp_path / "my templates.txt")
+    assert path in prompts_in_words(path)
+    assert prompts_in_words(None) is None
+
+
+def test_report_md_says_what_its_glance_measures_and_names_every_outlier(report):
+    """report.md's glance read "Across concepts, 95% intervals" above Spearman and Kendall
+    columns without saying between what, and its per-pair line listed only the two named lists,
+    "none" and "none", beside an outlier table with a concept far below the fit."""
+    markdown = (report.out / "report.md").read_text()
+    glance = markdown[
+        markdown.index("## At a glance") : markdown.index("## Coverage and awareness")
+    ]
+    assert "between log caption coverage and zero-shot F1" in glance
+    assert "change in F1 per tenfold coverage" in glance
+    named = 0
+    for pair in report.summary["pairs"]:
+        for outlier in pair["other_outliers"]:
+            line = next(x for x in glance.splitlines() if f"{pair['model']}**" in x)
+            assert f"{outlier['name']} ({outlier['group']}, " in line
+            assert outlier["direction"] in line
+            named += 1
+    assert named >= 1  # this world's trained model is far below the fit on one concept
+
+
+def test_the_opening_says_what_coverage_awareness_and_the_registry_are(report):
+    """The opening named "registry cai2025" and "zero-shot F1" without saying what either is,
+    and report.md's left out what is set against what."""
+    html = (report.out / "report.html").read_text()
+    lede = html[html.index('<p class="lede">') : html.index("</p>", html.index('<p class="lede">'))]
+    markdown = (report.out / "report.md").read_text()
+    opening = markdown[: markdown.index("## At a glance")]
+    for text in (" ".join(re.sub(r"<[^>]+>", "", lede).split()), opening):
+        assert "concept registry cai2025" in text
+        assert "share of captions that mention it" in text
+        assert "zero-shot F1 (" in text
+
+
+def test_a_number_in_a_table_says_what_it_counts(report):
+    """A mismatch block titled "Groups with coverage but no images (20)" listed 10 groups: the
+    count was per group and model. Columns "fit" and "candidates" left a reader guessing; the
+    per-category table in report.md read "sensitive (sensitive)"."""
+    from clipaudit.registry import load_registry
+    from tests.report_world import IMAGED
+
+    registry = load_registry("cai2025")
+    unimaged = [g.name for g in registry.groups if g.name not in IMAGED]
+    n_models = len(report.summary["models"])
+    title = (
+        f"Groups with coverage but no images ({len(unimaged)} groups; "
+        f"{len(unimaged) * n_models} counted per corpus × model pair)"
+    )
+    html = (report.out / "report.html").read_text()
+    markdown = (report.out / "report.md").read_text()
+    assert html_escape(title, quote=False) in html.replace('<span class="muted small">', "")
+    assert f"### {title}" in markdown
+    for text in (html, markdown):
+        assert "fitted F1" in text and "classified among" in text
+        assert "candidates" not in text
+    assert "sensitive (sensitive)" not in markdown
+
+
+def test_plus_or_minus_is_written_as_one_sign(report):
+    """The method read "slope +- t(0.975, n - 2) * standard error" and "beyond +-2"."""
+    threshold = f"±{stats.OUTLIER_THRESHOLD:g}"
+    method = report.summary["method"]
+    assert f"beyond {threshold}," in method["outliers"]
+    assert "slope ± t(0.975, n - 2)" in method["fit"]
+    html = (report.out / "report.html").read_text()
+    markdown = (report.out / "report.md").read_text(encoding="utf-8")
+    for text in (html, markdown, (report.out / "report.json").read_text()):
+        assert "+-" not in text and f"beyond {threshold}" in text
+    # report.md stays plain text: the sign is one printable character, no control sequence,
+    # and the method's formulas need no Markdown escape ("slope \\* x")
+    assert all(line.isprintable() for line in markdown.splitlines())
+    method_md = markdown[markdown.index("## Method and provenance") :]
+    assert "\\*" not in method_md.split("\n| ")[0]
+    assert "slope × x" in method["fit"]
 
 
 def _section_rows(html: str, section: str) -> list[list[str]]:
@@ -1315,6 +1426,50 @@ def test_chance_is_one_over_the_concepts_an_image_is_classified_among(audit_runs
     for group, size in sizes.items():
         assert awareness.loc[group, "chance"] == pytest.approx(1 / size)
         assert joined.loc[group, "chance"] == pytest.approx(1 / size)
+
+
+def test_a_concepts_trivial_f1_is_over_its_own_models_images(audit_runs, tmp_path, monkeypatch):
+    """The bar a rarely captioned concept must pass to be called known is a trivial classifier's
+    F1, 2p / (1 + p), p the concept's share of its group's images. A reviewer feared that with
+    several models every model's shares were taken over the first model's image counts."""
+    from clipaudit.models import ModelSpec
+    from clipaudit.report import analysis
+    from clipaudit.zeroshot import run_zeroshot
+    from tests.report_world import IMAGED, IMAGES_PER_CONCEPT
+    from tests.tiny_clip import write_image_folder
+
+    # the second model is scored on other images: 1, 2, 3, ... per concept, so that each group
+    # holds another number of images than in the first model's run (6 per concept)
+    uneven = {g: {c: i + 1 for i, c in enumerate(cs)} for g, cs in IMAGED.items()}
+    write_image_folder(tmp_path / "images", uneven, concept_colours=True)
+    root = Path(audit_runs["root"]) / "models"
+    spec = ModelSpec(str(root / "tiny-clip.json"), str(root / "random.safetensors"))
+    run = run_zeroshot(spec, tmp_path / "images", tmp_path / "zs", groups=tuple(IMAGED),
+                       cache_dir=None, workers=0, device="cpu", progress=False)  # fmt: skip
+    images = {
+        load_run(audit_runs["zeroshot_trained"]).models[0]: {
+            g: dict.fromkeys(cs, IMAGES_PER_CONCEPT) for g, cs in IMAGED.items()
+        },
+        load_run(run.out).models[0]: uneven,
+    }
+    assert len(images) == 2
+
+    floors = []
+    trivial_f1 = analysis._trivial_f1
+
+    def recorded(part, group_part, level):
+        floor = trivial_f1(part, group_part, level)
+        if level == "concept":
+            floors.extend(zip(part["model"], part["group"], part["concept"], floor, strict=True))
+        return floor
+
+    monkeypatch.setattr(analysis, "_trivial_f1", recorded)
+    paths = [audit_runs["coverage"], audit_runs["zeroshot_trained"], run.out]
+    build_report(paths, tmp_path / "report", n_bootstrap=0)
+    assert {model for model, *_ in floors} == set(images)
+    for model, group, concept, floor in floors:
+        share = images[model][group][concept] / sum(images[model][group].values())
+        assert floor == pytest.approx(2 * share / (1 + share)), (model, group, concept)
 
 
 def test_the_command_line_prints_the_headline_and_the_page(audit_runs, tmp_path, capsys):

@@ -325,3 +325,36 @@ def test_every_text_on_the_page_is_legible_against_its_background(browser, audit
     found = page.evaluate(LOW_CONTRAST)
     assert found == [], "\n".join(found)
     page.close()
+
+
+# the box of the innermost element under a selector holding a text, and the ancestors that clip
+# or scroll their content without holding that box whole
+SHOWN_WHOLE = """([scope, text]) => {
+  const holders = Array.from(document.querySelectorAll(scope + ' *'))
+    .filter(e => e.textContent.includes(text));
+  const element = holders[holders.length - 1];  // the innermost
+  const box = element.getBoundingClientRect();
+  const clipped = [];
+  for (let e = element.parentElement; e; e = e.parentElement) {
+    if (getComputedStyle(e).overflowX === 'visible') continue;
+    const outer = e.getBoundingClientRect();
+    if (box.left < outer.left - 1 || box.right > outer.right + 1) clipped.push(e.className);
+  }
+  return {left: box.left, right: box.right, clipped: clipped};
+}"""
+
+
+def test_the_sensitive_groups_note_is_whole_on_a_phone(browser, audit_report):
+    """At 420 px the note under the group table sat in a row of the table, inside its horizontal
+    scroller: as wide as the table, part of it was off the screen until the table was scrolled."""
+    note = audit_report.summary["sensitive_note"]
+    page = browser.new_page(viewport={"width": 420, "height": 900})
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    wrap = page.evaluate("document.querySelector('#groups .table-wrap').scrollWidth")
+    assert wrap > 420  # the group table itself scrolls at this width: the case in question
+    shown = page.evaluate(SHOWN_WHOLE, ["#groups", note[:60]])
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert shown["clipped"] == []
+    assert shown["left"] >= 0 and shown["right"] <= width
+    assert note in page.inner_text("#groups")
+    page.close()

@@ -53,13 +53,27 @@ TABLES = (
     "mismatches",
 )
 OUTPUT_FILES = ("report.html", "report.md", "report.json")
+# per kind: the block's title, the header of its names column, and what one of its rows names
+# (a block lists each once, however many corpus x model pairs it is a mismatch of)
 MISMATCH_TITLES = {
-    "registry": ("Registries differ", "registries"),
-    "group_without_images": ("Groups with coverage but no images", "concepts"),
-    "concept_without_images": ("Concepts with coverage but no images", "concepts"),
-    "group_without_coverage": ("Groups scored but missing from the coverage run", "concepts"),
-    "concept_without_coverage": ("Concepts scored but missing from the coverage run", "concepts"),
-    "unpaired": ("Runs with nothing to join", "run"),
+    "registry": ("Registries differ", "registries", ("pair of registries", "pairs of registries")),
+    "group_without_images": ("Groups with coverage but no images", "concepts", ("group", "groups")),
+    "concept_without_images": (
+        "Concepts with coverage but no images",
+        "concepts",
+        ("concept", "concepts"),
+    ),
+    "group_without_coverage": (
+        "Groups scored but missing from the coverage run",
+        "concepts",
+        ("group", "groups"),
+    ),
+    "concept_without_coverage": (
+        "Concepts scored but missing from the coverage run",
+        "concepts",
+        ("concept", "concepts"),
+    ),
+    "unpaired": ("Runs with nothing to join", "run", ("run", "runs")),
 }
 
 
@@ -303,11 +317,12 @@ def _default_title(collected: Any) -> str:
 def _mismatch_summary(mismatches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mismatches grouped for reading: per kind, per (corpus, model, group, reason), the names."""
     blocks = []
-    for kind, (title, header) in MISMATCH_TITLES.items():
+    for kind, (title, header, (one, many)) in MISMATCH_TITLES.items():
         entries = [m for m in mismatches if m["kind"] == kind]
         if not entries:
             continue
         rows: dict[tuple, dict[str, Any]] = {}
+        listed: set[tuple] = set()
         for m in entries:
             key = (m.get("corpus"), m.get("model"), m.get("group"), m.get("reason"))
             if kind == "registry":
@@ -334,12 +349,15 @@ def _mismatch_summary(mismatches: Sequence[dict[str, Any]]) -> list[dict[str, An
                 },
             )
             row["names"].append(name)
+            listed.add((m.get("group"), name))
         blocks.append(
             {
                 "kind": kind,
                 "title": title,
                 "names_header": header,
-                "count": len(entries),
+                "count": len(entries),  # one per corpus x model pair
+                "n_listed": len(listed),
+                "unit": one if len(listed) == 1 else many,
                 "rows": _merge_rows(list(rows.values())),
             }
         )
@@ -425,7 +443,8 @@ def _plan(collected: Any, tables: dict[str, Any], summary: dict[str, Any]) -> li
             ),
             {
                 "caption": "Caption coverage per group: each dot is a concept (share of captions "
-                "mentioning it, log scale; hollow: never captioned, placed at 0.5 / n), the bar "
+                "mentioning it, log scale; hollow: never captioned, placed at 0.5 / n, n the "
+                "captions read), the bar "
                 "the group's median. Groups in the paper's order, common first; sensitive groups "
                 "shaded.",
                 "alt": "Strip plot of caption coverage per concept, one row per group",

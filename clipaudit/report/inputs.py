@@ -472,6 +472,23 @@ def _coverage_provenance(manifest: dict[str, Any], n: float | None) -> dict[str,
     }
 
 
+# what each of run_zeroshot's template settings means (clipaudit.zeroshot.TEMPLATE_SETS), in words
+# for a reader: said here, not imported, as that module loads torch; tests hold the two together
+_TEMPLATE_WORDS = {
+    "none": "bare concept names, no prompt templates",
+    "simple": 'one prompt template, "a photo of a {}."',
+    "ensemble": "open_clip's 80 OpenAI ImageNet prompt templates, averaged",
+}
+
+
+def prompts_in_words(setting: Any) -> str | None:
+    """A zero-shot run's template setting as a reader understands it (None when not recorded):
+    a set's meaning, or the file the templates were read from."""
+    if not isinstance(setting, str) or not setting:
+        return None
+    return _TEMPLATE_WORDS.get(setting, f"the prompt templates in {setting}")
+
+
 def _model_provenance(manifest: dict[str, Any], label: str) -> dict[str, Any]:
     """What a model's scores depend on beyond the registry: its architecture and weights (tag or
     checkpoint, with the checkpoint's or the loaded weights' sha256), the prompt templates,
@@ -486,6 +503,9 @@ def _model_provenance(manifest: dict[str, Any], label: str) -> dict[str, Any]:
         {},
     )
     images = _part(manifest, "settings", "images") or _part(manifest, "inputs", "images", "source")
+    templates = _plain_value(
+        _part(manifest, "templates", "setting") or _part(manifest, "settings", "templates")
+    )
     return {
         "architecture": _plain_value(record.get("architecture")),
         "pretrained": _plain_value(record.get("pretrained")),
@@ -493,9 +513,8 @@ def _model_provenance(manifest: dict[str, Any], label: str) -> dict[str, Any]:
         "weights_sha256": _plain_value(
             record.get("checkpoint_sha256") or record.get("weights_sha256")
         ),
-        "templates": _plain_value(
-            _part(manifest, "templates", "setting") or _part(manifest, "settings", "templates")
-        ),
+        "templates": templates,
+        "prompts": prompts_in_words(templates),
         "all_concepts": _plain_value(_part(manifest, "settings", "all_concepts")),
         "images": _plain_value(images),
         "n_images": _plain_value(_part(manifest, "n_images")),

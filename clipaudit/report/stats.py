@@ -13,9 +13,9 @@ Every (corpus, model) pair is summarised across concepts and across groups by
   resamples in which a side is constant have no correlation and are left out (their number is
   reported);
 - **a log-linear fit** ``F1 = intercept + slope * x`` (``scipy.stats.linregress``): the slope is
-  the change in F1 per tenfold coverage, with the 95% interval ``slope +- t(0.975, n - 2) * se``;
+  the change in F1 per tenfold coverage, with the 95% interval ``slope ± t(0.975, n - 2) * se``;
 - **outliers**: points whose externally studentised residual (the residual over its
-  leave-one-out standard error) is beyond +-2, with at least 6 points: far above the fit with
+  leave-one-out standard error) is beyond ±2, with at least 6 points: far above the fit with
   coverage at or below the median and below the highest, and F1 above a trivial classifier's
   (always naming the concept; for a group, chance), *rarely captioned yet known*; far below
   the fit with coverage at or above the median and above the lowest, *often captioned yet unknown*
@@ -54,12 +54,12 @@ BOOTSTRAP_RULE = (
     "side is constant have no correlation and are left out (n_valid says how many remain)"
 )
 FIT_RULE = (
-    "least squares F1 = intercept + slope * x (scipy.stats.linregress); slope is the change in F1 "
-    "per tenfold coverage; 95% interval slope +- t(0.975, n - 2) * standard error"
+    "least squares F1 = intercept + slope × x (scipy.stats.linregress); slope is the change in F1 "
+    "per tenfold coverage; 95% interval slope ± t(0.975, n - 2) × standard error"
 )
 OUTLIER_RULE = (
     "externally studentised residual of the fit (residual over its leave-one-out standard error) "
-    f"beyond +-{OUTLIER_THRESHOLD:g}, with at least {MIN_OUTLIER_POINTS} points. Far above the fit "
+    f"beyond ±{OUTLIER_THRESHOLD:g}, with at least {MIN_OUTLIER_POINTS} points. Far above the fit "
     "with coverage at or below the median and below the highest, and F1 above what a trivial "
     "classifier scores (a concept: always naming it, 2p / (1 + p) for p its share of its group's "
     f"images; a group: chance): '{RARELY_CAPTIONED_YET_KNOWN}'; far below the fit with coverage at or above the median and "

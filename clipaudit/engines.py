@@ -45,6 +45,9 @@ ENGINES = ("local", "ray")
 RAY_MAX_RETRIES = 3  # attempts after the first when a worker process or node dies
 INSTALL_HINT = "pip install 'clipaudit[ray]'"
 _CONNECT_TIMEOUT_S = 5.0
+# an HTTP/2 client's connection preface, then its (empty) SETTINGS frame
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4  # the frame type a server's preface starts with
 # for a Ray started for one run, unless the user set it: no usage statistics sent anywhere
 _LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 # Ray warns, on every start, that it turned its default token authentication on: not news here
@@ -297,8 +300,9 @@ def _check_reachable(address: str) -> None:
             "--head prints it), ray://10.0.0.1:10001 for Ray Client, or auto"
         )
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S):
-            pass
+        connection = socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S
+        )
     except OSError as exc:
         if isinstance(exc, TimeoutError):
             reason = f"no answer within {_CONNECT_TIMEOUT_S:.0f} s"
@@ -309,6 +313,39 @@ def _check_reachable(address: str) -> None:
             "node there (ray start --head), or drop --ray-address and RAY_ADDRESS to start Ray "
             "on this machine"
         ) from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # a TLS handshake first: not checked here
+        problem = _not_grpc(connection)
+    if problem is not None:
+        raise EngineError(
+            f"something answers at the Ray address {address!r} but not as a Ray cluster does "
+            f"({problem}); expected the address of a head node's GCS (ray start --head prints "
+            "it; port 6379 unless --port), not the dashboard's (8265) or another service's, or "
+            "drop --ray-address and RAY_ADDRESS to start Ray on this machine"
+        )
+
+
+def _not_grpc(connection: socket.socket) -> str | None:
+    """Why the server of an open connection is no gRPC server (Ray's GCS and Ray Client both
+    are), or None. ``ray.init`` waits without end on an address where something else listens (the
+    dashboard's HTTP port, a silent service), so the server is asked first: an HTTP/2 server
+    answers a client's connection preface with a SETTINGS frame."""
+    try:
+        connection.sendall(_HTTP2_PREFACE)
+        answer = b""
+        while len(answer) < 9:  # a frame header: length (3), type (1), flags (1), stream (4)
+            chunk = connection.recv(9 - len(answer))
+            if not chunk:
+                return "it closed the connection" if not answer else "it answered too little"
+            answer += chunk
+    except TimeoutError:
+        return f"no answer within {_CONNECT_TIMEOUT_S:.0f} s"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    if answer[3] != _SETTINGS_FRAME:
+        return f"it answered {answer[:9]!r}..., not in gRPC"
+    return None
 
 
 # --------------------------------------------------------------------------- worker side

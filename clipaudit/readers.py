@@ -74,6 +74,7 @@ HF_PREFIX = "hf:"
 
 _KINDS_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
 _FOLDER_KIND_ORDER = ("parquet", "jsonl", "txt")
+_FILE_KINDS = frozenset(_FOLDER_KIND_ORDER)  # a shard of one of them reads part of one file
 _SKIP_BAD_HINT = "fix or remove the file, or pass --skip-bad to count and list bad shards instead"
 _SAVED_HINT = (
     "save the dataset again with save_to_disk or remove the folder, or pass --skip-bad to count "
@@ -211,13 +212,49 @@ class Shard:
         raw = _RAW_READERS[self.kind](self, batch_rows)
         row = self.first_row
         try:
+            self._check_unchanged()
             for values, ids, skipped in raw:
                 yield _clean(values, ids, row, skipped, max_caption_chars)
                 row += len(values)
+            self._check_unchanged()  # and not rewritten while it was read
         except Exception as exc:
             if self.filesystem is None or not _network_error(exc):
                 raise
             raise ConnectionLostError(self.label, one_line(exc)) from None
+
+    def _check_unchanged(self) -> None:
+        """Raise BadShardError when the shard's file is not the one planned: a file rewritten
+        since, or still being written, would be read by the planned row groups or byte ranges as
+        other rows, counted under the identity of the file planned. A local file is compared by
+        content (size and the hash of its edges, as its identity has them), not by time: a Ray
+        node's copy made without the times reads; a URL's file by size and time, the store's.
+        Saved datasets and streamed chunks have no file of their own."""
+        planned = self.identity.get("content")
+        if self.kind not in _FILE_KINDS or not isinstance(planned, dict):
+            return
+        with _reading(self.label, self.filesystem):
+            if self.filesystem is None:
+                now = file_record(self.location)
+                compared = ("bytes", "edges_blake2b")
+            else:
+                info = self.filesystem.get_file_info(self.location)
+                if info.size is None:  # gone (pyarrow's NotFound has no size)
+                    raise FileNotFoundError(f"no file at {self.location}")
+                now = {"bytes": info.size, "mtime_ns": info.mtime_ns}
+                compared = ("bytes", "mtime_ns")
+        changes = [
+            f"{key} {planned[key]} then, {now[key]} now"
+            for key in compared
+            if None not in (planned.get(key), now[key]) and planned[key] != now[key]
+        ]
+        if changes:
+            raise BadShardError(
+                self.label,
+                f"the file changed since the run was planned ({'; '.join(changes)})",
+                "run the same command again once nothing writes to it: finished shards are "
+                "kept, and the changed file is counted anew; or pass --skip-bad to count and "
+                "list bad shards instead",
+            )
 
 
 @dataclass(frozen=True)
@@ -306,10 +343,13 @@ def _not_read_hint(suffix: str) -> str:
     if suffix.lower() in COMPRESSED_SUFFIXES:
         return "; compressed files are not read: decompress it first (e.g. gunzip -k FILE)"
     if suffix.lower() in _TABLE_SUFFIXES:
+        # the caption columns read as text, and only an empty field as missing: pandas' defaults
+        # make captions such as "None", "NA" or "null" missing and "1984" a number
         return (
             "; CSV and TSV files are not read: convert it to parquet first (e.g. python -c "
             "\"import pandas as p; p.read_csv('IN', sep=None, engine='python', "
-            "encoding='utf-8-sig').to_parquet('OUT.parquet')\")"
+            f"encoding='utf-8-sig', dtype=dict.fromkeys({CAPTION_COLUMNS!r}, str), "
+            "keep_default_na=False, na_values=['']).to_parquet('OUT.parquet')\")"
         )
     return ""
 
@@ -369,10 +409,7 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
         return Source(spec=spec, kind="hf_disk", files=files, root=data_dir, split=split)
     by_kind: dict[str, list[Path]] = {}
     excluded = exclude.resolve() if exclude is not None else None
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue  # hidden files and folders: temporary files, caches
+    for path in _folder_files(spec, folder):
         if excluded is not None and path.resolve().is_relative_to(excluded):
             continue
         kind = _file_kind(path.name)
@@ -392,6 +429,27 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
         + "; expected .parquet shards (or .jsonl or .txt files), or a dataset saved by datasets' "
         "save_to_disk"
     )
+
+
+def _folder_files(spec: str, folder: Path) -> Iterator[Path]:
+    """The files of a folder and its subfolders, but hidden ones (temporary files, caches) and
+    those of hidden folders; links to folders are not followed. A folder that cannot be listed
+    (permission denied) is an InputError naming it: pathlib's rglob passes over one, which would
+    leave its shards out of the corpus unsaid."""
+
+    def refuse(error: OSError) -> None:
+        raise InputError(
+            f"folder {spec!r}: cannot list {error.filename!r} ({one_line(error)}), so its caption "
+            "files would be left out; make it readable (e.g. chmod -R a+rX FOLDER) or move it out "
+            "of the folder"
+        )
+
+    for root, folders, files in os.walk(folder, onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and path.is_file():
+                yield path
 
 
 def _url_source(url: str, scheme: str) -> Source:
@@ -565,8 +623,19 @@ def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]
             urls = [source.name(path) for path in paths]
             record["files"] = remote_file_records(source.filesystem, paths, urls, checksum=checksum)
         else:
-            record["files"] = [file_record(path, checksum=checksum) for path in source.files]
+            record["files"] = [_local_record(path, checksum) for path in source.files]
     return record
+
+
+def _local_record(path: Path | str, checksum: bool) -> dict[str, Any]:
+    """A local file's :func:`clipaudit.provenance.file_record`, or, for one that cannot be read
+    (permission denied, removed since its folder was listed), the path and why: the planner
+    then reports the file as a bad shard (skipped and listed with ``skip_bad``), as it would a
+    file it cannot open, instead of the run stopping on a traceback."""
+    try:
+        return file_record(path, checksum=checksum)
+    except OSError as exc:
+        return {"path": str(path), "unreadable": one_line(exc)}
 
 
 def _stream_version(name: str, config: str | None, split: str, checksum: bool) -> dict[str, Any]:

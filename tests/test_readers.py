@@ -382,13 +382,27 @@ def test_a_hub_stream_cut_part_way_is_one_clear_error_after_its_finished_shards(
     assert resumed.concepts.set_index("concept")["count"]["dog"] == 7
 
 
-def test_a_csv_file_is_refused_with_a_conversion_that_reads_its_bom(tmp_path):
-    """The refusal's own conversion, run as given on a CSV from Windows (a byte-order mark, CRLF
-    line endings), makes a parquet file whose columns are named as the header names them."""
-    import pandas as pd
-
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (  # from Windows: a byte-order mark, CRLF line endings, a quoted caption over two lines
+            b'\xef\xbb\xbfSAMPLE_ID,TEXT\r\n7,"a dog, on\r\na beach"\r\n8,a cat\r\n',
+            {"SAMPLE_ID": [7, 8], "TEXT": ["a dog, on\r\na beach", "a cat"]},
+        ),
+        (  # captions pandas reads as missing values or numbers unless told they are text
+            b"id,caption\n1,None\n2,NA\n3,null\n4,\n5,nan\n",
+            {"id": [1, 2, 3, 4, 5], "caption": ["None", "NA", "null", None, "nan"]},
+        ),
+        (b"key\ttext\n1\t1984\n2\t2001\n", {"key": [1, 2], "text": ["1984", "2001"]}),
+    ],
+    ids=["windows", "missing-words", "numbers"],
+)
+def test_a_csv_file_is_refused_with_a_conversion_that_keeps_its_captions(tmp_path, data, expected):
+    """The refusal's own conversion, run as given, makes a parquet file whose columns are named as
+    the header names them and whose captions are the text the file holds (an empty field, no
+    caption, is null); ids keep their type."""
     source = tmp_path / "meta.csv"
-    source.write_bytes(b'\xef\xbb\xbfSAMPLE_ID,TEXT\r\n7,"a dog, on a beach"\r\n8,a cat\r\n')
+    source.write_bytes(data)
     with pytest.raises(
         InputError, match=r"unknown file type '\.csv'.*convert it to parquet"
     ) as info:
@@ -397,8 +411,7 @@ def test_a_csv_file_is_refused_with_a_conversion_that_reads_its_bom(tmp_path):
     target = tmp_path / "OUT.parquet"
     code = command.replace("'IN'", repr(str(source))).replace("'OUT.parquet'", repr(str(target)))
     exec(code, {})
-    frame = pd.read_parquet(target)
-    assert frame.to_dict("list") == {"SAMPLE_ID": [7, 8], "TEXT": ["a dog, on a beach", "a cat"]}
+    assert pq.read_table(target).to_pydict() == expected
 
 
 def test_a_missing_source_is_one_clear_error(tmp_path):
@@ -686,3 +699,127 @@ def test_a_text_file_gone_after_planning_is_a_bad_shard_naming_it(tmp_path, kind
         list(shard.read(max_caption_chars=100, batch_rows=2))
     assert failed.value.label == str(path)
     assert failed.value.reason.startswith("cannot be read (FileNotFoundError")
+
+
+def _rewrite_later(path, data):
+    """Write ``data`` to ``path`` with a modification time that differs from the planned one."""
+    import os
+
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "txt", "jsonl"])
+def test_a_file_changed_after_planning_is_a_bad_shard_not_counted_as_planned(tmp_path, kind):
+    """A shard reads the rows its plan names; a file rewritten since (another export with as many
+    row groups, a file still being written) would be counted as other rows under the identity of
+    the first: refused, naming the file and the fix."""
+    path = tmp_path / f"part-0.{kind}"
+    if kind == "parquet":
+        write_parquet(path, {"caption": ["a dog", "a cat"]})
+        other = tmp_path / "other.parquet"
+        write_parquet(other, {"caption": ["a bird", "a horse", "a cow"]})
+        changed = other.read_bytes()  # one row group too, so the planned range still reads
+    elif kind == "txt":
+        path.write_text("a dog\na ca")  # a last line half written
+        changed = b"a dog\na cat\n"
+    else:
+        path.write_text('{"caption": "a dog"}\n')
+        changed = b'{"caption": "a cow"}\n'
+    (shard,) = plan_shards(resolve_sources([path]))
+    _rewrite_later(path, changed)
+    with pytest.raises(BadShardError) as failed:
+        list(shard.read(max_caption_chars=100, batch_rows=2))
+    assert failed.value.label == str(path)
+    assert failed.value.reason.startswith("the file changed since the run was planned")
+    assert "run the same command again" in str(failed.value)
+
+
+def test_a_file_changed_while_its_shard_is_read_is_a_bad_shard(tmp_path):
+    path = tmp_path / "part-0.txt"
+    path.write_text("".join(f"caption {i}\n" for i in range(10)))
+    (shard,) = plan_shards(resolve_sources([path]))
+    batches = shard.read(max_caption_chars=100, batch_rows=2)
+    next(batches)  # the first lines read, then the file is rewritten
+    _rewrite_later(path, b"".join(b"other %d\n" % i for i in range(10)))
+    with pytest.raises(BadShardError, match="the file changed since the run was planned"):
+        list(batches)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "txt"])
+def test_a_file_that_cannot_be_opened_is_a_bad_shard_naming_it(tmp_path, monkeypatch, kind):
+    """A file of a folder that cannot be read (permission denied: simulated, as root reads any
+    file) stops planning with a message naming it and the fix, or is skipped and listed with
+    --skip-bad, the other files read whole; never a traceback."""
+    for i in range(3):
+        if kind == "parquet":
+            write_parquet(tmp_path / f"part-{i}.parquet", {"caption": [f"a dog {i}", "a cat"]})
+        else:
+            (tmp_path / f"part-{i}.txt").write_text(f"a dog {i}\na cat\n")
+    locked = str(tmp_path / f"part-1.{kind}")
+
+    def denied(original):
+        def opener(path, *args, **kwargs):
+            if str(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return original(path, *args, **kwargs)
+
+        return opener
+
+    for name in ("file_record", "_parquet_file", "_open_binary"):
+        monkeypatch.setattr(readers, name, denied(getattr(readers, name)))
+    with pytest.raises(BadShardError) as stopped:
+        read_all([tmp_path])
+    assert stopped.value.label == locked
+    assert "PermissionError: [Errno 13] Permission denied" in stopped.value.reason
+    assert "--skip-bad" in str(stopped.value)
+    sources = resolve_sources([tmp_path])
+    planned = list(plan_shards(sources, skip_bad=True))
+    assert [type(item).__name__ for item in planned] == ["Shard", "SkippedShard", "Shard"]
+    assert planned[1].label == locked
+    captions = [
+        caption
+        for shard in (planned[0], planned[2])
+        for batch in shard.read(max_caption_chars=100, batch_rows=10)
+        for caption in batch.captions
+    ]
+    assert captions == ["a dog 0", "a cat", "a dog 2", "a cat"]
+
+
+def test_a_subfolder_that_cannot_be_listed_is_named_not_left_out_unsaid(tmp_path, monkeypatch):
+    """pathlib's rglob passes over a folder it may not list (permission denied: simulated, as
+    root lists any folder), which would leave its shards out of the corpus unsaid."""
+    import os
+
+    for part in ("a", "b"):
+        (tmp_path / part).mkdir()
+        write_parquet(tmp_path / part / "part-0.parquet", {"caption": [f"a dog in {part}"]})
+    locked = str(tmp_path / "b")
+    scandir = os.scandir
+
+    def listing(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", listing)
+    with pytest.raises(InputError) as refused:
+        resolve_sources([tmp_path])
+    message = str(refused.value)
+    assert message.startswith(f"folder {str(tmp_path)!r}: cannot list {locked!r} (PermissionError")
+    assert "make it readable" in message
+
+
+def test_a_file_of_the_same_content_at_another_time_reads_as_planned(tmp_path):
+    """What a shard checks is its file's content (size and edges), not its time: a Ray node's
+    copy of the corpus made without its times reads as the driver's."""
+    import os
+
+    path = write_parquet(tmp_path / "part-0.parquet", {"caption": ["a dog", "a cat"]})
+    (shard,) = plan_shards(resolve_sources([path]))
+    os.utime(path, ns=(1, 1))
+    assert [c for b in shard.read(max_caption_chars=100, batch_rows=2) for c in b.captions] == [
+        "a dog",
+        "a cat",
+    ]

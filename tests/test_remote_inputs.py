@@ -178,6 +178,20 @@ def test_a_broken_remote_parquet_file_is_named_by_its_url(tmp_path, memory_bucke
     assert [s.label for s in skipped] == [url]
 
 
+def test_a_remote_file_changed_after_planning_is_a_bad_shard_named_by_its_url(memory_bucket):
+    """An object written again since the run was planned (a longer export) would be read by the
+    planned byte ranges as other lines: refused, as a local file is."""
+    url = memory_bucket("grown.txt", b"a dog\na ca")  # its last line half uploaded
+    (shard,) = plan_shards(resolve_sources([url]))
+    memory_bucket("grown.txt", b"a dog\na cat\na cow\n")
+    with pytest.raises(BadShardError) as failed:
+        list(shard.read(max_caption_chars=100, batch_rows=10))
+    assert failed.value.label == url
+    assert failed.value.reason == (
+        "the file changed since the run was planned (bytes 10 then, 18 now)"
+    )
+
+
 def test_remote_footers_are_read_once_and_concurrently_for_identity_and_planning(tmp_path):
     """Each remote file costs one open while planning (its identity and row groups come from the
     same footer), however many files there are."""
@@ -678,6 +692,49 @@ def test_an_unreachable_cluster_fails_in_seconds(tiny, tmp_path, monkeypatch):
             engine="ray",
             ray_address=f"ray://127.0.0.1:{port}",
         )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
+    ids=["silent", "http"],
+)
+def test_an_address_where_no_ray_cluster_answers_is_refused_not_waited_on(tiny, tmp_path, answer):
+    """Something listens at the address but is no Ray head node (the dashboard's port, another
+    service, a host that accepts and says nothing): Ray would wait on it without end."""
+    pytest.importorskip("ray")
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            held.append(connection)
+            if answer is not None:
+                connection.recv(1024)
+                connection.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(EngineError) as refused:
+            count(
+                ["a red cat"], tiny, tmp_path / "run", engine="ray", ray_address=f"127.0.0.1:{port}"
+            )
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+    assert str(refused.value).startswith(
+        f"something answers at the Ray address '127.0.0.1:{port}' but not as a Ray cluster does"
+    )
+    assert "not the dashboard's" in str(refused.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_library_and_the_command_line_do_not_import_ray_or_the_hub_client():

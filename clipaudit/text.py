@@ -147,3 +147,8 @@ def slug(label: str) -> str:
     """A file-system-safe form of a model or group label (for ``confusion/<model>/<group>.csv``)."""
     text = re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).strip("_") or "model"
     return "_" + text if set(text) == {"."} else text  # "." and ".." name no new folder
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """ "1 shard", "2 shards", "1,000 captions", "1 corpus" / "2 corpora" with ``many`` given."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"

@@ -60,11 +60,6 @@ def command_group(help: str) -> typer.Typer:
     )
 
 
-def counted(n: int, one: str, many: str | None = None) -> str:
-    """ "1 shard", "2 shards", "1,000 captions", "1 corpus" / "2 corpora" with ``many`` given."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
-
-
 class _PlainConsole(Console):
     """Prints each line of text inert: the file names, labels and reasons it shows come from
     corpora and image sets off the web, and rich passes an escape sequence in them on to the

@@ -8,8 +8,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import RegistryOption, command_group, counted, plain_console
+from clipaudit.cli._common import RegistryOption, command_group, plain_console
 from clipaudit.registry import list_registries, load_registry, resolve_registry_path
+from clipaudit.text import counted
 
 app = command_group("List, show and validate concept registries.")
 console = plain_console()

@@ -12,10 +12,10 @@ from clipaudit.cli._common import (
     OverwriteOption,
     RegistryOption,
     command_group,
-    counted,
     plain_console,
 )
 from clipaudit.errors import InputError
+from clipaudit.text import counted
 
 app = command_group(
     "Count how many captions mention each concept, and score the matchers on gold labels."

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, counted, plain_console
+from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
+from clipaudit.text import counted
 
 if TYPE_CHECKING:
     import pandas as pd

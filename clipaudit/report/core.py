@@ -37,6 +37,7 @@ from clipaudit.errors import (
     keyword_checked,
 )
 from clipaudit.report.stats import MIN_RESAMPLES
+from clipaudit.text import counted
 
 KIND = "report"
 LIBRARIES = ("pandas", "numpy", "scipy", "matplotlib", "jinja2", "pyarrow")
@@ -104,9 +105,11 @@ class Report:
                 f"{'n/a' if rho is None else f'{rho:.2f}'} over {first['n']} concepts"
             )
         return (
-            f"Report({str(self.out)!r}: {len(self.summary.get('corpora', []))} corpus(es) x "
-            f"{len(self.summary.get('models', []))} model(s), {len(pairs)} pair(s){head}; "
-            f"{len(self.summary.get('mismatches', []))} mismatch(es))"
+            f"Report({str(self.out)!r}: "
+            f"{counted(len(self.summary.get('corpora', [])), 'corpus', 'corpora')} x "
+            f"{counted(len(self.summary.get('models', [])), 'model')}, "
+            f"{counted(len(pairs), 'pair')}{head}; "
+            f"{counted(len(self.summary.get('mismatches', [])), 'mismatch', 'mismatches')})"
         )
 
     def _repr_html_(self) -> str:
@@ -118,8 +121,9 @@ class Report:
         """The report's findings in a few lines of text (what the command line prints)."""
         summary = self.summary
         lines = [
-            f"{len(summary['corpora'])} corpus(es) x {len(summary['models'])} model(s), "
-            f"{len(summary['pairs'])} pair(s) joined"
+            f"{counted(len(summary['corpora']), 'corpus', 'corpora')} x "
+            f"{counted(len(summary['models']), 'model')}, {counted(len(summary['pairs']), 'pair')} "
+            "joined"
             + (" (unchanged inputs: the report was already up to date)" if self.reused else "")
         ]
         for pair in summary["pairs"]:

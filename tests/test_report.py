@@ -816,6 +816,11 @@ def test_groups_far_from_the_fit_are_shown_beside_the_group_table(report):
     assert "often captioned yet unknown | 3.1% | 0.07 | 0.81 | -3.25 |" in md_groups
     assert reason.replace("<", "&lt;") in md_groups  # as report.md writes any "<"
     headline = Report(report.out, summary, {}, {}).headline()
+    n_corpora, n_models = len(summary["corpora"]), len(summary["models"])
+    corpora = f"{n_corpora} {'corpus' if n_corpora == 1 else 'corpora'}"
+    models = f"{n_models} {'model' if n_models == 1 else 'models'}"
+    assert headline.startswith(f"{corpora} x {models}, ")
+    assert "(s)" not in headline and "(es)" not in headline
     assert f"groups far from the fit: {hostile} ({stats.OFTEN_CAPTIONED_YET_UNKNOWN})" in headline
     # the report as built says it too: this world's 5 groups are too few to judge
     built = (report.out / "report.html").read_text()

@@ -160,3 +160,21 @@ def keyword_checked(function: Callable[..., Any]) -> Callable[..., Any]:
         return function(*args, **kwargs)
 
     return checked
+
+
+class CheckedFields:
+    """Base of frozen settings dataclasses: a field they do not have (``TrainSettings(stpes=10)``,
+    or through ``dataclasses.replace``) is a :class:`SettingsError` naming the closest; Python's
+    own TypeError says only "unexpected keyword argument"."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import dataclasses
+
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for name in kwargs:
+            if name not in names:
+                raise SettingsError(
+                    f"{cls.__name__} has no setting {name!r}{did_you_mean(name, names)}; its "
+                    f"settings are {', '.join(names)}"
+                )
+        return super().__new__(cls)

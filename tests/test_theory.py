@@ -1056,3 +1056,120 @@ def test_non_finite_settings_and_diverging_training_are_typed_errors(tmp_path):
         progress=False,
     )
     assert torch.get_num_threads() == 2  # the caller's thread count, as it was
+
+
+# -- reviewer's findings: unknown settings, encoding sizes outside the theorem, checkpoints ----
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # Python's own TypeError said only "unexpected keyword argument"
+        (
+            lambda: Scenario(n_semantcs=3),
+            r"Scenario has no setting 'n_semantcs' \(did you mean 'n_semantics'\?\); its settings",
+        ),
+        (
+            lambda: dataclasses.replace(TINY_TRAINING, stpes=5),
+            r"TrainingSettings has no setting 'stpes' \(did you mean 'steps'\?\)",
+        ),
+        (
+            lambda: EvaluationSettings(n_fitt=100),
+            r"EvaluationSettings has no setting 'n_fitt' \(did you mean 'n_fit'",
+        ),
+    ],
+)
+def test_a_setting_of_an_unknown_name_is_refused_with_the_closest(make, message):
+    with pytest.raises(SettingsError, match=message):
+        make()
+
+
+def test_an_encoding_size_other_than_the_invariant_block_is_outside_the_theorem(tmp_path):
+    """The theorem assumes the bottleneck (encoding size = |I_theta \\ I_beta|); a run of another
+    size predicted the unselected semantics as not identified all the same, and judged them."""
+    from clipaudit.cli.theory import _print
+    from clipaudit.theory import summarise
+    from clipaudit.theory.sweep import check_markdown
+
+    wide = Scenario(selected="1", encoding_size=3, **TINY)  # invariant {s1}: the theorem's is 1
+    assert not wide.within_theorem and Scenario(selected="1", **TINY).within_theorem
+    assert Scenario(selected="1", encoding_size=1, **TINY).within_theorem
+    training = dataclasses.replace(TINY_TRAINING, steps=20)
+    evaluation = EvaluationSettings(n_fit=200, n_val=100, n_test=100, n_prototypes=100, n_bins=3)
+    result = run_sweep([wide], training, evaluation, tmp_path / "run", progress=False)
+    rows = result.r2[result.r2["config"] == wide.name]
+    assert len(rows) == 2 * 5 and rows["predicted_identified"].isna().all()
+    assert rows["agrees"].isna().all()
+    # neither agreeing nor failing: not judged
+    assert result.verdicts == {} and result.failed == [] and result.outside == [wide.name]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["verdicts"] == {} and manifest["outside_theorem"] == [wide.name]
+    assert manifest["margins"] == []
+    (summary,) = summarise(result)
+    assert summary["agrees"] is None and summary["predicted_identified"] is None
+    assert "outside the theorem's assumptions" in summary["description"]
+    assert "encoding size 3" in summary["description"] and "assumes 1" in summary["description"]
+    text = (tmp_path / "run" / "check.md").read_text()
+    assert "No configuration judged; 1 outside the theorem's assumptions" in text
+    assert f"## {wide.name}: outside the theorem's assumptions, not judged" in text
+    assert "DISAGREES" not in text and "| NO |" not in text
+    assert check_markdown(summarise(result), manifest["settings"]) == text
+    _print(summarise(result), verbose=True)  # the CLI's tables take a configuration not judged
+    loaded = load_run(tmp_path / "run")
+    assert loaded.outside == [wide.name] and loaded.verdicts == {}
+    assert "1 outside the theorem" in repr(loaded)
+    # a result written before, with the bottleneck's prediction and verdicts: read without them
+    from clipaudit.theory.sweep import _result_digest
+
+    stored = tmp_path / "run" / "results" / f"{wide.name}.json"
+    record = json.loads(stored.read_text())
+    for row in record["r2"]:
+        row["predicted_identified"], row["agrees"] = row["variable"] == "s1", True
+    record["digest"] = _result_digest(record)
+    stored.write_text(json.dumps(record))
+    again = run_sweep([wide], training, evaluation, tmp_path / "run", progress=False)
+    assert again.timings["groups"] == []  # re-read, not trained again
+    assert again.r2["predicted_identified"].isna().all() and again.r2["agrees"].isna().all()
+    assert again.outside == [wide.name]
+    # the check judges the theorem: a configuration it says nothing about is refused up front
+    with pytest.raises(
+        SettingsError,
+        match=rf"{wide.name}: encoding size 3, and the theorem assumes 1 .*; leave encoding_size",
+    ):
+        run_sweep([wide], training, evaluation, tmp_path / "check", check=True, progress=False)
+    assert not (tmp_path / "check").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["weight shape", "moment shape", "fewer weights", "stream", "step"],
+)
+def test_a_checkpoint_of_this_group_with_the_wrong_shapes_trains_from_the_seeds(tmp_path, damage):
+    """A checkpoint whose names matched but whose tensors did not fit stopped the run with
+    torch's RuntimeError (or left the encoders half overwritten)."""
+    scenario = Scenario(selected="1-2", perturbed="1", **TINY)
+    training = dataclasses.replace(TINY_TRAINING, steps=20, chunk_steps=10, checkpoint_every=10)
+    straight = BatchedSimulation([scenario], training)
+    straight.train()
+    saved = tmp_path / "group.pt"
+    straight.save(saved)
+    state = torch.load(saved, weights_only=True)
+    if damage == "weight shape":
+        state["weights"][0] = torch.zeros(1, 2, 3)
+    elif damage == "moment shape":
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(5)
+    elif damage == "fewer weights":
+        state["weights"] = state["weights"][:-1]
+    elif damage == "stream":
+        state["streams"] = [torch.zeros(3, dtype=torch.uint8)]
+    else:
+        state["step"] = "twenty"
+    torch.save(state, saved)
+    fresh = BatchedSimulation([scenario], training)
+    untouched = [p.detach().clone() for p in fresh.parameters]
+    assert not fresh.load(saved) and fresh.step == 0
+    for before, after in zip(untouched, fresh.parameters, strict=True):
+        assert torch.equal(before, after)  # nothing half loaded
+    fresh.train()  # from step 0: the same weights as the uninterrupted training
+    for a, b in zip(straight.parameters, fresh.parameters, strict=True):
+        assert torch.equal(a, b)

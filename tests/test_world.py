@@ -783,3 +783,84 @@ def test_a_sweep_on_given_pictures_renders_none_and_rewrites_no_caption(tmp_path
     other = dataclasses.replace(TINY_WORLD, seed=1)
     with pytest.raises(SettingsError, match="holds pictures of other world settings"):
         sweep_rates(other, "Size", [1.0], tmp_path / "other", train, pictures=tiny_world)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # Python's own TypeError said only "unexpected keyword argument"
+        (
+            lambda: TrainSettings(stpes=10),
+            r"TrainSettings has no setting 'stpes' \(did you mean 'steps'\?\); its settings are "
+            r"steps, batch_size",
+        ),
+        (
+            lambda: dataclasses.replace(TINY_TRAIN, learning_rate=1e-3),
+            r"TrainSettings has no setting 'learning_rate'",
+        ),
+        (
+            lambda: WorldSettings(n_trian=10),
+            r"WorldSettings has no setting 'n_trian' \(did you mean 'n_train'\?\)",
+        ),
+        (
+            lambda: CausalLink("Color", "Shape", strenght=0.5),
+            r"CausalLink has no setting 'strenght' \(did you mean 'strength'\?\)",
+        ),
+        (
+            lambda: TINY_WORLD.with_misalignment("Size", what="--set", selction=0.5),
+            r"--set: Misalignment has no setting 'selction' \(did you mean 'selection'\?\)",
+        ),
+    ],
+)
+def test_a_setting_of_an_unknown_name_is_refused_with_the_closest(make, message):
+    with pytest.raises(SettingsError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("failure", ["loss", "gradient"])
+def test_a_non_finite_loss_stops_the_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_world, monkeypatch, failure
+):
+    """A NaN loss trained on to the end: NaN weights saved as the model, and as checkpoints."""
+    import open_clip.loss
+    import torch
+    from safetensors import safe_open
+
+    class InfiniteGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * math.inf
+
+    calls = 0
+    # the loss is finite up to step 5, then NaN at step 6; or finite throughout, but its gradient
+    # at step 8 (a checkpoint's step) infinite, which makes the weights NaN just before the save
+    bad_step = 6 if failure == "loss" else 8
+
+    class Failing(open_clip.loss.ClipLoss):
+        def forward(self, *args, **kwargs):
+            nonlocal calls
+            calls += 1
+            loss = super().forward(*args, **kwargs)
+            if calls < bad_step:
+                return loss
+            return loss * math.nan if failure == "loss" else InfiniteGradient.apply(loss)
+
+    monkeypatch.setattr(open_clip.loss, "ClipLoss", Failing)
+    out = tmp_path / "model"
+    what = "the loss is nan" if failure == "loss" else "the weights are no longer finite"
+    with pytest.raises(
+        SettingsError,
+        match=rf"training diverged at step {bad_step} of 10: {what}; the checkpoint of step 4 is "
+        rf"kept in '.*train_state.safetensors'; lower the learning rate \(lr, now 0.002\)",
+    ):
+        train_world_model(tiny_world, out, TINY_TRAIN)
+    with safe_open(str(out / STATE_FILE), framework="pt") as handle:
+        assert handle.metadata()["step"] == "4"
+        for key in handle.keys():  # noqa: SIM118
+            assert torch.isfinite(handle.get_tensor(key)).all(), key
+    assert not (out / "miniworld-clip.safetensors").exists()
+    assert not (out / RECORD_FILE).exists()

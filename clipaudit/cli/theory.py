@@ -106,11 +106,23 @@ Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (defaul
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+# a configuration outside the theorem's assumptions (another encoding size) has no prediction and
+# no verdict: None in the summaries
+VERDICT = {True: "agrees", False: "DISAGREES", None: "outside the theorem's assumptions"}
+PREDICTED = {True: "identified", False: "-", None: "n/a"}
+
+
+def _agrees(value: bool | None) -> str | Text:
+    if value is None:
+        return "n/a"
+    return "yes" if value else Text("NO", style="red")
+
+
 def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
     for summary in summaries:
-        if verbose or not summary["agrees"]:
+        if verbose or summary["agrees"] is not True:
             table = Table(
-                title=f"{summary['config']}: {'agrees' if summary['agrees'] else 'DISAGREES'}",
+                title=f"{summary['config']}: {VERDICT[summary['agrees']]}",
                 caption=summary["description"],
             )
             for column in (
@@ -130,13 +142,13 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
             for v in summary["variables"]:
                 table.add_row(
                     v["variable"],
-                    "identified" if v["predicted_identified"] else "-",
+                    PREDICTED[v["predicted_identified"]],
                     f"{v['ceiling']:.2f}",
                     f"{v['x_linear']:.2f}",
                     f"{v['x_nonlinear']:.2f}",
                     f"{v['t_linear']:.2f}",
                     f"{v['t_nonlinear']:.2f}",
-                    "yes" if v["agrees"] else Text("NO", style="red"),
+                    _agrees(v["agrees"]),
                 )
             console.print(table)
     verdicts = Table(title="verdict per configuration")
@@ -150,11 +162,12 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
             for v in summary["variables"]
             if v["predicted_identified"]
         ]
+        predicted = summary["predicted_identified"]
         verdicts.add_row(
             summary["config"],
-            ", ".join(summary["predicted_identified"]),
+            "n/a (outside the theorem)" if predicted is None else ", ".join(predicted),
             f"{min(identified):.3f}" if identified else "-",
-            "yes" if summary["agrees"] else Text("NO", style="red"),
+            _agrees(summary["agrees"]),
         )
     console.print(verdicts)
 
@@ -176,7 +189,9 @@ def run(
     causal_dependence: bool = typer.Option(False, help="Dependent latents: Wishart covariances."),
     perturbation_covariance: PerturbationCovariance = "semantics",
     encoding_size: int | None = typer.Option(
-        None, help="Representation size (default |I_theta \\ I_beta|)."
+        None,
+        help="Representation size (default |I_theta \\ I_beta|, the size the theorem assumes; "
+        "another size is probed but not judged).",
     ),
     seed: int = typer.Option(0, help="Seed of the latents, mixings, initialisation and data."),
     profile: Profile = "quick",
@@ -277,7 +292,7 @@ def check(
     _print_margins(result.manifest["margins"])
     failed = result.failed
     console.print(
-        f"{len(result.scenarios) - len(failed)}/{len(result.scenarios)} configurations agree with the "
+        f"{len(result.verdicts) - len(failed)}/{len(result.verdicts)} configurations agree with the "
         f"theory; {result.timings['total_seconds']:.0f} s; tables in {out}/check.md"
     )
     if failed:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clipaudit.errors import SettingsError, did_you_mean
+from clipaudit.errors import CheckedFields, SettingsError, did_you_mean
 
 LATENT_MODES = ("independent", "dependent")
 SWEEP_KINDS = ("selection", "perturbation")
@@ -146,13 +146,15 @@ def format_index_list(indices: Sequence[int]) -> str:
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Scenario(CheckedFields):
     """One data-generating process of the paper's simulation.
 
     ``selected`` (I_theta) are the semantics the text carries, ``perturbed`` (I_beta, inside I_theta)
     those whose text value is altered, each with probability ``change_prob`` per sample. The
     theory's identified block is ``invariant`` = I_theta minus I_beta. ``selected=None`` means all
-    semantics; ``encoding_size=None`` means ``len(invariant)`` (the theory's bottleneck).
+    semantics; ``encoding_size=None`` means ``len(invariant)`` (the theory's bottleneck). The
+    theorem assumes that bottleneck: with encoders of another size it says nothing about which
+    semantics are identified, so such a scenario is probed but not judged (:attr:`within_theorem`).
 
     ``perturbation_covariance`` is Sigma_a, the covariance of the perturbation eps:
     ``"semantics"`` (Sigma_a = Sigma_s, as the paper's code draws both from one seed: the identity
@@ -250,6 +252,13 @@ class Scenario:
         return self.encoding_size or len(self.invariant)
 
     @property
+    def within_theorem(self) -> bool:
+        """Whether the theorem applies: its encoders output ``len(invariant)`` dimensions. Wider
+        ones have room for more than the invariant block (perturbed or unselected semantics,
+        modality-specific latents), narrower ones not for all of it; the theorem covers neither."""
+        return self.representation_size == len(self.invariant)
+
+    @property
     def invariant(self) -> tuple[int, ...]:
         """I_theta \\ I_beta: the semantics the theory says are identified (1-based)."""
         return tuple(i for i in self.selected if i not in self.perturbed)
@@ -326,7 +335,7 @@ def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingSettings(CheckedFields):
     """How the encoders are trained, and how hard the mixings are to invert. Shared by every
     scenario of a sweep (they train together).
 
@@ -430,7 +439,7 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
-class EvaluationSettings:
+class EvaluationSettings(CheckedFields):
     """Probe sample sizes (fresh samples, never the training ones) and the check's thresholds.
 
     Regressors fit on ``n_fit`` samples, choose kernel-ridge hyperparameters on ``n_val`` and report

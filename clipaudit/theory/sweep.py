@@ -3,7 +3,9 @@
 A run folder holds, besides ``manifest.json``:
 
 - ``r2.{parquet,csv}``: ``config, encoder, variable, r2_linear, r2_nonlinear, ceiling,
-  predicted_identified, agrees, role``;
+  predicted_identified, agrees, role`` (``predicted_identified`` and ``agrees`` empty for a
+  scenario outside the theorem's assumptions,
+  :attr:`~clipaudit.theory.config.Scenario.within_theorem`: probed, not judged);
 - ``coverage/{concepts,groups,categories}.{parquet,csv}``: the coverage run schema, with a leading
   ``model`` column naming the scenario;
 - ``zeroshot/{concepts,groups}.csv`` and ``zeroshot/confusion/<config>/<group>.csv``: the
@@ -86,18 +88,25 @@ class SweepResult:
 
     @property
     def verdicts(self) -> dict[str, bool]:
-        """Scenario name -> whether every probed variable agrees with the theory."""
+        """Scenario name -> whether every probed variable agrees with the theory, for the
+        scenarios the theorem applies to (:attr:`outside` are not judged)."""
         agrees = self.r2.groupby("config", sort=False)["agrees"].all()
-        return {s.name: bool(agrees[s.name]) for s in self.scenarios}
+        return {s.name: bool(agrees[s.name]) for s in self.scenarios if s.within_theorem}
 
     @property
     def failed(self) -> list[str]:
         return [name for name, ok in self.verdicts.items() if not ok]
 
+    @property
+    def outside(self) -> list[str]:
+        """Scenarios outside the theorem's assumptions (another encoding size): not judged."""
+        return [s.name for s in self.scenarios if not s.within_theorem]
+
     def __repr__(self) -> str:  # short: the tables are a call away (r2, awareness, coverage)
+        outside = f", {len(self.outside)} outside the theorem's assumptions" if self.outside else ""
         return (
             f"SweepResult({str(self.out)!r}: {len(self.scenarios)} scenario(s), "
-            f"{len(self.scenarios) - len(self.failed)} agreeing with the theory)"
+            f"{len(self.verdicts) - len(self.failed)} agreeing with the theory{outside})"
         )
 
     def _repr_html_(self) -> str:
@@ -107,8 +116,11 @@ class SweepResult:
 
         verdicts = pd.DataFrame(
             {
-                "scenario": list(self.verdicts),
-                "agrees with the theory": list(self.verdicts.values()),
+                "scenario": [s.name for s in self.scenarios],
+                "agrees with the theory": [
+                    self.verdicts.get(s.name, "not judged: outside its assumptions")
+                    for s in self.scenarios
+                ],
             }
         )
         return f"<p><b>{escape(repr(self))}</b></p>{verdicts.to_html(index=False)}"
@@ -242,11 +254,25 @@ def _stale_results(results_dir: Path, scenarios: Sequence[Scenario]) -> list[str
     return stale
 
 
+def prediction(scenario: Scenario, variable: str) -> bool | None:
+    """Whether the theorem predicts ``variable`` identified: exactly the invariant semantics are;
+    None (no prediction) for a scenario outside its assumptions."""
+    if not scenario.within_theorem:
+        return None
+    return variable in {f"s{i}" for i in scenario.invariant}
+
+
 def judge(
-    predicted_identified: bool, r2_nonlinear: float, ceiling: float, evaluation: EvaluationSettings
-) -> bool:
+    predicted_identified: bool | None,
+    r2_nonlinear: float,
+    ceiling: float,
+    evaluation: EvaluationSettings,
+) -> bool | None:
     """The theory's verdict on one variable: identified means nonlinear R^2 of at least the
-    threshold; not identified means no more than the population ceiling plus the margin."""
+    threshold; not identified means no more than the population ceiling plus the margin; no
+    verdict (None) without a prediction."""
+    if predicted_identified is None:
+        return None
     if predicted_identified:
         return r2_nonlinear >= evaluation.identified_threshold
     return r2_nonlinear <= ceiling + evaluation.margin
@@ -286,14 +312,13 @@ def evaluate_scenario(
         "test": slice(n_fit + n_val, None),
     }
     ceilings = population_ceilings(model)
-    identified = {f"s{i}" for i in scenario.invariant}
     rows = []
     for encoder, rep in (("x", image_rep), ("t", text_rep)):
         split = ProbeSplit(
             **{k: (rep[p], {n: v[p] for n, v in targets.items()}) for k, p in parts.items()}
         )
         for variable, (r2_linear, r2_nonlinear) in probe_r2(split, evaluation).items():
-            predicted = variable in identified
+            predicted = prediction(scenario, variable)
             ceiling = ceilings[variable]
             rows.append(
                 {
@@ -393,6 +418,15 @@ def run_sweep(
     repeated = sorted(n for n, count in Counter(s.name for s in scenarios).items() if count > 1)
     if repeated:
         raise SettingsError(f"scenario {repeated[0]!r} appears more than once in the sweep")
+    outside = [s for s in scenarios if not s.within_theorem]
+    if check and outside:
+        raise SettingsError(
+            f"the check judges the theorem, which assumes encoders of the invariant block's size "
+            f"|I_theta \\ I_beta|; {outside[0].name}: encoding size "
+            f"{outside[0].representation_size}, and the theorem assumes "
+            f"{len(outside[0].invariant)} ({len(outside)} such scenario(s)); leave encoding_size "
+            "unset, or run them without check=True (probed, reported as outside the theorem)"
+        )
     from clipaudit.models import resolve_device
 
     resolve_device(training.device)  # a GPU that is not there: before any folder is made
@@ -554,10 +588,18 @@ def _assemble(
         key: pd.DataFrame([row for r in records.values() for row in r[key]]) for key in _TABLES
     }
     r2 = tables["r2"][R2_COLUMNS].copy()
-    r2["agrees"] = [
-        judge(row.predicted_identified, row.r2_nonlinear, row.ceiling, evaluation)
-        for row in r2.itertuples()
-    ]
+    # from the scenarios, not the stored rows: results written before the theorem's assumptions
+    # were checked carry a prediction for scenarios it does not cover
+    by_name = {s.name: s for s in scenarios}
+    predicted = [prediction(by_name[row.config], row.variable) for row in r2.itertuples()]
+    r2["predicted_identified"] = pd.array(predicted, dtype="boolean")
+    r2["agrees"] = pd.array(
+        [
+            judge(flag, row.r2_nonlinear, row.ceiling, evaluation)
+            for flag, row in zip(predicted, r2.itertuples(), strict=True)
+        ],
+        dtype="boolean",
+    )
     written = write_table(r2, out / "r2")
     for key, name in (
         ("coverage_concepts", "concepts"),
@@ -613,7 +655,12 @@ def _assemble(
             "final_loss": {
                 c: (r["loss"][-1][1] if r["loss"] else None) for c, r in records.items()
             },
-            "verdicts": {c: bool(r2.loc[r2["config"] == c, "agrees"].all()) for c in records},
+            "verdicts": {
+                s.name: bool(r2.loc[r2["config"] == s.name, "agrees"].all())
+                for s in scenarios
+                if s.within_theorem
+            },
+            "outside_theorem": [s.name for s in scenarios if not s.within_theorem],
             "timings": timings,
             "outputs": sorted(str(p.relative_to(out)) for p in written),
         }
@@ -703,14 +750,27 @@ def run_check(
 
 
 def describe(scenario: Scenario) -> str:
-    """One line: latents, I_theta, I_beta, the predicted identified set."""
+    """One line: latents, I_theta, I_beta, the predicted identified set (or why there is none)."""
     latents = "dependent" if scenario.causal_dependence else "independent"
-    return (
+    setting = (
         f"{latents} latents, I_theta={{{format_index_list(scenario.selected)}}}, "
         f"I_beta={{{format_index_list(scenario.perturbed) if scenario.perturbed else ''}}}, "
-        f"encoding size {scenario.representation_size}: predicted identified "
-        f"{{{', '.join(f's{i}' for i in scenario.invariant)}}}"
+        f"encoding size {scenario.representation_size}"
     )
+    if not scenario.within_theorem:
+        return (
+            f"{setting}: outside the theorem's assumptions (it assumes "
+            f"{len(scenario.invariant)}, |I_theta \\ I_beta|), so it predicts nothing; R^2 "
+            "reported, not judged"
+        )
+    return f"{setting}: predicted identified {{{', '.join(f's{i}' for i in scenario.invariant)}}}"
+
+
+def _flag(value: Any) -> bool | None:
+    """A cell of the nullable ``predicted_identified`` or ``agrees`` column as a plain value."""
+    import pandas as pd
+
+    return None if pd.isna(value) else bool(value)
 
 
 def summarise(result: SweepResult) -> list[dict[str, Any]]:
@@ -728,20 +788,26 @@ def summarise(result: SweepResult) -> list[dict[str, Any]]:
                     "variable": variable,
                     "role": x["role"],
                     "ceiling": x["ceiling"],
-                    "predicted_identified": bool(x["predicted_identified"]),
+                    "predicted_identified": _flag(x["predicted_identified"]),
                     "x_linear": x["r2_linear"],
                     "x_nonlinear": x["r2_nonlinear"],
                     "t_linear": t["r2_linear"],
                     "t_nonlinear": t["r2_nonlinear"],
-                    "agrees": bool(x["agrees"] and t["agrees"]),
+                    "agrees": (
+                        _flag(x["agrees"]) and _flag(t["agrees"])
+                        if scenario.within_theorem
+                        else None
+                    ),
                 }
             )
+        within = scenario.within_theorem
         summaries.append(
             {
                 "config": scenario.name,
                 "description": describe(scenario),
-                "predicted_identified": [f"s{i}" for i in scenario.invariant],
-                "agrees": all(v["agrees"] for v in variables),
+                # None: outside the theorem's assumptions, nothing predicted or judged
+                "predicted_identified": [f"s{i}" for i in scenario.invariant] if within else None,
+                "agrees": all(v["agrees"] for v in variables) if within else None,
                 "variables": variables,
             }
         )
@@ -754,7 +820,8 @@ def margins(result: SweepResult) -> list[dict[str, Any]]:
     excess of a variable predicted not identified over its ceiling (against the margin)."""
     r2 = result.r2
     rows = []
-    for (seed, dependent), scenarios in _by_seed_and_mode(result.scenarios).items():
+    judged = [s for s in result.scenarios if s.within_theorem]
+    for (seed, dependent), scenarios in _by_seed_and_mode(judged).items():
         names = [s.name for s in scenarios]
         part = r2[r2["config"].isin(names)]
         identified = part[part["predicted_identified"]]
@@ -811,12 +878,24 @@ def check_markdown(
     margin_rows: Sequence[dict[str, Any]] = (),
 ) -> str:
     """Render :func:`summarise` as Markdown: a verdict line, then one table per configuration."""
-    failed = [s["config"] for s in summaries if not s["agrees"]]
+    failed = [s["config"] for s in summaries if s["agrees"] is False]
+    outside = [s["config"] for s in summaries if s["agrees"] is None]
+    judged = len(summaries) - len(outside)
+    verdict_line = (
+        f"{judged - len(failed)} of {judged} configurations agree with the theory"
+        + (f"; disagree: {', '.join(failed)}" if failed else "")
+        if judged
+        else "No configuration judged"
+    )
+    if outside:
+        verdict_line += (
+            f"; {len(outside)} outside the theorem's assumptions (an encoding size other than "
+            f"|I_theta \\ I_beta|), not judged: {', '.join(outside)}"
+        )
     lines = [
         "# Theory check",
         "",
-        f"{len(summaries) - len(failed)} of {len(summaries)} configurations agree with the theory"
-        + (f"; disagree: {', '.join(failed)}." if failed else "."),
+        verdict_line + ".",
         "",
         "Identified when nonlinear R^2 >= {identified_threshold}; not identified when nonlinear "
         "R^2 <= ceiling + {margin} (ceiling: population R^2 from the invariant block).".format(
@@ -825,10 +904,15 @@ def check_markdown(
     ]
     if margin_rows:
         lines += ["", "## Agreement and margins per seed", "", *margins_markdown(margin_rows)]
+    verdict = {
+        True: "agrees",
+        False: "DISAGREES",
+        None: "outside the theorem's assumptions, not judged",
+    }
     for summary in summaries:
         lines += [
             "",
-            f"## {summary['config']}: {'agrees' if summary['agrees'] else 'DISAGREES'}",
+            f"## {summary['config']}: {verdict[summary['agrees']]}",
             "",
             summary["description"],
             "",
@@ -837,9 +921,11 @@ def check_markdown(
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in summary["variables"]:
+            predicted = {True: "identified", False: "-", None: "n/a"}[v["predicted_identified"]]
+            agrees = {True: "yes", False: "NO", None: "n/a"}[v["agrees"]]
             lines.append(
-                f"| {v['variable']} | {v['role']} | {'identified' if v['predicted_identified'] else '-'} "
+                f"| {v['variable']} | {v['role']} | {predicted} "
                 f"| {v['ceiling']:.3f} | {v['x_linear']:.3f} | {v['x_nonlinear']:.3f} "
-                f"| {v['t_linear']:.3f} | {v['t_nonlinear']:.3f} | {'yes' if v['agrees'] else 'NO'} |"
+                f"| {v['t_linear']:.3f} | {v['t_nonlinear']:.3f} | {agrees} |"
             )
     return "\n".join(lines) + "\n"

@@ -343,6 +343,10 @@ class BatchedSimulation:
             return False
         if not isinstance(state, dict) or state.get("names") != [s.name for s in self.scenarios]:
             return False
+        # this group's names but tensors that do not fit (edited, or written by other code) hold
+        # no progress either; checked before anything is loaded, so nothing is half overwritten
+        if not self._fits(state):
+            return False
         self._whitening.clear()
         with torch.no_grad():
             for parameter, saved in zip(self.parameters, state["weights"], strict=True):
@@ -354,6 +358,61 @@ class BatchedSimulation:
         self.step = int(state["step"])
         self.loss_log = [(int(step), list(values)) for step, values in state["loss_log"]]
         return True
+
+    def _fits(self, state: dict) -> bool:
+        """Whether a checkpoint's values have the types and shapes of this group's: weights,
+        optimiser moments, data streams, step and loss log (what :meth:`load` copies in)."""
+
+        def tensor_like(value: object, like: torch.Tensor) -> bool:
+            return (
+                isinstance(value, torch.Tensor)
+                and value.shape == like.shape
+                and value.dtype == like.dtype
+            )
+
+        step, weights, optimizer = state.get("step"), state.get("weights"), state.get("optimizer")
+        streams, loss_log = state.get("streams"), state.get("loss_log")
+        if not (
+            isinstance(step, int)
+            and not isinstance(step, bool)
+            and 0 <= step <= self.training.steps
+            and isinstance(weights, list)
+            and len(weights) == len(self.parameters)
+            and all(tensor_like(w, p) for w, p in zip(weights, self.parameters, strict=False))
+            and isinstance(optimizer, dict)
+            and isinstance(optimizer.get("state"), dict)
+            and isinstance(state.get("schedule"), dict)
+            and state["schedule"].keys() == self.schedule.state_dict().keys()
+            and isinstance(streams, list)
+            and len(streams) == len(self.data_streams)
+            and all(
+                tensor_like(saved, generator.get_state())
+                for saved, generator in zip(streams, self.data_streams, strict=False)
+            )
+            and isinstance(loss_log, list)
+        ):
+            return False
+        groups = [g.get("params") for g in optimizer.get("param_groups") or [{}]]
+        if groups != [g["params"] for g in self.optimizer.state_dict()["param_groups"]]:
+            return False
+        # AdamW's moments have their parameter's shape, its step count none
+        for index, moments in optimizer["state"].items():
+            if not (isinstance(index, int) and 0 <= index < len(self.parameters)):
+                return False
+            parameter = self.parameters[index]
+            if not isinstance(moments, dict) or not all(
+                isinstance(value, torch.Tensor) and value.shape in (parameter.shape, torch.Size([]))
+                for value in moments.values()
+            ):
+                return False
+        n_scenarios = len(self.scenarios)
+        return all(
+            isinstance(entry, (list, tuple))
+            and len(entry) == 2
+            and isinstance(entry[1], list)
+            and len(entry[1]) == n_scenarios
+            for entry in loss_log
+        )
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()

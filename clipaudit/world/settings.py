@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipaudit.errors import SettingsError, did_you_mean
+from clipaudit.errors import CheckedFields, SettingsError, did_you_mean
 
 WORLD_REGISTRY = "miniworld"
 # The groups of concepts/miniworld.yaml, in its order (the renderer draws each of them).
@@ -59,7 +59,7 @@ def _group_name(name: Any, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class Misalignment:
+class Misalignment(CheckedFields):
     """How the captions of the world treat one concept group.
 
     ``selection``: the probability that a caption mentions the group's value at all.
@@ -79,7 +79,7 @@ class Misalignment:
 
 
 @dataclass(frozen=True)
-class CausalLink:
+class CausalLink(CheckedFields):
     """``parent -> child``: with probability ``strength`` the child takes the value its parent's
     value points to (the parent's i-th value points to the child's ``i mod K_child``-th), otherwise a
     uniform one. Zero-shot held-out images set the labelled group's value by intervention."""
@@ -112,7 +112,7 @@ DEFAULT_MISALIGNMENT: dict[str, Misalignment] = {
 
 
 @dataclass(frozen=True)
-class WorldSettings:
+class WorldSettings(CheckedFields):
     """What the miniature world holds and how its captions are misaligned.
 
     ``misalignment`` maps every group of :data:`WORLD_GROUPS` to a :class:`Misalignment` (a bare
@@ -218,7 +218,7 @@ def _check_acyclic(links: tuple[CausalLink, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(CheckedFields):
     """The tiny open_clip CLIP and how it is trained (AdamW, linear warm-up then cosine decay).
 
     The model is a ViT image tower (``width``, ``layers``, ``patch_size``, None: a quarter of the

@@ -21,6 +21,10 @@ one fused kernel.
   number of threads: the batch of every step is a function of the seed and the step alone, and
   nothing else draws random numbers (a different thread count sums in another order, which moves
   weights by about 1e-6). A damaged one is refused with its path and the fix.
+
+A loss that is not finite (NaN or inf), or weights that stop being finite, stop the training with a
+:class:`~clipaudit.errors.SettingsError` naming the step and the fix (a lower learning rate); the
+checkpoint written before stays, and none is written of the diverged weights.
 """
 
 from __future__ import annotations
@@ -353,6 +357,8 @@ def train_world_model(
 
             threads = ThreadChooser(settings.threads, trial, device)
             threads.choose(start)
+            # the step of the checkpoint on disk: kept, and named, if the training diverges
+            saved_at = start or None
             prepared_s = time.perf_counter() - started
             mark, cpu_mark = time.perf_counter(), time.process_time()
             for step in range(start, settings.steps):
@@ -371,16 +377,22 @@ def train_world_model(
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
                 value = float(loss.detach())
-                log[step] = (value, lr, float(scale.detach()))
                 done = step + 1
+                if not math.isfinite(value):  # it would make every later step NaN, and the model
+                    raise _diverged(out, done, settings, saved_at, f"the loss is {value}")
+                log[step] = (value, lr, float(scale.detach()))
                 if done % settings.checkpoint_every == 0 and done < settings.steps:
+                    # a finite loss can still have stepped to NaN weights: never saved as progress
+                    _check_weights(model, out, done, settings, saved_at)
                     _save_state(out, identity, model, optimizer, log, done)
+                    saved_at = done
                 if progress is not None:
                     progress(done, settings.steps, value)
                 if done < settings.steps:
                     threads.after_step(done, time.perf_counter() - step_mark)
             train_s = time.perf_counter() - mark
             train_cpu_s = time.process_time() - cpu_mark
+            _check_weights(model, out, settings.steps, settings, saved_at)
         finally:
             torch.set_num_threads(previous_threads)
 
@@ -418,6 +430,37 @@ def train_world_model(
     write_json(out / RECORD_FILE, record)
     (out / STATE_FILE).unlink(missing_ok=True)
     return TrainedModel(config_path, checkpoint_path, out / LOG_FILE, record)
+
+
+def _diverged(
+    out: Path, step: int, settings: TrainSettings, saved_at: int | None, what: str
+) -> SettingsError:
+    """The error of a training whose loss or weights stopped being finite at ``step``; the
+    checkpoint written before (``saved_at``), if any, stays where it is."""
+    kept = (
+        f"the checkpoint of step {saved_at} is kept in {str(out / STATE_FILE)!r}; "
+        if saved_at is not None
+        else "no checkpoint was written before it; "
+    )
+    again = (
+        "train in another folder, or delete that checkpoint (it resumes only these settings)"
+        if saved_at is not None
+        else "train again"
+    )
+    return SettingsError(
+        f"training diverged at step {step} of {settings.steps}: {what}; {kept}lower the learning "
+        f"rate (lr, now {settings.lr}) and {again}"
+    )
+
+
+def _check_weights(
+    model: torch.nn.Module, out: Path, step: int, settings: TrainSettings, saved_at: int | None
+) -> None:
+    """Refuse weights that are no longer finite before they are saved as a checkpoint or model."""
+    import torch
+
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise _diverged(out, step, settings, saved_at, "the weights are no longer finite")
 
 
 def _identity(settings: TrainSettings, world: RenderedWorld, config: dict[str, Any]) -> dict:

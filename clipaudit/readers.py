@@ -234,6 +234,12 @@ class Shard:
             return
         with _reading(self.label, self.filesystem):
             if self.filesystem is None:
+                stat = os.stat(self.location)
+                if (stat.st_size, stat.st_mtime_ns) == (
+                    planned.get("bytes"),
+                    planned.get("mtime_ns"),
+                ):
+                    return  # as planned, by a stat alone: the edges' hash is read only otherwise
                 now = file_record(self.location)
                 compared = ("bytes", "edges_blake2b")
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from pathlib import Path
 
@@ -745,6 +746,24 @@ def test_a_file_changed_while_its_shard_is_read_is_a_bad_shard(tmp_path):
     _rewrite_later(path, b"".join(b"other %d\n" % i for i in range(10)))
     with pytest.raises(BadShardError, match="the file changed since the run was planned"):
         list(batches)
+
+
+def test_an_unchanged_file_is_checked_by_a_stat_alone(tmp_path, monkeypatch):
+    """The check before and after each shard costs a stat when size and time are as planned; the
+    edges of the file are hashed again only when they are not (a copy without its times)."""
+    path = write_parquet(tmp_path / "part-0.parquet", {"caption": ["a dog", "a cat"]})
+    (shard,) = plan_shards(resolve_sources([path]))
+    hashed = []
+    original = readers.file_record
+    monkeypatch.setattr(readers, "file_record", lambda p, **k: hashed.append(p) or original(p, **k))
+    assert [c for b in shard.read(max_caption_chars=100, batch_rows=1) for c in b.captions] == [
+        "a dog",
+        "a cat",
+    ]
+    assert hashed == []
+    os.utime(path, ns=(1, 1))  # the same bytes at another time: read, the content compared
+    assert len(list(shard.read(max_caption_chars=100, batch_rows=1))) == 2
+    assert len(hashed) == 2
 
 
 @pytest.mark.parametrize("kind", ["parquet", "txt"])

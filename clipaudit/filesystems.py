@@ -14,7 +14,9 @@ A remote file's identity (:func:`remote_file_record`) is read without reading th
 modification time from the filesystem, an ETag or content hash when the filesystem reports one, and,
 for parquet, the footer (row count, schema, and a hash of its bytes, which change with any row
 group); other files get a hash of their first and last 64 KiB, as local files do. Every byte is
-hashed only with ``checksum`` (``--verify-inputs``).
+hashed only with ``checksum`` (``--verify-inputs``). A file the store refuses to read (its
+permissions, the credentials) is recorded as unreadable, for the planner to report as a bad shard;
+the network's error stops the run (:func:`network_error` tells them apart).
 """
 
 from __future__ import annotations
@@ -42,6 +44,33 @@ _FOOTER_THREADS = 16  # remote footers are read this many at a time (latency, no
 # which is how long gs:// without credentials or network took to say anything; a URL's own
 # ?retry_limit_seconds=N wins
 GCS_RETRY_SECONDS = 60
+# pyarrow's S3 (AWS SDK) and GCS (google-cloud-cpp) clients raise plain OSErrors; their transient
+# statuses (the network, a throttled or unavailable service) say the file may be fine
+_CLOUD_NETWORK_STATUS = re.compile(
+    r"AWS Error (NETWORK_CONNECTION|REQUEST_TIMEOUT|SLOW_DOWN|SERVICE_UNAVAILABLE|THROTTLING"
+    r"|INTERNAL_FAILURE)\b|google::cloud::Status\((UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b"
+)
+# an HTTP client's error for these statuses (the hub's HfHubHTTPError, an OSError, carries its
+# response) is the service's, busy or down for a while: a timeout, rate limiting, a server error
+_TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def network_error(error: BaseException) -> bool:
+    """Whether an error met reading a file is the network's: Python's connection and timeout
+    errors (socket's, requests'), pyarrow's S3 and GCS clients' (plain OSErrors, told apart by
+    their status), an HTTP error of a transient status, or a foreign error that is neither an
+    OSError nor Arrow's nor ours (httpx's and aiohttp's are no OSError); a corrupt file, or one
+    the store refuses to read, raises OSError or Arrow's errors."""
+    import pyarrow as pa
+
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in _TRANSIENT_HTTP_STATUS:
+        return True
+    if isinstance(error, OSError) and _CLOUD_NETWORK_STATUS.search(str(error)):
+        return True
+    return not isinstance(error, OSError | pa.ArrowException | InputError | UnicodeError)
 
 
 def url_scheme(text: str) -> str | None:
@@ -159,12 +188,16 @@ register_filesystem("file", _local)
 def remote_file_record(
     filesystem: Any, path: str, url: str, *, checksum: bool = False
 ) -> dict[str, Any]:
-    """What identifies a file of a filesystem without reading it all (see the module docstring)."""
+    """What identifies a file of a filesystem without reading it all (see the module docstring).
+    A file the store will not read (its permissions, the credentials, gone since it was listed)
+    is ``{"path": url, "unreadable": why}``, as a local file's record is: one file, not the run,
+    which the planner reports as a bad shard (skipped and listed with ``--skip-bad``). The
+    network's error raises InputError: the file may be fine, and the run is stopped."""
     try:
         return _remote_file_record(filesystem, path, url, checksum)
-    except InputError:
-        raise
     except Exception as exc:  # the network or the store (pyarrow's errors, a hub client's httpx)
+        if not network_error(exc):
+            return {"path": url, "unreadable": one_line(exc)}
         raise InputError(
             f"{url}: could not read it ({one_line(exc)}); check the connection and the "
             "credentials, then run the same command again (finished shards are kept)"
@@ -176,7 +209,7 @@ def _remote_file_record(filesystem: Any, path: str, url: str, checksum: bool) ->
 
     info = filesystem.get_file_info(path)
     if info.type != pafs.FileType.File:
-        raise InputError(f"{url}: no such file (it was listed a moment ago; is it being written?)")
+        raise FileNotFoundError("no such file (it was listed a moment ago; is it being written?)")
     record: dict[str, Any] = {"path": url, "bytes": info.size, "mtime_ns": info.mtime_ns}
     tag = _content_tag(filesystem, path)
     if tag is not None:

@@ -59,6 +59,7 @@ from clipaudit.errors import InputError, did_you_mean, one_line
 from clipaudit.filesystems import (
     cached_footer,
     display_url,
+    network_error,
     remote_file_records,
     resolve_url,
     url_scheme,
@@ -89,15 +90,6 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _TABLE_SUFFIXES = (".csv", ".tsv")  # not read: named with the fix when given
 _COMPRESSED = "compressed"  # a folder's compressed caption files, as a kind never read
 _TABLE = "table"  # a folder's CSV and TSV files, as a kind never read
-# pyarrow's S3 (AWS SDK) and GCS (google-cloud-cpp) clients raise plain OSErrors; their transient
-# statuses (the network, a throttled or unavailable service) say the file may be fine
-_CLOUD_NETWORK_STATUS = re.compile(
-    r"AWS Error (NETWORK_CONNECTION|REQUEST_TIMEOUT|SLOW_DOWN|SERVICE_UNAVAILABLE|THROTTLING"
-    r"|INTERNAL_FAILURE)\b|google::cloud::Status\((UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b"
-)
-# an HTTP client's error for these statuses (the hub's HfHubHTTPError, an OSError, carries its
-# response) is the service's, busy or down for a while: a timeout, rate limiting, a server error
-_TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _PATTERN = re.compile(r"[*?]|\[[^]]+\]|\{[^}]*(,|\.\.)[^}]*\}")  # a glob's or a brace pattern's
 _COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit's hash, as the hub names revisions
 
@@ -133,22 +125,6 @@ class ConnectionLostError(InputError):
         return (type(self), (self.label, self.reason))
 
 
-def _network_error(error: BaseException) -> bool:
-    """Whether an error raised while reading is the network's: Python's connection and timeout
-    errors (socket's, requests'), pyarrow's S3 and GCS clients' (plain OSErrors, told apart by
-    their status), an HTTP error of a transient status, or a foreign error that is neither an
-    OSError nor Arrow's nor ours (httpx's and aiohttp's are no OSError); a corrupt file raises
-    OSError or Arrow's errors."""
-    if isinstance(error, ConnectionError | TimeoutError):
-        return True
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if status in _TRANSIENT_HTTP_STATUS:
-        return True
-    if isinstance(error, OSError) and _CLOUD_NETWORK_STATUS.search(str(error)):
-        return True
-    return not isinstance(error, OSError | pa.ArrowException | InputError | UnicodeError)
-
-
 @contextmanager
 def _reading(label: str, filesystem: Any) -> Iterator[None]:
     """Errors met reading a file, as the shard's: the network's (a remote file) as
@@ -159,7 +135,7 @@ def _reading(label: str, filesystem: Any) -> Iterator[None]:
     except InputError:
         raise
     except Exception as exc:
-        if filesystem is not None and _network_error(exc):
+        if filesystem is not None and network_error(exc):
             raise ConnectionLostError(label, one_line(exc)) from None
         if not isinstance(exc, OSError):
             raise
@@ -218,7 +194,7 @@ class Shard:
                 row += len(values)
             self._check_unchanged()  # and not rewritten while it was read
         except Exception as exc:
-            if self.filesystem is None or not _network_error(exc):
+            if self.filesystem is None or not network_error(exc):
                 raise
             raise ConnectionLostError(self.label, one_line(exc)) from None
 
@@ -704,6 +680,9 @@ class _Planner:
         self.skip_bad = skip_bad
         self.next_row = 0
         self.planned: dict[str, int] = {}  # shard identities planned so far, and their copies
+        # each source's caption and id columns, as its first file with them set them (no option
+        # naming them), and where: one corpus reads one column, whatever its other files hold
+        self.picked: dict[int, tuple[str, str | None, object]] = {}
 
     def plan(
         self, index: int, source: Source, description: dict[str, Any]
@@ -716,12 +695,33 @@ class _Planner:
             yield from self._saved(index, source, files)
         else:
             for file_index, path in enumerate(source.files):
-                content = file_identity(description["files"][file_index])
-                if source.kind == "parquet":
+                record = description["files"][file_index]
+                content = file_identity(record)
+                if "unreadable" in record:
+                    yield self._unreadable(index, path, content, source, record["unreadable"])
+                elif source.kind == "parquet":
                     footer = cached_footer(description["files"][file_index])
                     yield from self._parquet(index, path, content, source, footer)
                 else:
                     yield from self._text(index, path, source.kind, content, source)
+
+    def _unreadable(
+        self, index: int, path: Path | str, content: Any, source: Source, why: str
+    ) -> SkippedShard:
+        """A file whose identity could not be read (permission denied, the store refusing the
+        credentials, removed since it was listed): a bad shard, skipped with ``skip_bad``."""
+        name, reason = source.name(path), f"cannot be read ({why})"
+        if self.skip_bad:
+            return self._skipped(index, path, content, name, reason)
+        if source.scheme is None:
+            raise BadShardError(name, reason)
+        raise BadShardError(
+            name,
+            reason,
+            f"check that it exists and that the credentials of {source.scheme}:// may read it, "
+            "then run the same command again (finished shards are kept); or pass --skip-bad to "
+            "count and list bad shards instead",
+        )
 
     def _shard(self, n_rows: int, content: Any, **fields: Any) -> Shard:
         """A shard named by its identity: what it reads, not where it sits in the corpus."""
@@ -758,12 +758,12 @@ class _Planner:
         name = source.name(path)
         try:
             if footer is not None:
-                meta, names = footer, footer.schema.to_arrow_schema().names
+                meta, schema = footer, footer.schema.to_arrow_schema()
             else:
                 with _parquet_file(path, source.filesystem) as handle:
-                    meta, names = handle.metadata, handle.schema_arrow.names
+                    meta, schema = handle.metadata, handle.schema_arrow
         except (OSError, pa.ArrowException) as exc:
-            if source.filesystem is not None and _network_error(exc):
+            if source.filesystem is not None and network_error(exc):
                 raise ConnectionLostError(name, one_line(exc)) from None
             reason = f"unreadable parquet file ({one_line(exc)})"
             if not self.skip_bad:
@@ -771,7 +771,9 @@ class _Planner:
             yield self._skipped(index, path, content, name, reason)
             return
         where = name if source.filesystem is not None else path
-        columns = self._checked(lambda: self._columns(names, where), index, path, content, name)
+        columns = self._checked(
+            lambda: self._columns(index, schema.names, where, schema), index, path, content, name
+        )
         if isinstance(columns, SkippedShard):
             yield columns
             return
@@ -799,17 +801,32 @@ class _Planner:
                 filesystem=source.filesystem,
             )
 
-    def _columns(self, names: Sequence[str], where: Any) -> tuple[str, str | None]:
-        """A file's caption and id columns; one its schema names twice is refused (pyarrow reads
-        neither of them)."""
-        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
-        id_column = _pick_id_column(names, self.id_column, where)
+    def _columns(
+        self, index: int, names: Sequence[str], where: Any, schema: pa.Schema | None = None
+    ) -> tuple[str, str | None]:
+        """A file's caption and id columns: those the options name, else those of its source
+        (source ``index``), which its first file sets. A later file without them is refused:
+        read from another column of its own, a folder would mix columns unsaid. One its schema
+        names twice is refused (pyarrow reads neither of them), as is a caption column that
+        ``schema`` (None: unknown, as in JSON lines) says is not text."""
+        picked = self.picked.get(index)
+        if picked is None or self.column is not None:
+            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+        else:
+            column = _picked_column(names, picked[0], "caption", "--column", picked[2], where)
+        if picked is None or self.id_column is not None:
+            id_column = _pick_id_column(names, self.id_column, where)
+        else:
+            id_column = _picked_column(names, picked[1], "id", "--id-column", picked[2], where)
         for name in (column, id_column):
             if name is not None and names.count(name) > 1:
                 raise InputError(
                     f"{where}: {names.count(name)} of its columns are named {name!r}; expected "
                     "one of each name: rewrite the file with distinct column names"
                 )
+        if schema is not None:
+            _refuse_non_text(schema, column, where)
+        self.picked.setdefault(index, (column, id_column, where))
         return column, id_column
 
     def _checked(
@@ -850,7 +867,7 @@ class _Planner:
                     keys = _jsonl_keys(path, source.filesystem, where)
                     if keys is None:
                         return None
-                    columns = self._columns(keys, where)
+                    columns = self._columns(index, keys, where)
                 return columns, _line_cuts(path, self.shard_rows, source.filesystem)
 
         checked = self._checked(check, index, path, content, name)
@@ -882,7 +899,8 @@ class _Planner:
     def _saved(self, index: int, source: Source, content: Any) -> Iterator[Shard | SkippedShard]:
         def check() -> tuple[Any, tuple[str, str | None]]:
             dataset = _load_saved(str(source.root))
-            return dataset, self._columns(dataset.column_names, source.root)
+            schema = dataset.features.arrow_schema
+            return dataset, self._columns(index, dataset.column_names, source.root, schema)
 
         checked = self._checked(check, index, str(source.root), content, str(source.root))
         if isinstance(checked, SkippedShard):
@@ -918,6 +936,9 @@ class _Planner:
             names = list(next(_stream_chunks(dataset.iter(batch_size=1), source.spec), {}))
         column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.spec)
         id_column = _pick_id_column(names, self.id_column, source.spec)
+        features = getattr(dataset, "features", None)  # None: types known only from the rows
+        if features is not None:
+            _refuse_non_text(features.arrow_schema, column, source.spec)
         dataset = dataset.select_columns([c for c in (column, id_column) if c])
         chunks = _stream_chunks(dataset.iter(batch_size=self.shard_rows), source.spec)
         for part, chunk in enumerate(chunks):
@@ -953,7 +974,7 @@ def _stream_chunks(chunks: Iterator[Any], spec: str) -> Iterator[Any]:
         except StopIteration:
             return
         except Exception as exc:
-            if not _network_error(exc):
+            if not network_error(exc):
                 raise
             raise ConnectionLostError(f"{spec} (rows from {rows})", one_line(exc)) from None
         rows += len(next(iter(chunk.values()), ()))
@@ -1121,6 +1142,57 @@ def _pick_column(
     return found
 
 
+def _picked_column(
+    names: Sequence[str], picked: str | None, what: str, option: str, first: object, where: object
+) -> str | None:
+    """The column a source's first file set (None: no id column, so row numbers), which a
+    later file must hold."""
+    if picked is None or picked in names:
+        return picked
+    raise InputError(
+        f"{where}: no {what} column {picked!r}, which the {what}s of its folder are read from (as "
+        f"its first file, {first}, has it); its columns are {', '.join(map(str, names)) or 'none'} "
+        f"(name a {what} column every file of the folder has with {option}, or move this file out "
+        "of the folder and name it as a source of its own)"
+    )
+
+
+def _text_type(dtype: pa.DataType, *, binary: bool = True) -> bool:
+    """Whether a column of ``dtype`` holds captions: strings of any encoding (a dictionary of
+    them, as pandas' category writes), no values at all (null: a column of Nones), or, with
+    ``binary``, bytes, decoded value by value (Hive and Impala write text as unannotated
+    binary; values that are no UTF-8 are counted as such)."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return True
+    if pa.types.is_string_view(dtype) or pa.types.is_null(dtype):
+        return True
+    kinds = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
+    return binary and any(kind(dtype) for kind in kinds)
+
+
+def _refuse_non_text(schema: pa.Schema, column: str, where: object) -> None:
+    """A caption column of another type (a struct, a list, numbers) would count every row as
+    not a string, after reading them all: refused before any is read."""
+    dtype = schema.field(column).type
+    if _text_type(dtype):
+        return
+    text = [
+        f.name for f in schema if not pa.types.is_null(f.type) and _text_type(f.type, binary=False)
+    ]
+    fix = (
+        f"choose a text column with --column: its text columns are {', '.join(text)}"
+        if text
+        else "it has no text column: rewrite it with its captions in a string column (a "
+        "struct's or a list's text flattened), or leave it out of the corpus"
+    )
+    raise InputError(
+        f"{where}: caption column {column!r} is {dtype}, not text; expected strings (or a "
+        f"dictionary of them, or UTF-8 bytes); {fix}"
+    )
+
+
 def _pick_id_column(names: Sequence[str], wanted: str | None, where: object) -> str | None:
     if wanted is None:
         return next((name for name in ID_COLUMNS if name in names), None)
@@ -1151,7 +1223,7 @@ def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
                 ids = batch.column(shard.id_column).to_pylist() if shard.id_column else None
                 yield batch.column(shard.column), ids, Counter()
     except (OSError, pa.ArrowException) as exc:
-        if shard.filesystem is not None and _network_error(exc):
+        if shard.filesystem is not None and network_error(exc):
             raise  # Shard.read says so
         raise BadShardError(shard.label, f"unreadable parquet data ({one_line(exc)})") from None
 

@@ -758,8 +758,11 @@ def test_ids_arrow_cannot_hold_are_kept_as_text(tiny, tmp_path):
 def test_a_run_that_reads_no_caption_is_failed_and_says_why(tiny, tmp_path):
     from clipaudit.errors import RunFailedError
 
-    path = tmp_path / "ids.parquet"
-    pq.write_table(pa.table({"id": [1, 2, 3], "caption": ["a red cat", "a dog", None]}), path)
+    # JSON lines: their types are known only once read (a parquet column of numbers is refused
+    # when planned, before anything is read)
+    path = tmp_path / "ids.jsonl"
+    rows = [{"id": 1, "caption": "a red cat"}, {"id": 2, "caption": "a dog"}, {"id": 3}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "run"
     with pytest.raises(RunFailedError, match=r"holds 3 rows \(3 not_string\) in column 'id'"):
         run([path], tiny, out, column="id")

@@ -842,3 +842,136 @@ def test_a_file_of_the_same_content_at_another_time_reads_as_planned(tmp_path):
         "a dog",
         "a cat",
     ]
+
+
+def test_a_folder_reads_one_caption_column_and_refuses_a_file_without_it(tmp_path):
+    """The column no option names is picked once per source, by its first file: a later file
+    without it is refused, naming the file, its columns and the fix, not read from another
+    column of its own (one corpus, one column); skipped and listed with --skip-bad."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", {"caption": ["a dog"], "TEXT": ["A DOG"]})
+    write_parquet(folder / "b.parquet", {"TEXT": ["a cat"], "url": ["u"]})
+    with pytest.raises(InputError) as refused:
+        read_all([folder])
+    message = str(refused.value)
+    assert message.startswith(f"{folder / 'b.parquet'}: no caption column 'caption'")
+    assert str(folder / "a.parquet") in message  # where the folder's column was picked
+    assert "its columns are TEXT, url" in message and "--column" in message
+    planned = list(plan_shards(resolve_sources([folder]), skip_bad=True))
+    assert [type(item).__name__ for item in planned] == ["Shard", "SkippedShard"]
+    assert planned[1].label == str(folder / "b.parquet")
+    assert "no caption column 'caption'" in planned[1].reason
+    # the column every file has, named, reads them all
+    assert read_all([folder], column="TEXT")[1] == ["A DOG", "a cat"]
+    # another source picks its own: a file alone is a corpus of its own
+    alone = write_parquet(tmp_path / "c.parquet", {"TEXT": ["a cow"]})
+    assert read_all([folder / "a.parquet", alone])[1] == ["a dog", "a cow"]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_a_folder_reads_one_id_column_and_refuses_a_file_without_it(tmp_path, kind):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rows = {
+        "a": {"id": ["a0"], "caption": ["a dog"]},
+        "b": {"key": ["b0"], "caption": ["a cat"]},
+        "c": {"caption": ["a cow"]},
+    }
+    for name, columns in rows.items():
+        if kind == "parquet":
+            write_parquet(folder / f"{name}.parquet", columns)
+        else:
+            record = {column: values[0] for column, values in columns.items()}
+            (folder / f"{name}.jsonl").write_text(json.dumps(record) + "\n")
+    for lacking, columns in (("b", "key, caption"), ("c", "caption")):
+        with pytest.raises(InputError) as refused:
+            list(plan_shards(resolve_sources([folder])))
+        message = str(refused.value)
+        assert message.startswith(f"{folder / f'{lacking}.{kind}'}: no id column 'id'")
+        assert f"its columns are {columns}" in message and "--id-column" in message
+        (folder / f"{lacking}.{kind}").unlink()
+    # a first file without an id column makes the folder's ids row numbers, for every file
+    (folder / f"a.{kind}").unlink()
+    for name in ("c", "d"):
+        columns = rows["c"] if name == "c" else {"id": ["d0"], "caption": ["a hen"]}
+        if kind == "parquet":
+            write_parquet(folder / f"{name}.parquet", columns)
+        else:
+            record = {column: values[0] for column, values in columns.items()}
+            (folder / f"{name}.jsonl").write_text(json.dumps(record) + "\n")
+    assert read_all([folder])[1:3] == (["a cow", "a hen"], [0, 1])
+
+
+def test_a_column_picked_for_a_folder_names_shards_as_the_same_column_named_does(tmp_path):
+    """Where every file holds the column, shard identities are what they were: picking per
+    source changes no key, so finished shards of earlier runs are reused."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_parquet(folder / f"{name}.parquet", {"id": [1], "caption": ["x"], "text": ["y"]})
+    sources = resolve_sources([folder])
+    picked = list(plan_shards(sources))
+    named = list(plan_shards(sources, column="caption", id_column="id"))
+    assert [s.key for s in picked] == [s.key for s in named]
+    assert [(s.column, s.id_column) for s in picked] == [("caption", "id")] * 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([{"en": "a dog"}, {"en": "a cat"}]),
+        pa.array([["a dog"], ["a cat"]]),
+        pa.array([1, 2]),
+    ],
+    ids=["struct", "list", "int"],
+)
+def test_a_caption_column_that_is_not_text_is_refused_when_planned(tmp_path, values):
+    """A struct, list or number column would count every row as not_string after reading the
+    whole corpus: refused at planning, naming the file, the column, its type and the fix."""
+    path = write_parquet(
+        tmp_path / "a.parquet", {"caption": values, "alt": ["x", "y"], "n": [1, 2]}
+    )
+    shown = str(pq.read_schema(path).field("caption").type)  # as the file holds it
+    with pytest.raises(InputError) as refused:
+        list(plan_shards(resolve_sources([path])))
+    message = str(refused.value)
+    assert message.startswith(f"{path}: caption column 'caption' is {shown}")
+    assert "--column" in message and "its text columns are alt" in message
+    (skipped,) = plan_shards(resolve_sources([path]), skip_bad=True)
+    assert isinstance(skipped, SkippedShard) and f"is {shown}" in skipped.reason
+    assert read_all([path], column="alt")[1] == ["x", "y"]
+    with pytest.raises(InputError, match=r"column 'n' is int64.*its text columns are alt"):
+        list(plan_shards(resolve_sources([path]), column="n"))
+    bare = write_parquet(tmp_path / "b.parquet", {"caption": values})
+    with pytest.raises(InputError, match=r"is .*; it has no text column"):
+        list(plan_shards(resolve_sources([bare])))
+
+
+def test_a_saved_dataset_whose_caption_column_is_not_text_is_refused(tmp_path):
+    import datasets
+
+    data = datasets.Dataset.from_dict({"caption": [["a dog"], ["a cat"]], "alt": ["x", "y"]})
+    data.save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(InputError, match=r"caption column 'caption' is list<item: string>.*alt$"):
+        list(plan_shards(resolve_sources([tmp_path / "saved"])))
+
+
+def test_a_caption_column_of_nulls_alone_is_read_as_nulls(tmp_path):
+    """A shard whose captions are all missing (pandas writes a column of Nones as type null)
+    is text that is absent, not a column of another type: its rows count as null."""
+    path = write_parquet(tmp_path / "a.parquet", {"caption": pa.nulls(3)})
+    assert read_all([path])[3:] == (3, {"null": 3})
+
+
+def test_a_streamed_dataset_whose_caption_column_is_not_text_is_refused(tmp_path, monkeypatch):
+    """A dataset whose features are known before its rows (parquet files) is checked as a file
+    is, before any row is streamed."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    write_parquet(folder / "part.parquet", {"caption": [["a dog"], ["a cat"]], "alt": ["x", "y"]})
+    with pytest.raises(
+        InputError, match=r"caption column 'caption' is list<.*its text columns are alt$"
+    ):
+        list(plan_shards(resolve_sources([f"hf:{folder}"])))

@@ -286,6 +286,69 @@ def hub_error(status: int, message: str) -> Exception:
     return HfHubHTTPError(message, response=response)
 
 
+# a store's refusal to read one object (its permissions, the credentials): the file's, not the
+# network's, as pyarrow's S3 client and the hub client raise it
+DENIED = [
+    PermissionError(13, "Permission denied"),
+    OSError(
+        "When reading information for key 'corpus/b.parquet' in bucket 'x': AWS Error "
+        "ACCESS_DENIED during HeadObject operation: No response body."
+    ),
+    hub_error(403, "403 Client Error: Forbidden for url: https://hf.co/x"),
+]
+
+
+@pytest.mark.parametrize("error", DENIED, ids=["permission", "s3", "hub"])
+def test_a_remote_file_whose_identity_cannot_be_read_is_a_bad_shard(tiny, tmp_path, error):
+    """An object of a folder URL that is listed but may not be read stops the run with a message
+    naming it and the fix, or, with --skip-bad, is skipped and listed like any bad shard, the
+    other files counted."""
+    from fsspec.implementations.memory import MemoryFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    class Refusing(FSSpecHandler):
+        def get_file_info(self, paths):
+            if any(path.endswith("/b.parquet") for path in paths):
+                raise error
+            return super().get_file_info(paths)
+
+        def open_input_file(self, path):
+            if path.endswith("/b.parquet"):
+                raise error
+            return super().open_input_file(path)
+
+    memory = MemoryFileSystem()
+    bucket = f"/denied-{uuid.uuid4().hex[:8]}"
+    local = tmp_path / "a.parquet"
+    local.write_bytes(parquet_bytes(CAPTIONS["a"]))
+    for name, captions in CAPTIONS.items():
+        memory.pipe(f"{bucket}/{name}.parquet", parquet_bytes(captions))
+    filesystems.register_filesystem(
+        "denied", lambda url: (PyFileSystem(Refusing(memory)), "/" + url.split("://", 1)[1])
+    )
+    denied = f"denied://{bucket.lstrip('/')}/b.parquet"
+    try:
+        with pytest.raises(BadShardError) as stopped:
+            count([f"denied:/{bucket}"], tiny, tmp_path / "run")
+        assert stopped.value.label == denied
+        assert one_line(error) in stopped.value.reason
+        assert "credentials of denied://" in str(stopped.value)
+        assert "--skip-bad" in str(stopped.value)
+        result = count([f"denied:/{bucket}"], tiny, tmp_path / "run", skip_bad=True)
+    finally:
+        filesystems.unregister_filesystem("denied")
+        memory.rm(bucket, recursive=True)
+    (skipped,) = result.manifest["skipped_shards"]
+    assert skipped["shard"] == denied and one_line(error) in skipped["reason"]
+    assert result.manifest["inputs"][0]["files"][1] == {
+        "path": denied,
+        "unreadable": one_line(error),
+    }
+    alone = count([local], tiny, tmp_path / "local")
+    assert result.n_captions_read == alone.n_captions_read == len(CAPTIONS["a"])
+    assert result.concepts.equals(alone.concepts)
+
+
 @pytest.mark.parametrize(
     ("kind", "error"),
     [

@@ -163,8 +163,8 @@ def test_a_never_captioned_concept_is_no_surprise_when_most_are_never_captioned(
 @pytest.mark.parametrize(
     ("x", "y", "reason"),
     [
-        ([1.0, 2.0], [0.1, 0.2], "n = 2 < 3 points"),
-        ([], [], "n = 0 < 3 points"),
+        ([1.0, 2.0], [0.1, 0.2], "only 2 points, fewer than the 3 needed"),
+        ([], [], "0 points, fewer than the 3 needed"),
         ([-2.0, -2.0, -2.0, -2.0], [0.1, 0.5, 0.2, 0.9], "coverage is the same for every point"),
         ([-3.0, -2.0, -1.0, -0.5], [0.4, 0.4, 0.4, 0.4], "F1 is the same for every point"),
     ],
@@ -178,6 +178,24 @@ def test_small_or_constant_samples_give_nan_with_a_reason(x, y, reason):
     else:
         assert np.isnan(result["fit"]["slope"]) and result["fit"]["reason"] == reason
     assert stats.flag_outliers(x, y)["reason"]
+
+
+def test_too_few_points_are_said_in_words_with_their_numbers():
+    """The reasons read "n = 5 < 6 points", which report.md (escaping "<" as web text must be)
+    showed as "n = 5 &lt; 6 points" to a reader using cat or less."""
+    few = stats.MIN_OUTLIER_POINTS - 1
+    x, y = np.arange(few, dtype=float), np.linspace(0.1, 0.9, few)
+    reason = stats.flag_outliers(x, y)["reason"]
+    assert reason == (
+        f"only {few} points, fewer than the {stats.MIN_OUTLIER_POINTS} needed: "
+        "no outliers are judged"
+    )
+    one = stats.correlate([0.5], [0.5], n_bootstrap=0)
+    assert one["spearman"]["reason"] == f"only 1 point, fewer than the {stats.MIN_POINTS} needed"
+    assert one["fit"]["reason"] == one["spearman"]["reason"]
+    assert stats.flag_outliers([0.5], [0.5])["reason"].startswith("only 1 point, ")
+    for said in (reason, one["spearman"]["reason"]):
+        assert "<" not in said and ">" not in said
 
 
 def test_no_bootstrap_means_no_interval_but_the_estimates():
@@ -491,6 +509,30 @@ def test_untrusted_captions_are_escaped(report):
     # the page requests nothing: no external URL, no web font
     assert "http://" not in body.replace("http://www.w3.org", "") and "https://" not in body
     assert "@font-face" not in html and "<link" not in html
+
+
+def test_report_md_escapes_nothing_when_no_input_holds_angle_brackets(audit_runs, tmp_path):
+    """report.md wrote the library's own reasons ("n = 5 < 6 points") escaped as web text is,
+    "n = 5 &lt; 6 points": hard to read with cat or less. Only untrusted text holds "&lt;"."""
+    coverage = load_run(audit_runs["coverage"])
+    examples = json.loads(json.dumps(coverage.examples))
+    for entry in examples["concepts"].values():  # the fixture's injected captions, defused
+        for example in entry["examples"]:
+            example["caption"] = example["caption"].replace("<", "(").replace(">", ")")
+    assert "<" not in json.dumps(examples) and ">" not in json.dumps(examples)
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    plain = dataclasses.replace(coverage, examples=examples)
+    result = build_report([plain, zeroshot], tmp_path / "r", n_bootstrap=0)
+    markdown = (result.out / "report.md").read_text()
+    assert "&lt;" not in markdown and "&gt;" not in markdown
+    # the reason that was escaped is there, in words: the groups joined are too few to judge
+    n_groups = len(set(coverage.groups["group"]) & set(zeroshot.groups["group"]))
+    assert n_groups < stats.MIN_OUTLIER_POINTS
+    needed = stats.MIN_OUTLIER_POINTS
+    assert f"none (only {n_groups} points, fewer than the {needed} needed: " in markdown
+    # while a caption that does hold "<" is still escaped
+    hostile = build_report([coverage, zeroshot], tmp_path / "h", n_bootstrap=0)
+    assert "&lt;script&gt;" in (hostile.out / "report.md").read_text()
 
 
 def test_a_captions_terminal_sequences_are_inert_in_the_markdown(audit_runs, tmp_path):
@@ -814,7 +856,7 @@ def test_groups_far_from_the_fit_are_shown_beside_the_group_table(report):
     md_groups = md_groups[: md_groups.index("## Figures")]
     assert "&lt;img src=x onerror=" in md_groups and "<img" not in markdown
     assert "often captioned yet unknown | 3.1% | 0.07 | 0.81 | -3.25 |" in md_groups
-    assert reason.replace("<", "&lt;") in md_groups  # as report.md writes any "<"
+    assert reason in md_groups  # the library's words, written as they are
     headline = Report(report.out, summary, {}, {}).headline()
     n_corpora, n_models = len(summary["corpora"]), len(summary["models"])
     corpora = f"{n_corpora} {'corpus' if n_corpora == 1 else 'corpora'}"
@@ -980,7 +1022,7 @@ def test_the_notebook_view_says_why_a_statistic_is_missing(audit_runs, tmp_path)
     )
     result = build_report([audit_runs["coverage"], one], tmp_path / "r", n_bootstrap=0)
     assert result.summary["pairs"][0]["concepts"]["n"] == 1
-    assert result._repr_html_().count("(n = 1 &lt; 3 points)") == 3
+    assert result._repr_html_().count("(only 1 point, fewer than the 3 needed)") == 3
 
 
 def test_outliers_that_were_not_judged_are_not_called_none_found(audit_runs, tmp_path):
@@ -1077,7 +1119,7 @@ def test_when_nothing_joins_the_report_fails_and_says_why(audit_runs, tmp_path):
     assert counts["concept_without_coverage"] == 16  # every scored concept
     assert counts["concept_without_images"] == 49  # every concept of the imaged groups
     page = (out / "report.html").read_text()
-    assert "n = 0 &lt; 3 points" in page
+    assert "0 points, fewer than the 3 needed" in page
     # said on top, before the first section: the page alone looked like an audit of 0 concepts
     banner = page.index("This report failed: no concept has both coverage and awareness")
     assert banner < page.index('id="glance"') and summary["notes"][0].startswith(

@@ -307,7 +307,7 @@ LOW_CONTRAST = """() => {
 # what the page shows only for some inputs: a statistic's reason, a reason in a table, a note
 SOMETIMES_SHOWN = """() => {
   const stat = document.querySelector('.stat');
-  stat.insertAdjacentHTML('beforeend', '<div class="reason">n = 2 &lt; 3 points</div>');
+  stat.insertAdjacentHTML('beforeend', '<div class="reason">only 2 points, fewer than the 3 needed</div>');
   const cell = document.querySelector('#method td.text');
   cell.insertAdjacentHTML('beforeend', '<span class="reason">uncalibrated defaults</span>');
   document.querySelector('#glance').insertAdjacentHTML('afterbegin',

@@ -80,11 +80,18 @@ def stream_seed(seed: int, *names: str) -> list[int]:
     return [int(seed), zlib.crc32("\0".join(names).encode("utf-8"))]
 
 
+def _too_few(n: int, minimum: int) -> str:
+    """Why ``n`` points are not enough, in words: report.md escapes "<" (it cannot tell the
+    library's text from a web caption's), so "n = 5 < 6" would read "n = 5 &lt; 6" there."""
+    points = f"{n} point{'' if n == 1 else 's'}"
+    return f"{'only ' if n else ''}{points}, fewer than the {minimum} needed"
+
+
 def _why_not(x: Any, y: Any, minimum: int = MIN_POINTS) -> str | None:
     import numpy as np
 
     if len(x) < minimum:
-        return f"n = {len(x)} < {minimum} points"
+        return _too_few(len(x), minimum)
     if np.ptp(x) == 0:
         return "coverage is the same for every point"
     if np.ptp(y) == 0:
@@ -243,7 +250,7 @@ def fit(
         "stderr": nan,
     }
     if len(x) < MIN_POINTS:
-        return {**empty, "reason": f"n = {len(x)} < {MIN_POINTS} points"}
+        return {**empty, "reason": _too_few(len(x), MIN_POINTS)}
     if np.ptp(x) == 0:
         return {**empty, "reason": "coverage is the same for every point"}
     line = stats.linregress(x, y)
@@ -322,7 +329,7 @@ def flag_outliers(
     direction = np.full(len(x), "", dtype=object)
     reason = None
     if len(x) < MIN_OUTLIER_POINTS:
-        reason = f"n = {len(x)} < {MIN_OUTLIER_POINTS} points: no outliers are judged"
+        reason = f"{_too_few(len(x), MIN_OUTLIER_POINTS)}: no outliers are judged"
     elif np.ptp(x) == 0:
         reason = "coverage is the same for every point: no fit to be far from"
     else:

@@ -24,7 +24,22 @@ def _models(audit_runs: dict) -> tuple[str, str, str]:
     )
 
 
-def test_audit_on_coco_captions_with_two_tiny_models(audit_runs, coco_captions_path, tmp_path):
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``clipaudit ARGS`` run in this process: its exit code, stdout and stderr."""
+    from clipaudit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exited:
+        code = 0 if exited.code is None else exited.code
+    said = capsys.readouterr()
+    return code, said.out, said.err
+
+
+def test_audit_on_coco_captions_with_two_tiny_models(
+    audit_runs, coco_captions_path, tmp_path, capsys
+):
     config, trained, untrained = _models(audit_runs)
     out = tmp_path / "audit"
     args = [
@@ -55,14 +70,15 @@ def test_audit_on_coco_captions_with_two_tiny_models(audit_runs, coco_captions_p
 
     stages = ("coverage", "zeroshot", "report")
     before = {stage: (out / stage / "manifest.json").read_text() for stage in stages}
-    again = run_cli(*args)  # a finished audit: every stage is reused as it is
-    assert again.returncode == 0, again.stderr
-    assert "already up to date" in again.stdout
+    # in this process: what is checked is the command's exit code and output
+    code, stdout, stderr = _cli(capsys, *args)  # a finished audit: every stage is reused as it is
+    assert code == 0, stderr
+    assert "already up to date" in stdout
     assert {stage: (out / stage / "manifest.json").read_text() for stage in stages} == before
-    refused = run_cli(*args, "--profile", "paper")
-    assert refused.returncode == 2
-    assert "coverage.profile: 'curated' -> 'paper'" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    code, _, stderr = _cli(capsys, *args, "--profile", "paper")
+    assert code == 2
+    assert "coverage.profile: 'curated' -> 'paper'" in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_an_audit_resumes_and_loads_back(audit_runs, tmp_path):

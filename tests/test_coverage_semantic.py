@@ -68,6 +68,20 @@ def encoder_spec(tiny_files):
     return f"open_clip:{config}@{checkpoint}"
 
 
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``clipaudit ARGS`` run in this process (what the tests check is the command's exit code
+    and output, not the process): its exit code, stdout and stderr."""
+    from clipaudit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exited:
+        code = 0 if exited.code is None else exited.code
+    said = capsys.readouterr()
+    return code, said.out, said.err
+
+
 def captions_of(path):
     rows = pd.read_parquet(path).to_dict("records")
     return [(r["id"], r["caption"]) for r in rows if isinstance(r["caption"], str)]
@@ -745,7 +759,7 @@ def test_a_caption_of_signs_counts_for_no_concept_and_one_of_emoji_does(
 
 
 def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
-    tiny, corpus, encoder_spec, tmp_path
+    tiny, corpus, encoder_spec, tmp_path, capsys
 ):
     from tests.tiny_clip import write_tiny_checkpoint
 
@@ -763,14 +777,12 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     ]  # fmt: skip
     gold.write_text("\n".join(json.dumps(r) for r in labelled) + "\n")
     out = tmp_path / "cal.json"
-    command = [sys.executable, "-m", "clipaudit", "coverage"]
-    fitted = subprocess.run(
-        [*command, "calibrate", str(gold), "--encoder", encoder_spec, "--registry",
-         str(registry), "--out", str(out), "--folds", "3", "--min-positives", "3"],
-        capture_output=True, text=True, cwd=REPO,
+    code, stdout, stderr = cli(
+        capsys, "coverage", "calibrate", str(gold), "--encoder", encoder_spec, "--registry",
+        str(registry), "--out", str(out), "--folds", "3", "--min-positives", "3",
     )  # fmt: skip
-    assert fitted.returncode == 0, fitted.stderr
-    assert "3-fold cross-validation on" in fitted.stdout and "checked" in fitted.stdout
+    assert code == 0, stderr
+    assert "3-fold cross-validation on" in stdout and "checked" in stdout
     doc = json.loads(out.read_text())
     assert doc["encoder"]["weights"] == planted_identity(encoder_spec)["weights"]
     assert doc["fitted_on"][0]["path"] == str(gold) and doc["fitted_on"][0]["n_captions"] == 56
@@ -786,32 +798,29 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
 
     config = encoder_spec.split(":", 1)[1].split("@")[0]
     other = f"open_clip:{config}@{write_tiny_checkpoint(tmp_path / 'other.safetensors', seed=5)}"
-    refused = subprocess.run(
-        [*command, "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
-         str(registry), "--method", "checked", "--encoder", other, "--calibration", str(out)],
-        capture_output=True, text=True, cwd=REPO,
+    code, _, stderr = cli(
+        capsys, "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+        str(registry), "--method", "checked", "--encoder", other, "--calibration", str(out),
     )  # fmt: skip
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "fitted for another encoder" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert code == 2 and "Traceback" not in stderr
+    assert "fitted for another encoder" in stderr and len(stderr.splitlines()) == 1
 
-    counted = subprocess.run(
-        [*command, "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
-         str(registry), "--method", "both", "--encoder", other, "--no-progress"],
-        capture_output=True, text=True, cwd=REPO,
+    code, stdout, stderr = cli(
+        capsys, "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+        str(registry), "--method", "both", "--encoder", other, "--no-progress",
     )  # fmt: skip
-    assert counted.returncode == 0, counted.stderr
-    assert "uncalibrated" in counted.stdout and "semantic" in counted.stdout
+    assert code == 0, stderr
+    assert "uncalibrated" in stdout and "semantic" in stdout
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["semantic"]["calibration"]["calibrated"] is False
 
-    indexed = subprocess.run(
-        [*command, "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
-         "--threshold", "-1"],
-        capture_output=True, text=True, cwd=REPO,
+    code, stdout, stderr = cli(
+        capsys, "coverage", "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
+        "--threshold", "-1",
     )  # fmt: skip
-    assert indexed.returncode == 0, indexed.stderr
-    assert "flat index of 56 captions" in indexed.stdout
-    assert "56 captions with cosine >= -1.000 to 'a fox'" in indexed.stdout
+    assert code == 0, stderr
+    assert "flat index of 56 captions" in stdout
+    assert "56 captions with cosine >= -1.000 to 'a fox'" in stdout
 
 
 def test_index_and_query_count_what_numpy_counts(
@@ -1352,41 +1361,38 @@ def test_a_calibration_records_its_registry_and_profile_and_a_run_under_others_s
 
 
 def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
-    corpus, encoder_spec, tmp_path
+    corpus, encoder_spec, tmp_path, capsys
 ):
     """`coverage calibrate --profile` fits on that profile's hits; `count` refuses it under
     another profile for `checked`, and prints where the registry differs for `both`."""
     import hashlib
 
     registry, gold = dog_labels(tmp_path)
-    command = [sys.executable, "-m", "clipaudit", "coverage"]
     out = tmp_path / "cal.json"
-    fitted = subprocess.run(
-        [*command, "calibrate", str(gold), "--out", str(out), "--registry", str(registry),
-         "--encoder", encoder_spec, "--folds", "2", "--min-positives", "3", "--profile", "paper"],
-        capture_output=True, text=True, cwd=REPO,
+    code, _, stderr = cli(
+        capsys, "coverage", "calibrate", str(gold), "--out", str(out), "--registry",
+        str(registry), "--encoder", encoder_spec, "--folds", "2", "--min-positives", "3",
+        "--profile", "paper",
     )  # fmt: skip
-    assert fitted.returncode == 0, fitted.stderr
+    assert code == 0, stderr
     assert json.loads(out.read_text())["fitted_with"]["lexical"]["profile"] == "paper"
 
-    count = [*command, "count", str(corpus), "--encoder", encoder_spec, "--calibration", str(out)]
-    refused = subprocess.run(
-        [*count, "--out", str(tmp_path / "checked"), "--registry", str(registry),
-         "--method", "checked"],
-        capture_output=True, text=True, cwd=REPO,
+    count = ["coverage", "count", str(corpus), "--encoder", encoder_spec, "--calibration", str(out)]
+    code, _, stderr = cli(
+        capsys, *count, "--out", str(tmp_path / "checked"), "--registry", str(registry),
+        "--method", "checked",
     )  # fmt: skip
-    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
-    assert "'paper' profile" in refused.stderr and "--profile paper" in refused.stderr
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert "'paper' profile" in stderr and "--profile paper" in stderr
 
     edited = tmp_path / "edited.yaml"
     edited.write_text(TINY_REGISTRY.replace("[hot dog]", "[hot dog, dog bed]"))
-    counted = subprocess.run(
-        [*count, "--out", str(tmp_path / "both"), "--registry", str(edited), "--method", "both",
-         "--no-progress"],
-        capture_output=True, text=True, cwd=REPO,
+    code, stdout, stderr = cli(
+        capsys, *count, "--out", str(tmp_path / "both"), "--registry", str(edited), "--method",
+        "both", "--no-progress",
     )  # fmt: skip
-    assert counted.returncode == 0, counted.stderr
-    said = "".join(counted.stdout.split())  # rich wraps the 64-digit hashes anywhere
+    assert code == 0, stderr
+    said = "".join(stdout.split())  # rich wraps the 64-digit hashes anywhere
     fitted_sha, edited_sha = (
         hashlib.sha256(p.read_bytes()).hexdigest() for p in (registry, edited)
     )

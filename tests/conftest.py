@@ -190,3 +190,21 @@ def audit_runs(tmp_path_factory) -> dict:
     from tests.report_world import build_audit_runs
 
     return build_audit_runs(tmp_path_factory.mktemp("audit-world"))
+
+
+@pytest.fixture
+def in_process(capsys):
+    """``in_process(*ARGS)`` runs ``clipaudit ARGS`` in this process (where what a test checks is
+    the command's exit code and output, not the process): its exit code, stdout and stderr."""
+    from clipaudit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exited:
+            code = 0 if exited.code is None else exited.code
+        said = capsys.readouterr()
+        return code, said.out, said.err
+
+    return run

@@ -24,21 +24,8 @@ def _models(audit_runs: dict) -> tuple[str, str, str]:
     )
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``clipaudit ARGS`` run in this process: its exit code, stdout and stderr."""
-    from clipaudit.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exited:
-        code = 0 if exited.code is None else exited.code
-    said = capsys.readouterr()
-    return code, said.out, said.err
-
-
 def test_audit_on_coco_captions_with_two_tiny_models(
-    audit_runs, coco_captions_path, tmp_path, capsys
+    audit_runs, coco_captions_path, tmp_path, in_process
 ):
     config, trained, untrained = _models(audit_runs)
     out = tmp_path / "audit"
@@ -71,11 +58,11 @@ def test_audit_on_coco_captions_with_two_tiny_models(
     stages = ("coverage", "zeroshot", "report")
     before = {stage: (out / stage / "manifest.json").read_text() for stage in stages}
     # in this process: what is checked is the command's exit code and output
-    code, stdout, stderr = _cli(capsys, *args)  # a finished audit: every stage is reused as it is
+    code, stdout, stderr = in_process(*args)  # a finished audit: every stage is reused as it is
     assert code == 0, stderr
     assert "already up to date" in stdout
     assert {stage: (out / stage / "manifest.json").read_text() for stage in stages} == before
-    code, _, stderr = _cli(capsys, *args, "--profile", "paper")
+    code, _, stderr = in_process(*args, "--profile", "paper")
     assert code == 2
     assert "coverage.profile: 'curated' -> 'paper'" in stderr
     assert len(stderr.strip().splitlines()) == 1

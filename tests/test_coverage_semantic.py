@@ -68,20 +68,6 @@ def encoder_spec(tiny_files):
     return f"open_clip:{config}@{checkpoint}"
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``clipaudit ARGS`` run in this process (what the tests check is the command's exit code
-    and output, not the process): its exit code, stdout and stderr."""
-    from clipaudit.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exited:
-        code = 0 if exited.code is None else exited.code
-    said = capsys.readouterr()
-    return code, said.out, said.err
-
-
 def captions_of(path):
     rows = pd.read_parquet(path).to_dict("records")
     return [(r["id"], r["caption"]) for r in rows if isinstance(r["caption"], str)]
@@ -759,7 +745,7 @@ def test_a_caption_of_signs_counts_for_no_concept_and_one_of_emoji_does(
 
 
 def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
-    tiny, corpus, encoder_spec, tmp_path, capsys
+    tiny, corpus, encoder_spec, tmp_path, in_process
 ):
     from tests.tiny_clip import write_tiny_checkpoint
 
@@ -777,8 +763,8 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     ]  # fmt: skip
     gold.write_text("\n".join(json.dumps(r) for r in labelled) + "\n")
     out = tmp_path / "cal.json"
-    code, stdout, stderr = cli(
-        capsys, "coverage", "calibrate", str(gold), "--encoder", encoder_spec, "--registry",
+    code, stdout, stderr = in_process(
+        "coverage", "calibrate", str(gold), "--encoder", encoder_spec, "--registry",
         str(registry), "--out", str(out), "--folds", "3", "--min-positives", "3",
     )  # fmt: skip
     assert code == 0, stderr
@@ -798,15 +784,15 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
 
     config = encoder_spec.split(":", 1)[1].split("@")[0]
     other = f"open_clip:{config}@{write_tiny_checkpoint(tmp_path / 'other.safetensors', seed=5)}"
-    code, _, stderr = cli(
-        capsys, "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+    code, _, stderr = in_process(
+        "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
         str(registry), "--method", "checked", "--encoder", other, "--calibration", str(out),
     )  # fmt: skip
     assert code == 2 and "Traceback" not in stderr
     assert "fitted for another encoder" in stderr and len(stderr.splitlines()) == 1
 
-    code, stdout, stderr = cli(
-        capsys, "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
+    code, stdout, stderr = in_process(
+        "coverage", "count", str(corpus), "--out", str(tmp_path / "run"), "--registry",
         str(registry), "--method", "both", "--encoder", other, "--no-progress",
     )  # fmt: skip
     assert code == 0, stderr
@@ -814,8 +800,8 @@ def test_calibrate_writes_thresholds_whose_encoder_is_checked_on_use(
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["semantic"]["calibration"]["calibrated"] is False
 
-    code, stdout, stderr = cli(
-        capsys, "coverage", "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
+    code, stdout, stderr = in_process(
+        "coverage", "index", str(tmp_path / "run"), "--query", "a fox", "-k", "2",
         "--threshold", "-1",
     )  # fmt: skip
     assert code == 0, stderr
@@ -1361,7 +1347,7 @@ def test_a_calibration_records_its_registry_and_profile_and_a_run_under_others_s
 
 
 def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
-    corpus, encoder_spec, tmp_path, capsys
+    corpus, encoder_spec, tmp_path, in_process
 ):
     """`coverage calibrate --profile` fits on that profile's hits; `count` refuses it under
     another profile for `checked`, and prints where the registry differs for `both`."""
@@ -1369,8 +1355,8 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
 
     registry, gold = dog_labels(tmp_path)
     out = tmp_path / "cal.json"
-    code, _, stderr = cli(
-        capsys, "coverage", "calibrate", str(gold), "--out", str(out), "--registry",
+    code, _, stderr = in_process(
+        "coverage", "calibrate", str(gold), "--out", str(out), "--registry",
         str(registry), "--encoder", encoder_spec, "--folds", "2", "--min-positives", "3",
         "--profile", "paper",
     )  # fmt: skip
@@ -1378,8 +1364,8 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
     assert json.loads(out.read_text())["fitted_with"]["lexical"]["profile"] == "paper"
 
     count = ["coverage", "count", str(corpus), "--encoder", encoder_spec, "--calibration", str(out)]
-    code, _, stderr = cli(
-        capsys, *count, "--out", str(tmp_path / "checked"), "--registry", str(registry),
+    code, _, stderr = in_process(
+        *count, "--out", str(tmp_path / "checked"), "--registry", str(registry),
         "--method", "checked",
     )  # fmt: skip
     assert code == 2 and len(stderr.splitlines()) == 1, stderr
@@ -1387,8 +1373,8 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
 
     edited = tmp_path / "edited.yaml"
     edited.write_text(TINY_REGISTRY.replace("[hot dog]", "[hot dog, dog bed]"))
-    code, stdout, stderr = cli(
-        capsys, *count, "--out", str(tmp_path / "both"), "--registry", str(edited), "--method",
+    code, stdout, stderr = in_process(
+        *count, "--out", str(tmp_path / "both"), "--registry", str(edited), "--method",
         "both", "--no-progress",
     )  # fmt: skip
     assert code == 0, stderr

@@ -582,14 +582,20 @@ def test_encoders_too_large_for_the_memory_are_refused_before_the_folder_is_made
     assert not (tmp_path / "run").exists()
 
 
-def test_a_damaged_checkpoint_is_no_progress_and_the_group_trains_from_its_seeds(tmp_path):
-    """A checkpoint cut short (a copy that stopped, a bad disk) was a traceback at resume."""
+def _trained_group(tmp_path):
+    """A group of one scenario trained 20 steps, and its checkpoint saved at ``group.pt``."""
     scenario = Scenario(selected="1-2", perturbed="1", **TINY)
     training = dataclasses.replace(TINY_TRAINING, steps=20, chunk_steps=10, checkpoint_every=10)
     straight = BatchedSimulation([scenario], training)
     straight.train()
     saved = tmp_path / "group.pt"
     straight.save(saved)
+    return scenario, training, straight, saved
+
+
+def test_a_damaged_checkpoint_is_no_progress_and_the_group_trains_from_its_seeds(tmp_path):
+    """A checkpoint cut short (a copy that stopped, a bad disk) was a traceback at resume."""
+    scenario, training, straight, saved = _trained_group(tmp_path)
     whole = saved.read_bytes()
     for damaged in (whole[: len(whole) // 2], b"", b"not a checkpoint"):
         saved.write_bytes(damaged)
@@ -1168,12 +1174,7 @@ def test_an_encoding_size_other_than_the_invariant_block_is_outside_the_theorem(
 def test_a_checkpoint_of_this_group_with_the_wrong_shapes_trains_from_the_seeds(tmp_path, damage):
     """A checkpoint whose names matched but whose tensors did not fit stopped the run with
     torch's RuntimeError (or left the encoders half overwritten)."""
-    scenario = Scenario(selected="1-2", perturbed="1", **TINY)
-    training = dataclasses.replace(TINY_TRAINING, steps=20, chunk_steps=10, checkpoint_every=10)
-    straight = BatchedSimulation([scenario], training)
-    straight.train()
-    saved = tmp_path / "group.pt"
-    straight.save(saved)
+    scenario, training, straight, saved = _trained_group(tmp_path)
     state = torch.load(saved, weights_only=True)
     if damage == "weight shape":
         state["weights"][0] = torch.zeros(1, 2, 3)

@@ -549,21 +549,31 @@ def test_help_lists_the_commands_as_a_user_meets_them():
     ]  # fmt: skip
 
 
-def test_q_means_quiet_in_every_command():
-    """`coverage index -q` was --query while every other command's -q is --quiet."""
+def test_a_short_flag_means_the_same_option_in_every_command():
+    """-m was --method in `coverage count` and --model in `audit`, which took `-m both` for a
+    model named "both"; -p was --profile and --pretrained, -c --column and --captions, -g --group
+    and --groups, and `coverage index -q` once --query. A short flag is one long option wherever
+    it is taken, groups' own options too."""
     import typer.main
 
     from clipaudit.cli import app
 
-    meanings = {}
-    for path in _leaf_commands():
-        command = typer.main.get_command(app)
-        for name in path:
-            command = command.commands[name]
+    meanings: dict[str, dict[str, list[str]]] = {}
+
+    def walk(command, path):
         for parameter in command.params:
-            if "-q" in parameter.opts:
-                meanings[" ".join(path)] = [o for o in parameter.opts if o.startswith("--")]
-    assert meanings and all(longs == ["--quiet"] for longs in meanings.values()), meanings
+            names = [*parameter.opts, *getattr(parameter, "secondary_opts", [])]
+            # an option with no long name (-k) is known by its parameter's name
+            meaning = "/".join(n for n in names if n.startswith("--")) or parameter.name
+            for short in (n for n in names if len(n) == 2 and n.startswith("-")):
+                meanings.setdefault(short, {}).setdefault(meaning, []).append(path or "clipaudit")
+        for name, child in getattr(command, "commands", {}).items():
+            walk(child, f"{path} {name}".strip())
+
+    walk(typer.main.get_command(app), "")
+    assert "coverage count" in meanings["-o"]["--out"]  # the walk reached the subcommands
+    clashes = {short: found for short, found in meanings.items() if len(found) > 1}
+    assert not clashes, clashes
 
 
 def test_printed_counts_say_one_in_the_singular(tmp_path, monkeypatch):

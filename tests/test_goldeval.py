@@ -308,7 +308,7 @@ def test_eval_from_the_command_line_prints_scores_and_intervals(gold_file, tmp_p
     registry = tmp_path / "tiny.yaml"
     registry.write_text(REGISTRY)
     out = tmp_path / "scores.json"
-    args = ["coverage", "eval", str(gold_file), "-r", str(registry), "-p", "curated"]
+    args = ["coverage", "eval", str(gold_file), "-r", str(registry), "--profile", "curated"]
     result = subprocess.run(
         [sys.executable, "-m", "clipaudit", *args, "--json", str(out)],
         capture_output=True,

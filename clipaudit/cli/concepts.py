@@ -19,7 +19,7 @@ console = plain_console()
 @app.command("list")
 def list_(
     registry: str = RegistryOption,
-    group: str | None = typer.Option(None, "--group", "-g", help="Only this group."),
+    group: str | None = typer.Option(None, "--group", help="Only this group."),
 ) -> None:
     """List the groups and concepts of a registry."""
     reg = load_registry(registry)

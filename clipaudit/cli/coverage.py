@@ -25,7 +25,6 @@ console = plain_console()
 ProfileOption = typer.Option(
     "curated",
     "--profile",
-    "-p",
     help="curated (whole words, inflections, negative contexts) "
     "or paper (the paper's substring matching, for comparison).",
 )
@@ -59,7 +58,6 @@ def count(
     column: str | None = typer.Option(
         None,
         "--column",
-        "-c",
         help="Caption column (default: caption, TEXT or text, whichever exists).",
     ),
     id_column: str | None = typer.Option(
@@ -122,7 +120,6 @@ def count(
     method: str = typer.Option(
         "lexical",
         "--method",
-        "-m",
         help="lexical (word rules only); semantic (cosine of caption and concept >= the concept's "
         "threshold); both (lexical, semantic and their union side by side); checked (lexical "
         "hits the caption's embedding confirms, plus semantic-only hits above a high threshold).",
@@ -391,7 +388,6 @@ def eval_(
     profile: list[str] | None = typer.Option(
         None,
         "--profile",
-        "-p",
         help="Profile to score; repeat for several (default: curated, and paper when the "
         "registry lists paper_synonyms).",
     ),
@@ -470,7 +466,6 @@ def calibrate(
     profile: str = typer.Option(
         "curated",
         "--profile",
-        "-p",
         help="Lexical profile whose hits the checked thresholds are fitted on; recorded, and a "
         "checked count under another profile refuses the calibration.",
     ),

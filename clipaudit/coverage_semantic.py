@@ -56,15 +56,22 @@ refuses it.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, RunFolderError, SettingsError, keyword_checked
+from clipaudit.errors import (
+    InputError,
+    RunFolderError,
+    SettingsError,
+    keyword_checked,
+    one_line,
+)
 from clipaudit.provenance import file_in_the_way, recorded_path
 from clipaudit.runs import fingerprint, read_manifest
 from clipaudit.text import slug
@@ -133,7 +140,8 @@ AGREEMENT_FILES = 8  # files the sample is drawn from, at most: a few row groups
 AGREEMENT_THRESHOLD = 0.5
 AGREEMENT_RULE = (
     f"up to {AGREEMENT_SAMPLE} captions with a word, spread over up to {AGREEMENT_FILES} of the "
-    "embedding files (their metadata order), encoded with the run's encoder: the cosine of each "
+    "embedding files (their metadata order), from the caption column the run counts (its "
+    "source's), encoded with the run's encoder: the cosine of each "
     "with its row of the file; refused when a file's median is below the threshold"
 )
 LAION_400M_ENCODER = "open_clip:ViT-B-32@openai"
@@ -145,28 +153,21 @@ def _spread(n: int, k: int) -> list[int]:
 
 
 def _sample_rows(
-    metadata: Path, column: str | None, quota: int, max_caption_chars: int
+    metadata: Path, column: str, quota: int, max_caption_chars: int
 ) -> tuple[list[int], list[str]]:
-    """Up to ``quota`` rows of ``metadata`` whose caption holds a word, spread over the file, with
-    their captions: for each of ``quota`` positions spread over it, the first such row from there
-    on in its row group not taken yet. Only those row groups are read (one, for a LAION file of
-    one row group); with a quota of at least the file's rows, every such row is taken."""
+    """Up to ``quota`` rows of ``metadata`` whose caption (in ``column``) holds a word, spread
+    over the file, with their captions: for each of ``quota`` positions spread over it, the first
+    such row from there on in its row group not taken yet. Only those row groups are read (one,
+    for a LAION file of one row group); with a quota of at least the file's rows, every such row
+    is taken."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from clipaudit.readers import CAPTION_COLUMNS
 
     try:
         handle = pq.ParquetFile(metadata)
     except (OSError, pa.ArrowException):
         return [], []  # the reader says what is wrong with the file when it reads it
     with handle:
-        names = handle.schema_arrow.names
-        name = (
-            column if column is not None else next((c for c in CAPTION_COLUMNS if c in names), None)
-        )
-        if name not in names:
-            return [], []  # likewise: no caption column, said with the file's columns
         sizes = [handle.metadata.row_group(i).num_rows for i in range(handle.num_row_groups)]
         starts = np.cumsum([0, *sizes]).tolist()
         found: dict[int, str] = {}
@@ -175,7 +176,7 @@ def _sample_rows(
             if group < 0 or target >= starts[group + 1]:
                 group = int(np.searchsorted(starts, target, side="right")) - 1
                 try:
-                    values = handle.read_row_group(group, columns=[name]).column(0)
+                    values = handle.read_row_group(group, columns=[column]).column(0)
                 except (OSError, pa.ArrowException):
                     values = None  # a row group the reader refuses or skips: not sampled
             if values is None:
@@ -194,24 +195,33 @@ def _sample_rows(
 
 def _caption_at(values: Any, index: int) -> str | None:
     """The caption at ``index`` of an Arrow column when it is text with a word (the captions a
-    run counts), else None."""
+    run counts: bytes, as an unannotated binary column holds, decoded as the reader does), else
+    None."""
     from clipaudit.semantic.store import holds_no_word
 
     try:
         text = values[index].as_py()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
     except UnicodeDecodeError:  # invalid UTF-8: the reader counts it as it can, not sampled
         return None
     return text if isinstance(text, str) and not holds_no_word(text) else None
 
 
 def embeddings_agreement(
-    encoder: Any, pairs: Sequence[Any], *, column: str | None, max_caption_chars: int
+    encoder: Any,
+    pairs: Sequence[Any],
+    *,
+    column_of: Callable[[Path], str | None],
+    max_caption_chars: int,
 ) -> dict[str, Any]:
     """How well the rows of precomputed caption embeddings (``pairs``:
     :class:`~clipaudit.semantic.store.LaionPair`) agree with ``encoder``: up to
     :data:`AGREEMENT_SAMPLE` captions with a word, spread over up to :data:`AGREEMENT_FILES` files,
     encoded, and the cosine of each with its row; per file and overall, the median (None when no
-    caption with a word was found). Reads a few row groups and rows: seconds."""
+    caption with a word was found). ``column_of``: the caption column a run counts in a metadata
+    file (:class:`CountedColumns`; None: the run reads none of it, not sampled). Reads a few row
+    groups and rows: seconds."""
     from clipaudit.semantic.encoders import normalise, unknown_only
     from clipaudit.semantic.store import as_float32, finite_rows
 
@@ -222,6 +232,9 @@ def embeddings_agreement(
               for i in range(len(chosen))]  # fmt: skip
     sampled = []
     for pair, quota in zip(chosen, quotas, strict=True):
+        column = column_of(pair.metadata)
+        if column is None:
+            continue
         rows, captions = _sample_rows(pair.metadata, column, quota, max_caption_chars)
         if captions:  # a caption the encoder reads as unknown tokens alone counts for nothing
             said = ~unknown_only(encoder, captions)
@@ -255,6 +268,41 @@ def embeddings_agreement(
         "min_cosine": round(float(found.min()), 4),
         "files": files,
     }
+
+
+class CountedColumns:
+    """The caption column a run counts in each of its metadata files, as the readers' planner
+    decides it (:func:`~clipaudit.readers.plan_shards`): one column a source, its first file's
+    when no ``column`` is named, which a file alone could pick otherwise. A source is planned when
+    one of its files is first asked for, and only up to that file."""
+
+    def __init__(self, sources: Sequence[Any], settings: Any):
+        self.sources = sources
+        self.settings = settings
+        self.source_of = {Path(f).resolve(): i for i, s in enumerate(sources) for f in s.files}
+        self.plans: dict[int, Iterator[Any]] = {}
+        self.found: dict[Path, str | None] = {}
+
+    def __call__(self, metadata: Path) -> str | None:
+        from clipaudit.readers import Shard, plan_shards
+
+        wanted = Path(metadata).resolve()
+        index = self.source_of[wanted]
+        if index not in self.plans:
+            self.plans[index] = plan_shards(
+                [self.sources[index]],
+                column=self.settings.column,
+                id_column=self.settings.id_column,
+                shard_rows=self.settings.shard_rows,
+                skip_bad=True,  # a bad file is not sampled; the run's own plan says what is wrong
+            )
+        while wanted not in self.found:
+            shard = next(self.plans[index], None)
+            if shard is None:  # planned to the end without it: a bad file
+                return None
+            if isinstance(shard, Shard):
+                self.found.setdefault(Path(shard.location).resolve(), shard.column)
+        return self.found[wanted]
 
 
 # --------------------------------------------------------------------------- driver side
@@ -395,7 +443,7 @@ class SemanticRun:
                     f"input ({len(lonely)} of {len(files)} inputs unpaired); expected "
                     "text_emb_N.npy for each metadata_N.parquet"
                 )
-            self.agreement = self._check_agreement(previous)
+            self.agreement = self._check_agreement(sources, previous)
             self.concepts = concept_embeddings(self.registry, self.encoder)
             return
         self.out = Path(out)
@@ -413,22 +461,30 @@ class SemanticRun:
         )
         self.concepts = concept_embeddings(self.registry, self.encoder, cache=self.store.folder)
 
-    def _check_agreement(self, previous: dict[str, Any] | None) -> dict[str, Any]:
-        """The agreement of LAION's rows with the encoder (:func:`embeddings_agreement`), or the
-        record of the earlier sessions of the run when they measured it for the same files,
-        encoder and rule; refused (:class:`SettingsError`) when a file's median cosine is below
+    def _check_agreement(
+        self, sources: Sequence[Any], previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The agreement of LAION's rows with the encoder (:func:`embeddings_agreement`, over the
+        caption columns the run counts), or the record of the earlier sessions of the run when
+        they measured it for the same files, sources, encoder and rule; refused
+        (:class:`SettingsError`) when a file's median cosine is below
         :data:`AGREEMENT_THRESHOLD`: the encoder did not make those embeddings."""
         from clipaudit.provenance import file_identity, file_record
 
+        pair_of = {p.metadata.resolve(): p for p in self.laion.pairs}
         key = fingerprint(
             {
                 "encoder": self.encoder_key,
-                "files": [
+                # by source: a source's files share its first file's caption column
+                "sources": [
                     [
-                        file_identity(file_record(p.embeddings)),
-                        file_identity(file_record(p.metadata)),
+                        [
+                            file_identity(file_record(pair_of[Path(f).resolve()].embeddings)),
+                            file_identity(file_record(f)),
+                        ]
+                        for f in source.files
                     ]
-                    for p in self.laion.pairs
+                    for source in sources
                 ],
                 "column": self.settings.column,
                 "max_caption_chars": self.settings.max_caption_chars,
@@ -444,7 +500,7 @@ class SemanticRun:
         measured = embeddings_agreement(
             self.encoder,
             self.laion.pairs,
-            column=self.settings.column,
+            column_of=CountedColumns(sources, self.settings),
             max_caption_chars=self.settings.max_caption_chars,
         )
         worst = min(measured["files"], key=lambda f: f["median_cosine"], default=None)
@@ -1011,7 +1067,19 @@ def read_nearest(run: Path) -> dict[str, Any]:
             f"{run} has no nearest.json; it is written by semantic methods (--method semantic, "
             "both or checked)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        nearest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # damaged by hand
+        why = one_line(exc)
+    else:
+        if isinstance(nearest, dict):
+            return nearest
+        why = "not a JSON object"
+    # a complete run reuses its outputs as they are; one missing is made again
+    raise RunFolderError(
+        f"{path} is damaged ({why}); delete it and run the same coverage count again, which "
+        "writes it again"
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -1065,12 +1133,24 @@ def calibrate(
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
     from clipaudit.semantic.store import encode_captions
 
-    paths = [Path(gold)] if isinstance(gold, (str, Path)) else [Path(p) for p in gold]
+    given = gold if isinstance(gold, Sequence) and not isinstance(gold, str) else [gold]
+    for what, value in [*(("gold (a labelled caption file)", p) for p in given), ("out", out)]:
+        if not isinstance(value, (str, os.PathLike)):
+            raise SettingsError(
+                f"{what} must be a path (a str or an os.PathLike), got "
+                f"{type(value).__name__} {value!r:.60}"
+            )
+    paths = [Path(p) for p in given]
     if not paths:
         raise InputError(
             "no labelled caption files given; expected JSON lines of id, caption, concepts"
         )
     out = Path(out)
+    if out.resolve() in {p.resolve() for p in paths}:  # the thresholds would replace the captions
+        raise SettingsError(
+            f"calibration file (--out) {out} is one of the labelled caption files it is fitted "
+            "on; give another path to write the calibration to"
+        )
     blocking = file_in_the_way(out.parent)
     if out.is_dir() or blocking is not None:  # found now, not after encoding and fitting
         why = "is a folder" if out.is_dir() else f"cannot be made: {blocking} is a file"

@@ -1084,6 +1084,35 @@ def test_calibrate_refuses_an_out_it_cannot_write_before_any_work(tmp_path, monk
     assert (tmp_path / "taken.json").read_text() == "{}"
 
 
+def test_calibrate_refuses_paths_that_are_no_paths_and_an_out_that_is_a_labelled_file(
+    tmp_path, monkeypatch
+):
+    """Arguments of the wrong type are a SettingsError naming them (not Python's TypeError), and
+    an out naming one of the labelled files would write the thresholds over the captions they
+    were fitted on: refused before the encoder loads, the file left as it was."""
+    from clipaudit.coverage_semantic import calibrate
+    from clipaudit.semantic import encoders
+
+    monkeypatch.setattr(encoders, "load_encoder", no_encoder)
+    gold = tmp_path / "gold.jsonl"
+    text = "".join(json.dumps({"id": i, "caption": "a dog", "concepts": ["dog"]}) + "\n"
+                   for i in range(3))  # fmt: skip
+    gold.write_text(text)
+    for args, message in [
+        ((None, tmp_path / "cal.json"), r"gold .* got NoneType None"),
+        ((5, tmp_path / "cal.json"), r"gold .* got int 5"),
+        (([gold, 3], tmp_path / "cal.json"), r"gold .* got int 3"),
+        ((gold, None), r"out .* got NoneType None"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            calibrate(*args, folds=2)
+    monkeypatch.chdir(tmp_path)
+    for out in (gold, "gold.jsonl"):
+        with pytest.raises(SettingsError, match=r"gold\.jsonl is one of the labelled caption"):
+            calibrate([gold], out, folds=2)
+    assert gold.read_text() == text
+
+
 def test_calibrate_embeds_a_blank_caption_as_a_run_does(tmp_path, tiny, encoder_spec, monkeypatch):
     """A run counts a blank caption for no concept (its vector is zero); calibration sees it the
     same way, not as the encoder's vector for "" that lies near some concept."""
@@ -1273,6 +1302,91 @@ def test_laion_embeddings_of_another_encoder_of_the_same_dimension_are_refused(
     assert "--encoder" in message and "open_clip:ViT-B-32@openai" in message
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
     assert manifest["status"] != "complete"
+
+
+def test_the_agreement_samples_the_caption_column_the_run_counts_in_a_folder(
+    tiny, tiny_encoder, tmp_path, monkeypatch
+):
+    """A folder source reads one caption column, its first file's (TEXT); a later file holding
+    both caption and TEXT is counted from TEXT too. The agreement sample of that file is drawn
+    from TEXT, the captions its embeddings were made of, not from the caption column a file
+    alone would pick."""
+    import clipaudit.coverage_semantic as coverage_semantic
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    folder = tmp_path / "laion"
+    first = laion_corpus_captions(10)
+    write_laion(folder, 0, made_by(tiny_encoder, first), first, list(range(10)))
+    counted = laion_corpus_captions(12, 1)
+    other = [f"a {ANIMALS[i % 8]} {PLACES[(i + 2) % 5]} drawn in ink {i}" for i in range(12)]
+    np.save(folder / "text_emb_1.npy", made_by(tiny_encoder, counted, 1), allow_pickle=False)
+    table = pa.table({"SAMPLE_ID": list(range(100, 112)),
+                      "caption": pa.array(other, pa.string()),
+                      "TEXT": pa.array(counted, pa.string())})  # fmt: skip
+    pq.write_table(table, folder / "metadata_1.parquet", row_group_size=4)
+    sampled = {}
+    sample = coverage_semantic._sample_rows
+
+    def spy(metadata, *args, **kwargs):
+        rows, captions = sample(metadata, *args, **kwargs)
+        sampled[Path(metadata).name] = (rows, captions)
+        return rows, captions
+
+    monkeypatch.setattr(coverage_semantic, "_sample_rows", spy)
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.5), tmp_path)
+    result = count_coverage([folder], tiny, tmp_path / "run", settings)
+    said = [c for c in first + counted if isinstance(c, str)]
+    assert result.n_captions_read == len(said)  # the run counted TEXT in both files
+    rows, captions = sampled["metadata_1.parquet"]
+    assert rows == said_rows(counted)  # a quota of 16 takes every row with a word
+    assert captions == [counted[r] for r in rows]
+    record = result.manifest["semantic"]["embeddings"]["agreement"]
+    entry = next(f for f in record["files"] if Path(f["embeddings"]).name == "text_emb_1.npy")
+    assert entry["rows"] == rows and entry["median_cosine"] > 0.99
+
+
+def test_the_agreement_samples_captions_stored_as_utf8_bytes(tiny, tiny_encoder, tmp_path):
+    """Metadata whose captions are unannotated binary (as Hive and Impala write text) are counted
+    by the reader, decoded: the agreement samples them too, rather than finding no caption and
+    leaving the embeddings unchecked."""
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    folder = tmp_path / "laion"
+    captions = laion_corpus_captions(20)
+    folder.mkdir()
+    np.save(folder / "text_emb_0.npy", made_by(tiny_encoder, captions), allow_pickle=False)
+    raw = [None if c is None else c.encode("utf-8") for c in captions]
+    table = pa.table({"SAMPLE_ID": list(range(20)), "TEXT": pa.array(raw, pa.binary())})
+    pq.write_table(table, folder / "metadata_0.parquet", row_group_size=8)
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.5), tmp_path)
+    result = count_coverage([folder / "metadata_0.parquet"], tiny, tmp_path / "run", settings)
+    assert result.n_captions_read == sum(c is not None for c in captions)
+    record = result.manifest["semantic"]["embeddings"]["agreement"]
+    assert record["n_captions"] == len(said_rows(captions))  # fewer than the sample: all
+    assert record["files"][0]["rows"] == said_rows(captions)
+    assert record["median_cosine"] > 0.99
+
+
+def test_a_damaged_nearest_file_is_refused_naming_it_and_the_fix(tiny, tiny_encoder, tmp_path):
+    """nearest.json damaged by hand (cut short) is a RunFolderError naming the file and the fix,
+    not json's traceback; the fix (delete it, count again) writes it again."""
+    from clipaudit.semantic.concepts import concept_embeddings
+
+    captions = laion_corpus_captions(12)
+    write_laion(tmp_path / "laion", 0, made_by(tiny_encoder, captions), captions, list(range(12)))
+    concepts = concept_embeddings(tiny, tiny_encoder)
+    settings = laion_semantic_settings(tiny_encoder, concepts, np.full(4, 0.5), tmp_path)
+    files = [tmp_path / "laion" / "metadata_0.parquet"]
+    result = count_coverage(files, tiny, tmp_path / "run", settings)
+    nearest = tmp_path / "run" / "nearest.json"
+    whole = result.nearest()
+    nearest.write_text(nearest.read_text(encoding="utf-8")[:40], encoding="utf-8")
+    with pytest.raises(RunFolderError, match=r"nearest\.json is damaged .*delete it"):
+        result.nearest()
+    nearest.unlink()
+    assert count_coverage(files, tiny, tmp_path / "run", settings).nearest() == whole
 
 
 def dog_labels(folder: Path) -> tuple[Path, Path]:

@@ -23,13 +23,14 @@ alone fixes the group.
 
 Decoding (:func:`decode_image`) turns images upright by their EXIF orientation (as viewers show
 them, and as they were labelled), converts what it can to RGB (CMYK, grayscale, 16-bit, palette,
-animated: first frame) and raises :class:`BadImage` for what it cannot (empty, corrupt, truncated,
-larger than the decompression-bomb limit); :class:`DecodedImages` turns those into skipped entries so
-one bad file never stops a run.
+animated: first frame; transparent ones laid on white) and raises :class:`BadImage` for what it
+cannot (empty, corrupt, truncated, larger than the decompression-bomb limit);
+:class:`DecodedImages` turns those into skipped entries so one bad file never stops a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -56,8 +57,8 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb t
 # "image" (a disk image named .jpg, a link to /proc/kcore) is refused before it fills memory
 MAX_IMAGE_BYTES = 1 << 30
 # bump when decoding changes the pixels a model sees (part of the cache key and of a zero-shot
-# run's model units); 2: EXIF orientation applied
-DECODE_VERSION = 2
+# run's model units); 2: EXIF orientation applied; 3: transparent images laid on white
+DECODE_VERSION = 3
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
 _MAX_LISTED = 25
 
@@ -253,7 +254,17 @@ class _Names:
 
 
 def _identity(*parts: object) -> str:
-    return hashlib.blake2b("\0".join(map(str, parts)).encode("utf-8"), digest_size=16).hexdigest()
+    # a file name that is not UTF-8 holds its bytes as surrogates (os.fsdecode): hashed as
+    # those bytes, two such names are two identities
+    text = "\0".join(map(str, parts)).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """``path`` as results show it: a name's bytes that are not UTF-8 (an old archive's
+    Latin-1 'é') escaped as ``\\xe9``, as no UTF-8 results file can hold them raw."""
+    raw = os.fspath(path).encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 _EDGE = 4096
@@ -355,7 +366,7 @@ def _counted_once(
     for indices in ways.values():
         if len(indices) < 2:
             continue
-        direct = [i for i in indices if kind == "folder" and not Path(records[i].path).is_symlink()]
+        direct = [i for i in indices if kind == "folder" and not Path(records[i].file).is_symlink()]
         kept = records[(direct or indices)[0]]
         for index in indices:
             if records[index] is not kept:
@@ -413,7 +424,7 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
         for group_dir, group in group_dirs:
             inside = _visible(group_dir, ignored)
             for stray in (p for p in inside if p.is_file()):
-                ignored.append({"path": str(stray), "reason": "not inside a <concept>/ folder"})
+                ignored.append({"path": _shown(stray), "reason": "not inside a <concept>/ folder"})
             for concept_dir in (p for p in inside if p.is_dir()):
                 concept = names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
                 if concept is None:
@@ -423,15 +434,17 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                     if any(part.startswith(".") for part in folders):
                         continue  # inside a hidden folder, listed itself
                     if name.startswith("."):
-                        ignored.append({"path": str(file), "reason": _HIDDEN})
+                        ignored.append({"path": _shown(file), "reason": _HIDDEN})
                         continue
                     if not file.is_file():
                         reason = _not_a_file(file)
                         if reason:  # listed, not dropped unsaid
-                            ignored.append({"path": str(file), "reason": reason})
+                            ignored.append({"path": _shown(file), "reason": reason})
                         continue
                     if _extension(file.name) not in IMAGE_EXTENSIONS:
-                        ignored.append({"path": str(file), "reason": "not an image file extension"})
+                        ignored.append(
+                            {"path": _shown(file), "reason": "not an image file extension"}
+                        )
                     elif not names.is_selected(group):
                         unselected += 1
                     else:
@@ -439,13 +452,13 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                             identity = _file_identity(file)
                         except OSError as exc:  # another user's file: listed, the rest read
                             reason = f"cannot be read ({exc.strerror or one_line(exc)})"
-                            ignored.append({"path": str(file), "reason": reason})
+                            ignored.append({"path": _shown(file), "reason": reason})
                             continue
                         records.append(
-                            ImageRecord(str(file), group, concept.name, identity, file=str(file))
+                            ImageRecord(_shown(file), group, concept.name, identity, file=str(file))
                         )
     for stray in (p for p in entries if p.is_file()):
-        ignored.append({"path": str(stray), "reason": "not inside a <group>/<concept>/ folder"})
+        ignored.append({"path": _shown(stray), "reason": "not inside a <group>/<concept>/ folder"})
     return ImageSet(str(root), "folder", records, ignored, unselected)
 
 
@@ -459,7 +472,7 @@ def _visible(folder: Path, ignored: list[dict[str, str]]) -> list[Path]:
     visible = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
-            ignored.append({"path": str(entry), "reason": _HIDDEN})
+            ignored.append({"path": _shown(entry), "reason": _HIDDEN})
         else:
             visible.append(entry)
     return visible
@@ -523,6 +536,45 @@ def _refuse_compressed(source: str, packed: Sequence[Path], beside: int = 0) -> 
     )
 
 
+# a compression's first bytes, its name, the suffix its decompressor takes off, the decompressor
+_STREAM_MAGIC = (
+    (b"\x1f\x8b", "gzip", ".gz", "gunzip"),
+    (b"BZh", "bzip2", ".bz2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", ".xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst", "unzstd"),
+)
+
+
+def _compression(shard: Path) -> tuple[str, str, str] | None:
+    """``(name, suffix, decompressor)`` of a ``.tar`` that is a compressed stream (a .tar.gz
+    renamed .tar); None for a tar (its ustar header says so, whatever its first member's name
+    starts with) and for one that cannot be read (said where it is read)."""
+    try:
+        with open(shard, "rb") as handle:
+            head = handle.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return None
+    if head[257:262] == b"ustar":
+        return None
+    return next((rest for magic, *rest in _STREAM_MAGIC if head.startswith(magic)), None)
+
+
+def _refuse_renamed(source: str, shards: Sequence[Path]) -> None:
+    """Shards named .tar that are compressed streams are refused as compressed shards are (see
+    :func:`_refuse_compressed`); a decompressor leaves a name without its suffix alone."""
+    packed = [(shard, found) for shard in shards if (found := _compression(shard))]
+    if not packed:
+        return
+    first, (kind, suffix, tool) = packed[0]
+    each = " (and so for each)" if len(packed) > 1 else ""
+    raise InputError(
+        f"image source {source!r} has {len(packed)} compressed tar shard(s) named .tar, e.g. "
+        f"{str(first)!r} ({kind}-compressed); clipaudit reads uncompressed .tar shards (each "
+        f"image in place, at its offset in the shard): decompress them first: mv {first} "
+        f"{first}{suffix} && {tool} {first}{suffix}{each}, then give the .tar shards"
+    )
+
+
 def _tar_shards(source: str) -> list[Path]:
     if "{" in source and (".tar" in source or ".tgz" in source):
         from braceexpand import braceexpand
@@ -536,9 +588,11 @@ def _tar_shards(source: str) -> list[Path]:
         packed = [s for s in shards if _compressed_suffix(s)]
         if packed:
             _refuse_compressed(source, packed)
+        _refuse_renamed(source, shards)
         return shards
     path = Path(source)
     if path.is_file() and path.suffix == ".tar":
+        _refuse_renamed(source, [path])
         return [path]
     if path.is_file() and _compressed_suffix(path):
         _refuse_compressed(source, [path])
@@ -555,6 +609,7 @@ def _tar_shards(source: str) -> list[Path]:
         ]
         if packed and (shards or not any(p.is_dir() for p in visible)):
             _refuse_compressed(source, packed, len(shards))
+        _refuse_renamed(source, shards)
         return shards
     return []
 
@@ -569,7 +624,7 @@ def _webdataset_images(
     ignored: list[dict[str, str]] = []
     if Path(source).is_dir():
         ignored += [
-            {"path": str(p), "reason": _HIDDEN} for p in sorted(Path(source).glob(".*.tar"))
+            {"path": _shown(p), "reason": _HIDDEN} for p in sorted(Path(source).glob(".*.tar"))
         ]
     unselected = 0
     read_from: Counter[str] = Counter()  # samples whose label was looked up in each
@@ -605,7 +660,7 @@ def _webdataset_images(
                         return handle.read(member.size)
 
                     for key, members in samples.items():
-                        where = f"{shard}/{key}"
+                        where = _shown(f"{shard}/{key}")
                         image_ext = next((e for e in members if e in IMAGE_EXTENSIONS), None)
                         if image_ext is None:
                             ignored.append({"path": where, "reason": "sample has no image"})
@@ -641,7 +696,7 @@ def _webdataset_images(
                         member = members[image_ext]
                         records.append(
                             ImageRecord(
-                                path=f"{shard}/{member.name}",
+                                path=_shown(f"{shard}/{member.name}"),
                                 group=concept.group,
                                 concept=concept.name,
                                 identity=_identity(shard_identity, member.name),
@@ -764,6 +819,7 @@ def _hf_images(
     records: list[ImageRecord] = []
     ignored: list[dict[str, str]] = []
     unselected = 0
+    files = _listed_files(dataset, image_column)
     for row, label in enumerate(labels):
         if label is None or label == "":  # an unlabelled row, as a sample without a label
             reason = f"no label in column {label_column!r} (empty, or -1 for a class)"
@@ -775,12 +831,19 @@ def _hf_images(
         if not names.is_selected(concept.group):
             unselected += 1
             continue
+        identity = _identity("hf", fingerprint, row)
+        if files[row]:
+            # a listed file is known as a folder's is: listed twice, it is read once
+            # (_counted_once), and changed in place it is read again, which the dataset's
+            # fingerprint (of its paths, not their pixels) would not tell
+            with contextlib.suppress(OSError):  # unreadable: read, and said why, with the rest
+                identity = _file_identity(Path(files[row]))
         records.append(
             ImageRecord(
                 path=f"{source}#{row}",
                 group=concept.group,
                 concept=concept.name,
-                identity=_identity("hf", fingerprint, row),
+                identity=identity,
                 row=row,
             )
         )
@@ -793,6 +856,29 @@ def _hf_images(
         dataset=dataset,
         image_column=image_column,
     )
+
+
+def _listed_files(dataset: Any, column: str) -> list[str | None]:
+    """Each row's image file where ``column`` lists one (a path as text, or an Image without
+    its bytes, as :meth:`ImageSet.read_bytes` reads it); None where the row holds the bytes.
+    Read from the arrow columns, not the rows: a row would copy its image's bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    files: list[str | None] = []
+    for chunk in dataset.with_format("arrow")[column].chunks:
+        if pa.types.is_struct(chunk.type):
+            held = pc.fill_null(pc.greater(pc.binary_length(chunk.field("bytes")), 0), False)
+            paths = chunk.field("path").to_pylist()
+            files += [
+                None if bytes_held else path
+                for bytes_held, path in zip(held.to_pylist(), paths, strict=True)
+            ]
+        elif pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+            files += chunk.to_pylist()
+        else:
+            files += [None] * len(chunk)
+    return files
 
 
 def _check_split(source: str, split: str | None, splits: Sequence[str]) -> None:
@@ -942,8 +1028,10 @@ def decode_image(
 
 def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says: a phone's photo is stored sideways with a
-    tag, and labelled as viewers show it, upright (open_clip's transforms do not read the tag).
-    An unreadable EXIF block is ignored, as viewers ignore it."""
+    tag, and labelled as viewers show it, upright. open_clip's loaders do not read the tag, and
+    so differ here on purpose: its web training images are upright in their pixels, and a label
+    ("low angle", "portrait") is true of the upright photo, so a sideways one would measure the
+    tag, not the concept. An unreadable EXIF block is ignored, as viewers ignore it."""
     try:
         with warnings.catch_warnings():  # "Corrupt EXIF data" from a worker: nothing to act on
             warnings.simplefilter("ignore")
@@ -954,9 +1042,8 @@ def upright(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB version of a decoded image; 16-bit and float grayscale are scaled, not clipped, to 8 bits."""
-    if image.mode == "RGB":
-        return image
+    """RGB version of a decoded image; 16-bit and float grayscale are scaled, not clipped, to 8
+    bits; transparent ones are laid on white."""
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         top = values.max(initial=0)
@@ -969,7 +1056,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
         eight_bit = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(eight_bit, "L").convert("RGB")
     try:
-        return image.convert("RGB")
+        if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+            # on white, as a viewer's page shows it, and as img2dataset flattened the LAION and
+            # DataComp images OpenCLIP trained on; dropping the alpha (open_clip's convert)
+            # shows the colour under a transparent pixel, which encoders keep or zero at will
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     except (ValueError, OSError) as exc:
         raise BadImage(f"cannot convert mode {image.mode} to RGB: {exc}") from None
 

@@ -554,7 +554,7 @@ def test_decodable_odd_images_become_rgb_with_the_right_pixels():
         128,
     )  # 32896 / 65535 * 255, scaled not clipped
     assert tuple(np.asarray(animated)[0, 0]) == (255, 0, 0)  # the first frame
-    assert tuple(np.asarray(rgba)[0, 0]) == (10, 20, 30)
+    assert tuple(np.asarray(rgba)[0, 0]) == (255, 255, 255)  # transparent: on white
 
 
 def test_jpeg_draft_decodes_at_a_reduced_size_that_still_covers_the_target():
@@ -722,8 +722,9 @@ def test_an_image_column_of_other_values_is_refused_before_any_image_is_read(tmp
 def test_an_image_column_of_encoded_bytes_or_paths_is_read(tmp_path, registry):
     import datasets
 
-    png = image_bytes(noise(8, 8), "PNG")
-    (tmp_path / "a.png").write_bytes(png)
+    pngs = [image_bytes(noise(8, 8, seed), "PNG") for seed in range(2)]
+    for name, png in zip("ab", pngs, strict=True):
+        (tmp_path / f"{name}.png").write_bytes(png)
     features = datasets.Features(
         {
             "data": datasets.Value("binary"),
@@ -731,11 +732,12 @@ def test_an_image_column_of_encoded_bytes_or_paths_is_read(tmp_path, registry):
             "label": datasets.Value("string"),
         }
     )
-    rows = {"data": [png, png], "file": [str(tmp_path / "a.png")] * 2, "label": ["cat", "dog"]}
+    files = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    rows = {"data": pngs, "file": files, "label": ["cat", "dog"]}
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
     for column in ("data", "file"):
         images = open_images(tmp_path / "ds", registry, image_column=column)
-        assert [images.read_bytes(r) for r in images.records] == [png, png]
+        assert [images.read_bytes(r) for r in images.records] == pngs
 
 
 def test_a_label_column_that_holds_no_names_is_refused_naming_the_columns(tmp_path, registry):
@@ -941,3 +943,158 @@ def test_compressed_tar_shards_are_refused_saying_how_to_decompress_them(
     write_image_folder(tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}})
     (tmp_path / "img" / f"backup{suffix}").write_bytes((folder / f"00000{suffix}").read_bytes())
     assert len(open_images(tmp_path / "img", registry).records) == 2
+
+
+@pytest.mark.parametrize(
+    ("compress", "kind", "suffix", "tool"),
+    [
+        ("gzip", "gzip", ".gz", "gunzip"),
+        ("bz2", "bzip2", ".bz2", "bunzip2"),
+        ("lzma", "xz", ".xz", "unxz"),
+    ],
+)
+def test_a_compressed_shard_named_tar_is_refused_saying_what_it_is_and_how_to_decompress(
+    tmp_path, registry, compress, kind, suffix, tool
+):
+    """A .tar.gz renamed .tar (or a download saved under the wrong name) was 'not a readable
+    uncompressed tar: invalid header'; it is told apart by its first bytes, like a .tar.gz."""
+    import importlib
+
+    packer = importlib.import_module(compress)
+    dog = image_bytes(noise(20, 10, 1), "JPEG")
+    write_shard(tmp_path / "plain.tar", [{"__key__": "a", "jpg": dog, "txt": b"dog"}])
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "00000.tar").write_bytes((tmp_path / "plain.tar").read_bytes())
+    packed = folder / "00001.tar"
+    packed.write_bytes(packer.compress((tmp_path / "plain.tar").read_bytes()))
+    fix = re.escape(f"mv {packed} {packed}{suffix} && {tool} {packed}{suffix}")
+    expected = (
+        rf"1 compressed tar shard\(s\) named \.tar, e\.g\. '{re.escape(str(packed))}' "
+        rf"\({kind}-compressed\); clipaudit reads uncompressed \.tar shards.*{fix}"
+    )
+    for source in (folder, packed, f"{folder}/{{00000..00001}}.tar"):
+        with pytest.raises(InputError, match=expected):
+            check_image_source(source)
+        with pytest.raises(InputError, match=expected):
+            open_images(source, registry)
+    # decompressed as told, the shard is read
+    os.rename(packed, f"{packed}{suffix}")
+    (folder / f"00001.tar{suffix}").unlink()
+    packed.write_bytes((tmp_path / "plain.tar").read_bytes())
+    assert len(open_images(folder, registry).records) == 2
+
+
+def test_a_tar_whose_first_member_name_looks_like_a_compression_header_is_a_tar(tmp_path, registry):
+    """Only the first bytes of a compressed stream are looked at where a tar has no ustar
+    header: a sample named like bzip2's magic ("BZh...") is still read."""
+    dog = image_bytes(noise(8, 8, 1), "JPEG")
+    write_shard(tmp_path / "0.tar", [{"__key__": "BZh91AY&SY", "jpg": dog, "txt": b"dog"}])
+    assert [r.concept for r in open_images(tmp_path / "0.tar", registry).records] == ["dog"]
+
+
+def test_file_names_that_are_not_utf8_are_read_and_shown_escaped(tmp_path, registry):
+    """A file named in another encoding (Latin-1 'é' from an old archive) stopped the listing
+    with a UnicodeEncodeError; it is read, and shown with the odd byte escaped (results are
+    text files, which cannot hold the raw byte)."""
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 1}})
+    latin = os.fsencode(tmp_path / "img" / "Animal" / "dog") + b"/caf\xe9.jpg"
+    pixels = image_bytes(noise(8, 8, 5), "JPEG")
+    with open(latin, "wb") as handle:
+        handle.write(pixels)
+    (tmp_path / "img" / "Animal" / "dog" / "caf\u00e9.jpg").write_bytes(pixels)  # UTF-8 'é'
+    images = open_images(tmp_path / "img", registry)
+    shown = sorted(Path(r.path).name for r in images.records)
+    assert shown == ["000.jpg", "caf\\xe9.jpg", "caf\u00e9.jpg"]
+    for record in images.records:
+        record.path.encode("utf-8")  # writable to results
+        assert images.read_bytes(record)
+    assert len({r.identity for r in images.records}) == 3
+    # in a shard, a member named so
+    import tarfile
+
+    with tarfile.open(tmp_path / "0.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in ((b"caf\xe9.jpg", pixels), (b"caf\xe9.txt", b"dog")):
+            info = tarfile.TarInfo(name.decode("utf-8", "surrogateescape"))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard = open_images(tmp_path / "0.tar", registry)
+    assert [r.path for r in shard.records] == [f"{tmp_path / '0.tar'}/caf\\xe9.jpg"]
+    assert shard.read_bytes(shard.records[0]) == pixels
+
+
+@pytest.mark.filterwarnings("error")  # Pillow's "Palette images with Transparency..." too
+def test_transparent_images_are_shown_on_white_whatever_colour_hides_under_them():
+    """A transparent pixel's colour is undefined (encoders keep or drop it), and viewers show it
+    on the page's white, as img2dataset (which made the LAION and DataComp shards OpenCLIP
+    trained on) flattened it; dropping the alpha showed whatever was hidden, black as often.
+    Expected: c * a / 255 + 255 - a per channel, rounded."""
+    colour = np.array([10, 20, 30])
+    for alpha in (0, 128, 255):
+        expected = np.rint(colour * alpha / 255 + 255 - alpha)
+        for fmt, options in (("PNG", {}), ("WEBP", {"lossless": True}), ("TIFF", {})):
+            data = image_bytes(Image.new("RGBA", (4, 4), (*colour, alpha)), fmt, **options)
+            got = np.asarray(decode_image(data))[0, 0].astype(int)
+            assert np.abs(got - expected).max() <= 1, (fmt, alpha, got)
+    grey = np.asarray(decode_image(image_bytes(Image.new("LA", (4, 4), (200, 0)), "PNG")))
+    assert grey[0, 0].tolist() == [255, 255, 255]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    palette.putpixel((1, 0), 1)
+    for fmt in ("PNG", "GIF"):
+        shown = np.asarray(decode_image(image_bytes(palette, fmt, transparency=0)))
+        assert shown[0].tolist() == [[255, 255, 255], [255, 0, 0]], fmt
+    # a palette whose entries are partly transparent (an alpha byte each), which Pillow warned
+    # about in every decoding worker when converted to RGB
+    partly = np.rint(np.array([255, 0, 0]) * 128 / 255 + 255 - 128)
+    shown = np.asarray(decode_image(image_bytes(palette, "PNG", transparency=bytes([0, 128]))))
+    assert shown[0, 0].tolist() == [255, 255, 255]
+    assert np.abs(shown[0, 1].astype(int) - partly).max() <= 1
+    # a PNG's colour key (tRNS in an RGB image): that colour is transparent
+    keyed = Image.new("RGB", (2, 1), (0, 0, 0))
+    keyed.putpixel((1, 0), (0, 0, 255))
+    shown = np.asarray(decode_image(image_bytes(keyed, "PNG", transparency=(0, 0, 0))))
+    assert shown[0].tolist() == [[255, 255, 255], [0, 0, 255]]
+
+
+def test_image_paths_listed_twice_in_a_dataset_are_read_once_per_group(
+    tmp_path, registry, monkeypatch
+):
+    """A dataset of file paths (a CSV listing saved as a dataset) naming one file twice, under
+    one concept or two of a group, classified and scored it once per row, as a file linked into
+    a folder twice was; and a file changed in place kept its cached embedding (its row was its
+    identity)."""
+    import datasets
+
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        (tmp_path / name).write_bytes(image_bytes(noise(8, 8, seed), "PNG"))
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    rows = {"image": [a, b, a, a, a], "label": ["dog", "cat", "dog", "cat", "red"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    images = open_images(tmp_path / "ds", registry)
+    source = str(tmp_path / "ds")
+    assert [(r.path, r.concept) for r in images.records] == [
+        (f"{source}#0", "dog"),
+        (f"{source}#1", "cat"),
+        (f"{source}#4", "red"),  # another group: its own
+    ]
+    same = f"the same image as {source}#0 (dog), read once in group Animal"
+    assert images.ignored == [
+        {"path": f"{source}#2", "reason": same},
+        {"path": f"{source}#3", "reason": same},
+    ]
+    before = {r.path: r.identity for r in images.records}
+    (tmp_path / "b.png").write_bytes(image_bytes(noise(8, 8, 3), "PNG"))
+    after = {r.path: r.identity for r in open_images(tmp_path / "ds", registry).records}
+    assert after[f"{source}#0"] == before[f"{source}#0"]
+    assert after[f"{source}#1"] != before[f"{source}#1"]
+    # an Image column that lists its files (an image folder loaded from the hub's cache) too
+    listed = datasets.Dataset.from_dict(
+        {"image": [{"bytes": None, "path": p} for p in (a, b, a)], "label": ["dog", "cat", "dog"]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
+    )
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, **kwargs: ["train"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kwargs: listed)
+    hub = open_images("hf:someorg/pets", registry)
+    assert [r.path for r in hub.records] == ["hf:someorg/pets#0", "hf:someorg/pets#1"]
+    assert [i["path"] for i in hub.ignored] == ["hf:someorg/pets#2"]

@@ -969,6 +969,17 @@ def _run_store(run: str | Path) -> tuple[dict[str, Any], Any, list[str]]:
     return manifest, store, keys
 
 
+def _counted_input(run: Path, record: dict[str, Any]) -> str:
+    """Where a run's input (its manifest ``record``) is read again: captions counted from memory
+    from the run's own copy (``inputs/captions-HASH.parquet``: the run may have moved since), a
+    path given relative from the directory the count ran in."""
+    spec = Path(record["spec"])
+    staged = run / "inputs" / spec.name
+    if spec.parent.name == "inputs" and spec.name.startswith("captions-") and staged.is_file():
+        return str(staged)
+    return record.get("absolute", record["spec"])
+
+
 def _run_captions(
     run: Path, manifest: dict[str, Any], store: Any, keys: Sequence[str]
 ) -> Iterator[list[str]]:
@@ -978,7 +989,7 @@ def _run_captions(
     from clipaudit.semantic.store import ids_array
 
     options = manifest["options"]
-    specs = [record["spec"] for record in manifest["inputs"]]
+    specs = [_counted_input(run, record) for record in manifest["inputs"]]
     sources = resolve_sources(specs, hf_split=options["hf_split"], exclude=run)
     layout = manifest["semantic"]["embeddings"]["layout"]
     shards = {

@@ -587,10 +587,14 @@ def _saved_split_dir(folder: Path, split: str) -> Path:
 
 def describe_source(source: Source, *, checksum: bool = False) -> dict[str, Any]:
     """What a manifest records about a source: kind and files with their identities
-    (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``); a streamed
+    (:func:`clipaudit.provenance.file_record`; sha256 too with ``checksum``) and, for a local
+    path given relative, its absolute path (``absolute``); a streamed
     dataset (``hf:``): name, config, split and which version of it is read
     (:func:`_stream_version`)."""
     record: dict[str, Any] = {"spec": source.spec, "kind": source.kind}
+    if source.kind != "hf_stream" and source.scheme is None and not Path(source.spec).is_absolute():
+        # index and query read a run's inputs again, from whatever directory they are run in
+        record["absolute"] = str(Path(source.spec).absolute())
     if source.left_out:
         record["left_out"] = list(source.left_out)
     if source.kind == "hf_stream":

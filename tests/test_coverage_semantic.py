@@ -1498,3 +1498,28 @@ def test_the_command_line_fits_under_a_profile_and_says_where_a_run_differs(
     )
     assert f"calibration'sregistry:fittedwithnametiny,sha256{fitted_sha}" in said
     assert f"thisrun:nametiny,sha256{edited_sha}" in said
+
+
+def test_a_run_is_indexed_from_any_directory_and_after_a_move(
+    tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch
+):
+    """`coverage index` reads the inputs again: a path given relative at count time is read
+    from the directory the count ran in, and captions counted from memory from the run's own
+    copy, wherever the run is now."""
+    from clipaudit.coverage_semantic import index_run
+
+    counted_in, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    counted_in.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(corpus, counted_in / "corpus.parquet")
+    monkeypatch.chdir(counted_in)
+    semantic_run("corpus.parquet", tiny, "run", encoder_spec, planted["path"], method="semantic")
+    monkeypatch.chdir(elsewhere)
+    assert index_run(counted_in / "run").n == len(captions_of(corpus))
+
+    texts = [caption for _, caption in planted["captions"]]
+    options = CoverageSettings(method="semantic", encoder=encoder_spec, progress=False,
+                               calibration=str(planted["path"]))  # fmt: skip
+    count_coverage(texts=texts, registry=tiny, out=tmp_path / "memory", settings=options)
+    (tmp_path / "memory").rename(tmp_path / "moved")
+    assert index_run(tmp_path / "moved").n == len(texts)

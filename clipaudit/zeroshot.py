@@ -67,7 +67,6 @@ from clipaudit.models import (
     resolve_precision,
 )
 from clipaudit.provenance import (
-    atomic_write_bytes,
     file_identity,
     file_record,
     library_versions,
@@ -76,7 +75,7 @@ from clipaudit.provenance import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFolder, unit_key
-from clipaudit.text import file_stem, inert_line, is_prompt_template, slug
+from clipaudit.text import file_stem, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."
@@ -1156,11 +1155,14 @@ def _finish(
     predictions = pd.concat(
         [pd.read_parquet(u / "predictions.parquet") for u in units], ignore_index=True
     )
+    from clipaudit.report import figures as draw
+
     out = folder.path
     shutil.rmtree(out / "confusion", ignore_errors=True)
     written = write_table(concepts, out / "concepts", ("csv",))
     written += write_table(groups, out / "groups", ("csv",))
     written += write_table(predictions, out / "predictions", ("parquet",))
+    drawn = []  # what each figure shows: a report of this run copies it instead of drawing it
     for unit, record in zip(units, records, strict=True):
         label = record["label"]
         scores = groups[groups["model"] == label].set_index("group")["macro_f1"]
@@ -1170,9 +1172,11 @@ def _finish(
             )
             target = out / "confusion" / file_stem(label) / file_stem(group)
             written += write_table(confusion_table(matrix), target, ("csv",))
-            title = f"{label} / {group}: macro-F1 {scores[group]:.3f}"
-            atomic_write_bytes(target.parent / f"{target.name}.png", confusion_png(matrix, title))
-            written.append(target.with_suffix(".png"))
+            title = draw.confusion_title(label, group, scores[group])
+            files = draw.write_confusion(matrix, title, target.parent, target.name)
+            written += files.values()
+            shown = draw.confusion_record(matrix, title, files, out)
+            drawn.append({"model": label, "group": group, **shown})
     first = records[0]["info"]
     manifest = folder.complete(
         models=[r["info"] for r in records],
@@ -1185,6 +1189,7 @@ def _finish(
         skipped_groups=_unique(g for r in records for g in r["skipped_groups"]),
         timings={"list_images_s": listed_s},
         outputs=[str(p.relative_to(out)) for p in written],
+        confusion_figures=drawn,
     )
     return ZeroShotRun(out, groups, concepts, manifest)
 
@@ -1236,49 +1241,3 @@ def read_confusion_csv(path: str | os.PathLike) -> pd.DataFrame:
             f"{path} is no confusion matrix (labels, then one integer count per predicted "
             f"label): {exc}"
         ) from None
-
-
-def confusion_png(frame: pd.DataFrame, title: str) -> bytes:
-    """A confusion matrix as PNG: colour is the row share (recall), numbers are counts. Names
-    are drawn as written: "$" in a registry's or a model's name starts no mathtext (which fails
-    on an unknown command and renders a known one as something else)."""
-    import matplotlib
-
-    with matplotlib.rc_context({"text.parse_math": False}):
-        return _confusion_png(frame, title)
-
-
-def _confusion_png(frame: pd.DataFrame, title: str) -> bytes:
-    import io
-
-    from matplotlib.figure import Figure
-
-    counts = frame.to_numpy()
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    n_rows, n_cols = counts.shape
-    figure = Figure(figsize=(max(4.5, 0.6 * n_cols + 2.5), max(3.5, 0.5 * n_rows + 2.2)), dpi=120)
-    axes = figure.add_subplot()
-    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    axes.set_xticks(range(n_cols), labels=list(frame.columns), rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(range(n_rows), labels=list(frame.index), fontsize=8)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(inert_line(title), fontsize=9)  # a control character has no glyph
-    for row in range(n_rows):
-        for col in range(n_cols):
-            if counts[row, col]:
-                colour = "white" if shares[row, col] > 0.5 else "black"
-                axes.text(
-                    col,
-                    row,
-                    str(counts[row, col]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color=colour,
-                )
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()

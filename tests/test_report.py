@@ -1656,3 +1656,189 @@ def test_the_notebook_runs_in_a_real_kernel(audit_runs, tmp_path, monkeypatch):
     last = document.cells[-1] if document.cells[-1].cell_type == "code" else document.cells[-2]
     assert "compare" in last.source.lower() or "model" in last.source.lower()
     assert (tmp_path / "notebook-report" / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------- confusion figures
+
+
+def _counting_confusion(monkeypatch) -> list[str]:
+    """The titles the one confusion drawing (figures.confusion) is called with, in order."""
+    drawn: list[str] = []
+    original = figures.confusion
+
+    def counted(frame, title):
+        drawn.append(title)
+        return original(frame, title)
+
+    monkeypatch.setattr(figures, "confusion", counted)
+    return drawn
+
+
+def _zeroshot_again(audit_runs, out: Path):
+    from clipaudit.models import ModelSpec
+    from clipaudit.zeroshot import run_zeroshot
+    from tests.report_world import IMAGED
+
+    models = Path(audit_runs["root"]) / "models"
+    spec = ModelSpec(str(models / "tiny-clip.json"), str(models / "trained.safetensors"))
+    return run_zeroshot(
+        spec, audit_runs["images"], out, groups=tuple(IMAGED),
+        cache_dir=None, workers=0, device="cpu", progress=False,
+    )  # fmt: skip
+
+
+def test_an_audit_draws_each_confusion_matrix_once(audit_runs, tmp_path, monkeypatch):
+    """The zero-shot stage and the report each drew every confusion matrix, with two functions
+    of their own (two looks for one figure): now the zero-shot run draws each once and records
+    what it drew, and the report copies those figures instead of drawing them again."""
+    from tests.report_world import IMAGED
+
+    drawn = _counting_confusion(monkeypatch)
+    zeroshot = _zeroshot_again(audit_runs, tmp_path / "zeroshot")
+    label = zeroshot.models[0]
+    assert sorted(drawn) == sorted(
+        f"{label} / {group}: macro-F1 {score:.2f}"
+        for group, score in zeroshot.groups.set_index("group")["macro_f1"].items()
+    )
+    assert len(drawn) == len(IMAGED)
+    report = build_report([audit_runs["coverage"], zeroshot], tmp_path / "report", n_bootstrap=0)
+    assert len(drawn) == len(IMAGED)  # none drawn again
+    shown = [e for e in report.summary["figures"] if e["kind"] == "confusion"]
+    assert sorted(e["group"] for e in shown) == sorted(IMAGED)
+    for entry in shown:
+        source = zeroshot.out / "confusion" / label / entry["group"]
+        for fmt in ("png", "svg"):
+            copied = (report.out / entry[fmt]).read_bytes()
+            assert copied == source.with_suffix(f".{fmt}").read_bytes()
+        # the page's size of the figure is the image's own
+        assert (entry["width"], entry["height"]) == _png_size(report.out / entry["png"])
+    # a report of a run that recorded no figures (an older one) draws them all, the same
+    older = _edited_copy(zeroshot.out, tmp_path / "older", {"confusion_figures": None})
+    again = build_report([audit_runs["coverage"], older], tmp_path / "again", n_bootstrap=0)
+    assert len(drawn) == 2 * len(IMAGED)
+    for entry, other in zip(report.summary["figures"], again.summary["figures"], strict=True):
+        assert (again.out / other["png"]).read_bytes() == (report.out / entry["png"]).read_bytes()
+        assert other == entry
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_a_stale_confusion_figure_is_drawn_again(audit_runs, tmp_path, monkeypatch):
+    """A recorded figure is reused only when it is of the matrix and title the report shows and
+    its files are those the run wrote: not when its table changed since, nor when its image was
+    swapped for another's, nor when the record points out of the run's folder."""
+    source = Path(audit_runs["zeroshot_trained"])
+    label = load_run(source).models[0]
+    folder = tmp_path / "zeroshot"
+    shutil.copytree(source, folder)
+    matrices = folder / "confusion" / label
+    # Animal's counts changed: the figure on disk is of other data
+    table = pd.read_csv(matrices / "Animal.csv", dtype=str, keep_default_na=False)
+    counts = table.iloc[:, 1:].astype(int)
+    table.iloc[:, 1:] = counts.to_numpy()[:, ::-1].astype(str)
+    table.to_csv(matrices / "Animal.csv", index=False)
+    # Color's image is Texture's: the file is not the one recorded
+    for fmt in ("png", "svg"):
+        shutil.copyfile(matrices / f"Texture.{fmt}", matrices / f"Color.{fmt}")
+    # Emotion's record points out of the folder, at a copy of its own files
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for record in manifest["confusion_figures"]:
+        if record["group"] == "Emotion":
+            for fmt in ("png", "svg"):
+                outside = tmp_path / f"Emotion.{fmt}"
+                shutil.copyfile(matrices / f"Emotion.{fmt}", outside)
+                record[fmt]["path"] = f"../{outside.name}"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    drawn = _counting_confusion(monkeypatch)
+    report = build_report([audit_runs["coverage"], folder], tmp_path / "report", n_bootstrap=0)
+    assert sorted(title.split(":")[0] for title in drawn) == [
+        f"{label} / {group}" for group in ("Animal", "Color", "Emotion")
+    ]
+    shown = {e["group"]: e for e in report.summary["figures"] if e["kind"] == "confusion"}
+    fresh = build_report(
+        [
+            audit_runs["coverage"],
+            _edited_copy(folder, tmp_path / "plain", {"confusion_figures": []}),
+        ],
+        tmp_path / "fresh",
+        n_bootstrap=0,
+    )  # every figure drawn by the report itself
+    for entry in fresh.summary["figures"]:
+        if entry["kind"] == "confusion":
+            ours = report.out / shown[entry["group"]]["png"]
+            assert ours.read_bytes() == (fresh.out / entry["png"]).read_bytes(), entry["group"]
+    assert (report.out / shown["Animal"]["png"]).read_bytes() != (
+        matrices / "Animal.png"
+    ).read_bytes()
+
+
+def test_a_confusion_figure_draws_dollar_signs_as_written(tmp_path):
+    """Names are text, not mathtext: an unknown command between "$" fails no run."""
+    labels = ["$\\undefinedcmd$ Colour", "$x^{2}$"]
+    frame = pd.DataFrame([[2, 1], [0, 3]], index=labels, columns=labels)
+    written = figures.write_confusion(frame, "model $\\bad$ on $\\undefinedcmd$", tmp_path, "m")
+    assert written["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "$\\undefinedcmd$ Colour" in written["svg"].read_text()
+
+
+def _relative_luminance(rgb) -> float:
+    channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+
+def test_a_confusion_matrixs_counts_are_legible_on_their_cells():
+    """A count was white wherever its row share passed one half: on the Blues map's middle
+    blues that is 2.8:1 (share 0.55), below WCAG AA's 4.5:1; black there is 7.6:1."""
+    import matplotlib
+    from matplotlib.colors import to_rgb
+
+    # row shares from 0.5 to 1: the middle blues, where the ink's choice matters
+    counts = [[11, 9], [3, 2], [2, 1], [3, 1], [9, 1], [1, 1], [0, 5]]
+    rows = [f"t{i}" for i in range(len(counts))]
+    frame = pd.DataFrame(counts, index=rows, columns=["p0", "p1"])
+    with matplotlib.rc_context({"text.parse_math": False}):
+        figure = figures.confusion(frame, "m / g")
+    axis = figure.axes[0]
+    blues = matplotlib.colormaps["Blues"]
+    texts = [t for t in axis.texts if t.get_text().strip()]
+    assert len(texts) == np.count_nonzero(counts)
+    for text in texts:
+        col, row = (round(v) for v in text.get_position())
+        share = counts[row][col] / sum(counts[row])
+        cell = _relative_luminance(blues(share)) + 0.05
+        ink = _relative_luminance(to_rgb(text.get_color())) + 0.05
+        ratio = max(cell, ink) / min(cell, ink)
+        assert ratio >= 4.5, f"{text.get_text()} at share {share:.2f}: {ratio:.2f}:1"
+
+
+def test_a_long_concept_name_leaves_the_confusion_matrix_whole(tmp_path, recwarn):
+    """A concept named by one word of 120 letters took the figure's whole width: the layout
+    collapsed (the axis labels fell off, the name was cut at the edge). Names are shortened on
+    the axes, keeping their start and end; the table beside the figure holds them whole."""
+    long = "photograph" * 12
+    labels = [long, "cat", "horse"]
+    frame = pd.DataFrame([[5, 1, 0], [0, 6, 0], [1, 0, 5]], index=labels, columns=labels)
+    written = figures.write_confusion(frame, "model / Animal: macro-F1 0.80", tmp_path, "m")
+    assert [str(w.message) for w in recwarn if "layout" in str(w.message)] == []
+    figure = figures.confusion(frame, "model / Animal: macro-F1 0.80")
+    figures.freeze_layout(figure)
+    axis = figure.axes[0]
+    box = axis.get_window_extent()
+    assert box.width > 0.4 * figure.bbox.width and box.height > 0.4 * figure.bbox.height
+    renderer = figure.canvas.get_renderer()
+    shown = [*axis.get_xticklabels(), *axis.get_yticklabels(), axis.xaxis.label, axis.yaxis.label]
+    for text in shown:
+        extent = text.get_window_extent(renderer)
+        assert extent.x0 >= 0 and extent.y0 >= 0, text.get_text()
+        assert extent.x1 <= figure.bbox.width and extent.y1 <= figure.bbox.height, text.get_text()
+    ticks = [t.get_text() for t in axis.get_yticklabels()]
+    assert ticks[1:] == ["cat", "horse"]
+    assert ticks[0].startswith(long[:8]) and ticks[0].endswith(long[-8:]) and "…" in ticks[0]
+    assert len(ticks[0]) < 40
+    assert _png_size(written["png"])[0] < 700

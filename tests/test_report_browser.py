@@ -358,3 +358,71 @@ def test_the_sensitive_groups_note_is_whole_on_a_phone(browser, audit_report):
     assert shown["left"] >= 0 and shown["right"] <= width
     assert note in page.inner_text("#groups")
     page.close()
+
+
+# what is drawn past the page's text column (outside the horizontal scrollers that hold wide
+# tables and figures): it runs into the page's margin, or off a phone's screen
+PAST_THE_COLUMN = """() => {
+  const main = document.querySelector('main'), style = getComputedStyle(main);
+  const box = main.getBoundingClientRect();
+  const left = box.left + parseFloat(style.paddingLeft);
+  const right = box.right - parseFloat(style.paddingRight);
+  const found = [];
+  for (const element of main.querySelectorAll('*')) {
+    let scrolled = false;
+    for (let e = element.parentElement; e !== main; e = e.parentElement) {
+      if (getComputedStyle(e).overflowX !== 'visible') { scrolled = true; break; }
+    }
+    const r = element.getBoundingClientRect();
+    if (!scrolled && r.width && (r.left < left - 1 || r.right > right + 1)) {
+      found.push(`${element.tagName.toLowerCase()}.${element.className}: ` +
+                 `${Math.round(r.left)} to ${Math.round(r.right)}, the column ` +
+                 `${Math.round(left)} to ${Math.round(right)}`);
+    }
+  }
+  return [...new Set(found)];
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390, 360])
+def test_nothing_runs_past_the_text_column(browser, audit_report, width):
+    """At 390 px (a phone) each glance card kept its 340 px minimum in a 326 px column and ran
+    14 px into the page's right margin (at 360 px, 44 px: past the screen's edge)."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    assert page.evaluate(PAST_THE_COLUMN) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.close()
+
+
+# each figure's shown width over its own, and whether a scroller holds all of it
+FIGURE_SCALES = """() => Array.from(document.images).map(image => {
+  let scroller = image.parentElement;
+  while (scroller && getComputedStyle(scroller).overflowX === 'visible') {
+    scroller = scroller.parentElement;
+  }
+  return {alt: image.alt, scale: image.getBoundingClientRect().width / image.naturalWidth,
+          reachable: !scroller || scroller.scrollWidth >= image.getBoundingClientRect().width};
+})"""
+
+
+def test_figures_stay_legible_on_a_phone(browser, audit_report):
+    """At 390 px every figure was shrunk to the column: the wide ones to 0.39 of their size, their
+    8 pt labels (12 px drawn) 4.7 px on the screen. A figure now keeps at least 0.6 of its size
+    (its labels 7 px and more) and scrolls sideways in its own box; the page itself does not."""
+    page = browser.new_page(viewport={"width": 390, "height": 900})
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    shown = page.evaluate(FIGURE_SCALES)
+    assert len(shown) == len(audit_report.summary["figures"])
+    small = [f"{f['alt']}: {f['scale']:.2f}" for f in shown if f["scale"] < 0.6]
+    assert small == []
+    assert all(f["reachable"] for f in shown)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # a wide screen: whole
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    assert [f["alt"] for f in page.evaluate(FIGURE_SCALES) if f["scale"] < 0.98] == []
+    page.close()

@@ -21,7 +21,6 @@ from clipaudit.zeroshot import (
     ZeroShotSettings,
     class_embeddings,
     confusion_from_table,
-    confusion_png,
     embed_images,
     evaluate_model,
     resolve_templates,
@@ -1234,14 +1233,6 @@ def test_a_confusion_matrix_of_an_unknown_group_or_model_names_what_there_is(tmp
         run.confusion(3, "Animal")
     with pytest.raises(SettingsError, match=r"a group name must be a string, got NoneType None"):
         run.confusion("m@a", None)
-
-
-def test_a_confusion_figure_draws_dollar_signs_as_written():
-    """Names are text, not mathtext: an unknown command between "$" no longer fails the run."""
-    labels = ["$\\undefinedcmd$ Colour", "$x^{2}$"]
-    frame = pd.DataFrame([[2, 1], [0, 3]], index=labels, columns=labels)
-    png = confusion_png(frame, "model $\\bad$ on $\\undefinedcmd$ Colour")
-    assert png[:4] == b"\x89PNG"
 
 
 # --------------------------------------------------------------------------- images as found, checked against open_clip

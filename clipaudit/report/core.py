@@ -413,6 +413,8 @@ class _Planned:
     kind: str
     build: Callable[[], Any]
     fields: dict[str, Any]
+    # the figure's files as an input run already drew them (format -> bytes), or None
+    drawn: Callable[[], dict[str, bytes] | None] | None = None
 
 
 def _unique_keys(planned: list[_Planned]) -> None:
@@ -533,9 +535,11 @@ def _plan(collected: Any, tables: dict[str, Any], summary: dict[str, Any]) -> li
             frame = model.confusion(group)
             if frame is None or frame.empty:
                 continue
-            macro = scores.get((model.label, group))
-            title = f"{model.label} / {group}" + (
-                f": macro-F1 {macro:.2f}" if macro is not None else ""
+            title = draw.confusion_title(model.label, group, scores.get((model.label, group)))
+            recorded = (
+                partial(draw.recorded_confusion, model.drawn_confusions, model.folder, frame, title)
+                if model.drawn_confusions and model.folder is not None
+                else None
             )
             planned.append(
                 _Planned(
@@ -548,6 +552,7 @@ def _plan(collected: Any, tables: dict[str, Any], summary: dict[str, Any]) -> li
                         "caption": f"{model.label}, {group}: confusion matrix.",
                         "alt": f"Confusion matrix of {model.label} on {group}",
                     },
+                    recorded,
                 )
             )
     _unique_keys(planned)
@@ -574,17 +579,20 @@ def _draw(
     entries, paths, images = [], {}, {}
     folder.mkdir(parents=True, exist_ok=True)
     for item in tqdm(planned, desc="figures", unit=" figures", disable=not progress, leave=False):
-        # labels and titles are run, concept and model names: "$5 to $10" is text, not math
-        with matplotlib.rc_context({"text.parse_math": False}):
-            result = item.build()
-            figure, extra = result if isinstance(result, tuple) else (result, {})
-            written = draw.save(figure, folder, stems[item.key])
-        width, height = (round(v * draw.DPI) for v in figure.get_size_inches())
+        files = item.drawn() if item.drawn is not None else None
+        if files is not None:  # the input run's own figure of the same data: copied, not drawn
+            written, extra = draw.copy_figure(files, folder, stems[item.key]), {}
+        else:
+            # labels and titles are run, concept and model names: "$5 to $10" is text, not math
+            with matplotlib.rc_context({"text.parse_math": False}):
+                result = item.build()
+                figure, extra = result if isinstance(result, tuple) else (result, {})
+                written = draw.save(figure, folder, stems[item.key])
         png = written["png"]
+        data = png.read_bytes()
+        width, height = draw.png_size(data)
         paths[item.key] = png
-        images[item.key] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(
-            "ascii"
-        )
+        images[item.key] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         entries.append(
             {
                 "key": item.key,

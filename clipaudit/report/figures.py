@@ -9,6 +9,9 @@ Outlier labels in the coverage-against-F1 plots are placed by :func:`place_label
 deterministic search over positions around each point (nearest first) that never lets two labels
 overlap or leave the axes; its result is checked on the drawn figure, and a label that finds no
 free place is listed under the figure instead.
+
+Confusion matrices are drawn here for the zero-shot run as well (:func:`write_confusion`), which
+records what each shows; a report copies those figures instead of drawing them again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipaudit.text import slug
+from clipaudit.text import inert_line, slug
 
 # Okabe & Ito (2008), "Color Universal Design"
 OKABE_ITO = {
@@ -665,8 +668,142 @@ def coverage_against_f1(
     return figure, {"labels": boxes, "unplaced": layout["unplaced"]}
 
 
+# --------------------------------------------------------------------------- confusion matrices
+
+# Drawn here only. A zero-shot run draws each of its matrices as it finishes
+# (``confusion/<model>/<group>.png|svg``) and records what each shows (:func:`confusion_record`);
+# a report copies the figures whose record is of the matrix and title it shows and whose files
+# are those recorded (:func:`recorded_confusion`), and draws only the others.
+
+# the drawing's version, part of a figure's identity: bumped when :func:`confusion` draws
+# differently, so that figures recorded before are drawn again, never shown beside new ones
+CONFUSION_STYLE = 2
+# characters of a concept's name on an axis: a longer one keeps its start and end (the figure's
+# table, beside it in the run and the report, holds it whole)
+CONFUSION_LABEL = 24
+
+
+def confusion_title(model: str, group: str, macro_f1: float | None) -> str:
+    """The title of a model's confusion matrix on a group, the same wherever it is drawn."""
+    import math
+
+    shown = macro_f1 is not None and math.isfinite(macro_f1)
+    return f"{model} / {group}" + (f": macro-F1 {macro_f1:.2f}" if shown else "")
+
+
+def confusion_identity(frame: Any, title: str) -> str:
+    """A hash of what a confusion figure shows: its title, labels and counts, and the drawing's
+    version. Two figures of one identity are the same picture."""
+    import json
+
+    shown = {
+        "style": CONFUSION_STYLE,
+        "title": title,
+        "true": [str(i) for i in frame.index],
+        "predicted": [str(c) for c in frame.columns],
+        "counts": [[int(v) for v in row] for row in frame.to_numpy()],
+    }
+    text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_confusion(frame: Any, title: str, folder: Path, stem: str) -> dict[str, Path]:
+    """Draw a confusion matrix and write it as ``folder/stem.png`` and ``.svg``. Names are drawn
+    as written: "$" in a model's or a concept's name starts no mathtext (which fails on an
+    unknown command and renders a known one as something else)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return save(confusion(frame, title), folder, stem)
+
+
+def confusion_record(frame: Any, title: str, written: dict[str, Path], root: Path) -> dict:
+    """What a run records of a confusion figure it wrote under ``root``: its identity, and each
+    file's path (relative to ``root``) and SHA-256, so that a copy swapped or left over from
+    other data is told from it."""
+    record: dict[str, Any] = {"identity": confusion_identity(frame, title)}
+    for fmt, path in written.items():
+        data = path.read_bytes()
+        record[fmt] = {
+            "path": path.relative_to(root).as_posix(),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    return record
+
+
+def recorded_confusion(
+    records: Sequence[Any], root: Path, frame: Any, title: str
+) -> dict[str, bytes] | None:
+    """The PNG and SVG bytes of the figure a run recorded (``records`` as
+    :func:`confusion_record` makes them, read from its manifest: untrusted) with the identity
+    of ``frame`` drawn with ``title``, when both files are inside ``root`` and are those
+    recorded; else None (the figure is to be drawn)."""
+    identity = confusion_identity(frame, title)
+    base = root.resolve()
+    for record in records:
+        if not isinstance(record, dict) or record.get("identity") != identity:
+            continue
+        files = {}
+        for fmt in ("png", "svg"):
+            entry = record.get(fmt)
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                break
+            path = (base / entry["path"]).resolve()
+            if not path.is_relative_to(base) or not path.is_file():
+                break
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                break
+            files[fmt] = data
+        else:
+            return files
+    return None
+
+
+def copy_figure(files: dict[str, bytes], folder: Path, stem: str) -> dict[str, Path]:
+    """Write figure files already drawn (format -> bytes) as ``folder/stem.<format>``."""
+    from clipaudit.errors import InputError
+    from clipaudit.provenance import atomic_write_bytes
+
+    paths = {fmt: folder / f"{stem}.{fmt}" for fmt in files}
+    for fmt, path in paths.items():
+        if not inside(folder, path):
+            raise InputError(f"figure file {path} would leave {folder}")
+        atomic_write_bytes(path, files[fmt])
+    return paths
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """A PNG's width and height in pixels (its header's, the first chunk's)."""
+    import struct
+
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _short_label(name: str) -> str:
+    name = inert_line(name)  # a control character has no glyph
+    if len(name) <= CONFUSION_LABEL:
+        return name
+    keep = (CONFUSION_LABEL - 1) // 2
+    return f"{name[:keep]}…{name[-keep:]}"
+
+
+def _ink_on(rgba: Sequence[float]) -> str:
+    """Black or white, whichever is the more legible on a cell of colour ``rgba`` (WCAG 2's
+    contrast ratio: one of them always reaches 4.5:1)."""
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
+
+
 def confusion(frame: Any, title: str) -> Any:
     """A confusion matrix: colour is the row share (recall), numbers are counts."""
+    import matplotlib
     import numpy as np
 
     counts = frame.to_numpy()
@@ -675,11 +812,16 @@ def confusion(frame: Any, title: str) -> Any:
     n_rows, n_cols = counts.shape
     figure = new_figure(max(3.6, 0.45 * n_cols + 2.4), max(3.0, 0.4 * n_rows + 2.0))
     axis = figure.add_subplot()
-    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    colours = matplotlib.colormaps["Blues"]
+    axis.imshow(shares, cmap=colours, vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(
-        range(n_cols), labels=[str(c) for c in frame.columns], rotation=40, ha="right", fontsize=7
+        range(n_cols),
+        labels=[_short_label(str(c)) for c in frame.columns],
+        rotation=40,
+        ha="right",
+        fontsize=7,
     )
-    axis.set_yticks(range(n_rows), labels=[str(i) for i in frame.index], fontsize=7)
+    axis.set_yticks(range(n_rows), labels=[_short_label(str(i)) for i in frame.index], fontsize=7)
     axis.set_xlabel("predicted", fontsize=8)
     axis.set_ylabel("true", fontsize=8)
     for row in range(n_rows):
@@ -692,7 +834,7 @@ def confusion(frame: Any, title: str) -> Any:
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="white" if shares[row, col] > 0.5 else "black",
+                    color=_ink_on(colours(shares[row, col])),
                 )
-    _title_within(axis, title, 8)
+    _title_within(axis, inert_line(title), 8)
     return figure

@@ -83,6 +83,10 @@ class Model:
     pair_key: Any = None
     # what the scores were computed with (weights, prompts, candidates, images)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # the confusion figures its run drew, as it recorded them (figures.confusion_record), and
+    # the folder their paths are relative to: the report copies those of the matrices it shows
+    drawn_confusions: list[Any] = field(default_factory=list)
+    folder: Path | None = None
 
 
 @dataclass
@@ -532,6 +536,8 @@ def _models(run: Any, index: int) -> list[Model]:
     skipped = {key: _skipped(manifest, key, _folder(run)) for key in SKIPPED}
     _check_scores(run.concepts, ("precision", "recall", "f1"), "concepts", _folder(run))
     _check_scores(run.groups, ("macro_f1", "accuracy"), "groups", _folder(run))
+    drawn = manifest.get("confusion_figures")
+    drawn = drawn if isinstance(drawn, list) else []  # an older run's, or edited: drawn anew
     models = []
     for label in run.models:
 
@@ -552,6 +558,10 @@ def _models(run: Any, index: int) -> list[Model]:
                 skipped_groups=skipped["skipped_groups"],
                 confusion=confusion,
                 provenance=_model_provenance(manifest, label),
+                drawn_confusions=[
+                    d for d in drawn if isinstance(d, dict) and d.get("model") == label
+                ],
+                folder=_folder(run),
             )
         )
     return models

@@ -147,7 +147,6 @@ _NAME_JOINERS = frozenset({"and", "of", "the"})  # lower-case words inside a nam
 # none of them an article ("by The Lake" is a place)
 _BY_NAME_WORDS = 2
 _ARTICLES = frozenset({"the", "a", "an", "this", "that", "these", "those", "my", "our", "your"})
-_WORD = re.compile(r"[^\W_]+")
 # a model year before a make ("1986 Ferrari 328"); an ordinal is no model ("4th of July")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")
@@ -375,7 +374,8 @@ class _Batch:
     text: str
     chars: np.ndarray  # the text's bytes
     # a bit per offset of the text (little-endian in each byte), set where a word begins with an
-    # upper-case letter in its caption (a folded caption has none)
+    # upper-case letter in its caption (a folded caption has none until CuratedMatcher._cased
+    # marks those of the captions a rule reads the case of)
     capitals: bytes
     newlines: np.ndarray  # offsets of the "\n"s between captions
     # offsets of the spaces that stand for a mark, ascending: a separator (no phrase spans it);
@@ -467,6 +467,10 @@ class CuratedMatcher(Matcher):
         self._companies = self._tables["companies"].sizes > 0
         self._attributions = self._tables["attributions"].sizes > 0
         self._untitled = self._tables["untitled"].sizes > 0
+        # keys whose rules read the case of their caption's words (:meth:`_cased`); a head's
+        # only with a modifier before it (a title compound)
+        self._reads_case = self._attributions | self._companies
+        self._modifier = self._tables["modifiers"].sizes > 0
         group_index = {group.name: i for i, group in enumerate(registry.groups)}
         self._group_of = np.array([group_index[c.group] for c in registry.concepts])
         self._together_lists = np.array([len(c.together) for c in registry.concepts])
@@ -506,6 +510,7 @@ class CuratedMatcher(Matcher):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         batch = _prepare(captions)
         hits = self._hits(batch)
+        batch = self._cased(batch, hits)
         hit, concepts = self._pairs(batch, hits)
         keep = ~self._vetoed(batch, hits, hit, concepts)
         if self._nlp is not None:
@@ -538,6 +543,35 @@ class CuratedMatcher(Matcher):
             heads=heads[np.argsort(starts[heads], kind="stable")],
             models=starts[self._models[keys]],  # one-word keys: in the order of their ends
         )
+
+    def _cased(self, batch: _Batch, hits: _Hits) -> _Batch:
+        """The batch with the capitalised words of its non-ASCII captions marked in
+        :attr:`_Batch.capitals`, where a rule reads them: the batch's passes mark those of ASCII
+        captions only, as folding lower-cases ("Ring by Jenny Bird \U0001f525" is read as
+        "Ring by Jenny Bird" is). Only captions holding a key whose rule reads case are looked
+        at (a name's, a title compound's), folded once more with their case kept
+        (:func:`_word_capitals`)."""
+        rows, keys = hits.rows, hits.keys
+        modified = _distinct(rows[self._modifier[keys]])
+        titles = modified[_isin_sorted(modified, _distinct(rows[self._heads[keys]]))]
+        reading = _distinct(np.concatenate([rows[self._reads_case[keys]], titles])).tolist()
+        # (the batch's captions are text: _prepare made a missing one "")
+        rows = np.array([row for row in reading if not batch.captions[row].isascii()], np.int64)
+        if not len(rows):
+            return batch
+        counts, capital = _word_capitals([batch.captions[row] for row in rows.tolist()])
+        # the space before each word of those captions in the batch's text
+        spaces = np.flatnonzero(batch.chars == _SPACE)
+        low = np.searchsorted(spaces, batch.row_starts(rows))
+        high = np.searchsorted(spaces, batch.row_ends(rows) - 1)  # not the closing space
+        paired = counts == high - low  # else folding made other words: their case is unknown
+        which, at = _ranges(low[paired], (high - low)[paired])
+        first = np.concatenate([[0], np.cumsum(np.maximum(counts, 0))])[:-1][paired]
+        upper = capital[first[which] + at - low[paired][which]]
+        offsets = spaces[at[upper]] + 1
+        bits = np.frombuffer(batch.capitals, dtype=np.uint8).copy()
+        np.bitwise_or.at(bits, offsets >> 3, (1 << (offsets & 7)).astype(np.uint8))
+        return dataclasses.replace(batch, capitals=bits.tobytes())
 
     def _pairs(self, batch: _Batch, hits: _Hits) -> tuple[np.ndarray, np.ndarray]:
         """One (hit, concept) pair for each concept a hit names: each concept of its key (several
@@ -878,8 +912,9 @@ class CuratedMatcher(Matcher):
     def _in_company_names(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
         """Pairs inside a company's name: capitalised words, at most :data:`_NAME_WORDS`, before
         a company word and after any separator or dash ("High Street Textile Testing Services
-        Ltd", not "Popover Blouse - New York & Company"). Case is read from the caption itself,
-        as the batch's text is lower-case: "a red truck of the company" holds no name."""
+        Ltd", not "Popover Blouse - New York & Company"). Case is read from the caption
+        (capitals), as the batch's text is lower-case: "a red truck of the company" holds no
+        name."""
         vetoed = np.zeros(len(hit), dtype=bool)
         companies = np.flatnonzero(self._companies[hits.keys])
         if not len(companies):
@@ -887,9 +922,9 @@ class CuratedMatcher(Matcher):
         rows = hits.rows[companies]
         starts = hits.starts[companies]
         row_starts = batch.row_starts(rows)
-        # each caption's words and the spaces before them, once per caption: a caption of
-        # thousands of company words is read once, not once for each
-        words: dict[int, tuple[list[str], list[int]] | None] = {}
+        # each caption's words, whether each is capitalised and the spaces before them, once per
+        # caption: a caption of thousands of company words is read once, not once for each
+        words: dict[int, tuple[list[str], list[bool], list[int]]] = {}
         spans = []
         for row, row_start, row_end, begin, start, end in zip(
             rows.tolist(),
@@ -901,15 +936,16 @@ class CuratedMatcher(Matcher):
             strict=True,
         ):
             if row not in words:
-                original = _WORD.findall(_text(batch.captions[row]))
                 spaces = np.flatnonzero(batch.chars[row_start:row_end] == _SPACE) + row_start
-                # folding made other words than the caption's: their case is unknown
-                same = len(original) == len(spaces)
-                words[row] = (original, spaces.tolist()) if same else None
-            if words[row] is not None:
-                first = _name_start(*words[row], start, begin)
-                if first is not None:
-                    spans.append((first, end))
+                first_chars = batch.chars[spaces + 1]
+                capitalised = batch.capitalised(spaces + 1) | (
+                    (first_chars >= ord("0")) & (first_chars <= ord("9"))
+                )
+                written = batch.text[row_start + 1 : row_end].split(" ")
+                words[row] = (written, capitalised.tolist(), spaces.tolist())
+            first = _name_start(*words[row], start, begin)
+            if first is not None:
+                spans.append((first, end))
         return _inside(spans, hits, hit)
 
     def _in_attributed_names(self, batch: _Batch, hits: _Hits, hit: np.ndarray) -> np.ndarray:
@@ -1088,23 +1124,25 @@ def _inside(spans: list[tuple[int, int]], hits: _Hits, hit: np.ndarray) -> np.nd
     return inside
 
 
-def _name_start(words: list[str], spaces: list[int], start: int, begin: int) -> int | None:
+def _name_start(
+    words: list[str], capitalised: list[bool], spaces: list[int], start: int, begin: int
+) -> int | None:
     """Where the company name that ends in the company word at ``start`` (the space before it
     in the batch's text) begins: the space before its first word, or None when the word before
-    the company word is not capitalised. ``words``: the caption's words as written; ``spaces``:
+    the company word is not capitalised. ``words``: the caption's words in the batch's text;
+    ``capitalised``: whether each begins with a capital or a digit in the caption; ``spaces``:
     the offset of the space before each in the batch's text; ``begin``: the space (a
     separator's, or the caption's first) before which no name goes. A name is at most
     :data:`_NAME_WORDS` words."""
     last = bisect.bisect_left(spaces, start)  # the company word's position in the caption
-    if not _capitalised(words[last]):
+    if not capitalised[last]:
         return None
     first = last
     while last - first < _NAME_WORDS and spaces[first] > begin:
-        word = words[first - 1]
-        if not (_capitalised(word) or word.lower() in _NAME_JOINERS):
+        if not (capitalised[first - 1] or words[first - 1] in _NAME_JOINERS):
             break
         first -= 1
-    while first < last and words[first].lower() in _NAME_JOINERS:  # "of", "the" open no name
+    while first < last and words[first] in _NAME_JOINERS:  # "of", "the" open no name
         first += 1
     return None if first == last else spaces[first]
 
@@ -1143,13 +1181,30 @@ def _title_words(text: str, capitals: bytes, space: int, head_start: int) -> boo
     return titled <= _TITLE_GAP and models <= MODEL_GAP and titled + models > 0
 
 
+def _word_capitals(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which words of ``captions`` (non-ASCII, references decoded), as
+    :func:`clipaudit.text.normalize` makes them, the caption writes with an upper-case first
+    letter: the number of words of each caption, and a flag for each word, in order (all -1
+    and none where folding them with their case kept gives other characters than folding them
+    lower-cased: their words could not be paired).
+    Upper case that folding makes of no letter ("TM" of "™") is no capital: it is no word.
+    All captions are folded at once, as :func:`_fold_each` folds them."""
+    text = "\0".join(caption.replace("\0", " ") for caption in captions)
+    lower, cased = fold(text), fold(text, cased=True)
+    if lower.lower() != cased.lower():  # no code point folds so; a guard on the pairing
+        return np.full(len(captions), -1), np.zeros(0, dtype=bool)
+    chars = np.frombuffer(lower, dtype=np.uint8)
+    word = ((chars >= ord("a")) & (chars <= ord("z"))) | ((chars >= ord("0")) & (chars <= ord("9")))
+    starts = np.flatnonzero(word & ~np.concatenate([[False], word[:-1]]))
+    breaks = np.flatnonzero(chars == 0)
+    counts = np.bincount(np.searchsorted(breaks, starts), minlength=len(captions))
+    upper = np.frombuffer(cased, dtype=np.uint8)[starts]
+    return counts, (upper >= ord("A")) & (upper <= ord("Z"))
+
+
 def _capital_at(capitals: bytes, offset: int) -> bool:
     """Whether the word at ``offset`` begins with an upper-case letter (:attr:`_Batch.capitals`)."""
     return bool(capitals[offset >> 3] >> (offset & 7) & 1)
-
-
-def _capitalised(word: str) -> bool:
-    return word[:1].isupper() or word[:1].isdigit()
 
 
 def _after_model(text: str, space: int, row_end: int) -> int:

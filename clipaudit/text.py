@@ -17,10 +17,14 @@ ASCII_TABLE = bytes(
 # folding makes ("TM" from the trade mark sign) is no letter either
 FOLDED_TABLE = bytes(32 if 65 <= c <= 90 else b for c, b in enumerate(ASCII_TABLE))
 # dropped from a word, not read as a break in it: combining marks, which NFKD splits off
-# accented letters ("é" -> "e" + U+0301), and the invisible marks written inside words (a soft
-# hyphen, "&shy;" in web text; zero-width joiners; the word joiner): "d\u00adog" is "dog"
+# accented letters ("é" -> "e" + U+0301), and the invisible characters that Unicode's word
+# segmentation (UAX #29) reads as part of the word they stand in: a soft hyphen ("&shy;" in web
+# text), zero-width joiners, the word joiner and its deprecated twin U+FEFF, direction marks
+# and isolates, variation selectors (an emoji's U+FE0F). "d\u00adog" and "d\ufeffog" are "dog".
+# A zero-width space (U+200B) is not among them: it marks a word boundary where no space shows.
 _COMBINING = re.compile(
-    "[\u00ad\u200c\u200d\u2060\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+    "[\u00ad\u200c-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufe00-\ufe0f\ufeff"
+    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
 )
 codecs.register_error("clipaudit.space", lambda error: (" ", error.end))
 # an HTML character reference ("&eacute;", "&#233;", "&#xE9;"), which web alt-text often holds
@@ -40,11 +44,12 @@ def _decoded(reference: re.Match[str]) -> str:
     return html5.get(reference[0][1:], reference[0])
 
 
-def fold(text: str) -> bytes:
+def fold(text: str, *, cased: bool = False) -> bytes:
     """Text as ASCII bytes: lower-cased, compatibility-decomposed (full-width letters, ligatures),
     accents dropped ("é" -> "e"), and every other run of non-ASCII characters (a dash, a
-    bullet, another script) one space."""
-    decomposed = unicodedata.normalize("NFKD", text.lower())
+    bullet, another script) one space. ``cased``: not lower-cased, so that the case of each
+    letter can be read beside the lower-cased folding ("İ" is "I" here, "i" there)."""
+    decomposed = unicodedata.normalize("NFKD", text if cased else text.lower())
     return _COMBINING.sub("", decomposed).encode("ascii", "clipaudit.space")
 
 

@@ -1639,3 +1639,106 @@ def test_threads_share_a_matcher(route):
     alone = [matcher.match_batch(chunk) for chunk in chunks]
     with ThreadPoolExecutor(3) as pool:
         assert list(pool.map(matcher.match_batch, chunks * 3)) == alone * 3
+
+
+# ---------------------------------------------------------------------------- web alt-text forms
+
+# Web alt-text writes the words of a plain caption in other code points: full-width letters,
+# invisible format characters, other spaces, curly apostrophes, decomposed accents, ligatures,
+# emoji between words. Each pair: the web form and the plain ASCII caption it displays as; the
+# matcher must read both alike, on both routes, case-reading rules (company names, names after
+# "by", title compounds) included.
+WEB_FORMS = [
+    ("\uff32\uff25\uff24 \uff24\uff32\uff25\uff33\uff33", "RED DRESS"),  # full-width letters
+    ("Red Dot \uff33\uff54\uff55\uff44\uff49\uff4f\uff53", "Red Dot Studios"),
+    # invisible format characters inside a word join it: a soft hyphen, the zero-width
+    # no-break space (U+FEFF, the word joiner's deprecated twin), a left-to-right mark, an
+    # emoji variation selector
+    ("a dog\u00ad", "a dog"),
+    ("re\ufeffd dress", "red dress"),
+    ("re\u200ed dress", "red dress"),
+    ("re\ufe0fd dress", "red dress"),
+    ("Red Dot Stu\u00addios", "Red Dot Studios"),
+    # other spaces are word boundaries, and leave the caption's case readable
+    ("Ring by Jenny\u00a0Bird", "Ring by Jenny Bird"),
+    ("Ring\u2009by Jenny Bird", "Ring by Jenny Bird"),
+    ("Red\u3000Dot Studios", "Red Dot Studios"),
+    ("iPhone\u00a04 Silicone Case", "iPhone 4 Silicone Case"),
+    # a curly apostrophe is an apostrophe
+    ("dog\u2019s bed", "dog's bed"),
+    ("Bed by Dog\u2019s Life", "Bed by Dog's Life"),
+    # a decomposed accent (NFD) reads as the precomposed one (NFC), a ligature as its letters
+    ("Cafe\u0301s Dog Studios", "Caf\u00e9s Dog Studios"),
+    ("a \ufb02u\ufb00y puppy", "a fluffy puppy"),
+    ("Red \ufb01sh Studios", "Red fish Studios"),
+    # Turkish dotted capital I: lower-casing makes two code points of it
+    ("\u0130stanbul Dog Studios", "Istanbul Dog Studios"),
+    ("Ring by \u0130pek Bird", "Ring by Ipek Bird"),
+    # a lone surrogate or a NUL is no letter
+    ("Ring by Jenny Bird \ud83d", "Ring by Jenny Bird"),
+    ("Ring by Jenny\x00Bird", "Ring by Jenny Bird"),
+    ("Ring by Jenny\x00Bird \u2013 \u00e9", "Ring by Jenny Bird - e"),
+    # upper case that folding makes of a symbol is no capital, and no word
+    ("Ring\u2122 by Jenny Bird", "Ring by Jenny Bird"),
+    ("Cabin \u2122By Red Barn", "Cabin By Red Barn"),
+    # emoji between words
+    ("Ring by Jenny Bird \U0001f525", "Ring by Jenny Bird"),
+    ("Greeting Card by Jenna Green \U0001f49a", "Greeting Card by Jenna Green"),
+    ("a camp set up by Turkish Red Crescent \u2728", "a camp set up by Turkish Red Crescent"),
+    ("iPhone 4 Silicone Case \U0001f525", "iPhone 4 Silicone Case"),
+    ("red\U0001f525dress", "red dress"),
+    ("Cabin By Red Barn \U0001f525", "Cabin By Red Barn"),
+]
+
+
+@pytest.mark.parametrize(("web", "plain"), WEB_FORMS)
+def test_web_forms_of_a_caption_match_as_the_caption(route, builtin, web, plain):
+    assert plain.isascii() or plain == "Caf\u00e9s Dog Studios"
+    expected = builtin.match_indices(plain)
+    assert builtin.match_indices(web) == expected
+    assert builtin.match_batch([web, "a dog", web, None]) == [
+        expected, builtin.match_indices("a dog"), expected, []
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        # the plain captions of WEB_FORMS, as the rules read them (see the rule tests above)
+        ("RED DRESS", ["dress", "red"]),
+        ("Red Dot Studios", []),
+        ("Ring by Jenny Bird", []),
+        ("iPhone 4 Silicone Case", []),
+        ("Bed by Dog's Life", []),
+        ("Caf\u00e9s Dog Studios", []),
+        ("Istanbul Dog Studios", []),
+        ("Cabin By Red Barn", ["red"]),
+        ("a fluffy puppy", ["dog", "fuzzy"]),
+        ("dog's bed", ["dog"]),  # a possessive is no compound
+    ],
+)
+def test_the_plain_forms_match_by_the_rules(builtin, caption, expected):
+    assert sorted(builtin.match(caption)) == expected
+
+
+def test_a_zero_width_space_is_a_word_boundary(route, builtin):
+    """U+200B marks a word boundary where no space shows (Unicode's word segmentation, UAX #29,
+    breaks at it, unlike the format characters it ignores inside words): between two words it
+    separates them; inside one it splits it, as the writer's tool asked."""
+    red, dress = (builtin.concept_names.index(name) for name in ("red", "dress"))
+    assert normalize("red\u200bdress") == "red dress"
+    assert normalize("re\u200bd dress") == "re d dress"
+    assert builtin.match_batch(["red\u200bdress", "re\u200bd dress"]) == [
+        sorted([red, dress]), [dress]
+    ]  # fmt: skip
+
+
+def test_a_megabyte_caption_is_read_whole(route, builtin):
+    """A 1 MB keyword-stuffed caption with non-ASCII text: every rule still reads its end,
+    the case-reading ones included."""
+    filler = "a red dress by the sea \u2013 caf\u00e9, " * 33_000
+    assert len(filler) > 1_000_000
+    plain = builtin.match_indices(filler.replace("\u2013", "-").replace("\u00e9", "e"))
+    for ending, also in (("Ring by Jenny Bird \U0001f525", []), ("a bird", ["bird"])):
+        extra = [builtin.concept_names.index(name) for name in also]
+        assert builtin.match_indices(filler + ending) == sorted(plain + extra)

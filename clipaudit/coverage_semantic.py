@@ -362,7 +362,13 @@ class SemanticRun:
             "batch_rows": settings.rows_per_batch,
         }
         self.layout_key = fingerprint(self.layout, 8)
-        self.stats = {"parts_encoded": 0, "parts_resumed": 0, "rows_encoded": 0, "seconds": 0.0}
+        self.stats = {
+            "parts_encoded": 0,
+            "parts_resumed": 0,
+            "rows_encoded": 0,
+            "seconds": 0.0,
+            "shards_stale": 0,  # embedded under another EMBEDDING_PROCEDURE: encoded again
+        }
 
     # ------------------------------------------------------------------ identities
 
@@ -574,7 +580,14 @@ class SemanticRun:
             pair = self._pair(shard)
             source = {"text_emb": file_identity(file_record(pair.embeddings))}
         else:
-            source = {"encoder": self.encoder_key, "layout": self.layout}
+            from clipaudit.semantic.store import EMBEDDING_PROCEDURE
+
+            # a shard counted from vectors made under another procedure is counted again
+            source = {
+                "encoder": self.encoder_key,
+                "layout": self.layout,
+                "procedure": EMBEDDING_PROCEDURE,
+            }
         return {**shard.identity, "embeddings": source}
 
     def store_key(self, shard: Any) -> str:
@@ -615,6 +628,7 @@ class SemanticRun:
         self.stats["parts_encoded"] += stats.parts_encoded
         self.stats["parts_resumed"] += stats.parts_resumed
         self.stats["rows_encoded"] += stats.rows_encoded
+        self.stats["shards_stale"] += stats.stale
         self.stats["seconds"] += time.perf_counter() - clock
 
     def forget(self, units: Iterable[str]) -> list[str]:
@@ -680,6 +694,8 @@ class SemanticRun:
         }
 
     def manifest(self) -> dict[str, Any]:
+        from clipaudit.semantic.store import EMBEDDING_PROCEDURE
+
         if self.laion is not None:
             embeddings: dict[str, Any] = {
                 "source": "laion text_emb",
@@ -695,6 +711,7 @@ class SemanticRun:
                 "store_id": self.store.id,  # a resume checks it: the same store, maybe moved
                 "shared_store": not self.own_store,
                 "dtype": "float16",
+                "procedure": EMBEDDING_PROCEDURE,
                 "layout": self.layout,
                 "this_session": {
                     **self.stats,

@@ -1523,3 +1523,33 @@ def test_a_run_is_indexed_from_any_directory_and_after_a_move(
     count_coverage(texts=texts, registry=tiny, out=tmp_path / "memory", settings=options)
     (tmp_path / "memory").rename(tmp_path / "moved")
     assert index_run(tmp_path / "moved").n == len(texts)
+
+
+def test_a_run_made_under_another_embedding_procedure_is_counted_again_and_says_so(
+    tiny, corpus, encoder_spec, planted, tmp_path, monkeypatch, in_process
+):
+    """A complete run's shards were counted from vectors made under the embedding procedure of
+    their time: a clipaudit that turns captions into vectors otherwise encodes and counts them
+    again, to the counts of a fresh run, and prints one line saying so."""
+    import clipaudit.semantic.store as store_module
+
+    options = {"method": "both", "shard_rows": 20}
+    first = semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], **options)
+    n_shards = first.manifest["timings"]["shards_this_session"]
+    monkeypatch.setattr(store_module, "EMBEDDING_PROCEDURE", store_module.EMBEDDING_PROCEDURE + 1)
+    registry = tmp_path / "tiny.yaml"
+    registry.write_text(TINY_REGISTRY)  # the registry of `tiny`, as a file for the command line
+    code, out, err = in_process(
+        "coverage", "count", str(corpus), "-r", str(registry), "-o", str(tmp_path / "run"),
+        "--method", "both", "--encoder", encoder_spec, "--calibration", str(planted["path"]),
+        "--shard-rows", "20", "-q",
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert f"{n_shards} shards of the store were embedded under an earlier" in " ".join(out.split())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    session = manifest["semantic"]["embeddings"]["this_session"]
+    assert session["shards_stale"] == n_shards and session["parts_resumed"] == 0
+    assert manifest["timings"]["shards_this_session"] == n_shards
+    assert manifest["semantic"]["embeddings"]["procedure"] == store_module.EMBEDDING_PROCEDURE
+    semantic_run(corpus, tiny, tmp_path / "fresh", encoder_spec, planted["path"], **options)
+    assert_same_outputs(tmp_path / "run", tmp_path / "fresh")

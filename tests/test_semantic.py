@@ -64,6 +64,31 @@ def test_minilm_encoder_gives_unit_vectors_that_group_meanings(minilm):
     assert minilm.encode([]).shape == (0, 384)
 
 
+def test_a_nan_from_the_model_is_refused_not_made_a_blank_caption(minilm, monkeypatch):
+    """fp16 overflow on a GPU gives the model NaN rows. Normalised to zero, the vector of a
+    caption that says nothing, such a caption would pass the finite check and be stored as
+    blank, counted for no concept unsaid: a non-finite row stays non-finite, and is refused."""
+    from clipaudit.semantic.encoders import normalise
+    from clipaudit.semantic.store import encode_captions
+
+    rows = normalise(np.array([[np.nan, 1.0], [0.0, 0.0], [3.0, 4.0], [np.inf, 1.0]]))
+    assert (~np.isfinite(rows).all(axis=1)).tolist() == [True, False, False, True]
+    np.testing.assert_allclose(rows[1:3], [[0.0, 0.0], [0.6, 0.8]], rtol=1e-6)
+
+    encode = minilm.model.encode
+
+    def overflowing(texts, **options):
+        out = encode(texts, **options)
+        out[[i for i, t in enumerate(texts) if "overflow" in t]] = np.nan
+        return out
+
+    monkeypatch.setattr(minilm.model, "encode", overflowing)
+    # the encoder refuses it, for every caller (a LAION agreement sample checks nothing else)
+    with pytest.raises(ModelError, match=r"NaN or infinite vectors for 1 of 2 texts \(e\.g\. "
+                       r"'an overflow'\); encode in fp32"):  # fmt: skip
+        encode_captions(minilm, ["a dog", "an overflow"])
+
+
 def test_a_sentence_encoder_loads_without_bars_unless_progress_is_asked(capfd):
     """transformers' "Loading weights" bar follows the spec's progress (--no-progress), and its
     global switch is left as it was."""

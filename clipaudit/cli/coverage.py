@@ -316,6 +316,11 @@ def _print_semantic(semantic: dict, run: Path) -> None:
             f"({counted(session['rows_encoded'], 'caption')}, {session['seconds']:.1f} s{rate}), "
             f"{session['parts_resumed']:,} reused"
         )
+    if session and session.get("shards_stale"):
+        console.print(
+            f"{counted(session['shards_stale'], 'shard')} of the store were embedded under an "
+            f"earlier embedding procedure: encoded again (procedure {embeddings['procedure']})"
+        )
 
 
 def _own_thresholds(fitted: dict, shared: dict, whose: str) -> str:

@@ -199,10 +199,12 @@ def _changed(name: str, old: Any, new: Any) -> Iterator[tuple[str, str, str]]:
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, as float32 (a zero row stays zero)."""
+    """Rows scaled to unit length, as float32 (a zero row stays zero, a row holding NaN or
+    infinity stays non-finite: made zero, it would pass for a caption that says nothing)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    with np.errstate(invalid="ignore"):  # inf / inf: NaN, as it should be, and refused after
+        return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms != 0)
 
 
 def unknown_only(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
@@ -211,7 +213,8 @@ def unknown_only(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
     ``[UNK]`` and share one vector, which calibrated thresholds can put near a concept (COCO's
     count a lone emoji for dog, red and blue): to the encoder such a text says nothing. An
     encoder without an ``unknown_only`` method (OpenCLIP's byte-level BPE reads any text)
-    reads every text."""
+    reads every text. Which texts it marks decides which captions are stored as zero: a change
+    to it is a change of :data:`~clipaudit.semantic.store.EMBEDDING_PROCEDURE`."""
     method = getattr(encoder, "unknown_only", None)
     if method is None:
         return np.zeros(len(texts), dtype=bool)
@@ -473,7 +476,8 @@ class SentenceTransformerEncoder:
                     show_progress_bar=False,
                 )
                 out[start:stop] = chunk
-        return normalise(out)
+        # refused here, for every caller (captions, concepts, queries, a LAION agreement sample)
+        return check_finite(self, texts, normalise(out))
 
 
 class OpenClipTextEncoder:
@@ -524,7 +528,7 @@ class OpenClipTextEncoder:
                 batch = tokens[rows]
                 features = self._encode_tokens(batch, int(lengths[rows].max()))
                 out[rows] = features.float().cpu().numpy()
-        return normalise(out)
+        return check_finite(self, texts, normalise(out))  # as SentenceTransformerEncoder's
 
     def _encode_tokens(self, tokens: Any, length: int) -> Any:
         """``model.encode_text`` over the first ``length`` positions only, when that is exact: a

@@ -8,15 +8,23 @@ An :class:`EmbeddingStore` is a folder::
                                      it is one run's own (``own``: the run removes from it what
                                      its changed inputs replaced, and, asked to prune, what its
                                      inputs no longer need)
+    STORE/<key>/procedure.json       the embedding procedure its parts are made under, written
+                                     before the first part
     STORE/<key>/<part:06d>.npy       one part's unit vectors, float16, (n, dim)
     STORE/<key>/<part:06d>.ids.npy   their caption ids (int64, or unicode when ids are not integers)
-    STORE/<key>.done.json            the unit of work ``key`` is complete: parts and rows
+    STORE/<key>.done.json            the unit of work ``key`` is complete: parts, rows, procedure
 
 ``key`` is a unit of work of the caller (a coverage shard's key); parts are its caption batches in
 reading order. Every file is written atomically (:func:`clipaudit.provenance.atomic_write_bytes`,
 ``np.save(..., allow_pickle=False)``), ids first and vectors last, so a part without its vectors file
 is not done; :func:`embed_parts` skips the parts that are done without encoding them again, which is
-the resume after a kill. Reading maps one part at a time (memory flat in corpus size).
+the resume after a kill (a part left unreadable, or of another length than its batch, is encoded
+again). Reading maps one part at a time (memory flat in corpus size).
+
+A unit's vectors are reused only when made under this clipaudit's :data:`EMBEDDING_PROCEDURE` (how
+a caption becomes its stored vector, besides the encoder): a unit made under another, or before the
+procedure was recorded, is not done; :func:`embed_parts` encodes it again whole, never keeping its
+old parts beside new ones, and says so (:attr:`EmbedStats.stale`).
 
 :class:`LaionEmbeddings` reads LAION's published text embeddings (``text_emb_*.npy``, row-aligned with
 ``metadata_*.parquet``) memory-mapped, refusing a row-count or dimension mismatch with an
@@ -51,6 +59,16 @@ from clipaudit.semantic.encoders import (
 
 STORE_FORMAT = "clipaudit-caption-embeddings"
 STORE_VERSION = 1
+# The embedding procedure: how a caption becomes its stored vector besides the encoder's identity
+# (encode_captions: which captions embed as zero, the finite check; write_part: unit length,
+# float16). Bump it with any change that stores another vector for some caption (a blanking rule,
+# normalisation, truncation, dtype): units made under another procedure, or before one was
+# recorded, are encoded again, never read beside this one's. 1: captions of no word embed as zero
+# (never recorded); 2: so do captions the encoder reads as unknown tokens alone (MiniLM's emoji)
+EMBEDDING_PROCEDURE = 2
+_PROCEDURE_MARK = "procedure.json"
+# a unit vector stored in float16 is of length 1 within float16's rounding (2**-11 per value)
+_UNIT_TOLERANCE = 1e-2
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -161,6 +179,9 @@ class EmbeddingStore:
                     "again, may remove from it the embeddings its own inputs do not need, this "
                     "run's among them; give --embedding-store a folder of its own, which runs share"
                 )
+            if held.get("procedure") != EMBEDDING_PROCEDURE:
+                # the procedure this clipaudit writes under; each unit records its own
+                write_json(meta, {**held, "procedure": EMBEDDING_PROCEDURE})
             return cls(folder, held["encoder"], dim, _store_id(held))
         if folder.exists() and any(p.name != ".lock" for p in folder.iterdir()):
             raise RunFolderError(f"{folder} is not empty and holds no store.json; use a new folder")
@@ -176,6 +197,7 @@ class EmbeddingStore:
                 "dim": int(dim),
                 "dtype": "float16",
                 "normalised": True,
+                "procedure": EMBEDDING_PROCEDURE,
                 "own": own,
             },
         )
@@ -207,23 +229,73 @@ class EmbeddingStore:
             raise InputError(
                 f"part {key}/{part}: expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}"
             )
+        # cosines are dot products of unit vectors; a longer one would also overflow float16
+        # (65504) into infinity, later read as a damaged file that encoding again cannot mend
+        as32 = np.asarray(vectors, dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", as32, as32))
+        bad = np.flatnonzero(~((norms == 0) | (np.abs(norms - 1) <= _UNIT_TOLERANCE)))
+        if len(bad):
+            raise InputError(
+                f"part {key}/{part}: row {int(bad[0])} is not of unit length (norm "
+                f"{norms[bad[0]]:.3g}; {len(bad)} of {len(norms)} rows); the store keeps unit "
+                "vectors (zero for a caption that says nothing): normalise the encoder's vectors"
+            )
         vectors_path, ids_path = self._part(key, part)
         atomic_write_bytes(ids_path, npy_bytes(ids_array(ids)))
         atomic_write_bytes(vectors_path, npy_bytes(vectors.astype(np.float16)))
 
     def finish(self, key: str, n_parts: int, n_rows: int) -> None:
-        write_json(self.folder / f"{_check_key(key)}.done.json", {"parts": n_parts, "rows": n_rows})
+        write_json(
+            self.folder / f"{_check_key(key)}.done.json",
+            {"parts": n_parts, "rows": n_rows, "procedure": EMBEDDING_PROCEDURE},
+        )
 
     def is_done(self, key: str) -> bool:
-        """Whether ``key``'s parts were all written (a part deleted since, or its folder, makes
-        the unit to encode again)."""
-        if not (self.folder / f"{_check_key(key)}.done.json").is_file():
+        """Whether ``key``'s parts were all written under this clipaudit's
+        :data:`EMBEDDING_PROCEDURE` (a part deleted since, or its folder, or another procedure
+        makes the unit to encode again)."""
+        if self.procedure_of(key) != EMBEDDING_PROCEDURE:
             return False
         try:
             n_parts = self.n_parts(key)
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return all(self.has_part(key, part) for part in range(n_parts))
+
+    def procedure_of(self, key: str) -> int | None:
+        """The embedding procedure ``key``'s vectors were made under, as its mark of done
+        records it, or, while it is unfinished, its folder; None when none is recorded (no
+        unit, or one written before clipaudit recorded it)."""
+        done = self.folder / f"{_check_key(key)}.done.json"
+        path = done if done.is_file() else self.folder / key / _PROCEDURE_MARK
+        try:
+            procedure = json.loads(path.read_text("utf-8")).get("procedure")
+        except (OSError, ValueError, AttributeError):  # none, unreadable, not an object
+            return None
+        return procedure if isinstance(procedure, int) else None
+
+    def _stale(self, key: str) -> bool:
+        """Whether the store holds vectors of ``key`` (a mark of done or a part) made under
+        another procedure than :data:`EMBEDDING_PROCEDURE`."""
+        done = (self.folder / f"{_check_key(key)}.done.json").is_file()
+        if not done and not any((self.folder / key).glob("*.npy")):
+            return False
+        return self.procedure_of(key) != EMBEDDING_PROCEDURE
+
+    def _begin(self, key: str) -> None:
+        """Record the procedure of the parts about to be written, before the first of them."""
+        mark = self.folder / _check_key(key) / _PROCEDURE_MARK
+        if not mark.is_file():
+            write_json(mark, {"procedure": EMBEDDING_PROCEDURE})
+
+    def _fits(self, key: str, part: int, n_rows: int) -> bool:
+        """Whether a part written earlier reads as ``n_rows`` vectors and ids (its header only:
+        a file cut short, emptied or of another batch does not)."""
+        try:
+            vectors, _ = self.read_part(key, part)
+        except InputError:
+            return False
+        return len(vectors) == n_rows
 
     def units(self) -> set[str]:
         """Every unit of work the store holds, done or not (parts of a unit a kill cut short)."""
@@ -266,7 +338,7 @@ class EmbeddingStore:
         try:
             vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
             ids = np.load(ids_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise self._damaged(key, part, f"unreadable embeddings part ({exc})") from None
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
             raise InputError(
@@ -295,6 +367,18 @@ class EmbeddingStore:
         """Every part of ``keys`` (default: all completed ones) in order, as float32 batches
         (:meth:`read_vectors`)."""
         for key in self.keys() if keys is None else keys:
+            if self._stale(key):
+                recorded = self.procedure_of(key)
+                under = (
+                    f"embedding procedure {recorded}"
+                    if recorded is not None
+                    else "an embedding procedure clipaudit did not record yet"
+                )
+                raise InputError(
+                    f"{self.folder}: unit of work {key!r} was embedded under {under}, this "
+                    f"clipaudit's is {EMBEDDING_PROCEDURE} (its captions' vectors may differ); "
+                    "count it again (clipaudit coverage count encodes it again)"
+                )
             if not self.is_done(key):
                 raise InputError(f"{self.folder}: unit of work {key!r} is not embedded yet")
             for part in range(self.n_parts(key)):
@@ -347,10 +431,14 @@ def _store_id(held: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class EmbedStats:
+    """What :func:`embed_parts` did; ``stale``: the store held the unit made under another
+    :data:`EMBEDDING_PROCEDURE`, removed and encoded again whole."""
+
     parts_encoded: int
     parts_resumed: int
     rows_encoded: int
     rows: int
+    stale: bool = False
 
 
 def embed_parts(
@@ -362,26 +450,32 @@ def embed_parts(
     """Encode one unit of work's caption batches ``(captions, ids)`` into ``store`` under ``key``.
 
     Batch ``i`` is part ``i``; parts already in the store are skipped without encoding, so calling
-    this again after a kill encodes only what is missing. Batches must come in the same order every
-    time (a reader's batches of a shard do). Marks ``key`` done at the end.
+    this again after a kill encodes only what is missing (and a part that does not read as its
+    batch's rows). Batches must come in the same order every time (a reader's batches of a shard
+    do). A unit made under another :data:`EMBEDDING_PROCEDURE` is removed first and encoded again
+    whole. Marks ``key`` done at the end.
     """
     if not same_encoder(store.encoder, encoder.identity) or encoder.dim != store.dim:
         raise RunFolderError(
             f"{store.folder}: the store holds another encoder's vectors "
             f"({describe_difference(store.encoder, encoder.identity)})"
         )
+    stale = store._stale(key)
+    if stale:  # none of its parts is kept beside this procedure's
+        store.remove([key])
+    store._begin(key)
     encoded = resumed = rows_encoded = rows = 0
     part = -1
     for part, (captions, ids) in enumerate(batches):
         rows += len(captions)
-        if store.has_part(key, part):
+        if store.has_part(key, part) and store._fits(key, part, len(captions)):
             resumed += 1
             continue
         store.write_part(key, part, encode_captions(encoder, captions), ids)
         encoded += 1
         rows_encoded += len(captions)
     store.finish(key, part + 1, rows)
-    return EmbedStats(encoded, resumed, rows_encoded, rows)
+    return EmbedStats(encoded, resumed, rows_encoded, rows, stale)
 
 
 _LETTER_OR_DIGIT = re.compile(r"[^\W_]")

@@ -11,7 +11,9 @@ Three kinds of threshold, one per concept each (:data:`KINDS`):
 Each threshold maximises the concept's F1 on the labelled captions (:func:`fit_threshold`: the cut
 between two consecutive scores, placed half-way), where the concept has at least
 ``min_positives`` positives among the captions the threshold decides; otherwise the concept takes the
-``shared`` threshold, fitted the same way on all concepts' pairs pooled. ``sense`` is fitted first;
+``shared`` threshold, fitted the same way on all concepts' pairs pooled; an ``additions`` threshold
+is never below the shared one (adding without a word takes the pooled evidence at least). ``sense``
+is fitted first;
 ``additions`` then with the kept lexical hits as given. Ties go to keeping lexical hits and to adding
 nothing.
 
@@ -203,9 +205,12 @@ def _fit_kind(
     *,
     min_positives: int,
     prefer: str,
+    at_least_shared: bool = False,
 ) -> tuple[np.ndarray, list[str], float]:
     """Per-concept thresholds (and where each came from) plus the shared one, for items
-    ``eligible`` (decided by the threshold) given ``base`` predictions made anyway."""
+    ``eligible`` (decided by the threshold) given ``base`` predictions made anyway;
+    ``at_least_shared``: a concept's own fit may raise the shared threshold, not lower it (one
+    it would lower takes the shared, origin ``shared``)."""
     k = labels.shape[1]
     base_tp = (base & labels).sum(axis=0)
     base_fp = (base & ~labels).sum(axis=0)
@@ -224,6 +229,8 @@ def _fit_kind(
                 base_fp=int(base_fp[c]), n_positives=int(n_pos[c]), prefer=prefer,
             )  # fmt: skip
             origin[c] = "fitted"
+            if at_least_shared and thresholds[c] < shared:
+                thresholds[c], origin[c] = shared, "shared"
     return thresholds, origin, shared
 
 
@@ -467,9 +474,13 @@ def fit_calibration(
         evidence.sense, y, lex, nothing, min_positives=min_positives, prefer="low"
     )
     kept = lex & (evidence.sense >= sense)
+    # adding a concept no word of the caption names asks for the pooled evidence at least: a
+    # concept's own lower cut fits the paraphrases of its labelled sets (COCO's athletes named by
+    # their sport), which on web text add its merchandise ("Sport Tee") as well
     additions, additions_origin, additions_shared = _fit_kind(
-        evidence.semantic, y, ~lex, kept, min_positives=min_positives, prefer="high"
-    )
+        evidence.semantic, y, ~lex, kept, min_positives=min_positives, prefer="high",
+        at_least_shared=True,
+    )  # fmt: skip
     return Calibration(
         encoder=dict(encoder),
         names=evidence.names,

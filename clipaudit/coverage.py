@@ -8,9 +8,13 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
     RUN/concepts.{parquet,csv}     concept, group, category, count, rate
     RUN/groups.{parquet,csv}       group, category, count, rate, n_concepts, mean_concept_rate
     RUN/categories.{parquet,csv}   category, count, rate, n_concepts, mean_concept_rate
-    RUN/examples.json              a few example captions per concept (deterministic choice)
-    RUN/matches.parquet            with per_caption: id, concepts (one row per caption read;
-                                   its null and repeated ids counted in the manifest's ids)
+    RUN/examples.json              a few example captions per concept (deterministic choice),
+                                   each with its input, file and id
+    RUN/matches.parquet            with per_caption: input, file, id, concepts (one row per
+                                   caption read; input: index into the manifest's inputs, file:
+                                   the file it was read from, null for a dataset; (input, id)
+                                   joins it back: null ids, and ids an earlier row of the same
+                                   input has, are counted in the manifest's ids)
     RUN/manifest.json              inputs, registry, settings, counts, timings, status
     RUN/units/                     one partial result per finished shard (what a resume reuses;
                                    those of inputs no longer named are kept, in no result)
@@ -113,6 +117,7 @@ from clipaudit.readers import (
     describe_source,
     plan_shards,
     resolve_sources,
+    shard_file,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
 from clipaudit.runs import RunFolder, differences, write_unit
@@ -336,10 +341,10 @@ def _check_store_folder(store: str) -> None:
 
 
 LEXICAL_BATCH_ROWS, EMBEDDED_BATCH_ROWS = 50_000, 10_000  # CoverageSettings.batch_rows: None
+# column and id_column are not here: each shard's identity holds the columns it read, resolved
+# (the default's or the one named, the same when they agree), so a run reads them as it counts
 RESULT_FIELDS = (
     "profile",
-    "column",
-    "id_column",
     "per_caption",
     "examples_per_concept",
     "max_caption_chars",
@@ -348,8 +353,9 @@ RESULT_FIELDS = (
 )
 # recorded in a run's identity by earlier versions, no longer compared: a run recorded with them
 # resumes. hf_split: a Hugging Face input's shards hold their split in their own identity (a
-# changed split recounts them, as a changed input does), and other inputs have none
-_NO_LONGER_COMPARED = ("coverage.hf_split",)
+# changed split recounts them, as a changed input does), and other inputs have none; column and
+# id_column: compared as each shard resolved them, not as they were typed
+NO_LONGER_COMPARED = ("coverage.hf_split", "coverage.column", "coverage.id_column")
 
 
 @dataclass(frozen=True)
@@ -394,7 +400,8 @@ class CoverageResult:
         return self.manifest["n_captions_read"]
 
     def matches(self) -> Any:
-        """Each caption's id and concepts (a DataFrame), for a run made with ``per_caption``."""
+        """Each caption's input (index into the manifest's inputs), file, id and concepts (a
+        DataFrame), for a run made with ``per_caption``."""
         import pandas as pd
 
         path = self.out_dir / "matches.parquet"
@@ -688,8 +695,8 @@ def _same_inputs(recorded: Any, inputs: list[dict[str, Any]]) -> bool:
 
 def _compare_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What changed between a run folder's settings and this session's (:func:`differences`),
-    leaving out what no longer makes another run (:data:`_NO_LONGER_COMPARED`)."""
-    return differences(before, now, ignore=_NO_LONGER_COMPARED)
+    leaving out what no longer makes another run (:data:`NO_LONGER_COMPARED`)."""
+    return differences(before, now, ignore=NO_LONGER_COMPARED)
 
 
 def _check_split(split: str, sources: Sequence[Source]) -> None:
@@ -1595,7 +1602,13 @@ def _merge(
     concepts: Counter[str] = Counter()
     groups: Counter[str] = Counter()
     categories: Counter[str] = Counter()
-    examples: dict[str, list[tuple[int, str, Any]]] = {}
+    # (crc, caption, id, input, file): which input a caption came from is known here, not to its
+    # shard's record, which the same file reuses wherever it sits among the inputs
+    examples: dict[str, list[tuple[int, str, Any, int, str | None]]] = {}
+    origins = {
+        shard.key: (shard.source, shard_file(run.sources[shard.source], shard))
+        for shard in run.finished
+    }
     ids_are_int = True
     cpu_seconds = 0.0
     order = []
@@ -1614,7 +1627,9 @@ def _merge(
         categories.update(partial["categories"])
         for name, found in partial["examples"].items():
             # bounded memory: only the k smallest distinct captions can ever be chosen
-            kept = examples.get(name, []) + [(crc, text, row_id) for crc, text, row_id in found]
+            kept = examples.get(name, []) + [
+                (crc, text, row_id, *origins[shard.key]) for crc, text, row_id in found
+            ]
             examples[name] = _smallest_distinct(kept, settings.examples_per_concept)
         ids_are_int = ids_are_int and partial["id_is_int"] is not False
     rows_counted = totals["n_rows"]  # what the shards' CPU seconds were spent on
@@ -1638,7 +1653,9 @@ def _merge(
     ids = None
     if settings.per_caption:
         n_read = sum(n for _, n in order)
-        ids = _merge_matches(folder, run.finished, out_dir / "matches.parquet", ids_are_int, n_read)
+        ids = _merge_matches(
+            folder, run.finished, out_dir / "matches.parquet", ids_are_int, n_read, origins
+        )
         outputs.append("matches.parquet")
 
     by_source: dict[int, set[tuple[str | None, str | None]]] = {}
@@ -1663,8 +1680,9 @@ def _merge(
         "rate_denominator": RATE_DENOMINATOR,
         "example_selection": EXAMPLE_SELECTION,
         "id_source": "the input's id column when it has one, else the row number across the corpus",
-        # ids name matches.parquet's rows: null or repeated ones cannot be joined back to the
-        # corpus, so they are counted (None: no per-caption output, whose ids were not checked)
+        # (input, id) names matches.parquet's rows: null ids, and ids repeated within one input,
+        # cannot be joined back to the corpus, so they are counted, with the inputs that hold
+        # them (None: no per-caption output, whose ids were not checked)
         "ids": ids,
         "timings": {  # of the shards' work in all sessions; count_coverage adds this session's
             "shard_cpu_seconds": round(cpu_seconds, 3),
@@ -1758,10 +1776,11 @@ def _add_views(
             ]
 
 
-def _smallest_distinct(entries: list[tuple[int, str, Any]], k: int) -> list[tuple[int, str, Any]]:
-    """The ``k`` distinct captions with the smallest (CRC, caption), each with the id of its first
-    occurrence: the sort is stable and entries come in corpus order."""
-    picked: list[tuple[int, str, Any]] = []
+def _smallest_distinct(entries: list[tuple[Any, ...]], k: int) -> list[tuple[Any, ...]]:
+    """The ``k`` distinct captions with the smallest (CRC, caption), each entry ``(crc, caption,
+    id, ...)`` that of its first occurrence: the sort is stable and entries come in corpus
+    order."""
+    picked: list[tuple[Any, ...]] = []
     seen: set[str] = set()
     if k <= 0:
         return picked
@@ -1777,14 +1796,14 @@ def _smallest_distinct(entries: list[tuple[int, str, Any]], k: int) -> list[tupl
 def _examples(
     registry: Registry,
     k: int,
-    found: dict[str, list[tuple[int, str, Any]]],
+    found: dict[str, list[tuple[int, str, Any, int, str | None]]],
     counts: Counter[str],
 ) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     for concept in registry.concepts:
         picked = [
-            {"id": row_id, "caption": text}
-            for _, text, row_id in _smallest_distinct(found.get(concept.name, []), k)
+            {"input": source, "file": file, "id": row_id, "caption": text}
+            for _, text, row_id, source, file in _smallest_distinct(found.get(concept.name, []), k)
         ]
         chosen[concept.name] = {
             "group": concept.group,
@@ -1795,29 +1814,53 @@ def _examples(
 
 
 def _merge_matches(
-    folder: RunFolder, planned: list[Shard], target: Path, ids_are_int: bool, n_rows: int
-) -> dict[str, int]:
+    folder: RunFolder,
+    planned: list[Shard],
+    target: Path,
+    ids_are_int: bool,
+    n_rows: int,
+    origins: dict[str, tuple[int, str | None]],
+) -> dict[str, Any]:
     """Concatenate the shards' matches files in corpus order, streaming (bounded memory), into
-    ``matches.parquet`` (:func:`_split_matches` gets them back). The shards' own files are removed
-    once the manifest lists the merge (:func:`count_coverage`): a kill in between keeps them.
-    Returns its rows whose id is null, and whose id an earlier row has (:class:`_IdTally`)."""
+    ``matches.parquet`` (:func:`_split_matches` gets them back), each row with its input (index
+    into the manifest's inputs) and file (``origins``, per shard key: the shards' own files leave
+    them out, as a shard may sit elsewhere among the inputs next time). The shards' own files are
+    removed once the manifest lists the merge (:func:`count_coverage`): a kill in between keeps
+    them. Returns its rows whose id is null, and whose id an earlier row of the same input has,
+    and the inputs holding them (:class:`_IdTally`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     id_type = pa.int64() if ids_are_int else pa.string()
-    schema = pa.schema([("id", id_type), ("concepts", pa.list_(pa.string()))])
+    schema = pa.schema(
+        [
+            ("input", pa.int32()),
+            ("file", pa.string()),
+            ("id", id_type),
+            ("concepts", pa.list_(pa.string())),
+        ]
+    )
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    parts = [folder.unit_path(shard.key, _MATCHES_SUFFIX) for shard in planned]
     tally = _IdTally(folder.path, id_type, n_rows)
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
+            for shard in planned:
+                part = folder.unit_path(shard.key, _MATCHES_SUFFIX)
+                source, file = origins[shard.key]
                 try:
                     with pq.ParquetFile(part) as handle:
-                        for batch in handle.iter_batches():
-                            table = pa.Table.from_batches([batch]).cast(schema)
+                        for batch in handle.iter_batches(columns=["id", "concepts"]):
+                            n = batch.num_rows
+                            table = pa.table(
+                                {
+                                    "input": pa.repeat(pa.scalar(source, pa.int32()), n),
+                                    "file": pa.repeat(pa.scalar(file, pa.string()), n),
+                                    "id": batch.column("id"),
+                                    "concepts": batch.column("concepts"),
+                                }
+                            ).cast(schema)
                             writer.write_table(table)
-                            tally.add(table.column("id").combine_chunks())
+                            tally.add(table.column("id").combine_chunks(), source)
                 except (OSError, ValueError) as exc:  # a data page damaged by hand: whole footer
                     why = whole_line(exc, 200)  # arrow's messages span lines
                     raise RunFolderError(
@@ -1837,10 +1880,12 @@ _IDS_PER_BUCKET = 1 << 24  # ids whose distinct values are counted at once (memo
 
 
 class _IdTally:
-    """The null ids of matches.parquet and its repeated ones (rows whose id an earlier row has),
+    """The null ids of matches.parquet and its repeated ones (rows whose id an earlier row of the
+    same input has: rows are named by (input, id), and inputs numbered alike are no repeats),
     counted as it is written in bounded memory, as it may hold a whole corpus: the ids are spread
     by their hash over temporary files of at most about :data:`_IDS_PER_BUCKET` ids, where all
-    copies of one id land together, and each file's distinct ids are counted alone."""
+    copies of one id land together, and each file's distinct (input, id) pairs are counted
+    alone."""
 
     def __init__(self, folder: Path, id_type: Any, n_rows: int):
         import pyarrow as pa
@@ -1848,17 +1893,22 @@ class _IdTally:
         self.pa = pa
         self.n_buckets = max(1, -(-n_rows // _IDS_PER_BUCKET))
         self.n_null = self.n_valid = 0
-        schema = pa.schema([("id", id_type)])
+        self.flawed: set[int] = set()  # inputs with a null or repeated id
+        schema = pa.schema([("input", pa.int32()), ("id", id_type)])
         # named as atomic writes' temporary files are: a killed run's are removed by the next
         self.paths = [folder / f".matches-ids-{i}.{os.getpid()}.tmp" for i in range(self.n_buckets)]
         self.writers = [pa.ipc.new_file(str(path), schema) for path in self.paths]
 
-    def add(self, ids: Any) -> None:
-        self.n_null += ids.null_count
+    def add(self, ids: Any, source: int) -> None:
+        """Tally ``ids``, all of input ``source``."""
+        if ids.null_count:
+            self.n_null += ids.null_count
+            self.flawed.add(source)
         ids = ids.drop_null()
         self.n_valid += len(ids)
+        inputs = self.pa.repeat(self.pa.scalar(source, self.pa.int32()), len(ids))
         if self.n_buckets == 1:
-            self.writers[0].write_batch(self.pa.record_batch([ids], names=["id"]))
+            self.writers[0].write_batch(self.pa.record_batch([inputs, ids], ["input", "id"]))
             return
         if self.pa.types.is_integer(ids.type):  # multiplicative hashing: even patterned ids spread
             spread = ids.to_numpy().view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
@@ -1868,23 +1918,34 @@ class _IdTally:
             buckets = caption_crc32s(texts, np.arange(len(texts))) % self.n_buckets
         for bucket in np.unique(buckets).tolist():
             chosen = self.pa.array(buckets == bucket)
-            self.writers[bucket].write_batch(self.pa.record_batch([ids.filter(chosen)], ["id"]))
+            batch = [inputs.filter(chosen), ids.filter(chosen)]
+            self.writers[bucket].write_batch(self.pa.record_batch(batch, ["input", "id"]))
 
-    def counts(self) -> dict[str, int]:
-        import pyarrow.compute as pc
-
+    def counts(self) -> dict[str, Any]:
         for writer in self.writers:
             writer.close()
-        distinct = 0
+        n_repeated = 0
         for path in self.paths:
             with self.pa.memory_map(str(path)) as source:
-                ids = self.pa.ipc.open_file(source).read_all().column("id")
-                if self.pa.types.is_integer(ids.type):  # sorting beats Arrow's hash on ints
-                    values = np.sort(ids.to_numpy())
-                    distinct += int(np.count_nonzero(np.diff(values))) + (len(values) > 0)
-                else:
-                    distinct += len(pc.unique(ids))
-        return {"n_null": self.n_null, "n_repeated": self.n_valid - distinct}
+                table = self.pa.ipc.open_file(source).read_all()
+            inputs, ids = table.column("input"), table.column("id")
+            if self.pa.types.is_integer(ids.type):  # sorting beats Arrow's hash on ints
+                input_values, id_values = inputs.to_numpy(), ids.to_numpy()
+                order = np.lexsort((id_values, input_values))
+                input_values, id_values = input_values[order], id_values[order]
+                again = (np.diff(input_values) == 0) & (np.diff(id_values) == 0)
+                repeated = input_values[1:][again]
+            else:  # each distinct (input, id) and how many rows hold it
+                pairs = table.group_by(["input", "id"]).aggregate([([], "count_all")])
+                extra = pairs.column("count_all").to_numpy() - 1
+                repeated = np.repeat(pairs.column("input").to_numpy(), extra)
+            n_repeated += len(repeated)
+            self.flawed.update(np.unique(repeated).tolist())
+        return {
+            "n_null": self.n_null,
+            "n_repeated": n_repeated,
+            "inputs": sorted(self.flawed),
+        }
 
     def close(self) -> None:
         for writer, path in zip(self.writers, self.paths, strict=True):
@@ -1936,8 +1997,10 @@ def _split_matches(folder: RunFolder) -> None:
         merged.unlink(missing_ok=True)
         return
     with pq.ParquetFile(merged) as handle:
-        batches = handle.iter_batches()
-        pending: pa.Table = pa.table({"id": [], "concepts": []}, schema=handle.schema_arrow)
+        # a shard's own file holds ids and concepts; its input and file are added by the merge
+        batches = handle.iter_batches(columns=["id", "concepts"])
+        schema = pa.schema([handle.schema_arrow.field(name) for name in ("id", "concepts")])
+        pending: pa.Table = pa.table({"id": [], "concepts": []}, schema=schema)
         for key, n_rows in order:
             while pending.num_rows < n_rows:
                 pending = pa.concat_tables([pending, pa.Table.from_batches([next(batches)])])

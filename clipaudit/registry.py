@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -231,18 +232,28 @@ class Registry:
             return ""
         group = self._find_group(name)
         if group is not None:  # "Color" or "POV": a group, whose concepts are what it holds
-            names = [c.name for c in self.concepts if c.group == group.name]
-            shown = ", ".join(names[:_HINTED]) + (
-                f" and {len(names) - _HINTED} more" if len(names) > _HINTED else ""
-            )
-            return f" ({name!r} is a group, not a concept; its concepts are {shown})"
+            return f" ({name!r} is a group, not a concept; its concepts are {self._listed(group)})"
         owners = [c.name for c in self.concepts if key in {normalize(s) for s in c.synonyms}]
         if owners:
             names = " or ".join(map(repr, owners))
             which = "it" if len(owners) == 1 else "each"
             return f" (did you mean {names}? {name!r} is a synonym of {which})"
         starting = [c.name for c in self.concepts if f" {key}" in f" {normalize(c.name)}"]
-        return did_you_mean(name, self._concepts_by_name, ahead=starting)
+        hint = did_you_mean(name, self._concepts_by_name, ahead=starting)
+        if hint:
+            return hint
+        # a group misspelt ("emoton"), where no concept is spelled alike: the group, said to be
+        # one (spelling alone put "Role" beside "police officer" for "police")
+        hint = did_you_mean(name, self._groups_by_name)
+        for group in (g for g in self.groups if repr(g.name) in hint):
+            hint += f"; {group.name!r} is a group, whose concepts are {self._listed(group)}"
+        return hint
+
+    def _listed(self, group: Group) -> str:
+        """A group's first concepts and how many more: "tired, focused, ... and 4 more"."""
+        names = [c.name for c in self.concepts if c.group == group.name]
+        more = len(names) - _HINTED
+        return ", ".join(names[:_HINTED]) + (f" and {more} more" if more > 0 else "")
 
     def group(self, name: str) -> Group:
         """Look a group up by name or label (ignoring case and punctuation); raises RegistryError
@@ -398,15 +409,42 @@ def resolve_registry_path(name_or_path: str | Path) -> Path:
                     f"registry {str(candidate)!r} is not a regular file (a device, pipe or "
                     "socket); expected a YAML file"
                 )
-            raise RegistryError(f"registry file {str(candidate)!r} does not exist")
+            known = list_registries()
+            raise RegistryError(
+                f"registry file {str(candidate)!r} does not exist"
+                f"{did_you_mean(str(candidate), [], ahead=_named_alike(candidate, known))}; "
+                f"pass an existing YAML file or a built-in registry name ({', '.join(known)})"
+            )
         return candidate
     if builtin is not None:
         return builtin
     known = list_registries()
     raise RegistryError(
         f"no built-in registry {str(name_or_path)!r}; built-in registries are {', '.join(known) or 'none'}"
-        f"{did_you_mean(str(name_or_path), known)}, or pass the path of a YAML file"
+        f"{did_you_mean(str(name_or_path), known, ahead=_named_alike(candidate, []))}, or pass "
+        "the path of a YAML file"
     )
+
+
+# entries of a folder read for files named like a missing registry: a folder of millions of
+# files (a dataset's) is not read whole for a suggestion
+_MAX_LISTED = 10_000
+
+
+def _named_alike(missing: Path, builtins: Iterable[str]) -> list[str]:
+    """The YAML files in ``missing``'s folder and the built-in registries whose stems are spelled
+    like its stem ("my.yaml" for "my.yml" or "my", as the user would write it; "cai2025" for
+    "cai2025.yml"). Stems, not names: a shared ".yaml" made "my.yaml" alike to "zzzz.yaml"."""
+    try:
+        entries = list(itertools.islice(missing.parent.iterdir(), _MAX_LISTED))
+    except OSError:  # no such folder, or one that cannot be listed: nothing to suggest in it
+        entries = []
+    files = [
+        str(missing.with_name(entry.name))
+        for entry in sorted(entries)
+        if entry.suffix in {".yaml", ".yml"} and did_you_mean(missing.stem, [entry.stem])
+    ]
+    return files + [name for name in builtins if did_you_mean(missing.stem, [name])]
 
 
 def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Registry:

@@ -16,13 +16,15 @@ digest of the record (one edited or cut short by hand is redone, never merged). 
 - **resume**: the same command on the same folder redoes only units without a record, or whose
   inputs changed (a shard fixed, removed or added changes only its own unit);
 - **refuse**: other settings are refused with the differences, unless ``overwrite`` (then the
-  folder is emptied first); a run that failed before any unit finished restarts with the new ones;
+  folder is emptied first); a run that failed before any unit finished restarts with the new ones
+  (whatever its kind), one that failed after is refused saying so, with its reason;
 - **lock**: one writer at a time (``.lock``, released and removed on every exit path; a run
   killed with ``kill -9`` leaves a file no process holds, which the next run takes); a folder
   still being written is read back as that, not as a run to resume;
 - **status**: ``failed`` with the reason on any error or interrupt (SIGTERM, which Slurm and
-  Kubernetes send before they kill, is taken as Ctrl-C: :class:`Stopped`), ``complete`` only at
-  the end, and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never
+  Kubernetes send before they kill, is taken as Ctrl-C: :class:`Stopped`; its reason says so,
+  and messages name it stopped, to resume: :func:`stopped_by`), ``complete`` only at the end,
+  and a run where every unit failed is ``failed`` (:class:`RunFailedError`), never
   complete. A complete run opened again stays as it was unless the session changes it: before
   it writes its manifest, or changes a run inside it (an audit's stage), it is marked
   ``running``, so that no kill leaves it complete over a stage that changed. One whose stage is
@@ -65,6 +67,11 @@ STATUSES = ("running", "complete", "failed")
 MANIFEST = "manifest.json"
 UNITS = "units"
 _LOCK = ".lock"
+# a stopped run (Ctrl-C, SIGTERM) is "failed" with this reason, which stopped_by reads back:
+# "interrupted; ..." or "stopped by SIGTERM; ..." (Stopped's text)
+_INTERRUPTED = "interrupted"
+_STOPPED_BY = "stopped by "
+_RESUME = "run the same command again to resume"
 # a manifest that cannot be read says nothing of the run's settings: nothing in the folder can be
 # trusted, and the folder may not be clipaudit's (so --overwrite does not empty it either)
 _DAMAGED_FIX = "delete the folder or choose another --out, and run the command again"
@@ -249,8 +256,8 @@ class RunFolder:
         try:
             if error is not None and self._written and self.manifest.get("status") == "running":
                 if isinstance(error, (KeyboardInterrupt, Stopped)):  # Ctrl-C, or SIGTERM
-                    stopped = str(error) if isinstance(error, Stopped) else "interrupted"
-                    reason = f"{stopped}; run the same command again to resume"
+                    stopped = str(error) if isinstance(error, Stopped) else _INTERRUPTED
+                    reason = f"{stopped}; {_RESUME}"
                 elif isinstance(error, ClipAuditError):
                     reason = str(error)
                 else:
@@ -323,7 +330,23 @@ class RunFolder:
         if self.overwrite:
             self._empty("--overwrite")
         elif previous.get("status") != "complete" and not self._holds_finished_work():
+            # nothing of it to keep: the corrected command of a run that failed at once
             self._empty(f"the earlier run stopped before any unit finished ({'; '.join(changed)})")
+        elif previous.get("status") == "failed":
+            # "run the same command" would be this one, refused again; the earlier one resumes
+            # it, but may fail again for the same reason: said, with both ways out
+            cause = stopped_by(previous)
+            ended = (
+                f"that was stopped ({cause}) after finishing part of its work"
+                if cause is not None
+                else f"that failed after finishing part of its work ({previous.get('reason')})"
+            )
+            raise RunFolderError(
+                f"{self.path} holds {a_run(self.kind)} with other settings "
+                f"({'; '.join(changed)}) {ended}; pass --overwrite to start again with these "
+                "settings (its finished work is deleted), run the earlier command again to "
+                "resume it, or choose another --out"
+            )
         else:
             raise RunFolderError(
                 f"{self.path} holds a different {self.kind} run ({'; '.join(changed)}); run the "
@@ -617,6 +640,12 @@ def not_complete(
             "read it"
         )
     subject = f"whose {stage} stage" if stage else "that"
+    cause = stopped_by(manifest)
+    if cause is not None:  # its reason is only how it stopped: the fix is to resume it
+        return (
+            f"{what} {subject} was stopped ({cause}), not complete; run the same command again "
+            "to resume it"
+        )
     if status == "failed" and reason:
         return f"{what} {subject} failed ({reason}), not complete; do what its reason says"
     why = f" ({reason})" if reason else ""
@@ -624,6 +653,20 @@ def not_complete(
         f"{what} {subject} is {status}{why}, not complete; run the command that wrote it again "
         "to resume it"
     )
+
+
+def stopped_by(manifest: Mapping[str, Any]) -> str | None:
+    """How a failed run was stopped, when it was (``"interrupted"``: Ctrl-C; ``"by SIGTERM"``),
+    read from the reason :class:`RunFolder` records; None for a run that failed of an error, or
+    did not fail. Its status stays ``failed``: what reads statuses takes it as one that did not
+    finish, and a new status would be one more for each of them to know."""
+    reason = manifest.get("reason")
+    if manifest.get("status") != "failed" or not isinstance(reason, str):
+        return None
+    cause = reason.split(";", 1)[0].strip()
+    if cause.startswith(_STOPPED_BY):
+        return cause.removeprefix("stopped ")
+    return cause if cause == _INTERRUPTED else None
 
 
 def a_run(kind: str) -> str:

@@ -235,7 +235,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
     assert [Path(s["shard"]).name for s in coverage["skipped_shards"]] == ["bad.parquet"]
     assert set(pd.read_csv(out / "zeroshot" / "groups.csv")["group"]) == {"Animal", "Color"}
     settings = json.loads((out / "manifest.json").read_text())["settings"]
-    assert settings["coverage"]["id_column"] == "key"
+    assert {c["id"] for i in coverage["inputs"] for c in i["columns"]} == {"key"}
     assert settings["zeroshot"]["groups"] == ["Animal", "Color"]
     assert len(list((tmp_path / "cache").glob("*/*.emb.npy"))) == 1  # the one model's shard
 
@@ -381,3 +381,42 @@ def test_an_audit_killed_while_a_rerun_changes_a_stage_is_not_complete_and_resum
         ["tiny-clip@trained", "tiny-clip@random"],
     )
     assert clipaudit.load_run(out).zeroshot.models == manifest["models"]
+
+
+def test_an_audit_of_another_registrys_images_is_refused_before_counting_and_then_restarts(
+    audit_runs, tmp_path
+):
+    """`clipaudit audit` of the miniworld's pictures without `-r miniworld` counted the whole
+    corpus under cai2025, then failed on the images' names; the corrected command was then
+    refused ("run the same command to resume it")."""
+    import clipaudit
+    from clipaudit.errors import InputError
+    from clipaudit.registry import load_registry
+    from tests.tiny_clip import write_image_folder
+
+    miniworld = load_registry("miniworld")
+    layout = {g.name: dict.fromkeys((c.name for c in miniworld.concepts_in(g.name)), 1)
+              for g in miniworld.groups}  # fmt: skip
+    images = tmp_path / "eval"
+    write_image_folder(images, layout)
+    config, trained, _ = _models(audit_runs)
+    out = tmp_path / "audit"
+
+    def audit(**options):
+        return clipaudit.run_audit(
+            ["a red circle on sand", "a blue star"], images, (config, trained), out,
+            progress=False, echo=lambda _: None,
+            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0}, **options,
+        )  # fmt: skip
+
+    with pytest.raises(InputError) as info:
+        audit()
+    message = str(info.value)
+    # groups cai2025 lacks (Shape, Size, ...) and concepts of groups both have (Color's orange)
+    assert "these are the groups and concepts of the built-in registry 'miniworld': pass " \
+        "--registry miniworld" in message  # fmt: skip
+    assert message.index("--registry miniworld") < message.index("'Position'")
+    assert not (out / "coverage").exists()  # refused before the first stage
+    result = audit(registry="miniworld")  # the corrected command is not refused
+    assert result.manifest["status"] == "complete"
+    assert result.manifest["registry"]["name"] == "miniworld"

@@ -392,6 +392,7 @@ def test_control_characters_in_a_message_never_reach_the_terminal(tmp_path, monk
     """A path (or a caption, a label) named in an error is text a user or the web wrote: an
     escape sequence in it retitled the terminal, and a line break split the one-line message."""
     from clipaudit.cli import main
+    from clipaudit.registry import list_registries
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
@@ -404,7 +405,10 @@ def test_control_characters_in_a_message_never_reach_the_terminal(tmp_path, monk
     with pytest.raises(SystemExit) as exited:
         main(["concepts", "show", "dog", "--registry", "x\x1b[2J.yaml"])
     assert exited.value.code == 2
-    assert capsys.readouterr().err == "error: registry file 'x\\x1b[2J.yaml' does not exist\n"
+    assert capsys.readouterr().err == (
+        "error: registry file 'x\\x1b[2J.yaml' does not exist; pass an existing YAML file or a "
+        f"built-in registry name ({', '.join(list_registries())})\n"
+    )
 
 
 def test_file_names_a_command_prints_are_inert(tmp_path):
@@ -686,3 +690,59 @@ def test_an_option_coverage_commands_share_says_the_same_in_each():
     assert "cuda:N or mps" in next(iter(helps["--device"]))
     queried = run_cli("coverage", "query", "--help")
     assert "  -k <int>  " in queried.stdout, queried.stdout
+
+
+def test_every_long_running_coverage_command_takes_quiet():
+    """`coverage eval`, `calibrate` and `index` refused -q, which count, audit, zeroshot, report
+    and demo take: a script passing -q to each long-running command stopped there."""
+    import typer.main
+
+    from clipaudit.cli import app
+
+    group = typer.main.get_command(app).commands["coverage"]
+    for name in ("count", "eval", "calibrate", "index"):
+        options = {opt for p in group.commands[name].params for opt in p.opts}
+        assert {"-q", "--quiet"} <= options, name
+
+
+def test_ids_repeated_across_inputs_are_no_warning_and_repeats_name_their_input(tmp_path):
+    """Two files with ids from 0 each were told to name a unique id column with --id-column,
+    which neither has: rows are joined back by (input, id), so only an id repeated within one
+    input is warned of, naming that input."""
+    import pandas as pd
+
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pd.DataFrame({"id": [0, 1], "caption": ["a dog", "a cat"]}).to_parquet(first)
+    pd.DataFrame({"id": [0, 1], "caption": ["a red bus", "a kitten"]}).to_parquet(second)
+    args = ["coverage", "count", str(first), str(second), "--per-caption", "-q"]
+    counted = run_cli(*args, "--out", str(tmp_path / "run"))
+    assert counted.returncode == 0, counted.stderr
+    assert "matches.parquet" not in counted.stdout and "--id-column" not in counted.stdout
+    twice = tmp_path / "twice.parquet"
+    pd.DataFrame({"id": [5, 5], "caption": ["a dog", "a cat"]}).to_parquet(twice)
+    counted = run_cli(*args, str(twice), "--out", str(tmp_path / "again"))
+    said = " ".join(counted.stdout.split())
+    assert "1 whose id an earlier row has within the same input" in said, said
+    assert f"(in {twice})" in said and "--id-column" in said
+
+
+def test_query_names_the_input_and_file_of_each_nearest_caption(monkeypatch):
+    from types import SimpleNamespace
+
+    from clipaudit.cli import _common, coverage
+
+    printed = io.StringIO()
+    console = _common._PlainConsole(file=printed, width=200, markup=False, emoji=False)
+    monkeypatch.setattr(coverage, "console", console)
+    nearest = [
+        {"id": 0, "score": 0.9, "caption": "a fox", "input": 1, "file": "b.parquet"},
+        {"id": 0, "score": 0.8, "caption": "a fox", "input": 2, "file": None},
+    ]
+    found = SimpleNamespace(count=2, threshold=0.5, method="flat", seconds=0.002, nearest=nearest)
+    monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
+    coverage._query(Path("run"), "a fox", None, 2)
+    lines = printed.getvalue().splitlines()
+    assert lines[1:] == [
+        "  0.900  b.parquet  0  a fox",
+        "  0.800  input 2  0  a fox",
+    ]

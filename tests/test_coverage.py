@@ -158,7 +158,9 @@ def test_per_caption_matches_have_one_row_per_caption_read(tiny, zoo, tmp_path):
     matches = pq.read_table(tmp_path / "run" / "matches.parquet")
     assert matches.schema.field("id").type == pa.int64()
     expected = [
-        {"id": row["id"], "concepts": curated} for row, curated, _ in ZOO if curated is not None
+        {"input": 0, "file": str(zoo), "id": row["id"], "concepts": curated}
+        for row, curated, _ in ZOO
+        if curated is not None
     ]
     assert matches.to_pylist() == expected
     assert not list((tmp_path / "run" / "units").glob("*.matches.parquet"))  # merged, removed
@@ -228,15 +230,28 @@ def outputs(run_dir: Path) -> dict:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     found = {
         name: (run_dir / name).read_bytes()
-        for name in ("concepts.csv", "groups.csv", "categories.csv", "examples.json")
+        for name in ("concepts.csv", "groups.csv", "categories.csv")
     }
     for name in ("concepts", "groups", "categories"):
         found[f"{name}.parquet"] = pd.read_parquet(run_dir / f"{name}.parquet").to_dict("list")
+    # rows name the input and the file they were read from: the same files elsewhere (a URL, a
+    # copy, named one by one or as a folder) by the file's name
+    examples = json.loads((run_dir / "examples.json").read_text())
+    for entry in examples["concepts"].values():
+        entry["examples"] = [_where_by_name(example) for example in entry["examples"]]
+    found["examples.json"] = examples
     if (run_dir / "matches.parquet").exists():
-        found["matches"] = pq.read_table(run_dir / "matches.parquet").to_pylist()
+        rows = pq.read_table(run_dir / "matches.parquet").to_pylist()
+        found["matches"] = [_where_by_name(row) for row in rows]
     counts = ("n_rows", "n_captions_read", "n_empty", "n_skipped", "skipped_reasons")
     found["manifest"] = {k: manifest[k] for k in (*counts, "n_with_any_concept", "status")}
     return found
+
+
+def _where_by_name(row: dict) -> dict:
+    file = row["file"]
+    named = None if file is None else file.rstrip("/").rsplit("/", 1)[-1]
+    return {**{k: v for k, v in row.items() if k != "input"}, "file": named}
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:
@@ -735,7 +750,7 @@ def test_null_and_repeated_ids_are_counted_in_the_manifest(tiny, tmp_path, monke
     ids = pq.read_table(result.out_dir / "matches.parquet").column("id").to_pylist()
     assert ids[:4] == ["0", "1", None, "x"] and len(ids) == 9  # text: "x" is no number
     # nulls: one per file; repeated: b's 0 and 1, and its "1" (a third 1)
-    assert result.manifest["ids"] == {"n_null": 2, "n_repeated": 3}
+    assert result.manifest["ids"] == {"n_null": 2, "n_repeated": 3, "inputs": [0]}
     assert not list((tmp_path / "run").glob(".*.tmp"))
     plain = run([corpus], tiny, tmp_path / "plain")
     assert plain.manifest["ids"] is None  # no per-caption output: ids name no row
@@ -1315,3 +1330,80 @@ def test_a_worker_killed_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["timings"]["shards_resumed"] >= 1
     assert manifest["n_rows"] == 240_000
+
+
+def test_a_column_named_as_the_default_resolves_it_resumes_the_run(tiny, tmp_path):
+    """`--column caption` on a run counted without it (which read `caption` too) was refused as
+    another run (coverage.column: None -> 'caption'): what is counted is compared, not how it was
+    typed, in either order; another column is still counted anew."""
+    path = tmp_path / "c.parquet"
+    pq.write_table(
+        pa.table({"id": [3, 4], "caption": ["a red cat", "a dog"], "alt": ["a cat", "x"]}), path
+    )
+    for first, then in (({}, {"column": "caption"}), ({"column": "caption"}, {})):
+        out = tmp_path / f"run-{len(first)}"
+        counted = run([path], tiny, out, **first)
+        again = run([path], tiny, out, **then)
+        assert again.reused and again.concepts.equals(counted.concepts)
+        named_id = run([path], tiny, out, id_column="id", **then)
+        assert named_id.reused
+    other = run([path], tiny, tmp_path / "run-1", column="alt")
+    assert not other.reused
+    assert other.concepts.set_index("concept")["count"].to_dict() == {
+        "dog": 0,
+        "cat": 1,
+        "red": 0,
+        "happy": 0,
+    }
+    assert other.manifest["inputs"][0]["columns"] == [{"caption": "alt", "id": "id"}]
+
+
+def test_per_caption_rows_say_which_input_they_came_from(tiny, tmp_path):
+    """Two files with ids from 0 each: matches.parquet held bare ids, said 2 repeated and told
+    to name a unique id column, which neither corpus has. Each per-caption row (matches,
+    examples) now names its input (index into the manifest's inputs) and file: (input, id) joins
+    back, and ids repeated across inputs are no repeats; within one input they still are."""
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    captions = {first: ["a dog", "a red cat"], second: ["a cat", "a kitten", "a puppy"]}
+    for path, texts in captions.items():
+        pq.write_table(pa.table({"id": list(range(len(texts))), "caption": texts}), path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [0], "caption": ["a happy dog"]}), folder / "x.parquet")
+    pq.write_table(pa.table({"id": [0], "caption": ["a cat"]}), folder / "y.parquet")
+    result = run([first, second, folder], tiny, tmp_path / "run", per_caption=True)
+    matches = pq.read_table(result.out_dir / "matches.parquet").to_pylist()
+    files = [str(first), str(second), str(folder / "x.parquet"), str(folder / "y.parquet")]
+    inputs = [0, 1, 2, 2]
+    expected = []
+    paths = [first, second, *sorted(folder.iterdir())]
+    for index, file, path in zip(inputs, files, paths, strict=True):
+        table = pq.read_table(path).to_pylist()
+        matcher = lexical.build_matcher(tiny, "curated")
+        expected += [
+            {
+                "input": index,
+                "file": file,
+                "id": row["id"],
+                "concepts": matcher.match(row["caption"]),
+            }
+            for row in table
+        ]
+    assert [{k: m[k] for k in ("input", "file", "id")} for m in matches] == [
+        {k: e[k] for k in ("input", "file", "id")} for e in expected
+    ]
+    assert [sorted(m["concepts"]) for m in matches] == [sorted(e["concepts"]) for e in expected]
+    specs = [record["spec"] for record in result.manifest["inputs"]]
+    assert specs == [str(first), str(second), str(folder)]
+    # the two files of the folder each hold id 0: repeated within input 2, and only there
+    assert result.manifest["ids"] == {"n_null": 0, "n_repeated": 1, "inputs": [2]}
+    by_origin = {(m["input"], m["id"]) for m in matches}
+    assert len(by_origin) == len(matches) - 1
+    cats = result.examples["concepts"]["cat"]["examples"]
+    for example in cats:
+        source = pq.read_table(example["file"]).to_pylist()
+        assert {"id": example["id"], "caption": example["caption"]} in source
+        assert files.index(example["file"]) >= 0 and example["input"] in (0, 1, 2)
+    assert {(e["input"], e["caption"]) for e in cats} >= {(0, "a red cat"), (1, "a cat")}
+    alone = run([first, second], tiny, tmp_path / "two", per_caption=True)
+    assert alone.manifest["ids"] == {"n_null": 0, "n_repeated": 0, "inputs": []}

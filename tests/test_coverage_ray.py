@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -160,7 +161,16 @@ def test_ray_workers_read_a_url_through_the_filesystem_of_its_scheme(
     finally:
         filesystems.unregister_filesystem("testbucket")
     count([corpus], tmp_path / "local", registry, shard_rows=10_000)
-    assert_identical_files(tmp_path / "local", tmp_path / "ray")
+    # example captions and per-caption rows name the file each was read from: the URL's here
+    outputs = [name for name in OUTPUT_FILES if name != "examples.json"]
+    assert_identical_files(tmp_path / "local", tmp_path / "ray", outputs)
+    local, remote = ((tmp_path / run / "examples.json").read_text() for run in ("local", "ray"))
+    assert remote == local.replace(json.dumps(str(corpus))[1:-1], "testbucket://captions")
+    local, remote = (
+        pd.read_parquet(tmp_path / run / "matches.parquet") for run in ("local", "ray")
+    )
+    local["file"] = local["file"].str.replace(str(corpus), "testbucket://captions", regex=False)
+    pd.testing.assert_frame_equal(remote, local)
     files = on_ray.manifest["inputs"][0]["files"]
     assert [f["path"] for f in files] == [
         "testbucket://captions/part-000.parquet",

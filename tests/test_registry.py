@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from clipaudit import registry as registry_module
-from clipaudit.errors import RegistryError, SettingsError
+from clipaudit.errors import RegistryError, SettingsError, did_you_mean
 from clipaudit.registry import list_registries, load_registry, parse_registry
 
 from .conftest import shared_path
@@ -1092,3 +1092,59 @@ def test_concepts_list_and_validate_count_in_words_that_agree(tmp_path):
     validated = runner.invoke(app, ["concepts", "validate", str(one)])
     assert validated.exit_code == 0
     assert "1 concept in 1 group, 1 category" in " ".join(validated.stdout.split())
+
+
+def test_a_concept_misspelt_like_a_group_is_pointed_to_the_group(registry, in_process):
+    """`concepts show emoton` said only "no concept 'emoton'", while `concepts show Emotion`
+    said it is a group: the names looked up alike are the concepts' and the groups'."""
+    emotions = [c.name for c in registry.concepts if c.group == "Emotion"]
+    assert len(emotions) > 6
+    said = (
+        "no concept 'emoton' in registry 'cai2025' (did you mean 'Emotion'?); 'Emotion' is a "
+        f"group, whose concepts are {', '.join(emotions[:6])} and {len(emotions) - 6} more"
+    )
+    with pytest.raises(RegistryError) as asked:
+        registry.concept("emoton")
+    assert str(asked.value) == said
+    code, _, err = in_process("concepts", "show", "emoton")
+    assert code != 0 and said in " ".join(err.split())
+    with pytest.raises(RegistryError) as asked:  # no group is near: the concepts alike only
+        registry.concept("girafe")
+    alike = did_you_mean("girafe", [c.name for c in registry.concepts])
+    assert (
+        "'giraffe'" in alike
+        and str(asked.value) == f"no concept 'girafe' in registry 'cai2025'{alike}"
+    )
+
+
+def test_a_registry_file_not_found_is_told_the_files_and_built_ins_named_alike(
+    tmp_path, monkeypatch, in_process
+):
+    """`-r my.yml` beside my.yaml said only "does not exist"."""
+    (tmp_path / "my.yaml").write_text(GOOD)
+    (tmp_path / "other.yaml").write_text(GOOD)
+    builtins = ", ".join(list_registries())
+    with pytest.raises(RegistryError) as asked:
+        load_registry(tmp_path / "my.yml")
+    assert str(asked.value) == (
+        f"registry file {str(tmp_path / 'my.yml')!r} does not exist (did you mean "
+        f"{str(tmp_path / 'my.yaml')!r}?); pass an existing YAML file or a built-in registry "
+        f"name ({builtins})"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistryError, match=r"'my\.yml' does not exist \(did you mean 'my\.yaml'"):
+        load_registry("my.yml")
+    with pytest.raises(
+        RegistryError, match=r"'cai2025\.yml' does not exist \(did you mean 'cai2025'"
+    ):
+        load_registry("cai2025.yml")
+    # no suffix: a built-in was looked for, and the file of that name is suggested beside them
+    with pytest.raises(
+        RegistryError, match=r"no built-in registry 'my'.*\(did you mean 'my\.yaml'"
+    ):
+        load_registry("my")
+    with pytest.raises(RegistryError) as asked:  # nothing alike: no suggestion
+        load_registry("zzzz.yaml")
+    assert "did you mean" not in str(asked.value)
+    code, _, err = in_process("concepts", "show", "dog", "-r", "my.yml")
+    assert code != 0 and "(did you mean 'my.yaml'?)" in err

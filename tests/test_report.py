@@ -1197,7 +1197,8 @@ def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, 
     manifest.update(status="failed", reason="interrupted")
     (unfinished / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(
-        RunFolderError, match=r"failed \(interrupted.*not complete; do what its reason says"
+        RunFolderError,
+        match=r"was stopped \(interrupted\), not complete; run the same command again to resume it",
     ):
         build_report([audit_runs["coverage"], unfinished], tmp_path / "f")
     with pytest.raises(SettingsError, match="seed must be an integer >= 0; got -1"):
@@ -1842,3 +1843,71 @@ def test_a_long_concept_name_leaves_the_confusion_matrix_whole(tmp_path, recwarn
     assert ticks[0].startswith(long[:8]) and ticks[0].endswith(long[-8:]) and "…" in ticks[0]
     assert len(ticks[0]) < 40
     assert _png_size(written["png"])[0] < 700
+
+
+def test_runs_of_two_registries_are_said_to_differ_on_top_and_few_points_are_no_finding(
+    audit_runs, tmp_path
+):
+    """Coverage counted with miniworld joined with a zero-shot run of cai2025 exited 0, joined a
+    few colour concepts by name and headlined "Spearman 0.11 [-1.00, 1.00]": the mismatch sat in
+    a list further down, and an interval spanning every correlation was shown as a finding. The
+    notes on top (page, Markdown, command line) say which registries and how many concepts
+    joined; a statistic whose interval is all of [-1, 1] is n/a with its reason, as too few
+    points are, its estimate kept in the data."""
+    from html import unescape as html_unescape
+
+    from clipaudit.coverage import count_coverage
+    from clipaudit.registry import load_registry
+    from clipaudit.report.render import markdown_text
+
+    corpus = Path(audit_runs["root"]) / "corpus.parquet"
+    coverage = count_coverage([corpus], "miniworld", tmp_path / "cov", workers=1, progress=False)
+    zeroshot = load_run(audit_runs["zeroshot_trained"])
+    # F1 of the colours not in the order of their coverage (the trained model knows all four)
+    scores = zeroshot.concepts.copy()
+    shuffled = {"red": 0.5, "blue": 0.2, "green": 0.6, "yellow": 0.3}
+    scores["f1"] = [
+        shuffled.get(c, f) for c, f in zip(scores["concept"], scores["f1"], strict=True)
+    ]
+    zeroshot = dataclasses.replace(zeroshot, concepts=scores)
+    result = build_report([coverage.out_dir, zeroshot], tmp_path / "r", n_bootstrap=N_BOOTSTRAP)
+    mini, cai = load_registry("miniworld"), load_registry("cai2025")
+    scored = set(zip(zeroshot.concepts["group"], zeroshot.concepts["concept"], strict=True))
+    joined = {(c.group, c.name) for c in mini.concepts} & scored
+    assert 2 < len(joined) < 10  # a handful of colours: the join is by name, across registries
+    (pair,) = result.summary["pairs"]
+    assert pair["n_concepts"] == len(joined)
+    note = result.summary["notes"][0]  # first: what the page shows on top
+    for said in (
+        f"registry 'miniworld' (sha256 {mini.sha256[:12]})",
+        f"registry 'cai2025' (sha256 {cai.sha256[:12]})",
+        f"{len(joined)} concepts joined by name",
+        pair["corpus"],
+        pair["model"],
+    ):
+        assert said in note, (said, note)
+    page = (result.out / "report.html").read_text(encoding="utf-8")
+    top = page.index('<div class="warn">')
+    assert note in html_unescape(page[top : page.index("</div>", top)])
+    markdown = (result.out / "report.md").read_text(encoding="utf-8")
+    assert f"> {markdown_text(note)}" in markdown
+    headline = result.headline()
+    assert f"note: {note}" in headline
+
+    # the interval of so few points: computed here from the joined rows, all of [-1, 1]
+    rows = result.tables["concepts"]
+    x = stats.log_coverage(rows["count"], result.summary["corpora"][0]["n_captions"])
+    again = stats.correlate(
+        x,
+        rows["f1"],
+        seed=stats.stream_seed(0, pair["corpus"], pair["model"], pair["method"], "concept"),
+        n_bootstrap=N_BOOTSTRAP,
+    )
+    for name in ("spearman", "kendall"):
+        assert (again[name]["ci_low"], again[name]["ci_high"]) == pytest.approx((-1, 1))
+        shown = pair["concepts"][name]
+        assert shown["value"] is None
+        assert shown["estimate"] == pytest.approx(again[name]["value"])
+        assert "-1 to 1" in shown["reason"]
+    line = next(line for line in headline.splitlines() if line.startswith(f"  {pair['corpus']}"))
+    assert "Spearman n/a (" in line and "[-1.00, 1.00]" not in line

@@ -48,7 +48,7 @@ def test_a_failed_run_keeps_a_finished_stage_unless_overwrite(tmp_path):
     with RunFolder(stage, "coverage", {"column": "caption"}) as folder:
         folder.complete()
     with (
-        pytest.raises(RunFolderError, match=r"different audit run \(templates"),
+        pytest.raises(RunFolderError, match=r"audit run with other settings \(templates"),
         RunFolder(audit, "audit", {"templates": "two"}),
     ):
         pass
@@ -65,7 +65,7 @@ def test_a_failed_stage_keeps_its_finished_units(tmp_path):
         stage.save_unit("shard-1", {"bytes": 10}, {"counts": [1]})
         raise RuntimeError("interrupted in the second shard")
     with (
-        pytest.raises(RunFolderError, match=r"different audit run \(templates"),
+        pytest.raises(RunFolderError, match=r"audit run with other settings \(templates"),
         RunFolder(audit, "audit", {"templates": "two"}),
     ):
         pass
@@ -364,7 +364,9 @@ def test_a_complete_run_whose_stage_an_interrupted_session_changed_is_no_longer_
         raise KeyboardInterrupt
     manifest = json.loads((audit / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["reason"].startswith("interrupted")
-    with pytest.raises(RunFolderError, match="holds an audit run that failed \\(interrupted"):
+    with pytest.raises(
+        RunFolderError, match=r"holds an audit run that was stopped \(interrupted\)"
+    ):
         load_run(audit)
     assert not (audit / ".lock").exists()
 
@@ -591,7 +593,9 @@ def test_a_run_stopped_by_sigterm_is_recorded_as_stopped_and_resumes(tmp_path):
         "stopped by SIGTERM; run the same command again to resume",
     )
     assert not (run / ".lock").exists()
-    with pytest.raises(RunFolderError, match=r"that failed \(stopped by SIGTERM; run the same"):
+    with pytest.raises(
+        RunFolderError, match=r"that was stopped \(by SIGTERM\), not complete; run the"
+    ):
         load_run(run)
     with RunFolder(run, "coverage", {"a": 1}) as folder:  # the same run resumes
         assert folder.load_unit("shard-1", {"bytes": 10})["counts"] == [1]
@@ -706,4 +710,52 @@ def test_refusals_of_a_run_folder_name_the_fix(tmp_path, monkeypatch):
         load_run(unknown)
     assert str(info.value).endswith(
         "; a newer clipaudit may have written it: read it with that version"
+    )
+
+
+def test_a_failed_run_with_finished_work_and_other_settings_is_refused_saying_it_failed(tmp_path):
+    """An audit that failed (the wrong registry) after counting its captions was refused, when
+    the corrected command ran, with "run the same command to resume it": that one failed."""
+    from clipaudit.errors import InputError
+
+    run = tmp_path / "run"
+    why = "folder 'Position' is no group or category (did you mean 'Emotion'?)"
+    with pytest.raises(InputError), RunFolder(run, "audit", {"registry": "cai2025"}) as folder:
+        folder.save_unit("shard-1", {"bytes": 10}, {"counts": [1]})
+        raise InputError(why)
+    with pytest.raises(RunFolderError) as info, RunFolder(run, "audit", {"registry": "miniworld"}):
+        pass
+    assert str(info.value) == (
+        f"{run} holds an audit run with other settings (registry: 'cai2025' -> 'miniworld') "
+        f"that failed after finishing part of its work ({why}); pass --overwrite to start "
+        "again with these settings (its finished work is deleted), run the earlier command "
+        "again to resume it, or choose another --out"
+    )
+    assert (run / "units" / "shard-1.json").is_file()
+    with RunFolder(run, "audit", {"registry": "miniworld"}, overwrite=True) as folder:
+        assert folder.restarted == "--overwrite"
+    assert not (run / "units" / "shard-1.json").exists()
+
+
+def test_a_stopped_run_is_named_stopped_when_read_back_or_refused(tmp_path):
+    """Ctrl-C records the run as failed with the reason "interrupted" (the status many places
+    read); load_run called it "a coverage run that failed", and a command of other settings
+    said to resume it with "the same command"."""
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), RunFolder(run, "coverage", {"a": 1}) as folder:
+        folder.save_unit("shard-1", {"bytes": 10}, {"counts": [1]})
+        raise KeyboardInterrupt
+    with pytest.raises(RunFolderError) as info:
+        load_run(run)
+    assert str(info.value) == (
+        f"{run} holds a coverage run that was stopped (interrupted), not complete; run the same "
+        "command again to resume it"
+    )
+    with pytest.raises(RunFolderError) as info, RunFolder(run, "coverage", {"a": 2}):
+        pass
+    assert str(info.value) == (
+        f"{run} holds a coverage run with other settings (a: 1 -> 2) that was stopped "
+        "(interrupted) after finishing part of its work; pass --overwrite to start again with "
+        "these settings (its finished work is deleted), run the earlier command again to resume "
+        "it, or choose another --out"
     )

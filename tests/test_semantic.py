@@ -33,12 +33,12 @@ class CountingEncoder:
         self.identity, self.dim = inner.identity, inner.dim
         self.calls = self.texts = 0
 
-    def encode(self, texts):
+    def encode(self, texts, **options):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt("simulated kill")
         self.calls += 1
         self.texts += len(texts)
-        return self.inner.encode(texts)
+        return self.inner.encode(texts, **options)
 
 
 def unit(rng, n, d):
@@ -103,6 +103,22 @@ def test_a_sentence_encoder_loads_without_bars_unless_progress_is_asked(capfd):
     assert transformers_logging.is_progress_bar_enabled()
     load_encoder(dataclasses.replace(spec, progress=True))
     assert "Loading weights" in capfd.readouterr().err
+
+
+def test_encoders_report_each_batch_they_encode(minilm, tiny_encoder):
+    """``on_batch`` hears of every batch of ``batch_size`` texts as it is encoded (a progress bar
+    moves per batch); the vectors are those encoded without it."""
+    import copy
+
+    texts = [f"a {'very ' * (i % 6)}big dog number {i}" for i in range(23)]
+    small = copy.copy(minilm)  # the same loaded model, in batches of 5
+    small.spec = dataclasses.replace(minilm.spec, batch_size=5)
+    for encoder, size in ((small, 5), (tiny_encoder, tiny_encoder.spec.batch_size)):
+        seen: list[int] = []
+        vectors = encoder.encode(texts, on_batch=seen.append)
+        assert seen == [min(size, len(texts) - done) for done in range(0, len(texts), size)]
+        np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-6)
+    assert minilm.encode([], on_batch=seen.append).shape == (0, 384)
 
 
 def test_open_clip_text_tower_matches_open_clip_itself(tiny_encoder, tiny_files):

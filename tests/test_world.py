@@ -864,3 +864,31 @@ def test_a_non_finite_loss_stops_the_training_and_keeps_the_last_good_checkpoint
             assert torch.isfinite(handle.get_tensor(key)).all(), key
     assert not (out / "miniworld-clip.safetensors").exists()
     assert not (out / RECORD_FILE).exists()
+
+
+def test_world_render_takes_quiet_as_every_stage_does(tmp_path, monkeypatch, in_process):
+    """`world render --out X -q` said "No such option: -q", while demo, zeroshot, report, audit,
+    theory and coverage count take -q/--quiet: a script quieting every stage stopped on it.
+    Rendering draws no progress bar, so the lines printed are the same."""
+    from rich.console import Console
+
+    from clipaudit.cli import world as cli_world
+    from clipaudit.world import world as world_module
+
+    real = world_module.render_world_run
+
+    def small(settings, out, overwrite=False):
+        tiny = dataclasses.replace(settings, n_train=256, n_eval_per_group=12)
+        return real(tiny, out, overwrite=overwrite)
+
+    monkeypatch.setattr(world_module, "render_world_run", small)
+    # wide enough that no folder name wraps the table's title
+    monkeypatch.setattr(cli_world, "console", Console(width=400, markup=False, emoji=False))
+    said = {}
+    for flag in ("", "-q", "--quiet"):
+        out = tmp_path / f"w{flag}"
+        code, printed, err = in_process("world", "render", "--out", str(out), *filter(None, [flag]))
+        assert code == 0, err
+        assert (out / "world.json").is_file()
+        said[flag] = " ".join(printed.replace(str(out), "OUT").split())
+    assert said["-q"] == said["--quiet"] == said[""]

@@ -34,6 +34,11 @@ SpacyModelOption = typer.Option(
     help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
     "part-of-speech checks in the curated profile.",
 )
+# eval, calibrate and index show no progress bar: -q is taken so that a script passing it to
+# every long-running command runs
+QuietOption = typer.Option(
+    False, "--quiet", "-q", help="Taken as other commands take it; this one shows no progress bar."
+)
 EncoderDeviceOption = typer.Option(
     "auto",
     "--device",
@@ -228,10 +233,20 @@ def _print_summary(result: object) -> None:
         console.print(f"skipped shard {shard['shard']}: {shard['reason']}", style="yellow")
     ids = manifest.get("ids") or {}  # with --per-caption; older manifests have none
     if ids.get("n_null") or ids.get("n_repeated"):
+        # rows are named by (input, id): an id repeated across inputs is none; older manifests
+        # counted repeats across the whole corpus and named no input
+        flawed = ids.get("inputs")
+        where = (
+            " within the same input (in "
+            + ", ".join(manifest["inputs"][index]["spec"] for index in flawed)
+            + ")"
+            if flawed is not None
+            else ""
+        )
         console.print(
             f"matches.parquet: {counted(ids['n_null'], 'row')} without an id and "
-            f"{ids['n_repeated']:,} whose id an earlier row has; they cannot be joined back to the "
-            "corpus by id: name a unique id column with --id-column",
+            f"{ids['n_repeated']:,} whose id an earlier row has{where}; they cannot be joined back "
+            "to the corpus by (input, id): name a unique id column with --id-column",
             style="yellow",
         )
     for source in manifest["inputs"]:
@@ -400,6 +415,7 @@ def eval_(
     json_out: Path | None = typer.Option(
         None, "--json", help="Also write the full scores and every disagreement as JSON here."
     ),
+    quiet: bool = QuietOption,
 ) -> None:
     """Micro and per-group precision/recall of each matching profile against gold labels."""
     from clipaudit.goldeval import evaluate_gold
@@ -475,6 +491,7 @@ def calibrate(
         "checked count under another profile refuses the calibration.",
     ),
     spacy_model: str | None = SpacyModelOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Fit per-concept thresholds for an encoder on labelled captions; print cross-validated
     precision and recall of every method; write the calibration with the encoder's identity."""
@@ -526,6 +543,7 @@ def index(
     k: int = typer.Option(
         10, "-k", min=0, metavar="<int>", help="Nearest captions shown for --query."
     ),
+    quiet: bool = QuietOption,
 ) -> None:
     """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
     from clipaudit.coverage_semantic import index_run
@@ -564,4 +582,17 @@ def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
     for near in found.nearest:  # inert (plain_console), and one caption to a line, however long
-        console.print(f"  {near['score']:.3f}  {near['id']}  {near['caption']}", soft_wrap=True)
+        console.print(
+            f"  {near['score']:.3f}  {_origin(near)}{near['id']}  {near['caption']}",
+            soft_wrap=True,
+        )
+
+
+def _origin(near: dict) -> str:
+    """Where a nearest caption came from, before its id (ids repeat across inputs): its file, or
+    its input's number in the run's manifest; nothing from an index that does not record it."""
+    if near.get("file") is not None:
+        return f"{near['file']}  "
+    if near.get("input") is not None:
+        return f"input {near['input']}  "
+    return ""

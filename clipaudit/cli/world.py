@@ -32,6 +32,11 @@ def render(
         "mention it), Background.perturbation=0.3 (how often a mention is wrong). " + GROUPS_HELP,
     ),
     overwrite: bool = OverwriteOption,
+    # taken as every stage takes it, so a script can quiet each alike; rendering (seconds)
+    # draws no progress bar, so there is none to take off
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bars (rendering draws none)."
+    ),
 ) -> None:
     """Write the world's training pictures and captions, held-out pictures per group, and the
     chosen and realised caption rates (world.json), in the layouts the readers take."""

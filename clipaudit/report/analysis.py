@@ -13,6 +13,7 @@ from typing import Any
 
 from clipaudit.report import join, stats
 from clipaudit.report.inputs import METHODS, PRIMARY_METHOD_RULE, Inputs
+from clipaudit.text import counted
 
 SCHEMA_VERSION = 1
 
@@ -194,11 +195,13 @@ def analyse(
                 x = _x(part, method, corpus.n_captions, level) if len(part) else np.zeros(0)
                 y = part[y_column].to_numpy(dtype=float) if len(part) else np.zeros(0)
                 keep = np.isfinite(x) & np.isfinite(y)
-                result = stats.correlate(
-                    x[keep],
-                    y[keep],
-                    seed=stats.stream_seed(seed, corpus.label, model.label, method, level),
-                    n_bootstrap=n_bootstrap,
+                result = _no_finding_unbounded(
+                    stats.correlate(
+                        x[keep],
+                        y[keep],
+                        seed=stats.stream_seed(seed, corpus.label, model.label, method, level),
+                        n_bootstrap=n_bootstrap,
+                    )
                 )
                 floor = _trivial_f1(part, group_part, level)
                 flagged = stats.flag_outliers(x[keep], y[keep], known_above=floor[keep])
@@ -288,6 +291,52 @@ def analyse(
         inputs, tables, correlation_rows, outlier_rows, mismatches, seed, n_bootstrap
     )
     return tables, summary
+
+
+# how near -1 and 1 an interval's ends count as reaching them (the rank correlation of a
+# resample is computed in floating point)
+_BOUND_TOLERANCE = 1e-9
+
+
+def _no_finding_unbounded(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` (:func:`stats.correlate`) with each correlation whose interval spans all of
+    [-1, 1] made n/a, as too few points are: so few points fit any correlation, and its estimate
+    (kept as ``estimate``) is no finding. Five colours joined across two registries headlined
+    "Spearman 0.11 [-1.00, 1.00]"."""
+    for name in ("spearman", "kendall"):
+        statistic = result[name]
+        low, high = statistic["ci_low"], statistic["ci_high"]
+        # NaN ends (no interval) compare false: the statistic stays as it is
+        if low <= -1 + _BOUND_TOLERANCE and high >= 1 - _BOUND_TOLERANCE:
+            statistic["estimate"] = statistic["value"]
+            statistic["value"] = float("nan")
+            statistic["reason"] = (
+                f"only {result['n']} points, whose {stats.CONFIDENCE:.0%} interval spans "
+                "every correlation from -1 to 1: no finding"
+            )
+    return result
+
+
+def _registry_notes(
+    mismatches: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]
+) -> list[str]:
+    """What the page says on top of a pair joined across two registries: the mismatch list
+    further down was read past while the statistics above it looked like an audit's."""
+    joined = {(p["corpus"], p["model"]): p["n_concepts"] for p in pairs}
+    notes = []
+    for entry in mismatches:
+        if entry["kind"] != "registry":
+            continue
+        n = joined.get((entry["corpus"], entry["model"]), 0)
+        notes.append(
+            f"{entry['corpus']} and {entry['model']} were made with different registries: the "
+            f"coverage run counted registry {join.registry_label(entry['coverage_registry'])}, "
+            f"the zero-shot run used registry {join.registry_label(entry['awareness_registry'])}; "
+            f"{counted(n, 'concept')} joined by name, and the pair's statistics are over "
+            f"{'those alone' if n != 1 else 'it alone'}. Count coverage and score zero-shot with "
+            "one registry for an audit of its concepts."
+        )
+    return notes
 
 
 def _unpaired(inputs: Inputs) -> list[dict[str, Any]]:
@@ -462,7 +511,7 @@ def _summary(
         "mismatches": mismatches,
         "mismatch_counts": _counts(mismatches),
         "examples": _examples(inputs),
-        "notes": inputs.notes,
+        "notes": [*_registry_notes(mismatches, pairs), *inputs.notes],
         "truth": inputs.truth,
         "method": {
             "log_coverage": stats.LOG_COVERAGE_RULE,
@@ -477,7 +526,8 @@ def _summary(
             "group_order": "the paper's: categories in the order common, under-captioned, "
             "nuisance, sensitive (others after, as they first appear), groups in registry order",
             "small_samples": f"fewer than {stats.MIN_POINTS} points or a constant side give no "
-            "statistic (null) and a reason",
+            "statistic (null) and a reason, as does a correlation whose bootstrap interval spans "
+            "all of [-1, 1] (its estimate kept as 'estimate')",
         },
         "sensitive_note": sensitive_note(in_table_order(inputs.sensitive, inputs.group_order)),
     }

@@ -261,7 +261,8 @@ def awareness_groups_table(inputs: Inputs) -> Any:
 # --------------------------------------------------------------------------- mismatches
 
 
-def _registry_label(record: dict[str, Any]) -> str:
+def registry_label(record: dict[str, Any]) -> str:
+    """A run's registry as the report names it: "'cai2025' (sha256 0123456789ab)"."""
     sha = record.get("sha256")
     return f"{record.get('name')!r} (sha256 {str(sha)[:12] if sha else 'unknown'})"
 
@@ -290,8 +291,8 @@ def _pair_mismatches(
                 **pair,
                 "coverage_registry": {k: left.get(k) for k in ("name", "sha256")},
                 "awareness_registry": {k: right.get(k) for k in ("name", "sha256")},
-                "message": f"the coverage run counted registry {_registry_label(left)}, the "
-                f"zero-shot run used {_registry_label(right)} ({' and '.join(differs)} differ); "
+                "message": f"the coverage run counted registry {registry_label(left)}, the "
+                f"zero-shot run used {registry_label(right)} ({' and '.join(differs)} differ); "
                 "concepts are joined by name",
             }
         )

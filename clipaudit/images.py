@@ -38,7 +38,7 @@ import re
 import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -440,10 +440,13 @@ def _refuse_unused(source: str, kind: str, **given: str | None) -> None:
         )
 
 
-def _folder_images(root: Path, names: _Names) -> ImageSet:
-    records: list[ImageRecord] = []
-    ignored: list[dict[str, str]] = []
-    unselected = 0
+def _concept_folders(
+    root: Path, names: _Names, ignored: list[dict[str, str]]
+) -> Iterator[tuple[str, Any, Path]]:
+    """``(group, concept, folder)`` of each concept folder of an image folder laid out as
+    ``<group>/<concept>/`` or ``<category>/<group>/<concept>/``; names that are the registry's
+    none (``names`` keeps them for :meth:`_Names.raise_problems`), files outside a concept folder
+    go to ``ignored``."""
     entries = _visible(root, ignored)
     for top in (p for p in entries if p.is_dir()):
         group = names.group(top.name, "folder", or_category=True)
@@ -464,38 +467,62 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                 ignored.append({"path": _shown(stray), "reason": "not inside a <concept>/ folder"})
             for concept_dir in (p for p in inside if p.is_dir()):
                 concept = names.concept(concept_dir.name, f"folder {group_dir.name}/", group)
-                if concept is None:
-                    continue
-                for file in sorted(concept_dir.rglob("*")):
-                    *folders, name = file.relative_to(concept_dir).parts
-                    if any(part.startswith(".") for part in folders):
-                        continue  # inside a hidden folder, listed itself
-                    if name.startswith("."):
-                        ignored.append({"path": _shown(file), "reason": _HIDDEN})
-                        continue
-                    if not file.is_file():
-                        reason = _not_a_file(file)
-                        if reason:  # listed, not dropped unsaid
-                            ignored.append({"path": _shown(file), "reason": reason})
-                        continue
-                    if _extension(file.name) not in IMAGE_EXTENSIONS:
-                        ignored.append(
-                            {"path": _shown(file), "reason": "not an image file extension"}
-                        )
-                    elif not names.is_selected(group):
-                        unselected += 1
-                    else:
-                        try:
-                            identity = _file_identity(file)
-                        except OSError as exc:  # another user's file: listed, the rest read
-                            reason = f"cannot be read ({exc.strerror or one_line(exc)})"
-                            ignored.append({"path": _shown(file), "reason": reason})
-                            continue
-                        records.append(
-                            ImageRecord(_shown(file), group, concept.name, identity, file=str(file))
-                        )
+                if concept is not None:
+                    yield group, concept, concept_dir
     for stray in (p for p in entries if p.is_file()):
         ignored.append({"path": _shown(stray), "reason": "not inside a <group>/<concept>/ folder"})
+
+
+def check_image_names(
+    source: str | os.PathLike, registry: Registry, groups: Iterable[str] | None = None
+) -> None:
+    """Refuse an image folder whose group and concept folders are not the registry's (another
+    registry's pictures, ``--registry`` forgotten) from its folders' names alone, as
+    :func:`open_images` would after listing every file: the audit checks it before its coverage
+    stage counts a corpus under that registry. Shards and datasets hold their labels in their
+    files; they are checked when read."""
+    text = str(source)
+    path = Path(text)
+    saved_dataset = any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+    if text.startswith("hf:") or "://" in text or _tar_shards(text) or saved_dataset:
+        return
+    names = _Names(registry, groups)
+    for _ in _concept_folders(path, names, []):
+        pass
+    names.raise_problems(text)
+
+
+def _folder_images(root: Path, names: _Names) -> ImageSet:
+    records: list[ImageRecord] = []
+    ignored: list[dict[str, str]] = []
+    unselected = 0
+    for group, concept, concept_dir in _concept_folders(root, names, ignored):
+        for file in sorted(concept_dir.rglob("*")):
+            *folders, name = file.relative_to(concept_dir).parts
+            if any(part.startswith(".") for part in folders):
+                continue  # inside a hidden folder, listed itself
+            if name.startswith("."):
+                ignored.append({"path": _shown(file), "reason": _HIDDEN})
+                continue
+            if not file.is_file():
+                reason = _not_a_file(file)
+                if reason:  # listed, not dropped unsaid
+                    ignored.append({"path": _shown(file), "reason": reason})
+                continue
+            if _extension(file.name) not in IMAGE_EXTENSIONS:
+                ignored.append({"path": _shown(file), "reason": "not an image file extension"})
+            elif not names.is_selected(group):
+                unselected += 1
+            else:
+                try:
+                    identity = _file_identity(file)
+                except OSError as exc:  # another user's file: listed, the rest read
+                    reason = f"cannot be read ({exc.strerror or one_line(exc)})"
+                    ignored.append({"path": _shown(file), "reason": reason})
+                    continue
+                records.append(
+                    ImageRecord(_shown(file), group, concept.name, identity, file=str(file))
+                )
     return ImageSet(str(root), "folder", records, ignored, unselected)
 
 

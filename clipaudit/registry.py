@@ -690,13 +690,15 @@ def _described(value: Any) -> str:
 
 
 def _unseen(character: str, reads: str, found: str) -> str:
-    """Why a character :func:`normalize` makes a word break is refused (see
+    """Why a character :func:`normalize` makes a word break or drops is refused (see
     :func:`clipaudit.text.unseen_character`), and the fix."""
     invisible = unicodedata.category(character) == "Cf"
     fix = "remove the invisible character" if invisible else "write it in Latin letters"
+    # a soft hyphen or a joiner is dropped inside a word; a zero-width space breaks it
+    how = "nothing" if normalize(f"a{character}b") == "ab" else "a word break"
     return (
         f"{unicodedata.name(character, 'character').lower()} (U+{ord(character):04X}) {reads} "
-        f"as a word break, so it {found}; {fix}"
+        f"as {how}, so it {found}; {fix}"
     )
 
 

@@ -9,8 +9,8 @@
  *
  *   build(keys: sequence of bytes) -> the automaton's tables, in a capsule
  *   scan(tables, text: bytes-like) -> bytes of int64 pairs
- *   non_ascii(captions: list of str, index) -> positions of the non-ASCII captions that the fold
- *     table cannot fold
+ *   non_ascii(captions: list of str, index) -> (positions of the non-ASCII captions that the
+ *     fold table cannot fold, positions of every non-ASCII caption)
  *   ampersands(captions: list of str) -> positions of the captions that hold an "&" (where an
  *     HTML character reference may be)
  *   crc32(captions, positions: int64 buffer) -> zlib.crc32 of the UTF-8 of each caption named
@@ -368,32 +368,45 @@ static int fold_table_valid(const Py_buffer *index, const Py_buffer *blob) {
     return 1;
 }
 
-/* non_ascii(captions: list of str, index) -> list of the positions of the captions that are not
- * ASCII and that the fold table cannot fold (clipaudit.lexical folds them before prepare) */
+/* Append position i to list; returns -1 (list cleared) on failure. */
+static int append_position(PyObject **list, Py_ssize_t i) {
+    PyObject *position = PyLong_FromSsize_t(i);
+    int failed = position == NULL || PyList_Append(*list, position) < 0;
+    Py_XDECREF(position);
+    if (failed) Py_CLEAR(*list);
+    return failed ? -1 : 0;
+}
+
+/* non_ascii(captions: list of str, index) -> (unfoldable, all): the positions of the captions
+ * that are not ASCII and that the fold table cannot fold (clipaudit.lexical folds them before
+ * prepare), and of every caption that is not ASCII (whose case the batch's folding drops) */
 static PyObject *non_ascii(PyObject *self, PyObject *args) {
     PyObject *captions_arg;
     Py_buffer index;
     if (!PyArg_ParseTuple(args, "Oy*", &captions_arg, &index)) return NULL;
-    PyObject *found = NULL;
+    PyObject *unfoldable = NULL, *every = NULL, *result = NULL;
     PyObject *captions = PySequence_Fast(captions_arg, "captions must be a sequence of str");
     if (captions == NULL) goto release;
-    found = PyList_New(0);
+    unfoldable = PyList_New(0);
+    every = PyList_New(0);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(captions);
     Py_ssize_t limit = index.len / (Py_ssize_t)sizeof(uint32_t);
-    for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
+    for (Py_ssize_t i = 0; unfoldable != NULL && every != NULL && i < n; i++) {
         PyObject *caption = PySequence_Fast_GET_ITEM(captions, i);
         if (ready_text(caption, i) < 0) {
-            Py_CLEAR(found);
-        } else if (!PyUnicode_IS_ASCII(caption) && folded_length(caption, index.buf, limit) < 0) {
-            PyObject *position = PyLong_FromSsize_t(i);
-            if (position == NULL || PyList_Append(found, position) < 0) Py_CLEAR(found);
-            Py_XDECREF(position);
+            Py_CLEAR(unfoldable);
+        } else if (!PyUnicode_IS_ASCII(caption)) {
+            if (append_position(&every, i) < 0) break;
+            if (folded_length(caption, index.buf, limit) < 0) append_position(&unfoldable, i);
         }
     }
     Py_DECREF(captions);
+    if (unfoldable != NULL && every != NULL) result = PyTuple_Pack(2, unfoldable, every);
 release:
+    Py_XDECREF(unfoldable);
+    Py_XDECREF(every);
     PyBuffer_Release(&index);
-    return found;
+    return result;
 }
 
 /* The batch text as prepare() writes it. */
@@ -673,7 +686,7 @@ release:
 static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS, "build(keys) -> tables (a capsule)"},
     {"scan", scan, METH_VARARGS, "scan(tables, text) -> int64 pairs"},
-    {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions, index) -> positions"},
+    {"non_ascii", non_ascii, METH_VARARGS, "non_ascii(captions, index) -> (unfoldable, every)"},
     {"ampersands", ampersands, METH_VARARGS, "ampersands(captions) -> positions"},
     {"crc32", crc32, METH_VARARGS, "crc32(captions, positions) -> uint32 CRC-32 of each"},
     {"prepare", prepare, METH_VARARGS,

@@ -385,6 +385,8 @@ class _Batch:
     closes: np.ndarray
     coords: np.ndarray
     dashes: np.ndarray  # offsets of the spaces that stand for a spaced dash
+    # the rows whose caption is not ASCII, ascending: folding them dropped their case (capitals)
+    non_ascii: np.ndarray
 
     def capitalised(self, offsets: np.ndarray) -> np.ndarray:
         """Whether a word beginning at each offset begins with an upper-case letter (offsets
@@ -551,18 +553,22 @@ class CuratedMatcher(Matcher):
         "Ring by Jenny Bird" is). Only captions holding a key whose rule reads case are looked
         at (a name's, a title compound's), folded once more with their case kept
         (:func:`_word_capitals`)."""
-        rows, keys = hits.rows, hits.keys
+        if not len(batch.non_ascii):
+            return batch
+        odd = _isin_sorted(hits.rows, batch.non_ascii)
+        rows, keys = hits.rows[odd], hits.keys[odd]
         modified = _distinct(rows[self._modifier[keys]])
         titles = modified[_isin_sorted(modified, _distinct(rows[self._heads[keys]]))]
-        reading = _distinct(np.concatenate([rows[self._reads_case[keys]], titles])).tolist()
-        # (the batch's captions are text: _prepare made a missing one "")
-        rows = np.array([row for row in reading if not batch.captions[row].isascii()], np.int64)
+        rows = _distinct(np.concatenate([rows[self._reads_case[keys]], titles]))
         if not len(rows):
             return batch
+        # (the batch's captions are text: _prepare made a missing one "")
         counts, capital = _word_capitals([batch.captions[row] for row in rows.tolist()])
-        # the space before each word of those captions in the batch's text
-        spaces = np.flatnonzero(batch.chars == _SPACE)
-        low = np.searchsorted(spaces, batch.row_starts(rows))
+        # the space before each word of those captions in the batch's text (theirs alone)
+        starts = batch.row_starts(rows)
+        _, within = _ranges(starts, batch.row_ends(rows) - starts)
+        spaces = within[batch.chars[within] == _SPACE]
+        low = np.searchsorted(spaces, starts)
         high = np.searchsorted(spaces, batch.row_ends(rows) - 1)  # not the closing space
         paired = counts == high - low  # else folding made other words: their case is unknown
         which, at = _ranges(low[paired], (high - low)[paired])
@@ -1184,16 +1190,14 @@ def _title_words(text: str, capitals: bytes, space: int, head_start: int) -> boo
 def _word_capitals(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Which words of ``captions`` (non-ASCII, references decoded), as
     :func:`clipaudit.text.normalize` makes them, the caption writes with an upper-case first
-    letter: the number of words of each caption, and a flag for each word, in order (all -1
-    and none where folding them with their case kept gives other characters than folding them
-    lower-cased: their words could not be paired).
+    letter: the number of words of each caption, and a flag for each word, in order.
     Upper case that folding makes of no letter ("TM" of "™") is no capital: it is no word.
-    All captions are folded at once, as :func:`_fold_each` folds them."""
+    All captions are folded at once, as :func:`_fold_each` folds them, with their case kept: no
+    code point folds to other letters so than lower-cased, and a caption whose words came out
+    otherwise than in the batch is not paired with them (:meth:`CuratedMatcher._cased`)."""
     text = "\0".join(caption.replace("\0", " ") for caption in captions)
-    lower, cased = fold(text), fold(text, cased=True)
-    if lower.lower() != cased.lower():  # no code point folds so; a guard on the pairing
-        return np.full(len(captions), -1), np.zeros(0, dtype=bool)
-    chars = np.frombuffer(lower, dtype=np.uint8)
+    cased = fold(text, cased=True)
+    chars = np.frombuffer(cased.lower(), dtype=np.uint8)
     word = ((chars >= ord("a")) & (chars <= ord("z"))) | ((chars >= ord("0")) & (chars <= ord("9")))
     starts = np.flatnonzero(word & ~np.concatenate([[False], word[:-1]]))
     breaks = np.flatnonzero(chars == 0)
@@ -1294,13 +1298,14 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
     if _scan is None:
         text, marks, kind, capitals = _marked(_joined(captions))
         newlines = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _NEWLINE)
+        cased = [index for index, caption in enumerate(captions) if not caption.isascii()]
     else:
         fold_index, fold_blob = _fold_tables()
         try:
-            odd = _scan.non_ascii(captions, fold_index)
+            odd, cased = _scan.non_ascii(captions, fold_index)
         except TypeError:  # None or a non-text among them
             captions = [_text(caption) for caption in captions]
-            odd = _scan.non_ascii(captions, fold_index)
+            odd, cased = _scan.non_ascii(captions, fold_index)
         folded = _fold_each([captions[index] for index in odd])  # what the table cannot fold
         text, marks, kind, newlines, capitals = _scan.prepare(
             captions,
@@ -1325,6 +1330,7 @@ def _prepare(captions: Sequence[str | None]) -> _Batch:
         closes=marks[(kind & (_SEPARATOR | _OPENS)) != 0],
         coords=marks[(kind & _COORDINATES) != 0],
         dashes=marks[(kind & _DASH) != 0],
+        non_ascii=np.array(cased, dtype=np.int64),
     )
 
 

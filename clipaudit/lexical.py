@@ -555,8 +555,9 @@ class CuratedMatcher(Matcher):
         (:func:`_word_capitals`)."""
         if not len(batch.non_ascii):
             return batch
-        odd = _isin_sorted(hits.rows, batch.non_ascii)
-        rows, keys = hits.rows[odd], hits.keys[odd]
+        odd = np.zeros(len(batch.newlines) + 1, dtype=bool)
+        odd[batch.non_ascii] = True
+        rows, keys = hits.rows[odd[hits.rows]], hits.keys[odd[hits.rows]]
         modified = _distinct(rows[self._modifier[keys]])
         titles = modified[_isin_sorted(modified, _distinct(rows[self._heads[keys]]))]
         rows = _distinct(np.concatenate([rows[self._reads_case[keys]], titles]))
@@ -929,26 +930,38 @@ class CuratedMatcher(Matcher):
         starts = hits.starts[companies]
         row_starts = batch.row_starts(rows)
         # each caption's words, whether each is capitalised and the spaces before them, once per
-        # caption: a caption of thousands of company words is read once, not once for each
-        words: dict[int, tuple[list[str], list[bool], list[int]]] = {}
+        # caption (a caption of thousands of company words is read once, not once for each),
+        # the spaces and their case of all those captions found at once
+        holding = _distinct(rows)
+        opens, closes = batch.row_starts(holding), batch.row_ends(holding) - 1
+        owner, at = _ranges(opens, closes - opens)
+        space = batch.chars[at] == _SPACE
+        spaces = at[space]
+        following = batch.chars[spaces + 1]
+        capitalised = batch.capitalised(spaces + 1) | (following >= ord("0")) & (
+            following <= ord("9")
+        )
+        bounds = np.searchsorted(owner[space], np.arange(len(holding) + 1)).tolist()
+        spaces_of, capitalised_of = spaces.tolist(), capitalised.tolist()
+        words = {
+            row: (
+                batch.text[open_ + 1 : close].split(" "),
+                capitalised_of[low:high],
+                spaces_of[low:high],
+            )
+            for row, open_, close, low, high in zip(
+                holding.tolist(), opens.tolist(), closes.tolist(), bounds[:-1], bounds[1:],
+                strict=True,
+            )
+        }  # fmt: skip
         spans = []
-        for row, row_start, row_end, begin, start, end in zip(
+        for row, begin, start, end in zip(
             rows.tolist(),
-            row_starts.tolist(),
-            (batch.row_ends(rows) - 1).tolist(),
             np.maximum(row_starts, batch.segment_start(starts)).tolist(),
             starts.tolist(),
             hits.ends[companies].tolist(),
             strict=True,
         ):
-            if row not in words:
-                spaces = np.flatnonzero(batch.chars[row_start:row_end] == _SPACE) + row_start
-                first_chars = batch.chars[spaces + 1]
-                capitalised = batch.capitalised(spaces + 1) | (
-                    (first_chars >= ord("0")) & (first_chars <= ord("9"))
-                )
-                written = batch.text[row_start + 1 : row_end].split(" ")
-                words[row] = (written, capitalised.tolist(), spaces.tolist())
             first = _name_start(*words[row], start, begin)
             if first is not None:
                 spans.append((first, end))

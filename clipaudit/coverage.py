@@ -24,7 +24,8 @@ the tables also hold ``<view>_count`` and ``<view>_rate`` for each view the meth
 (``semantic``; ``semantic`` and ``union``; ``checked``), ``matches.parquet`` holds the method's own
 matches (for ``both``, the union), and the run adds::
 
-    RUN/nearest.json               per concept, the nearest captions, their cosine, counted or not
+    RUN/nearest.json               per concept, the nearest captions (input, file, id, caption),
+                                   their cosine, counted or not
     RUN/embeddings/<encoder>/      the captions' float16 embeddings, per shard (unless shared)
 
 A group's or category's ``count`` is the number of captions mentioning at least one of its concepts.
@@ -1152,7 +1153,7 @@ class _Dispatch:
             "automaton": self.matcher.automaton,  # compiled or pyahocorasick: the same matches
         }
 
-    def _pending(self, items: Iterable[Shard | SkippedShard]) -> Iterator[Shard]:
+    def _pending(self, items: Iterable[Shard | SkippedShard], progress: Any) -> Iterator[Shard]:
         for item in items:
             if isinstance(item, SkippedShard):
                 self.skipped.append({"shard": item.label, "reason": item.reason, "n_rows": None})
@@ -1160,16 +1161,16 @@ class _Dispatch:
             self.planned.append(replace(item, payload=None))  # streamed rows are not kept
             if self._done(item):
                 self.shards_resumed += 1
-            elif self._embedded(item):
+            elif self._embedded(item, progress):
                 yield item
 
-    def _embedded(self, shard: Shard) -> bool:
+    def _embedded(self, shard: Shard, progress: Any) -> bool:
         """Encode a shard's captions here, in the driver, before a worker counts it (a semantic
         run without LAION embeddings); False when the shard is unreadable and skipped."""
         if self.semantic is None:
             return True
         try:
-            self.semantic.embed(shard, progress=self.settings.progress)
+            self.semantic.embed(shard, progress=self.settings.progress, on_rows=progress.encoded)
         except BadShardError as exc:
             if not self.settings.skip_bad:
                 raise
@@ -1181,7 +1182,7 @@ class _Dispatch:
         return True
 
     def _run(self, executor: Any, items: Iterable[Shard | SkippedShard], progress: Any) -> None:
-        pending = self._pending(items)
+        pending = self._pending(items, progress)
         in_flight: dict[Future, Shard] = {}
         limit = self.window  # bounds memory when shards carry streamed rows
         while True:
@@ -1283,7 +1284,11 @@ class _InlineExecutor:
 class _Progress:
     """One progress bar for every engine: rows (captions/s and time left) and shards done out of
     shards to do. Rows come from the local workers' shared counter as they are read, or, where
-    workers share no memory with this process (Ray), from each finished shard."""
+    workers share no memory with this process (Ray), from each finished shard. A semantic run
+    encodes each shard's captions here, before a worker counts it, at a small fraction of the
+    counting's speed: its rows are those encoded (:meth:`encoded`, per encoder batch), or
+    counted where the counting is ahead; counted rows alone stood still for minutes, then
+    leapt by a shard, showing the counting's rate and a time left the encoding never kept."""
 
     def __init__(self, counter: Any, total: int | None, shards: int | None, enabled: bool):
         self.counter = counter  # None: rows are reported per finished shard
@@ -1292,6 +1297,7 @@ class _Progress:
         self.enabled = enabled
         self.n_shards = 0
         self.n_rows = 0  # rows of the finished shards
+        self.n_encoded = 0  # rows encoded by the driver (or found encoded already)
         self._stop = threading.Event()
 
     def __enter__(self) -> _Progress:
@@ -1311,9 +1317,15 @@ class _Progress:
         if self.enabled:
             self.bar.set_postfix_str(f"shards {self.n_shards}/{self.shards or '?'}", refresh=False)
 
+    def encoded(self, n_rows: int) -> None:
+        self.n_encoded += n_rows
+
     @property
     def rows(self) -> int:
-        return self.counter.value if self.counter is not None else self.n_rows
+        counted = self.counter.value if self.counter is not None else self.n_rows
+        # a shard is counted only once encoded: the encoding leads, but where nothing is to
+        # encode (a lexical run, LAION's embeddings) or the store held it already
+        return max(counted, self.n_encoded)
 
     def _tick(self) -> None:
         while not self._stop.wait(0.5):
@@ -1616,8 +1628,10 @@ def _merge(
     for shard in run.finished:
         partial = json.loads(folder.unit_path(shard.key).read_text(encoding="utf-8"))
         order.append([shard.key, partial["n_captions_read"]])
-        if merged is not None:
-            merged.add(partial["semantic"])
+        if merged is not None:  # its rows where they sit now, not where they were counted
+            merged.add(
+                partial["semantic"], shard.first_row - partial.get("first_row", shard.first_row)
+            )
         cpu_seconds += partial["cpu_seconds"]
         for name in totals:
             totals[name] += partial[name]
@@ -1647,7 +1661,10 @@ def _merge(
     write_json(out_dir / "examples.json", example_doc)
     outputs = [f"{name}.{fmt}" for name in tables for fmt in ("parquet", "csv")] + ["examples.json"]
     if merged is not None:
-        nearest = semantic.nearest_document(merged.nearest.nearest(), registry)
+        nearest = semantic.nearest_document(
+            merged.nearest_captions(run.finished, [origins[s.key] for s in run.finished]),
+            registry,
+        )
         write_json(out_dir / "nearest.json", nearest)
         outputs.append("nearest.json")
     ids = None

@@ -39,7 +39,8 @@ dispatcher, unit records, resume and merge. What it adds:
   ``<view>_rate`` beside the lexical ``count`` and ``rate`` (the lexical matcher always runs).
 - **nearest captions**: per concept, the ``nearest`` captions most similar to it (cosine, down to
   ``near_margin`` below its semantic threshold), each flagged ``counted`` when the run's method
-  counted it for that concept: ``RUN/nearest.json``.
+  counted it for that concept, with the input and file it came from (ids repeat across inputs):
+  ``RUN/nearest.json``.
 - **on Ray** (``--engine ray``): the same, the driver encoding and the Ray tasks reading the store
   (or LAION's files) at its path, which every node must see: a Ray on this machine does; a cluster
   needs the store (``--embedding-store``) and the inputs on storage its nodes mount. A task whose
@@ -603,31 +604,53 @@ class SemanticRun:
         wanted = Path(shard.location).resolve()
         return next(p for p in self.laion.pairs if p.metadata.resolve() == wanted)
 
-    def embed(self, shard: Any, *, progress: bool = False) -> None:
+    def embed(
+        self,
+        shard: Any,
+        *,
+        progress: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> None:
         """Encode the shard's captions into the store, part by part, skipping the parts an
-        earlier session wrote (LAION embeddings: nothing to do)."""
+        earlier session wrote (LAION embeddings: nothing to do). ``on_rows`` is told the rows
+        of the shard as they are encoded, or found embedded already (the run's own bar)."""
         from clipaudit.semantic.store import embed_parts
 
         if self.store is None:
             return
         if self.store.is_done(self.store_key(shard)):  # another run, or a session before a kill
             self.stats["parts_resumed"] += self.store.n_parts(self.store_key(shard))
+            if on_rows is not None:
+                on_rows(shard.n_rows)
             return
         clock = time.perf_counter()
-        bar, encoder = None, self.encoder
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=shard.n_rows, desc="encoding", unit=" captions", leave=False)
-            encoder = _BatchReporting(self.encoder, bar.update)  # a part takes minutes on a CPU
+        told = 0  # rows told of so far
+
+        def tell(n: int) -> None:
+            nonlocal told
+            told += n
+            if bar is not None:
+                bar.update(n)
+            if on_rows is not None:
+                on_rows(n)
+
+        encoder = self.encoder  # told per encoder batch: a part takes minutes on a CPU
+        if bar is not None or on_rows is not None:
+            encoder = _BatchReporting(self.encoder, tell)
 
         def batches() -> Iterator[tuple[list[str], Sequence[Any]]]:
             done = 0
             for batch in shard.read(**self.layout):
                 yield batch.captions, batch.ids
                 done += batch.n_rows
-                if bar is not None:  # resumed here once the part is written or skipped: the
-                    bar.update(done - bar.n)  # rows not encoded (blank, or written before)
+                # resumed here once the part is written or skipped: the rows not encoded
+                # (blank, or written before)
+                tell(done - told)
 
         try:
             stats = embed_parts(self.store, self.store_key(shard), batches(), encoder)
@@ -773,7 +796,9 @@ class SemanticMerge:
             near_margin=run.settings.near_margin,
         )
 
-    def add(self, semantic: dict[str, Any]) -> None:
+    def add(self, semantic: dict[str, Any], moved: int = 0) -> None:
+        """Add a shard's semantic partial; ``moved``: how far the shard's rows sit from where
+        they were when it was counted (a record reused where the inputs before it changed)."""
         for view, found in semantic["views"].items():
             into = self.views.setdefault(
                 view, {"concepts": {}, "groups": {}, "categories": {}, "n_with_any_concept": 0}
@@ -784,7 +809,32 @@ class SemanticMerge:
             into["n_with_any_concept"] += found["n_with_any_concept"]
         for name in self.checked:
             self.checked[name] += semantic["checked"][name]
-        self.nearest.merge_state(semantic["nearest"])
+        nearest = semantic["nearest"]
+        if moved:  # rows name captions and order ties: they are the corpus's rows as it is now
+            top = [[c, s, row + moved, *rest] for c, s, row, *rest in nearest["top"]]
+            nearest = {**nearest, "top": top}
+        self.nearest.merge_state(nearest)
+
+    def nearest_captions(
+        self, shards: Sequence[Any], origins: Sequence[tuple[int, str | None]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per concept, the nearest captions, each with the input and file it came from (ids
+        repeat across inputs): those of the shard of ``shards`` (in corpus order; ``origins``,
+        theirs) that holds its corpus row."""
+        nearest = self.nearest.nearest()
+        rows: dict[int, list[int]] = {}  # per concept, its nearest captions' rows, in order
+        for concept, _, row, *_ in self.nearest.state()["top"]:
+            rows.setdefault(concept, []).append(row)
+        starts = np.array([shard.first_row for shard in shards], dtype=np.int64)
+        out = {}
+        for concept, name in enumerate(self.nearest.names):
+            held = np.searchsorted(starts, rows.get(concept, []), side="right") - 1
+            out[name] = [
+                {"score": entry["score"], "input": origins[shard][0], "file": origins[shard][1],
+                 **{key: value for key, value in entry.items() if key != "score"}}
+                for entry, shard in zip(nearest[name], held.tolist(), strict=True)
+            ]  # fmt: skip
+        return out
 
 
 # --------------------------------------------------------------------------- worker side
@@ -1030,19 +1080,18 @@ def _counted_input(run: Path, record: dict[str, Any]) -> str:
     return record.get("absolute", record["spec"])
 
 
-def _run_captions(
-    run: Path, manifest: dict[str, Any], store: Any, keys: Sequence[str]
-) -> Iterator[list[str]]:
-    """The captions of every part of the run's store, read again from its inputs (checked
-    against the stored ids)."""
-    from clipaudit.readers import Shard, plan_shards, resolve_sources
-    from clipaudit.semantic.store import ids_array
+def _run_shards(
+    run: Path, manifest: dict[str, Any], keys: Sequence[str]
+) -> tuple[list[Any], list[tuple[int, str | None]]]:
+    """The shards of the run's store ``keys``, planned again from its inputs, and each one's
+    origin: its input's number in the manifest and its file as the manifest names it."""
+    from clipaudit.readers import Shard, plan_shards, resolve_sources, shard_file
 
     options = manifest["options"]
     specs = [_counted_input(run, record) for record in manifest["inputs"]]
     sources = resolve_sources(specs, hf_split=options["hf_split"], exclude=run)
     layout = manifest["semantic"]["embeddings"]["layout"]
-    shards = {
+    planned = {
         f"{shard.key}.{fingerprint(layout, 8)}": shard
         for shard in plan_shards(
             sources,
@@ -1053,13 +1102,43 @@ def _run_captions(
         )
         if isinstance(shard, Shard)
     }
+    shards, origins = [], []
     for key in keys:
-        shard = shards.get(key)
+        shard = planned.get(key)
         if shard is None:
             raise InputError(
                 f"an input of the run changed since it was counted (no shard {key!r}); run the "
                 "same coverage count again to bring the run up to date, then index it"
             )
+        record = manifest["inputs"][shard.source]
+        file = shard_file(sources[shard.source], shard)
+        shards.append(shard)
+        origins.append((shard.source, _named_as_counted(file, specs[shard.source], record)))
+    return shards, origins
+
+
+def _named_as_counted(file: str | None, read_as: str, record: dict[str, Any]) -> str | None:
+    """A file of an input read again as ``read_as`` (its absolute path, or the run's copy of
+    captions given in memory), named as the count named it: under the spec the count was given
+    (its matches.parquet and examples.json name files so)."""
+    if file is None or read_as == record["spec"]:
+        return file
+    try:
+        within = Path(file).relative_to(read_as)
+    except ValueError:  # not a path under it (a URL is read as it was given)
+        return file
+    return str(Path(record["spec"]) / within)
+
+
+def _run_captions(
+    manifest: dict[str, Any], store: Any, keys: Sequence[str], shards: Sequence[Any]
+) -> Iterator[list[str]]:
+    """The captions of every part of the run's store, read again from its inputs (``shards``,
+    those of ``keys``; checked against the stored ids)."""
+    from clipaudit.semantic.store import ids_array
+
+    layout = manifest["semantic"]["embeddings"]["layout"]
+    for key, shard in zip(keys, shards, strict=True):
         for part, batch in enumerate(shard.read(**layout)):
             _, ids = store.read_part(key, part)
             if not np.array_equal(ids, ids_array(batch.ids)):
@@ -1075,12 +1154,14 @@ def index_run(run: str | Path, settings: Any = None) -> Any:
 
     manifest, store, keys = _run_store(run)  # first: it refuses a run of another type than a path
     run = Path(run)
+    shards, origins = _run_shards(run, manifest, keys)  # before the index: a changed input stops it
     return CaptionIndex.build(
         store,
         settings,
-        captions=_run_captions(run, manifest, store, keys),
+        captions=_run_captions(manifest, store, keys, shards),
         folder=run / INDEX_FOLDER,
         keys=keys,
+        origins=origins,
     )
 
 

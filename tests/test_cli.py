@@ -746,3 +746,69 @@ def test_query_names_the_input_and_file_of_each_nearest_caption(monkeypatch):
         "  0.900  b.parquet  0  a fox",
         "  0.800  input 2  0  a fox",
     ]
+
+
+def test_every_flag_coverage_messages_name_is_an_option_of_coverage_count():
+    """Settings errors name the flag that sets a field (coverage.FLAGS); each must be one
+    `coverage count` takes, or the fix a message gives is refused as 'No such option'."""
+    import typer
+
+    from clipaudit.cli import app
+    from clipaudit.coverage import FLAGS
+
+    count = typer.main.get_command(app).commands["coverage"].commands["count"]
+    options = {opt for p in count.params for opt in (*p.opts, *p.secondary_opts)}
+    missing = [
+        (field, flag) for field, flags in FLAGS.items() for flag in flags.split("/")
+        if flag not in options
+    ]  # fmt: skip
+    assert missing == []
+
+
+def test_encode_batch_reaches_the_encoder_batch_size(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import clipaudit.coverage
+    from clipaudit.cli import app
+
+    given = {}
+
+    def count_coverage(sources, registry, out, settings, **options):
+        given["settings"] = settings
+        raise SystemExit(0)
+
+    monkeypatch.setattr(clipaudit.coverage, "count_coverage", count_coverage)
+    source = tmp_path / "a.txt"
+    source.write_text("a dog\n")
+    args = ["coverage", "count", str(source), "--out", str(tmp_path / "run"), "-q"]
+    result = CliRunner().invoke(app, [*args, "--method", "semantic", "--encode-batch", "64"])
+    assert result.exit_code == 0, result.output
+    assert given["settings"].encode_batch == 64
+
+
+def test_a_query_prints_the_file_of_each_nearest_caption_from_a_real_run(tmp_path, tiny_files):
+    """End to end: two files whose ids both start at 0, counted semantically, indexed and
+    queried: each nearest caption's line names its file (as the run's spec named it) before
+    its id."""
+    import pandas as pd
+
+    (tmp_path / "corpora").mkdir()
+    captions = {
+        "corpora/a.parquet": ["a dog on a sofa", "a red fox at night", "a cat in the park"],
+        "corpora/b.parquet": ["a fox in the snow", "a horse near a car", "a puppy smiling"],
+    }
+    for name, texts in captions.items():
+        pd.DataFrame({"id": range(len(texts)), "caption": texts}).to_parquet(tmp_path / name)
+    config, checkpoint = tiny_files
+    encoder = f"open_clip:{config}@{checkpoint}"
+    counted = run_cli("coverage", "count", "corpora", "--out", "run", "-q", "--method",
+                      "semantic", "--encoder", encoder, "--workers", "1", cwd=tmp_path)  # fmt: skip
+    assert counted.returncode == 0, counted.stderr
+    queried = run_cli("coverage", "index", "run", "--query", "a fox", "--threshold", "-1",
+                      "-k", "6", cwd=tmp_path)  # fmt: skip
+    assert queried.returncode == 0, queried.stderr
+    lines = [line.split("  ") for line in queried.stdout.splitlines() if line.startswith("  ")]
+    expected = {
+        (name, str(i), text) for name, texts in captions.items() for i, text in enumerate(texts)
+    }
+    assert {(file, row_id, text) for _, _, file, row_id, text in lines} == expected

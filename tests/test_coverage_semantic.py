@@ -1649,3 +1649,142 @@ def test_index_of_a_folder_holding_no_complete_coverage_run_says_what_it_holds(
         with pytest.raises(RunFolderError, match=message) as err:
             action(tmp_path)
         assert "does not hold" not in str(err.value)
+
+
+def write_two_inputs(folder: Path) -> dict[str, tuple[int, str, int]]:
+    """Two inputs, ``corpora`` (a folder of two files) and ``single.parquet``, each file's ids
+    from 0, in row groups of 4; returns each caption's (input, file, id), files named as the
+    relative specs name them."""
+    (folder / "corpora").mkdir()
+    truth, i = {}, 0
+    for input_index, name in ((0, "corpora/first.parquet"), (0, "corpora/second.parquet"),
+                              (1, "single.parquet")):  # fmt: skip
+        captions = []
+        for row in range(10):
+            captions.append(f"a {ANIMALS[i % len(ANIMALS)]} {PLACES[(i // 3) % len(PLACES)]} {i}")
+            truth[captions[-1]] = (input_index, name, row)
+            i += 1
+        table = pa.table({"id": list(range(10)), "caption": captions})
+        pq.write_table(table, folder / name, row_group_size=4)
+    return truth
+
+
+def origins_of(entries: list[dict]) -> list[tuple]:
+    return [(e["input"], e["file"], e["id"]) for e in entries]
+
+
+def test_nearest_captions_of_queries_and_nearest_json_name_their_input_and_file(
+    tiny, encoder_spec, planted, tmp_path, monkeypatch
+):
+    """Ids repeat across files (each from 0): a nearest caption, in a query's answer and in
+    nearest.json, says which input and file it came from, as matches.parquet names them; a
+    shard's record reused where it sits elsewhere in the corpus gives what a fresh run gives."""
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    monkeypatch.chdir(tmp_path)  # relative specs: files named as the user named them
+    truth = write_two_inputs(tmp_path)
+    options = {"progress": False, "encoder": encoder_spec, "calibration": str(planted["path"]),
+               "method": "semantic", "shard_rows": 4, "per_caption": True}  # fmt: skip
+    settings = CoverageSettings(**options)
+    count_coverage(["single.parquet"], tiny, "run", settings)  # its shards' records first
+    count_coverage(["corpora", "single.parquet"], tiny, "run", settings)  # reused, moved down
+    count_coverage(["corpora", "single.parquet"], tiny, "fresh", settings)
+    assert (tmp_path / "run" / "nearest.json").read_bytes() == (
+        tmp_path / "fresh" / "nearest.json"
+    ).read_bytes()
+    matches = pd.read_parquet(tmp_path / "run" / "matches.parquet")
+    assert set(zip(matches["input"], matches["file"], matches["id"], strict=True)) == set(
+        truth.values()
+    )
+
+    index_run("run")
+    found = query_run("run", "a fox at night", threshold=-1.0, k=len(truth))
+    assert found.count == len(found.nearest) == len(truth)
+    assert origins_of(found.nearest) == [truth[n["caption"]] for n in found.nearest]
+
+    nearest = json.loads((tmp_path / "run" / "nearest.json").read_text())["concepts"]
+    entries = [entry for concept in nearest.values() for entry in concept["captions"]]
+    assert entries  # the planted thresholds keep some captions near each concept
+    assert origins_of(entries) == [truth[e["caption"]] for e in entries]
+
+
+def test_an_index_built_before_it_recorded_origins_still_answers(
+    tiny, encoder_spec, planted, tmp_path, monkeypatch
+):
+    """An index.json without origins (built by an earlier clipaudit) loads and answers the
+    same counts and captions; its nearest captions name no input or file."""
+    from clipaudit.coverage_semantic import index_run, query_run
+
+    monkeypatch.chdir(tmp_path)
+    write_two_inputs(tmp_path)
+    options = {"progress": False, "encoder": encoder_spec, "calibration": str(planted["path"]),
+               "method": "semantic", "shard_rows": 4}  # fmt: skip
+    count_coverage(["corpora", "single.parquet"], tiny, "run", CoverageSettings(**options))
+    index_run("run")
+    now = query_run("run", "a dog in the park", threshold=0.1, k=6)
+    path = tmp_path / "run" / "index" / "index.json"
+    meta = json.loads(path.read_text())
+    del meta["origins"]
+    path.write_text(json.dumps(meta))
+    before = query_run("run", "a dog in the park", threshold=0.1, k=6)
+    assert before.count == now.count
+    assert [(n["id"], n["caption"]) for n in before.nearest] == [
+        (n["id"], n["caption"]) for n in now.nearest
+    ]
+    assert {(n["input"], n["file"]) for n in before.nearest} == {(None, None)}
+    meta["origins"] = [[0, "corpora/first.parquet"]]  # one for the many units of work
+    path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"index\.json: origins are not one .*build the index"):
+        query_run("run", "a dog in the park", threshold=0.1, k=6)
+
+
+def test_the_coverage_bar_counts_captions_as_the_driver_encodes_them(
+    tiny, corpus, encoder_spec, tmp_path, monkeypatch
+):
+    """Encoding, in the driver, is a semantic run's slow part: the outer ``coverage`` bar counts
+    each encoder batch's captions as it is encoded (and a part's rows not encoded once the part
+    is done), not a shard's rows only once a worker has counted it, which showed the counting's
+    rate and a false time left while captions were encoded at a hundredth of it."""
+    import clipaudit.coverage as coverage
+    import clipaudit.semantic.encoders as encoders
+
+    bars: list = []
+
+    class Recorded(coverage._Progress):
+        def __enter__(self):
+            bars.append(self)
+            return super().__enter__()
+
+    seen: list[int] = []  # the outer bar's rows after each encoder batch of a caption part
+    load = encoders.load_encoder
+
+    def loading(spec):
+        encoder = load(spec)
+        real = encoder.encode
+
+        def encode(texts, on_batch=None):
+            if not bars:  # the concepts, before the run's bar
+                return real(texts, on_batch=on_batch)
+
+            def told(n):
+                if on_batch is not None:
+                    on_batch(n)
+                seen.append(bars[-1].rows)
+
+            return real(texts, on_batch=told)
+
+        encoder.encode = encode
+        return encoder
+
+    monkeypatch.setattr(coverage, "_Progress", Recorded)
+    monkeypatch.setattr(encoders, "load_encoder", loading)
+    count_coverage(
+        [corpus], tiny, tmp_path / "run",
+        method="semantic", encoder=encoder_spec, encode_batch=7, shard_rows=20, progress=False,
+    )  # fmt: skip
+    expected, rows = [], corpus_rows()
+    for start in range(0, len(rows), 20):  # three shards of one part each
+        said = sum(r["caption"] is not None for r in rows[start : start + 20])
+        expected += [start + min(done + 7, said) for done in range(0, said, 7)]
+    assert seen == expected
+    assert bars[-1].rows == len(rows)

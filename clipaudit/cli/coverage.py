@@ -161,6 +161,12 @@ def count(
         "threshold).",
     ),
     device: str = EncoderDeviceOption,
+    encode_batch: int = typer.Option(
+        256,
+        "--encode-batch",
+        help="Captions the encoder embeds at once: larger for a GPU's speed, smaller when its "
+        "memory runs out.",
+    ),
 ) -> None:
     """Count, for every concept, the captions that mention it; write tables and a manifest."""
     from clipaudit.coverage import CaptionSources, CoverageSettings, count_coverage
@@ -188,6 +194,7 @@ def count(
         embedding_store=embedding_store,
         nearest=nearest,
         device=device,
+        encode_batch=encode_batch,
     )
     result = count_coverage(
         CaptionSources(sources), registry, out, settings, overwrite=overwrite, prune=prune

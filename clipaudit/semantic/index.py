@@ -22,14 +22,16 @@ Two kinds (:class:`IndexSettings`):
   captions. Hits whose PQ score is more than ``margin`` too low, or that lie beyond a batch of
   lists without any, are missed.
 
-The index folder holds ``index.json`` (kind, settings, encoder identity, the store it indexes and
-its units of work in corpus order) and, for ``ivfpq``, ``ivfpq.npz``: the trained index
-as plain arrays (coarse centroids, PQ codebooks, each list's caption positions and codes and
-its radius),
-with its sha256 in ``index.json``. FAISS's own index files are never read: a run folder may come
-from anyone, and its arrays are loaded without pickles, checked against each other (shapes,
-dtypes, finite values, every position once) and handed to FAISS through its API. A flat index
-stores nothing of its own but ``blank.npy``; it is filled from the embedding store when loaded.
+The index folder holds ``index.json`` (kind, settings, encoder identity, the store it indexes,
+its units of work in corpus order and, when given at build time, each unit's origin: the input
+and file its captions came from, so that nearest captions, whose ids repeat across inputs, say
+where they are; one entry a unit, whatever its number of captions) and, for ``ivfpq``,
+``ivfpq.npz``: the trained index as plain arrays (coarse centroids, PQ codebooks, each list's
+caption positions and codes and its radius), with its sha256 in ``index.json``. FAISS's own
+index files are never read: a run folder may come from anyone, and its arrays are loaded without
+pickles, checked against each other (shapes, dtypes, finite values, every position once) and
+handed to FAISS through its API. A flat index stores nothing of its own but ``blank.npy``; it
+is filled from the embedding store when loaded.
 ``captions.parquet`` (position, caption) is written when captions are given at build time; the
 captions that hold no word are then blank (counted by no query) whatever their vectors, which
 LAION's own embeddings give them.
@@ -190,6 +192,7 @@ class CaptionIndex:
         captions_path: Path | None = None,
         blank: np.ndarray | None = None,
         radii: np.ndarray | None = None,
+        origins: Sequence[tuple[int, str | None]] | None = None,
     ):
         self.index = index
         self.store = store
@@ -198,6 +201,9 @@ class CaptionIndex:
         self.parts = parts  # (P, 3): key position, part, first position
         self.margin = margin
         self.keys = keys
+        # per key (a unit of work: a shard): (input, file), the manifest's input number and the
+        # file as it names it (None: a dataset's rows); None: an index built before they were kept
+        self.origins = None if origins is None else [(int(i), f) for i, f in origins]
         self.captions_path = captions_path
         # positions of blank captions (zero vectors, cosine 0 to anything): counted for nothing
         self.blank = np.zeros(0, dtype=np.int64) if blank is None else blank
@@ -227,10 +233,12 @@ class CaptionIndex:
         captions: Iterable[Sequence[str]] | None = None,
         folder: str | Path | None = None,
         keys: Sequence[str] | None = None,
+        origins: Sequence[tuple[int, str | None]] | None = None,
     ) -> CaptionIndex:
         """Index the parts of ``keys`` (default: every completed unit of work of ``store``, by
         name), in that order; ``captions``: the captions of each part, in the same order (kept for
-        showing nearest captions); ``folder``: save there too."""
+        showing nearest captions); ``origins``: per key, the (input, file) its captions came from
+        (told with each nearest caption); ``folder``: save there too."""
         import faiss
 
         settings = settings or IndexSettings()
@@ -243,6 +251,13 @@ class CaptionIndex:
                 f"{store.folder}: {len(missing)} of the {len(keys)} units of work to index are not "
                 f"embedded (e.g. {missing[0]!r}); finish the run that writes them first"
             )
+        if origins is not None:
+            origins = list(origins)
+            if _bad_origins(origins, len(keys)):
+                raise SettingsError(
+                    f"origins are one (input number, file name or None) per unit of work "
+                    f"indexed, {len(keys)} here; got {len(origins)}, e.g. {origins[:1]!r:.80}"
+                )
         table, n = _parts_table(store, keys)
         dim = store.dim
         kind = settings.kind
@@ -283,7 +298,10 @@ class CaptionIndex:
             )
         blank = _add_vectors(index, store, keys)
         radii = _list_radii(index, store, keys) if kind == "ivfpq" else None
-        built = cls(index, store, settings, kind, table, margin, keys, blank=blank, radii=radii)
+        built = cls(
+            index, store, settings, kind, table, margin, keys,
+            blank=blank, radii=radii, origins=origins,
+        )  # fmt: skip
         if folder is not None:
             built.save(folder, captions=captions)
         elif captions is not None:
@@ -337,6 +355,7 @@ class CaptionIndex:
                 "margin": self.margin,
                 "store": recorded_path(self.store.folder, folder.parent),
                 "keys": self.keys,
+                "origins": None if self.origins is None else [list(o) for o in self.origins],
                 "arrays_sha256": arrays_sha256,
                 "captions": self.captions_path is not None,
             },
@@ -368,6 +387,12 @@ class CaptionIndex:
         kind, keys, recorded = meta.get("kind"), meta.get("keys"), meta.get("settings")
         if kind not in ("flat", "ivfpq"):
             raise InputError(f"{folder}/index.json: kind {kind!r}, expected 'flat' or 'ivfpq'")
+        origins = meta.get("origins")  # none in an index built before they were recorded
+        if origins is not None and (not isinstance(keys, list) or _bad_origins(origins, len(keys))):
+            raise InputError(
+                f"{folder}/index.json: origins are not one [input number, file] per unit of "
+                "work; build the index again"
+            )
         if not (
             isinstance(keys, list)
             and isinstance(recorded, dict)
@@ -425,6 +450,7 @@ class CaptionIndex:
         return cls(
             index, store, settings, kind, parts, margin, keys,
             captions if meta.get("captions") and captions.is_file() else None, blank, radii,
+            origins,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- querying
@@ -529,16 +555,31 @@ class CaptionIndex:
         return np.concatenate(scores), np.concatenate(found)
 
     def _describe(self, positions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        ids = self._ids(positions)
+        """The nearest captions: score, where each came from (input, file: None when the
+        index does not record it), id, caption and position in the index."""
+        locations = _locations(self.parts, positions).tolist()
+        ids = self._ids(locations)
         captions = self._captions(positions)
-        return [
-            {"score": round(float(s), 4), "id": i, "caption": c, "position": int(p)}
-            for p, s, i, c in zip(positions.tolist(), scores.tolist(), ids, captions, strict=True)
-        ]
-
-    def _ids(self, positions: np.ndarray) -> list[Any]:
         out = []
-        for key_position, part, row in _locations(self.parts, positions).tolist():
+        for (key_position, _, _), p, s, i, c in zip(
+            locations, positions.tolist(), scores.tolist(), ids, captions, strict=True
+        ):
+            source, file = (None, None) if self.origins is None else self.origins[key_position]
+            out.append(
+                {
+                    "score": round(float(s), 4),
+                    "input": source,
+                    "file": file,
+                    "id": i,
+                    "caption": c,
+                    "position": int(p),
+                }
+            )
+        return out
+
+    def _ids(self, locations: list[list[int]]) -> list[Any]:
+        out = []
+        for key_position, part, row in locations:
             _, ids = self.store.read_part(self.keys[key_position], part)
             value = ids[row]
             out.append(value.item() if isinstance(value, np.generic) else value)
@@ -570,6 +611,23 @@ class CaptionIndex:
                 "build the index again"
             ) from None
         return out
+
+
+def _bad_origins(origins: Any, n_keys: int) -> bool:
+    """Whether ``origins`` are not one (input number >= 0, file name or None) per key."""
+    return not (
+        isinstance(origins, list | tuple)
+        and len(origins) == n_keys
+        and all(
+            isinstance(origin, list | tuple)
+            and len(origin) == 2
+            and isinstance(origin[0], int)
+            and not isinstance(origin[0], bool)
+            and origin[0] >= 0
+            and (origin[1] is None or isinstance(origin[1], str))
+            for origin in origins
+        )
+    )
 
 
 def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:

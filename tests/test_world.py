@@ -146,6 +146,19 @@ def test_the_largest_training_seed_builds_a_model():
     assert build_model(settings.model_config(32, 16), settings.seed) is not None
 
 
+def render_small(monkeypatch, *, n_train: int, n_eval_per_group: int) -> None:
+    """`world render` makes a world of this size (its default is too large for a test)."""
+    from clipaudit.world import world as world_module
+
+    real = world_module.render_world_run
+
+    def small(settings, out, overwrite=False):
+        tiny = dataclasses.replace(settings, n_train=n_train, n_eval_per_group=n_eval_per_group)
+        return real(tiny, out, overwrite=overwrite)
+
+    monkeypatch.setattr(world_module, "render_world_run", small)
+
+
 def test_world_render_prints_whole_names_and_the_chosen_rates_in_80_columns(
     tmp_path, monkeypatch, capsys
 ):
@@ -154,15 +167,8 @@ def test_world_render_prints_whole_names_and_the_chosen_rates_in_80_columns(
     from rich.console import Console
 
     from clipaudit.cli import world as cli_world
-    from clipaudit.world import world as world_module
 
-    real = world_module.render_world_run
-
-    def small(settings, out, overwrite=False):
-        tiny = dataclasses.replace(settings, n_train=512, n_eval_per_group=24)
-        return real(tiny, out, overwrite=overwrite)
-
-    monkeypatch.setattr(world_module, "render_world_run", small)
+    render_small(monkeypatch, n_train=512, n_eval_per_group=24)
     monkeypatch.setattr(cli_world, "console", Console(width=80, markup=False, emoji=False))
     cli_world.render(
         out=tmp_path / "w",
@@ -873,15 +879,8 @@ def test_world_render_takes_quiet_as_every_stage_does(tmp_path, monkeypatch, in_
     from rich.console import Console
 
     from clipaudit.cli import world as cli_world
-    from clipaudit.world import world as world_module
 
-    real = world_module.render_world_run
-
-    def small(settings, out, overwrite=False):
-        tiny = dataclasses.replace(settings, n_train=256, n_eval_per_group=12)
-        return real(tiny, out, overwrite=overwrite)
-
-    monkeypatch.setattr(world_module, "render_world_run", small)
+    render_small(monkeypatch, n_train=256, n_eval_per_group=12)
     # wide enough that no folder name wraps the table's title
     monkeypatch.setattr(cli_world, "console", Console(width=400, markup=False, emoji=False))
     said = {}

@@ -640,7 +640,7 @@ def _refuse_renamed(source: str, shards: Sequence[Path]) -> None:
 
 
 def _tar_shards(source: str) -> list[Path]:
-    if "{" in source and (".tar" in source or ".tgz" in source):
+    if "{" in source and (".tar" in source.lower() or ".tgz" in source.lower()):
         from braceexpand import braceexpand
 
         shards = [Path(s) for s in braceexpand(source)]
@@ -655,14 +655,14 @@ def _tar_shards(source: str) -> list[Path]:
         _refuse_renamed(source, shards)
         return shards
     path = Path(source)
-    if path.is_file() and path.suffix == ".tar":
+    if path.is_file() and path.suffix.lower() == ".tar":
         _refuse_renamed(source, [path])
         return [path]
     if path.is_file() and _compressed_suffix(path):
         _refuse_compressed(source, [path])
     if path.is_dir():  # a hidden one (macOS's "._00000.tar") is listed, not read
         visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        shards = [p for p in visible if p.suffix == ".tar"]
+        shards = [p for p in visible if p.suffix.lower() == ".tar"]
         # one decompressed beside itself (gunzip --keep) is read as its .tar; one not would be
         # left out of the run unsaid, but an archive beside an image folder's groups is a stray
         packed = [

@@ -1098,3 +1098,15 @@ def test_image_paths_listed_twice_in_a_dataset_are_read_once_per_group(
     hub = open_images("hf:someorg/pets", registry)
     assert [r.path for r in hub.records] == ["hf:someorg/pets#0", "hf:someorg/pets#1"]
     assert [i["path"] for i in hub.ignored] == ["hf:someorg/pets#2"]
+
+
+def test_shards_named_in_upper_case_are_shards(tmp_path, registry):
+    """A shard written on a system that keeps names in capitals ("00000.TAR") is a shard, alone,
+    in a folder or in a brace pattern, as its lower-case name would be."""
+    sample = {"__key__": "000000000", "jpg": image_bytes(noise(20, 10, 1), "JPEG"),
+              "json": json.dumps({"concept": "dog"}).encode()}  # fmt: skip
+    write_shard(tmp_path / "00000.TAR", [sample])
+    for source in (tmp_path, tmp_path / "00000.TAR", f"{tmp_path}/{{00000..00000}}.TAR"):
+        images = open_images(source, registry)
+        assert images.kind == "webdataset", source
+        assert [(r.group, r.concept) for r in images.records] == [("Animal", "dog")]

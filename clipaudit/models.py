@@ -378,14 +378,15 @@ def _check_weights_reachable(architecture: str, tag: str) -> None:
     cfg = open_clip.get_pretrained_cfg(architecture, tag)
     if _cached_weights(cfg):
         return
-    host = HF_HOST if cfg.get("hf_hub") else urllib.parse.urlparse(cfg["url"]).hostname
-    if not reachable(host):
+    hub = bool(cfg.get("hf_hub"))
+    refused = _download_refused(HF_HOST if hub else urllib.parse.urlparse(cfg["url"]).hostname, hub)
+    if refused:
+        cache = _hub_cache_words() if hub else "the cache"
         raise ModelError(
-            f"the weights of {architecture} {tag!r} are not downloaded and {host} cannot be "
-            "reached; download them first on a machine with network (they are cached, e.g. "
-            f"python -c \"import open_clip; open_clip.create_model('{architecture}', "
-            f"pretrained='{tag}')\"), or give a local checkpoint file (.safetensors or .pt) "
-            f"instead of {tag!r}"
+            f"the weights of {architecture} {tag!r} are not downloaded and {refused}; download "
+            'them first on a machine with network (e.g. python -c "import open_clip; '
+            f"open_clip.create_model('{architecture}', pretrained='{tag}')\") and copy them into "
+            f"{cache}, or give a local checkpoint file (.safetensors or .pt) instead of {tag!r}"
         )
 
 
@@ -397,13 +398,32 @@ def _check_hub_model_reachable(repo: str) -> None:
         return  # the hub client refuses it itself, without the network
     if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, HUB_WEIGHTS):
         return
-    if not reachable(HF_HOST):
+    refused = _download_refused(HF_HOST, hub=True)
+    if refused:
         raise ModelError(
-            f"model hf-hub:{repo} is not downloaded and {HF_HOST} cannot be reached; download it "
-            'first on a machine with network (it is cached, e.g. python -c "import open_clip; '
-            f"open_clip.create_model('hf-hub:{repo}')\"), or copy its open_clip_config.json and "
-            f"weights into a folder and give local-dir:FOLDER instead of hf-hub:{repo}"
+            f"model hf-hub:{repo} is not downloaded and {refused}; download it first on a "
+            'machine with network (e.g. python -c "import open_clip; '
+            f"open_clip.create_model('hf-hub:{repo}')\") and copy it into {_hub_cache_words()}, "
+            "or copy its open_clip_config.json and weights into a folder and give "
+            f"local-dir:FOLDER instead of hf-hub:{repo}"
         )
+
+
+def _download_refused(host: str | None, hub: bool) -> str | None:
+    """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
+    HF_HUB_OFFLINE set the hub client downloads nothing, however open the network."""
+    from huggingface_hub import constants
+
+    if hub and constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (unset it to download)"
+    return None if reachable(host) else f"{host} cannot be reached"
+
+
+def _hub_cache_words() -> str:
+    """The hub cache this process reads, for a message: where to copy downloaded models."""
+    from huggingface_hub import constants
+
+    return f"the Hugging Face hub cache {constants.HF_HUB_CACHE} (HF_HUB_CACHE or HF_HOME move it)"
 
 
 def valid_repo_id(repo: str) -> bool:

@@ -203,6 +203,8 @@ class ZeroShotSettings:
         models, which are the run's units (a model added to a run leaves the others' results)."""
         record = {name: getattr(self, name) for name in RESULT_FIELDS}
         record["registry"] = {"name": registry.name, "sha256": registry.sha256}
+        if self.groups is not None:  # the groups selected, not how they were spelled or ordered
+            record["groups"] = [g.name for g in registry.select(self.groups).groups]
         templates = Path(self.templates)
         if self.templates not in TEMPLATE_SETS and templates.is_file():
             record["templates"] = {

@@ -196,7 +196,12 @@ def test_an_unreadable_checkpoint_gives_the_error_alone_without_torch_warnings(t
         assert [str(warning.message) for warning in caught] == [], checkpoint.name
 
 
-def test_an_hf_hub_model_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):
+def test_an_hf_hub_model_neither_cached_nor_reachable_fails_at_once_saying_so(
+    offline_hub, monkeypatch
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the network down, not the client
     _, tried = offline_hub
     with pytest.raises(
         ModelError,
@@ -480,3 +485,35 @@ def test_a_models_record_names_the_hardware_it_ran_on(tiny, monkeypatch):
         "cuda": "12.8",
         "hip": torch.version.hip,
     }
+
+
+def test_weights_not_cached_with_hf_hub_offline_set_say_so_though_the_network_is_up(
+    offline_hub, monkeypatch
+):
+    """HF_HUB_OFFLINE makes the hub client download nothing, whatever the network: weights it
+    has not cached are refused at once, naming the variable and the cache it read, not blamed on
+    the model name after open_clip has built the model."""
+    from clipaudit import models
+
+    cache, _ = offline_hub  # HF_HUB_OFFLINE set, the cache empty
+    tried: list[str | None] = []
+    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: tried.append(host) or True)
+    for spec, what in (
+        (ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), "the weights of ViT-B-32 'laion2b_s34b_b79k'"),
+        (ModelSpec("hf-hub:clipaudit-tests/absent"), "model hf-hub:clipaudit-tests/absent"),
+    ):
+        with pytest.raises(ModelError) as caught:
+            load_model(spec, device="cpu")
+        message = str(caught.value)
+        assert message.startswith(what), message
+        assert "HF_HUB_OFFLINE is set" in message and str(cache) in message, message
+    assert tried == []  # offline mode: no network check either
+    # the network down and the client not offline: the host is named, and the cache to fill
+    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelError) as caught:
+        load_model(ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), device="cpu")
+    message = str(caught.value)
+    assert "huggingface.co cannot be reached" in message and str(cache) in message, message

@@ -1467,3 +1467,16 @@ def test_a_model_whose_unit_files_were_damaged_is_evaluated_again(tiny, tmp_path
         again.groups[again.groups["model"] == "tiny-clip@a"].reset_index(drop=True),
         first.groups,
     )
+
+
+def test_groups_spelled_or_ordered_otherwise_resume_the_same_run(tiny, tmp_path):
+    """--groups names groups as the registry looks them up (any case, any order, a group named
+    twice once): the same groups are the same run, resumed, not refused as another."""
+    write_image_folder(
+        tmp_path / "img", {"Animal": {"dog": 1, "cat": 1}, "Food": {"pizza": 1, "burger": 1}}
+    )
+    first = run_for(tiny, tmp_path, groups=["Food", "Animal"])
+    assert sorted(first.groups["group"]) == ["Animal", "Food"]
+    again = run_for(tiny, tmp_path, groups=["animal", "FOOD", "Animal"])
+    assert again.reused
+    assert again.manifest["settings"]["groups"] == ["Animal", "Food"]  # the registry's order

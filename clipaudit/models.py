@@ -379,7 +379,7 @@ def _check_weights_reachable(architecture: str, tag: str) -> None:
     if _cached_weights(cfg):
         return
     hub = bool(cfg.get("hf_hub"))
-    refused = _download_refused(HF_HOST if hub else urllib.parse.urlparse(cfg["url"]).hostname, hub)
+    refused = download_refused(HF_HOST if hub else urllib.parse.urlparse(cfg["url"]).hostname, hub)
     if refused:
         cache = _hub_cache_words() if hub else "the cache"
         raise ModelError(
@@ -398,7 +398,7 @@ def _check_hub_model_reachable(repo: str) -> None:
         return  # the hub client refuses it itself, without the network
     if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, HUB_WEIGHTS):
         return
-    refused = _download_refused(HF_HOST, hub=True)
+    refused = download_refused(HF_HOST, hub=True)
     if refused:
         raise ModelError(
             f"model hf-hub:{repo} is not downloaded and {refused}; download it first on a "
@@ -409,7 +409,7 @@ def _check_hub_model_reachable(repo: str) -> None:
         )
 
 
-def _download_refused(host: str | None, hub: bool) -> str | None:
+def download_refused(host: str | None, hub: bool) -> str | None:
     """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
     HF_HUB_OFFLINE set the hub client downloads nothing, however open the network."""
     from huggingface_hub import constants

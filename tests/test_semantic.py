@@ -166,9 +166,14 @@ def test_encoder_specs_are_validated():
         spec.model = "other"
 
 
-def test_a_hub_encoder_neither_cached_nor_reachable_fails_at_once_saying_so(offline_hub):
+def test_a_hub_encoder_neither_cached_nor_reachable_fails_at_once_saying_so(
+    offline_hub, monkeypatch
+):
+    from huggingface_hub import constants
+
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the network is what stops it here
     _, tried = offline_hub
     with pytest.raises(
         ModelError,
@@ -177,6 +182,25 @@ def test_a_hub_encoder_neither_cached_nor_reachable_fails_at_once_saying_so(offl
     ):
         load_encoder(parse_encoder("st:clipaudit-tests/absent", device="cpu"))
     assert tried == ["huggingface.co"]
+
+
+def test_a_hub_encoder_not_cached_with_hf_hub_offline_set_says_so_though_the_network_is_up(
+    offline_hub, monkeypatch
+):
+    """With HF_HUB_OFFLINE set the hub client downloads nothing: a model not in the cache was
+    handed to it and failed in its own words, as if the name were wrong."""
+    from clipaudit import models
+    from clipaudit.semantic.encoders import load_encoder, parse_encoder
+
+    tried = []
+    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: tried.append(host) or True)
+    with pytest.raises(
+        ModelError,
+        match=r"'clipaudit-tests/absent' is not a local folder, is not downloaded, and "
+        r"HF_HUB_OFFLINE is set \(unset it to download\)",
+    ):
+        load_encoder(parse_encoder("st:clipaudit-tests/absent", device="cpu"))
+    assert tried == []  # no network check: the flag says it all
 
 
 def test_a_cached_hub_encoder_is_read_from_the_cache_alone_when_offline(
@@ -204,7 +228,7 @@ def test_a_cached_hub_encoder_is_read_from_the_cache_alone_when_offline(
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", cache_only)
     encoder = load_encoder(parse_encoder("st:all-MiniLM-L6-v2", device="cpu"))
-    assert tried == ["huggingface.co"]
+    assert tried == []  # HF_HUB_OFFLINE is set: nothing to ask the network
     assert encoder.identity["weights"] == minilm.identity["weights"]
     texts = ["a dog on a beach", "a red car"]
     np.testing.assert_allclose(encoder.encode(texts), minilm.encode(texts), atol=1e-6)

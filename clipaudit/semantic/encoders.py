@@ -385,22 +385,24 @@ def _batches(n: int, size: int, progress: bool, label: str) -> Iterator[tuple[in
 
 def _load_offline(name: str) -> bool:
     """Whether a sentence-transformers model must be read from the hub cache alone: it is cached
-    and the hub cannot be reached (the hub client would retry for minutes before using the cache).
+    and the hub cannot be reached or HF_HUB_OFFLINE is set (the hub client would retry for
+    minutes before using the cache).
     Raises :class:`ModelError` in seconds when it is neither a local folder nor cached, offline."""
-    from clipaudit.models import HF_HOST, in_hub_cache, reachable, valid_repo_id
+    from clipaudit.models import HF_HOST, download_refused, in_hub_cache, valid_repo_id
 
     if Path(name).exists() or not valid_repo_id(name):
         return False  # a folder needs no network; sentence-transformers refuses a bad id without it
     # a bare name is looked up as sentence-transformers/NAME (bert-base-uncased and a few more as is)
     repos = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
     cache = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
-    if reachable(HF_HOST):
+    refused = download_refused(HF_HOST, hub=True)
+    if refused is None:
         return False
     if any(in_hub_cache(repo, ["config.json"], cache) for repo in repos):
         return True
     raise ModelError(
         f"sentence-transformers model {name!r} is not a local folder, is not downloaded, and "
-        f"{HF_HOST} cannot be reached; give the folder of a saved model instead, or download it "
+        f"{refused}; give the folder of a saved model instead, or download it "
         'first on a machine with network (it is cached, e.g. python -c "from '
         f"sentence_transformers import SentenceTransformer; SentenceTransformer('{name}')\")"
     )

@@ -1140,7 +1140,12 @@ def test_an_encoding_size_other_than_the_invariant_block_is_outside_the_theorem(
     assert "No configuration judged; 1 outside the theorem's assumptions" in text
     assert f"## {wide.name}: outside the theorem's assumptions, not judged" in text
     assert "DISAGREES" not in text and "| NO |" not in text
-    assert check_markdown(summarise(result), manifest["settings"]) == text
+    provenance = {
+        "seeds": manifest["seeds"],
+        "device": manifest["device"],
+        **{k: manifest[k] for k in ("clipaudit_version", "git_hash", "started")},
+    }
+    assert check_markdown(summarise(result), manifest["settings"], (), provenance) == text
     _print(summarise(result), verbose=True)  # the CLI's tables take a configuration not judged
     loaded = load_run(tmp_path / "run")
     assert loaded.outside == [wide.name] and loaded.verdicts == {}
@@ -1195,3 +1200,60 @@ def test_a_checkpoint_of_this_group_with_the_wrong_shapes_trains_from_the_seeds(
     fresh.train()  # from step 0: the same weights as the uninterrupted training
     for a, b in zip(straight.parameters, fresh.parameters, strict=True):
         assert torch.equal(a, b)
+
+
+def _rejudged(quick_check, tmp_path, **thresholds):
+    """quick_check's run folder copied and judged again under ``thresholds`` (nothing trained)."""
+    import shutil
+
+    out = tmp_path / "rejudged"
+    shutil.copytree(quick_check.out, out)
+    evaluation = dataclasses.replace(SMALL_EVALUATION, **thresholds)
+    return run_sweep(quick_check.scenarios, QUICK_TRAINING, evaluation, out, progress=False)
+
+
+def test_theory_run_exits_1_when_its_configuration_disagrees(
+    quick_check, tmp_path, monkeypatch, capsys
+):
+    """`theory run` printed DISAGREES and exited 0, so `clipaudit theory run ... && next` went on
+    as if the theory held; `check` exits 1 on any disagreement, and so does `run` now."""
+    import clipaudit.theory
+    from clipaudit.cli import main
+
+    # an R^2 of 1.0 is never reached: every configuration disagrees
+    failing = _rejudged(quick_check, tmp_path, identified_threshold=1.0, margin=0.0)
+    assert failing.failed and len(failing.failed) == len(failing.verdicts)
+    monkeypatch.setattr(clipaudit.theory, "run_scenario", lambda *a, **k: failing)
+    with pytest.raises(SystemExit) as exited:
+        main(["theory", "run", "--out", str(failing.out), "-q"])
+    assert exited.value.code == 1
+    assert "DISAGREES" in capsys.readouterr().out
+
+
+def test_r2_summaries_say_they_are_nonlinear_and_check_md_says_where_it_came_from(
+    quick_check, capsys
+):
+    """The verdict and margins tables said 'min R² identified' and 'lowest identified R²' beside
+    tables of linear and nonlinear R²; check.md named no profile, seed, version or commit."""
+    from clipaudit.cli.theory import _print, _print_margins
+    from clipaudit.theory import summarise
+
+    _print(summarise(quick_check), verbose=False)
+    _print_margins(quick_check.manifest["margins"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "min R² identified" not in shown and "lowest identified R²" not in shown
+    assert shown.count("nonlinear") >= 2  # both summaries name which R² they give
+    text = (quick_check.out / "check.md").read_text()
+    assert "lowest identified R^2" not in text
+    assert "lowest nonlinear R^2 predicted identified" in text
+    manifest = json.loads((quick_check.out / "manifest.json").read_text())
+    provenance = text.split("## Provenance", 1)[1]
+    for value in (
+        f"profile {QUICK_TRAINING.profile}",
+        f"{QUICK_TRAINING.steps} steps",
+        "seeds 0",
+        manifest["clipaudit_version"],
+        manifest["git_hash"],
+        manifest["started"],
+    ):
+        assert value in provenance, value

@@ -154,7 +154,8 @@ def _print(summaries: list[dict[str, Any]], verbose: bool) -> None:
     verdicts = Table(title="verdict per configuration")
     # a configuration's name is never cut; the identified semantics wrap at their commas
     verdicts.add_column("configuration", no_wrap=True)
-    for column in ("predicted identified", "min R²\nidentified", "agrees"):
+    # the lowest nonlinear R² (the one judged) of a semantic predicted identified, either encoder
+    for column in ("predicted identified", "lowest nonlinear R²\nof those", "agrees"):
         verdicts.add_column(column)
     for summary in summaries:
         identified = [
@@ -207,7 +208,8 @@ def run(
     overwrite: bool = OverwriteOption,
     quiet: Quiet = False,
 ) -> None:
-    """Train and probe one configuration; print its R² table and whether it agrees with the theory."""
+    """Train and probe one configuration; print its R² table and whether it agrees with the theory
+    (exit 1 when it disagrees, as `check` does)."""
     from clipaudit.theory import Scenario, run_scenario, summarise
 
     scenario = Scenario(
@@ -237,6 +239,10 @@ def run(
     console.print(
         f"outputs in {out}/ (r2.csv, check.md, coverage/, zeroshot/, figures/, manifest.json)"
     )
+    # a script's `theory run ... && next` must not go on as if the theory held (an encoding
+    # size outside the theorem is not judged: no verdict, exit 0)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -301,7 +307,13 @@ def check(
 
 def _print_margins(rows: list[dict[str, Any]]) -> None:
     table = Table(title="agreement and margins per seed")
-    for column in ("seed", "latents", "agree", "lowest identified R²", "largest excess"):
+    for column in (
+        "seed",
+        "latents",
+        "agree",
+        "lowest nonlinear R²\npredicted identified",
+        "largest nonlinear R²\nover ceiling",
+    ):
         table.add_column(column, justify="left" if column == "latents" else "right")
     for row in rows:
         lowest, excess = row["lowest_identified_r2"], row["largest_excess_over_ceiling"]

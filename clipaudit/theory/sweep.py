@@ -676,8 +676,14 @@ def _assemble(
     )
     margin_rows = margins(result)
     manifest["margins"] = margin_rows
+    provenance = {
+        **{key: folder.manifest.get(key) for key in ("clipaudit_version", "git_hash", "started")},
+        "seeds": manifest["seeds"],
+        "device": manifest["device"],
+    }
     atomic_write_text(
-        out / "check.md", check_markdown(summarise(result), folder.settings, margin_rows)
+        out / "check.md",
+        check_markdown(summarise(result), folder.settings, margin_rows, provenance),
     )
     manifest["outputs"].append("check.md")
     result.manifest = folder.complete(**manifest)
@@ -860,7 +866,8 @@ def margins_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         return "-" if value is None else f"{value:{sign}.3f}"
 
     lines = [
-        "| seed | latents | agree | lowest identified R^2 | largest excess over ceiling |",
+        "| seed | latents | agree | lowest nonlinear R^2 predicted identified "
+        "| largest nonlinear R^2 over ceiling |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -876,8 +883,11 @@ def check_markdown(
     summaries: Sequence[dict[str, Any]],
     settings: dict[str, Any],
     margin_rows: Sequence[dict[str, Any]] = (),
+    provenance: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render :func:`summarise` as Markdown: a verdict line, then one table per configuration."""
+    """Render :func:`summarise` as Markdown: a verdict line, then one table per configuration,
+    then where the numbers came from (``provenance``: ``seeds``, ``device``,
+    ``clipaudit_version``, ``git_hash``, ``started``), so that the page read alone says it."""
     failed = [s["config"] for s in summaries if s["agrees"] is False]
     outside = [s["config"] for s in summaries if s["agrees"] is None]
     judged = len(summaries) - len(outside)
@@ -928,4 +938,17 @@ def check_markdown(
                 f"| {v['ceiling']:.3f} | {v['x_linear']:.3f} | {v['x_nonlinear']:.3f} "
                 f"| {v['t_linear']:.3f} | {v['t_nonlinear']:.3f} | {agrees} |"
             )
+    if provenance is not None:
+        training = settings["training"]
+        lines += [
+            "",
+            "## Provenance",
+            "",
+            f"- training: profile {training['profile']}, {training['steps']} steps, batch "
+            f"{training['batch_size']}, learning rate {training['learning_rate']}, on "
+            f"{provenance['device']} (every setting in manifest.json)",
+            f"- seeds {', '.join(str(seed) for seed in provenance['seeds'])}",
+            f"- clipaudit {provenance['clipaudit_version']} (git {provenance['git_hash']}), "
+            f"this session started {provenance['started']}",
+        ]
     return "\n".join(lines) + "\n"

@@ -165,6 +165,8 @@ def _audit_settings(
 
     loaded = load_registry(registry)
     options = {k: v for k, v in (zeroshot or {}).items() if k in RESULT_FIELDS}
+    if options.get("groups") is not None:  # the groups selected, not how they were typed
+        options["groups"] = [group.name for group in loaded.select(options["groups"]).groups]
     return {
         "registry": {"name": loaded.name, "sha256": loaded.sha256},
         "coverage": (coverage or CoverageSettings()).result_fields(),

@@ -420,3 +420,26 @@ def test_an_audit_of_another_registrys_images_is_refused_before_counting_and_the
     result = audit(registry="miniworld")  # the corrected command is not refused
     assert result.manifest["status"] == "complete"
     assert result.manifest["registry"]["name"] == "miniworld"
+
+
+def test_an_audit_with_its_groups_spelled_or_ordered_otherwise_is_the_same_audit(
+    audit_runs, tmp_path
+):
+    """The groups selected make the audit, not how they were typed: `--groups Color,Animal` and
+    `--groups animal,color` select the same groups, so the second resumes the first."""
+    import clipaudit
+
+    config, trained, _ = _models(audit_runs)
+
+    def audit(groups):
+        return clipaudit.run_audit(
+            ["a dog on a red sofa", "a cat"], audit_runs["images"], (config, trained),
+            tmp_path / "audit", progress=False, echo=lambda _: None,
+            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0, "groups": groups},
+        )  # fmt: skip
+
+    first = audit(("Color", "Animal"))
+    again = audit(("animal", "color", "Animal"))
+    assert again.coverage.reused and again.zeroshot.reused and again.report.reused
+    assert again.manifest["settings"] == first.manifest["settings"]
+    assert first.manifest["settings"]["zeroshot"]["groups"] == ["Animal", "Color"]

@@ -1147,22 +1147,36 @@ def _run_captions(
 
 
 @keyword_checked
-def index_run(run: str | Path, settings: Any = None) -> Any:
+def index_run(run: str | Path, settings: Any = None, *, progress: bool = True) -> Any:
     """Build ``RUN/index/``: a FAISS index (:class:`~clipaudit.semantic.index.CaptionIndex`) over
-    the caption embeddings of a semantic coverage run, with its captions; returns the index."""
+    the caption embeddings of a semantic coverage run, with its captions; returns the index.
+    ``progress``: a bar over the captions read again from the run's inputs."""
+    from tqdm.auto import tqdm
+
     from clipaudit.semantic.index import CaptionIndex
 
     manifest, store, keys = _run_store(run)  # first: it refuses a run of another type than a path
     run = Path(run)
     shards, origins = _run_shards(run, manifest, keys)  # before the index: a changed input stops it
-    return CaptionIndex.build(
-        store,
-        settings,
-        captions=_run_captions(manifest, store, keys, shards),
-        folder=run / INDEX_FOLDER,
-        keys=keys,
-        origins=origins,
-    )
+    with tqdm(
+        total=store.n_rows(keys), desc="index: captions", unit=" captions",
+        disable=not progress, leave=False,
+    ) as bar:  # fmt: skip
+        return CaptionIndex.build(
+            store,
+            settings,
+            captions=_counted(_run_captions(manifest, store, keys, shards), bar),
+            folder=run / INDEX_FOLDER,
+            keys=keys,
+            origins=origins,
+        )
+
+
+def _counted(batches: Iterable[list[str]], bar: Any) -> Iterator[list[str]]:
+    """``batches``, each told to ``bar`` as it is read."""
+    for batch in batches:
+        yield batch
+        bar.update(len(batch))
 
 
 @keyword_checked

@@ -1788,3 +1788,36 @@ def test_the_coverage_bar_counts_captions_as_the_driver_encodes_them(
         expected += [start + min(done + 7, said) for done in range(0, said, 7)]
     assert seen == expected
     assert bars[-1].rows == len(rows)
+
+
+def test_coverage_index_shows_its_reading_of_the_captions_unless_quiet(
+    tiny, corpus, encoder_spec, planted, tmp_path, in_process, monkeypatch
+):
+    """Indexing reads every caption of the corpus again (minutes for millions) and said nothing
+    meanwhile; `-q` was accepted and changed nothing."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            self.told, self.shown = [], not self.disable  # closing disables a bar
+            bars.append(self)
+
+        def update(self, n=1):
+            self.told.append(n)
+            return super().update(n)
+
+    semantic_run(corpus, tiny, tmp_path / "run", encoder_spec, planted["path"], method="semantic",
+                 shard_rows=20)  # fmt: skip
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    rows = len(captions_of(corpus))  # those with a word: the index's captions
+    code, _, shown = in_process("coverage", "index", str(tmp_path / "run"))
+    assert code == 0, shown
+    (bar,) = bars
+    assert "index: captions" in shown and bar.shown
+    assert bar.total == rows and sum(bar.told) == rows and len(bar.told) == 3  # 3 shards of 20
+    bars.clear()
+    code, _, quiet = in_process("coverage", "index", str(tmp_path / "run"), "-q")
+    assert code == 0 and "index: captions" not in quiet and not bars[0].shown

@@ -34,8 +34,8 @@ SpacyModelOption = typer.Option(
     help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
     "part-of-speech checks in the curated profile.",
 )
-# eval, calibrate and index show no progress bar: -q is taken so that a script passing it to
-# every long-running command runs
+# eval and calibrate show no progress bar: -q is taken so that a script passing it to every
+# long-running command runs
 QuietOption = typer.Option(
     False, "--quiet", "-q", help="Taken as other commands take it; this one shows no progress bar."
 )
@@ -550,7 +550,7 @@ def index(
     k: int = typer.Option(
         10, "-k", min=0, metavar="<int>", help="Nearest captions shown for --query."
     ),
-    quiet: bool = QuietOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Build a FAISS index over a run's caption embeddings (RUN/index), for new-concept queries."""
     from clipaudit.coverage_semantic import index_run
@@ -558,7 +558,7 @@ def index(
 
     if query is not None:  # checked before the index is built, not after
         check_query(query, threshold, k)
-    built = index_run(run, IndexSettings(kind=kind))
+    built = index_run(run, IndexSettings(kind=kind), progress=not quiet)
     console.print(f"{built.kind} index of {counted(built.n, 'caption')} written to {run / 'index'}")
     if query is not None:
         _query(run, query, threshold, k)

@@ -385,9 +385,10 @@ class EmbeddingStore:
                 vectors, ids = self.read_vectors(key, part)
                 yield EmbeddingBatch(vectors, ids, None, key, part)
 
-    def n_rows(self) -> int:
+    def n_rows(self, keys: Iterable[str] | None = None) -> int:
+        """The captions embedded in ``keys`` (default: every completed unit)."""
         total = 0
-        for key in self.keys():
+        for key in self.keys() if keys is None else keys:
             done = json.loads((self.folder / f"{key}.done.json").read_text("utf-8"))
             total += int(done["rows"])
         return total

@@ -1050,7 +1050,7 @@ def decode_image(
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_limit_at_least(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             # a JPEG decodes at up to 1/8 scale (draft mode): with draft_size always, else when
@@ -1064,7 +1064,7 @@ def decode_image(
             if pixels > max_pixels:
                 raise BadImage(
                     f"too large: {image.width}x{image.height} = {pixels} pixels exceeds the "
-                    f"decompression-bomb limit of {max_pixels}"
+                    f"decompression-bomb limit of {max_pixels}{RAISE_LIMIT}"
                 )
             if scaled_side:
                 short, long = sorted(image.size)
@@ -1073,7 +1073,7 @@ def decode_image(
                     raise BadImage(
                         f"too elongated: {image.width}x{image.height} scaled to the model's "
                         f"{scaled_side}-pixel side is {scaled} pixels, over the limit of "
-                        f"{max_pixels}"
+                        f"{max_pixels}{RAISE_LIMIT}"
                     )
             image.load()
     except BadImage:
@@ -1081,13 +1081,32 @@ def decode_image(
     except UnidentifiedImageError:
         raise BadImage("not a recognised image (corrupt, or not an image file)") from None
     except Image.DecompressionBombError as exc:
-        raise BadImage(f"too large: {exc}") from None
+        raise BadImage(f"too large: {exc}{RAISE_LIMIT}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         raise BadImage(
             f"undecodable ({'truncated' if 'truncated' in reason else reason})"
         ) from None
     return to_rgb(upright(image))
+
+
+RAISE_LIMIT = " (raise it with --max-pixels (max_pixels= in Python) for images you trust)"
+
+
+@contextlib.contextmanager
+def _pillow_limit_at_least(max_pixels: int) -> Iterator[None]:
+    """Pillow refuses, when opening, any image over twice its own ``MAX_IMAGE_PIXELS``: a limit
+    raised above it for trusted large images (aerial photos, scans) is ours to apply instead.
+    Pillow's setting is process-wide; it is put back as soon as the image is decoded."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or max_pixels <= pillow:
+        yield
+        return
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow
 
 
 def upright(image: Image.Image) -> Image.Image:

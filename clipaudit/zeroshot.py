@@ -179,7 +179,7 @@ class ZeroShotSettings:
         for name, value, low in (
             ("batch_size (--batch-size)", self.batch_size, 1),
             ("workers (--workers)", self.workers, 0),
-            ("max_pixels", self.max_pixels, 1),
+            ("max_pixels (--max-pixels)", self.max_pixels, 1),
             ("seed", self.seed, 0),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -512,6 +512,25 @@ def test_undecodable_images_raise_bad_image_with_the_reason():
         decode_image(image_bytes(noise(40, 30), "PNG"), max_pixels=1000)
 
 
+def test_the_pixel_limit_message_says_how_to_raise_it():
+    with pytest.raises(BadImage, match=r"raise it with --max-pixels \(max_pixels= in Python\)"):
+        decode_image(image_bytes(noise(40, 30), "PNG"), max_pixels=1000)
+
+
+def test_a_pixel_limit_above_pillows_own_lets_a_large_image_decode(monkeypatch):
+    """Pillow refuses any image over twice its MAX_IMAGE_PIXELS when opening it: a user who
+    raises --max-pixels for trusted large images (aerial photos, scans) gets them decoded."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses over 2,000 pixels
+    picture = noise(60, 50)  # 3,000 pixels
+    data = image_bytes(picture, "PNG")
+    with pytest.raises(BadImage, match="too large"):
+        decode_image(data, max_pixels=1_000)
+    decoded = decode_image(data, max_pixels=5_000)
+    assert decoded.size == (60, 50)
+    assert np.array_equal(np.asarray(decoded), np.asarray(picture.convert("RGB")))
+    assert Image.MAX_IMAGE_PIXELS == 1_000  # Pillow's own limit is left as it was
+
+
 def test_a_jpeg_is_held_to_the_pixel_limit_at_the_scale_it_is_decoded_at():
     """A phone's 108-megapixel JPEG decodes at 1/8 scale in draft mode: the limit guards what
     decoding costs, so it is checked there, while a PNG (no draft) is held to its full size."""

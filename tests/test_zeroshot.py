@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import typer
 from PIL import Image
 
 from clipaudit.errors import InputError, RunFolderError, SettingsError
@@ -1354,6 +1355,38 @@ def test_a_strip_too_thin_for_the_models_resize_is_skipped_saying_so(tiny, tmp_p
         "too elongated: 2000x1 scaled to the model's 32-pixel side is 2048000 pixels"
     )
     assert str(strip) not in set(run.predictions()["path"])
+
+
+def test_max_pixels_on_the_command_line_sets_the_decompression_bomb_limit(tiny, tmp_path, capsys):
+    """The 40x30 images (1,200 pixels) pass a limit of 2,000; a 50x50 one (2,500) is skipped,
+    saying how to let it in; an audit passes the option on to its zero-shot stage alike."""
+    from clipaudit.cli import app, main
+
+    write_image_folder(tmp_path / "img", {"Animal": {"dog": 2, "cat": 2}})
+    large = tmp_path / "img" / "Animal" / "dog" / "large.png"
+    Image.new("RGB", (50, 50), (0, 0, 255)).save(large)
+    args = ["zeroshot", "-m", tiny["config"], "-p", tiny["a"], "-i", str(tmp_path / "img")]
+    common = ["--device", "cpu", "--workers", "0", "--no-cache", "--quiet"]
+    main([*args, "-o", str(tmp_path / "run"), *common, "--max-pixels", "2000"])
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["settings"]["max_pixels"] == 2000
+    (skipped,) = manifest["skipped_images"]
+    assert skipped["path"] == str(large)
+    assert "2500 pixels exceeds the decompression-bomb limit of 2000" in skipped["reason"]
+    assert "--max-pixels" in skipped["reason"]
+    assert "1 skipped" in capsys.readouterr().out
+
+    main([*args, "-o", str(tmp_path / "default"), *common])
+    manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    assert manifest["settings"]["max_pixels"] == Image.MAX_IMAGE_PIXELS
+    assert manifest["skipped_images"] == []
+
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "-o", str(tmp_path / "zero"), *common, "--max-pixels", "0"])
+    assert exited.value.code == 2
+    assert "max_pixels (--max-pixels) must be an integer >= 1, got 0" in capsys.readouterr().err
+    audit = typer.main.get_command(app).commands["audit"]
+    assert "--max-pixels" in {name for parameter in audit.params for name in parameter.opts}
 
 
 @pytest.mark.parametrize("command", ["zeroshot", "audit"])

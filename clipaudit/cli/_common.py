@@ -82,3 +82,9 @@ RegistryOption = typer.Option(
 OverwriteOption = typer.Option(
     False, "--overwrite", help="Replace a run of other settings in --out instead of refusing."
 )
+MaxPixelsOption = typer.Option(
+    None,
+    "--max-pixels",
+    help="Skip images of more pixels than this as decompression bombs (default: Pillow's limit, "
+    "about 89 million); raise it for large images you trust.",
+)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
+from clipaudit.cli._common import MaxPixelsOption, OverwriteOption, RegistryOption, plain_console
 
 console = plain_console()
 
@@ -80,6 +80,7 @@ def audit(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
+    max_pixels: int | None = MaxPixelsOption,
     cache_dir: Path | None = typer.Option(
         None,
         "--cache-dir",
@@ -93,7 +94,7 @@ def audit(
 ) -> None:
     """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
     from clipaudit.audit import run_audit
-    from clipaudit.cli.zeroshot import model_specs, parse_groups, refuse_two_caches
+    from clipaudit.cli.zeroshot import model_specs, parse_groups, pixel_limit, refuse_two_caches
     from clipaudit.coverage import CaptionSources, CoverageSettings
 
     refuse_two_caches(no_cache, cache_dir)
@@ -106,6 +107,7 @@ def audit(
         "templates": templates,
         "device": device,
         "batch_size": batch_size,
+        **pixel_limit(max_pixels),
     }
     if no_cache or cache_dir is not None:  # else the settings' default folder
         zeroshot["cache_dir"] = None if no_cache else cache_dir

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from clipaudit.cli._common import OverwriteOption, RegistryOption, plain_console
+from clipaudit.cli._common import (
+    MaxPixelsOption,
+    OverwriteOption,
+    RegistryOption,
+    plain_console,
+)
 from clipaudit.text import counted
 
 if TYPE_CHECKING:
@@ -38,6 +43,11 @@ def model_specs(model: list[str], pretrained: list[str]) -> tuple[ModelSpec, ...
     return tuple(
         ModelSpec(m, p) for m, p in zip(model, pretrained or [None] * len(model), strict=True)
     )
+
+
+def pixel_limit(max_pixels: int | None) -> dict[str, int]:
+    """``--max-pixels`` as a zero-shot option: given, or the settings' default (Pillow's)."""
+    return {} if max_pixels is None else {"max_pixels": max_pixels}
 
 
 def refuse_two_caches(no_cache: bool, cache_dir: Path | None) -> None:
@@ -115,6 +125,7 @@ def zeroshot(
     jpeg_draft: bool = typer.Option(
         False, "--jpeg-draft", help="Decode JPEGs at reduced size (faster; pixels differ slightly)."
     ),
+    max_pixels: int | None = MaxPixelsOption,
     label_field: str | None = typer.Option(
         None,
         "--label-field",
@@ -144,6 +155,7 @@ def zeroshot(
         precision=precision,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         jpeg_draft=jpeg_draft,
+        **pixel_limit(max_pixels),
         label_field=label_field,
         image_column=image_column,
         split=split,

@@ -306,8 +306,15 @@ def check_checkpoint(path: str, label: str) -> None:
     import zipfile
 
     prefix = f"could not load model {label!r}: checkpoint {path!r}"
-    if Path(path).suffix in (".npz", ".npy"):  # big_vision weights: numpy's loader, no pickle
+    suffix = Path(path).suffix
+    if suffix in (".npz", ".npy"):  # big_vision weights: numpy's loader, no pickle
         return
+    if suffix.lower() == ".safetensors" and suffix != ".safetensors":
+        # open_clip picks its reader by the suffix as written: this one would go to torch.load
+        raise ModelError(
+            f"{prefix} is named with {suffix!r}; open_clip reads a safetensors file only by the "
+            f"lower-case suffix: rename it to {str(Path(path).with_suffix('.safetensors'))!r}"
+        )
     try:
         if path.endswith(".safetensors"):  # tensors alone by design: their names say enough
             from safetensors import safe_open

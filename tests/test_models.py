@@ -145,6 +145,15 @@ def test_a_checkpoint_that_is_no_state_dict_or_of_another_model_says_so(tiny, tm
         match=r"cut.safetensors' is no readable safetensors file \(.*\): it is damaged or cut short; download or save it again$",
     ):
         load_model(ModelSpec(config, str(tmp_path / "cut.safetensors")), device="cpu")
+    # open_clip reads a file as safetensors by its lower-case suffix alone, and "MODEL.SAFETENSORS"
+    # with torch's pickle reader, which cannot: the fix is the name, not the file
+    save_file(tiny_state_dict(seed=1), tmp_path / "upper.SAFETENSORS")
+    with pytest.raises(
+        ModelError,
+        match=r"upper.SAFETENSORS' is named with '.SAFETENSORS'; open_clip reads a safetensors "
+        r"file only by the lower-case suffix: rename it to '.*upper.safetensors'$",
+    ):
+        load_model(ModelSpec(config, str(tmp_path / "upper.SAFETENSORS")), device="cpu")
     # a state dict of another open_clip architecture, in a training checkpoint's wrapper
     import open_clip
 

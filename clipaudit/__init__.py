@@ -73,5 +73,10 @@ def _submodule(package: str, name: str) -> ModuleType | None:
 
 
 def __dir__() -> list[str]:
-    """The public names too, loaded or not (tab completion in Jupyter lists them)."""
-    return sorted({*globals(), *_PUBLIC})
+    """The public names and the submodules, loaded or not (tab completion in Jupyter lists
+    them), not what the package imports for itself (``Any``, ``importlib``)."""
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    dunders = {name for name in globals() if name.startswith("__")}
+    return sorted({*dunders, *_PUBLIC, *modules})

@@ -95,12 +95,20 @@ def run_audit(
     echo: Callable[[str], None] = print,
 ) -> AuditRun:
     """Audit ``models`` (as :func:`clipaudit.run_zeroshot` takes them) against the captions of
-    ``captions`` (as :func:`clipaudit.count_coverage` takes them) on the labelled ``images``.
+    ``captions`` (as :func:`clipaudit.count_coverage` takes them) on the labelled ``images``,
+    into the run folder ``out`` (a new temporary folder when None, so that a call made again
+    audits again from the start: give ``out`` to resume an audit, or to find it done).
 
     ``coverage`` are the coverage settings (or a dict of their fields), ``zeroshot`` and
     ``report`` keyword options of :func:`clipaudit.run_zeroshot` and
-    :func:`clipaudit.report.build_report`. Returns the :class:`AuditRun`; ``echo`` receives one
-    line per stage.
+    :func:`clipaudit.report.build_report` (``{"groups": [...], "device": "cpu"}``,
+    ``{"title": ..., "n_bootstrap": ...}``), except what the audit gives every stage itself:
+    ``registry``, ``overwrite`` and ``progress`` are run_audit's own, the weights go with the
+    models (``(model, pretrained)`` pairs, not ``pretrained=``), and the stages' folders are
+    ``out/coverage``, ``out/zeroshot`` and ``out/report``. Options that would stop a later stage
+    (unknown names, missing model files or images, report options out of range) raise
+    :class:`~clipaudit.errors.SettingsError` (or the input's error) before any folder is made.
+    Returns the :class:`AuditRun`; ``echo`` receives one line per stage.
     """
     import tempfile
 
@@ -118,7 +126,10 @@ def run_audit(
                 f"{name} must be a dict of {name} options or None, got "
                 f"{type(options).__name__} {options!r:.60}"
             )
-    coverage = _coverage_settings(coverage)
+    coverage = CoverageSettings.of(coverage, "coverage")
+    # what would stop a later stage, refused before any folder is made for a call that never
+    # starts (a failed audit left behind, or a temporary folder with out=None)
+    check_stage_options(images, models, registry, zeroshot, report)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     check_out_of_images(out, images)
     with RunFolder(
@@ -140,18 +151,6 @@ def run_audit(
         else:
             result.manifest = folder.complete(**result.manifest)
         return result
-
-
-def _coverage_settings(coverage: CoverageSettings | dict[str, Any] | None) -> CoverageSettings:
-    """Coverage settings as :func:`run_audit` takes them; a dict's unknown names are refused with
-    the closest ones, as the zero-shot and report options are."""
-    if isinstance(coverage, dict):
-        return CoverageSettings().replace(**coverage)
-    if coverage is not None and not isinstance(coverage, CoverageSettings):
-        raise SettingsError(
-            f"coverage must be CoverageSettings, a dict of their fields or None; got {coverage!r}"
-        )
-    return coverage or CoverageSettings()
 
 
 def _audit_settings(
@@ -179,8 +178,18 @@ def _audit_settings(
     }
 
 
-# what the stages take from the caller itself, never from their option dicts
-_STAGE_ARGUMENTS = {"models", "images", "registry", "out", "overwrite", "progress", "runs"}
+# what the stages take from the caller itself, never from their option dicts: where each goes
+_STAGE_ARGUMENTS = {
+    "models": "give the models as models= of run_audit",
+    "images": "give the images as images= of run_audit",
+    "registry": "give it as registry= of run_audit (all three stages use it)",
+    "out": "the audit writes its stages to OUT/coverage, OUT/zeroshot and OUT/report",
+    "overwrite": "give it as overwrite= of run_audit",
+    "progress": "give it as progress= of run_audit",
+    "runs": "the report joins the audit's own runs; join others with clipaudit.build_report",
+    # run_zeroshot's, not a ZeroShotSettings field: an audit's models carry their weights
+    "pretrained": "give the models as models=(model, pretrained) pairs or ModelSpecs",
+}
 
 
 def check_stage_options(
@@ -201,16 +210,21 @@ def check_stage_options(
     from clipaudit.zeroshot import ZeroShotSettings, check_model_specs, model_specs
 
     accepted = {
-        "zeroshot": {f.name for f in dataclasses.fields(ZeroShotSettings)} - _STAGE_ARGUMENTS,
+        "zeroshot": {f.name for f in dataclasses.fields(ZeroShotSettings)} - set(_STAGE_ARGUMENTS),
         "report": {
             name
             for name, parameter in inspect.signature(build_report).parameters.items()
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        - _STAGE_ARGUMENTS,
+        - set(_STAGE_ARGUMENTS),
     }
     for stage, options in (("zeroshot", zeroshot or {}), ("report", report or {})):
         for name in options:
+            if name in _STAGE_ARGUMENTS:
+                raise SettingsError(
+                    f"unknown {stage} option {name!r}: it is the audit's own; "
+                    f"{_STAGE_ARGUMENTS[name]}"
+                )
             if name not in accepted[stage]:
                 raise SettingsError(
                     f"unknown {stage} option {name!r}{did_you_mean(name, accepted[stage])}; "
@@ -244,11 +258,11 @@ def run_audit_stages(
 ) -> AuditRun:
     """The three stages into ``folder`` (an open audit or demo run folder), each resumable;
     ``extra_runs`` go to the report too (the demo's world, whose caption rates it shows). The
-    result's manifest holds the fields for the caller to complete the folder with."""
+    result's manifest holds the fields for the caller to complete the folder with. The caller
+    checks the stages' options first (:func:`check_stage_options`, before hours of counting)."""
     from clipaudit.report import build_report
     from clipaudit.zeroshot import run_zeroshot
 
-    check_stage_options(images, models, registry, zeroshot, report)  # before hours of counting
     out, timings = folder.path, {}
     # --overwrite reaches the stages (a stage's own settings, e.g. its images, may have changed);
     # an emptied audit keeps nothing below

@@ -81,7 +81,62 @@ MISMATCH_TITLES = {
 @dataclass(repr=False)
 class Report:
     """A rendered report: ``summary`` (plain JSON-able data), ``tables`` (DataFrames),
-    ``figures`` (name -> PNG path), the run folder ``out`` and its ``manifest``."""
+    ``figures`` (name -> PNG path), the run folder ``out`` and its ``manifest``.
+
+    ``tables[name]``, also written as ``tables/NAME.csv`` and ``.parquet``; rows in the
+    registry's group and concept order; a rate is a share of captions, F1 and macro-F1 are in
+    [0, 1]; ``sensitive`` marks the registry's sensitive groups; ``method`` is the coverage method
+    the statistics use, and ``primary`` whether a row is of it; ``level`` is ``concept`` or
+    ``group``; the fit is F1 against ``log10_coverage`` per pair, and a row far from it is an
+    outlier, its direction one of "rarely captioned yet known", "often captioned yet unknown",
+    "above the fit", "below the fit":
+
+    - ``coverage``: per corpus and concept: ``corpus``, ``category``, ``group``, ``sensitive``,
+      ``concept``, ``n_captions`` (captions read), ``count`` and ``rate`` (lexical), and per other
+      method counted ``semantic_count``, ``semantic_rate``, ``union_count``, ``union_rate``,
+      ``checked_count``, ``checked_rate``; then ``method``, ``coverage_count`` and ``coverage``
+      (its count and rate), ``log10_coverage`` (``log10((count + 0.5) / n_captions)``)
+    - ``awareness``: per model and scored concept: ``model``, ``category``, ``group``,
+      ``sensitive``, ``concept``, ``precision``, ``recall``, ``f1``, ``support`` (its images)
+    - ``concepts``: the two joined per corpus x model pair, one row per concept on both sides:
+      ``corpus``, ``model``, ``category``, ``group``, ``sensitive``, ``concept``,
+      ``n_captions``, ``count``, ``rate`` (and the other methods' columns, as in ``coverage``),
+      ``method``, ``coverage_count``, ``coverage``, ``log10_coverage``, ``precision``,
+      ``recall``, ``f1``, ``support``, ``fitted_f1``, ``residual``, ``studentized_residual``,
+      ``outlier`` (empty, or its direction)
+    - ``groups``: per pair and group, over the joined concepts: ``corpus``, ``model``,
+      ``category``, ``group``, ``sensitive``, ``n_concepts``, ``coverage_mean``,
+      ``coverage_median``, ``coverage_min``, ``coverage_max``, ``log10_coverage`` (of the mean
+      count), ``group_rate`` (captions mentioning any of its concepts), ``macro_f1``,
+      ``accuracy``, ``n_images``, ``chance`` (1 / concepts classified), ``f1_median``,
+      ``f1_min``, ``f1_max``, ``fitted_f1``, ``residual``, ``studentized_residual``, ``outlier``
+    - ``categories``: per pair and category: ``corpus``, ``model``, ``category``,
+      ``sensitive``, ``n_groups``, ``n_concepts``, ``coverage_mean``, ``coverage_median``,
+      ``coverage_min``, ``coverage_max`` (over concepts), ``macro_f1_mean``,
+      ``macro_f1_median``, ``macro_f1_min``, ``macro_f1_max`` (over groups)
+    - ``coverage_groups``: per corpus and group, over all its concepts: ``corpus``,
+      ``category``, ``group``, ``sensitive``, ``n_concepts``, ``n_never_captioned``,
+      ``coverage_mean``, ``coverage_median``, ``coverage_min``, ``coverage_max``, ``group_rate``
+    - ``awareness_groups``: per model and group: ``model``, ``category``, ``group``,
+      ``sensitive``, ``macro_f1``, ``accuracy``, ``n_images``, ``n_concepts``, ``chance``
+    - ``correlations``: per pair, method and level: ``corpus``, ``model``, ``method``,
+      ``primary``, ``level``, ``n``; Spearman ``spearman``, ``spearman_p_value``,
+      ``spearman_ci_low``, ``spearman_ci_high`` (bootstrap), ``spearman_n_valid`` (resamples
+      used), ``spearman_reason`` (why a value is missing); the same for Kendall ``kendall``,
+      ``kendall_p_value``, ``kendall_ci_low``, ``kendall_ci_high``, ``kendall_n_valid``,
+      ``kendall_reason``; the fit ``slope`` (F1 per 10x coverage), ``intercept``,
+      ``slope_ci_low``, ``slope_ci_high``, ``r_squared``, ``fit_p_value``, ``slope_stderr``,
+      ``fit_reason``; ``outliers_reason``, ``n_rarely_captioned_yet_known``,
+      ``n_often_captioned_yet_unknown``, ``n_other_outliers``
+    - ``outliers``: one row per outlier: ``corpus``, ``model``, ``method``, ``primary``,
+      ``level``, ``name`` (concept or group), ``group``, ``category``, ``sensitive``,
+      ``coverage``, ``count``, ``log10_coverage``, ``f1``, ``fitted_f1``, ``residual``,
+      ``studentized_residual``, ``direction``
+    - ``mismatches``: what did not join: ``kind`` (``registry``, ``group_without_images``,
+      ``concept_without_images``, ``group_without_coverage``, ``concept_without_coverage``,
+      ``unpaired``), ``corpus``, ``model``, ``group``, ``concept``, ``n_concepts``, ``count``,
+      ``reason``, ``message``
+    """
 
     out: Path
     summary: dict[str, Any]
@@ -219,12 +274,17 @@ def build_report(
     """Join caption coverage with zero-shot awareness and render the report into ``out`` (a new
     temporary folder when None).
 
-    ``runs``: run folder paths (read with :func:`clipaudit.runs.load_run`) or loaded runs
-    (``CoverageResult``, ``ZeroShotRun``, ``SweepResult``), at least one coverage side and one
-    awareness side (a theory run is both). ``seed`` and ``n_bootstrap`` drive the bootstrap
-    intervals. A folder holding a report of other settings is refused unless ``overwrite``;
-    ``progress`` shows a bar while the figures are drawn (hundreds for a theory sweep).
-    Raises :class:`~clipaudit.errors.InputError` when there is nothing to join and
+    ``runs``: one run or a list of them (``build_report([coverage, zeroshot], out)``), each a
+    run folder path (read with :func:`clipaudit.runs.load_run`) or a loaded run
+    (``CoverageResult``, ``ZeroShotRun``, ``SweepResult``, a world's ``WorldRun``; an audit's or
+    the demo's result, or its folder, gives its coverage and zero-shot runs), at least one
+    coverage side and one awareness side (a theory run is both). ``seed`` and ``n_bootstrap``
+    drive the bootstrap intervals. A folder holding a report of other settings is refused unless
+    ``overwrite``; called again on the same inputs, the report in ``out`` is returned as it is
+    (``reused``). ``progress`` shows a bar while the figures are drawn (hundreds for a theory
+    sweep). The tables are listed, column by column, in :class:`Report`'s docstring.
+    Raises :class:`~clipaudit.errors.SettingsError` for options out of range (or a run given as
+    ``out``), :class:`~clipaudit.errors.InputError` when there is nothing to join and
     :class:`~clipaudit.errors.RunFolderError` for an incomplete or foreign run.
     """
     from clipaudit import __version__
@@ -234,6 +294,7 @@ def build_report(
 
     check_report_options(title, seed, n_bootstrap)
     seed, n_bootstrap = int(seed), int(n_bootstrap)  # plain ints: the manifest is JSON
+    _refuse_a_run_as_out(out)  # build_report(coverage, zeroshot): the runs go in one list
     # a number for out is os.fspath's bare TypeError, and a "no" for progress would count as on
     check_arguments(
         {"out (the report folder, or None)": out} if out is not None else {},
@@ -297,6 +358,45 @@ def build_report(
             ],
         )
     return Report(out, summary, tables, figures, manifest)
+
+
+ONE_LIST = "pass the runs as one list and out a new folder: build_report([coverage, zeroshot], out)"
+
+
+def _refuse_a_run_as_out(out: Any) -> None:
+    """Refuse a run given as ``out`` (``build_report(coverage, zeroshot)``, the second run taken
+    for the report folder) saying that the runs go in one list: a :class:`SettingsError` for a
+    loaded run, a :class:`RunFolderError` (what the folder would raise) for a run folder's path."""
+    import os
+
+    from clipaudit.errors import ClipAuditError
+    from clipaudit.report.inputs import HOLDERS, KINDS, _kind_of
+
+    if out is None:
+        return
+    if not isinstance(out, (str, os.PathLike)):
+        parts = (getattr(out, name, None) for name in ("coverage", "zeroshot", "theory", "world"))
+        if _kind_of(out) or any(_kind_of(part) for part in parts if part is not None):
+            raise SettingsError(
+                f"out (the report folder, or None) must be a path, got {type(out).__name__} "
+                f"(a run) {str(getattr(out, 'out_dir', None) or getattr(out, 'out', ''))!r:.80}; "
+                + ONE_LIST
+            )
+        return  # check_arguments says what else it is
+    from clipaudit.runs import MANIFEST, a_run, read_manifest, run_kind
+
+    if not (Path(out) / MANIFEST).is_file():
+        return
+    try:
+        kind = run_kind(read_manifest(out))
+    except ClipAuditError:  # a damaged manifest: the run folder says what is wrong with it
+        return
+    if isinstance(kind, str) and (kind in KINDS or kind in HOLDERS):
+        raise RunFolderError(
+            f"{out} holds {a_run(kind)}, not a report run; a report needs a folder of its own: "
+            "name every run to join as an input and a new folder as out (in Python "
+            "build_report([coverage, zeroshot], out); clipaudit report RUN... --out DIR)"
+        )
 
 
 def _reused(out: Path) -> Report:

@@ -18,7 +18,8 @@ Tables (pandas DataFrames, rows in the paper's group order, concepts in registry
   concepts, each model's macro-F1 per group (the overview, independent of the pairing).
 
 :func:`mismatches` lists what does not join, never dropped silently: another registry (name or
-sha256), concepts with coverage but no images (or the reverse), groups with no images.
+sha256), concepts with coverage but no images (or the reverse), groups with no images. Every
+column of every table is listed in :class:`clipaudit.report.Report`'s docstring.
 """
 
 from __future__ import annotations

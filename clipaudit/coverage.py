@@ -62,7 +62,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -121,7 +121,7 @@ from clipaudit.readers import (
     shard_file,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFolder, differences, write_unit
+from clipaudit.runs import LOADERS, MANIFEST, RunFolder, a_run, differences, run_kind, write_unit
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
@@ -315,6 +315,19 @@ class CoverageSettings:
             return self.batch_rows
         return LEXICAL_BATCH_ROWS if self.method == "lexical" else EMBEDDED_BATCH_ROWS
 
+    @classmethod
+    def of(cls, value: CoverageSettings | dict[str, Any] | None, name: str) -> CoverageSettings:
+        """``value`` as settings: given ones, a dict of their fields (unknown names refused with
+        the closest ones), or the defaults for None; ``name`` is the argument's, for the error."""
+        if isinstance(value, dict):
+            return cls().replace(**value)
+        if value is not None and not isinstance(value, cls):
+            raise SettingsError(
+                f"{name} must be CoverageSettings, a dict of their fields or None; got "
+                f"{type(value).__name__} {value!r:.60}"
+            )
+        return value or cls()
+
     def replace(self, **changes: Any) -> CoverageSettings:
         """A copy with some fields changed; an unknown field name is a :class:`SettingsError`."""
         known = [f.name for f in fields(self)]
@@ -484,7 +497,8 @@ def count_coverage(
 
     ``registry``: a built-in name, a YAML path or a :class:`Registry`. ``out``: the run folder (a
     new temporary folder when None). Settings come from ``settings`` with any field replaced by
-    keyword (``column="text"``, ``per_caption=True``, ``workers=2``).
+    keyword (``column="text"``, ``per_caption=True``, ``workers=2``); ``settings`` may be a dict
+    of their fields too.
 
     Writes the run folder described in this module's docstring and returns its contents. Resumes
     a run folder holding the same run; refuses one of other settings with
@@ -510,7 +524,20 @@ def count_coverage(
     if not isinstance(prune, bool):  # "no" would count as yes, and delete kept work
         raise SettingsError(f"prune must be True or False, got {prune!r:.60}")
     text_list = _caption_texts(texts) if texts is not None else None
-    settings = (settings or CoverageSettings()).replace(**setting_changes)
+    settings = CoverageSettings.of(settings, "settings").replace(**setting_changes)
+    # captions held in memory become a table now, and named sources are looked at: a mistake in
+    # either is refused before a run folder is made
+    try:
+        if text_list is not None:
+            _refuse_column(settings.column, "caption strings given as texts=")
+            memory_frame = _texts_frame(text_list)
+        else:
+            memory_frame = _caption_frame(captions, settings.column)  # None: sources, in place
+            if memory_frame is None:
+                sources = _source_specs(captions)
+                _refuse_run_folders(sources)
+    except UnicodeEncodeError as exc:
+        raise _not_unicode(exc) from None
     if settings.engine == "ray":
         from clipaudit.engines import check_ray
 
@@ -535,17 +562,10 @@ def count_coverage(
         if semantic is not None:  # which store the earlier sessions wrote to, kept for the next
             _note_semantic(folder, (folder.previous or {}).get("semantic"))
         try:
-            if text_list is not None:
-                specs = _stage(_texts_frame(text_list), out / "inputs")
-            else:
-                specs = caption_sources(captions, out / "inputs", column=settings.column)
+            specs = sources if memory_frame is None else _stage(memory_frame, out / "inputs")
             in_memory = all(Path(spec).parent == out / "inputs" for spec in specs)  # staged here
-        except UnicodeEncodeError as exc:  # a lone surrogate, which no UTF-8 file can hold
-            raise InputError(
-                f"a caption is not valid Unicode text ({exc.object[:60]!r}: a lone surrogate at "
-                f"position {exc.start}, as a bad decode leaves); drop it, or decode its source "
-                "with errors='replace'"
-            ) from None
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
         try:
             resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
         except InputError as exc:
@@ -828,24 +848,21 @@ class CaptionSources(tuple):
         return super().__new__(cls, (str(item) for item in items))
 
 
-def caption_sources(captions: Any, staging: Path, *, column: str | None = None) -> list[str]:
-    """The caption sources of ``captions`` as :func:`clipaudit.readers.resolve_sources` takes them.
+def _not_unicode(exc: UnicodeEncodeError) -> InputError:
+    """A caption holding a lone surrogate, as a bad decode leaves: no UTF-8 file can hold it."""
+    return InputError(
+        f"a caption is not valid Unicode text ({exc.object[:60]!r}: a lone surrogate at "
+        f"position {exc.start}, as a bad decode leaves); drop it, or decode its source with "
+        "errors='replace'"
+    )
 
-    Paths (a string, a ``Path``, or a list of them) are returned as they are. A pandas DataFrame
-    (its ``column``, else caption, TEXT or text) or an iterable of caption strings is written once
-    to ``staging/captions-<hash>.parquet``: the same captions give the same file, so a resumed run
-    reads an unchanged input. A list of strings is read as paths when each one exists, ends in a
-    caption-file suffix, starts with ``hf:`` or is a URL of a known scheme (``s3://``...), and as
-    captions when none does (:func:`count_coverage`'s ``texts`` always reads captions).
-    """
+
+def _source_specs(captions: Any) -> list[str]:
+    """Caption sources (a path, or a list of them, that :func:`_caption_frame` found to be no
+    captions in memory) as :func:`clipaudit.readers.resolve_sources` takes them."""
     if isinstance(captions, (str, os.PathLike)):
         return [str(captions)]
-    if isinstance(captions, CaptionSources):
-        return list(captions)
-    frame = _caption_frame(captions, column)
-    if frame is None:
-        return [str(c) for c in captions]
-    return _stage(frame, staging)
+    return [str(c) for c in captions]
 
 
 def _stage(frame: Any, staging: Path) -> list[str]:
@@ -868,10 +885,12 @@ def _caption_texts(texts: Any) -> list[str | None]:
             f"{str(texts)!r:.60}: wrap it in a list (texts=[...]), or pass a caption file as "
             "captions"
         )
-    if pd is not None and isinstance(texts, pd.DataFrame):
+    if (pd is not None and isinstance(texts, pd.DataFrame)) or isinstance(texts, Mapping):
+        table = "a dict" if isinstance(texts, Mapping) else "a DataFrame"
+        as_frame = " (as pandas.DataFrame(...))" if isinstance(texts, Mapping) else ""
         raise InputError(
-            "texts= takes caption strings; pass a DataFrame as captions, with column=... naming "
-            "its caption column"
+            f"texts= takes caption strings, got {table}; pass a DataFrame as captions{as_frame}, "
+            "with column=... naming its caption column"
         )
     if not isinstance(texts, Iterable):
         raise InputError(f"texts= takes an iterable of caption strings, got {type(texts).__name__}")
@@ -909,7 +928,15 @@ def _strings_read_as_sources(captions: Any) -> bool:
 
 
 def _caption_frame(captions: Any, column: str | None) -> Any:
-    """A DataFrame of in-memory captions (``id``, ``caption``...), or None when ``captions`` are paths."""
+    """A DataFrame of in-memory captions (``id``, ``caption``...), or None when ``captions`` are
+    caption sources (see :func:`count_coverage`).
+
+    A pandas DataFrame (its ``column``, else caption, TEXT or text), a Series or an iterable of
+    caption strings is a table, staged once by :func:`_stage`. A list of strings is read as
+    sources when each one exists, ends in a caption-file suffix, starts with ``hf:`` or is a URL
+    of a known scheme (``s3://``...), and as captions when none does."""
+    if isinstance(captions, (str, os.PathLike, CaptionSources)):
+        return None
     # a DataFrame or Series exists only once pandas is imported: paths need no pandas
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(captions, pd.DataFrame):
@@ -938,7 +965,15 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
             frame[ids[0]] = [None if pd.isna(v) else str(v) for v in frame[ids[0]]]
         return frame
     if pd is not None and isinstance(captions, pd.Series):
+        _refuse_column(column, "captions given as a Series")
         return pd.DataFrame({"caption": captions.reset_index(drop=True)})
+    if isinstance(captions, Mapping):  # iterating it would count its keys as captions
+        keys = ", ".join(repr(str(key)) for key in list(captions)[:5])
+        raise InputError(
+            f"captions is a dict (keys {keys}); give a table of captions as "
+            "pandas.DataFrame(...) with column=... naming its caption column, or the caption "
+            "strings as a list"
+        )
     if not isinstance(captions, Iterable):
         raise InputError(
             f"captions must be a path, a list of paths, a DataFrame or an iterable of strings; "
@@ -961,9 +996,38 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
         raise InputError(
             f"captions must be strings; got {type(not_text).__name__} {not_text!r} in the list"
         )
+    _refuse_column(column, "captions given as a list of strings")
     import pandas as pd
 
     return pd.DataFrame({"caption": items})
+
+
+def _refuse_column(column: str | None, what: str) -> None:
+    """Captions given as strings are staged as the column "caption": another names nothing (and
+    the staged file's error would name a file the caller never made)."""
+    if column not in (None, "caption"):
+        raise InputError(
+            f"column={column!r} names a caption column, but {what} have no columns; drop "
+            "column= (it is for caption files and DataFrames)"
+        )
+
+
+def _refuse_run_folders(specs: Sequence[str]) -> None:
+    """A clipaudit run folder named as captions (a zero-shot run's tables would be read as
+    caption files, and refused for a column they lack): said to be a run."""
+    for spec in specs:
+        manifest = Path(spec) / MANIFEST
+        if "://" in spec or not manifest.is_file():
+            continue
+        try:
+            kind = run_kind(json.loads(manifest.read_text(encoding="utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            continue  # not a run's manifest: the folder is read as captions
+        if isinstance(kind, str) and kind in LOADERS:
+            raise InputError(
+                f"{spec!r} is a clipaudit run folder ({a_run(kind)}), not captions; give the "
+                "caption files or folder the run should count"
+            )
 
 
 def _looks_like_path(item: Any) -> bool:

@@ -1045,7 +1045,7 @@ def _run_store(run: str | Path) -> tuple[dict[str, Any], Any, list[str]]:
     if not semantic:
         raise InputError(
             f"{run} is a lexical coverage run: it has no caption embeddings to index; count with "
-            "--method semantic, both or checked first"
+            "--method semantic, both or checked first (method= in Python)"
         )
     embeddings = semantic["embeddings"]
     if embeddings["source"] != "encoded":
@@ -1193,7 +1193,8 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
     folder = run / INDEX_FOLDER
     if not (folder / "index.json").is_file():
         raise InputError(
-            f"{run} has no caption index yet; build it with clipaudit coverage index {run}"
+            f"{run} has no caption index yet; build it with clipaudit coverage index {run} "
+            "(clipaudit.index_run(run) in Python)"
         )
     try:  # read before loading: the store keeps no units of work the run pruned since
         recorded = json.loads((folder / "index.json").read_text(encoding="utf-8")).get("keys")
@@ -1206,7 +1207,8 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
     if index is None or list(recorded) != keys:  # counted again over other inputs since
         raise InputError(
             f"{folder} indexes the captions of an earlier state of the run (its inputs "
-            f"changed since); rebuild it with clipaudit coverage index {run}"
+            f"changed since); rebuild it with clipaudit coverage index {run} "
+            "(clipaudit.index_run(run) in Python)"
         )
     semantic = manifest["semantic"]
     if threshold is None:
@@ -1221,7 +1223,7 @@ def read_nearest(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(
             f"{run} has no nearest.json; it is written by semantic methods (--method semantic, "
-            "both or checked)"
+            "both or checked; method= in Python)"
         )
     try:
         nearest = json.loads(path.read_text(encoding="utf-8"))

@@ -75,6 +75,9 @@ _RESUME = "run the same command again to resume"
 # a manifest that cannot be read says nothing of the run's settings: nothing in the folder can be
 # trusted, and the folder may not be clipaudit's (so --overwrite does not empty it either)
 _DAMAGED_FIX = "delete the folder or choose another --out, and run the command again"
+# what a notebook's caller passes for the options the messages name
+_OVERWRITE = "--overwrite (overwrite=True in Python)"
+_ANOTHER_OUT = "another --out (out= in Python)"
 
 # kind -> "module:function" that turns a complete run folder into its typed result; imported only
 # when such a folder is loaded, so this bottom-layer module imports nothing above it
@@ -343,14 +346,15 @@ class RunFolder:
             )
             raise RunFolderError(
                 f"{self.path} holds {a_run(self.kind)} with other settings "
-                f"({'; '.join(changed)}) {ended}; pass --overwrite to start again with these "
+                f"({'; '.join(changed)}) {ended}; pass {_OVERWRITE} to start again with these "
                 "settings (its finished work is deleted), run the earlier command again to "
-                "resume it, or choose another --out"
+                f"resume it, or choose {_ANOTHER_OUT}"
             )
         else:
             raise RunFolderError(
                 f"{self.path} holds a different {self.kind} run ({'; '.join(changed)}); run the "
-                "same command to resume it, pass --overwrite to replace it, or choose another --out"
+                f"same command to resume it, pass {_OVERWRITE} to replace it, or choose "
+                f"{_ANOTHER_OUT}"
             )
 
     def _holds_finished_work(self) -> bool:

@@ -1187,7 +1187,7 @@ def test_what_cannot_be_reported_fails_with_a_typed_error(audit_runs, tmp_path, 
         build_report([], tmp_path / "c")
     with pytest.raises(InputError, match="holds a report run"):
         build_report([audit_runs["coverage"], report.out], tmp_path / "d")
-    with pytest.raises(InputError, match="cannot report on a int"):
+    with pytest.raises(InputError, match="cannot report on an int;"):
         build_report(5, tmp_path / "e")
     with pytest.raises(InputError, match="cannot report on a dict"):
         build_report([{"coverage": 1}], tmp_path / "e")

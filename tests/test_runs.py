@@ -193,7 +193,8 @@ def test_a_manifest_damaged_by_hand_is_refused_with_the_fix(tmp_path):
         pass
     assert str(info.value) == (
         f"{run} holds a different coverage run (settings: 'abc' -> a record of settings); run "
-        "the same command to resume it, pass --overwrite to replace it, or choose another --out"
+        "the same command to resume it, pass --overwrite (overwrite=True in Python) to replace it, or "
+        "choose another --out (out= in Python)"
     )
     with RunFolder(run, "coverage", {"a": 1}, overwrite=True) as folder:
         assert folder.restarted == "--overwrite"
@@ -727,9 +728,10 @@ def test_a_failed_run_with_finished_work_and_other_settings_is_refused_saying_it
         pass
     assert str(info.value) == (
         f"{run} holds an audit run with other settings (registry: 'cai2025' -> 'miniworld') "
-        f"that failed after finishing part of its work ({why}); pass --overwrite to start "
-        "again with these settings (its finished work is deleted), run the earlier command "
-        "again to resume it, or choose another --out"
+        f"that failed after finishing part of its work ({why}); pass --overwrite "
+        "(overwrite=True in Python) to start again with these settings (its finished work is "
+        "deleted), run the earlier command again to resume it, or choose another --out (out= in "
+        "Python)"
     )
     assert (run / "units" / "shard-1.json").is_file()
     with RunFolder(run, "audit", {"registry": "miniworld"}, overwrite=True) as folder:
@@ -755,7 +757,7 @@ def test_a_stopped_run_is_named_stopped_when_read_back_or_refused(tmp_path):
         pass
     assert str(info.value) == (
         f"{run} holds a coverage run with other settings (a: 1 -> 2) that was stopped "
-        "(interrupted) after finishing part of its work; pass --overwrite to start again with "
-        "these settings (its finished work is deleted), run the earlier command again to resume "
-        "it, or choose another --out"
+        "(interrupted) after finishing part of its work; pass --overwrite (overwrite=True in "
+        "Python) to start again with these settings (its finished work is deleted), run the "
+        "earlier command again to resume it, or choose another --out (out= in Python)"
     )

@@ -197,9 +197,14 @@ def _load(item: Any) -> list[Any]:
     if parts:
         return parts
     raise InputError(
-        f"cannot report on a {type(item).__name__}; expected a run folder path or a loaded "
+        f"cannot report on {_a(type(item).__name__)}; expected a run folder path or a loaded "
         "CoverageResult, ZeroShotRun or SweepResult (clipaudit.load_run)"
     )
+
+
+def _a(name: str) -> str:
+    """``"an int"``, ``"a dict"``: a type's name with its article."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def collect(runs: Any) -> Inputs:
@@ -209,7 +214,7 @@ def collect(runs: Any) -> Inputs:
     # folders ("concept does not exist"): say what was given instead
     if isinstance(runs, Mapping) or hasattr(runs, "columns"):
         raise InputError(
-            f"cannot report on a {type(runs).__name__}; expected a run folder path, a loaded run "
+            f"cannot report on {_a(type(runs).__name__)}; expected a run folder path, a loaded run "
             "(CoverageResult, ZeroShotRun, SweepResult: clipaudit.load_run) or a list of them; "
             "for a dict of runs, pass its values: build_report(list(runs.values()))"
         )

@@ -531,7 +531,9 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 
 def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSettings:
-    """``--set Texture=0.5`` (a selection rate) or ``--set Background.perturbation=0.3``."""
+    """``--set Texture=0.5`` (a selection rate) or ``--set Background.perturbation=0.3``; one
+    rate set twice to two values is refused (the last would win without a word)."""
+    given: dict[tuple[str, str], tuple[float, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         group, _, which = key.strip().partition(".")
@@ -547,4 +549,9 @@ def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSetti
         except ValueError:
             raise SettingsError(f"--set {item!r}: the rate must be a number in [0, 1]") from None
         world = world.with_misalignment(group, what=f"--set {item!r}", **{which: rate})
+        earlier = given.setdefault((group, which), (rate, item))
+        if earlier[0] != rate:
+            raise SettingsError(
+                f"--set {earlier[1]!r} and --set {item!r} both set {group}'s {which} rate; give one"
+            )
     return world

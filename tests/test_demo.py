@@ -176,6 +176,14 @@ def test_options_are_checked_before_any_work():
         parse_misalignment(["Texture=2"], WorldSettings())
     with pytest.raises(SettingsError, match=r"--set 'Texture.perturbation=nan': perturbation"):
         parse_misalignment(["Texture.perturbation=nan"], WorldSettings())
+    with pytest.raises(
+        SettingsError,
+        match=r"--set 'Texture=0.5' and --set 'Texture.selection=0.6' both set Texture's "
+        r"selection rate; give one",
+    ):
+        parse_misalignment(["Texture=0.5", "Texture.selection=0.6"], WorldSettings())
+    twice = parse_misalignment(["Texture=0.5", "Texture=0.5"], WorldSettings())
+    assert twice.misalignment["Texture"] == Misalignment(0.5)
     with pytest.raises(SettingsError, match=r"did you mean 'Texture'"):
         DemoSettings(sweep="Textures")
     assert parse_rates("0, 0.5,1") == (0.0, 0.5, 1.0)

@@ -46,6 +46,7 @@ def _overrides(
         "learning_rate": learning_rate,
         "device": device,
     }
+    options = {key: value for key, value in overrides.items() if value is not None}
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key.strip():
@@ -71,15 +72,31 @@ def _overrides(
             )
         if isinstance(loaded, str) and _EXPONENT_NUMBER.fullmatch(loaded.strip()):
             loaded = float(loaded)
-        overrides[key.strip()] = loaded
+        key = key.strip()
+        # `--steps 100 --set steps=200` trained 200 steps without a word
+        if key in options and options[key] != loaded:
+            option = "--" + key.replace("_", "-")
+            raise SettingsError(
+                f"{key} given twice, as {option} {options[key]} and --set {key}={value.strip()}; "
+                "give one"
+            )
+        overrides[key] = loaded
     return overrides
+
+
+def _split(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training settings and the probe's (``--set n_fit=2000``) of :func:`_overrides`."""
+    from clipaudit.theory.config import split_settings
+
+    return split_settings({key: value for key, value in overrides.items() if value is not None})
 
 
 SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5 (fixed; add "
     "final_temperature=3 to move it from 0.5 to 3 over training), mixing=conditioned, "
     "negatives=same-modality, whiten_outputs=false, lr_schedule=constant, hidden_widths=[64,64], "
-    "weight_decay=0.1, group_size=8."
+    "weight_decay=0.1, group_size=8; or a size of the probe: n_fit=2000 (default 20000), "
+    "n_val, n_test, kernel_components, n_prototypes."
 )
 
 
@@ -223,11 +240,13 @@ def run(
         seed=seed,
         perturbation_covariance=perturbation_covariance,
     )
+    training, evaluation = _split(_overrides(steps, batch_size, learning_rate, device, settings))
     result = run_scenario(
         out,
         scenario,
         profile=profile,
-        training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
+        training_overrides=training,
+        evaluation_overrides=evaluation,
         n_bins=n_bins,
         identified_threshold=identified_threshold,
         margin=margin,
@@ -279,18 +298,20 @@ def check(
     from clipaudit.theory import run_check, summarise
     from clipaudit.theory.config import parse_seeds
 
+    training, evaluation = _split(_overrides(steps, batch_size, learning_rate, device, settings))
     result = run_check(
         out,
         seeds=parse_seeds(seeds),
-        latents=_split(latents),
-        kinds=_split(kinds),
+        latents=_names(latents),
+        kinds=_names(kinds),
         profile=profile,
         n_bins=n_bins,
         identified_threshold=identified_threshold,
         margin=margin,
         threads=threads,
         progress=not quiet,
-        training_overrides=_overrides(steps, batch_size, learning_rate, device, settings),
+        training_overrides=training,
+        evaluation_overrides=evaluation,
         perturbation_covariance=perturbation_covariance,
         overwrite=overwrite,
     )
@@ -327,5 +348,5 @@ def _print_margins(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def _split(text: str) -> list[str]:
+def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]

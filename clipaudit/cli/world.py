@@ -31,6 +31,18 @@ def render(
         help="A group's caption misalignment, repeatable: Texture=0.5 (how often captions "
         "mention it), Background.perturbation=0.3 (how often a mention is wrong). " + GROUPS_HELP,
     ),
+    # None: the world's own default (WorldSettings), written out only in the help
+    n_train: int | None = typer.Option(
+        None, "--n-train", help="Training pairs (default 16,000: the demo's world)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Side of the square pictures, a multiple of 16 (default 32)."
+    ),
+    n_eval_per_group: int | None = typer.Option(
+        None,
+        "--n-eval-per-group",
+        help="Held-out pictures per group, balanced over its values (default 240).",
+    ),
     overwrite: bool = OverwriteOption,
     # taken as every stage takes it, so a script can quiet each alike; rendering (seconds)
     # draws no progress bar, so there is none to take off
@@ -44,9 +56,9 @@ def render(
     from clipaudit.world.settings import WorldSettings
     from clipaudit.world.world import render_world_run
 
-    run = render_world_run(
-        parse_misalignment(set_rates, WorldSettings(seed=seed)), out, overwrite=overwrite
-    )
+    sizes = {"n_train": n_train, "image_size": image_size, "n_eval_per_group": n_eval_per_group}
+    world = WorldSettings(seed=seed, **{k: v for k, v in sizes.items() if v is not None})
+    run = render_world_run(parse_misalignment(set_rates, world), out, overwrite=overwrite)
     table = Table(title=repr(run))
     for column in ("group", "category", "mention rate", "realised", "wrong", "true mentions"):
         words = column in ("group", "category")

@@ -265,10 +265,12 @@ class Scenario(CheckedFields):
 
     @property
     def x_dim(self) -> int:
+        """Size of the image's latents (s, m_x), the input of g_x."""
         return self.n_semantics + self.n_modality
 
     @property
     def t_dim(self) -> int:
+        """Size of the text's latents (s~ of I_theta, m_t), the input of g_t."""
         return len(self.selected) + self.n_modality
 
     @property
@@ -299,6 +301,7 @@ class Scenario(CheckedFields):
         return self.name.rsplit("_seed", 1)[0]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with the name, the invariant block and the resolved size."""
         record = dataclasses.asdict(self)
         record["name"] = self.name
         record["invariant"] = list(self.invariant)
@@ -607,6 +610,51 @@ def training_profile(name: str, **overrides: Any) -> TrainingSettings:
     return dataclasses.replace(PROFILES[name], **changes)
 
 
+# evaluation settings that `theory run` and `check` take as options of their own
+_OWN_OPTIONS = {
+    "n_bins": "--n-bins",
+    "identified_threshold": "--identified-threshold",
+    "margin": "--margin",
+}
+
+
+def split_settings(
+    settings: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``KEY=VALUE`` settings (``--set``) split into training settings (for
+    :func:`training_profile`) and evaluation settings (the probe sizes of
+    :class:`EvaluationSettings`, e.g. ``n_fit``). A key of neither, or one with an option of its
+    own (``n_bins``), or one of the scenario's, is a :class:`SettingsError` saying where it goes."""
+    training_fields = [f.name for f in dataclasses.fields(TrainingSettings) if f.name != "profile"]
+    evaluation_fields = [
+        f.name for f in dataclasses.fields(EvaluationSettings) if f.name not in _OWN_OPTIONS
+    ]
+    scenario_fields = [f.name for f in dataclasses.fields(Scenario)]
+    training: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in training_fields:
+            training[key] = value
+        elif key in evaluation_fields:
+            evaluation[key] = value
+        elif key in _OWN_OPTIONS:
+            raise SettingsError(f"{key!r} has its own option: give {_OWN_OPTIONS[key]}")
+        elif key in scenario_fields:
+            raise SettingsError(
+                f"{key!r} is a setting of the scenario, not of its training: give "
+                f"--{key.replace('_', '-')} (theory run)"
+            )
+        elif key == "profile":
+            raise SettingsError("'profile' is chosen by --profile (quick or paper)")
+        else:
+            known = [*training_fields, *evaluation_fields]
+            raise SettingsError(
+                f"unknown setting {key!r}; expected a training setting ({', '.join(training_fields)}) "
+                f"or a probe setting ({', '.join(evaluation_fields)}){did_you_mean(key, known)}"
+            )
+    return training, evaluation
+
+
 def default_sweep(
     seeds: int | Sequence[int] = 2,
     latents: Sequence[str] = LATENT_MODES,
@@ -670,5 +718,6 @@ __all__ = [
     "default_sweep",
     "format_index_list",
     "parse_index_list",
+    "split_settings",
     "training_profile",
 ]

@@ -36,6 +36,7 @@ def stream_seed(seed: int, stream: str) -> int:
 
 
 def torch_generator(seed: int, stream: str, device: str = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded for the named stream of ``seed`` (:func:`stream_seed`)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(stream_seed(seed, stream))
     return generator
@@ -69,6 +70,8 @@ class LatentModel:
 
 
 def build_latent_model(scenario: Scenario) -> LatentModel:
+    """The covariances of ``scenario``: identities, or Wishart draws of its ``covariance`` stream
+    with causal dependence; Sigma_a as ``scenario.perturbation_covariance`` says."""
     n_s, n_m = scenario.n_semantics, scenario.n_modality
     rng = np.random.default_rng(stream_seed(scenario.seed, "covariance"))
     if scenario.causal_dependence:
@@ -183,6 +186,7 @@ class Mixing:
 
 
 def build_mixing(scenario: Scenario, n_layers: int, kind: str, condition_quantile: float) -> Mixing:
+    """g_x and g_t of ``scenario`` (:func:`invertible_mlp_weights`), from its ``mixing`` stream."""
     rng = np.random.default_rng(stream_seed(scenario.seed, "mixing"))
     x_weights, x_conditions = invertible_mlp_weights(
         scenario.x_dim, n_layers, kind, condition_quantile, rng

@@ -95,6 +95,7 @@ class SweepResult:
 
     @property
     def failed(self) -> list[str]:
+        """Scenarios the theorem applies to that disagree with it."""
         return [name for name, ok in self.verdicts.items() if not ok]
 
     @property
@@ -159,6 +160,11 @@ def _settings_record(training: TrainingSettings, evaluation: EvaluationSettings)
 _JUDGEMENT = ("identified_threshold", "margin")
 
 
+# how often a group is checkpointed changes no number it computes (checkpoints fall on the data's
+# chunk boundaries), so a run resumes or is reused under another frequency
+_NOT_IN_THE_NUMBERS = ("training.checkpoint_every",)
+
+
 # settings added since runs were first written, whose default is not what older runs did: the
 # probe was an exact kernel ridge before Nystroem features
 _BEFORE_THEY_EXISTED = {"evaluation": {"kernel_components": "exact"}}
@@ -176,7 +182,11 @@ def _differences(previous: Mapping[str, Any], settings: Mapping[str, Any]) -> li
         part: {**defaults[part], **_BEFORE_THEY_EXISTED.get(part, {}), **previous.get(part, {})}
         for part in now
     }
-    return differences(before, now, ignore=[f"evaluation.{key}" for key in _JUDGEMENT])
+    return differences(
+        before,
+        now,
+        ignore=[*(f"evaluation.{key}" for key in _JUDGEMENT), *_NOT_IN_THE_NUMBERS],
+    )
 
 
 def _with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
@@ -690,9 +700,23 @@ def _assemble(
     return result
 
 
-def _evaluation(n_bins: int, identified_threshold: float, margin: float) -> EvaluationSettings:
+def _evaluation(
+    n_bins: int,
+    identified_threshold: float,
+    margin: float,
+    overrides: Mapping[str, Any] | None = None,
+) -> EvaluationSettings:
+    """The evaluation settings of a run: the check's bins and thresholds, and ``overrides`` of the
+    probe's sizes (``{"n_fit": 2000}``; the three given as arguments may not be among them)."""
+    overrides = dict(overrides or {})
+    for key in ("n_bins", "identified_threshold", "margin"):
+        if key in overrides:
+            raise SettingsError(
+                f"evaluation_overrides holds {key!r}, which has its own argument: give {key}= "
+                "(on the command line its own option)"
+            )
     return EvaluationSettings(
-        n_bins=n_bins, identified_threshold=identified_threshold, margin=margin
+        n_bins=n_bins, identified_threshold=identified_threshold, margin=margin, **overrides
     )
 
 
@@ -708,13 +732,15 @@ def run_scenario(
     threads: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    evaluation_overrides: dict[str, Any] | None = None,
 ) -> SweepResult:
     """One configuration trained under ``profile`` (some settings replaced by
-    ``training_overrides``, e.g. ``{"steps": 1000}``) and checked against the theory."""
+    ``training_overrides``, e.g. ``{"steps": 1000}``; the probe's sizes by
+    ``evaluation_overrides``, e.g. ``{"n_fit": 2000}``) and checked against the theory."""
     return run_sweep(
         [scenario],
         training_profile(profile, **(training_overrides or {})),
-        _evaluation(n_bins, identified_threshold, margin),
+        _evaluation(n_bins, identified_threshold, margin, evaluation_overrides),
         out,
         threads=threads,
         progress=progress,
@@ -737,16 +763,17 @@ def run_check(
     training_overrides: dict[str, Any] | None = None,
     perturbation_covariance: str = "semantics",
     overwrite: bool = False,
+    evaluation_overrides: dict[str, Any] | None = None,
 ) -> SweepResult:
     """The paper's sweep (:func:`default_sweep`) trained under ``profile`` (some settings replaced
-    by ``training_overrides``) and checked."""
+    by ``training_overrides``, the probe's sizes by ``evaluation_overrides``) and checked."""
     scenarios = default_sweep(
         seeds=seeds, latents=latents, kinds=kinds, perturbation_covariance=perturbation_covariance
     )
     return run_sweep(
         scenarios,
         training_profile(profile, **(training_overrides or {})),
-        _evaluation(n_bins, identified_threshold, margin),
+        _evaluation(n_bins, identified_threshold, margin, evaluation_overrides),
         out,
         threads=threads,
         progress=progress,
@@ -879,6 +906,22 @@ def margins_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# what check.md's variables and columns are, said once above its tables
+LEGEND = (
+    "- s_i: the i-th shared semantic, in the image always, in the text when selected (I_theta); "
+    "roles: invariant (selected, never perturbed: I_theta \\ I_beta), perturbed (in I_beta), "
+    "unselected (the text omits it)",
+    "- s~i: the value of s_i that the text carries, perturbed in some texts (one row per "
+    "perturbed semantic)",
+    "- m_x, m_t: the image-specific and text-specific latents (R^2 averaged over their "
+    "coordinates)",
+    "- x: the image encoder's representation, t: the text encoder's; linear and nonlinear "
+    "(kernel ridge) R^2 of predicting the variable from it, on fresh samples",
+    "- predicted: identified where the theorem says so (exactly the invariant semantics)",
+    "- agrees: both encoders' nonlinear R^2 meet the rule above",
+)
+
+
 def check_markdown(
     summaries: Sequence[dict[str, Any]],
     settings: dict[str, Any],
@@ -911,6 +954,8 @@ def check_markdown(
         "R^2 <= ceiling + {margin} (ceiling: population R^2 from the invariant block).".format(
             **settings["evaluation"]
         ),
+        "",
+        *LEGEND,
     ]
     if margin_rows:
         lines += ["", "## Agreement and margins per seed", "", *margins_markdown(margin_rows)]
@@ -947,6 +992,8 @@ def check_markdown(
             f"- training: profile {training['profile']}, {training['steps']} steps, batch "
             f"{training['batch_size']}, learning rate {training['learning_rate']}, on "
             f"{provenance['device']} (every setting in manifest.json)",
+            "- probe: fit on {n_fit} samples, chosen on {n_val}, R^2 on {n_test}; kernel ridge on "
+            "{kernel_components} Nystroem features".format(**settings["evaluation"]),
             f"- seeds {', '.join(str(seed) for seed in provenance['seeds'])}",
             f"- clipaudit {provenance['clipaudit_version']} (git {provenance['git_hash']}), "
             f"this session started {provenance['started']}",

@@ -100,7 +100,8 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _pattern(texture: str, x: np.ndarray, y: np.ndarray, period: float) -> np.ndarray:
-    """Where ``texture`` puts its lighter shade, at image coordinates ``x``, ``y``."""
+    """Where ``texture`` puts its shade of the object's colour (darker on a light colour, lighter
+    on a dark one), at image coordinates ``x``, ``y``."""
     if texture == "plain":
         return np.zeros(np.broadcast_shapes(x.shape, y.shape), dtype=bool)
     if texture == "striped":
@@ -167,14 +168,14 @@ def _render_chunk(
         rows = np.flatnonzero(part["Shape"] == shape)
         if len(rows):
             inside[rows] = _shape_mask(shape, u[rows], v[rows])
-    lighter = np.zeros((m, size, size), dtype=bool)
+    patterned = np.zeros((m, size, size), dtype=bool)
     for texture in TEXTURES[1:]:
         rows = np.flatnonzero(part["Texture"] == texture)
         if len(rows):
-            lighter[rows] = _pattern(texture, xx, yy, PATTERN_PERIOD * size)
+            patterned[rows] = _pattern(texture, xx, yy, PATTERN_PERIOD * size)
 
-    # every pixel is the backdrop (0), the object's colour (1) or its lighter shade (2)
-    index = inside.view(np.uint8) + (inside & lighter).view(np.uint8)
+    # every pixel is the backdrop (0), the object's colour (1) or its pattern's shade (2)
+    index = inside.view(np.uint8) + (inside & patterned).view(np.uint8)
     fill = np.array([COLORS[c] for c in part["Color"]], dtype=np.float32)
     light = (fill @ LUMA > 127.5)[:, None]
     shade = np.where(light, fill * (1 - PATTERN_MIX), fill + PATTERN_MIX * (255.0 - fill))

@@ -304,4 +304,5 @@ class TrainSettings(CheckedFields):
         }
 
     def describe(self) -> dict[str, Any]:
+        """JSON-ready form (a training's identity is built from it, a demo's settings hold it)."""
         return dataclasses.asdict(self)

@@ -81,6 +81,7 @@ class TrainedModel:
 
     @property
     def losses(self) -> list[float]:
+        """The loss of every training step, read from ``train_log.csv``."""
         import pandas as pd
 
         return pd.read_csv(self.log)["loss"].tolist()
@@ -225,6 +226,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Fused AdamW over :func:`param_groups`, with open_clip's CLIP betas (0.9, 0.98), eps 1e-6."""
     import torch
 
     return torch.optim.AdamW(

@@ -45,6 +45,8 @@ def test_probe_sizes_are_settings_of_the_evaluation():
         # the scenario's and the profile's are no training settings
         ("n_semantics", r"'n_semantics' is a setting of the scenario.*--n-semantics"),
         ("causal_dependence", r"--causal-dependence"),
+        # theory check has no --seed: its seeds are --seeds
+        ("seed", r"give --seed \(theory run\) or --seeds \(theory check\)$"),
         ("profile", r"'profile' is chosen by --profile"),
         # a misspelt evaluation setting is told the closest, as a training one is
         ("n_fitt", r"unknown setting 'n_fitt'.*did you mean 'n_fit'"),

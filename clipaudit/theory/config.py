@@ -640,9 +640,14 @@ def split_settings(
         elif key in _OWN_OPTIONS:
             raise SettingsError(f"{key!r} has its own option: give {_OWN_OPTIONS[key]}")
         elif key in scenario_fields:
+            # theory check sweeps its scenarios' seeds (--seeds) and sets the rest itself
+            option = (
+                "--seed (theory run) or --seeds (theory check)"
+                if key == "seed"
+                else (f"--{key.replace('_', '-')} (theory run)")
+            )
             raise SettingsError(
-                f"{key!r} is a setting of the scenario, not of its training: give "
-                f"--{key.replace('_', '-')} (theory run)"
+                f"{key!r} is a setting of the scenario, not of its training: give {option}"
             )
         elif key == "profile":
             raise SettingsError("'profile' is chosen by --profile (quick or paper)")

@@ -36,7 +36,7 @@ import torch
 from clipaudit.errors import RunFolderError, SettingsError, keyword_checked
 from clipaudit.provenance import atomic_write_text, read_table_csv, write_json, write_table
 from clipaudit.runs import RunFolder, differences, fingerprint
-from clipaudit.text import slug
+from clipaudit.text import counted, slug
 from clipaudit.theory.config import (
     LATENT_MODES,
     SWEEP_KINDS,
@@ -535,7 +535,7 @@ def _train_and_evaluate(
             initial=simulation.step,
             disable=not progress,
             unit="step",
-            desc=f"training group {number}/{len(groups)} ({len(group)} scenarios)",
+            desc=f"training group {number}/{len(groups)} ({counted(len(group), 'scenario')})",
             leave=False,
         )
 

@@ -178,3 +178,33 @@ def test_a_finished_run_is_reused_whatever_its_checkpoint_frequency(tmp_path):
     )
     assert again.timings["groups"] == []  # nothing trained again
     assert again.r2.equals(first.r2)
+
+
+def test_theory_run_says_which_configurations_its_folder_holds_besides_its_tables(
+    monkeypatch, tmp_path, capsys
+):
+    """A folder reused for another configuration keeps the earlier ones in results/ (a check
+    reuses them) while its tables show only this one: said, not left for a reader to miss."""
+    from types import SimpleNamespace
+
+    import clipaudit.theory
+    from clipaudit.cli import main
+
+    out = tmp_path / "run"
+    (out / "results").mkdir(parents=True)
+
+    def fake_run(folder, scenario, **options):
+        (folder / "results" / f"{scenario.name}.json").write_text("{}")
+        return SimpleNamespace(failed=[])
+
+    monkeypatch.setattr(clipaudit.theory, "run_scenario", fake_run)
+    monkeypatch.setattr(clipaudit.theory, "summarise", lambda result: [_summary()])
+    args = ["theory", "run", "--out", str(out), "--quiet", "--perturbed", "1"]
+    main([*args, "--selected", "1-2"])
+    assert "trained into this folder earlier" not in capsys.readouterr().out
+    main([*args, "--selected", "1-3"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (
+        "the tables are this configuration's; 1 other trained into this folder earlier "
+        "(ind_sel1-2_pert1_seed0) stay in results/ and are reused when run again"
+    ) in printed

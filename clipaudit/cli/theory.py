@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clipaudit.cli._common import OverwriteOption, command_group, plain_console
+from clipaudit.text import counted
 
 app = command_group(
     "Check the misalignment theory on synthetic latents, with the audit's own metrics."
@@ -258,6 +259,15 @@ def run(
     console.print(
         f"outputs in {out}/ (r2.csv, check.md, coverage/, zeroshot/, figures/, manifest.json)"
     )
+    # the folder keeps every configuration trained into it (a check reuses them), but its
+    # tables are this one's: said, so that a reader does not look for the earlier ones there
+    others = sorted(p.stem for p in (out / "results").glob("*.json") if p.stem != scenario.name)
+    if others:
+        console.print(
+            f"the tables are this configuration's; {counted(len(others), 'other')} trained into "
+            f"this folder earlier ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+            "stay in results/ and are reused when run again"
+        )
     # a script's `theory run ... && next` must not go on as if the theory held (an encoding
     # size outside the theorem is not judged: no verdict, exit 0)
     if result.failed:

@@ -1089,19 +1089,27 @@ def _run_shards(
 
     options = manifest["options"]
     specs = [_counted_input(run, record) for record in manifest["inputs"]]
-    sources = resolve_sources(specs, hf_split=options["hf_split"], exclude=run)
     layout = manifest["semantic"]["embeddings"]["layout"]
-    planned = {
-        f"{shard.key}.{fingerprint(layout, 8)}": shard
-        for shard in plan_shards(
-            sources,
-            column=options["column"],
-            id_column=options["id_column"],
-            shard_rows=options["shard_rows"],
-            skip_bad=True,
-        )
-        if isinstance(shard, Shard)
-    }
+    try:
+        sources = resolve_sources(specs, hf_split=options["hf_split"], exclude=run)
+        planned = {
+            f"{shard.key}.{fingerprint(layout, 8)}": shard
+            for shard in plan_shards(
+                sources,
+                column=options["column"],
+                id_column=options["id_column"],
+                shard_rows=options["shard_rows"],
+                skip_bad=True,
+            )
+            if isinstance(shard, Shard)
+        }
+    except InputError as exc:  # an input moved or removed since the count: say why it is read
+        raise InputError(
+            f"{run}: the index reads the run's captions again from the inputs it counted, and "
+            f"one of them cannot be read now ({exc}); put it back where the run counted it, or "
+            f"count the run again naming its inputs where they are now (clipaudit coverage count "
+            f"INPUTS --out {run}, with the run's other settings), then index it"
+        ) from None
     shards, origins = [], []
     for key in keys:
         shard = planned.get(key)
@@ -1265,6 +1273,7 @@ def calibrate(
     device: str = "auto",
     profile: str = "curated",
     spacy_model: str | None = None,
+    progress: bool = False,
 ) -> CalibrationReport:
     """Fit per-concept thresholds (``semantic``, ``sense``, ``additions``) for ``encoder`` on
     labelled captions (JSON lines: id, caption, concepts), save them to ``out`` with the encoder's
@@ -1272,7 +1281,10 @@ def calibrate(
     ``spacy_model``: the ``checked`` thresholds are fitted on its hits, and a ``checked`` run
     under another profile refuses them), and score every method by ``folds``-fold cross-validation (each
     caption predicted by thresholds fitted on the other folds only; per file when several are
-    given)."""
+    given). ``progress``: a bar over the texts encoded (the concepts' texts and glosses, then the
+    captions)."""
+    from tqdm.auto import tqdm
+
     from clipaudit.goldeval import load_gold
     from clipaudit.lexical import build_matcher
     from clipaudit.registry import load_registry
@@ -1287,7 +1299,7 @@ def calibrate(
         fit_context,
         gather_evidence,
     )
-    from clipaudit.semantic.concepts import concept_embeddings
+    from clipaudit.semantic.concepts import concept_embeddings, concept_texts
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
     from clipaudit.semantic.store import encode_captions
 
@@ -1324,21 +1336,31 @@ def calibrate(
     check_folds(folds, sum(map(len, golds)))
     matcher = build_matcher(registry, profile, spacy_model=spacy_model)
     model = load_encoder(spec)
-    concepts = concept_embeddings(registry, model)
-    parts, fitted_on = [], []
-    for path, labelled in zip(paths, golds, strict=True):
-        captions = [g.caption for g in labelled]
-        parts.append(
-            gather_evidence(
-                # as a run embeds them: a blank caption's vector is zero (near no concept)
-                captions,
-                [g.concepts for g in labelled],
-                encode_captions(model, captions),
-                concepts,
-                matcher,
+    n_texts = sum(len(concept_texts(c)) + 1 for c in registry.concepts)  # and each gloss alone
+    bar = tqdm(
+        total=n_texts + sum(map(len, golds)), desc="calibrate: encoding", unit=" texts",
+        disable=not progress,
+    )  # fmt: skip
+    with bar:
+        told = _BatchReporting(model, bar.update)  # each encoder batch, as it is done
+        concepts = concept_embeddings(registry, told)
+        parts, fitted_on = [], []
+        for path, labelled in zip(paths, golds, strict=True):
+            captions = [g.caption for g in labelled]
+            before = bar.n
+            vectors = encode_captions(told, captions)
+            bar.update(len(captions) - (bar.n - before))  # blank ones are not encoded
+            parts.append(
+                gather_evidence(
+                    # as a run embeds them: a blank caption's vector is zero (near no concept)
+                    captions,
+                    [g.concepts for g in labelled],
+                    vectors,
+                    concepts,
+                    matcher,
+                )
             )
-        )
-        fitted_on.append(describe_labelled(path, len(labelled)))
+            fitted_on.append(describe_labelled(path, len(labelled)))
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # the same file name in two folders: their full paths
         names = [str(p) for p in paths]

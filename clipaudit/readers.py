@@ -673,10 +673,30 @@ def plan_shards(
     A parquet file whose footer cannot be read yields a :class:`SkippedShard` with ``skip_bad``
     and raises :class:`BadShardError` without it.
     """
+    _refuse_columns_of_text(sources, column=column, id_column=id_column)
     planner = _Planner(column, id_column, shard_rows, skip_bad)
     for index, source in enumerate(sources):
         description = descriptions[index] if descriptions is not None else describe_source(source)
         yield from planner.plan(index, source, description)
+
+
+def _refuse_columns_of_text(
+    sources: Sequence[Source], *, column: str | None, id_column: str | None
+) -> None:
+    """A caption or id column named for a corpus of text files alone, which have no columns (a
+    line is a caption, numbered by its row): refused, not passed over unsaid. Beside a file with
+    columns, the option is that file's."""
+    if not sources or any(source.kind != "txt" for source in sources):
+        return
+    for option, value in (("column", column), ("id_column", id_column)):
+        if value is not None:
+            flag = "--" + option.replace("_", "-")
+            raise InputError(
+                f"{flag} {value!r} names a column, but every caption source is a text file, which "
+                f"has none (each line is a caption, numbered by its row; e.g. {sources[0].spec}); "
+                f"drop {flag} ({option}= in Python), or give the captions as .parquet or .jsonl "
+                "with that column"
+            )
 
 
 class _Planner:

@@ -34,8 +34,8 @@ SpacyModelOption = typer.Option(
     help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
     "part-of-speech checks in the curated profile.",
 )
-# eval and calibrate show no progress bar: -q is taken so that a script passing it to every
-# long-running command runs
+# eval shows no progress bar: -q is taken so that a script passing it to every long-running
+# command runs
 QuietOption = typer.Option(
     False, "--quiet", "-q", help="Taken as other commands take it; this one shows no progress bar."
 )
@@ -157,8 +157,8 @@ def count(
     nearest: int = typer.Option(
         5,
         "--nearest",
-        help="Captions nearest to each concept kept in nearest.json (those within 0.05 of its "
-        "threshold).",
+        help="Captions nearest to each concept kept in nearest.json (among those whose cosine is "
+        "at least its threshold less 0.05).",
     ),
     device: str = EncoderDeviceOption,
     encode_batch: int = typer.Option(
@@ -498,7 +498,9 @@ def calibrate(
         "checked count under another profile refuses the calibration.",
     ),
     spacy_model: str | None = SpacyModelOption,
-    quiet: bool = QuietOption,
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar (over the texts encoded)."
+    ),
 ) -> None:
     """Fit per-concept thresholds for an encoder on labelled captions; print cross-validated
     precision and recall of every method; write the calibration with the encoder's identity."""
@@ -510,7 +512,7 @@ def calibrate(
         )
     report = fit(
         gold, out, encoder=encoder, registry=registry, folds=folds, min_positives=min_positives,
-        device=device, profile=profile, spacy_model=spacy_model,
+        device=device, profile=profile, spacy_model=spacy_model, progress=not quiet,
     )  # fmt: skip
     scores = report.cross_validation
     table = Table(

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, SettingsError
+from clipaudit.errors import InputError, SettingsError, one_line
 from clipaudit.provenance import now_iso, sha256_file, write_json
 from clipaudit.semantic.encoders import describe_difference, describe_encoder, same_encoder
 
@@ -345,12 +345,26 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
         path = Path(path)
+        fix = (
+            "expected the JSON file clipaudit coverage calibrate writes (fit one with clipaudit "
+            "coverage calibrate GOLD.jsonl --out FILE, and give FILE)"
+        )
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: unreadable calibration file ({exc})") from None
+            raise InputError(
+                f"{path}: unreadable calibration file ({one_line(exc)}); {fix}"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-            raise InputError(f"{path}: not a clipaudit semantic calibration file")
+            got = (
+                f"its format is {doc['format']!r:.60}"
+                if isinstance(doc, dict) and "format" in doc
+                else "it has no 'format'"
+            )
+            raise InputError(
+                f"{path}: not a clipaudit semantic calibration file ({got}, not "
+                f"{CALIBRATION_FORMAT!r}); {fix}"
+            )
         try:
             concepts = doc["concepts"]
             names = tuple(concepts)

@@ -710,10 +710,20 @@ def finite_rows(vectors: np.ndarray, path: str | Path, rows: np.ndarray) -> np.n
     return vectors
 
 
+# what each kind of LAION file is, for a message naming what to give
+_LAION_FILES = {
+    "text embeddings": "LAION's caption embeddings, text_emb_N.npy files (row-aligned with the "
+    "metadata_N.parquet files beside them), or a folder of them",
+    "metadata": "the LAION metadata the embeddings are row-aligned with, metadata_N.parquet files "
+    "(by default those beside the text_emb_N.npy files), or a folder of them",
+}
+
+
 def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
     """The files of ``spec`` (files or folders); a folder's files are those of the first of
     ``patterns`` that any match."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    expected = f"; expected {_LAION_FILES[what]}" if what in _LAION_FILES else ""
     files: list[Path] = []
     for item in items:
         path = Path(item)
@@ -722,9 +732,11 @@ def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise InputError(f"{what} {str(path)!r} does not exist")
+            raise InputError(f"{what} {str(path)!r} does not exist{expected}")
     if not files:
-        raise InputError(f"no {what} files ({patterns[-1]}) in {', '.join(map(str, items))}")
+        raise InputError(
+            f"no {what} files ({' or '.join(patterns)}) in {', '.join(map(str, items))}{expected}"
+        )
     return files
 
 

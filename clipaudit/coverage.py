@@ -21,8 +21,10 @@ caption in worker processes (:mod:`clipaudit.lexical`) on this machine or as Ray
 
 With a semantic ``method`` (``semantic``, ``both``, ``checked``: :mod:`clipaudit.coverage_semantic`)
 the tables also hold ``<view>_count`` and ``<view>_rate`` for each view the method counts
-(``semantic``; ``semantic`` and ``union``; ``checked``), ``matches.parquet`` holds the method's own
-matches (for ``both``, the union), and the run adds::
+(``semantic``; ``semantic`` and ``union``; ``checked``; ``mean_concept_rate`` stays the lexical
+view's), ``matches.parquet`` holds the method's own matches (for ``both``, the union),
+``examples.json`` stays the lexical hits' (what a semantic view counted is in ``nearest.json``),
+and the run adds::
 
     RUN/nearest.json               per concept, the nearest captions (input, file, id, caption),
                                    their cosine, counted or not

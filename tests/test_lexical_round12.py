@@ -22,6 +22,10 @@ CASES = [
     ("a pair of zebra finches in a cage", ["bird"]),
     ("a manatee, also called a sea cow", []),
     ("a zebra and a cow in a field", ["zebra", "cow"]),
+    # "zebra crossing" is a crosswalk, but with an object it is zebras crossing something
+    ("A herd of zebra crossing a river with trees in the background.", ["zebra"]),
+    ("people walk over a zebra crossing in London", []),
+    ("cars stop at the zebra crossing", ["car"]),
     # idioms: an exclamation, a boy and a girl
     ("40th birthday water bottle, Holy Cow I'm 40, birthday drink Bottle", ["bottle"]),
     ("animals of a farm, and children pigeon pair Stock Vector", []),

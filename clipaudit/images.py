@@ -51,7 +51,12 @@ from clipaudit.errors import InputError, SettingsError, did_you_mean, one_line
 from clipaudit.registry import Concept, Registry
 from clipaudit.text import normalize
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {"jpg", "jpeg", "jfif", "png", "webp", "gif", "bmp", "tif", "tiff", "avif"}
+)
+# images Pillow does not read (an iPhone's photos): listed saying so, not as "not an image"
+HEIF_EXTENSIONS = frozenset({"heic", "heif"})
+HEIF_UNREAD = "a HEIC/HEIF image, which Pillow does not read; convert it to JPEG or PNG"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb threshold (~89 Mpx)
 # no image within the pixel limit takes more (16-bit RGBA TIFF, uncompressed: 0.7 GiB); a larger
 # "image" (a disk image named .jpg, a link to /proc/kcore) is refused before it fills memory
@@ -170,6 +175,7 @@ class _Names:
         # where a source's labels were read from, and what picks others: said when not one of
         # them names a concept (labels of another kind: class numbers, captions)
         self.hint: str | None = None
+        self.concepts_as_groups: list[str] = []  # folders named as concepts where groups go
 
     @cached_property
     def _synonym_owners(self) -> dict[str, list[Concept]]:
@@ -190,6 +196,7 @@ class _Names:
             return found
         concept = self.concepts.get(_fold(name))
         if concept is not None:  # ROOT/<concept>/: the group level is missing
+            self.concepts_as_groups.append(name)
             self.problems[
                 f"{where} {name!r} is a concept, not a group; move it into its group's folder "
                 f"({concept.group}/{name}/: the layout is <group>/<concept>/)"
@@ -235,6 +242,15 @@ class _Names:
     def raise_problems(self, source: str) -> None:
         if not self.problems:
             return
+        group = self.groups.get(_fold(Path(source).name))
+        if group is not None and len(self.concepts_as_groups) == len(self.problems):
+            # --images ROOT/Color: a group's own folder, whose folders are its concepts
+            raise InputError(
+                f"{source} is the folder of group {group!r} (its folders "
+                f"{', '.join(self.concepts_as_groups)} are its concepts); give the folder above "
+                f"it, {str(Path(source).parent)!r}, as the images: the layout is "
+                "ROOT/<group>/<concept>/"
+            )
         listed = "; ".join(
             problem + (f" ({count} times)" if count > 1 else "")
             for problem, count in list(self.problems.items())[:_MAX_LISTED]
@@ -261,8 +277,14 @@ class _Names:
             )
         raise InputError(
             f"{len(self.problems)} name(s) in {source} match no registry entry: {listed}{more}. "
-            f"Names must be registry group/concept names (case, spaces, '-' and '_' do not matter); "
-            f"see `clipaudit concepts list`"
+            "Names must be registry group/concept names (case, spaces, '-' and '_' do not "
+            "matter; see `clipaudit concepts list`)"
+            + (
+                ": rename or remove those that are none, or give a registry that has them "
+                "(--registry FILE, your own YAML; `clipaudit concepts validate FILE`)"
+                if self.unmatched
+                else ""
+            )
         )
 
 
@@ -509,7 +531,9 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                 if reason:  # listed, not dropped unsaid
                     ignored.append({"path": _shown(file), "reason": reason})
                 continue
-            if _extension(file.name) not in IMAGE_EXTENSIONS:
+            if _extension(file.name) in HEIF_EXTENSIONS:
+                ignored.append({"path": _shown(file), "reason": HEIF_UNREAD})
+            elif _extension(file.name) not in IMAGE_EXTENSIONS:
                 ignored.append({"path": _shown(file), "reason": "not an image file extension"})
             elif not names.is_selected(group):
                 unselected += 1
@@ -746,8 +770,7 @@ def _webdataset_images(
                             ignored.append(
                                 {
                                     "path": where,
-                                    "reason": f"no concept label (json {label_field!r} or txt)"
-                                    + _json_keys(read, members.get("json"), label_field),
+                                    "reason": _no_label(read, members, label_field, label),
                                 }
                             )
                             continue
@@ -770,8 +793,11 @@ def _webdataset_images(
                             )
                         )
         except tarfile.TarError as exc:
+            # "unexpected end of data": the file ends inside a sample (a download stopped)
+            what = "is cut off or damaged" if "end of data" in str(exc) else "is no readable tar"
             raise InputError(
-                f"shard {str(shard)!r} is not a readable uncompressed tar: {exc}"
+                f"shard {str(shard)!r} {what} ({exc}; an uncompressed tar was expected); copy or "
+                "write the shard again, or move it out of the shards"
             ) from None
     if read_from["json"]:
         hint = f"the labels are the samples' json key {label_field!r} (--label-field)"
@@ -788,6 +814,24 @@ def _webdataset_images(
     keys = f"; the json has keys {', '.join(json_keys[:10])}" if json_keys else ""
     names.hint = hint + keys
     return ImageSet(source, "webdataset", records, ignored, unselected)
+
+
+def _no_label(
+    read: Callable[[tarfile.TarInfo], bytes],
+    members: dict[str, tarfile.TarInfo],
+    label_field: str,
+    label: Any,
+) -> str:
+    """Why a sample has no concept label, and what would give it one: a number (a json class
+    index, webdataset's ``.cls``) names no concept without the list it counts in."""
+    need = f"the label must be the concept's name, in the sample's json {label_field!r} or its .txt"
+    if isinstance(label, int | float) and not isinstance(label, bool):
+        return f"its json {label_field!r} is {label}, a number: {need}"
+    reason = f"no concept label (json {label_field!r} or txt)"
+    if "cls" in members:
+        number = read(members["cls"])[:40].decode("utf-8", "replace").strip()
+        return f"{reason}, only class number {number} (.cls): {need}"
+    return reason + _json_keys(read, members.get("json"), label_field)
 
 
 def _json_keys(
@@ -1079,7 +1123,7 @@ def decode_image(
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not a recognised image (corrupt, or not an image file)") from None
+        raise BadImage(_unrecognised(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImage(f"too large: {exc}{RAISE_LIMIT}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -1088,6 +1132,25 @@ def decode_image(
             f"undecodable ({'truncated' if 'truncated' in reason else reason})"
         ) from None
     return to_rgb(upright(image))
+
+
+# ISO base-media brands of HEIF stills and sequences (what iPhones save, often renamed .jpg)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+def _unrecognised(data: bytes) -> str:
+    """Why Pillow identified no image in ``data``: a format it does not read, named, or none."""
+    if data[4:8] == b"ftyp":
+        end = min(int.from_bytes(data[:4], "big"), len(data), 256)  # the ftyp box's end
+        brands = {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+        if brands & {b"avif", b"avis"}:  # AVIF lists HEIF's mif1 too: asked first
+            return (
+                "an AVIF image, which this Pillow does not read; install a Pillow built with "
+                "AVIF (PIL.features.check('avif') says) or convert it to JPEG or PNG"
+            )
+        if brands & _HEIF_BRANDS:
+            return HEIF_UNREAD.replace("image,", "image (whatever its name says),")
+    return "not a recognised image (corrupt, or not an image file)"
 
 
 RAISE_LIMIT = " (raise it with --max-pixels (max_pixels= in Python) for images you trust)"

@@ -224,6 +224,12 @@ def resolve_architecture(model: str) -> str:
         return model
     if model.endswith(".json"):
         return _register_config(Path(model))
+    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES and Path(model).is_file():
+        raise ModelError(
+            f"{model!r} is a checkpoint file (weights), not a model; give it as --pretrained, "
+            "with the architecture it was trained as --model (an open_clip name or its "
+            "model-config JSON)"
+        )
     known = open_clip.list_models()
     if model not in known:
         raise ModelError(
@@ -296,6 +302,33 @@ def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
     return spec.pretrained
 
 
+def _text_instead_of_weights(path: str) -> str | None:
+    """What a checkpoint file that is text holds ("is a model config (JSON)", "is a text file"),
+    or None for a binary file: weights are a pickle, a zip, safetensors or numpy, never text."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None  # the loader says why
+    if not head or b"\0" in head:
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not a character cut at the end of the block
+            return None
+    if head.startswith(b"version https://git-lfs"):  # a clone made without git-lfs
+        return "is a Git LFS pointer, not weights: fetch the weights with `git lfs pull`"
+    if head.lstrip().startswith(b"{") and b'"embed_dim"' in head:
+        return (
+            "is a model config (JSON), not weights: give it as --model and the weights as "
+            "--pretrained"
+        )
+    return (
+        "is a text file, not weights: give the checkpoint file (.safetensors, .pt) as --pretrained"
+    )
+
+
 def check_checkpoint(path: str, label: str) -> None:
     """Read the checkpoint file ``path`` as a state dict, unpickling nothing but tensors, or raise
     :class:`ModelError` saying what it holds instead. Read here before open_clip reads it: when
@@ -315,6 +348,9 @@ def check_checkpoint(path: str, label: str) -> None:
             f"{prefix} is named with {suffix!r}; open_clip reads a safetensors file only by the "
             f"lower-case suffix: rename it to {str(Path(path).with_suffix('.safetensors'))!r}"
         )
+    text = _text_instead_of_weights(path)
+    if text is not None:  # torch's reason would be an unpickling error and advice to unpickle
+        raise ModelError(f"{prefix} cannot be read as tensors alone: it {text}")
     try:
         if path.endswith(".safetensors"):  # tensors alone by design: their names say enough
             from safetensors import safe_open

@@ -217,6 +217,12 @@ def _print_run(run) -> None:
             f"{info['label']}: {info['n_encoded']} encoded ({rate}), {info['n_cached']} from cache, "
             f"{info['device']} {info['precision']}"
         )
+        if info.get("random_weights_seed") is not None:  # --pretrained forgotten, or a baseline
+            console.print(
+                f"{info['label']} has random weights (--pretrained none or not given): its "
+                "scores are a chance baseline, not a trained model's",
+                style="yellow",
+            )
     skipped = manifest["skipped_images"]
     if skipped:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])

@@ -35,6 +35,7 @@ from clipaudit.errors import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
 from clipaudit.runs import MANIFEST, RunFolder, differences, load_run
+from clipaudit.text import counted
 
 STAGES = ("coverage", "zeroshot", "report")
 
@@ -192,6 +193,17 @@ _STAGE_ARGUMENTS = {
 }
 
 
+def _echo_left_out(manifest: dict[str, Any], where: Path, echo: Callable[[str], None]) -> None:
+    """The images the zero-shot stage skipped (undecodable, unreadable) and the files it ignored
+    (strays, unlabelled samples), as `clipaudit zeroshot` says them: no score is over them."""
+    skipped = len(manifest.get("skipped_images") or [])
+    ignored = ((manifest.get("inputs") or {}).get("images") or {}).get("n_ignored") or 0
+    parts = [counted(skipped, "image") + " skipped"] if skipped else []
+    parts += [counted(ignored, "file") + " ignored"] if ignored else []
+    if parts:
+        echo(f"    {' and '.join(parts)}: listed in {where}")
+
+
 def check_stage_options(
     images: str | Path,
     models: Any,
@@ -286,6 +298,7 @@ def run_audit_stages(
         **(zeroshot or {}),
     )
     timings["zeroshot_s"] = round(time.perf_counter() - clock, 3)
+    _echo_left_out(aware.manifest, out / "zeroshot" / MANIFEST, echo)
 
     clock = time.perf_counter()
     echo(f"{first_stage + 2}/{n_stages} report")

@@ -148,3 +148,28 @@ def test_tab_completion_lists_the_api_and_its_modules_not_the_package_internals(
     assert {n for n in listed if not n.startswith("__")} == {
         n for n in public if not n.startswith("__")
     }
+
+
+def test_an_audit_says_which_images_it_skipped_and_ignored(tiny_runs, tmp_path):
+    """`clipaudit zeroshot` prints the images it skipped and the files it ignored; an audit, whose
+    zero-shot stage is the same run, said nothing of them, in its lines or anywhere a user looks
+    first."""
+    import shutil
+
+    import clipaudit
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_runs["images"], images)
+    (images / "Animal" / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    (images / "Animal" / "cat" / "notes.txt").write_text("shot on a Tuesday")
+    lines: list[str] = []
+    audit = clipaudit.run_audit(
+        ["a dog", "a cat"], images, tiny_runs["spec"], tmp_path / "audit",
+        zeroshot={"groups": ["Animal"], "cache_dir": None, "workers": 0, "device": "cpu"},
+        report={"n_bootstrap": 0}, progress=False, echo=lines.append,
+    )  # fmt: skip
+    manifest = tmp_path / "audit" / "zeroshot" / "manifest.json"
+    assert f"    1 image skipped and 1 file ignored: listed in {manifest}" in lines
+    assert [s["path"] for s in audit.zeroshot.manifest["skipped_images"]] == [
+        str(images / "Animal" / "dog" / "broken.jpg")
+    ]

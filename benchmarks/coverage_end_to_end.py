@@ -95,6 +95,8 @@ def breakdown(corpus: Path, run: Path, profile: str, started: float) -> dict[str
     spent: dict[str, float] = {"imports": time.process_time() - clock}
 
     def wrap(owner: object, name: str, phase: str) -> None:
+        if not hasattr(owner, name):  # a tree of another version (--other) has other names
+            return
         function = getattr(owner, name)
 
         def timed_call(*args: object, **kwargs: object) -> object:
@@ -109,7 +111,9 @@ def breakdown(corpus: Path, run: Path, profile: str, started: float) -> dict[str
     # the phases, outermost first; each inner one is subtracted from the one around it below
     wrap(coverage, "count_coverage", "count_coverage")
     wrap(coverage, "load_registry", "registry")
-    wrap(coverage, "caption_sources", "inputs")
+    wrap(coverage, "caption_sources", "inputs")  # before 2026-12-02's fourteenth session
+    wrap(coverage, "_caption_frame", "inputs")
+    wrap(coverage, "_refuse_run_folders", "inputs")
     wrap(coverage, "resolve_sources", "inputs")
     wrap(coverage, "describe_source", "inputs")
     wrap(coverage._Dispatch, "execute", "counting")

@@ -228,7 +228,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
             *base, "-c", str(captions), "-i", images, "-o", str(out), "--skip-bad",
             "--groups", "Animal, Color", "--id-column", "key",
             "--cache-dir", str(tmp_path / "cache"), "--caption-split", "train",
-            "--max-pixels", "100000",
+            "--max-pixels", "100000", "--all-concepts",
         ]
     )  # fmt: skip
     coverage = json.loads((out / "coverage" / "manifest.json").read_text())
@@ -241,6 +241,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
     assert settings["zeroshot"]["max_pixels"] == 100_000
     zeroshot = json.loads((out / "zeroshot" / "manifest.json").read_text())
     assert zeroshot["settings"]["max_pixels"] == 100_000
+    assert settings["zeroshot"]["all_concepts"] is zeroshot["settings"]["all_concepts"] is True
     assert len(list((tmp_path / "cache").glob("*/*.emb.npy"))) == 1  # the one model's shard
 
 

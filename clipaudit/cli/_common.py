@@ -88,3 +88,9 @@ MaxPixelsOption = typer.Option(
     help="Skip images of more pixels than this as decompression bombs (default: Pillow's limit, "
     "about 89 million); raise it for large images you trust.",
 )
+AllConceptsOption = typer.Option(
+    False,
+    "--all-concepts",
+    help="Classify among all concepts of a group, not only those with images (distractors count "
+    "as errors).",
+)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import typer
 
-from clipaudit.cli._common import MaxPixelsOption, OverwriteOption, RegistryOption, plain_console
+from clipaudit.cli._common import (
+    AllConceptsOption,
+    MaxPixelsOption,
+    OverwriteOption,
+    RegistryOption,
+    plain_console,
+)
 
 console = plain_console()
 
@@ -78,6 +84,7 @@ def audit(
     templates: str = typer.Option(
         "none", "--templates", "-t", help="Zero-shot templates: none, simple, ensemble or a file."
     ),
+    all_concepts: bool = AllConceptsOption,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
     max_pixels: int | None = MaxPixelsOption,
@@ -108,6 +115,8 @@ def audit(
         "device": device,
         "batch_size": batch_size,
         **pixel_limit(max_pixels),
+        # given only when on: audits made before the option recorded none, and resume alike
+        **({"all_concepts": True} if all_concepts else {}),
     }
     if no_cache or cache_dir is not None:  # else the settings' default folder
         zeroshot["cache_dir"] = None if no_cache else cache_dir

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from clipaudit.cli._common import (
+    AllConceptsOption,
     MaxPixelsOption,
     OverwriteOption,
     RegistryOption,
@@ -95,11 +96,7 @@ def zeroshot(
         "-t",
         help="none (bare concept name, the paper's setting), simple, ensemble, or a file of templates.",
     ),
-    all_concepts: bool = typer.Option(
-        False,
-        "--all-concepts",
-        help="Classify among all concepts of a group, not only those with images (distractors count as errors).",
-    ),
+    all_concepts: bool = AllConceptsOption,
     batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
     workers: int | None = typer.Option(
         None,

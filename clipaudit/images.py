@@ -56,7 +56,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # images Pillow does not read (an iPhone's photos): listed saying so, not as "not an image"
 HEIF_EXTENSIONS = frozenset({"heic", "heif"})
-HEIF_UNREAD = "a HEIC/HEIF image, which Pillow does not read; convert it to JPEG or PNG"
+HEIF_UNREAD = "which Pillow does not read; convert it to JPEG or PNG"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb threshold (~89 Mpx)
 # no image within the pixel limit takes more (16-bit RGBA TIFF, uncompressed: 0.7 GiB); a larger
 # "image" (a disk image named .jpg, a link to /proc/kcore) is refused before it fills memory
@@ -532,7 +532,9 @@ def _folder_images(root: Path, names: _Names) -> ImageSet:
                     ignored.append({"path": _shown(file), "reason": reason})
                 continue
             if _extension(file.name) in HEIF_EXTENSIONS:
-                ignored.append({"path": _shown(file), "reason": HEIF_UNREAD})
+                ignored.append(
+                    {"path": _shown(file), "reason": f"a HEIC/HEIF image, {HEIF_UNREAD}"}
+                )
             elif _extension(file.name) not in IMAGE_EXTENSIONS:
                 ignored.append({"path": _shown(file), "reason": "not an image file extension"})
             elif not names.is_selected(group):
@@ -1149,7 +1151,7 @@ def _unrecognised(data: bytes) -> str:
                 "AVIF (PIL.features.check('avif') says) or convert it to JPEG or PNG"
             )
         if brands & _HEIF_BRANDS:
-            return HEIF_UNREAD.replace("image,", "image (whatever its name says),")
+            return f"a HEIC/HEIF image (whatever its name says), {HEIF_UNREAD}"
     return "not a recognised image (corrupt, or not an image file)"
 
 

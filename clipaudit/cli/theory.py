@@ -28,6 +28,12 @@ PROFILE_HELP = (
 _EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+def _exponent_number(value: Any) -> Any:
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _overrides(
     steps: int | None,
     batch_size: int | None,
@@ -71,8 +77,11 @@ def _overrides(
             raise SettingsError(
                 f"--set {setting!r}: no value; give one, e.g. temperature=0.5{hint}"
             )
-        if isinstance(loaded, str) and _EXPONENT_NUMBER.fullmatch(loaded.strip()):
-            loaded = float(loaded)
+        loaded = (
+            [_exponent_number(v) for v in loaded]
+            if isinstance(loaded, list)
+            else _exponent_number(loaded)
+        )
         key = key.strip()
         # `--steps 100 --set steps=200` trained 200 steps without a word
         if key in options and options[key] != loaded:
@@ -96,8 +105,8 @@ SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5 (fixed; add "
     "final_temperature=3 to move it from 0.5 to 3 over training), mixing=conditioned, "
     "negatives=same-modality, whiten_outputs=false, lr_schedule=constant, hidden_widths=[64,64], "
-    "weight_decay=0.1, group_size=8; or a size of the probe: n_fit=2000 (default 20000), "
-    "n_val, n_test, kernel_components, n_prototypes."
+    "weight_decay=0.1, group_size=8; or a size of the probe: n_fit=2000 (default 20000; 2e3 "
+    "reads as 2000), n_val, n_test, kernel_components, n_prototypes."
 )
 
 

@@ -101,7 +101,11 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
     if stripped.isdigit():
         count = int(stripped)
         if not 1 <= count <= MAX_SEEDS:
-            raise SettingsError(f"--seeds: expected a count from 1 to {MAX_SEEDS}; got {text!r}")
+            # "0" is most likely seed 0 alone, which a count cannot say
+            fix = "; for seed 0 alone give --seeds 0, (seeds=(0,) in Python)" if count == 0 else ""
+            raise SettingsError(
+                f"--seeds: expected a count from 1 to {MAX_SEEDS}; got {text!r}{fix}"
+            )
         return count
     seeds: list[int] = []
     for part in (p.strip() for p in stripped.split(",")):
@@ -401,7 +405,8 @@ class TrainingSettings(CheckedFields):
             isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths
         ):
             raise SettingsError(
-                f"hidden_widths must be positive integers, e.g. (128, 128); got {self.hidden_widths!r}"
+                "hidden_widths must be positive integers, e.g. (128, 128) (--set "
+                f"hidden_widths=[128,128] on the command line); got {self.hidden_widths!r}"
             )
         object.__setattr__(self, "hidden_widths", widths)
         for name in ("whiten_outputs", "widths_scale_with_input"):
@@ -482,7 +487,8 @@ class EvaluationSettings(CheckedFields):
             raise SettingsError(
                 f"n_bins (--n-bins) {self.n_bins} needs at least 10 prototypes per bin "
                 f"({10 * self.n_bins}), and n_prototypes is {self.n_prototypes}: use at most "
-                f"{self.n_prototypes // 10} bins, or more prototypes"
+                f"{self.n_prototypes // 10} bins, or more prototypes (--set "
+                f"n_prototypes={10 * self.n_bins})"
             )
         # a value of another type met the comparisons below as a TypeError
         if not (_is_number(self.identified_threshold) and 0.0 < self.identified_threshold <= 1.0):
@@ -618,13 +624,41 @@ _OWN_OPTIONS = {
 }
 
 
+def whole_numbers(name: str, value: Any, annotation: str) -> Any:
+    """The value of setting ``name`` (a field annotated ``annotation``) with a float that is an
+    exact integer taken as that integer where the field holds integers: the command line reads
+    ``1e3`` and ``2.0`` as floats, and ``--set n_fit=1e3`` means 1000. A float that is not whole
+    is refused; a value of another type is left to the settings' own checks."""
+    if annotation in ("int", "int | str") and isinstance(value, float):
+        if value.is_integer():  # False for inf and nan too
+            return int(value)
+        raise SettingsError(
+            f"{name} must be an integer (a whole number: 2000, 2e3 or 2000.0); got {value!r}"
+        )
+    if annotation == "tuple[int, ...]" and isinstance(value, (list, tuple)):
+        floats = [v for v in value if isinstance(v, float)]
+        if any(not v.is_integer() for v in floats):
+            raise SettingsError(
+                f"{name} must be integers (whole numbers: [64,64] or [64.0,6.4e1]); got "
+                f"{list(value)!r}"
+            )
+        return type(value)(int(v) if isinstance(v, float) else v for v in value)
+    return value
+
+
 def split_settings(
     settings: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``KEY=VALUE`` settings (``--set``) split into training settings (for
     :func:`training_profile`) and evaluation settings (the probe sizes of
-    :class:`EvaluationSettings`, e.g. ``n_fit``). A key of neither, or one with an option of its
+    :class:`EvaluationSettings`, e.g. ``n_fit``), integer ones given as whole floats (``1e3``)
+    taken as integers (:func:`whole_numbers`). A key of neither, or one with an option of its
     own (``n_bins``), or one of the scenario's, is a :class:`SettingsError` saying where it goes."""
+    annotations = {
+        f.name: f.type
+        for part in (TrainingSettings, EvaluationSettings)
+        for f in dataclasses.fields(part)
+    }
     training_fields = [f.name for f in dataclasses.fields(TrainingSettings) if f.name != "profile"]
     evaluation_fields = [
         f.name for f in dataclasses.fields(EvaluationSettings) if f.name not in _OWN_OPTIONS
@@ -634,9 +668,9 @@ def split_settings(
     evaluation: dict[str, Any] = {}
     for key, value in settings.items():
         if key in training_fields:
-            training[key] = value
+            training[key] = whole_numbers(key, value, annotations[key])
         elif key in evaluation_fields:
-            evaluation[key] = value
+            evaluation[key] = whole_numbers(key, value, annotations[key])
         elif key in _OWN_OPTIONS:
             raise SettingsError(f"{key!r} has its own option: give {_OWN_OPTIONS[key]}")
         elif key in scenario_fields:
@@ -725,4 +759,5 @@ __all__ = [
     "parse_index_list",
     "split_settings",
     "training_profile",
+    "whole_numbers",
 ]

@@ -19,7 +19,6 @@ A run folder holds, besides ``manifest.json``:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -288,10 +287,6 @@ def judge(
     return r2_nonlinear <= ceiling + evaluation.margin
 
 
-def _fingerprint(record: Any) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _variable_role(scenario: Scenario, variable: str) -> str:
     if variable.startswith("s~"):
         return "perturbed-text"
@@ -388,7 +383,8 @@ def _check_memory(scenarios: list[Scenario], training: TrainingSettings) -> None
             f"training {size} configuration(s) at once needs more than "
             f"{needed / 2**30:,.1f} GiB (hidden_widths {list(training.hidden_widths)}, batch_size "
             f"{training.batch_size}), and {training.device} has {total / 2**30:,.1f} GiB; lower "
-            "hidden_widths, batch_size or group_size"
+            "hidden_widths (--set hidden_widths=[...]), batch_size (--batch-size) or group_size "
+            "(--set group_size=N); training_overrides= in Python"
         )
 
 
@@ -481,7 +477,8 @@ def _run_sweep(
         if stale:
             raise RunFolderError(
                 f"{out} holds results of {len(stale)} scenario(s) generated differently, e.g. "
-                f"{stale[0]}; pass --overwrite to replace them, or choose another --out"
+                f"{stale[0]}; pass --overwrite (overwrite=True in Python) to replace them, or "
+                "choose another --out (out= in Python)"
             )
         timings = _train_and_evaluate(folder, scenarios, training, evaluation, progress)
         return _assemble(folder, scenarios, training, evaluation, threads, check, timings)
@@ -527,8 +524,10 @@ def _train_and_evaluate(
             continue
         group_started = time.perf_counter()
         simulation = BatchedSimulation(group, training)
-        # keyed by the scenarios' whole records, so a changed data-generating process starts afresh
-        checkpoint = out / "checkpoints" / f"group-{_fingerprint([s.to_dict() for s in group])}.pt"
+        # keyed by the scenarios' whole records, so a changed data-generating process starts
+        # afresh. A checkpoint named by the former sha256 hash is not found: that group trains
+        # again from its seeds (the same numbers), and checkpoints/ goes at the end
+        checkpoint = out / "checkpoints" / f"group-{fingerprint([s.to_dict() for s in group])}.pt"
         resumed_at = simulation.step if simulation.load(checkpoint) else 0
         bar = tqdm(
             total=training.steps,

@@ -118,6 +118,7 @@ from clipaudit.readers import (
     SkippedShard,
     Source,
     describe_source,
+    pick_caption_column,
     plan_shards,
     resolve_sources,
     shard_file,
@@ -942,14 +943,7 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
     # a DataFrame or Series exists only once pandas is imported: paths need no pandas
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(captions, pd.DataFrame):
-        wanted = column or next((c for c in ("caption", "TEXT", "text") if c in captions), None)
-        if wanted is None or wanted not in captions:
-            columns = ", ".join(map(str, captions.columns))
-            raise InputError(
-                f"the DataFrame has no caption column {wanted or '(caption, TEXT or text)'!r}"
-                f"{did_you_mean(str(wanted), map(str, captions.columns)) if wanted else ''}; "
-                f"its columns are {columns}; name one with column=..."
-            )
+        wanted = pick_caption_column(list(captions.columns), column, "the DataFrame", "column=")
         keep = [wanted, *[c for c in ("id", "key", "SAMPLE_ID") if c in captions][:1]]
         frame = captions[keep].reset_index(drop=True)
         if pd.api.types.infer_dtype(frame[wanted], skipna=True) not in ("string", "empty"):

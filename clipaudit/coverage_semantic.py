@@ -37,8 +37,9 @@ dispatcher, unit records, resume and merge. What it adds:
   (:class:`~clipaudit.semantic.checked.SenseChecker`). Each view (``semantic``, ``union``,
   ``checked``) gets per-concept, per-group and per-category counts, written as ``<view>_count`` and
   ``<view>_rate`` beside the lexical ``count`` and ``rate`` (the lexical matcher always runs).
-- **nearest captions**: per concept, the ``nearest`` captions most similar to it (cosine, down to
-  ``near_margin`` below its semantic threshold), each flagged ``counted`` when the run's method
+- **nearest captions**: per concept, the ``nearest`` distinct captions most similar to it (cosine,
+  down to ``near_margin`` below its semantic threshold; a text repeated, as web alt-text is, once at
+  its best score), each flagged ``counted`` when the run's method
   counted it for that concept, with the input and file it came from (ids repeat across inputs):
   ``RUN/nearest.json``.
 - **on Ray** (``--engine ray``): the same, the driver encoding and the Ray tasks reading the store
@@ -85,7 +86,8 @@ OWN_VIEW = {"semantic": "semantic", "both": "union", "checked": "checked"}
 DEFAULT_ENCODER = "st:all-MiniLM-L6-v2"
 NEAREST_SELECTION = (
     "per concept, the captions with the highest cosine to the concept's vector among those within "
-    "near_margin of the concept's semantic threshold, ties to the earlier caption; 'counted': whether "
+    "near_margin of the concept's semantic threshold, each caption text once (its best score), "
+    "ties to the earlier caption; 'counted': whether "
     "the run's method counted the caption for that concept"
 )
 # the rule of clipaudit.semantic.store.holds_no_word: a run counted under an earlier one (signs

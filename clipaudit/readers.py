@@ -844,7 +844,7 @@ class _Planner:
         ``schema`` (None: unknown, as in JSON lines) says is not text."""
         picked = self.picked.get(index)
         if picked is None or self.column is not None:
-            column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", where)
+            column = pick_caption_column(names, self.column, where)
         else:
             column = _picked_column(names, picked[0], "caption", _COLUMN_OPTION, picked[2], where)
         if picked is None or self.id_column is not None:
@@ -967,7 +967,7 @@ class _Planner:
         names = dataset.column_names
         if names is None:  # features unknown until the first example is read
             names = list(next(_stream_chunks(dataset.iter(batch_size=1), source.spec), {}))
-        column = _pick_column(names, self.column, CAPTION_COLUMNS, "caption", source.spec)
+        column = pick_caption_column(names, self.column, source.spec)
         id_column = _pick_id_column(names, self.id_column, source.spec)
         features = getattr(dataset, "features", None)  # None: types known only from the rows
         if features is not None:
@@ -1159,23 +1159,31 @@ def _jsonl_keys(
     )
 
 
-def _pick_column(
-    names: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: object
+def pick_caption_column(
+    names: Sequence[str], wanted: str | None, where: object, option: str = _COLUMN_OPTION
 ) -> str:
+    """The caption column of a table whose columns are ``names``: ``wanted``, else the one of
+    :data:`CAPTION_COLUMNS` it holds. Two of those (caption and TEXT) are refused: which one
+    would be counted showed only in the manifest. ``option``: how the caller names a column."""
     if wanted is not None:
         if wanted in names:
             return wanted
         raise InputError(
-            f"{where}: no {what} column {wanted!r}{did_you_mean(wanted, names)}; its columns are "
-            f"{', '.join(map(str, names)) or 'none'} (choose one with {_COLUMN_OPTION})"
+            f"{where}: no caption column {wanted!r}{did_you_mean(wanted, map(str, names))}; its "
+            f"columns are {', '.join(map(str, names)) or 'none'} (choose one with {option})"
         )
-    found = next((name for name in defaults if name in names), None)
-    if found is None:
+    found = [name for name in CAPTION_COLUMNS if name in names]
+    if not found:
         raise InputError(
-            f"{where}: no {what} column: looked for {', '.join(defaults)}; its columns are "
-            f"{', '.join(map(str, names)) or 'none'} (choose one with {_COLUMN_OPTION})"
+            f"{where}: no caption column: looked for {', '.join(CAPTION_COLUMNS)}; its columns "
+            f"are {', '.join(map(str, names)) or 'none'} (choose one with {option})"
         )
-    return found
+    if len(found) > 1:
+        raise InputError(
+            f"{where}: holds more than one caption column ({', '.join(found)}); expected one "
+            f"when none is named: name one with {option}"
+        )
+    return found[0]
 
 
 def _picked_column(

@@ -845,7 +845,7 @@ def test_unknown_settings_and_ambiguous_inputs_are_refused(tiny, tmp_path):
         count_coverage(["a cat"], tiny, tmp_path / "a", colum="text")
     with pytest.raises(InputError, match=r"mixes caption sources"):
         count_coverage(["a cat", "captions.parquet"], tiny, tmp_path / "b")
-    with pytest.raises(InputError, match=r"has no caption column 'caption'"):
+    with pytest.raises(InputError, match=r"the DataFrame: no caption column 'caption'"):
         count_coverage(
             pd.DataFrame({"caption_text": ["a cat"]}), tiny, tmp_path / "c", column="caption"
         )
@@ -1407,3 +1407,39 @@ def test_per_caption_rows_say_which_input_they_came_from(tiny, tmp_path):
     assert {(e["input"], e["caption"]) for e in cats} >= {(0, "a red cat"), (1, "a cat")}
     alone = run([first, second], tiny, tmp_path / "two", per_caption=True)
     assert alone.manifest["ids"] == {"n_null": 0, "n_repeated": 0, "inputs": []}
+
+
+def test_a_dataframe_holding_two_caption_columns_is_refused_unless_one_is_named(tiny, tmp_path):
+    """As a file is: with caption and TEXT both there and no column named, which one is counted
+    is not guessed."""
+    frame = pd.DataFrame({"caption": ["a red cat"], "TEXT": ["a dog"]})
+    with pytest.raises(InputError) as refused:
+        count_coverage(frame, tiny, tmp_path / "a")
+    message = str(refused.value)
+    assert "holds more than one caption column (caption, TEXT)" in message
+    assert "column=" in message
+    counts = run(frame, tiny, tmp_path / "b", column="TEXT").concepts.set_index("concept")
+    assert (counts["count"]["dog"], counts["count"]["cat"]) == (1, 0)
+
+
+def test_a_same_size_edit_inside_a_file_with_its_time_restored_is_recounted_with_verify_inputs(
+    tiny, tmp_path
+):
+    """An input is known by its size, time and edges (first and last 64 KiB): an edit of the
+    same size inside it, its time put back, leaves those as they were. --verify-inputs hashes
+    every byte, so the edited file is counted again, not resumed from the earlier count."""
+    path = tmp_path / "captions.txt"
+    filler = ["a plain wall"] * 12_000  # ~150 KiB: the edit lies between the hashed edges
+    path.write_text("\n".join([*filler[:6000], "a red car", *filler[6000:]]) + "\n")
+    out = tmp_path / "run"
+    first = run([path], tiny, out, verify_inputs=True)
+    assert first.concepts.set_index("concept")["count"]["cat"] == 0
+    stat = path.stat()
+    data = path.read_bytes()
+    assert data.count(b"a red car") == 1 and 1 << 16 < data.index(b"a red car") < len(data) - (
+        1 << 16
+    )
+    path.write_bytes(data.replace(b"a red car", b"a red cat"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = run([path], tiny, out, verify_inputs=True)
+    assert not again.reused and again.concepts.set_index("concept")["count"]["cat"] == 1

@@ -850,20 +850,20 @@ def test_a_folder_reads_one_caption_column_and_refuses_a_file_without_it(tmp_pat
     column of its own (one corpus, one column); skipped and listed with --skip-bad."""
     folder = tmp_path / "corpus"
     folder.mkdir()
-    write_parquet(folder / "a.parquet", {"caption": ["a dog"], "TEXT": ["A DOG"]})
-    write_parquet(folder / "b.parquet", {"TEXT": ["a cat"], "url": ["u"]})
+    write_parquet(folder / "a.parquet", {"caption": ["a dog"], "alt": ["A DOG"]})
+    write_parquet(folder / "b.parquet", {"TEXT": ["a cat"], "alt": ["A CAT"]})
     with pytest.raises(InputError) as refused:
         read_all([folder])
     message = str(refused.value)
     assert message.startswith(f"{folder / 'b.parquet'}: no caption column 'caption'")
     assert str(folder / "a.parquet") in message  # where the folder's column was picked
-    assert "its columns are TEXT, url" in message and "--column" in message
+    assert "its columns are TEXT, alt" in message and "--column" in message
     planned = list(plan_shards(resolve_sources([folder]), skip_bad=True))
     assert [type(item).__name__ for item in planned] == ["Shard", "SkippedShard"]
     assert planned[1].label == str(folder / "b.parquet")
     assert "no caption column 'caption'" in planned[1].reason
     # the column every file has, named, reads them all
-    assert read_all([folder], column="TEXT")[1] == ["A DOG", "a cat"]
+    assert read_all([folder], column="alt")[1] == ["A DOG", "A CAT"]
     # another source picks its own: a file alone is a corpus of its own
     alone = write_parquet(tmp_path / "c.parquet", {"TEXT": ["a cow"]})
     assert read_all([folder / "a.parquet", alone])[1] == ["a dog", "a cow"]
@@ -909,7 +909,7 @@ def test_a_column_picked_for_a_folder_names_shards_as_the_same_column_named_does
     folder = tmp_path / "corpus"
     folder.mkdir()
     for name in ("a", "b"):
-        write_parquet(folder / f"{name}.parquet", {"id": [1], "caption": ["x"], "text": ["y"]})
+        write_parquet(folder / f"{name}.parquet", {"id": [1], "caption": ["x"], "alt": ["y"]})
     sources = resolve_sources([folder])
     picked = list(plan_shards(sources))
     named = list(plan_shards(sources, column="caption", id_column="id"))
@@ -1020,3 +1020,53 @@ def test_counts_in_reader_messages_agree_with_their_number(tmp_path):
     nul.write_bytes(b"a\x00")
     with pytest.raises(InputError, match=r"1 of its first 2 bytes is NUL;"):
         read_all([nul])
+
+
+def _two_caption_columns(tmp_path, kind):
+    """A source of ``kind`` whose rows hold both caption and TEXT (lower and upper case)."""
+    rows = {"caption": ["a dog", "a cat"], "TEXT": ["A DOG", "A CAT"], "id": [1, 2]}
+    if kind == "parquet":
+        return str(write_parquet(tmp_path / "both.parquet", rows))
+    if kind == "jsonl":
+        path = tmp_path / "both.jsonl"
+        records = [
+            dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(path)
+    import datasets
+
+    if kind == "saved":
+        datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
+        return str(tmp_path / "saved")
+    folder = tmp_path / "hub_like"  # a dataset streamed through datasets, as from the hub
+    folder.mkdir()
+    write_parquet(folder / "part.parquet", rows)
+    return f"hf:{folder}"
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "saved", "stream"])
+def test_a_source_holding_two_caption_columns_is_refused_unless_one_is_named(
+    tmp_path, monkeypatch, kind
+):
+    """Which of caption and TEXT a file is read from was only to be seen in the manifest:
+    with no column named, the ambiguity is refused, naming both and the fix; named, either is
+    read. A file with one of them reads as before."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    spec = _two_caption_columns(tmp_path, kind)
+    with pytest.raises(InputError) as refused:
+        read_all([spec])
+    message = str(refused.value)
+    assert "holds more than one caption column (caption, TEXT)" in message
+    assert "name one with --column, or column= in Python" in message
+    assert read_all([spec], column="TEXT")[1:3] == (["A DOG", "A CAT"], [1, 2])
+    assert read_all([spec], column="caption")[1:3] == (["a dog", "a cat"], [1, 2])
+    alone = write_parquet(tmp_path / "alone.parquet", {"TEXT": ["a cow"], "alt": ["x"]})
+    assert read_all([alone])[1] == ["a cow"]
+
+
+def test_a_file_holding_two_caption_columns_is_a_bad_shard_with_skip_bad(tmp_path):
+    both = write_parquet(tmp_path / "both.parquet", {"text": ["a dog"], "TEXT": ["A DOG"]})
+    (skipped,) = plan_shards(resolve_sources([both]), skip_bad=True)
+    assert isinstance(skipped, SkippedShard)
+    assert "more than one caption column (TEXT, text)" in skipped.reason

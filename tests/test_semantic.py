@@ -1909,3 +1909,103 @@ def test_the_count_summary_says_which_thresholds_were_used_and_where_the_nearest
         "calibrate)",
         "nearest captions per concept in R/nearest.json",
     ]
+
+
+def test_laion_metadata_holding_two_caption_columns_is_refused_unless_one_is_named(tmp_path):
+    """LaionEmbeddings picks its caption column as the readers do: caption and TEXT both there,
+    with none named, is refused, not read from caption unsaid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipaudit.semantic.store import LaionEmbeddings
+
+    write_laion(tmp_path, 0, unit(np.random.default_rng(3), 2, 16), ["a dog", "a cat"])
+    table = pq.read_table(tmp_path / "metadata_0.parquet")
+    table = table.append_column("caption", pa.array(["x", "y"]))
+    pq.write_table(table, tmp_path / "metadata_0.parquet")
+    with pytest.raises(InputError, match=r"more than one caption column \(caption, TEXT\)"):
+        list(LaionEmbeddings(tmp_path, dim=16).iter_batches())
+    named = LaionEmbeddings(tmp_path, dim=16, caption_column="TEXT").iter_batches()
+    assert [c for b in named for c in b.captions] == ["a dog", "a cat"]
+
+
+def test_nearest_captions_keep_each_caption_text_once_and_counts_every_copy():
+    """Web corpora repeat alt-text: a concept's nearest captions hold each distinct text once,
+    at its best score (the earliest copy on ties), still the top_k distinct texts, within a batch,
+    across batches and across merged shards; the counts count every copy."""
+    from clipaudit.semantic.counting import SemanticCounter
+
+    rng = np.random.default_rng(11)
+    concept = unit(rng, 1, 16)
+    other = unit(rng, 1, 16)[0]
+    other -= (other @ concept[0]) * concept[0]
+    other /= np.linalg.norm(other)
+
+    def at(cosine):  # a unit vector with this cosine to the concept
+        return (cosine * concept[0] + np.sqrt(1 - cosine**2) * other).astype(np.float32)
+
+    plan = [("stock photo", 0.9), ("a cat", 0.8), ("stock photo", 0.95), ("a kitten", 0.7),
+            ("stock photo", 0.95), ("a cat", 0.85), ("a tabby", 0.65), ("a dog", 0.1)]  # fmt: skip
+    captions = [text for text, _ in plan]
+    x = np.stack([at(cosine) for _, cosine in plan])
+    ids = [f"r{i}" for i in range(len(plan))]
+    expected = [("r2", "stock photo", 0.95), ("r5", "a cat", 0.85), ("r3", "a kitten", 0.7)]
+
+    def nearest(counter):
+        return [(n["id"], n["caption"], n["score"]) for n in counter.result().nearest["0"]]
+
+    whole = SemanticCounter(concept, [0.6], top_k=3)
+    whole.add(x, ids, captions)
+    assert nearest(whole) == expected
+    assert whole.counts.tolist() == [7]  # every copy counted, the dog not
+    batched = SemanticCounter(concept, [0.6], top_k=3)
+    for start in range(0, len(plan), 3):
+        batched.add(x[start : start + 3], ids[start : start + 3], captions[start : start + 3])
+    assert nearest(batched) == expected
+    left = SemanticCounter(concept, [0.6], top_k=3)
+    right = SemanticCounter(concept, [0.6], top_k=3)
+    left.add(x[:3], ids[:3], captions[:3], first_row=0)
+    right.add(x[3:], ids[3:], captions[3:], first_row=3)
+    merged = SemanticCounter(concept, [0.6], top_k=3)
+    for part in (right, left):
+        merged.merge_state(json.loads(json.dumps(part.state())))
+    assert nearest(merged) == expected and merged.counts.tolist() == [7]
+    # without caption texts, rows are all that tell captions apart
+    bare = SemanticCounter(concept, [0.6], top_k=3)
+    bare.add(x, ids)
+    assert [n["id"] for n in bare.result().nearest["0"]] == ["r2", "r4", "r0"]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_an_index_query_returns_k_distinct_captions_and_counts_every_copy(tmp_path, kind):
+    """A query's nearest hold each caption text once (its best score, the earliest copy on
+    ties), k distinct ones even when copies of one fill the k * k_factor nearest; the count
+    counts every copy."""
+    from clipaudit.semantic.index import CaptionIndex, IndexSettings
+    from clipaudit.semantic.store import EmbeddingStore
+
+    rng = np.random.default_rng(21)
+    query = unit(rng, 1, 16)[0]
+    vectors = unit(rng, 400, 16)
+    copies = list(range(10, 40))  # one alt-text 30 times, right at the query
+    vectors[copies] = query
+    captions = [f"caption {i}" for i in range(400)]
+    for row in copies:
+        captions[row] = "stock photo"
+    store = EmbeddingStore.open(tmp_path / "store", {"kind": "synthetic", "dim": 16}, 16)
+    store.write_part("k", 0, vectors, list(range(400)))
+    store.finish("k", 1, 400)
+    options = {"nlist": 4, "m": 4, "train_rows": 400} if kind == "ivfpq" else {}
+    index = CaptionIndex.build(
+        store,
+        IndexSettings(kind=kind, nprobe=4, **options),
+        captions=[captions],
+        folder=tmp_path / kind,
+    )
+    scores = vectors.astype(np.float16).astype(np.float32) @ query
+    result = index.query(query, 0.99, k=3)
+    assert result.count == int((scores >= 0.99).sum()) == 30
+    order = np.lexsort((np.arange(400), -scores))
+    expected = [int(order[0]), *[int(i) for i in order if captions[i] != "stock photo"][:2]]
+    assert [n["position"] for n in result.nearest] == expected == [10, *expected[1:]]
+    assert [n["caption"] for n in result.nearest] == [captions[i] for i in expected]

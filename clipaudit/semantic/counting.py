@@ -11,7 +11,9 @@ million on the benchmark's data. It was not kept.)
 
 :class:`SemanticCounter` keeps, per concept, the number of captions counted, and the ``top_k``
 captions nearest to it among the range results (score, id, caption; ties go to the earlier caption),
-so a report can show what was counted and what just missed. :meth:`SemanticCounter.add` returns a
+so a report can show what was counted and what just missed. Web corpora repeat alt-text: the
+nearest hold each caption text once, at its best score, so that copies of one leave room for
+others (the counts count every copy). :meth:`SemanticCounter.add` returns a
 batch's hits (caption position, concept index, score) for per-caption outputs.
 
 On a CPU shared with other work, FAISS's OpenMP threads spin while they wait, which slows FAISS
@@ -62,7 +64,7 @@ class SemanticCounts:
         return dict(zip(self.names, self.counts.tolist(), strict=True))
 
 
-def _in_sorted(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def in_sorted(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """``np.isin(values, keys)`` for sorted ``keys``, by binary search."""
     if not len(keys):
         return np.zeros(len(values), dtype=bool)
@@ -141,6 +143,7 @@ class SemanticCounter:
         self._top_concepts = np.zeros((0,), dtype=np.int64)
         self._top_rows = np.zeros((0,), dtype=np.int64)
         self._top_counted = np.zeros((0,), dtype=bool)
+        self._top_texts = np.zeros((0,), dtype=object)  # None: a caption whose text is unknown
         self._bar = np.full(self.k, -np.inf, dtype=np.float32)  # score a new caption must reach
         self._rows: dict[int, tuple[Any, str | None]] = {}
 
@@ -213,7 +216,7 @@ class SemanticCounter:
             # only pairs that can enter a top-k are flagged (few, once the top-k fill up)
             maybe = scores >= self._bar[concepts]
             rows, concepts, scores = rows[maybe], concepts[maybe], scores[maybe]
-            flags = hit[maybe] if keys is None else _in_sorted(rows * self.k + concepts, keys)
+            flags = hit[maybe] if keys is None else in_sorted(rows * self.k + concepts, keys)
             self._offer(rows, concepts, scores, flags, start, n, ids, captions)
         return hits
 
@@ -231,7 +234,8 @@ class SemanticCounter:
         """Merge the batch's pairs into the per-concept top-k (score desc, then corpus row)."""
         if not len(rows):
             return
-        self._merge(concepts, scores, rows + start, counted)
+        texts = np.full(n, None, dtype=object) if captions is None else np.array(captions, object)
+        self._merge(concepts, scores, rows + start, counted, texts, rows)
         # only the captions that made it into a top-k are looked up (in Python)
         batch = self._top_rows[(self._top_rows >= start) & (self._top_rows < start + n)]
         for row in np.unique(batch).tolist():
@@ -244,18 +248,27 @@ class SemanticCounter:
                 )
 
     def _merge(
-        self, concepts: np.ndarray, scores: np.ndarray, rows: np.ndarray, counted: np.ndarray
+        self,
+        concepts: np.ndarray,
+        scores: np.ndarray,
+        rows: np.ndarray,
+        counted: np.ndarray,
+        texts: np.ndarray,
+        text_of: np.ndarray,
     ) -> None:
+        """``texts[text_of[i]]``: the caption text of pair ``i`` (None: unknown); a batch's
+        texts are looked up only for the pairs that may be kept, of many in a first batch."""
         c = np.concatenate([self._top_concepts, concepts])
         s = np.concatenate([self._top_scores, scores.astype(np.float32)])
         r = np.concatenate([self._top_rows, rows])
         f = np.concatenate([self._top_counted, counted.astype(bool)])
+        t = np.concatenate([self._top_texts, texts])
+        where = np.concatenate([np.arange(len(self._top_texts)), len(self._top_texts) + text_of])
         order = np.lexsort((r, -s, c))
-        c, s, r, f = c[order], s[order], r[order], f[order]
-        rank = np.arange(len(c)) - np.searchsorted(c, c, side="left")
-        keep = rank < self.top_k
+        c, s, r, f, where = c[order], s[order], r[order], f[order], where[order]
+        keep = self._distinct_top(c, r, t, where)
         self._top_concepts, self._top_scores, self._top_rows = c[keep], s[keep], r[keep]
-        self._top_counted = f[keep]
+        self._top_counted, self._top_texts = f[keep], t[where[keep]]
         full = np.bincount(self._top_concepts, minlength=self.k) >= self.top_k
         last = np.searchsorted(self._top_concepts, np.arange(self.k), side="right") - 1
         self._bar = np.where(full, self._top_scores[np.maximum(last, 0)], -np.inf).astype(
@@ -264,6 +277,36 @@ class SemanticCounter:
         if len(self._rows) > 4 * len(self._top_rows) + 1024:
             kept = set(self._top_rows.tolist())
             self._rows = {row: value for row, value in self._rows.items() if row in kept}
+
+    def _distinct_top(
+        self, c: np.ndarray, r: np.ndarray, t: np.ndarray, where: np.ndarray
+    ) -> np.ndarray:
+        """Which pairs (concepts ``c``, rows ``r``, texts ``t[where]``; by concept, best first) are each
+        concept's ``top_k`` distinct texts: a text's first pair, its best (a row is a text of its
+        own when its text is unknown). Only each concept's first pairs are looked at, more
+        where copies leave it short: a first batch holds many."""
+        rank = np.arange(len(c)) - np.searchsorted(c, c, side="left")
+        n_pairs = np.bincount(c, minlength=self.k)
+        limit = self.top_k
+        while True:
+            window = np.flatnonzero(rank < limit)
+            codes: dict[Any, int] = {}
+            code = np.fromiter(
+                (codes.setdefault(row if text is None else text, len(codes))
+                 for text, row in zip(t[where[window]].tolist(), r[window].tolist(), strict=True)),
+                dtype=np.int64,
+                count=len(window),
+            )  # fmt: skip
+            first = window[np.unique(c[window] * max(len(codes), 1) + code, return_index=True)[1]]
+            first.sort()
+            n_distinct = np.bincount(c[first], minlength=self.k)
+            if not np.any((n_distinct < self.top_k) & (n_pairs > limit)):
+                break
+            limit *= 4
+        distinct_rank = np.arange(len(first)) - np.searchsorted(c[first], c[first], side="left")
+        keep = np.zeros(len(c), dtype=bool)
+        keep[first[distinct_rank < self.top_k]] = True
+        return keep
 
     def nearest(self) -> dict[str, list[dict[str, Any]]]:
         """Per concept, the nearest captions kept: score (rounded to 1e-4), id, caption, and
@@ -321,6 +364,8 @@ class SemanticCounter:
                 np.array([t[1] for t in top], dtype=np.float32),
                 np.array([t[2] for t in top], dtype=np.int64),
                 np.array([t[3] for t in top], dtype=bool),
+                np.array([t[5] for t in top], dtype=object),
+                np.arange(len(top)),
             )
 
 

@@ -59,6 +59,7 @@ from clipaudit.provenance import (
     sha256_file,
     write_json,
 )
+from clipaudit.semantic.counting import in_sorted
 from clipaudit.semantic.encoders import (
     TextEncoder,
     describe_difference,
@@ -153,7 +154,8 @@ class IndexSettings:
 
 @dataclass(frozen=True)
 class QueryResult:
-    """How many captions score >= ``threshold`` for a query, and the nearest ones."""
+    """How many captions score >= ``threshold`` for a query, and the nearest ones: each caption
+    text once, at its best score (web corpora repeat alt-text)."""
 
     query: str | None
     threshold: float
@@ -497,25 +499,32 @@ class CaptionIndex:
         else:
             _, found_scores, found = self.index.range_search(vector, radius)
         candidates = dict(zip(found.tolist(), found_scores.tolist(), strict=True))
+        exact_scores = [np.zeros(0, np.int64), np.zeros(0, np.float32)]  # re-scored so far
         # never more than the index holds: FAISS allocates k results however few there are
         wanted = min(k * self.settings.k_factor, self.n)
-        if wanted:
-            near_scores, near = self.index.search(vector, wanted)
-            for position, score in zip(near[0].tolist(), near_scores[0].tolist(), strict=True):
-                if position >= 0:
-                    candidates.setdefault(position, score)
-        positions = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-        scores = np.fromiter(candidates.values(), dtype=np.float32, count=len(candidates))
-        if len(self.blank):  # a blank caption says nothing, whatever the threshold
-            said = ~np.isin(positions, self.blank)
-            positions, scores = positions[said], scores[said]
-        n_candidates = len(positions)
-        if self.kind == "ivfpq" and exact and n_candidates:
-            vectors = self.store.row_vectors(_locations(self.parts, positions), self.keys)
-            scores = vectors @ vector[0]
-        count = int(np.count_nonzero(scores >= np.float32(threshold)))
-        order = np.lexsort((positions, -scores))[:k]
-        nearest = self._describe(positions[order], scores[order])
+        count = n_candidates = None
+        while True:
+            if wanted:
+                near_scores, near = self.index.search(vector, wanted)
+                for position, score in zip(near[0].tolist(), near_scores[0].tolist(), strict=True):
+                    if position >= 0:
+                        candidates.setdefault(position, score)
+            positions = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+            scores = np.fromiter(candidates.values(), dtype=np.float32, count=len(candidates))
+            if len(self.blank):  # a blank caption says nothing, whatever the threshold
+                said = ~np.isin(positions, self.blank)
+                positions, scores = positions[said], scores[said]
+            if self.kind == "ivfpq" and exact and len(positions):
+                scores = self._rescored(positions, vector[0], exact_scores)
+            if count is None:  # the first candidates' count: nearest sought further change none
+                n_candidates = len(positions)
+                count = int(np.count_nonzero(scores >= np.float32(threshold)))
+            order = np.lexsort((positions, -scores))
+            nearest = self._distinct(positions[order], scores[order], k)
+            # copies of one text may fill the k * k_factor nearest: look further for k distinct
+            if len(nearest) >= k or wanted >= self.n:
+                break
+            wanted = min(wanted * 4, self.n)
         method = {
             "flat": "exact (flat index)",
             "ivfpq": "IVF-PQ candidates, exact re-scoring" if exact else "IVF-PQ, approximate",
@@ -553,6 +562,42 @@ class CaptionIndex:
             if not len(batch_found):  # a whole ring of lists without one: none further out
                 break
         return np.concatenate(scores), np.concatenate(found)
+
+    def _rescored(
+        self, positions: np.ndarray, vector: np.ndarray, known: list[np.ndarray]
+    ) -> np.ndarray:
+        """Exact scores of ``positions``, those not in ``known`` (positions sorted, their scores;
+        updated) read from the store: a further look for distinct nearest re-scores only what
+        it adds."""
+        done, done_scores = known
+        held = in_sorted(positions, done)
+        new = positions[~held]
+        if len(new):
+            vectors = self.store.row_vectors(_locations(self.parts, new), self.keys)
+            done = np.concatenate([done, new])
+            done_scores = np.concatenate([done_scores, (vectors @ vector).astype(np.float32)])
+            order = np.argsort(done, kind="stable")
+            known[:] = [done[order], done_scores[order]]
+        return known[1][np.searchsorted(known[0], positions)]
+
+    def _distinct(self, positions: np.ndarray, scores: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """The first ``k`` of the nearest captions (``positions`` best first) whose text is not
+        among those before (a caption whose text the index does not keep is its own), described
+        a growing run of them at a time."""
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        start, step = 0, max(k, 1)
+        while len(out) < k and start < len(positions):
+            stop = start + step
+            for entry in self._describe(positions[start:stop], scores[start:stop]):
+                text = entry["caption"]
+                if text is None or text not in seen:
+                    seen.add(text)
+                    out.append(entry)
+                    if len(out) == k:
+                        break
+            start, step = stop, step * 2
+        return out
 
     def _describe(self, positions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         """The nearest captions: score, where each came from (input, file: None when the

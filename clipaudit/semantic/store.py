@@ -660,20 +660,15 @@ class LaionEmbeddings:
         """Row-aligned batches: unit vectors (float32, renormalised), ids and captions."""
         import pyarrow.parquet as pq
 
-        from clipaudit.readers import CAPTION_COLUMNS, ID_COLUMNS
+        from clipaudit.readers import ID_COLUMNS, pick_caption_column
 
         row = 0
         for pair in self.pairs:
             with pq.ParquetFile(pair.metadata) as handle:
                 names = handle.schema_arrow.names
-                column = self.caption_column or next(
-                    (c for c in CAPTION_COLUMNS if c in names), None
+                column = pick_caption_column(
+                    names, self.caption_column, pair.metadata, "caption_column="
                 )
-                if column not in names:
-                    raise InputError(
-                        f"{pair.metadata}: no caption column (expected {self.caption_column or ', '.join(CAPTION_COLUMNS)}); "
-                        f"columns are {', '.join(names)}"
-                    )
                 id_column = self.id_column or next((c for c in ID_COLUMNS if c in names), None)
                 columns = [column] + ([id_column] if id_column else [])
                 start = 0

@@ -580,11 +580,15 @@ def _not_a_file(path: Path) -> str | None:
 
 
 def check_image_source(source: str | Path) -> None:
-    """Refuse a local image source that :func:`open_images` could not read, before anything is
+    """Refuse an image source that :func:`open_images` could not read, before anything is
     listed (the audit checks it before its coverage stage): no such path, a brace pattern with a
-    shard missing, a file that is no .tar shard. A hub dataset or URL is checked when opened."""
+    shard missing, a file that is no .tar shard, a hub dataset neither cached nor downloadable.
+    A hub dataset's splits and columns, and a URL, are checked when opened."""
     text = str(source)
-    if text.startswith("hf:") or "://" in text or _tar_shards(text):
+    if "://" in text or _tar_shards(text):
+        return
+    if text.startswith("hf:"):
+        _check_hub_dataset(text.removeprefix("hf:"))
         return
     path = Path(text)
     if not path.exists():
@@ -873,6 +877,7 @@ def _hf_images(
                 f"save_to_disk ({one_line(exc)}); save the dataset again with save_to_disk"
             ) from None
     else:
+        _check_hub_dataset(location)
         try:
             # the split is chosen from the hub's list before any is downloaded: without it,
             # every split (ImageNet's train: 140 GB) came down before one was asked for
@@ -966,6 +971,39 @@ def _hf_images(
         dataset=dataset,
         image_column=image_column,
     )
+
+
+def _check_hub_dataset(name: str) -> None:
+    """Refuse in seconds a hub dataset (``hf:NAME``) that is neither in the datasets cache nor
+    downloadable: offline, the hub client retries for half a minute before saying so. A local
+    folder (datasets loads it by its path) and a name the hub client refuses itself pass."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+    from huggingface_hub import constants
+
+    from clipaudit.models import HF_HOST, download_refused, valid_repo_id
+
+    if Path(name).exists() or not valid_repo_id(name):
+        return
+    # where datasets looks for a dataset loaded before when the hub does not answer (or it is
+    # offline): CACHE/org___name/<config>/<version>/<hash>
+    *owner, dataset = name.split("/")
+    cache = Path(datasets.config.HF_DATASETS_CACHE).expanduser()
+    folder = cache / "___".join([*owner, camelcase_to_snakecase(dataset)])
+    if any(path.is_dir() for path in folder.glob("*/*/*")):
+        return
+    refused = (
+        "HF_DATASETS_OFFLINE is set (unset it to download)"
+        if datasets.config.HF_HUB_OFFLINE and not constants.HF_HUB_OFFLINE
+        else download_refused(HF_HOST, hub=True)
+    )
+    if refused:
+        raise InputError(
+            f"Hugging Face dataset {name!r} is not in the datasets cache {cache} "
+            f"(HF_DATASETS_CACHE or HF_HOME move it) and {refused}; on a machine that reaches the "
+            "hub, save it with datasets' save_to_disk and give that folder as --images (images=), "
+            f"or run where {HF_HOST} can be reached"
+        )
 
 
 def _listed_files(dataset: Any, column: str) -> list[str | None]:

@@ -4,7 +4,8 @@ For every group of the registry, each image of the group is classified among the
 that have images in the run (the paper's setting; ``all_concepts`` classifies among every concept of
 the group instead, the distractors then count as errors and never as labels). Awareness is the
 group's macro-F1 over the concepts with images; per-concept precision/recall/F1 and accuracy come
-with it (all from :mod:`clipaudit.metrics`).
+with it (all from :mod:`clipaudit.metrics`). A group needs images of 2 concepts, or, with
+``all_concepts``, images of one and 2 concepts in the registry.
 
 Classifiers: each concept's text embedding is the renormalised mean of the normalised embeddings of
 all its prompt x template texts (CLIP's prompt ensembling), built with open_clip's
@@ -655,12 +656,15 @@ def evaluate_model(
         rows = [i for i in usable if records[i].group == group.name]
         with_images = {records[i].concept for i in rows}
         present = [c for c in concepts if c.name in with_images]
-        if len(present) < 2:
-            reason = (
-                "no images"
-                if not present
-                else f"only {present[0].name!r} has images; 2 concepts are needed"
-            )
+        # among all the group's concepts, the images of one concept are classified meaningfully
+        candidates = list(concepts) if all_concepts else present
+        if not present or len(candidates) < 2:
+            if not present:
+                reason = "no images"
+            elif all_concepts:
+                reason = f"the group has only the concept {present[0].name!r}; 2 are needed"
+            else:
+                reason = f"only {present[0].name!r} has images{ONE_CONCEPT}"
             skipped_groups.append({"group": group.name, "reason": reason})
             continue
         for concept in concepts:
@@ -670,7 +674,6 @@ def evaluate_model(
                 skipped_concepts.append(
                     {"group": group.name, "concept": concept.name, "reason": reason}
                 )
-        candidates = list(concepts) if all_concepts else present
         group_templates = tuple(
             group.templates if group.templates and templates != "none" else base_templates
         )
@@ -778,6 +781,8 @@ PREDICTION_COLUMNS = [
     "top5_scores",
 ]
 CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
+# why a group with the images of one concept is skipped (unless all_concepts)
+ONE_CONCEPT = "; 2 concepts are needed"
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified
 # among (more with all_concepts), which sets chance at 1 / n_candidates
 GROUP_COLUMNS = [
@@ -973,6 +978,7 @@ def run_zeroshot(
             _load_model_unit(folder, key, identity)
             for key, (_, identity) in zip(keys, units, strict=True)
         ]
+        resumed = [record is not None for record in records]  # finished by an earlier session
         previous_models = [m.get("label") for m in (folder.previous or {}).get("models", [])]
         same_models = previous_models == [spec.label for spec in settings.models]
         if folder.was_complete and all(records) and same_models:
@@ -993,7 +999,7 @@ def run_zeroshot(
                     key = keys[index] = unit_key(spec.label, identity)
                 records[index] = _save_model_unit(folder, key, identity, result)
         folder.prune_units(keys)
-        return _finish(folder, keys, records, image_set, settings, listed_s)
+        return _finish(folder, keys, records, resumed, image_set, settings, listed_s)
 
 
 def _model_identity(spec: ModelSpec, images: ImageSet, precision: str) -> dict[str, Any]:
@@ -1119,6 +1125,7 @@ def _finish(
     folder: RunFolder,
     keys: list[str],
     records: list[dict[str, Any]],
+    resumed: list[bool],
     images: ImageSet,
     settings: ZeroShotSettings,
     listed_s: float,
@@ -1132,14 +1139,22 @@ def _finish(
     if groups.empty:
         failures = _unique(f for r in records for f in r["failures"])
         skipped = _unique(g for r in records for g in r["skipped_groups"])
+        needed = "images and 2 concepts" if settings.all_concepts else "images of 2 concepts"
         why = (
             f"all {len(failures)} images failed to decode, e.g. {failures[0]['path']}: "
             f"{failures[0]['reason']}"
             if failures and len(failures) == len(images.records)
-            else "no group has images of 2 concepts: "
+            else f"no group has {needed}: "
             + "; ".join(f"{g['group']}: {g['reason']}" for g in skipped[:5])
         )
-        raise RunFailedError(f"no group could be evaluated ({why})")
+        # said only without all_concepts: a group of one concept with images was skipped
+        hint = (
+            "; --all-concepts (all_concepts=True) classifies the images of one concept among all "
+            "of its group's concepts"
+            if any(g["reason"].endswith(ONE_CONCEPT) for g in skipped)
+            else ""
+        )
+        raise RunFailedError(f"no group could be evaluated ({why}){hint}")
     # a model whose every image failed (NaN embeddings, weights broken) has no results to show
     # beside the others': the run is not complete without them
     empty = [r for r in records if not r["confusion_groups"]]
@@ -1181,7 +1196,7 @@ def _finish(
             drawn.append({"model": label, "group": group, **shown})
     first = records[0]["info"]
     manifest = folder.complete(
-        models=[r["info"] for r in records],
+        models=[_counted_now(r["info"], done) for r, done in zip(records, resumed, strict=True)],
         device=first["device"],
         precision=first["precision"],
         templates={"setting": settings.templates, "by_group": records[0]["templates"]},
@@ -1194,6 +1209,28 @@ def _finish(
         confusion_figures=drawn,
     )
     return ZeroShotRun(out, groups, concepts, manifest)
+
+
+def _counted_now(info: dict[str, Any], resumed: bool) -> dict[str, Any]:
+    """A model's manifest entry, its counts this session's: ``n_encoded`` and ``n_cached`` the
+    images it encoded and read from the cache, ``n_resumed`` those whose results an earlier
+    session made (a resumed model's unit; its timings are that session's)."""
+    if not resumed:
+        return {**info, "n_resumed": 0}
+    return {
+        **info,
+        "n_encoded": 0,
+        "n_cached": 0,
+        "n_resumed": info["n_encoded"] + info["n_cached"],
+    }
+
+
+def counts_this_call(info: dict[str, Any], reused: bool) -> tuple[int, int, int]:
+    """A model's images encoded, read from the cache and taken from an earlier session's results
+    by the call that returned a run, from its manifest entry; a run found complete (``reused``)
+    keeps the manifest of the session that made it, and took every result from it."""
+    counts = (info["n_encoded"], info["n_cached"], info.get("n_resumed", 0))
+    return (0, 0, sum(counts)) if reused else counts
 
 
 def _unique(items: Any) -> list[dict[str, Any]]:

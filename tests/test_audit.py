@@ -228,7 +228,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
             *base, "-c", str(captions), "-i", images, "-o", str(out), "--skip-bad",
             "--groups", "Animal, Color", "--id-column", "key",
             "--cache-dir", str(tmp_path / "cache"), "--caption-split", "train",
-            "--max-pixels", "100000", "--all-concepts",
+            "--max-pixels", "100000", "--all-concepts", "--decode-workers", "0",
         ]
     )  # fmt: skip
     coverage = json.loads((out / "coverage" / "manifest.json").read_text())
@@ -242,6 +242,7 @@ def test_an_audit_takes_every_option_its_messages_suggest(audit_runs, tmp_path, 
     zeroshot = json.loads((out / "zeroshot" / "manifest.json").read_text())
     assert zeroshot["settings"]["max_pixels"] == 100_000
     assert settings["zeroshot"]["all_concepts"] is zeroshot["settings"]["all_concepts"] is True
+    assert zeroshot["options"]["workers"] == 0  # --decode-workers: the zero-shot stage's
     assert len(list((tmp_path / "cache").glob("*/*.emb.npy"))) == 1  # the one model's shard
 
 
@@ -448,3 +449,36 @@ def test_an_audit_with_its_groups_spelled_or_ordered_otherwise_is_the_same_audit
     assert again.coverage.reused and again.zeroshot.reused and again.report.reused
     assert again.manifest["settings"] == first.manifest["settings"]
     assert first.manifest["settings"]["zeroshot"]["groups"] == ["Animal", "Color"]
+
+
+def test_decode_workers_are_the_zero_shot_stages_and_default_as_zeroshot_does(
+    monkeypatch, in_process
+):
+    """The audit's --workers are coverage's: the zero-shot stage's decoding workers had no
+    option, and always were its default."""
+    from types import SimpleNamespace
+
+    import clipaudit.audit
+    from clipaudit import zeroshot
+    from clipaudit.models import ModelSpec
+    from clipaudit.zeroshot import ZeroShotSettings
+
+    given = []
+
+    def run_audit(*args, **options):
+        given.append(options)
+        return SimpleNamespace(report=SimpleNamespace(headline=lambda: ""), html_path="")
+
+    monkeypatch.setattr(clipaudit.audit, "run_audit", run_audit)
+    base = ("audit", "-c", "captions", "-i", "images", "-m", "RN50", "-o", "out")
+    assert in_process(*base, "--decode-workers", "3", "--workers", "5")[0] == 0
+    assert given[-1]["zeroshot"]["workers"] == 3 and given[-1]["coverage"].workers == 5
+    assert in_process(*base)[0] == 0
+    # the settings' default, as `clipaudit zeroshot` leaves it
+    assert "workers" not in given[-1]["zeroshot"]
+    assert ZeroShotSettings((ModelSpec("RN50"),), "images").workers == zeroshot.default_workers()
+    code, _, error = in_process(*base, "--decode-workers", "-1")  # not the zero-shot's --workers
+    assert (
+        code == 2 and "Invalid value for '--decode-workers': -1 is not in the range x>=0" in error
+    )
+    assert len(given) == 2

@@ -46,6 +46,28 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The Hugging Face hub as hf:NAME image sources see it, without the network: an empty
+    datasets cache, the hub clients online, huggingface.co reachable (``hub.up = False`` takes it
+    away); ``hub.tried`` lists the hosts the reachability check tried."""
+    from types import SimpleNamespace
+
+    import datasets
+    from huggingface_hub import constants
+
+    from clipaudit import models
+
+    hub = SimpleNamespace(up=True, tried=[], cache=tmp_path / "datasets-cache")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hub.cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        models, "reachable", lambda host, timeout=3.0: hub.tried.append(host) or hub.up
+    )
+    return hub
+
+
 # --------------------------------------------------------------------------- folders
 
 
@@ -468,7 +490,7 @@ def test_a_damaged_saved_dataset_is_one_clear_error(tmp_path, registry):
         assert str(stopped.value).endswith("; save the dataset again with save_to_disk")
 
 
-def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, registry):
+def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(hub, monkeypatch, registry):
     import datasets
 
     asked = []
@@ -667,14 +689,14 @@ def test_an_image_too_elongated_for_the_models_resize_is_refused_before_decoding
     assert decode_image(tall, max_pixels=341_343).size == (3, 1000)  # no model side: no limit
 
 
-def test_an_image_source_is_checked_before_anything_is_listed(tmp_path):
+def test_an_image_source_is_checked_before_anything_is_listed(tmp_path, hub):
     """What the audit checks before its coverage stage: a brace pattern of shards that exist is a
     source (it was refused as a path that does not exist), a text file or a missing path is not."""
     for index in range(2):
         (tmp_path / f"{index:05d}.tar").write_bytes(b"")
     check_image_source(f"{tmp_path}/{{00000..00001}}.tar")
     check_image_source(tmp_path)
-    check_image_source("hf:someorg/images")  # checked when opened
+    check_image_source("hf:someorg/images")  # the hub reachable: its files are checked when opened
     with pytest.raises(InputError, match=r"1 shard\(s\) of .* do not exist, e\.g\. .*00002\.tar"):
         check_image_source(f"{tmp_path}/{{00000..00002}}.tar")
     (tmp_path / "notes.txt").write_text("no images")
@@ -898,7 +920,51 @@ def test_an_image_reached_twice_in_one_group_is_counted_once(tmp_path, registry)
     assert [r.path for r in twice.records] == [f"{tmp_path / '0.tar'}/a.jpg"]
 
 
-def test_a_hub_dataset_of_several_splits_is_refused_before_any_is_downloaded(monkeypatch, registry):
+def test_a_hub_dataset_neither_cached_nor_reachable_fails_at_once_naming_the_fix(
+    hub, tmp_path, monkeypatch, registry
+):
+    """Offline, hf:NAME spent half a minute in the hub client's retries before an error; the
+    audit learnt it only after its coverage stage. A dataset in the datasets cache (which datasets
+    reads offline, HF_DATASETS_OFFLINE or not) is still opened."""
+    import datasets
+
+    (tmp_path / "a.png").write_bytes(image_bytes(noise(8, 8), "PNG"))
+    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / "a.png")], "label": ["dog"]})
+    asked = []
+    monkeypatch.setattr(
+        datasets, "get_dataset_split_names", lambda name, **kwargs: asked.append(name) or ["train"]
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kwargs: asked.append(name) or rows)
+    hub.up = False
+    for check in (open_images, lambda source, _: check_image_source(source)):
+        with pytest.raises(InputError) as stopped:
+            check("hf:someorg/pets", registry)
+        assert str(stopped.value) == (
+            f"Hugging Face dataset 'someorg/pets' is not in the datasets cache {hub.cache} "
+            "(HF_DATASETS_CACHE or HF_HOME move it) and huggingface.co cannot be reached; on a "
+            "machine that reaches the hub, save it with datasets' save_to_disk and give that "
+            "folder as --images (images=), or run where huggingface.co can be reached"
+        )
+    assert asked == [] and hub.tried == ["huggingface.co"] * 2
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # HF_DATASETS_OFFLINE=1
+    with pytest.raises(InputError, match=r" and HF_DATASETS_OFFLINE is set \(unset it to "):
+        open_images("hf:someorg/pets", registry)
+    assert asked == [] and hub.tried == ["huggingface.co"] * 2  # offline: nothing tried
+    # loaded once: datasets' cache holds it prepared, as org___name/config/version/hash
+    (hub.cache / "someorg___pets" / "default" / "0.0.0" / ("0" * 16)).mkdir(parents=True)
+    assert [r.concept for r in open_images("hf:someorg/pets", registry).records] == ["dog"]
+    check_image_source("hf:someorg/pets")
+    assert asked == ["someorg/pets"] * 2 and hub.tried == ["huggingface.co"] * 2
+    # a local folder that datasets loads by its path asks nothing of the hub either
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local" / "pets").mkdir(parents=True)
+    open_images("hf:local/pets", registry)
+    assert hub.tried == ["huggingface.co"] * 2
+
+
+def test_a_hub_dataset_of_several_splits_is_refused_before_any_is_downloaded(
+    hub, monkeypatch, registry
+):
     """hf:NAME without --split downloaded every split (ImageNet's train is 140 GB) and then
     asked for one."""
     import datasets
@@ -1077,7 +1143,7 @@ def test_transparent_images_are_shown_on_white_whatever_colour_hides_under_them(
 
 
 def test_image_paths_listed_twice_in_a_dataset_are_read_once_per_group(
-    tmp_path, registry, monkeypatch
+    tmp_path, registry, monkeypatch, hub
 ):
     """A dataset of file paths (a CSV listing saved as a dataset) naming one file twice, under
     one concept or two of a group, classified and scored it once per row, as a file linked into

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1513,3 +1515,100 @@ def test_groups_spelled_or_ordered_otherwise_resume_the_same_run(tiny, tmp_path)
     again = run_for(tiny, tmp_path, groups=["animal", "FOOD", "Animal"])
     assert again.reused
     assert again.manifest["settings"]["groups"] == ["Animal", "Food"]  # the registry's order
+
+
+def test_all_concepts_scores_a_group_whose_images_are_of_one_concept(tmp_path, registry):
+    """Among all of a group's concepts, the images of one concept are classified meaningfully
+    (chance 1 / n_candidates); among the concepts with images alone there would be one."""
+    for number, colour in enumerate([(255, 0, 0)] * 3 + [(255, 153, 0)]):  # the last: orange
+        (tmp_path / "img" / "Color" / "red").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), colour).save(tmp_path / "img" / "Color" / "red" / f"{number}.png")
+    images = open_images(tmp_path / "img", registry, groups=["Color"])
+    color = registry.select(["Color"])
+    alone = evaluate_model(colour_model(), images, color)
+    assert alone.groups.empty and alone.skipped_groups == [
+        {"group": "Color", "reason": "only 'red' has images; 2 concepts are needed"}
+    ]
+    result = evaluate_model(colour_model(), images, color, all_concepts=True)
+    # red predicted 3 times, rightly: P = 1, R = 3/4, F1 = 6/7; the orange-looking one is orange
+    group = result.groups.iloc[0]
+    assert group["macro_f1"] == pytest.approx(6 / 7) and group["accuracy"] == pytest.approx(3 / 4)
+    n_colours = len(registry.concepts_in("Color"))
+    assert (group["n_images"], group["n_concepts"], group["n_candidates"]) == (4, 1, n_colours)
+    assert result.predictions["predicted"].tolist() == ["red", "red", "red", "orange"]
+    assert result.skipped_groups == []
+
+
+def test_a_run_of_one_concept_per_group_needs_all_concepts_and_says_so(tiny, tmp_path):
+    from clipaudit.errors import RunFailedError
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2}, "Animal": {"dog": 1}})
+    groups = ("Animal", "Color")
+    with pytest.raises(RunFailedError) as refused:
+        run_for(tiny, tmp_path, cache_dir=None, groups=groups)
+    assert str(refused.value) == (
+        "no group could be evaluated (no group has images of 2 concepts: Animal: only 'dog' has "
+        "images; 2 concepts are needed; Color: only 'red' has images; 2 concepts are needed); "
+        "--all-concepts (all_concepts=True) classifies the images of one concept among all of "
+        "its group's concepts"
+    )
+    run = run_for(tiny, tmp_path, cache_dir=None, groups=groups, all_concepts=True, overwrite=True)
+    groups = run.groups.set_index("group")
+    assert groups.loc[["Animal", "Color"], "n_concepts"].tolist() == [1, 1]
+    assert groups.loc["Color", "n_candidates"] == len(load_registry().concepts_in("Color"))
+    assert run.concepts["support"].tolist() == [1, 2]
+
+
+def test_a_resumed_runs_summary_counts_what_this_call_encoded(tiny, tmp_path, monkeypatch, capsys):
+    """A run killed after its first model and resumed printed the first model's encoding of the
+    killed session as this one's: the summary counts what this call encoded, read from the
+    cache and took from the earlier session's results."""
+    import clipaudit.zeroshot as zeroshot
+    from clipaudit.cli import main
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 2, "green": 2}})
+    real_load, loads = zeroshot.load_model, []
+
+    def killed_at_the_second_model(spec, *args, **kwargs):
+        loads.append(spec.label)
+        if len(loads) == 2:
+            raise KeyboardInterrupt
+        return real_load(spec, *args, **kwargs)
+
+    monkeypatch.setattr(zeroshot, "load_model", killed_at_the_second_model)
+    command = [
+        "zeroshot", "-m", tiny["config"], "-p", tiny["a"], "-m", tiny["config"], "-p", tiny["b"],
+        "-i", str(tmp_path / "img"), "-o", str(tmp_path / "run"),
+        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as killed:
+        main(command)
+    assert killed.value.code == 130
+    capsys.readouterr()
+
+    def model_lines() -> list[str]:  # as one line each, however narrow the console wraps them
+        printed = " ".join(capsys.readouterr().out.split())
+        lines = re.findall(r"tiny-clip@\w: .*? cpu fp32", printed)
+        return [re.sub(r"\d+ images/s", "R images/s", line) for line in lines]
+
+    main(command)  # resumed: the first model's results kept, the second's made now
+    assert loads == ["tiny-clip@a", "tiny-clip@b", "tiny-clip@b"]
+    assert model_lines() == [
+        "tiny-clip@a: 0 encoded (no images encoded), 0 from cache, 4 from an earlier session's "
+        "results, cpu fp32",
+        "tiny-clip@b: 4 encoded (R images/s), 0 from cache, cpu fp32",
+    ]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    counts = [(m["n_encoded"], m["n_cached"], m["n_resumed"]) for m in manifest["models"]]
+    assert counts == [(0, 0, 4), (4, 0, 0)]
+    main(command)  # complete: nothing done
+    assert model_lines() == [
+        f"tiny-clip@{w}: 0 encoded (no images encoded), 0 from cache, 4 from an earlier "
+        "session's results, cpu fp32"
+        for w in "ab"
+    ]
+    shutil.rmtree(tmp_path / "run")  # a new run: the cache holds both models' embeddings
+    main(command)
+    assert model_lines() == [
+        f"tiny-clip@{w}: 0 encoded (no images encoded), 4 from cache, cpu fp32" for w in "ab"
+    ]

@@ -69,6 +69,13 @@ def audit(
         "-w",
         help="Worker processes for coverage (default: every CPU core, as in coverage count).",
     ),
+    decode_workers: int | None = typer.Option(
+        None,
+        "--decode-workers",
+        min=0,
+        help="Image decoding worker processes for zero-shot (zeroshot's --workers), 0 to decode "
+        "in the main process (default: cores - 1, 1 to 16, as in zeroshot).",
+    ),
     groups: str | None = typer.Option(
         None, "--groups", "-g", help="Comma-separated groups for zero-shot (default: all)."
     ),
@@ -115,6 +122,8 @@ def audit(
         "device": device,
         "batch_size": batch_size,
         **pixel_limit(max_pixels),
+        # not given: the zero-shot settings' default, as in clipaudit zeroshot
+        **({} if decode_workers is None else {"workers": decode_workers}),
         # given only when on: audits made before the option recorded none, and resume alike
         **({"all_concepts": True} if all_concepts else {}),
     }

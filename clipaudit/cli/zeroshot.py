@@ -166,6 +166,7 @@ def _print_run(run) -> None:
     import pandas as pd
 
     from clipaudit.text import inert_line
+    from clipaudit.zeroshot import counts_this_call
 
     manifest = run.manifest
     # each model's own count: an image whose embedding failed for one model is skipped for it alone
@@ -204,14 +205,13 @@ def _print_run(run) -> None:
         table.caption = "(n): the images a model classified, where models differ (skipped images)"
     console.print(table)
     for info in manifest["models"]:
-        timings = info["timings"]
+        n_encoded, n_cached, n_resumed = counts_this_call(info, run.reused)
         rate = (
-            f"{timings['images_per_s']:.0f} images/s"
-            if timings["images_per_s"]
-            else "no images encoded"
+            f"{info['timings']['images_per_s']:.0f} images/s" if n_encoded else "no images encoded"
         )
+        earlier = f", {n_resumed} from an earlier session's results" if n_resumed else ""
         console.print(
-            f"{info['label']}: {info['n_encoded']} encoded ({rate}), {info['n_cached']} from cache, "
+            f"{info['label']}: {n_encoded} encoded ({rate}), {n_cached} from cache{earlier}, "
             f"{info['device']} {info['precision']}"
         )
         if info.get("random_weights_seed") is not None:  # --pretrained forgotten, or a baseline

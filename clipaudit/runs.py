@@ -697,6 +697,15 @@ def load_run(path: str | os.PathLike) -> Any:
             "a newer clipaudit may have written it: read it with that version"
         )
     what = f"{path} holds {a_run(kind)}"
+    contract = manifest.get("contract")
+    if isinstance(contract, int) and not isinstance(contract, bool) and contract > CONTRACT:
+        # its tables may mean what this version cannot know
+        version = manifest.get("clipaudit_version")
+        raise RunFolderError(
+            f"{what} written by clipaudit {version} (run contract {contract}); this clipaudit "
+            f"reads run contract {CONTRACT} at most: upgrade clipaudit (pip install -U "
+            f"clipaudit), or read it with clipaudit {version}"
+        )
     status = manifest.get("status", "complete")  # manifests before the contract: complete
     # a run stopped (or said complete) while a stage of it was unfinished: the stage named, unless
     # the run's own reason for failing says more

@@ -426,3 +426,34 @@ def test_figures_stay_legible_on_a_phone(browser, audit_report):
     page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
     assert [f["alt"] for f in page.evaluate(FIGURE_SCALES) if f["scale"] < 0.98] == []
     page.close()
+
+
+def test_every_keyboard_stop_on_a_phone_has_a_name(browser, audit_report):
+    """On a phone the figures scroll sideways in their own boxes, which Chromium makes Tab stops
+    (so that a keyboard can scroll them): they were nameless boxes, announced as nothing."""
+    page = browser.new_page(viewport={"width": 390, "height": 900})
+    page.goto(audit_report.html_path.resolve().as_uri(), wait_until="load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    stops = []
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        stop = page.evaluate(
+            """() => { const e = document.activeElement;
+            return [e.className || e.tagName, e.getAttribute('aria-label') || e.innerText]; }"""
+        )
+        if stop[0] == "BODY" or stop in stops[:1]:
+            break  # round the page once
+        stops.append(stop)
+    figures = [name for kind, name in stops if kind == "figure-scroll"]
+    assert len(figures) >= 2, "no figure box took the keyboard: the check saw nothing to check"
+    assert [name for name in figures if not name.strip()] == []
+    assert any(name.startswith("Scatter plot of F1 against caption coverage") for name in figures)
+    # a table too wide for a phone scrolls in its box too: each box is named for its table
+    boxes = page.evaluate(
+        """() => [...document.querySelectorAll('.table-wrap')]
+        .map(e => [e.getAttribute('role'), e.getAttribute('aria-label') || ''])"""
+    )
+    assert len(boxes) >= 5
+    assert [box for box in boxes if box[0] != "region" or not box[1].strip()] == []
+    assert ["region", "Statistics"] in boxes
+    page.close()

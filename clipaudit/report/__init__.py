@@ -8,6 +8,7 @@ Summarise to plain data first, then render (as skrub's ``TableReport`` does)::
     report.summary["pairs"][0]["concepts"]["spearman"]   # {"value", "ci_low", "ci_high", ...}
     report.tables["groups"]                              # a DataFrame
     report.figures                                       # name -> PNG path
+    report.to_markdown()                                 # report.md's text (to_html, to_json)
     report                                               # in Jupyter: headline and group table
 
 Modules: :mod:`.inputs` (runs to corpora and models), :mod:`.join` (the joined tables and the

@@ -81,7 +81,8 @@ MISMATCH_TITLES = {
 @dataclass(repr=False)
 class Report:
     """A rendered report: ``summary`` (plain JSON-able data), ``tables`` (DataFrames),
-    ``figures`` (name -> PNG path), the run folder ``out`` and its ``manifest``.
+    ``figures`` (name -> PNG path), the run folder ``out`` and its ``manifest``; ``to_html()``,
+    ``to_markdown()`` and ``to_json()`` give the rendered files' text.
 
     ``tables[name]``, also written as ``tables/NAME.csv`` and ``.parquet``; rows in the
     registry's group and concept order; a rate is a share of captions, F1 and macro-F1 are in
@@ -148,6 +149,27 @@ class Report:
     @property
     def html_path(self) -> Path:
         return self.out / "report.html"
+
+    def to_html(self) -> str:
+        """The page (report.html): one self-contained HTML document."""
+        return self._rendered("report.html")
+
+    def to_markdown(self) -> str:
+        """The report as Markdown (report.md; its figures are links into ``figures/``)."""
+        return self._rendered("report.md")
+
+    def to_json(self) -> str:
+        """The summary as JSON (report.json): every number the page shows."""
+        return self._rendered("report.json")
+
+    def _rendered(self, name: str) -> str:
+        try:
+            return (self.out / name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot read {self.out / name} ({exc.strerror or exc}); build the report again "
+                "into that folder (build_report(runs, out); clipaudit report RUN... --out DIR)"
+            ) from None
 
     def __repr__(self) -> str:
         pairs = self.summary.get("pairs", [])
@@ -303,6 +325,7 @@ def build_report(
     )
     collected = inputs_module.collect(runs)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-report-"))
+    _refuse_out_among_inputs(out, collected.records)
     settings = {"title": title, "seed": seed, "n_bootstrap": n_bootstrap, "report_schema": 1}
     with RunFolder(out, KIND, settings, overwrite=overwrite, libraries=LIBRARIES) as folder:
         previous = folder.previous or {}
@@ -396,6 +419,25 @@ def _refuse_a_run_as_out(out: Any) -> None:
             f"{out} holds {a_run(kind)}, not a report run; a report needs a folder of its own: "
             "name every run to join as an input and a new folder as out (in Python "
             "build_report([coverage, zeroshot], out); clipaudit report RUN... --out DIR)"
+        )
+
+
+def _refuse_out_among_inputs(out: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Refuse ``out`` inside an input run (redoing that run with --overwrite deletes the report)
+    or holding one (--overwrite, or a report of other settings, empties ``out``, the input run
+    with it)."""
+    here = out.resolve()
+    for record in records:
+        folder = Path(record["path"]).resolve()
+        if folder in here.parents:
+            where = f"is inside the {record['kind']} run {record['path']}"
+        elif here in folder.parents:
+            where = f"holds the {record['kind']} run {record['path']}"
+        else:
+            continue
+        raise RunFolderError(
+            f"out {out} {where}, one of the inputs; give --out (out= in Python) a folder outside "
+            "every input run, such as one beside it"
         )
 
 

@@ -237,6 +237,7 @@ def collect(runs: Any) -> Inputs:
             continue
         seen[folder] = len(unique)
         unique.append(run)
+    notes += [note for run in unique if (note := _version_note(run)) is not None]
     records, corpora, models = [], [], []
     truth = None
     for index, run in enumerate(unique):
@@ -305,6 +306,23 @@ def collect(runs: Any) -> Inputs:
         registry=registry,
         notes=notes + registry_notes,
         truth=truth,
+    )
+
+
+def _version_note(run: Any) -> str | None:
+    """What the page says of a run another clipaudit wrote (None for this version's): its
+    matching rules and metrics may differ. (A run of a newer run contract was refused by
+    :func:`clipaudit.runs.load_run`.)"""
+    from clipaudit import __version__
+    from clipaudit.runs import a_run
+
+    version = run.manifest.get("clipaudit_version")
+    if not isinstance(version, str) or version == __version__:
+        return None
+    return (
+        f"{_folder(run)} holds {a_run(_kind_of(run))} written by clipaudit {version}, this report "
+        f"by clipaudit {__version__}: matching rules and metrics may differ between versions; run "
+        "it again with this version to compare like with like"
     )
 
 

@@ -109,3 +109,23 @@ def test_the_report_object_gives_its_rendered_text(audit_runs, tmp_path):
     (report.out / "report.md").unlink()
     with pytest.raises(RunFolderError, match=r"cannot read .*report\.md .*build the report again"):
         report.to_markdown()
+
+
+def test_an_unknown_table_name_says_which_tables_there_are(audit_runs, tmp_path):
+    """`report.tables["concept"]` raised a bare KeyError('concept') in Jupyter."""
+    report = build_report(
+        [audit_runs["coverage"], audit_runs["zeroshot_trained"]], tmp_path / "r", n_bootstrap=0
+    )
+    with pytest.raises(
+        KeyError,
+        match=r"no table 'concept' in the report; its tables are concepts, groups, .*did you mean "
+        r"'concepts'",
+    ):
+        report.tables["concept"]
+    assert report.tables.get("concept") is None
+    assert list(report.tables)[:3] == ["concepts", "groups", "categories"]
+    # read back from its folder: the same
+    from clipaudit.runs import load_run
+
+    with pytest.raises(KeyError, match="did you mean 'groups'"):
+        load_run(report.out).tables["group"]

@@ -34,6 +34,7 @@ from clipaudit.errors import (
     RunFolderError,
     SettingsError,
     check_arguments,
+    did_you_mean,
     keyword_checked,
 )
 from clipaudit.report.stats import MIN_RESAMPLES
@@ -76,6 +77,16 @@ MISMATCH_TITLES = {
     ),
     "unpaired": ("Runs with nothing to join", "run", ("run", "runs")),
 }
+
+
+class Tables(dict):
+    """A report's tables by name: an unknown name says which there are (a KeyError still)."""
+
+    def __missing__(self, key: Any) -> Any:
+        raise KeyError(
+            f"no table {key!r} in the report; its tables are {', '.join(self)}"
+            f"{did_you_mean(str(key), self)}"
+        )
 
 
 @dataclass(repr=False)
@@ -145,6 +156,9 @@ class Report:
     figures: dict[str, Path]
     manifest: dict[str, Any] = field(default_factory=dict)
     reused: bool = False  # the folder already held this report of these inputs
+
+    def __post_init__(self) -> None:
+        self.tables = Tables(self.tables)
 
     @property
     def html_path(self) -> Path:

@@ -10,8 +10,10 @@ gives that group's awareness against its coverage: a dose-response curve. The ru
     RUN/world/      the rendered world (a world run: pictures, captions, chosen and realised rates)
     RUN/model/      the trained model: <name>.json (open_clip config) and <name>.safetensors
     RUN/coverage/   RUN/zeroshot/   RUN/report/     the audit's stages
-    RUN/demo.png    caption coverage against awareness, per group (the README's figure)
+    RUN/demo.png    per group, the share of captions that say its true value against
+                    awareness (the README's figure)
     RUN/groups.csv  per group: chosen rates, true mention rate, measured coverage, macro-F1, chance
+    RUN/report.html the report's page, a copy (its figures/ and tables/ stay in RUN/report/)
     RUN/sweep/      with a sweep: per rate its captions (of RUN/world's pictures), model and
                     coverage; one zero-shot run of all rates; dose_response.csv and .png
 
@@ -213,6 +215,8 @@ def run_demo(
         fields["outputs"] = outputs
         fields["groups"] = table.to_dict("records")
         fields["spearman_true_mentions_awareness"] = spearman(table)
+        # the report's own figure, which a reader meets beside the printed one
+        fields["spearman_coverage_awareness"] = report_group_spearman(audit.report.summary)
         if sweep is not None:
             fields["sweep"] = sweep.to_dict("records")
         audit.manifest = folder.complete(**fields)
@@ -352,8 +356,18 @@ def spearman(table: Any, x: str = "true_mention_rate", y: str = "macro_f1") -> f
     return float(spearmanr(known[x], known[y]).statistic)
 
 
+def report_group_spearman(summary: dict[str, Any]) -> float | None:
+    """The report's Spearman across groups (primary coverage method): each group's mean concept
+    coverage, a wrong mention counted too, against its macro-F1 (None where it gives none)."""
+    for row in summary.get("correlations", []):
+        if row.get("level") == "group" and row.get("primary"):
+            return row["spearman"]["value"]
+    return None
+
+
 def write_group_outputs(table: Any, out: Path) -> None:
-    """``groups.csv`` and ``demo.png`` (coverage against awareness per group) into ``out``."""
+    """``groups.csv`` and ``demo.png`` (true mentions against awareness per group) into
+    ``out``."""
     from clipaudit.provenance import atomic_write_bytes, write_table
 
     write_table(table, out / "groups", ("csv",))

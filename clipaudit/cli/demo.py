@@ -86,7 +86,8 @@ def _print(result) -> None:
 
     manifest = result.manifest
     table = Table(title="what the captions said, what clipaudit measured, what the model learned")
-    for column in ("group", "mention rate", "wrong", "true mentions", "coverage", "macro-F1"):
+    columns = ("group", "mention rate", "wrong", "true mentions", "coverage", "macro-F1 (chance)")
+    for column in columns:
         # a group's name whole, even in 80 columns (else "Post-process…"): headers wrap instead
         table.add_column(
             column, justify="left" if column == "group" else "right", no_wrap=column == "group"
@@ -104,11 +105,29 @@ def _print(result) -> None:
     console.print(table)
     rho = manifest.get("spearman_true_mentions_awareness")
     if rho is not None:
-        console.print(f"Spearman (true mentions, macro-F1) across groups: {rho:.2f}")
-    for row in manifest.get("sweep") or []:
+        # the report shows another across-groups figure: say what each ranks
+        report_rho = manifest.get("spearman_coverage_awareness")
+        said = (
+            f"Spearman across groups, true mentions against macro-F1: {rho:.2f} (1 would be the "
+            "same order: the more often captions truly say a group, the better the model knows it)"
+        )
+        if report_rho is not None:
+            said += (
+                f"; the report's {report_rho:.2f} across groups ranks measured coverage, which "
+                "counts wrong mentions too"
+            )
+        console.print(f"{said}.")
+    sweep = manifest.get("sweep") or []
+    if sweep:
+        swept = manifest["settings"]["sweep"]
+        console.print(f"dose response of {swept['group']}, one model per {swept['kind']} rate:")
+    for row in sweep:
         console.print(
-            f"  sweep {row['kind']} {row['rate']:g}: coverage {row['coverage']:.1%}, "
+            f"  rate {row['rate']:g}: coverage {row['coverage']:.1%}, "
             f"macro-F1 {row['macro_f1']:.2f} (chance {row['chance']:.2f})"
         )
     typer.echo(f"figure: {result.out / 'demo.png'}")
+    typer.echo(f"table: {result.out / 'groups.csv'}")
+    if sweep:
+        typer.echo(f"dose response: {result.out / 'sweep' / 'dose_response.png'}")
     typer.echo(f"report: {result.out / 'report.html'}")

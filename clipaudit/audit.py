@@ -109,7 +109,9 @@ def run_audit(
     ``out/coverage``, ``out/zeroshot`` and ``out/report``. Options that would stop a later stage
     (unknown names, missing model files or images, report options out of range) raise
     :class:`~clipaudit.errors.SettingsError` (or the input's error) before any folder is made.
-    Returns the :class:`AuditRun`; ``echo`` receives one line per stage.
+    ``overwrite`` takes changed settings: the stages whose own settings changed are done again,
+    the others kept (a prompt change does not recount the captions). Returns the
+    :class:`AuditRun`; ``echo`` receives a line per stage and what it counted, scored and reused.
     """
     import tempfile
 
@@ -138,9 +140,7 @@ def run_audit(
         "audit",
         _audit_settings(registry, coverage, zeroshot),
         overwrite=overwrite,
-        # audits made before the report left their settings record it: it decides nothing; nor
-        # do the coverage settings a coverage run no longer compares
-        compare=partial(differences, ignore=("report", *NO_LONGER_COMPARED)),
+        compare=_compare(overwrite, echo),
     ) as folder:
         result = run_audit_stages(
             folder, captions, images, models, registry, coverage, zeroshot, report, progress, echo
@@ -152,6 +152,30 @@ def run_audit(
         else:
             result.manifest = folder.complete(**result.manifest)
         return result
+
+
+def _compare(
+    overwrite: bool, echo: Callable[[str], None]
+) -> Callable[[dict[str, Any], dict[str, Any]], list[str]]:
+    """How an audit folder's stored settings are compared with a call's. With ``overwrite`` the
+    audit is never emptied as a whole: each stage, given overwrite, replaces its own run only if
+    its own settings changed, so that a prompt change does not recount hours of captions."""
+    # audits made before the report left their settings record it: it decides nothing; nor do
+    # the coverage settings a coverage run no longer compares
+    compare = partial(differences, ignore=("report", *NO_LONGER_COMPARED))
+    if not overwrite:
+        return compare
+
+    def stage_by_stage(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+        changed = compare(stored, settings)
+        if changed:
+            echo(
+                f"--overwrite: {'; '.join(changed)}; the stages whose settings changed are done "
+                "again, the others kept"
+            )
+        return []
+
+    return stage_by_stage
 
 
 def _audit_settings(
@@ -193,15 +217,72 @@ _STAGE_ARGUMENTS = {
 }
 
 
+def _echo_counted(covered: CoverageResult, echo: Callable[[str], None]) -> None:
+    """What the coverage stage read, and whether this call counted it or found it counted."""
+    manifest = covered.manifest
+    read = (
+        f"    {counted(manifest['n_captions_read'], 'caption')} read from "
+        f"{counted(manifest['n_shards'], 'shard')}; "
+    )
+    if covered.reused:
+        echo(read + "already counted: reused")
+    else:
+        timings = manifest["timings"]
+        resumed, kept = timings.get("shards_resumed"), timings.get("shards_kept_unused")
+        echo(
+            read
+            + f"this session: {counted(timings['shards_this_session'], 'shard')} counted"
+            + (f", {resumed} reused from an earlier session" if resumed else "")
+            # captions another --captions named: in no result here, kept for when named again
+            + (f", {kept} of inputs no longer given kept out of the counts" if kept else "")
+        )
+    if manifest["skipped_shards"]:
+        echo(
+            f"    {counted(len(manifest['skipped_shards']), 'caption shard')} unreadable and "
+            f"skipped (--skip-bad): listed in {covered.out_dir / MANIFEST}"
+        )
+
+
+def _echo_scored(aware: Any, echo: Callable[[str], None]) -> None:
+    """Each model's macro-F1 over its groups and this call's work for it; a model of random
+    weights (a --pretrained forgotten) is said to be a chance baseline."""
+    from clipaudit.zeroshot import counts_this_call
+
+    for info in aware.manifest["models"]:
+        label = info["label"]
+        groups = aware.groups[aware.groups["model"] == label]
+        scores = groups["macro_f1"].dropna()
+        n_encoded, n_cached, n_resumed = counts_this_call(info, aware.reused)
+        scored = (
+            f"macro-F1 {scores.min():.2f}-{scores.max():.2f} over {counted(len(scores), 'group')}"
+            if len(scores)
+            else "no group scored"  # each skipped for it (too few of its images embedded)
+        )
+        echo(
+            f"    {label}: {scored} ({counted(int(groups['n_images'].sum()), 'image')}); "
+            f"this session: {n_encoded:,} encoded, {n_cached:,} from cache, {n_resumed:,} from "
+            "an earlier session"
+        )
+        if info.get("random_weights_seed") is not None:
+            echo(
+                f"    {label} has random weights (no --pretrained): its scores are a chance "
+                "baseline, not a trained model's"
+            )
+
+
 def _echo_left_out(manifest: dict[str, Any], where: Path, echo: Callable[[str], None]) -> None:
     """The images the zero-shot stage skipped (undecodable, unreadable) and the files it ignored
     (strays, unlabelled samples), as `clipaudit zeroshot` says them: no score is over them."""
-    skipped = len(manifest.get("skipped_images") or [])
-    ignored = ((manifest.get("inputs") or {}).get("images") or {}).get("n_ignored") or 0
-    parts = [counted(skipped, "image") + " skipped"] if skipped else []
+    skipped = manifest.get("skipped_images") or []
+    listed = (manifest.get("inputs") or {}).get("images") or {}
+    ignored = listed.get("n_ignored") or 0
+    parts = [counted(len(skipped), "image") + " skipped"] if skipped else []
     parts += [counted(ignored, "file") + " ignored"] if ignored else []
+    # the first one named with its reason: what to fix is often plain from it
+    first = skipped[0] if skipped else (listed.get("ignored") or [None])[0]
+    example = f" (e.g. {first['path']}: {first['reason']})" if first else ""
     if parts:
-        echo(f"    {' and '.join(parts)}: listed in {where}")
+        echo(f"    {' and '.join(parts)}: listed in {where}{example}")
 
 
 def check_stage_options(
@@ -285,6 +366,7 @@ def run_audit_stages(
     settings = (coverage or CoverageSettings()).replace(progress=progress)
     covered = count_coverage(captions, registry, out / "coverage", settings, overwrite=overwrite)
     timings["coverage_s"] = round(time.perf_counter() - clock, 3)
+    _echo_counted(covered, echo)
 
     clock = time.perf_counter()
     echo(f"{first_stage + 1}/{n_stages} zero-shot awareness")
@@ -298,6 +380,7 @@ def run_audit_stages(
         **(zeroshot or {}),
     )
     timings["zeroshot_s"] = round(time.perf_counter() - clock, 3)
+    _echo_scored(aware, echo)
     _echo_left_out(aware.manifest, out / "zeroshot" / MANIFEST, echo)
 
     clock = time.perf_counter()
@@ -310,6 +393,10 @@ def run_audit_stages(
         **(report or {}),
     )
     timings["report_s"] = round(time.perf_counter() - clock, 3)
+    echo(
+        f"    open report/report.html in a browser; its tables are in report/tables/, each "
+        f"image's prediction in zeroshot/predictions.parquet (in {out})"
+    )
 
     fields = {
         "stages": {stage: str(out / stage) for stage in STAGES},

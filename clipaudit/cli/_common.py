@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import typer
@@ -94,3 +95,11 @@ AllConceptsOption = typer.Option(
     help="Classify among all concepts of a group, not only those with images (distractors count "
     "as errors).",
 )
+
+
+def for_stage(option: Any, stage: str) -> Any:
+    """A shared option whose help names the stage of a multi-stage command it is for
+    ("[zero-shot] ..."), as ``clipaudit audit`` marks its options."""
+    marked = copy.copy(option)
+    marked.help = f"[{stage}] {option.help}"
+    return marked

@@ -11,8 +11,8 @@ import typer
 from clipaudit.cli._common import (
     AllConceptsOption,
     MaxPixelsOption,
-    OverwriteOption,
     RegistryOption,
+    for_stage,
     plain_console,
 )
 
@@ -24,89 +24,119 @@ def register(app: typer.Typer) -> None:
 
 
 def audit(
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder; rerun the same command to resume it."
+    ),
+    registry: str = RegistryOption,
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Take changed settings for the audit in --out instead of refusing: the stages whose "
+        "settings changed are done again, the others kept.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     captions: list[str] = typer.Option(
         ...,
         "--captions",
         "-c",
-        help="Caption source (as coverage count takes them); repeat for several.",
+        help="[coverage] Caption source (as coverage count takes them); repeat for several.",
+    ),
+    column: str | None = typer.Option(
+        None,
+        "--column",
+        help="[coverage] Caption column (default: caption, TEXT or text, whichever exists).",
+    ),
+    id_column: str | None = typer.Option(
+        None,
+        "--id-column",
+        help="[coverage] Id column (default: id, key or SAMPLE_ID, else row numbers).",
+    ),
+    caption_split: str = typer.Option(
+        "train", "--caption-split", help="[coverage] Split of a Hugging Face caption dataset."
+    ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="[coverage] Count and list unreadable caption shards instead of stopping.",
+    ),
+    profile: str = typer.Option("curated", "--profile", help="[coverage] Matching profile."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        help="[coverage] Worker processes counting captions (default: every CPU core, as in "
+        "coverage count).",
     ),
     images: str = typer.Option(
-        ..., "--images", "-i", help="Labelled images (as zeroshot takes them)."
+        ..., "--images", "-i", help="[zero-shot] Labelled images (as zeroshot takes them)."
     ),
     model: list[str] = typer.Option(
         ...,
         "--model",
         "-m",
-        help="open_clip model (as zeroshot takes them: a name, hf-hub:org/repo, local-dir:PATH or "
-        "a model-config JSON); repeat for several.",
+        help="[zero-shot] open_clip model (as zeroshot takes them: a name, hf-hub:org/repo, "
+        "local-dir:PATH or a model-config JSON); repeat for several.",
     ),
     pretrained: list[str] = typer.Option(
         [],
         "--pretrained",
         "-p",
-        help="Pretrained tag or checkpoint, one per --model in order ('none': random weights).",
-    ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Run folder; rerun with the same folder to resume."
-    ),
-    registry: str = RegistryOption,
-    column: str | None = typer.Option(
-        None, "--column", help="Caption column (default: caption, TEXT or text, whichever exists)."
-    ),
-    id_column: str | None = typer.Option(
-        None, "--id-column", help="Id column (default: id, key or SAMPLE_ID, else row numbers)."
-    ),
-    caption_split: str = typer.Option(
-        "train", "--caption-split", help="Split of a Hugging Face caption dataset."
-    ),
-    skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Count and list unreadable caption shards instead of stopping."
-    ),
-    profile: str = typer.Option("curated", "--profile", help="Matching profile for coverage."),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        "-w",
-        help="Worker processes for coverage (default: every CPU core, as in coverage count).",
+        help="[zero-shot] Pretrained tag or checkpoint, one per --model in order ('none', or "
+        "none given: random weights, a chance baseline).",
     ),
     decode_workers: int | None = typer.Option(
         None,
         "--decode-workers",
         min=0,
-        help="Image decoding worker processes for zero-shot (zeroshot's --workers), 0 to decode "
+        help="[zero-shot] Image decoding worker processes (zeroshot's --workers), 0 to decode "
         "in the main process (default: cores - 1, 1 to 16, as in zeroshot).",
     ),
     groups: str | None = typer.Option(
-        None, "--groups", "-g", help="Comma-separated groups for zero-shot (default: all)."
+        None, "--groups", "-g", help="[zero-shot] Comma-separated groups (default: all)."
     ),
     label_field: str | None = typer.Option(
         None,
         "--label-field",
-        help="Label key: webdataset json key (default concept) or HF column (default label).",
+        help="[zero-shot] Label key: webdataset json key (default concept) or HF column "
+        "(default label).",
     ),
-    image_column: str = typer.Option("image", "--image-column", help="Hugging Face image column."),
+    image_column: str = typer.Option(
+        "image", "--image-column", help="[zero-shot] Hugging Face image column."
+    ),
     image_split: str | None = typer.Option(
-        None, "--image-split", help="Split of a Hugging Face image dataset."
+        None, "--image-split", help="[zero-shot] Split of a Hugging Face image dataset."
     ),
     templates: str = typer.Option(
-        "none", "--templates", "-t", help="Zero-shot templates: none, simple, ensemble or a file."
+        "none",
+        "--templates",
+        "-t",
+        help="[zero-shot] Prompt templates: none, simple, ensemble or a file.",
     ),
-    all_concepts: bool = AllConceptsOption,
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per model batch."),
-    max_pixels: int | None = MaxPixelsOption,
+    all_concepts: bool = for_stage(AllConceptsOption, "zero-shot"),
+    device: str = typer.Option(
+        "auto", "--device", help="[zero-shot] auto, cpu, cuda, cuda:N or mps."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", help="[zero-shot] Images per model batch."),
+    max_pixels: int | None = for_stage(MaxPixelsOption, "zero-shot"),
     cache_dir: Path | None = typer.Option(
         None,
         "--cache-dir",
-        help="Embedding cache folder (default: $CLIPAUDIT_CACHE, else clipaudit/embeddings in "
-        "$XDG_CACHE_HOME or ~/.cache).",
+        help="[zero-shot] Embedding cache folder (default: $CLIPAUDIT_CACHE, else "
+        "clipaudit/embeddings in $XDG_CACHE_HOME or ~/.cache).",
     ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache."),
-    title: str | None = typer.Option(None, "--title", help="Title of the report."),
-    overwrite: bool = OverwriteOption,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="[zero-shot] Do not use the embedding cache."
+    ),
+    title: str | None = typer.Option(None, "--title", help="[report] Title of the report."),
 ) -> None:
-    """Count caption coverage, measure each model's zero-shot awareness, and join them in a report."""
+    """Count caption coverage, measure each model's zero-shot awareness, and join them in a report.
+
+    Three stages, each a run folder of its own: OUT/coverage (how often the captions mention
+    each concept), OUT/zeroshot (each model's macro-F1 per concept group on the labelled images)
+    and OUT/report (report.html, report.md, report.json and tables). [coverage], [zero-shot] and
+    [report] mark the stage an option is for; the others are for all three. A killed audit
+    resumes stage by stage when the same command runs again.
+    """
     from clipaudit.audit import run_audit
     from clipaudit.cli.zeroshot import model_specs, parse_groups, pixel_limit, refuse_two_caches
     from clipaudit.coverage import CaptionSources, CoverageSettings
@@ -147,7 +177,8 @@ def audit(
         report={"title": title} if title else None,
         overwrite=overwrite,
         progress=not quiet,
-        echo=console.print,
+        # a line each, unwrapped: logs of long audits are read and searched line by line
+        echo=lambda line: console.print(line, soft_wrap=True),
     )
     typer.echo(result.report.headline())
     typer.echo(f"report: {result.html_path}")

@@ -238,9 +238,15 @@ class Report:
                 far = ", ".join(f"{o['name']} ({o['direction']})" for o in pair["group_outliers"])
                 lines.append(f"    groups far from the fit: {far}")
         if summary["mismatches"]:
+            # distinct names, as the page counts them: two models miss one concept's images once
+            blocks = summary.get("mismatch_summary")  # absent from a report.json of an older one
             counts = ", ".join(
+                f"{b['n_listed']} {_mismatch_kind(b['kind'], b['n_listed'])}"
+                + (f" ({b['count']} over the corpus x model pairs)" if b["count"] != b["n_listed"] else "")
+                for b in blocks
+            ) if blocks else ", ".join(
                 f"{n} {_mismatch_kind(k, n)}" for k, n in summary["mismatch_counts"].items()
-            )
+            )  # fmt: skip
             lines.append(f"mismatches (listed in the report): {counts}")
         lines += [f"note: {note}" for note in summary["notes"]]  # what the page warns of on top
         return "\n".join(lines)

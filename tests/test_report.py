@@ -1553,6 +1553,9 @@ def test_the_command_line_prints_the_headline_and_the_page(audit_runs, tmp_path,
         x for x in printed.splitlines() if x.startswith("mismatches (listed in the report): ")
     )
     assert sorted(line.split(": ", 1)[1].split(", ")) == sorted(said)
+    # the page's menu counts them so too
+    n_distinct = sum(len(names) for names in distinct.values())
+    assert f"Mismatches ({n_distinct})</a>" in (out / "report.html").read_text(encoding="utf-8")
     assert json.loads((out / "manifest.json").read_text())["settings"]["seed"] == 3
     with pytest.raises(SystemExit) as exited:
         main(["report", audit_runs["coverage"], "--out", str(tmp_path / "x")])

@@ -77,7 +77,13 @@ def demo(
         **({"sweep_rates": parse_rates(rates)} if rates is not None else {}),
     }
     settings = DemoSettings(world=world, train=train, sweep=sweep, **sweep_options)
-    result = run_demo(out, settings, overwrite=overwrite, progress=not quiet, echo=console.print)
+    result = run_demo(
+        out,
+        settings,
+        overwrite=overwrite,
+        progress=not quiet,
+        echo=lambda line: console.print(line, soft_wrap=True),
+    )
     _print(result)
 
 

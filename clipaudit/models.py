@@ -283,7 +283,9 @@ def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
                 f"checkpoint file {spec.pretrained!r} does not exist; give an existing .safetensors/.pt "
                 "file or a pretrained tag"
             )
-        check_checkpoint(spec.pretrained, spec.label)
+        shapes = check_checkpoint(spec.pretrained, spec.label)
+        if shapes is not None:
+            check_weights_fit(spec, architecture, shapes)
         return spec.pretrained
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if spec.pretrained not in tags and ("/" in spec.pretrained or os.sep in spec.pretrained):
@@ -329,8 +331,9 @@ def _text_instead_of_weights(path: str) -> str | None:
     )
 
 
-def check_checkpoint(path: str, label: str) -> None:
-    """Read the checkpoint file ``path`` as a state dict, unpickling nothing but tensors, or raise
+def check_checkpoint(path: str, label: str) -> dict[str, tuple[int, ...]] | None:
+    """Read the checkpoint file ``path`` as a state dict, unpickling nothing but tensors, and
+    return its tensors' shapes by name (None for numpy weights, which open_clip converts), or raise
     :class:`ModelError` saying what it holds instead. Read here before open_clip reads it: when
     torch's safe loader raises a TypeError (a crafted pickle can make it), open_clip loads the file
     again with torch's default, which unpickles anything (and runs its code) before torch 2.6 or
@@ -341,7 +344,7 @@ def check_checkpoint(path: str, label: str) -> None:
     prefix = f"could not load model {label!r}: checkpoint {path!r}"
     suffix = Path(path).suffix
     if suffix in (".npz", ".npy"):  # big_vision weights: numpy's loader, no pickle
-        return
+        return None
     if suffix.lower() == ".safetensors" and suffix != ".safetensors":
         # open_clip picks its reader by the suffix as written: this one would go to torch.load
         raise ModelError(
@@ -355,8 +358,12 @@ def check_checkpoint(path: str, label: str) -> None:
         if path.endswith(".safetensors"):  # tensors alone by design: their names say enough
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as handle:
-                state: Any = dict.fromkeys(handle.keys(), torch.empty(0))
+            with safe_open(path, framework="pt") as handle:  # reads the header alone
+                names = handle.keys()  # a handle, not a dict: it has no `in`
+                state: Any = {
+                    name: torch.empty(handle.get_slice(name).get_shape(), device="meta")
+                    for name in names
+                }
         else:
             with _quiet_checkpoint_warnings():
                 state = torch.load(
@@ -381,7 +388,7 @@ def check_checkpoint(path: str, label: str) -> None:
         and state
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
-        return
+        return {name: tuple(tensor.shape) for name, tensor in state.items()}
     if isinstance(state, dict):
         found = (
             f"a dict of {len(state)} entries, e.g. {', '.join(map(repr, list(state)[:5]))}"
@@ -394,6 +401,115 @@ def check_checkpoint(path: str, label: str) -> None:
         f"{prefix} holds {found}, not a state dict (tensor names to tensors, or such a dict under "
         "'state_dict'); give the checkpoint of an open_clip model"
     )
+
+
+def check_weights_fit(
+    spec: ModelSpec, architecture: str, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Raise :class:`ModelError` when a checkpoint's tensors (``shapes``, by name) do not fit
+    ``architecture``, naming the tensors that differ. The model is built on torch's meta device
+    (no weights allocated) and the names and shapes are made over as open_clip's
+    ``load_checkpoint`` makes them over before its strict load, so that whatever open_clip loads
+    passes. Architectures this cannot build offline pass unchecked: the load checks them."""
+    model = _meta_model(architecture)
+    if model is None or not shapes:
+        return
+    state = _as_open_clip_loads(model, shapes)
+    if state is None:
+        return
+    try:
+        model.load_state_dict(state, strict=True)  # tensors on meta: compares, copies nothing
+    except RuntimeError as exc:
+        differences = _differences(
+            {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()},
+            {name: tuple(tensor.shape) for name, tensor in state.items()},
+        ) or [whole_line(exc, 400)]
+        config = f" (model config {spec.model!r})" if spec.model.endswith(".json") else ""
+        raise ModelError(
+            f"could not load model {spec.label!r}: checkpoint {spec.pretrained!r} does not fit "
+            f"the architecture {architecture!r}{config}: {'; '.join(differences)}; give as "
+            "--model (ModelSpec.model in Python) the config the weights were trained with, or "
+            "as --pretrained (ModelSpec.pretrained) weights trained with this one"
+        ) from None
+
+
+def _meta_model(architecture: str) -> torch.nn.Module | None:
+    """``architecture`` as open_clip creates it for a checkpoint, with its tensors on the meta
+    device; None for one built with a Hugging Face text tower (its config is read from the hub)
+    or one that cannot be built on meta."""
+    config = open_clip.get_model_config(architecture)
+    if config is None or "hf_model_name" in config.get("text_cfg", {}):
+        return None
+    try:
+        with torch.device("meta"), _quiet_random_weights_warning(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model(
+                architecture, device="meta", pretrained_image=False, pretrained_text=False
+            )
+    except Exception:  # a tower whose building reads real tensors: never refuse what loads
+        return None
+
+
+def _as_open_clip_loads(
+    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor] | None:
+    """Meta tensors of ``shapes`` named and shaped as open_clip's ``load_state_dict`` and
+    ``load_checkpoint`` (open_clip 3.x) pass them to the model's strict ``load_state_dict``;
+    None for a third-party layout that open_clip converts and meta tensors cannot go through."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import (
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
+
+    state = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    if next(iter(state)).startswith("module"):  # as open_clip: judged by the first name alone
+        state = {name[7:]: tensor for name, tensor in state.items()}
+    try:
+        state = convert_state_dict(model, state)
+    except Exception:
+        return None
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):  # a scalar saved as 1-d, or the other way
+        target = getattr(model, name, None)
+        if name in state and target is not None and target.ndim != state[name].ndim:
+            with contextlib.suppress(RuntimeError):  # its size differs: compared below
+                state[name] = state[name].reshape(target.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.empty_like(model.logit_bias)
+    state.pop("text.transformer.embeddings.position_ids", None)
+    # position embeddings of another grid or context length are resized; a width that differs
+    # (open_clip asserts) or a grid that is not square stay as they are, and differ below
+    for resize in (resize_pos_embed, resize_text_pos_embed):
+        with contextlib.suppress(Exception):
+            resize(state, model)
+    return state
+
+
+def _differences(
+    model: dict[str, tuple[int, ...]], checkpoint: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """The tensors whose shapes differ (the first three, in the model's order), then those one
+    side lacks, in words."""
+    shown = 3
+    found = [
+        f"{name} is {checkpoint[name]} in the checkpoint but {shape} in the model"
+        for name, shape in model.items()
+        if name in checkpoint and checkpoint[name] != shape
+    ]
+    if len(found) > shown:
+        found = [*found[:shown], f"{len(found) - shown} more tensor(s) differ in shape"]
+    for names, side, other in (
+        ([n for n in model if n not in checkpoint], "the model", "the checkpoint"),
+        ([n for n in checkpoint if n not in model], "the checkpoint", "the model"),
+    ):
+        if names:
+            examples = ", ".join(map(repr, names[:shown]))
+            plural = "s" if len(names) > 1 else ""
+            found.append(f"{side} has {len(names)} tensor{plural} {other} lacks, e.g. {examples}")
+    return found
 
 
 @contextlib.contextmanager

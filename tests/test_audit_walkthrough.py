@@ -11,15 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.report_world import MENTIONS
-
-
-def _models(audit_runs: dict) -> tuple[str, str, str]:
-    models = Path(audit_runs["root"]) / "models"
-    return (
-        str(models / "tiny-clip.json"),
-        str(models / "trained.safetensors"),
-        str(models / "random.safetensors"),
-    )
+from tests.test_audit import _models
 
 
 def _audit(audit_runs: dict, out: Path, models, lines: list[str], **options):

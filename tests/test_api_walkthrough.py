@@ -169,7 +169,9 @@ def test_an_audit_says_which_images_it_skipped_and_ignored(tiny_runs, tmp_path):
         report={"n_bootstrap": 0}, progress=False, echo=lines.append,
     )  # fmt: skip
     manifest = tmp_path / "audit" / "zeroshot" / "manifest.json"
-    assert f"    1 image skipped and 1 file ignored: listed in {manifest}" in lines
+    said = f"    1 image skipped and 1 file ignored: listed in {manifest} (e.g. "
+    line = next(x for x in lines if x.startswith(said))  # the first named, with its reason
+    assert "broken.jpg: not a recognised image" in line
     assert [s["path"] for s in audit.zeroshot.manifest["skipped_images"]] == [
         str(images / "Animal" / "dog" / "broken.jpg")
     ]

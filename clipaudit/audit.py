@@ -399,7 +399,6 @@ def run_audit_stages(
     )
 
     fields = {
-        "stages": {stage: str(out / stage) for stage in STAGES},
         # a stage deleted by hand leaves no complete audit: read back, it is named with the fix,
         # and the same command makes it again (RunFolder.was_complete)
         "outputs": [f"{stage}/{MANIFEST}" for stage in STAGES],

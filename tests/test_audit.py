@@ -51,11 +51,15 @@ def test_audit_on_coco_captions_with_two_tiny_models(
     assert coverage.loc["dog", "count"] in dog[count_columns].to_numpy()
     f1 = awareness[(awareness["model"] == "tiny-clip@trained") & (awareness["concept"] == "dog")]
     assert dog["f1"].iloc[0] == pytest.approx(f1["f1"].iloc[0])
+    stages = ("coverage", "zeroshot", "report")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "audit" and manifest["status"] == "complete"
     assert manifest["models"] == ["tiny-clip@trained", "tiny-clip@random"]
+    # the stages are named relative to the audit folder: a moved or copied audit stays whole
+    assert manifest["outputs"] == [f"{stage}/manifest.json" for stage in stages]
+    recorded = {k: v for k, v in manifest.items() if k != "command"}  # the command line as typed
+    assert str(out) not in json.dumps(recorded)
 
-    stages = ("coverage", "zeroshot", "report")
     before = {stage: (out / stage / "manifest.json").read_text() for stage in stages}
     # in this process: what is checked is the command's exit code and output
     code, stdout, stderr = in_process(*args)  # a finished audit: every stage is reused as it is

@@ -12,8 +12,9 @@ gives that group's awareness against its coverage: a dose-response curve. The ru
     RUN/coverage/   RUN/zeroshot/   RUN/report/     the audit's stages
     RUN/demo.png    per group, the share of captions that say its true value against
                     awareness (the README's figure)
-    RUN/groups.csv  per group: chosen rates, true mention rate, measured coverage, macro-F1, chance
-    RUN/report.html the report's page, a copy (its figures/ and tables/ stay in RUN/report/)
+    RUN/groups.csv  per group: chosen rates, true mention rate, coverage (the share of captions
+                    naming any of its values), macro-F1, chance
+    RUN/report.html the report's page, naming its files (figures/, tables/) in RUN/report/
     RUN/sweep/      with a sweep: per rate its captions (of RUN/world's pictures), model and
                     coverage; one zero-shot run of all rates; dose_response.csv and .png
 
@@ -109,7 +110,7 @@ def run_demo(
     from clipaudit.audit import run_audit_stages
     from clipaudit.coverage import CoverageSettings
     from clipaudit.models import ModelSpec
-    from clipaudit.provenance import atomic_write_bytes
+    from clipaudit.provenance import atomic_write_text
     from clipaudit.runs import RunFolder
     from clipaudit.world.training import resolve_train_device, train_world_model
     from clipaudit.world.world import render_world_run
@@ -207,8 +208,9 @@ def run_demo(
 
         table = group_table(world, audit)
         write_group_outputs(table, out)
-        # the page a newcomer opens, at the top of the demo's folder (self-contained: a copy)
-        atomic_write_bytes(out / "report.html", audit.html_path.read_bytes())
+        # the page a newcomer opens, at the top of the demo's folder (self-contained, its
+        # figures inline; the files it names are in report/, and named so)
+        atomic_write_text(out / "report.html", audit.report.to_html(folder=out))
         fields = dict(audit.manifest)
         fields["timings"] = _stage_timings(seconds, reused, folder.previous)
         fields["reused"] = list(reused)
@@ -320,7 +322,9 @@ class _StepBar:
 
 def group_table(world: Any, audit: Any) -> Any:
     """Per group of the world: category, chosen selection and perturbation, the share of captions
-    that say the group's true value, the coverage clipaudit measured, macro-F1 and chance."""
+    that say the group's true value, the group's coverage clipaudit measured (captions naming any
+    of its values, right or wrong; not the report's, the mean over its concepts), macro-F1 and
+    chance."""
     import pandas as pd
 
     rates = world.rates.set_index("group")

@@ -143,6 +143,47 @@ def test_a_sweep_prints_its_group_and_where_its_figure_is(demo, monkeypatch, cap
     shown = printed(SimpleNamespace(manifest=manifest, out=demo.out), monkeypatch, capsys)
     lines = shown.splitlines()
     assert "dose response of Texture, one model per selection rate:" in lines
-    assert "  rate 1: coverage 100.0%, macro-F1 0.80 (chance 0.25)" in lines
+    assert "  rate 1: group coverage 100.0%, macro-F1 0.80 (chance 0.25)" in lines
     assert f"dose response: {demo.out / 'sweep' / 'dose_response.png'}" in lines
     assert "dose response" not in printed(demo, monkeypatch, capsys)  # no sweep, no such line
+
+
+def test_the_page_at_the_top_of_the_demo_names_files_that_are_there(demo):
+    """RUN/report.html was a byte copy of RUN/report/report.html: its "Files: figures/..." and
+    its footer's report.json, report.md and tables/ were not beside it but in RUN/report/."""
+    from tests.test_report_copy import missing_files, named_files
+
+    page = (demo.out / "report.html").read_text(encoding="utf-8")
+    assert missing_files(page, demo.out) == []
+    assert {"report/figures/confusion_*.png", "report/report.json", "report/tables/"} <= set(
+        named_files(page)
+    )
+    # still self-contained, its figures those of the report's own page
+    assert page == demo.report.to_html(folder=demo.out)
+    own = (demo.out / "report" / "report.html").read_text(encoding="utf-8")
+    assert page.count('src="data:image/png;base64,') == own.count('src="data:image/png;base64,')
+    assert page.count('src="data:image/png;base64,') > 0
+
+
+def test_the_tables_group_coverage_is_not_the_reports_coverage_and_says_so(
+    demo, monkeypatch, capsys
+):
+    """The terminal's "coverage" of a group was the share of captions naming any of its values;
+    the report's per-group coverage is the mean over the group's concepts: two numbers, one
+    name, for a reader comparing the two."""
+    shown = printed(demo, monkeypatch, capsys)
+    header = next(line for line in shown.splitlines() if "mention rate" in line)
+    assert "group coverage" in header
+    groups = pd.read_csv(demo.out / "groups.csv").set_index("group")
+    concepts = pd.read_csv(demo.out / "coverage" / "concepts.csv")
+    mean = concepts.groupby("group")["rate"].mean()
+    row = next(line for line in shown.splitlines() if "│ Color " in line)
+    # the table shows the share of captions naming any colour; the report, the mean per colour
+    assert f"{groups.loc['Color', 'coverage']:.1%}" in row
+    assert f"{mean['Color']:.1%}" not in row
+    said = " ".join(shown.split())
+    assert (
+        "group coverage: the share of captions that name any of the group's values, right or "
+        "wrong (groups.csv's coverage); the report's coverage of a group is the mean over its "
+        "concepts" in said
+    )

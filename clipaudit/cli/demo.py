@@ -92,7 +92,14 @@ def _print(result) -> None:
 
     manifest = result.manifest
     table = Table(title="what the captions said, what clipaudit measured, what the model learned")
-    columns = ("group", "mention rate", "wrong", "true mentions", "coverage", "macro-F1 (chance)")
+    columns = (
+        "group",
+        "mention rate",
+        "wrong",
+        "true mentions",
+        "group coverage",
+        "macro-F1 (chance)",
+    )
     for column in columns:
         # a group's name whole, even in 80 columns (else "Post-process…"): headers wrap instead
         table.add_column(
@@ -109,6 +116,12 @@ def _print(result) -> None:
             f1,
         )
     console.print(table)
+    # the report's coverage per group is another number: a reader comparing the two is told
+    console.print(
+        "group coverage: the share of captions that name any of the group's values, right or "
+        "wrong (groups.csv's coverage); the report's coverage of a group is the mean over its "
+        "concepts."
+    )
     rho = manifest.get("spearman_true_mentions_awareness")
     if rho is not None:
         # the report shows another across-groups figure: say what each ranks
@@ -129,7 +142,7 @@ def _print(result) -> None:
         console.print(f"dose response of {swept['group']}, one model per {swept['kind']} rate:")
     for row in sweep:
         console.print(
-            f"  rate {row['rate']:g}: coverage {row['coverage']:.1%}, "
+            f"  rate {row['rate']:g}: group coverage {row['coverage']:.1%}, "
             f"macro-F1 {row['macro_f1']:.2f} (chance {row['chance']:.2f})"
         )
     typer.echo(f"figure: {result.out / 'demo.png'}")

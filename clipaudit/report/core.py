@@ -55,6 +55,11 @@ TABLES = (
     "mismatches",
 )
 OUTPUT_FILES = ("report.html", "report.md", "report.json")
+# the fix when a report folder's file cannot be read
+_AGAIN = (
+    "build the report again into that folder "
+    "(build_report(runs, out); clipaudit report RUN... --out DIR)"
+)
 # per kind: the block's title, the header of its names column, and what one of its rows names
 # (a block lists each once, however many corpus x model pairs it is a mismatch of)
 MISMATCH_TITLES = {
@@ -164,9 +169,27 @@ class Report:
     def html_path(self) -> Path:
         return self.out / "report.html"
 
-    def to_html(self) -> str:
-        """The page (report.html): one self-contained HTML document."""
-        return self._rendered("report.html")
+    def to_html(self, folder: str | Path | None = None) -> str:
+        """The page (report.html): one self-contained HTML document. With ``folder``, the page
+        to save in that folder instead (the demo's copy at its top): the same, but the files it
+        names (figures, tables, report.json and .md) are named as seen from ``folder``."""
+        if folder is None:
+            return self._rendered("report.html")
+        import os
+
+        from clipaudit.report.render import render_html
+
+        # resolved both: a folder reached through a link is still the report's parent
+        seen_from = Path(os.path.relpath(self.out.resolve(), Path(folder).resolve())).as_posix()
+        images = {}
+        for key, png in self.figures.items():
+            try:
+                images[key] = _data_uri(png.read_bytes())
+            except OSError as exc:
+                raise RunFolderError(
+                    f"cannot read {png} ({exc.strerror or exc}), a figure of the page; {_AGAIN}"
+                ) from None
+        return render_html(self.summary, images, "" if seen_from == "." else f"{seen_from}/")
 
     def to_markdown(self) -> str:
         """The report as Markdown (report.md; its figures are links into ``figures/``)."""
@@ -181,8 +204,7 @@ class Report:
             return (self.out / name).read_text(encoding="utf-8")
         except OSError as exc:
             raise RunFolderError(
-                f"cannot read {self.out / name} ({exc.strerror or exc}); build the report again "
-                "into that folder (build_report(runs, out); clipaudit report RUN... --out DIR)"
+                f"cannot read {self.out / name} ({exc.strerror or exc}); {_AGAIN}"
             ) from None
 
     def __repr__(self) -> str:
@@ -754,7 +776,7 @@ def _draw(
         data = png.read_bytes()
         width, height = draw.png_size(data)
         paths[item.key] = png
-        images[item.key] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        images[item.key] = _data_uri(data)
         entries.append(
             {
                 "key": item.key,
@@ -775,3 +797,8 @@ def _draw(
         )
     summary["figures"] = plain(entries)
     return paths, images
+
+
+def _data_uri(png: bytes) -> str:
+    """A PNG as the page embeds it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

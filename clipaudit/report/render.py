@@ -113,9 +113,11 @@ def render(template: str, kind: str, **context: Any) -> str:
     return environment(kind).get_template(template).render(**context)
 
 
-def render_html(summary: dict[str, Any], images: dict[str, str]) -> str:
-    """The self-contained page; ``images`` maps each figure key to its PNG ``data:`` URI."""
-    return render("report.html.j2", "html", s=summary, images=images)
+def render_html(summary: dict[str, Any], images: dict[str, str], to_files: str = "") -> str:
+    """The self-contained page; ``images`` maps each figure key to its PNG ``data:`` URI.
+    ``to_files`` leads each file the page names (figures, tables, report.md): the report folder
+    as seen from where the page is saved, ending in "/" ("" beside them)."""
+    return render("report.html.j2", "html", s=summary, images=images, to_files=to_files)
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

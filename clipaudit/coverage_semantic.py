@@ -1225,7 +1225,31 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
         calibration = semantic["calibration"]
         threshold = (calibration.get("shared") or calibration["defaults"])["semantic"]
     encoder = load_encoder(parse_encoder(semantic["encoder"]["spec"], device="auto"))
-    return index.query(query, threshold, k=k, encoder=encoder)
+    found = index.query(query, threshold, k=k, encoder=encoder)
+    return replace(found, run_concept=_run_concept(run, query))
+
+
+def _run_concept(run: Path, query: str) -> dict[str, Any] | None:
+    """How the run counted ``query`` when it names a concept of the run's registry: far more
+    captions than the query finds (the words alone at the shared threshold), with the concept's
+    own vector at its own threshold, or its words checked against its gloss."""
+    nearest = read_nearest(run)
+    concepts = nearest.get("concepts")
+    name = " ".join(query.split()).casefold()
+    concept = concepts.get(name) if isinstance(concepts, dict) else None
+    if not isinstance(concept, dict) or not isinstance(concept.get("threshold"), float | int):
+        return None
+    checked = nearest.get("method") == "checked"
+    return {
+        "concept": name,
+        "group": concept.get("group"),
+        "how": "by its words, checked against the concept's gloss"
+        if checked
+        else "with the concept's own vector (prompts, synonyms, gloss) at cosine >= "
+        f"{concept['threshold']:.3f}",
+        "column": "checked_count" if checked else "semantic_count",
+        "table": str(run / "concepts.csv"),
+    }
 
 
 def read_nearest(run: Path) -> dict[str, Any]:
@@ -1292,6 +1316,7 @@ def calibrate(
     from clipaudit.registry import load_registry
     from clipaudit.semantic.calibration import (
         check_folds,
+        check_labelled_files,
         check_min_positives,
         concat_evidence,
         concept_fingerprints,
@@ -1317,6 +1342,7 @@ def calibrate(
         raise InputError(
             "no labelled caption files given; expected JSON lines of id, caption, concepts"
         )
+    check_labelled_files(paths)
     out = Path(out)
     if out.resolve() in {p.resolve() for p in paths}:  # the thresholds would replace the captions
         raise SettingsError(

@@ -106,7 +106,8 @@ def load_gold(path: str | Path, registry: str | Path | Registry | None = None) -
         ) + (f"; and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else "")
         raise InputError(
             f"{path}: {len(unknown)} label(s) name no concept of registry {registry.name!r}: {listed}; "
-            "fix the labels or evaluate with the registry they were made for"
+            "fix the labels or give the registry they were made for (--registry; registry= in "
+            "Python)"
         )
     if not rows:
         raise InputError(f"{path}: no labelled captions in the file")

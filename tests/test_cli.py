@@ -358,7 +358,16 @@ def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
         {"id": "8", "score": 0.52, "caption": "line one\r\n9  0.99  forged\u202egpj.exe"},
         {"id": "9", "score": 0.50, "caption": long},
     ]
-    found = SimpleNamespace(count=1, threshold=0.5, method="flat", seconds=0.002, nearest=nearest)
+    for near in nearest:
+        near["counted"] = True
+    found = SimpleNamespace(
+        count=1,
+        threshold=0.5,
+        method="flat",
+        seconds=0.002,
+        nearest=nearest,
+        run_concept=None,
+    )
     monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
     coverage._query(Path("run"), "a fox", None, 2)
     lines = printed.getvalue().splitlines()
@@ -738,7 +747,16 @@ def test_query_names_the_input_and_file_of_each_nearest_caption(monkeypatch):
         {"id": 0, "score": 0.9, "caption": "a fox", "input": 1, "file": "b.parquet"},
         {"id": 0, "score": 0.8, "caption": "a fox", "input": 2, "file": None},
     ]
-    found = SimpleNamespace(count=2, threshold=0.5, method="flat", seconds=0.002, nearest=nearest)
+    for near in nearest:
+        near["counted"] = True
+    found = SimpleNamespace(
+        count=2,
+        threshold=0.5,
+        method="flat",
+        seconds=0.002,
+        nearest=nearest,
+        run_concept=None,
+    )
     monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
     coverage._query(Path("run"), "a fox", None, 2)
     lines = printed.getvalue().splitlines()

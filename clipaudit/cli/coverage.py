@@ -529,9 +529,14 @@ def calibrate(
     console.print(table)
     fitted = {kind: origin.count("fitted") for kind, origin in report.calibration.origin.items()}
     console.print(_own_thresholds(fitted, report.calibration.shared, "the"))
+    # one line, a path to copy; "the same --encoder" read as a flag to repeat when none was given
+    with_encoder = (
+        f"--encoder {encoder}" if encoder else "no --encoder (the default encoder, as here)"
+    )
     console.print(
         f"calibration for {report.calibration.encoder['model']} written to {report.path}; count "
-        f"with --calibration {report.path} and the same --encoder"
+        f"with --calibration {report.path} and {with_encoder}",
+        soft_wrap=True,
     )
 
 
@@ -590,9 +595,21 @@ def _query(run: Path, text: str, threshold: float | None, k: int) -> None:
         f"{counted(found.count, 'caption')} with cosine >= {found.threshold:.3f} to {text!r} "
         f"({found.method}, {found.seconds * 1000:.0f} ms)"
     )
+    below = False
     for near in found.nearest:  # inert (plain_console), and one caption to a line, however long
+        if not near["counted"] and not below:  # nearest, yet not among those counted
+            below = True
+            console.print(f"not counted (cosine below {found.threshold:.3f}):")
         console.print(
             f"  {near['score']:.3f}  {_origin(near)}{near['id']}  {near['caption']}",
+            soft_wrap=True,
+        )
+    concept = found.run_concept
+    if concept is not None:  # the run's own count of it is elsewhere, and larger
+        console.print(
+            f"{concept['concept']!r} is a concept of the run's registry (group "
+            f"{concept['group']}): the run counted it {concept['how']} ({concept['column']} in "
+            f"{concept['table']}); this query embeds the text alone",
             soft_wrap=True,
         )
 

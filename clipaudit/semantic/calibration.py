@@ -623,6 +623,25 @@ def _said(record: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in record.items())
 
 
+def check_labelled_files(paths: Sequence[str | Path]) -> None:
+    """Each labelled file once: pooled twice (named twice, or a copy under another name), its
+    captions would weigh double and its concepts reach ``min_positives`` on half the positives.
+    Files that do not exist are left to the reader, which says so."""
+    first: dict[Any, Path] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue
+        for key, what in ((path.resolve(), "is named twice"), (sha256_file(path), "")):
+            if key in first:
+                said = what or f"holds the same bytes as {first[key]}"
+                raise SettingsError(
+                    f"labelled caption file {path} {said}: pooled, its captions would count twice "
+                    "(and its concepts reach --min-positives on half their positives); name each "
+                    "labelled file once (the GOLD arguments; gold= in Python)"
+                )
+            first[key] = path
+
+
 def describe_labelled(path: str | Path, n_captions: int) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_file(path), "n_captions": n_captions}
 

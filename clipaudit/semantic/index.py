@@ -155,7 +155,9 @@ class IndexSettings:
 @dataclass(frozen=True)
 class QueryResult:
     """How many captions score >= ``threshold`` for a query, and the nearest ones: each caption
-    text once, at its best score (web corpora repeat alt-text)."""
+    text once, at its best score (web corpora repeat alt-text), with ``counted``: whether the
+    count holds it. ``run_concept``: when the query names a concept of a run's registry, how
+    that run counted it and where (:func:`clipaudit.query_run`)."""
 
     query: str | None
     threshold: float
@@ -164,6 +166,7 @@ class QueryResult:
     seconds: float
     method: str
     n_candidates: int
+    run_concept: dict[str, Any] | None = None
 
 
 def _default_nlist(n: int, train_rows: int) -> int:
@@ -279,10 +282,17 @@ class CaptionIndex:
                 raise SettingsError(f"m={m} must divide the dimension {dim}")
             needed = max(nlist, 1 << settings.nbits)  # FAISS's k-means: a point per centroid
             if train_rows < needed:
+                fix = (  # the sample falls short, not the corpus
+                    f" (train_rows={train_rows:,} of the {n:,} captions): train on {needed:,} "
+                    "or more (train_rows=)"
+                    if n >= needed
+                    else ": use the flat index, exact, for a corpus this small (--kind flat or "
+                    "auto; IndexSettings(kind='flat') in Python), or fewer lists and codes "
+                    "(nlist=, nbits=)"
+                )
                 raise SettingsError(
                     f"an IVF-PQ index of {nlist} lists and {1 << settings.nbits} codes per "
-                    f"sub-vector trains on at least {needed:,} captions; got {train_rows:,} "
-                    "(use the flat index, exact, for a corpus this small)"
+                    f"sub-vector trains on at least {needed:,} captions; got {train_rows:,}{fix}"
                 )
             index = faiss.IndexIVFPQ(
                 faiss.IndexFlatIP(dim), dim, nlist, m, settings.nbits, faiss.METRIC_INNER_PRODUCT
@@ -525,6 +535,12 @@ class CaptionIndex:
             if len(nearest) >= k or wanted >= self.n:
                 break
             wanted = min(wanted * 4, self.n)
+        # as the count decides it, on the float32 scores (those shown are rounded)
+        exact_of = dict(zip(positions.tolist(), scores.tolist(), strict=True))
+        for entry in nearest:
+            entry["counted"] = bool(
+                np.float32(exact_of[entry["position"]]) >= np.float32(threshold)
+            )
         method = {
             "flat": "exact (flat index)",
             "ivfpq": "IVF-PQ candidates, exact re-scoring" if exact else "IVF-PQ, approximate",

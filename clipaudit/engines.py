@@ -24,7 +24,10 @@ ObjectRef's ``.future()`` is the same Future; retries would come from ``max_rest
 Where Ray comes from: ``address`` (``--ray-address``), else ``RAY_ADDRESS``, else a Ray started
 for the run on this machine (no dashboard; its CPUs are ``workers``, default all) and shut down
 after. When the calling process has already connected to Ray (``ray.init``), that connection is
-used and left open.
+used and left open. Before connecting, the address is checked, so that a mistake is one line in
+seconds where ``ray.init`` would wait (minutes, or without end): something listens there, in gRPC,
+and, for a HOST:PORT, takes this process's token (Ray's clusters ask for one by default; Ray sends
+it to an explicit address only under ``RAY_AUTH_MODE=token``); ``auto`` finds a Ray here.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def check_ray(address: str | None) -> None:
                 "'ray[client]'; or run clipaudit on the cluster (ray job submit) with its "
                 "HOST:PORT address"
             ) from None
-    _check_reachable(target)
+    _check_cluster(target)
 
 
 def ray_address(address: str | None) -> str | None:
@@ -122,6 +125,8 @@ class RayExecutor:
         else:
             self.address = ray_address(address) or "(a Ray started for this run)"
             self._connect(ray_address(address), workers)
+            if self.address == "auto":  # the manifest names the cluster found
+                self.address = _connected_address(ray)
         try:
             cpus = int(ray.cluster_resources().get("CPU", 0))
             if self.started or workers is None:
@@ -153,7 +158,7 @@ class RayExecutor:
                 raise EngineError(f"could not start Ray on this machine: {one_line(exc)}") from None
             self.started = True
         else:
-            _check_reachable(address)
+            _check_cluster(address)
             try:
                 ray.init(address=address, **options)
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError...
@@ -286,6 +291,60 @@ def _quiet(names: tuple[str, ...]) -> Any:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _check_cluster(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a cluster address, something else
+    does, or its head wants a token this process does not send."""
+    _check_reachable(address)
+    if address == "auto":
+        _check_found()
+    elif address != "local" and "://" not in address:
+        _check_token(address)
+
+
+def _check_found() -> None:
+    """Refuse ``auto`` where it finds no Ray on this machine, before a run folder is made, in
+    clipaudit's words (Ray's point to its own CLI's ``--address``)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die  # Ray's, not public
+    except ImportError:
+        return
+    try:
+        canonicalize_bootstrap_address_or_die("auto")
+    except ConnectionError as exc:
+        found = str(exc).split(". Please", 1)[0]
+        raise EngineError(
+            f"--ray-address auto found no Ray running on this machine to join ({found}); start "
+            "one (ray start --head), or give the head node's HOST:PORT as --ray-address, or drop "
+            "--ray-address and RAY_ADDRESS to start Ray on this machine for the run"
+        ) from None
+
+
+def _check_token(address: str) -> None:
+    """Ask the head's GCS for the cluster's id, as ``ray.init`` does first. Ray's clusters want a
+    token by default, but Ray sends one to an explicit address only under RAY_AUTH_MODE=token;
+    without it (or with another token) ``ray.init`` retries for 20 s, a warning each second, and
+    then says only that it could not connect."""
+    try:
+        from ray._raylet import GcsClient  # what ray.init asks with; Ray's own, not public
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray of before tokens, or one that asks otherwise: ray.init will tell
+        return
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+        sent = "sent another" if token_mode else "sent none (RAY_AUTH_MODE is not token)"
+        raise EngineError(
+            f"the Ray cluster at {address!r} asks for its authentication token, and this process "
+            f"{sent}; set RAY_AUTH_MODE=token and the cluster's token (ray get-auth-token prints "
+            "it on the head node) in RAY_AUTH_TOKEN, or in ~/.ray/auth_token or the file "
+            "RAY_AUTH_TOKEN_PATH names (Ray sends it to an explicit --ray-address or RAY_ADDRESS "
+            "only then; --ray-address auto, on a node, finds it there itself)"
+        ) from None
+    except Exception:  # anything else is ray.init's to report, in its words
+        return
 
 
 def _check_reachable(address: str) -> None:

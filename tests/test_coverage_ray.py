@@ -432,3 +432,38 @@ def test_a_semantic_run_on_ray_writes_the_local_engines_outputs(
     )
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert manifest["timings"]["engine"] == "ray" and manifest["n_shards"] == 2
+
+
+@pytest.mark.parametrize(
+    ("auth", "sent"),
+    [({}, "sent none"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}, "sent another")],
+)
+def test_a_cluster_that_wants_a_token_this_process_lacks_is_refused_in_one_line(
+    ray_cluster, tmp_path, auth, sent
+):
+    """Ray's clusters ask for a token by default, and Ray sends one to an explicit address only
+    under RAY_AUTH_MODE=token: without it (or with another token) ``ray.init`` retries for 20 s,
+    printing a warning a second, then says only that it failed to connect."""
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        pytest.skip("the module's Ray was started without token authentication")
+    corpus = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"caption": ["a red cat"]}), corpus)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    args = ("count", str(corpus), "--out", str(tmp_path / "run"), "--no-progress")
+    failed = subprocess.run(
+        cli(*args, "--engine", "ray", "--ray-address", ray_cluster),
+        cwd=REPO,
+        env={**env, **auth},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 2, failed.stderr
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(
+        f"error: the Ray cluster at {ray_cluster!r} asks for its authentication token, and this "
+        f"process {sent}"
+    )
+    assert "RAY_AUTH_MODE=token" in error and "ray get-auth-token" in error
+    assert failed.stderr.count("Failed to get cluster ID") <= 1  # Ray's warning: asked once
+    assert not (tmp_path / "run").exists()

@@ -274,7 +274,11 @@ def _register_config(path: Path) -> str:
 
 
 def check_pretrained(spec: ModelSpec, architecture: str) -> str | None:
-    """The value to pass to open_clip as ``pretrained`` (None for random weights), checked."""
+    """The value to pass to open_clip as ``pretrained`` (None for random weights), checked. An
+    hf-hub: or local-dir: model's own weights file is checked as a ``pretrained`` one is."""
+    if spec.model.startswith(SCHEMA_PREFIXES):
+        _check_folder_weights(spec)
+        return None
     if spec.is_random:
         return None
     if spec.is_checkpoint_file:
@@ -411,26 +415,137 @@ def check_weights_fit(
     (no weights allocated) and the names and shapes are made over as open_clip's
     ``load_checkpoint`` makes them over before its strict load, so that whatever open_clip loads
     passes. Architectures this cannot build offline pass unchecked: the load checks them."""
-    model = _meta_model(architecture)
-    if model is None or not shapes:
-        return
-    state = _as_open_clip_loads(model, shapes)
-    if state is None:
-        return
-    try:
-        model.load_state_dict(state, strict=True)  # tensors on meta: compares, copies nothing
-    except RuntimeError as exc:
-        differences = _differences(
-            {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()},
-            {name: tuple(tensor.shape) for name, tensor in state.items()},
-        ) or [whole_line(exc, 400)]
+    differences = weights_misfit(architecture, shapes)
+    if differences:
         config = f" (model config {spec.model!r})" if spec.model.endswith(".json") else ""
         raise ModelError(
             f"could not load model {spec.label!r}: checkpoint {spec.pretrained!r} does not fit "
             f"the architecture {architecture!r}{config}: {'; '.join(differences)}; give as "
             "--model (ModelSpec.model in Python) the config the weights were trained with, or "
             "as --pretrained (ModelSpec.pretrained) weights trained with this one"
+        )
+
+
+def weights_misfit(architecture: str, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a checkpoint's tensors (``shapes``, by name) do not fit ``architecture``, in words
+    (the tensors that differ); empty when open_clip's strict load would take them, or when the
+    architecture cannot be built offline (the load checks it)."""
+    model = _meta_model(architecture)
+    if model is None or not shapes:
+        return []
+    state = _as_open_clip_loads(model, shapes)
+    if state is None:
+        return []
+    try:
+        model.load_state_dict(state, strict=True)  # tensors on meta: compares, copies nothing
+    except RuntimeError as exc:
+        return _differences(
+            {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()},
+            {name: tuple(tensor.shape) for name, tensor in state.items()},
+        ) or [whole_line(exc, 400)]
+    return []
+
+
+def _check_folder_weights(spec: ModelSpec) -> None:
+    """Refuse an hf-hub: or local-dir: model whose weights open_clip would not load, before
+    anything runs: a folder without a weights file (open_clip would go on with random weights,
+    saying so only in a log line), a damaged or pickled-object one, or one of another config. A
+    hub model is checked in the hub cache alone: one not cached is downloaded by the load."""
+    found = _folder_files(spec.model)
+    if found is None:
+        return
+    config, weights, fix = found
+    try:
+        shapes = check_checkpoint(str(weights), spec.label)
+        differences = weights_misfit(f"local-dir:{config.parent}", shapes or {})
+        if differences:
+            raise ModelError(
+                f"could not load model {spec.label!r}: its weights file {str(weights)!r} does "
+                f"not fit the model_cfg of {str(config)!r}: {'; '.join(differences)}; {fix}"
+            )
+    except ModelError:
+        if not _superseded(spec.model, config):
+            raise
+
+
+def _folder_files(model: str) -> tuple[Path, Path, str] | None:
+    """The config and weights files open_clip reads for an hf-hub: or local-dir: ``model``, and
+    the fix for weights that do not fit the config; None for a hub model not in the hub cache."""
+    if model.startswith("local-dir:"):
+        folder = Path(model.removeprefix("local-dir:"))
+        config = folder / "open_clip_config.json"
+        _read_folder_config(config)
+        # open_clip's own choice (by name, safetensors first), so that the file checked is the
+        # one it loads; an open_clip before local-dir: support has none, and loads no folder
+        find = getattr(open_clip.factory, "_find_checkpoint_in_dir", None)
+        if find is None:
+            return None
+        weights = find(folder)
+        if weights is None:
+            others = sorted(p.name for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+            seen = f"; found {', '.join(others)}" if others else ""
+            raise ModelError(
+                f"local-dir folder {str(folder)!r} has no weights file (open_clip looks for "
+                f"*.safetensors, *.bin, *.pth{seen}), so open_clip would run it with random "
+                "weights; put the weights in it as open_clip_model.safetensors, or for random "
+                "weights give its model_cfg as a config JSON (--model FILE.json, ModelSpec.model)"
+            )
+        fix = (
+            f"put in {str(folder)!r} the weights trained with that model_cfg, or the model_cfg "
+            "they were trained with (--model local-dir:FOLDER, ModelSpec.model in Python)"
+        )
+        return config, Path(weights), fix
+    repo = model.removeprefix("hf-hub:")
+    if not valid_repo_id(repo):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo, "open_clip_config.json")
+    weights = next(
+        (
+            path
+            for name in HUB_WEIGHTS  # open_clip's order: safetensors first
+            if isinstance(path := try_to_load_from_cache(repo, name), str)
+        ),
+        None,
+    )
+    if not isinstance(config, str) or weights is None:
+        return None
+    snapshot = Path(config).parent
+    _read_folder_config(Path(config))
+    fix = (
+        f"the cached hf-hub:{repo} (commit {snapshot.name}) is damaged or mixed: delete "
+        f"{str(snapshot.parent.parent)!r} and download it again, or give another model as --model"
+    )
+    return Path(config), Path(weights), fix
+
+
+def _superseded(model: str, config: Path) -> bool:
+    """Whether the hub holds a newer commit of the hf-hub: ``model`` than the cached snapshot
+    holding ``config``: the load, online, downloads that one, which may fit. Asked only before
+    refusing, so that a fitting cached model costs no request."""
+    from huggingface_hub import constants
+
+    if not model.startswith("hf-hub:") or constants.is_offline_mode():
+        return False
+    return _hub_head(model.removeprefix("hf-hub:")) not in (None, config.parent.name)
+
+
+def _read_folder_config(path: Path) -> None:
+    """Refuse an open_clip_config.json that open_clip cannot read a model_cfg from."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelError(
+            f"{str(path)!r} is not a readable JSON file ({type(exc).__name__}: {whole_line(exc)}); "
+            "expected open_clip's model config with model_cfg and preprocess_cfg"
         ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ModelError(
+            f"{str(path)!r} has no model_cfg (got {got}); expected open_clip's model config with "
+            "model_cfg (embed_dim, vision_cfg, text_cfg) and preprocess_cfg"
+        )
 
 
 def _meta_model(architecture: str) -> torch.nn.Module | None:
@@ -441,10 +556,17 @@ def _meta_model(architecture: str) -> torch.nn.Module | None:
     if config is None or "hf_model_name" in config.get("text_cfg", {}):
         return None
     try:
+        # a local-dir's weights are checked, not loaded (an open_clip before local-dir: support
+        # has no load_weights, and needs none)
+        folder = {"load_weights": False} if architecture.startswith("local-dir:") else {}
         with torch.device("meta"), _quiet_random_weights_warning(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return open_clip.create_model(
-                architecture, device="meta", pretrained_image=False, pretrained_text=False
+                architecture,
+                device="meta",
+                pretrained_image=False,
+                pretrained_text=False,
+                **folder,
             )
     except Exception:  # a tower whose building reads real tensors: never refuse what loads
         return None

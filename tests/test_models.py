@@ -109,7 +109,9 @@ def test_a_checkpoint_the_safe_loader_fails_on_is_never_unpickled_in_full(
     )
     write_type_error_pickle(folder / "open_clip_pytorch_model.bin", marker)
     with pytest.raises(
-        ModelError, match=r"could not load model 'local-dir:.*evil-dir' \(TypeError"
+        ModelError,
+        match=r"could not load model 'local-dir:.*evil-dir': checkpoint .*open_clip_pytorch_model"
+        r"\.bin' cannot be read as tensors alone, unpickling nothing else \(TypeError",
     ):
         load_model(ModelSpec(f"local-dir:{folder}"), device="cpu")
     assert not marker.exists()

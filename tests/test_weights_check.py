@@ -5,6 +5,7 @@ them with the model built on torch's meta device, allocating no weights."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import torch
 from clipaudit.errors import ModelError
 from clipaudit.models import ModelSpec, load_model
 from clipaudit.zeroshot import check_model_specs
-from tests.tiny_clip import TINY_CONFIG, tiny_state_dict, write_image_folder, write_tiny_config
+from tests.tiny_clip import (
+    TINY_CONFIG,
+    hub_snapshot,
+    tiny_state_dict,
+    write_image_folder,
+    write_tiny_config,
+    write_tiny_local_dir,
+)
 
 
 def write_config(folder: Path, name: str, **changes: object) -> Path:
@@ -181,3 +189,135 @@ def test_a_builtin_architecture_is_checked_without_allocating_its_weights(tmp_pa
         "model"
     ) in str(caught.value)
     assert "model config" not in str(caught.value)  # a built-in architecture has no file
+
+
+def narrow_text_weights(path: Path) -> Path:
+    """Weights of the tiny model with a text tower twice as wide: another config's."""
+    import open_clip
+
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["text_cfg"]["width"] = 2 * TINY_CONFIG["text_cfg"]["width"]
+    torch.manual_seed(0)
+    return save(open_clip.CLIP(**config).state_dict(), path)
+
+
+def folder_forms(folder: Path) -> dict[str, tuple[Path, str]]:
+    """local-dir folders open_clip would load wrongly or fail on late, with what the refusal says."""
+    text_width = TINY_CONFIG["text_cfg"]["width"]
+    wrong = write_tiny_local_dir(folder / "wrong")
+    narrow_text_weights(wrong / "open_clip_model.safetensors")
+    empty = write_tiny_local_dir(folder / "empty")
+    (empty / "open_clip_model.safetensors").unlink()
+    pt_only = write_tiny_local_dir(folder / "pt-only")
+    (pt_only / "open_clip_model.safetensors").rename(pt_only / "open_clip_model.pt")
+    corrupt = write_tiny_local_dir(folder / "corrupt")
+    weights = corrupt / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return {
+        "wrong widths": (
+            wrong,
+            f"weights file {str(wrong / 'open_clip_model.safetensors')!r} does not fit the "
+            f"model_cfg of {str(wrong / 'open_clip_config.json')!r}: positional_embedding is "
+            f"(32, {2 * text_width}) in the checkpoint but (32, {text_width}) in the model",
+        ),
+        "no weights": (empty, f"local-dir folder {str(empty)!r} has no weights file"),
+        "a .pt open_clip does not look for": (
+            pt_only, "has no weights file (open_clip looks for *.safetensors, *.bin, *.pth; "
+            "found open_clip_model.pt)",
+        ),
+        "corrupt": (corrupt, f"checkpoint {str(weights)!r} is no readable safetensors file"),
+    }  # fmt: skip
+
+
+def test_a_local_dir_folder_whose_weights_would_not_load_is_refused_before_any_image(tmp_path):
+    """A folder without weights would run with random ones, silently; one with weights of another
+    config would fail only once the images are indexed (and an audit's coverage counted)."""
+    for form, (folder, said) in folder_forms(tmp_path).items():
+        with pytest.raises(ModelError) as caught:
+            check_model_specs([ModelSpec(f"local-dir:{folder}")])
+        assert said in str(caught.value), form
+        assert "local-dir" in str(caught.value), form
+
+
+def test_a_local_dir_folders_refusal_comes_before_the_audit_counts_a_caption(tmp_path):
+    import clipaudit
+
+    folder, said = folder_forms(tmp_path)["wrong widths"]
+    images = tmp_path / "images"
+    write_image_folder(images, {"Animal": {"dog": 1, "cat": 1}})
+    out = tmp_path / "audit"
+    with pytest.raises(ModelError, match="does not fit") as caught:
+        clipaudit.run_audit(
+            ["a dog", "a cat"], images, f"local-dir:{folder}", out,
+            progress=False, echo=lambda _: None,
+            zeroshot={"cache_dir": None, "device": "cpu", "workers": 0},
+        )  # fmt: skip
+    assert said in str(caught.value)
+    assert not (out / "coverage").exists()
+    # the fix names both files: the weights to replace, or the config to change
+    assert "open_clip_config.json" in str(caught.value) and "--model" in str(caught.value)
+
+
+def test_local_dir_weights_are_found_as_open_clip_finds_them(tmp_path):
+    """open_clip prefers open_clip_model.safetensors over a .bin: a wrong .bin beside fitting
+    safetensors loads, and a pickled .bin alone is read as tensors only."""
+    folder = write_tiny_local_dir(tmp_path / "both")
+    narrow_text_weights(folder / "open_clip_pytorch_model.bin")
+    check_model_specs([ModelSpec(f"local-dir:{folder}")])
+    bin_only = write_tiny_local_dir(tmp_path / "bin-only")
+    (bin_only / "open_clip_model.safetensors").unlink()
+    save(tiny_state_dict(seed=1), bin_only / "open_clip_pytorch_model.bin")
+    check_model_specs([ModelSpec(f"local-dir:{bin_only}")])
+    narrow_text_weights(bin_only / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelError, match=r"open_clip_pytorch_model.bin' does not fit"):
+        check_model_specs([ModelSpec(f"local-dir:{bin_only}")])
+
+
+def test_a_cached_hub_model_with_weights_of_another_config_is_refused_offline(offline_hub):
+    cache, tried = offline_hub
+    snapshot = write_tiny_local_dir(hub_snapshot(cache, "clipaudit-tests/tiny", "a" * 40))
+    check_model_specs([ModelSpec("hf-hub:clipaudit-tests/tiny")])  # fits: passes
+    narrow_text_weights(snapshot / "open_clip_model.safetensors")
+    with pytest.raises(ModelError) as caught:
+        check_model_specs([ModelSpec("hf-hub:clipaudit-tests/tiny")])
+    message = str(caught.value)
+    assert f"weights file {str(snapshot / 'open_clip_model.safetensors')!r} does not fit" in message
+    assert "hf-hub:clipaudit-tests/tiny" in message and "positional_embedding" in message
+    assert tried == []  # the cache alone: nothing asked of the network
+
+
+def test_online_a_misfit_cached_hub_model_passes_when_the_hub_has_a_newer_commit(
+    offline_hub, monkeypatch
+):
+    """Online, the load downloads the hub's newest commit, which may fit: the cached one is
+    refused only when it is the newest, or the hub does not answer (the load reads the cache)."""
+    from huggingface_hub import constants
+
+    from clipaudit import models
+
+    cache, _ = offline_hub
+    snapshot = write_tiny_local_dir(hub_snapshot(cache, "clipaudit-tests/tiny", "a" * 40))
+    narrow_text_weights(snapshot / "open_clip_model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked = []
+    for head, refused in (("b" * 40, False), ("a" * 40, True), (None, True)):
+        monkeypatch.setattr(models, "_hub_head", lambda repo, head=head: asked.append(repo) or head)
+        if refused:
+            with pytest.raises(ModelError, match="does not fit"):
+                check_model_specs([ModelSpec("hf-hub:clipaudit-tests/tiny")])
+        else:
+            check_model_specs([ModelSpec("hf-hub:clipaudit-tests/tiny")])
+    assert asked == ["clipaudit-tests/tiny"] * 3
+
+
+def test_a_local_dir_config_without_model_cfg_is_refused_naming_it(tmp_path):
+    folder = write_tiny_local_dir(tmp_path / "flat")
+    config = folder / "open_clip_config.json"
+    config.write_text(json.dumps(TINY_CONFIG))  # a bare model config, not open_clip's layout
+    with pytest.raises(
+        ModelError, match=re.escape(f"{str(config)!r} has no model_cfg (got ['embed_dim'")
+    ):
+        check_model_specs([ModelSpec(f"local-dir:{folder}")])
+    config.write_text("{")
+    with pytest.raises(ModelError, match=re.escape(f"{str(config)!r} is not a readable JSON file")):
+        check_model_specs([ModelSpec(f"local-dir:{folder}")])

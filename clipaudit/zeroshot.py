@@ -336,8 +336,9 @@ def _distinct_labels(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
 
 def check_model_specs(specs: Sequence[ModelSpec]) -> None:
     """Check that each model's config, folder and checkpoint exist and its pretrained tag is
-    known, and that a checkpoint file holds a state dict whose tensor names and shapes fit the
-    model, without loading any weights (the model is built on torch's meta device; raises
+    known, and that a checkpoint file (or an hf-hub: model's cached, or a local-dir: model's own
+    weights file) holds a state dict whose tensor names and shapes fit the model, without
+    loading any weights (the model is built on torch's meta device; raises
     :class:`~clipaudit.errors.ModelError`)."""
     from clipaudit.models import check_pretrained, resolve_architecture
 

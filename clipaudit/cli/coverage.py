@@ -119,8 +119,9 @@ def count(
     ray_address: str | None = typer.Option(
         None,
         "--ray-address",
-        help="Ray cluster to run on, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS; without either, "
-        "a Ray started on this machine for the run).",
+        help="Ray cluster to run on, e.g. 10.0.0.1:6379, or auto (the Ray running on this node) "
+        "(default: RAY_ADDRESS; without either, a Ray started on this machine for the run). A "
+        "cluster that asks for a token needs RAY_AUTH_MODE=token.",
     ),
     method: str = typer.Option(
         "lexical",

@@ -19,10 +19,7 @@ def readme_api_block() -> str:
 
 def test_the_readme_api_lines_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    captions = pd.DataFrame(
-        {"text": ["A brown dog on the beach.", "two cats on a sofa", "a hot dog"], "id": [7, 8, 9]}
-    )
-    namespace = {"captions": captions}
+    namespace = {}  # nothing passed in: the block defines what it uses
     exec(compile(readme_api_block(), "README.md", "exec"), namespace)
     assert namespace["clipaudit"].match_captions(["A brown dog on the beach."]) == [
         ["dog", "brown", "beach"]

@@ -1568,9 +1568,18 @@ def _hub_errors(name: str, config: str | None, split: str | None) -> Iterator[No
     try:
         yield
     except Exception as exc:
+        from clipaudit.models import HF_HOST, download_refused
+
         where = f"config {config!r}" + (f", split {split!r}" if split is not None else "")
+        # asked only now that opening failed: offline, the fix is another way in, not the name
+        refused = download_refused(HF_HOST, hub=True)
+        fix = (
+            f"{refused}; on a machine that reaches the hub, save it with datasets' save_to_disk "
+            "and give that folder (without 'hf:'), or check the name and config (hf:NAME:CONFIG)"
+            if refused
+            else "check the name, config (hf:NAME:CONFIG), split (--split; --caption-split in "
+            "clipaudit audit) and the network"
+        )
         raise InputError(
-            f"cannot open Hugging Face dataset {name!r} ({where}): {one_line(exc)}; check the "
-            "name, config (hf:NAME:CONFIG), split (--split; --caption-split in clipaudit audit) "
-            "and the network"
+            f"cannot open Hugging Face dataset {name!r} ({where}): {one_line(exc)}; {fix}"
         ) from None

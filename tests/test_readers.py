@@ -1070,3 +1070,20 @@ def test_a_file_holding_two_caption_columns_is_a_bad_shard_with_skip_bad(tmp_pat
     (skipped,) = plan_shards(resolve_sources([both]), skip_bad=True)
     assert isinstance(skipped, SkippedShard)
     assert "more than one caption column (TEXT, text)" in skipped.reason
+
+
+def test_a_hub_dataset_offline_says_why_and_how_to_read_it_here(monkeypatch):
+    """`HF_HUB_OFFLINE=1 clipaudit coverage count hf:laion/laion400m` said only "Couldn't reach
+    ... (OfflineModeIsEnabled); check ... the network": it names the setting and the way to read
+    the dataset here (save_to_disk elsewhere, then the folder), as --images hf:NAME does."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(InputError) as err:
+        read_all(["hf:clipaudit-test-org/never-cached-captions"])
+    message = str(err.value)
+    assert "'clipaudit-test-org/never-cached-captions'" in message
+    assert "HF_HUB_OFFLINE is set (unset it to download)" in message
+    assert "save_to_disk" in message

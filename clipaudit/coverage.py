@@ -548,6 +548,9 @@ def count_coverage(
     registry = load_registry(registry)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-coverage-"))
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
+    # named sources are read (their columns, parquet footers) before the encoder takes seconds
+    # to load and before a run folder is made: a mistake in them leaves nothing behind
+    looked_at = _look_at(sources, captions, out, settings) if memory_frame is None else None
     # the encoder, concepts and calibration: their identities are part of the run's settings
     semantic = SemanticRun(settings, registry) if settings.method != "lexical" else None
     run_settings = _run_settings(settings, registry, semantic)
@@ -564,26 +567,18 @@ def count_coverage(
     ):
         if semantic is not None:  # which store the earlier sessions wrote to, kept for the next
             _note_semantic(folder, (folder.previous or {}).get("semantic"))
-        try:
-            specs = sources if memory_frame is None else _stage(memory_frame, out / "inputs")
-            in_memory = all(Path(spec).parent == out / "inputs" for spec in specs)  # staged here
-        except UnicodeEncodeError as exc:
-            raise _not_unicode(exc) from None
-        try:
-            resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
-        except InputError as exc:
-            if not _strings_read_as_sources(captions):
-                raise
-            raise InputError(
-                f"{exc} (the list's strings were read as caption sources, as each names one; to "
-                "count the strings themselves as captions, pass them as texts=[...])"
-            ) from None
-        _check_split(settings.hf_split, resolved)
-        inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
+        if looked_at is None:  # captions given in memory: staged in the run folder, then read
+            try:
+                specs = _stage(memory_frame, out / "inputs")
+            except UnicodeEncodeError as exc:
+                raise _not_unicode(exc) from None
+            looked_at = _look_at(specs, captions, out, settings)
+        specs, resolved, inputs, plan = looked_at
+        in_memory = all(Path(spec).parent == out / "inputs" for spec in specs)  # staged here
         if semantic is not None:
             semantic.open(out, resolved, previous=folder.previous)  # refuses another store
             _note_semantic(folder, semantic.manifest())
-        run = _Dispatch(resolved, inputs, registry, matcher, settings, folder, semantic)
+        run = _Dispatch(resolved, inputs, registry, matcher, settings, folder, plan, semantic)
         run.execute()
         moved = semantic is not None and semantic.moved  # merged again: the manifest says where
         # the same files named at other paths (a corpus moved or copied with its times) are the
@@ -633,6 +628,35 @@ def count_coverage(
             for shard in run.finished:
                 folder.unit_path(shard.key, _MATCHES_SUFFIX).unlink(missing_ok=True)
         return replace(result, manifest=manifest)
+
+
+def _look_at(
+    specs: Sequence[str], captions: Any, out: Path, settings: CoverageSettings
+) -> tuple[Sequence[str], list[Source], list[dict[str, Any]], Iterable[Shard | SkippedShard]]:
+    """The sources ``specs`` name, resolved and described, and their shards planned: a missing
+    source, a folder without captions, a wrong column or a damaged parquet footer is an
+    :class:`InputError` here. A streamed dataset's shards stay lazy (read as they are counted)."""
+    try:
+        resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
+    except InputError as exc:
+        if not _strings_read_as_sources(captions):
+            raise
+        raise InputError(
+            f"{exc} (the list's strings were read as caption sources, as each names one; to "
+            "count the strings themselves as captions, pass them as texts=[...])"
+        ) from None
+    _check_split(settings.hf_split, resolved)
+    inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
+    plan = plan_shards(
+        resolved,
+        column=settings.column,
+        id_column=settings.id_column,
+        shard_rows=settings.shard_rows,
+        skip_bad=settings.skip_bad,
+        descriptions=inputs,
+    )
+    streamed = any(s.kind == "hf_stream" for s in resolved)
+    return specs, resolved, inputs, plan if streamed else list(plan)
 
 
 @contextlib.contextmanager
@@ -1043,8 +1067,9 @@ def _looks_like_path(item: Any) -> bool:
 
 
 class _Dispatch:
-    """Plans shards, reuses finished ones, runs the rest in worker processes (or inline) or as
-    Ray tasks: any executor whose ``submit`` returns a :class:`concurrent.futures.Future`."""
+    """Takes the planned shards, reuses finished ones, runs the rest in worker processes (or
+    inline) or as Ray tasks: any executor whose ``submit`` returns a
+    :class:`concurrent.futures.Future`."""
 
     def __init__(
         self,
@@ -1054,9 +1079,11 @@ class _Dispatch:
         matcher: Any,
         settings: CoverageSettings,
         folder: RunFolder,
+        plan: Iterable[Shard | SkippedShard],
         semantic: SemanticRun | None = None,
     ):
         self.semantic = semantic
+        self.plan = plan  # :func:`_look_at`'s: a list, or lazy for a streamed dataset
         self.sources = sources
         self.inputs = inputs
         self.registry = registry
@@ -1073,14 +1100,7 @@ class _Dispatch:
     def execute(self) -> None:
         """Run every planned shard that has no record of the same identity in the run folder."""
         settings = self.settings
-        plan = plan_shards(
-            self.sources,
-            column=settings.column,
-            id_column=settings.id_column,
-            shard_rows=settings.shard_rows,
-            skip_bad=settings.skip_bad,
-            descriptions=self.inputs,
-        )
+        plan = self.plan
         # a shard counted by other matching code is counted again (a resumed run after an upgrade)
         matcher = dict(zip(("lexicon", "code"), code_identity(), strict=True))
         plan = (

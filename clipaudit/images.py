@@ -1140,15 +1140,19 @@ def decode_image(
             # a JPEG decodes at up to 1/8 scale (draft mode): with draft_size always, else when
             # its full size is over the limit, to the model's side: a 108-megapixel phone photo
             # is 1.7 megapixels then, which is what decoding costs and what the limit guards
+            full = image.size
             over = image.width * image.height > max_pixels
             target = draft_size or (scaled_side if over else None)
             if target and image.format == "JPEG":
                 image.draft("RGB", (target, target))
             pixels = image.width * image.height
             if pixels > max_pixels:
+                # the size checked is the drafted one; the file's own is what its viewer shows
+                drafted = f" even decoded at reduced scale from {full[0]}x{full[1]}"
                 raise BadImage(
                     f"too large: {image.width}x{image.height} = {pixels} pixels exceeds the "
-                    f"decompression-bomb limit of {max_pixels}{RAISE_LIMIT}"
+                    f"decompression-bomb limit of {max_pixels}"
+                    f"{drafted if image.size != full else ''}{RAISE_LIMIT}"
                 )
             if scaled_side:
                 short, long = sorted(image.size)

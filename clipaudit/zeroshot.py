@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -645,6 +646,7 @@ def evaluate_model(
     base_templates = resolve_templates(templates)
     records = images.records
     n_attempted = images.counts()
+    n_in_group = Counter(r.group for r in records)
     usable = [i for i in range(len(records)) if embedded.ok[i]]
 
     prediction_rows, concept_frames, group_rows = [], [], []
@@ -662,7 +664,7 @@ def evaluate_model(
         candidates = list(concepts) if all_concepts else present
         if not present or len(candidates) < 2:
             if not present:
-                reason = "no images"
+                reason = _none_embedded(n_in_group[group.name])
             elif all_concepts:
                 reason = f"the group has only the concept {present[0].name!r}; 2 are needed"
             else:
@@ -671,8 +673,7 @@ def evaluate_model(
             continue
         for concept in concepts:
             if concept.name not in with_images:
-                attempted = n_attempted[concept.name]
-                reason = f"all {attempted} images undecodable" if attempted else "no images"
+                reason = _none_embedded(n_attempted[concept.name])
                 skipped_concepts.append(
                     {"group": group.name, "concept": concept.name, "reason": reason}
                 )
@@ -785,6 +786,14 @@ PREDICTION_COLUMNS = [
 CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
 # why a group with the images of one concept is skipped (unless all_concepts)
 ONE_CONCEPT = "; 2 concepts are needed"
+
+
+def _none_embedded(n_listed: int) -> str:
+    """Why a group or concept has no embedded image: none listed, or every one of them failed
+    (a report repeats this reason, where "no images" would send the user to the wrong fix)."""
+    return f"all {n_listed} images undecodable" if n_listed else "no images"
+
+
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified
 # among (more with all_concepts), which sets chance at 1 / n_candidates
 GROUP_COLUMNS = [
@@ -879,6 +888,16 @@ def load_zeroshot_run(path: str | Path, manifest: dict[str, Any]) -> ZeroShotRun
         missing = [column for column in columns if column not in tables[name].columns]
         if missing:
             raise ValueError(f"its {name} table has no column {', '.join(missing)}")
+    # a model listed without a row would be left out of a report unsaid, and a table of no row
+    # at all read as a run of no model; earlier clipaudits also completed a run whose one model
+    # had every image fail
+    listed = [m.get("label") for m in manifest.get("models") or [] if isinstance(m, dict)]
+    scored = set(tables["groups"]["model"])
+    unscored = [label for label in listed if label not in scored]
+    if unscored:
+        raise ValueError(
+            f"its groups table has no row of model {unscored[0]!r}, which its manifest lists"
+        )
     groups = _with_candidates(
         tables["groups"], bool((manifest.get("settings") or {}).get("all_concepts"))
     )

@@ -25,7 +25,7 @@ from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
 from tests.conftest import REPO
-from tests.test_coverage import TINY_REGISTRY, assert_same_outputs
+from tests.test_coverage import TINY_REGISTRY, assert_same_outputs, corpus_with_a_corrupt_shard
 from tests.test_semantic import CountingEncoder
 
 ANIMALS = ["dog", "puppy", "cat", "kitten", "hot dog", "horse", "wolf", "fox"]
@@ -440,11 +440,11 @@ def test_a_run_keeps_the_embedding_store_it_started_with(tiny, corpus, encoder_s
     assert followed.concepts.equals(first.concepts)
     assert index_run(out).n == len(captions_of(corpus))
 
-    # the run's own store; a session fails on a bad input after opening it
-    bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.table({"alt": ["a cat"]}), bad)
+    # the run's own store; a session fails on a bad input after opening it: a damaged data
+    # page, which only reading the shard finds (a wrong column is refused before the folder)
+    bad = corpus_with_a_corrupt_shard(tmp_path / "damaged") / "b.parquet"
     own = tmp_path / "own"
-    with pytest.raises(InputError, match="no caption column"):
+    with pytest.raises(InputError, match="unreadable parquet data"):
         count_coverage([corpus, bad], tiny, own, options)
     assert json.loads((own / "manifest.json").read_text())["status"] == "failed"
     for _ in range(2):  # refused, and refused again: the refusal keeps the record

@@ -156,7 +156,27 @@ def load_encoder(spec: EncoderSpec) -> TextEncoder:
     """Load the encoder ``spec`` names; raises :class:`ModelError` when it cannot be loaded."""
     if spec.kind == "open_clip":
         return OpenClipTextEncoder(spec)
+    _refuse_missing_folder(str(spec.model))
     return SentenceTransformerEncoder(spec)
+
+
+def _refuse_missing_folder(name: str) -> None:
+    """A sentence-transformers model that is no folder here and cannot be a hub name (``NAME`` or
+    ``OWNER/NAME``: ``/models/mine`` is a path) is a folder that does not exist: refused now, not
+    after torch and sentence-transformers took seconds to import."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).exists():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(
+            f"sentence-transformers model {name!r}: no such folder, and not a hub name (NAME or "
+            "OWNER/NAME); give the folder of a saved model (--encoder st:FOLDER, encoder= in "
+            "Python) or a hub name, e.g. st:all-MiniLM-L6-v2"
+        ) from None
 
 
 def same_encoder(a: dict[str, Any], b: dict[str, Any]) -> bool:

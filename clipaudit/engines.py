@@ -8,7 +8,10 @@ before it runs anything. So the code that plans, submits, waits for and records 
 
 :class:`RayExecutor` adds no scheduling of its own: every ``submit`` is one Ray task (one CPU) that
 Ray places, queues, and retries when its worker process or node dies (``max_retries``; an
-exception raised by the function itself is not retried: it is the function's answer). The
+exception raised by the function itself is not retried: it is the function's answer). A task
+that finished on a later attempt is said (one warning line, logger ``clipaudit.engines``) and
+counted (``ray_tasks_retried`` of :meth:`RayExecutor.describe`): its result is whole, but a lost
+worker is news to whoever runs the cluster (a killed process, a flaky node). The
 initializer and its arguments (for coverage, the built matcher, about 1 MB) are put in Ray's
 object store once (``ray.put``) and handed to tasks by reference: a worker process fetches and
 runs them once, on its first task of the run, not once per task. Any function of any module
@@ -55,6 +58,7 @@ _SETTINGS_FRAME = 4  # the frame type a server's preface starts with
 _LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 # Ray warns, on every start, that it turned its default token authentication on: not news here
 _QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+_LOG = logging.getLogger(__name__)
 
 
 def import_ray() -> Any:
@@ -134,7 +138,13 @@ class RayExecutor:
                 self.window = 2 * self.parallelism
             else:  # a shared cluster: at most ``workers`` tasks of this run at once
                 self.parallelism = self.window = workers
-            self.cpus = cpus
+            self._described: dict[str, Any] = {
+                "engine": "ray",
+                "ray_address": self.address,
+                "ray_version": ray.__version__,
+                "cluster_cpus": cpus,
+                "ray_tasks_retried": 0,  # None where this Ray does not say a task's attempt
+            }
             self._context = ray.put((initializer, initargs, __version__))
             self._task = _remote_task(ray).options(
                 num_cpus=1, max_retries=max_retries, retry_exceptions=False
@@ -186,13 +196,31 @@ class RayExecutor:
         with self._lock:
             self._refs.pop(future, None)
         try:
-            result = done.result()
+            attempt, result = done.result()
         except CancelledError as exc:
             future.set_exception(exc)
         except BaseException as exc:
             future.set_exception(self._plain_error(exc))
         else:
+            if attempt is None:
+                self._described["ray_tasks_retried"] = None
+            elif attempt:  # said before the caller has the result: a run's record counts it
+                self._retried(attempt)
             future.set_result(result)
+
+    def _retried(self, attempt: int) -> None:
+        with self._lock:  # Ray's callbacks may run on more than one thread
+            self._described["ray_tasks_retried"] += 1
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode():  # above a progress bar, not through it
+            _LOG.warning(
+                "a Ray worker was lost (its process killed, or its node down) while running a "
+                "task; Ray ran the task again and it finished, whole (attempt %d of at most %d); "
+                "the run's manifest counts these in timings.ray_tasks_retried",
+                attempt + 1,
+                self.max_retries + 1,
+            )
 
     def _plain_error(self, exc: BaseException) -> BaseException:
         """The function's own error when it raised one of clipaudit's (one line, as a local
@@ -250,13 +278,10 @@ class RayExecutor:
         self._saved_env = {}
 
     def describe(self) -> dict[str, Any]:
-        """What the manifest records about where the run ran."""
-        return {
-            "engine": "ray",
-            "ray_address": self.address,
-            "ray_version": self._ray.__version__,
-            "cluster_cpus": self.cpus,
-        }
+        """What the manifest records about where the run ran: always the same dict, whose
+        ``ray_tasks_retried`` (tasks that finished on a later attempt, after their worker was
+        lost) grows as they finish, so that a record of it taken before the run is right after."""
+        return self._described
 
 
 def _connected_address(ray: Any) -> str:
@@ -419,10 +444,10 @@ def _remote_task(ray: Any) -> Any:
     return _REMOTE["task"]
 
 
-def _run_task(context: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
+def _run_task(context: list[Any], fn: Callable[..., Any], *args: Any) -> tuple[int | None, Any]:
     """A Ray task: set this worker process up on its first task of a run (the context, wrapped in
     a list so that Ray hands over the reference and not the value, is fetched only then), then
-    run the function."""
+    run the function; returns which attempt of the task this is (0: the first) and its result."""
     (ref,) = context
     key = ref.hex()
     if _WORKER.get("context") != key:
@@ -436,4 +461,16 @@ def _run_task(context: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
             )
         initializer(*initargs)
         _WORKER["context"] = key
-    return fn(*args)
+    return _attempt_number(), fn(*args)
+
+
+def _attempt_number() -> int | None:
+    """Which attempt of its task this worker runs (0: the first), or None where Ray does not say.
+    Ray's public API does not (its state API needs the dashboard, which a Ray started for a run
+    has not); its core worker does (Ray 2.60 has it)."""
+    try:
+        from ray._private.worker import global_worker  # Ray's own, not public
+
+        return int(global_worker.core_worker.get_current_task_attempt_number())
+    except (ImportError, AttributeError):
+        return None

@@ -11,11 +11,13 @@ import contextlib
 import functools
 import importlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -47,19 +49,16 @@ OUTPUT_FILES = (
 )
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A local Ray for the module; yields its address (for command-line runs to connect to)."""
-    import logging
-
-    if ray.is_initialized():
-        pytest.skip("this process is already connected to a Ray it did not start here")
+@contextlib.contextmanager
+def local_ray(temp_dir: Path, num_cpus: int) -> Iterator[str]:
+    """A Ray started in this process (no dashboard, its files under ``temp_dir``: a short path,
+    socket names are limited); yields its address. ``ray.init`` sets RAY_AUTH_MODE: restored."""
     saved = os.environ.get("RAY_AUTH_MODE")
     ray.init(
         address="local",
-        num_cpus=2,
+        num_cpus=num_cpus,
         include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        _temp_dir=str(temp_dir),
         log_to_driver=False,
         logging_level=logging.ERROR,
     )
@@ -71,6 +70,15 @@ def ray_cluster(tmp_path_factory):
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = saved
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray for the module; yields its address (for command-line runs to connect to)."""
+    if ray.is_initialized():
+        pytest.skip("this process is already connected to a Ray it did not start here")
+    with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,7 @@ def test_the_ray_engine_writes_the_local_engines_outputs_byte_for_byte(
     timings = on_ray.manifest["timings"]
     assert timings["engine"] == "ray" and timings["shards_this_session"] == 9
     assert timings["ray_address"] == ray_cluster  # the cluster this process was connected to
+    assert timings["ray_tasks_retried"] == 0
     assert local.manifest["timings"]["engine"] == "local"
     assert on_ray.n_captions_read == 90_000  # every row of the three files, counted once
     assert on_ray.manifest["units"] == local.manifest["units"]
@@ -182,18 +191,23 @@ def test_ray_workers_read_a_url_through_the_filesystem_of_its_scheme(
     )
 
 
+def die_once(marker: Path) -> None:
+    """Kill this process (a Ray worker) unless ``marker`` says that one was killed already."""
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def dies_once(markers: str, shard):
     """A shard function that kills its own worker process the first time it meets a shard, then
     counts it as usual (this runs in a Ray worker, whose clipaudit.coverage is not patched)."""
-    marker = Path(markers) / f"{shard.key}.died"
-    if shard.first_row in (0, 20_000) and not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
+    if shard.first_row in (0, 20_000):
+        die_once(Path(markers) / f"{shard.key}.died")
     return coverage._process_shard(shard)
 
 
-def test_a_killed_workers_shard_is_retried_and_the_outputs_are_unchanged(
-    ray_cluster, registry, tmp_path, monkeypatch
+def test_a_killed_workers_shard_is_retried_said_and_recorded_and_the_outputs_are_unchanged(
+    ray_cluster, registry, tmp_path, monkeypatch, caplog
 ):
     import psutil
 
@@ -204,7 +218,8 @@ def test_a_killed_workers_shard_is_retried_and_the_outputs_are_unchanged(
     monkeypatch.setattr(coverage, "_process_shard", functools.partial(dies_once, str(markers)))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
     try:
-        on_ray = count([corpus], tmp_path / "ray", registry, shard_rows=10_000, engine="ray")
+        with caplog.at_level(logging.WARNING, logger="clipaudit.engines"):
+            on_ray = count([corpus], tmp_path / "ray", registry, shard_rows=10_000, engine="ray")
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     killed = sorted(markers.glob("*.died"))
@@ -212,6 +227,11 @@ def test_a_killed_workers_shard_is_retried_and_the_outputs_are_unchanged(
     for marker in killed:
         assert not psutil.pid_exists(int(marker.read_text())), "the worker was not killed"
     assert on_ray.manifest["timings"]["shards_this_session"] == 6
+    assert on_ray.manifest["timings"]["ray_tasks_retried"] == len(killed)
+    said = [r.getMessage() for r in caplog.records if r.name == "clipaudit.engines"]
+    assert len(said) == len(killed) and all(
+        line.startswith("a Ray worker was lost") for line in said
+    )
     monkeypatch.undo()
     count([corpus], tmp_path / "local", registry, shard_rows=10_000)
     assert_identical_files(tmp_path / "local", tmp_path / "ray")
@@ -257,6 +277,36 @@ def test_a_worker_lost_more_often_than_retried_is_one_engine_error(ray_cluster):
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         executor.shutdown()
     assert ray.is_initialized()  # the module's Ray was used, and is left running
+
+
+def length_after_dying_once(marker: str, text: str) -> int:
+    die_once(Path(marker))
+    return len(text)
+
+
+def test_a_task_retried_after_its_worker_died_is_counted_and_said_in_one_line(
+    ray_cluster, tmp_path, caplog
+):
+    import psutil
+
+    from clipaudit.engines import RayExecutor
+
+    executor = RayExecutor(print, ("set up",), max_retries=1)
+    marker = tmp_path / "died"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with caplog.at_level(logging.WARNING, logger="clipaudit.engines"):
+            retried = executor.submit(length_after_dying_once, str(marker), "four")
+            assert retried.result(timeout=120) == 4
+            assert executor.submit(len, "five!").result(timeout=120) == 5  # a first attempt
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        executor.shutdown()
+    assert not psutil.pid_exists(int(marker.read_text())), "the worker was not killed"
+    assert executor.describe()["ray_tasks_retried"] == 1
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "clipaudit.engines"]
+    assert said.startswith("a Ray worker was lost") and "attempt 2 of at most 2" in said
+    assert "\n" not in said
 
 
 def test_a_worker_that_cannot_import_what_its_task_needs_is_one_engine_error(
@@ -467,3 +517,18 @@ def test_a_cluster_that_wants_a_token_this_process_lacks_is_refused_in_one_line(
     assert "RAY_AUTH_MODE=token" in error and "ray get-auth-token" in error
     assert failed.stderr.count("Failed to get cluster ID") <= 1  # Ray's warning: asked once
     assert not (tmp_path / "run").exists()
+
+
+def test_the_session_line_says_how_many_tasks_ray_retried():
+    from clipaudit.cli.coverage import session_line
+
+    timings = {
+        "session_seconds": 2.0, "rows_this_session": 10, "workers": 2, "engine": "ray",
+        "shards_this_session": 3, "shards_resumed": 0,
+    }  # fmt: skip
+    assert session_line({**timings, "ray_tasks_retried": 0}, reused=False).endswith(
+        "(Ray, 2 at once)"
+    )
+    assert session_line({**timings, "ray_tasks_retried": 2}, reused=False).endswith(
+        "(Ray, 2 at once, 2 tasks retried after a lost worker)"
+    )

@@ -6,7 +6,6 @@ Rays run on this machine (``auto`` would find them)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 
@@ -15,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.test_coverage import REPO, cli
-
-ray = pytest.importorskip("ray")
+from tests.test_coverage_ray import local_ray  # skips this module too where Ray is absent
 
 
 def running_rays() -> int:
@@ -58,24 +56,8 @@ def test_ray_address_auto_joins_the_ray_running_here_and_the_manifest_names_it(
 ):
     if running_rays():
         pytest.skip("a Ray already runs on this machine: auto would not know which to join")
-    saved = os.environ.get("RAY_AUTH_MODE")
-    ray.init(
-        address="local",
-        num_cpus=1,
-        include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("r")),  # a short path: socket names are limited
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-    )
-    try:
-        address = ray.get_runtime_context().gcs_address
+    with local_ray(tmp_path_factory.mktemp("r"), num_cpus=1) as address:
         done = count_auto(tmp_path)
-    finally:
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
     assert done.returncode == 0, done.stderr
     timings = json.loads((tmp_path / "run" / "manifest.json").read_text())["timings"]
     assert timings["ray_address"] == address  # the cluster joined, not the word "auto"

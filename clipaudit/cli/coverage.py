@@ -406,6 +406,10 @@ def session_line(timings: dict, reused: bool) -> str:
     where = counted(timings["workers"], "worker")
     if timings.get("engine") == "ray":
         where = f"Ray, {timings['workers']} at once"
+        if timings.get("ray_tasks_retried"):  # a lost worker: a killed process or a flaky node
+            where += (
+                f", {counted(timings['ray_tasks_retried'], 'task')} retried after a lost worker"
+            )
     return f"this session: {done}; {seconds:.1f} s{rate} ({where})"
 
 

@@ -342,35 +342,39 @@ def test_zeroshot_model_labels_are_never_cut_in_an_80_column_terminal(monkeypatc
     assert "…" not in shown and columns == ["group", "images", *labels], shown
 
 
-def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
-    """A caption's escape sequences, line breaks and direction overrides reach the terminal as
-    spaces: alt-text cannot recolour the terminal, rename its window or fake a line of output."""
+def _query_lines(monkeypatch, nearest: list[dict], count: int, width: int) -> list[str]:
+    """The lines `coverage query "a fox"` prints when the search finds ``count`` captions, of
+    which ``nearest`` (each counted) are shown, on a terminal ``width`` columns wide."""
     from types import SimpleNamespace
 
     from clipaudit.cli import _common, coverage
 
     printed = io.StringIO()
-    console = _common._PlainConsole(file=printed, width=80, markup=False, emoji=False)
+    console = _common._PlainConsole(file=printed, width=width, markup=False, emoji=False)
     monkeypatch.setattr(coverage, "console", console)
+    found = SimpleNamespace(
+        count=count,
+        threshold=0.5,
+        method="flat",
+        seconds=0.002,
+        nearest=[{**near, "counted": True} for near in nearest],
+        run_concept=None,
+    )
+    monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
+    coverage._query(Path("run"), "a fox", None, 2)
+    return printed.getvalue().splitlines()
+
+
+def test_query_prints_web_captions_inert_and_one_to_a_line(monkeypatch):
+    """A caption's escape sequences, line breaks and direction overrides reach the terminal as
+    spaces: alt-text cannot recolour the terminal, rename its window or fake a line of output."""
     long = "a red fox in the snow, " * 5  # wider than the 80 columns of a pipe
     nearest = [
         {"id": "7\x1b[2J", "score": 0.91, "caption": "red fox\x1b]0;pwned\x07 in snow"},
         {"id": "8", "score": 0.52, "caption": "line one\r\n9  0.99  forged\u202egpj.exe"},
         {"id": "9", "score": 0.50, "caption": long},
     ]
-    for near in nearest:
-        near["counted"] = True
-    found = SimpleNamespace(
-        count=1,
-        threshold=0.5,
-        method="flat",
-        seconds=0.002,
-        nearest=nearest,
-        run_concept=None,
-    )
-    monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
-    coverage._query(Path("run"), "a fox", None, 2)
-    lines = printed.getvalue().splitlines()
+    lines = _query_lines(monkeypatch, nearest, count=1, width=80)
     assert lines == [
         "1 caption with cosine >= 0.500 to 'a fox' (flat, 2 ms)",
         "  0.910  7 [2J  red fox ]0;pwned  in snow",
@@ -736,30 +740,11 @@ def test_ids_repeated_across_inputs_are_no_warning_and_repeats_name_their_input(
 
 
 def test_query_names_the_input_and_file_of_each_nearest_caption(monkeypatch):
-    from types import SimpleNamespace
-
-    from clipaudit.cli import _common, coverage
-
-    printed = io.StringIO()
-    console = _common._PlainConsole(file=printed, width=200, markup=False, emoji=False)
-    monkeypatch.setattr(coverage, "console", console)
     nearest = [
         {"id": 0, "score": 0.9, "caption": "a fox", "input": 1, "file": "b.parquet"},
         {"id": 0, "score": 0.8, "caption": "a fox", "input": 2, "file": None},
     ]
-    for near in nearest:
-        near["counted"] = True
-    found = SimpleNamespace(
-        count=2,
-        threshold=0.5,
-        method="flat",
-        seconds=0.002,
-        nearest=nearest,
-        run_concept=None,
-    )
-    monkeypatch.setattr("clipaudit.coverage_semantic.query_run", lambda *a, **k: found)
-    coverage._query(Path("run"), "a fox", None, 2)
-    lines = printed.getvalue().splitlines()
+    lines = _query_lines(monkeypatch, nearest, count=2, width=200)
     assert lines[1:] == [
         "  0.900  b.parquet  0  a fox",
         "  0.800  input 2  0  a fox",

@@ -329,6 +329,26 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_at_least(name: str, value: int, minimum: int, why: str) -> None:
+    """A probe size below its minimum, refused with the minimum, the reason and the fix."""
+    if value < minimum:
+        raise SettingsError(
+            f"{name} must be >= {minimum} ({why}); got {value}: give --set {name}={minimum} "
+            f"({name}={minimum} in EvaluationSettings or evaluation_overrides in Python)"
+        )
+
+
+def _landmarks_needed(minimum: str) -> str:
+    # The kernel probe's RBF (Nystroem) features depend on a representation only through its
+    # distances to min(n_fit, kernel_components) landmarks drawn from the fit sample. Distances
+    # to d landmarks or fewer cannot tell apart a point and its mirror image across the landmarks'
+    # hyperplane, so a variable that differs between them is beyond any fit: d + 1 are needed.
+    return (
+        "the kernel probe tells representations apart by their distances to min(n_fit, "
+        f"kernel_components) landmark samples, and needs d + 1 of them for d dimensions: {minimum}"
+    )
+
+
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     """``value`` must be one of ``choices`` (``device`` also ``cuda:N``); a value of another type
     (``--set device=3`` reads 3 as a number) is refused as plainly as a misspelt one."""
@@ -477,12 +497,13 @@ class EvaluationSettings(CheckedFields):
                 raise SettingsError(f"{name} must be an integer; got {value!r}")
         if self.n_bins < 2:
             raise SettingsError(f"n_bins must be >= 2; got {self.n_bins}")
+        # the minima whatever the scenario (a representation has at least one dimension); those
+        # of a scenario's representation are checked by check_representations before training
+        for name in ("n_fit", "kernel_components"):
+            _check_at_least(name, getattr(self, name), 2, _landmarks_needed("2 for the fewest"))
         # R^2 on fewer than two samples is undefined, and would fail only after the training
         for name in ("n_val", "n_test"):
-            if getattr(self, name) < 2:
-                raise SettingsError(
-                    f"{name} must be >= 2 (an R^2 needs two samples); got {getattr(self, name)}"
-                )
+            _check_at_least(name, getattr(self, name), 2, "an R^2 needs two samples")
         if self.n_prototypes < 10 * self.n_bins:
             raise SettingsError(
                 f"n_bins (--n-bins) {self.n_bins} needs at least 10 prototypes per bin "
@@ -512,6 +533,18 @@ class EvaluationSettings(CheckedFields):
                     f"{name} must be positive finite numbers, e.g. (0.1, 1.0); got {given!r}"
                 )
             object.__setattr__(self, name, tuple(float(v) for v in values))
+
+    def check_representations(self, scenarios: Sequence[Scenario]) -> None:
+        """Refuse (:class:`SettingsError`) a probe too small for the widest representation of
+        ``scenarios``: ``n_fit`` and ``kernel_components`` must exceed its size, or the kernel
+        probe cannot tell some of its points apart (mirror images across the landmarks'
+        hyperplane), and a variable the representation holds can read as not identified. It
+        needs the scenarios, so it runs with them, before any training."""
+        widest = max(scenarios, key=lambda scenario: scenario.representation_size)
+        size = widest.representation_size
+        why = _landmarks_needed(f"{size + 1} for the {size} outputs of {widest.name}'s encoders")
+        for name in ("n_fit", "kernel_components"):
+            _check_at_least(name, getattr(self, name), size + 1, why)
 
 
 PROFILES: dict[str, TrainingSettings] = {

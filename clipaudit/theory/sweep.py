@@ -433,6 +433,8 @@ def run_sweep(
             f"{len(outside[0].invariant)} ({len(outside)} such scenario(s)); leave encoding_size "
             "unset, or run them without check=True (probed, reported as outside the theorem)"
         )
+    # the probe's sizes against the representations' (the settings alone do not know them)
+    evaluation.check_representations(scenarios)
     from clipaudit.models import resolve_device
 
     resolve_device(training.device)  # a GPU that is not there: before any folder is made

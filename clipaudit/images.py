@@ -981,7 +981,7 @@ def _check_hub_dataset(name: str) -> None:
     from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import constants
 
-    from clipaudit.models import HF_HOST, download_refused, valid_repo_id
+    from clipaudit.hub import HF_HOST, download_refused, valid_repo_id
 
     if Path(name).exists() or not valid_repo_id(name):
         return

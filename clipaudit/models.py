@@ -22,10 +22,9 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import urllib.parse
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,14 @@ import open_clip
 import torch
 
 from clipaudit.errors import ModelError, SettingsError, did_you_mean, whole_line
+from clipaudit.hub import (
+    HF_HOST,
+    cached_commit,
+    download_refused,
+    hub_cache_words,
+    in_hub_cache,
+    valid_repo_id,
+)
 from clipaudit.provenance import sha256_file
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
@@ -44,7 +51,6 @@ RANDOM_WEIGHTS = (
 )  # --pretrained values meaning "no checkpoint: seeded random weights"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-HF_HOST = "huggingface.co"
 # the weights open_clip looks for in a hub repo, in its order (safetensors first)
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -662,7 +668,7 @@ def _check_weights_reachable(architecture: str, tag: str) -> None:
     hub = bool(cfg.get("hf_hub"))
     refused = download_refused(HF_HOST if hub else urllib.parse.urlparse(cfg["url"]).hostname, hub)
     if refused:
-        cache = _hub_cache_words() if hub else "the cache"
+        cache = hub_cache_words() if hub else "the cache"
         raise ModelError(
             f"the weights of {architecture} {tag!r} are not downloaded and {refused}; download "
             'them first on a machine with network (e.g. python -c "import open_clip; '
@@ -684,50 +690,10 @@ def _check_hub_model_reachable(repo: str) -> None:
         raise ModelError(
             f"model hf-hub:{repo} is not downloaded and {refused}; download it first on a "
             'machine with network (e.g. python -c "import open_clip; '
-            f"open_clip.create_model('hf-hub:{repo}')\") and copy it into {_hub_cache_words()}, "
+            f"open_clip.create_model('hf-hub:{repo}')\") and copy it into {hub_cache_words()}, "
             "or copy its open_clip_config.json and weights into a folder and give "
             f"local-dir:FOLDER instead of hf-hub:{repo}"
         )
-
-
-def download_refused(host: str | None, hub: bool) -> str | None:
-    """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
-    HF_HUB_OFFLINE set the hub client downloads nothing, however open the network."""
-    from huggingface_hub import constants
-
-    if hub and constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set (unset it to download)"
-    return None if reachable(host) else f"{host} cannot be reached"
-
-
-def _hub_cache_words() -> str:
-    """The hub cache this process reads, for a message: where to copy downloaded models."""
-    from huggingface_hub import constants
-
-    return f"the Hugging Face hub cache {constants.HF_HUB_CACHE} (HF_HUB_CACHE or HF_HOME move it)"
-
-
-def valid_repo_id(repo: str) -> bool:
-    """Whether ``repo`` is a well-formed Hugging Face repo id (``name`` or ``org/name``)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
-        return False
-    return True
-
-
-def in_hub_cache(repo: str, filenames: Sequence[str], cache_dir: str | None = None) -> bool:
-    """Whether the Hugging Face hub cache holds one of ``filenames`` of the valid repo id ``repo``
-    (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(
-        isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
-        for name in filenames
-    )
 
 
 def _cached_weights(cfg: dict[str, Any]) -> bool:
@@ -774,7 +740,7 @@ def hub_revision(spec: ModelSpec, *, ask_hub: bool = True) -> dict[str, str | No
     if found is None:
         return None
     repo, names = found
-    return {"repo": repo, "revision": (ask_hub and _hub_head(repo)) or _cached_commit(repo, names)}
+    return {"repo": repo, "revision": (ask_hub and _hub_head(repo)) or cached_commit(repo, names)}
 
 
 def _hub_head(repo: str) -> str | None:
@@ -788,29 +754,6 @@ def _hub_head(repo: str) -> str | None:
     # unreachable, timed out, gated, rate-limited: the load reads the cache as it would then
     except Exception:
         return None
-
-
-def _cached_commit(repo: str, names: Sequence[str]) -> str | None:
-    """The commit of the hub-cache snapshot that holds the first of ``names`` found there (the
-    folder a load reads them from), or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in names:
-        path = try_to_load_from_cache(repo, name)
-        if isinstance(path, str):
-            return Path(path).parent.name  # snapshots/<commit>/<name>
-    return None
-
-
-def reachable(host: str | None, timeout: float = 3.0) -> bool:
-    """Whether ``host`` accepts an HTTPS connection within ``timeout`` seconds."""
-    if not host:
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

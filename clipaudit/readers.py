@@ -1568,7 +1568,7 @@ def _hub_errors(name: str, config: str | None, split: str | None) -> Iterator[No
     try:
         yield
     except Exception as exc:
-        from clipaudit.models import HF_HOST, download_refused
+        from clipaudit.hub import HF_HOST, download_refused
 
         where = f"config {config!r}" + (f", split {split!r}" if split is not None else "")
         # asked only now that opening failed: offline, the fix is another way in, not the name

@@ -94,8 +94,6 @@ def offline_hub(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
     name is no folder; returns the cache folder and the hosts the reachability check tried."""
     from huggingface_hub import constants
 
-    from clipaudit import models
-
     cache, tried = tmp_path / "hub", []
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -107,7 +105,7 @@ def offline_hub(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
         tried.append(host)
         return False
 
-    monkeypatch.setattr(models, "reachable", unreachable)
+    monkeypatch.setattr("clipaudit.hub.reachable", unreachable)
     return cache, tried
 
 

@@ -56,14 +56,12 @@ def hub(tmp_path, monkeypatch):
     import datasets
     from huggingface_hub import constants
 
-    from clipaudit import models
-
     hub = SimpleNamespace(up=True, tried=[], cache=tmp_path / "datasets-cache")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hub.cache)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(
-        models, "reachable", lambda host, timeout=3.0: hub.tried.append(host) or hub.up
+        "clipaudit.hub.reachable", lambda host, timeout=3.0: hub.tried.append(host) or hub.up
     )
     return hub
 

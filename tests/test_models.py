@@ -504,11 +504,11 @@ def test_weights_not_cached_with_hf_hub_offline_set_say_so_though_the_network_is
     """HF_HUB_OFFLINE makes the hub client download nothing, whatever the network: weights it
     has not cached are refused at once, naming the variable and the cache it read, not blamed on
     the model name after open_clip has built the model."""
-    from clipaudit import models
-
     cache, _ = offline_hub  # HF_HUB_OFFLINE set, the cache empty
     tried: list[str | None] = []
-    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: tried.append(host) or True)
+    monkeypatch.setattr(
+        "clipaudit.hub.reachable", lambda host, timeout=3.0: tried.append(host) or True
+    )
     for spec, what in (
         (ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), "the weights of ViT-B-32 'laion2b_s34b_b79k'"),
         (ModelSpec("hf-hub:clipaudit-tests/absent"), "model hf-hub:clipaudit-tests/absent"),
@@ -520,7 +520,7 @@ def test_weights_not_cached_with_hf_hub_offline_set_say_so_though_the_network_is
         assert "HF_HUB_OFFLINE is set" in message and str(cache) in message, message
     assert tried == []  # offline mode: no network check either
     # the network down and the client not offline: the host is named, and the cache to fill
-    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr("clipaudit.hub.reachable", lambda host, timeout=3.0: False)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

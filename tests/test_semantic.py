@@ -189,11 +189,12 @@ def test_a_hub_encoder_not_cached_with_hf_hub_offline_set_says_so_though_the_net
 ):
     """With HF_HUB_OFFLINE set the hub client downloads nothing: a model not in the cache was
     handed to it and failed in its own words, as if the name were wrong."""
-    from clipaudit import models
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
     tried = []
-    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: tried.append(host) or True)
+    monkeypatch.setattr(
+        "clipaudit.hub.reachable", lambda host, timeout=3.0: tried.append(host) or True
+    )
     with pytest.raises(
         ModelError,
         match=r"'clipaudit-tests/absent' is not a local folder, is not downloaded, and "
@@ -240,7 +241,7 @@ def test_an_open_clip_encoder_offline_says_to_name_a_checkpoint_in_the_tags_plac
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
 
     monkeypatch.setattr(models, "_cached_weights", lambda cfg: False)
-    monkeypatch.setattr(models, "reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr("clipaudit.hub.reachable", lambda host, timeout=3.0: False)
     with pytest.raises(ModelError) as raised:
         load_encoder(parse_encoder("open_clip:ViT-B-32@laion400m_e32", device="cpu"))
     message = str(raised.value)

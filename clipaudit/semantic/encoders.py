@@ -164,19 +164,14 @@ def _refuse_missing_folder(name: str) -> None:
     """A sentence-transformers model that is no folder here and cannot be a hub name (``NAME`` or
     ``OWNER/NAME``: ``/models/mine`` is a path) is a folder that does not exist: refused now, not
     after torch and sentence-transformers took seconds to import."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from clipaudit.hub import valid_repo_id
 
-    if Path(name).exists():
-        return
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
+    if not Path(name).exists() and not valid_repo_id(name):
         raise ModelError(
             f"sentence-transformers model {name!r}: no such folder, and not a hub name (NAME or "
             "OWNER/NAME); give the folder of a saved model (--encoder st:FOLDER, encoder= in "
             "Python) or a hub name, e.g. st:all-MiniLM-L6-v2"
-        ) from None
+        )
 
 
 def same_encoder(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -408,7 +403,7 @@ def _load_offline(name: str) -> bool:
     and the hub cannot be reached or HF_HUB_OFFLINE is set (the hub client would retry for
     minutes before using the cache).
     Raises :class:`ModelError` in seconds when it is neither a local folder nor cached, offline."""
-    from clipaudit.models import HF_HOST, download_refused, in_hub_cache, valid_repo_id
+    from clipaudit.hub import HF_HOST, download_refused, in_hub_cache, valid_repo_id
 
     if Path(name).exists() or not valid_repo_id(name):
         return False  # a folder needs no network; sentence-transformers refuses a bad id without it
@@ -432,12 +427,14 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model (mean-pooled transformer), normalised output."""
 
     def __init__(self, spec: EncoderSpec):
+        # before clipaudit.models (torch, open_clip: seconds): a model that cannot be had offline
+        # is refused without them
+        offline = _load_offline(str(spec.model))
         from clipaudit.models import resolve_device, resolve_precision
 
         self.spec = spec
         self.device = resolve_device(spec.device)
         self.precision = resolve_precision(spec.precision, self.device)
-        offline = _load_offline(str(spec.model))
         try:
             from sentence_transformers import SentenceTransformer
 

@@ -1,0 +1,81 @@
+"""The Hugging Face hub as a load sees it before asking it anything: whether a repo id is
+well-formed, whether the hub cache holds a repo's files, and why nothing can be downloaded now.
+
+Models, encoders and datasets check these to fail in seconds offline (the hub client would retry
+for a minute, then blame the name). Light on purpose: the error paths of a caption or image dataset
+or a sentence-transformers encoder import neither torch nor open_clip (about 6 s), and
+huggingface_hub is imported inside the functions. :func:`download_refused` looks up
+:func:`reachable` here when called: tests replace ``clipaudit.hub.reachable`` to take the network
+away from every caller.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+HF_HOST = "huggingface.co"
+
+
+def download_refused(host: str | None, hub: bool) -> str | None:
+    """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
+    HF_HUB_OFFLINE set the hub client downloads nothing, however open the network."""
+    from huggingface_hub import constants
+
+    if hub and constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (unset it to download)"
+    return None if reachable(host) else f"{host} cannot be reached"
+
+
+def reachable(host: str | None, timeout: float = 3.0) -> bool:
+    """Whether ``host`` accepts an HTTPS connection within ``timeout`` seconds."""
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_cache_words() -> str:
+    """The hub cache this process reads, for a message: where to copy downloaded models."""
+    from huggingface_hub import constants
+
+    return f"the Hugging Face hub cache {constants.HF_HUB_CACHE} (HF_HUB_CACHE or HF_HOME move it)"
+
+
+def valid_repo_id(repo: str) -> bool:
+    """Whether ``repo`` is a well-formed Hugging Face repo id (``name`` or ``org/name``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def in_hub_cache(repo: str, filenames: Sequence[str], cache_dir: str | None = None) -> bool:
+    """Whether the Hugging Face hub cache holds one of ``filenames`` of the valid repo id ``repo``
+    (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(
+        isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
+        for name in filenames
+    )
+
+
+def cached_commit(repo: str, names: Sequence[str]) -> str | None:
+    """The commit of the hub-cache snapshot that holds the first of ``names`` found there (the
+    folder a load reads them from), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        path = try_to_load_from_cache(repo, name)
+        if isinstance(path, str):
+            return Path(path).parent.name  # snapshots/<commit>/<name>
+    return None

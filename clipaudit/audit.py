@@ -25,6 +25,7 @@ from clipaudit.coverage import (
     NO_LONGER_COMPARED,
     CoverageResult,
     CoverageSettings,
+    check_captions,
     count_coverage,
 )
 from clipaudit.errors import (
@@ -106,9 +107,13 @@ def run_audit(
     ``{"title": ..., "n_bootstrap": ...}``), except what the audit gives every stage itself:
     ``registry``, ``overwrite`` and ``progress`` are run_audit's own, the weights go with the
     models (``(model, pretrained)`` pairs, not ``pretrained=``), and the stages' folders are
-    ``out/coverage``, ``out/zeroshot`` and ``out/report``. Options that would stop a later stage
-    (unknown names, missing model files or images, report options out of range) raise
-    :class:`~clipaudit.errors.SettingsError` (or the input's error) before any folder is made.
+    ``out/coverage``, ``out/zeroshot`` and ``out/report``. The caption sources are checked first,
+    as the coverage stage checks them (:func:`clipaudit.coverage.check_captions`: a missing file,
+    a folder without captions, a wrong ``column``, a damaged parquet footer or captions of the
+    wrong type raise the stage's :class:`~clipaudit.errors.InputError`), then the options that
+    would stop a later stage (unknown names, missing model files or images, report options out
+    of range raise :class:`~clipaudit.errors.SettingsError` or the input's error): all before
+    any folder is made, so a refused audit leaves none behind.
     ``overwrite`` takes changed settings: the stages whose own settings changed are done again,
     the others kept (a prompt change does not recount the captions). Returns the
     :class:`AuditRun`; ``echo`` receives a line per stage and what it counted, scored and reused.
@@ -130,8 +135,10 @@ def run_audit(
                 f"{type(options).__name__} {options!r:.60}"
             )
     coverage = CoverageSettings.of(coverage, "coverage")
-    # what would stop a later stage, refused before any folder is made for a call that never
-    # starts (a failed audit left behind, or a temporary folder with out=None)
+    # what would stop a stage, refused before any folder is made for a call that never starts
+    # (a failed audit left behind, or a temporary folder with out=None): the caption sources as
+    # the coverage stage looks at them (parquet footers, not their rows), then the later stages'
+    check_captions(captions, coverage, out=Path(out) / "coverage" if out is not None else None)
     check_stage_options(images, models, registry, zeroshot, report)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     check_out_of_images(out, images)

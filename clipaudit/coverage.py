@@ -514,43 +514,17 @@ def count_coverage(
     ``prune``: remove the records and own-store embeddings of the inputs no longer named, and
     their captions staged in ``RUN/inputs/``, to reclaim the space (``shards_removed``).
     """
-    if (captions is None) == (texts is None):
-        raise InputError(
-            "give what to count either as captions (a path, a list of paths, a DataFrame) or as "
-            "texts= (caption strings in memory), "
-            + ("not both" if texts is not None else "got neither")
-        )
-    if out is not None and not isinstance(out, (str, os.PathLike)):
-        raise SettingsError(
-            f"out (the run folder) must be a path or None, got {type(out).__name__} {out!r:.60}"
-        )
     if not isinstance(prune, bool):  # "no" would count as yes, and delete kept work
         raise SettingsError(f"prune must be True or False, got {prune!r:.60}")
-    text_list = _caption_texts(texts) if texts is not None else None
-    settings = CoverageSettings.of(settings, "settings").replace(**setting_changes)
-    # captions held in memory become a table now, and named sources are looked at: a mistake in
-    # either is refused before a run folder is made
-    try:
-        if text_list is not None:
-            _refuse_column(settings.column, "caption strings given as texts=")
-            memory_frame = _texts_frame(text_list)
-        else:
-            memory_frame = _caption_frame(captions, settings.column)  # None: sources, in place
-            if memory_frame is None:
-                sources = _source_specs(captions)
-                _refuse_run_folders(sources)
-    except UnicodeEncodeError as exc:
-        raise _not_unicode(exc) from None
-    if settings.engine == "ray":
-        from clipaudit.engines import check_ray
-
-        check_ray(settings.ray_address)  # before anything is written: Ray missing, unreachable
+    # captions held in memory become a table now, and named sources are looked at (their
+    # columns, parquet footers): a mistake in either is refused before the encoder takes seconds
+    # to load and before a run folder (or a temporary one) is made
+    checked = check_captions(captions, settings, texts=texts, out=out, **setting_changes)
+    settings = checked.settings
     registry = load_registry(registry)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-coverage-"))
     matcher = build_matcher(registry, settings.profile, spacy_model=settings.spacy_model)
-    # named sources are read (their columns, parquet footers) before the encoder takes seconds
-    # to load and before a run folder is made: a mistake in them leaves nothing behind
-    looked_at = _look_at(sources, captions, out, settings) if memory_frame is None else None
+    looked_at = checked.looked_at
     # the encoder, concepts and calibration: their identities are part of the run's settings
     semantic = SemanticRun(settings, registry) if settings.method != "lexical" else None
     run_settings = _run_settings(settings, registry, semantic)
@@ -569,7 +543,7 @@ def count_coverage(
             _note_semantic(folder, (folder.previous or {}).get("semantic"))
         if looked_at is None:  # captions given in memory: staged in the run folder, then read
             try:
-                specs = _stage(memory_frame, out / "inputs")
+                specs = _stage(checked.frame, out / "inputs")
             except UnicodeEncodeError as exc:
                 raise _not_unicode(exc) from None
             looked_at = _look_at(specs, captions, out, settings)
@@ -630,8 +604,77 @@ def count_coverage(
         return replace(result, manifest=manifest)
 
 
+@dataclass(frozen=True)
+class CheckedCaptions:
+    """What :func:`check_captions` found: the settings a count runs with and what it reads,
+    either ``frame``, captions given in memory (a pandas DataFrame, staged into the run folder
+    once one is made), or ``looked_at``, the caption sources named, resolved, described and
+    their shards planned (:func:`_look_at`)."""
+
+    settings: CoverageSettings
+    frame: Any = None
+    looked_at: (
+        tuple[Sequence[str], list[Source], list[dict[str, Any]], Iterable[Shard | SkippedShard]]
+        | None
+    ) = None
+
+
+def check_captions(
+    captions: Any = None,
+    settings: CoverageSettings | dict[str, Any] | None = None,
+    *,
+    texts: Iterable[str | None] | None = None,
+    out: str | Path | None = None,
+    **setting_changes: Any,
+) -> CheckedCaptions:
+    """Check what :func:`count_coverage` would count, as it checks it, without counting and
+    without making a folder: ``captions`` or ``texts`` (as :func:`count_coverage` takes them),
+    the settings (``settings`` with ``setting_changes``), and, for caption sources, that each
+    exists and holds captions in the column counted (each parquet file's footer is read, each
+    text file's lines found; a streamed ``hf:`` dataset's columns are read as it is counted, not
+    here). ``out``: the run folder the count would write, whose files a
+    caption folder holding it leaves out. What count_coverage itself calls first; run it before
+    other work that a bad caption input would waste (:func:`clipaudit.run_audit` does).
+
+    Raises :class:`~clipaudit.errors.InputError` for a missing source, a folder without
+    captions, a wrong column (``column=``, ``--column``) or a damaged file, and
+    :class:`~clipaudit.errors.SettingsError` for settings that do not hold.
+    """
+    if (captions is None) == (texts is None):
+        raise InputError(
+            "give what to count either as captions (a path, a list of paths, a DataFrame) or as "
+            "texts= (caption strings in memory), "
+            + ("not both" if texts is not None else "got neither")
+        )
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise SettingsError(
+            f"out (the run folder) must be a path or None, got {type(out).__name__} {out!r:.60}"
+        )
+    text_list = _caption_texts(texts) if texts is not None else None
+    settings = CoverageSettings.of(settings, "settings").replace(**setting_changes)
+    try:
+        if text_list is not None:
+            _refuse_column(settings.column, "caption strings given as texts=")
+            frame = _texts_frame(text_list)
+        else:
+            frame = _caption_frame(captions, settings.column)  # None: sources, read in place
+            if frame is None:
+                sources = _source_specs(captions)
+                _refuse_run_folders(sources)
+    except UnicodeEncodeError as exc:
+        raise _not_unicode(exc) from None
+    if settings.engine == "ray":
+        from clipaudit.engines import check_ray
+
+        check_ray(settings.ray_address)  # before anything is written: Ray missing, unreachable
+    if frame is not None:
+        return CheckedCaptions(settings, frame=frame)
+    exclude = Path(out) if out is not None else None  # a new temporary folder: in no listing yet
+    return CheckedCaptions(settings, looked_at=_look_at(sources, captions, exclude, settings))
+
+
 def _look_at(
-    specs: Sequence[str], captions: Any, out: Path, settings: CoverageSettings
+    specs: Sequence[str], captions: Any, out: Path | None, settings: CoverageSettings
 ) -> tuple[Sequence[str], list[Source], list[dict[str, Any]], Iterable[Shard | SkippedShard]]:
     """The sources ``specs`` name, resolved and described, and their shards planned: a missing
     source, a folder without captions, a wrong column or a damaged parquet footer is an
@@ -1182,6 +1225,8 @@ class _Dispatch:
             # other) would find the pool's semaphores gone with this process, and print
             # multiprocessing's traceback after the run's results
             executor.shutdown(wait=True)
+        if settings.engine == "ray" and todo != []:  # what the run found, retried tasks included
+            self.engine = executor.describe()
         self.seconds = time.perf_counter() - clock
         self.workers = workers
 

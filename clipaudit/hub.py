@@ -79,3 +79,16 @@ def cached_commit(repo: str, names: Sequence[str]) -> str | None:
         if isinstance(path, str):
             return Path(path).parent.name  # snapshots/<commit>/<name>
     return None
+
+
+def hub_head(repo: str) -> str | None:
+    """The newest commit of the model repo ``repo`` on the hub; None offline or unanswered."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        return HfApi().model_info(repo, timeout=10).sha
+    # unreachable, timed out, gated, rate-limited: the load reads the cache as it would then
+    except Exception:
+        return None

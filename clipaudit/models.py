@@ -32,6 +32,7 @@ from typing import Any
 import open_clip
 import torch
 
+from clipaudit import hub
 from clipaudit.errors import ModelError, SettingsError, did_you_mean, whole_line
 from clipaudit.hub import (
     HF_HOST,
@@ -534,7 +535,7 @@ def _superseded(model: str, config: Path) -> bool:
 
     if not model.startswith("hf-hub:") or constants.is_offline_mode():
         return False
-    return _hub_head(model.removeprefix("hf-hub:")) not in (None, config.parent.name)
+    return hub.hub_head(model.removeprefix("hf-hub:")) not in (None, config.parent.name)
 
 
 def _read_folder_config(path: Path) -> None:
@@ -740,20 +741,10 @@ def hub_revision(spec: ModelSpec, *, ask_hub: bool = True) -> dict[str, str | No
     if found is None:
         return None
     repo, names = found
-    return {"repo": repo, "revision": (ask_hub and _hub_head(repo)) or cached_commit(repo, names)}
-
-
-def _hub_head(repo: str) -> str | None:
-    """The newest commit of the model repo ``repo`` on the hub; None offline or unanswered."""
-    from huggingface_hub import HfApi, constants
-
-    if constants.is_offline_mode():
-        return None
-    try:
-        return HfApi().model_info(repo, timeout=10).sha
-    # unreachable, timed out, gated, rate-limited: the load reads the cache as it would then
-    except Exception:
-        return None
+    return {
+        "repo": repo,
+        "revision": (ask_hub and hub.hub_head(repo)) or cached_commit(repo, names),
+    }
 
 
 @contextlib.contextmanager

@@ -293,7 +293,7 @@ def test_online_a_misfit_cached_hub_model_passes_when_the_hub_has_a_newer_commit
     refused only when it is the newest, or the hub does not answer (the load reads the cache)."""
     from huggingface_hub import constants
 
-    from clipaudit import models
+    from clipaudit import hub
 
     cache, _ = offline_hub
     snapshot = write_tiny_local_dir(hub_snapshot(cache, "clipaudit-tests/tiny", "a" * 40))
@@ -301,7 +301,7 @@ def test_online_a_misfit_cached_hub_model_passes_when_the_hub_has_a_newer_commit
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []
     for head, refused in (("b" * 40, False), ("a" * 40, True), (None, True)):
-        monkeypatch.setattr(models, "_hub_head", lambda repo, head=head: asked.append(repo) or head)
+        monkeypatch.setattr(hub, "hub_head", lambda repo, head=head: asked.append(repo) or head)
         if refused:
             with pytest.raises(ModelError, match="does not fit"):
                 check_model_specs([ModelSpec("hf-hub:clipaudit-tests/tiny")])

@@ -1140,7 +1140,7 @@ def test_a_hub_model_is_kept_under_the_commit_it_loaded_not_the_one_asked_before
     """The hub is asked which commit a model is at before a run; should the load read another
     (the hub moved on in between), the results are those of the commit loaded, and a run at that
     commit later reuses them."""
-    from clipaudit import models
+    from clipaudit import hub
     from tests.tiny_clip import hub_snapshot, write_tiny_local_dir
 
     cache, _ = offline_hub
@@ -1149,10 +1149,10 @@ def test_a_hub_model_is_kept_under_the_commit_it_loaded_not_the_one_asked_before
     write_tiny_local_dir(hub_snapshot(cache, repo, loaded), seed=5)
     options = dict(workers=0, device="cpu", progress=False)
     spec = ModelSpec(f"hf-hub:{repo}")
-    monkeypatch.setattr(models, "_hub_head", lambda repo: "3" * 40)
+    monkeypatch.setattr(hub, "hub_head", lambda repo: "3" * 40)
     first = run_zeroshot(spec, tmp_path / "img", tmp_path / "run", **options)
     assert first.manifest["models"][0]["hub"]["revision"] == loaded
-    monkeypatch.setattr(models, "_hub_head", lambda repo: None)  # offline: the cache's commit
+    monkeypatch.setattr(hub, "hub_head", lambda repo: None)  # offline: the cache's commit
     assert run_zeroshot(spec, tmp_path / "img", tmp_path / "run", **options).reused
 
 

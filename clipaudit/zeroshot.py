@@ -48,6 +48,7 @@ from clipaudit.errors import (
     InputError,
     ModelError,
     RunFailedError,
+    RunFolderError,
     SettingsError,
     check_arguments,
     did_you_mean,
@@ -76,7 +77,7 @@ from clipaudit.provenance import (
     write_table,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
-from clipaudit.runs import RunFolder, unit_key
+from clipaudit.runs import RunFolder, read_manifest, unit_key
 from clipaudit.text import file_stem, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
@@ -667,8 +668,14 @@ def evaluate_model(
                 reason = _none_embedded(n_in_group[group.name])
             elif all_concepts:
                 reason = f"the group has only the concept {present[0].name!r}; 2 are needed"
-            else:
-                reason = f"only {present[0].name!r} has images{ONE_CONCEPT}"
+            else:  # the others' images may all have failed: "only ... has images" misled
+                failed = [
+                    f"{c.name!r}: {_none_embedded(n_attempted[c.name])}"
+                    for c in concepts
+                    if c.name not in with_images and n_attempted[c.name]
+                ]
+                decodable = f"decodable images ({'; '.join(failed)})" if failed else "images"
+                reason = f"only {present[0].name!r} has {decodable}{ONE_CONCEPT}"
             skipped_groups.append({"group": group.name, "reason": reason})
             continue
         for concept in concepts:
@@ -784,14 +791,20 @@ PREDICTION_COLUMNS = [
     "top5_scores",
 ]
 CONCEPT_COLUMNS = ["model", "group", "concept", "precision", "recall", "f1", "support"]
-# why a group with the images of one concept is skipped (unless all_concepts)
+# why a group with the images of one concept is skipped (unless all_concepts), and the fix
 ONE_CONCEPT = "; 2 concepts are needed"
+ONE_CONCEPT_FIX = (
+    "--all-concepts (all_concepts=True) classifies the images of one concept among all of its "
+    "group's concepts"
+)
+# why a group or concept the images hold none of is skipped
+NO_IMAGES = "no images"
 
 
 def _none_embedded(n_listed: int) -> str:
     """Why a group or concept has no embedded image: none listed, or every one of them failed
     (a report repeats this reason, where "no images" would send the user to the wrong fix)."""
-    return f"all {n_listed} images undecodable" if n_listed else "no images"
+    return f"all {n_listed} images undecodable" if n_listed else NO_IMAGES
 
 
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified
@@ -941,6 +954,25 @@ def _check_options(options: dict[str, Any]) -> None:
             )
 
 
+def _as_the_run_spells(out: Path, images: str) -> str:
+    """``images`` as the run in ``out`` spells it where both name one local folder or file from
+    here (``good``, ``./good``, ``in/../good``, its absolute path, a link to it): the run resumes
+    rather than being refused as other settings, and a model added to it lists the images as the
+    others did (its predictions' paths, its skipped images). Else ``images`` (an ``hf:`` or URL
+    source, which is no local path, among them), compared as the run folder does."""
+    with contextlib.suppress(RunFolderError):  # no run there, or a damaged one: said later
+        settings = read_manifest(out).get("settings")
+        recorded = settings.get("images") if isinstance(settings, dict) else None
+        if (
+            isinstance(recorded, str)
+            and Path(recorded).exists()
+            and Path(images).exists()  # a spelling that reaches no folder is said so later
+            and Path(recorded).resolve() == Path(images).resolve()
+        ):
+            return recorded
+    return images
+
+
 def run_zeroshot(
     models: Any,
     images: str | Path,
@@ -971,6 +1003,7 @@ def run_zeroshot(
     )
     settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
+    settings = replace(settings, images=_as_the_run_spells(out, settings.images))
     check_out_of_images(out, settings.images)
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
@@ -1019,8 +1052,11 @@ def run_zeroshot(
                     identity = {**identity, "hub": result.info.get("hub")}
                     key = keys[index] = unit_key(spec.label, identity)
                 records[index] = _save_model_unit(folder, key, identity, result)
+        # left out of this call (how a failing model is dropped): its results go, said so
+        labels = {spec.label for spec in settings.models}
+        dropped = [label for label in previous_models if label not in labels]
         folder.prune_units(keys)
-        return _finish(folder, keys, records, resumed, image_set, settings, listed_s)
+        return _finish(folder, keys, records, resumed, image_set, settings, listed_s, dropped)
 
 
 def _model_identity(spec: ModelSpec, images: ImageSet, precision: str) -> dict[str, Any]:
@@ -1150,8 +1186,10 @@ def _finish(
     images: ImageSet,
     settings: ZeroShotSettings,
     listed_s: float,
+    dropped: list[str],
 ) -> ZeroShotRun:
-    """Merge the models' units into the run's outputs, fail a run with nothing evaluated."""
+    """Merge the models' units into the run's outputs, fail a run with nothing evaluated;
+    ``dropped``: the models of the run found that this call left out (their units pruned)."""
     units = [folder.units / key for key in keys]
     groups = _with_candidates(
         pd.concat([pd.read_parquet(u / "groups.parquet") for u in units], ignore_index=True),
@@ -1170,8 +1208,7 @@ def _finish(
         )
         # said only without all_concepts: a group of one concept with images was skipped
         hint = (
-            "; --all-concepts (all_concepts=True) classifies the images of one concept among all "
-            "of its group's concepts"
+            f"; {ONE_CONCEPT_FIX}"
             if any(g["reason"].endswith(ONE_CONCEPT) for g in skipped)
             else ""
         )
@@ -1218,6 +1255,7 @@ def _finish(
     first = records[0]["info"]
     manifest = folder.complete(
         models=[_counted_now(r["info"], done) for r, done in zip(records, resumed, strict=True)],
+        dropped_models=dropped,
         device=first["device"],
         precision=first["precision"],
         templates={"setting": settings.templates, "by_group": records[0]["templates"]},

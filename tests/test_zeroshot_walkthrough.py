@@ -228,3 +228,144 @@ def test_a_group_folder_given_as_the_images_says_to_give_the_folder_above(tmp_pa
         f"its concepts); give the folder above it, {str(tmp_path / 'img')!r}, as the images: the "
         "layout is ROOT/<group>/<concept>/"
     )
+
+
+# --------------------------------------------------------------------------- resuming, the summary
+
+
+def _tiny_model(folder: Path, seed: int):
+    from clipaudit.models import ModelSpec
+    from tests.tiny_clip import write_tiny_checkpoint, write_tiny_config
+
+    config = write_tiny_config(folder)
+    return ModelSpec(str(config), str(write_tiny_checkpoint(folder / f"m{seed}.safetensors", seed)))
+
+
+def _run(models, images, out, **options):
+    from clipaudit.zeroshot import run_zeroshot
+
+    options = {"cache_dir": None, "workers": 0, "device": "cpu", "progress": False, **options}
+    return run_zeroshot(models, images, out, **options)
+
+
+def test_the_same_image_folder_spelled_otherwise_resumes_the_run_as_first_spelled(
+    tmp_path, monkeypatch
+):
+    """``good``, ``in/../good`` and its absolute path are one folder: a run started with one
+    resumes with another (it was refused as other settings), and a model added under another
+    spelling lists its images as the run's first spelling did, so that the merged predictions
+    and the skipped images name each image once."""
+    from tests.tiny_clip import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder("good", {"Color": {"red": 2, "blue": 2}}, size=(8, 8))
+    (tmp_path / "good" / "Color" / "red" / "bad.jpg").write_bytes(b"no image")
+    (tmp_path / "in").mkdir()
+    first, second = _tiny_model(tmp_path / "m", 1), _tiny_model(tmp_path / "m", 2)
+
+    (tmp_path / "link").symlink_to(tmp_path / "good")
+    started = _run([first], "in/../good", "run")
+    for spelling in ("good", "./good/", str(tmp_path / "good"), "link"):
+        again = _run([first], spelling, "run")
+        assert again.reused, spelling
+    both = _run([first, second], str(tmp_path / "good"), "run")
+    assert not both.reused and both.models == [first.label, second.label]
+
+    predictions = both.predictions()
+    paths = {model: sorted(rows["path"]) for model, rows in predictions.groupby("model")}
+    expected = sorted(
+        f"in/../good/Color/{c}/{n:03d}.jpg" for c in ("red", "blue") for n in range(2)
+    )
+    assert paths == {first.label: expected, second.label: expected}
+    assert [s["path"] for s in both.manifest["skipped_images"]] == ["in/../good/Color/red/bad.jpg"]
+    assert both.manifest["settings"]["images"] == started.manifest["settings"]["images"]
+    assert both.manifest["options"]["images"] == "in/../good"
+
+
+def test_another_folder_is_still_refused_naming_both(tmp_path):
+    from clipaudit.errors import RunFolderError
+    from tests.tiny_clip import write_image_folder
+
+    for name in ("one", "two"):
+        write_image_folder(tmp_path / name, {"Color": {"red": 1, "blue": 1}}, size=(8, 8))
+    model = _tiny_model(tmp_path / "m", 1)
+    _run([model], tmp_path / "one", tmp_path / "run")
+    with pytest.raises(RunFolderError, match=r"images: '.*one' -> '.*two'.*--overwrite"):
+        _run([model], tmp_path / "two", tmp_path / "run")
+
+
+def test_the_summary_says_why_a_group_with_images_was_not_evaluated(tmp_path, in_process):
+    """A group whose images are all of one concept, or whose other concept's images are all
+    undecodable, is not scored: the summary names it with the reason and the fix
+    (--all-concepts), apart from the registry's groups the images have none of, which are
+    counted, not listed as if something had gone wrong with them."""
+    from tests.tiny_clip import write_image_folder
+
+    write_image_folder(
+        tmp_path / "img",
+        {"Color": {"red": 2, "blue": 2}, "Animal": {"dog": 3}, "Vehicle": {"bus": 1, "truck": 1}},
+        size=(8, 8),
+    )
+    (tmp_path / "img" / "Vehicle" / "bus" / "000.jpg").write_bytes(b"no image")
+    model = _tiny_model(tmp_path / "m", 1)
+    code, out, err = in_process(
+        "zeroshot", "--model", model.model, "--pretrained", model.pretrained,
+        "--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--registry",
+        "cai2025", "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    printed = " ".join(out.split())
+    assert (
+        "2 groups with images not evaluated: Animal: only 'dog' has images; 2 concepts are "
+        "needed; Vehicle: only 'truck' has decodable images ('bus': all 1 images "
+        "undecodable); 2 concepts are needed" in printed
+    )
+    assert (
+        "--all-concepts (all_concepts=True) classifies the images of one concept among all"
+        in printed
+    )
+    assert "12 groups of the registry have no images (see manifest.json)" in printed
+    assert "Clothing" not in printed  # one of those: counted, not named
+    assert "skipped groups" not in printed
+
+
+def test_a_selected_group_without_images_is_named(tmp_path, in_process):
+    from tests.tiny_clip import write_image_folder
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "blue": 1}}, size=(8, 8))
+    model = _tiny_model(tmp_path / "m", 1)
+    code, out, err = in_process(
+        "zeroshot", "--model", model.model, "--pretrained", model.pretrained,
+        "--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--groups",
+        "Color, Animal", "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    printed = " ".join(out.split())
+    assert "1 group of those selected has no images (see manifest.json): Animal" in printed
+    assert "not evaluated" not in printed
+
+
+def test_a_model_left_out_of_a_rerun_is_said_to_be_dropped_with_its_results(tmp_path, in_process):
+    """Leaving a model out is how a failing one is dropped; its finished results go with it,
+    which the summary and the manifest now say (they went unsaid)."""
+    from tests.tiny_clip import write_image_folder
+
+    write_image_folder(tmp_path / "img", {"Color": {"red": 1, "blue": 1}}, size=(8, 8))
+    first, second = _tiny_model(tmp_path / "m", 1), _tiny_model(tmp_path / "m", 2)
+    common = ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--no-cache"]
+    common += ["--device", "cpu", "--workers", "0", "--quiet"]
+    both = ["--model", first.model, "--pretrained", first.pretrained]
+    both += ["--model", second.model, "--pretrained", second.pretrained]
+    code, out, err = in_process("zeroshot", *both, *common)
+    assert code == 0, err
+    assert "dropped" not in out
+    code, out, err = in_process("zeroshot", *both[:4], *common)
+    assert code == 0, err
+    printed = " ".join(out.split())
+    assert (
+        f"1 model dropped from the run (not given this time), its results deleted: "
+        f"{second.label}" in printed
+    )
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["dropped_models"] == [second.label]
+    assert [m["label"] for m in manifest["models"]] == [first.label]

@@ -220,6 +220,13 @@ def _print_run(run) -> None:
                 "scores are a chance baseline, not a trained model's",
                 style="yellow",
             )
+    dropped = manifest.get("dropped_models") or []  # runs before it have none
+    if dropped and not run.reused:
+        console.print(
+            f"{counted(len(dropped), 'model')} dropped from the run (not given this time), "
+            f"{'its' if len(dropped) == 1 else 'their'} results deleted: {', '.join(dropped)}",
+            style="yellow",
+        )
     skipped = manifest["skipped_images"]
     if skipped:
         shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
@@ -235,16 +242,57 @@ def _print_run(run) -> None:
             f"{first['reason']}",
             style="yellow",
         )
-    for what in ("skipped_groups", "skipped_concepts"):
-        entries = manifest[what]
-        if entries:
-            names = ", ".join(e.get("concept", e["group"]) for e in entries[:12])
-            console.print(
-                f"{len(entries)} {what.replace('_', ' ')} (see manifest.json): {names}{' ...' if len(entries) > 12 else ''}"
-            )
+    _print_skipped(manifest)
     if run.reused:
         console.print("the run was already complete: nothing to do")
     console.print(f"results in {run.out}")
+
+
+def _print_skipped(manifest: dict) -> None:
+    """The groups and concepts not scored: those the images have but could not be evaluated
+    named with the reason (and the fix), apart from those the images hold none of, which are
+    counted (named where --groups selected them): a registry's groups without images are no
+    sign that anything went wrong, and listed as "skipped" they hid the ones that were."""
+    from clipaudit.zeroshot import NO_IMAGES, ONE_CONCEPT, ONE_CONCEPT_FIX
+
+    groups = manifest["skipped_groups"]
+    failed = [g for g in groups if g["reason"] != NO_IMAGES]
+    if failed:
+        reasons = "; ".join(f"{g['group']}: {g['reason']}" for g in failed[:5])
+        hint = (
+            f"; {ONE_CONCEPT_FIX}" if any(g["reason"].endswith(ONE_CONCEPT) for g in failed) else ""
+        )
+        console.print(
+            f"{counted(len(failed), 'group')} with images not evaluated: {reasons}"
+            f"{' ...' if len(failed) > 5 else ''}{hint}",
+            style="yellow",
+        )
+    imageless = [g["group"] for g in groups if g["reason"] == NO_IMAGES]
+    if imageless:
+        selected = (manifest.get("settings") or {}).get("groups") is not None
+        console.print(
+            f"{counted(len(imageless), 'group')} "
+            f"{'of those selected' if selected else 'of the registry'} "
+            f"{'has' if len(imageless) == 1 else 'have'} no images (see manifest.json)"
+            + (f": {', '.join(imageless)}" if selected else ""),
+            style="yellow" if selected else None,
+        )
+    concepts = manifest["skipped_concepts"]
+    failed = [c for c in concepts if c["reason"] != NO_IMAGES]
+    if failed:
+        console.print(
+            f"{counted(len(failed), 'concept')} not scored: "
+            + "; ".join(f"{c['group']}/{c['concept']}: {c['reason']}" for c in failed[:5])
+            + (" ..." if len(failed) > 5 else ""),
+            style="yellow",
+        )
+    imageless = [c["concept"] for c in concepts if c["reason"] == NO_IMAGES]
+    if imageless:
+        console.print(
+            f"{counted(len(imageless), 'concept')} of the evaluated groups "
+            f"{'has' if len(imageless) == 1 else 'have'} no images (see manifest.json): "
+            f"{', '.join(imageless[:12])}{' ...' if len(imageless) > 12 else ''}"
+        )
 
 
 def _span(counts: pd.Series) -> str:

@@ -124,7 +124,7 @@ from clipaudit.readers import (
     shard_file,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import LOADERS, MANIFEST, RunFolder, a_run, differences, run_kind, write_unit
+from clipaudit.runs import RunFolder, a_run, differences, run_folder_kind, write_unit
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
@@ -1079,14 +1079,8 @@ def _refuse_run_folders(specs: Sequence[str]) -> None:
     """A clipaudit run folder named as captions (a zero-shot run's tables would be read as
     caption files, and refused for a column they lack): said to be a run."""
     for spec in specs:
-        manifest = Path(spec) / MANIFEST
-        if "://" in spec or not manifest.is_file():
-            continue
-        try:
-            kind = run_kind(json.loads(manifest.read_text(encoding="utf-8")))
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            continue  # not a run's manifest: the folder is read as captions
-        if isinstance(kind, str) and kind in LOADERS:
+        kind = None if "://" in spec else run_folder_kind(spec)
+        if kind is not None:
             raise InputError(
                 f"{spec!r} is a clipaudit run folder ({a_run(kind)}), not captions; give the "
                 "caption files or folder the run should count"

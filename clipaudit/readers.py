@@ -65,7 +65,7 @@ from clipaudit.filesystems import (
     url_scheme,
 )
 from clipaudit.provenance import file_identity, file_record
-from clipaudit.runs import unit_key
+from clipaudit.runs import run_folder_kind, unit_key
 from clipaudit.text import WIDE_BOMS, counted
 
 CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
@@ -424,7 +424,7 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
 
 def _folder_files(spec: str, folder: Path) -> Iterator[Path]:
     """The files of a folder and its subfolders, but hidden ones (temporary files, caches) and
-    those of hidden folders; links to folders are not followed. A folder that cannot be listed
+    those of hidden folders and of clipaudit run folders; links to folders are not followed. A folder that cannot be listed
     (permission denied) is an InputError naming it: pathlib's rglob passes over one, which would
     leave its shards out of the corpus unsaid."""
 
@@ -436,7 +436,13 @@ def _folder_files(spec: str, folder: Path) -> Iterator[Path]:
         )
 
     for root, folders, files in os.walk(folder, onerror=refuse):
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        # a clipaudit run inside (an audit written into the folder it counts) holds tables and
+        # staged captions of its own, never the corpus's
+        folders[:] = [
+            name
+            for name in folders
+            if not name.startswith(".") and run_folder_kind(Path(root) / name) is None
+        ]
         for name in files:
             path = Path(root) / name
             if not name.startswith(".") and path.is_file():

@@ -685,6 +685,17 @@ def run_kind(manifest: Mapping[str, Any]) -> Any:
     return _KIND_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
 
 
+def run_folder_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of the clipaudit run ``folder`` holds (``"coverage"``, ``"audit"``, ...), or None
+    when it holds none: no manifest, or one that is no run's (another tool's ``manifest.json``)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        kind = run_kind(manifest)
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) and kind in LOADERS else None
+
+
 def load_run(path: str | os.PathLike) -> Any:
     """The typed result of a complete run folder (coverage, zero-shot, theory, world, demo, audit,
     report), with its tables as DataFrames; refuses an incomplete or foreign folder clearly."""

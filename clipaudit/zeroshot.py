@@ -804,7 +804,9 @@ NO_IMAGES = "no images"
 def _none_embedded(n_listed: int) -> str:
     """Why a group or concept has no embedded image: none listed, or every one of them failed
     (a report repeats this reason, where "no images" would send the user to the wrong fix)."""
-    return f"all {n_listed} images undecodable" if n_listed else NO_IMAGES
+    if not n_listed:
+        return NO_IMAGES
+    return "its one image undecodable" if n_listed == 1 else f"all {n_listed} images undecodable"
 
 
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified

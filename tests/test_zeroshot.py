@@ -466,7 +466,7 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
     assert manifest["skipped_concepts"][0] == {
         "group": "Animal",
         "concept": "horse",
-        "reason": "all 1 images undecodable",
+        "reason": "its one image undecodable",
     }
     assert {
         "group": "Food",

@@ -317,7 +317,7 @@ def test_the_summary_says_why_a_group_with_images_was_not_evaluated(tmp_path, in
     printed = " ".join(out.split())
     assert (
         "2 groups with images not evaluated: Animal: only 'dog' has images; 2 concepts are "
-        "needed; Vehicle: only 'truck' has decodable images ('bus': all 1 images "
+        "needed; Vehicle: only 'truck' has decodable images ('bus': its one image "
         "undecodable); 2 concepts are needed" in printed
     )
     assert (

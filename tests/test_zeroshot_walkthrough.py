@@ -294,6 +294,18 @@ def test_another_folder_is_still_refused_naming_both(tmp_path):
         _run([model], tmp_path / "two", tmp_path / "run")
 
 
+def _zeroshot_printed(tmp_path, in_process, *options: str) -> str:
+    """What ``clipaudit zeroshot`` prints for tmp_path/img with a tiny model and ``options``."""
+    model = _tiny_model(tmp_path / "m", 1)
+    code, out, err = in_process(
+        "zeroshot", "--model", model.model, "--pretrained", model.pretrained,
+        "--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), *options,
+        "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    return " ".join(out.split())
+
+
 def test_the_summary_says_why_a_group_with_images_was_not_evaluated(tmp_path, in_process):
     """A group whose images are all of one concept, or whose other concept's images are all
     undecodable, is not scored: the summary names it with the reason and the fix
@@ -307,14 +319,7 @@ def test_the_summary_says_why_a_group_with_images_was_not_evaluated(tmp_path, in
         size=(8, 8),
     )
     (tmp_path / "img" / "Vehicle" / "bus" / "000.jpg").write_bytes(b"no image")
-    model = _tiny_model(tmp_path / "m", 1)
-    code, out, err = in_process(
-        "zeroshot", "--model", model.model, "--pretrained", model.pretrained,
-        "--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--registry",
-        "cai2025", "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
-    )  # fmt: skip
-    assert code == 0, err
-    printed = " ".join(out.split())
+    printed = _zeroshot_printed(tmp_path, in_process, "--registry", "cai2025")
     assert (
         "2 groups with images not evaluated: Animal: only 'dog' has images; 2 concepts are "
         "needed; Vehicle: only 'truck' has decodable images ('bus': its one image "
@@ -333,14 +338,7 @@ def test_a_selected_group_without_images_is_named(tmp_path, in_process):
     from tests.tiny_clip import write_image_folder
 
     write_image_folder(tmp_path / "img", {"Color": {"red": 1, "blue": 1}}, size=(8, 8))
-    model = _tiny_model(tmp_path / "m", 1)
-    code, out, err = in_process(
-        "zeroshot", "--model", model.model, "--pretrained", model.pretrained,
-        "--images", str(tmp_path / "img"), "--out", str(tmp_path / "run"), "--groups",
-        "Color, Animal", "--no-cache", "--device", "cpu", "--workers", "0", "--quiet",
-    )  # fmt: skip
-    assert code == 0, err
-    printed = " ".join(out.split())
+    printed = _zeroshot_printed(tmp_path, in_process, "--groups", "Color, Animal")
     assert "1 group of those selected has no images (see manifest.json): Animal" in printed
     assert "not evaluated" not in printed
 

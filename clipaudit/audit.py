@@ -138,7 +138,12 @@ def run_audit(
     # what would stop a stage, refused before any folder is made for a call that never starts
     # (a failed audit left behind, or a temporary folder with out=None): the caption sources as
     # the coverage stage looks at them (parquet footers, not their rows), then the later stages'
-    check_captions(captions, coverage, out=Path(out) / "coverage" if out is not None else None)
+    check_captions(
+        captions,
+        coverage,
+        out=Path(out) / "coverage" if out is not None else None,
+        given_as="--captions, or captions= in Python",
+    )
     check_stage_options(images, models, registry, zeroshot, report)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-audit-"))
     check_out_of_images(out, images)
@@ -250,11 +255,13 @@ def _echo_counted(covered: CoverageResult, echo: Callable[[str], None]) -> None:
         )
 
 
-def _echo_scored(aware: Any, echo: Callable[[str], None]) -> None:
+def _echo_scored(aware: Any, models: Any, echo: Callable[[str], None]) -> None:
     """Each model's macro-F1 over its groups and this call's work for it; a model of random
-    weights (a --pretrained forgotten) is said to be a chance baseline."""
-    from clipaudit.zeroshot import counts_this_call
+    weights is said to be a chance baseline, and why it has them: the ``--pretrained none`` of
+    ``models`` (a baseline asked for), or no --pretrained (forgotten)."""
+    from clipaudit.zeroshot import counts_this_call, model_specs
 
+    pretrained = {spec.label: spec.pretrained for spec in model_specs(models)}
     for info in aware.manifest["models"]:
         label = info["label"]
         groups = aware.groups[aware.groups["model"] == label]
@@ -271,15 +278,22 @@ def _echo_scored(aware: Any, echo: Callable[[str], None]) -> None:
             "an earlier session"
         )
         if info.get("random_weights_seed") is not None:
+            given = pretrained.get(label)
+            why = f"--pretrained {given} given" if given else "no --pretrained"
             echo(
-                f"    {label} has random weights (no --pretrained): its scores are a chance "
-                "baseline, not a trained model's"
+                f"    {label} has random weights ({why}): its scores are a chance baseline, not "
+                "a trained model's"
             )
 
 
-def _echo_left_out(manifest: dict[str, Any], where: Path, echo: Callable[[str], None]) -> None:
-    """The images the zero-shot stage skipped (undecodable, unreadable) and the files it ignored
-    (strays, unlabelled samples), as `clipaudit zeroshot` says them: no score is over them."""
+def _echo_left_out(aware: Any, where: Path, echo: Callable[[str], None]) -> None:
+    """What the zero-shot stage left out, as `clipaudit zeroshot` says it: the images it skipped
+    (undecodable, unreadable) and the files it ignored (strays, unlabelled samples), over which
+    no score is; the groups with images it did not score, with the reasons; and the models this
+    call dropped from it (not given again: their results deleted)."""
+    from clipaudit.zeroshot import NO_IMAGES, ONE_CONCEPT, ONE_CONCEPT_FIX
+
+    manifest = aware.manifest
     skipped = manifest.get("skipped_images") or []
     listed = (manifest.get("inputs") or {}).get("images") or {}
     ignored = listed.get("n_ignored") or 0
@@ -290,6 +304,21 @@ def _echo_left_out(manifest: dict[str, Any], where: Path, echo: Callable[[str], 
     example = f" (e.g. {first['path']}: {first['reason']})" if first else ""
     if parts:
         echo(f"    {' and '.join(parts)}: listed in {where}{example}")
+    # a registry's groups the images hold none of are no sign that anything went wrong: unsaid
+    failed = [g for g in manifest.get("skipped_groups") or [] if g["reason"] != NO_IMAGES]
+    if failed:
+        fix = (
+            f"; {ONE_CONCEPT_FIX}" if any(g["reason"].endswith(ONE_CONCEPT) for g in failed) else ""
+        )
+        reasons = "; ".join(f"{g['group']}: {g['reason']}" for g in failed)
+        echo(f"    {counted(len(failed), 'group')} with images not evaluated: {reasons}{fix}")
+    dropped = manifest.get("dropped_models") or []  # runs before it have none
+    if dropped and not aware.reused:  # a reused run's were dropped by an earlier call
+        echo(
+            f"    {counted(len(dropped), 'model')} dropped from the zero-shot run (not given this "
+            f"time), {'its' if len(dropped) == 1 else 'their'} results deleted: "
+            + ", ".join(dropped)
+        )
 
 
 def check_stage_options(
@@ -387,8 +416,8 @@ def run_audit_stages(
         **(zeroshot or {}),
     )
     timings["zeroshot_s"] = round(time.perf_counter() - clock, 3)
-    _echo_scored(aware, echo)
-    _echo_left_out(aware.manifest, out / "zeroshot" / MANIFEST, echo)
+    _echo_scored(aware, models, echo)
+    _echo_left_out(aware, out / "zeroshot" / MANIFEST, echo)
 
     clock = time.perf_counter()
     echo(f"{first_stage + 2}/{n_stages} report")

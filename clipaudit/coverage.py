@@ -625,6 +625,7 @@ def check_captions(
     *,
     texts: Iterable[str | None] | None = None,
     out: str | Path | None = None,
+    given_as: str | None = None,
     **setting_changes: Any,
 ) -> CheckedCaptions:
     """Check what :func:`count_coverage` would count, as it checks it, without counting and
@@ -633,8 +634,10 @@ def check_captions(
     exists and holds captions in the column counted (each parquet file's footer is read, each
     text file's lines found; a streamed ``hf:`` dataset's columns are read as it is counted, not
     here). ``out``: the run folder the count would write, whose files a
-    caption folder holding it leaves out. What count_coverage itself calls first; run it before
-    other work that a bad caption input would waste (:func:`clipaudit.run_audit` does).
+    caption folder holding it leaves out. ``given_as``: how the caller's user gave ``captions``
+    (run_audit's "--captions, or captions= in Python"), named in the message of a source that
+    cannot be resolved. What count_coverage itself calls first; run it before other work that a
+    bad caption input would waste (:func:`clipaudit.run_audit` does).
 
     Raises :class:`~clipaudit.errors.InputError` for a missing source, a folder without
     captions, a wrong column (``column=``, ``--column``) or a damaged file, and
@@ -670,24 +673,33 @@ def check_captions(
     if frame is not None:
         return CheckedCaptions(settings, frame=frame)
     exclude = Path(out) if out is not None else None  # a new temporary folder: in no listing yet
-    return CheckedCaptions(settings, looked_at=_look_at(sources, captions, exclude, settings))
+    looked_at = _look_at(sources, captions, exclude, settings, given_as)
+    return CheckedCaptions(settings, looked_at=looked_at)
 
 
 def _look_at(
-    specs: Sequence[str], captions: Any, out: Path | None, settings: CoverageSettings
+    specs: Sequence[str],
+    captions: Any,
+    out: Path | None,
+    settings: CoverageSettings,
+    given_as: str | None = None,
 ) -> tuple[Sequence[str], list[Source], list[dict[str, Any]], Iterable[Shard | SkippedShard]]:
     """The sources ``specs`` name, resolved and described, and their shards planned: a missing
     source, a folder without captions, a wrong column or a damaged parquet footer is an
-    :class:`InputError` here. A streamed dataset's shards stay lazy (read as they are counted)."""
+    :class:`InputError` here. A streamed dataset's shards stay lazy (read as they are counted).
+    ``given_as``: see :func:`check_captions`."""
     try:
         resolved = resolve_sources(specs, hf_split=settings.hf_split, exclude=out)
     except InputError as exc:
-        if not _strings_read_as_sources(captions):
+        notes = [f"given as {given_as}"] if given_as else []
+        if _strings_read_as_sources(captions):
+            notes.append(
+                "the list's strings were read as caption sources, as each names one; to count "
+                "the strings themselves as captions, pass them as texts=[...]"
+            )
+        if not notes:
             raise
-        raise InputError(
-            f"{exc} (the list's strings were read as caption sources, as each names one; to "
-            "count the strings themselves as captions, pass them as texts=[...])"
-        ) from None
+        raise InputError(f"{exc} ({'; '.join(notes)})") from None
     _check_split(settings.hf_split, resolved)
     inputs = [describe_source(s, checksum=settings.verify_inputs) for s in resolved]
     plan = plan_shards(
@@ -1206,7 +1218,9 @@ class _Dispatch:
         total_rows = None if todo is None else sum(s.n_rows for s in todo)
         total_shards = None if todo is None else len(todo)
         clock = time.perf_counter()
-        with _Progress(counter, total_rows, total_shards, settings.progress) as progress:
+        # every shard reused (a rerun given overwrite): no bar, which would stand empty at 0
+        shown = settings.progress and todo != []
+        with _Progress(counter, total_rows, total_shards, shown) as progress:
             try:
                 self._run(executor, items, progress)
             except (KeyboardInterrupt, Stopped):

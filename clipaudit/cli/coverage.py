@@ -34,7 +34,7 @@ SpacyModelOption = typer.Option(
     help="Installed spaCy pipeline (e.g. en_core_web_sm) for "
     "part-of-speech checks in the curated profile.",
 )
-# eval shows no progress bar: -q is taken so that a script passing it to every long-running
+# eval and query show no progress bar: -q is taken so that a script passing it to every
 # command runs
 QuietOption = typer.Option(
     False, "--quiet", "-q", help="Taken as other commands take it; this one shows no progress bar."
@@ -587,6 +587,7 @@ def query(
         "calibration's, or the encoder's default when it ran uncalibrated).",
     ),
     k: int = typer.Option(10, "-k", min=0, metavar="<int>", help="Nearest captions shown."),
+    quiet: bool = QuietOption,
 ) -> None:
     """How many captions of a run are about a text, and the nearest ones, from the run's index."""
     _query(run, text, threshold, k)

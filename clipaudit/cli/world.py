@@ -74,8 +74,11 @@ def render(
             f"{row.true_mention_rate:.1%}",
         )
     console.print(table)
-    typer.echo(f"captions: {run.world.captions_path}")
-    typer.echo(f"held-out pictures: {run.world.eval_path}")
+    # both under --out as typed (the world's eval_path is absolute: a recaptioned world's lies
+    # in another folder)
+    files = run.world.info["files"]
+    typer.echo(f"captions: {run.world.path / files['captions']}")
+    typer.echo(f"held-out pictures: {run.world.path / files['eval']}")
     if run.reused:
         typer.echo(f"the world in {out} was already complete: nothing was rendered")
 

@@ -657,23 +657,27 @@ _OWN_OPTIONS = {
 }
 
 
-def whole_numbers(name: str, value: Any, annotation: str) -> Any:
+def whole_numbers(name: str, value: Any, annotation: str, python: str = "") -> Any:
     """The value of setting ``name`` (a field annotated ``annotation``) with a float that is an
     exact integer taken as that integer where the field holds integers: the command line reads
     ``1e3`` and ``2.0`` as floats, and ``--set n_fit=1e3`` means 1000. A float that is not whole
-    is refused; a value of another type is left to the settings' own checks."""
+    is refused, naming ``--set`` and ``python``, where the setting goes in Python (e.g.
+    "EvaluationSettings or evaluation_overrides"); a value of another type is left to the
+    settings' own checks."""
+    where = f" ({name}=... in {python} in Python)" if python else ""
     if annotation in ("int", "int | str") and isinstance(value, float):
         if value.is_integer():  # False for inf and nan too
             return int(value)
         raise SettingsError(
-            f"{name} must be an integer (a whole number: 2000, 2e3 or 2000.0); got {value!r}"
+            f"{name} must be an integer (a whole number: 2000, 2e3 or 2000.0); got {value!r}: "
+            f"give --set {name}=... a whole number{where}"
         )
     if annotation == "tuple[int, ...]" and isinstance(value, (list, tuple)):
         floats = [v for v in value if isinstance(v, float)]
         if any(not v.is_integer() for v in floats):
             raise SettingsError(
                 f"{name} must be integers (whole numbers: [64,64] or [64.0,6.4e1]); got "
-                f"{list(value)!r}"
+                f"{list(value)!r}: give --set {name}=... whole numbers{where}"
             )
         return type(value)(int(v) if isinstance(v, float) else v for v in value)
     return value
@@ -701,9 +705,13 @@ def split_settings(
     evaluation: dict[str, Any] = {}
     for key, value in settings.items():
         if key in training_fields:
-            training[key] = whole_numbers(key, value, annotations[key])
+            training[key] = whole_numbers(
+                key, value, annotations[key], "TrainingSettings or training_overrides"
+            )
         elif key in evaluation_fields:
-            evaluation[key] = whole_numbers(key, value, annotations[key])
+            evaluation[key] = whole_numbers(
+                key, value, annotations[key], "EvaluationSettings or evaluation_overrides"
+            )
         elif key in _OWN_OPTIONS:
             raise SettingsError(f"{key!r} has its own option: give {_OWN_OPTIONS[key]}")
         elif key in scenario_fields:

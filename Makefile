@@ -4,6 +4,9 @@ VENV := .venv
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# test processes (pytest-xdist; 0 runs the suite in this one); a test file stays on one process,
+# so that its module fixtures are built once
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint format clean
 
@@ -21,7 +24,7 @@ demo: $(VENV)/.synced
 test: $(VENV)/.synced
 	$(VENV)/bin/ruff check clipaudit tests benchmarks docs hatch_build.py
 	$(VENV)/bin/ruff format --check clipaudit tests benchmarks docs hatch_build.py
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check clipaudit tests benchmarks docs hatch_build.py

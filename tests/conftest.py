@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,30 @@ def shared_path(relative: str) -> Path:
             f"{path} is absent: ../shared holds the COCO captions and gold labels (CI has it)"
         )
     return path
+
+
+@contextlib.contextmanager
+def short_temp_dir(prefix: str) -> Iterator[Path]:
+    """A new folder with a short path, removed after: the sockets Ray makes under its temporary
+    folder may not have paths over 107 bytes, which pytest's own folders reach (deeper still
+    under pytest-xdist, one folder per test process)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if Path("/tmp").is_dir() else None))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def one_ray_at_a_time():
+    """The test modules that start a Ray take turns, across pytest-xdist's test processes and
+    test runs on the machine: ``--ray-address auto`` joins whichever Ray runs here, and a test
+    that counts Ray's processes would count another's."""
+    import fcntl  # POSIX, as Ray's local clusters are
+
+    with open(Path(tempfile.gettempdir()) / "clipaudit-tests-ray.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,7 +2,7 @@
 a killed worker's shard is retried by Ray; Ctrl-C is one line. Skipped where Ray is absent
 (``pip install 'clipaudit[ray]'``; ``make test`` installs it).
 
-One local Ray (2 CPUs, no dashboard, its files under the test's temporary folder) is started for
+One local Ray (2 CPUs, no dashboard, its files under a short temporary folder) is started for
 the module and used by the in-process runs; command-line runs start their own or connect to it."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pytest
 from clipaudit import coverage, filesystems
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.registry import load_registry
+from tests.conftest import short_temp_dir
 from tests.test_coverage import (
     REPO,
     assert_same_outputs,
@@ -37,6 +38,7 @@ from tests.test_coverage import (
 )
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.usefixtures("one_ray_at_a_time")
 
 OUTPUT_FILES = (
     "concepts.csv",
@@ -73,12 +75,19 @@ def local_ray(temp_dir: Path, num_cpus: int) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     """A local Ray for the module; yields its address (for command-line runs to connect to)."""
     if ray.is_initialized():
         pytest.skip("this process is already connected to a Ray it did not start here")
-    with local_ray(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
+    with short_temp_dir("ray") as temp, local_ray(temp, num_cpus=2) as address:
         yield address
+
+
+@pytest.fixture
+def ray_temp():
+    """A short folder for the Ray a command-line run starts (``RAY_TMPDIR``)."""
+    with short_temp_dir("r") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +389,7 @@ def test_a_run_stopped_on_one_engine_resumes_on_the_other_to_identical_outputs(
 
 
 def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
-    ray_cluster, registry, tmp_path, tmp_path_factory
+    ray_cluster, registry, tmp_path, ray_temp
 ):
     import psutil
 
@@ -402,7 +411,7 @@ def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
         "--no-progress",
     )
     # the first driver starts its own Ray (its files in a short folder: socket paths are limited)
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_temp)}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -450,10 +459,10 @@ def test_a_killed_driver_resumes_on_ray_to_identical_outputs(
     assert_identical_files(out, reference, names=("concepts.csv", "groups.csv", "examples.json"))
 
 
-def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, tmp_path_factory, ctrl_c_count):
+def test_ctrl_c_stops_the_driver_and_ray_with_one_line(ray_cluster, ray_temp, ctrl_c_count):
     import psutil
 
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("r"))}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_temp)}
     env.pop("RAY_ADDRESS", None)
 
     def children(process):

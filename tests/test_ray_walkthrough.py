@@ -13,8 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import short_temp_dir
 from tests.test_coverage import REPO, cli
 from tests.test_coverage_ray import local_ray  # skips this module too where Ray is absent
+
+pytestmark = pytest.mark.usefixtures("one_ray_at_a_time")
 
 
 def running_rays() -> int:
@@ -51,12 +54,10 @@ def test_ray_address_auto_with_no_ray_running_is_one_line_before_a_run_folder(tm
 
 
 @pytest.mark.slow
-def test_ray_address_auto_joins_the_ray_running_here_and_the_manifest_names_it(
-    tmp_path, tmp_path_factory
-):
+def test_ray_address_auto_joins_the_ray_running_here_and_the_manifest_names_it(tmp_path):
     if running_rays():
         pytest.skip("a Ray already runs on this machine: auto would not know which to join")
-    with local_ray(tmp_path_factory.mktemp("r"), num_cpus=1) as address:
+    with short_temp_dir("r") as temp, local_ray(temp, num_cpus=1) as address:
         done = count_auto(tmp_path)
     assert done.returncode == 0, done.stderr
     timings = json.loads((tmp_path / "run" / "manifest.json").read_text())["timings"]

@@ -73,8 +73,9 @@ class _PlainConsole(Console):
 def plain_console() -> Console:
     """A console that prints text as given: paths, captions and concept names may hold "[...]"
     or ":name:", which rich would otherwise read as markup (and fail on) or as emoji codes; and
-    their control characters are spaces (:func:`clipaudit.text.inert_line`)."""
-    return _PlainConsole(markup=False, emoji=False)
+    their control characters are spaces (:func:`clipaudit.text.inert_line`). A line longer than
+    the terminal is not broken (soft wrap): a path printed whole is one to copy."""
+    return _PlainConsole(markup=False, emoji=False, soft_wrap=True)
 
 
 RegistryOption = typer.Option(

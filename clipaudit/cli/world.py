@@ -59,7 +59,8 @@ def render(
     sizes = {"n_train": n_train, "image_size": image_size, "n_eval_per_group": n_eval_per_group}
     world = WorldSettings(seed=seed, **{k: v for k, v in sizes.items() if v is not None})
     run = render_world_run(parse_misalignment(set_rates, world), out, overwrite=overwrite)
-    table = Table(title=repr(run))
+    console.print(repr(run))  # a line, not the table's title, which wraps a long path inside it
+    table = Table(title="caption rates per group")
     for column in ("group", "category", "mention rate", "realised", "wrong", "true mentions"):
         words = column in ("group", "category")
         # names whole, even in 80 columns (else "Post-proces…"): the number headers wrap instead

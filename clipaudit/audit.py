@@ -291,7 +291,7 @@ def _echo_left_out(aware: Any, where: Path, echo: Callable[[str], None]) -> None
     (undecodable, unreadable) and the files it ignored (strays, unlabelled samples), over which
     no score is; the groups with images it did not score, with the reasons; and the models this
     call dropped from it (not given again: their results deleted)."""
-    from clipaudit.zeroshot import NO_IMAGES, ONE_CONCEPT, ONE_CONCEPT_FIX
+    from clipaudit.zeroshot import unscored_groups_line
 
     manifest = aware.manifest
     skipped = manifest.get("skipped_images") or []
@@ -304,14 +304,9 @@ def _echo_left_out(aware: Any, where: Path, echo: Callable[[str], None]) -> None
     example = f" (e.g. {first['path']}: {first['reason']})" if first else ""
     if parts:
         echo(f"    {' and '.join(parts)}: listed in {where}{example}")
-    # a registry's groups the images hold none of are no sign that anything went wrong: unsaid
-    failed = [g for g in manifest.get("skipped_groups") or [] if g["reason"] != NO_IMAGES]
-    if failed:
-        fix = (
-            f"; {ONE_CONCEPT_FIX}" if any(g["reason"].endswith(ONE_CONCEPT) for g in failed) else ""
-        )
-        reasons = "; ".join(f"{g['group']}: {g['reason']}" for g in failed)
-        echo(f"    {counted(len(failed), 'group')} with images not evaluated: {reasons}{fix}")
+    unscored = unscored_groups_line(manifest.get("skipped_groups") or [])
+    if unscored:
+        echo(f"    {unscored}")
     dropped = manifest.get("dropped_models") or []  # runs before it have none
     if dropped and not aware.reused:  # a reused run's were dropped by an earlier call
         echo(

@@ -78,7 +78,7 @@ from clipaudit.provenance import (
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Concept, Registry, load_registry
 from clipaudit.runs import RunFolder, read_manifest, unit_key
-from clipaudit.text import file_stem, is_prompt_template, slug
+from clipaudit.text import counted, file_stem, is_prompt_template, slug
 
 TEMPLATE_SETS = ("none", "simple", "ensemble")
 SIMPLE_TEMPLATE = "a photo of a {}."
@@ -801,6 +801,21 @@ ONE_CONCEPT_FIX = (
 NO_IMAGES = "no images"
 
 
+def unscored_groups_line(skipped_groups: Sequence[dict[str, Any]], limit: int = 5) -> str | None:
+    """The line that names the groups with images that were not evaluated, the first ``limit``
+    with their reasons, and the fix where one had images of one concept alone; None when every
+    group skipped had no images (a registry's groups the images hold none of are no sign that
+    anything went wrong). `clipaudit zeroshot`, the audit and a run that evaluated no group all
+    say it."""
+    failed = [g for g in skipped_groups if g["reason"] != NO_IMAGES]
+    if not failed:
+        return None
+    reasons = "; ".join(f"{g['group']}: {g['reason']}" for g in failed[:limit])
+    more = " ..." if len(failed) > limit else ""
+    fix = f"; {ONE_CONCEPT_FIX}" if any(g["reason"].endswith(ONE_CONCEPT) for g in failed) else ""
+    return f"{counted(len(failed), 'group')} with images not evaluated: {reasons}{more}{fix}"
+
+
 def _none_embedded(n_listed: int) -> str:
     """Why a group or concept has no embedded image: none listed, or every one of them failed
     (a report repeats this reason, where "no images" would send the user to the wrong fix)."""
@@ -957,22 +972,59 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def _as_the_run_spells(out: Path, images: str) -> str:
-    """``images`` as the run in ``out`` spells it where both name one local folder or file from
-    here (``good``, ``./good``, ``in/../good``, its absolute path, a link to it): the run resumes
+    """``images`` as the run in ``out`` spells it where both name one local folder or file
+    (``good``, ``./good``, ``in/../good``, its absolute path, a link to it): the run resumes
     rather than being refused as other settings, and a model added to it lists the images as the
-    others did (its predictions' paths, its skipped images). Else ``images`` (an ``hf:`` or URL
-    source, which is no local path, among them), compared as the run folder does."""
+    others did (its predictions' paths, its skipped images; :func:`_spelled_as`). Where the run
+    recorded ``inputs.images.resolved``, that is the folder: a relative spelling made from
+    another working directory matches; a run written before is resolved from here. Else
+    ``images`` (an ``hf:`` or URL source, which is no local path, among them), compared as the
+    run folder does."""
     with contextlib.suppress(RunFolderError):  # no run there, or a damaged one: said later
-        settings = read_manifest(out).get("settings")
+        manifest = read_manifest(out)
+        settings, inputs = manifest.get("settings"), manifest.get("inputs")
         recorded = settings.get("images") if isinstance(settings, dict) else None
+        listed = inputs.get("images") if isinstance(inputs, dict) else None
+        resolved = listed.get("resolved") if isinstance(listed, dict) else None
+        where = resolved if isinstance(resolved, str) else recorded
         if (
             isinstance(recorded, str)
-            and Path(recorded).exists()
+            and isinstance(where, str)
+            and Path(where).exists()
             and Path(images).exists()  # a spelling that reaches no folder is said so later
-            and Path(recorded).resolve() == Path(images).resolve()
+            and Path(where).resolve() == Path(images).resolve()
         ):
             return recorded
     return images
+
+
+def _resolved(images: str) -> dict[str, str]:
+    """A local image source's absolute path, which :func:`_as_the_run_spells` compares with a
+    later call's from any working directory; nothing for an ``hf:`` or URL source."""
+    return {"resolved": str(Path(images).resolve())} if Path(images).exists() else {}
+
+
+def _spelled_as(images: ImageSet, spelling: str) -> ImageSet:
+    """``images`` (opened as ``images.source`` spells them, which reaches them from here) with
+    their paths and source spelled as ``spelling``, the run's spelling of the same folder."""
+    if spelling == images.source:
+        return images
+    given = Path(images.source)
+
+    def respelled(path: str) -> str:
+        return str(Path(spelling) / Path(path).relative_to(given))
+
+    records = [
+        replace(r, path=respelled(r.path)) if Path(r.path).is_relative_to(given) else r
+        for r in images.records
+    ]
+    ignored = [
+        {**item, "path": respelled(item["path"])}
+        if Path(item["path"]).is_relative_to(given)
+        else item
+        for item in images.ignored
+    ]
+    return replace(images, source=spelling, records=records, ignored=ignored)
 
 
 def run_zeroshot(
@@ -1005,8 +1057,10 @@ def run_zeroshot(
     )
     settings = ZeroShotSettings(models=model_specs(models, pretrained), images=images, **options)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clipaudit-zeroshot-"))
-    settings = replace(settings, images=_as_the_run_spells(out, settings.images))
-    check_out_of_images(out, settings.images)
+    # opened as given, which reaches the images from here; recorded as the run spells them
+    given = settings.images
+    settings = replace(settings, images=_as_the_run_spells(out, given))
+    check_out_of_images(out, given)
     registry = load_registry(settings.registry)
     selected = registry.select(settings.groups)
     # every model's weights, before the first model spends hours: a typo in the last one's tag
@@ -1016,14 +1070,15 @@ def run_zeroshot(
         out, "zeroshot", run_settings, overwrite=overwrite, libraries=LIBRARIES
     ) as folder:
         started = time.perf_counter()
-        image_set = open_images(
-            settings.images,
+        opened = open_images(
+            given,
             registry,
             settings.groups,
             label_field=settings.label_field,
             image_column=settings.image_column,
             split=settings.split,
         )
+        image_set = _spelled_as(opened, settings.images)
         listed_s = time.perf_counter() - started
         # "auto" is bf16 on one machine and fp32 on another: a run resumed elsewhere redoes
         # the models done at the other precision rather than set them beside these
@@ -1043,7 +1098,10 @@ def run_zeroshot(
                 return replace(load_zeroshot_run(out, folder.previous), reused=True)
         folder.update(
             options=settings.describe(),
-            inputs={"images": image_set.describe(), "registry": selected.provenance()},
+            inputs={
+                "images": {**image_set.describe(), **_resolved(given)},
+                "registry": selected.provenance(),
+            },
         )
         for index, ((spec, identity), key) in enumerate(zip(units, keys, strict=True)):
             if records[index] is None:
@@ -1054,9 +1112,15 @@ def run_zeroshot(
                     identity = {**identity, "hub": result.info.get("hub")}
                     key = keys[index] = unit_key(spec.label, identity)
                 records[index] = _save_model_unit(folder, key, identity, result)
-        # left out of this call (how a failing model is dropped): its results go, said so
+        # left out of this call (how a failing model is dropped): its results go, said so, also
+        # where the run that made them was stopped part-way (its manifest lists no models)
         labels = {spec.label for spec in settings.models}
-        dropped = [label for label in previous_models if label not in labels]
+        finished = [_unit_label(folder, key) for key in folder.finished_units() if key not in keys]
+        dropped = [
+            label
+            for label in dict.fromkeys([*previous_models, *finished])
+            if isinstance(label, str) and label not in labels
+        ]
         folder.prune_units(keys)
         return _finish(folder, keys, records, resumed, image_set, settings, listed_s, dropped)
 
@@ -1151,6 +1215,14 @@ def _load_model_unit(
     return record
 
 
+def _unit_label(folder: RunFolder, key: str) -> Any:
+    """The model a unit's record names; None where the record cannot be read (the unit goes
+    all the same, unnamed)."""
+    with contextlib.suppress(OSError, ValueError, RecursionError, AttributeError):
+        return json.loads(folder.unit_path(key).read_text(encoding="utf-8")).get("label")
+    return None
+
+
 def _save_model_unit(
     folder: RunFolder, key: str, identity: dict[str, Any], result: ModelResult
 ) -> dict[str, Any]:
@@ -1199,22 +1271,17 @@ def _finish(
     )
     if groups.empty:
         failures = _unique(f for r in records for f in r["failures"])
-        skipped = _unique(g for r in records for g in r["skipped_groups"])
+        if failures and len(failures) == len(images.records):
+            first = failures[0]
+            raise RunFailedError(
+                f"no group could be evaluated (all {len(failures)} images failed to decode, "
+                f"e.g. {first['path']}: {first['reason']})"
+            )
         needed = "images and 2 concepts" if settings.all_concepts else "images of 2 concepts"
-        why = (
-            f"all {len(failures)} images failed to decode, e.g. {failures[0]['path']}: "
-            f"{failures[0]['reason']}"
-            if failures and len(failures) == len(images.records)
-            else f"no group has {needed}: "
-            + "; ".join(f"{g['group']}: {g['reason']}" for g in skipped[:5])
+        line = unscored_groups_line(_unique(g for r in records for g in r["skipped_groups"]))
+        raise RunFailedError(
+            f"no group could be evaluated (no group has {needed})" + (f"; {line}" if line else "")
         )
-        # said only without all_concepts: a group of one concept with images was skipped
-        hint = (
-            f"; {ONE_CONCEPT_FIX}"
-            if any(g["reason"].endswith(ONE_CONCEPT) for g in skipped)
-            else ""
-        )
-        raise RunFailedError(f"no group could be evaluated ({why}){hint}")
     # a model whose every image failed (NaN embeddings, weights broken) has no results to show
     # beside the others': the run is not complete without them
     empty = [r for r in records if not r["confusion_groups"]]

@@ -1547,10 +1547,10 @@ def test_a_run_of_one_concept_per_group_needs_all_concepts_and_says_so(tiny, tmp
     with pytest.raises(RunFailedError) as refused:
         run_for(tiny, tmp_path, cache_dir=None, groups=groups)
     assert str(refused.value) == (
-        "no group could be evaluated (no group has images of 2 concepts: Animal: only 'dog' has "
-        "images; 2 concepts are needed; Color: only 'red' has images; 2 concepts are needed); "
-        "--all-concepts (all_concepts=True) classifies the images of one concept among all of "
-        "its group's concepts"
+        "no group could be evaluated (no group has images of 2 concepts); 2 groups with images not "
+        "evaluated: Animal: only 'dog' has images; 2 concepts are needed; Color: only 'red' has "
+        "images; 2 concepts are needed; --all-concepts (all_concepts=True) classifies the images of "
+        "one concept among all of its group's concepts"
     )
     run = run_for(tiny, tmp_path, cache_dir=None, groups=groups, all_concepts=True, overwrite=True)
     groups = run.groups.set_index("group")

@@ -253,20 +253,12 @@ def _print_skipped(manifest: dict) -> None:
     named with the reason (and the fix), apart from those the images hold none of, which are
     counted (named where --groups selected them): a registry's groups without images are no
     sign that anything went wrong, and listed as "skipped" they hid the ones that were."""
-    from clipaudit.zeroshot import NO_IMAGES, ONE_CONCEPT, ONE_CONCEPT_FIX
+    from clipaudit.zeroshot import NO_IMAGES, unscored_groups_line
 
     groups = manifest["skipped_groups"]
-    failed = [g for g in groups if g["reason"] != NO_IMAGES]
-    if failed:
-        reasons = "; ".join(f"{g['group']}: {g['reason']}" for g in failed[:5])
-        hint = (
-            f"; {ONE_CONCEPT_FIX}" if any(g["reason"].endswith(ONE_CONCEPT) for g in failed) else ""
-        )
-        console.print(
-            f"{counted(len(failed), 'group')} with images not evaluated: {reasons}"
-            f"{' ...' if len(failed) > 5 else ''}{hint}",
-            style="yellow",
-        )
+    unscored = unscored_groups_line(groups)
+    if unscored:
+        console.print(unscored, style="yellow")
     imageless = [g["group"] for g in groups if g["reason"] == NO_IMAGES]
     if imageless:
         selected = (manifest.get("settings") or {}).get("groups") is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,7 +44,9 @@ def one_ray_at_a_time():
     that counts Ray's processes would count another's."""
     import fcntl  # POSIX, as Ray's local clusters are
 
-    with open(Path(tempfile.gettempdir()) / "clipaudit-tests-ray.lock", "a") as lock:
+    # one per user: another's file could not be opened for writing
+    name = f"clipaudit-tests-ray-{os.getuid()}.lock"
+    with open(Path(tempfile.gettempdir()) / name, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield
 

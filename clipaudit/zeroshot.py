@@ -1121,7 +1121,6 @@ def run_zeroshot(
             for label in dict.fromkeys([*previous_models, *finished])
             if isinstance(label, str) and label not in labels
         ]
-        folder.prune_units(keys)
         return _finish(folder, keys, records, resumed, image_set, settings, listed_s, dropped)
 
 
@@ -1263,7 +1262,8 @@ def _finish(
     dropped: list[str],
 ) -> ZeroShotRun:
     """Merge the models' units into the run's outputs, fail a run with nothing evaluated;
-    ``dropped``: the models of the run found that this call left out (their units pruned)."""
+    ``dropped``: the models of the run found that this call left out, whose units are pruned
+    only once the run is about to complete."""
     units = [folder.units / key for key in keys]
     groups = _with_candidates(
         pd.concat([pd.read_parquet(u / "groups.parquet") for u in units], ignore_index=True),
@@ -1274,7 +1274,9 @@ def _finish(
         if failures and len(failures) == len(images.records):
             first = failures[0]
             raise RunFailedError(
-                f"no group could be evaluated (all {len(failures)} images failed to decode, "
+                # failed, not "failed to decode": a model whose embeddings are not finite fails
+                # every image it decoded
+                f"no group could be evaluated (all {len(failures)} images failed, "
                 f"e.g. {first['path']}: {first['reason']})"
             )
         needed = "images and 2 concepts" if settings.all_concepts else "images of 2 concepts"
@@ -1321,6 +1323,9 @@ def _finish(
             written += files.values()
             shown = draw.confusion_record(matrix, title, files, out)
             drawn.append({"model": label, "group": group, **shown})
+    # not before: a call that fails keeps the left-out models' results, which the next call that
+    # gives them again resumes instead of computing them again
+    folder.prune_units(keys)
     first = records[0]["info"]
     manifest = folder.complete(
         models=[_counted_now(r["info"], done) for r, done in zip(records, resumed, strict=True)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``clipaudit ARGS`` in a new process; ``env``: variables set on top of this one's."""
     return subprocess.run(
         [sys.executable, "-m", "clipaudit", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         timeout=120,
     )
 
@@ -186,6 +191,21 @@ def test_brackets_in_paths_and_captions_print_as_written(tmp_path):
     with console.capture() as captured:
         console.print("a dog [/b] :cat:")
     assert captured.get() == "a dog [/b] :cat:\n"
+
+
+def test_a_path_longer_than_the_terminal_prints_whole_on_its_line(tmp_path):
+    """rich broke a line at the terminal's width (80 columns where output is piped), so a long
+    run folder printed as "results in" and the path split over two lines, which no one can
+    copy; the table keeps its width."""
+    out = tmp_path / ("a-run-folder-with-a-long-name-" * 3)
+    captions = tmp_path / "c.txt"
+    captions.write_text("a dog on the grass\n")
+    result = run_cli("coverage", "count", str(captions), "--out", str(out), env={"COLUMNS": "60"})
+    assert result.returncode == 0, result.stderr
+    assert len(f"results in {out}") > 60
+    assert f"results in {out}" in result.stdout.splitlines()
+    table = [line for line in result.stdout.splitlines() if line.startswith(("┏", "│", "└"))]
+    assert table and all(len(line) <= 60 for line in table)
 
 
 def test_library_errors_are_one_line_and_flags_show_as_flags(tmp_path):

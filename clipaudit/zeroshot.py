@@ -649,6 +649,10 @@ def evaluate_model(
     n_attempted = images.counts()
     n_in_group = Counter(r.group for r in records)
     usable = [i for i in range(len(records)) if embedded.ok[i]]
+    # decoded, then failed by the model (its embedding not finite): not "undecodable"
+    unembedded = {f["path"] for f in embedded.failures if f["reason"] == BAD_EMBEDDING}
+    decoded = [r for r in records if r.path in unembedded]
+    decoded_groups, decoded_concepts = {r.group for r in decoded}, {r.concept for r in decoded}
 
     prediction_rows, concept_frames, group_rows = [], [], []
     confusions: dict[str, pd.DataFrame] = {}
@@ -665,12 +669,12 @@ def evaluate_model(
         candidates = list(concepts) if all_concepts else present
         if not present or len(candidates) < 2:
             if not present:
-                reason = _none_embedded(n_in_group[group.name])
+                reason = _none_embedded(n_in_group[group.name], group.name in decoded_groups)
             elif all_concepts:
                 reason = f"the group has only the concept {present[0].name!r}; 2 are needed"
             else:  # the others' images may all have failed: "only ... has images" misled
                 failed = [
-                    f"{c.name!r}: {_none_embedded(n_attempted[c.name])}"
+                    f"{c.name!r}: {_none_embedded(n_attempted[c.name], c.name in decoded_concepts)}"
                     for c in concepts
                     if c.name not in with_images and n_attempted[c.name]
                 ]
@@ -680,7 +684,7 @@ def evaluate_model(
             continue
         for concept in concepts:
             if concept.name not in with_images:
-                reason = _none_embedded(n_attempted[concept.name])
+                reason = _none_embedded(n_attempted[concept.name], concept.name in decoded_concepts)
                 skipped_concepts.append(
                     {"group": group.name, "concept": concept.name, "reason": reason}
                 )
@@ -816,12 +820,15 @@ def unscored_groups_line(skipped_groups: Sequence[dict[str, Any]], limit: int = 
     return f"{counted(len(failed), 'group')} with images not evaluated: {reasons}{more}{fix}"
 
 
-def _none_embedded(n_listed: int) -> str:
+def _none_embedded(n_listed: int, decoded: bool = False) -> str:
     """Why a group or concept has no embedded image: none listed, or every one of them failed
-    (a report repeats this reason, where "no images" would send the user to the wrong fix)."""
+    (a report repeats this reason, where "no images" would send the user to the wrong fix):
+    undecodable, or (``decoded``: some decoded) failed, as where the model's embeddings are not
+    finite."""
     if not n_listed:
         return NO_IMAGES
-    return "its one image undecodable" if n_listed == 1 else f"all {n_listed} images undecodable"
+    how = "failed" if decoded else "undecodable"
+    return f"its one image {how}" if n_listed == 1 else f"all {n_listed} images {how}"
 
 
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified

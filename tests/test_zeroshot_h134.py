@@ -109,3 +109,23 @@ def test_a_failed_rerun_keeps_the_dropped_models_results_for_the_next_call(
     # the broken model, left out of a run that passed its checks, is the one deleted now
     assert again.manifest["dropped_models"] == [nan.label]
     assert _unit_labels(out) == sorted([a.label, b.label])
+
+
+def test_images_a_model_failed_after_decoding_are_not_said_to_be_undecodable(models, tmp_path):
+    """A group whose images all decoded, but whose embeddings the model made NaN, was said to
+    have "all 4 images undecodable", sending the user to the images instead of the model."""
+    a, _, nan = models
+    images = tmp_path / "img"
+    write_image_folder(images, {"Color": {"red": 2, "blue": 2}}, size=(8, 8))
+    (images / "Animal" / "dog").mkdir(parents=True)
+    (images / "Animal" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(RunFailedError, match=rf"model {nan.label} evaluated no group"):
+        _run([a, nan], str(images), tmp_path / "run")
+    reasons = {}
+    for path in (tmp_path / "run" / "units").glob("*.json"):
+        record = json.loads(path.read_text())
+        reasons[record["label"]] = {g["group"]: g["reason"] for g in record["skipped_groups"]}
+    assert reasons[nan.label]["Color"] == "all 4 images failed"
+    assert reasons[nan.label]["Animal"] == "its one image undecodable"  # never decoded
+    assert reasons[a.label]["Animal"] == "its one image undecodable"
+    assert "Color" not in reasons[a.label]

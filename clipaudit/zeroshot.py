@@ -1016,21 +1016,21 @@ def _spelled_as(images: ImageSet, spelling: str) -> ImageSet:
     their paths and source spelled as ``spelling``, the run's spelling of the same folder."""
     if spelling == images.source:
         return images
-    given = Path(images.source)
+
+    # a path is the source, then "#" and a dataset's row or "/" and a file or shard member,
+    # respelled as text: pathlib would shorten a member "./000.jpg", and a row is no file
+    def lead(source: str) -> str:
+        if images.kind == "huggingface":
+            return f"{source}#"
+        return "" if source == "." else f"{source.rstrip('/')}/"  # "." and "a" join as "a"
+
+    given, wanted = lead(images.source), lead(spelling)
 
     def respelled(path: str) -> str:
-        return str(Path(spelling) / Path(path).relative_to(given))
+        return wanted + path.removeprefix(given) if path.startswith(given) else path
 
-    records = [
-        replace(r, path=respelled(r.path)) if Path(r.path).is_relative_to(given) else r
-        for r in images.records
-    ]
-    ignored = [
-        {**item, "path": respelled(item["path"])}
-        if Path(item["path"]).is_relative_to(given)
-        else item
-        for item in images.ignored
-    ]
+    records = [replace(r, path=respelled(r.path)) for r in images.records]
+    ignored = [{**item, "path": respelled(item["path"])} for item in images.ignored]
     return replace(images, source=spelling, records=records, ignored=ignored)
 
 

@@ -20,7 +20,7 @@ LAYOUT = {"Color": {"red": 2, "blue": 2}}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[ModelSpec, ModelSpec, ModelSpec]:
-    folder = tmp_path_factory.mktemp("h135-models")
+    folder = tmp_path_factory.mktemp("models")
     config = str(write_tiny_config(folder))
     return tuple(
         ModelSpec(config, str(write_tiny_checkpoint(folder / f"{name}.safetensors", seed)))

@@ -13,6 +13,7 @@ import pytest
 from clipaudit.errors import RunFailedError, RunFolderError, Stopped
 from clipaudit.models import ModelSpec
 from clipaudit.zeroshot import run_zeroshot
+from tests.test_zeroshot import count_encoded_images
 from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
 
 FIX = (
@@ -23,7 +24,7 @@ FIX = (
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[ModelSpec, ModelSpec]:
-    folder = tmp_path_factory.mktemp("h133-models")
+    folder = tmp_path_factory.mktemp("models")
     config = str(write_tiny_config(folder))
     return tuple(
         ModelSpec(config, str(write_tiny_checkpoint(folder / f"{name}.safetensors", seed)))
@@ -34,29 +35,6 @@ def models(tmp_path_factory) -> tuple[ModelSpec, ModelSpec]:
 def _run(models, images, out, **options):
     options = {"cache_dir": None, "workers": 0, "device": "cpu", "progress": False, **options}
     return run_zeroshot(models, images, out, **options)
-
-
-def _encoded_images(monkeypatch) -> list[int]:
-    """The images each model loaded from now on is given to encode, one count per model."""
-    import clipaudit.zeroshot as zeroshot
-
-    counts: list[int] = []
-    real_load = zeroshot.load_model
-
-    def load(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        encode = loaded.model.encode_image
-        counts.append(0)
-
-        def counting(images, *a, **k):
-            counts[-1] += len(images)
-            return encode(images, *a, **k)
-
-        loaded.model.encode_image = counting
-        return loaded
-
-    monkeypatch.setattr(zeroshot, "load_model", load)
-    return counts
 
 
 # --------------------------------------------------------------------------- one line
@@ -127,7 +105,7 @@ def test_a_run_made_with_a_relative_path_resumes_from_another_directory(
     assert made.manifest["inputs"]["images"]["resolved"] == str((first_dir / "img").resolve())
 
     monkeypatch.chdir(second_dir)  # where "img" is no folder
-    counts = _encoded_images(monkeypatch)
+    counts = count_encoded_images(monkeypatch)
     again = _run(models[:1], str(first_dir / "img"), out)
     assert again.reused and counts == []
     assert again.manifest["settings"]["images"] == "img"

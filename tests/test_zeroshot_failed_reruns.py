@@ -11,6 +11,7 @@ import torch
 from clipaudit.errors import RunFailedError
 from clipaudit.models import ModelSpec
 from clipaudit.zeroshot import run_zeroshot
+from tests.test_zeroshot import count_encoded_images
 from tests.tiny_clip import (
     tiny_state_dict,
     write_image_folder,
@@ -25,7 +26,7 @@ def models(tmp_path_factory) -> tuple[ModelSpec, ModelSpec, ModelSpec]:
     group)."""
     from safetensors.torch import save_file
 
-    folder = tmp_path_factory.mktemp("h134-models")
+    folder = tmp_path_factory.mktemp("models")
     config = str(write_tiny_config(folder))
     good = [
         ModelSpec(config, str(write_tiny_checkpoint(folder / f"{name}.safetensors", seed)))
@@ -57,29 +58,6 @@ def _unit_files(out) -> dict[str, bytes]:
     return {str(p.relative_to(units)): p.read_bytes() for p in units.rglob("*") if p.is_file()}
 
 
-def _encoded_images(monkeypatch) -> list[int]:
-    """The images each model loaded from now on is given to encode, one count per model."""
-    import clipaudit.zeroshot as zeroshot
-
-    counts: list[int] = []
-    real_load = zeroshot.load_model
-
-    def load(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        encode = loaded.model.encode_image
-        counts.append(0)
-
-        def counting(images, *a, **k):
-            counts[-1] += len(images)
-            return encode(images, *a, **k)
-
-        loaded.model.encode_image = counting
-        return loaded
-
-    monkeypatch.setattr(zeroshot, "load_model", load)
-    return counts
-
-
 def test_a_failed_rerun_keeps_the_dropped_models_results_for_the_next_call(
     models, tmp_path, monkeypatch
 ):
@@ -101,7 +79,7 @@ def test_a_failed_rerun_keeps_the_dropped_models_results_for_the_next_call(
     kept = _unit_files(out)
     assert {name: kept[name] for name in made} == made  # unchanged, not written again
 
-    counts = _encoded_images(monkeypatch)
+    counts = count_encoded_images(monkeypatch)
     again = _run([a, b], images, out)
     assert counts == []  # both taken from their units: nothing loaded, nothing encoded
     assert again.manifest["status"] == "complete" and again.models == [a.label, b.label]

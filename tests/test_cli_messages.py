@@ -17,7 +17,7 @@ from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tin
 def small_audit(tmp_path_factory) -> dict:
     """Labelled images of two Animal concepts and one Color concept (a group of one concept is
     not scored), and a tiny model given two weights: a checkpoint, and 'none'."""
-    root = tmp_path_factory.mktemp("h132-audit")
+    root = tmp_path_factory.mktemp("audit")
     write_image_folder(
         root / "images", {"Animal": {"dog": 3, "cat": 3}, "Color": {"red": 3}}, size=(24, 24)
     )

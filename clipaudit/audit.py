@@ -15,7 +15,7 @@ rendered miniature world, with the world's run beside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -135,6 +135,8 @@ def run_audit(
                 f"{type(options).__name__} {options!r:.60}"
             )
     coverage = CoverageSettings.of(coverage, "coverage")
+    if isinstance(captions, Iterator):  # read twice: by the check, then by the coverage stage
+        captions = list(captions)
     # what would stop a stage, refused before any folder is made for a call that never starts
     # (a failed audit left behind, or a temporary folder with out=None): the caption sources as
     # the coverage stage looks at them (parquet footers, not their rows), then the later stages'

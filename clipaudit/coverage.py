@@ -655,6 +655,8 @@ def check_captions(
         )
     text_list = _caption_texts(texts) if texts is not None else None
     settings = CoverageSettings.of(settings, "settings").replace(**setting_changes)
+    if isinstance(captions, Iterator):  # a generator is read once: for its kind, then its paths
+        captions = list(captions)
     try:
         if text_list is not None:
             _refuse_column(settings.column, "caption strings given as texts=")

@@ -424,9 +424,9 @@ def _folder_source(spec: str, folder: Path, hf_split: str, exclude: Path | None)
 
 def _folder_files(spec: str, folder: Path) -> Iterator[Path]:
     """The files of a folder and its subfolders, but hidden ones (temporary files, caches) and
-    those of hidden folders and of clipaudit run folders; links to folders are not followed. A folder that cannot be listed
-    (permission denied) is an InputError naming it: pathlib's rglob passes over one, which would
-    leave its shards out of the corpus unsaid."""
+    those of hidden folders and of clipaudit run folders; links to folders are not followed. A
+    folder that cannot be listed (permission denied) is an InputError naming it: pathlib's rglob
+    passes over one, which would leave its shards out of the corpus unsaid."""
 
     def refuse(error: OSError) -> None:
         raise InputError(

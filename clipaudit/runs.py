@@ -687,13 +687,15 @@ def run_kind(manifest: Mapping[str, Any]) -> Any:
 
 def run_folder_kind(folder: str | os.PathLike) -> str | None:
     """The kind of the clipaudit run ``folder`` holds (``"coverage"``, ``"audit"``, ...), or None
-    when it holds none: no manifest, or one that is no run's (another tool's ``manifest.json``)."""
+    when it holds none: no manifest, or one that is no run's (another tool's ``manifest.json``,
+    even one whose ``kind`` is a run's name: every run's manifest names its clipaudit version)."""
     try:
         manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
         kind = run_kind(manifest)
+        ours = isinstance(manifest.get("clipaudit_version"), str)
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return None
-    return kind if isinstance(kind, str) and kind in LOADERS else None
+    return kind if ours and isinstance(kind, str) and kind in LOADERS else None
 
 
 def load_run(path: str | os.PathLike) -> Any:

@@ -57,7 +57,8 @@ def test_a_column_for_captions_that_have_none_is_refused_naming_no_staged_file(g
 def test_a_run_folder_given_as_captions_is_named_as_a_run(tmp_path):
     zeroshot = tmp_path / "zs"
     zeroshot.mkdir()
-    (zeroshot / "manifest.json").write_text(json.dumps({"kind": "zeroshot", "status": "complete"}))
+    manifest = {"kind": "zeroshot", "status": "complete", "clipaudit_version": "0.1.0"}
+    (zeroshot / "manifest.json").write_text(json.dumps(manifest))
     pd.DataFrame({"path": ["x.jpg"], "caption": ["a dog"]}).to_parquet(zeroshot / "p.parquet")
     with pytest.raises(InputError) as info:
         clipaudit.count_coverage(zeroshot, out=tmp_path / "run", progress=False)

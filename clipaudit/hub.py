@@ -11,7 +11,10 @@ away from every caller.
 
 from __future__ import annotations
 
+import os
 import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,20 +23,43 @@ HF_HOST = "huggingface.co"
 
 def download_refused(host: str | None, hub: bool) -> str | None:
     """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
-    HF_HUB_OFFLINE set the hub client downloads nothing, however open the network."""
+    ``hub`` the host is the one the hub client downloads from (HF_ENDPOINT, huggingface.co unless
+    it names a mirror), and with HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set it downloads
+    nothing, however open the network."""
     from huggingface_hub import constants
 
     if hub and constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set (unset it to download)"
+        # the hub client reads TRANSFORMERS_OFFLINE only when HF_HUB_OFFLINE is unset or empty:
+        # name the one to unset
+        variable = (
+            "TRANSFORMERS_OFFLINE"
+            if not os.environ.get("HF_HUB_OFFLINE") and os.environ.get("TRANSFORMERS_OFFLINE")
+            else "HF_HUB_OFFLINE"
+        )
+        return f"{variable} is set (unset it to download)"
+    if hub:
+        endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+        if not endpoint.hostname:
+            return f"HF_ENDPOINT {constants.ENDPOINT!r} is no URL (set it to https://HOST, or unset it)"
+        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+        host = endpoint.hostname if port == 443 else f"{endpoint.hostname}:{port}"
     return None if reachable(host) else f"{host} cannot be reached"
 
 
 def reachable(host: str | None, timeout: float = 3.0) -> bool:
-    """Whether ``host`` accepts an HTTPS connection within ``timeout`` seconds."""
+    """Whether ``host`` (``NAME`` or ``NAME:PORT``, port 443 by default) accepts a connection
+    within ``timeout`` seconds: through the HTTPS proxy the environment names, unless NO_PROXY
+    exempts the host, as the hub client (httpx) and urllib connect."""
     if not host:
         return False
+    target = urllib.parse.urlsplit(f"//{host}")
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get("https") or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(target.hostname or host):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (80 if target.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -242,6 +242,8 @@ def test_an_open_clip_encoder_offline_says_to_name_a_checkpoint_in_the_tags_plac
 
     monkeypatch.setattr(models, "_cached_weights", lambda cfg: False)
     monkeypatch.setattr("clipaudit.hub.reachable", lambda host, timeout=3.0: False)
+    # the message for an unreachable hub, also where HF_HUB_OFFLINE is set around the tests
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     with pytest.raises(ModelError) as raised:
         load_encoder(parse_encoder("open_clip:ViT-B-32@laion400m_e32", device="cpu"))
     message = str(raised.value)

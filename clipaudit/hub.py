@@ -4,9 +4,9 @@ well-formed, whether the hub cache holds a repo's files, and why nothing can be 
 Models, encoders and datasets check these to fail in seconds offline (the hub client would retry
 for a minute, then blame the name). Light on purpose: the error paths of a caption or image dataset
 or a sentence-transformers encoder import neither torch nor open_clip (about 6 s), and
-huggingface_hub is imported inside the functions. :func:`download_refused` looks up
-:func:`reachable` here when called: tests replace ``clipaudit.hub.reachable`` to take the network
-away from every caller.
+huggingface_hub is imported inside the functions. :func:`download_refused` and :func:`hub_refused`
+look up :func:`reachable` here when called: tests replace ``clipaudit.hub.reachable`` to take the
+network away from every caller.
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-HF_HOST = "huggingface.co"
 
-
-def download_refused(host: str | None, hub: bool) -> str | None:
-    """Why nothing can be downloaded from ``host`` now, in words, or None when it can. With
-    ``hub`` the host is the one the hub client downloads from (HF_ENDPOINT, huggingface.co unless
-    it names a mirror), and with HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set it downloads
-    nothing, however open the network."""
+def hub_refused() -> str | None:
+    """Why nothing can be downloaded from the hub now, in words, or None when it can: with
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set the hub client downloads nothing, however open
+    the network; else it downloads from the host HF_ENDPOINT names (huggingface.co unless it
+    names a mirror)."""
     from huggingface_hub import constants
 
-    if hub and constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE:
         # the hub client reads TRANSFORMERS_OFFLINE only when HF_HUB_OFFLINE is unset or empty:
         # name the one to unset
         variable = (
@@ -37,12 +35,26 @@ def download_refused(host: str | None, hub: bool) -> str | None:
             else "HF_HUB_OFFLINE"
         )
         return f"{variable} is set (unset it to download)"
-    if hub:
-        endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
-        if not endpoint.hostname:
-            return f"HF_ENDPOINT {constants.ENDPOINT!r} is no URL (set it to https://HOST, or unset it)"
-        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-        host = endpoint.hostname if port == 443 else f"{endpoint.hostname}:{port}"
+    host = hub_host()
+    if host is None:
+        return f"HF_ENDPOINT {constants.ENDPOINT!r} is no URL (set it to https://HOST, or unset it)"
+    return download_refused(host)
+
+
+def hub_host() -> str | None:
+    """The host the hub client downloads from (``NAME``, or ``NAME:PORT`` off port 443), as
+    HF_ENDPOINT names it; None when HF_ENDPOINT is no URL."""
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    if not endpoint.hostname:
+        return None
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return endpoint.hostname if port == 443 else f"{endpoint.hostname}:{port}"
+
+
+def download_refused(host: str | None) -> str | None:
+    """Why nothing can be downloaded from ``host`` (a weights URL's) now, in words, or None."""
     return None if reachable(host) else f"{host} cannot be reached"
 
 

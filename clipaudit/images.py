@@ -981,7 +981,7 @@ def _check_hub_dataset(name: str) -> None:
     from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import constants
 
-    from clipaudit.hub import HF_HOST, download_refused, valid_repo_id
+    from clipaudit.hub import hub_host, hub_refused, valid_repo_id
 
     if Path(name).exists() or not valid_repo_id(name):
         return
@@ -995,14 +995,14 @@ def _check_hub_dataset(name: str) -> None:
     refused = (
         "HF_DATASETS_OFFLINE is set (unset it to download)"
         if datasets.config.HF_HUB_OFFLINE and not constants.HF_HUB_OFFLINE
-        else download_refused(HF_HOST, hub=True)
+        else hub_refused()
     )
     if refused:
         raise InputError(
             f"Hugging Face dataset {name!r} is not in the datasets cache {cache} "
             f"(HF_DATASETS_CACHE or HF_HOME move it) and {refused}; on a machine that reaches the "
             "hub, save it with datasets' save_to_disk and give that folder as --images (images=), "
-            f"or run where {HF_HOST} can be reached"
+            f"or run where {hub_host() or 'the hub'} can be reached"
         )
 
 

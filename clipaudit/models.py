@@ -35,10 +35,10 @@ import torch
 from clipaudit import hub
 from clipaudit.errors import ModelError, SettingsError, did_you_mean, whole_line
 from clipaudit.hub import (
-    HF_HOST,
     cached_commit,
     download_refused,
     hub_cache_words,
+    hub_refused,
     in_hub_cache,
     valid_repo_id,
 )
@@ -667,7 +667,7 @@ def _check_weights_reachable(architecture: str, tag: str) -> None:
     if _cached_weights(cfg):
         return
     hub = bool(cfg.get("hf_hub"))
-    refused = download_refused(HF_HOST if hub else urllib.parse.urlparse(cfg["url"]).hostname, hub)
+    refused = hub_refused() if hub else download_refused(urllib.parse.urlparse(cfg["url"]).hostname)
     if refused:
         cache = hub_cache_words() if hub else "the cache"
         raise ModelError(
@@ -686,7 +686,7 @@ def _check_hub_model_reachable(repo: str) -> None:
         return  # the hub client refuses it itself, without the network
     if in_hub_cache(repo, ["open_clip_config.json"]) and in_hub_cache(repo, HUB_WEIGHTS):
         return
-    refused = download_refused(HF_HOST, hub=True)
+    refused = hub_refused()
     if refused:
         raise ModelError(
             f"model hf-hub:{repo} is not downloaded and {refused}; download it first on a "

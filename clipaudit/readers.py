@@ -1574,11 +1574,11 @@ def _hub_errors(name: str, config: str | None, split: str | None) -> Iterator[No
     try:
         yield
     except Exception as exc:
-        from clipaudit.hub import HF_HOST, download_refused
+        from clipaudit.hub import hub_refused
 
         where = f"config {config!r}" + (f", split {split!r}" if split is not None else "")
         # asked only now that opening failed: offline, the fix is another way in, not the name
-        refused = download_refused(HF_HOST, hub=True)
+        refused = hub_refused()
         fix = (
             f"{refused}; on a machine that reaches the hub, save it with datasets' save_to_disk "
             "and give that folder (without 'hf:'), or check the name and config (hf:NAME:CONFIG)"

@@ -80,7 +80,7 @@ def test_the_hub_checked_is_the_one_hf_endpoint_names(endpoint, tried, refused, 
     monkeypatch.setattr(constants, "ENDPOINT", endpoint.rstrip("/"))
     hosts = []
     monkeypatch.setattr(hub, "reachable", lambda host, timeout=3.0: hosts.append(host) or False)
-    assert hub.download_refused(hub.HF_HOST, hub=True) == refused
+    assert hub.hub_refused() == refused
     assert hosts == ([tried] if tried else [])
 
 
@@ -139,4 +139,4 @@ def test_the_offline_message_names_the_variable_that_set_it(env, named, monkeypa
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "reachable", lambda host, timeout=3.0: pytest.fail("network asked"))
-    assert hub.download_refused(hub.HF_HOST, hub=True) == f"{named} is set (unset it to download)"
+    assert hub.hub_refused() == f"{named} is set (unset it to download)"

@@ -403,14 +403,14 @@ def _load_offline(name: str) -> bool:
     and the hub cannot be reached or HF_HUB_OFFLINE is set (the hub client would retry for
     minutes before using the cache).
     Raises :class:`ModelError` in seconds when it is neither a local folder nor cached, offline."""
-    from clipaudit.hub import HF_HOST, download_refused, in_hub_cache, valid_repo_id
+    from clipaudit.hub import hub_refused, in_hub_cache, valid_repo_id
 
     if Path(name).exists() or not valid_repo_id(name):
         return False  # a folder needs no network; sentence-transformers refuses a bad id without it
     # a bare name is looked up as sentence-transformers/NAME (bert-base-uncased and a few more as is)
     repos = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
     cache = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
-    refused = download_refused(HF_HOST, hub=True)
+    refused = hub_refused()
     if refused is None:
         return False
     if any(in_hub_cache(repo, ["config.json"], cache) for repo in repos):

@@ -129,3 +129,19 @@ def test_the_audit_command_names_a_bad_caption_source_in_one_line(
     assert str(sources[given]) in line
     assert re.search(message, line)
     assert not out.exists()
+
+
+def test_a_generator_of_caption_paths_is_audited_as_its_list_is(audit_runs, sources, tmp_path):
+    """The audit reads its caption sources twice (its own check, then the coverage stage): a
+    generator used up by the check would leave the stage no captions at all."""
+    import clipaudit
+
+    config, trained, _ = _models(audit_runs)
+    audited = clipaudit.run_audit(
+        (path for path in [sources["good"]]), audit_runs["images"], (config, trained),
+        tmp_path / "audit", zeroshot=ZEROSHOT, progress=False, echo=lambda _: None,
+    )  # fmt: skip
+    assert audited.coverage.n_captions_read == 2  # "a dog", "a red cat"
+    counts = audited.coverage.concepts.set_index("concept")["count"]
+    assert (counts["dog"], counts["cat"], counts["red"]) == (1, 1, 1)
+    assert audited.manifest["status"] == "complete"

@@ -960,6 +960,23 @@ def test_a_hub_dataset_neither_cached_nor_reachable_fails_at_once_naming_the_fix
     assert hub.tried == ["huggingface.co"] * 2
 
 
+def test_a_hub_dataset_behind_a_mirror_names_the_mirror_it_could_not_reach(
+    hub, monkeypatch, registry
+):
+    """With HF_ENDPOINT naming a mirror, the hub client downloads from the mirror only: that is the
+    host tried, and the one the fix asks to reach, never huggingface.co."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hf-mirror.local:8080")
+    hub.up = False
+    with pytest.raises(InputError) as stopped:
+        check_image_source("hf:someorg/pets")
+    message = str(stopped.value)
+    assert " and hf-mirror.local:8080 cannot be reached; " in message
+    assert message.endswith(", or run where hf-mirror.local:8080 can be reached")
+    assert "huggingface.co" not in message and hub.tried == ["hf-mirror.local:8080"]
+
+
 def test_a_hub_dataset_of_several_splits_is_refused_before_any_is_downloaded(
     hub, monkeypatch, registry
 ):

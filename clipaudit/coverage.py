@@ -124,7 +124,13 @@ from clipaudit.readers import (
     shard_file,
 )
 from clipaudit.registry import DEFAULT_REGISTRY, Registry, load_registry
-from clipaudit.runs import RunFolder, a_run, differences, run_folder_kind, write_unit
+from clipaudit.runs import (
+    RunFolder,
+    differences,
+    run_folder_kind,
+    run_given_as_captions,
+    write_unit,
+)
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
@@ -1090,15 +1096,12 @@ def _refuse_column(column: str | None, what: str) -> None:
 
 
 def _refuse_run_folders(specs: Sequence[str]) -> None:
-    """A clipaudit run folder named as captions (a zero-shot run's tables would be read as
-    caption files, and refused for a column they lack): said to be a run."""
+    """A local clipaudit run folder named as captions: said to be a run (a URL's is said as its
+    folder is listed, :func:`clipaudit.readers.resolve_sources`)."""
     for spec in specs:
         kind = None if "://" in spec else run_folder_kind(spec)
         if kind is not None:
-            raise InputError(
-                f"{spec!r} is a clipaudit run folder ({a_run(kind)}), not captions; give the "
-                "caption files or folder the run should count"
-            )
+            raise run_given_as_captions(spec, kind)
 
 
 def _looks_like_path(item: Any) -> bool:

@@ -65,7 +65,13 @@ from clipaudit.filesystems import (
     url_scheme,
 )
 from clipaudit.provenance import file_identity, file_record
-from clipaudit.runs import run_folder_kind, unit_key
+from clipaudit.runs import (
+    MANIFEST,
+    manifest_run_kind,
+    run_folder_kind,
+    run_given_as_captions,
+    unit_key,
+)
 from clipaudit.text import WIDE_BOMS, counted
 
 CAPTION_COLUMNS = ("caption", "TEXT", "text")  # tried in order when no column is named
@@ -485,11 +491,14 @@ def _url_source(url: str, scheme: str) -> Source:
     def relative(entry_path: str) -> str:  # some filesystems list "/a/b" under "a"
         return entry_path.strip("/")[len(base) :].lstrip("/")
 
+    runs = _url_run_folders(url, filesystem, listed, relative)
     by_kind: dict[str, list[str]] = {}
     for entry in listed:
         parts = relative(entry.path).split("/")
         if entry.type != pafs.FileType.File or any(p.startswith(".") for p in parts):
             continue  # hidden files and folders: temporary files, caches
+        if any("/".join(parts[:depth]) in runs for depth in range(1, len(parts))):
+            continue  # a clipaudit run synced into the folder, as a local folder's
         kind = _file_kind(Path(entry.path).name)
         if kind is not None:
             by_kind.setdefault(kind, []).append(entry.path)
@@ -509,6 +518,30 @@ def _url_source(url: str, scheme: str) -> Source:
         + _unread_only(by_kind, relative)
         + "; expected .parquet shards (or .jsonl or .txt files)"
     )
+
+
+def _url_run_folders(
+    url: str, filesystem: Any, listed: Sequence[Any], relative: Callable[[str], str]
+) -> set[str]:
+    """The folders (relative to ``url``) that hold a clipaudit run, read from their manifests;
+    a ``url`` that is itself a run's folder is refused as a local one is."""
+    import pyarrow.fs as pafs
+
+    runs = set()
+    for entry in listed:
+        folder, _, name = relative(entry.path).rpartition("/")
+        if name != MANIFEST or entry.type != pafs.FileType.File:
+            continue
+        try:
+            with filesystem.open_input_stream(entry.path) as stream:
+                kind = manifest_run_kind(stream.read(1 << 20))  # a run's manifest is small
+        except Exception:  # an unreadable manifest is another tool's file: its folder is read
+            continue
+        if kind is not None and not folder:
+            raise run_given_as_captions(url, kind)
+        if kind is not None:
+            runs.add(folder)
+    return runs
 
 
 def _file_kind(name: str) -> str | None:

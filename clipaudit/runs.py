@@ -54,6 +54,7 @@ from typing import Any
 from clipaudit.errors import (
     WRITE_ERRNOS,
     ClipAuditError,
+    InputError,
     RunFolderError,
     SettingsError,
     Stopped,
@@ -678,6 +679,15 @@ def a_run(kind: str) -> str:
     return f"{'an' if kind.startswith(tuple('aeiou')) else 'a'} {kind} run"
 
 
+def run_given_as_captions(spec: str, kind: str) -> InputError:
+    """The error for a clipaudit run folder named as captions: its tables would be read as
+    caption files (and refused for a column they lack)."""
+    return InputError(
+        f"{spec!r} is a clipaudit run folder ({a_run(kind)}), not captions; give the caption "
+        "files or folder the run should count"
+    )
+
+
 def run_kind(manifest: Mapping[str, Any]) -> Any:
     """The manifest's run kind (an old name mapped to today's); whatever it holds when that is
     not a name."""
@@ -690,10 +700,20 @@ def run_folder_kind(folder: str | os.PathLike) -> str | None:
     when it holds none: no manifest, or one that is no run's (another tool's ``manifest.json``,
     even one whose ``kind`` is a run's name: every run's manifest names its clipaudit version)."""
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        text = (Path(folder) / MANIFEST).read_bytes()
+    except OSError:
+        return None
+    return manifest_run_kind(text)
+
+
+def manifest_run_kind(text: str | bytes) -> str | None:
+    """The run kind a ``manifest.json``'s text names, or None when it is no clipaudit run's, as
+    :func:`run_folder_kind` reads it (for a manifest read from elsewhere than a local folder)."""
+    try:
+        manifest = json.loads(text)
         kind = run_kind(manifest)
         ours = isinstance(manifest.get("clipaudit_version"), str)
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError):
         return None
     return kind if ours and isinstance(kind, str) and kind in LOADERS else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import socket
 import subprocess
@@ -681,6 +682,45 @@ def test_a_remote_file_named_twice_is_refused_and_a_copy_counts(tiny, tmp_path, 
     copy = memory_bucket("copy/a.parquet", data)
     both = count([url, copy], tiny, tmp_path / "run")
     assert both.n_captions_read == 2 * len(CAPTIONS["a"])
+
+
+def test_a_run_synced_into_a_folder_url_is_left_out_as_a_local_one_is(
+    tiny, tmp_path, memory_bucket
+):
+    """A coverage run synced into the caption folder (``aws s3 sync runs/ s3://corpus/runs/``)
+    holds parquet tables without a caption column: left out, as a local folder leaves its runs
+    out, not refused for the column. Another tool's manifest.json hides nothing, and the run's
+    own folder named as captions is said to be a run."""
+    local = tmp_path / "corpus"
+    local.mkdir()
+    for name, captions in CAPTIONS.items():
+        data = parquet_bytes(captions)
+        memory_bucket(f"corpus/{name}.parquet", data)
+        (local / f"{name}.parquet").write_bytes(data)
+    on_disk = count([local], tiny, local / "runs" / "first")  # written into the folder it counts
+    for path in sorted((local / "runs").rglob("*")):
+        if path.is_file():
+            memory_bucket(f"corpus/{path.relative_to(local).as_posix()}", path.read_bytes())
+    assert any(p.suffix == ".parquet" for p in (local / "runs" / "first").rglob("*"))
+    other = {"kind": "report", "tool": "not clipaudit"}  # no clipaudit_version: no run of ours
+    memory_bucket("corpus/notes/manifest.json", json.dumps(other).encode())
+    memory_bucket("corpus/notes/c.parquet", parquet_bytes(["a happy dog"]))
+    (local / "notes").mkdir()
+    (local / "notes" / "manifest.json").write_text(json.dumps(other))
+    (local / "notes" / "c.parquet").write_bytes(parquet_bytes(["a happy dog"]))
+    remote = count([f"{memory_bucket.bucket}/corpus"], tiny, tmp_path / "remote")
+    files = [f["path"].rsplit("/corpus/", 1)[1] for f in remote.manifest["inputs"][0]["files"]]
+    assert files == ["a.parquet", "b.parquet", "notes/c.parquet"]
+    assert remote.n_captions_read == on_disk.n_captions_read + 1
+    count([local], tiny, tmp_path / "local")  # its own run, and the other tool's files, read
+    assert_same_outputs(tmp_path / "remote", tmp_path / "local")
+    run_url = f"{memory_bucket.bucket}/corpus/runs/first"
+    with pytest.raises(InputError) as refused:
+        resolve_sources([run_url])
+    assert str(refused.value) == (
+        f"{run_url!r} is a clipaudit run folder (a coverage run), not captions; give the caption "
+        "files or folder the run should count"
+    )
 
 
 def test_a_missing_remote_source_is_one_clear_error(memory_bucket):

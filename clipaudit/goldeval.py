@@ -18,6 +18,7 @@ interval from resampling captions (a caption's labels are not independent of eac
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from clipaudit.errors import InputError, did_you_mean
+from clipaudit.errors import InputError, RegistryError, did_you_mean
 from clipaudit.lexical import PROFILES, build_matcher, has_paper_synonyms
 from clipaudit.metrics import multilabel_scores
 from clipaudit.provenance import sha256_file
@@ -59,7 +60,8 @@ def load_gold(path: str | Path, registry: str | Path | Registry | None = None) -
             f"gold file {str(path)!r} {state}; expected a JSON-lines file of labelled captions"
         )
     registry = load_registry() if registry is None else load_registry(registry)
-    known = {c.name for c in registry.concepts}
+    # by NFC form: "café" typed and "café" saved decomposed look alike and are one name
+    known = {unicodedata.normalize("NFC", c.name): c.name for c in registry.concepts}
     rows: list[GoldCaption] = []
     seen: dict[int | str, int] = {}
     without_id: set[int] = set()  # lines whose id is their line number
@@ -95,14 +97,15 @@ def load_gold(path: str | Path, registry: str | Path | Registry | None = None) -
                 )
             )
         seen[caption_id] = number
-        for name in row["concepts"]:
-            if name not in known:
+        labels = [known.get(unicodedata.normalize("NFC", name)) for name in row["concepts"]]
+        for name, label in zip(row["concepts"], labels, strict=True):
+            if label is None:
                 unknown.setdefault(name, number)
-        rows.append(GoldCaption(caption_id, row["caption"], tuple(dict.fromkeys(row["concepts"]))))
+        rows.append(GoldCaption(caption_id, row["caption"], tuple(dict.fromkeys(labels))))
     if unknown:
         shown = list(unknown.items())[:SHOWN_UNKNOWN]  # another registry's labels: hundreds
         listed = "; ".join(
-            f"{name!r} (line {line}){did_you_mean(name, known)}" for name, line in shown
+            f"{name!r} (line {line}){_meant(registry, name)}" for name, line in shown
         ) + (f"; and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else "")
         raise InputError(
             f"{path}: {len(unknown)} label(s) name no concept of registry {registry.name!r}: {listed}; "
@@ -112,6 +115,17 @@ def load_gold(path: str | Path, registry: str | Path | Registry | None = None) -
     if not rows:
         raise InputError(f"{path}: no labelled captions in the file")
     return rows
+
+
+def _meant(registry: Registry, label: str) -> str:
+    """The concept a label the registry lacks may have meant: the one a lookup finds (which
+    ignores case), said to be spelled otherwise, else the registry's suggestions (a synonym's
+    concept, a group's concepts, names spelled alike)."""
+    try:
+        found = registry.concept(label)
+    except RegistryError:
+        return registry.suggest(label)
+    return f" (did you mean {found.name!r}? labels name concepts as the registry spells them)"
 
 
 def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:

@@ -220,13 +220,16 @@ class Registry:
         _check_name(name, "concept")
         found = self._concepts_by_name.get(name) or self._find_folded(name, self._concepts_by_name)
         if found is None:
-            raise RegistryError(f"no concept {name!r} in registry {self.name!r}{self._hint(name)}")
+            raise RegistryError(
+                f"no concept {name!r} in registry {self.name!r}{self.suggest(name)}"
+            )
         return found
 
-    def _hint(self, name: str) -> str:
-        """Which concepts a name not found may have meant: those that list it as a synonym (a
-        word captions use, "T-shirt" or "cop", is what an auditor types), else those with a word
-        that starts with it ("police" for "police officer"), then those spelled alike."""
+    def suggest(self, name: str) -> str:
+        """Which concepts a name not found may have meant, as " (did you mean ...)" or "": those
+        that list it as a synonym (a word captions use, "T-shirt" or "cop", is what an auditor
+        types), else those with a word that starts with it ("police" for "police officer"), then
+        those spelled alike."""
         key = normalize(name)
         if not key:
             return ""
@@ -248,6 +251,19 @@ class Registry:
         for group in (g for g in self.groups if repr(g.name) in hint):
             hint += f"; {group.name!r} is a group, whose concepts are {self._listed(group)}"
         return hint
+
+    def shared_synonyms(self) -> dict[str, tuple[str, ...]]:
+        """The synonyms that count for more than one concept (each of another group: within a
+        group loading refuses them), as first written, with the concepts' names. Right where
+        one word names both ("taxi": car and taxi), a slip elsewhere ("coach": bus and couch)."""
+        owners: dict[str, list[str]] = {}
+        written: dict[str, str] = {}
+        for concept in self.concepts:
+            for synonym in concept.synonyms:
+                key = normalize(synonym)
+                written.setdefault(key, synonym)
+                owners.setdefault(key, []).append(concept.name)
+        return {written[key]: tuple(names) for key, names in owners.items() if len(names) > 1}
 
     def _listed(self, group: Group) -> str:
         """A group's first concepts and how many more: "tired, focused, ... and 4 more"."""
@@ -613,6 +629,126 @@ def _tab_hint(text: str, mark: yaml.Mark | None) -> str:
     return "; the line is indented with a tab, and YAML indents with spaces only: replace the tab"
 
 
+_CORE_TAG = "tag:yaml.org,2002:"
+# PyYAML's context for a list, mapping or quote left open, and what closes it
+_OPENED = {
+    "while parsing a flow sequence": ("list", "[", "]"),
+    "while parsing a flow mapping": ("mapping", "{", "}"),
+}
+_MISALIGNED = (
+    "did not find expected key",
+    "did not find expected '-' indicator",
+    "expected <block end>",
+)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]:
+    """PyYAML's words for a file it cannot read, made into what was expected, what was got and
+    the fix (its own alone, "mapping values are not allowed in this context", say none of the
+    three), at the line to fix: where an unclosed quote or a key without ':' began, else where
+    YAML stopped."""
+    problem = exc.problem or exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    lines = text.splitlines()
+
+    def written(at: yaml.Mark | None, start: bool = True) -> str:
+        """The text of the file from ``at`` (or its whole line) to the end of its line."""
+        if at is None or at.line >= len(lines):
+            return ""
+        return (lines[at.line][at.column :] if start else lines[at.line]).strip()
+
+    opened = exc.context_mark
+    tab = _tab_hint(text, mark)
+    if tab:  # YAML's words for a tab ("cannot start any token") do not say that it is one
+        return f"{problem}{tab}", line
+    got = written(mark)
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.partition("'")[2].rstrip("'")
+        tag = f"!!{tag.removeprefix(_CORE_TAG)}" if tag.startswith(_CORE_TAG) else tag
+        return (
+            f"expected text, a list or a mapping, got the tag {tag!r}; a tag makes YAML build "
+            "another kind of object (a Python one for '!!python/...'), which a registry never "
+            "holds: remove the tag",
+            line,
+        )
+    if exc.context in _OPENED and opened is not None:
+        kind, opening, closing = _OPENED[exc.context]
+        return (
+            f"expected ',' or {closing!r}, got {got[:40]!r}: the {kind} opened with {opening!r} "
+            f"on line {opened.line + 1} is not closed; close it with {closing!r} (and quote an "
+            "item that holds '#', ':' or a quote)",
+            line,
+        )
+    if exc.context == "while scanning a quoted scalar" and opened is not None:
+        quote = written(opened)[:1]
+        until = "the end of the file" if "end of stream" in problem else f"line {line}"
+        return (
+            f"the quote opened on this line is not closed: expected a closing {quote!r}, got "
+            f"none before {until}; add the closing {quote!r}",
+            opened.line + 1,
+        )
+    if exc.context == "while scanning a simple key" and opened is not None:
+        return (
+            f"expected 'key: value', got {written(opened, start=False)[:60]!r} without ':'; "
+            "write ': ' after the key",
+            opened.line + 1,
+        )
+    if problem == "found character that cannot start any token" and got:
+        if lines[mark.line][: mark.column].rstrip().endswith(("[", ",", "{")):
+            got = re.split(r"[,\]}]", got)[0].strip()  # an item of a flow list: it alone
+        return (
+            f"a value may not start with {got[0]!r}, which YAML reserves; quote the value "
+            f"({json.dumps(got[:40], ensure_ascii=False)})",
+            line,
+        )
+    if problem == "mapping values are not allowed in this context":
+        whole = written(mark, start=False)
+        key, _, value = whole.partition(": ")
+        if len(whole) - len(got) <= len(key):
+            # the line's first ':': a key that YAML read as more of the value above it
+            return (
+                "expected the keys of an entry lined up, got a key indented deeper than the "
+                f"keys above it ({whole[:60]!r}); line it up with the keys above it",
+                line,
+            )
+        return (
+            f"expected one ': ' a line, got one inside the value of {key.lstrip('- ')!r}; quote "
+            f"the value: {key.lstrip('- ')}: {json.dumps(value.strip(), ensure_ascii=False)}",
+            line,
+        )
+    if problem == "found undefined alias":
+        alias = re.match(r"\*[^\s,\[\]{}]*", got)
+        name = alias.group()[1:] if alias else ""
+        return (
+            f"expected an anchor '&{name}' defined above, got the alias '*{name}' with none; "
+            "define the anchor, or quote the value if '*' is part of the text",
+            line,
+        )
+    if exc.context in ("while scanning an alias", "while scanning an anchor") and opened:
+        sign = written(opened)[:1]
+        return (
+            f"expected a YAML {exc.context.rpartition(' ')[2]} name (ASCII letters, digits, '-' "
+            f"and '_') after {sign!r}, got {written(opened)[:40]!r}; quote the value if {sign!r} "
+            "is part of the text",
+            opened.line + 1,
+        )
+    if problem.startswith(_MISALIGNED):
+        return (
+            "the indentation of this line does not match the entries above it: expected the "
+            f"keys of one entry lined up, got {written(mark, start=False)[:60]!r}; indent it as "
+            "its neighbours, and start each list item with '- ' (a dash and a space)",
+            line,
+        )
+    if problem == "but found another document":
+        return (
+            "expected one YAML document, got a second after '---' on this line; a registry is "
+            "one document: remove the '---' and keep what follows in the one above",
+            line,
+        )
+    return problem, line
+
+
 def _merge_key_message(value_node: yaml.Node) -> str:
     """Why a YAML merge key (``<<: *anchor``) is refused: a registry entry writes its keys out,
     which keeps every key at its own line and no merge can blow up (as aliases of aliases can)."""
@@ -668,6 +804,11 @@ def _unquoted(values: list[Any]) -> str:
         return (
             "; YAML reads unquoted yes, no, on, off, numbers and dates as such, not as text: "
             "quote it"
+        )
+    if any(v is None for v in values):  # "[snow, &snowy]": an anchor named snowy, of nothing
+        return (
+            "; an empty item, or one that starts with '&' (a YAML anchor), reads as null: "
+            "write it out, quoted"
         )
     return ""
 
@@ -811,9 +952,15 @@ class _Checker:
         value = entry[key]
         line = entry.key_lines.get(key, entry.line)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            # "synonyms: bus, coach" is one string: YAML lists are bracketed or dashed
+            written = (
+                f"; write a list: {key}: [{value.strip()}]"
+                if isinstance(value, str) and value.strip()
+                else ""
+            )
             self.fail(
                 f"{what}: {key!r} must be a list of non-empty strings, got {_shown(value)}"
-                f"{_unquoted(value if isinstance(value, list) else [])}",
+                f"{_unquoted(value if isinstance(value, list) else [])}{written}",
                 line,
             )
         if not value and not allow_empty:
@@ -895,12 +1042,8 @@ def parse_registry(
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise RegistryError(
-            f"invalid YAML: {exc.problem or exc.context}{_tab_hint(text, mark)}",
-            path=path,
-            line=mark.line + 1 if mark else None,
-        ) from None
+        message, line = _yaml_problem(exc, text)
+        raise RegistryError(f"invalid YAML: {message}", path=path, line=line) from None
     except RecursionError:  # indented nesting deep enough for Python's own recursion limit
         raise RegistryError(_NESTING, path=path) from None
     except yaml.reader.ReaderError as exc:

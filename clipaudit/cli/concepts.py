@@ -9,11 +9,12 @@ import typer
 from rich.table import Table
 
 from clipaudit.cli._common import RegistryOption, command_group, plain_console
-from clipaudit.registry import list_registries, load_registry, resolve_registry_path
+from clipaudit.registry import Registry, list_registries, load_registry, resolve_registry_path
 from clipaudit.text import counted
 
 app = command_group("List, show and validate concept registries.")
 console = plain_console()
+_SHOWN = 3  # the synonyms or concepts a note of validate names (the paper's registry: 14)
 
 
 @app.command("list")
@@ -83,6 +84,38 @@ def validate(path: Path = typer.Argument(..., help="Registry YAML file to check.
         f"ok {path}: registry {reg.name!r} v{reg.version}, {_size(reg)}, "
         f"{counted(len(reg.categories), 'category', 'categories')}"
     )
+    for note in _notes(reg):
+        console.print(f"note: {note}")
+
+
+def _notes(reg: Registry) -> list[str]:
+    """What a valid registry counts that its author may not mean, each with the fix."""
+    notes = []
+    shared = reg.shared_synonyms()
+    if shared:  # right where one word names two concepts, but a slip counts both without a word
+        group = {c.name: c.group for c in reg.concepts}
+        shown = [
+            f"{word!r} ({', '.join(f'{name} in {group[name]}' for name in names)})"
+            for word, names in list(shared.items())[:_SHOWN]
+        ]
+        more = len(shared) - len(shown)
+        notes.append(
+            f"{counted(len(shared), 'synonym')} {'counts' if len(shared) == 1 else 'count'} for "
+            f"concepts of more than one group: {'; '.join(shown)}"
+            f"{f'; and {more} more' if more > 0 else ''}; right where one word names both, else "
+            "remove it from one"
+        )
+    # the paper profile refuses a registry with none, but counts 0 for a concept without them
+    unlisted = [c.name for c in reg.concepts if not c.paper_synonyms]
+    if unlisted and len(unlisted) < len(reg.concepts):
+        more = len(unlisted) - _SHOWN
+        notes.append(
+            f"the 'paper' profile never counts {counted(len(unlisted), 'concept')}, which "
+            f"{'has' if len(unlisted) == 1 else 'have'} no paper_synonyms: "
+            f"{', '.join(unlisted[:_SHOWN])}{f' and {more} more' if more > 0 else ''}; add "
+            "them, or count with the 'curated' profile"
+        )
+    return notes
 
 
 def _size(reg: Any) -> str:

@@ -36,10 +36,20 @@ def per_class_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> float:
-    """Unweighted mean of the per-class F1 over ``labels`` (the paper's awareness score)."""
+    """Unweighted mean of the per-class F1 over the ``labels`` true or predicted at least once
+    (the paper's awareness score); NaN when none is.
+
+    A label neither true nor predicted (a theory run's bin without test images) has F1 0/0, no
+    score: sklearn's ``zero_division=0`` would average it in as 0. A label predicted but never
+    true keeps its F1 of 0, a measured error.
+    """
     from sklearn.metrics import f1_score
 
-    return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
+    seen = set(y_true) | set(y_pred)
+    occurring = [label for label in labels if label in seen]
+    if not occurring:
+        return float("nan")
+    return float(f1_score(y_true, y_pred, labels=occurring, average="macro", zero_division=0))
 
 
 def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:

@@ -194,6 +194,11 @@ def analyse(
             for method in corpus.methods:
                 x = _x(part, method, corpus.n_captions, level) if len(part) else np.zeros(0)
                 y = part[y_column].to_numpy(dtype=float) if len(part) else np.zeros(0)
+                if level == "concept" and "support" in part:
+                    # a concept without test images (a theory run's empty bin) scores F1 0 by
+                    # convention, not by measurement: no point (it was "often captioned yet
+                    # unknown" when well captioned)
+                    y = np.where(part["support"].to_numpy(dtype=float) == 0, np.nan, y)
                 keep = np.isfinite(x) & np.isfinite(y)
                 result = _no_finding_unbounded(
                     stats.correlate(
@@ -296,24 +301,40 @@ def analyse(
 # how near -1 and 1 an interval's ends count as reaching them (the rank correlation of a
 # resample is computed in floating point)
 _BOUND_TOLERANCE = 1e-9
+# the fewest points whose ordering can be significant at 5%: a perfect order of n points has the
+# exact two-sided p 2 / n!, 1/12 at 4 points, 1/60 at 5
+MIN_FINDING_POINTS = 5
 
 
 def _no_finding_unbounded(result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` (:func:`stats.correlate`) with each correlation whose interval spans all of
-    [-1, 1] made n/a, as too few points are: so few points fit any correlation, and its estimate
-    (kept as ``estimate``) is no finding. Five colours joined across two registries headlined
-    "Spearman 0.11 [-1.00, 1.00]"."""
+    """``result`` (:func:`stats.correlate`) with each correlation that too few points give made
+    n/a, its estimate kept as ``estimate``: fewer than :data:`MIN_FINDING_POINTS` points, or an
+    interval spanning all of [-1, 1] (so few points fit any correlation). Five colours joined
+    across two registries headlined "Spearman 0.11 [-1.00, 1.00]", three perfectly ordered
+    groups "Spearman 1.00 [1.00, 1.00]" (every resample of a monotone set is monotone)."""
+    n = result["n"]
     for name in ("spearman", "kendall"):
         statistic = result[name]
         low, high = statistic["ci_low"], statistic["ci_high"]
-        # NaN ends (no interval) compare false: the statistic stays as it is
+        if math.isnan(statistic["value"]):
+            continue  # not computed: its reason stands
+        # NaN ends (no interval) compare false
         if low <= -1 + _BOUND_TOLERANCE and high >= 1 - _BOUND_TOLERANCE:
-            statistic["estimate"] = statistic["value"]
-            statistic["value"] = float("nan")
-            statistic["reason"] = (
-                f"only {result['n']} points, whose {stats.CONFIDENCE:.0%} interval spans "
-                "every correlation from -1 to 1: no finding"
+            reason = (
+                f"only {n} points, whose {stats.CONFIDENCE:.0%} interval spans every correlation "
+                "from -1 to 1: no finding"
             )
+        elif n < MIN_FINDING_POINTS:
+            reason = (
+                f"only {n} points: no ordering of fewer than {MIN_FINDING_POINTS} is significant "
+                f"at 5% (a perfect one of {n} has the exact two-sided p 1/{math.factorial(n) // 2})"
+                ": no finding"
+            )
+        else:
+            continue
+        statistic["estimate"] = statistic["value"]
+        statistic["value"] = float("nan")
+        statistic["reason"] = reason
     return result
 
 
@@ -526,8 +547,10 @@ def _summary(
             "group_order": "the paper's: categories in the order common, under-captioned, "
             "nuisance, sensitive (others after, as they first appear), groups in registry order",
             "small_samples": f"fewer than {stats.MIN_POINTS} points or a constant side give no "
-            "statistic (null) and a reason, as does a correlation whose bootstrap interval spans "
-            "all of [-1, 1] (its estimate kept as 'estimate')",
+            "statistic (null) and a reason, as does a correlation of fewer than "
+            f"{MIN_FINDING_POINTS} points or whose bootstrap interval spans all of [-1, 1] (its "
+            "estimate kept as 'estimate'); a concept without test images (support 0) has no F1 "
+            "to correlate and is no point of the concept statistics",
         },
         "sensitive_note": sensitive_note(in_table_order(inputs.sensitive, inputs.group_order)),
     }

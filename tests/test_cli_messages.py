@@ -141,3 +141,38 @@ def test_world_render_prints_its_paths_as_the_out_was_given(tmp_path, in_process
     assert f"captions: {Path('runs/small/captions.parquet')}" in lines
     assert f"held-out pictures: {Path('runs/small/eval')}" in lines
     assert (tmp_path / "runs" / "small" / "eval").is_dir()
+
+
+def _micro_row(out: str) -> list[str]:
+    """The cells after "micro (all)" of the table `coverage eval` prints."""
+    line = next(line for line in out.splitlines() if "micro (all)" in line)
+    return [cell.strip() for cell in line.split("│") if cell.strip()][1:]
+
+
+def test_coverage_eval_shows_a_score_of_nothing_as_undefined_and_where_disagreements_are(
+    tmp_path, in_process
+):
+    """A gold file without labels has no recall (0/0), and a matcher that predicts nothing no
+    precision: "-", never a 0.000 that reads as a measured failure."""
+    import json
+
+    gold = tmp_path / "gold.jsonl"
+    rows = [
+        {"id": 1, "caption": "a dog on a sofa", "concepts": []},  # the matcher's dog: fp
+        {"id": 2, "caption": "an empty room", "concepts": []},
+    ]
+    gold.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, out, err = in_process("coverage", "eval", str(gold), "--profile", "curated")
+    assert code == 0, err
+    # precision 0/1, recall 0/0, F1 2tp/(2tp+fp+fn) = 0/1
+    assert _micro_row(out) == ["0.000", "-", "0.000", "0", "1", "0"]
+    assert "micro precision 0.000 (0.000-0.000), recall - (undefined): " in out
+    assert "1 caption where curated and the gold disagree (--json FILE lists them)" in out
+    code, out, _ = in_process(
+        "coverage", "eval", str(gold), "--profile", "curated", "--json", str(tmp_path / "e.json")
+    )
+    assert "1 caption where curated and the gold disagree\n" in out
+    gold.write_text(json.dumps(rows[1]) + "\n")  # nothing predicted, nothing labelled
+    code, out, _ = in_process("coverage", "eval", str(gold), "--profile", "curated")
+    assert _micro_row(out) == ["-", "-", "-", "0", "0", "0"]
+    assert "0 captions where curated and the gold disagree\n" in out

@@ -371,13 +371,25 @@ def _thresholds(shared: dict) -> str:
     return ", ".join(said)
 
 
+# the counts a score divides by: with none (no label predicted, or none in the gold), it is 0/0
+_DIVIDES_BY = {"precision": ("tp", "fp"), "recall": ("tp", "fn"), "f1": ("tp", "fp", "fn")}
+
+
+def _score(scores: dict, name: str) -> str:
+    """A precision, recall or F1 to 3 places, or "-" where it divides by nothing (shown as 0 by
+    the scores, which sklearn's zero_division=0 made)."""
+    if not sum(scores[count] for count in _DIVIDES_BY[name]):
+        return "-"
+    return f"{scores[name]:.3f}"
+
+
 def _interval_line(micro: dict, interval: dict) -> str:
     """Micro precision and recall with their bootstrap intervals, on one line."""
     parts = []
     for name in ("precision", "recall"):
         low, high = interval[name]
         bounds = f"{low:.3f}-{high:.3f}" if low is not None else "undefined"
-        parts.append(f"{name} {micro[name]:.3f} ({bounds})")
+        parts.append(f"{name} {_score(micro, name)} ({bounds})")
     return (
         f"micro {', '.join(parts)}: {interval['confidence']:.0%} intervals over "
         f"{interval['resamples']:,} resamples of the captions"
@@ -459,9 +471,7 @@ def eval_(
         for scope, s in rows:
             table.add_row(
                 scope,
-                f"{s['precision']:.3f}",
-                f"{s['recall']:.3f}",
-                f"{s['f1']:.3f}",
+                *(_score(s, score) for score in ("precision", "recall", "f1")),
                 str(s["tp"]),
                 str(s["fp"]),
                 str(s["fn"]),
@@ -469,8 +479,10 @@ def eval_(
             )
         console.print(table)
         console.print(_interval_line(found["micro"], found["micro_interval"]))
+        disagreements = len(found["disagreements"])
+        listed = " (--json FILE lists them)" if disagreements and json_out is None else ""
         console.print(
-            f"{counted(len(found['disagreements']), 'caption')} where {name} and the gold disagree"
+            f"{counted(disagreements, 'caption')} where {name} and the gold disagree{listed}"
         )
     if json_out is not None:
         write_json(json_out, scores)

@@ -286,6 +286,7 @@ def test_fewer_than_five_points_are_no_finding_even_when_perfectly_ordered(n_poi
         assert statistic["n"] == n_points
         for name in ("spearman", "kendall"):
             assert statistic[name]["value"] is None
+            assert statistic[name]["p_value"] is None  # scipy's says 0 for 3 ordered points
             assert statistic[name]["estimate"] == pytest.approx(1.0)
             assert statistic[name]["reason"].startswith(f"only {n_points} points: no ordering")
     # nor without intervals

@@ -334,6 +334,8 @@ def _no_finding_unbounded(result: dict[str, Any]) -> dict[str, Any]:
             continue
         statistic["estimate"] = statistic["value"]
         statistic["value"] = float("nan")
+        # scipy's p of so few points is an approximation that says 0 for a perfect order of 3
+        statistic["p_value"] = float("nan")
         statistic["reason"] = reason
     return result
 

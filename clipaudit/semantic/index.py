@@ -34,7 +34,8 @@ handed to FAISS through its API. A flat index stores nothing of its own but ``bl
 is filled from the embedding store when loaded.
 ``captions.parquet`` (position, caption) is written when captions are given at build time; the
 captions that hold no word are then blank (counted by no query) whatever their vectors, which
-LAION's own embeddings give them.
+LAION's own embeddings give them. ``index.json`` is written last (and removed first when an index
+is built again): a folder without it, or without a file it says was written, is refused.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ _IVFPQ_NAMES = (
 )
 # float32 sums of the centroid score and the radius: a list within this of the threshold is probed
 _BOUND_SLACK = 1e-4
+_REBUILD = (
+    "build the index again (clipaudit coverage index RUN; clipaudit.index_run(run) in Python)"
+)
 
 
 def check_query(query: Any, threshold: Any, k: Any) -> None:
@@ -101,15 +105,24 @@ def check_query(query: Any, threshold: Any, k: Any) -> None:
         )
     for text in texts:
         if not isinstance(text, str) or holds_no_word(text):
-            raise SettingsError(f"a query text must hold a word, got {text!r:.60}")
+            raise SettingsError(
+                f"a query text must hold a word, got {text!r:.60}: name what to look for, "
+                "e.g. 'origami'"
+            )
     if threshold is not None and (
         not isinstance(threshold, numbers.Real)
         or isinstance(threshold, bool)
         or not -1.0 <= threshold <= 1.0  # NaN fails it too
     ):
-        raise SettingsError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
+        raise SettingsError(
+            f"threshold must be a cosine in [-1, 1], got {threshold!r}: give one there "
+            "(--threshold; threshold= in Python), or none for the run's shared threshold"
+        )
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise SettingsError(f"k must be an integer >= 0, got {k!r}")
+        raise SettingsError(
+            f"k must be an integer >= 0, got {k!r}: the number of nearest captions to show "
+            "(-k; k= in Python)"
+        )
 
 
 @dataclass(frozen=True)
@@ -388,13 +401,16 @@ class CaptionIndex:
         try:
             meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{folder}: no readable index.json ({exc})") from None
+            raise InputError(
+                f"{folder}: no readable index.json ({whole_line(exc, 160)}): none built, a build "
+                f"stopped before its last file, or a damaged one; {_REBUILD}"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             raise InputError(f"{folder}: not a clipaudit caption index")
         if meta.get("version") != INDEX_VERSION:
             raise InputError(
                 f"{folder}: an index of format version {meta.get('version')!r}, this clipaudit "
-                f"reads version {INDEX_VERSION}; build the index again"
+                f"reads version {INDEX_VERSION}; {_REBUILD}"
             )
         kind, keys, recorded = meta.get("kind"), meta.get("keys"), meta.get("settings")
         if kind not in ("flat", "ivfpq"):
@@ -403,7 +419,7 @@ class CaptionIndex:
         if origins is not None and (not isinstance(keys, list) or _bad_origins(origins, len(keys))):
             raise InputError(
                 f"{folder}/index.json: origins are not one [input number, file] per unit of "
-                "work; build the index again"
+                f"work; {_REBUILD}"
             )
         if not (
             isinstance(keys, list)
@@ -413,16 +429,14 @@ class CaptionIndex:
         ):
             raise InputError(
                 f"{folder}/index.json: expected its keys (a list), settings, store and margin; "
-                "build the index again"
+                + _REBUILD
             )
         try:
             settings = IndexSettings(
                 **{**recorded, **({} if nprobe is None else {"nprobe": nprobe})}
             )
         except TypeError as exc:
-            raise InputError(
-                f"{folder}/index.json: settings {exc}; build the index again"
-            ) from None
+            raise InputError(f"{folder}/index.json: settings {exc}; {_REBUILD}") from None
         if store is None:
             store = folder.parent / meta["store"]
         if not isinstance(store, EmbeddingStore):
@@ -432,37 +446,50 @@ class CaptionIndex:
             raise InputError(
                 f"{store.folder} is not the embedding store this index was built on "
                 f"(encoder: {describe_difference(meta['encoder'], store.encoder)}; "
-                f"{len(missing)} of its {len(keys)} units of work missing)"
+                f"{len(missing)} of its {len(keys)} units of work missing); query the store it "
+                f"was built on, or {_REBUILD} over this one"
             )
         parts, n = _parts_table(store, keys)
         if n != meta.get("n"):
             raise InputError(
                 f"{folder} indexes {meta.get('n')!r} captions, its embedding store holds {n:,} for "
-                "its units of work; build the index again"
+                f"its units of work; {_REBUILD}"
             )
         margin = float(meta["margin"])
         if not 0.0 <= margin <= 2.0:
             raise InputError(
                 f"{folder}/index.json: margin {margin!r}, expected a cosine gap in [0, 2]"
             )
+        captions = folder / "captions.parquet"
+        kept = bool(meta.get("captions"))
+        # without its captions the nearest would show none and copies of a text would not be
+        # one; without a flat index's blank file a caption of no word would count again
+        lost = [
+            path.name
+            for path, needed in ((captions, kept), (folder / BLANK_FILE, kept and kind == "flat"))
+            if needed and not path.is_file()
+        ]
+        if lost:
+            raise InputError(
+                f"{folder}: {' and '.join(lost)} missing (index.json says it was written); "
+                f"{_REBUILD}"
+            )
         radii = None
         if kind == "flat":
             index, blank = _flat_index(store, keys)
-            if (folder / BLANK_FILE).is_file():
+            if kept:
                 blank = np.union1d(blank, _blank_positions(folder / BLANK_FILE, n))
         else:
             arrays = folder / IVFPQ_ARRAYS
             if not arrays.is_file() or sha256_file(arrays) != meta.get("arrays_sha256"):
                 raise InputError(
                     f"{arrays}: missing, or its checksum differs from index.json's (a partial or "
-                    "altered file); build the index again"
+                    f"altered file); {_REBUILD}"
                 )
             index, blank, radii = _ivfpq_index(arrays, store.dim, n, settings.nbits)
-        captions = folder / "captions.parquet"
         return cls(
             index, store, settings, kind, parts, margin, keys,
-            captions if meta.get("captions") and captions.is_file() else None, blank, radii,
-            origins,
+            captions if kept else None, blank, radii, origins,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- querying
@@ -669,7 +696,7 @@ class CaptionIndex:
         except (OSError, IndexError, KeyError, pa.ArrowException) as exc:
             raise InputError(
                 f"{self.captions_path}: not the index's captions ({whole_line(exc, 160)}); "
-                "build the index again"
+                + _REBUILD
             ) from None
         return out
 
@@ -767,7 +794,7 @@ def _ivfpq_index(path: Path, dim: int, n: int, nbits: int) -> tuple[Any, np.ndar
     import faiss
 
     def refuse(what: str) -> InputError:
-        return InputError(f"{path}: {what}; build the index again")
+        return InputError(f"{path}: {what}; {_REBUILD}")
 
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -884,13 +911,11 @@ def _blank_positions(path: Path, n: int) -> np.ndarray:
     try:
         positions = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path}: not readable ({whole_line(exc, 200)}); build the index again"
-        ) from None
+        raise InputError(f"{path}: not readable ({whole_line(exc, 200)}); {_REBUILD}") from None
     if (
         positions.ndim != 1
         or not np.issubdtype(positions.dtype, np.integer)
         or (len(positions) and (positions.min() < 0 or positions.max() >= n))
     ):
-        raise InputError(f"{path}: not positions of this index's {n:,} captions; build it again")
+        raise InputError(f"{path}: not positions of this index's {n:,} captions; {_REBUILD}")
     return positions.astype(np.int64)

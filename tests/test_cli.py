@@ -266,6 +266,9 @@ def test_semantic_settings_are_refused_in_one_line_before_any_encoder_loads(tmp_
         (["coverage", "query", str(tmp_path / "run"), ""], "a query text must hold a word, got ''"),
         (["coverage", "index", str(tmp_path / "run"), "--query", "x", "--threshold", "-2"],
          "threshold must be a cosine in [-1, 1], got -2.0"),
+        (["coverage", "index", str(tmp_path / "run"), "--threshold", "0.4"],  # no --query
+         "--threshold applies to --query; got --threshold 0.4 without it: add --query TEXT, or "
+         "ask after the build: clipaudit coverage query RUN TEXT --threshold 0.4"),
     ]  # fmt: skip
     for args, message in cases:
         result = run_cli(*args)

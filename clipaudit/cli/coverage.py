@@ -14,7 +14,7 @@ from clipaudit.cli._common import (
     command_group,
     plain_console,
 )
-from clipaudit.errors import InputError
+from clipaudit.errors import InputError, SettingsError
 from clipaudit.text import counted
 
 app = command_group(
@@ -582,6 +582,11 @@ def index(
 
     if query is not None:  # checked before the index is built, not after
         check_query(query, threshold, k)
+    elif threshold is not None:  # would be dropped without a word
+        raise SettingsError(
+            f"--threshold applies to --query; got --threshold {threshold} without it: add --query "
+            f"TEXT, or ask after the build: clipaudit coverage query RUN TEXT --threshold {threshold}"
+        )
     built = index_run(run, IndexSettings(kind=kind), progress=not quiet)
     console.print(f"{built.kind} index of {counted(built.n, 'caption')} written to {run / 'index'}")
     if query is not None:

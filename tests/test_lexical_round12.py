@@ -1,6 +1,6 @@
-"""Rounds 12 and 13 of the curated matcher's sense rules (benchmarks/results/lexical.md): rules
+"""Rounds 12 to 14 of the curated matcher's sense rules (benchmarks/results/lexical.md): rules
 written from a second judged pool of LAION hits (benchmarks/results/laion_pool2_hits_judged.jsonl),
-and one read off the LAION dev set's wrong hits.
+one read off the LAION dev set's wrong hits, and the fruit orange read off COCO's captions.
 
 Each case is a caption and the concepts it mentions by reading, against the glosses and
 ../shared/gold/LABELLING.md; each rule has cases it removes and cases it must keep.
@@ -77,6 +77,16 @@ CASES = [
     ("Photo: Rainier Ehrhardt / Associated Press", []),
     ("heavy rain over Mount Rainier", ["rain"]),
     ("the rainiest city in the country", ["rain"]),
+    # round 14: "orange" heading its own phrase, a verb or a preposition after "an orange", is
+    # the fruit the gloss leaves out; the colour needs a noun after it (COCO captions)
+    ("An orange sitting in the middle of a road", ["street"]),
+    ("A man purses his lips while holding up an orange in front of his face.", []),  # a verb
+    ("An orange grows from a branch with leaves.", []),
+    ("Raw mango and orange and ripe bananas in a bowl", []),
+    ("A girl walking a path holding an orange umbrella.", ["orange"]),
+    ("An orange, black and white cat on a sofa.", ["cat", "black", "white", "orange"]),
+    ("An orange and green train reads BNSF on the side.", ["orange", "green", "train"]),
+    ("a girl wearing an orange shirt on some grass", ["orange", "shirt"]),
 ]
 
 

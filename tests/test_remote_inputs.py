@@ -85,13 +85,19 @@ def count(sources, tiny, out, **options):
     return count_coverage(sources, tiny, out, settings)
 
 
-def test_a_folder_url_counts_what_the_same_files_on_disk_count(tiny, tmp_path, memory_bucket):
+def corpus_in_both(tmp_path, memory_bucket):
+    """CAPTIONS as parquet files in the bucket's corpus/ and in the local folder returned."""
     local = tmp_path / "corpus"
     local.mkdir()
     for name, captions in CAPTIONS.items():
         data = parquet_bytes(captions)
         memory_bucket(f"corpus/{name}.parquet", data)
         (local / f"{name}.parquet").write_bytes(data)
+    return local
+
+
+def test_a_folder_url_counts_what_the_same_files_on_disk_count(tiny, tmp_path, memory_bucket):
+    local = corpus_in_both(tmp_path, memory_bucket)
     memory_bucket("corpus/.partial/c.parquet", b"an unfinished upload")  # hidden: ignored
     remote = count([f"{memory_bucket.bucket}/corpus"], tiny, tmp_path / "remote")
     on_disk = count([local], tiny, tmp_path / "local")
@@ -691,12 +697,7 @@ def test_a_run_synced_into_a_folder_url_is_left_out_as_a_local_one_is(
     holds parquet tables without a caption column: left out, as a local folder leaves its runs
     out, not refused for the column. Another tool's manifest.json hides nothing, and the run's
     own folder named as captions is said to be a run."""
-    local = tmp_path / "corpus"
-    local.mkdir()
-    for name, captions in CAPTIONS.items():
-        data = parquet_bytes(captions)
-        memory_bucket(f"corpus/{name}.parquet", data)
-        (local / f"{name}.parquet").write_bytes(data)
+    local = corpus_in_both(tmp_path, memory_bucket)
     on_disk = count([local], tiny, local / "runs" / "first")  # written into the folder it counts
     for path in sorted((local / "runs").rglob("*")):
         if path.is_file():

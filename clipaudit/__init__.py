@@ -7,15 +7,20 @@ The public API, imported lazily so that ``import clipaudit`` (and ``clipaudit --
 
     clipaudit.match_captions(["A brown dog on the beach."])       # [["dog", "brown", "beach"]]
     coverage = clipaudit.count_coverage(df, column="text", registry="cai2025", out="runs/cov")
-    both = clipaudit.count_coverage(df, out="runs/sem", method="both", calibration="minilm.json")
     clipaudit.calibrate("gold.jsonl", "minilm.json")                # thresholds for an encoder
+    both = clipaudit.count_coverage(df, out="runs/sem", method="both", calibration="minilm.json")
     clipaudit.index_run("runs/sem"); clipaudit.query_run("runs/sem", "origami").count
     awareness = clipaudit.run_zeroshot(("ViT-B-32", "laion400m_e32"), "images/", "runs/zs")
     run = clipaudit.load_run("runs/cov")                           # any run folder, typed
     report = clipaudit.build_report([coverage, awareness], "runs/report")
     everything = clipaudit.run_audit(df, "images/", ("ViT-B-32", "laion400m_e32"), "runs/audit")
 
-Every function takes a registry as a built-in name, a YAML path or a :class:`Registry`.
+Each function that reads a registry takes a built-in name, a YAML path or a :class:`Registry`. The
+results are :class:`CoverageResult`, :class:`ZeroShotRun`, :class:`Report` and :class:`AuditRun`
+(``help()`` on each lists its tables). A call that cannot be done raises one subclass of
+``clipaudit.errors.ClipAuditError`` (``InputError``, ``SettingsError``, ``RegistryError``,
+``ModelError``, ``RunFolderError``, ``RunFailedError``, ``EngineError``), whose message says
+what was expected, what was given and what to do.
 """
 
 from __future__ import annotations
@@ -35,16 +40,21 @@ _PUBLIC = {
     "Group": "clipaudit.registry",
     "match_captions": "clipaudit.lexical",
     "count_coverage": "clipaudit.coverage",
+    "CoverageResult": "clipaudit.coverage",
     "CoverageSettings": "clipaudit.coverage",
     "CaptionSources": "clipaudit.coverage",
     "calibrate": "clipaudit.coverage_semantic",
     "index_run": "clipaudit.coverage_semantic",
     "query_run": "clipaudit.coverage_semantic",
+    "CalibrationReport": "clipaudit.coverage_semantic",
     "run_zeroshot": "clipaudit.zeroshot",
+    "ZeroShotRun": "clipaudit.zeroshot",
     "ModelSpec": "clipaudit.models",
     "load_run": "clipaudit.runs",
     "build_report": "clipaudit.report",
+    "Report": "clipaudit.report",
     "run_audit": "clipaudit.audit",
+    "AuditRun": "clipaudit.audit",
 }
 
 __all__ = ["__version__", *_PUBLIC]

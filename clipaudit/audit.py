@@ -81,7 +81,29 @@ def load_audit_run(path: str | Path, manifest: dict[str, Any]) -> AuditRun:
     )
 
 
-@keyword_checked
+def _stage_option(name: str) -> str:
+    """Where an option run_audit lacks goes, when it is (or is spelled like) a stage's own: the
+    stages take theirs as dicts (``coverage={"column": "text"}``)."""
+    import dataclasses
+    import difflib
+    import inspect
+
+    from clipaudit.report import build_report
+    from clipaudit.zeroshot import ZeroShotSettings
+
+    stages = {
+        "coverage": [f.name for f in dataclasses.fields(CoverageSettings)],
+        "zeroshot": [f.name for f in dataclasses.fields(ZeroShotSettings)],
+        "report": list(inspect.signature(build_report).parameters)[2:],
+    }
+    for stage, names in stages.items():
+        close = [name] if name in names else difflib.get_close_matches(name, names, n=1)
+        if close:
+            return f"; {stage} options go in {stage}= as a dict: {stage}={{{close[0]!r}: ...}}"
+    return ""
+
+
+@keyword_checked(elsewhere=_stage_option)
 def run_audit(
     captions: Any,
     images: str | Path,

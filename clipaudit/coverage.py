@@ -85,6 +85,7 @@ from clipaudit.coverage_semantic import (
 from clipaudit.engines import ENGINES
 from clipaudit.errors import (
     WRITE_ERRNOS,
+    CheckedFields,
     EngineError,
     InputError,
     RunFailedError,
@@ -93,6 +94,7 @@ from clipaudit.errors import (
     Stopped,
     cannot_write,
     did_you_mean,
+    keyword_checked,
     whole_line,
 )
 from clipaudit.filesystems import known_schemes, url_scheme
@@ -131,6 +133,7 @@ from clipaudit.runs import (
     run_given_as_captions,
     write_unit,
 )
+from clipaudit.text import counted
 
 TABLES = ("concepts", "groups", "categories")  # each written as <name>.parquet and <name>.csv
 RATE_DENOMINATOR = (
@@ -181,7 +184,7 @@ def _named(field_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class CoverageSettings:
+class CoverageSettings(CheckedFields):
     """How a coverage run reads and matches captions. Fields marked in :data:`RESULT_FIELDS`
     change results, so a run folder can only be resumed with the same values."""
 
@@ -444,12 +447,17 @@ class CoverageResult:
         method counted them (``nearest.json``; semantic methods only)."""
         return read_nearest(self.out_dir)
 
+    @property
+    def out(self) -> Path:
+        """The run folder, as the other results name theirs (``out_dir``, its first name)."""
+        return self.out_dir
+
     def __repr__(self) -> str:
         registry = self.manifest.get("registry", {}).get("name", "?")
         return (
-            f"CoverageResult({str(self.out_dir)!r}: {self.n_captions_read:,} captions, "
-            f"{self.arrow_tables['concepts'].num_rows} concepts of {registry!r} in "
-            f"{self.arrow_tables['groups'].num_rows} groups, "
+            f"CoverageResult({str(self.out_dir)!r}: {counted(self.n_captions_read, 'caption')}, "
+            f"{counted(self.arrow_tables['concepts'].num_rows, 'concept')} of {registry!r} in "
+            f"{counted(self.arrow_tables['groups'].num_rows, 'group')}, "
             f"{self.manifest.get('profile', '?')} profile, {self.method} method)"
         )
 
@@ -474,6 +482,7 @@ def load_coverage_run(path: str | Path, manifest: dict[str, Any]) -> CoverageRes
     return CoverageResult(path, tables, examples, manifest)
 
 
+@keyword_checked
 def count_coverage(
     captions: Any = None,
     registry: str | Path | Registry = DEFAULT_REGISTRY,
@@ -665,10 +674,10 @@ def check_captions(
         captions = list(captions)
     try:
         if text_list is not None:
-            _refuse_column(settings.column, "caption strings given as texts=")
+            _refuse_columns(settings, "caption strings given as texts=")
             frame = _texts_frame(text_list)
         else:
-            frame = _caption_frame(captions, settings.column)  # None: sources, read in place
+            frame = _caption_frame(captions, settings)  # None: sources, read in place
             if frame is None:
                 sources = _source_specs(captions)
                 _refuse_run_folders(sources)
@@ -1017,12 +1026,13 @@ def _strings_read_as_sources(captions: Any) -> bool:
     )
 
 
-def _caption_frame(captions: Any, column: str | None) -> Any:
+def _caption_frame(captions: Any, settings: CoverageSettings) -> Any:
     """A DataFrame of in-memory captions (``id``, ``caption``...), or None when ``captions`` are
     caption sources (see :func:`count_coverage`).
 
-    A pandas DataFrame (its ``column``, else caption, TEXT or text), a Series or an iterable of
-    caption strings is a table, staged once by :func:`_stage`. A list of strings is read as
+    A pandas DataFrame (its ``column``, else caption, TEXT or text, with its ``id_column``, else
+    id, key or SAMPLE_ID), a Series or an iterable of caption strings is a table, staged once by
+    :func:`_stage`. A list of strings is read as
     sources when each one exists, ends in a caption-file suffix, starts with ``hf:`` or is a URL
     of a known scheme (``s3://``...), and as captions when none does."""
     if isinstance(captions, (str, os.PathLike, CaptionSources)):
@@ -1030,8 +1040,18 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
     # a DataFrame or Series exists only once pandas is imported: paths need no pandas
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(captions, pd.DataFrame):
-        wanted = pick_caption_column(list(captions.columns), column, "the DataFrame", "column=")
-        keep = [wanted, *[c for c in ("id", "key", "SAMPLE_ID") if c in captions][:1]]
+        columns = list(captions.columns)
+        wanted = pick_caption_column(columns, settings.column, "the DataFrame", "column=")
+        if settings.id_column is not None and settings.id_column not in columns:
+            raise InputError(
+                f"the DataFrame has no id column {settings.id_column!r}"
+                f"{did_you_mean(settings.id_column, list(map(str, columns)))}; its columns are "
+                f"{', '.join(map(str, columns))} (name one with id_column=, or leave it out for "
+                "its id, key or SAMPLE_ID column, else row numbers)"
+            )
+        named = settings.id_column
+        id_names = [named] if named is not None else ["id", "key", "SAMPLE_ID"]
+        keep = [wanted, *[c for c in id_names if c in captions and c != wanted][:1]]
         frame = captions[keep].reset_index(drop=True)
         if pd.api.types.infer_dtype(frame[wanted], skipna=True) not in ("string", "empty"):
             row = next(
@@ -1048,7 +1068,7 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
             frame[ids[0]] = [None if pd.isna(v) else str(v) for v in frame[ids[0]]]
         return frame
     if pd is not None and isinstance(captions, pd.Series):
-        _refuse_column(column, "captions given as a Series")
+        _refuse_columns(settings, "captions given as a Series")
         return pd.DataFrame({"caption": captions.reset_index(drop=True)})
     if isinstance(captions, Mapping):  # iterating it would count its keys as captions
         keys = ", ".join(repr(str(key)) for key in list(captions)[:5])
@@ -1079,19 +1099,25 @@ def _caption_frame(captions: Any, column: str | None) -> Any:
         raise InputError(
             f"captions must be strings; got {type(not_text).__name__} {not_text!r} in the list"
         )
-    _refuse_column(column, "captions given as a list of strings")
+    _refuse_columns(settings, "captions given as a list of strings")
     import pandas as pd
 
     return pd.DataFrame({"caption": items})
 
 
-def _refuse_column(column: str | None, what: str) -> None:
-    """Captions given as strings are staged as the column "caption": another names nothing (and
-    the staged file's error would name a file the caller never made)."""
-    if column not in (None, "caption"):
+def _refuse_columns(settings: CoverageSettings, what: str) -> None:
+    """Captions given as strings are staged as the column "caption", numbered by row: another
+    caption column, or an id column, names nothing (and the staged file's error would name a file
+    the caller never made)."""
+    if settings.column not in (None, "caption"):
         raise InputError(
-            f"column={column!r} names a caption column, but {what} have no columns; drop "
-            "column= (it is for caption files and DataFrames)"
+            f"column={settings.column!r} names a caption column, but {what} have no columns; "
+            "drop column= (it is for caption files and DataFrames)"
+        )
+    if settings.id_column is not None:
+        raise InputError(
+            f"id_column={settings.id_column!r} names an id column, but {what} have no columns "
+            "and are numbered by row; drop id_column= (it is for caption files and DataFrames)"
         )
 
 

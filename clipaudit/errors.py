@@ -11,7 +11,7 @@ import errno
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 
@@ -133,14 +133,20 @@ def check_arguments(paths: dict[str, Any], switches: dict[str, Any], echo: Any) 
         )
 
 
-def keyword_checked(function: Callable[..., Any]) -> Callable[..., Any]:
+def keyword_checked(
+    function: Callable[..., Any] | None = None, *, elsewhere: Callable[[str], str] | None = None
+) -> Any:
     """``function``, whose call with arguments that do not fit its signature is a
     :class:`SettingsError` naming the closest parameters (Python's TypeError says only
-    "unexpected keyword argument", and is no error of this library)."""
+    "unexpected keyword argument", and is no error of this library). ``elsewhere`` (used as
+    ``@keyword_checked(elsewhere=...)``) gives, for an option the function lacks, words on where
+    it goes instead ("" when nowhere)."""
+    if function is None:
+        return partial(keyword_checked, elsewhere=elsewhere)
     signature = inspect.signature(function)
     names = list(signature.parameters)
-    keyword_only = inspect.Parameter.KEYWORD_ONLY
-    positional = [n for n, p in signature.parameters.items() if p.kind is not keyword_only]
+    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [n for n, p in signature.parameters.items() if p.kind in by_position]
 
     @wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -149,13 +155,15 @@ def keyword_checked(function: Callable[..., Any]) -> Callable[..., Any]:
         except TypeError as exc:
             unknown = [name for name in kwargs if name not in signature.parameters]
             if not unknown:  # too many positional arguments, a required one missing
+                taken = ", ".join(positional) or "no argument"
+                others = ", the other options by name" if len(positional) < len(names) else ""
                 raise SettingsError(
-                    f"{function.__name__}(): {exc}; it takes {', '.join(positional)} by "
-                    "position, the other options by name"
+                    f"{function.__name__}(): {exc}; it takes {taken} by position{others}"
                 ) from None
+            hint = elsewhere(unknown[0]) if elsewhere is not None else ""
             raise SettingsError(
                 f"{function.__name__}() has no option {unknown[0]!r}"
-                f"{did_you_mean(unknown[0], names)}; its options are {', '.join(names)}"
+                f"{did_you_mean(unknown[0], names)}; its options are {', '.join(names)}{hint}"
             ) from None
         return function(*args, **kwargs)
 

@@ -1925,12 +1925,25 @@ def match_captions(
     caption, a list of such lists for an iterable of captions.
 
     ``clipaudit.match_captions(["A brown dog on the beach."])`` -> ``[["dog", "brown", "beach"]]``.
+    ``registry`` is a built-in name, a YAML path or a :class:`Registry`; ``profile`` the
+    matching profile (``curated``, or ``paper``: the paper's substring counting);
+    ``spacy_model`` an installed trained spaCy pipeline for the curated profile's part-of-speech
+    checks. Raises :class:`~clipaudit.errors.InputError` for captions of another type (a
+    DataFrame among them: give its caption column), :class:`~clipaudit.errors.RegistryError`
+    for a registry that cannot be loaded and :class:`~clipaudit.errors.SettingsError` for an
+    unknown profile.
     """
     # checked before the matcher is built; bytes iterate as numbers, no captions
     if not isinstance(captions, (str, Iterable)) or isinstance(captions, (bytes, bytearray)):
         raise InputError(
             "captions must be one caption string or an iterable of them (None for a row without "
             f"a caption), got {type(captions).__name__} {captions!r:.60}"
+        )
+    if hasattr(captions, "columns"):  # a DataFrame iterates over its column names
+        raise InputError(
+            f"captions must be one caption string or an iterable of them, got a "
+            f"{type(captions).__name__} (whose iteration gives its column names); give its caption "
+            "column: match_captions(df[column])"
         )
     matcher = build_matcher(load_registry(registry), profile, spacy_model=spacy_model)
     if isinstance(captions, str):

@@ -33,7 +33,13 @@ import open_clip
 import torch
 
 from clipaudit import hub
-from clipaudit.errors import ModelError, SettingsError, did_you_mean, whole_line
+from clipaudit.errors import (
+    CheckedFields,
+    ModelError,
+    SettingsError,
+    did_you_mean,
+    whole_line,
+)
 from clipaudit.hub import (
     cached_commit,
     download_refused,
@@ -57,7 +63,7 @@ HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(CheckedFields):
     """Which model to load: an open_clip model name or config JSON, and its weights."""
 
     model: str

@@ -81,7 +81,13 @@ from typing import Any
 
 import yaml
 
-from clipaudit.errors import RegistryError, SettingsError, did_you_mean, one_line
+from clipaudit.errors import (
+    RegistryError,
+    SettingsError,
+    did_you_mean,
+    keyword_checked,
+    one_line,
+)
 from clipaudit.text import (
     WIDE_BOMS,
     control_character,
@@ -397,6 +403,7 @@ def _builtin_dirs() -> list[Path]:
     return [d for d in (here / "_concepts", here.parent / "concepts") if d.is_dir()]
 
 
+@keyword_checked
 def list_registries() -> list[str]:
     """Names of the built-in registries (``load_registry`` also takes any file path)."""
     names = {p.stem for d in _builtin_dirs() for p in d.glob("*.yaml")}
@@ -463,9 +470,13 @@ def _named_alike(missing: Path, builtins: Iterable[str]) -> list[str]:
     return files + [name for name in builtins if did_you_mean(missing.stem, [name])]
 
 
+@keyword_checked
 def load_registry(name_or_path: str | Path | Registry = DEFAULT_REGISTRY) -> Registry:
     """Load and validate a registry by built-in name (see :func:`list_registries`) or file path;
-    a :class:`Registry` is returned as it is, so every API call takes any of the three."""
+    a :class:`Registry` is returned as it is, so every API call takes any of the three. Raises
+    :class:`~clipaudit.errors.RegistryError` for an unknown name or a file that is missing,
+    unreadable or invalid (with its file and line), and
+    :class:`~clipaudit.errors.SettingsError` for a value of another type."""
     if isinstance(name_or_path, Registry):
         return name_or_path
     if not isinstance(name_or_path, (str, os.PathLike)):

@@ -59,6 +59,7 @@ from clipaudit.errors import (
     SettingsError,
     Stopped,
     cannot_write,
+    keyword_checked,
 )
 from clipaudit.provenance import base_manifest, now_iso, write_json
 from clipaudit.text import slug
@@ -718,9 +719,13 @@ def manifest_run_kind(text: str | bytes) -> str | None:
     return kind if ours and isinstance(kind, str) and kind in LOADERS else None
 
 
+@keyword_checked
 def load_run(path: str | os.PathLike) -> Any:
     """The typed result of a complete run folder (coverage, zero-shot, theory, world, demo, audit,
-    report), with its tables as DataFrames; refuses an incomplete or foreign folder clearly."""
+    report), with its tables as DataFrames. Raises :class:`~clipaudit.errors.RunFolderError` for
+    a folder that is missing, holds no run, an incomplete or failed one, one of a newer run
+    contract, or misses one of its files; :class:`~clipaudit.errors.SettingsError` for a path of
+    another type."""
     manifest = read_manifest(path)  # first: it refuses a path of another type
     path = Path(path)
     kind = run_kind(manifest)

@@ -52,6 +52,7 @@ from clipaudit.errors import (
     SettingsError,
     check_arguments,
     did_you_mean,
+    keyword_checked,
 )
 from clipaudit.images import (
     DECODE_VERSION,
@@ -895,10 +896,12 @@ class ZeroShotRun:
         return table[[m for m in self.models if m in table.columns]]
 
     def __repr__(self) -> str:
+        n_images = self.manifest.get("n_images")
+        images = counted(n_images, "image") if isinstance(n_images, int) else "? images"
         return (
-            f"ZeroShotRun({str(self.out)!r}: {len(self.models)} model(s) "
-            f"{', '.join(self.models)}; {self.groups['group'].nunique()} groups, "
-            f"{self.manifest.get('n_images', '?')} images)"
+            f"ZeroShotRun({str(self.out)!r}: {counted(len(self.models), 'model')} "
+            f"{', '.join(self.models)}; {counted(self.groups['group'].nunique(), 'group')}, "
+            f"{images})"
         )
 
     def _repr_html_(self) -> str:
@@ -1034,6 +1037,7 @@ def _spelled_as(images: ImageSet, spelling: str) -> ImageSet:
     return replace(images, source=spelling, records=records, ignored=ignored)
 
 
+@keyword_checked
 def run_zeroshot(
     models: Any,
     images: str | Path,
@@ -1052,7 +1056,7 @@ def run_zeroshot(
     (``registry``, ``groups``, ``templates``, ``device``...). Each model is a unit of the run:
     a killed or failed run resumes with the models it had finished; a folder of other settings is
     refused unless ``overwrite``. A run in which no group could be evaluated fails
-    (:class:`~clipaudit.runs.RunFailedError`)."""
+    (:class:`~clipaudit.errors.RunFailedError`)."""
     import tempfile
 
     _check_options(options)

@@ -176,7 +176,6 @@ def _refused(call, message: str) -> None:
         call(clipaudit)
 
 
-@pytest.mark.xfail(strict=True, reason="bare TypeError: see the report of helper 142")
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -197,7 +196,6 @@ def test_a_wrong_keyword_or_one_argument_too_many_is_a_typed_error(call, message
     _refused(call, message)
 
 
-@pytest.mark.xfail(strict=True, reason="lexical.py match_captions iterates a DataFrame's columns")
 def test_match_captions_refuses_a_dataframe_instead_of_matching_its_column_names():
     """``match_captions(df)`` returned ``[[], []]``: one empty list per column name, not per
     caption, with no word that a DataFrame is no list of captions."""
@@ -210,7 +208,6 @@ def test_match_captions_refuses_a_dataframe_instead_of_matching_its_column_names
         clipaudit.match_captions(frame)
 
 
-@pytest.mark.xfail(strict=True, reason="coverage.py _caption_frame ignores id_column")
 def test_a_dataframes_id_column_is_the_one_named(tmp_path):
     """``count_coverage(df, id_column="image_id")``, a column the DataFrame has, failed with "no
     id column 'image_id'" in a temporary file the user never made: the DataFrame was staged with
@@ -240,7 +237,6 @@ def _resolves(dotted: str) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="zeroshot.py run_zeroshot: clipaudit.runs.RunFailedError")
 def test_every_name_the_public_docstrings_give_exists():
     """``help(clipaudit.run_zeroshot)`` says a failed run raises
     ``clipaudit.runs.RunFailedError``, which does not exist: ``except`` it is an
@@ -258,8 +254,6 @@ def test_every_name_the_public_docstrings_give_exists():
     assert unknown == []
 
 
-@pytest.mark.xfail(strict=True, reason="coverage.py/zeroshot.py reprs: '1 captions', "
-                   "'1 model(s)', '1 groups'; CoverageResult names its folder out_dir")  # fmt: skip
 def test_what_the_results_say_of_themselves_reads_right(audit):
     import clipaudit
 
@@ -287,7 +281,6 @@ def test_every_public_function_says_what_it_raises():
     assert silent == []
 
 
-@pytest.mark.xfail(strict=True, reason="audit.py: a coverage setting given to run_audit")
 def test_a_coverage_setting_given_to_run_audit_says_where_it_goes(tmp_path, monkeypatch):
     """``run_audit(df, images, models, colum="text")`` (or ``column=``) listed run_audit's
     options, not that coverage settings go in ``coverage={"column": ...}``."""

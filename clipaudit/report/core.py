@@ -139,9 +139,10 @@ class Report:
     - ``correlations``: per pair, method and level: ``corpus``, ``model``, ``method``,
       ``primary``, ``level``, ``n``; Spearman ``spearman``, ``spearman_p_value``,
       ``spearman_ci_low``, ``spearman_ci_high`` (bootstrap), ``spearman_n_valid`` (resamples
-      used), ``spearman_reason`` (why a value is missing); the same for Kendall ``kendall``,
+      used), ``spearman_reason`` (why a value is missing), ``spearman_estimate`` (the value of
+      one too few points to be a finding, where any is); the same for Kendall ``kendall``,
       ``kendall_p_value``, ``kendall_ci_low``, ``kendall_ci_high``, ``kendall_n_valid``,
-      ``kendall_reason``; the fit ``slope`` (F1 per 10x coverage), ``intercept``,
+      ``kendall_reason``, ``kendall_estimate``; the fit ``slope`` (F1 per 10x coverage), ``intercept``,
       ``slope_ci_low``, ``slope_ci_high``, ``r_squared``, ``fit_p_value``, ``slope_stderr``,
       ``fit_reason``; ``outliers_reason``, ``n_rarely_captioned_yet_known``,
       ``n_often_captioned_yet_unknown``, ``n_other_outliers``

@@ -453,10 +453,13 @@ class SemanticRun:
             paired = {p.metadata.resolve() for p in self.laion.pairs}
             lonely = [f for f in files if Path(f).resolve() not in paired]
             if lonely:
+                from clipaudit.semantic.store import expected_text_emb
+
                 raise InputError(
                     f"{lonely[0]}: no text_emb file in {self.settings.embeddings} pairs with this "
                     f"input ({len(lonely)} of {len(files)} inputs unpaired); expected "
-                    "text_emb_N.npy for each metadata_N.parquet"
+                    f"{expected_text_emb(self.settings.embeddings, lonely[0])}; add it, or "
+                    "leave it out of the inputs"
                 )
             self.agreement = self._check_agreement(sources, previous)
             self.concepts = concept_embeddings(self.registry, self.encoder)
@@ -587,7 +590,12 @@ class SemanticRun:
             from clipaudit.provenance import file_identity, file_record
 
             pair = self._pair(shard)
-            source = {"text_emb": file_identity(file_record(pair.embeddings))}
+            # a shard counted before its captions of unknown tokens alone counted for nothing
+            # here (as when encoded) is counted again
+            source = {
+                "text_emb": file_identity(file_record(pair.embeddings)),
+                "unknown_tokens": "count for no concept",
+            }
         else:
             from clipaudit.semantic.store import EMBEDDING_PROCEDURE
 
@@ -689,9 +697,10 @@ class SemanticRun:
         return self.store.prune(self.store_key(s) for s in shards)
 
     def worker_options(self, workers: int) -> SemanticOptions:
-        laion = None
+        laion, tokens = None, None
         if self.laion is not None:
             laion = {str(p.metadata.resolve()): str(p.embeddings) for p in self.laion.pairs}
+            tokens = _unknown_tokens(self.encoder)
         return SemanticOptions(
             method=self.method,
             concepts=self.concepts,
@@ -699,6 +708,7 @@ class SemanticRun:
             store=str(self.store.folder) if self.store is not None else None,
             layout_key=self.layout_key,
             laion=laion,
+            unknown_tokens=tokens,
             nearest=self.settings.nearest,
             near_margin=self.settings.near_margin,
             faiss_threads=1 if workers > 1 else None,
@@ -761,6 +771,54 @@ class SemanticRun:
             "calibration": self.calibration_record(),
             "embeddings": embeddings,
         }
+
+
+class _TokenizerOnly:
+    """What :meth:`SentenceTransformerEncoder.unknown_only` reads of its model."""
+
+    def __init__(self, model: Any):
+        self.tokenizer = model.tokenizer
+        self.max_seq_length = getattr(model, "max_seq_length", None)
+
+
+class _UnknownTokens:
+    """Which captions ``encoder`` reads as unknown tokens alone
+    (:func:`~clipaudit.semantic.encoders.unknown_only`), told by its tokenizer alone: picklable
+    and small, as workers load no model. A tokenizer that reads every ASCII character (MiniLM's
+    does) tokenizes only the captions that are not pure ASCII: tokenizing them all halved the
+    counting speed."""
+
+    def __init__(self, encoder: Any):
+        import copy
+        import string
+
+        self.encoder = copy.copy(encoder)
+        self.encoder.model = _TokenizerOnly(encoder.model)
+        tokenizer, unknown = encoder.model.tokenizer, encoder.model.tokenizer.unk_token_id
+        signs = [c for c in string.printable if not c.isspace()]
+        # alone and inside a word (WordPiece reads a word of one unknown character as unknown)
+        rows = tokenizer(signs + [f"x{c}x" for c in signs], add_special_tokens=False)["input_ids"]
+        self.ascii_known = all(unknown not in row for row in rows)
+
+    def __call__(self, captions: Sequence[str]) -> np.ndarray:
+        from clipaudit.semantic.encoders import unknown_only
+
+        found = np.zeros(len(captions), dtype=bool)
+        rows = [
+            i
+            for i, caption in enumerate(captions)
+            if not (self.ascii_known and isinstance(caption, str) and caption.isascii())
+        ]
+        if rows:
+            found[rows] = unknown_only(self.encoder, [captions[i] for i in rows])
+        return found
+
+
+def _unknown_tokens(encoder: Any) -> _UnknownTokens | None:
+    """:class:`_UnknownTokens` of ``encoder``, or None when it reads any text (OpenCLIP)."""
+    if getattr(encoder, "unknown_only", None) is None or not hasattr(encoder, "model"):
+        return None
+    return _UnknownTokens(encoder)
 
 
 class _BatchReporting:
@@ -855,6 +913,9 @@ class SemanticOptions:
     nearest: int
     near_margin: float
     faiss_threads: int | None  # 1 when several worker processes share the cores; None: FAISS's
+    # with LAION's rows: which captions the encoder reads as unknown tokens alone (encoded,
+    # they are stored as zero: here they must count for nothing alike)
+    unknown_tokens: Any = None
 
 
 class _View:
@@ -951,8 +1012,9 @@ class SemanticShard:
         return np.load(path, mmap_mode="r", allow_pickle=False), offset
 
     def vectors(self, batch: Any, part: int) -> np.ndarray:
-        """The batch's caption vectors (float32): its store part, checked against the batch, or
-        its rows of LAION's embeddings."""
+        """The batch's caption unit vectors (float32): its store part, checked against the
+        batch, or its rows of LAION's embeddings, both renormalised (float16 leaves norms off 1
+        by up to ~1e-3: a caption near a threshold counted in one and not the other)."""
         from clipaudit.semantic.encoders import normalise
         from clipaudit.semantic.store import as_float32, finite_rows, ids_array
 
@@ -970,7 +1032,7 @@ class SemanticShard:
                 f"batch's ids, got {len(ids)}); delete that folder and {self.key}.done.json "
                 "beside it to encode it again"
             )
-        return vectors
+        return normalise(vectors)
 
     def add(
         self, batch: Any, part: int, lexical_rows: np.ndarray, lexical_concepts: np.ndarray
@@ -982,6 +1044,8 @@ class SemanticShard:
 
         vectors = self.vectors(batch, part)
         blank = blank_captions(batch.captions)  # they count for nothing, whatever their vectors
+        if self.options.unknown_tokens is not None:
+            blank |= self.options.unknown_tokens(batch.captions)
         n, k = len(batch.captions), self.k
         lexical = lexical_rows * k + lexical_concepts
         first_row = batch.rows[0] if len(batch.rows) else 0
@@ -1160,7 +1224,11 @@ def _run_captions(
 def index_run(run: str | Path, settings: Any = None, *, progress: bool = True) -> Any:
     """Build ``RUN/index/``: a FAISS index (:class:`~clipaudit.semantic.index.CaptionIndex`) over
     the caption embeddings of a semantic coverage run, with its captions; returns the index.
-    ``progress``: a bar over the captions read again from the run's inputs."""
+    ``progress``: a bar over the captions read again from the run's inputs. Raises
+    :class:`~clipaudit.errors.RunFolderError` for a folder that holds no complete coverage run,
+    :class:`~clipaudit.errors.InputError` for a run without a semantic method or inputs that
+    changed since it was counted, and :class:`~clipaudit.errors.SettingsError` for index
+    settings out of range."""
     from tqdm.auto import tqdm
 
     from clipaudit.semantic.index import CaptionIndex
@@ -1190,10 +1258,16 @@ def _counted(batches: Iterable[list[str]], bar: Any) -> Iterator[list[str]]:
 
 
 @keyword_checked
-def query_run(run: str | Path, query: str, *, threshold: float | None = None, k: int = 10) -> Any:
-    """How many captions of a semantic coverage run are about ``query`` (cosine >= ``threshold``;
-    default: the run's shared semantic threshold) and the ``k`` nearest, from ``RUN/index/``
-    (:func:`index_run`) without reading the corpus again."""
+def query_run(
+    run: str | Path, query: str | Sequence[str], *, threshold: float | None = None, k: int = 10
+) -> Any:
+    """How many captions of a semantic coverage run are about ``query`` (a text, or several
+    texts whose vectors are averaged; cosine >= ``threshold``, default: the run's shared semantic
+    threshold) and the ``k`` nearest, from ``RUN/index/`` (:func:`index_run`) without reading the
+    corpus again. Raises :class:`~clipaudit.errors.SettingsError` for a query, threshold or ``k``
+    out of range, :class:`~clipaudit.errors.RunFolderError` for a folder that holds no complete
+    coverage run, and :class:`~clipaudit.errors.InputError` for a run without a semantic method,
+    without a complete index, or whose index is of an earlier state of the run."""
     from clipaudit.semantic.encoders import load_encoder, parse_encoder
     from clipaudit.semantic.index import CaptionIndex, check_query
 
@@ -1203,8 +1277,8 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
     folder = run / INDEX_FOLDER
     if not (folder / "index.json").is_file():
         raise InputError(
-            f"{run} has no caption index yet; build it with clipaudit coverage index {run} "
-            "(clipaudit.index_run(run) in Python)"
+            f"{run} has no complete caption index (none built, or a build was stopped); build "
+            f"it with clipaudit coverage index {run} (clipaudit.index_run(run) in Python)"
         )
     try:  # read before loading: the store keeps no units of work the run pruned since
         recorded = json.loads((folder / "index.json").read_text(encoding="utf-8")).get("keys")
@@ -1226,7 +1300,8 @@ def query_run(run: str | Path, query: str, *, threshold: float | None = None, k:
         threshold = (calibration.get("shared") or calibration["defaults"])["semantic"]
     encoder = load_encoder(parse_encoder(semantic["encoder"]["spec"], device="auto"))
     found = index.query(query, threshold, k=k, encoder=encoder)
-    return replace(found, run_concept=_run_concept(run, query))
+    # several texts name no one concept of the run
+    return replace(found, run_concept=_run_concept(run, query) if isinstance(query, str) else None)
 
 
 def _run_concept(run: Path, query: str) -> dict[str, Any] | None:
@@ -1308,7 +1383,11 @@ def calibrate(
     under another profile refuses them), and score every method by ``folds``-fold cross-validation (each
     caption predicted by thresholds fitted on the other folds only; per file when several are
     given). ``progress``: a bar over the texts encoded (the concepts' texts and glosses, then the
-    captions)."""
+    captions). Raises :class:`~clipaudit.errors.InputError` for a labelled file that is missing,
+    malformed or named twice, :class:`~clipaudit.errors.SettingsError` for settings out of range
+    (``folds`` below 2, an unknown profile or encoder), :class:`~clipaudit.errors.RegistryError`
+    for a registry that cannot be loaded and :class:`~clipaudit.errors.ModelError` for an encoder
+    that cannot be loaded."""
     from tqdm.auto import tqdm
 
     from clipaudit.goldeval import load_gold

@@ -25,6 +25,16 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+def unit_rows(vectors):
+    """Stored caption vectors as counting and the index score them: float32 rows scaled to unit
+    length (float16 storage leaves norms off 1 by up to ~1e-3), zero rows left zero."""
+    import numpy as np
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms != 0)
+
+
 @contextlib.contextmanager
 def short_temp_dir(prefix: str) -> Iterator[Path]:
     """A new folder with a short path, removed after: the sockets Ray makes under its temporary

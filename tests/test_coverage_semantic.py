@@ -24,7 +24,7 @@ import pytest
 from clipaudit.coverage import CoverageSettings, count_coverage
 from clipaudit.errors import InputError, RunFolderError, SettingsError
 from clipaudit.registry import load_registry
-from tests.conftest import REPO
+from tests.conftest import REPO, unit_rows
 from tests.test_coverage import TINY_REGISTRY, assert_same_outputs, corpus_with_a_corrupt_shard
 from tests.test_semantic import CountingEncoder
 
@@ -91,7 +91,7 @@ def planted(tmp_path_factory, tiny, corpus, tiny_encoder):
     from clipaudit.semantic.concepts import concept_embeddings
 
     captions = captions_of(corpus)
-    x = tiny_encoder.encode([c for _, c in captions]).astype(np.float16).astype(np.float64)
+    x = unit_rows(tiny_encoder.encode([c for _, c in captions]).astype(np.float16))
     concepts = concept_embeddings(tiny, tiny_encoder)
     scores = x @ concepts.vectors.astype(np.float64).T
     gloss = x @ concepts.glosses.astype(np.float64).T
@@ -816,7 +816,7 @@ def test_index_and_query_count_what_numpy_counts(
 
     run = tmp_path / "run"
     semantic_run(corpus, tiny, run, encoder_spec, planted["path"], method="semantic", shard_rows=20)
-    with pytest.raises(InputError, match="no caption index yet"):
+    with pytest.raises(InputError, match="no complete caption index"):
         query_run(run, "a fox")
     index = index_run(run)
     assert index.kind == "flat" and index.n == len(planted["captions"])

@@ -11,6 +11,7 @@ import clipaudit.semantic.index as index_module
 from clipaudit.errors import InputError, SettingsError
 from clipaudit.semantic.index import CaptionIndex, IndexSettings, check_query
 from clipaudit.semantic.store import EmbeddingStore
+from tests.conftest import unit_rows
 
 N, DIM = 400, 16
 
@@ -56,8 +57,9 @@ def _build(tmp_path, kind: str = "flat") -> CaptionIndex:
 
 @pytest.mark.parametrize("kind", ["flat", "ivfpq"])
 def test_counts_and_nearest_captions_match_numpy_brute_force(tmp_path, kind):
-    """What the store holds (float16, read as float32) scored by numpy: the count at each
-    threshold, and the k nearest distinct texts, best first, k beyond the corpus included."""
+    """What the store holds (float16, read as float32, as unit rows: how counting scores them)
+    scored by numpy: the count at each threshold, and the k nearest distinct texts, best first,
+    k beyond the corpus included."""
     _build(tmp_path, kind)
     index = CaptionIndex.load(tmp_path / "idx")
     captions = _captions()
@@ -68,6 +70,7 @@ def test_counts_and_nearest_captions_match_numpy_brute_force(tmp_path, kind):
         ]
     )
     assert vectors.shape == (N, DIM)
+    vectors = unit_rows(vectors)  # blank captions' rows are zero, and stay so
     blank = np.array([c in ("...", "") for c in captions])
     query = np.random.default_rng(9).standard_normal(DIM).astype(np.float32)
     unit = query / np.linalg.norm(query)

@@ -1,10 +1,7 @@
 """The library API as a researcher in Jupyter meets it (helper 142's review): the types its
 functions return and name can be reached from the package, its results show and read back, its
-documented examples hold, and a wrong argument is one typed error that says what to do.
-
-The tests marked ``xfail(strict=True)`` pin defects whose fix belongs in modules this review did
-not own (named in each reason): when the fix lands they pass, and strict xfail fails until the
-marker is removed."""
+documented examples hold, every public function says what it raises, and a wrong argument is one
+typed error that says what to do."""
 
 from __future__ import annotations
 
@@ -264,8 +261,6 @@ def test_what_the_results_say_of_themselves_reads_right(audit):
     assert all(hasattr(r, "out") for r in (one, audit.zeroshot, audit.report))
 
 
-@pytest.mark.xfail(strict=True, reason="docstrings in registry.py, lexical.py, runs.py, "
-                   "coverage.py, zeroshot.py, coverage_semantic.py name no error they raise")  # fmt: skip
 def test_every_public_function_says_what_it_raises():
     import clipaudit
     from clipaudit import errors

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipaudit.errors import InputError, ModelError, RunFolderError, SettingsError
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, shared_path, unit_rows
 from tests.tiny_clip import TINY_CONFIG
 
 
@@ -1146,7 +1146,7 @@ def test_ivfpq_counts_within_two_percent_of_exact_range_search(tmp_path):
     from clipaudit.semantic.index import CaptionIndex, IndexSettings
 
     store, centres = clustered_store(tmp_path)
-    all_vectors = np.concatenate([b.vectors for b in store.iter_batches()])  # float16 -> float32
+    all_vectors = unit_rows(np.concatenate([b.vectors for b in store.iter_batches()]))
     settings = IndexSettings(kind="ivfpq", nlist=64, m=8, nprobe=16, train_rows=20_000)
     index = CaptionIndex.build(store, settings, folder=tmp_path / "index")
     assert index.kind == "ivfpq" and index.n == 60_000 and 0 < index.margin < 0.5
@@ -1389,7 +1389,7 @@ def test_a_query_vector_is_scaled_to_unit_length_and_a_bad_one_is_refused(tmp_pa
     store.finish("k", 1, 200)
     index = CaptionIndex.build(store, IndexSettings(kind="flat"))
     query = unit(rng, 1, 16)[0]
-    scores = vectors.astype(np.float16).astype(np.float32) @ query
+    scores = unit_rows(vectors.astype(np.float16)) @ query
     threshold = float(np.sort(scores)[-12] - 1e-4)  # between the 12th and 13th best: 12 hits
     assert int((scores >= threshold).sum()) == 12
     for scale in (1.0, 10.0, 0.1):

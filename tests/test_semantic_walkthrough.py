@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clipaudit.errors import SettingsError
+from tests.conftest import unit_rows
 
 
 def no_encoder(spec):
@@ -213,7 +214,7 @@ def test_each_nearest_caption_of_a_query_says_whether_it_was_counted(tmp_path):
     from clipaudit.semantic.index import CaptionIndex, IndexSettings
 
     store = small_store(tmp_path)
-    vectors = np.concatenate([batch.vectors for batch in store.iter_batches()]).astype(np.float32)
+    vectors = unit_rows(np.concatenate([batch.vectors for batch in store.iter_batches()]))
     query = vectors[3] + vectors[5]
     unit = query / np.linalg.norm(query)
     exact = vectors @ unit

@@ -65,6 +65,7 @@ from clipaudit.semantic.encoders import (
     TextEncoder,
     describe_difference,
     describe_encoder,
+    normalise,
     same_encoder,
 )
 from clipaudit.semantic.store import EmbeddingStore, blank_captions, holds_no_word
@@ -288,7 +289,7 @@ class CaptionIndex:
             rng = np.random.default_rng(settings.seed)
             train_rows = min(settings.train_rows, n)
             sample = np.sort(rng.choice(n, size=train_rows, replace=False))
-            sample_vectors = store.row_vectors(_locations(table, sample), keys)
+            sample_vectors = normalise(store.row_vectors(_locations(table, sample), keys))
             nlist = settings.nlist or _default_nlist(n, train_rows)
             m = settings.m or _default_m(dim)
             if dim % m:
@@ -616,7 +617,7 @@ class CaptionIndex:
         held = in_sorted(positions, done)
         new = positions[~held]
         if len(new):
-            vectors = self.store.row_vectors(_locations(self.parts, new), self.keys)
+            vectors = normalise(self.store.row_vectors(_locations(self.parts, new), self.keys))
             done = np.concatenate([done, new])
             done_scores = np.concatenate([done_scores, (vectors @ vector).astype(np.float32)])
             order = np.argsort(done, kind="stable")
@@ -752,7 +753,8 @@ def _add_vectors(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> np.n
     for batch in store.iter_batches(keys):
         zero = ~np.any(batch.vectors, axis=1)
         blank.append(index.ntotal + np.flatnonzero(zero))
-        index.add(batch.vectors)
+        # unit rows, as counting scores them: float16 leaves norms off 1 by up to ~1e-3
+        index.add(normalise(batch.vectors))
     return np.concatenate(blank).astype(np.int64) if blank else np.zeros(0, dtype=np.int64)
 
 
@@ -857,7 +859,7 @@ def _list_radii(index: Any, store: EmbeddingStore, keys: Sequence[str]) -> np.nd
     start = 0
     for batch in store.iter_batches(keys):
         lists = list_of[start : start + len(batch.vectors)]
-        distances = np.linalg.norm(batch.vectors - centroids[lists], axis=1)
+        distances = np.linalg.norm(normalise(batch.vectors) - centroids[lists], axis=1)
         np.maximum.at(radii, lists, distances.astype(np.float32))
         start += len(batch.vectors)
     return radii

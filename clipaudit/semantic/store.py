@@ -19,7 +19,9 @@ reading order. Every file is written atomically (:func:`clipaudit.provenance.ato
 ``np.save(..., allow_pickle=False)``), ids first and vectors last, so a part without its vectors file
 is not done; :func:`embed_parts` skips the parts that are done without encoding them again, which is
 the resume after a kill (a part left unreadable, or of another length than its batch, is encoded
-again). Reading maps one part at a time (memory flat in corpus size).
+again). Reading maps one part at a time (memory flat in corpus size). Parts are read as stored:
+float16 leaves norms off 1 by up to ~1e-3, so a reader that scores cosines renormalises, as
+:class:`LaionEmbeddings` does.
 
 A unit's vectors are reused only when made under this clipaudit's :data:`EMBEDDING_PROCEDURE` (how
 a caption becomes its stored vector, besides the encoder): a unit made under another, or before the
@@ -561,9 +563,11 @@ class LaionPair:
 _NUMBER = re.compile(r"(\d+)")
 
 
-def _suffix_number(path: Path) -> str | None:
+def _suffix_number(path: Path) -> int | None:
+    """The last number in the file's name, by value: ``metadata_0000.parquet`` pairs with
+    ``text_emb_0.npy`` (releases and img2dataset pad shard numbers differently)."""
     found = _NUMBER.findall(path.stem)
-    return found[-1] if found else None
+    return int(found[-1]) if found else None
 
 
 class LaionEmbeddings:
@@ -590,18 +594,18 @@ class LaionEmbeddings:
         emb_files = _expand(embeddings, ("text_emb_*.npy", "*.npy"), "text embeddings")
         meta_files = _expand(
             metadata if metadata is not None else sorted({p.parent for p in emb_files}),
-            ("*.parquet",),
+            ("metadata_*.parquet", "*.parquet"),
             "metadata",
         )
-        by_number: dict[str | None, Path] = {}
+        by_number: dict[int | None, list[Path]] = {}
         for path in meta_files:
-            by_number.setdefault(_suffix_number(path), path)
-        paired: dict[str | None, Path] = {}
+            by_number.setdefault(_suffix_number(path), []).append(path)
+        paired: dict[int | None, Path] = {}
         for path in emb_files:
             number = _suffix_number(path)
             if number in paired:
                 raise InputError(
-                    f"{paired[number]} and {path} both pair with metadata number {number!r}; "
+                    f"{paired[number]} and {path} both pair with metadata number {str(number)!r}; "
                     "give the caption (text) embeddings only, e.g. the text_emb_N.npy files"
                 )
             if number not in by_number:
@@ -611,14 +615,23 @@ class LaionEmbeddings:
                     f"{path}: no metadata parquet file with the number {number!r} among "
                     f"{len(meta_files)} metadata files; expected e.g. metadata_{number}.parquet"
                 )
+            if len(by_number[number]) > 1:
+                # which one the rows belong to cannot be told from the names
+                raise InputError(
+                    f"{path}: expected one metadata file numbered {number}, got "
+                    f"{len(by_number[number])}: {', '.join(map(str, by_number[number]))}; give "
+                    "the one these embeddings were made from (the inputs, or metadata=)"
+                )
             paired[number] = path
         if not paired:
             raise InputError(
                 f"none of the {len(emb_files)} embedding files pairs with the "
-                f"{len(meta_files)} metadata files by the number in its name "
-                "(text_emb_N.npy with metadata_N.parquet)"
+                f"{len(meta_files)} metadata files by the number in its name: expected "
+                f"text_emb_N.npy with metadata_N.parquet, got {_some(emb_files)} with "
+                f"{_some(meta_files)}; give the text_emb files of these metadata files "
+                "(--embeddings, embeddings=)"
             )
-        pairs = [_check_pair(path, by_number[number], dim) for number, path in paired.items()]
+        pairs = [_check_pair(path, by_number[number][0], dim) for number, path in paired.items()]
         dims = {pair.dim for pair in pairs}
         if len(dims) > 1:
             first, odd = pairs[0], next(p for p in pairs if p.dim != pairs[0].dim)
@@ -714,6 +727,20 @@ _LAION_FILES = {
 }
 
 
+def expected_text_emb(embeddings: str | Path, metadata: str | Path) -> str:
+    """The text_emb file that would pair with ``metadata`` under ``embeddings`` (a folder, or a
+    file whose folder), for a message."""
+    folder = Path(embeddings) if Path(embeddings).is_dir() else Path(embeddings).parent
+    number = _suffix_number(Path(metadata))
+    return str(folder / f"text_emb_{'N' if number is None else number}.npy")
+
+
+def _some(paths: Sequence[Path], shown: int = 3) -> str:
+    """The first few file names of ``paths``, for a message."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(p.name for p in paths[:shown]) + more
+
+
 def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
     """The files of ``spec`` (files or folders); a folder's files are those of the first of
     ``patterns`` that any match."""
@@ -735,16 +762,64 @@ def _expand(spec: Any, patterns: Sequence[str], what: str) -> list[Path]:
     return files
 
 
+def _npy_header(emb: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and data offset a ``.npy`` file's header states, or None when the file
+    does not start with a readable ``.npy`` header."""
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(emb, "rb") as handle:
+            version = npy_format.read_magic(handle)
+            read = (
+                npy_format.read_array_header_1_0
+                if version == (1, 0)
+                else npy_format.read_array_header_2_0
+            )
+            shape, _, dtype = read(handle)
+            return shape, dtype, handle.tell()
+    except (OSError, ValueError, SyntaxError, TypeError, EOFError):
+        return None
+
+
+_AGAIN = "download or copy it again from where it came (an interrupted transfer leaves it so)"
+
+
+def _unreadable(emb: Path) -> InputError:
+    """Why ``emb`` does not map as an array, said as what was expected and what was got."""
+    expected = "expected LAION's text_emb_N.npy (a NumPy .npy array of float rows)"
+    header = _npy_header(emb)
+    size = emb.stat().st_size
+    if header is None:
+        return InputError(
+            f"{emb}: {expected}, got a file ({size} bytes) that does not start with a readable "
+            f".npy header; {_AGAIN}, or point --embeddings (embeddings=) at the text_emb files"
+        )
+    shape, dtype, offset = header
+    if dtype.hasobject:
+        return InputError(
+            f"{emb}: {expected}, got an array of Python objects ({dtype}); save the embeddings "
+            "as a float array (np.save(path, vectors.astype(np.float16)))"
+        )
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    rows = " x ".join(map(str, shape))
+    if size >= needed:  # whole, yet unreadable: say what numpy says
+        return InputError(f"{emb}: {expected}, got a .npy file numpy cannot map as {rows} {dtype}")
+    return InputError(
+        f"{emb}: cut short: its header states {rows} {dtype} ({needed} bytes), got {size} "
+        f"bytes; {_AGAIN}"
+    )
+
+
 def _check_pair(emb: Path, meta: Path, dim: int | None) -> LaionPair:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         mapped = np.load(emb, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{emb}: not a readable .npy array of embeddings ({whole_line(exc, 200)})"
-        ) from None
+    except (ValueError, EOFError):  # what np.load says of a file that is not whole .npy
+        raise _unreadable(emb) from None
+    except OSError as exc:  # the file itself: permissions, a vanished mount
+        raise InputError(f"{emb}: could not be read ({whole_line(exc, 200)})") from None
     # float64: a user's own np.save of computed vectors; cast to float32 as they are read
     if mapped.ndim != 2 or mapped.dtype not in (np.float16, np.float32, np.float64):
         raise InputError(
@@ -759,11 +834,13 @@ def _check_pair(emb: Path, meta: Path, dim: int | None) -> LaionPair:
     if mapped.shape[0] != meta_rows:
         raise InputError(
             f"{emb} and {meta} are not row-aligned: expected {meta_rows} embedding rows (the "
-            f"metadata's rows), got {mapped.shape[0]}"
+            f"metadata's rows), got {mapped.shape[0]}; give the metadata file the embeddings "
+            "were made from (same release and shard), or make the embeddings again from this one"
         )
     if dim is not None and mapped.shape[1] != dim:
         raise InputError(
             f"{emb}: expected {dim}-dimensional embeddings (the concept encoder's dimension), got "
-            f"{mapped.shape[1]}; use the encoder the embeddings were made with"
+            f"{mapped.shape[1]}; name the encoder the embeddings were made with (--encoder, "
+            "encoder=)"
         )
     return LaionPair(emb, meta, int(mapped.shape[0]), int(mapped.shape[1]), str(mapped.dtype))

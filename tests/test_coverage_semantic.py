@@ -830,6 +830,12 @@ def test_index_and_query_count_what_numpy_counts(
     best = np.argsort(-scores, kind="stable")[:4]
     assert [n["id"] for n in found.nearest] == [captions[i][0] for i in best]
     assert [n["caption"] for n in found.nearest] == [captions[i][1] for i in best]
+    # several texts: their encodings averaged, one query, and no concept of the run to name
+    texts = ["a fox at night", "a red fox"]
+    mean = tiny_encoder.encode(texts).astype(np.float64).mean(axis=0)
+    several = query_run(run, texts, threshold=threshold, k=0)
+    assert several.count == int((x @ (mean / np.linalg.norm(mean)) >= threshold).sum())
+    assert several.run_concept is None
     default = query_run(run, "a fox at night", k=0)  # the run's shared semantic threshold
     shared = float(np.median(planted["thresholds"]["semantic"]))
     assert default.threshold == pytest.approx(shared)

@@ -987,8 +987,9 @@ def test_the_cli_rejects_bad_settings_in_one_line(capsys):
     result = run_cli("theory", "run", "--out", "unused", "--selected", "1-3", "--perturbed", "4")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: the perturbed set must lie inside the selected set 1-3; got perturbed indices 4 "
-        "that the text never carries"
+        "error: the perturbed set (--perturbed) must lie inside the selected set 1-3 "
+        "(--selected); got perturbed indices 4 that the text never carries: add it to --selected "
+        "or drop it from --perturbed (selected= and perturbed= of Scenario in Python)"
     ]
     # the real process above shows the exit code and a stderr of one line; the second message
     # is the same path through main(), in-process (a second interpreter's start is seconds)
@@ -999,8 +1000,8 @@ def test_the_cli_rejects_bad_settings_in_one_line(capsys):
               "--perturbation-covariance", "wishar"])  # fmt: skip
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: perturbation_covariance must be one of ['semantics', 'identity', 'wishart']; "
-        "got 'wishar' (did you mean 'wishart'?)"
+        "error: perturbation_covariance (--perturbation-covariance) must be one of ['semantics', "
+        "'identity', 'wishart']; got 'wishar' (did you mean 'wishart'?)"
     ]
 
 
@@ -1018,7 +1019,7 @@ def test_set_reads_exponent_numbers_and_refuses_empty_values():
         3.0,
     )
     with pytest.raises(
-        SettingsError, match=r"learning_rate must be a positive finite number; got -0\.001$"
+        SettingsError, match=r"learning_rate must be a positive finite number; got -0\.001: "
     ):
         profile("learning_rate=-1e-3")  # refused as the negative number it is, not as text
     assert profile("mixing=conditioned").mixing == "conditioned"  # text stays text

@@ -101,6 +101,23 @@ def _split(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return split_settings({key: value for key, value in overrides.items() if value is not None})
 
 
+def _device_said(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides``, refused for the paper's profile without a device: the device is the CPU
+    unless given, and there the published setting is days of training for what looked like a
+    GPU run."""
+    from clipaudit.errors import SettingsError
+    from clipaudit.theory.config import PROFILES
+
+    if profile == "paper" and overrides.get("device") is None:
+        paper = PROFILES["paper"]
+        raise SettingsError(
+            f"--profile paper is the published setting for a GPU ({paper.steps:,} steps of "
+            f"batch {paper.batch_size} per configuration), and no --device was given (the CPU "
+            "unless given): give --device cuda, or --device cpu to train it on the CPU anyway"
+        )
+    return overrides
+
+
 SET_HELP = (
     "Any other training setting, KEY=VALUE, repeatable: temperature=0.5 (fixed; add "
     "final_temperature=3 to move it from 0.5 to 3 over training), mixing=conditioned, "
@@ -250,7 +267,8 @@ def run(
         seed=seed,
         perturbation_covariance=perturbation_covariance,
     )
-    training, evaluation = _split(_overrides(steps, batch_size, learning_rate, device, settings))
+    overrides = _overrides(steps, batch_size, learning_rate, device, settings)
+    training, evaluation = _split(_device_said(profile, overrides))
     result = run_scenario(
         out,
         scenario,
@@ -317,7 +335,8 @@ def check(
     from clipaudit.theory import run_check, summarise
     from clipaudit.theory.config import parse_seeds
 
-    training, evaluation = _split(_overrides(steps, batch_size, learning_rate, device, settings))
+    overrides = _overrides(steps, batch_size, learning_rate, device, settings)
+    training, evaluation = _split(_device_said(profile, overrides))
     result = run_check(
         out,
         seeds=parse_seeds(seeds),

@@ -15,6 +15,7 @@ Three frozen dataclasses:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 import numbers
@@ -34,6 +35,14 @@ LR_SCHEDULES = ("constant", "cosine")
 PERTURBATION_COVARIANCES = ("semantics", "identity", "wishart")
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _out_of_range(what: str, n: int, part: str, text: object) -> SettingsError:
+    # the whole list only where it says more than the part (not "got '0' in '0'")
+    given = "" if isinstance(text, str) and part == text.strip() else f" in {text!r}"
+    return SettingsError(
+        f"{what}: indices are 1-based and must lie in 1..{n} (--n-semantics {n}); got {part!r}{given}"
+    )
 
 
 def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int, ...]:
@@ -61,10 +70,7 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
                     f"got {part.strip()!r}"
                 )
             if low < 1 or high > n:  # before expanding: '1-99999999999' is no list to build
-                raise SettingsError(
-                    f"{what}: indices are 1-based and must lie in 1..{n} (n_semantics); got "
-                    f"{part.strip()!r} in {text!r}"
-                )
+                raise _out_of_range(what, n, part.strip(), text)
             indices.extend(range(low, high + 1))
     else:
         indices = list(text)
@@ -72,9 +78,7 @@ def parse_index_list(text: str | Iterable[int], n: int, what: str) -> tuple[int,
             raise SettingsError(f"{what}: expected integer indices; got {indices!r}")
     bad = [i for i in indices if not 1 <= i <= n]
     if bad:
-        raise SettingsError(
-            f"{what}: indices are 1-based and must lie in 1..{n} (n_semantics); got {bad} in {text!r}"
-        )
+        raise _out_of_range(what, n, ",".join(map(str, bad)), text)
     repeated = sorted(i for i, count in Counter(indices).items() if count > 1)
     if repeated:
         raise SettingsError(
@@ -102,7 +106,11 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
         count = int(stripped)
         if not 1 <= count <= MAX_SEEDS:
             # "0" is most likely seed 0 alone, which a count cannot say
-            fix = "; for seed 0 alone give --seeds 0, (seeds=(0,) in Python)" if count == 0 else ""
+            fix = (
+                ": for seed 0 alone give --seeds 0, (with its comma; seeds=(0,) in Python)"
+                if count == 0
+                else ""
+            )
             raise SettingsError(
                 f"--seeds: expected a count from 1 to {MAX_SEEDS}; got {text!r}{fix}"
             )
@@ -113,9 +121,14 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
             continue
         match = _RANGE.match(part)
         if match is None:
-            raise SettingsError(
-                f"--seeds: expected a count ('2') or seeds such as '2,3', '2-5' or '7,'; got {text!r}"
-            )
+            # the two slips a general message left unexplained: a sign, and a range cut short
+            if re.fullmatch(r"-\d+", part):
+                why = "seeds are 0 or more, as numpy and torch take them"
+            elif re.fullmatch(r"\d+-", part):
+                why = f"a range needs both ends, e.g. '{part}{int(part[:-1]) + 3}'"
+            else:
+                why = "expected a count ('2') or seeds such as '2,3', '2-5' or '7,'"
+            raise SettingsError(f"--seeds: {why}; got {text!r}")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise SettingsError(f"--seeds: expected ranges written low-high; got {part!r}")
@@ -124,11 +137,15 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
         if len(seeds) + high - low + 1 > MAX_SEEDS:
             raise SettingsError(f"--seeds: expected at most {MAX_SEEDS} seeds; got {text!r}")
         seeds.extend(range(low, high + 1))
-    repeated = sorted(seed for seed, n in Counter(seeds).items() if n > 1)
-    if not seeds or repeated:
+    if not seeds:
         raise SettingsError(
-            f"--seeds: expected distinct seeds; got {text!r}"
-            + (f" (repeated: {', '.join(map(str, repeated))})" if repeated else "")
+            "--seeds: expected a count ('2') or seeds such as '2,3' or '2-5'; got nothing"
+        )
+    repeated = sorted(seed for seed, n in Counter(seeds).items() if n > 1)
+    if repeated:
+        raise SettingsError(
+            f"--seeds: expected distinct seeds; got {text!r} "
+            f"(repeated: {', '.join(map(str, repeated))})"
         )
     return tuple(seeds)
 
@@ -147,6 +164,24 @@ def format_index_list(indices: Sequence[int]) -> str:
         if i is not None:
             start = previous = i
     return ",".join(parts)
+
+
+# where each part's settings go in Python, for the fix of a refused one
+_IN_SCENARIO = "Scenario"
+_IN_TRAINING = "TrainingSettings or training_overrides"
+_IN_EVALUATION = "EvaluationSettings or evaluation_overrides"
+
+
+def _give(name: str, example: object, python: str) -> str:
+    """The fix of a refused setting: its command-line flag (``--set KEY=VALUE`` where it has no
+    option of its own) with a valid example, and where it goes in Python."""
+    flag = _FLAGS.get(name)
+    shown = f"{flag} {example}" if flag else f"--set {name}={example}"
+    return f"give {shown} ({name}={example!r} in {python} in Python)"
+
+
+def _default(settings: Any, name: str) -> object:
+    return next(f.default for f in dataclasses.fields(settings) if f.name == name)
 
 
 @dataclass(frozen=True)
@@ -179,7 +214,10 @@ class Scenario(CheckedFields):
         for name, low in (("n_semantics", 1), ("n_modality", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SettingsError(f"{name} must be an integer >= {low}; got {value!r}")
+                raise SettingsError(
+                    f"{name} must be an integer >= {low}; got {value!r}: "
+                    + _give(name, _default(self, name), _IN_SCENARIO)
+                )
         if self.x_dim > MAX_LATENT_DIM:
             raise SettingsError(
                 f"n_semantics + n_modality is {self.x_dim} ({self.n_semantics} + "
@@ -187,7 +225,10 @@ class Scenario(CheckedFields):
                 "(the paper's are 10 + 5): the mixings grow with its square"
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise SettingsError(f"seed must be a non-negative integer; got {self.seed!r}")
+            raise SettingsError(
+                f"seed must be a non-negative integer; got {self.seed!r}: "
+                + _give("seed", 0, _IN_SCENARIO)
+            )
         if not isinstance(self.causal_dependence, bool):  # "no" would count as on
             raise SettingsError(
                 f"causal_dependence must be true or false; got {self.causal_dependence!r}"
@@ -195,21 +236,23 @@ class Scenario(CheckedFields):
         selected = (
             tuple(range(1, self.n_semantics + 1))
             if self.selected is None
-            else parse_index_list(self.selected, self.n_semantics, "selected set (--selected)")
+            else parse_index_list(self.selected, self.n_semantics, "--selected")
         )
         if not selected:
             raise SettingsError(
                 "the selected set (--selected) is empty: the text must carry at least one semantic; "
                 "give e.g. --selected 1-5"
             )
-        perturbed = parse_index_list(
-            self.perturbed, self.n_semantics, "perturbed set (--perturbed)"
-        )
+        perturbed = parse_index_list(self.perturbed, self.n_semantics, "--perturbed")
         outside = sorted(set(perturbed) - set(selected))
         if outside:
+            them = "it" if len(outside) == 1 else "them"
             raise SettingsError(
-                f"the perturbed set must lie inside the selected set {format_index_list(selected)}; "
-                f"got perturbed indices {format_index_list(outside)} that the text never carries"
+                "the perturbed set (--perturbed) must lie inside the selected set "
+                f"{format_index_list(selected)} (--selected); got perturbed indices "
+                f"{format_index_list(outside)} that the text never carries: add {them} to "
+                f"--selected or drop {them} from --perturbed (selected= and perturbed= of "
+                "Scenario in Python)"
             )
         object.__setattr__(self, "selected", selected)
         object.__setattr__(self, "perturbed", perturbed)
@@ -219,14 +262,15 @@ class Scenario(CheckedFields):
             or not 0.0 < float(self.change_prob) <= 1.0
         ):
             raise SettingsError(
-                f"change_prob must be in (0, 1]; got {self.change_prob!r} "
-                "(for no perturbation, leave the perturbed set empty)"
+                f"change_prob must be in (0, 1]; got {self.change_prob!r}: "
+                f"{_give('change_prob', 0.75, _IN_SCENARIO)}; for no perturbation, leave "
+                "--perturbed out"
             )
         object.__setattr__(self, "change_prob", float(self.change_prob))
         if self.perturbation_covariance not in PERTURBATION_COVARIANCES:
             raise SettingsError(
-                f"perturbation_covariance must be one of {list(PERTURBATION_COVARIANCES)}; "
-                f"got {self.perturbation_covariance!r}"
+                f"perturbation_covariance (--perturbation-covariance) must be one of "
+                f"{list(PERTURBATION_COVARIANCES)}; got {self.perturbation_covariance!r}"
                 f"{did_you_mean(str(self.perturbation_covariance), PERTURBATION_COVARIANCES)}"
             )
         # encoding_size stays as given (None = the bottleneck), so dataclasses.replace() of the
@@ -243,11 +287,14 @@ class Scenario(CheckedFields):
             or self.encoding_size < 1
         ):
             raise SettingsError(
-                f"encoding_size must be an integer >= 1; got {self.encoding_size!r}"
+                f"encoding_size must be an integer >= 1; got {self.encoding_size!r}: "
+                f"{_give('encoding_size', len(self.invariant) or 1, _IN_SCENARIO)}, or leave it "
+                "out for the invariant block's size, which the theorem assumes"
             )
         elif self.encoding_size > MAX_LATENT_DIM:  # the encoders' last layers grow with it
             raise SettingsError(
-                f"encoding_size must be at most {MAX_LATENT_DIM}; got {self.encoding_size}"
+                f"encoding_size must be at most {MAX_LATENT_DIM}; got {self.encoding_size}: "
+                + _give("encoding_size", MAX_LATENT_DIM, _IN_SCENARIO)
             )
 
     @property
@@ -313,7 +360,7 @@ class Scenario(CheckedFields):
         return record
 
 
-def _check_positive(settings: object, names: Iterable[str]) -> None:
+def _check_positive(settings: object, names: Iterable[str], python: str) -> None:
     for name in names:
         value = getattr(settings, name)
         if (
@@ -322,7 +369,10 @@ def _check_positive(settings: object, names: Iterable[str]) -> None:
             or not math.isfinite(value)  # nan <= 0 is False
             or value <= 0
         ):
-            raise SettingsError(f"{name} must be a positive finite number; got {value!r}")
+            raise SettingsError(
+                f"{name} must be a positive finite number; got {value!r}: "
+                + _give(name, _default(settings, name), python)
+            )
 
 
 def _is_number(value: object) -> bool:
@@ -349,7 +399,7 @@ def _landmarks_needed(minimum: str) -> str:
     )
 
 
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+def _check_choice(name: str, value: object, choices: Sequence[str], python: str) -> None:
     """``value`` must be one of ``choices`` (``device`` also ``cuda:N``); a value of another type
     (``--set device=3`` reads 3 as a number) is refused as plainly as a misspelt one."""
     if isinstance(value, str) and (
@@ -358,7 +408,11 @@ def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
         return
     hint = did_you_mean(value, choices) if isinstance(value, str) else ""
     shown = " or ".join(f"'{c}'" for c in choices) + (" or 'cuda:N'" if name == "device" else "")
-    raise SettingsError(f"{name} must be {shown}; got {value!r}{hint}")
+    closest = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+    raise SettingsError(
+        f"{name} must be {shown}; got {value!r}{hint}: "
+        + _give(name, (closest or [choices[0]])[0], python)
+    )
 
 
 @dataclass(frozen=True)
@@ -411,13 +465,17 @@ class TrainingSettings(CheckedFields):
 
     def __post_init__(self) -> None:
         ints = ("steps", "batch_size", "mixing_layers", "chunk_steps", "checkpoint_every")
-        _check_positive(self, (*ints, "learning_rate", "temperature", "grad_clip"))
+        _check_positive(self, (*ints, "learning_rate", "temperature", "grad_clip"), _IN_TRAINING)
         for name in ints:
             if not isinstance(getattr(self, name), int):
-                raise SettingsError(f"{name} must be an integer; got {getattr(self, name)!r}")
+                raise SettingsError(
+                    f"{name} must be an integer; got {getattr(self, name)!r}: "
+                    + _give(name, _default(self, name), _IN_TRAINING)
+                )
         if self.batch_size < 2:
             raise SettingsError(
-                f"batch_size must be >= 2 (in-batch negatives); got {self.batch_size}"
+                f"batch_size must be >= 2 (in-batch negatives); got {self.batch_size}: "
+                + _give("batch_size", _default(self, "batch_size"), _IN_TRAINING)
             )
         # a scalar (hidden_widths=64 on the command line) is no sequence of widths
         widths = tuple(self.hidden_widths) if isinstance(self.hidden_widths, (list, tuple)) else ()
@@ -450,7 +508,7 @@ class TrainingSettings(CheckedFields):
             ("mixing", MIXING_KINDS),
             ("device", ("cpu", "cuda")),
         ):
-            _check_choice(name, getattr(self, name), choices)
+            _check_choice(name, getattr(self, name), choices, _IN_TRAINING)
         if not (
             _is_number(self.mixing_condition_quantile)
             and 0.0 < self.mixing_condition_quantile <= 1.0
@@ -490,13 +548,19 @@ class EvaluationSettings(CheckedFields):
 
     def __post_init__(self) -> None:
         counts = ("n_fit", "n_val", "n_test", "kernel_components", "n_prototypes", "n_bins")
-        _check_positive(self, counts)
+        _check_positive(self, counts, _IN_EVALUATION)
         for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise SettingsError(f"{name} must be an integer; got {value!r}")
+                raise SettingsError(
+                    f"{name} must be an integer; got {value!r}: "
+                    + _give(name, _default(self, name), _IN_EVALUATION)
+                )
         if self.n_bins < 2:
-            raise SettingsError(f"n_bins must be >= 2; got {self.n_bins}")
+            raise SettingsError(
+                f"n_bins must be >= 2; got {self.n_bins}: "
+                + _give("n_bins", _default(self, "n_bins"), _IN_EVALUATION)
+            )
         # the minima whatever the scenario (a representation has at least one dimension); those
         # of a scenario's representation are checked by check_representations before training
         for name in ("n_fit", "kernel_components"):
@@ -514,10 +578,16 @@ class EvaluationSettings(CheckedFields):
         # a value of another type met the comparisons below as a TypeError
         if not (_is_number(self.identified_threshold) and 0.0 < self.identified_threshold <= 1.0):
             raise SettingsError(
-                f"identified_threshold must be in (0, 1]; got {self.identified_threshold!r}"
+                f"identified_threshold must be in (0, 1]; got {self.identified_threshold!r}: "
+                + _give(
+                    "identified_threshold", _default(self, "identified_threshold"), _IN_EVALUATION
+                )
             )
         if not (_is_number(self.margin) and 0.0 <= self.margin < 1.0):
-            raise SettingsError(f"margin must be in [0, 1); got {self.margin!r}")
+            raise SettingsError(
+                f"margin must be in [0, 1); got {self.margin!r}: "
+                + _give("margin", _default(self, "margin"), _IN_EVALUATION)
+            )
         for name in ("kernel_gammas", "ridge_alphas"):
             given = getattr(self, name)
             values = (
@@ -635,7 +705,8 @@ def training_profile(name: str, **overrides: Any) -> TrainingSettings:
     profile's schedule (here only: ``dataclasses.replace`` on a profile keeps its schedule)."""
     if name not in PROFILES:
         raise SettingsError(
-            f"unknown profile {name!r}; expected one of {sorted(PROFILES)}{did_you_mean(name, PROFILES)}"
+            f"unknown profile {name!r} (--profile); expected one of {sorted(PROFILES)}"
+            f"{did_you_mean(name, PROFILES)}"
         )
     changes = {k: v for k, v in overrides.items() if v is not None}
     fields = [f.name for f in dataclasses.fields(TrainingSettings) if f.name != "profile"]
@@ -654,6 +725,25 @@ _OWN_OPTIONS = {
     "n_bins": "--n-bins",
     "identified_threshold": "--identified-threshold",
     "margin": "--margin",
+}
+
+# every setting with an option of its own (the rest are given as --set KEY=VALUE)
+_FLAGS = {
+    **_OWN_OPTIONS,
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "steps",
+            "batch_size",
+            "learning_rate",
+            "device",
+            "n_semantics",
+            "n_modality",
+            "change_prob",
+            "encoding_size",
+            "seed",
+        )
+    },
 }
 
 
@@ -751,18 +841,21 @@ def default_sweep(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise SettingsError("the sweep needs at least one seed; got none")
-    for values, allowed, what in (
-        (latents, LATENT_MODES, "latent mode"),
-        (kinds, SWEEP_KINDS, "sweep kind"),
+    for values, allowed, what, argument in (
+        (latents, LATENT_MODES, "latent mode", "latents"),
+        (kinds, SWEEP_KINDS, "sweep kind", "kinds"),
     ):
+        where = f"--{argument} ({argument}= in Python)"
         if not values:
             raise SettingsError(
-                f"the sweep needs at least one {what}; expected some of {list(allowed)}"
+                f"the sweep needs at least one {what}; expected some of {list(allowed)}: give "
+                f"{where} e.g. {','.join(allowed)}"
             )
         for value in values:
             if value not in allowed:
                 raise SettingsError(
-                    f"unknown {what} {value!r}; expected one of {list(allowed)}{did_you_mean(value, allowed)}"
+                    f"unknown {what} {value!r} in {where}; expected some of {list(allowed)}"
+                    f"{did_you_mean(value, allowed)}"
                 )
     everything = tuple(range(1, n_semantics + 1))
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []

@@ -441,7 +441,10 @@ def run_sweep(
     if threads is not None and (
         not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
     ):
-        raise SettingsError(f"threads must be an integer >= 1; got {threads!r}")
+        raise SettingsError(
+            f"threads must be an integer >= 1; got {threads!r}: give --threads 1 or more "
+            "(threads= in Python), or leave it out for torch's own count"
+        )
     _check_memory(scenarios, training)
     callers_threads = torch.get_num_threads()
     if threads is not None:

@@ -25,7 +25,7 @@ Run again, a demo redoes only what is missing: a complete one is returned as it 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,7 +504,8 @@ def run_sweep(
                 "chance": 1 / int(scores.loc[spec.label, "n_candidates"]),
             }
         )
-    table = pd.DataFrame(rows)
+    # by rate, however given: the curve joins its points in the table's order
+    table = pd.DataFrame(rows).sort_values("rate", kind="stable", ignore_index=True)
     written = all((out / name).is_file() for name in ("dose_response.csv", "dose_response.png"))
     if not (reused and written):
         write_table(table, out / "dose_response", ("csv",))
@@ -532,44 +533,3 @@ def dose_response_figure(table: Any, group: str, kind: str) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def parse_rates(text: str) -> tuple[float, ...]:
-    """``--rates 0,0.05,0.2``: comma-separated rates in [0, 1]."""
-    parts = text.split(",")
-    if parts[-1].strip() == "":  # "0,1," as "0,1"; an empty part before the end is a lost rate
-        parts.pop()
-    try:
-        rates = tuple(float(part) for part in parts)
-    except ValueError:
-        raise SettingsError(f"--rates: expected numbers such as 0,0.05,0.2; got {text!r}") from None
-    if not rates or any(not 0 <= r <= 1 for r in rates):
-        raise SettingsError(f"--rates: expected rates in [0, 1]; got {text!r}")
-    return rates
-
-
-def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSettings:
-    """``--set Texture=0.5`` (a selection rate) or ``--set Background.perturbation=0.3``; one
-    rate set twice to two values is refused (the last would win without a word)."""
-    given: dict[tuple[str, str], tuple[float, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        group, _, which = key.strip().partition(".")
-        which = which or "selection"
-        if not sep or which not in RATE_KINDS:
-            hint = did_you_mean(which, RATE_KINDS) if sep else ""
-            raise SettingsError(
-                "--set: expected GROUP=RATE or GROUP.selection=RATE or GROUP.perturbation=RATE, "
-                f"e.g. Texture=0.5; got {item!r}{hint}"
-            )
-        try:
-            rate = float(value)
-        except ValueError:
-            raise SettingsError(f"--set {item!r}: the rate must be a number in [0, 1]") from None
-        world = world.with_misalignment(group, what=f"--set {item!r}", **{which: rate})
-        earlier = given.setdefault((group, which), (rate, item))
-        if earlier[0] != rate:
-            raise SettingsError(
-                f"--set {earlier[1]!r} and --set {item!r} both set {group}'s {which} rate; give one"
-            )
-    return world

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clipaudit.demo import DemoSettings, parse_misalignment, parse_rates, run_demo, spearman
+from clipaudit.demo import DemoSettings, run_demo, spearman
 from clipaudit.errors import RunFolderError, SettingsError
 from clipaudit.runs import load_run
 from clipaudit.world import WORLD_GROUPS, Misalignment, TrainSettings, WorldSettings
+from clipaudit.world.settings import parse_misalignment, parse_rates
 
 # seconds: a world and a model too small to learn much, for the run-folder behaviour
 TINY = DemoSettings(
@@ -207,7 +208,8 @@ def test_spearman_across_groups_matches_scipy():
 
 
 def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path, capsys):
-    settings = DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=(0, 1))
+    # rates given in decreasing order: trained as given, tabled and drawn by rate
+    settings = DemoSettings(world=TINY.world, train=TINY.train, sweep="Size", sweep_rates=(1, 0))
     result = run_demo(tmp_path / "run", settings, echo=lambda _: None)
     # one progress bar over both models' steps, naming the rate (it restarted at each model)
     bar = [
@@ -219,7 +221,7 @@ def test_a_sweep_trains_one_model_per_rate_and_draws_the_dose_response(tmp_path,
     assert {total for _, total in counts} == {2 * TINY.train.steps}
     assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert counts[-1][0] == 2 * TINY.train.steps
-    assert re.search(r"\brate=1\b", bar[-1])
+    assert re.search(r"\brate=0\b", bar[-1])
     table = pd.read_csv(tmp_path / "run" / "sweep" / "dose_response.csv")
     assert table["rate"].tolist() == [0, 1]
     assert table["coverage"].tolist() == [0.0, 1.0]

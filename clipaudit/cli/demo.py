@@ -44,7 +44,9 @@ def demo(
         help="selection (the default) or perturbation: the rate --sweep varies.",
     ),
     rates: str | None = typer.Option(
-        None, "--rates", help="The rates of --sweep (default 0,0.05,0.2,0.5,1)."
+        None,
+        "--rates",
+        help="The rates of --sweep, comma-separated and increasing (default 0,0.05,0.2,0.5,1).",
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     threads: int | None = typer.Option(
@@ -60,9 +62,14 @@ def demo(
     on it, and audit what it learned; prints where report.html is."""
     import dataclasses
 
-    from clipaudit.demo import DemoSettings, parse_misalignment, parse_rates, run_demo
+    from clipaudit.demo import DemoSettings, run_demo
     from clipaudit.errors import SettingsError
-    from clipaudit.world.settings import TrainSettings, WorldSettings
+    from clipaudit.world.settings import (
+        TrainSettings,
+        WorldSettings,
+        parse_misalignment,
+        parse_rates,
+    )
 
     if sweep is None and (sweep_kind is not None or rates is not None):
         raise SettingsError(

@@ -52,8 +52,9 @@ def render(
 ) -> None:
     """Write the world's training pictures and captions, held-out pictures per group, and the
     chosen and realised caption rates (world.json), in the layouts the readers take."""
-    from clipaudit.demo import parse_misalignment
-    from clipaudit.world.settings import WorldSettings
+    import pandas as pd
+
+    from clipaudit.world.settings import WorldSettings, parse_misalignment
     from clipaudit.world.world import render_world_run
 
     sizes = {"n_train": n_train, "image_size": image_size, "n_eval_per_group": n_eval_per_group}
@@ -75,6 +76,14 @@ def render(
             f"{row.true_mention_rate:.1%}",
         )
     console.print(table)
+    # "wrong" is the chosen rate, only drawn near the realised one: said for each group it applies
+    # to, below the table (a column more would not fit in 80)
+    for row in run.rates.itertuples():
+        if row.chosen_perturbation > 0 and not pd.isna(row.perturbation):
+            console.print(
+                f"{row.group}: {row.perturbation:.1%} of its mentions are wrong "
+                f"(chosen {chosen_rate(row.chosen_perturbation)})"
+            )
     # both under --out as typed (the world's eval_path is absolute: a recaptioned world's lies
     # in another folder)
     files = run.world.info["files"]

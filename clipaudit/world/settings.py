@@ -12,14 +12,16 @@ Four frozen dataclasses:
 - :class:`TrainSettings`: the tiny open_clip model and its optimisation.
 
 Every problem raises :class:`~clipaudit.errors.SettingsError` naming what was expected and what was
-got, before any pixel is rendered or any step is trained.
+got, before any pixel is rendered or any step is trained. :func:`parse_misalignment` and
+:func:`parse_rates` read the CLI's ``--set`` and ``--rates`` into them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +42,25 @@ def _number(value: Any, what: str, low: float, high: float) -> float:
     return float(value)
 
 
-def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingsError(f"{what} must be an integer >= {low}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise SettingsError(f"{what} must be an integer {bounds}, got {value!r}")
+def _integer(value: Any, what: str, low: int, high: int | None = None, *, option: str = "") -> int:
+    """``value`` as an integer in its bounds; ``option``, the CLI flag that sets it, is named in
+    the error with its Python argument (a user of either reads which to change)."""
+    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        raise SettingsError(f"{what} must be an integer {bounds}, got {value!r}{_fix(option)}")
     return value
+
+
+def _fix(option: str) -> str:
+    """``--n-train`` -> "; change --n-train (n_train= in Python)"; "" without an option."""
+    if not option:
+        return ""
+    return f"; change {option} ({option.removeprefix('--').replace('-', '_')}= in Python)"
 
 
 def _group_name(name: Any, what: str) -> str:
@@ -165,15 +179,26 @@ class WorldSettings(CheckedFields):
             )
         _check_acyclic(links)
         object.__setattr__(self, "causal_links", links)
-        _integer(self.image_size, "image size", 32, 256)
-        if self.image_size % 16:
+        size = self.image_size
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or size % 16
+            or not 32 <= size <= 256
+        ):
+            # one message for both rules: a size fixed for one would fail the other next
             raise SettingsError(
-                f"image size must be a multiple of 16 (pixelation works in blocks of size/16), "
-                f"got {self.image_size}"
+                "image size must be a multiple of 16 in [32, 256] such as 32, 48 or 64 "
+                f"(pixelation works in blocks of size/16), got {size!r}{_fix('--image-size')}"
             )
-        _integer(self.n_train, "n_train (training pairs)", 1)
-        _integer(self.n_eval_per_group, "n_eval_per_group (held-out images per group)", 6)
-        _integer(self.seed, "seed", 0)
+        _integer(self.n_train, "n_train (training pairs)", 1, option="--n-train")
+        _integer(
+            self.n_eval_per_group,
+            "n_eval_per_group (held-out images per group)",
+            6,
+            option="--n-eval-per-group",
+        )
+        _integer(self.seed, "seed", 0, option="--seed")
 
     def with_misalignment(
         self, group: str, *, what: str = "with_misalignment", **rates: float
@@ -249,7 +274,7 @@ class TrainSettings(CheckedFields):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _integer(self.steps, "steps", 1)
+        _integer(self.steps, "steps", 1, option="--steps")
         _integer(self.batch_size, "batch size", 2)
         _number(self.lr, "learning rate", 1e-8, 1.0)
         _number(self.weight_decay, "weight decay", 0.0, 10.0)
@@ -267,10 +292,10 @@ class TrainSettings(CheckedFields):
         if self.device not in DEVICES:
             raise SettingsError(
                 f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"
-                f"{did_you_mean(str(self.device), DEVICES)}"
+                f"{did_you_mean(str(self.device), DEVICES)}{_fix('--device')}"
             )
         if self.threads is not None:
-            _integer(self.threads, "threads", 1)
+            _integer(self.threads, "threads", 1, option="--threads")
         _integer(self.checkpoint_every, "checkpoint_every", 1)
         # torch.manual_seed takes 64 bits: a larger seed would fail only after the rendering
         _integer(self.seed, "seed", 0, 2**64 - 1)
@@ -306,3 +331,75 @@ class TrainSettings(CheckedFields):
     def describe(self) -> dict[str, Any]:
         """JSON-ready form (a training's identity is built from it, a demo's settings hold it)."""
         return dataclasses.asdict(self)
+
+
+# the rates a --set may name: Misalignment's fields
+RATE_KINDS = tuple(f.name for f in dataclasses.fields(Misalignment))
+SET_SYNTAX = "GROUP=RATE or GROUP.selection=RATE or GROUP.perturbation=RATE, e.g. Texture=0.5"
+
+
+def parse_misalignment(items: Sequence[str], world: WorldSettings) -> WorldSettings:
+    """``--set Texture=0.5`` (a selection rate) or ``--set Background.perturbation=0.3`` applied
+    to ``world``; one rate set twice to two values is refused (the last would win without a
+    word)."""
+    given: dict[tuple[str, str], tuple[float, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        group, _, which = key.strip().partition(".")
+        which = which or "selection"
+        if not sep or which not in RATE_KINDS:
+            hint = did_you_mean(which, RATE_KINDS) if sep else ""
+            raise SettingsError(f"--set: expected {SET_SYNTAX}; got {item!r}{hint}")
+        if not group:
+            raise SettingsError(f"--set {item!r}: the group is missing; expected {SET_SYNTAX}")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise SettingsError(
+                f"--set {item!r}: the rate must be a number in [0, 1], got {value.strip()!r}"
+            ) from None
+        world = world.with_misalignment(group, what=f"--set {item!r}", **{which: rate})
+        earlier = given.setdefault((group, which), (rate, item))
+        if earlier[0] != rate:
+            raise SettingsError(
+                f"--set {earlier[1]!r} and --set {item!r} both set {group}'s {which} rate; give one"
+            )
+    return world
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``--rates 0,0.05,0.2``: comma-separated rates in [0, 1], increasing (the dose-response
+    curve joins them in the order given)."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts[-1] == "":  # "0,1," as "0,1"; an empty part before the end is a lost rate
+        parts.pop()
+    example = "such as 0,0.05,0.2"
+    if not parts:
+        raise SettingsError(
+            f"--rates: expected comma-separated rates in [0, 1] {example}; got none"
+        )
+    rates = []
+    for number, part in enumerate(parts, 1):
+        why = f"rate {number} is empty" if not part else f"{part!r} is not a number"
+        try:
+            rates.append(float(part))
+        except ValueError:
+            raise SettingsError(
+                f"--rates: expected numbers {example}; got {text!r} ({why})"
+            ) from None
+    outside = [part for part, rate in zip(parts, rates, strict=True) if not 0 <= rate <= 1]
+    if outside:
+        raise SettingsError(
+            f"--rates: expected rates in [0, 1]; got {text!r} ({', '.join(outside)} outside)"
+        )
+    for before, after in itertools.pairwise(rates):
+        if after == before:
+            raise SettingsError(
+                f"--rates: expected distinct rates; got {text!r} ({after:g} is given twice)"
+            )
+        if after < before:
+            raise SettingsError(
+                f"--rates: expected rates in increasing order {example}; got {text!r} "
+                f"({after:g} after {before:g}): sort them"
+            )
+    return tuple(rates)

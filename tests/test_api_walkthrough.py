@@ -15,15 +15,10 @@ def tiny_runs(tmp_path_factory):
     """A coverage run of four captions and a zero-shot run of a tiny random model on six images
     of the Animal group, and what made them."""
     import clipaudit
-    from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
+    from tests.tiny_clip import write_animal_audit_inputs
 
     root = tmp_path_factory.mktemp("walkthrough")
-    images = root / "images"
-    write_image_folder(images, {"Animal": {"dog": 2, "cat": 2, "horse": 2}})
-    spec = clipaudit.ModelSpec(
-        str(write_tiny_config(root / "models")),
-        str(write_tiny_checkpoint(root / "models" / "random.safetensors")),
-    )
+    images, spec = write_animal_audit_inputs(root)
     coverage = clipaudit.count_coverage(
         texts=["a dog", "a cat", "a dog and a cat on a horse", "nothing here"],
         out=root / "coverage",

@@ -19,15 +19,10 @@ def audit(tmp_path_factory):
     """One tiny audit (four captions, a random tiny model on six Animal images), whose coverage,
     zero-shot and report runs the tests read."""
     import clipaudit
-    from tests.tiny_clip import write_image_folder, write_tiny_checkpoint, write_tiny_config
+    from tests.tiny_clip import write_animal_audit_inputs
 
     root = tmp_path_factory.mktemp("library-review")
-    images = root / "images"
-    write_image_folder(images, {"Animal": {"dog": 2, "cat": 2, "horse": 2}})
-    spec = clipaudit.ModelSpec(
-        str(write_tiny_config(root / "models")),
-        str(write_tiny_checkpoint(root / "models" / "random.safetensors")),
-    )
+    images, spec = write_animal_audit_inputs(root)
     return clipaudit.run_audit(
         pd.DataFrame({"text": TEXTS}), images, spec, root / "audit",
         coverage={"column": "text"},

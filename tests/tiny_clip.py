@@ -123,6 +123,20 @@ def write_image_folder(
     return paths
 
 
+def write_animal_audit_inputs(root: str | Path) -> tuple[Path, object]:
+    """The smallest audit's images and model under ``root``: six Animal images (two dogs, two
+    cats, two horses) in ``root/images`` and a tiny random model as a ``clipaudit.ModelSpec``."""
+    import clipaudit
+
+    root = Path(root)
+    write_image_folder(root / "images", {"Animal": {"dog": 2, "cat": 2, "horse": 2}})
+    spec = clipaudit.ModelSpec(
+        str(write_tiny_config(root / "models")),
+        str(write_tiny_checkpoint(root / "models" / "random.safetensors")),
+    )
+    return root / "images", spec
+
+
 def train_tiny_checkpoint(
     path: str | Path,
     images: Sequence[tuple[Path, str]],

@@ -520,7 +520,13 @@ def count_coverage(
 
     Writes the run folder described in this module's docstring and returns its contents. Resumes
     a run folder holding the same run; refuses one of other settings with
-    :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``.
+    :class:`~clipaudit.errors.RunFolderError` unless ``overwrite``. Bad captions (a missing file,
+    a folder without captions, a wrong ``column``, a damaged shard without ``skip_bad``) raise
+    :class:`~clipaudit.errors.InputError`; settings out of range
+    :class:`~clipaudit.errors.SettingsError`; a registry that cannot be loaded
+    :class:`~clipaudit.errors.RegistryError`; a Ray cluster that cannot be joined
+    :class:`~clipaudit.errors.EngineError`; a run in which every shard failed
+    :class:`~clipaudit.errors.RunFailedError` (its folder is kept, marked failed).
 
     Counted again with fewer inputs, the run's results cover the inputs named now, and the
     records of the others (and their embeddings in the run's own store) are kept, reused when

@@ -65,7 +65,13 @@ def test_world_render_refuses_a_mistyped_setting_in_one_line(in_process, tmp_pat
         (["--device", "gpu"], r"got 'gpu' \(did you mean 'cpu'\?\); change --device"),
     ],
 )
-def test_demo_refuses_a_mistyped_setting_before_any_work(in_process, tmp_path, args, message):
+def test_demo_refuses_a_mistyped_setting_before_any_work(
+    in_process, tmp_path, monkeypatch, args, message
+):
+    def trained(*args, **kwargs):  # a setting let through would train a whole demo here
+        raise AssertionError("the demo started instead of refusing its settings")
+
+    monkeypatch.setattr("clipaudit.demo.run_demo", trained)
     _refused(in_process, tmp_path, ["demo", *args], message)
 
 

@@ -661,8 +661,8 @@ class CuratedMatcher(Matcher):
     def _makes(self, batch: _Batch, hits: _Hits) -> tuple[np.ndarray, np.ndarray]:
         """(hit, concept) pairs of makes with a model: a model designation next ("Ferrari 599",
         "Lexus RX 330") or a model year right before ("1986 Ferrari"); not after "for" ("Floor
-        Mat For Ford Edge 2015") nor when a head of the concept follows in the caption
-        ("Mercedes W123 Headlight")."""
+        Mat For Ford Edge 2015") nor when its segment of the caption names a head of the
+        concept, a part the model fits ("Mercedes W123 Headlight", "Black Rims Wheels BMW E36")."""
         hit, concepts = self._tables["makes"].expand(hits.keys)
         if not len(hit):
             return hit, concepts
@@ -687,32 +687,29 @@ class CuratedMatcher(Matcher):
             after = text[end - 1 : min(row_end, end + 30)].split()[:2]
             keep.append(before != "for" and (_is_model(after) or bool(_YEAR.fullmatch(before))))
         fits = np.array(keep, dtype=bool)
-        fits &= ~self._heads_after(hits, rows, concepts, hits.ends[hit] - 1)
+        fits &= ~self._heads_in(batch, hits, rows, concepts, hits.starts[hit])
         return hit[fits], concepts[fits]
 
-    def _heads_after(
-        self, hits: _Hits, rows: np.ndarray, concepts: np.ndarray, first: np.ndarray
+    def _heads_in(
+        self, batch: _Batch, hits: _Hits, rows: np.ndarray, concepts: np.ndarray, at: np.ndarray
     ) -> np.ndarray:
-        """Whether a hit of a head of each concept starts at an offset from ``first`` to the end
-        of its caption (``rows``). Read from the last head of each caption and concept: a caption
-        of thousands of makes and heads would pair each with each."""
+        """Whether a hit of a head of each concept stands in the segment (between separators) of
+        the offset ``at`` of its caption (``rows``), before it or after: a listing names the part
+        first as often as last ("Mercedes W123 Headlight", "Black Rims Wheels BMW E36")."""
         n = len(self.concept_names)
         # the heads of the makes' captions (heads come by start, so by caption too)
         made, head_rows = _distinct(rows), hits.rows[hits.heads]
         low = np.searchsorted(head_rows, made)
         heads = hits.heads[_ranges(low, np.searchsorted(head_rows, made, "right") - low)[1]]
         which, headed = self._tables["heads"].expand(hits.keys[heads])
-        if not len(which):
-            return np.zeros(len(concepts), dtype=bool)
+        # a segment is named by its caption and the number of separators before it; a key that
+        # starts on a separator's space stands after it
+        segments = len(batch.seps) + 1
         head = heads[which]
-        codes, starts = hits.rows[head] * n + headed, hits.starts[head]
-        order = np.lexsort((starts, codes))
-        codes, starts = codes[order], starts[order]
-        last = np.append(codes[1:] != codes[:-1], True)  # the last head of each
-        codes, starts = codes[last], starts[last]
-        wanted = rows * n + concepts
-        at = np.searchsorted(codes, wanted).clip(max=len(codes) - 1)
-        return (codes[at] == wanted) & (starts[at] >= first)
+        head_segments = np.searchsorted(batch.seps, hits.starts[head], "right")
+        named = (hits.rows[head] * segments + head_segments) * n + headed
+        wanted = (rows * segments + np.searchsorted(batch.seps, at, "right")) * n + concepts
+        return _isin_sorted(wanted, np.unique(named))
 
     def _heads_within(
         self, hits: _Hits, concepts: np.ndarray, first: np.ndarray, last: np.ndarray

@@ -56,8 +56,8 @@ counts ("- Forest" is green, not a forest).
 ``makes`` lists brand names whose products are the concept when a model designation follows
 ("Ferrari 599", "Lexus RX 330": a word with a digit, one of the next two) or a model year comes
 before ("1986 Ferrari"); not when the caption names a part the make's model fits, one of the
-concept's ``modifier_of`` heads after it ("Mercedes W123 Headlight"), or after a cue against the
-concept ("Fit for Audi A4").
+concept's ``modifier_of`` heads before or after it and with no separator between ("Mercedes W123
+Headlight", "Black Rims Wheels BMW E36"), or after a cue against the concept ("Fit for Audi A4").
 
 ``together`` lists two to eight word lists that mention the concept together: a caption holding a
 word of every list does ("USC vs Stanford ... football": [[vs, versus], [football, nfl, ...]]).

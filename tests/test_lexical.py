@@ -1565,7 +1565,7 @@ LONG = 4000
         ("curated", "hot dog " * LONG + "| a dog", ["dog"]),
         # a cue against the phone before each "iphone"; the last phone is 4 words after one
         ("rules", "a case for an iphone " * LONG + "| and then a new phone", ["phone"]),
-        # a make with a model is a car, unless a head of the car follows in its caption
+        # a make with a model is a car, unless a head of the car stands in its segment
         ("builtin", "Ferrari 599 Headlight " * LONG + "| 1986 Ferrari 328", ["car"]),
     ],
     ids=["negative-contexts", "cues", "makes-before-heads"],

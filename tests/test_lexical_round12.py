@@ -87,6 +87,19 @@ CASES = [
     ("An orange, black and white cat on a sofa.", ["cat", "black", "white", "orange"]),
     ("An orange and green train reads BNSF on the side.", ["orange", "green", "train"]),
     ("a girl wearing an orange shirt on some grass", ["orange", "shirt"]),
+    # round 15: "fancy dress" as a costume (British), "great white" a shark's or a model's name,
+    # an exercise machine is no bicycle, and a make's model is no car in a caption that names a
+    # part it fits, before the make or after it (rule 4)
+    ("Man and woman in fancy dress, with a parasol, posed on a lawn.", []),
+    ("Halloween Fancy Dress Costume", []),
+    ("a young woman in a beautiful fancy dress", ["dress"]),
+    ("a great white shark in real life", []),
+    ("american fitness elliptical bike", []),
+    ("RVM B18 17 Black Rims Wheels BMW E36 E46 E92 3 Series", ["black"]),
+    ("Mercedes W123 Headlight", []),
+    ("1986 Ferrari 328 GTS", ["car"]),
+    ("1986 Ferrari 328 | Headlight", ["car"]),  # a separator between
+    ("2015 Ford Focus, heated seats, alloy wheels", ["car"]),
 ]
 
 

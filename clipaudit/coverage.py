@@ -442,6 +442,13 @@ class CoverageResult:
     def method(self) -> str:
         return self.manifest.get("method", "lexical")
 
+    @property
+    def concepts_not_counted(self) -> dict[str, str]:
+        """The concepts the run's profile cannot count, each with why (the 'paper' profile's: those
+        without paper_synonyms): their lexical count is 0 by construction, not a measurement.
+        Empty for a run counted before this was recorded."""
+        return self.manifest.get("concepts_not_counted") or {}
+
     def nearest(self) -> dict[str, Any]:
         """Per concept, the captions nearest to it with their cosine scores and whether the run's
         method counted them (``nearest.json``; semantic methods only)."""
@@ -891,6 +898,15 @@ def _nothing_read(manifest: dict[str, Any], in_memory: bool) -> str:
         + "; name the column that holds the captions with --column, or count a corpus that has "
         "captions"
     )
+
+
+def concepts_not_counted(registry: Registry, profile: str) -> dict[str, str]:
+    """The concepts of ``registry`` that ``profile`` cannot count, each with why, in registry
+    order: the 'paper' profile reads only paper_synonyms, so a concept without them counts 0
+    whatever the captions say (the profile refuses a registry with none at all)."""
+    if profile != "paper":
+        return {}
+    return {c.name: "no paper_synonyms" for c in registry.concepts if not c.paper_synonyms}
 
 
 def _corpus_name(specs: Sequence[str]) -> str:
@@ -1855,6 +1871,7 @@ def _merge(
     manifest = {
         "method": settings.method,
         "profile": settings.profile,
+        "concepts_not_counted": concepts_not_counted(registry, settings.profile),
         "options": asdict(settings),
         "registry": registry.provenance(),
         "inputs": inputs,

@@ -203,6 +203,9 @@ def count(
     _print_summary(result)
 
 
+_SHOWN = 5  # the concepts a line names before "and N more"
+
+
 def _print_summary(result: object) -> None:
     from clipaudit.coverage_semantic import VIEWS
 
@@ -227,6 +230,17 @@ def _print_summary(result: object) -> None:
             cells = [f"{row['count']:,}", f"{row['rate']:.3%}", f"{row['mean_concept_rate']:.4%}"]
         table.add_row(row["group"], row["category"], *cells)
     console.print(table)
+    not_counted = list(result.concepts_not_counted.items())
+    if not_counted:  # their 0 in the table above is the profile's, not the captions'
+        shown = ", ".join(f"{name} ({why})" for name, why in not_counted[:_SHOWN])
+        more = len(not_counted) - _SHOWN
+        console.print(
+            f"not counted by the {manifest['profile']} profile (0 by construction, not a "
+            f"measurement): {shown}"
+            f"{f' and {more} more (concepts_not_counted in manifest.json)' if more > 0 else ''}; "
+            "count with --profile curated, or add their paper_synonyms to the registry",
+            style="yellow",
+        )
     semantic = manifest.get("semantic")
     if semantic:
         _print_semantic(semantic, result.out_dir)

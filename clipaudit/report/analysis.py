@@ -446,6 +446,7 @@ def _summary(
             "registry": c.registry,
             "theory": c.pair_key is not None,
             "provenance": c.provenance,
+            "concepts_not_counted": c.not_counted,
         }
         for c in inputs.corpora
     ]
@@ -552,7 +553,9 @@ def _summary(
             "statistic (null) and a reason, as does a correlation of fewer than "
             f"{MIN_FINDING_POINTS} points or whose bootstrap interval spans all of [-1, 1] (its "
             "estimate kept as 'estimate'); a concept without test images (support 0) has no F1 "
-            "to correlate and is no point of the concept statistics",
+            "to correlate and is no point of the concept statistics, nor is a concept its "
+            "coverage run's profile cannot count (the paper profile, one without "
+            "paper_synonyms), whose lexical coverage is none, not 0",
         },
         "sensitive_note": sensitive_note(in_table_order(inputs.sensitive, inputs.group_order)),
     }

@@ -66,6 +66,8 @@ class Corpus:
     pair_key: Any = None  # joined only with models of the same key (theory scenarios)
     # what the counts were computed with (profile, method, encoder, calibration, sources)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # concept -> why its profile cannot count it (the run's manifest): its lexical count is none
+    not_counted: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,6 +285,8 @@ def collect(runs: Any) -> Inputs:
     _unique_labels(corpora, records)
     _unique_labels(models, records)
     for corpus in corpora:
+        if corpus.not_counted:
+            notes.append(_not_counted_note(corpus))
         if corpus.primary != "lexical" and corpus.provenance.get("calibrated") is False:
             notes.append(
                 f"corpus {corpus.label}: its {corpus.primary} coverage was counted with the "
@@ -448,11 +452,12 @@ def _corpus(run: Any, index: int) -> Corpus:
     for concept, entry in ((run.examples or {}).get("concepts") or {}).items():
         examples[concept] = [str(e.get("caption", "")) for e in entry.get("examples", [])]
     folder = _folder(run).name
+    not_counted = _not_counted(run.manifest)
     return Corpus(
         # an audit's coverage stage is named for what it read, not for the stage folder
         label=run.manifest.get("corpus", folder) if folder == "coverage" else folder,
         source=index,
-        concepts=_with_counts(frame, n, methods),
+        concepts=_without_counts(_with_counts(frame, n, methods), not_counted),
         groups=run.groups,
         n_captions=n,
         methods=methods,
@@ -462,6 +467,44 @@ def _corpus(run: Any, index: int) -> Corpus:
         ),
         examples=examples,
         provenance=_coverage_provenance(run.manifest, n),
+        not_counted=not_counted,
+    )
+
+
+def _not_counted(manifest: dict[str, Any]) -> dict[str, str]:
+    """The manifest's concepts its profile cannot count, each with why (none recorded before)."""
+    found = _part(manifest, "concepts_not_counted")
+    if not isinstance(found, dict):
+        return {}
+    return {str(name): str(why) for name, why in found.items()}
+
+
+def _without_counts(frame: Any, not_counted: dict[str, str]) -> Any:
+    """``frame`` with no lexical count or rate (NaN) for the concepts not counted: their 0 is
+    the profile's, not the captions', so it is no point of the statistics and no concept never
+    captioned. Other methods' columns stand (a semantic count reads no synonyms)."""
+    if not not_counted:
+        return frame
+    unknown = frame["concept"].astype(str).isin(not_counted)
+    for column in METHODS["lexical"]:
+        if column in frame.columns:
+            frame[column] = frame[column].where(~unknown)
+    return frame
+
+
+_NOTE_SHOWN = 10  # the concepts a note names before "and N more"
+
+
+def _not_counted_note(corpus: Corpus) -> str:
+    items = list(corpus.not_counted.items())
+    named = ", ".join(f"{name} ({why})" for name, why in items[:_NOTE_SHOWN])
+    more = len(items) - _NOTE_SHOWN
+    one = len(items) == 1
+    return (
+        f"corpus {corpus.label}: not counted by the {corpus.provenance.get('profile')} profile: "
+        f"{named}{f' and {more} more' if more > 0 else ''}; {'its' if one else 'their'} 0 is "
+        f"the profile's, not a measurement, so {'its' if one else 'their'} lexical coverage is "
+        f"shown as – and left out of the concept statistics and findings"
     )
 
 

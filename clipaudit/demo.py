@@ -333,7 +333,6 @@ def group_table(world: Any, audit: Any) -> Any:
     rows = []
     for group in WORLD_GROUPS:
         scored = group in awareness.index
-        n_candidates = int(awareness.loc[group, "n_candidates"]) if scored else None
         rows.append(
             {
                 "group": group,
@@ -343,7 +342,7 @@ def group_table(world: Any, audit: Any) -> Any:
                 "true_mention_rate": rates.loc[group, "true_mention_rate"],
                 "coverage": float(coverage.loc[group, "rate"]),
                 "macro_f1": float(awareness.loc[group, "macro_f1"]) if scored else None,
-                "chance": 1 / n_candidates if n_candidates else None,
+                "chance": float(awareness.loc[group, "chance"]) if scored else None,
             }
         )
     return pd.DataFrame(rows)
@@ -501,7 +500,7 @@ def run_sweep(
                 "true_mention_rate": rates["true_mention_rate"],
                 "coverage": float(covered.groups.set_index("group").loc[group, "rate"]),
                 "macro_f1": float(scores.loc[spec.label, "macro_f1"]),
-                "chance": 1 / int(scores.loc[spec.label, "n_candidates"]),
+                "chance": float(scores.loc[spec.label, "chance"]),
             }
         )
     # by rate, however given: the curve joins its points in the table's order

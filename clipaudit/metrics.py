@@ -1,14 +1,18 @@
 """Scores shared by every part of an audit, computed with scikit-learn (never by hand).
 
 - single-label classification (zero-shot awareness, the theory module's bin classification):
-  per-class precision/recall/F1/support, macro-F1, accuracy, mean per-class recall, confusion matrix;
+  per-class precision/recall/F1/support, macro-F1, accuracy, mean per-class recall, confusion
+  matrix; and chance, the macro-F1 a uniform guess scores (a formula, no predictions to score);
 - multi-label detection (which concepts a caption mentions, against gold labels): micro scores.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from clipaudit.errors import SettingsError
 
 
 def per_class_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> Any:
@@ -50,6 +54,33 @@ def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
     if not occurring:
         return float("nan")
     return float(f1_score(y_true, y_pred, labels=occurring, average="macro", zero_division=0))
+
+
+def chance_macro_f1(y_true: Sequence[str], labels: Sequence[str], n_candidates: int) -> float:
+    """Chance: the :func:`macro_f1` over ``labels`` of a guess drawn uniformly among
+    ``n_candidates`` (``labels`` among them, the rest distractors) for each image of ``y_true``;
+    its large-sample value (the few images of a small group scatter about it); NaN without
+    images.
+
+    Each candidate is guessed for a share 1/M of the images (M = ``n_candidates``), whatever
+    their class: a label with a share p of the images has recall 1/M and precision p, F1
+    2p / (Mp + 1); a label without images is guessed all the same, F1 0, averaged in as
+    :func:`macro_f1` does. With K labels of balanced images, 2 / (K + M): 1 / M only where
+    every candidate has images, in equal numbers.
+    """
+    if n_candidates < len(labels):
+        raise SettingsError(
+            f"a uniform guess is among at least the {len(labels)} scored labels, got "
+            f"{n_candidates} candidates; pass n_candidates, every concept an image is "
+            "classified among"
+        )
+    if not len(y_true) or not len(labels):
+        return float("nan")
+    counts = Counter(y_true)
+    total = len(y_true)
+    return sum(
+        2 * counts[label] / (n_candidates * counts[label] + total) for label in labels
+    ) / len(labels)
 
 
 def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:

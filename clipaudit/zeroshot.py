@@ -757,6 +757,7 @@ def evaluate_model(
                 "n_images": len(rows),
                 "n_concepts": len(present),
                 "n_candidates": len(candidates),
+                "chance": metrics.chance_macro_f1(y_true, labels, len(candidates)),
             }
         )
         confusions[group.name] = metrics.confusion(y_true, y_pred, names.tolist()).loc[labels]
@@ -833,10 +834,11 @@ def _none_embedded(n_listed: int, decoded: bool = False) -> str:
 
 
 # n_concepts: the concepts with images (scored); n_candidates: those each image is classified
-# among (more with all_concepts), which sets chance at 1 / n_candidates
+# among (more with all_concepts); chance: the macro-F1 of a uniform guess among them
+# (metrics.chance_macro_f1), 1 / n_candidates only where each has images, as many
 GROUP_COLUMNS = [
     *("model", "group", "category", "macro_f1", "accuracy", "n_images", "n_concepts"),
-    "n_candidates",
+    *("n_candidates", "chance"),
 ]
 
 
@@ -952,13 +954,16 @@ _LOADED_COLUMNS = {
 
 
 def _with_candidates(groups: pd.DataFrame, all_concepts: bool) -> pd.DataFrame:
-    """``groups`` with ``n_candidates`` filled where a model's results are from before the
-    column: they classified among the scored concepts, unless among all of a group's (a number
-    they did not record: missing)."""
-    if "n_candidates" not in groups.columns:
-        groups = groups.assign(n_candidates=float("nan"))
+    """``groups`` with ``n_candidates`` and ``chance`` filled where a model's results are from
+    before the columns: they classified among the scored concepts, unless among all of a
+    group's (a number they did not record: missing); their chance is the one they showed,
+    1 / n_candidates (their images' counts per concept are not in the table)."""
+    for column in ("n_candidates", "chance"):
+        if column not in groups.columns:
+            groups = groups.assign(**{column: float("nan")})
     if not all_concepts:
         groups["n_candidates"] = groups["n_candidates"].fillna(groups["n_concepts"])
+    groups["chance"] = groups["chance"].fillna(1 / groups["n_candidates"])
     return groups
 
 

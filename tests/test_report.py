@@ -1449,8 +1449,10 @@ def test_a_world_shows_its_chosen_rates_and_two_worlds_are_refused(audit_runs, t
     assert not (tmp_path / "two").exists()
 
 
-def test_chance_is_one_over_the_concepts_an_image_is_classified_among(audit_runs, tmp_path):
-    """With all_concepts every concept of a group is a candidate, imaged or not."""
+def test_chance_is_a_uniform_guess_among_the_concepts_an_image_is_classified(audit_runs, tmp_path):
+    """With all_concepts every concept of a group is a candidate, imaged or not: chance is the
+    macro-F1 of a uniform guess among them, over the imaged concepts (as many images each here),
+    2 / (imaged + candidates), not 1 / candidates."""
     from clipaudit.models import ModelSpec
     from clipaudit.registry import load_registry
     from clipaudit.zeroshot import run_zeroshot
@@ -1472,8 +1474,9 @@ def test_chance_is_one_over_the_concepts_an_image_is_classified_among(audit_runs
     awareness = result.tables["awareness_groups"].set_index("group")
     joined = result.tables["groups"].set_index("group")
     for group, size in sizes.items():
-        assert awareness.loc[group, "chance"] == pytest.approx(1 / size)
-        assert joined.loc[group, "chance"] == pytest.approx(1 / size)
+        chance = 2 / (len(IMAGED[group]) + size)
+        assert awareness.loc[group, "chance"] == pytest.approx(chance)
+        assert joined.loc[group, "chance"] == pytest.approx(chance)
 
 
 def test_a_concepts_trivial_f1_is_over_its_own_models_images(audit_runs, tmp_path, monkeypatch):

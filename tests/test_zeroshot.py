@@ -426,11 +426,14 @@ def test_a_run_writes_every_output_and_reports_what_it_skipped(tiny, tmp_path):
         "n_images",
         "n_concepts",
         "n_candidates",
+        "chance",
     ]
     assert groups[["model", "group", "n_images", "n_concepts", "n_candidates"]].values.tolist() == [
         ["tiny-clip@a", "Animal", 5, 2, 2],
         ["tiny-clip@b", "Animal", 5, 2, 2],
     ]
+    # a uniform guess between dog (3 images) and cat (2): F1 2p / (2p + 1), (6/11 + 4/9) / 2
+    assert groups["chance"].tolist() == pytest.approx([49 / 99] * 2)
     concepts = pd.read_csv(out / "concepts.csv")
     assert list(concepts.columns) == [
         "model",
@@ -1519,7 +1522,8 @@ def test_groups_spelled_or_ordered_otherwise_resume_the_same_run(tiny, tmp_path)
 
 def test_all_concepts_scores_a_group_whose_images_are_of_one_concept(tmp_path, registry):
     """Among all of a group's concepts, the images of one concept are classified meaningfully
-    (chance 1 / n_candidates); among the concepts with images alone there would be one."""
+    (chance a uniform guess's macro-F1 among them); among the concepts with images alone there
+    would be one."""
     for number, colour in enumerate([(255, 0, 0)] * 3 + [(255, 153, 0)]):  # the last: orange
         (tmp_path / "img" / "Color" / "red").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), colour).save(tmp_path / "img" / "Color" / "red" / f"{number}.png")

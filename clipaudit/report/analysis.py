@@ -118,7 +118,8 @@ def _pair_frame(frame: Any, corpus: str, model: str) -> Any:
 def _trivial_f1(part: Any, group_part: Any, level: str) -> Any:
     """Per point of ``part``, the F1 of a classifier that knows nothing (NaN where unknown): a
     concept's, naming it for every image of its group, 2p / (1 + p) with p the concept's share of
-    the group's images; a group's, chance (one over the concepts classified)."""
+    the group's images; a group's, chance (the macro-F1 of a uniform guess among the concepts
+    classified)."""
     import numpy as np
 
     nothing = np.full(len(part), np.nan)

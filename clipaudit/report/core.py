@@ -125,7 +125,8 @@ class Report:
       ``category``, ``group``, ``sensitive``, ``n_concepts``, ``coverage_mean``,
       ``coverage_median``, ``coverage_min``, ``coverage_max``, ``log10_coverage`` (of the mean
       count), ``group_rate`` (captions mentioning any of its concepts), ``macro_f1``,
-      ``accuracy``, ``n_images``, ``chance`` (1 / concepts classified), ``f1_median``,
+      ``accuracy``, ``n_images``, ``chance`` (the macro-F1 of a uniform guess among the
+      concepts classified), ``f1_median``,
       ``f1_min``, ``f1_max``, ``fitted_f1``, ``residual``, ``studentized_residual``, ``outlier``
     - ``categories``: per pair and category: ``corpus``, ``model``, ``category``,
       ``sensitive``, ``n_groups``, ``n_concepts``, ``coverage_mean``, ``coverage_median``,
@@ -654,8 +655,8 @@ def _plan(collected: Any, tables: dict[str, Any], summary: dict[str, Any]) -> li
             ),
             {
                 "caption": "Zero-shot macro-F1 per group and model; the dashed tick is chance "
-                "(1 / concepts classified). Sensitive groups are shaded: awareness there is a "
-                "risk, not a skill.",
+                "(the macro-F1 of a uniform guess among the concepts classified). Sensitive "
+                "groups are shaded: awareness there is a risk, not a skill.",
                 "alt": "Bar chart of macro-F1 per group for each model",
             },
         ),

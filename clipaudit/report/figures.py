@@ -500,8 +500,9 @@ def macro_f1_by_group(
     category_of: dict[str, str],
     sensitive: set[str],
 ) -> Any:
-    """Horizontal bars: each model's macro-F1 per group (paper order), with chance (1 / concepts
-    classified) marked; sensitive groups are shaded, their awareness being a risk."""
+    """Horizontal bars: each model's macro-F1 per group (paper order), with chance (the
+    macro-F1 of a uniform guess among the concepts classified) marked; sensitive groups are
+    shaded, their awareness being a risk."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 

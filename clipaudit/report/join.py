@@ -11,7 +11,8 @@ Tables (pandas DataFrames, rows in the paper's group order, concepts in registry
 - ``groups``: per pair and group, over the joined concepts: ``coverage_mean/median/min/max``
   (primary rate), ``log10_coverage`` (``log10((mean count + 0.5) / n)``), the corpus's own
   ``group_rate`` (captions mentioning any concept of the group), the model's ``macro_f1``,
-  ``accuracy``, ``n_images``, ``chance`` (1 / concepts classified) and ``f1_median/min/max``;
+  ``accuracy``, ``n_images``, ``chance`` (the macro-F1 of a uniform guess among the concepts
+  classified) and ``f1_median/min/max``;
 - ``categories``: per pair and category, coverage over concepts and macro-F1 over groups
   (mean, median, min, max);
 - ``coverage_groups`` and ``awareness_groups``: each corpus's coverage per group over all its
@@ -140,10 +141,15 @@ def _stats(values: Any, prefix: str) -> dict[str, float]:
     }
 
 
-def _candidates(scores: Any) -> Any:
-    """How many concepts each image of a group was classified among (a zero-shot groups row or
-    table): chance is one over it. A theory run's table gives the scored concepts only."""
-    return scores["n_candidates"] if "n_candidates" in scores else scores["n_concepts"]
+def _chance(scores: Any) -> Any:
+    """Chance of a zero-shot groups row or table: the macro-F1 of a uniform guess among the
+    concepts each image was classified among, as the run recorded it
+    (:func:`clipaudit.metrics.chance_macro_f1`); else one over those concepts, which is that
+    where every candidate has images, as many: a theory run's population quantile bins, whose
+    table gives ``n_candidates``, or ``n_concepts`` only where older."""
+    if "chance" in scores:
+        return scores["chance"]
+    return 1.0 / (scores["n_candidates"] if "n_candidates" in scores else scores["n_concepts"])
 
 
 def groups_table(inputs: Inputs, concepts: Any) -> Any:
@@ -158,7 +164,6 @@ def groups_table(inputs: Inputs, concepts: Any) -> Any:
         count_column = METHODS[corpus.primary][0]
         for group, members in part.groupby("group", sort=False):
             score = scores.loc[group] if group in scores.index else None
-            n_classified = _candidates(score) if score is not None else float("nan")
             rows.append(
                 {
                     "corpus": corpus.label,
@@ -179,7 +184,7 @@ def groups_table(inputs: Inputs, concepts: Any) -> Any:
                     "macro_f1": float(score["macro_f1"]) if score is not None else float("nan"),
                     "accuracy": float(score["accuracy"]) if score is not None else float("nan"),
                     "n_images": int(score["n_images"]) if score is not None else 0,
-                    "chance": 1.0 / float(n_classified) if n_classified else float("nan"),
+                    "chance": float(_chance(score)) if score is not None else float("nan"),
                     "f1_median": float(members["f1"].median()),
                     "f1_min": float(members["f1"].min()),
                     "f1_max": float(members["f1"].max()),
@@ -251,7 +256,7 @@ def awareness_groups_table(inputs: Inputs) -> Any:
         frame.insert(0, "model", model.label)
         frame["category"] = _categories(frame, inputs)
         frame["sensitive"] = frame["group"].isin(inputs.sensitive)
-        frame["chance"] = 1.0 / _candidates(frame).astype(float)
+        frame["chance"] = _chance(frame).astype(float)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     columns = ["model", "category", "group", "sensitive", "macro_f1", "accuracy"]

@@ -193,7 +193,7 @@ def audit_tables(
     image representations and semantics of test images; ``prompt_rep``/``prompt_s`` those of
     faithful texts used as prompts.
     """
-    from clipaudit.metrics import accuracy, confusion, macro_f1, per_class_scores
+    from clipaudit.metrics import accuracy, chance_macro_f1, confusion, macro_f1, per_class_scores
 
     scenario = model.scenario
     edges = bin_edges(model, n_bins)
@@ -281,6 +281,7 @@ def audit_tables(
                 "n_images": len(truth),
                 "n_concepts": n_bins,
                 "n_candidates": n_bins,  # each image is classified among every bin
+                "chance": chance_macro_f1(truth, labels, n_bins),
             }
         )
         matrix = confusion(truth, predicted, labels)

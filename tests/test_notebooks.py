@@ -132,6 +132,7 @@ def test_the_readme_accuracy_figures_are_what_coverage_eval_computes(tmp_path):
         "LAION-400M dev, 400 alt-texts": "laion_dev",
         "Conceptual Captions dev, 400": "cc3m_dev",
         "LAION-400M fresh, 400 alt-texts": "laion_fresh",
+        "LAION-400M fresh 2, 400 alt-texts": "laion_fresh2",
     }
     for label, name in rows.items():
         gold = web / f"{name}.jsonl"
@@ -145,11 +146,16 @@ def test_the_readme_accuracy_figures_are_what_coverage_eval_computes(tmp_path):
         )
         assert row in readme
 
-    laion, cc3m, fresh = (scores(_odd_half(web / f"{n}.jsonl", tmp_path)) for n in rows.values())
+    laion, cc3m, fresh = (
+        scores(_odd_half(web / f"{n}.jsonl", tmp_path))
+        for n in ("laion_dev", "cc3m_dev", "laion_fresh")
+    )
+    second = scores(web / "laion_fresh2.jsonl")  # scored whole: nothing was read from it
     assert f"LAION {laion[0]}, Conceptual Captions {cc3m[0]}." in readme
     assert f"LAION precision {laion[1]} and recall {laion[2]}" in readme
     assert f"Conceptual Captions {cc3m[1]} and {cc3m[2]}." in readme
     assert f"scores {fresh[0]} ({fresh[1]} / {fresh[2]}) after the rules" in readme
+    assert f"gives **{second[0]}** ({second[1]} / {second[2]})" in readme
 
 
 def test_the_screenshot_tool_names_a_missing_report_and_keeps_the_image(

@@ -12,6 +12,12 @@ LAION dev set nor the judged pool sample (benchmarks/results/laion_pool_hits_jud
 by readers who never ran a matcher, is the check set no rule was written from:
 
     .venv/bin/python tests/data/web_dev/draw.py --fresh   # writes laion_fresh_sample.jsonl
+
+A second fresh LAION sample (seed 20261203, 2026-12-03), drawn when the first one's halves had
+all been read, from the captions in none of the sets and pools above nor the second judged pool
+(laion_pool2_hits_judged.jsonl):
+
+    .venv/bin/python tests/data/web_dev/draw.py --fresh2   # writes laion_fresh2_sample.jsonl
 """
 
 from __future__ import annotations
@@ -57,15 +63,21 @@ def draw(
     return rows
 
 
-def seen_laion_rows() -> frozenset[int]:
-    """Rows of the LAION captions already read: the dev set's (by id) and the judged pool's."""
+def seen_laion_rows(second: bool = False) -> frozenset[int]:
+    """Rows of the LAION captions already read: the dev set's (by id) and the judged pool's; with
+    ``second``, the first fresh set's and the second judged pool's too."""
     frame = pd.read_parquet(SHARED / "data" / SOURCES["laion"], columns=["id"])
     row_of = {int(i): row for row, i in enumerate(frame["id"])}
-    with open(HERE / "laion_dev.jsonl", encoding="utf-8") as handle:
-        rows = {row_of[json.loads(line)["id"]] for line in handle}
-    pool = HERE.parents[1].parent / "benchmarks" / "results" / "laion_pool_hits_judged.jsonl"
-    with open(pool, encoding="utf-8") as handle:
-        rows |= {json.loads(line)["row"] for line in handle}
+    results = HERE.parents[1].parent / "benchmarks" / "results"
+    sets = ["laion_dev.jsonl", *(["laion_fresh.jsonl"] if second else [])]
+    pools = ["laion_pool_hits_judged.jsonl", *(["laion_pool2_hits_judged.jsonl"] if second else [])]
+    rows: set[int] = set()
+    for name in sets:
+        with open(HERE / name, encoding="utf-8") as handle:
+            rows |= {row_of[json.loads(line)["id"]] for line in handle}
+    for name in pools:
+        with open(results / name, encoding="utf-8") as handle:
+            rows |= {json.loads(line)["row"] for line in handle}
     return frozenset(rows)
 
 
@@ -79,8 +91,12 @@ def write(rows: list[dict], path: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="the fresh LAION sample")
+    parser.add_argument("--fresh2", action="store_true", help="the second fresh LAION sample")
     args = parser.parse_args()
-    if args.fresh:
+    if args.fresh2:
+        second = draw("laion", SOURCES["laion"], seed=20261203, exclude=seen_laion_rows(True))
+        write(second, HERE / "laion_fresh2_sample.jsonl")
+    elif args.fresh:
         fresh = draw("laion", SOURCES["laion"], seed=20261202, exclude=seen_laion_rows())
         write(fresh, HERE / "laion_fresh_sample.jsonl")
     else:

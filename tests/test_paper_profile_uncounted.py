@@ -224,3 +224,34 @@ def test_a_concept_not_counted_is_no_point_and_no_finding():
     assert group["log10_coverage"] == pytest.approx(
         math.log10((np.mean([1, 3, 8, 20, 40, 90, 150]) + 0.5) / N)
     )
+
+
+def test_a_concept_whose_paper_synonyms_a_later_concept_all_claims_is_not_counted(tmp_path):
+    from clipaudit.coverage import concepts_not_counted
+    from clipaudit.registry import load_registry
+
+    # as in the paper's code, a synonym listed twice counts for the last concept that lists it:
+    # "bike" and "cycle" both go to motorcycle, so bicycle can never be counted
+    text = PARTIAL.replace(
+        "  - {name: horse, group: Animal, gloss: a horse, synonyms: [horse]}\n",
+        "  - {name: bicycle, group: Animal, gloss: a bicycle, synonyms: [bicycle],"
+        " paper_synonyms: [bike, Cycle]}\n"
+        "  - {name: motorcycle, group: Animal, gloss: a motorcycle, synonyms: [motorcycle],"
+        " paper_synonyms: [motorcycle, cycle, bike]}\n",
+    )
+    path = tmp_path / "claimed.yaml"
+    path.write_text(text, encoding="utf-8")
+    registry = load_registry(path)
+    expected = {"bicycle": "its paper_synonyms all count for motorcycle"}
+    assert concepts_not_counted(registry, "paper") == expected
+    result = count_coverage(
+        texts=["a bike", "a cycle race"], registry=path, out=tmp_path / "run", profile="paper",
+        workers=1, progress=False,
+    )  # fmt: skip
+    counts = result.concepts.set_index("concept")["count"]
+    assert (counts["bicycle"], counts["motorcycle"]) == (0, 2)
+    assert result.concepts_not_counted == expected
+    # one synonym of its own left, and it is counted: nothing to say
+    partly = text.replace("paper_synonyms: [bike, Cycle]", "paper_synonyms: [bike, bicycle]")
+    path.write_text(partly, encoding="utf-8")
+    assert concepts_not_counted(load_registry(path), "paper") == {}

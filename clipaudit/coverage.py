@@ -103,6 +103,7 @@ from clipaudit.lexical import (
     build_matcher,
     caption_crc32s,
     code_identity,
+    concepts_not_counted,
     is_missing,
 )
 from clipaudit.provenance import (
@@ -444,9 +445,9 @@ class CoverageResult:
 
     @property
     def concepts_not_counted(self) -> dict[str, str]:
-        """The concepts the run's profile cannot count, each with why (the 'paper' profile's: those
-        without paper_synonyms): their lexical count is 0 by construction, not a measurement.
-        Empty for a run counted before this was recorded."""
+        """The concepts the run's profile cannot count, each with why (the 'paper' profile's:
+        :func:`~clipaudit.lexical.concepts_not_counted`): their lexical count is 0 by
+        construction, not a measurement. Empty for a run counted before this was recorded."""
         return self.manifest.get("concepts_not_counted") or {}
 
     def nearest(self) -> dict[str, Any]:
@@ -898,30 +899,6 @@ def _nothing_read(manifest: dict[str, Any], in_memory: bool) -> str:
         + "; name the column that holds the captions with --column, or count a corpus that has "
         "captions"
     )
-
-
-def concepts_not_counted(registry: Registry, profile: str) -> dict[str, str]:
-    """The concepts of ``registry`` that ``profile`` cannot count, each with why, in registry
-    order: the 'paper' profile reads only paper_synonyms, so a concept without them counts 0
-    whatever the captions say (the profile refuses a registry with none at all), and so does one
-    whose every synonym a later concept also lists, since a shared synonym counts for the last
-    concept listing it (:class:`~clipaudit.lexical.PaperMatcher`)."""
-    if profile != "paper":
-        return {}
-    claimed_by: dict[str, str] = {}  # synonym -> the last concept listing it, which counts it
-    for concept in registry.concepts:
-        for synonym in concept.paper_synonyms:
-            claimed_by[synonym.lower()] = concept.name
-    not_counted = {}
-    for concept in registry.concepts:
-        if not concept.paper_synonyms:
-            not_counted[concept.name] = "no paper_synonyms"
-            continue
-        owners = {claimed_by[synonym.lower()] for synonym in concept.paper_synonyms}
-        if concept.name not in owners:
-            later = ", ".join(sorted(owners))
-            not_counted[concept.name] = f"its paper_synonyms all count for {later}"
-    return not_counted
 
 
 def _corpus_name(specs: Sequence[str]) -> str:

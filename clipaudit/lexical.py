@@ -260,6 +260,30 @@ def has_paper_synonyms(registry: Registry) -> bool:
     return any(concept.paper_synonyms for concept in registry.concepts)
 
 
+def concepts_not_counted(registry: Registry, profile: str) -> dict[str, str]:
+    """The concepts of ``registry`` that ``profile`` cannot count, each with why, in registry
+    order: the 'paper' profile reads only paper_synonyms, so a concept without them counts 0
+    whatever the captions say (the profile refuses a registry with none at all), and so does one
+    whose every synonym a later concept also lists, since a shared synonym counts for the last
+    concept listing it (:class:`PaperMatcher`)."""
+    if profile != "paper":
+        return {}
+    claimed_by: dict[str, str] = {}  # synonym -> the last concept listing it, which counts it
+    for concept in registry.concepts:
+        for synonym in concept.paper_synonyms:
+            claimed_by[synonym.lower()] = concept.name
+    not_counted = {}
+    for concept in registry.concepts:
+        if not concept.paper_synonyms:
+            not_counted[concept.name] = "no paper_synonyms"
+            continue
+        owners = {claimed_by[synonym.lower()] for synonym in concept.paper_synonyms}
+        if concept.name not in owners:
+            later = ", ".join(sorted(owners))
+            not_counted[concept.name] = f"its paper_synonyms all count for {later}"
+    return not_counted
+
+
 class PaperMatcher(Matcher):
     """The paper's counting: case-insensitive substring matching of ``paper_synonyms``.
 

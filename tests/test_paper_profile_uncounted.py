@@ -227,7 +227,7 @@ def test_a_concept_not_counted_is_no_point_and_no_finding():
 
 
 def test_a_concept_whose_paper_synonyms_a_later_concept_all_claims_is_not_counted(tmp_path):
-    from clipaudit.coverage import concepts_not_counted
+    from clipaudit.lexical import concepts_not_counted
     from clipaudit.registry import load_registry
 
     # as in the paper's code, a synonym listed twice counts for the last concept that lists it:

@@ -106,14 +106,31 @@ def _notes(reg: Registry) -> list[str]:
             "remove it from one"
         )
     # the paper profile refuses a registry with none, but counts 0 for a concept without them
-    unlisted = [c.name for c in reg.concepts if not c.paper_synonyms]
-    if unlisted and len(unlisted) < len(reg.concepts):
+    # and for one whose every synonym a later concept also lists
+    from clipaudit.lexical import concepts_not_counted, has_paper_synonyms
+
+    if not has_paper_synonyms(reg):
+        return notes
+    not_counted = concepts_not_counted(reg, "paper")
+    unlisted = [name for name, why in not_counted.items() if why == "no paper_synonyms"]
+    if unlisted:
         more = len(unlisted) - _SHOWN
         notes.append(
             f"the 'paper' profile never counts {counted(len(unlisted), 'concept')}, which "
             f"{'has' if len(unlisted) == 1 else 'have'} no paper_synonyms: "
             f"{', '.join(unlisted[:_SHOWN])}{f' and {more} more' if more > 0 else ''}; add "
             "them, or count with the 'curated' profile"
+        )
+    shadowed = [(name, why) for name, why in not_counted.items() if name not in unlisted]
+    if shadowed:
+        more = len(shadowed) - _SHOWN
+        notes.append(
+            f"the 'paper' profile never counts {counted(len(shadowed), 'concept')} whose every "
+            "paper synonym a later concept also lists (a shared one counts for the last): "
+            f"{', '.join(f'{name} ({why})' for name, why in shadowed[:_SHOWN])}"
+            f"{f' and {more} more' if more > 0 else ''}; give "
+            f"{'it a synonym of its own' if len(shadowed) == 1 else 'each a synonym of its own'}, "
+            "or count with the 'curated' profile"
         )
     return notes
 

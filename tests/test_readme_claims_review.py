@@ -14,31 +14,13 @@ SHADOWED = """\
 registry: shadowed
 version: "1.0"
 groups:
-  - name: Animal
-    category: common
-  - name: Pet
-    category: common
+  - {name: Animal, category: common}
+  - {name: Pet, category: common}
 concepts:
-  - name: dog
-    group: Animal
-    gloss: a dog
-    synonyms: [dog]
-    paper_synonyms: [dog]
-  - name: cat
-    group: Animal
-    gloss: a cat
-    synonyms: [cat]
-    paper_synonyms: [cat]
-  - name: hound
-    group: Pet
-    gloss: a hound
-    synonyms: [hound]
-    paper_synonyms: [dog]
-  - name: kitten
-    group: Pet
-    gloss: a kitten
-    synonyms: [kitten]
-    paper_synonyms: [kitten]
+  - {name: dog, group: Animal, gloss: a dog, synonyms: [dog], paper_synonyms: [dog]}
+  - {name: cat, group: Animal, gloss: a cat, synonyms: [cat], paper_synonyms: [cat]}
+  - {name: hound, group: Pet, gloss: a hound, synonyms: [hound], paper_synonyms: [dog]}
+  - {name: kitten, group: Pet, gloss: a kitten, synonyms: [kitten], paper_synonyms: [kitten]}
 """
 
 
